@@ -1,0 +1,140 @@
+// Typed errors: one class per failure, each with a stable `name`, structured
+// fields and an optional `cause`. Callers branch on `instanceof` or `name`.
+
+/** Base class of every error this library raises on purpose. */
+export class ZrsError extends Error {
+  override name = 'ZrsError';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+const hex = (b: Uint8Array | null | undefined): string =>
+  b ? Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex') : 'none';
+
+/** The object changed since the revision the writer read (ZODB's ConflictError). */
+export class ConflictError extends ZrsError {
+  override name = 'ConflictError';
+  constructor(
+    readonly oid: Buffer,
+    readonly expectedSerial: Buffer,
+    readonly currentSerial: Buffer,
+  ) {
+    super(
+      `conflict on oid 0x${hex(oid)}: expected serial 0x${hex(expectedSerial)}, current serial 0x${hex(currentSerial)}`,
+    );
+  }
+}
+
+/** A write was attempted on a read-only storage (a secondary, or one opened readOnly). */
+export class ReadOnlyError extends ZrsError {
+  override name = 'ReadOnlyError';
+  constructor(readonly operation: string, readonly path?: string) {
+    super(`${operation} refused: storage${path ? ` ${path}` : ''} is read-only`);
+  }
+}
+
+/** No revision of the object exists (ZODB's POSKeyError). */
+export class POSKeyError extends ZrsError {
+  override name = 'POSKeyError';
+  constructor(readonly oid: Buffer, readonly tid?: Buffer) {
+    super(`no data for oid 0x${hex(oid)}${tid ? ` at tid 0x${hex(tid)}` : ''}`);
+  }
+}
+
+/** A two-phase-commit method was called in the wrong state or with the wrong transaction. */
+export class StorageTransactionError extends ZrsError {
+  override name = 'StorageTransactionError';
+}
+
+/** The data file is not a FileStorage, or a structure inside it is damaged. */
+export class CorruptedDataError extends ZrsError {
+  override name = 'CorruptedDataError';
+  constructor(readonly path: string, readonly position: number, detail: string, options?: { cause?: unknown }) {
+    super(`${path}: corrupted data at position ${position}: ${detail}`, options);
+  }
+}
+
+/** The file's magic is not one this library reads. */
+export class FormatError extends ZrsError {
+  override name = 'FormatError';
+  constructor(readonly path: string, detail: string) {
+    super(`${path}: ${detail}`);
+  }
+}
+
+/** Another process (ours or Python ZODB's) holds the storage's lock file. */
+export class LockedError extends ZrsError {
+  override name = 'LockedError';
+  constructor(readonly lockPath: string, options?: { cause?: unknown }) {
+    super(`could not lock ${lockPath}: another process has the storage open for writing`, options);
+  }
+}
+
+/** An undo cannot be applied because a later transaction changed the same object. */
+export class UndoError extends ZrsError {
+  override name = 'UndoError';
+  constructor(message: string, readonly oid?: Buffer) {
+    super(message);
+  }
+}
+
+/** The storage was closed. */
+export class StorageClosedError extends ZrsError {
+  override name = 'StorageClosedError';
+  constructor(readonly path: string) {
+    super(`storage ${path} is closed`);
+  }
+}
+
+/** Bad input to the pickle reader or writer; nothing is ever imported or called. */
+export class PickleError extends ZrsError {
+  override name = 'PickleError';
+  constructor(message: string, readonly position?: number) {
+    super(position === undefined ? message : `${message} (at byte ${position})`);
+  }
+}
+
+/** A frame announced a length over the configured limit. */
+export class FrameTooLargeError extends ZrsError {
+  override name = 'FrameTooLargeError';
+  constructor(readonly length: number, readonly limit: number) {
+    super(`message too large: ${length} bytes, limit ${limit}`);
+  }
+}
+
+/** A wire message could not be decoded or was not expected in this state. */
+export class ProtocolError extends ZrsError {
+  override name = 'ProtocolError';
+}
+
+/** The running checksum a primary sent does not match the one computed locally. */
+export class ChecksumMismatchError extends ZrsError {
+  override name = 'ChecksumMismatchError';
+  constructor(readonly expected: Buffer, readonly received: Buffer, readonly tid?: Buffer) {
+    super(
+      `checksum mismatch${tid ? ` at tid 0x${hex(tid)}` : ''}: computed ${hex(expected)}, primary sent ${hex(received)}`,
+    );
+  }
+}
+
+/** A blob file a record refers to is missing on the side that must send it. */
+export class BlobMissingError extends ZrsError {
+  override name = 'BlobMissingError';
+  constructor(readonly oid: Buffer, readonly tid: Buffer, readonly path: string) {
+    super(`blob for oid 0x${hex(oid)} tid 0x${hex(tid)} is missing: ${path}`);
+  }
+}
+
+/** A replication start tid newer than the primary's last transaction. */
+export class TidTooHighError extends ZrsError {
+  override name = 'TidTooHighError';
+  constructor(readonly requested: Buffer, readonly last: Buffer) {
+    super(`start tid 0x${hex(requested)} is newer than the last transaction 0x${hex(last)}`);
+  }
+}
+
+/** A replication address string that cannot be parsed. */
+export class AddressError extends ZrsError {
+  override name = 'AddressError';
+}

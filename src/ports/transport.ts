@@ -1,0 +1,46 @@
+// The byte-stream port actors talk through. A transport yields raw chunks,
+// never messages, so every path also exercises framing. Real sockets live in
+// src/node; the simulated network in src/sim implements the same interface.
+
+export interface ByteStreamHandlers {
+  /** A chunk arrived. Chunk boundaries are arbitrary. */
+  data(chunk: Uint8Array): void;
+  /** The write buffer drained after write() returned false. */
+  drain(): void;
+  /** The stream ended (peer closed, reset, or destroy()). Called once. */
+  close(error?: Error): void;
+}
+
+export interface ByteStream {
+  /** Queue bytes; false means the buffer is over its high-water mark: wait for drain. */
+  write(chunk: Uint8Array): boolean;
+  /** Stop delivering data until resume() (receive-side backpressure). */
+  pause(): void;
+  resume(): void;
+  /** Flush queued bytes, then close. */
+  end(): void;
+  /** Close at once, dropping queued bytes. */
+  destroy(error?: Error): void;
+  /** Install handlers; data arriving before this is held. */
+  setHandlers(handlers: ByteStreamHandlers): void;
+  /** Human-readable peer, for logs. */
+  readonly peer: string;
+}
+
+/** A parsed replication address. */
+export type ReplicationAddress =
+  | { kind: 'tcp'; host: string; port: number }
+  | { kind: 'unix'; path: string };
+
+export interface Listener {
+  /** The bound address (with the real port when 0 was asked for). */
+  readonly address: ReplicationAddress;
+  /** Stop accepting; open streams stay open. */
+  close(): Promise<void>;
+}
+
+export interface Transport {
+  /** Open a stream; rejects when refused or unreachable. */
+  connect(address: ReplicationAddress): Promise<ByteStream>;
+  listen(address: ReplicationAddress, onStream: (stream: ByteStream) => void): Promise<Listener>;
+}

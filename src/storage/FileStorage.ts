@@ -1,0 +1,869 @@
+// A ZODB-compatible FileStorage: an append-only transaction log (Data.fs)
+// with an in-memory oid index, two-phase commit, MVCC reads and group commit.
+// Invariants: tids strictly increase in file order; a transaction is visible
+// to readers only after its final status byte is written, and reported
+// committed (tpcFinish, commits$) only once it is durable.
+
+import { closeSync, ftruncateSync, fstatSync, openSync, writeSync, fsyncSync } from 'node:fs';
+import { open as openHandle, access, rename } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { Subject, type Observable } from 'rxjs';
+import {
+  ConflictError,
+  CorruptedDataError,
+  FormatError,
+  POSKeyError,
+  ReadOnlyError,
+  StorageClosedError,
+  StorageTransactionError,
+  ZrsError,
+} from '../errors.js';
+import { dumps, loads, type PickleValue } from '../wire/pickle.js';
+import {
+  DATA_HEADER_BYTES,
+  MAGIC_BYTES,
+  MAGIC_FS21,
+  MAGIC_FS30,
+  STATUS_CHECKPOINT,
+  STATUS_COMMITTED,
+  TRAILER_BYTES,
+  TXN_HEADER_BYTES,
+  dataRecordLength,
+  encodeDataRecord,
+  readDataHeader,
+  readTxnHeader,
+  readU64At,
+  writeTxnHeader,
+  writeU64At,
+  type DataHeader,
+  type TxnHeader,
+} from './format.js';
+import { preadSync } from './fileio.js';
+import { GroupSync } from './groupSync.js';
+import { loadIndex, removeIndex, saveIndex } from './indexFile.js';
+import { LockFile } from './lock.js';
+import { emptyScanState, oidKey, recordTransaction, sampleAtOrBefore, scanFile, type ScanState } from './scan.js';
+import { Z64, newTid, tidPlusOne, tidToSeconds } from './timestamp.js';
+import { BlobDirectory } from './blobs.js';
+import { iterateTransactions, type IterateOptions } from './iterator.js';
+import type {
+  TransactionRecord,
+  CommittedTransaction,
+  HistoryEntry,
+  LoadBeforeResult,
+  LoadResult,
+  OpenOptions,
+  TpcBeginOptions,
+  TransactionMeta,
+} from './types.js';
+
+/** Longest user / description / extension a transaction header can carry (u16 lengths). */
+export const MAX_META_BYTES = 0xffff;
+
+interface PendingBlob {
+  oid: Buffer;
+  /** Staged file inside the blob directory's tmp area. */
+  stagedPath: string;
+  /** Committed path once the vote placed it. */
+  placedPath: string | null;
+}
+
+interface PendingTxn {
+  txn: TransactionMeta;
+  tid: Buffer;
+  status: string;
+  user: Buffer;
+  description: Buffer;
+  extension: Buffer;
+  /** Header plus metadata bytes. */
+  metaBytes: number;
+  /** Where the transaction header goes (the committed end at tpcBegin). */
+  tpos: number;
+  records: Buffer[];
+  recordBytes: number;
+  /** oid key -> absolute position of this transaction's record for it. */
+  tindex: Map<string, number>;
+  oids: Buffer[];
+  blobs: PendingBlob[];
+  voted: boolean;
+  release: () => void;
+}
+
+/** FIFO mutex: one transaction commits at a time, others wait their turn. */
+class CommitLock {
+  private tail: Promise<void> = Promise.resolve();
+
+  acquire(): Promise<() => void> {
+    let release!: () => void;
+    const next = new Promise<void>((r) => (release = r));
+    const ready = this.tail.then(() => release);
+    this.tail = this.tail.then(() => next);
+    return ready;
+  }
+}
+
+function toBytes(v: string | Buffer | undefined): Buffer {
+  if (v === undefined) return Buffer.alloc(0);
+  return typeof v === 'string' ? Buffer.from(v, 'utf8') : v;
+}
+
+function encodeExtension(txn: TransactionMeta): Buffer {
+  if (txn.extensionBytes) return txn.extensionBytes;
+  const ext = txn.extension ?? {};
+  // ZODB stores an empty extension dict as zero bytes.
+  return Object.keys(ext).length === 0 ? Buffer.alloc(0) : dumps(ext, { protocol: 3 });
+}
+
+/** Decode an extension pickle; an empty one is `{}`. */
+export function decodeExtension(bytes: Buffer): Record<string, PickleValue> {
+  if (bytes.length === 0) return {};
+  const v = loads(bytes);
+  if (v instanceof Map) return Object.fromEntries(v);
+  throw new CorruptedDataError('extension', 0, 'transaction extension is not a pickled dict');
+}
+
+export class FileStorage {
+  private readonly commitLock = new CommitLock();
+  private readonly commitsSubject = new Subject<CommittedTransaction>();
+  /** Committed transactions as they become durable, in tid order. */
+  readonly commits$: Observable<CommittedTransaction> = this.commitsSubject.asObservable();
+  private current: PendingTxn | null = null;
+  private closed = false;
+  /** A failed fsync leaves the file's durability unknown: refuse further writes. */
+  private fatal: Error | null = null;
+  private groupSync: GroupSync;
+  private readonly unpublished: CommittedTransaction[] = [];
+  private publishedEnd: number;
+  private nextOid: bigint;
+  /** Wakes iterators that follow the file as it grows. */
+  private growthWaiters: Array<() => void> = [];
+  private epoch = 0;
+
+  private constructor(
+    readonly path: string,
+    private fd: number,
+    private handle: FileHandle,
+    private readonly lock: LockFile | null,
+    private state: ScanState,
+    /** End of the committed transactions: where the next one is written. */
+    private end: number,
+    readonly readOnly: boolean,
+    private readonly fsync: boolean,
+    private readonly now: () => number,
+    readonly magic: string,
+    readonly blobs: BlobDirectory | null,
+    /** Tid of a cut unfinished transaction: new tids stay above it. */
+    private readonly tidFloor: Buffer | null,
+  ) {
+    this.publishedEnd = end;
+    this.groupSync = new GroupSync(fd, end, () => this.end);
+    this.nextOid = state.maxOid.readBigUInt64BE(0);
+  }
+
+  /**
+   * Open (or create) a FileStorage.
+   *
+   * @example
+   * const fs = await FileStorage.open('/var/db/Data.fs', { create: true });
+   * const txn = { user: 'alice', description: 'first' };
+   * await fs.tpcBegin(txn);
+   * fs.store(fs.newOid(), Z64, Buffer.from('data'), txn);
+   * await fs.tpcVote(txn);
+   * const tid = await fs.tpcFinish(txn);
+   */
+  static async open(path: string, options: OpenOptions = {}): Promise<FileStorage> {
+    const readOnly = options.readOnly ?? false;
+    const lock = readOnly ? null : LockFile.acquire(`${path}.lock`);
+    try {
+      return await FileStorage.openLocked(path, options, readOnly, lock);
+    } catch (err) {
+      lock?.release();
+      throw err;
+    }
+  }
+
+  private static async openLocked(
+    path: string,
+    options: OpenOptions,
+    readOnly: boolean,
+    lock: LockFile | null,
+  ): Promise<FileStorage> {
+    const exists = await access(path).then(
+      () => true,
+      () => false,
+    );
+    if (!exists && (!options.create || readOnly)) {
+      throw new ZrsError(`${path}: no such storage file${readOnly ? '' : ' (pass create: true to make one)'}`);
+    }
+    const truncate = options.create === 'truncate' && !readOnly;
+    const fd = openSync(path, readOnly ? 'r' : exists && !truncate ? 'r+' : 'w+');
+    let handle: FileHandle | null = null;
+    try {
+      if (fstatSync(fd).size === 0 && !readOnly) {
+        writeSync(fd, MAGIC_FS30, 0, MAGIC_BYTES, 0);
+        fsyncSync(fd);
+      }
+      const magic = preadSync(fd, 0, MAGIC_BYTES);
+      if (!magic.equals(MAGIC_FS30) && !magic.equals(MAGIC_FS21)) {
+        throw new FormatError(path, `not a FileStorage file (magic ${JSON.stringify(magic.toString('latin1'))})`);
+      }
+      handle = await openHandle(path, 'r');
+      const { state, end, tailTid } = await FileStorage.recover(path, fd, handle, readOnly);
+      const blobs = options.blobDir ? await BlobDirectory.open(options.blobDir, { create: !readOnly }) : null;
+      return new FileStorage(
+        path,
+        fd,
+        handle,
+        lock,
+        state,
+        end,
+        readOnly,
+        options.fsync ?? true,
+        options.now ?? Date.now,
+        magic.toString('latin1'),
+        blobs,
+        tailTid,
+      );
+    } catch (err) {
+      await handle?.close();
+      closeSync(fd);
+      throw err;
+    }
+  }
+
+  /** Load the saved index (or scan), and cut an unfinished tail unless read-only. */
+  private static async recover(
+    path: string,
+    fd: number,
+    handle: FileHandle,
+    readOnly: boolean,
+  ): Promise<{ state: ScanState; end: number; tailTid: Buffer | null }> {
+    const size = fstatSync(fd).size;
+    const saved = await loadIndex(path, fd, size);
+    const from = saved ? saved.end : MAGIC_BYTES;
+    const result = await scanFile(handle, path, from, size, saved ?? emptyScanState());
+    let tailTid: Buffer | null = null;
+    if (result.tail) {
+      // New tids must also pass an unfinished transaction's tid, so no tid
+      // (or blob file name) that may have been seen is ever reused.
+      const head = preadSync(fd, result.tail.pos, 8);
+      if (head.length === 8) tailTid = head;
+      if (!readOnly) await FileStorage.cutTail(path, fd, result.tail.pos, size);
+    }
+    return { state: result, end: result.end, tailTid };
+  }
+
+  /** Keep the unfinished tail in `<file>.trN` (as ZODB does), then truncate. */
+  private static async cutTail(path: string, fd: number, pos: number, size: number): Promise<void> {
+    let n = 0;
+    while (await access(`${path}.tr${n}`).then(() => true, () => false)) n++;
+    const side = openSync(`${path}.tr${n}`, 'wx');
+    try {
+      const tail = preadSync(fd, pos, size - pos);
+      writeSync(side, tail, 0, tail.length, 0);
+      fsyncSync(side);
+    } finally {
+      closeSync(side);
+    }
+    ftruncateSync(fd, pos);
+    fsyncSync(fd);
+    await removeIndex(path);
+  }
+
+  // ---------------------------------------------------------------- writes
+
+  private checkWritable(operation: string): void {
+    if (this.closed) throw new StorageClosedError(this.path);
+    if (this.readOnly) throw new ReadOnlyError(operation, this.path);
+    if (this.fatal) throw new ZrsError(`${this.path}: writes disabled after a failed fsync`, { cause: this.fatal });
+  }
+
+  private pending(txn: TransactionMeta, operation: string): PendingTxn {
+    this.checkWritable(operation);
+    const cur = this.current;
+    if (cur === null || cur.txn !== txn) {
+      throw new StorageTransactionError(`${operation}: not the transaction in progress`);
+    }
+    return cur;
+  }
+
+  /** A new, never-used oid. */
+  newOid(): Buffer {
+    this.checkWritable('newOid');
+    this.nextOid += 1n;
+    const oid = Buffer.allocUnsafe(8);
+    oid.writeBigUInt64BE(this.nextOid, 0);
+    return oid;
+  }
+
+  /** Begin a transaction; waits while another one commits. */
+  async tpcBegin(txn: TransactionMeta, options: TpcBeginOptions = {}): Promise<void> {
+    this.checkWritable('tpcBegin');
+    if (this.current?.txn === txn) throw new StorageTransactionError('tpcBegin: transaction already begun');
+    const user = toBytes(txn.user);
+    const description = toBytes(txn.description);
+    const extension = encodeExtension(txn);
+    for (const [name, b] of [['user', user], ['description', description], ['extension', extension]] as const) {
+      if (b.length > MAX_META_BYTES) throw new ZrsError(`tpcBegin: ${name} is ${b.length} bytes, limit ${MAX_META_BYTES}`);
+    }
+    const status = options.status ?? STATUS_COMMITTED;
+    if (status.length !== 1 || status === STATUS_CHECKPOINT) throw new ZrsError(`tpcBegin: invalid status ${JSON.stringify(status)}`);
+    const release = await this.commitLock.acquire();
+    try {
+      this.checkWritable('tpcBegin');
+      const tid = this.chooseTid(options.tid);
+      this.current = {
+        txn,
+        tid,
+        status,
+        user,
+        description,
+        extension,
+        metaBytes: TXN_HEADER_BYTES + user.length + description.length + extension.length,
+        tpos: this.end,
+        records: [],
+        recordBytes: 0,
+        tindex: new Map(),
+        oids: [],
+        blobs: [],
+        voted: false,
+        release,
+      };
+    } catch (err) {
+      release();
+      throw err;
+    }
+  }
+
+  private chooseTid(requested: Buffer | undefined): Buffer {
+    const last = this.state.lastTid;
+    if (requested === undefined) {
+      const floor = this.tidFloor && (!last || Buffer.compare(this.tidFloor, last) > 0) ? this.tidFloor : last;
+      return newTid(this.now(), floor);
+    }
+    if (requested.length !== 8) throw new ZrsError(`tpcBegin: tid must be 8 bytes, got ${requested.length}`);
+    if (last && Buffer.compare(requested, last) <= 0) {
+      throw new StorageTransactionError(
+        `tpcBegin: tid ${requested.toString('hex')} is not after the last transaction ${last.toString('hex')}`,
+      );
+    }
+    return Buffer.from(requested);
+  }
+
+  /** Current record position for an oid (committed, not this transaction's). */
+  private committedPos(oid: Buffer): number | undefined {
+    return this.state.index.get(oidKey(oid));
+  }
+
+  private append(cur: PendingTxn, oid: Buffer, data: Buffer | null, back: number): number {
+    const prev = this.committedPos(oid) ?? 0;
+    const rec = encodeDataRecord(oid, cur.tid, prev, cur.tpos, data, back);
+    const pos = cur.tpos + cur.metaBytes + cur.recordBytes;
+    cur.records.push(rec);
+    cur.recordBytes += rec.length;
+    const key = oidKey(oid);
+    if (!cur.tindex.has(key)) cur.oids.push(Buffer.from(oid));
+    cur.tindex.set(key, pos);
+    return pos;
+  }
+
+  /**
+   * Store a new revision of `oid`. `expectedSerial` is the tid the writer
+   * read (Z64 for a new object); a different current serial is a conflict.
+   */
+  store(oid: Buffer, expectedSerial: Buffer, data: Buffer, txn: TransactionMeta): void {
+    const cur = this.pending(txn, 'store');
+    if (cur.voted) throw new StorageTransactionError('store: transaction already voted');
+    checkOid(oid);
+    if (data.length === 0) throw new ZrsError('store: data must not be empty (an empty record means a backpointer)');
+    const pos = this.committedPos(oid);
+    if (pos !== undefined) {
+      const currentSerial = this.readDataHeaderAt(pos).tid;
+      if (!currentSerial.equals(expectedSerial)) throw new ConflictError(Buffer.from(oid), Buffer.from(expectedSerial), Buffer.from(currentSerial));
+    }
+    this.append(cur, oid, data, 0);
+  }
+
+  /**
+   * Write a record exactly as another storage has it (replication, copies):
+   * no conflict check. With `dataTxn`, a backpointer to that transaction's
+   * record of the oid is written when its data equals `data`.
+   */
+  restore(oid: Buffer, tid: Buffer, data: Buffer | null, dataTxn: Buffer | null, txn: TransactionMeta): void {
+    const cur = this.pending(txn, 'restore');
+    if (cur.voted) throw new StorageTransactionError('restore: transaction already voted');
+    checkOid(oid);
+    if (!tid.equals(cur.tid)) throw new StorageTransactionError(`restore: record tid ${tid.toString('hex')} differs from the transaction's ${cur.tid.toString('hex')}`);
+    let back = 0;
+    if (dataTxn !== null) back = this.findDataRecord(oid, dataTxn, data);
+    if (data !== null && data.length === 0) data = null;
+    this.append(cur, oid, back ? null : data, back);
+  }
+
+  /** Position of `oid`'s record in transaction `tid` if its data matches `data`, else 0 (as ZODB's _data_find). */
+  private findDataRecord(oid: Buffer, tid: Buffer, data: Buffer | null): number {
+    const tpos = this.findTransaction(tid);
+    if (tpos === null) return 0;
+    const h = this.readTxnHeaderAt(tpos);
+    let pos = tpos + TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
+    const tend = tpos + h.length;
+    while (pos < tend) {
+      const d = this.readDataHeaderAt(pos);
+      if (d.oid.equals(oid)) {
+        if (d.plen === 0) return pos;
+        if (data === null || d.plen !== data.length) return 0;
+        return preadSync(this.fd, pos + DATA_HEADER_BYTES, d.plen).equals(data) ? pos : 0;
+      }
+      pos += dataRecordLength(d.plen);
+    }
+    return 0;
+  }
+
+  /** Store a blob revision: the file at `blobPath` is moved into the blob directory. */
+  async storeBlob(oid: Buffer, expectedSerial: Buffer, data: Buffer, blobPath: string, txn: TransactionMeta): Promise<void> {
+    this.store(oid, expectedSerial, data, txn);
+    await this.stageBlob(oid, blobPath, txn);
+  }
+
+  /** Restore a blob revision (replication): like restore, plus the blob file. */
+  async restoreBlob(
+    oid: Buffer,
+    tid: Buffer,
+    data: Buffer | null,
+    blobPath: string,
+    dataTxn: Buffer | null,
+    txn: TransactionMeta,
+  ): Promise<void> {
+    this.restore(oid, tid, data, dataTxn, txn);
+    await this.stageBlob(oid, blobPath, txn);
+  }
+
+  private async stageBlob(oid: Buffer, blobPath: string, txn: TransactionMeta): Promise<void> {
+    const cur = this.pending(txn, 'storeBlob');
+    const blobs = this.requireBlobs();
+    const stagedPath = await blobs.stage(blobPath);
+    cur.blobs.push({ oid: Buffer.from(oid), stagedPath, placedPath: null });
+  }
+
+  private requireBlobs(): BlobDirectory {
+    if (!this.blobs) throw new ZrsError(`${this.path}: no blob directory configured`);
+    return this.blobs;
+  }
+
+  /** First commit phase: write the transaction marked in progress ('c'). */
+  async tpcVote(txn: TransactionMeta): Promise<void> {
+    const cur = this.pending(txn, 'tpcVote');
+    if (cur.voted) throw new StorageTransactionError('tpcVote: transaction already voted');
+    const body = this.assemble(cur);
+    try {
+      writeFully(this.fd, body, cur.tpos);
+    } catch (err) {
+      // Nothing half-written stays behind (e.g. a full disk).
+      ftruncateSync(this.fd, cur.tpos);
+      throw new ZrsError(`${this.path}: could not write transaction: ${(err as Error).message}`, { cause: err });
+    }
+    cur.voted = true;
+    if (cur.blobs.length) await this.placeBlobs(cur);
+  }
+
+  /** Blob files reach their committed paths before the status byte says committed. */
+  private async placeBlobs(cur: PendingTxn): Promise<void> {
+    const placed = await this.requireBlobs().place(
+      cur.blobs.map((b) => ({ oid: b.oid, tid: cur.tid, stagedPath: b.stagedPath })),
+      this.fsync,
+    );
+    placed.forEach((p, i) => (cur.blobs[i]!.placedPath = p));
+  }
+
+  private assemble(cur: PendingTxn): Buffer {
+    const length = cur.metaBytes + cur.recordBytes;
+    const out = Buffer.allocUnsafe(length + TRAILER_BYTES);
+    const header: TxnHeader = {
+      tid: cur.tid,
+      length,
+      status: STATUS_CHECKPOINT,
+      ulen: cur.user.length,
+      dlen: cur.description.length,
+      elen: cur.extension.length,
+    };
+    writeTxnHeader(out, 0, header);
+    let off = TXN_HEADER_BYTES;
+    off += cur.user.copy(out, off);
+    off += cur.description.copy(out, off);
+    off += cur.extension.copy(out, off);
+    for (const rec of cur.records) off += rec.copy(out, off);
+    writeU64At(out, off, length);
+    return out;
+  }
+
+  /**
+   * Second commit phase: mark the transaction committed, make it visible,
+   * and resolve with its tid once it is durable.
+   */
+  async tpcFinish(txn: TransactionMeta): Promise<Buffer> {
+    const cur = this.pending(txn, 'tpcFinish');
+    if (!cur.voted) throw new StorageTransactionError('tpcFinish: transaction not voted');
+    writeFully(this.fd, Buffer.from(cur.status, 'latin1'), cur.tpos + 16);
+    const end = cur.tpos + cur.metaBytes + cur.recordBytes + TRAILER_BYTES;
+    for (const [key, pos] of cur.tindex) this.state.index.set(key, pos);
+    for (const oid of cur.oids) if (Buffer.compare(oid, this.state.maxOid) > 0) this.state.maxOid = oid;
+    if (cur.oids.length && this.state.maxOid.readBigUInt64BE(0) > this.nextOid) this.nextOid = this.state.maxOid.readBigUInt64BE(0);
+    recordTransaction(this.state, cur.tid, cur.tpos);
+    this.end = end;
+    this.current = null;
+    const committed: CommittedTransaction = { tid: cur.tid, status: cur.status, pos: cur.tpos, end, oids: cur.oids };
+    this.unpublished.push(committed);
+    cur.release();
+    await this.makeDurable(end);
+    return cur.tid;
+  }
+
+  private async makeDurable(end: number): Promise<void> {
+    if (!this.fsync) this.groupSync.markWritten(end);
+    else {
+      try {
+        await this.groupSync.waitDurable(end);
+      } catch (err) {
+        this.fatal = err as Error;
+        throw new ZrsError(`${this.path}: fsync failed; the storage refuses further writes`, { cause: err });
+      }
+    }
+    this.publishDurable();
+  }
+
+  /** Publish, in order, every committed transaction that is now durable. */
+  private publishDurable(): void {
+    const durable = this.groupSync.durable;
+    while (this.unpublished.length && this.unpublished[0]!.end <= durable) {
+      const c = this.unpublished.shift()!;
+      this.publishedEnd = c.end;
+      this.commitsSubject.next(c);
+    }
+    const waiters = this.growthWaiters;
+    this.growthWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Abandon the transaction in progress; nothing of it stays on disk. */
+  async tpcAbort(txn: TransactionMeta): Promise<void> {
+    if (this.closed) return;
+    const cur = this.current;
+    if (cur === null || cur.txn !== txn) return; // ZODB ignores aborts of other transactions
+    if (cur.voted) ftruncateSync(this.fd, cur.tpos);
+    this.current = null;
+    cur.release();
+    if (this.blobs) await this.blobs.discard(cur.blobs.map((b) => b.placedPath ?? b.stagedPath));
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  private checkOpen(): void {
+    if (this.closed) throw new StorageClosedError(this.path);
+  }
+
+  /** @internal */
+  readTxnHeaderAt(pos: number): TxnHeader {
+    const buf = preadSync(this.fd, pos, TXN_HEADER_BYTES);
+    if (buf.length < TXN_HEADER_BYTES) throw new CorruptedDataError(this.path, pos, 'transaction header past the end of the file');
+    return readTxnHeader(buf);
+  }
+
+  /** @internal */
+  readDataHeaderAt(pos: number): DataHeader {
+    const buf = preadSync(this.fd, pos, DATA_HEADER_BYTES);
+    if (buf.length < DATA_HEADER_BYTES) throw new CorruptedDataError(this.path, pos, 'data record header past the end of the file');
+    return readDataHeader(buf);
+  }
+
+  /** @internal */
+  readAt(pos: number, length: number): Buffer {
+    return preadSync(this.fd, pos, length);
+  }
+
+  /**
+   * Data of the record at `pos`, following backpointers; null for "no data".
+   * @internal
+   */
+  resolveData(pos: number, header?: DataHeader): Buffer | null {
+    let h = header ?? this.readDataHeaderAt(pos);
+    for (let hops = 0; ; hops++) {
+      if (h.plen > 0) return preadSync(this.fd, pos + DATA_HEADER_BYTES, h.plen);
+      const back = readU64At(preadSync(this.fd, pos + DATA_HEADER_BYTES, 8), 0);
+      if (back === 0) return null;
+      if (back >= pos || hops > 1_000_000) throw new CorruptedDataError(this.path, pos, `backpointer ${back} does not point backwards`);
+      pos = back;
+      h = this.readDataHeaderAt(pos);
+    }
+  }
+
+  /** Current data and serial of an object. */
+  async load(oid: Buffer): Promise<LoadResult> {
+    this.checkOpen();
+    const pos = this.committedPos(oid);
+    if (pos === undefined) throw new POSKeyError(Buffer.from(oid));
+    const h = this.readDataHeaderAt(pos);
+    const data = this.resolveData(pos, h);
+    if (data === null) throw new POSKeyError(Buffer.from(oid));
+    return { data, tid: Buffer.from(h.tid) };
+  }
+
+  /** The revision written by transaction `tid`. */
+  async loadSerial(oid: Buffer, tid: Buffer): Promise<Buffer> {
+    this.checkOpen();
+    for (let pos = this.committedPos(oid) ?? 0; pos; ) {
+      const h = this.readDataHeaderAt(pos);
+      if (h.tid.equals(tid)) {
+        const data = this.resolveData(pos, h);
+        if (data === null) break;
+        return data;
+      }
+      if (Buffer.compare(h.tid, tid) < 0) break;
+      pos = h.prev;
+    }
+    throw new POSKeyError(Buffer.from(oid), Buffer.from(tid));
+  }
+
+  /** The revision current just before `tid`, with the tid that replaced it; null if none. */
+  async loadBefore(oid: Buffer, tid: Buffer): Promise<LoadBeforeResult | null> {
+    this.checkOpen();
+    let endTid: Buffer | null = null;
+    for (let pos = this.committedPos(oid) ?? 0; pos; ) {
+      const h = this.readDataHeaderAt(pos);
+      if (Buffer.compare(h.tid, tid) < 0) {
+        const data = this.resolveData(pos, h);
+        if (data === null) throw new POSKeyError(Buffer.from(oid), Buffer.from(tid));
+        return { data, tid: Buffer.from(h.tid), endTid };
+      }
+      endTid = Buffer.from(h.tid);
+      pos = h.prev;
+    }
+    return null;
+  }
+
+  /** Up to `size` revisions of an object, newest first. */
+  async history(oid: Buffer, size = 1): Promise<HistoryEntry[]> {
+    this.checkOpen();
+    const out: HistoryEntry[] = [];
+    let pos = this.committedPos(oid);
+    if (pos === undefined) throw new POSKeyError(Buffer.from(oid));
+    while (pos && out.length < size) {
+      const h = this.readDataHeaderAt(pos);
+      const t = this.readTxnHeaderAt(h.tloc);
+      const meta = this.readAt(h.tloc + TXN_HEADER_BYTES, t.ulen + t.dlen + t.elen);
+      out.push({
+        tid: Buffer.from(h.tid),
+        time: tidToSeconds(h.tid),
+        user: Buffer.from(meta.subarray(0, t.ulen)),
+        description: Buffer.from(meta.subarray(t.ulen, t.ulen + t.dlen)),
+        extension: decodeExtension(Buffer.from(meta.subarray(t.ulen + t.dlen))),
+        size: h.plen,
+      });
+      pos = h.prev;
+    }
+    return out;
+  }
+
+  /** Tid of the last committed transaction (Z64 for an empty storage). */
+  lastTransaction(): Buffer {
+    return Buffer.from(this.state.lastTid ?? Z64);
+  }
+
+  /** Number of objects (oids with a current record), as len(storage) in ZODB. */
+  get objectCount(): number {
+    return this.state.index.size;
+  }
+
+  /** Number of committed transactions. */
+  get transactionCount(): number {
+    return this.state.txnCount;
+  }
+
+  /** Size of the committed part of the file in bytes. */
+  getSize(): number {
+    return this.end;
+  }
+
+  /** End of the transactions already published on commits$ (durable). */
+  get durableEnd(): number {
+    return this.publishedEnd;
+  }
+
+  /** Largest oid in use. */
+  maxOid(): Buffer {
+    return Buffer.from(this.state.maxOid);
+  }
+
+  /** The oid index (read-only view). @internal */
+  get index(): ReadonlyMap<string, number> {
+    return this.state.index;
+  }
+
+  /** @internal */
+  get scanState(): ScanState {
+    return this.state;
+  }
+
+  /** Position of the transaction with exactly this tid, or null. */
+  findTransaction(tid: Buffer): number | null {
+    const pos = this.positionAfter(tid, true);
+    if (pos === null || pos >= this.end) return null;
+    return this.readTxnHeaderAt(pos).tid.equals(tid) ? pos : null;
+  }
+
+  /**
+   * Position of the first transaction with a tid >= `tid` (or > when
+   * `inclusive` is false), or the committed end when there is none.
+   */
+  positionAfter(tid: Buffer, inclusive: boolean): number {
+    let pos = sampleAtOrBefore(this.state.samples, tid, MAGIC_BYTES);
+    while (pos < this.publishedEnd) {
+      const h = this.readTxnHeaderAt(pos);
+      const c = Buffer.compare(h.tid, tid);
+      if (c > 0 || (inclusive && c === 0)) return pos;
+      pos += h.length + TRAILER_BYTES;
+    }
+    return this.publishedEnd;
+  }
+
+  /** Resolve once the durable end moves past `end` (or the storage closes). @internal */
+  waitForGrowth(end: number): Promise<void> {
+    if (this.publishedEnd > end || this.closed) return Promise.resolve();
+    return new Promise((resolve) => this.growthWaiters.push(resolve));
+  }
+
+  /** Position of the first transaction (after the magic). */
+  get firstTransactionPos(): number {
+    return MAGIC_BYTES;
+  }
+
+  /** Changes whenever the data file is replaced (pack), invalidating positions. */
+  get fileEpoch(): number {
+    return this.epoch;
+  }
+
+  /**
+   * Iterate over committed transactions with start <= tid <= stop.
+   *
+   * @example
+   * for await (const txn of storage.iterator()) console.log(txn.tid.toString('hex'), txn.records.length);
+   */
+  iterator(start: Buffer | null = null, stop: Buffer | null = null, options: IterateOptions = {}): AsyncGenerator<TransactionRecord> {
+    this.checkOpen();
+    return iterateTransactions(this, start, stop, options);
+  }
+
+  /** Whether close() was called. */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Wait for the commit lock: used by pack and other whole-file operations. @internal */
+  acquireCommitLock(): Promise<() => void> {
+    return this.commitLock.acquire();
+  }
+
+  /** File descriptor (read/write) of the data file. @internal */
+  get fileDescriptor(): number {
+    return this.fd;
+  }
+
+  /** @internal */
+  get fileHandle(): FileHandle {
+    return this.handle;
+  }
+
+  /** Path of a committed blob revision; POSKeyError when there is none. */
+  async loadBlob(oid: Buffer, tid: Buffer): Promise<string> {
+    this.checkOpen();
+    return this.requireBlobs().committedPath(oid, tid);
+  }
+
+  /** A read stream over a committed blob revision (committed blob files never change). */
+  async openCommittedBlobFile(oid: Buffer, tid: Buffer): Promise<FileHandle> {
+    const path = await this.loadBlob(oid, tid);
+    return openHandle(path, 'r');
+  }
+
+  /**
+   * Swap in a rewritten data file (pack). The caller holds the commit lock and
+   * has made `newPath` durable; the current file is kept as `<file>.old`.
+   * Positions handed out before this call are invalid afterwards (fileEpoch).
+   * @internal
+   */
+  async replaceDataFile(newPath: string): Promise<void> {
+    this.checkWritable('pack');
+    if (this.current) throw new StorageTransactionError('pack: a transaction is in progress');
+    await rename(this.path, `${this.path}.old`);
+    await rename(newPath, this.path);
+    const fd = openSync(this.path, 'r+');
+    const handle = await openHandle(this.path, 'r');
+    const size = fstatSync(fd).size;
+    let result;
+    try {
+      result = await scanFile(handle, this.path, MAGIC_BYTES, size, emptyScanState());
+      if (result.tail) throw new CorruptedDataError(this.path, result.tail.pos, `packed file is incomplete: ${result.tail.reason}`);
+    } catch (err) {
+      await handle.close();
+      closeSync(fd);
+      throw err;
+    }
+    await this.handle.close();
+    closeSync(this.fd);
+    this.fd = fd;
+    this.handle = handle;
+    this.state = result;
+    this.end = result.end;
+    this.publishedEnd = result.end;
+    this.groupSync = new GroupSync(fd, result.end, () => this.end);
+    this.epoch += 1;
+    await removeIndex(this.path);
+  }
+
+  /**
+   * Remove revisions that were not current at `packTime` (seconds since the
+   * epoch), and with `referencesOf` every object unreachable from the root
+   * then. Safe while others commit; the old file is kept as `<file>.old`.
+   */
+  async pack(packTime: number, referencesOf?: (data: Buffer) => Buffer[]): Promise<void> {
+    this.checkWritable('pack');
+    const { packStorage } = await import('./pack.js');
+    await packStorage(this, packTime, referencesOf);
+  }
+
+  /** Abort any transaction in progress, save the index, release the lock. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.current) await this.tpcAbort(this.current.txn);
+    // Let a commit that is finishing reach the disk first.
+    const release = await this.commitLock.acquire();
+    this.closed = true;
+    try {
+      if (!this.readOnly && !this.fatal) {
+        if (this.fsync) await this.groupSync.waitDurable(this.end);
+        await saveIndex(this.path, this.fd, { ...this.state, end: this.end });
+      }
+    } finally {
+      for (const w of this.growthWaiters) w();
+      this.growthWaiters = [];
+      this.commitsSubject.complete();
+      await this.handle.close();
+      closeSync(this.fd);
+      this.lock?.release();
+      release();
+    }
+  }
+
+  /** The smallest tid strictly after `tid`. */
+  static tidAfter(tid: Buffer): Buffer {
+    return tidPlusOne(tid);
+  }
+}
+
+function checkOid(oid: Buffer): void {
+  if (oid.length !== 8) throw new ZrsError(`oid must be 8 bytes, got ${oid.length}`);
+}
+
+function writeFully(fd: number, buf: Buffer, pos: number): void {
+  let off = 0;
+  while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off, pos + off);
+}

@@ -1,0 +1,116 @@
+// A blob directory in ZODB's "bushy" layout: one directory per oid byte
+// (`0x00/…/0x02`), files named `0x<tid hex>.blob`, a `.layout` file saying
+// `bushy`, and a `tmp/` area for files not yet committed. Committed blob
+// files are never changed; only an aborted transaction's files are removed.
+
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { access, copyFile, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { POSKeyError, ZrsError } from '../errors.js';
+
+const LAYOUT = 'bushy';
+
+export interface PlacedBlob {
+  oid: Buffer;
+  tid: Buffer;
+  stagedPath: string;
+}
+
+export class BlobDirectory {
+  private constructor(readonly root: string) {}
+
+  static async open(root: string, options: { create: boolean }): Promise<BlobDirectory> {
+    const layoutPath = join(root, '.layout');
+    let layout: string | null = null;
+    try {
+      layout = (await readFile(layoutPath, 'latin1')).trim();
+    } catch {
+      layout = null;
+    }
+    if (layout === null) {
+      if (!options.create) {
+        const exists = await access(root).then(() => true, () => false);
+        if (!exists) throw new ZrsError(`blob directory ${root} does not exist`);
+      } else {
+        await mkdir(join(root, 'tmp'), { recursive: true, mode: 0o700 });
+        await writeFile(layoutPath, LAYOUT, { flag: 'wx' }).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'EEXIST') throw err;
+        });
+      }
+    } else if (layout !== LAYOUT) {
+      throw new ZrsError(`blob directory ${root} uses layout ${JSON.stringify(layout)}; only "bushy" is supported`);
+    } else if (options.create) {
+      await mkdir(join(root, 'tmp'), { recursive: true, mode: 0o700 });
+    }
+    return new BlobDirectory(root);
+  }
+
+  /** Directory holding every revision of an oid. */
+  oidDir(oid: Buffer): string {
+    const parts: string[] = [];
+    for (const byte of oid) parts.push(`0x${byte.toString(16).padStart(2, '0')}`);
+    return join(this.root, ...parts);
+  }
+
+  /** Where the revision `tid` of `oid` lives once committed. */
+  pathFor(oid: Buffer, tid: Buffer): string {
+    return join(this.oidDir(oid), `0x${tid.toString('hex')}.blob`);
+  }
+
+  /** A fresh path in the blob temp area (same filesystem, so renames are atomic). */
+  tempPath(): string {
+    return join(this.root, 'tmp', `${randomBytes(8).toString('hex')}.tmp`);
+  }
+
+  /** Move a caller's file into the temp area (copy when it is on another filesystem). */
+  async stage(sourcePath: string): Promise<string> {
+    const staged = this.tempPath();
+    try {
+      await rename(sourcePath, staged);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+      await copyFile(sourcePath, staged, constants.COPYFILE_EXCL);
+      await rm(sourcePath, { force: true });
+    }
+    return staged;
+  }
+
+  /** Put staged files at their committed paths (called while the transaction is voted). */
+  async place(blobs: PlacedBlob[], fsync: boolean): Promise<string[]> {
+    const placed: string[] = [];
+    for (const b of blobs) {
+      const target = this.pathFor(b.oid, b.tid);
+      await mkdir(this.oidDir(b.oid), { recursive: true, mode: 0o700 });
+      if (fsync) await syncFile(b.stagedPath);
+      await rename(b.stagedPath, target);
+      placed.push(target);
+    }
+    return placed;
+  }
+
+  /** Remove files of an aborted transaction (staged or already placed). */
+  async discard(paths: string[]): Promise<void> {
+    await Promise.all(paths.map((p) => rm(p, { force: true })));
+  }
+
+  /** Path of a committed revision, or POSKeyError when the file is missing. */
+  async committedPath(oid: Buffer, tid: Buffer): Promise<string> {
+    const path = this.pathFor(oid, tid);
+    try {
+      await access(path);
+    } catch {
+      throw new POSKeyError(Buffer.from(oid), Buffer.from(tid));
+    }
+    return path;
+  }
+}
+
+async function syncFile(path: string): Promise<void> {
+  const h = await open(path, 'r');
+  try {
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+}

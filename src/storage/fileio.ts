@@ -1,0 +1,70 @@
+// Positional file reads for the storage: a sync pread for random access
+// (loads hit the page cache; a thread-pool hop would cost more than the read)
+// and a windowed sequential reader for scans and iteration.
+
+import { readSync } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+
+/** Read exactly `length` bytes at `pos`, or fewer only at end of file. */
+export function preadSync(fd: number, pos: number, length: number): Buffer {
+  const out = Buffer.allocUnsafe(length);
+  let got = 0;
+  while (got < length) {
+    const n = readSync(fd, out, got, length - got, pos + got);
+    if (n === 0) break;
+    got += n;
+  }
+  return got === length ? out : out.subarray(0, got);
+}
+
+/**
+ * A forward-moving window over a file: `has(pos, len)` says whether the bytes
+ * are buffered, `fill(pos, len)` reads a new window starting at `pos`, and
+ * `view(pos, len)` returns a view (valid until the next fill).
+ */
+export class WindowReader {
+  private buf: Buffer;
+  private start = 0;
+  private end = 0;
+
+  constructor(
+    private readonly handle: FileHandle,
+    private readonly windowBytes = 4 * 1024 * 1024,
+  ) {
+    this.buf = Buffer.allocUnsafe(windowBytes);
+  }
+
+  has(pos: number, length: number): boolean {
+    return pos >= this.start && pos + length <= this.end;
+  }
+
+  /** Read a window starting at `pos` holding at least `length` bytes (fewer at EOF). */
+  async fill(pos: number, length: number): Promise<void> {
+    const want = Math.max(length, this.windowBytes);
+    // A fresh buffer each time: views handed out earlier stay valid.
+    this.buf = Buffer.allocUnsafe(want);
+    let got = 0;
+    while (got < want) {
+      const { bytesRead } = await this.handle.read(this.buf, got, want - got, pos + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    this.start = pos;
+    this.end = pos + got;
+  }
+
+  /** Bytes available from `pos` in the window. */
+  available(pos: number): number {
+    return pos >= this.start && pos <= this.end ? this.end - pos : 0;
+  }
+
+  view(pos: number, length: number): Buffer {
+    return this.buf.subarray(pos - this.start, pos - this.start + length);
+  }
+
+  /** Forget the window (the file changed under it). */
+  reset(): void {
+    this.start = 0;
+    this.end = 0;
+  }
+}

@@ -1,0 +1,113 @@
+// Byte layout of ZODB's FileStorage (see docs/FORMAT.md): a 4-byte magic, then
+// transactions of a 23-byte header, metadata, data records (42-byte headers)
+// and an 8-byte redundant length. All integers are big-endian unsigned.
+
+export const MAGIC_FS30 = Buffer.from('FS30', 'latin1');
+export const MAGIC_FS21 = Buffer.from('FS21', 'latin1');
+export const MAGIC_BYTES = 4;
+export const TXN_HEADER_BYTES = 23;
+export const DATA_HEADER_BYTES = 42;
+export const TRAILER_BYTES = 8;
+export const BACKPOINTER_BYTES = 8;
+
+export const STATUS_COMMITTED = ' ';
+export const STATUS_PACKED = 'p';
+export const STATUS_CHECKPOINT = 'c';
+export const STATUS_UNDONE = 'u';
+
+export interface TxnHeader {
+  tid: Buffer;
+  /** tlen: everything but the 8-byte trailer. */
+  length: number;
+  status: string;
+  ulen: number;
+  dlen: number;
+  elen: number;
+}
+
+export interface DataHeader {
+  oid: Buffer;
+  tid: Buffer;
+  prev: number;
+  tloc: number;
+  vlen: number;
+  plen: number;
+}
+
+const TWO32 = 4294967296;
+
+/** Read a u64 that must fit a JS number (file offsets and lengths do). */
+function u64At(buf: Buffer, off: number): number {
+  const hi = buf.readUInt32BE(off);
+  const lo = buf.readUInt32BE(off + 4);
+  return hi * TWO32 + lo;
+}
+
+function writeU64At(buf: Buffer, off: number, n: number): void {
+  buf.writeUInt32BE(Math.floor(n / TWO32), off);
+  buf.writeUInt32BE(n % TWO32 >>> 0, off + 4);
+}
+
+export function readTxnHeader(buf: Buffer, off = 0): TxnHeader {
+  return {
+    tid: buf.subarray(off, off + 8),
+    length: u64At(buf, off + 8),
+    status: String.fromCharCode(buf[off + 16]!),
+    ulen: buf.readUInt16BE(off + 17),
+    dlen: buf.readUInt16BE(off + 19),
+    elen: buf.readUInt16BE(off + 21),
+  };
+}
+
+export function writeTxnHeader(buf: Buffer, off: number, h: TxnHeader): void {
+  h.tid.copy(buf, off);
+  writeU64At(buf, off + 8, h.length);
+  buf[off + 16] = h.status.charCodeAt(0);
+  buf.writeUInt16BE(h.ulen, off + 17);
+  buf.writeUInt16BE(h.dlen, off + 19);
+  buf.writeUInt16BE(h.elen, off + 21);
+}
+
+export function readDataHeader(buf: Buffer, off = 0): DataHeader {
+  return {
+    oid: buf.subarray(off, off + 8),
+    tid: buf.subarray(off + 8, off + 16),
+    prev: u64At(buf, off + 16),
+    tloc: u64At(buf, off + 24),
+    vlen: buf.readUInt16BE(off + 32),
+    plen: u64At(buf, off + 34),
+  };
+}
+
+export function writeDataHeader(buf: Buffer, off: number, h: DataHeader): void {
+  h.oid.copy(buf, off);
+  h.tid.copy(buf, off + 8);
+  writeU64At(buf, off + 16, h.prev);
+  writeU64At(buf, off + 24, h.tloc);
+  buf.writeUInt16BE(h.vlen, off + 32);
+  writeU64At(buf, off + 34, h.plen);
+}
+
+/** Length of a data record on disk: header plus data, or header plus a backpointer. */
+export function dataRecordLength(plen: number): number {
+  return DATA_HEADER_BYTES + (plen > 0 ? plen : BACKPOINTER_BYTES);
+}
+
+export { u64At as readU64At, writeU64At };
+
+/** Build one data record (header + data or backpointer) as a fresh Buffer. */
+export function encodeDataRecord(
+  oid: Buffer,
+  tid: Buffer,
+  prev: number,
+  tloc: number,
+  data: Buffer | null,
+  back: number,
+): Buffer {
+  const plen = data === null ? 0 : data.length;
+  const out = Buffer.allocUnsafe(dataRecordLength(plen));
+  writeDataHeader(out, 0, { oid, tid, prev, tloc, vlen: 0, plen });
+  if (data !== null && plen > 0) data.copy(out, DATA_HEADER_BYTES);
+  else writeU64At(out, DATA_HEADER_BYTES, back);
+  return out;
+}

@@ -1,0 +1,104 @@
+// Iteration over committed transactions in file order, from any tid (found
+// through the sparse tid table, so starting late is cheap), optionally
+// following the file as new transactions become durable. Holds one read
+// window and one transaction in memory at a time.
+
+import { CorruptedDataError } from '../errors.js';
+import { DATA_HEADER_BYTES, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength, readDataHeader, readTxnHeader, readU64At } from './format.js';
+import { WindowReader } from './fileio.js';
+import type { FileStorage } from './FileStorage.js';
+import type { DataRecord, TransactionRecord } from './types.js';
+
+export interface IterateOptions {
+  /** Keep waiting for new transactions at the end instead of finishing. */
+  follow?: boolean;
+  /** Stop (finish the iteration) when aborted. */
+  signal?: AbortSignal;
+}
+
+/**
+ * Transactions with start <= tid <= stop (both optional, inclusive, as ZODB's
+ * iterator). Records carry data with backpointers resolved and `dataTxn`.
+ */
+export async function* iterateTransactions(
+  storage: FileStorage,
+  start: Buffer | null = null,
+  stop: Buffer | null = null,
+  options: IterateOptions = {},
+): AsyncGenerator<TransactionRecord> {
+  let epoch = storage.fileEpoch;
+  let reader = new WindowReader(storage.fileHandle, 1 << 20);
+  let pos = start ? storage.positionAfter(start, true) : storage.firstTransactionPos;
+  let lastTid: Buffer | null = null;
+  for (;;) {
+    if (options.signal?.aborted || storage.isClosed) return;
+    if (epoch !== storage.fileEpoch) {
+      // The file was replaced (pack): find our place again by tid.
+      epoch = storage.fileEpoch;
+      reader = new WindowReader(storage.fileHandle, 1 << 20);
+      pos = lastTid ? storage.positionAfter(lastTid, false) : storage.firstTransactionPos;
+    }
+    if (pos >= storage.durableEnd) {
+      if (!options.follow) return;
+      await waitOrAbort(storage, pos, options.signal);
+      continue;
+    }
+    const txn = await readTransaction(storage, reader, pos);
+    if (stop && Buffer.compare(txn.tid, stop) > 0) return;
+    lastTid = txn.tid;
+    pos += txn.length + TRAILER_BYTES;
+    yield txn;
+  }
+}
+
+function waitOrAbort(storage: FileStorage, pos: number, signal: AbortSignal | undefined): Promise<void> {
+  const growth = storage.waitForGrowth(pos);
+  if (!signal) return growth;
+  return new Promise((resolve) => {
+    const done = (): void => {
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    signal.addEventListener('abort', done);
+    void growth.then(done);
+  });
+}
+
+async function view(reader: WindowReader, pos: number, length: number): Promise<Buffer> {
+  if (!reader.has(pos, length)) await reader.fill(pos, length);
+  const v = reader.view(pos, length);
+  return v;
+}
+
+/** Read one whole transaction at `pos` with its records. */
+export async function readTransaction(storage: FileStorage, reader: WindowReader, pos: number): Promise<TransactionRecord> {
+  const h = readTxnHeader(await view(reader, pos, TXN_HEADER_BYTES));
+  const total = h.length + TRAILER_BYTES;
+  const body = await view(reader, pos, total);
+  const tid = Buffer.from(body.subarray(0, 8));
+  let off = TXN_HEADER_BYTES;
+  const user = Buffer.from(body.subarray(off, (off += h.ulen)));
+  const description = Buffer.from(body.subarray(off, (off += h.dlen)));
+  const extensionBytes = Buffer.from(body.subarray(off, (off += h.elen)));
+  const records: DataRecord[] = [];
+  while (off < h.length) {
+    const d = readDataHeader(body, off);
+    const len = dataRecordLength(d.plen);
+    if (off + len > h.length) throw new CorruptedDataError(storage.path, pos + off, 'data record runs past its transaction');
+    records.push(recordAt(storage, body, off, pos + off, tid, d.plen));
+    off += len;
+  }
+  return { tid, status: h.status, user, description, extensionBytes, pos, length: h.length, records };
+}
+
+function recordAt(storage: FileStorage, body: Buffer, off: number, pos: number, tid: Buffer, plen: number): DataRecord {
+  const oid = Buffer.from(body.subarray(off, off + 8));
+  if (plen > 0) {
+    const data = Buffer.from(body.subarray(off + DATA_HEADER_BYTES, off + DATA_HEADER_BYTES + plen));
+    return { oid, tid, data, dataTxn: null, pos, back: null };
+  }
+  const back = readU64At(body, off + DATA_HEADER_BYTES);
+  if (back === 0) return { oid, tid, data: null, dataTxn: null, pos, back };
+  const target = storage.readDataHeaderAt(back);
+  return { oid, tid, data: storage.resolveData(back, target), dataTxn: Buffer.from(target.tid), pos, back };
+}

@@ -1,0 +1,193 @@
+// Forward scan of a FileStorage: validates every transaction, builds the
+// oid -> current-record index and a sparse tid -> position table, and tells a
+// torn tail (damage reaching the end of the file, cut on open) from damage in
+// the middle (a CorruptedDataError naming the file and position).
+
+import type { FileHandle } from 'node:fs/promises';
+import { CorruptedDataError } from '../errors.js';
+import {
+  DATA_HEADER_BYTES,
+  STATUS_CHECKPOINT,
+  TRAILER_BYTES,
+  TXN_HEADER_BYTES,
+  dataRecordLength,
+  readDataHeader,
+  readTxnHeader,
+  readU64At,
+} from './format.js';
+import { WindowReader } from './fileio.js';
+
+/** One sample every this many transactions keeps tid lookups short. */
+export const TID_SAMPLE_EVERY = 64;
+
+/** Map key for an oid: its 8 bytes as a latin1 string. */
+export function oidKey(oid: Buffer): string {
+  return oid.toString('latin1');
+}
+
+export function keyToOid(key: string): Buffer {
+  return Buffer.from(key, 'latin1');
+}
+
+export interface TidSamples {
+  tids: Buffer[];
+  positions: number[];
+}
+
+export interface ScanState {
+  index: Map<string, number>;
+  maxOid: Buffer;
+  lastTid: Buffer | null;
+  lastTxnPos: number;
+  txnCount: number;
+  samples: TidSamples;
+}
+
+export interface ScanResult extends ScanState {
+  /** End of the last complete transaction: where the next one goes. */
+  end: number;
+  /** Set when the tail from `pos` to the end of the file is an unfinished transaction. */
+  tail: { pos: number; reason: string } | null;
+}
+
+export function emptyScanState(): ScanState {
+  return {
+    index: new Map(),
+    maxOid: Buffer.alloc(8),
+    lastTid: null,
+    lastTxnPos: 0,
+    txnCount: 0,
+    samples: { tids: [], positions: [] },
+  };
+}
+
+type TxnVerdict = { kind: 'ok'; next: number } | { kind: 'tail'; reason: string };
+
+/**
+ * Scan from `pos` (the start of a transaction) to the end of the file,
+ * updating `state` in place.
+ */
+export async function scanFile(
+  handle: FileHandle,
+  path: string,
+  pos: number,
+  fileSize: number,
+  state: ScanState,
+): Promise<ScanResult> {
+  const reader = new WindowReader(handle);
+  while (pos < fileSize) {
+    let verdict: TxnVerdict;
+    try {
+      verdict = await scanTransaction(reader, path, pos, fileSize, state);
+    } catch (err) {
+      // Damage that reaches the end of the file is an unfinished write (no
+      // transaction after it was ever reported committed); damage followed
+      // by intact transactions is corruption and must not be cut silently.
+      if (!(err instanceof CorruptedDataError) || (await intactTransactionAfter(handle, pos, fileSize))) throw err;
+      verdict = { kind: 'tail', reason: err.message };
+    }
+    if (verdict.kind === 'tail') return { ...state, end: pos, tail: { pos, reason: verdict.reason } };
+    pos = verdict.next;
+  }
+  return { ...state, end: pos, tail: null };
+}
+
+/** Whether the file ends with a well-formed transaction that starts after `pos`. */
+async function intactTransactionAfter(handle: FileHandle, pos: number, fileSize: number): Promise<boolean> {
+  if (fileSize - TRAILER_BYTES <= pos) return false;
+  const tail = Buffer.alloc(TRAILER_BYTES);
+  await handle.read(tail, 0, TRAILER_BYTES, fileSize - TRAILER_BYTES);
+  const length = readU64At(tail, 0);
+  const start = fileSize - TRAILER_BYTES - length;
+  if (start <= pos || length < TXN_HEADER_BYTES) return false;
+  const head = Buffer.alloc(TXN_HEADER_BYTES);
+  await handle.read(head, 0, TXN_HEADER_BYTES, start);
+  const h = readTxnHeader(head);
+  return h.length === length && (h.status === ' ' || h.status === 'p');
+}
+
+async function ensure(reader: WindowReader, pos: number, length: number): Promise<Buffer> {
+  if (!reader.has(pos, length)) await reader.fill(pos, length);
+  return reader.view(pos, length);
+}
+
+async function scanTransaction(
+  reader: WindowReader,
+  path: string,
+  pos: number,
+  fileSize: number,
+  state: ScanState,
+): Promise<TxnVerdict> {
+  if (pos + TXN_HEADER_BYTES > fileSize) return { kind: 'tail', reason: 'transaction header truncated' };
+  const h = readTxnHeader(Buffer.from(await ensure(reader, pos, TXN_HEADER_BYTES)));
+  const metaBytes = TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
+  const end = pos + h.length + TRAILER_BYTES;
+  if (h.length < metaBytes) throw new CorruptedDataError(path, pos, `transaction length ${h.length} is shorter than its header`);
+  if (end > fileSize) return { kind: 'tail', reason: 'transaction runs past the end of the file' };
+  if (h.status === STATUS_CHECKPOINT) return { kind: 'tail', reason: "transaction still marked in progress ('c')" };
+  if (!' pu'.includes(h.status)) throw new CorruptedDataError(path, pos + 16, `unknown transaction status 0x${h.status.charCodeAt(0).toString(16)}`);
+  if (state.lastTid !== null && Buffer.compare(h.tid, state.lastTid) <= 0) {
+    throw new CorruptedDataError(path, pos, `tid ${h.tid.toString('hex')} does not follow ${state.lastTid.toString('hex')}`);
+  }
+  const trailer = readU64At(await ensure(reader, pos + h.length, TRAILER_BYTES), 0);
+  if (trailer !== h.length) {
+    throw new CorruptedDataError(path, pos + h.length, `redundant length ${trailer} does not match transaction length ${h.length}`);
+  }
+  await scanRecords(reader, path, pos, pos + metaBytes, pos + h.length, h.tid, state);
+  recordTransaction(state, h.tid, pos);
+  return { kind: 'ok', next: end };
+}
+
+async function scanRecords(
+  reader: WindowReader,
+  path: string,
+  tpos: number,
+  start: number,
+  tend: number,
+  tid: Buffer,
+  state: ScanState,
+): Promise<void> {
+  let pos = start;
+  while (pos < tend) {
+    if (pos + DATA_HEADER_BYTES > tend) throw new CorruptedDataError(path, pos, 'data record header runs past its transaction');
+    const d = readDataHeader(await ensure(reader, pos, DATA_HEADER_BYTES));
+    const len = dataRecordLength(d.plen);
+    if (pos + len > tend) throw new CorruptedDataError(path, pos, 'data record runs past its transaction');
+    if (d.tloc !== tpos) throw new CorruptedDataError(path, pos, `data record points at transaction ${d.tloc}, not ${tpos}`);
+    if (!d.tid.equals(tid)) throw new CorruptedDataError(path, pos, 'data record tid differs from its transaction');
+    if (d.vlen !== 0) throw new CorruptedDataError(path, pos, 'data record has a version (unsupported)');
+    if (d.prev >= pos) throw new CorruptedDataError(path, pos, `previous-record pointer ${d.prev} is not before the record`);
+    if (Buffer.compare(d.oid, state.maxOid) > 0) state.maxOid = Buffer.from(d.oid);
+    state.index.set(oidKey(d.oid), pos);
+    pos += len;
+  }
+}
+
+/** Account a complete transaction in the scan state (also used by commits). */
+export function recordTransaction(state: ScanState, tid: Buffer, pos: number): void {
+  if (state.txnCount % TID_SAMPLE_EVERY === 0) {
+    state.samples.tids.push(Buffer.from(tid));
+    state.samples.positions.push(pos);
+  }
+  state.txnCount += 1;
+  state.lastTid = Buffer.from(tid);
+  state.lastTxnPos = pos;
+}
+
+/**
+ * Position of the sampled transaction with the greatest tid <= `tid`, or the
+ * first transaction position when `tid` precedes every sample.
+ */
+export function sampleAtOrBefore(samples: TidSamples, tid: Buffer, firstPos: number): number {
+  let lo = 0;
+  let hi = samples.tids.length - 1;
+  let best = -1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (Buffer.compare(samples.tids[mid]!, tid) <= 0) {
+      best = mid;
+      lo = mid + 1;
+    } else hi = mid - 1;
+  }
+  return best < 0 ? firstPos : samples.positions[best]!;
+}

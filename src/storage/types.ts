@@ -1,0 +1,109 @@
+// Public shapes of the FileStorage API: transactions, records, iterator items
+// and the commit notifications replication follows. Oids and tids are 8-byte
+// Buffers everywhere (big-endian, as ZODB writes them).
+
+import type { PickleValue, PickleWritable } from '../wire/pickle.js';
+
+/** Transaction metadata given to tpcBegin, as ZODB's transaction object carries it. */
+export interface TransactionMeta {
+  /** Text (stored UTF-8) or raw bytes. */
+  user?: string | Buffer;
+  description?: string | Buffer;
+  /** Stored as a pickled dict exactly as ZODB stores it; `{}` is stored as zero bytes. */
+  extension?: { readonly [key: string]: PickleWritable };
+  /** Raw extension bytes to store verbatim (used by restore paths); wins over `extension`. */
+  extensionBytes?: Buffer;
+}
+
+export interface TpcBeginOptions {
+  /** Commit under this tid (restore/replication). Must exceed lastTransaction(). */
+  tid?: Buffer;
+  /** Status byte to write: ' ' (default) or 'p' for a packed transaction being restored. */
+  status?: string;
+}
+
+/** One data record as the iterator returns it. */
+export interface DataRecord {
+  oid: Buffer;
+  tid: Buffer;
+  /** The object's data with backpointers resolved, or null for "no data" (an undone creation). */
+  data: Buffer | null;
+  /** Tid of the record a backpointer points at directly (one level), or null. */
+  dataTxn: Buffer | null;
+  /** File offset of the record header. */
+  pos: number;
+  /** Raw backpointer when the record stores no data of its own (plen = 0), else null. */
+  back: number | null;
+}
+
+/** One transaction as the iterator returns it. */
+export interface TransactionRecord {
+  tid: Buffer;
+  /** ' ', 'p' (packed) … */
+  status: string;
+  user: Buffer;
+  description: Buffer;
+  /** The extension pickle exactly as stored (zero bytes for an empty dict). */
+  extensionBytes: Buffer;
+  /** File offset of the transaction header. */
+  pos: number;
+  /** tlen: header + metadata + records, without the 8-byte trailer. */
+  length: number;
+  records: DataRecord[];
+}
+
+/** What tpcFinish publishes on commits$ once the transaction is durable. */
+export interface CommittedTransaction {
+  tid: Buffer;
+  status: string;
+  /** File offset of the transaction header. */
+  pos: number;
+  /** File offset just past the transaction's trailer (the file size after it). */
+  end: number;
+  /** Oids written by the transaction, in file order. */
+  oids: Buffer[];
+}
+
+export interface LoadResult {
+  data: Buffer;
+  tid: Buffer;
+}
+
+export interface LoadBeforeResult {
+  data: Buffer;
+  tid: Buffer;
+  /** Tid of the next revision, or null when `tid` is current. */
+  endTid: Buffer | null;
+}
+
+export interface HistoryEntry {
+  tid: Buffer;
+  time: number;
+  user: Buffer;
+  description: Buffer;
+  extension: Record<string, PickleValue>;
+  /** Stored data length (0 for a backpointer). */
+  size: number;
+}
+
+export interface UndoLogEntry {
+  /** Opaque id to pass to undo(): the tid followed by the file position, as in ZODB. */
+  id: Buffer;
+  tid: Buffer;
+  time: number;
+  user: Buffer;
+  description: Buffer;
+  extension: Record<string, PickleValue>;
+}
+
+export interface OpenOptions {
+  /** Create the file if missing (and truncate an existing one when `create === 'truncate'`). */
+  create?: boolean | 'truncate';
+  readOnly?: boolean;
+  /** Blob directory (bushy layout); blobs are unsupported without it. */
+  blobDir?: string;
+  /** fsync each commit before tpcFinish resolves (default true). */
+  fsync?: boolean;
+  /** Wall-clock source for new tids, in ms since the epoch (tests inject a fake). */
+  now?: () => number;
+}
