@@ -46,7 +46,9 @@ import { emptyScanState, oidKey, recordTransaction, sampleAtOrBefore, scanFile, 
 import { Z64, newTid, tidPlusOne, tidToSeconds } from './timestamp.js';
 import { BlobDirectory } from './blobs.js';
 import { iterateTransactions, type IterateOptions } from './iterator.js';
+import { undoLog, undoTransaction } from './undo.js';
 import type {
+  UndoLogEntry,
   TransactionRecord,
   CommittedTransaction,
   HistoryEntry,
@@ -417,6 +419,33 @@ export class FileStorage {
       pos += dataRecordLength(d.plen);
     }
     return 0;
+  }
+
+  /**
+   * Undo transaction `id` (an undo-log id or a tid) within `txn`; returns
+   * the oids reverted. Throws UndoError when a later transaction changed one.
+   */
+  async undo(id: string | Buffer, txn: TransactionMeta): Promise<Buffer[]> {
+    const cur = this.pending(txn, 'undo');
+    if (cur.voted) throw new StorageTransactionError('undo: transaction already voted');
+    return undoTransaction(this, id, txn);
+  }
+
+  /** Undoable transactions, newest first (see undo.ts). */
+  async undoLog(first = 0, last = -20, filter?: (entry: UndoLogEntry) => boolean): Promise<UndoLogEntry[]> {
+    this.checkOpen();
+    return undoLog(this, first, last, filter);
+  }
+
+  /** @internal Position of this transaction's record for an oid, if any. */
+  pendingPos(key: string): number | undefined {
+    return this.current?.tindex.get(key);
+  }
+
+  /** @internal Append an undo record (a backpointer) to the transaction in progress. */
+  appendUndoRecord(oid: Buffer, back: number, txn: TransactionMeta): void {
+    const cur = this.pending(txn, 'undo');
+    this.append(cur, oid, null, back);
   }
 
   /** Store a blob revision: the file at `blobPath` is moved into the blob directory. */

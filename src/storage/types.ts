@@ -87,13 +87,15 @@ export interface HistoryEntry {
 }
 
 export interface UndoLogEntry {
-  /** Opaque id to pass to undo(): the tid followed by the file position, as in ZODB. */
-  id: Buffer;
+  /** Id to pass to undo(): the tid in base64, as ZODB's undo ids. */
+  id: string;
   tid: Buffer;
   time: number;
   user: Buffer;
   description: Buffer;
   extension: Record<string, PickleValue>;
+  /** Transaction length (tlen). */
+  size: number;
 }
 
 export interface OpenOptions {

@@ -1,0 +1,118 @@
+// Transactional undo for FileStorage: the undo log (newest first, ending at
+// the packed part of the file) and undo records written as backpointers to
+// each object's previous revision, refused when a later transaction changed
+// the same object to different data.
+
+import { UndoError } from '../errors.js';
+import { STATUS_COMMITTED, STATUS_PACKED, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength } from './format.js';
+import { decodeExtension, type FileStorage } from './FileStorage.js';
+import { oidKey } from './scan.js';
+import { tidToSeconds } from './timestamp.js';
+import type { TransactionMeta, UndoLogEntry } from './types.js';
+
+/** ZODB's undo id for a transaction: its tid in base64. */
+export function undoIdFor(tid: Buffer): string {
+  return tid.toString('base64');
+}
+
+/** The tid an undo id (or a raw 8-byte tid) names. */
+export function tidFromUndoId(id: string | Buffer): Buffer {
+  const tid = typeof id === 'string' ? Buffer.from(id, 'base64') : id;
+  if (tid.length !== 8) throw new UndoError(`invalid undo id ${JSON.stringify(String(id))}`);
+  return tid;
+}
+
+/**
+ * Undoable transactions, newest first, skipping `first` matches and
+ * returning those up to `last` (a negative `last` means a count, as in ZODB).
+ */
+export function undoLog(
+  storage: FileStorage,
+  first = 0,
+  last = -20,
+  filter?: (entry: UndoLogEntry) => boolean,
+): UndoLogEntry[] {
+  if (last < 0) last = first - last;
+  const out: UndoLogEntry[] = [];
+  let matched = 0;
+  let end = storage.durableEnd;
+  while (end > storage.firstTransactionPos && matched < last) {
+    const length = storage.readAt(end - TRAILER_BYTES, TRAILER_BYTES).readBigUInt64BE(0);
+    const tpos = end - TRAILER_BYTES - Number(length);
+    const h = storage.readTxnHeaderAt(tpos);
+    if (h.status === STATUS_PACKED) break;
+    end = tpos;
+    if (h.status !== STATUS_COMMITTED) continue;
+    const meta = storage.readAt(tpos + TXN_HEADER_BYTES, h.ulen + h.dlen + h.elen);
+    const entry: UndoLogEntry = {
+      id: undoIdFor(h.tid),
+      tid: Buffer.from(h.tid),
+      time: tidToSeconds(h.tid),
+      user: Buffer.from(meta.subarray(0, h.ulen)),
+      description: Buffer.from(meta.subarray(h.ulen, h.ulen + h.dlen)),
+      extension: decodeExtension(Buffer.from(meta.subarray(h.ulen + h.dlen))),
+      size: h.length,
+    };
+    if (filter && !filter(entry)) continue;
+    if (matched >= first) out.push(entry);
+    matched += 1;
+  }
+  return out;
+}
+
+/** Position of the record that finally holds the data of the record at `pos` (0 for no data). */
+function dataPosition(storage: FileStorage, pos: number): number {
+  for (;;) {
+    const h = storage.readDataHeaderAt(pos);
+    if (h.plen > 0) return pos;
+    const back = storage.readAt(pos + 42, 8).readBigUInt64BE(0);
+    if (back === 0n) return 0;
+    pos = Number(back);
+  }
+}
+
+/**
+ * Undo transaction `id` inside the transaction `txn` in progress; returns the
+ * oids it reverts. Each object goes back to the revision before the undone
+ * one (a backpointer; position 0 when the undone transaction created it).
+ */
+export function undoTransaction(storage: FileStorage, id: string | Buffer, txn: TransactionMeta): Buffer[] {
+  const tid = tidFromUndoId(id);
+  const tpos = storage.findTransaction(tid);
+  if (tpos === null) throw new UndoError(`transaction ${tid.toString('hex')} not found`);
+  const h = storage.readTxnHeaderAt(tpos);
+  if (h.status !== STATUS_COMMITTED) throw new UndoError(`transaction ${tid.toString('hex')} is not undoable (status ${JSON.stringify(h.status)})`);
+  const plan: Array<{ oid: Buffer; back: number }> = [];
+  const seen = new Set<string>();
+  let pos = tpos + TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
+  const tend = tpos + h.length;
+  while (pos < tend) {
+    const d = storage.readDataHeaderAt(pos);
+    const key = oidKey(d.oid);
+    if (!seen.has(key)) {
+      seen.add(key);
+      plan.push({ oid: Buffer.from(d.oid), back: undoTarget(storage, key, pos, d.prev) });
+    }
+    pos += dataRecordLength(d.plen);
+  }
+  // Check everything before writing anything: an undo applies whole or not at all.
+  for (const step of plan) storage.appendUndoRecord(step.oid, step.back, txn);
+  return plan.map((s) => s.oid);
+}
+
+function undoTarget(storage: FileStorage, key: string, pos: number, prev: number): number {
+  if (storage.pendingPos(key) !== undefined) {
+    throw new UndoError(`oid 0x${Buffer.from(key, 'latin1').toString('hex')}: already changed in this transaction`, Buffer.from(key, 'latin1'));
+  }
+  const current = storage.index.get(key);
+  if (current !== pos) {
+    const same = current !== undefined && dataPosition(storage, current) === dataPosition(storage, pos);
+    if (!same) {
+      throw new UndoError(
+        `oid 0x${Buffer.from(key, 'latin1').toString('hex')}: some data were modified by a later transaction`,
+        Buffer.from(key, 'latin1'),
+      );
+    }
+  }
+  return prev;
+}

@@ -1,0 +1,112 @@
+// Undo: the undo log as ZODB reports it for the fixtures, undo records as
+// backpointers (including undo of a creation and undo of an undo), and a
+// refused undo when a later transaction changed the same object.
+
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { UndoError, POSKeyError } from '../../src/errors.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { Z64 } from '../../src/storage/timestamp.js';
+import { cleanupTempDirs, copyZodbFixture, hex, readManifest, tempDir } from '../helpers/fixtures.js';
+import { toJsonish } from '../helpers/pickleJson.js';
+
+afterAll(cleanupTempDirs);
+
+describe.each(['basic', 'undo', 'packed', 'blobs'])('undoLog of fixture %s', (dir) => {
+  it('lists the same entries as ZODB, newest first', async () => {
+    const want = (await readManifest(dir)).storage.undoLog_first_1000;
+    const tmp = await copyZodbFixture(dir);
+    const fs = await FileStorage.open(join(tmp, 'Data.fs'), { readOnly: true });
+    try {
+      const got = await fs.undoLog(0, 1000);
+      expect(got.length).toBe(want.length);
+      got.forEach((g, i) => {
+        const w = want[i];
+        expect(g.id).toBe(w.id.text);
+        expect(g.time).toBeCloseTo(w.time, 5);
+        expect(hex(g.user)).toBe(w.user_name.__bytes_hex__);
+        expect(hex(g.description)).toBe(w.description.__bytes_hex__);
+        expect(g.size).toBe(w.size);
+        const extra = Object.fromEntries(
+          Object.entries(w).filter(([k]) => !['id', 'time', 'user_name', 'description', 'size'].includes(k)),
+        );
+        expect(toJsonish(g.extension)).toEqual(extra);
+      });
+      const page = await fs.undoLog(2, 5);
+      expect(page.map((e) => e.id)).toEqual(want.slice(2, 5).map((w: any) => w.id.text));
+    } finally {
+      await fs.close();
+    }
+  });
+});
+
+async function commit(fs: FileStorage, writes: Array<[Buffer, Buffer, string]>, description = ''): Promise<Buffer> {
+  const txn = { description };
+  await fs.tpcBegin(txn);
+  for (const [oid, serial, data] of writes) fs.store(oid, serial, Buffer.from(data), txn);
+  await fs.tpcVote(txn);
+  return fs.tpcFinish(txn);
+}
+
+async function undo(fs: FileStorage, id: string | Buffer): Promise<Buffer[]> {
+  const txn = { description: 'undo' };
+  await fs.tpcBegin(txn);
+  try {
+    const oids = await fs.undo(id, txn);
+    await fs.tpcVote(txn);
+    await fs.tpcFinish(txn);
+    return oids;
+  } catch (err) {
+    await fs.tpcAbort(txn);
+    throw err;
+  }
+}
+
+describe('undo', () => {
+  it('reverts a change, an undo, and a creation', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    try {
+      const a = fs.newOid();
+      const t1 = await commit(fs, [[a, Z64, 'v1']]);
+      const t2 = await commit(fs, [[a, t1, 'v2']]);
+      expect((await undo(fs, t2)).map(hex)).toEqual([hex(a)]);
+      expect((await fs.load(a)).data.toString()).toBe('v1');
+      const [u1] = await fs.undoLog(0, 1);
+      await undo(fs, u1!.id);
+      expect((await fs.load(a)).data.toString()).toBe('v2');
+      const b = fs.newOid();
+      const t4 = await commit(fs, [[b, Z64, 'new']]);
+      await undo(fs, t4);
+      await expect(fs.load(b)).rejects.toBeInstanceOf(POSKeyError);
+      expect(fs.objectCount).toBe(2);
+      // The undo records are backpointers: iterating shows the data and its source.
+      const txns = [];
+      for await (const t of fs.iterator()) txns.push(t);
+      const undo1 = txns[2]!.records[0]!;
+      expect(undo1.data!.toString()).toBe('v1');
+      expect(hex(undo1.dataTxn)).toBe(hex(t1));
+      expect(txns.at(-1)!.records[0]!.data).toBeNull();
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('refuses when a later transaction changed the object, writing nothing', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    try {
+      const a = fs.newOid();
+      const b = fs.newOid();
+      const t1 = await commit(fs, [[a, Z64, 'a1'], [b, Z64, 'b1']]);
+      const t2 = await commit(fs, [[a, t1, 'a2'], [b, t1, 'b2']]);
+      await commit(fs, [[b, t2, 'b3']]);
+      const size = fs.getSize();
+      const err = await undo(fs, t2).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(UndoError);
+      expect(hex((err as UndoError).oid)).toBe(hex(b));
+      expect(fs.getSize()).toBe(size);
+      expect((await fs.load(a)).data.toString()).toBe('a2');
+    } finally {
+      await fs.close();
+    }
+  });
+});
