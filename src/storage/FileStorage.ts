@@ -39,6 +39,7 @@ import {
   type TxnHeader,
 } from './format.js';
 import { preadSync } from './fileio.js';
+import { TxnBuffer } from './txnBuffer.js';
 import { GroupSync } from './groupSync.js';
 import { loadIndex, removeIndex, saveIndex } from './indexFile.js';
 import { LockFile } from './lock.js';
@@ -58,6 +59,9 @@ import type {
   TpcBeginOptions,
   TransactionMeta,
 } from './types.js';
+
+/** Recent record serials kept in memory for conflict checks. */
+const RECENT_SERIALS = 1 << 16;
 
 /** Longest user / description / extension a transaction header can carry (u16 lengths). */
 export const MAX_META_BYTES = 0xffff;
@@ -81,8 +85,7 @@ interface PendingTxn {
   metaBytes: number;
   /** Where the transaction header goes (the committed end at tpcBegin). */
   tpos: number;
-  records: Buffer[];
-  recordBytes: number;
+  body: TxnBuffer;
   /** oid key -> absolute position of this transaction's record for it. */
   tindex: Map<string, number>;
   oids: Buffer[];
@@ -140,6 +143,9 @@ export class FileStorage {
   /** Wakes iterators that follow the file as it grows. */
   private growthWaiters: Array<() => void> = [];
   private epoch = 0;
+  /** Record position -> tid for recent writes, so conflict checks skip a read. */
+  private recentSerials = new Map<number, Buffer>();
+  private olderSerials = new Map<number, Buffer>();
 
   private constructor(
     readonly path: string,
@@ -323,8 +329,7 @@ export class FileStorage {
         extension,
         metaBytes: TXN_HEADER_BYTES + user.length + description.length + extension.length,
         tpos: this.end,
-        records: [],
-        recordBytes: 0,
+        body: new TxnBuffer(TXN_HEADER_BYTES + user.length + description.length + extension.length),
         tindex: new Map(),
         oids: [],
         blobs: [],
@@ -357,16 +362,17 @@ export class FileStorage {
     return this.state.index.get(oidKey(oid));
   }
 
-  private append(cur: PendingTxn, oid: Buffer, data: Buffer | null, back: number): number {
-    const prev = this.committedPos(oid) ?? 0;
-    const rec = encodeDataRecord(oid, cur.tid, prev, cur.tpos, data, back);
-    const pos = cur.tpos + cur.metaBytes + cur.recordBytes;
-    cur.records.push(rec);
-    cur.recordBytes += rec.length;
-    const key = oidKey(oid);
+  private append(cur: PendingTxn, oid: Buffer, data: Buffer | null, back: number, key = oidKey(oid)): number {
+    const prev = this.state.index.get(key) ?? 0;
+    const pos = cur.tpos + cur.body.appendRecord(oid, cur.tid, prev, cur.tpos, data, back);
     if (!cur.tindex.has(key)) cur.oids.push(Buffer.from(oid));
     cur.tindex.set(key, pos);
     return pos;
+  }
+
+  /** Serial (tid) of the record at `pos`, from the recent-writes cache when possible. */
+  private serialAt(pos: number): Buffer {
+    return this.recentSerials.get(pos) ?? this.olderSerials.get(pos) ?? this.readDataHeaderAt(pos).tid;
   }
 
   /**
@@ -378,12 +384,13 @@ export class FileStorage {
     if (cur.voted) throw new StorageTransactionError('store: transaction already voted');
     checkOid(oid);
     if (data.length === 0) throw new ZrsError('store: data must not be empty (an empty record means a backpointer)');
-    const pos = this.committedPos(oid);
+    const key = oidKey(oid);
+    const pos = this.state.index.get(key);
     if (pos !== undefined) {
-      const currentSerial = this.readDataHeaderAt(pos).tid;
+      const currentSerial = this.serialAt(pos);
       if (!currentSerial.equals(expectedSerial)) throw new ConflictError(Buffer.from(oid), Buffer.from(expectedSerial), Buffer.from(currentSerial));
     }
-    this.append(cur, oid, data, 0);
+    this.append(cur, oid, data, 0, key);
   }
 
   /**
@@ -505,24 +512,21 @@ export class FileStorage {
   }
 
   private assemble(cur: PendingTxn): Buffer {
-    const length = cur.metaBytes + cur.recordBytes;
-    const out = Buffer.allocUnsafe(length + TRAILER_BYTES);
-    const header: TxnHeader = {
-      tid: cur.tid,
-      length,
-      status: STATUS_CHECKPOINT,
-      ulen: cur.user.length,
-      dlen: cur.description.length,
-      elen: cur.extension.length,
-    };
-    writeTxnHeader(out, 0, header);
-    let off = TXN_HEADER_BYTES;
-    off += cur.user.copy(out, off);
-    off += cur.description.copy(out, off);
-    off += cur.extension.copy(out, off);
-    for (const rec of cur.records) off += rec.copy(out, off);
-    writeU64At(out, off, length);
-    return out;
+    return cur.body.finish((out) => {
+      const header: TxnHeader = {
+        tid: cur.tid,
+        length: cur.metaBytes + cur.body.recordBytes,
+        status: STATUS_CHECKPOINT,
+        ulen: cur.user.length,
+        dlen: cur.description.length,
+        elen: cur.extension.length,
+      };
+      writeTxnHeader(out, 0, header);
+      let off = TXN_HEADER_BYTES;
+      off += cur.user.copy(out, off);
+      off += cur.description.copy(out, off);
+      cur.extension.copy(out, off);
+    });
   }
 
   /**
@@ -533,8 +537,11 @@ export class FileStorage {
     const cur = this.pending(txn, 'tpcFinish');
     if (!cur.voted) throw new StorageTransactionError('tpcFinish: transaction not voted');
     writeFully(this.fd, Buffer.from(cur.status, 'latin1'), cur.tpos + 16);
-    const end = cur.tpos + cur.metaBytes + cur.recordBytes + TRAILER_BYTES;
-    for (const [key, pos] of cur.tindex) this.state.index.set(key, pos);
+    const end = cur.tpos + cur.metaBytes + cur.body.recordBytes + TRAILER_BYTES;
+    for (const [key, pos] of cur.tindex) {
+      this.state.index.set(key, pos);
+      this.rememberSerial(pos, cur.tid);
+    }
     for (const oid of cur.oids) if (Buffer.compare(oid, this.state.maxOid) > 0) this.state.maxOid = oid;
     if (cur.oids.length && this.state.maxOid.readBigUInt64BE(0) > this.nextOid) this.nextOid = this.state.maxOid.readBigUInt64BE(0);
     recordTransaction(this.state, cur.tid, cur.tpos);
@@ -545,6 +552,16 @@ export class FileStorage {
     cur.release();
     await this.makeDurable(end);
     return cur.tid;
+  }
+
+  private rememberSerial(pos: number, tid: Buffer): void {
+    // Two generations instead of per-entry eviction: deleting the oldest key
+    // of a large Map one at a time degrades badly in V8.
+    if (this.recentSerials.size >= RECENT_SERIALS) {
+      this.olderSerials = this.recentSerials;
+      this.recentSerials = new Map();
+    }
+    this.recentSerials.set(pos, tid);
   }
 
   private async makeDurable(end: number): Promise<void> {
@@ -845,6 +862,8 @@ export class FileStorage {
     this.publishedEnd = result.end;
     this.groupSync = new GroupSync(fd, result.end, () => this.end);
     this.epoch += 1;
+    this.recentSerials = new Map();
+    this.olderSerials = new Map();
     await removeIndex(this.path);
   }
 

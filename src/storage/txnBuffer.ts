@@ -1,0 +1,51 @@
+// The bytes of the transaction being built, in one growable buffer laid out
+// exactly as it will be written: header and metadata space first, then data
+// records appended in place, then the trailer. Vote writes it with one call.
+
+import { DATA_HEADER_BYTES, TRAILER_BYTES, dataRecordLength, writeDataHeader, writeU64At } from './format.js';
+
+export class TxnBuffer {
+  private buf: Buffer;
+  /** Bytes used: header and metadata, plus the records appended so far. */
+  private used: number;
+
+  constructor(private readonly metaBytes: number) {
+    this.buf = Buffer.allocUnsafe(Math.max(4096, metaBytes + 1024));
+    this.used = metaBytes;
+  }
+
+  /** Bytes of data records appended. */
+  get recordBytes(): number {
+    return this.used - this.metaBytes;
+  }
+
+  private reserve(n: number): void {
+    if (this.used + n + TRAILER_BYTES <= this.buf.length) return;
+    let size = this.buf.length * 2;
+    while (size < this.used + n + TRAILER_BYTES) size *= 2;
+    const next = Buffer.allocUnsafe(size);
+    this.buf.copy(next, 0, 0, this.used);
+    this.buf = next;
+  }
+
+  /** Append one data record; returns its offset from the start of the transaction. */
+  appendRecord(oid: Buffer, tid: Buffer, prev: number, tloc: number, data: Buffer | null, back: number): number {
+    const plen = data === null ? 0 : data.length;
+    const len = dataRecordLength(plen);
+    this.reserve(len);
+    const off = this.used;
+    writeDataHeader(this.buf, off, { oid, tid, prev, tloc, vlen: 0, plen });
+    if (data !== null && plen > 0) data.copy(this.buf, off + DATA_HEADER_BYTES);
+    else writeU64At(this.buf, off + DATA_HEADER_BYTES, back);
+    this.used += len;
+    return off;
+  }
+
+  /** The whole transaction with `writeHeader` filling the first metaBytes and the trailer set. */
+  finish(writeHeader: (buf: Buffer) => void): Buffer {
+    this.reserve(0);
+    writeHeader(this.buf);
+    writeU64At(this.buf, this.used, this.used);
+    return this.buf.subarray(0, this.used + TRAILER_BYTES);
+  }
+}
