@@ -1,0 +1,700 @@
+// Native protocol `zrs-ts/<version>`: name classification, per-phase limits, msgpack codec of NativeMessage; no I/O.
+// Invariants: decoding trusts nothing (no ext types, every field checked, else ProtocolError); tids/oids are 8 bytes.
+
+import { Packr, Unpackr, RESERVE_START_SPACE } from 'msgpackr';
+import { ProtocolError } from '../errors.js';
+import { FRAME_HEADER_BYTES } from './framing.js';
+
+// ---------------------------------------------------------------------------------------------
+// Protocol names
+
+/** The native protocol version this code speaks. */
+export const NATIVE_PROTOCOL_VERSION = 1;
+
+/** Versions this code can speak (offered in an 'unsupported-version' refusal). */
+export const SUPPORTED_NATIVE_VERSIONS: readonly number[] = [NATIVE_PROTOCOL_VERSION];
+
+/** Prefix of every native protocol name; the version follows in decimal. */
+export const NATIVE_PROTOCOL_PREFIX = 'zrs-ts/';
+
+/**
+ * Limit for the first frame a primary reads from a peer (the protocol name), in bytes. zc.zrs
+ * allows 8; `zrs-ts/1` is exactly 8 bytes, so a zc.zrs primary answers "Invalid protocol" to it.
+ */
+export const PROTOCOL_NAME_MAX_BYTES = 16;
+
+/** Limit for the native `hello` (frame 2 from a secondary), in bytes. */
+export const HELLO_MAX_BYTES = 64 * 1024;
+
+/** Limit for each frame a native secondary sends after `hello` (acks, keep-alives), in bytes. */
+export const SECONDARY_MESSAGE_MAX_BYTES = 4 * 1024;
+
+/** Limit for frames a secondary reads before `welcome`/`refuse` has arrived, in bytes. */
+export const HANDSHAKE_REPLY_MAX_BYTES = 64 * 1024;
+
+/**
+ * Default limit for frames a secondary reads after `welcome`, in bytes. A record is carried whole
+ * in one `record` frame, so this bounds the largest replicable record; make it configurable.
+ */
+export const DEFAULT_STREAM_MAX_FRAME_BYTES = 256 * 1024 * 1024;
+
+/** Bytes of a tid or an oid. */
+export const TID_BYTES = 8;
+/** Bytes of an oid. */
+export const OID_BYTES = 8;
+
+/** Largest `blob-block` payload; every block but the last of a blob has exactly this size. */
+export const BLOB_BLOCK_BYTES = 64 * 1024;
+
+/** Largest number of entries in a hello's generation history. */
+export const MAX_GENERATION_HISTORY = 1024;
+
+/** Largest `refuse.message`, in UTF-16 code units. */
+export const MAX_REFUSAL_MESSAGE_CHARS = 4096;
+
+const ZRS20 = Buffer.from('zrs2.0', 'latin1');
+const ZRS21 = Buffer.from('zrs2.1', 'latin1');
+const NATIVE_PREFIX_BYTES = Buffer.from(NATIVE_PROTOCOL_PREFIX, 'latin1');
+const NATIVE_VERSION_DIGITS_MAX = 6;
+
+/** What a peer's first frame says it speaks. */
+export type ProtocolClass =
+  | { kind: 'native'; version: number; supported: boolean }
+  | { kind: 'zrs2'; version: '2.0' | '2.1' }
+  | { kind: 'unknown' };
+
+/**
+ * The first frame a native secondary sends: `zrs-ts/<version>` in ASCII.
+ * @example stream.write(encodeFrame(nativeProtocolName())); // "zrs-ts/1"
+ */
+export function nativeProtocolName(version: number = NATIVE_PROTOCOL_VERSION): Buffer {
+  if (!Number.isSafeInteger(version) || version < 1 || String(version).length > NATIVE_VERSION_DIGITS_MAX) {
+    throw new RangeError(`native protocol version must be 1..999999, got ${version}`);
+  }
+  return Buffer.from(`${NATIVE_PROTOCOL_PREFIX}${version}`, 'latin1');
+}
+
+/**
+ * Classifies a peer's first frame. A native name with a version this code does not speak is
+ * `{ kind: 'native', supported: false }`: answer it with a `refuse` of code
+ * 'unsupported-version' (encoded in v1, which every version keeps decodable), then close.
+ *
+ * @example
+ * classifyProtocolName(Buffer.from('zrs2.1')); // { kind: 'zrs2', version: '2.1' }
+ * classifyProtocolName(Buffer.from('zrs-ts/2')); // { kind: 'native', version: 2, supported: false }
+ */
+export function classifyProtocolName(bytes: Uint8Array): ProtocolClass {
+  const name = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (name.equals(ZRS20)) return { kind: 'zrs2', version: '2.0' };
+  if (name.equals(ZRS21)) return { kind: 'zrs2', version: '2.1' };
+  const digits = name.byteLength - NATIVE_PREFIX_BYTES.byteLength;
+  if (digits < 1 || digits > NATIVE_VERSION_DIGITS_MAX) return { kind: 'unknown' };
+  if (!name.subarray(0, NATIVE_PREFIX_BYTES.byteLength).equals(NATIVE_PREFIX_BYTES)) return { kind: 'unknown' };
+  let version = 0;
+  for (let i = NATIVE_PREFIX_BYTES.byteLength; i < name.byteLength; i++) {
+    const digit = (name[i] ?? 0) - 0x30;
+    if (digit < 0 || digit > 9) return { kind: 'unknown' };
+    version = version * 10 + digit;
+  }
+  if (version === 0 || name[NATIVE_PREFIX_BYTES.byteLength] === 0x30) return { kind: 'unknown' }; // no leading zeros
+  return { kind: 'native', version, supported: SUPPORTED_NATIVE_VERSIONS.includes(version) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/** One entry of a generation history: generation `generation` began after tid `startTid`. */
+export interface GenerationEntry {
+  generation: number;
+  startTid: Buffer;
+}
+
+/** Head of a secondary's hash chain over its history (reserved; may be absent). */
+export interface ChainHead {
+  tid: Buffer;
+  hash: Buffer;
+}
+
+/** Options a secondary asks for. */
+export interface HelloOptions {
+  blobs: boolean;
+  compression?: 'none';
+}
+
+/** Options a primary granted. */
+export interface AcceptedOptions {
+  blobs: boolean;
+  compression: 'none';
+}
+
+/** Secondary -> primary, frame 2: where to start and what history the secondary holds. */
+export interface HelloMessage {
+  type: 'hello';
+  /** The secondary's last tid (8 zero bytes when empty); the stream starts after it. */
+  startTid: Buffer;
+  /** Oldest first; generations strictly increase, start tids never decrease. */
+  generations: GenerationEntry[];
+  chainHead?: ChainHead;
+  options: HelloOptions;
+}
+
+/** Secondary -> primary: every transaction up to and including `tid` is durably applied. */
+export interface AckMessage {
+  type: 'ack';
+  tid: Buffer;
+}
+
+/** Primary -> secondary: handshake accepted; transactions after hello.startTid follow. */
+export interface WelcomeMessage {
+  type: 'welcome';
+  lastTid: Buffer;
+  generation: GenerationEntry;
+  options: AcceptedOptions;
+}
+
+/** Why a primary refused a handshake. */
+export type RefuseCode =
+  | 'tid-too-high'
+  | 'bad-tid'
+  | 'diverged'
+  | 'unsupported-version'
+  | 'blobs-unavailable'
+  | 'internal';
+
+/** Every RefuseCode, for validation and exhaustive tests. */
+export const REFUSE_CODES: readonly RefuseCode[] = [
+  'tid-too-high',
+  'bad-tid',
+  'diverged',
+  'unsupported-version',
+  'blobs-unavailable',
+  'internal',
+];
+
+/** Primary -> secondary, then close: handshake refused. */
+export interface RefuseMessage {
+  type: 'refuse';
+  code: RefuseCode;
+  message: string;
+  /** For 'diverged': the last tid both histories share. */
+  forkTid?: Buffer;
+  /** For 'unsupported-version': the native versions the primary speaks. */
+  supportedVersions?: number[];
+}
+
+/** FileStorage transaction status as replicated: ' ' committed, 'p' packed. */
+export type TxnStatus = ' ' | 'p';
+
+/** Primary -> secondary: a transaction begins. */
+export interface TxnMessage {
+  type: 'txn';
+  tid: Buffer;
+  status: TxnStatus;
+  user: Buffer;
+  description: Buffer;
+  /** The extension exactly as stored (pickled bytes), so the secondary's file stays identical. */
+  extension: Buffer;
+}
+
+/** Primary -> secondary: one data record of the current transaction. */
+export interface RecordMessage {
+  type: 'record';
+  oid: Buffer;
+  /** Backpointer target when the primary's record is a backpointer, else null. */
+  dataTxn: Buffer | null;
+  /** Resolved record data (a view into the frame), or null for "no data" (an undone creation). */
+  data: Buffer | null;
+}
+
+/** Primary -> secondary: the preceding record of `oid` has a blob of `size` bytes; blocks follow. */
+export interface BlobMessage {
+  type: 'blob';
+  oid: Buffer;
+  size: number;
+}
+
+/** Primary -> secondary: the next 1..BLOB_BLOCK_BYTES bytes of the current blob (a view). */
+export interface BlobBlockMessage {
+  type: 'blob-block';
+  bytes: Buffer;
+}
+
+/** Primary -> secondary: the transaction is complete; checksum of the stream before this frame. */
+export interface CommitMessage {
+  type: 'commit';
+  checksum: Buffer;
+}
+
+/** Primary -> secondary, when idle: liveness and lag information. */
+export interface HeartbeatMessage {
+  type: 'heartbeat';
+  lastTid: Buffer;
+  /** The primary's (injected) clock in ms. */
+  clockMs: number;
+}
+
+/** Messages a secondary sends. */
+export type SecondaryMessage = HelloMessage | AckMessage;
+
+/** Messages a primary sends. */
+export type PrimaryMessage =
+  | WelcomeMessage
+  | RefuseMessage
+  | TxnMessage
+  | RecordMessage
+  | BlobMessage
+  | BlobBlockMessage
+  | CommitMessage
+  | HeartbeatMessage;
+
+/** Every native message, discriminated by `type`. */
+export type NativeMessage = SecondaryMessage | PrimaryMessage;
+
+/** Which side sent a message. */
+export type NativeSender = 'primary' | 'secondary';
+
+const SENDER_OF: Readonly<Record<NativeMessage['type'], NativeSender>> = {
+  hello: 'secondary',
+  ack: 'secondary',
+  welcome: 'primary',
+  refuse: 'primary',
+  txn: 'primary',
+  record: 'primary',
+  blob: 'primary',
+  'blob-block': 'primary',
+  commit: 'primary',
+  heartbeat: 'primary',
+};
+
+// ---------------------------------------------------------------------------------------------
+// Codec
+
+/**
+ * A Packr for one connection's outgoing messages: plain maps, no records, no ext types.
+ * @example const packr = createNativePackr();
+ */
+export function createNativePackr(): Packr {
+  return new Packr({ useRecords: false, variableMapSize: true, structuredClone: false, moreTypes: false });
+}
+
+/**
+ * An Unpackr for one connection's incoming messages (decodeNative additionally rejects ext types
+ * before msgpackr sees them).
+ * @example const unpackr = createNativeUnpackr();
+ */
+export function createNativeUnpackr(): Unpackr {
+  return new Unpackr({
+    useRecords: false,
+    mapsAsObjects: true,
+    int64AsType: 'number',
+    structuredClone: false,
+    moreTypes: false,
+  });
+}
+
+/**
+ * Encodes a message into a frame payload (no length prefix). The result stays valid after later
+ * calls (msgpackr never rewrites returned bytes).
+ * @throws TypeError when `msg` is malformed (a bug in the caller).
+ * @example stream.write(encodeFrame(encodeNative({ type: 'ack', tid }, packr)));
+ */
+export function encodeNative(msg: NativeMessage, packr: Packr): Buffer {
+  return packr.pack(toWire(msg)) as Buffer;
+}
+
+/**
+ * Encodes a message as a complete frame (4-byte header included) with no extra copy;
+ * `frame.subarray(FRAME_HEADER_BYTES)` is the payload to feed into the stream checksum.
+ * @throws TypeError when `msg` is malformed (a bug in the caller).
+ * @example const frame = encodeNativeFrame({ type: 'record', oid, dataTxn: null, data }, packr);
+ */
+export function encodeNativeFrame(msg: NativeMessage, packr: Packr): Buffer {
+  const frame = packr.pack(toWire(msg), RESERVE_START_SPACE | FRAME_HEADER_BYTES) as Buffer;
+  frame.writeUInt32BE(frame.byteLength - FRAME_HEADER_BYTES, 0);
+  return frame;
+}
+
+/**
+ * Decodes and validates one non-empty frame payload. With `from`, messages the other side would
+ * send are rejected too. Fixed-size ids (tids, oids, checksums, hashes) are copies; `record.data`
+ * and `blob-block.bytes` are views into `payload` (copy them if `payload`'s memory may be reused).
+ * Unknown map keys are ignored (room for optional fields); unknown types are not.
+ * @throws ProtocolError with the reason, for any malformed, unknown or unexpected message.
+ * @example
+ * const msg = decodeNative(frame, unpackr, 'primary');
+ * if (msg.type === 'commit') checksum.verify(msg.checksum, tid);
+ */
+export function decodeNative(payload: Uint8Array, unpackr: Unpackr, from: 'primary'): PrimaryMessage;
+export function decodeNative(payload: Uint8Array, unpackr: Unpackr, from: 'secondary'): SecondaryMessage;
+export function decodeNative(payload: Uint8Array, unpackr: Unpackr, from?: NativeSender): NativeMessage;
+export function decodeNative(payload: Uint8Array, unpackr: Unpackr, from?: NativeSender): NativeMessage {
+  if (payload.byteLength === 0) throw new ProtocolError('empty frame is a keep-alive, not a message');
+  const bytes = Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+  scanMsgpack(bytes);
+  let value: unknown;
+  try {
+    value = unpackr.unpack(bytes);
+  } catch (error) {
+    throw new ProtocolError(`malformed msgpack: ${(error as Error).message}`, { cause: error });
+  }
+  const msg = parseMessage(value, true);
+  if (from !== undefined && SENDER_OF[msg.type] !== from) {
+    throw new ProtocolError(`unexpected '${msg.type}' message from a ${from}`);
+  }
+  return msg;
+}
+
+/** A message's object as packed: explicit fields only, never undefined. */
+function toWire(msg: NativeMessage): Record<string, unknown> {
+  try {
+    return parseMessage(msg, false) as unknown as Record<string, unknown>;
+  } catch (error) {
+    throw new TypeError(`cannot encode native message: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation. parseMessage rebuilds the message from known fields only, so the result never
+// carries peer-chosen keys or undefined values. `copyIds` copies fixed-size byte fields.
+
+type Obj = Record<string, unknown>;
+
+const fail = (reason: string): never => {
+  throw new ProtocolError(reason);
+};
+
+function isObj(value: unknown): value is Obj {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && !ArrayBuffer.isView(value);
+}
+
+function get(obj: Obj, key: string, where: string): unknown {
+  if (!Object.hasOwn(obj, key) || obj[key] === undefined) fail(`${where}: missing field '${key}'`);
+  return obj[key];
+}
+
+function getOptional(obj: Obj, key: string): unknown {
+  return Object.hasOwn(obj, key) ? obj[key] : undefined;
+}
+
+function asBytes(value: unknown, what: string, copy: boolean, minBytes = 0, maxBytes = Infinity): Buffer {
+  if (!(value instanceof Uint8Array)) return fail(`${what} must be bytes, got ${describe(value)}`);
+  if (value.byteLength < minBytes || value.byteLength > maxBytes) {
+    const expected = minBytes === maxBytes ? `${minBytes}` : `${minBytes}..${maxBytes}`;
+    fail(`${what} must be ${expected} bytes, got ${value.byteLength}`);
+  }
+  if (copy) return Buffer.from(value);
+  return Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+}
+
+const asId = (value: unknown, what: string, copy: boolean): Buffer => asBytes(value, what, copy, TID_BYTES, TID_BYTES);
+
+function asInt(value: unknown, what: string, min: number, max: number = Number.MAX_SAFE_INTEGER): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
+    fail(`${what} must be an integer in ${min}..${max}, got ${describe(value)}`);
+  }
+  return value as number;
+}
+
+function asString(value: unknown, what: string, maxChars: number): string {
+  if (typeof value !== 'string') return fail(`${what} must be a string, got ${describe(value)}`);
+  if (value.length > maxChars) fail(`${what} is longer than ${maxChars} characters`);
+  return value;
+}
+
+function asObj(value: unknown, what: string): Obj {
+  if (!isObj(value)) return fail(`${what} must be a map, got ${describe(value)}`);
+  return value;
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (value instanceof Uint8Array) return `${value.byteLength} bytes`;
+  if (Array.isArray(value)) return 'an array';
+  if (typeof value === 'string') return `string ${JSON.stringify(value.slice(0, 40))}`;
+  if (typeof value === 'number' || typeof value === 'boolean') return `${typeof value} ${String(value)}`;
+  return typeof value;
+}
+
+function parseMessage(value: unknown, copyIds: boolean): NativeMessage {
+  const obj = asObj(value, 'message');
+  const type = get(obj, 'type', 'message');
+  if (typeof type !== 'string') return fail(`message type must be a string, got ${describe(type)}`);
+  switch (type) {
+    case 'hello':
+      return parseHello(obj, copyIds);
+    case 'ack':
+      return { type, tid: asId(get(obj, 'tid', type), 'ack.tid', copyIds) };
+    case 'welcome':
+      return parseWelcome(obj, copyIds);
+    case 'refuse':
+      return parseRefuse(obj, copyIds);
+    case 'txn':
+      return parseTxn(obj, copyIds);
+    case 'record':
+      return parseRecord(obj, copyIds);
+    case 'blob':
+      return {
+        type,
+        oid: asId(get(obj, 'oid', type), 'blob.oid', copyIds),
+        size: asInt(get(obj, 'size', type), 'blob.size', 0),
+      };
+    case 'blob-block':
+      return { type, bytes: asBytes(get(obj, 'bytes', type), 'blob-block.bytes', false, 1, BLOB_BLOCK_BYTES) };
+    case 'commit':
+      return { type, checksum: parseChecksum(get(obj, 'checksum', type), copyIds) };
+    case 'heartbeat':
+      return parseHeartbeat(obj, copyIds);
+    default:
+      return fail(`unknown message type ${JSON.stringify(type.slice(0, 40))}`);
+  }
+}
+
+function parseChecksum(value: unknown, copy: boolean): Buffer {
+  const checksum = asBytes(value, 'commit.checksum', copy);
+  if (checksum.byteLength !== 16 && checksum.byteLength !== 32) {
+    fail(`commit.checksum must be 16 or 32 bytes, got ${checksum.byteLength}`);
+  }
+  return checksum;
+}
+
+function parseGeneration(value: unknown, what: string, copy: boolean): GenerationEntry {
+  const obj = asObj(value, what);
+  return {
+    generation: asInt(get(obj, 'generation', what), `${what}.generation`, 0),
+    startTid: asId(get(obj, 'startTid', what), `${what}.startTid`, copy),
+  };
+}
+
+function parseHello(obj: Obj, copy: boolean): HelloMessage {
+  const list = get(obj, 'generations', 'hello');
+  if (!Array.isArray(list)) return fail(`hello.generations must be an array, got ${describe(list)}`);
+  if (list.length > MAX_GENERATION_HISTORY) fail(`hello.generations has more than ${MAX_GENERATION_HISTORY} entries`);
+  const generations = list.map((entry, i) => parseGeneration(entry, `hello.generations[${i}]`, copy));
+  for (let i = 1; i < generations.length; i++) {
+    const [before, after] = [generations[i - 1] as GenerationEntry, generations[i] as GenerationEntry];
+    if (after.generation <= before.generation) fail('hello.generations: generation numbers must strictly increase');
+    if (Buffer.compare(after.startTid, before.startTid) < 0) fail('hello.generations: start tids must not decrease');
+  }
+  const optionsObj = asObj(get(obj, 'options', 'hello'), 'hello.options');
+  const options: HelloOptions = { blobs: asBool(get(optionsObj, 'blobs', 'hello.options'), 'hello.options.blobs') };
+  const compression = getOptional(optionsObj, 'compression');
+  if (compression !== undefined && compression !== null) {
+    if (compression !== 'none') fail(`hello.options.compression must be 'none', got ${describe(compression)}`);
+    options.compression = 'none';
+  }
+  const hello: HelloMessage = {
+    type: 'hello',
+    startTid: asId(get(obj, 'startTid', 'hello'), 'hello.startTid', copy),
+    generations,
+    options,
+  };
+  const head = getOptional(obj, 'chainHead');
+  if (head !== undefined && head !== null) {
+    const headObj = asObj(head, 'hello.chainHead');
+    hello.chainHead = {
+      tid: asId(get(headObj, 'tid', 'hello.chainHead'), 'hello.chainHead.tid', copy),
+      hash: asBytes(get(headObj, 'hash', 'hello.chainHead'), 'hello.chainHead.hash', copy, 16, 64),
+    };
+  }
+  return hello;
+}
+
+function asBool(value: unknown, what: string): boolean {
+  if (typeof value !== 'boolean') return fail(`${what} must be a boolean, got ${describe(value)}`);
+  return value;
+}
+
+function parseWelcome(obj: Obj, copy: boolean): WelcomeMessage {
+  const optionsObj = asObj(get(obj, 'options', 'welcome'), 'welcome.options');
+  const compression = get(optionsObj, 'compression', 'welcome.options');
+  if (compression !== 'none') fail(`welcome.options.compression must be 'none', got ${describe(compression)}`);
+  return {
+    type: 'welcome',
+    lastTid: asId(get(obj, 'lastTid', 'welcome'), 'welcome.lastTid', copy),
+    generation: parseGeneration(get(obj, 'generation', 'welcome'), 'welcome.generation', copy),
+    options: { blobs: asBool(get(optionsObj, 'blobs', 'welcome.options'), 'welcome.options.blobs'), compression: 'none' },
+  };
+}
+
+function parseRefuse(obj: Obj, copy: boolean): RefuseMessage {
+  const code = get(obj, 'code', 'refuse');
+  const message = asString(get(obj, 'message', 'refuse'), 'refuse.message', MAX_REFUSAL_MESSAGE_CHARS);
+  if (typeof code !== 'string' || !(REFUSE_CODES as readonly string[]).includes(code)) {
+    // Keep the primary's text: it is what an operator needs to see.
+    return fail(`refuse with unknown code ${describe(code)}: ${message}`);
+  }
+  const refuse: RefuseMessage = { type: 'refuse', code: code as RefuseCode, message };
+  const forkTid = getOptional(obj, 'forkTid');
+  if (forkTid !== undefined && forkTid !== null) refuse.forkTid = asId(forkTid, 'refuse.forkTid', copy);
+  const versions = getOptional(obj, 'supportedVersions');
+  if (versions !== undefined && versions !== null) {
+    if (!Array.isArray(versions) || versions.length > 64) {
+      fail(`refuse.supportedVersions must be an array of at most 64 versions, got ${describe(versions)}`);
+    }
+    refuse.supportedVersions = (versions as unknown[]).map((v, i) => asInt(v, `refuse.supportedVersions[${i}]`, 1));
+  }
+  return refuse;
+}
+
+function parseTxn(obj: Obj, copy: boolean): TxnMessage {
+  const status = get(obj, 'status', 'txn');
+  if (status !== ' ' && status !== 'p') return fail(`txn.status must be ' ' or 'p', got ${describe(status)}`);
+  return {
+    type: 'txn',
+    tid: asId(get(obj, 'tid', 'txn'), 'txn.tid', copy),
+    status,
+    // Small metadata kept with the transaction: copied so it does not pin the frame.
+    user: asBytes(get(obj, 'user', 'txn'), 'txn.user', copy),
+    description: asBytes(get(obj, 'description', 'txn'), 'txn.description', copy),
+    extension: asBytes(get(obj, 'extension', 'txn'), 'txn.extension', copy),
+  };
+}
+
+function parseRecord(obj: Obj, copy: boolean): RecordMessage {
+  const dataTxn = get(obj, 'dataTxn', 'record');
+  const data = get(obj, 'data', 'record');
+  return {
+    type: 'record',
+    oid: asId(get(obj, 'oid', 'record'), 'record.oid', copy),
+    dataTxn: dataTxn === null ? null : asId(dataTxn, 'record.dataTxn', copy),
+    data: data === null ? null : asBytes(data, 'record.data', false),
+  };
+}
+
+function parseHeartbeat(obj: Obj, copy: boolean): HeartbeatMessage {
+  const clockMs = get(obj, 'clockMs', 'heartbeat');
+  if (typeof clockMs !== 'number' || !Number.isFinite(clockMs) || clockMs < 0) {
+    fail(`heartbeat.clockMs must be a finite number >= 0, got ${describe(clockMs)}`);
+  }
+  return {
+    type: 'heartbeat',
+    lastTid: asId(get(obj, 'lastTid', 'heartbeat'), 'heartbeat.lastTid', copy),
+    clockMs: clockMs as number,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Structural pre-scan: walks msgpack headers (skipping string/binary bodies in O(1)) and rejects
+// what msgpackr would otherwise interpret: ext types (Date, Set, RegExp, Error, typed arrays,
+// records, structured-clone references, bundled strings), the reserved 0xc1, non-string map
+// keys, nesting deeper than MAX_NESTING_DEPTH, truncation and trailing bytes.
+
+const MAX_NESTING_DEPTH = 8;
+
+// Per-token class, indexed by the first byte (see classify below).
+const T_SCALAR = 0; // fixint, nil, bool: 1 byte
+const T_FIXMAP = 1;
+const T_FIXARRAY = 2;
+const T_FIXSTR = 3;
+const T_FIXED = 4; // numbers with a fixed-size body
+const T_BIN = 5;
+const T_STR = 6;
+const T_ARRAY = 7;
+const T_MAP = 8;
+const T_FORBIDDEN = 9; // 0xc1, ext
+const TOKEN_CLASS = new Uint8Array(256);
+/** Body bytes of fixed-size numbers, or length-field bytes of bin/str/array/map. */
+const TOKEN_SIZE = new Uint8Array(256);
+(() => {
+  const set = (from: number, to: number, tokenClass: number, size = 0): void => {
+    for (let b = from; b <= to; b++) {
+      TOKEN_CLASS[b] = tokenClass;
+      TOKEN_SIZE[b] = size;
+    }
+  };
+  set(0x00, 0xff, T_SCALAR);
+  set(0x80, 0x8f, T_FIXMAP);
+  set(0x90, 0x9f, T_FIXARRAY);
+  set(0xa0, 0xbf, T_FIXSTR);
+  set(0xc1, 0xc1, T_FORBIDDEN);
+  set(0xc4, 0xc4, T_BIN, 1);
+  set(0xc5, 0xc5, T_BIN, 2);
+  set(0xc6, 0xc6, T_BIN, 4);
+  set(0xc7, 0xc9, T_FORBIDDEN);
+  [4, 8, 1, 2, 4, 8, 1, 2, 4, 8].forEach((size, i) => set(0xca + i, 0xca + i, T_FIXED, size));
+  set(0xd4, 0xd8, T_FORBIDDEN);
+  set(0xd9, 0xd9, T_STR, 1);
+  set(0xda, 0xda, T_STR, 2);
+  set(0xdb, 0xdb, T_STR, 4);
+  set(0xdc, 0xdc, T_ARRAY, 2);
+  set(0xdd, 0xdd, T_ARRAY, 4);
+  set(0xde, 0xde, T_MAP, 2);
+  set(0xdf, 0xdf, T_MAP, 4);
+})();
+
+// Scan stack (scanMsgpack is synchronous and not re-entrant): values left per open container,
+// and whether it is a map (its keys and values are counted separately, keys at even counts).
+const scanRemaining = new Float64Array(MAX_NESTING_DEPTH);
+const scanIsMap = new Uint8Array(MAX_NESTING_DEPTH);
+
+function readLength(src: Buffer, position: number, bytes: number): number {
+  if (bytes === 1) return src[position] as number;
+  if (bytes === 2) return src.readUInt16BE(position);
+  return src.readUInt32BE(position);
+}
+
+function scanMsgpack(src: Buffer): void {
+  const end = src.byteLength;
+  let position = 0;
+  let depth = 0;
+  let topLeft = 1;
+  for (;;) {
+    while (depth > 0 && scanRemaining[depth - 1] === 0) depth -= 1;
+    let expectKey = false;
+    if (depth > 0) {
+      const left = scanRemaining[depth - 1] as number;
+      expectKey = scanIsMap[depth - 1] === 1 && left % 2 === 0;
+      scanRemaining[depth - 1] = left - 1;
+    } else if (topLeft-- === 0) {
+      break;
+    }
+    if (position >= end) fail(`truncated msgpack at byte ${position}`);
+    const at = position;
+    const token = src[position++] as number;
+    const tokenClass = TOKEN_CLASS[token] as number;
+    const size = TOKEN_SIZE[token] as number;
+    if (expectKey && tokenClass !== T_FIXSTR && tokenClass !== T_STR) {
+      fail(`msgpack map key at byte ${at} is not a string`);
+    }
+    let skip = 0;
+    let values = -1;
+    switch (tokenClass) {
+      case T_SCALAR:
+        break;
+      case T_FIXSTR:
+        skip = token & 0x1f;
+        break;
+      case T_FIXED:
+        skip = size;
+        break;
+      case T_FIXMAP:
+        values = (token & 0x0f) * 2;
+        break;
+      case T_FIXARRAY:
+        values = token & 0x0f;
+        break;
+      case T_FORBIDDEN:
+        return fail(`msgpack ${token === 0xc1 ? 'reserved byte 0xc1' : 'extension type'} at byte ${at} is not allowed`);
+      default: {
+        // bin, str, array, map: a big-endian length field of `size` bytes
+        if (size > end - position) fail(`truncated msgpack at byte ${position}`);
+        const length = readLength(src, position, size);
+        position += size;
+        if (tokenClass === T_ARRAY) values = length;
+        else if (tokenClass === T_MAP) values = length * 2;
+        else skip = length;
+      }
+    }
+    if (skip > end - position) fail(`truncated msgpack at byte ${position}`);
+    position += skip;
+    if (values >= 0) {
+      // Every value takes at least one byte: bounds msgpackr's allocation by the payload size.
+      if (values > end - position) fail(`msgpack container at byte ${at} announces more values than bytes left`);
+      if (depth === MAX_NESTING_DEPTH) fail(`msgpack nesting deeper than ${MAX_NESTING_DEPTH}`);
+      scanRemaining[depth] = values;
+      scanIsMap[depth] = tokenClass === T_FIXMAP || tokenClass === T_MAP ? 1 : 0;
+      depth += 1;
+    }
+  }
+  if (position !== end) fail(`${end - position} trailing bytes after the msgpack value`);
+}

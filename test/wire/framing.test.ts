@@ -1,0 +1,213 @@
+// Framing: round-trips, arbitrary splits, limits checked before bodies are buffered, zero-copy
+// for frames inside one chunk, and linear time on long streams.
+
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { FrameTooLargeError } from '../../src/errors.js';
+import {
+  FRAME_HEADER_BYTES,
+  FrameDecoder,
+  KEEP_ALIVE_FRAME,
+  encodeFrame,
+  encodeFrameHeader,
+} from '../../src/wire/framing.js';
+
+/** Cuts `bytes` at the given offsets (sorted, deduplicated, in range) into views. */
+function split(bytes: Buffer, cuts: number[]): Buffer[] {
+  const points = [...new Set(cuts.map((c) => c % (bytes.byteLength + 1)))].sort((a, b) => a - b);
+  const chunks: Buffer[] = [];
+  let start = 0;
+  for (const p of [...points, bytes.byteLength]) {
+    chunks.push(bytes.subarray(start, p));
+    start = p;
+  }
+  return chunks;
+}
+
+const payloads = fc.array(fc.uint8Array({ minLength: 0, maxLength: 300 }), { maxLength: 30 });
+
+describe('encodeFrame / encodeFrameHeader', () => {
+  it('writes a 4-byte big-endian length before the payload', () => {
+    expect(encodeFrame(Buffer.from('zrs2.0')).toString('hex')).toBe('000000067a7273322e30');
+    expect(encodeFrameHeader(0x01020304).toString('hex')).toBe('01020304');
+    expect(KEEP_ALIVE_FRAME.toString('hex')).toBe('00000000');
+    expect(encodeFrame(new Uint8Array(0)).toString('hex')).toBe('00000000');
+  });
+
+  it('rejects lengths a header cannot carry', () => {
+    expect(() => encodeFrameHeader(-1)).toThrow(RangeError);
+    expect(() => encodeFrameHeader(2 ** 32)).toThrow(RangeError);
+    expect(() => encodeFrameHeader(1.5)).toThrow(RangeError);
+  });
+});
+
+describe('FrameDecoder', () => {
+  it('decodes any split of a frame stream to the same frames (push)', () => {
+    fc.assert(
+      fc.property(payloads, fc.array(fc.nat(), { maxLength: 40 }), (frames, cuts) => {
+        const stream = Buffer.concat(frames.map((p) => encodeFrame(p)));
+        const decoder = new FrameDecoder({ maxFrameBytes: 300 });
+        const out: Buffer[] = [];
+        for (const chunk of split(stream, cuts)) out.push(...decoder.push(chunk));
+        expect(out.map((b) => b.toString('hex'))).toEqual(frames.map((p) => Buffer.from(p).toString('hex')));
+        expect(decoder.bufferedBytes).toBe(0);
+      }),
+    );
+  });
+
+  it('decodes any split the same with feed/next, including single-byte chunks', () => {
+    fc.assert(
+      fc.property(payloads, fc.integer({ min: 1, max: 7 }), (frames, step) => {
+        const stream = Buffer.concat(frames.map((p) => encodeFrame(p)));
+        const decoder = new FrameDecoder({ maxFrameBytes: 300 });
+        const out: string[] = [];
+        for (let i = 0; i < stream.byteLength; i += step) {
+          decoder.feed(stream.subarray(i, i + step));
+          for (let f = decoder.next(); f !== null; f = decoder.next()) out.push(f.toString('hex'));
+        }
+        expect(out).toEqual(frames.map((p) => Buffer.from(p).toString('hex')));
+      }),
+    );
+  });
+
+  it('returns keep-alives as empty frames', () => {
+    const decoder = new FrameDecoder({ maxFrameBytes: 8 });
+    const frames = decoder.push(Buffer.concat([KEEP_ALIVE_FRAME, encodeFrame(Buffer.from('ab')), KEEP_ALIVE_FRAME]));
+    expect(frames.map((f) => f.byteLength)).toEqual([0, 2, 0]);
+  });
+
+  it('returns a frame lying inside one chunk as a view, and copies a spanning one once', () => {
+    const stream = Buffer.concat([encodeFrame(Buffer.from('hello')), encodeFrame(Buffer.from('world!'))]);
+    const decoder = new FrameDecoder({ maxFrameBytes: 100 });
+    const [first] = decoder.push(stream.subarray(0, 12));
+    const [second] = decoder.push(stream.subarray(12));
+    expect(first?.toString()).toBe('hello');
+    expect(second?.toString()).toBe('world!');
+    stream.fill(0x2e); // the chunks' owner breaks the contract: only the view follows
+    expect(first?.toString()).toBe('.....');
+    expect(second?.toString()).toBe('world!');
+  });
+
+  it('accepts plain Uint8Array chunks and returns Buffers', () => {
+    const decoder = new FrameDecoder({ maxFrameBytes: 100 });
+    const [frame] = decoder.push(new Uint8Array([0, 0, 0, 2, 7, 9]));
+    expect(Buffer.isBuffer(frame)).toBe(true);
+    expect([...(frame ?? [])]).toEqual([7, 9]);
+  });
+
+  it('throws FrameTooLargeError on the header, before any body byte arrives', () => {
+    const decoder = new FrameDecoder({ maxFrameBytes: 8 });
+    let error: unknown;
+    try {
+      decoder.push(encodeFrameHeader(17));
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(FrameTooLargeError);
+    expect(error).toMatchObject({ length: 17, limit: 8 });
+    expect(decoder.bufferedBytes).toBe(FRAME_HEADER_BYTES); // the header only
+    // The decoder stays failed.
+    expect(() => decoder.push(Buffer.alloc(17))).toThrow(FrameTooLargeError);
+  });
+
+  it('detects an oversized header split across chunks when its last byte arrives', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 3 }), fc.integer({ min: 9, max: 2 ** 32 - 1 }), (cut, length) => {
+        const decoder = new FrameDecoder({ maxFrameBytes: 8 });
+        const header = encodeFrameHeader(length);
+        expect(decoder.push(header.subarray(0, cut))).toEqual([]);
+        expect(() => decoder.push(header.subarray(cut))).toThrow(FrameTooLargeError);
+      }),
+    );
+  });
+
+  it('rejects an announced 4 GiB frame without allocating it', () => {
+    const decoder = new FrameDecoder({ maxFrameBytes: 256 * 1024 * 1024 });
+    expect(() => decoder.push(Buffer.from('ffffffff00', 'hex'))).toThrow(FrameTooLargeError);
+  });
+
+  it('applies a limit changed mid-chunk to the frames after it (handshake then data)', () => {
+    const name = encodeFrame(Buffer.from('zrs-ts/1'));
+    const hello = encodeFrame(Buffer.alloc(1000, 1));
+    const decoder = new FrameDecoder({ maxFrameBytes: 16 });
+    decoder.feed(Buffer.concat([name, hello]));
+    expect(decoder.next()?.toString()).toBe('zrs-ts/1');
+    decoder.setMaxFrameBytes(64 * 1024);
+    expect(decoder.next()?.byteLength).toBe(1000);
+    expect(decoder.next()).toBeNull();
+
+    const strict = new FrameDecoder({ maxFrameBytes: 16 });
+    expect(() => strict.push(Buffer.concat([name, hello]))).toThrow(FrameTooLargeError);
+  });
+
+  it('keeps the length of a frame whose header was parsed before the limit shrank', () => {
+    const decoder = new FrameDecoder({ maxFrameBytes: 100 });
+    const frame = encodeFrame(Buffer.alloc(50, 3));
+    expect(decoder.push(frame.subarray(0, 10))).toEqual([]);
+    decoder.setMaxFrameBytes(8);
+    expect(decoder.push(frame.subarray(10)).map((f) => f.byteLength)).toEqual([50]);
+    expect(() => decoder.push(encodeFrameHeader(9))).toThrow(FrameTooLargeError);
+  });
+
+  it('reports buffered bytes of a truncated frame', () => {
+    const decoder = new FrameDecoder({ maxFrameBytes: 100 });
+    const frame = encodeFrame(Buffer.alloc(20, 5));
+    decoder.push(frame.subarray(0, 2));
+    expect(decoder.bufferedBytes).toBe(2);
+    decoder.push(frame.subarray(2, 9));
+    expect(decoder.bufferedBytes).toBe(9 - FRAME_HEADER_BYTES);
+    decoder.push(frame.subarray(9));
+    expect(decoder.bufferedBytes).toBe(0);
+    decoder.feed(encodeFrame(Buffer.from('x')));
+    expect(decoder.bufferedBytes).toBe(5); // fed, not yet taken
+  });
+
+  it('validates limits', () => {
+    expect(() => new FrameDecoder({ maxFrameBytes: -1 })).toThrow(RangeError);
+    expect(() => new FrameDecoder({ maxFrameBytes: 2 ** 32 })).toThrow(RangeError);
+    expect(() => new FrameDecoder({ maxFrameBytes: 8 }).setMaxFrameBytes(Number.NaN)).toThrow(RangeError);
+  });
+
+  it('is linear: a 64 MiB frame arriving in 1 KiB chunks', () => {
+    const payloadBytes = 64 * 1024 * 1024;
+    const body = Buffer.alloc(1024, 0xab);
+    const decoder = new FrameDecoder({ maxFrameBytes: payloadBytes });
+    const started = performance.now();
+    expect(decoder.push(encodeFrameHeader(payloadBytes))).toEqual([]);
+    let frames: Buffer[] = [];
+    for (let sent = 0; sent < payloadBytes; sent += body.byteLength) frames = decoder.push(body);
+    const elapsedMs = performance.now() - started;
+    expect(frames).toHaveLength(1);
+    expect(frames[0]?.byteLength).toBe(payloadBytes);
+    expect(frames[0]?.[payloadBytes - 1]).toBe(0xab);
+    expect(elapsedMs).toBeLessThan(5_000); // quadratic concatenation would take hours
+  });
+
+  it('streams 1 GiB in 64 KiB chunks with mixed frame sizes', () => {
+    // One period of frames (small, chunk-sized, spanning several chunks), repeated.
+    const sizes = [0, 10, 300, 65_536 - 4, 65_536, 200_000, 1, 1_000_000, 17];
+    const period = Buffer.concat(sizes.map((n) => encodeFrame(Buffer.alloc(n, n & 0xff))));
+    const chunkBytes = 64 * 1024;
+    const totalBytes = 1024 * 1024 * 1024;
+    const decoder = new FrameDecoder({ maxFrameBytes: 1_000_000 });
+    let frames = 0;
+    let payloadBytes = 0;
+    let streamed = 0;
+    const started = performance.now();
+    while (streamed < totalBytes) {
+      for (let i = 0; i < period.byteLength; i += chunkBytes) {
+        for (const f of decoder.push(period.subarray(i, i + chunkBytes))) {
+          frames += 1;
+          payloadBytes += f.byteLength;
+        }
+      }
+      streamed += period.byteLength;
+    }
+    const elapsedMs = performance.now() - started;
+    const periods = Math.ceil(totalBytes / period.byteLength);
+    expect(frames).toBe(periods * sizes.length);
+    expect(payloadBytes).toBe(periods * sizes.reduce((a, b) => a + b, 0));
+    expect(decoder.bufferedBytes).toBe(0);
+    expect(elapsedMs).toBeLessThan(30_000);
+  });
+});

@@ -1,0 +1,369 @@
+// Native codec: protocol names, round-trips of every message, strict validation (ProtocolError
+// only, for any input), rejected ext types, copies vs views, and frames through the decoder.
+
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { Packr } from 'msgpackr';
+import { ProtocolError } from '../../src/errors.js';
+import { FRAME_HEADER_BYTES, FrameDecoder, encodeFrame } from '../../src/wire/framing.js';
+import {
+  BLOB_BLOCK_BYTES,
+  PROTOCOL_NAME_MAX_BYTES,
+  REFUSE_CODES,
+  classifyProtocolName,
+  createNativePackr,
+  createNativeUnpackr,
+  decodeNative,
+  encodeNative,
+  encodeNativeFrame,
+  nativeProtocolName,
+  type NativeMessage,
+} from '../../src/wire/native.js';
+
+const bytes = (n: number) => fc.uint8Array({ minLength: n, maxLength: n }).map((a) => Buffer.from(a));
+const tid = bytes(8);
+const blob = (max = 200) => fc.uint8Array({ maxLength: max }).map((a) => Buffer.from(a));
+const generation = fc.record({ generation: fc.nat(), startTid: tid });
+
+const helloArb = fc
+  .record({
+    startTid: tid,
+    generations: fc.array(generation, { maxLength: 5 }),
+    chainHead: fc.option(fc.record({ tid, hash: bytes(32) }), { nil: undefined }),
+    blobs: fc.boolean(),
+    compression: fc.option(fc.constant('none' as const), { nil: undefined }),
+  })
+  .map(({ startTid, generations, chainHead, blobs, compression }): NativeMessage => {
+    // Valid histories: strictly increasing generations, non-decreasing start tids.
+    const sorted = [...generations].sort((a, b) => Buffer.compare(a.startTid, b.startTid));
+    const history = sorted.map((g, i) => ({ generation: i * 3 + (g.generation % 3), startTid: g.startTid }));
+    return {
+      type: 'hello',
+      startTid,
+      generations: history,
+      ...(chainHead ? { chainHead } : {}),
+      options: compression ? { blobs, compression } : { blobs },
+    };
+  });
+
+const messageArb: fc.Arbitrary<NativeMessage> = fc.oneof(
+  helloArb,
+  tid.map((t): NativeMessage => ({ type: 'ack', tid: t })),
+  fc.record({ lastTid: tid, generation, blobs: fc.boolean() }).map(
+    ({ lastTid, generation: g, blobs }): NativeMessage => ({
+      type: 'welcome',
+      lastTid,
+      generation: g,
+      options: { blobs, compression: 'none' },
+    }),
+  ),
+  fc
+    .record({
+      code: fc.constantFrom(...REFUSE_CODES),
+      message: fc.string({ maxLength: 100 }),
+      forkTid: fc.option(tid, { nil: undefined }),
+      supportedVersions: fc.option(fc.array(fc.integer({ min: 1, max: 99 }), { maxLength: 3 }), { nil: undefined }),
+    })
+    .map(({ code, message, forkTid, supportedVersions }): NativeMessage => ({
+      type: 'refuse',
+      code,
+      message,
+      ...(forkTid ? { forkTid } : {}),
+      ...(supportedVersions ? { supportedVersions } : {}),
+    })),
+  fc
+    .record({
+      tid,
+      status: fc.constantFrom(' ' as const, 'p' as const),
+      user: blob(),
+      description: blob(),
+      extension: blob(),
+    })
+    .map((t): NativeMessage => ({ type: 'txn', ...t })),
+  fc
+    .record({ oid: tid, dataTxn: fc.option(tid, { nil: null }), data: fc.option(blob(2000), { nil: null }) })
+    .map((r): NativeMessage => ({ type: 'record', ...r })),
+  fc.record({ oid: tid, size: fc.maxSafeNat() }).map((b): NativeMessage => ({ type: 'blob', ...b })),
+  fc
+    .uint8Array({ minLength: 1, maxLength: 3000 })
+    .map((b): NativeMessage => ({ type: 'blob-block', bytes: Buffer.from(b) })),
+  fc.oneof(bytes(16), bytes(32)).map((checksum): NativeMessage => ({ type: 'commit', checksum })),
+  fc
+    .record({ lastTid: tid, clockMs: fc.oneof(fc.maxSafeNat(), fc.double({ min: 0, max: 1e15, noNaN: true })) })
+    .map((h): NativeMessage => ({ type: 'heartbeat', ...h })),
+);
+
+/** Comparable form: Buffers as hex. */
+function plain(value: unknown): unknown {
+  if (value instanceof Uint8Array) return Buffer.from(value).toString('hex');
+  if (Array.isArray(value)) return value.map(plain);
+  if (value !== null && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, plain(v)]));
+  }
+  return value;
+}
+
+/** Raw msgpack of an arbitrary object, bypassing encodeNative's checks. */
+const raw = (value: unknown): Buffer => new Packr({ useRecords: false }).pack(value);
+
+function expectProtocolError(run: () => unknown, reason?: RegExp): void {
+  let error: unknown;
+  try {
+    run();
+  } catch (e) {
+    error = e;
+  }
+  expect(error).toBeInstanceOf(ProtocolError);
+  if (reason) expect((error as Error).message).toMatch(reason);
+}
+
+describe('protocol names', () => {
+  it('names version 1 in 8 bytes, within zc.zrs primary limit', () => {
+    expect(nativeProtocolName().toString()).toBe('zrs-ts/1');
+    expect(nativeProtocolName().byteLength).toBe(8);
+    expect(nativeProtocolName(123456).byteLength).toBeLessThanOrEqual(PROTOCOL_NAME_MAX_BYTES);
+    expect(() => nativeProtocolName(0)).toThrow(RangeError);
+  });
+
+  it('classifies zrs2.x, native (supported or not) and anything else', () => {
+    const c = (s: string) => classifyProtocolName(Buffer.from(s, 'latin1'));
+    expect(c('zrs2.0')).toEqual({ kind: 'zrs2', version: '2.0' });
+    expect(c('zrs2.1')).toEqual({ kind: 'zrs2', version: '2.1' });
+    expect(c('zrs-ts/1')).toEqual({ kind: 'native', version: 1, supported: true });
+    expect(c('zrs-ts/2')).toEqual({ kind: 'native', version: 2, supported: false });
+    expect(c('zrs-ts/123456')).toEqual({ kind: 'native', version: 123456, supported: false });
+    for (const other of ['zrs1.0', 'zrs2.2', 'zrs2.0 ', '', 'zrs-ts/', 'zrs-ts/01', 'zrs-ts/0', 'zrs-ts/1a', 'zrs-ts/1234567', 'ZRS-TS/1']) {
+      expect(c(other)).toEqual({ kind: 'unknown' });
+    }
+  });
+
+  it('never throws on arbitrary bytes', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 20 }), (b) => {
+        expect(['native', 'zrs2', 'unknown']).toContain(classifyProtocolName(b).kind);
+      }),
+    );
+  });
+});
+
+describe('encodeNative / decodeNative', () => {
+  it('round-trips every message type', () => {
+    const packr = createNativePackr();
+    const unpackr = createNativeUnpackr();
+    fc.assert(
+      fc.property(messageArb, (msg) => {
+        const decoded = decodeNative(encodeNative(msg, packr), unpackr);
+        expect(plain(decoded)).toEqual(plain(msg));
+      }),
+    );
+  });
+
+  it('encodeNativeFrame equals encodeFrame(encodeNative(...)) and survives the frame decoder', () => {
+    const packr = createNativePackr();
+    const unpackr = createNativeUnpackr();
+    fc.assert(
+      fc.property(fc.array(messageArb, { maxLength: 10 }), fc.integer({ min: 1, max: 100 }), (msgs, step) => {
+        const frames = msgs.map((m) => encodeNativeFrame(m, packr));
+        frames.forEach((f, i) => {
+          expect(f.readUInt32BE(0)).toBe(f.byteLength - FRAME_HEADER_BYTES);
+          expect(f.equals(encodeFrame(encodeNative(msgs[i] as NativeMessage, packr)))).toBe(true);
+        });
+        const stream = Buffer.concat(frames);
+        const decoder = new FrameDecoder({ maxFrameBytes: 1 << 20 });
+        const out: unknown[] = [];
+        for (let i = 0; i < stream.byteLength; i += step) {
+          for (const p of decoder.push(stream.subarray(i, i + step))) out.push(plain(decodeNative(p, unpackr)));
+        }
+        expect(out).toEqual(msgs.map(plain));
+      }),
+    );
+  });
+
+  it('encodes a multi-megabyte record in one frame', () => {
+    const packr = createNativePackr();
+    const data = Buffer.alloc(3 * 1024 * 1024, 0x5a);
+    const frame = encodeNativeFrame({ type: 'record', oid: Buffer.alloc(8, 1), dataTxn: null, data }, packr);
+    const msg = decodeNative(frame.subarray(FRAME_HEADER_BYTES), createNativeUnpackr(), 'primary');
+    expect(msg.type === 'record' && msg.data?.equals(data)).toBe(true);
+  });
+
+  it('does not rewrite earlier results on later encodes', () => {
+    const packr = createNativePackr();
+    const first = encodeNative({ type: 'ack', tid: Buffer.alloc(8, 1) }, packr);
+    const copy = Buffer.from(first);
+    for (let i = 0; i < 2000; i++) encodeNative({ type: 'ack', tid: Buffer.alloc(8, i & 0xff) }, packr);
+    expect(first.equals(copy)).toBe(true);
+  });
+
+  it('copies ids but returns record data and blob blocks as views of the payload', () => {
+    const packr = createNativePackr();
+    const unpackr = createNativeUnpackr();
+    const payload = Buffer.from(
+      encodeNative({ type: 'record', oid: Buffer.alloc(8, 1), dataTxn: Buffer.alloc(8, 2), data: Buffer.from('abc') }, packr),
+    );
+    const msg = decodeNative(payload, unpackr, 'primary');
+    if (msg.type !== 'record') throw new Error('expected a record');
+    payload.fill(0);
+    expect(msg.oid.toString('hex')).toBe('0101010101010101');
+    expect(msg.dataTxn?.toString('hex')).toBe('0202020202020202');
+    expect(msg.data?.toString('hex')).toBe('000000');
+  });
+
+  it('ignores unknown fields (room for optional additions)', () => {
+    const msg = decodeNative(raw({ type: 'ack', tid: Buffer.alloc(8), later: { x: [1, 2] } }), createNativeUnpackr());
+    expect(plain(msg)).toEqual({ type: 'ack', tid: '0000000000000000' });
+  });
+
+  it('rejects a message from the wrong side when told the sender', () => {
+    const unpackr = createNativeUnpackr();
+    const ack = raw({ type: 'ack', tid: Buffer.alloc(8) });
+    expect(decodeNative(ack, unpackr, 'secondary').type).toBe('ack');
+    expectProtocolError(() => decodeNative(ack, unpackr, 'primary'), /unexpected 'ack' message from a primary/);
+  });
+
+  it('rejects tids and oids that are not exactly 8 bytes', () => {
+    const unpackr = createNativeUnpackr();
+    for (const n of [0, 1, 7, 9, 16]) {
+      const id = Buffer.alloc(n, 1);
+      expectProtocolError(() => decodeNative(raw({ type: 'ack', tid: id }), unpackr), /ack\.tid must be 8 bytes/);
+      expectProtocolError(
+        () => decodeNative(raw({ type: 'record', oid: id, dataTxn: null, data: null }), unpackr),
+        /record\.oid must be 8 bytes/,
+      );
+      expectProtocolError(
+        () => decodeNative(raw({ type: 'record', oid: Buffer.alloc(8), dataTxn: id, data: null }), unpackr),
+        /record\.dataTxn must be 8 bytes/,
+      );
+      expectProtocolError(
+        () =>
+          decodeNative(
+            raw({ type: 'hello', startTid: id, generations: [], options: { blobs: false } }),
+            unpackr,
+          ),
+        /hello\.startTid must be 8 bytes/,
+      );
+    }
+    // A tid sent as a string or a number is not bytes.
+    expectProtocolError(() => decodeNative(raw({ type: 'ack', tid: '01234567' }), unpackr), /must be bytes/);
+    expectProtocolError(() => decodeNative(raw({ type: 'ack', tid: 12345678 }), unpackr), /must be bytes/);
+  });
+
+  it('rejects missing fields, bad types, unknown types and unknown refusal codes with a reason', () => {
+    const u = createNativeUnpackr();
+    const t = Buffer.alloc(8);
+    const cases: [unknown, RegExp][] = [
+      [{ tid: t }, /missing field 'type'/],
+      [{ type: 7 }, /message type must be a string/],
+      [{ type: 'status-request' }, /unknown message type "status-request"/],
+      [{ type: 'record', oid: t, data: null }, /missing field 'dataTxn'/],
+      [{ type: 'txn', tid: t, status: 'c', user: t, description: t, extension: t }, /txn\.status/],
+      [{ type: 'blob', oid: t, size: -1 }, /blob\.size must be an integer/],
+      [{ type: 'blob', oid: t, size: 1.5 }, /blob\.size must be an integer/],
+      [{ type: 'blob-block', bytes: Buffer.alloc(0) }, /blob-block\.bytes must be 1\.\.65536 bytes/],
+      [{ type: 'blob-block', bytes: Buffer.alloc(BLOB_BLOCK_BYTES + 1) }, /blob-block\.bytes/],
+      [{ type: 'commit', checksum: Buffer.alloc(20) }, /commit\.checksum must be 16 or 32 bytes/],
+      [{ type: 'heartbeat', lastTid: t, clockMs: -1 }, /heartbeat\.clockMs/],
+      [{ type: 'refuse', code: 'nope', message: 'go away' }, /unknown code string "nope": go away/],
+      [{ type: 'refuse', code: 'internal' }, /missing field 'message'/],
+      [{ type: 'welcome', lastTid: t, generation: { generation: 1, startTid: t }, options: { blobs: true, compression: 'zstd' } }, /compression/],
+      [{ type: 'hello', startTid: t, generations: {}, options: { blobs: true } }, /generations must be an array/],
+      [{ type: 'hello', startTid: t, generations: [], options: { blobs: 'yes' } }, /options\.blobs must be a boolean/],
+      [
+        {
+          type: 'hello',
+          startTid: t,
+          generations: [
+            { generation: 2, startTid: t },
+            { generation: 2, startTid: t },
+          ],
+          options: { blobs: true },
+        },
+        /strictly increase/,
+      ],
+      [[{ type: 'ack', tid: t }], /message must be a map, got an array/],
+      ['ack', /message must be a map/],
+    ];
+    for (const [value, reason] of cases) expectProtocolError(() => decodeNative(raw(value), u), reason);
+    expectProtocolError(() => decodeNative(Buffer.alloc(0), u), /keep-alive/);
+  });
+
+  it('rejects msgpack extension types, records and the reserved byte', () => {
+    const u = createNativeUnpackr();
+    const t = Buffer.alloc(8);
+    const dated = new Packr({ useRecords: false }).pack({ type: 'ack', tid: t, at: new Date(0) });
+    expectProtocolError(() => decodeNative(dated, u), /extension type/);
+    const withSet = new Packr({ useRecords: false, moreTypes: true }).pack({ type: 'ack', tid: t, s: new Set([1]) });
+    expectProtocolError(() => decodeNative(withSet, u), /extension type/);
+    const records = new Packr({ useRecords: true }).pack({ type: 'ack', tid: t });
+    expectProtocolError(() => decodeNative(records, u), /extension type/);
+    expectProtocolError(() => decodeNative(Buffer.from('c1', 'hex'), u), /0xc1/);
+    // fixext 1 with the "undefined" ext 0 as a field value
+    expectProtocolError(() => decodeNative(Buffer.from('81a474797065d40000', 'hex'), u), /extension type/);
+  });
+
+  it('rejects non-string map keys, truncation, trailing bytes and deep nesting', () => {
+    const u = createNativeUnpackr();
+    expectProtocolError(() => decodeNative(Buffer.from('81 01 02'.replaceAll(' ', ''), 'hex'), u), /key .* not a string/);
+    const ack = raw({ type: 'ack', tid: Buffer.alloc(8) });
+    expectProtocolError(() => decodeNative(ack.subarray(0, ack.byteLength - 1), u), /truncated/);
+    expectProtocolError(() => decodeNative(Buffer.concat([ack, Buffer.from([0])]), u), /trailing bytes/);
+    let deep: unknown = 1;
+    for (let i = 0; i < 20; i++) deep = [deep];
+    expectProtocolError(() => decodeNative(raw({ type: 'ack', tid: Buffer.alloc(8), deep }), u), /nesting/);
+    // An array announcing 2^32-1 elements in a few bytes.
+    expectProtocolError(() => decodeNative(Buffer.from('dd ffffffff 01'.replaceAll(' ', ''), 'hex'), u), /more values than bytes/);
+  });
+
+  it('throws only ProtocolError on garbage', () => {
+    const unpackr = createNativeUnpackr();
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: 1, maxLength: 200 }), (garbage) => {
+        try {
+          decodeNative(garbage, unpackr);
+        } catch (e) {
+          expect(e).toBeInstanceOf(ProtocolError);
+        }
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('throws only ProtocolError on corrupted valid messages (or decodes a valid one)', () => {
+    const packr = createNativePackr();
+    const unpackr = createNativeUnpackr();
+    fc.assert(
+      fc.property(messageArb, fc.nat(), fc.integer({ min: 1, max: 255 }), fc.nat(), (msg, at, xor, cut) => {
+        const payload = Buffer.from(encodeNative(msg, packr));
+        const i = at % payload.byteLength;
+        payload[i] = (payload[i] ?? 0) ^ xor;
+        for (const p of [payload, payload.subarray(0, 1 + (cut % payload.byteLength))]) {
+          try {
+            const decoded = decodeNative(p, unpackr);
+            // Whatever decodes is a valid message that re-encodes.
+            expect(() => encodeNative(decoded, packr)).not.toThrow();
+          } catch (e) {
+            expect(e).toBeInstanceOf(ProtocolError);
+          }
+        }
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('refuses to encode a malformed message (a caller bug) with TypeError', () => {
+    const packr = createNativePackr();
+    expect(() => encodeNative({ type: 'ack', tid: Buffer.alloc(7) }, packr)).toThrow(TypeError);
+    expect(() => encodeNative({ type: 'blob-block', bytes: Buffer.alloc(BLOB_BLOCK_BYTES + 1) }, packr)).toThrow(
+      TypeError,
+    );
+  });
+
+  it('omits absent optional fields rather than packing undefined', () => {
+    const packr = createNativePackr();
+    const payload = encodeNative(
+      { type: 'refuse', code: 'internal', message: 'x', forkTid: undefined } as NativeMessage,
+      packr,
+    );
+    expect(Object.keys(decodeNative(payload, createNativeUnpackr()))).toEqual(['type', 'code', 'message']);
+  });
+});
