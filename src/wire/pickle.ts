@@ -1,0 +1,818 @@
+// Safe pickle subset for plain values (None, bool, int, float, str, bytes, list, tuple, str-keyed dict).
+// The reader never imports or calls anything except the two reductions CPython uses to rebuild bytes
+// at protocols 1–2; the writer emits exactly what CPython's C pickler emits for the same value.
+import { PickleError } from '../errors.js';
+
+/** A Python tuple. Kept distinct from `PickleValue[]` (a Python list) so values round-trip exactly. */
+export class PickleTuple<T = PickleValue> {
+  readonly items: readonly T[];
+  constructor(items: readonly T[] = []) {
+    this.items = Object.freeze([...items]);
+  }
+  get length(): number {
+    return this.items.length;
+  }
+}
+
+/** A Python dict. Only `str` keys; `Map` keeps Python's insertion order even for keys like `"10"`. */
+export type PickleDict = Map<string, PickleValue>;
+
+/**
+ * What `loads` returns. Python `int` is a `number` inside ±(2^53-1) and a `bigint` outside it;
+ * Python `float` is a `number` too, so an integral float (`1.0`) reads back as the int `1`.
+ * `bytes` is a fresh `Buffer` (never a view of the input); a Python 2 `str` is a JS string when
+ * it is ASCII and a `Buffer` otherwise (ZODB's `errors='bytes'` rule).
+ */
+export type PickleValue =
+  | null
+  | boolean
+  | number
+  | bigint
+  | string
+  | Buffer
+  | PickleValue[]
+  | PickleTuple<PickleValue>
+  | PickleDict;
+
+/**
+ * What `dumps` accepts: every `PickleValue`, plus plain `Record<string, …>` dicts and any `Uint8Array`.
+ * A plain object is written in JS property order, which puts integer-like keys ("10") first; use a
+ * `Map` when such keys must keep Python's order.
+ */
+export type PickleWritable =
+  | null
+  | boolean
+  | number
+  | bigint
+  | string
+  | Uint8Array
+  | readonly PickleWritable[]
+  | PickleTuple<PickleWritable>
+  | ReadonlyMap<string, PickleWritable>
+  | { readonly [key: string]: PickleWritable };
+
+export interface LoadOptions {
+  /** Deepest container nesting and open MARKs allowed (default 1000, about Python's recursion limit). */
+  maxDepth?: number;
+  /** Most items on the stack at one time (default 1,048,576). */
+  maxStackItems?: number;
+  /** Most memo entries (default 1,048,576). */
+  maxMemoEntries?: number;
+  /** Longest LONG1/LONG4 payload in bytes (default 4096). */
+  maxLongBytes?: number;
+}
+
+export interface DumpOptions {
+  protocol: 1 | 2 | 3;
+  /** Python's `Pickler.fast`: no memo at all (no BINPUT/BINGET). zc.zrs writes its messages this way. */
+  fast?: boolean;
+  /** Deepest container nesting allowed (default 1000). */
+  maxDepth?: number;
+}
+
+/** Decode one pickle. Anything malformed, unsafe or out of bounds throws `PickleError` with the byte position. */
+export function loads(buf: Uint8Array, options: LoadOptions = {}): PickleValue {
+  return new Unpickler(buf, options).load();
+}
+
+/**
+ * Encode `value` as CPython 3's C pickler does at `protocol`.
+ * @example dumps(new Map([['n', 1]]), { protocol: 3 }).toString('hex') // '80037d710058010000006e71014b01732e'
+ */
+export function dumps(value: PickleWritable, options: DumpOptions): Buffer {
+  return new Pickler(options).dump(value);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reader
+// ---------------------------------------------------------------------------------------------
+
+/** A whitelisted callable on the stack; it only ever reaches REDUCE, never the result. */
+class AllowedGlobal {
+  constructor(readonly kind: 'codecs.encode' | 'bytes') {}
+}
+
+type Item = PickleValue | AllowedGlobal;
+
+const ALLOWED_GLOBALS: ReadonlyMap<string, AllowedGlobal> = new Map([
+  ['_codecs encode', new AllowedGlobal('codecs.encode')],
+  ['__builtin__ bytes', new AllowedGlobal('bytes')],
+  ['builtins bytes', new AllowedGlobal('bytes')],
+]);
+
+/** Opcodes that build arbitrary objects or call code; named so the error says why. */
+const FORBIDDEN: ReadonlyMap<number, string> = new Map([
+  [0x62, 'BUILD'], [0x69, 'INST'], [0x6f, 'OBJ'], [0x81, 'NEWOBJ'], [0x92, 'NEWOBJ_EX'],
+  [0x82, 'EXT1'], [0x83, 'EXT2'], [0x84, 'EXT4'], [0x50, 'PERSID'], [0x51, 'BINPERSID'],
+  [0x97, 'NEXT_BUFFER'], [0x98, 'READONLY_BUFFER'],
+]);
+
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+/** Python 3.11's default int_max_str_digits: longer decimal ints are refused there too. */
+const MAX_DECIMAL_DIGITS = 4300;
+const STOP = 0x2e;
+
+const toInt = (v: bigint): number | bigint => (v <= MAX_SAFE && v >= -MAX_SAFE ? Number(v) : v);
+
+class Unpickler {
+  private pos = 0;
+  private opPos = 0;
+  private stack: Item[] = [];
+  private readonly marks: Item[][] = [];
+  private readonly memo = new Map<number, Item>();
+  private readonly maxDepth: number;
+  private readonly maxStackItems: number;
+  private readonly maxMemoEntries: number;
+  private readonly maxLongBytes: number;
+  private readonly ops: ReadonlyMap<number, () => void>;
+
+  constructor(private readonly buf: Uint8Array, o: LoadOptions) {
+    this.maxDepth = o.maxDepth ?? 1000;
+    this.maxStackItems = o.maxStackItems ?? 1 << 20;
+    this.maxMemoEntries = o.maxMemoEntries ?? 1 << 20;
+    this.maxLongBytes = o.maxLongBytes ?? 4096;
+    this.ops = this.opcodeTable();
+  }
+
+  load(): PickleValue {
+    while (this.pos < this.buf.length) {
+      this.opPos = this.pos;
+      const op = this.buf[this.pos++]!;
+      if (op === STOP) return this.stop();
+      this.dispatch(op);
+    }
+    throw this.fail('truncated pickle: no STOP opcode');
+  }
+
+  private dispatch(op: number): void {
+    const handler = this.ops.get(op);
+    if (handler) return handler();
+    const forbidden = FORBIDDEN.get(op);
+    if (forbidden) throw this.fail(`opcode ${forbidden} is not allowed: it builds objects or calls code`);
+    throw this.fail(`unknown or unsupported opcode 0x${op.toString(16).padStart(2, '0')}`);
+  }
+
+  private stop(): PickleValue {
+    if (this.marks.length > 0) throw this.fail('STOP with an open MARK');
+    if (this.stack.length !== 1) throw this.fail(`STOP with ${this.stack.length} items on the stack`);
+    const value = this.plain(this.stack[0]!);
+    if (this.pos !== this.buf.length) {
+      throw new PickleError(`${this.buf.length - this.pos} trailing bytes after STOP`, this.pos);
+    }
+    assertAcyclic(value, this.maxDepth, this.opPos);
+    return value;
+  }
+
+  private fail(message: string): PickleError {
+    return new PickleError(message, this.opPos);
+  }
+
+  // -- byte access -----------------------------------------------------------------------------
+
+  private read(n: number): Uint8Array {
+    if (n < 0 || n > this.buf.length - this.pos) throw this.fail(`truncated pickle: need ${n} bytes`);
+    const out = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return out;
+  }
+
+  private view(n: number): DataView {
+    const b = this.read(n);
+    return new DataView(b.buffer, b.byteOffset, b.byteLength);
+  }
+
+  private u8(): number {
+    return this.read(1)[0]!;
+  }
+
+  private u32(): number {
+    return this.view(4).getUint32(0, true);
+  }
+
+  private i32(): number {
+    return this.view(4).getInt32(0, true);
+  }
+
+  private u64(): number {
+    const v = this.view(8).getBigUint64(0, true);
+    if (v > MAX_SAFE) throw this.fail('length does not fit in memory');
+    return Number(v);
+  }
+
+  /** One text line without its '\n', as latin-1 (the text opcodes are ASCII). */
+  private line(): string {
+    const end = this.buf.indexOf(0x0a, this.pos);
+    if (end < 0) throw this.fail('truncated pickle: missing newline');
+    const text = Buffer.from(this.read(end - this.pos)).toString('latin1');
+    this.pos += 1;
+    return text;
+  }
+
+  // -- stack -----------------------------------------------------------------------------------
+
+  private push(item: Item): void {
+    if (this.stack.length >= this.maxStackItems) throw this.fail('stack limit exceeded');
+    this.stack.push(item);
+  }
+
+  private pop(): Item {
+    const item = this.stack.pop();
+    if (item === undefined) throw this.fail('stack underflow');
+    return item;
+  }
+
+  private top(): Item {
+    const item = this.stack[this.stack.length - 1];
+    if (item === undefined) throw this.fail('stack underflow');
+    return item;
+  }
+
+  private mark(): void {
+    if (this.marks.length >= this.maxDepth) throw this.fail('too many nested MARKs');
+    this.marks.push(this.stack);
+    this.stack = [];
+  }
+
+  /** Items pushed since the last MARK, which is removed. */
+  private popMark(): Item[] {
+    const outer = this.marks.pop();
+    if (outer === undefined) throw this.fail('no MARK on the stack');
+    const items = this.stack;
+    this.stack = outer;
+    return items;
+  }
+
+  /** A global may only be called by REDUCE; it never becomes part of a value. */
+  private plain(item: Item): PickleValue {
+    if (item instanceof AllowedGlobal) throw this.fail('a global may only be called, not stored');
+    return item;
+  }
+
+  // -- opcode table ----------------------------------------------------------------------------
+
+  private opcodeTable(): Map<number, () => void> {
+    const c = (s: string): number => s.charCodeAt(0);
+    return new Map<number, () => void>([
+      [0x80, () => this.proto()],
+      [0x95, () => this.frame()],
+      [c('('), () => this.mark()],
+      [c('0'), () => this.popTop()],
+      [c('1'), () => void this.popMark()],
+      [c('2'), () => this.push(this.top())],
+      [c('N'), () => this.push(null)],
+      [0x88, () => this.push(true)],
+      [0x89, () => this.push(false)],
+      [c('I'), () => this.push(this.textInt(this.line()))],
+      [c('J'), () => this.push(this.i32())],
+      [c('K'), () => this.push(this.u8())],
+      [c('M'), () => this.push(this.view(2).getUint16(0, true))],
+      [c('L'), () => this.push(this.textLong(this.line()))],
+      [0x8a, () => this.push(this.binLong(this.u8()))],
+      [0x8b, () => this.push(this.binLong(this.i32()))],
+      [c('F'), () => this.push(this.textFloat(this.line()))],
+      [c('G'), () => this.push(this.view(8).getFloat64(0, false))],
+      [c('X'), () => this.push(this.utf8(this.u32()))],
+      [0x8c, () => this.push(this.utf8(this.u8()))],
+      [0x8d, () => this.push(this.utf8(this.u64()))],
+      [c('C'), () => this.push(Buffer.from(this.read(this.u8())))],
+      [c('B'), () => this.push(Buffer.from(this.read(this.u32())))],
+      [0x8e, () => this.push(Buffer.from(this.read(this.u64())))],
+      [c('U'), () => this.push(py2str(this.read(this.u8())))],
+      [c('T'), () => this.push(py2str(this.read(this.i32())))],
+      [c(']'), () => this.push([])],
+      [c('l'), () => this.push(this.popMark().map((i) => this.plain(i)))],
+      [c('a'), () => this.appendItems([this.pop()])],
+      [c('e'), () => this.appendItems(this.popMark())],
+      [c(')'), () => this.push(new PickleTuple())],
+      [c('t'), () => this.push(this.tuple(this.popMark()))],
+      [0x85, () => this.push(this.tuple(this.popN(1)))],
+      [0x86, () => this.push(this.tuple(this.popN(2)))],
+      [0x87, () => this.push(this.tuple(this.popN(3)))],
+      [c('}'), () => this.push(new Map())],
+      [c('d'), () => this.push(this.setItems(new Map(), this.popMark()))],
+      [c('s'), () => this.setItemsOnTop(this.popN(2))],
+      [c('u'), () => this.setItemsOnTop(this.popMark())],
+      [c('p'), () => this.memoPut(this.textIndex(this.line()))],
+      [c('q'), () => this.memoPut(this.u8())],
+      [c('r'), () => this.memoPut(this.u32())],
+      [0x94, () => this.memoPut(this.memo.size)],
+      [c('g'), () => this.push(this.memoGet(this.textIndex(this.line())))],
+      [c('h'), () => this.push(this.memoGet(this.u8()))],
+      [c('j'), () => this.push(this.memoGet(this.u32()))],
+      [c('c'), () => this.push(this.allowedGlobal(this.line(), this.line()))],
+      [0x93, () => this.stackGlobal()],
+      [c('R'), () => this.reduce()],
+    ]);
+  }
+
+  private proto(): void {
+    const version = this.u8();
+    if (version > 5) throw this.fail(`unsupported pickle protocol ${version}`);
+  }
+
+  /** Protocol 4 FRAME: an advisory length; the framed opcodes follow inline. */
+  private frame(): void {
+    if (this.u64() > this.buf.length - this.pos) throw this.fail('truncated pickle: FRAME longer than the input');
+  }
+
+  /** Python's POP also discards an empty MARK frame. */
+  private popTop(): void {
+    if (this.stack.length === 0 && this.marks.length > 0) this.popMark();
+    else this.pop();
+  }
+
+  private popN(n: number): Item[] {
+    if (this.stack.length < n) throw this.fail('stack underflow');
+    return this.stack.splice(this.stack.length - n, n);
+  }
+
+  // -- numbers and strings ---------------------------------------------------------------------
+
+  private decimal(text: string): bigint {
+    if (!/^[+-]?(0+|[1-9][0-9]*)$/.test(text)) throw this.fail(`bad integer literal ${JSON.stringify(text)}`);
+    if (text.length > MAX_DECIMAL_DIGITS + 1) throw this.fail('integer literal too long');
+    return BigInt(text);
+  }
+
+  /** Protocol 0/1 `INT`: `I01`/`I00` are Python's True/False. */
+  private textInt(text: string): PickleValue {
+    if (text === '01') return true;
+    if (text === '00') return false;
+    return toInt(this.decimal(text));
+  }
+
+  private textLong(text: string): number | bigint {
+    return toInt(this.decimal(text.endsWith('L') ? text.slice(0, -1) : text));
+  }
+
+  private textFloat(text: string): number {
+    const ok = /^[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf|infinity|nan)$/i.test(text);
+    if (!ok) throw this.fail(`bad float literal ${JSON.stringify(text)}`);
+    const t = text.toLowerCase().replace(/^([+-]?)inf(inity)?$/, '$1Infinity').replace(/^[+-]?nan$/, 'NaN');
+    return Number(t);
+  }
+
+  /** LONG1/LONG4: little-endian two's complement. */
+  private binLong(n: number): number | bigint {
+    if (n < 0) throw this.fail('negative LONG4 length');
+    if (n > this.maxLongBytes) throw this.fail(`long of ${n} bytes exceeds the limit`);
+    const bytes = this.read(n);
+    if (n === 0) return 0;
+    let v = BigInt(`0x${Buffer.from(bytes).reverse().toString('hex')}`);
+    if (bytes[n - 1]! & 0x80) v -= 1n << BigInt(8 * n);
+    return toInt(v);
+  }
+
+  private textIndex(text: string): number {
+    const v = this.decimal(text);
+    if (v < 0n || v > 0xffffffffn) throw this.fail('bad memo index');
+    return Number(v);
+  }
+
+  private utf8(n: number): string {
+    const bytes = this.read(n);
+    try {
+      return decodeUtf8(bytes);
+    } catch (cause) {
+      if (cause instanceof PickleError) throw this.fail(cause.message);
+      throw cause;
+    }
+  }
+
+  // -- containers ------------------------------------------------------------------------------
+
+  private tuple(items: Item[]): PickleTuple {
+    return new PickleTuple(items.map((i) => this.plain(i)));
+  }
+
+  private appendItems(items: Item[]): void {
+    const list = this.top();
+    if (!Array.isArray(list)) throw this.fail('APPEND target is not a list');
+    for (const item of items) list.push(this.plain(item));
+  }
+
+  private setItemsOnTop(items: Item[]): void {
+    const dict = this.top();
+    if (!(dict instanceof Map)) throw this.fail('SETITEM target is not a dict');
+    this.setItems(dict, items);
+  }
+
+  private setItems(dict: PickleDict, items: Item[]): PickleDict {
+    if (items.length % 2 !== 0) throw this.fail('odd number of items for a dict');
+    for (let i = 0; i < items.length; i += 2) {
+      const key = items[i];
+      if (typeof key !== 'string') throw this.fail('dict key is not a str');
+      dict.set(key, this.plain(items[i + 1]!));
+    }
+    return dict;
+  }
+
+  // -- memo ------------------------------------------------------------------------------------
+
+  private memoPut(index: number): void {
+    if (!this.memo.has(index) && this.memo.size >= this.maxMemoEntries) throw this.fail('memo limit exceeded');
+    this.memo.set(index, this.top());
+  }
+
+  private memoGet(index: number): Item {
+    const item = this.memo.get(index);
+    if (item === undefined) throw this.fail(`memo key ${index} was never stored`);
+    return item;
+  }
+
+  // -- the only calls allowed: rebuilding bytes ------------------------------------------------
+
+  private allowedGlobal(module: string, name: string): AllowedGlobal {
+    const allowed = ALLOWED_GLOBALS.get(`${module} ${name}`);
+    if (!allowed) throw this.fail(`refusing global ${JSON.stringify(`${module}.${name}`)}`);
+    return allowed;
+  }
+
+  private stackGlobal(): void {
+    const [module, name] = this.popN(2);
+    if (typeof module !== 'string' || typeof name !== 'string') throw this.fail('STACK_GLOBAL needs two str');
+    this.push(this.allowedGlobal(module, name));
+  }
+
+  private reduce(): void {
+    const [callable, args] = this.popN(2);
+    if (!(callable instanceof AllowedGlobal)) throw this.fail('REDUCE of something that is not an allowed global');
+    if (!(args instanceof PickleTuple)) throw this.fail('REDUCE arguments are not a tuple');
+    this.push(callable.kind === 'bytes' ? this.emptyBytes(args) : this.latin1Bytes(args));
+  }
+
+  /** `bytes()`: Python 3 writes `b''` this way at protocols 1–2. */
+  private emptyBytes(args: PickleTuple): Buffer {
+    if (args.length !== 0) throw this.fail('bytes() is only allowed without arguments');
+    return Buffer.alloc(0);
+  }
+
+  /** `_codecs.encode(text, 'latin1')`: Python 3 writes non-empty bytes this way at protocols 1–2. */
+  private latin1Bytes(args: PickleTuple): Buffer {
+    const [text, encoding] = args.items;
+    if (args.length !== 2 || typeof text !== 'string' || encoding !== 'latin1') {
+      throw this.fail("_codecs.encode is only allowed as encode(str, 'latin1')");
+    }
+    if (/[^\u0000-\u00ff]/.test(text)) throw this.fail('latin1 text has a code point above 255');
+    return Buffer.from(text, 'latin1');
+  }
+}
+
+/** Python 2 `str` read by Python 3 with ZODB's `encoding='ASCII', errors='bytes'`. */
+function py2str(bytes: Uint8Array): string | Buffer {
+  const copy = Buffer.from(bytes);
+  return copy.every((b) => b < 0x80) ? copy.toString('latin1') : copy;
+}
+
+/** The reader only builds DAGs; a cycle (possible via memo + APPEND) is refused, and depth is bounded. */
+function assertAcyclic(root: PickleValue, maxDepth: number, position: number): void {
+  const done = new Set<object>();
+  const onPath = new Set<object>();
+  const walk = (v: PickleValue, depth: number): void => {
+    const children = childrenOf(v);
+    if (children === null || done.has(v as object)) return;
+    if (onPath.has(v as object)) throw new PickleError('cyclic structure', position);
+    if (depth > maxDepth) throw new PickleError('nesting too deep', position);
+    onPath.add(v as object);
+    for (const child of children) walk(child, depth + 1);
+    onPath.delete(v as object);
+    done.add(v as object);
+  };
+  walk(root, 1);
+}
+
+function childrenOf(v: PickleValue): Iterable<PickleValue> | null {
+  if (Array.isArray(v)) return v;
+  if (v instanceof PickleTuple) return v.items;
+  if (v instanceof Map) return v.values();
+  return null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// UTF-8 with Python's 'surrogatepass' (lone surrogates are 3-byte sequences, as pickle writes them)
+// ---------------------------------------------------------------------------------------------
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+function decodeUtf8(bytes: Uint8Array): string {
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    return decodeUtf8Surrogatepass(bytes);
+  }
+}
+
+function decodeUtf8Surrogatepass(bytes: Uint8Array): string {
+  const units: number[] = [];
+  let i = 0;
+  while (i < bytes.length) {
+    const { codePoint, length } = utf8CodePoint(bytes, i);
+    if (codePoint > 0xffff) units.push(0xd800 + ((codePoint - 0x10000) >> 10), 0xdc00 + (codePoint & 0x3ff));
+    else units.push(codePoint);
+    i += length;
+  }
+  let out = '';
+  for (let k = 0; k < units.length; k += 8192) out += String.fromCharCode(...units.slice(k, k + 8192));
+  return out;
+}
+
+function utf8CodePoint(bytes: Uint8Array, i: number): { codePoint: number; length: number } {
+  const lead = bytes[i]!;
+  if (lead < 0x80) return { codePoint: lead, length: 1 };
+  const length = lead >= 0xf5 || lead < 0xc2 ? 0 : lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : 2;
+  if (length === 0 || i + length > bytes.length) throw new PickleError('invalid UTF-8');
+  let codePoint = lead & (0xff >> (length + 1));
+  for (let k = 1; k < length; k++) {
+    const b = bytes[i + k]!;
+    if ((b & 0xc0) !== 0x80) throw new PickleError('invalid UTF-8');
+    codePoint = (codePoint << 6) | (b & 0x3f);
+  }
+  const min = [0, 0, 0x80, 0x800, 0x10000][length]!;
+  if (codePoint < min || codePoint > 0x10ffff) throw new PickleError('invalid UTF-8');
+  return { codePoint, length };
+}
+
+function encodeUtf8(s: string): Buffer {
+  if (!/\p{Cs}/u.test(s)) return Buffer.from(s, 'utf8');
+  const out: number[] = [];
+  for (const ch of s) pushCodePoint(out, ch.codePointAt(0)!);
+  return Buffer.from(out);
+}
+
+function pushCodePoint(out: number[], cp: number): void {
+  if (cp < 0x80) out.push(cp);
+  else if (cp < 0x800) out.push(0xc0 | (cp >> 6), 0x80 | (cp & 0x3f));
+  else if (cp < 0x10000) out.push(0xe0 | (cp >> 12), 0x80 | ((cp >> 6) & 0x3f), 0x80 | (cp & 0x3f));
+  else out.push(0xf0 | (cp >> 18), 0x80 | ((cp >> 12) & 0x3f), 0x80 | ((cp >> 6) & 0x3f), 0x80 | (cp & 0x3f));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+// ---------------------------------------------------------------------------------------------
+
+/** CPython's pickler writes lists and dicts in batches of this many items. */
+const BATCH_SIZE = 1000;
+
+// Memo keys for objects that are one shared object in CPython, so CPython memoizes them once.
+const CODECS_ENCODE_KEY = { global: '_codecs encode' };
+const BYTES_KEY = { global: '__builtin__ bytes' };
+const LATIN1_KEY = { constant: 'latin1' };
+const EMPTY_BYTES_KEY = { constant: "b''" };
+
+type MemoKey = object | string;
+
+/**
+ * CPython memoizes by identity. JS strings have none, so we follow what CPython does when it
+ * re-pickles a value it just unpickled (what a zc.zrs secondary does with an extension): '' and
+ * one-character latin-1 strings are shared singletons there, every other string is a fresh object.
+ */
+const sharedStringKey = (s: string): string | null => (s.length === 0 || (s.length === 1 && s.charCodeAt(0) < 256) ? s : null);
+
+class Pickler {
+  private readonly chunks: Buffer[] = [];
+  private readonly memo = new Map<MemoKey, number>();
+  private memoCount = 0;
+  private readonly inProgress = new Set<object>();
+  private depth = 0;
+  private readonly protocol: 1 | 2 | 3;
+  private readonly fast: boolean;
+  private readonly maxDepth: number;
+
+  constructor(o: DumpOptions) {
+    if (o.protocol !== 1 && o.protocol !== 2 && o.protocol !== 3) throw new PickleError(`unsupported protocol ${String(o.protocol)}`);
+    this.protocol = o.protocol;
+    this.fast = o.fast ?? false;
+    this.maxDepth = o.maxDepth ?? 1000;
+  }
+
+  dump(value: PickleWritable): Buffer {
+    if (this.protocol >= 2) this.write(0x80, this.protocol);
+    this.save(value);
+    this.write(STOP);
+    return Buffer.concat(this.chunks);
+  }
+
+  private write(...bytes: number[]): void {
+    this.chunks.push(Buffer.from(bytes));
+  }
+
+  private writeBuffer(b: Uint8Array): void {
+    this.chunks.push(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+  }
+
+  private writeU32(op: number, n: number): void {
+    const b = Buffer.alloc(5);
+    b[0] = op;
+    b.writeUInt32LE(n, 1);
+    this.chunks.push(b);
+  }
+
+  private save(v: PickleWritable): void {
+    if (v === null) return this.write(0x4e); // NONE
+    switch (typeof v) {
+      case 'boolean': return this.saveBool(v);
+      case 'number': return Number.isSafeInteger(v) ? this.saveInt(v) : this.saveFloat(v);
+      case 'bigint': return this.saveInt(v);
+      case 'string': return this.saveStr(v);
+      case 'object': return this.saveObject(v);
+      default: throw new PickleError(`cannot pickle a ${typeof v}`);
+    }
+  }
+
+  private saveObject(v: Exclude<PickleWritable, null | boolean | number | bigint | string>): void {
+    if (v instanceof Uint8Array) return this.saveBytes(v);
+    if (this.inProgress.has(v)) throw new PickleError('cannot pickle a cyclic value');
+    if (this.depth >= this.maxDepth) throw new PickleError('value nested too deeply');
+    if (this.saveMemoized(v)) return;
+    this.inProgress.add(v);
+    this.depth++;
+    this.saveContainer(v);
+    this.depth--;
+    this.inProgress.delete(v);
+  }
+
+  private saveContainer(v: Exclude<PickleWritable, null | boolean | number | bigint | string | Uint8Array>): void {
+    if (Array.isArray(v)) return this.saveList(v as readonly PickleWritable[]);
+    if (v instanceof PickleTuple) return this.saveTuple(v);
+    if (v instanceof Map) return this.saveDict(v, [...v.entries()]);
+    const proto: unknown = Object.getPrototypeOf(v);
+    if (proto === Object.prototype || proto === null) return this.saveDict(v, Object.entries(v));
+    throw new PickleError(`cannot pickle an instance of ${(proto as { constructor?: { name?: string } } | null)?.constructor?.name ?? 'unknown'}`);
+  }
+
+  // -- memo ------------------------------------------------------------------------------------
+
+  /** Writes BINGET when `key` was memoized already. */
+  private saveMemoized(key: MemoKey | null): boolean {
+    const index = key === null ? undefined : this.memo.get(key);
+    if (index === undefined) return false;
+    if (index < 256) this.write(0x68, index); // BINGET
+    else this.writeU32(0x6a, index); // LONG_BINGET
+    return true;
+  }
+
+  /** BINPUT the object just written; `key` null means "never looked up again" (a fresh object). */
+  private memoize(key: MemoKey | null): void {
+    if (this.fast) return;
+    const index = this.memoCount++;
+    if (key !== null) this.memo.set(key, index);
+    if (index < 256) this.write(0x71, index); // BINPUT
+    else this.writeU32(0x72, index); // LONG_BINPUT
+  }
+
+  // -- scalars ---------------------------------------------------------------------------------
+
+  private saveBool(v: boolean): void {
+    if (this.protocol >= 2) return this.write(v ? 0x88 : 0x89); // NEWTRUE / NEWFALSE
+    this.writeBuffer(Buffer.from(v ? 'I01\n' : 'I00\n', 'latin1'));
+  }
+
+  private saveInt(v: number | bigint): void {
+    if (v >= 0 && v <= 0xff) return this.write(0x4b, Number(v)); // BININT1
+    if (v >= 0 && v <= 0xffff) return this.write(0x4d, Number(v) & 0xff, Number(v) >> 8); // BININT2
+    if (v >= -0x80000000 && v <= 0x7fffffff) return this.saveBinInt(Number(v));
+    if (this.protocol >= 2) return this.saveBinLong(BigInt(v));
+    this.writeBuffer(Buffer.from(`L${BigInt(v).toString()}L\n`, 'latin1')); // protocol 1 has only text LONG
+  }
+
+  private saveBinInt(v: number): void {
+    const b = Buffer.alloc(5);
+    b[0] = 0x4a; // BININT
+    b.writeInt32LE(v, 1);
+    this.chunks.push(b);
+  }
+
+  private saveBinLong(v: bigint): void {
+    const bytes = encodeLong(v);
+    if (bytes.length < 256) this.write(0x8a, bytes.length); // LONG1
+    else this.writeU32(0x8b, bytes.length); // LONG4
+    this.writeBuffer(bytes);
+  }
+
+  private saveFloat(v: number): void {
+    const b = Buffer.alloc(9);
+    b[0] = 0x47; // BINFLOAT
+    b.writeDoubleBE(v, 1);
+    this.chunks.push(b);
+  }
+
+  private saveStr(s: string): void {
+    const key = this.fast ? null : sharedStringKey(s);
+    if (this.saveMemoized(key)) return;
+    const utf8 = encodeUtf8(s);
+    this.writeU32(0x58, utf8.length); // BINUNICODE
+    this.writeBuffer(utf8);
+    this.memoize(key);
+  }
+
+  // -- bytes -----------------------------------------------------------------------------------
+
+  private saveBytes(b: Uint8Array): void {
+    const key = b.length === 0 ? EMPTY_BYTES_KEY : b;
+    if (this.saveMemoized(key)) return;
+    if (this.protocol >= 3) this.saveBinBytes(b);
+    else if (b.length === 0) this.saveReducedEmptyBytes();
+    else this.saveReducedBytes(b);
+    this.memoize(key);
+  }
+
+  private saveBinBytes(b: Uint8Array): void {
+    if (b.length <= 0xff) this.write(0x43, b.length); // SHORT_BINBYTES
+    else this.writeU32(0x42, b.length); // BINBYTES
+    this.writeBuffer(b);
+  }
+
+  /** `bytes()` REDUCE: how Python 3 writes b'' below protocol 3. */
+  private saveReducedEmptyBytes(): void {
+    this.saveGlobal('__builtin__', 'bytes', BYTES_KEY);
+    this.write(0x29, 0x52); // EMPTY_TUPLE, REDUCE
+  }
+
+  /** `_codecs.encode(latin1 text, 'latin1')` REDUCE: how Python 3 writes bytes below protocol 3. */
+  private saveReducedBytes(b: Uint8Array): void {
+    this.saveGlobal('_codecs', 'encode', CODECS_ENCODE_KEY);
+    if (this.protocol === 1) this.write(0x28); // MARK
+    this.saveStr(Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('latin1'));
+    this.saveLatin1Constant();
+    this.write(this.protocol === 1 ? 0x74 : 0x86); // TUPLE / TUPLE2
+    this.memoize(null);
+    this.write(0x52); // REDUCE
+  }
+
+  /** CPython passes one interned 'latin1' object every time, so it is memoized once. */
+  private saveLatin1Constant(): void {
+    if (this.saveMemoized(this.fast ? null : LATIN1_KEY)) return;
+    this.writeU32(0x58, 6);
+    this.writeBuffer(Buffer.from('latin1', 'latin1'));
+    this.memoize(LATIN1_KEY);
+  }
+
+  private saveGlobal(module: string, name: string, key: object): void {
+    if (this.saveMemoized(this.fast ? null : key)) return;
+    this.writeBuffer(Buffer.from(`c${module}\n${name}\n`, 'latin1'));
+    this.memoize(key);
+  }
+
+  // -- containers ------------------------------------------------------------------------------
+
+  private saveTuple(t: PickleTuple<PickleWritable>): void {
+    if (t.length === 0) return this.write(0x29); // EMPTY_TUPLE, never memoized
+    const short = this.protocol >= 2 && t.length <= 3;
+    if (!short) this.write(0x28); // MARK
+    for (const item of t.items) this.save(item);
+    this.write(short ? [0x85, 0x86, 0x87][t.length - 1]! : 0x74); // TUPLE1..3 / TUPLE
+    this.memoize(t);
+  }
+
+  private saveList(list: readonly PickleWritable[]): void {
+    this.write(0x5d); // EMPTY_LIST
+    this.memoize(list);
+    if (list.length === 1) {
+      this.save(list[0]!);
+      return this.write(0x61); // APPEND
+    }
+    for (let start = 0; start < list.length; start += BATCH_SIZE) {
+      this.write(0x28); // MARK
+      for (const item of list.slice(start, start + BATCH_SIZE)) this.save(item);
+      this.write(0x65); // APPENDS
+    }
+  }
+
+  /**
+   * Like CPython's batch_dict_exact: one item is SETITEM; otherwise MARK…SETITEMS batches, and a
+   * batch that ends exactly full is followed by an empty one (a quirk we must copy to be byte-exact).
+   */
+  private saveDict(key: object, entries: [unknown, PickleWritable][]): void {
+    this.write(0x7d); // EMPTY_DICT
+    this.memoize(key);
+    if (entries.length === 1) {
+      this.saveItem(entries[0]!);
+      return this.write(0x73); // SETITEM
+    }
+    if (entries.length === 0) return;
+    for (let start = 0; ; start += BATCH_SIZE) {
+      const batch = entries.slice(start, start + BATCH_SIZE);
+      this.write(0x28); // MARK
+      for (const entry of batch) this.saveItem(entry);
+      this.write(0x75); // SETITEMS
+      if (batch.length < BATCH_SIZE) return;
+    }
+  }
+
+  private saveItem([k, v]: [unknown, PickleWritable]): void {
+    if (typeof k !== 'string') throw new PickleError(`dict key is not a str: ${typeof k}`);
+    this.saveStr(k);
+    this.save(v);
+  }
+}
+
+/** Python's pickle.encode_long: minimal little-endian two's complement. */
+function encodeLong(v: bigint): Buffer {
+  if (v === 0n) return Buffer.alloc(0);
+  const magnitude = v < 0n ? -v : v;
+  const n = (magnitude.toString(2).length >> 3) + 1;
+  const twos = v < 0n ? (1n << BigInt(8 * n)) + v : v;
+  const bytes = Buffer.from(twos.toString(16).padStart(2 * n, '0'), 'hex').reverse();
+  const trim = v < 0n && n > 1 && bytes[n - 1] === 0xff && (bytes[n - 2]! & 0x80) !== 0;
+  return trim ? bytes.subarray(0, n - 1) : bytes;
+}

@@ -1,0 +1,360 @@
+// The safe pickle subset: byte-exact against ZODB's extension pickles, zc.zrs's protocol-1 messages
+// and vectors produced by CPython 3.11; everything malformed or unsafe is a PickleError, nothing else.
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { PickleError } from '../../src/errors.js';
+import { dumps, loads, PickleTuple, type PickleValue } from '../../src/wire/pickle.js';
+
+const FIXTURES = new URL('../../../shared/fixtures/', import.meta.url);
+const readJson = (rel: string): unknown => JSON.parse(readFileSync(new URL(rel, FIXTURES), 'utf8'));
+const hex = (s: string): Buffer => Buffer.from(s, 'hex');
+const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+/** Manifest JSON → PickleValue: objects are dicts, {"__bytes_hex__": …} is bytes. */
+function fromJson(v: unknown): PickleValue {
+  if (v === null || typeof v === 'boolean' || typeof v === 'string' || typeof v === 'number') return v;
+  if (Array.isArray(v)) return v.map(fromJson);
+  const o = v as Record<string, unknown>;
+  const keys = Object.keys(o);
+  if (keys.length === 1 && typeof o.__bytes_hex__ === 'string') return hex(o.__bytes_hex__);
+  return new Map(keys.map((k) => [k, fromJson(o[k])]));
+}
+
+interface ManifestTxn { tid: string; extension_raw_hex: string; extension: unknown }
+
+function manifestExtensions(): { where: string; raw: string; extension: unknown }[] {
+  const out: { where: string; raw: string; extension: unknown }[] = [];
+  for (const dir of readdirSync(new URL('zodb/', FIXTURES), { withFileTypes: true })) {
+    if (!dir.isDirectory()) continue;
+    for (const file of readdirSync(new URL(`zodb/${dir.name}/`, FIXTURES)).filter((f) => /^manifest.*\.json$/.test(f))) {
+      const manifest = readJson(`zodb/${dir.name}/${file}`) as { transactions: ManifestTxn[] };
+      for (const t of manifest.transactions) {
+        if (t.extension_raw_hex) out.push({ where: `${dir.name}/${file} ${t.tid}`, raw: t.extension_raw_hex, extension: t.extension });
+      }
+    }
+  }
+  return out;
+}
+
+function zrsPickles(): { where: string; hex: string }[] {
+  const out: { where: string; hex: string }[] = [];
+  for (const file of readdirSync(new URL('zrs-protocol/', FIXTURES)).filter((f) => f.endsWith('.json'))) {
+    const json = readJson(`zrs-protocol/${file}`) as { decoded?: { messages: { pickle_hex?: string }[] } };
+    for (const [i, m] of (json.decoded?.messages ?? []).entries()) {
+      if (m.pickle_hex) out.push({ where: `${file} #${i}`, hex: m.pickle_hex });
+    }
+  }
+  return out;
+}
+
+const EXTENSIONS = manifestExtensions();
+const ZRS_PICKLES = zrsPickles();
+
+/** Expect `f` to throw a PickleError (and nothing else); return it. */
+function pickleError(f: () => unknown): PickleError {
+  try {
+    f();
+  } catch (e) {
+    expect(e).toBeInstanceOf(PickleError);
+    return e as PickleError;
+  }
+  throw new Error('expected a PickleError');
+}
+
+describe('ZODB transaction extensions (zodb/*/manifest.json)', () => {
+  it('the fixtures hold extensions to check', () => {
+    expect(EXTENSIONS.length).toBeGreaterThanOrEqual(7);
+  });
+
+  it.each(EXTENSIONS)('$where loads to the manifest extension and dumps back byte for byte', ({ raw, extension }) => {
+    const value = loads(hex(raw));
+    expect(value).toEqual(fromJson(extension));
+    expect(dumps(value, { protocol: 3 }).toString('hex')).toBe(raw);
+  });
+});
+
+describe('zc.zrs control messages (zrs-protocol/*.json pickle_hex)', () => {
+  it('the fixtures hold pickles to check', () => {
+    expect(ZRS_PICKLES.length).toBeGreaterThan(1000);
+  });
+
+  it('every pickle_hex re-encodes byte for byte at protocol 1, fast mode', () => {
+    for (const { where, hex: h } of ZRS_PICKLES) {
+      expect(dumps(loads(hex(h)), { protocol: 1, fast: true }).toString('hex'), where).toBe(h);
+    }
+  });
+
+  it('reads bytes rebuilt with _codecs.encode and bytes(), True as I01 and a text LONG', () => {
+    const t = '2858010000005428635f636f646563730a656e636f64650a2858020000006162' +
+      '58060000006c6174696e3174524930310a4c31323334353637383930314c0a473ff80000000000005d284b014b02657d5801000000614b017374742e';
+    const inner = new PickleTuple<PickleValue>([hex('6162'), true, 12345678901, 1.5, [1, 2], new Map([['a', 1]])]);
+    expect(loads(hex(t))).toEqual(new PickleTuple<PickleValue>(['T', inner]));
+    expect(dumps(new PickleTuple<PickleValue>(['T', inner]), { protocol: 1, fast: true }).toString('hex')).toBe(t);
+  });
+});
+
+// Each expected value below was printed by CPython 3.11's pickle.dumps (the C pickler).
+describe('writer matches CPython', () => {
+  const bytesList = (): PickleValue[] => [Buffer.from('ab'), Buffer.from('cd'), Buffer.alloc(0), Buffer.alloc(0)];
+
+  it.each([
+    [1, '5d710028635f636f646563730a656e636f64650a71012858020000006162710258060000006c6174696e3171037471045271056801285802000000636471066803747107527108635f5f6275696c74696e5f5f0a62797465730a71092952710a680a652e'],
+    [2, '80025d710028635f636f646563730a656e636f64650a710158020000006162710258060000006c6174696e31710386710452710568015802000000636471066803867107527108635f5f6275696c74696e5f5f0a62797465730a71092952710a680a652e'],
+    [3, '80035d710028430261627101430263647102430071036803652e'],
+  ] as const)('bytes at protocol %i, memoized globals and the shared latin1 and b\'\'', (protocol, expected) => {
+    expect(dumps(bytesList(), { protocol }).toString('hex')).toBe(expected);
+    expect(loads(hex(expected))).toEqual(bytesList());
+  });
+
+  it('int opcodes at protocol 2 (BININT1/2, BININT, LONG1) and NEWTRUE/NEWFALSE', () => {
+    const expected = '80022888894affffffff4d00014a000001004a000000808a0500000080008a05ffffff7fff8a09000000000000000001' +
+      '4a00ffffff4a80ffffff4a7fffffff473ff8000000000000297471002e';
+    const value = new PickleTuple<PickleValue>([
+      true, false, -1, 256, 65536, -(2 ** 31), 2 ** 31, -(2 ** 31) - 1, 2n ** 64n, -256, -128, -129, 1.5, new PickleTuple(),
+    ]);
+    expect(dumps(value, { protocol: 2 }).toString('hex')).toBe(expected);
+    expect(loads(hex(expected))).toEqual(value);
+  });
+
+  it("'' and one-char latin-1 strs are shared as in a freshly unpickled dict; other strs are not", () => {
+    const expected = '80037d71002858010000006e71016801580200000061627102580200000061627103580100000065710458000000007105' +
+      '580100000066710668055802000000c3a97107680758010000006c71085d710928430178710a680a58020000007879710b65752e';
+    const x = Buffer.from('x');
+    const value = new Map<string, PickleValue>([
+      ['n', 'n'], ['ab', 'ab'], ['e', ''], ['f', ''], ['é', 'é'], ['l', [x, x, 'xy']],
+    ]);
+    expect(dumps(value, { protocol: 3 }).toString('hex')).toBe(expected);
+    expect(dumps(loads(hex(expected)), { protocol: 3 }).toString('hex')).toBe(expected);
+  });
+
+  it('batches lists and dicts by 1000, with CPython\'s empty trailing dict batch, and LONG_BINPUT past 255', () => {
+    const sha = (v: PickleValue, protocol: 1 | 2 | 3): string => sha256(dumps(v, { protocol }));
+    const dict = (n: number): PickleValue => new Map(Array.from({ length: n }, (_, i) => [`k${i}`, i]));
+    expect(sha(Array<PickleValue>(1001).fill(1), 1)).toBe('3db77a675b6161b3168beea26109058718f532ec39c96561f5015e69dd98237a');
+    expect(sha(dict(1000), 3)).toBe('c76ce90fffe68804c005be52d10d3e330c9488ab5c0c6961a48b22b18e7514e6');
+    expect(dumps(dict(1000), { protocol: 3 }).subarray(-4).toString('hex')).toBe('7528752e');
+    expect(sha(dict(2001), 2)).toBe('5056f11eb7cdb7bd74e039bfd0b59c8fbbb71d88cfea337e66ee7202e612043b');
+    expect(sha(Array.from({ length: 300 }, (_, i) => [i]), 3)).toBe('56218b9207a29e7d69b59fe71f86b0d5e9e6adad83be90bc41ab602f8f570a66');
+  });
+
+  it('lone surrogates use surrogatepass UTF-8; floats are BINFLOAT; big ints LONG1', () => {
+    expect(dumps('\ud800x\u{1f600}', { protocol: 3 }).toString('hex')).toBe('80035808000000eda08078f09f988071002e');
+    expect(loads(hex('80035808000000eda08078f09f988071002e'))).toBe('\ud800x\u{1f600}');
+    const floats = '80035d710028' + '47bfe0000000000000' + '477ff0000000000000' + '8a0700000000000020' + '8a080000000000000080' + '652e';
+    const value: PickleValue = [-0.5, Infinity, 2n ** 53n, -(2n ** 63n)];
+    expect(dumps(value, { protocol: 3 }).toString('hex')).toBe(floats);
+    expect(loads(hex(floats))).toEqual(value);
+  });
+
+  it('accepts plain objects as dicts, in property order', () => {
+    expect(dumps({ app: 'refpeer', n: 1 }, { protocol: 3 }).toString('hex')).toBe(EXTENSIONS[0]!.raw);
+  });
+});
+
+describe('reader rejects what is not a plain value', () => {
+  const cases: [string, string, RegExp, number][] = [
+    ['GLOBAL os.system + REDUCE', '636f730a73797374656d0a2858020000006964745200', /refusing global "os.system"/, 0],
+    ['STACK_GLOBAL os.system', '80048c026f738c0673797374656d93942e', /refusing global "os.system"/, 14],
+    ['REDUCE of a non-global', '4e2952', /REDUCE of something/, 2],
+    ['BUILD', '80027d4e622e', /BUILD is not allowed/, 4],
+    ['INST', '2869730a610a2e', /INST is not allowed/, 1],
+    ['OBJ', '284e6f2e', /OBJ is not allowed/, 2],
+    ['NEWOBJ', '80024e29812e', /NEWOBJ is not allowed/, 4],
+    ['EXT1', '8002820100', /EXT1 is not allowed/, 2],
+    ['PERSID', '50310a2e', /PERSID is not allowed/, 0],
+    ['BINPERSID', '4e512e', /BINPERSID is not allowed/, 1],
+    ['a bare allowed global', '635f636f646563730a656e636f64650a2e', /may only be called/, 16],
+    ['an allowed global inside a tuple', '635f636f646563730a656e636f64650a852e', /may only be called/, 16],
+    ["encode() with 'utf8'", '635f636f646563730a656e636f64650a2858010000006158040000007574663874522e', /encode\(str, 'latin1'\)/, 33],
+    ['encode() of a code point above 255', '635f636f646563730a656e636f64650a285802000000c48058060000006c6174696e3174522e', /above 255/, 36],
+    ['bytes(5)', '635f5f6275696c74696e5f5f0a62797465730a284b0574522e', /without arguments/, 23],
+    ['truncated BINUNICODE', '580500000061', /truncated/, 0],
+    ['no STOP', '4e', /no STOP/, 0],
+    ['unknown opcode', 'ff', /unknown or unsupported opcode 0xff/, 0],
+    ['trailing garbage', '4e2e4e', /trailing bytes/, 2],
+    ['BINGET of an unset key', '68052e', /never stored/, 0],
+    ['BINPUT on an empty stack', '71002e', /underflow/, 0],
+    ['APPEND on an empty stack', '612e', /underflow/, 0],
+    ['TUPLE without MARK', '4e742e', /no MARK/, 1],
+    ['APPEND to a tuple', '294e612e', /not a list/, 2],
+    ['non-str dict key', '7d4b014b01732e', /key is not a str/, 5],
+    ['two values at STOP', '4e4e2e', /2 items/, 2],
+    ['open MARK at STOP', '284e2e', /open MARK/, 2],
+    ['a list containing itself', '5d71006800612e', /cyclic/, 6],
+    ['a bad INT literal', '49307831300a2e', /bad integer literal/, 0],
+    ['PROTO 6', '80062e', /unsupported pickle protocol 6/, 0],
+    ['invalid UTF-8', '5801000000ff2e', /invalid UTF-8/, 0],
+  ];
+
+  it.each(cases)('%s', (_name, h, message, position) => {
+    const error = pickleError(() => loads(hex(h)));
+    expect(error.message).toMatch(message);
+    expect(error.position).toBe(position);
+  });
+
+  it('bounds nesting, MARKs, stack, memo, long size and decimal digits', () => {
+    const nested = Buffer.from(`${']'.repeat(1200)}${'a'.repeat(1199)}.`, 'latin1');
+    expect(pickleError(() => loads(nested)).message).toMatch(/nesting too deep/);
+    expect(loads(nested, { maxDepth: 2000 })).toBeInstanceOf(Array);
+    expect(pickleError(() => loads(Buffer.from('('.repeat(1001), 'latin1'))).message).toMatch(/MARKs/);
+    expect(pickleError(() => loads(Buffer.from('N'.repeat(11), 'latin1'), { maxStackItems: 10 })).message).toMatch(/stack limit/);
+    expect(pickleError(() => loads(hex('4e71004e71014e7102'), { maxMemoEntries: 2 })).message).toMatch(/memo limit/);
+    expect(pickleError(() => loads(hex(`8a05${'00'.repeat(5)}2e`), { maxLongBytes: 4 })).message).toMatch(/exceeds the limit/);
+    expect(pickleError(() => loads(Buffer.from(`I${'9'.repeat(5000)}\n.`, 'latin1'))).message).toMatch(/too long/);
+  });
+
+  it('a shared (acyclic) list is fine, and deep-but-bounded DAGs are linear to check', () => {
+    const shared = loads(hex('5d7100680086942e')); // ([], <the same list>)
+    expect(shared).toEqual(new PickleTuple([[], []]));
+    let dag = 'N';
+    for (let i = 0; i < 60; i++) dag = `${dag}q\x00h\x00\x86`; // 2^60 paths, 60 distinct tuples
+    expect(loads(Buffer.from(`\x80\x02${dag}.`, 'latin1'))).toBeInstanceOf(PickleTuple);
+  });
+
+  it('reads Python 2 strings: ASCII as str, anything else as bytes', () => {
+    expect(loads(hex('550268692e'))).toBe('hi');
+    expect(loads(hex('5402000000ff002e'))).toEqual(hex('ff00'));
+  });
+});
+
+describe('writer rejects what it cannot write faithfully', () => {
+  it.each([
+    ['undefined', undefined],
+    ['a function', () => 1],
+    ['a Date', new Date(0)],
+    ['a Set', new Set([1])],
+    ['a symbol', Symbol('x')],
+    ['a non-str Map key', new Map([[1, 2]])],
+  ])('%s', (_name, value) => {
+    pickleError(() => dumps(value as never, { protocol: 3 }));
+  });
+
+  it('cycles, depth and unknown protocols', () => {
+    const cyclic: PickleValue[] = [];
+    cyclic.push(cyclic);
+    expect(pickleError(() => dumps(cyclic, { protocol: 3 })).message).toMatch(/cyclic/);
+    let deep: PickleValue = [];
+    for (let i = 0; i < 1100; i++) deep = [deep];
+    expect(pickleError(() => dumps(deep, { protocol: 1 })).message).toMatch(/too deeply/);
+    pickleError(() => dumps(1, { protocol: 4 as never }));
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Properties (fast-check prints the seed and the path of any failure)
+// ---------------------------------------------------------------------------------------------
+
+const safeBigInt = fc.oneof(fc.bigInt({ min: 2n ** 53n, max: 2n ** 300n }), fc.bigInt({ min: -(2n ** 300n), max: -(2n ** 53n) }));
+const str = fc.oneof(fc.string({ unit: 'binary', maxLength: 20 }), fc.string({ unit: fc.constantFrom('\ud800', '\udfff', 'a', 'é', '€'), maxLength: 6 }));
+const leaf: fc.Arbitrary<PickleValue> = fc.oneof(
+  fc.constant(null),
+  fc.boolean(),
+  fc.integer(),
+  fc.maxSafeInteger(),
+  safeBigInt,
+  fc.double().filter((d) => !Object.is(d, -0)),
+  str,
+  fc.uint8Array({ maxLength: 300 }).map((a) => Buffer.from(a)),
+);
+const { value: pickleValue } = fc.letrec<{ value: PickleValue; list: PickleValue[]; tuple: PickleTuple; dict: Map<string, PickleValue> }>((tie) => ({
+  value: fc.oneof({ depthSize: 'small', withCrossShrink: true }, leaf, tie('list'), tie('tuple'), tie('dict')),
+  list: fc.array(tie('value'), { maxLength: 5 }),
+  tuple: fc.array(tie('value'), { maxLength: 5 }).map((items) => new PickleTuple(items)),
+  dict: fc.array(fc.tuple(str, tie('value')), { maxLength: 5 }).map((entries) => new Map(entries)),
+}));
+const protocol = fc.constantFrom<1 | 2 | 3>(1, 2, 3);
+
+/** Either a value or a PickleError: any other exception type fails the property. */
+function loadsOrPickleError(bytes: Uint8Array): void {
+  try {
+    loads(bytes);
+  } catch (e) {
+    if (!(e instanceof PickleError)) throw e;
+  }
+}
+
+const VALID: Buffer[] = [...EXTENSIONS.map((e) => hex(e.raw)), ...ZRS_PICKLES.slice(0, 40).map((p) => hex(p.hex))];
+const OPCODE_BYTES = [...'()0123NIJKLMFGXCBUT]lae)tdsupqrgjhcR.', '\x80', '\x88', '\x89', '\x8a', '\x85', '\x86', '\x87', '\x93', '\x94', '\x95'].map((c) => c.charCodeAt(0));
+
+describe('properties', () => {
+  it('loads(dumps(v)) equals v for every protocol, memo or fast', () => {
+    fc.assert(
+      fc.property(pickleValue, protocol, fc.boolean(), (v, p, fast) => {
+        expect(loads(dumps(v, { protocol: p, fast }))).toEqual(v);
+      }),
+    );
+  });
+
+  it('dumps(loads(dumps(v))) is byte-identical (the writer is a fixed point)', () => {
+    fc.assert(
+      fc.property(pickleValue, protocol, (v, p) => {
+        const once = dumps(v, { protocol: p });
+        expect(dumps(loads(once), { protocol: p }).equals(once)).toBe(true);
+      }),
+    );
+  });
+
+  it('random bytes decode or throw PickleError', () => {
+    const opcodeHeavy = fc.array(fc.oneof(fc.constantFrom(...OPCODE_BYTES), fc.integer({ min: 0, max: 255 })), { maxLength: 64 });
+    fc.assert(fc.property(fc.oneof(fc.uint8Array({ maxLength: 128 }), opcodeHeavy.map((a) => Uint8Array.from(a))), loadsOrPickleError), {
+      numRuns: 5000,
+    });
+  });
+
+  it('mutated valid pickles decode or throw PickleError', () => {
+    const mutation = fc.record({
+      base: fc.oneof(fc.constantFrom(...VALID), fc.tuple(pickleValue, protocol).map(([v, p]) => dumps(v, { protocol: p }))),
+      edits: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 }), fc.constantFrom('set', 'insert', 'delete')), { minLength: 1, maxLength: 4 }),
+    });
+    fc.assert(
+      fc.property(mutation, ({ base, edits }) => {
+        const bytes = [...base];
+        for (const [at, byte, kind] of edits) {
+          const i = bytes.length === 0 ? 0 : at % bytes.length;
+          if (kind === 'set') bytes[i] = byte;
+          else if (kind === 'insert') bytes.splice(i, 0, byte);
+          else bytes.splice(i, 1);
+        }
+        loadsOrPickleError(Uint8Array.from(bytes));
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
+  it('every strict prefix of a valid pickle throws PickleError', () => {
+    const base = fc.oneof(fc.constantFrom(...VALID), fc.tuple(pickleValue, protocol).map(([v, p]) => dumps(v, { protocol: p })));
+    fc.assert(
+      fc.property(base, fc.nat(), (bytes, cut) => {
+        pickleError(() => loads(bytes.subarray(0, cut % bytes.length)));
+      }),
+    );
+  });
+
+  it('GLOBAL and STACK_GLOBAL of anything but the two bytes rebuilders are refused at the opcode', () => {
+    const dangerous = fc.constantFrom(
+      ['os', 'system'], ['posix', 'system'], ['nt', 'system'], ['subprocess', 'check_output'], ['builtins', 'eval'],
+      ['builtins', 'exec'], ['__builtin__', 'getattr'], ['builtins', '__import__'], ['_codecs', 'decode'],
+      ['codecs', 'encode'], ['builtins', 'bytearray'], ['copyreg', '_reconstructor'], ['__main__', 'Exploit'],
+    );
+    const randomName = fc.tuple(fc.stringMatching(/^[A-Za-z_.]{1,12}$/), fc.stringMatching(/^[A-Za-z_]{1,12}$/))
+      .filter(([m, n]) => !['_codecs encode', '__builtin__ bytes', 'builtins bytes'].includes(`${m} ${n}`));
+    fc.assert(
+      fc.property(fc.oneof(dangerous, randomName), fc.nat({ max: 4 }), fc.boolean(), ([module, name], prefixNones, stacked) => {
+        const prefix = Buffer.from('(' + 'N'.repeat(prefixNones), 'latin1');
+        const call = Buffer.from('(X\x02\x00\x00\x00idtR1.', 'latin1');
+        const global = stacked ? stackGlobal(module!, name!) : Buffer.from(`c${module}\n${name}\n`, 'latin1');
+        const at = prefix.length + (stacked ? global.length - 1 : 0);
+        const error = pickleError(() => loads(Buffer.concat([prefix, global, call])));
+        expect(error.position).toBe(at);
+        expect(error.message).toContain('refusing global');
+      }),
+    );
+  });
+});
+
+function stackGlobal(module: string, name: string): Buffer {
+  const short = (s: string): Buffer => Buffer.concat([Buffer.from([0x8c, Buffer.byteLength(s)]), Buffer.from(s)]);
+  return Buffer.concat([short(module), short(name), Buffer.from([0x93])]);
+}
