@@ -1,0 +1,526 @@
+// The primary's side of one replication connection: handshake, catch-up from
+// the log, live following, draining on close. Tids sent strictly increase;
+// every path ends in `closed` with a recorded closeReason.
+
+import { assertEvent, assign, enqueueActions, fromPromise, setup } from 'xstate';
+import { notProvided } from './effects.js';
+import { findProtocol, type ProtocolSpec, type Refusal } from './handshake.js';
+import { assertTidAfter, compareTids, isWellFormedTid, tidHex, TID_LENGTH, type Tid } from './tid.js';
+
+const MACHINE = 'primarySession';
+
+// ---------------------------------------------------------------- events
+
+/** First non-empty frame: the protocol name, decoded as text by the edge. */
+export interface ProtocolEvent {
+  type: 'PROTOCOL';
+  name: string;
+}
+
+/**
+ * Second non-empty frame, decoded with the chosen protocol's codec. The edge
+ * adds what only the storage knows, so the machine judges the handshake
+ * without calling out: `primaryLastTid` is the storage's last tid at the
+ * moment the frame was decoded (8 zero bytes for an empty storage), and
+ * `edgeRefusal` is the edge's verdict on what needs the storage's records
+ * (native only): generation histories (`diverged` with forkTid, or `bad-tid`
+ * for an inconsistent history) and blob support (`blobs-unavailable`).
+ */
+export interface SessionStartEvent {
+  type: 'START';
+  /** The secondary's last tid, as received (its length is checked here). */
+  startTid: Tid;
+  primaryLastTid: Tid;
+  edgeRefusal?: Refusal;
+}
+
+/** A transaction with this tid was written to the socket (from catchUp, follow or drain). */
+export interface SentEvent {
+  type: 'SENT';
+  tid: Tid;
+}
+
+/** The follow buffer overflowed: fall back to reading the log (from follow). */
+export interface OverflowEvent {
+  type: 'OVERFLOW';
+}
+
+/** The secondary acknowledged it applied everything up to `tid` (native protocol). */
+export interface AckEvent {
+  type: 'ACK';
+  tid: Tid;
+}
+
+/** A zero-length frame from the secondary. Ignored in every state. */
+export interface KeepAliveEvent {
+  type: 'KEEPALIVE';
+}
+
+/** Local shutdown: drain what is committed (when streaming), then close. */
+export interface SessionCloseEvent {
+  type: 'CLOSE';
+}
+
+/** The socket ended from the other side. */
+export interface PeerClosedEvent {
+  type: 'PEER_CLOSED';
+}
+
+/** The socket failed (reset, write error …). */
+export interface TransportErrorEvent {
+  type: 'TRANSPORT_ERROR';
+  error: Error;
+}
+
+/** The secondary sent bytes the codec rejects (oversized frame, garbage, unexpected message). */
+export interface ProtocolErrorEvent {
+  type: 'PROTOCOL_ERROR';
+  reason: string;
+}
+
+export type PrimarySessionEvent =
+  | ProtocolEvent
+  | SessionStartEvent
+  | SentEvent
+  | OverflowEvent
+  | AckEvent
+  | KeepAliveEvent
+  | SessionCloseEvent
+  | PeerClosedEvent
+  | TransportErrorEvent
+  | ProtocolErrorEvent;
+
+// ---------------------------------------------------------------- context
+
+/** Why the session ended; the edge logs it and picks end() vs destroy(). */
+export type SessionCloseReason =
+  | ({ kind: 'refused' } & Refusal)
+  | { kind: 'peer-closed' }
+  | { kind: 'transport-error'; error: Error }
+  | { kind: 'protocol-error'; reason: string }
+  | { kind: 'handshake-timeout'; timeoutMs: number }
+  | { kind: 'closed-before-start' }
+  | { kind: 'drained' }
+  | { kind: 'drain-timeout'; timeoutMs: number }
+  | { kind: 'source-ended' }
+  | { kind: 'effect-failed'; effect: 'catchUp' | 'follow' | 'drain'; error: unknown };
+
+export interface PrimarySessionCounters {
+  /** Transactions written to this secondary. */
+  sentTransactions: number;
+  /** Times the session entered catchingUp (1 + overflows, once started). */
+  catchUps: number;
+  /** Times the follow buffer overflowed. */
+  overflows: number;
+}
+
+export interface PrimarySessionContext {
+  /** Peer description, for logs. */
+  readonly peer: string;
+  readonly supportedProtocols: readonly ProtocolSpec[];
+  readonly handshakeTimeoutMs: number;
+  readonly drainTimeoutMs: number;
+  /** Name from the first frame, even when unsupported (for the refusal). */
+  protocolName: string | null;
+  /** The protocol kind once accepted. */
+  protocol: ProtocolSpec | null;
+  /** The secondary's position from the start frame, once accepted. */
+  startTid: Tid | null;
+  /** Last tid written to the socket in this session. */
+  lastSentTid: Tid | null;
+  /** Last tid the secondary acknowledged (native protocol), for lag. */
+  ackedTid: Tid | null;
+  closeReason: SessionCloseReason | null;
+  counters: PrimarySessionCounters;
+}
+
+export interface PrimarySessionInput {
+  peer: string;
+  /** Protocols this primary speaks (the edge builds the list). Must not be empty. */
+  supportedProtocols: readonly ProtocolSpec[];
+  /** Each handshake frame must arrive within this. Default 30 000. */
+  handshakeTimeoutMs?: number;
+  /** Bound on draining at close. Default 30 000. */
+  drainTimeoutMs?: number;
+}
+
+/** What the machine's final state outputs (also readable from context). */
+export interface PrimarySessionOutput {
+  closeReason: SessionCloseReason | null;
+  lastSentTid: Tid | null;
+  ackedTid: Tid | null;
+  counters: PrimarySessionCounters;
+}
+
+// ---------------------------------------------------------------- effects
+
+/** Where streaming actors report progress: the session actor itself. */
+export interface SessionProgressSink {
+  send(event: SentEvent | OverflowEvent): void;
+}
+
+/**
+ * Input of catchUp, follow and drain. Stream transactions with tid >
+ * `afterTid` in order, send `SENT {tid}` to `session` after writing each, and
+ * check `signal.aborted` before every write: once aborted, write nothing more
+ * (the next streaming actor starts from the last SENT tid).
+ */
+export interface StreamInput {
+  protocol: ProtocolSpec;
+  afterTid: Tid;
+  session: SessionProgressSink;
+}
+
+/** Output of catchUp and drain: the tid of the last transaction written, or null if none. */
+export interface StreamOutput {
+  lastTid: Tid | null;
+}
+
+/** Params of sendWelcome. */
+export interface WelcomeParams {
+  protocol: ProtocolSpec;
+  startTid: Tid;
+}
+
+/** Params of sendRefusal. */
+export interface RefusalParams extends Refusal {
+  /** The accepted protocol, or null when the name itself was refused. */
+  protocol: ProtocolSpec | null;
+  protocolName: string | null;
+}
+
+/** Params of closeStream. */
+export interface CloseStreamParams {
+  reason: SessionCloseReason;
+}
+
+// ---------------------------------------------------------------- pure helpers
+
+const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
+const DEFAULT_DRAIN_TIMEOUT_MS = 30_000;
+
+/**
+ * Judge a start frame: the refusal to send, or null to accept. Order: form,
+ * then the edge's history/blob verdict, then position — so an old primary
+ * that comes back ahead in tids is told `diverged` (stop) rather than
+ * `tid-too-high` (retry forever).
+ */
+export function judgeStart(start: SessionStartEvent): Refusal | null {
+  if (!isWellFormedTid(start.startTid)) {
+    return { code: 'bad-tid', reason: `start tid has ${start.startTid.length} bytes, expected ${TID_LENGTH}` };
+  }
+  if (start.edgeRefusal !== undefined) {
+    return start.edgeRefusal;
+  }
+  if (compareTids(start.startTid, start.primaryLastTid) > 0) {
+    return {
+      code: 'tid-too-high',
+      reason: `start tid ${tidHex(start.startTid)} is newer than the primary's last tid ${tidHex(start.primaryLastTid)}`,
+    };
+  }
+  return null;
+}
+
+/** The tid after which the next transaction is due. Only valid once started. */
+export function streamPosition(context: PrimarySessionContext): Tid {
+  const position = context.lastSentTid ?? context.startTid;
+  if (position === null) throw new Error('bug: primarySession streaming before a start tid was accepted');
+  return position;
+}
+
+function isAckValid(context: PrimarySessionContext, tid: Tid): boolean {
+  const position = context.lastSentTid ?? context.startTid;
+  if (position === null || !isWellFormedTid(tid)) return false;
+  if (compareTids(tid, position) > 0) return false;
+  return context.ackedTid === null || compareTids(tid, context.ackedTid) >= 0;
+}
+
+function streamInput(context: PrimarySessionContext, session: SessionProgressSink): StreamInput {
+  if (context.protocol === null) throw new Error('bug: primarySession streaming without a protocol');
+  return { protocol: context.protocol, afterTid: streamPosition(context), session };
+}
+
+function createContext(input: PrimarySessionInput): PrimarySessionContext {
+  if (input.supportedProtocols.length === 0) throw new Error('primarySession: supportedProtocols is empty');
+  return {
+    peer: input.peer,
+    supportedProtocols: input.supportedProtocols,
+    handshakeTimeoutMs: input.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
+    drainTimeoutMs: input.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS,
+    protocolName: null,
+    protocol: null,
+    startTid: null,
+    lastSentTid: null,
+    ackedTid: null,
+    closeReason: null,
+    counters: { sentTransactions: 0, catchUps: 0, overflows: 0 },
+  };
+}
+
+// ---------------------------------------------------------------- machine
+
+/**
+ * The primary's per-secondary session.
+ *
+ * The edge must provide (with `.provide()`):
+ * - actors `catchUp`, `follow`, `drain`: promise actors taking {@link StreamInput}.
+ *   catchUp resolves {@link StreamOutput} once it reached the log's end;
+ *   follow forwards commits through a bounded buffer, sends `OVERFLOW` when
+ *   the buffer overflows (and, on start, when it cannot prove there is no gap
+ *   after `afterTid`), and resolves only when the commit stream completes;
+ *   drain writes everything committed up to now and resolves {@link StreamOutput}.
+ *   All reject on failure (log read error …); all honour `signal`.
+ * - action `sendWelcome` ({@link WelcomeParams}): write the WELCOME frame.
+ *   Requested only for protocols with `hasVerdict`.
+ * - action `sendRefusal` ({@link RefusalParams}): write a REFUSED frame when
+ *   the peer can read one (protocol?.hasVerdict, or an unknown name of the
+ *   native family); otherwise write nothing. `closeStream` follows at once.
+ * - action `closeStream` ({@link CloseStreamParams}): entry of `closed`; end()
+ *   the stream (flushing a refusal) or destroy() it on a transport error, and log.
+ *
+ * Events from the edge: PROTOCOL, START, ACK, KEEPALIVE, CLOSE, PEER_CLOSED,
+ * TRANSPORT_ERROR, PROTOCOL_ERROR. From the streaming actors: SENT, OVERFLOW.
+ *
+ * @example
+ * const session = createActor(primarySessionMachine.provide({ actors, actions }), {
+ *   input: { peer: stream.peer, supportedProtocols },
+ *   clock,
+ * }).start();
+ */
+export const primarySessionMachine = setup({
+  types: {
+    context: {} as PrimarySessionContext,
+    events: {} as PrimarySessionEvent,
+    input: {} as PrimarySessionInput,
+    output: {} as PrimarySessionOutput,
+  },
+  actors: {
+    catchUp: fromPromise<StreamOutput, StreamInput>(() => notProvided(MACHINE, 'catchUp')),
+    follow: fromPromise<void, StreamInput>(() => notProvided(MACHINE, 'follow')),
+    drain: fromPromise<StreamOutput, StreamInput>(() => notProvided(MACHINE, 'drain')),
+  },
+  actions: {
+    sendWelcome: (_args, _params: WelcomeParams) => notProvided(MACHINE, 'sendWelcome'),
+    sendRefusal: (_args, _params: RefusalParams) => notProvided(MACHINE, 'sendRefusal'),
+    closeStream: (_args, _params: CloseStreamParams) => notProvided(MACHINE, 'closeStream'),
+    recordSent: assign(({ context, event }) => {
+      assertEvent(event, 'SENT');
+      assertTidAfter('sent', context.lastSentTid ?? context.startTid, event.tid);
+      return {
+        lastSentTid: event.tid,
+        counters: { ...context.counters, sentTransactions: context.counters.sentTransactions + 1 },
+      };
+    }),
+    close: assign((_args, params: { reason: SessionCloseReason }) => ({ closeReason: params.reason })),
+  },
+  guards: {
+    protocolSupported: ({ context, event }) => {
+      assertEvent(event, 'PROTOCOL');
+      return findProtocol(context.supportedProtocols, event.name) !== undefined;
+    },
+    startRefused: ({ event }) => {
+      assertEvent(event, 'START');
+      return judgeStart(event) !== null;
+    },
+    ackInvalid: ({ context, event }) => {
+      assertEvent(event, 'ACK');
+      return !isAckValid(context, event.tid);
+    },
+  },
+  delays: {
+    handshakeTimeout: ({ context }) => context.handshakeTimeoutMs,
+    drainTimeout: ({ context }) => context.drainTimeoutMs,
+  },
+}).createMachine({
+  id: MACHINE,
+  context: ({ input }) => createContext(input),
+  initial: 'awaitingProtocol',
+  output: ({ context }) => ({
+    closeReason: context.closeReason,
+    lastSentTid: context.lastSentTid,
+    ackedTid: context.ackedTid,
+    counters: context.counters,
+  }),
+  on: {
+    KEEPALIVE: {},
+    PEER_CLOSED: { target: '.closed', actions: { type: 'close', params: { reason: { kind: 'peer-closed' } } } },
+    TRANSPORT_ERROR: {
+      target: '.closed',
+      actions: { type: 'close', params: ({ event }) => ({ reason: { kind: 'transport-error', error: event.error } }) },
+    },
+    PROTOCOL_ERROR: {
+      target: '.closed',
+      actions: { type: 'close', params: ({ event }) => ({ reason: { kind: 'protocol-error', reason: event.reason } }) },
+    },
+    ACK: [
+      {
+        guard: 'ackInvalid',
+        target: '.closed',
+        actions: {
+          type: 'close',
+          params: ({ context, event }) => ({
+            reason: {
+              kind: 'protocol-error',
+              reason: `ack of tid ${tidHex(event.tid)} outside (${tidHex(context.ackedTid)}, ${tidHex(context.lastSentTid ?? context.startTid)}]`,
+            },
+          }),
+        },
+      },
+      { actions: assign({ ackedTid: ({ event }) => event.tid }) },
+    ],
+  },
+  states: {
+    awaitingProtocol: {
+      after: {
+        handshakeTimeout: {
+          target: 'closed',
+          actions: { type: 'close', params: ({ context }) => ({ reason: { kind: 'handshake-timeout', timeoutMs: context.handshakeTimeoutMs } }) },
+        },
+      },
+      on: {
+        PROTOCOL: [
+          {
+            guard: 'protocolSupported',
+            target: 'awaitingStart',
+            actions: assign({
+              protocolName: ({ event }) => event.name,
+              protocol: ({ context, event }) => findProtocol(context.supportedProtocols, event.name) ?? null,
+            }),
+          },
+          {
+            target: 'closed',
+            actions: [
+              assign({ protocolName: ({ event }) => event.name }),
+              {
+                type: 'close',
+                params: ({ event }) => ({
+                  reason: { kind: 'refused', code: 'unsupported-version', reason: `unsupported protocol ${JSON.stringify(event.name)}` },
+                }),
+              },
+            ],
+          },
+        ],
+        CLOSE: { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'closed-before-start' } } } },
+      },
+    },
+    awaitingStart: {
+      after: {
+        handshakeTimeout: {
+          target: 'closed',
+          actions: { type: 'close', params: ({ context }) => ({ reason: { kind: 'handshake-timeout', timeoutMs: context.handshakeTimeoutMs } }) },
+        },
+      },
+      on: {
+        START: [
+          {
+            guard: 'startRefused',
+            target: 'closed',
+            actions: {
+              type: 'close',
+              params: ({ event }) => {
+                const refusal = judgeStart(event);
+                if (refusal === null) throw new Error('bug: startRefused guard and judgeStart disagree');
+                return { reason: { kind: 'refused', ...refusal } };
+              },
+            },
+          },
+          {
+            target: 'catchingUp',
+            actions: [
+              assign({ startTid: ({ event }) => event.startTid }),
+              enqueueActions(({ context, enqueue }) => {
+                if (context.protocol?.hasVerdict && context.startTid !== null) {
+                  enqueue({ type: 'sendWelcome', params: { protocol: context.protocol, startTid: context.startTid } });
+                }
+              }),
+            ],
+          },
+        ],
+        CLOSE: { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'closed-before-start' } } } },
+      },
+    },
+    catchingUp: {
+      entry: assign({ counters: ({ context }) => ({ ...context.counters, catchUps: context.counters.catchUps + 1 }) }),
+      invoke: {
+        id: 'catchUp',
+        src: 'catchUp',
+        input: ({ context, self }) => streamInput(context, self),
+        onDone: {
+          target: 'live',
+          // An assertion inside assign so pure transition() checks it too.
+          actions: assign(({ context, event }) => {
+            const { lastTid } = event.output;
+            if (lastTid !== null && (context.lastSentTid === null || compareTids(lastTid, context.lastSentTid) !== 0)) {
+              throw new Error(`bug: catchUp reported last tid ${tidHex(lastTid)} but SENT ${tidHex(context.lastSentTid)}`);
+            }
+            return {};
+          }),
+        },
+        onError: {
+          target: 'closed',
+          actions: { type: 'close', params: ({ event }) => ({ reason: { kind: 'effect-failed', effect: 'catchUp', error: event.error } }) },
+        },
+      },
+      on: {
+        SENT: { actions: 'recordSent' },
+        CLOSE: 'draining',
+      },
+    },
+    live: {
+      invoke: {
+        id: 'follow',
+        src: 'follow',
+        input: ({ context, self }) => streamInput(context, self),
+        onDone: { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'source-ended' } } } },
+        onError: {
+          target: 'closed',
+          actions: { type: 'close', params: ({ event }) => ({ reason: { kind: 'effect-failed', effect: 'follow', error: event.error } }) },
+        },
+      },
+      on: {
+        SENT: { actions: 'recordSent' },
+        OVERFLOW: {
+          target: 'catchingUp',
+          actions: assign({ counters: ({ context }) => ({ ...context.counters, overflows: context.counters.overflows + 1 }) }),
+        },
+        CLOSE: 'draining',
+      },
+    },
+    draining: {
+      invoke: {
+        id: 'drain',
+        src: 'drain',
+        input: ({ context, self }) => streamInput(context, self),
+        onDone: { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'drained' } } } },
+        onError: {
+          target: 'closed',
+          actions: { type: 'close', params: ({ event }) => ({ reason: { kind: 'effect-failed', effect: 'drain', error: event.error } }) },
+        },
+      },
+      after: {
+        drainTimeout: {
+          target: 'closed',
+          actions: { type: 'close', params: ({ context }) => ({ reason: { kind: 'drain-timeout', timeoutMs: context.drainTimeoutMs } }) },
+        },
+      },
+      on: {
+        SENT: { actions: 'recordSent' },
+        CLOSE: {},
+      },
+    },
+    closed: {
+      type: 'final',
+      entry: enqueueActions(({ context, enqueue }) => {
+        const reason = context.closeReason;
+        if (reason === null) throw new Error('bug: primarySession closed without a reason');
+        if (reason.kind === 'refused') {
+          const { kind: _kind, ...refusal } = reason;
+          enqueue({ type: 'sendRefusal', params: { ...refusal, protocol: context.protocol, protocolName: context.protocolName } });
+        }
+        enqueue({ type: 'closeStream', params: { reason } });
+      }),
+    },
+  },
+});
+
+export type PrimarySessionMachine = typeof primarySessionMachine;
