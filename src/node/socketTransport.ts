@@ -1,0 +1,111 @@
+// Real sockets: TCP (IPv4/IPv6) and Unix domain sockets behind the Transport
+// port. Backpressure is Node's: write() returns false past the high-water
+// mark and 'drain' follows; pause()/resume() stop and restart reading.
+
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { rm } from 'node:fs/promises';
+import type { ByteStream, ByteStreamHandlers, Listener, ReplicationAddress, Transport } from '../ports/transport.js';
+
+class SocketStream implements ByteStream {
+  private handlers: ByteStreamHandlers | null = null;
+  private held: Uint8Array[] = [];
+  private closed = false;
+  private closeError: Error | undefined;
+
+  constructor(
+    private readonly socket: Socket,
+    readonly peer: string,
+  ) {
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => (this.handlers ? this.handlers.data(chunk) : this.held.push(chunk)));
+    socket.on('drain', () => this.handlers?.drain());
+    socket.on('error', (err) => (this.closeError = err));
+    socket.on('close', () => {
+      this.closed = true;
+      this.handlers?.close(this.closeError);
+    });
+    // Hold data until handlers are installed.
+    socket.pause();
+  }
+
+  setHandlers(handlers: ByteStreamHandlers): void {
+    this.handlers = handlers;
+    const held = this.held;
+    this.held = [];
+    for (const c of held) handlers.data(c);
+    if (this.closed) handlers.close(this.closeError);
+    else this.socket.resume();
+  }
+
+  write(chunk: Uint8Array): boolean {
+    if (this.closed || this.socket.destroyed) return true;
+    return this.socket.write(chunk);
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+
+  end(): void {
+    this.socket.end();
+  }
+
+  destroy(error?: Error): void {
+    if (error) this.closeError = error;
+    this.socket.destroy();
+  }
+}
+
+function describe(socket: Socket, fallback: string): string {
+  return socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : fallback;
+}
+
+/** The real-socket transport. */
+export const socketTransport: Transport = {
+  connect(address: ReplicationAddress): Promise<ByteStream> {
+    return new Promise((resolve, reject) => {
+      const label = address.kind === 'unix' ? address.path : `${address.host || '127.0.0.1'}:${address.port}`;
+      const socket =
+        address.kind === 'unix'
+          ? createConnection({ path: address.path })
+          : createConnection({ host: address.host || '127.0.0.1', port: address.port });
+      const onError = (err: Error): void => {
+        socket.destroy();
+        reject(err);
+      };
+      socket.once('error', onError);
+      socket.once('connect', () => {
+        socket.off('error', onError);
+        resolve(new SocketStream(socket, label));
+      });
+    });
+  },
+
+  async listen(address: ReplicationAddress, onStream: (s: ByteStream) => void): Promise<Listener> {
+    const server: Server = createServer({ pauseOnConnect: true }, (socket) => {
+      onStream(new SocketStream(socket, describe(socket, address.kind === 'unix' ? address.path : 'peer')));
+    });
+    if (address.kind === 'unix') await rm(address.path, { force: true });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      if (address.kind === 'unix') server.listen(address.path, () => resolve());
+      else server.listen(address.port, address.host || undefined, () => resolve());
+    });
+    const bound = server.address();
+    const actual: ReplicationAddress =
+      address.kind === 'unix' || bound === null || typeof bound === 'string'
+        ? address
+        : { kind: 'tcp', host: address.host || bound.address, port: bound.port };
+    return {
+      address: actual,
+      close: () =>
+        new Promise<void>((resolve) => {
+          server.close(() => resolve());
+        }),
+    };
+  },
+};

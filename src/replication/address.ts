@@ -1,0 +1,41 @@
+// Replication addresses as zc.zrs and ZConfig write them: a bare port, a
+// `host:port`, an IPv6 `[addr]:port`, or a Unix socket path.
+
+import { AddressError } from '../errors.js';
+import type { ReplicationAddress } from '../ports/transport.js';
+
+function parsePort(text: string, original: string): number {
+  if (!/^\d+$/.test(text)) throw new AddressError(`invalid port in address ${JSON.stringify(original)}`);
+  const port = Number(text);
+  if (port > 65535) throw new AddressError(`port out of range in address ${JSON.stringify(original)}`);
+  return port;
+}
+
+/**
+ * Parse an address. A bare port listens/connects on all interfaces /
+ * localhost as zc.zrs does; anything containing `/` is a Unix socket path.
+ *
+ * @example parseAddress('5000'); parseAddress('db1:5000'); parseAddress('[::1]:5000'); parseAddress('/run/zrs.sock')
+ */
+export function parseAddress(text: string | number, defaultHost = ''): ReplicationAddress {
+  if (typeof text === 'number') return { kind: 'tcp', host: defaultHost, port: parsePort(String(text), String(text)) };
+  const s = text.trim();
+  if (s === '') throw new AddressError('empty replication address');
+  if (s.includes('/')) return { kind: 'unix', path: s };
+  if (/^\d+$/.test(s)) return { kind: 'tcp', host: defaultHost, port: parsePort(s, text) };
+  const v6 = /^\[([^\]]+)\]:(\d+)$/.exec(s);
+  if (v6) return { kind: 'tcp', host: v6[1]!, port: parsePort(v6[2]!, text) };
+  const i = s.lastIndexOf(':');
+  if (i <= 0 || s.indexOf(':') !== i) throw new AddressError(`invalid replication address ${JSON.stringify(text)}: expected port, host:port, [v6]:port or a socket path`);
+  return { kind: 'tcp', host: s.slice(0, i), port: parsePort(s.slice(i + 1), text) };
+}
+
+export function formatAddress(a: ReplicationAddress): string {
+  if (a.kind === 'unix') return a.path;
+  if (a.host.includes(':')) return `[${a.host}]:${a.port}`;
+  return a.host ? `${a.host}:${a.port}` : String(a.port);
+}
+
+export function sameAddress(a: ReplicationAddress, b: ReplicationAddress): boolean {
+  return formatAddress(a) === formatAddress(b);
+}

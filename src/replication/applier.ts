@@ -1,0 +1,148 @@
+// Applies a replication stream to the secondary's storage, one transaction
+// at a time, atomically: restore records into the pending transaction, write
+// blob files under the blob directory, vote and finish only at the verified
+// commit. Anything else (disconnect, close, bad input) aborts the pending
+// transaction, so the file stays at its last complete transaction.
+// Finishes are not awaited one by one: many transactions share an fsync
+// (group commit), and each is reported applied only once durable.
+
+import { open, rm, type FileHandle } from 'node:fs/promises';
+import { ProtocolError, ZrsError } from '../errors.js';
+import type { FileStorage } from '../storage/FileStorage.js';
+import type { TransactionMeta } from '../storage/types.js';
+import type { ApplyEvent } from './inbound.js';
+
+/** Transactions finished but not yet durable before the applier waits. */
+const MAX_UNSYNCED = 512;
+
+interface PendingBlob {
+  oid: Buffer;
+  data: Buffer | null;
+  dataTxn: Buffer | null;
+  path: string;
+  handle: FileHandle;
+  remaining: number;
+}
+
+export interface ApplierHooks {
+  /** A transaction is durable on the secondary. */
+  applied(tid: Buffer): void;
+  heartbeat(lastTid: Buffer, clockMs: number): void;
+}
+
+export class Applier {
+  private txn: (TransactionMeta & { tid: Buffer }) | null = null;
+  private blob: PendingBlob | null = null;
+  private unsynced: Array<Promise<Buffer>> = [];
+  private failed: Error | null = null;
+
+  constructor(
+    private readonly storage: FileStorage,
+    private readonly hooks: ApplierHooks,
+    private readonly blobs: boolean,
+  ) {}
+
+  get inTransaction(): boolean {
+    return this.txn !== null;
+  }
+
+  async apply(e: ApplyEvent): Promise<void> {
+    if (this.failed) throw this.failed;
+    switch (e.kind) {
+      case 'begin':
+        return this.begin(e);
+      case 'record':
+        return this.record(e);
+      case 'blobBlock':
+        return this.blobBlock(e.bytes, e.last);
+      case 'commit':
+        return this.commit(e.tid);
+      case 'heartbeat':
+        this.hooks.heartbeat(e.lastTid, e.clockMs);
+        return;
+      default:
+        throw new ProtocolError(`unexpected ${e.kind} while replicating`);
+    }
+  }
+
+  private async begin(e: Extract<ApplyEvent, { kind: 'begin' }>): Promise<void> {
+    if (this.txn) throw new ProtocolError('transaction begins inside another');
+    const meta = { user: e.user, description: e.description, extensionBytes: e.extension, tid: e.tid };
+    await this.storage.tpcBegin(meta, { tid: e.tid, status: e.status });
+    this.txn = meta;
+  }
+
+  private async record(e: Extract<ApplyEvent, { kind: 'record' }>): Promise<void> {
+    const txn = this.requireTxn();
+    if (e.blob === null || !this.blobs) {
+      this.storage.restore(e.oid, txn.tid, e.data, e.dataTxn, txn);
+      return;
+    }
+    const blobs = this.storage.blobs;
+    if (!blobs) throw new ZrsError('the primary sends blobs but this secondary has no blob directory');
+    const path = blobs.tempPath();
+    const handle = await open(path, 'wx');
+    this.blob = { oid: e.oid, data: e.data, dataTxn: e.dataTxn, path, handle, remaining: e.blob.blocks };
+    // A 0-byte blob arrives with no blocks and is still a (0-byte) file.
+    if (e.blob.blocks === 0) await this.finishBlob();
+  }
+
+  private async blobBlock(bytes: Buffer, last: boolean): Promise<void> {
+    const b = this.blob;
+    if (!b) {
+      if (!this.blobs) return; // blob transfer off: the blob directory is shared
+      throw new ProtocolError('blob block without a blob record');
+    }
+    await b.handle.write(bytes);
+    b.remaining -= 1;
+    if (last || b.remaining <= 0) await this.finishBlob();
+  }
+
+  private async finishBlob(): Promise<void> {
+    const b = this.blob!;
+    const txn = this.requireTxn();
+    await b.handle.close();
+    this.blob = null;
+    await this.storage.restoreBlob(b.oid, txn.tid, b.data, b.path, b.dataTxn, txn);
+  }
+
+  private async commit(tid: Buffer): Promise<void> {
+    const txn = this.requireTxn();
+    if (!tid.equals(txn.tid) || this.blob) throw new ProtocolError('commit does not close the transaction in progress');
+    await this.storage.tpcVote(txn);
+    this.txn = null;
+    const finished = this.storage.tpcFinish(txn);
+    this.unsynced.push(finished);
+    finished.then(
+      (t) => {
+        this.unsynced = this.unsynced.filter((p) => p !== finished);
+        this.hooks.applied(t);
+      },
+      (err: Error) => (this.failed = err),
+    );
+    if (this.unsynced.length >= MAX_UNSYNCED) await this.unsynced[0];
+  }
+
+  private requireTxn(): TransactionMeta & { tid: Buffer } {
+    if (!this.txn) throw new ProtocolError('record outside a transaction');
+    return this.txn;
+  }
+
+  /** Abandon a half-received transaction; the storage keeps its last complete one. */
+  async abort(): Promise<void> {
+    const b = this.blob;
+    this.blob = null;
+    if (b) {
+      await b.handle.close().catch(() => undefined);
+      await rm(b.path, { force: true });
+    }
+    const txn = this.txn;
+    this.txn = null;
+    if (txn) await this.storage.tpcAbort(txn);
+  }
+
+  /** Wait until every finished transaction is durable (and reported). */
+  async settle(): Promise<void> {
+    await Promise.allSettled(this.unsynced);
+  }
+}

@@ -1,0 +1,357 @@
+// The I/O edge of one primary session: binds the pure primarySession machine
+// to a byte stream and a storage. Frames in become machine events; the
+// machine's named effects (catchUp, follow, drain, sendWelcome, sendRefusal,
+// closeStream) become socket writes and log reads. Tids sent strictly increase.
+
+import { Subject, type Subscription } from 'rxjs';
+import { createActor, fromPromise, type ActorRefFrom } from 'xstate';
+import {
+  primarySessionMachine,
+  type SessionCloseReason,
+  type StreamInput,
+  type StreamOutput,
+} from '../../machines/primarySession.js';
+import type { ProtocolSpec } from '../../machines/handshake.js';
+import { FrameTooLargeError } from '../errors.js';
+import type { Clock } from '../ports/clock.js';
+import type { ByteStream } from '../ports/transport.js';
+import type { FileStorage } from '../storage/FileStorage.js';
+import { WindowReader } from '../storage/fileio.js';
+import { readTransaction } from '../storage/iterator.js';
+import { tidPlusOne } from '../storage/timestamp.js';
+import type { CommittedTransaction, TransactionRecord } from '../storage/types.js';
+import { FrameDecoder } from '../wire/framing.js';
+import {
+  HELLO_MAX_BYTES,
+  PROTOCOL_NAME_MAX_BYTES,
+  SECONDARY_MESSAGE_MAX_BYTES,
+  createNativeUnpackr,
+  decodeNative,
+  type RefuseCode,
+} from '../wire/native.js';
+import { nativeOutbound, zrs2Outbound, type OutboundCodec } from './protocols.js';
+import { StreamWriter } from './streamWriter.js';
+
+/** zc.zrs's primary accepts at most 8 bytes per message after the protocol name. */
+const ZRS2_MAX_FRAME_BYTES = 8;
+/** Commits queued for a live session before it falls back to reading the log. */
+export const DEFAULT_FOLLOW_BUFFER = 1024;
+
+export interface SessionLog {
+  (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>): void;
+}
+
+export interface PrimarySessionOptions {
+  storage: FileStorage;
+  stream: ByteStream;
+  clock: Clock;
+  protocols: readonly ProtocolSpec[];
+  log: SessionLog;
+  /** Send blobs to native secondaries that ask for them. */
+  blobs: boolean;
+  followBufferSize?: number;
+  heartbeatIntervalMs?: number;
+  handshakeTimeoutMs?: number;
+}
+
+export interface SessionStatus {
+  peer: string;
+  state: string;
+  protocol: string | null;
+  lastSentTid: Buffer | null;
+  ackedTid: Buffer | null;
+  bytesSent: number;
+}
+
+type SessionActor = ActorRefFrom<typeof primarySessionMachine>;
+
+/** One connected secondary, served by the primarySession machine. */
+export class PrimarySession {
+  readonly peer: string;
+  private readonly writer: StreamWriter;
+  private readonly decoder = new FrameDecoder({ maxFrameBytes: PROTOCOL_NAME_MAX_BYTES });
+  private readonly unpackr = createNativeUnpackr();
+  private readonly actor: SessionActor;
+  private codec: OutboundCodec | null = null;
+  private framesSeen = 0;
+  private spec: ProtocolSpec | null = null;
+  private heartbeat: unknown = null;
+  private readonly doneSubject = new Subject<SessionCloseReason | null>();
+  /** Emits once when the session ends, with the reason. */
+  readonly done$ = this.doneSubject.asObservable();
+  private finished = false;
+
+  constructor(private readonly options: PrimarySessionOptions) {
+    this.peer = options.stream.peer;
+    this.writer = new StreamWriter(options.stream);
+    const machine = primarySessionMachine.provide({
+      actors: {
+        catchUp: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.catchUp(input, signal)),
+        follow: fromPromise<void, StreamInput>(({ input, signal }) => this.follow(input, signal)),
+        drain: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.catchUp(input, signal)),
+      },
+      actions: {
+        sendWelcome: (_a, p) => this.sendWelcome(p.startTid as Buffer),
+        sendRefusal: (_a, p) => this.sendRefusal(p.code, p.reason, p.protocolName),
+        closeStream: (_a, p) => this.closeStream(p.reason),
+      },
+    });
+    this.actor = createActor(machine, {
+      input: { peer: this.peer, supportedProtocols: options.protocols, handshakeTimeoutMs: options.handshakeTimeoutMs },
+      clock: options.clock,
+    });
+    options.stream.setHandlers({
+      data: (chunk) => this.onData(chunk),
+      drain: () => this.writer.onDrain(),
+      close: (error) => {
+        this.writer.onClose();
+        this.actor.send(error ? { type: 'TRANSPORT_ERROR', error } : { type: 'PEER_CLOSED' });
+      },
+    });
+    this.actor.start();
+  }
+
+  /** Drain what is committed, then close. */
+  close(): void {
+    this.actor.send({ type: 'CLOSE' });
+  }
+
+  status(): SessionStatus {
+    const snap = this.actor.getSnapshot();
+    return {
+      peer: this.peer,
+      state: String(snap.value),
+      protocol: this.spec?.name ?? null,
+      lastSentTid: (snap.context.lastSentTid as Buffer | null) ?? null,
+      ackedTid: (snap.context.ackedTid as Buffer | null) ?? null,
+      bytesSent: this.writer.bytesWritten,
+    };
+  }
+
+  /** The machine actor, for inspection (state transitions, context). */
+  get machine(): SessionActor {
+    return this.actor;
+  }
+
+  // ------------------------------------------------------------ inbound
+
+  private onData(chunk: Uint8Array): void {
+    try {
+      this.decoder.feed(chunk);
+      for (let f = this.decoder.next(); f !== null; f = this.decoder.next()) {
+        this.onFrame(f);
+        if (this.finished) return;
+      }
+    } catch (err) {
+      const reason = err instanceof FrameTooLargeError ? err.message : `bad frame: ${(err as Error).message}`;
+      this.actor.send({ type: 'PROTOCOL_ERROR', reason });
+    }
+  }
+
+  private onFrame(payload: Buffer): void {
+    if (payload.length === 0) {
+      this.actor.send({ type: 'KEEPALIVE' });
+      return;
+    }
+    this.framesSeen += 1;
+    if (this.framesSeen === 1) return this.onProtocolName(payload);
+    if (this.framesSeen === 2) return this.onStart(payload);
+    this.onUpstream(payload);
+  }
+
+  private onProtocolName(payload: Buffer): void {
+    const name = payload.toString('latin1');
+    this.spec = this.options.protocols.find((p) => p.name === name) ?? null;
+    this.decoder.setMaxFrameBytes(this.spec?.kind === 'native' ? HELLO_MAX_BYTES : ZRS2_MAX_FRAME_BYTES);
+    this.actor.send({ type: 'PROTOCOL', name });
+  }
+
+  private onStart(payload: Buffer): void {
+    const spec = this.spec;
+    if (spec === null) return;
+    const primaryLastTid = this.options.storage.lastDurableTid;
+    let startTid: Buffer;
+    let wantsBlobs = false;
+    if (spec.kind === 'native') {
+      const hello = decodeNative(payload, this.unpackr, 'secondary');
+      if (hello.type !== 'hello') throw new Error(`expected hello, got ${hello.type}`);
+      startTid = hello.startTid;
+      wantsBlobs = hello.options.blobs;
+      this.decoder.setMaxFrameBytes(SECONDARY_MESSAGE_MAX_BYTES);
+    } else {
+      startTid = Buffer.from(payload);
+    }
+    if (startTid.length === 8) {
+      this.codec =
+        spec.kind === 'native'
+          ? nativeOutbound(this.options.storage, startTid, { blobs: wantsBlobs && this.options.blobs })
+          : zrs2Outbound(this.options.storage, startTid, spec);
+    }
+    this.actor.send({ type: 'START', startTid, primaryLastTid });
+    if (this.codec && this.actor.getSnapshot().status === 'active') this.startHeartbeat();
+  }
+
+  private onUpstream(payload: Buffer): void {
+    if (this.spec?.kind !== 'native') {
+      this.actor.send({ type: 'PROTOCOL_ERROR', reason: 'Too many messages' });
+      return;
+    }
+    const msg = decodeNative(payload, this.unpackr, 'secondary');
+    if (msg.type !== 'ack') {
+      this.actor.send({ type: 'PROTOCOL_ERROR', reason: `unexpected ${msg.type} after the handshake` });
+      return;
+    }
+    this.actor.send({ type: 'ACK', tid: msg.tid });
+  }
+
+  // ------------------------------------------------------------ outbound effects
+
+  private sendWelcome(_startTid: Buffer): void {
+    const f = this.codec?.welcome(this.options.storage.lastDurableTid);
+    if (f) this.writer.writeNow(f);
+  }
+
+  private sendRefusal(code: string, reason: string, protocolName: string | null): void {
+    this.options.log('warn', `refused secondary ${this.peer}: ${reason}`, { code, protocol: protocolName });
+    // A refusal is readable only by native peers (zc.zrs just sees the close).
+    if (this.codec) {
+      const f = this.codec.refusal(code as RefuseCode, reason);
+      if (f) this.writer.writeNow(f);
+    } else if (protocolName?.startsWith('zrs-ts/')) {
+      const f = nativeOutbound(this.options.storage, Buffer.alloc(8), { blobs: false }).refusal(code as RefuseCode, reason);
+      if (f) this.writer.writeNow(f);
+    }
+  }
+
+  private closeStream(reason: SessionCloseReason): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.stopHeartbeat();
+    const level = reason.kind === 'drained' || reason.kind === 'peer-closed' || reason.kind === 'closed-before-start' ? 'info' : 'warn';
+    this.options.log(level, `session with ${this.peer} closed: ${describeReason(reason)}`, { reason: reason.kind });
+    if (reason.kind === 'transport-error' || reason.kind === 'protocol-error' || reason.kind === 'effect-failed') {
+      this.options.stream.destroy();
+    } else {
+      void this.writer.flush().catch(() => undefined).finally(() => this.options.stream.end());
+    }
+    this.doneSubject.next(reason);
+    this.doneSubject.complete();
+  }
+
+  private startHeartbeat(): void {
+    const interval = this.options.heartbeatIntervalMs;
+    if (!interval || !this.codec?.heartbeat) return;
+    const tick = (): void => {
+      this.heartbeat = this.options.clock.setTimeout(tick, interval);
+      const state = this.actor.getSnapshot().value;
+      // Heartbeats go only between transactions: while live and idle.
+      if (state === 'live' && this.idle) {
+        const f = this.codec!.heartbeat(this.options.storage.lastDurableTid, this.options.clock.now());
+        if (f) void this.writer.write(f).then(() => this.writer.flush()).catch(() => undefined);
+      }
+    };
+    this.heartbeat = this.options.clock.setTimeout(tick, interval);
+  }
+
+  private stopHeartbeat(): void {
+    if (this.heartbeat !== null) this.options.clock.clearTimeout(this.heartbeat);
+    this.heartbeat = null;
+  }
+
+  /** True while no transaction is being written. */
+  private idle = true;
+
+  private async sendTransaction(txn: TransactionRecord, signal: AbortSignal): Promise<boolean> {
+    if (signal.aborted) return false;
+    const codec = this.codec!;
+    this.idle = false;
+    try {
+      for await (const f of codec.transaction(txn)) await this.writer.write(f);
+      await this.writer.flush();
+    } finally {
+      this.idle = true;
+    }
+    if (signal.aborted) return false;
+    this.actor.send({ type: 'SENT', tid: txn.tid });
+    return true;
+  }
+
+  /** Stream every durable transaction after input.afterTid, from the log file. */
+  private async catchUp(input: StreamInput, signal: AbortSignal): Promise<StreamOutput> {
+    const storage = this.options.storage;
+    let last: Buffer | null = null;
+    const start = tidPlusOne(Buffer.from(input.afterTid));
+    for await (const txn of storage.iterator(start, null, { signal })) {
+      if (!(await this.sendTransaction(txn, signal))) break;
+      last = txn.tid;
+    }
+    return { lastTid: last };
+  }
+
+  /** Forward commits as they become durable, through a bounded buffer. */
+  private follow(input: StreamInput, signal: AbortSignal): Promise<void> {
+    const storage = this.options.storage;
+    const limit = this.options.followBufferSize ?? DEFAULT_FOLLOW_BUFFER;
+    return new Promise<void>((resolve, reject) => {
+      const queue: CommittedTransaction[] = [];
+      let lastTid: Buffer = Buffer.from(input.afterTid);
+      let pumping = false;
+      let sub: Subscription | null = null;
+      const epoch = storage.fileEpoch;
+      const overflow = (): void => {
+        sub?.unsubscribe();
+        this.actor.send({ type: 'OVERFLOW' });
+      };
+      const pump = async (): Promise<void> => {
+        if (pumping) return;
+        pumping = true;
+        const reader = new WindowReader(storage.fileHandle, 256 * 1024);
+        try {
+          while (queue.length && !signal.aborted) {
+            const c = queue.shift()!;
+            if (Buffer.compare(c.tid, lastTid) <= 0) continue;
+            if (storage.fileEpoch !== epoch) return overflow();
+            const txn = await readTransaction(storage, reader, c.pos);
+            if (!(await this.sendTransaction(txn, signal))) return;
+            lastTid = txn.tid;
+          }
+        } catch (err) {
+          sub?.unsubscribe();
+          reject(err);
+        } finally {
+          pumping = false;
+        }
+      };
+      sub = storage.commits$.subscribe({
+        next: (c) => {
+          if (queue.length >= limit) return overflow();
+          queue.push(c);
+          void pump();
+        },
+        complete: () => resolve(),
+      });
+      signal.addEventListener('abort', () => sub?.unsubscribe(), { once: true });
+      // Anything made durable between catch-up's end and this subscription
+      // is not in the queue: read it from the log instead.
+      if (Buffer.compare(storage.lastDurableTid, lastTid) > 0 && queue.length === 0) overflow();
+    });
+  }
+}
+
+function describeReason(r: SessionCloseReason): string {
+  switch (r.kind) {
+    case 'refused':
+      return `refused (${r.code}): ${r.reason}`;
+    case 'transport-error':
+      return `transport error: ${r.error.message}`;
+    case 'protocol-error':
+      return `protocol error: ${r.reason}`;
+    case 'effect-failed':
+      return `${r.effect} failed: ${(r.error as Error)?.message ?? String(r.error)}`;
+    case 'handshake-timeout':
+    case 'drain-timeout':
+      return `${r.kind} after ${r.timeoutMs} ms`;
+    default:
+      return r.kind;
+  }
+}

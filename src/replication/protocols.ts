@@ -1,0 +1,146 @@
+// The protocols this project speaks, as data for the machines, and the
+// outbound codecs (primary side) that turn stored transactions into frames
+// with the protocol's running checksum. The session never branches on the
+// protocol: it is handed one of these.
+
+import { open } from 'node:fs/promises';
+import type { ProtocolSpec } from '../../machines/handshake.js';
+import { BlobMissingError } from '../errors.js';
+import type { FileStorage } from '../storage/FileStorage.js';
+import { loads, type PickleDict } from '../wire/pickle.js';
+import type { TransactionRecord } from '../storage/types.js';
+import { StreamChecksum } from '../wire/checksum.js';
+import { encodeFrame, encodeFrameHeader } from '../wire/framing.js';
+import { BLOB_BLOCK_BYTES, createNativePackr, encodeNativeFrame, nativeProtocolName, type NativeMessage, type RefuseCode } from '../wire/native.js';
+import { BLOB_BLOCK_SIZE_BYTES, Zrs2Checksum, blobBlockCount, encodeMessage } from '../wire/zrs2.js';
+
+export const NATIVE_SPEC: ProtocolSpec = { name: nativeProtocolName().toString('latin1'), kind: 'native', hasVerdict: true, hasAcks: true };
+export const ZRS20_SPEC: ProtocolSpec = { name: 'zrs2.0', kind: 'zrs2', hasVerdict: false, hasAcks: false };
+export const ZRS21_SPEC: ProtocolSpec = { name: 'zrs2.1', kind: 'zrs2', hasVerdict: false, hasAcks: false };
+
+/** Protocols a primary serves: zrs2.0 only when it has no blobs (as zc.zrs). */
+export function supportedProtocols(hasBlobs: boolean): ProtocolSpec[] {
+  return hasBlobs ? [NATIVE_SPEC, ZRS21_SPEC] : [NATIVE_SPEC, ZRS21_SPEC, ZRS20_SPEC];
+}
+
+const BLOB_MARKER = Buffer.from('ZODB.blob', 'latin1');
+
+/** Whether a record's data is a ZODB blob record (its pickle names ZODB.blob's classes). */
+export function isBlobRecord(data: Buffer | null): boolean {
+  return data !== null && data.length < 4096 && data.includes(BLOB_MARKER);
+}
+
+/** Frames for one transaction, yielded one at a time so a blob is never held whole. */
+export interface OutboundCodec {
+  readonly spec: ProtocolSpec;
+  welcome(lastTid: Buffer): Buffer | null;
+  refusal(code: RefuseCode, message: string): Buffer | null;
+  heartbeat(lastTid: Buffer, clockMs: number): Buffer | null;
+  transaction(txn: TransactionRecord): AsyncGenerator<Buffer>;
+}
+
+async function* blobBlocks(storage: FileStorage, oid: Buffer, tid: Buffer, blockBytes: number): AsyncGenerator<Buffer, void, void> {
+  let path: string;
+  try {
+    path = await storage.loadBlob(oid, tid);
+  } catch (err) {
+    throw new BlobMissingError(oid, tid, storage.blobs?.pathFor(oid, tid) ?? '(no blob directory)');
+  }
+  const handle = await open(path, 'r');
+  try {
+    for (let pos = 0; ; ) {
+      const block = Buffer.allocUnsafe(blockBytes);
+      const { bytesRead } = await handle.read(block, 0, blockBytes, pos);
+      if (bytesRead === 0) return;
+      pos += bytesRead;
+      yield block.subarray(0, bytesRead);
+    }
+  } finally {
+    await handle.close();
+  }
+}
+
+async function blobSize(storage: FileStorage, oid: Buffer, tid: Buffer): Promise<number> {
+  const path = await storage.loadBlob(oid, tid).catch(() => {
+    throw new BlobMissingError(oid, tid, storage.blobs?.pathFor(oid, tid) ?? '(no blob directory)');
+  });
+  const h = await open(path, 'r');
+  try {
+    return (await h.stat()).size;
+  } finally {
+    await h.close();
+  }
+}
+
+/** The native (msgpack) protocol's outbound side. */
+export function nativeOutbound(storage: FileStorage, startTid: Buffer, options: { blobs: boolean }): OutboundCodec {
+  const packr = createNativePackr();
+  const checksum = new StreamChecksum(startTid);
+  const frame = (msg: NativeMessage): Buffer => {
+    const f = encodeNativeFrame(msg, packr);
+    checksum.update(f.subarray(4));
+    return f;
+  };
+  return {
+    spec: NATIVE_SPEC,
+    welcome: (lastTid) =>
+      encodeNativeFrame({ type: 'welcome', lastTid, generation: { generation: 0, startTid: Buffer.alloc(8) }, options: { blobs: options.blobs, compression: 'none' } }, packr),
+    refusal: (code, message) => encodeNativeFrame({ type: 'refuse', code, message }, packr),
+    heartbeat: (lastTid, clockMs) => frame({ type: 'heartbeat', lastTid, clockMs }),
+    async *transaction(txn) {
+      yield frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes });
+      for (const r of txn.records) {
+        yield frame({ type: 'record', oid: r.oid, dataTxn: r.dataTxn, data: r.data });
+        if (options.blobs && storage.blobs && isBlobRecord(r.data)) {
+          const size = await blobSize(storage, r.oid, txn.tid);
+          yield frame({ type: 'blob', oid: r.oid, size });
+          for await (const bytes of blobBlocks(storage, r.oid, txn.tid, BLOB_BLOCK_BYTES)) yield frame({ type: 'blob-block', bytes });
+        }
+      }
+      const digest = checksum.digest();
+      yield frame({ type: 'commit', checksum: digest });
+    },
+  };
+}
+
+/** zc.zrs's zrs2.0 / zrs2.1 outbound side: byte-compatible with its primary. */
+export function zrs2Outbound(storage: FileStorage, startTid: Buffer, spec: ProtocolSpec): OutboundCodec {
+  const checksum = new Zrs2Checksum(startTid);
+  const frame = (payload: Buffer): Buffer => {
+    checksum.update(payload);
+    return encodeFrame(payload);
+  };
+  const blobs = spec.name === 'zrs2.1' && storage.blobs !== null;
+  return {
+    spec,
+    welcome: () => null,
+    refusal: () => null,
+    heartbeat: () => null,
+    async *transaction(txn) {
+      yield frame(
+        encodeMessage({ type: 'T', tid: txn.tid, status: txn.status, user: txn.user, description: txn.description, extension: extensionDict(txn.extensionBytes) }),
+      );
+      for (const r of txn.records) {
+        if (blobs && isBlobRecord(r.data)) {
+          const size = await blobSize(storage, r.oid, txn.tid);
+          yield frame(encodeMessage({ type: 'B', oid: r.oid, tid: txn.tid, version: '', dataTxn: r.dataTxn, blocks: blobBlockCount(size) }));
+          yield frame(r.data ?? Buffer.alloc(0));
+          for await (const block of blobBlocks(storage, r.oid, txn.tid, BLOB_BLOCK_SIZE_BYTES)) yield frame(block);
+        } else {
+          yield frame(encodeMessage({ type: 'S', oid: r.oid, tid: txn.tid, version: '', dataTxn: r.dataTxn }));
+          yield frame(r.data ?? Buffer.alloc(0));
+        }
+      }
+      yield frame(encodeMessage({ type: 'C', digest: checksum.digest() }));
+    },
+  };
+}
+
+void encodeFrameHeader;
+
+/** The extension as zc.zrs sends it: the stored dict, key order kept. */
+function extensionDict(bytes: Buffer): PickleDict {
+  if (bytes.length === 0) return new Map();
+  const v = loads(bytes);
+  return v instanceof Map ? v : new Map();
+}

@@ -1,0 +1,71 @@
+// Writes frames to a ByteStream with real backpressure: small frames are
+// batched into one write, and a full socket buffer pauses the writer (and
+// only this session) until 'drain'. Closing the stream fails pending writes.
+
+import type { ByteStream } from '../ports/transport.js';
+import { ZrsError } from '../errors.js';
+
+/** Batches smaller than this are coalesced into one socket write. */
+const BATCH_BYTES = 64 * 1024;
+
+export class StreamClosedError extends ZrsError {
+  override name = 'StreamClosedError';
+}
+
+export class StreamWriter {
+  private batch: Buffer[] = [];
+  private batchBytes = 0;
+  private drainWaiter: { resolve: () => void; reject: (e: Error) => void } | null = null;
+  private closed = false;
+  /** Bytes handed to the socket. */
+  bytesWritten = 0;
+
+  constructor(private readonly stream: ByteStream) {}
+
+  /** Call from the stream's drain handler. */
+  onDrain(): void {
+    const w = this.drainWaiter;
+    this.drainWaiter = null;
+    w?.resolve();
+  }
+
+  /** Call from the stream's close handler. */
+  onClose(): void {
+    this.closed = true;
+    const w = this.drainWaiter;
+    this.drainWaiter = null;
+    w?.reject(new StreamClosedError('stream closed'));
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Queue a frame; flushes (and may wait for drain) when the batch is large. */
+  async write(frame: Buffer): Promise<void> {
+    if (this.closed) throw new StreamClosedError('stream closed');
+    this.batch.push(frame);
+    this.batchBytes += frame.length;
+    if (this.batchBytes >= BATCH_BYTES) await this.flush();
+  }
+
+  /** Write the batch now; resolves when the socket can take more. */
+  async flush(): Promise<void> {
+    if (this.batchBytes === 0) return;
+    if (this.closed) throw new StreamClosedError('stream closed');
+    const out = this.batch.length === 1 ? this.batch[0]! : Buffer.concat(this.batch, this.batchBytes);
+    this.batch = [];
+    this.bytesWritten += this.batchBytes;
+    this.batchBytes = 0;
+    if (!this.stream.write(out)) {
+      await new Promise<void>((resolve, reject) => (this.drainWaiter = { resolve, reject }));
+    }
+  }
+
+  /** Write a frame immediately without waiting (handshake replies, acks). */
+  writeNow(frame: Buffer): void {
+    if (this.closed) return;
+    this.bytesWritten += frame.length;
+    this.stream.write(frame);
+  }
+}
