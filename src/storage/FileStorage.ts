@@ -139,6 +139,9 @@ export class FileStorage {
   private groupSync: GroupSync;
   private readonly unpublished: CommittedTransaction[] = [];
   private publishedEnd: number;
+  private publishedTid: Buffer;
+  /** Set by closeForWrites(): new transactions are refused, reads go on. */
+  private writesClosed = false;
   private nextOid: bigint;
   /** Wakes iterators that follow the file as it grows. */
   private growthWaiters: Array<() => void> = [];
@@ -164,6 +167,7 @@ export class FileStorage {
     private readonly tidFloor: Buffer | null,
   ) {
     this.publishedEnd = end;
+    this.publishedTid = Buffer.from(state.lastTid ?? Z64);
     this.groupSync = new GroupSync(fd, end, () => this.end);
     this.nextOid = state.maxOid.readBigUInt64BE(0);
   }
@@ -282,7 +286,7 @@ export class FileStorage {
 
   private checkWritable(operation: string): void {
     if (this.closed) throw new StorageClosedError(this.path);
-    if (this.readOnly) throw new ReadOnlyError(operation, this.path);
+    if (this.readOnly || (this.writesClosed && operation === 'tpcBegin')) throw new ReadOnlyError(operation, this.path);
     if (this.fatal) throw new ZrsError(`${this.path}: writes disabled after a failed fsync`, { cause: this.fatal });
   }
 
@@ -583,6 +587,7 @@ export class FileStorage {
     while (this.unpublished.length && this.unpublished[0]!.end <= durable) {
       const c = this.unpublished.shift()!;
       this.publishedEnd = c.end;
+      this.publishedTid = c.tid;
       this.commitsSubject.next(c);
     }
     const waiters = this.growthWaiters;
@@ -729,6 +734,22 @@ export class FileStorage {
     return this.end;
   }
 
+  /** Tid of the last transaction published on commits$ (durable). */
+  get lastDurableTid(): Buffer {
+    return this.publishedTid;
+  }
+
+  /**
+   * Refuse new transactions (ReadOnlyError) from now on and wait for the one
+   * committing, if any, to become durable. Reads continue.
+   */
+  async closeForWrites(): Promise<void> {
+    this.writesClosed = true;
+    const release = await this.commitLock.acquire();
+    release();
+    if (this.fsync && !this.readOnly && !this.fatal) await this.groupSync.waitDurable(this.end);
+  }
+
   /** End of the transactions already published on commits$ (durable). */
   get durableEnd(): number {
     return this.publishedEnd;
@@ -839,6 +860,10 @@ export class FileStorage {
   async replaceDataFile(newPath: string): Promise<void> {
     this.checkWritable('pack');
     if (this.current) throw new StorageTransactionError('pack: a transaction is in progress');
+    // Commits that finished before the caller took the lock may still await
+    // their fsync of the old file: settle and publish them now, so no sync
+    // runs on a closed fd and no unpublished entry keeps old-file offsets.
+    await this.makeDurable(this.end);
     await rename(this.path, `${this.path}.old`);
     await rename(newPath, this.path);
     const fd = openSync(this.path, 'r+');
@@ -860,6 +885,7 @@ export class FileStorage {
     this.state = result;
     this.end = result.end;
     this.publishedEnd = result.end;
+    this.publishedTid = Buffer.from(result.lastTid ?? Z64);
     this.groupSync = new GroupSync(fd, result.end, () => this.end);
     this.epoch += 1;
     this.recentSerials = new Map();
