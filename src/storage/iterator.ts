@@ -43,7 +43,16 @@ export async function* iterateTransactions(
       await waitOrAbort(storage, pos, options.signal);
       continue;
     }
-    const txn = await readTransaction(storage, reader, pos);
+    let txn: TransactionRecord;
+    try {
+      txn = await readTransaction(storage, reader, pos);
+    } catch (err) {
+      if (epoch === storage.fileEpoch) throw err;
+      continue; // the old handle closed under the read (pack): re-seek in the new file
+    }
+    // Replaced while the window filled: backpointers were resolved in the new
+    // file with old offsets, so read this transaction again there.
+    if (epoch !== storage.fileEpoch) continue;
     if (stop && Buffer.compare(txn.tid, stop) > 0) return;
     lastTid = txn.tid;
     pos += txn.length + TRAILER_BYTES;

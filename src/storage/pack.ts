@@ -1,0 +1,608 @@
+// Pack: rewrite Data.fs without revisions not current at the pack time (and, given a
+// references function, objects unreachable from the root then), byte for byte as ZODB 5.
+// Invariants: the live file is only read; the commit lock is held only for the tail
+// committed meanwhile and the swap; memory grows with the oid count, not the file size.
+
+import { writeSync } from 'node:fs';
+import { open, readdir, rmdir, unlink } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { CorruptedDataError, ReadOnlyError, StorageClosedError, ZrsError } from '../errors.js';
+import {
+  BACKPOINTER_BYTES,
+  DATA_HEADER_BYTES,
+  MAGIC_BYTES,
+  STATUS_CHECKPOINT,
+  STATUS_PACKED,
+  TRAILER_BYTES,
+  TXN_HEADER_BYTES,
+  dataRecordLength,
+  readDataHeader,
+  readTxnHeader,
+  readU64At,
+  writeDataHeader,
+  writeTxnHeader,
+  writeU64At,
+  type DataHeader,
+  type TxnHeader,
+} from './format.js';
+import { WindowReader, preadSync } from './fileio.js';
+import { oidKey } from './scan.js';
+import { Z64 } from './timestamp.js';
+import type { FileStorage } from './FileStorage.js';
+
+/** Pack could not run or finish; the data file is left as it was. */
+export class PackError extends ZrsError {
+  override name = 'PackError';
+}
+
+/** Oids a record's data refers to (ZODB's referencesf; see zodbReferences). */
+export type ReferencesOf = (data: Buffer) => Buffer[];
+
+/** What a pack did. */
+export interface PackReport {
+  /** False when nothing before the pack time could be removed: the file was not touched. */
+  packed: boolean;
+  /** Tid the pack time maps to: transactions with tid <= packTid are before the pack. */
+  packTid: Buffer;
+  /** Committed size when the pack started, and after it (equal when not packed). */
+  sizeBefore: number;
+  sizeAfter: number;
+  /** Transactions committed while the copy ran, appended under the commit lock. */
+  tailTransactions: number;
+  /** Blob files removed with the revisions they belonged to. */
+  removedBlobFiles: number;
+}
+
+/** Output is written in batches of about this many bytes. */
+const FLUSH_BYTES = 1 << 20;
+/** ZODB's TimeStamp: seconds are stored as whole units of 60 / 2^32 s, truncated. */
+const SECONDS_PER_UNIT = 60 / 65536 / 65536;
+
+/** Storages with a pack running: a second pack at the same time is refused (as ZODB). */
+const packing = new WeakSet<FileStorage>();
+
+/**
+ * The tid ZODB packs to for `packTime` (seconds since the epoch):
+ * `TimeStamp(*gmtime(t)[:5] + (t % 60,))`.
+ */
+export function packTimeToTid(packTime: number): Buffer {
+  if (!Number.isFinite(packTime)) throw new PackError(`invalid pack time ${packTime}`);
+  const d = new Date(Math.floor(packTime) * 1000);
+  const hi = ((((d.getUTCFullYear() - 1900) * 12 + d.getUTCMonth()) * 31 + (d.getUTCDate() - 1)) * 24 + d.getUTCHours()) * 60 + d.getUTCMinutes();
+  const seconds = ((packTime % 60) + 60) % 60;
+  const out = Buffer.alloc(8);
+  if (hi < 0) return out; // before 1900: z64, refused by the caller
+  out.writeUInt32BE(Math.min(hi, 0xffffffff) >>> 0, 0);
+  out.writeUInt32BE(Math.min(Math.trunc(seconds / SECONDS_PER_UNIT), 0xffffffff) >>> 0, 4);
+  return out;
+}
+
+/**
+ * Pack `storage` to `packTime` (seconds since the epoch), as ZODB's
+ * `FileStorage.pack(t, referencesf)`: transactions at or before the pack time
+ * keep only the revisions current then (written with status 'p' and their
+ * data inline); transactions left without records are dropped; later ones are
+ * copied with their offsets adjusted. With `referencesOf`, objects not
+ * reachable from the root (oid 0) at the pack time go too. The previous file
+ * is kept as `<file>.old`; blob files of removed revisions are deleted.
+ * Called by `FileStorage.pack`.
+ *
+ * @example
+ * await packStorage(storage, Date.now() / 1000 - 7 * 86400, zodbReferences);
+ */
+export async function packStorage(storage: FileStorage, packTime: number, referencesOf?: ReferencesOf): Promise<PackReport> {
+  if (storage.isClosed) throw new StorageClosedError(storage.path);
+  if (storage.readOnly) throw new ReadOnlyError('pack', storage.path);
+  const packTid = packTimeToTid(packTime);
+  if (packTid.equals(Z64)) throw new PackError(`invalid pack time ${packTime}`);
+  if (storage.objectCount === 0) {
+    const size = storage.getSize();
+    return { packed: false, packTid, sizeBefore: size, sizeAfter: size, tailTransactions: 0, removedBlobFiles: 0 };
+  }
+  if (packing.has(storage)) throw new PackError(`${storage.path}: a pack is already running`);
+  packing.add(storage);
+  try {
+    const handle = await open(storage.path, 'r');
+    try {
+      return await new Packer(storage, handle, packTid, referencesOf ?? null).run();
+    } finally {
+      await handle.close();
+    }
+  } finally {
+    packing.delete(storage);
+  }
+}
+
+/** A transaction header as read, with where its records start and where the next one starts. */
+interface TxnAt {
+  pos: number;
+  header: TxnHeader;
+  recordsStart: number;
+  recordsEnd: number;
+  next: number;
+}
+
+/** Sequential and random reads of the pre-pack file through our own handle. */
+class Source {
+  private reader: WindowReader;
+
+  constructor(
+    readonly path: string,
+    private readonly handle: FileHandle,
+  ) {
+    this.reader = new WindowReader(handle);
+  }
+
+  /** Bytes at `pos`; the view stays valid after later reads. */
+  async view(pos: number, length: number): Promise<Buffer> {
+    if (!this.reader.has(pos, length)) await this.reader.fill(pos, length);
+    const v = this.reader.view(pos, length);
+    if (v.length < length) throw new CorruptedDataError(this.path, pos, 'read past the end of the file');
+    return v;
+  }
+
+  /** Forget buffered bytes: past the old end they may have been read before a commit finished. */
+  forgetWindow(): void {
+    this.reader = new WindowReader(this.handle);
+  }
+
+  /** Read and check the transaction at `pos`, which must end by `limit`. */
+  async txnAt(pos: number, limit: number, lastTid: Buffer | null): Promise<TxnAt> {
+    const header = readTxnHeader(Buffer.from(await this.view(pos, TXN_HEADER_BYTES)));
+    const recordsStart = pos + TXN_HEADER_BYTES + header.ulen + header.dlen + header.elen;
+    const next = pos + header.length + TRAILER_BYTES;
+    if (recordsStart > pos + header.length || next > limit) throw new CorruptedDataError(this.path, pos, 'transaction length out of range');
+    if (header.status === STATUS_CHECKPOINT) throw new CorruptedDataError(this.path, pos, "transaction still marked in progress ('c')");
+    if (lastTid && Buffer.compare(header.tid, lastTid) <= 0) throw new CorruptedDataError(this.path, pos, 'tids do not increase');
+    const trailer = readU64At(await this.view(pos + header.length, TRAILER_BYTES), 0);
+    if (trailer !== header.length) throw new CorruptedDataError(this.path, pos + header.length, 'redundant length differs from the header');
+    return { pos, header, recordsStart, recordsEnd: pos + header.length, next };
+  }
+
+  /** Header of the data record at `pos` inside `txn` (streamed). */
+  async recordAt(txn: TxnAt, pos: number): Promise<DataHeader> {
+    const h = readDataHeader(Buffer.from(await this.view(pos, DATA_HEADER_BYTES)));
+    if (pos + dataRecordLength(h.plen) > txn.recordsEnd || h.tloc !== txn.pos) {
+      throw new CorruptedDataError(this.path, pos, 'data record does not fit its transaction');
+    }
+    return h;
+  }
+
+  /** Backpointer of a record with plen 0 (streamed). */
+  async backAt(pos: number): Promise<number> {
+    return readU64At(await this.view(pos + DATA_HEADER_BYTES, BACKPOINTER_BYTES), 0);
+  }
+
+  /** Data header at any position (random access). */
+  headerAt(pos: number): DataHeader {
+    const buf = preadSync(this.handle.fd, pos, DATA_HEADER_BYTES);
+    if (buf.length < DATA_HEADER_BYTES) throw new CorruptedDataError(this.path, pos, 'data record header past the end of the file');
+    return readDataHeader(buf);
+  }
+
+  /** Data of the record at `pos` with backpointers followed; null for "no data". */
+  resolve(pos: number): Buffer | null {
+    for (let hops = 0; ; hops++) {
+      const h = this.headerAt(pos);
+      if (h.plen > 0) return preadSync(this.handle.fd, pos + DATA_HEADER_BYTES, h.plen);
+      const back = readU64At(preadSync(this.handle.fd, pos + DATA_HEADER_BYTES, BACKPOINTER_BYTES), 0);
+      if (back === 0) return null;
+      if (back >= pos || hops > 1_000_000) throw new CorruptedDataError(this.path, pos, `backpointer ${back} does not point backwards`);
+      pos = back;
+    }
+  }
+}
+
+/** Buffered positional writer for the new file; headers can be patched until flushed. */
+class Output {
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  /** Everything before this offset is written to the file. */
+  private flushedEnd: number;
+
+  constructor(
+    readonly fd: number,
+    /** Offset of the next byte. */
+    public pos: number,
+  ) {
+    this.flushedEnd = pos;
+  }
+
+  write(buf: Buffer): void {
+    this.pending.push(buf);
+    this.pendingBytes += buf.length;
+    this.pos += buf.length;
+    if (this.pendingBytes >= FLUSH_BYTES) this.flush();
+  }
+
+  /** Set the u64 at `offset` inside `owner` (a buffer written at `ownerPos`), on disk if already flushed. */
+  patchU64(owner: Buffer, ownerPos: number, offset: number, value: number): void {
+    writeU64At(owner, offset, value);
+    if (ownerPos < this.flushedEnd) writeFully(this.fd, owner.subarray(offset, offset + 8), ownerPos + offset);
+  }
+
+  flush(): void {
+    if (this.pending.length === 0) return;
+    // One copy per batch: writev takes at most IOV_MAX buffers and small records are many.
+    const batch = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
+    writeFully(this.fd, batch, this.flushedEnd);
+    this.flushedEnd += batch.length;
+    this.pending = [];
+    this.pendingBytes = 0;
+  }
+}
+
+function writeFully(fd: number, buf: Buffer, pos: number): void {
+  let off = 0;
+  while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off, pos + off);
+}
+
+/** Which pre-pack revisions survive: one position per oid, a few oids with more (as ZODB's GC). */
+class Reachable {
+  readonly first = new Map<string, number>();
+  readonly extra = new Map<string, number[]>();
+
+  has(key: string, pos: number): boolean {
+    const p = this.first.get(key);
+    if (p === undefined) return false;
+    return p === pos || (this.extra.get(key)?.includes(pos) ?? false);
+  }
+}
+
+/** Old -> new offsets of records after the pack time: a shift that changes only where a record changed size. */
+class ShiftTable {
+  private readonly from: number[] = [];
+  private readonly delta: number[] = [];
+
+  /** From `oldPos` on (until the next change), new = old + delta. */
+  set(oldPos: number, delta: number): void {
+    if (this.delta.length && this.delta[this.delta.length - 1] === delta) return;
+    this.from.push(oldPos);
+    this.delta.push(delta);
+  }
+
+  map(oldPos: number): number | null {
+    let lo = 0;
+    let hi = this.from.length - 1;
+    let best = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.from[mid]! <= oldPos) {
+        best = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return best < 0 ? null : oldPos + this.delta[best]!;
+  }
+}
+
+interface BlobRevision {
+  oid: Buffer;
+  tid: Buffer;
+}
+
+const BLOB_CLASS_MARK = Buffer.from('ZODB.blob', 'latin1');
+
+class Packer {
+  private readonly src: Source;
+  /** oid -> record position current at the pack time. */
+  private current = new Map<string, number>();
+  /** First transaction after the pack time (or the end). */
+  private packPos = MAGIC_BYTES;
+  /** Whether any transaction before the pack time is not yet packed ('p'). */
+  private unpacked = false;
+  private reachable = new Reachable();
+  /** New file: oid -> position of its latest record, for prev pointers. */
+  private readonly newIndex = new Map<string, number>();
+  /** Pre-pack records kept: old position -> new position (backpointer targets). */
+  private readonly moved = new Map<number, number>();
+  private readonly shifts = new ShiftTable();
+  private readonly blobRemovals: BlobRevision[] = [];
+  private lastTid: Buffer | null = null;
+
+  constructor(
+    private readonly storage: FileStorage,
+    handle: FileHandle,
+    private readonly packTid: Buffer,
+    private readonly referencesOf: ReferencesOf | null,
+  ) {
+    this.src = new Source(storage.path, handle);
+  }
+
+  async run(): Promise<PackReport> {
+    const epoch = this.storage.fileEpoch;
+    // Everything before end0 is committed and never changes; later bytes may be a commit in progress.
+    const end0 = this.storage.getSize();
+    const unchanged: PackReport = { packed: false, packTid: this.packTid, sizeBefore: end0, sizeAfter: end0, tailTransactions: 0, removedBlobFiles: 0 };
+    await this.buildPackIndex(end0);
+    if (await this.redundant(end0)) return unchanged;
+    if (this.referencesOf) await this.findReachable(this.referencesOf, end0);
+    else for (const [k, p] of this.current) this.reachable.first.set(k, p);
+    this.current = new Map(); // no longer needed; may be large
+
+    const newPath = `${this.storage.path}.pack`;
+    const out = await open(newPath, 'w+');
+    let swapped = false;
+    try {
+      const o = new Output(out.fd, 0);
+      o.write(Buffer.from(await this.src.view(0, MAGIC_BYTES)));
+      await this.copyBeforePack(o);
+      // Nothing freed before the pack time: keep the file as it is (ZODB does the same).
+      if (o.pos === this.packPos) return unchanged;
+      this.shifts.set(this.packPos, o.pos - this.packPos);
+      await this.copyAfterPack(o, this.packPos, end0);
+      const release = await this.storage.acquireCommitLock();
+      let tailTransactions = 0;
+      let sizeAfter: number;
+      try {
+        if (this.storage.isClosed) throw new StorageClosedError(this.storage.path);
+        if (this.storage.fileEpoch !== epoch) throw new PackError(`${this.storage.path}: the data file was replaced during the pack`);
+        const end1 = this.storage.getSize();
+        this.src.forgetWindow();
+        tailTransactions = await this.copyAfterPack(o, end0, end1);
+        o.flush();
+        await out.sync();
+        await out.close();
+        sizeAfter = o.pos;
+        await this.storage.replaceDataFile(newPath);
+        swapped = true;
+      } finally {
+        release();
+      }
+      const removedBlobFiles = await this.removeBlobs();
+      return { ...unchanged, packed: true, sizeAfter, tailTransactions, removedBlobFiles };
+    } finally {
+      if (!swapped) {
+        await out.close().catch(() => undefined);
+        await unlink(newPath).catch(() => undefined);
+      }
+    }
+  }
+
+  // ------------------------------------------------------------ what survives
+
+  /** Records current at the pack time, and where the first later transaction starts. */
+  private async buildPackIndex(end: number): Promise<void> {
+    let pos = MAGIC_BYTES;
+    while (pos < end) {
+      const txn = await this.src.txnAt(pos, end, this.lastTid);
+      if (Buffer.compare(txn.header.tid, this.packTid) > 0) break;
+      this.lastTid = Buffer.from(txn.header.tid);
+      if (txn.header.status !== STATUS_PACKED) this.unpacked = true;
+      for (let rpos = txn.recordsStart; rpos < txn.recordsEnd; ) {
+        const h = await this.src.recordAt(txn, rpos);
+        const key = oidKey(h.oid);
+        // A record with neither data nor backpointer undoes a creation: no current revision.
+        if (h.plen > 0 || (await this.src.backAt(rpos)) !== 0) this.current.set(key, rpos);
+        else this.current.delete(key);
+        rpos += dataRecordLength(h.plen);
+      }
+      pos = txn.next;
+    }
+    this.packPos = pos;
+  }
+
+  /** Already packed to this time or later, with nothing new before it (ZODB's RedundantPackWarning). */
+  private async redundant(end: number): Promise<boolean> {
+    if (this.unpacked) return false;
+    if (this.packPos >= end) return true;
+    const next = readTxnHeader(Buffer.from(await this.src.view(this.packPos, TXN_HEADER_BYTES)));
+    return next.status === STATUS_PACKED;
+  }
+
+  /** ZODB's GC: reachable from the root at the pack time, plus backpointer targets from later. */
+  private async findReachable(referencesOf: ReferencesOf, end: number): Promise<void> {
+    this.markFrom([Z64], referencesOf);
+    const extraRoots: number[] = [];
+    let pos = this.packPos;
+    let lastTid = this.lastTid;
+    while (pos < end) {
+      const txn = await this.src.txnAt(pos, end, lastTid);
+      lastTid = Buffer.from(txn.header.tid);
+      for (let rpos = txn.recordsStart; rpos < txn.recordsEnd; ) {
+        const h = await this.src.recordAt(txn, rpos);
+        const back = h.plen === 0 ? await this.src.backAt(rpos) : 0;
+        if (back && back < this.packPos) this.keepBackTarget(oidKey(h.oid), back, extraRoots);
+        rpos += dataRecordLength(h.plen);
+      }
+      pos = txn.next;
+    }
+    // An old revision revived by undo may refer to objects otherwise gone.
+    for (const root of extraRoots) this.markFrom(this.refsAt(root, referencesOf), referencesOf);
+  }
+
+  private keepBackTarget(key: string, back: number, extraRoots: number[]): void {
+    if (!this.reachable.first.has(key)) {
+      // As ZODB: kept, but its references are not followed.
+      this.reachable.first.set(key, back);
+      return;
+    }
+    const list = this.reachable.extra.get(key) ?? [];
+    if (!list.includes(back)) {
+      list.push(back);
+      this.reachable.extra.set(key, list);
+      extraRoots.push(back);
+    }
+  }
+
+  /** Mark every object reachable from `roots` through revisions current at the pack time. */
+  private markFrom(roots: Buffer[], referencesOf: ReferencesOf): void {
+    const todo = [...roots];
+    while (todo.length) {
+      const oid = todo.pop()!;
+      const key = oidKey(oid);
+      if (this.reachable.first.has(key)) continue;
+      const pos = this.current.get(key);
+      if (pos === undefined) {
+        // Packing to before the root existed keeps everything; a dangling reference is an error (as ZODB).
+        if (oid.equals(Z64) && this.current.size === 0) continue;
+        throw new PackError(`${this.storage.path}: oid 0x${oid.toString('hex')} is referenced but has no revision at the pack time`);
+      }
+      this.reachable.first.set(key, pos);
+      for (const ref of this.refsAt(pos, referencesOf)) if (!this.reachable.first.has(oidKey(ref))) todo.push(ref);
+    }
+  }
+
+  private refsAt(pos: number, referencesOf: ReferencesOf): Buffer[] {
+    const data = this.src.resolve(pos);
+    return data === null ? [] : referencesOf(data);
+  }
+
+  // ------------------------------------------------------------ copying
+
+  /** Transactions up to the pack time: surviving records only, data inline, status 'p'. */
+  private async copyBeforePack(o: Output): Promise<void> {
+    let pos = MAGIC_BYTES;
+    this.lastTid = null;
+    while (pos < this.packPos) {
+      const txn = await this.src.txnAt(pos, this.packPos, this.lastTid);
+      this.lastTid = Buffer.from(txn.header.tid);
+      let header: Buffer | null = null;
+      let tpos = 0;
+      const keptOids = new Set<string>();
+      const removedBlobs: BlobRevision[] = [];
+      for (let rpos = txn.recordsStart; rpos < txn.recordsEnd; ) {
+        const h = await this.src.recordAt(txn, rpos);
+        const key = oidKey(h.oid);
+        const len = dataRecordLength(h.plen);
+        if (!this.reachable.has(key, rpos)) {
+          if (this.storage.blobs) await this.noteRemovedBlob(h, rpos, removedBlobs);
+          rpos += len;
+          continue;
+        }
+        if (header === null) {
+          tpos = o.pos;
+          header = await this.txnHeaderCopy(txn, STATUS_PACKED);
+          o.write(header);
+        }
+        keptOids.add(key);
+        const data = h.plen > 0 ? await this.src.view(rpos + DATA_HEADER_BYTES, h.plen) : this.src.resolve(rpos);
+        this.moved.set(rpos, o.pos);
+        this.newIndex.set(key, o.pos);
+        this.writeRecord(o, h, 0, tpos, data, 0);
+        rpos += len;
+      }
+      // A duplicate record of a kept revision (same oid and tid) shares its blob file.
+      for (const b of removedBlobs) if (!keptOids.has(oidKey(b.oid))) this.blobRemovals.push(b);
+      if (header !== null) this.finishTxn(o, header, tpos);
+      pos = txn.next;
+    }
+  }
+
+  /**
+   * Transactions from `from` to `to`, after the pack time: copied whole, with
+   * prev, tloc and backpointers moved to the new offsets. Returns how many.
+   */
+  private async copyAfterPack(o: Output, from: number, to: number): Promise<number> {
+    let count = 0;
+    for (let pos = from; pos < to; count++) {
+      const txn = await this.src.txnAt(pos, to, this.lastTid);
+      this.lastTid = Buffer.from(txn.header.tid);
+      const tpos = o.pos;
+      const header = await this.txnHeaderCopy(txn, txn.header.status);
+      o.write(header);
+      const written = new Map<string, number>();
+      for (let rpos = txn.recordsStart; rpos < txn.recordsEnd; ) {
+        const h = await this.src.recordAt(txn, rpos);
+        const len = dataRecordLength(h.plen);
+        const key = oidKey(h.oid);
+        const prev = this.newIndex.get(key) ?? 0;
+        const here = o.pos;
+        written.set(key, here);
+        if (h.plen > 0) this.writeRecord(o, h, prev, tpos, await this.src.view(rpos + DATA_HEADER_BYTES, h.plen), 0);
+        else {
+          const back = await this.src.backAt(rpos);
+          const target = back === 0 ? 0 : this.newOffset(back);
+          // A backpointer whose target was removed gets the data itself.
+          if (target === null) this.writeRecord(o, h, prev, tpos, this.src.resolve(back), 0);
+          else this.writeRecord(o, h, prev, tpos, null, target);
+        }
+        // Records after this one move by the new difference (only an inlined backpointer changes it).
+        if (o.pos - here !== len) this.shifts.set(rpos + len, o.pos - (rpos + len));
+        rpos += len;
+      }
+      // As ZODB: prev pointers follow the index as of the previous transaction.
+      for (const [k, p] of written) this.newIndex.set(k, p);
+      this.finishTxn(o, header, tpos);
+      pos = txn.next;
+    }
+    return count;
+  }
+
+  /** New offset of the record at old offset `back`, or null when pack removed it. */
+  private newOffset(back: number): number | null {
+    if (back < this.packPos) return this.moved.get(back) ?? null;
+    return this.shifts.map(back);
+  }
+
+  /** Header and metadata of `txn` with `status`; tlen is set by finishTxn. */
+  private async txnHeaderCopy(txn: TxnAt, status: string): Promise<Buffer> {
+    const metaBytes = txn.recordsStart - txn.pos;
+    const buf = Buffer.alloc(metaBytes);
+    writeTxnHeader(buf, 0, { ...txn.header, status, length: 0 });
+    (await this.src.view(txn.pos + TXN_HEADER_BYTES, metaBytes - TXN_HEADER_BYTES)).copy(buf, TXN_HEADER_BYTES);
+    return buf;
+  }
+
+  private finishTxn(o: Output, header: Buffer, tpos: number): void {
+    const tlen = o.pos - tpos;
+    o.patchU64(header, tpos, 8, tlen);
+    const trailer = Buffer.alloc(TRAILER_BYTES);
+    writeU64At(trailer, 0, tlen);
+    o.write(trailer);
+  }
+
+  /** One data record: `data` inline when given (non-empty), else the backpointer `back`. */
+  private writeRecord(o: Output, h: DataHeader, prev: number, tloc: number, data: Buffer | null, back: number): void {
+    const inline = data !== null && data.length > 0;
+    const head = Buffer.alloc(DATA_HEADER_BYTES + (inline ? 0 : BACKPOINTER_BYTES));
+    writeDataHeader(head, 0, { oid: h.oid, tid: h.tid, prev, tloc, vlen: 0, plen: inline ? data.length : 0 });
+    if (!inline) writeU64At(head, DATA_HEADER_BYTES, back);
+    o.write(head);
+    if (inline) o.write(data);
+  }
+
+  // ------------------------------------------------------------ blobs
+
+  /** A removed revision may own a blob file: note it (removed only once the new file is in place). */
+  private async noteRemovedBlob(h: DataHeader, rpos: number, into: BlobRevision[]): Promise<void> {
+    // Cheap filter first: a blob record's pickle names ZODB.blob (a backpointer is checked by its file).
+    if (h.plen > 0 && !(await this.src.view(rpos + DATA_HEADER_BYTES, h.plen)).includes(BLOB_CLASS_MARK)) return;
+    into.push({ oid: Buffer.from(h.oid), tid: Buffer.from(h.tid) });
+  }
+
+  /** Delete blob files of removed revisions, then directories left empty. */
+  private async removeBlobs(): Promise<number> {
+    const blobs = this.storage.blobs;
+    if (!blobs || this.blobRemovals.length === 0) return 0;
+    let removed = 0;
+    const dirs = new Set<string>();
+    for (const b of this.blobRemovals) {
+      try {
+        await unlink(blobs.pathFor(b.oid, b.tid));
+        removed++;
+        dirs.add(blobs.oidDir(b.oid));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      }
+    }
+    // Under the commit lock no vote is placing a blob, so an empty directory stays empty.
+    const release = await this.storage.acquireCommitLock();
+    try {
+      for (const dir of dirs) await removeEmptyDirs(dir, blobs.root);
+    } finally {
+      release();
+    }
+    return removed;
+  }
+}
+
+/** Remove `dir` and its parents up to (not including) `root` while they are empty. */
+async function removeEmptyDirs(dir: string, root: string): Promise<void> {
+  for (let d = dir; d.length > root.length && d.startsWith(root); d = dirname(d)) {
+    const entries = await readdir(d).catch(() => null);
+    if (entries === null || entries.length > 0) return;
+    await rmdir(d).catch(() => undefined);
+  }
+}
