@@ -368,6 +368,9 @@ export class FileStorage {
 
   private append(cur: PendingTxn, oid: Buffer, data: Buffer | null, back: number, key = oidKey(oid)): number {
     const prev = this.state.index.get(key) ?? 0;
+    // As ZODB's store/restore (set_max_oid): newOid never hands out an oid stored explicitly.
+    const n = oid.readBigUInt64BE(0);
+    if (n > this.nextOid) this.nextOid = n;
     const pos = cur.tpos + cur.body.appendRecord(oid, cur.tid, prev, cur.tpos, data, back);
     if (!cur.tindex.has(key)) cur.oids.push(Buffer.from(oid));
     cur.tindex.set(key, pos);
@@ -677,8 +680,11 @@ export class FileStorage {
   /** The revision current just before `tid`, with the tid that replaced it; null if none. */
   async loadBefore(oid: Buffer, tid: Buffer): Promise<LoadBeforeResult | null> {
     this.checkOpen();
+    // As ZODB (IStorage.loadBefore): an oid the storage never had is a POSKeyError, not None.
+    const current = this.committedPos(oid);
+    if (current === undefined) throw new POSKeyError(Buffer.from(oid));
     let endTid: Buffer | null = null;
-    for (let pos = this.committedPos(oid) ?? 0; pos; ) {
+    for (let pos = current; pos; ) {
       const h = this.readDataHeaderAt(pos);
       if (Buffer.compare(h.tid, tid) < 0) {
         const data = this.resolveData(pos, h);

@@ -92,14 +92,18 @@ export async function scanFile(
   return { ...state, end: pos, tail: null };
 }
 
-/** Whether the file ends with a well-formed transaction that starts after `pos`. */
+/**
+ * Whether the file ends with a well-formed transaction that starts at or after
+ * `pos`. At `pos` itself it is a complete transaction (final status, matching
+ * redundant length) with damage inside: corruption, as in ZODB's read_index.
+ */
 async function intactTransactionAfter(handle: FileHandle, pos: number, fileSize: number): Promise<boolean> {
   if (fileSize - TRAILER_BYTES <= pos) return false;
   const tail = Buffer.alloc(TRAILER_BYTES);
   await handle.read(tail, 0, TRAILER_BYTES, fileSize - TRAILER_BYTES);
   const length = readU64At(tail, 0);
   const start = fileSize - TRAILER_BYTES - length;
-  if (start <= pos || length < TXN_HEADER_BYTES) return false;
+  if (start < pos || length < TXN_HEADER_BYTES) return false;
   const head = Buffer.alloc(TXN_HEADER_BYTES);
   await handle.read(head, 0, TXN_HEADER_BYTES, start);
   const h = readTxnHeader(head);

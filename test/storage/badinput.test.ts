@@ -1,0 +1,238 @@
+// Bad input is refused with a typed error that names the file (and the
+// position for damage), and the file is left exactly as it was: unknown magic,
+// damaged headers and records with intact transactions after them, missing
+// files, malformed oids and oversized metadata.
+
+import { existsSync, readFileSync } from 'node:fs';
+import { readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { CorruptedDataError, FormatError, POSKeyError, ZrsError } from '../../src/errors.js';
+import { Z64 } from '../../src/storage/timestamp.js';
+import type { TransactionRecord } from '../../src/storage/types.js';
+import { cleanupTempDirs, copyZodbFixture, tempDir } from '../helpers/fixtures.js';
+import { collect, commit, fakeClock, oidOf } from './storageHarness.js';
+
+afterAll(cleanupTempDirs);
+
+async function openError(path: string, readOnly: boolean): Promise<unknown> {
+  try {
+    const fs = await FileStorage.open(path, { readOnly });
+    await fs.close();
+  } catch (e) {
+    return e;
+  }
+  return null;
+}
+
+/** Both open modes fail with `cls`; the file and its directory are left as they were. */
+async function expectRefused<E extends Error>(path: string, bytes: Buffer, cls: new (...args: never[]) => E): Promise<E[]> {
+  await writeFile(path, bytes);
+  const dir = join(path, '..');
+  const before = (await readdir(dir)).sort();
+  const errors: E[] = [];
+  for (const readOnly of [true, false]) {
+    const err = await openError(path, readOnly);
+    expect(err, `readOnly=${readOnly}`).toBeInstanceOf(cls);
+    errors.push(err as E);
+    expect(readFileSync(path).equals(bytes)).toBe(true);
+    const after = (await readdir(dir)).filter((f) => f !== 'Data.fs.lock').sort();
+    expect(after).toEqual(before.filter((f) => f !== 'Data.fs.lock'));
+  }
+  return errors;
+}
+
+describe('unknown magic', () => {
+  it.each([
+    ['another magic', Buffer.concat([Buffer.from('FS99'), Buffer.alloc(40)])],
+    ['a text file', Buffer.from('hello, this is not a storage\n')],
+    ['a 2-byte file', Buffer.from('FS')],
+  ])('refuses %s with FormatError naming the file, and releases the lock', async (_name, bytes) => {
+    const dir = await tempDir('zrs-bad-');
+    const path = join(dir, 'Data.fs');
+    for (const err of await expectRefused(path, bytes, FormatError)) {
+      expect(err.path).toBe(path);
+      expect(err.message).toContain(path);
+    }
+    // The failed writable open released the lock.
+    await writeFile(path, Buffer.alloc(0));
+    const fs = await FileStorage.open(path);
+    await fs.close();
+    expect(readFileSync(path).toString('latin1')).toBe('FS30');
+  });
+});
+
+describe('damage in the middle of a file (intact transactions after it)', () => {
+  let original: Buffer;
+  let txns: TransactionRecord[];
+  let path: string;
+  /** A transaction in the middle with records. */
+  let victim: TransactionRecord;
+  let prior: TransactionRecord;
+
+  beforeAll(async () => {
+    const dir = await copyZodbFixture('basic');
+    path = join(dir, 'Data.fs');
+    original = readFileSync(path);
+    const fs = await FileStorage.open(path, { readOnly: true });
+    txns = await collect(fs.iterator());
+    await fs.close();
+    const i = txns.findIndex((t, k) => k >= txns.length / 2 && t.records.length >= 2);
+    expect(i).toBeGreaterThan(0);
+    expect(i).toBeLessThan(txns.length - 2);
+    victim = txns[i]!;
+    prior = txns[i - 1]!;
+  });
+
+  const damaged = (edit: (b: Buffer) => void): Buffer => {
+    const b = Buffer.from(original);
+    edit(b);
+    return b;
+  };
+
+  async function expectCorrupt(bytes: Buffer, position: number): Promise<void> {
+    for (const err of await expectRefused(path, bytes, CorruptedDataError)) {
+      expect(err.path).toBe(path);
+      expect(err.position).toBe(position);
+      expect(err.message).toContain(path);
+      expect(err.message).toContain(`position ${position}`);
+    }
+    // Restoring the bytes makes it open again (read-only: no saved index,
+    // which would let the next case skip scanning the damaged part).
+    await writeFile(path, original);
+    expect(existsSync(`${path}.zrs-index`)).toBe(false);
+    const fs = await FileStorage.open(path, { readOnly: true });
+    expect(fs.transactionCount).toBe(txns.length);
+    await fs.close();
+  }
+
+  it('a tid that goes backwards', () => expectCorrupt(damaged((b) => prior.tid.copy(b, victim.pos)), victim.pos));
+
+  it('a zero tid', () => expectCorrupt(damaged((b) => Z64.copy(b, victim.pos)), victim.pos));
+
+  it('a broken redundant length', () =>
+    expectCorrupt(
+      damaged((b) => b.writeUInt32BE(victim.length + 1, victim.pos + victim.length + 4)),
+      victim.pos + victim.length,
+    ));
+
+  it('a transaction length shorter than its own header', () =>
+    expectCorrupt(damaged((b) => b.writeUInt32BE(10, victim.pos + 12)), victim.pos));
+
+  it('an unknown status byte', () => expectCorrupt(damaged((b) => (b[victim.pos + 16] = 0x78)), victim.pos + 16));
+
+  it('a data record whose length points far outside its transaction', () => {
+    const r = victim.records[0]!;
+    return expectCorrupt(damaged((b) => b.writeUInt32BE(b.readUInt32BE(r.pos + 38) + 100_000, r.pos + 38)), r.pos);
+  });
+
+  it('a last data record one byte longer than its transaction', () => {
+    const r = victim.records.at(-1)!;
+    return expectCorrupt(damaged((b) => b.writeUInt32BE(b.readUInt32BE(r.pos + 38) + 1, r.pos + 38)), r.pos);
+  });
+
+  it('a data record pointing at another transaction (tloc)', () => {
+    const r = victim.records[1]!;
+    return expectCorrupt(damaged((b) => b.writeUInt32BE(prior.pos, r.pos + 28)), r.pos);
+  });
+
+  it('a data record whose previous-record pointer points forward', () => {
+    const r = victim.records[0]!;
+    return expectCorrupt(damaged((b) => b.writeUInt32BE(r.pos + 1, r.pos + 20)), r.pos);
+  });
+});
+
+describe('damage inside the last, complete transaction', () => {
+  // ZODB's read_index cuts a last transaction only when it runs past the end
+  // of the file or is still marked 'c'; a complete one (status ' ', matching
+  // redundant length) with a bad data record is a CorruptedError ("data record
+  // exceeds transaction record"). Its tpcFinish was reported durable, so
+  // cutting it would silently drop a committed transaction.
+  it('is refused as corruption, not cut as an unfinished tail', async () => {
+    const dir = await copyZodbFixture('basic');
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { readOnly: true });
+    const last = (await collect(fs.iterator())).at(-1)!;
+    await fs.close();
+    expect(last.records.length).toBeGreaterThan(0);
+    const r = last.records[0]!;
+    const bytes = readFileSync(path);
+    bytes.writeUInt32BE(bytes.readUInt32BE(r.pos + 38) + 100_000, r.pos + 38);
+    for (const err of await expectRefused(path, bytes, CorruptedDataError)) {
+      expect(err.path).toBe(path);
+      expect(err.position).toBe(r.pos);
+    }
+  });
+});
+
+describe('missing files', () => {
+  it('refuses a missing file without create, naming it, and creates nothing', async () => {
+    const dir = await tempDir('zrs-bad-');
+    const path = join(dir, 'Data.fs');
+    for (const readOnly of [false, true]) {
+      const err = await openError(path, readOnly);
+      expect(err).toBeInstanceOf(ZrsError);
+      expect((err as Error).message).toContain(path);
+      if (!readOnly) expect((err as Error).message).toContain('create');
+      expect(existsSync(path)).toBe(false);
+    }
+    // Read-only never creates, even when asked to.
+    const err = await FileStorage.open(path, { readOnly: true, create: true }).then(
+      (fs) => fs.close().then(() => null),
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(ZrsError);
+    expect(existsSync(path)).toBe(false);
+  });
+
+  it('refuses a file in a missing directory with an error naming the path', async () => {
+    const dir = await tempDir('zrs-bad-');
+    const path = join(dir, 'no', 'such', 'dir', 'Data.fs');
+    for (const readOnly of [false, true]) {
+      const err = await openError(path, readOnly);
+      expect(err).toBeInstanceOf(Error);
+      expect((err as Error).message).toContain(join(dir, 'no', 'such', 'dir'));
+    }
+  });
+});
+
+describe('malformed arguments', () => {
+  it('refuses oids that are not 8 bytes, empty data and oversized metadata; the transaction goes on', async () => {
+    const dir = await tempDir('zrs-bad-');
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, now: fakeClock() });
+    try {
+      const t1 = await commit(fs, [[oidOf(1), Z64, Buffer.from('one')]]);
+      const bytes = readFileSync(path);
+      const txn = {};
+      await fs.tpcBegin(txn);
+      for (const oid of [Buffer.alloc(7, 1), Buffer.alloc(9, 1), Buffer.alloc(0)]) {
+        expect(() => fs.store(oid, Z64, Buffer.from('x'), txn)).toThrow(ZrsError);
+        expect(() => fs.restore(oid, fs.lastTransaction(), Buffer.from('x'), null, txn)).toThrow(ZrsError);
+        await expect(fs.load(oid)).rejects.toBeInstanceOf(POSKeyError);
+      }
+      expect(() => fs.store(oidOf(2), Z64, Buffer.alloc(0), txn)).toThrow(ZrsError);
+      fs.store(oidOf(2), Z64, Buffer.from('two'), txn);
+      await fs.tpcVote(txn);
+      const t2 = await fs.tpcFinish(txn);
+      const got = await collect(fs.iterator());
+      expect(got.map((t) => t.records.map((r) => r.oid.toString('hex')))).toEqual([
+        [oidOf(1).toString('hex')],
+        [oidOf(2).toString('hex')],
+      ]);
+      expect(readFileSync(path).subarray(0, bytes.length)).toEqual(bytes);
+      expect((await fs.load(oidOf(2))).tid).toEqual(t2);
+      expect((await fs.load(oidOf(1))).tid).toEqual(t1);
+
+      const big = 'x'.repeat(0x10000);
+      for (const meta of [{ user: big }, { description: big }, { extensionBytes: Buffer.alloc(0x10000) }]) {
+        await expect(fs.tpcBegin(meta)).rejects.toBeInstanceOf(ZrsError);
+      }
+      // The refused begins held no lock.
+      await commit(fs, [], { user: 'x'.repeat(0xffff) });
+    } finally {
+      await fs.close();
+    }
+  });
+});
