@@ -36,6 +36,8 @@ import { StreamWriter } from './streamWriter.js';
 const ZRS2_MAX_FRAME_BYTES = 8;
 /** Commits queued for a live session before it falls back to reading the log. */
 export const DEFAULT_FOLLOW_BUFFER = 1024;
+/** Catch-up writes batches of about this size. */
+const BATCH_FLUSH_BYTES = 256 * 1024;
 
 export interface SessionLog {
   (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>): void;
@@ -105,6 +107,8 @@ export class PrimarySession {
       drain: () => this.writer.onDrain(),
       close: (error) => {
         this.writer.onClose();
+        // A session that already ended (refused, protocol error) has nothing to hear.
+        if (this.actor.getSnapshot().status !== 'active') return;
         this.actor.send(error ? { type: 'TRANSPORT_ERROR', error } : { type: 'PEER_CLOSED' });
       },
     });
@@ -136,6 +140,7 @@ export class PrimarySession {
   // ------------------------------------------------------------ inbound
 
   private onData(chunk: Uint8Array): void {
+    if (this.finished) return; // ended: late acks or keep-alives have no one to hear them
     try {
       this.decoder.feed(chunk);
       for (let f = this.decoder.next(); f !== null; f = this.decoder.next()) {
@@ -173,7 +178,15 @@ export class PrimarySession {
     let startTid: Buffer;
     let wantsBlobs = false;
     if (spec.kind === 'native') {
-      const hello = decodeNative(payload, this.unpackr, 'secondary');
+      let hello: ReturnType<typeof decodeNative>;
+      try {
+        hello = decodeNative(payload, this.unpackr, 'secondary');
+      } catch (err) {
+        // A malformed start tid is refused (bad-tid) so the native peer learns why.
+        if (!(err instanceof Error && err.message.startsWith('hello.startTid'))) throw err;
+        this.actor.send({ type: 'START', startTid: Buffer.alloc(8), primaryLastTid, edgeRefusal: { code: 'bad-tid', reason: err.message } });
+        return;
+      }
       if (hello.type !== 'hello') throw new Error(`expected hello, got ${hello.type}`);
       startTid = hello.startTid;
       wantsBlobs = hello.options.blobs;
@@ -261,30 +274,60 @@ export class PrimarySession {
   /** True while no transaction is being written. */
   private idle = true;
 
-  private async sendTransaction(txn: TransactionRecord, signal: AbortSignal): Promise<boolean> {
-    if (signal.aborted) return false;
+  /**
+   * Write one transaction. With `more` set, small transactions stay batched
+   * (catch-up); the batch is flushed when it is large or nothing follows.
+   */
+  private sendTransaction(txn: TransactionRecord, signal: AbortSignal, more = false): Promise<boolean> {
+    if (signal.aborted) return Promise.resolve(false);
+    const sending = this.writeTransaction(txn, signal, more);
+    this.inflight = sending.then(
+      () => undefined,
+      () => undefined,
+    );
+    return sending;
+  }
+
+  /**
+   * The transaction being written, if any. A transaction once started is
+   * written whole and reported SENT even if its actor was aborted meanwhile
+   * (its frames are in the codec's checksum and on the wire); the next
+   * streaming actor waits for it and starts after it, so nothing is sent twice.
+   */
+  private inflight: Promise<void> = Promise.resolve();
+  private lastWrittenTid: Buffer | null = null;
+
+  private async writeTransaction(txn: TransactionRecord, signal: AbortSignal, more: boolean): Promise<boolean> {
     const codec = this.codec!;
     this.idle = false;
     try {
-      for await (const f of codec.transaction(txn)) await this.writer.write(f);
-      await this.writer.flush();
+      const frames = codec.plainFrames(txn);
+      if (frames) for (const f of frames) this.writer.push(f);
+      else for await (const f of codec.transaction(txn)) await this.writer.write(f);
+      if (!more || this.writer.pending >= BATCH_FLUSH_BYTES) await this.writer.flush();
     } finally {
       this.idle = true;
     }
-    if (signal.aborted) return false;
-    this.actor.send({ type: 'SENT', tid: txn.tid });
-    return true;
+    this.lastWrittenTid = txn.tid;
+    if (this.actor.getSnapshot().status === 'active') this.actor.send({ type: 'SENT', tid: txn.tid });
+    return !signal.aborted;
   }
 
   /** Stream every durable transaction after input.afterTid, from the log file. */
   private async catchUp(input: StreamInput, signal: AbortSignal): Promise<StreamOutput> {
     const storage = this.options.storage;
     let last: Buffer | null = null;
-    const start = tidPlusOne(Buffer.from(input.afterTid));
+    // A transaction an aborted actor was writing is finished (and SENT) first.
+    await this.inflight;
+    const written = this.lastWrittenTid;
+    const after = written !== null && Buffer.compare(written, input.afterTid) > 0 ? written : input.afterTid;
+    const start = tidPlusOne(Buffer.from(after));
     for await (const txn of storage.iterator(start, null, { signal })) {
-      if (!(await this.sendTransaction(txn, signal))) break;
+      const more = txn.pos + txn.length + 8 < storage.durableEnd;
+      if (!(await this.sendTransaction(txn, signal, more))) break;
       last = txn.tid;
     }
+    await this.writer.flush();
     return { lastTid: last };
   }
 
@@ -312,7 +355,7 @@ export class PrimarySession {
             if (Buffer.compare(c.tid, lastTid) <= 0) continue;
             if (storage.fileEpoch !== epoch) return overflow();
             const txn = await readTransaction(storage, reader, c.pos);
-            if (!(await this.sendTransaction(txn, signal))) return;
+            if (!(await this.sendTransaction(txn, signal, queue.length > 0))) return;
             lastTid = txn.tid;
           }
         } catch (err) {

@@ -50,6 +50,8 @@ export interface OutboundCodec {
   refusal(code: RefuseCode, message: string): Buffer | null;
   heartbeat(lastTid: Buffer, clockMs: number): Buffer | null;
   transaction(txn: TransactionRecord): AsyncGenerator<Buffer>;
+  /** All frames of a transaction without blobs, built at once; null when it has blob records. */
+  plainFrames(txn: TransactionRecord): Buffer[] | null;
 }
 
 async function* blobBlocks(storage: FileStorage, oid: Buffer, tid: Buffer, blockBytes: number): AsyncGenerator<Buffer, void, void> {
@@ -100,6 +102,13 @@ export function nativeOutbound(storage: FileStorage, startTid: Buffer, options: 
       encodeNativeFrame({ type: 'welcome', lastTid, generation: { generation: 0, startTid: Buffer.alloc(8) }, options: { blobs: options.blobs, compression: 'none' } }, packr),
     refusal: (code, message) => encodeNativeFrame({ type: 'refuse', code, message }, packr),
     heartbeat: (lastTid, clockMs) => frame({ type: 'heartbeat', lastTid, clockMs }),
+    plainFrames(txn) {
+      if (options.blobs && storage.blobs && txn.records.some((r) => isBlobRecord(r.data))) return null;
+      const out = [frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes })];
+      for (const r of txn.records) out.push(frame({ type: 'record', oid: r.oid, dataTxn: r.dataTxn, data: r.data }));
+      out.push(frame({ type: 'commit', checksum: checksum.digest() }));
+      return out;
+    },
     async *transaction(txn) {
       yield frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes });
       for (const r of txn.records) {
@@ -129,6 +138,16 @@ export function zrs2Outbound(storage: FileStorage, startTid: Buffer, spec: Proto
     welcome: () => null,
     refusal: () => null,
     heartbeat: () => null,
+    plainFrames(txn) {
+      if (blobs && txn.records.some((r) => isBlobRecord(r.data))) return null;
+      const out = [frame(encodeMessage({ type: 'T', tid: txn.tid, status: txn.status, user: txn.user, description: txn.description, extension: extensionDict(txn.extensionBytes) }))];
+      for (const r of txn.records) {
+        out.push(frame(encodeMessage({ type: 'S', oid: r.oid, tid: txn.tid, version: '', dataTxn: r.dataTxn })));
+        out.push(frame(r.data ?? Buffer.alloc(0)));
+      }
+      out.push(frame(encodeMessage({ type: 'C', digest: checksum.digest() })));
+      return out;
+    },
     async *transaction(txn) {
       yield frame(
         encodeMessage({ type: 'T', tid: txn.tid, status: txn.status, user: txn.user, description: txn.description, extension: extensionDict(txn.extensionBytes) }),

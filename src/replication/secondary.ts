@@ -245,9 +245,16 @@ export class Secondary {
       if (error) this.log('warn', `replication from ${conn.stream.peer} stopped: ${error.message}`, { error: error.name });
       send({ type: 'DISCONNECTED', error });
     };
+    // A decoding error or a close ends the connection only after the events decoded before it
+    // (transactions whose checksum was verified) are applied, as zc.zrs's secondary does.
+    let ending = false;
+    const failAfterQueued = (error?: Error): void => {
+      ending = true;
+      conn.chain = conn.chain.then(() => fail(error));
+    };
     conn.stream.setHandlers({
       data: (chunk) => {
-        if (conn.dead) return;
+        if (conn.dead || ending) return;
         try {
           conn.decoder.feed(chunk);
           for (let f = conn.decoder.next(); f !== null; f = conn.decoder.next()) {
@@ -255,11 +262,11 @@ export class Secondary {
             conn.decoder.setMaxFrameBytes(conn.inbound.maxFrameBytes);
           }
         } catch (err) {
-          fail(asError(err));
+          failAfterQueued(asError(err));
         }
       },
       drain: () => undefined,
-      close: (error) => fail(error ?? (conn.decoder.bufferedBytes > 0 ? new ZrsError('connection closed inside a frame') : undefined)),
+      close: (error) => failAfterQueued(error ?? (conn.decoder.bufferedBytes > 0 ? new ZrsError('connection closed inside a frame') : undefined)),
     });
   }
 
@@ -297,16 +304,15 @@ export class Secondary {
   }
 
   private onApplied(conn: Connection, tid: Buffer): void {
-    this.actor.send({ type: 'TXN_APPLIED', tid });
     conn.lastDurableTid = tid;
-    if (this.spec.hasAcks && !conn.ackPending && !conn.dead) {
-      // One ack covers every transaction made durable by the same fsync.
-      conn.ackPending = true;
-      queueMicrotask(() => {
-        conn.ackPending = false;
-        if (!conn.dead) conn.stream.write(encodeNativeFrame({ type: 'ack', tid: conn.lastDurableTid }, this.packr));
-      });
-    }
+    if (conn.ackPending) return;
+    // One report (and one ack) covers every transaction made durable by the same fsync.
+    conn.ackPending = true;
+    queueMicrotask(() => {
+      conn.ackPending = false;
+      this.actor.send({ type: 'TXN_APPLIED', tid: conn.lastDurableTid });
+      if (this.spec.hasAcks && !conn.dead) conn.stream.write(encodeNativeFrame({ type: 'ack', tid: conn.lastDurableTid }, this.packr));
+    });
   }
 
   /** Stop reading, abort the half-received transaction, close the socket. */

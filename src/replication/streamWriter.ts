@@ -49,6 +49,17 @@ export class StreamWriter {
     if (this.batchBytes >= BATCH_BYTES) await this.flush();
   }
 
+  /** Add a frame to the batch without writing; call flush() or write() after. */
+  push(frame: Buffer): void {
+    this.batch.push(frame);
+    this.batchBytes += frame.length;
+  }
+
+  /** Bytes batched but not yet written. */
+  get pending(): number {
+    return this.batchBytes;
+  }
+
   /** Write the batch now; resolves when the socket can take more. */
   async flush(): Promise<void> {
     if (this.batchBytes === 0) return;
