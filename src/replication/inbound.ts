@@ -80,7 +80,10 @@ export class NativeInbound implements InboundDecoder {
       case 'txn':
         if (this.tid !== null) throw new ProtocolError('txn inside a transaction');
         this.tid = msg.tid;
-        return [{ kind: 'begin', tid: msg.tid, status: msg.status, user: msg.user, description: msg.description, extension: msg.extension }];
+        return [
+          { kind: 'begin', tid: msg.tid, status: msg.status, user: msg.user, description: msg.description, extension: msg.extension },
+          ...(msg.records ?? []).map((r): ApplyEvent => ({ kind: 'record', oid: r.oid, data: r.data && Buffer.from(r.data), dataTxn: r.dataTxn, blob: null })),
+        ];
       case 'record':
         if (this.tid === null || this.blobRemaining > 0) throw new ProtocolError('record outside a transaction');
         this.pendingRecord = msg;

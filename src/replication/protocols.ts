@@ -104,10 +104,10 @@ export function nativeOutbound(storage: FileStorage, startTid: Buffer, options: 
     heartbeat: (lastTid, clockMs) => frame({ type: 'heartbeat', lastTid, clockMs }),
     plainFrames(txn) {
       if (options.blobs && storage.blobs && txn.records.some((r) => isBlobRecord(r.data))) return null;
-      const out = [frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes })];
-      for (const r of txn.records) out.push(frame({ type: 'record', oid: r.oid, dataTxn: r.dataTxn, data: r.data }));
-      out.push(frame({ type: 'commit', checksum: checksum.digest() }));
-      return out;
+      // The inline form: one message carries the whole transaction.
+      const records = txn.records.map((r) => ({ oid: r.oid, dataTxn: r.dataTxn, data: r.data }));
+      const head = frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes, records });
+      return [head, frame({ type: 'commit', checksum: checksum.digest() })];
     },
     async *transaction(txn) {
       yield frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes });

@@ -185,6 +185,15 @@ export interface RefuseMessage {
 /** FileStorage transaction status as replicated: ' ' committed, 'p' packed. */
 export type TxnStatus = ' ' | 'p';
 
+/** One record carried inside a `txn` message (the inline form). */
+export interface InlineRecord {
+  oid: Buffer;
+  /** Backpointer target when the primary's record is a backpointer, else null. */
+  dataTxn: Buffer | null;
+  /** Resolved data (a view into the frame), or null for "no data". */
+  data: Buffer | null;
+}
+
 /** Primary -> secondary: a transaction begins. */
 export interface TxnMessage {
   type: 'txn';
@@ -194,6 +203,11 @@ export interface TxnMessage {
   description: Buffer;
   /** The extension exactly as stored (pickled bytes), so the secondary's file stays identical. */
   extension: Buffer;
+  /**
+   * Inline form: every record of a transaction without blobs, in file order;
+   * no `record` messages follow, only `commit`. Absent: `record` messages follow.
+   */
+  records?: InlineRecord[];
 }
 
 /** Primary -> secondary: one data record of the current transaction. */
@@ -347,7 +361,10 @@ export function decodeNative(payload: Uint8Array, unpackr: Unpackr, from?: Nativ
 /** A message's object as packed: explicit fields only, never undefined. */
 function toWire(msg: NativeMessage): Record<string, unknown> {
   try {
-    return parseMessage(msg, false) as unknown as Record<string, unknown>;
+    const wire = parseMessage(msg, false) as unknown as Record<string, unknown>;
+    // Inline records travel as [oid, dataTxn, data] arrays: smaller and faster than maps.
+    if (msg.type === 'txn' && wire.records) wire.records = (wire.records as InlineRecord[]).map((r) => [r.oid, r.dataTxn, r.data]);
+    return wire;
   } catch (error) {
     throw new TypeError(`cannot encode native message: ${(error as Error).message}`, { cause: error });
   }
@@ -547,7 +564,27 @@ function parseTxn(obj: Obj, copy: boolean): TxnMessage {
     user: asBytes(get(obj, 'user', 'txn'), 'txn.user', copy),
     description: asBytes(get(obj, 'description', 'txn'), 'txn.description', copy),
     extension: asBytes(get(obj, 'extension', 'txn'), 'txn.extension', copy),
+    ...parseInlineRecords(getOptional(obj, 'records'), copy),
   };
+}
+
+/** Inline records: arrays [oid, dataTxn, data] on the wire, objects from a local caller. */
+function parseInlineRecords(value: unknown, copy: boolean): { records?: InlineRecord[] } {
+  if (value === undefined) return {};
+  if (!Array.isArray(value)) return fail(`txn.records must be an array, got ${describe(value)}`);
+  const records = value.map((item: unknown, i): InlineRecord => {
+    const [oid, dataTxn, data] = Array.isArray(item)
+      ? item.length === 3
+        ? item
+        : fail(`txn.records[${i}] must have 3 elements, got ${item.length}`)
+      : [asObj(item, `txn.records[${i}]`).oid, (item as Obj).dataTxn, (item as Obj).data];
+    return {
+      oid: asId(oid, `txn.records[${i}].oid`, copy),
+      dataTxn: dataTxn === null ? null : asId(dataTxn, `txn.records[${i}].dataTxn`, copy),
+      data: data === null ? null : asBytes(data, `txn.records[${i}].data`, false),
+    };
+  });
+  return { records };
 }
 
 function parseRecord(obj: Obj, copy: boolean): RecordMessage {

@@ -58,7 +58,6 @@ async function build(dir: string, specs: TxnSpec[]): Promise<Built> {
   fs = await FileStorage.open(path, { now: clock, fsync: false });
   const lastPos = fs.getSize();
   const after = new Model();
-  after.revisions.clear();
   for (const [k, v] of before.revisions) after.revisions.set(k, [...v]);
   const last = specs.at(-1)!;
   await after.commit(fs, writesOf(last), { user: last.user, description: last.description });

@@ -367,3 +367,35 @@ describe('encodeNative / decodeNative', () => {
     expect(Object.keys(decodeNative(payload, createNativeUnpackr()))).toEqual(['type', 'code', 'message']);
   });
 });
+
+describe('inline records in txn', () => {
+  const packr = createNativePackr();
+  const unpackr = createNativeUnpackr();
+  const id = (n: number) => Buffer.from([0, 0, 0, 0, 0, 0, 0, n]);
+
+  it('round-trips a transaction carrying its records, including backpointers and no-data records', () => {
+    const msg: NativeMessage = {
+      type: 'txn',
+      tid: id(9),
+      status: ' ',
+      user: Buffer.from('u'),
+      description: Buffer.alloc(0),
+      extension: Buffer.alloc(0),
+      records: [
+        { oid: id(1), dataTxn: null, data: Buffer.from('one') },
+        { oid: id(2), dataTxn: id(5), data: Buffer.from('two') },
+        { oid: id(3), dataTxn: null, data: null },
+      ],
+    };
+    const back = decodeNative(encodeNative(msg, packr), unpackr, 'primary');
+    expect(back).toEqual(msg);
+  });
+
+  it('rejects inline records of the wrong shape with a ProtocolError naming the index', () => {
+    const wire = (records: unknown) =>
+      new Packr({ useRecords: false }).pack({ type: 'txn', tid: id(1), status: ' ', user: Buffer.alloc(0), description: Buffer.alloc(0), extension: Buffer.alloc(0), records });
+    expect(() => decodeNative(wire([[id(1), null]]), unpackr)).toThrow(/txn.records\[0\] must have 3 elements/);
+    expect(() => decodeNative(wire([[Buffer.alloc(7), null, null]]), unpackr)).toThrow(/txn.records\[0\].oid/);
+    expect(() => decodeNative(wire('x'), unpackr)).toThrow(ProtocolError);
+  });
+});
