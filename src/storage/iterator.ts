@@ -4,7 +4,7 @@
 // window and one transaction in memory at a time.
 
 import { CorruptedDataError } from '../errors.js';
-import { DATA_HEADER_BYTES, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength, readDataHeader, readTxnHeader, readU64At } from './format.js';
+import { DATA_HEADER_BYTES, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength, readTxnHeader, readU64At } from './format.js';
 import { WindowReader } from './fileio.js';
 import type { FileStorage } from './FileStorage.js';
 import type { DataRecord, TransactionRecord } from './types.js';
@@ -45,7 +45,8 @@ export async function* iterateTransactions(
     }
     let txn: TransactionRecord;
     try {
-      txn = await readTransaction(storage, reader, pos);
+      // Parse straight from the window when it holds the transaction; read only when not.
+      txn = parseTransactionAt(storage, reader, pos) ?? (await readTransaction(storage, reader, pos));
     } catch (err) {
       if (epoch === storage.fileEpoch) throw err;
       continue; // the old handle closed under the read (pack): re-seek in the new file
@@ -79,31 +80,45 @@ async function view(reader: WindowReader, pos: number, length: number): Promise<
   return v;
 }
 
+/** The transaction at `pos` if the window holds all of it, else null (no I/O). */
+export function parseTransactionAt(storage: FileStorage, reader: WindowReader, pos: number): TransactionRecord | null {
+  if (!reader.has(pos, TXN_HEADER_BYTES)) return null;
+  const length = readU64At(reader.view(pos, TXN_HEADER_BYTES), 8);
+  if (!reader.has(pos, length + TRAILER_BYTES)) return null;
+  return parseTransaction(storage, reader.view(pos, length + TRAILER_BYTES), pos);
+}
+
 /** Read one whole transaction at `pos` with its records. */
 export async function readTransaction(storage: FileStorage, reader: WindowReader, pos: number): Promise<TransactionRecord> {
   const h = readTxnHeader(await view(reader, pos, TXN_HEADER_BYTES));
   const total = h.length + TRAILER_BYTES;
-  const body = await view(reader, pos, total);
-  const tid = Buffer.from(body.subarray(0, 8));
+  return parseTransaction(storage, await view(reader, pos, total), pos);
+}
+
+function parseTransaction(storage: FileStorage, body: Buffer, pos: number): TransactionRecord {
+  const h = readTxnHeader(body);
+  // Views, not copies: each window is a fresh buffer that is never rewritten,
+  // so they stay valid; a kept record keeps its window (1 MiB) alive.
+  const tid = body.subarray(0, 8);
   let off = TXN_HEADER_BYTES;
-  const user = Buffer.from(body.subarray(off, (off += h.ulen)));
-  const description = Buffer.from(body.subarray(off, (off += h.dlen)));
-  const extensionBytes = Buffer.from(body.subarray(off, (off += h.elen)));
+  const user = body.subarray(off, (off += h.ulen));
+  const description = body.subarray(off, (off += h.dlen));
+  const extensionBytes = body.subarray(off, (off += h.elen));
   const records: DataRecord[] = [];
   while (off < h.length) {
-    const d = readDataHeader(body, off);
-    const len = dataRecordLength(d.plen);
+    const plen = off + DATA_HEADER_BYTES <= h.length ? readU64At(body, off + 34) : Infinity;
+    const len = dataRecordLength(plen);
     if (off + len > h.length) throw new CorruptedDataError(storage.path, pos + off, 'data record runs past its transaction');
-    records.push(recordAt(storage, body, off, pos + off, tid, d.plen));
+    records.push(recordAt(storage, body, off, pos + off, tid, plen));
     off += len;
   }
   return { tid, status: h.status, user, description, extensionBytes, pos, length: h.length, records };
 }
 
 function recordAt(storage: FileStorage, body: Buffer, off: number, pos: number, tid: Buffer, plen: number): DataRecord {
-  const oid = Buffer.from(body.subarray(off, off + 8));
+  const oid = body.subarray(off, off + 8);
   if (plen > 0) {
-    const data = Buffer.from(body.subarray(off + DATA_HEADER_BYTES, off + DATA_HEADER_BYTES + plen));
+    const data = body.subarray(off + DATA_HEADER_BYTES, off + DATA_HEADER_BYTES + plen);
     return { oid, tid, data, dataTxn: null, pos, back: null };
   }
   const back = readU64At(body, off + DATA_HEADER_BYTES);

@@ -36,7 +36,11 @@ export interface DataRecord {
   back: number | null;
 }
 
-/** One transaction as the iterator returns it. */
+/**
+ * One transaction as the iterator returns it. Its buffers are views into a
+ * read window that is never reused, so they stay valid; copy them when you
+ * keep a few records for long (each view keeps its window alive).
+ */
 export interface TransactionRecord {
   tid: Buffer;
   /** ' ', 'p' (packed) … */
