@@ -249,7 +249,11 @@ function createContext(input: SecondaryConnectionInput): SecondaryConnectionCont
     address: input.address,
     protocol: input.protocol,
     random: input.random,
-    reconnect: checkReconnect({ ...DEFAULT_RECONNECT, ...input.reconnect }),
+    // Undefined fields keep their defaults (a spread would overwrite them).
+    reconnect: checkReconnect({
+      ...DEFAULT_RECONNECT,
+      ...Object.fromEntries(Object.entries(input.reconnect ?? {}).filter(([, v]) => v !== undefined)),
+    }),
     keepAliveDelayMs,
     connectTimeoutMs: input.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
     handshakeTimeoutMs: input.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,

@@ -6,6 +6,7 @@
 import { open } from 'node:fs/promises';
 import type { ProtocolSpec } from '../../machines/handshake.js';
 import { BlobMissingError } from '../errors.js';
+import { isBlobRecord } from '../storage/blobs.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import { loads, type PickleDict } from '../wire/pickle.js';
 import type { TransactionRecord } from '../storage/types.js';
@@ -23,25 +24,7 @@ export function supportedProtocols(hasBlobs: boolean): ProtocolSpec[] {
   return hasBlobs ? [NATIVE_SPEC, ZRS21_SPEC] : [NATIVE_SPEC, ZRS21_SPEC, ZRS20_SPEC];
 }
 
-const BLOB_MARKER = Buffer.from('ZODB.blob', 'latin1');
-const BLOB_GLOBAL = Buffer.from('cZODB.blob\nBlob\n', 'latin1');
-
-/**
- * Whether a record's data is a ZODB blob record: its first (class) pickle is the class
- * ZODB.blob.Blob itself, as ZODB.blob.is_blob_record decides. A record that merely refers to a
- * blob (a persistent reference `(oid, ZODB.blob.Blob)` in its state) is not one.
- */
-export function isBlobRecord(data: Buffer | null): boolean {
-  if (data === null || data.length >= 4096 || !data.includes(BLOB_MARKER)) return false;
-  let p = data[0] === 0x80 ? 2 : 0; // PROTO n
-  if (!data.subarray(p, p + BLOB_GLOBAL.length).equals(BLOB_GLOBAL)) return false;
-  p += BLOB_GLOBAL.length;
-  if (data[p] === 0x71) p += 2; // BINPUT n
-  else if (data[p] === 0x72) p += 5; // LONG_BINPUT n
-  else if (data[p] === 0x94) p += 1; // MEMOIZE
-  else if (data[p] === 0x70) p = data.indexOf(0x0a, p) + 1; // PUT n\n
-  return p > 0 && data[p] === 0x2e; // STOP: the class alone
-}
+export { isBlobRecord };
 
 /** Frames for one transaction, yielded one at a time so a blob is never held whole. */
 export interface OutboundCodec {

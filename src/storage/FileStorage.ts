@@ -442,7 +442,12 @@ export class FileStorage {
   async undo(id: string | Buffer, txn: TransactionMeta): Promise<Buffer[]> {
     const cur = this.pending(txn, 'undo');
     if (cur.voted) throw new StorageTransactionError('undo: transaction already voted');
-    return undoTransaction(this, id, txn);
+    const plan = undoTransaction(this, id, txn);
+    for (const { oid, from } of plan.blobCopies) {
+      const stagedPath = await this.requireBlobs().stageCopy(from);
+      cur.blobs.push({ oid, stagedPath, placedPath: null });
+    }
+    return plan.oids;
   }
 
   /** Undoable transactions, newest first (see undo.ts). */
@@ -705,19 +710,22 @@ export class FileStorage {
     if (pos === undefined) throw new POSKeyError(Buffer.from(oid));
     while (pos && out.length < size) {
       const h = this.readDataHeaderAt(pos);
-      const t = this.readTxnHeaderAt(h.tloc);
-      const meta = this.readAt(h.tloc + TXN_HEADER_BYTES, t.ulen + t.dlen + t.elen);
-      out.push({
-        tid: Buffer.from(h.tid),
-        time: tidToSeconds(h.tid),
-        user: Buffer.from(meta.subarray(0, t.ulen)),
-        description: Buffer.from(meta.subarray(t.ulen, t.ulen + t.dlen)),
-        extension: decodeExtension(Buffer.from(meta.subarray(t.ulen + t.dlen))),
-        size: h.plen,
-      });
+      out.push({ ...this.readTxnMeta(h.tloc, this.readTxnHeaderAt(h.tloc)), size: h.plen });
       pos = h.prev;
     }
     return out;
+  }
+
+  /** Tid, time, user, description and decoded extension of the transaction at `tpos`. @internal */
+  readTxnMeta(tpos: number, t: TxnHeader): { tid: Buffer; time: number; user: Buffer; description: Buffer; extension: Record<string, PickleValue> } {
+    const meta = this.readAt(tpos + TXN_HEADER_BYTES, t.ulen + t.dlen + t.elen);
+    return {
+      tid: Buffer.from(t.tid),
+      time: tidToSeconds(t.tid),
+      user: Buffer.from(meta.subarray(0, t.ulen)),
+      description: Buffer.from(meta.subarray(t.ulen, t.ulen + t.dlen)),
+      extension: decodeExtension(Buffer.from(meta.subarray(t.ulen + t.dlen))),
+    };
   }
 
   /** Tid of the last committed transaction (Z64 for an empty storage). */
@@ -776,26 +784,31 @@ export class FileStorage {
     return this.state;
   }
 
-  /** Position of the transaction with exactly this tid, or null. */
+  /**
+   * Position of the committed transaction with exactly this tid, or null.
+   * Committed means finished, durable or not: restore and undo must see a
+   * transaction whose fsync is still pending.
+   */
   findTransaction(tid: Buffer): number | null {
-    const pos = this.positionAfter(tid, true);
-    if (pos === null || pos >= this.end) return null;
+    const pos = this.positionAfter(tid, true, this.end);
+    if (pos >= this.end) return null;
     return this.readTxnHeaderAt(pos).tid.equals(tid) ? pos : null;
   }
 
   /**
    * Position of the first transaction with a tid >= `tid` (or > when
-   * `inclusive` is false), or the committed end when there is none.
+   * `inclusive` is false) before `limit` (default: the durable end, what
+   * iterators and replication may read), or `limit` when there is none.
    */
-  positionAfter(tid: Buffer, inclusive: boolean): number {
+  positionAfter(tid: Buffer, inclusive: boolean, limit = this.publishedEnd): number {
     let pos = sampleAtOrBefore(this.state.samples, tid, MAGIC_BYTES);
-    while (pos < this.publishedEnd) {
+    while (pos < limit) {
       const h = this.readTxnHeaderAt(pos);
       const c = Buffer.compare(h.tid, tid);
       if (c > 0 || (inclusive && c === 0)) return pos;
       pos += h.length + TRAILER_BYTES;
     }
-    return this.publishedEnd;
+    return limit;
   }
 
   /** Resolve once the durable end moves past `end` (or the storage closes). @internal */

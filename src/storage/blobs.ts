@@ -11,6 +11,27 @@ import { POSKeyError, ZrsError } from '../errors.js';
 
 const LAYOUT = 'bushy';
 
+const BLOB_MARKER = Buffer.from('ZODB.blob', 'latin1');
+const BLOB_GLOBAL = Buffer.from('cZODB.blob\nBlob\n', 'latin1');
+
+/**
+ * Whether a record's data is a ZODB blob record: its first (class) pickle is the class
+ * ZODB.blob.Blob itself, as ZODB.blob.is_blob_record decides. A record that merely refers to a
+ * blob (a persistent reference `(oid, ZODB.blob.Blob)` in its state) is not one.
+ */
+export function isBlobRecord(data: Buffer | null): boolean {
+  if (data === null || data.length >= 4096 || !data.includes(BLOB_MARKER)) return false;
+  let p = data[0] === 0x80 ? 2 : 0; // PROTO n
+  if (!data.subarray(p, p + BLOB_GLOBAL.length).equals(BLOB_GLOBAL)) return false;
+  p += BLOB_GLOBAL.length;
+  if (data[p] === 0x71) p += 2; // BINPUT n
+  else if (data[p] === 0x72) p += 5; // LONG_BINPUT n
+  else if (data[p] === 0x94) p += 1; // MEMOIZE
+  else if (data[p] === 0x70) p = data.indexOf(0x0a, p) + 1; // PUT n\n
+  return p > 0 && data[p] === 0x2e; // STOP: the class alone
+}
+
+
 export interface PlacedBlob {
   oid: Buffer;
   tid: Buffer;
@@ -73,6 +94,13 @@ export class BlobDirectory {
       await copyFile(sourcePath, staged, constants.COPYFILE_EXCL);
       await rm(sourcePath, { force: true });
     }
+    return staged;
+  }
+
+  /** Copy a committed blob file into the temp area (it stays unchanged). */
+  async stageCopy(sourcePath: string): Promise<string> {
+    const staged = this.tempPath();
+    await copyFile(sourcePath, staged, constants.COPYFILE_EXCL);
     return staged;
   }
 

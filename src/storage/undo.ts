@@ -5,9 +5,9 @@
 
 import { UndoError } from '../errors.js';
 import { STATUS_COMMITTED, STATUS_PACKED, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength } from './format.js';
-import { decodeExtension, type FileStorage } from './FileStorage.js';
+import type { FileStorage } from './FileStorage.js';
 import { oidKey } from './scan.js';
-import { tidToSeconds } from './timestamp.js';
+import { isBlobRecord } from './blobs.js';
 import type { TransactionMeta, UndoLogEntry } from './types.js';
 
 /** ZODB's undo id for a transaction: its tid in base64. */
@@ -43,16 +43,7 @@ export function undoLog(
     if (h.status === STATUS_PACKED) break;
     end = tpos;
     if (h.status !== STATUS_COMMITTED) continue;
-    const meta = storage.readAt(tpos + TXN_HEADER_BYTES, h.ulen + h.dlen + h.elen);
-    const entry: UndoLogEntry = {
-      id: undoIdFor(h.tid),
-      tid: Buffer.from(h.tid),
-      time: tidToSeconds(h.tid),
-      user: Buffer.from(meta.subarray(0, h.ulen)),
-      description: Buffer.from(meta.subarray(h.ulen, h.ulen + h.dlen)),
-      extension: decodeExtension(Buffer.from(meta.subarray(h.ulen + h.dlen))),
-      size: h.length,
-    };
+    const entry: UndoLogEntry = { id: undoIdFor(h.tid), ...storage.readTxnMeta(tpos, h), size: h.length };
     if (filter && !filter(entry)) continue;
     if (matched >= first) out.push(entry);
     matched += 1;
@@ -76,7 +67,13 @@ function dataPosition(storage: FileStorage, pos: number): number {
  * oids it reverts. Each object goes back to the revision before the undone
  * one (a backpointer; position 0 when the undone transaction created it).
  */
-export function undoTransaction(storage: FileStorage, id: string | Buffer, txn: TransactionMeta): Buffer[] {
+export interface UndoPlan {
+  oids: Buffer[];
+  /** Blob files to copy for the undo transaction: the restored revisions' blobs. */
+  blobCopies: Array<{ oid: Buffer; from: string }>;
+}
+
+export function undoTransaction(storage: FileStorage, id: string | Buffer, txn: TransactionMeta): UndoPlan {
   const tid = tidFromUndoId(id);
   const tpos = storage.findTransaction(tid);
   if (tpos === null) throw new UndoError(`transaction ${tid.toString('hex')} not found`);
@@ -97,7 +94,22 @@ export function undoTransaction(storage: FileStorage, id: string | Buffer, txn: 
   }
   // Check everything before writing anything: an undo applies whole or not at all.
   for (const step of plan) storage.appendUndoRecord(step.oid, step.back, txn);
-  return plan.map((s) => s.oid);
+  return { oids: plan.map((s) => s.oid), blobCopies: blobCopies(storage, plan) };
+}
+
+/**
+ * As ZODB does, an undo that brings back a blob revision gives the undo
+ * transaction its own copy of that blob file (blob files are per revision).
+ */
+function blobCopies(storage: FileStorage, plan: Array<{ oid: Buffer; back: number }>): UndoPlan['blobCopies'] {
+  const blobs = storage.blobs;
+  if (!blobs) return [];
+  const out: UndoPlan['blobCopies'] = [];
+  for (const { oid, back } of plan) {
+    if (back === 0 || !isBlobRecord(storage.resolveData(back))) continue;
+    out.push({ oid, from: blobs.pathFor(oid, storage.readDataHeaderAt(back).tid) });
+  }
+  return out;
 }
 
 function undoTarget(storage: FileStorage, key: string, pos: number, prev: number): number {

@@ -14,12 +14,31 @@ export class PickleTuple<T = PickleValue> {
   }
 }
 
+/**
+ * A Python float whose value is a whole number (`2.0`, `-0.0`), which a JS
+ * number cannot tell from an int. `loads` returns one for such floats and
+ * `dumps` writes it as a float, so a pickle re-encodes to the same bytes.
+ * Other floats are plain numbers.
+ */
+export class PickleFloat {
+  constructor(readonly value: number) {}
+  valueOf(): number {
+    return this.value;
+  }
+}
+
+/** A float read from a pickle: whole values keep their float-ness. */
+function asFloat(v: number): number | PickleFloat {
+  return Number.isInteger(v) ? new PickleFloat(v) : v;
+}
+
 /** A Python dict. Only `str` keys; `Map` keeps Python's insertion order even for keys like `"10"`. */
 export type PickleDict = Map<string, PickleValue>;
 
 /**
  * What `loads` returns. Python `int` is a `number` inside ±(2^53-1) and a `bigint` outside it;
- * Python `float` is a `number` too, so an integral float (`1.0`) reads back as the int `1`.
+ * Python `float` is a `number`, except a whole-valued one (`1.0`), which is a `PickleFloat` so it
+ * does not turn into the int `1` when pickled again.
  * `bytes` is a fresh `Buffer` (never a view of the input); a Python 2 `str` is a JS string when
  * it is ASCII and a `Buffer` otherwise (ZODB's `errors='bytes'` rule).
  */
@@ -27,6 +46,7 @@ export type PickleValue =
   | null
   | boolean
   | number
+  | PickleFloat
   | bigint
   | string
   | Buffer
@@ -43,6 +63,7 @@ export type PickleWritable =
   | null
   | boolean
   | number
+  | PickleFloat
   | bigint
   | string
   | Uint8Array
@@ -269,8 +290,8 @@ class Unpickler {
       [c('L'), () => this.push(this.textLong(this.line()))],
       [0x8a, () => this.push(this.binLong(this.u8()))],
       [0x8b, () => this.push(this.binLong(this.i32()))],
-      [c('F'), () => this.push(this.textFloat(this.line()))],
-      [c('G'), () => this.push(this.view(8).getFloat64(0, false))],
+      [c('F'), () => this.push(asFloat(this.textFloat(this.line())))],
+      [c('G'), () => this.push(asFloat(this.view(8).getFloat64(0, false)))],
       [c('X'), () => this.push(this.utf8(this.u32()))],
       [0x8c, () => this.push(this.utf8(this.u8()))],
       [0x8d, () => this.push(this.utf8(this.u64()))],
@@ -621,6 +642,7 @@ class Pickler {
 
   private saveObject(v: Exclude<PickleWritable, null | boolean | number | bigint | string>): void {
     if (v instanceof Uint8Array) return this.saveBytes(v);
+    if (v instanceof PickleFloat) return this.saveFloat(v.value);
     if (this.inProgress.has(v)) throw new PickleError('cannot pickle a cyclic value');
     if (this.depth >= this.maxDepth) throw new PickleError('value nested too deeply');
     if (this.saveMemoized(v)) return;

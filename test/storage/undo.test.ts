@@ -110,3 +110,33 @@ describe('undo', () => {
     }
   });
 });
+
+describe('undo with blobs', () => {
+  it('gives the undo transaction its own copy of the restored blob, as ZODB does', async () => {
+    const dir = await tempDir();
+    const fs = await FileStorage.open(join(dir, 'Data.fs'), { create: true, fsync: false, blobDir: join(dir, 'blobs') });
+    const { writeFileSync, readFileSync } = await import('node:fs');
+    const blobRecord = Buffer.from('8003635a4f44422e626c6f620a426c6f620a71002e80034e2e', 'hex');
+    try {
+      const oid = fs.newOid();
+      const store = async (serial: Buffer, content: string): Promise<Buffer> => {
+        const txn = { description: content };
+        await fs.tpcBegin(txn);
+        const src = join(dir, `upload-${content}`);
+        writeFileSync(src, content);
+        await fs.storeBlob(oid, serial, blobRecord, src, txn);
+        await fs.tpcVote(txn);
+        return fs.tpcFinish(txn);
+      };
+      const t1 = await store(Z64, 'first');
+      const t2 = await store(t1, 'second');
+      await undo(fs, t2);
+      const undoTid = fs.lastTransaction();
+      expect(readFileSync(await fs.loadBlob(oid, undoTid), 'utf8')).toBe('first');
+      expect(readFileSync(await fs.loadBlob(oid, t1), 'utf8')).toBe('first');
+      expect(readFileSync(await fs.loadBlob(oid, t2), 'utf8')).toBe('second');
+    } finally {
+      await fs.close();
+    }
+  });
+});

@@ -5,7 +5,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { PickleError } from '../../src/errors.js';
-import { dumps, loads, PickleTuple, type PickleValue } from '../../src/wire/pickle.js';
+import { dumps, loads, PickleFloat, PickleTuple, type PickleValue } from '../../src/wire/pickle.js';
 
 const FIXTURES = new URL('../../../shared/fixtures/', import.meta.url);
 const readJson = (rel: string): unknown => JSON.parse(readFileSync(new URL(rel, FIXTURES), 'utf8'));
@@ -254,7 +254,8 @@ const leaf: fc.Arbitrary<PickleValue> = fc.oneof(
   fc.integer(),
   fc.maxSafeInteger(),
   safeBigInt,
-  fc.double().filter((d) => !Object.is(d, -0)),
+  // A whole-valued float is a PickleFloat (a plain number would be an int).
+  fc.double().filter((d) => !Object.is(d, -0)).map((d) => (Number.isInteger(d) ? new PickleFloat(d) : d)),
   str,
   fc.uint8Array({ maxLength: 300 }).map((a) => Buffer.from(a)),
 );
@@ -277,6 +278,20 @@ function loadsOrPickleError(bytes: Uint8Array): void {
 
 const VALID: Buffer[] = [...EXTENSIONS.map((e) => hex(e.raw)), ...ZRS_PICKLES.slice(0, 40).map((p) => hex(p.hex))];
 const OPCODE_BYTES = [...'()0123NIJKLMFGXCBUT]lae)tdsupqrgjhcR.', '\x80', '\x88', '\x89', '\x8a', '\x85', '\x86', '\x87', '\x93', '\x94', '\x95'].map((c) => c.charCodeAt(0));
+
+describe('whole-valued floats', () => {
+  it('stay floats through loads and dumps (2.0 is not the int 2)', () => {
+    for (const protocol of [1, 2, 3] as const) {
+      const raw = dumps(new Map<string, PickleValue>([['f', new PickleFloat(2)], ['g', 2.5], ['n', 2]]), { protocol });
+      const back = loads(raw) as Map<string, PickleValue>;
+      expect(back.get('f')).toBeInstanceOf(PickleFloat);
+      expect((back.get('f') as PickleFloat).value).toBe(2);
+      expect(back.get('g')).toBe(2.5);
+      expect(back.get('n')).toBe(2);
+      expect(dumps(back, { protocol }).equals(raw)).toBe(true);
+    }
+  });
+});
 
 describe('properties', () => {
   it('loads(dumps(v)) equals v for every protocol, memo or fast', () => {

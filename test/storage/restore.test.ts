@@ -1,0 +1,42 @@
+// restore() writes a backpointer when dataTxn names a transaction holding the
+// same data — also when that transaction is committed but its fsync is still
+// pending (a secondary applying a stream finishes many before one fsync).
+
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { Z64, tidPlusOne } from '../../src/storage/timestamp.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+
+afterAll(cleanupTempDirs);
+
+describe('restore with dataTxn', () => {
+  it('finds a committed transaction whose fsync has not completed', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: true });
+    try {
+      const oid = Buffer.from('0000000000000001', 'hex');
+      const t1 = { description: 'one' };
+      const tid1 = Buffer.from('03f00000000000a0', 'hex');
+      await fs.tpcBegin(t1, { tid: tid1 });
+      fs.restore(oid, tid1, Buffer.from('payload'), null, t1);
+      await fs.tpcVote(t1);
+      const finishing = fs.tpcFinish(t1); // not awaited: its fsync is in flight
+      const t2 = { description: 'two' };
+      const tid2 = tidPlusOne(tid1);
+      await fs.tpcBegin(t2, { tid: tid2 });
+      fs.restore(oid, tid2, Buffer.from('payload'), tid1, t2);
+      await fs.tpcVote(t2);
+      await fs.tpcFinish(t2);
+      await finishing;
+      const txns = [];
+      for await (const t of fs.iterator()) txns.push(t);
+      const rec = txns[1]!.records[0]!;
+      expect(rec.back).toBe(txns[0]!.records[0]!.pos);
+      expect(rec.dataTxn?.equals(tid1)).toBe(true);
+      expect(rec.data?.toString()).toBe('payload');
+      expect(Z64.length).toBe(8);
+    } finally {
+      await fs.close();
+    }
+  });
+});
