@@ -303,7 +303,11 @@ export class PrimarySession {
     try {
       const frames = codec.plainFrames(txn);
       if (frames) for (const f of frames) this.writer.push(f);
-      else for await (const f of codec.transaction(txn)) await this.writer.write(f);
+      else {
+        // Transactions batched before this one go out first, even if reading its blobs fails.
+        await this.writer.flush();
+        for await (const f of codec.transaction(txn)) await this.writer.write(f);
+      }
       if (!more || this.writer.pending >= BATCH_FLUSH_BYTES) await this.writer.flush();
     } finally {
       this.idle = true;

@@ -1,0 +1,173 @@
+// Bad input to a primary over real loopback sockets: each case closes only
+// the offending connection with a logged reason, while a real secondary
+// connected beside it keeps replicating. Keep-alives after the handshake are
+// ignored. Native peers that are refused receive a `refuse` message.
+
+import { join } from 'node:path';
+import { Packr } from 'msgpackr';
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Primary } from '../../src/replication/primary.js';
+import { Secondary } from '../../src/replication/secondary.js';
+import { FRAME_HEADER_BYTES } from '../../src/wire/framing.js';
+import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName, type PrimaryMessage } from '../../src/wire/native.js';
+import { Zrs2StreamParser, type Zrs2Event } from '../../src/wire/zrs2.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { commitMany, waitForTid } from './helpers.js';
+import { FAST_RECONNECT, FramedSocket, LogCollector, sessionClosed, type LogEntry } from './netHelpers.js';
+
+afterAll(cleanupTempDirs);
+
+const NATIVE = nativeProtocolName();
+const hello = (startTid: Buffer): Buffer =>
+  encodeNative({ type: 'hello', startTid, generations: [], options: { blobs: false } }, createNativePackr());
+/** A hello whose startTid has the wrong length (the codec refuses to encode one). */
+const badHello = (startTid: Buffer): Buffer =>
+  new Packr({ useRecords: false }).pack({ type: 'hello', startTid, generations: [], options: { blobs: false } });
+
+let primary: Primary;
+let good: Secondary;
+let logs: LogCollector;
+let raw: FramedSocket | null = null;
+
+beforeEach(async () => {
+  const dir = await tempDir();
+  logs = new LogCollector();
+  primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, log: logs.log });
+  await commitMany(primary.storage, 3);
+  good = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT });
+  await waitForTid(good, primary.storage.lastTransaction());
+});
+
+afterEach(async () => {
+  raw?.destroy();
+  raw = null;
+  await good.close();
+  await primary.close();
+});
+
+/** The rejected connection is closed, its reason logged, and the good secondary still follows. */
+async function expectOnlyThatConnectionClosed(reason: RegExp): Promise<LogEntry> {
+  await raw!.waitClosed();
+  const entry = await logs.waitFor((e) => sessionClosed(e) && reason.test(e.message));
+  expect(['warn', 'error']).toContain(entry.level);
+  const [tid] = await commitMany(primary.storage, 1);
+  await waitForTid(good, tid!);
+  expect(primary.secondaries()).toHaveLength(1);
+  expect(logs.count((e) => sessionClosed(e))).toBe(1);
+  return entry;
+}
+
+async function connect(): Promise<FramedSocket> {
+  raw = await FramedSocket.connect(primary.address);
+  return raw;
+}
+
+const decodeRefusal = (f: Buffer): PrimaryMessage => decodeNative(f, createNativeUnpackr(), 'primary');
+
+describe('a primary given bad input closes only that connection', () => {
+  it('unknown protocol name', async () => {
+    (await connect()).send(Buffer.from('zrs9.9'));
+    await expectOnlyThatConnectionClosed(/unsupported protocol "zrs9.9"/);
+  });
+
+  it('unknown native protocol version: refused with a refuse message', async () => {
+    const c = await connect();
+    c.send(Buffer.from('zrs-ts/99'));
+    const msg = decodeRefusal(await c.frame(0));
+    expect(msg).toMatchObject({ type: 'refuse', code: 'unsupported-version' });
+    await expectOnlyThatConnectionClosed(/unsupported protocol/);
+  });
+
+  it('oversized first message (17 bytes)', async () => {
+    (await connect()).send(Buffer.alloc(17, 0x61));
+    await expectOnlyThatConnectionClosed(/protocol error: .*17/);
+  });
+
+  it('oversized message after a zrs2.0 handshake', async () => {
+    const c = await connect();
+    c.send(Buffer.from('zrs2.0'));
+    c.send(primary.storage.lastTransaction());
+    c.send(Buffer.alloc(9));
+    await expectOnlyThatConnectionClosed(/protocol error: .*9/);
+  });
+
+  it('oversized message after a native handshake', async () => {
+    const c = await connect();
+    c.send(NATIVE);
+    c.send(hello(primary.storage.lastTransaction()));
+    expect(decodeRefusal(await c.frame(0)).type).toBe('welcome');
+    // Only the header: the primary must refuse before reading the body.
+    const header = Buffer.alloc(FRAME_HEADER_BYTES);
+    header.writeUInt32BE(1024 * 1024);
+    c.sendRaw(header);
+    await expectOnlyThatConnectionClosed(/protocol error: .*1048576/);
+  });
+
+  it('zrs2.0 start tid that is not 8 bytes', async () => {
+    const c = await connect();
+    c.send(Buffer.from('zrs2.0'));
+    c.send(Buffer.alloc(7));
+    await expectOnlyThatConnectionClosed(/bad-tid|7 bytes/);
+  });
+
+  it('native start tid that is not 8 bytes: refused with a refuse message', async () => {
+    const c = await connect();
+    c.send(NATIVE);
+    c.send(badHello(Buffer.alloc(7)));
+    const msg = decodeRefusal(await c.frame(0));
+    expect(msg).toMatchObject({ type: 'refuse', code: 'bad-tid' });
+    await expectOnlyThatConnectionClosed(/bad-tid|7 bytes/);
+  });
+
+  it('zrs2.1 start tid newer than the primary has', async () => {
+    const c = await connect();
+    c.send(Buffer.from('zrs2.1'));
+    c.send(Buffer.alloc(8, 0xff));
+    await expectOnlyThatConnectionClosed(/tid-too-high/);
+  });
+
+  it('native start tid newer than the primary has: refused with a refuse message', async () => {
+    const c = await connect();
+    c.send(NATIVE);
+    c.send(hello(Buffer.alloc(8, 0xff)));
+    const msg = decodeRefusal(await c.frame(0));
+    expect(msg).toMatchObject({ type: 'refuse', code: 'tid-too-high' });
+    await expectOnlyThatConnectionClosed(/tid-too-high/);
+  });
+
+  it.each(['zrs2.0', 'zrs2.1'])('any non-empty message after a %s handshake: "Too many messages"', async (name) => {
+    const c = await connect();
+    c.send(Buffer.from(name));
+    c.send(primary.storage.lastTransaction());
+    c.send(Buffer.from('hi'));
+    await expectOnlyThatConnectionClosed(/Too many messages/);
+  });
+
+  it('an unexpected native message after the handshake', async () => {
+    const c = await connect();
+    c.send(NATIVE);
+    c.send(hello(primary.storage.lastTransaction()));
+    expect(decodeRefusal(await c.frame(0)).type).toBe('welcome');
+    c.send(hello(primary.storage.lastTransaction()));
+    await expectOnlyThatConnectionClosed(/unexpected hello/);
+  });
+
+  it('empty frames after the handshake are keep-alives: the connection stays and gets live commits', async () => {
+    const c = await connect();
+    const start = primary.storage.lastTransaction();
+    c.send(Buffer.from('zrs2.0'));
+    c.send(start);
+    for (let i = 0; i < 5; i++) c.send(Buffer.alloc(0));
+    const [tid] = await commitMany(primary.storage, 1);
+    const parser = new Zrs2StreamParser({ startTid: start, protocol: 'zrs2.0' });
+    const events: Zrs2Event[] = [];
+    for (let i = 0; !events.some((e) => e.kind === 'commit'); i++) events.push(...parser.push(await c.frame(i)));
+    expect(events.at(-1)).toMatchObject({ kind: 'commit', tid });
+    for (let i = 0; i < 5; i++) c.send(Buffer.alloc(0));
+    const [tid2] = await commitMany(primary.storage, 1);
+    await waitForTid(good, tid2!);
+    expect(primary.secondaries()).toHaveLength(2);
+    expect(logs.count(sessionClosed)).toBe(0);
+  });
+});
+

@@ -1,0 +1,128 @@
+// Closing a secondary in every phase of its connection: connecting, waiting
+// to reconnect, connected between transactions, and in the middle of a
+// transaction. close() resolves, the file holds its last complete
+// transaction byte for byte, the lock can be taken again and no socket or
+// timer is left behind.
+
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { filter, firstValueFrom, from, timeout } from 'rxjs';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
+import { Primary } from '../../src/replication/primary.js';
+import { nativeOutbound } from '../../src/replication/protocols.js';
+import { Secondary } from '../../src/replication/secondary.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { createNativeUnpackr, decodeNative } from '../../src/wire/native.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { allTransactions, commitMany, waitForTid } from './helpers.js';
+import { activeResources, FakeServer, settleUntil, unusedPort, WAIT_MS } from './netHelpers.js';
+
+afterAll(cleanupTempDirs);
+afterEach(() => {
+  vi.restoreAllMocks();
+});
+
+const HANDLES = ['TCPSocketWrap', 'TCPServerWrap', 'Timeout'] as const;
+
+/** Resolves once no more sockets, servers or timers are alive than at `baseline`. */
+async function expectHandlesBackTo(baseline: Record<string, number>): Promise<void> {
+  const excess = (): string[] => HANDLES.filter((h) => (activeResources()[h] ?? 0) > (baseline[h] ?? 0));
+  await settleUntil(() => excess().length === 0).catch(() => {
+    throw new Error(`handles left: ${excess().join(', ')} (${JSON.stringify(activeResources())} vs ${JSON.stringify(baseline)})`);
+  });
+}
+
+/** close() resolves within the bound, the lock can be taken again and the file is `expected`. */
+async function closeAndCheck(secondary: Secondary, path: string, expected: Buffer): Promise<void> {
+  await Promise.race([
+    secondary.close(),
+    new Promise((_r, reject) => setTimeout(() => reject(new Error('close() did not resolve')), WAIT_MS).unref()),
+  ]);
+  expect(readFileSync(path).equals(expected)).toBe(true);
+  const reopened = await FileStorage.open(path, { fsync: false });
+  await reopened.close();
+}
+
+function stateOf(secondary: Secondary): string {
+  const v = secondary.machine.getSnapshot().value;
+  return typeof v === 'string' ? v : Object.keys(v)[0]!;
+}
+
+describe('closing a secondary', () => {
+  it('while connecting to an address with no listener', async () => {
+    const baseline = activeResources();
+    const dir = await tempDir();
+    const path = join(dir, 's.fs');
+    const secondary = await Secondary.open({ path, replicateFrom: await unusedPort(), fsync: false, reconnect: { initialMs: 5, maxMs: 50 } });
+    expect(['connecting', 'backoff']).toContain(stateOf(secondary));
+    await closeAndCheck(secondary, path, readFileSync(path));
+    expect(stateOf(secondary)).toBe('closed');
+    await expectHandlesBackTo(baseline);
+  });
+
+  it('while waiting to reconnect', async () => {
+    const baseline = activeResources();
+    const dir = await tempDir();
+    const path = join(dir, 's.fs');
+    const secondary = await Secondary.open({ path, replicateFrom: await unusedPort(), fsync: false, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
+    if (stateOf(secondary) !== 'backoff') await firstValueFrom(secondary.status$.pipe(filter((s) => s.kind === 'backoff'), timeout(WAIT_MS)));
+    expect(secondary.machine.getSnapshot().context.nextRetryDelayMs).toBeGreaterThan(1000);
+    await closeAndCheck(secondary, path, readFileSync(path));
+    await expectHandlesBackTo(baseline);
+  });
+
+  it('connected, between transactions', async () => {
+    const baseline = activeResources();
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
+    const path = join(dir, 's.fs');
+    const tids = await commitMany(primary.storage, 10);
+    const secondary = await Secondary.open({ path, replicateFrom: primary.address, fsync: false, reconnect: { initialMs: 5, maxMs: 50 } });
+    await waitForTid(secondary, tids.at(-1)!);
+    expect(stateOf(secondary)).toBe('connected');
+    const before = readFileSync(path);
+    await closeAndCheck(secondary, path, before);
+    expect(before.equals(readFileSync(join(dir, 'p.fs')))).toBe(true);
+    // The primary sees its secondary go.
+    await settleUntil(() => primary.secondaries().length === 0);
+    await primary.close();
+    await expectHandlesBackTo(baseline);
+  });
+
+  it('connected, in the middle of a transaction', async () => {
+    const baseline = activeResources();
+    const dir = await tempDir();
+    const source = await FileStorage.open(join(dir, 'source.fs'), { create: true, fsync: false });
+    await commitMany(source, 2, 4);
+    const [t1, t2] = await allTransactions(source);
+    const fake = await FakeServer.start((c) => {
+      void (async () => {
+        const hello = decodeNative(await c.frame(1), createNativeUnpackr(), 'secondary');
+        if (hello.type !== 'hello') throw new Error('expected hello');
+        const codec = nativeOutbound(source, hello.startTid, { blobs: false });
+        c.sendRaw(codec.welcome(source.lastTransaction())!);
+        for (const f of codec.plainFrames(t1!)!) c.sendRaw(f);
+        // Every frame of t2 but its commit.
+        for (const f of codec.plainFrames(t2!)!.slice(0, -1)) c.sendRaw(f);
+      })();
+    });
+    // The secondary began t2 (and restored what it could): an event, not a sleep.
+    const began = new Promise<void>((resolve) => {
+      const original = FileStorage.prototype.tpcBegin;
+      vi.spyOn(FileStorage.prototype, 'tpcBegin').mockImplementation(async function (this: FileStorage, ...args) {
+        await original.apply(this, args);
+        if (args[1]?.tid?.equals(t2!.tid)) resolve();
+      });
+    });
+    const path = join(dir, 's.fs');
+    const secondary = await Secondary.open({ path, replicateFrom: fake.address, fsync: false, reconnect: { initialMs: 5, maxMs: 50 } });
+    await waitForTid(secondary, t1!.tid);
+    await firstValueFrom(from(began).pipe(timeout(WAIT_MS)));
+    const before = readFileSync(path);
+    expect(before.equals(readFileSync(join(dir, 'source.fs')).subarray(0, t2!.pos))).toBe(true);
+    await closeAndCheck(secondary, path, before);
+    await fake.close();
+    await source.close();
+    await expectHandlesBackTo(baseline);
+  });
+});
