@@ -1,0 +1,105 @@
+// The `zrs` command line: dispatch to one command per file, `--help` on every
+// command, usage errors with exit code 2. `runCli` takes its I/O as a port so
+// tests can run it in-process; src/cli/main.ts binds it to the real process.
+
+import { readFileSync } from 'node:fs';
+import { ZrsError } from '../errors.js';
+import { commandHelp, parseArgs, UsageError, usageLine, type CommandSpec, type ParsedArgs } from './args.js';
+import { dump, dumpSpec } from './dump.js';
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, type CliIo } from './io.js';
+import type { LogFormat } from './logging.js';
+import { serve, serveSpec } from './serve.js';
+import { verify, verifySpec } from './verify.js';
+
+interface Command {
+  spec: CommandSpec;
+  run(args: ParsedArgs, io: CliIo): Promise<number>;
+}
+
+const COMMANDS: readonly Command[] = [
+  {
+    spec: serveSpec,
+    run: (a, io) =>
+      serve(a.positionals[0]!, io, {
+        logFormat: a.flags.get('log-format') as LogFormat | undefined,
+        checkOnly: a.flags.has('check'),
+      }),
+  },
+  { spec: verifySpec, run: (a, io) => verify(a.positionals[0]!, io, !a.flags.has('no-progress')) },
+  { spec: dumpSpec, run: (a, io) => dump(a.positionals[0]!, io) },
+];
+
+/** The package version, read from package.json beside src/. */
+export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+function mainHelp(): string {
+  const width = Math.max(...COMMANDS.map((c) => c.spec.name.length));
+  return [
+    'usage: zrs COMMAND [OPTIONS] ARGS',
+    '',
+    'ZODB replicated storage: serve primaries and secondaries from a ZConfig file, inspect Data.fs files.',
+    '',
+    'commands:',
+    ...COMMANDS.map((c) => `  ${c.spec.name.padEnd(width)}  ${c.spec.summary}`),
+    '',
+    "Run 'zrs COMMAND --help' for a command's options and examples.",
+    'Exit codes: 0 success, 1 failure (a problem found, a configuration error, a storage error), 2 bad command line.',
+    '',
+  ].join('\n');
+}
+
+/** Run the command line `argv` (without node and script); resolves to the exit code. */
+export async function runCli(argv: readonly string[], io: CliIo): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined) {
+    io.err(`${mainHelp()}\nzrs: missing COMMAND\n`);
+    return EXIT_USAGE;
+  }
+  if (name === '--help' || name === '-h') {
+    await io.out(mainHelp());
+    return EXIT_OK;
+  }
+  if (name === '--version') {
+    await io.out(`zrs ${VERSION}\n`);
+    return EXIT_OK;
+  }
+  if (name === 'help') {
+    const target = rest[0] === undefined ? undefined : COMMANDS.find((c) => c.spec.name === rest[0]);
+    if (rest[0] !== undefined && !target) return usage(io, `unknown command ${JSON.stringify(rest[0])}`, null);
+    await io.out(target ? commandHelp(target.spec) : mainHelp());
+    return EXIT_OK;
+  }
+  const command = COMMANDS.find((c) => c.spec.name === name);
+  if (!command) return usage(io, `unknown command ${JSON.stringify(name)} (commands: ${COMMANDS.map((c) => c.spec.name).join(', ')})`, null);
+  let args: ParsedArgs;
+  try {
+    args = parseArgs(command.spec, rest);
+  } catch (err) {
+    if (err instanceof UsageError) return usage(io, err.message, command.spec);
+    throw err;
+  }
+  if (args.help) {
+    await io.out(commandHelp(command.spec));
+    return EXIT_OK;
+  }
+  try {
+    return await command.run(args, io);
+  } catch (err) {
+    // Operating errors (missing file, locked storage, bad format) are reported, not thrown.
+    if (err instanceof ZrsError || isSystemError(err)) {
+      io.err(`zrs ${name}: ${(err as Error).message}\n`);
+      return EXIT_FAILURE;
+    }
+    throw err;
+  }
+}
+
+function usage(io: CliIo, message: string, spec: CommandSpec | null): number {
+  const help = spec ? `${usageLine(spec)}\nRun 'zrs ${spec.name} --help' for details.` : "Run 'zrs --help' for the commands.";
+  io.err(`zrs${spec ? ` ${spec.name}` : ''}: ${message}\n${help}\n`);
+  return EXIT_USAGE;
+}
+
+function isSystemError(err: unknown): boolean {
+  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string' && typeof (err as NodeJS.ErrnoException).syscall === 'string';
+}

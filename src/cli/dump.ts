@@ -1,0 +1,96 @@
+// `zrs dump FILE`: every transaction and data record, in the format of
+// ZODB's fsdump (ZODB.FileStorage.fsdump), so the two can be diffed. Reads
+// through a read-only FileStorage, so, like ZODB's FileIterator, it stops
+// before an unfinished or damaged last transaction.
+
+import { FileStorage } from '../storage/FileStorage.js';
+import { TXN_HEADER_BYTES } from '../storage/format.js';
+import { tidToString } from '../storage/timestamp.js';
+import type { CommandSpec } from './args.js';
+import { EXIT_OK, type CliIo } from './io.js';
+import { pickleClass } from './pickleClass.js';
+
+export const dumpSpec: CommandSpec = {
+  name: 'dump',
+  positionals: ['FILE'],
+  flags: [],
+  summary: 'List the transactions and data records of a Data.fs, like ZODB\'s fsdump.',
+  description: `
+For each transaction: its number, tid, time, the offset of its first data
+record, status, user and description; for each record: oid, data size,
+class (read from the pickle without unpickling it) and, for a backpointer,
+the tid of the record it points at (bp=). The file is opened read-only and
+may be in use by a running server.
+
+example:
+  zrs dump /var/db/Data.fs | less`,
+};
+
+/** Flush the text buffer to stdout once it holds this many characters. */
+const FLUSH_CHARS = 64 * 1024;
+
+export async function dump(path: string, io: CliIo): Promise<number> {
+  const fs = await FileStorage.open(path, { readOnly: true });
+  let buf = '';
+  const line = async (text: string): Promise<void> => {
+    buf += `${text}\n`;
+    if (buf.length >= FLUSH_CHARS) {
+      const out = buf;
+      buf = '';
+      await io.out(out);
+    }
+  };
+  try {
+    let i = 0;
+    for await (const t of fs.iterator()) {
+      const offset = t.pos + TXN_HEADER_BYTES + t.user.length + t.description.length + t.extensionBytes.length;
+      await line(`Trans #${pad5(i++)} tid=${t.tid.toString('hex')} time=${tidToString(t.tid)} offset=${offset}`);
+      await line(`    status=${pyStrRepr(t.status)} user=${pyBytesRepr(t.user)} description=${pyBytesRepr(t.description)}`);
+      let j = 0;
+      for (const r of t.records) {
+        let size = '';
+        let cls = 'undo or abort of object creation';
+        if (r.data !== null) {
+          const [module, name] = pickleClass(r.data);
+          size = ` size=${r.data.length}`;
+          cls = `${module}.${name}`;
+        }
+        const bp = r.dataTxn ? ` bp=${r.dataTxn.toString('hex')}` : '';
+        await line(`  data #${pad5(j++)} oid=${r.oid.toString('hex')}${size} class=${cls}${bp}`);
+      }
+    }
+    if (buf) await io.out(buf);
+  } finally {
+    await fs.close();
+  }
+  return EXIT_OK;
+}
+
+function pad5(n: number): string {
+  return String(n).padStart(5, '0');
+}
+
+/** Python's repr() of a bytes object. */
+export function pyBytesRepr(b: Uint8Array): string {
+  return `b${quoted(Array.from(b), b.includes(0x27) && !b.includes(0x22))}`;
+}
+
+/** Python's repr() of a short str of Latin-1 characters (the status byte). */
+export function pyStrRepr(s: string): string {
+  const codes = Array.from(s, (c) => c.charCodeAt(0));
+  return quoted(codes, s.includes("'") && !s.includes('"'), true);
+}
+
+function quoted(codes: number[], useDouble: boolean, isStr = false): string {
+  const q = useDouble ? 0x22 : 0x27;
+  let out = String.fromCharCode(q);
+  for (const c of codes) {
+    if (c === q || c === 0x5c) out += `\\${String.fromCharCode(c)}`;
+    else if (c === 0x09) out += '\\t';
+    else if (c === 0x0a) out += '\\n';
+    else if (c === 0x0d) out += '\\r';
+    else if (c < 0x20 || c === 0x7f || (c > 0x7f && !(isStr && c >= 0xa1 && c !== 0xad))) out += `\\x${c.toString(16).padStart(2, '0')}`;
+    else out += String.fromCharCode(c);
+  }
+  return out + String.fromCharCode(q);
+}

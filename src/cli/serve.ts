@@ -1,0 +1,201 @@
+// `zrs serve CONFIG`: open every storage a configuration defines (a primary
+// for a <zrs> without replicate-from, a secondary otherwise, a plain
+// FileStorage for a top-level <filestorage>), log one "ready" line, and run
+// until SIGINT or SIGTERM. Then close: secondaries first (their upstream
+// connections stop, their own listeners close), standalone storages, and
+// primaries last (each drains what is committed to its connected secondaries
+// before closing). A second signal during shutdown exits at once (code 1).
+
+import { ConfigError, loadZrsConfig, type PrimaryConfig, type SecondaryConfig, type StandaloneConfig, type StorageConfig } from '../config/zrs.js';
+import { formatAddress } from '../replication/address.js';
+import { Primary } from '../replication/primary.js';
+import { Secondary } from '../replication/secondary.js';
+import { FileStorage } from '../storage/FileStorage.js';
+import type { CommandSpec } from './args.js';
+import { EXIT_FAILURE, EXIT_OK, type CliIo } from './io.js';
+import { loggerFactory, type LogFormat, type Logger } from './logging.js';
+
+export const serveSpec: CommandSpec = {
+  name: 'serve',
+  positionals: ['CONFIG'],
+  flags: [
+    { name: 'log-format', value: 'FORMAT', choices: ['json', 'human'], help: 'json lines or readable lines (default: human on a terminal, else json)' },
+    { name: 'check', help: 'only load and check the configuration, print what would run, and exit' },
+  ],
+  summary: 'Run the primaries, secondaries and storages a ZConfig file defines.',
+  description: `
+A <zrs> section without replicate-from is a primary: it serves its
+FileStorage at replicate-to. With replicate-from it is a secondary: it
+replicates from that address and, with replicate-to, serves further
+secondaries. Logs go to stderr. SIGINT or SIGTERM closes everything
+gracefully (a primary first sends what is committed to its secondaries)
+and exits 0; a second signal exits at once with 1.
+
+examples:
+  zrs serve /etc/zrs/primary.conf
+  zrs serve --check /etc/zrs/secondary.conf`,
+};
+
+interface Running {
+  config: StorageConfig;
+  /** What the ready line reports: name, kind, path and the bound addresses. */
+  info: Record<string, unknown>;
+  log: Logger;
+  close(): Promise<void>;
+}
+
+export interface ServeOptions {
+  logFormat?: LogFormat;
+  checkOnly?: boolean;
+}
+
+export async function serve(configPath: string, io: CliIo, options: ServeOptions = {}): Promise<number> {
+  const format = options.logFormat ?? (io.stderrIsTTY ? 'human' : 'json');
+  const makeLogger = loggerFactory(format, io.err);
+  const log = makeLogger('zrs');
+  let config;
+  try {
+    config = loadZrsConfig(configPath, { env: io.env });
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    io.err(`zrs serve: configuration error: ${err.message}\n`);
+    return EXIT_FAILURE;
+  }
+  if (config.storages.length === 0) {
+    io.err(`zrs serve: ${config.file} defines no storage (add a <zrs> or <filestorage> section)\n`);
+    return EXIT_FAILURE;
+  }
+  if (options.checkOnly) {
+    for (const s of config.storages) await io.out(`${describe(s)}\n`);
+    return EXIT_OK;
+  }
+
+  // Signals that arrive while storages open are honoured once they are open.
+  let stopRequested: NodeJS.Signals | null = null;
+  let wake: (() => void) | null = null;
+  let shuttingDown = false;
+  const unhook = io.onSignal((signal) => {
+    if (shuttingDown) {
+      log('error', `second ${signal} during shutdown: exiting without closing cleanly`);
+      io.exit(EXIT_FAILURE);
+    }
+    if (stopRequested) return;
+    stopRequested = signal;
+    wake?.();
+  });
+
+  const running: Running[] = [];
+  let code = EXIT_OK;
+  try {
+    // Primaries first, so that secondaries of the same process find them listening.
+    const order = [...config.storages].sort((a, b) => rank(a) - rank(b));
+    for (const s of order) {
+      if (stopRequested) break;
+      running.push(await start(s, makeLogger(s.name)));
+    }
+    if (!stopRequested) {
+      log('info', 'ready', { storages: running.map((r) => r.info), pid: process.pid });
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        if (stopRequested) resolve();
+      });
+    }
+    log('info', `${stopRequested} received: closing`, { signal: stopRequested });
+  } catch (err) {
+    log('error', `failed to start: ${(err as Error).message}`, { error: (err as Error).name });
+    code = EXIT_FAILURE;
+  }
+  shuttingDown = true;
+  // Close in the reverse of the start order: secondaries, standalone storages, primaries.
+  for (const r of running.reverse()) {
+    try {
+      await r.close();
+      r.log('info', 'closed');
+    } catch (err) {
+      r.log('error', `close failed: ${(err as Error).message}`, { error: (err as Error).name });
+      code = EXIT_FAILURE;
+    }
+  }
+  unhook();
+  log('info', 'stopped', { exitCode: code });
+  return code;
+}
+
+function rank(s: StorageConfig): number {
+  return s.kind === 'primary' ? 0 : s.kind === 'filestorage' ? 1 : 2;
+}
+
+async function start(s: StorageConfig, log: Logger): Promise<Running> {
+  if (s.kind === 'primary') return startPrimary(s, log);
+  if (s.kind === 'secondary') return startSecondary(s, log);
+  return startStandalone(s, log);
+}
+
+async function startPrimary(s: PrimaryConfig, log: Logger): Promise<Running> {
+  // ZODB's `create true` starts from an empty file: open it so, then serve that storage.
+  const storage = s.storage.create ? await FileStorage.open(s.options.path, { create: 'truncate', blobDir: s.options.blobDir, fsync: s.options.fsync }) : undefined;
+  let primary: Primary;
+  try {
+    primary = await Primary.open({ ...s.options, storage, log });
+  } catch (err) {
+    await storage?.close();
+    throw err;
+  }
+  const info = { ...summary(s), replicateTo: formatAddress(primary.address) };
+  log('info', 'primary started', { ...info, lastTid: primary.storage.lastTransaction().toString('hex') });
+  return { config: s, info, log, close: () => primary.close() };
+}
+
+async function startSecondary(s: SecondaryConfig, log: Logger): Promise<Running> {
+  if (s.storage.create) await (await FileStorage.open(s.options.path, { create: 'truncate', blobDir: s.options.blobDir })).close();
+  const secondary = await Secondary.open({ ...s.options, log });
+  let previous = '';
+  const sub = secondary.status$.subscribe((st) => {
+    // The machine reports every context change; log each status once.
+    const key = JSON.stringify(st);
+    if (key === previous) return;
+    previous = key;
+    if (st.kind === 'connecting' || st.kind === 'connected') log('info', st.kind, { address: st.address });
+    else if (st.kind === 'disconnected') log('warn', 'disconnected', { address: st.address, reason: st.reason });
+    else if (st.kind === 'backoff') log('info', 'waiting to reconnect', { retryInMs: st.retryInMs });
+    else if (st.kind === 'diverged' || st.kind === 'failed') log('error', st.kind, { reason: st.reason });
+  });
+  const to = secondary.replicationAddress;
+  const info = { ...summary(s), ...(to ? { replicateTo: formatAddress(to) } : {}) };
+  log('info', 'secondary started', { ...info, lastTid: secondary.storage.lastTransaction().toString('hex') });
+  return {
+    config: s,
+    info,
+    log,
+    close: async () => {
+      await secondary.close();
+      sub.unsubscribe();
+    },
+  };
+}
+
+async function startStandalone(s: StandaloneConfig, log: Logger): Promise<Running> {
+  const fs = await FileStorage.open(s.options.path, s.options.open);
+  const info = summary(s);
+  log('info', 'storage opened', { ...info, readOnly: fs.readOnly, lastTid: fs.lastTransaction().toString('hex') });
+  return { config: s, info, log, close: () => fs.close() };
+}
+
+function summary(s: StorageConfig): Record<string, unknown> {
+  const base = { name: s.name, kind: s.kind, path: s.storage.path };
+  if (s.kind === 'primary') return { ...base, replicateTo: formatAddress(s.options.replicateTo) };
+  if (s.kind === 'secondary') {
+    return { ...base, replicateFrom: formatAddress(s.options.replicateFrom), ...(s.options.replicateTo ? { replicateTo: formatAddress(s.options.replicateTo) } : {}) };
+  }
+  return base;
+}
+
+function describe(s: StorageConfig): string {
+  const where = `${s.loc.file}:${s.loc.line}`;
+  if (s.kind === 'primary') return `${where}: primary ${s.name}: ${s.storage.path}, replicating to ${formatAddress(s.options.replicateTo)}`;
+  if (s.kind === 'secondary') {
+    const to = s.options.replicateTo ? `, replicating to ${formatAddress(s.options.replicateTo)}` : '';
+    return `${where}: secondary ${s.name}: ${s.storage.path}, replicating from ${formatAddress(s.options.replicateFrom)}${to}`;
+  }
+  return `${where}: filestorage ${s.name}: ${s.storage.path}${s.storage.readOnly ? ' (read-only)' : ''}`;
+}

@@ -1,0 +1,363 @@
+// The `<zrs>` schema (zc.zrs's, plus this project's own keys) over the
+// ZConfig tree: validates every key and section and returns typed storage
+// definitions whose `options` go straight to Primary.open / Secondary.open /
+// FileStorage.open. Every error names the file, the line and the key.
+
+import { existsSync, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { DEFAULT_RECONNECT } from '../../machines/secondaryConnection.js';
+import type { ReplicationAddress } from '../ports/transport.js';
+import { formatAddress, parseAddress } from '../replication/address.js';
+import type { PrimaryOptions } from '../replication/primary.js';
+import type { SecondaryOptions, SecondaryProtocol } from '../replication/secondary.js';
+import type { OpenOptions } from '../storage/types.js';
+import { ConfigError, parseZConfigFile, parseZConfigText, type ConfigDocument, type ConfigKey, type ConfigSection, type ParseOptions, type SourceLocation } from './zconfig.js';
+
+/** The `<filestorage>` section (ZODB's keys this project supports). */
+export interface FileStorageSettings {
+  path: string;
+  blobDir: string | null;
+  readOnly: boolean;
+  /** ZODB's `create`: start from an empty file, discarding an existing one. */
+  create: boolean;
+  /** Pack with garbage collection (stored for pack; serve does not pack). */
+  packGc: boolean;
+  loc: SourceLocation;
+}
+
+/** Exactly the Primary.open options a config can set (transport, clock, log come from the caller). */
+export interface PrimaryConfigOptions extends Pick<PrimaryOptions, 'path' | 'blobDir' | 'fsync'> {
+  replicateTo: ReplicationAddress;
+}
+
+/** Exactly the Secondary.open options a config can set. */
+export interface SecondaryConfigOptions
+  extends Pick<SecondaryOptions, 'path' | 'blobDir' | 'fsync' | 'transferBlobs' | 'protocol' | 'keepAliveDelayMs' | 'reconnect'> {
+  replicateFrom: ReplicationAddress;
+  replicateTo?: ReplicationAddress;
+}
+
+interface StorageCommon {
+  /** Node name for logs: `name`, else the section name, else the data file's path. */
+  name: string;
+  /** The `<zrs>` (or top-level `<filestorage>`) section. */
+  loc: SourceLocation;
+  storage: FileStorageSettings;
+  /** `metrics-address`: parsed and kept for the metrics endpoint (not served yet). */
+  metricsAddress: ReplicationAddress | null;
+}
+
+export interface PrimaryConfig extends StorageCommon {
+  kind: 'primary';
+  options: PrimaryConfigOptions;
+}
+
+export interface SecondaryConfig extends StorageCommon {
+  kind: 'secondary';
+  options: SecondaryConfigOptions;
+}
+
+/** A plain top-level `<filestorage>`: opened and held, not replicated. */
+export interface StandaloneConfig extends StorageCommon {
+  kind: 'filestorage';
+  options: { path: string; open: OpenOptions };
+}
+
+export type StorageConfig = PrimaryConfig | SecondaryConfig | StandaloneConfig;
+
+export interface ZrsConfig {
+  /** The main configuration file. */
+  file: string;
+  /** In file order. */
+  storages: StorageConfig[];
+}
+
+export interface LoadOptions extends ParseOptions {
+  /** Check that the directory of each `path` exists, as ZConfig's existing-dirpath does (default true). */
+  checkDirectories?: boolean;
+}
+
+const ZRS_KEYS = new Set([
+  'replicate-to',
+  'replicate-from',
+  'keep-alive-delay',
+  'reconnect-delay',
+  'reconnect-max-delay',
+  'protocol',
+  'transfer-blobs',
+  'fsync',
+  'metrics-address',
+  'name',
+]);
+const SECONDARY_ONLY_KEYS = ['reconnect-delay', 'reconnect-max-delay', 'protocol', 'transfer-blobs'];
+const FILESTORAGE_KEYS = new Set(['path', 'blob-dir', 'read-only', 'create', 'pack-gc']);
+const KNOWN_IMPORTS = new Set(['zc.zrs', 'ZODB']);
+const PROTOCOLS: readonly SecondaryProtocol[] = ['native', 'zrs2.0', 'zrs2.1'];
+/** Longest delay a config may ask for (one day). */
+const MAX_DELAY_SECONDS = 86_400;
+const LOCAL_HOSTS = new Set(['', 'localhost', '127.0.0.1', '::1', '0.0.0.0', '::']);
+/** Where each key of a returned object was written, for errors found across storages. */
+const keyLocations = new WeakMap<object, Map<string, SourceLocation>>();
+
+function remember(target: object, keys: Map<string, ConfigKey>): void {
+  keyLocations.set(target, new Map([...keys].map(([k, v]) => [k, v.loc])));
+}
+
+function keyLoc(target: object, key: string, fallback: SourceLocation): SourceLocation {
+  return keyLocations.get(target)?.get(key) ?? fallback;
+}
+
+/**
+ * Load and validate a configuration file.
+ *
+ * @example
+ * const config = loadZrsConfig('/etc/zrs.conf');
+ * for (const s of config.storages) if (s.kind === 'primary') await Primary.open({ ...s.options, log });
+ */
+export function loadZrsConfig(path: string, options: LoadOptions = {}): ZrsConfig {
+  return interpretZrsConfig(parseZConfigFile(path, options), options);
+}
+
+/** Validate configuration text as if read from `file`. */
+export function loadZrsConfigText(text: string, file = '<string>', options: LoadOptions = {}): ZrsConfig {
+  return interpretZrsConfig(parseZConfigText(text, file, options), options);
+}
+
+/** Apply the schema to a parsed document. */
+export function interpretZrsConfig(doc: ConfigDocument, options: LoadOptions = {}): ZrsConfig {
+  const check = options.checkDirectories ?? true;
+  for (const imp of doc.imports) {
+    if (!KNOWN_IMPORTS.has(imp.name)) {
+      throw ConfigError.at(imp.loc, `unknown package ${JSON.stringify(imp.name)} (known: ${[...KNOWN_IMPORTS].join(', ')})`, '%import');
+    }
+  }
+  const root = doc.root;
+  for (const k of root.keys) throw unknownKey(k, 'at the top level (keys belong inside <zrs> or <filestorage>)');
+  const storages: StorageConfig[] = [];
+  const names = new Map<string, ConfigSection>();
+  for (const s of root.sections) {
+    if (s.name !== null) {
+      const id = `${s.type} ${s.name}`;
+      const first = names.get(id);
+      if (first) throw ConfigError.at(s.loc, `duplicate section <${id}> (first at ${where(first.loc)})`, `<${s.type}>`);
+      names.set(id, s);
+    }
+    if (s.type === 'zrs') {
+      if (!doc.imports.some((i) => i.name === 'zc.zrs')) throw ConfigError.at(s.loc, 'the <zrs> section type needs "%import zc.zrs" first', '<zrs>');
+      storages.push(zrsSection(s, check));
+    } else if (s.type === 'filestorage') {
+      const fs = fileStorageSection(s, check);
+      storages.push({
+        kind: 'filestorage',
+        name: s.name ?? fs.path,
+        loc: s.loc,
+        storage: fs,
+        metricsAddress: null,
+        options: { path: fs.path, open: { readOnly: fs.readOnly, create: fs.create ? 'truncate' : !fs.readOnly, blobDir: fs.blobDir ?? undefined } },
+      });
+    } else {
+      throw ConfigError.at(s.loc, `unknown section type <${s.type}> (expected <zrs> or <filestorage>)`, `<${s.type}>`);
+    }
+  }
+  checkDistinct(storages);
+  return { file: doc.files[0] ?? root.loc.file, storages };
+}
+
+function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | SecondaryConfig {
+  const keys = keyMap(s, ZRS_KEYS, '<zrs>');
+  const inner = s.sections.filter((c) => c.type === 'filestorage');
+  for (const c of s.sections) {
+    if (c.type !== 'filestorage') throw ConfigError.at(c.loc, `unknown section type <${c.type}> inside <zrs> (expected <filestorage>)`, `<${c.type}>`);
+  }
+  if (inner.length === 0) throw ConfigError.at(s.loc, `<zrs> at ${where(s.loc)} needs a <filestorage> section holding the data file`, '<zrs>');
+  if (inner.length > 1) throw ConfigError.at(inner[1]!.loc, `duplicate section: <zrs> holds one <filestorage> (first at ${where(inner[0]!.loc)})`, '<filestorage>');
+  const storage = fileStorageSection(inner[0]!, check);
+  const to = keys.get('replicate-to');
+  const from = keys.get('replicate-from');
+  if (!to && !from) {
+    throw ConfigError.at(s.loc, 'needs replicate-to (a primary) or replicate-from (a secondary), or both (a secondary serving others)', '<zrs>');
+  }
+  const replicateTo = to ? address(to, '') : undefined;
+  const replicateFrom = from ? address(from, '127.0.0.1') : undefined;
+  if (replicateTo && replicateFrom && sameEndpoint(replicateTo, replicateFrom)) {
+    throw ConfigError.at(to!.loc, `replicate-to ${JSON.stringify(to!.value)} is the address this storage replicates from (replicate-from at line ${from!.loc.line})`, 'replicate-to');
+  }
+  const nameKey = keys.get('name');
+  if (nameKey && nameKey.value === '') throw ConfigError.at(nameKey.loc, 'needs a value', 'name');
+  const common = {
+    name: nameKey?.value ?? s.name ?? storage.path,
+    loc: s.loc,
+    storage,
+    metricsAddress: keys.has('metrics-address') ? address(keys.get('metrics-address')!, '127.0.0.1') : null,
+  };
+  const fsync = optional(keys, 'fsync', boolean);
+  const blobDir = storage.blobDir ?? undefined;
+  // zc.zrs accepts keep-alive-delay on any <zrs>; parse it everywhere, use it on secondaries.
+  const keepAliveSeconds = optional(keys, 'keep-alive-delay', (k) => seconds(k, true));
+  if (!replicateFrom) {
+    for (const k of SECONDARY_ONLY_KEYS) {
+      const key = keys.get(k);
+      if (key) throw ConfigError.at(key.loc, 'applies only to a secondary (a <zrs> with replicate-from)', k);
+    }
+    if (storage.readOnly) throw ConfigError.at(inner[0]!.loc, 'a primary (no replicate-from) cannot be read-only', 'read-only');
+    const primary: PrimaryConfig = { kind: 'primary', ...common, options: { path: storage.path, replicateTo: replicateTo!, blobDir, fsync } };
+    remember(primary, keys);
+    return primary;
+  }
+  const initial = optional(keys, 'reconnect-delay', (k) => seconds(k, false));
+  const max = optional(keys, 'reconnect-max-delay', (k) => seconds(k, false));
+  if (max !== undefined && max < (initial ?? 0)) {
+    throw ConfigError.at(keys.get('reconnect-max-delay')!.loc, `must be at least reconnect-delay (${initial} s)`, 'reconnect-max-delay');
+  }
+  // Give the machine a consistent pair: a delay alone raises the cap to it, a cap alone lowers the delay.
+  const reconnect =
+    initial !== undefined || max !== undefined
+      ? {
+          initialMs: toMs(initial) ?? Math.min(DEFAULT_RECONNECT.initialMs, toMs(max)!),
+          maxMs: toMs(max) ?? Math.max(DEFAULT_RECONNECT.maxMs, toMs(initial)!),
+        }
+      : undefined;
+  const secondary: SecondaryConfig = {
+    kind: 'secondary',
+    ...common,
+    options: {
+      path: storage.path,
+      replicateFrom,
+      replicateTo,
+      blobDir,
+      fsync,
+      transferBlobs: optional(keys, 'transfer-blobs', boolean),
+      protocol: optional(keys, 'protocol', protocol),
+      keepAliveDelayMs: keepAliveSeconds ? keepAliveSeconds * 1000 : undefined,
+      reconnect,
+    },
+  };
+  remember(secondary, keys);
+  return secondary;
+}
+
+function fileStorageSection(s: ConfigSection, check: boolean): FileStorageSettings {
+  const keys = keyMap(s, FILESTORAGE_KEYS, '<filestorage>');
+  for (const c of s.sections) throw ConfigError.at(c.loc, `unknown section type <${c.type}> inside <filestorage>`, `<${c.type}>`);
+  const pathKey = keys.get('path');
+  if (!pathKey) throw ConfigError.at(s.loc, 'needs a path (the Data.fs file)', '<filestorage>');
+  const path = nonEmpty(pathKey);
+  if (check) existingDirectory(pathKey, path);
+  const blobKey = keys.get('blob-dir');
+  const blobDir = blobKey ? nonEmpty(blobKey) : null;
+  if (blobKey && check) existingDirectory(blobKey, blobDir!);
+  const readOnly = optional(keys, 'read-only', boolean) ?? false;
+  const create = optional(keys, 'create', boolean) ?? false;
+  if (readOnly && create) throw ConfigError.at(keys.get('create')!.loc, 'cannot create a read-only storage', 'create');
+  const settings: FileStorageSettings = { path, blobDir, readOnly, create, packGc: optional(keys, 'pack-gc', boolean) ?? true, loc: s.loc };
+  remember(settings, keys);
+  return settings;
+}
+
+/** Keys of a section by lowercased name; unknown and repeated keys are errors. */
+function keyMap(s: ConfigSection, allowed: ReadonlySet<string>, section: string): Map<string, ConfigKey> {
+  const out = new Map<string, ConfigKey>();
+  for (const k of s.keys) {
+    if (!allowed.has(k.key)) throw unknownKey(k, `in ${section} (known: ${[...allowed].join(', ')})`);
+    const first = out.get(k.key);
+    if (first) throw ConfigError.at(k.loc, `given twice in ${section} (first at line ${first.loc.line})`, k.rawKey);
+    out.set(k.key, k);
+  }
+  return out;
+}
+
+function unknownKey(k: ConfigKey, context: string): ConfigError {
+  return ConfigError.at(k.loc, `unknown key ${context}`, k.rawKey);
+}
+
+function optional<T>(keys: Map<string, ConfigKey>, name: string, convert: (k: ConfigKey) => T): T | undefined {
+  const k = keys.get(name);
+  return k ? convert(k) : undefined;
+}
+
+function nonEmpty(k: ConfigKey): string {
+  if (k.value === '') throw ConfigError.at(k.loc, 'needs a value', k.rawKey);
+  return k.value;
+}
+
+/** ZConfig's boolean: yes/true/on and no/false/off, any case. */
+function boolean(k: ConfigKey): boolean {
+  const v = k.value.toLowerCase();
+  if (v === 'yes' || v === 'true' || v === 'on') return true;
+  if (v === 'no' || v === 'false' || v === 'off') return false;
+  throw ConfigError.at(k.loc, `not a boolean: ${JSON.stringify(k.value)} (use true/false, yes/no or on/off)`, k.rawKey);
+}
+
+function seconds(k: ConfigKey, zeroAllowed: boolean): number {
+  if (!/^\d+(\.\d+)?$/.test(k.value)) throw ConfigError.at(k.loc, `not a number of seconds: ${JSON.stringify(k.value)}`, k.rawKey);
+  const n = Number(k.value);
+  if (!zeroAllowed && n === 0) throw ConfigError.at(k.loc, 'must be more than 0 seconds', k.rawKey);
+  if (n > MAX_DELAY_SECONDS) throw ConfigError.at(k.loc, `at most ${MAX_DELAY_SECONDS} seconds`, k.rawKey);
+  return n;
+}
+
+function toMs(s: number | undefined): number | undefined {
+  return s === undefined ? undefined : Math.round(s * 1000);
+}
+
+function protocol(k: ConfigKey): SecondaryProtocol {
+  const p = PROTOCOLS.find((x) => x === k.value.toLowerCase());
+  if (!p) throw ConfigError.at(k.loc, `unknown protocol ${JSON.stringify(k.value)} (expected ${PROTOCOLS.join(', ')})`, k.rawKey);
+  return p;
+}
+
+function address(k: ConfigKey, defaultHost: string): ReplicationAddress {
+  try {
+    return parseAddress(nonEmpty(k), defaultHost);
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    throw new ConfigError(k.loc.file, k.loc.line, (err as Error).message, k.rawKey, { cause: err });
+  }
+}
+
+function existingDirectory(k: ConfigKey, path: string): void {
+  // Like ZConfig's existing-dirpath: the file (or blob directory) may be missing, its directory not.
+  const dir = dirname(resolve(path));
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) throw ConfigError.at(k.loc, `directory ${JSON.stringify(dir)} does not exist`, k.rawKey);
+}
+
+/** Would connecting to `from` reach the listener bound at `to`? (a storage replicating from itself) */
+function sameEndpoint(to: ReplicationAddress, from: ReplicationAddress): boolean {
+  if (to.kind === 'unix' || from.kind === 'unix') return to.kind === from.kind && resolve(formatAddress(to)) === resolve(formatAddress(from));
+  if (to.port === 0 || to.port !== from.port) return false;
+  return to.host === from.host || (LOCAL_HOSTS.has(to.host) && LOCAL_HOSTS.has(from.host));
+}
+
+/** Two storages must not share a data file, a blob directory or a listening address. */
+function checkDistinct(storages: StorageConfig[]): void {
+  const paths = new Map<string, StorageConfig>();
+  const blobs = new Map<string, StorageConfig>();
+  const listens = new Map<string, StorageConfig>();
+  for (const s of storages) {
+    const p = resolve(s.storage.path);
+    const other = paths.get(p);
+    if (other) throw ConfigError.at(keyLoc(s.storage, 'path', s.storage.loc), `data file ${JSON.stringify(s.storage.path)} is also used by the storage at ${where(other.loc)}`, 'path');
+    paths.set(p, s);
+    if (s.storage.blobDir) {
+      const b = resolve(s.storage.blobDir);
+      const o = blobs.get(b);
+      // A secondary may share a primary's blob directory only with transfer-blobs false.
+      const shared = s.kind === 'secondary' && s.options.transferBlobs === false;
+      if (o && !shared) throw ConfigError.at(keyLoc(s.storage, 'blob-dir', s.storage.loc), `blob directory ${JSON.stringify(s.storage.blobDir)} is also used by the storage at ${where(o.loc)}`, 'blob-dir');
+      blobs.set(b, s);
+    }
+    const to = s.kind === 'filestorage' ? undefined : s.options.replicateTo;
+    if (to && !(to.kind === 'tcp' && to.port === 0)) {
+      const id = to.kind === 'unix' ? resolve(to.path) : `${to.host}:${to.port}`;
+      const o = listens.get(id);
+      if (o) throw ConfigError.at(keyLoc(s, 'replicate-to', s.loc), `replicate-to ${formatAddress(to)} is also used by the storage at ${where(o.loc)}`, 'replicate-to');
+      listens.set(id, s);
+    }
+  }
+}
+
+function where(loc: SourceLocation): string {
+  return `${loc.file}:${loc.line}`;
+}
+
+export { ConfigError } from './zconfig.js';

@@ -1,0 +1,244 @@
+// The zrs command line in-process: help and usage errors on every command,
+// `verify` on every fixture (intact: OK; damaged or corrupted: the position),
+// `dump` byte-for-byte against ZODB's own fsdump output.
+
+import { execFile } from 'node:child_process';
+import { readFile, open as openFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+import { runCli } from '../../src/cli/cli.js';
+import { humanLogger } from '../../src/cli/logging.js';
+import { pickleClass } from '../../src/cli/pickleClass.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { pyBytesRepr } from '../../src/cli/dump.js';
+import { verifyFile } from '../../src/cli/verify.js';
+import { cleanupTempDirs, copyZodbFixture, fixturePath, readManifest } from '../helpers/fixtures.js';
+import { BIN, memoryIo } from './helpers.js';
+
+afterAll(cleanupTempDirs);
+
+const INTACT = ['basic', 'undo', 'packed', 'blobs', 'large', 'fs21-legacy'];
+const DUMPED = ['basic', 'undo', 'packed', 'blobs', 'large', 'damaged-truncated', 'damaged-checkpoint', 'damaged-trailer'];
+
+async function run(...argv: string[]) {
+  const io = memoryIo();
+  const code = await runCli(argv, io);
+  return { code, stdout: io.stdout, stderr: io.stderr };
+}
+
+async function copy(dir: string): Promise<string> {
+  return join(await copyZodbFixture(dir), 'Data.fs');
+}
+
+async function overwrite(path: string, pos: number, bytes: Buffer): Promise<void> {
+  const fh = await openFile(path, 'r+');
+  await fh.write(bytes, 0, bytes.length, pos);
+  await fh.close();
+}
+
+function u64(n: number): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(BigInt(n));
+  return b;
+}
+
+describe('zrs help and usage', () => {
+  it('prints the command list on --help and exits 0', async () => {
+    const r = await run('--help');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^usage: zrs COMMAND/);
+    for (const c of ['serve', 'verify', 'dump']) expect(r.stdout).toContain(`  ${c} `);
+  });
+
+  it.each(['serve', 'verify', 'dump'])('zrs %s --help prints usage, description and options', async (cmd) => {
+    for (const argv of [[cmd, '--help'], [cmd, 'x', '-h'], ['help', cmd]]) {
+      const r = await run(...argv);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(new RegExp(`^usage: zrs ${cmd} `));
+      expect(r.stdout).toContain('-h, --help');
+      expect(r.stdout).toContain('example');
+    }
+  });
+
+  it.each([
+    [[], 'zrs: missing COMMAND'],
+    [['frobnicate'], 'zrs: unknown command "frobnicate"'],
+    [['serve'], 'zrs serve: missing CONFIG'],
+    [['verify', 'a', 'b'], 'zrs verify: unexpected argument "b"'],
+    [['dump', '--offset', 'a'], 'zrs dump: unknown option --offset'],
+    [['serve', '--log-format', 'xml', 'c'], 'zrs serve: option --log-format must be one of json, human, not "xml"'],
+    [['serve', 'c', '--log-format'], 'zrs serve: option --log-format needs a value (FORMAT)'],
+    [['help', 'nope'], 'zrs: unknown command "nope"'],
+  ])('%j is a usage error (exit 2)', async (argv, message) => {
+    const r = await run(...argv);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(message);
+    expect(r.stdout).toBe('');
+  });
+
+  it('reports a missing file as a failure (exit 1), not a crash', async () => {
+    const r = await run('verify', '/nonexistent/Data.fs');
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^zrs verify: .*no such file/i);
+  });
+
+  it('serve reports a configuration error with file:line and key (exit 1)', async () => {
+    const dir = await copyZodbFixture('basic');
+    const { writeFile } = await import('node:fs/promises');
+    const cfg = join(dir, 'bad.conf');
+    await writeFile(cfg, `%import zc.zrs\n<zrs>\n replicate-to 127.0.0.1:0\n keep-alive 5\n <filestorage>\n  path ${dir}/Data.fs\n </filestorage>\n</zrs>\n`);
+    const r = await run('serve', cfg);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`zrs serve: configuration error: ${cfg}:4: keep-alive: unknown key in <zrs>`);
+    const check = await run('serve', '--check', cfg.replace('bad.conf', 'none.conf'));
+    expect(check.code).toBe(1);
+    expect(check.stderr).toContain('none.conf:0: cannot read configuration: no such file');
+  });
+
+  it('serve --check prints what would run', async () => {
+    const dir = await copyZodbFixture('basic');
+    const { writeFile } = await import('node:fs/promises');
+    const cfg = join(dir, 'ok.conf');
+    await writeFile(cfg, `%import zc.zrs\n<zrs main>\n replicate-to ${dir}/p.sock\n <filestorage>\n  path ${dir}/Data.fs\n </filestorage>\n</zrs>\n`);
+    const r = await run('serve', '--check', cfg);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(`${cfg}:2: primary main: ${dir}/Data.fs, replicating to ${dir}/p.sock\n`);
+  });
+
+  it('serve fails cleanly (exit 1, lock released) when a replication port is taken', async () => {
+    const dir = await copyZodbFixture('basic');
+    const { writeFile } = await import('node:fs/promises');
+    const { createServer } = await import('node:net');
+    const busy = createServer();
+    await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
+    const port = (busy.address() as { port: number }).port;
+    try {
+      const cfg = join(dir, 'busy.conf');
+      await writeFile(cfg, `%import zc.zrs\n<zrs>\n replicate-to 127.0.0.1:${port}\n <filestorage>\n  path ${dir}/Data.fs\n </filestorage>\n</zrs>\n`);
+      const r = await run('serve', cfg);
+      expect(r.code).toBe(1);
+      const lines = r.stderr.trim().split('\n').map((l) => JSON.parse(l) as { level: string; message: string });
+      expect(lines.find((l) => l.level === 'error')?.message).toMatch(/^failed to start: .*EADDRINUSE/);
+      expect(lines.at(-1)).toMatchObject({ message: 'stopped', exitCode: 1 });
+      const fs = await FileStorage.open(join(dir, 'Data.fs')); // the lock was released
+      await fs.close();
+    } finally {
+      await new Promise((resolve) => busy.close(resolve));
+    }
+  });
+
+  it('logs readable lines on a terminal', () => {
+    const lines: string[] = [];
+    humanLogger('p1', (l) => lines.push(l), () => new Date('2024-01-01T12:34:56.789Z'))('warn', 'disconnected', { address: '127.0.0.1:5000', reason: 'peer closed' });
+    expect(lines).toEqual(['12:34:56.789 WARN  p1: disconnected  address=127.0.0.1:5000 reason="peer closed"\n']);
+  });
+
+  it('the bin/zrs.js shim runs the command line and exits with its code', async () => {
+    const exec = promisify(execFile);
+    const ok = await exec(process.execPath, [BIN, 'verify', fixturePath('zodb', 'basic', 'Data.fs')]);
+    expect(ok.stdout).toContain('OK: FS30, 53 transactions');
+    await expect(exec(process.execPath, [BIN, 'verify', fixturePath('zodb', 'damaged-truncated', 'Data.fs')])).rejects.toMatchObject({ code: 1 });
+    await expect(exec(process.execPath, [BIN, 'nope'])).rejects.toMatchObject({ code: 2 });
+  });
+});
+
+describe('zrs verify', () => {
+  it.each(INTACT)('accepts the intact fixture %s with the manifest counts', async (dir) => {
+    const m = await readManifest(dir);
+    const path = await copy(dir);
+    const r = await run('verify', path);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`${path}: OK: ${m.magic}, ${m.transaction_count} transactions, ${m.record_count} data records`);
+    expect(r.stdout).toContain(`${m.file_size} bytes, last ${m.storage.lastTransaction}`);
+  });
+
+  it.each([
+    ['damaged-truncated', 10539, 'runs past the end of the file'],
+    ['damaged-checkpoint', 10539, "status 'c', an unfinished transaction"],
+    ['damaged-trailer', 10539 + 219, 'its 8-byte redundant length is cut off'],
+  ])('rejects %s at position %i', async (dir, position, what) => {
+    const path = await copy(dir);
+    const r = await run('verify', path);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toContain(`${path}: position ${position}: transaction 03f5e2607a19b377 at 10539: ${what}`);
+    expect(r.stderr).toContain('(52 good transactions before it)');
+  });
+
+  it('finds a corrupted redundant length, with its position', async () => {
+    const m = await readManifest('basic');
+    const t = m.transactions[5];
+    const path = await copy('basic');
+    await overwrite(path, t.pos + t.tlen, u64(t.tlen + 1));
+    const r = await verifyFile(path);
+    expect(r).toMatchObject({ ok: false, position: t.pos + t.tlen, transactions: 5 });
+    if (!r.ok) expect(r.problem).toBe(`transaction ${t.tid} at ${t.pos}: redundant length ${t.tlen + 1} differs from the header's ${t.tlen}`);
+  });
+
+  it('finds a backpointer that does not point at a record of the same oid', async () => {
+    const path = await copy('undo');
+    await overwrite(path, 811 + 42, u64(496)); // "U1 undo T3" points at 495
+    const r = await verifyFile(path);
+    expect(r).toMatchObject({ ok: false, position: 811 + 42 });
+    if (!r.ok) expect(r.problem).toContain('backpointer 496 is not the position of an earlier data record');
+  });
+
+  it('finds a record whose tid is not its transaction\'s, a broken prev, and tids out of order', async () => {
+    const m = await readManifest('basic');
+    const rec = m.transactions[3].records[0];
+    let path = await copy('basic');
+    await overwrite(path, rec.pos + 8, Buffer.alloc(8, 1));
+    expect(await verifyFile(path)).toMatchObject({ ok: false, position: rec.pos + 8 });
+    path = await copy('basic');
+    await overwrite(path, rec.pos + 16, u64(rec.prev + 1));
+    const prev = await verifyFile(path);
+    expect(prev).toMatchObject({ ok: false, position: rec.pos + 16 });
+    if (!prev.ok) expect(prev.problem).toContain(`prev ${rec.prev + 1} should be ${rec.prev}`);
+    path = await copy('basic');
+    await overwrite(path, m.transactions[7].pos, Buffer.from(m.transactions[6].tid, 'hex'));
+    const order = await verifyFile(path);
+    expect(order).toMatchObject({ ok: false, position: m.transactions[7].pos });
+    if (!order.ok) expect(order.problem).toContain('tid is not after the previous one');
+  });
+
+  it('shows a percentage on a terminal and nothing otherwise', async () => {
+    const path = await copy('large');
+    const tty = memoryIo({ stderrIsTTY: true });
+    expect(await runCli(['verify', path], tty)).toBe(0);
+    expect(tty.stderr).toContain(`\rverifying ${path}: 100%`);
+    const pipe = memoryIo();
+    expect(await runCli(['verify', path], pipe)).toBe(0);
+    expect(pipe.stderr).toBe('');
+    const quiet = memoryIo({ stderrIsTTY: true });
+    expect(await runCli(['verify', '--no-progress', path], quiet)).toBe(0);
+    expect(quiet.stderr).toBe('');
+  });
+});
+
+describe('zrs dump', () => {
+  it.each(DUMPED)('prints %s exactly as ZODB\'s fsdump', async (dir) => {
+    const want = await readFile(fixturePath('zodb', dir, 'fsdump.txt'), 'utf8');
+    const r = await run('dump', await copy(dir));
+    expect(r.code).toBe(0);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toBe(want);
+  });
+
+  it('reads class names from GLOBAL, STACK_GLOBAL and tuple class pickles without unpickling', () => {
+    expect(pickleClass(Buffer.from('8003635a4f44422e626c6f620a426c6f620a71002e80034e2e', 'hex'))).toEqual(['ZODB.blob', 'Blob']);
+    expect(pickleClass(Buffer.from('(cpersistent.mapping\nPersistentMapping\nq\x01Nt.', 'latin1'))).toEqual(['persistent.mapping', 'PersistentMapping']);
+    const stackGlobal = Buffer.concat([Buffer.from([0x80, 0x04, 0x95]), Buffer.alloc(8), Buffer.from([0x8c, 3]), Buffer.from('foo'), Buffer.from([0x94, 0x8c, 3]), Buffer.from('Bar'), Buffer.from([0x94, 0x93, 0x94, 0x2e])]);
+    expect(pickleClass(stackGlobal)).toEqual(['foo', 'Bar']);
+    const tuple = Buffer.concat([Buffer.from([0x80, 0x02, 0x58, 3, 0, 0, 0]), Buffer.from('mod'), Buffer.from([0x58, 4, 0, 0, 0]), Buffer.from('Name'), Buffer.from([0x86, 0x71, 0x01, 0x2e])]);
+    expect(pickleClass(tuple)).toEqual(['mod', 'Name']);
+    expect(pickleClass(Buffer.from('not a pickle'))).toEqual(['', '']);
+  });
+
+  it('quotes bytes as Python repr does', () => {
+    expect(pyBytesRepr(Buffer.from('Jürgen Müller'))).toBe("b'J\\xc3\\xbcrgen M\\xc3\\xbcller'");
+    expect(pyBytesRepr(Buffer.from("it's"))).toBe('b"it\'s"');
+    expect(pyBytesRepr(Buffer.from('a\'b"c\\\n\t'))).toBe("b'a\\'b\"c\\\\\\n\\t'");
+  });
+});

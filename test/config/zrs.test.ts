@@ -1,0 +1,190 @@
+// The <zrs> schema: the seed README's two examples parse as written (ports
+// and paths substituted through %define), map onto Primary / Secondary
+// options, and every error names file, line and key.
+
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ConfigError, loadZrsConfig, loadZrsConfigText } from '../../src/config/zrs.js';
+import type { PrimaryOptions } from '../../src/replication/primary.js';
+import type { SecondaryOptions } from '../../src/replication/secondary.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { SEED_PRIMARY, SEED_SECONDARY, seedPrimary, seedSecondary } from './seed.js';
+
+afterAll(cleanupTempDirs);
+
+const noDirs = { checkDirectories: false };
+
+function errorOf(text: string, file = '/etc/zrs/test.conf'): ConfigError {
+  try {
+    loadZrsConfigText(text, file, noDirs);
+  } catch (err) {
+    if (err instanceof ConfigError) return err;
+    throw err;
+  }
+  throw new Error('no ConfigError');
+}
+
+describe('the seed README examples', () => {
+  it('parse exactly as written', () => {
+    const p = loadZrsConfigText(SEED_PRIMARY, '/etc/zrs/primary.conf', noDirs);
+    expect(p.storages).toHaveLength(1);
+    const primary = p.storages[0]!;
+    expect(primary.kind).toBe('primary');
+    expect(primary.loc).toEqual({ file: '/etc/zrs/primary.conf', line: 3 });
+    expect(primary.options).toEqual({ path: '/path/to/data/file', replicateTo: { kind: 'tcp', host: '', port: 5000 } });
+
+    const s = loadZrsConfigText(SEED_SECONDARY, '/etc/zrs/secondary.conf', noDirs).storages[0]!;
+    expect(s.kind).toBe('secondary');
+    expect(s.options).toEqual({
+      path: '/path/to/secondary/data/file',
+      replicateFrom: { kind: 'tcp', host: 'primary-host', port: 5000 },
+      replicateTo: { kind: 'tcp', host: '', port: 5000 },
+      keepAliveDelayMs: 60_000,
+    });
+  });
+
+  it('parse with %define substitution and map onto Primary.open / Secondary.open options', () => {
+    const p = loadZrsConfigText(seedPrimary({ PORT: '127.0.0.1:7001', DATA: '/srv/p/Data.fs' }), '/x/p.conf', noDirs).storages[0]!;
+    const s = loadZrsConfigText(seedSecondary({ PRIMARY: '127.0.0.1:7001', PORT: '[::1]:7002', DATA: '/srv/s/Data.fs' }), '/x/s.conf', noDirs).storages[0]!;
+    if (p.kind !== 'primary' || s.kind !== 'secondary') throw new Error('kinds');
+    const po: PrimaryOptions = p.options;
+    const so: SecondaryOptions = s.options;
+    expect(po).toEqual({ path: '/srv/p/Data.fs', replicateTo: { kind: 'tcp', host: '127.0.0.1', port: 7001 } });
+    expect(so.replicateTo).toEqual({ kind: 'tcp', host: '::1', port: 7002 });
+    expect(so.replicateFrom).toEqual({ kind: 'tcp', host: '127.0.0.1', port: 7001 });
+  });
+});
+
+describe('the <zrs> schema', () => {
+  it('reads every key of ours, several <zrs> sections and a standalone <filestorage>', () => {
+    const config = loadZrsConfigText(
+      [
+        '%import zc.zrs',
+        '<zrs primary>',
+        '  replicate-to /run/zrs/p.sock',
+        '  fsync off',
+        '  metrics-address 127.0.0.1:9100',
+        '  <filestorage>',
+        '    path /srv/p/Data.fs',
+        '    blob-dir /srv/p/blobs',
+        '    pack-gc false',
+        '  </filestorage>',
+        '</zrs>',
+        '<zrs>',
+        '  name replica-1',
+        '  replicate-from /run/zrs/p.sock',
+        '  reconnect-delay 0.5',
+        '  reconnect-max-delay 30',
+        '  protocol zrs2.1',
+        '  transfer-blobs no',
+        '  keep-alive-delay 0',
+        '  <filestorage>',
+        '    path /srv/s/Data.fs',
+        '    blob-dir /srv/p/blobs',
+        '    read-only true',
+        '  </filestorage>',
+        '</zrs>',
+        '<filestorage archive>',
+        '  path /srv/archive/Data.fs',
+        '  read-only yes',
+        '</filestorage>',
+      ].join('\n'),
+      '/etc/zrs.conf',
+      noDirs,
+    );
+    const [p, s, f] = config.storages;
+    expect(p).toMatchObject({
+      kind: 'primary',
+      name: 'primary',
+      metricsAddress: { kind: 'tcp', host: '127.0.0.1', port: 9100 },
+      storage: { packGc: false, blobDir: '/srv/p/blobs' },
+      options: { path: '/srv/p/Data.fs', replicateTo: { kind: 'unix', path: '/run/zrs/p.sock' }, blobDir: '/srv/p/blobs', fsync: false },
+    });
+    expect(s).toMatchObject({
+      kind: 'secondary',
+      name: 'replica-1',
+      storage: { readOnly: true },
+      options: {
+        replicateFrom: { kind: 'unix', path: '/run/zrs/p.sock' },
+        protocol: 'zrs2.1',
+        transferBlobs: false,
+        reconnect: { initialMs: 500, maxMs: 30_000 },
+        keepAliveDelayMs: undefined,
+      },
+    });
+    expect(f).toMatchObject({ kind: 'filestorage', name: 'archive', options: { path: '/srv/archive/Data.fs', open: { readOnly: true, create: false } } });
+  });
+
+  it('completes reconnect settings given only in part, so delay <= cap always holds', () => {
+    const one = (keys: string) =>
+      loadZrsConfigText(`%import zc.zrs\n<zrs>\n replicate-from db:5000\n${keys}\n <filestorage>\n  path /a\n </filestorage>\n</zrs>\n`, '/x.conf', noDirs).storages[0]!.options;
+    expect(one(' reconnect-delay 90')).toMatchObject({ reconnect: { initialMs: 90_000, maxMs: 90_000 } });
+    expect(one(' reconnect-delay 0.05')).toMatchObject({ reconnect: { initialMs: 50, maxMs: 60_000 } });
+    expect(one(' reconnect-max-delay 0.05')).toMatchObject({ reconnect: { initialMs: 50, maxMs: 50 } });
+  });
+
+  it('reads a configuration file from disk, checking that data directories exist', async () => {
+    const dir = await tempDir();
+    await mkdir(join(dir, 'p'));
+    await writeFile(join(dir, 'ok.conf'), seedPrimary({ PORT: '5000', DATA: join(dir, 'p', 'Data.fs') }));
+    expect(loadZrsConfig(join(dir, 'ok.conf')).storages[0]!.kind).toBe('primary');
+    await writeFile(join(dir, 'bad.conf'), seedPrimary({ PORT: '5000', DATA: join(dir, 'missing', 'Data.fs') }));
+    expect(() => loadZrsConfig(join(dir, 'bad.conf'))).toThrow(`${join(dir, 'bad.conf')}:9: path: directory "${join(dir, 'missing')}" does not exist`);
+  });
+
+  const F = '/etc/zrs/test.conf';
+  const zrs = (inner: string, fs = ' <filestorage>\n  path /srv/Data.fs\n </filestorage>\n'): string => `%import zc.zrs\n<zrs>\n${inner}\n${fs}</zrs>\n`;
+
+  it.each([
+    ['an unknown key', zrs(' replicate-to 5000\n replicate-too 5001'), `${F}:4: replicate-too: unknown key in <zrs>`],
+    ['an unknown key in <filestorage>', zrs(' replicate-to 5000', ' <filestorage>\n  path /srv/Data.fs\n  quota 10\n </filestorage>\n'), `${F}:6: quota: unknown key in <filestorage>`],
+    ['a bad address', zrs(' replicate-to db1:http'), `${F}:3: replicate-to: invalid port in address "db1:http"`],
+    ['a port out of range', zrs(' replicate-from db1:70000'), `${F}:3: replicate-from: port out of range in address "db1:70000"`],
+    ['a missing <filestorage>', zrs(' replicate-to 5000', ''), `${F}:2: <zrs>: <zrs> at ${F}:2 needs a <filestorage> section holding the data file`],
+    [
+      'a duplicate <filestorage>',
+      zrs(' replicate-to 5000', ' <filestorage>\n  path /a\n </filestorage>\n <filestorage>\n  path /b\n </filestorage>\n'),
+      `${F}:7: <filestorage>: duplicate section: <zrs> holds one <filestorage> (first at ${F}:4)`,
+    ],
+    [
+      'a duplicate named section',
+      `%import zc.zrs\n<zrs main>\n replicate-to 5000\n <filestorage>\n  path /a\n </filestorage>\n</zrs>\n<zrs Main>\n replicate-to 5001\n <filestorage>\n  path /b\n </filestorage>\n</zrs>\n`,
+      `${F}:8: <zrs>: duplicate section <zrs main> (first at ${F}:2)`,
+    ],
+    ['a duplicate key', zrs(' replicate-to 5000\n Replicate-To 5001'), `${F}:4: Replicate-To: given twice in <zrs> (first at line 3)`],
+    ['neither address', zrs(' keep-alive-delay 5'), `${F}:2: <zrs>: needs replicate-to (a primary) or replicate-from (a secondary)`],
+    ['replicate-to equal to replicate-from', zrs(' replicate-from localhost:5000\n replicate-to 5000'), `${F}:4: replicate-to: replicate-to "5000" is the address this storage replicates from (replicate-from at line 3)`],
+    ['the same socket path both ways', zrs(' replicate-from /run/z.sock\n replicate-to /run/z.sock'), `${F}:4: replicate-to: replicate-to "/run/z.sock" is the address`],
+    ['a bad boolean', zrs(' replicate-from db:5000\n transfer-blobs maybe'), `${F}:4: transfer-blobs: not a boolean: "maybe" (use true/false, yes/no or on/off)`],
+    ['a bad number', zrs(' replicate-from db:5000\n keep-alive-delay soon'), `${F}:4: keep-alive-delay: not a number of seconds: "soon"`],
+    ['a negative number', zrs(' replicate-from db:5000\n reconnect-delay -1'), `${F}:4: reconnect-delay: not a number of seconds: "-1"`],
+    ['max delay below delay', zrs(' replicate-from db:5000\n reconnect-delay 5\n reconnect-max-delay 1'), `${F}:5: reconnect-max-delay: must be at least reconnect-delay (5 s)`],
+    ['an unknown protocol', zrs(' replicate-from db:5000\n protocol zrs3'), `${F}:4: protocol: unknown protocol "zrs3" (expected native, zrs2.0, zrs2.1)`],
+    ['a secondary-only key on a primary', zrs(' replicate-to 5000\n protocol native'), `${F}:4: protocol: applies only to a secondary`],
+    ['a read-only primary', zrs(' replicate-to 5000', ' <filestorage>\n  path /a\n  read-only true\n </filestorage>\n'), `${F}:4: read-only: a primary (no replicate-from) cannot be read-only`],
+    ['a filestorage without path', zrs(' replicate-to 5000', ' <filestorage>\n  blob-dir /b\n </filestorage>\n'), `${F}:4: <filestorage>: needs a path (the Data.fs file)`],
+    ['<zrs> without %import zc.zrs', '<zrs>\n replicate-to 5000\n</zrs>\n', `${F}:1: <zrs>: the <zrs> section type needs "%import zc.zrs" first`],
+    ['an unknown %import', '%import zc.zlibstorage\n', `${F}:1: %import: unknown package "zc.zlibstorage"`],
+    ['an unknown section', '%import zc.zrs\n<zeo>\n address 8100\n</zeo>\n', `${F}:2: <zeo>: unknown section type <zeo> (expected <zrs> or <filestorage>)`],
+    ['a key at the top level', 'replicate-to 5000\n', `${F}:1: replicate-to: unknown key at the top level`],
+    [
+      'two storages on one data file',
+      `%import zc.zrs\n${'<zrs>\n replicate-to 0\n <filestorage>\n  path /srv/Data.fs\n </filestorage>\n</zrs>\n'.repeat(2)}`,
+      `${F}:11: path: data file "/srv/Data.fs" is also used by the storage at ${F}:2`,
+    ],
+    [
+      'two storages on one address',
+      `%import zc.zrs\n<zrs>\n replicate-to 5000\n <filestorage>\n  path /a\n </filestorage>\n</zrs>\n<zrs>\n replicate-to 5000\n <filestorage>\n  path /b\n </filestorage>\n</zrs>\n`,
+      `${F}:9: replicate-to: replicate-to 5000 is also used by the storage at ${F}:2`,
+    ],
+  ])('rejects %s, naming file:line and key', (_what, text, message) => {
+    const err = errorOf(text);
+    expect(err.message.startsWith(message)).toBe(true);
+    expect(err.file).toBe(F);
+  });
+
+  it('accepts replicate-to equal to the port of another host (the README secondary)', () => {
+    expect(() => loadZrsConfigText(SEED_SECONDARY, F, noDirs)).not.toThrow();
+  });
+});
