@@ -1,0 +1,178 @@
+// Model-based simulation of a replicated cluster: fast-check generates a
+// cluster shape, a seed for the simulated network, and a list of commands
+// (Commit, Undo, Partition, Heal, Reset, HalfOpen, Corrupt, CrashNode,
+// RestartNode, Reconfigure, AdvanceTime). The model is the cluster's
+// configuration; the invariants are checked by the harness after every
+// step, then a liveness phase heals everything and asserts convergence.
+// Shared by the vitest properties and the `sim`/`soak` scripts.
+
+import fc from 'fast-check';
+import type { SecondaryProtocol } from '../src/replication/secondary.js';
+import { InvariantViolationError, SimCluster, describeOp, type SimClusterOptions, type SimOp, type SimStats } from '../src/sim/index.js';
+
+/** The secondaries every generated cluster has. */
+export const SECONDARIES = ['s1', 's2', 's3'] as const;
+const NODES = ['p', ...SECONDARIES] as const;
+
+export interface ClusterModel {
+  upstream: Map<string, string>;
+  down: Set<string>;
+  commits: number;
+}
+
+/** The last simulated run, so a failing or replayed case can print its trace. */
+export const lastRun: { trace: string[]; seed: number; cluster: string; commands: string; stats: SimStats | null } = {
+  trace: [],
+  seed: 0,
+  cluster: '',
+  commands: '',
+  stats: null,
+};
+
+/** Totals over every run in this process (the soak script reports them). */
+export const totals = { runs: 0, faults: 0, events: 0, commits: 0, virtualMs: 0 };
+
+/** One command = one harness operation (or a stretch of virtual time), then the invariants. */
+class OpCommand implements fc.AsyncCommand<ClusterModel, SimCluster> {
+  constructor(
+    readonly op: SimOp | { kind: 'advance'; ms: number },
+    private readonly precondition: (m: ClusterModel) => boolean,
+    private readonly update: (m: ClusterModel) => void = () => undefined,
+  ) {}
+
+  check(m: Readonly<ClusterModel>): boolean {
+    return this.precondition(m as ClusterModel);
+  }
+
+  async run(m: ClusterModel, cluster: SimCluster): Promise<void> {
+    if (this.op.kind === 'advance') await cluster.advance(this.op.ms);
+    else if (this.op.kind === 'corrupt' && this.op.from === UPSTREAM) {
+      // Flip a byte on the link the secondary replicates over right now.
+      await cluster.apply({ ...this.op, from: cluster.upstreamOf(this.op.to) ?? 'p' });
+    } else await cluster.apply(this.op);
+    this.update(m);
+    cluster.assertInvariants();
+  }
+
+  toString(): string {
+    if (this.op.kind === 'advance') return `advance ${this.op.ms} ms`;
+    return describeOp(this.op);
+  }
+}
+
+/** Stands for the secondary's current upstream in corrupt commands. */
+const UPSTREAM = 'upstream';
+
+const node = fc.constantFrom(...NODES);
+const secondary = fc.constantFrom(...SECONDARIES);
+const pair = fc.tuple(node, node).filter(([a, b]) => a !== b);
+
+export const COMMAND_KINDS = ['commit', 'undo', 'partition', 'heal', 'reset', 'halfOpen', 'crash', 'restart', 'reconfigure', 'corrupt', 'advance'] as const;
+export type CommandKind = (typeof COMMAND_KINDS)[number];
+
+export interface CommandOptions {
+  /** Only these commands (default: all). */
+  kinds?: readonly CommandKind[];
+  /** Record sizes commits choose from. */
+  recordBytes?: readonly number[];
+  /** Include flipped bytes (primary/upstream -> secondary). */
+  corruption?: boolean;
+  /** Include crashes of the primary. */
+  crashPrimary?: boolean;
+}
+
+/** The command arbitraries, with their preconditions and model updates. */
+export function commandArbitraries(options: CommandOptions = {}): Array<fc.Arbitrary<fc.AsyncCommand<ClusterModel, SimCluster>>> {
+  const up = (n: string) => (m: ClusterModel) => !m.down.has(n);
+  const all: Record<CommandKind, fc.Arbitrary<fc.AsyncCommand<ClusterModel, SimCluster>>> = {
+    commit: fc
+      .record({ records: fc.integer({ min: 1, max: 5 }), bytes: fc.constantFrom(...(options.recordBytes ?? [16, 200, 3000, 40_000])) })
+      .map(({ records, bytes }) => new OpCommand({ kind: 'commit', records, bytes }, up('p'), (m) => void (m.commits += 1))),
+    undo: fc.integer({ min: 0, max: 2 }).map((back) => new OpCommand({ kind: 'undo', back }, (m) => up('p')(m) && m.commits > 0)),
+    partition: fc.tuple(pair, fc.boolean()).map(([[a, b], oneWay]) => new OpCommand({ kind: 'partition', a, b, oneWay }, () => true)),
+    heal: fc.constantFrom('deliver' as const, 'reset' as const).map((mode) => new OpCommand({ kind: 'heal', mode }, () => true)),
+    reset: pair.map(([a, b]) => new OpCommand({ kind: 'reset', a, b }, () => true)),
+    halfOpen: fc.tuple(pair, fc.boolean()).map(([[a, b], first]) => new OpCommand({ kind: 'halfOpen', a, b, dead: first ? a : b }, () => true)),
+    crash: fc
+      .tuple(node.filter((n) => options.crashPrimary !== false || n !== 'p'), fc.constantFrom('process' as const, 'host' as const))
+      .map(([n, style]) => new OpCommand({ kind: 'crash', node: n, style }, up(n), (m) => void m.down.add(n))),
+    restart: node.map((n) => new OpCommand({ kind: 'restart', node: n }, (m) => m.down.has(n), (m) => void m.down.delete(n))),
+    reconfigure: fc.tuple(fc.integer({ min: 1, max: SECONDARIES.length }), fc.nat()).map(([i, j]) => {
+      const name = NODES[i]!;
+      const upstream = NODES[j % i]!;
+      return new OpCommand({ kind: 'reconfigure', node: name, upstream }, () => true, (m) => void m.upstream.set(name, upstream));
+    }),
+    corrupt: secondary.map((s) => new OpCommand({ kind: 'corrupt', from: UPSTREAM, to: s }, () => true)),
+    advance: fc.oneof(fc.integer({ min: 1, max: 3000 }), fc.integer({ min: 1, max: 50 })).map((ms) => new OpCommand({ kind: 'advance', ms }, () => true)),
+  };
+  const kinds = options.kinds ?? COMMAND_KINDS.filter((k) => k !== 'corrupt' || options.corruption !== false);
+  return kinds.map((k) => all[k]);
+}
+
+/** A cluster shape: each secondary follows 'p' or an earlier secondary. */
+export const clusterShape = fc.tuple(fc.nat(), fc.nat()).map(([a, b]) => [
+  { name: 's1', upstream: 'p' },
+  { name: 's2', upstream: ['p', 's1'][a % 2]! },
+  { name: 's3', upstream: ['p', 's1', 's2'][b % 3]! },
+]);
+
+export interface PropertyOptions extends CommandOptions {
+  maxCommands?: number;
+  /** Cluster options besides seed and shape (network sizes, keep-alive …). */
+  cluster?: Omit<SimClusterOptions, 'seed' | 'secondaries'>;
+  livenessMs?: number;
+}
+
+/**
+ * The property: for every seed, cluster shape and command list, the
+ * invariants hold after every step and the cluster converges afterwards.
+ */
+export function clusterProperty(options: PropertyOptions = {}): fc.IAsyncPropertyWithHooks<[number, Array<{ name: string; upstream: string }>, SecondaryProtocol, Iterable<fc.AsyncCommand<ClusterModel, SimCluster>>]> {
+  return fc.asyncProperty(
+    fc.integer({ min: 0, max: 0x7fffffff }),
+    clusterShape,
+    fc.constantFrom<SecondaryProtocol>('native', 'native', 'zrs2.1', 'zrs2.0'),
+    fc.commands(commandArbitraries(options), { maxCommands: options.maxCommands ?? 25 }),
+    async (seed, shape, protocol, commands) => {
+      const cluster = await SimCluster.create({ protocol, ...options.cluster, seed, secondaries: shape });
+      lastRun.seed = seed;
+      lastRun.cluster = `${shape.map((s) => `${s.name}<-${s.upstream}`).join(' ')} (${options.cluster?.protocol ?? protocol})`;
+      lastRun.commands = String(commands);
+      try {
+        const model: ClusterModel = { upstream: new Map(shape.map((s) => [s.name, s.upstream])), down: new Set(), commits: 0 };
+        await fc.asyncModelRun(() => ({ model, real: cluster }), commands);
+        await cluster.converge(options.livenessMs ?? 120_000);
+        cluster.assertInvariants();
+      } catch (err) {
+        throw withTrace(err, cluster);
+      } finally {
+        lastRun.trace = cluster.trace;
+        const stats = cluster.result().stats;
+        lastRun.stats = stats;
+        totals.runs += 1;
+        totals.faults += stats.faults;
+        totals.events += stats.steps + stats.ops;
+        totals.commits += stats.commits;
+        totals.virtualMs += stats.virtualMs;
+        await cluster.close();
+      }
+    },
+  );
+}
+
+/** Attach the readable trace (its tail) to a failure, so fast-check prints it. */
+export function withTrace(err: unknown, cluster: SimCluster, lines = Number(process.env.SIM_TRACE_LINES ?? 120)): Error {
+  const trace = cluster.trace;
+  const tail = trace.slice(-lines).join('\n');
+  const head = err instanceof InvariantViolationError ? err.message : err instanceof Error ? (err.stack ?? err.message) : String(err);
+  const e = new Error(
+    `${head}\n--- trace (last ${Math.min(lines, trace.length)} of ${trace.length} lines; full trace: npm run sim -- --seed <seed> --path <path>) ---\n${tail}`,
+  );
+  return e;
+}
+
+/** Runs per property, from SIM_RUNS (default `fallback`). */
+export function simRuns(fallback: number): number {
+  const n = Number(process.env.SIM_RUNS);
+  return Number.isFinite(n) && n > 0 ? Math.floor(n) : fallback;
+}

@@ -1,0 +1,42 @@
+// `npm run soak -- --minutes M`: run the cluster property with fresh random
+// seeds until the time is up; report runs, faults injected, events simulated
+// and events per second of wall time, and every failure's replay command.
+
+import fc from 'fast-check';
+import { randomSeed } from '../src/node/clock.js';
+import { clusterProperty, totals } from './model.js';
+
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+
+const minutes = Number(arg('minutes') ?? 1);
+const deadline = performance.now() + minutes * 60_000;
+const started = performance.now();
+const failures: string[] = [];
+let batches = 0;
+while (performance.now() < deadline) {
+  const seed = randomSeed();
+  batches += 1;
+  const details = await fc.check(clusterProperty(), { seed, numRuns: 10, endOnFailure: true });
+  if (details.failed) {
+    const line = `npm run sim -- --seed ${details.seed} --path ${details.counterexamplePath ?? ''}`;
+    failures.push(line);
+    console.log(`FAILED (seed ${details.seed}): ${String((details.errorInstance as Error | null)?.message ?? '').split('\n')[0]}\n  replay: ${line}`);
+  }
+  if (batches % 5 === 0) console.log(`… ${totals.runs} runs, ${failures.length} failures`);
+}
+const wallS = (performance.now() - started) / 1000;
+console.log(
+  [
+    `runs: ${totals.runs} (${batches} seeds × up to 10)`,
+    `failures: ${failures.length}`,
+    `faults injected: ${totals.faults}`,
+    `commits: ${totals.commits}`,
+    `events simulated: ${totals.events} (${Math.round(totals.events / wallS)} per second of wall time)`,
+    `virtual time: ${(totals.virtualMs / 1000).toFixed(1)} s in ${wallS.toFixed(1)} s of wall time`,
+  ].join('\n'),
+);
+for (const f of failures) console.log(`  ${f}`);
+process.exit(failures.length ? 1 : 0);
