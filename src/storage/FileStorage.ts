@@ -142,7 +142,8 @@ export class FileStorage {
   private publishedTid: Buffer;
   /** Set by closeForWrites(): new transactions are refused, reads go on. */
   private writesClosed = false;
-  private nextOid: bigint;
+  /** The largest oid handed out or stored: newOid returns the one after it. */
+  private lastOid: Buffer;
   /** Wakes iterators that follow the file as it grows. */
   private growthWaiters: Array<() => void> = [];
   private epoch = 0;
@@ -169,7 +170,7 @@ export class FileStorage {
     this.publishedEnd = end;
     this.publishedTid = Buffer.from(state.lastTid ?? Z64);
     this.groupSync = new GroupSync(fd, end, () => this.end);
-    this.nextOid = state.maxOid.readBigUInt64BE(0);
+    this.lastOid = Buffer.from(state.maxOid);
   }
 
   /**
@@ -302,10 +303,10 @@ export class FileStorage {
   /** A new, never-used oid. */
   newOid(): Buffer {
     this.checkWritable('newOid');
-    this.nextOid += 1n;
-    const oid = Buffer.allocUnsafe(8);
-    oid.writeBigUInt64BE(this.nextOid, 0);
-    return oid;
+    const oid = Buffer.from(this.lastOid);
+    for (let i = 7; i >= 0 && ++oid[i]! === 256; i--) oid[i] = 0; // big-endian increment
+    this.lastOid = oid;
+    return Buffer.from(oid);
   }
 
   /** Begin a transaction; waits while another one commits. */
@@ -369,8 +370,7 @@ export class FileStorage {
   private append(cur: PendingTxn, oid: Buffer, data: Buffer | null, back: number, key = oidKey(oid)): number {
     const prev = this.state.index.get(key) ?? 0;
     // As ZODB's store/restore (set_max_oid): newOid never hands out an oid stored explicitly.
-    const n = oid.readBigUInt64BE(0);
-    if (n > this.nextOid) this.nextOid = n;
+    if (Buffer.compare(oid, this.lastOid) > 0) this.lastOid = Buffer.from(oid);
     const pos = cur.tpos + cur.body.appendRecord(oid, cur.tid, prev, cur.tpos, data, back);
     if (!cur.tindex.has(key)) cur.oids.push(Buffer.from(oid));
     cur.tindex.set(key, pos);
@@ -555,7 +555,7 @@ export class FileStorage {
       this.rememberSerial(pos, cur.tid);
     }
     for (const oid of cur.oids) if (Buffer.compare(oid, this.state.maxOid) > 0) this.state.maxOid = oid;
-    if (cur.oids.length && this.state.maxOid.readBigUInt64BE(0) > this.nextOid) this.nextOid = this.state.maxOid.readBigUInt64BE(0);
+    if (Buffer.compare(this.state.maxOid, this.lastOid) > 0) this.lastOid = Buffer.from(this.state.maxOid);
     recordTransaction(this.state, cur.tid, cur.tpos);
     this.end = end;
     this.current = null;

@@ -2,7 +2,7 @@
 // exactly as it will be written: header and metadata space first, then data
 // records appended in place, then the trailer. Vote writes it with one call.
 
-import { DATA_HEADER_BYTES, TRAILER_BYTES, dataRecordLength, writeDataHeader, writeU64At } from './format.js';
+import { DATA_HEADER_BYTES, TRAILER_BYTES, dataRecordLength, writeU64At } from './format.js';
 
 export class TxnBuffer {
   private buf: Buffer;
@@ -34,7 +34,13 @@ export class TxnBuffer {
     const len = dataRecordLength(plen);
     this.reserve(len);
     const off = this.used;
-    writeDataHeader(this.buf, off, { oid, tid, prev, tloc, vlen: 0, plen });
+    const b = this.buf;
+    oid.copy(b, off);
+    tid.copy(b, off + 8);
+    writeU64At(b, off + 16, prev);
+    writeU64At(b, off + 24, tloc);
+    b.writeUInt16BE(0, off + 32); // no version
+    writeU64At(b, off + 34, plen);
     if (data !== null && plen > 0) data.copy(this.buf, off + DATA_HEADER_BYTES);
     else writeU64At(this.buf, off + DATA_HEADER_BYTES, back);
     this.used += len;
