@@ -34,6 +34,15 @@ export interface SessionStartEvent {
   edgeRefusal?: Refusal;
 }
 
+/**
+ * Second non-empty frame was a status request instead of a start (native
+ * protocol family): the edge answers it with one status message
+ * (`sendStatus`), then the session closes without streaming anything.
+ */
+export interface StatusRequestEvent {
+  type: 'STATUS_REQUEST';
+}
+
 /** A transaction with this tid was written to the socket (from catchUp, follow or drain). */
 export interface SentEvent {
   type: 'SENT';
@@ -81,6 +90,7 @@ export interface ProtocolErrorEvent {
 export type PrimarySessionEvent =
   | ProtocolEvent
   | SessionStartEvent
+  | StatusRequestEvent
   | SentEvent
   | OverflowEvent
   | AckEvent
@@ -100,6 +110,7 @@ export type SessionCloseReason =
   | { kind: 'protocol-error'; reason: string }
   | { kind: 'handshake-timeout'; timeoutMs: number }
   | { kind: 'closed-before-start' }
+  | { kind: 'status-served' }
   | { kind: 'drained' }
   | { kind: 'drain-timeout'; timeoutMs: number }
   | { kind: 'source-ended' }
@@ -275,10 +286,13 @@ function createContext(input: PrimarySessionInput): PrimarySessionContext {
  * - action `sendRefusal` ({@link RefusalParams}): write a REFUSED frame when
  *   the peer can read one (protocol?.hasVerdict, or an unknown name of the
  *   native family); otherwise write nothing. `closeStream` follows at once.
+ * - action `sendStatus` (no params): write one status message describing the
+ *   node; requested on STATUS_REQUEST (native protocols only), `closeStream`
+ *   ({ kind: 'status-served' }) follows at once.
  * - action `closeStream` ({@link CloseStreamParams}): entry of `closed`; end()
  *   the stream (flushing a refusal) or destroy() it on a transport error, and log.
  *
- * Events from the edge: PROTOCOL, START, ACK, KEEPALIVE, CLOSE, PEER_CLOSED,
+ * Events from the edge: PROTOCOL, START or STATUS_REQUEST, ACK, KEEPALIVE, CLOSE, PEER_CLOSED,
  * TRANSPORT_ERROR, PROTOCOL_ERROR. From the streaming actors: SENT, OVERFLOW.
  *
  * @example
@@ -302,6 +316,7 @@ export const primarySessionMachine = setup({
   actions: {
     sendWelcome: (_args, _params: WelcomeParams) => notProvided(MACHINE, 'sendWelcome'),
     sendRefusal: (_args, _params: RefusalParams) => notProvided(MACHINE, 'sendRefusal'),
+    sendStatus: () => notProvided(MACHINE, 'sendStatus'),
     closeStream: (_args, _params: CloseStreamParams) => notProvided(MACHINE, 'closeStream'),
     recordSent: assign(({ context, event }) => {
       assertEvent(event, 'SENT');
@@ -322,6 +337,7 @@ export const primarySessionMachine = setup({
       assertEvent(event, 'START');
       return judgeStart(event) !== null;
     },
+    statusAllowed: ({ context }) => context.protocol?.kind === 'native',
     ackInvalid: ({ context, event }) => {
       assertEvent(event, 'ACK');
       return !isAckValid(context, event.tid);
@@ -435,6 +451,10 @@ export const primarySessionMachine = setup({
               }),
             ],
           },
+        ],
+        STATUS_REQUEST: [
+          { guard: 'statusAllowed', target: 'closed', actions: ['sendStatus', { type: 'close', params: { reason: { kind: 'status-served' } } }] },
+          { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'protocol-error', reason: 'status request outside the native protocol' } } } },
         ],
         CLOSE: { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'closed-before-start' } } } },
       },

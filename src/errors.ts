@@ -138,3 +138,61 @@ export class TidTooHighError extends ZrsError {
 export class AddressError extends ZrsError {
   override name = 'AddressError';
 }
+
+/** A TLS link could not be set up: a certificate did not verify, the peer spoke plain TCP, or a TLS setting is unusable. */
+export class TlsHandshakeError extends ZrsError {
+  override name = 'TlsHandshakeError';
+  constructor(message: string, readonly peer: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+/**
+ * Synchronous replication: fewer secondaries than wanted acknowledged `tid`
+ * within `timeoutMs`. The transaction stays committed on the primary.
+ */
+export class SyncReplicationTimeoutError extends ZrsError {
+  override name = 'SyncReplicationTimeoutError';
+  constructor(readonly tid: Buffer, readonly wanted: number, readonly got: number, readonly timeoutMs: number) {
+    super(
+      `transaction 0x${hex(tid)} is committed on the primary but only ${got} of ${wanted} secondaries acknowledged it within ${timeoutMs} ms`,
+    );
+  }
+}
+
+/** A wait for secondaries' acknowledgements ended because the primary closed. */
+export class SyncReplicationAbortedError extends ZrsError {
+  override name = 'SyncReplicationAbortedError';
+  constructor(readonly tid: Buffer, readonly wanted: number, readonly got: number) {
+    super(`wait for ${wanted} acknowledgements of transaction 0x${hex(tid)} ended by close (${got} received)`);
+  }
+}
+
+/** An audit log file whose tail (or header) is truncated or fails its checksum. */
+export class AuditLogDamagedError extends ZrsError {
+  override name = 'AuditLogDamagedError';
+  constructor(readonly path: string, readonly offset: number, readonly detail: string) {
+    super(`${path}: audit log damaged at offset ${offset}: ${detail}`);
+  }
+}
+
+/**
+ * A secondary holds history its primary never had (for example an old primary
+ * that comes back after a failover), or the same tid with different contents.
+ * Never merged: rewind the secondary explicitly (rewindStorage / `zrs rewind`).
+ */
+export class DivergedHistoryError extends ZrsError {
+  override name = 'DivergedHistoryError';
+  constructor(
+    /** The last tid both histories share (8 zero bytes when none). */
+    readonly forkTid: Buffer,
+    /** The local (secondary's) last tid. */
+    readonly localTid: Buffer | null,
+    /** The remote (primary's) last tid, when known. */
+    readonly remoteTid: Buffer | null,
+    readonly reason: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`diverged history: ${reason} (fork at tid 0x${hex(forkTid)}, local 0x${hex(localTid)}, remote 0x${hex(remoteTid)})`, options);
+  }
+}

@@ -13,6 +13,8 @@ export class UsageError extends ZrsError {
 export interface FlagSpec {
   /** Long name without dashes, e.g. 'log-format'. */
   name: string;
+  /** One-letter alias (`-w 30`, `-w30`; booleans may be bundled: `-mw30`). */
+  short?: string;
   /** Takes a value (`--name VALUE` or `--name=VALUE`); else a boolean switch. */
   value?: string;
   /** Allowed values, when restricted. */
@@ -47,6 +49,10 @@ export function parseArgs(spec: CommandSpec, args: readonly string[]): ParsedArg
       positionals.push(...args.slice(i + 1));
       break;
     }
+    if (a.startsWith('-') && !a.startsWith('--') && a.length > 1) {
+      i = parseShort(spec, args, i, flags);
+      continue;
+    }
     if (a.startsWith('-') && a !== '-') {
       const eq = a.indexOf('=');
       const name = a.slice(a.startsWith('--') ? 2 : 1, eq < 0 ? undefined : eq);
@@ -77,16 +83,42 @@ export function parseArgs(spec: CommandSpec, args: readonly string[]): ParsedArg
   return { help: false, positionals, flags };
 }
 
+/** Parse the short-option group at args[i] into `flags`; returns the index of the last argument used. */
+function parseShort(spec: CommandSpec, args: readonly string[], i: number, flags: Map<string, string | true>): number {
+  const a = args[i]!;
+  for (let j = 1; j < a.length; j++) {
+    const flag = spec.flags.find((f) => f.short !== undefined && f.short === a[j]);
+    if (!flag) throw new UsageError(`unknown option -${a[j]}`, spec.name);
+    if (flags.has(flag.name)) throw new UsageError(`option --${flag.name} given twice`, spec.name);
+    if (!flag.value) {
+      flags.set(flag.name, true);
+      continue;
+    }
+    const value = j + 1 < a.length ? a.slice(j + 1) : args[++i];
+    if (value === undefined) throw new UsageError(`option -${flag.short} needs a value (${flag.value})`, spec.name);
+    if (flag.choices && !flag.choices.includes(value)) {
+      throw new UsageError(`option -${flag.short} must be one of ${flag.choices.join(', ')}, not ${JSON.stringify(value)}`, spec.name);
+    }
+    flags.set(flag.name, value);
+    break;
+  }
+  return i;
+}
+
+function flagLabel(f: FlagSpec): string {
+  return `${f.short ? `-${f.short}, ` : ''}--${f.name}${f.value ? ` ${f.value}` : ''}`;
+}
+
 export function usageLine(spec: CommandSpec): string {
-  const flags = spec.flags.map((f) => `[--${f.name}${f.value ? ` ${f.value}` : ''}]`).join(' ');
+  const flags = spec.flags.map((f) => `[${f.short ? `-${f.short}` : `--${f.name}`}${f.value ? ` ${f.value}` : ''}]`).join(' ');
   return `usage: zrs ${spec.name} ${[flags, ...spec.positionals].filter(Boolean).join(' ')}`;
 }
 
 /** The text `zrs COMMAND --help` prints. */
 export function commandHelp(spec: CommandSpec): string {
   const lines = [usageLine(spec), '', spec.summary, '', spec.description.trim(), '', 'options:'];
-  const width = Math.max(...spec.flags.map((f) => `--${f.name}${f.value ? ` ${f.value}` : ''}`.length), '-h, --help'.length);
-  for (const f of spec.flags) lines.push(`  ${`--${f.name}${f.value ? ` ${f.value}` : ''}`.padEnd(width)}  ${f.help}`);
+  const width = Math.max(...spec.flags.map((f) => flagLabel(f).length), '-h, --help'.length);
+  for (const f of spec.flags) lines.push(`  ${flagLabel(f).padEnd(width)}  ${f.help}`);
   lines.push(`  ${'-h, --help'.padEnd(width)}  show this help`);
   return `${lines.join('\n')}\n`;
 }

@@ -5,11 +5,16 @@
 import { readFileSync } from 'node:fs';
 import { ZrsError } from '../errors.js';
 import { commandHelp, parseArgs, UsageError, usageLine, type CommandSpec, type ParsedArgs } from './args.js';
+import { audit, auditSpec } from './audit.js';
+import { check, checkOptions, checkSpec } from './check.js';
 import { dump, dumpSpec } from './dump.js';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, type CliIo } from './io.js';
 import type { LogFormat } from './logging.js';
 import { serve, serveSpec } from './serve.js';
+import { status, statusOptions, statusSpec } from './status.js';
 import { verify, verifySpec } from './verify.js';
+import { promote, promoteSpec } from './promote.js';
+import { rewind, rewindSpec } from './rewind.js';
 
 interface Command {
   spec: CommandSpec;
@@ -27,6 +32,14 @@ const COMMANDS: readonly Command[] = [
   },
   { spec: verifySpec, run: (a, io) => verify(a.positionals[0]!, io, !a.flags.has('no-progress')) },
   { spec: dumpSpec, run: (a, io) => dump(a.positionals[0]!, io) },
+  { spec: auditSpec, run: (a, io) => audit(a.positionals[0]!, io, a.flags.has('json')) },
+  {
+    spec: statusSpec,
+    run: (a, io) => status(a.positionals[0]!, io, statusOptions(a.flags)),
+  },
+  { spec: checkSpec, run: (a, io) => check(a.positionals[0]!, a.positionals[1]!, io, checkOptions(a.flags)) },
+  { spec: promoteSpec, run: (a, io) => promote(a.positionals[0]!, io) },
+  { spec: rewindSpec, run: (a, io) => rewind(a, io) },
 ];
 
 /** The package version, read from package.json beside src/. */
@@ -85,6 +98,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   try {
     return await command.run(args, io);
   } catch (err) {
+    // A command may find its arguments wrong only once it reads them (addresses, numbers).
+    if (err instanceof UsageError) return usage(io, err.message, command.spec);
     // Operating errors (missing file, locked storage, bad format) are reported, not thrown.
     if (err instanceof ZrsError || isSystemError(err)) {
       io.err(`zrs ${name}: ${(err as Error).message}\n`);

@@ -7,6 +7,7 @@
 // before closing). A second signal during shutdown exits at once (code 1).
 
 import { ConfigError, loadZrsConfig, type PrimaryConfig, type SecondaryConfig, type StandaloneConfig, type StorageConfig } from '../config/zrs.js';
+import type { ReplicationAddress } from '../ports/transport.js';
 import { formatAddress } from '../replication/address.js';
 import { Primary } from '../replication/primary.js';
 import { Secondary } from '../replication/secondary.js';
@@ -136,19 +137,19 @@ async function startPrimary(s: PrimaryConfig, log: Logger): Promise<Running> {
   const storage = s.storage.create ? await FileStorage.open(s.options.path, { create: 'truncate', blobDir: s.options.blobDir, fsync: s.options.fsync }) : undefined;
   let primary: Primary;
   try {
-    primary = await Primary.open({ ...s.options, storage, log });
+    primary = await Primary.open({ ...s.options, storage, log, name: s.name, ...metricsOption(s) });
   } catch (err) {
     await storage?.close();
     throw err;
   }
-  const info = { ...summary(s), replicateTo: formatAddress(primary.address) };
+  const info = { ...summary(s), replicateTo: formatAddress(primary.address), ...metricsInfo(primary.metricsAddress) };
   log('info', 'primary started', { ...info, lastTid: primary.storage.lastTransaction().toString('hex') });
   return { config: s, info, log, close: () => primary.close() };
 }
 
 async function startSecondary(s: SecondaryConfig, log: Logger): Promise<Running> {
   if (s.storage.create) await (await FileStorage.open(s.options.path, { create: 'truncate', blobDir: s.options.blobDir })).close();
-  const secondary = await Secondary.open({ ...s.options, log });
+  const secondary = await Secondary.open({ ...s.options, log, name: s.name, ...metricsOption(s) });
   let previous = '';
   const sub = secondary.status$.subscribe((st) => {
     // The machine reports every context change; log each status once.
@@ -161,7 +162,7 @@ async function startSecondary(s: SecondaryConfig, log: Logger): Promise<Running>
     else if (st.kind === 'diverged' || st.kind === 'failed') log('error', st.kind, { reason: st.reason });
   });
   const to = secondary.replicationAddress;
-  const info = { ...summary(s), ...(to ? { replicateTo: formatAddress(to) } : {}) };
+  const info = { ...summary(s), ...(to ? { replicateTo: formatAddress(to) } : {}), ...metricsInfo(secondary.metricsAddress) };
   log('info', 'secondary started', { ...info, lastTid: secondary.storage.lastTransaction().toString('hex') });
   return {
     config: s,
@@ -179,6 +180,15 @@ async function startStandalone(s: StandaloneConfig, log: Logger): Promise<Runnin
   const info = summary(s);
   log('info', 'storage opened', { ...info, readOnly: fs.readOnly, lastTid: fs.lastTransaction().toString('hex') });
   return { config: s, info, log, close: () => fs.close() };
+}
+
+/** `metrics-address` as a Primary/Secondary option (absent when not configured). */
+function metricsOption(s: PrimaryConfig | SecondaryConfig): { metricsAddress?: ReplicationAddress } {
+  return s.metricsAddress ? { metricsAddress: s.metricsAddress } : {};
+}
+
+function metricsInfo(address: ReplicationAddress | null): Record<string, unknown> {
+  return address ? { metrics: `http://${formatAddress(address)}/metrics` } : {};
 }
 
 function summary(s: StorageConfig): Record<string, unknown> {

@@ -11,6 +11,7 @@ import { formatAddress, parseAddress } from '../replication/address.js';
 import type { PrimaryOptions } from '../replication/primary.js';
 import type { SecondaryOptions, SecondaryProtocol } from '../replication/secondary.js';
 import type { OpenOptions } from '../storage/types.js';
+import { sslSection } from './ssl.js';
 import { ConfigError, parseZConfigFile, parseZConfigText, type ConfigDocument, type ConfigKey, type ConfigSection, type ParseOptions, type SourceLocation } from './zconfig.js';
 
 /** The `<filestorage>` section (ZODB's keys this project supports). */
@@ -26,13 +27,13 @@ export interface FileStorageSettings {
 }
 
 /** Exactly the Primary.open options a config can set (transport, clock, log come from the caller). */
-export interface PrimaryConfigOptions extends Pick<PrimaryOptions, 'path' | 'blobDir' | 'fsync'> {
+export interface PrimaryConfigOptions extends Pick<PrimaryOptions, 'path' | 'blobDir' | 'fsync' | 'tls'> {
   replicateTo: ReplicationAddress;
 }
 
 /** Exactly the Secondary.open options a config can set. */
 export interface SecondaryConfigOptions
-  extends Pick<SecondaryOptions, 'path' | 'blobDir' | 'fsync' | 'transferBlobs' | 'protocol' | 'keepAliveDelayMs' | 'reconnect'> {
+  extends Pick<SecondaryOptions, 'path' | 'blobDir' | 'fsync' | 'transferBlobs' | 'protocol' | 'keepAliveDelayMs' | 'reconnect' | 'tls'> {
   replicateFrom: ReplicationAddress;
   replicateTo?: ReplicationAddress;
 }
@@ -43,7 +44,7 @@ interface StorageCommon {
   /** The `<zrs>` (or top-level `<filestorage>`) section. */
   loc: SourceLocation;
   storage: FileStorageSettings;
-  /** `metrics-address`: parsed and kept for the metrics endpoint (not served yet). */
+  /** `metrics-address`: where `zrs serve` serves this storage's Prometheus metrics (primaries and secondaries). */
   metricsAddress: ReplicationAddress | null;
 }
 
@@ -167,8 +168,10 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
   const keys = keyMap(s, ZRS_KEYS, '<zrs>');
   const inner = s.sections.filter((c) => c.type === 'filestorage');
   for (const c of s.sections) {
-    if (c.type !== 'filestorage') throw ConfigError.at(c.loc, `unknown section type <${c.type}> inside <zrs> (expected <filestorage>)`, `<${c.type}>`);
+    if (c.type !== 'filestorage' && c.type !== 'ssl') throw ConfigError.at(c.loc, `unknown section type <${c.type}> inside <zrs> (expected <filestorage> or <ssl>)`, `<${c.type}>`);
   }
+  const ssl = s.sections.filter((c) => c.type === 'ssl');
+  if (ssl.length > 1) throw ConfigError.at(ssl[1]!.loc, `duplicate section: <zrs> holds at most one <ssl> (first at ${where(ssl[0]!.loc)})`, '<ssl>');
   if (inner.length === 0) throw ConfigError.at(s.loc, `<zrs> at ${where(s.loc)} needs a <filestorage> section holding the data file`, '<zrs>');
   if (inner.length > 1) throw ConfigError.at(inner[1]!.loc, `duplicate section: <zrs> holds one <filestorage> (first at ${where(inner[0]!.loc)})`, '<filestorage>');
   const storage = fileStorageSection(inner[0]!, check);
@@ -192,6 +195,8 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
   };
   const fsync = optional(keys, 'fsync', boolean);
   const blobDir = storage.blobDir ?? undefined;
+  // <ssl>: TLS for both directions of this storage's replication links.
+  const tls = ssl[0] ? sslSection(ssl[0], replicateTo !== undefined, check) : undefined;
   // zc.zrs accepts keep-alive-delay on any <zrs>; parse it everywhere, use it on secondaries.
   const keepAliveSeconds = optional(keys, 'keep-alive-delay', (k) => seconds(k, true));
   if (!replicateFrom) {
@@ -200,7 +205,7 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
       if (key) throw ConfigError.at(key.loc, 'applies only to a secondary (a <zrs> with replicate-from)', k);
     }
     if (storage.readOnly) throw ConfigError.at(inner[0]!.loc, 'a primary (no replicate-from) cannot be read-only', 'read-only');
-    const primary: PrimaryConfig = { kind: 'primary', ...common, options: { path: storage.path, replicateTo: replicateTo!, blobDir, fsync } };
+    const primary: PrimaryConfig = { kind: 'primary', ...common, options: { path: storage.path, replicateTo: replicateTo!, blobDir, fsync, ...(tls ? { tls } : {}) } };
     remember(primary, keys);
     return primary;
   }
@@ -230,6 +235,7 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
       protocol: optional(keys, 'protocol', protocol),
       keepAliveDelayMs: keepAliveSeconds ? keepAliveSeconds * 1000 : undefined,
       reconnect,
+      ...(tls ? { tls } : {}),
     },
   };
   remember(secondary, keys);

@@ -6,7 +6,8 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { rm } from 'node:fs/promises';
 import type { ByteStream, ByteStreamHandlers, Listener, ReplicationAddress, Transport } from '../ports/transport.js';
 
-class SocketStream implements ByteStream {
+/** A net.Socket (or tls.TLSSocket) as a ByteStream; also used by tlsTransport. */
+export class SocketStream implements ByteStream {
   private handlers: ByteStreamHandlers | null = null;
   private held: Uint8Array[] = [];
   private closed = false;

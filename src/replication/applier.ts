@@ -28,6 +28,8 @@ export interface ApplierHooks {
   /** A transaction is durable on the secondary. */
   applied(tid: Buffer): void;
   heartbeat(lastTid: Buffer, clockMs: number): void;
+  /** The primary's hash-chain link for a transaction about to be finished (packed ones). */
+  link?(tid: Buffer, link: Buffer): void;
 }
 
 export class Applier {
@@ -56,6 +58,7 @@ export class Applier {
       case 'blobBlock':
         return this.blobBlock(e.bytes, e.last);
       case 'commit':
+        if (e.link) this.hooks.link?.(e.tid, e.link);
         return this.commit(e.tid);
       case 'heartbeat':
         this.hooks.heartbeat(e.lastTid, e.clockMs);

@@ -6,17 +6,17 @@ import { ProtocolError } from '../errors.js';
 import type { ProtocolSpec } from '../../machines/handshake.js';
 import { StreamChecksum } from '../wire/checksum.js';
 import { dumps } from '../wire/pickle.js';
-import { createNativeUnpackr, decodeNative, type PrimaryMessage, type RecordMessage } from '../wire/native.js';
+import { createNativeUnpackr, decodeNative, type GenerationEntry, type PrimaryMessage, type RecordMessage } from '../wire/native.js';
 import { Zrs2StreamParser, type Zrs2Event } from '../wire/zrs2.js';
 
 export type ApplyEvent =
-  | { kind: 'welcome'; lastTid: Buffer }
+  | { kind: 'welcome'; lastTid: Buffer; generation?: GenerationEntry; generations?: GenerationEntry[] }
   | { kind: 'refused'; code: string; reason: string; forkTid?: Buffer }
   | { kind: 'begin'; tid: Buffer; status: string; user: Buffer; description: Buffer; extension: Buffer }
   /** `blobBytes` null: a plain record; a number: a blob of that size follows in blobBlock events. */
   | { kind: 'record'; oid: Buffer; data: Buffer | null; dataTxn: Buffer | null; blob: { blocks: number } | null }
   | { kind: 'blobBlock'; bytes: Buffer; last: boolean }
-  | { kind: 'commit'; tid: Buffer }
+  | { kind: 'commit'; tid: Buffer; link?: Buffer }
   | { kind: 'heartbeat'; lastTid: Buffer; clockMs: number };
 
 export interface InboundDecoder {
@@ -63,7 +63,7 @@ export class NativeInbound implements InboundDecoder {
   private verdict(msg: PrimaryMessage): ApplyEvent[] {
     if (msg.type === 'welcome') {
       this.welcomed = true;
-      return [{ kind: 'welcome', lastTid: msg.lastTid }];
+      return [{ kind: 'welcome', lastTid: msg.lastTid, generation: msg.generation, ...(msg.generations ? { generations: msg.generations } : {}) }];
     }
     if (msg.type === 'refuse') return [{ kind: 'refused', code: msg.code, reason: msg.message, forkTid: msg.forkTid }];
     throw new ProtocolError(`expected welcome or refuse, got ${msg.type}`);
@@ -103,7 +103,7 @@ export class NativeInbound implements InboundDecoder {
         if (this.tid === null || this.blobRemaining > 0) throw new ProtocolError('commit outside a transaction');
         const tid = this.tid;
         this.tid = null;
-        return [{ kind: 'commit', tid }];
+        return [msg.link ? { kind: 'commit', tid, link: msg.link } : { kind: 'commit', tid }];
       }
       case 'heartbeat':
         if (this.tid !== null) throw new ProtocolError('heartbeat inside a transaction');

@@ -7,11 +7,19 @@ import type { Clock } from '../ports/clock.js';
 import type { ReplicationAddress, Transport } from '../ports/transport.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import { systemClock } from '../node/clock.js';
-import { socketTransport } from '../node/socketTransport.js';
-import { parseAddress } from './address.js';
+import type { TlsOptions } from '../node/tlsTransport.js';
+import { formatAddress, parseAddress } from './address.js';
 import { silentLogger, type Logger } from './log.js';
+import type { ReplicationMetrics } from './metrics.js';
+import { openNodeEdges, type NodeEdges } from './nodeEdges.js';
 import { ReplicationServer } from './server.js';
 import type { SessionStatus } from './primarySession.js';
+import { buildNodeStatus, type NodeStatus } from './nodeStatus.js';
+import { FailoverHistory } from '../failover/history.js';
+import type { GenerationEntry } from '../wire/native.js';
+import { PrimarySync } from './primarySync.js';
+import type { ReplicationConfirmation, SecondaryReplicationStatus, WaitForReplicationOptions } from './syncReplication.js';
+import type { AuditLog } from '../audit/auditLog.js';
 
 export interface PrimaryOptions {
   /** Data.fs path (created when missing). */
@@ -23,17 +31,45 @@ export interface PrimaryOptions {
   /** Send a heartbeat (last tid and clock) to idle native secondaries this often. */
   heartbeatIntervalMs?: number;
   transport?: Transport;
+  /** Serve over TLS, demanding client certificates that verify against `tls.authenticate` (not with `transport`). */
+  tls?: TlsOptions;
+  /** Serve Prometheus metrics over HTTP here (e.g. '127.0.0.1:9100'). */
+  metricsAddress?: string | number | ReplicationAddress;
   clock?: Clock;
   log?: Logger;
   /** An already open storage to serve instead of opening `path`. */
   storage?: FileStorage;
+  /** The node name reported by status() and status requests. */
+  name?: string;
+  /** The storage's generations and hash chain, already open (promotion); opened beside `path` otherwise. */
+  history?: FailoverHistory;
+  /** A replication server already serving this storage (a promoted secondary's): kept, with its sessions. */
+  server?: ReplicationServer;
+  /**
+   * Synchronous replication (docs/FAILOVER.md): `storage.tpcFinish` resolves
+   * only once this many native secondaries acknowledged the transaction as
+   * durable, else rejects with SyncReplicationTimeoutError after
+   * `syncTimeoutMs` (the transaction stays committed here). Default 0.
+   */
+  syncReplicas?: number;
+  /** Bound on each wait for acknowledgements, on `clock`. Default 10 000. */
+  syncTimeoutMs?: number;
+  /** The audit log (docs/FAILOVER.md): default `<path>.audit`; null turns it off. */
+  auditPath?: string | null;
 }
 
 export class Primary {
+  /** Generations and hash chain of this storage (see docs/FAILOVER.md). */
+  private failover: FailoverHistory | null = null;
+  /** Audit log, ack tracking and synchronous commits (src/replication/primarySync.ts). */
+  private sync: PrimarySync | null = null;
+
   private constructor(
     /** The writable storage: commit through it as through any FileStorage. */
     readonly storage: FileStorage,
     private readonly server: ReplicationServer,
+    private readonly describe: (sessions: SessionStatus[]) => NodeStatus,
+    private readonly edges: NodeEdges,
   ) {}
 
   /**
@@ -45,17 +81,38 @@ export class Primary {
   static async open(options: PrimaryOptions): Promise<Primary> {
     const storage = options.storage ?? (await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync }));
     const address = typeof options.replicateTo === 'object' ? options.replicateTo : parseAddress(options.replicateTo);
+    const clock = options.clock ?? systemClock;
+    const describe = (sessions: SessionStatus[]): NodeStatus =>
+      buildNodeStatus({ role: 'primary', name: options.name ?? null, storage, nowMs: clock.now(), sessions, generation: history?.generations.current });
+    let edges: NodeEdges | null = null;
+    let history: FailoverHistory | null = options.history ?? null;
+    let sync: PrimarySync | null = null;
     try {
-      const server = await ReplicationServer.start({
+      history ??= await FailoverHistory.open(storage, { role: 'primary', fsync: options.fsync });
+      edges = await openNodeEdges(options, clock, options.log ?? silentLogger);
+      edges.metrics.watchStorage(storage);
+      const metrics = edges.metrics;
+      sync = await PrimarySync.open(options, storage, clock, options.log ?? silentLogger);
+      const server = options.server ?? await ReplicationServer.start({
         storage,
         address,
-        transport: options.transport ?? socketTransport,
+        transport: edges.transport,
+        onSession: (session) => metrics.onSession(session),
         clock: options.clock ?? systemClock,
         log: options.log ?? silentLogger,
         heartbeatIntervalMs: options.heartbeatIntervalMs,
+        nodeStatus: describe,
+        history,
       });
-      return new Primary(storage, server);
+      const primary = new Primary(sync.storage, server, describe, edges);
+      primary.failover = history;
+      primary.sync = sync;
+      await sync.attach(server, { generation: () => primary.generation, address: formatAddress(server.address), promotion: options.history !== undefined });
+      return primary;
     } catch (err) {
+      await sync?.close();
+      await edges?.close();
+      if (!options.history) await history?.close();
       if (!options.storage) await storage.close();
       throw err;
     }
@@ -66,15 +123,76 @@ export class Primary {
     return this.server.address;
   }
 
-  /** Connected secondaries with what each was sent and acknowledged. */
-  secondaries(): SessionStatus[] {
-    return this.server.status();
+  /** This node's metrics (its own prom-client registry). */
+  get metrics(): ReplicationMetrics {
+    return this.edges.metrics;
+  }
+
+  /** Where the metrics endpoint listens, when metricsAddress was given. */
+  get metricsAddress(): ReplicationAddress | null {
+    return this.edges.metricsServer?.address ?? null;
+  }
+
+  /** Connected secondaries with what each was sent and acknowledged, and the lag seen from acks. */
+  secondaries(): SecondaryReplicationStatus[] {
+    return this.sync!.status();
+  }
+
+  /**
+   * Resolve once `replicas` (default: syncReplicas, at least 1) connected
+   * native secondaries acknowledged `tid` as durable; reject with
+   * SyncReplicationTimeoutError after `timeoutMs` (default: syncTimeoutMs).
+   *
+   * @example
+   * const tid = await primary.localStorage.tpcFinish(txn);
+   * await primary.waitForReplication(tid, { replicas: 2, timeoutMs: 5_000 });
+   */
+  waitForReplication(tid: Buffer, options: WaitForReplicationOptions = {}): Promise<ReplicationConfirmation> {
+    return this.sync!.waitForReplication(tid, options);
+  }
+
+  /** The FileStorage itself: its tpcFinish never waits for secondaries, even with syncReplicas. */
+  get localStorage(): FileStorage {
+    return this.sync?.local ?? this.storage;
+  }
+
+  /** This node's audit log (null when turned off), for further decisions to be recorded in it. */
+  get audit(): AuditLog | null {
+    return this.sync?.audit ?? null;
+  }
+
+  /**
+   * The node's status, the same object a status request receives over the wire.
+   *
+   * @example
+   * const { lastTid, sessions } = primary.status();
+   */
+  status(): NodeStatus {
+    return this.describe(this.server.status());
   }
 
   /** Refuse new writes, send every committed transaction to connected secondaries, close. */
   async close(): Promise<void> {
     await this.storage.closeForWrites();
     await this.server.close();
+    await this.sync?.close();
+    await this.edges.close();
     await this.storage.close();
+    await this.failover?.close();
+  }
+
+  /** The current generation of this primary's history. */
+  get generation(): GenerationEntry {
+    return this.failover!.welcomeFields().generation;
+  }
+
+  /** The whole generation history, oldest first. */
+  get generations(): GenerationEntry[] {
+    return this.failover!.generations.list;
+  }
+
+  /** The hash chain head: tid and link of the last transaction (null when empty). */
+  get chainHead(): { tid: Buffer; hash: Buffer } | null {
+    return this.failover!.chain.head;
   }
 }

@@ -25,11 +25,15 @@ import {
   HELLO_MAX_BYTES,
   PROTOCOL_NAME_MAX_BYTES,
   SECONDARY_MESSAGE_MAX_BYTES,
+  createNativePackr,
   createNativeUnpackr,
   decodeNative,
+  encodeNativeFrame,
+  type NodeStatus,
   type RefuseCode,
 } from '../wire/native.js';
 import { nativeOutbound, zrs2Outbound, type OutboundCodec } from './protocols.js';
+import type { FailoverHistory } from '../failover/history.js';
 import { StreamWriter } from './streamWriter.js';
 
 /** zc.zrs's primary accepts at most 8 bytes per message after the protocol name. */
@@ -54,6 +58,10 @@ export interface PrimarySessionOptions {
   followBufferSize?: number;
   heartbeatIntervalMs?: number;
   handshakeTimeoutMs?: number;
+  /** Answers a native status request (the node's status without this session). Default: none, the request is refused as a protocol error. */
+  nodeStatus?: () => NodeStatus;
+  /** The served storage's generations and hash chain: judges native hellos (diverged) and fills welcome. */
+  history?: FailoverHistory;
 }
 
 export interface SessionStatus {
@@ -94,7 +102,8 @@ export class PrimarySession {
       },
       actions: {
         sendWelcome: (_a, p) => this.sendWelcome(p.startTid as Buffer),
-        sendRefusal: (_a, p) => this.sendRefusal(p.code, p.reason, p.protocolName),
+        sendRefusal: (_a, p) => this.sendRefusal(p.code, p.reason, p.protocolName, p.forkTid as Buffer | undefined),
+        sendStatus: () => this.sendStatus(),
         closeStream: (_a, p) => this.closeStream(p.reason),
       },
     });
@@ -177,6 +186,7 @@ export class PrimarySession {
     const primaryLastTid = this.options.storage.lastDurableTid;
     let startTid: Buffer;
     let wantsBlobs = false;
+    let edgeRefusal: ReturnType<FailoverHistory['refusalFor']> = undefined;
     if (spec.kind === 'native') {
       let hello: ReturnType<typeof decodeNative>;
       try {
@@ -187,9 +197,14 @@ export class PrimarySession {
         this.actor.send({ type: 'START', startTid: Buffer.alloc(8), primaryLastTid, edgeRefusal: { code: 'bad-tid', reason: err.message } });
         return;
       }
+      if (hello.type === 'status-request' && this.options.nodeStatus) {
+        this.actor.send({ type: 'STATUS_REQUEST' });
+        return;
+      }
       if (hello.type !== 'hello') throw new Error(`expected hello, got ${hello.type}`);
       startTid = hello.startTid;
       wantsBlobs = hello.options.blobs;
+      edgeRefusal = this.options.history?.refusalFor(hello);
       this.decoder.setMaxFrameBytes(SECONDARY_MESSAGE_MAX_BYTES);
     } else {
       startTid = Buffer.from(payload);
@@ -197,10 +212,14 @@ export class PrimarySession {
     if (startTid.length === 8) {
       this.codec =
         spec.kind === 'native'
-          ? nativeOutbound(this.options.storage, startTid, { blobs: wantsBlobs && this.options.blobs })
+          ? nativeOutbound(this.options.storage, startTid, {
+              blobs: wantsBlobs && this.options.blobs,
+              generations: this.welcomeGenerations(),
+              link: this.options.history ? (tid) => this.options.history!.chain.hashAt(tid) : undefined,
+            })
           : zrs2Outbound(this.options.storage, startTid, spec);
     }
-    this.actor.send({ type: 'START', startTid, primaryLastTid });
+    this.actor.send({ type: 'START', startTid, primaryLastTid, ...(edgeRefusal ? { edgeRefusal } : {}) });
     if (this.codec && this.actor.getSnapshot().status === 'active') this.startHeartbeat();
   }
 
@@ -224,11 +243,16 @@ export class PrimarySession {
     if (f) this.writer.writeNow(f);
   }
 
-  private sendRefusal(code: string, reason: string, protocolName: string | null): void {
+  private welcomeGenerations(): (() => ReturnType<FailoverHistory['welcomeFields']>) | undefined {
+    const history = this.options.history;
+    return history ? () => history.welcomeFields() : undefined;
+  }
+
+  private sendRefusal(code: string, reason: string, protocolName: string | null, forkTid?: Buffer): void {
     this.options.log('warn', `refused secondary ${this.peer}: ${reason}`, { code, protocol: protocolName });
     // A refusal is readable only by native peers (zc.zrs just sees the close).
     if (this.codec) {
-      const f = this.codec.refusal(code as RefuseCode, reason);
+      const f = this.codec.refusal(code as RefuseCode, reason, forkTid);
       if (f) this.writer.writeNow(f);
     } else if (protocolName?.startsWith('zrs-ts/')) {
       const f = nativeOutbound(this.options.storage, Buffer.alloc(8), { blobs: false }).refusal(code as RefuseCode, reason);
@@ -236,11 +260,17 @@ export class PrimarySession {
     }
   }
 
+  private sendStatus(): void {
+    const status = this.options.nodeStatus?.();
+    if (status) this.writer.writeNow(encodeNativeFrame({ type: 'status', ...status }, createNativePackr()));
+  }
+
   private closeStream(reason: SessionCloseReason): void {
     if (this.finished) return;
     this.finished = true;
     this.stopHeartbeat();
-    const level = reason.kind === 'drained' || reason.kind === 'peer-closed' || reason.kind === 'closed-before-start' ? 'info' : 'warn';
+    const level =
+      reason.kind === 'drained' || reason.kind === 'peer-closed' || reason.kind === 'closed-before-start' || reason.kind === 'status-served' ? 'info' : 'warn';
     this.options.log(level, `session with ${this.peer} closed: ${describeReason(reason)}`, { reason: reason.kind });
     if (reason.kind === 'transport-error' || reason.kind === 'protocol-error' || reason.kind === 'effect-failed') {
       this.options.stream.destroy();
@@ -398,6 +428,8 @@ function describeReason(r: SessionCloseReason): string {
     case 'handshake-timeout':
     case 'drain-timeout':
       return `${r.kind} after ${r.timeoutMs} ms`;
+    case 'status-served':
+      return 'status request answered';
     default:
       return r.kind;
   }

@@ -12,7 +12,7 @@ import { loads, type PickleDict } from '../wire/pickle.js';
 import type { TransactionRecord } from '../storage/types.js';
 import { StreamChecksum } from '../wire/checksum.js';
 import { encodeFrame, encodeFrameHeader } from '../wire/framing.js';
-import { BLOB_BLOCK_BYTES, createNativePackr, encodeNativeFrame, nativeProtocolName, type NativeMessage, type RefuseCode } from '../wire/native.js';
+import { BLOB_BLOCK_BYTES, createNativePackr, encodeNativeFrame, nativeProtocolName, type GenerationEntry, type NativeMessage, type RefuseCode } from '../wire/native.js';
 import { BLOB_BLOCK_SIZE_BYTES, Zrs2Checksum, blobBlockCount, encodeMessage } from '../wire/zrs2.js';
 
 export const NATIVE_SPEC: ProtocolSpec = { name: nativeProtocolName().toString('latin1'), kind: 'native', hasVerdict: true, hasAcks: true };
@@ -30,7 +30,7 @@ export { isBlobRecord };
 export interface OutboundCodec {
   readonly spec: ProtocolSpec;
   welcome(lastTid: Buffer): Buffer | null;
-  refusal(code: RefuseCode, message: string): Buffer | null;
+  refusal(code: RefuseCode, message: string, forkTid?: Buffer): Buffer | null;
   heartbeat(lastTid: Buffer, clockMs: number): Buffer | null;
   transaction(txn: TransactionRecord): AsyncGenerator<Buffer>;
   /** All frames of a transaction without blobs, built at once; null when it has blob records. */
@@ -71,7 +71,16 @@ async function blobSize(storage: FileStorage, oid: Buffer, tid: Buffer): Promise
 }
 
 /** The native (msgpack) protocol's outbound side. */
-export function nativeOutbound(storage: FileStorage, startTid: Buffer, options: { blobs: boolean }): OutboundCodec {
+export function nativeOutbound(
+  storage: FileStorage,
+  startTid: Buffer,
+  options: {
+    blobs: boolean;
+    generations?: () => { generation: GenerationEntry; generations: GenerationEntry[] };
+    /** The hash-chain link at a tid: sent with packed transactions (see docs/FAILOVER.md). */
+    link?: (tid: Buffer) => Buffer | null;
+  },
+): OutboundCodec {
   const packr = createNativePackr();
   const checksum = new StreamChecksum(startTid);
   const frame = (msg: NativeMessage): Buffer => {
@@ -79,18 +88,30 @@ export function nativeOutbound(storage: FileStorage, startTid: Buffer, options: 
     checksum.update(f.subarray(4));
     return f;
   };
+  const packedLink = (txn: TransactionRecord): { link?: Buffer } => {
+    const link = txn.status === 'p' ? options.link?.(txn.tid) : null;
+    return link ? { link } : {};
+  };
   return {
     spec: NATIVE_SPEC,
     welcome: (lastTid) =>
-      encodeNativeFrame({ type: 'welcome', lastTid, generation: { generation: 0, startTid: Buffer.alloc(8) }, options: { blobs: options.blobs, compression: 'none' } }, packr),
-    refusal: (code, message) => encodeNativeFrame({ type: 'refuse', code, message }, packr),
+      encodeNativeFrame(
+        {
+          type: 'welcome',
+          lastTid,
+          ...(options.generations?.() ?? { generation: { generation: 0, startTid: Buffer.alloc(8) } }),
+          options: { blobs: options.blobs, compression: 'none' },
+        },
+        packr,
+      ),
+    refusal: (code, message, forkTid) => encodeNativeFrame({ type: 'refuse', code, message, ...(forkTid ? { forkTid } : {}) }, packr),
     heartbeat: (lastTid, clockMs) => frame({ type: 'heartbeat', lastTid, clockMs }),
     plainFrames(txn) {
       if (options.blobs && storage.blobs && txn.records.some((r) => isBlobRecord(r.data))) return null;
       // The inline form: one message carries the whole transaction.
       const records = txn.records.map((r) => ({ oid: r.oid, dataTxn: r.dataTxn, data: r.data }));
       const head = frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes, records });
-      return [head, frame({ type: 'commit', checksum: checksum.digest() })];
+      return [head, frame({ type: 'commit', checksum: checksum.digest(), ...packedLink(txn) })];
     },
     async *transaction(txn) {
       yield frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes });
@@ -103,7 +124,7 @@ export function nativeOutbound(storage: FileStorage, startTid: Buffer, options: 
         }
       }
       const digest = checksum.digest();
-      yield frame({ type: 'commit', checksum: digest });
+      yield frame({ type: 'commit', checksum: digest, ...packedLink(txn) });
     },
   };
 }

@@ -23,7 +23,18 @@ import { NativeInbound, Zrs2Inbound, type ApplyEvent, type InboundDecoder } from
 import { silentLogger, type Logger } from './log.js';
 import { NATIVE_SPEC, ZRS20_SPEC, ZRS21_SPEC } from './protocols.js';
 import { ReplicationServer } from './server.js';
+import type { TlsOptions } from '../node/tlsTransport.js';
+import type { ReplicationMetrics } from './metrics.js';
+import { openNodeEdges, type NodeEdges } from './nodeEdges.js';
 import { ReadOnlyStorage } from './readOnlyStorage.js';
+import { buildNodeStatus, lagSeconds, stateName, type NodeStatus } from './nodeStatus.js';
+import type { SessionStatus } from './primarySession.js';
+import { DivergedHistoryError } from '../errors.js';
+import { FailoverHistory } from '../failover/history.js';
+import { promoteSecondary, type PromoteOptions, type PromotionHandle } from '../failover/promote.js';
+import type { Primary } from './primary.js';
+import type { AuditLog } from '../audit/auditLog.js';
+import { auditSecondary, auditServerSessions, openNodeAudit } from '../audit/nodeAudit.js';
 
 export type SecondaryProtocol = 'native' | 'zrs2.0' | 'zrs2.1';
 
@@ -42,9 +53,17 @@ export interface SecondaryOptions {
   reconnect?: { initialMs?: number; maxMs?: number; factor?: number; jitter?: number };
   maxFrameBytes?: number;
   transport?: Transport;
+  /** Connect (and serve replicateTo) over TLS: the primary's certificate must verify against `tls.authenticate` (not with `transport`). */
+  tls?: TlsOptions;
+  /** Serve Prometheus metrics over HTTP here (e.g. '127.0.0.1:9101'). */
+  metricsAddress?: string | number | ReplicationAddress;
   clock?: Clock;
   random?: Random;
   log?: Logger;
+  /** The node name reported by status() and status requests. */
+  name?: string;
+  /** The audit log (docs/FAILOVER.md): default `<path>.audit`; null turns it off. */
+  auditPath?: string | null;
 }
 
 /** Non-fatal conditions, for an app or a dashboard to follow. */
@@ -89,8 +108,17 @@ export class Secondary {
   private readonly packr = createNativePackr();
   private readonly spec: ProtocolSpec;
   private closedPromise: Promise<void> | null = null;
+  /** Generations and hash chain of the storage (docs/FAILOVER.md), set up in open(). */
+  private failover: FailoverHistory | null = null;
+  /** Transport (TLS, metered) and metrics endpoint, set up in open(). */
+  private edges: NodeEdges | null = null;
+  /** The audit log and what stops feeding it (src/audit/nodeAudit.ts), set up in open(). */
+  private audit: AuditLog | null = null;
+  private readonly stopAudit: Array<() => void> = [];
   /** Last heartbeat from the primary: its last tid and clock. */
   lastHeartbeat: { lastTid: Buffer; clockMs: number; receivedMs: number } | null = null;
+  /** The newest tid the upstream announced (welcome, heartbeat) or sent, for the lag estimate. */
+  private upstreamLastTid: Buffer | null = null;
 
   private constructor(
     private readonly inner: FileStorage,
@@ -155,26 +183,40 @@ export class Secondary {
     const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync });
     const s = new Secondary(inner, options);
     try {
+      s.failover = await FailoverHistory.open(inner, { role: 'secondary', fsync: options.fsync });
+      s.edges = await openNodeEdges(options, s.clock, s.log);
+      s.edges.metrics.watchStorage(inner, true);
+      s.edges.metrics.watchSecondary(s);
+      const metrics = s.edges.metrics;
+      s.audit = await openNodeAudit({ dataPath: options.path, auditPath: options.auditPath, node: options.name, clock: s.clock, log: s.log });
+      if (s.audit) s.audit.generation = () => s.failover?.generations.current ?? null;
       if (options.replicateTo !== undefined) {
         s.server = await ReplicationServer.start({
           storage: inner,
           address: toAddress(options.replicateTo),
           transport: s.transport,
+          onSession: (session) => metrics.onSession(session),
           clock: s.clock,
           log: s.log,
+          nodeStatus: (sessions) => s.describe(sessions),
+          history: s.failover,
         });
       }
     } catch (err) {
+      await s.audit?.close();
+      await s.failover?.close();
+      await s.edges?.close();
       await inner.close();
       throw err;
     }
+    s.startAudit();
     s.actor.start();
     s.actor.send({ type: 'START' });
     return s;
   }
 
   private get transport(): Transport {
-    return this.options.transport ?? socketTransport;
+    return this.edges?.transport ?? this.options.transport ?? socketTransport;
   }
 
   private get clock(): Clock {
@@ -183,6 +225,17 @@ export class Secondary {
 
   private get log(): Logger {
     return this.options.log ?? silentLogger;
+  }
+
+  /** This node's metrics (its own prom-client registry). */
+  get metrics(): ReplicationMetrics {
+    // Set in open(), before the Secondary is handed out.
+    return this.edges!.metrics;
+  }
+
+  /** Where the metrics endpoint listens, when metricsAddress was given. */
+  get metricsAddress(): ReplicationAddress | null {
+    return this.edges?.metricsServer?.address ?? null;
   }
 
   /** The machine actor (state, context), for inspection and tests. */
@@ -197,7 +250,36 @@ export class Secondary {
 
   /** Replicate from somewhere else from now on (e.g. a newly promoted primary). */
   setReplicationAddress(address: string | number | ReplicationAddress): void {
+    const from = formatAddress(this.actor.getSnapshot().context.address as ReplicationAddress);
+    void this.audit?.decide('config', { change: 'replicateFrom', from, to: formatAddress(toAddress(address)) }).catch(() => undefined);
     this.actor.send({ type: 'SET_ADDRESS', address: toAddress(address) });
+  }
+
+  /** Feed the audit log from the connection actor and the chain server's sessions. */
+  private startAudit(): void {
+    const audit = this.audit;
+    if (!audit) return;
+    this.stopAudit.push(auditSecondary(audit, this));
+    if (this.server) this.stopAudit.push(auditServerSessions(audit, this.server));
+    const o = this.options;
+    void audit
+      .decide('config', {
+        change: 'open',
+        role: 'secondary',
+        replicateFrom: formatAddress(toAddress(o.replicateFrom)),
+        replicateTo: this.server ? formatAddress(this.server.address) : null,
+        protocol: this.spec.name,
+      })
+      .catch(() => undefined);
+  }
+
+  /** Record the close and release the audit log (before a promoted Primary opens it). */
+  private async closeAudit(change: 'close' | 'detach'): Promise<void> {
+    const audit = this.audit;
+    if (!audit) return;
+    for (const stop of this.stopAudit.splice(0)) stop();
+    await audit.decide('config', { change, role: 'secondary' }).catch(() => undefined);
+    await audit.close();
   }
 
   private makeConnection(stream: ByteStream): Connection {
@@ -221,7 +303,11 @@ export class Secondary {
       this.inner,
       {
         applied: (tid) => this.onApplied(conn, tid),
-        heartbeat: (lastTid, clockMs) => (this.lastHeartbeat = { lastTid, clockMs, receivedMs: this.clock.now() }),
+        link: (tid, link) => this.failover?.chain.expectLink(tid, link),
+        heartbeat: (lastTid, clockMs) => {
+          this.lastHeartbeat = { lastTid, clockMs, receivedMs: this.clock.now() };
+          this.noteUpstreamTid(lastTid);
+        },
       },
       this.options.transferBlobs ?? true,
     );
@@ -233,7 +319,8 @@ export class Secondary {
     conn.stream.write(encodeFrame(Buffer.from(this.spec.name, 'latin1')));
     if (this.spec.kind === 'native') {
       const blobs = (this.options.transferBlobs ?? true) && this.inner.blobs !== null;
-      conn.stream.write(encodeNativeFrame({ type: 'hello', startTid: start, generations: [], options: { blobs } }, this.packr));
+      const history = this.failover?.helloFields(start) ?? { generations: [] };
+      conn.stream.write(encodeNativeFrame({ type: 'hello', startTid: start, ...history, options: { blobs } }, this.packr));
     } else conn.stream.write(encodeFrame(start));
   }
 
@@ -276,9 +363,14 @@ export class Secondary {
     send: (e: { type: string; [k: string]: unknown }) => void,
     fail: (error?: Error) => void,
   ): void {
-    if (e.kind === 'welcome') return send({ type: 'WELCOME' });
+    if (e.kind === 'welcome') {
+      this.noteUpstreamTid(e.lastTid);
+      this.adoptGenerations(conn, e, fail);
+      return send({ type: 'WELCOME' });
+    }
     if (e.kind === 'refused') {
       this.log('error', `primary refused replication: ${e.code}: ${e.reason}`, { code: e.code });
+      if (e.code === 'diverged') this.reportDiverged(e.reason, e.forkTid);
       conn.dead = true;
       return send({ type: 'REFUSED', code: e.code, reason: e.reason, forkTid: e.forkTid });
     }
@@ -305,6 +397,7 @@ export class Secondary {
 
   private onApplied(conn: Connection, tid: Buffer): void {
     conn.lastDurableTid = tid;
+    this.noteUpstreamTid(tid);
     if (conn.ackPending) return;
     // One report (and one ack) covers every transaction made durable by the same fsync.
     conn.ackPending = true;
@@ -345,10 +438,119 @@ export class Secondary {
     if (status) this.statusSubject.next(status);
   }
 
+  private noteUpstreamTid(tid: Buffer): void {
+    if (this.upstreamLastTid === null || Buffer.compare(tid, this.upstreamLastTid) > 0) this.upstreamLastTid = Buffer.from(tid);
+  }
+
+  /**
+   * The node's status, the same object a status request receives over the wire.
+   *
+   * @example
+   * const { lastTid, upstream } = secondary.status();
+   */
+  status(): NodeStatus {
+    return this.describe(this.server?.status() ?? []);
+  }
+
+  private describe(sessions: SessionStatus[]): NodeStatus {
+    const snap = this.actor.getSnapshot();
+    const hb = this.lastHeartbeat;
+    return buildNodeStatus({
+      role: 'secondary',
+      name: this.options.name ?? null,
+      storage: this.inner,
+      nowMs: this.clock.now(),
+      sessions,
+      generation: this.failover?.generations.current,
+      upstream: {
+        address: formatAddress(snap.context.address as ReplicationAddress),
+        protocol: this.spec.name,
+        state: stateName(snap.value),
+        primaryLastTid: this.upstreamLastTid,
+        lastHeartbeat: hb && { lastTid: hb.lastTid, clockMs: hb.clockMs, receivedMs: hb.receivedMs },
+        lagSeconds: lagSeconds(this.inner.lastDurableTid, this.upstreamLastTid),
+      },
+    });
+  }
+
   /** Abort any half-received transaction, stop replicating and serving, close the storage. */
   close(): Promise<void> {
     this.closedPromise ??= this.doClose();
     return this.closedPromise;
+  }
+
+  /**
+   * Make this secondary a primary (see docs/FAILOVER.md): stop replicating
+   * (the half-received transaction is aborted), start generation n + 1 at the
+   * last tid, and serve at replicateTo, keeping sessions already connected.
+   * Refused while connected to a live primary unless `force`.
+   *
+   * @example
+   * const primary = await secondary.promote();
+   * console.log(primary.generation); // { generation: 1, startTid: <last tid> }
+   */
+  promote(options: PromoteOptions = {}): Promise<Primary> {
+    return promoteSecondary(this.promotionHandle(), options);
+  }
+
+  private promotionHandle(): PromotionHandle {
+    return {
+      storage: this.inner,
+      history: this.failover!,
+      log: this.log,
+      transport: this.options.transport,
+      clock: this.options.clock,
+      fsync: this.options.fsync,
+      upstreamState: () => stateName(this.actor.getSnapshot().value),
+      serverAddress: () => this.server?.address ?? null,
+      detach: async () => {
+        if (this.closedPromise) throw new ZrsError('the secondary is closed');
+        const done = new Promise<void>((resolve) => {
+          const sub = this.actor.subscribe({ complete: () => resolve(), error: () => resolve() });
+          if (this.actor.getSnapshot().status !== 'active') {
+            sub.unsubscribe();
+            resolve();
+          }
+        });
+        this.closedPromise = done.then(() => undefined);
+        this.actor.send({ type: 'CLOSE' });
+        await done;
+        this.actor.stop();
+        await this.edges?.close();
+        await this.closeAudit('detach');
+        this.statusSubject.complete();
+        return this.server;
+      },
+    };
+  }
+
+  /** Persist the primary's generation history before applying anything it sends. */
+  private adoptGenerations(conn: Connection, e: Extract<ApplyEvent, { kind: 'welcome' }>, fail: (error?: Error) => void): void {
+    const history = this.failover;
+    const generation = e.generation;
+    if (!history || !generation) return;
+    conn.chain = conn.chain.then(async () => {
+      try {
+        await history.adopt({ generation, generations: e.generations });
+      } catch (err) {
+        fail(asError(err));
+      }
+    });
+  }
+
+  private reportDiverged(reason: string, forkTid: Buffer | undefined): void {
+    const local = this.inner.lastTransaction();
+    const err = new DivergedHistoryError(forkTid ?? Buffer.alloc(8), local, null, reason);
+    this.log('error', `DIVERGED: this secondary holds history its primary never had; replication stopped until an explicit rewind (rewindStorage / zrs rewind): ${err.message}`, {
+      error: err.name,
+      forkTid: err.forkTid.toString('hex'),
+      localTid: local.toString('hex'),
+    });
+  }
+
+  /** The generations and hash chain of this storage. */
+  get history(): FailoverHistory | null {
+    return this.failover;
   }
 
   private async doClose(): Promise<void> {
@@ -363,7 +565,10 @@ export class Secondary {
     await done;
     this.actor.stop();
     await this.server?.close();
+    await this.closeAudit('close');
+    await this.edges?.close();
     await this.inner.close();
+    await this.failover?.close();
     this.statusSubject.complete();
   }
 }

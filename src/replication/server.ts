@@ -6,9 +6,12 @@ import type { ProtocolSpec } from '../../machines/handshake.js';
 import type { Clock } from '../ports/clock.js';
 import type { ByteStream, Listener, ReplicationAddress, Transport } from '../ports/transport.js';
 import type { FileStorage } from '../storage/FileStorage.js';
+import type { NodeStatus } from '../wire/native.js';
 import { formatAddress } from './address.js';
+import { buildNodeStatus } from './nodeStatus.js';
 import { PrimarySession, type SessionLog, type SessionStatus } from './primarySession.js';
 import { supportedProtocols } from './protocols.js';
+import type { FailoverHistory } from '../failover/history.js';
 
 export interface ReplicationServerOptions {
   storage: FileStorage;
@@ -19,10 +22,21 @@ export interface ReplicationServerOptions {
   protocols?: readonly ProtocolSpec[];
   heartbeatIntervalMs?: number;
   followBufferSize?: number;
+  /**
+   * The node's status for a status request, given the sessions other than the
+   * asking one. Default: a primary's status from the storage and the sessions.
+   */
+  nodeStatus?: (sessions: SessionStatus[]) => NodeStatus;
+  /** Called with each session as it starts (metrics follow sessions through it). */
+  onSession?: (session: PrimarySession) => void;
+  /** The storage's generations and hash chain: sessions refuse diverged secondaries and send the history in welcome. */
+  history?: FailoverHistory;
 }
 
 export class ReplicationServer {
   private readonly sessions = new Set<PrimarySession>();
+  /** Observers of sessions (sync-replication acks, audit), beside options.onSession. */
+  private readonly sessionWatchers = new Set<(session: PrimarySession) => void>();
   private listener: Listener | null = null;
   private closing = false;
 
@@ -46,7 +60,8 @@ export class ReplicationServer {
       return;
     }
     const o = this.options;
-    const session = new PrimarySession({
+    const describe = o.nodeStatus ?? ((sessions: SessionStatus[]) => buildNodeStatus({ role: 'primary', name: null, storage: o.storage, nowMs: o.clock.now(), sessions }));
+    const session: PrimarySession = new PrimarySession({
       storage: o.storage,
       stream,
       clock: o.clock,
@@ -55,10 +70,24 @@ export class ReplicationServer {
       blobs: o.storage.blobs !== null,
       heartbeatIntervalMs: o.heartbeatIntervalMs,
       followBufferSize: o.followBufferSize,
+      history: o.history,
+      nodeStatus: () => describe([...this.sessions].filter((s) => s !== session).map((s) => s.status())),
     });
     this.sessions.add(session);
     o.log('info', `secondary connected from ${stream.peer}`);
+    o.onSession?.(session);
+    for (const watch of this.sessionWatchers) watch(session);
     session.done$.subscribe({ complete: () => this.sessions.delete(session) });
+  }
+
+  /**
+   * Call `watch` with every open session now and with each new one as it
+   * starts (before its first frame is read); returns a function that stops.
+   */
+  watchSessions(watch: (session: PrimarySession) => void): () => void {
+    for (const s of this.sessions) watch(s);
+    this.sessionWatchers.add(watch);
+    return () => void this.sessionWatchers.delete(watch);
   }
 
   /** Status of every connected secondary. */

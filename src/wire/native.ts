@@ -52,6 +52,15 @@ export const MAX_GENERATION_HISTORY = 1024;
 /** Largest `refuse.message`, in UTF-16 code units. */
 export const MAX_REFUSAL_MESSAGE_CHARS = 4096;
 
+/** Limit for the `status` reply a status client reads, in bytes. */
+export const STATUS_REPLY_MAX_BYTES = 1024 * 1024;
+
+/** Most sessions listed in one `status` (`sessionCount` still counts them all). */
+export const MAX_STATUS_SESSIONS = 1024;
+
+/** Largest text field of a `status` (name, address, peer, state, protocol), in UTF-16 code units. */
+export const MAX_STATUS_TEXT_CHARS = 1024;
+
 const ZRS20 = Buffer.from('zrs2.0', 'latin1');
 const ZRS21 = Buffer.from('zrs2.1', 'latin1');
 const NATIVE_PREFIX_BYTES = Buffer.from(NATIVE_PROTOCOL_PREFIX, 'latin1');
@@ -135,6 +144,8 @@ export interface HelloMessage {
   /** Oldest first; generations strictly increase, start tids never decrease. */
   generations: GenerationEntry[];
   chainHead?: ChainHead;
+  /** Optional: the secondary's links at a few older tids (newest first), so a primary can find the fork point. */
+  chainSamples?: ChainHead[];
   options: HelloOptions;
 }
 
@@ -149,6 +160,8 @@ export interface WelcomeMessage {
   type: 'welcome';
   lastTid: Buffer;
   generation: GenerationEntry;
+  /** Optional: the primary's whole generation history, oldest first; the secondary adopts it. */
+  generations?: GenerationEntry[];
   options: AcceptedOptions;
 }
 
@@ -237,6 +250,8 @@ export interface BlobBlockMessage {
 export interface CommitMessage {
   type: 'commit';
   checksum: Buffer;
+  /** Optional: the primary's hash-chain link at this transaction (sent for packed ones, whose content no longer gives it). */
+  link?: Buffer;
 }
 
 /** Primary -> secondary, when idle: liveness and lag information. */
@@ -247,8 +262,74 @@ export interface HeartbeatMessage {
   clockMs: number;
 }
 
+/** Status client -> node, frame 2 instead of `hello`: answer with one `status`, then close. */
+export interface StatusRequestMessage {
+  type: 'status-request';
+}
+
+/** The last heartbeat a secondary received from its primary. */
+export interface StatusHeartbeat {
+  /** The primary's last tid, as announced. */
+  lastTid: Buffer;
+  /** The primary's clock when it sent the heartbeat (not comparable with this node's clock). */
+  clockMs: number;
+  /** This node's clock when the heartbeat arrived. */
+  receivedMs: number;
+}
+
+/** A secondary's view of its upstream (the primary or secondary it replicates from). */
+export interface UpstreamStatus {
+  address: string;
+  /** Protocol name the secondary speaks (`zrs-ts/1`, `zrs2.1` …). */
+  protocol: string;
+  /** The connection machine's state, e.g. `connected.replicating`, `backoff`. */
+  state: string;
+  /** The newest tid the upstream announced (welcome or heartbeat) or sent, or null. */
+  primaryLastTid: Buffer | null;
+  lastHeartbeat: StatusHeartbeat | null;
+  /** Time of `primaryLastTid` minus time of this node's last tid, in seconds (>= 0); null when unknown. */
+  lagSeconds: number | null;
+}
+
+/** One connected downstream session, as the serving node sees it. */
+export interface SessionStatusEntry {
+  peer: string;
+  protocol: string | null;
+  state: string;
+  lastSentTid: Buffer | null;
+  ackedTid: Buffer | null;
+  bytesSent: number;
+}
+
+/** What a node says about itself: `Primary.status()`, `Secondary.status()` and the `status` message. */
+export interface NodeStatus {
+  role: 'primary' | 'secondary';
+  name: string | null;
+  /** The node's last durable tid (8 zero bytes when empty). */
+  lastTid: Buffer;
+  /** The time in `lastTid`, in seconds since the epoch (ZODB's TimeStamp.timeTime()); null when empty. */
+  lastTimeSeconds: number | null;
+  /** Bytes of the durable part of the data file. */
+  fileSize: number;
+  /** The node's clock when the status was taken, in ms. */
+  clockMs: number;
+  /** The node's current generation, when it knows one. */
+  generation?: GenerationEntry;
+  /** For a secondary: its upstream; null on a primary. */
+  upstream: UpstreamStatus | null;
+  /** Connected downstream sessions (at most MAX_STATUS_SESSIONS). */
+  sessions: SessionStatusEntry[];
+  /** Every connected session, including any not listed. */
+  sessionCount: number;
+}
+
+/** Node -> status client, then close: the answer to `status-request`. */
+export interface StatusMessage extends NodeStatus {
+  type: 'status';
+}
+
 /** Messages a secondary sends. */
-export type SecondaryMessage = HelloMessage | AckMessage;
+export type SecondaryMessage = HelloMessage | AckMessage | StatusRequestMessage;
 
 /** Messages a primary sends. */
 export type PrimaryMessage =
@@ -259,7 +340,8 @@ export type PrimaryMessage =
   | BlobMessage
   | BlobBlockMessage
   | CommitMessage
-  | HeartbeatMessage;
+  | HeartbeatMessage
+  | StatusMessage;
 
 /** Every native message, discriminated by `type`. */
 export type NativeMessage = SecondaryMessage | PrimaryMessage;
@@ -278,6 +360,8 @@ const SENDER_OF: Readonly<Record<NativeMessage['type'], NativeSender>> = {
   'blob-block': 'primary',
   commit: 'primary',
   heartbeat: 'primary',
+  'status-request': 'secondary',
+  status: 'primary',
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -457,10 +541,17 @@ function parseMessage(value: unknown, copyIds: boolean): NativeMessage {
       };
     case 'blob-block':
       return { type, bytes: asBytes(get(obj, 'bytes', type), 'blob-block.bytes', false, 1, BLOB_BLOCK_BYTES) };
-    case 'commit':
-      return { type, checksum: parseChecksum(get(obj, 'checksum', type), copyIds) };
+    case 'commit': {
+      const link = getOptional(obj, 'link');
+      const checksum = parseChecksum(get(obj, 'checksum', type), copyIds);
+      return link === undefined || link === null ? { type, checksum } : { type, checksum, link: asBytes(link, 'commit.link', copyIds, 16, 64) };
+    }
     case 'heartbeat':
       return parseHeartbeat(obj, copyIds);
+    case 'status-request':
+      return { type };
+    case 'status':
+      return parseStatus(obj, copyIds);
     default:
       return fail(`unknown message type ${JSON.stringify(type.slice(0, 40))}`);
   }
@@ -513,6 +604,15 @@ function parseHello(obj: Obj, copy: boolean): HelloMessage {
       hash: asBytes(get(headObj, 'hash', 'hello.chainHead'), 'hello.chainHead.hash', copy, 16, 64),
     };
   }
+  const samples = getOptional(obj, 'chainSamples');
+  if (samples !== undefined && samples !== null) {
+    if (!Array.isArray(samples) || samples.length > MAX_GENERATION_HISTORY) fail(`hello.chainSamples must be an array of at most ${MAX_GENERATION_HISTORY} entries`);
+    hello.chainSamples = (samples as unknown[]).map((entry, i) => {
+      const where = `hello.chainSamples[${i}]`;
+      const o = asObj(entry, where);
+      return { tid: asId(get(o, 'tid', where), `${where}.tid`, copy), hash: asBytes(get(o, 'hash', where), `${where}.hash`, copy, 16, 64) };
+    });
+  }
   return hello;
 }
 
@@ -530,7 +630,14 @@ function parseWelcome(obj: Obj, copy: boolean): WelcomeMessage {
     lastTid: asId(get(obj, 'lastTid', 'welcome'), 'welcome.lastTid', copy),
     generation: parseGeneration(get(obj, 'generation', 'welcome'), 'welcome.generation', copy),
     options: { blobs: asBool(get(optionsObj, 'blobs', 'welcome.options'), 'welcome.options.blobs'), compression: 'none' },
+    ...parseWelcomeGenerations(getOptional(obj, 'generations'), copy),
   };
+}
+
+function parseWelcomeGenerations(list: unknown, copy: boolean): { generations?: GenerationEntry[] } {
+  if (list === undefined || list === null) return {};
+  if (!Array.isArray(list) || list.length > MAX_GENERATION_HISTORY) return fail(`welcome.generations must be an array of at most ${MAX_GENERATION_HISTORY} entries`);
+  return { generations: list.map((entry, i) => parseGeneration(entry, `welcome.generations[${i}]`, copy)) };
 }
 
 function parseRefuse(obj: Obj, copy: boolean): RefuseMessage {
@@ -607,6 +714,75 @@ function parseHeartbeat(obj: Obj, copy: boolean): HeartbeatMessage {
     type: 'heartbeat',
     lastTid: asId(get(obj, 'lastTid', 'heartbeat'), 'heartbeat.lastTid', copy),
     clockMs: clockMs as number,
+  };
+}
+
+// Status: every text bounded, every tid 8 bytes, every number finite.
+
+function asNullable<T>(value: unknown, parse: (v: unknown) => T): T | null {
+  return value === null ? null : parse(value);
+}
+
+function asFinite(value: unknown, what: string, min = -Infinity): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min) {
+    fail(`${what} must be a finite number${min > -Infinity ? ` >= ${min}` : ''}, got ${describe(value)}`);
+  }
+  return value as number;
+}
+
+function parseStatus(obj: Obj, copy: boolean): StatusMessage {
+  const text = (v: unknown, what: string): string => asString(v, what, MAX_STATUS_TEXT_CHARS);
+  const role = get(obj, 'role', 'status');
+  if (role !== 'primary' && role !== 'secondary') return fail(`status.role must be 'primary' or 'secondary', got ${describe(role)}`);
+  const list = get(obj, 'sessions', 'status');
+  if (!Array.isArray(list)) return fail(`status.sessions must be an array, got ${describe(list)}`);
+  if (list.length > MAX_STATUS_SESSIONS) fail(`status.sessions has more than ${MAX_STATUS_SESSIONS} entries`);
+  const sessions = list.map((entry: unknown, i): SessionStatusEntry => {
+    const where = `status.sessions[${i}]`;
+    const s = asObj(entry, where);
+    return {
+      peer: text(get(s, 'peer', where), `${where}.peer`),
+      protocol: asNullable(get(s, 'protocol', where), (v) => text(v, `${where}.protocol`)),
+      state: text(get(s, 'state', where), `${where}.state`),
+      lastSentTid: asNullable(get(s, 'lastSentTid', where), (v) => asId(v, `${where}.lastSentTid`, copy)),
+      ackedTid: asNullable(get(s, 'ackedTid', where), (v) => asId(v, `${where}.ackedTid`, copy)),
+      bytesSent: asInt(get(s, 'bytesSent', where), `${where}.bytesSent`, 0),
+    };
+  });
+  const status: StatusMessage = {
+    type: 'status',
+    role,
+    name: asNullable(get(obj, 'name', 'status'), (v) => text(v, 'status.name')),
+    lastTid: asId(get(obj, 'lastTid', 'status'), 'status.lastTid', copy),
+    lastTimeSeconds: asNullable(get(obj, 'lastTimeSeconds', 'status'), (v) => asFinite(v, 'status.lastTimeSeconds')),
+    fileSize: asInt(get(obj, 'fileSize', 'status'), 'status.fileSize', 0),
+    clockMs: asFinite(get(obj, 'clockMs', 'status'), 'status.clockMs', 0),
+    upstream: asNullable(get(obj, 'upstream', 'status'), (v) => parseUpstream(v, copy)),
+    sessions,
+    sessionCount: asInt(get(obj, 'sessionCount', 'status'), 'status.sessionCount', sessions.length),
+  };
+  const generation = getOptional(obj, 'generation');
+  if (generation !== undefined && generation !== null) status.generation = parseGeneration(generation, 'status.generation', copy);
+  return status;
+}
+
+function parseUpstream(value: unknown, copy: boolean): UpstreamStatus {
+  const where = 'status.upstream';
+  const u = asObj(value, where);
+  return {
+    address: asString(get(u, 'address', where), `${where}.address`, MAX_STATUS_TEXT_CHARS),
+    protocol: asString(get(u, 'protocol', where), `${where}.protocol`, MAX_STATUS_TEXT_CHARS),
+    state: asString(get(u, 'state', where), `${where}.state`, MAX_STATUS_TEXT_CHARS),
+    primaryLastTid: asNullable(get(u, 'primaryLastTid', where), (v) => asId(v, `${where}.primaryLastTid`, copy)),
+    lastHeartbeat: asNullable(get(u, 'lastHeartbeat', where), (v) => {
+      const h = asObj(v, `${where}.lastHeartbeat`);
+      return {
+        lastTid: asId(get(h, 'lastTid', `${where}.lastHeartbeat`), `${where}.lastHeartbeat.lastTid`, copy),
+        clockMs: asFinite(get(h, 'clockMs', `${where}.lastHeartbeat`), `${where}.lastHeartbeat.clockMs`, 0),
+        receivedMs: asFinite(get(h, 'receivedMs', `${where}.lastHeartbeat`), `${where}.lastHeartbeat.receivedMs`, 0),
+      };
+    }),
+    lagSeconds: asNullable(get(u, 'lagSeconds', where), (v) => asFinite(v, `${where}.lagSeconds`, 0)),
   };
 }
 

@@ -254,7 +254,7 @@ describe('encodeNative / decodeNative', () => {
     const cases: [unknown, RegExp][] = [
       [{ tid: t }, /missing field 'type'/],
       [{ type: 7 }, /message type must be a string/],
-      [{ type: 'status-request' }, /unknown message type "status-request"/],
+      [{ type: 'status-report' }, /unknown message type "status-report"/],
       [{ type: 'record', oid: t, data: null }, /missing field 'dataTxn'/],
       [{ type: 'txn', tid: t, status: 'c', user: t, description: t, extension: t }, /txn\.status/],
       [{ type: 'blob', oid: t, size: -1 }, /blob\.size must be an integer/],

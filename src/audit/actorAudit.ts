@@ -1,0 +1,163 @@
+// Feeds the audit log from the actors: every state change of a primary
+// session or of a secondary's connection actor, connections, disconnections
+// and handshake verdicts. Observes snapshots only (no effects, no events
+// sent), so auditing never changes what an actor does. Refusals are
+// decisions (fsynced); the rest is batched.
+
+import type { ActorRefFrom } from 'xstate';
+import type { SessionCloseReason } from '../../machines/primarySession.js';
+import type { ConnectionFailure, SecondaryConnectionMachine } from '../../machines/secondaryConnection.js';
+import { formatAddress } from '../replication/address.js';
+import type { PrimarySession } from '../replication/primarySession.js';
+import type { ReplicationAddress } from '../ports/transport.js';
+import type { AuditLog } from './auditLog.js';
+
+/** A state value as one readable string: `live`, `connected(link.replicating, keepAlive.ticking)`. */
+export function stateName(value: unknown): string {
+  if (typeof value === 'string') return value;
+  if (value === null || typeof value !== 'object') return String(value);
+  const entries = Object.entries(value as Record<string, unknown>);
+  if (entries.length === 1) {
+    const [k, v] = entries[0]!;
+    const inner = stateName(v);
+    return inner.startsWith('(') ? `${k}${inner}` : `${k}.${inner}`;
+  }
+  return `(${entries.map(([k, v]) => `${k}.${stateName(v)}`).join(', ')})`;
+}
+
+function describeClose(r: SessionCloseReason | null): string {
+  if (r === null) return 'unknown';
+  switch (r.kind) {
+    case 'refused':
+      return `refused (${r.code}): ${r.reason}`;
+    case 'transport-error':
+      return `transport error: ${r.error.message}`;
+    case 'protocol-error':
+      return `protocol error: ${r.reason}`;
+    case 'effect-failed':
+      return `${r.effect} failed: ${(r.error as Error)?.message ?? String(r.error)}`;
+    case 'handshake-timeout':
+    case 'drain-timeout':
+      return `${r.kind} after ${r.timeoutMs} ms`;
+    default:
+      return r.kind;
+  }
+}
+
+/** Audit one primary session (on a primary or on a secondary serving a chain) until it ends. */
+export function auditPrimarySession(audit: AuditLog, session: PrimarySession): void {
+  const actor = session.machine;
+  const peer = session.peer;
+  let prev = stateName(actor.getSnapshot().value);
+  audit.note('connection', { actor: 'primarySession', peer, state: prev });
+  const sub = actor.subscribe({
+    next: (snap) => {
+      const to = stateName(snap.value);
+      if (to === prev) return;
+      const from = prev;
+      prev = to;
+      const c = snap.context;
+      audit.note('transition', {
+        actor: 'primarySession',
+        peer,
+        from,
+        to,
+        protocol: c.protocolName,
+        lastSentTid: c.lastSentTid,
+        ackedTid: c.ackedTid,
+      });
+      if (from === 'awaitingStart' && to !== 'closed') {
+        audit.note('handshake', {
+          side: 'primary',
+          peer,
+          verdict: c.protocol?.hasVerdict ? 'welcome' : 'accepted',
+          protocol: c.protocolName,
+          startTid: c.startTid,
+        });
+      }
+      if (to !== 'closed') return;
+      const reason = c.closeReason;
+      if (reason?.kind === 'refused') {
+        void audit
+          .decide('handshake', {
+            side: 'primary',
+            peer,
+            verdict: 'refused',
+            code: reason.code,
+            reason: reason.reason,
+            forkTid: reason.forkTid,
+            protocol: c.protocolName,
+          })
+          .catch(() => undefined);
+      }
+      audit.note('disconnection', { actor: 'primarySession', peer, reason: describeClose(reason), kind: reason?.kind, lastSentTid: c.lastSentTid, ackedTid: c.ackedTid });
+    },
+    complete: () => queueMicrotask(() => sub.unsubscribe()),
+    error: () => undefined,
+  });
+}
+
+/** What auditSecondaryConnection reads: the Secondary's connection actor. */
+export interface AuditedSecondary {
+  readonly machine: ActorRefFrom<SecondaryConnectionMachine>;
+}
+
+const topOf = (name: string): string => name.split(/[.(]/, 1)[0]!;
+
+/** Audit a secondary's connection actor until it stops; returns a function that stops auditing. */
+export function auditSecondaryConnection(audit: AuditLog, secondary: AuditedSecondary): () => void {
+  const actor = secondary.machine;
+  let prev = stateName(actor.getSnapshot().value);
+  let prevAddress = formatAddress(actor.getSnapshot().context.address as ReplicationAddress);
+  const sub = actor.subscribe({
+    next: (snap) => {
+      const to = stateName(snap.value);
+      const c = snap.context;
+      const address = formatAddress(c.address as ReplicationAddress);
+      const leftAddress = prevAddress;
+      prevAddress = address;
+      if (to === prev) return;
+      const from = prev;
+      prev = to;
+      const [fromTop, toTop] = [topOf(from), topOf(to)];
+      const failure = c.lastError ? failureDetails(c.lastError) : null;
+      audit.note('transition', {
+        actor: 'secondaryConnection',
+        address,
+        from,
+        to,
+        lastAppliedTid: c.lastAppliedTid,
+        ...(toTop === 'backoff' || toTop === 'diverged' || toTop === 'failed' ? { lastError: failure } : {}),
+      });
+      if (fromTop !== 'connected' && toTop === 'connected') audit.note('connection', { actor: 'secondaryConnection', address });
+      if (from.includes('handshaking') && to.includes('replicating')) {
+        audit.note('handshake', {
+          side: 'secondary',
+          address,
+          verdict: c.protocol.hasVerdict ? 'welcome' : 'accepted',
+          protocol: c.protocol.name,
+          startTid: c.lastAppliedTid,
+        });
+      }
+      if (from.includes('handshaking') && toTop !== 'connected' && c.lastError?.kind === 'refused') {
+        void audit
+          .decide('handshake', { side: 'secondary', address, verdict: 'refused', ...failure, protocol: c.protocol.name, startTid: c.lastAppliedTid })
+          .catch(() => undefined);
+      }
+      // The address just left, even when SET_ADDRESS replaced it in the same step.
+      if (fromTop === 'connected' && toTop !== 'connected') audit.note('disconnection', { actor: 'secondaryConnection', address: leftAddress, lastError: failure });
+    },
+    complete: () => queueMicrotask(() => sub.unsubscribe()),
+    error: () => undefined,
+  });
+  return () => sub.unsubscribe();
+}
+
+function failureDetails(f: ConnectionFailure): Record<string, unknown> {
+  const out: Record<string, unknown> = { kind: f.kind };
+  for (const [k, v] of Object.entries(f)) {
+    if (k === 'kind') continue;
+    out[k] = v instanceof Error ? v.message : v;
+  }
+  return out;
+}

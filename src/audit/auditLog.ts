@@ -1,0 +1,390 @@
+// The audit log: an append-only, checksummed file per node recording every
+// actor state transition, connection, handshake verdict and failover
+// decision. Invariants: records are written in the order they were made, with
+// consecutive sequence numbers; decisions are fsynced (with everything before
+// them) before `decide` resolves; a damaged tail is reported, never skipped.
+//
+// File format (docs/FAILOVER.md, "Audit log format"):
+//   header  8 bytes: "ZRSAUD1\n"
+//   record  u32 BE payload length | u32 BE CRC-32 of (length bytes ‖ payload) | payload
+//   payload UTF-8 JSON: { seq, time, timeMs, node, kind, generation?, details }
+
+import { crc32 } from 'node:zlib';
+import { open, type FileHandle } from 'node:fs/promises';
+import { AuditLogDamagedError, ZrsError } from '../errors.js';
+import type { Clock } from '../ports/clock.js';
+import { silentLogger, type Logger } from '../replication/log.js';
+
+/** The 8 bytes every audit log starts with. */
+export const AUDIT_MAGIC = Buffer.from('ZRSAUD1\n', 'latin1');
+/** Length and checksum before each payload. */
+export const AUDIT_RECORD_HEADER_BYTES = 8;
+/** A payload larger than this is refused when writing and is damage when reading. */
+export const AUDIT_MAX_PAYLOAD_BYTES = 1024 * 1024;
+/** Records waiting for their batch write; beyond this, notes are counted as dropped (and that is recorded). */
+export const AUDIT_MAX_PENDING_RECORDS = 65_536;
+/** Reading window. */
+const READ_CHUNK_BYTES = 256 * 1024;
+
+/** What every record says besides its kind-specific details. */
+export interface AuditRecord {
+  /** File offset of the record's length field. */
+  offset: number;
+  /** 1, 2, 3 … within one file, never reused. */
+  seq: number;
+  /** ISO 8601 time from the node's clock (wall clock, or virtual in simulations). */
+  time: string;
+  timeMs: number;
+  /** Which node wrote it (a data file's base name unless configured). */
+  node: string;
+  /** What happened: transition, connection, disconnection, handshake, sync-timeout, config, … */
+  kind: string;
+  /** The node's generation when known (set by the failover code). */
+  generation?: unknown;
+  details: Record<string, unknown>;
+}
+
+/** Where and why reading stopped before the end of the file. */
+export interface AuditDamage {
+  offset: number;
+  reason: string;
+  /** Bytes from `offset` to the end of the file. */
+  bytes: number;
+}
+
+export interface AuditReadResult {
+  path: string;
+  records: AuditRecord[];
+  /** Null when every byte of the file was read as valid records. */
+  damage: AuditDamage | null;
+  /** Size of the file when read. */
+  size: number;
+}
+
+export interface AuditLogOptions {
+  /** Name of this node in every record. */
+  node: string;
+  /** Source of record times; never Date.now directly. */
+  clock: Clock;
+  /** Where write failures are reported. */
+  log?: Logger;
+}
+
+interface Pending {
+  bytes: Buffer;
+  durable: boolean;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+/** Encode one record (header and payload). */
+export function encodeAuditRecord(payload: Record<string, unknown>): Buffer {
+  const json = Buffer.from(JSON.stringify(payload), 'utf8');
+  if (json.length === 0 || json.length > AUDIT_MAX_PAYLOAD_BYTES) {
+    throw new ZrsError(`audit record of ${json.length} bytes (limit ${AUDIT_MAX_PAYLOAD_BYTES})`);
+  }
+  const out = Buffer.allocUnsafe(AUDIT_RECORD_HEADER_BYTES + json.length);
+  out.writeUInt32BE(json.length, 0);
+  out.writeUInt32BE(crc32(json, crc32(out.subarray(0, 4))) >>> 0, 4);
+  json.copy(out, AUDIT_RECORD_HEADER_BYTES);
+  return out;
+}
+
+/** JSON-friendly form of detail values: Buffers (tids, oids) become hex strings. */
+export function auditValue(v: unknown): unknown {
+  if (Buffer.isBuffer(v)) return v.toString('hex');
+  if (v instanceof Uint8Array) return Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('hex');
+  if (v instanceof Error) return { name: v.name, message: v.message };
+  if (Array.isArray(v)) return v.map(auditValue);
+  if (v !== null && typeof v === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, x] of Object.entries(v)) if (x !== undefined && typeof x !== 'function') out[k] = auditValue(x);
+    return out;
+  }
+  return v;
+}
+
+/**
+ * The writer. `note` records frequent events (state transitions,
+ * connections): they are written in batches, without waiting and without an
+ * fsync of their own. `decide` records a decision (refusal, promotion,
+ * rewind, sync timeout): it resolves once the record and everything before it
+ * is on disk (fsync).
+ *
+ * @example
+ * const audit = await AuditLog.open('Data.fs.audit', { node: 'p', clock: systemClock });
+ * audit.note('connection', { peer: '127.0.0.1:50312' });
+ * await audit.decide('sync-timeout', { tid: tid.toString('hex'), wanted: 1, got: 0 });
+ * await audit.close();
+ */
+export class AuditLog {
+  /**
+   * The node's current generation, copied into every record while non-null:
+   * a value, or a function asked at each record (the failover code sets it).
+   */
+  generation: unknown = null;
+  private pending: Pending[] = [];
+  private writing: Promise<void> | null = null;
+  private failure: Error | null = null;
+  private closed = false;
+  private dropped = 0;
+  private readonly log: Logger;
+
+  private constructor(
+    readonly path: string,
+    private readonly handle: FileHandle,
+    private seq: number,
+    private end: number,
+    private readonly options: AuditLogOptions,
+  ) {
+    this.log = options.log ?? silentLogger;
+  }
+
+  /**
+   * Open (or create) an audit log for appending. A damaged tail left by a
+   * crash mid-write is moved to `<path>.damaged-<offset>`, cut off, and the
+   * recovery itself is recorded (fsynced) as an `audit-damage` record. A file
+   * that is not an audit log at all is refused (AuditLogDamagedError).
+   */
+  static async open(path: string, options: AuditLogOptions): Promise<AuditLog> {
+    const read = await readAuditLog(path).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return null;
+      throw err;
+    });
+    if (read && read.damage && read.damage.offset === 0 && read.size > 0) {
+      throw new AuditLogDamagedError(path, 0, read.damage.reason);
+    }
+    const handle = await open(path, read ? 'r+' : 'wx+');
+    try {
+      let end = read?.size ?? 0;
+      if (end === 0) {
+        await handle.write(AUDIT_MAGIC, 0, AUDIT_MAGIC.length, 0);
+        await handle.sync();
+        end = AUDIT_MAGIC.length;
+      }
+      const lastSeq = read?.records.at(-1)?.seq ?? 0;
+      const audit = new AuditLog(path, handle, lastSeq, end, options);
+      if (read?.damage) await audit.cutDamagedTail(read.damage);
+      return audit;
+    } catch (err) {
+      await handle.close();
+      throw err;
+    }
+  }
+
+  private async cutDamagedTail(damage: AuditDamage): Promise<void> {
+    const tail = Buffer.alloc(damage.bytes);
+    await this.handle.read(tail, 0, tail.length, damage.offset);
+    const savedTo = `${this.path}.damaged-${damage.offset}`;
+    const side = await open(savedTo, 'w');
+    try {
+      await side.write(tail);
+      await side.sync();
+    } finally {
+      await side.close();
+    }
+    await this.handle.truncate(damage.offset);
+    this.end = damage.offset;
+    this.log('warn', `audit log ${this.path} had a damaged tail at offset ${damage.offset}: ${damage.reason}; saved to ${savedTo}`);
+    await this.decide('audit-damage', { offset: damage.offset, reason: damage.reason, bytes: damage.bytes, savedTo });
+  }
+
+  /** Record a frequent event; written with the next batch. Never throws on I/O (failures go to the log). */
+  note(kind: string, details: Record<string, unknown> = {}): void {
+    if (this.closed) return;
+    if (this.pending.length >= AUDIT_MAX_PENDING_RECORDS) {
+      this.dropped += 1;
+      return;
+    }
+    try {
+      void this.enqueue(kind, details, false).catch(() => undefined);
+    } catch (err) {
+      this.log('error', `audit log ${this.path}: ${(err as Error).message}`, { kind });
+    }
+  }
+
+  /** Record a decision; resolves once it (and everything before it) is fsynced. */
+  decide(kind: string, details: Record<string, unknown> = {}): Promise<void> {
+    if (this.closed) return Promise.reject(new ZrsError(`audit log ${this.path} is closed`));
+    return this.enqueue(kind, details, true);
+  }
+
+  /** Write and fsync everything recorded so far. */
+  flush(): Promise<void> {
+    return this.closed ? Promise.resolve() : this.enqueue(null, {}, true);
+  }
+
+  /** Flush, then close the file. Later records are ignored (notes) or rejected (decisions). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.enqueue(null, {}, true).catch(() => undefined);
+    await this.writing;
+    await this.handle.close();
+  }
+
+  private enqueue(kind: string | null, details: Record<string, unknown>, durable: boolean): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    let bytes: Buffer = Buffer.alloc(0);
+    if (kind !== null) {
+      const [seq, dropped] = [this.seq, this.dropped];
+      try {
+        const parts: Buffer[] = [];
+        if (dropped > 0) parts.push(this.encode('audit-dropped', { count: dropped, reason: `more than ${AUDIT_MAX_PENDING_RECORDS} records waiting` }));
+        parts.push(this.encode(kind, details));
+        bytes = Buffer.concat(parts);
+        this.dropped = 0;
+      } catch (err) {
+        this.seq = seq;
+        throw err;
+      }
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.pending.push({ bytes, durable, resolve, reject });
+      this.writing ??= this.writeLoop();
+    });
+  }
+
+  private encode(kind: string, details: Record<string, unknown>): Buffer {
+    const seq = this.seq + 1;
+    const timeMs = this.options.clock.now();
+    const payload: Record<string, unknown> = { seq, time: new Date(timeMs).toISOString(), timeMs, node: this.options.node, kind };
+    const generation = typeof this.generation === 'function' ? safely(this.generation as () => unknown) : this.generation;
+    if (generation !== null && generation !== undefined) payload.generation = auditValue(generation);
+    payload.details = auditValue(details);
+    const bytes = encodeAuditRecord(payload);
+    this.seq = seq; // only once encoded: a refused record leaves no gap
+    return bytes;
+  }
+
+  /** One batch at a time: everything pending goes out in one write, with one fsync if any is a decision. */
+  private async writeLoop(): Promise<void> {
+    // Let the current turn's notes join the batch.
+    await Promise.resolve();
+    while (this.pending.length > 0) {
+      const batch = this.pending;
+      this.pending = [];
+      try {
+        if (this.failure) throw this.failure;
+        const bytes = Buffer.concat(batch.map((p) => p.bytes));
+        if (bytes.length > 0) {
+          await this.handle.write(bytes, 0, bytes.length, this.end);
+          this.end += bytes.length;
+        }
+        if (batch.some((p) => p.durable)) await this.handle.sync();
+        for (const p of batch) p.resolve();
+      } catch (err) {
+        this.failure ??= err instanceof Error ? err : new Error(String(err));
+        this.log('error', `audit log ${this.path}: write failed: ${this.failure.message}`);
+        for (const p of batch) p.reject(this.failure);
+      }
+    }
+    this.writing = null;
+  }
+}
+
+/**
+ * Read every record of an audit log, in order. Reading stops at the first
+ * damage (bad magic, impossible length, truncated record, checksum mismatch,
+ * payload that is not a record, sequence gap), which is returned with its
+ * offset: the caller reports it, nothing is skipped silently.
+ */
+export async function readAuditLog(path: string): Promise<AuditReadResult> {
+  const handle = await open(path, 'r');
+  try {
+    const size = (await handle.stat()).size;
+    const records: AuditRecord[] = [];
+    const damaged = (offset: number, reason: string): AuditReadResult => ({
+      path,
+      records,
+      damage: { offset, reason, bytes: size - offset },
+      size,
+    });
+    if (size === 0) return { path, records, damage: null, size };
+    const magic = Buffer.alloc(AUDIT_MAGIC.length);
+    const { bytesRead } = await handle.read(magic, 0, magic.length, 0);
+    if (bytesRead < magic.length || !magic.equals(AUDIT_MAGIC)) {
+      return damaged(0, bytesRead < magic.length ? 'truncated header' : 'not an audit log (bad magic)');
+    }
+    let buf: Buffer = Buffer.alloc(0);
+    let bufStart = AUDIT_MAGIC.length;
+    let pos = AUDIT_MAGIC.length;
+    const ensure = async (n: number): Promise<boolean> => {
+      while (bufStart + buf.length < pos + n && bufStart + buf.length < size) {
+        const want = Math.max(READ_CHUNK_BYTES, n);
+        const chunk = Buffer.alloc(Math.min(want, size - (bufStart + buf.length)));
+        const r = await handle.read(chunk, 0, chunk.length, bufStart + buf.length);
+        if (r.bytesRead === 0) break;
+        buf = Buffer.concat([buf.subarray(pos - bufStart), chunk.subarray(0, r.bytesRead)]);
+        bufStart = pos;
+      }
+      return bufStart + buf.length >= pos + n;
+    };
+    while (pos < size) {
+      if (!(await ensure(AUDIT_RECORD_HEADER_BYTES))) {
+        return damaged(pos, `truncated record header: ${size - pos} of ${AUDIT_RECORD_HEADER_BYTES} bytes`);
+      }
+      const at = pos - bufStart;
+      const length = buf.readUInt32BE(at);
+      const sum = buf.readUInt32BE(at + 4);
+      if (length === 0 || length > AUDIT_MAX_PAYLOAD_BYTES) return damaged(pos, `impossible record length ${length}`);
+      if (!(await ensure(AUDIT_RECORD_HEADER_BYTES + length))) {
+        return damaged(pos, `truncated record: ${length} payload bytes announced, ${size - pos - AUDIT_RECORD_HEADER_BYTES} present`);
+      }
+      const a = pos - bufStart;
+      const lengthBytes = buf.subarray(a, a + 4);
+      const payload = buf.subarray(a + AUDIT_RECORD_HEADER_BYTES, a + AUDIT_RECORD_HEADER_BYTES + length);
+      if ((crc32(payload, crc32(lengthBytes)) >>> 0) !== sum) return damaged(pos, 'checksum mismatch');
+      const record = parseRecord(payload, pos);
+      if (typeof record === 'string') return damaged(pos, record);
+      const expected = (records.at(-1)?.seq ?? record.seq - 1) + 1;
+      if (record.seq !== expected) return damaged(pos, `sequence gap: record ${record.seq} follows ${expected - 1}`);
+      records.push(record);
+      pos += AUDIT_RECORD_HEADER_BYTES + length;
+    }
+    return { path, records, damage: null, size };
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Read an audit log and throw AuditLogDamagedError if any part is damaged. */
+export async function readAuditLogStrict(path: string): Promise<AuditRecord[]> {
+  const r = await readAuditLog(path);
+  if (r.damage) throw new AuditLogDamagedError(path, r.damage.offset, r.damage.reason);
+  return r.records;
+}
+
+function safely(f: () => unknown): unknown {
+  try {
+    return f();
+  } catch {
+    return null;
+  }
+}
+
+function parseRecord(payload: Buffer, offset: number): AuditRecord | string {
+  let v: unknown;
+  try {
+    v = JSON.parse(payload.toString('utf8'));
+  } catch {
+    return 'payload is not JSON';
+  }
+  const o = v as Partial<AuditRecord> | null;
+  if (
+    o === null ||
+    typeof o !== 'object' ||
+    typeof o.seq !== 'number' ||
+    typeof o.time !== 'string' ||
+    typeof o.timeMs !== 'number' ||
+    typeof o.node !== 'string' ||
+    typeof o.kind !== 'string' ||
+    typeof o.details !== 'object' ||
+    o.details === null
+  ) {
+    return 'payload is not an audit record';
+  }
+  const record: AuditRecord = { offset, seq: o.seq, time: o.time, timeMs: o.timeMs, node: o.node, kind: o.kind, details: o.details };
+  if (o.generation !== undefined) record.generation = o.generation;
+  return record;
+}

@@ -1,0 +1,156 @@
+// `zrs check PRIMARY SECONDARY`: zc.zrs's Nagios plugin (zrs-nagios) over the
+// status request. Compares the times of the last transactions of a primary
+// and a secondary; prints one Nagios line (with `|'lag'=…seconds` performance
+// data under -m) and exits 0 OK, 1 WARNING, 2 CRITICAL. The wording follows
+// zc.zrs's nagios.py and nagios.rst so existing alert rules keep matching.
+
+import { getSystemErrorMap } from 'node:util';
+import { tidToSeconds } from '../storage/timestamp.js';
+import { DEFAULT_STATUS_TIMEOUT_MS, requestStatus, StatusConnectError, StatusReplyError } from '../replication/statusClient.js';
+import { UsageError, type CommandSpec } from './args.js';
+import type { CliIo } from './io.js';
+import { commandAddress, secondsOption } from './status.js';
+
+export const checkSpec: CommandSpec = {
+  name: 'check',
+  positionals: ['PRIMARY', 'SECONDARY'],
+  flags: [
+    { name: 'warning', short: 'w', value: 'SECS', help: 'WARNING (exit 1) when the secondary is more than SECS seconds behind' },
+    { name: 'error', short: 'e', value: 'SECS', help: 'CRITICAL (exit 2) when the secondary is more than SECS seconds behind' },
+    { name: 'output-metrics', short: 'm', help: "append the lag as Nagios performance data (|'lag'=SECONDSseconds)" },
+    { name: 'timeout', value: 'SECS', help: `give up on a node after SECS seconds (default ${DEFAULT_STATUS_TIMEOUT_MS / 1000})` },
+  ],
+  summary: "Nagios check of a secondary's lag behind its primary (zc.zrs's zrs-nagios).",
+  description: `
+Asks both nodes (replication addresses, as for 'zrs status') for their last
+transaction and compares its time. At least one of -w, -e or -m is
+required, as with zc.zrs's zrs-nagios; a threshold of 0 is off.
+
+  exit 0  Secondary up to date.
+  exit 0  Secondary behind primary by 68.5678 seconds
+  exit 1  Secondary behind primary by 68.5678 seconds > 30        (-w 30)
+  exit 2  Secondary behind primary by 68.5678 seconds > 60        (-e 60)
+  exit 2  Primary behind secondary by -68.56779998540878 seconds  (secondary ahead)
+  exit 2  Can't connect to primary at 'db1:5000': [Errno 111] Connection refused
+With -m the line ends in performance data: ...|'lag'=68.5678seconds
+
+examples:
+  zrs check -w 60 -e 300 db1:5000 db2:5000
+  zrs check -m -w 60 5000 /run/zrs/secondary.sock`,
+};
+
+export interface CheckOptions {
+  /** Seconds; 0 is off. */
+  warning: number;
+  /** Seconds; 0 is off. */
+  error: number;
+  outputMetrics: boolean;
+  timeoutMs?: number;
+}
+
+/** Nagios levels as exit codes. */
+export const OK = 0;
+export const WARNING = 1;
+export const CRITICAL = 2;
+
+/** Options from the command line; a UsageError as zrs-nagios's usage when none of -w, -e, -m is given. */
+export function checkOptions(flags: ReadonlyMap<string, string | true>): CheckOptions {
+  const threshold = (name: string, short: string): number => secondsOption(flags.get(name), `-${short}`, 0) / 1000;
+  const options: CheckOptions = {
+    warning: threshold('warning', 'w'),
+    error: threshold('error', 'e'),
+    outputMetrics: flags.has('output-metrics'),
+    timeoutMs: secondsOption(flags.get('timeout'), '--timeout', DEFAULT_STATUS_TIMEOUT_MS),
+  };
+  if (!options.outputMetrics && !options.warning && !options.error) throw new UsageError('one of -w, -e or -m is required');
+  return options;
+}
+
+/** Python's repr() of a float (zrs-nagios prints the negative lag with `%s`). */
+export function pyFloatRepr(x: number): string {
+  if (Number.isNaN(x)) return 'nan';
+  if (!Number.isFinite(x)) return x > 0 ? 'inf' : '-inf';
+  if (x === 0) return Object.is(x, -0) ? '-0.0' : '0.0';
+  const [mantissa, exp] = x.toExponential().split('e') as [string, string];
+  const sign = mantissa.startsWith('-') ? '-' : '';
+  const digits = mantissa.replace('-', '').replace('.', '');
+  const e = Number(exp);
+  if (e < -4 || e >= 16) {
+    const m = digits.length > 1 ? `${digits[0]}.${digits.slice(1)}` : digits;
+    return `${sign}${m}e${e < 0 ? '-' : '+'}${String(Math.abs(e)).padStart(2, '0')}`;
+  }
+  if (e < 0) return `${sign}0.${'0'.repeat(-e - 1)}${digits}`;
+  const whole = digits.padEnd(e + 1, '0');
+  return `${sign}${whole.slice(0, e + 1)}.${whole.slice(e + 1) || '0'}`;
+}
+
+/**
+ * zrs-nagios's verdict for one storage from the two last-transaction times
+ * (seconds since the epoch): the output line and the level.
+ */
+export function lagVerdict(primarySeconds: number, secondarySeconds: number, options: CheckOptions): { text: string; level: number } {
+  const delta = primarySeconds - secondarySeconds;
+  let text: string;
+  let level = OK;
+  if (delta < 0) {
+    text = `Primary behind secondary by ${pyFloatRepr(delta)} seconds`;
+    level = CRITICAL;
+  } else if (delta > 0) {
+    text = `Secondary behind primary by ${delta.toFixed(4)} seconds`;
+    if (options.error && delta > options.error) {
+      text += ` > ${options.error}`;
+      level = CRITICAL;
+    } else if (options.warning && delta > options.warning) {
+      text += ` > ${options.warning}`;
+      level = WARNING;
+    }
+  } else text = 'Secondary up to date.';
+  if (options.outputMetrics) text += `|'lag'=${delta.toFixed(4)}seconds`;
+  return { text, level };
+}
+
+/** An OS error as Python's socket.error prints it: `[Errno 111] Connection refused`. */
+export function pythonErrorText(err: unknown): string {
+  const e = err as NodeJS.ErrnoException | undefined;
+  if (e && typeof e.errno === 'number') {
+    const known = getSystemErrorMap().get(e.errno);
+    if (known && e.errno < 0) return `[Errno ${-e.errno}] ${known[1].charAt(0).toUpperCase()}${known[1].slice(1)}`;
+  }
+  return err instanceof Error ? err.message : String(err);
+}
+
+const pyRepr = (s: string): string => (s.includes("'") && !s.includes('"') ? `"${s}"` : `'${s.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`);
+
+/** Seconds since the epoch of the node's last transaction, or a CRITICAL line. */
+async function lastTime(addressText: string, role: 'primary' | 'secondary', timeoutMs: number | undefined): Promise<number | string> {
+  try {
+    const status = await requestStatus(commandAddress(addressText), { timeoutMs });
+    // zrs-nagios uses TimeStamp(tid).timeTime(), also for an empty storage's zero tid.
+    return tidToSeconds(status.lastTid);
+  } catch (err) {
+    if (err instanceof StatusConnectError) {
+      const reason = err.reason === 'timed out' ? 'timed out' : pythonErrorText(err.cause);
+      return `Can't connect to ${role} at ${pyRepr(addressText)}: ${reason}`;
+    }
+    if (err instanceof StatusReplyError) return `No status from ${role} at ${pyRepr(addressText)}: ${err.reason}`;
+    throw err;
+  }
+}
+
+export async function check(primaryText: string, secondaryText: string, io: CliIo, options: CheckOptions): Promise<number> {
+  // Addresses are checked before anything connects (a malformed one is a usage error).
+  commandAddress(primaryText);
+  commandAddress(secondaryText);
+  // As zrs-nagios: the secondary first, so a dead secondary is reported even when both are down.
+  const secondary = await lastTime(secondaryText, 'secondary', options.timeoutMs);
+  if (typeof secondary === 'string') return report(io, secondary, CRITICAL);
+  const primary = await lastTime(primaryText, 'primary', options.timeoutMs);
+  if (typeof primary === 'string') return report(io, primary, CRITICAL);
+  const { text, level } = lagVerdict(primary, secondary, options);
+  return report(io, text, level);
+}
+
+async function report(io: CliIo, text: string, level: number): Promise<number> {
+  await io.out(`${text}\n`);
+  return level;
+}

@@ -1,0 +1,52 @@
+// `zrs rewind FILE --to-common-with ADDRESS`: cut a diverged storage (an old
+// primary after a failover) back to the last transaction it shares with the
+// new primary; the cut transactions go to FILE.rewound-<tid> (readable with
+// `zrs dump`). Then the node can rejoin as a secondary.
+
+import { ZrsError } from '../errors.js';
+import { rewindStorage } from '../failover/rewind.js';
+import type { CommandSpec, ParsedArgs } from './args.js';
+import { UsageError } from './args.js';
+import { EXIT_OK, type CliIo } from './io.js';
+
+export const rewindSpec: CommandSpec = {
+  name: 'rewind',
+  positionals: ['FILE'],
+  flags: [
+    { name: 'to-common-with', value: 'ADDRESS', help: "the new primary's replication address (host:port or a Unix socket path); it names the fork tid" },
+    { name: 'to-tid', value: 'TID', help: 'rewind to this tid (16 hex digits) instead of asking a primary' },
+    { name: 'blob-dir', value: 'DIR', help: "the storage's blob directory: cut blob files are saved beside the side file" },
+  ],
+  summary: 'Truncate a diverged Data.fs to the last transaction it shares with a primary, saving the rest.',
+  description: `
+Asks the primary at ADDRESS where FILE's history forked from its own (the
+same handshake a secondary makes), copies every transaction after that tid
+into FILE.rewound-<tid> (a FileStorage: inspect it with zrs dump), truncates
+FILE there and fixes FILE.chain and FILE.generations. The storage must not be
+open. Afterwards start the node as a secondary of that primary.
+
+example:
+  zrs rewind /var/db/Data.fs --to-common-with newprimary:5000`,
+};
+
+export async function rewind(args: ParsedArgs, io: CliIo): Promise<number> {
+  const path = args.positionals[0]!;
+  const address = args.flags.get('to-common-with');
+  const tid = args.flags.get('to-tid');
+  if ((address === undefined) === (tid === undefined)) throw new UsageError('give exactly one of --to-common-with or --to-tid', 'rewind');
+  if (typeof tid === 'string' && !/^[0-9a-fA-F]{16}$/.test(tid)) throw new ZrsError(`--to-tid must be 16 hex digits, got ${JSON.stringify(tid)}`);
+  const blobDir = args.flags.get('blob-dir');
+  const result = await rewindStorage(path, {
+    toCommonWith: typeof tid === 'string' ? Buffer.from(tid, 'hex') : String(address),
+    blobDir: typeof blobDir === 'string' ? blobDir : undefined,
+  });
+  if (result.cutTids.length === 0) {
+    await io.out(`${path}: nothing to rewind (shares its history up to ${result.forkTid.toString('hex')})\n`);
+  } else {
+    await io.out(
+      `${path}: rewound to tid ${result.forkTid.toString('hex')}; ${result.cutTids.length} transaction(s) saved in ${result.sidePath}` +
+        `${result.sideBlobDir ? ` (blobs in ${result.sideBlobDir})` : ''}\n`,
+    );
+  }
+  return EXIT_OK;
+}

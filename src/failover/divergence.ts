@@ -1,0 +1,106 @@
+// Judging a secondary's history against the primary's (pure, no I/O): is the
+// secondary simply behind, or does it hold transactions the primary never had
+// (an old primary after a failover, a node promoted in a split brain, or the
+// same tid with different contents)? Diverged histories are refused with the
+// last tid both share (forkTid), never merged.
+
+import { Z64 } from '../storage/timestamp.js';
+import type { ChainHead, GenerationEntry } from '../wire/native.js';
+import { sameGeneration } from './generations.js';
+
+/** What the primary knows about its own history. */
+export interface PrimaryHistoryView {
+  /** Oldest first. */
+  readonly generations: readonly GenerationEntry[];
+  /** The primary's link at `tid`, or null when it has no transaction with that tid. */
+  hashAt(tid: Buffer): Buffer | null;
+}
+
+/** What a secondary says about its history in `hello`. */
+export interface SecondaryHistoryClaim {
+  startTid: Buffer;
+  generations: readonly GenerationEntry[];
+  chainHead?: ChainHead;
+  chainSamples?: readonly ChainHead[];
+}
+
+export type HistoryVerdict =
+  | { kind: 'behind' }
+  /** Not enough information to tell (a peer without a hash chain, ahead in tids): let the position check decide. */
+  | { kind: 'unknown' }
+  | { kind: 'inconsistent'; reason: string }
+  | { kind: 'diverged'; forkTid: Buffer; reason: string };
+
+const hex = (b: Buffer): string => b.toString('hex');
+const minTid = (a: Buffer | null, b: Buffer | null): Buffer | null => (a === null ? b : b === null ? a : Buffer.compare(a, b) <= 0 ? a : b);
+
+/**
+ * Judge a secondary's claim.
+ *
+ * @example
+ * const v = judgeHistory(primaryView, { startTid, generations, chainHead });
+ * if (v.kind === 'diverged') refuse('diverged', v.reason, v.forkTid);
+ */
+export function judgeHistory(primary: PrimaryHistoryView, claim: SecondaryHistoryClaim): HistoryVerdict {
+  const head = claim.chainHead;
+  if (head && !head.tid.equals(claim.startTid)) return { kind: 'inconsistent', reason: `chain head tid ${hex(head.tid)} is not the start tid ${hex(claim.startTid)}` };
+  const generationProblem = checkGenerationClaim(primary.generations, claim.generations);
+  let positionProblem: string | null = null;
+  if (!claim.startTid.equals(Z64)) {
+    const mine = primary.hashAt(claim.startTid);
+    if (head) {
+      if (mine === null) positionProblem = `the secondary's last transaction ${hex(claim.startTid)} is not in the primary's history`;
+      else if (!mine.equals(head.hash)) positionProblem = `transaction ${hex(claim.startTid)} has different contents on the primary and the secondary`;
+    } else if (mine === null && generationProblem === null) {
+      // No chain from the peer: only a tid the primary lacks below its own last tid proves divergence.
+      return { kind: 'unknown' };
+    }
+  }
+  const reason = generationProblem ?? positionProblem;
+  if (reason === null) return { kind: 'behind' };
+  return { kind: 'diverged', forkTid: forkPoint(primary, claim), reason };
+}
+
+/** Why the secondary's generations cannot be a prefix of the primary's, or null. */
+function checkGenerationClaim(mine: readonly GenerationEntry[], theirs: readonly GenerationEntry[]): string | null {
+  for (const g of theirs) {
+    const same = mine.find((m) => m.generation === g.generation);
+    if (!same) return `the secondary claims generation ${g.generation} (from tid ${hex(g.startTid)}), which the primary does not know`;
+    if (!sameGeneration(same, g)) return `generation ${g.generation} began at tid ${hex(same.startTid)} on the primary but at ${hex(g.startTid)} on the secondary`;
+  }
+  return null;
+}
+
+/**
+ * The last tid both histories share. Samples (the secondary's links at a few
+ * tids) bound it: the newest sample with an equal link is shared, the oldest
+ * with a different or missing one is not. Within those bounds, the first
+ * generation boundary the two do not share is where they forked (a promotion
+ * starts a generation at the promoted node's last tid). Without a boundary
+ * there, the newest shared sample is the answer (a lower bound: rewinding to
+ * it cuts a few shared transactions too, which then replicate again).
+ */
+export function forkPoint(primary: PrimaryHistoryView, claim: SecondaryHistoryClaim): Buffer {
+  const samples = [...(claim.chainSamples ?? []), ...(claim.chainHead ? [claim.chainHead] : [])];
+  let lower: Buffer = Buffer.from(Z64);
+  let upper: Buffer | null = null;
+  for (const s of samples) {
+    const mine = primary.hashAt(s.tid);
+    if (mine !== null && mine.equals(s.hash)) {
+      if (Buffer.compare(s.tid, lower) > 0) lower = s.tid;
+    } else upper = minTid(upper, s.tid);
+  }
+  if (upper !== null && Buffer.compare(lower, upper) >= 0) lower = Buffer.from(Z64); // inconsistent samples: trust nothing
+  let boundary: Buffer | null = null;
+  for (const m of primary.generations) {
+    if (!claim.generations.some((g) => sameGeneration(g, m))) boundary = minTid(boundary, m.startTid);
+  }
+  for (const g of claim.generations) {
+    if (!primary.generations.some((m) => sameGeneration(g, m))) boundary = minTid(boundary, g.startTid);
+  }
+  const limit = minTid(upper, claim.startTid);
+  if (boundary !== null && Buffer.compare(boundary, lower) >= 0 && (limit === null || Buffer.compare(boundary, limit) <= 0) && !boundary.equals(upper ?? Buffer.alloc(0))) {
+    if (boundary.equals(Z64) || primary.hashAt(boundary) !== null) return Buffer.from(boundary);
+  }
+  return Buffer.from(lower);
+}

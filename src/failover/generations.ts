@@ -1,0 +1,194 @@
+// Generation history of one storage, kept durably beside its data file in
+// `<data file>.generations` (JSON, replaced atomically: temp + fsync + rename
+// + directory fsync). Invariants: generation numbers strictly increase, start
+// tids never decrease, and `maxSeen` (the largest generation this node ever
+// saw) never decreases, so a promotion always starts a strictly greater one.
+
+import { open, readFile, rename, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { ZrsError } from '../errors.js';
+import { Z64 } from '../storage/timestamp.js';
+import type { GenerationEntry } from '../wire/native.js';
+
+export type { GenerationEntry };
+
+/** Path of the generation history of the storage at `dataPath`. */
+export function generationsPathFor(dataPath: string): string {
+  return `${dataPath}.generations`;
+}
+
+const FORMAT_VERSION = 1;
+
+interface GenerationsFile {
+  version: number;
+  /** Largest generation number ever seen (adopted, or started here). */
+  maxSeen: number;
+  generations: Array<{ generation: number; startTid: string }>;
+}
+
+/** Throws ZrsError unless `list` is a well-formed history (oldest first). */
+export function checkGenerations(list: readonly GenerationEntry[], where = 'generation history'): void {
+  for (let i = 0; i < list.length; i++) {
+    const e = list[i]!;
+    if (!Number.isSafeInteger(e.generation) || e.generation < 0) throw new ZrsError(`${where}: bad generation number ${e.generation}`);
+    if (e.startTid.length !== 8) throw new ZrsError(`${where}: start tid must be 8 bytes`);
+    if (i > 0) {
+      const before = list[i - 1]!;
+      if (e.generation <= before.generation) throw new ZrsError(`${where}: generation numbers must strictly increase`);
+      if (Buffer.compare(e.startTid, before.startTid) < 0) throw new ZrsError(`${where}: start tids must not decrease`);
+    }
+  }
+}
+
+/** Same number and same start tid. */
+export function sameGeneration(a: GenerationEntry, b: GenerationEntry): boolean {
+  return a.generation === b.generation && a.startTid.equals(b.startTid);
+}
+
+const copyEntry = (e: GenerationEntry): GenerationEntry => ({ generation: e.generation, startTid: Buffer.from(e.startTid) });
+
+/**
+ * The durable generation history of one storage.
+ *
+ * @example
+ * const gens = await GenerationHistory.open('Data.fs');
+ * if (gens.list.length === 0) await gens.replace([{ generation: 0, startTid: Z64 }]);
+ */
+export class GenerationHistory {
+  private constructor(
+    readonly path: string,
+    private entries: GenerationEntry[],
+    private seen: number,
+  ) {}
+
+  /** Read `<dataPath>.generations`; an absent file is an empty history. */
+  static async open(dataPath: string): Promise<GenerationHistory> {
+    const path = generationsPathFor(dataPath);
+    const { entries, maxSeen } = await readGenerationsFile(path);
+    return new GenerationHistory(path, entries, maxSeen);
+  }
+
+  /** Oldest first (copies). */
+  get list(): GenerationEntry[] {
+    return this.entries.map(copyEntry);
+  }
+
+  /** The current (last) generation, or null for an empty history. */
+  get current(): GenerationEntry | null {
+    const last = this.entries[this.entries.length - 1];
+    return last ? copyEntry(last) : null;
+  }
+
+  /** The largest generation number this node ever saw (-1 when none). */
+  get maxSeen(): number {
+    return this.seen;
+  }
+
+  /** Replace the history (e.g. adopt the primary's from `welcome`), durably. */
+  async replace(list: readonly GenerationEntry[]): Promise<void> {
+    checkGenerations(list);
+    const entries = list.map(copyEntry);
+    const seen = Math.max(this.seen, ...entries.map((e) => e.generation));
+    await writeGenerationsFile(this.path, entries, seen);
+    this.entries = entries;
+    this.seen = seen;
+  }
+
+  /** Note a generation seen elsewhere (a welcome), so a later promotion goes past it. */
+  async noteSeen(generation: number): Promise<void> {
+    if (generation <= this.seen) return;
+    await writeGenerationsFile(this.path, this.entries, generation);
+    this.seen = generation;
+  }
+
+  /** The generation a primary opened on this storage starts with when it has none: 0 from the beginning. */
+  async ensureInitial(): Promise<void> {
+    if (this.entries.length === 0) await this.replace([{ generation: 0, startTid: Buffer.from(Z64) }]);
+  }
+
+  /**
+   * Start generation max(everything seen) + 1 at `startTid` (promotion), durably.
+   * Invariant 5: the new number is strictly greater than any this node saw.
+   */
+  async startNext(startTid: Buffer): Promise<GenerationEntry> {
+    // A storage without a history was served by a primary of generation 0 from the beginning.
+    const base = this.entries.length > 0 ? this.entries : [{ generation: 0, startTid: Buffer.from(Z64) }];
+    const last = base[base.length - 1]!;
+    if (Buffer.compare(startTid, last.startTid) < 0) throw new ZrsError('a new generation cannot start before the current one');
+    const next: GenerationEntry = { generation: Math.max(this.seen, last.generation) + 1, startTid: Buffer.from(startTid) };
+    await this.replace([...base, next]);
+    return copyEntry(next);
+  }
+
+  /** Drop generations that start at or after `tid` (rewind), durably; maxSeen is kept. */
+  async cutFrom(tid: Buffer): Promise<void> {
+    const kept = this.entries.filter((e) => Buffer.compare(e.startTid, tid) < 0);
+    await writeGenerationsFile(this.path, kept, this.seen);
+    this.entries = kept;
+  }
+}
+
+async function readGenerationsFile(path: string): Promise<{ entries: GenerationEntry[]; maxSeen: number }> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { entries: [], maxSeen: -1 };
+    throw err;
+  }
+  let parsed: GenerationsFile;
+  try {
+    parsed = JSON.parse(text) as GenerationsFile;
+  } catch (err) {
+    throw new ZrsError(`${path}: not a generation history: ${(err as Error).message}`, { cause: err });
+  }
+  if (parsed.version !== FORMAT_VERSION || !Array.isArray(parsed.generations)) throw new ZrsError(`${path}: unsupported generation history format`);
+  const entries = parsed.generations.map((g) => {
+    if (typeof g.startTid !== 'string' || !/^[0-9a-f]{16}$/.test(g.startTid)) throw new ZrsError(`${path}: bad start tid`);
+    return { generation: g.generation, startTid: Buffer.from(g.startTid, 'hex') };
+  });
+  checkGenerations(entries, path);
+  const maxSeen = Number.isSafeInteger(parsed.maxSeen) ? parsed.maxSeen : -1;
+  return { entries, maxSeen: Math.max(maxSeen, ...entries.map((e) => e.generation)) };
+}
+
+async function writeGenerationsFile(path: string, entries: readonly GenerationEntry[], maxSeen: number): Promise<void> {
+  const body: GenerationsFile = {
+    version: FORMAT_VERSION,
+    maxSeen,
+    generations: entries.map((e) => ({ generation: e.generation, startTid: e.startTid.toString('hex') })),
+  };
+  await writeFileAtomic(path, Buffer.from(`${JSON.stringify(body, null, 2)}\n`));
+}
+
+/** Write `bytes` to `path` so a crash leaves either the old or the new content. */
+export async function writeFileAtomic(path: string, bytes: Buffer): Promise<void> {
+  const temp = `${path}.tmp`;
+  const h = await open(temp, 'w');
+  try {
+    await h.writeFile(bytes);
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+  try {
+    await rename(temp, path);
+  } catch (err) {
+    await rm(temp, { force: true });
+    throw err;
+  }
+  await syncDirectory(dirname(path));
+}
+
+/** fsync a directory so a rename in it is durable (best effort where unsupported). */
+export async function syncDirectory(dir: string): Promise<void> {
+  let h;
+  try {
+    h = await open(dir, 'r');
+    await h.sync();
+  } catch {
+    // Some platforms cannot fsync a directory; the rename is still atomic.
+  } finally {
+    await h?.close();
+  }
+}

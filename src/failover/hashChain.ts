@@ -1,0 +1,350 @@
+// A hash chain over a storage's transactions, kept in `<data file>.chain`:
+// link(n) = sha256(link(n-1) || tid || content of transaction n), with
+// link(-1) = 32 zero bytes. Two storages hold the same history up to a tid
+// exactly when their links at that tid are equal, so a primary can tell a
+// secondary that is behind from one that diverged, even at equal tids.
+//
+// The content hashed is position-independent (tid, user, description,
+// extension, and each record's oid and resolved data, in file order), so a
+// primary and its secondaries compute the same links though their files may
+// differ in offsets (a packed primary). Links are computed once, when a
+// transaction becomes durable (commits$), and stored per tid: a later pack
+// never changes them. The file is an 8-byte magic, then fixed-size entries
+// (tid, link, check) appended with group fsync; a torn or zeroed last entry
+// fails its check and is dropped on open, and missing links are recomputed
+// from the last stored one. Memory: the head and unflushed entries only;
+// lookups binary-search the file.
+
+import { createHash } from 'node:crypto';
+import { closeSync, existsSync, fdatasync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, write as fsWrite, writeSync } from 'node:fs';
+import type { Subscription } from 'rxjs';
+import { ZrsError } from '../errors.js';
+import type { FileStorage } from '../storage/FileStorage.js';
+import { DATA_HEADER_BYTES, dataRecordLength, readU64At } from '../storage/format.js';
+import { tidPlusOne } from '../storage/timestamp.js';
+import type { CommittedTransaction } from '../storage/types.js';
+import type { ChainHead } from '../wire/native.js';
+
+export type { ChainHead };
+
+/** Bytes of one link (sha256). */
+export const LINK_BYTES = 32;
+/** The link before the first transaction. */
+export const CHAIN_ORIGIN: Buffer = Buffer.alloc(LINK_BYTES);
+const MAGIC = Buffer.from('ZRSCHN01', 'latin1');
+const HEADER_BYTES = MAGIC.length;
+const CHECK_BYTES = 8;
+/** tid (8) + link (32) + check (8). */
+export const CHAIN_ENTRY_BYTES = 8 + LINK_BYTES + CHECK_BYTES;
+/** Most links from the primary waiting for their transaction to commit (the applier finishes at most 512 ahead). */
+const MAX_EXPECTED_LINKS = 4096;
+/** Most samples a secondary sends in its hello. */
+export const MAX_CHAIN_SAMPLES = 64;
+
+/** Path of the hash chain of the storage at `dataPath`. */
+export function chainPathFor(dataPath: string): string {
+  return `${dataPath}.chain`;
+}
+
+/** What a link covers: the transaction's content, with record data resolved. */
+export interface ChainContent {
+  tid: Buffer;
+  user: Buffer;
+  description: Buffer;
+  extensionBytes: Buffer;
+  records: ReadonlyArray<{ oid: Buffer; data: Buffer | null }>;
+}
+
+const u64 = (n: number): Buffer => {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(BigInt(n));
+  return b;
+};
+
+/** The link after `prev` for one transaction. */
+export function chainLink(prev: Buffer, t: ChainContent): Buffer {
+  const h = createHash('sha256');
+  h.update(prev).update(t.tid);
+  for (const part of [t.user, t.description, t.extensionBytes]) h.update(u64(part.length)).update(part);
+  h.update(u64(t.records.length));
+  for (const r of t.records) {
+    h.update(r.oid);
+    if (r.data === null) h.update(Buffer.of(0));
+    else h.update(Buffer.of(1)).update(u64(r.data.length)).update(r.data);
+  }
+  return h.digest();
+}
+
+/** The content of the committed transaction at `pos`, read synchronously. */
+export function contentAt(storage: FileStorage, pos: number): ChainContent {
+  const h = storage.readTxnHeaderAt(pos);
+  const body = storage.readAt(pos, h.length);
+  let off = 23;
+  const user = body.subarray(off, (off += h.ulen));
+  const description = body.subarray(off, (off += h.dlen));
+  const extensionBytes = body.subarray(off, (off += h.elen));
+  const records: Array<{ oid: Buffer; data: Buffer | null }> = [];
+  while (off < h.length) {
+    const plen = readU64At(body, off + 34);
+    const oid = body.subarray(off, off + 8);
+    if (plen > 0) records.push({ oid, data: body.subarray(off + DATA_HEADER_BYTES, off + DATA_HEADER_BYTES + plen) });
+    else {
+      const back = readU64At(body, off + DATA_HEADER_BYTES);
+      records.push({ oid, data: back === 0 ? null : storage.resolveData(back) });
+    }
+    off += dataRecordLength(plen);
+  }
+  return { tid: Buffer.from(h.tid), user, description, extensionBytes, records };
+}
+
+interface Entry {
+  tid: Buffer;
+  hash: Buffer;
+}
+
+function encodeEntry(e: Entry): Buffer {
+  const out = Buffer.alloc(CHAIN_ENTRY_BYTES);
+  e.tid.copy(out, 0);
+  e.hash.copy(out, 8);
+  createHash('sha256').update(out.subarray(0, 8 + LINK_BYTES)).digest().copy(out, 8 + LINK_BYTES, 0, CHECK_BYTES);
+  return out;
+}
+
+function decodeEntry(buf: Buffer): Entry | null {
+  const check = createHash('sha256').update(buf.subarray(0, 8 + LINK_BYTES)).digest().subarray(0, CHECK_BYTES);
+  if (!check.equals(buf.subarray(8 + LINK_BYTES, CHAIN_ENTRY_BYTES))) return null;
+  return { tid: Buffer.from(buf.subarray(0, 8)), hash: Buffer.from(buf.subarray(8, 8 + LINK_BYTES)) };
+}
+
+function readEntry(fd: number, index: number): Entry | null {
+  const buf = Buffer.alloc(CHAIN_ENTRY_BYTES);
+  const n = readSync(fd, buf, 0, CHAIN_ENTRY_BYTES, HEADER_BYTES + index * CHAIN_ENTRY_BYTES);
+  return n === CHAIN_ENTRY_BYTES ? decodeEntry(buf) : null;
+}
+
+/** Number of entries with tid <= `tid` among the first `count` (entries are in tid order). */
+function countUpTo(at: (i: number) => Entry, count: number, tid: Buffer): number {
+  let lo = 0;
+  let hi = count;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (Buffer.compare(at(mid).tid, tid) <= 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** Open (creating) a chain file; drop a torn tail; returns fd and the number of whole, valid entries. */
+function openChainFile(path: string): { fd: number; entries: number } {
+  const fd = openSync(path, existsSync(path) ? 'r+' : 'w+');
+  const size = fstatSync(fd).size;
+  const head = Buffer.alloc(HEADER_BYTES);
+  if (size < HEADER_BYTES || readSync(fd, head, 0, HEADER_BYTES, 0) !== HEADER_BYTES || !head.equals(MAGIC)) {
+    // Missing or foreign: start over (links are recomputed from the data file).
+    ftruncateSync(fd, 0);
+    writeSync(fd, MAGIC, 0, HEADER_BYTES, 0);
+    return { fd, entries: 0 };
+  }
+  let entries = Math.floor((size - HEADER_BYTES) / CHAIN_ENTRY_BYTES);
+  // A torn append: a partial entry, or a whole one whose check fails (zeroed blocks).
+  while (entries > 0 && readEntry(fd, entries - 1) === null) entries -= 1;
+  if (size !== HEADER_BYTES + entries * CHAIN_ENTRY_BYTES) ftruncateSync(fd, HEADER_BYTES + entries * CHAIN_ENTRY_BYTES);
+  return { fd, entries };
+}
+
+/**
+ * Cut the chain file of `dataPath` after `tid` (rewind), durably. Offline:
+ * the storage must not be open.
+ */
+export function truncateChainFile(dataPath: string, tid: Buffer): void {
+  const path = chainPathFor(dataPath);
+  if (!existsSync(path)) return;
+  const { fd, entries } = openChainFile(path);
+  try {
+    const keep = countUpTo((i) => readEntry(fd, i)!, entries, tid);
+    ftruncateSync(fd, HEADER_BYTES + keep * CHAIN_ENTRY_BYTES);
+    fdatasyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function fsyncFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+function writeAt(fd: number, buf: Buffer, pos: number): Promise<void> {
+  return new Promise((resolve, reject) =>
+    fsWrite(fd, buf, 0, buf.length, pos, (err, n) => (err ? reject(err) : n !== buf.length ? reject(new ZrsError('short write to the chain file')) : resolve())),
+  );
+}
+
+export interface HashChainOptions {
+  /** fsync appends (group semantics: one sync covers every entry written before it). Default true. */
+  fsync?: boolean;
+}
+
+/**
+ * The hash chain of one open storage, following its commits.
+ *
+ * @example
+ * const chain = await HashChain.open(storage);
+ * chain.head; // { tid, hash } of the last transaction, or null when empty
+ * chain.hashAt(tid); // the link at tid, or null when the storage has no such transaction
+ */
+export class HashChain {
+  private pending: Entry[] = [];
+  private flushing: Promise<void> | null = null;
+  private sub: Subscription | null = null;
+  private failed: Error | null = null;
+  private closed = false;
+  /** Links the primary sent for packed transactions about to commit here (bounded). */
+  private readonly expected = new Map<string, Buffer>();
+
+  private constructor(
+    readonly path: string,
+    private readonly fd: number,
+    private fileEntries: number,
+    private headEntry: Entry | null,
+    private readonly fsync: boolean,
+    private readonly storage: FileStorage,
+  ) {}
+
+  /** Open the chain beside `storage`, bring it up to the storage's last durable transaction, follow commits. */
+  static async open(storage: FileStorage, options: HashChainOptions = {}): Promise<HashChain> {
+    const path = chainPathFor(storage.path);
+    const { fd, entries } = openChainFile(path);
+    let chain: HashChain;
+    try {
+      // Links past the data file's end (the data lost its tail) no longer describe it.
+      const keep = countUpTo((i) => readEntry(fd, i)!, entries, storage.lastDurableTid);
+      if (keep < entries) ftruncateSync(fd, HEADER_BYTES + keep * CHAIN_ENTRY_BYTES);
+      chain = new HashChain(path, fd, keep, keep > 0 ? readEntry(fd, keep - 1) : null, options.fsync ?? true, storage);
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
+    await chain.catchUp();
+    return chain;
+  }
+
+  private async catchUp(): Promise<void> {
+    const early: CommittedTransaction[] = [];
+    let following = false;
+    this.sub = this.storage.commits$.subscribe((c) => (following ? this.onCommit(c) : early.push(c)));
+    const from = this.headEntry ? tidPlusOne(this.headEntry.tid) : null;
+    for await (const txn of this.storage.iterator(from)) this.append(txn.tid, chainLink(this.headEntry?.hash ?? CHAIN_ORIGIN, txn));
+    for (const c of early) this.onCommit(c);
+    following = true;
+    await this.flush();
+  }
+
+  private onCommit(c: CommittedTransaction): void {
+    if (this.closed || this.failed || (this.headEntry && Buffer.compare(c.tid, this.headEntry.tid) <= 0)) return;
+    try {
+      const given = this.expected.get(c.tid.toString('hex'));
+      this.expected.delete(c.tid.toString('hex'));
+      // A packed transaction lost records: its content no longer gives the link, the primary's does.
+      const link = given && c.status === 'p' ? given : chainLink(this.headEntry?.hash ?? CHAIN_ORIGIN, contentAt(this.storage, c.pos));
+      this.append(c.tid, link);
+    } catch (err) {
+      // Never thrown into the storage's publisher: the chain stops here and is
+      // completed from the data file on the next open.
+      this.failed = err as Error;
+    }
+  }
+
+  private append(tid: Buffer, hash: Buffer): void {
+    const e = { tid: Buffer.from(tid), hash };
+    this.pending.push(e);
+    this.headEntry = e;
+    this.flushing ??= this.runFlush();
+  }
+
+  private async runFlush(): Promise<void> {
+    try {
+      while (this.pending.length > 0) {
+        const batch = this.pending.slice();
+        await writeAt(this.fd, Buffer.concat(batch.map(encodeEntry)), HEADER_BYTES + this.fileEntries * CHAIN_ENTRY_BYTES);
+        if (this.fsync) await fsyncFd(this.fd);
+        this.fileEntries += batch.length;
+        this.pending.splice(0, batch.length);
+      }
+    } catch (err) {
+      // Unwritten links are recomputed from the data file on the next open.
+      this.failed = err as Error;
+    } finally {
+      this.flushing = null;
+    }
+  }
+
+  /**
+   * The primary's link for a packed transaction this replica is about to
+   * commit (its content was reduced by pack, so the replica cannot compute it).
+   */
+  expectLink(tid: Buffer, link: Buffer): void {
+    if (this.expected.size >= MAX_EXPECTED_LINKS) this.expected.delete(this.expected.keys().next().value!);
+    this.expected.set(tid.toString('hex'), Buffer.from(link));
+  }
+
+  /** Resolve once every link computed so far is on disk. */
+  async flush(): Promise<void> {
+    while (this.flushing) await this.flushing;
+    if (this.failed) throw new ZrsError(`${this.path}: writing the hash chain failed`, { cause: this.failed });
+  }
+
+  /** Tid and link of the last transaction, or null for an empty storage. */
+  get head(): ChainHead | null {
+    return this.headEntry ? { tid: Buffer.from(this.headEntry.tid), hash: Buffer.from(this.headEntry.hash) } : null;
+  }
+
+  /** Number of links. */
+  get length(): number {
+    return this.fileEntries + this.pending.length;
+  }
+
+  private entryAt(i: number): Entry {
+    if (i >= this.fileEntries) return this.pending[i - this.fileEntries]!;
+    const e = readEntry(this.fd, i);
+    if (e === null) throw new ZrsError(`${this.path}: chain entry ${i} is damaged`);
+    return e;
+  }
+
+  /** The link at `tid`, or null when no transaction has exactly this tid. */
+  hashAt(tid: Buffer): Buffer | null {
+    const n = countUpTo((i) => this.entryAt(i), this.length, tid);
+    if (n === 0) return null;
+    const e = this.entryAt(n - 1);
+    return e.tid.equals(tid) ? Buffer.from(e.hash) : null;
+  }
+
+  /**
+   * Links at a few tids, newest first: the head, then 1, 2, 4, 8 … entries
+   * back, plus the first; with `alsoAt`, links at those tids when present.
+   * A primary finds the last shared tid among them.
+   */
+  samples(alsoAt: readonly Buffer[] = [], max = MAX_CHAIN_SAMPLES): ChainHead[] {
+    const n = this.length;
+    const indexes = new Set<number>();
+    for (let step = 0; n - 1 - step >= 0 && indexes.size < max - alsoAt.length - 1; step = step === 0 ? 1 : step * 2) indexes.add(n - 1 - step);
+    if (n > 0) indexes.add(0);
+    const out: ChainHead[] = [...indexes].map((i) => this.entryAt(i)).map((e) => ({ tid: Buffer.from(e.tid), hash: Buffer.from(e.hash) }));
+    for (const tid of alsoAt) {
+      const hash = this.hashAt(tid);
+      if (hash && !out.some((s) => s.tid.equals(tid))) out.push({ tid: Buffer.from(tid), hash });
+    }
+    return out.sort((a, b) => Buffer.compare(b.tid, a.tid)).slice(0, max);
+  }
+
+  /** Stop following commits, write what is pending, close the file. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.sub?.unsubscribe();
+    try {
+      await this.flush();
+    } finally {
+      closeSync(this.fd);
+    }
+  }
+}

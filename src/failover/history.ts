@@ -1,0 +1,93 @@
+// The failover history of one open storage: its generation history and its
+// hash chain together, with what the handshake needs on each side (the
+// secondary's hello fields, the primary's verdict and welcome fields, the
+// secondary's adoption of the primary's generations).
+
+import type { Refusal } from '../../machines/handshake.js';
+import type { FileStorage } from '../storage/FileStorage.js';
+import type { ChainHead, GenerationEntry, HelloMessage, WelcomeMessage } from '../wire/native.js';
+import { judgeHistory, type HistoryVerdict } from './divergence.js';
+import { GenerationHistory } from './generations.js';
+import { HashChain } from './hashChain.js';
+
+export interface FailoverHistoryOptions {
+  /** A primary's storage gets generation 0 when it has no history yet. */
+  role: 'primary' | 'secondary';
+  /** fsync chain appends (default true). */
+  fsync?: boolean;
+}
+
+/** The `hello` fields describing a secondary's history. */
+export interface HelloHistoryFields {
+  generations: GenerationEntry[];
+  chainHead?: ChainHead;
+  chainSamples?: ChainHead[];
+}
+
+/**
+ * @example
+ * const history = await FailoverHistory.open(storage, { role: 'primary' });
+ * history.generations.current; // { generation: 0, startTid: Z64 }
+ */
+export class FailoverHistory {
+  private constructor(
+    readonly generations: GenerationHistory,
+    readonly chain: HashChain,
+  ) {}
+
+  static async open(storage: FileStorage, options: FailoverHistoryOptions): Promise<FailoverHistory> {
+    const generations = await GenerationHistory.open(storage.path);
+    if (options.role === 'primary') await generations.ensureInitial();
+    const chain = await HashChain.open(storage, { fsync: options.fsync });
+    return new FailoverHistory(generations, chain);
+  }
+
+  /** What a secondary whose last tid is `startTid` says in its hello. */
+  helloFields(startTid: Buffer): HelloHistoryFields {
+    const generations = this.generations.list;
+    const hash = this.chain.hashAt(startTid);
+    if (hash === null) return { generations };
+    return {
+      generations,
+      chainHead: { tid: Buffer.from(startTid), hash },
+      chainSamples: this.chain.samples(generations.map((g) => g.startTid)).filter((s) => Buffer.compare(s.tid, startTid) < 0),
+    };
+  }
+
+  /** The primary's verdict on a hello (pure reads). */
+  verdict(hello: Pick<HelloMessage, 'startTid' | 'generations' | 'chainHead'> & { chainSamples?: ChainHead[] }): HistoryVerdict {
+    return judgeHistory({ generations: this.generations.list, hashAt: (tid) => this.chain.hashAt(tid) }, hello);
+  }
+
+  /** The refusal for a hello, or undefined when the secondary may replicate. */
+  refusalFor(hello: Pick<HelloMessage, 'startTid' | 'generations' | 'chainHead'> & { chainSamples?: ChainHead[] }): Refusal | undefined {
+    const v = this.verdict(hello);
+    if (v.kind === 'diverged') return { code: 'diverged', reason: `diverged: ${v.reason}; fork at tid ${v.forkTid.toString('hex')}`, forkTid: v.forkTid };
+    if (v.kind === 'inconsistent') return { code: 'bad-tid', reason: v.reason };
+    return undefined;
+  }
+
+  /** The welcome fields: the current generation and the whole history. */
+  welcomeFields(): Pick<WelcomeMessage, 'generation'> & { generations: GenerationEntry[] } {
+    const list = this.generations.list;
+    return { generation: list[list.length - 1] ?? { generation: 0, startTid: Buffer.alloc(8) }, generations: list };
+  }
+
+  /** A secondary adopts its primary's history from welcome (durably). */
+  async adopt(welcome: { generation: GenerationEntry; generations?: GenerationEntry[] }): Promise<void> {
+    const list = welcome.generations && welcome.generations.length > 0 ? welcome.generations : mergeCurrent(this.generations.list, welcome.generation);
+    const mine = this.generations.list;
+    const same = list.length === mine.length && list.every((g, i) => g.generation === mine[i]!.generation && g.startTid.equals(mine[i]!.startTid));
+    if (!same) await this.generations.replace(list);
+    await this.generations.noteSeen(welcome.generation.generation);
+  }
+
+  async close(): Promise<void> {
+    await this.chain.close();
+  }
+}
+
+function mergeCurrent(list: GenerationEntry[], current: GenerationEntry): GenerationEntry[] {
+  const kept = list.filter((g) => g.generation < current.generation && Buffer.compare(g.startTid, current.startTid) <= 0);
+  return [...kept, current];
+}

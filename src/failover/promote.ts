@@ -1,0 +1,103 @@
+// Promotion: a secondary becomes a primary. It stops replicating (the
+// half-received transaction is aborted), starts generation n + 1 at its last
+// tid (durably, before any write is accepted), and serves at its replicateTo
+// address, keeping the downstream sessions it already serves.
+// Invariant 5: the new generation is strictly greater than every generation
+// this node ever saw; with a `claim` hook backed by an external coordinator
+// (compare-and-set), no two nodes ever become writable in one generation.
+
+import { ZrsError } from '../errors.js';
+import type { Clock } from '../ports/clock.js';
+import type { ReplicationAddress, Transport } from '../ports/transport.js';
+import { parseAddress } from '../replication/address.js';
+import type { Logger } from '../replication/log.js';
+import { Primary } from '../replication/primary.js';
+import type { ReplicationServer } from '../replication/server.js';
+import type { FileStorage } from '../storage/FileStorage.js';
+import type { GenerationEntry } from '../wire/native.js';
+import type { FailoverHistory } from './history.js';
+
+export interface PromoteOptions {
+  /** Where to serve when the secondary did not already (replicateTo). */
+  replicateTo?: string | number | ReplicationAddress;
+  /** Promote even while connected to a live primary, or while diverged (the operator knows better). */
+  force?: boolean;
+  /**
+   * Ask an external coordinator for the generation before taking it (e.g. a
+   * compare-and-set in etcd or ZooKeeper); resolve false to refuse. Without
+   * it, nothing prevents two nodes promoted at once from both accepting writes.
+   */
+  claim?: (generation: GenerationEntry) => Promise<boolean>;
+  heartbeatIntervalMs?: number;
+}
+
+/** What a Secondary hands over to be promoted. */
+export interface PromotionHandle {
+  storage: FileStorage;
+  history: FailoverHistory;
+  log: Logger;
+  transport?: Transport;
+  clock?: Clock;
+  fsync?: boolean;
+  /** The connection machine's state name, e.g. 'connected.replicating', 'backoff'. */
+  upstreamState(): string;
+  /** The address it already serves further secondaries at, if any. */
+  serverAddress(): ReplicationAddress | null;
+  /** Stop replicating for good (abort the transaction in progress); returns the server it runs, if any. */
+  detach(): Promise<ReplicationServer | null>;
+}
+
+/** Thrown when a promotion is refused; the secondary keeps replicating. */
+export class PromotionRefusedError extends ZrsError {
+  override name = 'PromotionRefusedError';
+}
+
+/** The generation a promotion of this history would start. */
+export function nextGeneration(history: FailoverHistory, startTid: Buffer): GenerationEntry {
+  const current = history.generations.current;
+  return { generation: Math.max(history.generations.maxSeen, current?.generation ?? 0) + 1, startTid: Buffer.from(startTid) };
+}
+
+export async function promoteSecondary(h: PromotionHandle, options: PromoteOptions): Promise<Primary> {
+  const state = h.upstreamState();
+  if (!options.force && (state.startsWith('connected') || state === 'diverged')) {
+    throw new PromotionRefusedError(
+      state === 'diverged'
+        ? 'refusing to promote a diverged secondary (pass force: true to promote it anyway)'
+        : `refusing to promote while connected to a primary (${state}): stop the primary first, or pass force: true`,
+    );
+  }
+  if (options.replicateTo === undefined && h.serverAddress() === null) throw new PromotionRefusedError('promote needs replicateTo: this secondary does not serve one');
+  const planned = nextGeneration(h.history, h.storage.lastTransaction());
+  if (options.claim && !(await options.claim(planned))) {
+    throw new PromotionRefusedError(`the coordinator refused generation ${planned.generation}`);
+  }
+  const server = await h.detach();
+  const address = server?.address ?? (options.replicateTo === undefined ? null : toAddress(options.replicateTo));
+  // The last tid after detaching: the transaction in progress was aborted, nothing else is applied.
+  const entry = await h.history.generations.startNext(h.storage.lastTransaction());
+  if (options.claim && entry.generation !== planned.generation) {
+    throw new PromotionRefusedError(`generation changed during promotion (${planned.generation} claimed, ${entry.generation} started); promote again`);
+  }
+  h.log('warn', `PROMOTED to primary: generation ${entry.generation} starts after tid ${entry.startTid.toString('hex')}`, {
+    generation: entry.generation,
+    startTid: entry.startTid.toString('hex'),
+  });
+  if (address === null) throw new ZrsError('promote needs replicateTo');
+  return Primary.open({
+    path: h.storage.path,
+    storage: h.storage,
+    replicateTo: address,
+    server: server ?? undefined,
+    history: h.history,
+    transport: h.transport,
+    clock: h.clock,
+    log: h.log,
+    fsync: h.fsync,
+    heartbeatIntervalMs: options.heartbeatIntervalMs,
+  });
+}
+
+function toAddress(a: string | number | ReplicationAddress): ReplicationAddress {
+  return typeof a === 'object' ? a : parseAddress(a, '127.0.0.1');
+}

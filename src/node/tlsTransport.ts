@@ -1,0 +1,178 @@
+// TLS on the replication link, with mutual certificate authentication the way
+// ZEO's <ssl> section does it. A listener always demands and verifies a client
+// certificate against `authenticate`; a connecting side always verifies the
+// server's certificate (against `authenticate`, else the system CAs) and, with
+// checkHostname, its name. A failed handshake never yields a ByteStream, so no
+// replication byte crosses an unverified link; it is logged with the reason.
+
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { isIP, type Socket } from 'node:net';
+import { join } from 'node:path';
+import {
+  checkServerIdentity,
+  connect as tlsConnect,
+  createServer as tlsCreateServer,
+  type ConnectionOptions,
+  type PeerCertificate,
+  type TLSSocket,
+} from 'node:tls';
+import { TlsHandshakeError } from '../errors.js';
+import type { ByteStream, Listener, ReplicationAddress, Transport } from '../ports/transport.js';
+import type { Logger } from '../replication/log.js';
+import { SocketStream } from './socketTransport.js';
+
+/** The `<ssl>` settings (ZEO's names; `password-function` is not supported). */
+export interface TlsOptions {
+  /** PEM file with this node's certificate (and its chain); may also hold the key. */
+  certificate: string;
+  /** PEM file with the private key; defaults to `certificate`. */
+  key?: string;
+  /**
+   * A PEM file, or a directory of PEM files, with the CA certificates that
+   * peers' certificates must verify against. Required to listen (client
+   * certificates are always verified); when connecting without it the
+   * system's CAs verify the server.
+   */
+  authenticate?: string;
+  /** Connecting side: also check that the server certificate names the host (default false, as ZEO). */
+  checkHostname?: boolean;
+  /** Connecting side: the name to check (and send as SNI) instead of the address's host. */
+  serverHostname?: string;
+  /** A listener drops a connection whose handshake takes longer (default 30 000). */
+  handshakeTimeoutMs?: number;
+}
+
+export interface TlsTransportOptions extends TlsOptions {
+  /** Where failed handshakes are reported (both sides). */
+  log?: Logger;
+}
+
+const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
+/** A CA directory holding more files than this is a mistake, not a trust store. */
+const MAX_CA_FILES = 1000;
+
+/** Connection failures before any TLS byte: reported as they are. */
+const NETWORK_CODES = new Set(['ECONNREFUSED', 'ENOENT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ETIMEDOUT', 'EACCES', 'EADDRNOTAVAIL']);
+/** OpenSSL's and Node's codes for a server certificate this side rejected. */
+const CERTIFICATE_CODE = /^(CERT_|UNABLE_TO_|SELF_SIGNED|DEPTH_ZERO|INVALID_|ERR_TLS_CERT_ALTNAME|HOSTNAME_MISMATCH)/;
+
+/** Read CA certificates from a PEM file or every PEM file in a directory. */
+export function readCaCertificates(path: string): string[] {
+  const files = statSync(path).isDirectory()
+    ? readdirSync(path)
+        .sort()
+        .map((f) => join(path, f))
+        .filter((f) => statSync(f).isFile())
+    : [path];
+  if (files.length > MAX_CA_FILES) throw new TlsHandshakeError(`authenticate ${path}: more than ${MAX_CA_FILES} files`, path);
+  const pems = files.map((f) => readFileSync(f, 'latin1')).filter((t) => t.includes('-----BEGIN CERTIFICATE-----'));
+  if (pems.length === 0) throw new TlsHandshakeError(`authenticate ${path}: no PEM certificate found`, path);
+  return pems;
+}
+
+function label(address: ReplicationAddress): string {
+  return address.kind === 'unix' ? address.path : `${address.host || '127.0.0.1'}:${address.port}`;
+}
+
+/** The peer's address; after a failed handshake only the wrapped TCP socket still knows it. */
+function remotePeer(socket: TLSSocket): string | null {
+  const s = socket.remoteAddress ? socket : (socket as unknown as { _parent?: { remoteAddress?: string; remotePort?: number } })._parent;
+  return s?.remoteAddress ? `${s.remoteAddress}:${s.remotePort}` : null;
+}
+
+function reason(err: Error): string {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' && !err.message.includes(code) ? `${err.message} (${code})` : err.message;
+}
+
+/**
+ * The TLS transport: same ByteStream semantics as socketTransport
+ * (backpressure, pause/resume, peer label), after a verified handshake.
+ *
+ * @example
+ * const transport = tlsTransport({ certificate: 'node.pem', key: 'node.key', authenticate: 'ca.pem' });
+ * const primary = await Primary.open({ path: 'Data.fs', replicateTo: 5000, transport });
+ */
+export function tlsTransport(options: TlsTransportOptions): Transport {
+  const log = options.log ?? (() => undefined);
+  // Read the files once, now: a missing or bad file is an error at open, not at the first connection.
+  const cert = readFileSync(options.certificate);
+  const key = readFileSync(options.key ?? options.certificate);
+  const ca = options.authenticate !== undefined ? readCaCertificates(options.authenticate) : undefined;
+
+  return {
+    connect(address: ReplicationAddress): Promise<ByteStream> {
+      const peer = label(address);
+      const host = address.kind === 'tcp' ? address.host || '127.0.0.1' : 'localhost';
+      const name = options.serverHostname ?? host;
+      const tlsOptions: ConnectionOptions = {
+        cert,
+        key,
+        ca,
+        rejectUnauthorized: true,
+        // SNI carries names only, never IP addresses.
+        ...(isIP(name) ? {} : { servername: name }),
+        checkServerIdentity: (_host: string, c: PeerCertificate) => (options.checkHostname ? checkServerIdentity(name, c) : undefined),
+      };
+      return new Promise((resolve, reject) => {
+        const socket: TLSSocket =
+          address.kind === 'unix' ? tlsConnect({ ...tlsOptions, path: address.path }) : tlsConnect({ ...tlsOptions, host, port: address.port });
+        const onError = (err: Error): void => {
+          socket.destroy();
+          const code = (err as { code?: string }).code;
+          // Unreachable is not a TLS matter: the machine retries as for plain TCP.
+          if (code !== undefined && NETWORK_CODES.has(code)) return reject(err);
+          if (code !== undefined && CERTIFICATE_CODE.test(code)) log('error', `TLS: refused primary ${peer}: ${reason(err)}`, { peer, code });
+          else log('error', `TLS: handshake with primary ${peer} failed: ${reason(err)}`, { peer, code });
+          reject(new TlsHandshakeError(`TLS handshake with ${peer} failed: ${reason(err)}`, peer, { cause: err }));
+        };
+        socket.once('error', onError);
+        socket.once('secureConnect', () => {
+          socket.off('error', onError);
+          resolve(new SocketStream(socket, peer));
+        });
+      });
+    },
+
+    async listen(address: ReplicationAddress, onStream: (s: ByteStream) => void): Promise<Listener> {
+      if (ca === undefined) {
+        throw new TlsHandshakeError('a TLS listener needs authenticate (the CA that client certificates must verify against)', label(address));
+      }
+      const server = tlsCreateServer(
+        { cert, key, ca, requestCert: true, rejectUnauthorized: true, handshakeTimeout: options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS },
+        (socket) => {
+          const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : label(address);
+          onStream(new SocketStream(socket, peer));
+        },
+      );
+      // Read each TCP peer's address now: net.Socket caches it, and after a failed
+      // handshake the TLS socket's handle is gone, so the log line reads it from there.
+      server.on('connection', (raw: Socket) => void raw.remoteAddress);
+      server.on('tlsClientError', (err, socket) => {
+        const peer = remotePeer(socket) ?? label(address);
+        // A client certificate that does not verify ends the handshake with only
+        // "socket hang up"; the verification error is in authorizationError.
+        const authError = socket.authorizationError as unknown as string | undefined;
+        const why = authError ? `client certificate rejected: ${authError}` : reason(err);
+        log('warn', `TLS: refused secondary ${peer}: ${why}`, { peer, code: authError ?? (err as { code?: string }).code });
+        socket.destroy();
+      });
+      if (address.kind === 'unix') await rm(address.path, { force: true });
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        if (address.kind === 'unix') server.listen(address.path, () => resolve());
+        else server.listen(address.port, address.host || undefined, () => resolve());
+      });
+      const bound = server.address();
+      const actual: ReplicationAddress =
+        address.kind === 'unix' || bound === null || typeof bound === 'string'
+          ? address
+          : { kind: 'tcp', host: address.host || bound.address, port: bound.port };
+      return {
+        address: actual,
+        close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+      };
+    },
+  };
+}

@@ -1,0 +1,52 @@
+// What a Primary or Secondary puts around its actors before they start: the
+// transport (given, TLS from `tls`, or plain TCP), metered for the node's
+// metrics, and the optional HTTP metrics endpoint. Kept here so the two
+// node classes only pass options through.
+
+import type { Clock } from '../ports/clock.js';
+import type { ReplicationAddress, Transport } from '../ports/transport.js';
+import { serveMetrics, type MetricsServer } from '../node/metricsServer.js';
+import { socketTransport } from '../node/socketTransport.js';
+import { tlsTransport, type TlsOptions } from '../node/tlsTransport.js';
+import { ZrsError } from '../errors.js';
+import { formatAddress, parseAddress } from './address.js';
+import type { Logger } from './log.js';
+import { ReplicationMetrics } from './metrics.js';
+
+/** The options Primary.open and Secondary.open share for these edges. */
+export interface NodeEdgeOptions {
+  transport?: Transport;
+  /** TLS with mutual certificate authentication (ZEO's `<ssl>`); not together with `transport`. */
+  tls?: TlsOptions;
+  /** Serve Prometheus metrics over HTTP here (host:port, a port on 127.0.0.1, or a Unix socket path). */
+  metricsAddress?: string | number | ReplicationAddress;
+}
+
+export interface NodeEdges {
+  /** The transport actors use: metered. */
+  transport: Transport;
+  metrics: ReplicationMetrics;
+  metricsServer: MetricsServer | null;
+  close(): Promise<void>;
+}
+
+export async function openNodeEdges(options: NodeEdgeOptions, clock: Clock, log: Logger): Promise<NodeEdges> {
+  if (options.tls && options.transport) throw new ZrsError('give either tls or transport, not both');
+  const base = options.tls ? tlsTransport({ ...options.tls, log }) : (options.transport ?? socketTransport);
+  const metrics = new ReplicationMetrics(clock);
+  let metricsServer: MetricsServer | null = null;
+  if (options.metricsAddress !== undefined) {
+    const a = options.metricsAddress;
+    metricsServer = await serveMetrics(metrics.registry, typeof a === 'object' ? a : parseAddress(a, '127.0.0.1'));
+    log('info', `metrics at http://${formatAddress(metricsServer.address)}/metrics`);
+  }
+  return {
+    transport: metrics.meter(base),
+    metrics,
+    metricsServer,
+    close: async () => {
+      metrics.close();
+      await metricsServer?.close();
+    },
+  };
+}

@@ -1,0 +1,96 @@
+// What a Primary adds around its replication server for auditable failover:
+// the audit log (sessions, handshakes, decisions), the ack tracker (lag,
+// waitForReplication) and, with `syncReplicas`, the storage whose tpcFinish
+// waits for acknowledgements. Primary only opens, attaches and closes it.
+
+import { AuditLog } from '../audit/auditLog.js';
+import { auditServerSessions, openNodeAudit } from '../audit/nodeAudit.js';
+import type { Clock } from '../ports/clock.js';
+import type { FileStorage } from '../storage/FileStorage.js';
+import type { Logger } from './log.js';
+import type { ReplicationServer } from './server.js';
+import {
+  AckTracker,
+  DEFAULT_SYNC_TIMEOUT_MS,
+  syncCommitStorage,
+  type ReplicationConfirmation,
+  type SecondaryReplicationStatus,
+  type WaitForReplicationOptions,
+} from './syncReplication.js';
+
+export interface PrimarySyncOptions {
+  path: string;
+  name?: string;
+  /** Commits resolve only once this many native secondaries acknowledged them. Default 0 (asynchronous). */
+  syncReplicas?: number;
+  /** Bound on that wait. Default DEFAULT_SYNC_TIMEOUT_MS. */
+  syncTimeoutMs?: number;
+  /** Audit log path; default `<path>.audit`; null turns it off. */
+  auditPath?: string | null;
+}
+
+export class PrimarySync {
+  private stopAudit: (() => void) | null = null;
+  private stopTracking: (() => void) | null = null;
+  private closed = false;
+
+  private constructor(
+    readonly audit: AuditLog | null,
+    readonly tracker: AckTracker,
+    /** The storage to hand out: the FileStorage itself, or its sync-commit wrapper. */
+    readonly storage: FileStorage,
+    readonly syncReplicas: number,
+    readonly syncTimeoutMs: number,
+    /** The FileStorage itself (tpcFinish never waits). */
+    readonly local: FileStorage,
+  ) {}
+
+  static async open(options: PrimarySyncOptions, storage: FileStorage, clock: Clock, log: Logger): Promise<PrimarySync> {
+    const syncReplicas = options.syncReplicas ?? 0;
+    const syncTimeoutMs = options.syncTimeoutMs ?? DEFAULT_SYNC_TIMEOUT_MS;
+    if (!Number.isInteger(syncReplicas) || syncReplicas < 0) throw new RangeError(`syncReplicas must be a non-negative integer, got ${syncReplicas}`);
+    if (!(syncTimeoutMs > 0) || !Number.isFinite(syncTimeoutMs)) throw new RangeError(`syncTimeoutMs must be a positive number, got ${syncTimeoutMs}`);
+    const audit = await openNodeAudit({ dataPath: options.path, auditPath: options.auditPath, node: options.name, clock, log });
+    const tracker = new AckTracker({ clock, log, audit });
+    const exposed = syncReplicas > 0 ? syncCommitStorage(storage, tracker, syncReplicas, syncTimeoutMs) : storage;
+    return new PrimarySync(audit, tracker, exposed, syncReplicas, syncTimeoutMs, storage);
+  }
+
+  /**
+   * Follow `server`'s sessions (open ones too) and record the node's start:
+   * a `promotion` decision when the primary was opened from an existing
+   * history (a promoted secondary), then a `config` record.
+   */
+  async attach(server: ReplicationServer, details: { generation: () => unknown; address: string; promotion: boolean }): Promise<void> {
+    this.stopTracking = server.watchSessions((s) => this.tracker.track(s));
+    if (!this.audit) return;
+    this.audit.generation = details.generation;
+    this.stopAudit = auditServerSessions(this.audit, server);
+    // A failed write is logged by the audit log itself and fails every later decision.
+    if (details.promotion) await this.audit.decide('promotion', { role: 'primary', address: details.address }).catch(() => undefined);
+    await this.audit
+      .decide('config', { change: 'open', role: 'primary', replicateTo: details.address, syncReplicas: this.syncReplicas, syncTimeoutMs: this.syncTimeoutMs })
+      .catch(() => undefined);
+  }
+
+  status(): SecondaryReplicationStatus[] {
+    return this.tracker.status();
+  }
+
+  waitForReplication(tid: Buffer, options: WaitForReplicationOptions = {}): Promise<ReplicationConfirmation> {
+    return this.tracker.waitForReplication(tid, { replicas: options.replicas ?? Math.max(1, this.syncReplicas), timeoutMs: options.timeoutMs ?? this.syncTimeoutMs });
+  }
+
+  /** End pending waits, record the close, close the audit log. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.tracker.close();
+    this.stopTracking?.();
+    this.stopAudit?.();
+    if (this.audit) {
+      await this.audit.decide('config', { change: 'close', role: 'primary' }).catch(() => undefined);
+      await this.audit.close();
+    }
+  }
+}

@@ -1,0 +1,206 @@
+// The audit log: records read back in order with consecutive sequence
+// numbers; a truncated tail and a flipped byte are reported with the offset
+// of the damaged record (never skipped); reopening moves a damaged tail aside
+// and records that it did; a replication scenario leaves the expected kinds
+// in both nodes' logs.
+
+import { readFile, truncate, writeFile, open as openFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { AUDIT_MAGIC, AuditLog, readAuditLog, readAuditLogStrict, type AuditRecord } from '../../src/audit/auditLog.js';
+import { AuditLogDamagedError } from '../../src/errors.js';
+import { Primary } from '../../src/replication/primary.js';
+import { Secondary } from '../../src/replication/secondary.js';
+import { VirtualClock } from '../../src/sim/clock.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { commitMany, waitForTid } from '../replication/helpers.js';
+import { FAST_RECONNECT, LogCollector, sessionClosed, WAIT_MS } from '../replication/netHelpers.js';
+import { filter, firstValueFrom, timeout } from 'rxjs';
+
+afterAll(cleanupTempDirs);
+
+async function threeRecords(path: string): Promise<AuditRecord[]> {
+  const clock = new VirtualClock();
+  const audit = await AuditLog.open(path, { node: 'n1', clock });
+  audit.note('transition', { actor: 'test', from: 'a', to: 'b' });
+  clock.advance(1500);
+  audit.generation = () => ({ generation: 2, startTid: Buffer.alloc(8, 1) });
+  audit.note('connection', { peer: 'x', tid: Buffer.from('0102030405060708', 'hex') });
+  await audit.decide('sync-timeout', { tid: '00', wanted: 1, got: 0, timeoutMs: 5 });
+  await audit.close();
+  return readAuditLogStrict(path);
+}
+
+async function flipByte(path: string, offset: number): Promise<void> {
+  const fh = await openFile(path, 'r+');
+  try {
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, offset);
+    b[0] = b[0]! ^ 0x20;
+    await fh.write(b, 0, 1, offset);
+  } finally {
+    await fh.close();
+  }
+}
+
+describe('audit log format', () => {
+  it('reads back every record in order with its fields', async () => {
+    const path = join(await tempDir(), 'Data.fs.audit');
+    const records = await threeRecords(path);
+    expect(records.map((r) => [r.seq, r.kind, r.node])).toEqual([
+      [1, 'transition', 'n1'],
+      [2, 'connection', 'n1'],
+      [3, 'sync-timeout', 'n1'],
+    ]);
+    expect(records[0]).toMatchObject({ offset: AUDIT_MAGIC.length, time: '2024-01-01T00:00:00.000Z', details: { actor: 'test', from: 'a', to: 'b' } });
+    expect(records[0]!.generation).toBeUndefined();
+    expect(records[1]).toMatchObject({ timeMs: Date.parse('2024-01-01T00:00:01.500Z'), generation: { generation: 2, startTid: '0101010101010101' } });
+    expect(records[1]!.details).toEqual({ peer: 'x', tid: '0102030405060708' });
+    expect((await readFile(path)).subarray(0, 8).toString('latin1')).toBe('ZRSAUD1\n');
+  });
+
+  it('continues the sequence when reopened', async () => {
+    const path = join(await tempDir(), 'a.audit');
+    await threeRecords(path);
+    const audit = await AuditLog.open(path, { node: 'n1', clock: new VirtualClock() });
+    await audit.decide('config', { change: 'open' });
+    await audit.close();
+    expect((await readAuditLogStrict(path)).map((r) => r.seq)).toEqual([1, 2, 3, 4]);
+  });
+
+  it('reports a truncated tail with the offset of the cut record', async () => {
+    const path = join(await tempDir(), 'a.audit');
+    const records = await threeRecords(path);
+    const size = (await readFile(path)).length;
+    await truncate(path, size - 3);
+    const r = await readAuditLog(path);
+    expect(r.records.map((x) => x.seq)).toEqual([1, 2]);
+    expect(r.damage).toMatchObject({ offset: records[2]!.offset, bytes: size - 3 - records[2]!.offset });
+    expect(r.damage!.reason).toMatch(/^truncated record/);
+    await expect(readAuditLogStrict(path)).rejects.toThrow(new RegExp(`at offset ${records[2]!.offset}: truncated`));
+    // Cut inside a record header too.
+    await truncate(path, records[2]!.offset + 5);
+    expect((await readAuditLog(path)).damage).toMatchObject({ offset: records[2]!.offset, reason: expect.stringMatching(/^truncated record header/) });
+  });
+
+  it('reports a flipped byte as a checksum mismatch at the record it damages, keeping the records before it', async () => {
+    const path = join(await tempDir(), 'a.audit');
+    const records = await threeRecords(path);
+    await flipByte(path, records[1]!.offset + 8 + 10);
+    const r = await readAuditLog(path);
+    expect(r.records.map((x) => x.seq)).toEqual([1]);
+    expect(r.damage).toMatchObject({ offset: records[1]!.offset, reason: 'checksum mismatch' });
+    const err = await readAuditLogStrict(path).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AuditLogDamagedError);
+    expect(err).toMatchObject({ offset: records[1]!.offset, path });
+  });
+
+  it('detects a damaged length field too', async () => {
+    const path = join(await tempDir(), 'a.audit');
+    const records = await threeRecords(path);
+    await flipByte(path, records[1]!.offset + 3);
+    expect((await readAuditLog(path)).damage).toMatchObject({ offset: records[1]!.offset });
+  });
+
+  it('moves a damaged tail aside on reopen and records that it did', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'a.audit');
+    const records = await threeRecords(path);
+    const size = (await readFile(path)).length;
+    await truncate(path, size - 1);
+    const cut = records[2]!.offset;
+    const audit = await AuditLog.open(path, { node: 'n1', clock: new VirtualClock() });
+    audit.note('transition', { to: 'after' });
+    await audit.close();
+    const back = await readAuditLogStrict(path);
+    expect(back.map((r) => [r.seq, r.kind])).toEqual([
+      [1, 'transition'],
+      [2, 'connection'],
+      [3, 'audit-damage'],
+      [4, 'transition'],
+    ]);
+    expect(back[2]!.details).toMatchObject({ offset: cut, bytes: size - 1 - cut, savedTo: `${path}.damaged-${cut}` });
+    expect((await readFile(`${path}.damaged-${cut}`)).length).toBe(size - 1 - cut);
+  });
+
+  it('refuses to append to a file that is not an audit log', async () => {
+    const path = join(await tempDir(), 'not.audit');
+    await writeFile(path, 'hello world, not an audit log');
+    await expect(AuditLog.open(path, { node: 'n', clock: new VirtualClock() })).rejects.toBeInstanceOf(AuditLogDamagedError);
+    expect((await readAuditLog(path)).damage).toMatchObject({ offset: 0, reason: 'not an audit log (bad magic)' });
+  });
+});
+
+describe('audit log of a replication scenario', () => {
+  it('records connections, verdicts, transitions and configuration changes on both nodes, in order', async () => {
+    const dir = await tempDir();
+    const logs = new LogCollector();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, name: 'p', log: logs.log });
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, name: 's', reconnect: FAST_RECONNECT });
+    const [tid] = await commitMany(primary.storage, 2);
+    await waitForTid(secondary, (await commitMany(primary.storage, 1))[0]!);
+    expect(tid).toBeDefined();
+    const elsewhere = await Primary.open({ path: join(dir, 'q.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    secondary.setReplicationAddress(elsewhere.address);
+    await logs.waitFor(sessionClosed);
+    await secondary.close();
+    await elsewhere.close();
+    await primary.close();
+
+    const p = await readAuditLogStrict(join(dir, 'p.fs.audit'));
+    expect(p.every((r) => r.node === 'p')).toBe(true);
+    expect(p.map((r) => r.seq)).toEqual(p.map((_r, i) => i + 1));
+    expect(p.every((r) => (r.generation as { generation?: number } | undefined)?.generation === 0)).toBe(true);
+    const pKinds = p.map((r) => (r.kind === 'transition' ? `${r.kind} ${String(r.details.to)}` : r.kind));
+    expect(pKinds).toEqual([
+      'config',
+      'connection',
+      'transition awaitingStart',
+      'transition catchingUp',
+      'handshake',
+      'transition live',
+      'transition closed',
+      'disconnection',
+      'config',
+    ]);
+    expect(p[0]!.details).toMatchObject({ change: 'open', role: 'primary', syncReplicas: 0 });
+    expect(p[4]!.details).toMatchObject({ side: 'primary', verdict: 'welcome', protocol: 'zrs-ts/1', startTid: '0000000000000000' });
+    expect(p.at(-2)!.details).toMatchObject({ kind: 'peer-closed' });
+    expect(p.at(-1)!.details).toMatchObject({ change: 'close' });
+
+    const s = await readAuditLogStrict(join(dir, 's.fs.audit'));
+    const sKinds = s.map((r) => r.kind);
+    expect(sKinds.slice(0, 6)).toEqual(['config', 'transition', 'transition', 'connection', 'transition', 'handshake']);
+    expect(s[1]!.details).toMatchObject({ actor: 'secondaryConnection', from: 'idle', to: 'connecting' });
+    expect(s[4]!.details).toMatchObject({ from: 'connected(link.handshaking, keepAlive.off)', to: 'connected(link.replicating, keepAlive.off)' });
+    expect(s[5]!.details).toMatchObject({ side: 'secondary', verdict: 'welcome', startTid: '0000000000000000' });
+    const left = s.find((r) => r.kind === 'disconnection');
+    expect(left?.details).toMatchObject({ address: `127.0.0.1:${(primary.address as { port: number }).port}` });
+    const change = s.find((r) => r.kind === 'config' && r.details.change === 'replicateFrom');
+    expect(change?.details).toMatchObject({ from: `127.0.0.1:${(primary.address as { port: number }).port}`, to: `127.0.0.1:${(elsewhere.address as { port: number }).port}` });
+    expect(s.at(-1)!.details).toMatchObject({ change: 'close', role: 'secondary' });
+  });
+
+  it('records a refusal as a decision on both sides, with its code', async () => {
+    const dir = await tempDir();
+    // The secondary holds a transaction the empty primary never had.
+    const fs = await FileStorage.open(join(dir, 's.fs'), { create: true, fsync: false });
+    await commitMany(fs, 1);
+    await fs.close();
+    const logs = new LogCollector();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, log: logs.log });
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
+    await firstValueFrom(secondary.status$.pipe(filter((st) => st.kind === 'diverged' || st.kind === 'failed' || st.kind === 'backoff'), timeout(WAIT_MS)));
+    await logs.waitFor((e) => e.message.startsWith('refused secondary'));
+    await logs.waitFor(sessionClosed);
+    await secondary.close();
+    await primary.close();
+    const refusals = (path: string) =>
+      readAuditLogStrict(path).then((rs) => rs.filter((r) => r.kind === 'handshake' && r.details.verdict === 'refused').map((r) => r.details));
+    const [onPrimary] = await refusals(join(dir, 'p.fs.audit'));
+    const [onSecondary] = await refusals(join(dir, 's.fs.audit'));
+    expect(onPrimary).toMatchObject({ side: 'primary', code: expect.stringMatching(/^(diverged|tid-too-high|bad-tid)$/) });
+    expect(onSecondary).toMatchObject({ side: 'secondary', kind: 'refused', code: onPrimary!.code });
+  });
+});

@@ -1,0 +1,229 @@
+// `zrs status` and `zrs check` against real nodes on loopback: up to date,
+// behind (warning and error thresholds, zc.zrs's nagios.rst cases with the
+// same 68.5678-second lag), secondary ahead, either side unreachable, usage
+// errors; plus the pure pieces (lag verdict, Python float repr, short options).
+
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseArgs } from '../../src/cli/args.js';
+import { checkSpec, lagVerdict, pyFloatRepr, pythonErrorText } from '../../src/cli/check.js';
+import { runCli } from '../../src/cli/cli.js';
+import { formatAddress } from '../../src/replication/address.js';
+import { Primary } from '../../src/replication/primary.js';
+import { Secondary } from '../../src/replication/secondary.js';
+import type { FileStorage } from '../../src/storage/FileStorage.js';
+import { tidFromTime, tidToSeconds, Z64 } from '../../src/storage/timestamp.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { waitForTid } from '../replication/helpers.js';
+import { BIN, memoryIo } from './helpers.js';
+
+async function run(...argv: string[]) {
+  const io = memoryIo();
+  const code = await runCli(argv, io);
+  return { code, stdout: io.stdout, stderr: io.stderr };
+}
+
+/** Commit one small transaction under `tid`. */
+async function commitAt(fs: FileStorage, tid: Buffer): Promise<Buffer> {
+  const txn = { user: 'tester', description: 'controlled tid' };
+  await fs.tpcBegin(txn, { tid });
+  fs.store(fs.newOid(), Z64, Buffer.from('data'), txn);
+  await fs.tpcVote(txn);
+  return fs.tpcFinish(txn);
+}
+
+// Controlled times: the secondary stops at BASE, the primary goes on to BASE + 68.5678 s.
+const BASE_MS = Date.UTC(2031, 0, 1, 0, 0, 0);
+const LAG_MS = 68_567.8;
+
+let dir: string;
+let primary: Primary;
+/** A status-serving node on the secondary's file, its upstream unreachable: it stays behind. */
+let stale: Secondary;
+let P: string;
+let S: string;
+let upToDate: { primary: Primary; secondary: Secondary; P: string; S: string };
+
+beforeAll(async () => {
+  dir = await tempDir();
+  // An up-to-date pair.
+  const p0 = await Primary.open({ path: join(dir, 'p0.fs'), replicateTo: '127.0.0.1:0', fsync: false, name: 'main' });
+  const s0 = await Secondary.open({ path: join(dir, 's0.fs'), replicateFrom: p0.address, replicateTo: '127.0.0.1:0', fsync: false });
+  const t0 = await commitAt(p0.storage, tidFromTime(BASE_MS));
+  await waitForTid(s0, t0);
+  upToDate = { primary: p0, secondary: s0, P: formatAddress(p0.address), S: formatAddress(s0.replicationAddress!) };
+
+  // A secondary left behind: replicate BASE, close it, commit BASE + lag on the primary,
+  // then serve the secondary's file again from a node whose upstream does not exist.
+  primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
+  const first = await commitAt(primary.storage, tidFromTime(BASE_MS));
+  const s = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false });
+  await waitForTid(s, first);
+  await s.close();
+  await commitAt(primary.storage, tidFromTime(BASE_MS + LAG_MS));
+  stale = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: join(dir, 'no-upstream.sock'), replicateTo: join(dir, 'stale.sock'), fsync: false, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
+  P = formatAddress(primary.address);
+  S = join(dir, 'stale.sock');
+});
+
+afterAll(async () => {
+  await upToDate.secondary.close();
+  await upToDate.primary.close();
+  await stale.close();
+  await primary.close();
+  await cleanupTempDirs();
+});
+
+describe('zrs status', () => {
+  it('prints a primary with its connected secondary', async () => {
+    const r = await run('status', upToDate.P);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toBe('');
+    const tid = upToDate.primary.storage.lastTransaction().toString('hex');
+    expect(r.stdout).toContain(`node:             ${upToDate.P} (main)\n`);
+    expect(r.stdout).toContain('role:             primary\n');
+    expect(r.stdout).toContain(`last transaction: ${tid} (2031-01-01 00:00:00.000000)\n`);
+    expect(r.stdout).toContain(`generation:       ${upToDate.primary.generation.generation} (since ${upToDate.primary.generation.startTid.toString('hex')})\n`);
+    expect(r.stdout).toContain('secondaries:      1\n');
+    expect(r.stdout).toMatch(/\n {2}127\.0\.0\.1:\d+ zrs-ts\/1 live, (acked|sent) [0-9a-f]{16}.*, lag 0\.0000 seconds, \d+ bytes sent\n/);
+  });
+
+  it('prints a secondary as JSON, tids in hex', async () => {
+    const r = await run('status', '--json', upToDate.S);
+    expect(r.code).toBe(0);
+    const s = JSON.parse(r.stdout) as Record<string, any>;
+    expect(s).toMatchObject({
+      role: 'secondary',
+      name: null,
+      lastTid: upToDate.primary.storage.lastTransaction().toString('hex'),
+      lastTimeSeconds: BASE_MS / 1000,
+      upstream: { address: upToDate.P, protocol: 'zrs-ts/1', state: 'connected.replicating', lagSeconds: 0 },
+      sessions: [],
+      sessionCount: 0,
+    });
+  });
+
+  it('shows a secondary that cannot reach its upstream, over a Unix socket', async () => {
+    const r = await run('status', S);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('role:             secondary\n');
+    expect(r.stdout).toMatch(/upstream: +.*no-upstream\.sock \(zrs-ts\/1\), (backoff|connecting)\n/);
+  });
+
+  it("exits 2 with \"can't connect to ADDRESS: reason\"", async () => {
+    const r = await run('status', join(dir, 'nothing.sock'));
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toBe(`zrs status: can't connect to ${join(dir, 'nothing.sock')}: connect ENOENT ${join(dir, 'nothing.sock')}\n`);
+  });
+
+  it('treats a malformed address or timeout as a usage error', async () => {
+    expect((await run('status', 'a:b:c')).code).toBe(2);
+    const r = await run('status', '--timeout', 'soon', '5000');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('zrs status: option --timeout: invalid number of seconds: "soon"');
+  });
+});
+
+describe('zrs check (zc.zrs nagios.rst cases)', () => {
+  const lag = 'Secondary behind primary by 68.5678 seconds';
+  it.each([
+    [['-m'], `${lag}|'lag'=68.5678seconds`, 0],
+    [['-w99'], lag, 0],
+    [['-w30'], `${lag} > 30`, 1],
+    [['-e99'], lag, 0],
+    [['-e30'], `${lag} > 30`, 2],
+    [['-w99', '-e999', '-m'], `${lag}|'lag'=68.5678seconds`, 0],
+    [['-w33', '-e99', '-m'], `${lag} > 33|'lag'=68.5678seconds`, 1],
+    [['-w33', '-e44', '-m'], `${lag} > 44|'lag'=68.5678seconds`, 2],
+    [['--warning', '33', '--error=44', '--output-metrics'], `${lag} > 44|'lag'=68.5678seconds`, 2],
+    [['-mw', '33'], `${lag} > 33|'lag'=68.5678seconds`, 1],
+  ])('%j -> %s', async (options, line, code) => {
+    const r = await run('check', ...options, P, S);
+    expect(r).toEqual({ code, stdout: `${line}\n`, stderr: '' });
+  });
+
+  it('up to date: exit 0', async () => {
+    expect(await run('check', '-w', '1', '-e', '2', upToDate.P, upToDate.S)).toEqual({ code: 0, stdout: 'Secondary up to date.\n', stderr: '' });
+    expect((await run('check', '-m', upToDate.P, upToDate.S)).stdout).toBe("Secondary up to date.|'lag'=0.0000seconds\n");
+  });
+
+  it('secondary ahead of the primary: CRITICAL', async () => {
+    const r = await run('check', '-w', '30', '-m', S, P);
+    const delta = tidToSeconds(tidFromTime(BASE_MS)) - tidToSeconds(tidFromTime(BASE_MS + LAG_MS));
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe(`Primary behind secondary by ${pyFloatRepr(delta)} seconds|'lag'=-68.5678seconds\n`);
+    expect(r.stdout).toMatch(/^Primary behind secondary by -68\.567\d+ seconds\|/);
+  });
+
+  it("can't connect to the secondary, then to the primary: CRITICAL", async () => {
+    const gone = join(dir, 'gone.sock');
+    const r1 = await run('check', '-w33', '-e44', '-m', P, gone);
+    expect(r1).toEqual({ code: 2, stdout: `Can't connect to secondary at '${gone}': [Errno 2] No such file or directory\n`, stderr: '' });
+    const r2 = await run('check', '-w33', '-e44', '-m', gone, S);
+    expect(r2).toEqual({ code: 2, stdout: `Can't connect to primary at '${gone}': [Errno 2] No such file or directory\n`, stderr: '' });
+    // Both down: the secondary is reported, as zrs-nagios asks it first.
+    expect((await run('check', '-m', gone, `${gone}2`)).stdout).toContain("Can't connect to secondary at");
+  });
+
+  it('usage: one of -w, -e, -m is required; bad numbers and addresses are usage errors', async () => {
+    for (const argv of [['check', P, S], ['check', '-w', '0', P, S], ['check', '-w', 'x', P, S], ['check', '-m', P], ['check', '-m', 'a:b:c', S], ['check', '-q', P, S]]) {
+      const r = await run(...argv);
+      expect(r.code, argv.join(' ')).toBe(2);
+      expect(r.stderr, argv.join(' ')).toMatch(/^zrs check: .*\nusage: zrs check \[-w SECS\] \[-e SECS\] \[-m\] \[--timeout SECS\] PRIMARY SECONDARY\n/);
+      expect(r.stdout).toBe('');
+    }
+    expect((await run('check', P, S)).stderr).toContain('one of -w, -e or -m is required');
+    expect((await run('check', '--help')).stdout).toContain('  -w, --warning SECS ');
+  });
+
+  it('runs as a process: exit codes and output', async () => {
+    const exec = promisify(execFile);
+    const ok = await exec(process.execPath, [BIN, 'check', '-w99', P, S]);
+    expect(ok.stdout).toBe(`${lag}\n`);
+    await expect(exec(process.execPath, [BIN, 'check', '-w30', P, S])).rejects.toMatchObject({ code: 1, stdout: `${lag} > 30\n` });
+    await expect(exec(process.execPath, [BIN, 'status', join(dir, 'nothing.sock')])).rejects.toMatchObject({ code: 2 });
+    const st = await exec(process.execPath, [BIN, 'status', '--json', P]);
+    expect(JSON.parse(st.stdout)).toMatchObject({ role: 'primary', sessionCount: 0 });
+  }, 60_000);
+});
+
+describe('check pieces', () => {
+  it('pyFloatRepr matches Python repr()', () => {
+    const cases: [number, string][] = [
+      [-68.56779998540878, '-68.56779998540878'],
+      [-68, '-68.0'],
+      [0.5, '0.5'],
+      [1e-5, '1e-05'],
+      [-1.5e-5, '-1.5e-05'],
+      [0.0001, '0.0001'],
+      [1e16, '1e+16'],
+      [1234567890123456.7, '1234567890123456.8'],
+      [123456789012345680, '1.2345678901234568e+17'],
+      [-0.001, '-0.001'],
+    ];
+    for (const [x, repr] of cases) expect(pyFloatRepr(x)).toBe(repr);
+  });
+
+  it('lagVerdict: thresholds of 0 are off; error wins over warning', () => {
+    const o = { warning: 0, error: 0, outputMetrics: false };
+    expect(lagVerdict(100, 100, o)).toEqual({ text: 'Secondary up to date.', level: 0 });
+    expect(lagVerdict(200, 100, o)).toEqual({ text: 'Secondary behind primary by 100.0000 seconds', level: 0 });
+    expect(lagVerdict(200, 100, { ...o, warning: 10, error: 50 })).toEqual({ text: 'Secondary behind primary by 100.0000 seconds > 50', level: 2 });
+    expect(lagVerdict(100, 200, { ...o, outputMetrics: true })).toEqual({ text: "Primary behind secondary by -100.0 seconds|'lag'=-100.0000seconds", level: 2 });
+  });
+
+  it('pythonErrorText: errno as Python prints it', () => {
+    expect(pythonErrorText(Object.assign(new Error('connect ECONNREFUSED'), { errno: -111, code: 'ECONNREFUSED' }))).toBe('[Errno 111] Connection refused');
+    expect(pythonErrorText(new Error('other'))).toBe('other');
+  });
+
+  it('short options: attached, separate and bundled', () => {
+    expect(parseArgs(checkSpec, ['-w30', '-e', '40', '-m', 'a', 'b']).flags).toEqual(new Map<string, string | true>([['warning', '30'], ['error', '40'], ['output-metrics', true]]));
+    expect(parseArgs(checkSpec, ['-mw30', 'a', 'b']).flags).toEqual(new Map<string, string | true>([['output-metrics', true], ['warning', '30']]));
+    expect(() => parseArgs(checkSpec, ['-w', '1', '-w', '2', 'a', 'b'])).toThrow('option --warning given twice');
+    expect(() => parseArgs(checkSpec, ['a', 'b', '-e'])).toThrow('option -e needs a value (SECS)');
+  });
+});

@@ -1,0 +1,203 @@
+// Failover over real loopback sockets: promote a secondary while the primary
+// is down, move another secondary to it without a resync, refuse the old
+// primary as diverged (no retry loop), rewind it into a side file, rejoin and
+// converge; equal tids with different contents are caught.
+
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { Primary } from '../../src/replication/primary.js';
+import { Secondary } from '../../src/replication/secondary.js';
+import { rewindStorage } from '../../src/failover/rewind.js';
+import { PromotionRefusedError } from '../../src/failover/promote.js';
+import { tidFromTime } from '../../src/storage/timestamp.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { FAST_RECONNECT, LogCollector } from '../replication/netHelpers.js';
+import { allTransactions, commitMany, expectSameHistory, waitForTid, Z64 } from '../replication/helpers.js';
+
+afterAll(cleanupTempDirs);
+
+const hex = (b: Buffer): string => b.toString('hex');
+/** A port nothing listens on (secondaries pointed there stop receiving). */
+const NOWHERE = '127.0.0.1:1';
+
+function waitForState(s: Secondary, state: string, ms = 15_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const matches = (): boolean => s.machine.getSnapshot().matches(state as never);
+    if (matches()) return resolve();
+    const timer = setTimeout(() => {
+      sub.unsubscribe();
+      reject(new Error(`secondary did not reach ${state}; it is ${JSON.stringify(s.machine.getSnapshot().value)}`));
+    }, ms);
+    const sub = s.machine.subscribe(() => {
+      if (!matches()) return;
+      clearTimeout(timer);
+      sub.unsubscribe();
+      resolve();
+    });
+  });
+}
+
+function generationsFile(path: string): { maxSeen: number; generations: Array<{ generation: number; startTid: string }> } {
+  return JSON.parse(readFileSync(`${path}.generations`, 'utf8')) as never;
+}
+
+describe('failover', () => {
+  it('promotes, moves a secondary without resync, refuses the old primary, rewinds it and lets it rejoin', async () => {
+    const dir = await tempDir();
+    const pPath = join(dir, 'p.fs');
+    const oldPrimary = await Primary.open({ path: pPath, replicateTo: '127.0.0.1:0', fsync: false });
+    const s1Log = new LogCollector();
+    const s1 = await Secondary.open({ path: join(dir, 's1.fs'), replicateFrom: oldPrimary.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT, log: s1Log.log });
+    const s2 = await Secondary.open({ path: join(dir, 's2.fs'), replicateFrom: oldPrimary.address, fsync: false, reconnect: FAST_RECONNECT });
+    const s3 = await Secondary.open({ path: join(dir, 's3.fs'), replicateFrom: s1.replicationAddress!, fsync: false, reconnect: FAST_RECONNECT });
+    let newPrimary: Primary | null = null;
+    const closers: Array<() => Promise<void>> = [() => s3.close(), () => s2.close()];
+    try {
+      const shared = await commitMany(oldPrimary.storage, 5);
+      await Promise.all([waitForTid(s1, shared.at(-1)!), waitForTid(s2, shared.at(-1)!), waitForTid(s3, shared.at(-1)!)]);
+      expect(oldPrimary.generation).toEqual({ generation: 0, startTid: Z64 });
+      expect(s1.history!.generations.list).toEqual([{ generation: 0, startTid: Z64 }]);
+
+      // Promotion is refused while the primary is alive and connected.
+      await expect(s1.promote()).rejects.toBeInstanceOf(PromotionRefusedError);
+
+      // The primary goes on alone (its secondaries are cut off), then dies.
+      s1.setReplicationAddress(NOWHERE);
+      s2.setReplicationAddress(NOWHERE);
+      const lost = await commitMany(oldPrimary.storage, 2);
+      await oldPrimary.close();
+
+      newPrimary = await s1.promote();
+      expect(newPrimary.generation).toEqual({ generation: 1, startTid: shared.at(-1)! });
+      expect(generationsFile(join(dir, 's1.fs')).generations).toEqual([
+        { generation: 0, startTid: hex(Z64) },
+        { generation: 1, startTid: hex(shared.at(-1)!) },
+      ]);
+      expect(s1Log.count((e) => e.message.includes('PROMOTED'))).toBe(1);
+      const np = newPrimary;
+
+      // s2 moves to the new primary: nothing old is sent again.
+      const s2Applied: string[] = [];
+      const sub = s2.applied$.subscribe((c) => s2Applied.push(hex(c.tid)));
+      s2.setReplicationAddress(np.address);
+      const fresh = await commitMany(np.storage, 3);
+      await waitForTid(s2, fresh.at(-1)!);
+      sub.unsubscribe();
+      expect(s2Applied).toEqual(fresh.map(hex));
+      expect(s2.history!.generations.list).toEqual(np.generations);
+      // s3 was chained from s1 and keeps replicating from the promoted node, no restart.
+      await waitForTid(s3, fresh.at(-1)!);
+      await expectSameHistory(np.storage, s2.storage);
+      await expectSameHistory(np.storage, s3.storage);
+
+      // The old primary comes back as a secondary: refused as diverged, at the fork, once.
+      const oldLog = new LogCollector();
+      let old = await Secondary.open({ path: pPath, replicateFrom: np.address, fsync: false, reconnect: FAST_RECONNECT, log: oldLog.log });
+      const statuses: string[] = [];
+      old.status$.subscribe((st) => statuses.push(st.kind === 'diverged' ? `diverged: ${st.reason}` : st.kind));
+      await waitForState(old, 'diverged');
+      const loud = await oldLog.waitFor((e) => e.message.startsWith('DIVERGED'));
+      expect(loud.fields?.forkTid).toBe(hex(shared.at(-1)!));
+      const refusal = old.machine.getSnapshot().context.lastError as unknown as { kind: string; code: string; forkTid: Buffer };
+      expect(refusal.code).toBe('diverged');
+      expect(Buffer.from(refusal.forkTid).equals(shared.at(-1)!)).toBe(true);
+      expect(statuses.some((s) => s.startsWith('diverged: diverged'))).toBe(true);
+      // No retry loop: a few reconnect delays later, still one connection.
+      await new Promise((r) => setTimeout(r, 300));
+      expect(s1Log.count((e) => e.message.includes('refused secondary'))).toBe(1);
+      expect(old.machine.getSnapshot().matches('diverged')).toBe(true);
+      await old.close();
+
+      // Rewind: the two lost transactions go to a side file, the rest stays.
+      const result = await rewindStorage(pPath, { toCommonWith: np.address });
+      expect(result.forkTid).toEqual(shared.at(-1)!);
+      expect(result.cutTids).toEqual(lost);
+      const side = await FileStorage.open(result.sidePath!, { readOnly: true });
+      expect((await allTransactions(side)).map((t) => hex(t.tid))).toEqual(lost.map(hex));
+      await side.close();
+
+      // It rejoins and converges.
+      old = await Secondary.open({ path: pPath, replicateFrom: np.address, fsync: false, reconnect: FAST_RECONNECT });
+      closers.push(() => old.close());
+      await waitForTid(old, fresh.at(-1)!);
+      await expectSameHistory(np.storage, old.storage);
+      expect(old.history!.generations.list).toEqual(np.generations);
+      expect(old.history!.chain.head).toEqual(np.chainHead);
+    } finally {
+      for (const c of closers.reverse()) await c();
+      await newPrimary?.close();
+      await s1.close();
+    }
+  });
+
+  it('catches equal tids with different contents, and accepts equal contents', async () => {
+    const dir = await tempDir();
+    const tid = tidFromTime(Date.now() - 60_000);
+    const craft = async (path: string, value: string): Promise<FileStorage> => {
+      const fs = await FileStorage.open(path, { create: true, fsync: false });
+      const txn = { user: 'u', description: 'same tid' };
+      await fs.tpcBegin(txn, { tid });
+      fs.store(Buffer.alloc(8, 1), Z64, Buffer.from(value), txn);
+      await fs.tpcVote(txn);
+      await fs.tpcFinish(txn);
+      return fs;
+    };
+    const primaryStorage = await craft(join(dir, 'p.fs'), 'A');
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), storage: primaryStorage, replicateTo: '127.0.0.1:0', fsync: false });
+    const log = new LogCollector();
+    try {
+      await (await craft(join(dir, 'other.fs'), 'B')).close();
+      await (await craft(join(dir, 'same.fs'), 'A')).close();
+      const later = await commitMany(primary.storage, 2);
+
+      const other = await Secondary.open({ path: join(dir, 'other.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, log: log.log });
+      await waitForState(other, 'diverged');
+      const e = await log.waitFor((l) => l.message.startsWith('DIVERGED'));
+      expect(e.message).toContain('different contents');
+      expect(e.fields?.forkTid).toBe(hex(Z64));
+      await other.close();
+
+      const same = await Secondary.open({ path: join(dir, 'same.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT });
+      await waitForTid(same, later.at(-1)!);
+      await expectSameHistory(primary.storage, same.storage);
+      await same.close();
+
+      // Rewinding to the fork given as a tid: everything goes to the side file, then it converges.
+      const r = await rewindStorage(join(dir, 'other.fs'), { toCommonWith: Z64 });
+      expect(r.cutTids).toEqual([tid]);
+      const rejoined = await Secondary.open({ path: join(dir, 'other.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT });
+      await waitForTid(rejoined, later.at(-1)!);
+      await expectSameHistory(primary.storage, rejoined.storage);
+      await rejoined.close();
+    } finally {
+      await primary.close();
+    }
+  });
+
+  it('a secondary that copied a packed primary reconnects without a false divergence', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
+    try {
+      const serials = new Map<string, Buffer>();
+      await commitMany(primary.storage, 12, 3, serials);
+      await primary.storage.pack(Date.now() / 1000 + 5);
+      const packed = (await allTransactions(primary.storage)).filter((t) => t.status === 'p');
+      expect(packed.length).toBeGreaterThan(0);
+      let s = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT });
+      await waitForTid(s, primary.storage.lastTransaction());
+      await s.history!.chain.flush();
+      // Packed transactions carry the primary's links: the replica's chain ends where the primary's does.
+      expect(s.history!.chain.head).toEqual(primary.chainHead);
+      await s.close();
+      const more = await commitMany(primary.storage, 2, 3, serials);
+      s = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT });
+      await waitForTid(s, more.at(-1)!);
+      expect(s.machine.getSnapshot().matches('diverged')).toBe(false);
+      await s.close();
+    } finally {
+      await primary.close();
+    }
+  });
+});

@@ -1,0 +1,122 @@
+// The hash chain file: links follow commits, survive reopen and pack, a torn
+// last entry is dropped and recomputed, missing links are computed
+// incrementally; and the pure divergence judgement.
+
+import { appendFileSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { CHAIN_ENTRY_BYTES, HashChain, chainPathFor } from '../../src/failover/hashChain.js';
+import { judgeHistory } from '../../src/failover/divergence.js';
+import { GenerationHistory } from '../../src/failover/generations.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { commitMany, Z64 } from '../replication/helpers.js';
+
+afterAll(cleanupTempDirs);
+
+async function linksOf(chain: HashChain, tids: Buffer[]): Promise<string[]> {
+  await chain.flush();
+  return tids.map((t) => chain.hashAt(t)!.toString('hex'));
+}
+
+describe('HashChain', () => {
+  it('follows commits and is the same after reopen, recompute and pack', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    let fs = await FileStorage.open(path, { create: true, fsync: false });
+    let chain = await HashChain.open(fs);
+    const tids = await commitMany(fs, 10);
+    const links = await linksOf(chain, tids);
+    expect(new Set(links).size).toBe(10);
+    expect(chain.head!.tid).toEqual(tids.at(-1));
+    await chain.close();
+    await fs.close();
+
+    // Reopen: nothing recomputed, same links.
+    fs = await FileStorage.open(path, { fsync: false });
+    chain = await HashChain.open(fs);
+    expect(await linksOf(chain, tids)).toEqual(links);
+    await chain.close();
+
+    // Torn last entry plus a missing one: dropped, then recomputed to the same values.
+    const chainPath = chainPathFor(path);
+    const size = statSync(chainPath).size;
+    truncateSync(chainPath, size - CHAIN_ENTRY_BYTES - 5);
+    chain = await HashChain.open(fs);
+    expect(await linksOf(chain, tids)).toEqual(links);
+    await chain.close();
+    // A zeroed (whole-size) last entry fails its check.
+    truncateSync(chainPath, size - CHAIN_ENTRY_BYTES);
+    appendFileSync(chainPath, Buffer.alloc(CHAIN_ENTRY_BYTES));
+    chain = await HashChain.open(fs);
+    expect(await linksOf(chain, tids)).toEqual(links);
+
+    // Pack does not change stored links; commits after it continue the chain.
+    await fs.pack(Date.now() / 1000 + 10);
+    const after = await commitMany(fs, 2);
+    expect(await linksOf(chain, tids)).toEqual(links);
+    expect(chain.hashAt(after[1]!)).not.toBeNull();
+    await chain.close();
+    await fs.close();
+
+    // Missing file: recomputed from the whole data file.
+    writeFileSync(chainPath, '');
+    fs = await FileStorage.open(path, { readOnly: true });
+    chain = await HashChain.open(fs);
+    expect(chain.length).toBe(fs.transactionCount);
+    expect(chain.length).toBeGreaterThan(2);
+    await chain.close();
+    await fs.close();
+    expect(readFileSync(chainPath).subarray(0, 8).toString('latin1')).toBe('ZRSCHN01');
+  });
+});
+
+describe('judgeHistory', () => {
+  const t = (n: number): Buffer => Buffer.from(n.toString(16).padStart(16, '0'), 'hex');
+  const h = (n: number, branch = 'a'): Buffer => Buffer.from(`${branch}${n}`.padEnd(32, '.'));
+  // The primary: 1..3 shared, then its generation 1 from 3 with 6, 7.
+  const primary = {
+    generations: [
+      { generation: 0, startTid: Z64 },
+      { generation: 1, startTid: t(3) },
+    ],
+    hashAt: (tid: Buffer) => {
+      const n = Number.parseInt(tid.toString('hex'), 16);
+      return [1, 2, 3, 6, 7].includes(n) ? h(n) : null;
+    },
+  };
+
+  it('lets a secondary that is behind in an older generation replicate', () => {
+    expect(judgeHistory(primary, { startTid: t(2), generations: [{ generation: 0, startTid: Z64 }], chainHead: { tid: t(2), hash: h(2) } })).toEqual({ kind: 'behind' });
+  });
+
+  it('finds the fork of an old primary at the new generation start', () => {
+    const v = judgeHistory(primary, {
+      startTid: t(5),
+      generations: [{ generation: 0, startTid: Z64 }],
+      chainHead: { tid: t(5), hash: h(5, 'b') },
+      chainSamples: [{ tid: t(4), hash: h(4, 'b') }, { tid: t(3), hash: h(3) }, { tid: t(1), hash: h(1) }],
+    });
+    expect(v).toMatchObject({ kind: 'diverged', forkTid: t(3) });
+  });
+
+  it('refuses an unknown generation and equal tids with other contents', () => {
+    const unknown = judgeHistory(primary, { startTid: t(2), generations: [{ generation: 0, startTid: Z64 }, { generation: 2, startTid: t(2) }], chainHead: { tid: t(2), hash: h(2) } });
+    expect(unknown).toMatchObject({ kind: 'diverged', forkTid: t(2) });
+    const other = judgeHistory(primary, { startTid: t(2), generations: [], chainHead: { tid: t(2), hash: h(2, 'x') }, chainSamples: [{ tid: t(1), hash: h(1) }] });
+    expect(other).toMatchObject({ kind: 'diverged', forkTid: t(1) });
+  });
+
+  it('a promotion starts a generation above everything seen', async () => {
+    const dir = await tempDir();
+    const g = await GenerationHistory.open(join(dir, 'x.fs'));
+    await g.replace([{ generation: 0, startTid: Z64 }]);
+    await g.noteSeen(4);
+    expect(await g.startNext(t(9))).toEqual({ generation: 5, startTid: t(9) });
+    const again = await GenerationHistory.open(join(dir, 'x.fs'));
+    expect(again.list).toEqual([{ generation: 0, startTid: Z64 }, { generation: 5, startTid: t(9) }]);
+    await again.cutFrom(t(9));
+    expect(again.list).toEqual([{ generation: 0, startTid: Z64 }]);
+    expect(again.maxSeen).toBe(5);
+  });
+});

@@ -1,0 +1,242 @@
+// TLS on the replication link with certificates made at test time: good
+// certificates replicate (CA as a file or a directory); a secondary refuses
+// a primary whose certificate is from another CA, expired or for another
+// host; a primary refuses a client certificate from another CA, a client
+// without a certificate, and plain TCP. Every refusal is logged and leaves
+// the secondary's storage empty.
+
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TlsHandshakeError } from '../../src/errors.js';
+import { tlsTransport, type TlsOptions } from '../../src/node/tlsTransport.js';
+import { Primary } from '../../src/replication/primary.js';
+import { Secondary } from '../../src/replication/secondary.js';
+import { makeTestCerts, type TestCerts } from '../helpers/certs.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { commitMany, expectSameHistory, waitForTid, Z64 } from '../replication/helpers.js';
+import { FAST_RECONNECT, FramedSocket, LogCollector } from '../replication/netHelpers.js';
+
+let certs: TestCerts;
+beforeAll(() => {
+  certs = makeTestCerts();
+});
+afterAll(cleanupTempDirs);
+
+function serverTls(over: Partial<TlsOptions> = {}): TlsOptions {
+  return { ...certs.server, authenticate: certs.ca, ...over };
+}
+
+function clientTls(over: Partial<TlsOptions> = {}): TlsOptions {
+  return { ...certs.client, authenticate: certs.ca, checkHostname: true, ...over };
+}
+
+interface Pair {
+  primary: Primary;
+  secondary: Secondary;
+  primaryLog: LogCollector;
+  secondaryLog: LogCollector;
+  close(): Promise<void>;
+}
+
+async function pair(primaryTls: TlsOptions, secondaryTls: TlsOptions | undefined, commits = 5): Promise<Pair> {
+  const dir = await tempDir();
+  const primaryLog = new LogCollector();
+  const secondaryLog = new LogCollector();
+  const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, tls: primaryTls, log: primaryLog.log });
+  await commitMany(primary.storage, commits);
+  const secondary = await Secondary.open({
+    path: join(dir, 's.fs'),
+    replicateFrom: primary.address,
+    fsync: false,
+    reconnect: FAST_RECONNECT,
+    tls: secondaryTls,
+    log: secondaryLog.log,
+  });
+  return {
+    primary,
+    secondary,
+    primaryLog,
+    secondaryLog,
+    close: async () => {
+      await secondary.close();
+      await primary.close();
+    },
+  };
+}
+
+const refusedPrimary = (e: { message: string }): boolean => e.message.startsWith('TLS: refused primary');
+const refusedSecondary = (e: { message: string }): boolean => e.message.startsWith('TLS: refused secondary');
+
+/** Let the secondary retry a few times, then check nothing arrived. */
+async function expectNothingReplicated(p: Pair): Promise<void> {
+  await new Promise((r) => setTimeout(r, 200));
+  expect(p.secondary.storage.lastTransaction().equals(Z64)).toBe(true);
+  expect(p.primary.secondaries()).toEqual([]);
+  expect(p.primaryLog.count((e) => e.message.startsWith('secondary connected'))).toBe(0);
+}
+
+describe('tlsTransport: good certificates', () => {
+  it('replicates the history and live commits with mutual authentication and a hostname check', async () => {
+    const p = await pair(serverTls(), clientTls());
+    try {
+      await waitForTid(p.secondary, p.primary.storage.lastTransaction());
+      const live = await commitMany(p.primary.storage, 3);
+      await waitForTid(p.secondary, live.at(-1)!);
+      await expectSameHistory(p.primary.storage, p.secondary.storage);
+      expect(p.primaryLog.count(refusedSecondary)).toBe(0);
+      expect(p.secondaryLog.count(refusedPrimary)).toBe(0);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('takes authenticate as a directory of CA files, and a server-hostname to check', async () => {
+    const p = await pair(serverTls({ authenticate: certs.caDir }), clientTls({ authenticate: certs.caDir, serverHostname: 'localhost' }));
+    try {
+      await waitForTid(p.secondary, p.primary.storage.lastTransaction());
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('replicates through a TLS chain (a secondary serving further secondaries)', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, tls: serverTls() });
+    const middle = await Secondary.open({
+      path: join(dir, 'm.fs'),
+      replicateFrom: primary.address,
+      replicateTo: '127.0.0.1:0',
+      fsync: false,
+      tls: { ...certs.server, authenticate: certs.ca },
+    });
+    const leaf = await Secondary.open({ path: join(dir, 'l.fs'), replicateFrom: middle.replicationAddress!, fsync: false, tls: clientTls() });
+    try {
+      const tids = await commitMany(primary.storage, 4);
+      await waitForTid(leaf, tids.at(-1)!);
+      await expectSameHistory(primary.storage, leaf.storage);
+    } finally {
+      await leaf.close();
+      await middle.close();
+      await primary.close();
+    }
+  });
+});
+
+describe('tlsTransport: the secondary refuses the primary', () => {
+  it('when the primary certificate is from another CA', async () => {
+    const p = await pair(serverTls({ ...certs.otherServer, authenticate: certs.ca }), clientTls());
+    try {
+      const line = await p.secondaryLog.waitFor(refusedPrimary);
+      expect(line.level).toBe('error');
+      expect(line.message).toMatch(/certificate/i);
+      await expectNothingReplicated(p);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('when the primary certificate has expired', async () => {
+    const p = await pair(serverTls(certs.expired), clientTls());
+    try {
+      const line = await p.secondaryLog.waitFor(refusedPrimary);
+      expect(line.message).toMatch(/expired/i);
+      expect(line.fields?.code).toBe('CERT_HAS_EXPIRED');
+      await expectNothingReplicated(p);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('when check-hostname is on and the certificate names another host', async () => {
+    const p = await pair(serverTls(certs.wrongHost), clientTls());
+    try {
+      const line = await p.secondaryLog.waitFor(refusedPrimary);
+      expect(line.message).toMatch(/altnames|hostname/i);
+      await expectNothingReplicated(p);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('accepts that certificate when check-hostname is off (the chain still verifies)', async () => {
+    const p = await pair(serverTls(certs.wrongHost), clientTls({ checkHostname: false }));
+    try {
+      await waitForTid(p.secondary, p.primary.storage.lastTransaction());
+    } finally {
+      await p.close();
+    }
+  });
+});
+
+describe('tlsTransport: the primary refuses the secondary', () => {
+  it('when the client certificate is from another CA', async () => {
+    const p = await pair(serverTls(), clientTls(certs.otherClient));
+    try {
+      const line = await p.primaryLog.waitFor(refusedSecondary);
+      expect(line.level).toBe('warn');
+      expect(line.message).toMatch(/certificate/i);
+      expect(line.fields?.peer).toMatch(/^127\.0\.0\.1:[1-9]\d*$/);
+      await expectNothingReplicated(p);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('when the client certificate has expired', async () => {
+    const p = await pair(serverTls(), clientTls(certs.expired));
+    try {
+      const line = await p.primaryLog.waitFor(refusedSecondary);
+      expect(line.message).toMatch(/expired/i);
+      await expectNothingReplicated(p);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('when a plain-TCP secondary connects', async () => {
+    const p = await pair(serverTls(), undefined);
+    try {
+      const line = await p.primaryLog.waitFor(refusedSecondary);
+      expect(line.message).toMatch(/wrong version|unknown protocol|http request|packet length/i);
+      await expectNothingReplicated(p);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('sends a plain client no replication data at all', async () => {
+    const dir = await tempDir();
+    const log = new LogCollector();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, tls: serverTls(), log: log.log });
+    try {
+      await commitMany(primary.storage, 3);
+      const raw = await FramedSocket.connect(primary.address);
+      const chunks: Buffer[] = [];
+      raw.onChunk = (c) => chunks.push(c);
+      raw.send(Buffer.from('zrs-ts/1', 'latin1'));
+      raw.send(Buffer.alloc(8));
+      await raw.waitClosed();
+      await log.waitFor(refusedSecondary);
+      // At most a TLS alert record (content type 21), never a replication frame.
+      for (const c of chunks) expect(c[0]).toBe(21);
+    } finally {
+      await primary.close();
+    }
+  });
+});
+
+describe('tlsTransport: configuration errors', () => {
+  it('a listener needs authenticate', async () => {
+    const t = tlsTransport({ ...certs.server });
+    await expect(t.listen({ kind: 'tcp', host: '127.0.0.1', port: 0 }, () => undefined)).rejects.toBeInstanceOf(TlsHandshakeError);
+  });
+
+  it('a missing certificate file fails at open', async () => {
+    expect(() => tlsTransport({ certificate: join(certs.dir, 'missing.pem'), authenticate: certs.ca })).toThrow(/ENOENT/);
+  });
+
+  it('an authenticate directory without certificates is an error', async () => {
+    const empty = await tempDir();
+    expect(() => tlsTransport({ ...certs.server, authenticate: empty })).toThrow(TlsHandshakeError);
+  });
+});

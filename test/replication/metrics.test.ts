@@ -1,0 +1,143 @@
+// The metrics endpoint over HTTP on 127.0.0.1: a primary and a secondary each
+// serve their own registry; values move after commits (last tid time,
+// transactions and bytes on both sides, connected secondaries, lag, actor
+// states), and a reconnect is counted.
+
+import { request } from 'node:http';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Primary } from '../../src/replication/primary.js';
+import { Secondary } from '../../src/replication/secondary.js';
+import { tidToSeconds } from '../../src/storage/timestamp.js';
+import type { ReplicationAddress } from '../../src/ports/transport.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { commitMany, waitForTid } from './helpers.js';
+import { FAST_RECONNECT, settleUntil } from './netHelpers.js';
+
+afterAll(cleanupTempDirs);
+
+function get(address: ReplicationAddress, path = '/metrics'): Promise<{ status: number; type: string; body: string }> {
+  if (address.kind !== 'tcp') throw new Error('tcp only');
+  return new Promise((resolve, reject) => {
+    const req = request({ host: address.host, port: address.port, path, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type']), body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** The value of one sample (`name{labels} value`), or null when absent. */
+function sample(text: string, name: string, labels: Record<string, string> = {}): number | null {
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = /^([a-z_]+)(\{[^}]*\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
+  }
+  return null;
+}
+
+async function scrape(address: ReplicationAddress | null): Promise<string> {
+  const r = await get(address!);
+  expect(r.status).toBe(200);
+  expect(r.type).toMatch(/^text\/plain/);
+  return r.body;
+}
+
+describe('metrics endpoint', () => {
+  it('serves each node its own registry, and the values move after commits', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({
+      path: join(dir, 'p.fs'),
+      replicateTo: '127.0.0.1:0',
+      fsync: false,
+      metricsAddress: '127.0.0.1:0',
+      heartbeatIntervalMs: 20,
+    });
+    const secondary = await Secondary.open({
+      path: join(dir, 's.fs'),
+      replicateFrom: primary.address,
+      fsync: false,
+      metricsAddress: '127.0.0.1:0',
+      reconnect: FAST_RECONNECT,
+    });
+    try {
+      const first = await commitMany(primary.storage, 3);
+      await waitForTid(secondary, first.at(-1)!);
+      await settleUntil(() => primary.secondaries()[0]?.ackedTid?.equals(first.at(-1)!) ?? false);
+      let p = await scrape(primary.metricsAddress);
+      let s = await scrape(secondary.metricsAddress);
+      expect(sample(p, 'zrs_last_transaction_timestamp_seconds')).toBeCloseTo(tidToSeconds(first.at(-1)!), 3);
+      expect(sample(s, 'zrs_last_transaction_timestamp_seconds')).toBeCloseTo(tidToSeconds(first.at(-1)!), 3);
+      expect(sample(p, 'zrs_connected_secondaries')).toBe(1);
+      expect(sample(p, 'zrs_transactions_committed_total')).toBe(3);
+      expect(sample(p, 'zrs_transactions_sent_total')).toBe(3);
+      expect(sample(s, 'zrs_transactions_received_total')).toBe(3);
+      const peer = primary.secondaries()[0]!.peer;
+      expect(sample(p, 'zrs_secondary_lag_seconds', { peer })).toBe(0);
+      const bytesSent1 = sample(p, 'zrs_bytes_sent_total')!;
+      expect(bytesSent1).toBeGreaterThan(0);
+      expect(sample(s, 'zrs_bytes_received_total')).toBeGreaterThan(0);
+      expect(sample(p, 'zrs_secondary_bytes_sent', { peer })).toBeGreaterThan(0);
+      expect(sample(s, 'zrs_actor_state', { actor: 'connection', state: 'connected' })).toBe(1);
+      expect(sample(s, 'zrs_actor_state', { actor: 'connection', state: 'backoff' })).toBe(0);
+      expect(sample(p, 'zrs_actor_state', { actor: `session ${peer}`, state: 'live' })).toBe(1);
+      expect(sample(s, 'zrs_reconnects_total')).toBe(0);
+
+      const more = await commitMany(primary.storage, 4);
+      await waitForTid(secondary, more.at(-1)!);
+      // A heartbeat after the commits gives the secondary its own lag estimate.
+      await settleUntil(() => secondary.lastHeartbeat?.lastTid.equals(more.at(-1)!) ?? false);
+      p = await scrape(primary.metricsAddress);
+      s = await scrape(secondary.metricsAddress);
+      expect(sample(p, 'zrs_last_transaction_timestamp_seconds')).toBeCloseTo(tidToSeconds(more.at(-1)!), 3);
+      expect(sample(p, 'zrs_transactions_sent_total')).toBe(7);
+      expect(sample(s, 'zrs_transactions_received_total')).toBe(7);
+      expect(sample(p, 'zrs_bytes_sent_total')).toBeGreaterThan(bytesSent1);
+      expect(sample(s, 'zrs_bytes_received_total')).toBeGreaterThan(0);
+      expect(sample(s, 'zrs_bytes_sent_total')).toBeGreaterThan(0); // handshake and acks
+      expect(sample(s, 'zrs_replication_lag_seconds')).toBe(0);
+      expect(sample(s, 'zrs_heartbeat_age_seconds')).toBeGreaterThanOrEqual(0);
+      // Not a global registry: the primary's endpoint has no secondary-only samples.
+      expect(sample(p, 'zrs_transactions_received_total')).toBe(0);
+
+      expect((await get(primary.metricsAddress!, '/nothing')).status).toBe(404);
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+  });
+
+  it('counts reconnects and shows the backoff state while the primary is away', async () => {
+    const dir = await tempDir();
+    let primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
+    const address = primary.address;
+    const secondary = await Secondary.open({
+      path: join(dir, 's.fs'),
+      replicateFrom: address,
+      fsync: false,
+      metricsAddress: '127.0.0.1:0',
+      reconnect: { initialMs: 20, maxMs: 40 },
+    });
+    try {
+      await waitForTid(secondary, (await commitMany(primary.storage, 1))[0]!);
+      await primary.close();
+      await settleUntil(() => (secondary.machine.getSnapshot().context.counters.connects as number) >= 3);
+      const s = await scrape(secondary.metricsAddress);
+      expect(sample(s, 'zrs_reconnects_total')).toBeGreaterThanOrEqual(2);
+      const states = ['connecting', 'backoff'].map((state) => sample(s, 'zrs_actor_state', { actor: 'connection', state }));
+      expect(states.reduce((a, b) => a! + b!, 0)).toBe(1);
+      primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: address, fsync: false });
+      const t = await commitMany(primary.storage, 1);
+      await waitForTid(secondary, t[0]!);
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+  });
+});

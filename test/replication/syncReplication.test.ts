@@ -1,0 +1,186 @@
+// Synchronous replication over loopback: a Primary with syncReplicas reports
+// a commit only once enough native secondaries acknowledged it as durable;
+// without them the wait fails with SyncReplicationTimeoutError (driven by the
+// injected clock) while the transaction stays committed on the primary.
+
+import { join } from 'node:path';
+import { filter, firstValueFrom, ReplaySubject, timeout } from 'rxjs';
+import { afterAll, describe, expect, it } from 'vitest';
+import { readAuditLog } from '../../src/audit/auditLog.js';
+import { SyncReplicationTimeoutError } from '../../src/errors.js';
+import type { Clock } from '../../src/ports/clock.js';
+import { Primary } from '../../src/replication/primary.js';
+import { Secondary } from '../../src/replication/secondary.js';
+import { VirtualClock } from '../../src/sim/clock.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { commitMany, waitForTid, Z64 } from './helpers.js';
+import { LogCollector, sessionClosed, WAIT_MS } from './netHelpers.js';
+
+afterAll(cleanupTempDirs);
+
+/** A virtual clock that also reports each timer's delay as it is set. */
+function observedClock(): { clock: Clock; virtual: VirtualClock; timers: ReplaySubject<number> } {
+  const virtual = new VirtualClock();
+  const timers = new ReplaySubject<number>();
+  const clock: Clock = {
+    now: () => virtual.now(),
+    setTimeout: (fn, ms) => {
+      const handle = virtual.setTimeout(fn, ms);
+      timers.next(ms);
+      return handle;
+    },
+    clearTimeout: (h) => virtual.clearTimeout(h),
+  };
+  return { clock, virtual, timers };
+}
+
+async function onDisk(path: string): Promise<Buffer> {
+  const fs = await FileStorage.open(path, { readOnly: true });
+  try {
+    return fs.lastTransaction();
+  } finally {
+    await fs.close();
+  }
+}
+
+describe('syncReplicas', () => {
+  it('resolves tpcFinish only once the native secondary has the transaction durably', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, syncReplicas: 1, syncTimeoutMs: WAIT_MS });
+    const sPath = join(dir, 's.fs');
+    const secondary = await Secondary.open({ path: sPath, replicateFrom: primary.address, fsync: true });
+    try {
+      for (let i = 0; i < 3; i++) {
+        const txn = { user: 'sync', description: `txn ${i}` };
+        await primary.storage.tpcBegin(txn);
+        primary.storage.store(primary.storage.newOid(), Z64, Buffer.from(`value ${i}`), txn);
+        await primary.storage.tpcVote(txn);
+        const seen = await primary.storage.tpcFinish(txn).then(async (tid) => ({
+          tid,
+          secondaryLast: secondary.storage.lastTransaction(),
+          onDisk: await onDisk(sPath),
+        }));
+        expect(seen.secondaryLast.equals(seen.tid)).toBe(true);
+        expect(seen.onDisk.equals(seen.tid)).toBe(true);
+      }
+      const [status] = primary.secondaries();
+      expect(status).toMatchObject({ acks: true, lagMs: 0, protocol: 'zrs-ts/1' });
+      expect(status!.ackedTid!.equals(primary.storage.lastTransaction())).toBe(true);
+      expect(status!.lastAckLatencyMs).toBeGreaterThanOrEqual(0);
+      // The local storage never waits: commits through it go on without acks.
+      expect(primary.localStorage).not.toBe(primary.storage);
+      expect(primary.localStorage).toBeInstanceOf(FileStorage);
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+  });
+
+  it('fails with SyncReplicationTimeoutError after syncTimeoutMs of the clock when the secondary is stopped; the commit stays', async () => {
+    const dir = await tempDir();
+    const { clock, virtual, timers } = observedClock();
+    const logs = new LogCollector();
+    const SYNC_TIMEOUT_MS = 7_777;
+    const primary = await Primary.open({
+      path: join(dir, 'p.fs'),
+      replicateTo: '127.0.0.1:0',
+      fsync: false,
+      syncReplicas: 1,
+      syncTimeoutMs: SYNC_TIMEOUT_MS,
+      clock,
+      log: logs.log,
+    });
+    try {
+      const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false });
+      const [first] = await commitMany(primary.localStorage, 1);
+      await waitForTid(secondary, first!);
+      await secondary.close();
+      await logs.waitFor(sessionClosed);
+      expect(primary.secondaries()).toEqual([]);
+
+      const txn = { user: 'sync', description: 'unreplicated' };
+      const oid = primary.storage.newOid();
+      await primary.storage.tpcBegin(txn);
+      primary.storage.store(oid, Z64, Buffer.from('kept'), txn);
+      await primary.storage.tpcVote(txn);
+      let settled = false;
+      const finishing = primary.storage.tpcFinish(txn).finally(() => (settled = true));
+      finishing.catch(() => undefined);
+      await firstValueFrom(timers.pipe(filter((ms) => ms === SYNC_TIMEOUT_MS), timeout(WAIT_MS)));
+      expect(settled).toBe(false);
+      virtual.advance(SYNC_TIMEOUT_MS - 1);
+      expect(settled).toBe(false);
+      virtual.advance(1);
+      const err = (await finishing.catch((e: unknown) => e)) as SyncReplicationTimeoutError;
+      expect(err).toBeInstanceOf(SyncReplicationTimeoutError);
+      expect(err).toMatchObject({ name: 'SyncReplicationTimeoutError', wanted: 1, got: 0, timeoutMs: SYNC_TIMEOUT_MS });
+      // Committed locally all the same, and the event is logged and audited (on disk before the rejection).
+      expect(primary.localStorage.lastTransaction().equals(err.tid)).toBe(true);
+      expect((await primary.storage.load(oid)).data.toString()).toBe('kept');
+      expect(logs.count((e) => e.level === 'warn' && e.message.includes('acknowledged') && e.fields?.tid === err.tid.toString('hex'))).toBe(1);
+      const audit = await readAuditLog(join(dir, 'p.fs.audit'));
+      expect(audit.damage).toBeNull();
+      expect(audit.records.filter((r) => r.kind === 'sync-timeout').map((r) => r.details)).toEqual([
+        { tid: err.tid.toString('hex'), wanted: 1, got: 0, timeoutMs: SYNC_TIMEOUT_MS, connected: 0 },
+      ]);
+    } finally {
+      await primary.close();
+    }
+  });
+});
+
+describe('waitForReplication', () => {
+  it('waits for two native secondaries, and times out wanting three', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
+    const secondaries = await Promise.all(
+      ['a', 'b'].map((n) => Secondary.open({ path: join(dir, `${n}.fs`), replicateFrom: primary.address, fsync: false })),
+    );
+    try {
+      const [tid] = await commitMany(primary.storage, 1);
+      const confirmation = await primary.waitForReplication(tid!, { replicas: 2, timeoutMs: WAIT_MS }).then((c) => ({
+        ...c,
+        lasts: secondaries.map((s) => s.storage.lastTransaction()),
+      }));
+      expect(confirmation.peers).toHaveLength(2);
+      for (const last of confirmation.lasts) expect(last.equals(tid!)).toBe(true);
+      expect(primary.secondaries().map((s) => s.acks)).toEqual([true, true]);
+
+      // Already satisfied: resolves at once.
+      await expect(primary.waitForReplication(tid!, { replicas: 2, timeoutMs: 1 })).resolves.toMatchObject({ waitedMs: 0 });
+      // A short real timeout (the default clock): only two of three.
+      const err = await primary.waitForReplication(tid!, { replicas: 3, timeoutMs: 50 }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(SyncReplicationTimeoutError);
+      expect(err).toMatchObject({ wanted: 3, got: 2, timeoutMs: 50 });
+    } finally {
+      for (const s of secondaries) await s.close();
+      await primary.close();
+    }
+  });
+
+  it('never counts a zrs2 secondary, which does not acknowledge', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, protocol: 'zrs2.0', fsync: false });
+    try {
+      const [tid] = await commitMany(primary.storage, 1);
+      await waitForTid(secondary, tid!);
+      expect(primary.secondaries()).toMatchObject([{ protocol: 'zrs2.0', acks: false, lagMs: null, ackedTid: null }]);
+      const err = await primary.waitForReplication(tid!, { replicas: 1, timeoutMs: 50 }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ name: 'SyncReplicationTimeoutError', wanted: 1, got: 0 });
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+  });
+
+  it('ends waits still pending when the primary closes', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const [tid] = await commitMany(primary.storage, 1);
+    const waiting = primary.waitForReplication(tid!, { replicas: 1, timeoutMs: 60_000 }).catch((e: unknown) => e);
+    await primary.close();
+    expect(await waiting).toMatchObject({ name: 'SyncReplicationAbortedError', wanted: 1, got: 0 });
+  });
+});
