@@ -7,6 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { removeLater } from './fixtures.js';
 
 export interface CertPair {
   certificate: string;
@@ -70,6 +71,7 @@ function sign(caDir: string, name: string, san: string | null, dates: string[] =
 /** Make every certificate the TLS tests use, in a new temporary directory. */
 export function makeTestCerts(): TestCerts {
   const dir = mkdtempSync(join(tmpdir(), 'zrs-certs-'));
+  removeLater(dir);
   const a = makeCa(dir, 'ca-a');
   const b = makeCa(dir, 'ca-b');
   const caDir = join(dir, 'trusted');

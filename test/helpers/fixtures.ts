@@ -22,6 +22,11 @@ export async function readManifest<T = any>(dir: string, name = 'manifest.json')
 
 const made: string[] = [];
 
+/** Remove `dir` in cleanupTempDirs() too (for directories made elsewhere). */
+export function removeLater(dir: string): void {
+  made.push(dir);
+}
+
 /** A new empty temp directory, removed by cleanupTempDirs(). */
 export async function tempDir(prefix = 'zrs-test-'): Promise<string> {
   const d = await mkdtemp(join(tmpdir(), prefix));
