@@ -11,6 +11,7 @@ import { formatAddress } from '../replication/address.js';
 import type { PrimarySession } from '../replication/primarySession.js';
 import type { ReplicationAddress } from '../ports/transport.js';
 import type { AuditLog } from './auditLog.js';
+import { describeReason } from '../replication/primarySession.js';
 
 /** A state value as one readable string: `live`, `connected(link.replicating, keepAlive.ticking)`. */
 export function stateName(value: unknown): string {
@@ -26,22 +27,7 @@ export function stateName(value: unknown): string {
 }
 
 function describeClose(r: SessionCloseReason | null): string {
-  if (r === null) return 'unknown';
-  switch (r.kind) {
-    case 'refused':
-      return `refused (${r.code}): ${r.reason}`;
-    case 'transport-error':
-      return `transport error: ${r.error.message}`;
-    case 'protocol-error':
-      return `protocol error: ${r.reason}`;
-    case 'effect-failed':
-      return `${r.effect} failed: ${(r.error as Error)?.message ?? String(r.error)}`;
-    case 'handshake-timeout':
-    case 'drain-timeout':
-      return `${r.kind} after ${r.timeoutMs} ms`;
-    default:
-      return r.kind;
-  }
+  return r === null ? 'unknown' : describeReason(r);
 }
 
 /** Audit one primary session (on a primary or on a secondary serving a chain) until it ends. */

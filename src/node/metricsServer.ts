@@ -2,8 +2,8 @@
 // with a registry's Prometheus text. It serves nothing else and reads no body.
 
 import { createServer, type Server } from 'node:http';
-import { rm } from 'node:fs/promises';
 import type { ReplicationAddress } from '../ports/transport.js';
+import { bindServer } from './listen.js';
 
 /** What the endpoint needs of a registry (prom-client's Registry fits). */
 export interface MetricsSource {
@@ -41,15 +41,7 @@ export async function serveMetrics(source: MetricsSource, address: ReplicationAd
   });
   // Scrapers keep connections alive; do not let them hold close() up.
   server.keepAliveTimeout = 5_000;
-  if (address.kind === 'unix') await rm(address.path, { force: true });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    if (address.kind === 'unix') server.listen(address.path, () => resolve());
-    else server.listen(address.port, address.host || undefined, () => resolve());
-  });
-  const bound = server.address();
-  const actual: ReplicationAddress =
-    address.kind === 'unix' || bound === null || typeof bound === 'string' ? address : { kind: 'tcp', host: address.host || bound.address, port: bound.port };
+  const actual = await bindServer(server, address);
   return {
     address: actual,
     close: () =>

@@ -3,8 +3,8 @@
 // mark and 'drain' follows; pause()/resume() stop and restart reading.
 
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
-import { rm } from 'node:fs/promises';
 import type { ByteStream, ByteStreamHandlers, Listener, ReplicationAddress, Transport } from '../ports/transport.js';
+import { bindServer } from './listen.js';
 
 /** A net.Socket (or tls.TLSSocket) as a ByteStream; also used by tlsTransport. */
 export class SocketStream implements ByteStream {
@@ -90,17 +90,7 @@ export const socketTransport: Transport = {
     const server: Server = createServer({ pauseOnConnect: true }, (socket) => {
       onStream(new SocketStream(socket, describe(socket, address.kind === 'unix' ? address.path : 'peer')));
     });
-    if (address.kind === 'unix') await rm(address.path, { force: true });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      if (address.kind === 'unix') server.listen(address.path, () => resolve());
-      else server.listen(address.port, address.host || undefined, () => resolve());
-    });
-    const bound = server.address();
-    const actual: ReplicationAddress =
-      address.kind === 'unix' || bound === null || typeof bound === 'string'
-        ? address
-        : { kind: 'tcp', host: address.host || bound.address, port: bound.port };
+    const actual = await bindServer(server, address);
     return {
       address: actual,
       close: () =>

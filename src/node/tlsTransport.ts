@@ -6,7 +6,6 @@
 // replication byte crosses an unverified link; it is logged with the reason.
 
 import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
 import { isIP, type Socket } from 'node:net';
 import { join } from 'node:path';
 import {
@@ -21,6 +20,7 @@ import { TlsHandshakeError } from '../errors.js';
 import type { ByteStream, Listener, ReplicationAddress, Transport } from '../ports/transport.js';
 import type { Logger } from '../replication/log.js';
 import { SocketStream } from './socketTransport.js';
+import { bindServer } from './listen.js';
 
 /** The `<ssl>` settings (ZEO's names; `password-function` is not supported). */
 export interface TlsOptions {
@@ -158,17 +158,7 @@ export function tlsTransport(options: TlsTransportOptions): Transport {
         log('warn', `TLS: refused secondary ${peer}: ${why}`, { peer, code: authError ?? (err as { code?: string }).code });
         socket.destroy();
       });
-      if (address.kind === 'unix') await rm(address.path, { force: true });
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        if (address.kind === 'unix') server.listen(address.path, () => resolve());
-        else server.listen(address.port, address.host || undefined, () => resolve());
-      });
-      const bound = server.address();
-      const actual: ReplicationAddress =
-        address.kind === 'unix' || bound === null || typeof bound === 'string'
-          ? address
-          : { kind: 'tcp', host: address.host || bound.address, port: bound.port };
+      const actual = await bindServer(server, address);
       return {
         address: actual,
         close: () => new Promise<void>((resolve) => server.close(() => resolve())),

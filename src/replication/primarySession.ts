@@ -415,7 +415,8 @@ export class PrimarySession {
   }
 }
 
-function describeReason(r: SessionCloseReason): string {
+/** One line saying why a session ended, for logs and the audit log. */
+export function describeReason(r: SessionCloseReason): string {
   switch (r.kind) {
     case 'refused':
       return `refused (${r.code}): ${r.reason}`;
