@@ -15,6 +15,11 @@ import { FileStorage } from '../storage/FileStorage.js';
 import type { CommandSpec } from './args.js';
 import { EXIT_FAILURE, EXIT_OK, type CliIo } from './io.js';
 import { loggerFactory, type LogFormat, type Logger } from './logging.js';
+import { CatchUpProgress, TerminalBoard, caughtUpMessage, progressLogFields, renderProgressLine, type ProgressSample } from './progress.js';
+
+/** How often a catching-up secondary is sampled, and how often its progress is logged off a terminal. */
+const PROGRESS_SAMPLE_MS = 1000;
+const PROGRESS_LOG_EVERY_MS = 10_000;
 
 export const serveSpec: CommandSpec = {
   name: 'serve',
@@ -43,6 +48,8 @@ interface Running {
   info: Record<string, unknown>;
   log: Logger;
   close(): Promise<void>;
+  /** A secondary's catch-up progress sample at `atMs` (see progress.ts). */
+  progressSample?: (atMs: number) => ProgressSample;
 }
 
 export interface ServeOptions {
@@ -52,7 +59,9 @@ export interface ServeOptions {
 
 export async function serve(configPath: string, io: CliIo, options: ServeOptions = {}): Promise<number> {
   const format = options.logFormat ?? (io.stderrIsTTY ? 'human' : 'json');
-  const makeLogger = loggerFactory(format, io.err);
+  // On a terminal with readable logs, catching-up secondaries show a progress line each, kept below the log lines.
+  const board = io.stderrIsTTY && format === 'human' ? new TerminalBoard() : null;
+  const makeLogger = loggerFactory(format, board ? (text) => io.err(board.around(text)) : io.err);
   const log = makeLogger('zrs');
   let config;
   try {
@@ -87,6 +96,7 @@ export async function serve(configPath: string, io: CliIo, options: ServeOptions
 
   const running: Running[] = [];
   let code = EXIT_OK;
+  let progressTimer: ReturnType<typeof setInterval> | null = null;
   try {
     // Primaries first, so that secondaries of the same process find them listening.
     const order = [...config.storages].sort((a, b) => rank(a) - rank(b));
@@ -94,6 +104,7 @@ export async function serve(configPath: string, io: CliIo, options: ServeOptions
       if (stopRequested) break;
       running.push(await start(s, makeLogger(s.name)));
     }
+    progressTimer = startProgress(running, board, io);
     if (!stopRequested) {
       log('info', 'ready', { storages: running.map((r) => r.info), pid: process.pid });
       await new Promise<void>((resolve) => {
@@ -107,6 +118,8 @@ export async function serve(configPath: string, io: CliIo, options: ServeOptions
     code = EXIT_FAILURE;
   }
   shuttingDown = true;
+  if (progressTimer) clearInterval(progressTimer);
+  if (board) io.err(board.clear());
   // Close in the reverse of the start order: secondaries, standalone storages, primaries.
   for (const r of running.reverse()) {
     try {
@@ -120,6 +133,40 @@ export async function serve(configPath: string, io: CliIo, options: ServeOptions
   unhook();
   log('info', 'stopped', { exitCode: code });
   return code;
+}
+
+/**
+ * Sample every secondary on the wall clock (this is the CLI edge); show a
+ * line per catching-up secondary on the board, else log its progress every
+ * PROGRESS_LOG_EVERY_MS; log one "caught up" line when it is done.
+ */
+function startProgress(running: Running[], board: TerminalBoard | null, io: CliIo): ReturnType<typeof setInterval> | null {
+  const tracked = running.flatMap((r) =>
+    r.progressSample ? [{ r, sample: r.progressSample, tracker: new CatchUpProgress({ reportEveryMs: board ? 0 : PROGRESS_LOG_EVERY_MS }) }] : [],
+  );
+  if (tracked.length === 0) return null;
+  const tick = (): void => {
+    for (const { r, sample, tracker } of tracked) {
+      let event;
+      try {
+        event = tracker.observe(sample(Date.now()));
+      } catch {
+        continue; // a status that cannot be read now is sampled again at the next tick
+      }
+      if (event?.kind === 'progress') {
+        if (board) io.err(board.set(r.config.name, renderProgressLine(r.config.name, event.figures)));
+        else r.log('info', 'catching up', progressLogFields(event.figures));
+      } else if (event?.kind === 'caughtUp') {
+        if (board) io.err(board.remove(r.config.name));
+        const f = event.figures;
+        r.log('info', caughtUpMessage(f), { transactions: f.transactions, bytes: f.bytes, seconds: Math.round(f.elapsedSeconds * 10) / 10 });
+      }
+    }
+  };
+  tick(); // the state at start: what a first catch-up is measured from
+  const timer = setInterval(tick, PROGRESS_SAMPLE_MS);
+  timer.unref();
+  return timer;
 }
 
 function rank(s: StorageConfig): number {
@@ -161,6 +208,13 @@ async function startSecondary(s: SecondaryConfig, log: Logger): Promise<Running>
     else if (st.kind === 'backoff') log('info', 'waiting to reconnect', { retryInMs: st.retryInMs });
     else if (st.kind === 'diverged' || st.kind === 'failed') log('error', st.kind, { reason: st.reason });
   });
+  // An empty secondary's catch-up is measured from the first tid it applies.
+  let firstTid: Buffer | null = null;
+  const firstSub = secondary.applied$.subscribe((t) => {
+    firstTid = t.tid;
+    firstSub.unsubscribe();
+  });
+  if (!secondary.storage.lastTransaction().equals(Buffer.alloc(8))) firstSub.unsubscribe();
   const to = secondary.replicationAddress;
   const info = { ...summary(s), ...(to ? { replicateTo: formatAddress(to) } : {}), ...metricsInfo(secondary.metricsAddress) };
   log('info', 'secondary started', { ...info, lastTid: secondary.storage.lastTransaction().toString('hex') });
@@ -171,6 +225,18 @@ async function startSecondary(s: SecondaryConfig, log: Logger): Promise<Running>
     close: async () => {
       await secondary.close();
       sub.unsubscribe();
+      firstSub.unsubscribe();
+    },
+    progressSample: (atMs) => {
+      const st = secondary.status();
+      return {
+        atMs,
+        lastTid: st.lastTid,
+        upstreamTid: st.upstream?.primaryLastTid ?? null,
+        bytes: secondary.storage.getSize(),
+        transactions: secondary.storage.transactionCount,
+        firstTid,
+      };
     },
   };
 }
