@@ -388,7 +388,12 @@ export class PrimarySession {
             const c = queue.shift()!;
             if (Buffer.compare(c.tid, lastTid) <= 0) continue;
             if (storage.fileEpoch !== epoch) return overflow();
-            const txn = await readTransaction(storage, reader, c.pos);
+            const txn = await readTransaction(storage, reader, c.pos).catch((err: unknown) => {
+              if (storage.fileEpoch === epoch) throw err;
+              return null; // the file was replaced (pack) under the read
+            });
+            // Positions from before a pack are void: go back to reading by tid.
+            if (txn === null || storage.fileEpoch !== epoch) return overflow();
             if (!(await this.sendTransaction(txn, signal, queue.length > 0))) return;
             lastTid = txn.tid;
           }

@@ -897,8 +897,11 @@ export class FileStorage {
       closeSync(fd);
       throw err;
     }
-    await this.handle.close();
-    closeSync(this.fd);
+    // Switch everything to the new file first (a new epoch), then close the
+    // old one: a reader whose read fails on the closed handle must already see
+    // the new epoch, so it re-seeks instead of reporting an error.
+    const oldHandle = this.handle;
+    const oldFd = this.fd;
     this.fd = fd;
     this.handle = handle;
     this.state = result;
@@ -909,6 +912,8 @@ export class FileStorage {
     this.epoch += 1;
     this.recentSerials = new Map();
     this.olderSerials = new Map();
+    await oldHandle.close();
+    closeSync(oldFd);
     await removeIndex(this.path);
   }
 
