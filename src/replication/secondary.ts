@@ -50,6 +50,13 @@ export interface SecondaryOptions {
   fsync?: boolean;
   /** Send a keep-alive every this many ms while connected (zc.zrs's keep-alive-delay). */
   keepAliveDelayMs?: number;
+  /**
+   * Drop the connection when a frame has started but no byte arrived for this
+   * long (default 60 000): a corrupted length would otherwise wait forever
+   * for bytes that never come. Time spent paused by our own backpressure
+   * does not count.
+   */
+  frameStallTimeoutMs?: number;
   reconnect?: { initialMs?: number; maxMs?: number; factor?: number; jitter?: number };
   maxFrameBytes?: number;
   transport?: Transport;
@@ -88,7 +95,12 @@ interface Connection {
   dead: boolean;
   ackPending: boolean;
   lastDurableTid: Buffer;
+  /** Timer that fires when a started frame stops receiving bytes. */
+  stallTimer: unknown;
 }
+
+/** See SecondaryOptions.frameStallTimeoutMs. */
+const DEFAULT_FRAME_STALL_MS = 60_000;
 
 /** Queue depth (events) at which reading from the socket pauses. */
 const HIGH_WATER_EVENTS = 4096;
@@ -297,6 +309,7 @@ export class Secondary {
       paused: false,
       dead: false,
       ackPending: false,
+      stallTimer: null,
       lastDurableTid: start,
     };
     conn.applier = new Applier(
@@ -339,6 +352,16 @@ export class Secondary {
       ending = true;
       conn.chain = conn.chain.then(() => fail(error));
     };
+    const stallMs = this.options.frameStallTimeoutMs ?? DEFAULT_FRAME_STALL_MS;
+    const armStallTimer = (): void => {
+      this.clearStallTimer(conn);
+      if (conn.dead || ending || conn.decoder.bufferedBytes === 0) return;
+      conn.stallTimer = this.clock.setTimeout(() => {
+        conn.stallTimer = null;
+        if (conn.paused) return armStallTimer(); // our own backpressure, not a stall
+        failAfterQueued(new ZrsError(`stream stalled: no byte for ${stallMs} ms inside a frame (${conn.decoder.bufferedBytes} bytes buffered)`));
+      }, stallMs);
+    };
     conn.stream.setHandlers({
       data: (chunk) => {
         if (conn.dead || ending) return;
@@ -348,6 +371,7 @@ export class Secondary {
             for (const e of conn.inbound.push(f)) this.enqueue(conn, e, send, fail);
             conn.decoder.setMaxFrameBytes(conn.inbound.maxFrameBytes);
           }
+          armStallTimer();
         } catch (err) {
           failAfterQueued(asError(err));
         }
@@ -409,8 +433,14 @@ export class Secondary {
   }
 
   /** Stop reading, abort the half-received transaction, close the socket. */
+  private clearStallTimer(conn: Connection): void {
+    if (conn.stallTimer !== null) this.clock.clearTimeout(conn.stallTimer);
+    conn.stallTimer = null;
+  }
+
   private async drop(conn: Connection): Promise<void> {
     conn.dead = true;
+    this.clearStallTimer(conn);
     conn.stream.destroy();
     conn.chain = conn.chain.then(() => conn.applier.abort());
     await conn.chain;
