@@ -5,10 +5,10 @@
 
 import fc from 'fast-check';
 import { describe, it } from 'vitest';
-import { clusterProperty, simRuns } from './model.js';
+import { clusterProperty, simRuns, simSeed } from './model.js';
 
 describe('replication under simulated faults', () => {
   it('keeps every secondary a prefix of the primary and converges after faults stop', async () => {
-    await fc.assert(clusterProperty({ maxCommands: 25 }), { numRuns: simRuns(100), interruptAfterTimeLimit: 240_000 });
+    await fc.assert(clusterProperty({ maxCommands: 25 }), { numRuns: simRuns(100), seed: simSeed(), interruptAfterTimeLimit: 240_000 });
   }, 300_000);
 });

@@ -172,6 +172,20 @@ export function withTrace(err: unknown, cluster: SimCluster, lines = Number(proc
 }
 
 /** Runs per property, from SIM_RUNS (default `fallback`). */
+/**
+ * The fast-check seed: SIM_SEED when set; a fixed one under CI, so a landing
+ * is judged on a known set of runs; otherwise fresh each run, to explore
+ * (a failure prints its seed and path for replay either way).
+ */
+export function simSeed(): number | undefined {
+  const n = Number(process.env.SIM_SEED);
+  if (Number.isInteger(n)) return n;
+  return process.env.CI ? CI_SEED : undefined;
+}
+
+/** The seed CI runs the model with (any fixed value; changing it explores a new set). */
+export const CI_SEED = 20261127;
+
 export function simRuns(fallback: number): number {
   const n = Number(process.env.SIM_RUNS);
   return Number.isFinite(n) && n > 0 ? Math.floor(n) : fallback;
