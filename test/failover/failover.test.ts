@@ -104,8 +104,18 @@ describe('failover', () => {
       expect(refusal.code).toBe('diverged');
       expect(Buffer.from(refusal.forkTid).equals(shared.at(-1)!)).toBe(true);
       expect(statuses.some((s) => s.startsWith('diverged: diverged'))).toBe(true);
-      // No retry loop: a few reconnect delays later, still one connection.
-      await new Promise((r) => setTimeout(r, 300));
+      // No retry loop: while several commits replicate to s2 (each round trip
+      // longer than a reconnect delay here), the old primary never leaves diverged.
+      const left: string[] = [];
+      const watch = old.machine.subscribe((snap) => {
+        if (!snap.matches('diverged')) left.push(JSON.stringify(snap.value));
+      });
+      for (let i = 0; i < 5; i++) {
+        const [tid] = await commitMany(np.storage, 1);
+        await waitForTid(s2, tid!);
+      }
+      watch.unsubscribe();
+      expect(left).toEqual([]);
       expect(s1Log.count((e) => e.message.includes('refused secondary'))).toBe(1);
       expect(old.machine.getSnapshot().matches('diverged')).toBe(true);
       await old.close();

@@ -67,9 +67,31 @@ async function pair(primaryTls: TlsOptions, secondaryTls: TlsOptions | undefined
 const refusedPrimary = (e: { message: string }): boolean => e.message.startsWith('TLS: refused primary');
 const refusedSecondary = (e: { message: string }): boolean => e.message.startsWith('TLS: refused secondary');
 
-/** Let the secondary retry a few times, then check nothing arrived. */
+/** Resolve once the secondary's connection machine has entered backoff `n` times. */
+function backoffs(secondary: Secondary, n: number, ms = 15_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let seen = 0;
+    let last: unknown = null;
+    const timer = setTimeout(() => {
+      sub.unsubscribe();
+      reject(new Error(`only ${seen} of ${n} reconnect attempts within ${ms} ms`));
+    }, ms);
+    const sub = secondary.machine.subscribe((snap) => {
+      const inBackoff = snap.matches('backoff');
+      if (inBackoff && last !== 'backoff') seen += 1;
+      last = inBackoff ? 'backoff' : 'other';
+      if (seen >= n) {
+        clearTimeout(timer);
+        sub.unsubscribe();
+        resolve();
+      }
+    });
+  });
+}
+
+/** Let the secondary retry a few times (each attempt refused), then check nothing arrived. */
 async function expectNothingReplicated(p: Pair): Promise<void> {
-  await new Promise((r) => setTimeout(r, 200));
+  await backoffs(p.secondary, 3);
   expect(p.secondary.storage.lastTransaction().equals(Z64)).toBe(true);
   expect(p.primary.secondaries()).toEqual([]);
   expect(p.primaryLog.count((e) => e.message.startsWith('secondary connected'))).toBe(0);
