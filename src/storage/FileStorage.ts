@@ -97,24 +97,13 @@ interface PendingTxn {
 /** FIFO mutex: one transaction commits at a time, others wait their turn. */
 class CommitLock {
   private tail: Promise<void> = Promise.resolve();
-  /** Acquirers not yet released: the holder plus those waiting their turn. */
-  private pending = 0;
 
   acquire(): Promise<() => void> {
     let release!: () => void;
-    this.pending += 1;
-    const next = new Promise<void>((r) => (release = () => {
-      this.pending -= 1;
-      r();
-    }));
+    const next = new Promise<void>((r) => (release = r));
     const ready = this.tail.then(() => release);
     this.tail = this.tail.then(() => next);
     return ready;
-  }
-
-  /** Whether anyone holds the lock or waits for it. */
-  get busy(): boolean {
-    return this.pending > 0;
   }
 }
 
@@ -591,9 +580,6 @@ export class FileStorage {
     if (!this.fsync) this.groupSync.markWritten(end);
     else {
       try {
-        // Nobody waiting to commit: sync right here, saving the thread-pool
-        // round trip; with others queued, share one asynchronous fdatasync.
-        if (!this.commitLock.busy) this.groupSync.syncNowIfIdle(end);
         await this.groupSync.waitDurable(end);
       } catch (err) {
         this.fatal = err as Error;

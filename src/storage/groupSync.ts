@@ -2,7 +2,7 @@
 // A transaction is reported committed (tpcFinish resolves, commits$ emits)
 // only once a sync that started after its bytes were written has finished.
 
-import { fdatasync, fdatasyncSync } from 'node:fs';
+import { fdatasync } from 'node:fs';
 
 export class GroupSync {
   /** Everything before this offset is durable. */
@@ -38,18 +38,6 @@ export class GroupSync {
     } finally {
       this.inFlight = null;
     }
-  }
-
-  /**
-   * fdatasync synchronously when no asynchronous sync is running (a lone
-   * committer); it blocks the event loop for one sync, which is cheaper
-   * than the thread-pool round trip when nobody else could use the time.
-   */
-  syncNowIfIdle(end: number): void {
-    if (this.inFlight !== null || this.durableEnd >= end) return;
-    const target = this.writtenEnd();
-    fdatasyncSync(this.fd);
-    if (target > this.durableEnd) this.durableEnd = target;
   }
 
   /** Without fsync, bytes count as durable as soon as they are written. */
