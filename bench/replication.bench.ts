@@ -19,40 +19,22 @@ import { firstValueFrom, filter } from 'rxjs';
 import { Primary } from '../src/replication/primary.js';
 import { Secondary } from '../src/replication/secondary.js';
 import { FileStorage } from '../src/storage/FileStorage.js';
-import { Z64, tidToSeconds } from '../src/storage/timestamp.js';
+import { tidToSeconds } from '../src/storage/timestamp.js';
+import { Workload, arg, secondsSince } from './workload.js';
 
 const ZRS = { catchupSeconds: 8.07, catchupTxnPerS: 2478, liveP99Ms: 16.9, pacedP99Ms: 2.2 };
-
-function arg(name: string, fallback: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
-}
 
 const TXNS = arg('txns', 20000);
 const LIVE_SECONDS = arg('live-seconds', 4);
 let peakRss = 0;
 const rssTimer = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 50);
 
-const seconds = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e9;
+const seconds = secondsSince;
 
 async function buildFile(path: string, txns: number, records: number, recordBytes: number): Promise<void> {
   const fs = await FileStorage.open(path, { create: true, fsync: false });
-  const payload = Buffer.alloc(recordBytes, 3);
-  const oids = Array.from({ length: Math.min(10_000, txns * records) }, () => fs.newOid());
-  const serials = new Map<string, Buffer>();
-  for (let i = 0; i < txns; i++) {
-    const txn = { description: `bench ${i}` };
-    await fs.tpcBegin(txn);
-    const mine = [];
-    for (let r = 0; r < records; r++) {
-      const oid = oids[(i * records + r) % oids.length]!;
-      mine.push(oid);
-      fs.store(oid, serials.get(oid.toString('latin1')) ?? Z64, payload, txn);
-    }
-    await fs.tpcVote(txn);
-    const tid = await fs.tpcFinish(txn);
-    for (const o of mine) serials.set(o.toString('latin1'), tid);
-  }
+  const work = new Workload(fs, records, recordBytes, Math.min(10_000, txns * records));
+  for (let i = 0; i < txns; i++) await work.commit();
   await fs.close();
 }
 
@@ -118,9 +100,7 @@ async function live(dir: string, secondaries: number, ratePerSecond: number | nu
     });
   }
   const fs = primary.storage;
-  const oids = Array.from({ length: 1000 }, () => fs.newOid());
-  const serials = new Map<string, Buffer>();
-  const payload = Buffer.alloc(200, 1);
+  const work = new Workload(fs, 10, 200, 1000);
   const t0 = process.hrtime.bigint();
   let n = 0;
   while (seconds(t0) < durationS) {
@@ -128,18 +108,8 @@ async function live(dir: string, secondaries: number, ratePerSecond: number | nu
       const due = t0 + BigInt(Math.round((n / ratePerSecond) * 1e9));
       while (process.hrtime.bigint() < due) await new Promise((r) => setImmediate(r));
     }
-    const txn = { description: 'live' };
-    await fs.tpcBegin(txn);
-    const mine = [];
-    for (let r = 0; r < 10; r++) {
-      const oid = oids[(n * 10 + r) % oids.length]!;
-      mine.push(oid);
-      fs.store(oid, serials.get(oid.toString('latin1')) ?? Z64, payload, txn);
-    }
-    await fs.tpcVote(txn);
-    const tid = await fs.tpcFinish(txn);
+    const tid = await work.commit();
     committedAt.set(tid.toString('hex'), process.hrtime.bigint());
-    for (const o of mine) serials.set(o.toString('latin1'), tid);
     n++;
   }
   const commitRate = n / seconds(t0);

@@ -10,48 +10,23 @@ import { mkdtemp, rm, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileStorage } from '../src/storage/FileStorage.js';
-import { Z64 } from '../src/storage/timestamp.js';
+import { Workload, arg, secondsSince } from './workload.js';
 
 const ZODB = { commitFsync: 3207, commitNoFsync: 21451, iterate: 73047 };
 const RECORDS = 10;
 const RECORD_BYTES = 200;
 
-function arg(name: string, fallback: number): number {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
-}
-
 const TXNS = arg('txns', 20000);
 const FSYNC_TXNS = arg('fsync-txns', 2000);
 
 function rate(n: number, startNs: bigint): number {
-  return n / (Number(process.hrtime.bigint() - startNs) / 1e9);
+  return n / secondsSince(startNs);
 }
 
-const payload = Buffer.alloc(RECORD_BYTES, 7);
-
-async function commitSerial(fs: FileStorage, n: number, oids: Buffer[], serials: Map<string, Buffer>): Promise<number> {
+async function commitSerial(work: Workload, n: number): Promise<number> {
   const t0 = process.hrtime.bigint();
-  for (let i = 0; i < n; i++) await commitOne(fs, oids, serials, i);
+  for (let i = 0; i < n; i++) await work.commit();
   return rate(n, t0);
-}
-
-async function commitOne(fs: FileStorage, oids: Buffer[], serials: Map<string, Buffer>, i: number): Promise<void> {
-  const txn = { description: `txn ${i}` };
-  await fs.tpcBegin(txn);
-  const mine: Buffer[] = [];
-  for (let r = 0; r < RECORDS; r++) {
-    const oid = oids[(i * RECORDS + r) % oids.length]!;
-    mine.push(oid);
-    fs.store(oid, serials.get(oid.toString('latin1')) ?? Z64, payload, txn);
-  }
-  await fs.tpcVote(txn);
-  const tid = await fs.tpcFinish(txn);
-  for (const oid of mine) serials.set(oid.toString('latin1'), tid);
-}
-
-function makeOids(fs: FileStorage, n: number): Buffer[] {
-  return Array.from({ length: n }, () => fs.newOid());
 }
 
 /** Plain appends of the same bytes a transaction takes, optionally fdatasync'd each time. */
@@ -72,10 +47,9 @@ function plainAppends(path: string, n: number, bytesPerTxn: number, sync: boolea
 async function concurrentCommits(fs: FileStorage, writers: number, perWriter: number): Promise<number> {
   const t0 = process.hrtime.bigint();
   await Promise.all(
-    Array.from({ length: writers }, async (_, w) => {
-      const oids = makeOids(fs, RECORDS * 4);
-      const serials = new Map<string, Buffer>();
-      for (let i = 0; i < perWriter; i++) await commitOne(fs, oids, serials, w * perWriter + i);
+    Array.from({ length: writers }, async () => {
+      const work = new Workload(fs, RECORDS, RECORD_BYTES, RECORDS * 4);
+      for (let i = 0; i < perWriter; i++) await work.commit();
     }),
   );
   return rate(writers * perWriter, t0);
@@ -89,9 +63,9 @@ async function main(): Promise<void> {
     // 1. Serial commits without fsync.
     const path = join(dir, 'Data.fs');
     let fs = await FileStorage.open(path, { create: true, fsync: false });
-    const oids = makeOids(fs, 10_000);
-    const serials = new Map<string, Buffer>();
-    const noSync = await commitSerial(fs, TXNS, oids, serials);
+    const work = new Workload(fs, RECORDS, RECORD_BYTES, 10_000);
+    const oids = work.oids;
+    const noSync = await commitSerial(work, TXNS);
     const bytesPerTxn = Math.round(fs.getSize() / TXNS);
     const plainNoSync = plainAppends(join(dir, 'plain'), TXNS, bytesPerTxn, false);
     rows.push(['commit, no fsync (txn/s)', fmt(noSync), `${(noSync / plainNoSync).toFixed(2)} of plain appends (${fmt(plainNoSync)})`, `${(noSync / ZODB.commitNoFsync).toFixed(2)}x ZODB`]);
@@ -126,8 +100,7 @@ async function main(): Promise<void> {
     // 4. Serial commits with fsync.
     const spath = join(dir, 'Sync.fs');
     fs = await FileStorage.open(spath, { create: true, fsync: true });
-    const soids = makeOids(fs, 1000);
-    const syncRate = await commitSerial(fs, FSYNC_TXNS, soids, new Map());
+    const syncRate = await commitSerial(new Workload(fs, RECORDS, RECORD_BYTES, 1000), FSYNC_TXNS);
     const plainSync = plainAppends(join(dir, 'plain-sync'), FSYNC_TXNS, bytesPerTxn, true);
     rows.push(['commit, fsync, serial (txn/s)', fmt(syncRate), `${(syncRate / plainSync).toFixed(2)} of append+fdatasync (${fmt(plainSync)})`, `${(syncRate / ZODB.commitFsync).toFixed(2)}x ZODB`]);
 

@@ -11,7 +11,7 @@ import type { FileStorage } from '../storage/FileStorage.js';
 import { loads, type PickleDict } from '../wire/pickle.js';
 import type { TransactionRecord } from '../storage/types.js';
 import { StreamChecksum } from '../wire/checksum.js';
-import { encodeFrame, encodeFrameHeader } from '../wire/framing.js';
+import { encodeFrame } from '../wire/framing.js';
 import { BLOB_BLOCK_BYTES, createNativePackr, encodeNativeFrame, nativeProtocolName, type GenerationEntry, type NativeMessage, type RefuseCode } from '../wire/native.js';
 import { BLOB_BLOCK_SIZE_BYTES, Zrs2Checksum, blobBlockCount, encodeMessage } from '../wire/zrs2.js';
 
@@ -172,7 +172,6 @@ export function zrs2Outbound(storage: FileStorage, startTid: Buffer, spec: Proto
   };
 }
 
-void encodeFrameHeader;
 
 /** The extension as zc.zrs sends it: the stored dict, key order kept. */
 function extensionDict(bytes: Buffer): PickleDict {

@@ -29,12 +29,10 @@ import {
   TRAILER_BYTES,
   TXN_HEADER_BYTES,
   dataRecordLength,
-  encodeDataRecord,
   readDataHeader,
   readTxnHeader,
   readU64At,
   writeTxnHeader,
-  writeU64At,
   type DataHeader,
   type TxnHeader,
 } from './format.js';
@@ -44,7 +42,7 @@ import { GroupSync } from './groupSync.js';
 import { loadIndex, removeIndex, saveIndex } from './indexFile.js';
 import { LockFile } from './lock.js';
 import { emptyScanState, oidKey, recordTransaction, sampleAtOrBefore, scanFile, type ScanState } from './scan.js';
-import { Z64, newTid, tidPlusOne, tidToSeconds } from './timestamp.js';
+import { Z64, newTid, tidToSeconds } from './timestamp.js';
 import { BlobDirectory } from './blobs.js';
 import { iterateTransactions, type IterateOptions } from './iterator.js';
 import { undoLog, undoTransaction } from './undo.js';
@@ -779,11 +777,6 @@ export class FileStorage {
     return this.state.index;
   }
 
-  /** @internal */
-  get scanState(): ScanState {
-    return this.state;
-  }
-
   /**
    * Position of the committed transaction with exactly this tid, or null.
    * Committed means finished, durable or not: restore and undo must see a
@@ -846,11 +839,6 @@ export class FileStorage {
   /** Wait for the commit lock: used by pack and other whole-file operations. @internal */
   acquireCommitLock(): Promise<() => void> {
     return this.commitLock.acquire();
-  }
-
-  /** File descriptor (read/write) of the data file. @internal */
-  get fileDescriptor(): number {
-    return this.fd;
   }
 
   /** @internal */
@@ -949,11 +937,6 @@ export class FileStorage {
       this.lock?.release();
       release();
     }
-  }
-
-  /** The smallest tid strictly after `tid`. */
-  static tidAfter(tid: Buffer): Buffer {
-    return tidPlusOne(tid);
   }
 }
 

@@ -94,20 +94,3 @@ export function dataRecordLength(plen: number): number {
 }
 
 export { u64At as readU64At, writeU64At };
-
-/** Build one data record (header + data or backpointer) as a fresh Buffer. */
-export function encodeDataRecord(
-  oid: Buffer,
-  tid: Buffer,
-  prev: number,
-  tloc: number,
-  data: Buffer | null,
-  back: number,
-): Buffer {
-  const plen = data === null ? 0 : data.length;
-  const out = Buffer.allocUnsafe(dataRecordLength(plen));
-  writeDataHeader(out, 0, { oid, tid, prev, tloc, vlen: 0, plen });
-  if (data !== null && plen > 0) data.copy(out, DATA_HEADER_BYTES);
-  else writeU64At(out, DATA_HEADER_BYTES, back);
-  return out;
-}

@@ -25,9 +25,6 @@ export function oidKey(oid: Buffer): string {
   return oid.toString('latin1');
 }
 
-export function keyToOid(key: string): Buffer {
-  return Buffer.from(key, 'latin1');
-}
 
 export interface TidSamples {
   tids: Buffer[];

@@ -78,11 +78,6 @@ export function tidToString(tid: Buffer): string {
   );
 }
 
-/** Compare two tids (or oids) as unsigned big-endian integers. */
-export function compareTid(a: Buffer, b: Buffer): number {
-  return Buffer.compare(a, b);
-}
-
 export function tidHex(tid: Buffer): string {
   return tid.toString('hex');
 }

@@ -1,0 +1,53 @@
+// Shared by the benchmarks: command-line numbers, elapsed time, and the
+// standard workload (transactions of N records updating a rolling set of
+// objects, each store with the serial it last read).
+
+import type { FileStorage } from '../src/storage/FileStorage.js';
+import { Z64 } from '../src/storage/timestamp.js';
+
+/** `--name N` from the command line, or `fallback`. */
+export function arg(name: string, fallback: number): number {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
+}
+
+/** Seconds since a process.hrtime.bigint() reading. */
+export function secondsSince(t0: bigint): number {
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+/** Commits transactions of `records` records of `recordBytes` bytes over `objects` objects. */
+export class Workload {
+  /** The objects the workload updates. */
+  readonly oids: Buffer[];
+  private readonly serials = new Map<string, Buffer>();
+  private readonly payload: Buffer;
+  private n = 0;
+
+  constructor(
+    private readonly fs: FileStorage,
+    private readonly records = 10,
+    recordBytes = 200,
+    objects = 10_000,
+  ) {
+    this.payload = Buffer.alloc(recordBytes, 7);
+    this.oids = Array.from({ length: objects }, () => fs.newOid());
+  }
+
+  /** Commit one transaction; resolves with its tid once tpcFinish does. */
+  async commit(): Promise<Buffer> {
+    const i = this.n++;
+    const txn = { description: `txn ${i}` };
+    await this.fs.tpcBegin(txn);
+    const mine: Buffer[] = [];
+    for (let r = 0; r < this.records; r++) {
+      const oid = this.oids[(i * this.records + r) % this.oids.length]!;
+      mine.push(oid);
+      this.fs.store(oid, this.serials.get(oid.toString('latin1')) ?? Z64, this.payload, txn);
+    }
+    await this.fs.tpcVote(txn);
+    const tid = await this.fs.tpcFinish(txn);
+    for (const oid of mine) this.serials.set(oid.toString('latin1'), tid);
+    return tid;
+  }
+}
