@@ -20,7 +20,8 @@ export function secondsSince(t0: bigint): number {
 export class Workload {
   /** The objects the workload updates. */
   readonly oids: Buffer[];
-  private readonly serials = new Map<string, Buffer>();
+  /** The serial each object was last committed with, by object number. */
+  private readonly serials: Buffer[];
   private readonly payload: Buffer;
   private n = 0;
 
@@ -32,6 +33,7 @@ export class Workload {
   ) {
     this.payload = Buffer.alloc(recordBytes, 7);
     this.oids = Array.from({ length: objects }, () => fs.newOid());
+    this.serials = this.oids.map(() => Z64);
   }
 
   /** Commit one transaction; resolves with its tid once tpcFinish does. */
@@ -39,15 +41,14 @@ export class Workload {
     const i = this.n++;
     const txn = { description: `txn ${i}` };
     await this.fs.tpcBegin(txn);
-    const mine: Buffer[] = [];
+    const first = (i * this.records) % this.oids.length;
     for (let r = 0; r < this.records; r++) {
-      const oid = this.oids[(i * this.records + r) % this.oids.length]!;
-      mine.push(oid);
-      this.fs.store(oid, this.serials.get(oid.toString('latin1')) ?? Z64, this.payload, txn);
+      const k = (first + r) % this.oids.length;
+      this.fs.store(this.oids[k]!, this.serials[k]!, this.payload, txn);
     }
     await this.fs.tpcVote(txn);
     const tid = await this.fs.tpcFinish(txn);
-    for (const oid of mine) this.serials.set(oid.toString('latin1'), tid);
+    for (let r = 0; r < this.records; r++) this.serials[(first + r) % this.oids.length] = tid;
     return tid;
   }
 }

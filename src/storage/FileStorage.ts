@@ -38,6 +38,7 @@ import {
 } from './format.js';
 import { preadSync } from './fileio.js';
 import { TxnBuffer } from './txnBuffer.js';
+import { RecentTransactions } from './recentTxns.js';
 import { GroupSync } from './groupSync.js';
 import { loadIndex, removeIndex, saveIndex } from './indexFile.js';
 import { LockFile } from './lock.js';
@@ -59,7 +60,6 @@ import type {
 } from './types.js';
 
 /** Recent record serials kept in memory for conflict checks. */
-const RECENT_SERIALS = 1 << 16;
 
 /** Longest user / description / extension a transaction header can carry (u16 lengths). */
 export const MAX_META_BYTES = 0xffff;
@@ -94,19 +94,48 @@ interface PendingTxn {
 
 /** FIFO mutex: one transaction commits at a time, others wait their turn. */
 class CommitLock {
-  private tail: Promise<void> = Promise.resolve();
+  private held = false;
+  private readonly waiters: Array<(release: () => void) => void> = [];
 
   acquire(): Promise<() => void> {
-    let release!: () => void;
-    const next = new Promise<void>((r) => (release = r));
-    const ready = this.tail.then(() => release);
-    this.tail = this.tail.then(() => next);
-    return ready;
+    if (!this.held) {
+      this.held = true;
+      return Promise.resolve(this.releaser());
+    }
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** A release function for one holder; calling it again does nothing. */
+  private releaser(): () => void {
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.waiters.shift();
+      if (next) next(this.releaser());
+      else this.held = false;
+    };
   }
 }
 
+function metaBytes(name: string, b: Buffer): Buffer {
+  if (b.length > MAX_META_BYTES) throw new ZrsError(`tpcBegin: ${name} is ${b.length} bytes, limit ${MAX_META_BYTES}`);
+  return b;
+}
+
+const STATUS_BYTES = new Map<string, Buffer>();
+
+/** The one-byte buffer holding a transaction status (shared, never written to). */
+function statusByte(status: string): Buffer {
+  let b = STATUS_BYTES.get(status);
+  if (b === undefined) STATUS_BYTES.set(status, (b = Buffer.from(status, 'latin1')));
+  return b;
+}
+
+const NO_BYTES = Buffer.alloc(0);
+
 function toBytes(v: string | Buffer | undefined): Buffer {
-  if (v === undefined) return Buffer.alloc(0);
+  if (v === undefined || v === '') return NO_BYTES;
   return typeof v === 'string' ? Buffer.from(v, 'utf8') : v;
 }
 
@@ -114,7 +143,7 @@ function encodeExtension(txn: TransactionMeta): Buffer {
   if (txn.extensionBytes) return txn.extensionBytes;
   const ext = txn.extension ?? {};
   // ZODB stores an empty extension dict as zero bytes.
-  return Object.keys(ext).length === 0 ? Buffer.alloc(0) : dumps(ext, { protocol: 3 });
+  return Object.keys(ext).length === 0 ? NO_BYTES : dumps(ext, { protocol: 3 });
 }
 
 /** Decode an extension pickle; an empty one is `{}`. */
@@ -127,6 +156,8 @@ export function decodeExtension(bytes: Buffer): Record<string, PickleValue> {
 
 export class FileStorage {
   private readonly commitLock = new CommitLock();
+  /** The bytes of the transaction in progress (one at a time, so one buffer). */
+  private readonly txnBuffer = new TxnBuffer();
   private readonly commitsSubject = new Subject<CommittedTransaction>();
   /** Committed transactions as they become durable, in tid order. */
   readonly commits$: Observable<CommittedTransaction> = this.commitsSubject.asObservable();
@@ -146,8 +177,7 @@ export class FileStorage {
   private growthWaiters: Array<() => void> = [];
   private epoch = 0;
   /** Record position -> tid for recent writes, so conflict checks skip a read. */
-  private recentSerials = new Map<number, Buffer>();
-  private olderSerials = new Map<number, Buffer>();
+  private readonly recentTxns = new RecentTransactions();
 
   private constructor(
     readonly path: string,
@@ -311,18 +341,16 @@ export class FileStorage {
   async tpcBegin(txn: TransactionMeta, options: TpcBeginOptions = {}): Promise<void> {
     this.checkWritable('tpcBegin');
     if (this.current?.txn === txn) throw new StorageTransactionError('tpcBegin: transaction already begun');
-    const user = toBytes(txn.user);
-    const description = toBytes(txn.description);
-    const extension = encodeExtension(txn);
-    for (const [name, b] of [['user', user], ['description', description], ['extension', extension]] as const) {
-      if (b.length > MAX_META_BYTES) throw new ZrsError(`tpcBegin: ${name} is ${b.length} bytes, limit ${MAX_META_BYTES}`);
-    }
+    const user = metaBytes('user', toBytes(txn.user));
+    const description = metaBytes('description', toBytes(txn.description));
+    const extension = metaBytes('extension', encodeExtension(txn));
     const status = options.status ?? STATUS_COMMITTED;
     if (status.length !== 1 || status === STATUS_CHECKPOINT) throw new ZrsError(`tpcBegin: invalid status ${JSON.stringify(status)}`);
     const release = await this.commitLock.acquire();
     try {
       this.checkWritable('tpcBegin');
       const tid = this.chooseTid(options.tid);
+      this.txnBuffer.reset(TXN_HEADER_BYTES + user.length + description.length + extension.length);
       this.current = {
         txn,
         tid,
@@ -332,7 +360,7 @@ export class FileStorage {
         extension,
         metaBytes: TXN_HEADER_BYTES + user.length + description.length + extension.length,
         tpos: this.end,
-        body: new TxnBuffer(TXN_HEADER_BYTES + user.length + description.length + extension.length),
+        body: this.txnBuffer,
         tindex: new Map(),
         oids: [],
         blobs: [],
@@ -367,17 +395,20 @@ export class FileStorage {
 
   private append(cur: PendingTxn, oid: Buffer, data: Buffer | null, back: number, key = oidKey(oid)): number {
     const prev = this.state.index.get(key) ?? 0;
-    // As ZODB's store/restore (set_max_oid): newOid never hands out an oid stored explicitly.
-    if (Buffer.compare(oid, this.lastOid) > 0) this.lastOid = Buffer.from(oid);
     const pos = cur.tpos + cur.body.appendRecord(oid, cur.tid, prev, cur.tpos, data, back);
-    if (!cur.tindex.has(key)) cur.oids.push(Buffer.from(oid));
+    if (!cur.tindex.has(key)) {
+      const copy = Buffer.from(oid);
+      cur.oids.push(copy);
+      // As ZODB's store/restore (set_max_oid): newOid never hands out an oid stored explicitly.
+      if (Buffer.compare(copy, this.lastOid) > 0) this.lastOid = copy;
+    }
     cur.tindex.set(key, pos);
     return pos;
   }
 
   /** Serial (tid) of the record at `pos`, from the recent-writes cache when possible. */
   private serialAt(pos: number): Buffer {
-    return this.recentSerials.get(pos) ?? this.olderSerials.get(pos) ?? this.readDataHeaderAt(pos).tid;
+    return this.recentTxns.serialAt(pos) ?? this.readDataHeaderAt(pos).tid;
   }
 
   /**
@@ -546,14 +577,12 @@ export class FileStorage {
   async tpcFinish(txn: TransactionMeta): Promise<Buffer> {
     const cur = this.pending(txn, 'tpcFinish');
     if (!cur.voted) throw new StorageTransactionError('tpcFinish: transaction not voted');
-    writeFully(this.fd, Buffer.from(cur.status, 'latin1'), cur.tpos + 16);
+    writeFully(this.fd, statusByte(cur.status), cur.tpos + 16);
     const end = cur.tpos + cur.metaBytes + cur.body.recordBytes + TRAILER_BYTES;
-    for (const [key, pos] of cur.tindex) {
-      this.state.index.set(key, pos);
-      this.rememberSerial(pos, cur.tid);
-    }
+    for (const [key, pos] of cur.tindex) this.state.index.set(key, pos);
+    this.recentTxns.add(cur.tpos, cur.tid);
+    // lastOid already covers every oid of this transaction (see append).
     for (const oid of cur.oids) if (Buffer.compare(oid, this.state.maxOid) > 0) this.state.maxOid = oid;
-    if (Buffer.compare(this.state.maxOid, this.lastOid) > 0) this.lastOid = Buffer.from(this.state.maxOid);
     recordTransaction(this.state, cur.tid, cur.tpos);
     this.end = end;
     this.current = null;
@@ -562,16 +591,6 @@ export class FileStorage {
     cur.release();
     await this.makeDurable(end);
     return cur.tid;
-  }
-
-  private rememberSerial(pos: number, tid: Buffer): void {
-    // Two generations instead of per-entry eviction: deleting the oldest key
-    // of a large Map one at a time degrades badly in V8.
-    if (this.recentSerials.size >= RECENT_SERIALS) {
-      this.olderSerials = this.recentSerials;
-      this.recentSerials = new Map();
-    }
-    this.recentSerials.set(pos, tid);
   }
 
   private async makeDurable(end: number): Promise<void> {
@@ -898,8 +917,7 @@ export class FileStorage {
     this.publishedTid = Buffer.from(result.lastTid ?? Z64);
     this.groupSync = new GroupSync(fd, result.end, () => this.end);
     this.epoch += 1;
-    this.recentSerials = new Map();
-    this.olderSerials = new Map();
+    this.recentTxns.clear();
     await oldHandle.close();
     closeSync(oldFd);
     await removeIndex(this.path);

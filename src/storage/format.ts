@@ -44,8 +44,17 @@ function u64At(buf: Buffer, off: number): number {
 }
 
 function writeU64At(buf: Buffer, off: number, n: number): void {
-  buf.writeUInt32BE(Math.floor(n / TWO32), off);
-  buf.writeUInt32BE(n % TWO32 >>> 0, off + 4);
+  // Callers pass non-negative integers below 2^53: >>> 0 keeps the low 32 bits exactly.
+  const lo = n >>> 0;
+  const hi = (n - lo) / TWO32;
+  buf[off] = hi >>> 24;
+  buf[off + 1] = hi >>> 16;
+  buf[off + 2] = hi >>> 8;
+  buf[off + 3] = hi;
+  buf[off + 4] = lo >>> 24;
+  buf[off + 5] = lo >>> 16;
+  buf[off + 6] = lo >>> 8;
+  buf[off + 7] = lo;
 }
 
 export function readTxnHeader(buf: Buffer, off = 0): TxnHeader {

@@ -1,17 +1,31 @@
 // The bytes of the transaction being built, in one growable buffer laid out
 // exactly as it will be written: header and metadata space first, then data
 // records appended in place, then the trailer. Vote writes it with one call.
+// One buffer serves every transaction of a storage in turn (commits are
+// serialised), so a small commit allocates nothing.
 
 import { DATA_HEADER_BYTES, TRAILER_BYTES, dataRecordLength, writeU64At } from './format.js';
 
+/** A buffer grown past this by a large transaction is not kept for the next one. */
+const KEEP_BYTES = 1 << 20;
+
 export class TxnBuffer {
   private buf: Buffer;
+  /** Header plus metadata bytes at the start. */
+  private metaBytes = 0;
   /** Bytes used: header and metadata, plus the records appended so far. */
-  private used: number;
+  private used = 0;
 
-  constructor(private readonly metaBytes: number) {
-    this.buf = Buffer.allocUnsafe(Math.max(4096, metaBytes + 1024));
+  constructor() {
+    this.buf = Buffer.allocUnsafe(16 * 1024);
+  }
+
+  /** Start a new transaction whose header and metadata take `metaBytes`. */
+  reset(metaBytes: number): void {
+    if (this.buf.length > KEEP_BYTES) this.buf = Buffer.allocUnsafe(16 * 1024);
+    this.metaBytes = metaBytes;
     this.used = metaBytes;
+    this.reserve(0);
   }
 
   /** Bytes of data records appended. */

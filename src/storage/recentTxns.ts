@@ -1,0 +1,48 @@
+// The most recent committed transactions, as (position, tid) pairs in file
+// order, in a fixed-size ring. Every data record carries its transaction's
+// tid, so the serial of a record at a known position is the tid of the
+// newest transaction starting at or before it: a binary search here instead
+// of a disk read, for the conflict check of every store.
+
+export class RecentTransactions {
+  private readonly positions: Float64Array;
+  private readonly tids: Array<Buffer | undefined>;
+  /** Index of the oldest entry. */
+  private head = 0;
+  private count = 0;
+
+  constructor(private readonly capacity = 1 << 16) {
+    this.positions = new Float64Array(capacity);
+    this.tids = new Array<Buffer | undefined>(capacity);
+  }
+
+  /** Record a transaction that starts at `pos`; a position not past the last one (a truncated file) starts over. */
+  add(pos: number, tid: Buffer): void {
+    if (this.count > 0 && pos <= this.positions[(this.head + this.count - 1) % this.capacity]!) this.clear();
+    const slot = (this.head + this.count) % this.capacity;
+    this.positions[slot] = pos;
+    this.tids[slot] = tid;
+    if (this.count < this.capacity) this.count += 1;
+    else this.head = (this.head + 1) % this.capacity;
+  }
+
+  /** The tid of the record at `pos`, or undefined when its transaction is older than the ring. */
+  serialAt(pos: number): Buffer | undefined {
+    if (this.count === 0 || pos < this.positions[this.head]!) return undefined;
+    // Greatest entry with position <= pos, over logical indexes 0..count-1.
+    let lo = 0;
+    let hi = this.count - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (this.positions[(this.head + mid) % this.capacity]! <= pos) lo = mid;
+      else hi = mid - 1;
+    }
+    return this.tids[(this.head + lo) % this.capacity];
+  }
+
+  clear(): void {
+    this.head = 0;
+    this.count = 0;
+    this.tids.fill(undefined);
+  }
+}
