@@ -37,6 +37,8 @@ export interface Refusal<Code extends string = RefusalCode> {
   readonly reason: string;
   /** For `diverged`: the last tid both histories share. */
   readonly forkTid?: Tid;
+  /** The primary's last tid when it refused, when it said. */
+  readonly primaryLastTid?: Tid;
 }
 
 /** Find the spec for a protocol name, or undefined when it is not supported. */

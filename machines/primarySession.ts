@@ -43,10 +43,23 @@ export interface StatusRequestEvent {
   type: 'STATUS_REQUEST';
 }
 
-/** A transaction with this tid was written to the socket (from catchUp, follow or drain). */
+/**
+ * Second non-empty frame was a promote request instead of a start (native
+ * protocol family): the edge's `promote` actor carries it out, `sendPromoteResult`
+ * answers, then the session closes without streaming anything.
+ */
+export interface PromoteRequestEvent {
+  type: 'PROMOTE_REQUEST';
+  /** Promote even while connected to a live primary, or while diverged. */
+  force: boolean;
+}
+
+/** Transactions up to this tid were written to the socket (from catchUp, follow or drain). */
 export interface SentEvent {
   type: 'SENT';
   tid: Tid;
+  /** How many transactions this write carried (a raw batch carries many); default 1. */
+  count?: number;
 }
 
 /** The follow buffer overflowed: fall back to reading the log (from follow). */
@@ -91,6 +104,7 @@ export type PrimarySessionEvent =
   | ProtocolEvent
   | SessionStartEvent
   | StatusRequestEvent
+  | PromoteRequestEvent
   | SentEvent
   | OverflowEvent
   | AckEvent
@@ -111,6 +125,7 @@ export type SessionCloseReason =
   | { kind: 'handshake-timeout'; timeoutMs: number }
   | { kind: 'closed-before-start' }
   | { kind: 'status-served' }
+  | { kind: 'promote-served'; outcome: PromoteOutcome['kind'] }
   | { kind: 'drained' }
   | { kind: 'drain-timeout'; timeoutMs: number }
   | { kind: 'source-ended' }
@@ -199,6 +214,20 @@ export interface RefusalParams extends Refusal {
   protocol: ProtocolSpec | null;
   protocolName: string | null;
 }
+
+/** Input of `promote`. */
+export interface PromoteInput {
+  force: boolean;
+}
+
+/**
+ * Output of `promote` and params of `sendPromoteResult`: the node became a
+ * primary (its new generation, the tid that generation starts after, the
+ * downstream sessions it kept), or why not.
+ */
+export type PromoteOutcome =
+  | { kind: 'promoted'; generation: number; startTid: Tid; sessionsKept: number }
+  | { kind: 'refused'; code: 'already-primary' | 'refused' | 'not-promotable' | 'failed'; reason: string };
 
 /** Params of closeStream. */
 export interface CloseStreamParams {
@@ -289,10 +318,16 @@ function createContext(input: PrimarySessionInput): PrimarySessionContext {
  * - action `sendStatus` (no params): write one status message describing the
  *   node; requested on STATUS_REQUEST (native protocols only), `closeStream`
  *   ({ kind: 'status-served' }) follows at once.
+ * - actor `promote` (promise, {@link PromoteInput} → {@link PromoteOutcome}):
+ *   on PROMOTE_REQUEST (native protocols only), promote the node this session
+ *   belongs to, or say why not. Then action `sendPromoteResult`
+ *   ({@link PromoteOutcome}) writes the answer and `closeStream`
+ *   ({ kind: 'promote-served' }) follows; a rejected promise is answered as
+ *   refused with code `failed`.
  * - action `closeStream` ({@link CloseStreamParams}): entry of `closed`; end()
  *   the stream (flushing a refusal) or destroy() it on a transport error, and log.
  *
- * Events from the edge: PROTOCOL, START or STATUS_REQUEST, ACK, KEEPALIVE, CLOSE, PEER_CLOSED,
+ * Events from the edge: PROTOCOL, START, STATUS_REQUEST or PROMOTE_REQUEST, ACK, KEEPALIVE, CLOSE, PEER_CLOSED,
  * TRANSPORT_ERROR, PROTOCOL_ERROR. From the streaming actors: SENT, OVERFLOW.
  *
  * @example
@@ -312,18 +347,20 @@ export const primarySessionMachine = setup({
     catchUp: fromPromise<StreamOutput, StreamInput>(() => notProvided(MACHINE, 'catchUp')),
     follow: fromPromise<void, StreamInput>(() => notProvided(MACHINE, 'follow')),
     drain: fromPromise<StreamOutput, StreamInput>(() => notProvided(MACHINE, 'drain')),
+    promote: fromPromise<PromoteOutcome, PromoteInput>(() => notProvided(MACHINE, 'promote')),
   },
   actions: {
     sendWelcome: (_args, _params: WelcomeParams) => notProvided(MACHINE, 'sendWelcome'),
     sendRefusal: (_args, _params: RefusalParams) => notProvided(MACHINE, 'sendRefusal'),
     sendStatus: () => notProvided(MACHINE, 'sendStatus'),
+    sendPromoteResult: (_args, _params: PromoteOutcome) => notProvided(MACHINE, 'sendPromoteResult'),
     closeStream: (_args, _params: CloseStreamParams) => notProvided(MACHINE, 'closeStream'),
     recordSent: assign(({ context, event }) => {
       assertEvent(event, 'SENT');
       assertTidAfter('sent', context.lastSentTid ?? context.startTid, event.tid);
       return {
         lastSentTid: event.tid,
-        counters: { ...context.counters, sentTransactions: context.counters.sentTransactions + 1 },
+        counters: { ...context.counters, sentTransactions: context.counters.sentTransactions + (event.count ?? 1) },
       };
     }),
     close: assign((_args, params: { reason: SessionCloseReason }) => ({ closeReason: params.reason })),
@@ -456,7 +493,39 @@ export const primarySessionMachine = setup({
           { guard: 'statusAllowed', target: 'closed', actions: ['sendStatus', { type: 'close', params: { reason: { kind: 'status-served' } } }] },
           { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'protocol-error', reason: 'status request outside the native protocol' } } } },
         ],
+        PROMOTE_REQUEST: [
+          { guard: 'statusAllowed', target: 'promoting' },
+          { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'protocol-error', reason: 'promote request outside the native protocol' } } } },
+        ],
         CLOSE: { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'closed-before-start' } } } },
+      },
+    },
+    promoting: {
+      invoke: {
+        id: 'promote',
+        src: 'promote',
+        input: ({ event }) => ({ force: event.type === 'PROMOTE_REQUEST' && event.force }),
+        onDone: {
+          target: 'closed',
+          actions: [
+            { type: 'sendPromoteResult', params: ({ event }) => event.output },
+            { type: 'close', params: ({ event }) => ({ reason: { kind: 'promote-served', outcome: event.output.kind } }) },
+          ],
+        },
+        onError: {
+          target: 'closed',
+          actions: [
+            {
+              type: 'sendPromoteResult',
+              params: ({ event }) => ({ kind: 'refused', code: 'failed', reason: event.error instanceof Error ? event.error.message : String(event.error) }),
+            },
+            { type: 'close', params: { reason: { kind: 'promote-served', outcome: 'refused' } } },
+          ],
+        },
+      },
+      on: {
+        // A promotion once started is finished; the session closes after answering.
+        CLOSE: {},
       },
     },
     catchingUp: {

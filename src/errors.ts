@@ -87,6 +87,22 @@ export class StorageClosedError extends ZrsError {
   }
 }
 
+/**
+ * Writing a transaction to the data file failed (e.g. `code` 'ENOSPC', a full
+ * disk). Nothing of it stays in the file: the storage cut it back to
+ * `position`. Recoverable: abort the transaction; later commits may succeed.
+ */
+export class StorageWriteError extends ZrsError {
+  override name = 'StorageWriteError';
+  /** The operating system's error code, when it gave one. */
+  readonly code: string | undefined;
+  constructor(readonly path: string, readonly position: number, options: { cause: unknown }) {
+    const cause = options.cause as { message?: string; code?: unknown } | null;
+    super(`${path}: could not write transaction at position ${position}: ${cause?.message ?? String(cause)}`, options);
+    this.code = typeof cause?.code === 'string' ? cause.code : undefined;
+  }
+}
+
 /** Bad input to the pickle reader or writer; nothing is ever imported or called. */
 export class PickleError extends ZrsError {
   override name = 'PickleError';

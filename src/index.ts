@@ -20,6 +20,7 @@ export { ReadOnlyStorage } from './replication/readOnlyStorage.js';
 export type { ReplicationConfirmation, SecondaryReplicationStatus, WaitForReplicationOptions } from './replication/syncReplication.js';
 export { AuditLog, readAuditLog, readAuditLogStrict, type AuditRecord, type AuditReadResult, type AuditDamage } from './audit/auditLog.js';
 export { requestStatus, StatusConnectError, StatusReplyError, type StatusRequestOptions } from './replication/statusClient.js';
+export { requestPromotion, PromoteRequestError, type PromoteRequestOptions, type PromoteReply } from './replication/promoteClient.js';
 export type { NodeStatus, SessionStatusEntry, StatusHeartbeat, UpstreamStatus } from './replication/nodeStatus.js';
 export { rewindStorage, type RewindOptions, type RewindResult } from './failover/rewind.js';
 export { PromotionRefusedError, type PromoteOptions } from './failover/promote.js';

@@ -35,7 +35,8 @@ export function auditPrimarySession(audit: AuditLog, session: PrimarySession): v
   const actor = session.machine;
   const peer = session.peer;
   let prev = stateName(actor.getSnapshot().value);
-  audit.note('connection', { actor: 'primarySession', peer, state: prev });
+  // A session already past its first frame was connected before this log followed it (kept through a promotion).
+  audit.note('connection', { actor: 'primarySession', peer, state: prev, ...(prev === 'awaitingProtocol' ? {} : { kept: true }) });
   const sub = actor.subscribe({
     next: (snap) => {
       const to = stateName(snap.value);
@@ -52,7 +53,9 @@ export function auditPrimarySession(audit: AuditLog, session: PrimarySession): v
         lastSentTid: c.lastSentTid,
         ackedTid: c.ackedTid,
       });
-      if (from === 'awaitingStart' && to !== 'closed') {
+      if (from === 'awaitingStart' && to === 'promoting') {
+        audit.note('handshake', { side: 'primary', peer, verdict: 'promote-request', protocol: c.protocolName });
+      } else if (from === 'awaitingStart' && to !== 'closed') {
         audit.note('handshake', {
           side: 'primary',
           peer,

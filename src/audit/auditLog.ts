@@ -64,6 +64,11 @@ export interface AuditReadResult {
 export interface AuditLogOptions {
   /** Name of this node in every record. */
   node: string;
+  /**
+   * Keep the node name of the log's last record instead, when it has one (an
+   * offline command appending to a node's log: `zrs rewind`, `zrs promote FILE`).
+   */
+  continueNode?: boolean;
   /** Source of record times; never Date.now directly. */
   clock: Clock;
   /** Where write failures are reported. */
@@ -162,8 +167,9 @@ export class AuditLog {
         await handle.sync();
         end = AUDIT_MAGIC.length;
       }
-      const lastSeq = read?.records.at(-1)?.seq ?? 0;
-      const audit = new AuditLog(path, handle, lastSeq, end, options);
+      const last = read?.records.at(-1);
+      const node = options.continueNode && last ? last.node : options.node;
+      const audit = new AuditLog(path, handle, last?.seq ?? 0, end, { ...options, node });
       if (read?.damage) await audit.cutDamagedTail(read.damage);
       return audit;
     } catch (err) {

@@ -26,6 +26,8 @@ export interface CommandSpec {
   name: string;
   /** Positional argument names, all required, e.g. ['CONFIG']. */
   positionals: readonly string[];
+  /** The last positional may be given more than once (`FILE [FILE...]`). */
+  repeatLast?: boolean;
   flags: readonly FlagSpec[];
   summary: string;
   /** Longer text after the usage line. */
@@ -77,7 +79,7 @@ export function parseArgs(spec: CommandSpec, args: readonly string[]): ParsedArg
   if (positionals.length < spec.positionals.length) {
     throw new UsageError(`missing ${spec.positionals.slice(positionals.length).join(' ')}`, spec.name);
   }
-  if (positionals.length > spec.positionals.length) {
+  if (positionals.length > spec.positionals.length && !spec.repeatLast) {
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[spec.positionals.length])}`, spec.name);
   }
   return { help: false, positionals, flags };
@@ -111,7 +113,8 @@ function flagLabel(f: FlagSpec): string {
 
 export function usageLine(spec: CommandSpec): string {
   const flags = spec.flags.map((f) => `[${f.short ? `-${f.short}` : `--${f.name}`}${f.value ? ` ${f.value}` : ''}]`).join(' ');
-  return `usage: zrs ${spec.name} ${[flags, ...spec.positionals].filter(Boolean).join(' ')}`;
+  const more = spec.repeatLast ? [`[${spec.positionals.at(-1)!}...]`] : [];
+  return `usage: zrs ${spec.name} ${[flags, ...spec.positionals, ...more].filter(Boolean).join(' ')}`;
 }
 
 /** The text `zrs COMMAND --help` prints. */

@@ -32,13 +32,13 @@ const COMMANDS: readonly Command[] = [
   },
   { spec: verifySpec, run: (a, io) => verify(a.positionals[0]!, io, !a.flags.has('no-progress')) },
   { spec: dumpSpec, run: (a, io) => dump(a.positionals[0]!, io) },
-  { spec: auditSpec, run: (a, io) => audit(a.positionals[0]!, io, a.flags.has('json')) },
+  { spec: auditSpec, run: (a, io) => audit(a.positionals, io, a.flags.has('json')) },
   {
     spec: statusSpec,
     run: (a, io) => status(a.positionals[0]!, io, statusOptions(a.flags)),
   },
   { spec: checkSpec, run: (a, io) => check(a.positionals[0]!, a.positionals[1]!, io, checkOptions(a.flags)) },
-  { spec: promoteSpec, run: (a, io) => promote(a.positionals[0]!, io) },
+  { spec: promoteSpec, run: (a, io) => promote(a, io) },
   { spec: rewindSpec, run: (a, io) => rewind(a, io) },
 ];
 

@@ -1,39 +1,110 @@
-// `zrs promote FILE`: offline promotion of a stopped secondary's storage:
-// start generation n + 1 at its last transaction (durably), so that serving
-// it as a primary (`zrs serve` with a primary config) continues a new,
-// auditable history. The storage lock makes sure no server has it open.
+// `zrs promote FILE|ADDRESS`: make a secondary the primary. ADDRESS: a
+// running secondary's replication address; it is asked (native promote
+// request) to stop replicating, start generation n + 1 and accept writes,
+// keeping its downstream sessions. FILE: a stopped secondary's Data.fs; its
+// generation n + 1 is started offline (the storage lock makes sure no server
+// has it open), then `zrs serve` with a primary configuration serves it.
+// Either way the promotion is recorded in the node's audit log.
 
+import { statSync } from 'node:fs';
+import { basename } from 'node:path';
+import { AuditLog } from '../audit/auditLog.js';
+import { defaultAuditPath } from '../audit/nodeAudit.js';
 import { FailoverHistory } from '../failover/history.js';
 import { nextGeneration } from '../failover/promote.js';
+import { systemClock } from '../node/clock.js';
+import { formatAddress } from '../replication/address.js';
+import { DEFAULT_PROMOTE_TIMEOUT_MS, requestPromotion } from '../replication/promoteClient.js';
 import { FileStorage } from '../storage/FileStorage.js';
-import type { CommandSpec } from './args.js';
+import { UsageError, type CommandSpec, type ParsedArgs } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
+import { commandAddress, secondsOption } from './status.js';
 
 export const promoteSpec: CommandSpec = {
   name: 'promote',
-  positionals: ['FILE'],
-  flags: [],
-  summary: 'Start a new generation on a stopped secondary\'s Data.fs, to serve it as the primary.',
+  positionals: ['FILE|ADDRESS'],
+  flags: [
+    { name: 'force', help: 'ADDRESS only: promote even while the node is connected to a live primary, or diverged' },
+    { name: 'timeout', value: 'SECS', help: `ADDRESS only: give up connecting, or waiting for the answer, after SECS seconds (default ${DEFAULT_PROMOTE_TIMEOUT_MS / 1000})` },
+    { name: 'audit-log', value: 'PATH', help: 'FILE only: the audit log to record the promotion in (default FILE.audit; "off" for none)' },
+  ],
+  summary: 'Make a secondary the primary: a running one by its address, or a stopped one\'s Data.fs.',
   description: `
-Opens FILE for writing (so no server may have it open), starts generation
-n + 1 at its last transaction, where n is the largest generation it ever saw,
-and writes FILE.generations. Then serve FILE with a primary configuration.
+With ADDRESS (a running secondary's replicate-to: a port on 127.0.0.1,
+host:port, [v6addr]:port or a Unix socket path), the node stops
+replicating (a half-received transaction is discarded), starts generation
+n + 1 at its last transaction, where n is the largest generation it ever
+saw, and accepts writes as a primary on the same address; the secondaries
+replicating from it stay connected. It refuses while it is still connected
+to a live primary (stop that one first, or --force) and when it is already
+a primary. Prints the new generation and the tid it starts after; exit 0,
+or 1 when refused or unreachable.
+
+With FILE (an existing Data.fs of a stopped secondary), starts generation
+n + 1 offline and writes FILE.generations; then serve FILE with a primary
+configuration.
+
 Make sure the old primary is down first: without an external coordinator,
 nothing stops two nodes promoted at once from both accepting writes.
-A running secondary is promoted in-process with Secondary.promote().
+Anyone who can connect to the replication address can promote the node
+(configure <ssl> to restrict that to certificate holders).
 
-example:
+examples:
+  zrs promote 10.0.0.6:5000
   zrs promote /var/db/Data.fs && zrs serve primary.conf`,
 };
 
-export async function promote(path: string, io: CliIo): Promise<number> {
+export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
+  const target = args.positionals[0]!;
+  if (isFile(target)) {
+    for (const online of ['force', 'timeout']) if (args.flags.has(online)) throw new UsageError(`--${online} applies to a running node's ADDRESS, not to a FILE`);
+    const audit = args.flags.get('audit-log');
+    return promoteFile(target, io, typeof audit === 'string' ? (audit.toLowerCase() === 'off' ? null : audit) : undefined);
+  }
+  if (args.flags.has('audit-log')) throw new UsageError('--audit-log applies to a FILE; a running node records in its own audit log');
+  const address = commandAddress(target);
+  const timeoutMs = secondsOption(args.flags.get('timeout'), '--timeout', DEFAULT_PROMOTE_TIMEOUT_MS);
+  const reply = await requestPromotion(address, { force: args.flags.has('force'), timeoutMs });
+  const g = reply.generation;
+  await io.out(`promoted ${formatAddress(address)}: generation ${g.generation} starts after tid ${g.startTid.toString('hex')}; ${reply.sessionsKept} downstream session(s) kept\n`);
+  return EXIT_OK;
+}
+
+function isFile(path: string): boolean {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/** Offline: a new generation on a stopped storage, recorded in its audit log. */
+export async function promoteFile(path: string, io: CliIo, auditPath?: string | null): Promise<number> {
   const storage = await FileStorage.open(path);
   try {
     const history = await FailoverHistory.open(storage, { role: 'secondary' });
     try {
+      const previous = history.generations.current;
       const planned = nextGeneration(history, storage.lastTransaction());
       const entry = await history.generations.startNext(storage.lastTransaction());
       if (entry.generation !== planned.generation) throw new Error('bug: generation changed during promote');
+      if (auditPath !== null) {
+        const audit = await AuditLog.open(auditPath ?? defaultAuditPath(path), { node: basename(path), continueNode: true, clock: systemClock });
+        audit.generation = entry;
+        try {
+          await audit.decide('promotion', {
+            previousRole: 'secondary',
+            offline: true,
+            previousGeneration: previous?.generation ?? null,
+            newGeneration: entry.generation,
+            startTid: entry.startTid,
+            sessionsKept: 0,
+            requestedBy: 'zrs promote FILE',
+          });
+        } finally {
+          await audit.close();
+        }
+      }
       await io.out(`promoted ${path}: generation ${entry.generation} starts after tid ${entry.startTid.toString('hex')}\n`);
     } finally {
       await history.close();

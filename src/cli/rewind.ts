@@ -16,6 +16,7 @@ export const rewindSpec: CommandSpec = {
     { name: 'to-common-with', value: 'ADDRESS', help: "the new primary's replication address (host:port or a Unix socket path); it names the fork tid" },
     { name: 'to-tid', value: 'TID', help: 'rewind to this tid (16 hex digits) instead of asking a primary' },
     { name: 'blob-dir', value: 'DIR', help: "the storage's blob directory: cut blob files are saved beside the side file" },
+    { name: 'audit-log', value: 'PATH', help: 'the audit log to record the rewind in (default FILE.audit; "off" for none)' },
   ],
   summary: 'Truncate a diverged Data.fs to the last transaction it shares with a primary, saving the rest.',
   description: `
@@ -23,7 +24,8 @@ Asks the primary at ADDRESS where FILE's history forked from its own (the
 same handshake a secondary makes), copies every transaction after that tid
 into FILE.rewound-<tid> (a FileStorage: inspect it with zrs dump), truncates
 FILE there and fixes FILE.chain and FILE.generations. The storage must not be
-open. Afterwards start the node as a secondary of that primary.
+open. The rewind is recorded in FILE.audit (fork tid, what was cut, the side
+file). Afterwards start the node as a secondary of that primary.
 
 example:
   zrs rewind /var/db/Data.fs --to-common-with newprimary:5000`,
@@ -36,16 +38,18 @@ export async function rewind(args: ParsedArgs, io: CliIo): Promise<number> {
   if ((address === undefined) === (tid === undefined)) throw new UsageError('give exactly one of --to-common-with or --to-tid', 'rewind');
   if (typeof tid === 'string' && !/^[0-9a-fA-F]{16}$/.test(tid)) throw new ZrsError(`--to-tid must be 16 hex digits, got ${JSON.stringify(tid)}`);
   const blobDir = args.flags.get('blob-dir');
+  const audit = args.flags.get('audit-log');
   const result = await rewindStorage(path, {
     toCommonWith: typeof tid === 'string' ? Buffer.from(tid, 'hex') : String(address),
     blobDir: typeof blobDir === 'string' ? blobDir : undefined,
+    ...(typeof audit === 'string' ? { auditPath: audit.toLowerCase() === 'off' ? null : audit } : {}),
   });
   if (result.cutTids.length === 0) {
     await io.out(`${path}: nothing to rewind (shares its history up to ${result.forkTid.toString('hex')})\n`);
   } else {
     await io.out(
       `${path}: rewound to tid ${result.forkTid.toString('hex')}; ${result.cutTids.length} transaction(s) saved in ${result.sidePath}` +
-        `${result.sideBlobDir ? ` (blobs in ${result.sideBlobDir})` : ''}\n`,
+        `${result.sideBlobDir ? ` (${result.blobsCut} blob file(s) in ${result.sideBlobDir})` : ''}\n`,
     );
   }
   return EXIT_OK;

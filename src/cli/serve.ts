@@ -6,7 +6,7 @@
 // primaries last (each drains what is committed to its connected secondaries
 // before closing). A second signal during shutdown exits at once (code 1).
 
-import { ConfigError, loadZrsConfig, type PrimaryConfig, type SecondaryConfig, type StandaloneConfig, type StorageConfig } from '../config/zrs.js';
+import { auditPathOf, ConfigError, loadZrsConfig, type PrimaryConfig, type SecondaryConfig, type StandaloneConfig, type StorageConfig } from '../config/zrs.js';
 import type { ReplicationAddress } from '../ports/transport.js';
 import { formatAddress } from '../replication/address.js';
 import { Primary } from '../replication/primary.js';
@@ -197,6 +197,12 @@ async function startPrimary(s: PrimaryConfig, log: Logger): Promise<Running> {
 async function startSecondary(s: SecondaryConfig, log: Logger): Promise<Running> {
   if (s.storage.create) await (await FileStorage.open(s.options.path, { create: 'truncate', blobDir: s.options.blobDir })).close();
   const secondary = await Secondary.open({ ...s.options, log, name: s.name, ...metricsOption(s) });
+  // Promoted (a promote request on its replicate-to): from then on the node is that primary.
+  let promoted: Primary | null = null;
+  const promotedSub = secondary.promoted$.subscribe((primary) => {
+    promoted = primary;
+    log('warn', 'promoted to primary', { generation: primary.generation.generation, startTid: primary.generation.startTid.toString('hex'), replicateTo: formatAddress(primary.address) });
+  });
   let previous = '';
   const sub = secondary.status$.subscribe((st) => {
     // The machine reports every context change; log each status once.
@@ -223,12 +229,16 @@ async function startSecondary(s: SecondaryConfig, log: Logger): Promise<Running>
     info,
     log,
     close: async () => {
-      await secondary.close();
+      const primary: Primary | null = promoted;
+      if (primary) await primary.close();
+      else await secondary.close();
       sub.unsubscribe();
       firstSub.unsubscribe();
+      promotedSub.unsubscribe();
     },
     progressSample: (atMs) => {
-      const st = secondary.status();
+      const p: Primary | null = promoted;
+      const st = p ? p.status() : secondary.status();
       return {
         atMs,
         lastTid: st.lastTid,
@@ -268,10 +278,13 @@ function summary(s: StorageConfig): Record<string, unknown> {
 
 function describe(s: StorageConfig): string {
   const where = `${s.loc.file}:${s.loc.line}`;
-  if (s.kind === 'primary') return `${where}: primary ${s.name}: ${s.storage.path}, replicating to ${formatAddress(s.options.replicateTo)}`;
+  if (s.kind === 'primary') {
+    const sync = s.options.syncReplicas ? `, commits wait for ${s.options.syncReplicas} secondary ack(s)` : '';
+    return `${where}: primary ${s.name}: ${s.storage.path}, replicating to ${formatAddress(s.options.replicateTo)}${sync}, audit log ${auditPathOf(s) ?? 'off'}`;
+  }
   if (s.kind === 'secondary') {
     const to = s.options.replicateTo ? `, replicating to ${formatAddress(s.options.replicateTo)}` : '';
-    return `${where}: secondary ${s.name}: ${s.storage.path}, replicating from ${formatAddress(s.options.replicateFrom)}${to}`;
+    return `${where}: secondary ${s.name}: ${s.storage.path}, replicating from ${formatAddress(s.options.replicateFrom)}${to}, audit log ${auditPathOf(s) ?? 'off'}`;
   }
   return `${where}: filestorage ${s.name}: ${s.storage.path}${s.storage.readOnly ? ' (read-only)' : ''}`;
 }

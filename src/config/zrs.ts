@@ -27,13 +27,13 @@ export interface FileStorageSettings {
 }
 
 /** Exactly the Primary.open options a config can set (transport, clock, log come from the caller). */
-export interface PrimaryConfigOptions extends Pick<PrimaryOptions, 'path' | 'blobDir' | 'fsync' | 'tls'> {
+export interface PrimaryConfigOptions extends Pick<PrimaryOptions, 'path' | 'blobDir' | 'fsync' | 'tls' | 'syncReplicas' | 'syncTimeoutMs' | 'auditPath'> {
   replicateTo: ReplicationAddress;
 }
 
 /** Exactly the Secondary.open options a config can set. */
 export interface SecondaryConfigOptions
-  extends Pick<SecondaryOptions, 'path' | 'blobDir' | 'fsync' | 'transferBlobs' | 'protocol' | 'keepAliveDelayMs' | 'reconnect' | 'tls'> {
+  extends Pick<SecondaryOptions, 'path' | 'blobDir' | 'fsync' | 'transferBlobs' | 'protocol' | 'keepAliveDelayMs' | 'reconnect' | 'tls' | 'auditPath' | 'whenPromoted'> {
   replicateFrom: ReplicationAddress;
   replicateTo?: ReplicationAddress;
 }
@@ -89,11 +89,16 @@ const ZRS_KEYS = new Set([
   'fsync',
   'metrics-address',
   'name',
+  'sync-replicas',
+  'sync-timeout',
+  'audit-log',
 ]);
 const SECONDARY_ONLY_KEYS = ['reconnect-delay', 'reconnect-max-delay', 'protocol', 'transfer-blobs'];
 const FILESTORAGE_KEYS = new Set(['path', 'blob-dir', 'read-only', 'create', 'pack-gc']);
 const KNOWN_IMPORTS = new Set(['zc.zrs', 'ZODB']);
 const PROTOCOLS: readonly SecondaryProtocol[] = ['native', 'zrs2.0', 'zrs2.1'];
+/** Most secondaries `sync-replicas` may wait for. */
+const MAX_SYNC_REPLICAS = 1000;
 /** Longest delay a config may ask for (one day). */
 const MAX_DELAY_SECONDS = 86_400;
 const LOCAL_HOSTS = new Set(['', 'localhost', '127.0.0.1', '::1', '0.0.0.0', '::']);
@@ -195,6 +200,16 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
   };
   const fsync = optional(keys, 'fsync', boolean);
   const blobDir = storage.blobDir ?? undefined;
+  // Synchronous replication: a primary's commits wait for acks; a secondary takes it on when promoted.
+  const syncReplicas = optional(keys, 'sync-replicas', count);
+  const syncTimeoutSeconds = optional(keys, 'sync-timeout', (k) => seconds(k, false));
+  const sync = {
+    ...(syncReplicas !== undefined ? { syncReplicas } : {}),
+    ...(syncTimeoutSeconds !== undefined ? { syncTimeoutMs: toMs(syncTimeoutSeconds)! } : {}),
+  };
+  const auditKey = keys.get('audit-log');
+  const auditPath = auditKey ? auditLogPath(auditKey, storage.path, check) : undefined;
+  const audit = auditPath !== undefined ? { auditPath } : {};
   // <ssl>: TLS for both directions of this storage's replication links.
   const tls = ssl[0] ? sslSection(ssl[0], replicateTo !== undefined, check) : undefined;
   // zc.zrs accepts keep-alive-delay on any <zrs>; parse it everywhere, use it on secondaries.
@@ -205,7 +220,11 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
       if (key) throw ConfigError.at(key.loc, 'applies only to a secondary (a <zrs> with replicate-from)', k);
     }
     if (storage.readOnly) throw ConfigError.at(inner[0]!.loc, 'a primary (no replicate-from) cannot be read-only', 'read-only');
-    const primary: PrimaryConfig = { kind: 'primary', ...common, options: { path: storage.path, replicateTo: replicateTo!, blobDir, fsync, ...(tls ? { tls } : {}) } };
+    const primary: PrimaryConfig = {
+      kind: 'primary',
+      ...common,
+      options: { path: storage.path, replicateTo: replicateTo!, blobDir, fsync, ...sync, ...audit, ...(tls ? { tls } : {}) },
+    };
     remember(primary, keys);
     return primary;
   }
@@ -235,6 +254,8 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
       protocol: optional(keys, 'protocol', protocol),
       keepAliveDelayMs: keepAliveSeconds ? keepAliveSeconds * 1000 : undefined,
       reconnect,
+      ...audit,
+      ...(Object.keys(sync).length > 0 ? { whenPromoted: sync } : {}),
       ...(tls ? { tls } : {}),
     },
   };
@@ -302,6 +323,23 @@ function seconds(k: ConfigKey, zeroAllowed: boolean): number {
   return n;
 }
 
+/** A whole number of secondaries, 0 … MAX_SYNC_REPLICAS. */
+function count(k: ConfigKey): number {
+  if (!/^\d+$/.test(k.value)) throw ConfigError.at(k.loc, `not a whole number: ${JSON.stringify(k.value)}`, k.rawKey);
+  const n = Number(k.value);
+  if (n > MAX_SYNC_REPLICAS) throw ConfigError.at(k.loc, `at most ${MAX_SYNC_REPLICAS}`, k.rawKey);
+  return n;
+}
+
+/** `audit-log PATH` or `audit-log off` (null: no audit log). */
+function auditLogPath(k: ConfigKey, dataPath: string, check: boolean): string | null {
+  const value = nonEmpty(k);
+  if (value.toLowerCase() === 'off') return null;
+  if (resolve(value) === resolve(dataPath)) throw ConfigError.at(k.loc, `is the data file itself (${JSON.stringify(dataPath)})`, k.rawKey);
+  if (check) existingDirectory(k, value);
+  return value;
+}
+
 function toMs(s: number | undefined): number | undefined {
   return s === undefined ? undefined : Math.round(s * 1000);
 }
@@ -339,6 +377,7 @@ function checkDistinct(storages: StorageConfig[]): void {
   const paths = new Map<string, StorageConfig>();
   const blobs = new Map<string, StorageConfig>();
   const listens = new Map<string, StorageConfig>();
+  const audits = new Map<string, StorageConfig>();
   for (const s of storages) {
     const p = resolve(s.storage.path);
     const other = paths.get(p);
@@ -360,6 +399,25 @@ function checkDistinct(storages: StorageConfig[]): void {
       listens.set(id, s);
     }
   }
+  // After the data files: a shared data file also means a shared default audit log.
+  for (const s of storages) {
+    const auditPath = auditPathOf(s);
+    if (auditPath !== null) {
+      const a = resolve(auditPath);
+      const data = storages.find((d) => resolve(d.storage.path) === a);
+      if (data) throw ConfigError.at(keyLoc(s, 'audit-log', s.loc), `audit log ${JSON.stringify(auditPath)} is the data file of the storage at ${where(data.loc)}`, 'audit-log');
+      const o = audits.get(a);
+      if (o) throw ConfigError.at(keyLoc(s, 'audit-log', s.loc), `audit log ${JSON.stringify(auditPath)} is also used by the storage at ${where(o.loc)}`, 'audit-log');
+      audits.set(a, s);
+    }
+  }
+}
+
+/** Where a storage's audit log goes (null: none; standalone storages have none). */
+export function auditPathOf(s: StorageConfig): string | null {
+  if (s.kind === 'filestorage') return null;
+  const configured = s.options.auditPath;
+  return configured === undefined ? `${s.storage.path}.audit` : configured;
 }
 
 function where(loc: SourceLocation): string {

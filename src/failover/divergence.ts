@@ -61,8 +61,14 @@ export function judgeHistory(primary: PrimaryHistoryView, claim: SecondaryHistor
   return { kind: 'diverged', forkTid: forkPoint(primary, claim), reason };
 }
 
+/** The generation a node without a recorded history is in (what its welcome announces). */
+const IMPLICIT_FIRST: readonly GenerationEntry[] = [{ generation: 0, startTid: Z64 }];
+
 /** Why the secondary's generations cannot be a prefix of the primary's, or null. */
-function checkGenerationClaim(mine: readonly GenerationEntry[], theirs: readonly GenerationEntry[]): string | null {
+function checkGenerationClaim(recorded: readonly GenerationEntry[], theirs: readonly GenerationEntry[]): string | null {
+  // A node that has recorded no generation yet (a secondary that has not met its
+  // own primary) is in generation 0 from the start, as its welcome says.
+  const mine = recorded.length > 0 ? recorded : IMPLICIT_FIRST;
   for (const g of theirs) {
     const same = mine.find((m) => m.generation === g.generation);
     if (!same) return `the secondary claims generation ${g.generation} (from tid ${hex(g.startTid)}), which the primary does not know`;
@@ -99,8 +105,13 @@ export function forkPoint(primary: PrimaryHistoryView, claim: SecondaryHistoryCl
     if (!primary.generations.some((m) => sameGeneration(g, m))) boundary = minTid(boundary, g.startTid);
   }
   const limit = minTid(upper, claim.startTid);
+  // The secondary's first transaction is always among its samples: a boundary
+  // older than it is not in its history. (Two nodes that started the same
+  // generation at the same tid look alike; the fork is then before the boundary.)
+  const first = samples.reduce<Buffer | null>((m, s) => minTid(m, s.tid), null);
   if (boundary !== null && Buffer.compare(boundary, lower) >= 0 && (limit === null || Buffer.compare(boundary, limit) <= 0) && !boundary.equals(upper ?? Buffer.alloc(0))) {
-    if (boundary.equals(Z64) || primary.hashAt(boundary) !== null) return Buffer.from(boundary);
+    const secondaryMayHave = boundary.equals(Z64) || first === null || Buffer.compare(boundary, first) >= 0;
+    if (secondaryMayHave && (boundary.equals(Z64) || primary.hashAt(boundary) !== null)) return Buffer.from(boundary);
   }
   return Buffer.from(lower);
 }

@@ -15,12 +15,12 @@
 // from the last stored one. Memory: the head and unflushed entries only;
 // lookups binary-search the file.
 
-import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fdatasync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, write as fsWrite, writeSync } from 'node:fs';
+import { hash } from 'node:crypto';
+import { closeSync, existsSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, write as fsWrite, writeSync } from 'node:fs';
 import type { Subscription } from 'rxjs';
 import { ZrsError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
-import { DATA_HEADER_BYTES, dataRecordLength, readU64At } from '../storage/format.js';
+import { DATA_HEADER_BYTES, dataRecordLength, readTxnHeader, readU64At, writeU64At } from '../storage/format.js';
 import { tidPlusOne } from '../storage/timestamp.js';
 import type { CommittedTransaction } from '../storage/types.js';
 import type { ChainHead } from '../wire/native.js';
@@ -55,30 +55,51 @@ export interface ChainContent {
   records: ReadonlyArray<{ oid: Buffer; data: Buffer | null }>;
 }
 
-const u64 = (n: number): Buffer => {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64BE(BigInt(n));
-  return b;
-};
+const sha256 = (bytes: Buffer): Buffer => hash('sha256', bytes, 'buffer') as unknown as Buffer;
 
-/** The link after `prev` for one transaction. */
+/** Scratch space for the bytes a link hashes, grown as needed and reused (links are computed one at a time). */
+let scratch = Buffer.allocUnsafe(64 * 1024);
+
+/**
+ * The link after `prev` for one transaction: sha256 over prev, tid, then each
+ * of user, description and extension as (u64 length, bytes), the record
+ * count (u64), and per record its oid and either 0x00 (no data) or 0x01,
+ * u64 length and the data. Hashed as one contiguous buffer.
+ */
 export function chainLink(prev: Buffer, t: ChainContent): Buffer {
-  const h = createHash('sha256');
-  h.update(prev).update(t.tid);
-  for (const part of [t.user, t.description, t.extensionBytes]) h.update(u64(part.length)).update(part);
-  h.update(u64(t.records.length));
-  for (const r of t.records) {
-    h.update(r.oid);
-    if (r.data === null) h.update(Buffer.of(0));
-    else h.update(Buffer.of(1)).update(u64(r.data.length)).update(r.data);
+  let size = prev.length + t.tid.length + 3 * 8 + t.user.length + t.description.length + t.extensionBytes.length + 8;
+  for (const r of t.records) size += r.oid.length + 1 + (r.data === null ? 0 : 8 + r.data.length);
+  if (size > scratch.length) scratch = Buffer.allocUnsafe(Math.max(size, scratch.length * 2));
+  const out = scratch;
+  let off = prev.copy(out, 0);
+  off += t.tid.copy(out, off);
+  for (const part of [t.user, t.description, t.extensionBytes]) {
+    off = putU64(out, off, part.length);
+    off += part.copy(out, off);
   }
-  return h.digest();
+  off = putU64(out, off, t.records.length);
+  for (const r of t.records) {
+    off += r.oid.copy(out, off);
+    if (r.data === null) out[off++] = 0;
+    else {
+      out[off++] = 1;
+      off = putU64(out, off, r.data.length);
+      off += r.data.copy(out, off);
+    }
+  }
+  return sha256(out.subarray(0, off));
+}
+
+function putU64(out: Buffer, off: number, n: number): number {
+  writeU64At(out, off, n);
+  return off + 8;
 }
 
 /** The content of the committed transaction at `pos`, read synchronously. */
 export function contentAt(storage: FileStorage, pos: number): ChainContent {
-  const h = storage.readTxnHeaderAt(pos);
-  const body = storage.readAt(pos, h.length);
+  const first = storage.readAt(pos, 4096);
+  const h = readTxnHeader(first);
+  const body = h.length <= first.length ? first : storage.readAt(pos, h.length);
   let off = 23;
   const user = body.subarray(off, (off += h.ulen));
   const description = body.subarray(off, (off += h.dlen));
@@ -106,12 +127,12 @@ function encodeEntry(e: Entry): Buffer {
   const out = Buffer.alloc(CHAIN_ENTRY_BYTES);
   e.tid.copy(out, 0);
   e.hash.copy(out, 8);
-  createHash('sha256').update(out.subarray(0, 8 + LINK_BYTES)).digest().copy(out, 8 + LINK_BYTES, 0, CHECK_BYTES);
+  sha256(out.subarray(0, 8 + LINK_BYTES)).copy(out, 8 + LINK_BYTES, 0, CHECK_BYTES);
   return out;
 }
 
 function decodeEntry(buf: Buffer): Entry | null {
-  const check = createHash('sha256').update(buf.subarray(0, 8 + LINK_BYTES)).digest().subarray(0, CHECK_BYTES);
+  const check = sha256(buf.subarray(0, 8 + LINK_BYTES)).subarray(0, CHECK_BYTES);
   if (!check.equals(buf.subarray(8 + LINK_BYTES, CHAIN_ENTRY_BYTES))) return null;
   return { tid: Buffer.from(buf.subarray(0, 8)), hash: Buffer.from(buf.subarray(8, 8 + LINK_BYTES)) };
 }
@@ -167,10 +188,6 @@ export function truncateChainFile(dataPath: string, tid: Buffer): void {
   } finally {
     closeSync(fd);
   }
-}
-
-function fsyncFd(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
 }
 
 function writeAt(fd: number, buf: Buffer, pos: number): Promise<void> {
@@ -266,7 +283,8 @@ export class HashChain {
       while (this.pending.length > 0) {
         const batch = this.pending.slice();
         await writeAt(this.fd, Buffer.concat(batch.map(encodeEntry)), HEADER_BYTES + this.fileEntries * CHAIN_ENTRY_BYTES);
-        if (this.fsync) await fsyncFd(this.fd);
+        // Through the storage's disk: a simulated slow disk delays these syncs too.
+        if (this.fsync) await this.storage.disk.datasync(this.fd);
         this.fileEntries += batch.length;
         this.pending.splice(0, batch.length);
       }

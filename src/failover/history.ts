@@ -32,14 +32,32 @@ export interface HelloHistoryFields {
 export class FailoverHistory {
   private constructor(
     readonly generations: GenerationHistory,
-    readonly chain: HashChain,
+    private currentChain: HashChain,
+    private readonly storage: FileStorage,
+    private readonly fsync: boolean | undefined,
   ) {}
 
   static async open(storage: FileStorage, options: FailoverHistoryOptions): Promise<FailoverHistory> {
     const generations = await GenerationHistory.open(storage.path);
     if (options.role === 'primary') await generations.ensureInitial();
     const chain = await HashChain.open(storage, { fsync: options.fsync });
-    return new FailoverHistory(generations, chain);
+    return new FailoverHistory(generations, chain, storage, options.fsync);
+  }
+
+  /** The storage's hash chain. */
+  get chain(): HashChain {
+    return this.currentChain;
+  }
+
+  /**
+   * After the open storage was cut back to `forkTid` (an online rewind): drop
+   * the links past it (by reopening the chain on the shorter file) and the
+   * generations starting at or after it, durably.
+   */
+  async cutTo(forkTid: Buffer): Promise<void> {
+    await this.currentChain.close();
+    this.currentChain = await HashChain.open(this.storage, { fsync: this.fsync });
+    await this.generations.cutFrom(forkTid);
   }
 
   /** What a secondary whose last tid is `startTid` says in its hello. */

@@ -11,10 +11,10 @@ import type { Clock } from '../ports/clock.js';
 import type { ReplicationAddress, Transport } from '../ports/transport.js';
 import { parseAddress } from '../replication/address.js';
 import type { Logger } from '../replication/log.js';
-import { Primary } from '../replication/primary.js';
+import { Primary, type PrimaryOptions } from '../replication/primary.js';
 import type { ReplicationServer } from '../replication/server.js';
 import type { FileStorage } from '../storage/FileStorage.js';
-import type { GenerationEntry } from '../wire/native.js';
+import type { GenerationEntry, PromoteRefusalCode } from '../wire/native.js';
 import type { FailoverHistory } from './history.js';
 
 export interface PromoteOptions {
@@ -29,6 +29,12 @@ export interface PromoteOptions {
    */
   claim?: (generation: GenerationEntry) => Promise<boolean>;
   heartbeatIntervalMs?: number;
+  /** The new primary's synchronous replication (PrimaryOptions.syncReplicas); default 0. */
+  syncReplicas?: number;
+  /** PrimaryOptions.syncTimeoutMs for the new primary. */
+  syncTimeoutMs?: number;
+  /** Who asked, for the audit log: `api` by default, the peer's address for a promote request. */
+  requestedBy?: string;
 }
 
 /** What a Secondary hands over to be promoted. */
@@ -39,8 +45,12 @@ export interface PromotionHandle {
   transport?: Transport;
   clock?: Clock;
   fsync?: boolean;
+  /** Options of the secondary the new Primary keeps: its name, audit log and metrics endpoint. */
+  carried?: Pick<PrimaryOptions, 'name' | 'auditPath' | 'metricsAddress'>;
   /** The connection machine's state name, e.g. 'connected.replicating', 'backoff'. */
   upstreamState(): string;
+  /** The address it replicates from, for the audit log. */
+  upstreamAddress(): string;
   /** The address it already serves further secondaries at, if any. */
   serverAddress(): ReplicationAddress | null;
   /** Stop replicating for good (abort the transaction in progress); returns the server it runs, if any. */
@@ -50,6 +60,13 @@ export interface PromotionHandle {
 /** Thrown when a promotion is refused; the secondary keeps replicating. */
 export class PromotionRefusedError extends ZrsError {
   override name = 'PromotionRefusedError';
+  constructor(
+    message: string,
+    /** Why, as a promote request's answer says it (`refused` for promote() itself). */
+    readonly code: PromoteRefusalCode = 'refused',
+  ) {
+    super(message);
+  }
 }
 
 /** The generation a promotion of this history would start. */
@@ -72,6 +89,8 @@ export async function promoteSecondary(h: PromotionHandle, options: PromoteOptio
   if (options.claim && !(await options.claim(planned))) {
     throw new PromotionRefusedError(`the coordinator refused generation ${planned.generation}`);
   }
+  const previous = h.history.generations.current;
+  const upstream = h.upstreamAddress();
   const server = await h.detach();
   const address = server?.address ?? (options.replicateTo === undefined ? null : toAddress(options.replicateTo));
   // The last tid after detaching: the transaction in progress was aborted, nothing else is applied.
@@ -79,12 +98,28 @@ export async function promoteSecondary(h: PromotionHandle, options: PromoteOptio
   if (options.claim && entry.generation !== planned.generation) {
     throw new PromotionRefusedError(`generation changed during promotion (${planned.generation} claimed, ${entry.generation} started); promote again`);
   }
-  h.log('warn', `PROMOTED to primary: generation ${entry.generation} starts after tid ${entry.startTid.toString('hex')}`, {
+  // Downstream secondaries past their handshake keep streaming from the same server.
+  const kept = (server?.status() ?? []).filter((s) => s.state === 'catchingUp' || s.state === 'live').map((s) => s.peer);
+  h.log('warn', `PROMOTED to primary: generation ${entry.generation} starts after tid ${entry.startTid.toString('hex')}; ${kept.length} downstream session(s) kept`, {
     generation: entry.generation,
     startTid: entry.startTid.toString('hex'),
+    sessionsKept: kept.length,
   });
   if (address === null) throw new ZrsError('promote needs replicateTo');
   return Primary.open({
+    ...h.carried,
+    promotion: {
+      previousRole: 'secondary',
+      previousUpstream: upstream,
+      upstreamState: state,
+      previousGeneration: previous?.generation ?? null,
+      newGeneration: entry.generation,
+      startTid: entry.startTid,
+      sessionsKept: kept.length,
+      sessions: kept,
+      requestedBy: options.requestedBy ?? 'api',
+      forced: options.force === true,
+    },
     path: h.storage.path,
     storage: h.storage,
     replicateTo: address,
@@ -95,6 +130,8 @@ export async function promoteSecondary(h: PromotionHandle, options: PromoteOptio
     log: h.log,
     fsync: h.fsync,
     heartbeatIntervalMs: options.heartbeatIntervalMs,
+    syncReplicas: options.syncReplicas,
+    syncTimeoutMs: options.syncTimeoutMs,
   });
 }
 

@@ -3,15 +3,20 @@
 // last transaction shared with the new primary, after saving every cut
 // transaction (with its blob files) in a side FileStorage
 // `<data file>.rewound-<forkTid>` that `zrs dump` reads, and fixes the hash
-// chain and generation files. Offline: the storage must not be open.
+// chain and generation files. rewindStorage works offline (the storage must
+// not be open); rewindOpenStorage cuts a diverged Secondary's open storage.
 
+import { constants } from 'node:fs';
 import { copyFile, open as openFile, rm, access } from 'node:fs/promises';
 import { ZrsError } from '../errors.js';
 import { systemClock } from '../node/clock.js';
 import { socketTransport } from '../node/socketTransport.js';
 import type { Clock } from '../ports/clock.js';
 import type { ReplicationAddress, Transport } from '../ports/transport.js';
-import { parseAddress } from '../replication/address.js';
+import { formatAddress, parseAddress } from '../replication/address.js';
+import { basename } from 'node:path';
+import { AuditLog } from '../audit/auditLog.js';
+import { defaultAuditPath } from '../audit/nodeAudit.js';
 import { isBlobRecord } from '../storage/blobs.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import { removeIndex } from '../storage/indexFile.js';
@@ -32,6 +37,10 @@ export interface RewindOptions {
   clock?: Clock;
   /** Bound on asking the primary, in ms. Default 10 000. */
   timeoutMs?: number;
+  /** The storage's audit log, where the rewind is recorded: default `<path>.audit`; null for none. */
+  auditPath?: string | null;
+  /** The node name in the audit record (default: the name the log already uses, else the data file's base name). */
+  node?: string;
 }
 
 export interface RewindResult {
@@ -43,6 +52,8 @@ export interface RewindResult {
   sidePath: string | null;
   /** The side blob directory, or null. */
   sideBlobDir: string | null;
+  /** Blob files moved to the side blob directory. */
+  blobsCut: number;
 }
 
 /**
@@ -57,57 +68,152 @@ export interface RewindResult {
 export async function rewindStorage(path: string, options: RewindOptions): Promise<RewindResult> {
   const storage = await FileStorage.open(path, { blobDir: options.blobDir });
   let forkTid: Buffer | null;
-  let sidePath: string | null = null;
-  let sideBlobDir: string | null = null;
-  const cutTids: Buffer[] = [];
-  const cutBlobs: string[] = [];
-  let cutPos: number | null = null;
+  let cut: SavedCut = { sidePath: null, sideBlobDir: null, cutTids: [], cutBlobs: [], cutPos: null };
   try {
     forkTid = Buffer.isBuffer(options.toCommonWith) ? Buffer.from(options.toCommonWith) : await askForkTid(storage, toAddress(options.toCommonWith), options);
     if (forkTid === null) {
       // The primary accepts this storage as it is: nothing to cut.
-      return { forkTid: storage.lastTransaction(), cutTids, sidePath, sideBlobDir };
+      const kept = storage.lastTransaction();
+      await storage.close();
+      const none = { forkTid: kept, cutTids: [], sidePath: null, sideBlobDir: null, blobsCut: 0 };
+      await recordRewind(path, options, none);
+      return none;
     }
-    if (!forkTid.equals(Z64) && storage.findTransaction(forkTid) === null) {
-      throw new ZrsError(`${path}: the fork tid ${forkTid.toString('hex')} is not a transaction of this storage; cannot rewind to it`);
-    }
-    if (Buffer.compare(forkTid, storage.lastTransaction()) < 0) {
-      const tag = forkTid.toString('hex');
-      sidePath = await freshPath(`${path}.rewound-${tag}`);
-      sideBlobDir = storage.blobs && options.blobDir ? `${sidePath}.blobs` : null;
-      const side = await FileStorage.open(sidePath, { create: true, blobDir: sideBlobDir ?? undefined });
-      try {
-        for await (const txn of storage.iterator(tidPlusOne(forkTid))) {
-          cutPos ??= txn.pos;
-          cutTids.push(Buffer.from(txn.tid));
-          const meta = { user: txn.user, description: txn.description, extensionBytes: txn.extensionBytes };
-          await side.tpcBegin(meta, { tid: txn.tid, status: txn.status });
-          for (const r of txn.records) {
-            const blob = storage.blobs && isBlobRecord(r.data) ? await storage.loadBlob(r.oid, txn.tid).catch(() => null) : null;
-            if (blob && side.blobs) {
-              // Copied, not moved: the original is removed only once the side file is durable.
-              const temp = side.blobs.tempPath();
-              await copyFile(blob, temp);
-              await side.restoreBlob(r.oid, txn.tid, r.data, temp, null, meta);
-              cutBlobs.push(blob);
-            } else side.restore(r.oid, txn.tid, r.data, null, meta);
-          }
-          await side.tpcVote(meta);
-          await side.tpcFinish(meta);
-        }
-      } finally {
-        await side.close();
-      }
-    }
+    cut = await saveCut(storage, forkTid, options.blobDir !== undefined);
   } finally {
     await storage.close();
   }
-  if (cutPos !== null) await truncateDataFile(path, cutPos);
-  for (const blob of cutBlobs) await rm(blob, { force: true });
+  if (cut.cutPos !== null) await truncateDataFile(path, cut.cutPos);
+  for (const blob of cut.cutBlobs) await rm(blob, { force: true });
   truncateChainFile(path, forkTid);
   const generations = await GenerationHistory.open(path);
   await generations.cutFrom(forkTid);
-  return { forkTid, cutTids, sidePath, sideBlobDir };
+  const result = { forkTid, cutTids: cut.cutTids, sidePath: cut.sidePath, sideBlobDir: cut.sideBlobDir, blobsCut: cut.cutBlobs.length };
+  await recordRewind(path, options, result, generations.current);
+  return result;
+}
+
+interface SavedCut {
+  sidePath: string | null;
+  sideBlobDir: string | null;
+  cutTids: Buffer[];
+  /** The storage's blob files of the cut transactions, copied to the side (remove them once the cut is done). */
+  cutBlobs: string[];
+  /** Where the first cut transaction starts in the data file, or null when nothing is cut. */
+  cutPos: number | null;
+}
+
+/**
+ * Copy every transaction after `forkTid` (with its blob files) into a new
+ * side FileStorage `<data file>.rewound-<forkTid>`, durably. Changes nothing
+ * in `storage`.
+ */
+async function saveCut(storage: FileStorage, forkTid: Buffer, withBlobs: boolean): Promise<SavedCut> {
+  const path = storage.path;
+  const out: SavedCut = { sidePath: null, sideBlobDir: null, cutTids: [], cutBlobs: [], cutPos: null };
+  if (!forkTid.equals(Z64) && storage.findTransaction(forkTid) === null) {
+    throw new ZrsError(`${path}: the fork tid ${forkTid.toString('hex')} is not a transaction of this storage; cannot rewind to it`);
+  }
+  if (Buffer.compare(forkTid, storage.lastTransaction()) >= 0) return out;
+  out.sidePath = await freshPath(`${path}.rewound-${forkTid.toString('hex')}`);
+  out.sideBlobDir = storage.blobs && withBlobs ? `${out.sidePath}.blobs` : null;
+  const side = await FileStorage.open(out.sidePath, { create: true, blobDir: out.sideBlobDir ?? undefined });
+  try {
+    for await (const txn of storage.iterator(tidPlusOne(forkTid))) {
+      out.cutPos ??= txn.pos;
+      out.cutTids.push(Buffer.from(txn.tid));
+      const meta = { user: txn.user, description: txn.description, extensionBytes: txn.extensionBytes };
+      await side.tpcBegin(meta, { tid: txn.tid, status: txn.status });
+      for (const r of txn.records) {
+        const blob = storage.blobs && isBlobRecord(r.data) ? await storage.loadBlob(r.oid, txn.tid).catch(() => null) : null;
+        if (blob && side.blobs) {
+          // Copied, not moved: the original is removed only once the side file is durable.
+          const temp = side.blobs.tempPath();
+          await copyFile(blob, temp);
+          await side.restoreBlob(r.oid, txn.tid, r.data, temp, null, meta);
+          out.cutBlobs.push(blob);
+        } else side.restore(r.oid, txn.tid, r.data, null, meta);
+      }
+      await side.tpcVote(meta);
+      await side.tpcFinish(meta);
+    }
+  } finally {
+    await side.close();
+  }
+  return out;
+}
+
+/** What an online rewind needs besides the open storage. */
+export interface OpenRewindOptions {
+  /** The storage's generations and hash chain (cut too). */
+  history: FailoverHistory;
+  /** Save cut blob files beside the side file (the storage has a blob directory). */
+  withBlobs: boolean;
+}
+
+/**
+ * Online: cut an open storage back to `forkTid` (a diverged Secondary's,
+ * whose connection is down). Nothing else may write to it meanwhile. The cut
+ * transactions go to the side file first; then, under the commit lock, a
+ * copy of the data file cut at the fork replaces it (pack's file swap: the
+ * file before the rewind is kept as `<data file>.old`), the cut blob files
+ * are removed, and the chain and generations are cut.
+ */
+export async function rewindOpenStorage(storage: FileStorage, forkTid: Buffer, options: OpenRewindOptions): Promise<RewindResult> {
+  const cut = await saveCut(storage, forkTid, options.withBlobs);
+  if (cut.cutPos !== null) {
+    const release = await storage.acquireCommitLock();
+    try {
+      const temp = `${storage.path}.rewind-tmp`;
+      try {
+        // A clone where the file system can (copy-on-write), else a copy; cut at the fork either way.
+        await copyFile(storage.path, temp, constants.COPYFILE_FICLONE);
+        const h = await openFile(temp, 'r+');
+        try {
+          await h.truncate(cut.cutPos);
+          await h.sync();
+        } finally {
+          await h.close();
+        }
+        await storage.replaceDataFile(temp);
+      } catch (err) {
+        await rm(temp, { force: true });
+        throw err;
+      }
+    } finally {
+      release();
+    }
+  }
+  for (const blob of cut.cutBlobs) await rm(blob, { force: true });
+  await options.history.cutTo(forkTid);
+  return { forkTid: Buffer.from(forkTid), cutTids: cut.cutTids, sidePath: cut.sidePath, sideBlobDir: cut.sideBlobDir, blobsCut: cut.cutBlobs.length };
+}
+
+/** The details of a `rewind` audit record: where it cut, what it cut, where the cut part went. */
+export function rewindAuditDetails(r: RewindResult, commonWith: string): Record<string, unknown> {
+  return {
+    forkTid: r.forkTid,
+    commonWith,
+    transactionsCut: r.cutTids.length,
+    blobsCut: r.blobsCut,
+    firstCutTid: r.cutTids[0] ?? null,
+    lastCutTid: r.cutTids.at(-1) ?? null,
+    sidePath: r.sidePath,
+    sideBlobDir: r.sideBlobDir,
+  };
+}
+
+/** An offline rewind as an audit decision in the storage's log. */
+async function recordRewind(path: string, options: RewindOptions, r: RewindResult, generation: unknown = null): Promise<void> {
+  if (options.auditPath === null) return;
+  const audit = await AuditLog.open(options.auditPath ?? defaultAuditPath(path), { node: options.node ?? basename(path), continueNode: options.node === undefined, clock: options.clock ?? systemClock });
+  audit.generation = generation;
+  try {
+    const commonWith = options.toCommonWith;
+    await audit.decide('rewind', { ...rewindAuditDetails(r, Buffer.isBuffer(commonWith) ? 'tid' : formatAddress(toAddress(commonWith))), offline: true });
+  } finally {
+    await audit.close();
+  }
 }
 
 async function truncateDataFile(path: string, pos: number): Promise<void> {

@@ -11,6 +11,7 @@ import { ProtocolError, ZrsError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import type { TransactionMeta } from '../storage/types.js';
 import type { ApplyEvent } from './inbound.js';
+import { NO_MUTATIONS, type ReplicationMutations } from './mutations.js';
 
 /** Transactions finished but not yet durable before the applier waits. */
 const MAX_UNSYNCED = 512;
@@ -37,16 +38,24 @@ export class Applier {
   private blob: PendingBlob | null = null;
   private unsynced: Array<Promise<Buffer>> = [];
   private failed: Error | null = null;
+  /** Mutation commitBeforeCommitMessage only: records still to come, and the tid finished early. */
+  private earlyRemaining: number | null = null;
+  private finishedEarly: Buffer | null = null;
 
   constructor(
     private readonly storage: FileStorage,
     private readonly hooks: ApplierHooks,
     private readonly blobs: boolean,
+    /** Test-only deliberate bugs (mutations.ts); none by default. */
+    private readonly mutations: ReplicationMutations = NO_MUTATIONS,
   ) {}
 
   get inTransaction(): boolean {
-    return this.txn !== null;
+    return this.txn !== null || this.raw !== null;
   }
+
+  /** Raw transactions received, waiting for their commit message. */
+  private raw: Extract<ApplyEvent, { kind: 'rawTxns' }> | null = null;
 
   async apply(e: ApplyEvent): Promise<void> {
     if (this.failed) throw this.failed;
@@ -57,6 +66,8 @@ export class Applier {
         return this.record(e);
       case 'blobBlock':
         return this.blobBlock(e.bytes, e.last);
+      case 'rawTxns':
+        return this.rawTxns(e);
       case 'commit':
         if (e.link) this.hooks.link?.(e.tid, e.link);
         return this.commit(e.tid);
@@ -73,12 +84,17 @@ export class Applier {
     const meta = { user: e.user, description: e.description, extensionBytes: e.extension, tid: e.tid };
     await this.storage.tpcBegin(meta, { tid: e.tid, status: e.status });
     this.txn = meta;
+    if (this.mutations.commitBeforeCommitMessage && e.recordCount !== undefined) {
+      this.earlyRemaining = e.recordCount;
+      if (e.recordCount === 0) await this.finishEarly();
+    }
   }
 
   private async record(e: Extract<ApplyEvent, { kind: 'record' }>): Promise<void> {
     const txn = this.requireTxn();
     if (e.blob === null || !this.blobs) {
       this.storage.restore(e.oid, txn.tid, e.data, e.dataTxn, txn);
+      if (this.earlyRemaining !== null && --this.earlyRemaining === 0) await this.finishEarly();
       return;
     }
     const blobs = this.storage.blobs;
@@ -109,12 +125,52 @@ export class Applier {
     await this.storage.restoreBlob(b.oid, txn.tid, b.data, b.path, b.dataTxn, txn);
   }
 
+  private async rawTxns(e: Extract<ApplyEvent, { kind: 'rawTxns' }>): Promise<void> {
+    if (this.txn || this.raw) throw new ProtocolError('transactions begin inside another');
+    this.raw = e;
+    if (this.mutations.commitBeforeCommitMessage) {
+      this.finishedEarly = e.lastTid;
+      await this.finishRaw();
+    }
+  }
+
+  private async finishRaw(): Promise<void> {
+    const e = this.raw!;
+    this.raw = null;
+    const { durable } = await this.storage.appendTransactions(e.bytes);
+    await this.track(durable);
+  }
+
   private async commit(tid: Buffer): Promise<void> {
+    if (this.finishedEarly !== null && this.finishedEarly.equals(tid)) {
+      this.finishedEarly = null;
+      return;
+    }
+    if (this.raw) {
+      if (!tid.equals(this.raw.lastTid)) throw new ProtocolError('commit does not close the transactions in progress');
+      return this.finishRaw();
+    }
     const txn = this.requireTxn();
     if (!tid.equals(txn.tid) || this.blob) throw new ProtocolError('commit does not close the transaction in progress');
+    await this.finish(txn);
+  }
+
+  /** The mutation commitBeforeCommitMessage: finish once the announced records are in. */
+  private async finishEarly(): Promise<void> {
+    const txn = this.requireTxn();
+    this.earlyRemaining = null;
+    this.finishedEarly = txn.tid;
+    await this.finish(txn);
+  }
+
+  private async finish(txn: TransactionMeta & { tid: Buffer }): Promise<void> {
     await this.storage.tpcVote(txn);
     this.txn = null;
-    const finished = this.storage.tpcFinish(txn);
+    await this.track(this.storage.tpcFinish(txn));
+  }
+
+  /** Report `finished` applied once durable; wait only when too many are still syncing. */
+  private async track(finished: Promise<Buffer>): Promise<void> {
     this.unsynced.push(finished);
     finished.then(
       (t) => {
@@ -133,12 +189,16 @@ export class Applier {
 
   /** Abandon a half-received transaction; the storage keeps its last complete one. */
   async abort(): Promise<void> {
+    if (this.mutations.noAbortOnDisconnect) return;
+    this.earlyRemaining = null;
+    this.finishedEarly = null;
     const b = this.blob;
     this.blob = null;
     if (b) {
       await b.handle.close().catch(() => undefined);
       await rm(b.path, { force: true });
     }
+    this.raw = null; // nothing of it was written
     const txn = this.txn;
     this.txn = null;
     if (txn) await this.storage.tpcAbort(txn);

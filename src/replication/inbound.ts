@@ -11,11 +11,14 @@ import { Zrs2StreamParser, type Zrs2Event } from '../wire/zrs2.js';
 
 export type ApplyEvent =
   | { kind: 'welcome'; lastTid: Buffer; generation?: GenerationEntry; generations?: GenerationEntry[] }
-  | { kind: 'refused'; code: string; reason: string; forkTid?: Buffer }
-  | { kind: 'begin'; tid: Buffer; status: string; user: Buffer; description: Buffer; extension: Buffer }
+  | { kind: 'refused'; code: string; reason: string; forkTid?: Buffer; primaryLastTid?: Buffer }
+  /** `recordCount`: set when exactly that many record events follow and nothing else (native inline form). */
+  | { kind: 'begin'; tid: Buffer; status: string; user: Buffer; description: Buffer; extension: Buffer; recordCount?: number }
   /** `blobBytes` null: a plain record; a number: a blob of that size follows in blobBlock events. */
   | { kind: 'record'; oid: Buffer; data: Buffer | null; dataTxn: Buffer | null; blob: { blocks: number } | null }
   | { kind: 'blobBlock'; bytes: Buffer; last: boolean }
+  /** Whole transactions as FileStorage bytes (native `txns`); the next commit closes them. */
+  | { kind: 'rawTxns'; bytes: Buffer; count: number; lastTid: Buffer }
   | { kind: 'commit'; tid: Buffer; link?: Buffer }
   | { kind: 'heartbeat'; lastTid: Buffer; clockMs: number };
 
@@ -38,6 +41,8 @@ export class NativeInbound implements InboundDecoder {
   constructor(
     startTid: Buffer,
     private readonly streamMaxFrameBytes: number,
+    /** False only in mutation checks (a deliberate bug: see mutations.ts). */
+    private readonly verifyChecksum = true,
   ) {
     this.checksum = new StreamChecksum(startTid);
   }
@@ -51,7 +56,7 @@ export class NativeInbound implements InboundDecoder {
     const msg = decodeNative(payload, this.unpackr, 'primary');
     if (!this.welcomed) return this.verdict(msg);
     if (msg.type === 'commit') {
-      this.checksum.verify(msg.checksum, this.tid ?? undefined);
+      if (this.verifyChecksum) this.checksum.verify(msg.checksum, this.tid ?? undefined);
       this.checksum.update(payload);
     } else this.checksum.update(payload);
     const out: ApplyEvent[] = [];
@@ -65,7 +70,7 @@ export class NativeInbound implements InboundDecoder {
       this.welcomed = true;
       return [{ kind: 'welcome', lastTid: msg.lastTid, generation: msg.generation, ...(msg.generations ? { generations: msg.generations } : {}) }];
     }
-    if (msg.type === 'refuse') return [{ kind: 'refused', code: msg.code, reason: msg.message, forkTid: msg.forkTid }];
+    if (msg.type === 'refuse') return [{ kind: 'refused', code: msg.code, reason: msg.message, forkTid: msg.forkTid, primaryLastTid: msg.lastTid }];
     throw new ProtocolError(`expected welcome or refuse, got ${msg.type}`);
   }
 
@@ -81,9 +86,22 @@ export class NativeInbound implements InboundDecoder {
         if (this.tid !== null) throw new ProtocolError('txn inside a transaction');
         this.tid = msg.tid;
         return [
-          { kind: 'begin', tid: msg.tid, status: msg.status, user: msg.user, description: msg.description, extension: msg.extension },
+          {
+            kind: 'begin',
+            tid: msg.tid,
+            status: msg.status,
+            user: msg.user,
+            description: msg.description,
+            extension: msg.extension,
+            recordCount: msg.records?.length,
+          },
           ...(msg.records ?? []).map((r): ApplyEvent => ({ kind: 'record', oid: r.oid, data: r.data && Buffer.from(r.data), dataTxn: r.dataTxn, blob: null })),
         ];
+      case 'txns':
+        if (this.tid !== null) throw new ProtocolError('txns inside a transaction');
+        this.tid = msg.lastTid;
+        // A copy: the storage rewrites positions in place, and the frame's memory is the decoder's.
+        return [{ kind: 'rawTxns', bytes: Buffer.from(msg.bytes), count: msg.count, lastTid: msg.lastTid }];
       case 'record':
         if (this.tid === null || this.blobRemaining > 0) throw new ProtocolError('record outside a transaction');
         this.pendingRecord = msg;
@@ -122,8 +140,10 @@ export class Zrs2Inbound implements InboundDecoder {
     startTid: Buffer,
     spec: ProtocolSpec,
     readonly maxFrameBytes: number,
+    /** False only in mutation checks (a deliberate bug: see mutations.ts). */
+    verifyChecksum = true,
   ) {
-    this.parser = new Zrs2StreamParser({ startTid, protocol: spec.name === 'zrs2.0' ? 'zrs2.0' : 'zrs2.1' });
+    this.parser = new Zrs2StreamParser({ startTid, protocol: spec.name === 'zrs2.0' ? 'zrs2.0' : 'zrs2.1', verifyChecksum });
   }
 
   push(payload: Buffer): ApplyEvent[] {

@@ -196,11 +196,11 @@ export class ReplicationMetrics {
   onSession(session: PrimarySession): void {
     this.sessions.add(session);
     this.connectionsAccepted.inc();
-    let lastSent: unknown = null;
+    let sent = 0;
     const sub = session.machine.subscribe((snap) => {
-      const tid = snap.context.lastSentTid;
-      if (tid !== null && tid !== lastSent) this.txnsSent.inc();
-      lastSent = tid;
+      const now = snap.context.counters.sentTransactions;
+      if (now > sent) this.txnsSent.inc(now - sent);
+      sent = now;
     });
     this.subscriptions.push(sub);
     session.done$.subscribe({

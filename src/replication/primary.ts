@@ -12,7 +12,7 @@ import { formatAddress, parseAddress } from './address.js';
 import { silentLogger, type Logger } from './log.js';
 import type { ReplicationMetrics } from './metrics.js';
 import { openNodeEdges, type NodeEdges } from './nodeEdges.js';
-import { ReplicationServer } from './server.js';
+import { ReplicationServer, type PromoteHandler } from './server.js';
 import type { SessionStatus } from './primarySession.js';
 import { buildNodeStatus, type NodeStatus } from './nodeStatus.js';
 import { FailoverHistory } from '../failover/history.js';
@@ -56,6 +56,17 @@ export interface PrimaryOptions {
   syncTimeoutMs?: number;
   /** The audit log (docs/FAILOVER.md): default `<path>.audit`; null turns it off. */
   auditPath?: string | null;
+  /** What the promotion that opens this primary decided, for the audit log's `promotion` record (set by Secondary.promote). */
+  promotion?: Record<string, unknown>;
+}
+
+/** A primary's answer to a promote request on its replication address, recorded in its audit log. */
+function alreadyPrimary(audit: AuditLog | null): PromoteHandler {
+  return async (request) => {
+    const reason = 'this node is already a primary';
+    await audit?.decide('promotion-refused', { code: 'already-primary', reason, requestedBy: request.peer, force: request.force }).catch(() => undefined);
+    return { kind: 'refused', code: 'already-primary', reason };
+  };
 }
 
 export class Primary {
@@ -93,21 +104,30 @@ export class Primary {
       edges.metrics.watchStorage(storage);
       const metrics = edges.metrics;
       sync = await PrimarySync.open(options, storage, clock, options.log ?? silentLogger);
-      const server = options.server ?? await ReplicationServer.start({
-        storage,
-        address,
-        transport: edges.transport,
-        onSession: (session) => metrics.onSession(session),
-        clock: options.clock ?? systemClock,
-        log: options.log ?? silentLogger,
-        heartbeatIntervalMs: options.heartbeatIntervalMs,
-        nodeStatus: describe,
-        history,
-      });
+      const role = { nodeStatus: describe, onSession: (session: Parameters<typeof metrics.onSession>[0]) => metrics.onSession(session), promote: alreadyPrimary(sync.audit) };
+      let server: ReplicationServer;
+      if (options.server) {
+        // A promoted secondary's server: its open sessions keep streaming; from now on this primary answers for it.
+        server = options.server;
+        server.rebind({ ...role, onSession: undefined });
+        server.watchSessions((session) => metrics.onSession(session)); // open sessions and new ones
+      } else {
+        server = await ReplicationServer.start({
+          storage,
+          address,
+          transport: edges.transport,
+          clock: options.clock ?? systemClock,
+          log: options.log ?? silentLogger,
+          heartbeatIntervalMs: options.heartbeatIntervalMs,
+          history,
+          ...role,
+        });
+      }
       const primary = new Primary(sync.storage, server, describe, edges);
       primary.failover = history;
       primary.sync = sync;
-      await sync.attach(server, { generation: () => primary.generation, address: formatAddress(server.address), promotion: options.history !== undefined });
+      const promotion = options.promotion ?? (options.history !== undefined ? {} : null);
+      await sync.attach(server, { generation: () => primary.generation, address: formatAddress(server.address), promotion });
       return primary;
     } catch (err) {
       await sync?.close();

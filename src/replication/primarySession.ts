@@ -7,6 +7,8 @@ import { Subject, type Subscription } from 'rxjs';
 import { createActor, fromPromise, type ActorRefFrom } from 'xstate';
 import {
   primarySessionMachine,
+  type PromoteInput,
+  type PromoteOutcome,
   type SessionCloseReason,
   type StreamInput,
   type StreamOutput,
@@ -23,6 +25,7 @@ import type { CommittedTransaction, TransactionRecord } from '../storage/types.j
 import { FrameDecoder } from '../wire/framing.js';
 import {
   HELLO_MAX_BYTES,
+  MAX_REFUSAL_MESSAGE_CHARS,
   PROTOCOL_NAME_MAX_BYTES,
   SECONDARY_MESSAGE_MAX_BYTES,
   createNativePackr,
@@ -42,6 +45,8 @@ const ZRS2_MAX_FRAME_BYTES = 8;
 export const DEFAULT_FOLLOW_BUFFER = 1024;
 /** Catch-up writes batches of about this size. */
 const BATCH_FLUSH_BYTES = 256 * 1024;
+/** Largest run of raw transactions in one `txns` message (a single larger transaction goes alone). */
+const RAW_BATCH_BYTES = 1024 * 1024;
 
 export interface SessionLog {
   (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>): void;
@@ -62,6 +67,8 @@ export interface PrimarySessionOptions {
   nodeStatus?: () => NodeStatus;
   /** The served storage's generations and hash chain: judges native hellos (diverged) and fills welcome. */
   history?: FailoverHistory;
+  /** Carries out a native promote request. Default: refused as `not-promotable`. */
+  promote?: (request: PromoteInput & { peer: string }) => Promise<PromoteOutcome>;
 }
 
 export interface SessionStatus {
@@ -90,6 +97,8 @@ export class PrimarySession {
   /** Emits once when the session ends, with the reason. */
   readonly done$ = this.doneSubject.asObservable();
   private finished = false;
+  /** Frame 2 was a promote request: later frames are ignored. */
+  private adminRequest = false;
 
   constructor(private readonly options: PrimarySessionOptions) {
     this.peer = options.stream.peer;
@@ -99,11 +108,13 @@ export class PrimarySession {
         catchUp: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.catchUp(input, signal)),
         follow: fromPromise<void, StreamInput>(({ input, signal }) => this.follow(input, signal)),
         drain: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.catchUp(input, signal)),
+        promote: fromPromise<PromoteOutcome, PromoteInput>(({ input }) => this.promote(input)),
       },
       actions: {
         sendWelcome: (_a, p) => this.sendWelcome(p.startTid as Buffer),
         sendRefusal: (_a, p) => this.sendRefusal(p.code, p.reason, p.protocolName, p.forkTid as Buffer | undefined),
         sendStatus: () => this.sendStatus(),
+        sendPromoteResult: (_a, p) => this.sendPromoteResult(p),
         closeStream: (_a, p) => this.closeStream(p.reason),
       },
     });
@@ -170,6 +181,7 @@ export class PrimarySession {
     this.framesSeen += 1;
     if (this.framesSeen === 1) return this.onProtocolName(payload);
     if (this.framesSeen === 2) return this.onStart(payload);
+    if (this.adminRequest) return; // nothing follows a promote request but its answer
     this.onUpstream(payload);
   }
 
@@ -186,6 +198,7 @@ export class PrimarySession {
     const primaryLastTid = this.options.storage.lastDurableTid;
     let startTid: Buffer;
     let wantsBlobs = false;
+    let wantsRaw = false;
     let edgeRefusal: ReturnType<FailoverHistory['refusalFor']> = undefined;
     if (spec.kind === 'native') {
       let hello: ReturnType<typeof decodeNative>;
@@ -201,9 +214,15 @@ export class PrimarySession {
         this.actor.send({ type: 'STATUS_REQUEST' });
         return;
       }
+      if (hello.type === 'promote-request') {
+        this.adminRequest = true;
+        this.actor.send({ type: 'PROMOTE_REQUEST', force: hello.force });
+        return;
+      }
       if (hello.type !== 'hello') throw new Error(`expected hello, got ${hello.type}`);
       startTid = hello.startTid;
       wantsBlobs = hello.options.blobs;
+      wantsRaw = hello.options.rawTxns === true;
       edgeRefusal = this.options.history?.refusalFor(hello);
       this.decoder.setMaxFrameBytes(SECONDARY_MESSAGE_MAX_BYTES);
     } else {
@@ -216,6 +235,7 @@ export class PrimarySession {
               blobs: wantsBlobs && this.options.blobs,
               generations: this.welcomeGenerations(),
               link: this.options.history ? (tid) => this.options.history!.chain.hashAt(tid) : undefined,
+              rawTxns: wantsRaw,
             })
           : zrs2Outbound(this.options.storage, startTid, spec);
     }
@@ -252,12 +272,29 @@ export class PrimarySession {
     this.options.log('warn', `refused secondary ${this.peer}: ${reason}`, { code, protocol: protocolName });
     // A refusal is readable only by native peers (zc.zrs just sees the close).
     if (this.codec) {
-      const f = this.codec.refusal(code as RefuseCode, reason, forkTid);
+      // The primary's last tid tells a refused secondary how far the history it was judged against goes.
+      const lastTid = code === 'diverged' || code === 'tid-too-high' ? this.options.storage.lastDurableTid : undefined;
+      const f = this.codec.refusal(code as RefuseCode, reason, forkTid, lastTid);
       if (f) this.writer.writeNow(f);
     } else if (protocolName?.startsWith('zrs-ts/')) {
       const f = nativeOutbound(this.options.storage, Buffer.alloc(8), { blobs: false }).refusal(code as RefuseCode, reason);
       if (f) this.writer.writeNow(f);
     }
+  }
+
+  private async promote(input: PromoteInput): Promise<PromoteOutcome> {
+    const handler = this.options.promote;
+    if (!handler) return { kind: 'refused', code: 'not-promotable', reason: 'this node does not accept promote requests' };
+    return handler({ ...input, peer: this.peer });
+  }
+
+  private sendPromoteResult(outcome: PromoteOutcome): void {
+    const packr = createNativePackr();
+    const f =
+      outcome.kind === 'promoted'
+        ? encodeNativeFrame({ type: 'promoted', generation: { generation: outcome.generation, startTid: Buffer.from(outcome.startTid) }, sessionsKept: outcome.sessionsKept }, packr)
+        : encodeNativeFrame({ type: 'promote-refused', code: outcome.code, message: outcome.reason.slice(0, MAX_REFUSAL_MESSAGE_CHARS) }, packr);
+    this.writer.writeNow(f);
   }
 
   private sendStatus(): void {
@@ -270,7 +307,7 @@ export class PrimarySession {
     this.finished = true;
     this.stopHeartbeat();
     const level =
-      reason.kind === 'drained' || reason.kind === 'peer-closed' || reason.kind === 'closed-before-start' || reason.kind === 'status-served' ? 'info' : 'warn';
+      reason.kind === 'drained' || reason.kind === 'peer-closed' || reason.kind === 'closed-before-start' || reason.kind === 'status-served' || reason.kind === 'promote-served' ? 'info' : 'warn';
     this.options.log(level, `session with ${this.peer} closed: ${describeReason(reason)}`, { reason: reason.kind });
     if (reason.kind === 'transport-error' || reason.kind === 'protocol-error' || reason.kind === 'effect-failed') {
       this.options.stream.destroy();
@@ -310,7 +347,11 @@ export class PrimarySession {
    */
   private sendTransaction(txn: TransactionRecord, signal: AbortSignal, more = false): Promise<boolean> {
     if (signal.aborted) return Promise.resolve(false);
-    const sending = this.writeTransaction(txn, signal, more);
+    return this.track(this.writeTransaction(txn, signal, more));
+  }
+
+  /** Remember a write in progress as the one the next streaming actor waits for. */
+  private track(sending: Promise<boolean>): Promise<boolean> {
     this.inflight = sending.then(
       () => undefined,
       () => undefined,
@@ -342,9 +383,7 @@ export class PrimarySession {
     } finally {
       this.idle = true;
     }
-    this.lastWrittenTid = txn.tid;
-    if (this.actor.getSnapshot().status === 'active') this.actor.send({ type: 'SENT', tid: txn.tid });
-    return !signal.aborted;
+    return this.wrote(txn.tid, signal);
   }
 
   /** Stream every durable transaction after input.afterTid, from the log file. */
@@ -356,13 +395,58 @@ export class PrimarySession {
     const written = this.lastWrittenTid;
     const after = written !== null && Buffer.compare(written, input.afterTid) > 0 ? written : input.afterTid;
     const start = tidPlusOne(Buffer.from(after));
+    const codec = this.codec!;
+    // Runs of plain transactions go out as raw batches of file bytes, up to RAW_BATCH_BYTES each.
+    let batch: TransactionRecord[] = [];
+    let batchBytes = 0;
+    const sendBatch = async (more: boolean): Promise<boolean> => {
+      const txns = batch;
+      batch = [];
+      batchBytes = 0;
+      if (txns.length === 0) return !signal.aborted;
+      const sent = await this.sendRawBatch(txns, signal, more);
+      if (sent) last = txns[txns.length - 1]!.tid;
+      return sent;
+    };
     for await (const txn of storage.iterator(start, null, { signal })) {
       const more = txn.pos + txn.length + 8 < storage.durableEnd;
+      if (codec.acceptsRaw(txn)) {
+        batch.push(txn);
+        batchBytes += txn.raw!.length;
+        if ((batchBytes >= RAW_BATCH_BYTES || !more) && !(await sendBatch(more))) break;
+        continue;
+      }
+      if (!(await sendBatch(true))) break;
       if (!(await this.sendTransaction(txn, signal, more))) break;
       last = txn.tid;
     }
+    if (!signal.aborted) await sendBatch(false);
     await this.writer.flush();
     return { lastTid: last };
+  }
+
+  /** Write a batch of raw transactions; SENT names the last one. */
+  private sendRawBatch(txns: readonly TransactionRecord[], signal: AbortSignal, more: boolean): Promise<boolean> {
+    if (signal.aborted) return Promise.resolve(false);
+    return this.track(
+      (async (): Promise<boolean> => {
+        this.idle = false;
+        try {
+          for (const f of this.codec!.rawFrames(txns)) this.writer.push(f);
+          if (!more || this.writer.pending >= BATCH_FLUSH_BYTES) await this.writer.flush();
+        } finally {
+          this.idle = true;
+        }
+        return this.wrote(txns[txns.length - 1]!.tid, signal, txns.length);
+      })(),
+    );
+  }
+
+  /** Note that everything up to `tid` is on the wire. */
+  private wrote(tid: Buffer, signal: AbortSignal, count = 1): boolean {
+    this.lastWrittenTid = tid;
+    if (this.actor.getSnapshot().status === 'active') this.actor.send({ type: 'SENT', tid, count });
+    return !signal.aborted;
   }
 
   /** Forward commits as they become durable, through a bounded buffer. */
@@ -383,19 +467,39 @@ export class PrimarySession {
         if (pumping) return;
         pumping = true;
         const reader = new WindowReader(storage.fileHandle, 256 * 1024);
+        /** The committed transaction, or null when a pack replaced the file (positions are void). */
+        const read = async (c: CommittedTransaction): Promise<TransactionRecord | null> => {
+          if (storage.fileEpoch !== epoch) return null;
+          const txn = await readTransaction(storage, reader, c.pos).catch((err: unknown) => {
+            if (storage.fileEpoch === epoch) throw err;
+            return null; // the file was replaced under the read
+          });
+          return storage.fileEpoch === epoch ? txn : null;
+        };
+        const codec = this.codec!;
         try {
           while (queue.length && !signal.aborted) {
             const c = queue.shift()!;
             if (Buffer.compare(c.tid, lastTid) <= 0) continue;
-            if (storage.fileEpoch !== epoch) return overflow();
-            const txn = await readTransaction(storage, reader, c.pos).catch((err: unknown) => {
-              if (storage.fileEpoch === epoch) throw err;
-              return null; // the file was replaced (pack) under the read
-            });
-            // Positions from before a pack are void: go back to reading by tid.
-            if (txn === null || storage.fileEpoch !== epoch) return overflow();
-            if (!(await this.sendTransaction(txn, signal, queue.length > 0))) return;
-            lastTid = txn.tid;
+            const txn = await read(c);
+            if (txn === null) return overflow(); // go back to reading by tid
+            if (!codec.acceptsRaw(txn)) {
+              if (!(await this.sendTransaction(txn, signal, queue.length > 0))) return;
+              lastTid = txn.tid;
+              continue;
+            }
+            // Commits queued behind this one join it in one raw batch.
+            const batch = [txn];
+            for (let bytes = txn.raw!.length; queue.length && bytes < RAW_BATCH_BYTES; ) {
+              const next = await read(queue[0]!);
+              if (next === null) return overflow();
+              if (!codec.acceptsRaw(next)) break; // it goes next, on its own
+              queue.shift();
+              batch.push(next);
+              bytes += next.raw!.length;
+            }
+            if (!(await this.sendRawBatch(batch, signal, queue.length > 0))) return;
+            lastTid = batch[batch.length - 1]!.tid;
           }
         } catch (err) {
           sub?.unsubscribe();
@@ -436,6 +540,8 @@ export function describeReason(r: SessionCloseReason): string {
       return `${r.kind} after ${r.timeoutMs} ms`;
     case 'status-served':
       return 'status request answered';
+    case 'promote-served':
+      return `promote request answered (${r.outcome})`;
     default:
       return r.kind;
   }

@@ -61,13 +61,13 @@ export class PrimarySync {
    * a `promotion` decision when the primary was opened from an existing
    * history (a promoted secondary), then a `config` record.
    */
-  async attach(server: ReplicationServer, details: { generation: () => unknown; address: string; promotion: boolean }): Promise<void> {
+  async attach(server: ReplicationServer, details: { generation: () => unknown; address: string; promotion: Record<string, unknown> | null }): Promise<void> {
     this.stopTracking = server.watchSessions((s) => this.tracker.track(s));
     if (!this.audit) return;
     this.audit.generation = details.generation;
     this.stopAudit = auditServerSessions(this.audit, server);
     // A failed write is logged by the audit log itself and fails every later decision.
-    if (details.promotion) await this.audit.decide('promotion', { role: 'primary', address: details.address }).catch(() => undefined);
+    if (details.promotion) await this.audit.decide('promotion', { role: 'primary', address: details.address, ...details.promotion }).catch(() => undefined);
     await this.audit
       .decide('config', { change: 'open', role: 'primary', replicateTo: details.address, syncReplicas: this.syncReplicas, syncTimeoutMs: this.syncTimeoutMs })
       .catch(() => undefined);

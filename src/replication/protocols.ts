@@ -30,11 +30,16 @@ export { isBlobRecord };
 export interface OutboundCodec {
   readonly spec: ProtocolSpec;
   welcome(lastTid: Buffer): Buffer | null;
-  refusal(code: RefuseCode, message: string, forkTid?: Buffer): Buffer | null;
+  /** `lastTid`: the primary's last tid, sent along (optional field) when given. */
+  refusal(code: RefuseCode, message: string, forkTid?: Buffer, lastTid?: Buffer): Buffer | null;
   heartbeat(lastTid: Buffer, clockMs: number): Buffer | null;
   transaction(txn: TransactionRecord): AsyncGenerator<Buffer>;
   /** All frames of a transaction without blobs, built at once; null when it has blob records. */
   plainFrames(txn: TransactionRecord): Buffer[] | null;
+  /** True when `txn` may travel in a batch of raw transactions (see rawFrames); always false when the peer did not ask for them. */
+  acceptsRaw(txn: TransactionRecord): boolean;
+  /** The frames carrying consecutive transactions accepted by acceptsRaw, as their file bytes. */
+  rawFrames(txns: readonly TransactionRecord[]): Buffer[];
 }
 
 async function* blobBlocks(storage: FileStorage, oid: Buffer, tid: Buffer, blockBytes: number): AsyncGenerator<Buffer, void, void> {
@@ -79,6 +84,8 @@ export function nativeOutbound(
     generations?: () => { generation: GenerationEntry; generations: GenerationEntry[] };
     /** The hash-chain link at a tid: sent with packed transactions (see docs/FAILOVER.md). */
     link?: (tid: Buffer) => Buffer | null;
+    /** The secondary asked for `txns` messages (whole transactions as file bytes). */
+    rawTxns?: boolean;
   },
 ): OutboundCodec {
   const packr = createNativePackr();
@@ -100,11 +107,12 @@ export function nativeOutbound(
           type: 'welcome',
           lastTid,
           ...(options.generations?.() ?? { generation: { generation: 0, startTid: Buffer.alloc(8) } }),
-          options: { blobs: options.blobs, compression: 'none' },
+          options: { blobs: options.blobs, compression: 'none', ...(options.rawTxns ? { rawTxns: true } : {}) },
         },
         packr,
       ),
-    refusal: (code, message, forkTid) => encodeNativeFrame({ type: 'refuse', code, message, ...(forkTid ? { forkTid } : {}) }, packr),
+    refusal: (code, message, forkTid, lastTid) =>
+      encodeNativeFrame({ type: 'refuse', code, message, ...(forkTid ? { forkTid } : {}), ...(lastTid ? { lastTid } : {}) }, packr),
     heartbeat: (lastTid, clockMs) => frame({ type: 'heartbeat', lastTid, clockMs }),
     plainFrames(txn) {
       if (options.blobs && storage.blobs && txn.records.some((r) => isBlobRecord(r.data))) return null;
@@ -112,6 +120,21 @@ export function nativeOutbound(
       const records = txn.records.map((r) => ({ oid: r.oid, dataTxn: r.dataTxn, data: r.data }));
       const head = frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes, records });
       return [head, frame({ type: 'commit', checksum: checksum.digest(), ...packedLink(txn) })];
+    },
+    acceptsRaw(txn) {
+      if (!options.rawTxns || txn.raw === undefined || txn.status !== ' ') return false;
+      const blobs = options.blobs && storage.blobs !== null;
+      // Backpointers name positions in this file; blobs need their files sent.
+      for (const r of txn.records) {
+        if (r.back !== null || (blobs && isBlobRecord(r.data))) return false;
+        if (txn.raw.readUInt16BE(r.pos - txn.pos + 32) !== 0) return false; // a version (pre-ZODB 3.9 files)
+      }
+      return true;
+    },
+    rawFrames(txns) {
+      const bytes = txns.length === 1 ? txns[0]!.raw! : Buffer.concat(txns.map((t) => t.raw!));
+      const head = frame({ type: 'txns', count: txns.length, lastTid: txns[txns.length - 1]!.tid, bytes });
+      return [head, frame({ type: 'commit', checksum: checksum.digest() })];
     },
     async *transaction(txn) {
       yield frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes });
@@ -142,6 +165,10 @@ export function zrs2Outbound(storage: FileStorage, startTid: Buffer, spec: Proto
     welcome: () => null,
     refusal: () => null,
     heartbeat: () => null,
+    acceptsRaw: () => false,
+    rawFrames: () => {
+      throw new Error('zc.zrs protocols carry no raw transactions');
+    },
     plainFrames(txn) {
       if (blobs && txn.records.some((r) => isBlobRecord(r.data))) return null;
       const out = [frame(encodeMessage({ type: 'T', tid: txn.tid, status: txn.status, user: txn.user, description: txn.description, extension: extensionDict(txn.extensionBytes) }))];

@@ -19,6 +19,8 @@ import { encodeFrame, FrameDecoder, KEEP_ALIVE_FRAME } from '../wire/framing.js'
 import { createNativePackr, DEFAULT_STREAM_MAX_FRAME_BYTES, encodeNativeFrame } from '../wire/native.js';
 import { formatAddress, parseAddress } from './address.js';
 import { Applier } from './applier.js';
+import { NO_MUTATIONS, type ReplicationMutations } from './mutations.js';
+import type { StorageDisk } from '../storage/disk.js';
 import { NativeInbound, Zrs2Inbound, type ApplyEvent, type InboundDecoder } from './inbound.js';
 import { silentLogger, type Logger } from './log.js';
 import { NATIVE_SPEC, ZRS20_SPEC, ZRS21_SPEC } from './protocols.js';
@@ -31,7 +33,9 @@ import { buildNodeStatus, lagSeconds, stateName, type NodeStatus } from './nodeS
 import type { SessionStatus } from './primarySession.js';
 import { DivergedHistoryError } from '../errors.js';
 import { FailoverHistory } from '../failover/history.js';
-import { promoteSecondary, type PromoteOptions, type PromotionHandle } from '../failover/promote.js';
+import { rewindAuditDetails, rewindOpenStorage, type RewindResult } from '../failover/rewind.js';
+import { PromotionRefusedError, promoteSecondary, type PromoteOptions, type PromotionHandle } from '../failover/promote.js';
+import type { PromoteOutcome } from '../../machines/primarySession.js';
 import type { Primary } from './primary.js';
 import type { AuditLog } from '../audit/auditLog.js';
 import { auditSecondary, auditServerSessions, openNodeAudit } from '../audit/nodeAudit.js';
@@ -71,6 +75,15 @@ export interface SecondaryOptions {
   name?: string;
   /** The audit log (docs/FAILOVER.md): default `<path>.audit`; null turns it off. */
   auditPath?: string | null;
+  /**
+   * Defaults for promote() and for a promote request received on replicateTo
+   * (`zrs promote ADDRESS`): e.g. the new primary's syncReplicas.
+   */
+  whenPromoted?: Omit<PromoteOptions, 'force' | 'requestedBy'>;
+  /** The data file's disk I/O (default node:fs); the simulator injects a slow or full disk. */
+  disk?: StorageDisk;
+  /** Test-only: deliberate bugs for the simulation's mutation checks (see mutations.ts). @internal */
+  mutations?: ReplicationMutations;
 }
 
 /** Non-fatal conditions, for an app or a dashboard to follow. */
@@ -112,6 +125,13 @@ export class Secondary {
   private readonly statusSubject = new Subject<SecondaryStatus>();
   /** Non-fatal status changes (connecting, connected, disconnected, backoff, diverged …). */
   readonly status$: Observable<SecondaryStatus> = this.statusSubject.asObservable();
+  private readonly promotedSubject = new Subject<Primary>();
+  /**
+   * Emits the Primary this secondary became (promote(), or a promote request
+   * on its replicateTo address), then completes; completes on close too.
+   * Whoever runs the node closes that Primary instead of the Secondary.
+   */
+  readonly promoted$: Observable<Primary> = this.promotedSubject.asObservable();
   /** Transactions applied (durable) on this secondary, in tid order. */
   readonly applied$: Observable<CommittedTransaction>;
   /** The storage, read-only to everyone but replication. */
@@ -131,6 +151,8 @@ export class Secondary {
   lastHeartbeat: { lastTid: Buffer; clockMs: number; receivedMs: number } | null = null;
   /** The newest tid the upstream announced (welcome, heartbeat) or sent, for the lag estimate. */
   private upstreamLastTid: Buffer | null = null;
+  /** The last diverged refusal, until the address changes or a rewind. */
+  private divergence: DivergedHistoryError | null = null;
 
   private constructor(
     private readonly inner: FileStorage,
@@ -192,7 +214,9 @@ export class Secondary {
    * secondary.applied$.subscribe((t) => console.log('applied', t.tid.toString('hex')));
    */
   static async open(options: SecondaryOptions): Promise<Secondary> {
-    const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync });
+    // Tids this storage chooses after a promotion come from the injected clock (virtual in simulations).
+    const clock = options.clock ?? systemClock;
+    const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, now: () => clock.now(), disk: options.disk });
     const s = new Secondary(inner, options);
     try {
       s.failover = await FailoverHistory.open(inner, { role: 'secondary', fsync: options.fsync });
@@ -212,6 +236,7 @@ export class Secondary {
           log: s.log,
           nodeStatus: (sessions) => s.describe(sessions),
           history: s.failover,
+          promote: (request) => s.promoteOnRequest(request),
         });
       }
     } catch (err) {
@@ -264,6 +289,7 @@ export class Secondary {
   setReplicationAddress(address: string | number | ReplicationAddress): void {
     const from = formatAddress(this.actor.getSnapshot().context.address as ReplicationAddress);
     void this.audit?.decide('config', { change: 'replicateFrom', from, to: formatAddress(toAddress(address)) }).catch(() => undefined);
+    this.divergence = null;
     this.actor.send({ type: 'SET_ADDRESS', address: toAddress(address) });
   }
 
@@ -297,8 +323,10 @@ export class Secondary {
   private makeConnection(stream: ByteStream): Connection {
     const start = this.inner.lastTransaction();
     const maxFrame = this.options.maxFrameBytes ?? DEFAULT_STREAM_MAX_FRAME_BYTES;
+    const mutations = this.options.mutations ?? NO_MUTATIONS;
+    const verifyChecksum = !mutations.skipChecksum;
     const inbound: InboundDecoder =
-      this.spec.kind === 'native' ? new NativeInbound(start, maxFrame) : new Zrs2Inbound(start, this.spec, maxFrame);
+      this.spec.kind === 'native' ? new NativeInbound(start, maxFrame, verifyChecksum) : new Zrs2Inbound(start, this.spec, maxFrame, verifyChecksum);
     const conn: Connection = {
       stream,
       decoder: new FrameDecoder({ maxFrameBytes: inbound.maxFrameBytes }),
@@ -323,6 +351,7 @@ export class Secondary {
         },
       },
       this.options.transferBlobs ?? true,
+      mutations,
     );
     return conn;
   }
@@ -333,7 +362,7 @@ export class Secondary {
     if (this.spec.kind === 'native') {
       const blobs = (this.options.transferBlobs ?? true) && this.inner.blobs !== null;
       const history = this.failover?.helloFields(start) ?? { generations: [] };
-      conn.stream.write(encodeNativeFrame({ type: 'hello', startTid: start, ...history, options: { blobs } }, this.packr));
+      conn.stream.write(encodeNativeFrame({ type: 'hello', startTid: start, ...history, options: { blobs, rawTxns: true } }, this.packr));
     } else conn.stream.write(encodeFrame(start));
   }
 
@@ -394,9 +423,9 @@ export class Secondary {
     }
     if (e.kind === 'refused') {
       this.log('error', `primary refused replication: ${e.code}: ${e.reason}`, { code: e.code });
-      if (e.code === 'diverged') this.reportDiverged(e.reason, e.forkTid);
+      if (e.code === 'diverged') this.reportDiverged(e.reason, e.forkTid, e.primaryLastTid);
       conn.dead = true;
-      return send({ type: 'REFUSED', code: e.code, reason: e.reason, forkTid: e.forkTid });
+      return send({ type: 'REFUSED', code: e.code, reason: e.reason, forkTid: e.forkTid, ...(e.primaryLastTid ? { primaryLastTid: e.primaryLastTid } : {}) });
     }
     conn.queued += 1;
     if (conn.queued > HIGH_WATER_EVENTS && !conn.paused) {
@@ -519,8 +548,35 @@ export class Secondary {
    * const primary = await secondary.promote();
    * console.log(primary.generation); // { generation: 1, startTid: <last tid> }
    */
-  promote(options: PromoteOptions = {}): Promise<Primary> {
-    return promoteSecondary(this.promotionHandle(), options);
+  async promote(options: PromoteOptions = {}): Promise<Primary> {
+    let primary: Primary;
+    try {
+      primary = await promoteSecondary(this.promotionHandle(), { ...this.options.whenPromoted, ...options });
+    } catch (err) {
+      // Refused before detaching: the audit log is still this secondary's (after a detach it is closed).
+      const code = err instanceof PromotionRefusedError ? err.code : 'failed';
+      const reason = err instanceof Error ? err.message : String(err);
+      await this.audit?.decide('promotion-refused', { code, reason, requestedBy: options.requestedBy ?? 'api', force: options.force === true }).catch(() => undefined);
+      throw err;
+    }
+    this.promotedSubject.next(primary);
+    this.promotedSubject.complete();
+    return primary;
+  }
+
+  /** A promote request received on replicateTo: promote, and say how it went (never rejects). */
+  private async promoteOnRequest(request: { force: boolean; peer: string }): Promise<PromoteOutcome> {
+    this.log('warn', `promote request from ${request.peer}${request.force ? ' (forced)' : ''}`, { peer: request.peer, force: request.force });
+    try {
+      const primary = await this.promote({ force: request.force, requestedBy: request.peer });
+      const g = primary.generation;
+      const sessionsKept = primary.status().sessions.filter((s) => s.state === 'catchingUp' || s.state === 'live').length;
+      return { kind: 'promoted', generation: g.generation, startTid: g.startTid, sessionsKept };
+    } catch (err) {
+      const reason = err instanceof Error ? err.message : String(err);
+      this.log('error', `promote request from ${request.peer} not carried out: ${reason}`, { peer: request.peer });
+      return { kind: 'refused', code: err instanceof PromotionRefusedError ? 'refused' : 'failed', reason };
+    }
   }
 
   private promotionHandle(): PromotionHandle {
@@ -531,7 +587,9 @@ export class Secondary {
       transport: this.options.transport,
       clock: this.options.clock,
       fsync: this.options.fsync,
+      carried: { name: this.options.name, auditPath: this.options.auditPath, metricsAddress: this.options.metricsAddress },
       upstreamState: () => stateName(this.actor.getSnapshot().value),
+      upstreamAddress: () => formatAddress(this.actor.getSnapshot().context.address as ReplicationAddress),
       serverAddress: () => this.server?.address ?? null,
       detach: async () => {
         if (this.closedPromise) throw new ZrsError('the secondary is closed');
@@ -568,14 +626,58 @@ export class Secondary {
     });
   }
 
-  private reportDiverged(reason: string, forkTid: Buffer | undefined): void {
+  private reportDiverged(reason: string, forkTid: Buffer | undefined, primaryLastTid: Buffer | undefined): void {
     const local = this.inner.lastTransaction();
-    const err = new DivergedHistoryError(forkTid ?? Buffer.alloc(8), local, null, reason);
+    const err = new DivergedHistoryError(forkTid ?? Buffer.alloc(8), local, primaryLastTid ?? null, reason);
+    this.divergence = err;
     this.log('error', `DIVERGED: this secondary holds history its primary never had; replication stopped until an explicit rewind (rewindStorage / zrs rewind): ${err.message}`, {
       error: err.name,
       forkTid: err.forkTid.toString('hex'),
       localTid: local.toString('hex'),
+      remoteTid: err.remoteTid?.toString('hex') ?? null,
     });
+  }
+
+  /**
+   * Online rewind of a diverged secondary (docs/FAILOVER.md, Rewind): cut its
+   * storage back to the fork tid its primary named when it refused it, saving
+   * the cut transactions in `<path>.rewound-<forkTid>`, then reconnect to the
+   * same primary and converge. Sessions of further secondaries are closed
+   * first (they must handshake again against the shorter history), and new
+   * ones are turned away until the cut is done.
+   *
+   * @example
+   * secondary.status$.pipe(filter((s) => s.kind === 'diverged')).subscribe(() => void secondary.rewind());
+   */
+  async rewind(): Promise<RewindResult> {
+    const snap = this.actor.getSnapshot();
+    const divergence = this.divergence;
+    if (this.closedPromise) throw new ZrsError('the secondary is closed');
+    if (!snap.matches('diverged') || divergence === null) {
+      throw new ZrsError(`rewind() needs a secondary its primary refused as diverged; this one is ${stateName(snap.value)}`);
+    }
+    const address = formatAddress(snap.context.address as ReplicationAddress);
+    const resume = this.server ? await this.server.suspend() : () => undefined;
+    let result: RewindResult;
+    try {
+      result = await rewindOpenStorage(this.inner, divergence.forkTid, { history: this.failover!, withBlobs: this.inner.blobs !== null });
+    } finally {
+      resume();
+    }
+    this.log('warn', `REWOUND to tid ${result.forkTid.toString('hex')}: ${result.cutTids.length} transaction(s) saved in ${result.sidePath ?? '(nothing cut)'}; reconnecting to ${address}`, {
+      forkTid: result.forkTid.toString('hex'),
+      transactionsCut: result.cutTids.length,
+      sidePath: result.sidePath,
+    });
+    await this.audit?.decide('rewind', { ...rewindAuditDetails(result, address), online: true }).catch(() => undefined);
+    this.divergence = null;
+    this.actor.send({ type: 'RESET', lastAppliedTid: this.inner.lastTransaction() });
+    return result;
+  }
+
+  /** Why the primary refused this secondary as diverged (its last refusal), or null. */
+  get diverged(): DivergedHistoryError | null {
+    return this.divergence;
   }
 
   /** The generations and hash chain of this storage. */
@@ -600,6 +702,7 @@ export class Secondary {
     await this.inner.close();
     await this.failover?.close();
     this.statusSubject.complete();
+    this.promotedSubject.complete();
   }
 }
 

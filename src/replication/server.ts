@@ -9,7 +9,7 @@ import type { FileStorage } from '../storage/FileStorage.js';
 import type { NodeStatus } from '../wire/native.js';
 import { formatAddress } from './address.js';
 import { buildNodeStatus } from './nodeStatus.js';
-import { PrimarySession, type SessionLog, type SessionStatus } from './primarySession.js';
+import { PrimarySession, type PrimarySessionOptions, type SessionLog, type SessionStatus } from './primarySession.js';
 import { supportedProtocols } from './protocols.js';
 import type { FailoverHistory } from '../failover/history.js';
 
@@ -31,7 +31,19 @@ export interface ReplicationServerOptions {
   onSession?: (session: PrimarySession) => void;
   /** The storage's generations and hash chain: sessions refuse diverged secondaries and send the history in welcome. */
   history?: FailoverHistory;
+  /**
+   * Carries out a promote request received on this address (a secondary
+   * promoting itself; a primary answers `already-primary`). Default: refused
+   * as `not-promotable`.
+   */
+  promote?: PromoteHandler;
 }
+
+/** See ReplicationServerOptions.promote. */
+export type PromoteHandler = NonNullable<PrimarySessionOptions['promote']>;
+
+/** What a node that takes over a running server (a promoted secondary's Primary) replaces. */
+export type ServerRole = Pick<ReplicationServerOptions, 'nodeStatus' | 'onSession' | 'promote'>;
 
 export class ReplicationServer {
   private readonly sessions = new Set<PrimarySession>();
@@ -39,8 +51,10 @@ export class ReplicationServer {
   private readonly sessionWatchers = new Set<(session: PrimarySession) => void>();
   private listener: Listener | null = null;
   private closing = false;
+  /** While set (an online rewind), new connections are closed at once. */
+  private suspended = false;
 
-  private constructor(private readonly options: ReplicationServerOptions) {}
+  private constructor(private options: ReplicationServerOptions) {}
 
   static async start(options: ReplicationServerOptions): Promise<ReplicationServer> {
     const server = new ReplicationServer(options);
@@ -55,12 +69,14 @@ export class ReplicationServer {
   }
 
   private accept(stream: ByteStream): void {
-    if (this.closing) {
+    if (this.closing || this.suspended) {
       stream.destroy();
       return;
     }
     const o = this.options;
-    const describe = o.nodeStatus ?? ((sessions: SessionStatus[]) => buildNodeStatus({ role: 'primary', name: null, storage: o.storage, nowMs: o.clock.now(), sessions }));
+    // Looked up when asked: a rebind (promotion) changes who answers.
+    const describe = (sessions: SessionStatus[]): NodeStatus =>
+      this.options.nodeStatus?.(sessions) ?? buildNodeStatus({ role: 'primary', name: null, storage: o.storage, nowMs: o.clock.now(), sessions });
     const session: PrimarySession = new PrimarySession({
       storage: o.storage,
       stream,
@@ -72,6 +88,7 @@ export class ReplicationServer {
       followBufferSize: o.followBufferSize,
       history: o.history,
       nodeStatus: () => describe([...this.sessions].filter((s) => s !== session).map((s) => s.status())),
+      promote: (request) => (this.options.promote ? this.options.promote(request) : Promise.resolve({ kind: 'refused', code: 'not-promotable', reason: 'this node does not accept promote requests' })),
     });
     this.sessions.add(session);
     o.log('info', `secondary connected from ${stream.peer}`);
@@ -88,6 +105,31 @@ export class ReplicationServer {
     for (const s of this.sessions) watch(s);
     this.sessionWatchers.add(watch);
     return () => void this.sessionWatchers.delete(watch);
+  }
+
+  /**
+   * Hand the server to another node object (a secondary promoted to primary):
+   * status requests, new sessions and promote requests go to `role` from now
+   * on; open sessions keep streaming.
+   */
+  rebind(role: ServerRole): void {
+    this.options = { ...this.options, ...role };
+  }
+
+  /**
+   * Close every session (each first sends what is committed) and turn new
+   * connections away until the returned function is called: the served
+   * history is about to change under them (an online rewind), so every
+   * downstream secondary must handshake again afterwards.
+   */
+  async suspend(): Promise<() => void> {
+    this.suspended = true;
+    const done = [...this.sessions].map((s) => new Promise<void>((resolve) => s.done$.subscribe({ complete: () => resolve() })));
+    for (const s of this.sessions) s.close();
+    await Promise.all(done);
+    return () => {
+      this.suspended = false;
+    };
   }
 
   /** Status of every connected secondary. */

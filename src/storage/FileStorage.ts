@@ -15,6 +15,7 @@ import {
   POSKeyError,
   ReadOnlyError,
   StorageClosedError,
+  StorageWriteError,
   StorageTransactionError,
   ZrsError,
 } from '../errors.js';
@@ -39,7 +40,9 @@ import {
 import { preadSync } from './fileio.js';
 import { TxnBuffer } from './txnBuffer.js';
 import { RecentTransactions } from './recentTxns.js';
+import { relocateTransactions, type RelocatedTxn } from './rawAppend.js';
 import { GroupSync } from './groupSync.js';
+import { nodeDisk, type StorageDisk } from './disk.js';
 import { loadIndex, removeIndex, saveIndex } from './indexFile.js';
 import { LockFile } from './lock.js';
 import { emptyScanState, oidKey, recordTransaction, sampleAtOrBefore, scanFile, type ScanState } from './scan.js';
@@ -194,10 +197,12 @@ export class FileStorage {
     readonly blobs: BlobDirectory | null,
     /** Tid of a cut unfinished transaction: new tids stay above it. */
     private readonly tidFloor: Buffer | null,
+    /** The data file's writes, truncation and datasync (node:fs unless injected). @internal */
+    readonly disk: StorageDisk,
   ) {
     this.publishedEnd = end;
     this.publishedTid = Buffer.from(state.lastTid ?? Z64);
-    this.groupSync = new GroupSync(fd, end, () => this.end);
+    this.groupSync = new GroupSync(fd, end, () => this.end, disk);
     this.lastOid = Buffer.from(state.maxOid);
   }
 
@@ -264,6 +269,7 @@ export class FileStorage {
         magic.toString('latin1'),
         blobs,
         tailTid,
+        options.disk ?? nodeDisk,
       );
     } catch (err) {
       await handle?.close();
@@ -533,11 +539,11 @@ export class FileStorage {
     if (cur.voted) throw new StorageTransactionError('tpcVote: transaction already voted');
     const body = this.assemble(cur);
     try {
-      writeFully(this.fd, body, cur.tpos);
+      this.disk.write(this.fd, body, cur.tpos);
     } catch (err) {
       // Nothing half-written stays behind (e.g. a full disk).
-      ftruncateSync(this.fd, cur.tpos);
-      throw new ZrsError(`${this.path}: could not write transaction: ${(err as Error).message}`, { cause: err });
+      this.disk.truncate(this.fd, cur.tpos);
+      throw new StorageWriteError(this.path, cur.tpos, { cause: err });
     }
     cur.voted = true;
     if (cur.blobs.length) await this.placeBlobs(cur);
@@ -577,7 +583,7 @@ export class FileStorage {
   async tpcFinish(txn: TransactionMeta): Promise<Buffer> {
     const cur = this.pending(txn, 'tpcFinish');
     if (!cur.voted) throw new StorageTransactionError('tpcFinish: transaction not voted');
-    writeFully(this.fd, statusByte(cur.status), cur.tpos + 16);
+    this.disk.write(this.fd, statusByte(cur.status), cur.tpos + 16);
     const end = cur.tpos + cur.metaBytes + cur.body.recordBytes + TRAILER_BYTES;
     for (const [key, pos] of cur.tindex) this.state.index.set(key, pos);
     this.recentTxns.add(cur.tpos, cur.tid);
@@ -625,10 +631,50 @@ export class FileStorage {
     if (this.closed) return;
     const cur = this.current;
     if (cur === null || cur.txn !== txn) return; // ZODB ignores aborts of other transactions
-    if (cur.voted) ftruncateSync(this.fd, cur.tpos);
+    if (cur.voted) this.disk.truncate(this.fd, cur.tpos);
     this.current = null;
     cur.release();
     if (this.blobs) await this.blobs.discard(cur.blobs.map((b) => b.placedPath ?? b.stagedPath));
+  }
+
+  /**
+   * Append whole committed transactions given as FileStorage bytes from
+   * another storage (see rawAppend.ts): one write for all of them, each
+   * published on commits$ once durable, like a tpcFinish per transaction.
+   * Resolves once written, with the last tid and a promise of it that
+   * settles once durable. Bad bytes raise a CorruptedDataError and write
+   * nothing. `raw` is rewritten in place.
+   */
+  async appendTransactions(raw: Buffer): Promise<{ lastTid: Buffer; durable: Promise<Buffer> }> {
+    this.checkWritable('appendTransactions');
+    const release = await this.commitLock.acquire();
+    let last: RelocatedTxn;
+    try {
+      this.checkWritable('appendTransactions');
+      const run = relocateTransactions(raw, this.end, this.state.lastTid, (key) => this.state.index.get(key), `${this.path} (transactions received)`);
+      if (run.txns.length === 0) throw new CorruptedDataError(`${this.path} (transactions received)`, 0, 'no transaction');
+      try {
+        this.disk.write(this.fd, raw, this.end);
+      } catch (err) {
+        this.disk.truncate(this.fd, this.end);
+        throw new ZrsError(`${this.path}: could not write transactions: ${(err as Error).message}`, { cause: err });
+      }
+      for (const [key, pos] of run.index) this.state.index.set(key, pos);
+      const maxOid = run.maxOid;
+      if (maxOid !== null && Buffer.compare(maxOid, this.state.maxOid) > 0) this.state.maxOid = Buffer.from(maxOid);
+      if (Buffer.compare(this.state.maxOid, this.lastOid) > 0) this.lastOid = this.state.maxOid;
+      for (const t of run.txns) {
+        recordTransaction(this.state, t.tid, t.pos);
+        this.recentTxns.add(t.pos, t.tid);
+        this.unpublished.push({ tid: t.tid, status: STATUS_COMMITTED, pos: t.pos, end: t.end, oids: t.oids });
+      }
+      last = run.txns[run.txns.length - 1]!;
+      this.end = last.end;
+    } finally {
+      release();
+    }
+    const tid = last.tid;
+    return { lastTid: tid, durable: this.makeDurable(last.end).then(() => tid) };
   }
 
   // ---------------------------------------------------------------- reads
@@ -915,7 +961,7 @@ export class FileStorage {
     this.end = result.end;
     this.publishedEnd = result.end;
     this.publishedTid = Buffer.from(result.lastTid ?? Z64);
-    this.groupSync = new GroupSync(fd, result.end, () => this.end);
+    this.groupSync = new GroupSync(fd, result.end, () => this.end, this.disk);
     this.epoch += 1;
     this.recentTxns.clear();
     await oldHandle.close();
@@ -960,9 +1006,4 @@ export class FileStorage {
 
 function checkOid(oid: Buffer): void {
   if (oid.length !== 8) throw new ZrsError(`oid must be 8 bytes, got ${oid.length}`);
-}
-
-function writeFully(fd: number, buf: Buffer, pos: number): void {
-  let off = 0;
-  while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off, pos + off);
 }

@@ -30,8 +30,11 @@ export class WindowReader {
   constructor(
     private readonly handle: FileHandle,
     private readonly windowBytes = 4 * 1024 * 1024,
+    /** Where the readable bytes end (when known): windows are not made larger than that. */
+    private readonly fileEnd: (() => number) | null = null,
   ) {
-    this.buf = Buffer.allocUnsafe(windowBytes);
+    // Nothing until the first fill, which allocates the window it reads.
+    this.buf = Buffer.alloc(0);
   }
 
   has(pos: number, length: number): boolean {
@@ -40,7 +43,8 @@ export class WindowReader {
 
   /** Read a window starting at `pos` holding at least `length` bytes (fewer at EOF). */
   async fill(pos: number, length: number): Promise<void> {
-    const want = Math.max(length, this.windowBytes);
+    const readable = this.fileEnd ? this.fileEnd() - pos : this.windowBytes;
+    const want = Math.max(length, Math.min(this.windowBytes, readable));
     // A fresh buffer each time: views handed out earlier stay valid.
     this.buf = Buffer.allocUnsafe(want);
     let got = 0;

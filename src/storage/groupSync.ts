@@ -2,7 +2,7 @@
 // A transaction is reported committed (tpcFinish resolves, commits$ emits)
 // only once a sync that started after its bytes were written has finished.
 
-import { fdatasync } from 'node:fs';
+import type { StorageDisk } from './disk.js';
 
 export class GroupSync {
   /** Everything before this offset is durable. */
@@ -14,6 +14,7 @@ export class GroupSync {
     initialEnd: number,
     /** End of the transactions whose final status is written (never shrinks). */
     private readonly writtenEnd: () => number,
+    private readonly disk: StorageDisk,
   ) {
     this.durableEnd = initialEnd;
   }
@@ -33,7 +34,7 @@ export class GroupSync {
   private async runSync(): Promise<void> {
     const target = this.writtenEnd();
     try {
-      await new Promise<void>((resolve, reject) => fdatasync(this.fd, (err) => (err ? reject(err) : resolve())));
+      await this.disk.datasync(this.fd);
       if (target > this.durableEnd) this.durableEnd = target;
     } finally {
       this.inFlight = null;

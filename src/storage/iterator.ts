@@ -27,7 +27,7 @@ export async function* iterateTransactions(
   options: IterateOptions = {},
 ): AsyncGenerator<TransactionRecord> {
   let epoch = storage.fileEpoch;
-  let reader = new WindowReader(storage.fileHandle, 1 << 20);
+  let reader = new WindowReader(storage.fileHandle, 1 << 20, () => storage.durableEnd);
   let pos = start ? storage.positionAfter(start, true) : storage.firstTransactionPos;
   let lastTid: Buffer | null = null;
   for (;;) {
@@ -35,7 +35,7 @@ export async function* iterateTransactions(
     if (epoch !== storage.fileEpoch) {
       // The file was replaced (pack): find our place again by tid.
       epoch = storage.fileEpoch;
-      reader = new WindowReader(storage.fileHandle, 1 << 20);
+      reader = new WindowReader(storage.fileHandle, 1 << 20, () => storage.durableEnd);
       pos = lastTid ? storage.positionAfter(lastTid, false) : storage.firstTransactionPos;
     }
     if (pos >= storage.durableEnd) {
@@ -112,7 +112,7 @@ function parseTransaction(storage: FileStorage, body: Buffer, pos: number): Tran
     records.push(recordAt(storage, body, off, pos + off, tid, plen));
     off += len;
   }
-  return { tid, status: h.status, user, description, extensionBytes, pos, length: h.length, records };
+  return { tid, status: h.status, user, description, extensionBytes, pos, length: h.length, records, raw: body };
 }
 
 function recordAt(storage: FileStorage, body: Buffer, off: number, pos: number, tid: Buffer, plen: number): DataRecord {

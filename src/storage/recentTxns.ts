@@ -5,25 +5,38 @@
 // of a disk read, for the conflict check of every store.
 
 export class RecentTransactions {
-  private readonly positions: Float64Array;
-  private readonly tids: Array<Buffer | undefined>;
-  /** Index of the oldest entry. */
+  /** Allocated slots: grows by doubling up to maxEntries, so a small storage stays small. */
+  private positions: Float64Array;
+  private tids: Array<Buffer | undefined>;
+  private capacity: number;
+  /** Index of the oldest entry (moves only once the ring is full at maxEntries). */
   private head = 0;
   private count = 0;
 
-  constructor(private readonly capacity = 1 << 16) {
-    this.positions = new Float64Array(capacity);
-    this.tids = new Array<Buffer | undefined>(capacity);
+  constructor(private readonly maxEntries = 1 << 16) {
+    this.capacity = Math.min(64, maxEntries);
+    this.positions = new Float64Array(this.capacity);
+    this.tids = new Array<Buffer | undefined>(this.capacity);
   }
 
   /** Record a transaction that starts at `pos`; a position not past the last one (a truncated file) starts over. */
   add(pos: number, tid: Buffer): void {
     if (this.count > 0 && pos <= this.positions[(this.head + this.count - 1) % this.capacity]!) this.clear();
+    if (this.count === this.capacity && this.capacity < this.maxEntries) this.grow();
     const slot = (this.head + this.count) % this.capacity;
     this.positions[slot] = pos;
     this.tids[slot] = tid;
     if (this.count < this.capacity) this.count += 1;
     else this.head = (this.head + 1) % this.capacity;
+  }
+
+  /** Double the slots; the entries are still in order from slot 0 (head is 0 until the ring is full). */
+  private grow(): void {
+    this.capacity = Math.min(this.capacity * 2, this.maxEntries);
+    const positions = new Float64Array(this.capacity);
+    positions.set(this.positions);
+    this.positions = positions;
+    this.tids.length = this.capacity;
   }
 
   /** The tid of the record at `pos`, or undefined when its transaction is older than the ring. */

@@ -71,7 +71,7 @@ export async function scanFile(
   fileSize: number,
   state: ScanState,
 ): Promise<ScanResult> {
-  const reader = new WindowReader(handle);
+  const reader = new WindowReader(handle, undefined, () => fileSize);
   while (pos < fileSize) {
     let verdict: TxnVerdict;
     try {

@@ -3,6 +3,7 @@
 // Buffers everywhere (big-endian, as ZODB writes them).
 
 import type { PickleValue, PickleWritable } from '../wire/pickle.js';
+import type { StorageDisk } from './disk.js';
 
 /** Transaction metadata given to tpcBegin, as ZODB's transaction object carries it. */
 export interface TransactionMeta {
@@ -54,6 +55,8 @@ export interface TransactionRecord {
   /** tlen: header + metadata + records, without the 8-byte trailer. */
   length: number;
   records: DataRecord[];
+  /** The transaction's bytes as stored, header to trailer (a view), when read from a file. */
+  raw?: Buffer;
 }
 
 /** What tpcFinish publishes on commits$ once the transaction is durable. */
@@ -112,4 +115,6 @@ export interface OpenOptions {
   fsync?: boolean;
   /** Wall-clock source for new tids, in ms since the epoch (tests inject a fake). */
   now?: () => number;
+  /** The data file's disk I/O (default: node:fs); the simulator injects a slow or full disk. */
+  disk?: StorageDisk;
 }

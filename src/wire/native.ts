@@ -55,6 +55,9 @@ export const MAX_REFUSAL_MESSAGE_CHARS = 4096;
 /** Limit for the `status` reply a status client reads, in bytes. */
 export const STATUS_REPLY_MAX_BYTES = 1024 * 1024;
 
+/** Limit for the `promoted` / `promote-refused` reply an admin client reads, in bytes. */
+export const PROMOTE_REPLY_MAX_BYTES = 64 * 1024;
+
 /** Most sessions listed in one `status` (`sessionCount` still counts them all). */
 export const MAX_STATUS_SESSIONS = 1024;
 
@@ -128,12 +131,16 @@ export interface ChainHead {
 export interface HelloOptions {
   blobs: boolean;
   compression?: 'none';
+  /** The secondary applies `txns` messages (whole transactions in FileStorage bytes). */
+  rawTxns?: boolean;
 }
 
 /** Options a primary granted. */
 export interface AcceptedOptions {
   blobs: boolean;
   compression: 'none';
+  /** `txns` messages may follow (only when the hello asked for them). */
+  rawTxns?: boolean;
 }
 
 /** Secondary -> primary, frame 2: where to start and what history the secondary holds. */
@@ -191,6 +198,8 @@ export interface RefuseMessage {
   message: string;
   /** For 'diverged': the last tid both histories share. */
   forkTid?: Buffer;
+  /** Optional: the primary's last tid when it refused (sent with 'diverged' and 'tid-too-high'). */
+  lastTid?: Buffer;
   /** For 'unsupported-version': the native versions the primary speaks. */
   supportedVersions?: number[];
 }
@@ -221,6 +230,21 @@ export interface TxnMessage {
    * no `record` messages follow, only `commit`. Absent: `record` messages follow.
    */
   records?: InlineRecord[];
+}
+
+/**
+ * Primary -> secondary: `count` consecutive committed transactions exactly as
+ * the primary's data file holds them (FileStorage bytes, header to trailer),
+ * each with status ' ', no backpointers and no blobs to transfer; a `commit`
+ * with the checksum follows. The secondary rewrites the file positions inside
+ * (record tloc and prev) for its own file. `bytes` is a view into the frame.
+ */
+export interface TxnsMessage {
+  type: 'txns';
+  count: number;
+  /** The tid of the last transaction in `bytes` (the `commit` closes it). */
+  lastTid: Buffer;
+  bytes: Buffer;
 }
 
 /** Primary -> secondary: one data record of the current transaction. */
@@ -265,6 +289,38 @@ export interface HeartbeatMessage {
 /** Status client -> node, frame 2 instead of `hello`: answer with one `status`, then close. */
 export interface StatusRequestMessage {
   type: 'status-request';
+}
+
+/**
+ * Admin client -> node, frame 2 instead of `hello`: promote this secondary to
+ * primary, answer with one `promoted` or `promote-refused`, then close.
+ */
+export interface PromoteRequestMessage {
+  type: 'promote-request';
+  /** Promote even while connected to a live primary, or while diverged. */
+  force: boolean;
+}
+
+/** Node -> admin client, then close: the secondary is now a primary. */
+export interface PromotedMessage {
+  type: 'promoted';
+  /** The generation it started: `startTid` is its last tid, the tid the new history starts after. */
+  generation: GenerationEntry;
+  /** Downstream replication sessions it kept serving through the promotion. */
+  sessionsKept: number;
+}
+
+/** Why a promote request was not carried out. */
+export type PromoteRefusalCode = 'already-primary' | 'refused' | 'not-promotable' | 'failed';
+
+/** Every PromoteRefusalCode, for validation. */
+export const PROMOTE_REFUSAL_CODES: readonly PromoteRefusalCode[] = ['already-primary', 'refused', 'not-promotable', 'failed'];
+
+/** Node -> admin client, then close: the promote request was not carried out. */
+export interface PromoteRefusedMessage {
+  type: 'promote-refused';
+  code: PromoteRefusalCode;
+  message: string;
 }
 
 /** The last heartbeat a secondary received from its primary. */
@@ -329,19 +385,22 @@ export interface StatusMessage extends NodeStatus {
 }
 
 /** Messages a secondary sends. */
-export type SecondaryMessage = HelloMessage | AckMessage | StatusRequestMessage;
+export type SecondaryMessage = HelloMessage | AckMessage | StatusRequestMessage | PromoteRequestMessage;
 
 /** Messages a primary sends. */
 export type PrimaryMessage =
   | WelcomeMessage
   | RefuseMessage
   | TxnMessage
+  | TxnsMessage
   | RecordMessage
   | BlobMessage
   | BlobBlockMessage
   | CommitMessage
   | HeartbeatMessage
-  | StatusMessage;
+  | StatusMessage
+  | PromotedMessage
+  | PromoteRefusedMessage;
 
 /** Every native message, discriminated by `type`. */
 export type NativeMessage = SecondaryMessage | PrimaryMessage;
@@ -355,6 +414,7 @@ const SENDER_OF: Readonly<Record<NativeMessage['type'], NativeSender>> = {
   welcome: 'primary',
   refuse: 'primary',
   txn: 'primary',
+  txns: 'primary',
   record: 'primary',
   blob: 'primary',
   'blob-block': 'primary',
@@ -362,6 +422,9 @@ const SENDER_OF: Readonly<Record<NativeMessage['type'], NativeSender>> = {
   heartbeat: 'primary',
   'status-request': 'secondary',
   status: 'primary',
+  'promote-request': 'secondary',
+  promoted: 'primary',
+  'promote-refused': 'primary',
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -531,6 +594,13 @@ function parseMessage(value: unknown, copyIds: boolean): NativeMessage {
       return parseRefuse(obj, copyIds);
     case 'txn':
       return parseTxn(obj, copyIds);
+    case 'txns':
+      return {
+        type,
+        count: asInt(get(obj, 'count', type), 'txns.count', 1),
+        lastTid: asId(get(obj, 'lastTid', type), 'txns.lastTid', copyIds),
+        bytes: asBytes(get(obj, 'bytes', type), 'txns.bytes', false, 1),
+      };
     case 'record':
       return parseRecord(obj, copyIds);
     case 'blob':
@@ -552,6 +622,22 @@ function parseMessage(value: unknown, copyIds: boolean): NativeMessage {
       return { type };
     case 'status':
       return parseStatus(obj, copyIds);
+    case 'promote-request':
+      return { type, force: asBool(get(obj, 'force', type), 'promote-request.force') };
+    case 'promoted':
+      return {
+        type,
+        generation: parseGeneration(get(obj, 'generation', type), 'promoted.generation', copyIds),
+        sessionsKept: asInt(get(obj, 'sessionsKept', type), 'promoted.sessionsKept', 0),
+      };
+    case 'promote-refused': {
+      const code = get(obj, 'code', type);
+      const message = asString(get(obj, 'message', type), 'promote-refused.message', MAX_REFUSAL_MESSAGE_CHARS);
+      if (typeof code !== 'string' || !(PROMOTE_REFUSAL_CODES as readonly string[]).includes(code)) {
+        return fail(`promote-refused with unknown code ${describe(code)}: ${message}`);
+      }
+      return { type, code: code as PromoteRefusalCode, message };
+    }
     default:
       return fail(`unknown message type ${JSON.stringify(type.slice(0, 40))}`);
   }
@@ -590,6 +676,8 @@ function parseHello(obj: Obj, copy: boolean): HelloMessage {
     if (compression !== 'none') fail(`hello.options.compression must be 'none', got ${describe(compression)}`);
     options.compression = 'none';
   }
+  const rawTxns = getOptional(optionsObj, 'rawTxns');
+  if (rawTxns !== undefined && rawTxns !== null) options.rawTxns = asBool(rawTxns, 'hello.options.rawTxns');
   const hello: HelloMessage = {
     type: 'hello',
     startTid: asId(get(obj, 'startTid', 'hello'), 'hello.startTid', copy),
@@ -629,9 +717,14 @@ function parseWelcome(obj: Obj, copy: boolean): WelcomeMessage {
     type: 'welcome',
     lastTid: asId(get(obj, 'lastTid', 'welcome'), 'welcome.lastTid', copy),
     generation: parseGeneration(get(obj, 'generation', 'welcome'), 'welcome.generation', copy),
-    options: { blobs: asBool(get(optionsObj, 'blobs', 'welcome.options'), 'welcome.options.blobs'), compression: 'none' },
+    options: { blobs: asBool(get(optionsObj, 'blobs', 'welcome.options'), 'welcome.options.blobs'), compression: 'none', ...parseRawTxnsGrant(optionsObj) },
     ...parseWelcomeGenerations(getOptional(obj, 'generations'), copy),
   };
+}
+
+function parseRawTxnsGrant(options: Obj): { rawTxns?: boolean } {
+  const v = getOptional(options, 'rawTxns');
+  return v === undefined || v === null ? {} : { rawTxns: asBool(v, 'welcome.options.rawTxns') };
 }
 
 function parseWelcomeGenerations(list: unknown, copy: boolean): { generations?: GenerationEntry[] } {
@@ -650,6 +743,8 @@ function parseRefuse(obj: Obj, copy: boolean): RefuseMessage {
   const refuse: RefuseMessage = { type: 'refuse', code: code as RefuseCode, message };
   const forkTid = getOptional(obj, 'forkTid');
   if (forkTid !== undefined && forkTid !== null) refuse.forkTid = asId(forkTid, 'refuse.forkTid', copy);
+  const lastTid = getOptional(obj, 'lastTid');
+  if (lastTid !== undefined && lastTid !== null) refuse.lastTid = asId(lastTid, 'refuse.lastTid', copy);
   const versions = getOptional(obj, 'supportedVersions');
   if (versions !== undefined && versions !== null) {
     if (!Array.isArray(versions) || versions.length > 64) {

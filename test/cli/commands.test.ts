@@ -103,7 +103,7 @@ describe('zrs help and usage', () => {
     await writeFile(cfg, `%import zc.zrs\n<zrs main>\n replicate-to ${dir}/p.sock\n <filestorage>\n  path ${dir}/Data.fs\n </filestorage>\n</zrs>\n`);
     const r = await run('serve', '--check', cfg);
     expect(r.code).toBe(0);
-    expect(r.stdout).toBe(`${cfg}:2: primary main: ${dir}/Data.fs, replicating to ${dir}/p.sock\n`);
+    expect(r.stdout).toBe(`${cfg}:2: primary main: ${dir}/Data.fs, replicating to ${dir}/p.sock, audit log ${dir}/Data.fs.audit\n`);
   });
 
   it('serve fails cleanly (exit 1, lock released) when a replication port is taken', async () => {

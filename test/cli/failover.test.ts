@@ -1,16 +1,32 @@
 // `zrs promote` and `zrs rewind` in-process: a new generation on a stopped
 // storage; a rewind to a given tid with the cut part in a dumpable side file.
 
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { firstValueFrom } from 'rxjs';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { readAuditLog } from '../../src/audit/auditLog.js';
 import { runCli } from '../../src/cli/cli.js';
+import type { ReplicationAddress } from '../../src/ports/transport.js';
+import { formatAddress } from '../../src/replication/address.js';
+import { Primary } from '../../src/replication/primary.js';
+import { Secondary } from '../../src/replication/secondary.js';
+import { requestStatus } from '../../src/replication/statusClient.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { commitMany } from '../replication/helpers.js';
-import { memoryIo } from './helpers.js';
+import { commitMany, expectSameHistory, waitForTid } from '../replication/helpers.js';
+import { FAST_RECONNECT } from '../replication/netHelpers.js';
+import { freePort, memoryIo, waitUntil, ZrsProcess } from './helpers.js';
 
 afterAll(cleanupTempDirs);
+
+async function run(...argv: string[]) {
+  const io = memoryIo();
+  const code = await runCli(argv, io);
+  return { code, stdout: io.stdout, stderr: io.stderr };
+}
 
 describe('zrs promote / zrs rewind', () => {
   it('promotes offline, then rewinds to a tid', async () => {
@@ -42,5 +58,280 @@ describe('zrs promote / zrs rewind', () => {
 
     io = memoryIo();
     expect(await runCli(['rewind', path], io)).not.toBe(0);
+
+    // Both offline decisions are in the storage's audit log; online-only options are usage errors.
+    const records = (await readAuditLog(`${path}.audit`)).records;
+    expect(records.map((x) => [x.node, x.kind, x.details.newGeneration ?? x.details.transactionsCut])).toEqual([
+      ['Data.fs', 'promotion', 1],
+      ['Data.fs', 'promotion', 2],
+      ['Data.fs', 'rewind', 2],
+    ]);
+    expect(records[2]!.details).toMatchObject({ offline: true, commonWith: 'tid', forkTid: tids[1]!.toString('hex'), firstCutTid: tids[2]!.toString('hex'), lastCutTid: tids[3]!.toString('hex') });
+    expect((await run('promote', '--force', path)).code).toBe(2);
+    expect((await run('promote', '--audit-log', 'off', '127.0.0.1:1')).code).toBe(2);
+  });
+});
+
+/** A loopback TCP relay to `target`; `cut()` drops every relayed connection and stops listening (a partition). */
+async function relay(target: ReplicationAddress): Promise<{ address: string; cut(): Promise<void> }> {
+  if (target.kind !== 'tcp') throw new Error('tcp only');
+  const sockets = new Set<Socket>();
+  const server = createServer((inbound) => {
+    const outbound = createConnection({ host: target.host, port: target.port });
+    for (const s of [inbound, outbound]) {
+      sockets.add(s);
+      s.on('error', () => undefined);
+      s.once('close', () => sockets.delete(s));
+    }
+    inbound.pipe(outbound);
+    outbound.pipe(inbound);
+    inbound.once('close', () => outbound.destroy());
+    outbound.once('close', () => inbound.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    address: `127.0.0.1:${port}`,
+    cut: async () => {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of sockets) s.destroy();
+      await closed;
+    },
+  };
+}
+
+/** Resolve once the secondary's connection machine satisfies `test` (checked on every snapshot). */
+function waitForMachine(s: Secondary, test: (value: string) => boolean, what: string, ms = 15_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const value = (): string => JSON.stringify(s.machine.getSnapshot().value);
+    if (test(value())) return resolve();
+    const timer = setTimeout(() => {
+      sub.unsubscribe();
+      reject(new Error(`secondary never ${what}; it is ${value()}`));
+    }, ms);
+    const sub = s.machine.subscribe(() => {
+      if (!test(value())) return;
+      clearTimeout(timer);
+      sub.unsubscribe();
+      resolve();
+    });
+  });
+}
+
+const hexOf = (b: Buffer): string => b.toString('hex');
+const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/** Assert that `lines` contain a line matching each pattern, in this order (other lines may come between). */
+function expectInOrder(lines: string[], patterns: RegExp[]): void {
+  let at = 0;
+  for (const p of patterns) {
+    const found = lines.findIndex((l, i) => i >= at && p.test(l));
+    if (found < 0) throw new Error(`no line matching ${p} after line ${at}:\n${lines.slice(at).join('\n')}`);
+    at = found + 1;
+  }
+}
+
+describe('failover over real sockets, driven and read through the command line', () => {
+  it('zrs promote ADDRESS promotes a running secondary; zrs rewind and zrs audit tell the whole story', async () => {
+    const dir = await tempDir();
+    const pPath = join(dir, 'p.fs');
+    const s1Path = join(dir, 's1.fs');
+    const oldPrimary = await Primary.open({ path: pPath, replicateTo: '127.0.0.1:0', fsync: false, name: 'p' });
+    const link = await relay(oldPrimary.address);
+    const s1 = await Secondary.open({ path: s1Path, replicateFrom: link.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT, name: 's1' });
+    const s1Address = formatAddress(s1.replicationAddress!);
+    const s3 = await Secondary.open({ path: join(dir, 's3.fs'), replicateFrom: s1.replicationAddress!, fsync: false, reconnect: FAST_RECONNECT, name: 's3' });
+    const promotedPrimary = firstValueFrom(s1.promoted$);
+    let newPrimary: Primary | null = null;
+    let old: Secondary | null = null;
+    try {
+      const shared = await commitMany(oldPrimary.storage, 3);
+      await Promise.all([waitForTid(s1, shared.at(-1)!), waitForTid(s3, shared.at(-1)!)]);
+
+      // Refused while it still replicates from a live primary; a primary is never promoted.
+      let r = await run('promote', s1Address);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(new RegExp(`^zrs promote: ${esc(s1Address)} did not promote itself \\(refused\\): refusing to promote while connected to a primary`));
+      r = await run('promote', formatAddress(oldPrimary.address));
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe(`zrs promote: ${formatAddress(oldPrimary.address)} did not promote itself (already-primary): this node is already a primary\n`);
+      expect(s1.machine.getSnapshot().matches('connected')).toBe(true);
+
+      // The link to s1 breaks; the old primary takes two more commits, then dies.
+      await link.cut();
+      await waitForMachine(s1, (v) => !v.includes('connected'), 'lost its primary');
+      const lost = await commitMany(oldPrimary.storage, 2);
+      await oldPrimary.close();
+
+      // Promoted while running: generation 1 from the last shared tid, s3 kept.
+      r = await run('promote', s1Address);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(r.stdout).toBe(`promoted ${s1Address}: generation 1 starts after tid ${hexOf(shared.at(-1)!)}; 1 downstream session(s) kept\n`);
+      newPrimary = await promotedPrimary;
+      expect(newPrimary.generation).toEqual({ generation: 1, startTid: shared.at(-1)! });
+      const status = await requestStatus(s1Address);
+      expect(status).toMatchObject({ role: 'primary', name: 's1', generation: { generation: 1 }, upstream: null });
+      const fresh = await commitMany(newPrimary.storage, 2);
+      await waitForTid(s3, fresh.at(-1)!);
+      r = await run('promote', s1Address);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain('(already-primary)');
+
+      // The old primary comes back as a secondary: refused, with the fork and the new primary's last tid.
+      old = await Secondary.open({ path: pPath, replicateFrom: s1Address, fsync: false, reconnect: FAST_RECONNECT, name: 'p' });
+      await waitForMachine(old, (v) => v === '"diverged"', 'diverged');
+      expect(old.diverged).toMatchObject({ name: 'DivergedHistoryError', forkTid: shared.at(-1)!, localTid: lost.at(-1)!, remoteTid: fresh.at(-1)! });
+      expect(old.status().upstream?.state).toBe('diverged');
+      await old.close();
+      old = null;
+
+      // Rewound offline against the new primary, it rejoins and converges.
+      r = await run('rewind', pPath, '--to-common-with', s1Address);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toBe(`${pPath}: rewound to tid ${hexOf(shared.at(-1)!)}; 2 transaction(s) saved in ${pPath}.rewound-${hexOf(shared.at(-1)!)}\n`);
+      old = await Secondary.open({ path: pPath, replicateFrom: s1Address, fsync: false, reconnect: FAST_RECONNECT, name: 'p' });
+      await waitForTid(old, fresh.at(-1)!);
+      await expectSameHistory(newPrimary.storage, old.storage);
+      await old.close();
+      old = null;
+      await s3.close();
+      await newPrimary.close();
+      newPrimary = null;
+
+      // One timeline from both nodes' audit logs.
+      r = await run('audit', `${s1Path}.audit`, `${pPath}.audit`);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      const lines = r.stdout.trimEnd().split('\n');
+      const [sharedHex, freshHex] = [hexOf(shared.at(-1)!), hexOf(fresh.at(-1)!)];
+      const node = (name: string, kind: string): string => `  #\\d+  ${name}( gen \\d+)?  ${kind} +`;
+      expectInOrder(lines, [
+        new RegExp(`${node('p', 'config')}open role=primary replicateTo=${esc(formatAddress(oldPrimary.address))}`),
+        new RegExp(`${node('s1', 'config')}open role=secondary replicateFrom=${esc(link.address)}`),
+        new RegExp(`${node('s1', 'handshake')}secondary ${esc(link.address)}: welcome zrs-ts/1 from tid 0{16}`),
+        new RegExp(`${node('s1', 'handshake')}primary 127\\.0\\.0\\.1:\\d+: promote request`),
+        new RegExp(`${node('s1', 'promotion-refused')}promotion REFUSED \\(refused\\): refusing to promote while connected to a primary \\(connected\\.replicating\\)`),
+        new RegExp(`${node('p', 'promotion-refused')}promotion REFUSED \\(already-primary\\): this node is already a primary`),
+        new RegExp(`${node('s1', 'disconnection')}secondaryConnection ${esc(link.address)} connection lost: disconnected`),
+        new RegExp(`${node('p', 'config')}close role=primary`),
+        new RegExp(`${node('s1', 'config')}detach role=secondary`),
+        new RegExp(`${node('s1 gen 1', 'connection')}primarySession 127\\.0\\.0\\.1:\\d+ still connected \\(live\\), kept`),
+        new RegExp(
+          `${node('s1', 'promotion')}PROMOTED secondary -> primary \\(was replicating from ${esc(link.address)}\\): generation 1 starts after tid ${sharedHex}; 1 downstream session\\(s\\) kept; requested by 127\\.0\\.0\\.1:\\d+$`,
+        ),
+        new RegExp(`${node('s1 gen 1', 'config')}open role=primary replicateTo=${esc(s1Address)}`),
+        new RegExp(`${node('s1 gen 1', 'handshake')}primary 127\\.0\\.0\\.1:\\d+: REFUSED \\(diverged\\): .* fork at (tid )?${sharedHex}`),
+        new RegExp(`${node('p', 'handshake')}secondary ${esc(s1Address)}: REFUSED \\(diverged\\): .* fork at (tid )?${sharedHex}; primary's last tid ${freshHex}$`),
+        new RegExp(
+          `${node('p', 'rewind')}REWOUND to tid ${sharedHex} \\(common with ${esc(s1Address)}\\): 2 transaction\\(s\\) cut, ${hexOf(lost[0]!)} \\.\\. ${hexOf(lost[1]!)}, 0 blob file\\(s\\); saved in ${esc(pPath)}\\.rewound-${sharedHex}$`,
+        ),
+        new RegExp(`${node('p', 'handshake')}secondary ${esc(s1Address)}: welcome zrs-ts/1 from tid ${sharedHex}`),
+        new RegExp(`${node('s1 gen 1', 'config')}close role=primary`),
+      ]);
+      // The decisions carry their structured details too.
+      const json = (await run('audit', '--json', `${s1Path}.audit`)).stdout.trim().split('\n').map((l) => JSON.parse(l) as { kind: string; details: Record<string, unknown> });
+      expect(json.find((x) => x.kind === 'promotion')?.details).toMatchObject({
+        previousRole: 'secondary',
+        previousUpstream: link.address,
+        previousGeneration: 0,
+        newGeneration: 1,
+        startTid: sharedHex,
+        sessionsKept: 1,
+        forced: false,
+      });
+    } finally {
+      await old?.close();
+      await s3.close();
+      await newPrimary?.close();
+      await s1.close();
+      await oldPrimary.close();
+      await link.cut();
+    }
+  });
+});
+
+describe('zrs serve with sync-replicas, sync-timeout and audit-log, promoted over its address', () => {
+  const children: ZrsProcess[] = [];
+  afterEach(async () => {
+    for (const c of children.splice(0)) if (c.child.exitCode === null && c.child.signalCode === null) await c.stop('SIGKILL');
+  });
+
+  it('a served secondary becomes a primary with its configured sync replication; a served primary refuses; audit-log off writes none', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
+    let primaryOpen = true;
+    try {
+      const [sPort, pPort] = [await freePort(), await freePort()];
+      const sDir = join(dir, 's');
+      const auditDir = join(dir, 'audit');
+      await mkdir(sDir);
+      await mkdir(auditDir);
+      const sConf = join(dir, 's.conf');
+      await writeFile(
+        sConf,
+        [
+          '%import zc.zrs',
+          '<zrs replica>',
+          `  replicate-from ${formatAddress(primary.address)}`,
+          `  replicate-to 127.0.0.1:${sPort}`,
+          '  reconnect-delay 0.01',
+          '  reconnect-max-delay 0.05',
+          '  sync-replicas 1',
+          '  sync-timeout 2.5',
+          `  audit-log ${join(auditDir, 'replica.audit')}`,
+          '  <filestorage>',
+          `    path ${join(sDir, 'Data.fs')}`,
+          '  </filestorage>',
+          '</zrs>',
+          '',
+        ].join('\n'),
+      );
+      const pConf = join(dir, 'p2.conf');
+      await writeFile(pConf, `%import zc.zrs\n<zrs other>\n replicate-to 127.0.0.1:${pPort}\n audit-log off\n <filestorage>\n  path ${join(dir, 'other.fs')}\n </filestorage>\n</zrs>\n`);
+
+      const secondary = ZrsProcess.start(['serve', '--log-format', 'json', sConf]);
+      children.push(secondary);
+      const other = ZrsProcess.start(['serve', '--log-format', 'json', pConf]);
+      children.push(other);
+      await Promise.all([secondary.ready(), other.ready()]);
+      const tids = await commitMany(primary.storage, 2);
+      const sAddress = `127.0.0.1:${sPort}`;
+      await waitUntil(async () => (await requestStatus(sAddress)).lastTid.equals(tids[1]!), [sDir]);
+
+      // The upstream goes away; once the replica noticed, it is promoted.
+      await primary.close();
+      primaryOpen = false;
+      await secondary.waitForLog((l) => l.message === 'waiting to reconnect');
+      let r = await run('promote', sAddress);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      expect(r.stdout).toBe(`promoted ${sAddress}: generation 1 starts after tid ${hexOf(tids[1]!)}; 0 downstream session(s) kept\n`);
+      await secondary.waitForLog((l) => l.message === 'promoted to primary' && l.generation === 1);
+      expect(await requestStatus(sAddress)).toMatchObject({ role: 'primary', name: 'replica', generation: { generation: 1, startTid: tids[1]! } });
+
+      // The served primary refuses, and keeps no audit log.
+      r = await run('promote', `127.0.0.1:${pPort}`);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe(`zrs promote: 127.0.0.1:${pPort} did not promote itself (already-primary): this node is already a primary\n`);
+      expect(existsSync(join(dir, 'other.fs.audit'))).toBe(false);
+
+      // SIGTERM closes the promoted node as the primary it is.
+      expect(await secondary.stop()).toBe(0);
+      expect(await other.stop()).toBe(0);
+      expect(secondary.logs.filter((l) => l.level === 'error')).toEqual([]);
+      expect(existsSync(join(sDir, 'Data.fs.audit'))).toBe(false);
+      const records = (await readAuditLog(join(auditDir, 'replica.audit'))).records;
+      const configs = records.filter((x) => x.kind === 'config').map((x) => x.details);
+      expect(configs).toEqual([
+        expect.objectContaining({ change: 'open', role: 'secondary' }),
+        expect.objectContaining({ change: 'detach', role: 'secondary' }),
+        expect.objectContaining({ change: 'open', role: 'primary', replicateTo: sAddress, syncReplicas: 1, syncTimeoutMs: 2_500 }),
+        expect.objectContaining({ change: 'close', role: 'primary' }),
+      ]);
+      expect(records.find((x) => x.kind === 'promotion')).toMatchObject({ node: 'replica', details: { newGeneration: 1, startTid: hexOf(tids[1]!), requestedBy: expect.stringMatching(/^127\.0\.0\.1:\d+$/) } });
+    } finally {
+      if (primaryOpen) await primary.close();
+    }
   });
 });

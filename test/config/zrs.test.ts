@@ -188,3 +188,66 @@ describe('the <zrs> schema', () => {
     expect(() => loadZrsConfigText(SEED_SECONDARY, F, noDirs)).not.toThrow();
   });
 });
+
+describe('synchronous replication and the audit log', () => {
+  const F = '/etc/zrs/sync.conf';
+  const zrs = (inner: string, path = '/srv/Data.fs'): string => `%import zc.zrs\n<zrs>\n${inner}\n <filestorage>\n  path ${path}\n </filestorage>\n</zrs>\n`;
+  const load = (text: string) => loadZrsConfigText(text, F, noDirs).storages[0]!;
+
+  it('sync-replicas, sync-timeout and audit-log reach Primary.open', () => {
+    const p = load(zrs(' replicate-to 5000\n sync-replicas 2\n sync-timeout 2.5\n audit-log /var/log/zrs/p.audit'));
+    if (p.kind !== 'primary') throw new Error('kind');
+    const options: PrimaryOptions = p.options;
+    expect(options).toMatchObject({ syncReplicas: 2, syncTimeoutMs: 2_500, auditPath: '/var/log/zrs/p.audit' });
+  });
+
+  it('audit-log off turns the log off; without the key it stays beside the data file', () => {
+    const off = load(zrs(' replicate-to 5000\n audit-log OFF'));
+    expect(off.options).toMatchObject({ auditPath: null });
+    const plain = load(zrs(' replicate-to 5000'));
+    expect('auditPath' in plain.options).toBe(false);
+    expect('syncReplicas' in plain.options).toBe(false);
+  });
+
+  it('on a secondary, sync keys apply once it is promoted and audit-log to the secondary itself', () => {
+    const s = load(zrs(' replicate-from db:5000\n replicate-to 5001\n sync-replicas 1\n sync-timeout 30\n audit-log /var/log/zrs/s.audit'));
+    if (s.kind !== 'secondary') throw new Error('kind');
+    const options: SecondaryOptions = s.options;
+    expect(options).toMatchObject({ auditPath: '/var/log/zrs/s.audit', whenPromoted: { syncReplicas: 1, syncTimeoutMs: 30_000 } });
+  });
+
+  it('checks that the audit log directory exists', async () => {
+    const dir = await tempDir();
+    await writeFile(join(dir, 'a.conf'), zrs(` replicate-to 5000\n audit-log ${join(dir, 'missing', 'p.audit')}`, join(dir, 'Data.fs')));
+    expect(() => loadZrsConfig(join(dir, 'a.conf'))).toThrow(`${join(dir, 'a.conf')}:4: audit-log: directory "${join(dir, 'missing')}" does not exist`);
+  });
+
+  it.each([
+    ['a sync-replicas that is not a whole number', zrs(' replicate-to 5000\n sync-replicas 1.5'), `${F}:4: sync-replicas: not a whole number: "1.5"`],
+    ['a negative sync-replicas', zrs(' replicate-to 5000\n sync-replicas -1'), `${F}:4: sync-replicas: not a whole number: "-1"`],
+    ['too many sync replicas', zrs(' replicate-to 5000\n sync-replicas 1001'), `${F}:4: sync-replicas: at most 1000`],
+    ['a zero sync-timeout', zrs(' replicate-to 5000\n sync-timeout 0'), `${F}:4: sync-timeout: must be more than 0 seconds`],
+    ['a bad sync-timeout', zrs(' replicate-to 5000\n sync-timeout 5s'), `${F}:4: sync-timeout: not a number of seconds: "5s"`],
+    ['an empty audit-log', zrs(' replicate-to 5000\n audit-log'), `${F}:4: audit-log: needs a value`],
+    ['an audit-log on the data file', zrs(' replicate-to 5000\n audit-log /srv/Data.fs'), `${F}:4: audit-log: is the data file itself ("/srv/Data.fs")`],
+    [
+      'two storages on one audit log',
+      `%import zc.zrs\n<zrs>\n replicate-to 5000\n audit-log /var/log/z.audit\n <filestorage>\n  path /a\n </filestorage>\n</zrs>\n<zrs>\n replicate-to 5001\n audit-log /var/log/z.audit\n <filestorage>\n  path /b\n </filestorage>\n</zrs>\n`,
+      `${F}:11: audit-log: audit log "/var/log/z.audit" is also used by the storage at ${F}:2`,
+    ],
+    [
+      "an audit log on another storage's data file",
+      `%import zc.zrs\n<zrs>\n replicate-to 5000\n audit-log /b\n <filestorage>\n  path /a\n </filestorage>\n</zrs>\n<zrs>\n replicate-to 5001\n <filestorage>\n  path /b\n </filestorage>\n</zrs>\n`,
+      `${F}:4: audit-log: audit log "/b" is the data file of the storage at ${F}:9`,
+    ],
+  ])('rejects %s, naming file:line and key', (_what, text, message) => {
+    let err: unknown;
+    try {
+      loadZrsConfigText(text, F, noDirs);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).message).toBe(message);
+  });
+});

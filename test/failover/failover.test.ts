@@ -12,6 +12,8 @@ import { Secondary } from '../../src/replication/secondary.js';
 import { rewindStorage } from '../../src/failover/rewind.js';
 import { PromotionRefusedError } from '../../src/failover/promote.js';
 import { tidFromTime } from '../../src/storage/timestamp.js';
+import { readAuditLog } from '../../src/audit/auditLog.js';
+import { formatAddress } from '../../src/replication/address.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { FAST_RECONNECT, LogCollector } from '../replication/netHelpers.js';
 import { allTransactions, commitMany, expectSameHistory, waitForTid, Z64 } from '../replication/helpers.js';
@@ -139,6 +141,76 @@ describe('failover', () => {
       for (const c of closers.reverse()) await c();
       await newPrimary?.close();
       await s1.close();
+    }
+  });
+
+  it('a diverged secondary rewinds online, reconnects and converges; its own secondaries handshake again', async () => {
+    const dir = await tempDir();
+    const aPath = join(dir, 'a.fs');
+    const oldPrimary = await Primary.open({ path: aPath, replicateTo: '127.0.0.1:0', fsync: false });
+    const b = await Secondary.open({ path: join(dir, 'b.fs'), replicateFrom: oldPrimary.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT });
+    let newPrimary: Primary | null = null;
+    let a: Secondary | null = null;
+    let c: Secondary | null = null;
+    try {
+      const shared = await commitMany(oldPrimary.storage, 3);
+      await waitForTid(b, shared.at(-1)!);
+      b.setReplicationAddress(NOWHERE);
+      const lost = await commitMany(oldPrimary.storage, 2);
+      await oldPrimary.close();
+      newPrimary = await b.promote();
+      const fresh = await commitMany(newPrimary.storage, 2);
+
+      // The old primary returns as a secondary serving another one, which copies its lost commits.
+      a = await Secondary.open({ path: aPath, replicateFrom: newPrimary.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT });
+      await waitForState(a, 'diverged');
+      expect(a.diverged).toMatchObject({ forkTid: shared.at(-1)!, localTid: lost.at(-1)!, remoteTid: fresh.at(-1)! });
+      c = await Secondary.open({ path: join(dir, 'c.fs'), replicateFrom: a.replicationAddress!, fsync: false, reconnect: FAST_RECONNECT });
+      await waitForTid(c, lost.at(-1)!);
+      await expect(c.rewind()).rejects.toThrow(/^rewind\(\) needs a secondary its primary refused as diverged; this one is connected/);
+
+      const r = await a.rewind();
+      expect(r.forkTid).toEqual(shared.at(-1)!);
+      expect(r.cutTids).toEqual(lost);
+      const side = await FileStorage.open(r.sidePath!, { readOnly: true });
+      expect((await allTransactions(side)).map((t) => hex(t.tid))).toEqual(lost.map(hex));
+      await side.close();
+      await waitForTid(a, fresh.at(-1)!);
+      await expectSameHistory(newPrimary.storage, a.storage);
+      await a.history!.chain.flush();
+      expect(a.history!.chain.head).toEqual(newPrimary.chainHead);
+      expect(a.history!.generations.list).toEqual(newPrimary.generations);
+      expect(a.diverged).toBeNull();
+
+      // Its secondary was cut off and, holding the lost commits, is now refused by it in turn; rewound, it converges too.
+      await waitForState(c, 'diverged');
+      // (Its primary's last tid is whatever it had re-applied when it refused.)
+      expect(c.diverged).toMatchObject({ forkTid: shared.at(-1)!, localTid: lost.at(-1)! });
+      expect(c.diverged!.remoteTid).not.toBeNull();
+      expect((await c.rewind()).cutTids).toEqual(lost);
+      await waitForTid(c, fresh.at(-1)!);
+      await expectSameHistory(newPrimary.storage, c.storage);
+
+      const records = (await readAuditLog(`${aPath}.audit`)).records.filter((x) => x.kind === 'rewind');
+      expect(records.map((x) => x.details)).toEqual([
+        {
+          forkTid: hex(shared.at(-1)!),
+          commonWith: formatAddress(newPrimary.address),
+          transactionsCut: 2,
+          blobsCut: 0,
+          firstCutTid: hex(lost[0]!),
+          lastCutTid: hex(lost[1]!),
+          sidePath: r.sidePath,
+          sideBlobDir: null,
+          online: true,
+        },
+      ]);
+    } finally {
+      await c?.close();
+      await a?.close();
+      await newPrimary?.close();
+      await b.close();
+      await oldPrimary.close();
     }
   });
 

@@ -107,6 +107,15 @@ describe('judgeHistory', () => {
     expect(other).toMatchObject({ kind: 'diverged', forkTid: t(1) });
   });
 
+  it('a node with no recorded generation is in generation 0: a downstream that adopted it from its welcome is behind, not diverged', () => {
+    // A chain's middle node that has not met its own primary yet welcomes with generation 0 from the start.
+    const fresh = { generations: [], hashAt: (tid: Buffer) => (tid.equals(t(1)) ? h(1) : null) };
+    expect(judgeHistory(fresh, { startTid: Z64, generations: [{ generation: 0, startTid: Z64 }] })).toEqual({ kind: 'behind' });
+    expect(judgeHistory(fresh, { startTid: t(1), generations: [{ generation: 0, startTid: Z64 }], chainHead: { tid: t(1), hash: h(1) } })).toEqual({ kind: 'behind' });
+    // Any other generation is still unknown to it.
+    expect(judgeHistory(fresh, { startTid: Z64, generations: [{ generation: 1, startTid: Z64 }] })).toMatchObject({ kind: 'diverged' });
+  });
+
   it('a promotion starts a generation above everything seen', async () => {
     const dir = await tempDir();
     const g = await GenerationHistory.open(join(dir, 'x.fs'));

@@ -1,0 +1,114 @@
+// One request to a running node over its replication address, without
+// replicating: send the native protocol name and one message instead of
+// `hello`, read exactly one reply frame, close. Status requests and promote
+// requests both go through here. Bounded: the reply frame has a size limit,
+// and connecting and replying each have a timeout on the injected clock.
+
+import { systemClock } from '../node/clock.js';
+import { socketTransport } from '../node/socketTransport.js';
+import type { Clock } from '../ports/clock.js';
+import type { ByteStream, ReplicationAddress, Transport } from '../ports/transport.js';
+import { encodeFrame, FrameDecoder } from '../wire/framing.js';
+import {
+  createNativePackr,
+  createNativeUnpackr,
+  decodeNative,
+  encodeNativeFrame,
+  nativeProtocolName,
+  type PrimaryMessage,
+  type SecondaryMessage,
+} from '../wire/native.js';
+import { formatAddress, parseAddress } from './address.js';
+
+export interface NodeRequestOptions {
+  transport?: Transport;
+  clock?: Clock;
+  /** Bound on connecting, and again on the reply, in ms. */
+  timeoutMs?: number;
+}
+
+/** How one kind of request reports what went wrong and reads its reply. */
+export interface NodeRequestKind<T> {
+  request: SecondaryMessage;
+  maxReplyBytes: number;
+  defaultTimeoutMs: number;
+  /** The node could not be reached. */
+  connectError(label: string, reason: string, cause?: unknown): Error;
+  /** The node was reached but gave no valid reply. */
+  replyError(label: string, reason: string, cause?: unknown): Error;
+  /** What a close without a reply most likely means. */
+  closedWithoutReply: string;
+  /** The reply, or the error it stands for. */
+  read(msg: PrimaryMessage, label: string): T | Error;
+}
+
+/**
+ * Send `kind.request` to the node at `address` (a bare port means 127.0.0.1) and read its reply.
+ *
+ * @example
+ * const reply = await askNode('127.0.0.1:5000', statusKind, { timeoutMs: 5_000 });
+ */
+export async function askNode<T>(address: string | number | ReplicationAddress, kind: NodeRequestKind<T>, options: NodeRequestOptions = {}): Promise<T> {
+  const target = typeof address === 'object' ? address : parseAddress(address, '127.0.0.1');
+  const label = formatAddress(target);
+  const clock = options.clock ?? systemClock;
+  const timeoutMs = options.timeoutMs ?? kind.defaultTimeoutMs;
+  const stream = await connectWithin(options.transport ?? socketTransport, target, label, clock, timeoutMs, kind);
+  return exchange(stream, label, clock, timeoutMs, kind);
+}
+
+function connectWithin<T>(transport: Transport, target: ReplicationAddress, label: string, clock: Clock, timeoutMs: number, kind: NodeRequestKind<T>): Promise<ByteStream> {
+  return new Promise((resolve, reject) => {
+    let timedOut = false;
+    const timer = clock.setTimeout(() => {
+      timedOut = true;
+      reject(kind.connectError(label, 'timed out'));
+    }, timeoutMs);
+    transport.connect(target).then(
+      (stream) => {
+        clock.clearTimeout(timer);
+        if (timedOut) stream.destroy();
+        else resolve(stream);
+      },
+      (err: unknown) => {
+        clock.clearTimeout(timer);
+        if (!timedOut) reject(kind.connectError(label, err instanceof Error ? err.message : String(err), err));
+      },
+    );
+  });
+}
+
+function exchange<T>(stream: ByteStream, label: string, clock: Clock, timeoutMs: number, kind: NodeRequestKind<T>): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const decoder = new FrameDecoder({ maxFrameBytes: kind.maxReplyBytes });
+    let settled = false;
+    const finish = (result: T | Error): void => {
+      if (settled) return;
+      settled = true;
+      clock.clearTimeout(timer);
+      stream.destroy();
+      if (result instanceof Error) reject(result);
+      else resolve(result);
+    };
+    const timer = clock.setTimeout(() => finish(kind.replyError(label, `no reply within ${timeoutMs} ms`)), timeoutMs);
+    stream.setHandlers({
+      data: (chunk) => {
+        if (settled) return;
+        try {
+          decoder.feed(chunk);
+          for (let f = decoder.next(); f !== null; f = decoder.next()) {
+            if (f.length === 0) continue; // keep-alive
+            return finish(kind.read(decodeNative(f, createNativeUnpackr(), 'primary'), label));
+          }
+        } catch (err) {
+          finish(kind.replyError(label, (err as Error).message, err));
+        }
+      },
+      drain: () => undefined,
+      close: (error) => finish(kind.replyError(label, error ? error.message : kind.closedWithoutReply, error)),
+    });
+    const packr = createNativePackr();
+    stream.write(encodeFrame(nativeProtocolName()));
+    stream.write(encodeNativeFrame(kind.request, packr));
+  });
+}

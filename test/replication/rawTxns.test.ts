@@ -1,0 +1,124 @@
+// Catch-up in raw batches (native `txns` messages): runs of plain
+// transactions travel as the primary's file bytes and the secondary rewrites
+// their positions for its own file; transactions with backpointers (undo)
+// travel record by record. Over real loopback sockets.
+
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { firstValueFrom, filter, take, toArray, timeout } from 'rxjs';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Primary } from '../../src/replication/primary.js';
+import { Secondary } from '../../src/replication/secondary.js';
+import type { FileStorage } from '../../src/storage/FileStorage.js';
+import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName, type PrimaryMessage } from '../../src/wire/native.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { allTransactions, commitMany, expectSameHistory, waitForTid, Z64 } from './helpers.js';
+import { FAST_RECONNECT, FramedSocket, WAIT_MS } from './netHelpers.js';
+
+afterAll(cleanupTempDirs);
+
+async function undoLast(fs: FileStorage): Promise<Buffer> {
+  const [entry] = await fs.undoLog(0, 1);
+  const txn = { description: 'undo' };
+  await fs.tpcBegin(txn);
+  await fs.undo(entry!.id, txn);
+  await fs.tpcVote(txn);
+  return fs.tpcFinish(txn);
+}
+
+/** Every message a hand-driven native peer receives until the commit closing `lastTid`. */
+async function messagesUntil(primary: Primary, rawTxns: boolean, lastTid: Buffer): Promise<PrimaryMessage[]> {
+  const peer = await FramedSocket.connect(primary.address);
+  try {
+    peer.send(nativeProtocolName());
+    peer.send(encodeNative({ type: 'hello', startTid: Z64, generations: [], options: { blobs: false, ...(rawTxns ? { rawTxns: true } : {}) } }, createNativePackr()));
+    const unpackr = createNativeUnpackr();
+    const out: PrimaryMessage[] = [];
+    let open: Buffer | null = null;
+    await firstValueFrom(
+      peer.frames$.pipe(
+        filter((f) => {
+          const m = decodeNative(f, unpackr, 'primary');
+          out.push(m);
+          if (m.type === 'txn') open = m.tid;
+          if (m.type === 'txns') open = m.lastTid;
+          return m.type === 'commit' && open !== null && open.equals(lastTid);
+        }),
+        timeout(WAIT_MS),
+      ),
+    );
+    return out;
+  } finally {
+    peer.destroy();
+  }
+}
+
+describe('raw transaction batches', () => {
+  it('carry runs of plain transactions; an undo travels record by record; only peers that ask get them', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    try {
+      const fs = primary.storage;
+      await commitMany(fs, 40);
+      const undo = await undoLast(fs);
+      const last = (await commitMany(fs, 5)).at(-1)!;
+
+      const raw = await messagesUntil(primary, true, last);
+      const kinds = raw.filter((m) => m.type === 'txn' || m.type === 'txns').map((m) => (m.type === 'txns' ? `txns:${m.count}` : `txn:${m.tid.equals(undo) ? 'undo' : 'plain'}`));
+      expect(kinds).toEqual(['txns:40', 'txn:undo', 'txns:5']);
+      expect(raw.find((m) => m.type === 'welcome')).toMatchObject({ options: { rawTxns: true } });
+
+      const plain = await messagesUntil(primary, false, last);
+      expect(plain.filter((m) => m.type === 'txns')).toEqual([]);
+      expect(plain.filter((m) => m.type === 'txn')).toHaveLength(46);
+
+      const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: true, reconnect: FAST_RECONNECT, auditPath: null });
+      await waitForTid(secondary, last);
+      await expectSameHistory(fs, secondary.storage);
+      await secondary.close();
+    } finally {
+      await primary.close();
+    }
+    expect(readFileSync(join(dir, 's.fs')).equals(readFileSync(join(dir, 'p.fs')))).toBe(true);
+  });
+
+  it('land at the secondary’s own positions when its file differs from the primary’s (the primary packed)', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    try {
+      const fs = primary.storage;
+      const serials = new Map<string, Buffer>();
+      const first = await commitMany(fs, 30, 3, serials);
+      let secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+      await waitForTid(secondary, first.at(-1)!);
+      await secondary.close();
+
+      const before = fs.getSize();
+      await fs.pack(Date.now() / 1000 + 1);
+      // The pack dropped old revisions, so every later transaction sits at a
+      // different position in each file, and updates objects the pack moved.
+      expect(fs.getSize()).toBeLessThan(before);
+      const later = await commitMany(fs, 30, 3, serials);
+
+      secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+      const appliedCount = firstValueFrom(secondary.applied$.pipe(take(30), toArray(), timeout(WAIT_MS)));
+      await waitForTid(secondary, later.at(-1)!);
+      expect((await appliedCount).map((c) => c.tid.toString('hex'))).toEqual(later.map((t) => t.toString('hex')));
+      for (const key of serials.keys()) {
+        const oid = Buffer.from(key, 'hex');
+        const [p, s] = [await fs.load(oid), await secondary.storage.load(oid)];
+        expect(s.tid.equals(p.tid) && s.data.equals(p.data)).toBe(true);
+        // The secondary's prev chain reaches back through its unpacked history.
+        const [ph, sh] = [await fs.history(oid, 100), await secondary.storage.history(oid, 100)];
+        expect(sh.length).toBeGreaterThanOrEqual(ph.length);
+        expect(sh.slice(0, ph.length).map((h) => h.tid.toString('hex'))).toEqual(ph.map((h) => h.tid.toString('hex')));
+      }
+      const tail = (ts: Awaited<ReturnType<typeof allTransactions>>) =>
+        ts.filter((t) => Buffer.compare(t.tid, first.at(-1)!) > 0).map((t) => [t.tid.toString('hex'), t.records.map((r) => [r.oid.toString('hex'), r.data?.toString('hex')])]);
+      expect(tail(await allTransactions(secondary.storage))).toEqual(tail(await allTransactions(fs)));
+      await secondary.close();
+    } finally {
+      await primary.close();
+    }
+  });
+});

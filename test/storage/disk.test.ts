@@ -1,0 +1,106 @@
+// The injected disk port: FileStorage writes, truncates and syncs its data
+// file only through it. A write that fails (a full disk) leaves nothing in
+// the file and a typed, recoverable error; a datasync that has not returned
+// keeps tpcFinish and commits$ waiting.
+
+import { fstatSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { StorageWriteError } from '../../src/errors.js';
+import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { Z64 } from '../../src/storage/timestamp.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+
+afterEach(cleanupTempDirs);
+
+/** A disk that can be told to fill up (writes past the end fail after writing half) and counts syncs. */
+function testDisk(): StorageDisk & { full: boolean; syncs: number; held: Array<() => void>; hold: boolean } {
+  const disk = {
+    full: false,
+    syncs: 0,
+    hold: false,
+    held: [] as Array<() => void>,
+    write(fd: number, buf: Buffer, pos: number): void {
+      if (disk.full && pos + buf.length > fstatSync(fd).size) {
+        nodeDisk.write(fd, buf.subarray(0, buf.length >> 1), pos);
+        throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+      }
+      nodeDisk.write(fd, buf, pos);
+    },
+    truncate: (fd: number, length: number) => nodeDisk.truncate(fd, length),
+    datasync(): Promise<void> {
+      disk.syncs += 1;
+      if (!disk.hold) return Promise.resolve();
+      return new Promise<void>((resolve) => disk.held.push(resolve));
+    },
+  };
+  return disk;
+}
+
+async function commitOne(fs: FileStorage, data: string): Promise<Buffer> {
+  const txn = { user: 'u', description: data };
+  await fs.tpcBegin(txn);
+  fs.store(fs.newOid(), Z64, Buffer.from(data), txn);
+  await fs.tpcVote(txn);
+  return fs.tpcFinish(txn);
+}
+
+describe('FileStorage over an injected disk', () => {
+  it('a full disk fails the vote with StorageWriteError, leaves the file unchanged, and later commits succeed', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    const disk = testDisk();
+    const fs = await FileStorage.open(path, { create: true, disk });
+    try {
+      const first = await commitOne(fs, 'first');
+      const size = statSync(path).size;
+      disk.full = true;
+      const txn = { user: 'u', description: 'refused' };
+      await fs.tpcBegin(txn);
+      fs.store(fs.newOid(), Z64, Buffer.alloc(5000, 1), txn);
+      const err = await fs.tpcVote(txn).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(StorageWriteError);
+      expect((err as StorageWriteError).code).toBe('ENOSPC');
+      expect((err as StorageWriteError).position).toBe(size);
+      expect(statSync(path).size).toBe(size);
+      await fs.tpcAbort(txn);
+      expect(fs.lastTransaction()).toEqual(first);
+      disk.full = false;
+      const second = await commitOne(fs, 'second');
+      expect(Buffer.compare(second, first)).toBeGreaterThan(0);
+      const tids: string[] = [];
+      for await (const t of fs.iterator()) tids.push(t.tid.toString('hex'));
+      expect(tids).toEqual([first.toString('hex'), second.toString('hex')]);
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('tpcFinish and commits$ wait for the injected datasync', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    const disk = testDisk();
+    const fs = await FileStorage.open(path, { create: true, disk });
+    try {
+      const published: string[] = [];
+      fs.commits$.subscribe((c) => published.push(c.tid.toString('hex')));
+      disk.hold = true;
+      let finished = false;
+      const finishing = commitOne(fs, 'x').then((tid) => {
+        finished = true;
+        return tid;
+      });
+      while (disk.held.length === 0) await new Promise((r) => setImmediate(r));
+      expect(finished).toBe(false);
+      expect(published).toEqual([]);
+      expect(fs.durableEnd).toBeLessThan(fs.getSize());
+      disk.hold = false;
+      disk.held.shift()!();
+      const tid = await finishing;
+      expect(published).toEqual([tid.toString('hex')]);
+      expect(fs.durableEnd).toBe(fs.getSize());
+      expect(disk.syncs).toBe(1);
+    } finally {
+      await fs.close();
+    }
+  });
+});

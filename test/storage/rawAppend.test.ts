@@ -1,0 +1,158 @@
+// FileStorage.appendTransactions: whole transactions copied as file bytes
+// from another storage land exactly as restore() would have written them
+// (positions rewritten for the target file), and bad bytes write nothing.
+
+import { copyFile, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { afterAll, describe, expect, it } from 'vitest';
+import { CorruptedDataError } from '../../src/errors.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { Z64, tidPlusOne } from '../../src/storage/timestamp.js';
+import type { TransactionRecord } from '../../src/storage/types.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+
+afterAll(cleanupTempDirs);
+
+/** Commit one transaction per entry of `plan`: each entry lists object numbers to write. */
+async function commitPlan(fs: FileStorage, plan: number[][], tag: string, after: Buffer | null = null): Promise<void> {
+  const oids = new Map<number, Buffer>();
+  const serials = new Map<number, Buffer>();
+  for (const [i, objects] of plan.entries()) {
+    const txn = { user: tag, description: `${tag} ${i}` };
+    // With `after`: explicit tids following it, so these transactions can be appended behind another history.
+    if (after) after = tidPlusOne(after);
+    await fs.tpcBegin(txn, after ? { tid: after } : {});
+    for (const n of new Set(objects)) {
+      if (!oids.has(n)) oids.set(n, Buffer.from(n.toString(16).padStart(16, '0'), 'hex'));
+      fs.store(oids.get(n)!, serials.get(n) ?? Z64, Buffer.from(`${tag} ${i} ${n} `.repeat(1 + (n % 4))), txn);
+    }
+    await fs.tpcVote(txn);
+    const tid = await fs.tpcFinish(txn);
+    for (const n of objects) serials.set(n, tid);
+  }
+}
+
+async function transactions(fs: FileStorage): Promise<TransactionRecord[]> {
+  const out: TransactionRecord[] = [];
+  for await (const t of fs.iterator()) out.push(t);
+  return out;
+}
+
+/** Restore `txns` one record at a time: the reference result. */
+async function restoreAll(fs: FileStorage, txns: TransactionRecord[]): Promise<void> {
+  for (const t of txns) {
+    const meta = { user: t.user, description: t.description, extensionBytes: t.extensionBytes };
+    await fs.tpcBegin(meta, { tid: t.tid, status: t.status });
+    for (const r of t.records) fs.restore(r.oid, t.tid, r.data, r.dataTxn, meta);
+    await fs.tpcVote(meta);
+    await fs.tpcFinish(meta);
+  }
+}
+
+const plans = fc.array(fc.array(fc.integer({ min: 1, max: 12 }), { minLength: 1, maxLength: 5 }), { minLength: 1, maxLength: 12 });
+
+describe('appendTransactions', () => {
+  it('writes what restore writes, whatever the target file already holds', async () => {
+    await fc.assert(
+      fc.asyncProperty(plans, plans, fc.integer({ min: 1, max: 5 }), async (prefixPlan, plan, batches) => {
+        const dir = await tempDir();
+        // The target's own earlier history (different sizes, overlapping oids), then the source's transactions.
+        const prefix = await FileStorage.open(join(dir, 'prefix.fs'), { create: true, fsync: false });
+        await commitPlan(prefix, prefixPlan, 'earlier');
+        const prefixLast = prefix.lastTransaction();
+        await prefix.close();
+        const source = await FileStorage.open(join(dir, 'source.fs'), { create: true, fsync: false });
+        await commitPlan(source, plan, 'source', prefixLast);
+        const txns = await transactions(source);
+        await source.close();
+
+        const make = async (name: string): Promise<FileStorage> => {
+          await copyFile(join(dir, 'prefix.fs'), join(dir, name));
+          return FileStorage.open(join(dir, name), { fsync: false });
+        };
+        const viaRestore = await make('restore.fs');
+        await restoreAll(viaRestore, txns);
+        const viaRaw = await make('raw.fs');
+        const per = Math.ceil(txns.length / batches);
+        for (let i = 0; i < txns.length; i += per) {
+          const { durable } = await viaRaw.appendTransactions(Buffer.concat(txns.slice(i, i + per).map((t) => Buffer.from(t.raw!))));
+          await durable;
+        }
+        for (const t of txns) expect((await viaRaw.loadSerial(t.records[0]!.oid, t.tid)).equals(t.records[0]!.data!)).toBe(true);
+        await viaRestore.close();
+        await viaRaw.close();
+        expect((await readFile(join(dir, 'raw.fs'))).equals(await readFile(join(dir, 'restore.fs')))).toBe(true);
+      }),
+      { numRuns: 25 },
+    );
+  });
+
+  it('publishes each transaction on commits$ once durable, in order', async () => {
+    const dir = await tempDir();
+    const source = await FileStorage.open(join(dir, 'source.fs'), { create: true, fsync: false });
+    await commitPlan(source, [[1, 2], [2, 3], [4]], 'src');
+    const txns = await transactions(source);
+    await source.close();
+    const target = await FileStorage.open(join(dir, 'target.fs'), { create: true, fsync: true });
+    const seen: string[] = [];
+    const sub = target.commits$.subscribe((c) => seen.push(c.tid.toString('hex')));
+    const { lastTid, durable } = await target.appendTransactions(Buffer.concat(txns.map((t) => Buffer.from(t.raw!))));
+    expect(lastTid.equals(txns[2]!.tid)).toBe(true);
+    expect((await durable).equals(lastTid)).toBe(true);
+    sub.unsubscribe();
+    expect(seen).toEqual(txns.map((t) => t.tid.toString('hex')));
+    expect(target.lastTransaction().equals(lastTid)).toBe(true);
+    await target.close();
+  });
+
+  describe('bad bytes raise a CorruptedDataError and write nothing', () => {
+    const cases: Array<[string, (raw: Buffer, t: TransactionRecord) => Buffer, RegExp]> = [
+      ['a trailer that does not repeat the length', (raw) => (raw.writeUInt8(raw[raw.length - 1]! ^ 1, raw.length - 1), raw), /trailer/],
+      ['a status other than committed', (raw) => (raw.write('c', 16, 'latin1'), raw), /status "c"/],
+      ['bytes cut short', (raw) => raw.subarray(0, raw.length - 3), /runs past|cut short/],
+      ['a record tid that is not its transaction', (raw, t) => (raw.writeUInt8(raw[t.records[0]!.pos - t.pos + 15]! ^ 1, t.records[0]!.pos - t.pos + 15), raw), /record tid/],
+      ['a backpointer record', (raw, t) => {
+        // Turn the first record into a backpointer: data length 0, then an 8-byte position.
+        const off = t.records[0]!.pos - t.pos;
+        raw.writeUInt32BE(0, off + 34);
+        raw.writeUInt32BE(0, off + 38);
+        return raw;
+      }, /backpointer|runs past/],
+    ];
+    for (const [name, damage, message] of cases) {
+      it(name, async () => {
+        const dir = await tempDir();
+        const source = await FileStorage.open(join(dir, 'source.fs'), { create: true, fsync: false });
+        await commitPlan(source, [[1, 2], [3]], 'src');
+        const [first, second] = await transactions(source);
+        await source.close();
+        const target = await FileStorage.open(join(dir, 'target.fs'), { create: true, fsync: false });
+        await target.appendTransactions(Buffer.from(first!.raw!)).then((r) => r.durable);
+        const size = (await stat(join(dir, 'target.fs'))).size;
+        const bad = damage(Buffer.from(second!.raw!), second!);
+        const err = await target.appendTransactions(bad).catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(CorruptedDataError);
+        expect((err as Error).message).toMatch(message);
+        expect((await stat(join(dir, 'target.fs'))).size).toBe(size);
+        expect(target.lastTransaction().equals(first!.tid)).toBe(true);
+        // Still usable: the good bytes go in afterwards.
+        await target.appendTransactions(Buffer.from(second!.raw!)).then((r) => r.durable);
+        expect(target.lastTransaction().equals(second!.tid)).toBe(true);
+        await target.close();
+      });
+    }
+
+    it('a transaction not after the last one', async () => {
+      const dir = await tempDir();
+      const source = await FileStorage.open(join(dir, 'source.fs'), { create: true, fsync: false });
+      await commitPlan(source, [[1]], 'src');
+      const [only] = await transactions(source);
+      await source.close();
+      const target = await FileStorage.open(join(dir, 'target.fs'), { create: true, fsync: false });
+      await target.appendTransactions(Buffer.from(only!.raw!)).then((r) => r.durable);
+      await expect(target.appendTransactions(Buffer.from(only!.raw!))).rejects.toThrow(/is not after/);
+      await target.close();
+    });
+  });
+});
