@@ -1,14 +1,14 @@
 // Model-based simulation of a replicated cluster: fast-check generates a
 // cluster shape, a seed for the simulated network, and a list of commands
 // (Commit, Undo, Partition, Heal, Reset, HalfOpen, Corrupt, CrashNode,
-// RestartNode, Reconfigure, AdvanceTime). The model is the cluster's
+// RestartNode, Reconfigure, Disk (slow, full, ok), AdvanceTime). The model is the cluster's
 // configuration; the invariants are checked by the harness after every
 // step, then a liveness phase heals everything and asserts convergence.
 // Shared by the vitest properties and the `sim`/`soak` scripts.
 
 import fc from 'fast-check';
 import type { SecondaryProtocol } from '../src/replication/secondary.js';
-import { InvariantViolationError, SimCluster, describeOp, type SimClusterOptions, type SimOp, type SimStats } from '../src/sim/index.js';
+import { InvariantViolationError, SimCluster, describeOp, type DiskMode, type SimClusterOptions, type SimOp, type SimStats } from '../src/sim/index.js';
 
 /** The secondaries every generated cluster has. */
 export const SECONDARIES = ['s1', 's2', 's3'] as const;
@@ -20,14 +20,20 @@ export interface ClusterModel {
   commits: number;
 }
 
+/** What one simulated run was and did. */
+export interface RunRecord {
+  trace: string[];
+  seed: number;
+  cluster: string;
+  commands: string;
+  stats: SimStats | null;
+}
+
 /** The last simulated run, so a failing or replayed case can print its trace. */
-export const lastRun: { trace: string[]; seed: number; cluster: string; commands: string; stats: SimStats | null } = {
-  trace: [],
-  seed: 0,
-  cluster: '',
-  commands: '',
-  stats: null,
-};
+export const lastRun: RunRecord = { trace: [], seed: 0, cluster: '', commands: '', stats: null };
+
+/** The last run that failed: the counterexample fast-check reports (after shrinking, too). */
+export const lastFailure: { run: RunRecord | null } = { run: null };
 
 /** Totals over every run in this process (the soak script reports them). */
 export const totals = { runs: 0, faults: 0, events: 0, commits: 0, virtualMs: 0 };
@@ -67,7 +73,7 @@ const node = fc.constantFrom(...NODES);
 const secondary = fc.constantFrom(...SECONDARIES);
 const pair = fc.tuple(node, node).filter(([a, b]) => a !== b);
 
-export const COMMAND_KINDS = ['commit', 'undo', 'partition', 'heal', 'reset', 'halfOpen', 'crash', 'restart', 'reconfigure', 'corrupt', 'advance'] as const;
+export const COMMAND_KINDS = ['commit', 'undo', 'partition', 'heal', 'reset', 'halfOpen', 'crash', 'restart', 'reconfigure', 'corrupt', 'disk', 'advance'] as const;
 export type CommandKind = (typeof COMMAND_KINDS)[number];
 
 export interface CommandOptions {
@@ -103,6 +109,9 @@ export function commandArbitraries(options: CommandOptions = {}): Array<fc.Arbit
       return new OpCommand({ kind: 'reconfigure', node: name, upstream }, () => true, (m) => void m.upstream.set(name, upstream));
     }),
     corrupt: secondary.map((s) => new OpCommand({ kind: 'corrupt', from: UPSTREAM, to: s }, () => true)),
+    disk: fc
+      .tuple(node, fc.constantFrom<DiskMode>('ok', 'slow', 'full'), fc.constantFrom(20, 300, 2000))
+      .map(([n, mode, ms]) => new OpCommand(mode === 'slow' ? { kind: 'disk', node: n, mode, ms } : { kind: 'disk', node: n, mode }, () => true)),
     advance: fc.oneof(fc.integer({ min: 1, max: 3000 }), fc.integer({ min: 1, max: 50 })).map((ms) => new OpCommand({ kind: 'advance', ms }, () => true)),
   };
   const kinds = options.kinds ?? COMMAND_KINDS.filter((k) => k !== 'corrupt' || options.corruption !== false);
@@ -118,6 +127,8 @@ export const clusterShape = fc.tuple(fc.nat(), fc.nat()).map(([a, b]) => [
 
 export interface PropertyOptions extends CommandOptions {
   maxCommands?: number;
+  /** fast-check's replayPath for the command list (replaying a shrunk counterexample). */
+  replayPath?: string;
   /** Cluster options besides seed and shape (network sizes, keep-alive …). */
   cluster?: Omit<SimClusterOptions, 'seed' | 'secondaries'>;
   livenessMs?: number;
@@ -132,32 +143,51 @@ export function clusterProperty(options: PropertyOptions = {}): fc.IAsyncPropert
     fc.integer({ min: 0, max: 0x7fffffff }),
     clusterShape,
     fc.constantFrom<SecondaryProtocol>('native', 'native', 'zrs2.1', 'zrs2.0'),
-    fc.commands(commandArbitraries(options), { maxCommands: options.maxCommands ?? 25 }),
-    async (seed, shape, protocol, commands) => {
-      const cluster = await SimCluster.create({ protocol, ...options.cluster, seed, secondaries: shape });
-      lastRun.seed = seed;
-      lastRun.cluster = `${shape.map((s) => `${s.name}<-${s.upstream}`).join(' ')} (${options.cluster?.protocol ?? protocol})`;
-      lastRun.commands = String(commands);
-      try {
+    fc.commands(commandArbitraries(options), { maxCommands: options.maxCommands ?? 25, replayPath: options.replayPath }),
+    (seed, shape, protocol, commands) => {
+      const about = {
+        cluster: `${shape.map((s) => `${s.name}<-${s.upstream}`).join(' ')} (${options.cluster?.protocol ?? protocol})`,
+        commands: String(commands),
+      };
+      return recordedRun({ protocol, ...options.cluster, seed, secondaries: shape }, about, async (cluster) => {
         const model: ClusterModel = { upstream: new Map(shape.map((s) => [s.name, s.upstream])), down: new Set(), commits: 0 };
         await fc.asyncModelRun(() => ({ model, real: cluster }), commands);
         await cluster.converge(options.livenessMs ?? 120_000);
         cluster.assertInvariants();
-      } catch (err) {
-        throw withTrace(err, cluster);
-      } finally {
-        lastRun.trace = cluster.trace;
-        const stats = cluster.result().stats;
-        lastRun.stats = stats;
-        totals.runs += 1;
-        totals.faults += stats.faults;
-        totals.events += stats.steps + stats.ops;
-        totals.commits += stats.commits;
-        totals.virtualMs += stats.virtualMs;
-        await cluster.close();
-      }
+      });
     },
   );
+}
+
+/**
+ * Run `body` on a fresh cluster and close it; record the run (lastRun,
+ * lastFailure, totals). A failure is rethrown with the trace's tail.
+ */
+export async function recordedRun(
+  options: SimClusterOptions,
+  about: { cluster: string; commands: string },
+  body: (cluster: SimCluster) => Promise<void>,
+): Promise<void> {
+  const cluster = await SimCluster.create(options);
+  let failure: Error | null = null;
+  try {
+    await body(cluster);
+  } catch (err) {
+    failure = withTrace(err, cluster);
+  }
+  const stats = cluster.result().stats;
+  await cluster.close();
+  const run: RunRecord = { trace: cluster.trace, seed: options.seed, ...about, stats };
+  Object.assign(lastRun, run);
+  totals.runs += 1;
+  totals.faults += stats.faults;
+  totals.events += stats.steps + stats.ops;
+  totals.commits += stats.commits;
+  totals.virtualMs += stats.virtualMs;
+  if (failure) {
+    lastFailure.run = run;
+    throw failure;
+  }
 }
 
 /** Attach the readable trace (its tail) to a failure, so fast-check prints it. */
@@ -166,12 +196,11 @@ export function withTrace(err: unknown, cluster: SimCluster, lines = Number(proc
   const tail = trace.slice(-lines).join('\n');
   const head = err instanceof InvariantViolationError ? err.message : err instanceof Error ? (err.stack ?? err.message) : String(err);
   const e = new Error(
-    `${head}\n--- trace (last ${Math.min(lines, trace.length)} of ${trace.length} lines; full trace: npm run sim -- --seed <seed> --path <path>) ---\n${tail}`,
+    `${head}\n--- trace (last ${Math.min(lines, trace.length)} of ${trace.length} lines; the replay command prints all of it) ---\n${tail}`,
   );
   return e;
 }
 
-/** Runs per property, from SIM_RUNS (default `fallback`). */
 /**
  * The fast-check seed: SIM_SEED when set; a fixed one under CI, so a landing
  * is judged on a known set of runs; otherwise fresh each run, to explore
@@ -186,6 +215,7 @@ export function simSeed(): number | undefined {
 /** The seed CI runs the model with (any fixed value; changing it explores a new set). */
 export const CI_SEED = 20261127;
 
+/** Runs per property, from SIM_RUNS (default `fallback`). */
 export function simRuns(fallback: number): number {
   const n = Number(process.env.SIM_RUNS);
   return Number.isFinite(n) && n > 0 ? Math.floor(n) : fallback;

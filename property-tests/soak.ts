@@ -1,10 +1,12 @@
-// `npm run soak -- --minutes M`: run the cluster property with fresh random
-// seeds until the time is up; report runs, faults injected, events simulated
-// and events per second of wall time, and every failure's replay command.
+// `npm run soak -- --minutes M [--property NAME]`: run a named property
+// (default: 'default') with fresh random seeds until the time is up; report
+// runs, faults injected, events simulated and events per second of wall
+// time, and every failure's replay command.
 
 import fc from 'fast-check';
 import { randomSeed } from '../src/node/clock.js';
-import { clusterProperty, totals } from './model.js';
+import { totals } from './model.js';
+import { PROPERTY_NAMES, counterexampleOf, isPropertyName, namedProperty, replayCommand } from './properties.js';
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -12,6 +14,11 @@ function arg(name: string): string | undefined {
 }
 
 const minutes = Number(arg('minutes') ?? 1);
+const property = arg('property') ?? 'default';
+if (!isPropertyName(property)) {
+  console.error(`unknown property ${property}; one of: ${PROPERTY_NAMES.join(', ')}`);
+  process.exit(2);
+}
 const deadline = performance.now() + minutes * 60_000;
 const started = performance.now();
 const failures: string[] = [];
@@ -19,9 +26,10 @@ let batches = 0;
 while (performance.now() < deadline) {
   const seed = randomSeed();
   batches += 1;
-  const details = await fc.check(clusterProperty(), { seed, numRuns: 10, endOnFailure: true });
-  if (details.failed) {
-    const line = `npm run sim -- --seed ${details.seed} --path ${details.counterexamplePath ?? ''}`;
+  const details = await fc.check(namedProperty(property), { seed, numRuns: 10, endOnFailure: true });
+  const counterexample = counterexampleOf(property, details);
+  if (counterexample) {
+    const line = replayCommand(counterexample);
     failures.push(line);
     console.log(`FAILED (seed ${details.seed}): ${String((details.errorInstance as Error | null)?.message ?? '').split('\n')[0]}\n  replay: ${line}`);
   }

@@ -2,13 +2,16 @@
 // built from the real Primary/Secondary classes over a SimNetwork and a
 // VirtualClock, a workload, a fault schedule, a trace, and invariant verdicts
 // (prefix, no partial transaction, no loss, convergence) after every step.
+// Failover: secondaries can be promoted (several primaries may run at once:
+// a split brain), primaries demoted, disks lost and diverged nodes rewound.
+// Every node's log must then be a path of the tree of every commit any
+// primary made (src/sim/lineage.ts): it never mixes two histories.
 // Determinism: one event (a timer or a network delivery) per step, then
 // settle() waits until real async work (file I/O, promise chains) is done.
 
-import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, closeSync, readSync, fstatSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, closeSync, readSync, fstatSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { setImmediate as nextRound } from 'node:timers/promises';
 import { seededRandom, type Random } from '../ports/random.js';
 import type { ReplicationAddress } from '../ports/transport.js';
@@ -16,11 +19,19 @@ import type { Logger } from '../replication/log.js';
 import { Primary } from '../replication/primary.js';
 import { Secondary, type SecondaryProtocol } from '../replication/secondary.js';
 import type { SessionStatus } from '../replication/primarySession.js';
+import { POSKeyError, StorageWriteError, ZrsError } from '../errors.js';
+import { generationsPathFor } from '../failover/generations.js';
+import { chainPathFor } from '../failover/hashChain.js';
+import { PromotionRefusedError } from '../failover/promote.js';
+import { rewindStorage } from '../failover/rewind.js';
+import type { ReplicationMutations } from '../replication/mutations.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import { tidPlusOne, Z64 } from '../storage/timestamp.js';
-import type { TransactionRecord } from '../storage/types.js';
+import type { CommittedTransaction, TransactionMeta, TransactionRecord } from '../storage/types.js';
 import { DEFAULT_VIRTUAL_EPOCH_MS, VirtualClock, type ClockView } from './clock.js';
-import { SimNetwork, type CrashStyle, type HealMode } from './network.js';
+import { SimDisk, type DiskMode, type SimDiskView } from './disk.js';
+import { HistoryTree, LINEAGE_ORIGIN, lineageLink, shapeOf, type LineageEntry } from './lineage.js';
+import { SimNetwork, SimNetworkError, type CrashStyle, type HealMode } from './network.js';
 
 // ---------------------------------------------------------------- public types
 
@@ -49,11 +60,32 @@ export interface SimClusterOptions {
   checkEveryStep?: boolean;
   /** Stop the run at the first violation (default true). */
   failFast?: boolean;
+  /**
+   * Test-only: deliberate bugs switched on in every secondary, for mutation
+   * checks (a property must fail with one on). All off by default.
+   */
+  mutations?: ReplicationMutations;
+  /**
+   * Every primary (the first, and each promoted one) waits for this many
+   * native secondaries' acks before a commit returns to its caller
+   * (PrimaryOptions.syncReplicas). Default 0.
+   */
+  syncReplicas?: number;
+  /** PrimaryOptions.syncTimeoutMs (virtual). Default 10 000. */
+  syncTimeoutMs?: number;
+  /**
+   * Check the 'acknowledged' invariant: after every promotion and at
+   * convergence, the current primary holds every commit acknowledged to its
+   * caller. Meaningful when promotions pick the most advanced secondary and
+   * no split brain happens (a rewind legitimately cuts the loser's commits).
+   */
+  checkAcknowledged?: boolean;
 }
 
 /** One operation of a workload or fault schedule. */
 export type SimOp =
-  | { kind: 'commit'; records?: number; bytes?: number }
+  /** On `node` (a running primary), by default on the current primary. */
+  | { kind: 'commit'; records?: number; bytes?: number; node?: string }
   | { kind: 'undo'; back?: number }
   | { kind: 'partition'; a: string; b: string; oneWay?: boolean }
   | { kind: 'isolate'; node: string }
@@ -62,9 +94,20 @@ export type SimOp =
   | { kind: 'halfOpen'; a: string; b: string; dead?: string }
   | { kind: 'corrupt'; from: string; to: string }
   | { kind: 'crash'; node: string; style?: CrashStyle }
-  | { kind: 'restart'; node: string }
+  /** A secondary restarts replicating from `upstream` when given (needed after a lost disk if the current primary is itself). */
+  | { kind: 'restart'; node: string; upstream?: string }
   | { kind: 'reconfigure'; node: string; upstream: string }
-  | { kind: 'latency'; a: string; b: string; ms: number };
+  | { kind: 'latency'; a: string; b: string; ms: number }
+  /** The node's disk: 'slow' (each datasync takes `ms` virtual ms, default 500), 'full' (growing writes fail), 'ok'. */
+  | { kind: 'disk'; node: string; mode: DiskMode; ms?: number }
+  /** Secondary.promote(): the node becomes a writable primary (generation n + 1) and the current primary (a running primary only becomes the current one). */
+  | { kind: 'promote'; node: string; force?: boolean }
+  /** Stop a primary (a crash) and restart it, data kept, as a secondary of `upstream`. */
+  | { kind: 'demote'; node: string; upstream: string }
+  /** Crash the node and lose its data file, generations and hash chain: it restarts as an empty secondary. */
+  | { kind: 'loseDisk'; node: string }
+  /** Stop the node, rewindStorage() it against `upstream` (default: its own, else the current primary), restart it as its secondary. */
+  | { kind: 'rewind'; node: string; upstream?: string };
 
 export interface ScheduledOp {
   /** Virtual ms after the start of the run. */
@@ -78,7 +121,7 @@ export interface SimPlan {
   livenessMs?: number;
 }
 
-export type InvariantName = 'prefix' | 'partial' | 'corruption' | 'no-loss' | 'convergence' | 'error';
+export type InvariantName = 'prefix' | 'lineage' | 'partial' | 'corruption' | 'no-loss' | 'acknowledged' | 'convergence' | 'error';
 
 export interface Violation {
   invariant: InvariantName;
@@ -108,6 +151,22 @@ export interface SimRunResult {
   stats: SimStats;
 }
 
+/** A commit the workload made, once it is durable on its primary, and what its caller was told. */
+export interface SimCommitRecord {
+  tid: string;
+  /** The primary it was committed on. */
+  node: string;
+  /** Its place in the history tree (src/sim/lineage.ts). */
+  link: string;
+  /**
+   * 'acknowledged': tpcFinish resolved for the caller (after the acks, with
+   * syncReplicas); 'failed': it rejected (sync timeout, or the primary died
+   * first), though the transaction may be committed; 'pending': not yet.
+   */
+  outcome: 'pending' | 'acknowledged' | 'failed';
+  reason?: string;
+}
+
 /** Thrown by assertInvariants()/converge() when a verdict fails; carries the trace. */
 export class InvariantViolationError extends Error {
   override name = 'InvariantViolationError';
@@ -121,11 +180,6 @@ export class InvariantViolationError extends Error {
 
 // ---------------------------------------------------------------- internals
 
-interface Shape {
-  tid: string;
-  digest: string;
-}
-
 interface SimNode {
   name: string;
   role: 'primary' | 'secondary';
@@ -137,9 +191,24 @@ interface SimNode {
   primary: Primary | null;
   secondary: Secondary | null;
   clock: ClockView | null;
+  /** The node's disk (its mode survives restarts) and this incarnation's view of it. */
+  disk: SimDisk;
+  diskView: SimDiskView | null;
+  /** Secondaries: end and tid of the last transaction known durable (from applied$). */
+  durableEnd: number;
+  durableTid: Buffer;
   subs: Array<{ unsubscribe(): void }>;
-  /** Verified prefix of this node's log (secondaries). */
-  verified: { count: number; lastTid: Buffer; incarnation: number };
+  /** The part of this node's log checked against the history tree: its path in it. */
+  verified: Verified;
+  /** Set when its connection was refused as diverged: its log must stay as it was until a rewind. */
+  refused: { incarnation: number; lastTid: string } | null;
+  /** While a primary: its durable history as the workload made it (the model), else null. */
+  model: LineageEntry[] | null;
+  /** Commits begun on it and not yet durable, in commit order (in doubt when it crashes). */
+  inFlight: InFlight[];
+  /** Durable commits still being read into the model (in order). */
+  recording: Promise<void>;
+  recordingPending: number;
   sessions: string;
   connState: string;
 }
@@ -156,17 +225,62 @@ function hash32(text: string): number {
   return h >>> 0;
 }
 
-function shapeOf(t: TransactionRecord): Shape {
-  const h = createHash('sha1');
-  h.update(`${t.status}|`).update(t.user).update('|').update(t.description).update('|').update(t.extensionBytes);
-  for (const r of t.records) {
-    h.update(`|${r.oid.toString('hex')}:${r.dataTxn?.toString('hex') ?? '-'}:`);
-    h.update(r.data === null ? 'null' : r.data);
+/** The serial a writer read: the object's current tid, Z64 when the storage does not have it. */
+async function serialOf(fs: FileStorage, oid: Buffer): Promise<Buffer> {
+  try {
+    const [current] = await fs.history(oid, 1);
+    return current?.tid ?? Z64;
+  } catch (err) {
+    if (err instanceof POSKeyError) return Z64;
+    throw err;
   }
-  return { tid: t.tid.toString('hex'), digest: h.digest('hex').slice(0, 16) };
+}
+
+interface Verified {
+  incarnation: number;
+  lastTid: Buffer;
+  entries: LineageEntry[];
+  /** A violation was found in this incarnation's log: it is not walked further. */
+  faulted: boolean;
+}
+
+const unverified = (incarnation: number): Verified => ({ incarnation, lastTid: Z64, entries: [], faulted: false });
+
+interface InFlight {
+  incarnation: number;
+  description: string;
+  record: SimCommitRecord;
+  text: (tid: string) => string;
+}
+
+/** Files that live on a node's disk beside its data file: generations and hash chain. */
+function sideFilesOf(dataPath: string): string[] {
+  return [generationsPathFor(dataPath), chainPathFor(dataPath)];
+}
+
+/** Copy the side files of `from` beside `to`: a crash image or a new incarnation keeps them. */
+function carrySideFiles(from: string, to: string): void {
+  for (const side of sideFilesOf(from)) if (existsSync(side)) copyFileSync(side, `${to}${side.slice(from.length)}`);
 }
 
 const PORT = 5000;
+
+/**
+ * A fresh directory for a cluster's files: under ZRS_SIM_TMPDIR when set,
+ * else in memory (/dev/shm) where there is one, else the system temp dir.
+ * Durability is simulated (SimDisk), so real syncs and unlinks only cost time.
+ */
+function makeSimDir(): string {
+  const roots = [process.env.ZRS_SIM_TMPDIR, '/dev/shm', tmpdir()].filter((r): r is string => !!r);
+  for (const root of roots.slice(0, -1)) {
+    try {
+      return mkdtempSync(join(root, 'zrs-sim-'));
+    } catch {
+      // Not there, or not writable: the next root.
+    }
+  }
+  return mkdtempSync(join(roots.at(-1)!, 'zrs-sim-'));
+}
 
 /**
  * A simulated cluster: real Primary and Secondary actors over a simulated
@@ -194,11 +308,15 @@ export class SimCluster {
   private readonly traceLines: string[] = [];
   private stepLines: Array<{ node: string; text: string }> = [];
   private readonly violationsList: Violation[] = [];
-  /** The primary's committed history as the workload made it (the model). */
-  private readonly model: Shape[] = [];
-  private primaryLog: Shape[] = [];
-  private primaryLogIncarnation = -1;
-  private readonly serials = new Map<string, Buffer>();
+  /** Every transaction any primary made durable, as a tree of histories (the oracle). */
+  private readonly tree = new HistoryTree();
+  /** The node commits go to by default: 'p', then each promoted node. */
+  private current = 'p';
+  /** Oracle link -> the product's hash chain link the committing primary computed for it. */
+  private readonly productLinks = new Map<string, string>();
+  private readonly commitRecords: SimCommitRecord[] = [];
+  private txnNumber = 0;
+  private diskFaults = 0;
   private readonly oids: Buffer[] = [];
   private readonly disposals: Array<Promise<unknown>> = [];
   private readonly ownsDir: boolean;
@@ -222,7 +340,7 @@ export class SimCluster {
       },
     });
     this.ownsDir = options.dir === undefined;
-    this.dir = options.dir ?? mkdtempSync(join(tmpdir(), 'zrs-sim-'));
+    this.dir = options.dir ?? makeSimDir();
   }
 
   /** Build and start the cluster; every secondary starts connecting at virtual time 0. */
@@ -233,6 +351,7 @@ export class SimCluster {
         ? options.secondaries
         : Array.from({ length: options.secondaries ?? 2 }, (_, i) => ({ name: `s${i + 1}`, upstream: 'p' }));
     c.addNode('p', 'primary', null);
+    c.requireNode('p').model = [];
     for (const s of specs) {
       if (!c.nodes.has(s.upstream)) throw new Error(`secondary ${s.name}: upstream ${s.upstream} must be defined before it`);
       c.addNode(s.name, 'secondary', s.upstream);
@@ -261,8 +380,17 @@ export class SimCluster {
       primary: null,
       secondary: null,
       clock: null,
+      disk: new SimDisk(this.clock, name, (text) => this.note(name, text)),
+      diskView: null,
+      durableEnd: 0,
+      durableTid: Z64,
       subs: [],
-      verified: { count: 0, lastTid: Z64, incarnation: -1 },
+      verified: unverified(-1),
+      refused: null,
+      model: null,
+      inFlight: [],
+      recording: Promise.resolve(),
+      recordingPending: 0,
       sessions: '',
       connState: '',
     });
@@ -287,18 +415,51 @@ export class SimCluster {
     return this.requireNode(name).up;
   }
 
-  /** The running Primary (null while crashed). */
+  /** The current primary's running Primary (null while it is down, or no longer a primary). */
   get primary(): Primary | null {
-    return this.requireNode('p').primary;
+    const n = this.requireNode(this.current);
+    return n.up ? n.primary : null;
+  }
+
+  /** The current primary: 'p', then the last promoted node. Commits go there by default. */
+  get primaryName(): string {
+    return this.current;
+  }
+
+  roleOf(name: string): 'primary' | 'secondary' {
+    return this.requireNode(name).role;
+  }
+
+  /** The node's last durable tid (hex), or null while it is down. */
+  lastTidOf(name: string): string | null {
+    const n = this.requireNode(name);
+    if (!n.up) return null;
+    return (n.primary ? n.primary.localStorage.lastDurableTid : n.durableTid).toString('hex');
+  }
+
+  /** The node's connection was refused as diverged and it waits for a rewind (or another upstream). */
+  isDiverged(name: string): boolean {
+    const n = this.requireNode(name);
+    return n.up && n.secondary !== null && n.connState.includes('diverged');
+  }
+
+  /** Tids (hex) of the node's log as far as the last check verified it. */
+  historyOf(name: string): string[] {
+    return this.requireNode(name).verified.entries.map((e) => e.tid);
+  }
+
+  /** Every commit made durable on a primary, with what its caller was told. */
+  get commits(): readonly SimCommitRecord[] {
+    return this.commitRecords;
   }
 
   secondary(name: string): Secondary | null {
     return this.requireNode(name).secondary;
   }
 
-  /** Tids committed by the workload, in order (hex). */
+  /** Tids committed by the workload on the current primary's history, in order (hex). */
   get committedTids(): string[] {
-    return this.model.map((s) => s.tid);
+    return (this.requireNode(this.current).model ?? []).map((e) => e.tid);
   }
 
   get trace(): string[] {
@@ -324,31 +485,45 @@ export class SimCluster {
 
   private log(node: string): Logger {
     return (level, message) => {
-      if (level === 'warn' || level === 'error') this.note(node, `${level}: ${message}`);
+      if (level === 'warn' || level === 'error') this.note(node, `${level}: ${this.withoutDir(message)}`);
     };
+  }
+
+  /** Messages name files in the temp dir: drop the dir so traces do not depend on it. */
+  private withoutDir(text: string): string {
+    return text.includes(this.dir) ? text.replaceAll(`${this.dir}/`, '').replaceAll(this.dir, '.') : text;
   }
 
   private async startNode(n: SimNode): Promise<void> {
     n.incarnation += 1;
     const previous = n.path;
     n.path = join(this.dir, `${n.name}.${n.incarnation}.fs`);
-    if (previous) writeFileSync(n.path, readFileSync(previous));
+    if (previous) {
+      writeFileSync(n.path, readFileSync(previous));
+      carrySideFiles(previous, n.path);
+    }
     this.network.restart(n.name);
     const transport = this.network.transport(n.name);
     const clock = this.clock.view(n.name);
     n.clock = clock;
+    // Every sync goes to the node's simulated disk (immediate unless it is slow).
+    const disk = n.disk.view();
+    n.diskView = disk;
     if (n.role === 'primary') {
-      const storage = await FileStorage.open(n.path, { create: true, fsync: false, now: () => this.clock.now() });
+      const storage = await FileStorage.open(n.path, { create: true, fsync: true, disk, now: () => this.clock.now() });
       n.primary = await Primary.open({
         path: n.path,
         storage,
         replicateTo: n.address,
         transport,
         clock,
-        fsync: false,
+        fsync: true,
         heartbeatIntervalMs: this.options.heartbeatIntervalMs,
+        syncReplicas: this.options.syncReplicas,
+        syncTimeoutMs: this.options.syncTimeoutMs,
         log: this.log(n.name),
       });
+      this.followCommits(n);
     } else {
       const upstream = this.requireNode(n.upstream!);
       n.secondary = await Secondary.open({
@@ -356,7 +531,9 @@ export class SimCluster {
         replicateFrom: upstream.address,
         replicateTo: n.address,
         protocol: this.options.protocol,
-        fsync: false,
+        fsync: true,
+        disk,
+        mutations: this.options.mutations,
         keepAliveDelayMs: this.options.keepAliveDelayMs === undefined ? 1000 : (this.options.keepAliveDelayMs ?? undefined),
         reconnect: { initialMs: 50, maxMs: 2000, ...this.options.reconnect },
         transport,
@@ -372,17 +549,23 @@ export class SimCluster {
           if (v !== n.connState) {
             n.connState = v;
             this.note(n.name, `connection ${v}`);
+            if (v.includes('diverged') && n.refused === null) n.refused = { incarnation: n.incarnation, lastTid: n.durableTid.toString('hex') };
           }
         }),
       );
+      n.durableEnd = s.storage.getSize();
+      n.durableTid = s.storage.lastTransaction();
       n.subs.push(
         s.applied$.subscribe((t) => {
+          n.durableEnd = t.end;
+          n.durableTid = t.tid;
           this.stats.applied += 1;
           this.activityCounter += 1;
           this.note(n.name, `apply ${t.tid.toString('hex')}`);
         }),
       );
     }
+    disk.opened();
     n.up = true;
     n.sessions = '';
     this.note(n.name, `start #${n.incarnation} (${n.role}${n.upstream ? ` of ${n.upstream}` : ''})`);
@@ -393,7 +576,7 @@ export class SimCluster {
     if (!n.up) return;
     this.stats.crashes += 1;
     // The file as the crash leaves it: every durable byte, maybe more of what was written.
-    const committedEnd = n.primary ? n.primary.storage.durableEnd : n.secondary!.storage.getSize();
+    const committedEnd = n.primary ? n.primary.storage.durableEnd : n.durableEnd;
     const fd = openSync(n.path, 'r');
     let image: Buffer;
     try {
@@ -412,25 +595,36 @@ export class SimCluster {
     const old = n.primary ?? n.secondary;
     n.primary = null;
     n.secondary = null;
+    // Syncs under way return now (the node is already down: their commits stay in doubt).
+    n.diskView?.kill();
+    n.diskView = null;
     // The old objects are gone for the simulation (inert transport, dead clock);
     // closing them only releases their file descriptors.
     if (old) this.dispose(`${n.name}#${n.incarnation}`, old);
     const crashPath = `${n.path}.crash`;
     writeFileSync(crashPath, image);
+    carrySideFiles(n.path, crashPath);
     n.path = crashPath;
-    n.verified = { count: 0, lastTid: Z64, incarnation: -1 };
+    n.verified = unverified(-1);
+    n.refused = null;
   }
 
   // ---------------------------------------------------------------- workload
 
-  private async commit(records: number, bytes: number): Promise<void> {
-    const p = this.primary;
-    if (!p) {
-      this.note('p', 'commit skipped: primary down');
+  /** The node a commit goes to: `name`, or the current primary, when it is a running primary. */
+  private writer(name: string | undefined): SimNode | null {
+    const n = this.requireNode(name ?? this.current);
+    return n.up && n.primary ? n : null;
+  }
+
+  private async commit(records: number, bytes: number, node: string | undefined): Promise<void> {
+    const w = this.writer(node);
+    if (!w) {
+      this.note(node ?? this.current, 'commit skipped: not a running primary');
       return;
     }
-    const fs = p.storage;
-    const n = this.stats.commits;
+    const fs = w.primary!.storage;
+    const n = this.txnNumber++;
     const txn = { user: 'sim', description: `txn ${n}`, extension: { n } };
     await fs.tpcBegin(txn);
     const mine: Buffer[] = [];
@@ -440,47 +634,124 @@ export class SimCluster {
       if (mine.some((m) => m.equals(oid))) continue;
       mine.push(oid);
       const fill = `${n}.${r}.${Math.floor(this.random.next() * 1e9)};`;
-      fs.store(oid, this.serials.get(oid.toString('hex')) ?? Z64, Buffer.alloc(bytes, fill), txn);
+      fs.store(oid, await serialOf(fs, oid), Buffer.alloc(bytes, fill), txn);
     }
-    await fs.tpcVote(txn);
-    const tid = await fs.tpcFinish(txn);
-    for (const oid of mine) {
-      this.serials.set(oid.toString('hex'), tid);
-      if (!this.oids.some((o) => o.equals(oid))) this.oids.push(oid);
-    }
-    this.stats.commits += 1;
-    await this.recordModel(tid, `commit ${tid.toString('hex')} (${mine.length} records × ${bytes} B)`);
+    if (!(await this.vote(w, fs, txn, `commit of txn ${n}`))) return;
+    for (const oid of mine) if (!this.oids.some((o) => o.equals(oid))) this.oids.push(oid);
+    this.finish(w, fs, txn, (tid) => `commit ${tid} (${mine.length} records × ${bytes} B)`);
   }
 
   private async undo(back: number): Promise<void> {
-    const p = this.primary;
-    if (!p || this.model.length === 0) {
-      this.note('p', 'undo skipped');
+    const w = this.writer(undefined);
+    const model = w?.model ?? [];
+    if (!w || model.length === 0) {
+      this.note(this.current, 'undo skipped');
       return;
     }
-    const target = Buffer.from(this.model[Math.max(0, this.model.length - 1 - back)]!.tid, 'hex');
-    const fs = p.storage;
+    const target = Buffer.from(model[Math.max(0, model.length - 1 - back)]!.tid, 'hex');
+    const fs = w.primary!.storage;
     const txn = { user: 'sim', description: `undo ${target.toString('hex')}` };
     await fs.tpcBegin(txn);
     let oids: Buffer[];
     try {
       oids = await fs.undo(target, txn);
-      await fs.tpcVote(txn);
     } catch (err) {
       await fs.tpcAbort(txn);
-      this.note('p', `undo ${target.toString('hex')} refused: ${(err as Error).message}`);
+      this.note(w.name, `undo ${target.toString('hex')} refused: ${this.withoutDir((err as Error).message)}`);
       return;
     }
-    const tid = await fs.tpcFinish(txn);
-    for (const oid of oids) this.serials.set(oid.toString('hex'), tid);
-    this.stats.commits += 1;
-    await this.recordModel(tid, `undo ${target.toString('hex')} as ${tid.toString('hex')} (${oids.length} objects)`);
+    if (!(await this.vote(w, fs, txn, `undo ${target.toString('hex')}`))) return;
+    this.finish(w, fs, txn, (tid) => `undo ${target.toString('hex')} as ${tid} (${oids.length} objects)`);
   }
 
-  private async recordModel(tid: Buffer, text: string): Promise<void> {
-    for await (const t of this.primary!.storage.iterator(tid, tid)) this.model.push(shapeOf(t));
-    this.activityCounter += 1;
-    this.note('p', text);
+  /** Vote; when the disk refuses the write, abort: nothing of the transaction is committed. */
+  private async vote(w: SimNode, fs: FileStorage, txn: TransactionMeta, what: string): Promise<boolean> {
+    try {
+      await fs.tpcVote(txn);
+      return true;
+    } catch (err) {
+      await fs.tpcAbort(txn);
+      if (!(err instanceof StorageWriteError)) throw err;
+      this.note(w.name, `${what} failed: ${err.code ?? 'write error'} (aborted, file cut back to ${err.position})`);
+      return false;
+    }
+  }
+
+  /**
+   * Finish without waiting (a slow disk, or the acks syncReplicas waits for,
+   * return in virtual time, which only moves between steps). The model takes
+   * the transaction when it becomes durable on the primary (followCommits);
+   * the record notes whether tpcFinish then resolved for the caller. If the
+   * primary crashes first, the commit is in doubt (checkNoLoss).
+   */
+  private finish(w: SimNode, fs: FileStorage, txn: TransactionMeta, text: (tid: string) => string): void {
+    const entry: InFlight = { incarnation: w.incarnation, description: String(txn.description ?? ''), text, record: { tid: '', node: w.name, link: '', outcome: 'pending' } };
+    w.inFlight.push(entry);
+    const alive = (): boolean => w.up && w.incarnation === entry.incarnation;
+    const sync = (this.options.syncReplicas ?? 0) > 0;
+    fs.tpcFinish(txn).then(
+      (tid) => {
+        const hex = tid.toString('hex');
+        // Nobody hears of a commit whose process died while it waited.
+        entry.record.outcome = alive() ? 'acknowledged' : 'failed';
+        if (!alive()) entry.record.reason = 'the primary crashed first';
+        else if (sync) this.note(w.name, `${hex} acknowledged to the caller`);
+        this.activityCounter += 1;
+      },
+      (err: Error) => {
+        entry.record.outcome = 'failed';
+        entry.record.reason = err.name;
+        // Failed before it became durable: it never will (after, it is a sync timeout).
+        const pending = w.inFlight.indexOf(entry);
+        if (pending >= 0 && alive()) w.inFlight.splice(pending, 1);
+        if (alive()) this.note(w.name, `${entry.description} failed for the caller: ${this.withoutDir(err.message)}`);
+        this.activityCounter += 1;
+      },
+    );
+  }
+
+  /** A primary's durable commits feed its model and the history tree, in order. */
+  private followCommits(n: SimNode): void {
+    const p = n.primary!;
+    n.subs.push(
+      p.localStorage.commits$.subscribe((c) => {
+        const head = p.chainHead;
+        const link = head?.tid.equals(c.tid) ? head.hash.toString('hex') : null;
+        n.recordingPending += 1;
+        n.recording = n.recording
+          .then(() => this.recordDurable(n, p.localStorage, c, link))
+          .catch((err: Error) => this.violate('error', n.name, err.stack ?? err.message))
+          .finally(() => {
+            n.recordingPending -= 1;
+            this.activityCounter += 1;
+          });
+      }),
+    );
+  }
+
+  private async recordDurable(n: SimNode, fs: FileStorage, c: CommittedTransaction, productLink: string | null): Promise<void> {
+    const model = n.model;
+    if (!model) return;
+    const hex = c.tid.toString('hex');
+    if (model.length > 0 && Buffer.compare(c.tid, Buffer.from(model.at(-1)!.tid, 'hex')) <= 0) return; // applied before a promotion
+    let description = '';
+    let link = '';
+    for await (const t of fs.iterator(c.tid, c.tid)) {
+      description = t.description.toString('utf8');
+      link = this.tree.add(model.at(-1)?.link ?? LINEAGE_ORIGIN, shapeOf(t), n.name);
+    }
+    const entry = n.inFlight[0];
+    if (!entry || entry.description !== description) {
+      this.violate('no-loss', n.name, `${hex} (${description || 'unreadable'}) became durable but nobody committed it${entry ? ` (next commit: ${entry.description})` : ''}`);
+      return;
+    }
+    n.inFlight.shift();
+    model.push({ tid: hex, link });
+    if (productLink !== null) this.productLinks.set(link, productLink);
+    Object.assign(entry.record, { tid: hex, link });
+    this.commitRecords.push(entry.record);
+    this.stats.commits += 1;
+    this.note(n.name, entry.text(hex));
   }
 
   // ---------------------------------------------------------------- operations
@@ -490,7 +761,7 @@ export class SimCluster {
     this.stats.ops += 1;
     switch (op.kind) {
       case 'commit':
-        await this.commit(op.records ?? 3, op.bytes ?? 64);
+        await this.commit(op.records ?? 3, op.bytes ?? 64, op.node);
         break;
       case 'undo':
         await this.undo(op.back ?? 0);
@@ -518,19 +789,30 @@ export class SimCluster {
       case 'crash':
         await this.crashNode(this.requireNode(op.node), op.style ?? 'process');
         break;
-      case 'restart': {
-        const n = this.requireNode(op.node);
-        if (!n.up) {
-          await this.startNode(n);
-          if (n.role === 'primary') await this.checkNoLoss();
-        }
+      case 'restart':
+        await this.restart(this.requireNode(op.node), op.upstream);
         break;
-      }
       case 'reconfigure':
         this.reconfigure(op.node, op.upstream);
         break;
       case 'latency':
         this.network.setLatency(op.a, op.b, op.ms);
+        break;
+      case 'disk':
+        if (op.mode !== 'ok') this.diskFaults += 1;
+        this.requireNode(op.node).disk.setMode(op.mode, op.ms);
+        break;
+      case 'promote':
+        await this.promote(this.requireNode(op.node), op.force ?? false);
+        break;
+      case 'demote':
+        await this.demote(this.requireNode(op.node), op.upstream);
+        break;
+      case 'loseDisk':
+        await this.loseDisk(this.requireNode(op.node));
+        break;
+      case 'rewind':
+        await this.rewind(this.requireNode(op.node), op.upstream);
         break;
     }
     await this.settle();
@@ -538,16 +820,161 @@ export class SimCluster {
     if (this.options.checkEveryStep ?? true) await this.check();
   }
 
-  /** Point a secondary at another upstream (the primary or an earlier secondary: no cycles). */
+  /** Point a secondary at another upstream (any node it would not form a cycle with). */
   private reconfigure(name: string, upstream: string): void {
     const n = this.requireNode(name);
-    const order = this.nodeNames;
-    if (n.role !== 'secondary' || order.indexOf(upstream) < 0 || order.indexOf(upstream) >= order.indexOf(name)) {
-      throw new Error(`reconfigure ${name} -> ${upstream}: the upstream must be 'p' or a secondary listed before it`);
-    }
+    if (n.role !== 'secondary') throw new Error(`reconfigure ${name} -> ${upstream}: ${name} is not a secondary (demote it)`);
+    this.assertUpstream(name, upstream);
     n.upstream = upstream;
+    n.refused = null;
     this.note(name, `replicate from ${upstream}`);
     n.secondary?.setReplicationAddress(this.requireNode(upstream).address);
+  }
+
+  /** Replication from `upstream` to `name` must not go round in a cycle. */
+  private assertUpstream(name: string, upstream: string): void {
+    this.requireNode(upstream);
+    for (let u: string | null = upstream, hops = 0; u !== null; u = this.requireNode(u).upstream, hops++) {
+      if (u === name || hops > this.nodes.size) throw new Error(`${name} cannot replicate from ${upstream}: replication would go round in a cycle`);
+    }
+  }
+
+  private async restart(n: SimNode, upstream: string | undefined): Promise<void> {
+    if (n.up) return;
+    if (n.role === 'secondary') {
+      const from = upstream ?? n.upstream ?? (this.current !== n.name ? this.current : null);
+      if (from === null) {
+        this.note(n.name, 'restart skipped: its disk was lost and it has no upstream (promote another node first)');
+        return;
+      }
+      this.assertUpstream(n.name, from);
+      n.upstream = from;
+    }
+    await this.startNode(n);
+    if (n.role === 'primary') await this.checkNoLoss(n);
+  }
+
+  // ---------------------------------------------------------------- failover
+
+  /**
+   * Run `work` (real async work that may need virtual time: a promotion, a
+   * rewind asking its upstream over the network) while stepping the clock.
+   */
+  private async whileRunning<T>(work: Promise<T>, maxMs: number, what: string): Promise<T> {
+    let done = false;
+    const tracked = work.finally(() => (done = true));
+    // Awaited below; until then a rejection is only recorded.
+    tracked.catch(() => undefined);
+    await this.settle();
+    if (!done) this.flushStep(`${what}: under way in virtual time`);
+    const deadline = this.clock.now() + maxMs;
+    while (!done && (await this.step(deadline)));
+    if (!done) throw new Error(`${what}: not finished within ${maxMs} virtual ms`);
+    return tracked;
+  }
+
+  /**
+   * Secondary.promote(): the node becomes a writable primary and the current
+   * primary. A running primary is only made the current one (the operator
+   * picks among the primaries of a split brain).
+   */
+  private async promote(n: SimNode, force: boolean): Promise<void> {
+    if (n.up && n.primary) {
+      this.current = n.name;
+      this.note(n.name, 'now the current primary');
+      this.checkAcknowledged(n);
+      return;
+    }
+    const s = n.up ? n.secondary : null;
+    if (!s) {
+      this.note(n.name, 'promote skipped: not a running secondary');
+      return;
+    }
+    const options = { force, heartbeatIntervalMs: this.options.heartbeatIntervalMs, syncReplicas: this.options.syncReplicas, syncTimeoutMs: this.options.syncTimeoutMs };
+    let primary: Primary;
+    try {
+      primary = await this.whileRunning(s.promote(options), 60_000, `promote ${n.name}`);
+    } catch (err) {
+      if (!(err instanceof PromotionRefusedError)) throw err;
+      this.note(n.name, `promotion refused: ${err.message}`);
+      return;
+    }
+    for (const sub of n.subs) sub.unsubscribe();
+    n.subs = [];
+    Object.assign(n, { role: 'primary', upstream: null, primary, secondary: null, refused: null, connState: '', inFlight: [] });
+    n.durableTid = primary.localStorage.lastDurableTid;
+    await this.walk(n);
+    n.model = [...n.verified.entries];
+    this.followCommits(n);
+    this.current = n.name;
+    const g = primary.generation;
+    this.note(n.name, `promoted: generation ${g.generation} after ${g.startTid.toString('hex')}`);
+    this.checkAcknowledged(n);
+  }
+
+  /** Stop a primary (a crash: durable data kept) and restart it as a secondary of `upstream`. */
+  private async demote(n: SimNode, upstream: string): Promise<void> {
+    if (n.role !== 'primary') throw new Error(`demote ${n.name}: not a primary`);
+    this.assertUpstream(n.name, upstream);
+    await this.crashNode(n, 'process');
+    Object.assign(n, { role: 'secondary', upstream });
+    this.note(n.name, `demoted: restarts as a secondary of ${upstream}`);
+    await this.startNode(n);
+    await this.leaveModel(n);
+  }
+
+  /** A former primary restarted as a secondary: commits in doubt at its crash that survived join the tree, then it has no model. */
+  private async leaveModel(n: SimNode): Promise<void> {
+    if (n.secondary) await this.reconcile(n, n.secondary.storage, false);
+    Object.assign(n, { model: null, inFlight: [] });
+  }
+
+  /** Crash the node and lose its disk: it is an empty secondary from now on (restart it). */
+  private async loseDisk(n: SimNode): Promise<void> {
+    await this.crashNode(n, 'host');
+    if (n.path) for (const f of [n.path, ...sideFilesOf(n.path)]) rmSync(f, { force: true });
+    Object.assign(n, { path: '', role: 'secondary', upstream: null, model: null, inFlight: [], refused: null });
+    this.note(n.name, 'disk lost: data file, generations and hash chain are gone');
+  }
+
+  /**
+   * The operator's repair of a diverged node: stop it, rewindStorage() it
+   * against `upstream` (which names the fork over the network), restart it
+   * as that node's secondary. A rewind that cannot reach `upstream` cuts
+   * nothing (noted); the node restarts anyway.
+   */
+  private async rewind(n: SimNode, upstreamName: string | undefined): Promise<void> {
+    const upstream = upstreamName ?? n.upstream ?? this.current;
+    this.assertUpstream(n.name, upstream);
+    await this.crashNode(n, 'process');
+    Object.assign(n, { role: 'secondary', upstream, refused: null });
+    if (n.path) {
+      this.network.restart(n.name);
+      const clock = this.clock.view(n.name);
+      try {
+        const options = { toCommonWith: this.requireNode(upstream).address, transport: this.network.transport(n.name), clock, timeoutMs: 10_000 };
+        const r = await this.whileRunning(rewindStorage(n.path, options), 60_000, `rewind ${n.name}`);
+        const fork = r.forkTid.toString('hex');
+        this.note(n.name, r.sidePath ? `rewound to ${fork} against ${upstream}: ${r.cutTids.length} transactions cut into ${basename(r.sidePath)}` : `rewind against ${upstream}: nothing to cut`);
+      } catch (err) {
+        if (!(err instanceof ZrsError || err instanceof SimNetworkError)) throw err;
+        this.note(n.name, `rewind against ${upstream} failed: ${this.withoutDir(err.message)}`);
+      } finally {
+        clock.kill();
+      }
+    }
+    await this.startNode(n);
+    await this.leaveModel(n);
+  }
+
+  /** With checkAcknowledged: `n` (the current primary) holds every commit acknowledged to its caller. */
+  private checkAcknowledged(n: SimNode): void {
+    if (!this.options.checkAcknowledged) return;
+    const held = new Set(n.verified.entries.map((e) => e.link));
+    const lost = this.commitRecords.filter((r) => r.outcome === 'acknowledged' && !held.has(r.link));
+    if (lost.length === 0) return;
+    const some = lost.slice(0, 3).map((r) => `${r.tid} (committed on ${r.node})`);
+    this.violate('acknowledged', n.name, `${lost.length} commit(s) acknowledged to their callers are not in its history: ${some.join(', ')}${lost.length > 3 ? ' …' : ''}`);
   }
 
   // ---------------------------------------------------------------- time
@@ -582,11 +1009,16 @@ export class SimCluster {
   async settle(maxRounds = 100_000): Promise<void> {
     let last = this.activity();
     let quiet = 0;
-    for (let round = 0; quiet < 2; round++) {
-      if (round > maxRounds) throw new Error(`settle: still busy after ${maxRounds} rounds`);
+    // Rounds spent waiting for real file I/O do not count: a real fsync on a
+    // loaded machine may take any number of rounds, and always ends.
+    for (let busy = 0; quiet < 2; ) {
       await nextRound();
       const now = this.activity();
-      if (ioInFlight() || now !== last) {
+      if (ioInFlight()) {
+        quiet = 0;
+        last = now;
+      } else if (now !== last) {
+        if (++busy > maxRounds) throw new Error(`settle: still busy after ${maxRounds} rounds`);
         quiet = 0;
         last = now;
       } else quiet += 1;
@@ -646,75 +1078,141 @@ export class SimCluster {
     this.traceLines.push(`${String(this.elapsedMs).padStart(7)} ms  !!   ${invariant} violated on ${node}: ${detail}`);
   }
 
-  private async refreshPrimaryLog(): Promise<void> {
-    const p = this.requireNode('p');
-    if (!p.primary) return;
-    const fs = p.primary.storage;
-    if (this.primaryLogIncarnation !== p.incarnation) {
-      this.primaryLog = [];
-      this.primaryLogIncarnation = p.incarnation;
-    }
-    const last = this.primaryLog.at(-1)?.tid;
-    if (last === fs.lastDurableTid.toString('hex')) return;
-    const start = last ? tidPlusOne(Buffer.from(last, 'hex')) : null;
-    for await (const t of fs.iterator(start)) this.primaryLog.push(shapeOf(t));
-  }
-
-  /** Invariant 3: the restarted primary holds every transaction it committed. */
-  private async checkNoLoss(): Promise<void> {
-    await this.refreshPrimaryLog();
-    const log = this.primaryLog;
-    for (let i = 0; i < this.model.length; i++) {
-      const m = this.model[i]!;
-      const got = log[i];
-      if (!got || got.tid !== m.tid || got.digest !== m.digest) {
-        this.violate('no-loss', 'p', `committed ${m.tid} (#${i}) is ${got ? `replaced by ${got.tid}` : 'missing'} after restart`);
-        return;
-      }
-    }
-    if (log.length > this.model.length) this.violate('no-loss', 'p', `${log.length - this.model.length} transactions nobody committed`);
+  /** Invariant 3: the restarted primary holds every transaction that was durable on it (see reconcile). */
+  private async checkNoLoss(n: SimNode): Promise<void> {
+    const fs = n.primary?.localStorage;
+    if (fs) await this.reconcile(n, fs, true);
   }
 
   /**
-   * Check invariants 1 and 4 on every running secondary: its log is a prefix
-   * of the primary's (same tids, same records), and nothing partial is visible.
-   * Returns the violations found by this call.
+   * After a crash of a node that was a primary: its log holds, in order and
+   * unchanged, every transaction that was durable on it (`strict`; after a
+   * demotion or a rewind only the part its log still has must match); after
+   * those, only commits in flight at the crash may follow, in commit order:
+   * they enter its model and the history tree.
+   */
+  private async reconcile(n: SimNode, fs: { iterator(): AsyncIterable<TransactionRecord> }, strict: boolean): Promise<void> {
+    await n.recording;
+    const model = n.model;
+    if (!model) return;
+    const inDoubt = n.inFlight.splice(0);
+    let i = 0;
+    let parent = LINEAGE_ORIGIN;
+    for await (const t of fs.iterator()) {
+      const shape = shapeOf(t);
+      const want = model[i];
+      if (want) {
+        if (want.link !== lineageLink(parent, shape)) {
+          // Not strict: the walk judges what follows the part still shared.
+          if (strict) this.violate('no-loss', n.name, `durable ${want.tid} (#${i}) is replaced by ${shape.tid} after restart`);
+          return;
+        }
+      } else {
+        // Past the durable end: a commit in doubt at the crash may have survived.
+        const entry = inDoubt.shift();
+        if (!entry || entry.description !== t.description.toString('utf8')) {
+          if (strict) this.violate('no-loss', n.name, `transaction ${shape.tid} (#${i}) after restart: nobody committed it`);
+          return;
+        }
+        const link = this.tree.add(parent, shape, n.name);
+        model.push({ tid: shape.tid, link });
+        Object.assign(entry.record, { tid: shape.tid, link });
+        this.commitRecords.push(entry.record);
+        this.stats.commits += 1;
+        this.note(n.name, `in-doubt ${shape.tid} (${entry.description}) survived the crash`);
+      }
+      parent = model[i]!.link;
+      i += 1;
+    }
+    if (strict && i < model.length) {
+      this.violate('no-loss', n.name, `durable ${model[i]!.tid} (#${i}) is missing after restart`);
+      return;
+    }
+    for (const lost of inDoubt) this.note(n.name, `in-doubt ${lost.description} lost in the crash`);
+  }
+
+  /**
+   * Check every running node: its durable log is a path of the history tree
+   * (a prefix of some primary's history, the records unchanged: invariants 1
+   * and 4, and no mixed histories), its hash chain agrees with the committing
+   * primary's, a node refused as diverged has not moved, and nothing partial
+   * is visible on a secondary. Returns the violations found by this call.
    */
   async check(): Promise<Violation[]> {
     const before = this.violationsList.length;
-    await this.refreshPrimaryLog();
-    const reference = this.primaryLog.length >= this.model.length ? this.primaryLog : this.model;
     for (const n of this.nodes.values()) {
-      const s = n.secondary;
-      if (!s || !n.up) continue;
-      const v = n.verified;
-      if (v.incarnation !== n.incarnation) n.verified = { count: 0, lastTid: Z64, incarnation: n.incarnation };
-      const storage = s.storage;
-      const lastTid = storage.lastTransaction();
-      if (lastTid.equals(n.verified.lastTid)) continue;
-      const start = n.verified.count === 0 ? null : tidPlusOne(n.verified.lastTid);
-      for await (const t of storage.iterator(start)) {
-        const got = shapeOf(t);
-        const want = reference[n.verified.count];
-        if (!want || want.tid !== got.tid) {
-          this.violate('prefix', n.name, `transaction #${n.verified.count} is ${got.tid}, the primary's is ${want?.tid ?? 'nothing'}`);
-          break;
-        }
-        if (want.digest !== got.digest) {
-          this.violate('corruption', n.name, `transaction ${got.tid} differs from the primary's (records or metadata)`);
-          break;
-        }
-        n.verified.count += 1;
-        n.verified.lastTid = t.tid;
-      }
-      if (this.violationsList.length === before && !storage.lastTransaction().equals(n.verified.lastTid)) {
-        this.violate('partial', n.name, `last transaction ${storage.lastTransaction().toString('hex')} is not the last complete one ${n.verified.lastTid.toString('hex')}`);
-      }
-      if (this.violationsList.length === before && storage.transactionCount !== n.verified.count) {
-        this.violate('partial', n.name, `transactionCount ${storage.transactionCount} but ${n.verified.count} transactions iterate`);
-      }
+      if (!n.up || (!n.primary && !n.secondary) || n.recordingPending > 0) continue;
+      const found = this.violationsList.length;
+      await this.walk(n);
+      if (this.violationsList.length === found) this.checkPartial(n);
+      this.checkChain(n);
+      this.checkRefused(n);
     }
     return this.violationsList.slice(before);
+  }
+
+  /** Extend the node's verified path with the transactions durable since the last check. */
+  private async walk(n: SimNode): Promise<void> {
+    const storage = n.primary?.localStorage ?? n.secondary?.storage;
+    if (!storage) return;
+    if (n.verified.incarnation !== n.incarnation) n.verified = unverified(n.incarnation);
+    const v = n.verified;
+    // What iterates is what is durable; later finished transactions are still syncing.
+    const lastTid = n.primary ? n.primary.localStorage.lastDurableTid : n.durableTid;
+    if (v.faulted || lastTid.equals(v.lastTid)) return;
+    const start = v.entries.length === 0 ? null : tidPlusOne(v.lastTid);
+    for await (const t of storage.iterator(start)) {
+      const next = this.tree.follow(v.entries.at(-1)?.link ?? LINEAGE_ORIGIN, shapeOf(t));
+      if (!('link' in next)) {
+        this.violate(next.invariant, n.name, `#${v.entries.length}: ${next.detail}`);
+        v.faulted = true;
+        return;
+      }
+      v.entries.push({ tid: t.tid.toString('hex'), link: next.link });
+      v.lastTid = t.tid;
+    }
+  }
+
+  private checkPartial(n: SimNode): void {
+    const s = n.secondary;
+    if (!s || n.verified.faulted) return;
+    const v = n.verified;
+    const lastTid = n.durableTid;
+    if (!lastTid.equals(v.lastTid)) {
+      this.violate('partial', n.name, `last durable transaction ${lastTid.toString('hex')} is not the last complete one ${v.lastTid.toString('hex')}`);
+      return;
+    }
+    const syncing = !s.storage.lastTransaction().equals(lastTid);
+    if (!syncing && s.storage.transactionCount !== v.entries.length) {
+      this.violate('partial', n.name, `transactionCount ${s.storage.transactionCount} but ${v.entries.length} transactions iterate`);
+    }
+  }
+
+  /** The node's hash chain link at its head is the one the primary that committed that transaction computed. */
+  private checkChain(n: SimNode): void {
+    const head = n.primary ? n.primary.chainHead : (n.secondary?.history?.chain.head ?? null);
+    const entries = n.verified.entries;
+    if (!head || n.verified.faulted) return;
+    const tid = head.tid.toString('hex');
+    for (let i = entries.length - 1; i >= 0 && i >= entries.length - 16; i--) {
+      if (entries[i]!.tid !== tid) continue;
+      const want = this.productLinks.get(entries[i]!.link);
+      if (want !== undefined && want !== head.hash.toString('hex')) {
+        this.violate('lineage', n.name, `its hash chain link at ${tid} is not the one the primary that committed it computed`);
+        n.verified.faulted = true;
+      }
+      return;
+    }
+  }
+
+  /** A node refused as diverged keeps its log as it was until it is rewound (or pointed elsewhere). */
+  private checkRefused(n: SimNode): void {
+    const r = n.refused;
+    if (!r || r.incarnation !== n.incarnation || !n.secondary) return;
+    const now = n.durableTid.toString('hex');
+    if (now === r.lastTid) return;
+    this.violate('lineage', n.name, `refused as diverged at ${r.lastTid}, it moved to ${now} without a rewind`);
+    n.refused = null;
   }
 
   /** Throw an InvariantViolationError (with the trace) if any verdict failed so far. */
@@ -722,15 +1220,16 @@ export class SimCluster {
     if (this.violationsList.length) throw new InvariantViolationError(this.violationsList, this.traceLines);
   }
 
-  /** Every running secondary holds exactly the primary's history. */
+  /** Every other node is a running secondary holding exactly the current primary's durable history. */
   isConverged(): boolean {
-    const p = this.requireNode('p').primary;
-    if (!p) return false;
-    const last = p.storage.lastDurableTid;
+    const head = this.requireNode(this.current);
+    const p = head.up ? head.primary : null;
+    if (!p || head.inFlight.length > 0 || head.recordingPending > 0) return false;
+    const last = p.localStorage.lastDurableTid;
     for (const n of this.nodes.values()) {
-      if (n.role !== 'secondary') continue;
-      if (!n.secondary || !n.up) return false;
-      if (!n.secondary.storage.lastTransaction().equals(last)) return false;
+      if (n === head) continue;
+      if (n.role !== 'secondary' || !n.secondary || !n.up) return false;
+      if (!n.durableTid.equals(last) || !n.secondary.storage.lastTransaction().equals(last)) return false;
     }
     return true;
   }
@@ -738,11 +1237,16 @@ export class SimCluster {
   /**
    * The liveness phase: heal every partition, restart crashed nodes, then
    * run virtual time (at most `maxMs`) until every secondary equals the
-   * primary. Records a 'convergence' violation when it does not.
+   * current primary. Records a 'convergence' violation when it does not.
    */
   async converge(maxMs = 120_000): Promise<boolean> {
     this.traceLines.push(`${String(this.elapsedMs).padStart(7)} ms  --   liveness phase (up to ${maxMs} ms)`);
     this.network.heal(undefined, undefined, 'deliver');
+    for (const n of this.nodes.values()) {
+      if (n.disk.mode === 'ok') continue;
+      n.disk.setMode('ok');
+      this.note(n.name, 'disk ok');
+    }
     for (const n of this.nodes.values()) if (!n.up) await this.apply({ kind: 'restart', node: n.name });
     await this.settle();
     this.flushStep('healed');
@@ -751,19 +1255,27 @@ export class SimCluster {
       if (!(await this.step(deadline))) break;
     }
     await this.check();
+    const head = this.requireNode(this.current);
     if (!this.isConverged()) {
-      const states = this.secondaryNames.map((s) => {
-        const n = this.requireNode(s);
-        return `${s}@${n.secondary?.storage.lastTransaction().toString('hex') ?? 'down'} ${n.connState}`;
-      });
-      this.violate('convergence', '*', `not converged within ${maxMs} ms: primary@${this.primary?.storage.lastDurableTid.toString('hex') ?? 'down'}; ${states.join('; ')}`);
+      const states = this.nodeNames
+        .filter((name) => name !== this.current)
+        .map((name) => {
+          const n = this.requireNode(name);
+          return `${name}${n.role === 'primary' ? ' (a primary)' : ''}@${n.up ? this.lastTidOf(name) : 'down'} ${n.connState}`;
+        });
+      this.violate('convergence', '*', `not converged within ${maxMs} ms: ${this.current}@${this.primary ? this.lastTidOf(this.current) : 'down'}; ${states.join('; ')}`);
       return false;
     }
-    // Every log equals the primary's: the verified prefixes have its full length.
-    for (const s of this.secondaryNames) {
-      const n = this.requireNode(s);
-      if (n.verified.count !== this.primaryLog.length) this.violate('convergence', s, `holds ${n.verified.count} of ${this.primaryLog.length} transactions`);
+    // Every log equals the primary's: the verified paths end where its path ends.
+    const reference = head.verified.entries;
+    for (const n of this.nodes.values()) {
+      if (n === head) continue;
+      const mine = n.verified.entries;
+      if (mine.length !== reference.length || mine.at(-1)?.link !== reference.at(-1)?.link) {
+        this.violate('convergence', n.name, `holds ${mine.length} of ${reference.length} transactions of ${this.current}'s history`);
+      }
     }
+    this.checkAcknowledged(head);
     this.traceLines.push(`${String(this.elapsedMs).padStart(7)} ms  --   converged`);
     return this.violationsList.length === 0;
   }
@@ -792,7 +1304,7 @@ export class SimCluster {
 
   result(): SimRunResult {
     const ns = this.network.stats;
-    this.stats.faults = ns.faults + this.stats.crashes;
+    this.stats.faults = ns.faults + this.stats.crashes + this.diskFaults;
     this.stats.chunks = ns.chunks;
     this.stats.bytes = ns.bytes;
     this.stats.virtualMs = this.elapsedMs;
@@ -806,7 +1318,11 @@ export class SimCluster {
     for (const n of this.nodes.values()) {
       for (const s of n.subs) s.unsubscribe();
       n.subs = [];
+      // As a crash: inert transports, so no close waits for bytes to drain.
+      if (n.up) this.network.crash(n.name, 'process');
       n.clock?.kill();
+      n.diskView?.kill();
+      n.diskView = null;
       const obj = n.primary ?? n.secondary;
       if (obj) this.dispose(`${n.name}#${n.incarnation}`, obj);
       n.primary = null;
@@ -841,7 +1357,7 @@ export class SimCluster {
 export function describeOp(op: SimOp): string {
   switch (op.kind) {
     case 'commit':
-      return `commit ${op.records ?? 3}×${op.bytes ?? 64}B`;
+      return `commit ${op.records ?? 3}×${op.bytes ?? 64}B${op.node ? ` on ${op.node}` : ''}`;
     case 'undo':
       return `undo -${op.back ?? 0}`;
     case 'partition':
@@ -859,11 +1375,21 @@ export function describeOp(op: SimOp): string {
     case 'crash':
       return `crash ${op.node} (${op.style ?? 'process'})`;
     case 'restart':
-      return `restart ${op.node}`;
+      return `restart ${op.node}${op.upstream ? ` as a secondary of ${op.upstream}` : ''}`;
     case 'reconfigure':
       return `reconfigure ${op.node} -> ${op.upstream}`;
     case 'latency':
       return `latency ${op.a}<->${op.b} ${op.ms} ms`;
+    case 'disk':
+      return `disk ${op.node} ${op.mode}${op.mode === 'slow' ? ` ${op.ms ?? 500} ms` : ''}`;
+    case 'promote':
+      return `promote ${op.node}${op.force ? ' (forced)' : ''}`;
+    case 'demote':
+      return `demote ${op.node} to a secondary of ${op.upstream}`;
+    case 'loseDisk':
+      return `lose the disk of ${op.node}`;
+    case 'rewind':
+      return `rewind ${op.node}${op.upstream ? ` against ${op.upstream}` : ''}`;
   }
 }
 

@@ -15,5 +15,9 @@ export {
   type SimStats,
   type Violation,
   type InvariantName,
+  type SimCommitRecord,
 } from './cluster.js';
+export { HistoryTree, LINEAGE_ORIGIN, lineageLink, shapeOf, type LineageEntry, type LineageFault, type TxnShape } from './lineage.js';
 export { randomPlan, type RandomPlanOptions } from './plan.js';
+export { SimDisk, SimDiskFullError, type DiskMode, type SimDiskView } from './disk.js';
+export type { ReplicationMutations as SimMutations, MutationName } from '../replication/mutations.js';

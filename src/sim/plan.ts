@@ -1,6 +1,6 @@
 // Random fault schedules from a seed, for soak runs and quick experiments:
 // a workload of commits and undos interleaved with partitions, resets,
-// half-open links, flipped bytes, crashes/restarts and chain changes.
+// half-open links, flipped bytes, crashes/restarts, chain changes and disk faults.
 // The chain stays acyclic: a secondary only ever follows 'p' or an earlier one.
 
 import { seededRandom } from '../ports/random.js';
@@ -19,6 +19,8 @@ export interface RandomPlanOptions {
   corruption?: boolean;
   /** Allow chain reconfiguration. Default true. */
   chains?: boolean;
+  /** Allow disk faults (slow, full, back to ok). Default true. */
+  disks?: boolean;
   livenessMs?: number;
 }
 
@@ -72,6 +74,10 @@ export function randomPlan(seed: number, options: RandomPlanOptions = {}): SimPl
         down.add(n);
         op = { kind: 'crash', node: n, style: rnd.next() < 0.5 ? 'process' : 'host' };
       }
+    } else if (r < 0.94 && (options.disks ?? true)) {
+      const n = pick(nodes);
+      const mode = pick(['ok', 'ok', 'slow', 'full'] as const);
+      op = mode === 'slow' ? { kind: 'disk', node: n, mode, ms: pick([20, 300, 2000]) } : { kind: 'disk', node: n, mode };
     } else if (options.chains ?? true) {
       const idx = 1 + int(secondaries.length);
       const s = nodes[idx]!;

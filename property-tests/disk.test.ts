@@ -1,0 +1,195 @@
+// Disk faults in the simulator, one scheduled scenario per semantic:
+// a full disk on the primary refuses commits (typed error, nothing written,
+// nothing published, nothing counted) until it is ok again; a full disk on a
+// secondary aborts what it applies, disconnects and retries with backoff
+// until the disk is ok; a slow disk makes commits and acks wait in virtual
+// time; a crash while syncs are under way leaves a torn tail, and the node
+// restarts from what was durable.
+
+import { statSync } from 'node:fs';
+import { afterEach, describe, expect, it } from 'vitest';
+import { StorageWriteError } from '../src/errors.js';
+import { SimCluster } from '../src/sim/index.js';
+import { Z64 } from '../src/storage/timestamp.js';
+
+let cluster: SimCluster | null = null;
+afterEach(async () => {
+  await cluster?.close();
+  cluster = null;
+});
+
+const Z64_HEX = Z64.toString('hex');
+
+/** Bytes of a node's data file on the (real) disk. */
+function fileBytes(path: string): number {
+  return statSync(path).size;
+}
+
+describe('a full disk', () => {
+  it('on the primary: commits fail with a typed error, nothing is written or published, and succeed again after ok', async () => {
+    const c = (cluster = await SimCluster.create({ seed: 11, secondaries: 2 }));
+    await c.apply({ kind: 'commit', records: 2, bytes: 100 });
+    await c.apply({ kind: 'commit', records: 2, bytes: 100 });
+    await c.advance(200);
+    const before = c.committedTids;
+    expect(before).toHaveLength(2);
+    const storage = c.primary!.storage;
+    const size = fileBytes(storage.path);
+    const published: string[] = [];
+    const sub = storage.commits$.subscribe((t) => published.push(t.tid.toString('hex')));
+
+    await c.apply({ kind: 'disk', node: 'p', mode: 'full' });
+    await c.apply({ kind: 'commit', records: 3, bytes: 5000 });
+    expect(c.trace.some((l) => / p +commit of txn 2 failed: ENOSPC/.test(l))).toBe(true);
+    expect(c.trace.some((l) => / p +disk full: write of \d+ B at \d+ failed after \d+ B/.test(l))).toBe(true);
+    // The storage's own error, as a caller sees it.
+    const txn = { user: 'test', description: 'refused' };
+    await storage.tpcBegin(txn);
+    storage.store(storage.newOid(), Z64, Buffer.alloc(4000, 7), txn);
+    const err = await storage.tpcVote(txn).catch((e: unknown) => e);
+    await storage.tpcAbort(txn);
+    expect(err).toBeInstanceOf(StorageWriteError);
+    expect((err as StorageWriteError).code).toBe('ENOSPC');
+    await c.advance(1000);
+    expect(c.committedTids).toEqual(before);
+    expect(fileBytes(storage.path)).toBe(size);
+    expect(storage.getSize()).toBe(size);
+    expect(published).toEqual([]);
+    for (const s of ['s1', 's2']) expect(c.lastTidOf(s)).toBe(before[1]);
+    c.assertInvariants();
+
+    await c.apply({ kind: 'disk', node: 'p', mode: 'ok' });
+    await c.apply({ kind: 'commit', records: 3, bytes: 5000 });
+    expect(c.committedTids).toHaveLength(3);
+    expect(published).toEqual([c.committedTids[2]]);
+    sub.unsubscribe();
+    expect(await c.converge(30_000)).toBe(true);
+    expect(c.violations).toEqual([]);
+  });
+
+  it('on a secondary: the transaction is aborted, the connection dropped and retried with backoff; it converges once the disk is ok', async () => {
+    const c = (cluster = await SimCluster.create({ seed: 12, secondaries: 1, protocol: 'native' }));
+    await c.apply({ kind: 'commit', records: 2, bytes: 100 });
+    await c.advance(200);
+    const first = c.committedTids[0]!;
+    expect(c.lastTidOf('s1')).toBe(first);
+
+    await c.apply({ kind: 'disk', node: 's1', mode: 'full' });
+    const traceFrom = c.trace.length;
+    await c.apply({ kind: 'commit', records: 3, bytes: 3000 });
+    await c.advance(5000);
+    const lines = c.trace.slice(traceFrom);
+    expect(c.committedTids).toHaveLength(2);
+    // The file stays at its last complete transaction.
+    const s1 = c.secondary('s1')!;
+    expect(c.lastTidOf('s1')).toBe(first);
+    expect(s1.storage.lastTransaction().toString('hex')).toBe(first);
+    expect(fileBytes(s1.storage.path)).toBe(s1.storage.getSize());
+    expect(lines.filter((l) => / s1 +disk full: write/.test(l)).length).toBeGreaterThanOrEqual(2);
+    expect(lines.some((l) => / s1 +warn: replication from .* stopped: .*ENOSPC/.test(l))).toBe(true);
+    // Each failure is a disconnect, then a backoff before the next attempt.
+    expect(lines.filter((l) => / s1 +connection "backoff"/.test(l)).length).toBeGreaterThanOrEqual(2);
+    c.assertInvariants();
+
+    await c.apply({ kind: 'disk', node: 's1', mode: 'ok' });
+    await c.advance(5000);
+    expect(c.lastTidOf('s1')).toBe(c.committedTids[1]);
+    expect(await c.converge(30_000)).toBe(true);
+    expect(c.violations).toEqual([]);
+  });
+
+  it('is healed by the liveness phase', async () => {
+    const c = (cluster = await SimCluster.create({ seed: 13, secondaries: 2 }));
+    await c.apply({ kind: 'disk', node: 's2', mode: 'full' });
+    await c.apply({ kind: 'commit', records: 2, bytes: 2000 });
+    await c.advance(1000);
+    expect(c.lastTidOf('s2')).toBe(Z64_HEX);
+    expect(await c.converge(30_000)).toBe(true);
+    expect(c.trace.some((l) => / s2 +disk ok$/.test(l))).toBe(true);
+    expect(c.violations).toEqual([]);
+  });
+});
+
+describe('a slow disk', () => {
+  it('on the primary: a commit counts, and replicates, only once its sync returns in virtual time', async () => {
+    const c = (cluster = await SimCluster.create({ seed: 21, secondaries: 1, protocol: 'native' }));
+    await c.apply({ kind: 'disk', node: 'p', mode: 'slow', ms: 400 });
+    await c.apply({ kind: 'commit', records: 2, bytes: 100 });
+    expect(c.committedTids).toEqual([]);
+    expect(c.lastTidOf('p')).toBe(Z64_HEX);
+    await c.advance(390);
+    expect(c.committedTids).toEqual([]);
+    expect(c.lastTidOf('s1')).toBe(Z64_HEX);
+    await c.advance(20);
+    expect(c.committedTids).toHaveLength(1);
+    await c.advance(200);
+    expect(c.lastTidOf('s1')).toBe(c.committedTids[0]);
+    expect(await c.converge(30_000)).toBe(true);
+    expect(c.violations).toEqual([]);
+  });
+
+  it('on a secondary: the transaction is applied at once but acknowledged only after the sync', async () => {
+    const c = (cluster = await SimCluster.create({ seed: 22, secondaries: 1, protocol: 'native' }));
+    await c.advance(200);
+    await c.apply({ kind: 'disk', node: 's1', mode: 'slow', ms: 1000 });
+    await c.apply({ kind: 'commit', records: 2, bytes: 100 });
+    const tid = c.committedTids[0]!;
+    await c.advance(200);
+    const s1 = c.secondary('s1')!;
+    const acked = (): string | null => c.primary!.secondaries()[0]?.ackedTid?.toString('hex') ?? null;
+    expect(s1.storage.lastTransaction().toString('hex')).toBe(tid);
+    expect(c.lastTidOf('s1')).toBe(Z64_HEX);
+    expect(acked()).not.toBe(tid);
+    await c.advance(1000);
+    expect(c.lastTidOf('s1')).toBe(tid);
+    expect(acked()).toBe(tid);
+    expect(await c.converge(30_000)).toBe(true);
+    expect(c.violations).toEqual([]);
+  });
+});
+
+describe('a crash between write and sync', () => {
+  it('leaves a torn tail: the primary restarts from what was durable, and commits in doubt survive or not, in order', async () => {
+    const outcomes = new Set<string>();
+    for (const seed of [31, 32, 33, 34, 35, 36]) {
+      const c = (cluster = await SimCluster.create({ seed, secondaries: 1 }));
+      await c.apply({ kind: 'commit', records: 2, bytes: 300 });
+      const durable = c.committedTids;
+      await c.apply({ kind: 'disk', node: 'p', mode: 'slow', ms: 1000 });
+      await c.apply({ kind: 'commit', records: 2, bytes: 300 });
+      await c.apply({ kind: 'commit', records: 2, bytes: 300 });
+      expect(c.committedTids).toEqual(durable);
+      await c.apply({ kind: 'crash', node: 'p', style: 'process' });
+      await c.apply({ kind: 'restart', node: 'p' });
+      c.assertInvariants();
+      const after = c.committedTids;
+      expect(after.slice(0, durable.length)).toEqual(durable);
+      expect(after.length).toBeLessThanOrEqual(durable.length + 2);
+      outcomes.add(String(after.length - durable.length));
+      expect(c.trace.some((l) => / p +in-doubt .+ (survived|lost in) the crash$/.test(l))).toBe(true);
+      expect(await c.converge(30_000)).toBe(true);
+      expect(c.violations).toEqual([]);
+      await c.close();
+      cluster = null;
+    }
+    // Across the seeds the crash image cut the in-doubt commits at different places.
+    expect(outcomes.size).toBeGreaterThan(1);
+  });
+
+  it('on a secondary: what it applied but had not synced may be lost, and is fetched again', async () => {
+    const c = (cluster = await SimCluster.create({ seed: 41, secondaries: 2 }));
+    await c.apply({ kind: 'commit', records: 2, bytes: 300 });
+    await c.advance(200);
+    await c.apply({ kind: 'disk', node: 's1', mode: 'slow', ms: 2000 });
+    for (let i = 0; i < 3; i++) await c.apply({ kind: 'commit', records: 2, bytes: 300 });
+    await c.advance(300);
+    expect(c.secondary('s1')!.storage.lastTransaction().toString('hex')).toBe(c.committedTids[3]);
+    expect(c.lastTidOf('s1')).toBe(c.committedTids[0]);
+    await c.apply({ kind: 'crash', node: 's1', style: 'host' });
+    await c.apply({ kind: 'restart', node: 's1' });
+    c.assertInvariants();
+    expect(await c.converge(30_000)).toBe(true);
+    expect(c.lastTidOf('s1')).toBe(c.committedTids[3]);
+    expect(c.violations).toEqual([]);
+  });
+});

@@ -1,0 +1,34 @@
+// Replaying a counterexample: the property suite reports a replay command
+// naming its property, seed, path (and replay path for a shrunk command
+// list); `npm run sim` runs it through replay(), which must reproduce the
+// failing run with a string-equal trace.
+
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { lastRun } from './model.js';
+import { checkNamed, namedProperty, replay, replayCommand } from './properties.js';
+
+describe('replay', () => {
+  it('a shrunk counterexample of a mutation replays with the identical trace', async () => {
+    const found = await checkNamed('mutation-checksum', { numRuns: 60, seed: 42 });
+    expect(found.details.failed).toBe(true);
+    const c = found.counterexample!;
+    expect(c.replayPath).toBeDefined();
+    expect(replayCommand(c)).toBe(`npm run sim -- --property mutation-checksum --seed 42 --path ${c.path} --replay-path ${c.replayPath}`);
+    expect(found.trace.some((l) => l.includes('!!   corruption violated') || l.includes('!!   prefix violated'))).toBe(true);
+
+    const replayed = await replay(c);
+    expect(replayed.failed).toBe(true);
+    expect(replayed.message).toBe(String((found.details.errorInstance as Error).message).split('\n--- trace')[0]);
+    expect(replayed.trace.join('\n')).toBe(found.trace.join('\n'));
+  }, 120_000);
+
+  it('without a path, the sim script runs the first case fast-check generates for the seed', async () => {
+    await fc.check(namedProperty('default'), { seed: 7, numRuns: 1 });
+    const first = lastRun.trace.join('\n');
+    const replayed = await replay({ property: 'default', seed: 7 });
+    expect(replayed.failed).toBe(false);
+    expect(replayed.trace.join('\n')).toBe(first);
+    expect(replayed.trace.length).toBeGreaterThan(20);
+  }, 60_000);
+});
