@@ -6,20 +6,23 @@
 //  - live lag at a steady commit rate with 3 secondaries (p50/p99/max);
 //  - unpaced commits: does the secondary keep up;
 //  - primary commit rate with 0, 1, 4 and 16 connected secondaries;
-//  - peak RSS of this process during the catch-up.
+//  - peak RSS of the primary process and of the secondaries process.
+// The secondaries run in a child process (bench/secondaries.child.ts), so
+// the primary has its own event loop, as in a deployment.
 //
 //   npm run bench:replication [-- --txns 20000 --live-seconds 5]
 
+import { fork, type ChildProcess } from 'node:child_process';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { createServer, connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { firstValueFrom, filter } from 'rxjs';
+import { fileURLToPath } from 'node:url';
+import { formatAddress } from '../src/replication/address.js';
 import { Primary } from '../src/replication/primary.js';
-import { Secondary } from '../src/replication/secondary.js';
 import { FileStorage } from '../src/storage/FileStorage.js';
-import { tidToSeconds } from '../src/storage/timestamp.js';
+import type { ChildReport } from './secondaries.child.js';
 import { Workload, arg, secondsSince } from './workload.js';
 
 const ZRS = { catchupSeconds: 8.07, catchupTxnPerS: 2478, liveP99Ms: 16.9, pacedP99Ms: 2.2 };
@@ -64,19 +67,86 @@ async function plainSocketCopy(src: string, dst: string): Promise<number> {
   return t;
 }
 
-async function catchUp(dir: string, name: string, source: string): Promise<{ seconds: number; txns: number; bytes: number }> {
-  const primary = await Primary.open({ path: source, replicateTo: '127.0.0.1:0' });
-  const last = primary.storage.lastTransaction();
-  const t0 = process.hrtime.bigint();
-  const secondary = await Secondary.open({ path: join(dir, `${name}.fs`), replicateFrom: primary.address, fsync: true });
-  if (!secondary.storage.lastTransaction().equals(last)) {
-    await firstValueFrom(secondary.applied$.pipe(filter((c) => c.tid.equals(last))));
+/** Secondaries in a child process (bench/secondaries.child.ts), driven over IPC. */
+class ChildSecondaries {
+  /** tid (hex) -> times (ms, shared clock) at which each secondary made it durable. */
+  readonly applied = new Map<string, number[]>();
+  private readonly waiters: Array<{ tid: string; count: number; resolve: () => void }> = [];
+  private readonly messages: ChildReport[] = [];
+  private wake: (() => void) | null = null;
+
+  private constructor(private readonly child: ChildProcess) {
+    child.on('message', (m: ChildReport) => {
+      if (m.type === 'applied') {
+        m.tids.forEach((tid, i) => {
+          const list = this.applied.get(tid) ?? [];
+          list.push(m.atMs[i]!);
+          this.applied.set(tid, list);
+          for (const w of [...this.waiters]) if (w.tid === tid && list.length >= w.count) {
+            this.waiters.splice(this.waiters.indexOf(w), 1);
+            w.resolve();
+          }
+        });
+      } else {
+        this.messages.push(m);
+        this.wake?.();
+      }
+    });
   }
+
+  private async next(type: ChildReport['type']): Promise<ChildReport> {
+    for (;;) {
+      const i = this.messages.findIndex((m) => m.type === type);
+      if (i >= 0) return this.messages.splice(i, 1)[0]!;
+      await new Promise<void>((r) => (this.wake = r));
+    }
+  }
+
+  /** Fork and load the child; the secondaries open on open(). */
+  static async start(address: string, count: number, dir: string, fsync: boolean): Promise<ChildSecondaries> {
+    const sdir = await mkdtemp(join(dir, 'child-'));
+    const child = fork(fileURLToPath(new URL('./secondaries.child.ts', import.meta.url)), [address, String(count), sdir, fsync ? 'fsync' : 'nofsync']);
+    const c = new ChildSecondaries(child);
+    await c.next('started');
+    return c;
+  }
+
+  async open(): Promise<void> {
+    this.child.send({ type: 'open' });
+    await this.next('ready');
+  }
+
+  /** Resolves once `count` secondaries applied `tid`. */
+  waitFor(tid: Buffer, count: number): Promise<void> {
+    const key = tid.toString('hex');
+    if ((this.applied.get(key)?.length ?? 0) >= count) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push({ tid: key, count, resolve }));
+  }
+
+  /** Close the secondaries and end the child; resolves with its peak RSS. */
+  async close(): Promise<number> {
+    this.child.send({ type: 'close' });
+    const closed = (await this.next('closed')) as Extract<ChildReport, { type: 'closed' }>;
+    await new Promise((r) => (this.child.exitCode !== null ? r(null) : this.child.once('exit', r)));
+    return closed.peakRss;
+  }
+}
+
+const nowMs = (): number => performance.timeOrigin + performance.now();
+let childPeakRss = 0;
+
+async function catchUp(dir: string, source: string): Promise<{ seconds: number; txns: number }> {
+  const primary = await Primary.open({ path: source, replicateTo: '127.0.0.1:0', auditPath: null });
+  const last = primary.storage.lastTransaction();
+  const child = await ChildSecondaries.start(formatAddress(primary.address), 1, dir, true);
+  const t0 = process.hrtime.bigint();
+  await child.open();
+  await child.waitFor(last, 1);
   const t = seconds(t0);
-  const result = { seconds: t, txns: secondary.storage.transactionCount, bytes: secondary.storage.getSize() };
-  await secondary.close();
+  childPeakRss = Math.max(childPeakRss, await child.close());
+  const txns = primary.storage.transactionCount;
   await primary.close();
-  return result;
+  return { seconds: t, txns };
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -84,23 +154,16 @@ function percentile(sorted: number[], p: number): number {
 }
 
 async function live(dir: string, secondaries: number, ratePerSecond: number | null, durationS: number) {
-  const primary = await Primary.open({ path: join(dir, `live-${secondaries}-${ratePerSecond}.fs`), replicateTo: '127.0.0.1:0', fsync: true });
-  const subs = await Promise.all(
-    Array.from({ length: secondaries }, (_, i) =>
-      Secondary.open({ path: join(dir, `live-${secondaries}-${ratePerSecond}-s${i}.fs`), replicateFrom: primary.address, fsync: true }),
-    ),
-  );
-  await Promise.all(subs.map((s) => firstValueFrom(s.status$.pipe(filter((x) => x.kind === 'connected')))));
-  const committedAt = new Map<string, bigint>();
-  const lags: number[] = [];
-  for (const s of subs) {
-    s.applied$.subscribe((c) => {
-      const t = committedAt.get(c.tid.toString('hex'));
-      if (t !== undefined) lags.push(Number(process.hrtime.bigint() - t) / 1e6);
-    });
-  }
+  const primary = await Primary.open({ path: join(dir, `live-${secondaries}-${ratePerSecond}.fs`), replicateTo: '127.0.0.1:0', fsync: true, auditPath: null });
   const fs = primary.storage;
   const work = new Workload(fs, 10, 200, 1000);
+  const child = secondaries ? await ChildSecondaries.start(formatAddress(primary.address), secondaries, dir, true) : null;
+  if (child) {
+    await child.open();
+    // Every secondary connected and caught up: a first transaction reached all of them.
+    await child.waitFor(await work.commit(), secondaries);
+  }
+  const committedAt = new Map<string, number>();
   const t0 = process.hrtime.bigint();
   let n = 0;
   while (seconds(t0) < durationS) {
@@ -109,16 +172,21 @@ async function live(dir: string, secondaries: number, ratePerSecond: number | nu
       while (process.hrtime.bigint() < due) await new Promise((r) => setImmediate(r));
     }
     const tid = await work.commit();
-    committedAt.set(tid.toString('hex'), process.hrtime.bigint());
+    committedAt.set(tid.toString('hex'), nowMs());
     n++;
   }
   const commitRate = n / seconds(t0);
   const last = fs.lastTransaction();
-  const behindAtEndMs = subs.length
-    ? Math.max(...subs.map((s) => (tidToSeconds(last) - tidToSeconds(s.storage.lastTransaction())) * 1000))
-    : 0;
-  await Promise.all(subs.map((s) => (s.storage.lastTransaction().equals(last) ? null : firstValueFrom(s.applied$.pipe(filter((c) => c.tid.equals(last)))))));
-  for (const s of subs) await s.close();
+  const endMs = nowMs();
+  let behindAtEndMs = 0;
+  const lags: number[] = [];
+  if (child) {
+    await child.waitFor(last, secondaries);
+    // How long after the last commit the slowest secondary had it.
+    behindAtEndMs = Math.max(0, Math.max(...child.applied.get(last.toString('hex'))!) - endMs);
+    for (const [tid, at] of committedAt) for (const applied of child.applied.get(tid) ?? []) lags.push(applied - at);
+    childPeakRss = Math.max(childPeakRss, await child.close());
+  }
   await primary.close();
   lags.sort((a, b) => a - b);
   return { commitRate, p50: percentile(lags, 50), p99: percentile(lags, 99), max: lags.at(-1) ?? NaN, behindAtEndMs };
@@ -133,7 +201,7 @@ async function main(): Promise<void> {
     await buildFile(source, TXNS, 10, 200);
     const size = (await stat(source)).size;
     const plain = await plainSocketCopy(source, join(dir, 'plain-copy'));
-    const c = await catchUp(dir, 'catchup', source);
+    const c = await catchUp(dir, source);
     out.push(
       `catch-up ${c.txns} txns, ${(size / 1e6).toFixed(1)} MB, secondary fsync on: ${f1(c.seconds)} s = ${(c.txns / c.seconds).toFixed(0)} txn/s, ${(size / 1e6 / c.seconds).toFixed(1)} MB/s` +
         ` | ${(ZRS.catchupSeconds / c.seconds * (c.txns / 20000)).toFixed(1)}x zc.zrs (8.07 s for 20,000) | ${(plain / c.seconds).toFixed(2)} of a plain socket copy (${f1(plain)} s)`,
@@ -142,7 +210,7 @@ async function main(): Promise<void> {
     await buildFile(big, 100, 1, 1 << 20);
     const bigSize = (await stat(big)).size;
     const plainBig = await plainSocketCopy(big, join(dir, 'plain-big'));
-    const cb = await catchUp(dir, 'catchup-big', big);
+    const cb = await catchUp(dir, big);
     out.push(`catch-up 100 x 1 MiB records: ${(bigSize / 1e6 / cb.seconds).toFixed(0)} MB/s | ${(plainBig / cb.seconds).toFixed(2)} of a plain socket copy (${(bigSize / 1e6 / plainBig).toFixed(0)} MB/s)`);
 
     const paced = await live(dir, 3, 1000, LIVE_SECONDS);
@@ -156,12 +224,12 @@ async function main(): Promise<void> {
     const fan: number[] = [];
     for (const n of [0, 1, 4, 16]) fan.push((await live(dir, n, null, Math.max(2, LIVE_SECONDS / 2))).commitRate);
     out.push(`fan-out, commits/s with 0/1/4/16 secondaries: ${fan.map((r) => r.toFixed(0)).join(' / ')} | at 16: ${((1 - fan[3]! / fan[0]!) * 100).toFixed(1)}% loss`);
-    out.push(`peak RSS of this process (primary and secondaries together): ${(peakRss / 1e6).toFixed(0)} MB`);
+    out.push(`peak RSS: primary process ${(peakRss / 1e6).toFixed(0)} MB, secondaries process ${(childPeakRss / 1e6).toFixed(0)} MB`);
   } finally {
     clearInterval(rssTimer);
     await rm(dir, { recursive: true, force: true });
   }
-  console.log('replication benchmark (primary and secondaries in this one process, loopback TCP)');
+  console.log('replication benchmark (primary in this process, secondaries in a child process, loopback TCP)');
   for (const l of out) console.log(`  ${l}`);
 }
 
