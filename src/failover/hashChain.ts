@@ -95,9 +95,9 @@ function putU64(out: Buffer, off: number, n: number): number {
   return off + 8;
 }
 
-/** The content of the committed transaction at `pos`, read synchronously. */
-export function contentAt(storage: FileStorage, pos: number): ChainContent {
-  const first = storage.readAt(pos, 4096);
+/** The content of the committed transaction at `pos`: from `bytes` when given (the whole transaction), else read synchronously. */
+export function contentAt(storage: FileStorage, pos: number, bytes?: Buffer): ChainContent {
+  const first = bytes ?? storage.readAt(pos, 4096);
   const h = readTxnHeader(first);
   const body = h.length <= first.length ? first : storage.readAt(pos, h.length);
   let off = 23;
@@ -262,7 +262,7 @@ export class HashChain {
       const given = this.expected.get(c.tid.toString('hex'));
       this.expected.delete(c.tid.toString('hex'));
       // A packed transaction lost records: its content no longer gives the link, the primary's does.
-      const link = given && c.status === 'p' ? given : chainLink(this.headEntry?.hash ?? CHAIN_ORIGIN, contentAt(this.storage, c.pos));
+      const link = given && c.status === 'p' ? given : chainLink(this.headEntry?.hash ?? CHAIN_ORIGIN, contentAt(this.storage, c.pos, c.bytes));
       this.append(c.tid, link);
     } catch (err) {
       // Never thrown into the storage's publisher: the chain stops here and is

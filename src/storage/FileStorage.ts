@@ -651,7 +651,8 @@ export class FileStorage {
     let last: RelocatedTxn;
     try {
       this.checkWritable('appendTransactions');
-      const run = relocateTransactions(raw, this.end, this.state.lastTid, (key) => this.state.index.get(key), `${this.path} (transactions received)`);
+      const base = this.end;
+      const run = relocateTransactions(raw, base, this.state.lastTid, (key) => this.state.index.get(key), `${this.path} (transactions received)`);
       if (run.txns.length === 0) throw new CorruptedDataError(`${this.path} (transactions received)`, 0, 'no transaction');
       try {
         this.disk.write(this.fd, raw, this.end);
@@ -666,7 +667,7 @@ export class FileStorage {
       for (const t of run.txns) {
         recordTransaction(this.state, t.tid, t.pos);
         this.recentTxns.add(t.pos, t.tid);
-        this.unpublished.push({ tid: t.tid, status: STATUS_COMMITTED, pos: t.pos, end: t.end, oids: t.oids });
+        this.unpublished.push({ tid: t.tid, status: STATUS_COMMITTED, pos: t.pos, end: t.end, oids: t.oids, bytes: raw.subarray(t.pos - base, t.end - base) });
       }
       last = run.txns[run.txns.length - 1]!;
       this.end = last.end;

@@ -69,6 +69,8 @@ export interface CommittedTransaction {
   end: number;
   /** Oids written by the transaction, in file order. */
   oids: Buffer[];
+  /** The transaction's bytes as written (a view), when they were at hand; read the file otherwise. */
+  bytes?: Buffer;
 }
 
 export interface LoadResult {
