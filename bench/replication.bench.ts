@@ -6,14 +6,15 @@
 //  - live lag at a steady commit rate with 3 secondaries (p50/p99/max);
 //  - unpaced commits: does the secondary keep up;
 //  - primary commit rate with 0, 1, 4 and 16 connected secondaries;
-//  - peak RSS of the primary process and of the secondaries process.
+//  - peak RSS of the primary process and of the secondary process while a
+//    durable secondary catches up about 1 GB (--big-mb, 0 to skip).
 // The secondaries run in a child process (bench/secondaries.child.ts), so
 // the primary has its own event loop, as in a deployment.
 //
-//   npm run bench:replication [-- --txns 20000 --live-seconds 5]
+//   npm run bench:replication [-- --txns 20000 --live-seconds 5 --big-mb 1000]
 
 import { fork, type ChildProcess } from 'node:child_process';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync } from 'node:fs';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { createServer, connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -29,6 +30,8 @@ const ZRS = { catchupSeconds: 8.07, catchupTxnPerS: 2478, liveP99Ms: 16.9, paced
 
 const TXNS = arg('txns', 20000);
 const LIVE_SECONDS = arg('live-seconds', 4);
+const BIG_MB = arg('big-mb', 1000);
+/** Peak RSS of this process since the last reset (sampled every 50 ms). */
 let peakRss = 0;
 const rssTimer = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 50);
 
@@ -69,6 +72,9 @@ async function plainSocketCopy(src: string, dst: string): Promise<number> {
 
 /** Secondaries in a child process (bench/secondaries.child.ts), driven over IPC. */
 class ChildSecondaries {
+  /** Directories made for children, removed at the end. */
+  static readonly dirs: string[] = [];
+
   /** tid (hex) -> times (ms, shared clock) at which each secondary made it durable. */
   readonly applied = new Map<string, number[]>();
   private readonly waiters: Array<{ tid: string; count: number; resolve: () => void }> = [];
@@ -104,7 +110,12 @@ class ChildSecondaries {
 
   /** Fork and load the child; the secondaries open on open(). */
   static async start(address: string, count: number, dir: string, fsync: boolean): Promise<ChildSecondaries> {
-    const sdir = await mkdtemp(join(dir, 'child-'));
+    // Secondaries that do not sync keep their files in memory (tmpfs) when it
+    // exists: on one machine their writes would otherwise join the primary's
+    // journal commits and the figure would measure the shared disk.
+    const base = !fsync && existsSync('/dev/shm') ? '/dev/shm' : dir;
+    const sdir = await mkdtemp(join(base, 'zrs-bench-child-'));
+    this.dirs.push(sdir);
     const child = fork(fileURLToPath(new URL('./secondaries.child.ts', import.meta.url)), [address, String(count), sdir, fsync ? 'fsync' : 'nofsync']);
     const c = new ChildSecondaries(child);
     await c.next('started');
@@ -133,20 +144,22 @@ class ChildSecondaries {
 }
 
 const nowMs = (): number => performance.timeOrigin + performance.now();
-let childPeakRss = 0;
 
-async function catchUp(dir: string, source: string): Promise<{ seconds: number; txns: number }> {
+/** One durable secondary (in the child) catches up `source`; with the peak RSS of each process meanwhile. */
+async function catchUp(dir: string, source: string): Promise<{ seconds: number; txns: number; primaryRss: number; secondaryRss: number }> {
   const primary = await Primary.open({ path: source, replicateTo: '127.0.0.1:0', auditPath: null });
   const last = primary.storage.lastTransaction();
   const child = await ChildSecondaries.start(formatAddress(primary.address), 1, dir, true);
+  peakRss = process.memoryUsage().rss;
   const t0 = process.hrtime.bigint();
   await child.open();
   await child.waitFor(last, 1);
   const t = seconds(t0);
-  childPeakRss = Math.max(childPeakRss, await child.close());
+  const primaryRss = Math.max(peakRss, process.memoryUsage().rss);
+  const secondaryRss = await child.close();
   const txns = primary.storage.transactionCount;
   await primary.close();
-  return { seconds: t, txns };
+  return { seconds: t, txns, primaryRss, secondaryRss };
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -190,7 +203,7 @@ async function live(dir: string, secondaries: number, ratePerSecond: number | nu
     // How long after the last commit the slowest secondary had it.
     behindAtEndMs = Math.max(0, Math.max(...child.applied.get(last.toString('hex'))!) - endMs);
     for (const [tid, at] of committedAt) for (const applied of child.applied.get(tid) ?? []) lags.push(applied - at);
-    childPeakRss = Math.max(childPeakRss, await child.close());
+    await child.close();
   }
   await primary.close();
   lags.sort((a, b) => a - b);
@@ -219,7 +232,7 @@ async function main(): Promise<void> {
     out.push(`catch-up 100 x 1 MiB records: ${(bigSize / 1e6 / cb.seconds).toFixed(0)} MB/s | ${(plainBig / cb.seconds).toFixed(2)} of a plain socket copy (${(bigSize / 1e6 / plainBig).toFixed(0)} MB/s)`);
 
     for (const sync of [true, false]) {
-      const label = sync ? 'secondaries fsync' : 'secondaries no fsync';
+      const label = sync ? 'secondaries fsync' : 'secondaries no fsync, on tmpfs';
       const paced = await live(dir, 3, 1000, LIVE_SECONDS, sync);
       out.push(
         `live, 3 secondaries (${label}), paced 1000 txn/s (got ${paced.commitRate.toFixed(0)}): lag p50 ${paced.p50.toFixed(2)} ms, p99 ${paced.p99.toFixed(2)} ms, max ${paced.max.toFixed(1)} ms | p99 ${(ZRS.pacedP99Ms / paced.p99).toFixed(2)}x zc.zrs's at 500 txn/s`,
@@ -233,12 +246,22 @@ async function main(): Promise<void> {
       const fan: number[] = [];
       for (const n of [0, 1, 4, 16]) fan.push((await live(dir, n, null, Math.max(2, LIVE_SECONDS / 2), sync)).commitRate);
       out.push(
-        `fan-out (${sync ? 'secondaries fsync' : 'secondaries no fsync'}), commits/s with 0/1/4/16 secondaries: ${fan.map((r) => r.toFixed(0)).join(' / ')} | at 16: ${((1 - fan[3]! / fan[0]!) * 100).toFixed(1)}% loss`,
+        `fan-out (${sync ? 'secondaries fsync, same disk' : 'secondaries no fsync, on tmpfs'}), commits/s with 0/1/4/16 secondaries: ${fan.map((r) => r.toFixed(0)).join(' / ')} | at 16: ${((1 - fan[3]! / fan[0]!) * 100).toFixed(1)}% loss`,
       );
     }
-    out.push(`peak RSS: primary process ${(peakRss / 1e6).toFixed(0)} MB, secondaries process ${(childPeakRss / 1e6).toFixed(0)} MB`);
+    if (BIG_MB > 0) {
+      // About BIG_MB of 10 x 4 KiB transactions, caught up by a durable secondary.
+      const huge = join(dir, 'huge.fs');
+      await buildFile(huge, Math.round((BIG_MB * 1e6) / (10 * 4138 + 100)), 10, 4096);
+      const hugeSize = (await stat(huge)).size;
+      const ch = await catchUp(dir, huge);
+      out.push(
+        `catch-up ${(hugeSize / 1e9).toFixed(2)} GB (${ch.txns} txns of 10 x 4 KiB): ${f1(ch.seconds)} s, ${(hugeSize / 1e6 / ch.seconds).toFixed(0)} MB/s; peak RSS primary process ${(ch.primaryRss / 1e6).toFixed(0)} MB, secondary process ${(ch.secondaryRss / 1e6).toFixed(0)} MB`,
+      );
+    }
   } finally {
     clearInterval(rssTimer);
+    for (const d of ChildSecondaries.dirs) await rm(d, { recursive: true, force: true });
     await rm(dir, { recursive: true, force: true });
   }
   console.log('replication benchmark (primary in this process, secondaries in a child process, loopback TCP)');

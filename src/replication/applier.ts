@@ -15,6 +15,8 @@ import { NO_MUTATIONS, type ReplicationMutations } from './mutations.js';
 
 /** Transactions finished but not yet durable before the applier waits. */
 const MAX_UNSYNCED = 512;
+/** Bytes of raw runs written but not yet durable before the applier waits (bounds memory while catching up). */
+const MAX_UNSYNCED_BYTES = 16 * 1024 * 1024;
 
 interface PendingBlob {
   oid: Buffer;
@@ -138,7 +140,7 @@ export class Applier {
     const e = this.raw!;
     this.raw = null;
     const { durable } = await this.storage.appendTransactions(e.bytes);
-    await this.track(durable);
+    await this.track(durable, e.bytes.length);
   }
 
   private async commit(tid: Buffer): Promise<void> {
@@ -170,17 +172,23 @@ export class Applier {
   }
 
   /** Report `finished` applied once durable; wait only when too many are still syncing. */
-  private async track(finished: Promise<Buffer>): Promise<void> {
+  private async track(finished: Promise<Buffer>, bytes = 0): Promise<void> {
     this.unsynced.push(finished);
+    this.unsyncedBytes += bytes;
     finished.then(
       (t) => {
         this.unsynced = this.unsynced.filter((p) => p !== finished);
+        this.unsyncedBytes -= bytes;
         this.hooks.applied(t);
       },
       (err: Error) => (this.failed = err),
     );
-    if (this.unsynced.length >= MAX_UNSYNCED) await this.unsynced[0];
+    while (this.unsynced.length >= MAX_UNSYNCED || (this.unsyncedBytes > MAX_UNSYNCED_BYTES && this.unsynced.length > 1)) {
+      await this.unsynced[0];
+    }
   }
+
+  private unsyncedBytes = 0;
 
   private requireTxn(): TransactionMeta & { tid: Buffer } {
     if (!this.txn) throw new ProtocolError('record outside a transaction');

@@ -466,7 +466,8 @@ export class PrimarySession {
       const pump = async (): Promise<void> => {
         if (pumping) return;
         pumping = true;
-        const reader = new WindowReader(storage.fileHandle, 256 * 1024);
+        // Windows end at the durable end: a lone new commit reads just its own bytes.
+        const reader = new WindowReader(storage.fileHandle, 256 * 1024, () => storage.durableEnd);
         /** The committed transaction, or null when a pack replaced the file (positions are void). */
         const read = async (c: CommittedTransaction): Promise<TransactionRecord | null> => {
           if (storage.fileEpoch !== epoch) return null;
