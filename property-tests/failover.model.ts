@@ -1,5 +1,5 @@
 // Model-based simulation of failover: fast-check generates a seed and a list
-// of commands (Commit, CrashNode, RestartNode, Partition, Heal, Promote,
+// of commands (Commit, CrashNode, RestartNode, Partition, Heal, Disk, Promote,
 // Reconfigure, LoseDisk, Rewind, AdvanceTime) run against a SimCluster; the
 // harness checks its invariants after every step (every node's log is a path
 // of the history tree: no mixed histories; refused nodes stay put until
@@ -8,7 +8,7 @@
 // The model mirrors the cluster's roles after each command, for preconditions.
 
 import fc from 'fast-check';
-import { InvariantViolationError, SimCluster, describeOp, type SimClusterOptions, type SimOp } from '../src/sim/index.js';
+import { InvariantViolationError, SimCluster, describeOp, type DiskMode, type SimClusterOptions, type SimOp } from '../src/sim/index.js';
 
 /** What preconditions look at: each node's role, liveness and upstream, and the current primary. */
 export interface FailoverModel {
@@ -143,6 +143,10 @@ export function failoverCommands(o: FailoverCommandOptions): Array<fc.Arbitrary<
   const partition = fc.tuple(pair, fc.boolean()).map(([[a, b], oneWay]) => op({ kind: 'partition', a, b, oneWay }, () => true));
   const heal = fc.constantFrom('deliver' as const, 'reset' as const).map((mode) => op({ kind: 'heal', mode }, () => true));
   const advance = fc.oneof(fc.integer({ min: 1, max: 3000 }), fc.integer({ min: 1, max: 100 })).map((ms) => new FailoverCommand(`advance ${ms} ms`, () => true, (_m, c) => c.advance(ms)));
+  // Slow disks keep commits in doubt longer; full ones fail writes (the end phase makes every disk ok).
+  const disk = fc
+    .tuple(node, fc.constantFrom<DiskMode>(...(chaos ? (['ok', 'slow', 'full'] as const) : (['ok', 'slow'] as const))), fc.constantFrom(20, 300, 2000))
+    .map(([n, mode, ms]) => op(mode === 'slow' ? { kind: 'disk', node: n, mode, ms } : { kind: 'disk', node: n, mode }, () => true));
   // Then a few hundred virtual ms: the handshake (and a refusal) happens within the command.
   const reconfigure = node.map(
     (n) =>
@@ -179,7 +183,7 @@ export function failoverCommands(o: FailoverCommandOptions): Array<fc.Arbitrary<
         }),
     );
     // fc.commands picks uniformly among these: repeats weigh the mix.
-    return [commit, commit, commit, commitEverywhere, crash, restart, restart, partition, heal, advance, advance, promoteCmd, promoteCmd, reconfigure, reconfigure, loseDisk, rewind];
+    return [commit, commit, commit, commitEverywhere, crash, restart, restart, partition, heal, disk, advance, advance, promoteCmd, promoteCmd, reconfigure, reconfigure, loseDisk, rewind];
   }
 
   // Durability: the only disk lost is the current primary's, once
@@ -204,7 +208,7 @@ export function failoverCommands(o: FailoverCommandOptions): Array<fc.Arbitrary<
         (m, c) => promote(m, c, mode, 0),
       ),
   );
-  return [commit, commit, commit, crash, restart, restart, partition, heal, advance, advance, loseCurrent, promoteAfterLoss, promoteAfterLoss, reconfigure];
+  return [commit, commit, commit, crash, restart, restart, partition, heal, disk, advance, advance, loseCurrent, promoteAfterLoss, promoteAfterLoss, reconfigure];
 }
 
 /**
@@ -236,7 +240,9 @@ export async function endPhase(cluster: SimCluster, livenessMs: number): Promise
     observe(m, cluster);
   }
   for (let round = 0; round < 3; round++) {
-    await cluster.advance(5_000);
+    // Until every node was refused or replicates (a connect to an address that was down waits up to 20 s).
+    const settled = (): boolean => m.nodes.every((n) => n === m.current || cluster.isDiverged(n) || cluster.isReplicating(n));
+    for (let waitedMs = 0; waitedMs < 60_000 && (waitedMs === 0 || !settled()); waitedMs += 1_000) await cluster.advance(1_000);
     observe(m, cluster);
     const diverged = m.nodes.filter((n) => cluster.isDiverged(n));
     if (diverged.length === 0) break;

@@ -109,9 +109,17 @@ export function forkPoint(primary: PrimaryHistoryView, claim: SecondaryHistoryCl
   // older than it is not in its history. (Two nodes that started the same
   // generation at the same tid look alike; the fork is then before the boundary.)
   const first = samples.reduce<Buffer | null>((m, s) => minTid(m, s.tid), null);
+  let fork: Buffer = lower;
   if (boundary !== null && Buffer.compare(boundary, lower) >= 0 && (limit === null || Buffer.compare(boundary, limit) <= 0) && !boundary.equals(upper ?? Buffer.alloc(0))) {
     const secondaryMayHave = boundary.equals(Z64) || first === null || Buffer.compare(boundary, first) >= 0;
-    if (secondaryMayHave && (boundary.equals(Z64) || primary.hashAt(boundary) !== null)) return Buffer.from(boundary);
+    if (secondaryMayHave && (boundary.equals(Z64) || primary.hashAt(boundary) !== null)) fork = boundary;
   }
-  return Buffer.from(lower);
+  // A rewind drops the generations that start after the fork: every generation
+  // the primary refused must go, even one older than data both share (the
+  // secondary's history then cannot be judged behind again otherwise).
+  const known = primary.generations.length > 0 ? primary.generations : IMPLICIT_FIRST;
+  for (const g of claim.generations) {
+    if (!known.some((m) => sameGeneration(m, g)) && Buffer.compare(g.startTid, fork) < 0) fork = g.startTid;
+  }
+  return Buffer.from(fork);
 }

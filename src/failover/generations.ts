@@ -109,13 +109,17 @@ export class GenerationHistory {
   /**
    * Start generation max(everything seen) + 1 at `startTid` (promotion), durably.
    * Invariant 5: the new number is strictly greater than any this node saw.
+   * Generations that start after `startTid` are dropped: a secondary adopts
+   * its primary's history before it has caught up, and promoted then, it
+   * never reached them (its history is a prefix of the one before).
    */
   async startNext(startTid: Buffer): Promise<GenerationEntry> {
     // A storage without a history was served by a primary of generation 0 from the beginning.
-    const base = this.entries.length > 0 ? this.entries : [{ generation: 0, startTid: Buffer.from(Z64) }];
+    const recorded = this.entries.length > 0 ? this.entries : [{ generation: 0, startTid: Buffer.from(Z64) }];
+    const base = recorded.filter((e, i) => i === 0 || Buffer.compare(e.startTid, startTid) <= 0);
     const last = base[base.length - 1]!;
-    if (Buffer.compare(startTid, last.startTid) < 0) throw new ZrsError('a new generation cannot start before the current one');
-    const next: GenerationEntry = { generation: Math.max(this.seen, last.generation) + 1, startTid: Buffer.from(startTid) };
+    if (Buffer.compare(startTid, last.startTid) < 0) throw new ZrsError('a new generation cannot start before the first one');
+    const next: GenerationEntry = { generation: Math.max(this.seen, ...recorded.map((e) => e.generation)) + 1, startTid: Buffer.from(startTid) };
     await this.replace([...base, next]);
     return copyEntry(next);
   }

@@ -20,6 +20,7 @@ import { defaultAuditPath } from '../audit/nodeAudit.js';
 import { isBlobRecord } from '../storage/blobs.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import { removeIndex } from '../storage/indexFile.js';
+import { readU64At, TRAILER_BYTES } from '../storage/format.js';
 import { LockFile } from '../storage/lock.js';
 import { tidPlusOne, Z64 } from '../storage/timestamp.js';
 import { encodeFrame, FrameDecoder } from '../wire/framing.js';
@@ -79,6 +80,7 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
       await recordRewind(path, options, none);
       return none;
     }
+    forkTid = keptTid(storage, forkTid, Buffer.isBuffer(options.toCommonWith));
     cut = await saveCut(storage, forkTid, options.blobDir !== undefined);
   } finally {
     await storage.close();
@@ -101,6 +103,24 @@ interface SavedCut {
   cutBlobs: string[];
   /** Where the first cut transaction starts in the data file, or null when nothing is cut. */
   cutPos: number | null;
+}
+
+/**
+ * The last tid to keep: `forkTid` when the storage has it. A fork tid named
+ * by the primary that this storage lacks means the primary's guess at the
+ * shared history was wrong (without a coordinator two nodes can start the
+ * same generation at the same tid, and look alike): keep only the
+ * transactions before it, which cuts at least the last one; the next
+ * handshake judges again from there. An explicit tid (`exact`) must exist.
+ */
+function keptTid(storage: FileStorage, forkTid: Buffer, exact: boolean): Buffer {
+  if (forkTid.equals(Z64) || storage.findTransaction(forkTid) !== null) return forkTid;
+  if (exact) throw new ZrsError(`${storage.path}: the fork tid ${forkTid.toString('hex')} is not a transaction of this storage; cannot rewind to it`);
+  // The first transaction at or after forkTid; the one before it ends with its length (the trailer).
+  const pos = storage.positionAfter(forkTid, true);
+  if (pos <= storage.firstTransactionPos) return Buffer.from(Z64);
+  const length = readU64At(storage.readAt(pos - TRAILER_BYTES, TRAILER_BYTES), 0);
+  return Buffer.from(storage.readTxnHeaderAt(pos - TRAILER_BYTES - length).tid);
 }
 
 /**
@@ -159,7 +179,8 @@ export interface OpenRewindOptions {
  * file before the rewind is kept as `<data file>.old`), the cut blob files
  * are removed, and the chain and generations are cut.
  */
-export async function rewindOpenStorage(storage: FileStorage, forkTid: Buffer, options: OpenRewindOptions): Promise<RewindResult> {
+export async function rewindOpenStorage(storage: FileStorage, refusedAt: Buffer, options: OpenRewindOptions): Promise<RewindResult> {
+  const forkTid = keptTid(storage, refusedAt, false);
   const cut = await saveCut(storage, forkTid, options.withBlobs);
   if (cut.cutPos !== null) {
     const release = await storage.acquireCommitLock();

@@ -149,6 +149,8 @@ export class Secondary {
   private readonly stopAudit: Array<() => void> = [];
   /** Last heartbeat from the primary: its last tid and clock. */
   lastHeartbeat: { lastTid: Buffer; clockMs: number; receivedMs: number } | null = null;
+  /** The last dropped connection, until its transaction in flight is finished or aborted. */
+  private dropped: Promise<void> = Promise.resolve();
   /** The newest tid the upstream announced (welcome, heartbeat) or sent, for the lag estimate. */
   private upstreamLastTid: Buffer | null = null;
   /** The last diverged refusal, until the address changes or a rewind. */
@@ -166,6 +168,8 @@ export class Secondary {
     const machine = secondaryConnectionMachine.provide({
       actors: {
         connect: fromPromise(async ({ input, signal }) => {
+          // The hello names the last transaction: the previous connection's one in flight must be durable (or aborted) first.
+          await this.dropped;
           const stream = await this.transport.connect(input.address as ReplicationAddress);
           if (signal.aborted) {
             stream.destroy();
@@ -189,7 +193,9 @@ export class Secondary {
           const conn = p.connection as Connection;
           if (!conn.dead) conn.stream.write(KEEP_ALIVE_FRAME);
         },
-        dropConnection: (_a, p) => void this.drop(p.connection as Connection),
+        dropConnection: (_a, p) => {
+          this.dropped = this.drop(p.connection as Connection).catch((err: Error) => this.log('warn', `could not abort the transaction in flight: ${err.message}`, { error: err.name }));
+        },
       },
     });
     this.actor = createActor(machine, {
@@ -456,7 +462,8 @@ export class Secondary {
     conn.ackPending = true;
     queueMicrotask(() => {
       conn.ackPending = false;
-      this.actor.send({ type: 'TXN_APPLIED', tid: conn.lastDurableTid });
+      // A transaction can become durable after the actor stopped (closed, or detached by a promotion).
+      if (this.actor.getSnapshot().status === 'active') this.actor.send({ type: 'TXN_APPLIED', tid: conn.lastDurableTid });
       if (this.spec.hasAcks && !conn.dead) conn.stream.write(encodeNativeFrame({ type: 'ack', tid: conn.lastDurableTid }, this.packr));
     });
   }

@@ -30,7 +30,7 @@ import { tidPlusOne, Z64 } from '../storage/timestamp.js';
 import type { CommittedTransaction, TransactionMeta, TransactionRecord } from '../storage/types.js';
 import { DEFAULT_VIRTUAL_EPOCH_MS, VirtualClock, type ClockView } from './clock.js';
 import { SimDisk, type DiskMode, type SimDiskView } from './disk.js';
-import { HistoryTree, LINEAGE_ORIGIN, lineageLink, shapeOf, type LineageEntry } from './lineage.js';
+import { HistoryTree, LINEAGE_ORIGIN, lineageLink, shapeOf, type LineageEntry, type TxnShape } from './lineage.js';
 import { SimNetwork, SimNetworkError, type CrashStyle, type HealMode } from './network.js';
 
 // ---------------------------------------------------------------- public types
@@ -735,17 +735,18 @@ export class SimCluster {
     const hex = c.tid.toString('hex');
     if (model.length > 0 && Buffer.compare(c.tid, Buffer.from(model.at(-1)!.tid, 'hex')) <= 0) return; // applied before a promotion
     let description = '';
-    let link = '';
+    let shape: TxnShape | null = null;
     for await (const t of fs.iterator(c.tid, c.tid)) {
       description = t.description.toString('utf8');
-      link = this.tree.add(model.at(-1)?.link ?? LINEAGE_ORIGIN, shapeOf(t), n.name);
+      shape = shapeOf(t);
     }
     const entry = n.inFlight[0];
-    if (!entry || entry.description !== description) {
+    if (!shape || !entry || entry.description !== description) {
       this.violate('no-loss', n.name, `${hex} (${description || 'unreadable'}) became durable but nobody committed it${entry ? ` (next commit: ${entry.description})` : ''}`);
       return;
     }
     n.inFlight.shift();
+    const link = this.tree.add(model.at(-1)?.link ?? LINEAGE_ORIGIN, shape, n.name);
     model.push({ tid: hex, link });
     if (productLink !== null) this.productLinks.set(link, productLink);
     Object.assign(entry.record, { tid: hex, link });
@@ -1230,8 +1231,22 @@ export class SimCluster {
       if (n === head) continue;
       if (n.role !== 'secondary' || !n.secondary || !n.up) return false;
       if (!n.durableTid.equals(last) || !n.secondary.storage.lastTransaction().equals(last)) return false;
+      if (this.otherContents(n, head)) return false;
     }
     return true;
+  }
+
+  /** Both logs were verified up to the same tid, but end in different transactions (a split brain's equal tids). */
+  private otherContents(n: SimNode, head: SimNode): boolean {
+    const mine = n.verified;
+    const theirs = head.verified;
+    return mine.lastTid.equals(theirs.lastTid) && mine.entries.at(-1)?.link !== theirs.entries.at(-1)?.link;
+  }
+
+  /** The node is a running secondary whose connection is replicating (past its handshake). */
+  isReplicating(name: string): boolean {
+    const n = this.requireNode(name);
+    return n.up && n.secondary !== null && n.connState.includes('"replicating"');
   }
 
   /**
@@ -1261,7 +1276,8 @@ export class SimCluster {
         .filter((name) => name !== this.current)
         .map((name) => {
           const n = this.requireNode(name);
-          return `${name}${n.role === 'primary' ? ' (a primary)' : ''}@${n.up ? this.lastTidOf(name) : 'down'} ${n.connState}`;
+          const other = n.up && this.otherContents(n, this.requireNode(this.current)) ? ' (other contents)' : '';
+          return `${name}${n.role === 'primary' ? ' (a primary)' : ''}@${n.up ? this.lastTidOf(name) : 'down'}${other} ${n.connState}`;
         });
       this.violate('convergence', '*', `not converged within ${maxMs} ms: ${this.current}@${this.primary ? this.lastTidOf(this.current) : 'down'}; ${states.join('; ')}`);
       return false;

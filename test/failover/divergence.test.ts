@@ -1,11 +1,20 @@
-// forkPoint when two nodes started the same generation at the same tid (no
-// coordinator): a generation boundary of the primary that the secondary
-// never reached is not the fork. Found by the failover simulation property
-// (b): the rewind was told to keep a tid its storage did not have.
+// Fork points when generation histories collide (no coordinator: two nodes
+// can start the same generation at the same tid, or a promoted node's kept
+// downstream never hears of its new generation). Each case was found by the
+// failover simulation property (b), as a node that rewind could not repair:
+// the fork named a tid its storage lacked, or kept a refused generation.
 
-import { describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
 import { forkPoint, judgeHistory } from '../../src/failover/divergence.js';
-import { Z64 } from '../replication/helpers.js';
+import { FailoverHistory } from '../../src/failover/history.js';
+import { rewindOpenStorage, rewindStorage } from '../../src/failover/rewind.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { tidPlusOne } from '../../src/storage/timestamp.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { commitMany, Z64 } from '../replication/helpers.js';
+
+afterAll(cleanupTempDirs);
 
 const t = (n: number): Buffer => Buffer.from(n.toString(16).padStart(16, '0'), 'hex');
 const h = (n: number, branch: string): Buffer => Buffer.from(`${branch}${n}`.padEnd(32, '.'));
@@ -38,5 +47,63 @@ describe('forkPoint', () => {
       chainSamples: [{ tid: t(2), hash: h(2, 'x') }, { tid: t(1), hash: h(1, 's1') }],
     };
     expect(forkPoint(p, oldPrimary)).toEqual(t(1));
+  });
+
+  it('goes back to the start of every generation the primary refused, even below shared data', () => {
+    // s2 followed p while p was promoted (generation 2 at the start) and kept
+    // streaming; s2 never heard of generation 2, then was promoted to its own
+    // generation 1 at 1. p holds 1 too, with the same link.
+    const s2 = { generations: [{ generation: 0, startTid: Z64 }, { generation: 1, startTid: t(1) }], hashAt: (tid: Buffer) => (tid.equals(t(1)) ? h(1, 'p') : null) };
+    const p2 = {
+      startTid: t(1),
+      generations: [{ generation: 0, startTid: Z64 }, { generation: 1, startTid: Z64 }, { generation: 2, startTid: Z64 }],
+      chainHead: { tid: t(1), hash: h(1, 'p') },
+      chainSamples: [],
+    };
+    // Before: the fork was 1, which kept generations 1 and 2 from the start: refused again after every rewind.
+    expect(judgeHistory(s2, p2)).toMatchObject({ kind: 'diverged', forkTid: Z64 });
+  });
+});
+
+describe('rewinding to a fork tid the storage lacks', () => {
+  async function storageWith(n: number): Promise<{ fs: FileStorage; tids: Buffer[]; path: string }> {
+    const path = join(await tempDir(), 'Data.fs');
+    // A minute between commits: tids with room between them.
+    let nowMs = Date.UTC(2024, 0, 1);
+    const fs = await FileStorage.open(path, { create: true, fsync: false, now: () => (nowMs += 60_000) });
+    return { fs, tids: await commitMany(fs, n), path };
+  }
+
+  it('online (the primary named it): keeps what is older, cutting at least the last transaction', async () => {
+    const { fs, tids } = await storageWith(3);
+    const history = await FailoverHistory.open(fs, { role: 'secondary', fsync: false });
+    try {
+      const r = await rewindOpenStorage(fs, tidPlusOne(tids[1]!), { history, withBlobs: false });
+      expect(r.forkTid).toEqual(tids[1]);
+      expect(r.cutTids).toEqual([tids[2]]);
+      expect(fs.lastTransaction()).toEqual(tids[1]);
+    } finally {
+      await history.close();
+      await fs.close();
+    }
+  });
+
+  it('before the first transaction: keeps nothing', async () => {
+    const { fs, tids } = await storageWith(2);
+    const history = await FailoverHistory.open(fs, { role: 'secondary', fsync: false });
+    try {
+      const r = await rewindOpenStorage(fs, Buffer.from('0000000000000001', 'hex'), { history, withBlobs: false });
+      expect(r.forkTid).toEqual(Z64);
+      expect(r.cutTids).toEqual(tids);
+    } finally {
+      await history.close();
+      await fs.close();
+    }
+  });
+
+  it('an explicit tid must be a transaction of the storage', async () => {
+    const { fs, tids, path } = await storageWith(2);
+    await fs.close();
+    await expect(rewindStorage(path, { toCommonWith: tidPlusOne(tids[0]!), auditPath: null })).rejects.toThrow(/not a transaction of this storage/);
   });
 });

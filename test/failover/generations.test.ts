@@ -1,0 +1,40 @@
+// Promoting a secondary that adopted its primary's generation history before
+// catching up (found by the failover simulation: the promotion failed after
+// the secondary had stopped replicating, leaving the node dead).
+
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { GenerationHistory } from '../../src/failover/generations.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { Z64 } from '../replication/helpers.js';
+
+afterAll(cleanupTempDirs);
+
+const t = (n: number): Buffer => Buffer.from(n.toString(16).padStart(16, '0'), 'hex');
+
+describe('GenerationHistory.startNext', () => {
+  it('drops the generations a lagging secondary never reached, and still numbers above them', async () => {
+    const g = await GenerationHistory.open(join(await tempDir(), 'x.fs'));
+    // Adopted from a primary promoted at 5; this storage holds up to 3 only.
+    await g.replace([
+      { generation: 0, startTid: Z64 },
+      { generation: 1, startTid: t(5) },
+    ]);
+    expect(await g.startNext(t(3))).toEqual({ generation: 2, startTid: t(3) });
+    expect(g.list).toEqual([
+      { generation: 0, startTid: Z64 },
+      { generation: 2, startTid: t(3) },
+    ]);
+    expect(g.maxSeen).toBe(2);
+  });
+
+  it('keeps a generation that starts exactly at its last tid', async () => {
+    const g = await GenerationHistory.open(join(await tempDir(), 'x.fs'));
+    await g.replace([
+      { generation: 0, startTid: Z64 },
+      { generation: 1, startTid: t(5) },
+    ]);
+    expect(await g.startNext(t(5))).toEqual({ generation: 2, startTid: t(5) });
+    expect(g.list.map((e) => e.generation)).toEqual([0, 1, 2]);
+  });
+});
