@@ -3,7 +3,7 @@
 // ratio against plain Node fs doing the same I/O in the same run, and against
 // Python ZODB 5.5.1's figures measured on this class of machine.
 //
-//   npm run bench:storage [-- --txns 20000]
+//   npm run bench:storage [-- --txns 20000 --fsync-txns 2000 --warmup-txns 5000]
 
 import { closeSync, fdatasyncSync, openSync, readSync, writeSync, fdatasync } from 'node:fs';
 import { mkdtemp, rm, readFile } from 'node:fs/promises';
@@ -18,6 +18,7 @@ const RECORD_BYTES = 200;
 
 const TXNS = arg('txns', 20000);
 const FSYNC_TXNS = arg('fsync-txns', 2000);
+const WARMUP_TXNS = arg('warmup-txns', 5000);
 
 function rate(n: number, startNs: bigint): number {
   return n / secondsSince(startNs);
@@ -60,6 +61,11 @@ async function main(): Promise<void> {
   const rows: Array<[string, string, string, string]> = [];
   const fmt = (n: number): string => Math.round(n).toLocaleString('en-US');
   try {
+    // 0. Warm-up (JIT, allocator): commits into a scratch storage, not measured.
+    const scratch = await FileStorage.open(join(dir, 'warmup.fs'), { create: true, fsync: false });
+    await commitSerial(new Workload(scratch, RECORDS, RECORD_BYTES, 1000), WARMUP_TXNS);
+    await scratch.close();
+
     // 1. Serial commits without fsync.
     const path = join(dir, 'Data.fs');
     let fs = await FileStorage.open(path, { create: true, fsync: false });
@@ -112,7 +118,7 @@ async function main(): Promise<void> {
     await rm(dir, { recursive: true, force: true });
   }
   const widths = [0, 1, 2, 3].map((c) => Math.max(...rows.map((r) => r[c]!.length)));
-  console.log(`storage benchmark: ${TXNS} txns of ${RECORDS} x ${RECORD_BYTES} B (fsync runs: ${FSYNC_TXNS})`);
+  console.log(`storage benchmark: ${TXNS} txns of ${RECORDS} x ${RECORD_BYTES} B (fsync runs: ${FSYNC_TXNS}; after ${WARMUP_TXNS} warm-up commits)`);
   for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join('  '));
 }
 
