@@ -146,11 +146,12 @@ class ChildSecondaries {
 const nowMs = (): number => performance.timeOrigin + performance.now();
 
 /** One durable secondary (in the child) catches up `source`; with the peak RSS of each process meanwhile. */
-async function catchUp(dir: string, source: string): Promise<{ seconds: number; txns: number; primaryRss: number; secondaryRss: number }> {
+async function catchUp(dir: string, source: string): Promise<{ seconds: number; txns: number; primaryRss: number; primaryRssBefore: number; secondaryRss: number }> {
   const primary = await Primary.open({ path: source, replicateTo: '127.0.0.1:0', auditPath: null });
   const last = primary.storage.lastTransaction();
   const child = await ChildSecondaries.start(formatAddress(primary.address), 1, dir, true);
-  peakRss = process.memoryUsage().rss;
+  const primaryRssBefore = process.memoryUsage().rss;
+  peakRss = primaryRssBefore;
   const t0 = process.hrtime.bigint();
   await child.open();
   await child.waitFor(last, 1);
@@ -159,7 +160,7 @@ async function catchUp(dir: string, source: string): Promise<{ seconds: number; 
   const secondaryRss = await child.close();
   const txns = primary.storage.transactionCount;
   await primary.close();
-  return { seconds: t, txns, primaryRss, secondaryRss };
+  return { seconds: t, txns, primaryRss, primaryRssBefore, secondaryRss };
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -171,8 +172,9 @@ function percentile(sorted: number[], p: number): number {
  * `secondaryFsync` off the secondaries do not sync: on this one machine they
  * share the primary's disk, and their syncs would queue with its own.
  */
-async function live(dir: string, secondaries: number, ratePerSecond: number | null, durationS: number, secondaryFsync = true) {
-  const primary = await Primary.open({ path: join(dir, `live-${secondaries}-${ratePerSecond}-${secondaryFsync}.fs`), replicateTo: '127.0.0.1:0', fsync: true, auditPath: null });
+async function live(dir: string, secondaries: number, ratePerSecond: number | null, durationS: number, secondaryFsync = true, primaryFsync = true) {
+  const name = `live-${secondaries}-${ratePerSecond}-${secondaryFsync}-${primaryFsync}.fs`;
+  const primary = await Primary.open({ path: join(dir, name), replicateTo: '127.0.0.1:0', fsync: primaryFsync, auditPath: null });
   const fs = primary.storage;
   const work = new Workload(fs, 10, 200, 1000);
   const child = secondaries ? await ChildSecondaries.start(formatAddress(primary.address), secondaries, dir, secondaryFsync) : null;
@@ -232,8 +234,8 @@ async function main(): Promise<void> {
     out.push(`catch-up 100 x 1 MiB records: ${(bigSize / 1e6 / cb.seconds).toFixed(0)} MB/s | ${(plainBig / cb.seconds).toFixed(2)} of a plain socket copy (${(bigSize / 1e6 / plainBig).toFixed(0)} MB/s)`);
 
     for (const sync of [true, false]) {
-      const label = sync ? 'secondaries fsync' : 'secondaries no fsync, on tmpfs';
-      const paced = await live(dir, 3, 1000, LIVE_SECONDS, sync);
+      const label = sync ? 'all fsync' : 'no fsync anywhere, secondaries on tmpfs';
+      const paced = await live(dir, 3, 1000, LIVE_SECONDS, sync, sync);
       out.push(
         `live, 3 secondaries (${label}), paced 1000 txn/s (got ${paced.commitRate.toFixed(0)}): lag p50 ${paced.p50.toFixed(2)} ms, p99 ${paced.p99.toFixed(2)} ms, max ${paced.max.toFixed(1)} ms | p99 ${(ZRS.pacedP99Ms / paced.p99).toFixed(2)}x zc.zrs's at 500 txn/s`,
       );
@@ -242,11 +244,12 @@ async function main(): Promise<void> {
     out.push(
       `live, unpaced, 1 secondary (fsync): ${unpaced.commitRate.toFixed(0)} commits/s, lag p50 ${unpaced.p50.toFixed(2)} ms, p99 ${unpaced.p99.toFixed(2)} ms, max ${unpaced.max.toFixed(1)} ms, behind at end ${unpaced.behindAtEndMs.toFixed(1)} ms`,
     );
+    // Durable everywhere (one shared disk here), then nothing synced: the primary's own cost of serving N sessions.
     for (const sync of [true, false]) {
       const fan: number[] = [];
-      for (const n of [0, 1, 4, 16]) fan.push((await live(dir, n, null, Math.max(2, LIVE_SECONDS / 2), sync)).commitRate);
+      for (const n of [0, 1, 4, 16]) fan.push((await live(dir, n, null, Math.max(2, LIVE_SECONDS / 2), sync, sync)).commitRate);
       out.push(
-        `fan-out (${sync ? 'secondaries fsync, same disk' : 'secondaries no fsync, on tmpfs'}), commits/s with 0/1/4/16 secondaries: ${fan.map((r) => r.toFixed(0)).join(' / ')} | at 16: ${((1 - fan[3]! / fan[0]!) * 100).toFixed(1)}% loss`,
+        `fan-out (${sync ? 'primary and secondaries fsync, same disk' : 'no fsync anywhere, secondaries on tmpfs'}), commits/s with 0/1/4/16 secondaries: ${fan.map((r) => r.toFixed(0)).join(' / ')} | at 16: ${((1 - fan[3]! / fan[0]!) * 100).toFixed(1)}% loss`,
       );
     }
     if (BIG_MB > 0) {
@@ -256,7 +259,7 @@ async function main(): Promise<void> {
       const hugeSize = (await stat(huge)).size;
       const ch = await catchUp(dir, huge);
       out.push(
-        `catch-up ${(hugeSize / 1e9).toFixed(2)} GB (${ch.txns} txns of 10 x 4 KiB): ${f1(ch.seconds)} s, ${(hugeSize / 1e6 / ch.seconds).toFixed(0)} MB/s; peak RSS primary process ${(ch.primaryRss / 1e6).toFixed(0)} MB, secondary process ${(ch.secondaryRss / 1e6).toFixed(0)} MB`,
+        `catch-up ${(hugeSize / 1e9).toFixed(2)} GB (${ch.txns} txns of 10 x 4 KiB): ${f1(ch.seconds)} s, ${(hugeSize / 1e6 / ch.seconds).toFixed(0)} MB/s; peak RSS primary process ${(ch.primaryRss / 1e6).toFixed(0)} MB (${(ch.primaryRssBefore / 1e6).toFixed(0)} MB before it, after the earlier phases), secondary process ${(ch.secondaryRss / 1e6).toFixed(0)} MB`,
       );
     }
   } finally {
