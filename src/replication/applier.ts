@@ -11,6 +11,7 @@ import { ProtocolError, ZrsError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import type { TransactionMeta } from '../storage/types.js';
 import type { ApplyEvent } from './inbound.js';
+import type { GenerationEntry } from '../wire/native.js';
 import { NO_MUTATIONS, type ReplicationMutations } from './mutations.js';
 
 /** Transactions finished but not yet durable before the applier waits. */
@@ -30,7 +31,8 @@ interface PendingBlob {
 export interface ApplierHooks {
   /** A transaction is durable on the secondary. */
   applied(tid: Buffer): void;
-  heartbeat(lastTid: Buffer, clockMs: number): void;
+  /** The upstream is alive; with `generation`, it started that generation (a promotion) and the secondary adopts it. */
+  heartbeat(lastTid: Buffer, clockMs: number, generation?: GenerationEntry): void | Promise<void>;
   /** The primary's hash-chain link for a transaction about to be finished (packed ones). */
   link?(tid: Buffer, link: Buffer): void;
 }
@@ -74,7 +76,7 @@ export class Applier {
         if (e.link) this.hooks.link?.(e.tid, e.link);
         return this.commit(e.tid);
       case 'heartbeat':
-        this.hooks.heartbeat(e.lastTid, e.clockMs);
+        await this.hooks.heartbeat(e.lastTid, e.clockMs, e.generation);
         return;
       default:
         throw new ProtocolError(`unexpected ${e.kind} while replicating`);

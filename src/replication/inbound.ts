@@ -20,7 +20,7 @@ export type ApplyEvent =
   /** Whole transactions as FileStorage bytes (native `txns`); the next commit closes them. */
   | { kind: 'rawTxns'; bytes: Buffer; count: number; lastTid: Buffer }
   | { kind: 'commit'; tid: Buffer; link?: Buffer }
-  | { kind: 'heartbeat'; lastTid: Buffer; clockMs: number };
+  | { kind: 'heartbeat'; lastTid: Buffer; clockMs: number; generation?: GenerationEntry };
 
 export interface InboundDecoder {
   /** Decode one frame payload (keep-alives included) into zero or more events. */
@@ -125,7 +125,7 @@ export class NativeInbound implements InboundDecoder {
       }
       case 'heartbeat':
         if (this.tid !== null) throw new ProtocolError('heartbeat inside a transaction');
-        return [{ kind: 'heartbeat', lastTid: msg.lastTid, clockMs: msg.clockMs }];
+        return [{ kind: 'heartbeat', lastTid: msg.lastTid, clockMs: msg.clockMs, ...(msg.generation ? { generation: msg.generation } : {}) }];
       default:
         throw new ProtocolError(`unexpected ${msg.type} after the handshake`);
     }

@@ -110,6 +110,8 @@ export class Primary {
         // A promoted secondary's server: its open sessions keep streaming; from now on this primary answers for it.
         server = options.server;
         server.rebind({ ...role, onSession: undefined });
+        // The sessions kept streaming: their secondaries learn the new generation without reconnecting.
+        server.announceGeneration();
         server.watchSessions((session) => metrics.onSession(session)); // open sessions and new ones
       } else {
         server = await ReplicationServer.start({

@@ -341,6 +341,29 @@ export class PrimarySession {
   /** True while no transaction is being written. */
   private idle = true;
 
+  /** A new generation to announce at the next point between transactions. */
+  private generationPending = false;
+
+  /**
+   * Tell this session's secondary, between transactions, that the node
+   * started a new generation (it was promoted while the session streamed),
+   * so it adopts it without reconnecting. A session not past its handshake
+   * needs nothing: its welcome will carry the generation.
+   */
+  announceGeneration(): void {
+    this.generationPending = true;
+    if (this.idle) this.sendGenerationAnnouncement();
+  }
+
+  private sendGenerationAnnouncement(): void {
+    const generation = this.options.history?.welcomeFields().generation;
+    const state = this.actor.getSnapshot().value;
+    if (!generation || !this.codec || (state !== 'live' && state !== 'catchingUp')) return;
+    this.generationPending = false;
+    const f = this.codec.heartbeat(this.options.storage.lastDurableTid, this.options.clock.now(), generation);
+    if (f) void this.writer.write(f).then(() => this.writer.flush()).catch(() => undefined);
+  }
+
   /**
    * Write one transaction. With `more` set, small transactions stay batched
    * (catch-up); the batch is flushed when it is large or nothing follows.
@@ -445,6 +468,7 @@ export class PrimarySession {
   /** Note that everything up to `tid` is on the wire. */
   private wrote(tid: Buffer, signal: AbortSignal, count = 1): boolean {
     this.lastWrittenTid = tid;
+    if (this.generationPending) this.sendGenerationAnnouncement();
     if (this.actor.getSnapshot().status === 'active') this.actor.send({ type: 'SENT', tid, count });
     return !signal.aborted;
   }

@@ -32,7 +32,8 @@ export interface OutboundCodec {
   welcome(lastTid: Buffer): Buffer | null;
   /** `lastTid`: the primary's last tid, sent along (optional field) when given. */
   refusal(code: RefuseCode, message: string, forkTid?: Buffer, lastTid?: Buffer): Buffer | null;
-  heartbeat(lastTid: Buffer, clockMs: number): Buffer | null;
+  /** `generation`: announce the sender's current generation (after a promotion). */
+  heartbeat(lastTid: Buffer, clockMs: number, generation?: GenerationEntry): Buffer | null;
   transaction(txn: TransactionRecord): AsyncGenerator<Buffer>;
   /** All frames of a transaction without blobs, built at once; null when it has blob records. */
   plainFrames(txn: TransactionRecord): Buffer[] | null;
@@ -113,7 +114,7 @@ export function nativeOutbound(
       ),
     refusal: (code, message, forkTid, lastTid) =>
       encodeNativeFrame({ type: 'refuse', code, message, ...(forkTid ? { forkTid } : {}), ...(lastTid ? { lastTid } : {}) }, packr),
-    heartbeat: (lastTid, clockMs) => frame({ type: 'heartbeat', lastTid, clockMs }),
+    heartbeat: (lastTid, clockMs, generation) => frame({ type: 'heartbeat', lastTid, clockMs, ...(generation ? { generation } : {}) }),
     plainFrames(txn) {
       if (options.blobs && storage.blobs && txn.records.some((r) => isBlobRecord(r.data))) return null;
       // The inline form: one message carries the whole transaction.

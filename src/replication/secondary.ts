@@ -351,9 +351,14 @@ export class Secondary {
       {
         applied: (tid) => this.onApplied(conn, tid),
         link: (tid, link) => this.failover?.chain.expectLink(tid, link),
-        heartbeat: (lastTid, clockMs) => {
+        heartbeat: async (lastTid, clockMs, generation) => {
           this.lastHeartbeat = { lastTid, clockMs, receivedMs: this.clock.now() };
           this.noteUpstreamTid(lastTid);
+          // The upstream was promoted while this secondary kept streaming from it.
+          if (generation && this.failover) {
+            await this.failover.adopt({ generation });
+            this.log('info', `upstream announced generation ${generation.generation} (starting after tid ${generation.startTid.toString('hex')})`, { generation: generation.generation });
+          }
         },
       },
       this.options.transferBlobs ?? true,

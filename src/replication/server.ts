@@ -116,6 +116,11 @@ export class ReplicationServer {
     this.options = { ...this.options, ...role };
   }
 
+  /** Every open session tells its secondary the node's new generation (after a promotion). */
+  announceGeneration(): void {
+    for (const s of this.sessions) s.announceGeneration();
+  }
+
   /**
    * Close every session (each first sends what is committed) and turn new
    * connections away until the returned function is called: the served

@@ -284,6 +284,8 @@ export interface HeartbeatMessage {
   lastTid: Buffer;
   /** The primary's (injected) clock in ms. */
   clockMs: number;
+  /** Optional: the sender's current generation, announced when it started one (a promotion) to sessions it kept. */
+  generation?: GenerationEntry;
 }
 
 /** Status client -> node, frame 2 instead of `hello`: answer with one `status`, then close. */
@@ -805,10 +807,12 @@ function parseHeartbeat(obj: Obj, copy: boolean): HeartbeatMessage {
   if (typeof clockMs !== 'number' || !Number.isFinite(clockMs) || clockMs < 0) {
     fail(`heartbeat.clockMs must be a finite number >= 0, got ${describe(clockMs)}`);
   }
+  const generation = getOptional(obj, 'generation');
   return {
     type: 'heartbeat',
     lastTid: asId(get(obj, 'lastTid', 'heartbeat'), 'heartbeat.lastTid', copy),
     clockMs: clockMs as number,
+    ...(generation === undefined || generation === null ? {} : { generation: parseGeneration(generation, 'heartbeat.generation', copy) }),
   };
 }
 

@@ -71,6 +71,8 @@ describe('failover', () => {
       const lost = await commitMany(oldPrimary.storage, 2);
       await oldPrimary.close();
 
+      const s3Statuses: string[] = [];
+      const s3Watch = s3.status$.subscribe((st) => s3Statuses.push(st.kind));
       newPrimary = await s1.promote();
       expect(newPrimary.generation).toEqual({ generation: 1, startTid: shared.at(-1)! });
       expect(generationsFile(join(dir, 's1.fs')).generations).toEqual([
@@ -89,8 +91,14 @@ describe('failover', () => {
       sub.unsubscribe();
       expect(s2Applied).toEqual(fresh.map(hex));
       expect(s2.history!.generations.list).toEqual(np.generations);
-      // s3 was chained from s1 and keeps replicating from the promoted node, no restart.
+      // s3 was chained from s1 and keeps replicating from the promoted node, no restart,
+      // and adopted the new generation from it without reconnecting.
       await waitForTid(s3, fresh.at(-1)!);
+      s3Watch.unsubscribe();
+      expect(s3.history!.generations.list).toEqual(np.generations);
+      expect(generationsFile(join(dir, 's3.fs')).generations.map((g) => g.generation)).toEqual([0, 1]);
+      // (status$ repeats 'connected' while connected; any other kind would be a reconnect.)
+      expect(s3Statuses.filter((k) => k !== 'connected')).toEqual([]);
       await expectSameHistory(np.storage, s2.storage);
       await expectSameHistory(np.storage, s3.storage);
 

@@ -91,6 +91,10 @@ const messageArb: fc.Arbitrary<NativeMessage> = fc.oneof(
   fc
     .record({ lastTid: tid, clockMs: fc.oneof(fc.maxSafeNat(), fc.double({ min: 0, max: 1e15, noNaN: true })) })
     .map((h): NativeMessage => ({ type: 'heartbeat', ...h })),
+  fc.record({ lastTid: tid, clockMs: fc.maxSafeNat(), generation }).map((h): NativeMessage => ({ type: 'heartbeat', ...h })),
+  fc
+    .record({ count: fc.integer({ min: 1, max: 1000 }), lastTid: tid, bytes: fc.uint8Array({ minLength: 1, maxLength: 500 }).map((a) => Buffer.from(a)) })
+    .map((t): NativeMessage => ({ type: 'txns', ...t })),
 );
 
 /** Comparable form: Buffers as hex. */
@@ -263,6 +267,9 @@ describe('encodeNative / decodeNative', () => {
       [{ type: 'blob-block', bytes: Buffer.alloc(BLOB_BLOCK_BYTES + 1) }, /blob-block\.bytes/],
       [{ type: 'commit', checksum: Buffer.alloc(20) }, /commit\.checksum must be 16 or 32 bytes/],
       [{ type: 'heartbeat', lastTid: t, clockMs: -1 }, /heartbeat\.clockMs/],
+      [{ type: 'heartbeat', lastTid: t, clockMs: 1, generation: { generation: 1, startTid: Buffer.alloc(7) } }, /heartbeat\.generation\.startTid/],
+      [{ type: 'txns', count: 0, lastTid: t, bytes: t }, /txns\.count/],
+      [{ type: 'txns', count: 1, lastTid: t, bytes: Buffer.alloc(0) }, /txns\.bytes/],
       [{ type: 'refuse', code: 'nope', message: 'go away' }, /unknown code string "nope": go away/],
       [{ type: 'refuse', code: 'internal' }, /missing field 'message'/],
       [{ type: 'welcome', lastTid: t, generation: { generation: 1, startTid: t }, options: { blobs: true, compression: 'zstd' } }, /compression/],
