@@ -20,7 +20,7 @@ import { closeSync, existsSync, fdatasyncSync, fstatSync, ftruncateSync, openSyn
 import type { Subscription } from 'rxjs';
 import { ZrsError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
-import { DATA_HEADER_BYTES, dataRecordLength, readTxnHeader, readU64At, writeU64At } from '../storage/format.js';
+import { DATA_HEADER_BYTES, TXN_HEADER_BYTES, dataRecordLength, readTxnHeader, readU64At, writeU64At } from '../storage/format.js';
 import { tidPlusOne } from '../storage/timestamp.js';
 import type { CommittedTransaction } from '../storage/types.js';
 import type { ChainHead } from '../wire/native.js';
@@ -87,6 +87,42 @@ export function chainLink(prev: Buffer, t: ChainContent): Buffer {
       off += r.data.copy(out, off);
     }
   }
+  return sha256(out.subarray(0, off));
+}
+
+/**
+ * chainLink for a transaction given as its stored bytes (header to records),
+ * copied straight from them; null when a record is a backpointer (its data
+ * lives elsewhere: use contentAt).
+ */
+export function linkOfStored(prev: Buffer, body: Buffer): Buffer | null {
+  const h = readTxnHeader(body);
+  // Hashed, a record takes 25 bytes less than stored and the header 17 more, so this always fits.
+  const bound = prev.length + body.length + 64;
+  if (bound > scratch.length) scratch = Buffer.allocUnsafe(Math.max(bound, scratch.length * 2));
+  const out = scratch;
+  let off = prev.copy(out, 0);
+  off += body.copy(out, off, 0, 8);
+  let pos = TXN_HEADER_BYTES;
+  for (const len of [h.ulen, h.dlen, h.elen]) {
+    off = putU64(out, off, len);
+    off += body.copy(out, off, pos, pos + len);
+    pos += len;
+  }
+  const countAt = off;
+  off += 8;
+  let count = 0;
+  while (pos < h.length) {
+    const plen = readU64At(body, pos + 34);
+    if (plen === 0) return null;
+    off += body.copy(out, off, pos, pos + 8);
+    out[off++] = 1;
+    off = putU64(out, off, plen);
+    off += body.copy(out, off, pos + DATA_HEADER_BYTES, pos + DATA_HEADER_BYTES + plen);
+    pos += DATA_HEADER_BYTES + plen;
+    count += 1;
+  }
+  writeU64At(out, countAt, count);
   return sha256(out.subarray(0, off));
 }
 
@@ -262,7 +298,8 @@ export class HashChain {
       const given = this.expected.get(c.tid.toString('hex'));
       this.expected.delete(c.tid.toString('hex'));
       // A packed transaction lost records: its content no longer gives the link, the primary's does.
-      const link = given && c.status === 'p' ? given : chainLink(this.headEntry?.hash ?? CHAIN_ORIGIN, contentAt(this.storage, c.pos, c.bytes));
+      const prev = this.headEntry?.hash ?? CHAIN_ORIGIN;
+      const link = given && c.status === 'p' ? given : ((c.bytes && linkOfStored(prev, c.bytes)) ?? chainLink(prev, contentAt(this.storage, c.pos, c.bytes)));
       this.append(c.tid, link);
     } catch (err) {
       // Never thrown into the storage's publisher: the chain stops here and is

@@ -53,13 +53,14 @@ export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer 
     if (raw[off + 16] !== STATUS_COMMITTED.charCodeAt(0)) bad(off, `status ${JSON.stringify(String.fromCharCode(raw[off + 16]!))} where ' ' is required`);
     if (prevTid !== null && Buffer.compare(tid, prevTid) <= 0) bad(off, `tid ${tid.toString('hex')} is not after ${prevTid.toString('hex')}`);
     const tpos = base + off;
+    const [tidHi, tidLo] = [raw.readUInt32BE(off), raw.readUInt32BE(off + 4)];
     const oids: Buffer[] = [];
     let r = off + TXN_HEADER_BYTES + raw.readUInt16BE(off + 17) + raw.readUInt16BE(off + 19) + raw.readUInt16BE(off + 21);
     const recordsEnd = off + length;
     if (r > recordsEnd) bad(off, 'metadata runs past the transaction');
     while (r < recordsEnd) {
       if (r + DATA_HEADER_BYTES > recordsEnd) bad(r, 'data record header cut short');
-      if (raw.compare(raw, off, off + 8, r + 8, r + 16) !== 0) bad(r, 'data record tid differs from its transaction');
+      if (raw.readUInt32BE(r + 8) !== tidHi || raw.readUInt32BE(r + 12) !== tidLo) bad(r, 'data record tid differs from its transaction');
       if (raw.readUInt16BE(r + 32) !== 0) bad(r, 'data record with a version');
       const plen = readU64At(raw, r + 34);
       if (plen === 0) bad(r, 'backpointer records are not accepted here');

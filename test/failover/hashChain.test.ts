@@ -6,7 +6,7 @@ import { appendFileSync, readFileSync, statSync, truncateSync, writeFileSync } f
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
-import { CHAIN_ENTRY_BYTES, HashChain, chainPathFor } from '../../src/failover/hashChain.js';
+import { CHAIN_ENTRY_BYTES, HashChain, chainLink, chainPathFor, contentAt, linkOfStored } from '../../src/failover/hashChain.js';
 import { judgeHistory } from '../../src/failover/divergence.js';
 import { GenerationHistory } from '../../src/failover/generations.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -68,6 +68,28 @@ describe('HashChain', () => {
     await chain.close();
     await fs.close();
     expect(readFileSync(chainPath).subarray(0, 8).toString('latin1')).toBe('ZRSCHN01');
+  });
+});
+
+describe('linkOfStored', () => {
+  it('gives the link chainLink gives for the same transaction, and null for a backpointer', async () => {
+    const dir = await tempDir();
+    const fs = await FileStorage.open(join(dir, 'l.fs'), { create: true, fsync: false });
+    await commitMany(fs, 12, 4);
+    // An undo writes backpointers.
+    const [entry] = await fs.undoLog(0, 1);
+    const txn = { description: 'undo' };
+    await fs.tpcBegin(txn);
+    await fs.undo(entry!.id, txn);
+    await fs.tpcVote(txn);
+    const undoTid = await fs.tpcFinish(txn);
+    const prev = Buffer.alloc(32, 7);
+    for await (const t of fs.iterator()) {
+      const stored = linkOfStored(prev, t.raw!);
+      if (t.tid.equals(undoTid)) expect(stored).toBeNull();
+      else expect(stored!.equals(chainLink(prev, contentAt(fs, t.pos)))).toBe(true);
+    }
+    await fs.close();
   });
 });
 
