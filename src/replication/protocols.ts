@@ -76,6 +76,13 @@ async function blobSize(storage: FileStorage, oid: Buffer, tid: Buffer): Promise
   }
 }
 
+/**
+ * Largest transaction sent whole, in one frame (inline `txn`, or inside a
+ * raw run); a larger one goes record by record, so only a single record is
+ * bounded by the secondary's frame limit.
+ */
+export const WHOLE_TXN_MAX_BYTES = 16 * 1024 * 1024;
+
 /** The native (msgpack) protocol's outbound side. */
 export function nativeOutbound(
   storage: FileStorage,
@@ -87,8 +94,11 @@ export function nativeOutbound(
     link?: (tid: Buffer) => Buffer | null;
     /** The secondary asked for `txns` messages (whole transactions as file bytes). */
     rawTxns?: boolean;
+    /** Default WHOLE_TXN_MAX_BYTES. */
+    wholeTxnMaxBytes?: number;
   },
 ): OutboundCodec {
+  const wholeMax = options.wholeTxnMaxBytes ?? WHOLE_TXN_MAX_BYTES;
   const packr = createNativePackr();
   const checksum = new StreamChecksum(startTid);
   const frame = (msg: NativeMessage): Buffer => {
@@ -117,13 +127,14 @@ export function nativeOutbound(
     heartbeat: (lastTid, clockMs, generation) => frame({ type: 'heartbeat', lastTid, clockMs, ...(generation ? { generation } : {}) }),
     plainFrames(txn) {
       if (options.blobs && storage.blobs && txn.records.some((r) => isBlobRecord(r.data))) return null;
+      if (txn.records.reduce((n, r) => n + (r.data?.length ?? 0), 0) > wholeMax) return null;
       // The inline form: one message carries the whole transaction.
       const records = txn.records.map((r) => ({ oid: r.oid, dataTxn: r.dataTxn, data: r.data }));
       const head = frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes, records });
       return [head, frame({ type: 'commit', checksum: checksum.digest(), ...packedLink(txn) })];
     },
     acceptsRaw(txn) {
-      if (!options.rawTxns || txn.raw === undefined || txn.status !== ' ') return false;
+      if (!options.rawTxns || txn.raw === undefined || txn.status !== ' ' || txn.raw.length > wholeMax) return false;
       const blobs = options.blobs && storage.blobs !== null;
       // Backpointers name positions in this file; blobs need their files sent.
       for (const r of txn.records) {

@@ -9,6 +9,7 @@ import { firstValueFrom, filter, take, toArray, timeout } from 'rxjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
+import { WHOLE_TXN_MAX_BYTES } from '../../src/replication/protocols.js';
 import type { FileStorage } from '../../src/storage/FileStorage.js';
 import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName, type PrimaryMessage } from '../../src/wire/native.js';
 import { cleanupTempDirs, copyZodbFixture, tempDir } from '../helpers/fixtures.js';
@@ -116,6 +117,36 @@ describe('raw transaction batches', () => {
       const tail = (ts: Awaited<ReturnType<typeof allTransactions>>) =>
         ts.filter((t) => Buffer.compare(t.tid, first.at(-1)!) > 0).map((t) => [t.tid.toString('hex'), t.records.map((r) => [r.oid.toString('hex'), r.data?.toString('hex')])]);
       expect(tail(await allTransactions(secondary.storage))).toEqual(tail(await allTransactions(fs)));
+      await secondary.close();
+    } finally {
+      await primary.close();
+    }
+  });
+});
+
+describe('transactions larger than WHOLE_TXN_MAX_BYTES', () => {
+  it('travel record by record (no frame holds more than one record), and replicate', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    try {
+      const fs = primary.storage;
+      await commitMany(fs, 3);
+      const big = { description: 'big' };
+      await fs.tpcBegin(big);
+      const record = Buffer.alloc(WHOLE_TXN_MAX_BYTES / 2 + 1, 7);
+      for (let i = 0; i < 3; i++) fs.store(fs.newOid(), Z64, record, big);
+      await fs.tpcVote(big);
+      const bigTid = await fs.tpcFinish(big);
+      const last = (await commitMany(fs, 2)).at(-1)!;
+
+      const messages = await messagesUntil(primary, true, last);
+      const kinds = messages.map((m) => (m.type === 'txns' ? `txns:${m.count}` : m.type === 'txn' ? (m.records ? 'txn-inline' : 'txn') : m.type));
+      expect(kinds.filter((k) => k !== 'commit' && k !== 'welcome')).toEqual(['txns:3', 'txn', 'record', 'record', 'record', 'txns:2']);
+      expect(messages.find((m) => m.type === 'txn' && !m.records)).toMatchObject({ tid: bigTid });
+
+      const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+      await waitForTid(secondary, last);
+      await expectSameHistory(fs, secondary.storage);
       await secondary.close();
     } finally {
       await primary.close();
