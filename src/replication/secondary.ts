@@ -222,7 +222,8 @@ export class Secondary {
   static async open(options: SecondaryOptions): Promise<Secondary> {
     // Tids this storage chooses after a promotion come from the injected clock (virtual in simulations).
     const clock = options.clock ?? systemClock;
-    const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, now: () => clock.now(), disk: options.disk });
+    // Finishes are pipelined (many share one sync): no inline syncs.
+    const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, now: () => clock.now(), disk: options.disk, syncInline: false });
     const s = new Secondary(inner, options);
     try {
       s.failover = await FailoverHistory.open(inner, { role: 'secondary', fsync: options.fsync });

@@ -100,6 +100,11 @@ class CommitLock {
   private held = false;
   private readonly waiters: Array<(release: () => void) => void> = [];
 
+  /** Someone holds the lock (or waits for it). */
+  get busy(): boolean {
+    return this.held;
+  }
+
   acquire(): Promise<() => void> {
     if (!this.held) {
       this.held = true;
@@ -199,6 +204,8 @@ export class FileStorage {
     private readonly tidFloor: Buffer | null,
     /** The data file's writes, truncation and datasync (node:fs unless injected). @internal */
     readonly disk: StorageDisk,
+    /** See OpenOptions.syncInline. */
+    private readonly syncInline: boolean,
   ) {
     this.publishedEnd = end;
     this.publishedTid = Buffer.from(state.lastTid ?? Z64);
@@ -270,6 +277,7 @@ export class FileStorage {
         blobs,
         tailTid,
         options.disk ?? nodeDisk,
+        options.syncInline ?? true,
       );
     } catch (err) {
       await handle?.close();
@@ -595,14 +603,18 @@ export class FileStorage {
     const committed: CommittedTransaction = { tid: cur.tid, status: cur.status, pos: cur.tpos, end, oids: cur.oids };
     this.unpublished.push(committed);
     cur.release();
-    await this.makeDurable(end);
+    await this.makeDurable(end, this.syncInline && !this.commitLock.busy);
     return cur.tid;
   }
 
-  private async makeDurable(end: number): Promise<void> {
+  /** `inline`: sync in this thread when possible (see OpenOptions.syncInline). */
+  private async makeDurable(end: number, inline = false): Promise<void> {
     if (!this.fsync) this.groupSync.markWritten(end);
     else {
       try {
+        // One turn of the event loop after an inline sync, so sockets and
+        // timers are served between back-to-back commits.
+        if (inline && this.groupSync.syncInline()) await new Promise<void>((resolve) => setImmediate(resolve));
         await this.groupSync.waitDurable(end);
       } catch (err) {
         this.fatal = err as Error;

@@ -3,7 +3,7 @@
 // slow or full; the default is node:fs. Writes and truncation stay
 // synchronous (as the storage does them); datasync is asynchronous.
 
-import { fdatasync, ftruncateSync, writeSync } from 'node:fs';
+import { fdatasync, fdatasyncSync, ftruncateSync, writeSync } from 'node:fs';
 
 /**
  * What FileStorage needs from a disk for its data file.
@@ -19,6 +19,8 @@ export interface StorageDisk {
   truncate(fd: number, length: number): void;
   /** Resolve once every byte written so far is on stable storage. */
   datasync(fd: number): Promise<void>;
+  /** The same, in the calling thread (optional: without it every sync is asynchronous). */
+  datasyncSync?(fd: number): void;
 }
 
 /** The real disk: node:fs. */
@@ -32,5 +34,8 @@ export const nodeDisk: StorageDisk = {
   },
   datasync(fd) {
     return new Promise<void>((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+  },
+  datasyncSync(fd) {
+    fdatasyncSync(fd);
   },
 };

@@ -41,6 +41,19 @@ export class GroupSync {
     }
   }
 
+  /**
+   * Sync now, in this thread, when no asynchronous sync is running and the
+   * disk can; returns whether it did (everything written is then durable).
+   */
+  syncInline(): boolean {
+    const sync = this.disk.datasyncSync;
+    if (this.inFlight !== null || sync === undefined) return false;
+    const target = this.writtenEnd();
+    sync.call(this.disk, this.fd);
+    if (target > this.durableEnd) this.durableEnd = target;
+    return true;
+  }
+
   /** Without fsync, bytes count as durable as soon as they are written. */
   markWritten(end: number): void {
     if (end > this.durableEnd) this.durableEnd = end;

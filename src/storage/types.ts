@@ -115,6 +115,14 @@ export interface OpenOptions {
   blobDir?: string;
   /** fsync each commit before tpcFinish resolves (default true). */
   fsync?: boolean;
+  /**
+   * With fsync, a committer nobody waits behind syncs in its own thread (no
+   * thread-pool round trip) and yields once to the event loop before
+   * tpcFinish resolves; committers queued together still share one
+   * asynchronous fdatasync. The event loop is blocked for the length of that
+   * sync. Default true; a Secondary turns it off (it pipelines its finishes).
+   */
+  syncInline?: boolean;
   /** Wall-clock source for new tids, in ms since the epoch (tests inject a fake). */
   now?: () => number;
   /** The data file's disk I/O (default: node:fs); the simulator injects a slow or full disk. */
