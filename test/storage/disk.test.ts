@@ -104,3 +104,64 @@ describe('FileStorage over an injected disk', () => {
     }
   });
 });
+
+describe('inline syncs', () => {
+  /** node:fs, counting syncs made in the calling thread and through the thread pool. */
+  function countingDisk(): StorageDisk & { inline: number; async: number } {
+    const disk = {
+      inline: 0,
+      async: 0,
+      write: (fd: number, buf: Buffer, pos: number) => nodeDisk.write(fd, buf, pos),
+      truncate: (fd: number, length: number) => nodeDisk.truncate(fd, length),
+      datasync: (fd: number) => {
+        disk.async += 1;
+        return nodeDisk.datasync(fd);
+      },
+      datasyncSync: (fd: number) => {
+        disk.inline += 1;
+        nodeDisk.datasyncSync!(fd);
+      },
+    };
+    return disk;
+  }
+
+  async function commitOne(fs: FileStorage, n: number): Promise<Buffer> {
+    const txn = { description: `t${n}` };
+    await fs.tpcBegin(txn);
+    fs.store(fs.newOid(), Z64, Buffer.from(`v${n}`), txn);
+    await fs.tpcVote(txn);
+    return fs.tpcFinish(txn);
+  }
+
+  it('a lone committer syncs in place and yields to the event loop before tpcFinish resolves', async () => {
+    const disk = countingDisk();
+    const fs = await FileStorage.open(join(await tempDir(), 'i.fs'), { create: true, disk });
+    for (let i = 0; i < 5; i++) {
+      let turned = false;
+      setImmediate(() => (turned = true));
+      await commitOne(fs, i);
+      expect(turned).toBe(true); // sockets and timers got a turn
+    }
+    expect(disk.inline).toBe(5);
+    expect(disk.async).toBe(0);
+    await fs.close();
+  });
+
+  it('committers queued behind one another share asynchronous syncs; syncInline: false never syncs in place', async () => {
+    const disk = countingDisk();
+    const fs = await FileStorage.open(join(await tempDir(), 'q.fs'), { create: true, disk });
+    await Promise.all(Array.from({ length: 8 }, (_, i) => commitOne(fs, i)));
+    // Only the last of the queue finds nobody behind it.
+    expect(disk.inline).toBeLessThanOrEqual(1);
+    expect(disk.async).toBeGreaterThanOrEqual(1);
+    expect(disk.async + disk.inline).toBeLessThan(8);
+    await fs.close();
+
+    const off = countingDisk();
+    const fs2 = await FileStorage.open(join(await tempDir(), 'o.fs'), { create: true, disk: off, syncInline: false });
+    for (let i = 0; i < 3; i++) await commitOne(fs2, i);
+    expect(off.inline).toBe(0);
+    expect(off.async).toBe(3);
+    await fs2.close();
+  });
+});
