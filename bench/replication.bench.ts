@@ -6,8 +6,8 @@
 //  - live lag at a steady commit rate with 3 secondaries (p50/p99/max);
 //  - unpaced commits: does the secondary keep up;
 //  - primary commit rate with 0, 1, 4 and 16 connected secondaries;
-//  - peak RSS of the primary process and of the secondary process while a
-//    durable secondary catches up about 1 GB (--big-mb, 0 to skip).
+//  - peak RSS of the primary and of the secondary, each in a process of its
+//    own, while a durable secondary catches up about 1 GB (--big-mb, 0 to skip).
 // The secondaries run in a child process (bench/secondaries.child.ts), so
 // the primary has its own event loop, as in a deployment.
 //
@@ -23,6 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { formatAddress } from '../src/replication/address.js';
 import { Primary } from '../src/replication/primary.js';
 import { FileStorage } from '../src/storage/FileStorage.js';
+import type { PrimaryChildReport } from './primary.child.js';
 import type { ChildReport } from './secondaries.child.js';
 import { Workload, arg, secondsSince } from './workload.js';
 
@@ -31,9 +32,6 @@ const ZRS = { catchupSeconds: 8.07, catchupTxnPerS: 2478, liveP99Ms: 16.9, paced
 const TXNS = arg('txns', 20000);
 const LIVE_SECONDS = arg('live-seconds', 4);
 const BIG_MB = arg('big-mb', 1000);
-/** Peak RSS of this process since the last reset (sampled every 50 ms). */
-let peakRss = 0;
-const rssTimer = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 50);
 
 const seconds = secondsSince;
 
@@ -145,22 +143,50 @@ class ChildSecondaries {
 
 const nowMs = (): number => performance.timeOrigin + performance.now();
 
-/** One durable secondary (in the child) catches up `source`; with the peak RSS of each process meanwhile. */
-async function catchUp(dir: string, source: string): Promise<{ seconds: number; txns: number; primaryRss: number; primaryRssBefore: number; secondaryRss: number }> {
+/** One durable secondary (in the child) catches up `source` from a primary in this process. */
+async function catchUp(dir: string, source: string): Promise<{ seconds: number; txns: number }> {
   const primary = await Primary.open({ path: source, replicateTo: '127.0.0.1:0', auditPath: null });
   const last = primary.storage.lastTransaction();
   const child = await ChildSecondaries.start(formatAddress(primary.address), 1, dir, true);
-  const primaryRssBefore = process.memoryUsage().rss;
-  peakRss = primaryRssBefore;
   const t0 = process.hrtime.bigint();
   await child.open();
   await child.waitFor(last, 1);
   const t = seconds(t0);
-  const primaryRss = Math.max(peakRss, process.memoryUsage().rss);
-  const secondaryRss = await child.close();
+  await child.close();
   const txns = primary.storage.transactionCount;
   await primary.close();
-  return { seconds: t, txns, primaryRss, primaryRssBefore, secondaryRss };
+  return { seconds: t, txns };
+}
+
+/** The same with the primary in a process of its own too (bench/primary.child.ts): each one's peak RSS. */
+async function separateCatchUp(dir: string, source: string): Promise<{ seconds: number; txns: number; primaryRss: number; secondaryRss: number }> {
+  const view = await FileStorage.open(source, { readOnly: true });
+  const [last, txns] = [view.lastTransaction(), view.transactionCount];
+  await view.close();
+  const primary = fork(fileURLToPath(new URL('./primary.child.ts', import.meta.url)), [source]);
+  const reports: PrimaryChildReport[] = [];
+  const next = (type: PrimaryChildReport['type']): Promise<PrimaryChildReport> =>
+    new Promise((resolve) => {
+      const found = reports.find((m) => m.type === type);
+      if (found) return resolve(found);
+      const on = (m: PrimaryChildReport): void => {
+        if (m.type !== type) return void reports.push(m);
+        primary.off('message', on);
+        resolve(m);
+      };
+      primary.on('message', on);
+    });
+  const { address } = (await next('listening')) as Extract<PrimaryChildReport, { type: 'listening' }>;
+  const child = await ChildSecondaries.start(address, 1, dir, true);
+  const t0 = process.hrtime.bigint();
+  await child.open();
+  await child.waitFor(last, 1);
+  const t = seconds(t0);
+  const secondaryRss = await child.close();
+  primary.send({ type: 'close' });
+  const { peakRss: primaryRss } = (await next('closed')) as Extract<PrimaryChildReport, { type: 'closed' }>;
+  await new Promise((r) => (primary.exitCode !== null ? r(null) : primary.once('exit', r)));
+  return { seconds: t, txns, primaryRss, secondaryRss };
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -257,13 +283,12 @@ async function main(): Promise<void> {
       const huge = join(dir, 'huge.fs');
       await buildFile(huge, Math.round((BIG_MB * 1e6) / (10 * 4138 + 100)), 10, 4096);
       const hugeSize = (await stat(huge)).size;
-      const ch = await catchUp(dir, huge);
+      const ch = await separateCatchUp(dir, huge);
       out.push(
-        `catch-up ${(hugeSize / 1e9).toFixed(2)} GB (${ch.txns} txns of 10 x 4 KiB): ${f1(ch.seconds)} s, ${(hugeSize / 1e6 / ch.seconds).toFixed(0)} MB/s; peak RSS primary process ${(ch.primaryRss / 1e6).toFixed(0)} MB (${(ch.primaryRssBefore / 1e6).toFixed(0)} MB before it, after the earlier phases), secondary process ${(ch.secondaryRss / 1e6).toFixed(0)} MB`,
+        `catch-up ${(hugeSize / 1e9).toFixed(2)} GB (${ch.txns} txns of 10 x 4 KiB), primary and secondary each in a process of its own: ${f1(ch.seconds)} s, ${(hugeSize / 1e6 / ch.seconds).toFixed(0)} MB/s; peak RSS primary ${(ch.primaryRss / 1e6).toFixed(0)} MB, secondary ${(ch.secondaryRss / 1e6).toFixed(0)} MB`,
       );
     }
   } finally {
-    clearInterval(rssTimer);
     for (const d of ChildSecondaries.dirs) await rm(d, { recursive: true, force: true });
     await rm(dir, { recursive: true, force: true });
   }
