@@ -68,6 +68,39 @@ async function plainSocketCopy(src: string, dst: string): Promise<number> {
   return t;
 }
 
+/** A forked child's reports over IPC, awaited by type; `handle` may consume some first (returns true). */
+class ChildReports<T extends { type: string }> {
+  private readonly queued: T[] = [];
+  private readonly waiting: Array<{ type: string; resolve: (m: T) => void }> = [];
+
+  constructor(
+    readonly child: ChildProcess,
+    handle: (m: T) => boolean = () => false,
+  ) {
+    child.on('message', (m: T) => {
+      if (handle(m)) return;
+      const i = this.waiting.findIndex((w) => w.type === m.type);
+      if (i >= 0) this.waiting.splice(i, 1)[0]!.resolve(m);
+      else this.queued.push(m);
+    });
+  }
+
+  /** The next report of `type` not yet taken. */
+  next<K extends T['type']>(type: K): Promise<Extract<T, { type: K }>> {
+    const i = this.queued.findIndex((m) => m.type === type);
+    if (i >= 0) return Promise.resolve(this.queued.splice(i, 1)[0] as Extract<T, { type: K }>);
+    return new Promise((resolve) => this.waiting.push({ type, resolve: resolve as (m: T) => void }));
+  }
+
+  /** Ask the child to close; resolves with its 'closed' report once it has exited. */
+  async close<K extends T['type']>(closed: K): Promise<Extract<T, { type: K }>> {
+    this.child.send({ type: 'close' });
+    const report = await this.next(closed);
+    await new Promise((r) => (this.child.exitCode !== null ? r(null) : this.child.once('exit', r)));
+    return report;
+  }
+}
+
 /** Secondaries in a child process (bench/secondaries.child.ts), driven over IPC. */
 class ChildSecondaries {
   /** Directories made for children, removed at the end. */
@@ -76,34 +109,23 @@ class ChildSecondaries {
   /** tid (hex) -> times (ms, shared clock) at which each secondary made it durable. */
   readonly applied = new Map<string, number[]>();
   private readonly waiters: Array<{ tid: string; count: number; resolve: () => void }> = [];
-  private readonly messages: ChildReport[] = [];
-  private wake: (() => void) | null = null;
+  private readonly reports: ChildReports<ChildReport>;
 
-  private constructor(private readonly child: ChildProcess) {
-    child.on('message', (m: ChildReport) => {
-      if (m.type === 'applied') {
-        m.tids.forEach((tid, i) => {
-          const list = this.applied.get(tid) ?? [];
-          list.push(m.atMs[i]!);
-          this.applied.set(tid, list);
-          for (const w of [...this.waiters]) if (w.tid === tid && list.length >= w.count) {
-            this.waiters.splice(this.waiters.indexOf(w), 1);
-            w.resolve();
-          }
-        });
-      } else {
-        this.messages.push(m);
-        this.wake?.();
-      }
+  private constructor(child: ChildProcess) {
+    this.reports = new ChildReports<ChildReport>(child, (m) => {
+      if (m.type !== 'applied') return false;
+      m.tids.forEach((tid, i) => {
+        const list = this.applied.get(tid) ?? [];
+        list.push(m.atMs[i]!);
+        this.applied.set(tid, list);
+        for (const w of [...this.waiters]) {
+          if (w.tid !== tid || list.length < w.count) continue;
+          this.waiters.splice(this.waiters.indexOf(w), 1);
+          w.resolve();
+        }
+      });
+      return true;
     });
-  }
-
-  private async next(type: ChildReport['type']): Promise<ChildReport> {
-    for (;;) {
-      const i = this.messages.findIndex((m) => m.type === type);
-      if (i >= 0) return this.messages.splice(i, 1)[0]!;
-      await new Promise<void>((r) => (this.wake = r));
-    }
   }
 
   /** Fork and load the child; the secondaries open on open(). */
@@ -116,13 +138,13 @@ class ChildSecondaries {
     this.dirs.push(sdir);
     const child = fork(fileURLToPath(new URL('./secondaries.child.ts', import.meta.url)), [address, String(count), sdir, fsync ? 'fsync' : 'nofsync']);
     const c = new ChildSecondaries(child);
-    await c.next('started');
+    await c.reports.next('started');
     return c;
   }
 
   async open(): Promise<void> {
-    this.child.send({ type: 'open' });
-    await this.next('ready');
+    this.reports.child.send({ type: 'open' });
+    await this.reports.next('ready');
   }
 
   /** Resolves once `count` secondaries applied `tid`. */
@@ -134,10 +156,7 @@ class ChildSecondaries {
 
   /** Close the secondaries and end the child; resolves with its peak RSS. */
   async close(): Promise<number> {
-    this.child.send({ type: 'close' });
-    const closed = (await this.next('closed')) as Extract<ChildReport, { type: 'closed' }>;
-    await new Promise((r) => (this.child.exitCode !== null ? r(null) : this.child.once('exit', r)));
-    return closed.peakRss;
+    return (await this.reports.close('closed')).peakRss;
   }
 }
 
@@ -163,29 +182,15 @@ async function separateCatchUp(dir: string, source: string): Promise<{ seconds: 
   const view = await FileStorage.open(source, { readOnly: true });
   const [last, txns] = [view.lastTransaction(), view.transactionCount];
   await view.close();
-  const primary = fork(fileURLToPath(new URL('./primary.child.ts', import.meta.url)), [source]);
-  const reports: PrimaryChildReport[] = [];
-  const next = (type: PrimaryChildReport['type']): Promise<PrimaryChildReport> =>
-    new Promise((resolve) => {
-      const found = reports.find((m) => m.type === type);
-      if (found) return resolve(found);
-      const on = (m: PrimaryChildReport): void => {
-        if (m.type !== type) return void reports.push(m);
-        primary.off('message', on);
-        resolve(m);
-      };
-      primary.on('message', on);
-    });
-  const { address } = (await next('listening')) as Extract<PrimaryChildReport, { type: 'listening' }>;
+  const primary = new ChildReports<PrimaryChildReport>(fork(fileURLToPath(new URL('./primary.child.ts', import.meta.url)), [source]));
+  const { address } = await primary.next('listening');
   const child = await ChildSecondaries.start(address, 1, dir, true);
   const t0 = process.hrtime.bigint();
   await child.open();
   await child.waitFor(last, 1);
   const t = seconds(t0);
   const secondaryRss = await child.close();
-  primary.send({ type: 'close' });
-  const { peakRss: primaryRss } = (await next('closed')) as Extract<PrimaryChildReport, { type: 'closed' }>;
-  await new Promise((r) => (primary.exitCode !== null ? r(null) : primary.once('exit', r)));
+  const { peakRss: primaryRss } = await primary.close('closed');
   return { seconds: t, txns, primaryRss, secondaryRss };
 }
 

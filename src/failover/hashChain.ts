@@ -131,11 +131,21 @@ function putU64(out: Buffer, off: number, n: number): number {
   return off + 8;
 }
 
-/** The content of the committed transaction at `pos`: from `bytes` when given (the whole transaction), else read synchronously. */
-export function contentAt(storage: FileStorage, pos: number, bytes?: Buffer): ChainContent {
-  const first = bytes ?? storage.readAt(pos, 4096);
-  const h = readTxnHeader(first);
-  const body = h.length <= first.length ? first : storage.readAt(pos, h.length);
+/** The stored bytes of the committed transaction at `pos` (at least header to records), read synchronously. */
+function storedAt(storage: FileStorage, pos: number): Buffer {
+  const first = storage.readAt(pos, 4096);
+  const length = readTxnHeader(first).length;
+  return length <= first.length ? first : storage.readAt(pos, length);
+}
+
+/** The link after `prev` for the committed transaction at `pos`; `body`: its stored bytes, when already at hand. */
+function linkAt(storage: FileStorage, prev: Buffer, pos: number, body: Buffer = storedAt(storage, pos)): Buffer {
+  return linkOfStored(prev, body) ?? chainLink(prev, contentAt(storage, pos, body));
+}
+
+/** The content of the committed transaction at `pos`; `body`: its stored bytes, when already at hand. */
+export function contentAt(storage: FileStorage, pos: number, body: Buffer = storedAt(storage, pos)): ChainContent {
+  const h = readTxnHeader(body);
   let off = 23;
   const user = body.subarray(off, (off += h.ulen));
   const description = body.subarray(off, (off += h.dlen));
@@ -286,7 +296,7 @@ export class HashChain {
     let following = false;
     this.sub = this.storage.commits$.subscribe((c) => (following ? this.onCommit(c) : early.push(c)));
     const from = this.headEntry ? tidPlusOne(this.headEntry.tid) : null;
-    for await (const txn of this.storage.iterator(from)) this.append(txn.tid, chainLink(this.headEntry?.hash ?? CHAIN_ORIGIN, txn));
+    for await (const txn of this.storage.iterator(from)) this.append(txn.tid, linkAt(this.storage, this.headEntry?.hash ?? CHAIN_ORIGIN, txn.pos, txn.raw));
     for (const c of early) this.onCommit(c);
     following = true;
     await this.flush();
@@ -298,8 +308,7 @@ export class HashChain {
       const given = this.expected.get(c.tid.toString('hex'));
       this.expected.delete(c.tid.toString('hex'));
       // A packed transaction lost records: its content no longer gives the link, the primary's does.
-      const prev = this.headEntry?.hash ?? CHAIN_ORIGIN;
-      const link = given && c.status === 'p' ? given : ((c.bytes && linkOfStored(prev, c.bytes)) ?? chainLink(prev, contentAt(this.storage, c.pos, c.bytes)));
+      const link = given && c.status === 'p' ? given : linkAt(this.storage, this.headEntry?.hash ?? CHAIN_ORIGIN, c.pos, c.raw);
       this.append(c.tid, link);
     } catch (err) {
       // Never thrown into the storage's publisher: the chain stops here and is

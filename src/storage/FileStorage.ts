@@ -545,16 +545,28 @@ export class FileStorage {
   async tpcVote(txn: TransactionMeta): Promise<void> {
     const cur = this.pending(txn, 'tpcVote');
     if (cur.voted) throw new StorageTransactionError('tpcVote: transaction already voted');
-    const body = this.assemble(cur);
-    try {
-      this.disk.write(this.fd, body, cur.tpos);
-    } catch (err) {
-      // Nothing half-written stays behind (e.g. a full disk).
-      this.disk.truncate(this.fd, cur.tpos);
-      throw new StorageWriteError(this.path, cur.tpos, { cause: err });
-    }
+    this.writeAtEnd(this.assemble(cur), cur.tpos);
     cur.voted = true;
     if (cur.blobs.length) await this.placeBlobs(cur);
+  }
+
+  /** Write new transaction bytes at `pos` (the committed end); on failure (a full disk) cut back to `pos` and throw. */
+  private writeAtEnd(bytes: Buffer, pos: number): void {
+    try {
+      this.disk.write(this.fd, bytes, pos);
+    } catch (err) {
+      // Nothing half-written stays behind.
+      this.disk.truncate(this.fd, pos);
+      throw new StorageWriteError(this.path, pos, { cause: err });
+    }
+  }
+
+  /** Bookkeeping for a transaction whose final bytes are written (index already updated): publish it once durable. */
+  private noteCommitted(c: CommittedTransaction): void {
+    recordTransaction(this.state, c.tid, c.pos);
+    this.recentTxns.add(c.pos, c.tid);
+    this.unpublished.push(c);
+    this.end = c.end;
   }
 
   /** Blob files reach their committed paths before the status byte says committed. */
@@ -594,14 +606,10 @@ export class FileStorage {
     this.disk.write(this.fd, statusByte(cur.status), cur.tpos + 16);
     const end = cur.tpos + cur.metaBytes + cur.body.recordBytes + TRAILER_BYTES;
     for (const [key, pos] of cur.tindex) this.state.index.set(key, pos);
-    this.recentTxns.add(cur.tpos, cur.tid);
     // lastOid already covers every oid of this transaction (see append).
     for (const oid of cur.oids) if (Buffer.compare(oid, this.state.maxOid) > 0) this.state.maxOid = oid;
-    recordTransaction(this.state, cur.tid, cur.tpos);
-    this.end = end;
+    this.noteCommitted({ tid: cur.tid, status: cur.status, pos: cur.tpos, end, oids: cur.oids });
     this.current = null;
-    const committed: CommittedTransaction = { tid: cur.tid, status: cur.status, pos: cur.tpos, end, oids: cur.oids };
-    this.unpublished.push(committed);
     cur.release();
     await this.makeDurable(end, this.syncInline && !this.commitLock.busy);
     return cur.tid;
@@ -666,23 +674,15 @@ export class FileStorage {
       const base = this.end;
       const run = relocateTransactions(raw, base, this.state.lastTid, (key) => this.state.index.get(key), `${this.path} (transactions received)`);
       if (run.txns.length === 0) throw new CorruptedDataError(`${this.path} (transactions received)`, 0, 'no transaction');
-      try {
-        this.disk.write(this.fd, raw, this.end);
-      } catch (err) {
-        this.disk.truncate(this.fd, this.end);
-        throw new ZrsError(`${this.path}: could not write transactions: ${(err as Error).message}`, { cause: err });
-      }
+      this.writeAtEnd(raw, base);
       for (const [key, pos] of run.index) this.state.index.set(key, pos);
       const maxOid = run.maxOid;
       if (maxOid !== null && Buffer.compare(maxOid, this.state.maxOid) > 0) this.state.maxOid = Buffer.from(maxOid);
       if (Buffer.compare(this.state.maxOid, this.lastOid) > 0) this.lastOid = this.state.maxOid;
       for (const t of run.txns) {
-        recordTransaction(this.state, t.tid, t.pos);
-        this.recentTxns.add(t.pos, t.tid);
-        this.unpublished.push({ tid: t.tid, status: STATUS_COMMITTED, pos: t.pos, end: t.end, oids: t.oids, bytes: raw.subarray(t.pos - base, t.end - base) });
+        this.noteCommitted({ tid: t.tid, status: STATUS_COMMITTED, pos: t.pos, end: t.end, oids: t.oids, raw: raw.subarray(t.pos - base, t.end - base) });
       }
       last = run.txns[run.txns.length - 1]!;
-      this.end = last.end;
     } finally {
       release();
     }

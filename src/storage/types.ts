@@ -70,7 +70,7 @@ export interface CommittedTransaction {
   /** Oids written by the transaction, in file order. */
   oids: Buffer[];
   /** The transaction's bytes as written (a view), when they were at hand; read the file otherwise. */
-  bytes?: Buffer;
+  raw?: Buffer;
 }
 
 export interface LoadResult {
