@@ -672,10 +672,14 @@ export class FileStorage {
     try {
       this.checkWritable('appendTransactions');
       const base = this.end;
-      const run = relocateTransactions(raw, base, this.state.lastTid, (key) => this.state.index.get(key), `${this.path} (transactions received)`);
-      if (run.txns.length === 0) throw new CorruptedDataError(`${this.path} (transactions received)`, 0, 'no transaction');
-      this.writeAtEnd(raw, base);
-      for (const [key, pos] of run.index) this.state.index.set(key, pos);
+      if (raw.length === 0) throw new CorruptedDataError(`${this.path} (transactions received)`, 0, 'no transaction');
+      const run = relocateTransactions(raw, base, this.state.lastTid, this.state.index, `${this.path} (transactions received)`);
+      try {
+        this.writeAtEnd(raw, base);
+      } catch (err) {
+        run.undo();
+        throw err;
+      }
       const maxOid = run.maxOid;
       if (maxOid !== null && Buffer.compare(maxOid, this.state.maxOid) > 0) this.state.maxOid = Buffer.from(maxOid);
       if (Buffer.compare(this.state.maxOid, this.lastOid) > 0) this.lastOid = this.state.maxOid;

@@ -6,6 +6,7 @@
 // so the result is what restore() would have written record by record.
 
 import { CorruptedDataError } from '../errors.js';
+import { oidKeyAt } from './scan.js';
 import { DATA_HEADER_BYTES, STATUS_COMMITTED, TRAILER_BYTES, TXN_HEADER_BYTES, readU64At, writeU64At } from './format.js';
 
 /** One transaction of a relocated run, at its new position. */
@@ -21,39 +22,57 @@ export interface RelocatedTxn {
 
 export interface RelocatedRun {
   txns: RelocatedTxn[];
-  /** oid key -> position of its newest record in the run. */
-  index: Map<string, number>;
   /** The greatest oid in the run. */
   maxOid: Buffer | null;
+  /** Put back every index entry the run changed (the write failed). */
+  undo(): void;
 }
 
 /**
  * Validate `raw` (complete transactions, status ' ', data records without
  * backpointers or versions, tids strictly increasing after `lastTid`) and
- * rewrite it in place for appending at `base`. `committedPos` answers an
- * oid's current record position in the target file (0 for none).
- * @throws CorruptedDataError naming `where` and the offset in `raw`; `raw` may then be partly rewritten.
+ * rewrite it in place for appending at `base`, entering each record's new
+ * position in `index` (oid key -> newest record position, every entry below
+ * `base`). On an error `index` is left as it was; `raw` may be partly
+ * rewritten.
+ * @throws CorruptedDataError naming `where` and the offset in `raw`.
  */
-export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer | null, committedPos: (key: string) => number | undefined, where: string): RelocatedRun {
+export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer | null, index: Map<string, number>, where: string): RelocatedRun {
   const txns: RelocatedTxn[] = [];
-  const index = new Map<string, number>();
+  // First change to each key in this run and what it replaced, to undo them.
+  const changedKeys: string[] = [];
+  const replaced: Array<number | undefined> = [];
+  const undo = (): void => {
+    for (let i = changedKeys.length - 1; i >= 0; i--) {
+      const old = replaced[i];
+      if (old === undefined) index.delete(changedKeys[i]!);
+      else index.set(changedKeys[i]!, old);
+    }
+  };
   const bad = (off: number, detail: string): never => {
+    undo();
     throw new CorruptedDataError(where, off, detail);
   };
-  let prevTid = lastTid;
-  let maxOid: Buffer | null = null;
+  // Tids and oids compared as two unsigned 32-bit halves.
+  let prevHi = lastTid === null ? -1 : lastTid.readUInt32BE(0);
+  let prevLo = lastTid === null ? -1 : lastTid.readUInt32BE(4);
+  let maxOidAt = -1;
+  let maxHi = -1;
+  let maxLo = -1;
   let off = 0;
   while (off < raw.length) {
     if (off + TXN_HEADER_BYTES > raw.length) bad(off, 'transaction header cut short');
-    const tid = raw.subarray(off, off + 8);
     const length = readU64At(raw, off + 8);
     const end = off + length + TRAILER_BYTES;
     if (length < TXN_HEADER_BYTES || end > raw.length) bad(off, `transaction length ${length} runs past the bytes sent`);
     if (readU64At(raw, off + length) !== length) bad(off, 'trailer does not repeat the transaction length');
-    if (raw[off + 16] !== STATUS_COMMITTED.charCodeAt(0)) bad(off, `status ${JSON.stringify(String.fromCharCode(raw[off + 16]!))} where ' ' is required`);
-    if (prevTid !== null && Buffer.compare(tid, prevTid) <= 0) bad(off, `tid ${tid.toString('hex')} is not after ${prevTid.toString('hex')}`);
+    if (raw[off + 16] !== STATUS_BYTE) bad(off, `status ${JSON.stringify(String.fromCharCode(raw[off + 16]!))} where ' ' is required`);
+    const tidHi = raw.readUInt32BE(off);
+    const tidLo = raw.readUInt32BE(off + 4);
+    if (tidHi < prevHi || (tidHi === prevHi && tidLo <= prevLo)) {
+      bad(off, `tid ${raw.toString('hex', off, off + 8)} is not after ${tidHex(prevHi, prevLo)}`);
+    }
     const tpos = base + off;
-    const [tidHi, tidLo] = [raw.readUInt32BE(off), raw.readUInt32BE(off + 4)];
     const oids: Buffer[] = [];
     let r = off + TXN_HEADER_BYTES + raw.readUInt16BE(off + 17) + raw.readUInt16BE(off + 19) + raw.readUInt16BE(off + 21);
     const recordsEnd = off + length;
@@ -65,22 +84,38 @@ export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer 
       const plen = readU64At(raw, r + 34);
       if (plen === 0) bad(r, 'backpointer records are not accepted here');
       if (r + DATA_HEADER_BYTES + plen > recordsEnd) bad(r, 'data record runs past its transaction');
-      const key = raw.toString('latin1', r, r + 8); // oidKey of the record's oid
-      const inRun = index.get(key);
-      // Seen earlier in this transaction: its record there is at or after tpos.
-      if (inRun === undefined || inRun < tpos) {
-        const oid = raw.subarray(r, r + 8); // a view: `raw` is the caller's own copy
-        oids.push(oid);
-        if (maxOid === null || Buffer.compare(oid, maxOid) > 0) maxOid = oid;
+      const key = oidKeyAt(raw, r);
+      const old = index.get(key);
+      if (old === undefined || old < base) {
+        changedKeys.push(key);
+        replaced.push(old);
+        const hi = raw.readUInt32BE(r);
+        const lo = raw.readUInt32BE(r + 4);
+        if (hi > maxHi || (hi === maxHi && lo > maxLo)) {
+          maxOidAt = r;
+          maxHi = hi;
+          maxLo = lo;
+        }
       }
-      writeU64At(raw, r + 16, inRun ?? committedPos(key) ?? 0);
+      // Seen earlier in this transaction: its record there is at or after tpos.
+      if (old === undefined || old < tpos) oids.push(raw.subarray(r, r + 8)); // a view: `raw` is the caller's own copy
+      writeU64At(raw, r + 16, old ?? 0);
       writeU64At(raw, r + 24, tpos);
       index.set(key, base + r);
       r += DATA_HEADER_BYTES + plen;
     }
-    txns.push({ tid: Buffer.from(tid), pos: tpos, end: base + end, oids });
-    prevTid = tid;
+    const tid = Buffer.allocUnsafe(8);
+    for (let i = 0; i < 8; i++) tid[i] = raw[off + i]!;
+    txns.push({ tid, pos: tpos, end: base + end, oids });
+    prevHi = tidHi;
+    prevLo = tidLo;
     off = end;
   }
-  return { txns, index, maxOid };
+  return { txns, maxOid: maxOidAt < 0 ? null : raw.subarray(maxOidAt, maxOidAt + 8), undo };
+}
+
+const STATUS_BYTE = STATUS_COMMITTED.charCodeAt(0);
+
+function tidHex(hi: number, lo: number): string {
+  return hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0');
 }

@@ -2,6 +2,7 @@
 // last entry is dropped and recomputed, missing links are computed
 // incrementally; and the pure divergence judgement.
 
+import { createHash } from 'node:crypto';
 import { appendFileSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -65,6 +66,49 @@ describe('HashChain', () => {
     chain = await HashChain.open(fs);
     expect(chain.length).toBe(fs.transactionCount);
     expect(chain.length).toBeGreaterThan(2);
+    await chain.close();
+    await fs.close();
+    expect(readFileSync(chainPath).subarray(0, 8).toString('latin1')).toBe('ZRSCHN02');
+  });
+
+  it('drops a last entry with one flipped byte, and keeps reading and extending a version-1 file with its sha256 checks', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    let chain = await HashChain.open(fs);
+    const tids = await commitMany(fs, 4);
+    const links = await linksOf(chain, tids);
+    await chain.close();
+    const chainPath = chainPathFor(path);
+
+    const flipped = readFileSync(chainPath);
+    flipped[flipped.length - CHAIN_ENTRY_BYTES + 20]! ^= 0x04;
+    writeFileSync(chainPath, flipped);
+    chain = await HashChain.open(fs);
+    expect(chain.length).toBe(4);
+    expect(await linksOf(chain, tids)).toEqual(links); // the last one recomputed
+    await chain.close();
+
+    // A version-1 file whose second link differs from what the data gives (as
+    // a link sent by a primary for a packed transaction would): kept as stored.
+    const v1 = readFileSync(chainPath);
+    v1.write('ZRSCHN01', 0, 'latin1');
+    const bogus = Buffer.alloc(32, 0xab);
+    for (let i = 0; i < 4; i++) {
+      const off = 8 + i * CHAIN_ENTRY_BYTES;
+      if (i === 1) bogus.copy(v1, off + 8);
+      createHash('sha256').update(v1.subarray(off, off + 40)).digest().copy(v1, off + 40, 0, 8);
+    }
+    writeFileSync(chainPath, v1);
+    chain = await HashChain.open(fs);
+    expect(chain.hashAt(tids[1]!)).toEqual(bogus);
+    expect(chain.hashAt(tids[3]!)!.toString('hex')).toBe(links[3]);
+    const [more] = await commitMany(fs, 1);
+    await chain.close();
+    chain = await HashChain.open(fs);
+    expect(chain.length).toBe(5);
+    expect(chain.hashAt(more!)).not.toBeNull();
+    expect(chain.hashAt(tids[1]!)).toEqual(bogus);
     await chain.close();
     await fs.close();
     expect(readFileSync(chainPath).subarray(0, 8).toString('latin1')).toBe('ZRSCHN01');

@@ -8,6 +8,7 @@ import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CorruptedDataError } from '../../src/errors.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
+import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { Z64, tidPlusOne } from '../../src/storage/timestamp.js';
 import type { TransactionRecord } from '../../src/storage/types.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -142,6 +143,45 @@ describe('appendTransactions', () => {
         await target.close();
       });
     }
+
+    it('a failure after records were entered (bad bytes late in the run, or a failing write) leaves every oid where it was', async () => {
+      const dir = await tempDir();
+      const source = await FileStorage.open(join(dir, 'source.fs'), { create: true, fsync: false });
+      await commitPlan(source, [[1, 2], [3, 1], [4, 2]], 'src');
+      const [first, second, third] = await transactions(source);
+      await source.close();
+      let failWrites = false;
+      const disk: StorageDisk = {
+        ...nodeDisk,
+        write: (fd, buf, pos) => {
+          if (failWrites) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
+          nodeDisk.write(fd, buf, pos);
+        },
+      };
+      const target = await FileStorage.open(join(dir, 'target.fs'), { create: true, fsync: false, disk });
+      await target.appendTransactions(Buffer.from(first!.raw!)).then((r) => r.durable);
+      const oid = (n: number): Buffer => Buffer.from(n.toString(16).padStart(16, '0'), 'hex');
+      const before = async (): Promise<void> => {
+        expect((await target.load(oid(1))).tid.equals(first!.tid)).toBe(true);
+        expect((await target.load(oid(2))).tid.equals(first!.tid)).toBe(true);
+        await expect(target.load(oid(3))).rejects.toThrow();
+        await expect(target.load(oid(4))).rejects.toThrow();
+        expect(target.objectCount).toBe(2);
+      };
+      // The third transaction's trailer is damaged: the second's records were already entered.
+      const late = Buffer.concat([Buffer.from(second!.raw!), Buffer.from(third!.raw!)]);
+      late.writeUInt8(late[late.length - 1]! ^ 1, late.length - 1);
+      await expect(target.appendTransactions(late)).rejects.toBeInstanceOf(CorruptedDataError);
+      await before();
+      failWrites = true;
+      await expect(target.appendTransactions(Buffer.concat([Buffer.from(second!.raw!), Buffer.from(third!.raw!)]))).rejects.toThrow(/ENOSPC|space|write/i);
+      await before();
+      failWrites = false;
+      await target.appendTransactions(Buffer.concat([Buffer.from(second!.raw!), Buffer.from(third!.raw!)])).then((r) => r.durable);
+      expect((await target.load(oid(1))).tid.equals(second!.tid)).toBe(true);
+      expect((await target.load(oid(4))).tid.equals(third!.tid)).toBe(true);
+      await target.close();
+    });
 
     it('a transaction not after the last one', async () => {
       const dir = await tempDir();
