@@ -8,6 +8,7 @@ import type { ProtocolSpec } from '../../machines/handshake.js';
 import { BlobMissingError } from '../errors.js';
 import { isBlobRecord } from '../storage/blobs.js';
 import type { FileStorage } from '../storage/FileStorage.js';
+import { isRelocatable } from '../storage/rawAppend.js';
 import { loads, type PickleDict } from '../wire/pickle.js';
 import type { TransactionRecord } from '../storage/types.js';
 import { StreamChecksum } from '../wire/checksum.js';
@@ -134,14 +135,9 @@ export function nativeOutbound(
       return [head, frame({ type: 'commit', checksum: checksum.digest(), ...packedLink(txn) })];
     },
     acceptsRaw(txn) {
-      if (!options.rawTxns || txn.raw === undefined || txn.status !== ' ' || txn.raw.length > wholeMax) return false;
-      const blobs = options.blobs && storage.blobs !== null;
+      if (!options.rawTxns || txn.raw === undefined || txn.raw.length > wholeMax) return false;
       // Backpointers name positions in this file; blobs need their files sent.
-      for (const r of txn.records) {
-        if (r.back !== null || (blobs && isBlobRecord(r.data))) return false;
-        if (txn.raw.readUInt16BE(r.pos - txn.pos + 32) !== 0) return false; // a version (pre-ZODB 3.9 files)
-      }
-      return true;
+      return isRelocatable(txn.raw, options.blobs && storage.blobs !== null ? isBlobRecord : undefined);
     },
     rawFrames(txns) {
       const bytes = txns.length === 1 ? txns[0]!.raw! : Buffer.concat(txns.map((t) => t.raw!));

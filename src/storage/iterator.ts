@@ -97,25 +97,78 @@ export async function readTransaction(storage: FileStorage, reader: WindowReader
 
 function parseTransaction(storage: FileStorage, body: Buffer, pos: number): TransactionRecord {
   const h = readTxnHeader(body);
-  // Views, not copies: each window is a fresh buffer that is never rewritten,
-  // so they stay valid; a kept record keeps its window (1 MiB) alive.
-  const tid = body.subarray(0, 8);
-  let off = TXN_HEADER_BYTES;
-  const user = body.subarray(off, (off += h.ulen));
-  const description = body.subarray(off, (off += h.dlen));
-  const extensionBytes = body.subarray(off, (off += h.elen));
-  const records: DataRecord[] = [];
+  let off = TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
+  const recordsAt = off;
+  // Every record's extent is checked now; its object is built when asked for.
+  let backpointers = false;
   while (off < h.length) {
     const plen = off + DATA_HEADER_BYTES <= h.length ? readU64At(body, off + 34) : Infinity;
     const len = dataRecordLength(plen);
     if (off + len > h.length) throw new CorruptedDataError(storage.path, pos + off, 'data record runs past its transaction');
-    records.push(recordAt(storage, body, off, pos + off, tid, plen));
+    if (plen === 0) backpointers = true;
     off += len;
   }
-  return { tid, status: h.status, user, description, extensionBytes, pos, length: h.length, records, raw: body };
+  const txn = new StoredTransaction(h.status, pos, h.length, body, recordsAt);
+  // Backpointers are resolved now, while the file read is the one they point into (a pack may replace it later).
+  if (backpointers) txn.resolve(storage);
+  return txn;
 }
 
-function recordAt(storage: FileStorage, body: Buffer, off: number, pos: number, tid: Buffer, plen: number): DataRecord {
+/**
+ * A transaction read from the file. Its metadata and record data are views of
+ * the read window (see TransactionRecord); the record objects are built on
+ * first access, so passing over transactions (counting, copying their raw
+ * bytes) costs no per-record work.
+ */
+class StoredTransaction implements TransactionRecord {
+  readonly tid: Buffer;
+  readonly user: Buffer;
+  readonly description: Buffer;
+  readonly extensionBytes: Buffer;
+  #records: DataRecord[] | null = null;
+  readonly #recordsAt: number;
+
+  constructor(
+    readonly status: string,
+    readonly pos: number,
+    readonly length: number,
+    readonly raw: Buffer,
+    recordsAt: number,
+  ) {
+    this.#recordsAt = recordsAt;
+    this.tid = raw.subarray(0, 8);
+    let off = TXN_HEADER_BYTES;
+    this.user = raw.subarray(off, (off += raw.readUInt16BE(17)));
+    this.description = raw.subarray(off, (off += raw.readUInt16BE(19)));
+    this.extensionBytes = raw.subarray(off, off + raw.readUInt16BE(21));
+  }
+
+  get records(): DataRecord[] {
+    return (this.#records ??= this.build(null));
+  }
+
+  set records(records: DataRecord[]) {
+    this.#records = records;
+  }
+
+  /** Build the records now, resolving backpointers through `storage`. */
+  resolve(storage: FileStorage): void {
+    this.#records = this.build(storage);
+  }
+
+  private build(storage: FileStorage | null): DataRecord[] {
+    const records: DataRecord[] = [];
+    for (let off = this.#recordsAt; off < this.length; ) {
+      const plen = readU64At(this.raw, off + 34);
+      records.push(recordAt(storage, this.raw, off, this.pos + off, this.tid, plen));
+      off += dataRecordLength(plen);
+    }
+    return records;
+  }
+}
+
+/** `storage`: where backpointers are resolved; null only when the transaction has none. */
+function recordAt(storage: FileStorage | null, body: Buffer, off: number, pos: number, tid: Buffer, plen: number): DataRecord {
   const oid = body.subarray(off, off + 8);
   if (plen > 0) {
     const data = body.subarray(off + DATA_HEADER_BYTES, off + DATA_HEADER_BYTES + plen);
@@ -123,6 +176,7 @@ function recordAt(storage: FileStorage, body: Buffer, off: number, pos: number, 
   }
   const back = readU64At(body, off + DATA_HEADER_BYTES);
   if (back === 0) return { oid, tid, data: null, dataTxn: null, pos, back };
+  if (storage === null) throw new Error('a backpointer record reached without its storage');
   const target = storage.readDataHeaderAt(back);
   return { oid, tid, data: storage.resolveData(back, target), dataTxn: Buffer.from(target.tid), pos, back };
 }

@@ -114,6 +114,24 @@ export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer 
   return { txns, maxOid: maxOidAt < 0 ? null : raw.subarray(maxOidAt, maxOidAt + 8), undo };
 }
 
+/**
+ * Whether one stored transaction (header to trailer) is what
+ * relocateTransactions accepts: status ' ', and data records without
+ * backpointers or versions; `exclude` rejects it for a record's data too
+ * (a blob, whose file must travel with it). Reads the bytes only.
+ */
+export function isRelocatable(raw: Buffer, exclude?: (data: Buffer) => boolean): boolean {
+  if (raw[16] !== STATUS_BYTE) return false;
+  const length = readU64At(raw, 8);
+  for (let r = TXN_HEADER_BYTES + raw.readUInt16BE(17) + raw.readUInt16BE(19) + raw.readUInt16BE(21); r < length; ) {
+    const plen = readU64At(raw, r + 34);
+    if (plen === 0 || raw.readUInt16BE(r + 32) !== 0) return false;
+    if (exclude?.(raw.subarray(r + DATA_HEADER_BYTES, r + DATA_HEADER_BYTES + plen))) return false;
+    r += DATA_HEADER_BYTES + plen;
+  }
+  return true;
+}
+
 const STATUS_BYTE = STATUS_COMMITTED.charCodeAt(0);
 
 function tidHex(hi: number, lo: number): string {

@@ -13,6 +13,7 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import { packStorage, packTimeToTid } from '../../src/storage/pack.js';
 import { zodbReferences } from '../../src/storage/references.js';
 import { Z64, tidPlusOne, tidToSeconds } from '../../src/storage/timestamp.js';
+import type { TransactionRecord } from '../../src/storage/types.js';
 import { cleanupTempDirs, copyZodbFixture, fixturePath, h2b, hex, readManifest, tempDir } from '../helpers/fixtures.js';
 
 afterAll(cleanupTempDirs);
@@ -265,6 +266,39 @@ describe('pack and the rest of the storage', () => {
       for await (const t of late) seenLate.push(hex(t.tid)!);
       expect(seenEarly).toEqual([...seenEarly.slice(0, 3), ...packed.filter((t) => t > seenEarly[2]!)]);
       expect(seenLate).toEqual([...seenLate.slice(0, 25), ...packed.filter((t) => t > seenLate[24]!)]);
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('records of transactions read before a pack, looked at only after it, are what the file held when read', async () => {
+    const dir = await tempDir();
+    let clockMs = Date.UTC(2024, 0, 1);
+    const fs = await FileStorage.open(join(dir, 'Data.fs'), { create: true, fsync: false, now: () => (clockMs += 1000) });
+    try {
+      const oid = fs.newOid();
+      let serial = Z64;
+      for (const value of ['a', 'b', 'c']) {
+        const txn = { description: value };
+        await fs.tpcBegin(txn);
+        fs.store(oid, serial, Buffer.from(value), txn);
+        await fs.tpcVote(txn);
+        serial = await fs.tpcFinish(txn);
+      }
+      // Undo the last one: a backpointer record to the second.
+      const undo = { description: 'undo' };
+      await fs.tpcBegin(undo);
+      await fs.undo((await fs.undoLog(0, 1))[0]!.id, undo);
+      await fs.tpcVote(undo);
+      await fs.tpcFinish(undo);
+      const plain = (t: TransactionRecord): unknown[] => t.records.map((r) => [hex(r.oid), hex(r.tid), hex(r.data), hex(r.dataTxn), r.back, r.pos]);
+      const want: unknown[] = [];
+      for await (const t of fs.iterator()) want.push(plain(t));
+      expect((want.at(-1) as unknown[][])[0]![3]).not.toBeNull(); // the undo's record points back
+      const untouched: TransactionRecord[] = [];
+      for await (const t of fs.iterator()) untouched.push(t);
+      await fs.pack(clockMs / 1000 + 10);
+      expect(untouched.map(plain)).toEqual(want);
     } finally {
       await fs.close();
     }
