@@ -434,6 +434,8 @@ export class PrimarySession {
     for await (const txn of storage.iterator(start, null, { signal })) {
       const more = txn.pos + txn.length + 8 < storage.durableEnd;
       if (codec.acceptsRaw(txn)) {
+        // A batch stays within one read window, so it goes out as a view of it, never copied.
+        if (batch.length > 0 && !follows(batch[batch.length - 1]!.raw!, txn.raw!) && !(await sendBatch(true))) break;
         batch.push(txn);
         batchBytes += txn.raw!.length;
         if ((batchBytes >= RAW_BATCH_BYTES || !more) && !(await sendBatch(more))) break;
@@ -570,4 +572,9 @@ export function describeReason(r: SessionCloseReason): string {
     default:
       return r.kind;
   }
+}
+
+/** Whether `next` starts right where `prev` ends, in the same memory. */
+function follows(prev: Buffer, next: Buffer): boolean {
+  return next.buffer === prev.buffer && next.byteOffset === prev.byteOffset + prev.length;
 }

@@ -12,8 +12,8 @@ import { isRelocatable } from '../storage/rawAppend.js';
 import { loads, type PickleDict } from '../wire/pickle.js';
 import type { TransactionRecord } from '../storage/types.js';
 import { StreamChecksum } from '../wire/checksum.js';
-import { encodeFrame } from '../wire/framing.js';
-import { BLOB_BLOCK_BYTES, createNativePackr, encodeNativeFrame, nativeProtocolName, type GenerationEntry, type NativeMessage, type RefuseCode } from '../wire/native.js';
+import { FRAME_HEADER_BYTES, encodeFrame } from '../wire/framing.js';
+import { BLOB_BLOCK_BYTES, createNativePackr, encodeNativeFrame, encodeTxnsFrame, nativeProtocolName, type GenerationEntry, type NativeMessage, type RefuseCode } from '../wire/native.js';
 import { BLOB_BLOCK_SIZE_BYTES, Zrs2Checksum, blobBlockCount, encodeMessage } from '../wire/zrs2.js';
 
 export const NATIVE_SPEC: ProtocolSpec = { name: nativeProtocolName().toString('latin1'), kind: 'native', hasVerdict: true, hasAcks: true };
@@ -40,8 +40,23 @@ export interface OutboundCodec {
   plainFrames(txn: TransactionRecord): Buffer[] | null;
   /** True when `txn` may travel in a batch of raw transactions (see rawFrames); always false when the peer did not ask for them. */
   acceptsRaw(txn: TransactionRecord): boolean;
-  /** The frames carrying consecutive transactions accepted by acceptsRaw, as their file bytes. */
+  /** The buffers, to write in this order, carrying consecutive transactions accepted by acceptsRaw as their file bytes (a frame may span two buffers). */
   rawFrames(txns: readonly TransactionRecord[]): Buffer[];
+}
+
+/**
+ * The raw bytes of consecutive transactions as one buffer: a view when they
+ * lie next to each other in one read window (the usual case), else a copy.
+ */
+function adjacentBytes(txns: readonly TransactionRecord[]): Buffer {
+  const first = txns[0]!.raw!;
+  let end = first.byteOffset + first.length;
+  for (let i = 1; i < txns.length; i++) {
+    const raw = txns[i]!.raw!;
+    if (raw.buffer !== first.buffer || raw.byteOffset !== end) return Buffer.concat(txns.map((t) => t.raw!));
+    end += raw.length;
+  }
+  return Buffer.from(first.buffer, first.byteOffset, end - first.byteOffset);
 }
 
 async function* blobBlocks(storage: FileStorage, oid: Buffer, tid: Buffer, blockBytes: number): AsyncGenerator<Buffer, void, void> {
@@ -140,9 +155,10 @@ export function nativeOutbound(
       return isRelocatable(txn.raw, options.blobs && storage.blobs !== null ? isBlobRecord : undefined);
     },
     rawFrames(txns) {
-      const bytes = txns.length === 1 ? txns[0]!.raw! : Buffer.concat(txns.map((t) => t.raw!));
-      const head = frame({ type: 'txns', count: txns.length, lastTid: txns[txns.length - 1]!.tid, bytes });
-      return [head, frame({ type: 'commit', checksum: checksum.digest() })];
+      const [head, bytes] = encodeTxnsFrame({ type: 'txns', count: txns.length, lastTid: txns[txns.length - 1]!.tid, bytes: adjacentBytes(txns) }, packr);
+      checksum.update(head.subarray(FRAME_HEADER_BYTES));
+      checksum.update(bytes);
+      return [head, bytes, frame({ type: 'commit', checksum: checksum.digest() })];
     },
     async *transaction(txn) {
       yield frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes });

@@ -60,17 +60,33 @@ export class StreamWriter {
     return this.batchBytes;
   }
 
-  /** Write the batch now; resolves when the socket can take more. */
+  /**
+   * Write the batch now; resolves when the socket can take more. Small
+   * buffers go out coalesced; a large one is handed over as it is (copying
+   * a megabyte costs more than one more write call).
+   */
   async flush(): Promise<void> {
     if (this.batchBytes === 0) return;
     if (this.closed) throw new StreamClosedError('stream closed');
-    const out = this.batch.length === 1 ? this.batch[0]! : Buffer.concat(this.batch, this.batchBytes);
+    const batch = this.batch;
     this.batch = [];
     this.bytesWritten += this.batchBytes;
     this.batchBytes = 0;
-    if (!this.stream.write(out)) {
-      await new Promise<void>((resolve, reject) => (this.drainWaiter = { resolve, reject }));
+    let room = true;
+    let small: Buffer[] = [];
+    const writeSmall = (): void => {
+      if (small.length > 0) room = this.stream.write(small.length === 1 ? small[0]! : Buffer.concat(small)) && room;
+      small = [];
+    };
+    for (const buf of batch) {
+      if (buf.length < BATCH_BYTES) small.push(buf);
+      else {
+        writeSmall();
+        room = this.stream.write(buf) && room;
+      }
     }
+    writeSmall();
+    if (!room) await new Promise<void>((resolve, reject) => (this.drainWaiter = { resolve, reject }));
   }
 
   /** Write a frame immediately without waiting (handshake replies, acks). */

@@ -477,6 +477,30 @@ export function encodeNativeFrame(msg: NativeMessage, packr: Packr): Buffer {
   return frame;
 }
 
+/** A one-byte placeholder for the bytes of a `txns` message (encodes as bin8 of length 1: c4 01 00). */
+const TXNS_PLACEHOLDER = Buffer.alloc(1);
+
+/**
+ * A `txns` frame as two buffers, the second being `msg.bytes` itself (not
+ * copied): the first holds the frame header and the msgpack map up to the
+ * bin header of `bytes`, which is its last field. Written one after the
+ * other they are byte for byte the frame encodeNativeFrame gives, without
+ * copying a megabyte of transactions twice.
+ */
+export function encodeTxnsFrame(msg: Extract<NativeMessage, { type: 'txns' }>, packr: Packr): [Buffer, Buffer] {
+  const n = msg.bytes.length;
+  const shell = encodeNativeFrame({ ...msg, bytes: TXNS_PLACEHOLDER }, packr);
+  const prefix = shell.length - 3; // without c4 01 00
+  // The bin header msgpack uses for n bytes: bin8, bin16 or bin32.
+  const binHeader = n <= 0xff ? 2 : n <= 0xffff ? 3 : 5;
+  const head = Buffer.allocUnsafe(prefix + binHeader);
+  shell.copy(head, 0, 0, prefix);
+  head[prefix] = binHeader === 2 ? 0xc4 : binHeader === 3 ? 0xc5 : 0xc6;
+  head.writeUIntBE(n, prefix + 1, binHeader - 1);
+  head.writeUInt32BE(head.length - FRAME_HEADER_BYTES + n, 0);
+  return [head, msg.bytes];
+}
+
 /**
  * Decodes and validates one non-empty frame payload. With `from`, messages the other side would
  * send are rejected too. Fixed-size ids (tids, oids, checksums, hashes) are copies; `record.data`

@@ -16,6 +16,7 @@ import {
   decodeNative,
   encodeNative,
   encodeNativeFrame,
+  encodeTxnsFrame,
   nativeProtocolName,
   type NativeMessage,
 } from '../../src/wire/native.js';
@@ -404,5 +405,20 @@ describe('inline records in txn', () => {
     expect(() => decodeNative(wire([[id(1), null]]), unpackr)).toThrow(/txn.records\[0\] must have 3 elements/);
     expect(() => decodeNative(wire([[Buffer.alloc(7), null, null]]), unpackr)).toThrow(/txn.records\[0\].oid/);
     expect(() => decodeNative(wire('x'), unpackr)).toThrow(ProtocolError);
+  });
+});
+
+describe('encodeTxnsFrame', () => {
+  it('gives, in two buffers without copying the transactions, the bytes encodeNativeFrame gives', () => {
+    const packr = createNativePackr();
+    for (const n of [1, 2, 255, 256, 65535, 65536, 1 << 20]) {
+      const bytes = Buffer.alloc(n, n % 251);
+      const msg = { type: 'txns' as const, count: 3, lastTid: Buffer.from('0123456789abcdef', 'hex'), bytes };
+      const [head, body] = encodeTxnsFrame(msg, packr);
+      expect(body).toBe(bytes);
+      expect(Buffer.concat([head, body]).equals(encodeNativeFrame(msg, packr)), `${n} bytes`).toBe(true);
+      const decoded = decodeNative(Buffer.concat([head, body]).subarray(FRAME_HEADER_BYTES), createNativeUnpackr(), 'primary');
+      expect(decoded).toEqual(msg);
+    }
   });
 });
