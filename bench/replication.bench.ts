@@ -11,7 +11,7 @@
 // The secondaries run in a child process (bench/secondaries.child.ts), so
 // the primary has its own event loop, as in a deployment.
 //
-//   npm run bench:replication [-- --txns 20000 --live-seconds 5 --big-mb 1000]
+//   npm run bench:replication [-- --txns 20000 --live-seconds 5 --big-mb 1000 --only catchup,large,live,unpaced,fanout,big]
 
 import { fork, type ChildProcess } from 'node:child_process';
 import { createReadStream, createWriteStream, existsSync } from 'node:fs';
@@ -32,6 +32,10 @@ const ZRS = { catchupSeconds: 8.07, catchupTxnPerS: 2478, liveP99Ms: 16.9, paced
 const TXNS = arg('txns', 20000);
 const LIVE_SECONDS = arg('live-seconds', 4);
 const BIG_MB = arg('big-mb', 1000);
+const onlyAt = process.argv.indexOf('--only');
+const ONLY = onlyAt >= 0 ? new Set(process.argv[onlyAt + 1]!.split(',')) : null;
+/** Whether a section runs (all of them unless --only names some). */
+const runs = (section: 'catchup' | 'large' | 'live' | 'unpaced' | 'fanout' | 'big'): boolean => ONLY === null || ONLY.has(section);
 
 const seconds = secondsSince;
 
@@ -219,8 +223,10 @@ async function live(dir: string, secondaries: number, ratePerSecond: number | nu
   let n = 0;
   while (seconds(t0) < durationS) {
     if (ratePerSecond !== null) {
-      const due = t0 + BigInt(Math.round((n / ratePerSecond) * 1e9));
-      while (process.hrtime.bigint() < due) await new Promise((r) => setImmediate(r));
+      // Sleep until the next commit is due, as a paced writer would (a busy
+      // wait would take a whole core from the secondaries on a small machine).
+      const aheadMs = Number(t0 + BigInt(Math.round((n / ratePerSecond) * 1e9)) - process.hrtime.bigint()) / 1e6;
+      if (aheadMs > 0) await new Promise((r) => setTimeout(r, aheadMs));
     }
     const tid = await work.commit();
     committedAt.set(tid.toString('hex'), nowMs());
@@ -248,42 +254,48 @@ async function main(): Promise<void> {
   const out: string[] = [];
   const f1 = (n: number): string => n.toFixed(1);
   try {
-    const source = join(dir, 'source.fs');
-    await buildFile(source, TXNS, 10, 200);
-    const size = (await stat(source)).size;
-    const plain = await plainSocketCopy(source, join(dir, 'plain-copy'));
-    const c = await catchUp(dir, source);
-    out.push(
-      `catch-up ${c.txns} txns, ${(size / 1e6).toFixed(1)} MB, secondary fsync on: ${f1(c.seconds)} s = ${(c.txns / c.seconds).toFixed(0)} txn/s, ${(size / 1e6 / c.seconds).toFixed(1)} MB/s` +
-        ` | ${(ZRS.catchupSeconds / c.seconds * (c.txns / 20000)).toFixed(1)}x zc.zrs (8.07 s for 20,000) | ${(plain / c.seconds).toFixed(2)} of a plain socket copy (${f1(plain)} s)`,
-    );
-    const big = join(dir, 'big.fs');
-    await buildFile(big, 100, 1, 1 << 20);
-    const bigSize = (await stat(big)).size;
-    const plainBig = await plainSocketCopy(big, join(dir, 'plain-big'));
-    const cb = await catchUp(dir, big);
-    out.push(`catch-up 100 x 1 MiB records: ${(bigSize / 1e6 / cb.seconds).toFixed(0)} MB/s | ${(plainBig / cb.seconds).toFixed(2)} of a plain socket copy (${(bigSize / 1e6 / plainBig).toFixed(0)} MB/s)`);
+    if (runs('catchup')) {
+      const source = join(dir, 'source.fs');
+      await buildFile(source, TXNS, 10, 200);
+      const size = (await stat(source)).size;
+      const plain = await plainSocketCopy(source, join(dir, 'plain-copy'));
+      const c = await catchUp(dir, source);
+      out.push(
+        `catch-up ${c.txns} txns, ${(size / 1e6).toFixed(1)} MB, secondary fsync on: ${f1(c.seconds)} s = ${(c.txns / c.seconds).toFixed(0)} txn/s, ${(size / 1e6 / c.seconds).toFixed(1)} MB/s` +
+          ` | ${(ZRS.catchupSeconds / c.seconds * (c.txns / 20000)).toFixed(1)}x zc.zrs (8.07 s for 20,000) | ${(plain / c.seconds).toFixed(2)} of a plain socket copy (${f1(plain)} s)`,
+      );
+    }
+    if (runs('large')) {
+      const big = join(dir, 'big.fs');
+      await buildFile(big, 100, 1, 1 << 20);
+      const bigSize = (await stat(big)).size;
+      const plainBig = await plainSocketCopy(big, join(dir, 'plain-big'));
+      const cb = await catchUp(dir, big);
+      out.push(`catch-up 100 x 1 MiB records: ${(bigSize / 1e6 / cb.seconds).toFixed(0)} MB/s | ${(plainBig / cb.seconds).toFixed(2)} of a plain socket copy (${(bigSize / 1e6 / plainBig).toFixed(0)} MB/s)`);
+    }
 
-    for (const sync of [true, false]) {
+    for (const sync of runs('live') ? [true, false] : []) {
       const label = sync ? 'all fsync' : 'no fsync anywhere, secondaries on tmpfs';
       const paced = await live(dir, 3, 1000, LIVE_SECONDS, sync, sync);
       out.push(
         `live, 3 secondaries (${label}), paced 1000 txn/s (got ${paced.commitRate.toFixed(0)}): lag p50 ${paced.p50.toFixed(2)} ms, p99 ${paced.p99.toFixed(2)} ms, max ${paced.max.toFixed(1)} ms | p99 ${(ZRS.pacedP99Ms / paced.p99).toFixed(2)}x zc.zrs's at 500 txn/s`,
       );
     }
-    const unpaced = await live(dir, 1, null, LIVE_SECONDS);
-    out.push(
-      `live, unpaced, 1 secondary (fsync): ${unpaced.commitRate.toFixed(0)} commits/s, lag p50 ${unpaced.p50.toFixed(2)} ms, p99 ${unpaced.p99.toFixed(2)} ms, max ${unpaced.max.toFixed(1)} ms, behind at end ${unpaced.behindAtEndMs.toFixed(1)} ms`,
-    );
+    if (runs('unpaced')) {
+      const unpaced = await live(dir, 1, null, LIVE_SECONDS);
+      out.push(
+        `live, unpaced, 1 secondary (fsync): ${unpaced.commitRate.toFixed(0)} commits/s, lag p50 ${unpaced.p50.toFixed(2)} ms, p99 ${unpaced.p99.toFixed(2)} ms, max ${unpaced.max.toFixed(1)} ms, behind at end ${unpaced.behindAtEndMs.toFixed(1)} ms`,
+      );
+    }
     // Durable everywhere (one shared disk here), then nothing synced: the primary's own cost of serving N sessions.
-    for (const sync of [true, false]) {
+    for (const sync of runs('fanout') ? [true, false] : []) {
       const fan: number[] = [];
       for (const n of [0, 1, 4, 16]) fan.push((await live(dir, n, null, Math.max(2, LIVE_SECONDS / 2), sync, sync)).commitRate);
       out.push(
         `fan-out (${sync ? 'primary and secondaries fsync, same disk' : 'no fsync anywhere, secondaries on tmpfs'}), commits/s with 0/1/4/16 secondaries: ${fan.map((r) => r.toFixed(0)).join(' / ')} | at 16: ${((1 - fan[3]! / fan[0]!) * 100).toFixed(1)}% loss`,
       );
     }
-    if (BIG_MB > 0) {
+    if (BIG_MB > 0 && runs('big')) {
       // About BIG_MB of 10 x 4 KiB transactions, caught up by a durable secondary.
       const huge = join(dir, 'huge.fs');
       await buildFile(huge, Math.round((BIG_MB * 1e6) / (10 * 4138 + 100)), 10, 4096);

@@ -19,7 +19,7 @@ import type { Clock } from '../ports/clock.js';
 import type { ByteStream } from '../ports/transport.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import { WindowReader } from '../storage/fileio.js';
-import { readTransaction } from '../storage/iterator.js';
+import { parseTransaction, readTransaction } from '../storage/iterator.js';
 import { tidPlusOne } from '../storage/timestamp.js';
 import type { CommittedTransaction, TransactionRecord } from '../storage/types.js';
 import { FrameDecoder } from '../wire/framing.js';
@@ -497,6 +497,8 @@ export class PrimarySession {
         /** The committed transaction, or null when a pack replaced the file (positions are void). */
         const read = async (c: CommittedTransaction): Promise<TransactionRecord | null> => {
           if (storage.fileEpoch !== epoch) return null;
+          // Published with its bytes (a small commit): no file read at all.
+          if (c.raw !== undefined) return parseTransaction(storage, c.raw, c.pos);
           const txn = await readTransaction(storage, reader, c.pos).catch((err: unknown) => {
             if (storage.fileEpoch === epoch) throw err;
             return null; // the file was replaced under the read

@@ -62,10 +62,11 @@ import type {
   TransactionMeta,
 } from './types.js';
 
-/** Recent record serials kept in memory for conflict checks. */
-
 /** Longest user / description / extension a transaction header can carry (u16 lengths). */
 export const MAX_META_BYTES = 0xffff;
+
+/** Committed transactions up to this size are published on commits$ with a copy of their bytes. */
+const PUBLISHED_RAW_MAX_BYTES = 256 * 1024;
 
 interface PendingBlob {
   oid: Buffer;
@@ -603,12 +604,15 @@ export class FileStorage {
   async tpcFinish(txn: TransactionMeta): Promise<Buffer> {
     const cur = this.pending(txn, 'tpcFinish');
     if (!cur.voted) throw new StorageTransactionError('tpcFinish: transaction not voted');
-    this.disk.write(this.fd, statusByte(cur.status), cur.tpos + 16);
+    const status = statusByte(cur.status);
+    this.disk.write(this.fd, status, cur.tpos + 16);
     const end = cur.tpos + cur.metaBytes + cur.body.recordBytes + TRAILER_BYTES;
     for (const [key, pos] of cur.tindex) this.state.index.set(key, pos);
     // lastOid already covers every oid of this transaction (see append).
     for (const oid of cur.oids) if (Buffer.compare(oid, this.state.maxOid) > 0) this.state.maxOid = oid;
-    this.noteCommitted({ tid: cur.tid, status: cur.status, pos: cur.tpos, end, oids: cur.oids });
+    // A copy of a small transaction's bytes rides along, so followers (replication, the hash chain) need not read the file.
+    const raw = end - cur.tpos <= PUBLISHED_RAW_MAX_BYTES ? cur.body.copyFinished(status) : undefined;
+    this.noteCommitted({ tid: cur.tid, status: cur.status, pos: cur.tpos, end, oids: cur.oids, ...(raw ? { raw } : {}) });
     this.current = null;
     cur.release();
     await this.makeDurable(end, this.syncInline && !this.commitLock.busy);

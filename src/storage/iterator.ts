@@ -95,7 +95,12 @@ export async function readTransaction(storage: FileStorage, reader: WindowReader
   return parseTransaction(storage, await view(reader, pos, total), pos);
 }
 
-function parseTransaction(storage: FileStorage, body: Buffer, pos: number): TransactionRecord {
+/**
+ * The transaction stored at `pos` whose bytes (header to trailer) are
+ * `body`, e.g. a CommittedTransaction's raw; its backpointers are resolved
+ * in `storage` now.
+ */
+export function parseTransaction(storage: FileStorage, body: Buffer, pos: number): TransactionRecord {
   const h = readTxnHeader(body);
   let off = TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
   const recordsAt = off;

@@ -61,6 +61,14 @@ export class TxnBuffer {
     return off;
   }
 
+  /** A copy of the finished transaction (see finish) with `status` in its status byte. */
+  copyFinished(status: Buffer): Buffer {
+    const copy = Buffer.allocUnsafe(this.used + TRAILER_BYTES);
+    this.buf.copy(copy, 0, 0, copy.length);
+    copy[16] = status[0]!;
+    return copy;
+  }
+
   /** The whole transaction with `writeHeader` filling the first metaBytes and the trailer set. */
   finish(writeHeader: (buf: Buffer) => void): Buffer {
     this.reserve(0);

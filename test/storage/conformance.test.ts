@@ -75,6 +75,36 @@ async function expectFails(call: () => unknown, cls: new (...args: never[]) => E
 }
 
 describe('FileStorage file bytes around two-phase commit', () => {
+  it('commits$ carries a copy of a small transaction\'s bytes exactly as the file holds them, and none for a large one', async () => {
+    const { fs, path } = await fresh();
+    try {
+      const seen: CommittedTransaction[] = [];
+      const sub = fs.commits$.subscribe((c) => seen.push(c));
+      const txn = { description: 'small' };
+      await fs.tpcBegin(txn);
+      fs.store(oidOf(1), Z64, data('one'), txn);
+      fs.store(oidOf(2), Z64, data('two'), txn);
+      await fs.tpcVote(txn);
+      await fs.tpcFinish(txn);
+      // The next transaction reuses the storage's buffer: the published copy must not change.
+      await commit(fs, [[oidOf(4), Z64, data('after, and longer than the first')]]);
+      const big = { description: 'large' };
+      await fs.tpcBegin(big);
+      fs.store(oidOf(3), Z64, Buffer.alloc(300 * 1024, 7), big);
+      await fs.tpcVote(big);
+      await fs.tpcFinish(big);
+      sub.unsubscribe();
+      const file = readFileSync(path);
+      const [small, after, large] = seen;
+      expect(after!.raw!.equals(file.subarray(after!.pos, after!.end))).toBe(true);
+      expect(small!.raw!.equals(file.subarray(small!.pos, small!.end))).toBe(true);
+      expect(small!.raw![16]).toBe(' '.charCodeAt(0));
+      expect(large!.raw).toBeUndefined();
+    } finally {
+      await fs.close();
+    }
+  });
+
   it('abort after vote leaves the file exactly as before (size and bytes)', async () => {
     const { fs, path } = await fresh();
     try {
