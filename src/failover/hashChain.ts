@@ -20,7 +20,7 @@ import { closeSync, existsSync, fdatasyncSync, fstatSync, ftruncateSync, openSyn
 import type { Subscription } from 'rxjs';
 import { ZrsError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
-import { DATA_HEADER_BYTES, TXN_HEADER_BYTES, dataRecordLength, readTxnHeader, readU64At, writeU64At } from '../storage/format.js';
+import { DATA_HEADER_BYTES, TXN_HEADER_BYTES, copyId, dataRecordLength, readTxnHeader, readU64At, writeU64At } from '../storage/format.js';
 import { tidPlusOne } from '../storage/timestamp.js';
 import type { CommittedTransaction } from '../storage/types.js';
 import type { ChainHead } from '../wire/native.js';
@@ -378,7 +378,7 @@ export class HashChain {
   }
 
   private append(tid: Buffer, hash: Buffer): void {
-    const e = { tid: Buffer.from(tid), hash };
+    const e = { tid: copyId(tid), hash };
     this.pending.push(e);
     this.headEntry = e;
     this.flushing ??= this.runFlush();

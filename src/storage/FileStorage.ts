@@ -29,6 +29,8 @@ import {
   STATUS_COMMITTED,
   TRAILER_BYTES,
   TXN_HEADER_BYTES,
+  compareIds,
+  copyId,
   dataRecordLength,
   readDataHeader,
   readTxnHeader,
@@ -408,14 +410,14 @@ export class FileStorage {
     return this.state.index.get(oidKey(oid));
   }
 
-  private append(cur: PendingTxn, oid: Buffer, data: Buffer | null, back: number, key = oidKey(oid)): number {
-    const prev = this.state.index.get(key) ?? 0;
-    const pos = cur.tpos + cur.body.appendRecord(oid, cur.tid, prev, cur.tpos, data, back);
-    if (!cur.tindex.has(key)) {
-      const copy = Buffer.from(oid);
+  /** `prev`: the oid's committed record position when the caller already looked it up. */
+  private append(cur: PendingTxn, oid: Buffer, data: Buffer | null, back: number, key = oidKey(oid), prev = this.state.index.get(key)): number {
+    const pos = cur.tpos + cur.body.appendRecord(oid, cur.tid, prev ?? 0, cur.tpos, data, back);
+    if (cur.tindex.get(key) === undefined) {
+      const copy = copyId(oid);
       cur.oids.push(copy);
       // As ZODB's store/restore (set_max_oid): newOid never hands out an oid stored explicitly.
-      if (Buffer.compare(copy, this.lastOid) > 0) this.lastOid = copy;
+      if (compareIds(copy, this.lastOid) > 0) this.lastOid = copy;
     }
     cur.tindex.set(key, pos);
     return pos;
@@ -439,9 +441,9 @@ export class FileStorage {
     const pos = this.state.index.get(key);
     if (pos !== undefined) {
       const currentSerial = this.serialAt(pos);
-      if (!currentSerial.equals(expectedSerial)) throw new ConflictError(Buffer.from(oid), Buffer.from(expectedSerial), Buffer.from(currentSerial));
+      if (compareIds(currentSerial, expectedSerial) !== 0) throw new ConflictError(Buffer.from(oid), Buffer.from(expectedSerial), Buffer.from(currentSerial));
     }
-    this.append(cur, oid, data, 0, key);
+    this.append(cur, oid, data, 0, key, pos);
   }
 
   /**
@@ -609,7 +611,7 @@ export class FileStorage {
     const end = cur.tpos + cur.metaBytes + cur.body.recordBytes + TRAILER_BYTES;
     for (const [key, pos] of cur.tindex) this.state.index.set(key, pos);
     // lastOid already covers every oid of this transaction (see append).
-    for (const oid of cur.oids) if (Buffer.compare(oid, this.state.maxOid) > 0) this.state.maxOid = oid;
+    for (const oid of cur.oids) if (compareIds(oid, this.state.maxOid) > 0) this.state.maxOid = oid;
     // A copy of a small transaction's bytes rides along, so followers (replication, the hash chain) need not read the file.
     const raw = end - cur.tpos <= PUBLISHED_RAW_MAX_BYTES ? cur.body.copyFinished(status) : undefined;
     this.noteCommitted({ tid: cur.tid, status: cur.status, pos: cur.tpos, end, oids: cur.oids, ...(raw ? { raw } : {}) });

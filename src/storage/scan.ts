@@ -10,6 +10,7 @@ import {
   STATUS_CHECKPOINT,
   TRAILER_BYTES,
   TXN_HEADER_BYTES,
+  copyId,
   dataRecordLength,
   readDataHeader,
   readTxnHeader,
@@ -179,7 +180,7 @@ export function recordTransaction(state: ScanState, tid: Buffer, pos: number): v
     state.samples.positions.push(pos);
   }
   state.txnCount += 1;
-  state.lastTid = Buffer.from(tid);
+  state.lastTid = copyId(tid);
   state.lastTxnPos = pos;
 }
 

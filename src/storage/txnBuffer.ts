@@ -49,13 +49,16 @@ export class TxnBuffer {
     this.reserve(len);
     const off = this.used;
     const b = this.buf;
-    oid.copy(b, off);
-    tid.copy(b, off + 8);
+    // Ids byte by byte and data with TypedArray#set: Buffer#copy's per-call checks cost more than 8 bytes do.
+    for (let i = 0; i < 8; i++) {
+      b[off + i] = oid[i]!;
+      b[off + 8 + i] = tid[i]!;
+    }
     writeU64At(b, off + 16, prev);
     writeU64At(b, off + 24, tloc);
     b.writeUInt16BE(0, off + 32); // no version
     writeU64At(b, off + 34, plen);
-    if (data !== null && plen > 0) data.copy(this.buf, off + DATA_HEADER_BYTES);
+    if (data !== null && plen > 0) b.set(data, off + DATA_HEADER_BYTES);
     else writeU64At(this.buf, off + DATA_HEADER_BYTES, back);
     this.used += len;
     return off;
