@@ -15,7 +15,7 @@
 // from the last stored one. Memory: the head and unflushed entries only;
 // lookups binary-search the file.
 
-import { hash } from 'node:crypto';
+import { createHash, hash } from 'node:crypto';
 import { closeSync, existsSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, write as fsWrite, writeSync } from 'node:fs';
 import type { Subscription } from 'rxjs';
 import { ZrsError } from '../errors.js';
@@ -99,6 +99,15 @@ export function chainLink(prev: Buffer, t: ChainContent): Buffer {
  */
 export function linkOfStored(prev: Buffer, body: Buffer): Buffer | null {
   const length = readU64At(body, 8);
+  const recordsAt = TXN_HEADER_BYTES + body.readUInt16BE(17) + body.readUInt16BE(19) + body.readUInt16BE(21);
+  let count = 0;
+  for (let pos = recordsAt; pos < length; count++) {
+    const plen = readU64At(body, pos + 34);
+    if (plen === 0) return null;
+    pos += DATA_HEADER_BYTES + plen;
+  }
+  // Large data goes to the hash as it lies in `body` instead of through the scratch copy.
+  const hasher = body.length >= DIRECT_DATA_BYTES ? createHash('sha256') : null;
   // Hashed, a record takes 25 bytes less than stored and the header 17 more, so this always fits.
   const bound = prev.length + body.length + 64;
   if (bound > scratch.length) scratch = Buffer.allocUnsafe(Math.max(bound, scratch.length * 2));
@@ -112,22 +121,24 @@ export function linkOfStored(prev: Buffer, body: Buffer): Buffer | null {
     off = copyBytes(body, pos, pos + len, out, off);
     pos += len;
   }
-  const countAt = off;
-  off += 8;
-  let count = 0;
+  off = putU64(out, off, count);
   while (pos < length) {
     const plen = readU64At(body, pos + 34);
-    if (plen === 0) return null;
     off = copyBytes(body, pos, pos + 8, out, off);
     out[off++] = 1;
     off = putU64(out, off, plen);
-    off = copyBytes(body, pos + DATA_HEADER_BYTES, pos + DATA_HEADER_BYTES + plen, out, off);
-    pos += DATA_HEADER_BYTES + plen;
-    count += 1;
+    const data = pos + DATA_HEADER_BYTES;
+    if (hasher !== null && plen >= DIRECT_DATA_BYTES) {
+      hasher.update(out.subarray(0, off)).update(body.subarray(data, data + plen));
+      off = 0;
+    } else off = copyBytes(body, data, data + plen, out, off);
+    pos = data + plen;
   }
-  writeU64At(out, countAt, count);
-  return sha256(out.subarray(0, off));
+  return hasher === null ? sha256(out.subarray(0, off)) : hasher.update(out.subarray(0, off)).digest();
 }
+
+/** Record data of at least this size is hashed in place (see linkOfStored). */
+const DIRECT_DATA_BYTES = 64 * 1024;
 
 /**
  * Copy `src[start, end)` to `out` at `off`; returns the offset after it.

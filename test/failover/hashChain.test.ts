@@ -127,12 +127,21 @@ describe('linkOfStored', () => {
     await fs.undo(entry!.id, txn);
     await fs.tpcVote(txn);
     const undoTid = await fs.tpcFinish(txn);
+    // Large records, mixed with small ones and with metadata, are hashed in place: the same link.
+    const large = { user: 'someone', description: 'large records' };
+    await fs.tpcBegin(large);
+    [5, 70 * 1024, 12, 64 * 1024, 300 * 1024].forEach((size, i) => fs.store(Buffer.from(`big${i}`.padEnd(8, '_')), Z64, Buffer.alloc(size, i + 1), large));
+    await fs.tpcVote(large);
+    const largeTid = await fs.tpcFinish(large);
     const prev = Buffer.alloc(32, 7);
+    let sawLarge = false;
     for await (const t of fs.iterator()) {
+      sawLarge ||= t.tid.equals(largeTid);
       const stored = linkOfStored(prev, t.raw!);
       if (t.tid.equals(undoTid)) expect(stored).toBeNull();
       else expect(stored!.equals(chainLink(prev, contentAt(fs, t.pos)))).toBe(true);
     }
+    expect(sawLarge).toBe(true);
     await fs.close();
   });
 });
