@@ -42,7 +42,7 @@ import {
 import { preadSync } from './fileio.js';
 import { TxnBuffer } from './txnBuffer.js';
 import { RecentTransactions } from './recentTxns.js';
-import { relocateTransactions, type RelocatedTxn } from './rawAppend.js';
+import { RelocatedCommit, relocateTransactions, type RelocatedTxn } from './rawAppend.js';
 import { GroupSync } from './groupSync.js';
 import { nodeDisk, type StorageDisk } from './disk.js';
 import { loadIndex, removeIndex, saveIndex } from './indexFile.js';
@@ -689,9 +689,7 @@ export class FileStorage {
       const maxOid = run.maxOid;
       if (maxOid !== null && Buffer.compare(maxOid, this.state.maxOid) > 0) this.state.maxOid = Buffer.from(maxOid);
       if (Buffer.compare(this.state.maxOid, this.lastOid) > 0) this.lastOid = this.state.maxOid;
-      for (const t of run.txns) {
-        this.noteCommitted({ tid: t.tid, status: STATUS_COMMITTED, pos: t.pos, end: t.end, oids: t.oids, raw: raw.subarray(t.pos - base, t.end - base) });
-      }
+      for (const t of run.txns) this.noteCommitted(new RelocatedCommit(t.tid, t.pos, t.end, raw.subarray(t.pos - base, t.end - base)));
       last = run.txns[run.txns.length - 1]!;
     } finally {
       release();

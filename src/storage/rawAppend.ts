@@ -7,6 +7,7 @@
 
 import { CorruptedDataError } from '../errors.js';
 import { oidKeyAt } from './scan.js';
+import type { CommittedTransaction } from './types.js';
 import { DATA_HEADER_BYTES, STATUS_COMMITTED, TRAILER_BYTES, TXN_HEADER_BYTES, readU64At, writeU64At } from './format.js';
 
 /** One transaction of a relocated run, at its new position. */
@@ -16,8 +17,43 @@ export interface RelocatedTxn {
   pos: number;
   /** Position just past its trailer. */
   end: number;
+}
+
+/**
+ * What commits$ publishes for a relocated transaction. Its oids are read
+ * from its bytes when first asked for: a secondary catching up publishes
+ * many transactions whose oids nobody looks at.
+ */
+export class RelocatedCommit implements CommittedTransaction {
+  readonly status = STATUS_COMMITTED;
+  #oids: Buffer[] | null = null;
+
+  constructor(
+    readonly tid: Buffer,
+    readonly pos: number,
+    readonly end: number,
+    /** The transaction's bytes as written (header to trailer). */
+    readonly raw: Buffer,
+  ) {}
+
   /** Oids of its records, each once, in file order (views into the bytes). */
-  oids: Buffer[];
+  get oids(): Buffer[] {
+    if (this.#oids === null) {
+      const seen = new Set<string>();
+      const oids: Buffer[] = [];
+      const length = readU64At(this.raw, 8);
+      for (let r = TXN_HEADER_BYTES + this.raw.readUInt16BE(17) + this.raw.readUInt16BE(19) + this.raw.readUInt16BE(21); r < length; ) {
+        const key = oidKeyAt(this.raw, r);
+        if (!seen.has(key)) {
+          seen.add(key);
+          oids.push(this.raw.subarray(r, r + 8));
+        }
+        r += DATA_HEADER_BYTES + readU64At(this.raw, r + 34);
+      }
+      this.#oids = oids;
+    }
+    return this.#oids;
+  }
 }
 
 export interface RelocatedRun {
@@ -73,7 +109,6 @@ export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer 
       bad(off, `tid ${raw.toString('hex', off, off + 8)} is not after ${tidHex(prevHi, prevLo)}`);
     }
     const tpos = base + off;
-    const oids: Buffer[] = [];
     let r = off + TXN_HEADER_BYTES + raw.readUInt16BE(off + 17) + raw.readUInt16BE(off + 19) + raw.readUInt16BE(off + 21);
     const recordsEnd = off + length;
     if (r > recordsEnd) bad(off, 'metadata runs past the transaction');
@@ -97,8 +132,6 @@ export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer 
           maxLo = lo;
         }
       }
-      // Seen earlier in this transaction: its record there is at or after tpos.
-      if (old === undefined || old < tpos) oids.push(raw.subarray(r, r + 8)); // a view: `raw` is the caller's own copy
       writeU64At(raw, r + 16, old ?? 0);
       writeU64At(raw, r + 24, tpos);
       index.set(key, base + r);
@@ -106,7 +139,7 @@ export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer 
     }
     const tid = Buffer.allocUnsafe(8);
     for (let i = 0; i < 8; i++) tid[i] = raw[off + i]!;
-    txns.push({ tid, pos: tpos, end: base + end, oids });
+    txns.push({ tid, pos: tpos, end: base + end });
     prevHi = tidHi;
     prevLo = tidLo;
     off = end;

@@ -72,14 +72,24 @@ describe('appendTransactions', () => {
           await copyFile(join(dir, 'prefix.fs'), join(dir, name));
           return FileStorage.open(join(dir, name), { fsync: false });
         };
+        // What commits$ says of each transaction (tid, status, position, oids): the same both ways.
+        const published = (fs: FileStorage, out: string[]): void => {
+          fs.commits$.subscribe((c) => out.push([c.tid.toString('hex'), c.status, c.pos, c.end, ...c.oids.map((o) => o.toString('hex'))].join(' ')));
+        };
+        const restored: string[] = [];
+        const appended: string[] = [];
         const viaRestore = await make('restore.fs');
+        published(viaRestore, restored);
         await restoreAll(viaRestore, txns);
         const viaRaw = await make('raw.fs');
+        published(viaRaw, appended);
         const per = Math.ceil(txns.length / batches);
         for (let i = 0; i < txns.length; i += per) {
           const { durable } = await viaRaw.appendTransactions(Buffer.concat(txns.slice(i, i + per).map((t) => Buffer.from(t.raw!))));
           await durable;
         }
+        expect(appended).toEqual(restored);
+        expect(appended.length).toBe(txns.length);
         for (const t of txns) expect((await viaRaw.loadSerial(t.records[0]!.oid, t.tid)).equals(t.records[0]!.data!)).toBe(true);
         await viaRestore.close();
         await viaRaw.close();
