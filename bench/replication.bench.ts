@@ -11,7 +11,7 @@
 // The secondaries run in a child process (bench/secondaries.child.ts), so
 // the primary has its own event loop, as in a deployment.
 //
-//   npm run bench:replication [-- --txns 20000 --live-seconds 5 --big-mb 1000 --only catchup,large,live,unpaced,fanout,big]
+//   npm run bench:replication [-- --txns 20000 --live-seconds 5 --big-mb 1000 --repeat 3 --only catchup,large,live,unpaced,fanout,big]
 
 import { fork, type ChildProcess } from 'node:child_process';
 import { createReadStream, createWriteStream, existsSync } from 'node:fs';
@@ -32,6 +32,8 @@ const ZRS = { catchupSeconds: 8.07, catchupTxnPerS: 2478, liveP99Ms: 16.9, paced
 const TXNS = arg('txns', 20000);
 const LIVE_SECONDS = arg('live-seconds', 4);
 const BIG_MB = arg('big-mb', 1000);
+/** Runs of each catch-up figure; the median is reported (this class of machine is noisy). */
+const REPEAT = arg('repeat', 3);
 const onlyAt = process.argv.indexOf('--only');
 const ONLY = onlyAt >= 0 ? new Set(process.argv[onlyAt + 1]!.split(',')) : null;
 /** Whether a section runs (all of them unless --only names some). */
@@ -48,6 +50,7 @@ async function buildFile(path: string, txns: number, records: number, recordByte
 
 /** Copy a file through a loopback socket with plain streams: the I/O limit. */
 async function plainSocketCopy(src: string, dst: string): Promise<number> {
+  await rm(dst, { force: true }); // a copy from an earlier run must not look finished
   const server = createServer((sock) => {
     const out = createWriteStream(dst);
     sock.pipe(out);
@@ -70,6 +73,14 @@ async function plainSocketCopy(src: string, dst: string): Promise<number> {
   const t = seconds(t0);
   server.close();
   return t;
+}
+
+/** Median and range of `REPEAT` runs of `run` (seconds). */
+async function repeated(run: () => Promise<number>): Promise<{ median: number; min: number; max: number }> {
+  const times: number[] = [];
+  for (let i = 0; i < REPEAT; i++) times.push(await run());
+  times.sort((a, b) => a - b);
+  return { median: times[Math.floor(times.length / 2)]!, min: times[0]!, max: times[times.length - 1]! };
 }
 
 /** A forked child's reports over IPC, awaited by type; `handle` may consume some first (returns true). */
@@ -258,20 +269,25 @@ async function main(): Promise<void> {
       const source = join(dir, 'source.fs');
       await buildFile(source, TXNS, 10, 200);
       const size = (await stat(source)).size;
-      const plain = await plainSocketCopy(source, join(dir, 'plain-copy'));
-      const c = await catchUp(dir, source);
+      const plain = (await repeated(() => plainSocketCopy(source, join(dir, 'plain-copy')))).median;
+      const txns = TXNS;
+      const c = await repeated(async () => (await catchUp(dir, source)).seconds);
+      const s = c.median;
       out.push(
-        `catch-up ${c.txns} txns, ${(size / 1e6).toFixed(1)} MB, secondary fsync on: ${f1(c.seconds)} s = ${(c.txns / c.seconds).toFixed(0)} txn/s, ${(size / 1e6 / c.seconds).toFixed(1)} MB/s` +
-          ` | ${(ZRS.catchupSeconds / c.seconds * (c.txns / 20000)).toFixed(1)}x zc.zrs (8.07 s for 20,000) | ${(plain / c.seconds).toFixed(2)} of a plain socket copy (${f1(plain)} s)`,
+        `catch-up ${txns} txns, ${(size / 1e6).toFixed(1)} MB, secondary fsync on: ${s.toFixed(2)} s (median of ${REPEAT}, ${c.min.toFixed(2)}-${c.max.toFixed(2)}) = ${(txns / s).toFixed(0)} txn/s, ${(size / 1e6 / s).toFixed(1)} MB/s` +
+          ` | ${(ZRS.catchupSeconds / s * (txns / 20000)).toFixed(1)}x zc.zrs (8.07 s for 20,000) | ${(plain / s).toFixed(2)} of a plain socket copy (${f1(plain)} s)`,
       );
     }
     if (runs('large')) {
       const big = join(dir, 'big.fs');
       await buildFile(big, 100, 1, 1 << 20);
       const bigSize = (await stat(big)).size;
-      const plainBig = await plainSocketCopy(big, join(dir, 'plain-big'));
-      const cb = await catchUp(dir, big);
-      out.push(`catch-up 100 x 1 MiB records: ${(bigSize / 1e6 / cb.seconds).toFixed(0)} MB/s | ${(plainBig / cb.seconds).toFixed(2)} of a plain socket copy (${(bigSize / 1e6 / plainBig).toFixed(0)} MB/s)`);
+      const plainBig = (await repeated(() => plainSocketCopy(big, join(dir, 'plain-big')))).median;
+      const cb = await repeated(async () => (await catchUp(dir, big)).seconds);
+      out.push(
+        `catch-up 100 x 1 MiB records: ${(bigSize / 1e6 / cb.median).toFixed(0)} MB/s (median of ${REPEAT}, ${(bigSize / 1e6 / cb.max).toFixed(0)}-${(bigSize / 1e6 / cb.min).toFixed(0)})` +
+          ` | ${(plainBig / cb.median).toFixed(2)} of a plain socket copy (${(bigSize / 1e6 / plainBig).toFixed(0)} MB/s)`,
+      );
     }
 
     for (const sync of runs('live') ? [true, false] : []) {
