@@ -35,7 +35,7 @@ import {
   type NodeStatus,
   type RefuseCode,
 } from '../wire/native.js';
-import { nativeOutbound, zrs2Outbound, type OutboundCodec } from './protocols.js';
+import { follows, nativeOutbound, zrs2Outbound, type OutboundCodec } from './protocols.js';
 import type { FailoverHistory } from '../failover/history.js';
 import { StreamWriter } from './streamWriter.js';
 
@@ -574,9 +574,4 @@ export function describeReason(r: SessionCloseReason): string {
     default:
       return r.kind;
   }
-}
-
-/** Whether `next` starts right where `prev` ends, in the same memory. */
-function follows(prev: Buffer, next: Buffer): boolean {
-  return next.buffer === prev.buffer && next.byteOffset === prev.byteOffset + prev.length;
 }

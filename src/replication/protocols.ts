@@ -50,13 +50,14 @@ export interface OutboundCodec {
  */
 function adjacentBytes(txns: readonly TransactionRecord[]): Buffer {
   const first = txns[0]!.raw!;
-  let end = first.byteOffset + first.length;
-  for (let i = 1; i < txns.length; i++) {
-    const raw = txns[i]!.raw!;
-    if (raw.buffer !== first.buffer || raw.byteOffset !== end) return Buffer.concat(txns.map((t) => t.raw!));
-    end += raw.length;
-  }
-  return Buffer.from(first.buffer, first.byteOffset, end - first.byteOffset);
+  for (let i = 1; i < txns.length; i++) if (!follows(txns[i - 1]!.raw!, txns[i]!.raw!)) return Buffer.concat(txns.map((t) => t.raw!));
+  const last = txns[txns.length - 1]!.raw!;
+  return Buffer.from(first.buffer, first.byteOffset, last.byteOffset + last.length - first.byteOffset);
+}
+
+/** Whether `next` starts right where `prev` ends, in the same memory. */
+export function follows(prev: Buffer, next: Buffer): boolean {
+  return next.buffer === prev.buffer && next.byteOffset === prev.byteOffset + prev.length;
 }
 
 async function* blobBlocks(storage: FileStorage, oid: Buffer, tid: Buffer, blockBytes: number): AsyncGenerator<Buffer, void, void> {

@@ -83,6 +83,38 @@ describe('raw transaction batches', () => {
     expect(readFileSync(join(dir, 's.fs')).equals(readFileSync(join(dir, 'p.fs')))).toBe(true);
   });
 
+  it('over a history of several read windows: each run is whole consecutive transactions of at most 1 MiB, together all of them in order', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    try {
+      const fs = primary.storage;
+      const payload = Buffer.alloc(9000, 3);
+      for (let i = 0; i < 400; i++) {
+        const txn = { description: `t${i}` };
+        await fs.tpcBegin(txn);
+        fs.store(fs.newOid(), Z64, payload, txn);
+        await fs.tpcVote(txn);
+        await fs.tpcFinish(txn);
+      }
+      const txns = await allTransactions(fs);
+      const last = txns.at(-1)!.tid;
+      const runs = (await messagesUntil(primary, true, last)).filter((m) => m.type === 'txns');
+      expect(runs.length).toBeGreaterThanOrEqual(4); // about 3.6 MB in 1 MiB windows
+      let next = 0;
+      for (const run of runs) {
+        expect(run.bytes.length).toBeLessThanOrEqual(1024 * 1024);
+        // The run's bytes are exactly the next `count` transactions as the primary's file holds them.
+        const expected = Buffer.concat(txns.slice(next, next + run.count).map((t) => t.raw!));
+        expect(run.bytes.equals(expected)).toBe(true);
+        expect(run.lastTid.equals(txns[next + run.count - 1]!.tid)).toBe(true);
+        next += run.count;
+      }
+      expect(next).toBe(txns.length);
+    } finally {
+      await primary.close();
+    }
+  });
+
   it('land at the secondary’s own positions when its file differs from the primary’s (the primary packed)', async () => {
     const dir = await tempDir();
     const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
