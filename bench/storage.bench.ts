@@ -3,9 +3,9 @@
 // ratio against plain Node fs doing the same I/O in the same run, and against
 // Python ZODB 5.5.1's figures measured on this class of machine.
 //
-//   npm run bench:storage [-- --txns 20000 --fsync-txns 2000 --warmup-txns 5000]
+//   npm run bench:storage [-- --txns 20000 --fsync-txns 2000 --warmup-txns 5000 --repeat 5]
 
-import { closeSync, fdatasyncSync, openSync, readSync, writeSync, fdatasync } from 'node:fs';
+import { closeSync, fdatasyncSync, openSync, readSync, writeSync } from 'node:fs';
 import { mkdtemp, rm, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +19,8 @@ const RECORD_BYTES = 200;
 const TXNS = arg('txns', 20000);
 const FSYNC_TXNS = arg('fsync-txns', 2000);
 const WARMUP_TXNS = arg('warmup-txns', 5000);
+/** Runs of every figure; medians are reported (this class of machine is noisy). */
+const REPEAT = arg('repeat', 5);
 
 function rate(n: number, startNs: bigint): number {
   return n / secondsSince(startNs);
@@ -56,9 +58,87 @@ async function concurrentCommits(fs: FileStorage, writers: number, perWriter: nu
   return rate(writers * perWriter, t0);
 }
 
+/** One measured figure of one run: its rate, the plain-fs rate it is compared with, and how that comparison reads. */
+interface Figure {
+  label: string;
+  value: number;
+  baseline: number;
+  /** The comparison with the baseline, given the value and the baseline. */
+  versus: (value: number, baseline: number) => string;
+  /** ZODB's rate for the same thing, when known. */
+  zodb?: number;
+}
+
+/** One pass over every figure, in files under `dir`. */
+async function measure(dir: string): Promise<Figure[]> {
+  const figures: Figure[] = [];
+  const fmt = (n: number): string => Math.round(n).toLocaleString('en-US');
+  // 1. Serial commits without fsync.
+  const path = join(dir, 'Data.fs');
+  let fs = await FileStorage.open(path, { create: true, fsync: false });
+  const work = new Workload(fs, RECORDS, RECORD_BYTES, 10_000);
+  const oids = work.oids;
+  const noSync = await commitSerial(work, TXNS);
+  const bytesPerTxn = Math.round(fs.getSize() / TXNS);
+  const plainNoSync = plainAppends(join(dir, 'plain'), TXNS, bytesPerTxn, false);
+  figures.push({ label: 'commit, no fsync (txn/s)', value: noSync, baseline: plainNoSync, versus: (v, b) => `${(v / b).toFixed(2)} of plain appends (${fmt(b)})`, zodb: ZODB.commitNoFsync });
+  await fs.close();
+
+  // 2. Random loads.
+  fs = await FileStorage.open(path, { readOnly: true });
+  const loads = 200_000;
+  let t0 = process.hrtime.bigint();
+  for (let i = 0; i < loads; i++) await fs.load(oids[(i * 7919) % oids.length]!);
+  const loadRate = rate(loads, t0);
+  const positions = [...fs.index.values()];
+  const fd = openSync(path, 'r');
+  const buf = Buffer.allocUnsafe(42 + RECORD_BYTES);
+  t0 = process.hrtime.bigint();
+  for (let i = 0; i < loads; i++) readSync(fd, buf, 0, buf.length, positions[(i * 7919) % positions.length]!);
+  const plainLoad = rate(loads, t0);
+  closeSync(fd);
+  figures.push({ label: 'random load (loads/s)', value: loadRate, baseline: plainLoad, versus: (v, b) => `${(v / b).toFixed(2)} of plain preads (${fmt(b)})` });
+
+  // 3. Full iteration: transactions only, then with every record object built too (they are built on first access).
+  t0 = process.hrtime.bigint();
+  let count = 0;
+  for await (const _ of fs.iterator()) count++;
+  const iterRate = rate(count, t0);
+  t0 = process.hrtime.bigint();
+  const whole = await readFile(path);
+  const plainRead = rate(count, t0);
+  figures.push({
+    label: `iterate ${fmt(count)} txns, ${(whole.length / 1e6).toFixed(1)} MB (txn/s)`,
+    value: iterRate,
+    baseline: plainRead,
+    versus: (v, b) => `${(v / b).toFixed(2)} of reading the file (${fmt(b)} txn-equivalents/s)`,
+    zodb: ZODB.iterate,
+  });
+  t0 = process.hrtime.bigint();
+  let records = 0;
+  for await (const t of fs.iterator()) records += t.records.length;
+  const iterRecordsRate = rate(count, t0);
+  figures.push({ label: `iterate, also each of the ${fmt(records)} records (txn/s)`, value: iterRecordsRate, baseline: plainRead, versus: (v, b) => `${(v / b).toFixed(2)} of reading the file`, zodb: ZODB.iterate });
+  await fs.close();
+
+  // 4. Serial commits with fsync.
+  fs = await FileStorage.open(join(dir, 'Sync.fs'), { create: true, fsync: true });
+  const syncRate = await commitSerial(new Workload(fs, RECORDS, RECORD_BYTES, 1000), FSYNC_TXNS);
+  const plainSync = plainAppends(join(dir, 'plain-sync'), FSYNC_TXNS, bytesPerTxn, true);
+  figures.push({ label: 'commit, fsync, serial (txn/s)', value: syncRate, baseline: plainSync, versus: (v, b) => `${(v / b).toFixed(2)} of append+fdatasync (${fmt(b)})`, zodb: ZODB.commitFsync });
+
+  // 5. Eight concurrent committers with fsync (group commit).
+  const groupRate = await concurrentCommits(fs, 8, Math.ceil(FSYNC_TXNS / 2));
+  figures.push({ label: 'commit, fsync, 8 committers (txn/s)', value: groupRate, baseline: plainSync, versus: (v, b) => `${(v / b).toFixed(2)} of append+fdatasync`, zodb: ZODB.commitFsync });
+  await fs.close();
+  return figures;
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'zrs-bench-'));
-  const rows: Array<[string, string, string, string]> = [];
+  const runs: Figure[][] = [];
   const fmt = (n: number): string => Math.round(n).toLocaleString('en-US');
   try {
     // 0. Warm-up (JIT, allocator): commits into a scratch storage, not measured.
@@ -66,68 +146,25 @@ async function main(): Promise<void> {
     await commitSerial(new Workload(scratch, RECORDS, RECORD_BYTES, 1000), WARMUP_TXNS);
     for (let pass = 0; pass < 3; pass++) for await (const _ of scratch.iterator()) void _;
     await scratch.close();
-
-    // 1. Serial commits without fsync.
-    const path = join(dir, 'Data.fs');
-    let fs = await FileStorage.open(path, { create: true, fsync: false });
-    const work = new Workload(fs, RECORDS, RECORD_BYTES, 10_000);
-    const oids = work.oids;
-    const noSync = await commitSerial(work, TXNS);
-    const bytesPerTxn = Math.round(fs.getSize() / TXNS);
-    const plainNoSync = plainAppends(join(dir, 'plain'), TXNS, bytesPerTxn, false);
-    rows.push(['commit, no fsync (txn/s)', fmt(noSync), `${(noSync / plainNoSync).toFixed(2)} of plain appends (${fmt(plainNoSync)})`, `${(noSync / ZODB.commitNoFsync).toFixed(2)}x ZODB`]);
-    await fs.close();
-
-    // 2. Random loads.
-    fs = await FileStorage.open(path, { readOnly: true });
-    const loads = 200_000;
-    let t0 = process.hrtime.bigint();
-    for (let i = 0; i < loads; i++) await fs.load(oids[(i * 7919) % oids.length]!);
-    const loadRate = rate(loads, t0);
-    const positions = [...fs.index.values()];
-    const fd = openSync(path, 'r');
-    const buf = Buffer.allocUnsafe(42 + RECORD_BYTES);
-    t0 = process.hrtime.bigint();
-    for (let i = 0; i < loads; i++) readSync(fd, buf, 0, buf.length, positions[(i * 7919) % positions.length]!);
-    const plainLoad = rate(loads, t0);
-    closeSync(fd);
-    rows.push(['random load (loads/s)', fmt(loadRate), `${(loadRate / plainLoad).toFixed(2)} of plain preads (${fmt(plainLoad)})`, '']);
-
-    // 3. Full iteration.
-    t0 = process.hrtime.bigint();
-    let count = 0;
-    for await (const _ of fs.iterator()) count++;
-    const iterRate = rate(count, t0);
-    t0 = process.hrtime.bigint();
-    const whole = await readFile(path);
-    const plainRead = rate(count, t0);
-    rows.push([`iterate ${fmt(count)} txns, ${(whole.length / 1e6).toFixed(1)} MB (txn/s)`, fmt(iterRate), `${(iterRate / plainRead).toFixed(2)} of reading the file (${fmt(plainRead)} txn-equivalents/s)`, `${(iterRate / ZODB.iterate).toFixed(2)}x ZODB`]);
-    // The same with every record object built too (records are built on first access).
-    t0 = process.hrtime.bigint();
-    let records = 0;
-    for await (const t of fs.iterator()) records += t.records.length;
-    const iterRecordsRate = rate(count, t0);
-    rows.push([`iterate, also each of the ${fmt(records)} records (txn/s)`, fmt(iterRecordsRate), `${(iterRecordsRate / plainRead).toFixed(2)} of reading the file`, `${(iterRecordsRate / ZODB.iterate).toFixed(2)}x ZODB`]);
-    await fs.close();
-
-    // 4. Serial commits with fsync.
-    const spath = join(dir, 'Sync.fs');
-    fs = await FileStorage.open(spath, { create: true, fsync: true });
-    const syncRate = await commitSerial(new Workload(fs, RECORDS, RECORD_BYTES, 1000), FSYNC_TXNS);
-    const plainSync = plainAppends(join(dir, 'plain-sync'), FSYNC_TXNS, bytesPerTxn, true);
-    rows.push(['commit, fsync, serial (txn/s)', fmt(syncRate), `${(syncRate / plainSync).toFixed(2)} of append+fdatasync (${fmt(plainSync)})`, `${(syncRate / ZODB.commitFsync).toFixed(2)}x ZODB`]);
-
-    // 5. Eight concurrent committers with fsync (group commit).
-    const groupRate = await concurrentCommits(fs, 8, Math.ceil(FSYNC_TXNS / 2));
-    rows.push(['commit, fsync, 8 committers (txn/s)', fmt(groupRate), `${(groupRate / plainSync).toFixed(2)} of append+fdatasync`, `${(groupRate / ZODB.commitFsync).toFixed(2)}x ZODB`]);
-    await fs.close();
+    for (let r = 0; r < REPEAT; r++) {
+      const runDir = await mkdtemp(join(dir, 'run-'));
+      runs.push(await measure(runDir));
+      await rm(runDir, { recursive: true, force: true });
+    }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+  // Per figure: the median value and the median baseline of the runs, and the range of the values.
+  const rows = runs[0]!.map((f, i) => {
+    const values = runs.map((run) => run[i]!.value);
+    const value = median(values);
+    const baseline = median(runs.map((run) => run[i]!.baseline));
+    const range = REPEAT > 1 ? ` (${fmt(Math.min(...values))}-${fmt(Math.max(...values))})` : '';
+    return [f.label, `${fmt(value)}${range}`, f.versus(value, baseline), f.zodb ? `${(value / f.zodb).toFixed(2)}x ZODB` : ''];
+  });
   const widths = [0, 1, 2, 3].map((c) => Math.max(...rows.map((r) => r[c]!.length)));
-  console.log(`storage benchmark: ${TXNS} txns of ${RECORDS} x ${RECORD_BYTES} B (fsync runs: ${FSYNC_TXNS}; after ${WARMUP_TXNS} warm-up commits)`);
+  console.log(`storage benchmark: ${TXNS} txns of ${RECORDS} x ${RECORD_BYTES} B (fsync runs: ${FSYNC_TXNS}; after ${WARMUP_TXNS} warm-up commits); median of ${REPEAT} runs (range)`);
   for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join('  '));
 }
 
-void fdatasync;
 await main();
