@@ -537,11 +537,23 @@ export class PrimarySession {
           pumping = false;
         }
       };
+      // The pump runs on its own turn of the event loop, never inside the
+      // committer's tpcFinish: a commit does not wait for sends, and commits
+      // made in one burst go out together as one raw run.
+      let scheduled = false;
+      const schedule = (): void => {
+        if (scheduled) return;
+        scheduled = true;
+        setImmediate(() => {
+          scheduled = false;
+          void pump();
+        });
+      };
       sub = storage.commits$.subscribe({
         next: (c) => {
           if (queue.length >= limit) return overflow();
           queue.push(c);
-          void pump();
+          schedule();
         },
         complete: () => resolve(),
       });

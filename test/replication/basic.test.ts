@@ -88,3 +88,33 @@ describe('unix socket chain', () => {
 
 void FileStorage;
 void Z64;
+
+describe('live commits', () => {
+  it('are sent after tpcFinish returns, never inside it', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'primary.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    try {
+      await commitMany(primary.storage, 2);
+      const secondary = await Secondary.open({ path: join(dir, 'secondary.fs'), replicateFrom: primary.address, fsync: false, auditPath: null });
+      try {
+        await waitForTid(secondary, primary.storage.lastTransaction());
+        const sent = (): number => primary.status().sessions.reduce((n, s) => n + s.bytesSent, 0);
+        const applied: Buffer[] = [];
+        const sub = secondary.applied$.subscribe((c) => applied.push(c.tid));
+        const before = sent();
+        // Five commits in a row, with no turn of the event loop between them.
+        const burst = await commitMany(primary.storage, 5);
+        expect(sent()).toBe(before);
+        await waitForTid(secondary, burst.at(-1)!);
+        sub.unsubscribe();
+        expect(applied.map((t) => t.toString('hex'))).toEqual(burst.map((t) => t.toString('hex')));
+        const sessions = primary.status().sessions;
+        expect(sessions).toHaveLength(1);
+      } finally {
+        await secondary.close();
+      }
+    } finally {
+      await primary.close();
+    }
+  });
+});

@@ -27,8 +27,12 @@ async function undoLast(fs: FileStorage): Promise<Buffer> {
   return fs.tpcFinish(txn);
 }
 
-/** Every message a hand-driven native peer receives until the commit closing `lastTid`. */
-async function messagesUntil(primary: Primary, rawTxns: boolean, lastTid: Buffer): Promise<PrimaryMessage[]> {
+/**
+ * Every message a hand-driven native peer receives until the commit closing
+ * `lastTid`; with `then`, that is run once `lastTid` arrived, and the
+ * messages are collected on until the commit closing what `then` returns.
+ */
+async function messagesUntil(primary: Primary, rawTxns: boolean, lastTid: Buffer, then?: () => Promise<Buffer>): Promise<PrimaryMessage[]> {
   const peer = await FramedSocket.connect(primary.address);
   try {
     peer.send(nativeProtocolName());
@@ -36,18 +40,24 @@ async function messagesUntil(primary: Primary, rawTxns: boolean, lastTid: Buffer
     const unpackr = createNativeUnpackr();
     const out: PrimaryMessage[] = [];
     let open: Buffer | null = null;
-    await firstValueFrom(
-      peer.frames$.pipe(
-        filter((f) => {
-          const m = decodeNative(f, unpackr, 'primary');
-          out.push(m);
-          if (m.type === 'txn') open = m.tid;
-          if (m.type === 'txns') open = m.lastTid;
-          return m.type === 'commit' && open !== null && open.equals(lastTid);
-        }),
-        timeout(WAIT_MS),
-      ),
-    );
+    let decoded = 0;
+    const until = (tid: Buffer): Promise<unknown> =>
+      firstValueFrom(
+        peer.frames$.pipe(
+          filter((f, i) => {
+            if (i < decoded) return false; // seen while waiting for an earlier tid
+            decoded = i + 1;
+            const m = decodeNative(f, unpackr, 'primary');
+            out.push(m);
+            if (m.type === 'txn') open = m.tid;
+            if (m.type === 'txns') open = m.lastTid;
+            return m.type === 'commit' && open !== null && open.equals(tid);
+          }),
+          timeout(WAIT_MS),
+        ),
+      );
+    await until(lastTid);
+    if (then) await until(await then());
     return out;
   } finally {
     peer.destroy();
@@ -81,6 +91,23 @@ describe('raw transaction batches', () => {
       await primary.close();
     }
     expect(readFileSync(join(dir, 's.fs')).equals(readFileSync(join(dir, 'p.fs')))).toBe(true);
+  });
+
+  it('send live commits made in one burst as one run', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    try {
+      const first = (await commitMany(primary.storage, 2)).at(-1)!;
+      let burst: Buffer[] = [];
+      const messages = await messagesUntil(primary, true, first, async () => {
+        burst = await commitMany(primary.storage, 5); // no turn of the event loop between them
+        return burst.at(-1)!;
+      });
+      const runs = messages.filter((m) => m.type === 'txns' || m.type === 'txn').map((m) => (m.type === 'txns' ? `txns:${m.count}` : 'txn'));
+      expect(runs).toEqual(['txns:2', 'txns:5']);
+    } finally {
+      await primary.close();
+    }
   });
 
   it('over a history of several read windows: each run is whole consecutive transactions of at most 1 MiB, together all of them in order', async () => {
