@@ -613,7 +613,7 @@ export class FileStorage {
     // lastOid already covers every oid of this transaction (see append).
     for (const oid of cur.oids) if (compareIds(oid, this.state.maxOid) > 0) this.state.maxOid = oid;
     // A copy of a small transaction's bytes rides along, so followers (replication, the hash chain) need not read the file.
-    const raw = end - cur.tpos <= PUBLISHED_RAW_MAX_BYTES ? cur.body.copyFinished(status) : undefined;
+    const raw = end - cur.tpos <= PUBLISHED_RAW_MAX_BYTES && this.commitsSubject.observed ? cur.body.copyFinished(status) : undefined;
     this.noteCommitted({ tid: cur.tid, status: cur.status, pos: cur.tpos, end, oids: cur.oids, ...(raw ? { raw } : {}) });
     this.current = null;
     cur.release();

@@ -66,8 +66,9 @@ export class TxnBuffer {
 
   /** A copy of the finished transaction (see finish) with `status` in its status byte. */
   copyFinished(status: Buffer): Buffer {
-    const copy = Buffer.allocUnsafe(this.used + TRAILER_BYTES);
-    this.buf.copy(copy, 0, 0, copy.length);
+    const n = this.used + TRAILER_BYTES;
+    const copy = carve(n);
+    copy.set(this.buf.subarray(0, n));
     copy[16] = status[0]!;
     return copy;
   }
@@ -79,4 +80,24 @@ export class TxnBuffer {
     writeU64At(this.buf, this.used, this.used);
     return this.buf.subarray(0, this.used + TRAILER_BYTES);
   }
+}
+
+/**
+ * Copies of small finished transactions are carved from shared slabs: a
+ * separate allocation per commit cost more than the copy itself. A slab
+ * lives as long as any copy carved from it.
+ */
+const SLAB_BYTES = 256 * 1024;
+let slab = Buffer.allocUnsafeSlow(0);
+let slabUsed = 0;
+
+function carve(n: number): Buffer {
+  if (n > SLAB_BYTES / 8) return Buffer.allocUnsafe(n);
+  if (slabUsed + n > slab.length) {
+    slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+    slabUsed = 0;
+  }
+  const out = slab.subarray(slabUsed, slabUsed + n);
+  slabUsed += n;
+  return out;
 }
