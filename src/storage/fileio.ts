@@ -4,6 +4,7 @@
 
 import { readSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
+import { readU64At } from './format.js';
 
 /** Read exactly `length` bytes at `pos`, or fewer only at end of file. */
 export function preadSync(fd: number, pos: number, length: number): Buffer {
@@ -60,6 +61,11 @@ export class WindowReader {
   /** Bytes available from `pos` in the window. */
   available(pos: number): number {
     return pos >= this.start && pos <= this.end ? this.end - pos : 0;
+  }
+
+  /** The u64 at file position `pos`, which the window holds. */
+  u64At(pos: number): number {
+    return readU64At(this.buf, pos - this.start);
   }
 
   view(pos: number, length: number): Buffer {

@@ -83,7 +83,7 @@ async function view(reader: WindowReader, pos: number, length: number): Promise<
 /** The transaction at `pos` if the window holds all of it, else null (no I/O). */
 export function parseTransactionAt(storage: FileStorage, reader: WindowReader, pos: number): TransactionRecord | null {
   if (!reader.has(pos, TXN_HEADER_BYTES)) return null;
-  const length = readU64At(reader.view(pos, TXN_HEADER_BYTES), 8);
+  const length = reader.u64At(pos + 8);
   if (!reader.has(pos, length + TRAILER_BYTES)) return null;
   return parseTransaction(storage, reader.view(pos, length + TRAILER_BYTES), pos);
 }
@@ -101,19 +101,19 @@ export async function readTransaction(storage: FileStorage, reader: WindowReader
  * in `storage` now.
  */
 export function parseTransaction(storage: FileStorage, body: Buffer, pos: number): TransactionRecord {
-  const h = readTxnHeader(body);
-  let off = TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
+  const length = readU64At(body, 8);
+  let off = TXN_HEADER_BYTES + body.readUInt16BE(17) + body.readUInt16BE(19) + body.readUInt16BE(21);
   const recordsAt = off;
   // Every record's extent is checked now; its object is built when asked for.
   let backpointers = false;
-  while (off < h.length) {
-    const plen = off + DATA_HEADER_BYTES <= h.length ? readU64At(body, off + 34) : Infinity;
+  while (off < length) {
+    const plen = off + DATA_HEADER_BYTES <= length ? readU64At(body, off + 34) : Infinity;
     const len = dataRecordLength(plen);
-    if (off + len > h.length) throw new CorruptedDataError(storage.path, pos + off, 'data record runs past its transaction');
+    if (off + len > length) throw new CorruptedDataError(storage.path, pos + off, 'data record runs past its transaction');
     if (plen === 0) backpointers = true;
     off += len;
   }
-  const txn = new StoredTransaction(h.status, pos, h.length, body, recordsAt);
+  const txn = new StoredTransaction(String.fromCharCode(body[16]!), pos, length, body, recordsAt);
   // Backpointers are resolved now, while the file read is the one they point into (a pack may replace it later).
   if (backpointers) txn.resolve(storage);
   return txn;
@@ -127,9 +127,6 @@ export function parseTransaction(storage: FileStorage, body: Buffer, pos: number
  */
 class StoredTransaction implements TransactionRecord {
   readonly tid: Buffer;
-  readonly user: Buffer;
-  readonly description: Buffer;
-  readonly extensionBytes: Buffer;
   #records: DataRecord[] | null = null;
   readonly #recordsAt: number;
 
@@ -142,10 +139,21 @@ class StoredTransaction implements TransactionRecord {
   ) {
     this.#recordsAt = recordsAt;
     this.tid = raw.subarray(0, 8);
-    let off = TXN_HEADER_BYTES;
-    this.user = raw.subarray(off, (off += raw.readUInt16BE(17)));
-    this.description = raw.subarray(off, (off += raw.readUInt16BE(19)));
-    this.extensionBytes = raw.subarray(off, off + raw.readUInt16BE(21));
+  }
+
+  // Metadata views are made when asked for, as records are.
+  get user(): Buffer {
+    return this.raw.subarray(TXN_HEADER_BYTES, TXN_HEADER_BYTES + this.raw.readUInt16BE(17));
+  }
+
+  get description(): Buffer {
+    const at = TXN_HEADER_BYTES + this.raw.readUInt16BE(17);
+    return this.raw.subarray(at, at + this.raw.readUInt16BE(19));
+  }
+
+  get extensionBytes(): Buffer {
+    const at = TXN_HEADER_BYTES + this.raw.readUInt16BE(17) + this.raw.readUInt16BE(19);
+    return this.raw.subarray(at, at + this.raw.readUInt16BE(21));
   }
 
   get records(): DataRecord[] {
