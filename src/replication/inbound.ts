@@ -23,8 +23,12 @@ export type ApplyEvent =
   | { kind: 'heartbeat'; lastTid: Buffer; clockMs: number; generation?: GenerationEntry };
 
 export interface InboundDecoder {
-  /** Decode one frame payload (keep-alives included) into zero or more events. */
-  push(payload: Buffer): ApplyEvent[];
+  /**
+   * Decode one frame payload (keep-alives included) into zero or more events.
+   * `owned`: the payload's memory is the caller's to give away (a frame
+   * assembled into its own buffer), so events may use it without a copy.
+   */
+  push(payload: Buffer, owned?: boolean): ApplyEvent[];
   /** The largest frame expected next (handshake replies are small). */
   readonly maxFrameBytes: number;
 }
@@ -51,7 +55,7 @@ export class NativeInbound implements InboundDecoder {
     return this.welcomed ? this.streamMaxFrameBytes : 64 * 1024;
   }
 
-  push(payload: Buffer): ApplyEvent[] {
+  push(payload: Buffer, owned = false): ApplyEvent[] {
     if (payload.length === 0) return [];
     const msg = decodeNative(payload, this.unpackr, 'primary');
     if (!this.welcomed) return this.verdict(msg);
@@ -61,7 +65,7 @@ export class NativeInbound implements InboundDecoder {
     } else this.checksum.update(payload);
     const out: ApplyEvent[] = [];
     if (this.pendingRecord && msg.type !== 'blob') out.push(this.flushRecord(null));
-    out.push(...this.message(msg));
+    out.push(...this.message(msg, owned));
     return out;
   }
 
@@ -80,7 +84,7 @@ export class NativeInbound implements InboundDecoder {
     return { kind: 'record', oid: r.oid, data: r.data && Buffer.from(r.data), dataTxn: r.dataTxn, blob };
   }
 
-  private message(msg: PrimaryMessage): ApplyEvent[] {
+  private message(msg: PrimaryMessage, owned: boolean): ApplyEvent[] {
     switch (msg.type) {
       case 'txn':
         if (this.tid !== null) throw new ProtocolError('txn inside a transaction');
@@ -100,8 +104,8 @@ export class NativeInbound implements InboundDecoder {
       case 'txns':
         if (this.tid !== null) throw new ProtocolError('txns inside a transaction');
         this.tid = msg.lastTid;
-        // A copy: the storage rewrites positions in place, and the frame's memory is the decoder's.
-        return [{ kind: 'rawTxns', bytes: Buffer.from(msg.bytes), count: msg.count, lastTid: msg.lastTid }];
+        // The storage rewrites positions in place: a copy unless the frame's buffer is ours (the checksum already covered it).
+        return [{ kind: 'rawTxns', bytes: owned ? msg.bytes : Buffer.from(msg.bytes), count: msg.count, lastTid: msg.lastTid }];
       case 'record':
         if (this.tid === null || this.blobRemaining > 0) throw new ProtocolError('record outside a transaction');
         this.pendingRecord = msg;

@@ -409,7 +409,7 @@ export class Secondary {
         try {
           conn.decoder.feed(chunk);
           for (let f = conn.decoder.next(); f !== null; f = conn.decoder.next()) {
-            for (const e of conn.inbound.push(f)) this.enqueue(conn, e, send, fail);
+            for (const e of conn.inbound.push(f, conn.decoder.lastFrameOwned)) this.enqueue(conn, e, send, fail);
             conn.decoder.setMaxFrameBytes(conn.inbound.maxFrameBytes);
           }
           armStallTimer();

@@ -91,6 +91,7 @@ export class FrameDecoder {
   #body: Buffer | null = null;
   #bodyFillBytes = 0;
   #failure: FrameTooLargeError | null = null;
+  #lastOwned = false;
 
   constructor(options: FrameDecoderOptions) {
     assertFrameLength(options.maxFrameBytes, 'maxFrameBytes');
@@ -133,6 +134,7 @@ export class FrameDecoder {
    */
   next(): Buffer | null {
     this.#throwIfFailed();
+    this.#lastOwned = false;
     if (this.#body !== null) return this.#fillBody();
     const chunk = this.#chunks[this.#chunkIndex];
     if (chunk === undefined) return null;
@@ -229,6 +231,16 @@ export class FrameDecoder {
     }
     this.#body = null;
     this.#bodyFillBytes = 0;
+    this.#lastOwned = true;
     return body;
+  }
+
+  /**
+   * Whether the frame next() returned last was assembled into a buffer of its
+   * own (it spanned chunks), which the caller may then modify in place; else
+   * it is a view of a chunk it was given.
+   */
+  get lastFrameOwned(): boolean {
+    return this.#lastOwned;
   }
 }

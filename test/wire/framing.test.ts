@@ -211,3 +211,27 @@ describe('FrameDecoder', () => {
     expect(elapsedMs).toBeLessThan(30_000);
   });
 });
+
+describe('FrameDecoder.lastFrameOwned', () => {
+  it('is true exactly for frames assembled from several chunks, which share no memory with the chunks', () => {
+    const decoder = new FrameDecoder({ maxFrameBytes: 1024 });
+    const whole = Buffer.concat([encodeFrame(Buffer.from('inside one chunk')), encodeFrame(Buffer.from('split across two chunks'))]);
+    const cut = whole.length - 5;
+    const first = whole.subarray(0, cut);
+    decoder.feed(first);
+    const a = decoder.next()!;
+    expect(a.toString()).toBe('inside one chunk');
+    expect(decoder.lastFrameOwned).toBe(false);
+    expect(a.buffer).toBe(first.buffer); // a view of the chunk
+    expect(decoder.next()).toBeNull();
+    decoder.feed(whole.subarray(cut));
+    const b = decoder.next()!;
+    expect(b.toString()).toBe('split across two chunks');
+    expect(decoder.lastFrameOwned).toBe(true);
+    b.fill(0); // the caller's to modify: the chunks are untouched
+    expect(whole.subarray(whole.length - 23).toString()).toBe('split across two chunks');
+    decoder.feed(encodeFrame(Buffer.from('next')));
+    expect(decoder.next()!.toString()).toBe('next');
+    expect(decoder.lastFrameOwned).toBe(false);
+  });
+});
