@@ -20,7 +20,7 @@ import { closeSync, existsSync, fdatasyncSync, fstatSync, ftruncateSync, openSyn
 import type { Subscription } from 'rxjs';
 import { ZrsError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
-import { DATA_HEADER_BYTES, TXN_HEADER_BYTES, copyId, dataRecordLength, readTxnHeader, readU64At, writeU64At } from '../storage/format.js';
+import { DATA_HEADER_BYTES, TXN_HEADER_BYTES, copyId, dataRecordLength, readTxnHeader, readU64At, recordsStart, writeU64At } from '../storage/format.js';
 import { tidPlusOne } from '../storage/timestamp.js';
 import type { CommittedTransaction } from '../storage/types.js';
 import type { ChainHead } from '../wire/native.js';
@@ -99,7 +99,7 @@ export function chainLink(prev: Buffer, t: ChainContent): Buffer {
  */
 export function linkOfStored(prev: Buffer, body: Buffer): Buffer | null {
   const length = readU64At(body, 8);
-  const recordsAt = TXN_HEADER_BYTES + body.readUInt16BE(17) + body.readUInt16BE(19) + body.readUInt16BE(21);
+  const recordsAt = recordsStart(body);
   let count = 0;
   for (let pos = recordsAt; pos < length; count++) {
     const plen = readU64At(body, pos + 34);

@@ -125,4 +125,9 @@ export function compareIds(a: Buffer, b: Buffer): number {
   return 0;
 }
 
+/** Offset of the first data record of the transaction whose header starts at `off` in `buf` (past user, description and extension). */
+export function recordsStart(buf: Buffer, off = 0): number {
+  return off + TXN_HEADER_BYTES + buf.readUInt16BE(off + 17) + buf.readUInt16BE(off + 19) + buf.readUInt16BE(off + 21);
+}
+
 export { u64At as readU64At, writeU64At };

@@ -4,7 +4,7 @@
 // window and one transaction in memory at a time.
 
 import { CorruptedDataError } from '../errors.js';
-import { DATA_HEADER_BYTES, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength, readTxnHeader, readU64At } from './format.js';
+import { DATA_HEADER_BYTES, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength, readTxnHeader, readU64At, recordsStart } from './format.js';
 import { WindowReader } from './fileio.js';
 import type { FileStorage } from './FileStorage.js';
 import type { DataRecord, TransactionRecord } from './types.js';
@@ -102,7 +102,7 @@ export async function readTransaction(storage: FileStorage, reader: WindowReader
  */
 export function parseTransaction(storage: FileStorage, body: Buffer, pos: number): TransactionRecord {
   const length = readU64At(body, 8);
-  let off = TXN_HEADER_BYTES + body.readUInt16BE(17) + body.readUInt16BE(19) + body.readUInt16BE(21);
+  let off = recordsStart(body);
   const recordsAt = off;
   // Every record's extent is checked now; its object is built when asked for.
   let backpointers = false;

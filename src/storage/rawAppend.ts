@@ -8,7 +8,7 @@
 import { CorruptedDataError } from '../errors.js';
 import { oidKeyAt } from './scan.js';
 import type { CommittedTransaction } from './types.js';
-import { DATA_HEADER_BYTES, STATUS_COMMITTED, TRAILER_BYTES, TXN_HEADER_BYTES, readU64At, writeU64At } from './format.js';
+import { DATA_HEADER_BYTES, STATUS_COMMITTED, TRAILER_BYTES, TXN_HEADER_BYTES, readU64At, recordsStart, writeU64At } from './format.js';
 
 /** One transaction of a relocated run, at its new position. */
 export interface RelocatedTxn {
@@ -42,7 +42,7 @@ export class RelocatedCommit implements CommittedTransaction {
       const seen = new Set<string>();
       const oids: Buffer[] = [];
       const length = readU64At(this.raw, 8);
-      for (let r = TXN_HEADER_BYTES + this.raw.readUInt16BE(17) + this.raw.readUInt16BE(19) + this.raw.readUInt16BE(21); r < length; ) {
+      for (let r = recordsStart(this.raw); r < length; ) {
         const key = oidKeyAt(this.raw, r);
         if (!seen.has(key)) {
           seen.add(key);
@@ -109,7 +109,7 @@ export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer 
       bad(off, `tid ${raw.toString('hex', off, off + 8)} is not after ${tidHex(prevHi, prevLo)}`);
     }
     const tpos = base + off;
-    let r = off + TXN_HEADER_BYTES + raw.readUInt16BE(off + 17) + raw.readUInt16BE(off + 19) + raw.readUInt16BE(off + 21);
+    let r = recordsStart(raw, off);
     const recordsEnd = off + length;
     if (r > recordsEnd) bad(off, 'metadata runs past the transaction');
     while (r < recordsEnd) {
@@ -156,7 +156,7 @@ export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer 
 export function isRelocatable(raw: Buffer, exclude?: (data: Buffer) => boolean): boolean {
   if (raw[16] !== STATUS_BYTE) return false;
   const length = readU64At(raw, 8);
-  for (let r = TXN_HEADER_BYTES + raw.readUInt16BE(17) + raw.readUInt16BE(19) + raw.readUInt16BE(21); r < length; ) {
+  for (let r = recordsStart(raw); r < length; ) {
     const plen = readU64At(raw, r + 34);
     if (plen === 0 || raw.readUInt16BE(r + 32) !== 0) return false;
     if (exclude?.(raw.subarray(r + DATA_HEADER_BYTES, r + DATA_HEADER_BYTES + plen))) return false;
