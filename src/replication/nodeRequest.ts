@@ -4,6 +4,7 @@
 // requests both go through here. Bounded: the reply frame has a size limit,
 // and connecting and replying each have a timeout on the injected clock.
 
+import { ZrsError } from '../errors.js';
 import { systemClock } from '../node/clock.js';
 import { socketTransport } from '../node/socketTransport.js';
 import type { Clock } from '../ports/clock.js';
@@ -19,6 +20,18 @@ import {
   type SecondaryMessage,
 } from '../wire/native.js';
 import { formatAddress, parseAddress } from './address.js';
+
+/** A request to a node that failed: where it went, why, and the message saying so. */
+export class NodeRequestError extends ZrsError {
+  constructor(
+    readonly address: string,
+    readonly reason: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
 
 export interface NodeRequestOptions {
   transport?: Transport;

@@ -4,24 +4,19 @@
 // only on its own replication address: whoever may replicate from it may
 // promote it (docs/OPERATIONS.md, Security).
 
-import { ZrsError } from '../errors.js';
 import { PromotionRefusedError } from '../failover/promote.js';
 import type { ReplicationAddress } from '../ports/transport.js';
 import { PROMOTE_REPLY_MAX_BYTES, type GenerationEntry, type PrimaryMessage } from '../wire/native.js';
-import { askNode, type NodeRequestKind, type NodeRequestOptions } from './nodeRequest.js';
+import { NodeRequestError, askNode, type NodeRequestKind, type NodeRequestOptions } from './nodeRequest.js';
 
 /** Default bound on connecting, and again on the reply (the promotion itself), in ms. */
 export const DEFAULT_PROMOTE_TIMEOUT_MS = 30_000;
 
 /** The node could not be reached, or gave no valid answer (closed, garbage, timeout). */
-export class PromoteRequestError extends ZrsError {
+export class PromoteRequestError extends NodeRequestError {
   override name = 'PromoteRequestError';
-  constructor(
-    readonly address: string,
-    readonly reason: string,
-    options?: { cause?: unknown },
-  ) {
-    super(`promote request to ${address} failed: ${reason}`, options);
+  constructor(address: string, reason: string, options?: { cause?: unknown }) {
+    super(address, reason, `promote request to ${address} failed: ${reason}`, options);
   }
 }
 

@@ -3,35 +3,26 @@
 // `status` reply and closes. Bounded: one reply frame of at most
 // STATUS_REPLY_MAX_BYTES, and the whole exchange within a timeout.
 
-import { ZrsError } from '../errors.js';
 import type { ReplicationAddress } from '../ports/transport.js';
 import { STATUS_REPLY_MAX_BYTES, type NodeStatus, type PrimaryMessage } from '../wire/native.js';
-import { askNode, type NodeRequestKind, type NodeRequestOptions } from './nodeRequest.js';
+import { NodeRequestError, askNode, type NodeRequestKind, type NodeRequestOptions } from './nodeRequest.js';
 
 /** Default bound on connecting and receiving the reply, in ms. */
 export const DEFAULT_STATUS_TIMEOUT_MS = 10_000;
 
 /** The node could not be reached (refused, unreachable, no such socket, connect timeout). */
-export class StatusConnectError extends ZrsError {
+export class StatusConnectError extends NodeRequestError {
   override name = 'StatusConnectError';
-  constructor(
-    readonly address: string,
-    readonly reason: string,
-    options?: { cause?: unknown },
-  ) {
-    super(`can't connect to ${address}: ${reason}`, options);
+  constructor(address: string, reason: string, options?: { cause?: unknown }) {
+    super(address, reason, `can't connect to ${address}: ${reason}`, options);
   }
 }
 
 /** The node was reached but gave no valid status (closed, refused, garbage, timeout). */
-export class StatusReplyError extends ZrsError {
+export class StatusReplyError extends NodeRequestError {
   override name = 'StatusReplyError';
-  constructor(
-    readonly address: string,
-    readonly reason: string,
-    options?: { cause?: unknown },
-  ) {
-    super(`no status from ${address}: ${reason}`, options);
+  constructor(address: string, reason: string, options?: { cause?: unknown }) {
+    super(address, reason, `no status from ${address}: ${reason}`, options);
   }
 }
 
@@ -57,7 +48,7 @@ const STATUS_REQUEST: NodeRequestKind<NodeStatus> = {
   connectError: (label, reason, cause) => new StatusConnectError(label, reason, { cause }),
   replyError: (label, reason, cause) => new StatusReplyError(label, reason, { cause }),
   closedWithoutReply: 'the node closed the connection without a status (a zc.zrs node, or a version without status requests?)',
-  read: (msg, label) => readReply(msg, label),
+  read: readReply,
 };
 
 function readReply(msg: PrimaryMessage, label: string): NodeStatus | Error {

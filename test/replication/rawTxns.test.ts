@@ -64,11 +64,20 @@ async function messagesUntil(primary: Primary, rawTxns: boolean, lastTid: Buffer
   }
 }
 
+/** Run `body` with a primary (no fsync, no audit log) serving `dir`/p.fs, closed afterwards. */
+async function withPrimary(dir: string, body: (primary: Primary) => Promise<void>): Promise<void> {
+  const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+  try {
+    await body(primary);
+  } finally {
+    await primary.close();
+  }
+}
+
 describe('raw transaction batches', () => {
   it('carry runs of plain transactions; an undo travels record by record; only peers that ask get them', async () => {
     const dir = await tempDir();
-    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
-    try {
+    await withPrimary(dir, async (primary) => {
       const fs = primary.storage;
       await commitMany(fs, 40);
       const undo = await undoLast(fs);
@@ -87,16 +96,13 @@ describe('raw transaction batches', () => {
       await waitForTid(secondary, last);
       await expectSameHistory(fs, secondary.storage);
       await secondary.close();
-    } finally {
-      await primary.close();
-    }
+    });
     expect(readFileSync(join(dir, 's.fs')).equals(readFileSync(join(dir, 'p.fs')))).toBe(true);
   });
 
   it('send live commits made in one burst as one run', async () => {
     const dir = await tempDir();
-    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
-    try {
+    await withPrimary(dir, async (primary) => {
       const first = (await commitMany(primary.storage, 2)).at(-1)!;
       let burst: Buffer[] = [];
       const messages = await messagesUntil(primary, true, first, async () => {
@@ -105,15 +111,12 @@ describe('raw transaction batches', () => {
       });
       const runs = messages.filter((m) => m.type === 'txns' || m.type === 'txn').map((m) => (m.type === 'txns' ? `txns:${m.count}` : 'txn'));
       expect(runs).toEqual(['txns:2', 'txns:5']);
-    } finally {
-      await primary.close();
-    }
+    });
   });
 
   it('over a history of several read windows: each run is whole consecutive transactions of at most 1 MiB, together all of them in order', async () => {
     const dir = await tempDir();
-    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
-    try {
+    await withPrimary(dir, async (primary) => {
       const fs = primary.storage;
       const payload = Buffer.alloc(9000, 3);
       for (let i = 0; i < 400; i++) {
@@ -137,15 +140,12 @@ describe('raw transaction batches', () => {
         next += run.count;
       }
       expect(next).toBe(txns.length);
-    } finally {
-      await primary.close();
-    }
+    });
   });
 
   it('land at the secondary’s own positions when its file differs from the primary’s (the primary packed)', async () => {
     const dir = await tempDir();
-    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
-    try {
+    await withPrimary(dir, async (primary) => {
       const fs = primary.storage;
       const serials = new Map<string, Buffer>();
       const first = await commitMany(fs, 30, 3, serials);
@@ -177,17 +177,14 @@ describe('raw transaction batches', () => {
         ts.filter((t) => Buffer.compare(t.tid, first.at(-1)!) > 0).map((t) => [t.tid.toString('hex'), t.records.map((r) => [r.oid.toString('hex'), r.data?.toString('hex')])]);
       expect(tail(await allTransactions(secondary.storage))).toEqual(tail(await allTransactions(fs)));
       await secondary.close();
-    } finally {
-      await primary.close();
-    }
+    });
   });
 });
 
 describe('transactions larger than WHOLE_TXN_MAX_BYTES', () => {
   it('travel record by record (no frame holds more than one record), and replicate', async () => {
     const dir = await tempDir();
-    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
-    try {
+    await withPrimary(dir, async (primary) => {
       const fs = primary.storage;
       await commitMany(fs, 3);
       const big = { description: 'big' };
@@ -207,9 +204,7 @@ describe('transactions larger than WHOLE_TXN_MAX_BYTES', () => {
       await waitForTid(secondary, last);
       await expectSameHistory(fs, secondary.storage);
       await secondary.close();
-    } finally {
-      await primary.close();
-    }
+    });
   });
 });
 
