@@ -40,6 +40,10 @@ const CHECK_BYTES = 8;
 export const CHAIN_ENTRY_BYTES = 8 + LINK_BYTES + CHECK_BYTES;
 /** Most links from the primary waiting for their transaction to commit (the applier finishes at most 512 ahead). */
 const MAX_EXPECTED_LINKS = 4096;
+/** Most links computed ahead of their commits that a replica keeps (a few runs' worth). */
+const MAX_COMPUTED_LINKS = 65_536;
+/** Entries a cursor reads at once. */
+const CURSOR_BLOCK_ENTRIES = 1024;
 /** Most samples a secondary sends in its hello. */
 export const MAX_CHAIN_SAMPLES = 64;
 
@@ -101,19 +105,20 @@ export function linkOfStored(prev: Buffer, body: Buffer): Buffer | null {
   const length = readU64At(body, 8);
   const recordsAt = recordsStart(body);
   let count = 0;
+  let largest = 0;
   for (let pos = recordsAt; pos < length; count++) {
     const plen = readU64At(body, pos + 34);
     if (plen === 0) return null;
+    if (plen > largest) largest = plen;
     pos += DATA_HEADER_BYTES + plen;
   }
-  // Large data goes to the hash as it lies in `body` instead of through the scratch copy.
-  const hasher = body.length >= DIRECT_DATA_BYTES ? createHash('sha256') : null;
-  // Hashed, a record takes 25 bytes less than stored and the header 17 more, so this always fits.
-  const bound = prev.length + body.length + 64;
-  if (bound > scratch.length) scratch = Buffer.allocUnsafe(Math.max(bound, scratch.length * 2));
+  // Hashed, a record takes 25 bytes less than stored and the header 17 more, so this always fits
+  // (with large data: the header and one record's head or small data at a time).
+  const need = prev.length + 64 + (largest < DIRECT_DATA_BYTES ? body.length : recordsAt + DIRECT_DATA_BYTES);
+  if (need > scratch.length) scratch = Buffer.allocUnsafe(Math.max(need, scratch.length * 2));
   const out = scratch;
-  let off = copyBytes(prev, 0, prev.length, out, 0);
-  off = copyBytes(body, 0, 8, out, off);
+  out.set(prev, 0);
+  let off = copyBytes(body, 0, 8, out, prev.length);
   let pos = TXN_HEADER_BYTES;
   for (let field = 0; field < 3; field++) {
     const len = body.readUInt16BE(17 + 2 * field); // user, description, extension lengths
@@ -122,19 +127,80 @@ export function linkOfStored(prev: Buffer, body: Buffer): Buffer | null {
     pos += len;
   }
   off = putU64(out, off, count);
-  while (pos < length) {
+  if (largest >= DIRECT_DATA_BYTES) return linkWithLargeData(out, off, body, length);
+  // A hashed record is its oid, 0x01, then its length and data, which lie
+  // together at the end of the stored record: the records are copied in one
+  // go and moved down in place, record by record (never over bytes unread).
+  out.set(body.subarray(recordsAt, length), off);
+  const end = off + length - recordsAt;
+  for (let r = off; r < end; ) {
+    const plen = readU64At(out, r + 34);
+    for (let i = 0; i < 8; i++) out[off + i] = out[r + i]!;
+    out[off + 8] = 1;
+    out.copyWithin(off + 9, r + 34, r + DATA_HEADER_BYTES + plen);
+    off += 17 + plen;
+    r += DATA_HEADER_BYTES + plen;
+  }
+  return sha256(out.subarray(0, off));
+}
+
+/** linkOfStored's tail when some record data is large: such data is hashed where it lies instead of through a copy. */
+function linkWithLargeData(out: Buffer, headerBytes: number, body: Buffer, length: number): Buffer {
+  const hasher = createHash('sha256');
+  let off = headerBytes;
+  for (let pos = recordsStart(body); pos < length; ) {
     const plen = readU64At(body, pos + 34);
+    if (off + 17 + Math.min(plen, DIRECT_DATA_BYTES) > out.length) {
+      hasher.update(out.subarray(0, off));
+      off = 0;
+    }
     off = copyBytes(body, pos, pos + 8, out, off);
     out[off++] = 1;
     off = putU64(out, off, plen);
     const data = pos + DATA_HEADER_BYTES;
-    if (hasher !== null && plen >= DIRECT_DATA_BYTES) {
+    if (plen >= DIRECT_DATA_BYTES) {
       hasher.update(out.subarray(0, off)).update(body.subarray(data, data + plen));
       off = 0;
     } else off = copyBytes(body, data, data + plen, out, off);
     pos = data + plen;
   }
-  return hasher === null ? sha256(out.subarray(0, off)) : hasher.update(out.subarray(0, off)).digest();
+  return hasher.update(out.subarray(0, off)).digest();
+}
+
+/** A transaction's link, computed ahead of its commit. */
+export interface ComputedLink {
+  tid: Buffer;
+  link: Buffer;
+}
+
+/**
+ * The links of a run of whole stored transactions (header to trailer each,
+ * as a `txns` message carries them), the first chained after `prev`. Null
+ * when the bytes do not split into transactions and records, or a record is
+ * a backpointer: a run must hold neither, and the caller refuses it.
+ */
+export function linksOfRun(prev: Buffer, run: Buffer): ComputedLink[] | null {
+  const out: ComputedLink[] = [];
+  for (let off = 0; off < run.length; ) {
+    if (off + TXN_HEADER_BYTES > run.length) return null;
+    const length = readU64At(run, off + 8);
+    const end = off + length + 8;
+    if (length < TXN_HEADER_BYTES || end > run.length) return null;
+    const body = run.subarray(off, off + length);
+    if (recordsStart(body) > length) return null;
+    for (let pos = recordsStart(body); pos < length; ) {
+      if (pos + DATA_HEADER_BYTES > length) return null;
+      const next = pos + DATA_HEADER_BYTES + readU64At(body, pos + 34);
+      if (next > length) return null;
+      pos = next;
+    }
+    const link = linkOfStored(prev, body);
+    if (link === null) return null;
+    out.push({ tid: copyId(body.subarray(0, 8)), link });
+    prev = link;
+    off = end;
+  }
+  return out;
 }
 
 /** Record data of at least this size is hashed in place (see linkOfStored). */
@@ -330,6 +396,9 @@ export class HashChain {
   private closed = false;
   /** Links the primary sent for packed transactions about to commit here (bounded). */
   private readonly expected = new Map<string, Buffer>();
+  /** Links computed here ahead of their commits, oldest first, each with the link it follows (bounded). */
+  private computed: Array<ComputedLink & { prev: Buffer }> = [];
+  private computedNext = 0;
 
   private constructor(
     readonly path: string,
@@ -378,8 +447,9 @@ export class HashChain {
         given = this.expected.get(key);
         this.expected.delete(key);
       }
+      const prev = this.headEntry?.hash ?? CHAIN_ORIGIN;
       // A packed transaction lost records: its content no longer gives the link, the primary's does.
-      const link = given && c.status === 'p' ? given : linkAt(this.storage, this.headEntry?.hash ?? CHAIN_ORIGIN, c.pos, c.raw);
+      const link = given && c.status === 'p' ? given : (this.takeComputed(c.tid, prev) ?? linkAt(this.storage, prev, c.pos, c.raw));
       this.append(c.tid, link);
     } catch (err) {
       // Never thrown into the storage's publisher: the chain stops here and is
@@ -420,6 +490,69 @@ export class HashChain {
   expectLink(tid: Buffer, link: Buffer): void {
     if (this.expected.size >= MAX_EXPECTED_LINKS) this.expected.delete(this.expected.keys().next().value!);
     this.expected.set(tid.toString('hex'), Buffer.from(link));
+  }
+
+  /**
+   * Links of transactions about to commit here, computed from their bytes
+   * before they were written (a replica checks a run by its links), the
+   * first following `prev`. Each is used only if, at its commit, the chain's
+   * head is the link it was computed after; otherwise it is computed again.
+   */
+  expectComputed(prev: Buffer, links: readonly ComputedLink[]): void {
+    for (const l of links) {
+      this.computed.push({ tid: l.tid, link: l.link, prev });
+      prev = l.link;
+    }
+    const excess = this.computed.length - this.computedNext - MAX_COMPUTED_LINKS;
+    if (excess > 0) this.computedNext += excess;
+    if (this.computedNext > 1024 && this.computedNext * 2 > this.computed.length) {
+      this.computed = this.computed.slice(this.computedNext);
+      this.computedNext = 0;
+    }
+  }
+
+  /** Forget the links computed ahead (the transactions they were for will not commit as sent). */
+  dropComputed(): void {
+    this.computed = [];
+    this.computedNext = 0;
+  }
+
+  /** The link computed ahead for `tid` after `prev`, if any; older ones are dropped. */
+  private takeComputed(tid: Buffer, prev: Buffer): Buffer | null {
+    while (this.computedNext < this.computed.length) {
+      const c = this.computed[this.computedNext]!;
+      const order = Buffer.compare(c.tid, tid);
+      if (order > 0) return null;
+      this.computedNext += 1;
+      if (order === 0) return c.prev.equals(prev) ? c.link : null;
+    }
+    return null;
+  }
+
+  /** A reader of consecutive links, for one session sending transactions in tid order. */
+  cursor(): ChainCursor {
+    return new ChainCursor(
+      (first, max) => (this.closed ? [] : this.entriesFrom(first, max)),
+      () => (this.closed ? 0 : this.length),
+    );
+  }
+
+  /** Up to `max` whole entries from index `first`: file entries in one read, then unwritten ones. */
+  private entriesFrom(first: number, max: number): Entry[] {
+    const out: Entry[] = [];
+    if (first < this.fileEntries) {
+      const want = Math.min(max, this.fileEntries - first);
+      const buf = Buffer.allocUnsafe(want * CHAIN_ENTRY_BYTES);
+      const n = readSync(this.file.fd, buf, 0, buf.length, HEADER_BYTES + first * CHAIN_ENTRY_BYTES);
+      for (let off = 0; off + CHAIN_ENTRY_BYTES <= n; off += CHAIN_ENTRY_BYTES) {
+        const e = decodeEntry(buf.subarray(off, off + CHAIN_ENTRY_BYTES), this.file.check);
+        if (e === null) return out;
+        out.push(e);
+      }
+      if (out.length < want) return out;
+    }
+    for (let i = Math.max(first, this.fileEntries) - this.fileEntries; i < this.pending.length && out.length < max; i++) out.push(this.pending[i]!);
+    return out;
   }
 
   /** Resolve once every link computed so far is on disk. */
@@ -483,3 +616,55 @@ export class HashChain {
     }
   }
 }
+
+/**
+ * Links of consecutive transactions, read a block of entries at a time
+ * from where the last lookup ended: a session sending transactions in tid
+ * order finds each next link without searching the file.
+ */
+export class ChainCursor {
+  private block: Entry[] = [];
+  private blockFirst = 0;
+  private next = 0;
+
+  constructor(
+    private readonly read: (first: number, max: number) => Entry[],
+    private readonly count: () => number,
+  ) {}
+
+  /**
+   * The links at `tids` (consecutive transactions of the chain, oldest
+   * first) and the link before the first (CHAIN_ORIGIN before the very
+   * first), or null when the chain does not hold every one of them.
+   */
+  linksOf(tids: readonly Buffer[]): { prev: Buffer; links: Buffer[] } | null {
+    if (tids.length === 0) return null;
+    let i = this.next;
+    if (!this.entry(i)?.tid.equals(tids[0]!)) {
+      // Searched one entry at a time; the block is read from where it is found.
+      i = countUpTo((k) => this.read(k, 1)[0] ?? { tid: MAX_TID, hash: CHAIN_ORIGIN }, this.count(), tids[0]!) - 1;
+      if (i < 0 || !this.entry(i)!.tid.equals(tids[0]!)) return null;
+    }
+    const prev = i === 0 ? CHAIN_ORIGIN : this.entry(i - 1)?.hash;
+    if (prev === undefined) return null;
+    const links: Buffer[] = [];
+    for (const tid of tids) {
+      const e = this.entry(i++);
+      if (!e?.tid.equals(tid)) return null;
+      links.push(e.hash);
+    }
+    this.next = i;
+    return { prev, links };
+  }
+
+  private entry(i: number): Entry | undefined {
+    if (i < this.blockFirst || i >= this.blockFirst + this.block.length) {
+      if (i < 0 || i >= this.count()) return undefined;
+      this.block = this.read(i, CURSOR_BLOCK_ENTRIES);
+      this.blockFirst = i;
+    }
+    return this.block[i - this.blockFirst];
+  }
+}
+
+const MAX_TID = Buffer.alloc(8, 0xff);

@@ -11,6 +11,7 @@ import { ProtocolError, ZrsError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import type { TransactionMeta } from '../storage/types.js';
 import type { ApplyEvent } from './inbound.js';
+import type { ComputedLink } from '../failover/hashChain.js';
 import type { GenerationEntry } from '../wire/native.js';
 import { NO_MUTATIONS, type ReplicationMutations } from './mutations.js';
 
@@ -35,6 +36,8 @@ export interface ApplierHooks {
   heartbeat(lastTid: Buffer, clockMs: number, generation?: GenerationEntry): void | Promise<void>;
   /** The primary's hash-chain link for a transaction about to be finished (packed ones). */
   link?(tid: Buffer, link: Buffer): void;
+  /** Links of a run about to be written, computed from its bytes (the first after `prevLink`); `null`: the run failed, forget them. */
+  runLinks?(linked: { prevLink: Buffer; links: ComputedLink[] } | null): void;
 }
 
 export class Applier {
@@ -141,7 +144,12 @@ export class Applier {
   private async finishRaw(): Promise<void> {
     const e = this.raw!;
     this.raw = null;
-    const { durable } = await this.storage.appendTransactions(e.bytes);
+    // Handed over before the write: the chain takes them when the run is published durable.
+    if (e.linked) this.hooks.runLinks?.(e.linked);
+    const { durable } = await this.storage.appendTransactions(e.bytes).catch((err: unknown) => {
+      if (e.linked) this.hooks.runLinks?.(null);
+      throw err;
+    });
     await this.track(durable, e.bytes.length);
   }
 

@@ -4,6 +4,7 @@
 
 import { ProtocolError } from '../errors.js';
 import type { ProtocolSpec } from '../../machines/handshake.js';
+import { linksOfRun, type ComputedLink } from '../failover/hashChain.js';
 import { StreamChecksum } from '../wire/checksum.js';
 import { dumps } from '../wire/pickle.js';
 import { createNativeUnpackr, decodeNative, type GenerationEntry, type PrimaryMessage, type RecordMessage } from '../wire/native.js';
@@ -17,8 +18,12 @@ export type ApplyEvent =
   /** `blobBytes` null: a plain record; a number: a blob of that size follows in blobBlock events. */
   | { kind: 'record'; oid: Buffer; data: Buffer | null; dataTxn: Buffer | null; blob: { blocks: number } | null }
   | { kind: 'blobBlock'; bytes: Buffer; last: boolean }
-  /** Whole transactions as FileStorage bytes (native `txns`); the next commit closes them. */
-  | { kind: 'rawTxns'; bytes: Buffer; count: number; lastTid: Buffer }
+  /**
+   * Whole transactions as FileStorage bytes (native `txns`); the next commit
+   * closes them. `links`: their hash-chain links, the first after `prevLink`,
+   * when the checksum covered the links (txnLinks granted).
+   */
+  | { kind: 'rawTxns'; bytes: Buffer; count: number; lastTid: Buffer; linked?: { prevLink: Buffer; links: ComputedLink[] } }
   | { kind: 'commit'; tid: Buffer; link?: Buffer }
   | { kind: 'heartbeat'; lastTid: Buffer; clockMs: number; generation?: GenerationEntry };
 
@@ -41,6 +46,8 @@ export class NativeInbound implements InboundDecoder {
   private pendingRecord: RecordMessage | null = null;
   private blobRemaining = 0;
   private tid: Buffer | null = null;
+  /** The welcome granted txnLinks: `txns` runs are checked by their links. */
+  private linked = false;
 
   constructor(
     startTid: Buffer,
@@ -59,19 +66,43 @@ export class NativeInbound implements InboundDecoder {
     if (payload.length === 0) return [];
     const msg = decodeNative(payload, this.unpackr, 'primary');
     if (!this.welcomed) return this.verdict(msg);
+    let linked: { prevLink: Buffer; links: ComputedLink[] } | undefined;
     if (msg.type === 'commit') {
       if (this.verifyChecksum) this.checksum.verify(msg.checksum, this.tid ?? undefined);
       this.checksum.update(payload);
-    } else this.checksum.update(payload);
+    } else if (msg.type === 'txns' && this.linked) linked = this.feedLinked(payload, msg);
+    else this.checksum.update(payload);
     const out: ApplyEvent[] = [];
     if (this.pendingRecord && msg.type !== 'blob') out.push(this.flushRecord(null));
-    out.push(...this.message(msg, owned));
+    out.push(...this.message(msg, owned, linked));
     return out;
+  }
+
+  /**
+   * A run under txnLinks: the checksum takes the payload without the
+   * transactions' bytes, then their links, computed here from those bytes.
+   * The links cover everything in the bytes but the file positions, which
+   * the storage checks and rewrites anyway.
+   */
+  private feedLinked(payload: Buffer, msg: Extract<PrimaryMessage, { type: 'txns' }>): { prevLink: Buffer; links: ComputedLink[] } {
+    if (msg.prevLink === undefined) throw new ProtocolError('txns without prevLink after txnLinks was granted');
+    const links = linksOfRun(msg.prevLink, msg.bytes);
+    if (links === null) throw new ProtocolError('txns bytes do not split into transactions without backpointers');
+    if (links.length !== msg.count || !links[links.length - 1]!.tid.equals(msg.lastTid)) {
+      throw new ProtocolError(`txns announces ${msg.count} transactions up to ${msg.lastTid.toString('hex')} and carries ${links.length}`);
+    }
+    const at = msg.bytes.byteOffset - payload.byteOffset;
+    if (msg.bytes.buffer !== payload.buffer || at < 0) throw new Error('txns bytes are not a view into their frame'); // decoder contract
+    this.checksum.update(payload.subarray(0, at));
+    this.checksum.update(payload.subarray(at + msg.bytes.length));
+    this.checksum.update(Buffer.concat(links.map((l) => l.link)));
+    return { prevLink: msg.prevLink, links };
   }
 
   private verdict(msg: PrimaryMessage): ApplyEvent[] {
     if (msg.type === 'welcome') {
       this.welcomed = true;
+      this.linked = msg.options.rawTxns === true && msg.options.txnLinks === true;
       return [{ kind: 'welcome', lastTid: msg.lastTid, generation: msg.generation, ...(msg.generations ? { generations: msg.generations } : {}) }];
     }
     if (msg.type === 'refuse') return [{ kind: 'refused', code: msg.code, reason: msg.message, forkTid: msg.forkTid, primaryLastTid: msg.lastTid }];
@@ -84,7 +115,7 @@ export class NativeInbound implements InboundDecoder {
     return { kind: 'record', oid: r.oid, data: r.data && Buffer.from(r.data), dataTxn: r.dataTxn, blob };
   }
 
-  private message(msg: PrimaryMessage, owned: boolean): ApplyEvent[] {
+  private message(msg: PrimaryMessage, owned: boolean, linked?: { prevLink: Buffer; links: ComputedLink[] }): ApplyEvent[] {
     switch (msg.type) {
       case 'txn':
         if (this.tid !== null) throw new ProtocolError('txn inside a transaction');
@@ -105,7 +136,7 @@ export class NativeInbound implements InboundDecoder {
         if (this.tid !== null) throw new ProtocolError('txns inside a transaction');
         this.tid = msg.lastTid;
         // The storage rewrites positions in place: a copy unless the frame's buffer is ours (the checksum already covered it).
-        return [{ kind: 'rawTxns', bytes: owned ? msg.bytes : Buffer.from(msg.bytes), count: msg.count, lastTid: msg.lastTid }];
+        return [{ kind: 'rawTxns', bytes: owned ? msg.bytes : Buffer.from(msg.bytes), count: msg.count, lastTid: msg.lastTid, ...(linked ? { linked } : {}) }];
       case 'record':
         if (this.tid === null || this.blobRemaining > 0) throw new ProtocolError('record outside a transaction');
         this.pendingRecord = msg;

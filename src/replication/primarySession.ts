@@ -199,6 +199,7 @@ export class PrimarySession {
     let startTid: Buffer;
     let wantsBlobs = false;
     let wantsRaw = false;
+    let wantsLinks = false;
     let edgeRefusal: ReturnType<FailoverHistory['refusalFor']> = undefined;
     if (spec.kind === 'native') {
       let hello: ReturnType<typeof decodeNative>;
@@ -223,6 +224,7 @@ export class PrimarySession {
       startTid = hello.startTid;
       wantsBlobs = hello.options.blobs;
       wantsRaw = hello.options.rawTxns === true;
+      wantsLinks = hello.options.txnLinks === true;
       edgeRefusal = this.options.history?.refusalFor(hello);
       this.decoder.setMaxFrameBytes(SECONDARY_MESSAGE_MAX_BYTES);
     } else {
@@ -236,6 +238,7 @@ export class PrimarySession {
               generations: this.welcomeGenerations(),
               link: this.options.history ? (tid) => this.options.history!.chain.hashAt(tid) : undefined,
               rawTxns: wantsRaw,
+              txnLinks: wantsLinks && this.options.history ? this.options.history.chain.cursor() : undefined,
             })
           : zrs2Outbound(this.options.storage, startTid, spec);
     }

@@ -9,6 +9,7 @@ import { BlobMissingError } from '../errors.js';
 import { isBlobRecord } from '../storage/blobs.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import { isRelocatable } from '../storage/rawAppend.js';
+import { CHAIN_ORIGIN, linkOfStored, type ChainCursor } from '../failover/hashChain.js';
 import { loads, type PickleDict } from '../wire/pickle.js';
 import type { TransactionRecord } from '../storage/types.js';
 import { StreamChecksum } from '../wire/checksum.js';
@@ -111,11 +112,14 @@ export function nativeOutbound(
     link?: (tid: Buffer) => Buffer | null;
     /** The secondary asked for `txns` messages (whole transactions as file bytes). */
     rawTxns?: boolean;
+    /** The secondary asked to check runs by their links, and these are the served storage's (see docs/PROTOCOL.md, Checksum). */
+    txnLinks?: Pick<ChainCursor, 'linksOf'>;
     /** Default WHOLE_TXN_MAX_BYTES. */
     wholeTxnMaxBytes?: number;
   },
 ): OutboundCodec {
   const wholeMax = options.wholeTxnMaxBytes ?? WHOLE_TXN_MAX_BYTES;
+  const linked = options.rawTxns === true ? options.txnLinks : undefined;
   const packr = createNativePackr();
   const checksum = new StreamChecksum(startTid);
   const frame = (msg: NativeMessage): Buffer => {
@@ -135,7 +139,7 @@ export function nativeOutbound(
           type: 'welcome',
           lastTid,
           ...(options.generations?.() ?? { generation: { generation: 0, startTid: Buffer.alloc(8) } }),
-          options: { blobs: options.blobs, compression: 'none', ...(options.rawTxns ? { rawTxns: true } : {}) },
+          options: { blobs: options.blobs, compression: 'none', ...(options.rawTxns ? { rawTxns: true } : {}), ...(linked ? { txnLinks: true } : {}) },
         },
         packr,
       ),
@@ -156,9 +160,21 @@ export function nativeOutbound(
       return isRelocatable(txn.raw, options.blobs && storage.blobs !== null ? isBlobRecord : undefined);
     },
     rawFrames(txns) {
-      const [head, bytes] = encodeTxnsFrame({ type: 'txns', count: txns.length, lastTid: txns[txns.length - 1]!.tid, bytes: adjacentBytes(txns) }, packr);
-      checksum.update(head.subarray(FRAME_HEADER_BYTES));
-      checksum.update(bytes);
+      const run = { type: 'txns', count: txns.length, lastTid: txns[txns.length - 1]!.tid, bytes: adjacentBytes(txns) } as const;
+      if (linked === undefined) {
+        const [head, bytes] = encodeTxnsFrame(run, packr);
+        checksum.update(head.subarray(FRAME_HEADER_BYTES));
+        checksum.update(bytes);
+        return [head, bytes, frame({ type: 'commit', checksum: checksum.digest() })];
+      }
+      // The links stand for the bytes in the checksum: the chain's own when it holds them all.
+      const known = linked.linksOf(txns.map((t) => t.tid));
+      const prevLink = known?.prev ?? CHAIN_ORIGIN;
+      let prev = prevLink;
+      const links = known?.links ?? txns.map((t) => (prev = linkOfStored(prev, t.raw!)!));
+      const [head, bytes] = encodeTxnsFrame({ ...run, prevLink }, packr);
+      checksum.update(head.subarray(FRAME_HEADER_BYTES)); // the payload but the transactions, which end it
+      checksum.update(Buffer.concat(links));
       return [head, bytes, frame({ type: 'commit', checksum: checksum.digest() })];
     },
     async *transaction(txn) {

@@ -352,6 +352,7 @@ export class Secondary {
       {
         applied: (tid) => this.onApplied(conn, tid),
         link: (tid, link) => this.failover?.chain.expectLink(tid, link),
+        runLinks: (linked) => (linked ? this.failover?.chain.expectComputed(linked.prevLink, linked.links) : this.failover?.chain.dropComputed()),
         heartbeat: async (lastTid, clockMs, generation) => {
           this.lastHeartbeat = { lastTid, clockMs, receivedMs: this.clock.now() };
           this.noteUpstreamTid(lastTid);
@@ -374,7 +375,7 @@ export class Secondary {
     if (this.spec.kind === 'native') {
       const blobs = (this.options.transferBlobs ?? true) && this.inner.blobs !== null;
       const history = this.failover?.helloFields(start) ?? { generations: [] };
-      conn.stream.write(encodeNativeFrame({ type: 'hello', startTid: start, ...history, options: { blobs, rawTxns: true } }, this.packr));
+      conn.stream.write(encodeNativeFrame({ type: 'hello', startTid: start, ...history, options: { blobs, rawTxns: true, txnLinks: true } }, this.packr));
     } else conn.stream.write(encodeFrame(start));
   }
 

@@ -133,6 +133,8 @@ export interface HelloOptions {
   compression?: 'none';
   /** The secondary applies `txns` messages (whole transactions in FileStorage bytes). */
   rawTxns?: boolean;
+  /** The secondary checks `txns` runs by their hash-chain links (docs/PROTOCOL.md, Checksum). */
+  txnLinks?: boolean;
 }
 
 /** Options a primary granted. */
@@ -141,6 +143,8 @@ export interface AcceptedOptions {
   compression: 'none';
   /** `txns` messages may follow (only when the hello asked for them). */
   rawTxns?: boolean;
+  /** `txns` runs carry `prevLink` and the checksum covers their links instead of their bytes (only with rawTxns, when asked for). */
+  txnLinks?: boolean;
 }
 
 /** Secondary -> primary, frame 2: where to start and what history the secondary holds. */
@@ -244,6 +248,8 @@ export interface TxnsMessage {
   count: number;
   /** The tid of the last transaction in `bytes` (the `commit` closes it). */
   lastTid: Buffer;
+  /** With `txnLinks`: the primary's hash-chain link before the first transaction in `bytes`. */
+  prevLink?: Buffer;
   bytes: Buffer;
 }
 
@@ -625,6 +631,8 @@ function parseMessage(value: unknown, copyIds: boolean): NativeMessage {
         type,
         count: asInt(get(obj, 'count', type), 'txns.count', 1),
         lastTid: asId(get(obj, 'lastTid', type), 'txns.lastTid', copyIds),
+        ...parsePrevLink(getOptional(obj, 'prevLink'), copyIds),
+        // Last: encodeTxnsFrame relies on the bytes ending the message.
         bytes: asBytes(get(obj, 'bytes', type), 'txns.bytes', false, 1),
       };
     case 'record':
@@ -704,6 +712,8 @@ function parseHello(obj: Obj, copy: boolean): HelloMessage {
   }
   const rawTxns = getOptional(optionsObj, 'rawTxns');
   if (rawTxns !== undefined && rawTxns !== null) options.rawTxns = asBool(rawTxns, 'hello.options.rawTxns');
+  const txnLinks = getOptional(optionsObj, 'txnLinks');
+  if (txnLinks !== undefined && txnLinks !== null) options.txnLinks = asBool(txnLinks, 'hello.options.txnLinks');
   const hello: HelloMessage = {
     type: 'hello',
     startTid: asId(get(obj, 'startTid', 'hello'), 'hello.startTid', copy),
@@ -748,9 +758,17 @@ function parseWelcome(obj: Obj, copy: boolean): WelcomeMessage {
   };
 }
 
-function parseRawTxnsGrant(options: Obj): { rawTxns?: boolean } {
-  const v = getOptional(options, 'rawTxns');
-  return v === undefined || v === null ? {} : { rawTxns: asBool(v, 'welcome.options.rawTxns') };
+function parseRawTxnsGrant(options: Obj): { rawTxns?: boolean; txnLinks?: boolean } {
+  const grant: { rawTxns?: boolean; txnLinks?: boolean } = {};
+  for (const key of ['rawTxns', 'txnLinks'] as const) {
+    const v = getOptional(options, key);
+    if (v !== undefined && v !== null) grant[key] = asBool(v, `welcome.options.${key}`);
+  }
+  return grant;
+}
+
+function parsePrevLink(value: unknown, copy: boolean): { prevLink?: Buffer } {
+  return value === undefined || value === null ? {} : { prevLink: asBytes(value, 'txns.prevLink', copy, 16, 64) };
 }
 
 function parseWelcomeGenerations(list: unknown, copy: boolean): { generations?: GenerationEntry[] } {

@@ -7,7 +7,8 @@ import { appendFileSync, readFileSync, statSync, truncateSync, writeFileSync } f
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
-import { CHAIN_ENTRY_BYTES, HashChain, chainLink, chainPathFor, contentAt, linkOfStored } from '../../src/failover/hashChain.js';
+import { tidPlusOne } from '../../src/storage/timestamp.js';
+import { CHAIN_ENTRY_BYTES, CHAIN_ORIGIN, HashChain, chainLink, chainPathFor, contentAt, linkOfStored, linksOfRun } from '../../src/failover/hashChain.js';
 import { judgeHistory } from '../../src/failover/divergence.js';
 import { GenerationHistory } from '../../src/failover/generations.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -142,6 +143,66 @@ describe('linkOfStored', () => {
       else expect(stored!.equals(chainLink(prev, contentAt(fs, t.pos)))).toBe(true);
     }
     expect(sawLarge).toBe(true);
+    await fs.close();
+  });
+});
+
+describe('links for replication', () => {
+  it('a cursor gives the links of consecutive transactions, across read blocks and unwritten entries, and null for tids it lacks', async () => {
+    const dir = await tempDir();
+    const fs = await FileStorage.open(join(dir, 'c.fs'), { create: true, fsync: false });
+    const chain = await HashChain.open(fs, { fsync: false });
+    const tids = await commitMany(fs, 1100, 1); // more than one block of 1024 entries
+    await chain.flush();
+    const more = await commitMany(fs, 3, 1); // links not yet on disk
+    const all = [...tids, ...more];
+    const cursor = chain.cursor();
+    const hex = (b: Buffer): string => b.toString('hex');
+    for (const [from, to] of [[0, 5], [5, 1020], [1020, 1030], [1030, 1103]] as const) {
+      const got = cursor.linksOf(all.slice(from, to))!;
+      expect(hex(got.prev)).toBe(from === 0 ? hex(CHAIN_ORIGIN) : hex(chain.hashAt(all[from - 1]!)!));
+      expect(got.links.map(hex)).toEqual(all.slice(from, to).map((t) => hex(chain.hashAt(t)!)));
+    }
+    // Out of order (a new session starting over) and missing tids.
+    expect(cursor.linksOf([all[7]!])!.links.map(hex)).toEqual([hex(chain.hashAt(all[7]!)!)]);
+    expect(cursor.linksOf([Buffer.alloc(8, 0xee)])).toBeNull();
+    expect(cursor.linksOf([all[3]!, all[5]!])).toBeNull(); // not consecutive
+    await chain.close();
+    expect(cursor.linksOf([all[3]!])).toBeNull(); // a closed chain holds nothing
+    await fs.close();
+  });
+
+  it('links computed ahead are taken only after the link they were computed from; others are computed again', async () => {
+    const dir = await tempDir();
+    const src = await FileStorage.open(join(dir, 'src.fs'), { create: true, fsync: false });
+    await commitMany(src, 6, 2);
+    const raws: Buffer[] = [];
+    for await (const t of src.iterator()) raws.push(Buffer.from(t.raw!));
+    await src.close();
+    const run = Buffer.concat(raws.slice(0, 3));
+    const rest = Buffer.concat(raws.slice(3));
+
+    const fs = await FileStorage.open(join(dir, 'dst.fs'), { create: true, fsync: false });
+    const chain = await HashChain.open(fs, { fsync: false });
+    // Taken as given when the chain's head is what they follow: a marker shows it was not recomputed.
+    const marker = Buffer.alloc(32, 0xab);
+    const [first, ...others] = linksOfRun(CHAIN_ORIGIN, run)!;
+    chain.expectComputed(CHAIN_ORIGIN, [{ tid: first!.tid, link: marker }, ...linksOfRun(marker, run.subarray(raws[0]!.length))!]);
+    expect(others).toHaveLength(2);
+    // Computed after some other link: not taken.
+    const wrong = linksOfRun(Buffer.alloc(32, 9), rest)!;
+    chain.expectComputed(Buffer.alloc(32, 9), wrong);
+    await (await fs.appendTransactions(Buffer.from(run))).durable;
+    await (await fs.appendTransactions(Buffer.from(rest))).durable;
+    await chain.flush();
+    expect(chain.hashAt(first!.tid)!.equals(marker)).toBe(true);
+    let prev: Buffer = marker;
+    for await (const t of fs.iterator(tidPlusOne(first!.tid))) {
+      prev = linkOfStored(prev, t.raw!)!;
+      expect(chain.hashAt(t.tid)!.equals(prev)).toBe(true);
+    }
+    expect(wrong.every((w) => !chain.hashAt(w.tid)!.equals(w.link))).toBe(true);
+    await chain.close();
     await fs.close();
   });
 });

@@ -3,7 +3,7 @@
 // their positions for its own file; transactions with backpointers (undo)
 // travel record by record. Over real loopback sockets.
 
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { firstValueFrom, filter, take, toArray, timeout } from 'rxjs';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -14,7 +14,9 @@ import type { FileStorage } from '../../src/storage/FileStorage.js';
 import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName, type PrimaryMessage } from '../../src/wire/native.js';
 import { cleanupTempDirs, copyZodbFixture, tempDir } from '../helpers/fixtures.js';
 import { allTransactions, commitMany, expectSameHistory, waitForTid, Z64 } from './helpers.js';
-import { FAST_RECONNECT, FramedSocket, WAIT_MS } from './netHelpers.js';
+import { FAST_RECONNECT, FramedSocket, LogCollector, WAIT_MS } from './netHelpers.js';
+import { CHAIN_ORIGIN, chainLink, contentAt, linkOfStored, linksOfRun } from '../../src/failover/hashChain.js';
+import { StreamChecksum } from '../../src/wire/checksum.js';
 
 afterAll(cleanupTempDirs);
 
@@ -32,13 +34,25 @@ async function undoLast(fs: FileStorage): Promise<Buffer> {
  * `lastTid`; with `then`, that is run once `lastTid` arrived, and the
  * messages are collected on until the commit closing what `then` returns.
  */
-async function messagesUntil(primary: Primary, rawTxns: boolean, lastTid: Buffer, then?: () => Promise<Buffer>): Promise<PrimaryMessage[]> {
+async function messagesUntil(primary: Primary, rawTxns: boolean, lastTid: Buffer, then?: () => Promise<Buffer>, txnLinks = false): Promise<PrimaryMessage[]> {
+  return (await framesUntil(primary, rawTxns, lastTid, then, txnLinks)).map((f) => f.message);
+}
+
+/** messagesUntil, each message with its frame payload. */
+async function framesUntil(
+  primary: Primary,
+  rawTxns: boolean,
+  lastTid: Buffer,
+  then?: () => Promise<Buffer>,
+  txnLinks = false,
+): Promise<Array<{ message: PrimaryMessage; payload: Buffer }>> {
   const peer = await FramedSocket.connect(primary.address);
   try {
     peer.send(nativeProtocolName());
-    peer.send(encodeNative({ type: 'hello', startTid: Z64, generations: [], options: { blobs: false, ...(rawTxns ? { rawTxns: true } : {}) } }, createNativePackr()));
+    const options = { blobs: false, ...(rawTxns ? { rawTxns: true } : {}), ...(txnLinks ? { txnLinks: true } : {}) };
+    peer.send(encodeNative({ type: 'hello', startTid: Z64, generations: [], options }, createNativePackr()));
     const unpackr = createNativeUnpackr();
-    const out: PrimaryMessage[] = [];
+    const out: Array<{ message: PrimaryMessage; payload: Buffer }> = [];
     let open: Buffer | null = null;
     let decoded = 0;
     const until = (tid: Buffer): Promise<unknown> =>
@@ -48,7 +62,7 @@ async function messagesUntil(primary: Primary, rawTxns: boolean, lastTid: Buffer
             if (i < decoded) return false; // seen while waiting for an earlier tid
             decoded = i + 1;
             const m = decodeNative(f, unpackr, 'primary');
-            out.push(m);
+            out.push({ message: m, payload: f });
             if (m.type === 'txn') open = m.tid;
             if (m.type === 'txns') open = m.lastTid;
             return m.type === 'commit' && open !== null && open.equals(tid);
@@ -239,4 +253,85 @@ describe('raw batches from files Python ZODB wrote', () => {
       }
     });
   }
+});
+
+describe('runs checked by their hash-chain links (txnLinks)', () => {
+  it('are granted on request; each run names the link before it, and the checksum covers the links in place of the bytes', async () => {
+    const dir = await tempDir();
+    await withPrimary(dir, async (primary) => {
+      const fs = primary.storage;
+      await commitMany(fs, 30);
+      await undoLast(fs); // travels as txn: the next run starts after a link the secondary computed itself
+      const last = (await commitMany(fs, 4)).at(-1)!;
+      const frames = await framesUntil(primary, true, last, undefined, true);
+      expect(frames.find((f) => f.message.type === 'welcome')!.message).toMatchObject({ options: { rawTxns: true, txnLinks: true } });
+
+      // Every link, computed here from the file.
+      const expected = new Map<string, Buffer>();
+      let prev = CHAIN_ORIGIN;
+      for (const t of await allTransactions(fs)) {
+        prev = linkOfStored(prev, t.raw!) ?? chainLink(prev, contentAt(fs, t.pos, t.raw!));
+        expected.set(t.tid.toString('hex'), prev);
+      }
+      const linkAt = (tid: Buffer): Buffer | undefined => expected.get(tid.toString('hex'));
+      // The rule, rebuilt from its description in docs/PROTOCOL.md.
+      const checksum = new StreamChecksum(Z64);
+      let runs = 0;
+      for (const { message: m, payload } of frames) {
+        if (m.type === 'welcome') continue;
+        if (m.type === 'commit') checksum.verify(m.checksum);
+        if (m.type !== 'txns') {
+          checksum.update(payload);
+          continue;
+        }
+        runs += 1;
+        const links = linksOfRun(m.prevLink!, m.bytes)!;
+        // prevLink is the primary's link before the run, and each link the primary's at that tid.
+        const firstTid = links[0]!.tid;
+        const before = (await allTransactions(fs)).filter((t) => Buffer.compare(t.tid, firstTid) < 0).at(-1);
+        expect(m.prevLink!.equals(before ? linkAt(before.tid)! : CHAIN_ORIGIN)).toBe(true);
+        for (const l of links) expect(l.link.equals(linkAt(l.tid)!)).toBe(true);
+        const at = m.bytes.byteOffset - payload.byteOffset;
+        checksum.update(payload.subarray(0, at));
+        checksum.update(payload.subarray(at + m.bytes.length));
+        checksum.update(Buffer.concat(links.map((l) => l.link)));
+      }
+      expect(runs).toBe(2);
+
+      // A peer that did not ask gets the byte-checked runs.
+      const plain = await messagesUntil(primary, true, last);
+      expect(plain.find((m) => m.type === 'welcome')!.options.txnLinks).toBeUndefined();
+      expect(plain.filter((m) => m.type === 'txns').every((m) => m.type === 'txns' && m.prevLink === undefined)).toBe(true);
+    });
+  });
+
+  it('stop a transaction whose stored bytes changed under the primary’s chain: the secondary commits nothing of its run', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'p.fs');
+    let tids: Buffer[] = [];
+    await withPrimary(dir, async (primary) => {
+      await commitMany(primary.storage, 5);
+      await commitMany(primary.storage, 1); // its own run below
+      tids = (await allTransactions(primary.storage)).map((t) => t.tid);
+    });
+    // One byte of record data in the last transaction changes on disk (bit rot, a stray write):
+    // the file stays well-formed, but no longer says what the chain recorded.
+    const bytes = readFileSync(path);
+    const at = bytes.lastIndexOf(Buffer.from('value 0.0'));
+    expect(at).toBeGreaterThan(bytes.length / 2);
+    bytes[at + 6] = bytes[at + 6]! ^ 0x01;
+    writeFileSync(path, bytes);
+
+    const logs = new LogCollector();
+    await withPrimary(dir, async (primary) => {
+      const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null, log: logs.log });
+      try {
+        await logs.waitFor((e) => e.message.includes('checksum mismatch'));
+        // Nothing of the run with the changed transaction was written.
+        expect(Buffer.compare(secondary.storage.lastTransaction(), tids.at(-1)!)).toBeLessThan(0);
+      } finally {
+        await secondary.close();
+      }
+    });
+  });
 });

@@ -1,0 +1,100 @@
+// The secondary's decoding of raw runs when txnLinks was granted: the
+// checksum covers each transaction's hash-chain link, so a change to any
+// byte a link covers is caught at the commit, while the file positions
+// (rewritten by the secondary anyway) may differ. Pure: frames built by the
+// primary's codec from a real file, fed straight to the decoder.
+
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ChecksumMismatchError, ProtocolError } from '../../src/errors.js';
+import { linksOfRun } from '../../src/failover/hashChain.js';
+import { NativeInbound, type ApplyEvent } from '../../src/replication/inbound.js';
+import { nativeOutbound } from '../../src/replication/protocols.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import type { TransactionRecord } from '../../src/storage/types.js';
+import { FRAME_HEADER_BYTES } from '../../src/wire/framing.js';
+import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative } from '../../src/wire/native.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { commitMany, Z64 } from './helpers.js';
+
+afterAll(cleanupTempDirs);
+
+/** The payloads of a run of the first `n` transactions (txns, then commit) as a primary granting txnLinks sends them. */
+async function linkedRun(n: number): Promise<{ txns: Buffer; commit: Buffer }> {
+  const dir = await tempDir();
+  const fs = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
+  try {
+    await commitMany(fs, n);
+    const txns: TransactionRecord[] = [];
+    for await (const t of fs.iterator()) txns.push(t);
+    // A chain that holds nothing: the codec computes the links from the bytes.
+    const codec = nativeOutbound(fs, Z64, { blobs: false, rawTxns: true, txnLinks: { linksOf: () => null } });
+    const [head, bytes, commit] = codec.rawFrames(txns);
+    return { txns: Buffer.concat([head!, bytes!]).subarray(FRAME_HEADER_BYTES), commit: commit!.subarray(FRAME_HEADER_BYTES) };
+  } finally {
+    await fs.close();
+  }
+}
+
+function welcomed(txnLinks: boolean): NativeInbound {
+  const inbound = new NativeInbound(Z64, 1 << 24);
+  const welcome = { type: 'welcome', lastTid: Z64, generation: { generation: 0, startTid: Z64 }, options: { blobs: false, compression: 'none', rawTxns: true, txnLinks } } as const;
+  inbound.push(encodeNative(welcome, createNativePackr()));
+  return inbound;
+}
+
+/** Where the transactions' bytes start in a txns payload. */
+function bytesAt(payload: Buffer): number {
+  const msg = decodeNative(payload, createNativeUnpackr(), 'primary');
+  if (msg.type !== 'txns') throw new Error('not a txns payload');
+  return msg.bytes.byteOffset - payload.byteOffset;
+}
+
+describe('NativeInbound with txnLinks', () => {
+  it('passes a run on with the links it computed, and accepts its commit', async () => {
+    const run = await linkedRun(6);
+    const inbound = welcomed(true);
+    const [event] = inbound.push(run.txns) as [Extract<ApplyEvent, { kind: 'rawTxns' }>];
+    expect(event.kind).toBe('rawTxns');
+    expect(event.linked!.links.map((l) => l.link.toString('hex'))).toEqual(linksOfRun(event.linked!.prevLink, event.bytes)!.map((l) => l.link.toString('hex')));
+    expect(inbound.push(run.commit)).toEqual([{ kind: 'commit', tid: event.lastTid }]);
+  });
+
+  it('refuses at the commit a run whose record data changed on the way', async () => {
+    const run = await linkedRun(6);
+    const txns = Buffer.from(run.txns);
+    txns[txns.length - 20] = txns[txns.length - 20]! ^ 0xff; // inside the last record’s data
+    const inbound = welcomed(true);
+    inbound.push(txns);
+    expect(() => inbound.push(run.commit)).toThrow(ChecksumMismatchError);
+  });
+
+  it('lets file positions differ: they are not in the links, and the storage rewrites them', async () => {
+    const run = await linkedRun(6);
+    const txns = Buffer.from(run.txns);
+    const first = bytesAt(txns);
+    const recordAt = first + 23 + txns.readUInt16BE(first + 17) + txns.readUInt16BE(first + 19) + txns.readUInt16BE(first + 21);
+    txns.writeUInt32BE(0x12345678, recordAt + 28); // the first record's tloc
+    const inbound = welcomed(true);
+    inbound.push(txns);
+    expect(inbound.push(run.commit)[0]!.kind).toBe('commit');
+  });
+
+  it('without txnLinks, the same run fails: the checksum then covers the bytes', async () => {
+    const run = await linkedRun(3);
+    const inbound = welcomed(false);
+    inbound.push(run.txns);
+    expect(() => inbound.push(run.commit)).toThrow(ChecksumMismatchError);
+  });
+
+  it('rejects a run without prevLink, or whose bytes do not hold the transactions it announces', async () => {
+    const run = await linkedRun(3);
+    const msg = decodeNative(run.txns, createNativeUnpackr(), 'primary');
+    if (msg.type !== 'txns') throw new Error('not a txns payload');
+    const packr = createNativePackr();
+    const { prevLink, ...withoutLink } = msg;
+    expect(() => welcomed(true).push(encodeNative(withoutLink, packr))).toThrow(/prevLink/);
+    expect(() => welcomed(true).push(encodeNative({ ...msg, count: 4 }, packr))).toThrow(ProtocolError);
+    expect(() => welcomed(true).push(encodeNative({ ...msg, prevLink, bytes: msg.bytes.subarray(0, msg.bytes.length - 9) }, packr))).toThrow(ProtocolError);
+  });
+});
