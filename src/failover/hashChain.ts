@@ -10,10 +10,12 @@
 // differ in offsets (a packed primary). Links are computed once, when a
 // transaction becomes durable (commits$), and stored per tid: a later pack
 // never changes them. The file is an 8-byte magic, then fixed-size entries
-// (tid, link, check) appended with group fsync; a torn or zeroed last entry
-// fails its check and is dropped on open, and missing links are recomputed
-// from the last stored one. Memory: the head and unflushed entries only;
-// lookups binary-search the file.
+// (tid, link, check) appended 512 at a time (and on close), each write
+// fsynced: the data file can give a lost link again, so a crash only costs
+// recomputing it. A torn or zeroed last entry fails its check and is dropped
+// on open, and missing links are recomputed from the last stored one.
+// Memory: the head and at most a batch of unwritten entries; lookups
+// binary-search the file.
 
 import { createHash, hash } from 'node:crypto';
 import { closeSync, existsSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, write as fsWrite, writeSync } from 'node:fs';
@@ -42,6 +44,8 @@ export const CHAIN_ENTRY_BYTES = 8 + LINK_BYTES + CHECK_BYTES;
 const MAX_EXPECTED_LINKS = 4096;
 /** Most links computed ahead of their commits that a replica keeps (a few runs' worth). */
 const MAX_COMPUTED_LINKS = 65_536;
+/** Entries kept in memory before they are written (see HashChain.append). */
+const WRITE_BATCH_ENTRIES = 512;
 /** Entries a cursor reads at once. */
 const CURSOR_BLOCK_ENTRIES = 1024;
 /** Most samples a secondary sends in its hello. */
@@ -376,7 +380,7 @@ function writeAt(fd: number, buf: Buffer, pos: number): Promise<void> {
 }
 
 export interface HashChainOptions {
-  /** fsync appends (group semantics: one sync covers every entry written before it). Default true. */
+  /** fsync each write of entries (a batch, or a link given by a primary). Default true. */
   fsync?: boolean;
 }
 
@@ -450,7 +454,8 @@ export class HashChain {
       const prev = this.headEntry?.hash ?? CHAIN_ORIGIN;
       // A packed transaction lost records: its content no longer gives the link, the primary's does.
       const link = given && c.status === 'p' ? given : (this.takeComputed(c.tid, prev) ?? linkAt(this.storage, prev, c.pos, c.raw));
-      this.append(c.tid, link);
+      // A link given by the primary cannot be computed here again: written at once.
+      this.append(c.tid, link, link === given);
     } catch (err) {
       // Never thrown into the storage's publisher: the chain stops here and is
       // completed from the data file on the next open.
@@ -458,11 +463,16 @@ export class HashChain {
     }
   }
 
-  private append(tid: Buffer, hash: Buffer): void {
+  /**
+   * Entries are written a batch at a time: one lost in a crash is computed
+   * again from the data file on the next open. `now`: write it without
+   * waiting for the batch (a link that only the primary could give).
+   */
+  private append(tid: Buffer, hash: Buffer, now = false): void {
     const e = { tid: copyId(tid), hash };
     this.pending.push(e);
     this.headEntry = e;
-    this.flushing ??= this.runFlush();
+    if (now || this.pending.length >= WRITE_BATCH_ENTRIES) this.flushing ??= this.runFlush();
   }
 
   private async runFlush(): Promise<void> {
@@ -557,6 +567,7 @@ export class HashChain {
 
   /** Resolve once every link computed so far is on disk. */
   async flush(): Promise<void> {
+    if (this.pending.length > 0 && !this.failed) this.flushing ??= this.runFlush();
     while (this.flushing) await this.flushing;
     if (this.failed) throw new ZrsError(`${this.path}: writing the hash chain failed`, { cause: this.failed });
   }
