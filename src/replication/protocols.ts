@@ -14,7 +14,7 @@ import { loads, type PickleDict } from '../wire/pickle.js';
 import type { TransactionRecord } from '../storage/types.js';
 import { StreamChecksum } from '../wire/checksum.js';
 import { FRAME_HEADER_BYTES, encodeFrame } from '../wire/framing.js';
-import { BLOB_BLOCK_BYTES, createNativePackr, encodeNativeFrame, encodeTxnsFrame, nativeProtocolName, type GenerationEntry, type NativeMessage, type RefuseCode } from '../wire/native.js';
+import { BLOB_BLOCK_BYTES, createNativePackr, encodeCommitFrame, encodeNativeFrame, encodeTxnsFrame, nativeProtocolName, type GenerationEntry, type NativeMessage, type RefuseCode } from '../wire/native.js';
 import { BLOB_BLOCK_SIZE_BYTES, Zrs2Checksum, blobBlockCount, encodeMessage } from '../wire/zrs2.js';
 
 export const NATIVE_SPEC: ProtocolSpec = { name: nativeProtocolName().toString('latin1'), kind: 'native', hasVerdict: true, hasAcks: true };
@@ -127,6 +127,12 @@ export function nativeOutbound(
     checksum.update(f.subarray(4));
     return f;
   };
+  /** A commit without a link, fed to the checksum. */
+  const commitFrame = (): Buffer => {
+    const f = encodeCommitFrame(checksum.digest());
+    checksum.update(f.subarray(FRAME_HEADER_BYTES));
+    return f;
+  };
   const packedLink = (txn: TransactionRecord): { link?: Buffer } => {
     const link = txn.status === 'p' ? options.link?.(txn.tid) : null;
     return link ? { link } : {};
@@ -152,7 +158,7 @@ export function nativeOutbound(
       // The inline form: one message carries the whole transaction.
       const records = txn.records.map((r) => ({ oid: r.oid, dataTxn: r.dataTxn, data: r.data }));
       const head = frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes, records });
-      return [head, frame({ type: 'commit', checksum: checksum.digest(), ...packedLink(txn) })];
+      return [head, txn.status === 'p' ? frame({ type: 'commit', checksum: checksum.digest(), ...packedLink(txn) }) : commitFrame()];
     },
     acceptsRaw(txn) {
       if (!options.rawTxns || txn.raw === undefined || txn.raw.length > wholeMax) return false;
@@ -162,20 +168,20 @@ export function nativeOutbound(
     rawFrames(txns) {
       const run = { type: 'txns', count: txns.length, lastTid: txns[txns.length - 1]!.tid, bytes: adjacentBytes(txns) } as const;
       if (linked === undefined) {
-        const [head, bytes] = encodeTxnsFrame(run, packr);
+        const [head, bytes] = encodeTxnsFrame(run);
         checksum.update(head.subarray(FRAME_HEADER_BYTES));
         checksum.update(bytes);
-        return [head, bytes, frame({ type: 'commit', checksum: checksum.digest() })];
+        return [head, bytes, commitFrame()];
       }
       // The links stand for the bytes in the checksum: the chain's own when it holds them all.
       const known = linked.linksOf(txns.map((t) => t.tid));
       const prevLink = known?.prev ?? CHAIN_ORIGIN;
       let prev = prevLink;
       const links = known?.links ?? txns.map((t) => (prev = linkOfStored(prev, t.raw!)!));
-      const [head, bytes] = encodeTxnsFrame({ ...run, prevLink }, packr);
+      const [head, bytes] = encodeTxnsFrame({ ...run, prevLink });
       checksum.update(head.subarray(FRAME_HEADER_BYTES)); // the payload but the transactions, which end it
       checksum.update(Buffer.concat(links));
-      return [head, bytes, frame({ type: 'commit', checksum: checksum.digest() })];
+      return [head, bytes, commitFrame()];
     },
     async *transaction(txn) {
       yield frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes });

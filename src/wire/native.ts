@@ -483,8 +483,63 @@ export function encodeNativeFrame(msg: NativeMessage, packr: Packr): Buffer {
   return frame;
 }
 
-/** A one-byte placeholder for the bytes of a `txns` message (encodes as bin8 of length 1: c4 01 00). */
-const TXNS_PLACEHOLDER = Buffer.alloc(1);
+// The two messages sent with every commit, `txns` and `commit`, are written
+// by hand: the same bytes Packr gives (tests compare them), without building
+// and validating an object per frame.
+
+/** fixstr of a short ASCII key or value. */
+function fixstr(text: string): Buffer {
+  return Buffer.concat([Buffer.from([0xa0 | text.length]), Buffer.from(text, 'latin1')]);
+}
+
+/** Bytes of the bin header msgpack uses for `n` bytes: bin8, bin16 or bin32. */
+function binHeaderBytes(n: number): number {
+  return n <= 0xff ? 2 : n <= 0xffff ? 3 : 5;
+}
+
+function putBinHeader(out: Buffer, off: number, n: number): number {
+  const size = binHeaderBytes(n);
+  out[off] = size === 2 ? 0xc4 : size === 3 ? 0xc5 : 0xc6;
+  out.writeUIntBE(n, off + 1, size - 1);
+  return off + size;
+}
+
+/** Bytes msgpack (as Packr writes it) takes for a non-negative integer below 2^32. */
+function uintBytes(n: number): number {
+  return n < 0x80 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5;
+}
+
+function putUint(out: Buffer, off: number, n: number): number {
+  const size = uintBytes(n);
+  if (size === 1) out[off] = n;
+  else {
+    out[off] = size === 2 ? 0xcc : size === 3 ? 0xcd : 0xce;
+    out.writeUIntBE(n, off + 1, size - 1);
+  }
+  return off + size;
+}
+
+function putBin(out: Buffer, off: number, bytes: Buffer): number {
+  off = putBinHeader(out, off, bytes.length);
+  return off + bytes.copy(out, off);
+}
+
+const COMMIT_HEAD = Buffer.concat([Buffer.from([0x82]), fixstr('type'), fixstr('commit'), fixstr('checksum')]);
+const TXNS_KEYS = { type: fixstr('type'), txns: fixstr('txns'), count: fixstr('count'), lastTid: fixstr('lastTid'), prevLink: fixstr('prevLink'), bytes: fixstr('bytes') };
+
+/**
+ * The frame of a `commit` without `link`: byte for byte what
+ * encodeNativeFrame gives for `{ type: 'commit', checksum }`.
+ * @throws TypeError when the checksum is not 16 or 32 bytes.
+ */
+export function encodeCommitFrame(checksum: Buffer): Buffer {
+  if (checksum.length !== 16 && checksum.length !== 32) throw new TypeError(`cannot encode native message: commit.checksum must be 16 or 32 bytes, got ${checksum.length}`);
+  const payload = COMMIT_HEAD.length + 2 + checksum.length;
+  const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + payload);
+  frame.writeUInt32BE(payload, 0);
+  putBin(frame, FRAME_HEADER_BYTES + COMMIT_HEAD.copy(frame, FRAME_HEADER_BYTES), checksum);
+  return frame;
+}
 
 /**
  * A `txns` frame as two buffers, the second being `msg.bytes` itself (not
@@ -492,19 +547,35 @@ const TXNS_PLACEHOLDER = Buffer.alloc(1);
  * bin header of `bytes`, which is its last field. Written one after the
  * other they are byte for byte the frame encodeNativeFrame gives, without
  * copying a megabyte of transactions twice.
+ * @throws TypeError when a field is out of range (a bug in the caller).
  */
-export function encodeTxnsFrame(msg: Extract<NativeMessage, { type: 'txns' }>, packr: Packr): [Buffer, Buffer] {
-  const n = msg.bytes.length;
-  const shell = encodeNativeFrame({ ...msg, bytes: TXNS_PLACEHOLDER }, packr);
-  const prefix = shell.length - 3; // without c4 01 00
-  // The bin header msgpack uses for n bytes: bin8, bin16 or bin32.
-  const binHeader = n <= 0xff ? 2 : n <= 0xffff ? 3 : 5;
-  const head = Buffer.allocUnsafe(prefix + binHeader);
-  shell.copy(head, 0, 0, prefix);
-  head[prefix] = binHeader === 2 ? 0xc4 : binHeader === 3 ? 0xc5 : 0xc6;
-  head.writeUIntBE(n, prefix + 1, binHeader - 1);
-  head.writeUInt32BE(head.length - FRAME_HEADER_BYTES + n, 0);
-  return [head, msg.bytes];
+export function encodeTxnsFrame(msg: Extract<NativeMessage, { type: 'txns' }>): [Buffer, Buffer] {
+  const { count, lastTid, prevLink, bytes } = msg;
+  if (!Number.isInteger(count) || count < 1 || count > 0xffffffff || lastTid.length !== TID_BYTES || bytes.length < 1) {
+    throw new TypeError(`cannot encode native message: txns with count ${count}, a ${lastTid.length}-byte lastTid and ${bytes.length} bytes`);
+  }
+  if (prevLink !== undefined && (prevLink.length < 16 || prevLink.length > 64)) throw new TypeError(`cannot encode native message: txns.prevLink of ${prevLink.length} bytes`);
+  const k = TXNS_KEYS;
+  const headBytes =
+    1 + k.type.length + k.txns.length + k.count.length + uintBytes(count) + k.lastTid.length + 2 + TID_BYTES +
+    (prevLink ? k.prevLink.length + 2 + prevLink.length : 0) + k.bytes.length + binHeaderBytes(bytes.length);
+  const head = Buffer.allocUnsafe(FRAME_HEADER_BYTES + headBytes);
+  head.writeUInt32BE(headBytes + bytes.length, 0);
+  let off = FRAME_HEADER_BYTES;
+  head[off++] = 0x80 | (prevLink ? 5 : 4);
+  off += k.type.copy(head, off);
+  off += k.txns.copy(head, off);
+  off += k.count.copy(head, off);
+  off = putUint(head, off, count);
+  off += k.lastTid.copy(head, off);
+  off = putBin(head, off, lastTid);
+  if (prevLink) {
+    off += k.prevLink.copy(head, off);
+    off = putBin(head, off, prevLink);
+  }
+  off += k.bytes.copy(head, off);
+  putBinHeader(head, off, bytes.length);
+  return [head, bytes];
 }
 
 /**

@@ -15,6 +15,7 @@ import {
   createNativeUnpackr,
   decodeNative,
   encodeNative,
+  encodeCommitFrame,
   encodeNativeFrame,
   encodeTxnsFrame,
   nativeProtocolName,
@@ -408,17 +409,36 @@ describe('inline records in txn', () => {
   });
 });
 
-describe('encodeTxnsFrame', () => {
-  it('gives, in two buffers without copying the transactions, the bytes encodeNativeFrame gives', () => {
+describe('the messages written by hand', () => {
+  it('encodeTxnsFrame gives, in two buffers without copying the transactions, the bytes encodeNativeFrame gives', () => {
     const packr = createNativePackr();
-    for (const n of [1, 2, 255, 256, 65535, 65536, 1 << 20]) {
-      const bytes = Buffer.alloc(n, n % 251);
-      const msg = { type: 'txns' as const, count: 3, lastTid: Buffer.from('0123456789abcdef', 'hex'), bytes };
-      const [head, body] = encodeTxnsFrame(msg, packr);
-      expect(body).toBe(bytes);
-      expect(Buffer.concat([head, body]).equals(encodeNativeFrame(msg, packr)), `${n} bytes`).toBe(true);
-      const decoded = decodeNative(Buffer.concat([head, body]).subarray(FRAME_HEADER_BYTES), createNativeUnpackr(), 'primary');
-      expect(decoded).toEqual(msg);
+    fc.assert(
+      fc.property(
+        fc.constantFrom(1, 2, 255, 256, 65535, 65536, 1 << 20),
+        fc.oneof(fc.integer({ min: 1, max: 300 }), fc.integer({ min: 1, max: 0xffffffff })),
+        fc.option(fc.integer({ min: 16, max: 64 }), { nil: undefined }),
+        (n, count, linkBytes) => {
+          const bytes = Buffer.alloc(n, n % 251);
+          const prevLink = linkBytes === undefined ? {} : { prevLink: Buffer.alloc(linkBytes, 7) };
+          const msg = { type: 'txns' as const, count, lastTid: Buffer.from('0123456789abcdef', 'hex'), ...prevLink, bytes };
+          const [head, body] = encodeTxnsFrame(msg);
+          expect(body).toBe(bytes);
+          expect(Buffer.concat([head, body]).equals(encodeNativeFrame(msg, packr)), `${n} bytes, count ${count}`).toBe(true);
+          const decoded = decodeNative(Buffer.concat([head, body]).subarray(FRAME_HEADER_BYTES), createNativeUnpackr(), 'primary');
+          expect(decoded).toEqual(msg);
+        },
+      ),
+      { numRuns: 60 },
+    );
+    expect(() => encodeTxnsFrame({ type: 'txns', count: 0, lastTid: Buffer.alloc(8), bytes: Buffer.alloc(1) })).toThrow(TypeError);
+  });
+
+  it('encodeCommitFrame gives the bytes encodeNativeFrame gives', () => {
+    const packr = createNativePackr();
+    for (const n of [16, 32]) {
+      const checksum = Buffer.alloc(n, n);
+      expect(encodeCommitFrame(checksum).equals(encodeNativeFrame({ type: 'commit', checksum }, packr))).toBe(true);
     }
+    expect(() => encodeCommitFrame(Buffer.alloc(20))).toThrow(TypeError);
   });
 });
