@@ -7,7 +7,8 @@
 // The content hashed is position-independent (tid, user, description,
 // extension, and each record's oid and resolved data, in file order), so a
 // primary and its secondaries compute the same links though their files may
-// differ in offsets (a packed primary). Links are computed once, when a
+// differ in offsets (a packed primary); src/failover/links.ts computes
+// them. Links are computed once, when a
 // transaction becomes durable (commits$), and stored per tid: a later pack
 // never changes them. The file is an 8-byte magic, then fixed-size entries
 // (tid, link, check) appended 512 at a time (and on close), each write
@@ -17,22 +18,20 @@
 // Memory: the head and at most a batch of unwritten entries; lookups
 // binary-search the file.
 
-import { createHash, hash } from 'node:crypto';
 import { closeSync, existsSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, write as fsWrite, writeSync } from 'node:fs';
 import type { Subscription } from 'rxjs';
 import { ZrsError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
-import { DATA_HEADER_BYTES, TXN_HEADER_BYTES, copyId, dataRecordLength, readTxnHeader, readU64At, recordsStart, writeU64At } from '../storage/format.js';
+import { copyId } from '../storage/format.js';
 import { tidPlusOne } from '../storage/timestamp.js';
 import type { CommittedTransaction } from '../storage/types.js';
 import type { ChainHead } from '../wire/native.js';
 
-export type { ChainHead };
+import { CHAIN_ORIGIN, LINK_BYTES, linkAt, sha256, type ComputedLink } from './links.js';
 
-/** Bytes of one link (sha256). */
-export const LINK_BYTES = 32;
-/** The link before the first transaction. */
-export const CHAIN_ORIGIN: Buffer = Buffer.alloc(LINK_BYTES);
+export type { ChainHead };
+export { CHAIN_ORIGIN, LINK_BYTES, chainLink, contentAt, linkOfStored, linksOfRun, type ChainContent, type ComputedLink } from './links.js';
+
 /** Version 1 files check each entry with sha256; version 2 (written now) with a cheap 64-bit mix. */
 const MAGIC_V1 = Buffer.from('ZRSCHN01', 'latin1');
 const MAGIC = Buffer.from('ZRSCHN02', 'latin1');
@@ -54,211 +53,6 @@ export const MAX_CHAIN_SAMPLES = 64;
 /** Path of the hash chain of the storage at `dataPath`. */
 export function chainPathFor(dataPath: string): string {
   return `${dataPath}.chain`;
-}
-
-/** What a link covers: the transaction's content, with record data resolved. */
-export interface ChainContent {
-  tid: Buffer;
-  user: Buffer;
-  description: Buffer;
-  extensionBytes: Buffer;
-  records: ReadonlyArray<{ oid: Buffer; data: Buffer | null }>;
-}
-
-const sha256 = (bytes: Buffer): Buffer => hash('sha256', bytes, 'buffer') as unknown as Buffer;
-
-/** Scratch space for the bytes a link hashes, grown as needed and reused (links are computed one at a time). */
-let scratch = Buffer.allocUnsafe(64 * 1024);
-
-/**
- * The link after `prev` for one transaction: sha256 over prev, tid, then each
- * of user, description and extension as (u64 length, bytes), the record
- * count (u64), and per record its oid and either 0x00 (no data) or 0x01,
- * u64 length and the data. Hashed as one contiguous buffer.
- */
-export function chainLink(prev: Buffer, t: ChainContent): Buffer {
-  let size = prev.length + t.tid.length + 3 * 8 + t.user.length + t.description.length + t.extensionBytes.length + 8;
-  for (const r of t.records) size += r.oid.length + 1 + (r.data === null ? 0 : 8 + r.data.length);
-  if (size > scratch.length) scratch = Buffer.allocUnsafe(Math.max(size, scratch.length * 2));
-  const out = scratch;
-  let off = prev.copy(out, 0);
-  off += t.tid.copy(out, off);
-  for (const part of [t.user, t.description, t.extensionBytes]) {
-    off = putU64(out, off, part.length);
-    off += part.copy(out, off);
-  }
-  off = putU64(out, off, t.records.length);
-  for (const r of t.records) {
-    off += r.oid.copy(out, off);
-    if (r.data === null) out[off++] = 0;
-    else {
-      out[off++] = 1;
-      off = putU64(out, off, r.data.length);
-      off += r.data.copy(out, off);
-    }
-  }
-  return sha256(out.subarray(0, off));
-}
-
-/**
- * chainLink for a transaction given as its stored bytes (header to records),
- * copied straight from them; null when a record is a backpointer (its data
- * lives elsewhere: use contentAt).
- */
-export function linkOfStored(prev: Buffer, body: Buffer): Buffer | null {
-  const length = readU64At(body, 8);
-  const recordsAt = recordsStart(body);
-  let count = 0;
-  let largest = 0;
-  for (let pos = recordsAt; pos < length; count++) {
-    const plen = readU64At(body, pos + 34);
-    if (plen === 0) return null;
-    if (plen > largest) largest = plen;
-    pos += DATA_HEADER_BYTES + plen;
-  }
-  // Hashed, a record takes 25 bytes less than stored and the header 17 more, so this always fits
-  // (with large data: the header and one record's head or small data at a time).
-  const need = prev.length + 64 + (largest < DIRECT_DATA_BYTES ? body.length : recordsAt + DIRECT_DATA_BYTES);
-  if (need > scratch.length) scratch = Buffer.allocUnsafe(Math.max(need, scratch.length * 2));
-  const out = scratch;
-  out.set(prev, 0);
-  let off = copyBytes(body, 0, 8, out, prev.length);
-  let pos = TXN_HEADER_BYTES;
-  for (let field = 0; field < 3; field++) {
-    const len = body.readUInt16BE(17 + 2 * field); // user, description, extension lengths
-    off = putU64(out, off, len);
-    off = copyBytes(body, pos, pos + len, out, off);
-    pos += len;
-  }
-  off = putU64(out, off, count);
-  if (largest >= DIRECT_DATA_BYTES) return linkWithLargeData(out, off, body, length);
-  // A hashed record is its oid, 0x01, then its length and data, which lie
-  // together at the end of the stored record: the records are copied in one
-  // go and moved down in place, record by record (never over bytes unread).
-  out.set(body.subarray(recordsAt, length), off);
-  const end = off + length - recordsAt;
-  for (let r = off; r < end; ) {
-    const plen = readU64At(out, r + 34);
-    for (let i = 0; i < 8; i++) out[off + i] = out[r + i]!;
-    out[off + 8] = 1;
-    out.copyWithin(off + 9, r + 34, r + DATA_HEADER_BYTES + plen);
-    off += 17 + plen;
-    r += DATA_HEADER_BYTES + plen;
-  }
-  return sha256(out.subarray(0, off));
-}
-
-/** linkOfStored's tail when some record data is large: such data is hashed where it lies instead of through a copy. */
-function linkWithLargeData(out: Buffer, headerBytes: number, body: Buffer, length: number): Buffer {
-  const hasher = createHash('sha256');
-  let off = headerBytes;
-  for (let pos = recordsStart(body); pos < length; ) {
-    const plen = readU64At(body, pos + 34);
-    if (off + 17 + Math.min(plen, DIRECT_DATA_BYTES) > out.length) {
-      hasher.update(out.subarray(0, off));
-      off = 0;
-    }
-    off = copyBytes(body, pos, pos + 8, out, off);
-    out[off++] = 1;
-    off = putU64(out, off, plen);
-    const data = pos + DATA_HEADER_BYTES;
-    if (plen >= DIRECT_DATA_BYTES) {
-      hasher.update(out.subarray(0, off)).update(body.subarray(data, data + plen));
-      off = 0;
-    } else off = copyBytes(body, data, data + plen, out, off);
-    pos = data + plen;
-  }
-  return hasher.update(out.subarray(0, off)).digest();
-}
-
-/** A transaction's link, computed ahead of its commit. */
-export interface ComputedLink {
-  tid: Buffer;
-  link: Buffer;
-}
-
-/**
- * The links of a run of whole stored transactions (header to trailer each,
- * as a `txns` message carries them), the first chained after `prev`. Null
- * when the bytes do not split into transactions and records, or a record is
- * a backpointer: a run must hold neither, and the caller refuses it.
- */
-export function linksOfRun(prev: Buffer, run: Buffer): ComputedLink[] | null {
-  const out: ComputedLink[] = [];
-  for (let off = 0; off < run.length; ) {
-    if (off + TXN_HEADER_BYTES > run.length) return null;
-    const length = readU64At(run, off + 8);
-    const end = off + length + 8;
-    if (length < TXN_HEADER_BYTES || end > run.length) return null;
-    const body = run.subarray(off, off + length);
-    if (recordsStart(body) > length) return null;
-    for (let pos = recordsStart(body); pos < length; ) {
-      if (pos + DATA_HEADER_BYTES > length) return null;
-      const next = pos + DATA_HEADER_BYTES + readU64At(body, pos + 34);
-      if (next > length) return null;
-      pos = next;
-    }
-    const link = linkOfStored(prev, body);
-    if (link === null) return null;
-    out.push({ tid: copyId(body.subarray(0, 8)), link });
-    prev = link;
-    off = end;
-  }
-  return out;
-}
-
-/** Record data of at least this size is hashed in place (see linkOfStored). */
-const DIRECT_DATA_BYTES = 64 * 1024;
-
-/**
- * Copy `src[start, end)` to `out` at `off`; returns the offset after it.
- * Short runs byte by byte: Buffer#copy costs more per call than the bytes.
- */
-function copyBytes(src: Buffer, start: number, end: number, out: Buffer, off: number): number {
-  if (end - start > 64) {
-    out.set(src.subarray(start, end), off);
-    return off + end - start;
-  }
-  for (let i = start; i < end; i++) out[off++] = src[i]!;
-  return off;
-}
-
-function putU64(out: Buffer, off: number, n: number): number {
-  writeU64At(out, off, n);
-  return off + 8;
-}
-
-/** The stored bytes of the committed transaction at `pos` (at least header to records), read synchronously. */
-function storedAt(storage: FileStorage, pos: number): Buffer {
-  const first = storage.readAt(pos, 4096);
-  const length = readTxnHeader(first).length;
-  return length <= first.length ? first : storage.readAt(pos, length);
-}
-
-/** The link after `prev` for the committed transaction at `pos`; `body`: its stored bytes, when already at hand. */
-function linkAt(storage: FileStorage, prev: Buffer, pos: number, body: Buffer = storedAt(storage, pos)): Buffer {
-  return linkOfStored(prev, body) ?? chainLink(prev, contentAt(storage, pos, body));
-}
-
-/** The content of the committed transaction at `pos`; `body`: its stored bytes, when already at hand. */
-export function contentAt(storage: FileStorage, pos: number, body: Buffer = storedAt(storage, pos)): ChainContent {
-  const h = readTxnHeader(body);
-  let off = 23;
-  const user = body.subarray(off, (off += h.ulen));
-  const description = body.subarray(off, (off += h.dlen));
-  const extensionBytes = body.subarray(off, (off += h.elen));
-  const records: Array<{ oid: Buffer; data: Buffer | null }> = [];
-  while (off < h.length) {
-    const plen = readU64At(body, off + 34);
-    const oid = body.subarray(off, off + 8);
-    if (plen > 0) records.push({ oid, data: body.subarray(off + DATA_HEADER_BYTES, off + DATA_HEADER_BYTES + plen) });
-    else {
-      const back = readU64At(body, off + DATA_HEADER_BYTES);
-      records.push({ oid, data: back === 0 ? null : storage.resolveData(back) });
-    }
-    off += dataRecordLength(plen);
-  }
-  return { tid: Buffer.from(h.tid), user, description, extensionBytes, records };
 }
 
 interface Entry {

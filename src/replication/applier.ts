@@ -11,7 +11,7 @@ import { ProtocolError, ZrsError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import type { TransactionMeta } from '../storage/types.js';
 import type { ApplyEvent } from './inbound.js';
-import type { ComputedLink } from '../failover/hashChain.js';
+import type { ComputedLink } from '../failover/links.js';
 import type { GenerationEntry } from '../wire/native.js';
 import { NO_MUTATIONS, type ReplicationMutations } from './mutations.js';
 

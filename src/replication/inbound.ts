@@ -4,7 +4,7 @@
 
 import { ProtocolError } from '../errors.js';
 import type { ProtocolSpec } from '../../machines/handshake.js';
-import { linksOfRun, type ComputedLink } from '../failover/hashChain.js';
+import { linksOfRun, type ComputedLink } from '../failover/links.js';
 import { StreamChecksum } from '../wire/checksum.js';
 import { dumps } from '../wire/pickle.js';
 import { createNativeUnpackr, decodeNative, type GenerationEntry, type PrimaryMessage, type RecordMessage } from '../wire/native.js';

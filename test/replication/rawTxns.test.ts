@@ -261,7 +261,7 @@ describe('runs checked by their hash-chain links (txnLinks)', () => {
     await withPrimary(dir, async (primary) => {
       const fs = primary.storage;
       await commitMany(fs, 30);
-      await undoLast(fs); // travels as txn: the next run starts after a link the secondary computed itself
+      await undoLast(fs); // travels as txn: the second run follows the undo’s link
       const last = (await commitMany(fs, 4)).at(-1)!;
       const frames = await framesUntil(primary, true, last, undefined, true);
       expect(frames.find((f) => f.message.type === 'welcome')!.message).toMatchObject({ options: { rawTxns: true, txnLinks: true } });
