@@ -144,14 +144,15 @@ class ChildSecondaries {
   }
 
   /** Fork and load the child; the secondaries open on open(). */
-  static async start(address: string, count: number, dir: string, fsync: boolean): Promise<ChildSecondaries> {
+  /** `report`: 'newest' when only the last tid matters (a catch-up), so reporting stays off the secondaries' path. */
+  static async start(address: string, count: number, dir: string, fsync: boolean, report: 'every' | 'newest' = 'every'): Promise<ChildSecondaries> {
     // Secondaries that do not sync keep their files in memory (tmpfs) when it
     // exists: on one machine their writes would otherwise join the primary's
     // journal commits and the figure would measure the shared disk.
     const base = !fsync && existsSync('/dev/shm') ? '/dev/shm' : dir;
     const sdir = await mkdtemp(join(base, 'zrs-bench-child-'));
     this.dirs.push(sdir);
-    const child = fork(fileURLToPath(new URL('./secondaries.child.ts', import.meta.url)), [address, String(count), sdir, fsync ? 'fsync' : 'nofsync']);
+    const child = fork(fileURLToPath(new URL('./secondaries.child.ts', import.meta.url)), [address, String(count), sdir, fsync ? 'fsync' : 'nofsync', report]);
     const c = new ChildSecondaries(child);
     await c.reports.next('started');
     return c;
@@ -181,7 +182,7 @@ const nowMs = (): number => performance.timeOrigin + performance.now();
 async function catchUp(dir: string, source: string): Promise<{ seconds: number; txns: number }> {
   const primary = await Primary.open({ path: source, replicateTo: '127.0.0.1:0', auditPath: null });
   const last = primary.storage.lastTransaction();
-  const child = await ChildSecondaries.start(formatAddress(primary.address), 1, dir, true);
+  const child = await ChildSecondaries.start(formatAddress(primary.address), 1, dir, true, 'newest');
   const t0 = process.hrtime.bigint();
   await child.open();
   await child.waitFor(last, 1);
@@ -199,7 +200,7 @@ async function separateCatchUp(dir: string, source: string): Promise<{ seconds: 
   await view.close();
   const primary = new ChildReports<PrimaryChildReport>(fork(fileURLToPath(new URL('./primary.child.ts', import.meta.url)), [source]));
   const { address } = await primary.next('listening');
-  const child = await ChildSecondaries.start(address, 1, dir, true);
+  const child = await ChildSecondaries.start(address, 1, dir, true, 'newest');
   const t0 = process.hrtime.bigint();
   await child.open();
   await child.waitFor(last, 1);

@@ -6,34 +6,40 @@
 // durable here (performance.timeOrigin + now(): the same clock the parent
 // reads), and 'closed' after a 'close' request.
 //
-//   fork('bench/secondaries.child.ts', [address, count, dir, fsync])
+//   fork('bench/secondaries.child.ts', [address, count, dir, fsync, report])   report: 'every' (default) or 'newest'
 
 import { join } from 'node:path';
 import { Secondary } from '../src/replication/secondary.js';
 
 export type ChildReport = { type: 'started' } | { type: 'ready' } | { type: 'applied'; tids: string[]; atMs: number[] } | { type: 'closed'; peakRss: number };
 
-const [address, countArg, dir, fsyncArg] = process.argv.slice(2);
+const [address, countArg, dir, fsyncArg, reportArg] = process.argv.slice(2);
 const send = (m: ChildReport): void => void process.send!(m);
 const nowMs = (): number => performance.timeOrigin + performance.now();
 
 let peakRss = 0;
 const rss = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 50);
 let secondaries: Secondary[] = [];
-// Applied transactions go to the parent in small batches (one IPC message per tick, not per transaction).
-let tids: string[] = [];
-let atMs: number[] = [];
+// Applied transactions go to the parent in small batches (one IPC message per
+// tick, not per transaction). With 'newest', only each secondary's newest one
+// of a batch: a catch-up needs no more, and the reports then cost the
+// secondaries nothing that scales with the transactions.
+const newestOnly = reportArg === 'newest';
+let batch: Array<{ tid: Buffer; atMs: number }> = [];
+const newest = new Map<number, { tid: Buffer; atMs: number }>();
 let scheduled = false;
-const report = (tid: Buffer): void => {
-  tids.push(tid.toString('hex'));
-  atMs.push(nowMs());
+const report = (secondary: number, tid: Buffer): void => {
+  const entry = { tid, atMs: nowMs() };
+  if (newestOnly) newest.set(secondary, entry);
+  else batch.push(entry);
   if (scheduled) return;
   scheduled = true;
   setImmediate(() => {
     scheduled = false;
-    send({ type: 'applied', tids, atMs });
-    tids = [];
-    atMs = [];
+    const sent = newestOnly ? [...newest.values()] : batch;
+    batch = [];
+    newest.clear();
+    send({ type: 'applied', tids: sent.map((e) => e.tid.toString('hex')), atMs: sent.map((e) => e.atMs) });
   });
 };
 
@@ -45,7 +51,7 @@ process.on('message', (m: { type: string }) => {
       ),
     ).then((opened) => {
       secondaries = opened;
-      for (const s of secondaries) s.applied$.subscribe((c) => report(c.tid));
+      secondaries.forEach((s, i) => s.applied$.subscribe((c) => report(i, c.tid)));
       send({ type: 'ready' });
     });
   } else if (m.type === 'close') {
