@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { appendFileSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { tidPlusOne } from '../../src/storage/timestamp.js';
@@ -12,7 +13,7 @@ import { CHAIN_ENTRY_BYTES, CHAIN_ORIGIN, HashChain, chainLink, chainPathFor, co
 import { judgeHistory } from '../../src/failover/divergence.js';
 import { GenerationHistory } from '../../src/failover/generations.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { commitMany, Z64 } from '../replication/helpers.js';
+import { allTransactions, commitMany, Z64 } from '../replication/helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -143,6 +144,38 @@ describe('linkOfStored', () => {
       else expect(stored!.equals(chainLink(prev, contentAt(fs, t.pos)))).toBe(true);
     }
     expect(sawLarge).toBe(true);
+    await fs.close();
+  });
+});
+
+describe('linkOfStored against chainLink (property)', () => {
+  it('agrees for any metadata and record sizes, small and large data mixed, and linksOfRun chains them', async () => {
+    const dir = await tempDir();
+    const fs = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
+    const txnArb = fc.record({
+      user: fc.string({ maxLength: 300 }),
+      description: fc.string({ maxLength: 300 }),
+      extension: fc.option(fc.dictionary(fc.string({ maxLength: 10 }), fc.integer()), { nil: undefined }),
+      sizes: fc.array(fc.oneof({ weight: 9, arbitrary: fc.integer({ min: 1, max: 3000 }) }, { weight: 1, arbitrary: fc.integer({ min: 64 * 1024, max: 150 * 1024 }) }), { minLength: 1, maxLength: 12 }),
+      fill: fc.integer({ min: 0, max: 255 }),
+    });
+    let prev: Buffer = Buffer.alloc(32, 3);
+    await fc.assert(
+      fc.asyncProperty(txnArb, async (t) => {
+        const txn = { user: t.user, description: t.description, ...(t.extension ? { extension: t.extension } : {}) };
+        await fs.tpcBegin(txn);
+        t.sizes.forEach((size, i) => fs.store(fs.newOid(), Z64, Buffer.alloc(size, (t.fill + i) % 256), txn));
+        await fs.tpcVote(txn);
+        const tid = await fs.tpcFinish(txn);
+        const stored = (await allTransactions(fs)).find((x) => x.tid.equals(tid))!;
+        const expected = chainLink(prev, contentAt(fs, stored.pos));
+        expect(linkOfStored(prev, stored.raw!)!.toString('hex')).toBe(expected.toString('hex'));
+        const [run] = linksOfRun(prev, stored.raw!)!;
+        expect(run!.link.equals(expected) && run!.tid.equals(tid)).toBe(true);
+        prev = expected;
+      }),
+      { numRuns: 60 },
+    );
     await fs.close();
   });
 });
