@@ -291,8 +291,10 @@ const dropCurrentConnection = {
  *   connection, from its first byte. Decodes frames; for protocols with a
  *   verdict, first sends back WELCOME or REFUSED {code, reason}; then decodes
  *   and applies each transaction (tpcBegin … tpcFinish), sending TXN_APPLIED
- *   {tid} after each commit (and ACK to the primary when `protocol.hasAcks`);
- *   sends DISCONNECTED {error?} once when the stream ends or anything fails.
+ *   {tid} with the newest durable tid (it may skip tids: the implementation
+ *   reports at most every 20 ms while streaming; ACK to the primary when
+ *   `protocol.hasAcks`); sends DISCONNECTED {error?} once when the stream
+ *   ends or anything fails, after reporting the newest tid.
  *   Its cleanup only detaches its handlers; release is dropConnection's job.
  * - actor `abortInFlight` (promise, {@link AbortInFlightInput} → void): abort
  *   any half-received transaction (tpcAbort) and close the socket; resolve when

@@ -110,10 +110,21 @@ interface Connection {
   lastDurableTid: Buffer;
   /** Timer that fires when a started frame stops receiving bytes. */
   stallTimer: unknown;
+  /** The last TXN_APPLIED the machine was sent: its tid and when (clock ms); a timer for the next one, if deferred. */
+  appliedReported: { tid: Buffer; atMs: number };
+  appliedTimer: unknown;
 }
 
 /** See SecondaryOptions.frameStallTimeoutMs. */
 const DEFAULT_FRAME_STALL_MS = 60_000;
+
+/**
+ * TXN_APPLIED reaches the machine at most this often while transactions
+ * stream in: each is a machine transition, and a secondary following 1000
+ * commits a second would otherwise spend a tenth of a CPU on them. The
+ * newest tid is always reported, and at once when the connection ends.
+ */
+const APPLIED_REPORT_MS = 20;
 
 /** Queue depth (events) at which reading from the socket pauses. */
 const HIGH_WATER_EVENTS = 4096;
@@ -346,6 +357,8 @@ export class Secondary {
       ackPending: false,
       stallTimer: null,
       lastDurableTid: start,
+      appliedReported: { tid: start, atMs: -Infinity }, // what the machine knows at the start
+      appliedTimer: null,
     };
     conn.applier = new Applier(
       this.inner,
@@ -385,6 +398,7 @@ export class Secondary {
       if (conn.dead) return;
       conn.dead = true;
       if (error) this.log('warn', `replication from ${conn.stream.peer} stopped: ${error.message}`, { error: error.name });
+      this.reportApplied(conn); // the machine leaves the connection knowing everything applied so far
       send({ type: 'DISCONNECTED', error });
     };
     // A decoding error or a close ends the connection only after the events decoded before it
@@ -469,10 +483,33 @@ export class Secondary {
     conn.ackPending = true;
     queueMicrotask(() => {
       conn.ackPending = false;
-      // A transaction can become durable after the actor stopped (closed, or detached by a promotion).
-      if (this.actor.getSnapshot().status === 'active') this.actor.send({ type: 'TXN_APPLIED', tid: conn.lastDurableTid });
       if (this.spec.hasAcks && !conn.dead) conn.stream.write(encodeNativeFrame({ type: 'ack', tid: conn.lastDurableTid }, this.packr));
+      this.reportApplied(conn);
     });
+  }
+
+  /** TXN_APPLIED with the newest durable tid: now, or (while the connection streams) once APPLIED_REPORT_MS passed since the last. */
+  private reportApplied(conn: Connection): void {
+    const tid = conn.lastDurableTid;
+    if (conn.appliedReported.tid.equals(tid)) return this.clearAppliedTimer(conn);
+    const now = this.clock.now();
+    const wait = conn.dead ? 0 : conn.appliedReported.atMs + APPLIED_REPORT_MS - now;
+    if (wait > 0) {
+      conn.appliedTimer ??= this.clock.setTimeout(() => {
+        conn.appliedTimer = null;
+        this.reportApplied(conn);
+      }, wait);
+      return;
+    }
+    this.clearAppliedTimer(conn);
+    conn.appliedReported = { tid, atMs: now };
+    // A transaction can become durable after the actor stopped (closed, or detached by a promotion).
+    if (this.actor.getSnapshot().status === 'active') this.actor.send({ type: 'TXN_APPLIED', tid });
+  }
+
+  private clearAppliedTimer(conn: Connection): void {
+    if (conn.appliedTimer !== null) this.clock.clearTimeout(conn.appliedTimer);
+    conn.appliedTimer = null;
   }
 
   /** Stop reading, abort the half-received transaction, close the socket. */
@@ -484,6 +521,7 @@ export class Secondary {
   private async drop(conn: Connection): Promise<void> {
     conn.dead = true;
     this.clearStallTimer(conn);
+    this.reportApplied(conn);
     conn.stream.destroy();
     conn.chain = conn.chain.then(() => conn.applier.abort());
     await conn.chain;
