@@ -30,7 +30,7 @@ import type { ChainHead } from '../wire/native.js';
 import { CHAIN_ORIGIN, LINK_BYTES, linkAt, sha256, type ComputedLink } from './links.js';
 
 export type { ChainHead };
-export { CHAIN_ORIGIN, LINK_BYTES, chainLink, contentAt, linkOfStored, linksOfRun, type ChainContent, type ComputedLink } from './links.js';
+export { CHAIN_ORIGIN, LINK_BYTES, chainLink, contentAt, linkOfStored, linksOfRun, type ChainContent, type ComputedLink, type RunLinks } from './links.js';
 
 /** Version 1 files check each entry with sha256; version 2 (written now) with a cheap 64-bit mix. */
 const MAGIC_V1 = Buffer.from('ZRSCHN01', 'latin1');

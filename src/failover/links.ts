@@ -135,6 +135,12 @@ export interface ComputedLink {
   link: Buffer;
 }
 
+/** The links of a raw run's transactions, the first computed after `prevLink`. */
+export interface RunLinks {
+  prevLink: Buffer;
+  links: ComputedLink[];
+}
+
 /**
  * The links of a run of whole stored transactions (header to trailer each,
  * as a `txns` message carries them), the first chained after `prev`. Null

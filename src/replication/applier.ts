@@ -11,7 +11,7 @@ import { ProtocolError, ZrsError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import type { TransactionMeta } from '../storage/types.js';
 import type { ApplyEvent } from './inbound.js';
-import type { ComputedLink } from '../failover/links.js';
+import type { RunLinks } from '../failover/links.js';
 import type { GenerationEntry } from '../wire/native.js';
 import { NO_MUTATIONS, type ReplicationMutations } from './mutations.js';
 
@@ -37,7 +37,7 @@ export interface ApplierHooks {
   /** The primary's hash-chain link for a transaction about to be finished (packed ones). */
   link?(tid: Buffer, link: Buffer): void;
   /** Links of a run about to be written, computed from its bytes (the first after `prevLink`); `null`: the run failed, forget them. */
-  runLinks?(linked: { prevLink: Buffer; links: ComputedLink[] } | null): void;
+  runLinks?(linked: RunLinks | null): void;
 }
 
 export class Applier {

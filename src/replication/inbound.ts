@@ -4,7 +4,7 @@
 
 import { ProtocolError } from '../errors.js';
 import type { ProtocolSpec } from '../../machines/handshake.js';
-import { linksOfRun, type ComputedLink } from '../failover/links.js';
+import { linksOfRun, type RunLinks } from '../failover/links.js';
 import { StreamChecksum } from '../wire/checksum.js';
 import { dumps } from '../wire/pickle.js';
 import { createNativeUnpackr, decodeNative, type GenerationEntry, type PrimaryMessage, type RecordMessage } from '../wire/native.js';
@@ -20,10 +20,10 @@ export type ApplyEvent =
   | { kind: 'blobBlock'; bytes: Buffer; last: boolean }
   /**
    * Whole transactions as FileStorage bytes (native `txns`); the next commit
-   * closes them. `links`: their hash-chain links, the first after `prevLink`,
-   * when the checksum covered the links (txnLinks granted).
+   * closes them. `linked`: their hash-chain links, computed here, when the
+   * checksum covered the links instead of the bytes (txnLinks granted).
    */
-  | { kind: 'rawTxns'; bytes: Buffer; count: number; lastTid: Buffer; linked?: { prevLink: Buffer; links: ComputedLink[] } }
+  | { kind: 'rawTxns'; bytes: Buffer; count: number; lastTid: Buffer; linked?: RunLinks }
   | { kind: 'commit'; tid: Buffer; link?: Buffer }
   | { kind: 'heartbeat'; lastTid: Buffer; clockMs: number; generation?: GenerationEntry };
 
@@ -66,7 +66,7 @@ export class NativeInbound implements InboundDecoder {
     if (payload.length === 0) return [];
     const msg = decodeNative(payload, this.unpackr, 'primary');
     if (!this.welcomed) return this.verdict(msg);
-    let linked: { prevLink: Buffer; links: ComputedLink[] } | undefined;
+    let linked: RunLinks | undefined;
     if (msg.type === 'commit') {
       if (this.verifyChecksum) this.checksum.verify(msg.checksum, this.tid ?? undefined);
       this.checksum.update(payload);
@@ -84,7 +84,7 @@ export class NativeInbound implements InboundDecoder {
    * The links cover everything in the bytes but the file positions, which
    * the storage checks and rewrites anyway.
    */
-  private feedLinked(payload: Buffer, msg: Extract<PrimaryMessage, { type: 'txns' }>): { prevLink: Buffer; links: ComputedLink[] } {
+  private feedLinked(payload: Buffer, msg: Extract<PrimaryMessage, { type: 'txns' }>): RunLinks {
     if (msg.prevLink === undefined) throw new ProtocolError('txns without prevLink after txnLinks was granted');
     const links = linksOfRun(msg.prevLink, msg.bytes);
     if (links === null) throw new ProtocolError('txns bytes do not split into transactions without backpointers');
@@ -115,7 +115,7 @@ export class NativeInbound implements InboundDecoder {
     return { kind: 'record', oid: r.oid, data: r.data && Buffer.from(r.data), dataTxn: r.dataTxn, blob };
   }
 
-  private message(msg: PrimaryMessage, owned: boolean, linked?: { prevLink: Buffer; links: ComputedLink[] }): ApplyEvent[] {
+  private message(msg: PrimaryMessage, owned: boolean, linked?: RunLinks): ApplyEvent[] {
     switch (msg.type) {
       case 'txn':
         if (this.tid !== null) throw new ProtocolError('txn inside a transaction');
