@@ -10,13 +10,18 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { WHOLE_TXN_MAX_BYTES } from '../../src/replication/protocols.js';
-import type { FileStorage } from '../../src/storage/FileStorage.js';
 import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName, type PrimaryMessage } from '../../src/wire/native.js';
 import { cleanupTempDirs, copyZodbFixture, tempDir } from '../helpers/fixtures.js';
 import { allTransactions, commitMany, expectSameHistory, waitForTid, Z64 } from './helpers.js';
 import { FAST_RECONNECT, FramedSocket, LogCollector, WAIT_MS } from './netHelpers.js';
 import { CHAIN_ORIGIN, chainLink, contentAt, linkOfStored, linksOfRun } from '../../src/failover/hashChain.js';
 import { StreamChecksum } from '../../src/wire/checksum.js';
+import { ReplicationServer } from '../../src/replication/server.js';
+import { parseAddress } from '../../src/replication/address.js';
+import { socketTransport } from '../../src/node/socketTransport.js';
+import { systemClock } from '../../src/node/clock.js';
+import { silentLogger } from '../../src/replication/log.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
 
 afterAll(cleanupTempDirs);
 
@@ -34,13 +39,13 @@ async function undoLast(fs: FileStorage): Promise<Buffer> {
  * `lastTid`; with `then`, that is run once `lastTid` arrived, and the
  * messages are collected on until the commit closing what `then` returns.
  */
-async function messagesUntil(primary: Primary, rawTxns: boolean, lastTid: Buffer, then?: () => Promise<Buffer>, txnLinks = false): Promise<PrimaryMessage[]> {
+async function messagesUntil(primary: Pick<Primary, 'address'>, rawTxns: boolean, lastTid: Buffer, then?: () => Promise<Buffer>, txnLinks = false): Promise<PrimaryMessage[]> {
   return (await framesUntil(primary, rawTxns, lastTid, then, txnLinks)).map((f) => f.message);
 }
 
 /** messagesUntil, each message with its frame payload. */
 async function framesUntil(
-  primary: Primary,
+  primary: Pick<Primary, 'address'>,
   rawTxns: boolean,
   lastTid: Buffer,
   then?: () => Promise<Buffer>,
@@ -333,5 +338,25 @@ describe('runs checked by their hash-chain links (txnLinks)', () => {
         await secondary.close();
       }
     });
+  });
+
+  it('are not granted by a server without a hash chain: the secondary then checks the runs by their bytes, and replicates the same', async () => {
+    const dir = await tempDir();
+    const storage = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
+    const server = await ReplicationServer.start({ storage, address: parseAddress('127.0.0.1:0'), transport: socketTransport, clock: systemClock, log: silentLogger });
+    try {
+      const last = (await commitMany(storage, 12)).at(-1)!;
+      const welcome = (await messagesUntil(server, true, last, undefined, true)).find((m) => m.type === 'welcome');
+      expect(welcome).toMatchObject({ options: { rawTxns: true } });
+      expect(welcome!.type === 'welcome' && welcome!.options.txnLinks).toBeFalsy();
+      const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+      await waitForTid(secondary, last);
+      await expectSameHistory(storage, secondary.storage);
+      await secondary.close();
+    } finally {
+      await server.close();
+      await storage.close();
+    }
+    expect(readFileSync(join(dir, 's.fs')).equals(readFileSync(join(dir, 'p.fs')))).toBe(true);
   });
 });
