@@ -425,10 +425,14 @@ describe('the messages written by hand', () => {
           expect(body).toBe(bytes);
           expect(Buffer.concat([head, body]).equals(encodeNativeFrame(msg, packr)), `${n} bytes, count ${count}`).toBe(true);
           const decoded = decodeNative(Buffer.concat([head, body]).subarray(FRAME_HEADER_BYTES), createNativeUnpackr(), 'primary');
-          expect(decoded).toEqual(msg);
+          // Field by field: a deep equality over a megabyte of bytes takes seconds.
+          if (decoded.type !== 'txns') throw new Error(`decoded a ${decoded.type}`);
+          expect(decoded.count).toBe(count);
+          expect(decoded.lastTid.equals(msg.lastTid) && decoded.bytes.equals(bytes)).toBe(true);
+          expect(decoded.prevLink?.toString('hex')).toBe(msg.prevLink?.toString('hex'));
         },
       ),
-      { numRuns: 60 },
+      { numRuns: 40 },
     );
     expect(() => encodeTxnsFrame({ type: 'txns', count: 0, lastTid: Buffer.alloc(8), bytes: Buffer.alloc(1) })).toThrow(TypeError);
   });
