@@ -431,6 +431,8 @@ export class ChainCursor {
   private block: Entry[] = [];
   private blockFirst = 0;
   private next = 0;
+  /** The link at `next - 1` when the last lookup ended there, else null. */
+  private lastLink: Buffer | null = null;
 
   constructor(
     private readonly read: (first: number, max: number) => Entry[],
@@ -445,12 +447,15 @@ export class ChainCursor {
   linksOf(tids: readonly Buffer[]): { prev: Buffer; links: Buffer[] } | null {
     if (tids.length === 0) return null;
     let i = this.next;
+    // Right after the last lookup (the usual case), the link before is the last one returned.
+    let prev: Buffer | undefined = this.lastLink ?? undefined;
     if (!this.entry(i)?.tid.equals(tids[0]!)) {
       // Searched one entry at a time; the block is read from where it is found.
       i = countUpTo((k) => this.read(k, 1)[0] ?? { tid: MAX_TID, hash: CHAIN_ORIGIN }, this.count(), tids[0]!) - 1;
       if (i < 0 || !this.entry(i)!.tid.equals(tids[0]!)) return null;
+      prev = undefined;
     }
-    const prev = i === 0 ? CHAIN_ORIGIN : this.entry(i - 1)?.hash;
+    prev ??= i === 0 ? CHAIN_ORIGIN : this.entry(i - 1)?.hash;
     if (prev === undefined) return null;
     const links: Buffer[] = [];
     for (const tid of tids) {
@@ -459,6 +464,7 @@ export class ChainCursor {
       links.push(e.hash);
     }
     this.next = i;
+    this.lastLink = links[links.length - 1]!;
     return { prev, links };
   }
 
