@@ -304,10 +304,12 @@ function createContext(input: PrimarySessionInput): PrimarySessionContext {
  *
  * The edge must provide (with `.provide()`):
  * - actors `catchUp`, `follow`, `drain`: promise actors taking {@link StreamInput}.
- *   catchUp resolves {@link StreamOutput} once it reached the log's end;
- *   follow forwards commits through a bounded buffer, sends `OVERFLOW` when
- *   the buffer overflows (and, on start, when it cannot prove there is no gap
- *   after `afterTid`), and resolves only when the commit stream completes;
+ *   catchUp resolves {@link StreamOutput} once it reached the log's end as
+ *   it was when catchUp started (commits keep coming: chasing the end would
+ *   never finish); follow first reads from the log what was committed after
+ *   `afterTid` before it subscribed, then forwards commits through a bounded
+ *   buffer, sends `OVERFLOW` when the buffer overflows (meanwhile too), and
+ *   resolves only when the commit stream completes;
  *   drain writes everything committed up to now and resolves {@link StreamOutput}.
  *   All reject on failure (log read error …); all honour `signal`.
  * - action `sendWelcome` ({@link WelcomeParams}): write the WELCOME frame.

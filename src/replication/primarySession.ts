@@ -105,9 +105,11 @@ export class PrimarySession {
     this.writer = new StreamWriter(options.stream);
     const machine = primarySessionMachine.provide({
       actors: {
-        catchUp: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.catchUp(input, signal)),
+        // Catch-up aims at the log's end as of its start (under a steady stream of commits the end
+        // moves on; what was committed meanwhile is follow's to read); drain goes to the very end.
+        catchUp: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.sendLog(input, signal, this.options.storage.lastDurableTid)),
         follow: fromPromise<void, StreamInput>(({ input, signal }) => this.follow(input, signal)),
-        drain: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.catchUp(input, signal)),
+        drain: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.sendLog(input, signal, null)),
         promote: fromPromise<PromoteOutcome, PromoteInput>(({ input }) => this.promote(input)),
       },
       actions: {
@@ -413,7 +415,8 @@ export class PrimarySession {
   }
 
   /** Stream every durable transaction after input.afterTid, from the log file. */
-  private async catchUp(input: StreamInput, signal: AbortSignal): Promise<StreamOutput> {
+  /** Send the log's transactions after `input.afterTid` (or what was already written) up to `stop` (inclusive; null: the end). */
+  private async sendLog(input: StreamInput, signal: AbortSignal, stop: Buffer | null): Promise<StreamOutput> {
     const storage = this.options.storage;
     let last: Buffer | null = null;
     // A transaction an aborted actor was writing is finished (and SENT) first.
@@ -434,7 +437,7 @@ export class PrimarySession {
       if (sent) last = txns[txns.length - 1]!.tid;
       return sent;
     };
-    for await (const txn of storage.iterator(start, null, { signal })) {
+    for await (const txn of storage.iterator(start, stop === null ? null : Buffer.from(stop), { signal })) {
       const more = txn.pos + txn.length + 8 < storage.durableEnd;
       if (codec.acceptsRaw(txn)) {
         // A batch stays within one read window, so it goes out as a view of it, never copied.
@@ -561,9 +564,23 @@ export class PrimarySession {
         complete: () => resolve(),
       });
       signal.addEventListener('abort', () => sub?.unsubscribe(), { once: true });
-      // Anything made durable between catch-up's end and this subscription
-      // is not in the queue: read it from the log instead.
-      if (Buffer.compare(storage.lastDurableTid, lastTid) > 0 && queue.length === 0) overflow();
+      // Anything made durable between catch-up's end and this subscription is
+      // not in the queue: it is read from the log first, while new commits
+      // queue up behind it (the pump skips those already sent).
+      if (Buffer.compare(storage.lastDurableTid, lastTid) > 0) {
+        pumping = true;
+        this.sendLog({ ...input, afterTid: lastTid }, signal, storage.lastDurableTid).then(
+          (out) => {
+            if (out.lastTid !== null && Buffer.compare(out.lastTid, lastTid) > 0) lastTid = Buffer.from(out.lastTid);
+            pumping = false;
+            if (queue.length > 0) schedule();
+          },
+          (err: unknown) => {
+            sub?.unsubscribe();
+            reject(err);
+          },
+        );
+      }
     });
   }
 }

@@ -1,0 +1,58 @@
+// A session that catches up while commits keep coming: catch-up aims at the
+// log's end as of its start, and the follower reads what was committed in
+// the meantime from the log before forwarding new commits, so the session
+// goes live once, without overflowing back to catch-up. Real sockets.
+
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { parseAddress } from '../../src/replication/address.js';
+import { silentLogger } from '../../src/replication/log.js';
+import type { PrimarySession } from '../../src/replication/primarySession.js';
+import { Secondary } from '../../src/replication/secondary.js';
+import { ReplicationServer } from '../../src/replication/server.js';
+import { systemClock } from '../../src/node/clock.js';
+import { socketTransport } from '../../src/node/socketTransport.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { commitMany, expectSameHistory, waitForTid } from './helpers.js';
+import { FAST_RECONNECT } from './netHelpers.js';
+
+afterAll(cleanupTempDirs);
+
+describe('catching up under a steady stream of commits', () => {
+  it('goes live once: no overflow back to catch-up, nothing missed', async () => {
+    const dir = await tempDir();
+    const storage = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
+    const sessions: PrimarySession[] = [];
+    const server = await ReplicationServer.start({
+      storage,
+      address: parseAddress('127.0.0.1:0'),
+      transport: socketTransport,
+      clock: systemClock,
+      log: silentLogger,
+      onSession: (s) => sessions.push(s),
+    });
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    try {
+      await commitMany(storage, 3000);
+      // One commit per turn of the event loop, during the catch-up and a while after it went live.
+      let last = storage.lastTransaction();
+      let liveFor = 0;
+      for (let i = 0; i < 50_000 && liveFor < 200; i++) {
+        last = (await commitMany(storage, 1))[0]!;
+        await new Promise((r) => setImmediate(r));
+        if (sessions[0]?.machine.getSnapshot().value === 'live') liveFor += 1;
+      }
+      expect(liveFor).toBe(200);
+      await waitForTid(secondary, last!);
+      const counters = sessions[0]!.machine.getSnapshot().context.counters;
+      expect(counters.overflows).toBe(0);
+      expect(counters.catchUps).toBe(1);
+      await expectSameHistory(storage, secondary.storage);
+    } finally {
+      await secondary.close();
+      await server.close();
+      await storage.close();
+    }
+  });
+});
