@@ -220,6 +220,10 @@ function percentile(sorted: number[], p: number): number {
  * share the primary's disk, and their syncs would queue with its own.
  */
 async function live(dir: string, secondaries: number, ratePerSecond: number | null, durationS: number, secondaryFsync = true, primaryFsync = true, report: 'every' | 'newest' = 'every') {
+  // Without fsync a commit never waits for I/O: an unpaced loop would never let the event loop
+  // turn, and the sessions would send nothing until it ended. A writer yields after each commit,
+  // as one serving requests does.
+  const yieldEach = ratePerSecond === null && !primaryFsync;
   const name = `live-${secondaries}-${ratePerSecond}-${secondaryFsync}-${primaryFsync}.fs`;
   const primary = await Primary.open({ path: join(dir, name), replicateTo: '127.0.0.1:0', fsync: primaryFsync, auditPath: null });
   const fs = primary.storage;
@@ -243,6 +247,7 @@ async function live(dir: string, secondaries: number, ratePerSecond: number | nu
     const tid = await work.commit();
     committedAt.set(tid.toString('hex'), nowMs());
     n++;
+    if (yieldEach) await new Promise((r) => setImmediate(r));
   }
   const commitRate = n / seconds(t0);
   const last = fs.lastTransaction();
