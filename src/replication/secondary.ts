@@ -19,6 +19,7 @@ import { encodeFrame, FrameDecoder, KEEP_ALIVE_FRAME } from '../wire/framing.js'
 import { createNativePackr, DEFAULT_STREAM_MAX_FRAME_BYTES, encodeNativeFrame } from '../wire/native.js';
 import { formatAddress, parseAddress } from './address.js';
 import { Applier } from './applier.js';
+import { SpacedReport } from './spacedReport.js';
 import { NO_MUTATIONS, type ReplicationMutations } from './mutations.js';
 import type { StorageDisk } from '../storage/disk.js';
 import { NativeInbound, Zrs2Inbound, type ApplyEvent, type InboundDecoder } from './inbound.js';
@@ -110,9 +111,8 @@ interface Connection {
   lastDurableTid: Buffer;
   /** Timer that fires when a started frame stops receiving bytes. */
   stallTimer: unknown;
-  /** The last TXN_APPLIED the machine was sent: its tid and when (clock ms); a timer for the next one, if deferred. */
-  appliedReported: { tid: Buffer; atMs: number };
-  appliedTimer: unknown;
+  /** TXN_APPLIED to the machine, spaced by APPLIED_REPORT_MS. */
+  applied: SpacedReport;
 }
 
 /** See SecondaryOptions.frameStallTimeoutMs. */
@@ -357,8 +357,10 @@ export class Secondary {
       ackPending: false,
       stallTimer: null,
       lastDurableTid: start,
-      appliedReported: { tid: start, atMs: -Infinity }, // what the machine knows at the start
-      appliedTimer: null,
+      applied: new SpacedReport(this.clock, APPLIED_REPORT_MS, start, (tid) => {
+        // A transaction can become durable after the actor stopped (closed, or detached by a promotion).
+        if (this.actor.getSnapshot().status === 'active') this.actor.send({ type: 'TXN_APPLIED', tid });
+      }),
     };
     conn.applier = new Applier(
       this.inner,
@@ -398,7 +400,7 @@ export class Secondary {
       if (conn.dead) return;
       conn.dead = true;
       if (error) this.log('warn', `replication from ${conn.stream.peer} stopped: ${error.message}`, { error: error.name });
-      this.reportApplied(conn); // the machine leaves the connection knowing everything applied so far
+      conn.applied.note(conn.lastDurableTid, true); // the machine leaves the connection knowing everything applied so far
       send({ type: 'DISCONNECTED', error });
     };
     // A decoding error or a close ends the connection only after the events decoded before it
@@ -484,32 +486,8 @@ export class Secondary {
     queueMicrotask(() => {
       conn.ackPending = false;
       if (this.spec.hasAcks && !conn.dead) conn.stream.write(encodeNativeFrame({ type: 'ack', tid: conn.lastDurableTid }, this.packr));
-      this.reportApplied(conn);
+      conn.applied.note(conn.lastDurableTid, conn.dead);
     });
-  }
-
-  /** TXN_APPLIED with the newest durable tid: now, or (while the connection streams) once APPLIED_REPORT_MS passed since the last. */
-  private reportApplied(conn: Connection): void {
-    const tid = conn.lastDurableTid;
-    if (conn.appliedReported.tid.equals(tid)) return this.clearAppliedTimer(conn);
-    const now = this.clock.now();
-    const wait = conn.dead ? 0 : conn.appliedReported.atMs + APPLIED_REPORT_MS - now;
-    if (wait > 0) {
-      conn.appliedTimer ??= this.clock.setTimeout(() => {
-        conn.appliedTimer = null;
-        this.reportApplied(conn);
-      }, wait);
-      return;
-    }
-    this.clearAppliedTimer(conn);
-    conn.appliedReported = { tid, atMs: now };
-    // A transaction can become durable after the actor stopped (closed, or detached by a promotion).
-    if (this.actor.getSnapshot().status === 'active') this.actor.send({ type: 'TXN_APPLIED', tid });
-  }
-
-  private clearAppliedTimer(conn: Connection): void {
-    if (conn.appliedTimer !== null) this.clock.clearTimeout(conn.appliedTimer);
-    conn.appliedTimer = null;
   }
 
   /** Stop reading, abort the half-received transaction, close the socket. */
@@ -521,7 +499,7 @@ export class Secondary {
   private async drop(conn: Connection): Promise<void> {
     conn.dead = true;
     this.clearStallTimer(conn);
-    this.reportApplied(conn);
+    conn.applied.note(conn.lastDurableTid, true);
     conn.stream.destroy();
     conn.chain = conn.chain.then(() => conn.applier.abort());
     await conn.chain;
