@@ -7,7 +7,7 @@
 
 import { createHash, hash } from 'node:crypto';
 import type { FileStorage } from '../storage/FileStorage.js';
-import { DATA_HEADER_BYTES, TXN_HEADER_BYTES, copyId, dataRecordLength, readTxnHeader, readU64At, recordsStart, writeU64At } from '../storage/format.js';
+import { DATA_HEADER_BYTES, TXN_HEADER_BYTES, copyIdAt, dataRecordLength, readTxnHeader, readU64At, recordsStart, writeU64At } from '../storage/format.js';
 
 /** Bytes of one link (sha256). */
 export const LINK_BYTES = 32;
@@ -59,18 +59,21 @@ export function chainLink(prev: Buffer, t: ChainContent): Buffer {
 }
 
 /**
- * chainLink for a transaction given as its stored bytes (header to records),
- * copied straight from them; null when a record is a backpointer (its data
- * lives elsewhere: use contentAt).
+ * chainLink for a transaction given as its stored bytes (header to records,
+ * at least), copied straight from them; null when a record is a backpointer
+ * (its data lives elsewhere: use contentAt), or when the bytes do not hold
+ * the metadata and records their header announces.
  */
 export function linkOfStored(prev: Buffer, body: Buffer): Buffer | null {
   const length = readU64At(body, 8);
   const recordsAt = recordsStart(body);
+  if (length > body.length || recordsAt > length) return null;
   let count = 0;
   let largest = 0;
   for (let pos = recordsAt; pos < length; count++) {
+    if (pos + DATA_HEADER_BYTES > length) return null;
     const plen = readU64At(body, pos + 34);
-    if (plen === 0) return null;
+    if (plen === 0 || pos + DATA_HEADER_BYTES + plen > length) return null;
     if (plen > largest) largest = plen;
     pos += DATA_HEADER_BYTES + plen;
   }
@@ -154,17 +157,10 @@ export function linksOfRun(prev: Buffer, run: Buffer): ComputedLink[] | null {
     const length = readU64At(run, off + 8);
     const end = off + length + 8;
     if (length < TXN_HEADER_BYTES || end > run.length) return null;
-    const body = run.subarray(off, off + length);
-    if (recordsStart(body) > length) return null;
-    for (let pos = recordsStart(body); pos < length; ) {
-      if (pos + DATA_HEADER_BYTES > length) return null;
-      const next = pos + DATA_HEADER_BYTES + readU64At(body, pos + 34);
-      if (next > length) return null;
-      pos = next;
-    }
-    const link = linkOfStored(prev, body);
+    // linkOfStored checks every record's extent within the transaction.
+    const link = linkOfStored(prev, run.subarray(off, off + length));
     if (link === null) return null;
-    out.push({ tid: copyId(body.subarray(0, 8)), link });
+    out.push({ tid: copyIdAt(run, off), link });
     prev = link;
     off = end;
   }

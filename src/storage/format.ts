@@ -106,9 +106,13 @@ export function dataRecordLength(plen: number): number {
 
 /** A copy of an 8-byte id (oid or tid): for 8 bytes a byte loop beats Buffer.from. */
 export function copyId(id: Buffer): Buffer {
-  if (id.length !== 8) return Buffer.from(id);
+  return id.length === 8 ? copyIdAt(id, 0) : Buffer.from(id);
+}
+
+/** A copy of the 8-byte id at `off` in `buf`, without a view in between. */
+export function copyIdAt(buf: Buffer, off: number): Buffer {
   const out = Buffer.allocUnsafe(8);
-  for (let i = 0; i < 8; i++) out[i] = id[i]!;
+  for (let i = 0; i < 8; i++) out[i] = buf[off + i]!;
   return out;
 }
 

@@ -8,7 +8,7 @@
 import { CorruptedDataError } from '../errors.js';
 import { oidKeyAt } from './scan.js';
 import type { CommittedTransaction } from './types.js';
-import { DATA_HEADER_BYTES, STATUS_COMMITTED, TRAILER_BYTES, TXN_HEADER_BYTES, readU64At, recordsStart, writeU64At } from './format.js';
+import { DATA_HEADER_BYTES, STATUS_COMMITTED, TRAILER_BYTES, TXN_HEADER_BYTES, copyIdAt, readU64At, recordsStart, writeU64At } from './format.js';
 
 /** One transaction of a relocated run, at its new position. */
 export interface RelocatedTxn {
@@ -137,9 +137,7 @@ export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer 
       index.set(key, base + r);
       r += DATA_HEADER_BYTES + plen;
     }
-    const tid = Buffer.allocUnsafe(8);
-    for (let i = 0; i < 8; i++) tid[i] = raw[off + i]!;
-    txns.push({ tid, pos: tpos, end: base + end });
+    txns.push({ tid: copyIdAt(raw, off), pos: tpos, end: base + end });
     prevHi = tidHi;
     prevLo = tidLo;
     off = end;
