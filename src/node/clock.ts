@@ -1,7 +1,14 @@
 // Wall-clock time for real deployments: the only Clock that touches Date.now
 // and the global timers.
 
-import type { Clock } from '../ports/clock.js';
+import { performance, type EventLoopUtilization } from 'node:perf_hooks';
+import type { Clock, LoadMeter } from '../ports/clock.js';
+
+const loadMeter: LoadMeter = {
+  elapsedMs: () => performance.now(),
+  mark: () => performance.eventLoopUtilization(),
+  busyShare: (since) => performance.eventLoopUtilization(since as EventLoopUtilization).utilization,
+};
 
 export const systemClock: Clock = {
   now: () => Date.now(),
@@ -10,6 +17,7 @@ export const systemClock: Clock = {
     return t;
   },
   clearTimeout: (handle) => clearTimeout(handle as ReturnType<typeof setTimeout>),
+  load: loadMeter,
 };
 
 /** A seed for the default random source (jitter) in real deployments. */

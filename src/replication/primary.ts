@@ -30,6 +30,13 @@ export interface PrimaryOptions {
   fsync?: boolean;
   /** Send a heartbeat (last tid and clock) to idle native secondaries this often. */
   heartbeatIntervalMs?: number;
+  /**
+   * While committers keep the event loop busy, sends to secondaries take at
+   * most this share of it (0 < share <= 1, default 0.1); secondaries that
+   * cannot keep up fall behind instead of slowing commits. An otherwise idle
+   * loop sends at full speed.
+   */
+  sendShare?: number;
   transport?: Transport;
   /** Serve over TLS, demanding client certificates that verify against `tls.authenticate` (not with `transport`). */
   tls?: TlsOptions;
@@ -121,6 +128,7 @@ export class Primary {
           clock: options.clock ?? systemClock,
           log: options.log ?? silentLogger,
           heartbeatIntervalMs: options.heartbeatIntervalMs,
+          sendShare: options.sendShare,
           history,
           ...role,
         });

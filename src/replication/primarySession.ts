@@ -3,7 +3,7 @@
 // machine's named effects (catchUp, follow, drain, sendWelcome, sendRefusal,
 // closeStream) become socket writes and log reads. Tids sent strictly increase.
 
-import { Subject, type Subscription } from 'rxjs';
+import { Subject } from 'rxjs';
 import { createActor, fromPromise, type ActorRefFrom } from 'xstate';
 import {
   primarySessionMachine,
@@ -19,7 +19,7 @@ import type { Clock } from '../ports/clock.js';
 import type { ByteStream } from '../ports/transport.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import { WindowReader } from '../storage/fileio.js';
-import { parseTransaction, readTransaction } from '../storage/iterator.js';
+import { TransactionCursor, readTransaction } from '../storage/iterator.js';
 import { tidPlusOne } from '../storage/timestamp.js';
 import type { CommittedTransaction, TransactionRecord } from '../storage/types.js';
 import { FrameDecoder } from '../wire/framing.js';
@@ -38,6 +38,8 @@ import {
 import { follows, nativeOutbound, zrs2Outbound, type OutboundCodec } from './protocols.js';
 import type { FailoverHistory } from '../failover/history.js';
 import { StreamWriter } from './streamWriter.js';
+import type { LiveCommit, LiveFeed } from './liveFeed.js';
+import type { SendPacer } from './sendPacer.js';
 
 /** zc.zrs's primary accepts at most 8 bytes per message after the protocol name. */
 const ZRS2_MAX_FRAME_BYTES = 8;
@@ -54,6 +56,10 @@ export interface SessionLog {
 
 export interface PrimarySessionOptions {
   storage: FileStorage;
+  /** The storage's commits for live streaming, shared by the server's sessions. */
+  feed: LiveFeed;
+  /** Paces catch-up, shared by the server's sessions. */
+  pacer: SendPacer;
   stream: ByteStream;
   clock: Clock;
   protocols: readonly ProtocolSpec[];
@@ -414,44 +420,55 @@ export class PrimarySession {
     return this.wrote(txn.tid, signal);
   }
 
-  /** Stream every durable transaction after input.afterTid, from the log file. */
-  /** Send the log's transactions after `input.afterTid` (or what was already written) up to `stop` (inclusive; null: the end). */
+  /**
+   * Send the log's transactions after `input.afterTid` (or what was already
+   * written) up to `stop` (inclusive; null: the durable end). Each read
+   * window is one synchronous step of the pacer: its transactions are parsed
+   * and sent as raw runs; one that must travel in messages (blobs,
+   * backpointers, a peer without raw runs) goes on its own afterwards.
+   */
   private async sendLog(input: StreamInput, signal: AbortSignal, stop: Buffer | null): Promise<StreamOutput> {
     const storage = this.options.storage;
-    let last: Buffer | null = null;
+    const pacer = this.options.pacer;
+    const codec = this.codec!;
     // A transaction an aborted actor was writing is finished (and SENT) first.
     await this.inflight;
     const written = this.lastWrittenTid;
     const after = written !== null && Buffer.compare(written, input.afterTid) > 0 ? written : input.afterTid;
-    const start = tidPlusOne(Buffer.from(after));
-    const codec = this.codec!;
-    // Runs of plain transactions go out as raw batches of file bytes, up to RAW_BATCH_BYTES each.
-    let batch: TransactionRecord[] = [];
-    let batchBytes = 0;
-    const sendBatch = async (more: boolean): Promise<boolean> => {
-      const txns = batch;
-      batch = [];
-      batchBytes = 0;
-      if (txns.length === 0) return !signal.aborted;
-      const sent = await this.sendRawBatch(txns, signal, more);
-      if (sent) last = txns[txns.length - 1]!.tid;
-      return sent;
-    };
-    for await (const txn of storage.iterator(start, stop === null ? null : Buffer.from(stop), { signal })) {
-      const more = txn.pos + txn.length + 8 < storage.durableEnd;
-      if (codec.acceptsRaw(txn)) {
-        // A batch stays within one read window, so it goes out as a view of it, never copied.
-        if (batch.length > 0 && !follows(batch[batch.length - 1]!.raw!, txn.raw!) && !(await sendBatch(true))) break;
-        batch.push(txn);
-        batchBytes += txn.raw!.length;
-        if ((batchBytes >= RAW_BATCH_BYTES || !more) && !(await sendBatch(more))) break;
+    const cursor = new TransactionCursor(storage, tidPlusOne(Buffer.from(after)), stop === null ? null : Buffer.from(stop));
+    let last: Buffer | null = null;
+    /** Taken from the cursor, not yet sent; a transaction that goes in messages leads it. */
+    let taken: TransactionRecord[] = [];
+    while (!signal.aborted && !storage.isClosed) {
+      let windowEmpty = false;
+      const room = pacer.step(() => {
+        if (taken.length === 0) {
+          taken = cursor.take(RAW_BATCH_BYTES);
+          windowEmpty = taken.length === 0;
+        }
+        let n = 0;
+        while (n < taken.length && codec.acceptsRaw(taken[n]!)) n += 1;
+        if (n === 0) return true;
+        const run = taken.slice(0, n);
+        taken = taken.slice(n);
+        last = run[n - 1]!.tid;
+        return this.sendRawRunNow(run, signal);
+      });
+      if (windowEmpty) {
+        if (cursor.stopped || cursor.position >= storage.durableEnd) break;
+        await cursor.fill();
         continue;
       }
-      if (!(await sendBatch(true))) break;
-      if (!(await this.sendTransaction(txn, signal, more))) break;
-      last = txn.tid;
+      if (!room) await this.writer.drained();
+      if (taken.length > 0 && !codec.acceptsRaw(taken[0]!)) {
+        const txn = taken.shift()!;
+        if (!(await this.sendTransaction(txn, signal, taken.length > 0))) break;
+        last = txn.tid;
+      }
+      if (taken.length === 0 && (cursor.stopped || cursor.position >= storage.durableEnd)) break;
+      await pacer.turn(signal); // the next step waits its turn
+
     }
-    if (!signal.aborted) await sendBatch(false);
     await this.writer.flush();
     return { lastTid: last };
   }
@@ -473,6 +490,18 @@ export class PrimarySession {
     );
   }
 
+  /**
+   * Write a run of raw transactions at once (live, on the feed's tick); false
+   * when the socket is full. Only when nothing else is being written: a
+   * streaming actor that was aborted mid-write finishes first.
+   */
+  private sendRawRunNow(txns: readonly TransactionRecord[], signal: AbortSignal): boolean {
+    for (const f of this.codec!.rawFrames(txns)) this.writer.push(f);
+    const room = this.writer.flushNow();
+    this.wrote(txns[txns.length - 1]!.tid, signal, txns.length);
+    return room;
+  }
+
   /** Note that everything up to `tid` is on the wire. */
   private wrote(tid: Buffer, signal: AbortSignal, count = 1): boolean {
     this.lastWrittenTid = tid;
@@ -481,104 +510,93 @@ export class PrimarySession {
     return !signal.aborted;
   }
 
-  /** Forward commits as they become durable, through a bounded buffer. */
+  /**
+   * Forward commits as they become durable, through a bounded buffer. Runs of
+   * raw transactions go out on the feed's tick, synchronously; a transaction
+   * that needs its file read or goes out in messages waits its turn.
+   */
   private follow(input: StreamInput, signal: AbortSignal): Promise<void> {
     const storage = this.options.storage;
     const limit = this.options.followBufferSize ?? DEFAULT_FOLLOW_BUFFER;
+    const codec = this.codec!;
+    const epoch = storage.fileEpoch;
     return new Promise<void>((resolve, reject) => {
-      const queue: CommittedTransaction[] = [];
+      const queue: LiveCommit[] = [];
       let lastTid: Buffer = Buffer.from(input.afterTid);
-      let pumping = false;
-      let sub: Subscription | null = null;
-      const epoch = storage.fileEpoch;
+      /** An asynchronous step (the gap from the log, a file read, a full socket) is under way; it pumps when done. */
+      let busy = false;
+      let unsubscribe = (): void => {};
+      const fail = (err: unknown): void => {
+        unsubscribe();
+        reject(err);
+      };
       const overflow = (): void => {
-        sub?.unsubscribe();
+        unsubscribe();
         this.actor.send({ type: 'OVERFLOW' });
       };
-      const pump = async (): Promise<void> => {
-        if (pumping) return;
-        pumping = true;
-        // Windows end at the durable end: a lone new commit reads just its own bytes.
+      const after = (step: Promise<unknown>): void => {
+        busy = true;
+        step.then(() => {
+          busy = false;
+          pump();
+        }, fail);
+      };
+      /** The transaction of a commit published without its bytes, or null when a pack replaced the file (positions are void). */
+      const readCommit = async (c: CommittedTransaction): Promise<TransactionRecord | null> => {
         const reader = new WindowReader(storage.fileHandle, 256 * 1024, () => storage.durableEnd);
-        /** The committed transaction, or null when a pack replaced the file (positions are void). */
-        const read = async (c: CommittedTransaction): Promise<TransactionRecord | null> => {
-          if (storage.fileEpoch !== epoch) return null;
-          // Published with its bytes (a small commit): no file read at all.
-          if (c.raw !== undefined) return parseTransaction(storage, c.raw, c.pos);
-          const txn = await readTransaction(storage, reader, c.pos).catch((err: unknown) => {
-            if (storage.fileEpoch === epoch) throw err;
-            return null; // the file was replaced under the read
-          });
-          return storage.fileEpoch === epoch ? txn : null;
-        };
-        const codec = this.codec!;
+        const txn = await readTransaction(storage, reader, c.pos).catch((err: unknown) => {
+          if (storage.fileEpoch === epoch) throw err;
+          return null; // the file was replaced under the read
+        });
+        return storage.fileEpoch === epoch ? txn : null;
+      };
+      /** One transaction that is not part of a raw run from the tick. */
+      const sendOne = async (c: LiveCommit): Promise<void> => {
+        const txn = c.txn ?? (await readCommit(c.committed));
+        if (txn === null) return overflow(); // go back to reading by tid
+        const sent = codec.acceptsRaw(txn) ? await this.sendRawBatch([txn], signal, queue.length > 0) : await this.sendTransaction(txn, signal, queue.length > 0);
+        if (sent) lastTid = txn.tid;
+      };
+      const pump = (): void => {
         try {
-          while (queue.length && !signal.aborted) {
-            const c = queue.shift()!;
-            if (Buffer.compare(c.tid, lastTid) <= 0) continue;
-            const txn = await read(c);
-            if (txn === null) return overflow(); // go back to reading by tid
-            if (!codec.acceptsRaw(txn)) {
-              if (!(await this.sendTransaction(txn, signal, queue.length > 0))) return;
-              lastTid = txn.tid;
-              continue;
-            }
-            // Commits queued behind this one join it in one raw batch.
-            const batch = [txn];
-            for (let bytes = txn.raw!.length; queue.length && bytes < RAW_BATCH_BYTES; ) {
-              const next = await read(queue[0]!);
-              if (next === null) return overflow();
-              if (!codec.acceptsRaw(next)) break; // it goes next, on its own
+          while (!busy && queue.length > 0 && !signal.aborted) {
+            const first = queue.shift()!;
+            if (Buffer.compare(first.committed.tid, lastTid) <= 0) continue;
+            if (storage.fileEpoch !== epoch) return overflow();
+            if (first.txn === null || !codec.acceptsRaw(first.txn)) return after(sendOne(first));
+            // Commits queued behind this one join it in one raw run.
+            const run = [first.txn];
+            for (let bytes = first.txn.raw!.length; bytes < RAW_BATCH_BYTES && queue.length > 0; ) {
+              const next = queue[0]!.txn;
+              if (next === null || !codec.acceptsRaw(next)) break; // it goes next, on its own
               queue.shift();
-              batch.push(next);
+              run.push(next);
               bytes += next.raw!.length;
             }
-            if (!(await this.sendRawBatch(batch, signal, queue.length > 0))) return;
-            lastTid = batch[batch.length - 1]!.tid;
+            lastTid = run[run.length - 1]!.tid;
+            if (!this.sendRawRunNow(run, signal)) after(this.writer.drained());
           }
         } catch (err) {
-          sub?.unsubscribe();
-          reject(err);
-        } finally {
-          pumping = false;
+          fail(err);
         }
       };
-      // The pump runs on its own turn of the event loop, never inside the
-      // committer's tpcFinish: a commit does not wait for sends, and commits
-      // made in one burst go out together as one raw run.
-      let scheduled = false;
-      const schedule = (): void => {
-        if (scheduled) return;
-        scheduled = true;
-        setImmediate(() => {
-          scheduled = false;
-          void pump();
-        });
-      };
-      sub = storage.commits$.subscribe({
-        next: (c) => {
-          if (queue.length >= limit) return overflow();
-          queue.push(c);
-          schedule();
+      unsubscribe = this.options.feed.subscribe({
+        next: (commits) => {
+          if (queue.length + commits.length > limit) return overflow();
+          for (const c of commits) queue.push(c);
+          pump();
         },
         complete: () => resolve(),
       });
-      signal.addEventListener('abort', () => sub?.unsubscribe(), { once: true });
+      signal.addEventListener('abort', () => unsubscribe(), { once: true });
       // Anything made durable between catch-up's end and this subscription is
       // not in the queue: it is read from the log first, while new commits
       // queue up behind it (the pump skips those already sent).
       if (Buffer.compare(storage.lastDurableTid, lastTid) > 0) {
-        pumping = true;
-        this.sendLog({ ...input, afterTid: lastTid }, signal, storage.lastDurableTid).then(
-          (out) => {
+        after(
+          this.sendLog({ ...input, afterTid: lastTid }, signal, storage.lastDurableTid).then((out) => {
             if (out.lastTid !== null && Buffer.compare(out.lastTid, lastTid) > 0) lastTid = Buffer.from(out.lastTid);
-            pumping = false;
-            if (queue.length > 0) schedule();
-          },
-          (err: unknown) => {
-            sub?.unsubscribe();
-            reject(err);
-          },
+          }),
         );
       }
     });

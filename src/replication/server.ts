@@ -11,6 +11,8 @@ import { formatAddress } from './address.js';
 import { buildNodeStatus } from './nodeStatus.js';
 import { PrimarySession, type PrimarySessionOptions, type SessionLog, type SessionStatus } from './primarySession.js';
 import { supportedProtocols } from './protocols.js';
+import { LiveFeed } from './liveFeed.js';
+import { SendPacer } from './sendPacer.js';
 import type { FailoverHistory } from '../failover/history.js';
 
 export interface ReplicationServerOptions {
@@ -22,6 +24,8 @@ export interface ReplicationServerOptions {
   protocols?: readonly ProtocolSpec[];
   heartbeatIntervalMs?: number;
   followBufferSize?: number;
+  /** The share of a busy event loop that sends to secondaries may take (see SendPacer). Default 0.1. */
+  sendShare?: number;
   /**
    * The node's status for a status request, given the sessions other than the
    * asking one. Default: a primary's status from the storage and the sessions.
@@ -54,7 +58,15 @@ export class ReplicationServer {
   /** While set (an online rewind), new connections are closed at once. */
   private suspended = false;
 
-  private constructor(private options: ReplicationServerOptions) {}
+  /** Paces every session's sends while the loop is busy with other work. */
+  private readonly pacer: SendPacer;
+  /** Commits for the live sessions: parsed once, delivered in paced ticks. */
+  private readonly feed: LiveFeed;
+
+  private constructor(private options: ReplicationServerOptions) {
+    this.pacer = new SendPacer(options.clock, options.sendShare);
+    this.feed = new LiveFeed(options.storage, options.clock, this.pacer);
+  }
 
   static async start(options: ReplicationServerOptions): Promise<ReplicationServer> {
     const server = new ReplicationServer(options);
@@ -79,6 +91,8 @@ export class ReplicationServer {
       this.options.nodeStatus?.(sessions) ?? buildNodeStatus({ role: 'primary', name: null, storage: o.storage, nowMs: o.clock.now(), sessions });
     const session: PrimarySession = new PrimarySession({
       storage: o.storage,
+      feed: this.feed,
+      pacer: this.pacer,
       stream,
       clock: o.clock,
       protocols: o.protocols ?? supportedProtocols(o.storage.blobs !== null),

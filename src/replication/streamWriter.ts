@@ -15,7 +15,8 @@ export class StreamClosedError extends ZrsError {
 export class StreamWriter {
   private batch: Buffer[] = [];
   private batchBytes = 0;
-  private drainWaiter: { resolve: () => void; reject: (e: Error) => void } | null = null;
+  /** Settles on the socket's next 'drain' (or its close); shared by everyone waiting. */
+  private drainWaiter: { promise: Promise<void>; resolve: () => void; reject: (e: Error) => void } | null = null;
   private closed = false;
   /** Bytes handed to the socket. */
   bytesWritten = 0;
@@ -35,6 +36,18 @@ export class StreamWriter {
     const w = this.drainWaiter;
     this.drainWaiter = null;
     w?.reject(new StreamClosedError('stream closed'));
+  }
+
+  /** Resolves when the socket can take more (after a write that filled it); rejects when it closes first. */
+  drained(): Promise<void> {
+    if (this.closed) return Promise.reject(new StreamClosedError('stream closed'));
+    if (this.drainWaiter === null) {
+      let resolve!: () => void;
+      let reject!: (e: Error) => void;
+      const promise = new Promise<void>((res, rej) => ((resolve = res), (reject = rej)));
+      this.drainWaiter = { promise, resolve, reject };
+    }
+    return this.drainWaiter.promise;
   }
 
   get isClosed(): boolean {
@@ -66,7 +79,12 @@ export class StreamWriter {
    * a megabyte costs more than one more write call).
    */
   async flush(): Promise<void> {
-    if (this.batchBytes === 0) return;
+    if (!this.flushNow()) await this.drained();
+  }
+
+  /** Write the batch now, without waiting; false when the socket is full (wait for drained()). */
+  flushNow(): boolean {
+    if (this.batchBytes === 0) return true;
     if (this.closed) throw new StreamClosedError('stream closed');
     const batch = this.batch;
     this.batch = [];
@@ -86,7 +104,7 @@ export class StreamWriter {
       }
     }
     writeSmall();
-    if (!room) await new Promise<void>((resolve, reject) => (this.drainWaiter = { resolve, reject }));
+    return room;
   }
 
   /** Write a frame immediately without waiting (handshake replies, acks). */

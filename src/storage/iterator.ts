@@ -26,38 +26,105 @@ export async function* iterateTransactions(
   stop: Buffer | null = null,
   options: IterateOptions = {},
 ): AsyncGenerator<TransactionRecord> {
-  let epoch = storage.fileEpoch;
-  let reader = new WindowReader(storage.fileHandle, 1 << 20, () => storage.durableEnd);
-  let pos = start ? storage.positionAfter(start, true) : storage.firstTransactionPos;
-  let lastTid: Buffer | null = null;
+  const cursor = new TransactionCursor(storage, start, stop);
   for (;;) {
     if (options.signal?.aborted || storage.isClosed) return;
-    if (epoch !== storage.fileEpoch) {
-      // The file was replaced (pack): find our place again by tid.
-      epoch = storage.fileEpoch;
-      reader = new WindowReader(storage.fileHandle, 1 << 20, () => storage.durableEnd);
-      pos = lastTid ? storage.positionAfter(lastTid, false) : storage.firstTransactionPos;
-    }
-    if (pos >= storage.durableEnd) {
-      if (!options.follow) return;
-      await waitOrAbort(storage, pos, options.signal);
+    // One at a time: a pack between two yields sends the cursor to the new file.
+    const [txn] = cursor.take(0);
+    if (txn !== undefined) {
+      yield txn;
       continue;
     }
-    let txn: TransactionRecord;
-    try {
-      // Parse straight from the window when it holds the transaction; read only when not.
-      txn = parseTransactionAt(storage, reader, pos) ?? (await readTransaction(storage, reader, pos));
-    } catch (err) {
-      if (epoch === storage.fileEpoch) throw err;
-      continue; // the old handle closed under the read (pack): re-seek in the new file
+    if (cursor.stopped) return;
+    if (cursor.position >= storage.durableEnd) {
+      if (!options.follow) return;
+      await waitOrAbort(storage, cursor.position, options.signal);
+      continue;
     }
-    // Replaced while the window filled: backpointers were resolved in the new
-    // file with old offsets, so read this transaction again there.
-    if (epoch !== storage.fileEpoch) continue;
-    if (stop && Buffer.compare(txn.tid, stop) > 0) return;
-    lastTid = txn.tid;
-    pos += txn.length + TRAILER_BYTES;
-    yield txn;
+    await cursor.fill();
+  }
+}
+
+/**
+ * Committed transactions in file order from a tid, a read window at a time:
+ * fill() reads the window (I/O), take() parses the transactions it holds
+ * (no I/O, no awaits), so a caller can do the work of a whole window in one
+ * synchronous step. A pack that replaces the file is followed by tid.
+ */
+export class TransactionCursor {
+  private epoch: number;
+  private reader: WindowReader;
+  private pos: number;
+  private lastTid: Buffer | null = null;
+  /** A transaction past `stop` was reached: nothing more comes. */
+  stopped = false;
+
+  constructor(
+    private readonly storage: FileStorage,
+    start: Buffer | null,
+    private readonly stop: Buffer | null,
+    private readonly windowBytes = 1 << 20,
+  ) {
+    this.epoch = storage.fileEpoch;
+    this.reader = this.newReader();
+    this.pos = start ? storage.positionAfter(start, true) : storage.firstTransactionPos;
+  }
+
+  /** File position of the next transaction (in the current file). */
+  get position(): number {
+    this.followReplacement();
+    return this.pos;
+  }
+
+  /**
+   * The transactions the window holds from the current position, in order,
+   * up to the first that brings their file bytes to `maxBytes` (so 0 takes
+   * one); [] when the next one must be read first (fill()), or at the
+   * durable end, or past `stop`.
+   */
+  take(maxBytes = Infinity): TransactionRecord[] {
+    this.followReplacement();
+    const out: TransactionRecord[] = [];
+    const end = this.storage.durableEnd;
+    for (let bytes = 0; !this.stopped && this.pos < end; ) {
+      const txn = parseTransactionAt(this.storage, this.reader, this.pos);
+      if (txn === null) break;
+      if (this.stop && Buffer.compare(txn.tid, this.stop) > 0) {
+        this.stopped = true;
+        break;
+      }
+      out.push(txn);
+      bytes += txn.length + TRAILER_BYTES;
+      this.lastTid = txn.tid;
+      this.pos += txn.length + TRAILER_BYTES;
+      if (bytes >= maxBytes) break;
+    }
+    return out;
+  }
+
+  /** Read the window that holds the next transaction (call when take() gave none before the end). */
+  async fill(): Promise<void> {
+    this.followReplacement();
+    const epoch = this.epoch;
+    try {
+      const h = readTxnHeader(await view(this.reader, this.pos, TXN_HEADER_BYTES));
+      await view(this.reader, this.pos, h.length + TRAILER_BYTES);
+    } catch (err) {
+      if (epoch === this.storage.fileEpoch) throw err;
+      // The old handle closed under the read (pack): take() re-seeks in the new file.
+    }
+  }
+
+  /** After a pack replaced the file, find our place again by tid. */
+  private followReplacement(): void {
+    if (this.epoch === this.storage.fileEpoch) return;
+    this.epoch = this.storage.fileEpoch;
+    this.reader = this.newReader();
+    this.pos = this.lastTid ? this.storage.positionAfter(this.lastTid, false) : this.storage.firstTransactionPos;
+  }
+
+  private newReader(): WindowReader {
+    return new WindowReader(this.storage.fileHandle, this.windowBytes, () => this.storage.durableEnd);
   }
 }
 

@@ -7,6 +7,8 @@ import { firstValueFrom, from, timeout } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
+import { PrimarySession } from '../../src/replication/primarySession.js';
+import { TransactionCursor } from '../../src/storage/iterator.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { waitForTid } from './helpers.js';
@@ -42,20 +44,19 @@ describe('secondaries that leave', () => {
   it('a client that disconnects during a long catch-up ends its session', async () => {
     const before = logs.count(sessionClosed);
     // Watch the session's log scan: how far it got, and that it ended.
-    const storage = primary.storage;
-    const iterate = storage.iterator.bind(storage);
     let scanned = 0;
+    const take = TransactionCursor.prototype.take;
+    const takeSpy = vi.spyOn(TransactionCursor.prototype, 'take').mockImplementation(function (this: TransactionCursor, ...args) {
+      const txns = take.apply(this, args);
+      scanned += txns.length;
+      return txns;
+    });
     let resolveScanEnded!: () => void;
     const scanEnded = new Promise<void>((resolve) => (resolveScanEnded = resolve));
-    const spy = vi.spyOn(storage, 'iterator').mockImplementation(async function* (...args) {
-      try {
-        for await (const t of iterate(...args)) {
-          scanned += 1;
-          yield t;
-        }
-      } finally {
-        resolveScanEnded();
-      }
+    const sessionProto = PrimarySession.prototype as unknown as { sendLog: (...args: unknown[]) => Promise<unknown> };
+    const sendLog = sessionProto.sendLog;
+    const spy = vi.spyOn(sessionProto, 'sendLog').mockImplementation(function (this: unknown, ...args) {
+      return sendLog.apply(this, args).finally(resolveScanEnded);
     });
     const c = await FramedSocket.connect(primary.address);
     c.onChunk = (_chunk, index) => {
@@ -69,6 +70,7 @@ describe('secondaries that leave', () => {
     expect(primary.secondaries()).toEqual([]);
     await firstValueFrom(from(scanEnded).pipe(timeout(WAIT_MS)));
     spy.mockRestore();
+    takeSpy.mockRestore();
     expect(scanned).toBeGreaterThan(0);
     expect(scanned).toBeLessThan(TXNS);
     // The primary still serves a whole catch-up to a real secondary afterwards.

@@ -70,6 +70,8 @@ describe('metrics endpoint', () => {
       const first = await commitMany(primary.storage, 3);
       await waitForTid(secondary, first.at(-1)!);
       await settleUntil(() => primary.secondaries()[0]?.ackedTid?.equals(first.at(-1)!) ?? false);
+      // Catch-up may still be finding the end of the log (its last step waits its turn).
+      await settleUntil(() => primary.secondaries()[0]?.state === 'live');
       let p = await scrape(primary.metricsAddress);
       let s = await scrape(secondary.metricsAddress);
       expect(sample(p, 'zrs_last_transaction_timestamp_seconds')).toBeCloseTo(tidToSeconds(first.at(-1)!), 3);

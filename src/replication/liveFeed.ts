@@ -1,0 +1,116 @@
+// Hands a storage's commits to the live sessions of one server. A single
+// subscription to commits$ serves them all: a commit published with its
+// bytes is parsed once here, not once per session, and the sessions receive
+// the commits in ticks, each a batch of everything committed since the last
+// one. A tick is a send step of the server's SendPacer: while committers
+// keep the loop busy, ticks are spaced and the commits made meanwhile travel
+// together, so a session's cost (a frame, a checksum, a socket write) is per
+// tick, not per commit. Otherwise a tick runs on the next turn of the loop.
+
+import type { Subscription } from 'rxjs';
+import type { Clock, TimerHandle } from '../ports/clock.js';
+import type { FileStorage } from '../storage/FileStorage.js';
+import { parseTransaction } from '../storage/iterator.js';
+import type { CommittedTransaction, TransactionRecord } from '../storage/types.js';
+import type { SendPacer } from './sendPacer.js';
+
+export interface LiveCommit {
+  readonly committed: CommittedTransaction;
+  /** Parsed from the bytes it was published with; null when it came without them (read it from the file). */
+  readonly txn: TransactionRecord | null;
+}
+
+export interface LiveListener {
+  /** The commits since the last tick, oldest first (the same array for every listener: do not change it). */
+  next(commits: readonly LiveCommit[]): void;
+  /** The storage closed: no more commits. */
+  complete(): void;
+}
+
+export class LiveFeed {
+  private readonly listeners = new Set<LiveListener>();
+  private subscription: Subscription | null = null;
+  private pending: CommittedTransaction[] = [];
+  private immediate: ReturnType<typeof setImmediate> | null = null;
+  private timer: TimerHandle | null = null;
+  /** Ticks that delivered commits so far. */
+  ticks = 0;
+
+  constructor(
+    private readonly storage: FileStorage,
+    private readonly clock: Clock,
+    private readonly pacer: SendPacer,
+  ) {}
+
+  /** Receive commits from now on; returns a function that stops. Completes at once when the storage is closed. */
+  subscribe(listener: LiveListener): () => void {
+    this.listeners.add(listener);
+    if (this.subscription === null) {
+      this.subscription = this.storage.commits$.subscribe({
+        next: (c) => this.onCommit(c),
+        complete: () => this.onComplete(),
+      });
+      // Subscribing to a closed storage completed at once (and this listener with it).
+      if (this.subscription.closed) this.subscription = null;
+    }
+    return () => {
+      if (!this.listeners.delete(listener) || this.listeners.size > 0) return;
+      this.subscription?.unsubscribe();
+      this.subscription = null;
+      this.pending = [];
+      this.cancelTick();
+    };
+  }
+
+  private onCommit(c: CommittedTransaction): void {
+    this.pending.push(c);
+    if (this.immediate === null && this.timer === null) this.schedule();
+  }
+
+  private schedule(): void {
+    const waitMs = this.pacer.delayMs();
+    if (waitMs <= 0) this.immediate = setImmediate(this.tick);
+    else this.timer = this.clock.setTimeout(this.tick, waitMs);
+  }
+
+  private cancelTick(): void {
+    if (this.immediate !== null) clearImmediate(this.immediate);
+    if (this.timer !== null) this.clock.clearTimeout(this.timer);
+    this.immediate = null;
+    this.timer = null;
+  }
+
+  private readonly tick = (): void => {
+    this.immediate = null;
+    this.timer = null;
+    this.pacer.step(() => this.deliver());
+  };
+
+  private deliver(): void {
+    const batch = this.pending;
+    this.pending = [];
+    if (batch.length === 0) return;
+    this.ticks += 1;
+    const commits = batch.map((c): LiveCommit => ({ committed: c, txn: this.parse(c) }));
+    for (const l of [...this.listeners]) l.next(commits);
+  }
+
+  /** The transaction from its published bytes; null (read the file) when it has none or they do not parse. */
+  private parse(c: CommittedTransaction): TransactionRecord | null {
+    if (c.raw === undefined) return null;
+    try {
+      return parseTransaction(this.storage, c.raw, c.pos);
+    } catch {
+      return null; // the file read reports it, with its position
+    }
+  }
+
+  private onComplete(): void {
+    this.cancelTick();
+    this.deliver();
+    this.subscription = null;
+    const listeners = [...this.listeners];
+    this.listeners.clear();
+    for (const l of listeners) l.complete();
+  }
+}
