@@ -1,0 +1,146 @@
+// The live feed: one subscription to a storage's commits serves every
+// listener; commits made in one burst arrive as one batch, parsed once and
+// shared; a busy loop's ticks wait on the pacer's clock; the last listener
+// leaving ends the subscription; a closing storage delivers what is pending
+// and then completes everyone.
+
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { Clock, LoadMeter } from '../../src/ports/clock.js';
+import { LiveFeed, type LiveCommit } from '../../src/replication/liveFeed.js';
+import { SendPacer } from '../../src/replication/sendPacer.js';
+import { VirtualClock } from '../../src/sim/clock.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { Z64 } from '../../src/storage/timestamp.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+
+afterAll(cleanupTempDirs);
+
+async function openStorage(): Promise<FileStorage> {
+  return FileStorage.open(join(await tempDir(), 'feed.fs'), { create: true, fsync: false });
+}
+
+/** Commit `n` one-record transactions; resolves with their tids. */
+async function commit(fs: FileStorage, n: number): Promise<Buffer[]> {
+  const tids: Buffer[] = [];
+  for (let i = 0; i < n; i++) {
+    const txn = { description: `t${i}` };
+    await fs.tpcBegin(txn);
+    fs.store(fs.newOid(), Z64, Buffer.from(`data ${i}`), txn);
+    await fs.tpcVote(txn);
+    tids.push(await fs.tpcFinish(txn));
+  }
+  return tids;
+}
+
+const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+class Recorder {
+  batches: (readonly LiveCommit[])[] = [];
+  completed = false;
+  next = (commits: readonly LiveCommit[]): void => void this.batches.push(commits);
+  complete = (): void => void (this.completed = true);
+  get tids(): string[] {
+    return this.batches.flat().map((c) => c.committed.tid.toString('hex'));
+  }
+}
+
+describe('LiveFeed', () => {
+  it('hands a burst of commits to every listener as one batch, parsed once', async () => {
+    const fs = await openStorage();
+    const clock = new VirtualClock();
+    const feed = new LiveFeed(fs, clock, new SendPacer(clock));
+    const a = new Recorder();
+    const b = new Recorder();
+    const stopA = feed.subscribe(a);
+    const stopB = feed.subscribe(b);
+    try {
+      const tids = await commit(fs, 3); // no turn of the loop between them
+      expect(a.batches).toEqual([]);
+      await nextTurn();
+      expect(a.batches.length).toBe(1);
+      expect(b.batches[0]).toBe(a.batches[0]); // the same parsed transactions, not a copy each
+      expect(a.tids).toEqual(tids.map((t) => t.toString('hex')));
+      for (const c of a.batches[0]!) {
+        expect(c.txn?.tid.equals(c.committed.tid)).toBe(true);
+        expect(c.txn?.raw?.equals(c.committed.raw!)).toBe(true);
+        expect(c.txn?.records.length).toBe(1);
+      }
+      expect(feed.ticks).toBe(1);
+    } finally {
+      stopA();
+      stopB();
+      await fs.close();
+    }
+    expect(a.completed).toBe(false); // they had left before the storage closed
+  });
+
+  it('stops listening to the storage when the last listener leaves', async () => {
+    const fs = await openStorage();
+    const clock = new VirtualClock();
+    const feed = new LiveFeed(fs, clock, new SendPacer(clock));
+    const a = new Recorder();
+    const b = new Recorder();
+    const stopA = feed.subscribe(a);
+    const stopB = feed.subscribe(b);
+    stopA();
+    await commit(fs, 1);
+    await nextTurn();
+    expect(a.batches).toEqual([]);
+    expect(b.batches.length).toBe(1);
+    stopB();
+    await commit(fs, 2); // pending for nobody: no tick
+    await nextTurn();
+    expect(feed.ticks).toBe(1);
+    const c = new Recorder();
+    feed.subscribe(c);
+    const [tid] = await commit(fs, 1);
+    await nextTurn();
+    expect(c.tids).toEqual([tid!.toString('hex')]);
+    await fs.close();
+    expect(c.completed).toBe(true);
+  });
+
+  it('delivers what is pending when the storage closes, then completes; a late listener completes at once', async () => {
+    const fs = await openStorage();
+    const clock = new VirtualClock();
+    const feed = new LiveFeed(fs, clock, new SendPacer(clock));
+    const a = new Recorder();
+    feed.subscribe(a);
+    const tids = await commit(fs, 2);
+    await fs.close(); // before the tick
+    expect(a.tids).toEqual(tids.map((t) => t.toString('hex')));
+    expect(a.completed).toBe(true);
+    const late = new Recorder();
+    feed.subscribe(late);
+    expect(late.completed).toBe(true);
+  });
+
+  it('waits on the clock for its turn while the loop is busy', async () => {
+    const fs = await openStorage();
+    const virtual = new VirtualClock(0);
+    const load: LoadMeter = { elapsedMs: () => virtual.now(), mark: () => null, busyShare: () => 1 };
+    const clock: Clock = { now: () => virtual.now(), setTimeout: (fn, ms) => virtual.setTimeout(fn, ms), clearTimeout: (h) => virtual.clearTimeout(h), load };
+    const pacer = new SendPacer(clock, 0.1);
+    virtual.advance(25);
+    pacer.delayMs(); // the loop was busy
+    pacer.step(() => virtual.advance(2)); // a send step of 2 ms: the next may start 20 ms after it started
+    const feed = new LiveFeed(fs, clock, pacer);
+    const a = new Recorder();
+    const stop = feed.subscribe(a);
+    try {
+      const tids = await commit(fs, 2);
+      await nextTurn();
+      expect(a.batches).toEqual([]);
+      expect(virtual.pendingTimers).toBe(1);
+      virtual.advance(17);
+      expect(a.batches).toEqual([]);
+      virtual.advance(1);
+      expect(a.tids).toEqual(tids.map((t) => t.toString('hex')));
+    } finally {
+      stop();
+      await fs.close();
+    }
+    expect(virtual.pendingTimers).toBe(0);
+  });
+});

@@ -1,0 +1,106 @@
+// TransactionCursor: reads a window (fill) and parses what it holds (take)
+// without awaiting, honours maxBytes and the stop tid, finds its place again
+// by tid after a pack replaced the file, and agrees with the iterator.
+
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { TransactionCursor } from '../../src/storage/iterator.js';
+import { Z64 } from '../../src/storage/timestamp.js';
+import type { TransactionRecord } from '../../src/storage/types.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+
+afterAll(cleanupTempDirs);
+
+const hex = (b: Buffer): string => b.toString('hex');
+
+/** A storage of `n` transactions, each storing one object anew with `bytes` of data. */
+async function storageOf(n: number, bytes: number): Promise<{ fs: FileStorage; tids: Buffer[] }> {
+  const fs = await FileStorage.open(join(await tempDir(), 'c.fs'), { create: true, fsync: false });
+  const oid = fs.newOid();
+  let serial = Z64;
+  const tids: Buffer[] = [];
+  for (let i = 0; i < n; i++) {
+    const txn = { description: `t${i}` };
+    await fs.tpcBegin(txn);
+    fs.store(oid, serial, Buffer.alloc(bytes, i), txn);
+    await fs.tpcVote(txn);
+    serial = await fs.tpcFinish(txn);
+    tids.push(serial);
+  }
+  return { fs, tids };
+}
+
+/** Everything the cursor yields, taking `maxBytes` at a time; also how many fills it took. */
+async function drain(cursor: TransactionCursor, fs: FileStorage, maxBytes: number): Promise<{ txns: TransactionRecord[]; fills: number }> {
+  const txns: TransactionRecord[] = [];
+  let fills = 0;
+  for (;;) {
+    const got = cursor.take(maxBytes);
+    if (got.length > 0) {
+      txns.push(...got);
+      continue;
+    }
+    if (cursor.stopped || cursor.position >= fs.durableEnd) return { txns, fills };
+    await cursor.fill();
+    fills += 1;
+  }
+}
+
+describe('TransactionCursor', () => {
+  it('parses a window at a time, and takes one with maxBytes 0', async () => {
+    const { fs, tids } = await storageOf(40, 1000);
+    try {
+      const cursor = new TransactionCursor(fs, null, null, 8 * 1024);
+      expect(cursor.take()).toEqual([]); // nothing read yet
+      await cursor.fill();
+      const window = cursor.take();
+      expect(window.length).toBeGreaterThan(1);
+      expect(window.length).toBeLessThan(10); // an 8 KiB window holds a few 1 KB transactions
+      expect(window.map((t) => hex(t.tid))).toEqual(tids.slice(0, window.length).map(hex));
+      const one = cursor.take(0);
+      expect(one.length).toBeLessThanOrEqual(1);
+      const rest = await drain(cursor, fs, 0);
+      expect([...window, ...one, ...rest.txns].map((t) => hex(t.tid))).toEqual(tids.map(hex));
+      expect(rest.txns.every((t) => t.records.length === 1)).toBe(true);
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('stops at maxBytes (the transaction that reaches it included) and at the stop tid', async () => {
+    const { fs, tids } = await storageOf(20, 1000);
+    try {
+      const cursor = new TransactionCursor(fs, tids[2]!, tids[11]!);
+      await cursor.fill();
+      const first = cursor.take(2500);
+      const sizes = first.map((t) => t.raw!.length);
+      expect(sizes.slice(0, -1).reduce((a, b) => a + b, 0)).toBeLessThan(2500);
+      expect(sizes.reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(2500);
+      const rest = await drain(cursor, fs, Infinity);
+      expect([...first, ...rest.txns].map((t) => hex(t.tid))).toEqual(tids.slice(2, 12).map(hex));
+      expect(cursor.stopped).toBe(true);
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('finds its place again by tid after a pack replaced the file', async () => {
+    const { fs, tids } = await storageOf(30, 500);
+    try {
+      const cursor = new TransactionCursor(fs, null, null, 4 * 1024);
+      await cursor.fill();
+      const before = cursor.take(0);
+      expect(before.length).toBe(1);
+      // Everything but the last revision goes; the transactions stay (their records were rewritten).
+      await fs.pack(Date.now() / 1000 + 60);
+      const after = await drain(cursor, fs, Infinity);
+      const expected: string[] = [];
+      for await (const t of fs.iterator(tids[0]!)) if (Buffer.compare(t.tid, before[0]!.tid) > 0) expected.push(hex(t.tid));
+      expect(after.txns.map((t) => hex(t.tid))).toEqual(expected);
+      expect(after.txns.at(-1)!.tid.equals(tids.at(-1)!)).toBe(true);
+    } finally {
+      await fs.close();
+    }
+  });
+});
