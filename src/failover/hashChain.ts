@@ -266,18 +266,28 @@ export class HashChain {
     const e = { tid: copyId(tid), hash };
     this.pending.push(e);
     this.headEntry = e;
+    if (now) this.mustWrite = this.pending.length;
     if (now || this.pending.length >= WRITE_BATCH_ENTRIES) this.flushing ??= this.runFlush();
   }
 
+  /** Pending entries that must be written without waiting for a full batch (a flush, a given link). */
+  private mustWrite = 0;
+
+  /**
+   * Write batches while a full one is pending or entries must be written.
+   * Entries appended while a write is under way wait for the next full batch:
+   * a fast committer does not turn the batches into one write per commit.
+   */
   private async runFlush(): Promise<void> {
     try {
-      while (this.pending.length > 0) {
+      while (this.pending.length >= WRITE_BATCH_ENTRIES || this.mustWrite > 0) {
         const batch = this.pending.slice();
         await writeAt(this.file.fd, encodeEntries(batch, this.file.check), HEADER_BYTES + this.fileEntries * CHAIN_ENTRY_BYTES);
         // Through the storage's disk: a simulated slow disk delays these syncs too.
         if (this.fsync) await this.storage.disk.datasync(this.file.fd);
         this.fileEntries += batch.length;
         this.pending.splice(0, batch.length);
+        this.mustWrite = Math.max(0, this.mustWrite - batch.length);
       }
     } catch (err) {
       // Unwritten links are recomputed from the data file on the next open.
@@ -361,7 +371,10 @@ export class HashChain {
 
   /** Resolve once every link computed so far is on disk. */
   async flush(): Promise<void> {
-    if (this.pending.length > 0 && !this.failed) this.flushing ??= this.runFlush();
+    if (this.pending.length > 0 && !this.failed) {
+      this.mustWrite = this.pending.length;
+      this.flushing ??= this.runFlush();
+    }
     while (this.flushing) await this.flushing;
     if (this.failed) throw new ZrsError(`${this.path}: writing the hash chain failed`, { cause: this.failed });
   }

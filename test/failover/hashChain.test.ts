@@ -281,6 +281,25 @@ describe('writing the chain file', () => {
   });
 });
 
+describe('writing the chain file under a fast committer', () => {
+  it('writes full batches: links appended while a batch is being written wait for the next full one', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'f.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const chain = await HashChain.open(fs, { fsync: false });
+    const size = (): number => statSync(chainPathFor(path)).size;
+    const empty = size();
+    const tids = await commitMany(fs, 512 + 100); // the first batch's write is under way while the rest commit
+    for (const t0 = Date.now(); size() < empty + 512 * CHAIN_ENTRY_BYTES && Date.now() - t0 < 10_000; ) await new Promise((r) => setImmediate(r));
+    for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
+    expect(size()).toBe(empty + 512 * CHAIN_ENTRY_BYTES);
+    expect(chain.hashAt(tids.at(-1)!)).not.toBeNull(); // the rest are in memory
+    await chain.close(); // and written on close
+    expect(size()).toBe(empty + 612 * CHAIN_ENTRY_BYTES);
+    await fs.close();
+  });
+});
+
 describe('judgeHistory', () => {
   const t = (n: number): Buffer => Buffer.from(n.toString(16).padStart(16, '0'), 'hex');
   const h = (n: number, branch = 'a'): Buffer => Buffer.from(`${branch}${n}`.padEnd(32, '.'));
