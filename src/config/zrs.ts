@@ -27,13 +27,13 @@ export interface FileStorageSettings {
 }
 
 /** Exactly the Primary.open options a config can set (transport, clock, log come from the caller). */
-export interface PrimaryConfigOptions extends Pick<PrimaryOptions, 'path' | 'blobDir' | 'fsync' | 'tls' | 'syncReplicas' | 'syncTimeoutMs' | 'auditPath'> {
+export interface PrimaryConfigOptions extends Pick<PrimaryOptions, 'path' | 'blobDir' | 'fsync' | 'tls' | 'syncReplicas' | 'syncTimeoutMs' | 'auditPath' | 'sendShare'> {
   replicateTo: ReplicationAddress;
 }
 
 /** Exactly the Secondary.open options a config can set. */
 export interface SecondaryConfigOptions
-  extends Pick<SecondaryOptions, 'path' | 'blobDir' | 'fsync' | 'transferBlobs' | 'protocol' | 'keepAliveDelayMs' | 'reconnect' | 'tls' | 'auditPath' | 'whenPromoted'> {
+  extends Pick<SecondaryOptions, 'path' | 'blobDir' | 'fsync' | 'transferBlobs' | 'protocol' | 'keepAliveDelayMs' | 'reconnect' | 'tls' | 'auditPath' | 'whenPromoted' | 'sendShare'> {
   replicateFrom: ReplicationAddress;
   replicateTo?: ReplicationAddress;
 }
@@ -92,6 +92,7 @@ const ZRS_KEYS = new Set([
   'sync-replicas',
   'sync-timeout',
   'audit-log',
+  'send-share',
 ]);
 const SECONDARY_ONLY_KEYS = ['reconnect-delay', 'reconnect-max-delay', 'protocol', 'transfer-blobs'];
 const FILESTORAGE_KEYS = new Set(['path', 'blob-dir', 'read-only', 'create', 'pack-gc']);
@@ -210,6 +211,8 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
   const auditKey = keys.get('audit-log');
   const auditPath = auditKey ? auditLogPath(auditKey, storage.path, check) : undefined;
   const audit = auditPath !== undefined ? { auditPath } : {};
+  const sendShare = optional(keys, 'send-share', share);
+  const pacing = sendShare !== undefined ? { sendShare } : {};
   // <ssl>: TLS for both directions of this storage's replication links.
   const tls = ssl[0] ? sslSection(ssl[0], replicateTo !== undefined, check) : undefined;
   // zc.zrs accepts keep-alive-delay on any <zrs>; parse it everywhere, use it on secondaries.
@@ -223,7 +226,7 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
     const primary: PrimaryConfig = {
       kind: 'primary',
       ...common,
-      options: { path: storage.path, replicateTo: replicateTo!, blobDir, fsync, ...sync, ...audit, ...(tls ? { tls } : {}) },
+      options: { path: storage.path, replicateTo: replicateTo!, blobDir, fsync, ...sync, ...audit, ...pacing, ...(tls ? { tls } : {}) },
     };
     remember(primary, keys);
     return primary;
@@ -255,6 +258,7 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
       keepAliveDelayMs: keepAliveSeconds ? keepAliveSeconds * 1000 : undefined,
       reconnect,
       ...audit,
+      ...pacing,
       ...(Object.keys(sync).length > 0 ? { whenPromoted: sync } : {}),
       ...(tls ? { tls } : {}),
     },
@@ -320,6 +324,14 @@ function seconds(k: ConfigKey, zeroAllowed: boolean): number {
   const n = Number(k.value);
   if (!zeroAllowed && n === 0) throw ConfigError.at(k.loc, 'must be more than 0 seconds', k.rawKey);
   if (n > MAX_DELAY_SECONDS) throw ConfigError.at(k.loc, `at most ${MAX_DELAY_SECONDS} seconds`, k.rawKey);
+  return n;
+}
+
+/** A share of the event loop: a decimal more than 0 and at most 1. */
+function share(k: ConfigKey): number {
+  if (!/^\d+(\.\d+)?$/.test(k.value)) throw ConfigError.at(k.loc, `not a decimal number: ${JSON.stringify(k.value)}`, k.rawKey);
+  const n = Number(k.value);
+  if (n <= 0 || n > 1) throw ConfigError.at(k.loc, 'must be more than 0 and at most 1', k.rawKey);
   return n;
 }
 

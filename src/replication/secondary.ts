@@ -48,6 +48,8 @@ export interface SecondaryOptions {
   replicateFrom: string | number | ReplicationAddress;
   /** Also serve further secondaries at this address. */
   replicateTo?: string | number | ReplicationAddress;
+  /** As Primary's: the share of a busy event loop that sends to further secondaries may take (default 0.1). */
+  sendShare?: number;
   blobDir?: string;
   /** Set false when the blob directory is shared with the primary. Default true. */
   transferBlobs?: boolean;
@@ -249,6 +251,7 @@ export class Secondary {
           storage: inner,
           address: toAddress(options.replicateTo),
           transport: s.transport,
+          sendShare: options.sendShare,
           onSession: (session) => metrics.onSession(session),
           clock: s.clock,
           log: s.log,

@@ -201,6 +201,12 @@ describe('synchronous replication and the audit log', () => {
     expect(options).toMatchObject({ syncReplicas: 2, syncTimeoutMs: 2_500, auditPath: '/var/log/zrs/p.audit' });
   });
 
+  it('send-share reaches Primary.open and Secondary.open', () => {
+    expect(load(zrs(' replicate-to 5000\n send-share 0.25')).options).toMatchObject({ sendShare: 0.25 });
+    expect(load(zrs(' replicate-from db:5000\n replicate-to 5001\n send-share 1')).options).toMatchObject({ sendShare: 1 });
+    expect('sendShare' in load(zrs(' replicate-to 5000')).options).toBe(false);
+  });
+
   it('audit-log off turns the log off; without the key it stays beside the data file', () => {
     const off = load(zrs(' replicate-to 5000\n audit-log OFF'));
     expect(off.options).toMatchObject({ auditPath: null });
@@ -229,6 +235,9 @@ describe('synchronous replication and the audit log', () => {
     ['a zero sync-timeout', zrs(' replicate-to 5000\n sync-timeout 0'), `${F}:4: sync-timeout: must be more than 0 seconds`],
     ['a bad sync-timeout', zrs(' replicate-to 5000\n sync-timeout 5s'), `${F}:4: sync-timeout: not a number of seconds: "5s"`],
     ['an empty audit-log', zrs(' replicate-to 5000\n audit-log'), `${F}:4: audit-log: needs a value`],
+    ['a zero send-share', zrs(' replicate-to 5000\n send-share 0'), `${F}:4: send-share: must be more than 0 and at most 1`],
+    ['a send-share above 1', zrs(' replicate-to 5000\n send-share 1.5'), `${F}:4: send-share: must be more than 0 and at most 1`],
+    ['a send-share in percent', zrs(' replicate-to 5000\n send-share 10%'), `${F}:4: send-share: not a decimal number: "10%"`],
     ['an audit-log on the data file', zrs(' replicate-to 5000\n audit-log /srv/Data.fs'), `${F}:4: audit-log: is the data file itself ("/srv/Data.fs")`],
     [
       'two storages on one audit log',
