@@ -169,6 +169,11 @@ export class PrimarySession {
 
   private onData(chunk: Uint8Array): void {
     if (this.finished) return; // ended: late acks or keep-alives have no one to hear them
+    // Reading acks is part of what serving a secondary costs: it counts against the send share.
+    this.options.pacer.step(() => this.readFrames(chunk));
+  }
+
+  private readFrames(chunk: Uint8Array): void {
     try {
       this.decoder.feed(chunk);
       for (let f = this.decoder.next(); f !== null; f = this.decoder.next()) {
