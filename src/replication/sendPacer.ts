@@ -1,6 +1,7 @@
 // Keeps replication sends from taking the event loop from a node's own work.
 // Every send step (a live tick, a catch-up window) is synchronous and timed.
-// While other work (committers, the application) keeps the loop busy, steps
+// While the loop is busy (the node's own work moves on, the loop hardly
+// idles, and other work such as committers takes a good part of it), steps
 // are spaced so that together they take at most `share` of the loop: a step
 // that cost 0.5 ms with a share of 0.1 lets the next one start no sooner than
 // 5 ms after it started. A loop that is not busy with other work sends
@@ -15,8 +16,10 @@ import type { Clock, LoadMark } from '../ports/clock.js';
 
 /** The share of a busy event loop that replication sends may take. */
 export const DEFAULT_SEND_SHARE = 0.1;
-/** Other work above this share of the time not spent sending counts as busy. */
-const BUSY_FROM = 0.5;
+/** The loop counts as busy when it idled less than this share of a window... */
+const IDLE_BELOW = 0.2;
+/** ...and work other than sending took at least this share of it. */
+const OTHER_FROM = 0.25;
 /** The loop's load is judged over windows of this length. */
 const WINDOW_MS = 20;
 
@@ -29,15 +32,26 @@ export class SendPacer {
   /** Time spent in steps since windowStart. */
   private sentInWindow = 0;
 
+  /** The node's own progress as of the window's start (see `progress`). */
+  private windowProgress: unknown;
+
+  /**
+   * `progress`: a reading that changes when the node's own work moves on (a
+   * storage's durable end: commits on a primary, applied transactions on a
+   * secondary). A window without progress is never busy: a catch-up that
+   * fills an otherwise quiet loop goes at full speed.
+   */
   constructor(
     private readonly clock: Clock,
     private readonly share = DEFAULT_SEND_SHARE,
+    private readonly progress: () => unknown = () => null,
   ) {
     if (!(share > 0 && share <= 1)) throw new RangeError(`sendShare must be in (0, 1], got ${share}`);
     const load = clock.load;
     if (load) {
       this.windowMark = load.mark();
       this.windowStart = load.elapsedMs();
+      this.windowProgress = progress();
     }
   }
 
@@ -91,9 +105,14 @@ export class SendPacer {
     const load = this.clock.load!;
     const elapsed = now - this.windowStart;
     if (elapsed < WINDOW_MS) return;
-    // Busy: other work filled most of the time the loop was not sending.
-    const other = load.busyShare(this.windowMark) * elapsed - this.sentInWindow;
-    this.busy = other >= BUSY_FROM * (elapsed - this.sentInWindow);
+    // Busy: the node's own work moved on, the loop hardly idled, and not only
+    // because of sending. (Work done for sends outside the timed steps, such
+    // as socket writes the kernel could not take at once, shows up as other
+    // work: without progress of its own the node is not held back by it.)
+    const active = load.busyShare(this.windowMark) * elapsed;
+    const progress = this.progress();
+    this.busy = progress !== this.windowProgress && elapsed - active < IDLE_BELOW * elapsed && active - this.sentInWindow >= OTHER_FROM * elapsed;
+    this.windowProgress = progress;
     this.windowMark = load.mark();
     this.windowStart = now;
     this.sentInWindow = 0;

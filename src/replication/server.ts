@@ -64,7 +64,7 @@ export class ReplicationServer {
   private readonly feed: LiveFeed;
 
   private constructor(private options: ReplicationServerOptions) {
-    this.pacer = new SendPacer(options.clock, options.sendShare);
+    this.pacer = new SendPacer(options.clock, options.sendShare, () => options.storage.durableEnd);
     this.feed = new LiveFeed(options.storage, options.clock, this.pacer);
   }
 

@@ -6,13 +6,13 @@
 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { Clock, LoadMeter } from '../../src/ports/clock.js';
 import { LiveFeed, type LiveCommit } from '../../src/replication/liveFeed.js';
 import { SendPacer } from '../../src/replication/sendPacer.js';
 import { VirtualClock } from '../../src/sim/clock.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { meteredClock, progressing } from './pacingHelpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -118,10 +118,9 @@ describe('LiveFeed', () => {
 
   it('waits on the clock for its turn while the loop is busy', async () => {
     const fs = await openStorage();
-    const virtual = new VirtualClock(0);
-    const load: LoadMeter = { elapsedMs: () => virtual.now(), mark: () => null, busyShare: () => 1 };
-    const clock: Clock = { now: () => virtual.now(), setTimeout: (fn, ms) => virtual.setTimeout(fn, ms), clearTimeout: (h) => virtual.clearTimeout(h), load };
-    const pacer = new SendPacer(clock, 0.1);
+    const { clock, virtual, setBusy } = meteredClock();
+    setBusy(1);
+    const pacer = new SendPacer(clock, 0.1, progressing());
     virtual.advance(25);
     pacer.delayMs(); // the loop was busy
     pacer.step(() => virtual.advance(2)); // a send step of 2 ms: the next may start 20 ms after it started

@@ -1,21 +1,12 @@
 // The send pacer on a virtual clock with a load meter the test drives: an
 // idle loop sends at once, a busy one spaces steps so sends take at most
-// their share, sending itself does not make the loop look busy, and without
+// their share, a loop busy with sending alone is not held back, and without
 // a load meter (simulations) nothing ever waits.
 
 import { describe, expect, it } from 'vitest';
-import type { Clock, LoadMeter } from '../../src/ports/clock.js';
 import { SendPacer } from '../../src/replication/sendPacer.js';
 import { VirtualClock } from '../../src/sim/clock.js';
-
-/** A virtual clock whose load meter reads virtual time, with a busy share the test sets. */
-function meteredClock(): { clock: Clock; virtual: VirtualClock; setBusy(share: number): void } {
-  const virtual = new VirtualClock(0);
-  let busy = 0;
-  const load: LoadMeter = { elapsedMs: () => virtual.now(), mark: () => null, busyShare: () => busy };
-  const clock: Clock = { now: () => virtual.now(), setTimeout: (fn, ms) => virtual.setTimeout(fn, ms), clearTimeout: (h) => virtual.clearTimeout(h), load };
-  return { clock, virtual, setBusy: (share) => (busy = share) };
-}
+import { meteredClock, progressing } from './pacingHelpers.js';
 
 /** A step whose work takes `ms` of virtual time. */
 const costing = (virtual: VirtualClock, ms: number) => (): string => {
@@ -37,7 +28,7 @@ describe('SendPacer', () => {
 
   it('sends at once while other work leaves the loop mostly idle', () => {
     const { clock, virtual, setBusy } = meteredClock();
-    const pacer = new SendPacer(clock, 0.1);
+    const pacer = new SendPacer(clock, 0.1, progressing());
     setBusy(0.2);
     virtual.advance(25);
     expect(pacer.delayMs()).toBe(0); // closes the first load window: idle
@@ -48,7 +39,7 @@ describe('SendPacer', () => {
 
   it('spaces steps to their share while other work keeps the loop busy', () => {
     const { clock, virtual, setBusy } = meteredClock();
-    const pacer = new SendPacer(clock, 0.1);
+    const pacer = new SendPacer(clock, 0.1, progressing());
     setBusy(1);
     virtual.advance(25);
     expect(pacer.delayMs()).toBe(0);
@@ -64,26 +55,28 @@ describe('SendPacer', () => {
     expect(pacer.delayMs()).toBeCloseTo(second + 20 - virtual.now(), 9);
   });
 
-  it('does not count its own sending as the loop being busy', () => {
+  it('counts the loop busy only when the node progressed, the loop hardly idled and other work than sending took a good part of it', () => {
     const { clock, virtual, setBusy } = meteredClock();
-    const pacer = new SendPacer(clock, 0.5);
-    // 20 ms window, 15 ms of it sending: active 19 ms leaves 4 of the 5 other ms busy.
-    pacer.step(costing(virtual, 15));
-    virtual.advance(5);
-    setBusy(19 / 20);
-    pacer.delayMs();
-    expect(pacer.loopBusy).toBe(true);
-    // The next window: 15 of 20 ms sending again, but only 1 ms of other work.
-    pacer.step(costing(virtual, 15));
-    virtual.advance(5);
-    setBusy(16 / 20);
-    pacer.delayMs();
-    expect(pacer.loopBusy).toBe(false);
+    let commits = 0;
+    const pacer = new SendPacer(clock, 0.5, () => commits);
+    const window = (sendingMs: number, activeMs: number, committed = 1): boolean => {
+      pacer.step(costing(virtual, sendingMs));
+      commits += committed;
+      virtual.advance(20 - sendingMs);
+      setBusy(activeMs / 20);
+      pacer.delayMs();
+      return pacer.loopBusy;
+    };
+    expect(window(10, 19)).toBe(true); // committers took 9 of 20 ms, 1 ms idle
+    expect(window(15, 19)).toBe(false); // sending filled the loop: 4 ms of other work
+    expect(window(2, 12)).toBe(false); // 8 ms idle: sending takes nothing from anyone
+    expect(window(0, 20)).toBe(true);
+    expect(window(10, 19, 0)).toBe(false); // no commits: the other work is the sends' own (a catch-up)
   });
 
   it('turn() waits on the clock for the delay, and an abort ends the wait', async () => {
     const { clock, virtual, setBusy } = meteredClock();
-    const pacer = new SendPacer(clock, 0.1);
+    const pacer = new SendPacer(clock, 0.1, progressing());
     setBusy(1);
     virtual.advance(25);
     pacer.delayMs();
