@@ -42,7 +42,11 @@ export class LiveFeed {
     private readonly pacer: SendPacer,
   ) {}
 
-  /** Receive commits from now on; returns a function that stops. Completes at once when the storage is closed. */
+  /**
+   * Receive commits from the next tick on (it may hold some made just before
+   * this call: skip what you already have); returns a function that stops.
+   * Completes at once when the storage is closed.
+   */
   subscribe(listener: LiveListener): () => void {
     this.listeners.add(listener);
     if (this.subscription === null) {

@@ -35,7 +35,7 @@ import {
   type NodeStatus,
   type RefuseCode,
 } from '../wire/native.js';
-import { follows, nativeOutbound, zrs2Outbound, type OutboundCodec } from './protocols.js';
+import { nativeOutbound, zrs2Outbound, type OutboundCodec } from './protocols.js';
 import type { FailoverHistory } from '../failover/history.js';
 import { StreamWriter } from './streamWriter.js';
 import type { LiveCommit, LiveFeed } from './liveFeed.js';
@@ -58,7 +58,7 @@ export interface PrimarySessionOptions {
   storage: FileStorage;
   /** The storage's commits for live streaming, shared by the server's sessions. */
   feed: LiveFeed;
-  /** Paces catch-up, shared by the server's sessions. */
+  /** Paces the session's send steps (catch-up windows, reading acks; the feed's ticks for live), shared by the server's sessions. */
   pacer: SendPacer;
   stream: ByteStream;
   clock: Clock;
@@ -472,33 +472,16 @@ export class PrimarySession {
       }
       if (taken.length === 0 && (cursor.stopped || cursor.position >= storage.durableEnd)) break;
       await pacer.turn(signal); // the next step waits its turn
-
     }
     await this.writer.flush();
     return { lastTid: last };
   }
 
-  /** Write a batch of raw transactions; SENT names the last one. */
-  private sendRawBatch(txns: readonly TransactionRecord[], signal: AbortSignal, more: boolean): Promise<boolean> {
-    if (signal.aborted) return Promise.resolve(false);
-    return this.track(
-      (async (): Promise<boolean> => {
-        this.idle = false;
-        try {
-          for (const f of this.codec!.rawFrames(txns)) this.writer.push(f);
-          if (!more || this.writer.pending >= BATCH_FLUSH_BYTES) await this.writer.flush();
-        } finally {
-          this.idle = true;
-        }
-        return this.wrote(txns[txns.length - 1]!.tid, signal, txns.length);
-      })(),
-    );
-  }
-
   /**
-   * Write a run of raw transactions at once (live, on the feed's tick); false
-   * when the socket is full. Only when nothing else is being written: a
-   * streaming actor that was aborted mid-write finishes first.
+   * Write a run of raw transactions at once, SENT naming the last one; false
+   * when the socket is full (wait for drained() before the next). Called in
+   * one synchronous step (a catch-up window, a live tick), so nothing else
+   * writes in between.
    */
   private sendRawRunNow(txns: readonly TransactionRecord[], signal: AbortSignal): boolean {
     for (const f of this.codec!.rawFrames(txns)) this.writer.push(f);
@@ -559,8 +542,13 @@ export class PrimarySession {
       const sendOne = async (c: LiveCommit): Promise<void> => {
         const txn = c.txn ?? (await readCommit(c.committed));
         if (txn === null) return overflow(); // go back to reading by tid
-        const sent = codec.acceptsRaw(txn) ? await this.sendRawBatch([txn], signal, queue.length > 0) : await this.sendTransaction(txn, signal, queue.length > 0);
-        if (sent) lastTid = txn.tid;
+        if (signal.aborted) return; // the next streaming actor sends it
+        if (!codec.acceptsRaw(txn)) {
+          if (await this.sendTransaction(txn, signal, queue.length > 0)) lastTid = txn.tid;
+          return;
+        }
+        lastTid = txn.tid;
+        if (!this.sendRawRunNow([txn], signal)) await this.writer.drained();
       };
       const pump = (): void => {
         try {

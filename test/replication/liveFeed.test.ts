@@ -20,6 +20,16 @@ async function openStorage(): Promise<FileStorage> {
   return FileStorage.open(join(await tempDir(), 'feed.fs'), { create: true, fsync: false });
 }
 
+/** A fresh storage and its feed on a virtual clock (nothing paced), with two listeners subscribed. */
+async function twoListeners() {
+  const fs = await openStorage();
+  const clock = new VirtualClock();
+  const feed = new LiveFeed(fs, clock, new SendPacer(clock));
+  const a = new Recorder();
+  const b = new Recorder();
+  return { fs, feed, a, b, stopA: feed.subscribe(a), stopB: feed.subscribe(b) };
+}
+
 /** Commit `n` one-record transactions; resolves with their tids. */
 async function commit(fs: FileStorage, n: number): Promise<Buffer[]> {
   const tids: Buffer[] = [];
@@ -47,13 +57,7 @@ class Recorder {
 
 describe('LiveFeed', () => {
   it('hands a burst of commits to every listener as one batch, parsed once', async () => {
-    const fs = await openStorage();
-    const clock = new VirtualClock();
-    const feed = new LiveFeed(fs, clock, new SendPacer(clock));
-    const a = new Recorder();
-    const b = new Recorder();
-    const stopA = feed.subscribe(a);
-    const stopB = feed.subscribe(b);
+    const { fs, feed, a, b, stopA, stopB } = await twoListeners();
     try {
       const tids = await commit(fs, 3); // no turn of the loop between them
       expect(a.batches).toEqual([]);
@@ -76,13 +80,7 @@ describe('LiveFeed', () => {
   });
 
   it('stops listening to the storage when the last listener leaves', async () => {
-    const fs = await openStorage();
-    const clock = new VirtualClock();
-    const feed = new LiveFeed(fs, clock, new SendPacer(clock));
-    const a = new Recorder();
-    const b = new Recorder();
-    const stopA = feed.subscribe(a);
-    const stopB = feed.subscribe(b);
+    const { fs, feed, a, b, stopA, stopB } = await twoListeners();
     stopA();
     await commit(fs, 1);
     await nextTurn();
