@@ -43,7 +43,7 @@ import type { SendPacer } from './sendPacer.js';
 
 /** zc.zrs's primary accepts at most 8 bytes per message after the protocol name. */
 const ZRS2_MAX_FRAME_BYTES = 8;
-/** Commits queued for a live session before it falls back to reading the log. */
+/** Unsent commits a live session may hold when more arrive; beyond, it falls back to reading the log. */
 export const DEFAULT_FOLLOW_BUFFER = 1024;
 /** Catch-up writes batches of about this size. */
 const BATCH_FLUSH_BYTES = 256 * 1024;
@@ -575,7 +575,9 @@ export class PrimarySession {
       };
       unsubscribe = this.options.feed.subscribe({
         next: (commits) => {
-          if (queue.length + commits.length > limit) return overflow();
+          // A session that is sending now takes a whole tick (a paced tick may hold
+          // many commits, and it sends them at once); one waiting holds at most `limit`.
+          if (busy ? queue.length + commits.length > limit : queue.length >= limit) return overflow();
           for (const c of commits) queue.push(c);
           pump();
         },

@@ -1,7 +1,9 @@
 // A session that catches up while commits keep coming: catch-up aims at the
 // log's end as of its start, and the follower reads what was committed in
 // the meantime from the log before forwarding new commits, so the session
-// goes live once, without overflowing back to catch-up. Real sockets.
+// goes live once, without overflowing back to catch-up. And a session whose
+// secondary stops reading overflows its buffer, catches up from the log and
+// goes on over the same connection with nothing lost or repeated. Real sockets.
 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -13,6 +15,8 @@ import { ReplicationServer } from '../../src/replication/server.js';
 import { systemClock } from '../../src/node/clock.js';
 import { socketTransport } from '../../src/node/socketTransport.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
+import type { ByteStream, Transport } from '../../src/ports/transport.js';
+import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, expectSameHistory, waitForTid } from './helpers.js';
 import { FAST_RECONNECT } from './netHelpers.js';
@@ -48,6 +52,71 @@ describe('catching up under a steady stream of commits', () => {
       const counters = sessions[0]!.machine.getSnapshot().context.counters;
       expect(counters.overflows).toBe(0);
       expect(counters.catchUps).toBe(1);
+      await expectSameHistory(storage, secondary.storage);
+    } finally {
+      await secondary.close();
+      await server.close();
+      await storage.close();
+    }
+  });
+
+  it('falls back to catch-up when a stalled secondary lets its buffer fill, and resumes with every transaction once, in order', async () => {
+    const dir = await tempDir();
+    const storage = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
+    const sessions: PrimarySession[] = [];
+    const server = await ReplicationServer.start({
+      storage,
+      address: parseAddress('127.0.0.1:0'),
+      transport: socketTransport,
+      clock: systemClock,
+      log: silentLogger,
+      followBufferSize: 4,
+      onSession: (s) => sessions.push(s),
+    });
+    // The secondary's socket, held paused by the test: real TCP backpressure on the primary.
+    let held: ByteStream | null = null;
+    let holding = false;
+    const transport: Transport = {
+      ...socketTransport,
+      connect: async (address) => {
+        const s = await socketTransport.connect(address);
+        held = s;
+        return {
+          peer: s.peer,
+          write: (c) => s.write(c),
+          pause: () => s.pause(),
+          resume: () => void (holding || s.resume()),
+          end: () => s.end(),
+          destroy: (e) => s.destroy(e),
+          setHandlers: (h) => s.setHandlers(h),
+        };
+      },
+    };
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null, transport });
+    try {
+      await waitForTid(secondary, (await commitMany(storage, 1))[0]!);
+      holding = true;
+      held!.pause();
+      // 64 KiB commits until the session overflows: once the socket buffers are
+      // full, its queue of unsent commits grows past the limit of 4.
+      const oid = storage.newOid();
+      let serial = Z64;
+      const overflows = (): number => sessions[0]!.machine.getSnapshot().context.counters.overflows;
+      for (let i = 0; i < 2000 && overflows() === 0; i++) {
+        const txn = { description: `big ${i}` };
+        await storage.tpcBegin(txn);
+        storage.store(oid, serial, Buffer.alloc(64 * 1024, i), txn);
+        await storage.tpcVote(txn);
+        serial = await storage.tpcFinish(txn);
+        // Time passes too, for ticks the send pacer holds back while this loop keeps it busy.
+        await new Promise((r) => (i % 20 === 19 ? setTimeout(r, 2) : setImmediate(r)));
+      }
+      expect(sessions[0]!.machine.getSnapshot().context.counters.overflows).toBeGreaterThan(0);
+      holding = false;
+      held!.resume();
+      const last = (await commitMany(storage, 3)).at(-1)!;
+      await waitForTid(secondary, last);
+      expect(sessions.length).toBe(1); // the same connection all along
       await expectSameHistory(storage, secondary.storage);
     } finally {
       await secondary.close();
