@@ -465,7 +465,8 @@ export class PrimarySession {
         continue;
       }
       if (!room) await this.writer.drained();
-      if (taken.length > 0 && !codec.acceptsRaw(taken[0]!)) {
+      // The step sent the leading raw run: what is left starts with one that goes in messages.
+      if (taken.length > 0) {
         const txn = taken.shift()!;
         if (!(await this.sendTransaction(txn, signal, taken.length > 0))) break;
         last = txn.tid;
@@ -538,12 +539,12 @@ export class PrimarySession {
         });
         return storage.fileEpoch === epoch ? txn : null;
       };
-      /** One transaction that is not part of a raw run from the tick. */
+      /** One transaction that is not part of a raw run from the tick: parsed but not raw, or to be read from the file. */
       const sendOne = async (c: LiveCommit): Promise<void> => {
         const txn = c.txn ?? (await readCommit(c.committed));
         if (txn === null) return overflow(); // go back to reading by tid
         if (signal.aborted) return; // the next streaming actor sends it
-        if (!codec.acceptsRaw(txn)) {
+        if (c.txn !== null || !codec.acceptsRaw(txn)) {
           if (await this.sendTransaction(txn, signal, queue.length > 0)) lastTid = txn.tid;
           return;
         }

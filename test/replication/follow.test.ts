@@ -23,19 +23,26 @@ import { FAST_RECONNECT } from './netHelpers.js';
 
 afterAll(cleanupTempDirs);
 
+/** A storage served over loopback, with the sessions it starts. */
+async function serve(followBufferSize?: number) {
+  const dir = await tempDir();
+  const storage = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
+  const sessions: PrimarySession[] = [];
+  const server = await ReplicationServer.start({
+    storage,
+    address: parseAddress('127.0.0.1:0'),
+    transport: socketTransport,
+    clock: systemClock,
+    log: silentLogger,
+    followBufferSize,
+    onSession: (s) => sessions.push(s),
+  });
+  return { dir, storage, sessions, server };
+}
+
 describe('catching up under a steady stream of commits', () => {
   it('goes live once: no overflow back to catch-up, nothing missed', async () => {
-    const dir = await tempDir();
-    const storage = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
-    const sessions: PrimarySession[] = [];
-    const server = await ReplicationServer.start({
-      storage,
-      address: parseAddress('127.0.0.1:0'),
-      transport: socketTransport,
-      clock: systemClock,
-      log: silentLogger,
-      onSession: (s) => sessions.push(s),
-    });
+    const { dir, storage, sessions, server } = await serve();
     const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
     try {
       await commitMany(storage, 3000);
@@ -61,18 +68,7 @@ describe('catching up under a steady stream of commits', () => {
   });
 
   it('falls back to catch-up when a stalled secondary lets its buffer fill, and resumes with every transaction once, in order', async () => {
-    const dir = await tempDir();
-    const storage = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
-    const sessions: PrimarySession[] = [];
-    const server = await ReplicationServer.start({
-      storage,
-      address: parseAddress('127.0.0.1:0'),
-      transport: socketTransport,
-      clock: systemClock,
-      log: silentLogger,
-      followBufferSize: 4,
-      onSession: (s) => sessions.push(s),
-    });
+    const { dir, storage, sessions, server } = await serve(4);
     // The secondary's socket, held paused by the test: real TCP backpressure on the primary.
     let held: ByteStream | null = null;
     let holding = false;
