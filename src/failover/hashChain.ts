@@ -45,6 +45,11 @@ const MAX_EXPECTED_LINKS = 4096;
 const MAX_COMPUTED_LINKS = 65_536;
 /** Entries kept in memory before they are written (see HashChain.append). */
 const WRITE_BATCH_ENTRIES = 512;
+/**
+ * Entries written last that stay in memory: a cursor following live commits
+ * finds them there instead of reading back what was just written.
+ */
+const WRITTEN_TAIL_ENTRIES = 2 * WRITE_BATCH_ENTRIES;
 /** Entries a cursor reads at once. */
 const CURSOR_BLOCK_ENTRIES = 1024;
 /** Most samples a secondary sends in its hello. */
@@ -270,6 +275,9 @@ export class HashChain {
     if (now || this.pending.length >= WRITE_BATCH_ENTRIES) this.flushing ??= this.runFlush();
   }
 
+  /** The entries written last (up to WRITTEN_TAIL_ENTRIES, ending at fileEntries - 1), kept for live cursors. */
+  private written: Entry[] = [];
+
   /** Pending entries that must be written without waiting for a full batch (a flush, a given link). */
   private mustWrite = 0;
 
@@ -287,6 +295,7 @@ export class HashChain {
         if (this.fsync) await this.storage.disk.datasync(this.file.fd);
         this.fileEntries += batch.length;
         this.pending.splice(0, batch.length);
+        this.written = this.written.concat(batch).slice(-WRITTEN_TAIL_ENTRIES);
         this.mustWrite = Math.max(0, this.mustWrite - batch.length);
       }
     } catch (err) {
@@ -354,7 +363,11 @@ export class HashChain {
   /** Up to `max` whole entries from index `first`: file entries in one read, then unwritten ones. */
   private entriesFrom(first: number, max: number): Entry[] {
     const out: Entry[] = [];
-    if (first < this.fileEntries) {
+    const tailFirst = this.fileEntries - this.written.length;
+    if (first >= tailFirst && first < this.fileEntries) {
+      // Just written: from memory, not read back and checked again.
+      for (let i = first - tailFirst; i < this.written.length && out.length < max; i++) out.push(this.written[i]!);
+    } else if (first < this.fileEntries) {
       const want = Math.min(max, this.fileEntries - first);
       const buf = Buffer.allocUnsafe(want * CHAIN_ENTRY_BYTES);
       const n = readSync(this.file.fd, buf, 0, buf.length, HEADER_BYTES + first * CHAIN_ENTRY_BYTES);

@@ -294,6 +294,13 @@ describe('writing the chain file under a fast committer', () => {
     for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
     expect(size()).toBe(empty + 512 * CHAIN_ENTRY_BYTES);
     expect(chain.hashAt(tids.at(-1)!)).not.toBeNull(); // the rest are in memory
+    // A cursor reads the just-written batch from memory and the rest from what is pending: the same links.
+    for (const [from, to] of [[0, 612], [500, 530], [510, 520], [511, 513], [600, 612]] as const) {
+      const run = tids.slice(from, to);
+      const got = chain.cursor().linksOf(run);
+      expect(got?.links.map((l) => l.toString('hex'))).toEqual(run.map((t) => chain.hashAt(t)!.toString('hex')));
+      expect(got?.prev.equals(from === 0 ? CHAIN_ORIGIN : chain.hashAt(tids[from - 1]!)!)).toBe(true);
+    }
     await chain.close(); // and written on close
     expect(size()).toBe(empty + 612 * CHAIN_ENTRY_BYTES);
     await fs.close();
