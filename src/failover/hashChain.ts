@@ -360,26 +360,31 @@ export class HashChain {
     );
   }
 
-  /** Up to `max` whole entries from index `first`: file entries in one read, then unwritten ones. */
+  /** Up to `max` whole entries from index `first`: those only on file in one read, then those in memory. */
   private entriesFrom(first: number, max: number): Entry[] {
     const out: Entry[] = [];
-    const tailFirst = this.fileEntries - this.written.length;
-    if (first >= tailFirst && first < this.fileEntries) {
-      // Just written: from memory, not read back and checked again.
-      for (let i = first - tailFirst; i < this.written.length && out.length < max; i++) out.push(this.written[i]!);
-    } else if (first < this.fileEntries) {
-      const want = Math.min(max, this.fileEntries - first);
+    let i = first;
+    const inMemoryFrom = this.fileEntries - this.written.length;
+    if (i < inMemoryFrom) {
+      const want = Math.min(max, inMemoryFrom - i);
       const buf = Buffer.allocUnsafe(want * CHAIN_ENTRY_BYTES);
-      const n = readSync(this.file.fd, buf, 0, buf.length, HEADER_BYTES + first * CHAIN_ENTRY_BYTES);
+      const n = readSync(this.file.fd, buf, 0, buf.length, HEADER_BYTES + i * CHAIN_ENTRY_BYTES);
       for (let off = 0; off + CHAIN_ENTRY_BYTES <= n; off += CHAIN_ENTRY_BYTES) {
         const e = decodeEntry(buf.subarray(off, off + CHAIN_ENTRY_BYTES), this.file.check);
         if (e === null) return out;
         out.push(e);
       }
       if (out.length < want) return out;
+      i += want;
     }
-    for (let i = Math.max(first, this.fileEntries) - this.fileEntries; i < this.pending.length && out.length < max; i++) out.push(this.pending[i]!);
+    for (const end = this.length; i < end && out.length < max; i++) out.push(this.memoryEntry(i)!);
     return out;
+  }
+
+  /** The entry at `i` when memory holds it: unwritten, or among the last written. */
+  private memoryEntry(i: number): Entry | undefined {
+    if (i >= this.fileEntries) return this.pending[i - this.fileEntries];
+    return this.written[i - (this.fileEntries - this.written.length)];
   }
 
   /** Resolve once every link computed so far is on disk. */
@@ -403,8 +408,7 @@ export class HashChain {
   }
 
   private entryAt(i: number): Entry {
-    if (i >= this.fileEntries) return this.pending[i - this.fileEntries]!;
-    const e = readEntry(this.file, i);
+    const e = this.memoryEntry(i) ?? readEntry(this.file, i);
     if (e === null) throw new ZrsError(`${this.path}: chain entry ${i} is damaged`);
     return e;
   }

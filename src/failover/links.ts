@@ -203,7 +203,7 @@ export function linkAt(storage: FileStorage, prev: Buffer, pos: number, body: Bu
 /** The content of the committed transaction at `pos`; `body`: its stored bytes, when already at hand. */
 export function contentAt(storage: FileStorage, pos: number, body: Buffer = storedAt(storage, pos)): ChainContent {
   const h = readTxnHeader(body);
-  let off = 23;
+  let off = TXN_HEADER_BYTES;
   const user = body.subarray(off, (off += h.ulen));
   const description = body.subarray(off, (off += h.dlen));
   const extensionBytes = body.subarray(off, (off += h.elen));

@@ -460,7 +460,7 @@ export class PrimarySession {
         return this.sendRawRunNow(run, signal);
       });
       if (windowEmpty) {
-        if (cursor.stopped || cursor.position >= storage.durableEnd) break;
+        if (cursor.atEnd) break;
         await cursor.fill();
         continue;
       }
@@ -471,7 +471,7 @@ export class PrimarySession {
         if (!(await this.sendTransaction(txn, signal, taken.length > 0))) break;
         last = txn.tid;
       }
-      if (taken.length === 0 && (cursor.stopped || cursor.position >= storage.durableEnd)) break;
+      if (taken.length === 0 && cursor.atEnd) break;
       await pacer.turn(signal); // the next step waits its turn
     }
     await this.writer.flush();

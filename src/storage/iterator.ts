@@ -36,7 +36,7 @@ export async function* iterateTransactions(
       continue;
     }
     if (cursor.stopped) return;
-    if (cursor.position >= storage.durableEnd) {
+    if (cursor.atEnd) {
       if (!options.follow) return;
       await waitOrAbort(storage, cursor.position, options.signal);
       continue;
@@ -68,6 +68,11 @@ export class TransactionCursor {
     this.epoch = storage.fileEpoch;
     this.reader = this.newReader();
     this.pos = start ? storage.positionAfter(start, true) : storage.firstTransactionPos;
+  }
+
+  /** Nothing left to take as of now: past `stop`, or at the durable end. */
+  get atEnd(): boolean {
+    return this.stopped || this.position >= this.storage.durableEnd;
   }
 
   /** File position of the next transaction (in the current file). */
