@@ -240,17 +240,23 @@ describe('links for replication', () => {
   });
 });
 
+/** A fresh storage without fsync and its chain, with the chain file's size and a wait for it to grow. */
+async function chainWithSize(name: string) {
+  const dir = await tempDir();
+  const path = join(dir, name);
+  const fs = await FileStorage.open(path, { create: true, fsync: false });
+  const chain = await HashChain.open(fs, { fsync: false });
+  const size = (): number => statSync(chainPathFor(path)).size;
+  const sizeReaches = async (bytes: number): Promise<number> => {
+    for (const t0 = Date.now(); size() < bytes && Date.now() - t0 < 10_000; ) await new Promise((r) => setImmediate(r));
+    return size();
+  };
+  return { dir, path, fs, chain, size, sizeReaches };
+}
+
 describe('writing the chain file', () => {
   it('holds links back until a batch is full (a crash loses nothing: they are computed again), but writes a link given for a packed transaction at once', async () => {
-    const dir = await tempDir();
-    const path = join(dir, 'w.fs');
-    const fs = await FileStorage.open(path, { create: true, fsync: false });
-    const chain = await HashChain.open(fs, { fsync: false });
-    const size = (): number => statSync(chainPathFor(path)).size;
-    const sizeReaches = async (bytes: number): Promise<number> => {
-      for (const t0 = Date.now(); size() < bytes && Date.now() - t0 < 10_000; ) await new Promise((r) => setImmediate(r));
-      return size();
-    };
+    const { dir, path, fs, chain, size, sizeReaches } = await chainWithSize('w.fs');
     const empty = size();
     const tids = await commitMany(fs, 10);
     for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
@@ -283,14 +289,10 @@ describe('writing the chain file', () => {
 
 describe('writing the chain file under a fast committer', () => {
   it('writes full batches: links appended while a batch is being written wait for the next full one', async () => {
-    const dir = await tempDir();
-    const path = join(dir, 'f.fs');
-    const fs = await FileStorage.open(path, { create: true, fsync: false });
-    const chain = await HashChain.open(fs, { fsync: false });
-    const size = (): number => statSync(chainPathFor(path)).size;
+    const { fs, chain, size, sizeReaches } = await chainWithSize('f.fs');
     const empty = size();
     const tids = await commitMany(fs, 512 + 100); // the first batch's write is under way while the rest commit
-    for (const t0 = Date.now(); size() < empty + 512 * CHAIN_ENTRY_BYTES && Date.now() - t0 < 10_000; ) await new Promise((r) => setImmediate(r));
+    await sizeReaches(empty + 512 * CHAIN_ENTRY_BYTES);
     for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
     expect(size()).toBe(empty + 512 * CHAIN_ENTRY_BYTES);
     expect(chain.hashAt(tids.at(-1)!)).not.toBeNull(); // the rest are in memory
