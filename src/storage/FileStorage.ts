@@ -617,19 +617,16 @@ export class FileStorage {
     this.noteCommitted({ tid: cur.tid, status: cur.status, pos: cur.tpos, end, oids: cur.oids, ...(raw ? { raw } : {}) });
     this.current = null;
     cur.release();
-    await this.makeDurable(end, this.syncInline && !this.commitLock.busy);
+    await this.makeDurable(end, this.syncInline);
     return cur.tid;
   }
 
-  /** `inline`: sync in this thread when possible (see OpenOptions.syncInline). */
-  private async makeDurable(end: number, inline = false): Promise<void> {
+  /** `atTurnEnd`: sync at the end of this turn of the event loop (see groupSync.ts), not at once. */
+  private async makeDurable(end: number, atTurnEnd = false): Promise<void> {
     if (!this.fsync) this.groupSync.markWritten(end);
     else {
       try {
-        // One turn of the event loop after an inline sync, so sockets and
-        // timers are served between back-to-back commits.
-        if (inline && this.groupSync.syncInline()) await new Promise<void>((resolve) => setImmediate(resolve));
-        await this.groupSync.waitDurable(end);
+        await this.groupSync.waitDurable(end, atTurnEnd);
       } catch (err) {
         this.fatal = err as Error;
         throw new ZrsError(`${this.path}: fsync failed; the storage refuses further writes`, { cause: err });

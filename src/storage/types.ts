@@ -116,11 +116,12 @@ export interface OpenOptions {
   /** fsync each commit before tpcFinish resolves (default true). */
   fsync?: boolean;
   /**
-   * With fsync, a committer nobody waits behind syncs in its own thread (no
-   * thread-pool round trip) and yields once to the event loop before
-   * tpcFinish resolves; committers queued together still share one
-   * asynchronous fdatasync. The event loop is blocked for the length of that
-   * sync. Default true; a Secondary turns it off (it pipelines its finishes).
+   * With fsync, sync at the end of the turn of the event loop in which the
+   * transaction finished, in this thread (no thread-pool round trip): every
+   * transaction finished during the turn shares that sync. The event loop is
+   * blocked for the length of the sync. With false, each finish asks for an
+   * asynchronous sync at once (those waiting while one runs share the next).
+   * Default true; a Secondary turns it off (it pipelines its finishes).
    */
   syncInline?: boolean;
   /** Wall-clock source for new tids, in ms since the epoch (tests inject a fake). */

@@ -133,7 +133,7 @@ describe('inline syncs', () => {
     return fs.tpcFinish(txn);
   }
 
-  it('a lone committer syncs in place and yields to the event loop before tpcFinish resolves', async () => {
+  it('a lone committer syncs in place at the end of the turn of the event loop, before tpcFinish resolves', async () => {
     const disk = countingDisk();
     const fs = await FileStorage.open(join(await tempDir(), 'i.fs'), { create: true, disk });
     for (let i = 0; i < 5; i++) {
@@ -141,22 +141,69 @@ describe('inline syncs', () => {
       setImmediate(() => (turned = true));
       await commitOne(fs, i);
       expect(turned).toBe(true); // sockets and timers got a turn
+      expect(fs.durableEnd).toBe(fs.getSize());
     }
     expect(disk.inline).toBe(5);
     expect(disk.async).toBe(0);
     await fs.close();
   });
 
-  it('committers queued behind one another share asynchronous syncs; syncInline: false never syncs in place', async () => {
+  it('committers queued behind one another share one sync', async () => {
     const disk = countingDisk();
     const fs = await FileStorage.open(join(await tempDir(), 'q.fs'), { create: true, disk });
-    await Promise.all(Array.from({ length: 8 }, (_, i) => commitOne(fs, i)));
-    // Only the last of the queue finds nobody behind it.
-    expect(disk.inline).toBeLessThanOrEqual(1);
-    expect(disk.async).toBeGreaterThanOrEqual(1);
-    expect(disk.async + disk.inline).toBeLessThan(8);
+    const tids = await Promise.all(Array.from({ length: 8 }, (_, i) => commitOne(fs, i)));
+    expect(new Set(tids.map((t) => t.toString('hex'))).size).toBe(8);
+    expect(disk.inline).toBe(1);
+    expect(disk.async).toBe(0);
+    expect(fs.durableEnd).toBe(fs.getSize());
     await fs.close();
+  });
 
+  it('a committer whose successor holds the lock and does not finish is durable at the end of the turn', async () => {
+    const disk = countingDisk();
+    const fs = await FileStorage.open(join(await tempDir(), 'd.fs'), { create: true, disk });
+    const first = commitOne(fs, 0);
+    const second = { description: 'still open' };
+    const begun = fs.tpcBegin(second); // queued behind the first; holds the lock once the first finishes
+    const tid = await first;
+    expect(fs.lastDurableTid).toEqual(tid);
+    expect(disk.inline).toBe(1);
+    await begun;
+    await fs.tpcAbort(second);
+    await fs.close();
+  });
+
+  it('a failed sync fails tpcFinish of every transaction it covered, and the storage refuses further writes', async () => {
+    for (const where of ['inline', 'async'] as const) {
+      let failing = false;
+      const eio = (): Error => Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+      const disk: StorageDisk = {
+        write: (fd, buf, pos) => nodeDisk.write(fd, buf, pos),
+        truncate: (fd, length) => nodeDisk.truncate(fd, length),
+        datasync: (fd) => (failing ? Promise.reject(eio()) : nodeDisk.datasync(fd)),
+        ...(where === 'inline'
+          ? {
+              datasyncSync: (fd: number) => {
+                if (failing) throw eio();
+                nodeDisk.datasyncSync!(fd);
+              },
+            }
+          : {}),
+      };
+      const fs = await FileStorage.open(join(await tempDir(), `${where}.fs`), { create: true, disk });
+      await commitOne(fs, 0);
+      failing = true;
+      const results = await Promise.allSettled([commitOne(fs, 1), commitOne(fs, 2)]);
+      for (const r of results) {
+        expect(r.status).toBe('rejected');
+        expect(String((r as PromiseRejectedResult).reason)).toMatch(/fsync failed/);
+      }
+      await expect(commitOne(fs, 3)).rejects.toThrow(/writes disabled after a failed fsync/);
+      await fs.close();
+    }
+  });
+
+  it('syncInline: false never syncs in place', async () => {
     const off = countingDisk();
     const fs2 = await FileStorage.open(join(await tempDir(), 'o.fs'), { create: true, disk: off, syncInline: false });
     for (let i = 0; i < 3; i++) await commitOne(fs2, i);
