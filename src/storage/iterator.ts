@@ -55,19 +55,26 @@ export class TransactionCursor {
   private epoch: number;
   private reader: WindowReader;
   private pos: number;
+  /** The last transaction taken; until there is one, the cursor starts at `start`. */
   private lastTid: Buffer | null = null;
   /** A transaction past `stop` was reached: nothing more comes. */
   stopped = false;
 
   constructor(
     private readonly storage: FileStorage,
-    start: Buffer | null,
+    private readonly start: Buffer | null,
     private readonly stop: Buffer | null,
     private readonly windowBytes = 1 << 20,
   ) {
     this.epoch = storage.fileEpoch;
     this.reader = this.newReader();
-    this.pos = start ? storage.positionAfter(start, true) : storage.firstTransactionPos;
+    this.pos = this.resumePosition();
+  }
+
+  /** Where to go on from in the current file: after the last transaction taken, else at `start`. */
+  private resumePosition(): number {
+    if (this.lastTid) return this.storage.positionAfter(this.lastTid, false);
+    return this.start ? this.storage.positionAfter(this.start, true) : this.storage.firstTransactionPos;
   }
 
   /** Nothing left to take as of now: past `stop`, or at the durable end. */
@@ -125,7 +132,7 @@ export class TransactionCursor {
     if (this.epoch === this.storage.fileEpoch) return;
     this.epoch = this.storage.fileEpoch;
     this.reader = this.newReader();
-    this.pos = this.lastTid ? this.storage.positionAfter(this.lastTid, false) : this.storage.firstTransactionPos;
+    this.pos = this.resumePosition();
   }
 
   private newReader(): WindowReader {

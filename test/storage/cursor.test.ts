@@ -1,6 +1,8 @@
 // TransactionCursor: reads a window (fill) and parses what it holds (take)
 // without awaiting, honours maxBytes and the stop tid, finds its place again
-// by tid after a pack replaced the file, and agrees with the iterator.
+// by tid after a pack replaced the file (also before its first take), and
+// agrees with the iterator; the iterator hands out consecutive transactions
+// to overlapping next() calls and ends on return() or an aborted signal.
 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -99,6 +101,64 @@ describe('TransactionCursor', () => {
       for await (const t of fs.iterator(tids[0]!)) if (Buffer.compare(t.tid, before[0]!.tid) > 0) expected.push(hex(t.tid));
       expect(after.txns.map((t) => hex(t.tid))).toEqual(expected);
       expect(after.txns.at(-1)!.tid.equals(tids.at(-1)!)).toBe(true);
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('a cursor whose file is packed before its first take starts at its start tid in the new file', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'p.fs'), { create: true, fsync: false });
+    try {
+      const tids: Buffer[] = [];
+      const first = fs.newOid();
+      for (let i = 0; i < 12; i++) {
+        const txn = { description: `t${i}` };
+        await fs.tpcBegin(txn);
+        // A new object each time, then the first object again: the pack removes only the first transaction.
+        if (i < 11) fs.store(i === 0 ? first : fs.newOid(), Z64, Buffer.from(`object ${i}`), txn);
+        else fs.store(first, tids[0]!, Buffer.from('again'), txn);
+        await fs.tpcVote(txn);
+        tids.push(await fs.tpcFinish(txn));
+      }
+      const cursor = new TransactionCursor(fs, tids[5]!, null);
+      const epoch = fs.fileEpoch;
+      await fs.pack(Date.now() / 1000 + 60);
+      expect(fs.fileEpoch).not.toBe(epoch);
+      const got = await drain(cursor, Infinity);
+      expect(got.txns.map((t) => hex(t.tid))).toEqual(tids.slice(5).map(hex));
+    } finally {
+      await fs.close();
+    }
+  });
+});
+
+describe('iterator()', () => {
+  it('hands out consecutive transactions to next() calls made without waiting, then finishes', async () => {
+    const { fs, tids } = await storageOf(15, 200);
+    try {
+      const it = fs.iterator(tids[3]!, tids[9]!);
+      const results = await Promise.all(Array.from({ length: 9 }, () => it.next()));
+      expect(results.filter((r) => !r.done).map((r) => hex(r.value!.tid))).toEqual(tids.slice(3, 10).map(hex));
+      expect(results.slice(7).every((r) => r.done)).toBe(true);
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('return() ends it; a follower ends when its signal aborts', async () => {
+    const { fs, tids } = await storageOf(5, 200);
+    try {
+      const it = fs.iterator();
+      expect(hex((await it.next()).value!.tid)).toBe(hex(tids[0]!));
+      await it.return(undefined);
+      expect((await it.next()).done).toBe(true);
+      const abort = new AbortController();
+      const seen: string[] = [];
+      for await (const t of fs.iterator(null, null, { follow: true, signal: abort.signal })) {
+        seen.push(hex(t.tid));
+        if (seen.length === tids.length) abort.abort(); // waiting for growth, the follower sees the abort
+      }
+      expect(seen).toEqual(tids.map(hex));
     } finally {
       await fs.close();
     }
