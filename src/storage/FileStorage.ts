@@ -47,7 +47,7 @@ import { GroupSync } from './groupSync.js';
 import { nodeDisk, type StorageDisk } from './disk.js';
 import { loadIndex, removeIndex, saveIndex } from './indexFile.js';
 import { LockFile } from './lock.js';
-import { emptyScanState, oidKey, recordTransaction, sampleAtOrBefore, scanFile, type ScanState } from './scan.js';
+import { emptyScanState, oidKey, type OidKey, recordTransaction, sampleAtOrBefore, scanFile, type ScanState } from './scan.js';
 import { Z64, newTid, tidToSeconds } from './timestamp.js';
 import { BlobDirectory } from './blobs.js';
 import { iterateTransactions, type IterateOptions } from './iterator.js';
@@ -91,7 +91,7 @@ interface PendingTxn {
   tpos: number;
   body: TxnBuffer;
   /** oid key -> absolute position of this transaction's record for it. */
-  tindex: Map<string, number>;
+  tindex: Map<OidKey, number>;
   oids: Buffer[];
   blobs: PendingBlob[];
   voted: boolean;
@@ -503,7 +503,7 @@ export class FileStorage {
   }
 
   /** @internal Position of this transaction's record for an oid, if any. */
-  pendingPos(key: string): number | undefined {
+  pendingPos(key: OidKey): number | undefined {
     return this.current?.tindex.get(key);
   }
 
@@ -856,7 +856,7 @@ export class FileStorage {
   }
 
   /** The oid index (read-only view). @internal */
-  get index(): ReadonlyMap<string, number> {
+  get index(): ReadonlyMap<OidKey, number> {
     return this.state.index;
   }
 

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { open, rename, readFile, rm } from 'node:fs/promises';
 import { TXN_HEADER_BYTES, readU64At, writeU64At } from './format.js';
 import { preadSync } from './fileio.js';
-import type { ScanState } from './scan.js';
+import { oidKeyAt, oidOfKey, type OidKey, type ScanState } from './scan.js';
 
 const MAGIC = Buffer.from('ZRSIDX01', 'latin1');
 const FIXED_BYTES = 8 + 8 * 5 + 8 + 8 + TXN_HEADER_BYTES;
@@ -39,7 +39,7 @@ export async function saveIndex(dataPath: string, fd: number, state: SavedIndex)
   const header = state.lastTid ? preadSync(fd, state.lastTxnPos, TXN_HEADER_BYTES) : Buffer.alloc(TXN_HEADER_BYTES);
   off += header.copy(body, off);
   for (const [key, pos] of state.index) {
-    off += body.write(key, off, 'latin1');
+    off += oidOfKey(key).copy(body, off);
     writeU64At(body, off, pos);
     off += 8;
   }
@@ -87,8 +87,8 @@ function decodeIndex(body: Buffer, fd: number, fileSize: number): SavedIndex | n
   off += 16 + TXN_HEADER_BYTES;
   const lastTid = txnCount > 0 ? lastTidRaw : null;
   if (lastTid && !preadSync(fd, lastTxnPos, TXN_HEADER_BYTES).equals(header)) return null;
-  const index = new Map<string, number>();
-  for (let i = 0; i < n; i++, off += 16) index.set(body.toString('latin1', off, off + 8), readU64At(body, off + 8));
+  const index = new Map<OidKey, number>();
+  for (let i = 0; i < n; i++, off += 16) index.set(oidKeyAt(body, off), readU64At(body, off + 8));
   const samples = { tids: [] as Buffer[], positions: [] as number[] };
   for (let i = 0; i < m; i++, off += 16) {
     samples.tids.push(Buffer.from(body.subarray(off, off + 8)));

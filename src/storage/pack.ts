@@ -27,7 +27,7 @@ import {
   type TxnHeader,
 } from './format.js';
 import { WindowReader, preadSync } from './fileio.js';
-import { oidKey } from './scan.js';
+import { oidKey, type OidKey } from './scan.js';
 import { Z64 } from './timestamp.js';
 import type { FileStorage } from './FileStorage.js';
 
@@ -240,10 +240,10 @@ function writeFully(fd: number, buf: Buffer, pos: number): void {
 
 /** Which pre-pack revisions survive: one position per oid, a few oids with more (as ZODB's GC). */
 class Reachable {
-  readonly first = new Map<string, number>();
-  readonly extra = new Map<string, number[]>();
+  readonly first = new Map<OidKey, number>();
+  readonly extra = new Map<OidKey, number[]>();
 
-  has(key: string, pos: number): boolean {
+  has(key: OidKey, pos: number): boolean {
     const p = this.first.get(key);
     if (p === undefined) return false;
     return p === pos || (this.extra.get(key)?.includes(pos) ?? false);
@@ -287,14 +287,14 @@ const BLOB_CLASS_MARK = Buffer.from('ZODB.blob', 'latin1');
 class Packer {
   private readonly src: Source;
   /** oid -> record position current at the pack time. */
-  private current = new Map<string, number>();
+  private current = new Map<OidKey, number>();
   /** First transaction after the pack time (or the end). */
   private packPos = MAGIC_BYTES;
   /** Whether any transaction before the pack time is not yet packed ('p'). */
   private unpacked = false;
   private reachable = new Reachable();
   /** New file: oid -> position of its latest record, for prev pointers. */
-  private readonly newIndex = new Map<string, number>();
+  private readonly newIndex = new Map<OidKey, number>();
   /** Pre-pack records kept: old position -> new position (backpointer targets). */
   private readonly moved = new Map<number, number>();
   private readonly shifts = new ShiftTable();
@@ -412,7 +412,7 @@ class Packer {
     for (const root of extraRoots) this.markFrom(this.refsAt(root, referencesOf), referencesOf);
   }
 
-  private keepBackTarget(key: string, back: number, extraRoots: number[]): void {
+  private keepBackTarget(key: OidKey, back: number, extraRoots: number[]): void {
     if (!this.reachable.first.has(key)) {
       // As ZODB: kept, but its references are not followed.
       this.reachable.first.set(key, back);
@@ -460,7 +460,7 @@ class Packer {
       this.lastTid = Buffer.from(txn.header.tid);
       let header: Buffer | null = null;
       let tpos = 0;
-      const keptOids = new Set<string>();
+      const keptOids = new Set<OidKey>();
       const removedBlobs: BlobRevision[] = [];
       for (let rpos = txn.recordsStart; rpos < txn.recordsEnd; ) {
         const h = await this.src.recordAt(txn, rpos);
@@ -502,7 +502,7 @@ class Packer {
       const tpos = o.pos;
       const header = await this.txnHeaderCopy(txn, txn.header.status);
       o.write(header);
-      const written = new Map<string, number>();
+      const written = new Map<OidKey, number>();
       for (let rpos = txn.recordsStart; rpos < txn.recordsEnd; ) {
         const h = await this.src.recordAt(txn, rpos);
         const len = dataRecordLength(h.plen);

@@ -6,7 +6,7 @@
 // so the result is what restore() would have written record by record.
 
 import { CorruptedDataError } from '../errors.js';
-import { oidKeyAt } from './scan.js';
+import { oidKeyAt, type OidKey } from './scan.js';
 import type { CommittedTransaction } from './types.js';
 import { DATA_HEADER_BYTES, STATUS_COMMITTED, TRAILER_BYTES, TXN_HEADER_BYTES, copyIdAt, readU64At, recordsStart, writeU64At } from './format.js';
 
@@ -39,7 +39,7 @@ export class RelocatedCommit implements CommittedTransaction {
   /** Oids of its records, each once, in file order (views into the bytes). */
   get oids(): Buffer[] {
     if (this.#oids === null) {
-      const seen = new Set<string>();
+      const seen = new Set<OidKey>();
       const oids: Buffer[] = [];
       const length = readU64At(this.raw, 8);
       for (let r = recordsStart(this.raw); r < length; ) {
@@ -73,10 +73,10 @@ export interface RelocatedRun {
  * rewritten.
  * @throws CorruptedDataError naming `where` and the offset in `raw`.
  */
-export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer | null, index: Map<string, number>, where: string): RelocatedRun {
+export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer | null, index: Map<OidKey, number>, where: string): RelocatedRun {
   const txns: RelocatedTxn[] = [];
   // First change to each key in this run and what it replaced, to undo them.
-  const changedKeys: string[] = [];
+  const changedKeys: OidKey[] = [];
   const replaced: Array<number | undefined> = [];
   const undo = (): void => {
     for (let i = changedKeys.length - 1; i >= 0; i--) {

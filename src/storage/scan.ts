@@ -15,23 +15,41 @@ import {
   readDataHeader,
   readTxnHeader,
   readU64At,
+  writeU64At,
 } from './format.js';
 import { WindowReader } from './fileio.js';
 
 /** One sample every this many transactions keeps tid lookups short. */
 export const TID_SAMPLE_EVERY = 64;
 
-/** Map key for an oid: its 8 bytes as a latin1 string. */
-export function oidKey(oid: Buffer): string {
+/**
+ * Map key for an oid: the oid as a number when it is below 2^53 (every oid
+ * in practice: ZODB counts them up from 0), else its bytes as a latin1
+ * string. A Map looks numbers up about twice as fast as short strings, and
+ * the commit path does several lookups per record.
+ */
+export type OidKey = number | string;
+
+/** Numbers up to this (2^53) are exact: larger oids are keyed by their bytes. */
+const EXACT_HIGH_WORD = 0x200000;
+
+export function oidKey(oid: Buffer): OidKey {
   return oid.length === 8 ? oidKeyAt(oid, 0) : oid.toString('latin1');
 }
 
-/**
- * oidKey of the 8 bytes at `off`. Built from char codes: cheaper than
- * Buffer#toString for 8 bytes, and the same string.
- */
-export function oidKeyAt(buf: Buffer, off: number): string {
-  return String.fromCharCode(buf[off]!, buf[off + 1]!, buf[off + 2]!, buf[off + 3]!, buf[off + 4]!, buf[off + 5]!, buf[off + 6]!, buf[off + 7]!);
+/** oidKey of the 8 bytes at `off`. */
+export function oidKeyAt(buf: Buffer, off: number): OidKey {
+  const high = buf[off]! * 0x1000000 + buf[off + 1]! * 0x10000 + buf[off + 2]! * 0x100 + buf[off + 3]!;
+  if (high >= EXACT_HIGH_WORD) return buf.toString('latin1', off, off + 8);
+  return high * 0x100000000 + (buf[off + 4]! * 0x1000000 + buf[off + 5]! * 0x10000 + buf[off + 6]! * 0x100 + buf[off + 7]!);
+}
+
+/** The oid an oidKey stands for. */
+export function oidOfKey(key: OidKey): Buffer {
+  if (typeof key === 'string') return Buffer.from(key, 'latin1');
+  const out = Buffer.allocUnsafe(8);
+  writeU64At(out, 0, key);
+  return out;
 }
 
 
@@ -41,7 +59,7 @@ export interface TidSamples {
 }
 
 export interface ScanState {
-  index: Map<string, number>;
+  index: Map<OidKey, number>;
   maxOid: Buffer;
   lastTid: Buffer | null;
   lastTxnPos: number;

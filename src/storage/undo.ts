@@ -6,7 +6,7 @@
 import { UndoError } from '../errors.js';
 import { STATUS_COMMITTED, STATUS_PACKED, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength } from './format.js';
 import type { FileStorage } from './FileStorage.js';
-import { oidKey } from './scan.js';
+import { oidKey, oidOfKey, type OidKey } from './scan.js';
 import { isBlobRecord } from './blobs.js';
 import type { TransactionMeta, UndoLogEntry } from './types.js';
 
@@ -80,7 +80,7 @@ export function undoTransaction(storage: FileStorage, id: string | Buffer, txn: 
   const h = storage.readTxnHeaderAt(tpos);
   if (h.status !== STATUS_COMMITTED) throw new UndoError(`transaction ${tid.toString('hex')} is not undoable (status ${JSON.stringify(h.status)})`);
   const plan: Array<{ oid: Buffer; back: number }> = [];
-  const seen = new Set<string>();
+  const seen = new Set<OidKey>();
   let pos = tpos + TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
   const tend = tpos + h.length;
   while (pos < tend) {
@@ -112,17 +112,17 @@ function blobCopies(storage: FileStorage, plan: Array<{ oid: Buffer; back: numbe
   return out;
 }
 
-function undoTarget(storage: FileStorage, key: string, pos: number, prev: number): number {
+function undoTarget(storage: FileStorage, key: OidKey, pos: number, prev: number): number {
   if (storage.pendingPos(key) !== undefined) {
-    throw new UndoError(`oid 0x${Buffer.from(key, 'latin1').toString('hex')}: already changed in this transaction`, Buffer.from(key, 'latin1'));
+    throw new UndoError(`oid 0x${oidOfKey(key).toString('hex')}: already changed in this transaction`, oidOfKey(key));
   }
   const current = storage.index.get(key);
   if (current !== pos) {
     const same = current !== undefined && dataPosition(storage, current) === dataPosition(storage, pos);
     if (!same) {
       throw new UndoError(
-        `oid 0x${Buffer.from(key, 'latin1').toString('hex')}: some data were modified by a later transaction`,
-        Buffer.from(key, 'latin1'),
+        `oid 0x${oidOfKey(key).toString('hex')}: some data were modified by a later transaction`,
+        oidOfKey(key),
       );
     }
   }

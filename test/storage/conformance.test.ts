@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { CorruptedDataError, LockedError, POSKeyError, ReadOnlyError, StorageClosedError } from '../../src/errors.js';
+import { oidOfKey } from '../../src/storage/scan.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import type { CommittedTransaction, OpenOptions } from '../../src/storage/types.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -45,7 +46,7 @@ async function observe(fs: FileStorage): Promise<unknown> {
   const txns = await collect(fs.iterator());
   const loads: Record<string, unknown> = {};
   for (const key of [...fs.index.keys()].sort()) {
-    const oid = Buffer.from(key, 'latin1');
+    const oid = oidOfKey(key);
     loads[oid.toString('hex')] = await fs.load(oid).then(
       (r) => [hexOf(r.data), hexOf(r.tid)],
       (e: Error) => e.name,

@@ -1,10 +1,11 @@
 // The small byte helpers on the storage's hot paths agree with Node's own
-// (slower) Buffer methods on every input.
+// (slower) Buffer methods on every input; oid keys are one per oid and
+// convert back.
 
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { compareIds, copyId, readU64At, writeU64At } from '../../src/storage/format.js';
-import { oidKey, oidKeyAt } from '../../src/storage/scan.js';
+import { oidKey, oidKeyAt, oidOfKey } from '../../src/storage/scan.js';
 
 const id = fc.uint8Array({ minLength: 8, maxLength: 8 }).map((a) => Buffer.from(a));
 const anyBytes = fc.uint8Array({ maxLength: 12 }).map((a) => Buffer.from(a));
@@ -40,12 +41,29 @@ describe('storage byte helpers', () => {
     expect(() => readU64At(buf, 0.5)).toThrow();
   });
 
-  it('oidKey and oidKeyAt give the latin1 string of the 8 bytes', () => {
+  it('oidKey and oidKeyAt give one key per oid (a number below 2^53, else a string), and oidOfKey gives the oid back', () => {
+    // Oids near the 2^53 boundary as well as anywhere.
+    const boundary = fc.bigInt({ min: (1n << 53n) - 3n, max: (1n << 53n) + 3n }).map((n) => {
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64BE(n);
+      return b;
+    });
+    const anyOid = fc.oneof(id, boundary);
     fc.assert(
-      fc.property(id, fc.nat(4), (oid, pad) => {
-        const framed = Buffer.concat([Buffer.alloc(pad, 1), oid]);
-        return oidKey(oid) === oid.toString('latin1') && oidKeyAt(framed, pad) === oid.toString('latin1');
+      fc.property(anyOid, anyOid, fc.nat(4), (a, b, pad) => {
+        const framed = Buffer.concat([Buffer.alloc(pad, 1), a]);
+        const key = oidKey(a);
+        const exact = a.readBigUInt64BE() < 1n << 53n;
+        return (
+          oidKeyAt(framed, pad) === key &&
+          typeof key === (exact ? 'number' : 'string') &&
+          (!exact || key === Number(a.readBigUInt64BE())) &&
+          oidOfKey(key).equals(a) &&
+          (oidKey(b) === key) === a.equals(b)
+        );
       }),
     );
+    expect(oidKey(Buffer.from([0, 0, 0, 0, 0, 0, 1, 2]))).toBe(258);
+    expect(oidOfKey(oidKey(Buffer.from('abc')))).toEqual(Buffer.from('abc'));
   });
 });

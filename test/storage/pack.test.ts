@@ -12,6 +12,7 @@ import { POSKeyError, PickleError, ReadOnlyError } from '../../src/errors.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { packStorage, packTimeToTid } from '../../src/storage/pack.js';
 import { zodbReferences } from '../../src/storage/references.js';
+import { oidKey, oidOfKey } from '../../src/storage/scan.js';
 import { Z64, tidPlusOne, tidToSeconds } from '../../src/storage/timestamp.js';
 import type { TransactionRecord } from '../../src/storage/types.js';
 import { cleanupTempDirs, copyZodbFixture, fixturePath, h2b, hex, readManifest, tempDir } from '../helpers/fixtures.js';
@@ -71,7 +72,7 @@ async function currentView(fs: FileStorage, oids: Buffer[]): Promise<Map<string,
   return view;
 }
 
-const oidsOf = (fs: FileStorage): Buffer[] => [...fs.index.keys()].map((k) => Buffer.from(k, 'latin1'));
+const oidsOf = (fs: FileStorage): Buffer[] => [...fs.index.keys()].map(oidOfKey);
 
 describe('pack against ZODB', () => {
   it("packing Data.fs.prepack at the recorded time gives ZODB's packed Data.fs byte for byte", async () => {
@@ -161,7 +162,7 @@ describe.each(['basic', 'undo', 'packed', 'blobs', 'large', 'fs21-legacy'])('pac
       // Every remaining transaction is a packed one, and each holds only current records.
       for await (const t of fs.iterator()) {
         expect(t.status).toBe('p');
-        for (const r of t.records) expect(fs.index.get(r.oid.toString('latin1'))).toBe(r.pos);
+        for (const r of t.records) expect(fs.index.get(oidKey(r.oid))).toBe(r.pos);
       }
     } finally {
       await fs.close();
@@ -228,7 +229,7 @@ describe('pack and the rest of the storage', () => {
     const fs = await FileStorage.open(path, { blobDir: blobDir! });
     try {
       const tids = await allTids(fs);
-      const current = new Map(oidsOf(fs).map((o) => [hex(o)!, hex(fs.readDataHeaderAt(fs.index.get(o.toString('latin1'))!).tid)!]));
+      const current = new Map(oidsOf(fs).map((o) => [hex(o)!, hex(fs.readDataHeaderAt(fs.index.get(oidKey(o))!).tid)!]));
       const report = await packStorage(fs, timeOf(tids[tids.length - 1]!), zodbReferences);
       expect(report.removedBlobFiles).toBe(3); // ten, k100 and empty were each updated once
       let kept = 0;
