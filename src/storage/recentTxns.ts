@@ -43,14 +43,18 @@ export class RecentTransactions {
   serialAt(pos: number): Buffer | undefined {
     if (this.count === 0 || pos < this.positions[this.head]!) return undefined;
     // Greatest entry with position <= pos, over logical indexes 0..count-1.
+    // (A slot is head + index, less capacity past the end: no division in the loop.)
+    const { positions, head, capacity } = this;
     let lo = 0;
     let hi = this.count - 1;
     while (lo < hi) {
       const mid = (lo + hi + 1) >>> 1;
-      if (this.positions[(this.head + mid) % this.capacity]! <= pos) lo = mid;
+      const slot = head + mid;
+      if (positions[slot < capacity ? slot : slot - capacity]! <= pos) lo = mid;
       else hi = mid - 1;
     }
-    return this.tids[(this.head + lo) % this.capacity];
+    const slot = head + lo;
+    return this.tids[slot < capacity ? slot : slot - capacity];
   }
 
   clear(): void {
