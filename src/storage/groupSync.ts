@@ -108,9 +108,8 @@ export class GroupSync {
   }
 
   /**
-   * Sync in this thread when the disk can; returns whether it did
-   * (everything written is then durable, and the waiters are released).
-   * A failed sync fails every waiter.
+   * Sync in this thread, releasing the waiters (or, if the sync fails,
+   * failing them all); false when the disk has no in-thread sync.
    */
   private syncInline(): boolean {
     const sync = this.disk.datasyncSync;

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { open, rename, readFile, rm } from 'node:fs/promises';
 import { TXN_HEADER_BYTES, readU64At, writeU64At } from './format.js';
 import { preadSync } from './fileio.js';
-import { oidKeyAt, oidOfKey, type OidKey, type ScanState } from './scan.js';
+import { oidKeyAt, type OidKey, type ScanState } from './scan.js';
 
 const MAGIC = Buffer.from('ZRSIDX01', 'latin1');
 const FIXED_BYTES = 8 + 8 * 5 + 8 + 8 + TXN_HEADER_BYTES;
@@ -39,9 +39,10 @@ export async function saveIndex(dataPath: string, fd: number, state: SavedIndex)
   const header = state.lastTid ? preadSync(fd, state.lastTxnPos, TXN_HEADER_BYTES) : Buffer.alloc(TXN_HEADER_BYTES);
   off += header.copy(body, off);
   for (const [key, pos] of state.index) {
-    off += oidOfKey(key).copy(body, off);
-    writeU64At(body, off, pos);
-    off += 8;
+    if (typeof key === 'number') writeU64At(body, off, key);
+    else body.write(key, off, 'latin1');
+    writeU64At(body, off + 8, pos);
+    off += 16;
   }
   for (let i = 0; i < m; i++) {
     off += state.samples.tids[i]!.copy(body, off);

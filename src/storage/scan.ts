@@ -30,7 +30,7 @@ export const TID_SAMPLE_EVERY = 64;
  */
 export type OidKey = number | string;
 
-/** Numbers up to this (2^53) are exact: larger oids are keyed by their bytes. */
+/** An oid whose high 32 bits reach this (the oid reaches 2^53, past exact numbers) is keyed by its bytes. */
 const EXACT_HIGH_WORD = 0x200000;
 
 export function oidKey(oid: Buffer): OidKey {
