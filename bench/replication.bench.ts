@@ -3,7 +3,9 @@
 //    against copying the same file through a loopback socket with plain
 //    Node streams, and against zc.zrs's figure on this class of machine;
 //  - catch-up of large records (1 MiB), against the same plain copy;
-//  - live lag at a steady commit rate with 3 secondaries (p50/p99/max);
+//  - live lag at a steady commit rate with 3 secondaries (p50/p99/max),
+//    against plain TCP messages at the same rate to 3 connections in a
+//    child process (bench/echo.child.ts): what the machine itself adds;
 //  - unpaced commits: does the secondary keep up;
 //  - primary commit rate with 0, 1, 4 and 16 connected secondaries;
 //  - peak RSS of the primary and of the secondary, each in a process of its
@@ -16,7 +18,7 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { createReadStream, createWriteStream, existsSync } from 'node:fs';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
-import { createServer, connect, type AddressInfo } from 'node:net';
+import { createServer, connect, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,6 +26,7 @@ import { formatAddress } from '../src/replication/address.js';
 import { Primary } from '../src/replication/primary.js';
 import { FileStorage } from '../src/storage/FileStorage.js';
 import type { PrimaryChildReport } from './primary.child.js';
+import type { EchoReport } from './echo.child.js';
 import type { ChildReport } from './secondaries.child.js';
 import { Workload, arg, secondsSince } from './workload.js';
 
@@ -266,6 +269,47 @@ async function live(dir: string, secondaries: number, ratePerSecond: number | nu
   return { commitRate, p50: percentile(lags, 50), p99: percentile(lags, 99), max: lags.at(-1) ?? NaN, behindAtEndMs };
 }
 
+/**
+ * The floor under live lag on this machine: plain TCP messages from this
+ * process to `connections` sockets in a child process, paced as the live
+ * writer is (a timer per message, `ratePerSecond` for `durationS`), each
+ * timed from just before it is written to when the child reads it.
+ */
+async function socketLagBaseline(connections: number, ratePerSecond: number, durationS: number): Promise<{ p50: number; p99: number; max: number }> {
+  const server = createServer();
+  const accepted: Socket[] = [];
+  const allConnected = new Promise<void>((resolve) =>
+    server.on('connection', (s) => {
+      s.setNoDelay(true);
+      if (accepted.push(s) === connections) resolve();
+    }),
+  );
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  const child = fork(fileURLToPath(new URL('./echo.child.ts', import.meta.url)), [String(port), String(connections)]);
+  const reports = new ChildReports<EchoReport>(child);
+  await reports.next('started');
+  await allConnected;
+  const sentAt: number[] = [];
+  const t0 = process.hrtime.bigint();
+  for (let n = 0; seconds(t0) < durationS; n++) {
+    const aheadMs = Number(t0 + BigInt(Math.round((n / ratePerSecond) * 1e9)) - process.hrtime.bigint()) / 1e6;
+    if (aheadMs > 0) await new Promise((r) => setTimeout(r, aheadMs));
+    const message = Buffer.alloc(8);
+    message.writeBigUInt64BE(BigInt(n));
+    sentAt.push(nowMs());
+    for (const s of accepted) s.write(message);
+  }
+  // The child reports once every message has reached it.
+  child.send({ type: 'close', sent: sentAt.length });
+  const { atMs } = await reports.next('arrivals');
+  await new Promise((r) => (child.exitCode !== null ? r(null) : child.once('exit', r)));
+  for (const s of accepted) s.destroy();
+  await new Promise((r) => server.close(r));
+  const lags = atMs.flatMap((times) => sentAt.map((at, n) => times[n]! - at)).sort((a, b) => a - b);
+  return { p50: percentile(lags, 50), p99: percentile(lags, 99), max: lags.at(-1) ?? NaN };
+}
+
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'zrs-rbench-'));
   const out: string[] = [];
@@ -296,12 +340,19 @@ async function main(): Promise<void> {
       );
     }
 
-    for (const sync of runs('live') ? [true, false] : []) {
-      const label = sync ? 'all fsync' : 'no fsync anywhere, secondaries on tmpfs';
-      const paced = await live(dir, 3, 1000, LIVE_SECONDS, sync, sync);
+    if (runs('live')) {
+      const floor = await socketLagBaseline(3, 1000, LIVE_SECONDS);
       out.push(
-        `live, 3 secondaries (${label}), paced 1000 txn/s (got ${paced.commitRate.toFixed(0)}): lag p50 ${paced.p50.toFixed(2)} ms, p99 ${paced.p99.toFixed(2)} ms, max ${paced.max.toFixed(1)} ms | p99 ${(ZRS.pacedP99Ms / paced.p99).toFixed(2)}x zc.zrs's at 500 txn/s`,
+        `live-lag baseline: plain 8-byte TCP messages to 3 connections in a child process, paced 1000/s: lag p50 ${floor.p50.toFixed(2)} ms, p99 ${floor.p99.toFixed(2)} ms, max ${floor.max.toFixed(1)} ms`,
       );
+      for (const sync of [true, false]) {
+        const label = sync ? 'all fsync' : 'no fsync anywhere, secondaries on tmpfs';
+        const paced = await live(dir, 3, 1000, LIVE_SECONDS, sync, sync);
+        out.push(
+          `live, 3 secondaries (${label}), paced 1000 txn/s (got ${paced.commitRate.toFixed(0)}): lag p50 ${paced.p50.toFixed(2)} ms, p99 ${paced.p99.toFixed(2)} ms, max ${paced.max.toFixed(1)} ms` +
+            ` | p99 ${(paced.p99 / floor.p99).toFixed(1)}x the plain-socket baseline's | p99 ${(ZRS.pacedP99Ms / paced.p99).toFixed(2)}x zc.zrs's at 500 txn/s`,
+        );
+      }
     }
     if (runs('unpaced')) {
       const unpaced = await live(dir, 1, null, LIVE_SECONDS);

@@ -1,7 +1,8 @@
 // Keeps replication sends from taking the event loop from a node's own work.
 // Every send step (a live tick, a catch-up window) is synchronous and timed.
-// While the loop is busy (the node's own work moves on, the loop hardly
-// idles, and other work such as committers takes a good part of it), steps
+// While the loop is busy (over consecutive windows, the node's own work
+// moves on, the loop hardly idles, and other work such as committers takes
+// a good part of it), steps
 // are spaced so that together they take at most `share` of the loop: a step
 // that cost 0.5 ms with a share of 0.1 lets the next one start no sooner than
 // 5 ms after it started. A loop that is not busy with other work sends
@@ -22,11 +23,20 @@ const IDLE_BELOW = 0.2;
 const OTHER_FROM = 0.25;
 /** The loop's load is judged over windows of this length. */
 const WINDOW_MS = 20;
+/**
+ * Steps are spaced only once this many windows in a row were busy: a single
+ * busy window (a garbage collection, a burst of commits) is not a loop
+ * that sending would starve, and pacing through it only delays the
+ * secondaries.
+ */
+const BUSY_WINDOWS = 2;
 
 export class SendPacer {
   /** Meter time before which the next step should not start. */
   private nextAt = 0;
   private busy = false;
+  /** Busy windows in a row, up to now. */
+  private busyWindows = 0;
   private windowMark: LoadMark = null;
   private windowStart = 0;
   /** Time spent in steps since windowStart. */
@@ -55,7 +65,7 @@ export class SendPacer {
     }
   }
 
-  /** Whether other work kept the loop busy over the last window. */
+  /** Whether other work kept the loop busy over the last windows. */
   get loopBusy(): boolean {
     return this.busy;
   }
@@ -111,7 +121,9 @@ export class SendPacer {
     // work: without progress of its own the node is not held back by it.)
     const active = load.busyShare(this.windowMark) * elapsed;
     const progress = this.progress();
-    this.busy = progress !== this.windowProgress && elapsed - active < IDLE_BELOW * elapsed && active - this.sentInWindow >= OTHER_FROM * elapsed;
+    const busyWindow = progress !== this.windowProgress && elapsed - active < IDLE_BELOW * elapsed && active - this.sentInWindow >= OTHER_FROM * elapsed;
+    this.busyWindows = busyWindow ? this.busyWindows + 1 : 0;
+    this.busy = this.busyWindows >= BUSY_WINDOWS;
     this.windowProgress = progress;
     this.windowMark = load.mark();
     this.windowStart = now;

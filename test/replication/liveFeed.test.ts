@@ -119,8 +119,10 @@ describe('LiveFeed', () => {
     const { clock, virtual, setBusy } = meteredClock();
     setBusy(1);
     const pacer = new SendPacer(clock, 0.1, progressing());
-    virtual.advance(25);
-    pacer.delayMs(); // the loop was busy
+    for (let i = 0; i < 2; i++) {
+      virtual.advance(25);
+      pacer.delayMs(); // the loop was busy (two windows in a row)
+    }
     pacer.step(() => virtual.advance(2)); // a send step of 2 ms: the next may start 20 ms after it started
     const feed = new LiveFeed(fs, clock, pacer);
     const a = new Recorder();

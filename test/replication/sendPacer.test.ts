@@ -1,7 +1,8 @@
 // The send pacer on a virtual clock with a load meter the test drives: an
-// idle loop sends at once, a busy one spaces steps so sends take at most
-// their share, a loop busy with sending alone is not held back, and without
-// a load meter (simulations) nothing ever waits.
+// idle loop sends at once, one busy over two windows in a row spaces steps
+// so sends take at most their share (a single busy window does not), a loop
+// busy with sending alone is not held back, and without a load meter
+// (simulations) nothing ever waits.
 
 import { describe, expect, it } from 'vitest';
 import { SendPacer } from '../../src/replication/sendPacer.js';
@@ -37,10 +38,13 @@ describe('SendPacer', () => {
     expect(pacer.delayMs()).toBe(0);
   });
 
-  it('spaces steps to their share while other work keeps the loop busy', () => {
+  it('spaces steps to their share once other work has kept the loop busy for two windows in a row', () => {
     const { clock, virtual, setBusy } = meteredClock();
     const pacer = new SendPacer(clock, 0.1, progressing());
     setBusy(1);
+    virtual.advance(25);
+    expect(pacer.delayMs()).toBe(0);
+    expect(pacer.loopBusy).toBe(false); // one busy window: a burst, not yet a busy loop
     virtual.advance(25);
     expect(pacer.delayMs()).toBe(0);
     expect(pacer.loopBusy).toBe(true);
@@ -67,19 +71,29 @@ describe('SendPacer', () => {
       pacer.delayMs();
       return pacer.loopBusy;
     };
-    expect(window(10, 19)).toBe(true); // committers took 9 of 20 ms, 1 ms idle
-    expect(window(15, 19)).toBe(false); // sending filled the loop: 4 ms of other work
-    expect(window(2, 12)).toBe(false); // 8 ms idle: sending takes nothing from anyone
-    expect(window(0, 20)).toBe(true);
-    expect(window(10, 19, 0)).toBe(false); // no commits: the other work is the sends' own (a catch-up)
+    // Each kind of window twice in a row (the loop is busy after two busy windows), after an idle one.
+    const twice = (sendingMs: number, activeMs: number, committed = 1): boolean => {
+      window(0, 0);
+      window(sendingMs, activeMs, committed);
+      return window(sendingMs, activeMs, committed);
+    };
+    expect(twice(10, 19)).toBe(true); // committers took 9 of 20 ms, 1 ms idle
+    expect(twice(15, 19)).toBe(false); // sending filled the loop: 4 ms of other work
+    expect(twice(2, 12)).toBe(false); // 8 ms idle: sending takes nothing from anyone
+    expect(twice(0, 20)).toBe(true);
+    expect(twice(10, 19, 0)).toBe(false); // no commits: the other work is the sends' own (a catch-up)
+    // Busy windows that do not follow one another never make the loop busy.
+    for (let i = 0; i < 4; i++) expect(window(i % 2 === 0 ? 0 : 10, i % 2 === 0 ? 20 : 5)).toBe(false);
   });
 
   it('turn() waits on the clock for the delay, and an abort ends the wait', async () => {
     const { clock, virtual, setBusy } = meteredClock();
     const pacer = new SendPacer(clock, 0.1, progressing());
     setBusy(1);
-    virtual.advance(25);
-    pacer.delayMs();
+    for (let i = 0; i < 2; i++) {
+      virtual.advance(25);
+      pacer.delayMs();
+    }
     pacer.step(costing(virtual, 1));
     let turned = false;
     const turn = pacer.turn().then(() => (turned = true));
