@@ -79,11 +79,30 @@ async function plainSocketCopy(src: string, dst: string): Promise<number> {
 }
 
 /** Median and range of `REPEAT` runs of `run` (seconds). */
-async function repeated(run: () => Promise<number>): Promise<{ median: number; min: number; max: number }> {
-  const times: number[] = [];
-  for (let i = 0; i < REPEAT; i++) times.push(await run());
-  times.sort((a, b) => a - b);
-  return { median: times[Math.floor(times.length / 2)]!, min: times[0]!, max: times[times.length - 1]! };
+interface Spread {
+  median: number;
+  min: number;
+  max: number;
+}
+
+function spread(values: number[]): Spread {
+  const sorted = [...values].sort((a, b) => a - b);
+  return { median: sorted[Math.floor(sorted.length / 2)]!, min: sorted[0]!, max: sorted[sorted.length - 1]! };
+}
+
+/**
+ * A baseline and the figure measured against it, run alternately REPEAT
+ * times: a drift of the machine's speed during the run weighs on both alike
+ * (one after the other, a plain copy's speed moved between 210 and 360 MB/s).
+ */
+async function alternating(baseline: () => Promise<number>, measured: () => Promise<number>): Promise<{ baseline: Spread; measured: Spread }> {
+  const b: number[] = [];
+  const m: number[] = [];
+  for (let i = 0; i < REPEAT; i++) {
+    b.push(await baseline());
+    m.push(await measured());
+  }
+  return { baseline: spread(b), measured: spread(m) };
 }
 
 /** A forked child's reports over IPC, awaited by type; `handle` may consume some first (returns true). */
@@ -319,9 +338,13 @@ async function main(): Promise<void> {
       const source = join(dir, 'source.fs');
       await buildFile(source, TXNS, 10, 200);
       const size = (await stat(source)).size;
-      const plain = (await repeated(() => plainSocketCopy(source, join(dir, 'plain-copy')))).median;
+      const copyRuns = await alternating(
+        () => plainSocketCopy(source, join(dir, 'plain-copy')),
+        async () => (await catchUp(dir, source)).seconds,
+      );
+      const plain = copyRuns.baseline.median;
       const txns = TXNS;
-      const c = await repeated(async () => (await catchUp(dir, source)).seconds);
+      const c = copyRuns.measured;
       const s = c.median;
       out.push(
         `catch-up ${txns} txns, ${(size / 1e6).toFixed(1)} MB, secondary fsync on: ${s.toFixed(2)} s (median of ${REPEAT}, ${c.min.toFixed(2)}-${c.max.toFixed(2)}) = ${(txns / s).toFixed(0)} txn/s, ${(size / 1e6 / s).toFixed(1)} MB/s` +
@@ -332,8 +355,12 @@ async function main(): Promise<void> {
       const big = join(dir, 'big.fs');
       await buildFile(big, 100, 1, 1 << 20);
       const bigSize = (await stat(big)).size;
-      const plainBig = (await repeated(() => plainSocketCopy(big, join(dir, 'plain-big')))).median;
-      const cb = await repeated(async () => (await catchUp(dir, big)).seconds);
+      const bigRuns = await alternating(
+        () => plainSocketCopy(big, join(dir, 'plain-big')),
+        async () => (await catchUp(dir, big)).seconds,
+      );
+      const plainBig = bigRuns.baseline.median;
+      const cb = bigRuns.measured;
       out.push(
         `catch-up 100 x 1 MiB records: ${(bigSize / 1e6 / cb.median).toFixed(0)} MB/s (median of ${REPEAT}, ${(bigSize / 1e6 / cb.max).toFixed(0)}-${(bigSize / 1e6 / cb.min).toFixed(0)})` +
           ` | ${(plainBig / cb.median).toFixed(2)} of a plain socket copy (${(bigSize / 1e6 / plainBig).toFixed(0)} MB/s)`,
