@@ -15,7 +15,8 @@ import { connect } from 'node:net';
 export type EchoReport = { type: 'started' } | { type: 'arrivals'; atMs: number[][] };
 
 const [portArg, countArg] = process.argv.slice(2);
-const send = (m: EchoReport): void => void process.send!(m);
+/** `then`: once the message is written (a large one still being written when the channel closes would be lost). */
+const send = (m: EchoReport, then: () => void = () => {}): void => void process.send!(m, undefined, undefined, then);
 const nowMs = (): number => performance.timeOrigin + performance.now();
 
 const arrivals: number[][] = [];
@@ -41,8 +42,7 @@ function finishIfDone(): void {
   if (expected === null || arrivals.some((a) => a.length < expected!)) return;
   expected = null;
   for (const s of sockets) s.destroy();
-  // A large message still being written when the channel closes would be lost.
-  process.send!({ type: 'arrivals', atMs: arrivals } satisfies EchoReport, () => process.disconnect());
+  send({ type: 'arrivals', atMs: arrivals }, () => process.disconnect());
 }
 
 process.on('message', (m: { type: string; sent?: number }) => {

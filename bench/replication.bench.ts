@@ -78,7 +78,7 @@ async function plainSocketCopy(src: string, dst: string): Promise<number> {
   return t;
 }
 
-/** Median and range of `REPEAT` runs of `run` (seconds). */
+/** Median and range of a figure's runs. */
 interface Spread {
   median: number;
   min: number;
@@ -241,6 +241,16 @@ function percentile(sorted: number[], p: number): number {
  * `secondaryFsync` off the secondaries do not sync: on this one machine they
  * share the primary's disk, and their syncs would queue with its own.
  */
+/**
+ * Sleep until event `n` of a steady `ratePerSecond` from `t0` is due, as a
+ * paced writer would (a busy wait would take a whole core from the
+ * secondaries on a small machine); at once when it is late.
+ */
+async function dueTime(t0: bigint, n: number, ratePerSecond: number): Promise<void> {
+  const aheadMs = Number(t0 + BigInt(Math.round((n / ratePerSecond) * 1e9)) - process.hrtime.bigint()) / 1e6;
+  if (aheadMs > 0) await new Promise((r) => setTimeout(r, aheadMs));
+}
+
 async function live(dir: string, secondaries: number, ratePerSecond: number | null, durationS: number, secondaryFsync = true, primaryFsync = true, report: 'every' | 'newest' = 'every') {
   // Without fsync a commit never waits for I/O: an unpaced loop would never let the event loop
   // turn, and the sessions would send nothing until it ended. A writer yields after each commit,
@@ -260,12 +270,7 @@ async function live(dir: string, secondaries: number, ratePerSecond: number | nu
   const t0 = process.hrtime.bigint();
   let n = 0;
   while (seconds(t0) < durationS) {
-    if (ratePerSecond !== null) {
-      // Sleep until the next commit is due, as a paced writer would (a busy
-      // wait would take a whole core from the secondaries on a small machine).
-      const aheadMs = Number(t0 + BigInt(Math.round((n / ratePerSecond) * 1e9)) - process.hrtime.bigint()) / 1e6;
-      if (aheadMs > 0) await new Promise((r) => setTimeout(r, aheadMs));
-    }
+    if (ratePerSecond !== null) await dueTime(t0, n, ratePerSecond);
     const tid = await work.commit();
     committedAt.set(tid.toString('hex'), nowMs());
     n++;
@@ -312,8 +317,7 @@ async function socketLagBaseline(connections: number, ratePerSecond: number, dur
   const sentAt: number[] = [];
   const t0 = process.hrtime.bigint();
   for (let n = 0; seconds(t0) < durationS; n++) {
-    const aheadMs = Number(t0 + BigInt(Math.round((n / ratePerSecond) * 1e9)) - process.hrtime.bigint()) / 1e6;
-    if (aheadMs > 0) await new Promise((r) => setTimeout(r, aheadMs));
+    await dueTime(t0, n, ratePerSecond);
     const message = Buffer.alloc(8);
     message.writeBigUInt64BE(BigInt(n));
     sentAt.push(nowMs());
