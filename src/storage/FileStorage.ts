@@ -90,12 +90,40 @@ interface PendingTxn {
   /** Where the transaction header goes (the committed end at tpcBegin). */
   tpos: number;
   body: TxnBuffer;
-  /** oid key -> absolute position of this transaction's record for it. */
+  /** oid key -> absolute position of this transaction's record for it (in the order first stored). */
   tindex: Map<OidKey, number>;
-  oids: Buffer[];
   blobs: PendingBlob[];
   voted: boolean;
   release: () => void;
+}
+
+/** What commits$ publishes for a transaction finished here; its oid list is made when first asked for. */
+class FinishedCommit implements CommittedTransaction {
+  #oids: Buffer[] | null = null;
+
+  constructor(
+    readonly tid: Buffer,
+    readonly status: string,
+    readonly pos: number,
+    readonly end: number,
+    /** The oids, 8 bytes each, one after another. */
+    private readonly oidBytes: Buffer,
+    readonly raw: Buffer | undefined,
+  ) {}
+
+  get oids(): Buffer[] {
+    this.#oids ??= Array.from({ length: this.oidBytes.length / 8 }, (_, i) => this.oidBytes.subarray(8 * i, 8 * i + 8));
+    return this.#oids;
+  }
+}
+
+/** compareIds for the 8 bytes at `off` in `a` and the id `b`. */
+function compareIdsAt(a: Buffer, off: number, b: Buffer): number {
+  for (let i = 0; i < 8; i++) {
+    const d = a[off + i]! - b[i]!;
+    if (d !== 0) return d < 0 ? -1 : 1;
+  }
+  return 0;
 }
 
 /** FIFO mutex: one transaction commits at a time, others wait their turn. */
@@ -379,7 +407,6 @@ export class FileStorage {
         tpos: this.end,
         body: this.txnBuffer,
         tindex: new Map(),
-        oids: [],
         blobs: [],
         voted: false,
         release,
@@ -413,12 +440,8 @@ export class FileStorage {
   /** `prev`: the oid's committed record position when the caller already looked it up. */
   private append(cur: PendingTxn, oid: Buffer, data: Buffer | null, back: number, key = oidKey(oid), prev = this.state.index.get(key)): number {
     const pos = cur.tpos + cur.body.appendRecord(oid, cur.tid, prev ?? 0, cur.tpos, data, back);
-    if (cur.tindex.get(key) === undefined) {
-      const copy = copyId(oid);
-      cur.oids.push(copy);
-      // As ZODB's store/restore (set_max_oid): newOid never hands out an oid stored explicitly.
-      if (compareIds(copy, this.lastOid) > 0) this.lastOid = copy;
-    }
+    // As ZODB's store/restore (set_max_oid): newOid never hands out an oid stored explicitly.
+    if (compareIds(oid, this.lastOid) > 0 && cur.tindex.get(key) === undefined) this.lastOid = copyId(oid);
     cur.tindex.set(key, pos);
     return pos;
   }
@@ -609,12 +632,16 @@ export class FileStorage {
     const status = statusByte(cur.status);
     this.disk.write(this.fd, status, cur.tpos + 16);
     const end = cur.tpos + cur.metaBytes + cur.body.recordBytes + TRAILER_BYTES;
-    for (const [key, pos] of cur.tindex) this.state.index.set(key, pos);
-    // lastOid already covers every oid of this transaction (see append).
-    for (const oid of cur.oids) if (compareIds(oid, this.state.maxOid) > 0) this.state.maxOid = oid;
+    const index = this.state.index;
+    for (const [key, pos] of cur.tindex) index.set(key, pos);
+    // The transaction's oids in one buffer, read from its records (lastOid already covers them: see append).
+    const oids = cur.body.copyIds(cur.tindex.values(), cur.tpos, cur.tindex.size);
+    for (let off = 0; off < oids.length; off += 8) {
+      if (compareIdsAt(oids, off, this.state.maxOid) > 0) this.state.maxOid = oids.subarray(off, off + 8);
+    }
     // A copy of a small transaction's bytes rides along, so followers (replication, the hash chain) need not read the file.
     const raw = end - cur.tpos <= PUBLISHED_RAW_MAX_BYTES && this.commitsSubject.observed ? cur.body.copyFinished(status) : undefined;
-    this.noteCommitted({ tid: cur.tid, status: cur.status, pos: cur.tpos, end, oids: cur.oids, ...(raw ? { raw } : {}) });
+    this.noteCommitted(new FinishedCommit(cur.tid, cur.status, cur.tpos, end, oids, raw));
     this.current = null;
     cur.release();
     await this.makeDurable(end, this.syncInline);

@@ -64,6 +64,22 @@ export class TxnBuffer {
     return off;
   }
 
+  /**
+   * The 8-byte ids at file positions `positions` (the transaction starting
+   * at `base`), copied one after another into one buffer.
+   */
+  copyIds(positions: Iterable<number>, base: number, count: number): Buffer {
+    const out = Buffer.allocUnsafe(8 * count);
+    const b = this.buf;
+    let o = 0;
+    for (const pos of positions) {
+      const off = pos - base;
+      for (let i = 0; i < 8; i++) out[o + i] = b[off + i]!;
+      o += 8;
+    }
+    return out;
+  }
+
   /** A copy of the finished transaction (see finish) with `status` in its status byte. */
   copyFinished(status: Buffer): Buffer {
     const n = this.used + TRAILER_BYTES;
