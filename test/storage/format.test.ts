@@ -1,11 +1,12 @@
 // The small byte helpers on the storage's hot paths agree with Node's own
 // (slower) Buffer methods on every input; oid keys are one per oid and
-// convert back.
+// convert back; tids from the clock match their calendar fields.
 
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { compareIds, copyId, readU64At, writeU64At } from '../../src/storage/format.js';
 import { oidKey, oidKeyAt, oidOfKey } from '../../src/storage/scan.js';
+import { newTid, tidFromTime, tidPlusOne } from '../../src/storage/timestamp.js';
 
 const id = fc.uint8Array({ minLength: 8, maxLength: 8 }).map((a) => Buffer.from(a));
 const anyBytes = fc.uint8Array({ maxLength: 12 }).map((a) => Buffer.from(a));
@@ -65,5 +66,32 @@ describe('storage byte helpers', () => {
     );
     expect(oidKey(Buffer.from([0, 0, 0, 0, 0, 0, 1, 2]))).toBe(258);
     expect(oidOfKey(oidKey(Buffer.from('abc')))).toEqual(Buffer.from('abc'));
+  });
+
+  it('tidFromTime gives the calendar fields of any instant, in any order of calls, and newTid is strictly later than the last', () => {
+    /** ZODB's TimeStamp of an instant, straight from its calendar fields. */
+    const reference = (ms: number): Buffer => {
+      const d = new Date(ms);
+      const hi = ((((d.getUTCFullYear() - 1900) * 12 + d.getUTCMonth()) * 31 + (d.getUTCDate() - 1)) * 24 + d.getUTCHours()) * 60 + d.getUTCMinutes();
+      const out = Buffer.alloc(8);
+      out.writeUInt32BE(hi, 0);
+      out.writeUInt32BE(Math.min(0xffffffff, Math.floor((((ms / 1000) % 60) * 4294967296) / 60)), 4);
+      return out;
+    };
+    const instant = fc.integer({ min: Date.UTC(1990, 0, 1), max: Date.UTC(2100, 0, 1) });
+    // Runs of instants close together (the same minute, the next) as well as far apart.
+    const run = fc.tuple(instant, fc.array(fc.integer({ min: -90_000, max: 90_000 }), { maxLength: 8 })).map(([t, steps]) => [t, ...steps.map((s) => t + s)]);
+    fc.assert(
+      fc.property(fc.array(run, { maxLength: 5 }), (runs) => {
+        let last: Buffer | null = null;
+        for (const ms of runs.flat()) {
+          expect(tidFromTime(ms)).toEqual(reference(ms));
+          const tid = newTid(ms, last);
+          const want = last === null || Buffer.compare(reference(ms), last) > 0 ? reference(ms) : tidPlusOne(last);
+          expect(tid).toEqual(want);
+          last = tid;
+        }
+      }),
+    );
   });
 });
