@@ -30,7 +30,7 @@ export async function* iterateTransactions(
   for (;;) {
     if (options.signal?.aborted || storage.isClosed) return;
     // One at a time: a pack between two yields sends the cursor to the new file.
-    const [txn] = cursor.take(0);
+    const txn = cursor.take(0)[0];
     if (txn !== undefined) {
       yield txn;
       continue;
@@ -56,7 +56,7 @@ export class TransactionCursor {
   private reader: WindowReader;
   private pos: number;
   /** The last transaction taken; until there is one, the cursor starts at `start`. */
-  private lastTid: Buffer | null = null;
+  private lastTaken: TransactionRecord | null = null;
   /** A transaction past `stop` was reached: nothing more comes. */
   stopped = false;
 
@@ -73,7 +73,7 @@ export class TransactionCursor {
 
   /** Where to go on from in the current file: after the last transaction taken, else at `start`. */
   private resumePosition(): number {
-    if (this.lastTid) return this.storage.positionAfter(this.lastTid, false);
+    if (this.lastTaken) return this.storage.positionAfter(this.lastTaken.tid, false);
     return this.start ? this.storage.positionAfter(this.start, true) : this.storage.firstTransactionPos;
   }
 
@@ -107,7 +107,7 @@ export class TransactionCursor {
       }
       out.push(txn);
       bytes += txn.length + TRAILER_BYTES;
-      this.lastTid = txn.tid;
+      this.lastTaken = txn;
       this.pos += txn.length + TRAILER_BYTES;
       if (bytes >= maxBytes) break;
     }
@@ -205,7 +205,7 @@ export function parseTransaction(storage: FileStorage, body: Buffer, pos: number
  * bytes) costs no per-record work.
  */
 class StoredTransaction implements TransactionRecord {
-  readonly tid: Buffer;
+  #tid: Buffer | null = null;
   #records: DataRecord[] | null = null;
   readonly #recordsAt: number;
 
@@ -217,7 +217,10 @@ class StoredTransaction implements TransactionRecord {
     recordsAt: number,
   ) {
     this.#recordsAt = recordsAt;
-    this.tid = raw.subarray(0, 8);
+  }
+
+  get tid(): Buffer {
+    return (this.#tid ??= this.raw.subarray(0, 8));
   }
 
   // Metadata views are made when asked for, as records are.
