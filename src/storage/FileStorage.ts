@@ -30,6 +30,7 @@ import {
   TRAILER_BYTES,
   TXN_HEADER_BYTES,
   compareIds,
+  compareIdsAt,
   copyId,
   dataRecordLength,
   readDataHeader,
@@ -115,15 +116,6 @@ class FinishedCommit implements CommittedTransaction {
     this.#oids ??= Array.from({ length: this.oidBytes.length / 8 }, (_, i) => this.oidBytes.subarray(8 * i, 8 * i + 8));
     return this.#oids;
   }
-}
-
-/** compareIds for the 8 bytes at `off` in `a` and the id `b`. */
-function compareIdsAt(a: Buffer, off: number, b: Buffer): number {
-  for (let i = 0; i < 8; i++) {
-    const d = a[off + i]! - b[i]!;
-    if (d !== 0) return d < 0 ? -1 : 1;
-  }
-  return 0;
 }
 
 /** FIFO mutex: one transaction commits at a time, others wait their turn. */
@@ -644,6 +636,7 @@ export class FileStorage {
     this.noteCommitted(new FinishedCommit(cur.tid, cur.status, cur.tpos, end, oids, raw));
     this.current = null;
     cur.release();
+    // With syncInline, the sync comes at the end of this turn of the event loop, shared by every commit of the turn.
     await this.makeDurable(end, this.syncInline);
     return cur.tid;
   }

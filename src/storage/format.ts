@@ -122,8 +122,13 @@ export function copyIdAt(buf: Buffer, off: number): Buffer {
  */
 export function compareIds(a: Buffer, b: Buffer): number {
   if (a.length !== 8 || b.length !== 8) return Buffer.compare(a, b);
+  return compareIdsAt(a, 0, b);
+}
+
+/** compareIds for the 8 bytes at `off` in `a` and the 8-byte id `b`. */
+export function compareIdsAt(a: Buffer, off: number, b: Buffer): number {
   for (let i = 0; i < 8; i++) {
-    const d = a[i]! - b[i]!;
+    const d = a[off + i]! - b[i]!;
     if (d !== 0) return d < 0 ? -1 : 1;
   }
   return 0;

@@ -4,7 +4,7 @@
 
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { compareIds, copyId, readU64At, writeU64At } from '../../src/storage/format.js';
+import { compareIds, compareIdsAt, copyId, readU64At, writeU64At } from '../../src/storage/format.js';
 import { oidKey, oidKeyAt, oidOfKey } from '../../src/storage/scan.js';
 import { newTid, tidFromTime, tidPlusOne } from '../../src/storage/timestamp.js';
 
@@ -14,6 +14,7 @@ const anyBytes = fc.uint8Array({ maxLength: 12 }).map((a) => Buffer.from(a));
 describe('storage byte helpers', () => {
   it('compareIds orders like Buffer.compare, for ids and any other lengths', () => {
     fc.assert(fc.property(id, id, (a, b) => compareIds(a, b) === Buffer.compare(a, b) && compareIds(a, a) === 0));
+    fc.assert(fc.property(id, id, fc.nat(4), (a, b, pad) => compareIdsAt(Buffer.concat([Buffer.alloc(pad, 7), a]), pad, b) === Buffer.compare(a, b)));
     fc.assert(fc.property(anyBytes, anyBytes, (a, b) => compareIds(a, b) === Buffer.compare(a, b)));
   });
 
