@@ -9,8 +9,9 @@ export type LoadMark = unknown;
 
 /**
  * How long work takes and how busy the process is, for pacing work that may
- * wait (live sends, see LiveFeed). Only real time has one: under a virtual
- * clock work takes no time, so nothing is paced and runs stay reproducible.
+ * wait (replication sends, see SendPacer). Only real time has one: under a
+ * virtual clock work takes no time, so nothing is paced and runs stay
+ * reproducible.
  */
 export interface LoadMeter {
   /** Monotonic milliseconds with sub-millisecond resolution. */

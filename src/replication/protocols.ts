@@ -58,7 +58,7 @@ function adjacentBytes(txns: readonly TransactionRecord[]): Buffer {
 }
 
 /** Whether `next` starts right where `prev` ends, in the same memory. */
-export function follows(prev: Buffer, next: Buffer): boolean {
+function follows(prev: Buffer, next: Buffer): boolean {
   return next.buffer === prev.buffer && next.byteOffset === prev.byteOffset + prev.length;
 }
 
