@@ -6,6 +6,11 @@
 // keep the loop busy, ticks are spaced and the commits made meanwhile travel
 // together, so a session's cost (a frame, a checksum, a socket write) is per
 // tick, not per commit. Otherwise a tick runs on the next turn of the loop.
+// A tick carries at most TICK_MAX_COMMITS: a step's cost grows with what it
+// carries, and committers wait for it to end. Commits beyond it wait for the
+// next tick; when more than PENDING_MAX_COMMITS wait, the sessions cannot
+// keep up: every listener is told it fell behind (it reads the log instead,
+// in paced windows) and the pending commits are dropped.
 
 import type { Subscription } from 'rxjs';
 import type { Clock, TimerHandle } from '../ports/clock.js';
@@ -20,9 +25,16 @@ export interface LiveCommit {
   readonly txn: TransactionRecord | null;
 }
 
+/** Most commits one tick hands over. */
+export const TICK_MAX_COMMITS = 256;
+/** Most commits waiting for ticks before every listener is told it fell behind. */
+export const PENDING_MAX_COMMITS = 4096;
+
 export interface LiveListener {
-  /** The commits since the last tick, oldest first (the same array for every listener: do not change it). */
+  /** The commits since the last tick (or the first TICK_MAX_COMMITS of them), oldest first (the same array for every listener: do not change it). */
   next(commits: readonly LiveCommit[]): void;
+  /** Commits came faster than ticks could carry them, and were dropped: read them from the log. */
+  fellBehind(): void;
   /** The storage closed: no more commits. */
   complete(): void;
 }
@@ -68,6 +80,13 @@ export class LiveFeed {
 
   private onCommit(c: CommittedTransaction): void {
     this.pending.push(c);
+    if (this.pending.length > PENDING_MAX_COMMITS) {
+      this.pending = [];
+      this.cancelTick();
+      // Each leaves (the last one ends the subscription); one that stays still gets the next commits.
+      for (const l of [...this.listeners]) l.fellBehind();
+      return;
+    }
     if (this.immediate === null && this.timer === null) this.schedule();
   }
 
@@ -88,12 +107,14 @@ export class LiveFeed {
     this.immediate = null;
     this.timer = null;
     this.pacer.step(() => this.deliver());
+    if (this.pending.length > 0 && this.subscription !== null) this.schedule();
   };
 
   private deliver(): void {
-    const batch = this.pending;
-    this.pending = [];
-    if (batch.length === 0) return;
+    if (this.pending.length === 0) return;
+    let batch = this.pending;
+    if (batch.length > TICK_MAX_COMMITS) batch = this.pending.splice(0, TICK_MAX_COMMITS);
+    else this.pending = [];
     this.ticks += 1;
     const commits = batch.map((c): LiveCommit => ({ committed: c, txn: this.parse(c) }));
     for (const l of [...this.listeners]) l.next(commits);
@@ -111,7 +132,7 @@ export class LiveFeed {
 
   private onComplete(): void {
     this.cancelTick();
-    this.deliver();
+    while (this.pending.length > 0) this.deliver();
     this.subscription = null;
     const listeners = [...this.listeners];
     this.listeners.clear();

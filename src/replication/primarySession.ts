@@ -462,6 +462,7 @@ export class PrimarySession {
       if (windowEmpty) {
         if (cursor.atEnd) break;
         await cursor.fill();
+        await pacer.turn(signal); // what was read goes in a step of its own, which waits its turn
         continue;
       }
       if (!room) await this.writer.drained();
@@ -582,6 +583,7 @@ export class PrimarySession {
           for (const c of commits) queue.push(c);
           pump();
         },
+        fellBehind: () => overflow(),
         complete: () => resolve(),
       });
       signal.addEventListener('abort', () => unsubscribe(), { once: true });

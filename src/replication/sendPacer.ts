@@ -2,13 +2,22 @@
 // Every send step (a live tick, a catch-up window) is synchronous and timed.
 // While the loop is busy (over consecutive windows, the node's own work
 // moves on, the loop hardly idles, and other work such as committers takes
-// a good part of it), steps
-// are spaced so that together they take at most `share` of the loop: a step
-// that cost 0.5 ms with a share of 0.1 lets the next one start no sooner than
-// 5 ms after it started. A loop that is not busy with other work sends
-// without waiting, so catch-up on an otherwise idle primary runs at full
-// speed. Secondaries that cannot keep up then fall further behind instead of
-// slowing commits: a slow secondary never slows the primary.
+// a good part of it), steps are spaced so that together they take at most
+// `share` of the loop: a step that cost 0.5 ms with a share of 0.1 lets the
+// next one start no sooner than 5 ms after it started. A loop that is not
+// busy with other work sends without waiting, so catch-up on an otherwise
+// idle primary runs at full speed. Secondaries that cannot keep up then
+// fall further behind instead of slowing commits: a slow secondary never
+// slows the primary.
+//
+// Sends can hide the load they cause: when they fill the loop, the work
+// they starve takes little of it, and a loop full of sends with a little
+// progress looks like a catch-up beside a trickle of commits. Only pacing
+// tells the two apart, so a loop that stays saturated (progress, hardly any
+// idle time) is paced for one window as a probe: starved work then fills
+// the loop and pacing stays; a trickle leaves it idle and pacing stops, the
+// next probe waiting twice as long (a catch-up beside a trickle keeps
+// nearly all its speed).
 //
 // Only the real clock has a load meter; under a virtual clock steps cost
 // nothing and nothing waits, so simulations stay reproducible.
@@ -30,6 +39,10 @@ const WINDOW_MS = 20;
  * secondaries.
  */
 const BUSY_WINDOWS = 2;
+/** Saturated windows in a row before the first probe (see the top of the file)... */
+const PROBE_AFTER_WINDOWS = 4;
+/** ...and the most before any later one (about 1.3 s). */
+const PROBE_AFTER_MAX_WINDOWS = 64;
 
 export class SendPacer {
   /** Meter time before which the next step should not start. */
@@ -37,6 +50,14 @@ export class SendPacer {
   private busy = false;
   /** Busy windows in a row, up to now. */
   private busyWindows = 0;
+  /** Saturated windows in a row since the last probe (or the last window that was not). */
+  private saturatedWindows = 0;
+  /** The node's own work moved on in one of them (without that, a saturated loop is sending only: a catch-up on an idle node). */
+  private progressedInStretch = false;
+  /** Saturated windows in a row that start the next probe: doubles after each probe that found no starved work. */
+  private probeAfter = PROBE_AFTER_WINDOWS;
+  /** The current window is a probe: paced because sends may be hiding the load. */
+  private probing = false;
   private windowMark: LoadMark = null;
   private windowStart = 0;
   /** Time spent in steps since windowStart. */
@@ -89,7 +110,14 @@ export class SendPacer {
         signal?.removeEventListener('abort', done);
         resolve();
       };
-      const timer = this.clock.setTimeout(done, ms);
+      // Sessions waiting for the same moment wake together: each asks again,
+      // and waits anew when one that woke first has taken the turn.
+      const wake = (): void => {
+        const again = this.delayMs();
+        if (again > 0) timer = this.clock.setTimeout(wake, again);
+        else done();
+      };
+      let timer = this.clock.setTimeout(wake, ms);
       signal?.addEventListener('abort', done, { once: true });
     });
   }
@@ -115,15 +143,31 @@ export class SendPacer {
     const load = this.clock.load!;
     const elapsed = now - this.windowStart;
     if (elapsed < WINDOW_MS) return;
-    // Busy: the node's own work moved on, the loop hardly idled, and not only
-    // because of sending. (Work done for sends outside the timed steps, such
-    // as socket writes the kernel could not take at once, shows up as other
-    // work: without progress of its own the node is not held back by it.)
+    // Busy: the node's own work moved on, the loop hardly idled (saturated),
+    // and not only because of sending. (Work done for sends outside the timed
+    // steps, such as socket writes the kernel could not take at once, shows up
+    // as other work: without progress of its own the node is not held back by
+    // it.) A saturated loop that is not busy may be one whose sends starve the
+    // rest: see the probe at the top of the file.
     const active = load.busyShare(this.windowMark) * elapsed;
     const progress = this.progress();
-    const busyWindow = progress !== this.windowProgress && elapsed - active < IDLE_BELOW * elapsed && active - this.sentInWindow >= OTHER_FROM * elapsed;
+    const saturated = elapsed - active < IDLE_BELOW * elapsed;
+    const progressed = progress !== this.windowProgress;
+    const busyWindow = saturated && progressed && active - this.sentInWindow >= OTHER_FROM * elapsed;
     this.busyWindows = busyWindow ? this.busyWindows + 1 : 0;
+    this.saturatedWindows = saturated ? this.saturatedWindows + 1 : 0;
+    this.progressedInStretch = saturated && (this.progressedInStretch || progressed);
+    if (this.probing) {
+      // Paced, did other work fill the loop? Then it was starved: stay paced. If not, probe later next time.
+      this.probing = false;
+      if (busyWindow) this.busyWindows = BUSY_WINDOWS;
+      else this.probeAfter = Math.min(2 * this.probeAfter, PROBE_AFTER_MAX_WINDOWS);
+    } else if (!saturated) this.probeAfter = PROBE_AFTER_WINDOWS; // the saturation, if any, ended
     this.busy = this.busyWindows >= BUSY_WINDOWS;
+    if (!this.busy && this.progressedInStretch && this.saturatedWindows >= this.probeAfter) {
+      this.busy = this.probing = true;
+      this.saturatedWindows = 0;
+    }
     this.windowProgress = progress;
     this.windowMark = load.mark();
     this.windowStart = now;

@@ -2,11 +2,12 @@
 // listener; commits made in one burst arrive as one batch, parsed once and
 // shared; a busy loop's ticks wait on the pacer's clock; the last listener
 // leaving ends the subscription; a closing storage delivers what is pending
-// and then completes everyone.
+// and then completes everyone; a tick carries a bounded number of commits,
+// and listeners hear they fell behind when too many wait.
 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { LiveFeed, type LiveCommit } from '../../src/replication/liveFeed.js';
+import { LiveFeed, PENDING_MAX_COMMITS, TICK_MAX_COMMITS, type LiveCommit } from '../../src/replication/liveFeed.js';
 import { SendPacer } from '../../src/replication/sendPacer.js';
 import { VirtualClock } from '../../src/sim/clock.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
@@ -48,7 +49,9 @@ const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(reso
 class Recorder {
   batches: (readonly LiveCommit[])[] = [];
   completed = false;
+  behind = 0;
   next = (commits: readonly LiveCommit[]): void => void this.batches.push(commits);
+  fellBehind = (): void => void (this.behind += 1);
   complete = (): void => void (this.completed = true);
   get tids(): string[] {
     return this.batches.flat().map((c) => c.committed.tid.toString('hex'));
@@ -142,4 +145,68 @@ describe('LiveFeed', () => {
     }
     expect(virtual.pendingTimers).toBe(0);
   });
+
+  /** A pacer that has judged the loop busy and just timed a step of `stepMs`: the next tick waits 10 times that. */
+  function busyPacer() {
+    const { clock, virtual, setBusy } = meteredClock();
+    setBusy(1);
+    const pacer = new SendPacer(clock, 0.1, progressing());
+    for (let i = 0; i < 2; i++) {
+      virtual.advance(25);
+      pacer.delayMs();
+    }
+    pacer.step(() => virtual.advance(1));
+    return { clock, virtual, pacer };
+  }
+
+  it('carries at most TICK_MAX_COMMITS per tick, the rest in the ticks that follow', async () => {
+    const fs = await openStorage();
+    const { clock, virtual, pacer } = busyPacer();
+    const feed = new LiveFeed(fs, clock, pacer);
+    const a = new Recorder();
+    const stop = feed.subscribe(a);
+    try {
+      const tids = await commit(fs, TICK_MAX_COMMITS + 5);
+      await nextTurn();
+      expect(a.batches).toEqual([]); // paced: the first tick waits on the clock
+      for (let i = 0; i < 10 && a.tids.length < tids.length; i++) {
+        virtual.advance(100);
+        await nextTurn();
+      }
+      expect(a.batches.map((b) => b.length)).toEqual([TICK_MAX_COMMITS, 5]);
+      expect(a.tids).toEqual(tids.map((t) => t.toString('hex')));
+      expect(a.behind).toBe(0);
+    } finally {
+      stop();
+      await fs.close();
+    }
+    expect(virtual.pendingTimers).toBe(0);
+  });
+
+  it('tells every listener it fell behind when more than PENDING_MAX_COMMITS wait, and drops them', async () => {
+    const fs = await openStorage();
+    const { clock, virtual, pacer } = busyPacer();
+    const feed = new LiveFeed(fs, clock, pacer);
+    const a = new Recorder();
+    const b = new Recorder();
+    const stopA = feed.subscribe(a);
+    const stopB = feed.subscribe(b);
+    try {
+      await commit(fs, PENDING_MAX_COMMITS);
+      expect([a.behind, b.behind]).toEqual([0, 0]);
+      await commit(fs, 1);
+      expect([a.behind, b.behind]).toEqual([1, 1]);
+      expect(virtual.pendingTimers).toBe(0); // nothing left to tick for
+      stopA(); // a listener that stays gets the commits that follow
+      const [later] = await commit(fs, 1);
+      virtual.advance(100);
+      await nextTurn();
+      expect(a.batches).toEqual([]);
+      expect(b.tids).toEqual([later!.toString('hex')]);
+    } finally {
+      stopA();
+      stopB();
+      await fs.close();
+    }
+  }, 60_000);
 });

@@ -1,10 +1,13 @@
 // The send pacer on a virtual clock with a load meter the test drives: an
 // idle loop sends at once, one busy over two windows in a row spaces steps
 // so sends take at most their share (a single busy window does not), a loop
-// busy with sending alone is not held back, and without a load meter
+// busy with sending alone is not held back, a loop that sends keep
+// saturated is probed (paced for a window, to see whether the sends starved
+// other work), waiters woken together take turns, and without a load meter
 // (simulations) nothing ever waits.
 
 import { describe, expect, it } from 'vitest';
+import type { Clock, LoadMeter } from '../../src/ports/clock.js';
 import { SendPacer } from '../../src/replication/sendPacer.js';
 import { VirtualClock } from '../../src/sim/clock.js';
 import { meteredClock, progressing } from './pacingHelpers.js';
@@ -110,6 +113,103 @@ describe('SendPacer', () => {
     expect(virtual.pendingTimers).toBe(1);
     abort.abort();
     await aborted;
+    expect(virtual.pendingTimers).toBe(0);
+  });
+
+  it('probes a loop that sends keep saturated: paced for a window, it stays paced when other work then fills the loop', () => {
+    const { clock, virtual, setBusy } = meteredClock();
+    let commits = 0;
+    const pacer = new SendPacer(clock, 0.1, () => commits);
+    /** A 20 ms window: `sendingMs` of steps, `activeMs` of the loop busy in all, `committed` commits. */
+    const window = (sendingMs: number, activeMs: number, committed: number): boolean => {
+      if (sendingMs > 0) pacer.step(costing(virtual, sendingMs));
+      commits += committed;
+      virtual.advance(20 - sendingMs);
+      setBusy(activeMs / 20);
+      pacer.delayMs();
+      return pacer.loopBusy;
+    };
+    window(0, 0, 0); // an idle window first
+    // Sends take 18 of 20 ms, a commit gets through now and then: never busy by the rule, but saturated.
+    expect([1, 2, 3].map(() => window(18, 20, 1))).toEqual([false, false, false]);
+    expect(window(18, 20, 1)).toBe(true); // the fourth saturated window starts a probe
+    // Paced, the committers fill the loop: they were starved, pacing stays.
+    expect(window(2, 20, 50)).toBe(true);
+    expect(window(2, 20, 50)).toBe(true);
+  });
+
+  it('ends a probe that finds no starved work, and waits twice as long for the next', () => {
+    const { clock, virtual, setBusy } = meteredClock();
+    let commits = 0;
+    const pacer = new SendPacer(clock, 0.1, () => commits);
+    const window = (sendingMs: number, activeMs: number, committed: number): boolean => {
+      if (sendingMs > 0) pacer.step(costing(virtual, sendingMs));
+      commits += committed;
+      virtual.advance(20 - sendingMs);
+      setBusy(activeMs / 20);
+      pacer.delayMs();
+      return pacer.loopBusy;
+    };
+    // A catch-up fills the loop beside a trickle of commits.
+    const saturated = (n: number): boolean[] => Array.from({ length: n }, () => window(18, 20, 1));
+    expect(saturated(4)).toEqual([false, false, false, true]); // the first probe
+    expect(window(2, 4, 1)).toBe(false); // paced, the loop idled: the trickle needed no help
+    expect(saturated(8)).toEqual([...Array(7).fill(false), true]); // the next probe comes after 8 windows
+    expect(window(2, 4, 1)).toBe(false);
+    expect(saturated(16).filter((b) => b)).toHaveLength(1); // then after 16
+    window(2, 4, 1);
+    // A window that is not saturated ends the stretch: the next probe comes after 4 again.
+    window(0, 2, 1);
+    expect(saturated(4)).toEqual([false, false, false, true]);
+  });
+
+  it('never probes a loop saturated by sends alone, without progress of the node (a catch-up on an idle primary)', () => {
+    const { clock, virtual, setBusy } = meteredClock();
+    const pacer = new SendPacer(clock, 0.1, () => 0);
+    for (let i = 0; i < 100; i++) {
+      pacer.step(costing(virtual, 19));
+      virtual.advance(1);
+      setBusy(1);
+      expect(pacer.delayMs()).toBe(0);
+      expect(pacer.loopBusy).toBe(false);
+    }
+  });
+
+  it('lets waiters woken at the same moment take turns: the second waits for the step of the first', async () => {
+    // Steps cost meter time without moving the virtual clock, so no timer fires inside one.
+    const virtual = new VirtualClock(0);
+    let stepped = 0;
+    const load: LoadMeter = { elapsedMs: () => virtual.now() + stepped, mark: () => null, busyShare: () => 1 };
+    const clock: Clock = { now: () => virtual.now(), setTimeout: (fn, ms) => virtual.setTimeout(fn, ms), clearTimeout: (h) => virtual.clearTimeout(h), load };
+    const pacer = new SendPacer(clock, 0.1, progressing());
+    for (let i = 0; i < 2; i++) {
+      virtual.advance(25);
+      pacer.delayMs(); // busy: two busy windows in a row
+    }
+    const step = (): void => pacer.step(() => void (stepped += 1)); // 1 ms: the next may start 10 ms after this one
+    step();
+    const order: string[] = [];
+    const session = (name: string): Promise<void> =>
+      pacer.turn().then(() => {
+        order.push(name);
+        step();
+      });
+    const both = Promise.all([session('a'), session('b')]);
+    expect(virtual.pendingTimers).toBe(2); // both wait for the same moment
+    // As in Node, what a waking timer resolves runs before the next timer fires.
+    const fireNext = async (): Promise<void> => {
+      expect(virtual.runNext()).toBe(true);
+      for (let i = 0; i < 3; i++) await Promise.resolve();
+    };
+    await fireNext();
+    expect(order).toEqual(['a']);
+    const bWoke = virtual.now();
+    await fireNext(); // b wakes at the same moment, finds the turn taken by a's step, and waits 10 ms more
+    expect(order).toEqual(['a']);
+    expect(virtual.nextTimerAt()).toBeCloseTo(bWoke + 10 - 1, 9); // a's step started 1 ms of meter time before
+    await fireNext();
+    await both;
+    expect(order).toEqual(['a', 'b']);
     expect(virtual.pendingTimers).toBe(0);
   });
 
