@@ -114,8 +114,9 @@ export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer 
     if (r > recordsEnd) bad(off, 'metadata runs past the transaction');
     while (r < recordsEnd) {
       if (r + DATA_HEADER_BYTES > recordsEnd) bad(r, 'data record header cut short');
-      if (raw.readUInt32BE(r + 8) !== tidHi || raw.readUInt32BE(r + 12) !== tidLo) bad(r, 'data record tid differs from its transaction');
-      if (raw.readUInt16BE(r + 32) !== 0) bad(r, 'data record with a version');
+      // Byte by byte: cheaper than Buffer's bounds-checked reads, twice per record.
+      for (let i = 0; i < 8; i++) if (raw[r + 8 + i] !== raw[off + i]) bad(r, 'data record tid differs from its transaction');
+      if ((raw[r + 32]! | raw[r + 33]!) !== 0) bad(r, 'data record with a version');
       const plen = readU64At(raw, r + 34);
       if (plen === 0) bad(r, 'backpointer records are not accepted here');
       if (r + DATA_HEADER_BYTES + plen > recordsEnd) bad(r, 'data record runs past its transaction');
@@ -124,8 +125,8 @@ export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer 
       if (old === undefined || old < base) {
         changedKeys.push(key);
         replaced.push(old);
-        const hi = raw.readUInt32BE(r);
-        const lo = raw.readUInt32BE(r + 4);
+        const hi = u32At(raw, r);
+        const lo = u32At(raw, r + 4);
         if (hi > maxHi || (hi === maxHi && lo > maxLo)) {
           maxOidAt = r;
           maxHi = hi;
@@ -164,6 +165,11 @@ export function isRelocatable(raw: Buffer, exclude?: (data: Buffer) => boolean):
 }
 
 const STATUS_BYTE = STATUS_COMMITTED.charCodeAt(0);
+
+/** The big-endian u32 at `off` (in bounds: the caller checked the record's extent). */
+function u32At(buf: Buffer, off: number): number {
+  return ((buf[off]! << 24) | (buf[off + 1]! << 16) | (buf[off + 2]! << 8) | buf[off + 3]!) >>> 0;
+}
 
 function tidHex(hi: number, lo: number): string {
   return hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0');

@@ -122,7 +122,9 @@ describe('appendTransactions', () => {
       ['a trailer that does not repeat the length', (raw) => (raw.writeUInt8(raw[raw.length - 1]! ^ 1, raw.length - 1), raw), /trailer/],
       ['a status other than committed', (raw) => (raw.write('c', 16, 'latin1'), raw), /status "c"/],
       ['bytes cut short', (raw) => raw.subarray(0, raw.length - 3), /runs past|cut short/],
-      ['a record tid that is not its transaction', (raw, t) => (raw.writeUInt8(raw[t.records[0]!.pos - t.pos + 15]! ^ 1, t.records[0]!.pos - t.pos + 15), raw), /record tid/],
+      ['a record tid that is not its transaction (last byte)', (raw, t) => (raw.writeUInt8(raw[t.records[0]!.pos - t.pos + 15]! ^ 1, t.records[0]!.pos - t.pos + 15), raw), /record tid/],
+      ['a record tid that is not its transaction (first byte)', (raw, t) => (raw.writeUInt8(raw[t.records[0]!.pos - t.pos + 8]! ^ 0x80, t.records[0]!.pos - t.pos + 8), raw), /record tid/],
+      ['a record with a version', (raw, t) => (raw.writeUInt8(1, t.records[0]!.pos - t.pos + 33), raw), /version/],
       ['a backpointer record', (raw, t) => {
         // Turn the first record into a backpointer: data length 0, then an 8-byte position.
         const off = t.records[0]!.pos - t.pos;
