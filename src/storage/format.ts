@@ -36,13 +36,19 @@ export interface DataHeader {
 
 const TWO32 = 4294967296;
 
+/**
+ * The big-endian u32 at `off`, by byte arithmetic (about twice as fast as
+ * readUInt32BE on hot paths) and unchecked: for bytes whose extent the caller
+ * has checked.
+ */
+export function u32At(buf: Buffer, off: number): number {
+  return ((buf[off]! << 24) | (buf[off + 1]! << 16) | (buf[off + 2]! << 8) | buf[off + 3]!) >>> 0;
+}
+
 /** Read a u64 that must fit a JS number (file offsets and lengths do). */
 function u64At(buf: Buffer, off: number): number {
-  // Byte arithmetic: about twice as fast as two readUInt32BE calls, on the hottest read path.
   if (off >>> 0 !== off || off + 8 > buf.length) throw new RangeError(`u64 at ${off} is outside a buffer of ${buf.length} bytes`);
-  const hi = ((buf[off]! << 24) | (buf[off + 1]! << 16) | (buf[off + 2]! << 8) | buf[off + 3]!) >>> 0;
-  const lo = ((buf[off + 4]! << 24) | (buf[off + 5]! << 16) | (buf[off + 6]! << 8) | buf[off + 7]!) >>> 0;
-  return hi * TWO32 + lo;
+  return u32At(buf, off) * TWO32 + u32At(buf, off + 4);
 }
 
 function writeU64At(buf: Buffer, off: number, n: number): void {

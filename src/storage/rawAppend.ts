@@ -8,7 +8,7 @@
 import { CorruptedDataError } from '../errors.js';
 import { oidKeyAt, type OidKey } from './scan.js';
 import type { CommittedTransaction } from './types.js';
-import { DATA_HEADER_BYTES, STATUS_COMMITTED, TRAILER_BYTES, TXN_HEADER_BYTES, copyIdAt, readU64At, recordsStart, writeU64At } from './format.js';
+import { DATA_HEADER_BYTES, STATUS_COMMITTED, TRAILER_BYTES, TXN_HEADER_BYTES, copyIdAt, readU64At, recordsStart, u32At, writeU64At } from './format.js';
 
 /** One transaction of a relocated run, at its new position. */
 export interface RelocatedTxn {
@@ -103,8 +103,8 @@ export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer 
     if (length < TXN_HEADER_BYTES || end > raw.length) bad(off, `transaction length ${length} runs past the bytes sent`);
     if (readU64At(raw, off + length) !== length) bad(off, 'trailer does not repeat the transaction length');
     if (raw[off + 16] !== STATUS_BYTE) bad(off, `status ${JSON.stringify(String.fromCharCode(raw[off + 16]!))} where ' ' is required`);
-    const tidHi = raw.readUInt32BE(off);
-    const tidLo = raw.readUInt32BE(off + 4);
+    const tidHi = u32At(raw, off);
+    const tidLo = u32At(raw, off + 4);
     if (tidHi < prevHi || (tidHi === prevHi && tidLo <= prevLo)) {
       bad(off, `tid ${raw.toString('hex', off, off + 8)} is not after ${tidHex(prevHi, prevLo)}`);
     }
@@ -165,11 +165,6 @@ export function isRelocatable(raw: Buffer, exclude?: (data: Buffer) => boolean):
 }
 
 const STATUS_BYTE = STATUS_COMMITTED.charCodeAt(0);
-
-/** The big-endian u32 at `off` (in bounds: the caller checked the record's extent). */
-function u32At(buf: Buffer, off: number): number {
-  return ((buf[off]! << 24) | (buf[off + 1]! << 16) | (buf[off + 2]! << 8) | buf[off + 3]!) >>> 0;
-}
 
 function tidHex(hi: number, lo: number): string {
   return hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0');

@@ -46,6 +46,26 @@ async function commit(fs: FileStorage, n: number): Promise<Buffer[]> {
 
 const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
+/** A pacer that has judged the loop busy (two busy windows) and just timed a send step of `stepMs`: the next may start 10 times that after it started. */
+function busyPacer(stepMs: number) {
+  const { clock, virtual, setBusy } = meteredClock();
+  setBusy(1);
+  const pacer = new SendPacer(clock, 0.1, progressing());
+  for (let i = 0; i < 2; i++) {
+    virtual.advance(25);
+    pacer.delayMs();
+  }
+  pacer.step(() => virtual.advance(stepMs));
+  return { clock, virtual, pacer };
+}
+
+/** A fresh storage and its feed, paced by a busyPacer(stepMs). */
+async function pacedFeed(stepMs: number) {
+  const fs = await openStorage();
+  const { clock, virtual, pacer } = busyPacer(stepMs);
+  return { fs, virtual, feed: new LiveFeed(fs, clock, pacer) };
+}
+
 class Recorder {
   batches: (readonly LiveCommit[])[] = [];
   completed = false;
@@ -118,16 +138,7 @@ describe('LiveFeed', () => {
   });
 
   it('waits on the clock for its turn while the loop is busy', async () => {
-    const fs = await openStorage();
-    const { clock, virtual, setBusy } = meteredClock();
-    setBusy(1);
-    const pacer = new SendPacer(clock, 0.1, progressing());
-    for (let i = 0; i < 2; i++) {
-      virtual.advance(25);
-      pacer.delayMs(); // the loop was busy (two windows in a row)
-    }
-    pacer.step(() => virtual.advance(2)); // a send step of 2 ms: the next may start 20 ms after it started
-    const feed = new LiveFeed(fs, clock, pacer);
+    const { fs, virtual, feed } = await pacedFeed(2); // the next step may start 20 ms after the last one started
     const a = new Recorder();
     const stop = feed.subscribe(a);
     try {
@@ -146,23 +157,8 @@ describe('LiveFeed', () => {
     expect(virtual.pendingTimers).toBe(0);
   });
 
-  /** A pacer that has judged the loop busy and just timed a step of `stepMs`: the next tick waits 10 times that. */
-  function busyPacer() {
-    const { clock, virtual, setBusy } = meteredClock();
-    setBusy(1);
-    const pacer = new SendPacer(clock, 0.1, progressing());
-    for (let i = 0; i < 2; i++) {
-      virtual.advance(25);
-      pacer.delayMs();
-    }
-    pacer.step(() => virtual.advance(1));
-    return { clock, virtual, pacer };
-  }
-
   it('carries at most TICK_MAX_COMMITS per tick, the rest in the ticks that follow', async () => {
-    const fs = await openStorage();
-    const { clock, virtual, pacer } = busyPacer();
-    const feed = new LiveFeed(fs, clock, pacer);
+    const { fs, virtual, feed } = await pacedFeed(1);
     const a = new Recorder();
     const stop = feed.subscribe(a);
     try {
@@ -184,9 +180,7 @@ describe('LiveFeed', () => {
   });
 
   it('tells every listener it fell behind when more than PENDING_MAX_COMMITS wait, and drops them', async () => {
-    const fs = await openStorage();
-    const { clock, virtual, pacer } = busyPacer();
-    const feed = new LiveFeed(fs, clock, pacer);
+    const { fs, virtual, feed } = await pacedFeed(1);
     const a = new Recorder();
     const b = new Recorder();
     const stopA = feed.subscribe(a);

@@ -18,6 +18,27 @@ const costing = (virtual: VirtualClock, ms: number) => (): string => {
   return 'sent';
 };
 
+/**
+ * A pacer driven a 20 ms load window at a time: `window(sendingMs, activeMs,
+ * committed)` runs a step costing `sendingMs`, counts `committed` commits
+ * (the node's progress), has the loop busy `activeMs` of the window in all,
+ * closes the window and says whether the loop now counts as busy.
+ */
+function windowed(share: number) {
+  const { clock, virtual, setBusy } = meteredClock();
+  let commits = 0;
+  const pacer = new SendPacer(clock, share, () => commits);
+  const window = (sendingMs: number, activeMs: number, committed = 1): boolean => {
+    pacer.step(costing(virtual, sendingMs));
+    commits += committed;
+    virtual.advance(20 - sendingMs);
+    setBusy(activeMs / 20);
+    pacer.delayMs();
+    return pacer.loopBusy;
+  };
+  return { pacer, window };
+}
+
 describe('SendPacer', () => {
   it('never waits without a load meter (virtual time: work costs nothing)', async () => {
     const virtual = new VirtualClock(0);
@@ -63,17 +84,7 @@ describe('SendPacer', () => {
   });
 
   it('counts the loop busy only when the node progressed, the loop hardly idled and other work than sending took a good part of it', () => {
-    const { clock, virtual, setBusy } = meteredClock();
-    let commits = 0;
-    const pacer = new SendPacer(clock, 0.5, () => commits);
-    const window = (sendingMs: number, activeMs: number, committed = 1): boolean => {
-      pacer.step(costing(virtual, sendingMs));
-      commits += committed;
-      virtual.advance(20 - sendingMs);
-      setBusy(activeMs / 20);
-      pacer.delayMs();
-      return pacer.loopBusy;
-    };
+    const { window } = windowed(0.5);
     // Each kind of window twice in a row (the loop is busy after two busy windows), after an idle one.
     const twice = (sendingMs: number, activeMs: number, committed = 1): boolean => {
       window(0, 0);
@@ -117,18 +128,7 @@ describe('SendPacer', () => {
   });
 
   it('probes a loop that sends keep saturated: paced for a window, it stays paced when other work then fills the loop', () => {
-    const { clock, virtual, setBusy } = meteredClock();
-    let commits = 0;
-    const pacer = new SendPacer(clock, 0.1, () => commits);
-    /** A 20 ms window: `sendingMs` of steps, `activeMs` of the loop busy in all, `committed` commits. */
-    const window = (sendingMs: number, activeMs: number, committed: number): boolean => {
-      if (sendingMs > 0) pacer.step(costing(virtual, sendingMs));
-      commits += committed;
-      virtual.advance(20 - sendingMs);
-      setBusy(activeMs / 20);
-      pacer.delayMs();
-      return pacer.loopBusy;
-    };
+    const { window } = windowed(0.1);
     window(0, 0, 0); // an idle window first
     // Sends take 18 of 20 ms, a commit gets through now and then: never busy by the rule, but saturated.
     expect([1, 2, 3].map(() => window(18, 20, 1))).toEqual([false, false, false]);
@@ -139,17 +139,7 @@ describe('SendPacer', () => {
   });
 
   it('ends a probe that finds no starved work, and waits twice as long for the next', () => {
-    const { clock, virtual, setBusy } = meteredClock();
-    let commits = 0;
-    const pacer = new SendPacer(clock, 0.1, () => commits);
-    const window = (sendingMs: number, activeMs: number, committed: number): boolean => {
-      if (sendingMs > 0) pacer.step(costing(virtual, sendingMs));
-      commits += committed;
-      virtual.advance(20 - sendingMs);
-      setBusy(activeMs / 20);
-      pacer.delayMs();
-      return pacer.loopBusy;
-    };
+    const { window } = windowed(0.1);
     // A catch-up fills the loop beside a trickle of commits.
     const saturated = (n: number): boolean[] => Array.from({ length: n }, () => window(18, 20, 1));
     expect(saturated(4)).toEqual([false, false, false, true]); // the first probe
@@ -164,14 +154,10 @@ describe('SendPacer', () => {
   });
 
   it('never probes a loop saturated by sends alone, without progress of the node (a catch-up on an idle primary)', () => {
-    const { clock, virtual, setBusy } = meteredClock();
-    const pacer = new SendPacer(clock, 0.1, () => 0);
+    const { pacer, window } = windowed(0.1);
     for (let i = 0; i < 100; i++) {
-      pacer.step(costing(virtual, 19));
-      virtual.advance(1);
-      setBusy(1);
+      expect(window(19, 20, 0)).toBe(false);
       expect(pacer.delayMs()).toBe(0);
-      expect(pacer.loopBusy).toBe(false);
     }
   });
 
