@@ -30,8 +30,8 @@ export async function* iterateTransactions(
   for (;;) {
     if (options.signal?.aborted || storage.isClosed) return;
     // One at a time: a pack between two yields sends the cursor to the new file.
-    const txn = cursor.take(0)[0];
-    if (txn !== undefined) {
+    const txn = cursor.next();
+    if (txn !== null) {
       yield txn;
       continue;
     }
@@ -95,23 +95,28 @@ export class TransactionCursor {
    * durable end, or past `stop`.
    */
   take(maxBytes = Infinity): TransactionRecord[] {
-    this.followReplacement();
     const out: TransactionRecord[] = [];
-    const end = this.storage.durableEnd;
-    for (let bytes = 0; !this.stopped && this.pos < end; ) {
-      const txn = parseTransactionAt(this.storage, this.reader, this.pos);
-      if (txn === null) break;
-      if (this.stop && Buffer.compare(txn.tid, this.stop) > 0) {
-        this.stopped = true;
-        break;
-      }
+    for (let bytes = 0, txn = this.next(); txn !== null; txn = this.next()) {
       out.push(txn);
       bytes += txn.length + TRAILER_BYTES;
-      this.lastTaken = txn;
-      this.pos += txn.length + TRAILER_BYTES;
       if (bytes >= maxBytes) break;
     }
     return out;
+  }
+
+  /** The next transaction, as take(0) but without the array; null when take() would give none. */
+  next(): TransactionRecord | null {
+    this.followReplacement();
+    if (this.stopped || this.pos >= this.storage.durableEnd) return null;
+    const txn = parseTransactionAt(this.storage, this.reader, this.pos);
+    if (txn === null) return null;
+    if (this.stop && Buffer.compare(txn.tid, this.stop) > 0) {
+      this.stopped = true;
+      return null;
+    }
+    this.lastTaken = txn;
+    this.pos += txn.length + TRAILER_BYTES;
+    return txn;
   }
 
   /** Read the window that holds the next transaction (call when take() gave none before the end). */
