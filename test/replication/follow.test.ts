@@ -3,7 +3,8 @@
 // the meantime from the log before forwarding new commits, so the session
 // goes live once, without overflowing back to catch-up. And a session whose
 // secondary stops reading overflows its buffer, catches up from the log and
-// goes on over the same connection with nothing lost or repeated. Real sockets.
+// goes on over the same connection with nothing lost or repeated, as does one
+// whose commits outran the feed's ticks. Real sockets.
 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -18,6 +19,7 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import type { ByteStream, Transport } from '../../src/ports/transport.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { PENDING_MAX_COMMITS } from '../../src/replication/liveFeed.js';
 import { commitMany, expectSameHistory, waitForTid } from './helpers.js';
 import { FAST_RECONNECT } from './netHelpers.js';
 
@@ -113,6 +115,26 @@ describe('catching up under a steady stream of commits', () => {
       const last = (await commitMany(storage, 3)).at(-1)!;
       await waitForTid(secondary, last);
       expect(sessions.length).toBe(1); // the same connection all along
+      await expectSameHistory(storage, secondary.storage);
+    } finally {
+      await secondary.close();
+      await server.close();
+      await storage.close();
+    }
+  });
+
+  it('falls back to catch-up when more commits wait for the feed than it holds, and resumes with every transaction once, in order', async () => {
+    const { dir, storage, sessions, server } = await serve();
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    try {
+      await waitForTid(secondary, (await commitMany(storage, 1))[0]!);
+      expect(sessions[0]!.machine.getSnapshot().value).toBe('live');
+      // Without fsync a commit never waits for the event loop: no tick runs between these.
+      await commitMany(storage, PENDING_MAX_COMMITS + 1);
+      expect(sessions[0]!.machine.getSnapshot().context.counters.overflows).toBe(1);
+      const last = (await commitMany(storage, 3)).at(-1)!;
+      await waitForTid(secondary, last);
+      expect(sessions.length).toBe(1);
       await expectSameHistory(storage, secondary.storage);
     } finally {
       await secondary.close();
