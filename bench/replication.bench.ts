@@ -143,24 +143,23 @@ class ChildSecondaries {
   /** Directories made for children, removed at the end. */
   static readonly dirs: string[] = [];
 
-  /** tid (hex) -> times (ms, shared clock) at which each secondary made it durable. */
-  readonly applied = new Map<string, number[]>();
+  /** tid (hex) -> how many secondaries reported it as their newest (progress, for waitFor). */
+  private readonly reached = new Map<string, number>();
   private readonly waiters: Array<{ tid: string; count: number; resolve: () => void }> = [];
   private readonly reports: ChildReports<ChildReport>;
 
   private constructor(child: ChildProcess) {
     this.reports = new ChildReports<ChildReport>(child, (m) => {
       if (m.type !== 'applied') return false;
-      m.tids.forEach((tid, i) => {
-        const list = this.applied.get(tid) ?? [];
-        list.push(m.atMs[i]!);
-        this.applied.set(tid, list);
+      for (const tid of m.tids) {
+        const count = (this.reached.get(tid) ?? 0) + 1;
+        this.reached.set(tid, count);
         for (const w of [...this.waiters]) {
-          if (w.tid !== tid || list.length < w.count) continue;
+          if (w.tid !== tid || count < w.count) continue;
           this.waiters.splice(this.waiters.indexOf(w), 1);
           w.resolve();
         }
-      });
+      }
       return true;
     });
   }
@@ -185,16 +184,31 @@ class ChildSecondaries {
     await this.reports.next('ready');
   }
 
-  /** Resolves once `count` secondaries applied `tid`. */
+  /**
+   * Resolves once `count` secondaries applied `tid`, which must be the last
+   * transaction committed so far (progress reports name each secondary's
+   * newest transaction only).
+   */
   waitFor(tid: Buffer, count: number): Promise<void> {
     const key = tid.toString('hex');
-    if ((this.applied.get(key)?.length ?? 0) >= count) return Promise.resolve();
+    if ((this.reached.get(key) ?? 0) >= count) return Promise.resolve();
     return new Promise((resolve) => this.waiters.push({ tid: key, count, resolve }));
   }
 
-  /** Close the secondaries and end the child; resolves with its peak RSS. */
-  async close(): Promise<number> {
-    return (await this.reports.close('closed')).peakRss;
+  /**
+   * Close the secondaries and end the child; resolves with its peak RSS and,
+   * with report 'every', tid (hex) -> the times (ms, shared clock) at which
+   * each secondary made it durable.
+   */
+  async close(): Promise<{ peakRss: number; applied: Map<string, number[]> }> {
+    const { peakRss, applied: list } = await this.reports.close('closed');
+    const applied = new Map<string, number[]>();
+    list.tids.forEach((tid, i) => {
+      const times = applied.get(tid) ?? [];
+      times.push(list.atMs[i]!);
+      applied.set(tid, times);
+    });
+    return { peakRss, applied };
   }
 }
 
@@ -227,7 +241,7 @@ async function separateCatchUp(dir: string, source: string): Promise<{ seconds: 
   await child.open();
   await child.waitFor(last, 1);
   const t = seconds(t0);
-  const secondaryRss = await child.close();
+  const { peakRss: secondaryRss } = await child.close();
   const { peakRss: primaryRss } = await primary.close('closed');
   return { seconds: t, txns, primaryRss, secondaryRss };
 }
@@ -284,9 +298,9 @@ async function live(dir: string, secondaries: number, ratePerSecond: number | nu
   if (child) {
     await child.waitFor(last, secondaries);
     // How long after the last commit the slowest secondary had it.
-    behindAtEndMs = Math.max(0, Math.max(...child.applied.get(last.toString('hex'))!) - endMs);
-    for (const [tid, at] of committedAt) for (const applied of child.applied.get(tid) ?? []) lags.push(applied - at);
-    await child.close();
+    const { applied } = await child.close();
+    behindAtEndMs = Math.max(0, Math.max(...applied.get(last.toString('hex'))!) - endMs);
+    for (const [tid, at] of committedAt) for (const t of applied.get(tid) ?? []) lags.push(t - at);
   }
   await primary.close();
   lags.sort((a, b) => a - b);

@@ -1,43 +1,47 @@
 // Benchmark helper run as a child process: N secondaries replicating from
 // the address given, so the primary under test has its own process (as in a
 // deployment). Reports to the parent over IPC: 'started' once loaded; on an
-// 'open' request it opens the secondaries and says 'ready', then reports
-// each applied transaction with the time it became
-// durable here (performance.timeOrigin + now(): the same clock the parent
-// reads), and 'closed' after a 'close' request.
+// 'open' request it opens the secondaries and says 'ready'; while they run,
+// each secondary's newest applied transaction, at most once per turn of the
+// loop ('applied', for progress); after a 'close' request, 'closed' with the
+// peak RSS and, with report 'every', the time each transaction became
+// durable on each secondary (performance.timeOrigin + now(): the same clock
+// the parent reads). Those times are kept here until the end, so reporting
+// them costs neither process anything while lag is measured.
 //
 //   fork('bench/secondaries.child.ts', [address, count, dir, fsync, report])   report: 'every' (default) or 'newest'
 
 import { join } from 'node:path';
 import { Secondary } from '../src/replication/secondary.js';
 
-export type ChildReport = { type: 'started' } | { type: 'ready' } | { type: 'applied'; tids: string[]; atMs: number[] } | { type: 'closed'; peakRss: number };
+export type ChildReport =
+  | { type: 'started' }
+  | { type: 'ready' }
+  | { type: 'applied'; tids: string[]; atMs: number[] }
+  | { type: 'closed'; peakRss: number; applied: { tids: string[]; atMs: number[] } };
 
 const [address, countArg, dir, fsyncArg, reportArg] = process.argv.slice(2);
-const send = (m: ChildReport): void => void process.send!(m);
+const send = (m: ChildReport, then: () => void = () => {}): void => void process.send!(m, undefined, undefined, then);
 const nowMs = (): number => performance.timeOrigin + performance.now();
 
 let peakRss = 0;
 const rss = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 50);
 let secondaries: Secondary[] = [];
-// Applied transactions go to the parent in small batches (one IPC message per
-// tick, not per transaction). With 'newest', only each secondary's newest one
-// of a batch: a catch-up needs no more, and the reports then cost the
-// secondaries nothing that scales with the transactions.
-const newestOnly = reportArg === 'newest';
-let batch: Array<{ tid: Buffer; atMs: number }> = [];
+/** With 'every': each applied transaction of each secondary, with its time, in order. */
+const everyApplied: Array<{ tid: Buffer; atMs: number }> = [];
+const keepEvery = reportArg !== 'newest';
+/** Each secondary's newest applied transaction since the last progress report. */
 const newest = new Map<number, { tid: Buffer; atMs: number }>();
 let scheduled = false;
 const report = (secondary: number, tid: Buffer): void => {
   const entry = { tid, atMs: nowMs() };
-  if (newestOnly) newest.set(secondary, entry);
-  else batch.push(entry);
+  if (keepEvery) everyApplied.push({ tid: Buffer.from(tid), atMs: entry.atMs });
+  newest.set(secondary, entry);
   if (scheduled) return;
   scheduled = true;
   setImmediate(() => {
     scheduled = false;
-    const sent = newestOnly ? [...newest.values()] : batch;
-    batch = [];
+    const sent = [...newest.values()];
     newest.clear();
     send({ type: 'applied', tids: sent.map((e) => e.tid.toString('hex')), atMs: sent.map((e) => e.atMs) });
   });
@@ -57,8 +61,8 @@ process.on('message', (m: { type: string }) => {
   } else if (m.type === 'close') {
     void Promise.all(secondaries.map((s) => s.close())).then(() => {
       clearInterval(rss);
-      send({ type: 'closed', peakRss });
-      process.disconnect();
+      // A large report is still being written when send() returns: disconnect once it went out.
+      send({ type: 'closed', peakRss, applied: { tids: everyApplied.map((e) => e.tid.toString('hex')), atMs: everyApplied.map((e) => e.atMs) } }, () => process.disconnect());
     });
   }
 });
