@@ -17,7 +17,7 @@ import { Secondary } from '../src/replication/secondary.js';
 export type ChildReport =
   | { type: 'started' }
   | { type: 'ready' }
-  | { type: 'applied'; tids: string[]; atMs: number[] }
+  | { type: 'applied'; tids: string[] }
   | { type: 'closed'; peakRss: number; applied: { tids: string[]; atMs: number[] } };
 
 const [address, countArg, dir, fsyncArg, reportArg] = process.argv.slice(2);
@@ -31,19 +31,18 @@ let secondaries: Secondary[] = [];
 const everyApplied: Array<{ tid: Buffer; atMs: number }> = [];
 const keepEvery = reportArg !== 'newest';
 /** Each secondary's newest applied transaction since the last progress report. */
-const newest = new Map<number, { tid: Buffer; atMs: number }>();
+const newest = new Map<number, Buffer>();
 let scheduled = false;
 const report = (secondary: number, tid: Buffer): void => {
-  const entry = { tid, atMs: nowMs() };
-  if (keepEvery) everyApplied.push({ tid: Buffer.from(tid), atMs: entry.atMs });
-  newest.set(secondary, entry);
+  if (keepEvery) everyApplied.push({ tid: Buffer.from(tid), atMs: nowMs() });
+  newest.set(secondary, tid);
   if (scheduled) return;
   scheduled = true;
   setImmediate(() => {
     scheduled = false;
-    const sent = [...newest.values()];
+    const tids = [...newest.values()].map((t) => t.toString('hex'));
     newest.clear();
-    send({ type: 'applied', tids: sent.map((e) => e.tid.toString('hex')), atMs: sent.map((e) => e.atMs) });
+    send({ type: 'applied', tids });
   });
 };
 
