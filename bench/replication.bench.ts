@@ -196,9 +196,9 @@ class ChildSecondaries {
   }
 
   /**
-   * Close the secondaries and end the child; resolves with its peak RSS and,
-   * with report 'every', tid (hex) -> the times (ms, shared clock) at which
-   * each secondary made it durable.
+   * Close the secondaries and end the child; resolves with its peak RSS and
+   * tid (hex) -> the times (ms, shared clock) at which each secondary made it
+   * durable (with report 'newest': each secondary's last transaction only).
    */
   async close(): Promise<{ peakRss: number; applied: Map<string, number[]> }> {
     const { peakRss, applied: list } = await this.reports.close('closed');

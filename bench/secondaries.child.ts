@@ -4,10 +4,11 @@
 // 'open' request it opens the secondaries and says 'ready'; while they run,
 // each secondary's newest applied transaction, at most once per turn of the
 // loop ('applied', for progress); after a 'close' request, 'closed' with the
-// peak RSS and, with report 'every', the time each transaction became
-// durable on each secondary (performance.timeOrigin + now(): the same clock
-// the parent reads). Those times are kept here until the end, so reporting
-// them costs neither process anything while lag is measured.
+// peak RSS and the time each transaction became durable on each secondary
+// (performance.timeOrigin + now(): the same clock the parent reads), or with
+// report 'newest' only each secondary's last one. Those times are kept here
+// until the end, so reporting them costs neither process anything while lag
+// is measured.
 //
 //   fork('bench/secondaries.child.ts', [address, count, dir, fsync, report])   report: 'every' (default) or 'newest'
 
@@ -30,11 +31,15 @@ let secondaries: Secondary[] = [];
 /** With 'every': each applied transaction of each secondary, with its time, in order. */
 const everyApplied: Array<{ tid: Buffer; atMs: number }> = [];
 const keepEvery = reportArg !== 'newest';
+/** With 'newest': each secondary's last applied transaction, with its time. */
+const lastApplied = new Map<number, { tid: Buffer; atMs: number }>();
 /** Each secondary's newest applied transaction since the last progress report. */
 const newest = new Map<number, Buffer>();
 let scheduled = false;
 const report = (secondary: number, tid: Buffer): void => {
-  if (keepEvery) everyApplied.push({ tid: Buffer.from(tid), atMs: nowMs() });
+  const entry = { tid: Buffer.from(tid), atMs: nowMs() };
+  if (keepEvery) everyApplied.push(entry);
+  else lastApplied.set(secondary, entry);
   newest.set(secondary, tid);
   if (scheduled) return;
   scheduled = true;
@@ -61,7 +66,8 @@ process.on('message', (m: { type: string }) => {
     void Promise.all(secondaries.map((s) => s.close())).then(() => {
       clearInterval(rss);
       // A large report is still being written when send() returns: disconnect once it went out.
-      send({ type: 'closed', peakRss, applied: { tids: everyApplied.map((e) => e.tid.toString('hex')), atMs: everyApplied.map((e) => e.atMs) } }, () => process.disconnect());
+      const applied = keepEvery ? everyApplied : [...lastApplied.values()];
+      send({ type: 'closed', peakRss, applied: { tids: applied.map((e) => e.tid.toString('hex')), atMs: applied.map((e) => e.atMs) } }, () => process.disconnect());
     });
   }
 });
