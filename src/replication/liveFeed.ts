@@ -6,11 +6,12 @@
 // keep the loop busy, ticks are spaced and the commits made meanwhile travel
 // together, so a session's cost (a frame, a checksum, a socket write) is per
 // tick, not per commit. Otherwise a tick runs on the next turn of the loop.
-// A tick carries at most TICK_MAX_COMMITS: a step's cost grows with what it
-// carries, and committers wait for it to end. Commits beyond it wait for the
-// next tick; when more than PENDING_MAX_COMMITS wait, the sessions cannot
-// keep up: every listener is told it fell behind (it reads the log instead,
-// in paced windows) and the pending commits are dropped.
+// A tick carries at most `tickCommits` (256): a step's cost grows with what
+// it carries, and committers wait for it to end. Commits beyond it wait for
+// the next tick; when more than `pendingCommits` (4096) or `pendingBytes`
+// (64 MiB of transactions, whose bytes the feed holds) wait, the sessions
+// cannot keep up: every listener is told it fell behind (it reads the log
+// instead, in paced windows) and the pending commits are dropped.
 
 import type { Subscription } from 'rxjs';
 import type { Clock, TimerHandle } from '../ports/clock.js';
@@ -25,13 +26,20 @@ export interface LiveCommit {
   readonly txn: TransactionRecord | null;
 }
 
-/** Most commits one tick hands over. */
-export const TICK_MAX_COMMITS = 256;
-/** Most commits waiting for ticks before every listener is told it fell behind. */
-export const PENDING_MAX_COMMITS = 4096;
+/** How much a feed carries per tick and holds for ticks to come. */
+export interface LiveFeedLimits {
+  /** Most commits one tick hands over. */
+  tickCommits: number;
+  /** Most commits waiting for ticks before every listener is told it fell behind... */
+  pendingCommits: number;
+  /** ...and most bytes of them (the transactions' file bytes, which the feed holds). */
+  pendingBytes: number;
+}
+
+export const DEFAULT_LIVE_FEED_LIMITS: Readonly<LiveFeedLimits> = { tickCommits: 256, pendingCommits: 4096, pendingBytes: 64 * 1024 * 1024 };
 
 export interface LiveListener {
-  /** The commits since the last tick (or the first TICK_MAX_COMMITS of them), oldest first (the same array for every listener: do not change it). */
+  /** The commits since the last tick (or the first `tickCommits` of them), oldest first (the same array for every listener: do not change it). */
   next(commits: readonly LiveCommit[]): void;
   /** Commits came faster than ticks could carry them, and were dropped: read them from the log. */
   fellBehind(): void;
@@ -43,6 +51,8 @@ export class LiveFeed {
   private readonly listeners = new Set<LiveListener>();
   private subscription: Subscription | null = null;
   private pending: CommittedTransaction[] = [];
+  /** File bytes of the pending commits. */
+  private pendingBytes = 0;
   private immediate: ReturnType<typeof setImmediate> | null = null;
   private timer: TimerHandle | null = null;
   /** Ticks that delivered commits so far. */
@@ -52,6 +62,7 @@ export class LiveFeed {
     private readonly storage: FileStorage,
     private readonly clock: Clock,
     private readonly pacer: SendPacer,
+    private readonly limits: Readonly<LiveFeedLimits> = DEFAULT_LIVE_FEED_LIMITS,
   ) {}
 
   /**
@@ -74,14 +85,17 @@ export class LiveFeed {
       this.subscription?.unsubscribe();
       this.subscription = null;
       this.pending = [];
+      this.pendingBytes = 0;
       this.cancelTick();
     };
   }
 
   private onCommit(c: CommittedTransaction): void {
     this.pending.push(c);
-    if (this.pending.length > PENDING_MAX_COMMITS) {
+    this.pendingBytes += c.end - c.pos;
+    if (this.pending.length > this.limits.pendingCommits || this.pendingBytes > this.limits.pendingBytes) {
       this.pending = [];
+      this.pendingBytes = 0;
       this.cancelTick();
       // Each leaves (the last one ends the subscription); one that stays still gets the next commits.
       for (const l of [...this.listeners]) l.fellBehind();
@@ -113,8 +127,9 @@ export class LiveFeed {
   private deliver(): void {
     if (this.pending.length === 0) return;
     let batch = this.pending;
-    if (batch.length > TICK_MAX_COMMITS) batch = this.pending.splice(0, TICK_MAX_COMMITS);
+    if (batch.length > this.limits.tickCommits) batch = this.pending.splice(0, this.limits.tickCommits);
     else this.pending = [];
+    for (const c of batch) this.pendingBytes -= c.end - c.pos;
     this.ticks += 1;
     const commits = batch.map((c): LiveCommit => ({ committed: c, txn: this.parse(c) }));
     for (const l of [...this.listeners]) l.next(commits);

@@ -19,7 +19,7 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import type { ByteStream, Transport } from '../../src/ports/transport.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { PENDING_MAX_COMMITS } from '../../src/replication/liveFeed.js';
+import { DEFAULT_LIVE_FEED_LIMITS } from '../../src/replication/liveFeed.js';
 import { commitMany, expectSameHistory, waitForTid } from './helpers.js';
 import { FAST_RECONNECT } from './netHelpers.js';
 
@@ -130,7 +130,7 @@ describe('catching up under a steady stream of commits', () => {
       await waitForTid(secondary, (await commitMany(storage, 1))[0]!);
       expect(sessions[0]!.machine.getSnapshot().value).toBe('live');
       // Without fsync a commit never waits for the event loop: no tick runs between these.
-      await commitMany(storage, PENDING_MAX_COMMITS + 1);
+      await commitMany(storage, DEFAULT_LIVE_FEED_LIMITS.pendingCommits + 1);
       expect(sessions[0]!.machine.getSnapshot().context.counters.overflows).toBe(1);
       const last = (await commitMany(storage, 3)).at(-1)!;
       await waitForTid(secondary, last);

@@ -7,7 +7,7 @@
 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { LiveFeed, PENDING_MAX_COMMITS, TICK_MAX_COMMITS, type LiveCommit } from '../../src/replication/liveFeed.js';
+import { DEFAULT_LIVE_FEED_LIMITS, LiveFeed, type LiveCommit, type LiveFeedLimits } from '../../src/replication/liveFeed.js';
 import { SendPacer } from '../../src/replication/sendPacer.js';
 import { VirtualClock } from '../../src/sim/clock.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
@@ -60,10 +60,10 @@ function busyPacer(stepMs: number) {
 }
 
 /** A fresh storage and its feed, paced by a busyPacer(stepMs). */
-async function pacedFeed(stepMs: number) {
+async function pacedFeed(stepMs: number, limits: Partial<LiveFeedLimits> = {}) {
   const fs = await openStorage();
   const { clock, virtual, pacer } = busyPacer(stepMs);
-  return { fs, virtual, feed: new LiveFeed(fs, clock, pacer) };
+  return { fs, virtual, feed: new LiveFeed(fs, clock, pacer, { ...DEFAULT_LIVE_FEED_LIMITS, ...limits }) };
 }
 
 class Recorder {
@@ -157,19 +157,19 @@ describe('LiveFeed', () => {
     expect(virtual.pendingTimers).toBe(0);
   });
 
-  it('carries at most TICK_MAX_COMMITS per tick, the rest in the ticks that follow', async () => {
-    const { fs, virtual, feed } = await pacedFeed(1);
+  it('carries at most `tickCommits` per tick, the rest in the ticks that follow', async () => {
+    const { fs, virtual, feed } = await pacedFeed(1, { tickCommits: 4 });
     const a = new Recorder();
     const stop = feed.subscribe(a);
     try {
-      const tids = await commit(fs, TICK_MAX_COMMITS + 5);
+      const tids = await commit(fs, 10);
       await nextTurn();
       expect(a.batches).toEqual([]); // paced: the first tick waits on the clock
       for (let i = 0; i < 10 && a.tids.length < tids.length; i++) {
         virtual.advance(100);
         await nextTurn();
       }
-      expect(a.batches.map((b) => b.length)).toEqual([TICK_MAX_COMMITS, 5]);
+      expect(a.batches.map((b) => b.length)).toEqual([4, 4, 2]);
       expect(a.tids).toEqual(tids.map((t) => t.toString('hex')));
       expect(a.behind).toBe(0);
     } finally {
@@ -179,14 +179,14 @@ describe('LiveFeed', () => {
     expect(virtual.pendingTimers).toBe(0);
   });
 
-  it('tells every listener it fell behind when more than PENDING_MAX_COMMITS wait, and drops them', async () => {
-    const { fs, virtual, feed } = await pacedFeed(1);
+  it('tells every listener it fell behind when more than `pendingCommits` wait, and drops them', async () => {
+    const { fs, virtual, feed } = await pacedFeed(1, { pendingCommits: 8 });
     const a = new Recorder();
     const b = new Recorder();
     const stopA = feed.subscribe(a);
     const stopB = feed.subscribe(b);
     try {
-      await commit(fs, PENDING_MAX_COMMITS);
+      await commit(fs, 8);
       expect([a.behind, b.behind]).toEqual([0, 0]);
       await commit(fs, 1);
       expect([a.behind, b.behind]).toEqual([1, 1]);
@@ -202,5 +202,29 @@ describe('LiveFeed', () => {
       stopB();
       await fs.close();
     }
-  }, 60_000);
+  });
+
+  it('tells listeners they fell behind when the waiting commits hold more than `pendingBytes`, however few', async () => {
+    const { fs, feed } = await pacedFeed(1, { pendingBytes: 1000 });
+    const a = new Recorder();
+    const stop = feed.subscribe(a);
+    try {
+      // No tick runs (paced): what waits is everything committed since the start, its bytes the file's growth.
+      const start = fs.getSize();
+      let before = 0;
+      let commits = 0;
+      while (a.behind === 0) {
+        before = fs.getSize() - start;
+        await commit(fs, 1);
+        commits += 1;
+      }
+      expect(before).toBeLessThanOrEqual(1000); // without the last commit, it fit
+      expect(fs.getSize() - start).toBeGreaterThan(1000);
+      expect(commits).toBeLessThan(DEFAULT_LIVE_FEED_LIMITS.pendingCommits);
+      expect(a.batches).toEqual([]);
+    } finally {
+      stop();
+      await fs.close();
+    }
+  });
 });
