@@ -251,11 +251,6 @@ function percentile(sorted: number[], p: number): number {
 }
 
 /**
- * Commit for `durationS` (paced or not) with `secondaries` connected. With
- * `secondaryFsync` off the secondaries do not sync: on this one machine they
- * share the primary's disk, and their syncs would queue with its own.
- */
-/**
  * Sleep until event `n` of a steady `ratePerSecond` from `t0` is due, as a
  * paced writer would (a busy wait would take a whole core from the
  * secondaries on a small machine); at once when it is late.
@@ -265,6 +260,11 @@ async function dueTime(t0: bigint, n: number, ratePerSecond: number): Promise<vo
   if (aheadMs > 0) await new Promise((r) => setTimeout(r, aheadMs));
 }
 
+/**
+ * Commit for `durationS` (paced or not) with `secondaries` connected. With
+ * `secondaryFsync` off the secondaries do not sync: on this one machine they
+ * share the primary's disk, and their syncs would queue with its own.
+ */
 async function live(dir: string, secondaries: number, ratePerSecond: number | null, durationS: number, secondaryFsync = true, primaryFsync = true, report: 'every' | 'newest' = 'every') {
   // Without fsync a commit never waits for I/O: an unpaced loop would never let the event loop
   // turn, and the sessions would send nothing until it ended. A writer yields after each commit,

@@ -112,9 +112,9 @@ interface Figure {
   zodb?: number;
 }
 
-/** One pass over every figure, in files under `dir`. */
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
+/** One pass over every figure, in files under `dir`. */
 async function measure(dir: string): Promise<Figure[]> {
   const figures: Figure[] = [];
   const fmt = (n: number): string => Math.round(n).toLocaleString('en-US');

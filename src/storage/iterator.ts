@@ -106,8 +106,7 @@ export class TransactionCursor {
 
   /** The next transaction, as take(0) but without the array; null when take() would give none. */
   next(): TransactionRecord | null {
-    this.followReplacement();
-    if (this.stopped || this.pos >= this.storage.durableEnd) return null;
+    if (this.atEnd) return null;
     const txn = parseTransactionAt(this.storage, this.reader, this.pos);
     if (txn === null) return null;
     if (this.stop && Buffer.compare(txn.tid, this.stop) > 0) {

@@ -15,6 +15,7 @@ import {
   readDataHeader,
   readTxnHeader,
   readU64At,
+  u32At,
   writeU64At,
 } from './format.js';
 import { WindowReader } from './fileio.js';
@@ -39,9 +40,9 @@ export function oidKey(oid: Buffer): OidKey {
 
 /** oidKey of the 8 bytes at `off`. */
 export function oidKeyAt(buf: Buffer, off: number): OidKey {
-  const high = buf[off]! * 0x1000000 + buf[off + 1]! * 0x10000 + buf[off + 2]! * 0x100 + buf[off + 3]!;
+  const high = u32At(buf, off);
   if (high >= EXACT_HIGH_WORD) return buf.toString('latin1', off, off + 8);
-  return high * 0x100000000 + (buf[off + 4]! * 0x1000000 + buf[off + 5]! * 0x10000 + buf[off + 6]! * 0x100 + buf[off + 7]!);
+  return high * 0x100000000 + u32At(buf, off + 4);
 }
 
 /** The oid an oidKey stands for. */

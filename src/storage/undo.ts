@@ -113,18 +113,15 @@ function blobCopies(storage: FileStorage, plan: Array<{ oid: Buffer; back: numbe
 }
 
 function undoTarget(storage: FileStorage, key: OidKey, pos: number, prev: number): number {
-  if (storage.pendingPos(key) !== undefined) {
-    throw new UndoError(`oid 0x${oidOfKey(key).toString('hex')}: already changed in this transaction`, oidOfKey(key));
-  }
+  const refuse = (why: string): never => {
+    const oid = oidOfKey(key);
+    throw new UndoError(`oid 0x${oid.toString('hex')}: ${why}`, oid);
+  };
+  if (storage.pendingPos(key) !== undefined) refuse('already changed in this transaction');
   const current = storage.index.get(key);
   if (current !== pos) {
     const same = current !== undefined && dataPosition(storage, current) === dataPosition(storage, pos);
-    if (!same) {
-      throw new UndoError(
-        `oid 0x${oidOfKey(key).toString('hex')}: some data were modified by a later transaction`,
-        oidOfKey(key),
-      );
-    }
+    if (!same) refuse('some data were modified by a later transaction');
   }
   return prev;
 }

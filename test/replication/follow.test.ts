@@ -42,6 +42,13 @@ async function serve(followBufferSize?: number) {
   return { dir, storage, sessions, server };
 }
 
+/** Close what a test opened, the secondary first. */
+async function closeAll(secondary: Secondary, server: ReplicationServer, storage: FileStorage): Promise<void> {
+  await secondary.close();
+  await server.close();
+  await storage.close();
+}
+
 describe('catching up under a steady stream of commits', () => {
   it('goes live once: no overflow back to catch-up, nothing missed', async () => {
     const { dir, storage, sessions, server } = await serve();
@@ -63,9 +70,7 @@ describe('catching up under a steady stream of commits', () => {
       expect(counters.catchUps).toBe(1);
       await expectSameHistory(storage, secondary.storage);
     } finally {
-      await secondary.close();
-      await server.close();
-      await storage.close();
+      await closeAll(secondary, server, storage);
     }
   });
 
@@ -117,9 +122,7 @@ describe('catching up under a steady stream of commits', () => {
       expect(sessions.length).toBe(1); // the same connection all along
       await expectSameHistory(storage, secondary.storage);
     } finally {
-      await secondary.close();
-      await server.close();
-      await storage.close();
+      await closeAll(secondary, server, storage);
     }
   });
 
@@ -137,9 +140,7 @@ describe('catching up under a steady stream of commits', () => {
       expect(sessions.length).toBe(1);
       await expectSameHistory(storage, secondary.storage);
     } finally {
-      await secondary.close();
-      await server.close();
-      await storage.close();
+      await closeAll(secondary, server, storage);
     }
   });
 });
