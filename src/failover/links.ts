@@ -23,7 +23,13 @@ export interface ChainContent {
   records: ReadonlyArray<{ oid: Buffer; data: Buffer | null }>;
 }
 
-export const sha256 = (bytes: Buffer): Buffer => hash('sha256', bytes, 'buffer') as unknown as Buffer;
+/**
+ * sha256 of `bytes`, as a Buffer. Taken as a 'binary' (latin1) string and turned into a
+ * Buffer: that Buffer is a slice of Node's shared pool, where the 'buffer'
+ * output allocates an ArrayBuffer of its own for each 32 bytes, about a
+ * microsecond more per link and one more object for the collector to track.
+ */
+export const sha256 = (bytes: Buffer): Buffer => Buffer.from(hash('sha256', bytes, 'binary'), 'binary');
 
 /** Scratch space for the bytes a link hashes, grown as needed and reused (links are computed one at a time). */
 let scratch = Buffer.allocUnsafe(64 * 1024);

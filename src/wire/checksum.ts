@@ -66,9 +66,12 @@ export class StreamChecksum {
     this.#hash.update(payload);
   }
 
-  /** The digest of everything fed so far; the chain continues (the hash is not finalized). */
+  /**
+   * The digest of everything fed so far; the chain continues (the hash is not
+   * finalized). Through a 'binary' string, for the reason links.ts's sha256 gives.
+   */
   digest(): Buffer {
-    return this.#hash.copy().digest();
+    return Buffer.from(this.#hash.copy().digest('binary'), 'binary');
   }
 
   /**
