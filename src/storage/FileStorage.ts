@@ -197,7 +197,14 @@ export class FileStorage {
   /** A failed fsync leaves the file's durability unknown: refuse further writes. */
   private fatal: Error | null = null;
   private groupSync: GroupSync;
-  private readonly unpublished: CommittedTransaction[] = [];
+  /** Committed transactions not yet published, oldest first, from `unpublishedHead` on. */
+  private unpublished: CommittedTransaction[] = [];
+  /**
+   * First unpublished entry. An index rather than shift(): a run of
+   * thousands appended at once is published one shift at a time otherwise,
+   * and a subscriber that commits publishes through the same index.
+   */
+  private unpublishedHead = 0;
   private publishedEnd: number;
   private publishedTid: Buffer;
   /** Set by closeForWrites(): new transactions are refused, reads go on. */
@@ -658,11 +665,16 @@ export class FileStorage {
   /** Publish, in order, every committed transaction that is now durable. */
   private publishDurable(): void {
     const durable = this.groupSync.durable;
-    while (this.unpublished.length && this.unpublished[0]!.end <= durable) {
-      const c = this.unpublished.shift()!;
+    while (this.unpublishedHead < this.unpublished.length && this.unpublished[this.unpublishedHead]!.end <= durable) {
+      const c = this.unpublished[this.unpublishedHead++]!;
       this.publishedEnd = c.end;
       this.publishedTid = c.tid;
       this.commitsSubject.next(c);
+    }
+    // Emptied, or (commits keep arriving faster than syncs) mostly published: drop the published part.
+    if (this.unpublishedHead === this.unpublished.length || (this.unpublishedHead >= 1024 && this.unpublishedHead * 2 >= this.unpublished.length)) {
+      this.unpublished = this.unpublished.slice(this.unpublishedHead);
+      this.unpublishedHead = 0;
     }
     const waiters = this.growthWaiters;
     this.growthWaiters = [];

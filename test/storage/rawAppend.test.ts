@@ -117,6 +117,48 @@ describe('appendTransactions', () => {
     await target.close();
   });
 
+  it('publishes every transaction once, in order, while runs keep arriving during syncs', async () => {
+    const dir = await tempDir();
+    const source = await FileStorage.open(join(dir, 'source.fs'), { create: true, fsync: false });
+    await commitPlan(source, Array.from({ length: 2600 }, (_, i) => [1 + (i % 7)]), 'src');
+    const txns = await transactions(source);
+    await source.close();
+    // Each sync waits until the test lets it end, so commits pile up behind it.
+    const syncs: Array<() => void> = [];
+    const disk: StorageDisk = { ...nodeDisk, datasyncSync: undefined, datasync: () => new Promise<void>((resolve) => syncs.push(resolve)) };
+    const target = await FileStorage.open(join(dir, 'target.fs'), { create: true, fsync: true, syncInline: false, disk });
+    const seen: string[] = [];
+    const sub = target.commits$.subscribe((c) => seen.push(c.tid.toString('hex')));
+    const durable: Array<Promise<Buffer>> = [];
+    const append = async (from: number, to: number): Promise<void> => {
+      for (let i = from; i < to; i++) durable.push((await target.appendTransactions(Buffer.from(txns[i]!.raw!))).durable);
+    };
+    const endSync = async (): Promise<void> => {
+      for (let turn = 0; syncs.length === 0; turn++) {
+        if (turn === 1000) throw new Error(`no sync started; ${seen.length} transactions published`);
+        await new Promise((r) => setImmediate(r));
+      }
+      syncs.shift()!();
+    };
+    // The first sync covers the first transaction only, the second the first 1500.
+    // 1100 more arrive while the second runs: when it ends, most of the queue is
+    // published, not all of it.
+    await append(0, 1500);
+    await endSync();
+    await durable[0];
+    expect(seen).toHaveLength(1);
+    await append(1500, 2600);
+    await endSync();
+    await durable[1499];
+    expect(seen).toHaveLength(1500);
+    for (let round = 0; round < 5 && seen.length < 2600; round++) await endSync().then(() => new Promise((r) => setImmediate(r)));
+    await Promise.all(durable);
+    sub.unsubscribe();
+    expect(seen).toEqual(txns.map((t) => t.tid.toString('hex')));
+    await target.close().catch(() => {});
+    while (syncs.length) syncs.shift()!();
+  });
+
   describe('bad bytes raise a CorruptedDataError and write nothing', () => {
     const cases: Array<[string, (raw: Buffer, t: TransactionRecord) => Buffer, RegExp]> = [
       ['a trailer that does not repeat the length', (raw) => (raw.writeUInt8(raw[raw.length - 1]! ^ 1, raw.length - 1), raw), /trailer/],
