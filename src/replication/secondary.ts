@@ -16,7 +16,7 @@ import { socketTransport } from '../node/socketTransport.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import type { CommittedTransaction } from '../storage/types.js';
 import { encodeFrame, FrameDecoder, KEEP_ALIVE_FRAME } from '../wire/framing.js';
-import { createNativePackr, DEFAULT_STREAM_MAX_FRAME_BYTES, encodeNativeFrame } from '../wire/native.js';
+import { createNativePackr, DEFAULT_STREAM_MAX_FRAME_BYTES, encodeAckFrame, encodeNativeFrame } from '../wire/native.js';
 import { formatAddress, parseAddress } from './address.js';
 import { Applier } from './applier.js';
 import { SpacedReport } from './spacedReport.js';
@@ -488,7 +488,7 @@ export class Secondary {
     conn.ackPending = true;
     queueMicrotask(() => {
       conn.ackPending = false;
-      if (this.spec.hasAcks && !conn.dead) conn.stream.write(encodeNativeFrame({ type: 'ack', tid: conn.lastDurableTid }, this.packr));
+      if (this.spec.hasAcks && !conn.dead) conn.stream.write(encodeAckFrame(conn.lastDurableTid));
       conn.applied.note(conn.lastDurableTid, conn.dead);
     });
   }

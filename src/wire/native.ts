@@ -483,9 +483,9 @@ export function encodeNativeFrame(msg: NativeMessage, packr: Packr): Buffer {
   return frame;
 }
 
-// The two messages sent with every commit, `txns` and `commit`, are written
-// by hand: the same bytes Packr gives (tests compare them), without building
-// and validating an object per frame.
+// The two messages sent with every commit, `txns` and `commit`, and the
+// secondary's `ack`, are written by hand: the same bytes Packr gives (tests
+// compare them), without building and validating an object per frame.
 
 /** fixstr of a short ASCII key or value. */
 function fixstr(text: string): Buffer {
@@ -538,6 +538,21 @@ export function encodeCommitFrame(checksum: Buffer): Buffer {
   const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + payload);
   frame.writeUInt32BE(payload, 0);
   putBin(frame, FRAME_HEADER_BYTES + COMMIT_HEAD.copy(frame, FRAME_HEADER_BYTES), checksum);
+  return frame;
+}
+
+const ACK_HEAD = Buffer.concat([Buffer.from([0x82]), fixstr('type'), fixstr('ack'), fixstr('tid'), Buffer.from([0xc4, TID_BYTES])]);
+
+/**
+ * The frame of an `ack`: byte for byte what encodeNativeFrame gives for
+ * `{ type: 'ack', tid }`.
+ * @throws TypeError when the tid is not 8 bytes.
+ */
+export function encodeAckFrame(tid: Buffer): Buffer {
+  if (tid.length !== TID_BYTES) throw new TypeError(`cannot encode native message: ack.tid must be ${TID_BYTES} bytes, got ${tid.length}`);
+  const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + ACK_HEAD.length + TID_BYTES);
+  frame.writeUInt32BE(ACK_HEAD.length + TID_BYTES, 0);
+  tid.copy(frame, FRAME_HEADER_BYTES + ACK_HEAD.copy(frame, FRAME_HEADER_BYTES));
   return frame;
 }
 

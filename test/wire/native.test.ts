@@ -15,6 +15,7 @@ import {
   createNativeUnpackr,
   decodeNative,
   encodeNative,
+  encodeAckFrame,
   encodeCommitFrame,
   encodeNativeFrame,
   encodeTxnsFrame,
@@ -444,5 +445,13 @@ describe('the messages written by hand', () => {
       expect(encodeCommitFrame(checksum).equals(encodeNativeFrame({ type: 'commit', checksum }, packr))).toBe(true);
     }
     expect(() => encodeCommitFrame(Buffer.alloc(20))).toThrow(TypeError);
+  });
+
+  it('encodeAckFrame gives the bytes encodeNativeFrame gives', () => {
+    const packr = createNativePackr();
+    for (const tid of [Buffer.alloc(8), Buffer.from('03e1a2b3c4d5e6f7', 'hex'), Buffer.alloc(8, 0xff)]) {
+      expect(encodeAckFrame(tid).equals(encodeNativeFrame({ type: 'ack', tid }, packr))).toBe(true);
+    }
+    expect(() => encodeAckFrame(Buffer.alloc(7))).toThrow(TypeError);
   });
 });
