@@ -54,7 +54,12 @@ export interface PromoteRequestEvent {
   force: boolean;
 }
 
-/** Transactions up to this tid were written to the socket (from catchUp, follow or drain). */
+/**
+ * Transactions up to this tid were written to the socket (from catchUp,
+ * follow or drain). The edge may report several writes in one SENT (`count`),
+ * but before it sends any other event and before a streaming actor settles,
+ * so every transition sees the position as it is.
+ */
 export interface SentEvent {
   type: 'SENT';
   tid: Tid;
@@ -67,7 +72,11 @@ export interface OverflowEvent {
   type: 'OVERFLOW';
 }
 
-/** The secondary acknowledged it applied everything up to `tid` (native protocol). */
+/**
+ * The secondary acknowledged it applied everything up to `tid` (native
+ * protocol). The edge may keep acks that are in range ({@link isAckInRange})
+ * and report the newest later, like SENT; one out of range closes the session.
+ */
 export interface AckEvent {
   type: 'ACK';
   tid: Tid;
@@ -187,9 +196,10 @@ export interface SessionProgressSink {
 
 /**
  * Input of catchUp, follow and drain. Stream transactions with tid >
- * `afterTid` in order, send `SENT {tid}` to `session` after writing each, and
- * check `signal.aborted` before every write: once aborted, write nothing more
- * (the next streaming actor starts from the last SENT tid).
+ * `afterTid` in order, report them with `SENT {tid, count}` to `session`
+ * (see {@link SentEvent} for when), and check `signal.aborted` before every
+ * write: once aborted, write nothing more (the next streaming actor starts
+ * from the last SENT tid).
  */
 export interface StreamInput {
   protocol: ProtocolSpec;
@@ -268,11 +278,15 @@ export function streamPosition(context: PrimarySessionContext): Tid {
   return position;
 }
 
-function isAckValid(context: PrimarySessionContext, tid: Tid): boolean {
-  const position = context.lastSentTid ?? context.startTid;
+/**
+ * An ack may name any tid from the last one acknowledged (`acked`) up to the
+ * stream's position (the last tid sent, else the start tid); nothing before
+ * the start.
+ */
+export function isAckInRange(position: Tid | null, acked: Tid | null, tid: Tid): boolean {
   if (position === null || !isWellFormedTid(tid)) return false;
   if (compareTids(tid, position) > 0) return false;
-  return context.ackedTid === null || compareTids(tid, context.ackedTid) >= 0;
+  return acked === null || compareTids(tid, acked) >= 0;
 }
 
 function streamInput(context: PrimarySessionContext, session: SessionProgressSink): StreamInput {
@@ -379,7 +393,7 @@ export const primarySessionMachine = setup({
     statusAllowed: ({ context }) => context.protocol?.kind === 'native',
     ackInvalid: ({ context, event }) => {
       assertEvent(event, 'ACK');
-      return !isAckValid(context, event.tid);
+      return !isAckInRange(context.lastSentTid ?? context.startTid, context.ackedTid, event.tid);
     },
   },
   delays: {

@@ -44,14 +44,16 @@ export function auditPrimarySession(audit: AuditLog, session: PrimarySession): v
       const from = prev;
       prev = to;
       const c = snap.context;
+      // The edge's progress: the machine hears of writes and acks only at its transitions.
+      const { lastSentTid, ackedTid } = session.status();
       audit.note('transition', {
         actor: 'primarySession',
         peer,
         from,
         to,
         protocol: c.protocolName,
-        lastSentTid: c.lastSentTid,
-        ackedTid: c.ackedTid,
+        lastSentTid,
+        ackedTid,
       });
       if (from === 'awaitingStart' && to === 'promoting') {
         audit.note('handshake', { side: 'primary', peer, verdict: 'promote-request', protocol: c.protocolName });
@@ -79,7 +81,7 @@ export function auditPrimarySession(audit: AuditLog, session: PrimarySession): v
           })
           .catch(() => undefined);
       }
-      audit.note('disconnection', { actor: 'primarySession', peer, reason: describeClose(reason), kind: reason?.kind, lastSentTid: c.lastSentTid, ackedTid: c.ackedTid });
+      audit.note('disconnection', { actor: 'primarySession', peer, reason: describeClose(reason), kind: reason?.kind, lastSentTid, ackedTid });
     },
     complete: () => queueMicrotask(() => sub.unsubscribe()),
     error: () => undefined,

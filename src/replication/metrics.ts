@@ -197,10 +197,9 @@ export class ReplicationMetrics {
     this.sessions.add(session);
     this.connectionsAccepted.inc();
     let sent = 0;
-    const sub = session.machine.subscribe((snap) => {
-      const now = snap.context.counters.sentTransactions;
-      if (now > sent) this.txnsSent.inc(now - sent);
-      sent = now;
+    const sub = session.progress$.subscribe((p) => {
+      if (p.sentTransactions > sent) this.txnsSent.inc(p.sentTransactions - sent);
+      sent = p.sentTransactions;
     });
     this.subscriptions.push(sub);
     session.done$.subscribe({

@@ -3,10 +3,12 @@
 // machine's named effects (catchUp, follow, drain, sendWelcome, sendRefusal,
 // closeStream) become socket writes and log reads. Tids sent strictly increase.
 
-import { Subject } from 'rxjs';
+import { Subject, type Observable } from 'rxjs';
 import { createActor, fromPromise, type ActorRefFrom } from 'xstate';
 import {
+  isAckInRange,
   primarySessionMachine,
+  type PrimarySessionEvent,
   type PromoteInput,
   type PromoteOutcome,
   type SessionCloseReason,
@@ -86,6 +88,18 @@ export interface SessionStatus {
   bytesSent: number;
 }
 
+/** Where a session's stream stands, as its edge knows it: current at every write and ack. */
+export interface SessionProgress {
+  /** Last tid written to the socket. */
+  lastSentTid: Buffer | null;
+  /** Last tid the secondary acknowledged (native protocol). */
+  ackedTid: Buffer | null;
+  /** Transactions written in this session. */
+  sentTransactions: number;
+  /** The protocol acknowledges durable transactions (native). */
+  acks: boolean;
+}
+
 type SessionActor = ActorRefFrom<typeof primarySessionMachine>;
 
 /** One connected secondary, served by the primarySession machine. */
@@ -105,6 +119,19 @@ export class PrimarySession {
   private finished = false;
   /** Frame 2 was a promote request: later frames are ignored. */
   private adminRequest = false;
+  /**
+   * Writes and acks are the edge's to count: the machine hears of them
+   * (SENT, ACK) before any other event and when a streaming actor settles,
+   * not once per commit, which cost a machine transition per commit and
+   * secondary (see reportProgress).
+   */
+  private readonly progress: SessionProgress = { lastSentTid: null, ackedTid: null, sentTransactions: 0, acks: false };
+  /** Transactions written since the machine last heard (their last tid is progress.lastSentTid). */
+  private unreportedSent = 0;
+  private unreportedAck = false;
+  private readonly progressSubject = new Subject<SessionProgress>();
+  /** Each write and each ack in range, as they happen; completes when the session ends. */
+  readonly progress$: Observable<SessionProgress> = this.progressSubject.asObservable();
 
   constructor(private readonly options: PrimarySessionOptions) {
     this.peer = options.stream.peer;
@@ -113,9 +140,9 @@ export class PrimarySession {
       actors: {
         // Catch-up aims at the log's end as of its start (under a steady stream of commits the end
         // moves on; what was committed meanwhile is follow's to read); drain goes to the very end.
-        catchUp: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.sendLog(input, signal, this.options.storage.lastDurableTid)),
-        follow: fromPromise<void, StreamInput>(({ input, signal }) => this.follow(input, signal)),
-        drain: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.sendLog(input, signal, null)),
+        catchUp: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.reported(this.sendLog(input, signal, this.options.storage.lastDurableTid))),
+        follow: fromPromise<void, StreamInput>(({ input, signal }) => this.reported(this.follow(input, signal))),
+        drain: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.reported(this.sendLog(input, signal, null))),
         promote: fromPromise<PromoteOutcome, PromoteInput>(({ input }) => this.promote(input)),
       },
       actions: {
@@ -137,7 +164,7 @@ export class PrimarySession {
         this.writer.onClose();
         // A session that already ended (refused, protocol error) has nothing to hear.
         if (this.actor.getSnapshot().status !== 'active') return;
-        this.actor.send(error ? { type: 'TRANSPORT_ERROR', error } : { type: 'PEER_CLOSED' });
+        this.send(error ? { type: 'TRANSPORT_ERROR', error } : { type: 'PEER_CLOSED' });
       },
     });
     this.actor.start();
@@ -145,19 +172,43 @@ export class PrimarySession {
 
   /** Drain what is committed, then close. */
   close(): void {
-    this.actor.send({ type: 'CLOSE' });
+    this.send({ type: 'CLOSE' });
   }
 
   status(): SessionStatus {
-    const snap = this.actor.getSnapshot();
     return {
       peer: this.peer,
-      state: String(snap.value),
+      state: String(this.actor.getSnapshot().value),
       protocol: this.spec?.name ?? null,
-      lastSentTid: (snap.context.lastSentTid as Buffer | null) ?? null,
-      ackedTid: (snap.context.ackedTid as Buffer | null) ?? null,
+      lastSentTid: this.progress.lastSentTid,
+      ackedTid: this.progress.ackedTid,
       bytesSent: this.writer.bytesWritten,
     };
+  }
+
+  /** An event for the machine, after what it has not heard of the stream's progress. */
+  private send(event: PrimarySessionEvent): void {
+    this.reportProgress();
+    this.actor.send(event);
+  }
+
+  /** Tell the machine of the writes and the ack it has not heard of (see `progress`). */
+  private reportProgress(): void {
+    if (this.actor.getSnapshot().status !== 'active') return;
+    if (this.unreportedSent > 0) {
+      const count = this.unreportedSent;
+      this.unreportedSent = 0;
+      this.actor.send({ type: 'SENT', tid: this.progress.lastSentTid!, count });
+    }
+    if (this.unreportedAck) {
+      this.unreportedAck = false;
+      this.actor.send({ type: 'ACK', tid: this.progress.ackedTid! });
+    }
+  }
+
+  /** A streaming actor's promise, settling only after the machine heard of everything it wrote. */
+  private reported<T>(streaming: Promise<T>): Promise<T> {
+    return streaming.finally(() => this.reportProgress());
   }
 
   /** The machine actor, for inspection (state transitions, context). */
@@ -182,13 +233,13 @@ export class PrimarySession {
       }
     } catch (err) {
       const reason = err instanceof FrameTooLargeError ? err.message : `bad frame: ${(err as Error).message}`;
-      this.actor.send({ type: 'PROTOCOL_ERROR', reason });
+      this.send({ type: 'PROTOCOL_ERROR', reason });
     }
   }
 
   private onFrame(payload: Buffer): void {
     if (payload.length === 0) {
-      this.actor.send({ type: 'KEEPALIVE' });
+      this.send({ type: 'KEEPALIVE' });
       return;
     }
     this.framesSeen += 1;
@@ -201,8 +252,10 @@ export class PrimarySession {
   private onProtocolName(payload: Buffer): void {
     const name = payload.toString('latin1');
     this.spec = this.options.protocols.find((p) => p.name === name) ?? null;
+    this.progress.acks = this.spec?.hasAcks ?? false;
+    this.progressSubject.next(this.progress);
     this.decoder.setMaxFrameBytes(this.spec?.kind === 'native' ? HELLO_MAX_BYTES : ZRS2_MAX_FRAME_BYTES);
-    this.actor.send({ type: 'PROTOCOL', name });
+    this.send({ type: 'PROTOCOL', name });
   }
 
   private onStart(payload: Buffer): void {
@@ -221,16 +274,16 @@ export class PrimarySession {
       } catch (err) {
         // A malformed start tid is refused (bad-tid) so the native peer learns why.
         if (!(err instanceof Error && err.message.startsWith('hello.startTid'))) throw err;
-        this.actor.send({ type: 'START', startTid: Buffer.alloc(8), primaryLastTid, edgeRefusal: { code: 'bad-tid', reason: err.message } });
+        this.send({ type: 'START', startTid: Buffer.alloc(8), primaryLastTid, edgeRefusal: { code: 'bad-tid', reason: err.message } });
         return;
       }
       if (hello.type === 'status-request' && this.options.nodeStatus) {
-        this.actor.send({ type: 'STATUS_REQUEST' });
+        this.send({ type: 'STATUS_REQUEST' });
         return;
       }
       if (hello.type === 'promote-request') {
         this.adminRequest = true;
-        this.actor.send({ type: 'PROMOTE_REQUEST', force: hello.force });
+        this.send({ type: 'PROMOTE_REQUEST', force: hello.force });
         return;
       }
       if (hello.type !== 'hello') throw new Error(`expected hello, got ${hello.type}`);
@@ -255,21 +308,29 @@ export class PrimarySession {
             })
           : zrs2Outbound(this.options.storage, startTid, spec);
     }
-    this.actor.send({ type: 'START', startTid, primaryLastTid, ...(edgeRefusal ? { edgeRefusal } : {}) });
+    this.send({ type: 'START', startTid, primaryLastTid, ...(edgeRefusal ? { edgeRefusal } : {}) });
     if (this.codec && this.actor.getSnapshot().status === 'active') this.startHeartbeat();
   }
 
   private onUpstream(payload: Buffer): void {
     if (this.spec?.kind !== 'native') {
-      this.actor.send({ type: 'PROTOCOL_ERROR', reason: 'Too many messages' });
+      this.send({ type: 'PROTOCOL_ERROR', reason: 'Too many messages' });
       return;
     }
     const msg = decodeNative(payload, this.unpackr, 'secondary');
     if (msg.type !== 'ack') {
-      this.actor.send({ type: 'PROTOCOL_ERROR', reason: `unexpected ${msg.type} after the handshake` });
+      this.send({ type: 'PROTOCOL_ERROR', reason: `unexpected ${msg.type} after the handshake` });
       return;
     }
-    this.actor.send({ type: 'ACK', tid: msg.tid });
+    const p = this.progress;
+    // Out of range: the machine judges it (and closes the session) with the position it is told first.
+    if (!isAckInRange(p.lastSentTid ?? (this.actor.getSnapshot().context.startTid as Buffer | null), p.ackedTid, msg.tid)) {
+      this.send({ type: 'ACK', tid: msg.tid });
+      return;
+    }
+    p.ackedTid = msg.tid;
+    this.unreportedAck = true;
+    this.progressSubject.next(p);
   }
 
   // ------------------------------------------------------------ outbound effects
@@ -330,6 +391,7 @@ export class PrimarySession {
     } else {
       void this.writer.flush().catch(() => undefined).finally(() => this.options.stream.end());
     }
+    this.progressSubject.complete();
     this.doneSubject.next(reason);
     this.doneSubject.complete();
   }
@@ -492,11 +554,17 @@ export class PrimarySession {
     return room;
   }
 
-  /** Note that everything up to `tid` is on the wire. */
+  /** Note that everything up to `tid` (`count` transactions) is on the wire. */
   private wrote(tid: Buffer, signal: AbortSignal, count = 1): boolean {
     this.lastWrittenTid = tid;
     if (this.generationPending) this.sendGenerationAnnouncement();
-    if (this.actor.getSnapshot().status === 'active') this.actor.send({ type: 'SENT', tid, count });
+    if (this.actor.getSnapshot().status === 'active') {
+      const p = this.progress;
+      p.lastSentTid = tid;
+      p.sentTransactions += count;
+      this.unreportedSent += count;
+      this.progressSubject.next(p);
+    }
     return !signal.aborted;
   }
 
@@ -522,7 +590,7 @@ export class PrimarySession {
       };
       const overflow = (): void => {
         unsubscribe();
-        this.actor.send({ type: 'OVERFLOW' });
+        this.send({ type: 'OVERFLOW' });
       };
       const after = (step: Promise<unknown>): void => {
         busy = true;

@@ -98,10 +98,7 @@ export class AckTracker {
   track(session: PrimarySession): void {
     const t: Tracked = { session, acks: false, ackedTid: null, lastSentTid: null, sent: [], lastAckLatencyMs: null, lastAckAtMs: null };
     this.tracked.set(session, t);
-    const sub = session.machine.subscribe({
-      next: (snap) => this.onSnapshot(t, snap.context.protocol?.hasAcks ?? false, snap.context.lastSentTid as Buffer | null, snap.context.ackedTid as Buffer | null),
-      error: () => undefined,
-    });
+    const sub = session.progress$.subscribe((p) => this.onProgress(t, p.acks, p.lastSentTid, p.ackedTid));
     session.done$.subscribe({
       complete: () => {
         this.tracked.delete(session);
@@ -110,7 +107,7 @@ export class AckTracker {
     });
   }
 
-  private onSnapshot(t: Tracked, acks: boolean, lastSent: Buffer | null, acked: Buffer | null): void {
+  private onProgress(t: Tracked, acks: boolean, lastSent: Buffer | null, acked: Buffer | null): void {
     const now = this.options.clock.now();
     t.acks = acks;
     if (lastSent !== null && (t.lastSentTid === null || !lastSent.equals(t.lastSentTid))) {

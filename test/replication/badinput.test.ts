@@ -12,7 +12,7 @@ import { FRAME_HEADER_BYTES } from '../../src/wire/framing.js';
 import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName, type PrimaryMessage } from '../../src/wire/native.js';
 import { Zrs2StreamParser, type Zrs2Event } from '../../src/wire/zrs2.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { commitMany, waitForTid } from './helpers.js';
+import { allTransactions, commitMany, waitForTid } from './helpers.js';
 import { FAST_RECONNECT, FramedSocket, LogCollector, sessionClosed, type LogEntry } from './netHelpers.js';
 
 afterAll(cleanupTempDirs);
@@ -150,6 +150,31 @@ describe('a primary given bad input closes only that connection', () => {
     expect(decodeRefusal(await c.frame(0)).type).toBe('welcome');
     c.send(hello(primary.storage.lastTransaction()));
     await expectOnlyThatConnectionClosed(/unexpected hello/);
+  });
+
+  it('a native ack of a tid never sent', async () => {
+    const c = await connect();
+    c.send(NATIVE);
+    c.send(hello(primary.storage.lastTransaction()));
+    expect(decodeRefusal(await c.frame(0)).type).toBe('welcome');
+    c.send(encodeNative({ type: 'ack', tid: Buffer.alloc(8, 0xff) }, createNativePackr()));
+    await expectOnlyThatConnectionClosed(/ack of tid ffffffffffffffff outside/);
+  });
+
+  it('a native ack in range shows in the status at once; one going back closes the connection', async () => {
+    const [first, second] = (await allTransactions(primary.storage)).map((t) => t.tid);
+    const c = await connect();
+    c.send(NATIVE);
+    c.send(hello(second!));
+    expect(decodeRefusal(await c.frame(0)).type).toBe('welcome');
+    c.send(encodeNative({ type: 'ack', tid: second! }, createNativePackr()));
+    const peer = `${c.socket.localAddress}:${c.socket.localPort}`;
+    for (let turn = 0; !primary.secondaries().find((s) => s.peer === peer)?.ackedTid?.equals(second!); turn++) {
+      expect(turn).toBeLessThan(100_000);
+      await new Promise((r) => setImmediate(r));
+    }
+    c.send(encodeNative({ type: 'ack', tid: first! }, createNativePackr()));
+    await expectOnlyThatConnectionClosed(new RegExp(`ack of tid ${first!.toString('hex')} outside`));
   });
 
   it('empty frames after the handshake are keep-alives: the connection stays and gets live commits', async () => {

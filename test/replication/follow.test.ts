@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseAddress } from '../../src/replication/address.js';
 import { silentLogger } from '../../src/replication/log.js';
+import type { PrimarySessionOutput } from '../../machines/primarySession.js';
 import type { PrimarySession } from '../../src/replication/primarySession.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { ReplicationServer } from '../../src/replication/server.js';
@@ -48,6 +49,49 @@ async function closeAll(secondary: Secondary, server: ReplicationServer, storage
   await server.close();
   await storage.close();
 }
+
+describe('a live session', () => {
+  it('tells its machine of writes and acks at its transitions, not at each commit; its status and progress$ follow each one', async () => {
+    const { dir, storage, sessions, server } = await serve();
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    try {
+      await waitForTid(secondary, (await commitMany(storage, 1))[0]!);
+      const session = sessions[0]!;
+      expect(session.machine.getSnapshot().value).toBe('live');
+      let transitions = 0;
+      const sub = session.machine.subscribe(() => (transitions += 1));
+      const progress: Array<{ sent: string | undefined; acked: string | undefined }> = [];
+      const psub = session.progress$.subscribe((p) => progress.push({ sent: p.lastSentTid?.toString('hex'), acked: p.ackedTid?.toString('hex') }));
+      const tids: Buffer[] = [];
+      for (let i = 0; i < 100; i++) {
+        const [tid] = await commitMany(storage, 1);
+        tids.push(tid!);
+        await waitForTid(secondary, tid!);
+        expect(session.status().lastSentTid?.equals(tid!)).toBe(true);
+      }
+      const last = tids.at(-1)!;
+      for (let turn = 0; !session.status().ackedTid?.equals(last); turn++) {
+        expect(turn).toBeLessThan(100_000);
+        await new Promise((r) => setImmediate(r));
+      }
+      sub.unsubscribe();
+      psub.unsubscribe();
+      expect(transitions).toBe(0);
+      // Every write, then its ack, in order.
+      expect(progress.map((p) => p.sent).filter((t, i, all) => t !== all[i - 1])).toEqual(tids.map((t) => t.toString('hex')));
+      expect(progress.at(-1)!.acked).toBe(last.toString('hex'));
+      // The machine hears of everything when the session ends: its output has the last write and ack.
+      await secondary.close();
+      const output = await new Promise<PrimarySessionOutput>((resolve) =>
+        session.machine.subscribe({ complete: () => resolve(session.machine.getSnapshot().output!) }),
+      );
+      expect(Buffer.from(output.lastSentTid!).equals(last)).toBe(true);
+      expect(Buffer.from(output.ackedTid!).equals(last)).toBe(true);
+    } finally {
+      await closeAll(secondary, server, storage);
+    }
+  });
+});
 
 describe('catching up under a steady stream of commits', () => {
   it('goes live once: no overflow back to catch-up, nothing missed', async () => {
