@@ -594,6 +594,65 @@ export function encodeTxnsFrame(msg: Extract<NativeMessage, { type: 'txns' }>): 
 }
 
 /**
+ * The message of a payload laid out exactly as encodeTxnsFrame or
+ * encodeCommitFrame write it (with the same copies and views decodeNative
+ * gives), or null for anything else: the general decoder then judges it.
+ * A secondary gets these two with every transaction; unpacking them into an
+ * object and validating it cost several times more.
+ */
+function decodeHotMessage(src: Buffer): NativeMessage | null {
+  const end = src.length;
+  const checksumBytes = end - COMMIT_HEAD.length - 2;
+  if ((checksumBytes === 16 || checksumBytes === 32) && src[COMMIT_HEAD.length] === 0xc4 && src[COMMIT_HEAD.length + 1] === checksumBytes && startsWith(src, COMMIT_HEAD, 0)) {
+    return { type: 'commit', checksum: Buffer.from(src.subarray(end - checksumBytes)) };
+  }
+  const k = TXNS_KEYS;
+  const fields = src[0]! - 0x80;
+  if (fields !== 4 && fields !== 5) return null;
+  let off = 1;
+  for (const key of [k.type, k.txns, k.count]) {
+    if (!startsWith(src, key, off)) return null;
+    off += key.length;
+  }
+  const marker = src[off];
+  const size = marker === undefined ? 0 : marker < 0x80 ? 1 : marker === 0xcc ? 2 : marker === 0xcd ? 3 : marker === 0xce ? 5 : 0;
+  if (size === 0 || off + size > end) return null;
+  const count = size === 1 ? marker! : src.readUIntBE(off + 1, size - 1);
+  if (count < 1) return null;
+  off += size;
+  if (!startsWith(src, k.lastTid, off)) return null;
+  off += k.lastTid.length;
+  if (src[off] !== 0xc4 || src[off + 1] !== TID_BYTES || off + 2 + TID_BYTES > end) return null;
+  const lastTid = Buffer.from(src.subarray(off + 2, off + 2 + TID_BYTES));
+  off += 2 + TID_BYTES;
+  let prevLink: Buffer | undefined;
+  if (fields === 5) {
+    if (!startsWith(src, k.prevLink, off)) return null;
+    off += k.prevLink.length;
+    const n = src[off + 1];
+    if (src[off] !== 0xc4 || n === undefined || n < 16 || n > 64 || off + 2 + n > end) return null;
+    prevLink = Buffer.from(src.subarray(off + 2, off + 2 + n));
+    off += 2 + n;
+  }
+  if (!startsWith(src, k.bytes, off)) return null;
+  off += k.bytes.length;
+  const bin = src[off];
+  const lengthBytes = bin === 0xc4 ? 1 : bin === 0xc5 ? 2 : bin === 0xc6 ? 4 : 0;
+  if (lengthBytes === 0 || off + 1 + lengthBytes > end) return null;
+  const length = src.readUIntBE(off + 1, lengthBytes);
+  off += 1 + lengthBytes;
+  if (length < 1 || off + length !== end) return null;
+  return { type: 'txns', count, lastTid, ...(prevLink ? { prevLink } : {}), bytes: src.subarray(off) };
+}
+
+/** Whether `src` holds `head` at `off`. */
+function startsWith(src: Buffer, head: Buffer, off: number): boolean {
+  if (off + head.length > src.length) return false;
+  for (let i = 0; i < head.length; i++) if (src[off + i] !== head[i]) return false;
+  return true;
+}
+
+/**
  * Decodes and validates one non-empty frame payload. With `from`, messages the other side would
  * send are rejected too. Fixed-size ids (tids, oids, checksums, hashes) are copies; `record.data`
  * and `blob-block.bytes` are views into `payload` (copy them if `payload`'s memory may be reused).
@@ -609,6 +668,15 @@ export function decodeNative(payload: Uint8Array, unpackr: Unpackr, from?: Nativ
 export function decodeNative(payload: Uint8Array, unpackr: Unpackr, from?: NativeSender): NativeMessage {
   if (payload.byteLength === 0) throw new ProtocolError('empty frame is a keep-alive, not a message');
   const bytes = Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+  const msg = decodeHotMessage(bytes) ?? decodeGeneral(bytes, unpackr);
+  if (from !== undefined && SENDER_OF[msg.type] !== from) {
+    throw new ProtocolError(`unexpected '${msg.type}' message from a ${from}`);
+  }
+  return msg;
+}
+
+/** Any message: unpacked by msgpackr (after a scan that rejects ext types), then validated. */
+function decodeGeneral(bytes: Buffer, unpackr: Unpackr): NativeMessage {
   scanMsgpack(bytes);
   let value: unknown;
   try {
@@ -616,11 +684,7 @@ export function decodeNative(payload: Uint8Array, unpackr: Unpackr, from?: Nativ
   } catch (error) {
     throw new ProtocolError(`malformed msgpack: ${(error as Error).message}`, { cause: error });
   }
-  const msg = parseMessage(value, true);
-  if (from !== undefined && SENDER_OF[msg.type] !== from) {
-    throw new ProtocolError(`unexpected '${msg.type}' message from a ${from}`);
-  }
-  return msg;
+  return parseMessage(value, true);
 }
 
 /** A message's object as packed: explicit fields only, never undefined. */

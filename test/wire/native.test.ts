@@ -447,6 +447,45 @@ describe('the messages written by hand', () => {
     expect(() => encodeCommitFrame(Buffer.alloc(20))).toThrow(TypeError);
   });
 
+  it('txns and commit laid out as written by hand decode as the same message in any other layout', () => {
+    const unpackr = createNativeUnpackr();
+    // The same fields, packed by plain Packr in another key order: the general decoder's path.
+    const other = (m: Record<string, unknown>): Buffer => new Packr({ useRecords: false }).pack(Object.fromEntries(Object.entries(m).reverse()));
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 70_000 }),
+        fc.oneof(fc.integer({ min: 1, max: 300 }), fc.integer({ min: 1, max: 0xffffffff })),
+        fc.option(fc.integer({ min: 16, max: 64 }), { nil: undefined }),
+        fc.constantFrom(16, 32),
+        (n, count, linkBytes, checksumBytes) => {
+          const bytes = Buffer.alloc(n, n % 251);
+          const msg = { type: 'txns' as const, count, lastTid: Buffer.from('0123456789abcdef', 'hex'), ...(linkBytes ? { prevLink: Buffer.alloc(linkBytes, 7) } : {}), bytes };
+          const hand = decodeNative(Buffer.concat(encodeTxnsFrame(msg)).subarray(FRAME_HEADER_BYTES), unpackr, 'primary');
+          const general = decodeNative(other(msg), unpackr, 'primary');
+          expect(plain(hand)).toEqual(plain(general));
+          const checksum = Buffer.alloc(checksumBytes, 3);
+          const commitPayload = encodeCommitFrame(checksum).subarray(FRAME_HEADER_BYTES);
+          expect(plain(decodeNative(commitPayload, unpackr, 'primary'))).toEqual(plain(decodeNative(other({ type: 'commit', checksum }), unpackr, 'primary')));
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+
+  it('txns and commit payloads that are cut, padded or out of range are refused as from any other layout', () => {
+    const unpackr = createNativeUnpackr();
+    const txns = Buffer.concat(encodeTxnsFrame({ type: 'txns', count: 2, lastTid: Buffer.alloc(8, 1), prevLink: Buffer.alloc(32, 2), bytes: Buffer.alloc(300, 5) })).subarray(FRAME_HEADER_BYTES);
+    const commit = encodeCommitFrame(Buffer.alloc(32, 3)).subarray(FRAME_HEADER_BYTES);
+    const zeroCount = Buffer.from(txns);
+    zeroCount[1 + 5 + 5 + 6] = 0; // count is the fixint right after the type, txns and count strings
+    for (const bad of [txns.subarray(0, txns.length - 1), Buffer.concat([txns, Buffer.alloc(1)]), commit.subarray(0, commit.length - 1), Buffer.concat([commit, Buffer.alloc(1)]), zeroCount]) {
+      expect(() => decodeNative(bad, unpackr, 'primary')).toThrow(ProtocolError);
+    }
+    // A secondary never sends them.
+    expect(() => decodeNative(txns, unpackr, 'secondary')).toThrow(/unexpected 'txns'/);
+    expect(() => decodeNative(commit, unpackr, 'secondary')).toThrow(/unexpected 'commit'/);
+  });
+
   it('encodeAckFrame gives the bytes encodeNativeFrame gives', () => {
     const packr = createNativePackr();
     for (const tid of [Buffer.alloc(8), Buffer.from('03e1a2b3c4d5e6f7', 'hex'), Buffer.alloc(8, 0xff)]) {
