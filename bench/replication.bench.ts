@@ -27,6 +27,7 @@ import { Primary } from '../src/replication/primary.js';
 import { FileStorage } from '../src/storage/FileStorage.js';
 import type { PrimaryChildReport } from './primary.child.js';
 import type { EchoReport } from './echo.child.js';
+import type { NeighbourReport } from './neighbour.child.js';
 import type { ChildReport } from './secondaries.child.js';
 import { Workload, arg, secondsSince } from './workload.js';
 
@@ -184,6 +185,12 @@ class ChildSecondaries {
     await this.reports.next('ready');
   }
 
+  /** The CPU time (µs) the child has used so far. */
+  async cpuMicros(): Promise<number> {
+    this.reports.child.send({ type: 'cpu' });
+    return (await this.reports.next('cpu')).micros;
+  }
+
   /**
    * Resolves once `count` secondaries applied `tid`, which must be the last
    * transaction committed so far (progress reports name each secondary's
@@ -264,8 +271,20 @@ async function dueTime(t0: bigint, n: number, ratePerSecond: number): Promise<vo
  * Commit for `durationS` (paced or not) with `secondaries` connected. With
  * `secondaryFsync` off the secondaries do not sync: on this one machine they
  * share the primary's disk, and their syncs would queue with its own.
+ * `neighbourShare`: meanwhile a neighbour process (bench/neighbour.child.ts)
+ * keeps that share of a CPU busy. Also returns the share of a CPU the
+ * secondaries' process used while the commits ran.
  */
-async function live(dir: string, secondaries: number, ratePerSecond: number | null, durationS: number, secondaryFsync = true, primaryFsync = true, report: 'every' | 'newest' = 'every') {
+async function live(
+  dir: string,
+  secondaries: number,
+  ratePerSecond: number | null,
+  durationS: number,
+  secondaryFsync = true,
+  primaryFsync = true,
+  report: 'every' | 'newest' = 'every',
+  neighbourShare = 0,
+) {
   // Without fsync a commit never waits for I/O: an unpaced loop would never let the event loop
   // turn, and the sessions would send nothing until it ended. A writer yields after each commit,
   // as one serving requests does.
@@ -280,7 +299,10 @@ async function live(dir: string, secondaries: number, ratePerSecond: number | nu
     // Every secondary connected and caught up: a first transaction reached all of them.
     await child.waitFor(await work.commit(), secondaries);
   }
+  const neighbour = neighbourShare > 0 ? new ChildReports<NeighbourReport>(fork(fileURLToPath(new URL('./neighbour.child.ts', import.meta.url)), [String(neighbourShare)])) : null;
+  await neighbour?.next('started');
   const committedAt = new Map<string, number>();
+  const childCpu0 = child ? await child.cpuMicros() : 0;
   const t0 = process.hrtime.bigint();
   let n = 0;
   while (seconds(t0) < durationS) {
@@ -291,6 +313,8 @@ async function live(dir: string, secondaries: number, ratePerSecond: number | nu
     if (yieldEach) await new Promise((r) => setImmediate(r));
   }
   const commitRate = n / seconds(t0);
+  const childCpuShare = child ? (await child.cpuMicros() - childCpu0) / 1e6 / seconds(t0) : 0;
+  await neighbour?.close('closed');
   const last = fs.lastTransaction();
   const endMs = nowMs();
   let behindAtEndMs = 0;
@@ -304,7 +328,7 @@ async function live(dir: string, secondaries: number, ratePerSecond: number | nu
   }
   await primary.close();
   lags.sort((a, b) => a - b);
-  return { commitRate, p50: percentile(lags, 50), p99: percentile(lags, 99), max: lags.at(-1) ?? NaN, behindAtEndMs };
+  return { commitRate, p50: percentile(lags, 50), p99: percentile(lags, 99), max: lags.at(-1) ?? NaN, behindAtEndMs, childCpuShare };
 }
 
 /**
@@ -414,15 +438,26 @@ async function main(): Promise<void> {
       // The series runs REPEAT times, interleaved, and each count takes its median: the
       // machine's speed drifts over a series, and a single 0-secondary run moved by 50 %.
       const counts = [0, 1, 4, 16];
+      const runSeconds = Math.max(2, LIVE_SECONDS / 2);
       const rates: number[][] = counts.map(() => []);
+      // After each 16-secondary run: none, beside a neighbour process as busy as theirs was.
+      const besideNeighbour: number[] = [];
+      const shares: number[] = [];
       for (let r = 0; r < REPEAT; r++) {
-        for (let i = 0; i < counts.length; i++) rates[i]!.push((await live(dir, counts[i]!, null, Math.max(2, LIVE_SECONDS / 2), sync, sync, 'newest')).commitRate);
+        for (let i = 0; i < counts.length; i++) {
+          const run = await live(dir, counts[i]!, null, runSeconds, sync, sync, 'newest');
+          rates[i]!.push(run.commitRate);
+          if (counts[i] === 16) shares.push(run.childCpuShare);
+        }
+        besideNeighbour.push((await live(dir, 0, null, runSeconds, sync, sync, 'newest', shares.at(-1)!)).commitRate);
       }
       const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
       for (const r of rates) fan.push(median(r));
       const losses = rates[3]!.map((r16, i) => (1 - r16 / rates[0]![i]!) * 100);
+      const neighbourLosses = rates[3]!.map((r16, i) => (1 - r16 / besideNeighbour[i]!) * 100);
       out.push(
-        `fan-out (${sync ? 'primary and secondaries fsync, same disk' : 'no fsync anywhere, secondaries on tmpfs'}), commits/s with 0/1/4/16 secondaries (medians of ${REPEAT}): ${fan.map((r) => r.toFixed(0)).join(' / ')} | at 16: ${((1 - fan[3]! / fan[0]!) * 100).toFixed(1)}% loss (per series ${losses.map((l) => l.toFixed(0)).join(', ')} %)`,
+        `fan-out (${sync ? 'primary and secondaries fsync, same disk' : 'no fsync anywhere, secondaries on tmpfs'}), commits/s with 0/1/4/16 secondaries (medians of ${REPEAT}): ${fan.map((r) => r.toFixed(0)).join(' / ')} | at 16: ${((1 - fan[3]! / fan[0]!) * 100).toFixed(1)}% loss (per series ${losses.map((l) => l.toFixed(0)).join(', ')} %)` +
+          ` | against 0 secondaries beside a neighbour process as busy as the 16 secondaries' (${(median(shares) * 100).toFixed(0)}% of a CPU; ${median(besideNeighbour).toFixed(0)} commits/s): ${median(neighbourLosses).toFixed(1)}% loss (per series ${neighbourLosses.map((l) => l.toFixed(0)).join(', ')} %)`,
       );
     }
     if (BIG_MB > 0 && runs('big')) {

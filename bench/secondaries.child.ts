@@ -8,7 +8,7 @@
 // (performance.timeOrigin + now(): the same clock the parent reads), or with
 // report 'newest' only each secondary's last one. Those times are kept here
 // until the end, so reporting them costs neither process anything while lag
-// is measured.
+// is measured. On a 'cpu' request, 'cpu' with the CPU time it used so far (µs).
 //
 //   fork('bench/secondaries.child.ts', [address, count, dir, fsync, report])   report: 'every' (default) or 'newest'
 
@@ -19,6 +19,7 @@ export type ChildReport =
   | { type: 'started' }
   | { type: 'ready' }
   | { type: 'applied'; tids: string[] }
+  | { type: 'cpu'; micros: number }
   | { type: 'closed'; peakRss: number; applied: { tids: string[]; atMs: number[] } };
 
 const [address, countArg, dir, fsyncArg, reportArg] = process.argv.slice(2);
@@ -52,7 +53,10 @@ const report = (secondary: number, tid: Buffer): void => {
 };
 
 process.on('message', (m: { type: string }) => {
-  if (m.type === 'open') {
+  if (m.type === 'cpu') {
+    const used = process.cpuUsage();
+    send({ type: 'cpu', micros: used.user + used.system });
+  } else if (m.type === 'open') {
     void Promise.all(
       Array.from({ length: Number(countArg) }, (_, i) =>
         Secondary.open({ path: join(dir!, `s${i}.fs`), replicateFrom: address!, fsync: fsyncArg === 'fsync', auditPath: null }),
