@@ -197,8 +197,12 @@ export class FileStorage {
   /** A failed fsync leaves the file's durability unknown: refuse further writes. */
   private fatal: Error | null = null;
   private groupSync: GroupSync;
-  /** Committed transactions not yet published, oldest first, from `unpublishedHead` on. */
-  private unpublished: CommittedTransaction[] = [];
+  /**
+   * Committed transactions not yet published, oldest first, from
+   * `unpublishedHead` on; the slots before it are emptied as they are
+   * published (an entry may hold a view of a megabyte of received bytes).
+   */
+  private unpublished: Array<CommittedTransaction | undefined> = [];
   /**
    * First unpublished entry. An index rather than shift(): a run of
    * thousands appended at once is published one shift at a time otherwise,
@@ -666,7 +670,8 @@ export class FileStorage {
   private publishDurable(): void {
     const durable = this.groupSync.durable;
     while (this.unpublishedHead < this.unpublished.length && this.unpublished[this.unpublishedHead]!.end <= durable) {
-      const c = this.unpublished[this.unpublishedHead++]!;
+      const c = this.unpublished[this.unpublishedHead]!;
+      this.unpublished[this.unpublishedHead++] = undefined;
       this.publishedEnd = c.end;
       this.publishedTid = c.tid;
       this.commitsSubject.next(c);
