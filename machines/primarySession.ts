@@ -58,7 +58,8 @@ export interface PromoteRequestEvent {
  * Transactions up to this tid were written to the socket (from catchUp,
  * follow or drain). The edge may report several writes in one SENT (`count`),
  * but before it sends any other event and before a streaming actor settles,
- * so every transition sees the position as it is.
+ * so every transition but a timeout's (handshake, drain) sees the position
+ * as it is.
  */
 export interface SentEvent {
   type: 'SENT';

@@ -130,7 +130,7 @@ export class PrimarySession {
   private unreportedSent = 0;
   private unreportedAck = false;
   private readonly progressSubject = new Subject<SessionProgress>();
-  /** Each write and each ack in range, as they happen; completes when the session ends. */
+  /** The progress after each write and each ack in range, as they happen (a copy each); completes when the session ends. */
   readonly progress$: Observable<SessionProgress> = this.progressSubject.asObservable();
 
   constructor(private readonly options: PrimarySessionOptions) {
@@ -253,7 +253,7 @@ export class PrimarySession {
     const name = payload.toString('latin1');
     this.spec = this.options.protocols.find((p) => p.name === name) ?? null;
     this.progress.acks = this.spec?.hasAcks ?? false;
-    this.progressSubject.next(this.progress);
+    this.progressSubject.next({ ...this.progress });
     this.decoder.setMaxFrameBytes(this.spec?.kind === 'native' ? HELLO_MAX_BYTES : ZRS2_MAX_FRAME_BYTES);
     this.send({ type: 'PROTOCOL', name });
   }
@@ -330,7 +330,7 @@ export class PrimarySession {
     }
     p.ackedTid = msg.tid;
     this.unreportedAck = true;
-    this.progressSubject.next(p);
+    this.progressSubject.next({ ...p });
   }
 
   // ------------------------------------------------------------ outbound effects
@@ -563,7 +563,7 @@ export class PrimarySession {
       p.lastSentTid = tid;
       p.sentTransactions += count;
       this.unreportedSent += count;
-      this.progressSubject.next(p);
+      this.progressSubject.next({ ...p });
     }
     return !signal.aborted;
   }

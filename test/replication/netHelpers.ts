@@ -10,6 +10,16 @@ import type { Logger } from '../../src/replication/log.js';
 import { encodeFrame, FrameDecoder } from '../../src/wire/framing.js';
 
 export const WAIT_MS = 15_000;
+
+/** Poll `read` (no sleeping: one macrotask per try) until `ok` holds, bounded by WAIT_MS; the last value read. */
+export async function until<T>(read: () => T, ok: (v: T) => boolean): Promise<T> {
+  const deadline = Date.now() + WAIT_MS;
+  for (;;) {
+    const v = read();
+    if (ok(v) || Date.now() > deadline) return v;
+    await new Promise((r) => setImmediate(r));
+  }
+}
 /** Fast retries for tests: a reconnect is due within 50 ms. */
 export const FAST_RECONNECT = { initialMs: 5, maxMs: 50 } as const;
 

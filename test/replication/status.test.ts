@@ -13,19 +13,9 @@ import { encodeFrame } from '../../src/wire/framing.js';
 import { createNativePackr, encodeNativeFrame } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, waitForTid } from './helpers.js';
-import { FramedSocket, LogCollector, WAIT_MS } from './netHelpers.js';
+import { FramedSocket, LogCollector, until } from './netHelpers.js';
 
 afterAll(cleanupTempDirs);
-
-/** Poll `read` (no sleeping: one macrotask per try) until `ok` holds, bounded by WAIT_MS. */
-async function until<T>(read: () => T, ok: (v: T) => boolean): Promise<T> {
-  const deadline = Date.now() + WAIT_MS;
-  for (;;) {
-    const v = read();
-    if (ok(v) || Date.now() > deadline) return v;
-    await new Promise((r) => setImmediate(r));
-  }
-}
 
 /** A status without the parts that change from one moment to the next. */
 function stable(s: NodeStatus): Omit<NodeStatus, 'clockMs'> {
