@@ -11,8 +11,8 @@ import { Primary } from '../src/replication/primary.js';
 export type PrimaryChildReport = { type: 'listening'; address: string } | { type: 'closed'; peakRss: number };
 
 const send = (m: PrimaryChildReport): void => void process.send!(m);
-let peakRss = process.memoryUsage().rss;
-const rss = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 50);
+let peakRss = process.memoryUsage.rss();
+const rss = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage.rss())), 50);
 const primary = await Primary.open({ path: process.argv[2]!, replicateTo: '127.0.0.1:0', auditPath: null });
 send({ type: 'listening', address: formatAddress(primary.address) });
 process.on('message', (m: { type: string }) => {

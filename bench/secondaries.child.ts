@@ -27,7 +27,7 @@ const send = (m: ChildReport, then: () => void = () => {}): void => void process
 const nowMs = (): number => performance.timeOrigin + performance.now();
 
 let peakRss = 0;
-const rss = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 50);
+const rss = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage.rss())), 50);
 let secondaries: Secondary[] = [];
 /** With 'every': each applied transaction of each secondary, with its time, in order. */
 const everyApplied: Array<{ tid: Buffer; atMs: number }> = [];
