@@ -525,7 +525,9 @@ function putBin(out: Buffer, off: number, bytes: Buffer): number {
 }
 
 const COMMIT_HEAD = Buffer.concat([Buffer.from([0x82]), fixstr('type'), fixstr('commit'), fixstr('checksum')]);
-const TXNS_KEYS = { type: fixstr('type'), txns: fixstr('txns'), count: fixstr('count'), lastTid: fixstr('lastTid'), prevLink: fixstr('prevLink'), bytes: fixstr('bytes') };
+const TXNS_KEYS = { lastTid: fixstr('lastTid'), prevLink: fixstr('prevLink'), bytes: fixstr('bytes') };
+/** The start of a `txns` map after its size byte: the type pair, then the count key. */
+const TXNS_HEAD = Buffer.concat([fixstr('type'), fixstr('txns'), fixstr('count')]);
 
 /**
  * The frame of a `commit` without `link`: byte for byte what
@@ -572,15 +574,13 @@ export function encodeTxnsFrame(msg: Extract<NativeMessage, { type: 'txns' }>): 
   if (prevLink !== undefined && (prevLink.length < 16 || prevLink.length > 64)) throw new TypeError(`cannot encode native message: txns.prevLink of ${prevLink.length} bytes`);
   const k = TXNS_KEYS;
   const headBytes =
-    1 + k.type.length + k.txns.length + k.count.length + uintBytes(count) + k.lastTid.length + 2 + TID_BYTES +
+    1 + TXNS_HEAD.length + uintBytes(count) + k.lastTid.length + 2 + TID_BYTES +
     (prevLink ? k.prevLink.length + 2 + prevLink.length : 0) + k.bytes.length + binHeaderBytes(bytes.length);
   const head = Buffer.allocUnsafe(FRAME_HEADER_BYTES + headBytes);
   head.writeUInt32BE(headBytes + bytes.length, 0);
   let off = FRAME_HEADER_BYTES;
   head[off++] = 0x80 | (prevLink ? 5 : 4);
-  off += k.type.copy(head, off);
-  off += k.txns.copy(head, off);
-  off += k.count.copy(head, off);
+  off += TXNS_HEAD.copy(head, off);
   off = putUint(head, off, count);
   off += k.lastTid.copy(head, off);
   off = putBin(head, off, lastTid);
@@ -609,11 +609,8 @@ function decodeHotMessage(src: Buffer): NativeMessage | null {
   const k = TXNS_KEYS;
   const fields = src[0]! - 0x80;
   if (fields !== 4 && fields !== 5) return null;
-  let off = 1;
-  for (const key of [k.type, k.txns, k.count]) {
-    if (!startsWith(src, key, off)) return null;
-    off += key.length;
-  }
+  if (!startsWith(src, TXNS_HEAD, 1)) return null;
+  let off = 1 + TXNS_HEAD.length;
   const marker = src[off];
   const size = marker === undefined ? 0 : marker < 0x80 ? 1 : marker === 0xcc ? 2 : marker === 0xcd ? 3 : marker === 0xce ? 5 : 0;
   if (size === 0 || off + size > end) return null;
@@ -647,6 +644,7 @@ function decodeHotMessage(src: Buffer): NativeMessage | null {
 
 /** Whether `src` holds `head` at `off`. */
 function startsWith(src: Buffer, head: Buffer, off: number): boolean {
+  // A loop: for these few bytes, Buffer#compare's native call costs more.
   if (off + head.length > src.length) return false;
   for (let i = 0; i < head.length; i++) if (src[off + i] !== head[i]) return false;
   return true;
