@@ -6,9 +6,14 @@
 // loop ('applied', for progress); after a 'close' request, 'closed' with the
 // peak RSS and the time each transaction became durable on each secondary
 // (performance.timeOrigin + now(): the same clock the parent reads), or with
-// report 'newest' only each secondary's last one. Those times are kept here
-// until the end, so reporting them costs neither process anything while lag
-// is measured. On a 'cpu' request, 'cpu' with the CPU time it used so far (µs).
+// report 'newest' only each secondary's last one, timed when its progress
+// report goes out (the end of the turn that applied it: no clock read per
+// transaction). Those times are kept here until the end, so reporting them
+// costs neither process anything while lag is measured. On a 'cpu' request,
+// 'cpu' with the CPU time it used so far (µs). On a 'closeSecondaries'
+// request it closes the secondaries (their files stay) and says
+// 'secondariesClosed'; a later 'open' opens new ones into new files, in a
+// process whose code is already warm.
 //
 //   fork('bench/secondaries.child.ts', [address, count, dir, fsync, report])   report: 'every' (default) or 'newest'
 
@@ -20,6 +25,7 @@ export type ChildReport =
   | { type: 'ready' }
   | { type: 'applied'; tids: string[] }
   | { type: 'cpu'; micros: number }
+  | { type: 'secondariesClosed' }
   | { type: 'closed'; peakRss: number; applied: { tids: string[]; atMs: number[] } };
 
 const [address, countArg, dir, fsyncArg, reportArg] = process.argv.slice(2);
@@ -38,19 +44,21 @@ const lastApplied = new Map<number, { tid: Buffer; atMs: number }>();
 const newest = new Map<number, Buffer>();
 let scheduled = false;
 const report = (secondary: number, tid: Buffer): void => {
-  const entry = { tid: Buffer.from(tid), atMs: nowMs() };
-  if (keepEvery) everyApplied.push(entry);
-  else lastApplied.set(secondary, entry);
+  if (keepEvery) everyApplied.push({ tid: Buffer.from(tid), atMs: nowMs() });
   newest.set(secondary, tid);
   if (scheduled) return;
   scheduled = true;
   setImmediate(() => {
     scheduled = false;
+    const atMs = nowMs();
+    if (!keepEvery) for (const [i, t] of newest) lastApplied.set(i, { tid: Buffer.from(t), atMs });
     const tids = [...newest.values()].map((t) => t.toString('hex'));
     newest.clear();
     send({ type: 'applied', tids });
   });
 };
+/** How many times the secondaries were opened: each time into files of their own. */
+let opened = 0;
 
 process.on('message', (m: { type: string }) => {
   if (m.type === 'cpu') {
@@ -59,12 +67,19 @@ process.on('message', (m: { type: string }) => {
   } else if (m.type === 'open') {
     void Promise.all(
       Array.from({ length: Number(countArg) }, (_, i) =>
-        Secondary.open({ path: join(dir!, `s${i}.fs`), replicateFrom: address!, fsync: fsyncArg === 'fsync', auditPath: null }),
+        Secondary.open({ path: join(dir!, `s${i}${opened ? `-${opened}` : ''}.fs`), replicateFrom: address!, fsync: fsyncArg === 'fsync', auditPath: null }),
       ),
-    ).then((opened) => {
-      secondaries = opened;
+    ).then((opening) => {
+      opened++;
+      secondaries = opening;
       secondaries.forEach((s, i) => s.applied$.subscribe((c) => report(i, c.tid)));
       send({ type: 'ready' });
+    });
+  } else if (m.type === 'closeSecondaries') {
+    void Promise.all(secondaries.map((s) => s.close())).then(() => {
+      secondaries = [];
+      lastApplied.clear();
+      send({ type: 'secondariesClosed' });
     });
   } else if (m.type === 'close') {
     void Promise.all(secondaries.map((s) => s.close())).then(() => {
