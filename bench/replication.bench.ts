@@ -31,6 +31,7 @@ import type { PrimaryChildReport } from './primary.child.js';
 import type { EchoReport } from './echo.child.js';
 import type { NeighbourReport } from './neighbour.child.js';
 import type { ChildReport } from './secondaries.child.js';
+import { TidTimes } from './tidTimes.js';
 import { Workload, arg, secondsSince } from './workload.js';
 
 const ZRS = { catchupSeconds: 8.07, catchupTxnPerS: 2478, liveP99Ms: 16.9, pacedP99Ms: 2.2 };
@@ -327,14 +328,14 @@ async function live(
   }
   const neighbour = neighbourShare > 0 ? new ChildReports<NeighbourReport>(fork(fileURLToPath(new URL('./neighbour.child.ts', import.meta.url)), [String(neighbourShare)])) : null;
   await neighbour?.next('started');
-  const committedAt = new Map<string, number>();
+  const committedAt = new TidTimes();
   const childCpu0 = child ? await child.cpuMicros() : 0;
   const t0 = process.hrtime.bigint();
   let n = 0;
   while (seconds(t0) < durationS) {
     if (ratePerSecond !== null) await dueTime(t0, n, ratePerSecond);
     const tid = await work.commit();
-    committedAt.set(tid.toString('hex'), nowMs());
+    committedAt.push(tid, nowMs());
     n++;
     if (yieldEach) await new Promise((r) => setImmediate(r));
   }
@@ -350,7 +351,7 @@ async function live(
     // How long after the last commit the slowest secondary had it.
     const { applied } = await child.close();
     behindAtEndMs = Math.max(0, Math.max(...applied.get(last.toString('hex'))!) - endMs);
-    for (const [tid, at] of committedAt) for (const t of applied.get(tid) ?? []) lags.push(t - at);
+    for (let i = 0; i < committedAt.length; i++) for (const t of applied.get(committedAt.tidHex(i)) ?? []) lags.push(t - committedAt.at(i));
   }
   await primary.close();
   lags.sort((a, b) => a - b);

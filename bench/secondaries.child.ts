@@ -19,6 +19,7 @@
 
 import { join } from 'node:path';
 import { Secondary } from '../src/replication/secondary.js';
+import { TidTimes } from './tidTimes.js';
 
 export type ChildReport =
   | { type: 'started' }
@@ -36,7 +37,7 @@ let peakRss = 0;
 const rss = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage.rss())), 50);
 let secondaries: Secondary[] = [];
 /** With 'every': each applied transaction of each secondary, with its time, in order. */
-const everyApplied: Array<{ tid: Buffer; atMs: number }> = [];
+const everyApplied = new TidTimes();
 const keepEvery = reportArg !== 'newest';
 /** With 'newest': each secondary's last applied transaction, with its time. */
 const lastApplied = new Map<number, { tid: Buffer; atMs: number }>();
@@ -44,7 +45,7 @@ const lastApplied = new Map<number, { tid: Buffer; atMs: number }>();
 const newest = new Map<number, Buffer>();
 let scheduled = false;
 const report = (secondary: number, tid: Buffer): void => {
-  if (keepEvery) everyApplied.push({ tid: Buffer.from(tid), atMs: nowMs() });
+  if (keepEvery) everyApplied.push(tid, nowMs());
   newest.set(secondary, tid);
   if (scheduled) return;
   scheduled = true;
@@ -85,8 +86,9 @@ process.on('message', (m: { type: string }) => {
     void Promise.all(secondaries.map((s) => s.close())).then(() => {
       clearInterval(rss);
       // A large report is still being written when send() returns: disconnect once it went out.
-      const applied = keepEvery ? everyApplied : [...lastApplied.values()];
-      send({ type: 'closed', peakRss, applied: { tids: applied.map((e) => e.tid.toString('hex')), atMs: applied.map((e) => e.atMs) } }, () => process.disconnect());
+      const last = [...lastApplied.values()];
+      const applied = keepEvery ? everyApplied.lists() : { tids: last.map((e) => e.tid.toString('hex')), atMs: last.map((e) => e.atMs) };
+      send({ type: 'closed', peakRss, applied }, () => process.disconnect());
     });
   }
 });
