@@ -200,7 +200,7 @@ export class HashChain {
   /** Links the primary sent for packed transactions about to commit here (bounded). */
   private readonly expected = new Map<string, Buffer>();
   /** Links computed here ahead of their commits, oldest first, each with the link it follows (bounded). */
-  private computed: Array<ComputedLink & { prev: Buffer }> = [];
+  private computed: Array<(ComputedLink & { prev: Buffer }) | undefined> = [];
   private computedNext = 0;
 
   private constructor(
@@ -346,7 +346,8 @@ export class HashChain {
       const c = this.computed[this.computedNext]!;
       const order = Buffer.compare(c.tid, tid);
       if (order > 0) return null;
-      this.computedNext += 1;
+      // Emptied once taken: a link used at once then dies young instead of waiting for the next compaction.
+      this.computed[this.computedNext++] = undefined;
       if (order === 0) return c.prev.equals(prev) ? c.link : null;
     }
     return null;

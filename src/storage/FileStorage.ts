@@ -454,6 +454,11 @@ export class FileStorage {
     return this.recentTxns.serialAt(pos) ?? this.readDataHeaderAt(pos).tid;
   }
 
+  /** Whether the record at `pos` has serial `tid`: compared in the recent-writes cache when it holds it. */
+  private serialIs(pos: number, tid: Buffer): boolean {
+    return this.recentTxns.serialIs(pos, tid) ?? compareIds(this.readDataHeaderAt(pos).tid, tid) === 0;
+  }
+
   /**
    * Store a new revision of `oid`. `expectedSerial` is the tid the writer
    * read (Z64 for a new object); a different current serial is a conflict.
@@ -466,8 +471,9 @@ export class FileStorage {
     const key = oidKey(oid);
     const pos = this.state.index.get(key);
     if (pos !== undefined) {
-      const currentSerial = this.serialAt(pos);
-      if (compareIds(currentSerial, expectedSerial) !== 0) throw new ConflictError(Buffer.from(oid), Buffer.from(expectedSerial), Buffer.from(currentSerial));
+      if (expectedSerial.length !== 8 || !this.serialIs(pos, expectedSerial)) {
+        throw new ConflictError(Buffer.from(oid), Buffer.from(expectedSerial), this.serialAt(pos));
+      }
     }
     this.append(cur, oid, data, 0, key, pos);
   }

@@ -2,12 +2,18 @@
 // order, in a fixed-size ring. Every data record carries its transaction's
 // tid, so the serial of a record at a known position is the tid of the
 // newest transaction starting at or before it: a binary search here instead
-// of a disk read, for the conflict check of every store.
+// of a disk read, for the conflict check of every store. The tids are copied
+// into one flat buffer, not kept as a Buffer each: held for the ring's 65,536
+// transactions, each would outlive young collections, be promoted and then
+// marked, a cost paid by every commit of a busy storage.
+
+import { compareIdsAt, copyIdAt } from './format.js';
 
 export class RecentTransactions {
   /** Allocated slots: grows by doubling up to maxEntries, so a small storage stays small. */
   private positions: Float64Array;
-  private tids: Array<Buffer | undefined>;
+  /** 8 bytes per slot. */
+  private tids: Buffer;
   private capacity: number;
   /** Index of the oldest entry (moves only once the ring is full at maxEntries). */
   private head = 0;
@@ -16,7 +22,7 @@ export class RecentTransactions {
   constructor(private readonly maxEntries = 1 << 16) {
     this.capacity = Math.min(64, maxEntries);
     this.positions = new Float64Array(this.capacity);
-    this.tids = new Array<Buffer | undefined>(this.capacity);
+    this.tids = Buffer.alloc(8 * this.capacity);
   }
 
   /** Record a transaction that starts at `pos`; a position not past the last one (a truncated file) starts over. */
@@ -25,7 +31,7 @@ export class RecentTransactions {
     if (this.count === this.capacity && this.capacity < this.maxEntries) this.grow();
     const slot = (this.head + this.count) % this.capacity;
     this.positions[slot] = pos;
-    this.tids[slot] = tid;
+    tid.copy(this.tids, slot * 8, 0, 8);
     if (this.count < this.capacity) this.count += 1;
     else this.head = (this.head + 1) % this.capacity;
   }
@@ -36,12 +42,26 @@ export class RecentTransactions {
     const positions = new Float64Array(this.capacity);
     positions.set(this.positions);
     this.positions = positions;
-    this.tids.length = this.capacity;
+    const tids = Buffer.alloc(8 * this.capacity);
+    this.tids.copy(tids);
+    this.tids = tids;
   }
 
-  /** The tid of the record at `pos`, or undefined when its transaction is older than the ring. */
+  /** The tid of the record at `pos` (a copy), or undefined when its transaction is older than the ring. */
   serialAt(pos: number): Buffer | undefined {
-    if (this.count === 0 || pos < this.positions[this.head]!) return undefined;
+    const slot = this.slotOf(pos);
+    return slot < 0 ? undefined : copyIdAt(this.tids, slot * 8);
+  }
+
+  /** Whether the record at `pos` has serial `tid` (8 bytes), compared in place; undefined when its transaction is older than the ring. */
+  serialIs(pos: number, tid: Buffer): boolean | undefined {
+    const slot = this.slotOf(pos);
+    return slot < 0 ? undefined : compareIdsAt(this.tids, slot * 8, tid) === 0;
+  }
+
+  /** The slot of the newest transaction starting at or before `pos`, or -1 when it is older than the ring. */
+  private slotOf(pos: number): number {
+    if (this.count === 0 || pos < this.positions[this.head]!) return -1;
     // Greatest entry with position <= pos, over logical indexes 0..count-1.
     // (A slot is head + index, less capacity past the end: no division in the loop.)
     const { positions, head, capacity } = this;
@@ -54,12 +74,11 @@ export class RecentTransactions {
       else hi = mid - 1;
     }
     const slot = head + lo;
-    return this.tids[slot < capacity ? slot : slot - capacity];
+    return slot < capacity ? slot : slot - capacity;
   }
 
   clear(): void {
     this.head = 0;
     this.count = 0;
-    this.tids.fill(undefined);
   }
 }

@@ -25,8 +25,14 @@ describe('RecentTransactions', () => {
           const end = i + 1 < starts.length ? starts[i + 1]! : pos;
           for (const p of [starts[i]!, end - 1]) {
             const got = ring.serialAt(p);
-            if (i < oldest) expect(got).toBeUndefined();
-            else expect(got?.equals(tid(i))).toBe(true);
+            if (i < oldest) {
+              expect(got).toBeUndefined();
+              expect(ring.serialIs(p, tid(i))).toBeUndefined();
+            } else {
+              expect(got?.equals(tid(i))).toBe(true);
+              expect(ring.serialIs(p, tid(i))).toBe(true);
+              expect(ring.serialIs(p, tid(i + 1))).toBe(false);
+            }
           }
         }
         expect(ring.serialAt(3)).toBeUndefined();
