@@ -15,14 +15,15 @@
 // fsynced: the data file can give a lost link again, so a crash only costs
 // recomputing it. A torn or zeroed last entry fails its check and is dropped
 // on open, and missing links are recomputed from the last stored one.
-// Memory: the head and at most a batch of unwritten entries; lookups
-// binary-search the file.
+// Memory: the unwritten entries and the last written ones (for sessions
+// following live commits), encoded as on file in one buffer, so a busy
+// storage keeps no object per transaction; lookups binary-search the file.
 
 import { closeSync, existsSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, write as fsWrite, writeSync } from 'node:fs';
 import type { Subscription } from 'rxjs';
 import { ZrsError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
-import { copyId } from '../storage/format.js';
+import { compareIdsAt } from '../storage/format.js';
 import { tidPlusOne } from '../storage/timestamp.js';
 import type { CommittedTransaction } from '../storage/types.js';
 import type { ChainHead } from '../wire/native.js';
@@ -90,19 +91,22 @@ const mixCheck: EntryCheck = (buf, off, out, outOff) => {
   out.writeUInt32BE(b >>> 0, outOff + 4);
 };
 
-/** Entries laid out one after another, each with its check. */
-function encodeEntries(entries: readonly Entry[], check: EntryCheck): Buffer {
-  const out = Buffer.allocUnsafe(entries.length * CHAIN_ENTRY_BYTES);
-  entries.forEach((e, i) => {
-    const off = i * CHAIN_ENTRY_BYTES;
-    e.tid.copy(out, off);
-    e.hash.copy(out, off + 8);
-    check(out, off, out, off + 8 + LINK_BYTES);
-  });
-  return out;
+const checkScratch = Buffer.allocUnsafe(CHECK_BYTES);
+
+/** The entry encoded at `off` in `buf`, as views into it (entries held in memory are never rewritten in place). */
+function entryView(buf: Buffer, off: number): Entry {
+  return { tid: buf.subarray(off, off + 8), hash: buf.subarray(off + 8, off + 8 + LINK_BYTES) };
 }
 
-const checkScratch = Buffer.allocUnsafe(CHECK_BYTES);
+/** How many whole entries at the start of `buf` pass their check. */
+function validEntries(buf: Buffer, check: EntryCheck): number {
+  let n = 0;
+  for (let off = 0; off + CHAIN_ENTRY_BYTES <= buf.length; off += CHAIN_ENTRY_BYTES, n++) {
+    check(buf, off, checkScratch, 0);
+    if (checkScratch.compare(buf, off + 8 + LINK_BYTES, off + CHAIN_ENTRY_BYTES) !== 0) break;
+  }
+  return n;
+}
 
 function decodeEntry(buf: Buffer, check: EntryCheck): Entry | null {
   check(buf, 0, checkScratch, 0);
@@ -192,7 +196,15 @@ export interface HashChainOptions {
  * chain.hashAt(tid); // the link at tid, or null when the storage has no such transaction
  */
 export class HashChain {
-  private pending: Entry[] = [];
+  /**
+   * Entries from index memFirst on, encoded as on file: written ones (at most
+   * WRITTEN_TAIL_ENTRIES, up to fileEntries), then unwritten ones. Bytes once
+   * encoded here never change: room is made in a new buffer, so views handed
+   * out and a write under way stay valid.
+   */
+  private mem = Buffer.allocUnsafe(64 * CHAIN_ENTRY_BYTES);
+  private memFirst: number;
+  private memCount = 0;
   private flushing: Promise<void> | null = null;
   private sub: Subscription | null = null;
   private failed: Error | null = null;
@@ -210,7 +222,14 @@ export class HashChain {
     private headEntry: Entry | null,
     private readonly fsync: boolean,
     private readonly storage: FileStorage,
-  ) {}
+  ) {
+    this.memFirst = fileEntries;
+  }
+
+  /** Entries not yet written. */
+  private get pendingCount(): number {
+    return this.memFirst + this.memCount - this.fileEntries;
+  }
 
   /** Open the chain beside `storage`, bring it up to the storage's last durable transaction, follow commits. */
   static async open(storage: FileStorage, options: HashChainOptions = {}): Promise<HashChain> {
@@ -268,15 +287,28 @@ export class HashChain {
    * waiting for the batch (a link that only the primary could give).
    */
   private append(tid: Buffer, hash: Buffer, now = false): void {
-    const e = { tid: copyId(tid), hash };
-    this.pending.push(e);
-    this.headEntry = e;
-    if (now) this.mustWrite = this.pending.length;
-    if (now || this.pending.length >= WRITE_BATCH_ENTRIES) this.flushing ??= this.runFlush();
+    if ((this.memCount + 1) * CHAIN_ENTRY_BYTES > this.mem.length) this.makeRoom();
+    const off = this.memCount * CHAIN_ENTRY_BYTES;
+    tid.copy(this.mem, off, 0, 8);
+    hash.copy(this.mem, off + 8, 0, LINK_BYTES);
+    this.file.check(this.mem, off, this.mem, off + 8 + LINK_BYTES);
+    this.memCount += 1;
+    this.headEntry = entryView(this.mem, off);
+    if (now) this.mustWrite = this.pendingCount;
+    if (now || this.pendingCount >= WRITE_BATCH_ENTRIES) this.flushing ??= this.runFlush();
   }
 
-  /** The entries written last (up to WRITTEN_TAIL_ENTRIES, ending at fileEntries - 1), kept for live cursors. */
-  private written: Entry[] = [];
+  /** A new buffer for `mem`, keeping the unwritten entries and the last WRITTEN_TAIL_ENTRIES written, with room to grow. */
+  private makeRoom(): void {
+    const first = Math.max(this.memFirst, this.fileEntries - WRITTEN_TAIL_ENTRIES);
+    const keep = this.memFirst + this.memCount - first;
+    const from = (first - this.memFirst) * CHAIN_ENTRY_BYTES;
+    const mem = Buffer.allocUnsafe(Math.max(64, 2 * (keep + 1)) * CHAIN_ENTRY_BYTES);
+    this.mem.copy(mem, 0, from, from + keep * CHAIN_ENTRY_BYTES);
+    this.mem = mem;
+    this.memFirst = first;
+    this.memCount = keep;
+  }
 
   /** Pending entries that must be written without waiting for a full batch (a flush, a given link). */
   private mustWrite = 0;
@@ -288,15 +320,14 @@ export class HashChain {
    */
   private async runFlush(): Promise<void> {
     try {
-      while (this.pending.length >= WRITE_BATCH_ENTRIES || this.mustWrite > 0) {
-        const batch = this.pending.slice();
-        await writeAt(this.file.fd, encodeEntries(batch, this.file.check), HEADER_BYTES + this.fileEntries * CHAIN_ENTRY_BYTES);
+      while (this.pendingCount >= WRITE_BATCH_ENTRIES || this.mustWrite > 0) {
+        const count = this.pendingCount;
+        const from = (this.fileEntries - this.memFirst) * CHAIN_ENTRY_BYTES;
+        await writeAt(this.file.fd, this.mem.subarray(from, from + count * CHAIN_ENTRY_BYTES), HEADER_BYTES + this.fileEntries * CHAIN_ENTRY_BYTES);
         // Through the storage's disk: a simulated slow disk delays these syncs too.
         if (this.fsync) await this.storage.disk.datasync(this.file.fd);
-        this.fileEntries += batch.length;
-        this.pending.splice(0, batch.length);
-        this.written = this.written.concat(batch).slice(-WRITTEN_TAIL_ENTRIES);
-        this.mustWrite = Math.max(0, this.mustWrite - batch.length);
+        this.fileEntries += count;
+        this.mustWrite = Math.max(0, this.mustWrite - count);
       }
     } catch (err) {
       // Unwritten links are recomputed from the data file on the next open.
@@ -356,42 +387,37 @@ export class HashChain {
   /** A reader of consecutive links, for one session sending transactions in tid order. */
   cursor(): ChainCursor {
     return new ChainCursor(
-      (first, max) => (this.closed ? [] : this.entriesFrom(first, max)),
+      (first, max) => (this.closed ? EMPTY_BLOCK : this.entriesFrom(first, max)),
       () => (this.closed ? 0 : this.length),
     );
   }
 
-  /** Up to `max` whole entries from index `first`: those only on file in one read, then those in memory. */
-  private entriesFrom(first: number, max: number): Entry[] {
-    const out: Entry[] = [];
-    let i = first;
-    const inMemoryFrom = this.fileEntries - this.written.length;
-    if (i < inMemoryFrom) {
-      const want = Math.min(max, inMemoryFrom - i);
-      const buf = Buffer.allocUnsafe(want * CHAIN_ENTRY_BYTES);
-      const n = readSync(this.file.fd, buf, 0, buf.length, HEADER_BYTES + i * CHAIN_ENTRY_BYTES);
-      for (let off = 0; off + CHAIN_ENTRY_BYTES <= n; off += CHAIN_ENTRY_BYTES) {
-        const e = decodeEntry(buf.subarray(off, off + CHAIN_ENTRY_BYTES), this.file.check);
-        if (e === null) return out;
-        out.push(e);
-      }
-      if (out.length < want) return out;
-      i += want;
+  /**
+   * Up to `max` whole entries from index `first`, encoded as on file: a read
+   * of those only on file (up to the first damaged one), or a view of those
+   * in memory.
+   */
+  private entriesFrom(first: number, max: number): Buffer {
+    if (first >= this.memFirst) {
+      const from = (first - this.memFirst) * CHAIN_ENTRY_BYTES;
+      const count = Math.max(0, Math.min(max, this.memFirst + this.memCount - first));
+      return this.mem.subarray(from, from + count * CHAIN_ENTRY_BYTES);
     }
-    for (const end = this.length; i < end && out.length < max; i++) out.push(this.memoryEntry(i)!);
-    return out;
+    const buf = Buffer.allocUnsafe(Math.min(max, this.memFirst - first) * CHAIN_ENTRY_BYTES);
+    const n = readSync(this.file.fd, buf, 0, buf.length, HEADER_BYTES + first * CHAIN_ENTRY_BYTES);
+    return buf.subarray(0, validEntries(buf.subarray(0, n), this.file.check) * CHAIN_ENTRY_BYTES);
   }
 
   /** The entry at `i` when memory holds it: unwritten, or among the last written. */
   private memoryEntry(i: number): Entry | undefined {
-    if (i >= this.fileEntries) return this.pending[i - this.fileEntries];
-    return this.written[i - (this.fileEntries - this.written.length)];
+    if (i < this.memFirst || i >= this.memFirst + this.memCount) return undefined;
+    return entryView(this.mem, (i - this.memFirst) * CHAIN_ENTRY_BYTES);
   }
 
   /** Resolve once every link computed so far is on disk. */
   async flush(): Promise<void> {
-    if (this.pending.length > 0 && !this.failed) {
-      this.mustWrite = this.pending.length;
+    if (this.pendingCount > 0 && !this.failed) {
+      this.mustWrite = this.pendingCount;
       this.flushing ??= this.runFlush();
     }
     while (this.flushing) await this.flushing;
@@ -405,7 +431,7 @@ export class HashChain {
 
   /** Number of links. */
   get length(): number {
-    return this.fileEntries + this.pending.length;
+    return this.memFirst + this.memCount;
   }
 
   private entryAt(i: number): Entry {
@@ -459,14 +485,15 @@ export class HashChain {
  * order finds each next link without searching the file.
  */
 export class ChainCursor {
-  private block: Entry[] = [];
+  /** Entries from blockFirst on, encoded as on file. */
+  private block: Buffer = EMPTY_BLOCK;
   private blockFirst = 0;
   private next = 0;
   /** The link at `next - 1` when the last lookup ended there, else null. */
   private lastLink: Buffer | null = null;
 
   constructor(
-    private readonly read: (first: number, max: number) => Entry[],
+    private readonly read: (first: number, max: number) => Buffer,
     private readonly count: () => number,
   ) {}
 
@@ -480,33 +507,48 @@ export class ChainCursor {
     let i = this.next;
     // Right after the last lookup (the usual case), the link before is the last one returned.
     let prev: Buffer | undefined = this.lastLink ?? undefined;
-    if (!this.entry(i)?.tid.equals(tids[0]!)) {
+    if (!this.tidIs(i, tids[0]!)) {
       // Searched one entry at a time; the block is read from where it is found.
-      i = countUpTo((k) => this.read(k, 1)[0] ?? { tid: MAX_TID, hash: CHAIN_ORIGIN }, this.count(), tids[0]!) - 1;
-      if (i < 0 || !this.entry(i)!.tid.equals(tids[0]!)) return null;
+      i = countUpTo((k) => { const one = this.read(k, 1); return one.length > 0 ? entryView(one, 0) : { tid: MAX_TID, hash: CHAIN_ORIGIN }; }, this.count(), tids[0]!) - 1;
+      if (i < 0 || !this.tidIs(i, tids[0]!)) return null;
       prev = undefined;
     }
-    prev ??= i === 0 ? CHAIN_ORIGIN : this.entry(i - 1)?.hash;
-    if (prev === undefined) return null;
+    if (prev === undefined) {
+      if (i === 0) prev = CHAIN_ORIGIN;
+      else {
+        const at = this.offsetOf(i - 1);
+        if (at < 0) return null;
+        prev = this.block.subarray(at + 8, at + 8 + LINK_BYTES);
+      }
+    }
     const links: Buffer[] = [];
     for (const tid of tids) {
-      const e = this.entry(i++);
-      if (!e?.tid.equals(tid)) return null;
-      links.push(e.hash);
+      if (!this.tidIs(i, tid)) return null;
+      const at = this.offsetOf(i++);
+      links.push(this.block.subarray(at + 8, at + 8 + LINK_BYTES));
     }
     this.next = i;
     this.lastLink = links[links.length - 1]!;
     return { prev, links };
   }
 
-  private entry(i: number): Entry | undefined {
-    if (i < this.blockFirst || i >= this.blockFirst + this.block.length) {
-      if (i < 0 || i >= this.count()) return undefined;
+  /** Whether entry `i` exists and has tid `tid`. */
+  private tidIs(i: number, tid: Buffer): boolean {
+    const at = this.offsetOf(i);
+    return at >= 0 && compareIdsAt(this.block, at, tid) === 0;
+  }
+
+  /** Where entry `i` starts in the block (reading the block from `i` when it is not there), or -1 when the chain does not hold it. */
+  private offsetOf(i: number): number {
+    if (i < this.blockFirst || (i - this.blockFirst) * CHAIN_ENTRY_BYTES >= this.block.length) {
+      if (i < 0 || i >= this.count()) return -1;
       this.block = this.read(i, CURSOR_BLOCK_ENTRIES);
       this.blockFirst = i;
+      if (this.block.length === 0) return -1;
     }
-    return this.block[i - this.blockFirst];
+    return (i - this.blockFirst) * CHAIN_ENTRY_BYTES;
   }
 }
 
 const MAX_TID = Buffer.alloc(8, 0xff);
+const EMPTY_BLOCK = Buffer.alloc(0);

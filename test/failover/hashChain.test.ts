@@ -309,6 +309,36 @@ describe('writing the chain file under a fast committer', () => {
   });
 });
 
+describe('a cursor following live commits', () => {
+  it('gives each new link as it commits, over several written batches, and links it handed out never change', async () => {
+    const dir = await tempDir();
+    const fs = await FileStorage.open(join(dir, 'live.fs'), { create: true, fsync: false });
+    const chain = await HashChain.open(fs, { fsync: false });
+    const cursor = chain.cursor();
+    const lagging = chain.cursor(); // reads a block at a time, well behind the head
+    const seen: Array<{ tid: Buffer; prev: Buffer; link: Buffer }> = [];
+    const tids: Buffer[] = [];
+    for (let i = 0; i < 2600; i++) {
+      const [tid] = await commitMany(fs, 1, 1);
+      tids.push(tid!);
+      const got = cursor.linksOf([tid!])!;
+      seen.push({ tid: tid!, prev: got.prev, link: got.links[0]! });
+      await new Promise((r) => setImmediate(r)); // batch writes complete meanwhile, and memory drops what they wrote
+      if (i % 700 === 699) {
+        const back = tids.slice(i - 650, i - 600);
+        expect(lagging.linksOf(back)!.links.map((l) => l.toString('hex'))).toEqual(back.map((t) => chain.hashAt(t)!.toString('hex')));
+      }
+    }
+    await chain.flush();
+    seen.forEach((s, i) => {
+      expect(s.link.equals(chain.hashAt(s.tid)!)).toBe(true);
+      expect(s.prev.equals(i === 0 ? CHAIN_ORIGIN : seen[i - 1]!.link)).toBe(true);
+    });
+    await chain.close();
+    await fs.close();
+  });
+});
+
 describe('judgeHistory', () => {
   const t = (n: number): Buffer => Buffer.from(n.toString(16).padStart(16, '0'), 'hex');
   const h = (n: number, branch = 'a'): Buffer => Buffer.from(`${branch}${n}`.padEnd(32, '.'));
