@@ -509,7 +509,11 @@ export class ChainCursor {
     let prev: Buffer | undefined = this.lastLink ?? undefined;
     if (!this.tidIs(i, tids[0]!)) {
       // Searched one entry at a time; the block is read from where it is found.
-      i = countUpTo((k) => { const one = this.read(k, 1); return one.length > 0 ? entryView(one, 0) : { tid: MAX_TID, hash: CHAIN_ORIGIN }; }, this.count(), tids[0]!) - 1;
+      const entryAt = (k: number): Entry => {
+        const one = this.read(k, 1);
+        return one.length > 0 ? entryView(one, 0) : { tid: MAX_TID, hash: CHAIN_ORIGIN };
+      };
+      i = countUpTo(entryAt, this.count(), tids[0]!) - 1;
       if (i < 0 || !this.tidIs(i, tids[0]!)) return null;
       prev = undefined;
     }
