@@ -55,9 +55,12 @@ describe('a live session', () => {
     const { dir, storage, sessions, server } = await serve();
     const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
     try {
-      await waitForTid(secondary, (await commitMany(storage, 1))[0]!);
+      const [first] = await commitMany(storage, 1);
+      await waitForTid(secondary, first!);
       const session = sessions[0]!;
       expect(session.machine.getSnapshot().value).toBe('live');
+      // The first commit's ack may still be on its way: it would show as progress before the writes below.
+      await until(() => session.status().ackedTid, (tid) => tid?.equals(first!) === true);
       let transitions = 0;
       const sub = session.machine.subscribe(() => (transitions += 1));
       const progress: Array<{ sent: string | undefined; acked: string | undefined }> = [];
