@@ -60,6 +60,11 @@ const report = (secondary: number, tid: Buffer): void => {
 };
 /** How many times the secondaries were opened: each time into files of their own. */
 let opened = 0;
+const closeAll = async (): Promise<void> => {
+  const closing = secondaries;
+  secondaries = [];
+  await Promise.all(closing.map((s) => s.close()));
+};
 
 process.on('message', (m: { type: string }) => {
   if (m.type === 'cpu') {
@@ -77,13 +82,12 @@ process.on('message', (m: { type: string }) => {
       send({ type: 'ready' });
     });
   } else if (m.type === 'closeSecondaries') {
-    void Promise.all(secondaries.map((s) => s.close())).then(() => {
-      secondaries = [];
+    void closeAll().then(() => {
       lastApplied.clear();
       send({ type: 'secondariesClosed' });
     });
   } else if (m.type === 'close') {
-    void Promise.all(secondaries.map((s) => s.close())).then(() => {
+    void closeAll().then(() => {
       clearInterval(rss);
       // A large report is still being written when send() returns: disconnect once it went out.
       const last = [...lastApplied.values()];

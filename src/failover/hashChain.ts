@@ -98,19 +98,21 @@ function entryView(buf: Buffer, off: number): Entry {
   return { tid: buf.subarray(off, off + 8), hash: buf.subarray(off + 8, off + 8 + LINK_BYTES) };
 }
 
+/** Whether the entry encoded at `off` in `buf` passes its check. */
+function entryChecks(buf: Buffer, off: number, check: EntryCheck): boolean {
+  check(buf, off, checkScratch, 0);
+  return checkScratch.compare(buf, off + 8 + LINK_BYTES, off + CHAIN_ENTRY_BYTES) === 0;
+}
+
 /** How many whole entries at the start of `buf` pass their check. */
 function validEntries(buf: Buffer, check: EntryCheck): number {
   let n = 0;
-  for (let off = 0; off + CHAIN_ENTRY_BYTES <= buf.length; off += CHAIN_ENTRY_BYTES, n++) {
-    check(buf, off, checkScratch, 0);
-    if (checkScratch.compare(buf, off + 8 + LINK_BYTES, off + CHAIN_ENTRY_BYTES) !== 0) break;
-  }
+  while ((n + 1) * CHAIN_ENTRY_BYTES <= buf.length && entryChecks(buf, n * CHAIN_ENTRY_BYTES, check)) n++;
   return n;
 }
 
 function decodeEntry(buf: Buffer, check: EntryCheck): Entry | null {
-  check(buf, 0, checkScratch, 0);
-  if (!checkScratch.equals(buf.subarray(8 + LINK_BYTES, CHAIN_ENTRY_BYTES))) return null;
+  if (!entryChecks(buf, 0, check)) return null;
   return { tid: Buffer.from(buf.subarray(0, 8)), hash: Buffer.from(buf.subarray(8, 8 + LINK_BYTES)) };
 }
 
@@ -231,6 +233,11 @@ export class HashChain {
     return this.memFirst + this.memCount - this.fileEntries;
   }
 
+  /** Where entry `i` (at least memFirst) starts in `mem`. */
+  private memOffset(i: number): number {
+    return (i - this.memFirst) * CHAIN_ENTRY_BYTES;
+  }
+
   /** Open the chain beside `storage`, bring it up to the storage's last durable transaction, follow commits. */
   static async open(storage: FileStorage, options: HashChainOptions = {}): Promise<HashChain> {
     const path = chainPathFor(storage.path);
@@ -288,7 +295,7 @@ export class HashChain {
    */
   private append(tid: Buffer, hash: Buffer, now = false): void {
     if ((this.memCount + 1) * CHAIN_ENTRY_BYTES > this.mem.length) this.makeRoom();
-    const off = this.memCount * CHAIN_ENTRY_BYTES;
+    const off = this.memOffset(this.length);
     tid.copy(this.mem, off, 0, 8);
     hash.copy(this.mem, off + 8, 0, LINK_BYTES);
     this.file.check(this.mem, off, this.mem, off + 8 + LINK_BYTES);
@@ -302,7 +309,7 @@ export class HashChain {
   private makeRoom(): void {
     const first = Math.max(this.memFirst, this.fileEntries - WRITTEN_TAIL_ENTRIES);
     const keep = this.memFirst + this.memCount - first;
-    const from = (first - this.memFirst) * CHAIN_ENTRY_BYTES;
+    const from = this.memOffset(first);
     const mem = Buffer.allocUnsafe(Math.max(64, 2 * (keep + 1)) * CHAIN_ENTRY_BYTES);
     this.mem.copy(mem, 0, from, from + keep * CHAIN_ENTRY_BYTES);
     this.mem = mem;
@@ -322,7 +329,7 @@ export class HashChain {
     try {
       while (this.pendingCount >= WRITE_BATCH_ENTRIES || this.mustWrite > 0) {
         const count = this.pendingCount;
-        const from = (this.fileEntries - this.memFirst) * CHAIN_ENTRY_BYTES;
+        const from = this.memOffset(this.fileEntries);
         await writeAt(this.file.fd, this.mem.subarray(from, from + count * CHAIN_ENTRY_BYTES), HEADER_BYTES + this.fileEntries * CHAIN_ENTRY_BYTES);
         // Through the storage's disk: a simulated slow disk delays these syncs too.
         if (this.fsync) await this.storage.disk.datasync(this.file.fd);
@@ -399,7 +406,7 @@ export class HashChain {
    */
   private entriesFrom(first: number, max: number): Buffer {
     if (first >= this.memFirst) {
-      const from = (first - this.memFirst) * CHAIN_ENTRY_BYTES;
+      const from = this.memOffset(first);
       const count = Math.max(0, Math.min(max, this.memFirst + this.memCount - first));
       return this.mem.subarray(from, from + count * CHAIN_ENTRY_BYTES);
     }
@@ -411,7 +418,7 @@ export class HashChain {
   /** The entry at `i` when memory holds it: unwritten, or among the last written. */
   private memoryEntry(i: number): Entry | undefined {
     if (i < this.memFirst || i >= this.memFirst + this.memCount) return undefined;
-    return entryView(this.mem, (i - this.memFirst) * CHAIN_ENTRY_BYTES);
+    return entryView(this.mem, this.memOffset(i));
   }
 
   /** Resolve once every link computed so far is on disk. */

@@ -12,7 +12,7 @@ import type { AuditLog } from '../audit/auditLog.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import type { TransactionMeta } from '../storage/types.js';
 import type { Logger } from './log.js';
-import type { PrimarySession, SessionStatus } from './primarySession.js';
+import type { PrimarySession, SessionProgress, SessionStatus } from './primarySession.js';
 
 /** Default bound on one wait for acknowledgements. */
 export const DEFAULT_SYNC_TIMEOUT_MS = 10_000;
@@ -98,7 +98,7 @@ export class AckTracker {
   track(session: PrimarySession): void {
     const t: Tracked = { session, acks: false, ackedTid: null, lastSentTid: null, sent: [], lastAckLatencyMs: null, lastAckAtMs: null };
     this.tracked.set(session, t);
-    const sub = session.progress$.subscribe((p) => this.onProgress(t, p.acks, p.lastSentTid, p.ackedTid));
+    const sub = session.progress$.subscribe((p) => this.onProgress(t, p));
     session.done$.subscribe({
       complete: () => {
         this.tracked.delete(session);
@@ -107,7 +107,7 @@ export class AckTracker {
     });
   }
 
-  private onProgress(t: Tracked, acks: boolean, lastSent: Buffer | null, acked: Buffer | null): void {
+  private onProgress(t: Tracked, { acks, lastSentTid: lastSent, ackedTid: acked }: SessionProgress): void {
     const now = this.options.clock.now();
     t.acks = acks;
     if (lastSent !== null && (t.lastSentTid === null || !lastSent.equals(t.lastSentTid))) {
