@@ -28,10 +28,10 @@ import { tidPlusOne } from '../storage/timestamp.js';
 import type { CommittedTransaction } from '../storage/types.js';
 import type { ChainHead } from '../wire/native.js';
 
-import { CHAIN_ORIGIN, LINK_BYTES, linkAt, sha256, type ComputedLink } from './links.js';
+import { CHAIN_ORIGIN, LINK_BYTES, linkAt, sha256, type RunLinks } from './links.js';
 
 export type { ChainHead };
-export { CHAIN_ORIGIN, LINK_BYTES, chainLink, contentAt, linkOfStored, linksOfRun, type ChainContent, type ComputedLink, type RunLinks } from './links.js';
+export { CHAIN_ORIGIN, LINK_BYTES, RunLinks, chainLink, contentAt, linkOfStored, linksOfRun, type ChainContent } from './links.js';
 
 /** Version 1 files check each entry with sha256; version 2 (written now) with a cheap 64-bit mix. */
 const MAGIC_V1 = Buffer.from('ZRSCHN01', 'latin1');
@@ -213,9 +213,14 @@ export class HashChain {
   private closed = false;
   /** Links the primary sent for packed transactions about to commit here (bounded). */
   private readonly expected = new Map<string, Buffer>();
-  /** Links computed here ahead of their commits, oldest first, each with the link it follows (bounded). */
-  private computed: Array<(ComputedLink & { prev: Buffer }) | undefined> = [];
-  private computedNext = 0;
+  /**
+   * Runs of links computed here ahead of their commits, oldest first, from
+   * entry computedAt of run computedRun on (at most MAX_COMPUTED_LINKS).
+   */
+  private computed: Array<RunLinks | undefined> = [];
+  private computedRun = 0;
+  private computedAt = 0;
+  private computedCount = 0;
 
   private constructor(
     readonly path: string,
@@ -355,38 +360,51 @@ export class HashChain {
 
   /**
    * Links of transactions about to commit here, computed from their bytes
-   * before they were written (a replica checks a run by its links), the
-   * first following `prev`. Each is used only if, at its commit, the chain's
-   * head is the link it was computed after; otherwise it is computed again.
+   * before they were written (a replica checks a run by its links). Each is
+   * used only if, at its commit, the chain's head is the link it was
+   * computed after; otherwise it is computed again.
    */
-  expectComputed(prev: Buffer, links: readonly ComputedLink[]): void {
-    for (const l of links) {
-      this.computed.push({ tid: l.tid, link: l.link, prev });
-      prev = l.link;
-    }
-    const excess = this.computed.length - this.computedNext - MAX_COMPUTED_LINKS;
-    if (excess > 0) this.computedNext += excess;
-    if (this.computedNext > 1024 && this.computedNext * 2 > this.computed.length) {
-      this.computed = this.computed.slice(this.computedNext);
-      this.computedNext = 0;
+  expectComputed(run: RunLinks): void {
+    if (run.count === 0) return;
+    this.computed.push(run);
+    this.computedCount += run.count;
+    // Over the bound: the oldest runs go (their transactions' links are computed again if they commit).
+    while (this.computedCount > MAX_COMPUTED_LINKS && this.computedRun < this.computed.length - 1) this.dropRun();
+    if (this.computedRun > 64 && this.computedRun * 2 > this.computed.length) {
+      this.computed = this.computed.slice(this.computedRun);
+      this.computedRun = 0;
     }
   }
 
   /** Forget the links computed ahead (the transactions they were for will not commit as sent). */
   dropComputed(): void {
     this.computed = [];
-    this.computedNext = 0;
+    this.computedRun = 0;
+    this.computedAt = 0;
+    this.computedCount = 0;
+  }
+
+  /** Let go of the oldest run of computed links (or what is left of it). */
+  private dropRun(): void {
+    this.computedCount -= this.computed[this.computedRun]!.count - this.computedAt;
+    this.computed[this.computedRun++] = undefined;
+    this.computedAt = 0;
   }
 
   /** The link computed ahead for `tid` after `prev`, if any; older ones are dropped. */
   private takeComputed(tid: Buffer, prev: Buffer): Buffer | null {
-    while (this.computedNext < this.computed.length) {
-      const c = this.computed[this.computedNext]!;
-      const order = Buffer.compare(c.tid, tid);
+    while (this.computedRun < this.computed.length) {
+      const run = this.computed[this.computedRun]!;
+      const i = this.computedAt;
+      const order = compareIdsAt(run.tids, 8 * i, tid);
       if (order > 0) return null;
-      // Emptied once taken: a link used at once then dies young instead of waiting for the next compaction.
-      this.computed[this.computedNext++] = undefined;
-      if (order === 0) return c.prev.equals(prev) ? c.link : null;
+      // Taken or passed: a run is let go once its last link is, so links used at once die young.
+      if (i + 1 === run.count) this.dropRun();
+      else {
+        this.computedAt = i + 1;
+        this.computedCount -= 1;
+      }
+      if (order === 0) return run.follows(i, prev) ? run.link(i) : null;
     }
     return null;
   }

@@ -7,7 +7,7 @@
 
 import { createHash, hash } from 'node:crypto';
 import type { FileStorage } from '../storage/FileStorage.js';
-import { DATA_HEADER_BYTES, TXN_HEADER_BYTES, copyIdAt, dataRecordLength, readTxnHeader, readU64At, recordsStart, writeU64At } from '../storage/format.js';
+import { DATA_HEADER_BYTES, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength, readTxnHeader, readU64At, recordsStart, u16At, writeU64At } from '../storage/format.js';
 
 /** Bytes of one link (sha256). */
 export const LINK_BYTES = 32;
@@ -72,39 +72,54 @@ export function chainLink(prev: Buffer, t: ChainContent): Buffer {
  */
 export function linkOfStored(prev: Buffer, body: Buffer): Buffer | null {
   const length = readU64At(body, 8);
-  const recordsAt = recordsStart(body);
-  if (length > body.length || recordsAt > length) return null;
+  if (length > body.length || length < TXN_HEADER_BYTES) return null;
+  const link = storedLink(prev, body, 0, length);
+  return link === null ? null : Buffer.from(link, 'binary');
+}
+
+/**
+ * linkOfStored for the transaction at `src[start, start + length)`, `length`
+ * being its header's, at least TXN_HEADER_BYTES and within `src`. The link
+ * is returned, and `prev` taken, as a 32-character 'binary' (latin1) string
+ * when not a Buffer: a run's links are computed one after another without a Buffer
+ * each (see linksOfRun).
+ */
+function storedLink(prev: Buffer | string, src: Buffer, start: number, length: number): string | null {
+  const end = start + length;
+  const recordsAt = recordsStart(src, start);
+  if (recordsAt > end) return null;
   let count = 0;
   let largest = 0;
-  for (let pos = recordsAt; pos < length; count++) {
-    if (pos + DATA_HEADER_BYTES > length) return null;
-    const plen = readU64At(body, pos + 34);
-    if (plen === 0 || pos + DATA_HEADER_BYTES + plen > length) return null;
+  for (let pos = recordsAt; pos < end; count++) {
+    if (pos + DATA_HEADER_BYTES > end) return null;
+    const plen = readU64At(src, pos + 34);
+    if (plen === 0 || pos + DATA_HEADER_BYTES + plen > end) return null;
     if (plen > largest) largest = plen;
     pos += DATA_HEADER_BYTES + plen;
   }
   // Hashed, a record takes 25 bytes less than stored and the header 17 more, so this always fits
   // (with large data: the header and one record's head or small data at a time).
-  const need = prev.length + 64 + (largest < DIRECT_DATA_BYTES ? body.length : recordsAt + DIRECT_DATA_BYTES);
+  const need = LINK_BYTES + 64 + (largest < DIRECT_DATA_BYTES ? length : recordsAt - start + DIRECT_DATA_BYTES);
   if (need > scratch.length) scratch = Buffer.allocUnsafe(Math.max(need, scratch.length * 2));
   const out = scratch;
-  out.set(prev, 0);
-  let off = copyBytes(body, 0, 8, out, prev.length);
-  let pos = TXN_HEADER_BYTES;
+  if (typeof prev === 'string') out.write(prev, 0, LINK_BYTES, 'latin1');
+  else out.set(prev, 0);
+  let off = copyBytes(src, start, start + 8, out, LINK_BYTES);
+  let pos = start + TXN_HEADER_BYTES;
   for (let field = 0; field < 3; field++) {
-    const len = body.readUInt16BE(17 + 2 * field); // user, description, extension lengths
+    const len = u16At(src, start + 17 + 2 * field); // user, description, extension lengths
     off = putU64(out, off, len);
-    off = copyBytes(body, pos, pos + len, out, off);
+    off = copyBytes(src, pos, pos + len, out, off);
     pos += len;
   }
   off = putU64(out, off, count);
-  if (largest >= DIRECT_DATA_BYTES) return linkWithLargeData(out, off, body, length);
+  if (largest >= DIRECT_DATA_BYTES) return linkWithLargeData(out, off, src, recordsAt, end);
   // A hashed record is its oid, 0x01, then its length and data, which lie
   // together at the end of the stored record: the records are copied in one
   // go and moved down in place, record by record (never over bytes unread).
-  out.set(body.subarray(recordsAt, length), off);
-  const end = off + length - recordsAt;
-  for (let r = off; r < end; ) {
+  out.set(src.subarray(recordsAt, end), off);
+  const stop = off + end - recordsAt;
+  for (let r = off; r < stop; ) {
     const plen = readU64At(out, r + 34);
     for (let i = 0; i < 8; i++) out[off + i] = out[r + i]!;
     out[off + 8] = 1;
@@ -112,42 +127,71 @@ export function linkOfStored(prev: Buffer, body: Buffer): Buffer | null {
     off += 17 + plen;
     r += DATA_HEADER_BYTES + plen;
   }
-  return sha256(out.subarray(0, off));
+  return hash('sha256', out.subarray(0, off), 'binary');
 }
 
-/** linkOfStored's tail when some record data is large: such data is hashed where it lies instead of through a copy. */
-function linkWithLargeData(out: Buffer, headerBytes: number, body: Buffer, length: number): Buffer {
+/** storedLink's tail when some record data is large: such data is hashed where it lies instead of through a copy. */
+function linkWithLargeData(out: Buffer, headerBytes: number, src: Buffer, recordsAt: number, end: number): string {
   const hasher = createHash('sha256');
   let off = headerBytes;
-  for (let pos = recordsStart(body); pos < length; ) {
-    const plen = readU64At(body, pos + 34);
+  for (let pos = recordsAt; pos < end; ) {
+    const plen = readU64At(src, pos + 34);
     if (off + 17 + Math.min(plen, DIRECT_DATA_BYTES) > out.length) {
       hasher.update(out.subarray(0, off));
       off = 0;
     }
-    off = copyBytes(body, pos, pos + 8, out, off);
+    off = copyBytes(src, pos, pos + 8, out, off);
     out[off++] = 1;
     off = putU64(out, off, plen);
     const data = pos + DATA_HEADER_BYTES;
     if (plen >= DIRECT_DATA_BYTES) {
-      hasher.update(out.subarray(0, off)).update(body.subarray(data, data + plen));
+      hasher.update(out.subarray(0, off)).update(src.subarray(data, data + plen));
       off = 0;
-    } else off = copyBytes(body, data, data + plen, out, off);
+    } else off = copyBytes(src, data, data + plen, out, off);
     pos = data + plen;
   }
-  return hasher.update(out.subarray(0, off)).digest();
+  return hasher.update(out.subarray(0, off)).digest('binary');
 }
 
-/** A transaction's link, computed ahead of its commit. */
-export interface ComputedLink {
-  tid: Buffer;
-  link: Buffer;
-}
+/**
+ * The links of a run of transactions, kept flat (transaction i's tid at
+ * `tids[8i]`, its link at `links[32i]`): a run of hundreds of transactions
+ * costs three Buffers, not objects per transaction.
+ */
+export class RunLinks {
+  constructor(
+    /** The link the run's first transaction follows. */
+    readonly prevLink: Buffer,
+    readonly tids: Buffer,
+    readonly links: Buffer,
+  ) {}
 
-/** The links of a raw run's transactions, the first computed after `prevLink`. */
-export interface RunLinks {
-  prevLink: Buffer;
-  links: ComputedLink[];
+  /** The run of `entries` in order, the first following `prevLink`. */
+  static of(prevLink: Buffer, entries: ReadonlyArray<{ tid: Buffer; link: Buffer }>): RunLinks {
+    return new RunLinks(prevLink, Buffer.concat(entries.map((e) => e.tid)), Buffer.concat(entries.map((e) => e.link)));
+  }
+
+  get count(): number {
+    return this.tids.length / 8;
+  }
+
+  tid(i: number): Buffer {
+    return this.tids.subarray(8 * i, 8 * i + 8);
+  }
+
+  link(i: number): Buffer {
+    return this.links.subarray(LINK_BYTES * i, LINK_BYTES * (i + 1));
+  }
+
+  /** Each transaction's tid and link, as views. */
+  entries(): Array<{ tid: Buffer; link: Buffer }> {
+    return Array.from({ length: this.count }, (_, i) => ({ tid: this.tid(i), link: this.link(i) }));
+  }
+
+  /** Whether transaction i's link was computed after `prev`. */
+  follows(i: number, prev: Buffer): boolean {
+    return i === 0 ? this.prevLink.equals(prev) : this.links.compare(prev, 0, LINK_BYTES, LINK_BYTES * (i - 1), LINK_BYTES * i) === 0;
+  }
 }
 
 /**
@@ -156,21 +200,28 @@ export interface RunLinks {
  * when the bytes do not split into transactions and records, or a record is
  * a backpointer: a run must hold neither, and the caller refuses it.
  */
-export function linksOfRun(prev: Buffer, run: Buffer): ComputedLink[] | null {
-  const out: ComputedLink[] = [];
-  for (let off = 0; off < run.length; ) {
+export function linksOfRun(prev: Buffer, run: Buffer): RunLinks | null {
+  let count = 0;
+  for (let off = 0; off < run.length; count++) {
     if (off + TXN_HEADER_BYTES > run.length) return null;
     const length = readU64At(run, off + 8);
-    const end = off + length + 8;
-    if (length < TXN_HEADER_BYTES || end > run.length) return null;
-    // linkOfStored checks every record's extent within the transaction.
-    const link = linkOfStored(prev, run.subarray(off, off + length));
-    if (link === null) return null;
-    out.push({ tid: copyIdAt(run, off), link });
-    prev = link;
-    off = end;
+    if (length < TXN_HEADER_BYTES || off + length + TRAILER_BYTES > run.length) return null;
+    off += length + TRAILER_BYTES;
   }
-  return out;
+  const tids = Buffer.allocUnsafe(8 * count);
+  const links = Buffer.allocUnsafe(LINK_BYTES * count);
+  let link: Buffer | string = prev;
+  for (let i = 0, off = 0; i < count; i++) {
+    const length = readU64At(run, off + 8);
+    // storedLink checks every record's extent within the transaction.
+    const next = storedLink(link, run, off, length);
+    if (next === null) return null;
+    links.write(next, LINK_BYTES * i, LINK_BYTES, 'latin1');
+    copyBytes(run, off, off + 8, tids, 8 * i);
+    link = next;
+    off += length + TRAILER_BYTES;
+  }
+  return new RunLinks(prev, tids, links);
 }
 
 /** Record data of at least this size is hashed in place (see linkOfStored). */

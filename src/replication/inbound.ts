@@ -88,15 +88,15 @@ export class NativeInbound implements InboundDecoder {
     if (msg.prevLink === undefined) throw new ProtocolError('txns without prevLink after txnLinks was granted');
     const links = linksOfRun(msg.prevLink, msg.bytes);
     if (links === null) throw new ProtocolError('txns bytes do not split into transactions without backpointers');
-    if (links.length !== msg.count || !links[links.length - 1]!.tid.equals(msg.lastTid)) {
-      throw new ProtocolError(`txns announces ${msg.count} transactions up to ${msg.lastTid.toString('hex')} and carries ${links.length}`);
+    if (links.count === 0 || links.count !== msg.count || !links.tid(links.count - 1).equals(msg.lastTid)) {
+      throw new ProtocolError(`txns announces ${msg.count} transactions up to ${msg.lastTid.toString('hex')} and carries ${links.count}`);
     }
     const at = msg.bytes.byteOffset - payload.byteOffset;
     if (msg.bytes.buffer !== payload.buffer || at < 0) throw new Error('txns bytes are not a view into their frame'); // decoder contract
     this.checksum.update(payload.subarray(0, at));
     this.checksum.update(payload.subarray(at + msg.bytes.length));
-    this.checksum.update(Buffer.concat(links.map((l) => l.link)));
-    return { prevLink: msg.prevLink, links };
+    this.checksum.update(links.links);
+    return links;
   }
 
   private verdict(msg: PrimaryMessage): ApplyEvent[] {

@@ -370,7 +370,7 @@ export class Secondary {
       {
         applied: (tid) => this.onApplied(conn, tid),
         link: (tid, link) => this.failover?.chain.expectLink(tid, link),
-        runLinks: (linked) => (linked ? this.failover?.chain.expectComputed(linked.prevLink, linked.links) : this.failover?.chain.dropComputed()),
+        runLinks: (linked) => (linked ? this.failover?.chain.expectComputed(linked) : this.failover?.chain.dropComputed()),
         heartbeat: async (lastTid, clockMs, generation) => {
           this.lastHeartbeat = { lastTid, clockMs, receivedMs: this.clock.now() };
           this.noteUpstreamTid(lastTid);

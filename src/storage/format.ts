@@ -142,7 +142,13 @@ export function compareIdsAt(a: Buffer, off: number, b: Buffer): number {
 
 /** Offset of the first data record of the transaction whose header starts at `off` in `buf` (past user, description and extension). */
 export function recordsStart(buf: Buffer, off = 0): number {
-  return off + TXN_HEADER_BYTES + buf.readUInt16BE(off + 17) + buf.readUInt16BE(off + 19) + buf.readUInt16BE(off + 21);
+  if (off >>> 0 !== off || off + TXN_HEADER_BYTES > buf.length) throw new RangeError(`transaction header at ${off} is outside a buffer of ${buf.length} bytes`);
+  return off + TXN_HEADER_BYTES + u16At(buf, off + 17) + u16At(buf, off + 19) + u16At(buf, off + 21);
+}
+
+/** The big-endian u16 at `off`, unchecked (see u32At). */
+export function u16At(buf: Buffer, off: number): number {
+  return (buf[off]! << 8) | buf[off + 1]!;
 }
 
 export { u64At as readU64At, writeU64At };

@@ -9,7 +9,7 @@ import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { tidPlusOne } from '../../src/storage/timestamp.js';
-import { CHAIN_ENTRY_BYTES, CHAIN_ORIGIN, HashChain, chainLink, chainPathFor, contentAt, linkOfStored, linksOfRun } from '../../src/failover/hashChain.js';
+import { CHAIN_ENTRY_BYTES, CHAIN_ORIGIN, HashChain, RunLinks, chainLink, chainPathFor, contentAt, linkOfStored, linksOfRun } from '../../src/failover/hashChain.js';
 import { judgeHistory } from '../../src/failover/divergence.js';
 import { GenerationHistory } from '../../src/failover/generations.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -170,7 +170,7 @@ describe('linkOfStored against chainLink (property)', () => {
         const stored = (await allTransactions(fs)).find((x) => x.tid.equals(tid))!;
         const expected = chainLink(prev, contentAt(fs, stored.pos));
         expect(linkOfStored(prev, stored.raw!)!.toString('hex')).toBe(expected.toString('hex'));
-        const [run] = linksOfRun(prev, stored.raw!)!;
+        const [run] = linksOfRun(prev, stored.raw!)!.entries();
         expect(run!.link.equals(expected) && run!.tid.equals(tid)).toBe(true);
         prev = expected;
       }),
@@ -219,12 +219,12 @@ describe('links for replication', () => {
     const chain = await HashChain.open(fs, { fsync: false });
     // Taken as given when the chain's head is what they follow: a marker shows it was not recomputed.
     const marker = Buffer.alloc(32, 0xab);
-    const [first, ...others] = linksOfRun(CHAIN_ORIGIN, run)!;
-    chain.expectComputed(CHAIN_ORIGIN, [{ tid: first!.tid, link: marker }, ...linksOfRun(marker, run.subarray(raws[0]!.length))!]);
+    const [first, ...others] = linksOfRun(CHAIN_ORIGIN, run)!.entries();
+    chain.expectComputed(RunLinks.of(CHAIN_ORIGIN, [{ tid: first!.tid, link: marker }, ...linksOfRun(marker, run.subarray(raws[0]!.length))!.entries()]));
     expect(others).toHaveLength(2);
     // Computed after some other link: not taken.
     const wrong = linksOfRun(Buffer.alloc(32, 9), rest)!;
-    chain.expectComputed(Buffer.alloc(32, 9), wrong);
+    chain.expectComputed(wrong);
     await (await fs.appendTransactions(Buffer.from(run))).durable;
     await (await fs.appendTransactions(Buffer.from(rest))).durable;
     await chain.flush();
@@ -234,7 +234,37 @@ describe('links for replication', () => {
       prev = linkOfStored(prev, t.raw!)!;
       expect(chain.hashAt(t.tid)!.equals(prev)).toBe(true);
     }
-    expect(wrong.every((w) => !chain.hashAt(w.tid)!.equals(w.link))).toBe(true);
+    expect(wrong.entries().every((w) => !chain.hashAt(w.tid)!.equals(w.link))).toBe(true);
+    await chain.close();
+    await fs.close();
+  });
+
+  it('keeps at most 65,536 links computed ahead, letting the oldest runs go', async () => {
+    const dir = await tempDir();
+    const src = await FileStorage.open(join(dir, 'src.fs'), { create: true, fsync: false });
+    const [t1, t2] = await commitMany(src, 2, 1);
+    const raws: Buffer[] = [];
+    for await (const t of src.iterator()) raws.push(Buffer.from(t.raw!));
+    await src.close();
+    const realFirst = linkOfStored(CHAIN_ORIGIN, raws[0]!)!;
+
+    const fs = await FileStorage.open(join(dir, 'dst.fs'), { create: true, fsync: false });
+    const chain = await HashChain.open(fs, { fsync: false });
+    const marker1 = Buffer.alloc(32, 0x11);
+    const marker2 = Buffer.alloc(32, 0x22);
+    chain.expectComputed(RunLinks.of(CHAIN_ORIGIN, [{ tid: t1!, link: marker1 }]));
+    // A second run of 70,000 links (t2's, then made-up later tids): over the bound with the first, which goes.
+    const extra = 70_000;
+    const tids = Buffer.alloc(8 * (extra + 1), 0xff);
+    t2!.copy(tids, 0);
+    for (let i = 1; i <= extra; i++) tids.writeUInt32BE(i, 8 * i + 4);
+    const links = Buffer.alloc(32 * (extra + 1), 0x33);
+    marker2.copy(links, 0);
+    chain.expectComputed(new RunLinks(realFirst, tids, links));
+    await (await fs.appendTransactions(Buffer.concat(raws))).durable;
+    await chain.flush();
+    expect(chain.hashAt(t1!)!.equals(realFirst)).toBe(true); // computed again: the marker was let go
+    expect(chain.hashAt(t2!)!.equals(marker2)).toBe(true); // the newest run is kept whole
     await chain.close();
     await fs.close();
   });

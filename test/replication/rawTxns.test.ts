@@ -292,14 +292,14 @@ describe('runs checked by their hash-chain links (txnLinks)', () => {
         runs += 1;
         const links = linksOfRun(m.prevLink!, m.bytes)!;
         // prevLink is the primary's link before the run, and each link the primary's at that tid.
-        const firstTid = links[0]!.tid;
+        const firstTid = links.tid(0);
         const before = (await allTransactions(fs)).filter((t) => Buffer.compare(t.tid, firstTid) < 0).at(-1);
         expect(m.prevLink!.equals(before ? linkAt(before.tid)! : CHAIN_ORIGIN)).toBe(true);
-        for (const l of links) expect(l.link.equals(linkAt(l.tid)!)).toBe(true);
+        for (const l of links.entries()) expect(l.link.equals(linkAt(l.tid)!)).toBe(true);
         const at = m.bytes.byteOffset - payload.byteOffset;
         checksum.update(payload.subarray(0, at));
         checksum.update(payload.subarray(at + m.bytes.length));
-        checksum.update(Buffer.concat(links.map((l) => l.link)));
+        checksum.update(links.links);
       }
       expect(runs).toBe(2);
 
