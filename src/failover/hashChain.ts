@@ -87,8 +87,12 @@ const mixCheck: EntryCheck = (buf, off, out, outOff) => {
     a = Math.imul(a ^ x, 0x01000193);
     b = Math.imul(b ^ x, 0x5bd1e995) ^ (b >>> 13);
   }
-  out.writeUInt32BE(a >>> 0, outOff);
-  out.writeUInt32BE(b >>> 0, outOff + 4);
+  // Byte by byte: writeUInt32BE checks its value, and a word of 2^31 or more
+  // (not a small integer) made that check deoptimize once compiled.
+  for (let i = 0; i < 4; i++) {
+    out[outOff + i] = a >>> (24 - 8 * i);
+    out[outOff + 4 + i] = b >>> (24 - 8 * i);
+  }
 };
 
 const checkScratch = Buffer.allocUnsafe(CHECK_BYTES);

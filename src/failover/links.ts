@@ -73,18 +73,20 @@ export function chainLink(prev: Buffer, t: ChainContent): Buffer {
 export function linkOfStored(prev: Buffer, body: Buffer): Buffer | null {
   const length = readU64At(body, 8);
   if (length > body.length || length < TXN_HEADER_BYTES) return null;
-  const link = storedLink(prev, body, 0, length);
+  const link = storedLink(prev.toString('binary'), body, 0, length);
   return link === null ? null : Buffer.from(link, 'binary');
 }
 
 /**
  * linkOfStored for the transaction at `src[start, start + length)`, `length`
  * being its header's, at least TXN_HEADER_BYTES and within `src`. The link
- * is returned, and `prev` taken, as a 32-character 'binary' (latin1) string
- * when not a Buffer: a run's links are computed one after another without a Buffer
- * each (see linksOfRun).
+ * is returned, and `prev` taken, as a 32-character 'binary' (latin1)
+ * string: a run's links are computed one after another without a Buffer
+ * each (see linksOfRun). Always a string: a second path, taken once per
+ * run, had no type feedback when the code was first optimized, and cost
+ * the new secondary a deoptimization and a second compilation.
  */
-function storedLink(prev: Buffer | string, src: Buffer, start: number, length: number): string | null {
+function storedLink(prev: string, src: Buffer, start: number, length: number): string | null {
   const end = start + length;
   const recordsAt = recordsStart(src, start);
   if (recordsAt > end) return null;
@@ -102,8 +104,7 @@ function storedLink(prev: Buffer | string, src: Buffer, start: number, length: n
   const need = LINK_BYTES + 64 + (largest < DIRECT_DATA_BYTES ? length : recordsAt - start + DIRECT_DATA_BYTES);
   if (need > scratch.length) scratch = Buffer.allocUnsafe(Math.max(need, scratch.length * 2));
   const out = scratch;
-  if (typeof prev === 'string') out.write(prev, 0, LINK_BYTES, 'latin1');
-  else out.set(prev, 0);
+  out.write(prev, 0, LINK_BYTES, 'binary');
   let off = copyBytes(src, start, start + 8, out, LINK_BYTES);
   let pos = start + TXN_HEADER_BYTES;
   for (let field = 0; field < 3; field++) {
@@ -210,13 +211,13 @@ export function linksOfRun(prev: Buffer, run: Buffer): RunLinks | null {
   }
   const tids = Buffer.allocUnsafe(8 * count);
   const links = Buffer.allocUnsafe(LINK_BYTES * count);
-  let link: Buffer | string = prev;
+  let link = prev.toString('binary');
   for (let i = 0, off = 0; i < count; i++) {
     const length = readU64At(run, off + 8);
     // storedLink checks every record's extent within the transaction.
     const next = storedLink(link, run, off, length);
     if (next === null) return null;
-    links.write(next, LINK_BYTES * i, LINK_BYTES, 'latin1');
+    links.write(next, LINK_BYTES * i, LINK_BYTES, 'binary');
     copyBytes(run, off, off + 8, tids, 8 * i);
     link = next;
     off += length + TRAILER_BYTES;

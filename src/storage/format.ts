@@ -48,7 +48,12 @@ export function u32At(buf: Buffer, off: number): number {
 /** Read a u64 that must fit a JS number (file offsets and lengths do). */
 function u64At(buf: Buffer, off: number): number {
   if (off >>> 0 !== off || off + 8 > buf.length) throw new RangeError(`u64 at ${off} is outside a buffer of ${buf.length} bytes`);
-  return u32At(buf, off) * TWO32 + u32At(buf, off + 4);
+  const high = u32At(buf, off);
+  const low = u32At(buf, off + 4);
+  // Below 2^32 the low word as it is: a small integer. Multiplied by 2^32 it
+  // would come out boxed in code not yet optimized, and offsets derived from
+  // it would make the code that compiled for small integers deoptimize.
+  return high === 0 ? low : high * TWO32 + low;
 }
 
 function writeU64At(buf: Buffer, off: number, n: number): void {

@@ -75,13 +75,13 @@ export interface RelocatedRun {
  */
 export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer | null, index: Map<OidKey, number>, where: string): RelocatedRun {
   const txns: RelocatedTxn[] = [];
-  // First change to each key in this run and what it replaced, to undo them.
+  // First change to each key in this run and what it replaced (-1: nothing), to undo them.
   const changedKeys: OidKey[] = [];
-  const replaced: Array<number | undefined> = [];
+  const replaced: number[] = [];
   const undo = (): void => {
     for (let i = changedKeys.length - 1; i >= 0; i--) {
-      const old = replaced[i];
-      if (old === undefined) index.delete(changedKeys[i]!);
+      const old = replaced[i]!;
+      if (old < 0) index.delete(changedKeys[i]!);
       else index.set(changedKeys[i]!, old);
     }
   };
@@ -121,8 +121,11 @@ export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer 
       if (plen === 0) bad(r, 'backpointer records are not accepted here');
       if (r + DATA_HEADER_BYTES + plen > recordsEnd) bad(r, 'data record runs past its transaction');
       const key = oidKeyAt(raw, r);
-      const old = index.get(key);
-      if (old === undefined || old < base) {
+      // -1 for a new object: the comparison then runs for every record, so a
+      // new secondary, which first sees only creations, has it compiled
+      // rather than deoptimizing at the first update.
+      const old = index.get(key) ?? -1;
+      if (old < base) {
         changedKeys.push(key);
         replaced.push(old);
         const hi = u32At(raw, r);
@@ -133,7 +136,7 @@ export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer 
           maxLo = lo;
         }
       }
-      writeU64At(raw, r + 16, old ?? 0);
+      writeU64At(raw, r + 16, old < 0 ? 0 : old);
       writeU64At(raw, r + 24, tpos);
       index.set(key, base + r);
       r += DATA_HEADER_BYTES + plen;
