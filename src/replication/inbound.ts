@@ -88,7 +88,7 @@ export class NativeInbound implements InboundDecoder {
     if (msg.prevLink === undefined) throw new ProtocolError('txns without prevLink after txnLinks was granted');
     const links = linksOfRun(msg.prevLink, msg.bytes);
     if (links === null) throw new ProtocolError('txns bytes do not split into transactions without backpointers');
-    if (links.count === 0 || links.count !== msg.count || !links.tid(links.count - 1).equals(msg.lastTid)) {
+    if (links.count !== msg.count || !links.tid(links.count - 1).equals(msg.lastTid)) {
       throw new ProtocolError(`txns announces ${msg.count} transactions up to ${msg.lastTid.toString('hex')} and carries ${links.count}`);
     }
     const at = msg.bytes.byteOffset - payload.byteOffset;
