@@ -1,6 +1,7 @@
 // Native protocol `zrs-ts/<version>`: name classification, per-phase limits, msgpack codec of NativeMessage; no I/O.
 // Invariants: decoding trusts nothing (no ext types, every field checked, else ProtocolError); tids/oids are 8 bytes.
 
+import { createHash } from 'node:crypto';
 import { Packr, Unpackr, RESERVE_START_SPACE } from 'msgpackr';
 import { ProtocolError } from '../errors.js';
 import { FRAME_HEADER_BYTES } from './framing.js';
@@ -689,6 +690,7 @@ function decodeGeneral(bytes: Buffer, unpackr: Unpackr): NativeMessage {
 function toWire(msg: NativeMessage): Record<string, unknown> {
   try {
     const wire = parseMessage(msg, false) as unknown as Record<string, unknown>;
+    if (msg.type === 'welcome' || (msg.type === 'heartbeat' && msg.generation)) wire.check = announcementCheck(msg);
     // Inline records travel as [oid, dataTxn, data] arrays: smaller and faster than maps.
     if (msg.type === 'txn' && wire.records) wire.records = (wire.records as InlineRecord[]).map((r) => [r.oid, r.dataTxn, r.data]);
     return wire;
@@ -897,13 +899,43 @@ function parseWelcome(obj: Obj, copy: boolean): WelcomeMessage {
   const optionsObj = asObj(get(obj, 'options', 'welcome'), 'welcome.options');
   const compression = get(optionsObj, 'compression', 'welcome.options');
   if (compression !== 'none') fail(`welcome.options.compression must be 'none', got ${describe(compression)}`);
-  return {
+  const welcome: WelcomeMessage = {
     type: 'welcome',
     lastTid: asId(get(obj, 'lastTid', 'welcome'), 'welcome.lastTid', copy),
     generation: parseGeneration(get(obj, 'generation', 'welcome'), 'welcome.generation', copy),
     options: { blobs: asBool(get(optionsObj, 'blobs', 'welcome.options'), 'welcome.options.blobs'), compression: 'none', ...parseRawTxnsGrant(optionsObj) },
     ...parseWelcomeGenerations(getOptional(obj, 'generations'), copy),
   };
+  verifyAnnouncement(obj, welcome);
+  return welcome;
+}
+
+/**
+ * The `check` of a welcome, or of a heartbeat announcing a generation: the
+ * first 8 bytes of sha256 over what a secondary adopts and persists from it,
+ * as text (docs/PROTOCOL.md). Nothing else covers these messages before the
+ * secondary acts on them: a byte changed on the way in a generation's start
+ * tid would otherwise be persisted, and judged a diverged history from then
+ * on.
+ */
+export function announcementCheck(msg: WelcomeMessage | HeartbeatMessage): Buffer {
+  const gen = (g: GenerationEntry): string => `${g.generation}@${g.startTid.toString('hex')}`;
+  const fields = [msg.type, msg.lastTid.toString('hex')];
+  if (msg.type === 'welcome') {
+    const o = msg.options;
+    fields.push(gen(msg.generation), msg.generations ? msg.generations.map(gen).join(',') : '-', `blobs=${o.blobs} rawTxns=${o.rawTxns ?? '-'} txnLinks=${o.txnLinks ?? '-'}`);
+  } else fields.push(msg.generation ? gen(msg.generation) : '-');
+  return createHash('sha256').update(fields.join('|'), 'latin1').digest().subarray(0, ANNOUNCEMENT_CHECK_BYTES);
+}
+
+const ANNOUNCEMENT_CHECK_BYTES = 8;
+
+/** A `check` sent with `msg` must match it (peers before it sent none: accepted as they are). */
+function verifyAnnouncement(obj: Obj, msg: WelcomeMessage | HeartbeatMessage): void {
+  const check = getOptional(obj, 'check');
+  if (check === undefined || check === null) return;
+  const sent = asBytes(check, `${msg.type}.check`, false, ANNOUNCEMENT_CHECK_BYTES, ANNOUNCEMENT_CHECK_BYTES);
+  if (!sent.equals(announcementCheck(msg))) fail(`${msg.type}.check does not match the message: it changed on the way`);
 }
 
 function parseRawTxnsGrant(options: Obj): { rawTxns?: boolean; txnLinks?: boolean } {
@@ -998,12 +1030,14 @@ function parseHeartbeat(obj: Obj, copy: boolean): HeartbeatMessage {
     fail(`heartbeat.clockMs must be a finite number >= 0, got ${describe(clockMs)}`);
   }
   const generation = getOptional(obj, 'generation');
-  return {
+  const heartbeat: HeartbeatMessage = {
     type: 'heartbeat',
     lastTid: asId(get(obj, 'lastTid', 'heartbeat'), 'heartbeat.lastTid', copy),
     clockMs: clockMs as number,
     ...(generation === undefined || generation === null ? {} : { generation: parseGeneration(generation, 'heartbeat.generation', copy) }),
   };
+  verifyAnnouncement(obj, heartbeat);
+  return heartbeat;
 }
 
 // Status: every text bounded, every tid 8 bytes, every number finite.

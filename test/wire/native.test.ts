@@ -378,6 +378,66 @@ describe('encodeNative / decodeNative', () => {
   });
 });
 
+describe('the check of announcements (welcome, heartbeat with a generation)', () => {
+  const welcomeArb = fc
+    .record({
+      lastTid: tid,
+      generation,
+      generations: fc.option(fc.array(generation, { maxLength: 4 }), { nil: undefined }),
+      blobs: fc.boolean(),
+      rawTxns: fc.option(fc.boolean(), { nil: undefined }),
+      txnLinks: fc.option(fc.boolean(), { nil: undefined }),
+    })
+    .map(({ lastTid, generation: g, generations, blobs, rawTxns, txnLinks }): NativeMessage => ({
+      type: 'welcome',
+      lastTid,
+      generation: g,
+      ...(generations ? { generations } : {}),
+      options: { blobs, compression: 'none', ...(rawTxns === undefined ? {} : { rawTxns }), ...(txnLinks === undefined ? {} : { txnLinks }) },
+    }));
+  const heartbeatArb = fc
+    .record({ lastTid: tid, clockMs: fc.nat(), generation })
+    .map(({ lastTid, clockMs, generation: g }): NativeMessage => ({ type: 'heartbeat', lastTid, clockMs, generation: g }));
+  /** What a secondary acts on (adopts, persists, or is granted) in an announcement. */
+  const adopted = (m: NativeMessage): unknown =>
+    m.type === 'welcome' ? plain({ lastTid: m.lastTid, generation: m.generation, generations: m.generations, options: m.options }) : m.type === 'heartbeat' ? plain({ lastTid: m.lastTid, generation: m.generation }) : m.type;
+
+  it('one byte changed anywhere never changes what the secondary adopts: the message is refused instead', () => {
+    const packr = createNativePackr();
+    const unpackr = createNativeUnpackr();
+    fc.assert(
+      fc.property(fc.oneof(welcomeArb, heartbeatArb), fc.nat(), fc.integer({ min: 1, max: 255 }), (msg, at, xor) => {
+        const payload = Buffer.from(encodeNative(msg, packr));
+        const i = at % payload.byteLength;
+        payload[i] = payload[i]! ^ xor;
+        let decoded: NativeMessage;
+        try {
+          decoded = decodeNative(payload, unpackr);
+        } catch (e) {
+          expect(e).toBeInstanceOf(ProtocolError);
+          return;
+        }
+        // Decoded anyway (the change hit a byte that carries nothing adopted): the same content.
+        expect(adopted(decoded)).toEqual(adopted(msg));
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
+  it('a changed start tid is refused by name; a welcome without a check (an older primary) is taken as it is', () => {
+    const packr = createNativePackr();
+    const unpackr = createNativeUnpackr();
+    const welcome: NativeMessage = { type: 'welcome', lastTid: Buffer.alloc(8, 1), generation: { generation: 0, startTid: Buffer.alloc(8) }, options: { blobs: false, compression: 'none' } };
+    const payload = Buffer.from(encodeNative(welcome, packr));
+    const at = payload.indexOf(Buffer.alloc(8)); // the generation's start tid
+    payload[at + 7] = 0x4c;
+    expect(() => decodeNative(payload, unpackr)).toThrow(/welcome\.check does not match/);
+    // Packed by hand without the field, as a primary before it did.
+    const older = new Packr({ useRecords: false }).pack({ ...welcome, generation: { generation: 0, startTid: Buffer.from('000000000000004c', 'hex') } });
+    expect(plain(decodeNative(older, unpackr))).toEqual(plain({ ...welcome, generation: { generation: 0, startTid: Buffer.from('000000000000004c', 'hex') } }));
+  });
+});
+
 describe('inline records in txn', () => {
   const packr = createNativePackr();
   const unpackr = createNativeUnpackr();
