@@ -690,7 +690,7 @@ function decodeGeneral(bytes: Buffer, unpackr: Unpackr): NativeMessage {
 function toWire(msg: NativeMessage): Record<string, unknown> {
   try {
     const wire = parseMessage(msg, false) as unknown as Record<string, unknown>;
-    if (msg.type === 'welcome' || (msg.type === 'heartbeat' && msg.generation)) wire.check = announcementCheck(msg);
+    if (msg.type === 'hello' || msg.type === 'welcome' || (msg.type === 'heartbeat' && msg.generation)) wire.check = contentCheck(msg);
     // Inline records travel as [oid, dataTxn, data] arrays: smaller and faster than maps.
     if (msg.type === 'txn' && wire.records) wire.records = (wire.records as InlineRecord[]).map((r) => [r.oid, r.dataTxn, r.data]);
     return wire;
@@ -887,6 +887,7 @@ function parseHello(obj: Obj, copy: boolean): HelloMessage {
       return { tid: asId(get(o, 'tid', where), `${where}.tid`, copy), hash: asBytes(get(o, 'hash', where), `${where}.hash`, copy, 16, 64) };
     });
   }
+  verifyContentCheck(obj, hello);
   return hello;
 }
 
@@ -906,36 +907,45 @@ function parseWelcome(obj: Obj, copy: boolean): WelcomeMessage {
     options: { blobs: asBool(get(optionsObj, 'blobs', 'welcome.options'), 'welcome.options.blobs'), compression: 'none', ...parseRawTxnsGrant(optionsObj) },
     ...parseWelcomeGenerations(getOptional(obj, 'generations'), copy),
   };
-  verifyAnnouncement(obj, welcome);
+  verifyContentCheck(obj, welcome);
   return welcome;
 }
 
+/** A message that carries a `check` of its content (see contentCheck). */
+type CheckedMessage = HelloMessage | WelcomeMessage | HeartbeatMessage;
+
 /**
- * The `check` of a welcome, or of a heartbeat announcing a generation: the
- * first 8 bytes of sha256 over what a secondary adopts and persists from it,
- * as text (docs/PROTOCOL.md). Nothing else covers these messages before the
- * secondary acts on them: a byte changed on the way in a generation's start
- * tid would otherwise be persisted, and judged a diverged history from then
- * on.
+ * The `check` of a hello, a welcome, or a heartbeat announcing a
+ * generation: the first 8 bytes of sha256 over what the receiver judges,
+ * adopts or persists from it, as text (docs/PROTOCOL.md). Nothing else
+ * covers these messages before the receiver acts on them: a byte changed on
+ * the way in a generation's start tid or a chain link would otherwise be
+ * persisted, or judged a diverged history, and the secondary refused from
+ * then on.
  */
-export function announcementCheck(msg: WelcomeMessage | HeartbeatMessage): Buffer {
+export function contentCheck(msg: CheckedMessage): Buffer {
   const gen = (g: GenerationEntry): string => `${g.generation}@${g.startTid.toString('hex')}`;
-  const fields = [msg.type, msg.lastTid.toString('hex')];
-  if (msg.type === 'welcome') {
+  const link = (l: ChainHead): string => `${l.tid.toString('hex')}:${l.hash.toString('hex')}`;
+  const list = <T>(items: readonly T[] | undefined, show: (item: T) => string): string => (items ? items.map(show).join(',') : '-');
+  let fields: string[];
+  if (msg.type === 'hello') {
     const o = msg.options;
-    fields.push(gen(msg.generation), msg.generations ? msg.generations.map(gen).join(',') : '-', `blobs=${o.blobs} rawTxns=${o.rawTxns ?? '-'} txnLinks=${o.txnLinks ?? '-'}`);
-  } else fields.push(msg.generation ? gen(msg.generation) : '-');
-  return createHash('sha256').update(fields.join('|'), 'latin1').digest().subarray(0, ANNOUNCEMENT_CHECK_BYTES);
+    fields = [msg.startTid.toString('hex'), list(msg.generations, gen), msg.chainHead ? link(msg.chainHead) : '-', list(msg.chainSamples, link), `blobs=${o.blobs} compression=${o.compression ?? '-'} rawTxns=${o.rawTxns ?? '-'} txnLinks=${o.txnLinks ?? '-'}`];
+  } else if (msg.type === 'welcome') {
+    const o = msg.options;
+    fields = [msg.lastTid.toString('hex'), gen(msg.generation), list(msg.generations, gen), `blobs=${o.blobs} rawTxns=${o.rawTxns ?? '-'} txnLinks=${o.txnLinks ?? '-'}`];
+  } else fields = [msg.lastTid.toString('hex'), msg.generation ? gen(msg.generation) : '-'];
+  return createHash('sha256').update([msg.type, ...fields].join('|'), 'latin1').digest().subarray(0, CONTENT_CHECK_BYTES);
 }
 
-const ANNOUNCEMENT_CHECK_BYTES = 8;
+const CONTENT_CHECK_BYTES = 8;
 
 /** A `check` sent with `msg` must match it (peers before it sent none: accepted as they are). */
-function verifyAnnouncement(obj: Obj, msg: WelcomeMessage | HeartbeatMessage): void {
+function verifyContentCheck(obj: Obj, msg: CheckedMessage): void {
   const check = getOptional(obj, 'check');
   if (check === undefined || check === null) return;
-  const sent = asBytes(check, `${msg.type}.check`, false, ANNOUNCEMENT_CHECK_BYTES, ANNOUNCEMENT_CHECK_BYTES);
-  if (!sent.equals(announcementCheck(msg))) fail(`${msg.type}.check does not match the message: it changed on the way`);
+  const sent = asBytes(check, `${msg.type}.check`, false, CONTENT_CHECK_BYTES, CONTENT_CHECK_BYTES);
+  if (!sent.equals(contentCheck(msg))) fail(`${msg.type}.check does not match the message: it changed on the way`);
 }
 
 function parseRawTxnsGrant(options: Obj): { rawTxns?: boolean; txnLinks?: boolean } {
@@ -1036,7 +1046,7 @@ function parseHeartbeat(obj: Obj, copy: boolean): HeartbeatMessage {
     clockMs: clockMs as number,
     ...(generation === undefined || generation === null ? {} : { generation: parseGeneration(generation, 'heartbeat.generation', copy) }),
   };
-  verifyAnnouncement(obj, heartbeat);
+  verifyContentCheck(obj, heartbeat);
   return heartbeat;
 }
 

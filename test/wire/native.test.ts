@@ -378,7 +378,7 @@ describe('encodeNative / decodeNative', () => {
   });
 });
 
-describe('the check of announcements (welcome, heartbeat with a generation)', () => {
+describe('the content check (hello, welcome, heartbeat with a generation)', () => {
   const welcomeArb = fc
     .record({
       lastTid: tid,
@@ -398,15 +398,23 @@ describe('the check of announcements (welcome, heartbeat with a generation)', ()
   const heartbeatArb = fc
     .record({ lastTid: tid, clockMs: fc.nat(), generation })
     .map(({ lastTid, clockMs, generation: g }): NativeMessage => ({ type: 'heartbeat', lastTid, clockMs, generation: g }));
-  /** What a secondary acts on (adopts, persists, or is granted) in an announcement. */
-  const adopted = (m: NativeMessage): unknown =>
-    m.type === 'welcome' ? plain({ lastTid: m.lastTid, generation: m.generation, generations: m.generations, options: m.options }) : m.type === 'heartbeat' ? plain({ lastTid: m.lastTid, generation: m.generation }) : m.type;
+  const samplesArb = fc.array(fc.record({ tid, hash: bytes(32) }), { minLength: 1, maxLength: 3 });
+  /** What the receiver acts on (judges, adopts, persists, or is granted) in such a message. */
+  const actedOn = (m: NativeMessage): unknown =>
+    m.type === 'hello'
+      ? plain({ startTid: m.startTid, generations: m.generations, chainHead: m.chainHead, chainSamples: m.chainSamples, options: m.options })
+      : m.type === 'welcome'
+        ? plain({ lastTid: m.lastTid, generation: m.generation, generations: m.generations, options: m.options })
+        : m.type === 'heartbeat'
+          ? plain({ lastTid: m.lastTid, generation: m.generation })
+          : m.type;
+  const helloWithSamples = fc.tuple(helloArb, fc.option(samplesArb, { nil: undefined })).map(([h, chainSamples]) => (chainSamples ? { ...h, chainSamples } : h) as NativeMessage);
 
-  it('one byte changed anywhere never changes what the secondary adopts: the message is refused instead', () => {
+  it('one byte changed anywhere never changes what the receiver acts on: the message is refused instead', () => {
     const packr = createNativePackr();
     const unpackr = createNativeUnpackr();
     fc.assert(
-      fc.property(fc.oneof(welcomeArb, heartbeatArb), fc.nat(), fc.integer({ min: 1, max: 255 }), (msg, at, xor) => {
+      fc.property(fc.oneof(helloWithSamples, welcomeArb, heartbeatArb), fc.nat(), fc.integer({ min: 1, max: 255 }), (msg, at, xor) => {
         const payload = Buffer.from(encodeNative(msg, packr));
         const i = at % payload.byteLength;
         payload[i] = payload[i]! ^ xor;
@@ -418,7 +426,7 @@ describe('the check of announcements (welcome, heartbeat with a generation)', ()
           return;
         }
         // Decoded anyway (the change hit a byte that carries nothing adopted): the same content.
-        expect(adopted(decoded)).toEqual(adopted(msg));
+        expect(actedOn(decoded)).toEqual(actedOn(msg));
       }),
       { numRuns: 3000 },
     );
