@@ -1,7 +1,7 @@
 // Native protocol `zrs-ts/<version>`: name classification, per-phase limits, msgpack codec of NativeMessage; no I/O.
 // Invariants: decoding trusts nothing (no ext types, every field checked, else ProtocolError); tids/oids are 8 bytes.
 
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { Packr, Unpackr, RESERVE_START_SPACE } from 'msgpackr';
 import { ProtocolError } from '../errors.js';
 import { FRAME_HEADER_BYTES } from './framing.js';
@@ -41,6 +41,8 @@ export const DEFAULT_STREAM_MAX_FRAME_BYTES = 256 * 1024 * 1024;
 
 /** Bytes of a tid or an oid. */
 export const TID_BYTES = 8;
+/** Bytes of the `check` some messages carry (see contentCheck). */
+const CONTENT_CHECK_BYTES = 8;
 /** Bytes of an oid. */
 export const OID_BYTES = 8;
 
@@ -544,7 +546,8 @@ export function encodeCommitFrame(checksum: Buffer): Buffer {
   return frame;
 }
 
-const ACK_HEAD = Buffer.concat([Buffer.from([0x82]), fixstr('type'), fixstr('ack'), fixstr('tid'), Buffer.from([0xc4, TID_BYTES])]);
+const ACK_HEAD = Buffer.concat([Buffer.from([0x83]), fixstr('type'), fixstr('ack'), fixstr('tid'), Buffer.from([0xc4, TID_BYTES])]);
+const ACK_CHECK_HEAD = Buffer.concat([fixstr('check'), Buffer.from([0xc4, CONTENT_CHECK_BYTES])]);
 
 /**
  * The frame of an `ack`: byte for byte what encodeNativeFrame gives for
@@ -553,9 +556,13 @@ const ACK_HEAD = Buffer.concat([Buffer.from([0x82]), fixstr('type'), fixstr('ack
  */
 export function encodeAckFrame(tid: Buffer): Buffer {
   if (tid.length !== TID_BYTES) throw new TypeError(`cannot encode native message: ack.tid must be ${TID_BYTES} bytes, got ${tid.length}`);
-  const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + ACK_HEAD.length + TID_BYTES);
-  frame.writeUInt32BE(ACK_HEAD.length + TID_BYTES, 0);
-  tid.copy(frame, FRAME_HEADER_BYTES + ACK_HEAD.copy(frame, FRAME_HEADER_BYTES));
+  const length = ACK_HEAD.length + TID_BYTES + ACK_CHECK_HEAD.length + CONTENT_CHECK_BYTES;
+  const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + length);
+  frame.writeUInt32BE(length, 0);
+  let off = FRAME_HEADER_BYTES + ACK_HEAD.copy(frame, FRAME_HEADER_BYTES);
+  off += tid.copy(frame, off);
+  off += ACK_CHECK_HEAD.copy(frame, off);
+  frame.write(contentCheckText({ type: 'ack', tid }), off, CONTENT_CHECK_BYTES, 'latin1');
   return frame;
 }
 
@@ -690,7 +697,7 @@ function decodeGeneral(bytes: Buffer, unpackr: Unpackr): NativeMessage {
 function toWire(msg: NativeMessage): Record<string, unknown> {
   try {
     const wire = parseMessage(msg, false) as unknown as Record<string, unknown>;
-    if (msg.type === 'hello' || msg.type === 'welcome' || (msg.type === 'heartbeat' && msg.generation)) wire.check = contentCheck(msg);
+    if (msg.type === 'hello' || msg.type === 'welcome' || msg.type === 'ack' || (msg.type === 'heartbeat' && msg.generation)) wire.check = contentCheck(msg);
     // Inline records travel as [oid, dataTxn, data] arrays: smaller and faster than maps.
     if (msg.type === 'txn' && wire.records) wire.records = (wire.records as InlineRecord[]).map((r) => [r.oid, r.dataTxn, r.data]);
     return wire;
@@ -768,8 +775,11 @@ function parseMessage(value: unknown, copyIds: boolean): NativeMessage {
   switch (type) {
     case 'hello':
       return parseHello(obj, copyIds);
-    case 'ack':
-      return { type, tid: asId(get(obj, 'tid', type), 'ack.tid', copyIds) };
+    case 'ack': {
+      const ack: AckMessage = { type, tid: asId(get(obj, 'tid', type), 'ack.tid', copyIds) };
+      verifyContentCheck(obj, ack);
+      return ack;
+    }
     case 'welcome':
       return parseWelcome(obj, copyIds);
     case 'refuse':
@@ -912,18 +922,26 @@ function parseWelcome(obj: Obj, copy: boolean): WelcomeMessage {
 }
 
 /** A message that carries a `check` of its content (see contentCheck). */
-type CheckedMessage = HelloMessage | WelcomeMessage | HeartbeatMessage;
+type CheckedMessage = HelloMessage | WelcomeMessage | HeartbeatMessage | AckMessage;
 
 /**
- * The `check` of a hello, a welcome, or a heartbeat announcing a
+ * The `check` of a hello, a welcome, an ack, or a heartbeat announcing a
  * generation: the first 8 bytes of sha256 over what the receiver judges,
- * adopts or persists from it, as text (docs/PROTOCOL.md). Nothing else
- * covers these messages before the receiver acts on them: a byte changed on
- * the way in a generation's start tid or a chain link would otherwise be
- * persisted, or judged a diverged history, and the secondary refused from
- * then on.
+ * adopts, persists or counts from it, as text (docs/PROTOCOL.md). Nothing
+ * else covers these messages before the receiver acts on them: a byte
+ * changed on the way in a generation's start tid or a chain link would
+ * otherwise be persisted, or judged a diverged history, and the secondary
+ * refused from then on; in an ack's tid, it would count transactions as
+ * durable on the secondary (synchronous replication releases commits on
+ * that) which are not.
  */
 export function contentCheck(msg: CheckedMessage): Buffer {
+  return Buffer.from(contentCheckText(msg), 'latin1');
+}
+
+/** contentCheck as 8 latin1 characters: an ack is checked on every commit, without a Buffer. */
+function contentCheckText(msg: CheckedMessage): string {
+  if (msg.type === 'ack') return digestText(`ack|${msg.tid.toString('hex')}`);
   const gen = (g: GenerationEntry): string => `${g.generation}@${g.startTid.toString('hex')}`;
   const link = (l: ChainHead): string => `${l.tid.toString('hex')}:${l.hash.toString('hex')}`;
   const list = <T>(items: readonly T[] | undefined, show: (item: T) => string): string => (items ? items.map(show).join(',') : '-');
@@ -935,17 +953,20 @@ export function contentCheck(msg: CheckedMessage): Buffer {
     const o = msg.options;
     fields = [msg.lastTid.toString('hex'), gen(msg.generation), list(msg.generations, gen), `blobs=${o.blobs} rawTxns=${o.rawTxns ?? '-'} txnLinks=${o.txnLinks ?? '-'}`];
   } else fields = [msg.lastTid.toString('hex'), msg.generation ? gen(msg.generation) : '-'];
-  return createHash('sha256').update([msg.type, ...fields].join('|'), 'latin1').digest().subarray(0, CONTENT_CHECK_BYTES);
+  return digestText([msg.type, ...fields].join('|'));
 }
 
-const CONTENT_CHECK_BYTES = 8;
+/** The first CONTENT_CHECK_BYTES of sha256 over `text` (latin1), as latin1 characters. */
+function digestText(text: string): string {
+  return hash('sha256', text, 'binary').slice(0, CONTENT_CHECK_BYTES);
+}
 
 /** A `check` sent with `msg` must match it (peers before it sent none: accepted as they are). */
 function verifyContentCheck(obj: Obj, msg: CheckedMessage): void {
   const check = getOptional(obj, 'check');
   if (check === undefined || check === null) return;
   const sent = asBytes(check, `${msg.type}.check`, false, CONTENT_CHECK_BYTES, CONTENT_CHECK_BYTES);
-  if (!sent.equals(contentCheck(msg))) fail(`${msg.type}.check does not match the message: it changed on the way`);
+  if (sent.toString('latin1') !== contentCheckText(msg)) fail(`${msg.type}.check does not match the message: it changed on the way`);
 }
 
 function parseRawTxnsGrant(options: Obj): { rawTxns?: boolean; txnLinks?: boolean } {

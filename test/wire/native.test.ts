@@ -378,7 +378,7 @@ describe('encodeNative / decodeNative', () => {
   });
 });
 
-describe('the content check (hello, welcome, heartbeat with a generation)', () => {
+describe('the content check (hello, welcome, ack, heartbeat with a generation)', () => {
   const welcomeArb = fc
     .record({
       lastTid: tid,
@@ -407,14 +407,16 @@ describe('the content check (hello, welcome, heartbeat with a generation)', () =
         ? plain({ lastTid: m.lastTid, generation: m.generation, generations: m.generations, options: m.options })
         : m.type === 'heartbeat'
           ? plain({ lastTid: m.lastTid, generation: m.generation })
-          : m.type;
+          : m.type === 'ack'
+            ? plain({ tid: m.tid })
+            : m.type;
   const helloWithSamples = fc.tuple(helloArb, fc.option(samplesArb, { nil: undefined })).map(([h, chainSamples]) => (chainSamples ? { ...h, chainSamples } : h) as NativeMessage);
 
   it('one byte changed anywhere never changes what the receiver acts on: the message is refused instead', () => {
     const packr = createNativePackr();
     const unpackr = createNativeUnpackr();
     fc.assert(
-      fc.property(fc.oneof(helloWithSamples, welcomeArb, heartbeatArb), fc.nat(), fc.integer({ min: 1, max: 255 }), (msg, at, xor) => {
+      fc.property(fc.oneof(helloWithSamples, welcomeArb, heartbeatArb, tid.map((t): NativeMessage => ({ type: 'ack', tid: t }))), fc.nat(), fc.integer({ min: 1, max: 255 }), (msg, at, xor) => {
         const payload = Buffer.from(encodeNative(msg, packr));
         const i = at % payload.byteLength;
         payload[i] = payload[i]! ^ xor;
