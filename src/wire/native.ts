@@ -935,7 +935,7 @@ type CheckedMessage = HelloMessage | WelcomeMessage | HeartbeatMessage | AckMess
  * durable on the secondary (synchronous replication releases commits on
  * that) which are not.
  */
-export function contentCheck(msg: CheckedMessage): Buffer {
+function contentCheck(msg: CheckedMessage): Buffer {
   return Buffer.from(contentCheckText(msg), 'latin1');
 }
 
