@@ -254,7 +254,8 @@ const DEFAULT_DRAIN_TIMEOUT_MS = 30_000;
  * Judge a start frame: the refusal to send, or null to accept. Order: form,
  * then the edge's history/blob verdict, then position — so an old primary
  * that comes back ahead in tids is told `diverged` (stop) rather than
- * `tid-too-high` (retry forever).
+ * `tid-too-high` (retry forever); a secondary merely ahead of an upstream
+ * that lags gets no history verdict, and `tid-too-high` (retry).
  */
 export function judgeStart(start: SessionStartEvent): Refusal | null {
   if (!isWellFormedTid(start.startTid)) {

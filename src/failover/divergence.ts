@@ -14,6 +14,8 @@ export interface PrimaryHistoryView {
   readonly generations: readonly GenerationEntry[];
   /** The primary's link at `tid`, or null when it has no transaction with that tid. */
   hashAt(tid: Buffer): Buffer | null;
+  /** The primary's last transaction (8 zero bytes when it has none). */
+  readonly lastTid: Buffer;
 }
 
 /** What a secondary says about its history in `hello`. */
@@ -49,6 +51,8 @@ export function judgeHistory(primary: PrimaryHistoryView, claim: SecondaryHistor
   if (!claim.startTid.equals(Z64)) {
     const mine = primary.hashAt(claim.startTid);
     if (head) {
+      // Ahead of the primary, the secondary may be waiting for it to catch up (an upstream that lags).
+      if (mine === null && Buffer.compare(claim.startTid, primary.lastTid) > 0 && generationProblem === null && !forkedAhead(primary, claim)) return { kind: 'unknown' };
       if (mine === null) positionProblem = `the secondary's last transaction ${hex(claim.startTid)} is not in the primary's history`;
       else if (!mine.equals(head.hash)) positionProblem = `transaction ${hex(claim.startTid)} has different contents on the primary and the secondary`;
     } else if (mine === null && generationProblem === null) {
@@ -59,6 +63,25 @@ export function judgeHistory(primary: PrimaryHistoryView, claim: SecondaryHistor
   const reason = generationProblem ?? positionProblem;
   if (reason === null) return { kind: 'behind' };
   return { kind: 'diverged', forkTid: forkPoint(primary, claim), reason };
+}
+
+/**
+ * Whether a secondary ahead of the primary's last tid provably holds another
+ * history: a generation the primary started (a promotion) before the
+ * secondary's last tid that the secondary does not claim (an old primary
+ * come back ahead, which must stop, not retry), or one of its samples at or
+ * below the primary's last tid that the primary lacks or holds otherwise.
+ * Nothing of that: it may be a secondary moved behind an upstream that lags,
+ * which the position check then tells to retry (`tid-too-high`).
+ */
+function forkedAhead(primary: PrimaryHistoryView, claim: SecondaryHistoryClaim): boolean {
+  const unclaimed = (m: GenerationEntry): boolean => m.generation > 0 && !claim.generations.some((g) => sameGeneration(g, m));
+  if (primary.generations.some((m) => unclaimed(m) && Buffer.compare(m.startTid, claim.startTid) < 0)) return true;
+  return (claim.chainSamples ?? []).some((s) => {
+    if (Buffer.compare(s.tid, primary.lastTid) > 0) return false;
+    const mine = primary.hashAt(s.tid);
+    return mine === null || !mine.equals(s.hash);
+  });
 }
 
 /** The generation a node without a recorded history is in (what its welcome announces). */

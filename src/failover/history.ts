@@ -5,6 +5,7 @@
 
 import type { Refusal } from '../../machines/handshake.js';
 import type { FileStorage } from '../storage/FileStorage.js';
+import { Z64 } from '../storage/timestamp.js';
 import type { ChainHead, GenerationEntry, HelloMessage, WelcomeMessage } from '../wire/native.js';
 import { judgeHistory, type HistoryVerdict } from './divergence.js';
 import { GenerationHistory } from './generations.js';
@@ -74,7 +75,7 @@ export class FailoverHistory {
 
   /** The primary's verdict on a hello (pure reads). */
   verdict(hello: Pick<HelloMessage, 'startTid' | 'generations' | 'chainHead'> & { chainSamples?: ChainHead[] }): HistoryVerdict {
-    return judgeHistory({ generations: this.generations.list, hashAt: (tid) => this.chain.hashAt(tid) }, hello);
+    return judgeHistory({ generations: this.generations.list, hashAt: (tid) => this.chain.hashAt(tid), lastTid: this.chain.head?.tid ?? Z64 }, hello);
   }
 
   /** The refusal for a hello, or undefined when the secondary may replicate. */

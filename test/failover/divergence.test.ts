@@ -30,6 +30,7 @@ describe('forkPoint', () => {
       { generation: 2, startTid: t(1) },
     ],
     hashAt: (tid: Buffer) => (tid.equals(t(1)) ? h(1, 's1') : null),
+    lastTid: t(1),
   };
   const s2 = { startTid: t(2), generations: [{ generation: 0, startTid: Z64 }, { generation: 1, startTid: Z64 }], chainHead: { tid: t(2), hash: h(2, 's2') }, chainSamples: [] };
 
@@ -53,7 +54,7 @@ describe('forkPoint', () => {
     // s2 followed p while p was promoted (generation 2 at the start) and kept
     // streaming; s2 never heard of generation 2, then was promoted to its own
     // generation 1 at 1. p holds 1 too, with the same link.
-    const s2 = { generations: [{ generation: 0, startTid: Z64 }, { generation: 1, startTid: t(1) }], hashAt: (tid: Buffer) => (tid.equals(t(1)) ? h(1, 'p') : null) };
+    const s2 = { generations: [{ generation: 0, startTid: Z64 }, { generation: 1, startTid: t(1) }], hashAt: (tid: Buffer) => (tid.equals(t(1)) ? h(1, 'p') : null), lastTid: t(1) };
     const p2 = {
       startTid: t(1),
       generations: [{ generation: 0, startTid: Z64 }, { generation: 1, startTid: Z64 }, { generation: 2, startTid: Z64 }],
