@@ -86,7 +86,7 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
     try {
       const previous = history.generations.current;
       const planned = nextGeneration(history, storage.lastTransaction());
-      const entry = await history.generations.startNext(storage.lastTransaction());
+      const entry = await history.startGeneration(storage.lastTransaction());
       if (entry.generation !== planned.generation) throw new Error('bug: generation changed during promote');
       if (auditPath !== null) {
         const audit = await AuditLog.open(auditPath ?? defaultAuditPath(path), { node: basename(path), continueNode: true, clock: systemClock });

@@ -16,6 +16,13 @@ export interface PrimaryHistoryView {
   hashAt(tid: Buffer): Buffer | null;
   /** The primary's last transaction (8 zero bytes when it has none). */
   readonly lastTid: Buffer;
+  /**
+   * The judging node is itself a secondary: its history still grows from
+   * upstream, so a secondary ahead of it may only be waiting for it. A
+   * primary's history grows only by its own commits: ahead of it is
+   * another history.
+   */
+  readonly replica?: boolean;
 }
 
 /** What a secondary says about its history in `hello`. */
@@ -51,8 +58,10 @@ export function judgeHistory(primary: PrimaryHistoryView, claim: SecondaryHistor
   if (!claim.startTid.equals(Z64)) {
     const mine = primary.hashAt(claim.startTid);
     if (head) {
-      // Ahead of the primary, the secondary may be waiting for it to catch up (an upstream that lags).
-      if (mine === null && Buffer.compare(claim.startTid, primary.lastTid) > 0 && generationProblem === null && !forkedAhead(primary, claim)) return { kind: 'unknown' };
+      // Ahead of an upstream that is itself a secondary, it may be waiting for that one to catch up.
+      if (mine === null && primary.replica === true && Buffer.compare(claim.startTid, primary.lastTid) > 0 && generationProblem === null && !forkedAhead(primary, claim)) {
+        return { kind: 'unknown' };
+      }
       if (mine === null) positionProblem = `the secondary's last transaction ${hex(claim.startTid)} is not in the primary's history`;
       else if (!mine.equals(head.hash)) positionProblem = `transaction ${hex(claim.startTid)} has different contents on the primary and the secondary`;
     } else if (mine === null && generationProblem === null) {
@@ -66,13 +75,14 @@ export function judgeHistory(primary: PrimaryHistoryView, claim: SecondaryHistor
 }
 
 /**
- * Whether a secondary ahead of the primary's last tid provably holds another
- * history: a generation the primary started (a promotion) before the
- * secondary's last tid that the secondary does not claim (an old primary
- * come back ahead, which must stop, not retry), or one of its samples at or
- * below the primary's last tid that the primary lacks or holds otherwise.
- * Nothing of that: it may be a secondary moved behind an upstream that lags,
- * which the position check then tells to retry (`tid-too-high`).
+ * Whether a secondary ahead of an upstream secondary's last tid provably
+ * holds another history: a generation the upstream has (a promotion) that
+ * began before the secondary's last tid and that the secondary does not
+ * claim (an old primary come back ahead, which must stop, not retry), or one
+ * of its samples at or below the upstream's last tid that the upstream lacks
+ * or holds otherwise. Nothing of that: it may be a secondary moved behind
+ * one that lags, which the position check then tells to retry
+ * (`tid-too-high`).
  */
 function forkedAhead(primary: PrimaryHistoryView, claim: SecondaryHistoryClaim): boolean {
   const unclaimed = (m: GenerationEntry): boolean => m.generation > 0 && !claim.generations.some((g) => sameGeneration(g, m));

@@ -36,13 +36,24 @@ export class FailoverHistory {
     private currentChain: HashChain,
     private readonly storage: FileStorage,
     private readonly fsync: boolean | undefined,
+    /** A secondary's: its history still grows from an upstream (false once promoted). */
+    private replica: boolean,
   ) {}
 
   static async open(storage: FileStorage, options: FailoverHistoryOptions): Promise<FailoverHistory> {
     const generations = await GenerationHistory.open(storage.path);
     if (options.role === 'primary') await generations.ensureInitial();
     const chain = await HashChain.open(storage, { fsync: options.fsync });
-    return new FailoverHistory(generations, chain, storage, options.fsync);
+    return new FailoverHistory(generations, chain, storage, options.fsync, options.role === 'secondary');
+  }
+
+  /**
+   * Start generation n + 1 at `startTid` (a promotion): from now on this
+   * storage's history grows only by its own commits.
+   */
+  async startGeneration(startTid: Buffer): Promise<GenerationEntry> {
+    this.replica = false;
+    return this.generations.startNext(startTid);
   }
 
   /** The storage's hash chain. */
@@ -75,7 +86,7 @@ export class FailoverHistory {
 
   /** The primary's verdict on a hello (pure reads). */
   verdict(hello: Pick<HelloMessage, 'startTid' | 'generations' | 'chainHead'> & { chainSamples?: ChainHead[] }): HistoryVerdict {
-    return judgeHistory({ generations: this.generations.list, hashAt: (tid) => this.chain.hashAt(tid), lastTid: this.chain.head?.tid ?? Z64 }, hello);
+    return judgeHistory({ generations: this.generations.list, hashAt: (tid) => this.chain.hashAt(tid), lastTid: this.chain.head?.tid ?? Z64, replica: this.replica }, hello);
   }
 
   /** The refusal for a hello, or undefined when the secondary may replicate. */

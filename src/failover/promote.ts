@@ -94,7 +94,7 @@ export async function promoteSecondary(h: PromotionHandle, options: PromoteOptio
   const server = await h.detach();
   const address = server?.address ?? (options.replicateTo === undefined ? null : toAddress(options.replicateTo));
   // The last tid after detaching: the transaction in progress was aborted, nothing else is applied.
-  const entry = await h.history.generations.startNext(h.storage.lastTransaction());
+  const entry = await h.history.startGeneration(h.storage.lastTransaction());
   if (options.claim && entry.generation !== planned.generation) {
     throw new PromotionRefusedError(`generation changed during promotion (${planned.generation} claimed, ${entry.generation} started); promote again`);
   }

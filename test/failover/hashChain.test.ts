@@ -415,17 +415,21 @@ describe('judgeHistory', () => {
     expect(judgeHistory(fresh, { startTid: Z64, generations: [{ generation: 1, startTid: Z64 }] })).toMatchObject({ kind: 'diverged' });
   });
 
-  it('a secondary ahead of a primary that lags is told to wait, unless something proves another history', () => {
+  it('a secondary ahead of an upstream secondary that lags is told to wait, unless something proves another history', () => {
     // An upstream that has only 1 (a lagging chain member, no generation recorded yet); the secondary moved behind it holds 1 and 2.
-    const lagging = { generations: [], hashAt: (tid: Buffer) => (tid.equals(t(1)) ? h(1) : null), lastTid: t(1) };
+    const lagging = { generations: [], hashAt: (tid: Buffer) => (tid.equals(t(1)) ? h(1) : null), lastTid: t(1), replica: true };
     const gen0 = [{ generation: 0, startTid: Z64 }];
     expect(judgeHistory(lagging, { startTid: t(2), generations: gen0, chainHead: { tid: t(2), hash: h(2) }, chainSamples: [{ tid: t(1), hash: h(1) }] })).toEqual({ kind: 'unknown' });
     // A sample the primary holds otherwise, at or below its last tid: diverged.
     expect(judgeHistory(lagging, { startTid: t(2), generations: gen0, chainHead: { tid: t(2), hash: h(2) }, chainSamples: [{ tid: t(1), hash: h(1, 'x') }] })).toMatchObject({ kind: 'diverged' });
     // An old primary come back ahead (8, after the primary's generation 1 began at 3, which it never had): diverged, not told to wait.
     expect(judgeHistory(primary, { startTid: t(8), generations: gen0, chainHead: { tid: t(8), hash: h(8, 'b') }, chainSamples: [{ tid: t(1), hash: h(1) }] })).toMatchObject({ kind: 'diverged', forkTid: t(3) });
-    // The same tid from a secondary of the primary's own generations: ahead only.
-    expect(judgeHistory(primary, { startTid: t(8), generations: primary.generations, chainHead: { tid: t(8), hash: h(8) }, chainSamples: [{ tid: t(6), hash: h(6) }] })).toEqual({ kind: 'unknown' });
+    // The same tid from a secondary of the primary's own generations: ahead of an upstream secondary only...
+    const ahead = { startTid: t(8), generations: primary.generations, chainHead: { tid: t(8), hash: h(8) }, chainSamples: [{ tid: t(6), hash: h(6) }] };
+    expect(judgeHistory({ ...primary, replica: true }, ahead)).toEqual({ kind: 'unknown' });
+    // ...but ahead of a primary, whose history grows by its own commits only, another history.
+    expect(judgeHistory(primary, ahead)).toMatchObject({ kind: 'diverged' });
+    expect(judgeHistory({ ...lagging, replica: false }, { startTid: t(2), generations: gen0, chainHead: { tid: t(2), hash: h(2) } })).toMatchObject({ kind: 'diverged' });
   });
 
   it('a promotion starts a generation above everything seen', async () => {
