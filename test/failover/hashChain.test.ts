@@ -422,8 +422,8 @@ describe('judgeHistory', () => {
     expect(judgeHistory(lagging, { startTid: t(2), generations: gen0, chainHead: { tid: t(2), hash: h(2) }, chainSamples: [{ tid: t(1), hash: h(1) }] })).toEqual({ kind: 'unknown' });
     // A sample the primary holds otherwise, at or below its last tid: diverged.
     expect(judgeHistory(lagging, { startTid: t(2), generations: gen0, chainHead: { tid: t(2), hash: h(2) }, chainSamples: [{ tid: t(1), hash: h(1, 'x') }] })).toMatchObject({ kind: 'diverged' });
-    // An old primary come back ahead (8, after the primary's generation 1 began at 3, which it never had): diverged, not told to wait.
-    expect(judgeHistory(primary, { startTid: t(8), generations: gen0, chainHead: { tid: t(8), hash: h(8, 'b') }, chainSamples: [{ tid: t(1), hash: h(1) }] })).toMatchObject({ kind: 'diverged', forkTid: t(3) });
+    // An old primary come back ahead of a secondary of the new one (8, after generation 1 began at 3, which it never had): diverged, not told to wait.
+    expect(judgeHistory({ ...primary, replica: true }, { startTid: t(8), generations: gen0, chainHead: { tid: t(8), hash: h(8, 'b') }, chainSamples: [{ tid: t(1), hash: h(1) }] })).toMatchObject({ kind: 'diverged', forkTid: t(3) });
     // The same tid from a secondary of the primary's own generations: ahead of an upstream secondary only...
     const ahead = { startTid: t(8), generations: primary.generations, chainHead: { tid: t(8), hash: h(8) }, chainSamples: [{ tid: t(6), hash: h(6) }] };
     expect(judgeHistory({ ...primary, replica: true }, ahead)).toEqual({ kind: 'unknown' });
