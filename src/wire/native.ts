@@ -697,7 +697,7 @@ function decodeGeneral(bytes: Buffer, unpackr: Unpackr): NativeMessage {
 function toWire(msg: NativeMessage): Record<string, unknown> {
   try {
     const wire = parseMessage(msg, false) as unknown as Record<string, unknown>;
-    if (msg.type === 'hello' || msg.type === 'welcome' || msg.type === 'ack' || (msg.type === 'heartbeat' && msg.generation)) wire.check = contentCheck(msg);
+    if (carriesCheck(msg)) wire.check = contentCheck(msg);
     // Inline records travel as [oid, dataTxn, data] arrays: smaller and faster than maps.
     if (msg.type === 'txn' && wire.records) wire.records = (wire.records as InlineRecord[]).map((r) => [r.oid, r.dataTxn, r.data]);
     return wire;
@@ -772,14 +772,17 @@ function parseMessage(value: unknown, copyIds: boolean): NativeMessage {
   const obj = asObj(value, 'message');
   const type = get(obj, 'type', 'message');
   if (typeof type !== 'string') return fail(`message type must be a string, got ${describe(type)}`);
+  const msg = parseFields(obj, type, copyIds);
+  if (checkable(msg)) verifyContentCheck(obj, msg);
+  return msg;
+}
+
+function parseFields(obj: Obj, type: string, copyIds: boolean): NativeMessage {
   switch (type) {
     case 'hello':
       return parseHello(obj, copyIds);
-    case 'ack': {
-      const ack: AckMessage = { type, tid: asId(get(obj, 'tid', type), 'ack.tid', copyIds) };
-      verifyContentCheck(obj, ack);
-      return ack;
-    }
+    case 'ack':
+      return { type, tid: asId(get(obj, 'tid', type), 'ack.tid', copyIds) };
     case 'welcome':
       return parseWelcome(obj, copyIds);
     case 'refuse':
@@ -897,7 +900,6 @@ function parseHello(obj: Obj, copy: boolean): HelloMessage {
       return { tid: asId(get(o, 'tid', where), `${where}.tid`, copy), hash: asBytes(get(o, 'hash', where), `${where}.hash`, copy, 16, 64) };
     });
   }
-  verifyContentCheck(obj, hello);
   return hello;
 }
 
@@ -910,19 +912,27 @@ function parseWelcome(obj: Obj, copy: boolean): WelcomeMessage {
   const optionsObj = asObj(get(obj, 'options', 'welcome'), 'welcome.options');
   const compression = get(optionsObj, 'compression', 'welcome.options');
   if (compression !== 'none') fail(`welcome.options.compression must be 'none', got ${describe(compression)}`);
-  const welcome: WelcomeMessage = {
+  return {
     type: 'welcome',
     lastTid: asId(get(obj, 'lastTid', 'welcome'), 'welcome.lastTid', copy),
     generation: parseGeneration(get(obj, 'generation', 'welcome'), 'welcome.generation', copy),
     options: { blobs: asBool(get(optionsObj, 'blobs', 'welcome.options'), 'welcome.options.blobs'), compression: 'none', ...parseRawTxnsGrant(optionsObj) },
     ...parseWelcomeGenerations(getOptional(obj, 'generations'), copy),
   };
-  verifyContentCheck(obj, welcome);
-  return welcome;
 }
 
 /** A message that carries a `check` of its content (see contentCheck). */
 type CheckedMessage = HelloMessage | WelcomeMessage | HeartbeatMessage | AckMessage;
+
+/** The messages a `check` they carry is verified for (a heartbeat's whether or not its generation survived the way). */
+function checkable(msg: NativeMessage): msg is CheckedMessage {
+  return msg.type === 'hello' || msg.type === 'welcome' || msg.type === 'ack' || msg.type === 'heartbeat';
+}
+
+/** The messages sent with a `check`: every checkable one but a heartbeat announcing nothing. */
+function carriesCheck(msg: NativeMessage): msg is CheckedMessage {
+  return checkable(msg) && (msg.type !== 'heartbeat' || msg.generation !== undefined);
+}
 
 /**
  * The `check` of a hello, a welcome, an ack, or a heartbeat announcing a
@@ -1061,14 +1071,12 @@ function parseHeartbeat(obj: Obj, copy: boolean): HeartbeatMessage {
     fail(`heartbeat.clockMs must be a finite number >= 0, got ${describe(clockMs)}`);
   }
   const generation = getOptional(obj, 'generation');
-  const heartbeat: HeartbeatMessage = {
+  return {
     type: 'heartbeat',
     lastTid: asId(get(obj, 'lastTid', 'heartbeat'), 'heartbeat.lastTid', copy),
     clockMs: clockMs as number,
     ...(generation === undefined || generation === null ? {} : { generation: parseGeneration(generation, 'heartbeat.generation', copy) }),
   };
-  verifyContentCheck(obj, heartbeat);
-  return heartbeat;
 }
 
 // Status: every text bounded, every tid 8 bytes, every number finite.
