@@ -199,6 +199,37 @@ describe('failover scenarios the properties found', () => {
       await cluster.close();
     }
   });
+
+  it('a secondary promoted while a received transaction is still syncing starts its generation once it is durable', async () => {
+    // s2 has received p's commit and is writing it (slow disk) when p crashes
+    // and s2 is promoted. The promotion used to start generation 1 after that
+    // transaction before it was durable: as the new primary, s2 then refused p
+    // (which holds it) as diverged, and the commit surfaced later on s2 as one
+    // nobody had made.
+    const cluster = await scenario(
+      [
+        { kind: 'commit', records: 1, bytes: 16 },
+        { kind: 'disk', node: 's2', mode: 'slow', ms: 20 },
+        { kind: 'advance', ms: 26 },
+        { kind: 'crash', node: 'p', style: 'process' },
+        { kind: 'promote', node: 's2', force: true },
+        { kind: 'demote', node: 'p', upstream: 's2' },
+        { kind: 'advance', ms: 200 },
+      ],
+      2,
+      0,
+    );
+    try {
+      const promoted = cluster.trace.find((l) => / s2 +promoted: generation 1 after /.test(l));
+      expect(promoted).toBeDefined();
+      expect(promoted).not.toMatch(/after 0{16}/);
+      expect(cluster.trace.some((l) => /DIVERGED|refused secondary/.test(l))).toBe(false);
+      expect(cluster.historyOf('p')).toEqual(cluster.historyOf('s2'));
+      expect(cluster.historyOf('s2')).toHaveLength(1);
+    } finally {
+      await cluster.close();
+    }
+  });
 });
 
 describe('failover simulation determinism', () => {

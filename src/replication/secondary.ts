@@ -637,6 +637,9 @@ export class Secondary {
         this.actor.send({ type: 'CLOSE' });
         await done;
         this.actor.stop();
+        // A connection dropped earlier (the node waits to reconnect) may still be finishing a
+        // received transaction: the new generation starts after it, so it must be durable first.
+        await this.dropped;
         await this.edges?.close();
         await this.closeAudit('detach');
         this.statusSubject.complete();
@@ -729,6 +732,7 @@ export class Secondary {
     this.actor.send({ type: 'CLOSE' });
     await done;
     this.actor.stop();
+    await this.dropped;
     await this.server?.close();
     await this.closeAudit('close');
     await this.edges?.close();
