@@ -147,25 +147,10 @@ class ChildSecondaries {
   /** Directories made for children, removed at the end. */
   static readonly dirs: string[] = [];
 
-  /** tid (hex) -> how many secondaries reported it as their newest (progress, for waitFor). */
-  private readonly reached = new Map<string, number>();
-  private readonly waiters: Array<{ tid: string; count: number; resolve: () => void }> = [];
   private readonly reports: ChildReports<ChildReport>;
 
   private constructor(child: ChildProcess) {
-    this.reports = new ChildReports<ChildReport>(child, (m) => {
-      if (m.type !== 'applied') return false;
-      for (const tid of m.tids) {
-        const count = (this.reached.get(tid) ?? 0) + 1;
-        this.reached.set(tid, count);
-        for (const w of [...this.waiters]) {
-          if (w.tid !== tid || count < w.count) continue;
-          this.waiters.splice(this.waiters.indexOf(w), 1);
-          w.resolve();
-        }
-      }
-      return true;
-    });
+    this.reports = new ChildReports<ChildReport>(child);
   }
 
   /** Fork and load the child; the secondaries open on open(). */
@@ -183,9 +168,8 @@ class ChildSecondaries {
     return c;
   }
 
-  /** Open the secondaries (again after closeSecondaries: into new files); progress counts from here. */
+  /** Open the secondaries (again after closeSecondaries: into new files). */
   async open(): Promise<void> {
-    this.reached.clear();
     this.reports.child.send({ type: 'open' });
     await this.reports.next('ready');
   }
@@ -202,15 +186,10 @@ class ChildSecondaries {
     return (await this.reports.next('cpu')).micros;
   }
 
-  /**
-   * Resolves once `count` secondaries applied `tid`, which must be the last
-   * transaction committed so far (progress reports name each secondary's
-   * newest transaction only).
-   */
-  waitFor(tid: Buffer, count: number): Promise<void> {
-    const key = tid.toString('hex');
-    if ((this.reached.get(key) ?? 0) >= count) return Promise.resolve();
-    return new Promise((resolve) => this.waiters.push({ tid: key, count, resolve }));
+  /** Resolves once `count` secondaries applied `tid` or a later transaction (one request at a time). */
+  async waitFor(tid: Buffer, count: number): Promise<void> {
+    this.reports.child.send({ type: 'waitFor', tid: tid.toString('hex'), count });
+    await this.reports.next('reached');
   }
 
   /**

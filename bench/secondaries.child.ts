@@ -1,19 +1,20 @@
 // Benchmark helper run as a child process: N secondaries replicating from
 // the address given, so the primary under test has its own process (as in a
 // deployment). Reports to the parent over IPC: 'started' once loaded; on an
-// 'open' request it opens the secondaries and says 'ready'; while they run,
-// each secondary's newest applied transaction, at most once per turn of the
-// loop ('applied', for progress); after a 'close' request, 'closed' with the
-// peak RSS and the time each transaction became durable on each secondary
-// (performance.timeOrigin + now(): the same clock the parent reads), or with
-// report 'newest' only each secondary's last one, timed when its progress
-// report goes out (the end of the turn that applied it: no clock read per
-// transaction). Those times are kept here until the end, so reporting them
-// costs neither process anything while lag is measured. On a 'cpu' request,
-// 'cpu' with the CPU time it used so far (µs). On a 'closeSecondaries'
-// request it closes the secondaries (their files stay) and says
-// 'secondariesClosed'; a later 'open' opens new ones into new files, in a
-// process whose code is already warm.
+// 'open' request it opens the secondaries and says 'ready'; on a 'waitFor'
+// request, 'reached' once that many secondaries applied that transaction or
+// a later one (checked at the end of each turn of the loop that applied
+// something, and only while a request waits: progress costs neither process
+// an IPC message per transaction while lag is measured); after a 'close'
+// request, 'closed' with the peak RSS and the time each transaction became
+// durable on each secondary (performance.timeOrigin + now(): the same clock
+// the parent reads), or with report 'newest' only each secondary's last one,
+// timed at the end of the turn that applied it (no clock read per
+// transaction). Those times are kept here until the end. On a 'cpu'
+// request, 'cpu' with the CPU time it used so far (µs). On a
+// 'closeSecondaries' request it closes the secondaries (their files stay)
+// and says 'secondariesClosed'; a later 'open' opens new ones into new
+// files, in a process whose code is already warm.
 //
 //   fork('bench/secondaries.child.ts', [address, count, dir, fsync, report])   report: 'every' (default) or 'newest'
 
@@ -24,7 +25,7 @@ import { TidTimes } from './tidTimes.js';
 export type ChildReport =
   | { type: 'started' }
   | { type: 'ready' }
-  | { type: 'applied'; tids: string[] }
+  | { type: 'reached'; tid: string }
   | { type: 'cpu'; micros: number }
   | { type: 'secondariesClosed' }
   | { type: 'closed'; peakRss: number; applied: { tids: string[]; atMs: number[] } };
@@ -41,21 +42,35 @@ const everyApplied = new TidTimes();
 const keepEvery = reportArg !== 'newest';
 /** With 'newest': each secondary's last applied transaction, with its time. */
 const lastApplied = new Map<number, { tid: Buffer; atMs: number }>();
-/** Each secondary's newest applied transaction since the last progress report. */
-const newest = new Map<number, Buffer>();
+/** Each secondary's newest applied transaction (hex: tids of equal length compare as their order). */
+const newest = new Map<number, string>();
+/** Secondaries whose newest changed in this turn of the loop. */
+const changed = new Map<number, Buffer>();
+/** The parent's pending request: `count` secondaries at `tid` or later. */
+let waiting: { tid: string; count: number } | null = null;
 let scheduled = false;
+const checkWaiting = (): void => {
+  if (waiting === null) return;
+  let at = 0;
+  for (const tid of newest.values()) if (tid >= waiting.tid) at++;
+  if (at < waiting.count) return;
+  send({ type: 'reached', tid: waiting.tid });
+  waiting = null;
+};
 const report = (secondary: number, tid: Buffer): void => {
   if (keepEvery) everyApplied.push(tid, nowMs());
-  newest.set(secondary, tid);
+  changed.set(secondary, tid);
   if (scheduled) return;
   scheduled = true;
   setImmediate(() => {
     scheduled = false;
     const atMs = nowMs();
-    if (!keepEvery) for (const [i, t] of newest) lastApplied.set(i, { tid: Buffer.from(t), atMs });
-    const tids = [...newest.values()].map((t) => t.toString('hex'));
-    newest.clear();
-    send({ type: 'applied', tids });
+    for (const [i, t] of changed) {
+      newest.set(i, t.toString('hex'));
+      if (!keepEvery) lastApplied.set(i, { tid: Buffer.from(t), atMs });
+    }
+    changed.clear();
+    checkWaiting();
   });
 };
 /** How many times the secondaries were opened: each time into files of their own. */
@@ -66,8 +81,11 @@ const closeAll = async (): Promise<void> => {
   await Promise.all(closing.map((s) => s.close()));
 };
 
-process.on('message', (m: { type: string }) => {
-  if (m.type === 'cpu') {
+process.on('message', (m: { type: string; tid?: string; count?: number }) => {
+  if (m.type === 'waitFor') {
+    waiting = { tid: m.tid!, count: m.count! };
+    checkWaiting();
+  } else if (m.type === 'cpu') {
     const used = process.cpuUsage();
     send({ type: 'cpu', micros: used.user + used.system });
   } else if (m.type === 'open') {
@@ -84,6 +102,7 @@ process.on('message', (m: { type: string }) => {
   } else if (m.type === 'closeSecondaries') {
     void closeAll().then(() => {
       lastApplied.clear();
+      newest.clear();
       send({ type: 'secondariesClosed' });
     });
   } else if (m.type === 'close') {
