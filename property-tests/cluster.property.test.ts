@@ -4,9 +4,12 @@
 // converges. SIM_RUNS sets the number of runs; a failure prints its replay
 // command (npm run sim -- --property default --seed … --path …) and trace.
 
-import { describe, it } from 'vitest';
-import { simRuns, simSeed } from './model.js';
+import { afterAll, describe, it } from 'vitest';
+import { settleRuns, simRuns, simSeed } from './model.js';
 import { assertNamed } from './properties.js';
+
+// A run the time limit abandoned removes its cluster's files when it ends.
+afterAll(() => settleRuns(), 300_000);
 
 describe('replication under simulated faults', () => {
   it('keeps every secondary a prefix of the primary and converges after faults stop', async () => {

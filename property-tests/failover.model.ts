@@ -9,6 +9,7 @@
 
 import fc from 'fast-check';
 import { InvariantViolationError, SimCluster, describeOp, type DiskMode, type SimClusterOptions, type SimOp } from '../src/sim/index.js';
+import { trackedRun } from './model.js';
 
 /** What preconditions look at: each node's role, liveness and upstream, and the current primary. */
 export interface FailoverModel {
@@ -287,28 +288,30 @@ export function failoverProperty(o: FailoverPropertyOptions): fc.IAsyncPropertyW
     fc.integer({ min: 0, max: 0x7fffffff }),
     // 'medium': about half of maxCommands on average (the default size averages under 5).
     fc.commands(failoverCommands({ nodes, mode: o.mode, promote: o.promote }), { maxCommands: o.maxCommands ?? 25, size: 'medium', replayPath: o.replayPath }),
-    async (seed, commands) => {
-      const cluster = await SimCluster.create({ protocol: 'native', ...o.cluster, seed, secondaries: o.secondaries });
-      lastFailoverRun.seed = seed;
-      lastFailoverRun.commands = String(commands);
-      try {
-        const model = emptyModel(cluster);
-        await fc.asyncModelRun(() => ({ model, real: cluster }), commands);
-        if (o.converge) await endPhase(cluster, o.livenessMs ?? 60_000);
-        cluster.assertInvariants();
-      } catch (err) {
-        throw failoverFailure(err, cluster, seed);
-      } finally {
-        lastFailoverRun.trace = cluster.trace;
-        failoverTotals.runs += 1;
-        failoverTotals.refusals += cluster.trace.filter((l) => l.endsWith('connection "diverged"')).length;
-        failoverTotals.rewindsThatCut += cluster.trace.filter((l) => l.includes(' rewound to ')).length;
-        failoverTotals.acknowledged += cluster.commits.filter((r) => r.outcome === 'acknowledged').length;
-        failoverTotals.failedForCaller += cluster.commits.filter((r) => r.outcome === 'failed').length;
-        await cluster.close();
-      }
-    },
+    (seed, commands) => trackedRun(() => failoverRun(o, seed, commands)),
   );
+}
+
+async function failoverRun(o: FailoverPropertyOptions, seed: number, commands: Iterable<fc.AsyncCommand<FailoverModel, SimCluster>>): Promise<void> {
+  const cluster = await SimCluster.create({ protocol: 'native', ...o.cluster, seed, secondaries: o.secondaries });
+  lastFailoverRun.seed = seed;
+  lastFailoverRun.commands = String(commands);
+  try {
+    const model = emptyModel(cluster);
+    await fc.asyncModelRun(() => ({ model, real: cluster }), commands);
+    if (o.converge) await endPhase(cluster, o.livenessMs ?? 60_000);
+    cluster.assertInvariants();
+  } catch (err) {
+    throw failoverFailure(err, cluster, seed);
+  } finally {
+    lastFailoverRun.trace = cluster.trace;
+    failoverTotals.runs += 1;
+    failoverTotals.refusals += cluster.trace.filter((l) => l.endsWith('connection "diverged"')).length;
+    failoverTotals.rewindsThatCut += cluster.trace.filter((l) => l.includes(' rewound to ')).length;
+    failoverTotals.acknowledged += cluster.commits.filter((r) => r.outcome === 'acknowledged').length;
+    failoverTotals.failedForCaller += cluster.commits.filter((r) => r.outcome === 'failed').length;
+    await cluster.close();
+  }
 }
 
 /** The failure with the simulation seed, the replay command and the tail of the trace (fast-check adds its seed and path). */

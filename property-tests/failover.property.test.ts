@@ -10,12 +10,12 @@
 // failure; SIM_RUNS scales every property.
 
 import fc from 'fast-check';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { GenerationHistory } from '../src/failover/generations.js';
 import { FailoverHistory } from '../src/failover/history.js';
 import { SimCluster, type SimClusterOptions, type SimOp } from '../src/sim/index.js';
 import { endPhase, failoverFailure, failoverProperty, failoverTotals, lastFailoverRun, type FailoverPropertyOptions } from './failover.model.js';
-import { simRuns, simSeed } from './model.js';
+import { settleRuns, simRuns, simSeed } from './model.js';
 
 function settings(runs: number): fc.Parameters<unknown> {
   return { numRuns: simRuns(runs), seed: simSeed(), path: process.env.SIM_PATH, interruptAfterTimeLimit: 120_000 };
@@ -36,6 +36,8 @@ const restore: Array<() => void> = [];
 afterEach(() => {
   while (restore.length) restore.pop()!();
 });
+// A run the time limit abandoned removes its cluster's files when it ends.
+afterAll(() => settleRuns(), 120_000);
 
 function patch<T extends object, K extends keyof T>(target: T, key: K, value: T[K]): void {
   const original = target[key];

@@ -38,6 +38,30 @@ export const lastFailure: { run: RunRecord | null } = { run: null };
 /** Totals over every run in this process (the soak script reports them). */
 export const totals = { runs: 0, faults: 0, events: 0, commits: 0, virtualMs: 0 };
 
+/**
+ * Property runs still going. A time limit (fast-check's
+ * interruptAfterTimeLimit) ends a property while a run is under way and
+ * abandons that run, which still removes its cluster's files when it ends:
+ * a test file waits for them (settleRuns) before it is done.
+ */
+const runsInFlight = new Set<Promise<unknown>>();
+
+/** Run `run` as a property run that settleRuns waits for. */
+export async function trackedRun<T>(run: () => Promise<T>): Promise<T> {
+  const p = run();
+  runsInFlight.add(p);
+  try {
+    return await p;
+  } finally {
+    runsInFlight.delete(p);
+  }
+}
+
+/** Wait until no property run is under way (abandoned ones included). */
+export async function settleRuns(): Promise<void> {
+  while (runsInFlight.size > 0) await Promise.allSettled([...runsInFlight]);
+}
+
 /** One command = one harness operation (or a stretch of virtual time), then the invariants. */
 class OpCommand implements fc.AsyncCommand<ClusterModel, SimCluster> {
   constructor(
@@ -168,6 +192,10 @@ export async function recordedRun(
   about: { cluster: string; commands: string },
   body: (cluster: SimCluster) => Promise<void>,
 ): Promise<void> {
+  return trackedRun(() => runRecorded(options, about, body));
+}
+
+async function runRecorded(options: SimClusterOptions, about: { cluster: string; commands: string }, body: (cluster: SimCluster) => Promise<void>): Promise<void> {
   const cluster = await SimCluster.create(options);
   let failure: Error | null = null;
   try {
