@@ -109,17 +109,13 @@ async function alternating(baseline: () => Promise<number>, measured: () => Prom
   return { baseline: spread(b), measured: spread(m) };
 }
 
-/** A forked child's reports over IPC, awaited by type; `handle` may consume some first (returns true). */
+/** A forked child's reports over IPC, awaited by type. */
 class ChildReports<T extends { type: string }> {
   private readonly queued: T[] = [];
   private readonly waiting: Array<{ type: string; resolve: (m: T) => void }> = [];
 
-  constructor(
-    readonly child: ChildProcess,
-    handle: (m: T) => boolean = () => false,
-  ) {
+  constructor(readonly child: ChildProcess) {
     child.on('message', (m: T) => {
-      if (handle(m)) return;
       const i = this.waiting.findIndex((w) => w.type === m.type);
       if (i >= 0) this.waiting.splice(i, 1)[0]!.resolve(m);
       else this.queued.push(m);

@@ -626,20 +626,9 @@ export class Secondary {
       serverAddress: () => this.server?.address ?? null,
       detach: async () => {
         if (this.closedPromise) throw new ZrsError('the secondary is closed');
-        const done = new Promise<void>((resolve) => {
-          const sub = this.actor.subscribe({ complete: () => resolve(), error: () => resolve() });
-          if (this.actor.getSnapshot().status !== 'active') {
-            sub.unsubscribe();
-            resolve();
-          }
-        });
-        this.closedPromise = done.then(() => undefined);
-        this.actor.send({ type: 'CLOSE' });
-        await done;
-        this.actor.stop();
-        // A connection dropped earlier (the node waits to reconnect) may still be finishing a
-        // received transaction: the new generation starts after it, so it must be durable first.
-        await this.dropped;
+        this.closedPromise = this.stopReplicating();
+        // The new generation starts after the last transaction: it is durable by now.
+        await this.closedPromise;
         await this.edges?.close();
         await this.closeAudit('detach');
         this.statusSubject.complete();
@@ -721,7 +710,12 @@ export class Secondary {
     return this.failover;
   }
 
-  private async doClose(): Promise<void> {
+  /**
+   * Stop the connection machine (aborting a half-received transaction), then
+   * wait for a connection dropped earlier (while the node waited to
+   * reconnect) to finish or abort the transaction it was still writing.
+   */
+  private async stopReplicating(): Promise<void> {
     const done = new Promise<void>((resolve) => {
       const sub = this.actor.subscribe({ complete: () => resolve(), error: () => resolve() });
       if (this.actor.getSnapshot().status !== 'active') {
@@ -733,6 +727,10 @@ export class Secondary {
     await done;
     this.actor.stop();
     await this.dropped;
+  }
+
+  private async doClose(): Promise<void> {
+    await this.stopReplicating();
     await this.server?.close();
     await this.closeAudit('close');
     await this.edges?.close();
