@@ -6,8 +6,10 @@
 //    process once its code is compiled (a running secondary catching up);
 //  - catch-up of large records (1 MiB), against the same plain copy;
 //  - live lag at a steady commit rate with 3 secondaries (p50/p99/max),
-//    against plain TCP messages at the same rate to 3 connections in a
-//    child process (bench/echo.child.ts): what the machine itself adds;
+//    once the same load ran for --warmup-seconds (that first stretch is
+//    reported apart), against plain TCP messages at the same rate to 3
+//    connections in a child process (bench/echo.child.ts): what the
+//    machine itself adds;
 //  - unpaced commits: does the secondary keep up;
 //  - primary commit rate with 0, 1, 4 and 16 connected secondaries;
 //  - peak RSS of the primary and of the secondary, each in a process of its
@@ -15,7 +17,7 @@
 // The secondaries run in a child process (bench/secondaries.child.ts), so
 // the primary has its own event loop, as in a deployment.
 //
-//   npm run bench:replication [-- --txns 20000 --live-seconds 5 --big-mb 1000 --repeat 3 --only catchup,large,live,unpaced,fanout,big]
+//   npm run bench:replication [-- --txns 20000 --live-seconds 5 --warmup-seconds 3 --big-mb 1000 --repeat 3 --only catchup,large,live,unpaced,fanout,big]
 
 import { fork, type ChildProcess } from 'node:child_process';
 import { createReadStream, createWriteStream, existsSync } from 'node:fs';
@@ -38,6 +40,8 @@ const ZRS = { catchupSeconds: 8.07, catchupTxnPerS: 2478, liveP99Ms: 16.9, paced
 
 const TXNS = arg('txns', 20000);
 const LIVE_SECONDS = arg('live-seconds', 4);
+/** Seconds of paced commits before live lag is measured (reported apart): new processes compile their code meanwhile. */
+const WARMUP_SECONDS = arg('warmup-seconds', 3);
 const BIG_MB = arg('big-mb', 1000);
 /** Runs of each catch-up figure; the median is reported (this class of machine is noisy). */
 const REPEAT = arg('repeat', 3);
@@ -274,18 +278,18 @@ async function dueTime(t0: bigint, n: number, ratePerSecond: number): Promise<vo
  * `secondaryFsync` off the secondaries do not sync: on this one machine they
  * share the primary's disk, and their syncs would queue with its own.
  * `neighbourShare`: meanwhile a neighbour process (bench/neighbour.child.ts)
- * keeps that share of a CPU busy. Also returns the share of a CPU the
- * secondaries' process used while the commits ran.
+ * keeps that share of a CPU busy. `warmupS`: the same commits run that long
+ * first, their lag reported apart (`warmup`): both processes are new, and
+ * V8 compiles their code on the same two CPUs for the first seconds. Also
+ * returns the share of a CPU the secondaries' process used while the
+ * measured commits ran.
  */
 async function live(
   dir: string,
   secondaries: number,
   ratePerSecond: number | null,
   durationS: number,
-  secondaryFsync = true,
-  primaryFsync = true,
-  report: 'every' | 'newest' = 'every',
-  neighbourShare = 0,
+  { secondaryFsync = true, primaryFsync = true, report = 'every' as 'every' | 'newest', neighbourShare = 0, warmupS = 0 } = {},
 ) {
   // Without fsync a commit never waits for I/O: an unpaced loop would never let the event loop
   // turn, and the sessions would send nothing until it ended. A writer yields after each commit,
@@ -303,34 +307,56 @@ async function live(
   }
   const neighbour = neighbourShare > 0 ? new ChildReports<NeighbourReport>(fork(fileURLToPath(new URL('./neighbour.child.ts', import.meta.url)), [String(neighbourShare)])) : null;
   await neighbour?.next('started');
+  /** Commit for `forS` seconds, each commit's tid and time into `into`; the number committed. */
+  const commitFor = async (forS: number, into: TidTimes): Promise<number> => {
+    const t0 = process.hrtime.bigint();
+    let n = 0;
+    while (seconds(t0) < forS) {
+      if (ratePerSecond !== null) await dueTime(t0, n, ratePerSecond);
+      const tid = await work.commit();
+      into.push(tid, nowMs());
+      n++;
+      if (yieldEach) await new Promise((r) => setImmediate(r));
+    }
+    return n;
+  };
+  const warmedAt = new TidTimes();
+  if (warmupS > 0) await commitFor(warmupS, warmedAt);
   const committedAt = new TidTimes();
   const childCpu0 = child ? await child.cpuMicros() : 0;
   const t0 = process.hrtime.bigint();
-  let n = 0;
-  while (seconds(t0) < durationS) {
-    if (ratePerSecond !== null) await dueTime(t0, n, ratePerSecond);
-    const tid = await work.commit();
-    committedAt.push(tid, nowMs());
-    n++;
-    if (yieldEach) await new Promise((r) => setImmediate(r));
-  }
-  const commitRate = n / seconds(t0);
+  const commitRate = (await commitFor(durationS, committedAt)) / seconds(t0);
   const childCpuShare = child ? (await child.cpuMicros() - childCpu0) / 1e6 / seconds(t0) : 0;
   await neighbour?.close('closed');
   const last = fs.lastTransaction();
   const endMs = nowMs();
   let behindAtEndMs = 0;
-  const lags: number[] = [];
+  let lags: Lags = lagsOf(committedAt, new Map());
+  let warmup: Lags = lagsOf(warmedAt, new Map());
   if (child) {
     await child.waitFor(last, secondaries);
     // How long after the last commit the slowest secondary had it.
     const { applied } = await child.close();
     behindAtEndMs = Math.max(0, Math.max(...applied.get(last.toString('hex'))!) - endMs);
-    for (let i = 0; i < committedAt.length; i++) for (const t of applied.get(committedAt.tidHex(i)) ?? []) lags.push(t - committedAt.at(i));
+    lags = lagsOf(committedAt, applied);
+    warmup = lagsOf(warmedAt, applied);
   }
   await primary.close();
+  return { commitRate, ...lags, warmup, behindAtEndMs, childCpuShare };
+}
+
+interface Lags {
+  p50: number;
+  p99: number;
+  max: number;
+}
+
+/** Lag percentiles of the commits in `committed`, from when each secondary applied each (`applied`: tid hex -> times). */
+function lagsOf(committed: TidTimes, applied: Map<string, number[]>): Lags {
+  const lags: number[] = [];
+  for (let i = 0; i < committed.length; i++) for (const t of applied.get(committed.tidHex(i)) ?? []) lags.push(t - committed.at(i));
   lags.sort((a, b) => a - b);
-  return { commitRate, p50: percentile(lags, 50), p99: percentile(lags, 99), max: lags.at(-1) ?? NaN, behindAtEndMs, childCpuShare };
+  return { p50: percentile(lags, 50), p99: percentile(lags, 99), max: lags.at(-1) ?? NaN };
 }
 
 /**
@@ -425,10 +451,12 @@ async function main(): Promise<void> {
       );
       for (const sync of [true, false]) {
         const label = sync ? 'all fsync' : 'no fsync anywhere, secondaries on tmpfs';
-        const paced = await live(dir, 3, 1000, LIVE_SECONDS, sync, sync);
+        const paced = await live(dir, 3, 1000, LIVE_SECONDS, { secondaryFsync: sync, primaryFsync: sync, warmupS: WARMUP_SECONDS });
+        const w = paced.warmup;
         out.push(
-          `live, 3 secondaries (${label}), paced 1000 txn/s (got ${paced.commitRate.toFixed(0)}): lag p50 ${paced.p50.toFixed(2)} ms, p99 ${paced.p99.toFixed(2)} ms, max ${paced.max.toFixed(1)} ms` +
-            ` | p99 ${(paced.p99 / floor.p99).toFixed(1)}x the plain-socket baseline's | p99 ${(ZRS.pacedP99Ms / paced.p99).toFixed(2)}x zc.zrs's at 500 txn/s`,
+          `live, 3 secondaries (${label}), paced 1000 txn/s (got ${paced.commitRate.toFixed(0)}), after ${WARMUP_SECONDS} s of the same: lag p50 ${paced.p50.toFixed(2)} ms, p99 ${paced.p99.toFixed(2)} ms, max ${paced.max.toFixed(1)} ms` +
+            ` | p99 ${(paced.p99 / floor.p99).toFixed(1)}x the plain-socket baseline's | p99 ${(paced.p99 / ZRS.pacedP99Ms).toFixed(1)}x zc.zrs's at 500 txn/s (${ZRS.pacedP99Ms} ms)` +
+            ` | in those first ${WARMUP_SECONDS} s of new processes: p50 ${w.p50.toFixed(2)} ms, p99 ${w.p99.toFixed(2)} ms, max ${w.max.toFixed(1)} ms`,
         );
       }
     }
@@ -443,7 +471,7 @@ async function main(): Promise<void> {
       const fan: number[] = [];
       // Only the commit rate counts here: the child reports no per-transaction times, whose IPC would grow with N in both processes.
       // A first, discarded run warms the commit path up, so the 0-secondary figure is not the only one taken with a cold JIT.
-      await live(dir, 0, null, 1, sync, sync, 'newest');
+      await live(dir, 0, null, 1, { secondaryFsync: sync, primaryFsync: sync, report: 'newest' });
       // The series runs REPEAT times, interleaved, and each count takes its median: the
       // machine's speed drifts over a series, and a single 0-secondary run moved by 50 %.
       const counts = [0, 1, 4, 16];
@@ -454,11 +482,11 @@ async function main(): Promise<void> {
       const shares: number[] = [];
       for (let r = 0; r < REPEAT; r++) {
         for (let i = 0; i < counts.length; i++) {
-          const run = await live(dir, counts[i]!, null, runSeconds, sync, sync, 'newest');
+          const run = await live(dir, counts[i]!, null, runSeconds, { secondaryFsync: sync, primaryFsync: sync, report: 'newest' });
           rates[i]!.push(run.commitRate);
           if (counts[i] === 16) shares.push(run.childCpuShare);
         }
-        besideNeighbour.push((await live(dir, 0, null, runSeconds, sync, sync, 'newest', shares.at(-1)!)).commitRate);
+        besideNeighbour.push((await live(dir, 0, null, runSeconds, { secondaryFsync: sync, primaryFsync: sync, report: 'newest', neighbourShare: shares.at(-1)! })).commitRate);
       }
       const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
       for (const r of rates) fan.push(median(r));
