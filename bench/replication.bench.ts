@@ -8,8 +8,10 @@
 //  - live lag at a steady commit rate with 3 secondaries (p50/p99/max),
 //    once the same load ran for --warmup-seconds (that first stretch is
 //    reported apart), against plain TCP messages at the same rate to 3
-//    connections in a child process (bench/echo.child.ts): what the
-//    machine itself adds;
+//    connections in a child process (bench/echo.child.ts), against the
+//    latency of syncs at the same rate on four files, and beside how
+//    steady the machine's CPU is (bench/floors.ts): what the machine
+//    itself adds;
 //  - unpaced commits: does the secondary keep up;
 //  - primary commit rate with 0, 1, 4 and 16 connected secondaries;
 //  - peak RSS of the primary and of the secondary, each in a process of its
@@ -33,6 +35,7 @@ import type { PrimaryChildReport } from './primary.child.js';
 import type { EchoReport } from './echo.child.js';
 import type { NeighbourReport } from './neighbour.child.js';
 import type { ChildReport } from './secondaries.child.js';
+import { cpuSteadiness, syncLatency } from './floors.js';
 import { TidTimes } from './tidTimes.js';
 import { Workload, arg, secondsSince } from './workload.js';
 
@@ -51,6 +54,8 @@ const ONLY = onlyAt >= 0 ? new Set(process.argv[onlyAt + 1]!.split(',')) : null;
 const runs = (section: 'catchup' | 'large' | 'live' | 'unpaced' | 'fanout' | 'big'): boolean => ONLY === null || ONLY.has(section);
 
 const seconds = secondsSince;
+/** Bytes one transaction of the live workload (10 records of 200 B) takes in the file. */
+const TXN_BYTES = 2459;
 
 async function buildFile(path: string, txns: number, records: number, recordBytes: number): Promise<void> {
   const fs = await FileStorage.open(path, { create: true, fsync: false });
@@ -445,9 +450,17 @@ async function main(): Promise<void> {
     }
 
     if (runs('live')) {
+      const cpu = await cpuSteadiness(2);
+      out.push(
+        `machine steadiness: a fixed computation run every 2 ms on the otherwise idle machine took p50 ${cpu.p50.toFixed(0)} µs, p99 ${cpu.p99.toFixed(0)} µs (${(cpu.p99 / cpu.p50).toFixed(1)}x p50), max ${cpu.max.toFixed(0)} µs of CPU`,
+      );
       const floor = await socketLagBaseline(3, 1000, LIVE_SECONDS);
       out.push(
         `live-lag baseline: plain 8-byte TCP messages to 3 connections in a child process, paced 1000/s: lag p50 ${floor.p50.toFixed(2)} ms, p99 ${floor.p99.toFixed(2)} ms, max ${floor.max.toFixed(1)} ms`,
+      );
+      const disk = await syncLatency(dir, 4, TXN_BYTES, 1000, LIVE_SECONDS);
+      out.push(
+        `live-lag disk baseline: 4 files (a primary's and 3 secondaries'), each appended ${TXN_BYTES} B and fdatasync'd 1000 times a second by a thread of its own: sync p50 ${disk.p50.toFixed(2)} ms, p99 ${disk.p99.toFixed(2)} ms, max ${disk.max.toFixed(1)} ms`,
       );
       for (const sync of [true, false]) {
         const label = sync ? 'all fsync' : 'no fsync anywhere, secondaries on tmpfs';
