@@ -11,20 +11,21 @@
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 
-export interface Spread {
+/** The median, 99th percentile and largest of some latencies (NaN each when there are none). */
+export interface Percentiles {
   p50: number;
   p99: number;
   max: number;
 }
 
-function spreadOf(values: number[]): Spread {
+export function percentiles(values: number[]): Percentiles {
   const sorted = [...values].sort((a, b) => a - b);
   const at = (p: number): number => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? NaN;
   return { p50: at(0.5), p99: at(0.99), max: sorted.at(-1) ?? NaN };
 }
 
 /** CPU time (µs) of one run of a fixed computation (integer arithmetic and a sha256 of 2 KB), every 2 ms for `durationS`. */
-export async function cpuSteadiness(durationS: number): Promise<Spread> {
+export async function cpuSteadiness(durationS: number): Promise<Percentiles> {
   const bytes = Buffer.alloc(2048, 1);
   let sink = 0;
   const work = (): void => {
@@ -43,7 +44,7 @@ export async function cpuSteadiness(durationS: number): Promise<Spread> {
     await new Promise((r) => setTimeout(r, 2));
   }
   if (sink === 0.5) console.log(sink); // never: keeps the work from being optimized away
-  return spreadOf(micros);
+  return percentiles(micros);
 }
 
 /** Each thread: append `bytes` and fdatasync, `rate` times a second (paced by blocking waits), for `durationS`; posts the latencies (ms). */
@@ -69,7 +70,7 @@ parentPort.postMessage(latencies);
 `;
 
 /** fdatasync latency (ms) of `files` files in `dir`, each appended `bytes` and synced `rate` times a second by a thread of its own. */
-export async function syncLatency(dir: string, files: number, bytes: number, rate: number, durationS: number): Promise<Spread> {
+export async function syncLatency(dir: string, files: number, bytes: number, rate: number, durationS: number): Promise<Percentiles> {
   const runs = Array.from(
     { length: files },
     (_, i) =>
@@ -79,5 +80,5 @@ export async function syncLatency(dir: string, files: number, bytes: number, rat
         worker.once('error', reject);
       }),
   );
-  return spreadOf((await Promise.all(runs)).flat());
+  return percentiles((await Promise.all(runs)).flat());
 }

@@ -35,7 +35,7 @@ import type { PrimaryChildReport } from './primary.child.js';
 import type { EchoReport } from './echo.child.js';
 import type { NeighbourReport } from './neighbour.child.js';
 import type { ChildReport } from './secondaries.child.js';
-import { cpuSteadiness, syncLatency } from './floors.js';
+import { cpuSteadiness, percentiles, syncLatency, type Percentiles } from './floors.js';
 import { TidTimes } from './tidTimes.js';
 import { Workload, arg, secondsSince } from './workload.js';
 
@@ -264,10 +264,6 @@ async function separateCatchUp(dir: string, source: string): Promise<{ seconds: 
   return { seconds: t, txns, primaryRss, secondaryRss };
 }
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
-}
-
 /**
  * Sleep until event `n` of a steady `ratePerSecond` from `t0` is due, as a
  * paced writer would (a busy wait would take a whole core from the
@@ -336,32 +332,22 @@ async function live(
   const last = fs.lastTransaction();
   const endMs = nowMs();
   let behindAtEndMs = 0;
-  let lags: Lags = lagsOf(committedAt, new Map());
-  let warmup: Lags = lagsOf(warmedAt, new Map());
+  let applied = new Map<string, number[]>();
   if (child) {
     await child.waitFor(last, secondaries);
+    ({ applied } = await child.close());
     // How long after the last commit the slowest secondary had it.
-    const { applied } = await child.close();
     behindAtEndMs = Math.max(0, Math.max(...applied.get(last.toString('hex'))!) - endMs);
-    lags = lagsOf(committedAt, applied);
-    warmup = lagsOf(warmedAt, applied);
   }
   await primary.close();
-  return { commitRate, ...lags, warmup, behindAtEndMs, childCpuShare };
+  return { commitRate, ...lagsOf(committedAt, applied), warmup: lagsOf(warmedAt, applied), behindAtEndMs, childCpuShare };
 }
 
-interface Lags {
-  p50: number;
-  p99: number;
-  max: number;
-}
-
-/** Lag percentiles of the commits in `committed`, from when each secondary applied each (`applied`: tid hex -> times). */
-function lagsOf(committed: TidTimes, applied: Map<string, number[]>): Lags {
+/** Lag of the commits in `committed` on every secondary that applied them (`applied`: tid hex -> times). */
+function lagsOf(committed: TidTimes, applied: Map<string, number[]>): Percentiles {
   const lags: number[] = [];
   for (let i = 0; i < committed.length; i++) for (const t of applied.get(committed.tidHex(i)) ?? []) lags.push(t - committed.at(i));
-  lags.sort((a, b) => a - b);
-  return { p50: percentile(lags, 50), p99: percentile(lags, 99), max: lags.at(-1) ?? NaN };
+  return percentiles(lags);
 }
 
 /**
@@ -370,7 +356,7 @@ function lagsOf(committed: TidTimes, applied: Map<string, number[]>): Lags {
  * writer is (a timer per message, `ratePerSecond` for `durationS`), each
  * timed from just before it is written to when the child reads it.
  */
-async function socketLagBaseline(connections: number, ratePerSecond: number, durationS: number): Promise<{ p50: number; p99: number; max: number }> {
+async function socketLagBaseline(connections: number, ratePerSecond: number, durationS: number): Promise<Percentiles> {
   const server = createServer();
   const accepted: Socket[] = [];
   const allConnected = new Promise<void>((resolve) =>
@@ -400,8 +386,7 @@ async function socketLagBaseline(connections: number, ratePerSecond: number, dur
   await new Promise((r) => (child.exitCode !== null ? r(null) : child.once('exit', r)));
   for (const s of accepted) s.destroy();
   await new Promise((r) => server.close(r));
-  const lags = atMs.flatMap((times) => sentAt.map((at, n) => times[n]! - at)).sort((a, b) => a - b);
-  return { p50: percentile(lags, 50), p99: percentile(lags, 99), max: lags.at(-1) ?? NaN };
+  return percentiles(atMs.flatMap((times) => sentAt.map((at, n) => times[n]! - at)));
 }
 
 async function main(): Promise<void> {
@@ -467,9 +452,9 @@ async function main(): Promise<void> {
         const paced = await live(dir, 3, 1000, LIVE_SECONDS, { secondaryFsync: sync, primaryFsync: sync, warmupS: WARMUP_SECONDS });
         const w = paced.warmup;
         out.push(
-          `live, 3 secondaries (${label}), paced 1000 txn/s (got ${paced.commitRate.toFixed(0)}), after ${WARMUP_SECONDS} s of the same: lag p50 ${paced.p50.toFixed(2)} ms, p99 ${paced.p99.toFixed(2)} ms, max ${paced.max.toFixed(1)} ms` +
+          `live, 3 secondaries (${label}), paced 1000 txn/s (got ${paced.commitRate.toFixed(0)}), after ${WARMUP_SECONDS} s of the same load: lag p50 ${paced.p50.toFixed(2)} ms, p99 ${paced.p99.toFixed(2)} ms, max ${paced.max.toFixed(1)} ms` +
             ` | p99 ${(paced.p99 / floor.p99).toFixed(1)}x the plain-socket baseline's | p99 ${(paced.p99 / ZRS.pacedP99Ms).toFixed(1)}x zc.zrs's at 500 txn/s (${ZRS.pacedP99Ms} ms)` +
-            ` | in those first ${WARMUP_SECONDS} s of new processes: p50 ${w.p50.toFixed(2)} ms, p99 ${w.p99.toFixed(2)} ms, max ${w.max.toFixed(1)} ms`,
+            (WARMUP_SECONDS > 0 ? ` | in those first ${WARMUP_SECONDS} s of new processes: p50 ${w.p50.toFixed(2)} ms, p99 ${w.p99.toFixed(2)} ms, max ${w.max.toFixed(1)} ms` : ''),
         );
       }
     }
