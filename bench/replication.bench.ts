@@ -19,7 +19,7 @@
 // The secondaries run in a child process (bench/secondaries.child.ts), so
 // the primary has its own event loop, as in a deployment.
 //
-//   npm run bench:replication [-- --txns 20000 --live-seconds 5 --warmup-seconds 3 --big-mb 1000 --repeat 3 --only catchup,large,live,unpaced,fanout,big]
+//   npm run bench:replication [-- --txns 20000 --live-seconds 5 --warmup-seconds 3 --big-mb 1000 --repeat 3 --send-share 0.1 --only catchup,large,live,unpaced,fanout,big]
 
 import { fork, type ChildProcess } from 'node:child_process';
 import { createReadStream, createWriteStream, existsSync } from 'node:fs';
@@ -31,6 +31,7 @@ import { fileURLToPath } from 'node:url';
 import { formatAddress } from '../src/replication/address.js';
 import { Primary } from '../src/replication/primary.js';
 import { FileStorage } from '../src/storage/FileStorage.js';
+import { DEFAULT_SEND_SHARE } from '../src/replication/sendPacer.js';
 import type { PrimaryChildReport } from './primary.child.js';
 import type { EchoReport } from './echo.child.js';
 import type { NeighbourReport } from './neighbour.child.js';
@@ -48,6 +49,8 @@ const WARMUP_SECONDS = arg('warmup-seconds', 3);
 const BIG_MB = arg('big-mb', 1000);
 /** Runs of each catch-up figure; the median is reported (this class of machine is noisy). */
 const REPEAT = arg('repeat', 3);
+/** The live primaries' sendShare (docs/ARCHITECTURE.md, send pacing): what a saturated primary gives its sessions. */
+const SEND_SHARE = arg('send-share', DEFAULT_SEND_SHARE);
 const onlyAt = process.argv.indexOf('--only');
 const ONLY = onlyAt >= 0 ? new Set(process.argv[onlyAt + 1]!.split(',')) : null;
 /** Whether a section runs (all of them unless --only names some). */
@@ -297,7 +300,7 @@ async function live(
   // as one serving requests does.
   const yieldEach = ratePerSecond === null && !primaryFsync;
   const name = `live-${secondaries}-${ratePerSecond}-${secondaryFsync}-${primaryFsync}.fs`;
-  const primary = await Primary.open({ path: join(dir, name), replicateTo: '127.0.0.1:0', fsync: primaryFsync, auditPath: null });
+  const primary = await Primary.open({ path: join(dir, name), replicateTo: '127.0.0.1:0', fsync: primaryFsync, auditPath: null, sendShare: SEND_SHARE });
   const fs = primary.storage;
   const work = new Workload(fs, 10, 200, 1000);
   const child = secondaries ? await ChildSecondaries.start(formatAddress(primary.address), secondaries, dir, secondaryFsync, report) : null;
@@ -512,7 +515,7 @@ async function main(): Promise<void> {
     for (const d of ChildSecondaries.dirs) await rm(d, { recursive: true, force: true });
     await rm(dir, { recursive: true, force: true });
   }
-  console.log('replication benchmark (primary in this process, secondaries in a child process, loopback TCP)');
+  console.log(`replication benchmark (primary in this process, secondaries in a child process, loopback TCP; live primaries' send share ${SEND_SHARE}${SEND_SHARE === DEFAULT_SEND_SHARE ? ', the default' : ''})`);
   for (const l of out) console.log(`  ${l}`);
 }
 
