@@ -43,6 +43,11 @@ export class SocketStream implements ByteStream {
     return this.socket.write(chunk);
   }
 
+  /** Node counts a written chunk until its write completed, when the kernel has its bytes. */
+  get heldBytes(): number {
+    return this.socket.writableLength;
+  }
+
   pause(): void {
     this.socket.pause();
   }

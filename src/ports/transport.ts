@@ -25,6 +25,12 @@ export interface ByteStream {
   setHandlers(handlers: ByteStreamHandlers): void;
   /** Human-readable peer, for logs. */
   readonly peer: string;
+  /**
+   * Bytes written whose buffers the stream still holds (not yet taken by the
+   * operating system, or copied): 0 means no written buffer is referenced
+   * any more and its memory may be reused. Absent: unknown, assume held.
+   */
+  readonly heldBytes?: number;
 }
 
 /** A parsed replication address. */

@@ -228,6 +228,9 @@ function meteredStream(stream: ByteStream, sent: (n: number) => void, received: 
     get peer() {
       return stream.peer;
     },
+    get heldBytes() {
+      return stream.heldBytes;
+    },
     write(chunk) {
       sent(chunk.byteLength);
       return stream.write(chunk);

@@ -20,7 +20,7 @@ import { FrameTooLargeError } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import type { ByteStream } from '../ports/transport.js';
 import type { FileStorage } from '../storage/FileStorage.js';
-import { WindowReader } from '../storage/fileio.js';
+import { WindowReader, WindowRecycler } from '../storage/fileio.js';
 import { TransactionCursor, readTransaction } from '../storage/iterator.js';
 import { tidPlusOne } from '../storage/timestamp.js';
 import type { CommittedTransaction, TransactionRecord } from '../storage/types.js';
@@ -502,7 +502,11 @@ export class PrimarySession {
     await this.inflight;
     const written = this.lastWrittenTid;
     const after = written !== null && Buffer.compare(written, input.afterTid) > 0 ? written : input.afterTid;
-    const cursor = new TransactionCursor(storage, tidPlusOne(Buffer.from(after)), stop === null ? null : Buffer.from(stop));
+    // Read windows are recycled once the socket has taken everything sent from them: the
+    // transactions sent are views of a window, and nothing else of them is kept past a send
+    // (the tids the session keeps are copies, see wrote()).
+    const recycler = new WindowRecycler(() => this.writer.holdsNothing);
+    const cursor = new TransactionCursor(storage, tidPlusOne(Buffer.from(after)), stop === null ? null : Buffer.from(stop), undefined, recycler);
     let last: Buffer | null = null;
     /** Taken from the cursor, not yet sent; a transaction that goes in messages leads it. */
     let taken: TransactionRecord[] = [];
@@ -538,7 +542,7 @@ export class PrimarySession {
       await pacer.turn(signal); // the next step waits its turn
     }
     await this.writer.flush();
-    return { lastTid: last };
+    return { lastTid: last === null ? null : Buffer.from(last) };
   }
 
   /**
@@ -554,8 +558,10 @@ export class PrimarySession {
     return room;
   }
 
-  /** Note that everything up to `tid` (`count` transactions) is on the wire. */
-  private wrote(tid: Buffer, signal: AbortSignal, count = 1): boolean {
+  /** Note that everything up to `written` (`count` transactions) is on the wire. */
+  private wrote(written: Buffer, signal: AbortSignal, count = 1): boolean {
+    // A copy: `written` may be a view of a read window, which is reused once sent.
+    const tid = Buffer.from(written);
     this.lastWrittenTid = tid;
     if (this.generationPending) this.sendGenerationAnnouncement();
     if (this.actor.getSnapshot().status === 'active') {

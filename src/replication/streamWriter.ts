@@ -73,6 +73,11 @@ export class StreamWriter {
     return this.batchBytes;
   }
 
+  /** Nothing written or batched is referenced any more: neither the batch nor the stream holds a buffer. */
+  get holdsNothing(): boolean {
+    return this.batchBytes === 0 && this.stream.heldBytes === 0;
+  }
+
   /**
    * Write the batch now; resolves when the socket can take more. Small
    * buffers go out coalesced; a large one is handed over as it is (copying

@@ -136,6 +136,9 @@ class SimEndpoint implements ByteStream {
     return this.conn.net.write(this, chunk);
   }
 
+  /** The network copies what is written (see SimNetwork.write). */
+  readonly heldBytes = 0;
+
   pause(): void {
     this.paused = true;
   }

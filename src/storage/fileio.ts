@@ -33,6 +33,8 @@ export class WindowReader {
     private readonly windowBytes = 4 * 1024 * 1024,
     /** Where the readable bytes end (when known): windows are not made larger than that. */
     private readonly fileEnd: (() => number) | null = null,
+    /** Where windows come from and go when replaced; without one, each window is a new buffer. */
+    private readonly recycler: WindowRecycler | null = null,
   ) {
     // Nothing until the first fill, which allocates the window it reads.
     this.buf = Buffer.alloc(0);
@@ -46,8 +48,10 @@ export class WindowReader {
   async fill(pos: number, length: number): Promise<void> {
     const readable = this.fileEnd ? this.fileEnd() - pos : this.windowBytes;
     const want = Math.max(length, Math.min(this.windowBytes, readable));
-    // A fresh buffer each time: views handed out earlier stay valid.
-    this.buf = Buffer.allocUnsafe(want);
+    // A fresh buffer (or one the recycler says nothing refers to any more): views handed out earlier stay valid.
+    const old = this.buf;
+    this.buf = this.recycler ? this.recycler.take(want) : Buffer.allocUnsafe(want);
+    this.recycler?.retire(old);
     let got = 0;
     while (got < want) {
       const { bytesRead } = await this.handle.read(this.buf, got, want - got, pos + got);
@@ -76,5 +80,39 @@ export class WindowReader {
   reset(): void {
     this.start = 0;
     this.end = 0;
+  }
+}
+
+/**
+ * Buffers for a WindowReader's windows, reused instead of allocated anew:
+ * a stream of fresh megabyte windows (one per catch-up step) starts a major
+ * collection every few hundred milliseconds. A window replaced by the next
+ * one is retired; retired windows become free for reuse at the next fill
+ * after it, and only when `released()` says that nothing refers to their
+ * bytes any more (the owner's sends have left its socket, and it keeps no
+ * view of them). At most `keep` free windows are kept.
+ */
+export class WindowRecycler {
+  private retired: Buffer[] = [];
+  private free: Buffer[] = [];
+
+  constructor(
+    private readonly released: () => boolean,
+    private readonly keep = 2,
+  ) {}
+
+  /** A buffer of `size` bytes for the next window. */
+  take(size: number): Buffer {
+    if (this.retired.length > 0 && this.released()) {
+      for (const b of this.retired) if (this.free.length < this.keep) this.free.push(b);
+      this.retired = [];
+    }
+    const i = this.free.findIndex((b) => b.length === size);
+    return i < 0 ? Buffer.allocUnsafe(size) : this.free.splice(i, 1)[0]!;
+  }
+
+  /** `buf` is no longer the current window (reused only after a later take() finds it released). */
+  retire(buf: Buffer): void {
+    if (buf.length > 0) this.retired.push(buf);
   }
 }

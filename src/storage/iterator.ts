@@ -5,7 +5,7 @@
 
 import { CorruptedDataError } from '../errors.js';
 import { DATA_HEADER_BYTES, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength, readTxnHeader, readU64At, recordsStart } from './format.js';
-import { WindowReader } from './fileio.js';
+import { WindowReader, type WindowRecycler } from './fileio.js';
 import type { FileStorage } from './FileStorage.js';
 import type { DataRecord, TransactionRecord } from './types.js';
 
@@ -55,8 +55,10 @@ export class TransactionCursor {
   private epoch: number;
   private reader: WindowReader;
   private pos: number;
-  /** The last transaction taken; until there is one, the cursor starts at `start`. */
+  /** The last transaction taken from the current window... */
   private lastTaken: TransactionRecord | null = null;
+  /** ...or, taken from an earlier one, its tid (a copy: a recycled window's bytes change); until there is one, the cursor starts at `start`. */
+  private earlierTid: Buffer | null = null;
   /** A transaction past `stop` was reached: nothing more comes. */
   stopped = false;
 
@@ -65,6 +67,8 @@ export class TransactionCursor {
     private readonly start: Buffer | null,
     private readonly stop: Buffer | null,
     private readonly windowBytes = 1 << 20,
+    /** Where windows come from (see WindowRecycler); without one, each is a new buffer. */
+    private readonly recycler: WindowRecycler | null = null,
   ) {
     this.epoch = storage.fileEpoch;
     this.reader = this.newReader();
@@ -73,7 +77,8 @@ export class TransactionCursor {
 
   /** Where to go on from in the current file: after the last transaction taken, else at `start`. */
   private resumePosition(): number {
-    if (this.lastTaken) return this.storage.positionAfter(this.lastTaken.tid, false);
+    const last = this.lastTaken?.tid ?? this.earlierTid;
+    if (last) return this.storage.positionAfter(last, false);
     return this.start ? this.storage.positionAfter(this.start, true) : this.storage.firstTransactionPos;
   }
 
@@ -120,6 +125,10 @@ export class TransactionCursor {
 
   /** Read the window that holds the next transaction (call when take() gave none before the end). */
   async fill(): Promise<void> {
+    if (this.lastTaken) {
+      this.earlierTid = Buffer.from(this.lastTaken.tid);
+      this.lastTaken = null;
+    }
     this.followReplacement();
     const epoch = this.epoch;
     try {
@@ -140,7 +149,7 @@ export class TransactionCursor {
   }
 
   private newReader(): WindowReader {
-    return new WindowReader(this.storage.fileHandle, this.windowBytes, () => this.storage.durableEnd);
+    return new WindowReader(this.storage.fileHandle, this.windowBytes, () => this.storage.durableEnd, this.recycler);
   }
 }
 

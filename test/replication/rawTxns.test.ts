@@ -1,7 +1,8 @@
 // Catch-up in raw batches (native `txns` messages): runs of plain
 // transactions travel as the primary's file bytes and the secondary rewrites
 // their positions for its own file; transactions with backpointers (undo)
-// travel record by record. Over real loopback sockets.
+// travel record by record; the primary reads them into windows it reuses
+// once its socket took what was sent from them. Over real loopback sockets.
 
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -22,6 +23,7 @@ import { socketTransport } from '../../src/node/socketTransport.js';
 import { systemClock } from '../../src/node/clock.js';
 import { silentLogger } from '../../src/replication/log.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
+import { WindowRecycler } from '../../src/storage/fileio.js';
 
 afterAll(cleanupTempDirs);
 
@@ -160,6 +162,42 @@ describe('raw transaction batches', () => {
       }
       expect(next).toBe(txns.length);
     });
+  });
+
+  it('go out of read windows the primary reuses once its socket took them, and a secondary catching up many windows replicates the same', async () => {
+    const dir = await tempDir();
+    // Every window the primary's catch-up reads into, by its memory.
+    const windows: ArrayBufferLike[] = [];
+    const take = WindowRecycler.prototype.take;
+    WindowRecycler.prototype.take = function (this: WindowRecycler, size: number): Buffer {
+      const b = take.call(this, size);
+      windows.push(b.buffer);
+      return b;
+    };
+    try {
+      await withPrimary(dir, async (primary) => {
+        const fs = primary.storage;
+        const payload = Buffer.alloc(9000, 5);
+        for (let i = 0; i < 1000; i++) {
+          const txn = { description: `t${i}` };
+          await fs.tpcBegin(txn);
+          fs.store(fs.newOid(), Z64, Buffer.concat([Buffer.from(String(i)), payload]), txn);
+          await fs.tpcVote(txn);
+          await fs.tpcFinish(txn);
+        }
+        const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, auditPath: null, reconnect: FAST_RECONNECT });
+        try {
+          await waitForTid(secondary, fs.lastTransaction());
+          await expectSameHistory(fs, secondary.storage);
+        } finally {
+          await secondary.close();
+        }
+      });
+    } finally {
+      WindowRecycler.prototype.take = take;
+    }
+    expect(windows.length).toBeGreaterThan(5); // about 9 MB in 1 MiB windows
+    expect(new Set(windows).size).toBeLessThan(windows.length); // some window was read into again
   });
 
   it('land at the secondary’s own positions when its file differs from the primary’s (the primary packed)', async () => {

@@ -3,10 +3,15 @@
 // by tid after a pack replaced the file (also before its first take), and
 // agrees with the iterator; the iterator hands out consecutive transactions
 // to overlapping next() calls and ends on return() or an aborted signal.
+// A WindowRecycler hands a retired window out again only at a later fill
+// and only once released; a cursor drawing its windows from one still
+// yields every transaction in order and, after a pack, resumes after the
+// last one taken while windows were being reused.
 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
+import { WindowRecycler } from '../../src/storage/fileio.js';
 import { TransactionCursor } from '../../src/storage/iterator.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import type { TransactionRecord } from '../../src/storage/types.js';
@@ -159,6 +164,82 @@ describe('iterator()', () => {
         if (seen.length === tids.length) abort.abort(); // waiting for growth, the follower sees the abort
       }
       expect(seen).toEqual(tids.map(hex));
+    } finally {
+      await fs.close();
+    }
+  });
+});
+
+describe('WindowRecycler', () => {
+  it('reuses a retired window at a later take, only when released, keeping at most `keep`', () => {
+    let released = false;
+    const r = new WindowRecycler(() => released, 1);
+    const a = r.take(64);
+    const b = r.take(64);
+    r.retire(a);
+    r.retire(b);
+    expect(r.take(64)).not.toBe(a); // not released: new buffers
+    released = true;
+    const c = r.take(64);
+    expect(c === a || c === b).toBe(true);
+    // keep 1: the other retired window was dropped, so the next is new.
+    const d = r.take(64);
+    expect(d === a || d === b).toBe(false);
+    r.retire(c);
+    expect(r.take(32)).not.toBe(c); // another size: a new buffer; c is free now
+    expect(r.take(64)).toBe(c);
+    r.retire(Buffer.alloc(0)); // the reader's initial empty window is not kept
+    expect(r.take(0).length).toBe(0);
+  });
+
+  it('a cursor drawing from a released recycler reuses windows and still yields every transaction in order', async () => {
+    const { fs, tids } = await storageOf(60, 700);
+    try {
+      const windows = new Set<ArrayBufferLike>();
+      let takes = 0;
+      const recycler = new WindowRecycler(() => true);
+      const take = recycler.take.bind(recycler);
+      recycler.take = (size: number): Buffer => {
+        takes += 1;
+        const b = take(size);
+        windows.add(b.buffer);
+        return b;
+      };
+      const cursor = new TransactionCursor(fs, null, null, 4 * 1024, recycler);
+      const seen: string[] = [];
+      for (;;) {
+        const got = cursor.take();
+        // Copied now: the window's bytes are overwritten once it is reused.
+        for (const t of got) seen.push(hex(t.tid));
+        if (got.length > 0) continue;
+        if (cursor.atEnd) break;
+        await cursor.fill();
+      }
+      expect(seen).toEqual(tids.map(hex));
+      expect(takes).toBeGreaterThan(5);
+      expect(windows.size).toBeLessThan(takes); // some window was read into twice
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('after a pack, resumes after the last transaction taken while its windows were being reused', async () => {
+    const { fs, tids } = await storageOf(40, 700);
+    try {
+      const cursor = new TransactionCursor(fs, null, null, 4 * 1024, new WindowRecycler(() => true));
+      const taken: string[] = [];
+      // Take a few windows' worth, one transaction at a time, then pack.
+      while (taken.length < 25) {
+        const got = cursor.take(0);
+        if (got.length === 0) await cursor.fill();
+        else taken.push(hex(got[0]!.tid));
+      }
+      await fs.pack(Date.now() / 1000 + 60);
+      const rest = await drain(cursor, Infinity);
+      const expected: string[] = [];
+      for await (const t of fs.iterator(tids[0]!)) if (hex(t.tid) > taken.at(-1)!) expected.push(hex(t.tid));
+      expect(expected.length).toBeGreaterThan(0);
+      expect(rest.txns.map((t) => hex(t.tid))).toEqual(expected);
     } finally {
       await fs.close();
     }
