@@ -470,12 +470,13 @@ async function main(): Promise<void> {
     // Durable everywhere (one shared disk here), then nothing synced: the primary's own cost of serving N sessions.
     for (const sync of runs('fanout') ? [true, false] : []) {
       const fan: number[] = [];
+      const options = { secondaryFsync: sync, primaryFsync: sync, report: 'newest' as const };
       // Only the commit rate counts here: the child reports no per-transaction times, whose IPC would grow with N in both processes.
       // A first, discarded run with one secondary compiles the commit and send paths, so neither the
       // 0-secondary figure nor the first series' others are taken with code still being compiled: a
       // live session whose first ticks run cold is spaced so far apart that it falls behind and
       // reads the log for the rest of its run.
-      await live(dir, 1, null, 1, { secondaryFsync: sync, primaryFsync: sync, report: 'newest' });
+      await live(dir, 1, null, 1, options);
       // The series runs REPEAT times, interleaved, and each count takes its median: the
       // machine's speed drifts over a series, and a single 0-secondary run moved by 50 %.
       const counts = [0, 1, 4, 16];
@@ -486,11 +487,11 @@ async function main(): Promise<void> {
       const shares: number[] = [];
       for (let r = 0; r < REPEAT; r++) {
         for (let i = 0; i < counts.length; i++) {
-          const run = await live(dir, counts[i]!, null, runSeconds, { secondaryFsync: sync, primaryFsync: sync, report: 'newest' });
+          const run = await live(dir, counts[i]!, null, runSeconds, options);
           rates[i]!.push(run.commitRate);
           if (counts[i] === 16) shares.push(run.childCpuShare);
         }
-        besideNeighbour.push((await live(dir, 0, null, runSeconds, { secondaryFsync: sync, primaryFsync: sync, report: 'newest', neighbourShare: shares.at(-1)! })).commitRate);
+        besideNeighbour.push((await live(dir, 0, null, runSeconds, { ...options, neighbourShare: shares.at(-1)! })).commitRate);
       }
       const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
       for (const r of rates) fan.push(median(r));

@@ -86,6 +86,17 @@ async function framesUntil(
 }
 
 /** Run `body` with a primary (no fsync, no audit log) serving `dir`/p.fs, closed afterwards. */
+/** `n` transactions, each storing one new object with `data(i)`. */
+async function commitNewObjects(fs: FileStorage, n: number, data: (i: number) => Buffer): Promise<void> {
+  for (let i = 0; i < n; i++) {
+    const txn = { description: `t${i}` };
+    await fs.tpcBegin(txn);
+    fs.store(fs.newOid(), Z64, data(i), txn);
+    await fs.tpcVote(txn);
+    await fs.tpcFinish(txn);
+  }
+}
+
 async function withPrimary(dir: string, body: (primary: Primary) => Promise<void>): Promise<void> {
   const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
   try {
@@ -140,13 +151,7 @@ describe('raw transaction batches', () => {
     await withPrimary(dir, async (primary) => {
       const fs = primary.storage;
       const payload = Buffer.alloc(9000, 3);
-      for (let i = 0; i < 400; i++) {
-        const txn = { description: `t${i}` };
-        await fs.tpcBegin(txn);
-        fs.store(fs.newOid(), Z64, payload, txn);
-        await fs.tpcVote(txn);
-        await fs.tpcFinish(txn);
-      }
+      await commitNewObjects(fs, 400, () => payload);
       const txns = await allTransactions(fs);
       const last = txns.at(-1)!.tid;
       const runs = (await messagesUntil(primary, true, last)).filter((m) => m.type === 'txns');
@@ -178,13 +183,7 @@ describe('raw transaction batches', () => {
       await withPrimary(dir, async (primary) => {
         const fs = primary.storage;
         const payload = Buffer.alloc(9000, 5);
-        for (let i = 0; i < 1000; i++) {
-          const txn = { description: `t${i}` };
-          await fs.tpcBegin(txn);
-          fs.store(fs.newOid(), Z64, Buffer.concat([Buffer.from(String(i)), payload]), txn);
-          await fs.tpcVote(txn);
-          await fs.tpcFinish(txn);
-        }
+        await commitNewObjects(fs, 1000, (i) => Buffer.concat([Buffer.from(String(i)), payload]));
         const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, auditPath: null, reconnect: FAST_RECONNECT });
         try {
           await waitForTid(secondary, fs.lastTransaction());
