@@ -34,12 +34,13 @@ describe('a full disk', () => {
     const before = c.committedTids;
     expect(before).toHaveLength(2);
     const storage = c.primary!.storage;
-    const size = fileBytes(storage.path);
+    const size = storage.getSize();
     const published: string[] = [];
     const sub = storage.commits$.subscribe((t) => published.push(t.tid.toString('hex')));
 
     await c.apply({ kind: 'disk', node: 'p', mode: 'full' });
-    await c.apply({ kind: 'commit', records: 3, bytes: 5000 });
+    // Larger than the fill written ahead of the end (which a full disk still takes): it must grow the file.
+    await c.apply({ kind: 'commit', records: 3, bytes: 8000 });
     expect(c.trace.some((l) => / p +commit of txn 2 failed: ENOSPC/.test(l))).toBe(true);
     expect(c.trace.some((l) => / p +disk full: write of \d+ B at \d+ failed after \d+ B/.test(l))).toBe(true);
     // The storage's own error, as a caller sees it.
@@ -76,7 +77,8 @@ describe('a full disk', () => {
 
     await c.apply({ kind: 'disk', node: 's1', mode: 'full' });
     const traceFrom = c.trace.length;
-    await c.apply({ kind: 'commit', records: 3, bytes: 3000 });
+    // Larger than the fill written ahead of the end (which a full disk still takes): it must grow the file.
+    await c.apply({ kind: 'commit', records: 3, bytes: 8000 });
     await c.advance(5000);
     const lines = c.trace.slice(traceFrom);
     expect(c.committedTids).toHaveLength(2);

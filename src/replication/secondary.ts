@@ -85,6 +85,8 @@ export interface SecondaryOptions {
   whenPromoted?: Omit<PromoteOptions, 'force' | 'requestedBy'>;
   /** The data file's disk I/O (default node:fs); the simulator injects a slow or full disk. */
   disk?: StorageDisk;
+  /** Bytes of fill written ahead of the data file's end (see OpenOptions.preallocate). */
+  preallocate?: number;
   /** Test-only: deliberate bugs for the simulation's mutation checks (see mutations.ts). @internal */
   mutations?: ReplicationMutations;
 }
@@ -236,7 +238,7 @@ export class Secondary {
     // Tids this storage chooses after a promotion come from the injected clock (virtual in simulations).
     const clock = options.clock ?? systemClock;
     // Finishes are pipelined (many share one sync): no inline syncs.
-    const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, now: () => clock.now(), disk: options.disk, syncInline: false });
+    const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, now: () => clock.now(), disk: options.disk, preallocate: options.preallocate, syncInline: false });
     const s = new Secondary(inner, options);
     try {
       s.failover = await FailoverHistory.open(inner, { role: 'secondary', fsync: options.fsync });

@@ -26,6 +26,7 @@ import { PromotionRefusedError } from '../failover/promote.js';
 import { rewindStorage } from '../failover/rewind.js';
 import type { ReplicationMutations } from '../replication/mutations.js';
 import { FileStorage } from '../storage/FileStorage.js';
+import { writeFill } from '../storage/prealloc.js';
 import { tidPlusOne, Z64 } from '../storage/timestamp.js';
 import type { CommittedTransaction, TransactionMeta, TransactionRecord } from '../storage/types.js';
 import { DEFAULT_VIRTUAL_EPOCH_MS, VirtualClock, type ClockView } from './clock.js';
@@ -256,6 +257,30 @@ interface InFlight {
 /** Files that live on a node's disk beside its data file: generations and hash chain. */
 function sideFilesOf(dataPath: string): string[] {
   return [generationsPathFor(dataPath), chainPathFor(dataPath)];
+}
+
+/**
+ * Small, so that the simulation writes fill often and runs out of it on a
+ * full disk quickly: transactions of up to 2 KiB go over fill.
+ */
+const SIM_PREALLOCATE_BYTES = 16 * 1024;
+
+/**
+ * Put the fill back in 512-byte sectors of `image` between `from` and `to`
+ * (written, not synced, when the crash came): every sector from a random one
+ * on, and now and then one before it (the disk wrote them out of order).
+ */
+function tearSectors(image: Buffer, from: number, to: number, random: Random): void {
+  const first = Math.floor(from / 512) * 512;
+  const lost = first + 512 * Math.floor(random.next() * (Math.ceil((to - first) / 512) + 1));
+  for (let sector = first; sector < to; sector += 512) {
+    if (sector < lost && random.next() >= 0.1) continue;
+    const start = Math.max(sector, from);
+    const end = Math.min(sector + 512, to);
+    const fill = Buffer.alloc(Math.ceil(end / 8) * 8 - Math.floor(start / 8) * 8);
+    writeFill(fill, Math.floor(start / 8) * 8);
+    fill.copy(image, start, start - Math.floor(start / 8) * 8, start - Math.floor(start / 8) * 8 + (end - start));
+  }
 }
 
 /** Copy the side files of `from` beside `to`: a crash image or a new incarnation keeps them. */
@@ -510,7 +535,7 @@ export class SimCluster {
     const disk = n.disk.view();
     n.diskView = disk;
     if (n.role === 'primary') {
-      const storage = await FileStorage.open(n.path, { create: true, fsync: true, disk, now: () => this.clock.now() });
+      const storage = await FileStorage.open(n.path, { create: true, fsync: true, disk, preallocate: SIM_PREALLOCATE_BYTES, now: () => this.clock.now() });
       n.primary = await Primary.open({
         path: n.path,
         storage,
@@ -533,6 +558,7 @@ export class SimCluster {
         protocol: this.options.protocol,
         fsync: true,
         disk,
+        preallocate: SIM_PREALLOCATE_BYTES,
         mutations: this.options.mutations,
         keepAliveDelayMs: this.options.keepAliveDelayMs === undefined ? 1000 : (this.options.keepAliveDelayMs ?? undefined),
         reconnect: { initialMs: 50, maxMs: 2000, ...this.options.reconnect },
@@ -577,13 +603,22 @@ export class SimCluster {
     this.stats.crashes += 1;
     // The file as the crash leaves it: every durable byte, maybe more of what was written.
     const committedEnd = n.primary ? n.primary.storage.durableEnd : n.durableEnd;
+    const writtenEnd = (n.primary?.storage ?? n.secondary?.storage)?.getSize() ?? committedEnd;
     const fd = openSync(n.path, 'r');
     let image: Buffer;
     try {
       const size = fstatSync(fd).size;
-      const keep = committedEnd + Math.floor(this.random.next() * (size - committedEnd + 1));
-      image = Buffer.alloc(keep);
-      readSync(fd, image, 0, keep, 0);
+      if (size > writtenEnd) {
+        // Transactions written over preallocated fill: each sector of what was not synced may keep the fill.
+        image = Buffer.alloc(size);
+        readSync(fd, image, 0, size, 0);
+        tearSectors(image, committedEnd, writtenEnd, this.random);
+      } else {
+        // Appended: the file keeps some prefix of what was not synced.
+        const keep = committedEnd + Math.floor(this.random.next() * (size - committedEnd + 1));
+        image = Buffer.alloc(keep);
+        readSync(fd, image, 0, keep, 0);
+      }
     } finally {
       closeSync(fd);
     }

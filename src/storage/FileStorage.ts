@@ -45,6 +45,7 @@ import { TxnBuffer } from './txnBuffer.js';
 import { RecentTransactions } from './recentTxns.js';
 import { RelocatedCommit, relocateTransactions, type RelocatedTxn } from './rawAppend.js';
 import { GroupSync } from './groupSync.js';
+import { DEFAULT_PREALLOCATE_BYTES, FillAhead, isFillRange, trailingFill } from './prealloc.js';
 import { nodeDisk, type StorageDisk } from './disk.js';
 import { loadIndex, removeIndex, saveIndex } from './indexFile.js';
 import { LockFile } from './lock.js';
@@ -220,6 +221,8 @@ export class FileStorage {
   private epoch = 0;
   /** Record position -> tid for recent writes, so conflict checks skip a read. */
   private readonly recentTxns = new RecentTransactions();
+  /** Fill written ahead of the end for commits to overwrite (see prealloc.ts). */
+  private fillAhead: FillAhead;
 
   private constructor(
     readonly path: string,
@@ -240,11 +243,14 @@ export class FileStorage {
     readonly disk: StorageDisk,
     /** See OpenOptions.syncInline. */
     private readonly syncInline: boolean,
+    /** See OpenOptions.preallocate. */
+    private readonly preallocateBytes: number,
   ) {
     this.publishedEnd = end;
     this.publishedTid = Buffer.from(state.lastTid ?? Z64);
     this.groupSync = new GroupSync(fd, end, () => this.end, disk);
     this.lastOid = Buffer.from(state.maxOid);
+    this.fillAhead = new FillAhead(disk, fd, end, preallocateBytes);
   }
 
   /**
@@ -312,6 +318,7 @@ export class FileStorage {
         tailTid,
         options.disk ?? nodeDisk,
         options.syncInline ?? true,
+        readOnly ? 0 : preallocateOption(options),
       );
     } catch (err) {
       await handle?.close();
@@ -320,7 +327,10 @@ export class FileStorage {
     }
   }
 
-  /** Load the saved index (or scan), and cut an unfinished tail unless read-only. */
+  /**
+   * Load the saved index (or scan), and cut an unfinished tail and any fill
+   * past the last transaction (see prealloc.ts) unless read-only.
+   */
   private static async recover(
     path: string,
     fd: number,
@@ -330,29 +340,43 @@ export class FileStorage {
     const size = fstatSync(fd).size;
     const saved = await loadIndex(path, fd, size);
     const from = saved ? saved.end : MAGIC_BYTES;
-    const result = await scanFile(handle, path, from, size, saved ?? emptyScanState());
+    // Fill at the end means the file was written with preallocation and not
+    // closed; the scan stops there (and cuts any transaction a torn sync left
+    // with fill inside it, wherever the fill ends).
+    const fillStart = await trailingFill(handle, from, size);
+    const result = await scanFile(handle, path, from, fillStart, saved ?? emptyScanState());
     let tailTid: Buffer | null = null;
     if (result.tail) {
       // New tids must also pass an unfinished transaction's tid, so no tid
       // (or blob file name) that may have been seen is ever reused.
       const head = preadSync(fd, result.tail.pos, 8);
-      if (head.length === 8) tailTid = head;
-      if (!readOnly) await FileStorage.cutTail(path, fd, result.tail.pos, size);
+      if (head.length === 8 && !(fillStart < size && isFillRange(head, result.tail.pos))) tailTid = head;
+      if (!readOnly) await FileStorage.cutTail(path, fd, result.tail.pos, fillStart, fillStart < size);
+    } else if (fillStart < size && !readOnly) {
+      ftruncateSync(fd, result.end);
+      fsyncSync(fd);
     }
     return { state: result, end: result.end, tailTid };
   }
 
-  /** Keep the unfinished tail in `<file>.trN` (as ZODB does), then truncate. */
-  private static async cutTail(path: string, fd: number, pos: number, size: number): Promise<void> {
-    let n = 0;
-    while (await access(`${path}.tr${n}`).then(() => true, () => false)) n++;
-    const side = openSync(`${path}.tr${n}`, 'wx');
-    try {
-      const tail = preadSync(fd, pos, size - pos);
-      writeSync(side, tail, 0, tail.length, 0);
-      fsyncSync(side);
-    } finally {
-      closeSync(side);
+  /**
+   * Keep the unfinished tail up to `keepEnd` in `<file>.trN` (as ZODB does),
+   * then truncate. With fill past `keepEnd` (`hadFill`), the tail may end with
+   * up to 7 bytes of it (fill written after a transaction that ends inside a
+   * word), and nothing is kept when the tail is only fill.
+   */
+  private static async cutTail(path: string, fd: number, pos: number, keepEnd: number, hadFill: boolean): Promise<void> {
+    const tail = preadSync(fd, pos, keepEnd - pos);
+    if (!(hadFill && isFillRange(tail, pos))) {
+      let n = 0;
+      while (await access(`${path}.tr${n}`).then(() => true, () => false)) n++;
+      const side = openSync(`${path}.tr${n}`, 'wx');
+      try {
+        writeSync(side, tail, 0, tail.length, 0);
+        fsyncSync(side);
+      } finally {
+        closeSync(side);
+      }
     }
     ftruncateSync(fd, pos);
     fsyncSync(fd);
@@ -587,13 +611,20 @@ export class FileStorage {
 
   /** Write new transaction bytes at `pos` (the committed end); on failure (a full disk) cut back to `pos` and throw. */
   private writeAtEnd(bytes: Buffer, pos: number): void {
+    this.fillAhead.beforeWrite(pos, bytes.length);
     try {
       this.disk.write(this.fd, bytes, pos);
     } catch (err) {
       // Nothing half-written stays behind.
-      this.disk.truncate(this.fd, pos);
+      this.cutFile(pos);
       throw new StorageWriteError(this.path, pos, { cause: err });
     }
+  }
+
+  /** Cut the file to `pos`, dropping any fill past it. */
+  private cutFile(pos: number): void {
+    this.disk.truncate(this.fd, pos);
+    this.fillAhead.cut(pos);
   }
 
   /** Bookkeeping for a transaction whose final bytes are written (index already updated): publish it once durable. */
@@ -697,7 +728,7 @@ export class FileStorage {
     if (this.closed) return;
     const cur = this.current;
     if (cur === null || cur.txn !== txn) return; // ZODB ignores aborts of other transactions
-    if (cur.voted) this.disk.truncate(this.fd, cur.tpos);
+    if (cur.voted) this.cutFile(cur.tpos);
     this.current = null;
     cur.release();
     if (this.blobs) await this.blobs.discard(cur.blobs.map((b) => b.placedPath ?? b.stagedPath));
@@ -997,6 +1028,8 @@ export class FileStorage {
     // their fsync of the old file: settle and publish them now, so no sync
     // runs on a closed fd and no unpublished entry keeps old-file offsets.
     await this.makeDurable(this.end);
+    // The old file is kept as it would be closed: without fill.
+    if (this.fillAhead.extendsPast(this.end)) this.cutFile(this.end);
     await rename(this.path, `${this.path}.old`);
     await rename(newPath, this.path);
     const fd = openSync(this.path, 'r+');
@@ -1023,6 +1056,7 @@ export class FileStorage {
     this.publishedEnd = result.end;
     this.publishedTid = Buffer.from(result.lastTid ?? Z64);
     this.groupSync = new GroupSync(fd, result.end, () => this.end, this.disk);
+    this.fillAhead = new FillAhead(this.disk, fd, size, this.preallocateBytes);
     this.epoch += 1;
     this.recentTxns.clear();
     await oldHandle.close();
@@ -1051,6 +1085,8 @@ export class FileStorage {
     try {
       if (!this.readOnly && !this.fatal) {
         if (this.fsync) await this.groupSync.waitDurable(this.end);
+        // Not synced: if the cut is lost in a crash, the next open makes it again.
+        if (this.fillAhead.extendsPast(this.end)) this.cutFile(this.end);
         await saveIndex(this.path, this.fd, { ...this.state, end: this.end });
       }
     } finally {
@@ -1063,6 +1099,13 @@ export class FileStorage {
       release();
     }
   }
+}
+
+/** Bytes of fill to write ahead (OpenOptions.preallocate): by default some with fsync, none without. */
+function preallocateOption(options: OpenOptions): number {
+  const bytes = options.preallocate ?? ((options.fsync ?? true) ? DEFAULT_PREALLOCATE_BYTES : 0);
+  if (!Number.isSafeInteger(bytes) || bytes < 0) throw new ZrsError(`preallocate must be a whole number of bytes >= 0, got ${bytes}`);
+  return bytes;
 }
 
 function checkOid(oid: Buffer): void {

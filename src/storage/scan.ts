@@ -19,6 +19,7 @@ import {
   writeU64At,
 } from './format.js';
 import { WindowReader } from './fileio.js';
+import { firstFillSector } from './prealloc.js';
 
 /** One sample every this many transactions keeps tid lookups short. */
 export const TID_SAMPLE_EVERY = 64;
@@ -89,8 +90,10 @@ export function emptyScanState(): ScanState {
 type TxnVerdict = { kind: 'ok'; next: number } | { kind: 'tail'; reason: string };
 
 /**
- * Scan from `pos` (the start of a transaction) to the end of the file,
- * updating `state` in place.
+ * Scan from `pos` (the start of a transaction) to `fileSize` (the end of the
+ * file, or where preallocated fill begins), updating `state` in place. A
+ * transaction that still holds fill anywhere was torn by a crash (see
+ * prealloc.ts): the tail starts there.
  */
 export async function scanFile(
   handle: FileHandle,
@@ -107,8 +110,12 @@ export async function scanFile(
     } catch (err) {
       // Damage that reaches the end of the file is an unfinished write (no
       // transaction after it was ever reported committed); damage followed
-      // by intact transactions is corruption and must not be cut silently.
-      if (!(err instanceof CorruptedDataError) || (await intactTransactionAfter(handle, pos, fileSize))) throw err;
+      // by intact transactions is corruption and must not be cut silently,
+      // unless fill shows that a sync was torn (several transactions synced
+      // together, some of their sectors written and some not).
+      if (!(err instanceof CorruptedDataError)) throw err;
+      const torn = (await fillInside(reader, pos, fileSize)) >= 0;
+      if (!torn && (await intactTransactionAfter(handle, pos, fileSize))) throw err;
       verdict = { kind: 'tail', reason: err.message };
     }
     if (verdict.kind === 'tail') return { ...state, end: pos, tail: { pos, reason: verdict.reason } };
@@ -123,6 +130,15 @@ export async function scanFile(
  * redundant length) with damage inside: corruption, as in ZODB's read_index.
  */
 async function intactTransactionAfter(handle: FileHandle, pos: number, fileSize: number): Promise<boolean> {
+  // Fill written after a transaction that ends inside a word begins with up
+  // to 7 bytes that are not a whole word of fill: the file's data may end there.
+  for (let end = fileSize; end > fileSize - 8; end--) {
+    if (await intactTransactionEndingAt(handle, pos, end)) return true;
+  }
+  return false;
+}
+
+async function intactTransactionEndingAt(handle: FileHandle, pos: number, fileSize: number): Promise<boolean> {
   if (fileSize - TRAILER_BYTES <= pos) return false;
   const tail = Buffer.alloc(TRAILER_BYTES);
   await handle.read(tail, 0, TRAILER_BYTES, fileSize - TRAILER_BYTES);
@@ -162,9 +178,22 @@ async function scanTransaction(
   if (trailer !== h.length) {
     throw new CorruptedDataError(path, pos + h.length, `redundant length ${trailer} does not match transaction length ${h.length}`);
   }
+  const torn = await fillInside(reader, pos, end);
+  if (torn >= 0) return { kind: 'tail', reason: `transaction not wholly written: preallocated fill at ${torn}` };
   await scanRecords(reader, path, pos, pos + metaBytes, pos + h.length, h.tid, state);
   recordTransaction(state, h.tid, pos);
   return { kind: 'ok', next: end };
+}
+
+/** File offset of a word of fill in `[pos, end)` (checked one per sector), or -1. */
+async function fillInside(reader: WindowReader, pos: number, end: number): Promise<number> {
+  const STEP = 1024 * 1024;
+  for (let at = pos; at < end; at += STEP) {
+    const length = Math.min(STEP, end - at);
+    const found = firstFillSector(await ensure(reader, at, length), at);
+    if (found >= 0) return found;
+  }
+  return -1;
 }
 
 async function scanRecords(

@@ -50,7 +50,8 @@ describe('FileStorage over an injected disk', () => {
   it('a full disk fails the vote with StorageWriteError, leaves the file unchanged, and later commits succeed', async () => {
     const path = join(await tempDir(), 'Data.fs');
     const disk = testDisk();
-    const fs = await FileStorage.open(path, { create: true, disk });
+    // No fill ahead of the end, so that every commit grows the file (the next test has fill).
+    const fs = await FileStorage.open(path, { create: true, disk, preallocate: 0 });
     try {
       const first = await commitOne(fs, 'first');
       const size = statSync(path).size;
@@ -74,6 +75,47 @@ describe('FileStorage over an injected disk', () => {
     } finally {
       await fs.close();
     }
+  });
+
+  it('a full disk takes commits into the fill written ahead; one larger than what is left fails and cuts the fill', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    const disk = testDisk();
+    const fs = await FileStorage.open(path, { create: true, disk, preallocate: 64 * 1024 });
+    try {
+      const first = await commitOne(fs, 'first');
+      const fileSize = statSync(path).size;
+      expect(fileSize).toBeGreaterThanOrEqual(fs.getSize() + 64 * 1024);
+      disk.full = true;
+      // Fits in the fill: written over it, nothing grows.
+      const second = await commitOne(fs, 'x'.repeat(5000));
+      expect(statSync(path).size).toBe(fileSize);
+      // Does not fit: fails, and the file is cut back to its last transaction.
+      const end = fs.getSize();
+      const txn = { user: 'u', description: 'refused' };
+      await fs.tpcBegin(txn);
+      fs.store(fs.newOid(), Z64, Buffer.alloc(fileSize - end + 1, 1), txn);
+      const err = await fs.tpcVote(txn).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(StorageWriteError);
+      expect((err as StorageWriteError).position).toBe(end);
+      expect(statSync(path).size).toBe(end);
+      await fs.tpcAbort(txn);
+      // Now small commits find no fill and no room either.
+      const small = { user: 'u', description: 'small' };
+      await fs.tpcBegin(small);
+      fs.store(fs.newOid(), Z64, Buffer.from('small'), small);
+      await expect(fs.tpcVote(small)).rejects.toBeInstanceOf(StorageWriteError);
+      await fs.tpcAbort(small);
+      expect(statSync(path).size).toBe(end);
+      disk.full = false;
+      const third = await commitOne(fs, 'third');
+      const tids: string[] = [];
+      for await (const t of fs.iterator()) tids.push(t.tid.toString('hex'));
+      expect(tids).toEqual([first, second, third].map((t) => t.toString('hex')));
+      expect(statSync(path).size).toBeGreaterThan(fs.getSize());
+    } finally {
+      await fs.close();
+    }
+    expect(statSync(path).size).toBe(fs.getSize());
   });
 
   it('tpcFinish and commits$ wait for the injected datasync', async () => {

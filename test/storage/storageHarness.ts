@@ -5,11 +5,24 @@
 // (BasicStorage, RevisionStorage, HistoryStorage, IteratorStorage,
 // Synchronization, MTStorage); every assertion is exact and nothing sleeps.
 
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import type { FileStorage } from '../../src/storage/FileStorage.js';
 import { ConflictError, POSKeyError, StorageTransactionError, ZrsError } from '../../src/errors.js';
+import { isFillRange } from '../../src/storage/prealloc.js';
 import { Z64, tidFromTime, tidPlusOne, tidToSeconds } from '../../src/storage/timestamp.js';
 import type { CommittedTransaction, TransactionMeta, TransactionRecord } from '../../src/storage/types.js';
+
+/**
+ * The bytes of the data file at `path` up to `end` (its storage's getSize()),
+ * checking that whatever lies past them is preallocated fill.
+ */
+export function dataBytes(path: string, end: number): Buffer {
+  const file = readFileSync(path);
+  expect(file.length).toBeGreaterThanOrEqual(end);
+  expect(isFillRange(file.subarray(end), end)).toBe(true);
+  return file.subarray(0, end);
+}
 
 /** The part of the storage API the suite exercises (FileStorage satisfies it). */
 export type ConformanceStorage = Pick<
