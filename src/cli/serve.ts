@@ -181,7 +181,7 @@ async function start(s: StorageConfig, log: Logger): Promise<Running> {
 
 async function startPrimary(s: PrimaryConfig, log: Logger): Promise<Running> {
   // ZODB's `create true` starts from an empty file: open it so, then serve that storage.
-  const storage = s.storage.create ? await FileStorage.open(s.options.path, { create: 'truncate', blobDir: s.options.blobDir, fsync: s.options.fsync }) : undefined;
+  const storage = s.storage.create ? await FileStorage.open(s.options.path, { create: 'truncate', blobDir: s.options.blobDir, fsync: s.options.fsync, preallocate: s.options.preallocate }) : undefined;
   let primary: Primary;
   try {
     primary = await Primary.open({ ...s.options, storage, log, name: s.name, ...metricsOption(s) });

@@ -23,6 +23,7 @@ import {
   readTxnHeader,
   readU64At,
 } from '../storage/format.js';
+import { firstFillSector, sizeWithoutFill } from '../storage/prealloc.js';
 import { tidToString } from '../storage/timestamp.js';
 import type { CommandSpec } from './args.js';
 import { EXIT_FAILURE, EXIT_OK, type CliIo } from './io.js';
@@ -52,6 +53,8 @@ export interface VerifySummary {
   objects: number;
   backpointers: number;
   bytes: number;
+  /** Bytes of preallocated fill past the last transaction (a storage has the file open for writing, or crashed with it open). */
+  fillBytes: number;
   lastTid: Buffer | null;
 }
 
@@ -126,10 +129,12 @@ export async function verifyFile(path: string, onProgress?: (fraction: number) =
   const fh = await open(path, 'r');
   try {
     const size = (await fh.stat()).size;
+    // The transactions end where fill written ahead of them begins (src/storage/prealloc.ts).
+    const dataEnd = await sizeWithoutFill(path);
     const reader = new Reader(fh, size);
     let transactions = 0;
     try {
-      return await walk(reader, size, onProgress, () => transactions++);
+      return { ...(await walk(reader, dataEnd, onProgress, () => transactions++)), fillBytes: size - dataEnd };
     } catch (err) {
       if (err instanceof Problem) return { ok: false, position: err.position, problem: err.message, transactions };
       throw err;
@@ -139,7 +144,7 @@ export async function verifyFile(path: string, onProgress?: (fraction: number) =
   }
 }
 
-async function walk(reader: Reader, size: number, onProgress: ((f: number) => void) | undefined, countTxn: () => void): Promise<VerifySummary> {
+async function walk(reader: Reader, size: number, onProgress: ((f: number) => void) | undefined, countTxn: () => void): Promise<Omit<VerifySummary, 'fillBytes'>> {
   if (size < MAGIC_BYTES) throw new Problem(0, `file is ${size} bytes: too short for the 4-byte magic`);
   const magic = await reader.at(0, MAGIC_BYTES);
   if (!magic.equals(MAGIC_FS30) && !magic.equals(MAGIC_FS21)) {
@@ -164,12 +169,18 @@ async function walk(reader: Reader, size: number, onProgress: ((f: number) => vo
     if (!STATUSES.has(h.status)) throw new Problem(pos + 16, `${what}: invalid status byte 0x${h.status.charCodeAt(0).toString(16).padStart(2, '0')}`);
     const meta = TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
     if (h.length < meta) throw new Problem(pos + 8, `${what}: length ${h.length} is shorter than its header and metadata (${meta})`);
+    // Fill inside (the data may seem to end early when a torn sync left fill at the transaction's end).
+    const end = pos + h.length;
+    const readable = Math.min(end + TRAILER_BYTES, reader.size);
+    for (let at = pos; at < readable; at += WINDOW_BYTES) {
+      const fill = firstFillSector(await reader.at(at, Math.min(WINDOW_BYTES, readable - at)), at);
+      if (fill >= 0) throw new Problem(fill, `${what}: holds preallocated fill, a sync torn by a crash; a read-write open cuts it`);
+    }
     if (pos + h.length > size) throw new Problem(pos, `${what}: runs past the end of the file (needs ${h.length + TRAILER_BYTES} bytes, ${size - pos} left)`);
     if (pos + h.length + TRAILER_BYTES > size) throw new Problem(pos + h.length, `${what}: its 8-byte redundant length is cut off by the end of the file`);
     const trailer = readU64At(await reader.at(pos + h.length, TRAILER_BYTES), 0);
     if (trailer !== h.length) throw new Problem(pos + h.length, `${what}: redundant length ${trailer} differs from the header's ${h.length}`);
     let rpos = pos + meta;
-    const end = pos + h.length;
     while (rpos < end) {
       if (end - rpos < DATA_HEADER_BYTES) throw new Problem(rpos, `${what}: ${end - rpos} bytes left, too few for a data record header`);
       const d = readDataHeader(await reader.at(rpos, DATA_HEADER_BYTES));
@@ -235,7 +246,12 @@ export async function verify(path: string, io: CliIo, progress: boolean): Promis
   }
   const last = r.lastTid ? `, last ${r.lastTid.toString('hex')} (${tidToString(r.lastTid)})` : '';
   await io.out(
-    `${path}: OK: ${r.magic}, ${r.transactions} transactions, ${r.records} data records (${r.backpointers} backpointers), ${r.objects} objects, ${r.bytes} bytes${last}\n`,
+    `${path}: OK: ${r.magic}, ${r.transactions} transactions, ${r.records} data records (${r.backpointers} backpointers), ${r.objects} objects, ${r.bytes} bytes${last}${fillNote(r.fillBytes)}\n`,
   );
   return EXIT_OK;
+}
+
+function fillNote(bytes: number): string {
+  if (bytes === 0) return '';
+  return `; then ${bytes} bytes of preallocated fill (a storage has the file open for writing, or crashed with it open; closing or the next read-write open cuts it)`;
 }

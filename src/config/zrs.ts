@@ -27,13 +27,13 @@ export interface FileStorageSettings {
 }
 
 /** Exactly the Primary.open options a config can set (transport, clock, log come from the caller). */
-export interface PrimaryConfigOptions extends Pick<PrimaryOptions, 'path' | 'blobDir' | 'fsync' | 'tls' | 'syncReplicas' | 'syncTimeoutMs' | 'auditPath' | 'sendShare'> {
+export interface PrimaryConfigOptions extends Pick<PrimaryOptions, 'path' | 'blobDir' | 'fsync' | 'preallocate' | 'tls' | 'syncReplicas' | 'syncTimeoutMs' | 'auditPath' | 'sendShare'> {
   replicateTo: ReplicationAddress;
 }
 
 /** Exactly the Secondary.open options a config can set. */
 export interface SecondaryConfigOptions
-  extends Pick<SecondaryOptions, 'path' | 'blobDir' | 'fsync' | 'transferBlobs' | 'protocol' | 'keepAliveDelayMs' | 'reconnect' | 'tls' | 'auditPath' | 'whenPromoted' | 'sendShare'> {
+  extends Pick<SecondaryOptions, 'path' | 'blobDir' | 'fsync' | 'preallocate' | 'transferBlobs' | 'protocol' | 'keepAliveDelayMs' | 'reconnect' | 'tls' | 'auditPath' | 'whenPromoted' | 'sendShare'> {
   replicateFrom: ReplicationAddress;
   replicateTo?: ReplicationAddress;
 }
@@ -87,6 +87,7 @@ const ZRS_KEYS = new Set([
   'protocol',
   'transfer-blobs',
   'fsync',
+  'preallocate',
   'metrics-address',
   'name',
   'sync-replicas',
@@ -200,6 +201,8 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
     metricsAddress: keys.has('metrics-address') ? address(keys.get('metrics-address')!, '127.0.0.1') : null,
   };
   const fsync = optional(keys, 'fsync', boolean);
+  const preallocateBytes = optional(keys, 'preallocate', bytes);
+  const fill = preallocateBytes !== undefined ? { preallocate: preallocateBytes } : {};
   const blobDir = storage.blobDir ?? undefined;
   // Synchronous replication: a primary's commits wait for acks; a secondary takes it on when promoted.
   const syncReplicas = optional(keys, 'sync-replicas', count);
@@ -226,7 +229,7 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
     const primary: PrimaryConfig = {
       kind: 'primary',
       ...common,
-      options: { path: storage.path, replicateTo: replicateTo!, blobDir, fsync, ...sync, ...audit, ...pacing, ...(tls ? { tls } : {}) },
+      options: { path: storage.path, replicateTo: replicateTo!, blobDir, fsync, ...fill, ...sync, ...audit, ...pacing, ...(tls ? { tls } : {}) },
     };
     remember(primary, keys);
     return primary;
@@ -253,6 +256,7 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
       replicateTo,
       blobDir,
       fsync,
+      ...fill,
       transferBlobs: optional(keys, 'transfer-blobs', boolean),
       protocol: optional(keys, 'protocol', protocol),
       keepAliveDelayMs: keepAliveSeconds ? keepAliveSeconds * 1000 : undefined,
@@ -332,6 +336,15 @@ function share(k: ConfigKey): number {
   if (!/^\d+(\.\d+)?$/.test(k.value)) throw ConfigError.at(k.loc, `not a decimal number: ${JSON.stringify(k.value)}`, k.rawKey);
   const n = Number(k.value);
   if (n <= 0 || n > 1) throw ConfigError.at(k.loc, 'must be more than 0 and at most 1', k.rawKey);
+  return n;
+}
+
+/** A whole number of bytes, 0 … 1 GiB, with an optional KB, MB or GB (powers of 1024). */
+function bytes(k: ConfigKey): number {
+  const m = /^(\d+)\s*(KB|MB|GB)?$/i.exec(k.value);
+  if (!m) throw ConfigError.at(k.loc, `not a size in bytes: ${JSON.stringify(k.value)} (e.g. 1048576, 1MB or 0)`, k.rawKey);
+  const n = Number(m[1]) * 1024 ** ['', 'KB', 'MB', 'GB'].indexOf((m[2] ?? '').toUpperCase());
+  if (n > 1024 ** 3) throw ConfigError.at(k.loc, 'at most 1GB', k.rawKey);
   return n;
 }
 

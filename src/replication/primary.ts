@@ -28,6 +28,8 @@ export interface PrimaryOptions {
   replicateTo: string | number | ReplicationAddress;
   blobDir?: string;
   fsync?: boolean;
+  /** Bytes of fill written ahead of the data file's end (see OpenOptions.preallocate). */
+  preallocate?: number;
   /** Send a heartbeat (last tid and clock) to idle native secondaries this often. */
   heartbeatIntervalMs?: number;
   /**
@@ -97,7 +99,7 @@ export class Primary {
    * const primary = await Primary.open({ path: 'Data.fs', replicateTo: '127.0.0.1:5000' });
    */
   static async open(options: PrimaryOptions): Promise<Primary> {
-    const storage = options.storage ?? (await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync }));
+    const storage = options.storage ?? (await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, preallocate: options.preallocate }));
     const address = typeof options.replicateTo === 'object' ? options.replicateTo : parseAddress(options.replicateTo);
     const clock = options.clock ?? systemClock;
     const describe = (sessions: SessionStatus[]): NodeStatus =>

@@ -13,6 +13,7 @@ import { pickleClass } from '../../src/cli/pickleClass.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { pyBytesRepr } from '../../src/cli/dump.js';
 import { verifyFile } from '../../src/cli/verify.js';
+import { writeFill } from '../../src/storage/prealloc.js';
 import { cleanupTempDirs, copyZodbFixture, fixturePath, readManifest } from '../helpers/fixtures.js';
 import { BIN, memoryIo } from './helpers.js';
 
@@ -201,6 +202,37 @@ describe('zrs verify', () => {
     const order = await verifyFile(path);
     expect(order).toMatchObject({ ok: false, position: m.transactions[7].pos });
     if (!order.ok) expect(order.problem).toContain('tid is not after the previous one');
+  });
+
+  it('stops at the fill of a file open for writing, and reports a transaction a torn sync left holding fill', async () => {
+    const path = await copy('basic');
+    const m = await readManifest('basic');
+    const fs = await FileStorage.open(path);
+    try {
+      const txn = { description: 'over the fill' };
+      await fs.tpcBegin(txn);
+      fs.store(fs.newOid(), Buffer.alloc(8), Buffer.alloc(1500, 9), txn);
+      await fs.tpcVote(txn);
+      await fs.tpcFinish(txn);
+      const open = await run('verify', path);
+      expect(open.code).toBe(0);
+      const fill = (await readFile(path)).length - fs.getSize();
+      expect(fill).toBeGreaterThan(0);
+      expect(open.stdout).toContain(`${m.transaction_count + 1} transactions`);
+      expect(open.stdout).toContain(`${fs.getSize()} bytes, last ${fs.lastTransaction().toString('hex')}`);
+      expect(open.stdout).toContain(`then ${fill} bytes of preallocated fill`);
+      // What a power cut during its sync could leave: the sector holding the new transaction's last bytes not written.
+      const sector = Math.floor((fs.getSize() - 16) / 512) * 512;
+      const old = Buffer.alloc(512 + 8);
+      writeFill(old, sector);
+      const from = Math.max(sector, m.file_size);
+      await overwrite(path, from, old.subarray(from - sector, Math.min(512, fs.getSize() - sector)));
+      const torn = await verifyFile(path);
+      expect(torn).toMatchObject({ ok: false, position: Math.ceil(from / 8) * 8, transactions: m.transaction_count });
+      if (!torn.ok) expect(torn.problem).toContain('holds preallocated fill, a sync torn by a crash');
+    } finally {
+      await fs.close();
+    }
   });
 
   it('shows a percentage on a terminal and nothing otherwise', async () => {

@@ -201,6 +201,13 @@ describe('synchronous replication and the audit log', () => {
     expect(options).toMatchObject({ syncReplicas: 2, syncTimeoutMs: 2_500, auditPath: '/var/log/zrs/p.audit' });
   });
 
+  it('preallocate reaches Primary.open and Secondary.open, in bytes', () => {
+    expect(load(zrs(' replicate-to 5000\n preallocate 0')).options).toMatchObject({ preallocate: 0 });
+    expect(load(zrs(' replicate-to 5000\n preallocate 4MB')).options).toMatchObject({ preallocate: 4 * 1024 * 1024 });
+    expect(load(zrs(' replicate-from db:5000\n preallocate 65536')).options).toMatchObject({ preallocate: 65536 });
+    expect(load(zrs(' replicate-to 5000')).options).not.toHaveProperty('preallocate');
+  });
+
   it('send-share reaches Primary.open and Secondary.open', () => {
     expect(load(zrs(' replicate-to 5000\n send-share 0.25')).options).toMatchObject({ sendShare: 0.25 });
     expect(load(zrs(' replicate-from db:5000\n replicate-to 5001\n send-share 1')).options).toMatchObject({ sendShare: 1 });
@@ -236,6 +243,8 @@ describe('synchronous replication and the audit log', () => {
     ['a bad sync-timeout', zrs(' replicate-to 5000\n sync-timeout 5s'), `${F}:4: sync-timeout: not a number of seconds: "5s"`],
     ['an empty audit-log', zrs(' replicate-to 5000\n audit-log'), `${F}:4: audit-log: needs a value`],
     ['a zero send-share', zrs(' replicate-to 5000\n send-share 0'), `${F}:4: send-share: must be more than 0 and at most 1`],
+    ['a preallocate that is not a size', zrs(' replicate-to 5000\n preallocate 1.5MB'), `${F}:4: preallocate: not a size in bytes: "1.5MB" (e.g. 1048576, 1MB or 0)`],
+    ['a preallocate above 1GB', zrs(' replicate-to 5000\n preallocate 2GB'), `${F}:4: preallocate: at most 1GB`],
     ['a send-share above 1', zrs(' replicate-to 5000\n send-share 1.5'), `${F}:4: send-share: must be more than 0 and at most 1`],
     ['a send-share in percent', zrs(' replicate-to 5000\n send-share 10%'), `${F}:4: send-share: not a decimal number: "10%"`],
     ['an audit-log on the data file', zrs(' replicate-to 5000\n audit-log /srv/Data.fs'), `${F}:4: audit-log: is the data file itself ("/srv/Data.fs")`],
