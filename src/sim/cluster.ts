@@ -26,7 +26,7 @@ import { PromotionRefusedError } from '../failover/promote.js';
 import { rewindStorage } from '../failover/rewind.js';
 import type { ReplicationMutations } from '../replication/mutations.js';
 import { FileStorage } from '../storage/FileStorage.js';
-import { writeFill } from '../storage/prealloc.js';
+import { SECTOR_BYTES, fillOf } from '../storage/prealloc.js';
 import { tidPlusOne, Z64 } from '../storage/timestamp.js';
 import type { CommittedTransaction, TransactionMeta, TransactionRecord } from '../storage/types.js';
 import { DEFAULT_VIRTUAL_EPOCH_MS, VirtualClock, type ClockView } from './clock.js';
@@ -266,20 +266,17 @@ function sideFilesOf(dataPath: string): string[] {
 const SIM_PREALLOCATE_BYTES = 16 * 1024;
 
 /**
- * Put the fill back in 512-byte sectors of `image` between `from` and `to`
+ * Put the fill back in the 512-byte sectors of `image` between `from` and `to`
  * (written, not synced, when the crash came): every sector from a random one
  * on, and now and then one before it (the disk wrote them out of order).
  */
 function tearSectors(image: Buffer, from: number, to: number, random: Random): void {
-  const first = Math.floor(from / 512) * 512;
-  const lost = first + 512 * Math.floor(random.next() * (Math.ceil((to - first) / 512) + 1));
-  for (let sector = first; sector < to; sector += 512) {
+  const first = Math.floor(from / SECTOR_BYTES) * SECTOR_BYTES;
+  const lost = first + SECTOR_BYTES * Math.floor(random.next() * (Math.ceil((to - first) / SECTOR_BYTES) + 1));
+  for (let sector = first; sector < to; sector += SECTOR_BYTES) {
     if (sector < lost && random.next() >= 0.1) continue;
     const start = Math.max(sector, from);
-    const end = Math.min(sector + 512, to);
-    const fill = Buffer.alloc(Math.ceil(end / 8) * 8 - Math.floor(start / 8) * 8);
-    writeFill(fill, Math.floor(start / 8) * 8);
-    fill.copy(image, start, start - Math.floor(start / 8) * 8, start - Math.floor(start / 8) * 8 + (end - start));
+    fillOf(start, Math.min(sector + SECTOR_BYTES, to) - start).copy(image, start);
   }
 }
 

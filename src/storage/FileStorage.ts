@@ -344,15 +344,16 @@ export class FileStorage {
     // closed; the scan stops there (and cuts any transaction a torn sync left
     // with fill inside it, wherever the fill ends).
     const fillStart = await trailingFill(handle, from, size);
+    const hadFill = fillStart < size;
     const result = await scanFile(handle, path, from, fillStart, saved ?? emptyScanState());
     let tailTid: Buffer | null = null;
     if (result.tail) {
       // New tids must also pass an unfinished transaction's tid, so no tid
       // (or blob file name) that may have been seen is ever reused.
       const head = preadSync(fd, result.tail.pos, 8);
-      if (head.length === 8 && !(fillStart < size && isFillRange(head, result.tail.pos))) tailTid = head;
-      if (!readOnly) await FileStorage.cutTail(path, fd, result.tail.pos, fillStart, fillStart < size);
-    } else if (fillStart < size && !readOnly) {
+      if (head.length === 8 && !(hadFill && isFillRange(head, result.tail.pos))) tailTid = head;
+      if (!readOnly) await FileStorage.cutTail(path, fd, result.tail.pos, fillStart, hadFill);
+    } else if (hadFill && !readOnly) {
       ftruncateSync(fd, result.end);
       fsyncSync(fd);
     }

@@ -9,18 +9,19 @@
 // fails during a sync, some sectors of the last transactions written may keep
 // their old content; appending, the file system hid them behind the old file
 // size, but overwriting, nothing does. Their old content is the fill (or a
-// transaction before them), so a transaction that still holds the fill at any
-// aligned word inside it was not wholly written, and recovery cuts it. Real
-// data equals the fill at a given word with probability 2^-64.
+// transaction before them), so a transaction that still holds the fill in a
+// sector (one aligned word is checked per 512-byte sector) was not wholly
+// written, and recovery cuts it. Real data equals the fill at a given word
+// with probability 2^-64.
 //
 // The fill only ever lies past the last transaction: a clean close cuts it
 // off, and so does the next open after a crash (keeping no side file for it).
 
-/** Bytes written ahead of the end by default, when commits are synced. */
-export const DEFAULT_PREALLOCATE_BYTES = 1024 * 1024;
-
 import { open, type FileHandle } from 'node:fs/promises';
 import type { StorageDisk } from './disk.js';
+
+/** Bytes written ahead of the end by default, when commits are synced. */
+export const DEFAULT_PREALLOCATE_BYTES = 1024 * 1024;
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
@@ -113,12 +114,17 @@ export async function trailingFill(handle: FileHandle, from: number, size: numbe
   return start;
 }
 
+/** The fill of the file range `[from, from + length)`, which need not be whole words. */
+export function fillOf(from: number, length: number): Buffer {
+  const start = Math.floor(from / 8) * 8;
+  const cover = Buffer.allocUnsafe(Math.ceil((from + length - start) / 8) * 8);
+  writeFill(cover, start);
+  return cover.subarray(from - start, from - start + length);
+}
+
 /** Whether `buf` (the bytes at file offset `from`) is exactly the fill of that range. */
 export function isFillRange(buf: Buffer, from: number): boolean {
-  const start = Math.floor(from / 8) * 8;
-  const cover = Buffer.allocUnsafe(Math.ceil((from + buf.length - start) / 8) * 8);
-  writeFill(cover, start);
-  return cover.subarray(from - start, from - start + buf.length).equals(buf);
+  return fillOf(from, buf.length).equals(buf);
 }
 
 /**
