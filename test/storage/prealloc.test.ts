@@ -37,6 +37,17 @@ describe('the fill', () => {
     writeFill(c, 4096 + 64);
     for (let w = 0; w < 8; w++) expect(a.subarray(8 * w, 8 * w + 8).equals(c.subarray(8 * w, 8 * w + 8))).toBe(false);
     expect(isFillWord(a, 0, 4104)).toBe(false);
+    // Across the word index's 32-bit boundary (a 32 GiB file) and the table's wrap, both ways of writing agree.
+    const far = 8 * (2 ** 32 - 4);
+    const stepped = Buffer.alloc(64);
+    writeFill(stepped, far);
+    const perWord = Buffer.from(Buffer.alloc(1 + 64)).subarray(1);
+    writeFill(perWord, far);
+    expect(perWord).toEqual(stepped);
+    for (let w = 0; w < 8; w++) expect(isFillWord(stepped, 8 * w, far + 8 * w)).toBe(true);
+    const wrap = Buffer.alloc(16 * 8);
+    writeFill(wrap, 8 * 504); // table slots 504 … 511, then 0 … 7
+    for (let w = 0; w < 16; w++) expect(isFillWord(wrap, 8 * w, 8 * (504 + w))).toBe(true);
     expect(() => writeFill(Buffer.alloc(12), 0)).toThrow(RangeError);
     expect(() => writeFill(Buffer.alloc(8), 3)).toThrow(RangeError);
   });
