@@ -23,7 +23,8 @@ import {
   readTxnHeader,
   readU64At,
 } from '../storage/format.js';
-import { firstFillSector, sizeWithoutFill } from '../storage/prealloc.js';
+import { firstFillSector } from '../storage/prealloc.js';
+import { dataEnd as dataEndOf } from '../storage/scan.js';
 import { tidToString } from '../storage/timestamp.js';
 import type { CommandSpec } from './args.js';
 import { EXIT_FAILURE, EXIT_OK, type CliIo } from './io.js';
@@ -130,7 +131,7 @@ export async function verifyFile(path: string, onProgress?: (fraction: number) =
   try {
     const size = (await fh.stat()).size;
     // The transactions end where fill written ahead of them begins (src/storage/prealloc.ts).
-    const dataEnd = await sizeWithoutFill(path);
+    const dataEnd = await dataEndOf(fh, size);
     const reader = new Reader(fh, size);
     let transactions = 0;
     try {

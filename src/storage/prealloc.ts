@@ -17,7 +17,7 @@
 // The fill only ever lies past the last transaction: a clean close cuts it
 // off, and so does the next open after a crash (keeping no side file for it).
 
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import type { StorageDisk } from './disk.js';
 
 /** Bytes written ahead of the end by default, when commits are synced. */
@@ -58,22 +58,22 @@ export function writeFill(buf: Buffer, filePos: number): void {
   if (filePos % 8 !== 0 || buf.length % 8 !== 0) throw new RangeError('fill ranges are whole 8-byte words');
   const words = buf.length / 8;
   const first = filePos / 8;
-  const aligned = buf.byteOffset % 4 === 0 && LITTLE_ENDIAN;
-  const u32 = aligned ? new Uint32Array(buf.buffer, buf.byteOffset, words * 2) : null;
-  if (!u32) {
-    for (let i = 0; i < words; i++) {
-      buf.writeUInt32LE(fillLow(first + i), 8 * i);
-      buf.writeUInt32LE(fillHigh(first + i), 8 * i + 4);
-    }
-    return;
-  }
+  const u32 = buf.byteOffset % 4 === 0 && LITTLE_ENDIAN ? new Uint32Array(buf.buffer, buf.byteOffset, words * 2) : null;
   // The word index's halves and its table slot, stepped rather than divided out per word.
   let lo = first >>> 0;
   let hi = Math.floor(first / 0x1_0000_0000);
   let slot = first % TABLE_WORDS;
-  for (let i = 0; i < 2 * words; i += 2) {
-    u32[i] = TABLE_LOW[slot]! ^ lo;
-    u32[i + 1] = TABLE_HIGH[slot]! ^ hi;
+  for (let i = 0; i < words; i++) {
+    // Signed 32-bit values: a Uint32Array stores their bits as they are.
+    const low = TABLE_LOW[slot]! ^ lo;
+    const high = TABLE_HIGH[slot]! ^ hi;
+    if (u32) {
+      u32[2 * i] = low;
+      u32[2 * i + 1] = high;
+    } else {
+      buf.writeUInt32LE(low >>> 0, 8 * i);
+      buf.writeUInt32LE(high >>> 0, 8 * i + 4);
+    }
     slot = (slot + 1) & (TABLE_WORDS - 1);
     lo = (lo + 1) >>> 0;
     if (lo === 0) hi += 1;
@@ -194,32 +194,5 @@ export class FillAhead {
   /** The file was cut to `size`: no fill is left. */
   cut(size: number): void {
     this.fileEnd = size;
-  }
-}
-
-/**
- * The size of the data file at `path` without the fill past its last
- * transaction (of a storage open for writing, or of one that crashed): where
- * the fill begins, at the end of a transaction whose redundant length matches
- * its header.
- */
-export async function sizeWithoutFill(path: string): Promise<number> {
-  const handle = await open(path, 'r');
-  try {
-    const size = (await handle.stat()).size;
-    const fillStart = await trailingFill(handle, 0, size);
-    const word = Buffer.alloc(8);
-    for (let end = fillStart; end > fillStart - 8 && end >= 16; end--) {
-      await handle.read(word, 0, 8, end - 8);
-      const length = Number(word.readBigUInt64BE(0));
-      if (length > end - 8) continue;
-      await handle.read(word, 0, 8, end - 8 - length + 8);
-      const partial = Buffer.alloc(fillStart - end);
-      await handle.read(partial, 0, partial.length, end);
-      if (Number(word.readBigUInt64BE(0)) === length && isFillRange(partial, end)) return end;
-    }
-    return fillStart;
-  } finally {
-    await handle.close();
   }
 }

@@ -3,7 +3,7 @@
 // torn tail (damage reaching the end of the file, cut on open) from damage in
 // the middle (a CorruptedDataError naming the file and position).
 
-import type { FileHandle } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { CorruptedDataError } from '../errors.js';
 import {
   DATA_HEADER_BYTES,
@@ -17,9 +17,10 @@ import {
   readU64At,
   u32At,
   writeU64At,
+  type TxnHeader,
 } from './format.js';
 import { WindowReader } from './fileio.js';
-import { firstFillSector } from './prealloc.js';
+import { firstFillSector, isFillRange, trailingFill } from './prealloc.js';
 
 /** One sample every this many transactions keeps tid lookups short. */
 export const TID_SAMPLE_EVERY = 64;
@@ -138,17 +139,55 @@ async function intactTransactionAfter(handle: FileHandle, pos: number, fileSize:
   return false;
 }
 
-async function intactTransactionEndingAt(handle: FileHandle, pos: number, fileSize: number): Promise<boolean> {
-  if (fileSize - TRAILER_BYTES <= pos) return false;
+async function intactTransactionEndingAt(handle: FileHandle, pos: number, end: number): Promise<boolean> {
+  const h = await transactionEndingAt(handle, pos, end);
+  return h !== null && (h.status === ' ' || h.status === 'p');
+}
+
+/**
+ * The header of the transaction that ends at `end` (its redundant length
+ * just before `end` matches its header's) and starts at or after `from`, or
+ * null.
+ */
+async function transactionEndingAt(handle: FileHandle, from: number, end: number): Promise<TxnHeader | null> {
+  if (end - TRAILER_BYTES <= from) return null;
   const tail = Buffer.alloc(TRAILER_BYTES);
-  await handle.read(tail, 0, TRAILER_BYTES, fileSize - TRAILER_BYTES);
+  await handle.read(tail, 0, TRAILER_BYTES, end - TRAILER_BYTES);
   const length = readU64At(tail, 0);
-  const start = fileSize - TRAILER_BYTES - length;
-  if (start < pos || length < TXN_HEADER_BYTES) return false;
+  const start = end - TRAILER_BYTES - length;
+  if (start < from || length < TXN_HEADER_BYTES) return null;
   const head = Buffer.alloc(TXN_HEADER_BYTES);
   await handle.read(head, 0, TXN_HEADER_BYTES, start);
   const h = readTxnHeader(head);
-  return h.length === length && (h.status === ' ' || h.status === 'p');
+  return h.length === length ? h : null;
+}
+
+/**
+ * Where the data of a file of `size` bytes ends, without the fill past its
+ * last transaction (of a storage open for writing, or of one that crashed):
+ * where the fill begins, at the end of a transaction whose redundant length
+ * matches its header (fill written after a transaction that ends inside a
+ * word begins with fewer than 8 bytes no whole-word check finds).
+ */
+export async function dataEnd(handle: FileHandle, size: number): Promise<number> {
+  const fillStart = await trailingFill(handle, 0, size);
+  for (let end = fillStart; end > fillStart - 8; end--) {
+    if ((await transactionEndingAt(handle, 0, end)) === null) continue;
+    const partial = Buffer.alloc(fillStart - end);
+    await handle.read(partial, 0, partial.length, end);
+    if (isFillRange(partial, end)) return end;
+  }
+  return fillStart;
+}
+
+/** dataEnd() of the data file at `path`. */
+export async function sizeWithoutFill(path: string): Promise<number> {
+  const handle = await open(path, 'r');
+  try {
+    return await dataEnd(handle, (await handle.stat()).size);
+  } finally {
+    await handle.close();
+  }
 }
 
 async function ensure(reader: WindowReader, pos: number, length: number): Promise<Buffer> {

@@ -12,7 +12,7 @@ import { verifyFile } from '../../src/cli/verify.js';
 import { Primary } from '../../src/replication/primary.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
-import { sizeWithoutFill } from '../../src/storage/prealloc.js';
+import { sizeWithoutFill } from '../../src/storage/scan.js';
 import { cleanupTempDirs, copyZodbFixture, tempDir } from '../helpers/fixtures.js';
 import { seedPrimary, seedSecondary } from '../config/seed.js';
 import { freePort, transactions, waitUntil, ZrsProcess } from './helpers.js';
