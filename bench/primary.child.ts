@@ -7,6 +7,9 @@
 
 import { formatAddress } from '../src/replication/address.js';
 import { Primary } from '../src/replication/primary.js';
+import { useCollectorOfParent } from './workload.js';
+
+useCollectorOfParent();
 
 export type PrimaryChildReport = { type: 'listening'; address: string } | { type: 'closed'; peakRss: number };
 

@@ -19,7 +19,11 @@
 // The secondaries run in a child process (bench/secondaries.child.ts), so
 // the primary has its own event loop, as in a deployment.
 //
-//   npm run bench:replication [-- --txns 20000 --live-seconds 5 --warmup-seconds 3 --big-mb 1000 --repeat 3 --send-share 0.1 --only catchup,large,live,unpaced,fanout,big]
+//   npm run bench:replication [-- --txns 20000 --live-seconds 5 --warmup-seconds 3 --big-mb 1000 --repeat 3 --send-share 0.1 --default-collector --only catchup,large,live,unpaced,fanout,big]
+//
+// Every node process runs with its collector tuned as `zrs serve` tunes it
+// (src/node/collector.ts), unless --default-collector; the live rows also
+// give the lag with V8's collector as it is.
 
 import { fork, type ChildProcess } from 'node:child_process';
 import { createReadStream, createWriteStream, existsSync } from 'node:fs';
@@ -38,7 +42,7 @@ import type { NeighbourReport } from './neighbour.child.js';
 import type { ChildReport } from './secondaries.child.js';
 import { cpuSteadiness, percentiles, syncLatency, type Percentiles } from './floors.js';
 import { TidTimes } from './tidTimes.js';
-import { Workload, arg, secondsSince } from './workload.js';
+import { Workload, arg, secondsSince, useCollector } from './workload.js';
 
 const ZRS = { catchupSeconds: 8.07, catchupTxnPerS: 2478, liveP99Ms: 16.9, pacedP99Ms: 2.2 };
 
@@ -51,6 +55,8 @@ const BIG_MB = arg('big-mb', 1000);
 const REPEAT = arg('repeat', 3);
 /** The live primaries' sendShare (docs/ARCHITECTURE.md, send pacing): what a saturated primary gives its sessions. */
 const SEND_SHARE = arg('send-share', DEFAULT_SEND_SHARE);
+/** Leave V8's collector as it is in every process (see useCollector). */
+const DEFAULT_COLLECTOR = process.argv.includes('--default-collector');
 const onlyAt = process.argv.indexOf('--only');
 const ONLY = onlyAt >= 0 ? new Set(process.argv[onlyAt + 1]!.split(',')) : null;
 /** Whether a section runs (all of them unless --only names some). */
@@ -393,6 +399,7 @@ async function socketLagBaseline(connections: number, ratePerSecond: number, dur
 }
 
 async function main(): Promise<void> {
+  useCollector(!DEFAULT_COLLECTOR);
   const dir = await mkdtemp(join(tmpdir(), 'zrs-rbench-'));
   const out: string[] = [];
   const f1 = (n: number): string => n.toFixed(1);
@@ -452,12 +459,21 @@ async function main(): Promise<void> {
       );
       for (const sync of [true, false]) {
         const label = sync ? 'all fsync' : 'no fsync anywhere, secondaries on tmpfs';
-        const paced = await live(dir, 3, 1000, LIVE_SECONDS, { secondaryFsync: sync, primaryFsync: sync, warmupS: WARMUP_SECONDS });
+        const options = { secondaryFsync: sync, primaryFsync: sync, warmupS: WARMUP_SECONDS };
+        const paced = await live(dir, 3, 1000, LIVE_SECONDS, options);
         const w = paced.warmup;
+        let untuned = '';
+        if (!DEFAULT_COLLECTOR) {
+          useCollector(false);
+          const plain = await live(dir, 3, 1000, LIVE_SECONDS, options);
+          useCollector(true);
+          untuned = ` | with V8's collector as it is: p50 ${plain.p50.toFixed(2)} ms, p99 ${plain.p99.toFixed(2)} ms, max ${plain.max.toFixed(1)} ms`;
+        }
         out.push(
           `live, 3 secondaries (${label}), paced 1000 txn/s (got ${paced.commitRate.toFixed(0)}), after ${WARMUP_SECONDS} s of the same load: lag p50 ${paced.p50.toFixed(2)} ms, p99 ${paced.p99.toFixed(2)} ms, max ${paced.max.toFixed(1)} ms` +
             ` | p99 ${(paced.p99 / floor.p99).toFixed(1)}x the plain-socket baseline's | p99 ${(paced.p99 / ZRS.pacedP99Ms).toFixed(1)}x zc.zrs's at 500 txn/s (${ZRS.pacedP99Ms} ms)` +
-            (WARMUP_SECONDS > 0 ? ` | in those first ${WARMUP_SECONDS} s of new processes: p50 ${w.p50.toFixed(2)} ms, p99 ${w.p99.toFixed(2)} ms, max ${w.max.toFixed(1)} ms` : ''),
+            (WARMUP_SECONDS > 0 ? ` | in those first ${WARMUP_SECONDS} s of new processes: p50 ${w.p50.toFixed(2)} ms, p99 ${w.p99.toFixed(2)} ms, max ${w.max.toFixed(1)} ms` : '') +
+            untuned,
         );
       }
     }
@@ -516,7 +532,10 @@ async function main(): Promise<void> {
     for (const d of ChildSecondaries.dirs) await rm(d, { recursive: true, force: true });
     await rm(dir, { recursive: true, force: true });
   }
-  console.log(`replication benchmark (primary in this process, secondaries in a child process, loopback TCP; live primaries' send share ${SEND_SHARE}${SEND_SHARE === DEFAULT_SEND_SHARE ? ', the default' : ''})`);
+  console.log(
+    `replication benchmark (primary in this process, secondaries in a child process, loopback TCP; live primaries' send share ${SEND_SHARE}${SEND_SHARE === DEFAULT_SEND_SHARE ? ', the default' : ''}; ` +
+      `${DEFAULT_COLLECTOR ? "V8's collector as it is" : 'collector tuned as zrs serve tunes it'})`,
+  );
   for (const l of out) console.log(`  ${l}`);
 }
 

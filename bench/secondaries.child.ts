@@ -21,6 +21,9 @@
 import { join } from 'node:path';
 import { Secondary } from '../src/replication/secondary.js';
 import { TidTimes } from './tidTimes.js';
+import { useCollectorOfParent } from './workload.js';
+
+useCollectorOfParent();
 
 export type ChildReport =
   | { type: 'started' }

@@ -2,6 +2,7 @@
 // standard workload (transactions of N records updating a rolling set of
 // objects, each store with the serial it last read).
 
+import { DEFAULT_MARKING_START_PERCENT, tuneCollector } from '../src/node/collector.js';
 import type { FileStorage } from '../src/storage/FileStorage.js';
 import { Z64 } from '../src/storage/timestamp.js';
 
@@ -9,6 +10,20 @@ import { Z64 } from '../src/storage/timestamp.js';
 export function arg(name: string, fallback: number): number {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 ? Number(process.argv[i + 1]) : fallback;
+}
+
+/**
+ * Tune this process's collector as `zrs serve` does, or give V8 back its own
+ * rule; processes forked after this call follow it (useCollectorOfParent).
+ */
+export function useCollector(tuned: boolean): void {
+  tuneCollector(tuned ? DEFAULT_MARKING_START_PERCENT : 0);
+  process.env.ZRS_BENCH_COLLECTOR = tuned ? 'tuned' : 'default';
+}
+
+/** In a benchmark's child process: the collector setting of the parent when it forked this one. */
+export function useCollectorOfParent(): void {
+  useCollector(process.env.ZRS_BENCH_COLLECTOR === 'tuned');
 }
 
 /** Seconds since a process.hrtime.bigint() reading. */

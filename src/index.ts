@@ -37,4 +37,5 @@ export { tlsTransport, type TlsOptions, type TlsTransportOptions } from './node/
 export { serveMetrics, type MetricsServer } from './node/metricsServer.js';
 export { ReplicationMetrics } from './replication/metrics.js';
 export { systemClock } from './node/clock.js';
+export { tuneCollector, DEFAULT_MARKING_START_PERCENT } from './node/collector.js';
 export * from './errors.js';

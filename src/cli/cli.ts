@@ -28,6 +28,7 @@ const COMMANDS: readonly Command[] = [
       serve(a.positionals[0]!, io, {
         logFormat: a.flags.get('log-format') as LogFormat | undefined,
         checkOnly: a.flags.has('check'),
+        defaultCollector: a.flags.has('default-collector'),
       }),
   },
   { spec: verifySpec, run: (a, io) => verify(a.positionals[0]!, io, !a.flags.has('no-progress')) },

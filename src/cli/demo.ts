@@ -12,6 +12,7 @@ import { firstValueFrom, filter, timeout } from 'rxjs';
 import { Primary } from '../replication/primary.js';
 import { Secondary } from '../replication/secondary.js';
 import { jsonLogger } from '../replication/log.js';
+import { tuneCollector } from '../node/collector.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import { tidToSeconds, tidToString, Z64 } from '../storage/timestamp.js';
 
@@ -86,6 +87,7 @@ async function sameTransactions(a: { iterator(): AsyncGenerator<{ tid: Buffer; r
 }
 
 async function main(): Promise<void> {
+  tuneCollector(); // as zrs serve does: the demo's nodes run in this process
   const dir = await mkdtemp(join(tmpdir(), 'zrs-demo-'));
   const log = verbose ? jsonLogger('demo') : undefined;
   console.log(`ZRS demo in ${dir}: primary -> secondary-1 -> secondary-2 over loopback (unix sockets and TCP)`);

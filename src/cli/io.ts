@@ -2,6 +2,8 @@
 // terminals, the environment, signals and a last-resort exit. Commands take
 // this port, so tests run them in-process with collected output.
 
+import { tuneCollector } from '../node/collector.js';
+
 export interface CliIo {
   /** Write to standard output; resolves once the stream accepts more (backpressure). */
   out(text: string): Promise<void>;
@@ -14,6 +16,8 @@ export interface CliIo {
   onSignal(handler: (signal: NodeJS.Signals) => void): () => void;
   /** Leave at once (a second signal during shutdown). */
   exit(code: number): never;
+  /** Tune the process's garbage collector for replication (see node/collector.ts); absent where commands run in a host's process. */
+  tuneCollector?(): void;
 }
 
 /** Exit codes shared by every command. */
@@ -48,5 +52,6 @@ export function processIo(): CliIo {
       };
     },
     exit: (code) => process.exit(code),
+    tuneCollector: () => tuneCollector(),
   };
 }

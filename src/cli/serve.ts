@@ -27,6 +27,7 @@ export const serveSpec: CommandSpec = {
   flags: [
     { name: 'log-format', value: 'FORMAT', choices: ['json', 'human'], help: 'json lines or readable lines (default: human on a terminal, else json)' },
     { name: 'check', help: 'only load and check the configuration, print what would run, and exit' },
+    { name: 'default-collector', help: "leave V8's garbage collector as it is (by default marking starts later; see docs/OPERATIONS.md)" },
   ],
   summary: 'Run the primaries, secondaries and storages a ZConfig file defines.',
   description: `
@@ -55,6 +56,8 @@ interface Running {
 export interface ServeOptions {
   logFormat?: LogFormat;
   checkOnly?: boolean;
+  /** Leave V8's collector as it is instead of tuning it (io.tuneCollector). */
+  defaultCollector?: boolean;
 }
 
 export async function serve(configPath: string, io: CliIo, options: ServeOptions = {}): Promise<number> {
@@ -94,6 +97,8 @@ export async function serve(configPath: string, io: CliIo, options: ServeOptions
     wake?.();
   });
 
+  const tuned = options.defaultCollector !== true && io.tuneCollector !== undefined;
+  if (tuned) io.tuneCollector!();
   const running: Running[] = [];
   let code = EXIT_OK;
   let progressTimer: ReturnType<typeof setInterval> | null = null;
@@ -106,7 +111,7 @@ export async function serve(configPath: string, io: CliIo, options: ServeOptions
     }
     progressTimer = startProgress(running, board, io);
     if (!stopRequested) {
-      log('info', 'ready', { storages: running.map((r) => r.info), pid: process.pid });
+      log('info', 'ready', { storages: running.map((r) => r.info), pid: process.pid, collector: tuned ? 'tuned' : 'v8 default' });
       await new Promise<void>((resolve) => {
         wake = resolve;
         if (stopRequested) resolve();

@@ -18,8 +18,8 @@ import { seedPrimary, seedSecondary } from '../config/seed.js';
 import { freePort, transactions, waitUntil, ZrsProcess } from './helpers.js';
 
 const children: ZrsProcess[] = [];
-function start(config: string): ZrsProcess {
-  const p = ZrsProcess.start(['serve', '--log-format', 'json', config]);
+function start(config: string, ...flags: string[]): ZrsProcess {
+  const p = ZrsProcess.start(['serve', '--log-format', 'json', ...flags, config]);
   children.push(p);
   return p;
 }
@@ -61,8 +61,10 @@ describe('zrs serve', () => {
     const primary = start(pConf);
     const ready = await primary.ready();
     expect(ready.storages).toEqual([{ name: join(pDir, 'Data.fs'), kind: 'primary', path: join(pDir, 'Data.fs'), replicateTo: `127.0.0.1:${primaryPort}` }]);
-    const secondary = start(sConf);
+    expect(ready.collector).toBe('tuned');
+    const secondary = start(sConf, '--default-collector');
     const sReady = await secondary.ready();
+    expect(sReady.collector).toBe('v8 default');
     expect(sReady.storages).toMatchObject([{ kind: 'secondary', replicateFrom: `127.0.0.1:${primaryPort}`, replicateTo: `127.0.0.1:${secondaryPort}` }]);
 
     const want = await size(join(pDir, 'Data.fs'));
