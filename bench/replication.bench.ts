@@ -294,6 +294,9 @@ async function dueTime(t0: bigint, n: number, ratePerSecond: number): Promise<vo
  * returns the share of a CPU the secondaries' process used while the
  * measured commits ran.
  */
+/** Live runs so far (each gets a file of its own). */
+let liveRuns = 0;
+
 async function live(
   dir: string,
   secondaries: number,
@@ -305,7 +308,8 @@ async function live(
   // turn, and the sessions would send nothing until it ended. A writer yields after each commit,
   // as one serving requests does.
   const yieldEach = ratePerSecond === null && !primaryFsync;
-  const name = `live-${secondaries}-${ratePerSecond}-${secondaryFsync}-${primaryFsync}.fs`;
+  // A file of its own per run: a run that reopened an earlier one's would first serve its history.
+  const name = `live-${secondaries}-${ratePerSecond}-${secondaryFsync}-${primaryFsync}-${++liveRuns}.fs`;
   const primary = await Primary.open({ path: join(dir, name), replicateTo: '127.0.0.1:0', fsync: primaryFsync, auditPath: null, sendShare: SEND_SHARE });
   const fs = primary.storage;
   const work = new Workload(fs, 10, 200, 1000);
