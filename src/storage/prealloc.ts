@@ -20,8 +20,13 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { StorageDisk } from './disk.js';
 
-/** Bytes written ahead of the end by default, when commits are synced. */
-export const DEFAULT_PREALLOCATE_BYTES = 1024 * 1024;
+/**
+ * Bytes written ahead of the end by default, when commits are synced. The
+ * commit that writes them waits for their blocks in its sync: a smaller
+ * chunk makes that stall shorter and more frequent, which live lag's tail
+ * prefers (docs/STORAGE.md, fill ahead of the end).
+ */
+export const DEFAULT_PREALLOCATE_BYTES = 256 * 1024;
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 

@@ -128,7 +128,7 @@ export interface OpenOptions {
    * With fsync, bytes of "fill" written ahead of the file's last transaction
    * at a time, for commits to overwrite (a synced overwrite is cheaper than a
    * synced append: see prealloc.ts). A clean close cuts the fill off; after a
-   * crash the next open does. 0 turns it off. Default 1 MiB with fsync, 0
+   * crash the next open does. 0 turns it off. Default 256 KiB with fsync, 0
    * without.
    */
   preallocate?: number;
