@@ -283,6 +283,9 @@ async function dueTime(t0: bigint, n: number, ratePerSecond: number): Promise<vo
   if (aheadMs > 0) await new Promise((r) => setTimeout(r, aheadMs));
 }
 
+/** Live runs so far (each gets a file of its own). */
+let liveRuns = 0;
+
 /**
  * Commit for `durationS` (paced or not) with `secondaries` connected. With
  * `secondaryFsync` off the secondaries do not sync: on this one machine they
@@ -294,9 +297,6 @@ async function dueTime(t0: bigint, n: number, ratePerSecond: number): Promise<vo
  * returns the share of a CPU the secondaries' process used while the
  * measured commits ran.
  */
-/** Live runs so far (each gets a file of its own). */
-let liveRuns = 0;
-
 async function live(
   dir: string,
   secondaries: number,

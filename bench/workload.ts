@@ -1,6 +1,7 @@
-// Shared by the benchmarks: command-line numbers, elapsed time, and the
-// standard workload (transactions of N records updating a rolling set of
-// objects, each store with the serial it last read).
+// Shared by the benchmarks: command-line numbers, elapsed time, the
+// collector setting of the processes under test, and the standard workload
+// (transactions of N records updating a rolling set of objects, each store
+// with the serial it last read).
 
 import { DEFAULT_MARKING_START_PERCENT, tuneCollector } from '../src/node/collector.js';
 import type { FileStorage } from '../src/storage/FileStorage.js';

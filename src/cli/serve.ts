@@ -97,8 +97,9 @@ export async function serve(configPath: string, io: CliIo, options: ServeOptions
     wake?.();
   });
 
-  const tuned = options.defaultCollector !== true && io.tuneCollector !== undefined;
-  if (tuned) io.tuneCollector!();
+  const tune = options.defaultCollector ? undefined : io.tuneCollector;
+  tune?.call(io);
+  const tuned = tune !== undefined;
   const running: Running[] = [];
   let code = EXIT_OK;
   let progressTimer: ReturnType<typeof setInterval> | null = null;
