@@ -10,7 +10,7 @@ import { check, checkOptions, checkSpec } from './check.js';
 import { dump, dumpSpec } from './dump.js';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, type CliIo } from './io.js';
 import type { LogFormat } from './logging.js';
-import { serve, serveSpec } from './serve.js';
+import { markingStartOption, serve, serveSpec } from './serve.js';
 import { status, statusOptions, statusSpec } from './status.js';
 import { verify, verifySpec } from './verify.js';
 import { promote, promoteSpec } from './promote.js';
@@ -28,7 +28,7 @@ const COMMANDS: readonly Command[] = [
       serve(a.positionals[0]!, io, {
         logFormat: a.flags.get('log-format') as LogFormat | undefined,
         checkOnly: a.flags.has('check'),
-        defaultCollector: a.flags.has('default-collector'),
+        markingStartPercent: markingStartOption(a.flags.get('marking-start')),
       }),
   },
   { spec: verifySpec, run: (a, io) => verify(a.positionals[0]!, io, !a.flags.has('no-progress')) },

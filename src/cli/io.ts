@@ -16,8 +16,8 @@ export interface CliIo {
   onSignal(handler: (signal: NodeJS.Signals) => void): () => void;
   /** Leave at once (a second signal during shutdown). */
   exit(code: number): never;
-  /** Tune the process's garbage collector for replication (see node/collector.ts); absent where commands run in a host's process. */
-  tuneCollector?(): void;
+  /** Tune the process's garbage collector (node/collector.ts's tuneCollector); absent where commands run in a host's process. */
+  tuneCollector?(percent: number): void;
 }
 
 /** Exit codes shared by every command. */
@@ -52,6 +52,6 @@ export function processIo(): CliIo {
       };
     },
     exit: (code) => process.exit(code),
-    tuneCollector: () => tuneCollector(),
+    tuneCollector,
   };
 }

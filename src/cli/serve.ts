@@ -12,7 +12,8 @@ import { formatAddress } from '../replication/address.js';
 import { Primary } from '../replication/primary.js';
 import { Secondary } from '../replication/secondary.js';
 import { FileStorage } from '../storage/FileStorage.js';
-import type { CommandSpec } from './args.js';
+import { DEFAULT_MARKING_START_PERCENT } from '../node/collector.js';
+import { UsageError, type CommandSpec } from './args.js';
 import { EXIT_FAILURE, EXIT_OK, type CliIo } from './io.js';
 import { loggerFactory, type LogFormat, type Logger } from './logging.js';
 import { CatchUpProgress, TerminalBoard, caughtUpMessage, progressLogFields, renderProgressLine, type ProgressSample } from './progress.js';
@@ -27,7 +28,11 @@ export const serveSpec: CommandSpec = {
   flags: [
     { name: 'log-format', value: 'FORMAT', choices: ['json', 'human'], help: 'json lines or readable lines (default: human on a terminal, else json)' },
     { name: 'check', help: 'only load and check the configuration, print what would run, and exit' },
-    { name: 'default-collector', help: "leave V8's garbage collector as it is (by default marking starts later; see docs/OPERATIONS.md)" },
+    {
+      name: 'marking-start',
+      value: 'PERCENT',
+      help: `start marking the old generation once it fills PERCENT of its limit (default ${DEFAULT_MARKING_START_PERCENT}; 0 leaves V8's own rule; see docs/OPERATIONS.md)`,
+    },
   ],
   summary: 'Run the primaries, secondaries and storages a ZConfig file defines.',
   description: `
@@ -56,8 +61,16 @@ interface Running {
 export interface ServeOptions {
   logFormat?: LogFormat;
   checkOnly?: boolean;
-  /** Leave V8's collector as it is instead of tuning it (io.tuneCollector). */
-  defaultCollector?: boolean;
+  /** What io.tuneCollector is given (default DEFAULT_MARKING_START_PERCENT; 0: V8's own rule). */
+  markingStartPercent?: number;
+}
+
+/** `--marking-start PERCENT`: an integer from 0 to 99; a UsageError otherwise. */
+export function markingStartOption(text: string | true | undefined): number | undefined {
+  if (text === undefined || text === true) return undefined;
+  const percent = Number(text);
+  if (!/^\d+$/.test(text) || percent > 99) throw new UsageError(`option --marking-start must be an integer from 0 to 99, not ${JSON.stringify(text)}`);
+  return percent;
 }
 
 export async function serve(configPath: string, io: CliIo, options: ServeOptions = {}): Promise<number> {
@@ -97,9 +110,9 @@ export async function serve(configPath: string, io: CliIo, options: ServeOptions
     wake?.();
   });
 
-  const tune = options.defaultCollector ? undefined : io.tuneCollector;
-  tune?.call(io);
-  const tuned = tune !== undefined;
+  const markingStart = options.markingStartPercent ?? DEFAULT_MARKING_START_PERCENT;
+  io.tuneCollector?.(markingStart);
+  const collector = io.tuneCollector === undefined ? 'as it was' : markingStart === 0 ? "V8's own rule" : `marking at ${markingStart} % of the limit`;
   const running: Running[] = [];
   let code = EXIT_OK;
   let progressTimer: ReturnType<typeof setInterval> | null = null;
@@ -112,7 +125,7 @@ export async function serve(configPath: string, io: CliIo, options: ServeOptions
     }
     progressTimer = startProgress(running, board, io);
     if (!stopRequested) {
-      log('info', 'ready', { storages: running.map((r) => r.info), pid: process.pid, collector: tuned ? 'tuned' : 'v8 default' });
+      log('info', 'ready', { storages: running.map((r) => r.info), pid: process.pid, collector });
       await new Promise<void>((resolve) => {
         wake = resolve;
         if (stopRequested) resolve();

@@ -70,6 +70,8 @@ describe('zrs help and usage', () => {
     [['dump', '--offset', 'a'], 'zrs dump: unknown option --offset'],
     [['serve', '--log-format', 'xml', 'c'], 'zrs serve: option --log-format must be one of json, human, not "xml"'],
     [['serve', 'c', '--log-format'], 'zrs serve: option --log-format needs a value (FORMAT)'],
+    [['serve', '--marking-start', '100', 'c'], 'zrs serve: option --marking-start must be an integer from 0 to 99, not "100"'],
+    [['serve', '--marking-start', '8.5', 'c'], 'zrs serve: option --marking-start must be an integer from 0 to 99, not "8.5"'],
     [['help', 'nope'], 'zrs: unknown command "nope"'],
   ])('%j is a usage error (exit 2)', async (argv, message) => {
     const r = await run(...argv);

@@ -61,10 +61,10 @@ describe('zrs serve', () => {
     const primary = start(pConf);
     const ready = await primary.ready();
     expect(ready.storages).toEqual([{ name: join(pDir, 'Data.fs'), kind: 'primary', path: join(pDir, 'Data.fs'), replicateTo: `127.0.0.1:${primaryPort}` }]);
-    expect(ready.collector).toBe('tuned');
-    const secondary = start(sConf, '--default-collector');
+    expect(ready.collector).toBe('marking at 80 % of the limit');
+    const secondary = start(sConf, '--marking-start', '0');
     const sReady = await secondary.ready();
-    expect(sReady.collector).toBe('v8 default');
+    expect(sReady.collector).toBe("V8's own rule");
     expect(sReady.storages).toMatchObject([{ kind: 'secondary', replicateFrom: `127.0.0.1:${primaryPort}`, replicateTo: `127.0.0.1:${secondaryPort}` }]);
 
     const want = await size(join(pDir, 'Data.fs'));
