@@ -5,10 +5,10 @@
 //
 // By default V8 starts marking the old generation as soon as the room left
 // under its limit is smaller than the young generation. A node's heap holds
-// little but its index (about 30 MB per million objects), and its
-// young generation grows to 16 MiB under steady traffic, so that room is
-// always too small: the process marks without a pause and runs a full
-// collection about once a second, each stopping the event loop for 2–9 ms,
+// little but its index (about 30 MB per million objects), and its young
+// generation grows to 16 MiB under steady traffic: in a heap of a few tens
+// of MB that room is always too small, so the process marks without a
+// pause and runs a full collection about once a second, each stopping the event loop for 2–9 ms,
 // the largest share of the replication lag's tail. Starting to mark only
 // once the old generation has filled a share of its limit leaves the limit
 // itself as V8 computes it. In a heap whose limit is over 80 MB, 80 % comes
