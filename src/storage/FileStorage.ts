@@ -352,11 +352,9 @@ export class FileStorage {
       // (or blob file name) that may have been seen is ever reused.
       const head = preadSync(fd, result.tail.pos, 8);
       if (head.length === 8 && !(hadFill && isFillRange(head, result.tail.pos))) tailTid = head;
-      if (!readOnly) await FileStorage.cutTail(path, fd, result.tail.pos, fillStart, hadFill);
-    } else if (hadFill && !readOnly) {
-      ftruncateSync(fd, result.end);
-      fsyncSync(fd);
     }
+    // An unfinished tail, or fill alone past the last transaction (kept in no side file).
+    if ((result.tail || hadFill) && !readOnly) await FileStorage.cutTail(path, fd, result.end, fillStart, hadFill);
     return { state: result, end: result.end, tailTid };
   }
 

@@ -134,14 +134,10 @@ async function intactTransactionAfter(handle: FileHandle, pos: number, fileSize:
   // Fill written after a transaction that ends inside a word begins with up
   // to 7 bytes that are not a whole word of fill: the file's data may end there.
   for (let end = fileSize; end > fileSize - 8; end--) {
-    if (await intactTransactionEndingAt(handle, pos, end)) return true;
+    const h = await transactionEndingAt(handle, pos, end);
+    if (h !== null && (h.status === ' ' || h.status === 'p')) return true;
   }
   return false;
-}
-
-async function intactTransactionEndingAt(handle: FileHandle, pos: number, end: number): Promise<boolean> {
-  const h = await transactionEndingAt(handle, pos, end);
-  return h !== null && (h.status === ' ' || h.status === 'p');
 }
 
 /**
