@@ -5,7 +5,7 @@
 import { ProtocolError } from '../errors.js';
 import type { ProtocolSpec } from '../../machines/handshake.js';
 import { linksOfRun, type RunLinks } from '../failover/links.js';
-import { StreamChecksum } from '../wire/checksum.js';
+import { NATIVE_CHECKSUM_ALGORITHM, StreamChecksum } from '../wire/checksum.js';
 import { dumps } from '../wire/pickle.js';
 import { createNativeUnpackr, decodeNative, type GenerationEntry, type PrimaryMessage, type RecordMessage } from '../wire/native.js';
 import { Zrs2StreamParser, type Zrs2Event } from '../wire/zrs2.js';
@@ -50,7 +50,7 @@ export class NativeInbound implements InboundDecoder {
   private linked = false;
 
   constructor(
-    startTid: Buffer,
+    private readonly startTid: Buffer,
     private readonly streamMaxFrameBytes: number,
     /** False only in mutation checks (a deliberate bug: see mutations.ts). */
     private readonly verifyChecksum = true,
@@ -103,6 +103,8 @@ export class NativeInbound implements InboundDecoder {
     if (msg.type === 'welcome') {
       this.welcomed = true;
       this.linked = msg.options.rawTxns === true && msg.options.txnLinks === true;
+      // Nothing was fed yet: the stream's checksum starts after the welcome.
+      if (msg.options.segmentedChecksum === true) this.checksum = new StreamChecksum(this.startTid, NATIVE_CHECKSUM_ALGORITHM, 'segmented');
       return [{ kind: 'welcome', lastTid: msg.lastTid, generation: msg.generation, ...(msg.generations ? { generations: msg.generations } : {}) }];
     }
     if (msg.type === 'refuse') return [{ kind: 'refused', code: msg.code, reason: msg.message, forkTid: msg.forkTid, primaryLastTid: msg.lastTid }];

@@ -266,6 +266,7 @@ export class PrimarySession {
     let wantsBlobs = false;
     let wantsRaw = false;
     let wantsLinks = false;
+    let wantsSegments = false;
     let edgeRefusal: ReturnType<FailoverHistory['refusalFor']> = undefined;
     if (spec.kind === 'native') {
       let hello: ReturnType<typeof decodeNative>;
@@ -291,6 +292,7 @@ export class PrimarySession {
       wantsBlobs = hello.options.blobs;
       wantsRaw = hello.options.rawTxns === true;
       wantsLinks = hello.options.txnLinks === true;
+      wantsSegments = hello.options.segmentedChecksum === true;
       edgeRefusal = this.options.history?.refusalFor(hello);
       this.decoder.setMaxFrameBytes(SECONDARY_MESSAGE_MAX_BYTES);
     } else {
@@ -305,6 +307,7 @@ export class PrimarySession {
               link: this.options.history ? (tid) => this.options.history!.chain.hashAt(tid) : undefined,
               rawTxns: wantsRaw,
               txnLinks: wantsLinks && this.options.history ? this.options.history.chain.cursor() : undefined,
+              segmentedChecksum: wantsSegments,
             })
           : zrs2Outbound(this.options.storage, startTid, spec);
     }

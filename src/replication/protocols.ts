@@ -13,7 +13,7 @@ import type { ChainCursor } from '../failover/hashChain.js';
 import { CHAIN_ORIGIN, linkOfStored } from '../failover/links.js';
 import { loads, type PickleDict } from '../wire/pickle.js';
 import type { TransactionRecord } from '../storage/types.js';
-import { StreamChecksum } from '../wire/checksum.js';
+import { NATIVE_CHECKSUM_ALGORITHM, StreamChecksum } from '../wire/checksum.js';
 import { FRAME_HEADER_BYTES, encodeFrame } from '../wire/framing.js';
 import { BLOB_BLOCK_BYTES, createNativePackr, encodeCommitFrame, encodeNativeFrame, encodeTxnsFrame, nativeProtocolName, type GenerationEntry, type NativeMessage, type RefuseCode } from '../wire/native.js';
 import { BLOB_BLOCK_SIZE_BYTES, Zrs2Checksum, blobBlockCount, encodeMessage } from '../wire/zrs2.js';
@@ -115,6 +115,8 @@ export function nativeOutbound(
     rawTxns?: boolean;
     /** The secondary asked to check runs by their links, and these are the served storage's (see docs/PROTOCOL.md, Checksum). */
     txnLinks?: Pick<ChainCursor, 'linksOf'>;
+    /** The secondary asked for the segmented checksum rule (docs/PROTOCOL.md, Checksum). */
+    segmentedChecksum?: boolean;
     /** Default WHOLE_TXN_MAX_BYTES. */
     wholeTxnMaxBytes?: number;
   },
@@ -122,7 +124,8 @@ export function nativeOutbound(
   const wholeMax = options.wholeTxnMaxBytes ?? WHOLE_TXN_MAX_BYTES;
   const linked = options.rawTxns === true ? options.txnLinks : undefined;
   const packr = createNativePackr();
-  const checksum = new StreamChecksum(startTid);
+  const segmented = options.segmentedChecksum === true;
+  const checksum = new StreamChecksum(startTid, NATIVE_CHECKSUM_ALGORITHM, segmented ? 'segmented' : 'running');
   const frame = (msg: NativeMessage): Buffer => {
     const f = encodeNativeFrame(msg, packr);
     checksum.update(f.subarray(4));
@@ -146,7 +149,7 @@ export function nativeOutbound(
           type: 'welcome',
           lastTid,
           ...(options.generations?.() ?? { generation: { generation: 0, startTid: Buffer.alloc(8) } }),
-          options: { blobs: options.blobs, compression: 'none', ...(options.rawTxns ? { rawTxns: true } : {}), ...(linked ? { txnLinks: true } : {}) },
+          options: { blobs: options.blobs, compression: 'none', ...(options.rawTxns ? { rawTxns: true } : {}), ...(linked ? { txnLinks: true } : {}), ...(segmented ? { segmentedChecksum: true } : {}) },
         },
         packr,
       ),

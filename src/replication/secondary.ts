@@ -395,7 +395,7 @@ export class Secondary {
     if (this.spec.kind === 'native') {
       const blobs = (this.options.transferBlobs ?? true) && this.inner.blobs !== null;
       const history = this.failover?.helloFields(start) ?? { generations: [] };
-      conn.stream.write(encodeNativeFrame({ type: 'hello', startTid: start, ...history, options: { blobs, rawTxns: true, txnLinks: true } }, this.packr));
+      conn.stream.write(encodeNativeFrame({ type: 'hello', startTid: start, ...history, options: { blobs, rawTxns: true, txnLinks: true, segmentedChecksum: true } }, this.packr));
     } else conn.stream.write(encodeFrame(start));
   }
 

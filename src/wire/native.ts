@@ -138,6 +138,8 @@ export interface HelloOptions {
   rawTxns?: boolean;
   /** The secondary checks `txns` runs by their hash-chain links (docs/PROTOCOL.md, Checksum). */
   txnLinks?: boolean;
+  /** The secondary takes the segmented checksum rule (docs/PROTOCOL.md, Checksum). */
+  segmentedChecksum?: boolean;
 }
 
 /** Options a primary granted. */
@@ -148,6 +150,8 @@ export interface AcceptedOptions {
   rawTxns?: boolean;
   /** `txns` runs carry `prevLink` and the checksum covers their links instead of their bytes (only with rawTxns, when asked for). */
   txnLinks?: boolean;
+  /** The stream's checksum follows the segmented rule (only when asked for). */
+  segmentedChecksum?: boolean;
 }
 
 /** Secondary -> primary, frame 2: where to start and what history the secondary holds. */
@@ -867,16 +871,12 @@ function parseHello(obj: Obj, copy: boolean): HelloMessage {
     if (Buffer.compare(after.startTid, before.startTid) < 0) fail('hello.generations: start tids must not decrease');
   }
   const optionsObj = asObj(get(obj, 'options', 'hello'), 'hello.options');
-  const options: HelloOptions = { blobs: asBool(get(optionsObj, 'blobs', 'hello.options'), 'hello.options.blobs') };
+  const options: HelloOptions = { blobs: asBool(get(optionsObj, 'blobs', 'hello.options'), 'hello.options.blobs'), ...optionalFlags(optionsObj, 'hello.options') };
   const compression = getOptional(optionsObj, 'compression');
   if (compression !== undefined && compression !== null) {
     if (compression !== 'none') fail(`hello.options.compression must be 'none', got ${describe(compression)}`);
     options.compression = 'none';
   }
-  const rawTxns = getOptional(optionsObj, 'rawTxns');
-  if (rawTxns !== undefined && rawTxns !== null) options.rawTxns = asBool(rawTxns, 'hello.options.rawTxns');
-  const txnLinks = getOptional(optionsObj, 'txnLinks');
-  if (txnLinks !== undefined && txnLinks !== null) options.txnLinks = asBool(txnLinks, 'hello.options.txnLinks');
   const hello: HelloMessage = {
     type: 'hello',
     startTid: asId(get(obj, 'startTid', 'hello'), 'hello.startTid', copy),
@@ -916,7 +916,7 @@ function parseWelcome(obj: Obj, copy: boolean): WelcomeMessage {
     type: 'welcome',
     lastTid: asId(get(obj, 'lastTid', 'welcome'), 'welcome.lastTid', copy),
     generation: parseGeneration(get(obj, 'generation', 'welcome'), 'welcome.generation', copy),
-    options: { blobs: asBool(get(optionsObj, 'blobs', 'welcome.options'), 'welcome.options.blobs'), compression: 'none', ...parseRawTxnsGrant(optionsObj) },
+    options: { blobs: asBool(get(optionsObj, 'blobs', 'welcome.options'), 'welcome.options.blobs'), compression: 'none', ...optionalFlags(optionsObj, 'welcome.options') },
     ...parseWelcomeGenerations(getOptional(obj, 'generations'), copy),
   };
 }
@@ -956,6 +956,8 @@ function contentCheckText(msg: CheckedMessage): string {
   const link = (l: ChainHead): string => `${l.tid.toString('hex')}:${l.hash.toString('hex')}`;
   const list = <T>(items: readonly T[] | undefined, show: (item: T) => string): string => (items ? items.map(show).join(',') : '-');
   let fields: string[];
+  // segmentedChecksum stays out of the text, so peers from before it check a hello that asks for it
+  // alike: a peer that got it wrong computes other digests, and the first commit fails its checksum.
   if (msg.type === 'hello') {
     const o = msg.options;
     fields = [msg.startTid.toString('hex'), list(msg.generations, gen), msg.chainHead ? link(msg.chainHead) : '-', list(msg.chainSamples, link), `blobs=${o.blobs} compression=${o.compression ?? '-'} rawTxns=${o.rawTxns ?? '-'} txnLinks=${o.txnLinks ?? '-'}`];
@@ -979,13 +981,14 @@ function verifyContentCheck(obj: Obj, msg: CheckedMessage): void {
   if (sent.toString('latin1') !== contentCheckText(msg)) fail(`${msg.type}.check does not match the message: it changed on the way`);
 }
 
-function parseRawTxnsGrant(options: Obj): { rawTxns?: boolean; txnLinks?: boolean } {
-  const grant: { rawTxns?: boolean; txnLinks?: boolean } = {};
-  for (const key of ['rawTxns', 'txnLinks'] as const) {
+/** The optional flags of a hello's options (asked for) or a welcome's (granted); nil is absent. */
+function optionalFlags(options: Obj, where: string): Pick<HelloOptions & AcceptedOptions, 'rawTxns' | 'txnLinks' | 'segmentedChecksum'> {
+  const flags: Pick<HelloOptions & AcceptedOptions, 'rawTxns' | 'txnLinks' | 'segmentedChecksum'> = {};
+  for (const key of ['rawTxns', 'txnLinks', 'segmentedChecksum'] as const) {
     const v = getOptional(options, key);
-    if (v !== undefined && v !== null) grant[key] = asBool(v, `welcome.options.${key}`);
+    if (v !== undefined && v !== null) flags[key] = asBool(v, `${where}.${key}`);
   }
-  return grant;
+  return flags;
 }
 
 function parsePrevLink(value: unknown, copy: boolean): { prevLink?: Buffer } {

@@ -1,8 +1,9 @@
 // The secondary's decoding of raw runs when txnLinks was granted: the
 // checksum covers each transaction's hash-chain link, so a change to any
 // byte a link covers is caught at the commit, while the file positions
-// (rewritten by the secondary anyway) may differ. Pure: frames built by the
-// primary's codec from a real file, fed straight to the decoder.
+// (rewritten by the secondary anyway) may differ; and the checksum rule
+// the welcome grants. Pure: frames built by the primary's codec from a real
+// file, fed straight to the decoder.
 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -20,7 +21,7 @@ import { commitMany, Z64 } from './helpers.js';
 afterAll(cleanupTempDirs);
 
 /** The payloads of a run of the first `n` transactions (txns, then commit) as a primary granting txnLinks sends them. */
-async function linkedRun(n: number): Promise<{ txns: Buffer; commit: Buffer }> {
+async function linkedRun(n: number, segmentedChecksum = false): Promise<{ txns: Buffer; commit: Buffer }> {
   const dir = await tempDir();
   const fs = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
   try {
@@ -28,7 +29,7 @@ async function linkedRun(n: number): Promise<{ txns: Buffer; commit: Buffer }> {
     const txns: TransactionRecord[] = [];
     for await (const t of fs.iterator()) txns.push(t);
     // A chain that holds nothing: the codec computes the links from the bytes.
-    const codec = nativeOutbound(fs, Z64, { blobs: false, rawTxns: true, txnLinks: { linksOf: () => null } });
+    const codec = nativeOutbound(fs, Z64, { blobs: false, rawTxns: true, txnLinks: { linksOf: () => null }, segmentedChecksum });
     const [head, bytes, commit] = codec.rawFrames(txns);
     return { txns: Buffer.concat([head!, bytes!]).subarray(FRAME_HEADER_BYTES), commit: commit!.subarray(FRAME_HEADER_BYTES) };
   } finally {
@@ -36,9 +37,9 @@ async function linkedRun(n: number): Promise<{ txns: Buffer; commit: Buffer }> {
   }
 }
 
-function welcomed(txnLinks: boolean): NativeInbound {
+function welcomed(txnLinks: boolean, segmentedChecksum?: boolean): NativeInbound {
   const inbound = new NativeInbound(Z64, 1 << 24);
-  const welcome = { type: 'welcome', lastTid: Z64, generation: { generation: 0, startTid: Z64 }, options: { blobs: false, compression: 'none', rawTxns: true, txnLinks } } as const;
+  const welcome = { type: 'welcome', lastTid: Z64, generation: { generation: 0, startTid: Z64 }, options: { blobs: false, compression: 'none', rawTxns: true, txnLinks, segmentedChecksum } } as const;
   inbound.push(encodeNative(welcome, createNativePackr()));
   return inbound;
 }
@@ -97,5 +98,21 @@ describe('NativeInbound with txnLinks', () => {
     expect(() => welcomed(true).push(encodeNative(withoutLink, packr))).toThrow(/prevLink/);
     expect(() => welcomed(true).push(encodeNative({ ...msg, count: 4 }, packr))).toThrow(ProtocolError);
     expect(() => welcomed(true).push(encodeNative({ ...msg, prevLink, bytes: msg.bytes.subarray(0, msg.bytes.length - 9) }, packr))).toThrow(ProtocolError);
+  });
+});
+
+describe('NativeInbound and the checksum rule', () => {
+  it('follows the segmented rule only when the welcome grants it', async () => {
+    const segmented = await linkedRun(4, true);
+    const running = await linkedRun(4);
+    const ends = (inbound: NativeInbound, run: { txns: Buffer; commit: Buffer }): ApplyEvent['kind'] => {
+      inbound.push(run.txns);
+      return inbound.push(run.commit)[0]!.kind;
+    };
+    expect(ends(welcomed(true, true), segmented)).toBe('commit');
+    expect(ends(welcomed(true), running)).toBe('commit');
+    expect(ends(welcomed(true, false), running)).toBe('commit');
+    expect(() => ends(welcomed(true), segmented)).toThrow(ChecksumMismatchError);
+    expect(() => ends(welcomed(true, true), running)).toThrow(ChecksumMismatchError);
   });
 });

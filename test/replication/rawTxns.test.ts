@@ -2,7 +2,8 @@
 // transactions travel as the primary's file bytes and the secondary rewrites
 // their positions for its own file; transactions with backpointers (undo)
 // travel record by record; the primary reads them into windows it reuses
-// once its socket took what was sent from them. Over real loopback sockets.
+// once its socket took what was sent from them; and the stream checksum's
+// rule is the one the peers agreed on. Over real loopback sockets.
 
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -14,9 +15,10 @@ import { WHOLE_TXN_MAX_BYTES } from '../../src/replication/protocols.js';
 import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName, type PrimaryMessage } from '../../src/wire/native.js';
 import { cleanupTempDirs, copyZodbFixture, tempDir } from '../helpers/fixtures.js';
 import { allTransactions, commitMany, expectSameHistory, waitForTid, Z64 } from './helpers.js';
-import { FAST_RECONNECT, FramedSocket, LogCollector, WAIT_MS } from './netHelpers.js';
+import { FAST_RECONNECT, FakeServer, FramedSocket, LogCollector, WAIT_MS } from './netHelpers.js';
 import { CHAIN_ORIGIN, chainLink, contentAt, linkOfStored, linksOfRun } from '../../src/failover/hashChain.js';
-import { StreamChecksum } from '../../src/wire/checksum.js';
+import { StreamChecksum, type ChecksumRule } from '../../src/wire/checksum.js';
+import { nativeOutbound } from '../../src/replication/protocols.js';
 import { ReplicationServer } from '../../src/replication/server.js';
 import { parseAddress } from '../../src/replication/address.js';
 import { socketTransport } from '../../src/node/socketTransport.js';
@@ -41,8 +43,14 @@ async function undoLast(fs: FileStorage): Promise<Buffer> {
  * `lastTid`; with `then`, that is run once `lastTid` arrived, and the
  * messages are collected on until the commit closing what `then` returns.
  */
-async function messagesUntil(primary: Pick<Primary, 'address'>, rawTxns: boolean, lastTid: Buffer, then?: () => Promise<Buffer>, txnLinks = false): Promise<PrimaryMessage[]> {
-  return (await framesUntil(primary, rawTxns, lastTid, then, txnLinks)).map((f) => f.message);
+async function messagesUntil(primary: Pick<Primary, 'address'>, rawTxns: boolean, lastTid: Buffer, then?: () => Promise<Buffer>, asks: PeerAsks = {}): Promise<PrimaryMessage[]> {
+  return (await framesUntil(primary, rawTxns, lastTid, then, asks)).map((f) => f.message);
+}
+
+/** Options the hand-driven peer asks for besides rawTxns (none by default). */
+interface PeerAsks {
+  txnLinks?: boolean;
+  segmentedChecksum?: boolean;
 }
 
 /** messagesUntil, each message with its frame payload. */
@@ -51,12 +59,12 @@ async function framesUntil(
   rawTxns: boolean,
   lastTid: Buffer,
   then?: () => Promise<Buffer>,
-  txnLinks = false,
+  asks: PeerAsks = {},
 ): Promise<Array<{ message: PrimaryMessage; payload: Buffer }>> {
   const peer = await FramedSocket.connect(primary.address);
   try {
     peer.send(nativeProtocolName());
-    const options = { blobs: false, ...(rawTxns ? { rawTxns: true } : {}), ...(txnLinks ? { txnLinks: true } : {}) };
+    const options = { blobs: false, ...(rawTxns ? { rawTxns: true } : {}), ...asks };
     peer.send(encodeNative({ type: 'hello', startTid: Z64, generations: [], options }, createNativePackr()));
     const unpackr = createNativeUnpackr();
     const out: Array<{ message: PrimaryMessage; payload: Buffer }> = [];
@@ -305,7 +313,7 @@ describe('runs checked by their hash-chain links (txnLinks)', () => {
       await commitMany(fs, 30);
       await undoLast(fs); // travels as txn: the second run follows the undo’s link
       const last = (await commitMany(fs, 4)).at(-1)!;
-      const frames = await framesUntil(primary, true, last, undefined, true);
+      const frames = await framesUntil(primary, true, last, undefined, { txnLinks: true });
       expect(frames.find((f) => f.message.type === 'welcome')!.message).toMatchObject({ options: { rawTxns: true, txnLinks: true } });
 
       // Every link, computed here from the file.
@@ -383,7 +391,7 @@ describe('runs checked by their hash-chain links (txnLinks)', () => {
     const server = await ReplicationServer.start({ storage, address: parseAddress('127.0.0.1:0'), transport: socketTransport, clock: systemClock, log: silentLogger });
     try {
       const last = (await commitMany(storage, 12)).at(-1)!;
-      const welcome = (await messagesUntil(server, true, last, undefined, true)).find((m) => m.type === 'welcome');
+      const welcome = (await messagesUntil(server, true, last, undefined, { txnLinks: true })).find((m) => m.type === 'welcome');
       expect(welcome).toMatchObject({ options: { rawTxns: true } });
       expect(welcome!.type === 'welcome' && welcome!.options.txnLinks).toBeFalsy();
       const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
@@ -395,5 +403,66 @@ describe('runs checked by their hash-chain links (txnLinks)', () => {
       await storage.close();
     }
     expect(readFileSync(join(dir, 's.fs')).equals(readFileSync(join(dir, 'p.fs')))).toBe(true);
+  });
+});
+
+describe('the stream checksum’s rule', () => {
+  it('is the segmented one for a peer that asks for it, and the running one for a peer that does not', async () => {
+    const dir = await tempDir();
+    await withPrimary(dir, async (primary) => {
+      const fs = primary.storage;
+      await commitMany(fs, 10);
+      await undoLast(fs);
+      const last = (await commitMany(fs, 3)).at(-1)!;
+      for (const rule of ['segmented', 'running'] as ChecksumRule[]) {
+        const frames = await framesUntil(primary, true, last, undefined, rule === 'segmented' ? { segmentedChecksum: true } : {});
+        const welcome = frames.find((f) => f.message.type === 'welcome')!.message;
+        expect(welcome.type === 'welcome' && welcome.options.segmentedChecksum).toBe(rule === 'segmented' ? true : undefined);
+        const checksum = new StreamChecksum(Z64, 'sha256', rule);
+        let commits = 0;
+        for (const { message, payload } of frames) {
+          if (message.type === 'welcome') continue;
+          if (message.type === 'commit') {
+            checksum.verify(message.checksum);
+            commits += 1;
+          }
+          checksum.update(payload);
+        }
+        expect(commits).toBe(3); // a run, the undo, a run
+      }
+    });
+  });
+
+  it.each([true, false])('a Secondary asks for the segmented one, and replicates whether the primary grants it (%s) or, from before the option, does not', async (grant) => {
+    const dir = await tempDir();
+    const source = await FileStorage.open(join(dir, 'source.fs'), { create: true, fsync: false });
+    const asked: Array<boolean | undefined> = [];
+    const fake = await FakeServer.start((c) => {
+      void (async () => {
+        await c.frame(0); // the protocol name
+        const hello = decodeNative(await c.frame(1), createNativeUnpackr(), 'secondary');
+        if (hello.type !== 'hello') throw new Error(`expected hello, got ${hello.type}`);
+        asked.push(hello.options.segmentedChecksum);
+        const codec = nativeOutbound(source, hello.startTid, { blobs: false, rawTxns: true, segmentedChecksum: grant });
+        c.sendRaw(codec.welcome(source.lastTransaction())!);
+        const txns = (await allTransactions(source)).filter((t) => Buffer.compare(t.tid, hello.startTid) > 0);
+        for (const f of codec.rawFrames(txns.slice(0, 4))) c.sendRaw(f);
+        for (const t of txns.slice(4)) for (const f of codec.plainFrames(t)!) c.sendRaw(f);
+      })();
+    });
+    try {
+      const last = (await commitMany(source, 7)).at(-1)!;
+      const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: fake.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+      try {
+        await waitForTid(secondary, last);
+        await expectSameHistory(source, secondary.storage);
+      } finally {
+        await secondary.close();
+      }
+      expect(asked).toEqual([true]);
+    } finally {
+      await fake.close();
+      await source.close();
+    }
   });
 });

@@ -1,11 +1,13 @@
 // Stream checksum: zc.zrs's md5 chain reproduced on a real transcript, and the native sha256
-// chain computed identically by a primary and a secondary, catching any flipped byte.
+// chain, under both rules, computed identically by a primary and a secondary, catching any
+// flipped byte; the segmented rule rebuilt from its description in docs/PROTOCOL.md.
 
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { ChecksumMismatchError } from '../../src/errors.js';
-import { StreamChecksum } from '../../src/wire/checksum.js';
+import { CHECKSUM_SEGMENT_BYTES, StreamChecksum, type ChecksumRule } from '../../src/wire/checksum.js';
 import { FRAME_HEADER_BYTES, FrameDecoder } from '../../src/wire/framing.js';
 import {
   createNativePackr,
@@ -19,9 +21,9 @@ import { fixturePath } from '../helpers/fixtures.js';
 const tidArb = fc.uint8Array({ minLength: 8, maxLength: 8 }).map((a) => Buffer.from(a));
 
 /** A primary's stream: transactions of records, each closed by a commit carrying the chain digest. */
-function primaryStream(startTid: Buffer, txns: Buffer[][]): { stream: Buffer; digests: Buffer[] } {
+function primaryStream(startTid: Buffer, txns: Buffer[][], rule: ChecksumRule = 'running'): { stream: Buffer; digests: Buffer[] } {
   const packr = createNativePackr();
-  const checksum = new StreamChecksum(startTid);
+  const checksum = new StreamChecksum(startTid, 'sha256', rule);
   const frames: Buffer[] = [];
   const digests: Buffer[] = [];
   const send = (msg: PrimaryMessage): void => {
@@ -42,9 +44,9 @@ function primaryStream(startTid: Buffer, txns: Buffer[][]): { stream: Buffer; di
 }
 
 /** A secondary consuming `stream`: the number of commits verified before the first mismatch. */
-function secondaryVerify(startTid: Buffer, stream: Buffer, chunkBytes: number): { verified: number; error?: unknown } {
+function secondaryVerify(startTid: Buffer, stream: Buffer, chunkBytes: number, rule: ChecksumRule = 'running'): { verified: number; error?: unknown } {
   const unpackr = createNativeUnpackr();
-  const checksum = new StreamChecksum(startTid);
+  const checksum = new StreamChecksum(startTid, 'sha256', rule);
   const decoder = new FrameDecoder({ maxFrameBytes: 1 << 20 });
   let verified = 0;
   try {
@@ -112,7 +114,7 @@ describe('StreamChecksum', () => {
     expect(() => new StreamChecksum(Buffer.alloc(7))).toThrow(RangeError);
   });
 
-  it('is computed identically by primary and secondary for any stream and any split', () => {
+  it.each(['running', 'segmented'] as const)('is computed identically by primary and secondary for any stream and any split (%s)', (rule) => {
     fc.assert(
       fc.property(
         tidArb,
@@ -122,8 +124,8 @@ describe('StreamChecksum', () => {
         }),
         fc.integer({ min: 1, max: 500 }),
         (startTid, txns, chunkBytes) => {
-          const { stream } = primaryStream(startTid, txns);
-          expect(secondaryVerify(startTid, stream, chunkBytes)).toEqual({ verified: txns.length });
+          const { stream } = primaryStream(startTid, txns, rule);
+          expect(secondaryVerify(startTid, stream, chunkBytes, rule)).toEqual({ verified: txns.length });
         },
       ),
     );
@@ -136,7 +138,7 @@ describe('StreamChecksum', () => {
     expect(digests[0]?.equals(digests[1] as Buffer)).toBe(false);
   });
 
-  it('detects any flipped byte at or before the commit that covers it', () => {
+  it.each(['running', 'segmented'] as const)('detects any flipped byte at or before the commit that covers it (%s)', (rule) => {
     fc.assert(
       fc.property(
         tidArb,
@@ -147,7 +149,7 @@ describe('StreamChecksum', () => {
         fc.nat(),
         fc.integer({ min: 1, max: 255 }),
         (startTid, txns, at, xor) => {
-          const { stream } = primaryStream(startTid, txns);
+          const { stream } = primaryStream(startTid, txns, rule);
           // Flip a payload byte (not a header byte: those are caught by framing/decoding instead).
           const decoder = new FrameDecoder({ maxFrameBytes: 1 << 20 });
           const payloadOffsets: number[] = [];
@@ -159,7 +161,7 @@ describe('StreamChecksum', () => {
           const corrupted = Buffer.from(stream);
           const i = payloadOffsets[at % payloadOffsets.length] as number;
           corrupted[i] = (corrupted[i] ?? 0) ^ xor;
-          const result = secondaryVerify(startTid, corrupted, 64);
+          const result = secondaryVerify(startTid, corrupted, 64, rule);
           // Either the checksum catches it, or the corruption broke a message so it fails to decode;
           // it never verifies every commit.
           expect(result.verified).toBeLessThan(txns.length);
@@ -186,5 +188,96 @@ describe('StreamChecksum', () => {
     expect(error).toMatchObject({ expected: good, received: bad, tid });
     expect(() => checksum.verify(good.subarray(0, 16))).toThrow(ChecksumMismatchError);
     expect(() => checksum.verify(good)).not.toThrow();
+  });
+});
+
+/**
+ * The segmented rule as docs/PROTOCOL.md states it, over the whole stream at once: the state starts
+ * as 32 zero bytes; the start tid opens the first segment; a segment closes at each digest
+ * (`digestsAt`: offsets into `stream`) and once it holds CHECKSUM_SEGMENT_BYTES; closing one makes
+ * the state sha256(state || segment); a digest is the state after it closed its segment.
+ */
+function segmentedReference(startTid: Buffer, stream: Buffer, digestsAt: readonly number[]): string[] {
+  const bytes = Buffer.concat([startTid, stream]);
+  let state = Buffer.alloc(32);
+  let from = 0;
+  const close = (to: number): void => {
+    state = createHash('sha256').update(state).update(bytes.subarray(from, to)).digest();
+    from = to;
+  };
+  return digestsAt.map((offset) => {
+    const at = startTid.length + offset;
+    while (at - from >= CHECKSUM_SEGMENT_BYTES) close(from + CHECKSUM_SEGMENT_BYTES);
+    close(at);
+    return state.toString('hex');
+  });
+}
+
+/** `n` bytes that depend on `seed` only. */
+function pseudoRandomBytes(n: number, seed: number): Buffer {
+  const out = Buffer.allocUnsafe(n);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
+describe('StreamChecksum, segmented rule', () => {
+  it('gives the digests its description gives, however the bytes are fed and wherever segments and digests fall', () => {
+    fc.assert(
+      fc.property(
+        tidArb,
+        // Up to four segments' worth, so digests land before, on and after segment ends.
+        fc.integer({ min: 0, max: 4 * CHECKSUM_SEGMENT_BYTES + 100 }),
+        fc.integer(),
+        fc.array(fc.nat(), { minLength: 1, maxLength: 6 }),
+        fc.array(fc.integer({ min: 1, max: 3 * CHECKSUM_SEGMENT_BYTES }), { minLength: 1, maxLength: 8 }),
+        (startTid, length, seed, digestPicks, pieceSizes) => {
+          const stream = pseudoRandomBytes(length, seed);
+          const digestsAt = [...new Set(digestPicks.map((p) => p % (length + 1)))].sort((a, b) => a - b);
+          const checksum = new StreamChecksum(startTid, 'sha256', 'segmented');
+          const got: string[] = [];
+          let fed = 0;
+          let piece = 0;
+          for (const at of digestsAt) {
+            while (fed < at) {
+              const n = Math.min(at - fed, pieceSizes[piece++ % pieceSizes.length]!);
+              checksum.update(stream.subarray(fed, fed + n));
+              fed += n;
+            }
+            got.push(checksum.digest().toString('hex'));
+          }
+          expect(got).toEqual(segmentedReference(startTid, stream, digestsAt));
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
+  it('closes a segment at every digest: a second digest with nothing fed between differs, unlike the running rule', () => {
+    const checksum = new StreamChecksum(Buffer.alloc(8), 'sha256', 'segmented');
+    expect(checksum.rule).toBe('segmented');
+    expect(checksum.digestBytes).toBe(32);
+    checksum.update(Buffer.alloc(0)); // an empty keep-alive feeds nothing
+    const first = checksum.digest();
+    expect(first.toString('hex')).toBe(segmentedReference(Buffer.alloc(8), Buffer.alloc(0), [0])[0]);
+    expect(checksum.digest().equals(first)).toBe(false);
+  });
+
+  it('gives other digests than the running rule, so peers that disagree on the rule fail at the first commit', () => {
+    const txns = [[Buffer.from('a'), Buffer.from('b')]];
+    const { stream, digests } = primaryStream(Buffer.alloc(8), txns, 'segmented');
+    expect(digests[0]!.equals(primaryStream(Buffer.alloc(8), txns, 'running').digests[0]!)).toBe(false);
+    const result = secondaryVerify(Buffer.alloc(8), stream, 1 << 20, 'running');
+    expect(result.verified).toBe(0);
+    expect(result.error).toBeInstanceOf(ChecksumMismatchError);
+  });
+
+  it('is defined for sha256 only', () => {
+    expect(() => new StreamChecksum(Buffer.alloc(8), 'md5', 'segmented')).toThrow(RangeError);
   });
 });

@@ -448,6 +448,22 @@ describe('the content check (hello, welcome, ack, heartbeat with a generation)',
   });
 });
 
+describe('the segmentedChecksum option', () => {
+  it('round-trips in hello and welcome, and stays out of the content check: a hello asking for it passes the check of a primary that ignores it', () => {
+    const packr = createNativePackr();
+    const unpackr = createNativeUnpackr();
+    const hello: NativeMessage = { type: 'hello', startTid: Buffer.alloc(8, 2), generations: [], options: { blobs: false, rawTxns: true, segmentedChecksum: true } };
+    const welcome: NativeMessage = { type: 'welcome', lastTid: Buffer.alloc(8, 1), generation: { generation: 0, startTid: Buffer.alloc(8) }, options: { blobs: false, compression: 'none', segmentedChecksum: true } };
+    for (const msg of [hello, welcome]) expect(plain(decodeNative(encodeNative(msg, packr), unpackr))).toEqual(plain(msg));
+    // The same hello with the option taken out on the way, check kept: what a peer that drops unknown keys checks.
+    const sent = new Packr({ useRecords: false }).unpack(encodeNative(hello, packr)) as { options: Record<string, unknown> };
+    expect(sent.options.segmentedChecksum).toBe(true);
+    delete sent.options.segmentedChecksum;
+    expect(plain(decodeNative(raw(sent), unpackr))).toEqual(plain({ ...hello, options: { blobs: false, rawTxns: true } }));
+    expect(() => decodeNative(raw({ ...sent, options: { ...sent.options, segmentedChecksum: 'yes' } }), unpackr)).toThrow(/hello\.options\.segmentedChecksum must be a boolean/);
+  });
+});
+
 describe('inline records in txn', () => {
   const packr = createNativePackr();
   const unpackr = createNativeUnpackr();
