@@ -49,7 +49,7 @@ import { DEFAULT_PREALLOCATE_BYTES, FillAhead, isFillRange, trailingFill } from 
 import { nodeDisk, type StorageDisk } from './disk.js';
 import { loadIndex, removeIndex, saveIndex } from './indexFile.js';
 import { LockFile } from './lock.js';
-import { emptyScanState, oidKey, type OidKey, recordTransaction, sampleAtOrBefore, scanFile, type ScanState } from './scan.js';
+import { emptyScanState, oidKey, type OidKey, recordTransaction, scanFile, type ScanState } from './scan.js';
 import { Z64, newTid, tidToSeconds } from './timestamp.js';
 import { BlobDirectory } from './blobs.js';
 import { iterateTransactions, type IterateOptions } from './iterator.js';
@@ -950,7 +950,7 @@ export class FileStorage {
    * iterators and replication may read), or `limit` when there is none.
    */
   positionAfter(tid: Buffer, inclusive: boolean, limit = this.publishedEnd): number {
-    let pos = sampleAtOrBefore(this.state.samples, tid, MAGIC_BYTES);
+    let pos = this.state.samples.atOrBefore(tid, MAGIC_BYTES);
     while (pos < limit) {
       const h = this.readTxnHeaderAt(pos);
       const c = Buffer.compare(h.tid, tid);

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { open, rename, readFile, rm } from 'node:fs/promises';
 import { TXN_HEADER_BYTES, readU64At, writeU64At } from './format.js';
 import { preadSync } from './fileio.js';
-import { oidKeyAt, type OidKey, type ScanState } from './scan.js';
+import { oidKeyAt, TidSamples, type OidKey, type ScanState } from './scan.js';
 
 const MAGIC = Buffer.from('ZRSIDX01', 'latin1');
 const FIXED_BYTES = 8 + 8 * 5 + 8 + 8 + TXN_HEADER_BYTES;
@@ -24,7 +24,7 @@ export interface SavedIndex extends ScanState {
 /** Write the index beside the data file (temp file, fsync, rename). */
 export async function saveIndex(dataPath: string, fd: number, state: SavedIndex): Promise<void> {
   const n = state.index.size;
-  const m = state.samples.tids.length;
+  const m = state.samples.count;
   const body = Buffer.allocUnsafe(FIXED_BYTES + n * 16 + m * 16);
   let off = 0;
   off += MAGIC.copy(body, off);
@@ -45,9 +45,9 @@ export async function saveIndex(dataPath: string, fd: number, state: SavedIndex)
     off += 16;
   }
   for (let i = 0; i < m; i++) {
-    off += state.samples.tids[i]!.copy(body, off);
-    writeU64At(body, off, state.samples.positions[i]!);
-    off += 8;
+    state.samples.copyTid(i, body, off);
+    writeU64At(body, off + 8, state.samples.positionAt(i));
+    off += 16;
   }
   const digest = createHash('sha256').update(body).digest();
   const path = indexPathFor(dataPath);
@@ -90,11 +90,8 @@ function decodeIndex(body: Buffer, fd: number, fileSize: number): SavedIndex | n
   if (lastTid && !preadSync(fd, lastTxnPos, TXN_HEADER_BYTES).equals(header)) return null;
   const index = new Map<OidKey, number>();
   for (let i = 0; i < n; i++, off += 16) index.set(oidKeyAt(body, off), readU64At(body, off + 8));
-  const samples = { tids: [] as Buffer[], positions: [] as number[] };
-  for (let i = 0; i < m; i++, off += 16) {
-    samples.tids.push(Buffer.from(body.subarray(off, off + 8)));
-    samples.positions.push(readU64At(body, off + 8));
-  }
+  const samples = new TidSamples();
+  for (let i = 0; i < m; i++, off += 16) samples.add(body.subarray(off, off + 8), readU64At(body, off + 8));
   return { end, lastTxnPos, txnCount, index, samples, lastTid, maxOid };
 }
 

@@ -56,9 +56,61 @@ export function oidOfKey(key: OidKey): Buffer {
 }
 
 
-export interface TidSamples {
-  tids: Buffer[];
-  positions: number[];
+/**
+ * Every TID_SAMPLE_EVERY-th transaction's tid and position, oldest first,
+ * for finding a tid's transaction without scanning from the start. The tids
+ * are kept side by side in one buffer: each kept as a Buffer of its own
+ * would hold a slice of Node's 8 KiB allocation pool, and with it the whole
+ * pool, for as long as the storage is open (about 130 bytes per committed
+ * transaction, or 470 MB an hour at 1000 commits a second).
+ */
+export class TidSamples {
+  #tids: Buffer = Buffer.allocUnsafeSlow(8 * 256);
+  readonly #positions: number[] = [];
+
+  /** How many samples there are. */
+  get count(): number {
+    return this.#positions.length;
+  }
+
+  /** Append a sample; its tid must follow every sampled one. */
+  add(tid: Buffer, pos: number): void {
+    const at = 8 * this.#positions.length;
+    if (at + 8 > this.#tids.length) {
+      const grown = Buffer.allocUnsafeSlow(this.#tids.length * 2);
+      this.#tids.copy(grown, 0, 0, at);
+      this.#tids = grown;
+    }
+    tid.copy(this.#tids, at, 0, 8);
+    this.#positions.push(pos);
+  }
+
+  /** Copy sample `i`'s tid into `target` at `offset`. */
+  copyTid(i: number, target: Buffer, offset: number): void {
+    this.#tids.copy(target, offset, 8 * i, 8 * i + 8);
+  }
+
+  positionAt(i: number): number {
+    return this.#positions[i]!;
+  }
+
+  /**
+   * Position of the sampled transaction with the greatest tid <= `tid`, or
+   * `firstPos` when `tid` precedes every sample.
+   */
+  atOrBefore(tid: Buffer, firstPos: number): number {
+    let lo = 0;
+    let hi = this.#positions.length - 1;
+    let best = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.#tids.compare(tid, 0, 8, 8 * mid, 8 * mid + 8) <= 0) {
+        best = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return best < 0 ? firstPos : this.#positions[best]!;
+  }
 }
 
 export interface ScanState {
@@ -84,7 +136,7 @@ export function emptyScanState(): ScanState {
     lastTid: null,
     lastTxnPos: 0,
     txnCount: 0,
-    samples: { tids: [], positions: [] },
+    samples: new TidSamples(),
   };
 }
 
@@ -259,28 +311,10 @@ async function scanRecords(
 /** Account a complete transaction in the scan state (also used by commits). */
 export function recordTransaction(state: ScanState, tid: Buffer, pos: number): void {
   if (state.txnCount % TID_SAMPLE_EVERY === 0) {
-    state.samples.tids.push(Buffer.from(tid));
-    state.samples.positions.push(pos);
+    state.samples.add(tid, pos);
   }
   state.txnCount += 1;
   state.lastTid = copyId(tid);
   state.lastTxnPos = pos;
 }
 
-/**
- * Position of the sampled transaction with the greatest tid <= `tid`, or the
- * first transaction position when `tid` precedes every sample.
- */
-export function sampleAtOrBefore(samples: TidSamples, tid: Buffer, firstPos: number): number {
-  let lo = 0;
-  let hi = samples.tids.length - 1;
-  let best = -1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >> 1;
-    if (Buffer.compare(samples.tids[mid]!, tid) <= 0) {
-      best = mid;
-      lo = mid + 1;
-    } else hi = mid - 1;
-  }
-  return best < 0 ? firstPos : samples.positions[best]!;
-}
