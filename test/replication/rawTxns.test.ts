@@ -29,6 +29,13 @@ import { WindowRecycler } from '../../src/storage/fileio.js';
 
 afterAll(cleanupTempDirs);
 
+/** `before` plain transactions, an undo of the last (it travels record by record), then `after` plain ones. */
+async function historyWithUndo(fs: FileStorage, before: number, after: number): Promise<{ undo: Buffer; last: Buffer }> {
+  await commitMany(fs, before);
+  const undo = await undoLast(fs);
+  return { undo, last: (await commitMany(fs, after)).at(-1)! };
+}
+
 async function undoLast(fs: FileStorage): Promise<Buffer> {
   const [entry] = await fs.undoLog(0, 1);
   const txn = { description: 'undo' };
@@ -119,9 +126,7 @@ describe('raw transaction batches', () => {
     const dir = await tempDir();
     await withPrimary(dir, async (primary) => {
       const fs = primary.storage;
-      await commitMany(fs, 40);
-      const undo = await undoLast(fs);
-      const last = (await commitMany(fs, 5)).at(-1)!;
+      const { undo, last } = await historyWithUndo(fs, 40, 5);
 
       const raw = await messagesUntil(primary, true, last);
       const kinds = raw.filter((m) => m.type === 'txn' || m.type === 'txns').map((m) => (m.type === 'txns' ? `txns:${m.count}` : `txn:${m.tid.equals(undo) ? 'undo' : 'plain'}`));
@@ -310,9 +315,7 @@ describe('runs checked by their hash-chain links (txnLinks)', () => {
     const dir = await tempDir();
     await withPrimary(dir, async (primary) => {
       const fs = primary.storage;
-      await commitMany(fs, 30);
-      await undoLast(fs); // travels as txn: the second run follows the undo’s link
-      const last = (await commitMany(fs, 4)).at(-1)!;
+      const { last } = await historyWithUndo(fs, 30, 4); // the second run follows the undo’s link
       const frames = await framesUntil(primary, true, last, undefined, { txnLinks: true });
       expect(frames.find((f) => f.message.type === 'welcome')!.message).toMatchObject({ options: { rawTxns: true, txnLinks: true } });
 
@@ -411,9 +414,7 @@ describe('the stream checksum’s rule', () => {
     const dir = await tempDir();
     await withPrimary(dir, async (primary) => {
       const fs = primary.storage;
-      await commitMany(fs, 10);
-      await undoLast(fs);
-      const last = (await commitMany(fs, 3)).at(-1)!;
+      const { last } = await historyWithUndo(fs, 10, 3);
       for (const rule of ['segmented', 'running'] as ChecksumRule[]) {
         const frames = await framesUntil(primary, true, last, undefined, rule === 'segmented' ? { segmentedChecksum: true } : {});
         const welcome = frames.find((f) => f.message.type === 'welcome')!.message;
