@@ -23,7 +23,7 @@ import {
   readTxnHeader,
   readU64At,
 } from '../storage/format.js';
-import { firstFillSector } from '../storage/prealloc.js';
+import { firstFillWithin } from '../storage/prealloc.js';
 import { dataEnd as dataEndOf } from '../storage/scan.js';
 import { tidToString } from '../storage/timestamp.js';
 import type { CommandSpec } from './args.js';
@@ -172,11 +172,8 @@ async function walk(reader: Reader, size: number, onProgress: ((f: number) => vo
     if (h.length < meta) throw new Problem(pos + 8, `${what}: length ${h.length} is shorter than its header and metadata (${meta})`);
     // Fill inside (the data may seem to end early when a torn sync left fill at the transaction's end).
     const end = pos + h.length;
-    const readable = Math.min(end + TRAILER_BYTES, reader.size);
-    for (let at = pos; at < readable; at += WINDOW_BYTES) {
-      const fill = firstFillSector(await reader.at(at, Math.min(WINDOW_BYTES, readable - at)), at);
-      if (fill >= 0) throw new Problem(fill, `${what}: holds preallocated fill, a sync torn by a crash; a read-write open cuts it`);
-    }
+    const fill = await firstFillWithin((at, length) => reader.at(at, length), pos, Math.min(end + TRAILER_BYTES, reader.size), WINDOW_BYTES);
+    if (fill >= 0) throw new Problem(fill, `${what}: holds preallocated fill, a sync torn by a crash; a read-write open cuts it`);
     if (pos + h.length > size) throw new Problem(pos, `${what}: runs past the end of the file (needs ${h.length + TRAILER_BYTES} bytes, ${size - pos} left)`);
     if (pos + h.length + TRAILER_BYTES > size) throw new Problem(pos + h.length, `${what}: its 8-byte redundant length is cut off by the end of the file`);
     const trailer = readU64At(await reader.at(pos + h.length, TRAILER_BYTES), 0);

@@ -620,6 +620,11 @@ export class FileStorage {
     }
   }
 
+  /** Cut off the fill past the last transaction, if any (the file as a close leaves it). */
+  private cutFill(): void {
+    if (this.fillAhead.extendsPast(this.end)) this.cutFile(this.end);
+  }
+
   /** Cut the file to `pos`, dropping any fill past it. */
   private cutFile(pos: number): void {
     this.disk.truncate(this.fd, pos);
@@ -1028,7 +1033,7 @@ export class FileStorage {
     // runs on a closed fd and no unpublished entry keeps old-file offsets.
     await this.makeDurable(this.end);
     // The old file is kept as it would be closed: without fill.
-    if (this.fillAhead.extendsPast(this.end)) this.cutFile(this.end);
+    this.cutFill();
     await rename(this.path, `${this.path}.old`);
     await rename(newPath, this.path);
     const fd = openSync(this.path, 'r+');
@@ -1085,7 +1090,7 @@ export class FileStorage {
       if (!this.readOnly && !this.fatal) {
         if (this.fsync) await this.groupSync.waitDurable(this.end);
         // Not synced: if the cut is lost in a crash, the next open makes it again.
-        if (this.fillAhead.extendsPast(this.end)) this.cutFile(this.end);
+        this.cutFill();
         await saveIndex(this.path, this.fd, { ...this.state, end: this.end });
       }
     } finally {

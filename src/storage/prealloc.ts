@@ -110,6 +110,19 @@ export function firstFillSector(buf: Buffer, from: number): number {
 }
 
 /**
+ * In the file range `[pos, end)`, the offset of the first word found holding
+ * the fill (one checked per sector, see firstFillSector), or -1; `read`
+ * gives the file's bytes, at most `step` at a time.
+ */
+export async function firstFillWithin(read: (at: number, length: number) => Promise<Buffer>, pos: number, end: number, step: number): Promise<number> {
+  for (let at = pos; at < end; at += step) {
+    const found = firstFillSector(await read(at, Math.min(step, end - at)), at);
+    if (found >= 0) return found;
+  }
+  return -1;
+}
+
+/**
  * Where the fill at the end of a file of `size` bytes begins: the offset of
  * the first of the aligned words that hold the fill up to the end, looking no
  * further back than `from`; `size` when there is none. Only whole aligned

@@ -20,7 +20,7 @@ import {
   type TxnHeader,
 } from './format.js';
 import { WindowReader } from './fileio.js';
-import { firstFillSector, isFillRange, trailingFill } from './prealloc.js';
+import { firstFillWithin, isFillRange, trailingFill } from './prealloc.js';
 
 /** One sample every this many transactions keeps tid lookups short. */
 export const TID_SAMPLE_EVERY = 64;
@@ -273,14 +273,8 @@ async function scanTransaction(
 }
 
 /** File offset of a word of fill in `[pos, end)` (checked one per sector), or -1. */
-async function fillInside(reader: WindowReader, pos: number, end: number): Promise<number> {
-  const STEP = 1024 * 1024;
-  for (let at = pos; at < end; at += STEP) {
-    const length = Math.min(STEP, end - at);
-    const found = firstFillSector(await ensure(reader, at, length), at);
-    if (found >= 0) return found;
-  }
-  return -1;
+function fillInside(reader: WindowReader, pos: number, end: number): Promise<number> {
+  return firstFillWithin((at, length) => ensure(reader, at, length), pos, end, 1024 * 1024);
 }
 
 async function scanRecords(
