@@ -11,9 +11,12 @@
 //    connections in a child process (bench/echo.child.ts), against the
 //    latency of syncs at the same rate on four files, and beside how
 //    steady the machine's CPU is (bench/floors.ts): what the machine
-//    itself adds;
+//    itself adds; with fsync, also how the secondaries' own syncs went
+//    meanwhile (a slow one holds every transaction that arrives behind it);
 //  - unpaced commits: does the secondary keep up;
-//  - primary commit rate with 0, 1, 4 and 16 connected secondaries;
+//  - primary commit rate with 0, 1, 4 and 16 connected secondaries, all on
+//    one disk, with the secondaries' files apart (as on disks of their own),
+//    and with nothing synced;
 //  - peak RSS of the primary and of the secondary, each in a process of its
 //    own, while a durable secondary catches up about 1 GB (--big-mb, 0 to skip).
 // The secondaries run in a child process (bench/secondaries.child.ts), so
@@ -39,7 +42,7 @@ import { DEFAULT_SEND_SHARE } from '../src/replication/sendPacer.js';
 import type { PrimaryChildReport } from './primary.child.js';
 import type { EchoReport } from './echo.child.js';
 import type { NeighbourReport } from './neighbour.child.js';
-import type { ChildReport } from './secondaries.child.js';
+import type { ChildReport, SyncTimes } from './secondaries.child.js';
 import { cpuSteadiness, percentiles, syncLatency, type Percentiles } from './floors.js';
 import { TidTimes } from './tidTimes.js';
 import { Workload, arg, secondsSince, useCollector } from './workload.js';
@@ -168,12 +171,15 @@ class ChildSecondaries {
   }
 
   /** Fork and load the child; the secondaries open on open(). */
-  /** `report`: 'newest' when only the last tid matters (a catch-up), so reporting stays off the secondaries' path. */
-  static async start(address: string, count: number, dir: string, fsync: boolean, report: 'every' | 'newest' = 'every'): Promise<ChildSecondaries> {
-    // Secondaries that do not sync keep their files in memory (tmpfs) when it
-    // exists: on one machine their writes would otherwise join the primary's
-    // journal commits and the figure would measure the shared disk.
-    const base = !fsync && existsSync('/dev/shm') ? '/dev/shm' : dir;
+  /**
+   * `report`: 'newest' when only the last tid matters (a catch-up), so reporting stays off the secondaries' path.
+   * `inMemory`: their files go to tmpfs (when it exists), by default when they do not sync: on one
+   * machine their writes would otherwise join the primary's journal commits and the figure would
+   * measure the shared disk. Secondaries that sync into tmpfs stand for secondaries each on a disk
+   * of its own: their syncs take the thread-pool round trip and queue with nobody's.
+   */
+  static async start(address: string, count: number, dir: string, fsync: boolean, report: 'every' | 'newest' = 'every', inMemory = !fsync): Promise<ChildSecondaries> {
+    const base = inMemory && existsSync('/dev/shm') ? '/dev/shm' : dir;
     const sdir = await mkdtemp(join(base, 'zrs-bench-child-'));
     this.dirs.push(sdir);
     const child = fork(fileURLToPath(new URL('./secondaries.child.ts', import.meta.url)), [address, String(count), sdir, fsync ? 'fsync' : 'nofsync', report]);
@@ -211,15 +217,15 @@ class ChildSecondaries {
    * tid (hex) -> the times (ms, shared clock) at which each secondary made it
    * durable (with report 'newest': each secondary's last transaction only).
    */
-  async close(): Promise<{ peakRss: number; applied: Map<string, number[]> }> {
-    const { peakRss, applied: list } = await this.reports.close('closed');
+  async close(): Promise<{ peakRss: number; applied: Map<string, number[]>; syncs: SyncTimes }> {
+    const { peakRss, applied: list, syncs } = await this.reports.close('closed');
     const applied = new Map<string, number[]>();
     list.tids.forEach((tid, i) => {
       const times = applied.get(tid) ?? [];
       times.push(list.atMs[i]!);
       applied.set(tid, times);
     });
-    return { peakRss, applied };
+    return { peakRss, applied, syncs };
   }
 }
 
@@ -290,6 +296,7 @@ let liveRuns = 0;
  * Commit for `durationS` (paced or not) with `secondaries` connected. With
  * `secondaryFsync` off the secondaries do not sync: on this one machine they
  * share the primary's disk, and their syncs would queue with its own.
+ * `secondariesInMemory`: their files in tmpfs (ChildSecondaries.start).
  * `neighbourShare`: meanwhile a neighbour process (bench/neighbour.child.ts)
  * keeps that share of a CPU busy. `warmupS`: the same commits run that long
  * first, their lag reported apart (`warmup`): both processes are new, and
@@ -302,18 +309,25 @@ async function live(
   secondaries: number,
   ratePerSecond: number | null,
   durationS: number,
-  { secondaryFsync = true, primaryFsync = true, report = 'every' as 'every' | 'newest', neighbourShare = 0, warmupS = 0 } = {},
+  {
+    secondaryFsync = true as boolean,
+    primaryFsync = true,
+    secondariesInMemory = undefined as boolean | undefined,
+    report = 'every' as 'every' | 'newest',
+    neighbourShare = 0,
+    warmupS = 0,
+  } = {},
 ) {
   // Without fsync a commit never waits for I/O: an unpaced loop would never let the event loop
   // turn, and the sessions would send nothing until it ended. A writer yields after each commit,
   // as one serving requests does.
   const yieldEach = ratePerSecond === null && !primaryFsync;
   // A file of its own per run: a run that reopened an earlier one's would first serve its history.
-  const name = `live-${secondaries}-${ratePerSecond}-${secondaryFsync}-${primaryFsync}-${++liveRuns}.fs`;
+  const name = `live-${secondaries}-${ratePerSecond}-${++liveRuns}.fs`;
   const primary = await Primary.open({ path: join(dir, name), replicateTo: '127.0.0.1:0', fsync: primaryFsync, auditPath: null, sendShare: SEND_SHARE });
   const fs = primary.storage;
   const work = new Workload(fs, 10, 200, 1000);
-  const child = secondaries ? await ChildSecondaries.start(formatAddress(primary.address), secondaries, dir, secondaryFsync, report) : null;
+  const child = secondaries ? await ChildSecondaries.start(formatAddress(primary.address), secondaries, dir, secondaryFsync, report, secondariesInMemory ?? !secondaryFsync) : null;
   if (child) {
     await child.open();
     // Every secondary connected and caught up: a first transaction reached all of them.
@@ -339,6 +353,7 @@ async function live(
   const committedAt = new TidTimes();
   const childCpu0 = child ? await child.cpuMicros() : 0;
   const t0 = process.hrtime.bigint();
+  const startMs = nowMs();
   const commitRate = (await commitFor(durationS, committedAt)) / seconds(t0);
   const childCpuShare = child ? (await child.cpuMicros() - childCpu0) / 1e6 / seconds(t0) : 0;
   await neighbour?.close('closed');
@@ -346,14 +361,39 @@ async function live(
   const endMs = nowMs();
   let behindAtEndMs = 0;
   let applied = new Map<string, number[]>();
+  let syncs: SyncTimes = { atMs: [], ms: [] };
   if (child) {
     await child.waitFor(last, secondaries);
-    ({ applied } = await child.close());
+    ({ applied, syncs } = await child.close());
     // How long after the last commit the slowest secondary had it.
     behindAtEndMs = Math.max(0, Math.max(...applied.get(last.toString('hex'))!) - endMs);
   }
   await primary.close();
-  return { commitRate, ...lagsOf(committedAt, applied), warmup: lagsOf(warmedAt, applied), behindAtEndMs, childCpuShare };
+  const secondarySyncs = syncsWithin(syncs, startMs, endMs, secondaries);
+  return { commitRate, ...lagsOf(committedAt, applied), warmup: lagsOf(warmedAt, applied), behindAtEndMs, childCpuShare, secondarySyncs };
+}
+
+/** How the secondaries' syncs went, for a live line. */
+function syncSummary(s: ReturnType<typeof syncsWithin>): string {
+  return (
+    `the secondaries' ${s.count} syncs meanwhile (timed from their event loop): p50 ${s.p50.toFixed(2)} ms, p99 ${s.p99.toFixed(2)} ms, max ${s.max.toFixed(1)} ms;` +
+    ` ${s.slow} over ${SLOW_SYNC_MS} ms took ${(s.slowShare * 100).toFixed(1)} % of each secondary's time`
+  );
+}
+
+/** A sync slower than this counts as slow: a transaction behind it waits past the lag goal. */
+const SLOW_SYNC_MS = 2;
+
+/**
+ * The secondaries' syncs that started between `fromMs` and `toMs`: their
+ * durations' percentiles, and the share of each secondary's time spent in
+ * slow ones (every transaction that arrives meanwhile waits for it).
+ */
+function syncsWithin(syncs: SyncTimes, fromMs: number, toMs: number, secondaries: number): Percentiles & { count: number; slow: number; slowShare: number } {
+  const ms = syncs.ms.filter((_, i) => syncs.atMs[i]! >= fromMs && syncs.atMs[i]! < toMs);
+  const slow = ms.filter((m) => m > SLOW_SYNC_MS);
+  const slowMs = slow.reduce((sum, m) => sum + m, 0);
+  return { ...percentiles(ms), count: ms.length, slow: slow.length, slowShare: slowMs / ((toMs - fromMs) * Math.max(1, secondaries)) };
 }
 
 /** Lag of the commits in `committed` on every secondary that applied them (`applied`: tid hex -> times). */
@@ -477,6 +517,7 @@ async function main(): Promise<void> {
           `live, 3 secondaries (${label}), paced 1000 txn/s (got ${paced.commitRate.toFixed(0)}), after ${WARMUP_SECONDS} s of the same load: lag p50 ${paced.p50.toFixed(2)} ms, p99 ${paced.p99.toFixed(2)} ms, max ${paced.max.toFixed(1)} ms` +
             ` | p99 ${(paced.p99 / floor.p99).toFixed(1)}x the plain-socket baseline's | p99 ${(paced.p99 / ZRS.pacedP99Ms).toFixed(1)}x zc.zrs's at 500 txn/s (${ZRS.pacedP99Ms} ms)` +
             (WARMUP_SECONDS > 0 ? ` | in those first ${WARMUP_SECONDS} s of new processes: p50 ${w.p50.toFixed(2)} ms, p99 ${w.p99.toFixed(2)} ms, max ${w.max.toFixed(1)} ms` : '') +
+            (sync ? ` | ${syncSummary(paced.secondarySyncs)}` : '') +
             untuned,
         );
       }
@@ -487,10 +528,18 @@ async function main(): Promise<void> {
         `live, unpaced, 1 secondary (fsync): ${unpaced.commitRate.toFixed(0)} commits/s, lag p50 ${unpaced.p50.toFixed(2)} ms, p99 ${unpaced.p99.toFixed(2)} ms, max ${unpaced.max.toFixed(1)} ms, behind at end ${unpaced.behindAtEndMs.toFixed(1)} ms`,
       );
     }
-    // Durable everywhere (one shared disk here), then nothing synced: the primary's own cost of serving N sessions.
-    for (const sync of runs('fanout') ? [true, false] : []) {
+    // Three setups. Durable everywhere, all on the one disk here. Durable everywhere, the
+    // secondaries' files in tmpfs: as in a deployment, where each secondary has a disk of its own,
+    // their syncs do not queue with the primary's (the CPUs are still shared). Nothing synced: the
+    // primary's own cost of serving N sessions when commits never wait for a disk.
+    const fanoutSetups = [
+      { label: 'primary and secondaries fsync, same disk', sync: true, secondariesInMemory: false },
+      { label: 'primary and secondaries fsync, secondaries on tmpfs as on disks of their own', sync: true, secondariesInMemory: true },
+      { label: 'no fsync anywhere, secondaries on tmpfs', sync: false, secondariesInMemory: true },
+    ];
+    for (const { label, sync, secondariesInMemory } of runs('fanout') ? fanoutSetups : []) {
       const fan: number[] = [];
-      const options = { secondaryFsync: sync, primaryFsync: sync, report: 'newest' as const };
+      const options = { secondaryFsync: sync, primaryFsync: sync, secondariesInMemory, report: 'newest' as const };
       // Only the commit rate counts here: the child reports no per-transaction times, whose IPC would grow with N in both processes.
       // A first, discarded run with one secondary compiles the commit and send paths, so neither the
       // 0-secondary figure nor the first series' others are taken with code still being compiled: a
@@ -505,11 +554,16 @@ async function main(): Promise<void> {
       // After each 16-secondary run: none, beside a neighbour process as busy as theirs was.
       const besideNeighbour: number[] = [];
       const shares: number[] = [];
+      /** How long after the last commit the slowest of the 16 had it, per series (ms). */
+      const behind: number[] = [];
       for (let r = 0; r < REPEAT; r++) {
         for (let i = 0; i < counts.length; i++) {
           const run = await live(dir, counts[i]!, null, runSeconds, options);
           rates[i]!.push(run.commitRate);
-          if (counts[i] === 16) shares.push(run.childCpuShare);
+          if (counts[i] === 16) {
+            shares.push(run.childCpuShare);
+            behind.push(run.behindAtEndMs);
+          }
         }
         besideNeighbour.push((await live(dir, 0, null, runSeconds, { ...options, neighbourShare: shares.at(-1)! })).commitRate);
       }
@@ -518,8 +572,9 @@ async function main(): Promise<void> {
       const losses = rates[3]!.map((r16, i) => (1 - r16 / rates[0]![i]!) * 100);
       const neighbourLosses = rates[3]!.map((r16, i) => (1 - r16 / besideNeighbour[i]!) * 100);
       out.push(
-        `fan-out (${sync ? 'primary and secondaries fsync, same disk' : 'no fsync anywhere, secondaries on tmpfs'}), commits/s with 0/1/4/16 secondaries (medians of ${REPEAT}): ${fan.map((r) => r.toFixed(0)).join(' / ')} | at 16: ${((1 - fan[3]! / fan[0]!) * 100).toFixed(1)}% loss (per series ${losses.map((l) => l.toFixed(0)).join(', ')} %)` +
-          ` | against 0 secondaries beside a neighbour process as busy as the 16 secondaries' (${(median(shares) * 100).toFixed(0)}% of a CPU; ${median(besideNeighbour).toFixed(0)} commits/s): ${median(neighbourLosses).toFixed(1)}% loss (per series ${neighbourLosses.map((l) => l.toFixed(0)).join(', ')} %)`,
+        `fan-out (${label}), commits/s with 0/1/4/16 secondaries (medians of ${REPEAT}): ${fan.map((r) => r.toFixed(0)).join(' / ')} | at 16: ${((1 - fan[3]! / fan[0]!) * 100).toFixed(1)}% loss (per series ${losses.map((l) => l.toFixed(0)).join(', ')} %)` +
+          ` | against 0 secondaries beside a neighbour process as busy as the 16 secondaries' (${(median(shares) * 100).toFixed(0)}% of a CPU; ${median(besideNeighbour).toFixed(0)} commits/s): ${median(neighbourLosses).toFixed(1)}% loss (per series ${neighbourLosses.map((l) => l.toFixed(0)).join(', ')} %)` +
+          ` | the 16 ended ${behind.map((b) => (b / 1000).toFixed(1)).join(', ')} s behind the last commit (a session that falls behind reads the log within the send share)`,
       );
     }
     if (BIG_MB > 0 && runs('big')) {

@@ -10,7 +10,10 @@
 // durable on each secondary (performance.timeOrigin + now(): the same clock
 // the parent reads), or with report 'newest' only each secondary's last one,
 // timed at the end of the turn that applied it (no clock read per
-// transaction). Those times are kept here until the end. On a 'cpu'
+// transaction). Those times are kept here until the end. With report
+// 'every' the report also holds every sync of the secondaries' files (data
+// and hash chain): when it started, on the same clock, and how long it took
+// as this process's event loop saw it. On a 'cpu'
 // request, 'cpu' with the CPU time it used so far (µs). On a
 // 'closeSecondaries' request it closes the secondaries (their files stay)
 // and says 'secondariesClosed'; a later 'open' opens new ones into new
@@ -20,6 +23,7 @@
 
 import { join } from 'node:path';
 import { Secondary } from '../src/replication/secondary.js';
+import { nodeDisk, type StorageDisk } from '../src/storage/disk.js';
 import { TidTimes } from './tidTimes.js';
 import { useCollectorOfParent } from './workload.js';
 
@@ -31,7 +35,13 @@ export type ChildReport =
   | { type: 'reached'; tid: string }
   | { type: 'cpu'; micros: number }
   | { type: 'secondariesClosed' }
-  | { type: 'closed'; peakRss: number; applied: { tids: string[]; atMs: number[] } };
+  | { type: 'closed'; peakRss: number; applied: { tids: string[]; atMs: number[] }; syncs: SyncTimes };
+
+/** Syncs, each as its start (ms, shared clock) and duration (ms), side by side. */
+export interface SyncTimes {
+  atMs: number[];
+  ms: number[];
+}
 
 const [address, countArg, dir, fsyncArg, reportArg] = process.argv.slice(2);
 const send = (m: ChildReport, then: () => void = () => {}): void => void process.send!(m, undefined, undefined, then);
@@ -43,6 +53,19 @@ let secondaries: Secondary[] = [];
 /** With 'every': each applied transaction of each secondary, with its time, in order. */
 const everyApplied = new TidTimes();
 const keepEvery = reportArg !== 'newest';
+const syncs: SyncTimes = { atMs: [], ms: [] };
+/** With 'every': the disk of node:fs, each sync timed into `syncs`. */
+const timedDisk: StorageDisk | undefined = keepEvery
+  ? {
+      ...nodeDisk,
+      async datasync(fd) {
+        const at = nowMs();
+        await nodeDisk.datasync(fd);
+        syncs.atMs.push(at);
+        syncs.ms.push(nowMs() - at);
+      },
+    }
+  : undefined;
 /** With 'newest': each secondary's last applied transaction, with its time. */
 const lastApplied = new Map<number, { tid: Buffer; atMs: number }>();
 /** Each secondary's newest applied transaction (hex: tids of equal length compare as their order). */
@@ -94,7 +117,7 @@ process.on('message', (m: { type: string; tid?: string; count?: number }) => {
   } else if (m.type === 'open') {
     void Promise.all(
       Array.from({ length: Number(countArg) }, (_, i) =>
-        Secondary.open({ path: join(dir!, `s${i}${opened ? `-${opened}` : ''}.fs`), replicateFrom: address!, fsync: fsyncArg === 'fsync', auditPath: null }),
+        Secondary.open({ path: join(dir!, `s${i}${opened ? `-${opened}` : ''}.fs`), replicateFrom: address!, fsync: fsyncArg === 'fsync', auditPath: null, disk: timedDisk }),
       ),
     ).then((opening) => {
       opened++;
@@ -114,7 +137,7 @@ process.on('message', (m: { type: string; tid?: string; count?: number }) => {
       // A large report is still being written when send() returns: disconnect once it went out.
       const last = [...lastApplied.values()];
       const applied = keepEvery ? everyApplied.lists() : { tids: last.map((e) => e.tid.toString('hex')), atMs: last.map((e) => e.atMs) };
-      send({ type: 'closed', peakRss, applied }, () => process.disconnect());
+      send({ type: 'closed', peakRss, applied, syncs }, () => process.disconnect());
     });
   }
 });
