@@ -34,7 +34,6 @@ import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { createServer, connect, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { formatAddress } from '../src/replication/address.js';
 import { Primary } from '../src/replication/primary.js';
 import { FileStorage } from '../src/storage/FileStorage.js';
@@ -45,7 +44,7 @@ import type { NeighbourReport } from './neighbour.child.js';
 import type { ChildReport, SyncTimes } from './secondaries.child.js';
 import { cpuSteadiness, percentiles, syncLatency, type Percentiles } from './floors.js';
 import { TidTimes } from './tidTimes.js';
-import { Workload, arg, secondsSince, useCollector } from './workload.js';
+import { Workload, arg, secondsSince, siblingScript, useCollector } from './workload.js';
 
 const ZRS = { catchupSeconds: 8.07, catchupTxnPerS: 2478, liveP99Ms: 16.9, pacedP99Ms: 2.2 };
 
@@ -182,7 +181,7 @@ class ChildSecondaries {
     const base = inMemory && existsSync('/dev/shm') ? '/dev/shm' : dir;
     const sdir = await mkdtemp(join(base, 'zrs-bench-child-'));
     this.dirs.push(sdir);
-    const child = fork(fileURLToPath(new URL('./secondaries.child.ts', import.meta.url)), [address, String(count), sdir, fsync ? 'fsync' : 'nofsync', report]);
+    const child = fork(siblingScript(import.meta.url, 'secondaries.child'), [address, String(count), sdir, fsync ? 'fsync' : 'nofsync', report]);
     const c = new ChildSecondaries(child);
     await c.reports.next('started');
     return c;
@@ -267,7 +266,7 @@ async function separateCatchUp(dir: string, source: string): Promise<{ seconds: 
   const view = await FileStorage.open(source, { readOnly: true });
   const [last, txns] = [view.lastTransaction(), view.transactionCount];
   await view.close();
-  const primary = new ChildReports<PrimaryChildReport>(fork(fileURLToPath(new URL('./primary.child.ts', import.meta.url)), [source]));
+  const primary = new ChildReports<PrimaryChildReport>(fork(siblingScript(import.meta.url, 'primary.child'), [source]));
   const { address } = await primary.next('listening');
   const child = await ChildSecondaries.start(address, 1, dir, true, 'newest');
   const t0 = process.hrtime.bigint();
@@ -333,7 +332,7 @@ async function live(
     // Every secondary connected and caught up: a first transaction reached all of them.
     await child.waitFor(await work.commit(), secondaries);
   }
-  const neighbour = neighbourShare > 0 ? new ChildReports<NeighbourReport>(fork(fileURLToPath(new URL('./neighbour.child.ts', import.meta.url)), [String(neighbourShare)])) : null;
+  const neighbour = neighbourShare > 0 ? new ChildReports<NeighbourReport>(fork(siblingScript(import.meta.url, 'neighbour.child'), [String(neighbourShare)])) : null;
   await neighbour?.next('started');
   /** Commit for `forS` seconds, each commit's tid and time into `into`; the number committed. */
   const commitFor = async (forS: number, into: TidTimes): Promise<number> => {
@@ -420,7 +419,7 @@ async function socketLagBaseline(connections: number, ratePerSecond: number, dur
   );
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
-  const child = fork(fileURLToPath(new URL('./echo.child.ts', import.meta.url)), [String(port), String(connections)]);
+  const child = fork(siblingScript(import.meta.url, 'echo.child'), [String(port), String(connections)]);
   const reports = new ChildReports<EchoReport>(child);
   await reports.next('started');
   await allConnected;

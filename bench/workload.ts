@@ -3,6 +3,7 @@
 // (transactions of N records updating a rolling set of objects, each store
 // with the serial it last read).
 
+import { fileURLToPath } from 'node:url';
 import { DEFAULT_MARKING_START_PERCENT, tuneCollector } from '../src/node/collector.js';
 import type { FileStorage } from '../src/storage/FileStorage.js';
 import { Z64 } from '../src/storage/timestamp.js';
@@ -25,6 +26,16 @@ export function useCollector(tuned: boolean): void {
 /** In a benchmark's child process: the collector setting of the parent when it forked this one. */
 export function useCollectorOfParent(): void {
   useCollector(process.env.ZRS_BENCH_COLLECTOR === 'tuned');
+}
+
+/**
+ * The path of the benchmark script `name` beside the module at `base` (its
+ * import.meta.url), as this run has it: compiled (`.js`, `npm run bench:*`,
+ * whose children then run without a loader, as deployed code does) or the
+ * source under tsx (`.ts`, whose children inherit tsx's loader).
+ */
+export function siblingScript(base: string, name: string): string {
+  return fileURLToPath(new URL(`./${name}${base.endsWith('.js') ? '.js' : '.ts'}`, base));
 }
 
 /** Seconds since a process.hrtime.bigint() reading. */

@@ -2,7 +2,8 @@
 // command, usage errors with exit code 2. `runCli` takes its I/O as a port so
 // tests can run it in-process; src/cli/main.ts binds it to the real process.
 
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { ZrsError } from '../errors.js';
 import { commandHelp, parseArgs, UsageError, usageLine, type CommandSpec, type ParsedArgs } from './args.js';
 import { audit, auditSpec } from './audit.js';
@@ -43,8 +44,18 @@ const COMMANDS: readonly Command[] = [
   { spec: rewindSpec, run: (a, io) => rewind(a, io) },
 ];
 
-/** The package version, read from package.json beside src/. */
-export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+/** The package version, read from the package's package.json: beside src/, or beside dist/ when running compiled. */
+export const VERSION: string = packageVersion();
+
+function packageVersion(): string {
+  for (const path of ['../../package.json', '../../../package.json']) {
+    const url = new URL(path, import.meta.url);
+    if (!existsSync(url)) continue;
+    const pkg = JSON.parse(readFileSync(url, 'utf8')) as { name?: string; version: string };
+    if (pkg.name === 'zrs-ts') return pkg.version;
+  }
+  throw new Error(`the package.json of zrs-ts is not above ${fileURLToPath(import.meta.url)}`);
+}
 
 function mainHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.spec.name.length));
