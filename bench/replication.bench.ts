@@ -169,8 +169,8 @@ class ChildSecondaries {
     this.reports = new ChildReports<ChildReport>(child);
   }
 
-  /** Fork and load the child; the secondaries open on open(). */
   /**
+   * Fork and load the child; the secondaries open on open().
    * `report`: 'newest' when only the last tid matters (a catch-up), so reporting stays off the secondaries' path.
    * `inMemory`: their files go to tmpfs (when it exists), by default when they do not sync: on one
    * machine their writes would otherwise join the primary's journal commits and the figure would
@@ -295,7 +295,7 @@ let liveRuns = 0;
  * Commit for `durationS` (paced or not) with `secondaries` connected. With
  * `secondaryFsync` off the secondaries do not sync: on this one machine they
  * share the primary's disk, and their syncs would queue with its own.
- * `secondariesInMemory`: their files in tmpfs (ChildSecondaries.start).
+ * `secondariesInMemory`: their files in tmpfs (ChildSecondaries.start; by default when they do not sync).
  * `neighbourShare`: meanwhile a neighbour process (bench/neighbour.child.ts)
  * keeps that share of a CPU busy. `warmupS`: the same commits run that long
  * first, their lag reported apart (`warmup`): both processes are new, and
@@ -309,7 +309,7 @@ async function live(
   ratePerSecond: number | null,
   durationS: number,
   {
-    secondaryFsync = true as boolean,
+    secondaryFsync = true,
     primaryFsync = true,
     secondariesInMemory = undefined as boolean | undefined,
     report = 'every' as 'every' | 'newest',
@@ -326,7 +326,7 @@ async function live(
   const primary = await Primary.open({ path: join(dir, name), replicateTo: '127.0.0.1:0', fsync: primaryFsync, auditPath: null, sendShare: SEND_SHARE });
   const fs = primary.storage;
   const work = new Workload(fs, 10, 200, 1000);
-  const child = secondaries ? await ChildSecondaries.start(formatAddress(primary.address), secondaries, dir, secondaryFsync, report, secondariesInMemory ?? !secondaryFsync) : null;
+  const child = secondaries ? await ChildSecondaries.start(formatAddress(primary.address), secondaries, dir, secondaryFsync, report, secondariesInMemory) : null;
   if (child) {
     await child.open();
     // Every secondary connected and caught up: a first transaction reached all of them.
