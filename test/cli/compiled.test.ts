@@ -32,6 +32,16 @@ describe('the compiled package', () => {
     expect(stdout.trim()).toBe(`zrs ${pkg.version}`);
   });
 
+  it('every entry of package.json exports loads under plain node', async () => {
+    const entries = Object.entries(pkg.exports);
+    expect(entries.map(([name]) => name)).toContain('./sim');
+    for (const [name, target] of entries) {
+      const script = `const m = await import(${JSON.stringify(join(installed, target.default))}); console.log(Object.keys(m).length);`;
+      const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script]);
+      expect(Number(stdout), name).toBeGreaterThan(0);
+    }
+  });
+
   it('exports the library from the entry package.json names, and it commits and reads back a transaction', async () => {
     const entry = join(installed, pkg.exports['.']!.default);
     const data = join(installed, 'Data.fs');
