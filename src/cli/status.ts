@@ -2,11 +2,12 @@
 // over the native status request (no replication) and print it, readable or
 // as JSON. Exit 0, or 2 when the node cannot be asked.
 
-import { formatAddress, parseAddress } from '../replication/address.js';
+import { connectAddress, formatAddress } from '../replication/address.js';
 import { tidSeconds, type NodeStatus, type SessionStatusEntry } from '../replication/nodeStatus.js';
 import { DEFAULT_STATUS_TIMEOUT_MS, requestStatus, StatusConnectError, StatusReplyError } from '../replication/statusClient.js';
 import { tidToString } from '../storage/timestamp.js';
 import { AddressError } from '../errors.js';
+import type { ReplicationAddress } from '../ports/transport.js';
 import { UsageError, type CommandSpec } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
 
@@ -42,10 +43,10 @@ export function secondsOption(text: string | true | undefined, option: string, f
   return seconds * 1000;
 }
 
-/** Parse ADDRESS for a command; a UsageError when malformed. */
-export function commandAddress(text: string): ReturnType<typeof parseAddress> {
+/** Parse ADDRESS for a command to connect to; a UsageError when malformed or port 0. */
+export function commandAddress(text: string): ReplicationAddress {
   try {
-    return parseAddress(text, '127.0.0.1');
+    return connectAddress(text, '127.0.0.1');
   } catch (err) {
     if (err instanceof AddressError) throw new UsageError(err.message);
     throw err;

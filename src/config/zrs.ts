@@ -7,7 +7,7 @@ import { existsSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { DEFAULT_RECONNECT } from '../../machines/secondaryConnection.js';
 import type { ReplicationAddress } from '../ports/transport.js';
-import { formatAddress, parseAddress } from '../replication/address.js';
+import { connectAddress, formatAddress, parseAddress } from '../replication/address.js';
 import type { PrimaryOptions } from '../replication/primary.js';
 import type { SecondaryOptions, SecondaryProtocol } from '../replication/secondary.js';
 import type { OpenOptions } from '../storage/types.js';
@@ -188,7 +188,7 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
     throw ConfigError.at(s.loc, 'needs replicate-to (a primary) or replicate-from (a secondary), or both (a secondary serving others)', '<zrs>');
   }
   const replicateTo = to ? address(to, '') : undefined;
-  const replicateFrom = from ? address(from, '127.0.0.1') : undefined;
+  const replicateFrom = from ? address(from, '127.0.0.1', connectAddress) : undefined;
   if (replicateTo && replicateFrom && sameEndpoint(replicateTo, replicateFrom)) {
     throw ConfigError.at(to!.loc, `replicate-to ${JSON.stringify(to!.value)} is the address this storage replicates from (replicate-from at line ${from!.loc.line})`, 'replicate-to');
   }
@@ -375,9 +375,10 @@ function protocol(k: ConfigKey): SecondaryProtocol {
   return p;
 }
 
-function address(k: ConfigKey, defaultHost: string): ReplicationAddress {
+/** `parse`: parseAddress for where to listen, connectAddress for where to connect. */
+function address(k: ConfigKey, defaultHost: string, parse: (text: string, defaultHost: string) => ReplicationAddress = parseAddress): ReplicationAddress {
   try {
-    return parseAddress(nonEmpty(k), defaultHost);
+    return parse(nonEmpty(k), defaultHost);
   } catch (err) {
     if (err instanceof ConfigError) throw err;
     throw new ConfigError(k.loc.file, k.loc.line, (err as Error).message, k.rawKey, { cause: err });

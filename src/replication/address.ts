@@ -30,6 +30,21 @@ export function parseAddress(text: string | number, defaultHost = ''): Replicati
   return { kind: 'tcp', host: s.slice(0, i), port: parsePort(s.slice(i + 1), text) };
 }
 
+/**
+ * An address to connect to: as parseAddress (an address object is taken as
+ * it is), but a TCP port 0, which only asks the system for a free port when
+ * listening, is refused: nothing can be reached there.
+ *
+ * @example connectAddress('db1:5000'); connectAddress(5000) // 127.0.0.1:5000
+ */
+export function connectAddress(a: string | number | ReplicationAddress, defaultHost = '127.0.0.1'): ReplicationAddress {
+  const address = typeof a === 'object' ? a : parseAddress(a, defaultHost);
+  if (address.kind === 'tcp' && address.port === 0) {
+    throw new AddressError(`cannot connect to port 0 in address ${JSON.stringify(typeof a === 'object' ? formatAddress(a) : String(a))}: port 0 only asks for a free port when listening`);
+  }
+  return address;
+}
+
 export function formatAddress(a: ReplicationAddress): string {
   if (a.kind === 'unix') return a.path;
   if (a.host.includes(':')) return `[${a.host}]:${a.port}`;

@@ -17,7 +17,7 @@ import { FileStorage } from '../storage/FileStorage.js';
 import type { CommittedTransaction } from '../storage/types.js';
 import { encodeFrame, FrameDecoder, KEEP_ALIVE_FRAME } from '../wire/framing.js';
 import { createNativePackr, DEFAULT_STREAM_MAX_FRAME_BYTES, encodeAckFrame, encodeNativeFrame } from '../wire/native.js';
-import { formatAddress, parseAddress } from './address.js';
+import { connectAddress, formatAddress, parseAddress } from './address.js';
 import { Applier } from './applier.js';
 import { SpacedReport } from './spacedReport.js';
 import { NO_MUTATIONS, type ReplicationMutations } from './mutations.js';
@@ -178,7 +178,7 @@ export class Secondary {
     this.storage = new ReadOnlyStorage(inner);
     this.applied$ = inner.commits$;
     this.spec = options.protocol === 'zrs2.0' ? ZRS20_SPEC : options.protocol === 'zrs2.1' ? ZRS21_SPEC : NATIVE_SPEC;
-    const address = toAddress(options.replicateFrom);
+    const address = connectAddress(options.replicateFrom);
     const random = options.random ?? seededRandom(randomSeed());
     const machine = secondaryConnectionMachine.provide({
       actors: {
@@ -237,6 +237,9 @@ export class Secondary {
   static async open(options: SecondaryOptions): Promise<Secondary> {
     // Tids this storage chooses after a promotion come from the injected clock (virtual in simulations).
     const clock = options.clock ?? systemClock;
+    // Bad addresses are refused before the storage is opened (and locked).
+    connectAddress(options.replicateFrom);
+    if (options.replicateTo !== undefined) toAddress(options.replicateTo);
     // Finishes are pipelined (many share one sync): no inline syncs.
     const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, now: () => clock.now(), disk: options.disk, preallocate: options.preallocate, syncInline: false });
     const s = new Secondary(inner, options);
@@ -310,10 +313,11 @@ export class Secondary {
 
   /** Replicate from somewhere else from now on (e.g. a newly promoted primary). */
   setReplicationAddress(address: string | number | ReplicationAddress): void {
+    const to = connectAddress(address);
     const from = formatAddress(this.actor.getSnapshot().context.address as ReplicationAddress);
-    void this.audit?.decide('config', { change: 'replicateFrom', from, to: formatAddress(toAddress(address)) }).catch(() => undefined);
+    void this.audit?.decide('config', { change: 'replicateFrom', from, to: formatAddress(to) }).catch(() => undefined);
     this.divergence = null;
-    this.actor.send({ type: 'SET_ADDRESS', address: toAddress(address) });
+    this.actor.send({ type: 'SET_ADDRESS', address: to });
   }
 
   /** Feed the audit log from the connection actor and the chain server's sessions. */
@@ -327,7 +331,7 @@ export class Secondary {
       .decide('config', {
         change: 'open',
         role: 'secondary',
-        replicateFrom: formatAddress(toAddress(o.replicateFrom)),
+        replicateFrom: formatAddress(connectAddress(o.replicateFrom)),
         replicateTo: this.server ? formatAddress(this.server.address) : null,
         protocol: this.spec.name,
       })
