@@ -99,8 +99,9 @@ export class Primary {
    * const primary = await Primary.open({ path: 'Data.fs', replicateTo: '127.0.0.1:5000' });
    */
   static async open(options: PrimaryOptions): Promise<Primary> {
-    const storage = options.storage ?? (await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, preallocate: options.preallocate }));
+    // A bad address is refused before the storage is opened (and locked).
     const address = typeof options.replicateTo === 'object' ? options.replicateTo : parseAddress(options.replicateTo);
+    const storage = options.storage ?? (await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, preallocate: options.preallocate }));
     const clock = options.clock ?? systemClock;
     const describe = (sessions: SessionStatus[]): NodeStatus =>
       buildNodeStatus({ role: 'primary', name: options.name ?? null, storage, nowMs: clock.now(), sessions, generation: history?.generations.current });

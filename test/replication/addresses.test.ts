@@ -1,7 +1,8 @@
 // Where a secondary connects: an address that cannot name a peer (malformed,
 // or TCP port 0, which only asks for a free port when listening) is refused
 // at once with an AddressError, before the secondary's storage is opened, so
-// no file stays open or locked and no reconnect loop starts.
+// no file stays open or locked and no reconnect loop starts. A primary's
+// malformed listening address is refused before its storage opens too.
 
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -38,6 +39,13 @@ describe('addresses to connect to', () => {
     const path = join(await tempDir(), 'Replica.fs');
     await expect(Secondary.open({ path, replicateFrom, fsync: false })).rejects.toBeInstanceOf(AddressError);
     // Not opened, so not locked: the file opens at once.
+    const fs = await FileStorage.open(path, { create: true });
+    await fs.close();
+  });
+
+  it('Primary.open refuses a malformed replicateTo before opening its storage, leaving the file free', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    await expect(Primary.open({ path, replicateTo: 'db1:port', fsync: false })).rejects.toBeInstanceOf(AddressError);
     const fs = await FileStorage.open(path, { create: true });
     await fs.close();
   });
