@@ -9,7 +9,7 @@
 import { ZrsError } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import type { ReplicationAddress, Transport } from '../ports/transport.js';
-import { parseAddress } from '../replication/address.js';
+import { toAddress } from '../replication/address.js';
 import type { Logger } from '../replication/log.js';
 import { Primary, type PrimaryOptions } from '../replication/primary.js';
 import type { ReplicationServer } from '../replication/server.js';
@@ -92,7 +92,7 @@ export async function promoteSecondary(h: PromotionHandle, options: PromoteOptio
   const previous = h.history.generations.current;
   const upstream = h.upstreamAddress();
   const server = await h.detach();
-  const address = server?.address ?? (options.replicateTo === undefined ? null : toAddress(options.replicateTo));
+  const address = server?.address ?? (options.replicateTo === undefined ? null : toAddress(options.replicateTo, '127.0.0.1'));
   // The last tid after detaching: the transaction in progress was aborted, nothing else is applied.
   const entry = await h.history.startGeneration(h.storage.lastTransaction());
   if (options.claim && entry.generation !== planned.generation) {
@@ -135,6 +135,3 @@ export async function promoteSecondary(h: PromotionHandle, options: PromoteOptio
   });
 }
 
-function toAddress(a: string | number | ReplicationAddress): ReplicationAddress {
-  return typeof a === 'object' ? a : parseAddress(a, '127.0.0.1');
-}

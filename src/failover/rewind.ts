@@ -13,7 +13,7 @@ import { systemClock } from '../node/clock.js';
 import { socketTransport } from '../node/socketTransport.js';
 import type { Clock } from '../ports/clock.js';
 import type { ReplicationAddress, Transport } from '../ports/transport.js';
-import { formatAddress, parseAddress } from '../replication/address.js';
+import { formatAddress, toAddress } from '../replication/address.js';
 import { basename } from 'node:path';
 import { AuditLog } from '../audit/auditLog.js';
 import { defaultAuditPath } from '../audit/nodeAudit.js';
@@ -71,7 +71,7 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
   let forkTid: Buffer | null;
   let cut: SavedCut = { sidePath: null, sideBlobDir: null, cutTids: [], cutBlobs: [], cutPos: null };
   try {
-    forkTid = Buffer.isBuffer(options.toCommonWith) ? Buffer.from(options.toCommonWith) : await askForkTid(storage, toAddress(options.toCommonWith), options);
+    forkTid = Buffer.isBuffer(options.toCommonWith) ? Buffer.from(options.toCommonWith) : await askForkTid(storage, toAddress(options.toCommonWith, '127.0.0.1'), options);
     if (forkTid === null) {
       // The primary accepts this storage as it is: nothing to cut.
       const kept = storage.lastTransaction();
@@ -231,7 +231,7 @@ async function recordRewind(path: string, options: RewindOptions, r: RewindResul
   audit.generation = generation;
   try {
     const commonWith = options.toCommonWith;
-    await audit.decide('rewind', { ...rewindAuditDetails(r, Buffer.isBuffer(commonWith) ? 'tid' : formatAddress(toAddress(commonWith))), offline: true });
+    await audit.decide('rewind', { ...rewindAuditDetails(r, Buffer.isBuffer(commonWith) ? 'tid' : formatAddress(toAddress(commonWith, '127.0.0.1'))), offline: true });
   } finally {
     await audit.close();
   }
@@ -321,6 +321,3 @@ function describe(a: ReplicationAddress): string {
   return a.kind === 'unix' ? a.path : `${a.host}:${a.port}`;
 }
 
-function toAddress(a: string | number | ReplicationAddress): ReplicationAddress {
-  return typeof a === 'object' ? a : parseAddress(a, '127.0.0.1');
-}

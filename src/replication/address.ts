@@ -30,15 +30,19 @@ export function parseAddress(text: string | number, defaultHost = ''): Replicati
   return { kind: 'tcp', host: s.slice(0, i), port: parsePort(s.slice(i + 1), text) };
 }
 
+/** An address given as text or a port (parsed: parseAddress) or as an address object (taken as it is). */
+export function toAddress(a: string | number | ReplicationAddress, defaultHost = ''): ReplicationAddress {
+  return typeof a === 'object' ? a : parseAddress(a, defaultHost);
+}
+
 /**
- * An address to connect to: as parseAddress (an address object is taken as
- * it is), but a TCP port 0, which only asks the system for a free port when
+ * An address to connect to: as toAddress, but a TCP port 0, which only asks the system for a free port when
  * listening, is refused: nothing can be reached there.
  *
  * @example connectAddress('db1:5000'); connectAddress(5000) // 127.0.0.1:5000
  */
 export function connectAddress(a: string | number | ReplicationAddress, defaultHost = '127.0.0.1'): ReplicationAddress {
-  const address = typeof a === 'object' ? a : parseAddress(a, defaultHost);
+  const address = toAddress(a, defaultHost);
   if (address.kind === 'tcp' && address.port === 0) {
     throw new AddressError(`cannot connect to port 0 in address ${JSON.stringify(typeof a === 'object' ? formatAddress(a) : String(a))}: port 0 only asks for a free port when listening`);
   }

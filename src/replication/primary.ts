@@ -8,7 +8,7 @@ import type { ReplicationAddress, Transport } from '../ports/transport.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import { systemClock } from '../node/clock.js';
 import type { TlsOptions } from '../node/tlsTransport.js';
-import { formatAddress, parseAddress } from './address.js';
+import { formatAddress, toAddress } from './address.js';
 import { silentLogger, type Logger } from './log.js';
 import type { ReplicationMetrics } from './metrics.js';
 import { openNodeEdges, type NodeEdges } from './nodeEdges.js';
@@ -100,7 +100,7 @@ export class Primary {
    */
   static async open(options: PrimaryOptions): Promise<Primary> {
     // A bad address is refused before the storage is opened (and locked).
-    const address = typeof options.replicateTo === 'object' ? options.replicateTo : parseAddress(options.replicateTo);
+    const address = toAddress(options.replicateTo);
     const storage = options.storage ?? (await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, preallocate: options.preallocate }));
     const clock = options.clock ?? systemClock;
     const describe = (sessions: SessionStatus[]): NodeStatus =>

@@ -17,7 +17,7 @@ import { FileStorage } from '../storage/FileStorage.js';
 import type { CommittedTransaction } from '../storage/types.js';
 import { encodeFrame, FrameDecoder, KEEP_ALIVE_FRAME } from '../wire/framing.js';
 import { createNativePackr, DEFAULT_STREAM_MAX_FRAME_BYTES, encodeAckFrame, encodeNativeFrame } from '../wire/native.js';
-import { connectAddress, formatAddress, parseAddress } from './address.js';
+import { connectAddress, formatAddress, toAddress } from './address.js';
 import { Applier } from './applier.js';
 import { SpacedReport } from './spacedReport.js';
 import { NO_MUTATIONS, type ReplicationMutations } from './mutations.js';
@@ -239,7 +239,7 @@ export class Secondary {
     const clock = options.clock ?? systemClock;
     // Bad addresses are refused before the storage is opened (and locked).
     connectAddress(options.replicateFrom);
-    if (options.replicateTo !== undefined) toAddress(options.replicateTo);
+    if (options.replicateTo !== undefined) toAddress(options.replicateTo, '127.0.0.1');
     // Finishes are pipelined (many share one sync): no inline syncs.
     const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, now: () => clock.now(), disk: options.disk, preallocate: options.preallocate, syncInline: false });
     const s = new Secondary(inner, options);
@@ -254,7 +254,7 @@ export class Secondary {
       if (options.replicateTo !== undefined) {
         s.server = await ReplicationServer.start({
           storage: inner,
-          address: toAddress(options.replicateTo),
+          address: toAddress(options.replicateTo, '127.0.0.1'),
           transport: s.transport,
           sendShare: options.sendShare,
           onSession: (session) => metrics.onSession(session),
@@ -747,9 +747,6 @@ export class Secondary {
   }
 }
 
-function toAddress(a: string | number | ReplicationAddress): ReplicationAddress {
-  return typeof a === 'object' ? a : parseAddress(a, '127.0.0.1');
-}
 
 function asError(err: unknown): Error {
   if (err instanceof ChecksumMismatchError || err instanceof FrameTooLargeError) return err;
