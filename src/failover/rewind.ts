@@ -13,7 +13,7 @@ import { systemClock } from '../node/clock.js';
 import { socketTransport } from '../node/socketTransport.js';
 import type { Clock } from '../ports/clock.js';
 import type { ReplicationAddress, Transport } from '../ports/transport.js';
-import { formatAddress, toAddress } from '../replication/address.js';
+import { connectAddress, formatAddress, toAddress } from '../replication/address.js';
 import { basename } from 'node:path';
 import { AuditLog } from '../audit/auditLog.js';
 import { defaultAuditPath } from '../audit/nodeAudit.js';
@@ -67,11 +67,13 @@ export interface RewindResult {
  * const secondary = await Secondary.open({ path: '/var/db/Data.fs', replicateFrom: 'newprimary:5000' });
  */
 export async function rewindStorage(path: string, options: RewindOptions): Promise<RewindResult> {
+  // The primary to ask, or null for a given tid; a bad address is refused before the storage is opened.
+  const primary = Buffer.isBuffer(options.toCommonWith) ? null : connectAddress(options.toCommonWith);
   const storage = await FileStorage.open(path, { blobDir: options.blobDir });
   let forkTid: Buffer | null;
   let cut: SavedCut = { sidePath: null, sideBlobDir: null, cutTids: [], cutBlobs: [], cutPos: null };
   try {
-    forkTid = Buffer.isBuffer(options.toCommonWith) ? Buffer.from(options.toCommonWith) : await askForkTid(storage, toAddress(options.toCommonWith, '127.0.0.1'), options);
+    forkTid = primary === null ? Buffer.from(options.toCommonWith as Buffer) : await askForkTid(storage, primary, options);
     if (forkTid === null) {
       // The primary accepts this storage as it is: nothing to cut.
       const kept = storage.lastTransaction();

@@ -1,8 +1,9 @@
 // Where a secondary connects: an address that cannot name a peer (malformed,
 // or TCP port 0, which only asks for a free port when listening) is refused
 // at once with an AddressError, before the secondary's storage is opened, so
-// no file stays open or locked and no reconnect loop starts. A primary's
-// malformed listening address is refused before its storage opens too.
+// no file stays open or locked and no reconnect loop starts. The same holds
+// for the primary a rewind asks, and a primary's malformed listening address
+// is refused before its storage opens too.
 
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -10,6 +11,7 @@ import { loadZrsConfigText } from '../../src/config/zrs.js';
 import { ConfigError } from '../../src/config/zconfig.js';
 import { AddressError } from '../../src/errors.js';
 import { connectAddress, parseAddress } from '../../src/replication/address.js';
+import { rewindStorage } from '../../src/failover/rewind.js';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
@@ -47,6 +49,14 @@ describe('addresses to connect to', () => {
     const path = join(await tempDir(), 'Data.fs');
     await expect(Primary.open({ path, replicateTo: 'db1:port', fsync: false })).rejects.toBeInstanceOf(AddressError);
     const fs = await FileStorage.open(path, { create: true });
+    await fs.close();
+  });
+
+  it('rewindStorage refuses port 0 as the primary to ask before opening the storage', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    await (await FileStorage.open(path, { create: true })).close();
+    await expect(rewindStorage(path, { toCommonWith: '127.0.0.1:0' })).rejects.toBeInstanceOf(AddressError);
+    const fs = await FileStorage.open(path);
     await fs.close();
   });
 
