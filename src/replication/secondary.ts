@@ -174,11 +174,12 @@ export class Secondary {
   private constructor(
     private readonly inner: FileStorage,
     private readonly options: SecondaryOptions,
+    /** Where it replicates from when opened (options.replicateFrom, parsed). */
+    private readonly openedFrom: ReplicationAddress,
   ) {
     this.storage = new ReadOnlyStorage(inner);
     this.applied$ = inner.commits$;
     this.spec = options.protocol === 'zrs2.0' ? ZRS20_SPEC : options.protocol === 'zrs2.1' ? ZRS21_SPEC : NATIVE_SPEC;
-    const address = connectAddress(options.replicateFrom);
     const random = options.random ?? seededRandom(randomSeed());
     const machine = secondaryConnectionMachine.provide({
       actors: {
@@ -215,7 +216,7 @@ export class Secondary {
     });
     this.actor = createActor(machine, {
       input: {
-        address,
+        address: openedFrom,
         protocol: this.spec,
         lastAppliedTid: inner.lastTransaction(),
         random: () => random.next(),
@@ -238,11 +239,11 @@ export class Secondary {
     // Tids this storage chooses after a promotion come from the injected clock (virtual in simulations).
     const clock = options.clock ?? systemClock;
     // Bad addresses are refused before the storage is opened (and locked).
-    connectAddress(options.replicateFrom);
-    if (options.replicateTo !== undefined) toAddress(options.replicateTo, '127.0.0.1');
+    const from = connectAddress(options.replicateFrom);
+    const listen = options.replicateTo === undefined ? null : toAddress(options.replicateTo, '127.0.0.1');
     // Finishes are pipelined (many share one sync): no inline syncs.
     const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, now: () => clock.now(), disk: options.disk, preallocate: options.preallocate, syncInline: false });
-    const s = new Secondary(inner, options);
+    const s = new Secondary(inner, options, from);
     try {
       s.failover = await FailoverHistory.open(inner, { role: 'secondary', fsync: options.fsync });
       s.edges = await openNodeEdges(options, s.clock, s.log);
@@ -251,10 +252,10 @@ export class Secondary {
       const metrics = s.edges.metrics;
       s.audit = await openNodeAudit({ dataPath: options.path, auditPath: options.auditPath, node: options.name, clock: s.clock, log: s.log });
       if (s.audit) s.audit.generation = () => s.failover?.generations.current ?? null;
-      if (options.replicateTo !== undefined) {
+      if (listen !== null) {
         s.server = await ReplicationServer.start({
           storage: inner,
-          address: toAddress(options.replicateTo, '127.0.0.1'),
+          address: listen,
           transport: s.transport,
           sendShare: options.sendShare,
           onSession: (session) => metrics.onSession(session),
@@ -326,12 +327,11 @@ export class Secondary {
     if (!audit) return;
     this.stopAudit.push(auditSecondary(audit, this));
     if (this.server) this.stopAudit.push(auditServerSessions(audit, this.server));
-    const o = this.options;
     void audit
       .decide('config', {
         change: 'open',
         role: 'secondary',
-        replicateFrom: formatAddress(connectAddress(o.replicateFrom)),
+        replicateFrom: formatAddress(this.openedFrom),
         replicateTo: this.server ? formatAddress(this.server.address) : null,
         protocol: this.spec.name,
       })
