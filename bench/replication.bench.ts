@@ -160,12 +160,16 @@ class ChildReports<T extends { type: string }> {
 
 /** Secondaries in a child process (bench/secondaries.child.ts), driven over IPC. */
 class ChildSecondaries {
-  /** Directories made for children, removed at the end. */
-  static readonly dirs: string[] = [];
+  /** Directories of children not yet closed, removed at the end (after a failure). */
+  static readonly dirs = new Set<string>();
 
   private readonly reports: ChildReports<ChildReport>;
 
-  private constructor(child: ChildProcess) {
+  private constructor(
+    child: ChildProcess,
+    /** The secondaries' files: removed on close, as the runs would fill tmpfs otherwise. */
+    private readonly dir: string,
+  ) {
     this.reports = new ChildReports<ChildReport>(child);
   }
 
@@ -180,9 +184,9 @@ class ChildSecondaries {
   static async start(address: string, count: number, dir: string, fsync: boolean, report: 'every' | 'newest' = 'every', inMemory = !fsync): Promise<ChildSecondaries> {
     const base = inMemory && existsSync('/dev/shm') ? '/dev/shm' : dir;
     const sdir = await mkdtemp(join(base, 'zrs-bench-child-'));
-    this.dirs.push(sdir);
+    this.dirs.add(sdir);
     const child = fork(siblingScript(import.meta.url, 'secondaries.child'), [address, String(count), sdir, fsync ? 'fsync' : 'nofsync', report]);
-    const c = new ChildSecondaries(child);
+    const c = new ChildSecondaries(child, sdir);
     await c.reports.next('started');
     return c;
   }
@@ -212,12 +216,14 @@ class ChildSecondaries {
   }
 
   /**
-   * Close the secondaries and end the child; resolves with its peak RSS and
+   * Close the secondaries, end the child and remove their files; resolves with its peak RSS and
    * tid (hex) -> the times (ms, shared clock) at which each secondary made it
    * durable (with report 'newest': each secondary's last transaction only).
    */
   async close(): Promise<{ peakRss: number; applied: Map<string, number[]>; syncs: SyncTimes }> {
     const { peakRss, applied: list, syncs } = await this.reports.close('closed');
+    await rm(this.dir, { recursive: true, force: true });
+    ChildSecondaries.dirs.delete(this.dir);
     const applied = new Map<string, number[]>();
     list.tids.forEach((tid, i) => {
       const times = applied.get(tid) ?? [];
@@ -288,9 +294,6 @@ async function dueTime(t0: bigint, n: number, ratePerSecond: number): Promise<vo
   if (aheadMs > 0) await new Promise((r) => setTimeout(r, aheadMs));
 }
 
-/** Live runs so far (each gets a file of its own). */
-let liveRuns = 0;
-
 /**
  * Commit for `durationS` (paced or not) with `secondaries` connected. With
  * `secondaryFsync` off the secondaries do not sync: on this one machine they
@@ -322,8 +325,9 @@ async function live(
   // as one serving requests does.
   const yieldEach = ratePerSecond === null && !primaryFsync;
   // A file of its own per run: a run that reopened an earlier one's would first serve its history.
-  const name = `live-${secondaries}-${ratePerSecond}-${++liveRuns}.fs`;
-  const primary = await Primary.open({ path: join(dir, name), replicateTo: '127.0.0.1:0', fsync: primaryFsync, auditPath: null, sendShare: SEND_SHARE });
+  // Removed after the run: unpaced runs without fsync write hundreds of MB each.
+  const runDir = await mkdtemp(join(dir, `live-${secondaries}-${ratePerSecond}-`));
+  const primary = await Primary.open({ path: join(runDir, 'primary.fs'), replicateTo: '127.0.0.1:0', fsync: primaryFsync, auditPath: null, sendShare: SEND_SHARE });
   const fs = primary.storage;
   const work = new Workload(fs, 10, 200, 1000);
   const child = secondaries ? await ChildSecondaries.start(formatAddress(primary.address), secondaries, dir, secondaryFsync, report, secondariesInMemory) : null;
@@ -368,6 +372,7 @@ async function live(
     behindAtEndMs = Math.max(0, Math.max(...applied.get(last.toString('hex'))!) - endMs);
   }
   await primary.close();
+  await rm(runDir, { recursive: true, force: true });
   const secondarySyncs = syncsWithin(syncs, startMs, endMs, secondaries);
   return { commitRate, ...lagsOf(committedAt, applied), warmup: lagsOf(warmedAt, applied), behindAtEndMs, childCpuShare, secondarySyncs };
 }
