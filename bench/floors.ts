@@ -6,7 +6,11 @@
 //  - how fast its disk syncs under the live benchmark's load: one file per
 //    node (a primary and three secondaries), each appended a transaction's
 //    bytes and fdatasync'd 1000 times a second, each in a thread of its
-//    own, the sync's latency.
+//    own, the sync's latency;
+//  - the disk's floor under durable replication's lag: the same files, but
+//    each secondary's sync starts when the primary's ends, as a transaction
+//    reaches a secondary once the primary made it durable; the time from
+//    the end of the primary's sync to the end of each secondary's.
 
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
@@ -81,4 +85,88 @@ export async function syncLatency(dir: string, files: number, bytes: number, rat
       }),
   );
   return percentiles((await Promise.all(runs)).flat());
+}
+
+/**
+ * One thread per file. The primary's thread appends `bytes` and fdatasyncs,
+ * `rate` times a second; after each sync it wakes the secondaries' threads,
+ * and each appends what it has not yet written (one transaction's bytes per
+ * primary sync) and fdatasyncs. Every file is written with zeros and synced
+ * before the run, as the storage's fill is, so no append changes a size.
+ */
+const REPLICATED_SYNC_WORKER = `
+const { workerData, parentPort } = require('node:worker_threads');
+const { openSync, writeSync, fdatasyncSync, closeSync } = require('node:fs');
+const { path, bytes, rate, durationS, primary, shared } = workerData;
+// shared: [0] primary syncs done, [1] stop, [2] go; times: when each primary sync ended (ms).
+const flags = new Int32Array(shared, 0, 3);
+const times = new Float64Array(shared, 16);
+const now = () => Number(process.hrtime.bigint()) / 1e6;
+const fd = openSync(path, 'w');
+const zeros = Buffer.alloc(1 << 20);
+for (let pos = 0; pos < (times.length + 8) * bytes; pos += zeros.length) writeSync(fd, zeros, 0, zeros.length, pos);
+fdatasyncSync(fd);
+const buf = Buffer.alloc(bytes, 7);
+const lags = [];
+parentPort.postMessage('ready');
+Atomics.wait(flags, 2, 0);
+if (primary) {
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  const t0 = performance.now();
+  for (let n = 0; performance.now() - t0 < durationS * 1000 && n < times.length; n++) {
+    const ahead = t0 + (n * 1000) / rate - performance.now();
+    if (ahead > 0) Atomics.wait(pause, 0, 0, ahead);
+    writeSync(fd, buf, 0, bytes, n * bytes);
+    fdatasyncSync(fd);
+    times[n] = now();
+    Atomics.store(flags, 0, n + 1);
+    Atomics.notify(flags, 0);
+  }
+  Atomics.store(flags, 1, 1);
+  Atomics.notify(flags, 0);
+} else {
+  let seen = 0;
+  for (;;) {
+    Atomics.wait(flags, 0, seen, 100);
+    const upTo = Atomics.load(flags, 0);
+    if (upTo === seen) {
+      if (Atomics.load(flags, 1) === 1) break;
+      continue;
+    }
+    for (let n = seen; n < upTo; n++) writeSync(fd, buf, 0, bytes, n * bytes);
+    fdatasyncSync(fd);
+    const at = now();
+    for (let n = seen; n < upTo; n++) lags.push(at - times[n]);
+    seen = upTo;
+  }
+}
+closeSync(fd);
+parentPort.postMessage(lags);
+`;
+
+/**
+ * The disk's floor under durable replication's lag: a primary's file
+ * appended and fdatasync'd `rate` times a second, and after each sync
+ * `secondaries` files (each in a thread of its own, woken at once) appended
+ * the same bytes and fdatasync'd. A secondary's lag here is from the end of
+ * the primary's sync to the end of its own, as the live benchmark times a
+ * commit: what is left when sending, applying and acknowledging cost
+ * nothing, on this disk.
+ */
+export async function replicatedSyncLatency(dir: string, secondaries: number, bytes: number, rate: number, durationS: number): Promise<Percentiles> {
+  const capacity = Math.ceil(rate * durationS) + 16;
+  const shared = new SharedArrayBuffer(16 + 8 * capacity);
+  const flags = new Int32Array(shared, 0, 3);
+  const workers = Array.from({ length: 1 + secondaries }, (_, i) => new Worker(REPLICATED_SYNC_WORKER, { eval: true, workerData: { path: `${dir}/replicated-sync-floor-${i}`, bytes, rate, durationS, primary: i === 0, shared } }));
+  const next = (worker: Worker): Promise<unknown> =>
+    new Promise((resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+    });
+  await Promise.all(workers.map(next));
+  const done = workers.map((w) => next(w) as Promise<number[]>);
+  Atomics.store(flags, 2, 1);
+  Atomics.notify(flags, 2);
+  const lags = await Promise.all(done);
+  return percentiles(lags.slice(1).flat());
 }

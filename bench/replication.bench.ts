@@ -42,7 +42,7 @@ import type { PrimaryChildReport } from './primary.child.js';
 import type { EchoReport } from './echo.child.js';
 import type { NeighbourReport } from './neighbour.child.js';
 import type { ChildReport, SyncTimes } from './secondaries.child.js';
-import { cpuSteadiness, percentiles, syncLatency, type Percentiles } from './floors.js';
+import { cpuSteadiness, percentiles, replicatedSyncLatency, syncLatency, type Percentiles } from './floors.js';
 import { TidTimes } from './tidTimes.js';
 import { Workload, arg, secondsSince, siblingScript, useCollector } from './workload.js';
 
@@ -505,6 +505,10 @@ async function main(): Promise<void> {
       out.push(
         `live-lag disk baseline: 4 files (a primary's and 3 secondaries'), each appended ${TXN_BYTES} B and fdatasync'd 1000 times a second by a thread of its own: sync p50 ${disk.p50.toFixed(2)} ms, p99 ${disk.p99.toFixed(2)} ms, max ${disk.max.toFixed(1)} ms`,
       );
+      const replicatedDisk = await replicatedSyncLatency(dir, 3, TXN_BYTES, 1000, LIVE_SECONDS);
+      out.push(
+        `durable-replication disk floor: a primary's file appended ${TXN_BYTES} B and fdatasync'd 1000 times a second, and after each sync 3 secondaries' files (threads woken at once, files written ahead as the storage's fill is) appended the same and fdatasync'd: from the end of the primary's sync to the end of each secondary's, p50 ${replicatedDisk.p50.toFixed(2)} ms, p99 ${replicatedDisk.p99.toFixed(2)} ms, max ${replicatedDisk.max.toFixed(1)} ms`,
+      );
       for (const sync of [true, false]) {
         const label = sync ? 'all fsync' : 'no fsync anywhere, secondaries on tmpfs';
         const options = { secondaryFsync: sync, primaryFsync: sync, warmupS: WARMUP_SECONDS };
@@ -521,7 +525,7 @@ async function main(): Promise<void> {
           `live, 3 secondaries (${label}), paced 1000 txn/s (got ${paced.commitRate.toFixed(0)}), after ${WARMUP_SECONDS} s of the same load: lag p50 ${paced.p50.toFixed(2)} ms, p99 ${paced.p99.toFixed(2)} ms, max ${paced.max.toFixed(1)} ms` +
             ` | p99 ${(paced.p99 / floor.p99).toFixed(1)}x the plain-socket baseline's | p99 ${(paced.p99 / ZRS.pacedP99Ms).toFixed(1)}x zc.zrs's at 500 txn/s (${ZRS.pacedP99Ms} ms)` +
             (WARMUP_SECONDS > 0 ? ` | in those first ${WARMUP_SECONDS} s of new processes: p50 ${w.p50.toFixed(2)} ms, p99 ${w.p99.toFixed(2)} ms, max ${w.max.toFixed(1)} ms` : '') +
-            (sync ? ` | ${syncSummary(paced.secondarySyncs)}` : '') +
+            (sync ? ` | p99 ${(paced.p99 / replicatedDisk.p99).toFixed(1)}x the durable-replication disk floor's | ${syncSummary(paced.secondarySyncs)}` : '') +
             untuned,
         );
       }
