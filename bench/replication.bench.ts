@@ -547,7 +547,10 @@ async function main(): Promise<void> {
     ];
     for (const { label, sync, secondariesInMemory } of runs('fanout') ? fanoutSetups : []) {
       const fan: number[] = [];
-      const options = { secondaryFsync: sync, primaryFsync: sync, secondariesInMemory, report: 'newest' as const };
+      const options = { secondaryFsync: sync, primaryFsync: sync, secondariesInMemory, report: 'newest' as const, warmupS: WARMUP_SECONDS };
+      // Each run is measured after WARMUP_SECONDS of the same load, as the live rows are: a new
+      // secondaries' process spends its first seconds compiling its code on the CPU the primary
+      // shares, which is start-up, not what serving N secondaries costs.
       // Only the commit rate counts here: the child reports no per-transaction times, whose IPC would grow with N in both processes.
       // A first, discarded run with one secondary compiles the commit and send paths, so neither the
       // 0-secondary figure nor the first series' others are taken with code still being compiled: a
