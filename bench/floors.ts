@@ -75,16 +75,18 @@ parentPort.postMessage(latencies);
 
 /** fdatasync latency (ms) of `files` files in `dir`, each appended `bytes` and synced `rate` times a second by a thread of its own. */
 export async function syncLatency(dir: string, files: number, bytes: number, rate: number, durationS: number): Promise<Percentiles> {
-  const runs = Array.from(
-    { length: files },
-    (_, i) =>
-      new Promise<number[]>((resolve, reject) => {
-        const worker = new Worker(SYNC_WORKER, { eval: true, workerData: { path: `${dir}/sync-floor-${i}`, bytes, rate, durationS } });
-        worker.once('message', resolve);
-        worker.once('error', reject);
-      }),
+  const runs = Array.from({ length: files }, (_, i) =>
+    nextMessage<number[]>(new Worker(SYNC_WORKER, { eval: true, workerData: { path: `${dir}/sync-floor-${i}`, bytes, rate, durationS } })),
   );
   return percentiles((await Promise.all(runs)).flat());
+}
+
+/** The worker's next message; rejects if it fails first. */
+function nextMessage<T>(worker: Worker): Promise<T> {
+  return new Promise((resolve, reject) => {
+    worker.once('message', resolve);
+    worker.once('error', reject);
+  });
 }
 
 /**
@@ -157,14 +159,12 @@ export async function replicatedSyncLatency(dir: string, secondaries: number, by
   const capacity = Math.ceil(rate * durationS) + 16;
   const shared = new SharedArrayBuffer(16 + 8 * capacity);
   const flags = new Int32Array(shared, 0, 3);
-  const workers = Array.from({ length: 1 + secondaries }, (_, i) => new Worker(REPLICATED_SYNC_WORKER, { eval: true, workerData: { path: `${dir}/replicated-sync-floor-${i}`, bytes, rate, durationS, primary: i === 0, shared } }));
-  const next = (worker: Worker): Promise<unknown> =>
-    new Promise((resolve, reject) => {
-      worker.once('message', resolve);
-      worker.once('error', reject);
-    });
-  await Promise.all(workers.map(next));
-  const done = workers.map((w) => next(w) as Promise<number[]>);
+  const workers = Array.from(
+    { length: 1 + secondaries },
+    (_, i) => new Worker(REPLICATED_SYNC_WORKER, { eval: true, workerData: { path: `${dir}/replicated-sync-floor-${i}`, bytes, rate, durationS, primary: i === 0, shared } }),
+  );
+  await Promise.all(workers.map((w) => nextMessage<'ready'>(w)));
+  const done = workers.map((w) => nextMessage<number[]>(w));
   Atomics.store(flags, 2, 1);
   Atomics.notify(flags, 2);
   const lags = await Promise.all(done);
