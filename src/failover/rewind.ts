@@ -13,7 +13,7 @@ import { systemClock } from '../node/clock.js';
 import { socketTransport } from '../node/socketTransport.js';
 import type { Clock } from '../ports/clock.js';
 import type { ReplicationAddress, Transport } from '../ports/transport.js';
-import { connectAddress, formatAddress, toAddress } from '../replication/address.js';
+import { connectAddress, formatAddress } from '../replication/address.js';
 import { basename } from 'node:path';
 import { AuditLog } from '../audit/auditLog.js';
 import { defaultAuditPath } from '../audit/nodeAudit.js';
@@ -79,10 +79,10 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
       const kept = storage.lastTransaction();
       await storage.close();
       const none = { forkTid: kept, cutTids: [], sidePath: null, sideBlobDir: null, blobsCut: 0 };
-      await recordRewind(path, options, none);
+      await recordRewind(path, options, primary, none);
       return none;
     }
-    forkTid = keptTid(storage, forkTid, Buffer.isBuffer(options.toCommonWith));
+    forkTid = keptTid(storage, forkTid, primary === null);
     cut = await saveCut(storage, forkTid, options.blobDir !== undefined);
   } finally {
     await storage.close();
@@ -93,7 +93,7 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
   const generations = await GenerationHistory.open(path);
   await generations.cutFrom(forkTid);
   const result = { forkTid, cutTids: cut.cutTids, sidePath: cut.sidePath, sideBlobDir: cut.sideBlobDir, blobsCut: cut.cutBlobs.length };
-  await recordRewind(path, options, result, generations.current);
+  await recordRewind(path, options, primary, result, generations.current);
   return result;
 }
 
@@ -226,14 +226,13 @@ export function rewindAuditDetails(r: RewindResult, commonWith: string): Record<
   };
 }
 
-/** An offline rewind as an audit decision in the storage's log. */
-async function recordRewind(path: string, options: RewindOptions, r: RewindResult, generation: unknown = null): Promise<void> {
+/** An offline rewind as an audit decision in the storage's log; `primary`: the one asked, or null for a given tid. */
+async function recordRewind(path: string, options: RewindOptions, primary: ReplicationAddress | null, r: RewindResult, generation: unknown = null): Promise<void> {
   if (options.auditPath === null) return;
   const audit = await AuditLog.open(options.auditPath ?? defaultAuditPath(path), { node: options.node ?? basename(path), continueNode: options.node === undefined, clock: options.clock ?? systemClock });
   audit.generation = generation;
   try {
-    const commonWith = options.toCommonWith;
-    await audit.decide('rewind', { ...rewindAuditDetails(r, Buffer.isBuffer(commonWith) ? 'tid' : formatAddress(toAddress(commonWith, '127.0.0.1'))), offline: true });
+    await audit.decide('rewind', { ...rewindAuditDetails(r, primary === null ? 'tid' : formatAddress(primary)), offline: true });
   } finally {
     await audit.close();
   }

@@ -747,7 +747,6 @@ export class Secondary {
   }
 }
 
-
 function asError(err: unknown): Error {
   if (err instanceof ChecksumMismatchError || err instanceof FrameTooLargeError) return err;
   return err instanceof Error ? err : new Error(String(err));
