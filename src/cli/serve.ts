@@ -126,10 +126,14 @@ export async function serve(configPath: string, io: CliIo, options: ServeOptions
     progressTimer = startProgress(running, board, io);
     if (!stopRequested) {
       log('info', 'ready', { storages: running.map((r) => r.info), pid: process.pid, collector });
+      // Signal handlers do not keep Node running: a configuration without a
+      // listener (a plain <filestorage>) would otherwise end here at once.
+      const hold = setInterval(() => undefined, 1 << 30);
       await new Promise<void>((resolve) => {
         wake = resolve;
         if (stopRequested) resolve();
       });
+      clearInterval(hold);
     }
     log('info', `${stopRequested} received: closing`, { signal: stopRequested });
   } catch (err) {

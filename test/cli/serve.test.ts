@@ -135,6 +135,18 @@ describe('zrs serve', () => {
     expect(await transactions(join(root, 's2', 'Data.fs'))).toEqual(await transactions(join(pDir, 'Data.fs')));
   });
 
+  it('keeps a storage without replication (a top-level <filestorage>) open until SIGTERM', async () => {
+    const dir = await tempDir();
+    const conf = join(dir, 'plain.conf');
+    await writeFile(conf, `<filestorage>\n path ${join(dir, 'Data.fs')}\n</filestorage>\n`);
+    const p = start(conf);
+    await p.ready();
+    // Nothing listens, so only the wait itself keeps the process running until the signal.
+    expect(p.child.exitCode).toBe(null);
+    expect(await p.stop('SIGTERM')).toBe(0);
+    expect(p.logs.map((l) => l.message)).toEqual(expect.arrayContaining(['ready', 'SIGTERM received: closing', 'closed', 'stopped']));
+  });
+
   it('SIGTERM in the middle of a workload leaves a complete file: reopening cuts nothing', async () => {
     const dir = await tempDir();
     await mkdir(join(dir, 's'));
