@@ -32,6 +32,8 @@ required, as with zc.zrs's zrs-nagios; a threshold of 0 is off.
   exit 2  Secondary behind primary by 68.5678 seconds > 60        (-e 60)
   exit 2  Primary behind secondary by -68.56779998540878 seconds  (secondary ahead)
   exit 2  Can't connect to primary at 'db1:5000': [Errno 111] Connection refused
+  exit 2  Secondary at 'db2:5000' stopped replicating from 'db1:5000': diverged
+          (also 'failed'; zc.zrs's secondaries never stop, so zrs-nagios has no such line)
 With -m the line ends in performance data: ...|'lag'=68.5678seconds
 
 examples:
@@ -125,6 +127,12 @@ const pyRepr = (s: string): string => (s.includes("'") && !s.includes('"') ? `"$
 async function lastTime(addressText: string, role: 'primary' | 'secondary', timeoutMs: number | undefined): Promise<number | string> {
   try {
     const status = await requestStatus(commandAddress(addressText), { timeoutMs });
+    // zc.zrs's secondaries always retry; ours stop for good when their primary refused them as
+    // diverged or for a configuration error. Their last transaction may still look recent.
+    const stopped = role === 'secondary' ? status.upstream?.state : undefined;
+    if (stopped === 'diverged' || stopped === 'failed') {
+      return `Secondary at ${pyRepr(addressText)} stopped replicating from ${pyRepr(status.upstream!.address)}: ${stopped}`;
+    }
     // zrs-nagios uses TimeStamp(tid).timeTime(), also for an empty storage's zero tid.
     return tidToSeconds(status.lastTid);
   } catch (err) {

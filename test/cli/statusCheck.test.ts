@@ -17,6 +17,7 @@ import type { FileStorage } from '../../src/storage/FileStorage.js';
 import { tidFromTime, tidToSeconds, Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { waitForTid } from '../replication/helpers.js';
+import { FAST_RECONNECT } from '../replication/netHelpers.js';
 import { BIN, memoryIo } from './helpers.js';
 
 async function run(...argv: string[]) {
@@ -166,6 +167,43 @@ describe('zrs check (zc.zrs nagios.rst cases)', () => {
     expect(r2).toEqual({ code: 2, stdout: `Can't connect to primary at '${gone}': [Errno 2] No such file or directory\n`, stderr: '' });
     // Both down: the secondary is reported, as zrs-nagios asks it first.
     expect((await run('check', '-m', gone, `${gone}2`)).stdout).toContain("Can't connect to secondary at");
+  });
+
+  it('a secondary its primary refused as diverged: CRITICAL, though its last transaction is recent', async () => {
+    const d = await tempDir();
+    const aPath = join(d, 'a.fs');
+    const old = await Primary.open({ path: aPath, replicateTo: '127.0.0.1:0', fsync: false });
+    const b = await Secondary.open({ path: join(d, 'b.fs'), replicateFrom: old.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT });
+    const shared = await commitAt(old.storage, tidFromTime(BASE_MS));
+    await waitForTid(b, shared);
+    b.setReplicationAddress('127.0.0.1:1');
+    await commitAt(old.storage, tidFromTime(BASE_MS + 1000)); // only the old primary has it
+    await old.close();
+    const promoted = await b.promote();
+    let a: Secondary | null = null;
+    try {
+      await commitAt(promoted.storage, tidFromTime(BASE_MS + 2000));
+      a = await Secondary.open({ path: aPath, replicateFrom: promoted.address, replicateTo: join(d, 'a.sock'), fsync: false, reconnect: FAST_RECONNECT });
+      const diverged = a;
+      await new Promise<void>((resolve) => {
+        const sub = diverged.machine.subscribe((snap) => {
+          if (snap.matches('diverged')) {
+            sub.unsubscribe();
+            resolve();
+          }
+        });
+      });
+      const [P2, S2] = [formatAddress(promoted.address), join(d, 'a.sock')];
+      // One second behind by the times alone: within every threshold.
+      expect(await run('check', '-w', '30', '-e', '60', P2, S2)).toEqual({
+        code: 2,
+        stdout: `Secondary at '${S2}' stopped replicating from '${P2}': diverged\n`,
+        stderr: '',
+      });
+    } finally {
+      await a?.close();
+      await promoted.close();
+    }
   });
 
   it('usage: one of -w, -e, -m is required; bad numbers and addresses are usage errors', async () => {
