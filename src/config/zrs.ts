@@ -27,13 +27,13 @@ export interface FileStorageSettings {
 }
 
 /** Exactly the Primary.open options a config can set (transport, clock, log come from the caller). */
-export interface PrimaryConfigOptions extends Pick<PrimaryOptions, 'path' | 'blobDir' | 'fsync' | 'preallocate' | 'tls' | 'syncReplicas' | 'syncTimeoutMs' | 'auditPath' | 'sendShare'> {
+export interface PrimaryConfigOptions extends Pick<PrimaryOptions, 'path' | 'blobDir' | 'fsync' | 'preallocate' | 'tls' | 'syncReplicas' | 'syncTimeoutMs' | 'auditPath' | 'sendShare' | 'heartbeatIntervalMs'> {
   replicateTo: ReplicationAddress;
 }
 
 /** Exactly the Secondary.open options a config can set. */
 export interface SecondaryConfigOptions
-  extends Pick<SecondaryOptions, 'path' | 'blobDir' | 'fsync' | 'preallocate' | 'transferBlobs' | 'protocol' | 'keepAliveDelayMs' | 'reconnect' | 'tls' | 'auditPath' | 'whenPromoted' | 'sendShare'> {
+  extends Pick<SecondaryOptions, 'path' | 'blobDir' | 'fsync' | 'preallocate' | 'transferBlobs' | 'protocol' | 'keepAliveDelayMs' | 'reconnect' | 'tls' | 'auditPath' | 'whenPromoted' | 'sendShare' | 'heartbeatIntervalMs'> {
   replicateFrom: ReplicationAddress;
   replicateTo?: ReplicationAddress;
 }
@@ -94,6 +94,7 @@ const ZRS_KEYS = new Set([
   'sync-timeout',
   'audit-log',
   'send-share',
+  'heartbeat-interval',
 ]);
 const SECONDARY_ONLY_KEYS = ['reconnect-delay', 'reconnect-max-delay', 'protocol', 'transfer-blobs'];
 const FILESTORAGE_KEYS = new Set(['path', 'blob-dir', 'read-only', 'create', 'pack-gc']);
@@ -215,7 +216,13 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
   const auditPath = auditKey ? auditLogPath(auditKey, storage.path, check) : undefined;
   const audit = auditPath !== undefined ? { auditPath } : {};
   const sendShare = optional(keys, 'send-share', share);
-  const pacing = sendShare !== undefined ? { sendShare } : {};
+  const heartbeatKey = keys.get('heartbeat-interval');
+  if (heartbeatKey && !replicateTo) throw ConfigError.at(heartbeatKey.loc, 'applies only to a storage that serves secondaries (a <zrs> with replicate-to)', 'heartbeat-interval');
+  const heartbeatSeconds = optional(keys, 'heartbeat-interval', (k) => seconds(k, true));
+  const serving = {
+    ...(sendShare !== undefined ? { sendShare } : {}),
+    ...(heartbeatSeconds !== undefined ? { heartbeatIntervalMs: toMs(heartbeatSeconds)! } : {}),
+  };
   // <ssl>: TLS for both directions of this storage's replication links.
   const tls = ssl[0] ? sslSection(ssl[0], replicateTo !== undefined, check) : undefined;
   // zc.zrs accepts keep-alive-delay on any <zrs>; parse it everywhere, use it on secondaries.
@@ -229,7 +236,7 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
     const primary: PrimaryConfig = {
       kind: 'primary',
       ...common,
-      options: { path: storage.path, replicateTo: replicateTo!, blobDir, fsync, ...fill, ...sync, ...audit, ...pacing, ...(tls ? { tls } : {}) },
+      options: { path: storage.path, replicateTo: replicateTo!, blobDir, fsync, ...fill, ...sync, ...audit, ...serving, ...(tls ? { tls } : {}) },
     };
     remember(primary, keys);
     return primary;
@@ -262,7 +269,7 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
       keepAliveDelayMs: keepAliveSeconds ? keepAliveSeconds * 1000 : undefined,
       reconnect,
       ...audit,
-      ...pacing,
+      ...serving,
       ...(Object.keys(sync).length > 0 ? { whenPromoted: sync } : {}),
       ...(tls ? { tls } : {}),
     },

@@ -30,7 +30,7 @@ export interface PrimaryOptions {
   fsync?: boolean;
   /** Bytes of fill written ahead of the data file's end (see OpenOptions.preallocate). */
   preallocate?: number;
-  /** Send a heartbeat (last tid and clock) to idle native secondaries this often. */
+  /** Send a heartbeat (last tid and clock) to idle native secondaries this often, in ms (default 1000; 0: never). */
   heartbeatIntervalMs?: number;
   /**
    * While committers keep the event loop busy, sends to secondaries take at

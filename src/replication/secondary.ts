@@ -50,6 +50,8 @@ export interface SecondaryOptions {
   replicateTo?: string | number | ReplicationAddress;
   /** As Primary's: the share of a busy event loop that sends to further secondaries may take (default 0.1). */
   sendShare?: number;
+  /** As Primary's: heartbeats to further native secondaries every this many ms (default 1000; 0: never). */
+  heartbeatIntervalMs?: number;
   blobDir?: string;
   /** Set false when the blob directory is shared with the primary. Default true. */
   transferBlobs?: boolean;
@@ -258,6 +260,7 @@ export class Secondary {
           address: listen,
           transport: s.transport,
           sendShare: options.sendShare,
+          heartbeatIntervalMs: options.heartbeatIntervalMs,
           onSession: (session) => metrics.onSession(session),
           clock: s.clock,
           log: s.log,

@@ -15,6 +15,14 @@ import { LiveFeed } from './liveFeed.js';
 import { SendPacer } from './sendPacer.js';
 import type { FailoverHistory } from '../failover/history.js';
 
+
+/**
+ * How often a node heartbeats each idle native secondary by default: often
+ * enough that the secondary's lag and heartbeat age stay current to about a
+ * second, cheap enough (one small frame per session) to leave on.
+ */
+export const DEFAULT_HEARTBEAT_INTERVAL_MS = 1000;
+
 export interface ReplicationServerOptions {
   storage: FileStorage;
   address: ReplicationAddress;
@@ -22,6 +30,7 @@ export interface ReplicationServerOptions {
   clock: Clock;
   log: SessionLog;
   protocols?: readonly ProtocolSpec[];
+  /** Heartbeats to idle native secondaries every this many ms; 0 turns them off. Default DEFAULT_HEARTBEAT_INTERVAL_MS. */
   heartbeatIntervalMs?: number;
   followBufferSize?: number;
   /** The share of a busy event loop that sends to secondaries may take (see SendPacer). Default 0.1. */
@@ -98,7 +107,7 @@ export class ReplicationServer {
       protocols: o.protocols ?? supportedProtocols(o.storage.blobs !== null),
       log: o.log,
       blobs: o.storage.blobs !== null,
-      heartbeatIntervalMs: o.heartbeatIntervalMs,
+      heartbeatIntervalMs: o.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS,
       followBufferSize: o.followBufferSize,
       history: o.history,
       nodeStatus: () => describe([...this.sessions].filter((s) => s !== session).map((s) => s.status())),

@@ -49,7 +49,7 @@ export interface SimClusterOptions {
   protocol?: SecondaryProtocol;
   /** Secondaries send keep-alives this often (needed to notice half-open links). Default 1000. */
   keepAliveDelayMs?: number | null;
-  /** Primary (and chain) heartbeats to idle native secondaries; off by default. */
+  /** Primary (and chain) heartbeats to idle native secondaries, in virtual ms; off by default (the library's default is 1000). */
   heartbeatIntervalMs?: number;
   reconnect?: { initialMs?: number; maxMs?: number; factor?: number; jitter?: number };
   latencyMs?: { min: number; max: number };
@@ -540,7 +540,7 @@ export class SimCluster {
         transport,
         clock,
         fsync: true,
-        heartbeatIntervalMs: this.options.heartbeatIntervalMs,
+        heartbeatIntervalMs: this.options.heartbeatIntervalMs ?? 0,
         syncReplicas: this.options.syncReplicas,
         syncTimeoutMs: this.options.syncTimeoutMs,
         log: this.log(n.name),
@@ -557,6 +557,7 @@ export class SimCluster {
         disk,
         preallocate: SIM_PREALLOCATE_BYTES,
         mutations: this.options.mutations,
+        heartbeatIntervalMs: this.options.heartbeatIntervalMs ?? 0,
         keepAliveDelayMs: this.options.keepAliveDelayMs === undefined ? 1000 : (this.options.keepAliveDelayMs ?? undefined),
         reconnect: { initialMs: 50, maxMs: 2000, ...this.options.reconnect },
         transport,
@@ -923,7 +924,7 @@ export class SimCluster {
       this.note(n.name, 'promote skipped: not a running secondary');
       return;
     }
-    const options = { force, heartbeatIntervalMs: this.options.heartbeatIntervalMs, syncReplicas: this.options.syncReplicas, syncTimeoutMs: this.options.syncTimeoutMs };
+    const options = { force, heartbeatIntervalMs: this.options.heartbeatIntervalMs ?? 0, syncReplicas: this.options.syncReplicas, syncTimeoutMs: this.options.syncTimeoutMs };
     let primary: Primary;
     try {
       primary = await this.whileRunning(s.promote(options), 60_000, `promote ${n.name}`);

@@ -11,6 +11,7 @@ import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, expectSameHistory, waitForTid, Z64 } from './helpers.js';
+import { settleUntil } from './netHelpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -83,6 +84,26 @@ describe('unix socket chain', () => {
     const p = readFileSync(join(dir, 'p.fs'));
     expect(readFileSync(join(dir, 's1.fs')).equals(p)).toBe(true);
     expect(readFileSync(join(dir, 's2.fs')).equals(p)).toBe(true);
+  });
+});
+
+describe('heartbeats', () => {
+  it('are on by default, from a primary and from a secondary serving another', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: join(dir, 'p.sock'), fsync: false });
+    const s1 = await Secondary.open({ path: join(dir, 's1.fs'), replicateFrom: join(dir, 'p.sock'), replicateTo: join(dir, 's1.sock'), fsync: false });
+    const s2 = await Secondary.open({ path: join(dir, 's2.fs'), replicateFrom: join(dir, 's1.sock'), fsync: false });
+    try {
+      const last = (await commitMany(primary.storage, 2)).at(-1)!;
+      await waitForTid(s2, last);
+      // Nothing is committed any more: only heartbeats tell the two secondaries where their upstreams stand.
+      await settleUntil(() => [s1, s2].every((s) => s.lastHeartbeat?.lastTid.equals(last) ?? false), 10_000);
+      expect(s2.status().upstream?.lastHeartbeat?.lastTid).toEqual(last);
+    } finally {
+      await s2.close();
+      await s1.close();
+      await primary.close();
+    }
   });
 });
 
