@@ -15,7 +15,7 @@ import { loads, type PickleDict } from '../wire/pickle.js';
 import type { TransactionRecord } from '../storage/types.js';
 import { NATIVE_CHECKSUM_ALGORITHM, StreamChecksum } from '../wire/checksum.js';
 import { FRAME_HEADER_BYTES, encodeFrame } from '../wire/framing.js';
-import { BLOB_BLOCK_BYTES, createNativePackr, encodeCommitFrame, encodeNativeFrame, encodeTxnsFrame, nativeProtocolName, type GenerationEntry, type NativeMessage, type RefuseCode } from '../wire/native.js';
+import { BLOB_BLOCK_BYTES, createNativePackr, encodeCommitFrame, encodeNativeFrame, encodeTxnsFrame, nativeProtocolName, SUPPORTED_NATIVE_VERSIONS, type GenerationEntry, type NativeMessage, type RefuseCode } from '../wire/native.js';
 import { BLOB_BLOCK_SIZE_BYTES, Zrs2Checksum, blobBlockCount, encodeMessage } from '../wire/zrs2.js';
 
 export const NATIVE_SPEC: ProtocolSpec = { name: nativeProtocolName().toString('latin1'), kind: 'native', hasVerdict: true, hasAcks: true };
@@ -154,7 +154,18 @@ export function nativeOutbound(
         packr,
       ),
     refusal: (code, message, forkTid, lastTid) =>
-      encodeNativeFrame({ type: 'refuse', code, message, ...(forkTid ? { forkTid } : {}), ...(lastTid ? { lastTid } : {}) }, packr),
+      encodeNativeFrame(
+        {
+          type: 'refuse',
+          code,
+          message,
+          ...(forkTid ? { forkTid } : {}),
+          ...(lastTid ? { lastTid } : {}),
+          // The frozen version refusal names the versions this primary speaks, so a newer peer can fall back.
+          ...(code === 'unsupported-version' ? { supportedVersions: [...SUPPORTED_NATIVE_VERSIONS] } : {}),
+        },
+        packr,
+      ),
     heartbeat: (lastTid, clockMs, generation) => frame({ type: 'heartbeat', lastTid, clockMs, ...(generation ? { generation } : {}) }),
     plainFrames(txn) {
       if (options.blobs && storage.blobs && txn.records.some((r) => isBlobRecord(r.data))) return null;

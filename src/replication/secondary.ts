@@ -113,6 +113,8 @@ interface Connection {
   queued: number;
   paused: boolean;
   dead: boolean;
+  /** A welcome or refusal arrived (protocols that answer the handshake). */
+  answered: boolean;
   ackPending: boolean;
   lastDurableTid: Buffer;
   /** Timer that fires when a started frame stops receiving bytes. */
@@ -366,6 +368,7 @@ export class Secondary {
       queued: 0,
       paused: false,
       dead: false,
+      answered: false,
       ackPending: false,
       stallTimer: null,
       lastDurableTid: start,
@@ -447,8 +450,18 @@ export class Secondary {
         }
       },
       drain: () => undefined,
-      close: (error) => failAfterQueued(error ?? (conn.decoder.bufferedBytes > 0 ? new ZrsError('connection closed inside a frame') : undefined)),
+      close: (error) => failAfterQueued(error ?? this.closeReason(conn)),
     });
+  }
+
+  /** Why a connection the peer closed cleanly ended, when that is worth a warning. */
+  private closeReason(conn: Connection): Error | undefined {
+    if (conn.decoder.bufferedBytes > 0) return new ZrsError('connection closed inside a frame');
+    // A zc.zrs primary closes without a word on a protocol name it does not know.
+    if (this.spec.hasVerdict && !conn.answered) {
+      return new ZrsError('the primary closed the connection without answering the handshake (a zc.zrs primary does this; for one, use protocol zrs2.1 or zrs2.0)');
+    }
+    return undefined;
   }
 
   private enqueue(
@@ -458,11 +471,13 @@ export class Secondary {
     fail: (error?: Error) => void,
   ): void {
     if (e.kind === 'welcome') {
+      conn.answered = true;
       this.noteUpstreamTid(e.lastTid);
       this.adoptGenerations(conn, e, fail);
       return send({ type: 'WELCOME' });
     }
     if (e.kind === 'refused') {
+      conn.answered = true;
       this.log('error', `primary refused replication: ${e.code}: ${e.reason}`, { code: e.code });
       if (e.code === 'diverged') this.reportDiverged(e.reason, e.forkTid, e.primaryLastTid);
       conn.dead = true;

@@ -74,7 +74,7 @@ describe('a primary given bad input closes only that connection', () => {
     const c = await connect();
     c.send(Buffer.from('zrs-ts/99'));
     const msg = decodeRefusal(await c.frame(0));
-    expect(msg).toMatchObject({ type: 'refuse', code: 'unsupported-version' });
+    expect(msg).toMatchObject({ type: 'refuse', code: 'unsupported-version', supportedVersions: [1] });
     await expectOnlyThatConnectionClosed(/unsupported protocol/);
   });
 

@@ -152,3 +152,15 @@ describe('a secondary given bad input by its primary', () => {
     await reopened.close();
   });
 });
+
+describe('a native secondary pointed at a primary that closes without answering (as zc.zrs does)', () => {
+  it('warns that it may be zc.zrs, naming the protocol to use, and keeps retrying', async () => {
+    const logs = new LogCollector();
+    // zc.zrs reads the name, finds it unknown, logs "Invalid protocol" and closes.
+    fake = await FakeServer.start((c) => void c.frame(0).then(() => c.destroy(), () => undefined));
+    secondary = await Secondary.open({ path: join(dir, 'secondary.fs'), replicateFrom: fake.address, fsync: false, reconnect: FAST_RECONNECT, log: logs.log });
+    await fake.connection(1);
+    const warning = await logs.waitFor((e) => e.level === 'warn' && e.message.startsWith('replication from'));
+    expect(warning.message).toMatch(/closed the connection without answering the handshake \(a zc\.zrs primary does this; for one, use protocol zrs2\.1 or zrs2\.0\)$/);
+  });
+});
