@@ -5,6 +5,7 @@
 // is reopened as the new primary, the chained secondary is pointed at it, and
 // the workload goes on. At the end all files must hold the same transactions.
 
+import { rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -91,6 +92,14 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'zrs-demo-'));
   const log = verbose ? jsonLogger('demo') : undefined;
   console.log(`ZRS demo in ${dir}: primary -> secondary-1 -> secondary-2 over loopback (unix sockets and TCP)`);
+  // Every node runs in this process and the files are only a demonstration: on Ctrl-C, remove them and go.
+  const interrupted = (signal: NodeJS.Signals): void => {
+    rmSync(dir, { recursive: true, force: true });
+    console.log(`\n${signal}: stopped; ${dir} removed`);
+    process.exit(signal === 'SIGINT' ? 130 : 143);
+  };
+  process.once('SIGINT', interrupted);
+  process.once('SIGTERM', interrupted);
   try {
     let primary = await Primary.open({ path: join(dir, 'primary.fs'), replicateTo: '127.0.0.1:0', log });
     const s1 = await Secondary.open({
@@ -137,6 +146,8 @@ async function main(): Promise<void> {
     await primary.close();
     console.log(`\nsummary: ${first + second} transactions committed, ${total} in every remaining file, histories identical`);
   } finally {
+    process.off('SIGINT', interrupted);
+    process.off('SIGTERM', interrupted);
     await rm(dir, { recursive: true, force: true });
   }
 }

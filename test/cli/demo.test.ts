@@ -1,0 +1,33 @@
+// `npm start` (src/cli/demo.ts) as a child process interrupted with Ctrl-C:
+// its nodes all run in that process, so it removes its temp directory itself
+// before exiting instead of leaving data files, locks and sockets behind.
+
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { ROOT } from './helpers.js';
+
+const DEMO = fileURLToPath(new URL('../../src/cli/demo.ts', import.meta.url));
+
+describe('the demo', () => {
+  it('removes its temp directory and exits 130 on SIGINT in the middle of the workload', async () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', DEMO, '--seconds', '60'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    let out = '';
+    const dir = await new Promise<string>((resolve, reject) => {
+      child.stdout.setEncoding('utf8').on('data', (t: string) => {
+        out += t;
+        const m = /ZRS demo in (\S+):/.exec(out);
+        // The workload has started once its step is announced: the nodes' files exist.
+        if (m && out.includes('1. committing')) resolve(m[1]!);
+      });
+      void exited.then(() => reject(new Error(`demo exited early:\n${out}`)));
+    });
+    expect(existsSync(dir)).toBe(true);
+    child.kill('SIGINT');
+    expect(await exited).toBe(130);
+    expect(existsSync(dir)).toBe(false);
+    expect(out).toContain(`SIGINT: stopped; ${dir} removed`);
+  }, 60_000);
+});
