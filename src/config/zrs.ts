@@ -105,6 +105,8 @@ const MAX_SYNC_REPLICAS = 1000;
 /** Longest delay a config may ask for (one day). */
 const MAX_DELAY_SECONDS = 86_400;
 const LOCAL_HOSTS = new Set(['', 'localhost', '127.0.0.1', '::1', '0.0.0.0', '::']);
+/** Hosts that listen on every interface. */
+const WILDCARD_HOSTS = new Set(['', '0.0.0.0', '::']);
 /** Where each key of a returned object was written, for errors found across storages. */
 const keyLocations = new WeakMap<object, Map<string, SourceLocation>>();
 
@@ -405,11 +407,18 @@ function sameEndpoint(to: ReplicationAddress, from: ReplicationAddress): boolean
   return to.host === from.host || (LOCAL_HOSTS.has(to.host) && LOCAL_HOSTS.has(from.host));
 }
 
+/** Would binding both fail? Same socket path, or the same port on hosts that overlap (a wildcard host covers every other). */
+function sameListener(a: ReplicationAddress, b: ReplicationAddress): boolean {
+  if (a.kind === 'unix' || b.kind === 'unix') return a.kind === b.kind && resolve(formatAddress(a)) === resolve(formatAddress(b));
+  if (a.port !== b.port) return false;
+  return a.host === b.host || WILDCARD_HOSTS.has(a.host) || WILDCARD_HOSTS.has(b.host) || (LOCAL_HOSTS.has(a.host) && LOCAL_HOSTS.has(b.host));
+}
+
 /** Two storages must not share a data file, a blob directory or a listening address. */
 function checkDistinct(storages: StorageConfig[]): void {
   const paths = new Map<string, StorageConfig>();
   const blobs = new Map<string, StorageConfig>();
-  const listens = new Map<string, StorageConfig>();
+  const listens: Array<{ key: string; address: ReplicationAddress; storage: StorageConfig }> = [];
   const audits = new Map<string, StorageConfig>();
   for (const s of storages) {
     const p = resolve(s.storage.path);
@@ -424,12 +433,19 @@ function checkDistinct(storages: StorageConfig[]): void {
       if (o && !shared) throw ConfigError.at(keyLoc(s.storage, 'blob-dir', s.storage.loc), `blob directory ${JSON.stringify(s.storage.blobDir)} is also used by the storage at ${where(o.loc)}`, 'blob-dir');
       blobs.set(b, s);
     }
-    const to = s.kind === 'filestorage' ? undefined : s.options.replicateTo;
-    if (to && !(to.kind === 'tcp' && to.port === 0)) {
-      const id = to.kind === 'unix' ? resolve(to.path) : `${to.host}:${to.port}`;
-      const o = listens.get(id);
-      if (o) throw ConfigError.at(keyLoc(s, 'replicate-to', s.loc), `replicate-to ${formatAddress(to)} is also used by the storage at ${where(o.loc)}`, 'replicate-to');
-      listens.set(id, s);
+    // Replication and metrics listeners, each checked against every one before it (also the storage's own).
+    const mine: Array<[key: string, address: ReplicationAddress | null | undefined]> = [
+      ['replicate-to', s.kind === 'filestorage' ? undefined : s.options.replicateTo],
+      ['metrics-address', s.kind === 'filestorage' ? undefined : s.metricsAddress],
+    ];
+    for (const [key, address] of mine) {
+      if (!address || (address.kind === 'tcp' && address.port === 0)) continue;
+      const o = listens.find((l) => sameListener(l.address, address));
+      if (o) {
+        const other = o.storage === s ? `this storage's ${o.key}` : `used by the storage at ${where(o.storage.loc)}${o.key === key ? '' : ` (its ${o.key})`}`;
+        throw ConfigError.at(keyLoc(s, key, s.loc), `${key} ${formatAddress(address)} is also ${other}`, key);
+      }
+      listens.push({ key, address, storage: s });
     }
   }
   // After the data files: a shared data file also means a shared default audit log.

@@ -178,6 +178,16 @@ describe('the <zrs> schema', () => {
       `%import zc.zrs\n<zrs>\n replicate-to 5000\n <filestorage>\n  path /a\n </filestorage>\n</zrs>\n<zrs>\n replicate-to 5000\n <filestorage>\n  path /b\n </filestorage>\n</zrs>\n`,
       `${F}:9: replicate-to: replicate-to 5000 is also used by the storage at ${F}:2`,
     ],
+    [
+      'a metrics-address on the replication address',
+      zrs(' replicate-to 127.0.0.1:5000\n metrics-address 5000'),
+      `${F}:4: metrics-address: metrics-address 127.0.0.1:5000 is also this storage's replicate-to`,
+    ],
+    [
+      'a port on every interface and the same port on loopback',
+      `%import zc.zrs\n<zrs>\n replicate-to 5000\n <filestorage>\n  path /a\n </filestorage>\n</zrs>\n<zrs>\n replicate-from db:5000\n metrics-address 127.0.0.1:5000\n <filestorage>\n  path /b\n </filestorage>\n</zrs>\n`,
+      `${F}:10: metrics-address: metrics-address 127.0.0.1:5000 is also used by the storage at ${F}:2 (its replicate-to)`,
+    ],
   ])('rejects %s, naming file:line and key', (_what, text, message) => {
     const err = errorOf(text);
     expect(err.message.startsWith(message)).toBe(true);
