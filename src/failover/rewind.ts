@@ -161,6 +161,9 @@ async function saveCut(storage: FileStorage, forkTid: Buffer, withBlobs: boolean
     }
   } finally {
     await side.close();
+    // The side file is an archive that nothing holds open: only it (and its blobs) stay beside the data file.
+    await removeIndex(out.sidePath);
+    await rm(`${out.sidePath}.lock`, { force: true });
   }
   return out;
 }

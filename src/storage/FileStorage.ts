@@ -5,7 +5,7 @@
 // committed (tpcFinish, commits$) only once it is durable.
 
 import { closeSync, ftruncateSync, fstatSync, openSync, writeSync, fsyncSync } from 'node:fs';
-import { open as openHandle, access, rename } from 'node:fs/promises';
+import { open as openHandle, access, rename, stat } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { Subject, type Observable } from 'rxjs';
 import {
@@ -186,6 +186,10 @@ export function decodeExtension(bytes: Buffer): Record<string, PickleValue> {
   throw new CorruptedDataError('extension', 0, 'transaction extension is not a pickled dict');
 }
 
+function noSuchFile(path: string, readOnly: boolean): ZrsError {
+  return new ZrsError(`${path}: no such storage file${readOnly ? '' : ' (pass create: true to make one)'}`);
+}
+
 export class FileStorage {
   private readonly commitLock = new CommitLock();
   /** The bytes of the transaction in progress (one at a time, so one buffer). */
@@ -266,6 +270,10 @@ export class FileStorage {
    */
   static async open(path: string, options: OpenOptions = {}): Promise<FileStorage> {
     const readOnly = options.readOnly ?? false;
+    // Refused before the lock is taken, so a mistyped path leaves no lock file behind.
+    const found = await stat(path).catch(() => null);
+    if (found === null && (!options.create || readOnly)) throw noSuchFile(path, readOnly);
+    if (found?.isDirectory()) throw new ZrsError(`${path}: a directory, not a storage file`);
     const lock = readOnly ? null : LockFile.acquire(`${path}.lock`);
     try {
       return await FileStorage.openLocked(path, options, readOnly, lock);
@@ -285,9 +293,7 @@ export class FileStorage {
       () => true,
       () => false,
     );
-    if (!exists && (!options.create || readOnly)) {
-      throw new ZrsError(`${path}: no such storage file${readOnly ? '' : ' (pass create: true to make one)'}`);
-    }
+    if (!exists && (!options.create || readOnly)) throw noSuchFile(path, readOnly);
     const truncate = options.create === 'truncate' && !readOnly;
     const fd = openSync(path, readOnly ? 'r' : exists && !truncate ? 'r+' : 'w+');
     let handle: FileHandle | null = null;

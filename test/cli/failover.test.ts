@@ -1,7 +1,7 @@
 // `zrs promote` and `zrs rewind` in-process: a new generation on a stopped
 // storage; a rewind to a given tid with the cut part in a dumpable side file.
 
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -48,6 +48,8 @@ describe('zrs promote / zrs rewind', () => {
     io = memoryIo();
     expect(await runCli(['rewind', path, '--to-tid', tids[1]!.toString('hex')], io)).toBe(0);
     expect(io.stdout).toContain('2 transaction(s) saved in');
+    // The side file stands alone: no lock or index file of its own beside it.
+    expect(readdirSync(dir).filter((f) => f.includes('.rewound-'))).toEqual([`Data.fs.rewound-${tids[1]!.toString('hex')}`]);
     io = memoryIo();
     expect(await runCli(['dump', `${path}.rewound-${tids[1]!.toString('hex')}`], io)).toBe(0);
     expect(io.stdout).toContain(`tid=${tids[2]!.toString('hex')}`);
@@ -55,6 +57,13 @@ describe('zrs promote / zrs rewind', () => {
     const after = await FileStorage.open(path, { readOnly: true });
     expect(after.lastTransaction()).toEqual(tids[1]);
     await after.close();
+
+    // A path that is not a storage file is refused before a lock file is made for it.
+    for (const wrong of [join(dir, 'missing.fs'), dir]) {
+      io = memoryIo();
+      expect(await runCli(['rewind', wrong, '--to-tid', tids[1]!.toString('hex')], io)).not.toBe(0);
+      expect(existsSync(`${wrong}.lock`)).toBe(false);
+    }
 
     io = memoryIo();
     expect(await runCli(['rewind', path], io)).not.toBe(0);
