@@ -14,6 +14,7 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { AuditLogDamagedError, ZrsError } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import { silentLogger, type Logger } from '../replication/log.js';
+import { openFileToRead } from '../storage/fileio.js';
 
 /** The 8 bytes every audit log starts with. */
 export const AUDIT_MAGIC = Buffer.from('ZRSAUD1\n', 'latin1');
@@ -296,7 +297,7 @@ export class AuditLog {
  * offset: the caller reports it, nothing is skipped silently.
  */
 export async function readAuditLog(path: string): Promise<AuditReadResult> {
-  const handle = await open(path, 'r');
+  const handle = await openFileToRead(path);
   try {
     const size = (await handle.stat()).size;
     const records: AuditRecord[] = [];

@@ -9,7 +9,8 @@
 // ends in data (or in "no data"). Memory: one read window plus the set of
 // record positions and the last position of each oid.
 
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { openFileToRead } from '../storage/fileio.js';
 import {
   BACKPOINTER_BYTES,
   DATA_HEADER_BYTES,
@@ -19,6 +20,7 @@ import {
   TRAILER_BYTES,
   TXN_HEADER_BYTES,
   dataRecordLength,
+  describeMagic,
   readDataHeader,
   readTxnHeader,
   readU64At,
@@ -127,7 +129,7 @@ class Reader {
  * if (!r.ok) console.error(`position ${r.position}: ${r.problem}`);
  */
 export async function verifyFile(path: string, onProgress?: (fraction: number) => void): Promise<VerifyResult> {
-  const fh = await open(path, 'r');
+  const fh = await openFileToRead(path);
   try {
     const size = (await fh.stat()).size;
     // The transactions end where fill written ahead of them begins (src/storage/prealloc.ts).
@@ -149,7 +151,7 @@ async function walk(reader: Reader, size: number, onProgress: ((f: number) => vo
   if (size < MAGIC_BYTES) throw new Problem(0, `file is ${size} bytes: too short for the 4-byte magic`);
   const magic = await reader.at(0, MAGIC_BYTES);
   if (!magic.equals(MAGIC_FS30) && !magic.equals(MAGIC_FS21)) {
-    throw new Problem(0, `not a FileStorage file: magic ${JSON.stringify(magic.toString('latin1'))} (expected "FS30" or "FS21")`);
+    throw new Problem(0, `not a FileStorage file: magic ${describeMagic(magic)} (expected "FS30" or "FS21")`);
   }
   const records = new Set<number>();
   const lastOfOid = new Map<string, number>();

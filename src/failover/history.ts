@@ -92,7 +92,7 @@ export class FailoverHistory {
   /** The refusal for a hello, or undefined when the secondary may replicate. */
   refusalFor(hello: Pick<HelloMessage, 'startTid' | 'generations' | 'chainHead'> & { chainSamples?: ChainHead[] }): Refusal | undefined {
     const v = this.verdict(hello);
-    if (v.kind === 'diverged') return { code: 'diverged', reason: `diverged: ${v.reason}; fork at tid ${v.forkTid.toString('hex')}`, forkTid: v.forkTid };
+    if (v.kind === 'diverged') return { code: 'diverged', reason: `${v.reason}; fork at tid ${v.forkTid.toString('hex')}`, forkTid: v.forkTid };
     if (v.kind === 'inconsistent') return { code: 'bad-tid', reason: v.reason };
     return undefined;
   }

@@ -80,8 +80,8 @@ export async function promoteSecondary(h: PromotionHandle, options: PromoteOptio
   if (!options.force && (state.startsWith('connected') || state === 'diverged')) {
     throw new PromotionRefusedError(
       state === 'diverged'
-        ? 'refusing to promote a diverged secondary (pass force: true to promote it anyway)'
-        : `refusing to promote while connected to a primary (${state}): stop the primary first, or pass force: true`,
+        ? 'refusing to promote a diverged secondary unless forced (force: true; zrs promote --force)'
+        : `refusing to promote while connected to a primary (${state}): stop the primary first, or force it (force: true; zrs promote --force)`,
     );
   }
   if (options.replicateTo === undefined && h.serverAddress() === null) throw new PromotionRefusedError('promote needs replicateTo: this secondary does not serve one');

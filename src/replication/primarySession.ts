@@ -349,7 +349,7 @@ export class PrimarySession {
   }
 
   private sendRefusal(code: string, reason: string, protocolName: string | null, forkTid?: Buffer): void {
-    this.options.log('warn', `refused secondary ${this.peer}: ${reason}`, { code, protocol: protocolName });
+    this.options.log('warn', `refused secondary ${this.peer}: ${code}: ${reason}`, { code, protocol: protocolName });
     // A refusal is readable only by native peers (zc.zrs just sees the close).
     if (this.codec) {
       // The primary's last tid tells a refused secondary how far the history it was judged against goes.

@@ -37,6 +37,7 @@ import {
   readTxnHeader,
   readU64At,
   writeTxnHeader,
+  describeMagic,
   type DataHeader,
   type TxnHeader,
 } from './format.js';
@@ -304,7 +305,7 @@ export class FileStorage {
       }
       const magic = preadSync(fd, 0, MAGIC_BYTES);
       if (!magic.equals(MAGIC_FS30) && !magic.equals(MAGIC_FS21)) {
-        throw new FormatError(path, `not a FileStorage file (magic ${JSON.stringify(magic.toString('latin1'))})`);
+        throw new FormatError(path, `not a FileStorage file (magic ${describeMagic(magic)})`);
       }
       handle = await openHandle(path, 'r');
       const { state, end, tailTid } = await FileStorage.recover(path, fd, handle, readOnly);

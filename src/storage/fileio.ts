@@ -3,8 +3,30 @@
 // and a windowed sequential reader for scans and iteration.
 
 import { readSync } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
+import { ZrsError } from '../errors.js';
 import { readU64At } from './format.js';
+
+/**
+ * Open a file to read it whole (a data file, an audit log), refusing a
+ * missing file or a directory with a message naming the path (the plain
+ * errors of open and read name only the call, or nothing). A missing file's
+ * error keeps the code 'ENOENT', so callers may still tell it apart.
+ */
+export async function openFileToRead(path: string): Promise<FileHandle> {
+  let handle: FileHandle;
+  try {
+    handle = await open(path, 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw Object.assign(new ZrsError(`${path}: no such file`, { cause: err }), { code: 'ENOENT' });
+    throw err;
+  }
+  if ((await handle.stat()).isDirectory()) {
+    await handle.close();
+    throw new ZrsError(`${path}: a directory, not a file`);
+  }
+  return handle;
+}
 
 /** Read exactly `length` bytes at `pos`, or fewer only at end of file. */
 export function preadSync(fd: number, pos: number, length: number): Buffer {

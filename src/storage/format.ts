@@ -157,3 +157,8 @@ export function u16At(buf: Buffer, off: number): number {
 }
 
 export { u64At as readU64At, writeU64At };
+
+/** A file's first bytes for a message: quoted when printable ASCII, else hex (never raw binary on a terminal). */
+export function describeMagic(magic: Buffer): string {
+  return /^[\x20-\x7e]*$/.test(magic.toString('latin1')) ? JSON.stringify(magic.toString('latin1')) : `0x${magic.toString('hex')}`;
+}

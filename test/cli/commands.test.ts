@@ -14,7 +14,7 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import { pyBytesRepr } from '../../src/cli/dump.js';
 import { verifyFile } from '../../src/cli/verify.js';
 import { writeFill } from '../../src/storage/prealloc.js';
-import { cleanupTempDirs, copyZodbFixture, fixturePath, readManifest } from '../helpers/fixtures.js';
+import { cleanupTempDirs, copyZodbFixture, fixturePath, readManifest, tempDir } from '../helpers/fixtures.js';
 import { BIN, memoryIo } from './helpers.js';
 
 afterAll(cleanupTempDirs);
@@ -80,10 +80,17 @@ describe('zrs help and usage', () => {
     expect(r.stdout).toBe('');
   });
 
-  it('reports a missing file as a failure (exit 1), not a crash', async () => {
+  it('reports a missing file or a directory as a failure (exit 1) naming it, not a crash', async () => {
     const r = await run('verify', '/nonexistent/Data.fs');
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^zrs verify: .*no such file/i);
+    const dir = await tempDir();
+    for (const command of ['verify', 'audit', 'dump']) {
+      const missing = await run(command, join(dir, 'missing'));
+      expect(missing, command).toMatchObject({ code: 1, stderr: `zrs ${command}: ${join(dir, 'missing')}: no such ${command === 'dump' ? 'storage ' : ''}file\n` });
+      const directory = await run(command, dir);
+      expect(directory, command).toMatchObject({ code: 1, stderr: `zrs ${command}: ${dir}: a directory, not a ${command === 'dump' ? 'storage ' : ''}file\n` });
+    }
   });
 
   it('serve reports a configuration error with file:line and key (exit 1)', async () => {

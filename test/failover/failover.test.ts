@@ -113,7 +113,8 @@ describe('failover', () => {
       const refusal = old.machine.getSnapshot().context.lastError as unknown as { kind: string; code: string; forkTid: Buffer };
       expect(refusal.code).toBe('diverged');
       expect(Buffer.from(refusal.forkTid).equals(shared.at(-1)!)).toBe(true);
-      expect(statuses.some((s) => s.startsWith('diverged: diverged'))).toBe(true);
+      expect(statuses.some((s) => s.startsWith('diverged: ') && s.includes('; fork at tid '))).toBe(true);
+      expect(statuses.some((s) => s.startsWith('diverged: diverged'))).toBe(false);
       // No retry loop: while several commits replicate to s2 (each round trip
       // longer than a reconnect delay here), the old primary never leaves diverged.
       const left: string[] = [];

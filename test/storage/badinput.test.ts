@@ -45,15 +45,18 @@ async function expectRefused<E extends Error>(path: string, bytes: Buffer, cls: 
 
 describe('unknown magic', () => {
   it.each([
-    ['another magic', Buffer.concat([Buffer.from('FS99'), Buffer.alloc(40)])],
-    ['a text file', Buffer.from('hello, this is not a storage\n')],
-    ['a 2-byte file', Buffer.from('FS')],
-  ])('refuses %s with FormatError naming the file, and releases the lock', async (_name, bytes) => {
+    ['another magic', Buffer.concat([Buffer.from('FS99'), Buffer.alloc(40)]), 'magic "FS99"'],
+    ['a text file', Buffer.from('hello, this is not a storage\n'), 'magic "hell"'],
+    ['random bytes', Buffer.concat([Buffer.from([0x25, 0x36, 0xca, 0xd4]), Buffer.alloc(40, 0x07)]), 'magic 0x2536cad4'],
+    ['a 2-byte file', Buffer.from('FS'), null],
+  ])('refuses %s with FormatError naming the file, and releases the lock', async (_name, bytes, magic) => {
     const dir = await tempDir('zrs-bad-');
     const path = join(dir, 'Data.fs');
     for (const err of await expectRefused(path, bytes, FormatError)) {
       expect(err.path).toBe(path);
       expect(err.message).toContain(path);
+      // The first bytes are shown as text only when printable, never as raw binary.
+      if (magic !== null) expect(err.message).toContain(magic);
     }
     // The failed writable open released the lock.
     await writeFile(path, Buffer.alloc(0));
@@ -176,6 +179,7 @@ describe('missing files', () => {
       expect((err as Error).message).toContain(path);
       if (!readOnly) expect((err as Error).message).toContain('create');
       expect(existsSync(path)).toBe(false);
+      expect(existsSync(`${path}.lock`)).toBe(false);
     }
     // Read-only never creates, even when asked to.
     const err = await FileStorage.open(path, { readOnly: true, create: true }).then(
@@ -184,6 +188,15 @@ describe('missing files', () => {
     );
     expect(err).toBeInstanceOf(ZrsError);
     expect(existsSync(path)).toBe(false);
+  });
+
+  it('refuses a directory, naming it, without making a lock file for it', async () => {
+    const dir = await tempDir('zrs-bad-');
+    for (const readOnly of [false, true]) {
+      const err = await openError(dir, readOnly);
+      expect((err as Error).message).toBe(`${dir}: a directory, not a storage file`);
+      expect(existsSync(`${dir}.lock`)).toBe(false);
+    }
   });
 
   it('refuses a file in a missing directory with an error naming the path', async () => {
