@@ -61,7 +61,7 @@ export class ReplicationMetrics {
   private readonly txnsReceived = this.counter('zrs_transactions_received_total', 'Transactions received from upstream and applied (secondary).');
   private readonly txnsCommitted = this.counter('zrs_transactions_committed_total', 'Transactions made durable in this storage (commits on a primary, applied on a secondary).');
   private readonly reconnects = this.counter('zrs_reconnects_total', 'Connection attempts to the upstream after the first (secondary).');
-  private readonly connectionsAccepted = this.counter('zrs_secondary_connections_total', 'Secondary connections accepted (after the TLS handshake, if any).');
+  private readonly connectionsAccepted = this.counter('zrs_secondary_connections_total', 'Secondary connections whose replication handshake was accepted (status and promote requests are not counted).');
 
   constructor(private readonly clock: Clock) {
     const self = this;
@@ -192,10 +192,22 @@ export class ReplicationMetrics {
     this.subscriptions.push(sub);
   }
 
-  /** A session started (ReplicationServer's onSession hook). */
+  /**
+   * A session started (ReplicationServer's onSession hook). It counts as a
+   * secondary once its handshake is accepted: status and promote requests
+   * on the same address are connections too, but not secondaries.
+   */
   onSession(session: PrimarySession): void {
-    this.sessions.add(session);
-    this.connectionsAccepted.inc();
+    let counted = false;
+    const replicating = (state: unknown): void => {
+      if (counted || (state !== 'catchingUp' && state !== 'live' && state !== 'draining')) return;
+      counted = true;
+      this.sessions.add(session);
+      this.connectionsAccepted.inc();
+    };
+    replicating(session.machine.getSnapshot().value); // a session kept through a promotion is already past it
+    const states = session.machine.subscribe((snap) => replicating(snap.value));
+    this.subscriptions.push(states);
     let sent = 0;
     const sub = session.progress$.subscribe((p) => {
       if (p.sentTransactions > sent) this.txnsSent.inc(p.sentTransactions - sent);
@@ -206,6 +218,7 @@ export class ReplicationMetrics {
       complete: () => {
         this.sessions.delete(session);
         sub.unsubscribe();
+        states.unsubscribe();
       },
     });
   }

@@ -114,7 +114,7 @@ export class ReplicationServer {
       promote: (request) => (this.options.promote ? this.options.promote(request) : Promise.resolve({ kind: 'refused', code: 'not-promotable', reason: 'this node does not accept promote requests' })),
     });
     this.sessions.add(session);
-    o.log('info', `secondary connected from ${stream.peer}`);
+    o.log('info', `connection from ${stream.peer}`);
     o.onSession?.(session);
     for (const watch of this.sessionWatchers) watch(session);
     session.done$.subscribe({ complete: () => this.sessions.delete(session) });

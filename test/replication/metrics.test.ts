@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
+import { requestStatus } from '../../src/replication/statusClient.js';
 import { tidToSeconds } from '../../src/storage/timestamp.js';
 import type { ReplicationAddress } from '../../src/ports/transport.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -107,6 +108,12 @@ describe('metrics endpoint', () => {
       expect(sample(s, 'zrs_heartbeat_age_seconds')).toBeGreaterThanOrEqual(0);
       // Not a global registry: the primary's endpoint has no secondary-only samples.
       expect(sample(p, 'zrs_transactions_received_total')).toBe(0);
+
+      // A status request connects to the same address, but it is no secondary.
+      expect((await requestStatus(primary.address)).role).toBe('primary');
+      p = await scrape(primary.metricsAddress);
+      expect(sample(p, 'zrs_secondary_connections_total')).toBe(1);
+      expect(sample(p, 'zrs_connected_secondaries')).toBe(1);
 
       expect((await get(primary.metricsAddress!, '/nothing')).status).toBe(404);
     } finally {
