@@ -16,3 +16,14 @@ export function jsonLogger(node: string, write: (line: string) => void = (l) => 
 
 /** A logger that drops everything (the library default when none is given). */
 export const silentLogger: Logger = () => undefined;
+
+/** Warn that opening a storage cut an unfinished transaction off its end (a crash mid-commit), naming where its bytes are kept. */
+export function logTailCut(log: Logger, storage: { path: string; tailCutOnOpen: { position: number; bytes: number; keptIn: string } | null }): void {
+  const cut = storage.tailCutOnOpen;
+  if (cut === null) return;
+  log('warn', `${storage.path}: an unfinished transaction of ${cut.bytes} bytes at the end (a crash in the middle of a commit) was cut off and kept in ${cut.keptIn}`, {
+    position: cut.position,
+    bytes: cut.bytes,
+    keptIn: cut.keptIn,
+  });
+}

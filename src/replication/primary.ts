@@ -9,7 +9,7 @@ import { FileStorage } from '../storage/FileStorage.js';
 import { systemClock } from '../node/clock.js';
 import type { TlsOptions } from '../node/tlsTransport.js';
 import { formatAddress, toAddress } from './address.js';
-import { silentLogger, type Logger } from './log.js';
+import { logTailCut, silentLogger, type Logger } from './log.js';
 import type { ReplicationMetrics } from './metrics.js';
 import { openNodeEdges, type NodeEdges } from './nodeEdges.js';
 import { ReplicationServer, type PromoteHandler } from './server.js';
@@ -102,6 +102,7 @@ export class Primary {
     // A bad address is refused before the storage is opened (and locked).
     const address = toAddress(options.replicateTo);
     const storage = options.storage ?? (await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, preallocate: options.preallocate }));
+    if (!options.storage) logTailCut(options.log ?? silentLogger, storage);
     const clock = options.clock ?? systemClock;
     const describe = (sessions: SessionStatus[]): NodeStatus =>
       buildNodeStatus({ role: 'primary', name: options.name ?? null, storage, nowMs: clock.now(), sessions, generation: history?.generations.current });

@@ -23,7 +23,7 @@ import { SpacedReport } from './spacedReport.js';
 import { NO_MUTATIONS, type ReplicationMutations } from './mutations.js';
 import type { StorageDisk } from '../storage/disk.js';
 import { NativeInbound, Zrs2Inbound, type ApplyEvent, type InboundDecoder } from './inbound.js';
-import { silentLogger, type Logger } from './log.js';
+import { logTailCut, silentLogger, type Logger } from './log.js';
 import { NATIVE_SPEC, ZRS20_SPEC, ZRS21_SPEC } from './protocols.js';
 import { ReplicationServer } from './server.js';
 import type { TlsOptions } from '../node/tlsTransport.js';
@@ -248,6 +248,7 @@ export class Secondary {
     // Finishes are pipelined (many share one sync): no inline syncs.
     const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, now: () => clock.now(), disk: options.disk, preallocate: options.preallocate, syncInline: false });
     const s = new Secondary(inner, options, from);
+    logTailCut(s.log, inner);
     try {
       s.failover = await FailoverHistory.open(inner, { role: 'secondary', fsync: options.fsync });
       s.edges = await openNodeEdges(options, s.clock, s.log);

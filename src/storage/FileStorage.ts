@@ -187,6 +187,15 @@ export function decodeExtension(bytes: Buffer): Record<string, PickleValue> {
   throw new CorruptedDataError('extension', 0, 'transaction extension is not a pickled dict');
 }
 
+/** An unfinished transaction cut from the end of a data file when it was opened. */
+export interface TailCut {
+  /** Where it began: the file's length now. */
+  position: number;
+  bytes: number;
+  /** The `<file>.trN` file holding its bytes, as ZODB keeps them. */
+  keptIn: string;
+}
+
 function noSuchFile(path: string, readOnly: boolean): ZrsError {
   return new ZrsError(`${path}: no such storage file${readOnly ? '' : ' (pass create: true to make one)'}`);
 }
@@ -228,6 +237,12 @@ export class FileStorage {
   private readonly recentTxns = new RecentTransactions();
   /** Fill written ahead of the end for commits to overwrite (see prealloc.ts). */
   private fillAhead: FillAhead;
+
+  /**
+   * The unfinished transaction this open cut from the end of the file (a
+   * crash in the middle of a commit), kept in `keptIn`; null when there was none.
+   */
+  tailCutOnOpen: TailCut | null = null;
 
   private constructor(
     readonly path: string,
@@ -308,9 +323,9 @@ export class FileStorage {
         throw new FormatError(path, `not a FileStorage file (magic ${describeMagic(magic)})`);
       }
       handle = await openHandle(path, 'r');
-      const { state, end, tailTid } = await FileStorage.recover(path, fd, handle, readOnly);
+      const { state, end, tailTid, tailCut } = await FileStorage.recover(path, fd, handle, readOnly);
       const blobs = options.blobDir ? await BlobDirectory.open(options.blobDir, { create: !readOnly }) : null;
-      return new FileStorage(
+      const storage = new FileStorage(
         path,
         fd,
         handle,
@@ -327,6 +342,8 @@ export class FileStorage {
         options.syncInline ?? true,
         readOnly ? 0 : preallocateOption(options),
       );
+      storage.tailCutOnOpen = tailCut;
+      return storage;
     } catch (err) {
       await handle?.close();
       closeSync(fd);
@@ -343,7 +360,7 @@ export class FileStorage {
     fd: number,
     handle: FileHandle,
     readOnly: boolean,
-  ): Promise<{ state: ScanState; end: number; tailTid: Buffer | null }> {
+  ): Promise<{ state: ScanState; end: number; tailTid: Buffer | null; tailCut: TailCut | null }> {
     const size = fstatSync(fd).size;
     const saved = await loadIndex(path, fd, size);
     const from = saved ? saved.end : MAGIC_BYTES;
@@ -361,8 +378,8 @@ export class FileStorage {
       if (head.length === 8 && !(hadFill && isFillRange(head, result.tail.pos))) tailTid = head;
     }
     // An unfinished tail, or fill alone past the last transaction (kept in no side file).
-    if ((result.tail || hadFill) && !readOnly) await FileStorage.cutTail(path, fd, result.end, fillStart, hadFill);
-    return { state: result, end: result.end, tailTid };
+    const tailCut = (result.tail || hadFill) && !readOnly ? await FileStorage.cutTail(path, fd, result.end, fillStart, hadFill) : null;
+    return { state: result, end: result.end, tailTid, tailCut };
   }
 
   /**
@@ -371,12 +388,14 @@ export class FileStorage {
    * up to 7 bytes of it (fill written after a transaction that ends inside a
    * word), and nothing is kept when the tail is only fill.
    */
-  private static async cutTail(path: string, fd: number, pos: number, keepEnd: number, hadFill: boolean): Promise<void> {
+  private static async cutTail(path: string, fd: number, pos: number, keepEnd: number, hadFill: boolean): Promise<TailCut | null> {
     const tail = preadSync(fd, pos, keepEnd - pos);
+    let cut: TailCut | null = null;
     if (!(hadFill && isFillRange(tail, pos))) {
       let n = 0;
       while (await access(`${path}.tr${n}`).then(() => true, () => false)) n++;
-      const side = openSync(`${path}.tr${n}`, 'wx');
+      cut = { position: pos, bytes: tail.length, keptIn: `${path}.tr${n}` };
+      const side = openSync(cut.keptIn, 'wx');
       try {
         writeSync(side, tail, 0, tail.length, 0);
         fsyncSync(side);
@@ -387,6 +406,7 @@ export class FileStorage {
     ftruncateSync(fd, pos);
     fsyncSync(fd);
     await removeIndex(path);
+    return cut;
   }
 
   // ---------------------------------------------------------------- writes

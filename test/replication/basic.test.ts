@@ -2,7 +2,7 @@
 // secondary, only the rest to one that reconnects mid-history, live commits
 // without polling, byte-identical files, read-only secondary storage.
 
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ReadOnlyError } from '../../src/errors.js';
@@ -11,7 +11,7 @@ import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, expectSameHistory, waitForTid, Z64 } from './helpers.js';
-import { settleUntil } from './netHelpers.js';
+import { LogCollector, settleUntil } from './netHelpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -103,6 +103,38 @@ describe('heartbeats', () => {
       await s2.close();
       await s1.close();
       await primary.close();
+    }
+  });
+});
+
+describe('a node opened on a file a crash left in the middle of a commit', () => {
+  it('logs the cut unfinished transaction and where its bytes are kept', async () => {
+    const dir = await tempDir();
+    const fs = await FileStorage.open(join(dir, 'live.fs'), { create: true, fsync: false, preallocate: 0 });
+    await commitMany(fs, 2);
+    const txn = { description: 'never finished' };
+    await fs.tpcBegin(txn);
+    fs.store(fs.newOid(), Z64, Buffer.from('voted, then the process died'), txn);
+    await fs.tpcVote(txn);
+    // The file as a crash at this instant leaves it: voted, never finished.
+    writeFileSync(join(dir, 'p.fs'), readFileSync(join(dir, 'live.fs')));
+    writeFileSync(join(dir, 's.fs'), readFileSync(join(dir, 'live.fs')));
+    await fs.tpcAbort(txn);
+    await fs.close();
+    for (const role of ['primary', 'secondary'] as const) {
+      const logs = new LogCollector();
+      const path = join(dir, role === 'primary' ? 'p.fs' : 's.fs');
+      const node =
+        role === 'primary'
+          ? await Primary.open({ path, replicateTo: '127.0.0.1:0', fsync: false, log: logs.log })
+          : await Secondary.open({ path, replicateFrom: '127.0.0.1:1', fsync: false, log: logs.log });
+      try {
+        const warnings = logs.entries.filter((e) => e.level === 'warn' && e.message.includes('unfinished transaction'));
+        expect(warnings.map((e) => e.message), role).toEqual([expect.stringMatching(new RegExp(`^${path}: an unfinished transaction of \\d+ bytes at the end .* kept in ${path}\\.tr0$`))]);
+        expect(readFileSync(`${path}.tr0`).length).toBeGreaterThan(0);
+      } finally {
+        await node.close();
+      }
     }
   });
 });
