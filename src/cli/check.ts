@@ -9,7 +9,7 @@ import { tidToSeconds } from '../storage/timestamp.js';
 import { DEFAULT_STATUS_TIMEOUT_MS, requestStatus, StatusConnectError, StatusReplyError } from '../replication/statusClient.js';
 import { UsageError, type CommandSpec } from './args.js';
 import type { CliIo } from './io.js';
-import { commandAddress, secondsOption } from './status.js';
+import { commandAddress, secondsOption, timeoutOption } from './status.js';
 
 export const checkSpec: CommandSpec = {
   name: 'check',
@@ -62,7 +62,7 @@ export function checkOptions(flags: ReadonlyMap<string, string | true>): CheckOp
     warning: threshold('warning', 'w'),
     error: threshold('error', 'e'),
     outputMetrics: flags.has('output-metrics'),
-    timeoutMs: secondsOption(flags.get('timeout'), '--timeout', DEFAULT_STATUS_TIMEOUT_MS),
+    timeoutMs: timeoutOption(flags, DEFAULT_STATUS_TIMEOUT_MS),
   };
   if (!options.outputMetrics && !options.warning && !options.error) throw new UsageError('one of -w, -e or -m is required');
   return options;

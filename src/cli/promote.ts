@@ -6,7 +6,8 @@
 // has it open), then `zrs serve` with a primary configuration serves it.
 // Either way the promotion is recorded in the node's audit log.
 
-import { statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
+import { ZrsError } from '../errors.js';
 import { basename } from 'node:path';
 import { AuditLog } from '../audit/auditLog.js';
 import { defaultAuditPath } from '../audit/nodeAudit.js';
@@ -18,7 +19,7 @@ import { DEFAULT_PROMOTE_TIMEOUT_MS, requestPromotion } from '../replication/pro
 import { FileStorage } from '../storage/FileStorage.js';
 import { UsageError, type CommandSpec, type ParsedArgs } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
-import { commandAddress, secondsOption } from './status.js';
+import { commandAddress, timeoutOption } from './status.js';
 
 export const promoteSpec: CommandSpec = {
   name: 'promote',
@@ -62,8 +63,10 @@ export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
     return promoteFile(target, io, typeof audit === 'string' ? (audit.toLowerCase() === 'off' ? null : audit) : undefined);
   }
   if (args.flags.has('audit-log')) throw new UsageError('--audit-log applies to a FILE; a running node records in its own audit log');
+  // A path that names nothing here is a mistyped FILE far more often than a socket that is gone.
+  if (/\.fs$/i.test(target) && !existsSync(target)) throw new ZrsError(`${target}: no such file (FILE must be an existing data file; ADDRESS a running node's replication address)`);
   const address = commandAddress(target);
-  const timeoutMs = secondsOption(args.flags.get('timeout'), '--timeout', DEFAULT_PROMOTE_TIMEOUT_MS);
+  const timeoutMs = timeoutOption(args.flags, DEFAULT_PROMOTE_TIMEOUT_MS);
   const reply = await requestPromotion(address, { force: args.flags.has('force'), timeoutMs });
   const g = reply.generation;
   await io.out(`promoted ${formatAddress(address)}: generation ${g.generation} starts after tid ${g.startTid.toString('hex')}; ${reply.sessionsKept} downstream session(s) kept\n`);

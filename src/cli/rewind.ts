@@ -3,7 +3,6 @@
 // new primary; the cut transactions go to FILE.rewound-<tid> (readable with
 // `zrs dump`). Then the node can rejoin as a secondary.
 
-import { ZrsError } from '../errors.js';
 import { rewindStorage } from '../failover/rewind.js';
 import type { CommandSpec, ParsedArgs } from './args.js';
 import { UsageError } from './args.js';
@@ -36,7 +35,7 @@ export async function rewind(args: ParsedArgs, io: CliIo): Promise<number> {
   const address = args.flags.get('to-common-with');
   const tid = args.flags.get('to-tid');
   if ((address === undefined) === (tid === undefined)) throw new UsageError('give exactly one of --to-common-with or --to-tid', 'rewind');
-  if (typeof tid === 'string' && !/^[0-9a-fA-F]{16}$/.test(tid)) throw new ZrsError(`--to-tid must be 16 hex digits, got ${JSON.stringify(tid)}`);
+  if (typeof tid === 'string' && !/^[0-9a-fA-F]{16}$/.test(tid)) throw new UsageError(`--to-tid must be 16 hex digits, got ${JSON.stringify(tid)}`);
   const blobDir = args.flags.get('blob-dir');
   const audit = args.flags.get('audit-log');
   const result = await rewindStorage(path, {

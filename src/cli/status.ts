@@ -43,6 +43,13 @@ export function secondsOption(text: string | true | undefined, option: string, f
   return seconds * 1000;
 }
 
+/** `--timeout SECS` in ms: more than 0 (a timeout of 0 could only ever fail). */
+export function timeoutOption(flags: ReadonlyMap<string, string | true>, fallbackMs: number): number {
+  const ms = secondsOption(flags.get('timeout'), '--timeout', fallbackMs);
+  if (ms <= 0) throw new UsageError('option --timeout: must be more than 0 seconds');
+  return ms;
+}
+
 /** Parse ADDRESS for a command to connect to; a UsageError when malformed or port 0. */
 export function commandAddress(text: string): ReplicationAddress {
   try {
@@ -55,7 +62,7 @@ export function commandAddress(text: string): ReplicationAddress {
 
 /** Options from the command line. */
 export function statusOptions(flags: ReadonlyMap<string, string | true>): { json: boolean; timeoutMs: number } {
-  return { json: flags.has('json'), timeoutMs: secondsOption(flags.get('timeout'), '--timeout', DEFAULT_STATUS_TIMEOUT_MS) };
+  return { json: flags.has('json'), timeoutMs: timeoutOption(flags, DEFAULT_STATUS_TIMEOUT_MS) };
 }
 
 export async function status(addressText: string, io: CliIo, options: { json?: boolean; timeoutMs?: number } = {}): Promise<number> {

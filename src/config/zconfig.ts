@@ -65,7 +65,8 @@ export class ConfigError extends ZrsError {
     readonly key: string | null = null,
     options?: { cause?: unknown },
   ) {
-    super(`${file}:${line}: ${key ? `${key}: ` : ''}${detail}`, options);
+    // Line 0: about the file as a whole (it cannot be read).
+    super(`${file}${line > 0 ? `:${line}` : ''}: ${key ? `${key}: ` : ''}${detail}`, options);
   }
 
   static at(loc: SourceLocation, detail: string, key: string | null = null): ConfigError {

@@ -104,9 +104,15 @@ function exchange<T>(stream: ByteStream, label: string, clock: Clock, timeoutMs:
       else resolve(result);
     };
     const timer = clock.setTimeout(() => finish(kind.replyError(label, `no reply within ${timeoutMs} ms`)), timeoutMs);
+    let first = true;
     stream.setHandlers({
       data: (chunk) => {
         if (settled) return;
+        // The first bytes read as a length would be absurd; say what they are instead.
+        if (first && chunk.length >= 4 && Buffer.from(chunk.buffer, chunk.byteOffset, 4).toString('latin1') === 'HTTP') {
+          return finish(kind.replyError(label, 'the reply is HTTP: this is a web server (a metrics address?), not a replication address'));
+        }
+        first = false;
         try {
           decoder.feed(chunk);
           for (let f = decoder.next(); f !== null; f = decoder.next()) {

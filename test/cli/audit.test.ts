@@ -99,6 +99,6 @@ describe('zrs audit', () => {
     expect((await run('audit', '--help')).stdout).toMatch(/^usage: zrs audit \[--json\] FILE/);
     const missing = await run('audit', join(await tempDir(), 'nope.audit'));
     expect(missing.code).toBe(1);
-    expect(missing.stderr).toMatch(/^zrs audit: ENOENT/);
+    expect(missing.stderr).toMatch(/^zrs audit: \/.*\/nope\.audit: no such file\n$/);
   });
 });

@@ -103,7 +103,7 @@ describe('zrs help and usage', () => {
     expect(r.stderr).toContain(`zrs serve: configuration error: ${cfg}:4: keep-alive: unknown key in <zrs>`);
     const check = await run('serve', '--check', cfg.replace('bad.conf', 'none.conf'));
     expect(check.code).toBe(1);
-    expect(check.stderr).toContain('none.conf:0: cannot read configuration: no such file');
+    expect(check.stderr).toContain('none.conf: cannot read configuration: no such file');
   });
 
   it('serve --check prints what would run', async () => {

@@ -58,6 +58,14 @@ describe('zrs promote / zrs rewind', () => {
     expect(after.lastTransaction()).toEqual(tids[1]);
     await after.close();
 
+    // A malformed tid is a usage error; a data file that is not there is no address to promote.
+    io = memoryIo();
+    expect(await runCli(['rewind', path, '--to-tid', 'zz'], io)).toBe(2);
+    expect(io.stderr).toContain('--to-tid must be 16 hex digits, got "zz"');
+    io = memoryIo();
+    expect(await runCli(['promote', join(dir, 'missing.fs')], io)).toBe(1);
+    expect(io.stderr).toBe(`zrs promote: ${join(dir, 'missing.fs')}: no such file (FILE must be an existing data file; ADDRESS a running node's replication address)\n`);
+
     // A path that is not a storage file is refused before a lock file is made for it.
     for (const wrong of [join(dir, 'missing.fs'), dir]) {
       io = memoryIo();

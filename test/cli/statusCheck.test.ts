@@ -125,6 +125,13 @@ describe('zrs status', () => {
     const r = await run('status', '--timeout', 'soon', '5000');
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('zrs status: option --timeout: invalid number of seconds: "soon"');
+    // A timeout of 0 could only ever fail.
+    for (const command of ['status', 'promote']) {
+      const zero = await run(command, '--timeout', '0', '5000');
+      expect(zero.code, command).toBe(2);
+      expect(zero.stderr, command).toContain(`zrs ${command}: option --timeout: must be more than 0 seconds`);
+    }
+    expect((await run('check', '-m', '--timeout', '0', '5000', '5001')).code).toBe(2);
   });
 });
 

@@ -113,5 +113,13 @@ describe('status request', () => {
     } finally {
       await new Promise((r) => server.close(r));
     }
+    // A web server (a metrics address given by mistake): its reply is named, not read as a frame length.
+    const web = createServer((s) => s.once('data', () => s.end('HTTP/1.1 400 Bad Request\r\n\r\n')));
+    await new Promise<void>((r) => web.listen(0, '127.0.0.1', () => r()));
+    try {
+      await expect(requestStatus((web.address() as { port: number }).port)).rejects.toThrow(/: the reply is HTTP: this is a web server \(a metrics address\?\), not a replication address$/);
+    } finally {
+      await new Promise((r) => web.close(r));
+    }
   });
 });
