@@ -26,7 +26,7 @@ export function parseAddress(text: string | number, defaultHost = ''): Replicati
   const v6 = /^\[([^\]]+)\]:(\d+)$/.exec(s);
   if (v6) return { kind: 'tcp', host: v6[1]!, port: parsePort(v6[2]!, text) };
   const i = s.lastIndexOf(':');
-  if (i <= 0 || s.indexOf(':') !== i) throw new AddressError(`invalid replication address ${JSON.stringify(text)}: expected port, host:port, [v6]:port or a socket path`);
+  if (i <= 0 || s.indexOf(':') !== i) throw new AddressError(`invalid replication address ${JSON.stringify(text)}: expected port, host:port, [v6]:port or a socket path (a path holds a '/', as in ./${s})`);
   return { kind: 'tcp', host: s.slice(0, i), port: parsePort(s.slice(i + 1), text) };
 }
 

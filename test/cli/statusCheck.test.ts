@@ -122,6 +122,8 @@ describe('zrs status', () => {
 
   it('treats a malformed address or timeout as a usage error', async () => {
     expect((await run('status', 'a:b:c')).code).toBe(2);
+    // A socket in the current directory needs a '/' to be told from a host name: the message shows how.
+    expect((await run('status', 'bs.sock')).stderr).toContain(`a socket path (a path holds a '/', as in ./bs.sock)`);
     const r = await run('status', '--timeout', 'soon', '5000');
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('zrs status: option --timeout: invalid number of seconds: "soon"');
