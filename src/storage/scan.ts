@@ -178,18 +178,28 @@ export async function scanFile(
 }
 
 /**
- * Whether the file ends with a well-formed transaction that starts at or after
- * `pos`. At `pos` itself it is a complete transaction (final status, matching
- * redundant length) with damage inside: corruption, as in ZODB's read_index.
+ * Whether the file ends with a well-formed committed transaction that starts
+ * at or after `pos`, possibly followed by one unfinished transaction (a crash
+ * in the middle of the next commit leaves its status 'c'; commits are
+ * serialized, so there is never more than one). At `pos` itself it is a
+ * complete transaction (final status, matching redundant length) with damage
+ * inside: corruption, as in ZODB's read_index.
  */
 async function intactTransactionAfter(handle: FileHandle, pos: number, fileSize: number): Promise<boolean> {
   // Fill written after a transaction that ends inside a word begins with up
   // to 7 bytes that are not a whole word of fill: the file's data may end there.
   for (let end = fileSize; end > fileSize - 8; end--) {
     const h = await transactionEndingAt(handle, pos, end);
-    if (h !== null && (h.status === ' ' || h.status === 'p')) return true;
+    if (h === null) continue;
+    if (isFinalStatus(h.status)) return true;
+    const before = await transactionEndingAt(handle, pos, end - TRAILER_BYTES - h.length);
+    return before !== null && isFinalStatus(before.status);
   }
   return false;
+}
+
+function isFinalStatus(status: string): boolean {
+  return status === ' ' || status === 'p';
 }
 
 /**

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { CorruptedDataError, FormatError, POSKeyError, ZrsError } from '../../src/errors.js';
-import { Z64 } from '../../src/storage/timestamp.js';
+import { tidPlusOne, Z64 } from '../../src/storage/timestamp.js';
 import type { TransactionRecord } from '../../src/storage/types.js';
 import { cleanupTempDirs, copyZodbFixture, tempDir } from '../helpers/fixtures.js';
 import { collect, commit, fakeClock, oidOf } from './storageHarness.js';
@@ -117,6 +117,21 @@ describe('damage in the middle of a file (intact transactions after it)', () => 
   it('a broken redundant length', () =>
     expectCorrupt(
       damaged((b) => b.writeUInt32BE(victim.length + 1, victim.pos + victim.length + 4)),
+      victim.pos + victim.length,
+    ));
+
+  /** The file with an unfinished transaction appended: a copy of the last one, status 'c', as a crash in the middle of the next commit leaves it. */
+  const withUnfinishedEnd = (b: Buffer): Buffer => {
+    const last = txns.at(-1)!;
+    const next = Buffer.from(b.subarray(last.pos, last.pos + last.length + 8));
+    tidPlusOne(last.tid).copy(next, 0);
+    next[16] = 'c'.charCodeAt(0);
+    return Buffer.concat([b, next]);
+  };
+
+  it('a broken redundant length, with an unfinished transaction at the end (a crash in the middle of a commit)', () =>
+    expectCorrupt(
+      withUnfinishedEnd(damaged((b) => b.writeUInt32BE(victim.length + 1, victim.pos + victim.length + 4))),
       victim.pos + victim.length,
     ));
 
