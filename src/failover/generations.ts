@@ -7,6 +7,7 @@
 import { open, readFile, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { ZrsError } from '../errors.js';
+import { syncDirectory } from '../storage/fileio.js';
 import { Z64 } from '../storage/timestamp.js';
 import type { GenerationEntry } from '../wire/native.js';
 
@@ -182,17 +183,4 @@ export async function writeFileAtomic(path: string, bytes: Buffer): Promise<void
     throw err;
   }
   await syncDirectory(dirname(path));
-}
-
-/** fsync a directory so a rename in it is durable (best effort where unsupported). */
-export async function syncDirectory(dir: string): Promise<void> {
-  let h;
-  try {
-    h = await open(dir, 'r');
-    await h.sync();
-  } catch {
-    // Some platforms cannot fsync a directory; the rename is still atomic.
-  } finally {
-    await h?.close();
-  }
 }

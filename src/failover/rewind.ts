@@ -14,7 +14,8 @@ import { socketTransport } from '../node/socketTransport.js';
 import type { Clock } from '../ports/clock.js';
 import type { ReplicationAddress, Transport } from '../ports/transport.js';
 import { connectAddress, formatAddress } from '../replication/address.js';
-import { basename } from 'node:path';
+import { basename, dirname } from 'node:path';
+import { syncDirectory } from '../storage/fileio.js';
 import { AuditLog } from '../audit/auditLog.js';
 import { defaultAuditPath } from '../audit/nodeAudit.js';
 import { isBlobRecord } from '../storage/blobs.js';
@@ -165,6 +166,8 @@ async function saveCut(storage: FileStorage, forkTid: Buffer, withBlobs: boolean
     await removeIndex(out.sidePath);
     await rm(`${out.sidePath}.lock`, { force: true });
   }
+  // Its name is durable before the transactions it keeps are cut from the data file.
+  await syncDirectory(dirname(out.sidePath));
   return out;
 }
 

@@ -5,8 +5,9 @@
 // committed (tpcFinish, commits$) only once it is durable.
 
 import { closeSync, ftruncateSync, fstatSync, openSync, writeSync, fsyncSync } from 'node:fs';
-import { open as openHandle, access, rename, stat } from 'node:fs/promises';
+import { open as openHandle, access, link, rename, rm, stat } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { Subject, type Observable } from 'rxjs';
 import {
   ConflictError,
@@ -41,7 +42,7 @@ import {
   type DataHeader,
   type TxnHeader,
 } from './format.js';
-import { preadSync } from './fileio.js';
+import { preadSync, syncDirectory } from './fileio.js';
 import { TxnBuffer } from './txnBuffer.js';
 import { RecentTransactions } from './recentTxns.js';
 import { RelocatedCommit, relocateTransactions, type RelocatedTxn } from './rawAppend.js';
@@ -402,6 +403,8 @@ export class FileStorage {
       } finally {
         closeSync(side);
       }
+      // The side file's name is durable before the bytes it keeps are cut from the data file.
+      await syncDirectory(dirname(path));
     }
     ftruncateSync(fd, pos);
     fsyncSync(fd);
@@ -1061,8 +1064,15 @@ export class FileStorage {
     await this.makeDurable(this.end);
     // The old file is kept as it would be closed: without fill.
     this.cutFill();
-    await rename(this.path, `${this.path}.old`);
+    // Kept under a second name first, then replaced in one rename: at every
+    // instant (and after a crash at any point) the data file's name holds a
+    // whole file, the old one or the new one. Two renames, as ZODB does them,
+    // leave no data file between the two, and the next open would create an
+    // empty one.
+    await rm(`${this.path}.old`, { force: true });
+    await link(this.path, `${this.path}.old`);
     await rename(newPath, this.path);
+    await syncDirectory(dirname(this.path));
     const fd = openSync(this.path, 'r+');
     const handle = await openHandle(this.path, 'r');
     const size = fstatSync(fd).size;

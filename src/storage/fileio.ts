@@ -138,3 +138,16 @@ export class WindowRecycler {
     if (buf.length > 0) this.retired.push(buf);
   }
 }
+
+/** fsync a directory so a rename in it is durable (best effort where unsupported). */
+export async function syncDirectory(dir: string): Promise<void> {
+  let h;
+  try {
+    h = await open(dir, 'r');
+    await h.sync();
+  } catch {
+    // Some platforms cannot fsync a directory; the rename is still atomic.
+  } finally {
+    await h?.close();
+  }
+}
