@@ -6,7 +6,8 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { access, copyFile, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { syncDirectory } from './fileio.js';
 import { POSKeyError, ZrsError } from '../errors.js';
 
 const LAYOUT = 'bushy';
@@ -104,15 +105,38 @@ export class BlobDirectory {
     return staged;
   }
 
-  /** Put staged files at their committed paths (called while the transaction is voted). */
+  /**
+   * Put staged files at their committed paths (called while the transaction
+   * is voted). With `fsync`, each file and the directory entries that now
+   * lead to it are durable when this resolves: the transaction's commit may
+   * be reported right after. When one cannot be placed, those already placed
+   * are removed again (the transaction will be aborted).
+   */
   async place(blobs: PlacedBlob[], fsync: boolean): Promise<string[]> {
     const placed: string[] = [];
-    for (const b of blobs) {
-      const target = this.pathFor(b.oid, b.tid);
-      await mkdir(this.oidDir(b.oid), { recursive: true, mode: 0o700 });
-      if (fsync) await syncFile(b.stagedPath);
-      await rename(b.stagedPath, target);
-      placed.push(target);
+    /** Directories whose entries changed: each oid directory, and the parents of new ones. */
+    const changed = new Set<string>();
+    try {
+      for (const b of blobs) {
+        const target = this.pathFor(b.oid, b.tid);
+        const dir = this.oidDir(b.oid);
+        const firstCreated = await mkdir(dir, { recursive: true, mode: 0o700 });
+        if (fsync) {
+          await syncFile(b.stagedPath);
+          changed.add(dir);
+          if (firstCreated !== undefined) {
+            // New directories from the oid's up to the first one created: each is an entry in its parent.
+            const stop = dirname(resolve(firstCreated));
+            for (let d = resolve(dir); d !== stop && dirname(d) !== d; d = dirname(d)) changed.add(dirname(d));
+          }
+        }
+        await rename(b.stagedPath, target);
+        placed.push(target);
+      }
+      for (const d of changed) await syncDirectory(d);
+    } catch (err) {
+      await this.discard(placed);
+      throw err;
     }
     return placed;
   }

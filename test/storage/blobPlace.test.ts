@@ -1,0 +1,67 @@
+// Placing a voted transaction's blob files: with fsync, the directories whose
+// entries changed (the oid's directory and the parents of new directories)
+// are synced before the commit may be reported; a placement that fails part
+// way removes the files it already placed.
+
+import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { afterAll, describe, expect, it, vi } from 'vitest';
+import { BlobDirectory } from '../../src/storage/blobs.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { oidOf } from './storageHarness.js';
+import { tidFromTime } from '../../src/storage/timestamp.js';
+
+const synced: string[] = [];
+vi.mock('../../src/storage/fileio.js', async (importOriginal) => {
+  const real = await importOriginal<typeof import('../../src/storage/fileio.js')>();
+  return {
+    ...real,
+    syncDirectory: async (dir: string) => {
+      synced.push(resolve(dir));
+      await real.syncDirectory(dir);
+    },
+  };
+});
+
+afterAll(cleanupTempDirs);
+
+async function staged(blobs: BlobDirectory, text: string): Promise<string> {
+  const path = blobs.tempPath();
+  await writeFile(path, text);
+  return path;
+}
+
+describe('BlobDirectory.place', () => {
+  it('syncs the oid directory and every directory a new one was added to', async () => {
+    const blobs = await BlobDirectory.open(await tempDir(), { create: true });
+    const tid = tidFromTime(Date.UTC(2030, 0, 1));
+    synced.length = 0;
+    const [placed] = await blobs.place([{ oid: oidOf(7), tid, stagedPath: await staged(blobs, 'seven') }], true);
+    // Every directory from the oid's up to the root was new: each one and the root hold a new entry.
+    const want: string[] = [];
+    for (let d = resolve(dirname(placed!)); d !== dirname(resolve(blobs.root)); d = dirname(d)) want.push(d);
+    expect(want.length).toBeGreaterThan(1);
+    expect([...synced].sort()).toEqual(want.sort());
+
+    // A second revision of the same oid: only its directory changes.
+    synced.length = 0;
+    await blobs.place([{ oid: oidOf(7), tid: tidFromTime(Date.UTC(2030, 0, 2)), stagedPath: await staged(blobs, 'seven again') }], true);
+    expect(synced).toEqual([resolve(dirname(placed!))]);
+
+    // Without fsync nothing is synced.
+    synced.length = 0;
+    await blobs.place([{ oid: oidOf(8), tid, stagedPath: await staged(blobs, 'eight') }], false);
+    expect(synced).toEqual([]);
+  });
+
+  it('removes the files it placed when a later one cannot be placed', async () => {
+    const blobs = await BlobDirectory.open(await tempDir(), { create: true });
+    const tid = tidFromTime(Date.UTC(2030, 0, 1));
+    const first = { oid: oidOf(1), tid, stagedPath: await staged(blobs, 'one') };
+    const gone = { oid: oidOf(2), tid, stagedPath: blobs.tempPath() }; // never written: its rename fails
+    await expect(blobs.place([first, gone], true)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(existsSync(blobs.pathFor(oidOf(1), tid))).toBe(false);
+    expect(existsSync(join(blobs.root, 'tmp'))).toBe(true);
+  });
+});
