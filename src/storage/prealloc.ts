@@ -187,19 +187,24 @@ export class FillAhead {
 
   /**
    * About to write `length` bytes at `pos`: when they are small and run past
-   * the fill, write a new region of fill after them first. A failed fill
-   * write (a full disk) is undone and leaves the write to append as usual.
+   * the fill, write a new region of fill first, from the file's end (under
+   * the part of the write past it, too) to a chunk past the write. Every
+   * sector the write lands in then held fill before it, so a sync torn
+   * inside the write leaves fill there, never a hole that reads as zeros.
+   * A failed fill write (a full disk) is undone and leaves the write to
+   * append as usual.
    */
   beforeWrite(pos: number, length: number): void {
     const writeEnd = pos + length;
     if (this.chunkBytes > 0 && writeEnd > this.fileEnd && length <= this.chunkBytes / 8) {
-      const alignedStart = Math.floor(writeEnd / 8) * 8;
+      const startAt = Math.max(pos, this.fileEnd);
+      const alignedStart = Math.floor(startAt / 8) * 8;
       const fillEnd = Math.ceil((writeEnd + this.chunkBytes) / 8) * 8;
-      if (this.buf.length < fillEnd - alignedStart) this.buf = Buffer.allocUnsafeSlow(this.chunkBytes + 16);
+      if (this.buf.length < fillEnd - alignedStart) this.buf = Buffer.allocUnsafeSlow(fillEnd - alignedStart + this.chunkBytes / 8);
       const fill = this.buf.subarray(0, fillEnd - alignedStart);
       writeFill(fill, alignedStart);
       try {
-        this.disk.write(this.fd, fill.subarray(writeEnd - alignedStart), writeEnd);
+        this.disk.write(this.fd, fill.subarray(startAt - alignedStart), startAt);
         this.fileEnd = fillEnd;
         return;
       } catch {

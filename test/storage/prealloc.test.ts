@@ -7,12 +7,13 @@
 // byte for byte. fast-check prints the seed and path of a failure; replay
 // with fc.assert(..., { seed, path }).
 
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, readSync, statSync } from 'node:fs';
 import { open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CorruptedDataError } from '../../src/errors.js';
+import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { firstFillSector, isFillRange, isFillWord, trailingFill, writeFill } from '../../src/storage/prealloc.js';
 import { sizeWithoutFill } from '../../src/storage/scan.js';
@@ -111,6 +112,37 @@ describe('FileStorage with fill ahead of its end', () => {
     await fs.close();
     expect(statSync(path).size).toBe(fs.getSize());
     expect(await sizeWithoutFill(path)).toBe(fs.getSize());
+  });
+
+  it('writes every transaction over fill, never over a hole, which a torn sync would leave reading as zeros', async () => {
+    const dir = await tempDir('zrs-fill-');
+    const path = join(dir, 'Data.fs');
+    const notOverFill: string[] = [];
+    let fillWrites = 0;
+    /** Where transaction bytes written so far end (later writes below it are status bytes). */
+    let dataEnd = 0;
+    const disk: StorageDisk = {
+      ...nodeDisk,
+      write(fd, buf, pos) {
+        if (isFillRange(buf, pos)) fillWrites++;
+        else if (pos >= dataEnd) {
+          // What the new transaction's bytes replace: fill written before them, all of it.
+          const before = Buffer.alloc(buf.length);
+          const got = readSync(fd, before, 0, before.length, pos);
+          if (got < buf.length || !isFillRange(before, pos)) notOverFill.push(`${buf.length} bytes at ${pos}`);
+          dataEnd = pos + buf.length;
+        }
+        nodeDisk.write(fd, buf, pos);
+      },
+    };
+    // The first commit after an open (no fill yet), then commits that use the fill up and extend it.
+    for (let round = 0; round < 2; round++) {
+      const fs = await FileStorage.open(path, { create: true, preallocate: 2048, disk, now: fakeClock() });
+      for (let i = 1; i <= 30; i++) await commit(fs, [[oidOf(round * 100 + i), Z64, Buffer.alloc(150, i)]]);
+      await fs.close();
+    }
+    expect(fillWrites).toBeGreaterThan(2);
+    expect(notOverFill).toEqual([]);
   });
 
   it('writes none without fsync, or with preallocate 0, and refuses a bad size', async () => {
