@@ -7,10 +7,10 @@
 // Either way the promotion is recorded in the node's audit log.
 
 import { existsSync, statSync } from 'node:fs';
-import { ZrsError } from '../errors.js';
 import { basename } from 'node:path';
 import { AuditLog } from '../audit/auditLog.js';
 import { defaultAuditPath } from '../audit/nodeAudit.js';
+import { ZrsError } from '../errors.js';
 import { FailoverHistory } from '../failover/history.js';
 import { nextGeneration } from '../failover/promote.js';
 import { systemClock } from '../node/clock.js';

@@ -51,6 +51,8 @@ export class ReplicationMetrics {
   readonly registry = new Registry();
   private readonly sessions = new Set<PrimarySession>();
   private readonly subscriptions: { unsubscribe(): void }[] = [];
+  /** What each session still open is followed by, dropped when it ends (a node sees many connections). */
+  private readonly sessionSubscriptions = new Map<PrimarySession, { unsubscribe(): void }[]>();
   private storage: MeteredStorage | null = null;
   private secondary: MeteredSecondary | null = null;
   private connectsSeen = 0;
@@ -206,19 +208,19 @@ export class ReplicationMetrics {
       this.connectionsAccepted.inc();
     };
     replicating(session.machine.getSnapshot().value); // a session kept through a promotion is already past it
-    const states = session.machine.subscribe((snap) => replicating(snap.value));
-    this.subscriptions.push(states);
     let sent = 0;
-    const sub = session.progress$.subscribe((p) => {
-      if (p.sentTransactions > sent) this.txnsSent.inc(p.sentTransactions - sent);
-      sent = p.sentTransactions;
-    });
-    this.subscriptions.push(sub);
+    this.sessionSubscriptions.set(session, [
+      session.machine.subscribe((snap) => replicating(snap.value)),
+      session.progress$.subscribe((p) => {
+        if (p.sentTransactions > sent) this.txnsSent.inc(p.sentTransactions - sent);
+        sent = p.sentTransactions;
+      }),
+    ]);
     session.done$.subscribe({
       complete: () => {
         this.sessions.delete(session);
-        sub.unsubscribe();
-        states.unsubscribe();
+        for (const s of this.sessionSubscriptions.get(session) ?? []) s.unsubscribe();
+        this.sessionSubscriptions.delete(session);
       },
     });
   }
@@ -230,8 +232,9 @@ export class ReplicationMetrics {
 
   /** Stop following; the registry stays readable. */
   close(): void {
-    for (const s of this.subscriptions) s.unsubscribe();
+    for (const s of [...this.subscriptions, ...[...this.sessionSubscriptions.values()].flat()]) s.unsubscribe();
     this.subscriptions.length = 0;
+    this.sessionSubscriptions.clear();
   }
 }
 

@@ -123,7 +123,7 @@ export class BlobDirectory {
         const firstCreated = await mkdir(dir, { recursive: true, mode: 0o700 });
         if (fsync) {
           await syncFile(b.stagedPath);
-          changed.add(dir);
+          changed.add(resolve(dir));
           if (firstCreated !== undefined) {
             // New directories from the oid's up to the first one created: each is an entry in its parent.
             const stop = dirname(resolve(firstCreated));

@@ -1,6 +1,7 @@
-// Positional file reads for the storage: a sync pread for random access
-// (loads hit the page cache; a thread-pool hop would cost more than the read)
-// and a windowed sequential reader for scans and iteration.
+// File access for the storage: a sync pread for random access (loads hit
+// the page cache; a thread-pool hop would cost more than the read), a
+// windowed sequential reader for scans and iteration, opening a file to read
+// it whole with errors that name it, and syncing a directory after a rename.
 
 import { readSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
