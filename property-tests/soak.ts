@@ -1,7 +1,9 @@
 // `npm run soak -- --minutes M [--property NAME]`: run a named property
 // (default: 'default') with fresh random seeds until the time is up; report
 // runs, faults injected, events simulated and events per second of wall
-// time, and every failure's replay command.
+// time, and every failure's replay command. A seed whose runs take longer
+// than STALL_MS of wall time (a simulation waiting on something that never
+// comes) is reported with its seed, and the soak ends there.
 
 import fc from 'fast-check';
 import { randomSeed } from '../src/node/clock.js';
@@ -19,6 +21,8 @@ if (!isPropertyName(property)) {
   console.error(`unknown property ${property}; one of: ${PROPERTY_NAMES.join(', ')}`);
   process.exit(2);
 }
+/** Wall time after which one seed's runs count as stalled (they normally take well under a second). */
+const STALL_MS = 120_000;
 const deadline = performance.now() + minutes * 60_000;
 const started = performance.now();
 const failures: string[] = [];
@@ -26,7 +30,12 @@ let batches = 0;
 while (performance.now() < deadline) {
   const seed = randomSeed();
   batches += 1;
+  const stalled = setTimeout(() => {
+    console.log(`STALLED (seed ${seed}): its runs took over ${STALL_MS / 1000} s of wall time\n  replay each of its cases: npm run sim -- --property ${property} --seed ${seed} --path N (N = 0 … 9)`);
+    process.exit(1);
+  }, STALL_MS);
   const details = await fc.check(namedProperty(property), { seed, numRuns: 10, endOnFailure: true });
+  clearTimeout(stalled);
   const counterexample = counterexampleOf(property, details);
   if (counterexample) {
     const line = replayCommand(counterexample);
