@@ -436,7 +436,7 @@ function checkDistinct(storages: StorageConfig[]): void {
     // Replication and metrics listeners, each checked against every one before it (also the storage's own).
     const mine: Array<[key: string, address: ReplicationAddress | null | undefined]> = [
       ['replicate-to', s.kind === 'filestorage' ? undefined : s.options.replicateTo],
-      ['metrics-address', s.kind === 'filestorage' ? undefined : s.metricsAddress],
+      ['metrics-address', s.metricsAddress],
     ];
     for (const [key, address] of mine) {
       if (!address || (address.kind === 'tcp' && address.port === 0)) continue;

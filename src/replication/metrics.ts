@@ -200,10 +200,8 @@ export class ReplicationMetrics {
    * on the same address are connections too, but not secondaries.
    */
   onSession(session: PrimarySession): void {
-    let counted = false;
     const replicating = (state: unknown): void => {
-      if (counted || (state !== 'catchingUp' && state !== 'live' && state !== 'draining')) return;
-      counted = true;
+      if (this.sessions.has(session) || (state !== 'catchingUp' && state !== 'live' && state !== 'draining')) return;
       this.sessions.add(session);
       this.connectionsAccepted.inc();
     };

@@ -293,7 +293,7 @@ export class FileStorage {
     if (found?.isDirectory()) throw new ZrsError(`${path}: a directory, not a storage file`);
     const lock = readOnly ? null : LockFile.acquire(`${path}.lock`);
     try {
-      return await FileStorage.openLocked(path, options, readOnly, lock);
+      return await FileStorage.openLocked(path, options, readOnly, lock, found !== null);
     } catch (err) {
       lock?.release();
       throw err;
@@ -305,12 +305,8 @@ export class FileStorage {
     options: OpenOptions,
     readOnly: boolean,
     lock: LockFile | null,
+    exists: boolean,
   ): Promise<FileStorage> {
-    const exists = await access(path).then(
-      () => true,
-      () => false,
-    );
-    if (!exists && (!options.create || readOnly)) throw noSuchFile(path, readOnly);
     const truncate = options.create === 'truncate' && !readOnly;
     const fd = openSync(path, readOnly ? 'r' : exists && !truncate ? 'r+' : 'w+');
     let handle: FileHandle | null = null;

@@ -200,7 +200,8 @@ export class FillAhead {
       const startAt = Math.max(pos, this.fileEnd);
       const alignedStart = Math.floor(startAt / 8) * 8;
       const fillEnd = Math.ceil((writeEnd + this.chunkBytes) / 8) * 8;
-      if (this.buf.length < fillEnd - alignedStart) this.buf = Buffer.allocUnsafeSlow(fillEnd - alignedStart + this.chunkBytes / 8);
+      // At most the write (no more than an eighth of a chunk), a chunk, and alignment.
+      if (this.buf.length < fillEnd - alignedStart) this.buf = Buffer.allocUnsafeSlow(this.chunkBytes + Math.ceil(this.chunkBytes / 8) + 16);
       const fill = this.buf.subarray(0, fillEnd - alignedStart);
       writeFill(fill, alignedStart);
       try {
