@@ -10,8 +10,17 @@
 // (no thread-pool round trip), otherwise through the thread pool. Or it may
 // ask for an asynchronous sync at once (what a Secondary does: it pipelines
 // its appends, and syncs overlap with receiving the next ones).
+//
+// Up to two asynchronous syncs run at once. Bytes written while one sync
+// runs start a second straight away instead of waiting for the first to
+// end: a transaction then waits for one sync, not for the rest of an
+// earlier one and then its own. Each sync covers what was written before it
+// started, so syncs may end in any order.
 
 import type { StorageDisk } from './disk.js';
+
+/** Asynchronous syncs of one file that may run at once. */
+const MAX_SYNCS_IN_FLIGHT = 2;
 
 interface Waiter {
   end: number;
@@ -22,7 +31,14 @@ interface Waiter {
 export class GroupSync {
   /** Everything before this offset is durable. */
   private durableEnd: number;
-  private inFlight: Promise<void> | null = null;
+  /** Asynchronous syncs running. */
+  private inFlight = 0;
+  /** What the newest running sync will make durable: the written end when it started. */
+  private coveredEnd: number;
+  /** The largest end a waiter waits for (stale only once no one waits). */
+  private highestWaited = 0;
+  /** A sync failed: later ones prove nothing, and every wait fails with this. */
+  private failure: { err: unknown } | null = null;
   /** Waiters for durability, in no particular order. */
   private waiters: Waiter[] = [];
   private turnEndScheduled = false;
@@ -35,6 +51,7 @@ export class GroupSync {
     private readonly disk: StorageDisk,
   ) {
     this.durableEnd = initialEnd;
+    this.coveredEnd = initialEnd;
   }
 
   get durable(): number {
@@ -49,8 +66,10 @@ export class GroupSync {
    */
   waitDurable(end: number, atTurnEnd = false): Promise<void> {
     if (this.durableEnd >= end) return Promise.resolve();
+    if (this.failure) return Promise.reject(this.failure.err);
     return new Promise<void>((resolve, reject) => {
       this.waiters.push({ end, resolve, reject });
+      if (end > this.highestWaited) this.highestWaited = end;
       if (atTurnEnd) this.scheduleTurnEndSync();
       else this.kick();
     });
@@ -61,27 +80,31 @@ export class GroupSync {
     this.turnEndScheduled = true;
     setImmediate(() => {
       this.turnEndScheduled = false;
-      // A running asynchronous sync starts the next one when it ends.
-      if (this.waiters.length === 0 || this.inFlight !== null) return;
-      if (!this.syncInline()) this.kick();
+      if (this.waiters.length === 0) return;
+      // Beside a running asynchronous sync, an in-thread one would wait for it: start another beside it.
+      if (this.inFlight > 0 || !this.syncInline()) this.kick();
     });
   }
 
-  /** Start an asynchronous sync when someone waits and none is running. */
+  /** Start an asynchronous sync when someone waits for bytes no running sync covers, and one more may run. */
   private kick(): void {
-    if (this.inFlight === null && this.waiters.length > 0) this.inFlight = this.runSync();
+    if (this.failure || this.inFlight >= MAX_SYNCS_IN_FLIGHT || this.waiters.length === 0) return;
+    if (this.highestWaited > Math.max(this.durableEnd, this.coveredEnd)) void this.runSync();
   }
 
   private async runSync(): Promise<void> {
     const target = this.writtenEnd();
+    this.coveredEnd = Math.max(this.coveredEnd, target);
+    this.inFlight++;
     try {
       await this.disk.datasync(this.fd);
     } catch (err) {
-      this.inFlight = null;
+      this.inFlight--;
       this.failAll(err);
       return;
     }
-    this.inFlight = null;
+    this.inFlight--;
+    if (this.failure) return;
     this.advance(target);
     // Bytes written while that sync ran still need one.
     this.kick();
@@ -89,6 +112,7 @@ export class GroupSync {
 
   /** A sync failed; the storage refuses writes from now on, so every waiter fails. */
   private failAll(err: unknown): void {
+    this.failure ??= { err };
     const waiters = this.waiters;
     this.waiters = [];
     for (const w of waiters) w.reject(err);

@@ -140,14 +140,21 @@ describe('appendTransactions', () => {
       }
       syncs.shift()!();
     };
-    // The first sync covers the first transaction only, the second the first 1500.
-    // 1100 more arrive while the second runs: when it ends, most of the queue is
-    // published, not all of it.
+    // Two syncs run at once. The first covers transaction 0, the second
+    // (started by transaction 1) transaction 1. When the first ends, a third
+    // starts, covering the first 1500. 1100 more arrive meanwhile, and the
+    // fourth (started when the second ends) covers them: when the third
+    // ends, most of the queue is published, not all of it.
     await append(0, 1500);
+    expect(syncs).toHaveLength(2);
     await endSync();
     await durable[0];
     expect(seen).toHaveLength(1);
     await append(1500, 2600);
+    expect(syncs).toHaveLength(2);
+    await endSync();
+    await durable[1];
+    expect(seen).toHaveLength(2);
     await endSync();
     await durable[1499];
     expect(seen).toHaveLength(1500);
