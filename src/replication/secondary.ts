@@ -204,7 +204,13 @@ export class Secondary {
         }),
         abortInFlight: fromPromise(async ({ input }) => {
           const conn = input.connection as Connection | null;
-          if (conn) await this.drop(conn);
+          if (!conn) return;
+          const dropping = this.drop(conn);
+          // Waited for by stopReplicating even when the machine's close timeout gives up on it first:
+          // until it ends, a transaction may still be finishing (a promotion starts after the last one).
+          const before = this.dropped;
+          this.dropped = Promise.all([before, dropping.catch(() => undefined)]).then(() => undefined);
+          await dropping;
         }),
       },
       actions: {

@@ -12,6 +12,8 @@ import { Primary } from '../../src/replication/primary.js';
 import { nativeOutbound } from '../../src/replication/protocols.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
+import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
+import { VirtualClock } from '../../src/sim/clock.js';
 import { createNativeUnpackr, decodeNative } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { allTransactions, commitMany, waitForTid } from './helpers.js';
@@ -125,4 +127,50 @@ describe('closing a secondary', () => {
     await source.close();
     await expectHandlesBackTo(baseline);
   });
+
+  it('a close whose abort outlasts the close timeout (a stalled disk) still waits for it before closing the storage', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const clock = new VirtualClock(Date.now());
+    // Once `hang` is set, every sync of the secondary's files waits until the test releases it.
+    let hang = false;
+    const held: Array<() => void> = [];
+    const disk: StorageDisk = {
+      ...nodeDisk,
+      datasyncSync: undefined,
+      datasync: (fd) => (hang ? new Promise<void>((resolve) => held.push(resolve)) : nodeDisk.datasync(fd)),
+    };
+    const [first] = await commitMany(primary.storage, 1);
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: true, disk, clock, auditPath: null });
+    try {
+      await waitForTid(secondary, first!);
+      hang = true;
+      await commitMany(primary.storage, 1);
+      await settleUntil(() => held.length > 0); // the second transaction is written, its sync stalled
+      const closing = secondary.close();
+      // The machine gives up on the abort after its close timeout (10 s, virtual here).
+      await settleUntil(() => secondary.machine.getSnapshot().value === 'closing');
+      clock.advance(10_001);
+      await settleUntil(() => secondary.machine.getSnapshot().status !== 'active');
+      for (let turn = 0; turn < 200; turn++) await new Promise((r) => setImmediate(r));
+      // The storage is still open: close() waits for the abort, which waits for the stalled sync.
+      const state = await secondary.storage.load(Buffer.alloc(8)).then(
+        () => 'open',
+        (err: Error) => (err.name === 'StorageClosedError' ? 'closed' : 'open'),
+      );
+      expect(state).toBe('open');
+      hang = false;
+      for (const release of held.splice(0)) release();
+      await closing;
+      const reopened = await FileStorage.open(join(dir, 's.fs'), { readOnly: true });
+      expect(reopened.lastTransaction().equals(primary.storage.lastTransaction())).toBe(true);
+      await reopened.close();
+    } finally {
+      hang = false;
+      for (const release of held.splice(0)) release();
+      await secondary.close();
+      await primary.close();
+    }
+  });
 });
+
