@@ -60,10 +60,10 @@ export interface SecondaryOptions {
   /** Send a keep-alive every this many ms while connected (zc.zrs's keep-alive-delay). */
   keepAliveDelayMs?: number;
   /**
-   * Drop the connection when a frame has started but no byte arrived for this
-   * long (default 60 000): a corrupted length would otherwise wait forever
-   * for bytes that never come. Time spent paused by our own backpressure
-   * does not count.
+   * Drop the connection when a frame has started and, for this long (default
+   * 60 000), less than 64 KiB arrived: a corrupted length would otherwise
+   * wait forever for bytes that never come, or that only heartbeats trickle
+   * in. Time spent paused by our own backpressure does not count.
    */
   frameStallTimeoutMs?: number;
   reconnect?: { initialMs?: number; maxMs?: number; factor?: number; jitter?: number };
@@ -119,12 +119,17 @@ interface Connection {
   lastDurableTid: Buffer;
   /** Timer that fires when a started frame stops receiving bytes. */
   stallTimer: unknown;
+  /** Bytes read from the stream so far. */
+  bytesReceived: number;
   /** TXN_APPLIED to the machine, spaced by APPLIED_REPORT_MS. */
   applied: SpacedReport;
 }
 
 /** See SecondaryOptions.frameStallTimeoutMs. */
 const DEFAULT_FRAME_STALL_MS = 60_000;
+
+/** Bytes the stream must gain per frameStallTimeoutMs while a frame is unfinished. */
+const STALL_MIN_BYTES = 64 * 1024;
 
 /**
  * TXN_APPLIED reaches the machine at most this often while transactions
@@ -378,6 +383,7 @@ export class Secondary {
       answered: false,
       ackPending: false,
       stallTimer: null,
+      bytesReceived: 0,
       lastDurableTid: start,
       applied: new SpacedReport(this.clock, APPLIED_REPORT_MS, start, (tid) => {
         // A transaction can become durable after the actor stopped (closed, or detached by a promotion).
@@ -433,25 +439,36 @@ export class Secondary {
       conn.chain = conn.chain.then(() => fail(error));
     };
     const stallMs = this.options.frameStallTimeoutMs ?? DEFAULT_FRAME_STALL_MS;
+    // Armed while a frame is unfinished; each time it fires, the stream must have gained
+    // STALL_MIN_BYTES since it was armed. A length corrupted upwards over a link that still
+    // carries heartbeats trickles their bytes into the frame: that is not progress.
+    let stallBaseline = 0;
     const armStallTimer = (): void => {
-      this.clearStallTimer(conn);
-      if (conn.dead || ending || conn.decoder.bufferedBytes === 0) return;
+      stallBaseline = conn.bytesReceived;
       conn.stallTimer = this.clock.setTimeout(() => {
         conn.stallTimer = null;
-        if (conn.paused) return armStallTimer(); // our own backpressure, not a stall
-        failAfterQueued(new ZrsError(`stream stalled: no byte for ${stallMs} ms inside a frame (${conn.decoder.bufferedBytes} bytes buffered)`));
+        if (conn.dead || ending || conn.decoder.bufferedBytes === 0) return;
+        if (conn.paused || conn.bytesReceived - stallBaseline >= STALL_MIN_BYTES) return armStallTimer(); // our own backpressure, or progress
+        const gained = conn.bytesReceived - stallBaseline;
+        failAfterQueued(
+          new ZrsError(
+            `stream stalled: ${gained === 0 ? 'no byte' : `${gained} bytes (under ${STALL_MIN_BYTES})`} in ${stallMs} ms inside a frame (${conn.decoder.bufferedBytes} bytes buffered)`,
+          ),
+        );
       }, stallMs);
     };
     conn.stream.setHandlers({
       data: (chunk) => {
         if (conn.dead || ending) return;
+        conn.bytesReceived += chunk.length;
         try {
           conn.decoder.feed(chunk);
           for (let f = conn.decoder.next(); f !== null; f = conn.decoder.next()) {
             for (const e of conn.inbound.push(f, conn.decoder.lastFrameOwned)) this.enqueue(conn, e, send, fail);
             conn.decoder.setMaxFrameBytes(conn.inbound.maxFrameBytes);
           }
-          armStallTimer();
+          if (conn.decoder.bufferedBytes === 0) this.clearStallTimer(conn);
+          else if (conn.stallTimer === null) armStallTimer();
         } catch (err) {
           failAfterQueued(asError(err));
         }

@@ -44,4 +44,37 @@ describe('a stalled frame', () => {
       await fake.close();
     }
   });
+
+  it('a frame that bytes only trickle into (heartbeats behind a corrupted length) counts as stalled too', async () => {
+    let trickle: ReturnType<typeof setInterval> | null = null;
+    const fake = await FakeServer.start((c, index) => {
+      if (index !== 0) return;
+      // A header announcing 1 MB, then 10 bytes every 20 ms: 100 bytes in each 200 ms window.
+      void c.frame(1).then(() => {
+        c.sendRaw(encodeFrameHeader(1_000_000));
+        trickle = setInterval(() => c.sendRaw(Buffer.alloc(10, 7)), 20);
+      });
+    });
+    const logs = new LogCollector();
+    const secondary = await Secondary.open({
+      path: join(await tempDir(), 'Data.fs'),
+      replicateFrom: fake.address,
+      protocol: 'zrs2.0',
+      fsync: false,
+      reconnect: FAST_RECONNECT,
+      frameStallTimeoutMs: 200,
+      log: logs.log,
+      auditPath: null,
+    });
+    try {
+      const line = await logs.waitFor((e) => e.message.includes('stream stalled'));
+      expect(line.message).toMatch(/stream stalled: \d+ bytes \(under 65536\) in 200 ms inside a frame/);
+      expect(await fake.connection(1)).toBeDefined();
+    } finally {
+      if (trickle) clearInterval(trickle);
+      await secondary.close();
+      await fake.close();
+    }
+  });
 });
+
