@@ -15,4 +15,8 @@ describe('replication under simulated faults', () => {
   it('keeps every secondary a prefix of the primary and converges after faults stop', async () => {
     await assertNamed('default', { numRuns: simRuns(100), seed: simSeed(), interruptAfterTimeLimit: 240_000 });
   }, 300_000);
+
+  it('does the same with heartbeats on, which secondaries time the link out by', async () => {
+    await assertNamed('heartbeats', { numRuns: simRuns(100), seed: simSeed(), interruptAfterTimeLimit: 240_000 });
+  }, 300_000);
 });

@@ -24,3 +24,22 @@ it('a secondary behind a flaky link catches up and holds no corrupted data', asy
   expect(cluster.violations).toEqual([]);
   expect(cluster.trace.some((l) => l.includes('flipped'))).toBe(true);
 });
+
+it.each([
+  [200, true],
+  [0, false],
+])('with heartbeats every %s ms, a secondary whose primary forgot the link (no keep-alives) notices: %s', async (heartbeatIntervalMs, notices) => {
+  cluster = await SimCluster.create({ seed: 11, secondaries: 1, protocol: 'native', keepAliveDelayMs: null, heartbeatIntervalMs, heartbeatTimeoutMs: 1000 });
+  for (let i = 0; i < 3; i++) await cluster.apply({ kind: 'commit', records: 2, bytes: 500 });
+  await cluster.advance(500);
+  await cluster.apply({ kind: 'halfOpen', a: 'p', b: 's1', dead: 'p' });
+  await cluster.advance(3_000);
+  expect(cluster.trace.some((l) => l.includes('taken for dead'))).toBe(notices);
+  if (!notices) return;
+  // It reconnected on its own (nothing healed the link), so what the primary commits now reaches it.
+  await cluster.apply({ kind: 'commit', records: 2, bytes: 500 });
+  await cluster.advance(2_000);
+  expect(cluster.lastTidOf('s1')).toBe(cluster.lastTidOf('p'));
+  expect(await cluster.converge(30_000)).toBe(true);
+  expect(cluster.violations).toEqual([]);
+});

@@ -15,6 +15,8 @@ type Base = 'default' | 'corruption' | 'corruption-native' | 'reset-storm';
 interface PropertySpec {
   base: Base;
   mutations?: ReplicationMutations;
+  /** Heartbeats on: every interval (virtual ms), and the secondaries' timeout. */
+  heartbeats?: { intervalMs: number; timeoutMs: number };
   /** What the property (or its mutation) is about, for listings. */
   about: string;
 }
@@ -23,6 +25,11 @@ const SPECS = {
   default: { base: 'default', about: 'every command kind, random cluster shape and protocol (the CI property)' },
   corruption: { base: 'corruption', about: 'commits of 40 KB records, flipped bytes and time' },
   'corruption-native': { base: 'corruption-native', about: 'the corruption cases over the native protocol only' },
+  heartbeats: {
+    base: 'default',
+    heartbeats: { intervalMs: 200, timeoutMs: 1000 },
+    about: 'the default property with heartbeats every 200 ms: partitions longer than 1 s make secondaries drop the link and reconnect',
+  },
   'reset-storm': { base: 'reset-storm', about: 'large transactions over zrs2.1, with resets of p<->s1 at generated instants' },
   'mutation-checksum': { base: 'corruption', mutations: { skipChecksum: true }, about: 'the secondary does not verify the stream checksum' },
   'mutation-no-abort': { base: 'reset-storm', mutations: { noAbortOnDisconnect: true }, about: 'a half-received transaction is not aborted on disconnect' },
@@ -59,10 +66,11 @@ export interface NamedPropertyOptions {
 export function namedProperty(name: PropertyName, options: NamedPropertyOptions = {}): fc.IAsyncPropertyWithHooks<unknown[]> {
   const spec: PropertySpec = SPECS[name];
   const mutations = spec.mutations;
+  const heartbeats = spec.heartbeats ? { heartbeatIntervalMs: spec.heartbeats.intervalMs, heartbeatTimeoutMs: spec.heartbeats.timeoutMs } : {};
   const property = (() => {
     switch (spec.base) {
       case 'default':
-        return clusterProperty({ maxCommands: 25, replayPath: options.replayPath, cluster: { mutations } });
+        return clusterProperty({ maxCommands: 25, replayPath: options.replayPath, cluster: { mutations, ...heartbeats } });
       case 'corruption':
         return clusterProperty({ kinds: ['commit', 'corrupt', 'advance'], recordBytes: [40_000], maxCommands: 12, replayPath: options.replayPath, cluster: { mutations } });
       case 'corruption-native':

@@ -31,4 +31,14 @@ describe('replay', () => {
     expect(replayed.trace.join('\n')).toBe(first);
     expect(replayed.trace.length).toBeGreaterThan(20);
   }, 60_000);
+
+  it('the heartbeats counterexample of a frame length corrupted upwards, which heartbeats then trickled into, stays fixed', async () => {
+    // Found by `npm run soak -- --property heartbeats`: s1 stayed connected, replicating nothing, past the liveness phase.
+    const replayed = await replay({ property: 'heartbeats', seed: 1220083521, path: '8', replayPath: ':' });
+    expect(replayed.message).toBe('');
+    expect(replayed.failed).toBe(false);
+    expect(replayed.trace.some((l) => l.includes('flipped'))).toBe(true);
+    expect(replayed.trace.some((l) => /stream stalled: \d+ bytes \(under 65536\)/.test(l))).toBe(true);
+  }, 60_000);
 });
+

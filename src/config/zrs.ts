@@ -33,7 +33,7 @@ export interface PrimaryConfigOptions extends Pick<PrimaryOptions, 'path' | 'blo
 
 /** Exactly the Secondary.open options a config can set. */
 export interface SecondaryConfigOptions
-  extends Pick<SecondaryOptions, 'path' | 'blobDir' | 'fsync' | 'preallocate' | 'transferBlobs' | 'protocol' | 'keepAliveDelayMs' | 'reconnect' | 'tls' | 'auditPath' | 'whenPromoted' | 'sendShare' | 'heartbeatIntervalMs'> {
+  extends Pick<SecondaryOptions, 'path' | 'blobDir' | 'fsync' | 'preallocate' | 'transferBlobs' | 'protocol' | 'keepAliveDelayMs' | 'heartbeatTimeoutMs' | 'reconnect' | 'tls' | 'auditPath' | 'whenPromoted' | 'sendShare' | 'heartbeatIntervalMs'> {
   replicateFrom: ReplicationAddress;
   replicateTo?: ReplicationAddress;
 }
@@ -95,8 +95,9 @@ const ZRS_KEYS = new Set([
   'audit-log',
   'send-share',
   'heartbeat-interval',
+  'heartbeat-timeout',
 ]);
-const SECONDARY_ONLY_KEYS = ['reconnect-delay', 'reconnect-max-delay', 'protocol', 'transfer-blobs'];
+const SECONDARY_ONLY_KEYS = ['reconnect-delay', 'reconnect-max-delay', 'protocol', 'transfer-blobs', 'heartbeat-timeout'];
 const FILESTORAGE_KEYS = new Set(['path', 'blob-dir', 'read-only', 'create', 'pack-gc']);
 const KNOWN_IMPORTS = new Set(['zc.zrs', 'ZODB']);
 const PROTOCOLS: readonly SecondaryProtocol[] = ['native', 'zrs2.0', 'zrs2.1'];
@@ -269,6 +270,7 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
       transferBlobs: optional(keys, 'transfer-blobs', boolean),
       protocol: optional(keys, 'protocol', protocol),
       keepAliveDelayMs: keepAliveSeconds ? keepAliveSeconds * 1000 : undefined,
+      heartbeatTimeoutMs: toMs(optional(keys, 'heartbeat-timeout', (k) => seconds(k, true))),
       reconnect,
       ...audit,
       ...serving,

@@ -11,7 +11,7 @@ import { createNativeUnpackr, decodeNative, type GenerationEntry, type PrimaryMe
 import { Zrs2StreamParser, type Zrs2Event } from '../wire/zrs2.js';
 
 export type ApplyEvent =
-  | { kind: 'welcome'; lastTid: Buffer; generation?: GenerationEntry; generations?: GenerationEntry[] }
+  | { kind: 'welcome'; lastTid: Buffer; generation?: GenerationEntry; generations?: GenerationEntry[]; heartbeatIntervalMs?: number }
   | { kind: 'refused'; code: string; reason: string; forkTid?: Buffer; primaryLastTid?: Buffer }
   /** `recordCount`: set when exactly that many record events follow and nothing else (native inline form). */
   | { kind: 'begin'; tid: Buffer; status: string; user: Buffer; description: Buffer; extension: Buffer; recordCount?: number }
@@ -105,7 +105,15 @@ export class NativeInbound implements InboundDecoder {
       this.linked = msg.options.rawTxns === true && msg.options.txnLinks === true;
       // Nothing was fed yet: the stream's checksum starts after the welcome.
       if (msg.options.segmentedChecksum === true) this.checksum = new StreamChecksum(this.startTid, NATIVE_CHECKSUM_ALGORITHM, 'segmented');
-      return [{ kind: 'welcome', lastTid: msg.lastTid, generation: msg.generation, ...(msg.generations ? { generations: msg.generations } : {}) }];
+      return [
+        {
+          kind: 'welcome',
+          lastTid: msg.lastTid,
+          generation: msg.generation,
+          ...(msg.generations ? { generations: msg.generations } : {}),
+          ...(msg.heartbeatIntervalMs ? { heartbeatIntervalMs: msg.heartbeatIntervalMs } : {}),
+        },
+      ];
     }
     if (msg.type === 'refuse') return [{ kind: 'refused', code: msg.code, reason: msg.message, forkTid: msg.forkTid, primaryLastTid: msg.lastTid }];
     throw new ProtocolError(`expected welcome or refuse, got ${msg.type}`);

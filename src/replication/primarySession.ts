@@ -308,6 +308,7 @@ export class PrimarySession {
               rawTxns: wantsRaw,
               txnLinks: wantsLinks && this.options.history ? this.options.history.chain.cursor() : undefined,
               segmentedChecksum: wantsSegments,
+              heartbeatIntervalMs: this.options.heartbeatIntervalMs,
             })
           : zrs2Outbound(this.options.storage, startTid, spec);
     }

@@ -15,7 +15,7 @@ import { loads, type PickleDict } from '../wire/pickle.js';
 import type { TransactionRecord } from '../storage/types.js';
 import { NATIVE_CHECKSUM_ALGORITHM, StreamChecksum } from '../wire/checksum.js';
 import { FRAME_HEADER_BYTES, encodeFrame } from '../wire/framing.js';
-import { BLOB_BLOCK_BYTES, createNativePackr, encodeCommitFrame, encodeNativeFrame, encodeTxnsFrame, nativeProtocolName, SUPPORTED_NATIVE_VERSIONS, type GenerationEntry, type NativeMessage, type RefuseCode } from '../wire/native.js';
+import { BLOB_BLOCK_BYTES, createNativePackr, encodeCommitFrame, encodeNativeFrame, encodeTxnsFrame, MAX_HEARTBEAT_INTERVAL_MS, nativeProtocolName, SUPPORTED_NATIVE_VERSIONS, type GenerationEntry, type NativeMessage, type RefuseCode } from '../wire/native.js';
 import { BLOB_BLOCK_SIZE_BYTES, Zrs2Checksum, blobBlockCount, encodeMessage } from '../wire/zrs2.js';
 
 export const NATIVE_SPEC: ProtocolSpec = { name: nativeProtocolName().toString('latin1'), kind: 'native', hasVerdict: true, hasAcks: true };
@@ -102,6 +102,12 @@ async function blobSize(storage: FileStorage, oid: Buffer, tid: Buffer): Promise
  */
 export const WHOLE_TXN_MAX_BYTES = 16 * 1024 * 1024;
 
+/** The welcome's heartbeatIntervalMs: whole ms, and only an interval a secondary accepts (longer ones are not announced). */
+function announcedInterval(ms: number | undefined): { heartbeatIntervalMs?: number } {
+  if (ms === undefined || !(ms > 0) || ms > MAX_HEARTBEAT_INTERVAL_MS) return {};
+  return { heartbeatIntervalMs: Math.ceil(ms) };
+}
+
 /** The native (msgpack) protocol's outbound side. */
 export function nativeOutbound(
   storage: FileStorage,
@@ -119,6 +125,8 @@ export function nativeOutbound(
     segmentedChecksum?: boolean;
     /** Default WHOLE_TXN_MAX_BYTES. */
     wholeTxnMaxBytes?: number;
+    /** The session heartbeats every this many ms while live and idle (announced in welcome); 0 or absent: never. */
+    heartbeatIntervalMs?: number;
   },
 ): OutboundCodec {
   const wholeMax = options.wholeTxnMaxBytes ?? WHOLE_TXN_MAX_BYTES;
@@ -150,6 +158,7 @@ export function nativeOutbound(
           lastTid,
           ...(options.generations?.() ?? { generation: { generation: 0, startTid: Buffer.alloc(8) } }),
           options: { blobs: options.blobs, compression: 'none', ...(options.rawTxns ? { rawTxns: true } : {}), ...(linked ? { txnLinks: true } : {}), ...(segmented ? { segmentedChecksum: true } : {}) },
+          ...announcedInterval(options.heartbeatIntervalMs),
         },
         packr,
       ),

@@ -66,6 +66,15 @@ export interface SecondaryOptions {
    * in. Time spent paused by our own backpressure does not count.
    */
   frameStallTimeoutMs?: number;
+  /**
+   * Drop the connection (and reconnect) when a primary that announced
+   * heartbeats (native protocol, in its welcome) has sent nothing for this
+   * long: a link whose far end vanished without closing would otherwise look
+   * idle until TCP gives up, which takes many minutes. Default 5 times the
+   * announced interval, at least 5000; never less than twice the interval;
+   * 0 turns it off. Time paused by our own backpressure does not count.
+   */
+  heartbeatTimeoutMs?: number;
   reconnect?: { initialMs?: number; maxMs?: number; factor?: number; jitter?: number };
   maxFrameBytes?: number;
   transport?: Transport;
@@ -119,8 +128,14 @@ interface Connection {
   lastDurableTid: Buffer;
   /** Timer that fires when a started frame stops receiving bytes. */
   stallTimer: unknown;
+  /** The heartbeat interval the welcome announced (0: none); the silence watch starts once it is known. */
+  heartbeatIntervalMs: number;
+  /** This node's clock when the last bytes arrived. */
+  lastHeardMs: number;
   /** Bytes read from the stream so far. */
   bytesReceived: number;
+  /** Timer that checks for silence from a primary that announced heartbeats. */
+  silenceTimer: unknown;
   /** TXN_APPLIED to the machine, spaced by APPLIED_REPORT_MS. */
   applied: SpacedReport;
 }
@@ -130,6 +145,15 @@ const DEFAULT_FRAME_STALL_MS = 60_000;
 
 /** Bytes the stream must gain per frameStallTimeoutMs while a frame is unfinished. */
 const STALL_MIN_BYTES = 64 * 1024;
+
+/** See SecondaryOptions.heartbeatTimeoutMs: the shortest default. */
+const MIN_DEFAULT_HEARTBEAT_TIMEOUT_MS = 5000;
+
+/** How long silence from a primary heartbeating every `intervalMs` may last (SecondaryOptions.heartbeatTimeoutMs); null: forever. */
+export function heartbeatTimeoutMs(option: number | undefined, intervalMs: number): number | null {
+  if (option === 0 || !(intervalMs > 0)) return null;
+  return Math.max(option ?? Math.max(5 * intervalMs, MIN_DEFAULT_HEARTBEAT_TIMEOUT_MS), 2 * intervalMs);
+}
 
 /**
  * TXN_APPLIED reaches the machine at most this often while transactions
@@ -383,7 +407,10 @@ export class Secondary {
       answered: false,
       ackPending: false,
       stallTimer: null,
+      heartbeatIntervalMs: 0,
+      lastHeardMs: 0,
       bytesReceived: 0,
+      silenceTimer: null,
       lastDurableTid: start,
       applied: new SpacedReport(this.clock, APPLIED_REPORT_MS, start, (tid) => {
         // A transaction can become durable after the actor stopped (closed, or detached by a promotion).
@@ -457,15 +484,37 @@ export class Secondary {
         );
       }, stallMs);
     };
+    // Armed once the welcome announced heartbeats; checks lazily instead of being re-armed on every chunk.
+    let silenceWatched = false;
+    // `looked`: the silence was seen once already, and the socket was read since (a timer due
+    // after this loop stalled runs before the socket's waiting bytes are read).
+    const watchSilence = (limitMs: number, afterMs: number, looked = false): void => {
+      conn.silenceTimer = this.clock.setTimeout(() => {
+        conn.silenceTimer = null;
+        if (conn.dead || ending) return;
+        const now = this.clock.now();
+        if (conn.paused) conn.lastHeardMs = now; // our own backpressure, not silence
+        const quietMs = now - conn.lastHeardMs;
+        if (quietMs < limitMs) return watchSilence(limitMs, limitMs - quietMs);
+        if (!looked) return watchSilence(limitMs, 1, true);
+        failAfterQueued(new ZrsError(`no frame from the primary for ${quietMs} ms though it heartbeats every ${conn.heartbeatIntervalMs} ms: the link is taken for dead`));
+      }, afterMs);
+    };
     conn.stream.setHandlers({
       data: (chunk) => {
         if (conn.dead || ending) return;
+        conn.lastHeardMs = this.clock.now();
         conn.bytesReceived += chunk.length;
         try {
           conn.decoder.feed(chunk);
           for (let f = conn.decoder.next(); f !== null; f = conn.decoder.next()) {
             for (const e of conn.inbound.push(f, conn.decoder.lastFrameOwned)) this.enqueue(conn, e, send, fail);
             conn.decoder.setMaxFrameBytes(conn.inbound.maxFrameBytes);
+          }
+          if (!silenceWatched && conn.heartbeatIntervalMs > 0) {
+            silenceWatched = true;
+            const limitMs = heartbeatTimeoutMs(this.options.heartbeatTimeoutMs, conn.heartbeatIntervalMs);
+            if (limitMs !== null) watchSilence(limitMs, limitMs);
           }
           if (conn.decoder.bufferedBytes === 0) this.clearStallTimer(conn);
           else if (conn.stallTimer === null) armStallTimer();
@@ -496,6 +545,7 @@ export class Secondary {
   ): void {
     if (e.kind === 'welcome') {
       conn.answered = true;
+      conn.heartbeatIntervalMs = e.heartbeatIntervalMs ?? 0;
       this.noteUpstreamTid(e.lastTid);
       this.adoptGenerations(conn, e, fail);
       return send({ type: 'WELCOME' });
@@ -541,15 +591,17 @@ export class Secondary {
     });
   }
 
-  /** Stop reading, abort the half-received transaction, close the socket. */
   private clearStallTimer(conn: Connection): void {
     if (conn.stallTimer !== null) this.clock.clearTimeout(conn.stallTimer);
     conn.stallTimer = null;
   }
 
+  /** Stop reading, abort the half-received transaction, close the socket. */
   private async drop(conn: Connection): Promise<void> {
     conn.dead = true;
     this.clearStallTimer(conn);
+    if (conn.silenceTimer !== null) this.clock.clearTimeout(conn.silenceTimer);
+    conn.silenceTimer = null;
     conn.applied.note(conn.lastDurableTid, true);
     conn.stream.destroy();
     conn.chain = conn.chain.then(() => conn.applier.abort());

@@ -51,6 +51,8 @@ export interface SimClusterOptions {
   keepAliveDelayMs?: number | null;
   /** Primary (and chain) heartbeats to idle native secondaries, in virtual ms; off by default (the library's default is 1000). */
   heartbeatIntervalMs?: number;
+  /** Secondaries' heartbeat timeout (SecondaryOptions.heartbeatTimeoutMs), in virtual ms; the library's default when not given. */
+  heartbeatTimeoutMs?: number;
   reconnect?: { initialMs?: number; maxMs?: number; factor?: number; jitter?: number };
   latencyMs?: { min: number; max: number };
   bufferLimitBytes?: number;
@@ -558,6 +560,7 @@ export class SimCluster {
         preallocate: SIM_PREALLOCATE_BYTES,
         mutations: this.options.mutations,
         heartbeatIntervalMs: this.options.heartbeatIntervalMs ?? 0,
+        heartbeatTimeoutMs: this.options.heartbeatTimeoutMs,
         keepAliveDelayMs: this.options.keepAliveDelayMs === undefined ? 1000 : (this.options.keepAliveDelayMs ?? undefined),
         reconnect: { initialMs: 50, maxMs: 2000, ...this.options.reconnect },
         transport,

@@ -181,6 +181,12 @@ export interface WelcomeMessage {
   /** Optional: the primary's whole generation history, oldest first; the secondary adopts it. */
   generations?: GenerationEntry[];
   options: AcceptedOptions;
+  /**
+   * Optional: the session heartbeats every this many ms while live and idle
+   * (absent: it does not). The secondary may time the link out on silence.
+   * Outside the content check: older peers check a welcome without it.
+   */
+  heartbeatIntervalMs?: number;
 }
 
 /** Why a primary refused a handshake. */
@@ -918,7 +924,17 @@ function parseWelcome(obj: Obj, copy: boolean): WelcomeMessage {
     generation: parseGeneration(get(obj, 'generation', 'welcome'), 'welcome.generation', copy),
     options: { blobs: asBool(get(optionsObj, 'blobs', 'welcome.options'), 'welcome.options.blobs'), compression: 'none', ...optionalFlags(optionsObj, 'welcome.options') },
     ...parseWelcomeGenerations(getOptional(obj, 'generations'), copy),
+    ...parseHeartbeatInterval(getOptional(obj, 'heartbeatIntervalMs')),
   };
+}
+
+/** Longest heartbeat interval a welcome may announce (a day). */
+export const MAX_HEARTBEAT_INTERVAL_MS = 86_400_000;
+
+function parseHeartbeatInterval(value: unknown): { heartbeatIntervalMs?: number } {
+  if (value === undefined || value === null) return {};
+  const ms = asInt(value, 'welcome.heartbeatIntervalMs', 0, MAX_HEARTBEAT_INTERVAL_MS);
+  return ms > 0 ? { heartbeatIntervalMs: ms } : {};
 }
 
 /** A message that carries a `check` of its content (see contentCheck). */

@@ -218,6 +218,12 @@ describe('synchronous replication and the audit log', () => {
     expect(load(zrs(' replicate-to 5000')).options).not.toHaveProperty('preallocate');
   });
 
+  it('heartbeat-timeout reaches Secondary.open, in ms; 0 turns the timeout off', () => {
+    expect(load(zrs(' replicate-from db:5000\n heartbeat-timeout 7.5')).options).toMatchObject({ heartbeatTimeoutMs: 7500 });
+    expect(load(zrs(' replicate-from db:5000\n heartbeat-timeout 0')).options).toMatchObject({ heartbeatTimeoutMs: 0 });
+    expect(load(zrs(' replicate-from db:5000')).options).toMatchObject({ heartbeatTimeoutMs: undefined });
+  });
+
   it('heartbeat-interval reaches Primary.open and a serving Secondary.open, in ms; 0 turns heartbeats off', () => {
     expect(load(zrs(' replicate-to 5000\n heartbeat-interval 2.5')).options).toMatchObject({ heartbeatIntervalMs: 2500 });
     expect(load(zrs(' replicate-from db:5000\n replicate-to 5001\n heartbeat-interval 0')).options).toMatchObject({ heartbeatIntervalMs: 0 });
@@ -259,6 +265,8 @@ describe('synchronous replication and the audit log', () => {
     ['a bad sync-timeout', zrs(' replicate-to 5000\n sync-timeout 5s'), `${F}:4: sync-timeout: not a number of seconds: "5s"`],
     ['an empty audit-log', zrs(' replicate-to 5000\n audit-log'), `${F}:4: audit-log: needs a value`],
     ['a heartbeat-interval on a secondary serving none', zrs(' replicate-from db:5000\n heartbeat-interval 1'), `${F}:4: heartbeat-interval: applies only to a storage that serves secondaries (a <zrs> with replicate-to)`],
+    ['a heartbeat-timeout on a primary', zrs(' replicate-to 5000\n heartbeat-timeout 5'), `${F}:4: heartbeat-timeout: applies only to a secondary (a <zrs> with replicate-from)`],
+    ['a heartbeat-timeout that is not seconds', zrs(' replicate-from db:5000\n heartbeat-timeout 5s'), `${F}:4: heartbeat-timeout: not a number of seconds: "5s"`],
     ['a heartbeat-interval that is not seconds', zrs(' replicate-to 5000\n heartbeat-interval 1s'), `${F}:4: heartbeat-interval: not a number of seconds: "1s"`],
     ['a zero send-share', zrs(' replicate-to 5000\n send-share 0'), `${F}:4: send-share: must be more than 0 and at most 1`],
     ['a preallocate that is not a size', zrs(' replicate-to 5000\n preallocate 1.5MB'), `${F}:4: preallocate: not a size in bytes: "1.5MB" (e.g. 1048576, 1MB or 0)`],

@@ -464,6 +464,27 @@ describe('the segmentedChecksum option', () => {
   });
 });
 
+describe("the welcome's heartbeatIntervalMs", () => {
+  const welcome: NativeMessage = { type: 'welcome', lastTid: Buffer.alloc(8, 1), generation: { generation: 0, startTid: Buffer.alloc(8) }, options: { blobs: false, compression: 'none' } };
+
+  it('round-trips, 0 reads as absent, and it stays out of the content check: a peer that drops it checks the welcome alike', () => {
+    const packr = createNativePackr();
+    const unpackr = createNativeUnpackr();
+    const announcing = { ...welcome, heartbeatIntervalMs: 1000 } as NativeMessage;
+    expect(plain(decodeNative(encodeNative(announcing, packr), unpackr))).toEqual(plain(announcing));
+    expect(plain(decodeNative(encodeNative({ ...welcome, heartbeatIntervalMs: 0 } as NativeMessage, packr), unpackr))).toEqual(plain(welcome));
+    const sent = new Packr({ useRecords: false }).unpack(encodeNative(announcing, packr)) as Record<string, unknown>;
+    expect(sent.heartbeatIntervalMs).toBe(1000);
+    delete sent.heartbeatIntervalMs;
+    expect(plain(decodeNative(raw(sent), unpackr))).toEqual(plain(welcome));
+  });
+
+  it.each([-1, 1.5, 86_400_001, '1000'])('refuses %s', (value) => {
+    const sent = new Packr({ useRecords: false }).unpack(encodeNative(welcome, createNativePackr())) as Record<string, unknown>;
+    expect(() => decodeNative(raw({ ...sent, heartbeatIntervalMs: value }), createNativeUnpackr())).toThrow(/welcome\.heartbeatIntervalMs must be an integer in 0\.\.86400000/);
+  });
+});
+
 describe('inline records in txn', () => {
   const packr = createNativePackr();
   const unpackr = createNativeUnpackr();
