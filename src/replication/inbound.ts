@@ -48,6 +48,9 @@ export class NativeInbound implements InboundDecoder {
   private tid: Buffer | null = null;
   /** The welcome granted txnLinks: `txns` runs are checked by their links. */
   private linked = false;
+  /** What the welcome granted: `txns` runs and blobs come only when it did. */
+  private rawGranted = false;
+  private blobsGranted = false;
 
   constructor(
     private readonly startTid: Buffer,
@@ -103,6 +106,8 @@ export class NativeInbound implements InboundDecoder {
     if (msg.type === 'welcome') {
       this.welcomed = true;
       this.linked = msg.options.rawTxns === true && msg.options.txnLinks === true;
+      this.rawGranted = msg.options.rawTxns === true;
+      this.blobsGranted = msg.options.blobs;
       // Nothing was fed yet: the stream's checksum starts after the welcome.
       if (msg.options.segmentedChecksum === true) this.checksum = new StreamChecksum(this.startTid, NATIVE_CHECKSUM_ALGORITHM, 'segmented');
       return [
@@ -143,6 +148,7 @@ export class NativeInbound implements InboundDecoder {
           ...(msg.records ?? []).map((r): ApplyEvent => ({ kind: 'record', oid: r.oid, data: r.data && Buffer.from(r.data), dataTxn: r.dataTxn, blob: null })),
         ];
       case 'txns':
+        if (!this.rawGranted) throw new ProtocolError('txns, but the welcome did not grant rawTxns');
         if (this.tid !== null) throw new ProtocolError('txns inside a transaction');
         this.tid = msg.lastTid;
         // The storage rewrites positions in place: a copy unless the frame's buffer is ours (the checksum already covered it).
@@ -152,6 +158,7 @@ export class NativeInbound implements InboundDecoder {
         this.pendingRecord = msg;
         return [];
       case 'blob': {
+        if (!this.blobsGranted) throw new ProtocolError('blob, but the welcome did not grant blobs');
         if (!this.pendingRecord || !this.pendingRecord.oid.equals(msg.oid)) throw new ProtocolError('blob without its record');
         this.blobRemaining = msg.size;
         const blocks = Math.ceil(msg.size / (64 * 1024));

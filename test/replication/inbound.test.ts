@@ -116,3 +116,32 @@ describe('NativeInbound and the checksum rule', () => {
     expect(() => ends(welcomed(true, true), running)).toThrow(ChecksumMismatchError);
   });
 });
+
+describe('NativeInbound takes only what the welcome granted', () => {
+  const welcome = (options: { blobs: boolean; rawTxns?: boolean }): NativeInbound => {
+    const inbound = new NativeInbound(Z64, 1 << 24);
+    inbound.push(encodeNative({ type: 'welcome', lastTid: Z64, generation: { generation: 0, startTid: Z64 }, options: { compression: 'none', ...options } }, createNativePackr()));
+    return inbound;
+  };
+
+  it('refuses a txns run when rawTxns was not granted', async () => {
+    const run = await linkedRun(2);
+    expect(() => welcome({ blobs: false }).push(run.txns)).toThrow(/txns, but the welcome did not grant rawTxns/);
+  });
+
+  it('refuses a blob when blobs were not granted, and takes it when they were', () => {
+    const packr = createNativePackr();
+    const oid = Buffer.alloc(8, 1);
+    const frames = [
+      encodeNative({ type: 'txn', tid: Buffer.alloc(8, 2), status: ' ', user: Buffer.alloc(0), description: Buffer.alloc(0), extension: Buffer.alloc(0) }, packr),
+      encodeNative({ type: 'record', oid, dataTxn: null, data: Buffer.from('blob record') }, packr),
+      encodeNative({ type: 'blob', oid, size: 3 }, packr),
+    ];
+    const without = welcome({ blobs: false });
+    expect(() => frames.forEach((f) => without.push(f))).toThrow(/blob, but the welcome did not grant blobs/);
+    const granted = welcome({ blobs: true });
+    const events = frames.flatMap((f) => granted.push(f));
+    expect(events.map((e) => e.kind)).toEqual(['begin', 'record']);
+    expect(events[1]).toMatchObject({ kind: 'record', blob: { blocks: 1 } });
+  });
+});
