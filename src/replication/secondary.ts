@@ -20,6 +20,7 @@ import { createNativePackr, DEFAULT_STREAM_MAX_FRAME_BYTES, encodeAckFrame, enco
 import { connectAddress, formatAddress, toAddress } from './address.js';
 import { Applier } from './applier.js';
 import { SpacedReport } from './spacedReport.js';
+import { StreamWatch } from './streamWatch.js';
 import { NO_MUTATIONS, type ReplicationMutations } from './mutations.js';
 import type { StorageDisk } from '../storage/disk.js';
 import { NativeInbound, Zrs2Inbound, type ApplyEvent, type InboundDecoder } from './inbound.js';
@@ -126,34 +127,14 @@ interface Connection {
   answered: boolean;
   ackPending: boolean;
   lastDurableTid: Buffer;
-  /** Timer that fires when a started frame stops receiving bytes. */
-  stallTimer: unknown;
-  /** The heartbeat interval the welcome announced (0: none); the silence watch starts once it is known. */
-  heartbeatIntervalMs: number;
-  /** This node's clock when the last bytes arrived. */
-  lastHeardMs: number;
-  /** Bytes read from the stream so far. */
-  bytesReceived: number;
-  /** Timer that checks for silence from a primary that announced heartbeats. */
-  silenceTimer: unknown;
+  /** The timeouts on what is read (set when reading starts). */
+  watch: StreamWatch | null;
   /** TXN_APPLIED to the machine, spaced by APPLIED_REPORT_MS. */
   applied: SpacedReport;
 }
 
 /** See SecondaryOptions.frameStallTimeoutMs. */
 const DEFAULT_FRAME_STALL_MS = 60_000;
-
-/** Bytes the stream must gain per frameStallTimeoutMs while a frame is unfinished. */
-const STALL_MIN_BYTES = 64 * 1024;
-
-/** See SecondaryOptions.heartbeatTimeoutMs: the shortest default. */
-const MIN_DEFAULT_HEARTBEAT_TIMEOUT_MS = 5000;
-
-/** How long silence from a primary heartbeating every `intervalMs` may last (SecondaryOptions.heartbeatTimeoutMs); null: forever. */
-export function heartbeatTimeoutMs(option: number | undefined, intervalMs: number): number | null {
-  if (option === 0 || !(intervalMs > 0)) return null;
-  return Math.max(option ?? Math.max(5 * intervalMs, MIN_DEFAULT_HEARTBEAT_TIMEOUT_MS), 2 * intervalMs);
-}
 
 /**
  * TXN_APPLIED reaches the machine at most this often while transactions
@@ -406,11 +387,7 @@ export class Secondary {
       dead: false,
       answered: false,
       ackPending: false,
-      stallTimer: null,
-      heartbeatIntervalMs: 0,
-      lastHeardMs: 0,
-      bytesReceived: 0,
-      silenceTimer: null,
+      watch: null,
       lastDurableTid: start,
       applied: new SpacedReport(this.clock, APPLIED_REPORT_MS, start, (tid) => {
         // A transaction can become durable after the actor stopped (closed, or detached by a promotion).
@@ -454,6 +431,7 @@ export class Secondary {
     const fail = (error?: Error): void => {
       if (conn.dead) return;
       conn.dead = true;
+      conn.watch?.stop();
       if (error) this.log('warn', `replication from ${conn.stream.peer} stopped: ${error.message}`, { error: error.name });
       conn.applied.note(conn.lastDurableTid, true); // the machine leaves the connection knowing everything applied so far
       send({ type: 'DISCONNECTED', error });
@@ -463,61 +441,27 @@ export class Secondary {
     let ending = false;
     const failAfterQueued = (error?: Error): void => {
       ending = true;
+      conn.watch?.stop();
       conn.chain = conn.chain.then(() => fail(error));
     };
-    const stallMs = this.options.frameStallTimeoutMs ?? DEFAULT_FRAME_STALL_MS;
-    // Armed while a frame is unfinished; each time it fires, the stream must have gained
-    // STALL_MIN_BYTES since it was armed. A length corrupted upwards over a link that still
-    // carries heartbeats trickles their bytes into the frame: that is not progress.
-    let stallBaseline = 0;
-    const armStallTimer = (): void => {
-      stallBaseline = conn.bytesReceived;
-      conn.stallTimer = this.clock.setTimeout(() => {
-        conn.stallTimer = null;
-        if (conn.dead || ending || conn.decoder.bufferedBytes === 0) return;
-        if (conn.paused || conn.bytesReceived - stallBaseline >= STALL_MIN_BYTES) return armStallTimer(); // our own backpressure, or progress
-        const gained = conn.bytesReceived - stallBaseline;
-        failAfterQueued(
-          new ZrsError(
-            `stream stalled: ${gained === 0 ? 'no byte' : `${gained} bytes (under ${STALL_MIN_BYTES})`} in ${stallMs} ms inside a frame (${conn.decoder.bufferedBytes} bytes buffered)`,
-          ),
-        );
-      }, stallMs);
-    };
-    // Armed once the welcome announced heartbeats; checks lazily instead of being re-armed on every chunk.
-    let silenceWatched = false;
-    // `looked`: the silence was seen once already, and the socket was read since (a timer due
-    // after this loop stalled runs before the socket's waiting bytes are read).
-    const watchSilence = (limitMs: number, afterMs: number, looked = false): void => {
-      conn.silenceTimer = this.clock.setTimeout(() => {
-        conn.silenceTimer = null;
-        if (conn.dead || ending) return;
-        const now = this.clock.now();
-        if (conn.paused) conn.lastHeardMs = now; // our own backpressure, not silence
-        const quietMs = now - conn.lastHeardMs;
-        if (quietMs < limitMs) return watchSilence(limitMs, limitMs - quietMs);
-        if (!looked) return watchSilence(limitMs, 1, true);
-        failAfterQueued(new ZrsError(`no frame from the primary for ${quietMs} ms though it heartbeats every ${conn.heartbeatIntervalMs} ms: the link is taken for dead`));
-      }, afterMs);
-    };
+    const watch = new StreamWatch(this.clock, {
+      stallMs: this.options.frameStallTimeoutMs ?? DEFAULT_FRAME_STALL_MS,
+      heartbeatTimeoutMs: this.options.heartbeatTimeoutMs,
+      paused: () => conn.paused,
+      bufferedBytes: () => conn.decoder.bufferedBytes,
+      expired: (error) => failAfterQueued(error),
+    });
+    conn.watch = watch;
     conn.stream.setHandlers({
       data: (chunk) => {
         if (conn.dead || ending) return;
-        conn.lastHeardMs = this.clock.now();
-        conn.bytesReceived += chunk.length;
         try {
           conn.decoder.feed(chunk);
           for (let f = conn.decoder.next(); f !== null; f = conn.decoder.next()) {
             for (const e of conn.inbound.push(f, conn.decoder.lastFrameOwned)) this.enqueue(conn, e, send, fail);
             conn.decoder.setMaxFrameBytes(conn.inbound.maxFrameBytes);
           }
-          if (!silenceWatched && conn.heartbeatIntervalMs > 0) {
-            silenceWatched = true;
-            const limitMs = heartbeatTimeoutMs(this.options.heartbeatTimeoutMs, conn.heartbeatIntervalMs);
-            if (limitMs !== null) watchSilence(limitMs, limitMs);
-          }
-          if (conn.decoder.bufferedBytes === 0) this.clearStallTimer(conn);
-          else if (conn.stallTimer === null) armStallTimer();
+          watch.received(chunk.length);
         } catch (err) {
           failAfterQueued(asError(err));
         }
@@ -545,7 +489,7 @@ export class Secondary {
   ): void {
     if (e.kind === 'welcome') {
       conn.answered = true;
-      conn.heartbeatIntervalMs = e.heartbeatIntervalMs ?? 0;
+      conn.watch?.heartbeatsEvery(e.heartbeatIntervalMs ?? 0);
       this.noteUpstreamTid(e.lastTid);
       this.adoptGenerations(conn, e, fail);
       return send({ type: 'WELCOME' });
@@ -591,17 +535,10 @@ export class Secondary {
     });
   }
 
-  private clearStallTimer(conn: Connection): void {
-    if (conn.stallTimer !== null) this.clock.clearTimeout(conn.stallTimer);
-    conn.stallTimer = null;
-  }
-
   /** Stop reading, abort the half-received transaction, close the socket. */
   private async drop(conn: Connection): Promise<void> {
     conn.dead = true;
-    this.clearStallTimer(conn);
-    if (conn.silenceTimer !== null) this.clock.clearTimeout(conn.silenceTimer);
-    conn.silenceTimer = null;
+    conn.watch?.stop();
     conn.applied.note(conn.lastDurableTid, true);
     conn.stream.destroy();
     conn.chain = conn.chain.then(() => conn.applier.abort());

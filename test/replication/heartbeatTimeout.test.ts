@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { nativeOutbound } from '../../src/replication/protocols.js';
 import { Primary } from '../../src/replication/primary.js';
-import { Secondary, heartbeatTimeoutMs } from '../../src/replication/secondary.js';
+import { Secondary } from '../../src/replication/secondary.js';
+import { heartbeatTimeoutMs } from '../../src/replication/streamWatch.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -27,6 +28,52 @@ async function welcome(c: FramedSocket, source: FileStorage, intervalMs: number)
   return codec;
 }
 
+/**
+ * A fake primary that welcomes its first connection announcing `intervalMs`,
+ * sends `heartbeats` heartbeats that far apart (calling `afterHeartbeat`
+ * after each), then falls silent; and a Secondary replicating from it with
+ * `timeoutMs`. `stoppedAt()`: the connections made when the heartbeats ended
+ * (null before).
+ */
+async function withFakePrimary(
+  o: { intervalMs: number; heartbeats: number; timeoutMs: number; afterHeartbeat?: (i: number) => void },
+  check: (ctx: { logs: LogCollector; secondary: Secondary; fake: FakeServer; stoppedAt: () => number | null }) => Promise<void>,
+): Promise<void> {
+  const dir = await tempDir();
+  const source = await FileStorage.open(join(dir, 'source.fs'), { create: true, fsync: false });
+  let stoppedAt: number | null = null;
+  const fake = await FakeServer.start((c, index) => {
+    if (index !== 0) return;
+    void welcome(c, source, o.intervalMs)
+      .then(async (codec) => {
+        for (let i = 0; i < o.heartbeats; i++) {
+          await new Promise((r) => setTimeout(r, o.intervalMs));
+          c.sendRaw(codec.heartbeat!(source.lastTransaction(), Date.now())!);
+          o.afterHeartbeat?.(i);
+        }
+        stoppedAt = fake.connections.length;
+      })
+      .catch(() => undefined);
+  });
+  const logs = new LogCollector();
+  const secondary = await Secondary.open({
+    path: join(dir, 's.fs'),
+    replicateFrom: fake.address,
+    fsync: false,
+    reconnect: FAST_RECONNECT,
+    heartbeatTimeoutMs: o.timeoutMs,
+    log: logs.log,
+    auditPath: null,
+  });
+  try {
+    await check({ logs, secondary, fake, stoppedAt: () => stoppedAt });
+  } finally {
+    await secondary.close();
+    await fake.close();
+    await source.close();
+  }
+}
+
 describe('heartbeat timeout', () => {
   it('the timeout is 5 intervals (at least 5 s) by default, never under 2 intervals, and 0 or no heartbeats turn it off', () => {
     expect(heartbeatTimeoutMs(undefined, 1000)).toBe(5000);
@@ -39,111 +86,35 @@ describe('heartbeat timeout', () => {
   });
 
   it('a primary that goes silent after its welcome is dropped, and the secondary reconnects', async () => {
-    const dir = await tempDir();
-    const source = await FileStorage.open(join(dir, 'source.fs'), { create: true, fsync: false });
-    const fake = await FakeServer.start((c, index) => {
-      if (index === 0) void welcome(c, source, 50).catch(() => undefined);
-    });
-    const logs = new LogCollector();
-    const secondary = await Secondary.open({
-      path: join(dir, 's.fs'),
-      replicateFrom: fake.address,
-      fsync: false,
-      reconnect: FAST_RECONNECT,
-      heartbeatTimeoutMs: 150,
-      log: logs.log,
-      auditPath: null,
-    });
-    try {
+    await withFakePrimary({ intervalMs: 50, heartbeats: 0, timeoutMs: 150 }, async ({ logs, fake }) => {
       const line = await logs.waitFor((e) => deadLink(e.message));
       expect(line.message).toMatch(/no frame from the primary for \d+ ms though it heartbeats every 50 ms/);
       expect(await fake.connection(1)).toBeDefined();
       // The first connection was closed by the secondary.
       await fake.connections[0]!.waitClosed();
-    } finally {
-      await secondary.close();
-      await fake.close();
-      await source.close();
-    }
+    });
   });
 
   it('heartbeats keep the link; when they stop, it is dropped', async () => {
-    const dir = await tempDir();
-    const source = await FileStorage.open(join(dir, 'source.fs'), { create: true, fsync: false });
-    const HEARTBEATS = 30;
-    let stoppedAt: number | null = null;
-    const fake = await FakeServer.start((c, index) => {
-      if (index !== 0) return;
-      void welcome(c, source, 40)
-        .then(async (codec) => {
-          // 30 heartbeats 40 ms apart: 1.2 s, three times the 400 ms timeout.
-          for (let i = 0; i < HEARTBEATS; i++) {
-            await new Promise((r) => setTimeout(r, 40));
-            c.sendRaw(codec.heartbeat!(source.lastTransaction(), Date.now())!);
-          }
-          stoppedAt = fake.connections.length;
-        })
-        .catch(() => undefined);
-    });
-    const logs = new LogCollector();
-    const secondary = await Secondary.open({
-      path: join(dir, 's.fs'),
-      replicateFrom: fake.address,
-      fsync: false,
-      reconnect: FAST_RECONNECT,
-      heartbeatTimeoutMs: 400,
-      log: logs.log,
-      auditPath: null,
-    });
-    try {
+    // 30 heartbeats 40 ms apart: 1.2 s, three times the 400 ms timeout.
+    await withFakePrimary({ intervalMs: 40, heartbeats: 30, timeoutMs: 400 }, async ({ logs, secondary, stoppedAt }) => {
       await logs.waitFor((e) => deadLink(e.message));
       // The drop came only after the last heartbeat: no reconnect happened while they arrived.
-      expect(stoppedAt).toBe(1);
+      expect(stoppedAt()).toBe(1);
       expect(logs.count((e) => deadLink(e.message))).toBe(1);
       expect(secondary.lastHeartbeat).not.toBeNull();
-    } finally {
-      await secondary.close();
-      await fake.close();
-      await source.close();
-    }
+    });
   });
 
   it('a stall of its own event loop longer than the timeout does not make the secondary drop a link whose bytes are waiting', async () => {
-    const dir = await tempDir();
-    const source = await FileStorage.open(join(dir, 'source.fs'), { create: true, fsync: false });
-    let stoppedAt: number | null = null;
-    const fake = await FakeServer.start((c, index) => {
-      if (index !== 0) return;
-      void welcome(c, source, 50)
-        .then(async (codec) => {
-          for (let i = 0; i < 10; i++) {
-            await new Promise((r) => setTimeout(r, 50));
-            c.sendRaw(codec.heartbeat!(source.lastTransaction(), Date.now())!);
-            // The whole process (this fake and the secondary) stalls for 3 timeouts, with a heartbeat in flight.
-            if (i === 3) for (const until = Date.now() + 450; Date.now() < until; );
-          }
-          stoppedAt = fake.connections.length;
-        })
-        .catch(() => undefined);
-    });
-    const logs = new LogCollector();
-    const secondary = await Secondary.open({
-      path: join(dir, 's.fs'),
-      replicateFrom: fake.address,
-      fsync: false,
-      reconnect: FAST_RECONNECT,
-      heartbeatTimeoutMs: 150,
-      log: logs.log,
-      auditPath: null,
-    });
-    try {
+    // The whole process (the fake and the secondary) stalls for 3 timeouts, with the 4th heartbeat in flight.
+    const stall = (i: number): void => {
+      if (i === 3) for (const until = Date.now() + 450; Date.now() < until; );
+    };
+    await withFakePrimary({ intervalMs: 50, heartbeats: 10, timeoutMs: 150, afterHeartbeat: stall }, async ({ logs, stoppedAt }) => {
       await logs.waitFor((e) => deadLink(e.message));
-      expect(stoppedAt).toBe(1);
-    } finally {
-      await secondary.close();
-      await fake.close();
-      await source.close();
-    }
+      expect(stoppedAt()).toBe(1);
+    });
   });
 
   it.each([

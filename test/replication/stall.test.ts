@@ -11,6 +11,20 @@ import { FAST_RECONNECT, FakeServer, LogCollector } from './netHelpers.js';
 
 afterAll(cleanupTempDirs);
 
+/** A zrs2.0 secondary of `fake` with a 200 ms frame-stall timeout. */
+async function openSecondary(fake: FakeServer, logs: LogCollector): Promise<Secondary> {
+  return Secondary.open({
+    path: join(await tempDir(), 'Data.fs'),
+    replicateFrom: fake.address,
+    protocol: 'zrs2.0',
+    fsync: false,
+    reconnect: FAST_RECONNECT,
+    frameStallTimeoutMs: 200,
+    log: logs.log,
+    auditPath: null,
+  });
+}
+
 describe('a stalled frame', () => {
   it('is dropped after frameStallTimeoutMs and the secondary reconnects', async () => {
     const fake = await FakeServer.start((c, index) => {
@@ -23,16 +37,7 @@ describe('a stalled frame', () => {
       });
     });
     const logs = new LogCollector();
-    const secondary = await Secondary.open({
-      path: join(await tempDir(), 'Data.fs'),
-      replicateFrom: fake.address,
-      protocol: 'zrs2.0',
-      fsync: false,
-      reconnect: FAST_RECONNECT,
-      frameStallTimeoutMs: 200,
-      log: logs.log,
-      auditPath: null,
-    });
+    const secondary = await openSecondary(fake, logs);
     try {
       const second = await fake.connection(1);
       expect(second).toBeDefined();
@@ -56,16 +61,7 @@ describe('a stalled frame', () => {
       });
     });
     const logs = new LogCollector();
-    const secondary = await Secondary.open({
-      path: join(await tempDir(), 'Data.fs'),
-      replicateFrom: fake.address,
-      protocol: 'zrs2.0',
-      fsync: false,
-      reconnect: FAST_RECONNECT,
-      frameStallTimeoutMs: 200,
-      log: logs.log,
-      auditPath: null,
-    });
+    const secondary = await openSecondary(fake, logs);
     try {
       const line = await logs.waitFor((e) => e.message.includes('stream stalled'));
       expect(line.message).toMatch(/stream stalled: \d+ bytes \(under 65536\) in 200 ms inside a frame/);

@@ -1,0 +1,122 @@
+// Timeouts on what a secondary reads from its upstream. They live in the
+// edge, not in the connection machine: a machine transition per chunk read
+// would cost too much at thousands of chunks a second.
+//
+// - Frame stall: while a frame is unfinished, the stream must gain
+//   STALL_MIN_BYTES every `stallMs`. A corrupted length would otherwise wait
+//   forever for bytes that never come, or that only heartbeats trickle in.
+// - Heartbeat silence: once the welcome announced heartbeats, nothing at all
+//   may arrive for at most the heartbeat timeout. The check looks once more,
+//   a moment later, before it gives up: a timer due after this process's
+//   loop stalled runs before the socket's waiting bytes are read.
+//
+// Time the secondary spends paused by its own backpressure counts for
+// neither. Timers check lazily when they fire, instead of being re-armed on
+// every chunk.
+
+import { ZrsError } from '../errors.js';
+import type { Clock } from '../ports/clock.js';
+
+/** Bytes the stream must gain per stall timeout while a frame is unfinished. */
+export const STALL_MIN_BYTES = 64 * 1024;
+
+/** See SecondaryOptions.heartbeatTimeoutMs: the shortest default. */
+const MIN_DEFAULT_HEARTBEAT_TIMEOUT_MS = 5000;
+
+/** How long silence from a primary heartbeating every `intervalMs` may last (SecondaryOptions.heartbeatTimeoutMs); null: forever. */
+export function heartbeatTimeoutMs(option: number | undefined, intervalMs: number): number | null {
+  if (option === 0 || !(intervalMs > 0)) return null;
+  return Math.max(option ?? Math.max(5 * intervalMs, MIN_DEFAULT_HEARTBEAT_TIMEOUT_MS), 2 * intervalMs);
+}
+
+export interface StreamWatchOptions {
+  /** SecondaryOptions.frameStallTimeoutMs. */
+  stallMs: number;
+  /** SecondaryOptions.heartbeatTimeoutMs. */
+  heartbeatTimeoutMs: number | undefined;
+  /** Reading is paused by our own backpressure. */
+  paused(): boolean;
+  /** Bytes of an unfinished frame held by the decoder. */
+  bufferedBytes(): number;
+  /** A timeout ended the connection: called once, then the watch is stopped. */
+  expired(error: ZrsError): void;
+}
+
+export class StreamWatch {
+  private bytesReceived = 0;
+  private lastHeardMs = 0;
+  private stallTimer: unknown = null;
+  private stallBaseline = 0;
+  private silenceTimer: unknown = null;
+  private heartbeatIntervalMs = 0;
+  private silenceWatched = false;
+  private stopped = false;
+
+  constructor(
+    private readonly clock: Clock,
+    private readonly o: StreamWatchOptions,
+  ) {}
+
+  /** The welcome announced heartbeats every `intervalMs` (0: none). */
+  heartbeatsEvery(intervalMs: number): void {
+    this.heartbeatIntervalMs = intervalMs;
+  }
+
+  /** A chunk of `bytes` was read and decoded. */
+  received(bytes: number): void {
+    if (this.stopped) return;
+    this.lastHeardMs = this.clock.now();
+    this.bytesReceived += bytes;
+    if (!this.silenceWatched && this.heartbeatIntervalMs > 0) {
+      this.silenceWatched = true;
+      const limitMs = heartbeatTimeoutMs(this.o.heartbeatTimeoutMs, this.heartbeatIntervalMs);
+      if (limitMs !== null) this.watchSilence(limitMs, limitMs);
+    }
+    if (this.o.bufferedBytes() === 0) this.clearStall();
+    else if (this.stallTimer === null) this.armStall();
+  }
+
+  /** Cancel both timers; nothing fires after this. */
+  stop(): void {
+    this.stopped = true;
+    this.clearStall();
+    if (this.silenceTimer !== null) this.clock.clearTimeout(this.silenceTimer);
+    this.silenceTimer = null;
+  }
+
+  private clearStall(): void {
+    if (this.stallTimer !== null) this.clock.clearTimeout(this.stallTimer);
+    this.stallTimer = null;
+  }
+
+  private armStall(): void {
+    this.stallBaseline = this.bytesReceived;
+    this.stallTimer = this.clock.setTimeout(() => {
+      this.stallTimer = null;
+      if (this.stopped || this.o.bufferedBytes() === 0) return;
+      const gained = this.bytesReceived - this.stallBaseline;
+      if (this.o.paused() || gained >= STALL_MIN_BYTES) return this.armStall(); // our own backpressure, or progress
+      const what = gained === 0 ? 'no byte' : `${gained} bytes (under ${STALL_MIN_BYTES})`;
+      this.expire(new ZrsError(`stream stalled: ${what} in ${this.o.stallMs} ms inside a frame (${this.o.bufferedBytes()} bytes buffered)`));
+    }, this.o.stallMs);
+  }
+
+  /** `looked`: the silence was seen once already, and the socket was read since. */
+  private watchSilence(limitMs: number, afterMs: number, looked = false): void {
+    this.silenceTimer = this.clock.setTimeout(() => {
+      this.silenceTimer = null;
+      if (this.stopped) return;
+      const now = this.clock.now();
+      if (this.o.paused()) this.lastHeardMs = now; // our own backpressure, not silence
+      const quietMs = now - this.lastHeardMs;
+      if (quietMs < limitMs) return this.watchSilence(limitMs, limitMs - quietMs);
+      if (!looked) return this.watchSilence(limitMs, 1, true);
+      this.expire(new ZrsError(`no frame from the primary for ${quietMs} ms though it heartbeats every ${this.heartbeatIntervalMs} ms: the link is taken for dead`));
+    }, afterMs);
+  }
+
+  private expire(error: ZrsError): void {
+    this.stop();
+    this.o.expired(error);
+  }
+}
