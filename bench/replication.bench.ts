@@ -65,9 +65,6 @@ const ONLY = onlyAt >= 0 ? new Set(process.argv[onlyAt + 1]!.split(',')) : null;
 const runs = (section: 'catchup' | 'large' | 'live' | 'unpaced' | 'fanout' | 'big'): boolean => ONLY === null || ONLY.has(section);
 
 const seconds = secondsSince;
-/** Most threads the secondaries' child gets in its pool (libuv allows 1024). */
-const MAX_CHILD_THREADS = 128;
-
 /** Bytes one transaction of the live workload (10 records of 200 B) takes in the file. */
 const TXN_BYTES = 2459;
 
@@ -183,18 +180,12 @@ class ChildSecondaries {
    * machine their writes would otherwise join the primary's journal commits and the figure would
    * measure the shared disk. Secondaries that sync into tmpfs stand for secondaries each on a disk
    * of its own: their syncs take the thread-pool round trip and queue with nobody's.
-   * The child's thread pool has 4 threads per secondary (unless UV_THREADPOOL_SIZE is set), as
-   * many as the secondaries would have each in a process of its own: each runs up to two syncs
-   * of its data file at once, and syncs of its hash-chain file.
    */
   static async start(address: string, count: number, dir: string, fsync: boolean, report: 'every' | 'newest' = 'every', inMemory = !fsync): Promise<ChildSecondaries> {
     const base = inMemory && existsSync('/dev/shm') ? '/dev/shm' : dir;
     const sdir = await mkdtemp(join(base, 'zrs-bench-child-'));
     this.dirs.add(sdir);
-    const threads = process.env.UV_THREADPOOL_SIZE ?? String(Math.min(MAX_CHILD_THREADS, 4 * Math.max(1, count)));
-    const child = fork(siblingScript(import.meta.url, 'secondaries.child'), [address, String(count), sdir, fsync ? 'fsync' : 'nofsync', report], {
-      env: { ...process.env, UV_THREADPOOL_SIZE: threads },
-    });
+    const child = fork(siblingScript(import.meta.url, 'secondaries.child'), [address, String(count), sdir, fsync ? 'fsync' : 'nofsync', report]);
     const c = new ChildSecondaries(child, sdir);
     await c.reports.next('started');
     return c;
