@@ -75,7 +75,8 @@ export function nextGeneration(history: FailoverHistory, startTid: Buffer): Gene
   return { generation: Math.max(history.generations.maxSeen, current?.generation ?? 0) + 1, startTid: Buffer.from(startTid) };
 }
 
-export async function promoteSecondary(h: PromotionHandle, options: PromoteOptions): Promise<Primary> {
+/** Refuse a promotion the upstream's state forbids without `force`; returns the state. */
+function checkUpstreamState(h: PromotionHandle, options: PromoteOptions): string {
   const state = h.upstreamState();
   if (!options.force && (state.startsWith('connected') || state === 'diverged')) {
     throw new PromotionRefusedError(
@@ -84,10 +85,23 @@ export async function promoteSecondary(h: PromotionHandle, options: PromoteOptio
         : `refusing to promote while connected to a primary (${state}): stop the primary first, or force it (force: true; zrs promote --force)`,
     );
   }
+  return state;
+}
+
+export async function promoteSecondary(h: PromotionHandle, options: PromoteOptions): Promise<Primary> {
+  let state = checkUpstreamState(h, options);
   if (options.replicateTo === undefined && h.serverAddress() === null) throw new PromotionRefusedError('promote needs replicateTo: this secondary does not serve one');
   const planned = nextGeneration(h.history, h.storage.lastTransaction());
-  if (options.claim && !(await options.claim(planned))) {
-    throw new PromotionRefusedError(`the coordinator refused generation ${planned.generation}`);
+  if (options.claim) {
+    if (!(await options.claim(planned))) throw new PromotionRefusedError(`the coordinator refused generation ${planned.generation}`);
+    // The secondary kept replicating while the coordinator answered: judge it again, before it stops.
+    state = checkUpstreamState(h, options);
+    const now = nextGeneration(h.history, h.storage.lastTransaction());
+    if (now.generation !== planned.generation || !now.startTid.equals(planned.startTid)) {
+      throw new PromotionRefusedError(
+        `the secondary moved on while the coordinator answered (generation ${planned.generation} after tid ${planned.startTid.toString('hex')} claimed, now ${now.generation} after ${now.startTid.toString('hex')}); promote again`,
+      );
+    }
   }
   const previous = h.history.generations.current;
   const upstream = h.upstreamAddress();

@@ -291,4 +291,58 @@ describe('failover', () => {
       await primary.close();
     }
   });
+
+  it('a promotion whose coordinator answers while the old primary comes back is refused before the secondary stops', async () => {
+    const dir = await tempDir();
+    let primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const address = primary.address;
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    try {
+      const first = await commitMany(primary.storage, 3);
+      await waitForTid(secondary, first.at(-1)!);
+      await primary.close();
+      await waitForState(secondary, 'backoff');
+      const claimed: number[] = [];
+      const promoting = secondary.promote({
+        claim: async (g) => {
+          claimed.push(g.generation);
+          // The old primary comes back (a flapping primary) and commits while the coordinator answers.
+          primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: address, fsync: false, auditPath: null });
+          await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
+          return true;
+        },
+      });
+      await expect(promoting).rejects.toThrow(PromotionRefusedError);
+      await expect(promoting).rejects.toThrow(/while connected to a primary/);
+      expect(claimed).toEqual([1]);
+      // Nothing was started, and the secondary still replicates.
+      expect(generationsFile(join(dir, 's.fs')).generations.filter((g) => g.generation > 0)).toEqual([]);
+      await waitForTid(secondary, (await commitMany(primary.storage, 1)).at(-1)!);
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+  });
+
+  it('a promotion whose secondary moved on while the coordinator answered is refused before the secondary stops (forced)', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    try {
+      await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
+      const promoting = secondary.promote({
+        force: true,
+        claim: async () => {
+          await waitForTid(secondary, (await commitMany(primary.storage, 1)).at(-1)!);
+          return true;
+        },
+      });
+      await expect(promoting).rejects.toThrow(/moved on while the coordinator answered/);
+      await waitForTid(secondary, (await commitMany(primary.storage, 1)).at(-1)!);
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+  });
 });
+
