@@ -454,6 +454,15 @@ export class HashChain {
   }
 
   /** Tid and link of the last transaction, or null for an empty storage. */
+  /**
+   * The error that stopped the chain (a failed write or sync), or null. From
+   * then on it takes no new links until reopened, which completes it from
+   * the data file: its head stays at the last link taken.
+   */
+  get failure(): Error | null {
+    return this.failed;
+  }
+
   get head(): ChainHead | null {
     return this.headEntry ? { tid: Buffer.from(this.headEntry.tid), hash: Buffer.from(this.headEntry.hash) } : null;
   }

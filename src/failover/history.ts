@@ -84,8 +84,14 @@ export class FailoverHistory {
     };
   }
 
-  /** The primary's verdict on a hello (pure reads). */
+  /**
+   * The primary's verdict on a hello (pure reads). A chain stopped by a
+   * write error knows nothing past its head: a secondary that is further
+   * cannot be judged (`unknown`), never taken for diverged.
+   */
   verdict(hello: Pick<HelloMessage, 'startTid' | 'generations' | 'chainHead'> & { chainSamples?: ChainHead[] }): HistoryVerdict {
+    const head = this.chain.head?.tid ?? Z64;
+    if (this.chain.failure !== null && Buffer.compare(hello.startTid, head) > 0) return { kind: 'unknown' };
     return judgeHistory({ generations: this.generations.list, hashAt: (tid) => this.chain.hashAt(tid), lastTid: this.chain.head?.tid ?? Z64, replica: this.replica }, hello);
   }
 

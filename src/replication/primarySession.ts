@@ -294,6 +294,11 @@ export class PrimarySession {
       wantsLinks = hello.options.txnLinks === true;
       wantsSegments = hello.options.segmentedChecksum === true;
       edgeRefusal = this.options.history?.refusalFor(hello);
+      const chainFailure = this.options.history?.chain.failure;
+      if (chainFailure) {
+        const head = this.options.history!.chain.head?.tid.toString('hex') ?? 'its start';
+        this.options.log('error', `the hash chain stopped at tid ${head} after an error (${chainFailure.message}): secondaries past it are not checked for divergence until the node is reopened`);
+      }
       this.decoder.setMaxFrameBytes(SECONDARY_MESSAGE_MAX_BYTES);
     } else {
       startTid = Buffer.from(payload);

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
+import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { rewindStorage } from '../../src/failover/rewind.js';
@@ -342,6 +343,41 @@ describe('failover', () => {
     } finally {
       await secondary.close();
       await primary.close();
+    }
+  });
+
+  it("a primary whose hash chain stopped on a write error does not take a healthy secondary past the chain's head for diverged", async () => {
+    const dir = await tempDir();
+    // The primary's data file syncs in its own thread (datasyncSync); its chain file syncs through datasync.
+    let failNext = false;
+    const disk: StorageDisk = {
+      ...nodeDisk,
+      datasync: (fd) => {
+        if (!failNext) return nodeDisk.datasync(fd);
+        failNext = false;
+        return Promise.reject(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
+      },
+    };
+    const storage = await FileStorage.open(join(dir, 'p.fs'), { create: true, disk });
+    const logs = new LogCollector();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), storage, replicateTo: '127.0.0.1:0', auditPath: null, log: logs.log });
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    try {
+      failNext = true;
+      // More than a batch of chain entries: the batch's write is synced, and that sync fails.
+      await waitForTid(secondary, (await commitMany(primary.storage, 600)).at(-1)!);
+      expect(failNext).toBe(false);
+      const more = await commitMany(primary.storage, 2);
+      expect(Buffer.compare(primary.chainHead!.tid, more[0]!)).toBeLessThan(0);
+      await waitForTid(secondary, more.at(-1)!);
+      // The secondary reconnects with a last tid past the chain's head: it is served, not refused.
+      secondary.setReplicationAddress(primary.address);
+      await logs.waitFor((e) => e.message.includes('the hash chain stopped at tid'));
+      await waitForTid(secondary, (await commitMany(primary.storage, 1)).at(-1)!);
+      expect(secondary.diverged).toBeNull();
+    } finally {
+      await secondary.close();
+      await primary.close().catch((err: Error) => expect(err.message).toMatch(/writing the hash chain failed/));
     }
   });
 });
