@@ -255,7 +255,11 @@ export class HashChain {
     try {
       // Links past the data file's end (the data lost its tail) no longer describe it.
       const keep = countUpTo((i) => readEntry(file, i)!, entries, storage.lastDurableTid);
-      if (keep < entries) ftruncateSync(file.fd, HEADER_BYTES + keep * CHAIN_ENTRY_BYTES);
+      if (keep < entries) {
+        ftruncateSync(file.fd, HEADER_BYTES + keep * CHAIN_ENTRY_BYTES);
+        // Durable before new links follow: links of cut transactions coming back after a crash would be taken for the new ones' predecessors.
+        if (options.fsync ?? true) fdatasyncSync(file.fd);
+      }
       chain = new HashChain(path, file, keep, keep > 0 ? readEntry(file, keep - 1) : null, options.fsync ?? true, storage);
     } catch (err) {
       closeSync(file.fd);
