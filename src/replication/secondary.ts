@@ -184,6 +184,10 @@ export class Secondary {
   private upstreamLastTid: Buffer | null = null;
   /** The last diverged refusal, until the address changes or a rewind. */
   private divergence: DivergedHistoryError | null = null;
+  /** A rewind or a promotion under way: each refuses to start beside the other (or itself). */
+  private operation: 'rewind' | 'promotion' | null = null;
+  /** Settles when the rewind under way (if any) ends: a connection waits for it. */
+  private rewound: Promise<unknown> = Promise.resolve();
 
   private constructor(
     private readonly inner: FileStorage,
@@ -200,6 +204,8 @@ export class Secondary {
         connect: fromPromise(async ({ input, signal }) => {
           // The hello names the last transaction: the previous connection's one in flight must be durable (or aborted) first.
           await this.dropped;
+          // Nothing is applied while a rewind cuts the file (setReplicationAddress may restart the machine meanwhile).
+          await this.rewound.catch(() => undefined);
           const stream = await this.transport.connect(input.address as ReplicationAddress);
           if (signal.aborted) {
             stream.destroy();
@@ -621,7 +627,13 @@ export class Secondary {
   async promote(options: PromoteOptions = {}): Promise<Primary> {
     let primary: Primary;
     try {
-      primary = await promoteSecondary(this.promotionHandle(), { ...this.options.whenPromoted, ...options });
+      if (this.operation !== null) throw new PromotionRefusedError(`refusing to promote during a ${this.operation}`);
+      this.operation = 'promotion';
+      try {
+        primary = await promoteSecondary(this.promotionHandle(), { ...this.options.whenPromoted, ...options });
+      } finally {
+        this.operation = null;
+      }
     } catch (err) {
       // Refused before detaching: the audit log is still this secondary's (after a detach it is closed).
       const code = err instanceof PromotionRefusedError ? err.code : 'failed';
@@ -718,13 +730,23 @@ export class Secondary {
     if (!snap.matches('diverged') || divergence === null) {
       throw new ZrsError(`rewind() needs a secondary its primary refused as diverged; this one is ${stateName(snap.value)}`);
     }
+    if (this.operation !== null) throw new ZrsError(`rewind() refused during a ${this.operation}`);
     const address = formatAddress(snap.context.address as ReplicationAddress);
-    const resume = this.server ? await this.server.suspend() : () => undefined;
+    this.operation = 'rewind';
     let result: RewindResult;
+    const cutting = (async () => {
+      const resume = this.server ? await this.server.suspend() : () => undefined;
+      try {
+        return await rewindOpenStorage(this.inner, divergence.forkTid, { history: this.failover!, withBlobs: this.inner.blobs !== null });
+      } finally {
+        resume();
+      }
+    })();
+    this.rewound = cutting;
     try {
-      result = await rewindOpenStorage(this.inner, divergence.forkTid, { history: this.failover!, withBlobs: this.inner.blobs !== null });
+      result = await cutting;
     } finally {
-      resume();
+      this.operation = null;
     }
     this.log('warn', `REWOUND to tid ${result.forkTid.toString('hex')}: ${result.cutTids.length} transaction(s) saved in ${result.sidePath ?? '(nothing cut)'}; reconnecting to ${address}`, {
       forkTid: result.forkTid.toString('hex'),

@@ -380,5 +380,30 @@ describe('failover', () => {
       await primary.close().catch((err: Error) => expect(err.message).toMatch(/writing the hash chain failed/));
     }
   });
+
+  it('a rewind refuses to run beside a promotion or another rewind, and a promotion beside a rewind', async () => {
+    const dir = await tempDir();
+    const aPath = join(dir, 'a.fs');
+    const old = await Primary.open({ path: aPath, replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const b = await Secondary.open({ path: join(dir, 'b.fs'), replicateFrom: old.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    await waitForTid(b, (await commitMany(old.storage, 3)).at(-1)!);
+    b.setReplicationAddress(NOWHERE);
+    await commitMany(old.storage, 20); // lost with the old primary
+    await old.close();
+    const promoted = await b.promote();
+    const a = await Secondary.open({ path: aPath, replicateFrom: promoted.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    try {
+      await waitForState(a, 'diverged');
+      const rewinding = a.rewind();
+      await expect(a.promote({ force: true, replicateTo: '127.0.0.1:0' })).rejects.toThrow(/refusing to promote during a rewind/);
+      await expect(a.rewind()).rejects.toThrow(/rewind\(\) refused during a rewind/);
+      const result = await rewinding;
+      expect(result.cutTids).toHaveLength(20);
+      await waitForTid(a, (await commitMany(promoted.storage, 1)).at(-1)!);
+    } finally {
+      await a.close();
+      await promoted.close();
+    }
+  });
 });
 
