@@ -631,6 +631,9 @@ export class Secondary {
       this.operation = 'promotion';
       try {
         primary = await promoteSecondary(this.promotionHandle(), { ...this.options.whenPromoted, ...options });
+      } catch (err) {
+        if (this.detached) await this.releaseAfterFailedPromotion(err);
+        throw err;
       } finally {
         this.operation = null;
       }
@@ -661,6 +664,22 @@ export class Secondary {
     }
   }
 
+  /** The promotion detached the secondary (stopped replicating for good). */
+  private detached = false;
+
+  /**
+   * A promotion failed after detaching (the new Primary did not open): no
+   * Primary took the storage over, so close what the secondary still holds,
+   * as close() would. The generation the promotion started stays recorded.
+   */
+  private async releaseAfterFailedPromotion(cause: unknown): Promise<void> {
+    this.log('error', `promotion failed after replication stopped: ${cause instanceof Error ? cause.message : String(cause)}; the node is closed`);
+    await this.server?.close().catch(() => undefined);
+    await this.inner.close().catch(() => undefined);
+    await this.failover?.close().catch(() => undefined);
+    this.promotedSubject.complete();
+  }
+
   private promotionHandle(): PromotionHandle {
     return {
       storage: this.inner,
@@ -675,6 +694,7 @@ export class Secondary {
       serverAddress: () => this.server?.address ?? null,
       detach: async () => {
         if (this.closedPromise) throw new ZrsError('the secondary is closed');
+        this.detached = true;
         this.closedPromise = this.stopReplicating();
         // The new generation starts after the last transaction: it is durable by now.
         await this.closedPromise;

@@ -4,6 +4,7 @@
 // converge; equal tids with different contents are caught.
 
 import { readFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
@@ -403,6 +404,30 @@ describe('failover', () => {
     } finally {
       await a.close();
       await promoted.close();
+    }
+  });
+
+  it('a promotion that fails after the secondary stopped replicating (the new primary cannot listen) releases the storage', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const sPath = join(dir, 's.fs');
+    const secondary = await Secondary.open({ path: sPath, replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    const busy = createServer();
+    await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
+    try {
+      await waitForTid(secondary, (await commitMany(primary.storage, 3)).at(-1)!);
+      await primary.close();
+      await waitForState(secondary, 'backoff');
+      const port = (busy.address() as AddressInfo).port;
+      await expect(secondary.promote({ replicateTo: `127.0.0.1:${port}` })).rejects.toThrow(/EADDRINUSE/);
+      await secondary.close();
+      // Nothing holds the file: it opens again (the lock was released).
+      const again = await FileStorage.open(sPath);
+      expect(again.transactionCount).toBe(3);
+      await again.close();
+    } finally {
+      await secondary.close();
+      await new Promise<void>((resolve) => busy.close(() => resolve()));
     }
   });
 });
