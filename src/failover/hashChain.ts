@@ -457,7 +457,15 @@ export class HashChain {
     if (this.failed) throw new ZrsError(`${this.path}: writing the hash chain failed`, { cause: this.failed });
   }
 
-  /** Tid and link of the last transaction, or null for an empty storage. */
+  /**
+   * Resolve once the links a primary gave (packed transactions, written at
+   * once) are on disk. Never rejects: a failed write stops the chain (see
+   * failure), and waiting longer would not write them.
+   */
+  async givenWritten(): Promise<void> {
+    while (this.mustWrite > 0 && this.flushing) await this.flushing;
+  }
+
   /**
    * The error that stopped the chain (a failed write or sync), or null. From
    * then on it takes no new links until reopened, which completes it from
@@ -467,6 +475,7 @@ export class HashChain {
     return this.failed;
   }
 
+  /** Tid and link of the last transaction, or null for an empty storage. */
   get head(): ChainHead | null {
     return this.headEntry ? { tid: Buffer.from(this.headEntry.tid), hash: Buffer.from(this.headEntry.hash) } : null;
   }

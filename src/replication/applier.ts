@@ -36,6 +36,8 @@ export interface ApplierHooks {
   heartbeat(lastTid: Buffer, clockMs: number, generation?: GenerationEntry): void | Promise<void>;
   /** The primary's hash-chain link for a transaction about to be finished (packed ones). */
   link?(tid: Buffer, link: Buffer): void;
+  /** Resolves once the links given by link() are on disk: a transaction that came with one is reported applied only then. */
+  linkWritten?(): Promise<void>;
   /** Links of a run about to be written, computed from its bytes (the first after `prevLink`); `null`: the run failed, forget them. */
   runLinks?(linked: RunLinks | null): void;
 }
@@ -77,7 +79,7 @@ export class Applier {
         return this.rawTxns(e);
       case 'commit':
         if (e.link) this.hooks.link?.(e.tid, e.link);
-        return this.commit(e.tid);
+        return this.commit(e.tid, e.link !== undefined);
       case 'heartbeat':
         await this.hooks.heartbeat(e.lastTid, e.clockMs, e.generation);
         return;
@@ -153,7 +155,7 @@ export class Applier {
     await this.track(durable, e.bytes.length);
   }
 
-  private async commit(tid: Buffer): Promise<void> {
+  private async commit(tid: Buffer, linkGiven = false): Promise<void> {
     if (this.finishedEarly !== null && this.finishedEarly.equals(tid)) {
       this.finishedEarly = null;
       return;
@@ -164,7 +166,8 @@ export class Applier {
     }
     const txn = this.requireTxn();
     if (!tid.equals(txn.tid) || this.blob) throw new ProtocolError('commit does not close the transaction in progress');
-    await this.finish(txn);
+    // A link the primary gave cannot be computed here again (docs/FAILOVER.md): acknowledged only once written.
+    await this.finish(txn, linkGiven ? this.hooks.linkWritten : undefined);
   }
 
   /** The mutation commitBeforeCommitMessage: finish once the announced records are in. */
@@ -175,10 +178,11 @@ export class Applier {
     await this.finish(txn);
   }
 
-  private async finish(txn: TransactionMeta & { tid: Buffer }): Promise<void> {
+  private async finish(txn: TransactionMeta & { tid: Buffer }, written?: () => Promise<void>): Promise<void> {
     await this.storage.tpcVote(txn);
     this.txn = null;
-    await this.track(this.storage.tpcFinish(txn));
+    const finished = this.storage.tpcFinish(txn);
+    await this.track(written ? finished.then(async (tid) => (await written(), tid)) : finished);
   }
 
   /** Report `finished` applied once durable; wait only when too many are still syncing. */

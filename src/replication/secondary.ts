@@ -405,6 +405,7 @@ export class Secondary {
       {
         applied: (tid) => this.onApplied(conn, tid),
         link: (tid, link) => this.failover?.chain.expectLink(tid, link),
+        linkWritten: () => this.failover?.chain.givenWritten() ?? Promise.resolve(),
         runLinks: (linked) => (linked ? this.failover?.chain.expectComputed(linked) : this.failover?.chain.dropComputed()),
         heartbeat: async (lastTid, clockMs, generation) => {
           this.lastHeartbeat = { lastTid, clockMs, receivedMs: this.clock.now() };

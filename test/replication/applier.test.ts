@@ -1,0 +1,65 @@
+// The applier reports a transaction applied (what the secondary acks) only
+// once it is durable, and one that came with a hash-chain link from the
+// primary (a packed transaction, whose link cannot be computed again) only
+// once that link is written too.
+
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Applier } from '../../src/replication/applier.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { Z64 } from '../../src/storage/timestamp.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+
+afterAll(cleanupTempDirs);
+
+const settle = async (turns = 20): Promise<void> => {
+  for (let i = 0; i < turns; i++) await new Promise((r) => setImmediate(r));
+};
+
+describe('Applier', () => {
+  it.each([
+    ['with a link from the primary, once the link is written', true],
+    ['without one, once durable', false],
+  ])('reports a transaction applied %s', async (_what, withLink) => {
+    const storage = await FileStorage.open(join(await tempDir(), 's.fs'), { create: true, fsync: true, syncInline: false });
+    let releaseLink!: () => void;
+    const linkWritten = new Promise<void>((resolve) => (releaseLink = resolve));
+    const applied: string[] = [];
+    const links: string[] = [];
+    const applier = new Applier(
+      storage,
+      {
+        applied: (tid) => applied.push(tid.toString('hex')),
+        heartbeat: () => undefined,
+        link: (tid) => links.push(tid.toString('hex')),
+        linkWritten: () => linkWritten,
+      },
+      false,
+    );
+    const tid = Buffer.from('0000000000000001', 'hex');
+    const published = new Promise<string>((resolve) => {
+      const sub = storage.commits$.subscribe((c) => {
+        sub.unsubscribe();
+        resolve(c.tid.toString('hex'));
+      });
+    });
+    const empty = Buffer.alloc(0);
+    try {
+      await applier.apply({ kind: 'begin', tid, status: 'p', user: empty, description: empty, extension: empty });
+      await applier.apply({ kind: 'record', oid: Z64, data: Buffer.from('root'), dataTxn: null, blob: null });
+      await applier.apply(withLink ? { kind: 'commit', tid, link: Buffer.alloc(32, 7) } : { kind: 'commit', tid });
+      // Durable on disk (the storage published it) ...
+      expect(await published).toBe(tid.toString('hex'));
+      await settle();
+      expect(links).toEqual(withLink ? [tid.toString('hex')] : []);
+      // ... but reported applied only once the given link is written.
+      expect(applied).toEqual(withLink ? [] : [tid.toString('hex')]);
+      releaseLink();
+      await applier.settle();
+      expect(applied).toEqual([tid.toString('hex')]);
+    } finally {
+      releaseLink();
+      await storage.close();
+    }
+  });
+});
