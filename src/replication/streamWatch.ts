@@ -62,10 +62,19 @@ export class StreamWatch {
     this.heartbeatIntervalMs = intervalMs;
   }
 
+  /**
+   * Monotonic time where the clock has it (the real one: a wall clock stepped
+   * by NTP or a resumed VM would fake or hide silence), else its time
+   * (virtual, which never steps).
+   */
+  private nowMs(): number {
+    return this.clock.load?.elapsedMs() ?? this.clock.now();
+  }
+
   /** A chunk of `bytes` was read and decoded. */
   received(bytes: number): void {
     if (this.stopped) return;
-    this.lastHeardMs = this.clock.now();
+    this.lastHeardMs = this.nowMs();
     this.bytesReceived += bytes;
     if (!this.silenceWatched && this.heartbeatIntervalMs > 0) {
       this.silenceWatched = true;
@@ -106,12 +115,12 @@ export class StreamWatch {
     this.silenceTimer = this.clock.setTimeout(() => {
       this.silenceTimer = null;
       if (this.stopped) return;
-      const now = this.clock.now();
+      const now = this.nowMs();
       if (this.o.paused()) this.lastHeardMs = now; // our own backpressure, not silence
       const quietMs = now - this.lastHeardMs;
       if (quietMs < limitMs) return this.watchSilence(limitMs, limitMs - quietMs);
       if (!looked) return this.watchSilence(limitMs, 1, true);
-      this.expire(new ZrsError(`no frame from the primary for ${quietMs} ms though it heartbeats every ${this.heartbeatIntervalMs} ms: the link is taken for dead`));
+      this.expire(new ZrsError(`no frame from the primary for ${Math.round(quietMs)} ms though it heartbeats every ${this.heartbeatIntervalMs} ms: the link is taken for dead`));
     }, afterMs);
   }
 
