@@ -186,7 +186,10 @@ export class Applier {
   }
 
   /** Report `finished` applied once durable; wait only when too many are still syncing. */
-  private async track(finished: Promise<Buffer>, bytes = 0): Promise<void> {
+  private async track(durable: Promise<Buffer>, bytes = 0): Promise<void> {
+    // Reported in order: one waiting for its given link to be written holds back those after it.
+    const finished = this.lastReport.then(() => durable);
+    this.lastReport = finished.catch(() => undefined);
     this.unsynced.push(finished);
     this.unsyncedBytes += bytes;
     finished.then(
@@ -201,6 +204,9 @@ export class Applier {
       await this.unsynced[0];
     }
   }
+
+  /** Settles after the last tracked transaction was reported (or failed). */
+  private lastReport: Promise<unknown> = Promise.resolve();
 
   private unsyncedBytes = 0;
 

@@ -62,4 +62,36 @@ describe('Applier', () => {
       await storage.close();
     }
   });
+
+  it('a transaction waiting for its given link holds back the reports of those after it, which stay in order', async () => {
+    const storage = await FileStorage.open(join(await tempDir(), 's.fs'), { create: true, fsync: true, syncInline: false });
+    let releaseLink!: () => void;
+    const linkWritten = new Promise<void>((resolve) => (releaseLink = resolve));
+    const applied: string[] = [];
+    const applier = new Applier(storage, { applied: (tid) => applied.push(tid.toString('hex')), heartbeat: () => undefined, link: () => undefined, linkWritten: () => linkWritten }, false);
+    const empty = Buffer.alloc(0);
+    const t1 = Buffer.from('0000000000000001', 'hex');
+    const t2 = Buffer.from('0000000000000002', 'hex');
+    const published: string[] = [];
+    const sub = storage.commits$.subscribe((c) => published.push(c.tid.toString('hex')));
+    try {
+      await applier.apply({ kind: 'begin', tid: t1, status: 'p', user: empty, description: empty, extension: empty });
+      await applier.apply({ kind: 'record', oid: Z64, data: Buffer.from('root 1'), dataTxn: null, blob: null });
+      await applier.apply({ kind: 'commit', tid: t1, link: Buffer.alloc(32, 7) });
+      await applier.apply({ kind: 'begin', tid: t2, status: ' ', user: empty, description: empty, extension: empty });
+      await applier.apply({ kind: 'record', oid: Z64, data: Buffer.from('root 2'), dataTxn: null, blob: null });
+      await applier.apply({ kind: 'commit', tid: t2 });
+      while (published.length < 2) await settle(1);
+      await settle();
+      expect(applied).toEqual([]);
+      releaseLink();
+      await applier.settle();
+      expect(applied).toEqual([t1.toString('hex'), t2.toString('hex')]);
+    } finally {
+      sub.unsubscribe();
+      releaseLink();
+      await storage.close();
+    }
+  });
 });
+
