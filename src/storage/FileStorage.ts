@@ -269,7 +269,7 @@ export class FileStorage {
   ) {
     this.publishedEnd = end;
     this.publishedTid = Buffer.from(state.lastTid ?? Z64);
-    this.groupSync = new GroupSync(fd, end, () => this.end, disk);
+    this.groupSync = new GroupSync(fd, end, () => this.end, disk, this.secondDescriptor());
     this.lastOid = Buffer.from(state.maxOid);
     this.fillAhead = new FillAhead(disk, fd, end, preallocateBytes);
   }
@@ -1092,11 +1092,14 @@ export class FileStorage {
     this.end = result.end;
     this.publishedEnd = result.end;
     this.publishedTid = Buffer.from(result.lastTid ?? Z64);
-    this.groupSync = new GroupSync(fd, result.end, () => this.end, this.disk);
+    const oldSync = this.groupSync;
+    this.groupSync = new GroupSync(fd, result.end, () => this.end, this.disk, this.secondDescriptor());
     this.fillAhead = new FillAhead(this.disk, fd, size, this.preallocateBytes);
     this.epoch += 1;
     this.recentTxns.clear();
     await oldHandle.close();
+    // A sync of the old file may still run (makeDurable above returns once one covers the end).
+    await oldSync.close();
     closeSync(oldFd);
     await removeIndex(this.path);
   }
@@ -1131,10 +1134,19 @@ export class FileStorage {
       this.growthWaiters = [];
       this.commitsSubject.complete();
       await this.handle.close();
+      // A sync may still run on the file (the wait above returns once one covers the end).
+      await this.groupSync.close();
       closeSync(this.fd);
       this.lock?.release();
       release();
     }
+  }
+
+  /** Another descriptor of the data file, for a second sync at once (see groupSync.ts); none for a read-only storage. */
+  private secondDescriptor(): { open(): number; close(fd: number): void } | undefined {
+    if (this.readOnly) return undefined;
+    const path = this.path;
+    return { open: () => openSync(path, 'r+'), close: (fd) => closeSync(fd) };
   }
 }
 

@@ -15,12 +15,13 @@
 // runs start a second straight away instead of waiting for the first to
 // end: a transaction then waits for one sync, not for the rest of an
 // earlier one and then its own. Each sync covers what was written before it
-// started, so syncs may end in any order.
+// started, so syncs may end in any order. The two never share an open file
+// description: Linux reports a failed write-back to each open file once,
+// so of two fdatasync calls on one description only one would see it, and
+// the other's success would be taken for proof. The second sync goes
+// through a second descriptor of the same file, opened when first needed.
 
 import type { StorageDisk } from './disk.js';
-
-/** Asynchronous syncs of one file that may run at once. */
-const MAX_SYNCS_IN_FLIGHT = 2;
 
 interface Waiter {
   end: number;
@@ -31,8 +32,10 @@ interface Waiter {
 export class GroupSync {
   /** Everything before this offset is durable. */
   private durableEnd: number;
-  /** Asynchronous syncs running. */
-  private inFlight = 0;
+  /** One per asynchronous sync that may run at once, each with its own open file description. */
+  private readonly slots: Array<{ fd: number | null; busy: boolean }>;
+  /** The asynchronous syncs running (they never reject). */
+  private readonly running = new Set<Promise<void>>();
   /** What the newest running sync will make durable: the written end when it started. */
   private coveredEnd: number;
   /** The largest end a waiter waits for (stale only once no one waits). */
@@ -49,9 +52,15 @@ export class GroupSync {
     /** End of the transactions whose final status is written (never shrinks). */
     private readonly writtenEnd: () => number,
     private readonly disk: StorageDisk,
+    /** Opens (and closes) another descriptor of the same file, for a second sync at once; without it syncs run one at a time. */
+    private readonly second?: { open(): number; close(fd: number): void },
   ) {
     this.durableEnd = initialEnd;
     this.coveredEnd = initialEnd;
+    this.slots = [
+      { fd, busy: false },
+      { fd: null, busy: false },
+    ];
   }
 
   get durable(): number {
@@ -82,32 +91,64 @@ export class GroupSync {
       this.turnEndScheduled = false;
       if (this.waiters.length === 0) return;
       // Beside a running asynchronous sync, an in-thread one would wait for it: start another beside it.
-      if (this.inFlight > 0 || !this.syncInline()) this.kick();
+      if (this.running.size > 0 || !this.syncInline()) this.kick();
     });
   }
 
   /** Start an asynchronous sync when someone waits for bytes no running sync covers, and one more may run. */
   private kick(): void {
-    if (this.failure || this.inFlight >= MAX_SYNCS_IN_FLIGHT || this.waiters.length === 0) return;
-    if (this.highestWaited > Math.max(this.durableEnd, this.coveredEnd)) void this.runSync();
+    if (this.failure || this.waiters.length === 0) return;
+    if (!(this.highestWaited > Math.max(this.durableEnd, this.coveredEnd))) return;
+    const slot = this.freeSlot();
+    if (slot === null) return;
+    const sync = this.runSync(slot);
+    this.running.add(sync);
+    void sync.then(() => this.running.delete(sync));
   }
 
-  private async runSync(): Promise<void> {
+  /** A slot no sync uses, its descriptor open; null when both are busy (or a second cannot be had). */
+  private freeSlot(): { fd: number | null; busy: boolean } | null {
+    const [first, second] = this.slots as [{ fd: number | null; busy: boolean }, { fd: number | null; busy: boolean }];
+    if (!first.busy) return first;
+    if (second.busy || this.second === undefined) return null;
+    if (second.fd === null) {
+      try {
+        second.fd = this.second.open();
+      } catch {
+        return null; // one sync at a time, then
+      }
+    }
+    return second;
+  }
+
+  private async runSync(slot: { fd: number | null; busy: boolean }): Promise<void> {
     const target = this.writtenEnd();
     this.coveredEnd = Math.max(this.coveredEnd, target);
-    this.inFlight++;
+    slot.busy = true;
     try {
-      await this.disk.datasync(this.fd);
+      await this.disk.datasync(slot.fd!);
     } catch (err) {
-      this.inFlight--;
+      slot.busy = false;
       this.failAll(err);
       return;
     }
-    this.inFlight--;
+    slot.busy = false;
     if (this.failure) return;
     this.advance(target);
     // Bytes written while that sync ran still need one.
     this.kick();
+  }
+
+  /**
+   * Wait until no asynchronous sync runs, then close the second descriptor:
+   * call before closing the file (a sync still running would run on a closed
+   * or reused descriptor). Waiters still waiting stay waiting.
+   */
+  async close(): Promise<void> {
+    while (this.running.size > 0) await Promise.all([...this.running]);
+    const second = this.slots[1]!;
+    if (second.fd !== null) this.second?.close(second.fd);
+    second.fd = null;
   }
 
   /** A sync failed; the storage refuses writes from now on, so every waiter fails. */

@@ -10,6 +10,8 @@ import { GroupSync } from '../../src/storage/groupSync.js';
 interface HeldSync {
   /** The written end when the sync started: what it covers. */
   covers: number;
+  /** The descriptor it synced. */
+  fd: number;
   end(): void;
   fail(err: Error): void;
 }
@@ -20,9 +22,12 @@ function harness(initialEnd = 0) {
   const disk: StorageDisk = {
     write() {},
     truncate() {},
-    datasync: () => new Promise<void>((resolve, reject) => held.push({ covers: written, end: resolve, fail: reject })),
+    datasync: (fd) => new Promise<void>((resolve, reject) => held.push({ covers: written, fd, end: resolve, fail: reject })),
   };
-  const sync = new GroupSync(3, initialEnd, () => written, disk);
+  // The file is descriptor 3; a second descriptor of it is 4, opened when first needed.
+  const descriptors = { opened: 0, closed: [] as number[] };
+  const second = { open: () => (descriptors.opened++, 4), close: (fd: number) => void descriptors.closed.push(fd) };
+  const sync = new GroupSync(3, initialEnd, () => written, disk, second);
   const released: number[] = [];
   const failed: number[] = [];
   const write = (bytes: number): number => (written += bytes);
@@ -31,7 +36,7 @@ function harness(initialEnd = 0) {
       () => void released.push(end),
       () => void failed.push(end),
     );
-  return { sync, held, released, failed, write, wait };
+  return { sync, held, released, failed, write, wait, descriptors };
 }
 
 const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
@@ -41,8 +46,11 @@ describe('GroupSync', () => {
     const h = harness();
     void h.wait(h.write(100));
     expect(h.held.map((s) => s.covers)).toEqual([100]);
+    expect(h.descriptors.opened).toBe(0);
     void h.wait(h.write(100));
     expect(h.held.map((s) => s.covers)).toEqual([100, 200]);
+    // The two never share a descriptor (a write-back error is reported once per open file).
+    expect(h.held.map((s) => s.fd)).toEqual([3, 4]);
     void h.wait(h.write(100));
     expect(h.held).toHaveLength(2);
     // The first ends: the third write gets a sync of its own.
@@ -50,6 +58,8 @@ describe('GroupSync', () => {
     await settle();
     expect(h.released).toEqual([100]);
     expect(h.held.map((s) => s.covers)).toEqual([100, 200, 300]);
+    expect(h.held.map((s) => s.fd)).toEqual([3, 4, 3]);
+    expect(h.descriptors.opened).toBe(1);
     h.held[1]!.end();
     h.held[2]!.end();
     await settle();
@@ -98,4 +108,39 @@ describe('GroupSync', () => {
     expect(h.failed).toEqual([100, 200, 300]);
     expect(h.held).toHaveLength(2);
   });
+
+  it('close() waits for the syncs still running, then closes the second descriptor', async () => {
+    const h = harness();
+    void h.wait(h.write(100));
+    void h.wait(h.write(100));
+    // The later sync ends first: everything is durable, the earlier sync still runs.
+    h.held[1]!.end();
+    await settle();
+    expect(h.sync.durable).toBe(200);
+    let closed = false;
+    const closing = h.sync.close().then(() => (closed = true));
+    await settle();
+    expect(closed).toBe(false);
+    expect(h.descriptors.closed).toEqual([]);
+    h.held[0]!.end();
+    await closing;
+    expect(h.descriptors.closed).toEqual([4]);
+  });
+
+  it('without a second descriptor, syncs run one at a time', async () => {
+    let written = 0;
+    const held: Array<() => void> = [];
+    const disk: StorageDisk = { write() {}, truncate() {}, datasync: () => new Promise<void>((resolve) => held.push(resolve)) };
+    const sync = new GroupSync(3, 0, () => written, disk);
+    void sync.waitDurable((written += 100));
+    void sync.waitDurable((written += 100));
+    expect(held).toHaveLength(1);
+    held[0]!();
+    await settle();
+    expect(held).toHaveLength(2);
+    held[1]!();
+    await settle();
+    expect(sync.durable).toBe(200);
+  });
 });
+

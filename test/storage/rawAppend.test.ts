@@ -2,6 +2,7 @@
 // from another storage land exactly as restore() would have written them
 // (positions rewritten for the target file), and bad bytes write nothing.
 
+import { fstatSync } from 'node:fs';
 import { copyFile, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import fc from 'fast-check';
@@ -164,6 +165,32 @@ describe('appendTransactions', () => {
     expect(seen).toEqual(txns.map((t) => t.tid.toString('hex')));
     await target.close().catch(() => {});
     while (syncs.length) syncs.shift()!();
+  });
+
+  it('close() waits for a sync still running, though a later one already made everything durable, and the two syncs use two descriptors', async () => {
+    const dir = await tempDir();
+    const source = await FileStorage.open(join(dir, 'source.fs'), { create: true, fsync: false });
+    await commitPlan(source, [[1], [2]], 'src');
+    const txns = await transactions(source);
+    await source.close();
+    const held: Array<{ fd: number; end: () => void }> = [];
+    const disk: StorageDisk = { ...nodeDisk, datasyncSync: undefined, datasync: (fd) => new Promise<void>((resolve) => held.push({ fd, end: resolve })) };
+    const target = await FileStorage.open(join(dir, 'target.fs'), { create: true, fsync: true, syncInline: false, disk });
+    const first = (await target.appendTransactions(Buffer.from(txns[0]!.raw!))).durable;
+    const second = (await target.appendTransactions(Buffer.from(txns[1]!.raw!))).durable;
+    expect(held).toHaveLength(2);
+    expect(held[0]!.fd).not.toBe(held[1]!.fd);
+    held[1]!.end(); // the later sync ends first: both transactions are durable
+    await Promise.all([first, second]);
+    let closed = false;
+    const closing = target.close().then(() => (closed = true));
+    for (let turn = 0; turn < 20; turn++) await new Promise((r) => setImmediate(r));
+    expect(closed).toBe(false);
+    // The earlier sync's descriptor is still open.
+    expect(() => fstatSync(held[0]!.fd)).not.toThrow();
+    held[0]!.end();
+    await closing;
+    expect(closed).toBe(true);
   });
 
   describe('bad bytes raise a CorruptedDataError and write nothing', () => {
