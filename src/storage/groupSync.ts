@@ -23,6 +23,12 @@
 
 import type { StorageDisk } from './disk.js';
 
+/** One asynchronous sync that may run: its own open file description (null until first needed), and whether a sync uses it. */
+interface SyncSlot {
+  fd: number | null;
+  busy: boolean;
+}
+
 interface Waiter {
   end: number;
   resolve: () => void;
@@ -33,7 +39,7 @@ export class GroupSync {
   /** Everything before this offset is durable. */
   private durableEnd: number;
   /** One per asynchronous sync that may run at once, each with its own open file description. */
-  private readonly slots: Array<{ fd: number | null; busy: boolean }>;
+  private readonly slots: [SyncSlot, SyncSlot];
   /** The asynchronous syncs running (they never reject). */
   private readonly running = new Set<Promise<void>>();
   /** What the newest running sync will make durable: the written end when it started. */
@@ -107,8 +113,8 @@ export class GroupSync {
   }
 
   /** A slot no sync uses, its descriptor open; null when both are busy (or a second cannot be had). */
-  private freeSlot(): { fd: number | null; busy: boolean } | null {
-    const [first, second] = this.slots as [{ fd: number | null; busy: boolean }, { fd: number | null; busy: boolean }];
+  private freeSlot(): SyncSlot | null {
+    const [first, second] = this.slots;
     if (!first.busy) return first;
     if (second.busy || this.second === undefined) return null;
     if (second.fd === null) {
@@ -121,7 +127,7 @@ export class GroupSync {
     return second;
   }
 
-  private async runSync(slot: { fd: number | null; busy: boolean }): Promise<void> {
+  private async runSync(slot: SyncSlot): Promise<void> {
     const target = this.writtenEnd();
     this.coveredEnd = Math.max(this.coveredEnd, target);
     slot.busy = true;
@@ -146,7 +152,7 @@ export class GroupSync {
    */
   async close(): Promise<void> {
     while (this.running.size > 0) await Promise.all([...this.running]);
-    const second = this.slots[1]!;
+    const second = this.slots[1];
     if (second.fd !== null) this.second?.close(second.fd);
     second.fd = null;
   }
