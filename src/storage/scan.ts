@@ -8,6 +8,8 @@ import { CorruptedDataError } from '../errors.js';
 import {
   DATA_HEADER_BYTES,
   STATUS_CHECKPOINT,
+  STATUS_COMMITTED,
+  STATUS_PACKED,
   TRAILER_BYTES,
   TXN_HEADER_BYTES,
   copyId,
@@ -199,7 +201,7 @@ async function intactTransactionAfter(handle: FileHandle, pos: number, fileSize:
 }
 
 function isFinalStatus(status: string): boolean {
-  return status === ' ' || status === 'p';
+  return status === STATUS_COMMITTED || status === STATUS_PACKED;
 }
 
 /**

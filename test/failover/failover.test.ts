@@ -9,8 +9,8 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
-import { Primary } from '../../src/replication/primary.js';
-import { Secondary } from '../../src/replication/secondary.js';
+import { Primary, type PrimaryOptions } from '../../src/replication/primary.js';
+import { Secondary, type SecondaryOptions } from '../../src/replication/secondary.js';
 import { rewindStorage } from '../../src/failover/rewind.js';
 import { PromotionRefusedError } from '../../src/failover/promote.js';
 import { tidFromTime } from '../../src/storage/timestamp.js';
@@ -41,6 +41,16 @@ function waitForState(s: Secondary, state: string, ms = 15_000): Promise<void> {
       resolve();
     });
   });
+}
+
+/** A primary without fsync or audit log, serving on a free port unless told otherwise. */
+function openPrimary(path: string, extra: Partial<PrimaryOptions> = {}): Promise<Primary> {
+  return Primary.open({ path, replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, ...extra });
+}
+
+/** A secondary of `from` without fsync or audit log, reconnecting fast. */
+function openSecondary(path: string, from: SecondaryOptions['replicateFrom'], extra: Partial<SecondaryOptions> = {}): Promise<Secondary> {
+  return Secondary.open({ path, replicateFrom: from, fsync: false, reconnect: FAST_RECONNECT, auditPath: null, ...extra });
 }
 
 function generationsFile(path: string): { maxSeen: number; generations: Array<{ generation: number; startTid: string }> } {
@@ -296,9 +306,9 @@ describe('failover', () => {
 
   it('a promotion whose coordinator answers while the old primary comes back is refused before the secondary stops', async () => {
     const dir = await tempDir();
-    let primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    let primary = await openPrimary(join(dir, 'p.fs'));
     const address = primary.address;
-    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    const secondary = await openSecondary(join(dir, 's.fs'), address, { replicateTo: '127.0.0.1:0' });
     try {
       const first = await commitMany(primary.storage, 3);
       await waitForTid(secondary, first.at(-1)!);
@@ -309,7 +319,7 @@ describe('failover', () => {
         claim: async (g) => {
           claimed.push(g.generation);
           // The old primary comes back (a flapping primary) and commits while the coordinator answers.
-          primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: address, fsync: false, auditPath: null });
+          primary = await openPrimary(join(dir, 'p.fs'), { replicateTo: address });
           await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
           return true;
         },
@@ -328,8 +338,8 @@ describe('failover', () => {
 
   it('a promotion whose secondary moved on while the coordinator answered is refused before the secondary stops (forced)', async () => {
     const dir = await tempDir();
-    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
-    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    const primary = await openPrimary(join(dir, 'p.fs'));
+    const secondary = await openSecondary(join(dir, 's.fs'), primary.address, { replicateTo: '127.0.0.1:0' });
     try {
       await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
       const promoting = secondary.promote({
@@ -362,7 +372,7 @@ describe('failover', () => {
     const storage = await FileStorage.open(join(dir, 'p.fs'), { create: true, disk });
     const logs = new LogCollector();
     const primary = await Primary.open({ path: join(dir, 'p.fs'), storage, replicateTo: '127.0.0.1:0', auditPath: null, log: logs.log });
-    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    const secondary = await openSecondary(join(dir, 's.fs'), primary.address);
     try {
       failNext = true;
       // More than a batch of chain entries: the batch's write is synced, and that sync fails.
@@ -385,14 +395,14 @@ describe('failover', () => {
   it('a rewind refuses to run beside a promotion or another rewind, and a promotion beside a rewind', async () => {
     const dir = await tempDir();
     const aPath = join(dir, 'a.fs');
-    const old = await Primary.open({ path: aPath, replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
-    const b = await Secondary.open({ path: join(dir, 'b.fs'), replicateFrom: old.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    const old = await openPrimary(aPath);
+    const b = await openSecondary(join(dir, 'b.fs'), old.address, { replicateTo: '127.0.0.1:0' });
     await waitForTid(b, (await commitMany(old.storage, 3)).at(-1)!);
     b.setReplicationAddress(NOWHERE);
     await commitMany(old.storage, 20); // lost with the old primary
     await old.close();
     const promoted = await b.promote();
-    const a = await Secondary.open({ path: aPath, replicateFrom: promoted.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    const a = await openSecondary(aPath, promoted.address);
     try {
       await waitForState(a, 'diverged');
       const rewinding = a.rewind();
@@ -409,9 +419,9 @@ describe('failover', () => {
 
   it('a promotion that fails after the secondary stopped replicating (the new primary cannot listen) releases the storage', async () => {
     const dir = await tempDir();
-    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const primary = await openPrimary(join(dir, 'p.fs'));
     const sPath = join(dir, 's.fs');
-    const secondary = await Secondary.open({ path: sPath, replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    const secondary = await openSecondary(sPath, primary.address);
     const busy = createServer();
     await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
     try {
