@@ -639,10 +639,7 @@ export class Secondary {
         this.operation = null;
       }
     } catch (err) {
-      // Refused before detaching: the audit log is still this secondary's (after a detach it is closed).
-      const code = err instanceof PromotionRefusedError ? err.code : 'failed';
-      const reason = err instanceof Error ? err.message : String(err);
-      await this.audit?.decide('promotion-refused', { code, reason, requestedBy: options.requestedBy ?? 'api', force: options.force === true }).catch(() => undefined);
+      await this.recordPromotionRefused(err, options);
       throw err;
     }
     this.promotedSubject.next(primary);
@@ -679,6 +676,38 @@ export class Secondary {
     await this.inner.close().catch(() => undefined);
     await this.failover?.close().catch(() => undefined);
     this.promotedSubject.complete();
+  }
+
+  /**
+   * Record a refused or failed promotion: in the secondary's audit log, or,
+   * once a detach closed that (the node is closed by now), in the log opened
+   * again for this one record.
+   */
+  private async recordPromotionRefused(err: unknown, options: PromoteOptions): Promise<void> {
+    const details = {
+      code: err instanceof PromotionRefusedError ? err.code : 'failed',
+      reason: err instanceof Error ? err.message : String(err),
+      requestedBy: options.requestedBy ?? 'api',
+      force: options.force === true,
+    };
+    if (!this.detached) {
+      await this.audit?.decide('promotion-refused', details).catch(() => undefined);
+      return;
+    }
+    if (!this.audit) return;
+    const o = this.options;
+    try {
+      const audit = await openNodeAudit({ dataPath: o.path, auditPath: o.auditPath, node: o.name, clock: this.clock, log: this.log });
+      if (!audit) return;
+      audit.generation = this.failover?.generations.current ?? null;
+      try {
+        await audit.decide('promotion-refused', { ...details, afterDetach: true });
+      } finally {
+        await audit.close();
+      }
+    } catch (e) {
+      this.log('error', `could not record the failed promotion in the audit log: ${(e as Error).message}`);
+    }
   }
 
   private promotionHandle(): PromotionHandle {

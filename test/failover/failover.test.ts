@@ -421,7 +421,7 @@ describe('failover', () => {
     const dir = await tempDir();
     const primary = await openPrimary(join(dir, 'p.fs'));
     const sPath = join(dir, 's.fs');
-    const secondary = await openSecondary(sPath, primary.address);
+    const secondary = await openSecondary(sPath, primary.address, { auditPath: undefined });
     const busy = createServer();
     await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
     try {
@@ -435,6 +435,11 @@ describe('failover', () => {
       const again = await FileStorage.open(sPath);
       expect(again.transactionCount).toBe(3);
       await again.close();
+      // The audit log, closed by the detach, still gets the failure.
+      const refused = (await readAuditLog(`${sPath}.audit`)).records.filter((r) => r.kind === 'promotion-refused');
+      expect(refused).toHaveLength(1);
+      expect(refused[0]!.details).toMatchObject({ code: 'failed', afterDetach: true, reason: expect.stringMatching(/EADDRINUSE/) });
+      expect(refused[0]!.generation).toMatchObject({ generation: 1 });
     } finally {
       await secondary.close();
       await new Promise<void>((resolve) => busy.close(() => resolve()));
