@@ -132,6 +132,13 @@ function readEntry(file: ChainFile, index: number): Entry | null {
   return n === CHAIN_ENTRY_BYTES ? decodeEntry(buf, file.check) : null;
 }
 
+/** Entry `index`, which must be whole (it is before the last one checked on open). */
+function readWholeEntry(path: string, file: ChainFile, index: number): Entry {
+  const e = readEntry(file, index);
+  if (e === null) throw new ZrsError(`${path}: chain entry ${index} is damaged; move the file away to have the chain computed again from the data file`);
+  return e;
+}
+
 /** Number of entries with tid <= `tid` among the first `count` (entries are in tid order). */
 function countUpTo(at: (i: number) => Entry, count: number, tid: Buffer): number {
   let lo = 0;
@@ -174,7 +181,7 @@ export function truncateChainFile(dataPath: string, tid: Buffer): void {
   if (!existsSync(path)) return;
   const { file, entries } = openChainFile(path);
   try {
-    const keep = countUpTo((i) => readEntry(file, i)!, entries, tid);
+    const keep = countUpTo((i) => readWholeEntry(path, file, i), entries, tid);
     ftruncateSync(file.fd, HEADER_BYTES + keep * CHAIN_ENTRY_BYTES);
     fdatasyncSync(file.fd);
   } finally {
@@ -254,13 +261,13 @@ export class HashChain {
     let chain: HashChain;
     try {
       // Links past the data file's end (the data lost its tail) no longer describe it.
-      const keep = countUpTo((i) => readEntry(file, i)!, entries, storage.lastDurableTid);
+      const keep = countUpTo((i) => readWholeEntry(path, file, i), entries, storage.lastDurableTid);
       if (keep < entries) {
         ftruncateSync(file.fd, HEADER_BYTES + keep * CHAIN_ENTRY_BYTES);
         // Durable before new links follow: links of cut transactions coming back after a crash would be taken for the new ones' predecessors.
         if (options.fsync ?? true) fdatasyncSync(file.fd);
       }
-      chain = new HashChain(path, file, keep, keep > 0 ? readEntry(file, keep - 1) : null, options.fsync ?? true, storage);
+      chain = new HashChain(path, file, keep, keep > 0 ? readWholeEntry(path, file, keep - 1) : null, options.fsync ?? true, storage);
     } catch (err) {
       closeSync(file.fd);
       throw err;
@@ -486,9 +493,7 @@ export class HashChain {
   }
 
   private entryAt(i: number): Entry {
-    const e = this.memoryEntry(i) ?? readEntry(this.file, i);
-    if (e === null) throw new ZrsError(`${this.path}: chain entry ${i} is damaged`);
-    return e;
+    return this.memoryEntry(i) ?? readWholeEntry(this.path, this.file, i);
   }
 
   /** The link at `tid`, or null when no transaction has exactly this tid. */

@@ -52,8 +52,10 @@ export class FailoverHistory {
    * storage's history grows only by its own commits.
    */
   async startGeneration(startTid: Buffer): Promise<GenerationEntry> {
+    const entry = await this.generations.startNext(startTid);
+    // Only once the generation is durable: a failed write leaves the replica as it was.
     this.replica = false;
-    return this.generations.startNext(startTid);
+    return entry;
   }
 
   /** The storage's hash chain. */

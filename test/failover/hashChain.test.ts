@@ -9,7 +9,7 @@ import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { tidPlusOne } from '../../src/storage/timestamp.js';
-import { CHAIN_ENTRY_BYTES, CHAIN_ORIGIN, HashChain, RunLinks, chainLink, chainPathFor, contentAt, linkOfStored, linksOfRun } from '../../src/failover/hashChain.js';
+import { CHAIN_ENTRY_BYTES, CHAIN_ORIGIN, HashChain, RunLinks, chainLink, chainPathFor, contentAt, linkOfStored, linksOfRun, truncateChainFile } from '../../src/failover/hashChain.js';
 import { judgeHistory } from '../../src/failover/divergence.js';
 import { GenerationHistory } from '../../src/failover/generations.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -114,6 +114,28 @@ describe('HashChain', () => {
     await chain.close();
     await fs.close();
     expect(readFileSync(chainPath).subarray(0, 8).toString('latin1')).toBe('ZRSCHN01');
+  });
+
+  it('names an entry damaged in the middle of the file, on open and on an offline cut, instead of failing on a missing value', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const chain = await HashChain.open(fs);
+    const tids = await commitMany(fs, 10);
+    await chain.close();
+    await fs.close();
+    const chainPath = chainPathFor(path);
+    const bytes = readFileSync(chainPath);
+    // Entry 5: the first a search for the last tid reads.
+    bytes[8 + 5 * CHAIN_ENTRY_BYTES + 20]! ^= 0x10;
+    writeFileSync(chainPath, bytes);
+    const again = await FileStorage.open(path, { readOnly: true });
+    try {
+      await expect(HashChain.open(again)).rejects.toThrow(/chain entry 5 is damaged; move the file away/);
+    } finally {
+      await again.close();
+    }
+    expect(() => truncateChainFile(path, tids[8]!)).toThrow(/chain entry 5 is damaged/);
   });
 });
 
