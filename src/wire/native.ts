@@ -931,10 +931,15 @@ function parseWelcome(obj: Obj, copy: boolean): WelcomeMessage {
 /** Longest heartbeat interval a welcome may announce (a day). */
 export const MAX_HEARTBEAT_INTERVAL_MS = 86_400_000;
 
+/**
+ * Anything but a whole number of ms in 1 … MAX_HEARTBEAT_INTERVAL_MS reads
+ * as absent: the field only tunes the secondary's silence timeout, and it
+ * is outside the content check, so neither a later peer's wider range nor
+ * a damaged value may fail the handshake.
+ */
 function parseHeartbeatInterval(value: unknown): { heartbeatIntervalMs?: number } {
-  if (value === undefined || value === null) return {};
-  const ms = asInt(value, 'welcome.heartbeatIntervalMs', 0, MAX_HEARTBEAT_INTERVAL_MS);
-  return ms > 0 ? { heartbeatIntervalMs: ms } : {};
+  const usable = typeof value === 'number' && Number.isSafeInteger(value) && value > 0 && value <= MAX_HEARTBEAT_INTERVAL_MS;
+  return usable ? { heartbeatIntervalMs: value } : {};
 }
 
 /** A message that carries a `check` of its content (see contentCheck). */
