@@ -524,6 +524,7 @@ export class Secondary {
         if (conn.paused && conn.queued < HIGH_WATER_EVENTS / 2) {
           conn.paused = false;
           conn.stream.resume();
+          conn.watch?.resumed();
         }
       }
     });

@@ -11,7 +11,8 @@
 //   loop stalled runs before the socket's waiting bytes are read.
 //
 // Time the secondary spends paused by its own backpressure counts for
-// neither. Timers check lazily when they fire, instead of being re-armed on
+// neither: a timer that fires while reading is paused waits again, and a
+// resume starts both over. Timers check lazily when they fire, instead of being re-armed on
 // every chunk.
 
 import { ZrsError } from '../errors.js';
@@ -83,6 +84,20 @@ export class StreamWatch {
     }
     if (this.o.bufferedBytes() === 0) this.clearStall();
     else if (this.stallTimer === null) this.armStall();
+  }
+
+  /**
+   * Reading resumed after our own backpressure paused it. Both timeouts
+   * start over from now: a timer firing just after the resume would
+   * otherwise count the paused time as silence, or as a stall.
+   */
+  resumed(): void {
+    if (this.stopped) return;
+    this.lastHeardMs = this.nowMs();
+    if (this.stallTimer !== null) {
+      this.clearStall();
+      this.armStall();
+    }
   }
 
   /** Cancel both timers; nothing fires after this. */

@@ -1,6 +1,8 @@
 // StreamWatch times silence on the monotonic clock where there is one: a
 // wall clock stepped forward (NTP, a resumed VM) must not fake silence, and
-// one stepped back must not hide it.
+// one stepped back must not hide it. Time paused by the secondary's own
+// backpressure counts as neither silence nor a stall, also when reading
+// resumes just before a check.
 
 import { describe, expect, it } from 'vitest';
 import type { Clock } from '../../src/ports/clock.js';
@@ -57,5 +59,44 @@ describe('StreamWatch', () => {
     timers.advance(2);
     expect(expired.map((e) => e.message)).toEqual(['no frame from the primary for 5001 ms though it heartbeats every 1000 ms: the link is taken for dead']);
     w.stop();
+  });
+
+  it('silence is counted from a resume of reading just before the check, not across the pause', () => {
+    const { clock, timers } = steppedClock();
+    const expired: ZrsError[] = [];
+    let paused = false;
+    const w = new StreamWatch(clock, { stallMs: 60_000, heartbeatTimeoutMs: 5000, paused: () => paused, bufferedBytes: () => 0, expired: (e) => expired.push(e) });
+    w.heartbeatsEvery(1000);
+    w.received(60); // the silence check is due at 5 s
+    timers.advance(100);
+    paused = true;
+    timers.advance(4880);
+    paused = false;
+    w.resumed(); // at 4,980 ms
+    timers.advance(30); // the check, 30 ms after the resume
+    expect(expired).toEqual([]);
+    timers.advance(4960); // 4,990 ms after the resume
+    expect(expired).toEqual([]);
+    timers.advance(20); // over 5 s after the resume (the second look included)
+    expect(expired.map((e) => e.message)).toEqual([expect.stringMatching(/^no frame from the primary for 50\d\d ms/)]);
+  });
+
+  it('a frame that stops growing after a resume stalls a full timeout after it', () => {
+    const { clock, timers } = steppedClock();
+    const expired: ZrsError[] = [];
+    let paused = false;
+    const w = new StreamWatch(clock, { stallMs: 10_000, heartbeatTimeoutMs: undefined, paused: () => paused, bufferedBytes: () => 100, expired: (e) => expired.push(e) });
+    w.received(100);
+    timers.advance(1000);
+    paused = true;
+    timers.advance(8990);
+    paused = false;
+    w.resumed(); // at 9,990 ms
+    timers.advance(20); // the first check, 30 ms after the resume
+    expect(expired).toEqual([]);
+    timers.advance(9960); // 9,990 ms after the resume
+    expect(expired).toEqual([]);
+    timers.advance(20);
+    expect(expired.map((e) => e.message)).toEqual(['stream stalled: no byte in 10000 ms inside a frame (100 bytes buffered)']);
   });
 });
