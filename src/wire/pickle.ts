@@ -131,6 +131,8 @@ const FORBIDDEN: ReadonlyMap<number, string> = new Map([
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 /** Python 3.11's default int_max_str_digits: longer decimal ints are refused there too. */
 const MAX_DECIMAL_DIGITS = 4300;
+/** Longest protocol 0 float literal read (Python writes at most 25 characters). */
+const MAX_FLOAT_CHARS = MAX_DECIMAL_DIGITS + 32;
 const STOP = 0x2e;
 
 const toInt = (v: bigint): number | bigint => (v <= MAX_SAFE && v >= -MAX_SAFE ? Number(v) : v);
@@ -350,8 +352,8 @@ class Unpickler {
   // -- numbers and strings ---------------------------------------------------------------------
 
   private decimal(text: string): bigint {
-    if (!/^[+-]?(0+|[1-9][0-9]*)$/.test(text)) throw this.fail(`bad integer literal ${JSON.stringify(text)}`);
     if (text.length > MAX_DECIMAL_DIGITS + 1) throw this.fail('integer literal too long');
+    if (!/^[+-]?(0+|[1-9][0-9]*)$/.test(text)) throw this.fail(`bad integer literal ${JSON.stringify(text)}`);
     return BigInt(text);
   }
 
@@ -367,7 +369,10 @@ class Unpickler {
   }
 
   private textFloat(text: string): number {
-    const ok = /^[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf|infinity|nan)$/i.test(text);
+    // Bounded first, and a pattern with one way to match each digit: the
+    // older `\d+\.?\d*` backtracked quadratically on a long run of digits.
+    if (text.length > MAX_FLOAT_CHARS) throw this.fail('float literal too long');
+    const ok = /^[+-]?((\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|inf|infinity|nan)$/i.test(text);
     if (!ok) throw this.fail(`bad float literal ${JSON.stringify(text)}`);
     const t = text.toLowerCase().replace(/^([+-]?)inf(inity)?$/, '$1Infinity').replace(/^[+-]?nan$/, 'NaN');
     return Number(t);

@@ -203,6 +203,14 @@ describe('reader rejects what is not a plain value', () => {
     expect(pickleError(() => loads(hex('4e71004e71014e7102'), { maxMemoEntries: 2 })).message).toMatch(/memo limit/);
     expect(pickleError(() => loads(hex(`8a05${'00'.repeat(5)}2e`), { maxLongBytes: 4 })).message).toMatch(/exceeds the limit/);
     expect(pickleError(() => loads(Buffer.from(`I${'9'.repeat(5000)}\n.`, 'latin1'))).message).toMatch(/too long/);
+    expect(pickleError(() => loads(Buffer.from(`F${'1'.repeat(100_000)}x\n.`, 'latin1'))).message).toMatch(/float literal too long/);
+  });
+
+  it('reads a long float literal, and refuses one with a stray character after its digits', () => {
+    expect(loads(Buffer.from(`F0.${'1'.repeat(300)}\n.`, 'latin1'))).toBe(Number(`0.${'1'.repeat(300)}`));
+    expect(loads(Buffer.from('F-.5e-3\n.', 'latin1'))).toBe(-0.0005);
+    // Under the old pattern this line cost 16 million backtracking steps; either way it is refused.
+    expect(pickleError(() => loads(Buffer.from(`F${'1'.repeat(4000)}x\n.`, 'latin1'))).message).toMatch(/bad float literal/);
   });
 
   it('a shared (acyclic) list is fine, and deep-but-bounded DAGs are linear to check', () => {
