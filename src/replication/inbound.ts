@@ -6,6 +6,7 @@ import { ProtocolError } from '../errors.js';
 import type { ProtocolSpec } from '../../machines/handshake.js';
 import { linksOfRun, type RunLinks } from '../failover/links.js';
 import { NATIVE_CHECKSUM_ALGORITHM, StreamChecksum } from '../wire/checksum.js';
+import { MAX_META_BYTES } from '../storage/FileStorage.js';
 import { dumps } from '../wire/pickle.js';
 import { createNativeUnpackr, decodeNative, type GenerationEntry, type PrimaryMessage, type RecordMessage } from '../wire/native.js';
 import { Zrs2StreamParser, type Zrs2Event } from '../wire/zrs2.js';
@@ -213,7 +214,8 @@ function fromZrs2(e: Zrs2Event): ApplyEvent {
         user: e.user,
         description: e.description,
         // Stored as ZODB stores it: an empty dict is zero bytes.
-        extension: e.extension.size === 0 ? Buffer.alloc(0) : dumps(e.extension, { protocol: 3 }),
+        // Bounded as it is written: one string the pickle shares many times is written out each time.
+        extension: e.extension.size === 0 ? Buffer.alloc(0) : dumps(e.extension, { protocol: 3, maxBytes: MAX_META_BYTES }),
       };
     case 'record':
       return { kind: 'record', oid: e.oid, data: e.data, dataTxn: e.dataTxn, blob: null };

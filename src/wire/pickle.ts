@@ -89,6 +89,12 @@ export interface DumpOptions {
   fast?: boolean;
   /** Deepest container nesting allowed (default 1000). */
   maxDepth?: number;
+  /**
+   * Most bytes written (default: no limit). A value read from a pickle can
+   * share one object many times, which the writer may write out each time:
+   * bound it when the value came from elsewhere.
+   */
+  maxBytes?: number;
 }
 
 /** Decode one pickle. Anything malformed, unsafe or out of bounds throws `PickleError` with the byte position. */
@@ -596,6 +602,8 @@ const sharedStringKey = (s: string): string | null => (s.length === 0 || (s.leng
 
 class Pickler {
   private readonly chunks: Buffer[] = [];
+  private written = 0;
+  private readonly maxBytes: number;
   private readonly memo = new Map<MemoKey, number>();
   private memoCount = 0;
   private readonly inProgress = new Set<object>();
@@ -609,6 +617,7 @@ class Pickler {
     this.protocol = o.protocol;
     this.fast = o.fast ?? false;
     this.maxDepth = o.maxDepth ?? 1000;
+    this.maxBytes = o.maxBytes ?? Infinity;
   }
 
   dump(value: PickleWritable): Buffer {
@@ -618,19 +627,25 @@ class Pickler {
     return Buffer.concat(this.chunks);
   }
 
+  private emit(b: Buffer): void {
+    this.written += b.length;
+    if (this.written > this.maxBytes) throw new PickleError(`pickle larger than ${this.maxBytes} bytes`);
+    this.chunks.push(b);
+  }
+
   private write(...bytes: number[]): void {
-    this.chunks.push(Buffer.from(bytes));
+    this.emit(Buffer.from(bytes));
   }
 
   private writeBuffer(b: Uint8Array): void {
-    this.chunks.push(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+    this.emit(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
   }
 
   private writeU32(op: number, n: number): void {
     const b = Buffer.alloc(5);
     b[0] = op;
     b.writeUInt32LE(n, 1);
-    this.chunks.push(b);
+    this.emit(b);
   }
 
   private save(v: PickleWritable): void {
@@ -706,7 +721,7 @@ class Pickler {
     const b = Buffer.alloc(5);
     b[0] = 0x4a; // BININT
     b.writeInt32LE(v, 1);
-    this.chunks.push(b);
+    this.emit(b);
   }
 
   private saveBinLong(v: bigint): void {
@@ -720,7 +735,7 @@ class Pickler {
     const b = Buffer.alloc(9);
     b[0] = 0x47; // BINFLOAT
     b.writeDoubleBE(v, 1);
-    this.chunks.push(b);
+    this.emit(b);
   }
 
   private saveStr(s: string): void {

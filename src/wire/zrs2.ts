@@ -64,10 +64,19 @@ export function blobBlockCount(sizeBytes: number): number {
  * The exact payload zc.zrs's primary sends for a control message.
  * @example encodeMessage({ type: 'C', digest: null }).toString('hex') // '2858010000004329742e'
  */
+/**
+ * Most bytes of one encoded control message. A `T` carries at most 3 ×
+ * 65,535 bytes of metadata as stored, but fast mode writes a shared object
+ * out each time it is referenced, so an extension built to share one list
+ * many times would otherwise grow without bound as it is re-encoded.
+ */
+export const MAX_ZRS2_MESSAGE_BYTES = 16 * 1024 * 1024;
+
 export function encodeMessage(message: Zrs2Message): Buffer {
   return dumps(new PickleTuple<PickleValue>([message.type, new PickleTuple(messageFields(message))]), {
     protocol: 1,
     fast: true,
+    maxBytes: MAX_ZRS2_MESSAGE_BYTES,
   });
 }
 

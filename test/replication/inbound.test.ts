@@ -7,9 +7,9 @@
 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ChecksumMismatchError, ProtocolError } from '../../src/errors.js';
+import { ChecksumMismatchError, PickleError, ProtocolError } from '../../src/errors.js';
 import { linksOfRun } from '../../src/failover/hashChain.js';
-import { NativeInbound, type ApplyEvent } from '../../src/replication/inbound.js';
+import { NativeInbound, Zrs2Inbound, type ApplyEvent } from '../../src/replication/inbound.js';
 import { nativeOutbound } from '../../src/replication/protocols.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import type { TransactionRecord } from '../../src/storage/types.js';
@@ -145,3 +145,30 @@ describe('NativeInbound takes only what the welcome granted', () => {
     expect(events[1]).toMatchObject({ kind: 'record', blob: { blocks: 1 } });
   });
 });
+
+describe('Zrs2Inbound', () => {
+  /** A `T` whose extension is {'k': [s, s, …]} with one string s of `chars` stored once and referenced `refs` more times. */
+  function sharedStringBegin(refs: number, chars = 65_536): Buffer {
+    const u32 = (n: number): Buffer => Buffer.from([n & 0xff, (n >> 8) & 0xff, (n >> 16) & 0xff, n >>> 24]);
+    const str = (text: string): Buffer => Buffer.concat([Buffer.from('X'), u32(Buffer.byteLength(text)), Buffer.from(text)]);
+    const tid = Buffer.concat([Buffer.from([0x43, 8]), Buffer.alloc(7), Buffer.from([1])]);
+    return Buffer.concat([
+      str('T'), Buffer.from('('), tid, str(' '), Buffer.from([0x43, 0, 0x43, 0]),
+      Buffer.from('}'), str('k'), Buffer.from(']'), str('A'.repeat(chars)), Buffer.from([0x71, 0, 0x61]), // BINPUT 0, APPEND
+      Buffer.alloc(3 * refs, Buffer.from([0x68, 0, 0x61])), // BINGET 0, APPEND, `refs` times
+      Buffer.from('st'), Buffer.from([0x86]), Buffer.from('.'),
+    ]);
+  }
+
+  it('refuses an extension that would be stored larger than a transaction allows, before writing it all out', () => {
+    const spec = { name: 'zrs2.1' } as never;
+    // 2,000 references make 131 MB as stored; the writer stops at the storage's 65,535 bytes.
+    expect(() => new Zrs2Inbound(Z64, spec, 256 << 20).push(sharedStringBegin(2000))).toThrow(PickleError);
+    expect(() => new Zrs2Inbound(Z64, spec, 256 << 20).push(sharedStringBegin(2000))).toThrow(/larger than 65535 bytes/);
+    // Under the bound it goes through, each reference written out.
+    const [begin] = new Zrs2Inbound(Z64, spec, 256 << 20).push(sharedStringBegin(10, 1000));
+    expect(begin).toMatchObject({ kind: 'begin' });
+    expect((begin as Extract<ApplyEvent, { kind: 'begin' }>).extension.length).toBeGreaterThan(11 * 1000);
+  });
+});
+

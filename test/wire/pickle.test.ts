@@ -248,6 +248,14 @@ describe('writer rejects what it cannot write faithfully', () => {
     expect(pickleError(() => dumps(deep, { protocol: 1 })).message).toMatch(/too deeply/);
     pickleError(() => dumps(1, { protocol: 4 as never }));
   });
+
+  it('more bytes than maxBytes', () => {
+    const shared = 'x'.repeat(100);
+    const value = Array.from({ length: 50 }, () => shared); // one string, written out 50 times
+    expect(dumps(value, { protocol: 3 }).length).toBeGreaterThan(5000);
+    expect(pickleError(() => dumps(value, { protocol: 3, maxBytes: 4096 })).message).toMatch(/pickle larger than 4096 bytes/);
+    expect(dumps(value, { protocol: 3, maxBytes: 8192 })).toEqual(dumps(value, { protocol: 3 }));
+  });
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -4,12 +4,13 @@ import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ChecksumMismatchError, ProtocolError } from '../../src/errors.js';
+import { ChecksumMismatchError, PickleError, ProtocolError } from '../../src/errors.js';
 import type { PickleValue } from '../../src/wire/pickle.js';
 import {
   blobBlockCount,
   decodeMessage,
   encodeMessage,
+  MAX_ZRS2_MESSAGE_BYTES,
   Zrs2Checksum,
   Zrs2StreamParser,
   type Zrs2Event,
@@ -317,6 +318,20 @@ describe('stream parser errors', () => {
     expect(events.map((e) => e.kind)).toEqual(['begin', 'record', 'commit']);
     expect(events[2]).toMatchObject({ kind: 'commit', checksum: null });
     expect(p.push(Buffer.alloc(0))).toEqual([]);
+  });
+});
+
+describe('encodeMessage', () => {
+  it('stops a T whose extension shares one value many times at MAX_ZRS2_MESSAGE_BYTES, instead of writing it out each time without bound', () => {
+    const big = 'A'.repeat(65_536);
+    // As read from a stored extension of about 64 KiB that references one string 300 times.
+    const extension = new Map<string, PickleValue>([['k', Array.from({ length: 300 }, () => big)]]);
+    const t: Zrs2Message = { type: 'T', tid: Buffer.alloc(8, 1), status: ' ', user: Buffer.alloc(0), description: Buffer.alloc(0), extension };
+    expect(() => encodeMessage(t)).toThrow(PickleError);
+    expect(() => encodeMessage(t)).toThrow(`pickle larger than ${MAX_ZRS2_MESSAGE_BYTES} bytes`);
+    // Under the bound, the same shape encodes.
+    const small: Zrs2Message = { ...t, extension: new Map<string, PickleValue>([['k', Array.from({ length: 3 }, () => big)]]) };
+    expect(decodeMessage(encodeMessage(small))).toEqual(small);
   });
 });
 
