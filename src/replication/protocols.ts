@@ -15,7 +15,7 @@ import { loads, type PickleDict } from '../wire/pickle.js';
 import type { TransactionRecord } from '../storage/types.js';
 import { NATIVE_CHECKSUM_ALGORITHM, StreamChecksum } from '../wire/checksum.js';
 import { FRAME_HEADER_BYTES, encodeFrame } from '../wire/framing.js';
-import { BLOB_BLOCK_BYTES, createNativePackr, encodeCommitFrame, encodeNativeFrame, encodeTxnsFrame, MAX_HEARTBEAT_INTERVAL_MS, nativeProtocolName, SUPPORTED_NATIVE_VERSIONS, type GenerationEntry, type NativeMessage, type RefuseCode } from '../wire/native.js';
+import { BLOB_BLOCK_BYTES, createNativePackr, encodeCommitFrame, encodeNativeFrame, encodeTxnsFrame, MAX_HEARTBEAT_INTERVAL_MS, MAX_INLINE_RECORDS, nativeProtocolName, SUPPORTED_NATIVE_VERSIONS, type GenerationEntry, type NativeMessage, type RefuseCode } from '../wire/native.js';
 import { BLOB_BLOCK_SIZE_BYTES, Zrs2Checksum, blobBlockCount, encodeMessage } from '../wire/zrs2.js';
 
 export const NATIVE_SPEC: ProtocolSpec = { name: nativeProtocolName().toString('latin1'), kind: 'native', hasVerdict: true, hasAcks: true };
@@ -178,7 +178,7 @@ export function nativeOutbound(
     heartbeat: (lastTid, clockMs, generation) => frame({ type: 'heartbeat', lastTid, clockMs, ...(generation ? { generation } : {}) }),
     plainFrames(txn) {
       if (options.blobs && storage.blobs && txn.records.some((r) => isBlobRecord(r.data))) return null;
-      if (txn.records.reduce((n, r) => n + (r.data?.length ?? 0), 0) > wholeMax) return null;
+      if (txn.records.length > MAX_INLINE_RECORDS || txn.records.reduce((n, r) => n + (r.data?.length ?? 0), 0) > wholeMax) return null;
       // The inline form: one message carries the whole transaction.
       const records = txn.records.map((r) => ({ oid: r.oid, dataTxn: r.dataTxn, data: r.data }));
       const head = frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes, records });

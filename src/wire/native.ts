@@ -1063,6 +1063,7 @@ function parseTxn(obj: Obj, copy: boolean): TxnMessage {
 function parseInlineRecords(value: unknown, copy: boolean): { records?: InlineRecord[] } {
   if (value === undefined) return {};
   if (!Array.isArray(value)) return fail(`txn.records must be an array, got ${describe(value)}`);
+  if (value.length > MAX_INLINE_RECORDS) fail(`txn.records holds ${value.length} records, more than ${MAX_INLINE_RECORDS}`);
   const records = value.map((item: unknown, i): InlineRecord => {
     const [oid, dataTxn, data] = Array.isArray(item)
       ? item.length === 3
@@ -1176,9 +1177,20 @@ function parseUpstream(value: unknown, copy: boolean): UpstreamStatus {
 // Structural pre-scan: walks msgpack headers (skipping string/binary bodies in O(1)) and rejects
 // what msgpackr would otherwise interpret: ext types (Date, Set, RegExp, Error, typed arrays,
 // records, structured-clone references, bundled strings), the reserved 0xc1, non-string map
-// keys, nesting deeper than MAX_NESTING_DEPTH, truncation and trailing bytes.
+// keys, nesting deeper than MAX_NESTING_DEPTH, more than MAX_MSGPACK_VALUES values, truncation
+// and trailing bytes.
 
 const MAX_NESTING_DEPTH = 8;
+/**
+ * Most values (scalars, strings, containers, each counted) in one message
+ * decoded by msgpackr. Each costs tens to hundreds of bytes of heap once
+ * decoded against one byte or a few on the wire: a frame of a million tiny
+ * inline records would take gigabytes. The largest legitimate message, an
+ * inline `txn` of MAX_INLINE_RECORDS records, holds about 4 per record.
+ */
+export const MAX_MSGPACK_VALUES = 1 << 20;
+/** Most records a primary sends inline in one `txn` (more go record by record). */
+export const MAX_INLINE_RECORDS = 65_536;
 
 // Per-token class, indexed by the first byte (see classify below).
 const T_SCALAR = 0; // fixint, nil, bool: 1 byte
@@ -1237,6 +1249,7 @@ function scanMsgpack(src: Buffer): void {
   let position = 0;
   let depth = 0;
   let topLeft = 1;
+  let seen = 0;
   for (;;) {
     while (depth > 0 && scanRemaining[depth - 1] === 0) depth -= 1;
     let expectKey = false;
@@ -1248,6 +1261,7 @@ function scanMsgpack(src: Buffer): void {
       break;
     }
     if (position >= end) fail(`truncated msgpack at byte ${position}`);
+    if (++seen > MAX_MSGPACK_VALUES) fail(`msgpack message holds more than ${MAX_MSGPACK_VALUES} values`);
     const at = position;
     const token = src[position++] as number;
     const tokenClass = TOKEN_CLASS[token] as number;

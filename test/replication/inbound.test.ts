@@ -14,7 +14,7 @@ import { nativeOutbound } from '../../src/replication/protocols.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import type { TransactionRecord } from '../../src/storage/types.js';
 import { FRAME_HEADER_BYTES } from '../../src/wire/framing.js';
-import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative } from '../../src/wire/native.js';
+import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, MAX_INLINE_RECORDS } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, Z64 } from './helpers.js';
 
@@ -169,6 +169,16 @@ describe('Zrs2Inbound', () => {
     const [begin] = new Zrs2Inbound(Z64, spec, 256 << 20).push(sharedStringBegin(10, 1000));
     expect(begin).toMatchObject({ kind: 'begin' });
     expect((begin as Extract<ApplyEvent, { kind: 'begin' }>).extension.length).toBeGreaterThan(11 * 1000);
+  });
+});
+
+describe('nativeOutbound', () => {
+  it('sends a transaction of more than MAX_INLINE_RECORDS records record by record, not inline', () => {
+    const codec = nativeOutbound({ blobs: null } as never, Z64, { blobs: false });
+    const txn = (n: number) =>
+      ({ tid: Buffer.alloc(8, 1), status: ' ', user: Buffer.alloc(0), description: Buffer.alloc(0), extensionBytes: Buffer.alloc(0), records: Array.from({ length: n }, () => ({ oid: Buffer.alloc(8), dataTxn: null, data: null })) }) as never;
+    expect(codec.plainFrames(txn(MAX_INLINE_RECORDS))).toHaveLength(2); // txn with its records, commit
+    expect(codec.plainFrames(txn(MAX_INLINE_RECORDS + 1))).toBeNull();
   });
 });
 
