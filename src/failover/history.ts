@@ -4,9 +4,10 @@
 // secondary's adoption of the primary's generations).
 
 import type { Refusal } from '../../machines/handshake.js';
+import { ProtocolError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import { Z64 } from '../storage/timestamp.js';
-import type { ChainHead, GenerationEntry, HelloMessage, WelcomeMessage } from '../wire/native.js';
+import { MAX_GENERATION_HISTORY, type ChainHead, type GenerationEntry, type HelloMessage, type WelcomeMessage } from '../wire/native.js';
 import { judgeHistory, type HistoryVerdict } from './divergence.js';
 import { GenerationHistory } from './generations.js';
 import { HashChain } from './hashChain.js';
@@ -114,6 +115,10 @@ export class FailoverHistory {
   /** A secondary adopts its primary's history from welcome (durably). */
   async adopt(welcome: { generation: GenerationEntry; generations?: GenerationEntry[] }): Promise<void> {
     const list = welcome.generations && welcome.generations.length > 0 ? welcome.generations : mergeCurrent(this.generations.list, welcome.generation);
+    // A hello carries the whole history: a longer one could never be sent again.
+    if (list.length > MAX_GENERATION_HISTORY) {
+      throw new ProtocolError(`the primary's generation ${welcome.generation.generation} would make this node's history longer than ${MAX_GENERATION_HISTORY} generations`);
+    }
     const mine = this.generations.list;
     const same = list.length === mine.length && list.every((g, i) => g.generation === mine[i]!.generation && g.startTid.equals(mine[i]!.startTid));
     if (!same) await this.generations.replace(list);

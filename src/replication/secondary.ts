@@ -131,6 +131,8 @@ interface Connection {
   watch: StreamWatch | null;
   /** TXN_APPLIED to the machine, spaced by APPLIED_REPORT_MS. */
   applied: SpacedReport;
+  /** The frames the handshake writes (built when the connection opened). */
+  handshake: Buffer[];
 }
 
 /** See SecondaryOptions.frameStallTimeoutMs. */
@@ -211,7 +213,18 @@ export class Secondary {
             stream.destroy();
             throw new ZrsError('connect aborted');
           }
-          return { connection: this.makeConnection(stream) };
+          const start = this.inner.lastTransaction();
+          let handshake: Buffer[];
+          try {
+            // Built here, where a failure is a failed connect (then backoff), not an error inside a machine action.
+            handshake = this.handshakeFrames(start);
+          } catch (err) {
+            stream.destroy();
+            const error = new ZrsError(`cannot send a handshake: ${asError(err).message}`, { cause: err });
+            this.log('error', error.message);
+            throw error;
+          }
+          return { connection: this.makeConnection(stream, start, handshake) };
         }),
         replicate: fromCallback(({ input, sendBack }) => {
           const conn = input.connection as Connection;
@@ -251,7 +264,11 @@ export class Secondary {
       },
       clock: this.clock,
     });
-    this.actor.subscribe((snap) => this.publishStatus(snap.value, snap.context));
+    this.actor.subscribe({
+      next: (snap) => this.publishStatus(snap.value, snap.context),
+      // Without an observer for it, xstate rethrows an actor's error where nothing can catch it.
+      error: (err) => this.log('error', `replication stopped: the connection actor failed: ${asError(err).message}`),
+    });
   }
 
   /**
@@ -375,8 +392,7 @@ export class Secondary {
     await audit.close();
   }
 
-  private makeConnection(stream: ByteStream): Connection {
-    const start = this.inner.lastTransaction();
+  private makeConnection(stream: ByteStream, start: Buffer, handshake: Buffer[]): Connection {
     const maxFrame = this.options.maxFrameBytes ?? DEFAULT_STREAM_MAX_FRAME_BYTES;
     const mutations = this.options.mutations ?? NO_MUTATIONS;
     const verifyChecksum = !mutations.skipChecksum;
@@ -394,6 +410,7 @@ export class Secondary {
       answered: false,
       ackPending: false,
       watch: null,
+      handshake,
       lastDurableTid: start,
       applied: new SpacedReport(this.clock, APPLIED_REPORT_MS, start, (tid) => {
         // A transaction can become durable after the actor stopped (closed, or detached by a promotion).
@@ -423,14 +440,17 @@ export class Secondary {
     return conn;
   }
 
+  /** The protocol name and the start position (a hello, for the native protocol) from `start` on. */
+  private handshakeFrames(start: Buffer): Buffer[] {
+    const name = encodeFrame(Buffer.from(this.spec.name, 'latin1'));
+    if (this.spec.kind !== 'native') return [name, encodeFrame(start)];
+    const blobs = (this.options.transferBlobs ?? true) && this.inner.blobs !== null;
+    const history = this.failover?.helloFields(start) ?? { generations: [] };
+    return [name, encodeNativeFrame({ type: 'hello', startTid: start, ...history, options: { blobs, rawTxns: true, txnLinks: true, segmentedChecksum: true } }, this.packr)];
+  }
+
   private sendHandshake(conn: Connection): void {
-    const start = this.inner.lastTransaction();
-    conn.stream.write(encodeFrame(Buffer.from(this.spec.name, 'latin1')));
-    if (this.spec.kind === 'native') {
-      const blobs = (this.options.transferBlobs ?? true) && this.inner.blobs !== null;
-      const history = this.failover?.helloFields(start) ?? { generations: [] };
-      conn.stream.write(encodeNativeFrame({ type: 'hello', startTid: start, ...history, options: { blobs, rawTxns: true, txnLinks: true, segmentedChecksum: true } }, this.packr));
-    } else conn.stream.write(encodeFrame(start));
+    for (const frame of conn.handshake) conn.stream.write(frame);
   }
 
   /** Read frames, decode them, apply them in order; report the outcome to the machine. */

@@ -3,7 +3,7 @@
 // primary as diverged (no retry loop), rewind it into a side file, rejoin and
 // converge; equal tids with different contents are caught.
 
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -11,6 +11,7 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { Primary, type PrimaryOptions } from '../../src/replication/primary.js';
 import { Secondary, type SecondaryOptions } from '../../src/replication/secondary.js';
+import { FailoverHistory } from '../../src/failover/history.js';
 import { rewindStorage } from '../../src/failover/rewind.js';
 import { PromotionRefusedError } from '../../src/failover/promote.js';
 import { tidFromTime } from '../../src/storage/timestamp.js';
@@ -445,5 +446,39 @@ describe('failover', () => {
       await new Promise<void>((resolve) => busy.close(() => resolve()));
     }
   });
-});
 
+  it('a generation history too long for a hello fails each connect with a logged error, not an uncaught one', async () => {
+    const dir = await tempDir();
+    const primary = await openPrimary(join(dir, 'p.fs'));
+    const sPath = join(dir, 's.fs');
+    const generations = Array.from({ length: 1025 }, (_, i) => ({ generation: i, startTid: '0000000000000000' }));
+    writeFileSync(`${sPath}.generations`, JSON.stringify({ version: 1, maxSeen: 1024, generations }));
+    const log = new LogCollector();
+    const secondary = await openSecondary(sPath, primary.address, { log: log.log });
+    try {
+      // Each attempt fails the same way and is retried after the backoff.
+      const failed = await log.waitForCount((e) => e.level === 'error' && e.message.startsWith('cannot send a handshake'), 2);
+      expect(failed[0]!.message).toMatch(/hello\.generations has more than 1024 entries/);
+      expect(secondary.status().upstream?.state).toMatch(/^(backoff|connecting)/);
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+  });
+
+  it('a secondary refuses to adopt a generation that would make its history too long for a hello', async () => {
+    const dir = await tempDir();
+    const storage = await FileStorage.open(join(dir, 's.fs'), { create: true, fsync: false });
+    const history = await FailoverHistory.open(storage, { role: 'secondary', fsync: false });
+    try {
+      const list = Array.from({ length: 1024 }, (_, i) => ({ generation: i, startTid: Buffer.alloc(8) }));
+      await history.adopt({ generation: list[1023]!, generations: list });
+      // A heartbeat announcing one more generation.
+      await expect(history.adopt({ generation: { generation: 1024, startTid: Buffer.alloc(8) } })).rejects.toThrow(/longer than 1024 generations/);
+      expect(history.generations.list).toHaveLength(1024);
+    } finally {
+      await history.close();
+      await storage.close();
+    }
+  });
+});
