@@ -131,7 +131,13 @@ export class Applier {
     const txn = this.requireTxn();
     await b.handle.close();
     this.blob = null;
-    await this.storage.restoreBlob(b.oid, txn.tid, b.data, b.path, b.dataTxn, txn);
+    try {
+      await this.storage.restoreBlob(b.oid, txn.tid, b.data, b.path, b.dataTxn, txn);
+    } catch (err) {
+      // Not staged, so neither this transaction's abort nor anyone else removes it.
+      await rm(b.path, { force: true });
+      throw err;
+    }
   }
 
   private async rawTxns(e: Extract<ApplyEvent, { kind: 'rawTxns' }>): Promise<void> {

@@ -3,8 +3,9 @@
 // primary (a packed transaction, whose link cannot be computed again) only
 // once that link is written too.
 
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { Applier } from '../../src/replication/applier.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { Z64 } from '../../src/storage/timestamp.js';
@@ -90,6 +91,26 @@ describe('Applier', () => {
     } finally {
       sub.unsubscribe();
       releaseLink();
+      await storage.close();
+    }
+  });
+
+  it('a blob whose record the storage refuses leaves no temporary file behind', async () => {
+    const dir = await tempDir();
+    const blobDir = join(dir, 'blobs');
+    const storage = await FileStorage.open(join(dir, 's.fs'), { create: true, fsync: false, blobDir });
+    const applier = new Applier(storage, { applied: () => undefined, heartbeat: () => undefined, link: () => undefined, linkWritten: () => Promise.resolve() }, true);
+    const empty = Buffer.alloc(0);
+    const tid = Buffer.from('0000000000000001', 'hex');
+    try {
+      await applier.apply({ kind: 'begin', tid, status: ' ', user: empty, description: empty, extension: empty });
+      // The storage refuses the record (an I/O error staging the file, say) after the blob file was written.
+      vi.spyOn(storage, 'restoreBlob').mockRejectedValueOnce(new Error('refused'));
+      await applier.apply({ kind: 'record', oid: Z64, data: Buffer.from('blob record'), dataTxn: null, blob: { blocks: 1 } });
+      await expect(applier.apply({ kind: 'blobBlock', bytes: Buffer.from('blob'), last: true })).rejects.toThrow('refused');
+      await applier.abort();
+      expect(readdirSync(join(blobDir, 'tmp'))).toEqual([]);
+    } finally {
       await storage.close();
     }
   });
