@@ -123,7 +123,7 @@ interface Connection {
   queued: number;
   paused: boolean;
   dead: boolean;
-  /** A welcome or refusal arrived (protocols that answer the handshake). */
+  /** A welcome or refusal arrived (protocols that answer the handshake), or any byte (zc.zrs's, which do not). */
   answered: boolean;
   ackPending: boolean;
   lastDurableTid: Buffer;
@@ -482,6 +482,8 @@ export class Secondary {
     conn.stream.setHandlers({
       data: (chunk) => {
         if (conn.dead || ending) return;
+        // Without a verdict, any byte is the primary's answer to the handshake.
+        if (!this.spec.hasVerdict) conn.answered = true;
         try {
           conn.decoder.feed(chunk);
           for (let f = conn.decoder.next(); f !== null; f = conn.decoder.next()) {
@@ -504,6 +506,12 @@ export class Secondary {
     // A zc.zrs primary closes without a word on a protocol name it does not know.
     if (this.spec.hasVerdict && !conn.answered) {
       return new ZrsError('the primary closed the connection without answering the handshake (a zc.zrs primary does this; for one, use protocol zrs2.1 or zrs2.0)');
+    }
+    // zc.zrs's protocols have no refusal: its primary closes without a word on a handshake it does not take.
+    if (!this.spec.hasVerdict && !conn.answered) {
+      return new ZrsError(
+        'the primary closed the connection without sending anything; a zc.zrs primary does this when it refuses a handshake (a start tid past its last transaction, or zrs2.0 asked of a primary with blobs, which needs zrs2.1), and its log says why',
+      );
     }
     return undefined;
   }

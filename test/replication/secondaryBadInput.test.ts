@@ -164,3 +164,16 @@ describe('a native secondary pointed at a primary that closes without answering 
     expect(warning.message).toMatch(/closed the connection without answering the handshake \(a zc\.zrs primary does this; for one, use protocol zrs2\.1 or zrs2\.0\)$/);
   });
 });
+
+describe('a zrs2 secondary whose primary closes without sending anything (zc.zrs refusing a handshake)', () => {
+  it('warns why a zc.zrs primary does that, and keeps retrying', async () => {
+    const logs = new LogCollector();
+    // zc.zrs reads the name and the start tid, refuses them (e.g. zrs2.0 with blobs) and closes.
+    fake = await FakeServer.start((c) => void c.frame(1).then(() => c.destroy(), () => undefined));
+    secondary = await Secondary.open({ path: join(dir, 'secondary.fs'), replicateFrom: fake.address, protocol: 'zrs2.0', fsync: false, reconnect: FAST_RECONNECT, log: logs.log });
+    await fake.connection(1);
+    const warning = await logs.waitFor((e) => e.level === 'warn' && e.message.startsWith('replication from'));
+    expect(warning.message).toMatch(/closed the connection without sending anything; a zc\.zrs primary does this when it refuses a handshake \(.*zrs2\.0 asked of a primary with blobs, which needs zrs2\.1\)/);
+  });
+});
+
