@@ -65,10 +65,11 @@ export function blobBlockCount(sizeBytes: number): number {
  * @example encodeMessage({ type: 'C', digest: null }).toString('hex') // '2858010000004329742e'
  */
 /**
- * Most bytes of one encoded control message. A `T` carries at most 3 ×
- * 65,535 bytes of metadata as stored, but fast mode writes a shared object
- * out each time it is referenced, so an extension built to share one list
- * many times would otherwise grow without bound as it is re-encoded.
+ * Most bytes of one control message, written or read. A `T` carries at
+ * most 3 × 65,535 bytes of metadata as stored, but fast mode writes a
+ * shared object out each time it is referenced, so an extension built to
+ * share one list many times would otherwise grow without bound as it is
+ * re-encoded; and a pickle read costs many times its size in memory.
  */
 export const MAX_ZRS2_MESSAGE_BYTES = 16 * 1024 * 1024;
 
@@ -309,6 +310,8 @@ export class Zrs2StreamParser {
   /** An empty payload where a control message is due is a keep-alive (framing's convention). */
   private control(state: { at: 'between-transactions' } | { at: 'in-transaction'; tid: Buffer }, payload: Uint8Array): Zrs2Event[] {
     if (payload.length === 0) return [];
+    // Record data may be as large as the stream allows; a control message never is, and decoded it costs many times its size.
+    if (payload.length > MAX_ZRS2_MESSAGE_BYTES) throw new ProtocolError(`control message of ${payload.length} bytes, more than ${MAX_ZRS2_MESSAGE_BYTES}`);
     const message = decodeMessage(payload);
     if (state.at === 'between-transactions') return [this.begin(message, payload)];
     if (message.type === 'C') return [this.commit(state.tid, message, payload)];

@@ -271,6 +271,15 @@ describe('stream parser errors', () => {
     expect(() => parser.push(Buffer.alloc(0))).toThrow(ProtocolError);
   });
 
+  it('refuses a control message over MAX_ZRS2_MESSAGE_BYTES before decoding it, but not record data of that size', () => {
+    const parser = new Zrs2StreamParser({ startTid: basic.startTid });
+    expect(() => parser.push(Buffer.alloc(MAX_ZRS2_MESSAGE_BYTES + 1, 0x4e))).toThrow(`control message of ${MAX_ZRS2_MESSAGE_BYTES + 1} bytes, more than ${MAX_ZRS2_MESSAGE_BYTES}`);
+    const inTxn = new Zrs2StreamParser({ startTid: basic.startTid });
+    inTxn.push(basicFrames[0]!); // T
+    inTxn.push(basicFrames[1]!); // S
+    expect(inTxn.push(Buffer.alloc(MAX_ZRS2_MESSAGE_BYTES + 1))).toMatchObject([{ kind: 'record' }]);
+  });
+
   it('refuses records or commits outside a transaction, and a T inside one', () => {
     const fresh = (): Zrs2StreamParser => new Zrs2StreamParser({ startTid: basic.startTid });
     expect(() => fresh().push(basicFrames[1]!)).toThrow(/S message outside a transaction/);
