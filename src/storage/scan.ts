@@ -299,6 +299,11 @@ async function scanRecords(
   state: ScanState,
 ): Promise<void> {
   let pos = start;
+  // Indexed only once every record checks: a transaction found damaged part
+  // way is cut as a torn tail, and its first records must not stay indexed.
+  const keys: Array<ReturnType<typeof oidKey>> = [];
+  const positions: number[] = [];
+  let maxOid = state.maxOid;
   while (pos < tend) {
     if (pos + DATA_HEADER_BYTES > tend) throw new CorruptedDataError(path, pos, 'data record header runs past its transaction');
     const d = readDataHeader(await ensure(reader, pos, DATA_HEADER_BYTES));
@@ -308,10 +313,13 @@ async function scanRecords(
     if (!d.tid.equals(tid)) throw new CorruptedDataError(path, pos, 'data record tid differs from its transaction');
     if (d.vlen !== 0) throw new CorruptedDataError(path, pos, 'data record has a version (unsupported)');
     if (d.prev >= pos) throw new CorruptedDataError(path, pos, `previous-record pointer ${d.prev} is not before the record`);
-    if (Buffer.compare(d.oid, state.maxOid) > 0) state.maxOid = Buffer.from(d.oid);
-    state.index.set(oidKey(d.oid), pos);
+    if (Buffer.compare(d.oid, maxOid) > 0) maxOid = Buffer.from(d.oid);
+    keys.push(oidKey(d.oid));
+    positions.push(pos);
     pos += len;
   }
+  for (let i = 0; i < keys.length; i++) state.index.set(keys[i]!, positions[i]!);
+  state.maxOid = maxOid;
 }
 
 /** Account a complete transaction in the scan state (also used by commits). */

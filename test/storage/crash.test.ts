@@ -13,7 +13,7 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import { POSKeyError } from '../../src/errors.js';
 import { Z64, tidFromTime, tidPlusOne } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { Model, collect, fakeClock, hexOf, oidOf, scriptedClock } from './storageHarness.js';
+import { Model, collect, commit, fakeClock, hexOf, oidOf, scriptedClock } from './storageHarness.js';
 
 afterAll(cleanupTempDirs);
 
@@ -163,4 +163,35 @@ describe('crash safety', () => {
       { numRuns: 15 },
     );
   });
+
+  it('a transaction found damaged part way leaves none of its records indexed when it is cut as a torn tail', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const B = (text: string): Buffer => Buffer.from(text);
+    let fs = await FileStorage.open(path, { create: true, fsync: false, preallocate: 0 });
+    const t0 = await commit(fs, [[oidOf(1), Z64, B('a0')]]);
+    const t1pos = fs.getSize();
+    await commit(fs, [[oidOf(1), t0, B('a1')], [oidOf(2), Z64, B('b1')]]);
+    await commit(fs, [[oidOf(3), Z64, B('c2')]]);
+    await fs.close();
+    await rm(`${path}.zrs-index`, { force: true });
+    const bytes = readFileSync(path);
+    // The second record of the middle transaction: its transaction pointer garbled.
+    const meta = bytes.readUInt16BE(t1pos + 17) + bytes.readUInt16BE(t1pos + 19) + bytes.readUInt16BE(t1pos + 21);
+    const second = t1pos + 23 + meta + 42 + 2;
+    bytes.fill(0, second + 24, second + 32);
+    // And the last transaction lost its trailer: the damage reaches the end of the file.
+    await writeFile(path, bytes.subarray(0, bytes.length - 3));
+    fs = await FileStorage.open(path, { fsync: false, preallocate: 0 });
+    try {
+      expect(fs.tailCutOnOpen?.position).toBe(t1pos);
+      expect(fs.index.get(1)).toBeLessThan(t1pos);
+      expect(fs.index.has(2)).toBe(false);
+      expect((await fs.load(oidOf(1))).data.toString()).toBe('a0');
+      await expect(fs.load(oidOf(2))).rejects.toThrow(POSKeyError);
+    } finally {
+      await fs.close();
+    }
+  });
 });
+
