@@ -1058,29 +1058,35 @@ export class FileStorage {
     // their fsync of the old file: settle and publish them now, so no sync
     // runs on a closed fd and no unpublished entry keeps old-file offsets.
     await this.makeDurable(this.end);
-    // The old file is kept as it would be closed: without fill.
-    this.cutFill();
-    // Kept under a second name first, then replaced in one rename: at every
-    // instant (and after a crash at any point) the data file's name holds a
-    // whole file, the old one or the new one. Two renames, as ZODB does them,
-    // leave no data file between the two, and the next open would create an
-    // empty one.
-    await rm(`${this.path}.old`, { force: true });
-    await link(this.path, `${this.path}.old`);
-    await rename(newPath, this.path);
-    await syncDirectory(dirname(this.path));
-    const fd = openSync(this.path, 'r+');
-    const handle = await openHandle(this.path, 'r');
-    const size = fstatSync(fd).size;
+    // Opened and checked under its own name, before the swap: descriptors
+    // stay on the file through the rename, so once the data file's name
+    // holds the new file nothing is left that can fail and leave this
+    // storage writing to the old one (then named .old, and lost).
+    const fd = openSync(newPath, 'r+');
+    let handle: FileHandle | null = null;
     let result;
+    let size;
     try {
+      handle = await openHandle(newPath, 'r');
+      size = fstatSync(fd).size;
       result = await scanFile(handle, this.path, MAGIC_BYTES, size, emptyScanState());
       if (result.tail) throw new CorruptedDataError(this.path, result.tail.pos, `packed file is incomplete: ${result.tail.reason}`);
+      // The old file is kept as it would be closed: without fill.
+      this.cutFill();
+      // Kept under a second name first, then replaced in one rename: at every
+      // instant (and after a crash at any point) the data file's name holds a
+      // whole file, the old one or the new one. Two renames, as ZODB does them,
+      // leave no data file between the two, and the next open would create an
+      // empty one.
+      await rm(`${this.path}.old`, { force: true });
+      await link(this.path, `${this.path}.old`);
+      await rename(newPath, this.path);
     } catch (err) {
-      await handle.close();
+      await handle?.close();
       closeSync(fd);
       throw err;
     }
+    await syncDirectory(dirname(this.path));
     // Switch everything to the new file first (a new epoch), then close the
     // old one: a reader whose read fails on the closed handle must already see
     // the new epoch, so it re-seeks instead of reporting an error.

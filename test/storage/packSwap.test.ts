@@ -2,7 +2,9 @@
 // instant; here the swap's rename of the new file onto the data file's name
 // fails as that stand-in, and the data file must still be there, whole,
 // holding every transaction (a missing data file would be created empty by
-// the next open with create: true, as every node does).
+// the next open with create: true, as every node does). And a swap that
+// fails opening the new file must leave the storage writing to the file the
+// data file's name holds, never to the old one renamed away.
 
 import { readFileSync } from 'node:fs';
 import * as fsPromises from 'node:fs/promises';
@@ -15,6 +17,10 @@ import { commit, oidOf } from './storageHarness.js';
 
 /** When set, a rename onto this path fails (the process "dies" there). */
 let failRenameTo: string | null = null;
+/** When set, an open for reading only that this says yes to fails as if out of descriptors. */
+let failOpenForReading: ((path: string) => boolean) | null = null;
+/** Paths something was renamed onto, in order. */
+const renamedOnto: string[] = [];
 
 vi.mock('node:fs/promises', async (importOriginal) => {
   const real = await importOriginal<typeof fsPromises>();
@@ -22,7 +28,12 @@ vi.mock('node:fs/promises', async (importOriginal) => {
     ...real,
     rename: async (from: string, to: string) => {
       if (to === failRenameTo) throw Object.assign(new Error(`rename onto ${to}: injected crash`), { code: 'EIO' });
-      return real.rename(from, to);
+      await real.rename(from, to);
+      renamedOnto.push(to);
+    },
+    open: async (path: string, flags?: string, mode?: number) => {
+      if (flags === 'r' && failOpenForReading?.(path)) throw Object.assign(new Error(`open ${path}: injected EMFILE`), { code: 'EMFILE' });
+      return real.open(path, flags, mode);
     },
   };
 });
@@ -53,4 +64,32 @@ describe('pack swapping the rewritten file in', () => {
       await reopened.close();
     }
   });
+
+  it('a swap that fails opening the packed file leaves the storage on a file its name still holds: later commits survive a reopen', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    let fs = await FileStorage.open(path, { create: true, fsync: false, preallocate: 0 });
+    let serial = Z64;
+    for (let i = 0; i < 10; i++) serial = await commit(fs, [[oidOf(1), serial, Buffer.from(`revision ${i}`)]]);
+    // The swap's open of the packed file fails, under whichever name it is opened.
+    renamedOnto.length = 0;
+    failOpenForReading = (p) => p === `${path}.pack` || (p === path && renamedOnto.includes(path));
+    let after: Buffer;
+    try {
+      await expect(fs.pack(tidToSeconds(serial) + 1e-6)).rejects.toThrow(/injected EMFILE/);
+      failOpenForReading = null;
+      after = await commit(fs, [[oidOf(1), serial, Buffer.from('after the failed pack')]]);
+    } finally {
+      failOpenForReading = null;
+      await fs.close();
+    }
+    fs = await FileStorage.open(path, { readOnly: true });
+    try {
+      expect(fs.lastTransaction()).toEqual(after);
+      expect((await fs.load(oidOf(1))).data.toString()).toBe('after the failed pack');
+    } finally {
+      await fs.close();
+    }
+  });
 });
+
