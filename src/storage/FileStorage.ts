@@ -97,7 +97,12 @@ interface PendingTxn {
   /** oid key -> absolute position of this transaction's record for it (in the order first stored). */
   tindex: Map<OidKey, number>;
   blobs: PendingBlob[];
+  /** tpcVote wrote the transaction's bytes: nothing more may be stored, and an abort cuts them. */
+  written: boolean;
+  /** The vote finished (its blobs are placed): tpcFinish may follow. */
   voted: boolean;
+  /** A vote placing its blobs, until it settles. */
+  voting: Promise<void> | null;
   release: () => void;
 }
 
@@ -460,7 +465,9 @@ export class FileStorage {
         body: this.txnBuffer,
         tindex: new Map(),
         blobs: [],
+        written: false,
         voted: false,
+        voting: null,
         release,
       };
     } catch (err) {
@@ -514,7 +521,7 @@ export class FileStorage {
    */
   store(oid: Buffer, expectedSerial: Buffer, data: Buffer, txn: TransactionMeta): void {
     const cur = this.pending(txn, 'store');
-    if (cur.voted) throw new StorageTransactionError('store: transaction already voted');
+    if (cur.written) throw new StorageTransactionError('store: transaction already voted');
     checkOid(oid);
     if (data.length === 0) throw new ZrsError('store: data must not be empty (an empty record means a backpointer)');
     const key = oidKey(oid);
@@ -534,7 +541,7 @@ export class FileStorage {
    */
   restore(oid: Buffer, tid: Buffer, data: Buffer | null, dataTxn: Buffer | null, txn: TransactionMeta): void {
     const cur = this.pending(txn, 'restore');
-    if (cur.voted) throw new StorageTransactionError('restore: transaction already voted');
+    if (cur.written) throw new StorageTransactionError('restore: transaction already voted');
     checkOid(oid);
     if (!tid.equals(cur.tid)) throw new StorageTransactionError(`restore: record tid ${tid.toString('hex')} differs from the transaction's ${cur.tid.toString('hex')}`);
     let back = 0;
@@ -568,7 +575,7 @@ export class FileStorage {
    */
   async undo(id: string | Buffer, txn: TransactionMeta): Promise<Buffer[]> {
     const cur = this.pending(txn, 'undo');
-    if (cur.voted) throw new StorageTransactionError('undo: transaction already voted');
+    if (cur.written) throw new StorageTransactionError('undo: transaction already voted');
     const plan = undoTransaction(this, id, txn);
     for (const { oid, from } of plan.blobCopies) {
       const stagedPath = await this.requireBlobs().stageCopy(from);
@@ -628,10 +635,19 @@ export class FileStorage {
   /** First commit phase: write the transaction marked in progress ('c'). */
   async tpcVote(txn: TransactionMeta): Promise<void> {
     const cur = this.pending(txn, 'tpcVote');
-    if (cur.voted) throw new StorageTransactionError('tpcVote: transaction already voted');
+    if (cur.written) throw new StorageTransactionError('tpcVote: transaction already voted');
     this.writeAtEnd(this.assemble(cur), cur.tpos);
+    cur.written = true;
+    if (cur.blobs.length) {
+      cur.voting = this.placeBlobs(cur);
+      try {
+        await cur.voting;
+      } finally {
+        cur.voting = null;
+      }
+    }
+    // Only now: a finish while the blobs were being placed, or after placing them failed, would commit revisions without their files.
     cur.voted = true;
-    if (cur.blobs.length) await this.placeBlobs(cur);
   }
 
   /** Write new transaction bytes at `pos` (the committed end); on failure (a full disk) cut back to `pos` and throw. */
@@ -698,7 +714,7 @@ export class FileStorage {
    */
   async tpcFinish(txn: TransactionMeta): Promise<Buffer> {
     const cur = this.pending(txn, 'tpcFinish');
-    if (!cur.voted) throw new StorageTransactionError('tpcFinish: transaction not voted');
+    if (!cur.voted) throw new StorageTransactionError(cur.voting ? 'tpcFinish: the vote has not finished' : 'tpcFinish: transaction not voted');
     const status = statusByte(cur.status);
     this.disk.write(this.fd, status, cur.tpos + 16);
     const end = cur.tpos + cur.metaBytes + cur.body.recordBytes + TRAILER_BYTES;
@@ -758,7 +774,12 @@ export class FileStorage {
     if (this.closed) return;
     const cur = this.current;
     if (cur === null || cur.txn !== txn) return; // ZODB ignores aborts of other transactions
-    if (cur.voted) this.cutFile(cur.tpos);
+    if (cur.voting) {
+      // A vote still placing blobs settles first: the files it placed are then known, and removed with the rest.
+      await cur.voting.catch(() => undefined);
+      if (this.closed || this.current !== cur) return;
+    }
+    if (cur.written) this.cutFile(cur.tpos);
     this.current = null;
     cur.release();
     if (this.blobs) await this.blobs.discard(cur.blobs.map((b) => b.placedPath ?? b.stagedPath));

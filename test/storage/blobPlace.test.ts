@@ -1,16 +1,18 @@
 // Placing a voted transaction's blob files: with fsync, the directories whose
 // entries changed (the oid's directory and the parents of new directories)
 // are synced before the commit may be reported; a placement that fails part
-// way removes the files it already placed.
+// way removes the files it already placed. A storage's vote is not done
+// until its blobs are placed: a finish waits for it, an abort lets it settle.
 
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { BlobDirectory } from '../../src/storage/blobs.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { oidOf } from './storageHarness.js';
-import { tidFromTime } from '../../src/storage/timestamp.js';
+import { tidFromTime, Z64 } from '../../src/storage/timestamp.js';
 
 const synced: string[] = [];
 vi.mock('../../src/storage/fileio.js', async (importOriginal) => {
@@ -65,3 +67,52 @@ describe('BlobDirectory.place', () => {
     expect(existsSync(join(blobs.root, 'tmp'))).toBe(true);
   });
 });
+
+describe('FileStorage.tpcVote with blobs', () => {
+  async function storageWithBlob(): Promise<{ fs: FileStorage; dir: string; txn: object; before: Buffer }> {
+    const dir = await tempDir();
+    const fs = await FileStorage.open(join(dir, 'Data.fs'), { create: true, fsync: false, blobDir: join(dir, 'blobs') });
+    const before = fs.lastTransaction();
+    const txn = {};
+    await fs.tpcBegin(txn);
+    const blobFile = join(dir, 'upload.tmp');
+    await writeFile(blobFile, 'blob');
+    await fs.storeBlob(oidOf(1), Z64, Buffer.from('record'), blobFile, txn);
+    return { fs, dir, txn, before };
+  }
+
+  it('refuses tpcFinish while the blobs are being placed, and after placing them failed', async () => {
+    const { fs, dir, txn, before } = await storageWithBlob();
+    try {
+      // A plain file where the oid's first directory must go: placing the blob fails.
+      await writeFile(join(dir, 'blobs', '0x00'), 'in the way');
+      const vote = fs.tpcVote(txn);
+      await expect(fs.tpcFinish(txn)).rejects.toThrow('tpcFinish: the vote has not finished');
+      await expect(vote).rejects.toThrow();
+      await expect(fs.tpcFinish(txn)).rejects.toThrow('tpcFinish: transaction not voted');
+      await fs.tpcAbort(txn);
+      expect(fs.lastTransaction()).toEqual(before);
+      expect(fs.transactionCount).toBe(0);
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('an abort during the vote waits for the blobs to be placed, then removes them', async () => {
+    const { fs, dir, txn, before } = await storageWithBlob();
+    try {
+      const vote = fs.tpcVote(txn);
+      const abort = fs.tpcAbort(txn);
+      await vote;
+      await abort;
+      expect(fs.lastTransaction()).toEqual(before);
+      // No revision file anywhere under the oid's directory, and nothing left in tmp.
+      const oidDir = (await BlobDirectory.open(join(dir, 'blobs'), { create: false })).oidDir(oidOf(1));
+      expect(existsSync(oidDir) ? readdirSync(oidDir) : []).toEqual([]);
+      expect(readdirSync(join(dir, 'blobs', 'tmp'))).toEqual([]);
+    } finally {
+      await fs.close();
+    }
+  });
+});
+
