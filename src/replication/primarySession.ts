@@ -47,6 +47,17 @@ import type { SendPacer } from './sendPacer.js';
 const ZRS2_MAX_FRAME_BYTES = 8;
 /** Unsent commits a live session may hold when more arrive; beyond, it falls back to reading the log. */
 export const DEFAULT_FOLLOW_BUFFER = 1024;
+
+/**
+ * Reasons a session gives up on its peer: the socket is destroyed, queued
+ * bytes dropped. A drain that timed out did so because the peer stopped
+ * reading, and a handshake that timed out has a peer that said nothing:
+ * neither would take an orderly close either.
+ */
+const GIVE_UP_REASONS: ReadonlySet<SessionCloseReason['kind']> = new Set(['transport-error', 'protocol-error', 'effect-failed', 'drain-timeout', 'handshake-timeout']);
+
+/** How long an orderly close waits for the peer to take the last bytes and close its side, before the socket is destroyed. */
+export const CLOSE_LINGER_MS = 30_000;
 /** Catch-up writes batches of about this size. */
 const BATCH_FLUSH_BYTES = 256 * 1024;
 /** Largest run of raw transactions in one `txns` message (a single larger transaction goes alone). */
@@ -113,6 +124,8 @@ export class PrimarySession {
   private framesSeen = 0;
   private spec: ProtocolSpec | null = null;
   private heartbeat: unknown = null;
+  /** Destroys the socket if an orderly close is not over in CLOSE_LINGER_MS. */
+  private linger: unknown = null;
   private readonly doneSubject = new Subject<SessionCloseReason | null>();
   /** Emits once when the session ends, with the reason. */
   readonly done$ = this.doneSubject.asObservable();
@@ -161,6 +174,8 @@ export class PrimarySession {
       data: (chunk) => this.onData(chunk),
       drain: () => this.writer.onDrain(),
       close: (error) => {
+        if (this.linger !== null) this.options.clock.clearTimeout(this.linger);
+        this.linger = null;
         this.writer.onClose();
         // A session that already ended (refused, protocol error) has nothing to hear.
         if (this.actor.getSnapshot().status !== 'active') return;
@@ -395,9 +410,13 @@ export class PrimarySession {
     const level =
       reason.kind === 'drained' || reason.kind === 'peer-closed' || reason.kind === 'closed-before-start' || reason.kind === 'status-served' || reason.kind === 'promote-served' ? 'info' : 'warn';
     this.options.log(level, `session with ${this.peer} closed: ${describeReason(reason)}`, { reason: reason.kind });
-    if (reason.kind === 'transport-error' || reason.kind === 'protocol-error' || reason.kind === 'effect-failed') {
+    if (GIVE_UP_REASONS.has(reason.kind)) {
       this.options.stream.destroy();
     } else {
+      // What is queued goes out, then the end. A peer that neither reads it
+      // nor closes its side is cut off after a while: a server's close waits
+      // for every connection, and must not wait on one peer for ever.
+      this.linger = this.options.clock.setTimeout(() => this.options.stream.destroy(), CLOSE_LINGER_MS);
       void this.writer.flush().catch(() => undefined).finally(() => this.options.stream.end());
     }
     this.progressSubject.complete();

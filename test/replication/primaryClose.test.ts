@@ -1,15 +1,22 @@
 // A primary closed right after a large commit still delivers it, whole, to
-// every connected secondary before its close() resolves (draining).
+// every connected secondary before its close() resolves (draining). And a
+// peer that stops reading, or never closes its side, cannot hold close() up
+// for ever: the drain and the handshake time out, an orderly end lingers
+// for a bounded time (all on the primary's clock, here a virtual one).
 
 import { readFileSync } from 'node:fs';
+import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Primary } from '../../src/replication/primary.js';
+import { CLOSE_LINGER_MS } from '../../src/replication/primarySession.js';
+import { VirtualClock } from '../../src/sim/clock.js';
+import { createNativePackr, encodeNative, nativeProtocolName } from '../../src/wire/native.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, waitForTid } from './helpers.js';
-import { FAST_RECONNECT, LogCollector, settleUntil } from './netHelpers.js';
+import { FAST_RECONNECT, FramedSocket, LogCollector, settleUntil } from './netHelpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -61,3 +68,100 @@ describe.each(cases)('closing a primary (%s secondaries, mid-write %s)', (protoc
     }
   });
 });
+
+describe('closing a primary whose peer does not cooperate', () => {
+  async function primaryOnVirtualClock(): Promise<{ primary: Primary; clock: VirtualClock; logs: LogCollector }> {
+    const clock = new VirtualClock(Date.now());
+    const logs = new LogCollector();
+    const primary = await Primary.open({ path: join(await tempDir(), 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, clock, heartbeatIntervalMs: 0, log: logs.log });
+    return { primary, clock, logs };
+  }
+
+  /** Move the virtual clock on, a second per turn of the event loop, until the session closed for `reason`. */
+  async function advanceUntilClosed(clock: VirtualClock, logs: LogCollector, reason: string): Promise<void> {
+    await settleUntil(() => {
+      clock.advance(1000);
+      return logs.count((e) => e.message.includes('session with') && e.fields?.reason === reason) > 0;
+    });
+  }
+
+  /** A raw connection that keeps its side open after the primary ends its own; `ended` resolves when the primary's side ended. */
+  function halfOpenPeer(primary: Primary): Promise<{ socket: Socket; ended: Promise<void> }> {
+    const address = primary.address as { host: string; port: number };
+    return new Promise((resolve, reject) => {
+      const socket = createConnection({ host: address.host, port: address.port, allowHalfOpen: true });
+      const ended = new Promise<void>((done) => {
+        socket.once('end', () => done());
+        socket.once('close', () => done());
+      });
+      socket.on('error', () => undefined);
+      socket.once('connect', () => resolve({ socket, ended }));
+      socket.once('error', reject);
+    });
+  }
+
+  it('a secondary that stopped reading is cut off at the drain timeout, and close() resolves', async () => {
+    const { primary, clock, logs } = await primaryOnVirtualClock();
+    const peer = await FramedSocket.connect(primary.address);
+    try {
+      peer.send(nativeProtocolName());
+      peer.send(encodeNative({ type: 'hello', startTid: Z64, generations: [], options: { blobs: false } }, createNativePackr()));
+      await peer.frame(0); // welcome
+      peer.socket.pause(); // and then nothing more is read
+      const fs = primary.storage;
+      for (let i = 0; i < 40; i++) {
+        const txn = { description: `t${i}` };
+        await fs.tpcBegin(txn);
+        fs.store(fs.newOid(), Z64, Buffer.alloc(1 << 20, i), txn);
+        await fs.tpcVote(txn);
+        await fs.tpcFinish(txn);
+      }
+      const closing = primary.close();
+      await advanceUntilClosed(clock, logs, 'drain-timeout');
+      await closing;
+      // Once it reads again, what the primary had sent is followed by the end of the connection.
+      peer.socket.resume();
+      await peer.waitClosed();
+    } finally {
+      peer.destroy();
+      await primary.close();
+    }
+  });
+
+  it('a peer that never says a word is cut off at the handshake timeout, though it keeps its side open', async () => {
+    const { primary, clock, logs } = await primaryOnVirtualClock();
+    const { socket, ended } = await halfOpenPeer(primary);
+    try {
+      await advanceUntilClosed(clock, logs, 'handshake-timeout');
+      await ended;
+      // The server's close waits for every connection: this one is gone, though the peer never closed it.
+      await primary.close();
+    } finally {
+      socket.destroy();
+      await primary.close();
+    }
+  });
+
+  it('an orderly end to a peer that keeps its side open lingers CLOSE_LINGER_MS, then the socket is destroyed', async () => {
+    const { primary, clock, logs } = await primaryOnVirtualClock();
+    const { socket, ended } = await halfOpenPeer(primary);
+    let closeDone = false;
+    try {
+      await settleUntil(() => primary.secondaries().length === 1);
+      const closing = primary.close().then(() => (closeDone = true));
+      await logs.waitFor((e) => e.message.includes('session with') && e.fields?.reason === 'closed-before-start');
+      // The orderly end reached the peer, which keeps its side open: the primary's close waits ...
+      await ended;
+      clock.advance(CLOSE_LINGER_MS - 1);
+      await new Promise((r) => setImmediate(r));
+      expect(closeDone).toBe(false);
+      // ... until the linger is over.
+      clock.advance(1);
+      await closing;
+    } finally {
+      socket.destroy();
+      await primary.close();
+    }
+  });
+});
+
