@@ -139,7 +139,9 @@ export type SessionCloseReason =
   | { kind: 'drained' }
   | { kind: 'drain-timeout'; timeoutMs: number }
   | { kind: 'source-ended' }
-  | { kind: 'effect-failed'; effect: 'catchUp' | 'follow' | 'drain'; error: unknown };
+  | { kind: 'effect-failed'; effect: 'catchUp' | 'follow' | 'drain'; error: unknown }
+  /** Never from the machine: the edge's, when the machine itself failed (an action threw). */
+  | { kind: 'actor-failed'; error: unknown };
 
 export interface PrimarySessionCounters {
   /** Transactions written to this secondary. */

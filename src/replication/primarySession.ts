@@ -54,7 +54,7 @@ export const DEFAULT_FOLLOW_BUFFER = 1024;
  * reading, and a handshake that timed out has a peer that said nothing:
  * neither would take an orderly close either.
  */
-const GIVE_UP_REASONS: ReadonlySet<SessionCloseReason['kind']> = new Set(['transport-error', 'protocol-error', 'effect-failed', 'drain-timeout', 'handshake-timeout']);
+const GIVE_UP_REASONS: ReadonlySet<SessionCloseReason['kind']> = new Set(['transport-error', 'protocol-error', 'effect-failed', 'actor-failed', 'drain-timeout', 'handshake-timeout']);
 
 /** How long an orderly close waits for the peer to take the last bytes and close its side, before the socket is destroyed. */
 export const CLOSE_LINGER_MS = 30_000;
@@ -182,6 +182,10 @@ export class PrimarySession {
         this.send(error ? { type: 'TRANSPORT_ERROR', error } : { type: 'PEER_CLOSED' });
       },
     });
+    // An action that throws stops the actor short of `closed`: end the session
+    // here, or its socket would stay open (and xstate, with no observer of the
+    // error, rethrows it where nothing can catch it).
+    this.actor.subscribe({ error: (error) => this.closeStream({ kind: 'actor-failed', error }) });
     this.actor.start();
   }
 
@@ -408,7 +412,11 @@ export class PrimarySession {
     this.finished = true;
     this.stopHeartbeat();
     const level =
-      reason.kind === 'drained' || reason.kind === 'peer-closed' || reason.kind === 'closed-before-start' || reason.kind === 'status-served' || reason.kind === 'promote-served' ? 'info' : 'warn';
+      reason.kind === 'actor-failed'
+        ? 'error'
+        : reason.kind === 'drained' || reason.kind === 'peer-closed' || reason.kind === 'closed-before-start' || reason.kind === 'status-served' || reason.kind === 'promote-served'
+          ? 'info'
+          : 'warn';
     this.options.log(level, `session with ${this.peer} closed: ${describeReason(reason)}`, { reason: reason.kind });
     if (GIVE_UP_REASONS.has(reason.kind)) {
       this.options.stream.destroy();
@@ -714,6 +722,8 @@ export function describeReason(r: SessionCloseReason): string {
       return `protocol error: ${r.reason}`;
     case 'effect-failed':
       return `${r.effect} failed: ${(r.error as Error)?.message ?? String(r.error)}`;
+    case 'actor-failed':
+      return `the session failed: ${(r.error as Error)?.message ?? String(r.error)}`;
     case 'handshake-timeout':
     case 'drain-timeout':
       return `${r.kind} after ${r.timeoutMs} ms`;

@@ -5,6 +5,11 @@
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Primary } from '../../src/replication/primary.js';
+import { ReplicationServer } from '../../src/replication/server.js';
+import { parseAddress } from '../../src/replication/address.js';
+import { socketTransport } from '../../src/node/socketTransport.js';
+import { systemClock } from '../../src/node/clock.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { requestStatus, StatusConnectError, StatusReplyError } from '../../src/replication/statusClient.js';
 import type { NodeStatus } from '../../src/replication/nodeStatus.js';
@@ -122,4 +127,24 @@ describe('status request', () => {
       await new Promise((r) => web.close(r));
     }
   });
+
+  it('a session whose answer throws (a failed action) is ended and logged, the socket closed, and the server still closes', async () => {
+    const dir = await tempDir();
+    const logs = new LogCollector();
+    const storage = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
+    const nodeStatus = (): NodeStatus => {
+      throw new Error('status not available');
+    };
+    const server = await ReplicationServer.start({ storage, address: parseAddress('127.0.0.1:0'), transport: socketTransport, clock: systemClock, log: logs.log, nodeStatus });
+    try {
+      await expect(requestStatus(server.address)).rejects.toThrow(StatusReplyError);
+      const failed = await logs.waitFor((e) => e.fields?.reason === 'actor-failed');
+      expect(failed.level).toBe('error');
+      expect(failed.message).toMatch(/closed: the session failed: status not available/);
+    } finally {
+      await server.close();
+      await storage.close();
+    }
+  });
 });
+
