@@ -184,12 +184,15 @@ export class ReplicationMetrics {
   watchSecondary(secondary: MeteredSecondary): void {
     this.secondary = secondary;
     // Reconnects are connection attempts after the first (the machine counts attempts).
-    const sub = secondary.machine.subscribe((snap: { context?: { counters?: { connects?: number } } }) => {
-      const connects = snap.context?.counters?.connects ?? 0;
-      if (connects > this.connectsSeen) {
-        this.reconnects.inc(Math.max(0, connects - 1) - Math.max(0, this.connectsSeen - 1));
-        this.connectsSeen = connects;
-      }
+    const sub = secondary.machine.subscribe({
+      next: (snap: { context?: { counters?: { connects?: number } } }) => {
+        const connects = snap.context?.counters?.connects ?? 0;
+        if (connects > this.connectsSeen) {
+          this.reconnects.inc(Math.max(0, connects - 1) - Math.max(0, this.connectsSeen - 1));
+          this.connectsSeen = connects;
+        }
+      },
+      error: () => undefined, // the secondary logs it
     });
     this.subscriptions.push(sub);
   }
@@ -208,7 +211,8 @@ export class ReplicationMetrics {
     replicating(session.machine.getSnapshot().value); // a session kept through a promotion is already past it
     let sent = 0;
     this.sessionSubscriptions.set(session, [
-      session.machine.subscribe((snap) => replicating(snap.value)),
+      // An error observer of its own: xstate rethrows a failed actor's error while any observer lacks one (the session ends it).
+      session.machine.subscribe({ next: (snap) => replicating(snap.value), error: () => undefined }),
       session.progress$.subscribe((p) => {
         if (p.sentTransactions > sent) this.txnsSent.inc(p.sentTransactions - sent);
         sent = p.sentTransactions;

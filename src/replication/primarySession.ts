@@ -126,6 +126,8 @@ export class PrimarySession {
   private heartbeat: unknown = null;
   /** Destroys the socket if an orderly close is not over in CLOSE_LINGER_MS. */
   private linger: unknown = null;
+  /** The stream closed (its close handler ran): nothing to linger for. */
+  private streamClosed = false;
   private readonly doneSubject = new Subject<SessionCloseReason | null>();
   /** Emits once when the session ends, with the reason. */
   readonly done$ = this.doneSubject.asObservable();
@@ -174,6 +176,7 @@ export class PrimarySession {
       data: (chunk) => this.onData(chunk),
       drain: () => this.writer.onDrain(),
       close: (error) => {
+        this.streamClosed = true;
         if (this.linger !== null) this.options.clock.clearTimeout(this.linger);
         this.linger = null;
         this.writer.onClose();
@@ -424,7 +427,7 @@ export class PrimarySession {
       // What is queued goes out, then the end. A peer that neither reads it
       // nor closes its side is cut off after a while: a server's close waits
       // for every connection, and must not wait on one peer for ever.
-      this.linger = this.options.clock.setTimeout(() => this.options.stream.destroy(), CLOSE_LINGER_MS);
+      if (!this.streamClosed) this.linger = this.options.clock.setTimeout(() => this.options.stream.destroy(), CLOSE_LINGER_MS);
       void this.writer.flush().catch(() => undefined).finally(() => this.options.stream.end());
     }
     this.progressSubject.complete();

@@ -510,7 +510,7 @@ export class Secondary {
     // zc.zrs's protocols have no refusal: its primary closes without a word on a handshake it does not take.
     if (!this.spec.hasVerdict && !conn.answered) {
       return new ZrsError(
-        'the primary closed the connection without sending anything; a zc.zrs primary does this when it refuses a handshake (a start tid past its last transaction, or zrs2.0 asked of a primary with blobs, which needs zrs2.1), and its log says why',
+        'the primary closed the connection without sending anything; if this happens at every connect, a zc.zrs primary may be refusing the handshake (a start tid past its last transaction, or zrs2.0 asked of a primary with blobs, which needs zrs2.1), and its log says why',
       );
     }
     return undefined;
