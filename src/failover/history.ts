@@ -95,7 +95,7 @@ export class FailoverHistory {
   verdict(hello: Pick<HelloMessage, 'startTid' | 'generations' | 'chainHead'> & { chainSamples?: ChainHead[] }): HistoryVerdict {
     const head = this.chain.head?.tid ?? Z64;
     if (this.chain.failure !== null && Buffer.compare(hello.startTid, head) > 0) return { kind: 'unknown' };
-    return judgeHistory({ generations: this.generations.list, hashAt: (tid) => this.chain.hashAt(tid), lastTid: this.chain.head?.tid ?? Z64, replica: this.replica }, hello);
+    return judgeHistory({ generations: this.generations.list, hashAt: (tid) => this.chain.hashAt(tid), lastTid: head, replica: this.replica }, hello);
   }
 
   /** The refusal for a hello, or undefined when the secondary may replicate. */

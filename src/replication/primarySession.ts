@@ -56,6 +56,9 @@ export const DEFAULT_FOLLOW_BUFFER = 1024;
  */
 const GIVE_UP_REASONS: ReadonlySet<SessionCloseReason['kind']> = new Set(['transport-error', 'protocol-error', 'effect-failed', 'actor-failed', 'drain-timeout', 'handshake-timeout']);
 
+/** Reasons of an ordinary end, logged at info (an actor failure is an error, everything else a warning). */
+const ORDINARY_REASONS: ReadonlySet<SessionCloseReason['kind']> = new Set(['drained', 'peer-closed', 'closed-before-start', 'status-served', 'promote-served']);
+
 /** How long an orderly close waits for the peer to take the last bytes and close its side, before the socket is destroyed. */
 export const CLOSE_LINGER_MS = 30_000;
 /** Catch-up writes batches of about this size. */
@@ -414,12 +417,7 @@ export class PrimarySession {
     if (this.finished) return;
     this.finished = true;
     this.stopHeartbeat();
-    const level =
-      reason.kind === 'actor-failed'
-        ? 'error'
-        : reason.kind === 'drained' || reason.kind === 'peer-closed' || reason.kind === 'closed-before-start' || reason.kind === 'status-served' || reason.kind === 'promote-served'
-          ? 'info'
-          : 'warn';
+    const level = reason.kind === 'actor-failed' ? 'error' : ORDINARY_REASONS.has(reason.kind) ? 'info' : 'warn';
     this.options.log(level, `session with ${this.peer} closed: ${describeReason(reason)}`, { reason: reason.kind });
     if (GIVE_UP_REASONS.has(reason.kind)) {
       this.options.stream.destroy();
@@ -715,6 +713,10 @@ export class PrimarySession {
 }
 
 /** One line saying why a session ended, for logs and the audit log. */
+function errorText(error: unknown): string {
+  return (error as Error)?.message ?? String(error);
+}
+
 export function describeReason(r: SessionCloseReason): string {
   switch (r.kind) {
     case 'refused':
@@ -724,9 +726,9 @@ export function describeReason(r: SessionCloseReason): string {
     case 'protocol-error':
       return `protocol error: ${r.reason}`;
     case 'effect-failed':
-      return `${r.effect} failed: ${(r.error as Error)?.message ?? String(r.error)}`;
+      return `${r.effect} failed: ${errorText(r.error)}`;
     case 'actor-failed':
-      return `the session failed: ${(r.error as Error)?.message ?? String(r.error)}`;
+      return `the session failed: ${errorText(r.error)}`;
     case 'handshake-timeout':
     case 'drain-timeout':
       return `${r.kind} after ${r.timeoutMs} ms`;

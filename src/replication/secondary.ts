@@ -503,17 +503,15 @@ export class Secondary {
   /** Why a connection the peer closed cleanly ended, when that is worth a warning. */
   private closeReason(conn: Connection): Error | undefined {
     if (conn.decoder.bufferedBytes > 0) return new ZrsError('connection closed inside a frame');
-    // A zc.zrs primary closes without a word on a protocol name it does not know.
-    if (this.spec.hasVerdict && !conn.answered) {
+    if (conn.answered) return undefined;
+    // A zc.zrs primary closes without a word on a protocol name it does not know ...
+    if (this.spec.hasVerdict) {
       return new ZrsError('the primary closed the connection without answering the handshake (a zc.zrs primary does this; for one, use protocol zrs2.1 or zrs2.0)');
     }
-    // zc.zrs's protocols have no refusal: its primary closes without a word on a handshake it does not take.
-    if (!this.spec.hasVerdict && !conn.answered) {
-      return new ZrsError(
-        'the primary closed the connection without sending anything; if this happens at every connect, a zc.zrs primary may be refusing the handshake (a start tid past its last transaction, or zrs2.0 asked of a primary with blobs, which needs zrs2.1), and its log says why',
-      );
-    }
-    return undefined;
+    // ... and, since its protocols have no refusal, on a handshake it does not take.
+    return new ZrsError(
+      'the primary closed the connection without sending anything; if this happens at every connect, a zc.zrs primary may be refusing the handshake (a start tid past its last transaction, or zrs2.0 asked of a primary with blobs, which needs zrs2.1), and its log says why',
+    );
   }
 
   private enqueue(

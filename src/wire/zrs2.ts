@@ -61,10 +61,6 @@ export function blobBlockCount(sizeBytes: number): number {
 // ---------------------------------------------------------------------------------------------
 
 /**
- * The exact payload zc.zrs's primary sends for a control message.
- * @example encodeMessage({ type: 'C', digest: null }).toString('hex') // '2858010000004329742e'
- */
-/**
  * Most bytes of one control message, written or read. A `T` carries at
  * most 3 × 65,535 bytes of metadata as stored, but fast mode writes a
  * shared object out each time it is referenced, so an extension built to
@@ -73,6 +69,10 @@ export function blobBlockCount(sizeBytes: number): number {
  */
 export const MAX_ZRS2_MESSAGE_BYTES = 16 * 1024 * 1024;
 
+/**
+ * The exact payload zc.zrs's primary sends for a control message.
+ * @example encodeMessage({ type: 'C', digest: null }).toString('hex') // '2858010000004329742e'
+ */
 export function encodeMessage(message: Zrs2Message): Buffer {
   return dumps(new PickleTuple<PickleValue>([message.type, new PickleTuple(messageFields(message))]), {
     protocol: 1,
