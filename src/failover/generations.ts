@@ -9,7 +9,7 @@ import { dirname } from 'node:path';
 import { ZrsError } from '../errors.js';
 import { syncDirectory } from '../storage/fileio.js';
 import { Z64 } from '../storage/timestamp.js';
-import type { GenerationEntry } from '../wire/native.js';
+import { MAX_GENERATION_HISTORY, type GenerationEntry } from '../wire/native.js';
 
 export type { GenerationEntry };
 
@@ -25,6 +25,11 @@ interface GenerationsFile {
   /** Largest generation number ever seen (adopted, or started here). */
   maxSeen: number;
   generations: Array<{ generation: number; startTid: string }>;
+}
+
+/** Why a history of `length` generations takes no further one. */
+export function historyFullMessage(length: number): string {
+  return `this node's history holds ${length} generations, the most a handshake carries (${MAX_GENERATION_HISTORY}): no further generation can start`;
 }
 
 /** Throws ZrsError unless `list` is a well-formed history (oldest first). */
@@ -120,6 +125,8 @@ export class GenerationHistory {
     const base = recorded.filter((e, i) => i === 0 || Buffer.compare(e.startTid, startTid) <= 0);
     const last = base[base.length - 1]!;
     if (Buffer.compare(startTid, last.startTid) < 0) throw new ZrsError('a new generation cannot start before the first one');
+    // A hello carries the whole history: a longer one could never be sent.
+    if (base.length >= MAX_GENERATION_HISTORY) throw new ZrsError(historyFullMessage(base.length));
     const next: GenerationEntry = { generation: Math.max(this.seen, ...recorded.map((e) => e.generation)) + 1, startTid: Buffer.from(startTid) };
     await this.replace([...base, next]);
     return copyEntry(next);

@@ -14,7 +14,8 @@ import type { Logger } from '../replication/log.js';
 import { Primary, type PrimaryOptions } from '../replication/primary.js';
 import type { ReplicationServer } from '../replication/server.js';
 import type { FileStorage } from '../storage/FileStorage.js';
-import type { GenerationEntry, PromoteRefusalCode } from '../wire/native.js';
+import { MAX_GENERATION_HISTORY, type GenerationEntry, type PromoteRefusalCode } from '../wire/native.js';
+import { historyFullMessage } from './generations.js';
 import type { FailoverHistory } from './history.js';
 
 export interface PromoteOptions {
@@ -91,6 +92,9 @@ function checkUpstreamState(h: PromotionHandle, options: PromoteOptions): string
 export async function promoteSecondary(h: PromotionHandle, options: PromoteOptions): Promise<Primary> {
   let state = checkUpstreamState(h, options);
   if (options.replicateTo === undefined && h.serverAddress() === null) throw new PromotionRefusedError('promote needs replicateTo: this secondary does not serve one');
+  // Refused before detaching, so the secondary keeps replicating.
+  const length = h.history.generations.list.length;
+  if (length >= MAX_GENERATION_HISTORY) throw new PromotionRefusedError(historyFullMessage(length));
   const planned = nextGeneration(h.history, h.storage.lastTransaction());
   if (options.claim) {
     if (!(await options.claim(planned))) throw new PromotionRefusedError(`the coordinator refused generation ${planned.generation}`);

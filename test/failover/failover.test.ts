@@ -17,6 +17,7 @@ import { PromotionRefusedError } from '../../src/failover/promote.js';
 import { tidFromTime } from '../../src/storage/timestamp.js';
 import { readAuditLog } from '../../src/audit/auditLog.js';
 import { formatAddress } from '../../src/replication/address.js';
+import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { FAST_RECONNECT, LogCollector } from '../replication/netHelpers.js';
 import { allTransactions, commitMany, expectSameHistory, waitForTid, Z64 } from '../replication/helpers.js';
@@ -330,6 +331,28 @@ describe('failover', () => {
       expect(claimed).toEqual([1]);
       // Nothing was started, and the secondary still replicates.
       expect(generationsFile(join(dir, 's.fs')).generations.filter((g) => g.generation > 0)).toEqual([]);
+      await waitForTid(secondary, (await commitMany(primary.storage, 1)).at(-1)!);
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+  });
+
+  it('a promotion that would make the history longer than a handshake carries is refused before the secondary stops', async () => {
+    const dir = await tempDir();
+    const pPath = join(dir, 'p.fs');
+    // A history already at the cap (every generation starting at the beginning).
+    const full = Array.from({ length: MAX_GENERATION_HISTORY }, (_, generation) => ({ generation, startTid: hex(Z64) }));
+    writeFileSync(`${pPath}.generations`, JSON.stringify({ version: 1, maxSeen: full.length - 1, generations: full }));
+    const primary = await openPrimary(pPath);
+    const secondary = await openSecondary(join(dir, 's.fs'), primary.address, { replicateTo: '127.0.0.1:0' });
+    try {
+      await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
+      expect(secondary.history!.generations.list).toHaveLength(MAX_GENERATION_HISTORY);
+      const promoting = secondary.promote({ force: true });
+      await expect(promoting).rejects.toThrow(PromotionRefusedError);
+      await expect(promoting).rejects.toThrow(/the most a handshake carries/);
+      expect(generationsFile(join(dir, 's.fs')).generations).toHaveLength(MAX_GENERATION_HISTORY);
       await waitForTid(secondary, (await commitMany(primary.storage, 1)).at(-1)!);
     } finally {
       await secondary.close();

@@ -4,7 +4,9 @@
 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { GenerationHistory } from '../../src/failover/generations.js';
+import { readFileSync } from 'node:fs';
+import { GenerationHistory, generationsPathFor } from '../../src/failover/generations.js';
+import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { Z64 } from '../replication/helpers.js';
 
@@ -36,5 +38,18 @@ describe('GenerationHistory.startNext', () => {
     ]);
     expect(await g.startNext(t(5))).toEqual({ generation: 2, startTid: t(5) });
     expect(g.list.map((e) => e.generation)).toEqual([0, 1, 2]);
+  });
+
+  it('refuses a generation past the most a handshake carries, and leaves the file as it was', async () => {
+    const path = join(await tempDir(), 'x.fs');
+    const g = await GenerationHistory.open(path);
+    await g.replace(Array.from({ length: MAX_GENERATION_HISTORY }, (_, generation) => ({ generation, startTid: t(generation) })));
+    const before = readFileSync(generationsPathFor(path), 'utf8');
+    await expect(g.startNext(t(MAX_GENERATION_HISTORY))).rejects.toThrow(/the most a handshake carries/);
+    expect(readFileSync(generationsPathFor(path), 'utf8')).toBe(before);
+    expect(g.list).toHaveLength(MAX_GENERATION_HISTORY);
+    // One fewer leaves room for exactly one more.
+    await g.replace(g.list.slice(0, -1));
+    expect((await g.startNext(t(MAX_GENERATION_HISTORY))).generation).toBe(MAX_GENERATION_HISTORY);
   });
 });
