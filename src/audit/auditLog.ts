@@ -221,6 +221,11 @@ export class AuditLog {
     return this.closed ? Promise.resolve() : this.enqueue(null, {}, true);
   }
 
+  /** close() was called: records are no longer taken. */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
   /** Flush, then close the file. Later records are ignored (notes) or rejected (decisions). */
   async close(): Promise<void> {
     if (this.closed) return;

@@ -706,9 +706,10 @@ export class Secondary {
   }
 
   /**
-   * Record a refused or failed promotion: in the secondary's audit log, or,
-   * once a detach closed that (the node is closed by now), in the log opened
-   * again for this one record.
+   * Record a refused or failed promotion: in the secondary's audit log while
+   * it is open (closing it after a failed detach, as the node is closed by
+   * now), or, once the detach closed it, in the log opened again for this
+   * one record.
    */
   private async recordPromotionRefused(err: unknown, options: PromoteOptions): Promise<void> {
     const details = {
@@ -716,19 +717,21 @@ export class Secondary {
       reason: err instanceof Error ? err.message : String(err),
       requestedBy: options.requestedBy ?? 'api',
       force: options.force === true,
+      ...(this.detached ? { afterDetach: true } : {}),
     };
-    if (!this.detached) {
-      await this.audit?.decide('promotion-refused', details).catch(() => undefined);
+    if (!this.audit) return;
+    if (!this.audit.isClosed) {
+      await this.audit.decide('promotion-refused', details).catch(() => undefined);
+      if (this.detached) await this.closeAudit('close').catch(() => undefined);
       return;
     }
-    if (!this.audit) return;
     const o = this.options;
     try {
       const audit = await openNodeAudit({ dataPath: o.path, auditPath: o.auditPath, node: o.name, clock: this.clock, log: this.log });
       if (!audit) return;
       audit.generation = this.failover?.generations.current ?? null;
       try {
-        await audit.decide('promotion-refused', { ...details, afterDetach: true });
+        await audit.decide('promotion-refused', details);
       } finally {
         await audit.close();
       }

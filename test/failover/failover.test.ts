@@ -470,6 +470,36 @@ describe('failover', () => {
     }
   });
 
+  it('a promotion that fails while detaching, before the audit log was closed, records the failure in that log and closes it', async () => {
+    const dir = await tempDir();
+    const primary = await openPrimary(join(dir, 'p.fs'));
+    const sPath = join(dir, 's.fs');
+    const secondary = await openSecondary(sPath, primary.address, { auditPath: undefined, replicateTo: '127.0.0.1:0' });
+    try {
+      await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
+      await primary.close();
+      await waitForState(secondary, 'backoff');
+      // The metrics edges fail to close: the detach stops before it closes the audit log.
+      const edges = (secondary as unknown as { edges: { close(): Promise<void> } }).edges;
+      const closeEdges = edges.close.bind(edges);
+      edges.close = async () => {
+        await closeEdges();
+        throw new Error('edges would not close');
+      };
+      await expect(secondary.promote()).rejects.toThrow(/edges would not close/);
+      await secondary.close();
+      const records = (await readAuditLog(`${sPath}.audit`)).records;
+      const refused = records.filter((r) => r.kind === 'promotion-refused');
+      expect(refused).toHaveLength(1);
+      expect(refused[0]!.details).toMatchObject({ code: 'failed', afterDetach: true, reason: 'edges would not close' });
+      // One writer: sequence numbers follow each other, and the log was closed (its last record is the close).
+      expect(records.map((r) => r.seq)).toEqual(records.map((_, i) => records[0]!.seq + i));
+      expect(records.at(-1)).toMatchObject({ kind: 'config', details: { change: 'close' } });
+    } finally {
+      await secondary.close();
+    }
+  });
+
   it('a generation history too long for a hello fails each connect with a logged error, not an uncaught one', async () => {
     const dir = await tempDir();
     const primary = await openPrimary(join(dir, 'p.fs'));
