@@ -267,7 +267,7 @@ export class Secondary {
     this.actor.subscribe({
       next: (snap) => this.publishStatus(snap.value, snap.context),
       // Without an observer for it, xstate rethrows an actor's error where nothing can catch it.
-      error: (err) => this.log('error', `replication stopped: the connection actor failed: ${asError(err).message}`),
+      error: (err) => this.connectionActorFailed(asError(err)),
     });
   }
 
@@ -570,6 +570,21 @@ export class Secondary {
   }
 
   /** Stop reading, abort the half-received transaction, close the socket. */
+  /**
+   * The connection machine stopped on an error (an action threw): replication
+   * has stopped for good, so its connection, which would otherwise go on
+   * applying what arrives, is dropped (its transaction in flight aborted).
+   */
+  private connectionActorFailed(err: Error): void {
+    this.log('error', `replication stopped: the connection actor failed: ${err.message}`, { error: err.name });
+    const conn = this.actor.getSnapshot().context.connection as Connection | null;
+    if (conn === null || conn.dead) return;
+    const before = this.dropped;
+    this.dropped = Promise.all([before, this.drop(conn)])
+      .then(() => undefined)
+      .catch((e: Error) => this.log('warn', `could not abort the transaction in flight: ${e.message}`, { error: e.name }));
+  }
+
   private async drop(conn: Connection): Promise<void> {
     conn.dead = true;
     conn.watch?.stop();

@@ -17,7 +17,10 @@ import { VirtualClock } from '../../src/sim/clock.js';
 import { createNativeUnpackr, decodeNative } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { allTransactions, commitMany, waitForTid } from './helpers.js';
-import { activeResources, FakeServer, settleUntil, unusedPort, WAIT_MS } from './netHelpers.js';
+import { activeResources, FakeServer, LogCollector, settleUntil, unusedPort, WAIT_MS } from './netHelpers.js';
+import { socketTransport } from '../../src/node/socketTransport.js';
+import type { ByteStream, Transport } from '../../src/ports/transport.js';
+import { KEEP_ALIVE_FRAME } from '../../src/wire/framing.js';
 
 afterAll(cleanupTempDirs);
 afterEach(() => {
@@ -125,6 +128,48 @@ describe('closing a secondary', () => {
     await closeAndCheck(secondary, path, before);
     await fake.close();
     await source.close();
+    await expectHandlesBackTo(baseline);
+  });
+
+  it('after its connection actor failed (an action threw): the connection is dropped, nothing more is applied, close() ends', async () => {
+    const baseline = activeResources();
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const path = join(dir, 's.fs');
+    const tids = await commitMany(primary.storage, 3);
+    // A stream whose keep-alive write throws once armed (as a broken transport might): the machine's action fails.
+    let armed = false;
+    const transport: Transport = {
+      listen: (address, onStream) => socketTransport.listen(address, onStream),
+      connect: async (address) => {
+        const stream = await socketTransport.connect(address);
+        const wrapped: ByteStream = {
+          write: (chunk) => {
+            if (armed && Buffer.from(chunk).equals(KEEP_ALIVE_FRAME)) throw new Error('keep-alive write exploded');
+            return stream.write(chunk);
+          },
+          pause: () => stream.pause(),
+          resume: () => stream.resume(),
+          end: () => stream.end(),
+          destroy: (error) => stream.destroy(error),
+          setHandlers: (handlers) => stream.setHandlers(handlers),
+          peer: stream.peer,
+        };
+        return wrapped;
+      },
+    };
+    const logs = new LogCollector();
+    const secondary = await Secondary.open({ path, replicateFrom: primary.address, fsync: false, auditPath: null, transport, keepAliveDelayMs: 1, log: logs.log, reconnect: { initialMs: 5, maxMs: 50 } });
+    await waitForTid(secondary, tids.at(-1)!);
+    armed = true;
+    const failed = await logs.waitFor((e) => e.message.includes('the connection actor failed'));
+    expect(failed.message).toMatch(/keep-alive write exploded/);
+    // The primary sees the connection go: nothing keeps feeding a storage no machine follows.
+    await settleUntil(() => primary.secondaries().length === 0);
+    const before = readFileSync(path);
+    await commitMany(primary.storage, 2);
+    await closeAndCheck(secondary, path, before);
+    await primary.close();
     await expectHandlesBackTo(baseline);
   });
 
