@@ -417,7 +417,8 @@ export class FileStorage {
 
   private checkWritable(operation: string): void {
     if (this.closed) throw new StorageClosedError(this.path);
-    if (this.readOnly || (this.writesClosed && operation === 'tpcBegin')) throw new ReadOnlyError(operation, this.path);
+    // Both begin a transaction: closed to writes means closed to either.
+    if (this.readOnly || (this.writesClosed && (operation === 'tpcBegin' || operation === 'appendTransactions'))) throw new ReadOnlyError(operation, this.path);
     if (this.fatal) throw new ZrsError(`${this.path}: writes disabled after a failed fsync`, { cause: this.fatal });
   }
 
@@ -1160,12 +1161,15 @@ export class FileStorage {
       for (const w of this.growthWaiters) w();
       this.growthWaiters = [];
       this.commitsSubject.complete();
-      await this.handle.close();
-      // A sync may still run on the file (the wait above returns once one covers the end).
-      await this.groupSync.close();
-      closeSync(this.fd);
-      this.lock?.release();
-      release();
+      // Each step runs even when one before it fails: the lock must be released whatever happens.
+      await releaseAll([
+        () => this.handle.close(),
+        // A sync may still run on the file (the wait above returns once one covers the end).
+        () => this.groupSync.close(),
+        () => closeSync(this.fd),
+        () => this.lock?.release(),
+        release,
+      ]);
     }
   }
 
@@ -1175,6 +1179,19 @@ export class FileStorage {
     const path = this.path;
     return { open: () => openSync(path, 'r+'), close: (fd) => closeSync(fd) };
   }
+}
+
+/** Run every step in order; then throw the first failure, if any. */
+async function releaseAll(steps: Array<() => unknown>): Promise<void> {
+  let failure: { error: unknown } | null = null;
+  for (const step of steps) {
+    try {
+      await step();
+    } catch (error) {
+      failure ??= { error };
+    }
+  }
+  if (failure) throw failure.error;
 }
 
 /** Bytes of fill to write ahead (OpenOptions.preallocate): by default some with fsync, none without. */

@@ -254,6 +254,22 @@ describe('FileStorage read-only mode and locking', () => {
     expect(third.transactionCount).toBe(4);
     await third.close();
   });
+
+  it('a close whose file handle fails to close still releases the lock, and says why', async () => {
+    const { fs, path } = await fresh();
+    await populate(fs, new Model(), 1);
+    // The handle closes, then reports an error (as a close on a failing disk may).
+    const handle = (fs as unknown as { handle: { close(): Promise<void> } }).handle;
+    const closeHandle = handle.close.bind(handle);
+    handle.close = async () => {
+      await closeHandle();
+      throw new Error('EIO on close');
+    };
+    await expect(fs.close()).rejects.toThrow('EIO on close');
+    const again = await FileStorage.open(path);
+    expect(again.transactionCount).toBe(1);
+    await again.close();
+  });
 });
 
 describe('FileStorage saved index (<path>.zrs-index)', () => {

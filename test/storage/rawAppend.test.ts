@@ -7,7 +7,7 @@ import { copyFile, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CorruptedDataError } from '../../src/errors.js';
+import { CorruptedDataError, ReadOnlyError } from '../../src/errors.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { Z64, tidPlusOne } from '../../src/storage/timestamp.js';
@@ -282,5 +282,21 @@ describe('appendTransactions', () => {
       await expect(target.appendTransactions(Buffer.from(only!.raw!))).rejects.toThrow(/is not after/);
       await target.close();
     });
+  });
+
+  it('is refused once the storage is closed to writes, as a new transaction is', async () => {
+    const dir = await tempDir();
+    const src = await FileStorage.open(join(dir, 'src.fs'), { create: true, fsync: false });
+    const dst = await FileStorage.open(join(dir, 'dst.fs'), { create: true, fsync: false });
+    try {
+      await commitPlan(src, [[1, 2]], 'a');
+      const [t] = await transactions(src);
+      await dst.closeForWrites();
+      await expect(dst.appendTransactions(Buffer.from(t!.raw!))).rejects.toBeInstanceOf(ReadOnlyError);
+      expect(dst.transactionCount).toBe(0);
+    } finally {
+      await src.close();
+      await dst.close();
+    }
   });
 });
