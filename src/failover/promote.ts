@@ -12,6 +12,7 @@ import type { ReplicationAddress, Transport } from '../ports/transport.js';
 import { toAddress } from '../replication/address.js';
 import type { Logger } from '../replication/log.js';
 import { Primary, type PrimaryOptions } from '../replication/primary.js';
+import { checkSyncOptions } from '../replication/primarySync.js';
 import type { ReplicationServer } from '../replication/server.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import { MAX_GENERATION_HISTORY, type GenerationEntry, type PromoteRefusalCode } from '../wire/native.js';
@@ -76,6 +77,16 @@ export function nextGeneration(history: FailoverHistory, startTid: Buffer): Gene
   return { generation: Math.max(history.generations.maxSeen, current?.generation ?? 0) + 1, startTid: Buffer.from(startTid) };
 }
 
+/** The address to serve at (if given); a PromotionRefusedError for an option the new Primary would refuse. */
+function checkPromoteOptions(options: PromoteOptions): ReplicationAddress | null {
+  try {
+    checkSyncOptions(options);
+    return options.replicateTo === undefined ? null : toAddress(options.replicateTo, '127.0.0.1');
+  } catch (err) {
+    throw new PromotionRefusedError(`bad promote option: ${(err as Error).message}`);
+  }
+}
+
 /** Refuse a promotion the upstream's state forbids without `force`; returns the state. */
 function checkUpstreamState(h: PromotionHandle, options: PromoteOptions): string {
   const state = h.upstreamState();
@@ -92,6 +103,8 @@ function checkUpstreamState(h: PromotionHandle, options: PromoteOptions): string
 export async function promoteSecondary(h: PromotionHandle, options: PromoteOptions): Promise<Primary> {
   let state = checkUpstreamState(h, options);
   if (options.replicateTo === undefined && h.serverAddress() === null) throw new PromotionRefusedError('promote needs replicateTo: this secondary does not serve one');
+  // Bad options are refused before detaching, so the secondary keeps replicating.
+  const requested = checkPromoteOptions(options);
   // Refused before detaching, so the secondary keeps replicating.
   const length = h.history.generations.list.length;
   if (length >= MAX_GENERATION_HISTORY) throw new PromotionRefusedError(historyFullMessage(length));
@@ -110,7 +123,7 @@ export async function promoteSecondary(h: PromotionHandle, options: PromoteOptio
   const previous = h.history.generations.current;
   const upstream = h.upstreamAddress();
   const server = await h.detach();
-  const address = server?.address ?? (options.replicateTo === undefined ? null : toAddress(options.replicateTo, '127.0.0.1'));
+  const address = server?.address ?? requested;
   // The last tid after detaching: the transaction in progress was aborted, nothing else is applied.
   const entry = await h.history.startGeneration(h.storage.lastTransaction());
   if (options.claim && entry.generation !== planned.generation) {

@@ -29,6 +29,15 @@ export interface PrimarySyncOptions {
   auditPath?: string | null;
 }
 
+/** The sync options with their defaults; throws RangeError for a bad one. */
+export function checkSyncOptions(options: Pick<PrimarySyncOptions, 'syncReplicas' | 'syncTimeoutMs'>): { syncReplicas: number; syncTimeoutMs: number } {
+  const syncReplicas = options.syncReplicas ?? 0;
+  const syncTimeoutMs = options.syncTimeoutMs ?? DEFAULT_SYNC_TIMEOUT_MS;
+  if (!Number.isInteger(syncReplicas) || syncReplicas < 0) throw new RangeError(`syncReplicas must be a non-negative integer, got ${syncReplicas}`);
+  if (!(syncTimeoutMs > 0) || !Number.isFinite(syncTimeoutMs)) throw new RangeError(`syncTimeoutMs must be a positive number, got ${syncTimeoutMs}`);
+  return { syncReplicas, syncTimeoutMs };
+}
+
 export class PrimarySync {
   private stopAudit: (() => void) | null = null;
   private stopTracking: (() => void) | null = null;
@@ -46,10 +55,7 @@ export class PrimarySync {
   ) {}
 
   static async open(options: PrimarySyncOptions, storage: FileStorage, clock: Clock, log: Logger): Promise<PrimarySync> {
-    const syncReplicas = options.syncReplicas ?? 0;
-    const syncTimeoutMs = options.syncTimeoutMs ?? DEFAULT_SYNC_TIMEOUT_MS;
-    if (!Number.isInteger(syncReplicas) || syncReplicas < 0) throw new RangeError(`syncReplicas must be a non-negative integer, got ${syncReplicas}`);
-    if (!(syncTimeoutMs > 0) || !Number.isFinite(syncTimeoutMs)) throw new RangeError(`syncTimeoutMs must be a positive number, got ${syncTimeoutMs}`);
+    const { syncReplicas, syncTimeoutMs } = checkSyncOptions(options);
     const audit = await openNodeAudit({ dataPath: options.path, auditPath: options.auditPath, node: options.name, clock, log });
     const tracker = new AckTracker({ clock, log, audit });
     const exposed = syncReplicas > 0 ? syncCommitStorage(storage, tracker, syncReplicas, syncTimeoutMs) : storage;

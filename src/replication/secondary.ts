@@ -651,8 +651,20 @@ export class Secondary {
     });
   }
 
-  /** Abort any half-received transaction, stop replicating and serving, close the storage. */
+  /**
+   * Abort any half-received transaction, stop replicating and serving, close
+   * the storage. During a promotion, waits for it to end, and closes the
+   * Primary it opened; after one, the Primary owns the storage (close that).
+   */
   close(): Promise<void> {
+    if (this.promotion) return this.closeAfterPromotion(this.promotion);
+    this.closedPromise ??= this.doClose();
+    return this.closedPromise;
+  }
+
+  private async closeAfterPromotion(promotion: Promise<Primary>): Promise<void> {
+    const primary = await promotion.catch(() => null);
+    if (primary) return primary.close();
     this.closedPromise ??= this.doClose();
     return this.closedPromise;
   }
@@ -667,7 +679,23 @@ export class Secondary {
    * const primary = await secondary.promote();
    * console.log(primary.generation); // { generation: 1, startTid: <last tid> }
    */
-  async promote(options: PromoteOptions = {}): Promise<Primary> {
+  promote(options: PromoteOptions = {}): Promise<Primary> {
+    const promotion = this.doPromote(options);
+    // Only while it runs: a close() then waits for it (see close()).
+    if (this.promotion === null) {
+      this.promotion = promotion;
+      const clear = (): void => {
+        if (this.promotion === promotion) this.promotion = null;
+      };
+      promotion.then(clear, clear);
+    }
+    return promotion;
+  }
+
+  /** The promotion under way, if any. */
+  private promotion: Promise<Primary> | null = null;
+
+  private async doPromote(options: PromoteOptions): Promise<Primary> {
     let primary: Primary;
     try {
       if (this.operation !== null) throw new PromotionRefusedError(`refusing to promote during a ${this.operation}`);

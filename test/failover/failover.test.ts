@@ -13,10 +13,11 @@ import { Primary, type PrimaryOptions } from '../../src/replication/primary.js';
 import { Secondary, type SecondaryOptions } from '../../src/replication/secondary.js';
 import { FailoverHistory } from '../../src/failover/history.js';
 import { rewindStorage } from '../../src/failover/rewind.js';
-import { PromotionRefusedError } from '../../src/failover/promote.js';
+import { PromotionRefusedError, type PromoteOptions } from '../../src/failover/promote.js';
 import { tidFromTime } from '../../src/storage/timestamp.js';
 import { readAuditLog } from '../../src/audit/auditLog.js';
 import { formatAddress } from '../../src/replication/address.js';
+import { requestStatus } from '../../src/replication/statusClient.js';
 import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { FAST_RECONNECT, LogCollector } from '../replication/netHelpers.js';
@@ -357,6 +358,52 @@ describe('failover', () => {
     } finally {
       await secondary.close();
       await primary.close();
+    }
+  });
+
+  it('a promotion with an option the new primary would refuse is refused before the secondary stops', async () => {
+    const dir = await tempDir();
+    const primary = await openPrimary(join(dir, 'p.fs'));
+    const sPath = join(dir, 's.fs');
+    const secondary = await openSecondary(sPath, primary.address);
+    try {
+      await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
+      const bad: PromoteOptions[] = [{ force: true, replicateTo: 'no-port-here' }, { force: true, replicateTo: '127.0.0.1:0', syncReplicas: -1 }, { force: true, replicateTo: '127.0.0.1:0', syncTimeoutMs: 0 }];
+      for (const options of bad) {
+        const promoting = secondary.promote(options);
+        await expect(promoting).rejects.toThrow(PromotionRefusedError);
+        await expect(promoting).rejects.toThrow(/bad promote option/);
+      }
+      // Nothing was started, and the secondary still replicates.
+      expect(generationsFile(sPath).generations.map((g) => g.generation)).toEqual([0]);
+      await waitForTid(secondary, (await commitMany(primary.storage, 1)).at(-1)!);
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+  });
+
+  it('close() during a promotion waits for it and closes the primary it opened', async () => {
+    const dir = await tempDir();
+    const primary = await openPrimary(join(dir, 'p.fs'));
+    const sPath = join(dir, 's.fs');
+    const secondary = await openSecondary(sPath, primary.address);
+    try {
+      await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
+      await primary.close();
+      await waitForState(secondary, 'backoff');
+      const promoting = secondary.promote({ replicateTo: '127.0.0.1:0' });
+      await secondary.close();
+      const promoted = await promoting;
+      // Closed by then: nothing holds the file, nothing listens.
+      const again = await FileStorage.open(sPath);
+      expect(again.transactionCount).toBe(2);
+      await again.close();
+      await expect(requestStatus(promoted.address)).rejects.toThrow();
+      // A close() after the promotion ended leaves the primary to its owner (here already closed).
+      await secondary.close();
+    } finally {
+      await secondary.close();
     }
   });
 
