@@ -20,9 +20,11 @@
 // storage keeps no object per transaction; lookups binary-search the file.
 
 import { closeSync, existsSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readSync, write as fsWrite, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
 import type { Subscription } from 'rxjs';
 import { ZrsError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
+import { syncDirectory } from '../storage/fileio.js';
 import { compareIdsAt } from '../storage/format.js';
 import { tidPlusOne } from '../storage/timestamp.js';
 import type { CommittedTransaction } from '../storage/types.js';
@@ -152,8 +154,9 @@ function countUpTo(at: (i: number) => Entry, count: number, tid: Buffer): number
 }
 
 /** Open (creating) a chain file; drop a torn tail; returns the file and the number of whole, valid entries. */
-function openChainFile(path: string): { file: ChainFile; entries: number } {
-  const fd = openSync(path, existsSync(path) ? 'r+' : 'w+');
+function openChainFile(path: string): { file: ChainFile; entries: number; created: boolean } {
+  const created = !existsSync(path);
+  const fd = openSync(path, created ? 'w+' : 'r+');
   const size = fstatSync(fd).size;
   const head = Buffer.alloc(HEADER_BYTES);
   const known = size >= HEADER_BYTES && readSync(fd, head, 0, HEADER_BYTES, 0) === HEADER_BYTES;
@@ -161,7 +164,7 @@ function openChainFile(path: string): { file: ChainFile; entries: number } {
     // Missing or foreign: start over (links are recomputed from the data file).
     ftruncateSync(fd, 0);
     writeSync(fd, MAGIC, 0, HEADER_BYTES, 0);
-    return { file: { fd, check: mixCheck }, entries: 0 };
+    return { file: { fd, check: mixCheck }, entries: 0, created };
   }
   // An older file keeps its own check, so its entries (some maybe sent by a primary) stay valid.
   const file = { fd, check: head.equals(MAGIC) ? mixCheck : shaCheck };
@@ -169,7 +172,7 @@ function openChainFile(path: string): { file: ChainFile; entries: number } {
   // A torn append: a partial entry, or a whole one whose check fails (zeroed blocks).
   while (entries > 0 && readEntry(file, entries - 1) === null) entries -= 1;
   if (size !== HEADER_BYTES + entries * CHAIN_ENTRY_BYTES) ftruncateSync(fd, HEADER_BYTES + entries * CHAIN_ENTRY_BYTES);
-  return { file, entries };
+  return { file, entries, created };
 }
 
 /**
@@ -257,9 +260,11 @@ export class HashChain {
   /** Open the chain beside `storage`, bring it up to the storage's last durable transaction, follow commits. */
   static async open(storage: FileStorage, options: HashChainOptions = {}): Promise<HashChain> {
     const path = chainPathFor(storage.path);
-    const { file, entries } = openChainFile(path);
+    const { file, entries, created } = openChainFile(path);
     let chain: HashChain;
     try {
+      // A new file's name durable too: links it holds may be ones a primary gave, which cannot be recomputed.
+      if (created && (options.fsync ?? true)) await syncDirectory(dirname(path));
       // Links past the data file's end (the data lost its tail) no longer describe it.
       const keep = countUpTo((i) => readWholeEntry(path, file, i), entries, storage.lastDurableTid);
       if (keep < entries) {
@@ -272,7 +277,12 @@ export class HashChain {
       closeSync(file.fd);
       throw err;
     }
-    await chain.catchUp();
+    try {
+      await chain.catchUp();
+    } catch (err) {
+      await chain.close().catch(() => undefined);
+      throw err;
+    }
     return chain;
   }
 

@@ -70,7 +70,8 @@ export class FailoverHistory {
    * generations starting at or after it, durably.
    */
   async cutTo(forkTid: Buffer): Promise<void> {
-    await this.currentChain.close();
+    // A chain stopped by a write error fails its close; the reopened one is rebuilt from the data file.
+    await this.currentChain.close().catch(() => undefined);
     this.currentChain = await HashChain.open(this.storage, { fsync: this.fsync });
     await this.generations.cutFrom(forkTid);
   }

@@ -10,6 +10,7 @@ import { forkPoint, judgeHistory } from '../../src/failover/divergence.js';
 import { FailoverHistory } from '../../src/failover/history.js';
 import { rewindOpenStorage, rewindStorage } from '../../src/failover/rewind.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
+import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { tidPlusOne } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, Z64 } from '../replication/helpers.js';
@@ -83,6 +84,39 @@ describe('rewinding to a fork tid the storage lacks', () => {
       expect(r.forkTid).toEqual(tids[1]);
       expect(r.cutTids).toEqual([tids[2]]);
       expect(fs.lastTransaction()).toEqual(tids[1]);
+    } finally {
+      await history.close();
+      await fs.close();
+    }
+  });
+
+  it('online, on a storage whose hash chain stopped on a write error: cuts the chain and the generations too', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    let failNext = false;
+    const disk: StorageDisk = {
+      ...nodeDisk,
+      datasync: (fd) => {
+        if (!failNext) return nodeDisk.datasync(fd);
+        failNext = false;
+        return Promise.reject(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
+      },
+    };
+    const fs = await FileStorage.open(path, { create: true, disk });
+    const history = await FailoverHistory.open(fs, { role: 'secondary' });
+    try {
+      failNext = true;
+      // More than a batch of chain entries: the batch's write is synced, and that sync fails.
+      const tids = await commitMany(fs, 600);
+      await expect(history.chain.flush()).rejects.toThrow(/writing the hash chain failed/);
+      await history.adopt({ generation: { generation: 1, startTid: tids[500]! }, generations: [{ generation: 0, startTid: Z64 }, { generation: 1, startTid: tids[500]! }] });
+      const r = await rewindOpenStorage(fs, tids[100]!, { history, withBlobs: false });
+      expect(r.forkTid).toEqual(tids[100]);
+      expect(fs.lastTransaction()).toEqual(tids[100]);
+      expect(history.generations.list.map((g) => g.generation)).toEqual([0]);
+      // The chain was opened again on the shorter file: nothing past the fork, and it works.
+      expect(history.chain.hashAt(tids[200]!)).toBeNull();
+      expect(history.chain.head?.tid).toEqual(tids[100]);
+      await history.chain.flush();
     } finally {
       await history.close();
       await fs.close();
