@@ -86,30 +86,31 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
   const storage = await FileStorage.open(path);
   try {
     const history = await FailoverHistory.open(storage, { role: 'secondary' });
+    // Opened first: an audit log that cannot take the decision stops the promotion before it is made.
+    const audit = auditPath === null ? null : await AuditLog.open(auditPath ?? defaultAuditPath(path), { node: basename(path), continueNode: true, clock: systemClock }).catch(async (err: unknown) => {
+      await history.close();
+      throw err;
+    });
     try {
       const previous = history.generations.current;
       const planned = nextGeneration(history, storage.lastTransaction());
       const entry = await history.startGeneration(storage.lastTransaction());
       if (entry.generation !== planned.generation) throw new Error('bug: generation changed during promote');
-      if (auditPath !== null) {
-        const audit = await AuditLog.open(auditPath ?? defaultAuditPath(path), { node: basename(path), continueNode: true, clock: systemClock });
+      if (audit) {
         audit.generation = entry;
-        try {
-          await audit.decide('promotion', {
-            previousRole: 'secondary',
-            offline: true,
-            previousGeneration: previous?.generation ?? null,
-            newGeneration: entry.generation,
-            startTid: entry.startTid,
-            sessionsKept: 0,
-            requestedBy: 'zrs promote FILE',
-          });
-        } finally {
-          await audit.close();
-        }
+        await audit.decide('promotion', {
+          previousRole: 'secondary',
+          offline: true,
+          previousGeneration: previous?.generation ?? null,
+          newGeneration: entry.generation,
+          startTid: entry.startTid,
+          sessionsKept: 0,
+          requestedBy: 'zrs promote FILE',
+        });
       }
       await io.out(`promoted ${path}: generation ${entry.generation} starts after tid ${entry.startTid.toString('hex')}\n`);
     } finally {
+      await audit?.close();
       await history.close();
     }
   } finally {

@@ -29,6 +29,23 @@ async function run(...argv: string[]) {
 }
 
 describe('zrs promote / zrs rewind', () => {
+  it('an offline promotion whose audit log cannot be opened promotes nothing', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    await commitMany(fs, 2);
+    await fs.close();
+    await writeFile(`${path}.audit`, 'not an audit log at all\n'.repeat(4));
+    for (let i = 0; i < 2; i++) {
+      const r = await run('promote', path);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/audit/i);
+    }
+    expect(existsSync(`${path}.generations`)).toBe(false);
+    // And nothing is left open: the file can be promoted once the log is out of the way.
+    expect((await run('promote', '--audit-log', 'off', path)).code).toBe(0);
+  });
+
   it('promotes offline, then rewinds to a tid', async () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs');
