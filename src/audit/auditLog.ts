@@ -213,7 +213,12 @@ export class AuditLog {
   /** Record a decision; resolves once it (and everything before it) is fsynced. */
   decide(kind: string, details: Record<string, unknown> = {}): Promise<void> {
     if (this.closed) return Promise.reject(new ZrsError(`audit log ${this.path} is closed`));
-    return this.enqueue(kind, details, true);
+    try {
+      return this.enqueue(kind, details, true);
+    } catch (err) {
+      // A record that cannot be encoded (too large, a BigInt): a rejection like any other failure.
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
   }
 
   /** Write and fsync everything recorded so far. */

@@ -154,8 +154,11 @@ async function readGenerationsFile(path: string): Promise<{ entries: GenerationE
   } catch (err) {
     throw new ZrsError(`${path}: not a generation history: ${(err as Error).message}`, { cause: err });
   }
-  if (parsed.version !== FORMAT_VERSION || !Array.isArray(parsed.generations)) throw new ZrsError(`${path}: unsupported generation history format`);
-  const entries = parsed.generations.map((g) => {
+  if (typeof parsed !== 'object' || parsed === null || parsed.version !== FORMAT_VERSION || !Array.isArray(parsed.generations)) {
+    throw new ZrsError(`${path}: unsupported generation history format`);
+  }
+  const entries = parsed.generations.map((g: GenerationsFile['generations'][number] | null) => {
+    if (typeof g !== 'object' || g === null) throw new ZrsError(`${path}: bad generation entry ${JSON.stringify(g)}`);
     if (typeof g.startTid !== 'string' || !/^[0-9a-f]{16}$/.test(g.startTid)) throw new ZrsError(`${path}: bad start tid`);
     return { generation: g.generation, startTid: Buffer.from(g.startTid, 'hex') };
   });

@@ -60,6 +60,24 @@ describe('audit log format', () => {
     expect((await readFile(path)).subarray(0, 8).toString('latin1')).toBe('ZRSAUD1\n');
   });
 
+  it('rejects a decision it cannot encode (never throws), and goes on', async () => {
+    const path = join(await tempDir(), 'a.audit');
+    const audit = await AuditLog.open(path, { node: 'n1', clock: new VirtualClock() });
+    let thrown: unknown = null;
+    let rejected: Promise<void> | null = null;
+    try {
+      rejected = audit.decide('config', { n: 1n });
+    } catch (err) {
+      thrown = err;
+    }
+    expect(thrown).toBeNull();
+    await expect(rejected).rejects.toThrow(/BigInt/);
+    await expect(audit.decide('config', { text: 'x'.repeat(2_000_000) })).rejects.toThrow(/limit/);
+    await audit.decide('config', { change: 'open' });
+    await audit.close();
+    expect((await readAuditLogStrict(path)).map((r) => [r.seq, r.kind])).toEqual([[1, 'config']]);
+  });
+
   it('continues the sequence when reopened', async () => {
     const path = join(await tempDir(), 'a.audit');
     await threeRecords(path);

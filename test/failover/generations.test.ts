@@ -4,7 +4,8 @@
 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { ZrsError } from '../../src/errors.js';
 import { GenerationHistory, generationsPathFor } from '../../src/failover/generations.js';
 import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -51,5 +52,15 @@ describe('GenerationHistory.startNext', () => {
     // One fewer leaves room for exactly one more.
     await g.replace(g.list.slice(0, -1));
     expect((await g.startNext(t(MAX_GENERATION_HISTORY))).generation).toBe(MAX_GENERATION_HISTORY);
+  });
+
+  it('refuses a damaged file with a ZrsError naming it, not a TypeError', async () => {
+    for (const body of ['null', '{"version":1,"generations":[null]}', '{"version":1,"generations":[{"generation":0}]}', '[]']) {
+      const path = join(await tempDir(), 'x.fs');
+      writeFileSync(generationsPathFor(path), body);
+      const opening = GenerationHistory.open(path);
+      await expect(opening).rejects.toBeInstanceOf(ZrsError);
+      await expect(opening).rejects.toThrow(generationsPathFor(path));
+    }
   });
 });
