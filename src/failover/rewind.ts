@@ -25,7 +25,7 @@ import { readU64At, TRAILER_BYTES } from '../storage/format.js';
 import { LockFile } from '../storage/lock.js';
 import { tidPlusOne, Z64 } from '../storage/timestamp.js';
 import { encodeFrame, FrameDecoder } from '../wire/framing.js';
-import { createNativePackr, createNativeUnpackr, decodeNative, encodeNativeFrame, HANDSHAKE_REPLY_MAX_BYTES, nativeProtocolName } from '../wire/native.js';
+import { createNativePackr, createNativeUnpackr, decodeNative, encodeNativeFrame, HANDSHAKE_REPLY_MAX_BYTES, nativeProtocolName, type HelloMessage } from '../wire/native.js';
 import { GenerationHistory } from './generations.js';
 import { truncateChainFile } from './hashChain.js';
 import { FailoverHistory } from './history.js';
@@ -141,6 +141,7 @@ async function saveCut(storage: FileStorage, forkTid: Buffer, withBlobs: boolean
   out.sidePath = await freshPath(`${path}.rewound-${forkTid.toString('hex')}`);
   out.sideBlobDir = storage.blobs && withBlobs ? `${out.sidePath}.blobs` : null;
   const side = await FileStorage.open(out.sidePath, { create: true, blobDir: out.sideBlobDir ?? undefined });
+  let saved = false;
   try {
     for await (const txn of storage.iterator(tidPlusOne(forkTid))) {
       out.cutPos ??= txn.pos;
@@ -160,15 +161,23 @@ async function saveCut(storage: FileStorage, forkTid: Buffer, withBlobs: boolean
       await side.tpcVote(meta);
       await side.tpcFinish(meta);
     }
+    saved = true;
   } finally {
     await side.close();
     // The side file is an archive that nothing holds open: only it (and its blobs) stay beside the data file.
     await removeIndex(out.sidePath);
+    // A side file that does not hold the whole cut would pass for its archive: nothing was cut, so it goes.
+    if (!saved) await removeSide(out);
     await rm(`${out.sidePath}.lock`, { force: true });
   }
   // Its name is durable before the transactions it keeps are cut from the data file.
   await syncDirectory(dirname(out.sidePath));
   return out;
+}
+
+async function removeSide(cut: SavedCut): Promise<void> {
+  if (cut.sidePath) await rm(cut.sidePath, { force: true });
+  if (cut.sideBlobDir) await rm(cut.sideBlobDir, { recursive: true, force: true });
 }
 
 /** What an online rewind needs besides the open storage. */
@@ -278,8 +287,12 @@ async function freshPath(base: string): Promise<string> {
 export async function askForkTid(storage: FileStorage, address: ReplicationAddress, options: { transport?: Transport; clock?: Clock; timeoutMs?: number }): Promise<Buffer | null> {
   const history = await FailoverHistory.open(storage, { role: 'secondary' });
   const start = storage.lastTransaction();
-  const hello = { type: 'hello' as const, startTid: start, ...history.helloFields(start), options: { blobs: storage.blobs !== null } };
-  await history.close();
+  let hello: HelloMessage;
+  try {
+    hello = { type: 'hello', startTid: start, ...history.helloFields(start), options: { blobs: storage.blobs !== null } };
+  } finally {
+    await history.close();
+  }
   const stream = await (options.transport ?? socketTransport).connect(address);
   const timeoutMs = options.timeoutMs ?? 10_000;
   const clock = options.clock ?? systemClock;

@@ -4,8 +4,9 @@
 // failover simulation property (b), as a node that rewind could not repair:
 // the fork named a tid its storage lacked, or kept a refused generation.
 
-import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { readdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { forkPoint, judgeHistory } from '../../src/failover/divergence.js';
 import { FailoverHistory } from '../../src/failover/history.js';
 import { rewindOpenStorage, rewindStorage } from '../../src/failover/rewind.js';
@@ -118,6 +119,27 @@ describe('rewinding to a fork tid the storage lacks', () => {
       expect(history.chain.head?.tid).toEqual(tids[100]);
       await history.chain.flush();
     } finally {
+      await history.close();
+      await fs.close();
+    }
+  });
+
+  it('a rewind that fails while saving the cut leaves no partial side file, and cuts nothing', async () => {
+    const { fs, tids, path } = await storageWith(4);
+    const history = await FailoverHistory.open(fs, { role: 'secondary', fsync: false });
+    const finish = FileStorage.prototype.tpcFinish;
+    let sideCommits = 0;
+    const spy = vi.spyOn(FileStorage.prototype, 'tpcFinish').mockImplementation(async function (this: FileStorage, ...args) {
+      if (this.path.includes('.rewound-') && ++sideCommits === 2) throw new Error('disk full');
+      return finish.apply(this, args);
+    });
+    try {
+      await expect(rewindOpenStorage(fs, tids[0]!, { history, withBlobs: false })).rejects.toThrow('disk full');
+      spy.mockRestore();
+      expect(readdirSync(dirname(path)).filter((f) => f.includes('.rewound-'))).toEqual([]);
+      expect(fs.lastTransaction()).toEqual(tids[3]);
+    } finally {
+      spy.mockRestore();
       await history.close();
       await fs.close();
     }
