@@ -11,10 +11,11 @@
 
 import { crc32 } from 'node:zlib';
 import { open, type FileHandle } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { AuditLogDamagedError, ZrsError } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import { silentLogger, type Logger } from '../replication/log.js';
-import { openFileToRead } from '../storage/fileio.js';
+import { openFileToRead, syncDirectory } from '../storage/fileio.js';
 
 /** The 8 bytes every audit log starts with. */
 export const AUDIT_MAGIC = Buffer.from('ZRSAUD1\n', 'latin1');
@@ -153,7 +154,8 @@ export class AuditLog {
    * that is not an audit log at all is refused (AuditLogDamagedError).
    */
   static async open(path: string, options: AuditLogOptions): Promise<AuditLog> {
-    const read = await readAuditLog(path).catch((err: NodeJS.ErrnoException) => {
+    // Only the last record is kept: a long log is read through, not held.
+    const read = await scanAuditLog(path, () => undefined).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') return null;
       throw err;
     });
@@ -166,9 +168,11 @@ export class AuditLog {
       if (end === 0) {
         await handle.write(AUDIT_MAGIC, 0, AUDIT_MAGIC.length, 0);
         await handle.sync();
+        // The new file's name too: a decision acknowledged as durable must not vanish with its file.
+        await syncDirectory(dirname(path));
         end = AUDIT_MAGIC.length;
       }
-      const last = read?.records.at(-1);
+      const last = read?.last;
       const node = options.continueNode && last ? last.node : options.node;
       const audit = new AuditLog(path, handle, last?.seq ?? 0, end, { ...options, node });
       if (read?.damage) await audit.cutDamagedTail(read.damage);
@@ -180,16 +184,23 @@ export class AuditLog {
   }
 
   private async cutDamagedTail(damage: AuditDamage): Promise<void> {
-    const tail = Buffer.alloc(damage.bytes);
-    await this.handle.read(tail, 0, tail.length, damage.offset);
     const savedTo = `${this.path}.damaged-${damage.offset}`;
     const side = await open(savedTo, 'w');
     try {
-      await side.write(tail);
+      // In chunks: a damaged tail can be as large as the file.
+      const chunk = Buffer.alloc(Math.min(READ_CHUNK_BYTES, damage.bytes));
+      for (let done = 0; done < damage.bytes; ) {
+        const { bytesRead } = await this.handle.read(chunk, 0, Math.min(chunk.length, damage.bytes - done), damage.offset + done);
+        if (bytesRead === 0) break;
+        await side.write(chunk, 0, bytesRead, done);
+        done += bytesRead;
+      }
       await side.sync();
     } finally {
       await side.close();
     }
+    // The saved bytes are durable under their name before they are cut from the log.
+    await syncDirectory(dirname(savedTo));
     await this.handle.truncate(damage.offset);
     this.end = damage.offset;
     this.log('warn', `audit log ${this.path} had a damaged tail at offset ${damage.offset}: ${damage.reason}; saved to ${savedTo}`);
@@ -307,17 +318,26 @@ export class AuditLog {
  * offset: the caller reports it, nothing is skipped silently.
  */
 export async function readAuditLog(path: string): Promise<AuditReadResult> {
+  const records: AuditRecord[] = [];
+  const { damage, size } = await scanAuditLog(path, (r) => records.push(r));
+  return { path, records, damage, size };
+}
+
+/** What a scan of an audit log found besides its records: its damage, its size and its last record. */
+interface AuditScan {
+  damage: AuditDamage | null;
+  size: number;
+  last: AuditRecord | null;
+}
+
+/** Read an audit log record by record, handing each to `take` (so a caller need not hold them all). */
+async function scanAuditLog(path: string, take: (record: AuditRecord) => void): Promise<AuditScan> {
   const handle = await openFileToRead(path);
   try {
     const size = (await handle.stat()).size;
-    const records: AuditRecord[] = [];
-    const damaged = (offset: number, reason: string): AuditReadResult => ({
-      path,
-      records,
-      damage: { offset, reason, bytes: size - offset },
-      size,
-    });
-    if (size === 0) return { path, records, damage: null, size };
+    let last: AuditRecord | null = null;
+    const damaged = (offset: number, reason: string): AuditScan => ({ damage: { offset, reason, bytes: size - offset }, size, last });
+    if (size === 0) return { damage: null, size, last };
     const magic = Buffer.alloc(AUDIT_MAGIC.length);
     const { bytesRead } = await handle.read(magic, 0, magic.length, 0);
     if (bytesRead < magic.length || !magic.equals(AUDIT_MAGIC)) {
@@ -354,12 +374,13 @@ export async function readAuditLog(path: string): Promise<AuditReadResult> {
       if ((crc32(payload, crc32(lengthBytes)) >>> 0) !== sum) return damaged(pos, 'checksum mismatch');
       const record = parseRecord(payload, pos);
       if (typeof record === 'string') return damaged(pos, record);
-      const expected = (records.at(-1)?.seq ?? record.seq - 1) + 1;
+      const expected = (last?.seq ?? record.seq - 1) + 1;
       if (record.seq !== expected) return damaged(pos, `sequence gap: record ${record.seq} follows ${expected - 1}`);
-      records.push(record);
+      take(record);
+      last = record;
       pos += AUDIT_RECORD_HEADER_BYTES + length;
     }
-    return { path, records, damage: null, size };
+    return { damage: null, size, last };
   } finally {
     await handle.close();
   }

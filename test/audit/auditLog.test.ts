@@ -142,6 +142,22 @@ describe('audit log format', () => {
     expect((await readFile(`${path}.damaged-${cut}`)).length).toBe(size - 1 - cut);
   });
 
+  it('saves a damaged tail larger than its read chunk byte for byte', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'a.audit');
+    await threeRecords(path);
+    const intact = await readFile(path);
+    // A megabyte of noise after the records (a damaged length makes the rest unreadable).
+    const noise = Buffer.alloc(1 << 20);
+    for (let i = 0; i < noise.length; i++) noise[i] = (i * 131 + 7) & 0xff;
+    noise.writeUInt32BE(0xffffffff, 0);
+    await writeFile(path, Buffer.concat([intact, noise]));
+    const audit = await AuditLog.open(path, { node: 'n1', clock: new VirtualClock() });
+    await audit.close();
+    expect((await readFile(`${path}.damaged-${intact.length}`)).equals(noise)).toBe(true);
+    expect((await readAuditLogStrict(path)).map((r) => r.kind)).toEqual(['transition', 'connection', 'sync-timeout', 'audit-damage']);
+  });
+
   it('refuses to append to a file that is not an audit log', async () => {
     const path = join(await tempDir(), 'not.audit');
     await writeFile(path, 'hello world, not an audit log');
