@@ -846,7 +846,17 @@ export class Secondary {
    * @example
    * secondary.status$.pipe(filter((s) => s.kind === 'diverged')).subscribe(() => void secondary.rewind());
    */
-  async rewind(): Promise<RewindResult> {
+  rewind(): Promise<RewindResult> {
+    const rewinding = this.doRewind();
+    // A close() waits for it to end (see doClose).
+    this.rewindEnded = Promise.all([this.rewindEnded, rewinding.catch(() => undefined)]).then(() => undefined);
+    return rewinding;
+  }
+
+  /** Settles when every rewind() called so far has ended, its audit record included. */
+  private rewindEnded: Promise<void> = Promise.resolve();
+
+  private async doRewind(): Promise<RewindResult> {
     const snap = this.actor.getSnapshot();
     const divergence = this.divergence;
     if (this.closedPromise) throw new ZrsError('the secondary is closed');
@@ -912,6 +922,8 @@ export class Secondary {
   }
 
   private async doClose(): Promise<void> {
+    // A rewind under way finishes first: its cut, chain and generations end together.
+    await this.rewindEnded;
     await this.stopReplicating();
     await this.server?.close();
     await this.closeAudit('close');

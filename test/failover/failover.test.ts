@@ -488,6 +488,44 @@ describe('failover', () => {
     }
   });
 
+  it('close() during an online rewind waits for it: the rewind has ended and the files agree when close() resolves', async () => {
+    const dir = await tempDir();
+    const aPath = join(dir, 'a.fs');
+    const old = await openPrimary(aPath);
+    const b = await openSecondary(join(dir, 'b.fs'), old.address, { replicateTo: '127.0.0.1:0' });
+    const shared = await commitMany(old.storage, 3);
+    await waitForTid(b, shared.at(-1)!);
+    b.setReplicationAddress(NOWHERE);
+    await commitMany(old.storage, 20); // lost with the old primary
+    await old.close();
+    const promoted = await b.promote();
+    const a = await openSecondary(aPath, promoted.address);
+    try {
+      await waitForState(a, 'diverged');
+      let outcome: string | null = null;
+      const rewinding = a.rewind().then(
+        (r) => (outcome = `cut ${r.cutTids.length}`),
+        (err: Error) => (outcome = err.message),
+      );
+      await a.close();
+      expect(outcome).toBe('cut 20');
+      await rewinding;
+      // Reopened, the storage, its chain and its generations all end at the fork.
+      const fs = await FileStorage.open(aPath);
+      const history = await FailoverHistory.open(fs, { role: 'secondary', fsync: false });
+      try {
+        expect(fs.lastTransaction()).toEqual(shared.at(-1));
+        expect(history.chain.head?.tid).toEqual(shared.at(-1));
+      } finally {
+        await history.close();
+        await fs.close();
+      }
+    } finally {
+      await a.close();
+      await promoted.close();
+    }
+  });
+
   it('a promotion that fails after the secondary stopped replicating (the new primary cannot listen) releases the storage', async () => {
     const dir = await tempDir();
     const primary = await openPrimary(join(dir, 'p.fs'));
