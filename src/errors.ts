@@ -212,3 +212,20 @@ export class DivergedHistoryError extends ZrsError {
     super(`diverged history: ${reason} (fork at tid 0x${hex(forkTid)}, local 0x${hex(localTid)}, remote 0x${hex(remoteTid)})`, options);
   }
 }
+
+/**
+ * Run every step in order, also after one fails, then throw the first
+ * failure (closing: a step that fails must not leave the later ones, such as
+ * releasing a lock, undone).
+ */
+export async function runEach(steps: ReadonlyArray<() => unknown>): Promise<void> {
+  let failure: { error: unknown } | null = null;
+  for (const step of steps) {
+    try {
+      await step();
+    } catch (error) {
+      failure ??= { error };
+    }
+  }
+  if (failure) throw failure.error;
+}

@@ -3,6 +3,7 @@
 // Closing stops accepting, refuses new writes, drains to connected
 // secondaries, then closes the storage.
 
+import { runEach } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import type { ReplicationAddress, Transport } from '../ports/transport.js';
 import { FileStorage } from '../storage/FileStorage.js';
@@ -144,10 +145,8 @@ export class Primary {
       await sync.attach(server, { generation: () => primary.generation, address: formatAddress(server.address), promotion });
       return primary;
     } catch (err) {
-      await sync?.close();
-      await edges?.close();
-      if (!options.history) await history?.close();
-      if (!options.storage) await storage.close();
+      // The first failure is the one to report; every step runs regardless.
+      await runEach([() => sync?.close(), () => edges?.close(), () => (options.history ? undefined : history?.close()), () => (options.storage ? undefined : storage.close())]).catch(() => undefined);
       throw err;
     }
   }
@@ -207,12 +206,14 @@ export class Primary {
 
   /** Refuse new writes, send every committed transaction to connected secondaries, close. */
   async close(): Promise<void> {
-    await this.storage.closeForWrites();
-    await this.server.close();
-    await this.sync?.close();
-    await this.edges.close();
-    await this.storage.close();
-    await this.failover?.close();
+    await runEach([
+      () => this.storage.closeForWrites(),
+      () => this.server.close(),
+      () => this.sync?.close(),
+      () => this.edges.close(),
+      () => this.storage.close(),
+      () => this.failover?.close(),
+    ]);
   }
 
   /** The current generation of this primary's history. */

@@ -7,7 +7,7 @@ import { Subject, type Observable } from 'rxjs';
 import { createActor, fromCallback, fromPromise, type ActorRefFrom } from 'xstate';
 import type { ProtocolSpec } from '../../machines/handshake.js';
 import { secondaryConnectionMachine } from '../../machines/secondaryConnection.js';
-import { ChecksumMismatchError, FrameTooLargeError, ReadOnlyError, ZrsError } from '../errors.js';
+import { ChecksumMismatchError, FrameTooLargeError, ReadOnlyError, runEach, ZrsError } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import { seededRandom, type Random } from '../ports/random.js';
 import type { ByteStream, ReplicationAddress, Transport } from '../ports/transport.js';
@@ -312,10 +312,8 @@ export class Secondary {
         });
       }
     } catch (err) {
-      await s.audit?.close();
-      await s.failover?.close();
-      await s.edges?.close();
-      await inner.close();
+      // The first failure is the one to report; every step runs regardless.
+      await runEach([() => s.audit?.close(), () => s.failover?.close(), () => s.edges?.close(), () => inner.close()]).catch(() => undefined);
       throw err;
     }
     s.startAudit();
@@ -924,14 +922,16 @@ export class Secondary {
   private async doClose(): Promise<void> {
     // A rewind under way finishes first: its cut, chain and generations end together.
     await this.rewindEnded;
-    await this.stopReplicating();
-    await this.server?.close();
-    await this.closeAudit('close');
-    await this.edges?.close();
-    await this.inner.close();
-    await this.failover?.close();
-    this.statusSubject.complete();
-    this.promotedSubject.complete();
+    await runEach([
+      () => this.stopReplicating(),
+      () => this.server?.close(),
+      () => this.closeAudit('close'),
+      () => this.edges?.close(),
+      () => this.inner.close(),
+      () => this.failover?.close(),
+      () => this.statusSubject.complete(),
+      () => this.promotedSubject.complete(),
+    ]);
   }
 }
 

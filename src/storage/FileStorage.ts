@@ -19,6 +19,7 @@ import {
   StorageWriteError,
   StorageTransactionError,
   ZrsError,
+  runEach,
 } from '../errors.js';
 import { dumps, loads, type PickleValue } from '../wire/pickle.js';
 import {
@@ -1162,7 +1163,7 @@ export class FileStorage {
       this.growthWaiters = [];
       this.commitsSubject.complete();
       // Each step runs even when one before it fails: the lock must be released whatever happens.
-      await releaseAll([
+      await runEach([
         () => this.handle.close(),
         // A sync may still run on the file (the wait above returns once one covers the end).
         () => this.groupSync.close(),
@@ -1179,19 +1180,6 @@ export class FileStorage {
     const path = this.path;
     return { open: () => openSync(path, 'r+'), close: (fd) => closeSync(fd) };
   }
-}
-
-/** Run every step in order; then throw the first failure, if any. */
-async function releaseAll(steps: Array<() => unknown>): Promise<void> {
-  let failure: { error: unknown } | null = null;
-  for (const step of steps) {
-    try {
-      await step();
-    } catch (error) {
-      failure ??= { error };
-    }
-  }
-  if (failure) throw failure.error;
 }
 
 /** Bytes of fill to write ahead (OpenOptions.preallocate): by default some with fsync, none without. */

@@ -16,7 +16,8 @@ import { Secondary } from '../../src/replication/secondary.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, waitForTid } from './helpers.js';
-import { FAST_RECONNECT, FramedSocket, LogCollector, settleUntil } from './netHelpers.js';
+import { FAST_RECONNECT, FramedSocket, LogCollector, openFdCount, settleUntil } from './netHelpers.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
 
 afterAll(cleanupTempDirs);
 
@@ -163,5 +164,25 @@ describe('closing a primary whose peer does not cooperate', () => {
       await primary.close();
     }
   });
-});
 
+  it('a storage whose close fails still has its hash chain and everything else closed, and the failure is reported', async () => {
+    const baseline = openFdCount();
+    const dir = await tempDir();
+    const storage = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), storage, replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const secondaryPath = join(dir, 's.fs');
+    const secondary = await Secondary.open({ path: secondaryPath, replicateFrom: primary.address, fsync: false, auditPath: null, reconnect: FAST_RECONNECT });
+    await waitForTid(secondary, (await commitMany(storage, 2)).at(-1)!);
+    for (const fs of [storage, (secondary as unknown as { inner: FileStorage }).inner]) {
+      const close = fs.close.bind(fs);
+      fs.close = async () => {
+        await close();
+        throw new Error('EIO on close');
+      };
+    }
+    await expect(primary.close()).rejects.toThrow('EIO on close');
+    await expect(secondary.close()).rejects.toThrow('EIO on close');
+    // Every file the nodes opened (data, lock, chain) is closed.
+    await settleUntil(() => openFdCount() <= baseline);
+  });
+});
