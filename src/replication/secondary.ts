@@ -825,6 +825,7 @@ export class Secondary {
     const local = this.inner.lastTransaction();
     const err = new DivergedHistoryError(forkTid ?? Buffer.alloc(8), local, primaryLastTid ?? null, reason);
     this.divergence = err;
+    this.divergedAtUnknownFork = forkTid === undefined;
     this.log('error', `DIVERGED: this secondary holds history its primary never had; replication stopped until an explicit rewind (rewindStorage / zrs rewind): ${err.message}`, {
       error: err.name,
       forkTid: err.forkTid.toString('hex'),
@@ -851,6 +852,9 @@ export class Secondary {
     return rewinding;
   }
 
+  /** The last diverged refusal named no fork tid (its DivergedHistoryError says 8 zero bytes). */
+  private divergedAtUnknownFork = false;
+
   /** Settles when every rewind() called so far has ended, its audit record included. */
   private rewindEnded: Promise<void> = Promise.resolve();
 
@@ -862,6 +866,10 @@ export class Secondary {
       throw new ZrsError(`rewind() needs a secondary its primary refused as diverged; this one is ${stateName(snap.value)}`);
     }
     if (this.operation !== null) throw new ZrsError(`rewind() refused during a ${this.operation}`);
+    // Not read as "nothing in common": that would cut the whole storage.
+    if (this.divergedAtUnknownFork) {
+      throw new ZrsError('rewind() refused: the primary said diverged but named no fork tid; rewind offline to a tid you choose (rewindStorage toCommonWith: tid; zrs rewind --to-tid)');
+    }
     const address = formatAddress(snap.context.address as ReplicationAddress);
     this.operation = 'rewind';
     let result: RewindResult;

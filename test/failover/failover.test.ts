@@ -3,7 +3,7 @@
 // primary as diverged (no retry loop), rewind it into a side file, rejoin and
 // converge; equal tids with different contents are caught.
 
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -20,7 +20,8 @@ import { formatAddress } from '../../src/replication/address.js';
 import { requestStatus } from '../../src/replication/statusClient.js';
 import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { FAST_RECONNECT, LogCollector } from '../replication/netHelpers.js';
+import { FakeServer, FAST_RECONNECT, LogCollector } from '../replication/netHelpers.js';
+import { createNativePackr, encodeNative } from '../../src/wire/native.js';
 import { allTransactions, commitMany, expectSameHistory, waitForTid, Z64 } from '../replication/helpers.js';
 
 afterAll(cleanupTempDirs);
@@ -486,6 +487,30 @@ describe('failover', () => {
       await a.close();
       await promoted.close();
     }
+  });
+
+  it('an online rewind is refused when the diverged refusal names no fork tid (it would cut everything)', async () => {
+    const dir = await tempDir();
+    const sPath = join(dir, 's.fs');
+    const fs = await FileStorage.open(sPath, { create: true, fsync: false });
+    await commitMany(fs, 3);
+    await fs.close();
+    const before = readFileSync(sPath);
+    const fake = await FakeServer.start((c) => {
+      void c.frame(1).then(() => {
+        c.send(encodeNative({ type: 'refuse', code: 'diverged', message: 'your history is not mine' }, createNativePackr()));
+      }, () => undefined);
+    });
+    const s = await openSecondary(sPath, fake.address, { reconnect: { initialMs: 60_000, maxMs: 60_000 } });
+    try {
+      await waitForState(s, 'diverged');
+      await expect(s.rewind()).rejects.toThrow(/named no fork tid/);
+      expect(readdirSync(dir).filter((f) => f.includes('.rewound-'))).toEqual([]);
+    } finally {
+      await s.close();
+      await fake.close();
+    }
+    expect(readFileSync(sPath).subarray(0, before.length).equals(before)).toBe(true);
   });
 
   it('close() during an online rewind waits for it: the rewind has ended and the files agree when close() resolves', async () => {
