@@ -522,14 +522,18 @@ export class HashChain {
   samples(alsoAt: readonly Buffer[] = [], max = MAX_CHAIN_SAMPLES): ChainHead[] {
     const n = this.length;
     const indexes = new Set<number>();
-    for (let step = 0; n - 1 - step >= 0 && indexes.size < max - alsoAt.length - 1; step = step === 0 ? 1 : step * 2) indexes.add(n - 1 - step);
+    // However many tids are asked for, up to half the samples still step back from the head.
+    const steps = Math.max(max - alsoAt.length - 1, Math.floor(max / 2));
+    for (let step = 0; n - 1 - step >= 0 && indexes.size < steps; step = step === 0 ? 1 : step * 2) indexes.add(n - 1 - step);
     if (n > 0) indexes.add(0);
     const out: ChainHead[] = [...indexes].map((i) => this.entryAt(i)).map((e) => ({ tid: Buffer.from(e.tid), hash: Buffer.from(e.hash) }));
-    for (const tid of alsoAt) {
+    // The asked-for tids fill what is left, newest first (the steps and the first transaction stay: forkPoint relies on the first).
+    for (const tid of [...alsoAt].sort((a, b) => Buffer.compare(b, a))) {
+      if (out.length >= max) break;
       const hash = this.hashAt(tid);
       if (hash && !out.some((s) => s.tid.equals(tid))) out.push({ tid: Buffer.from(tid), hash });
     }
-    return out.sort((a, b) => Buffer.compare(b.tid, a.tid)).slice(0, max);
+    return out.sort((a, b) => Buffer.compare(b.tid, a.tid));
   }
 
   /** Stop following commits, write what is pending, close the file. */

@@ -9,7 +9,7 @@ import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { tidPlusOne } from '../../src/storage/timestamp.js';
-import { CHAIN_ENTRY_BYTES, CHAIN_ORIGIN, HashChain, RunLinks, chainLink, chainPathFor, contentAt, linkOfStored, linksOfRun, truncateChainFile } from '../../src/failover/hashChain.js';
+import { CHAIN_ENTRY_BYTES, CHAIN_ORIGIN, HashChain, MAX_CHAIN_SAMPLES, RunLinks, chainLink, chainPathFor, contentAt, linkOfStored, linksOfRun, truncateChainFile } from '../../src/failover/hashChain.js';
 import { judgeHistory } from '../../src/failover/divergence.js';
 import { GenerationHistory } from '../../src/failover/generations.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -23,6 +23,27 @@ async function linksOf(chain: HashChain, tids: Buffer[]): Promise<string[]> {
 }
 
 describe('HashChain', () => {
+  it('samples keep the first transaction and the steps back from the head, however many tids are asked for', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    const chain = await HashChain.open(fs);
+    try {
+      const tids = await commitMany(fs, 300);
+      await chain.flush();
+      // A history of 100 generations, each starting at one of the newer transactions.
+      const starts = tids.slice(150, 250);
+      const samples = chain.samples(starts);
+      const sampled = samples.map((s) => s.tid.toString('hex'));
+      expect(samples.length).toBeLessThanOrEqual(MAX_CHAIN_SAMPLES);
+      expect(sampled).toContain(tids[0]!.toString('hex'));
+      for (const back of [0, 1, 2, 4, 8, 16, 32, 64, 128]) expect(sampled).toContain(tids[299 - back]!.toString('hex'));
+      expect(samples.every((s) => chain.hashAt(s.tid)!.equals(s.hash))).toBe(true);
+      expect(sampled).toEqual([...sampled].sort().reverse());
+    } finally {
+      await chain.close();
+      await fs.close();
+    }
+  });
+
   it('follows commits and is the same after reopen, recompute and pack', async () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs');
