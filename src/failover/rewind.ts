@@ -22,7 +22,6 @@ import { isBlobRecord } from '../storage/blobs.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import { removeIndex } from '../storage/indexFile.js';
 import { readU64At, TRAILER_BYTES } from '../storage/format.js';
-import { LockFile } from '../storage/lock.js';
 import { tidPlusOne, Z64 } from '../storage/timestamp.js';
 import { encodeFrame, FrameDecoder } from '../wire/framing.js';
 import { createNativePackr, createNativeUnpackr, decodeNative, encodeNativeFrame, HANDSHAKE_REPLY_MAX_BYTES, nativeProtocolName, type HelloMessage } from '../wire/native.js';
@@ -71,31 +70,38 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
   // The primary to ask, or null for a given tid; a bad address is refused before the storage is opened.
   const primary = Buffer.isBuffer(options.toCommonWith) ? null : connectAddress(options.toCommonWith);
   const storage = await FileStorage.open(path, { blobDir: options.blobDir });
-  let forkTid: Buffer | null;
-  let cut: SavedCut = { sidePath: null, sideBlobDir: null, cutTids: [], cutBlobs: [], cutPos: null };
+  // Held from the first read to the last file cut: no node can open the storage in between.
+  const lock = storage.takeLock();
   try {
-    forkTid = primary === null ? Buffer.from(options.toCommonWith as Buffer) : await askForkTid(storage, primary, options);
+    let forkTid: Buffer | null;
+    let cut: SavedCut;
+    const last = storage.lastTransaction();
+    try {
+      forkTid = primary === null ? Buffer.from(options.toCommonWith as Buffer) : await askForkTid(storage, primary, options);
+      if (forkTid !== null) {
+        forkTid = keptTid(storage, forkTid, primary === null);
+        cut = await saveCut(storage, forkTid, options.blobDir !== undefined);
+      } else cut = { sidePath: null, sideBlobDir: null, cutTids: [], cutBlobs: [], cutPos: null };
+    } finally {
+      await storage.close();
+    }
     if (forkTid === null) {
       // The primary accepts this storage as it is: nothing to cut.
-      const kept = storage.lastTransaction();
-      await storage.close();
-      const none = { forkTid: kept, cutTids: [], sidePath: null, sideBlobDir: null, blobsCut: 0 };
+      const none = { forkTid: last, cutTids: [], sidePath: null, sideBlobDir: null, blobsCut: 0 };
       await recordRewind(path, options, primary, none);
       return none;
     }
-    forkTid = keptTid(storage, forkTid, primary === null);
-    cut = await saveCut(storage, forkTid, options.blobDir !== undefined);
+    if (cut.cutPos !== null) await truncateDataFile(path, cut.cutPos);
+    for (const blob of cut.cutBlobs) await rm(blob, { force: true });
+    truncateChainFile(path, forkTid);
+    const generations = await GenerationHistory.open(path);
+    await generations.cutFrom(forkTid);
+    const result = { forkTid, cutTids: cut.cutTids, sidePath: cut.sidePath, sideBlobDir: cut.sideBlobDir, blobsCut: cut.cutBlobs.length };
+    await recordRewind(path, options, primary, result, generations.current);
+    return result;
   } finally {
-    await storage.close();
+    lock?.release();
   }
-  if (cut.cutPos !== null) await truncateDataFile(path, cut.cutPos);
-  for (const blob of cut.cutBlobs) await rm(blob, { force: true });
-  truncateChainFile(path, forkTid);
-  const generations = await GenerationHistory.open(path);
-  await generations.cutFrom(forkTid);
-  const result = { forkTid, cutTids: cut.cutTids, sidePath: cut.sidePath, sideBlobDir: cut.sideBlobDir, blobsCut: cut.cutBlobs.length };
-  await recordRewind(path, options, primary, result, generations.current);
-  return result;
 }
 
 interface SavedCut {
@@ -253,20 +259,16 @@ async function recordRewind(path: string, options: RewindOptions, primary: Repli
   }
 }
 
+/** Cut the data file at `pos` (the caller holds its lock) and drop its saved index. */
 async function truncateDataFile(path: string, pos: number): Promise<void> {
-  const lock = LockFile.acquire(`${path}.lock`);
+  const h = await openFile(path, 'r+');
   try {
-    const h = await openFile(path, 'r+');
-    try {
-      await h.truncate(pos);
-      await h.sync();
-    } finally {
-      await h.close();
-    }
-    await removeIndex(path);
+    await h.truncate(pos);
+    await h.sync();
   } finally {
-    lock.release();
+    await h.close();
   }
+  await removeIndex(path);
 }
 
 async function freshPath(base: string): Promise<string> {

@@ -255,7 +255,7 @@ export class FileStorage {
     readonly path: string,
     private fd: number,
     private handle: FileHandle,
-    private readonly lock: LockFile | null,
+    private lock: LockFile | null,
     private state: ScanState,
     /** End of the committed transactions: where the next one is written. */
     private end: number,
@@ -1044,6 +1044,17 @@ export class FileStorage {
   /** Whether close() was called. */
   get isClosed(): boolean {
     return this.closed;
+  }
+
+  /**
+   * Hand the file's lock (`<path>.lock`) to the caller: close() leaves it
+   * held, and the caller releases it once done with the file (an offline
+   * operation that goes on after closing). Null for a read-only storage. @internal
+   */
+  takeLock(): LockFile | null {
+    const lock = this.lock;
+    this.lock = null;
+    return lock;
   }
 
   /** Wait for the commit lock: used by pack and other whole-file operations. @internal */

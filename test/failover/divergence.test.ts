@@ -9,6 +9,7 @@ import { dirname, join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { forkPoint, judgeHistory } from '../../src/failover/divergence.js';
 import { FailoverHistory } from '../../src/failover/history.js';
+import { GenerationHistory } from '../../src/failover/generations.js';
 import { rewindOpenStorage, rewindStorage } from '../../src/failover/rewind.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
@@ -156,6 +157,35 @@ describe('rewinding to a fork tid the storage lacks', () => {
       await history.close();
       await fs.close();
     }
+  });
+
+  it('offline: the storage stays locked from its first read to the last file cut, and is free after', async () => {
+    const { fs, tids, path } = await storageWith(4);
+    await fs.close();
+    const attempts: string[] = [];
+    const tryOpen = async (): Promise<void> => {
+      const other = await FileStorage.open(path).catch((err: Error) => err);
+      if (other instanceof FileStorage) {
+        await other.close();
+        attempts.push('opened');
+      } else attempts.push(other.name);
+    };
+    // Each later step of the rewind tries to open the storage as a node starting then would.
+    const generationsOpen = GenerationHistory.open.bind(GenerationHistory);
+    const spy = vi.spyOn(GenerationHistory, 'open').mockImplementation(async (p: string) => {
+      await tryOpen();
+      return generationsOpen(p);
+    });
+    try {
+      const r = await rewindStorage(path, { toCommonWith: tids[1]!, auditPath: null });
+      expect(r.cutTids).toEqual(tids.slice(2));
+    } finally {
+      spy.mockRestore();
+    }
+    expect(attempts).toEqual(['LockedError']);
+    const after = await FileStorage.open(path);
+    expect(after.lastTransaction()).toEqual(tids[1]);
+    await after.close();
   });
 
   it('an explicit tid must be a transaction of the storage', async () => {
