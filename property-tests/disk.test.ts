@@ -6,10 +6,14 @@
 // time; a crash while syncs are under way leaves a torn tail, and the node
 // restarts from what was durable.
 
-import { statSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { StorageWriteError } from '../src/errors.js';
 import { SimCluster } from '../src/sim/index.js';
+import { VirtualClock } from '../src/sim/clock.js';
+import { SimDisk } from '../src/sim/disk.js';
 import { Z64 } from '../src/storage/timestamp.js';
 
 let cluster: SimCluster | null = null;
@@ -147,6 +151,43 @@ describe('a slow disk', () => {
     expect(acked()).toBe(tid);
     expect(await c.converge(30_000)).toBe(true);
     expect(c.violations).toEqual([]);
+  });
+});
+
+describe('what the simulated disk counts as synced', () => {
+  it('a write is unsynced until a datasync that started after it returns, whatever the storage believes', async () => {
+    const clock = new VirtualClock(0);
+    const disk = new SimDisk(clock, 'n');
+    const view = disk.view();
+    view.opened();
+    disk.setMode('slow', 100);
+    const dir = mkdtempSync(join(tmpdir(), 'zrs-simdisk-'));
+    const fd = openSync(join(dir, 'f'), 'w+');
+    try {
+      view.write(fd, Buffer.alloc(10, 1), 0);
+      expect(view.unsyncedFrom(fd)).toBe(0);
+      const first = view.datasync(fd);
+      // Written while that sync runs: it covers only what came before it.
+      view.write(fd, Buffer.alloc(10, 2), 10);
+      clock.advance(100);
+      await first;
+      expect(view.unsyncedFrom(fd)).toBe(10);
+      const second = view.datasync(fd);
+      clock.advance(99);
+      expect(view.unsyncedFrom(fd)).toBe(10);
+      clock.advance(1);
+      await second;
+      expect(view.unsyncedFrom(fd)).toBeNull();
+      // A crash returns a sync under way without its having happened.
+      view.write(fd, Buffer.alloc(10, 3), 5);
+      const cut = view.datasync(fd);
+      view.kill();
+      await cut;
+      expect(view.unsyncedFrom(fd)).toBe(5);
+    } finally {
+      closeSync(fd);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

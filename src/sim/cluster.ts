@@ -602,13 +602,14 @@ export class SimCluster {
   private async crashNode(n: SimNode, style: CrashStyle): Promise<void> {
     if (!n.up) return;
     this.stats.crashes += 1;
-    // The file as the crash leaves it: every durable byte, maybe more of what was written.
-    const committedEnd = n.primary ? n.primary.storage.durableEnd : n.durableEnd;
-    const writtenEnd = (n.primary?.storage ?? n.secondary?.storage)?.getSize() ?? committedEnd;
+    // The file as the crash leaves it: every byte a completed sync covers, maybe more of what was written.
+    // Durable is what the disk synced, not what the storage says it did (a storage that says so early must lose).
     const fd = openSync(n.path, 'r');
     let image: Buffer;
     try {
       const size = fstatSync(fd).size;
+      const writtenEnd = (n.primary?.storage ?? n.secondary?.storage)?.getSize() ?? size;
+      const committedEnd = Math.min(n.diskView?.unsyncedFrom(fd) ?? writtenEnd, writtenEnd);
       if (size > writtenEnd) {
         // Transactions written over preallocated fill: each sector of what was not synced may keep the fill.
         image = Buffer.alloc(size);

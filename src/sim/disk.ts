@@ -34,6 +34,13 @@ export interface SimDiskView extends StorageDisk {
   opened(): void;
   /** The process died: every pending datasync returns now, and later ones at once. */
   kill(): void;
+  /**
+   * Where the first byte written to the file at `fd` that no completed
+   * datasync covers lies, or null when every write to it is synced. Only
+   * what lies below it is durable, whatever the storage says: a crash image
+   * is cut from here.
+   */
+  unsyncedFrom(fd: number): number | null;
 }
 
 interface PendingSync {
@@ -82,6 +89,12 @@ export class SimDisk {
     const disk = this;
     let opening = true;
     let dead = false;
+    // Writes no completed datasync covers yet (a sync covers the writes made before it started).
+    let writes = 0;
+    let unsynced: Array<{ seq: number; ino: number; pos: number }> = [];
+    const synced = (ino: number, upTo: number): void => {
+      unsynced = unsynced.filter((w) => w.ino !== ino || w.seq > upTo);
+    };
     // Syncs due at one instant share one timer, so they return in one step.
     const pending = new Map<number, PendingSync>();
     const finish = (atMs: number): void => {
@@ -91,6 +104,7 @@ export class SimDisk {
     };
     return {
       write(fd, buf, pos) {
+        if (!dead) unsynced.push({ seq: ++writes, ino: fstatSync(fd).ino, pos });
         if (!dead && disk.modeNow === 'full') {
           const size = fstatSync(fd).size;
           if (pos + buf.length > size) {
@@ -107,14 +121,30 @@ export class SimDisk {
       truncate(fd, length) {
         nodeDisk.truncate(fd, length);
       },
-      datasync() {
-        if (dead || opening || disk.modeNow !== 'slow') return Promise.resolve();
+      datasync(fd) {
+        if (dead) return Promise.resolve();
+        const [ino, upTo] = [fstatSync(fd).ino, writes];
+        if (opening || disk.modeNow !== 'slow') {
+          synced(ino, upTo);
+          return Promise.resolve();
+        }
         const atMs = disk.clock.now() + disk.syncDelayMs;
         return new Promise<void>((resolve) => {
+          // A kill returns pending syncs without their having happened: they cover nothing.
+          const done = (): void => {
+            if (!dead) synced(ino, upTo);
+            resolve();
+          };
           const p = pending.get(atMs);
-          if (p) p.resolvers.push(resolve);
-          else pending.set(atMs, { resolvers: [resolve], timer: disk.clock.schedule(disk.syncDelayMs, `disk:${disk.node}`, () => finish(atMs)) });
+          if (p) p.resolvers.push(done);
+          else pending.set(atMs, { resolvers: [done], timer: disk.clock.schedule(disk.syncDelayMs, `disk:${disk.node}`, () => finish(atMs)) });
         });
+      },
+      unsyncedFrom(fd) {
+        const ino = fstatSync(fd).ino;
+        let from: number | null = null;
+        for (const w of unsynced) if (w.ino === ino && (from === null || w.pos < from)) from = w.pos;
+        return from;
       },
       opened() {
         opening = false;
