@@ -18,7 +18,7 @@ import { endPhase, failoverFailure, failoverProperty, failoverTotals, lastFailov
 import { settleRuns, simRuns, simSeed } from './model.js';
 
 function settings(runs: number): fc.Parameters<unknown> {
-  return { numRuns: simRuns(runs), seed: simSeed(), path: process.env.SIM_PATH, interruptAfterTimeLimit: 120_000 };
+  return { numRuns: simRuns(runs), seed: simSeed(), path: process.env.SIM_PATH, interruptAfterTimeLimit: 120_000, markInterruptAsFailure: true };
 }
 
 /** Coverage is required of the default runs only (a replay or a few SIM_RUNS may see none). */

@@ -36,7 +36,7 @@ export const lastRun: RunRecord = { trace: [], seed: 0, cluster: '', commands: '
 export const lastFailure: { run: RunRecord | null } = { run: null };
 
 /** Totals over every run in this process (the soak script reports them). */
-export const totals = { runs: 0, faults: 0, events: 0, commits: 0, virtualMs: 0 };
+export const totals = { runs: 0, faults: 0, events: 0, commits: 0, virtualMs: 0, runsWithCommits: 0, unsyncedCrashes: 0, heartbeatTimeouts: 0 };
 
 /**
  * Property runs still going. A time limit (fast-check's
@@ -90,6 +90,32 @@ class OpCommand implements fc.AsyncCommand<ClusterModel, SimCluster> {
   }
 }
 
+/**
+ * Several steps as one command, run with no time between them unless one
+ * is an advance: how a generated run reaches states a single step rarely
+ * does (a crash while a sync is under way, a partition the heartbeats see).
+ */
+class StepsCommand implements fc.AsyncCommand<ClusterModel, SimCluster> {
+  constructor(
+    private readonly steps: OpCommand[],
+    private readonly precondition: (m: ClusterModel) => boolean,
+    private readonly update: (m: ClusterModel) => void = () => undefined,
+  ) {}
+
+  check(m: Readonly<ClusterModel>): boolean {
+    return this.precondition(m as ClusterModel);
+  }
+
+  async run(m: ClusterModel, cluster: SimCluster): Promise<void> {
+    for (const step of this.steps) await step.run(m, cluster);
+    this.update(m);
+  }
+
+  toString(): string {
+    return this.steps.map(String).join(', then ');
+  }
+}
+
 /** Stands for the secondary's current upstream in corrupt commands. */
 const UPSTREAM = 'upstream';
 
@@ -97,7 +123,7 @@ const node = fc.constantFrom(...NODES);
 const secondary = fc.constantFrom(...SECONDARIES);
 const pair = fc.tuple(node, node).filter(([a, b]) => a !== b);
 
-export const COMMAND_KINDS = ['commit', 'undo', 'partition', 'heal', 'reset', 'halfOpen', 'crash', 'restart', 'reconfigure', 'corrupt', 'disk', 'advance'] as const;
+export const COMMAND_KINDS = ['commit', 'undo', 'partition', 'heal', 'reset', 'halfOpen', 'crash', 'restart', 'reconfigure', 'corrupt', 'disk', 'advance', 'crashMidSync', 'stall'] as const;
 export type CommandKind = (typeof COMMAND_KINDS)[number];
 
 export interface CommandOptions {
@@ -137,9 +163,24 @@ export function commandArbitraries(options: CommandOptions = {}): Array<fc.Arbit
       .tuple(node, fc.constantFrom<DiskMode>('ok', 'slow', 'full'), fc.constantFrom(20, 300, 2000))
       .map(([n, mode, ms]) => new OpCommand(mode === 'slow' ? { kind: 'disk', node: n, mode, ms } : { kind: 'disk', node: n, mode }, () => true)),
     advance: fc.oneof(fc.integer({ min: 1, max: 3000 }), fc.integer({ min: 1, max: 50 })).map((ms) => new OpCommand({ kind: 'advance', ms }, () => true)),
+    // A slow disk, a commit that reaches the node, and a crash before its sync returns.
+    crashMidSync: fc
+      .tuple(node.filter((n) => options.crashPrimary !== false || n !== 'p'), fc.constantFrom('process' as const, 'host' as const), fc.integer({ min: 0, max: 80 }))
+      .map(([n, style, afterMs]) => {
+        const steps = [
+          new OpCommand({ kind: 'disk', node: n, mode: 'slow', ms: 2000 }, () => true),
+          new OpCommand({ kind: 'commit', records: 2, bytes: 3000 }, () => true),
+          new OpCommand({ kind: 'advance', ms: afterMs }, () => true),
+          new OpCommand({ kind: 'crash', node: n, style }, () => true),
+        ];
+        return new StepsCommand(steps, (m) => up('p')(m) && up(n)(m), (m) => void m.down.add(n));
+      }),
+    // A partition long enough for heartbeats to take the link for dead.
+    stall: fc.tuple(pair, fc.integer({ min: 1200, max: 3000 })).map(([[a, b], ms]) => new StepsCommand([new OpCommand({ kind: 'partition', a, b, oneWay: false }, () => true), new OpCommand({ kind: 'advance', ms }, () => true)], () => true)),
   };
   const kinds = options.kinds ?? COMMAND_KINDS.filter((k) => k !== 'corrupt' || options.corruption !== false);
-  return kinds.map((k) => all[k]);
+  // Commits and time weigh double: without them the faults have nothing to act on.
+  return kinds.flatMap((k) => (k === 'commit' || k === 'advance' ? [all[k], all[k]] : [all[k]]));
 }
 
 /** A cluster shape: each secondary follows 'p' or an earlier secondary. */
@@ -158,6 +199,9 @@ export interface PropertyOptions extends CommandOptions {
   livenessMs?: number;
 }
 
+/** Virtual ms a generated run lets its cluster start before the first command. */
+const START_MS = 300;
+
 /**
  * The property: for every seed, cluster shape and command list, the
  * invariants hold after every step and the cluster converges afterwards.
@@ -167,14 +211,20 @@ export function clusterProperty(options: PropertyOptions = {}): fc.IAsyncPropert
     fc.integer({ min: 0, max: 0x7fffffff }),
     clusterShape,
     fc.constantFrom<SecondaryProtocol>('native', 'native', 'zrs2.1', 'zrs2.0'),
-    fc.commands(commandArbitraries(options), { maxCommands: options.maxCommands ?? 25, replayPath: options.replayPath }),
+    // size 'max': up to maxCommands (fast-check's default size stops at 10).
+    fc.commands(commandArbitraries(options), { maxCommands: options.maxCommands ?? 25, size: 'max', replayPath: options.replayPath }),
     (seed, shape, protocol, commands) => {
       const about = {
         cluster: `${shape.map((s) => `${s.name}<-${s.upstream}`).join(' ')} (${options.cluster?.protocol ?? protocol})`,
-        commands: String(commands),
+        // Read once the run is over: before it, the list names no command yet.
+        get commands(): string {
+          return String(commands);
+        },
       };
       return recordedRun({ protocol, ...options.cluster, seed, secondaries: shape }, about, async (cluster) => {
         const model: ClusterModel = { upstream: new Map(shape.map((s) => [s.name, s.upstream])), down: new Set(), commits: 0 };
+        // The secondaries connect and catch up first: faults then meet links that carry something.
+        await cluster.advance(START_MS);
         await fc.asyncModelRun(() => ({ model, real: cluster }), commands);
         await cluster.converge(options.livenessMs ?? 120_000);
         cluster.assertInvariants();
@@ -212,6 +262,9 @@ async function runRecorded(options: SimClusterOptions, about: { cluster: string;
   totals.events += stats.steps + stats.ops;
   totals.commits += stats.commits;
   totals.virtualMs += stats.virtualMs;
+  if (stats.commits > 0) totals.runsWithCommits += 1;
+  totals.unsyncedCrashes += stats.unsyncedCrashes;
+  totals.heartbeatTimeouts += cluster.trace.filter((l) => l.includes('the link is taken for dead')).length;
   if (failure) {
     lastFailure.run = run;
     throw failure;

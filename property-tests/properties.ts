@@ -156,6 +156,8 @@ export interface CheckOptions {
   /** Stop at the first failure (no shrinking). */
   endOnFailure?: boolean;
   interruptAfterTimeLimit?: number;
+  /** A property stopped by its time limit fails (with its seed) instead of passing on the runs it made. */
+  markInterruptAsFailure?: boolean;
 }
 
 /** fc.check a named property; a failure carries its counterexample and the trace of that run. */

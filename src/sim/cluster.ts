@@ -142,6 +142,8 @@ export interface SimStats {
   applied: number;
   faults: number;
   crashes: number;
+  /** Crashes that found written bytes no completed sync covered (the crash image could tear them). */
+  unsyncedCrashes: number;
   chunks: number;
   bytes: number;
   virtualMs: number;
@@ -347,7 +349,7 @@ export class SimCluster {
   readonly dir: string;
   private activityCounter = 0;
   private closed = false;
-  readonly stats: SimStats = { steps: 0, timersFired: 0, ops: 0, commits: 0, applied: 0, faults: 0, crashes: 0, chunks: 0, bytes: 0, virtualMs: 0 };
+  readonly stats: SimStats = { steps: 0, timersFired: 0, ops: 0, commits: 0, applied: 0, faults: 0, crashes: 0, unsyncedCrashes: 0, chunks: 0, bytes: 0, virtualMs: 0 };
 
   private constructor(private readonly options: SimClusterOptions) {
     this.random = seededRandom(options.seed);
@@ -610,6 +612,7 @@ export class SimCluster {
       const size = fstatSync(fd).size;
       const writtenEnd = (n.primary?.storage ?? n.secondary?.storage)?.getSize() ?? size;
       const committedEnd = Math.min(n.diskView?.unsyncedFrom(fd) ?? writtenEnd, writtenEnd);
+      if (committedEnd < writtenEnd) this.stats.unsyncedCrashes += 1;
       if (size > writtenEnd) {
         // Transactions written over preallocated fill: each sector of what was not synced may keep the fill.
         image = Buffer.alloc(size);
