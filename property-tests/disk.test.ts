@@ -6,7 +6,7 @@
 // time; a crash while syncs are under way leaves a torn tail, and the node
 // restarts from what was durable.
 
-import { closeSync, mkdtempSync, openSync, rmSync, statSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -14,6 +14,7 @@ import { StorageWriteError } from '../src/errors.js';
 import { SimCluster } from '../src/sim/index.js';
 import { VirtualClock } from '../src/sim/clock.js';
 import { SimDisk } from '../src/sim/disk.js';
+import { DATA_HEADER_BYTES } from '../src/storage/format.js';
 import { Z64 } from '../src/storage/timestamp.js';
 
 let cluster: SimCluster | null = null;
@@ -255,5 +256,33 @@ describe('a crash between write and sync', () => {
     expect(await c.converge(30_000)).toBe(true);
     expect(c.lastTidOf('s1')).toBe(c.committedTids[3]);
     expect(c.violations).toEqual([]);
+  });
+});
+
+describe('convergence', () => {
+  it('reads every log again: a transaction damaged in place after it was checked is caught', async () => {
+    const c = (cluster = await SimCluster.create({ seed: 51, secondaries: 2 }));
+    for (let i = 0; i < 3; i++) await c.apply({ kind: 'commit', records: 2, bytes: 300 });
+    await c.advance(500);
+    c.assertInvariants();
+    // One data byte of s1's first transaction changes on its disk (a bad sector, a stray write).
+    const storage = c.secondary('s1')!.storage;
+    let record: { pos: number } | null = null;
+    for await (const t of storage.iterator()) {
+      record = t.records[0]!;
+      break;
+    }
+    const fd = openSync(storage.path, 'r+');
+    try {
+      const at = record!.pos + DATA_HEADER_BYTES + 10;
+      const b = Buffer.alloc(1);
+      readSync(fd, b, 0, 1, at);
+      b[0] = b[0]! ^ 0x01;
+      writeSync(fd, b, 0, 1, at);
+    } finally {
+      closeSync(fd);
+    }
+    expect(await c.converge(30_000)).toBe(false);
+    expect(c.violations.map((v) => `${v.invariant} ${v.node}`)).toContain('corruption s1');
   });
 });

@@ -1331,9 +1331,40 @@ export class SimCluster {
         this.violate('convergence', n.name, `holds ${mine.length} of ${reference.length} transactions of ${this.current}'s history`);
       }
     }
+    await this.checkWholeLogs(head);
     this.checkAcknowledged(head);
     this.traceLines.push(`${String(this.elapsedMs).padStart(7)} ms  --   converged`);
     return this.violationsList.length === 0;
+  }
+
+  /**
+   * Read every node's whole log again, from its first transaction, and
+   * follow it through the history tree: the checks along the way read each
+   * transaction once, as it became durable, so a transaction damaged in place
+   * later would otherwise go unseen. Every node must end where the primary's
+   * path ends, by the same content.
+   */
+  private async checkWholeLogs(head: SimNode): Promise<void> {
+    const ends = new Map<SimNode, string>();
+    for (const n of this.nodes.values()) {
+      const storage = n.primary?.localStorage ?? n.secondary?.storage;
+      if (!storage) continue;
+      let link = LINEAGE_ORIGIN;
+      let count = 0;
+      for await (const t of storage.iterator()) {
+        const next = this.tree.follow(link, shapeOf(t));
+        if (!('link' in next)) {
+          this.violate(next.invariant, n.name, `read again at convergence, #${count}: ${next.detail}`);
+          break;
+        }
+        link = next.link;
+        count += 1;
+      }
+      ends.set(n, link);
+    }
+    for (const [n, link] of ends) {
+      if (n !== head && link !== ends.get(head)) this.violate('convergence', n.name, `read again at convergence, its log does not end as ${this.current}'s does`);
+    }
   }
 
   /**
