@@ -9,6 +9,7 @@
 // Determinism: one event (a timer or a network delivery) per step, then
 // settle() waits until real async work (file I/O, promise chains) is done.
 
+import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, closeSync, readSync, fstatSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
@@ -254,8 +255,17 @@ const unverified = (incarnation: number): Verified => ({ incarnation, lastTid: Z
 interface InFlight {
   incarnation: number;
   description: string;
+  /** The digest of the records the workload stored (recordsDigest), when it knows them exactly. */
+  records?: string;
   record: SimCommitRecord;
   text: (tid: string) => string;
+}
+
+/** A digest of records as (oid, data) pairs, in order: what a commit stored, or what a transaction holds. */
+function recordsDigest(records: ReadonlyArray<{ oid: Buffer; data: Buffer | null }>): string {
+  const h = createHash('sha1');
+  for (const r of records) h.update(`${r.oid.toString('hex')}:${r.data?.length ?? -1}:`).update(r.data ?? '');
+  return h.digest('hex');
 }
 
 /** Files that live on a node's disk beside its data file: generations and hash chain. */
@@ -668,17 +678,20 @@ export class SimCluster {
     const txn = { user: 'sim', description: `txn ${n}`, extension: { n } };
     await fs.tpcBegin(txn);
     const mine: Buffer[] = [];
+    const stored: Array<{ oid: Buffer; data: Buffer }> = [];
     for (let r = 0; r < records; r++) {
       const update = this.oids.length > 0 && this.random.next() < 0.5;
       const oid = update ? this.oids[Math.floor(this.random.next() * this.oids.length)]! : fs.newOid();
       if (mine.some((m) => m.equals(oid))) continue;
       mine.push(oid);
       const fill = `${n}.${r}.${Math.floor(this.random.next() * 1e9)};`;
-      fs.store(oid, await serialOf(fs, oid), Buffer.alloc(bytes, fill), txn);
+      const data = Buffer.alloc(bytes, fill);
+      stored.push({ oid, data });
+      fs.store(oid, await serialOf(fs, oid), data, txn);
     }
     if (!(await this.vote(w, fs, txn, `commit of txn ${n}`))) return;
     for (const oid of mine) if (!this.oids.some((o) => o.equals(oid))) this.oids.push(oid);
-    this.finish(w, fs, txn, (tid) => `commit ${tid} (${mine.length} records × ${bytes} B)`);
+    this.finish(w, fs, txn, (tid) => `commit ${tid} (${mine.length} records × ${bytes} B)`, recordsDigest(stored));
   }
 
   private async undo(back: number): Promise<void> {
@@ -724,8 +737,8 @@ export class SimCluster {
    * the record notes whether tpcFinish then resolved for the caller. If the
    * primary crashes first, the commit is in doubt (checkNoLoss).
    */
-  private finish(w: SimNode, fs: FileStorage, txn: TransactionMeta, text: (tid: string) => string): void {
-    const entry: InFlight = { incarnation: w.incarnation, description: String(txn.description ?? ''), text, record: { tid: '', node: w.name, link: '', outcome: 'pending' } };
+  private finish(w: SimNode, fs: FileStorage, txn: TransactionMeta, text: (tid: string) => string, records?: string): void {
+    const entry: InFlight = { incarnation: w.incarnation, description: String(txn.description ?? ''), records, text, record: { tid: '', node: w.name, link: '', outcome: 'pending' } };
     w.inFlight.push(entry);
     const alive = (): boolean => w.up && w.incarnation === entry.incarnation;
     const sync = (this.options.syncReplicas ?? 0) > 0;
@@ -1153,6 +1166,11 @@ export class SimCluster {
         const entry = inDoubt.shift();
         if (!entry || entry.description !== t.description.toString('utf8')) {
           if (strict) this.violate('no-loss', n.name, `transaction ${shape.tid} (#${i}) after restart: nobody committed it`);
+          return;
+        }
+        // It survived whole or not at all: records that are not what was stored are damage recovery kept.
+        if (entry.records !== undefined && entry.records !== recordsDigest(t.records)) {
+          this.violate('corruption', n.name, `in-doubt ${shape.tid} (${entry.description}) survived the crash with records other than those committed`);
           return;
         }
         const link = this.tree.add(parent, shape, n.name);
