@@ -338,6 +338,8 @@ function seconds(k: ConfigKey, zeroAllowed: boolean): number {
   if (!/^\d+(\.\d+)?$/.test(k.value)) throw ConfigError.at(k.loc, `not a number of seconds: ${JSON.stringify(k.value)}`, k.rawKey);
   const n = Number(k.value);
   if (!zeroAllowed && n === 0) throw ConfigError.at(k.loc, 'must be more than 0 seconds', k.rawKey);
+  // Delays are kept in whole milliseconds: a smaller one would read as 0 (no delay, or off).
+  if (n > 0 && n < 0.001) throw ConfigError.at(k.loc, `less than a millisecond: ${k.value} (use 0.001 or more${zeroAllowed ? ', or 0' : ''})`, k.rawKey);
   if (n > MAX_DELAY_SECONDS) throw ConfigError.at(k.loc, `at most ${MAX_DELAY_SECONDS} seconds`, k.rawKey);
   return n;
 }
