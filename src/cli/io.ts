@@ -34,13 +34,21 @@ export function processIo(): CliIo {
     if (e.code === 'EPIPE') process.exit(EXIT_OK);
     throw e;
   });
+  // A log reader that went away (`zrs serve 2>&1 | head`, a shipper restarting) must not take a serving node down with it.
+  let stderrGone = false;
+  process.stderr.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') throw e;
+    stderrGone = true;
+  });
   return {
     out: (text) =>
       new Promise((resolve) => {
         if (process.stdout.write(text)) resolve();
         else process.stdout.once('drain', () => resolve());
       }),
-    err: (text) => void process.stderr.write(text),
+    err: (text) => {
+      if (!stderrGone) process.stderr.write(text);
+    },
     stdoutIsTTY: process.stdout.isTTY === true,
     stderrIsTTY: process.stderr.isTTY === true,
     env: process.env,
