@@ -154,5 +154,6 @@ async function main(): Promise<void> {
 
 main().catch((err: unknown) => {
   console.error(err);
-  process.exitCode = 1;
+  // Nodes a failed step left open (listeners, reconnect timers) would keep the process alive.
+  process.exit(1);
 });
