@@ -43,10 +43,15 @@ export function secondsOption(text: string | true | undefined, option: string, f
   return seconds * 1000;
 }
 
+/** The longest --timeout: what a timer can wait (about 24.8 days). */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
 /** `--timeout SECS` in ms: more than 0 (a timeout of 0 could only ever fail). */
 export function timeoutOption(flags: ReadonlyMap<string, string | true>, fallbackMs: number): number {
   const ms = secondsOption(flags.get('timeout'), '--timeout', fallbackMs);
   if (ms <= 0) throw new UsageError('option --timeout: must be more than 0 seconds');
+  // Node's timers take at most 2^31 - 1 ms (a longer one fires at once).
+  if (ms > MAX_TIMEOUT_MS) throw new UsageError(`option --timeout: at most ${Math.floor(MAX_TIMEOUT_MS / 1000)} seconds`);
   return ms;
 }
 

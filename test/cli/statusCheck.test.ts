@@ -134,6 +134,10 @@ describe('zrs status', () => {
       expect(zero.stderr, command).toContain(`zrs ${command}: option --timeout: must be more than 0 seconds`);
     }
     expect((await run('check', '-m', '--timeout', '0', '5000', '5001')).code).toBe(2);
+    // Longer than a timer can wait (it would fire at once).
+    const long = await run('status', '--timeout', '2147484', '5000');
+    expect(long.code).toBe(2);
+    expect(long.stderr).toContain('zrs status: option --timeout: at most 2147483 seconds');
   });
 });
 
