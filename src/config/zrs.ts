@@ -421,7 +421,7 @@ function sameListener(a: ReplicationAddress, b: ReplicationAddress): boolean {
 /** Two storages must not share a data file, a blob directory or a listening address. */
 function checkDistinct(storages: StorageConfig[]): void {
   const paths = new Map<string, StorageConfig>();
-  const blobs = new Map<string, StorageConfig>();
+  const blobs = new Map<string, StorageConfig[]>();
   const listens: Array<{ key: string; address: ReplicationAddress; storage: StorageConfig }> = [];
   const audits = new Map<string, StorageConfig>();
   for (const s of storages) {
@@ -431,11 +431,12 @@ function checkDistinct(storages: StorageConfig[]): void {
     paths.set(p, s);
     if (s.storage.blobDir) {
       const b = resolve(s.storage.blobDir);
-      const o = blobs.get(b);
-      // A secondary may share a primary's blob directory only with transfer-blobs false.
-      const shared = s.kind === 'secondary' && s.options.transferBlobs === false;
-      if (o && !shared) throw ConfigError.at(keyLoc(s.storage, 'blob-dir', s.storage.loc), `blob directory ${JSON.stringify(s.storage.blobDir)} is also used by the storage at ${where(o.loc)}`, 'blob-dir');
-      blobs.set(b, s);
+      const users = blobs.get(b) ?? [];
+      // A secondary may share another storage's blob directory only with transfer-blobs false (in either order).
+      const readsOnly = (x: StorageConfig): boolean => x.kind === 'secondary' && x.options.transferBlobs === false;
+      const o = users.find((u) => !readsOnly(u) && !readsOnly(s));
+      if (o) throw ConfigError.at(keyLoc(s.storage, 'blob-dir', s.storage.loc), `blob directory ${JSON.stringify(s.storage.blobDir)} is also used by the storage at ${where(o.loc)}`, 'blob-dir');
+      blobs.set(b, [...users, s]);
     }
     // Replication and metrics listeners, each checked against every one before it (also the storage's own).
     const mine: Array<[key: string, address: ReplicationAddress | null | undefined]> = [

@@ -57,6 +57,16 @@ describe('the seed README examples', () => {
 });
 
 describe('the <zrs> schema', () => {
+  it('lets a secondary without blob transfer share a blob directory, whichever section comes first, and no one else', () => {
+    const primary = (port: number, path: string) => `<zrs>\n replicate-to ${port}\n <filestorage>\n  path ${path}\n  blob-dir /srv/blobs\n </filestorage>\n</zrs>\n`;
+    const reader = `<zrs>\n replicate-from db:5000\n transfer-blobs false\n <filestorage>\n  path /srv/s.fs\n  blob-dir /srv/blobs\n </filestorage>\n</zrs>\n`;
+    for (const text of [primary(5000, '/srv/p.fs') + reader, reader + primary(5000, '/srv/p.fs')]) {
+      expect(loadZrsConfigText(`%import zc.zrs\n${text}`, F, noDirs).storages).toHaveLength(2);
+    }
+    // A second writer of the same directory is refused, also after a reader in between.
+    expect(() => loadZrsConfigText(`%import zc.zrs\n${primary(5000, '/srv/p.fs')}${reader}${primary(5001, '/srv/q.fs')}`, F, noDirs)).toThrow(/blob directory "\/srv\/blobs" is also used by the storage at/);
+  });
+
   it('reads every key of ours, several <zrs> sections and a standalone <filestorage>', () => {
     const config = loadZrsConfigText(
       [
