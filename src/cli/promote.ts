@@ -10,7 +10,7 @@ import { existsSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 import { AuditLog } from '../audit/auditLog.js';
 import { defaultAuditPath } from '../audit/nodeAudit.js';
-import { ZrsError } from '../errors.js';
+import { runEach, ZrsError } from '../errors.js';
 import { FailoverHistory } from '../failover/history.js';
 import { nextGeneration } from '../failover/promote.js';
 import { systemClock } from '../node/clock.js';
@@ -86,12 +86,13 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
   const storage = await FileStorage.open(path);
   try {
     const history = await FailoverHistory.open(storage, { role: 'secondary' });
-    // Opened first: an audit log that cannot take the decision stops the promotion before it is made.
-    const audit = auditPath === null ? null : await AuditLog.open(auditPath ?? defaultAuditPath(path), { node: basename(path), continueNode: true, clock: systemClock }).catch(async (err: unknown) => {
-      await history.close();
-      throw err;
-    });
+    let audit: AuditLog | null = null;
     try {
+      // Refused before the audit log is touched; the log is opened before the generation starts,
+      // so a log that cannot take the decision stops the promotion before it is made.
+      const full = history.generations.fullAt(storage.lastTransaction());
+      if (full !== null) throw new ZrsError(full);
+      if (auditPath !== null) audit = await AuditLog.open(auditPath ?? defaultAuditPath(path), { node: basename(path), continueNode: true, clock: systemClock });
       const previous = history.generations.current;
       const planned = nextGeneration(history, storage.lastTransaction());
       const entry = await history.startGeneration(storage.lastTransaction());
@@ -110,8 +111,7 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
       }
       await io.out(`promoted ${path}: generation ${entry.generation} starts after tid ${entry.startTid.toString('hex')}\n`);
     } finally {
-      await audit?.close();
-      await history.close();
+      await runEach([() => audit?.close(), () => history.close()]);
     }
   } finally {
     await storage.close();

@@ -28,7 +28,7 @@ interface GenerationsFile {
 }
 
 /** Why a history of `length` generations takes no further one. */
-export function historyFullMessage(length: number): string {
+function historyFullMessage(length: number): string {
   return `this node's history holds ${length} generations, the most a handshake carries (${MAX_GENERATION_HISTORY}): no further generation can start`;
 }
 
@@ -120,16 +120,34 @@ export class GenerationHistory {
    * never reached them (its history is a prefix of the one before).
    */
   async startNext(startTid: Buffer): Promise<GenerationEntry> {
-    // A storage without a history was served by a primary of generation 0 from the beginning.
-    const recorded = this.entries.length > 0 ? this.entries : [{ generation: 0, startTid: Buffer.from(Z64) }];
-    const base = recorded.filter((e, i) => i === 0 || Buffer.compare(e.startTid, startTid) <= 0);
+    const base = this.keptAt(startTid);
     const last = base[base.length - 1]!;
     if (Buffer.compare(startTid, last.startTid) < 0) throw new ZrsError('a new generation cannot start before the first one');
-    // A hello carries the whole history: a longer one could never be sent.
-    if (base.length >= MAX_GENERATION_HISTORY) throw new ZrsError(historyFullMessage(base.length));
+    const full = this.fullAt(startTid);
+    if (full !== null) throw new ZrsError(full);
+    const recorded = this.recorded();
     const next: GenerationEntry = { generation: Math.max(this.seen, ...recorded.map((e) => e.generation)) + 1, startTid: Buffer.from(startTid) };
     await this.replace([...base, next]);
     return copyEntry(next);
+  }
+
+  /**
+   * Why no generation can start at `startTid`, as the history is already as
+   * long as a hello carries (it could never be sent again), or null.
+   */
+  fullAt(startTid: Buffer): string | null {
+    const length = this.keptAt(startTid).length;
+    return length >= MAX_GENERATION_HISTORY ? historyFullMessage(length) : null;
+  }
+
+  /** The recorded history; a storage without one was served by a primary of generation 0 from the beginning. */
+  private recorded(): GenerationEntry[] {
+    return this.entries.length > 0 ? this.entries : [{ generation: 0, startTid: Buffer.from(Z64) }];
+  }
+
+  /** The generations a promotion at `startTid` keeps: the first, and those starting at or before it. */
+  private keptAt(startTid: Buffer): GenerationEntry[] {
+    return this.recorded().filter((e, i) => i === 0 || Buffer.compare(e.startTid, startTid) <= 0);
   }
 
   /** Drop generations that start at or after `tid` (rewind), durably; maxSeen is kept. */

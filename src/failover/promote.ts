@@ -15,8 +15,7 @@ import { Primary, type PrimaryOptions } from '../replication/primary.js';
 import { checkSyncOptions } from '../replication/primarySync.js';
 import type { ReplicationServer } from '../replication/server.js';
 import type { FileStorage } from '../storage/FileStorage.js';
-import { MAX_GENERATION_HISTORY, type GenerationEntry, type PromoteRefusalCode } from '../wire/native.js';
-import { historyFullMessage } from './generations.js';
+import type { GenerationEntry, PromoteRefusalCode } from '../wire/native.js';
 import type { FailoverHistory } from './history.js';
 
 export interface PromoteOptions {
@@ -103,11 +102,10 @@ function checkUpstreamState(h: PromotionHandle, options: PromoteOptions): string
 export async function promoteSecondary(h: PromotionHandle, options: PromoteOptions): Promise<Primary> {
   let state = checkUpstreamState(h, options);
   if (options.replicateTo === undefined && h.serverAddress() === null) throw new PromotionRefusedError('promote needs replicateTo: this secondary does not serve one');
-  // Bad options are refused before detaching, so the secondary keeps replicating.
+  // Bad options and a full history are refused before detaching, so the secondary keeps replicating.
   const requested = checkPromoteOptions(options);
-  // Refused before detaching, so the secondary keeps replicating.
-  const length = h.history.generations.list.length;
-  if (length >= MAX_GENERATION_HISTORY) throw new PromotionRefusedError(historyFullMessage(length));
+  const full = h.history.generations.fullAt(h.storage.lastTransaction());
+  if (full !== null) throw new PromotionRefusedError(full);
   const planned = nextGeneration(h.history, h.storage.lastTransaction());
   if (options.claim) {
     if (!(await options.claim(planned))) throw new PromotionRefusedError(`the coordinator refused generation ${planned.generation}`);

@@ -655,10 +655,16 @@ export class Secondary {
    * Primary it opened; after one, the Primary owns the storage (close that).
    */
   close(): Promise<void> {
-    if (this.promotion) return this.closeAfterPromotion(this.promotion);
+    if (this.promotion) {
+      this.closingPromotion ??= this.closeAfterPromotion(this.promotion);
+      return this.closingPromotion;
+    }
     this.closedPromise ??= this.doClose();
     return this.closedPromise;
   }
+
+  /** A close() that arrived during a promotion (every later call shares it). */
+  private closingPromotion: Promise<void> | null = null;
 
   private async closeAfterPromotion(promotion: Promise<Primary>): Promise<void> {
     const primary = await promotion.catch(() => null);
@@ -766,6 +772,8 @@ export class Secondary {
       if (this.detached) await this.closeAudit('close').catch(() => undefined);
       return;
     }
+    // Closed without a detach: the node was closed (another may hold the log now); nothing to record.
+    if (!this.detached) return;
     const o = this.options;
     try {
       const audit = await openNodeAudit({ dataPath: o.path, auditPath: o.auditPath, node: o.name, clock: this.clock, log: this.log });

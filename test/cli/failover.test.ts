@@ -15,6 +15,7 @@ import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { requestStatus } from '../../src/replication/statusClient.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
+import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, expectSameHistory, waitForTid } from '../replication/helpers.js';
 import { FAST_RECONNECT } from '../replication/netHelpers.js';
@@ -29,6 +30,21 @@ async function run(...argv: string[]) {
 }
 
 describe('zrs promote / zrs rewind', () => {
+  it('an offline promotion of a history at the cap is refused before the audit log is touched', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    await commitMany(fs, 1);
+    await fs.close();
+    const full = Array.from({ length: MAX_GENERATION_HISTORY }, (_, generation) => ({ generation, startTid: '0000000000000000' }));
+    await writeFile(`${path}.generations`, JSON.stringify({ version: 1, maxSeen: full.length - 1, generations: full }));
+    const r = await run('promote', path);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/the most a handshake carries/);
+    expect(existsSync(`${path}.audit`)).toBe(false);
+    expect(JSON.parse(readFileSync(`${path}.generations`, 'utf8')).generations).toHaveLength(MAX_GENERATION_HISTORY);
+  });
+
   it('an offline promotion whose audit log cannot be opened promotes nothing', async () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs');

@@ -362,6 +362,25 @@ describe('failover', () => {
     }
   });
 
+  it('a full history counts only the generations a promotion keeps: one that starts past the last tid leaves room', async () => {
+    const dir = await tempDir();
+    const storage = await FileStorage.open(join(dir, 's.fs'), { create: true, fsync: false });
+    const history = await FailoverHistory.open(storage, { role: 'secondary', fsync: false });
+    try {
+      const [last] = await commitMany(storage, 1);
+      // 1,023 generations up to the last tid, and one adopted that starts after it (never reached here).
+      const list = [...Array.from({ length: MAX_GENERATION_HISTORY - 1 }, (_, generation) => ({ generation, startTid: Buffer.alloc(8) })), { generation: 5000, startTid: Buffer.alloc(8, 0xff) }];
+      await history.generations.replace(list);
+      expect(history.generations.fullAt(last!)).toBeNull();
+      expect((await history.startGeneration(last!)).generation).toBe(5001);
+      // Now at the cap: the next is refused.
+      expect(history.generations.fullAt(last!)).toMatch(/the most a handshake carries/);
+    } finally {
+      await history.close();
+      await storage.close();
+    }
+  });
+
   it('a promotion with an option the new primary would refuse is refused before the secondary stops', async () => {
     const dir = await tempDir();
     const primary = await openPrimary(join(dir, 'p.fs'));
@@ -394,7 +413,10 @@ describe('failover', () => {
       await primary.close();
       await waitForState(secondary, 'backoff');
       const promoting = secondary.promote({ replicateTo: '127.0.0.1:0' });
-      await secondary.close();
+      const closing = secondary.close();
+      // Every close() during the promotion is the same one (a second must not close the storage under the first).
+      expect(secondary.close()).toBe(closing);
+      await closing;
       const promoted = await promoting;
       // Closed by then: nothing holds the file, nothing listens.
       const again = await FileStorage.open(sPath);
@@ -608,6 +630,22 @@ describe('failover', () => {
     } finally {
       await secondary.close();
     }
+  });
+
+  it('promote() on a closed secondary writes nothing to the audit log a new node on the same file now holds', async () => {
+    const dir = await tempDir();
+    const sPath = join(dir, 's.fs');
+    const closed = await openSecondary(sPath, NOWHERE, { auditPath: undefined, replicateTo: '127.0.0.1:0' });
+    await closed.close();
+    const live = await openSecondary(sPath, NOWHERE, { auditPath: undefined });
+    try {
+      await expect(closed.promote()).rejects.toThrow();
+    } finally {
+      await live.close();
+    }
+    const records = (await readAuditLog(`${sPath}.audit`)).records;
+    expect(records.filter((r) => r.kind === 'promotion-refused')).toEqual([]);
+    expect(records.map((r) => r.seq)).toEqual(records.map((_, i) => records[0]!.seq + i));
   });
 
   it('a generation history too long for a hello fails each connect with a logged error, not an uncaught one', async () => {
