@@ -173,7 +173,10 @@ export function commandArbitraries(options: CommandOptions = {}): Array<fc.Arbit
           new OpCommand({ kind: 'advance', ms: afterMs }, () => true),
           new OpCommand({ kind: 'crash', node: n, style }, () => true),
         ];
-        return new StepsCommand(steps, (m) => up('p')(m) && up(n)(m), (m) => void m.down.add(n));
+        return new StepsCommand(steps, (m) => up('p')(m) && up(n)(m), (m) => {
+          m.commits += 1;
+          m.down.add(n);
+        });
       }),
     // A partition long enough for heartbeats to take the link for dead.
     stall: fc.tuple(pair, fc.integer({ min: 1200, max: 3000 })).map(([[a, b], ms]) => new StepsCommand([new OpCommand({ kind: 'partition', a, b, oneWay: false }, () => true), new OpCommand({ kind: 'advance', ms }, () => true)], () => true)),

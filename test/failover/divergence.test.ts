@@ -170,7 +170,17 @@ describe('rewinding to a fork tid the storage lacks', () => {
         attempts.push('opened');
       } else attempts.push(other.name);
     };
-    // Each later step of the rewind tries to open the storage as a node starting then would.
+    // A node starting tries to open the storage right after the rewind's own storage closed (before the
+    // truncation), and again before the generations are cut.
+    const closeStorage = FileStorage.prototype.close;
+    let probing = false;
+    const closeSpy = vi.spyOn(FileStorage.prototype, 'close').mockImplementation(async function (this: FileStorage) {
+      await closeStorage.call(this);
+      if (probing || this.path !== path) return;
+      probing = true;
+      await tryOpen();
+      probing = false;
+    });
     const generationsOpen = GenerationHistory.open.bind(GenerationHistory);
     const spy = vi.spyOn(GenerationHistory, 'open').mockImplementation(async (p: string) => {
       await tryOpen();
@@ -181,8 +191,9 @@ describe('rewinding to a fork tid the storage lacks', () => {
       expect(r.cutTids).toEqual(tids.slice(2));
     } finally {
       spy.mockRestore();
+      closeSpy.mockRestore();
     }
-    expect(attempts).toEqual(['LockedError']);
+    expect(attempts).toEqual(['LockedError', 'LockedError']);
     const after = await FileStorage.open(path);
     expect(after.lastTransaction()).toEqual(tids[1]);
     await after.close();
