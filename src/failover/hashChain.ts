@@ -516,8 +516,9 @@ export class HashChain {
 
   /**
    * Links at a few tids, newest first: the head, then 1, 2, 4, 8 … entries
-   * back, plus the first; with `alsoAt`, links at those tids when present.
-   * A primary finds the last shared tid among them.
+   * back, plus the first; with `alsoAt`, links at those tids when present,
+   * newest first, as many as fit in `max`. A primary finds the last shared
+   * tid among them.
    */
   samples(alsoAt: readonly Buffer[] = [], max = MAX_CHAIN_SAMPLES): ChainHead[] {
     const n = this.length;

@@ -567,7 +567,6 @@ export class Secondary {
     });
   }
 
-  /** Stop reading, abort the half-received transaction, close the socket. */
   /**
    * The connection machine stopped on an error (an action threw): replication
    * has stopped for good, so its connection, which would otherwise go on
@@ -583,6 +582,7 @@ export class Secondary {
       .catch((e: Error) => this.log('warn', `could not abort the transaction in flight: ${e.message}`, { error: e.name }));
   }
 
+  /** Stop reading, abort the half-received transaction, close the socket. */
   private async drop(conn: Connection): Promise<void> {
     conn.dead = true;
     conn.watch?.stop();
