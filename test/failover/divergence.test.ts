@@ -12,10 +12,9 @@ import { FailoverHistory } from '../../src/failover/history.js';
 import { GenerationHistory } from '../../src/failover/generations.js';
 import { rewindOpenStorage, rewindStorage } from '../../src/failover/rewind.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
-import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { tidPlusOne } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { commitMany, Z64 } from '../replication/helpers.js';
+import { commitMany, diskFailingOnce, Z64 } from '../replication/helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -94,19 +93,11 @@ describe('rewinding to a fork tid the storage lacks', () => {
 
   it('online, on a storage whose hash chain stopped on a write error: cuts the chain and the generations too', async () => {
     const path = join(await tempDir(), 'Data.fs');
-    let failNext = false;
-    const disk: StorageDisk = {
-      ...nodeDisk,
-      datasync: (fd) => {
-        if (!failNext) return nodeDisk.datasync(fd);
-        failNext = false;
-        return Promise.reject(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
-      },
-    };
+    const { disk, failNext } = diskFailingOnce();
     const fs = await FileStorage.open(path, { create: true, disk });
     const history = await FailoverHistory.open(fs, { role: 'secondary' });
     try {
-      failNext = true;
+      failNext();
       // More than a batch of chain entries: the batch's write is synced, and that sync fails.
       const tids = await commitMany(fs, 600);
       await expect(history.chain.flush()).rejects.toThrow(/writing the hash chain failed/);

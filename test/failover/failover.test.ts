@@ -8,7 +8,6 @@ import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
-import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { Primary, type PrimaryOptions } from '../../src/replication/primary.js';
 import { Secondary, type SecondaryOptions } from '../../src/replication/secondary.js';
 import { FailoverHistory } from '../../src/failover/history.js';
@@ -22,7 +21,7 @@ import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { FakeServer, FAST_RECONNECT, LogCollector } from '../replication/netHelpers.js';
 import { createNativePackr, encodeNative } from '../../src/wire/native.js';
-import { allTransactions, commitMany, expectSameHistory, waitForTid, Z64 } from '../replication/helpers.js';
+import { allTransactions, commitMany, diskFailingOnce, expectSameHistory, waitForTid, Z64 } from '../replication/helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -59,6 +58,22 @@ function openSecondary(path: string, from: SecondaryOptions['replicateFrom'], ex
 
 function generationsFile(path: string): { maxSeen: number; generations: Array<{ generation: number; startTid: string }> } {
   return JSON.parse(readFileSync(`${path}.generations`, 'utf8')) as never;
+}
+
+/** A primary in `dir` (p.fs) and a secondary of it (s.fs) that replicated two commits. */
+async function replicatingPair(dir: string, pExtra: Partial<PrimaryOptions> = {}, sExtra: Partial<SecondaryOptions> = {}): Promise<{ primary: Primary; secondary: Secondary; sPath: string }> {
+  const primary = await openPrimary(join(dir, 'p.fs'), pExtra);
+  const sPath = join(dir, 's.fs');
+  const secondary = await openSecondary(sPath, primary.address, sExtra);
+  await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
+  return { primary, secondary, sPath };
+}
+
+/** The promotion is refused with `message`, and the secondary goes on replicating from `primary`. */
+async function expectRefusedStillReplicating(promoting: Promise<Primary>, message: RegExp, secondary: Secondary, primary: Primary): Promise<void> {
+  await expect(promoting).rejects.toThrow(PromotionRefusedError);
+  await expect(promoting).rejects.toThrow(message);
+  await waitForTid(secondary, (await commitMany(primary.storage, 1)).at(-1)!);
 }
 
 describe('failover', () => {
@@ -342,20 +357,14 @@ describe('failover', () => {
 
   it('a promotion that would make the history longer than a handshake carries is refused before the secondary stops', async () => {
     const dir = await tempDir();
-    const pPath = join(dir, 'p.fs');
     // A history already at the cap (every generation starting at the beginning).
     const full = Array.from({ length: MAX_GENERATION_HISTORY }, (_, generation) => ({ generation, startTid: hex(Z64) }));
-    writeFileSync(`${pPath}.generations`, JSON.stringify({ version: 1, maxSeen: full.length - 1, generations: full }));
-    const primary = await openPrimary(pPath);
-    const secondary = await openSecondary(join(dir, 's.fs'), primary.address, { replicateTo: '127.0.0.1:0' });
+    writeFileSync(join(dir, 'p.fs.generations'), JSON.stringify({ version: 1, maxSeen: full.length - 1, generations: full }));
+    const { primary, secondary, sPath } = await replicatingPair(dir, {}, { replicateTo: '127.0.0.1:0' });
     try {
-      await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
       expect(secondary.history!.generations.list).toHaveLength(MAX_GENERATION_HISTORY);
-      const promoting = secondary.promote({ force: true });
-      await expect(promoting).rejects.toThrow(PromotionRefusedError);
-      await expect(promoting).rejects.toThrow(/the most a handshake carries/);
-      expect(generationsFile(join(dir, 's.fs')).generations).toHaveLength(MAX_GENERATION_HISTORY);
-      await waitForTid(secondary, (await commitMany(primary.storage, 1)).at(-1)!);
+      await expectRefusedStillReplicating(secondary.promote({ force: true }), /the most a handshake carries/, secondary, primary);
+      expect(generationsFile(sPath).generations).toHaveLength(MAX_GENERATION_HISTORY);
     } finally {
       await secondary.close();
       await primary.close();
@@ -382,21 +391,12 @@ describe('failover', () => {
   });
 
   it('a promotion with an option the new primary would refuse is refused before the secondary stops', async () => {
-    const dir = await tempDir();
-    const primary = await openPrimary(join(dir, 'p.fs'));
-    const sPath = join(dir, 's.fs');
-    const secondary = await openSecondary(sPath, primary.address);
+    const { primary, secondary, sPath } = await replicatingPair(await tempDir());
     try {
-      await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
       const bad: PromoteOptions[] = [{ force: true, replicateTo: 'no-port-here' }, { force: true, replicateTo: '127.0.0.1:0', syncReplicas: -1 }, { force: true, replicateTo: '127.0.0.1:0', syncTimeoutMs: 0 }];
-      for (const options of bad) {
-        const promoting = secondary.promote(options);
-        await expect(promoting).rejects.toThrow(PromotionRefusedError);
-        await expect(promoting).rejects.toThrow(/bad promote option/);
-      }
-      // Nothing was started, and the secondary still replicates.
+      // Nothing is started, and the secondary still replicates after each.
+      for (const options of bad) await expectRefusedStillReplicating(secondary.promote(options), /bad promote option/, secondary, primary);
       expect(generationsFile(sPath).generations.map((g) => g.generation)).toEqual([0]);
-      await waitForTid(secondary, (await commitMany(primary.storage, 1)).at(-1)!);
     } finally {
       await secondary.close();
       await primary.close();
@@ -404,12 +404,8 @@ describe('failover', () => {
   });
 
   it('close() during a promotion waits for it and closes the primary it opened', async () => {
-    const dir = await tempDir();
-    const primary = await openPrimary(join(dir, 'p.fs'));
-    const sPath = join(dir, 's.fs');
-    const secondary = await openSecondary(sPath, primary.address);
+    const { primary, secondary, sPath } = await replicatingPair(await tempDir());
     try {
-      await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
       await primary.close();
       await waitForState(secondary, 'backoff');
       const promoting = secondary.promote({ replicateTo: '127.0.0.1:0' });
@@ -454,24 +450,16 @@ describe('failover', () => {
   it("a primary whose hash chain stopped on a write error does not take a healthy secondary past the chain's head for diverged", async () => {
     const dir = await tempDir();
     // The primary's data file syncs in its own thread (datasyncSync); its chain file syncs through datasync.
-    let failNext = false;
-    const disk: StorageDisk = {
-      ...nodeDisk,
-      datasync: (fd) => {
-        if (!failNext) return nodeDisk.datasync(fd);
-        failNext = false;
-        return Promise.reject(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
-      },
-    };
+    const { disk, failNext, armed } = diskFailingOnce();
     const storage = await FileStorage.open(join(dir, 'p.fs'), { create: true, disk });
     const logs = new LogCollector();
     const primary = await Primary.open({ path: join(dir, 'p.fs'), storage, replicateTo: '127.0.0.1:0', auditPath: null, log: logs.log });
     const secondary = await openSecondary(join(dir, 's.fs'), primary.address);
     try {
-      failNext = true;
+      failNext();
       // More than a batch of chain entries: the batch's write is synced, and that sync fails.
       await waitForTid(secondary, (await commitMany(primary.storage, 600)).at(-1)!);
-      expect(failNext).toBe(false);
+      expect(armed()).toBe(false);
       const more = await commitMany(primary.storage, 2);
       expect(Buffer.compare(primary.chainHead!.tid, more[0]!)).toBeLessThan(0);
       await waitForTid(secondary, more.at(-1)!);

@@ -4,6 +4,7 @@
 import { firstValueFrom, filter, timeout } from 'rxjs';
 import { expect } from 'vitest';
 import type { FileStorage } from '../../src/storage/FileStorage.js';
+import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import type { Secondary } from '../../src/replication/secondary.js';
 import type { TransactionRecord } from '../../src/storage/types.js';
@@ -61,6 +62,20 @@ export async function expectSameHistory(
       records: t.records.map((r) => [r.oid.toString('hex'), r.data?.toString('hex') ?? null, r.dataTxn?.toString('hex') ?? null]),
     }));
   expect(shape(tb)).toEqual(shape(ta));
+}
+
+/** A real disk whose next asynchronous datasync, once armed with failNext(), fails with EIO (then it works again). */
+export function diskFailingOnce(): { disk: StorageDisk; failNext(): void; armed(): boolean } {
+  let fail = false;
+  const disk: StorageDisk = {
+    ...nodeDisk,
+    datasync: (fd) => {
+      if (!fail) return nodeDisk.datasync(fd);
+      fail = false;
+      return Promise.reject(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }));
+    },
+  };
+  return { disk, failNext: () => void (fail = true), armed: () => fail };
 }
 
 export { Z64 };
