@@ -60,6 +60,9 @@ export async function dump(path: string, io: CliIo): Promise<number> {
       }
     }
     if (buf) await io.out(buf);
+    // Silence here would read as "that is all the file holds".
+    const tail = fs.unreadTailOnOpen;
+    if (tail) io.err(`zrs dump: ${path}: stopped at offset ${tail.pos}, before the end of the data: ${tail.reason} (a transaction still being committed, or damage: zrs verify ${path} tells)\n`);
   } finally {
     await fs.close();
   }

@@ -251,6 +251,13 @@ export class FileStorage {
    */
   tailCutOnOpen: TailCut | null = null;
 
+  /**
+   * Where the open's scan stopped before the end of the data, and why (an
+   * unfinished or damaged transaction), or null when it read to the end. A
+   * read-only open cuts nothing, so the bytes from there on stay unread.
+   */
+  unreadTailOnOpen: { pos: number; reason: string } | null = null;
+
   private constructor(
     readonly path: string,
     private fd: number,
@@ -326,7 +333,7 @@ export class FileStorage {
         throw new FormatError(path, `not a FileStorage file (magic ${describeMagic(magic)})`);
       }
       handle = await openHandle(path, 'r');
-      const { state, end, tailTid, tailCut } = await FileStorage.recover(path, fd, handle, readOnly);
+      const { state, end, tailTid, tailCut, tail } = await FileStorage.recover(path, fd, handle, readOnly);
       const blobs = options.blobDir ? await BlobDirectory.open(options.blobDir, { create: !readOnly }) : null;
       const storage = new FileStorage(
         path,
@@ -346,6 +353,7 @@ export class FileStorage {
         readOnly ? 0 : preallocateOption(options),
       );
       storage.tailCutOnOpen = tailCut;
+      storage.unreadTailOnOpen = tail;
       return storage;
     } catch (err) {
       await handle?.close();
@@ -363,7 +371,7 @@ export class FileStorage {
     fd: number,
     handle: FileHandle,
     readOnly: boolean,
-  ): Promise<{ state: ScanState; end: number; tailTid: Buffer | null; tailCut: TailCut | null }> {
+  ): Promise<{ state: ScanState; end: number; tailTid: Buffer | null; tailCut: TailCut | null; tail: { pos: number; reason: string } | null }> {
     const size = fstatSync(fd).size;
     const saved = await loadIndex(path, fd, size);
     const from = saved ? saved.end : MAGIC_BYTES;
@@ -382,7 +390,7 @@ export class FileStorage {
     }
     // An unfinished tail, or fill alone past the last transaction (kept in no side file).
     const tailCut = (result.tail || hadFill) && !readOnly ? await FileStorage.cutTail(path, fd, result.end, fillStart, hadFill) : null;
-    return { state: result, end: result.end, tailTid, tailCut };
+    return { state: result, end: result.end, tailTid, tailCut, tail: result.tail };
   }
 
   /**

@@ -3,7 +3,7 @@
 // `dump` byte-for-byte against ZODB's own fsdump output.
 
 import { execFile } from 'node:child_process';
-import { readFile, open as openFile } from 'node:fs/promises';
+import { readFile, rm, writeFile, open as openFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -16,6 +16,8 @@ import { verifyFile } from '../../src/cli/verify.js';
 import { writeFill } from '../../src/storage/prealloc.js';
 import { cleanupTempDirs, copyZodbFixture, fixturePath, readManifest, tempDir } from '../helpers/fixtures.js';
 import { BIN, memoryIo } from './helpers.js';
+import { commitMany } from '../replication/helpers.js';
+import { indexPathFor } from '../../src/storage/indexFile.js';
 
 afterAll(cleanupTempDirs);
 
@@ -263,7 +265,9 @@ describe('zrs dump', () => {
     const want = await readFile(fixturePath('zodb', dir, 'fsdump.txt'), 'utf8');
     const r = await run('dump', await copy(dir));
     expect(r.code).toBe(0);
-    expect(r.stderr).toBe('');
+    // A damaged tail stops the dump as it stops ZODB's (which logs it); ours says so on stderr.
+    if (dir.startsWith('damaged-')) expect(r.stderr).toMatch(/^zrs dump: .+: stopped at offset \d+, before the end of the data: /);
+    else expect(r.stderr).toBe('');
     expect(r.stdout).toBe(want);
   });
 
@@ -275,6 +279,27 @@ describe('zrs dump', () => {
     const tuple = Buffer.concat([Buffer.from([0x80, 0x02, 0x58, 3, 0, 0, 0]), Buffer.from('mod'), Buffer.from([0x58, 4, 0, 0, 0]), Buffer.from('Name'), Buffer.from([0x86, 0x71, 0x01, 0x2e])]);
     expect(pickleClass(tuple)).toEqual(['mod', 'Name']);
     expect(pickleClass(Buffer.from('not a pickle'))).toEqual(['', '']);
+  });
+
+  it('says on stderr where it stopped when it cannot read to the end of the data', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    await commitMany(fs, 3);
+    await fs.close();
+    // The first transaction's length made impossible: nothing after it can be read.
+    const bytes = await readFile(path);
+    bytes.writeUInt32BE(0xffffffff, 4 + 8);
+    await writeFile(path, bytes);
+    // Trusting the saved index, the open did not scan it: the iterator finds the damage and says so.
+    let r = await run('dump', path);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/corrupted data at position 4: transaction length \d+ runs past the end of the data/);
+    // Without the index the open scans, stops there and reads nothing: dump says where it stopped.
+    await rm(indexPathFor(path));
+    r = await run('dump', path);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(new RegExp(`^zrs dump: ${path}: stopped at offset 4, before the end of the data: .+ \\(a transaction still being committed, or damage: zrs verify`));
   });
 
   it('quotes bytes as Python repr does', () => {
