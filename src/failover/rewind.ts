@@ -74,18 +74,18 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
   const lock = storage.takeLock();
   try {
     let forkTid: Buffer | null;
-    let cut: SavedCut;
+    let cut: SavedCut | null = null;
     const last = storage.lastTransaction();
     try {
       forkTid = primary === null ? Buffer.from(options.toCommonWith as Buffer) : await askForkTid(storage, primary, options);
       if (forkTid !== null) {
         forkTid = keptTid(storage, forkTid, primary === null);
         cut = await saveCut(storage, forkTid, options.blobDir !== undefined);
-      } else cut = { sidePath: null, sideBlobDir: null, cutTids: [], cutBlobs: [], cutPos: null };
+      }
     } finally {
       await storage.close();
     }
-    if (forkTid === null) {
+    if (forkTid === null || cut === null) {
       // The primary accepts this storage as it is: nothing to cut.
       const none = { forkTid: last, cutTids: [], sidePath: null, sideBlobDir: null, blobsCut: 0 };
       await recordRewind(path, options, primary, none);

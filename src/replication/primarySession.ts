@@ -712,11 +712,11 @@ export class PrimarySession {
   }
 }
 
-/** One line saying why a session ended, for logs and the audit log. */
 function errorText(error: unknown): string {
   return (error as Error)?.message ?? String(error);
 }
 
+/** One line saying why a session ended, for logs and the audit log. */
 export function describeReason(r: SessionCloseReason): string {
   switch (r.kind) {
     case 'refused':

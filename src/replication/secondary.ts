@@ -746,10 +746,7 @@ export class Secondary {
    */
   private async releaseAfterFailedPromotion(cause: unknown): Promise<void> {
     this.log('error', `promotion failed after replication stopped: ${cause instanceof Error ? cause.message : String(cause)}; the node is closed`);
-    await this.server?.close().catch(() => undefined);
-    await this.inner.close().catch(() => undefined);
-    await this.failover?.close().catch(() => undefined);
-    this.promotedSubject.complete();
+    await runEach([() => this.server?.close(), () => this.inner.close(), () => this.failover?.close(), () => this.promotedSubject.complete()]).catch(() => undefined);
   }
 
   /**

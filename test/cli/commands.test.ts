@@ -16,7 +16,7 @@ import { verifyFile } from '../../src/cli/verify.js';
 import { writeFill } from '../../src/storage/prealloc.js';
 import { cleanupTempDirs, copyZodbFixture, fixturePath, readManifest, tempDir } from '../helpers/fixtures.js';
 import { BIN, memoryIo } from './helpers.js';
-import { commitMany } from '../replication/helpers.js';
+import { storageFileWith } from '../replication/helpers.js';
 import { indexPathFor } from '../../src/storage/indexFile.js';
 
 afterAll(cleanupTempDirs);
@@ -284,9 +284,7 @@ describe('zrs dump', () => {
   it('says on stderr where it stopped when it cannot read to the end of the data', async () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs');
-    const fs = await FileStorage.open(path, { create: true, fsync: false });
-    await commitMany(fs, 3);
-    await fs.close();
+    await storageFileWith(path, 3);
     // The first transaction's length made impossible: nothing after it can be read.
     const bytes = await readFile(path);
     bytes.writeUInt32BE(0xffffffff, 4 + 8);

@@ -17,7 +17,7 @@ import { requestStatus } from '../../src/replication/statusClient.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { commitMany, expectSameHistory, waitForTid } from '../replication/helpers.js';
+import { commitMany, expectSameHistory, storageFileWith, waitForTid, writeFullHistory } from '../replication/helpers.js';
 import { FAST_RECONNECT } from '../replication/netHelpers.js';
 import { freePort, memoryIo, waitUntil, ZrsProcess } from './helpers.js';
 
@@ -33,11 +33,8 @@ describe('zrs promote / zrs rewind', () => {
   it('an offline promotion of a history at the cap is refused before the audit log is touched', async () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs');
-    const fs = await FileStorage.open(path, { create: true, fsync: false });
-    await commitMany(fs, 1);
-    await fs.close();
-    const full = Array.from({ length: MAX_GENERATION_HISTORY }, (_, generation) => ({ generation, startTid: '0000000000000000' }));
-    await writeFile(`${path}.generations`, JSON.stringify({ version: 1, maxSeen: full.length - 1, generations: full }));
+    await storageFileWith(path, 1);
+    writeFullHistory(path);
     const r = await run('promote', path);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/the most a handshake carries/);
@@ -48,9 +45,7 @@ describe('zrs promote / zrs rewind', () => {
   it('an offline promotion whose audit log cannot be opened promotes nothing', async () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs');
-    const fs = await FileStorage.open(path, { create: true, fsync: false });
-    await commitMany(fs, 2);
-    await fs.close();
+    await storageFileWith(path, 2);
     await writeFile(`${path}.audit`, 'not an audit log at all\n'.repeat(4));
     for (let i = 0; i < 2; i++) {
       const r = await run('promote', path);

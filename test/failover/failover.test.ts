@@ -21,7 +21,7 @@ import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { FakeServer, FAST_RECONNECT, LogCollector } from '../replication/netHelpers.js';
 import { createNativePackr, encodeNative } from '../../src/wire/native.js';
-import { allTransactions, commitMany, diskFailingOnce, expectSameHistory, waitForTid, Z64 } from '../replication/helpers.js';
+import { allTransactions, commitMany, diskFailingOnce, expectSameHistory, storageFileWith, waitForTid, writeFullHistory, Z64 } from '../replication/helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -67,6 +67,38 @@ async function replicatingPair(dir: string, pExtra: Partial<PrimaryOptions> = {}
   const secondary = await openSecondary(sPath, primary.address, sExtra);
   await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
   return { primary, secondary, sPath };
+}
+
+/**
+ * An old primary (a.fs) that committed 20 transactions its secondary b never
+ * got, b promoted, and the old primary reopened as b's secondary, refused as
+ * diverged; `shared` are the 3 transactions both hold.
+ */
+async function divergedOldPrimary(dir: string): Promise<{ a: Secondary; aPath: string; promoted: Primary; shared: Buffer[] }> {
+  const aPath = join(dir, 'a.fs');
+  const old = await openPrimary(aPath);
+  const b = await openSecondary(join(dir, 'b.fs'), old.address, { replicateTo: '127.0.0.1:0' });
+  const shared = await commitMany(old.storage, 3);
+  await waitForTid(b, shared.at(-1)!);
+  b.setReplicationAddress(NOWHERE);
+  await commitMany(old.storage, 20); // lost with the old primary
+  await old.close();
+  const promoted = await b.promote();
+  const a = await openSecondary(aPath, promoted.address);
+  await waitForState(a, 'diverged');
+  return { a, aPath, promoted, shared };
+}
+
+/** Run `body` on a fresh storage (no fsync) and its secondary's failover history, then close both. */
+async function withSecondaryHistory(body: (storage: FileStorage, history: FailoverHistory) => Promise<void>): Promise<void> {
+  const storage = await FileStorage.open(join(await tempDir(), 's.fs'), { create: true, fsync: false });
+  const history = await FailoverHistory.open(storage, { role: 'secondary', fsync: false });
+  try {
+    await body(storage, history);
+  } finally {
+    await history.close();
+    await storage.close();
+  }
 }
 
 /** The promotion is refused with `message`, and the secondary goes on replicating from `primary`. */
@@ -357,9 +389,7 @@ describe('failover', () => {
 
   it('a promotion that would make the history longer than a handshake carries is refused before the secondary stops', async () => {
     const dir = await tempDir();
-    // A history already at the cap (every generation starting at the beginning).
-    const full = Array.from({ length: MAX_GENERATION_HISTORY }, (_, generation) => ({ generation, startTid: hex(Z64) }));
-    writeFileSync(join(dir, 'p.fs.generations'), JSON.stringify({ version: 1, maxSeen: full.length - 1, generations: full }));
+    writeFullHistory(join(dir, 'p.fs'));
     const { primary, secondary, sPath } = await replicatingPair(dir, {}, { replicateTo: '127.0.0.1:0' });
     try {
       expect(secondary.history!.generations.list).toHaveLength(MAX_GENERATION_HISTORY);
@@ -372,10 +402,7 @@ describe('failover', () => {
   });
 
   it('a full history counts only the generations a promotion keeps: one that starts past the last tid leaves room', async () => {
-    const dir = await tempDir();
-    const storage = await FileStorage.open(join(dir, 's.fs'), { create: true, fsync: false });
-    const history = await FailoverHistory.open(storage, { role: 'secondary', fsync: false });
-    try {
+    await withSecondaryHistory(async (storage, history) => {
       const [last] = await commitMany(storage, 1);
       // 1,023 generations up to the last tid, and one adopted that starts after it (never reached here).
       const list = [...Array.from({ length: MAX_GENERATION_HISTORY - 1 }, (_, generation) => ({ generation, startTid: Buffer.alloc(8) })), { generation: 5000, startTid: Buffer.alloc(8, 0xff) }];
@@ -384,10 +411,7 @@ describe('failover', () => {
       expect((await history.startGeneration(last!)).generation).toBe(5001);
       // Now at the cap: the next is refused.
       expect(history.generations.fullAt(last!)).toMatch(/the most a handshake carries/);
-    } finally {
-      await history.close();
-      await storage.close();
-    }
+    });
   });
 
   it('a promotion with an option the new primary would refuse is refused before the secondary stops', async () => {
@@ -475,18 +499,8 @@ describe('failover', () => {
   });
 
   it('a rewind refuses to run beside a promotion or another rewind, and a promotion beside a rewind', async () => {
-    const dir = await tempDir();
-    const aPath = join(dir, 'a.fs');
-    const old = await openPrimary(aPath);
-    const b = await openSecondary(join(dir, 'b.fs'), old.address, { replicateTo: '127.0.0.1:0' });
-    await waitForTid(b, (await commitMany(old.storage, 3)).at(-1)!);
-    b.setReplicationAddress(NOWHERE);
-    await commitMany(old.storage, 20); // lost with the old primary
-    await old.close();
-    const promoted = await b.promote();
-    const a = await openSecondary(aPath, promoted.address);
+    const { a, promoted } = await divergedOldPrimary(await tempDir());
     try {
-      await waitForState(a, 'diverged');
       const rewinding = a.rewind();
       await expect(a.promote({ force: true, replicateTo: '127.0.0.1:0' })).rejects.toThrow(/refusing to promote during a rewind/);
       await expect(a.rewind()).rejects.toThrow(/rewind\(\) refused during a rewind/);
@@ -502,9 +516,7 @@ describe('failover', () => {
   it('an online rewind is refused when the diverged refusal names no fork tid (it would cut everything)', async () => {
     const dir = await tempDir();
     const sPath = join(dir, 's.fs');
-    const fs = await FileStorage.open(sPath, { create: true, fsync: false });
-    await commitMany(fs, 3);
-    await fs.close();
+    await storageFileWith(sPath, 3);
     const before = readFileSync(sPath);
     const fake = await FakeServer.start((c) => {
       void c.frame(1).then(() => {
@@ -524,19 +536,8 @@ describe('failover', () => {
   });
 
   it('close() during an online rewind waits for it: the rewind has ended and the files agree when close() resolves', async () => {
-    const dir = await tempDir();
-    const aPath = join(dir, 'a.fs');
-    const old = await openPrimary(aPath);
-    const b = await openSecondary(join(dir, 'b.fs'), old.address, { replicateTo: '127.0.0.1:0' });
-    const shared = await commitMany(old.storage, 3);
-    await waitForTid(b, shared.at(-1)!);
-    b.setReplicationAddress(NOWHERE);
-    await commitMany(old.storage, 20); // lost with the old primary
-    await old.close();
-    const promoted = await b.promote();
-    const a = await openSecondary(aPath, promoted.address);
+    const { a, aPath, promoted, shared } = await divergedOldPrimary(await tempDir());
     try {
-      await waitForState(a, 'diverged');
       let outcome: string | null = null;
       const rewinding = a.rewind().then(
         (r) => (outcome = `cut ${r.cutTids.length}`),
@@ -656,18 +657,12 @@ describe('failover', () => {
   });
 
   it('a secondary refuses to adopt a generation that would make its history too long for a hello', async () => {
-    const dir = await tempDir();
-    const storage = await FileStorage.open(join(dir, 's.fs'), { create: true, fsync: false });
-    const history = await FailoverHistory.open(storage, { role: 'secondary', fsync: false });
-    try {
+    await withSecondaryHistory(async (_storage, history) => {
       const list = Array.from({ length: 1024 }, (_, i) => ({ generation: i, startTid: Buffer.alloc(8) }));
       await history.adopt({ generation: list[1023]!, generations: list });
       // A heartbeat announcing one more generation.
       await expect(history.adopt({ generation: { generation: 1024, startTid: Buffer.alloc(8) } })).rejects.toThrow(/longer than 1024 generations/);
       expect(history.generations.list).toHaveLength(1024);
-    } finally {
-      await history.close();
-      await storage.close();
-    }
+    });
   });
 });

@@ -3,7 +3,9 @@
 
 import { firstValueFrom, filter, timeout } from 'rxjs';
 import { expect } from 'vitest';
-import type { FileStorage } from '../../src/storage/FileStorage.js';
+import { writeFileSync } from 'node:fs';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import type { Secondary } from '../../src/replication/secondary.js';
@@ -62,6 +64,22 @@ export async function expectSameHistory(
       records: t.records.map((r) => [r.oid.toString('hex'), r.data?.toString('hex') ?? null, r.dataTxn?.toString('hex') ?? null]),
     }));
   expect(shape(tb)).toEqual(shape(ta));
+}
+
+/** A closed storage file at `path` holding `n` commits (no fsync); their tids. */
+export async function storageFileWith(path: string, n: number): Promise<Buffer[]> {
+  const fs = await FileStorage.open(path, { create: true, fsync: false });
+  try {
+    return await commitMany(fs, n);
+  } finally {
+    await fs.close();
+  }
+}
+
+/** Write, beside the data file at `dataPath`, a generation history already as long as a hello carries (every generation starting at the beginning). */
+export function writeFullHistory(dataPath: string): void {
+  const generations = Array.from({ length: MAX_GENERATION_HISTORY }, (_, generation) => ({ generation, startTid: '0000000000000000' }));
+  writeFileSync(`${dataPath}.generations`, JSON.stringify({ version: 1, maxSeen: generations.length - 1, generations }));
 }
 
 /** A real disk whose next asynchronous datasync, once armed with failNext(), fails with EIO (then it works again). */
