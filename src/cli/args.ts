@@ -40,42 +40,81 @@ export interface ParsedArgs {
   flags: Map<string, string | true>;
 }
 
-/** Parse `args` for `spec`; `--help` / `-h` anywhere wins over every other check. */
+/**
+ * Parse `args` for `spec`. `--help` / `-h` given as an option (not after `--`,
+ * not as another option's value) wins over every other check: the first
+ * problem found is thrown only once the whole line has been read without one.
+ */
 export function parseArgs(spec: CommandSpec, args: readonly string[]): ParsedArgs {
-  if (args.some((a) => a === '--help' || a === '-h')) return { help: true, positionals: [], flags: new Map() };
   const positionals: string[] = [];
   const flags = new Map<string, string | true>();
+  let help = false;
+  let problem: UsageError | null = null;
+  const fail = (message: string): void => {
+    problem ??= new UsageError(message, spec.name);
+  };
+  const take = (flag: FlagSpec, label: string, value: string | true): void => {
+    if (flags.has(flag.name)) return fail(`option --${flag.name} given twice`);
+    if (typeof value === 'string' && flag.choices && !flag.choices.includes(value)) {
+      return fail(`option ${label} must be one of ${flag.choices.join(', ')}, not ${JSON.stringify(value)}`);
+    }
+    flags.set(flag.name, value);
+  };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
     if (a === '--') {
       positionals.push(...args.slice(i + 1));
       break;
     }
-    if (a.startsWith('-') && !a.startsWith('--') && a.length > 1) {
-      i = parseShort(spec, args, i, flags);
+    if (a === '--help') {
+      help = true;
       continue;
     }
-    if (a.startsWith('-') && a !== '-') {
+    if (a.startsWith('-') && !a.startsWith('--') && a.length > 1) {
+      // A short group: booleans bundled, the first one taking a value ends it (`-mw30`, `-w 30`).
+      for (let j = 1; j < a.length; j++) {
+        if (a[j] === 'h') {
+          help = true;
+          continue;
+        }
+        const flag = spec.flags.find((f) => f.short !== undefined && f.short === a[j]);
+        if (!flag) {
+          fail(`unknown option -${a[j]}`);
+          continue;
+        }
+        if (!flag.value) {
+          take(flag, `-${flag.short}`, true);
+          continue;
+        }
+        const value = j + 1 < a.length ? a.slice(j + 1) : args[++i];
+        if (value === undefined) fail(`option -${flag.short} needs a value (${flag.value})`);
+        else take(flag, `-${flag.short}`, value);
+        break;
+      }
+      continue;
+    }
+    if (a.startsWith('--')) {
       const eq = a.indexOf('=');
-      const name = a.slice(a.startsWith('--') ? 2 : 1, eq < 0 ? undefined : eq);
+      const name = a.slice(2, eq < 0 ? undefined : eq);
       const flag = spec.flags.find((f) => f.name === name);
-      if (!flag || !a.startsWith('--')) throw new UsageError(`unknown option ${a.slice(0, eq < 0 ? undefined : eq)}`, spec.name);
-      if (flags.has(name)) throw new UsageError(`option --${name} given twice`, spec.name);
+      if (!flag) {
+        fail(`unknown option ${a.slice(0, eq < 0 ? undefined : eq)}`);
+        continue;
+      }
       if (!flag.value) {
-        if (eq >= 0) throw new UsageError(`option --${name} takes no value`, spec.name);
-        flags.set(name, true);
+        if (eq >= 0) fail(`option --${name} takes no value`);
+        else take(flag, `--${name}`, true);
         continue;
       }
       const value = eq >= 0 ? a.slice(eq + 1) : args[++i];
-      if (value === undefined) throw new UsageError(`option --${name} needs a value (${flag.value})`, spec.name);
-      if (flag.choices && !flag.choices.includes(value)) {
-        throw new UsageError(`option --${name} must be one of ${flag.choices.join(', ')}, not ${JSON.stringify(value)}`, spec.name);
-      }
-      flags.set(name, value);
+      if (value === undefined) fail(`option --${name} needs a value (${flag.value})`);
+      else take(flag, `--${name}`, value);
       continue;
     }
     positionals.push(a);
   }
+  if (help) return { help: true, positionals: [], flags: new Map() };
+  if (problem) throw problem;
   if (positionals.length < spec.positionals.length) {
     throw new UsageError(`missing ${spec.positionals.slice(positionals.length).join(' ')}`, spec.name);
   }
@@ -83,28 +122,6 @@ export function parseArgs(spec: CommandSpec, args: readonly string[]): ParsedArg
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[spec.positionals.length])}`, spec.name);
   }
   return { help: false, positionals, flags };
-}
-
-/** Parse the short-option group at args[i] into `flags`; returns the index of the last argument used. */
-function parseShort(spec: CommandSpec, args: readonly string[], i: number, flags: Map<string, string | true>): number {
-  const a = args[i]!;
-  for (let j = 1; j < a.length; j++) {
-    const flag = spec.flags.find((f) => f.short !== undefined && f.short === a[j]);
-    if (!flag) throw new UsageError(`unknown option -${a[j]}`, spec.name);
-    if (flags.has(flag.name)) throw new UsageError(`option --${flag.name} given twice`, spec.name);
-    if (!flag.value) {
-      flags.set(flag.name, true);
-      continue;
-    }
-    const value = j + 1 < a.length ? a.slice(j + 1) : args[++i];
-    if (value === undefined) throw new UsageError(`option -${flag.short} needs a value (${flag.value})`, spec.name);
-    if (flag.choices && !flag.choices.includes(value)) {
-      throw new UsageError(`option -${flag.short} must be one of ${flag.choices.join(', ')}, not ${JSON.stringify(value)}`, spec.name);
-    }
-    flags.set(flag.name, value);
-    break;
-  }
-  return i;
 }
 
 function flagLabel(f: FlagSpec): string {

@@ -80,6 +80,11 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     io.err(`${mainHelp()}\nzrs: missing COMMAND\n`);
     return EXIT_USAGE;
   }
+  // These take nothing more (`help` one command name): anything else is a mistyped line, not a request to ignore it.
+  const extra = rest[name === 'help' ? 1 : 0];
+  if ((name === '--help' || name === '-h' || name === '--version' || name === 'help') && extra !== undefined) {
+    return usage(io, `unexpected argument ${JSON.stringify(extra)} after ${name}`, null);
+  }
   if (name === '--help' || name === '-h') {
     await io.out(mainHelp());
     return EXIT_OK;

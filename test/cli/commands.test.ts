@@ -55,7 +55,8 @@ describe('zrs help and usage', () => {
   });
 
   it.each(['serve', 'verify', 'dump'])('zrs %s --help prints usage, description and options', async (cmd) => {
-    for (const argv of [[cmd, '--help'], [cmd, 'x', '-h'], ['help', cmd]]) {
+    // Help wins over every other problem on the line.
+    for (const argv of [[cmd, '--help'], [cmd, 'x', '-h'], ['help', cmd], [cmd, '--bogus', 'a', 'b', '--help'], [cmd, '-zh']]) {
       const r = await run(...argv);
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(new RegExp(`^usage: zrs ${cmd} `));
@@ -75,6 +76,12 @@ describe('zrs help and usage', () => {
     [['serve', '--marking-start', '100', 'c'], 'zrs serve: option --marking-start must be an integer from 0 to 99, not "100"'],
     [['serve', '--marking-start', '8.5', 'c'], 'zrs serve: option --marking-start must be an integer from 0 to 99, not "8.5"'],
     [['help', 'nope'], 'zrs: unknown command "nope"'],
+    [['help', 'serve', 'verify'], 'zrs: unexpected argument "verify" after help'],
+    [['--version', 'x'], 'zrs: unexpected argument "x" after --version'],
+    [['--help', 'serve'], 'zrs: unexpected argument "serve" after --help'],
+    // Help only as an option: after `--` it is a positional, and as an option's value it is that value.
+    [['verify', 'a', '--', '-h'], 'zrs verify: unexpected argument "-h"'],
+    [['serve', '--log-format', '-h', 'c'], 'zrs serve: option --log-format must be one of json, human, not "-h"'],
   ])('%j is a usage error (exit 2)', async (argv, message) => {
     const r = await run(...argv);
     expect(r.code).toBe(2);
