@@ -408,14 +408,24 @@ function existingDirectory(k: ConfigKey, path: string): void {
 function sameEndpoint(to: ReplicationAddress, from: ReplicationAddress): boolean {
   if (to.kind === 'unix' || from.kind === 'unix') return to.kind === from.kind && resolve(formatAddress(to)) === resolve(formatAddress(from));
   if (to.port === 0 || to.port !== from.port) return false;
-  return to.host === from.host || (LOCAL_HOSTS.has(to.host) && LOCAL_HOSTS.has(from.host));
+  return to.host === from.host || (LOCAL_HOSTS.has(from.host) && hostsOverlap(to.host, from.host));
 }
 
-/** Would binding both fail? Same socket path, or the same port on hosts that overlap (a wildcard host covers every other). */
+/** Would binding both fail? Same socket path, or the same port on hosts that overlap. */
 function sameListener(a: ReplicationAddress, b: ReplicationAddress): boolean {
   if (a.kind === 'unix' || b.kind === 'unix') return a.kind === b.kind && resolve(formatAddress(a)) === resolve(formatAddress(b));
-  if (a.port !== b.port) return false;
-  return a.host === b.host || WILDCARD_HOSTS.has(a.host) || WILDCARD_HOSTS.has(b.host) || (LOCAL_HOSTS.has(a.host) && LOCAL_HOSTS.has(b.host));
+  return a.port === b.port && hostsOverlap(a.host, b.host);
+}
+
+/**
+ * Do listeners on these hosts share addresses? No host and `::` take every
+ * address (both families), 0.0.0.0 every IPv4 one, localhost may be either
+ * loopback; 127.0.0.1 and ::1 are apart.
+ */
+function hostsOverlap(a: string, b: string): boolean {
+  const covers = (wide: string, h: string): boolean => WILDCARD_HOSTS.has(wide) && (wide !== '0.0.0.0' || !h.includes(':'));
+  const loopback = (h: string): boolean => h === '127.0.0.1' || h === '::1';
+  return a === b || covers(a, b) || covers(b, a) || (a === 'localhost' && loopback(b)) || (b === 'localhost' && loopback(a));
 }
 
 /** Two storages must not share a data file, a blob directory or a listening address. */

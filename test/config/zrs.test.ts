@@ -204,6 +204,32 @@ describe('the <zrs> schema', () => {
     expect(err.file).toBe(F);
   });
 
+  const twoListeners = (a: string, b: string): string =>
+    `%import zc.zrs\n<zrs>\n replicate-to ${a}\n <filestorage>\n  path /a\n </filestorage>\n</zrs>\n<zrs>\n replicate-from db:5000\n replicate-to ${b}\n <filestorage>\n  path /b\n </filestorage>\n</zrs>\n`;
+
+  it.each([
+    ['127.0.0.1:5000', '[::1]:5000'],
+    ['0.0.0.0:5000', '[::1]:5000'],
+    ['10.0.0.5:5000', '127.0.0.1:5000'],
+  ])('accepts listeners on the same port of hosts apart (%s and %s)', (a, b) => {
+    expect(loadZrsConfigText(twoListeners(a, b), F, noDirs).storages).toHaveLength(2);
+  });
+
+  it.each([
+    ['[::]:5000', '127.0.0.1:5000'],
+    ['5000', '[::1]:5000'],
+    ['0.0.0.0:5000', '127.0.0.1:5000'],
+    ['localhost:5000', '[::1]:5000'],
+    ['127.0.0.1:5000', 'localhost:5000'],
+  ])('refuses listeners whose hosts overlap (%s and %s)', (a, b) => {
+    expect(() => loadZrsConfigText(twoListeners(a, b), F, noDirs)).toThrow(/replicate-to .* is also used by the storage at/);
+  });
+
+  it('accepts replicating from the other loopback on the port it listens on', () => {
+    expect(() => loadZrsConfigText(zrs(' replicate-from [::1]:5000\n replicate-to 127.0.0.1:5000'), F, noDirs)).not.toThrow();
+    expect(() => loadZrsConfigText(zrs(' replicate-from 0.0.0.0:5000\n replicate-to 127.0.0.1:5000'), F, noDirs)).toThrow(/is the address this storage replicates from/);
+  });
+
   it('accepts replicate-to equal to the port of another host (the README secondary)', () => {
     expect(() => loadZrsConfigText(SEED_SECONDARY, F, noDirs)).not.toThrow();
   });
