@@ -13,6 +13,7 @@ import { Primary } from '../replication/primary.js';
 import { Secondary } from '../replication/secondary.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import { DEFAULT_MARKING_START_PERCENT } from '../node/collector.js';
+import { metricsUrl } from '../node/metricsServer.js';
 import { UsageError, type CommandSpec } from './args.js';
 import { EXIT_FAILURE, EXIT_OK, type CliIo } from './io.js';
 import { loggerFactory, type LogFormat, type Logger } from './logging.js';
@@ -289,7 +290,7 @@ function metricsOption(s: PrimaryConfig | SecondaryConfig): { metricsAddress?: R
 }
 
 function metricsInfo(address: ReplicationAddress | null): Record<string, unknown> {
-  return address ? { metrics: `http://${formatAddress(address)}/metrics` } : {};
+  return address ? { metrics: metricsUrl(address) } : {};
 }
 
 function summary(s: StorageConfig): Record<string, unknown> {

@@ -3,6 +3,7 @@
 
 import { createServer, type Server } from 'node:http';
 import type { ReplicationAddress } from '../ports/transport.js';
+import { formatAddress } from '../replication/address.js';
 import { bindServer } from './listen.js';
 
 /** What the endpoint needs of a registry (prom-client's Registry fits). */
@@ -15,6 +16,14 @@ export interface MetricsServer {
   /** The bound address (the real port when 0 was asked for). */
   readonly address: ReplicationAddress;
   close(): Promise<void>;
+}
+
+/**
+ * Where to fetch the metrics served at `address`: an http URL, or for a Unix
+ * socket `unix:PATH:/metrics` (curl: `curl --unix-socket PATH http://localhost/metrics`).
+ */
+export function metricsUrl(address: ReplicationAddress): string {
+  return address.kind === 'unix' ? `unix:${address.path}:/metrics` : `http://${formatAddress(address)}/metrics`;
 }
 
 /**

@@ -5,11 +5,11 @@
 
 import type { Clock } from '../ports/clock.js';
 import type { ReplicationAddress, Transport } from '../ports/transport.js';
-import { serveMetrics, type MetricsServer } from '../node/metricsServer.js';
+import { metricsUrl, serveMetrics, type MetricsServer } from '../node/metricsServer.js';
 import { socketTransport } from '../node/socketTransport.js';
 import { tlsTransport, type TlsOptions } from '../node/tlsTransport.js';
 import { ZrsError } from '../errors.js';
-import { formatAddress, parseAddress } from './address.js';
+import { parseAddress } from './address.js';
 import type { Logger } from './log.js';
 import { ReplicationMetrics } from './metrics.js';
 
@@ -38,7 +38,7 @@ export async function openNodeEdges(options: NodeEdgeOptions, clock: Clock, log:
   if (options.metricsAddress !== undefined) {
     const a = options.metricsAddress;
     metricsServer = await serveMetrics(metrics.registry, typeof a === 'object' ? a : parseAddress(a, '127.0.0.1'));
-    log('info', `metrics at http://${formatAddress(metricsServer.address)}/metrics`);
+    log('info', `metrics at ${metricsUrl(metricsServer.address)}`);
   }
   return {
     transport: metrics.meter(base),

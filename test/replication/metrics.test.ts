@@ -6,6 +6,7 @@
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { metricsUrl } from '../../src/node/metricsServer.js';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { requestStatus } from '../../src/replication/statusClient.js';
@@ -18,9 +19,9 @@ import { FAST_RECONNECT, settleUntil } from './netHelpers.js';
 afterAll(cleanupTempDirs);
 
 function get(address: ReplicationAddress, path = '/metrics'): Promise<{ status: number; type: string; body: string }> {
-  if (address.kind !== 'tcp') throw new Error('tcp only');
+  const where = address.kind === 'tcp' ? { host: address.host, port: address.port } : { socketPath: address.path };
   return new Promise((resolve, reject) => {
-    const req = request({ host: address.host, port: address.port, path, agent: false }, (res) => {
+    const req = request({ ...where, path, agent: false }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (body += c));
@@ -118,6 +119,20 @@ describe('metrics endpoint', () => {
       expect((await get(primary.metricsAddress!, '/nothing')).status).toBe(404);
     } finally {
       await secondary.close();
+      await primary.close();
+    }
+  });
+
+  it('serves on a Unix socket and names it as one (unix:PATH:/metrics, not a malformed http URL)', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'metrics.sock');
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, metricsAddress: path });
+    try {
+      expect(primary.metricsAddress).toEqual({ kind: 'unix', path });
+      expect(metricsUrl(primary.metricsAddress!)).toBe(`unix:${path}:/metrics`);
+      expect(metricsUrl({ kind: 'tcp', host: '::1', port: 9100 })).toBe('http://[::1]:9100/metrics');
+      expect(sample(await scrape(primary.metricsAddress), 'zrs_connected_secondaries')).toBe(0);
+    } finally {
       await primary.close();
     }
   });
