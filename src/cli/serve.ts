@@ -4,7 +4,7 @@
 // until SIGINT or SIGTERM. Then close: secondaries first (their upstream
 // connections stop, their own listeners close), standalone storages, and
 // primaries last (each drains what is committed to its connected secondaries
-// before closing). A second signal during shutdown exits at once (code 1).
+// before closing). A second signal during start-up or shutdown exits at once (code 1).
 
 import { auditPathOf, ConfigError, loadZrsConfig, type PrimaryConfig, type SecondaryConfig, type StandaloneConfig, type StorageConfig } from '../config/zrs.js';
 import type { ReplicationAddress } from '../ports/transport.js';
@@ -103,11 +103,11 @@ export async function serve(configPath: string, io: CliIo, options: ServeOptions
   let wake: (() => void) | null = null;
   let shuttingDown = false;
   const unhook = io.onSignal((signal) => {
-    if (shuttingDown) {
-      log('error', `second ${signal} during shutdown: exiting without closing cleanly`);
+    // A second signal is the way out of a start-up or a shutdown that takes too long (a long scan, a stuck peer).
+    if (shuttingDown || stopRequested) {
+      log('error', `second ${signal} during ${shuttingDown ? 'shutdown' : 'start-up'}: exiting without closing cleanly`);
       io.exit(EXIT_FAILURE);
     }
-    if (stopRequested) return;
     stopRequested = signal;
     wake?.();
   });

@@ -147,6 +147,39 @@ describe('zrs help and usage', () => {
     }
   });
 
+  it('serve: a signal during start-up stops it cleanly; a second one exits at once with 1', async () => {
+    const dir = await copyZodbFixture('basic');
+    const cfg = join(dir, 'standalone.conf');
+    await writeFile(cfg, `<filestorage>\n path ${dir}/Data.fs\n</filestorage>\n`);
+    for (const signals of [1, 2]) {
+      const io = memoryIo();
+      let deliver: (signal: NodeJS.Signals) => void = () => undefined;
+      const exits: number[] = [];
+      io.onSignal = (handler) => {
+        deliver = handler;
+        return () => undefined;
+      };
+      io.exit = (code) => {
+        exits.push(code);
+        throw new Error(`exit ${code}`);
+      };
+      // Called after the handler is hooked and before the first storage opens.
+      io.tuneCollector = () => {
+        for (let i = 0; i < signals; i++) deliver('SIGINT');
+      };
+      const outcome = await runCli(['serve', cfg], io).catch((err: Error) => err.message);
+      if (signals === 1) {
+        expect(outcome).toBe(0);
+        expect(io.stderr).toContain('SIGINT received: closing');
+        expect(exits).toEqual([]);
+      } else {
+        expect(outcome).toBe('exit 1');
+        expect(exits).toEqual([1]);
+        expect(io.stderr).toContain('second SIGINT during start-up: exiting without closing cleanly');
+      }
+    }
+  });
+
   it('logs readable lines on a terminal', () => {
     const lines: string[] = [];
     humanLogger('p1', (l) => lines.push(l), () => new Date('2024-01-01T12:34:56.789Z'))('warn', 'disconnected', { address: '127.0.0.1:5000', reason: 'peer closed' });
