@@ -970,12 +970,17 @@ export class SimCluster {
     Object.assign(n, { role: 'secondary', upstream });
     this.note(n.name, `demoted: restarts as a secondary of ${upstream}`);
     await this.startNode(n);
-    await this.leaveModel(n);
+    // Nothing cut its log: every transaction durable on it is still there.
+    await this.leaveModel(n, true);
   }
 
-  /** A former primary restarted as a secondary: commits in doubt at its crash that survived join the tree, then it has no model. */
-  private async leaveModel(n: SimNode): Promise<void> {
-    if (n.secondary) await this.reconcile(n, n.secondary.storage, false);
+  /**
+   * A former primary restarted as a secondary: commits in doubt at its crash
+   * that survived join the tree, then it has no model. `strict` when its log
+   * was not cut (a demotion), not after a rewind.
+   */
+  private async leaveModel(n: SimNode, strict: boolean): Promise<void> {
+    if (n.secondary) await this.reconcile(n, n.secondary.storage, strict);
     Object.assign(n, { model: null, inFlight: [] });
   }
 
@@ -1014,7 +1019,7 @@ export class SimCluster {
       }
     }
     await this.startNode(n);
-    await this.leaveModel(n);
+    await this.leaveModel(n, false);
   }
 
   /** With checkAcknowledged: `n` (the current primary) holds every commit acknowledged to its caller. */
@@ -1136,9 +1141,9 @@ export class SimCluster {
 
   /**
    * After a crash of a node that was a primary: its log holds, in order and
-   * unchanged, every transaction that was durable on it (`strict`; after a
-   * demotion or a rewind only the part its log still has must match); after
-   * those, only commits in flight at the crash may follow, in commit order:
+   * unchanged, every transaction that was durable on it (`strict`: after a
+   * restart or a demotion; after a rewind only the part its log still has
+   * must match); after those, only commits in flight at the crash may follow, in commit order:
    * they enter its model and the history tree.
    */
   private async reconcile(n: SimNode, fs: { iterator(): AsyncIterable<TransactionRecord> }, strict: boolean): Promise<void> {
