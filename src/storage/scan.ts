@@ -160,34 +160,41 @@ export async function scanFile(
   const reader = new WindowReader(handle, undefined, () => fileSize);
   while (pos < fileSize) {
     let verdict: TxnVerdict;
+    let damage: CorruptedDataError;
     try {
       verdict = await scanTransaction(reader, path, pos, fileSize, state);
+      if (verdict.kind === 'ok') {
+        pos = verdict.next;
+        continue;
+      }
+      damage = new CorruptedDataError(path, pos, `${verdict.reason}, yet intact transactions follow`);
     } catch (err) {
-      // Damage that reaches the end of the file is an unfinished write (no
-      // transaction after it was ever reported committed); damage followed
-      // by intact transactions is corruption and must not be cut silently,
-      // unless fill shows that a sync was torn (several transactions synced
-      // together, some of their sectors written and some not).
       if (!(err instanceof CorruptedDataError)) throw err;
-      const torn = (await fillInside(reader, pos, fileSize)) >= 0;
-      if (!torn && (await intactTransactionAfter(handle, pos, fileSize))) throw err;
       verdict = { kind: 'tail', reason: err.message };
+      damage = err;
     }
-    if (verdict.kind === 'tail') return { ...state, end: pos, tail: { pos, reason: verdict.reason } };
-    pos = verdict.next;
+    // Damage that reaches the end of the file is an unfinished write (no
+    // transaction after it was ever reported committed), whether it reads as
+    // a bad record, a length past the end or a status still 'c'; damage
+    // followed by intact transactions is corruption and must not be cut
+    // silently, unless fill shows that a sync was torn (several transactions
+    // synced together, some of their sectors written and some not).
+    if ((await intactTransactionAfter(handle, pos, fileSize, state.lastTid)) && (await fillInside(reader, pos, fileSize)) < 0) throw damage;
+    return { ...state, end: pos, tail: { pos, reason: verdict.reason } };
   }
   return { ...state, end: pos, tail: null };
 }
 
 /**
- * Whether the file ends with a well-formed committed transaction that starts
- * at or after `pos`, possibly followed by one unfinished transaction (a crash
- * in the middle of the next commit leaves its status 'c'; commits are
+ * Whether a well-formed committed transaction starts at or after `pos`. First
+ * at the end of the file, possibly followed by one unfinished transaction (a
+ * crash in the middle of the next commit leaves its status 'c'; commits are
  * serialized, so there is never more than one). At `pos` itself it is a
  * complete transaction (final status, matching redundant length) with damage
- * inside: corruption, as in ZODB's read_index.
+ * inside: corruption, as in ZODB's read_index. Then, when the file ends in a
+ * transaction cut short (whose length is unknown), anywhere after `pos`.
  */
-async function intactTransactionAfter(handle: FileHandle, pos: number, fileSize: number): Promise<boolean> {
+async function intactTransactionAfter(handle: FileHandle, pos: number, fileSize: number, lastTid: Buffer | null): Promise<boolean> {
   // Fill written after a transaction that ends inside a word begins with up
   // to 7 bytes that are not a whole word of fill: the file's data may end there.
   for (let end = fileSize; end > fileSize - 8; end--) {
@@ -196,6 +203,39 @@ async function intactTransactionAfter(handle: FileHandle, pos: number, fileSize:
     if (isFinalStatus(h.status)) return true;
     const before = await transactionEndingAt(handle, pos, end - TRAILER_BYTES - h.length);
     return before !== null && isFinalStatus(before.status);
+  }
+  return committedTransactionWithin(handle, pos + 1, fileSize, lastTid);
+}
+
+const SEARCH_WINDOW_BYTES = 1024 * 1024;
+
+/**
+ * Whether a committed transaction starts in [from, fileSize): a final status,
+ * a tid after `after`, a redundant length that matches, and a first record
+ * (when it has any) that names it (its tid, and its own position as tloc).
+ * Searched byte by byte, which only damage ever asks for.
+ */
+async function committedTransactionWithin(handle: FileHandle, from: number, fileSize: number, after: Buffer | null): Promise<boolean> {
+  const window = Buffer.alloc(SEARCH_WINDOW_BYTES + TXN_HEADER_BYTES);
+  const probe = Buffer.alloc(DATA_HEADER_BYTES);
+  for (let base = from; base + TXN_HEADER_BYTES + TRAILER_BYTES <= fileSize; base += SEARCH_WINDOW_BYTES) {
+    const { bytesRead } = await handle.read(window, 0, Math.min(window.length, fileSize - base), base);
+    for (let i = 0; i < SEARCH_WINDOW_BYTES && i + TXN_HEADER_BYTES <= bytesRead; i++) {
+      const status = String.fromCharCode(window[i + 16]!);
+      if (!isFinalStatus(status)) continue;
+      const h = readTxnHeader(window, i);
+      const at = base + i;
+      const metaBytes = TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
+      if (h.length < metaBytes || at + h.length + TRAILER_BYTES > fileSize) continue;
+      if (after !== null && Buffer.compare(h.tid, after) <= 0) continue;
+      await handle.read(probe, 0, TRAILER_BYTES, at + h.length);
+      if (readU64At(probe, 0) !== h.length) continue;
+      if (h.length === metaBytes) return true;
+      if (metaBytes + DATA_HEADER_BYTES > h.length) continue;
+      await handle.read(probe, 0, DATA_HEADER_BYTES, at + metaBytes);
+      const d = readDataHeader(probe);
+      if (d.tloc === at && d.tid.equals(h.tid)) return true;
+    }
   }
   return false;
 }

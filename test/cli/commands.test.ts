@@ -324,7 +324,11 @@ describe('zrs dump', () => {
   it('says on stderr where it stopped when it cannot read to the end of the data', async () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs');
-    await storageFileWith(path, 3);
+    const tids = await storageFileWith(path, 3);
+    const reader = await FileStorage.open(path, { readOnly: true });
+    let lastPos = 0;
+    for await (const t of reader.iterator()) lastPos = t.pos;
+    await reader.close();
     // The first transaction's length made impossible: nothing after it can be read.
     const bytes = await readFile(path);
     bytes.writeUInt32BE(0xffffffff, 4 + 8);
@@ -333,11 +337,18 @@ describe('zrs dump', () => {
     let r = await run('dump', path);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/corrupted data at position 4: transaction length \d+ runs past the end of the data/);
-    // Without the index the open scans, stops there and reads nothing: dump says where it stopped.
+    // Without the index the open scans and finds intact transactions after the damage: refused, nothing listed.
     await rm(indexPathFor(path));
     r = await run('dump', path);
-    expect(r.stdout).toBe('');
-    expect(r.stderr).toMatch(new RegExp(`^zrs dump: ${path}: stopped at offset 4, before the end of the data: .+ \\(a transaction still being committed, or damage: zrs verify`));
+    expect(r).toMatchObject({ code: 1, stdout: '' });
+    expect(r.stderr).toMatch(/corrupted data at position 4: transaction runs past the end of the file, yet intact transactions follow/);
+    // Damage that reaches the end (the last transaction's length): dump lists what precedes it and says where it stopped.
+    bytes.writeUInt32BE(0, 4 + 8);
+    bytes.writeUInt32BE(0xffffffff, lastPos + 8);
+    await writeFile(path, bytes);
+    r = await run('dump', path);
+    expect(r.stdout.match(/^Trans #/gm)).toHaveLength(tids.length - 1);
+    expect(r.stderr).toMatch(new RegExp(`^zrs dump: ${path}: stopped at offset ${lastPos}, before the end of the data: .+ \\(a transaction still being committed, or damage: zrs verify`));
   });
 
   it('quotes bytes as Python repr does', () => {

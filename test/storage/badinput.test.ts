@@ -135,6 +135,27 @@ describe('damage in the middle of a file (intact transactions after it)', () => 
       victim.pos + victim.length,
     ));
 
+  // Each also reads as the start of a torn tail; what follows tells them apart.
+  it("a status still 'c' (in progress)", () => expectCorrupt(damaged((b) => (b[victim.pos + 16] = 'c'.charCodeAt(0))), victim.pos));
+
+  it('a transaction length past the end of the file', () => expectCorrupt(damaged((b) => b.writeUInt8(b[victim.pos + 8]! ^ 0x80, victim.pos + 8)), victim.pos));
+
+  it("a status still 'c', with an unfinished transaction at the end", () =>
+    expectCorrupt(withUnfinishedEnd(damaged((b) => (b[victim.pos + 16] = 'c'.charCodeAt(0)))), victim.pos));
+
+  /** The file with a transaction cut short appended (a crash while appending the next commit): its length runs past the end. */
+  const withCutShortEnd = (b: Buffer): Buffer => withUnfinishedEnd(b).subarray(0, b.length + 30);
+
+  it.each([
+    ['a broken redundant length', (b: Buffer) => b.writeUInt32BE(victim.length + 1, victim.pos + victim.length + 4), () => victim.pos + victim.length],
+    ["a status still 'c'", (b: Buffer) => (b[victim.pos + 16] = 'c'.charCodeAt(0)), () => victim.pos],
+    ['a record pointing at another transaction', (b: Buffer) => b.writeUInt32BE(prior.pos, victim.records[1]!.pos + 28), () => victim.records[1]!.pos],
+  ])('%s, with a transaction cut short at the end (its length unknown)', async (_what, edit, position) => {
+    const bytes = withCutShortEnd(damaged(edit));
+    expect(bytes.length).toBe(original.length + 30);
+    await expectCorrupt(bytes, position());
+  });
+
   it('a transaction length shorter than its own header', () =>
     expectCorrupt(damaged((b) => b.writeUInt32BE(10, victim.pos + 12)), victim.pos));
 
