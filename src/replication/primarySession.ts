@@ -627,12 +627,17 @@ export class PrimarySession {
       /** An asynchronous step (the gap from the log, a file read, a full socket) is under way; it pumps when done. */
       let busy = false;
       let unsubscribe = (): void => {};
-      const fail = (err: unknown): void => {
+      /** Stop following; the queue is let go at once (a wait on a full socket may hold this closure for long). */
+      const stop = (): void => {
         unsubscribe();
+        queue.length = 0;
+      };
+      const fail = (err: unknown): void => {
+        stop();
         reject(err);
       };
       const overflow = (): void => {
-        unsubscribe();
+        stop();
         this.send({ type: 'OVERFLOW' });
       };
       const after = (step: Promise<unknown>): void => {
@@ -697,7 +702,7 @@ export class PrimarySession {
         fellBehind: () => overflow(),
         complete: () => resolve(),
       });
-      signal.addEventListener('abort', () => unsubscribe(), { once: true });
+      signal.addEventListener('abort', stop, { once: true });
       // Anything made durable between catch-up's end and this subscription is
       // not in the queue: it is read from the log first, while new commits
       // queue up behind it (the pump skips those already sent).

@@ -7,6 +7,8 @@
 // whose commits outran the feed's ticks. Real sockets.
 
 import { join } from 'node:path';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseAddress } from '../../src/replication/address.js';
 import { silentLogger } from '../../src/replication/log.js';
@@ -25,6 +27,16 @@ import { commitMany, expectSameHistory, waitForTid } from './helpers.js';
 import { FAST_RECONNECT, until } from './netHelpers.js';
 
 afterAll(cleanupTempDirs);
+
+setFlagsFromString('--expose-gc');
+const collectGarbage = runInNewContext('gc') as () => void;
+
+/** Heap and Buffer memory still reachable after a full collection. */
+function retainedBytes(): number {
+  collectGarbage();
+  const m = process.memoryUsage();
+  return m.heapUsed + m.arrayBuffers;
+}
 
 /** A storage served over loopback, with the sessions it starts. */
 async function serve(followBufferSize?: number) {
@@ -166,6 +178,43 @@ describe('catching up under a steady stream of commits', () => {
       expect(sessions.length).toBe(1); // the same connection all along
       await expectSameHistory(storage, secondary.storage);
     } finally {
+      await closeAll(secondary, server, storage);
+    }
+  });
+
+  it('lets go of the commits it held once it overflows, while its socket stays full', async () => {
+    const { dir, storage, sessions, server } = await serve(400);
+    let held: ByteStream | null = null;
+    const transport: Transport = {
+      ...socketTransport,
+      connect: async (address) => {
+        const s = await socketTransport.connect(address);
+        held = s;
+        return { ...s, peer: s.peer, write: (c) => s.write(c), pause: () => s.pause(), resume: () => undefined, end: () => s.end(), destroy: (e) => s.destroy(e), setHandlers: (h) => s.setHandlers(h) };
+      },
+    };
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null, transport });
+    try {
+      await waitForTid(secondary, (await commitMany(storage, 1))[0]!);
+      held!.pause(); // for good: the primary's wait for its socket to drain never ends
+      const before = retainedBytes();
+      const oid = storage.newOid();
+      let serial = Z64;
+      const overflows = (): number => sessions[0]!.machine.getSnapshot().context.counters.overflows;
+      for (let i = 0; i < 1000 && overflows() === 0; i++) {
+        const txn = { description: `big ${i}` };
+        await storage.tpcBegin(txn);
+        storage.store(oid, serial, Buffer.alloc(200 * 1024, i), txn);
+        await storage.tpcVote(txn);
+        serial = await storage.tpcFinish(txn);
+        await new Promise((r) => (i % 20 === 19 ? setTimeout(r, 2) : setImmediate(r)));
+      }
+      expect(overflows()).toBeGreaterThan(0);
+      // 400 commits of 200 KiB (published with their bytes, 78 MiB) were queued when it overflowed; none may stay
+      // reachable (what stays is what the socket holds in its own buffer).
+      expect(retainedBytes() - before).toBeLessThan(48 * 1024 * 1024);
+    } finally {
+      held!.destroy();
       await closeAll(secondary, server, storage);
     }
   });
