@@ -204,8 +204,15 @@ export class Primary {
     return this.describe(this.server.status());
   }
 
-  /** Refuse new writes, send every committed transaction to connected secondaries, close. */
-  async close(): Promise<void> {
+  /** Refuse new writes, send every committed transaction to connected secondaries, close. Every call waits for the one close. */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private closing: Promise<void> | null = null;
+
+  private async doClose(): Promise<void> {
     await runEach([
       () => this.storage.closeForWrites(),
       () => this.server.close(),

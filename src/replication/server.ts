@@ -170,8 +170,14 @@ export class ReplicationServer {
   }
 
   /** Stop accepting, let every session drain what is committed, then resolve. */
-  async close(): Promise<void> {
-    if (this.closing) return;
+  close(): Promise<void> {
+    this.closed ??= this.doClose();
+    return this.closed;
+  }
+
+  private closed: Promise<void> | null = null;
+
+  private async doClose(): Promise<void> {
     this.closing = true;
     // net.Server.close waits for open connections, so do not wait for it first.
     const stopped = this.listener?.close();

@@ -11,7 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Primary } from '../../src/replication/primary.js';
 import { CLOSE_LINGER_MS } from '../../src/replication/primarySession.js';
 import { VirtualClock } from '../../src/sim/clock.js';
-import { createNativePackr, encodeNative, nativeProtocolName } from '../../src/wire/native.js';
+import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName } from '../../src/wire/native.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -54,7 +54,8 @@ describe.each(cases)('closing a primary (%s secondaries, mid-write %s)', (protoc
       // Optionally close while both sessions are in the middle of writing it.
       if (midWrite) await settleUntil(() => primary.secondaries().every((st, i) => st.bytesSent > sentBefore[i]!));
 
-      await primary.close();
+      // A second close() while the first drains waits for that one (it closed the storage under the drain).
+      await Promise.all([primary.close(), primary.close()]);
 
       // Sent whole before close() resolved: both receive it even though the primary is gone.
       for (const s of secondaries) await waitForTid(s, tid);
@@ -123,6 +124,41 @@ describe('closing a primary whose peer does not cooperate', () => {
       // Once it reads again, what the primary had sent is followed by the end of the connection.
       peer.socket.resume();
       await peer.waitClosed();
+    } finally {
+      peer.destroy();
+      await primary.close();
+    }
+  });
+
+  it('a second close() while the first drains to a slow secondary waits for that drain instead of closing the storage under it', async () => {
+    const { primary, logs } = await primaryOnVirtualClock();
+    const peer = await FramedSocket.connect(primary.address);
+    const unpackr = createNativeUnpackr();
+    const received: Buffer[] = [];
+    peer.frames$.subscribe((f) => {
+      const m = f.length === 0 ? null : decodeNative(f, unpackr, 'primary');
+      if (m?.type === 'txn') received.push(Buffer.from(m.tid));
+    });
+    try {
+      peer.send(nativeProtocolName());
+      peer.send(encodeNative({ type: 'hello', startTid: Z64, generations: [], options: { blobs: false } }, createNativePackr()));
+      await peer.frame(0); // welcome
+      peer.socket.pause(); // slow: reads again only once both closes are under way
+      const fs = primary.storage;
+      let last = Z64;
+      for (let i = 0; i < 30; i++) {
+        const txn = { description: `t${i}` };
+        await fs.tpcBegin(txn);
+        fs.store(fs.newOid(), Z64, Buffer.alloc(1 << 20, i), txn);
+        await fs.tpcVote(txn);
+        last = await fs.tpcFinish(txn);
+      }
+      const closes = Promise.all([primary.close(), primary.close()]);
+      peer.socket.resume();
+      await closes;
+      await peer.waitClosed();
+      expect(received.at(-1)?.toString('hex')).toBe(last.toString('hex'));
+      expect(logs.entries.filter((e) => e.message.includes('session with')).map((e) => e.fields?.reason)).toEqual(['drained']);
     } finally {
       peer.destroy();
       await primary.close();
