@@ -87,17 +87,18 @@ export class ReplicationMetrics {
     new Gauge({
       name: 'zrs_secondary_lag_seconds',
       labelNames: ['peer'] as const,
-      help: "Primary side, per connected secondary: last committed tid's time minus the time of the tid the secondary acknowledged (else was sent).",
+      help: "Primary side, per connected secondary: last committed tid's time minus the time of the tid the secondary acknowledged (before its first ack, where it started; zrs2 secondaries, which never ack, what was sent).",
       registers: [this.registry],
       collect() {
         this.reset();
         const last = self.storage ? tidSeconds(self.storage.lastTransaction()) : null;
         for (const s of self.sessions) {
           const st = s.status();
-          const at = tidSeconds(st.ackedTid ?? st.lastSentTid);
+          // What was sent is no measure where acks say what is durable: a secondary that stops acking falls behind.
+          const at = tidSeconds(st.ackedTid ?? (st.acks ? st.startTid : st.lastSentTid));
           if (last === null) this.set({ peer: st.peer }, 0);
           else if (at !== null) this.set({ peer: st.peer }, Math.max(0, last - at));
-          else if (st.state === 'live') this.set({ peer: st.peer }, 0);
+          else if (st.state === 'live' && !st.acks) this.set({ peer: st.peer }, 0);
         }
       },
     });

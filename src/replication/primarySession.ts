@@ -99,6 +99,10 @@ export interface SessionStatus {
   protocol: string | null;
   lastSentTid: Buffer | null;
   ackedTid: Buffer | null;
+  /** The tid the secondary said it holds when it started (null before its start). */
+  startTid: Buffer | null;
+  /** Its protocol acknowledges durable transactions (native). */
+  acks: boolean;
   bytesSent: number;
 }
 
@@ -207,6 +211,8 @@ export class PrimarySession {
       protocol: this.spec?.name ?? null,
       lastSentTid: this.progress.lastSentTid,
       ackedTid: this.progress.ackedTid,
+      startTid: (this.actor.getSnapshot().context.startTid as Buffer | null) ?? null,
+      acks: this.progress.acks,
       bytesSent: this.writer.bytesWritten,
     };
   }
@@ -358,7 +364,7 @@ export class PrimarySession {
     }
     const p = this.progress;
     // Out of range: the machine judges it (and closes the session) with the position it is told first.
-    if (!isAckInRange(p.lastSentTid ?? (this.actor.getSnapshot().context.startTid as Buffer | null), p.ackedTid, msg.tid)) {
+    if (!isAckInRange(p.lastSentTid ?? this.status().startTid, p.ackedTid, msg.tid)) {
       this.send({ type: 'ACK', tid: msg.tid });
       return;
     }

@@ -14,7 +14,9 @@ import { tidToSeconds } from '../../src/storage/timestamp.js';
 import type { ReplicationAddress } from '../../src/ports/transport.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, waitForTid } from './helpers.js';
-import { FAST_RECONNECT, settleUntil } from './netHelpers.js';
+import { FAST_RECONNECT, FramedSocket, settleUntil } from './netHelpers.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { createNativePackr, encodeNative, nativeProtocolName } from '../../src/wire/native.js';
 
 afterAll(cleanupTempDirs);
 
@@ -133,6 +135,30 @@ describe('metrics endpoint', () => {
       expect(metricsUrl({ kind: 'tcp', host: '::1', port: 9100 })).toBe('http://[::1]:9100/metrics');
       expect(sample(await scrape(primary.metricsAddress), 'zrs_connected_secondaries')).toBe(0);
     } finally {
+      await primary.close();
+    }
+  });
+
+  it("measures a native secondary's lag from what it acknowledged, never from what it was sent", async () => {
+    const dir = await tempDir();
+    let nowMs = Date.UTC(2026, 0, 1);
+    const storage = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false, now: () => nowMs });
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), storage, replicateTo: '127.0.0.1:0', metricsAddress: '127.0.0.1:0', auditPath: null });
+    const peer = await FramedSocket.connect(primary.address);
+    try {
+      const [first] = await commitMany(storage, 1);
+      // A secondary that holds the first transaction, receives everything and never acknowledges.
+      peer.send(nativeProtocolName());
+      peer.send(encodeNative({ type: 'hello', startTid: first!, generations: [], options: { blobs: false } }, createNativePackr()));
+      await peer.frame(0);
+      await settleUntil(() => primary.secondaries()[0]?.state === 'live');
+      nowMs += 100_000;
+      const [later] = await commitMany(storage, 1);
+      await settleUntil(() => primary.secondaries()[0]?.lastSentTid?.equals(later!) ?? false);
+      const peerName = primary.secondaries()[0]!.peer;
+      expect(sample(await scrape(primary.metricsAddress), 'zrs_secondary_lag_seconds', { peer: peerName })).toBeCloseTo(100, 0);
+    } finally {
+      peer.destroy();
       await primary.close();
     }
   });
