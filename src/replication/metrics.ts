@@ -29,6 +29,33 @@ export interface MeteredSecondary {
 const SESSION_STATES = Object.keys(primarySessionMachine.root.states);
 const CONNECTION_STATES = Object.keys(secondaryConnectionMachine.root.states);
 
+/**
+ * A gauge without labels that is left out of a scrape while it has no value
+ * (prom-client shows such a gauge as 0, which would read as "no lag" or "a
+ * heartbeat just now" when there is none).
+ */
+class OptionalGauge extends Gauge {
+  private present = false;
+
+  constructor(config: { name: string; help: string; registers: Registry[]; value: () => number | null }) {
+    super({
+      name: config.name,
+      help: config.help,
+      registers: config.registers,
+      collect() {
+        const v = config.value();
+        (this as OptionalGauge).present = v !== null;
+        if (v !== null) this.set(v);
+      },
+    });
+  }
+
+  override async get(): ReturnType<Gauge['get']> {
+    const all = await super.get();
+    return this.present ? all : { ...all, values: [] };
+  }
+}
+
 /** Seconds since the epoch of a tid; null for the empty storage's zero tid. */
 function tidSeconds(tid: Buffer | null): number | null {
   return tid === null || tid.equals(Z64) ? null : tidToSeconds(tid);
@@ -67,14 +94,11 @@ export class ReplicationMetrics {
 
   constructor(private readonly clock: Clock) {
     const self = this;
-    new Gauge({
+    new OptionalGauge({
       name: 'zrs_last_transaction_timestamp_seconds',
-      help: "Time of the storage's last committed transaction (its tid), seconds since the epoch.",
+      help: "Time of the storage's last committed transaction (its tid), seconds since the epoch; absent for an empty storage.",
       registers: [this.registry],
-      collect() {
-        const s = self.storage ? tidSeconds(self.storage.lastTransaction()) : null;
-        if (s !== null) this.set(s);
-      },
+      value: () => (self.storage ? tidSeconds(self.storage.lastTransaction()) : null),
     });
     new Gauge({
       name: 'zrs_connected_secondaries',
@@ -115,26 +139,25 @@ export class ReplicationMetrics {
         }
       },
     });
-    new Gauge({
+    new OptionalGauge({
       name: 'zrs_replication_lag_seconds',
       help: "Secondary side: the upstream's last tid (from its latest heartbeat) minus the last applied tid, in seconds; absent until a heartbeat arrives.",
       registers: [this.registry],
-      collect() {
-        this.reset();
+      value: () => {
         const hb = self.secondary?.lastHeartbeat;
+        if (!hb) return null;
         const applied = self.storage ? tidSeconds(self.storage.lastTransaction()) : null;
-        const upstream = hb ? tidSeconds(hb.lastTid) : null;
-        if (hb) this.set(upstream === null ? 0 : Math.max(0, upstream - (applied ?? 0)));
+        const upstream = tidSeconds(hb.lastTid);
+        return upstream === null ? 0 : Math.max(0, upstream - (applied ?? 0));
       },
     });
-    new Gauge({
+    new OptionalGauge({
       name: 'zrs_heartbeat_age_seconds',
       help: "Secondary side: seconds since the upstream's latest heartbeat; absent until one arrives.",
       registers: [this.registry],
-      collect() {
-        this.reset();
+      value: () => {
         const hb = self.secondary?.lastHeartbeat;
-        if (hb) this.set(Math.max(0, (self.clock.now() - hb.receivedMs) / 1000));
+        return hb ? Math.max(0, (self.clock.now() - hb.receivedMs) / 1000) : null;
       },
     });
     new Gauge({

@@ -125,16 +125,25 @@ describe('metrics endpoint', () => {
     }
   });
 
-  it('serves on a Unix socket and names it as one (unix:PATH:/metrics, not a malformed http URL)', async () => {
+  it('serves on a Unix socket and names it as one (unix:PATH:/metrics, not a malformed http URL); values not known yet are absent', async () => {
     const dir = await tempDir();
     const path = join(dir, 'metrics.sock');
-    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, metricsAddress: path });
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, metricsAddress: path, heartbeatIntervalMs: 0 });
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, metricsAddress: '127.0.0.1:0', reconnect: FAST_RECONNECT });
     try {
       expect(primary.metricsAddress).toEqual({ kind: 'unix', path });
       expect(metricsUrl(primary.metricsAddress!)).toBe(`unix:${path}:/metrics`);
       expect(metricsUrl({ kind: 'tcp', host: '::1', port: 9100 })).toBe('http://[::1]:9100/metrics');
-      expect(sample(await scrape(primary.metricsAddress), 'zrs_connected_secondaries')).toBe(0);
+      await settleUntil(() => primary.secondaries()[0]?.state === 'live');
+      const p = await scrape(primary.metricsAddress);
+      expect(sample(p, 'zrs_connected_secondaries')).toBe(1);
+      // Nothing to tell yet: absent, not 0 (an empty storage; no heartbeat ever came).
+      const s = await scrape(secondary.metricsAddress);
+      for (const text of [p, s]) {
+        for (const name of ['zrs_last_transaction_timestamp_seconds', 'zrs_replication_lag_seconds', 'zrs_heartbeat_age_seconds']) expect(sample(text, name), name).toBeNull();
+      }
     } finally {
+      await secondary.close();
       await primary.close();
     }
   });
