@@ -6,7 +6,8 @@
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { metricsUrl } from '../../src/node/metricsServer.js';
+import { METRICS_REQUESTS_PER_SOCKET, metricsUrl, serveMetrics } from '../../src/node/metricsServer.js';
+import { createConnection } from 'node:net';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { requestStatus } from '../../src/replication/statusClient.js';
@@ -169,6 +170,41 @@ describe('metrics endpoint', () => {
     } finally {
       peer.destroy();
       await primary.close();
+    }
+  });
+
+  it('holds a client that pipelines thousands of requests to a few readings of the registry', async () => {
+    let readings = 0;
+    const server = await serveMetrics({ contentType: 'text/plain', metrics: async () => `reading ${++readings}\n`.repeat(100) }, { kind: 'tcp', host: '127.0.0.1', port: 0 });
+    const address = server.address as { host: string; port: number };
+    const requests = 2000;
+    try {
+      const statuses = await Promise.all(
+        Array.from({ length: 4 }, () =>
+          new Promise<number[]>((resolve, reject) => {
+            const socket = createConnection({ host: address.host, port: address.port });
+            let text = '';
+            socket.setEncoding('latin1');
+            socket.on('data', (chunk: string) => {
+              text += chunk;
+              const found = [...text.matchAll(/^HTTP\/1\.1 (\d{3})/gm)].map((m) => Number(m[1]));
+              if (found.length === requests) {
+                socket.destroy();
+                resolve(found);
+              }
+            });
+            socket.on('error', reject);
+            socket.write('GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(requests));
+          }),
+        ),
+      );
+      for (const st of statuses) {
+        expect(st.filter((c) => c === 200)).toHaveLength(METRICS_REQUESTS_PER_SOCKET);
+        expect(st.filter((c) => c !== 200).every((c) => c === 503)).toBe(true);
+      }
+      expect(readings).toBeLessThanOrEqual(4 * METRICS_REQUESTS_PER_SOCKET);
+    } finally {
+      await server.close();
     }
   });
 
