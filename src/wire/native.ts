@@ -943,28 +943,32 @@ function parseHeartbeatInterval(value: unknown): { heartbeatIntervalMs?: number 
 }
 
 /** A message that carries a `check` of its content (see contentCheck). */
-type CheckedMessage = HelloMessage | WelcomeMessage | HeartbeatMessage | AckMessage;
+type CheckedMessage = HelloMessage | WelcomeMessage | HeartbeatMessage | AckMessage | CommitMessage;
 
-/** The messages a `check` they carry is verified for (a heartbeat's whether or not its generation survived the way). */
+/** The messages a `check` they carry is verified for (a heartbeat's or a commit's whether or not its optional field survived the way). */
 function checkable(msg: NativeMessage): msg is CheckedMessage {
-  return msg.type === 'hello' || msg.type === 'welcome' || msg.type === 'ack' || msg.type === 'heartbeat';
+  return msg.type === 'hello' || msg.type === 'welcome' || msg.type === 'ack' || msg.type === 'heartbeat' || msg.type === 'commit';
 }
 
-/** The messages sent with a `check`: every checkable one but a heartbeat announcing nothing. */
+/** The messages sent with a `check`: every checkable one but a heartbeat announcing nothing and a commit without a link. */
 function carriesCheck(msg: NativeMessage): msg is CheckedMessage {
-  return checkable(msg) && (msg.type !== 'heartbeat' || msg.generation !== undefined);
+  if (msg.type === 'heartbeat') return msg.generation !== undefined;
+  if (msg.type === 'commit') return msg.link !== undefined;
+  return checkable(msg);
 }
 
 /**
- * The `check` of a hello, a welcome, an ack, or a heartbeat announcing a
- * generation: the first 8 bytes of sha256 over what the receiver judges,
+ * The `check` of a hello, a welcome, an ack, a heartbeat announcing a
+ * generation or a commit carrying a link: the first 8 bytes of sha256 over what the receiver judges,
  * adopts, persists or counts from it, as text (docs/PROTOCOL.md). Nothing
  * else covers these messages before the receiver acts on them: a byte
  * changed on the way in a generation's start tid or a chain link would
  * otherwise be persisted, or judged a diverged history, and the secondary
  * refused from then on; in an ack's tid, it would count transactions as
  * durable on the secondary (synchronous replication releases commits on
- * that) which are not.
+ * that) which are not; in a commit's link (a packed transaction's), it
+ * would be written into the secondary's chain, and the secondary found
+ * diverged at its next connection.
  */
 function contentCheck(msg: CheckedMessage): Buffer {
   return Buffer.from(contentCheckText(msg), 'latin1');
@@ -973,6 +977,8 @@ function contentCheck(msg: CheckedMessage): Buffer {
 /** contentCheck as 8 latin1 characters: an ack is checked on every commit, without a Buffer. */
 function contentCheckText(msg: CheckedMessage): string {
   if (msg.type === 'ack') return digestText(`ack|${msg.tid.toString('hex')}`);
+  // The stream checksum a commit carries covers what came before it, not its own link.
+  if (msg.type === 'commit') return digestText(`commit|${msg.link?.toString('hex') ?? '-'}`);
   const gen = (g: GenerationEntry): string => `${g.generation}@${g.startTid.toString('hex')}`;
   const link = (l: ChainHead): string => `${l.tid.toString('hex')}:${l.hash.toString('hex')}`;
   const list = <T>(items: readonly T[] | undefined, show: (item: T) => string): string => (items ? items.map(show).join(',') : '-');

@@ -380,7 +380,7 @@ describe('encodeNative / decodeNative', () => {
   });
 });
 
-describe('the content check (hello, welcome, ack, heartbeat with a generation)', () => {
+describe('the content check (hello, welcome, ack, heartbeat with a generation, commit with a link)', () => {
   const welcomeArb = fc
     .record({
       lastTid: tid,
@@ -411,14 +411,19 @@ describe('the content check (hello, welcome, ack, heartbeat with a generation)',
           ? plain({ lastTid: m.lastTid, generation: m.generation })
           : m.type === 'ack'
             ? plain({ tid: m.tid })
-            : m.type;
+            : m.type === 'commit'
+              ? plain({ link: m.link }) // its checksum is compared with the stream's, not acted on
+              : m.type;
+  const commitArb = fc
+    .record({ checksum: bytes(32), link: fc.integer({ min: 16, max: 64 }).chain((n) => bytes(n)) })
+    .map(({ checksum, link }): NativeMessage => ({ type: 'commit', checksum, link }));
   const helloWithSamples = fc.tuple(helloArb, fc.option(samplesArb, { nil: undefined })).map(([h, chainSamples]) => (chainSamples ? { ...h, chainSamples } : h) as NativeMessage);
 
   it('one byte changed anywhere never changes what the receiver acts on: the message is refused instead', () => {
     const packr = createNativePackr();
     const unpackr = createNativeUnpackr();
     fc.assert(
-      fc.property(fc.oneof(helloWithSamples, welcomeArb, heartbeatArb, tid.map((t): NativeMessage => ({ type: 'ack', tid: t }))), fc.nat(), fc.integer({ min: 1, max: 255 }), (msg, at, xor) => {
+      fc.property(fc.oneof(helloWithSamples, welcomeArb, heartbeatArb, commitArb, tid.map((t): NativeMessage => ({ type: 'ack', tid: t }))), fc.nat(), fc.integer({ min: 1, max: 255 }), (msg, at, xor) => {
         const payload = Buffer.from(encodeNative(msg, packr));
         const i = at % payload.byteLength;
         payload[i] = payload[i]! ^ xor;
