@@ -861,14 +861,28 @@ export class FileStorage {
    */
   resolveData(pos: number, header?: DataHeader): Buffer | null {
     let h = header ?? this.readDataHeaderAt(pos);
+    const oid = Buffer.from(h.oid);
     for (let hops = 0; ; hops++) {
       if (h.plen > 0) return preadSync(this.fd, pos + DATA_HEADER_BYTES, h.plen);
       const back = readU64At(preadSync(this.fd, pos + DATA_HEADER_BYTES, 8), 0);
       if (back === 0) return null;
       if (back >= pos || hops > 1_000_000) throw new CorruptedDataError(this.path, pos, `backpointer ${back} does not point backwards`);
+      h = this.revisionAt(oid, back, pos);
       pos = back;
-      h = this.readDataHeaderAt(pos);
     }
+  }
+
+  /**
+   * The header of the record at `pos`, reached from the record at `from`
+   * (its index entry when undefined) through a previous-record pointer or a
+   * backpointer: a record of `oid`, or the file is damaged (following on
+   * would answer with another object's data).
+   */
+  private revisionAt(oid: Buffer, pos: number, from?: number): DataHeader {
+    if (from !== undefined && pos >= from) throw new CorruptedDataError(this.path, from, `pointer to ${pos} does not point backwards`);
+    const h = this.readDataHeaderAt(pos);
+    if (!h.oid.equals(oid)) throw new CorruptedDataError(this.path, pos, `record of oid 0x${h.oid.toString('hex')} where oid 0x${oid.toString('hex')}'s revisions lead`);
+    return h;
   }
 
   /** Current data and serial of an object. */
@@ -876,7 +890,7 @@ export class FileStorage {
     this.checkOpen();
     const pos = this.committedPos(oid);
     if (pos === undefined) throw new POSKeyError(Buffer.from(oid));
-    const h = this.readDataHeaderAt(pos);
+    const h = this.revisionAt(oid, pos);
     const data = this.resolveData(pos, h);
     if (data === null) throw new POSKeyError(Buffer.from(oid));
     return { data, tid: Buffer.from(h.tid) };
@@ -885,14 +899,16 @@ export class FileStorage {
   /** The revision written by transaction `tid`. */
   async loadSerial(oid: Buffer, tid: Buffer): Promise<Buffer> {
     this.checkOpen();
+    let from: number | undefined;
     for (let pos = this.committedPos(oid) ?? 0; pos; ) {
-      const h = this.readDataHeaderAt(pos);
+      const h = this.revisionAt(oid, pos, from);
       if (h.tid.equals(tid)) {
         const data = this.resolveData(pos, h);
         if (data === null) break;
         return data;
       }
       if (Buffer.compare(h.tid, tid) < 0) break;
+      from = pos;
       pos = h.prev;
     }
     throw new POSKeyError(Buffer.from(oid), Buffer.from(tid));
@@ -905,14 +921,16 @@ export class FileStorage {
     const current = this.committedPos(oid);
     if (current === undefined) throw new POSKeyError(Buffer.from(oid));
     let endTid: Buffer | null = null;
+    let from: number | undefined;
     for (let pos = current; pos; ) {
-      const h = this.readDataHeaderAt(pos);
+      const h = this.revisionAt(oid, pos, from);
       if (Buffer.compare(h.tid, tid) < 0) {
         const data = this.resolveData(pos, h);
         if (data === null) throw new POSKeyError(Buffer.from(oid), Buffer.from(tid));
         return { data, tid: Buffer.from(h.tid), endTid };
       }
       endTid = Buffer.from(h.tid);
+      from = pos;
       pos = h.prev;
     }
     return null;
@@ -924,9 +942,11 @@ export class FileStorage {
     const out: HistoryEntry[] = [];
     let pos = this.committedPos(oid);
     if (pos === undefined) throw new POSKeyError(Buffer.from(oid));
+    let from: number | undefined;
     while (pos && out.length < size) {
-      const h = this.readDataHeaderAt(pos);
+      const h = this.revisionAt(oid, pos, from);
       out.push({ ...this.readTxnMeta(h.tloc, this.readTxnHeaderAt(h.tloc)), size: h.plen });
+      from = pos;
       pos = h.prev;
     }
     return out;

@@ -4,7 +4,8 @@
 // files, malformed oids and oversized metadata.
 
 import { existsSync, readFileSync } from 'node:fs';
-import { readdir, writeFile } from 'node:fs/promises';
+import { readdir, rm, writeFile } from 'node:fs/promises';
+import { indexPathFor } from '../../src/storage/indexFile.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
@@ -13,6 +14,8 @@ import { tidPlusOne, Z64 } from '../../src/storage/timestamp.js';
 import type { TransactionRecord } from '../../src/storage/types.js';
 import { cleanupTempDirs, copyZodbFixture, tempDir } from '../helpers/fixtures.js';
 import { collect, commit, fakeClock, oidOf } from './storageHarness.js';
+import { oidKey } from '../../src/storage/scan.js';
+import { undoIdFor } from '../../src/storage/undo.js';
 
 afterAll(cleanupTempDirs);
 
@@ -201,6 +204,83 @@ describe('damage inside the last, complete transaction', () => {
     for (const err of await expectRefused(path, bytes, CorruptedDataError)) {
       expect(err.path).toBe(path);
       expect(err.position).toBe(r.pos);
+    }
+  });
+});
+
+describe('damaged pointers found when reading (the open scans no further than each record)', () => {
+  /** x written three times, y between the first two; the file is closed with its saved index. */
+  async function history(): Promise<{ path: string; x: Buffer; tx1: Buffer; tx2: Buffer; tx3: Buffer; xPos: number; yPos: number }> {
+    const path = join(await tempDir('zrs-ptr-'), 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const [x, y] = [fs.newOid(), fs.newOid()];
+    const tx1 = await commit(fs, [[x, Z64, Buffer.from('x v1')]]);
+    await commit(fs, [[y, Z64, Buffer.from('y, another object')]]);
+    const tx2 = await commit(fs, [[x, tx1, Buffer.from('x v2')]]);
+    const tx3 = await commit(fs, [[x, tx2, Buffer.from('x v3')]]);
+    const xPos = fs.index.get(oidKey(x))!;
+    const yPos = fs.index.get(oidKey(y))!;
+    await fs.close();
+    return { path, x, tx1, tx2, tx3, xPos, yPos };
+  }
+
+  it("a previous-record pointer to another object's record: an error, never that object's data", async () => {
+    const h = await history();
+    const bytes = readFileSync(h.path);
+    bytes.writeUInt32BE(h.yPos, h.xPos + 20); // x's newest record's prev, low word
+    await writeFile(h.path, bytes);
+    const fs = await FileStorage.open(h.path, { readOnly: true });
+    try {
+      await expect(fs.loadBefore(h.x, h.tx3)).rejects.toThrow(CorruptedDataError);
+      await expect(fs.loadSerial(h.x, h.tx1)).rejects.toThrow(/record of oid 0x0+2 where oid 0x0+1's revisions lead/);
+      await expect(fs.history(h.x, 5)).rejects.toThrow(CorruptedDataError);
+      expect((await fs.load(h.x)).data.toString()).toBe('x v3'); // the current revision is intact
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('a previous-record pointer to itself: an error, not a loop', async () => {
+    const h = await history();
+    const bytes = readFileSync(h.path);
+    bytes.writeUInt32BE(h.xPos, h.xPos + 20);
+    await writeFile(h.path, bytes);
+    // The saved index spares the open its scan (which refuses such a pointer): reads meet it.
+    const fs = await FileStorage.open(h.path, { readOnly: true });
+    try {
+      await expect(fs.loadBefore(h.x, h.tx1)).rejects.toThrow(/does not point backwards/);
+      await expect(fs.history(h.x, 5)).rejects.toThrow(/does not point backwards/);
+    } finally {
+      await fs.close();
+    }
+    await rm(indexPathFor(h.path));
+    await expect(FileStorage.open(h.path, { readOnly: true })).rejects.toThrow(CorruptedDataError);
+  });
+
+  it('an undo over a backpointer that points at itself: an error, not a hang', async () => {
+    const path = join(await tempDir('zrs-ptr-'), 'Data.fs');
+    let fs = await FileStorage.open(path, { create: true, fsync: false });
+    const x = fs.newOid();
+    const t1 = await commit(fs, [[x, Z64, Buffer.from('v1')]]);
+    const t2 = await commit(fs, [[x, t1, Buffer.from('v2')]]);
+    const undoMeta = {};
+    await fs.tpcBegin(undoMeta);
+    await fs.undo(undoIdFor(t2), undoMeta);
+    await fs.tpcVote(undoMeta);
+    await fs.tpcFinish(undoMeta);
+    const back = fs.index.get(oidKey(x))!; // the undo's record: a backpointer to v1
+    await fs.close();
+    const bytes = readFileSync(path);
+    bytes.writeUInt32BE(back, back + 42 + 4);
+    await writeFile(path, bytes);
+    fs = await FileStorage.open(path);
+    const meta = {};
+    await fs.tpcBegin(meta);
+    try {
+      await expect(fs.undo(undoIdFor(t1), meta)).rejects.toThrow(/backpointer \d+ does not point backwards/);
+    } finally {
+      await fs.tpcAbort(meta);
+      await fs.close();
     }
   });
 });
