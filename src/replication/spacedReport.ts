@@ -31,7 +31,8 @@ export class SpacedReport {
   note(value: Buffer, now = false): void {
     this.newest = value;
     if (value.equals(this.sent)) return this.cancel();
-    const at = this.clock.now();
+    // Monotonic where there is such a clock: a wall clock stepped back must not defer a report for the step's length.
+    const at = this.clock.load?.elapsedMs() ?? this.clock.now();
     const wait = now ? 0 : this.sentAtMs + this.intervalMs - at;
     if (wait > 0) {
       this.timer ??= this.clock.setTimeout(() => {

@@ -5,6 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { SpacedReport } from '../../src/replication/spacedReport.js';
 import { VirtualClock } from '../../src/sim/clock.js';
+import type { Clock } from '../../src/ports/clock.js';
 
 const t = (n: number): Buffer => Buffer.from(n.toString(16).padStart(16, '0'), 'hex');
 
@@ -34,5 +35,25 @@ describe('SpacedReport', () => {
     expect(sent).toEqual([1, 9, 11]);
     r.note(t(12));
     expect(sent).toEqual([1, 9, 11, 12]);
+  });
+
+  it('spaces reports on the monotonic clock: a wall clock stepped back an hour defers nothing', () => {
+    let wall = 10_000_000;
+    let mono = 0;
+    const delays: number[] = [];
+    const clock: Clock = {
+      now: () => wall,
+      setTimeout: (_fn, ms) => delays.push(ms),
+      clearTimeout: () => undefined,
+      load: { elapsedMs: () => mono, mark: () => 0, busyShare: () => 0 },
+    };
+    const sent: number[] = [];
+    const r = new SpacedReport(clock, 20, t(0), (v) => sent.push(Number(v.readBigUInt64BE())));
+    r.note(t(1));
+    wall -= 3_600_000;
+    mono += 5;
+    r.note(t(2));
+    expect(sent).toEqual([1]);
+    expect(delays).toEqual([15]);
   });
 });
