@@ -327,6 +327,8 @@ export class FileStorage {
       if (fstatSync(fd).size === 0 && !readOnly) {
         writeSync(fd, MAGIC_FS30, 0, MAGIC_BYTES, 0);
         fsyncSync(fd);
+        // A new file's name is durable before its first commit can be reported durable.
+        if (!exists || truncate) await syncDirectory(dirname(path));
       }
       const magic = preadSync(fd, 0, MAGIC_BYTES);
       if (!magic.equals(MAGIC_FS30) && !magic.equals(MAGIC_FS21)) {
