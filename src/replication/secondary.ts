@@ -504,7 +504,11 @@ export class Secondary {
     if (conn.answered) return undefined;
     // A zc.zrs primary closes without a word on a protocol name it does not know ...
     if (this.spec.hasVerdict) {
-      return new ZrsError('the primary closed the connection without answering the handshake (a zc.zrs primary does this; for one, use protocol zrs2.1 or zrs2.0)');
+      // Under TLS 1.3 a primary that rejects this secondary's certificate does so after the handshake, just as silently.
+      const why = this.options.tls
+        ? 'over TLS, most likely the primary rejected this secondary\'s certificate (its log says why); a zc.zrs primary does this too'
+        : 'a zc.zrs primary does this; for one, use protocol zrs2.1 or zrs2.0';
+      return new ZrsError(`the primary closed the connection without answering the handshake (${why})`);
     }
     // ... and, since its protocols have no refusal, on a handshake it does not take.
     return new ZrsError(

@@ -304,6 +304,10 @@ export class FileStorage {
     const found = await stat(path).catch(() => null);
     if (found === null && (!options.create || readOnly)) throw noSuchFile(path, readOnly);
     if (found?.isDirectory()) throw new ZrsError(`${path}: a directory, not a storage file`);
+    // Named here, not by the lock file's ENOENT.
+    if (found === null && !(await stat(dirname(path)).then((d) => d.isDirectory(), () => false))) {
+      throw new ZrsError(`${path}: cannot create it: directory ${dirname(path)} does not exist`);
+    }
     const lock = readOnly ? null : LockFile.acquire(`${path}.lock`);
     try {
       return await FileStorage.openLocked(path, options, readOnly, lock, found !== null);

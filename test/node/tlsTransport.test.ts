@@ -199,6 +199,9 @@ describe('tlsTransport: the primary refuses the secondary', () => {
       expect(line.message).toMatch(/certificate/i);
       expect(line.fields?.peer).toMatch(/^127\.0\.0\.1:[1-9]\d*$/);
       await expectNothingReplicated(p);
+      // The secondary hears no alert (the primary drops the socket): its log points at the certificate, not at zc.zrs.
+      const stopped = p.secondaryLog.entries.find((e) => e.message.includes('replication from') && e.message.includes('stopped'));
+      expect(stopped?.message).toMatch(/over TLS, most likely the primary rejected this secondary's certificate/);
     } finally {
       await p.close();
     }

@@ -323,6 +323,8 @@ describe('missing files', () => {
       expect(err).toBeInstanceOf(Error);
       expect((err as Error).message).toContain(join(dir, 'no', 'such', 'dir'));
     }
+    // Asked to create it: the missing directory is what the error names (not the lock file's ENOENT).
+    await expect(FileStorage.open(path, { create: true })).rejects.toThrow(`${path}: cannot create it: directory ${join(dir, 'no', 'such', 'dir')} does not exist`);
   });
 });
 
