@@ -52,7 +52,7 @@ import { DEFAULT_PREALLOCATE_BYTES, FillAhead, isFillRange, trailingFill } from 
 import { nodeDisk, type StorageDisk } from './disk.js';
 import { loadIndex, removeIndex, saveIndex } from './indexFile.js';
 import { LockFile } from './lock.js';
-import { emptyScanState, oidKey, type OidKey, recordTransaction, scanFile, type ScanState } from './scan.js';
+import { dataEndBefore, emptyScanState, oidKey, type OidKey, recordTransaction, scanFile, type ScanState } from './scan.js';
 import { Z64, newTid, tidToSeconds } from './timestamp.js';
 import { BlobDirectory } from './blobs.js';
 import { iterateTransactions, type IterateOptions } from './iterator.js';
@@ -386,7 +386,9 @@ export class FileStorage {
     // with fill inside it, wherever the fill ends).
     const fillStart = await trailingFill(handle, from, size);
     const hadFill = fillStart < size;
-    const result = await scanFile(handle, path, from, fillStart, saved ?? emptyScanState());
+    // The data may end up to 7 bytes before the whole words of fill: those bytes are fill too, not a truncated header.
+    const dataEnd = hadFill ? Math.max(from, await dataEndBefore(handle, fillStart)) : size;
+    const result = await scanFile(handle, path, from, dataEnd, saved ?? emptyScanState());
     let tailTid: Buffer | null = null;
     if (result.tail) {
       // New tids must also pass an unfinished transaction's tid, so no tid

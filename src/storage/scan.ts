@@ -270,7 +270,11 @@ async function transactionEndingAt(handle: FileHandle, from: number, end: number
  * word begins with fewer than 8 bytes no whole-word check finds).
  */
 export async function dataEnd(handle: FileHandle, size: number): Promise<number> {
-  const fillStart = await trailingFill(handle, 0, size);
+  return dataEndBefore(handle, await trailingFill(handle, 0, size));
+}
+
+/** dataEnd() of a file whose trailing whole words of fill begin at `fillStart`. */
+export async function dataEndBefore(handle: FileHandle, fillStart: number): Promise<number> {
   for (let end = fillStart; end > fillStart - 8; end--) {
     if ((await transactionEndingAt(handle, 0, end)) === null) continue;
     const partial = Buffer.alloc(fillStart - end);
