@@ -136,7 +136,10 @@ export function relocateTransactions(raw: Buffer, base: number, lastTid: Buffer 
           maxLo = lo;
         }
       }
-      writeU64At(raw, r + 16, old < 0 ? 0 : old);
+      // An oid stored twice in one transaction: each record points where the index stood before
+      // the transaction (as a commit writes it), not at the other record.
+      const prev = old >= tpos ? readU64At(raw, old - base + 16) : old < 0 ? 0 : old;
+      writeU64At(raw, r + 16, prev);
       writeU64At(raw, r + 24, tpos);
       index.set(key, base + r);
       r += DATA_HEADER_BYTES + plen;

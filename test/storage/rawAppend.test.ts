@@ -25,7 +25,8 @@ async function commitPlan(fs: FileStorage, plan: number[][], tag: string, after:
     // With `after`: explicit tids following it, so these transactions can be appended behind another history.
     if (after) after = tidPlusOne(after);
     await fs.tpcBegin(txn, after ? { tid: after } : {});
-    for (const n of new Set(objects)) {
+    // An object may be stored twice in one transaction (ZODB allows it): both records stay.
+    for (const n of objects) {
       if (!oids.has(n)) oids.set(n, Buffer.from(n.toString(16).padStart(16, '0'), 'hex'));
       fs.store(oids.get(n)!, serials.get(n) ?? Z64, Buffer.from(`${tag} ${i} ${n} `.repeat(1 + (n % 4))), txn);
     }
