@@ -121,6 +121,7 @@ interface Connection {
   /** Serializes apply work: events are applied strictly in order. */
   chain: Promise<void>;
   queued: number;
+  queuedBytes: number;
   paused: boolean;
   dead: boolean;
   /** A welcome or refusal arrived (protocols that answer the handshake), or any byte (zc.zrs's, which do not). */
@@ -148,6 +149,15 @@ const APPLIED_REPORT_MS = 20;
 
 /** Queue depth (events) at which reading from the socket pauses. */
 const HIGH_WATER_EVENTS = 4096;
+/** Bytes of received data (records, runs, blob blocks) queued for the applier past which reading pauses; it resumes below half. */
+const HIGH_WATER_BYTES = 32 * 1024 * 1024;
+
+/** The received bytes an event holds while it waits for the applier. */
+function eventBytes(e: ApplyEvent): number {
+  if (e.kind === 'record') return e.data?.length ?? 0;
+  if (e.kind === 'rawTxns' || e.kind === 'blobBlock') return e.bytes.length;
+  return 0;
+}
 
 type ConnectionActor = ActorRefFrom<typeof secondaryConnectionMachine>;
 
@@ -403,6 +413,7 @@ export class Secondary {
       applier: null as unknown as Applier,
       chain: Promise.resolve(),
       queued: 0,
+      queuedBytes: 0,
       paused: false,
       dead: false,
       answered: false,
@@ -536,8 +547,10 @@ export class Secondary {
       conn.dead = true;
       return send({ type: 'REFUSED', code: e.code, reason: e.reason, forkTid: e.forkTid, ...(e.primaryLastTid ? { primaryLastTid: e.primaryLastTid } : {}) });
     }
+    const bytes = eventBytes(e);
     conn.queued += 1;
-    if (conn.queued > HIGH_WATER_EVENTS && !conn.paused) {
+    conn.queuedBytes += bytes;
+    if ((conn.queued > HIGH_WATER_EVENTS || conn.queuedBytes > HIGH_WATER_BYTES) && !conn.paused) {
       conn.paused = true;
       conn.stream.pause();
     }
@@ -549,7 +562,8 @@ export class Secondary {
         fail(asError(err));
       } finally {
         conn.queued -= 1;
-        if (conn.paused && conn.queued < HIGH_WATER_EVENTS / 2) {
+        conn.queuedBytes -= bytes;
+        if (conn.paused && conn.queued < HIGH_WATER_EVENTS / 2 && conn.queuedBytes < HIGH_WATER_BYTES / 2) {
           conn.paused = false;
           conn.stream.resume();
           conn.watch?.resumed();
