@@ -70,21 +70,41 @@ function describe(socket: Socket, fallback: string): string {
   return socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : fallback;
 }
 
+/**
+ * Destroy `socket` and reject when `signal` aborts before the attempt
+ * settles; returns what the attempt calls when it settles (stop listening).
+ * An attempt nobody waits for any more (timed out, the node closing) must
+ * not live on until the kernel or the peer gives up on it.
+ */
+export function untilAborted(socket: Socket, signal: AbortSignal | undefined, reject: (err: Error) => void): () => void {
+  if (!signal) return () => undefined;
+  const onAbort = (): void => {
+    socket.destroy();
+    reject(new Error('connect aborted'));
+  };
+  if (signal.aborted) onAbort();
+  else signal.addEventListener('abort', onAbort, { once: true });
+  return () => signal.removeEventListener('abort', onAbort);
+}
+
 /** The real-socket transport. */
 export const socketTransport: Transport = {
-  connect(address: ReplicationAddress): Promise<ByteStream> {
+  connect(address: ReplicationAddress, signal?: AbortSignal): Promise<ByteStream> {
     return new Promise((resolve, reject) => {
       const label = address.kind === 'unix' ? address.path : `${address.host || '127.0.0.1'}:${address.port}`;
       const socket =
         address.kind === 'unix'
           ? createConnection({ path: address.path })
           : createConnection({ host: address.host || '127.0.0.1', port: address.port });
+      const settle = untilAborted(socket, signal, reject);
       const onError = (err: Error): void => {
+        settle();
         socket.destroy();
         reject(err);
       };
       socket.once('error', onError);
       socket.once('connect', () => {
+        settle();
         socket.off('error', onError);
         resolve(new SocketStream(socket, label));
       });

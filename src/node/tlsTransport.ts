@@ -19,7 +19,7 @@ import {
 import { TlsHandshakeError } from '../errors.js';
 import type { ByteStream, Listener, ReplicationAddress, Transport } from '../ports/transport.js';
 import type { Logger } from '../replication/log.js';
-import { SocketStream } from './socketTransport.js';
+import { SocketStream, untilAborted } from './socketTransport.js';
 import { bindServer } from './listen.js';
 
 /** The `<ssl>` settings (ZEO's names; `password-function` is not supported). */
@@ -39,7 +39,7 @@ export interface TlsOptions {
   checkHostname?: boolean;
   /** Connecting side: the name to check (and send as SNI) instead of the address's host. */
   serverHostname?: string;
-  /** A listener drops a connection whose handshake takes longer (default 30 000). */
+  /** Either side gives up on a handshake that takes longer (default 30 000). */
   handshakeTimeoutMs?: number;
 }
 
@@ -100,9 +100,10 @@ export function tlsTransport(options: TlsTransportOptions): Transport {
   const cert = readFileSync(options.certificate);
   const key = readFileSync(options.key ?? options.certificate);
   const ca = options.authenticate !== undefined ? readCaCertificates(options.authenticate) : undefined;
+  const handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
 
   return {
-    connect(address: ReplicationAddress): Promise<ByteStream> {
+    connect(address: ReplicationAddress, signal?: AbortSignal): Promise<ByteStream> {
       const peer = label(address);
       const host = address.kind === 'tcp' ? address.host || '127.0.0.1' : 'localhost';
       const name = options.serverHostname ?? host;
@@ -118,7 +119,11 @@ export function tlsTransport(options: TlsTransportOptions): Transport {
       return new Promise((resolve, reject) => {
         const socket: TLSSocket =
           address.kind === 'unix' ? tlsConnect({ ...tlsOptions, path: address.path }) : tlsConnect({ ...tlsOptions, host, port: address.port });
+        const settle = untilAborted(socket, signal, reject);
+        // A peer that takes the connection and never answers the handshake is given up on.
+        socket.setTimeout(handshakeTimeoutMs, () => onError(new TlsHandshakeError(`no TLS handshake within ${handshakeTimeoutMs} ms`, peer)));
         const onError = (err: Error): void => {
+          settle();
           socket.destroy();
           const code = (err as { code?: string }).code;
           // Unreachable is not a TLS matter: the machine retries as for plain TCP.
@@ -129,6 +134,8 @@ export function tlsTransport(options: TlsTransportOptions): Transport {
         };
         socket.once('error', onError);
         socket.once('secureConnect', () => {
+          settle();
+          socket.setTimeout(0);
           socket.off('error', onError);
           resolve(new SocketStream(socket, peer));
         });
@@ -140,7 +147,7 @@ export function tlsTransport(options: TlsTransportOptions): Transport {
         throw new TlsHandshakeError('a TLS listener needs authenticate (the CA that client certificates must verify against)', label(address));
       }
       const server = tlsCreateServer(
-        { cert, key, ca, requestCert: true, rejectUnauthorized: true, handshakeTimeout: options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS },
+        { cert, key, ca, requestCert: true, rejectUnauthorized: true, handshakeTimeout: handshakeTimeoutMs },
         (socket) => {
           const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : label(address);
           onStream(new SocketStream(socket, peer));

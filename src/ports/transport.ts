@@ -46,7 +46,10 @@ export interface Listener {
 }
 
 export interface Transport {
-  /** Open a stream; rejects when refused or unreachable. */
-  connect(address: ReplicationAddress): Promise<ByteStream>;
+  /**
+   * Open a stream; rejects when refused or unreachable. `signal`: give up
+   * (the attempt's socket destroyed, the promise rejected) when it aborts.
+   */
+  connect(address: ReplicationAddress, signal?: AbortSignal): Promise<ByteStream>;
   listen(address: ReplicationAddress, onStream: (stream: ByteStream) => void): Promise<Listener>;
 }

@@ -188,7 +188,7 @@ export class ReplicationMetrics {
   meter(transport: Transport): Transport {
     const wrap = (stream: ByteStream): ByteStream => meteredStream(stream, (n) => this.bytesSent.inc(n), (n) => this.bytesReceived.inc(n));
     return {
-      connect: async (address) => wrap(await transport.connect(address)),
+      connect: async (address, signal) => wrap(await transport.connect(address, signal)),
       listen: (address, onStream) => transport.listen(address, (s) => onStream(wrap(s))),
     };
   }

@@ -73,11 +73,14 @@ export async function askNode<T>(address: string | number | ReplicationAddress, 
 function connectWithin<T>(transport: Transport, target: ReplicationAddress, label: string, clock: Clock, timeoutMs: number, kind: NodeRequestKind<T>): Promise<ByteStream> {
   return new Promise((resolve, reject) => {
     let timedOut = false;
+    // The attempt is abandoned with the wait: its socket does not outlive the request.
+    const attempt = new AbortController();
     const timer = clock.setTimeout(() => {
       timedOut = true;
+      attempt.abort();
       reject(kind.connectError(label, 'timed out'));
     }, timeoutMs);
-    transport.connect(target).then(
+    transport.connect(target, attempt.signal).then(
       (stream) => {
         clock.clearTimeout(timer);
         if (timedOut) stream.destroy();

@@ -218,7 +218,7 @@ export class Secondary {
           await this.dropped;
           // Nothing is applied while a rewind cuts the file (setReplicationAddress may restart the machine meanwhile).
           await this.rewound.catch(() => undefined);
-          const stream = await this.transport.connect(input.address as ReplicationAddress);
+          const stream = await this.transport.connect(input.address as ReplicationAddress, signal);
           if (signal.aborted) {
             stream.destroy();
             throw new ZrsError('connect aborted');

@@ -5,12 +5,14 @@
 // without a certificate, and plain TCP. Every refusal is logged and leaves
 // the secondary's storage empty.
 
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TlsHandshakeError } from '../../src/errors.js';
 import { tlsTransport, type TlsOptions } from '../../src/node/tlsTransport.js';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
+import { requestStatus } from '../../src/replication/statusClient.js';
 import { makeTestCerts, type TestCerts } from '../helpers/certs.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, expectSameHistory, waitForTid, Z64 } from '../replication/helpers.js';
@@ -263,5 +265,61 @@ describe('tlsTransport: configuration errors', () => {
   it('an authenticate directory without certificates is an error', async () => {
     const empty = await tempDir();
     expect(() => tlsTransport({ ...certs.server, authenticate: empty })).toThrow(TlsHandshakeError);
+  });
+});
+
+describe('tlsTransport: a peer that takes the connection and never answers', () => {
+  /** A plain TCP server that accepts and says nothing; `accepted(n)` resolves with its n-th connection. */
+  async function silentServer(): Promise<{ port: number; accepted: (n: number) => Promise<Socket>; close(): void }> {
+    const sockets: Socket[] = [];
+    const waiting: Array<() => void> = [];
+    const server = createServer((s) => {
+      s.on('error', () => undefined);
+      s.resume(); // read and drop the ClientHello, so the other side's close is seen
+      sockets.push(s);
+      for (const w of waiting.splice(0)) w();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const accepted = async (n: number): Promise<Socket> => {
+      while (sockets.length < n) await new Promise<void>((resolve) => waiting.push(resolve));
+      return sockets[n - 1]!;
+    };
+    return { port: (server.address() as AddressInfo).port, accepted, close: () => (sockets.forEach((s) => s.destroy()), server.close()) };
+  }
+  const closedByPeer = (s: Socket): Promise<void> => new Promise((resolve) => (s.destroyed ? resolve() : s.once('close', () => resolve())));
+
+  it('a connect gives up after the handshake timeout, and its socket is closed', async () => {
+    const srv = await silentServer();
+    try {
+      const t = tlsTransport({ ...clientTls(), handshakeTimeoutMs: 100 });
+      await expect(t.connect({ kind: 'tcp', host: '127.0.0.1', port: srv.port })).rejects.toThrow(/no TLS handshake within 100 ms/);
+      await closedByPeer(await srv.accepted(1));
+    } finally {
+      srv.close();
+    }
+  });
+
+  it('a status request that timed out closes its connection attempt', async () => {
+    const srv = await silentServer();
+    try {
+      const transport = tlsTransport(clientTls({ checkHostname: false }));
+      await expect(requestStatus(`127.0.0.1:${srv.port}`, { transport, timeoutMs: 100 })).rejects.toThrow(/timed out/);
+      await closedByPeer(await srv.accepted(1));
+    } finally {
+      srv.close();
+    }
+  });
+
+  it("a secondary's close() closes the connection attempt under way", async () => {
+    const srv = await silentServer();
+    const secondary = await Secondary.open({ path: join(await tempDir(), 's.fs'), replicateFrom: `127.0.0.1:${srv.port}`, fsync: false, reconnect: FAST_RECONNECT, tls: clientTls(), auditPath: null });
+    try {
+      const attempt = await srv.accepted(1);
+      await secondary.close();
+      await closedByPeer(attempt);
+    } finally {
+      await secondary.close();
+      srv.close();
+    }
   });
 });
