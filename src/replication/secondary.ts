@@ -484,6 +484,7 @@ export class Secondary {
       stallMs: this.options.frameStallTimeoutMs ?? DEFAULT_FRAME_STALL_MS,
       heartbeatTimeoutMs: this.options.heartbeatTimeoutMs,
       paused: () => conn.paused,
+      insideFrame: () => conn.decoder.insideFrame,
       bufferedBytes: () => conn.decoder.bufferedBytes,
       expired: (error) => failAfterQueued(error),
     });
@@ -511,7 +512,7 @@ export class Secondary {
 
   /** Why a connection the peer closed cleanly ended, when that is worth a warning. */
   private closeReason(conn: Connection): Error | undefined {
-    if (conn.decoder.bufferedBytes > 0) return new ZrsError('connection closed inside a frame');
+    if (conn.decoder.insideFrame) return new ZrsError('connection closed inside a frame');
     if (conn.answered) return undefined;
     // A zc.zrs primary closes without a word on a protocol name it does not know ...
     if (this.spec.hasVerdict) {

@@ -37,6 +37,8 @@ export interface StreamWatchOptions {
   heartbeatTimeoutMs: number | undefined;
   /** Reading is paused by our own backpressure. */
   paused(): boolean;
+  /** The stream stands inside a frame (its header read, its body not whole yet). */
+  insideFrame(): boolean;
   /** Bytes of an unfinished frame held by the decoder. */
   bufferedBytes(): number;
   /** A timeout ended the connection: called once, then the watch is stopped. */
@@ -82,7 +84,7 @@ export class StreamWatch {
       const limitMs = heartbeatTimeoutMs(this.o.heartbeatTimeoutMs, this.heartbeatIntervalMs);
       if (limitMs !== null) this.watchSilence(limitMs, limitMs);
     }
-    if (this.o.bufferedBytes() === 0) this.clearStall();
+    if (!this.o.insideFrame()) this.clearStall();
     else if (this.stallTimer === null) this.armStall();
   }
 
@@ -117,7 +119,7 @@ export class StreamWatch {
     this.stallBaseline = this.bytesReceived;
     this.stallTimer = this.clock.setTimeout(() => {
       this.stallTimer = null;
-      if (this.stopped || this.o.bufferedBytes() === 0) return;
+      if (this.stopped || !this.o.insideFrame()) return;
       const gained = this.bytesReceived - this.stallBaseline;
       if (this.o.paused() || gained >= STALL_MIN_BYTES) return this.armStall(); // our own backpressure, or progress
       const what = gained === 0 ? 'no byte' : `${gained} bytes (under ${STALL_MIN_BYTES})`;

@@ -120,6 +120,14 @@ export class FrameDecoder {
     return this.#queuedBytes + this.#headerFillBytes + this.#bodyFillBytes;
   }
 
+  /**
+   * Whether the stream stands inside a frame: bytes of one are held, or its header was read and
+   * not a byte of its body yet (bufferedBytes is then 0). False only between frames.
+   */
+  get insideFrame(): boolean {
+    return this.bufferedBytes > 0 || this.#body !== null;
+  }
+
   /** Takes ownership of `chunk` without parsing it; pull frames with {@link next}. */
   feed(chunk: Uint8Array): void {
     this.#throwIfFailed();

@@ -50,6 +50,23 @@ describe('a stalled frame', () => {
     }
   });
 
+  it('a bare header, and then silence, is a stalled frame too (not a quiet stream between frames)', async () => {
+    const fake = await FakeServer.start((c, index) => {
+      if (index !== 0) return;
+      void c.frame(1).then(() => c.sendRaw(encodeFrameHeader(1000)));
+    });
+    const logs = new LogCollector();
+    const secondary = await openSecondary(fake, logs);
+    try {
+      const line = await logs.waitFor((e) => e.message.includes('stream stalled'));
+      expect(line.message).toContain('0 bytes buffered');
+      expect(await fake.connection(1)).toBeDefined(); // and it reconnected
+    } finally {
+      await secondary.close();
+      await fake.close();
+    }
+  });
+
   it('a frame that bytes only trickle into (heartbeats behind a corrupted length) counts as stalled too', async () => {
     let trickle: ReturnType<typeof setInterval> | null = null;
     const fake = await FakeServer.start((c, index) => {

@@ -25,7 +25,7 @@ function steppedClock(): { clock: Clock; timers: VirtualClock; step(ms: number):
 
 function watch(clock: Clock): { w: StreamWatch; expired: ZrsError[] } {
   const expired: ZrsError[] = [];
-  const w = new StreamWatch(clock, { stallMs: 60_000, heartbeatTimeoutMs: undefined, paused: () => false, bufferedBytes: () => 0, expired: (e) => expired.push(e) });
+  const w = new StreamWatch(clock, { stallMs: 60_000, heartbeatTimeoutMs: undefined, paused: () => false, insideFrame: () => false, bufferedBytes: () => 0, expired: (e) => expired.push(e) });
   return { w, expired };
 }
 
@@ -65,7 +65,7 @@ describe('StreamWatch', () => {
     const { clock, timers } = steppedClock();
     const expired: ZrsError[] = [];
     let paused = false;
-    const w = new StreamWatch(clock, { stallMs: 60_000, heartbeatTimeoutMs: 5000, paused: () => paused, bufferedBytes: () => 0, expired: (e) => expired.push(e) });
+    const w = new StreamWatch(clock, { stallMs: 60_000, heartbeatTimeoutMs: 5000, paused: () => paused, insideFrame: () => false, bufferedBytes: () => 0, expired: (e) => expired.push(e) });
     w.heartbeatsEvery(1000);
     w.received(60); // the silence check is due at 5 s
     timers.advance(100);
@@ -85,7 +85,7 @@ describe('StreamWatch', () => {
     const { clock, timers } = steppedClock();
     const expired: ZrsError[] = [];
     let paused = false;
-    const w = new StreamWatch(clock, { stallMs: 10_000, heartbeatTimeoutMs: undefined, paused: () => paused, bufferedBytes: () => 100, expired: (e) => expired.push(e) });
+    const w = new StreamWatch(clock, { stallMs: 10_000, heartbeatTimeoutMs: undefined, paused: () => paused, insideFrame: () => true, bufferedBytes: () => 100, expired: (e) => expired.push(e) });
     w.received(100);
     timers.advance(1000);
     paused = true;

@@ -106,6 +106,7 @@ describe('FrameDecoder', () => {
     expect(error).toBeInstanceOf(FrameTooLargeError);
     expect(error).toMatchObject({ length: 17, limit: 8 });
     expect(decoder.bufferedBytes).toBe(FRAME_HEADER_BYTES); // the header only
+    expect(decoder.insideFrame).toBe(true);
     // The decoder stays failed.
     expect(() => decoder.push(Buffer.alloc(17))).toThrow(FrameTooLargeError);
   });
@@ -160,6 +161,16 @@ describe('FrameDecoder', () => {
     expect(decoder.bufferedBytes).toBe(0);
     decoder.feed(encodeFrame(Buffer.from('x')));
     expect(decoder.bufferedBytes).toBe(5); // fed, not yet taken
+  });
+
+  it('is inside a frame from its header on, also before a byte of its body came', () => {
+    const decoder = new FrameDecoder({ maxFrameBytes: 100 });
+    expect(decoder.insideFrame).toBe(false);
+    expect(decoder.push(encodeFrameHeader(10))).toEqual([]);
+    expect(decoder.bufferedBytes).toBe(0); // the header is taken, nothing of the body held
+    expect(decoder.insideFrame).toBe(true);
+    expect(decoder.push(Buffer.alloc(10, 1))).toHaveLength(1);
+    expect(decoder.insideFrame).toBe(false);
   });
 
   it('validates limits', () => {
