@@ -15,7 +15,7 @@ import { systemClock, randomSeed } from '../node/clock.js';
 import { socketTransport } from '../node/socketTransport.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import type { CommittedTransaction } from '../storage/types.js';
-import { encodeFrame, FrameDecoder, KEEP_ALIVE_FRAME } from '../wire/framing.js';
+import { encodeFrame, FrameDecoder, KEEP_ALIVE_FRAME, MAX_FRAME_BYTES_LIMIT } from '../wire/framing.js';
 import { createNativePackr, DEFAULT_STREAM_MAX_FRAME_BYTES, encodeAckFrame, encodeNativeFrame } from '../wire/native.js';
 import { connectAddress, formatAddress, toAddress } from './address.js';
 import { Applier } from './applier.js';
@@ -25,7 +25,7 @@ import { NO_MUTATIONS, type ReplicationMutations } from './mutations.js';
 import type { StorageDisk } from '../storage/disk.js';
 import { NativeInbound, Zrs2Inbound, type ApplyEvent, type InboundDecoder } from './inbound.js';
 import { logTailCut, silentLogger, type Logger } from './log.js';
-import { NATIVE_SPEC, ZRS20_SPEC, ZRS21_SPEC } from './protocols.js';
+import { NATIVE_SPEC, WHOLE_TXN_MAX_BYTES, ZRS20_SPEC, ZRS21_SPEC } from './protocols.js';
 import { ReplicationServer } from './server.js';
 import type { TlsOptions } from '../node/tlsTransport.js';
 import type { ReplicationMetrics } from './metrics.js';
@@ -77,6 +77,11 @@ export interface SecondaryOptions {
    */
   heartbeatTimeoutMs?: number;
   reconnect?: { initialMs?: number; maxMs?: number; factor?: number; jitter?: number };
+  /**
+   * The largest frame taken from the primary (default 256 MiB): it bounds the
+   * largest record that can be replicated. At least MIN_STREAM_MAX_FRAME_BYTES
+   * (32 MiB), as a primary sends transactions up to 16 MiB whole, in runs.
+   */
   maxFrameBytes?: number;
   transport?: Transport;
   /** Connect (and serve replicateTo) over TLS: the primary's certificate must verify against `tls.authenticate` (not with `transport`). */
@@ -146,6 +151,20 @@ const DEFAULT_FRAME_STALL_MS = 60_000;
  * newest tid is always reported, and at once when the connection ends.
  */
 const APPLIED_REPORT_MS = 20;
+
+/**
+ * The smallest stream frame limit a secondary takes: a run of transactions
+ * (closed past 1 MiB) ending with one sent whole (up to WHOLE_TXN_MAX_BYTES)
+ * must fit, or every attempt fails on the same frame.
+ */
+export const MIN_STREAM_MAX_FRAME_BYTES = 2 * WHOLE_TXN_MAX_BYTES;
+
+function checkMaxFrameBytes(value: number | undefined): void {
+  if (value === undefined) return;
+  if (!Number.isSafeInteger(value) || value < MIN_STREAM_MAX_FRAME_BYTES || value > MAX_FRAME_BYTES_LIMIT) {
+    throw new ZrsError(`maxFrameBytes must be a whole number of bytes from ${MIN_STREAM_MAX_FRAME_BYTES} to ${MAX_FRAME_BYTES_LIMIT}, not ${value}`);
+  }
+}
 
 /** Queue depth (events) at which reading from the socket pauses. */
 const HIGH_WATER_EVENTS = 4096;
@@ -294,6 +313,7 @@ export class Secondary {
     // Bad addresses are refused before the storage is opened (and locked).
     const from = connectAddress(options.replicateFrom);
     const listen = options.replicateTo === undefined ? null : toAddress(options.replicateTo, '127.0.0.1');
+    checkMaxFrameBytes(options.maxFrameBytes);
     // Finishes are pipelined (many share one sync): no inline syncs.
     const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, now: () => clock.now(), disk: options.disk, preallocate: options.preallocate, syncInline: false });
     const s = new Secondary(inner, options, from);

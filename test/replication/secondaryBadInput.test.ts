@@ -4,12 +4,12 @@
 // transaction (same last tid, same bytes on disk) and reconnects after its
 // delay, asking for what follows its last complete transaction.
 
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Packr } from 'msgpackr';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { nativeOutbound, zrs2Outbound, ZRS21_SPEC, type OutboundCodec } from '../../src/replication/protocols.js';
-import { Secondary, type SecondaryProtocol } from '../../src/replication/secondary.js';
+import { MIN_STREAM_MAX_FRAME_BYTES, Secondary, type SecondaryProtocol } from '../../src/replication/secondary.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import type { TransactionRecord } from '../../src/storage/types.js';
 import { encodeFrame } from '../../src/wire/framing.js';
@@ -177,3 +177,17 @@ describe('a zrs2 secondary whose primary closes without sending anything (zc.zrs
   });
 });
 
+
+describe('a frame limit too small for what a primary sends whole', () => {
+  it('is refused at open, before the storage is created (it would fail on the same frame at every attempt)', async () => {
+    const dir = await tempDir();
+    for (const maxFrameBytes of [1024 * 1024, MIN_STREAM_MAX_FRAME_BYTES - 1, 2 ** 32, 1.5e7 + 0.5]) {
+      await expect(Secondary.open({ path: join(dir, 's.fs'), replicateFrom: '127.0.0.1:1', maxFrameBytes, auditPath: null })).rejects.toThrow(
+        `maxFrameBytes must be a whole number of bytes from ${MIN_STREAM_MAX_FRAME_BYTES} to 4294967295, not ${maxFrameBytes}`,
+      );
+    }
+    expect(existsSync(join(dir, 's.fs'))).toBe(false);
+    const s = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: '127.0.0.1:1', maxFrameBytes: MIN_STREAM_MAX_FRAME_BYTES, auditPath: null, reconnect: FAST_RECONNECT });
+    await s.close();
+  });
+});
