@@ -184,9 +184,23 @@ export class ReplicationMetrics {
     return new Counter({ name, help, registers: [this.registry] });
   }
 
+  /** Where the bytes this registry's metered transports move are counted: itself, until handed over. */
+  private bytesCountedBy: ReplicationMetrics = this;
+
+  /**
+   * Count the bytes of this registry's metered transports, streams already
+   * open and listeners already bound included, in `next` from now on: a
+   * promoted secondary's listener and sessions go on under the primary's
+   * registry.
+   */
+  handBytesTo(next: ReplicationMetrics): void {
+    this.bytesCountedBy = next;
+  }
+
   /** The same transport, counting every byte written and read. */
   meter(transport: Transport): Transport {
-    const wrap = (stream: ByteStream): ByteStream => meteredStream(stream, (n) => this.bytesSent.inc(n), (n) => this.bytesReceived.inc(n));
+    const wrap = (stream: ByteStream): ByteStream =>
+      meteredStream(stream, (n) => this.bytesCountedBy.bytesSent.inc(n), (n) => this.bytesCountedBy.bytesReceived.inc(n));
     return {
       connect: async (address, signal) => wrap(await transport.connect(address, signal)),
       listen: (address, onStream) => transport.listen(address, (s) => onStream(wrap(s))),

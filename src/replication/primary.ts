@@ -53,6 +53,8 @@ export interface PrimaryOptions {
   name?: string;
   /** The storage's generations and hash chain, already open (promotion); opened beside `path` otherwise. */
   history?: FailoverHistory;
+  /** The registry that meters `server`'s transport (a promoted secondary's): its byte counts move to this primary's. @internal */
+  bytesMeteredBy?: ReplicationMetrics;
   /** A replication server already serving this storage (a promoted secondary's): kept, with its sessions. */
   server?: ReplicationServer;
   /**
@@ -121,6 +123,7 @@ export class Primary {
       if (options.server) {
         // A promoted secondary's server: its open sessions keep streaming; from now on this primary answers for it.
         server = options.server;
+        options.bytesMeteredBy?.handBytesTo(metrics);
         server.rebind({ ...role, onSession: undefined });
         // The sessions kept streaming: their secondaries learn the new generation without reconnecting.
         server.announceGeneration();

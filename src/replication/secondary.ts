@@ -833,7 +833,7 @@ export class Secondary {
       transport: this.options.transport,
       clock: this.options.clock,
       fsync: this.options.fsync,
-      carried: { name: this.options.name, auditPath: this.options.auditPath, metricsAddress: this.options.metricsAddress },
+      carried: { name: this.options.name, auditPath: this.options.auditPath, metricsAddress: this.options.metricsAddress, bytesMeteredBy: this.edges?.metrics },
       upstreamState: () => stateName(this.actor.getSnapshot().value),
       upstreamAddress: () => formatAddress(this.actor.getSnapshot().context.address as ReplicationAddress),
       serverAddress: () => this.server?.address ?? null,

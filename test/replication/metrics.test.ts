@@ -208,6 +208,28 @@ describe('metrics endpoint', () => {
     }
   });
 
+  it("a promoted secondary's registry counts the bytes its kept listener and sessions move", async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const b = await Secondary.open({ path: join(dir, 'b.fs'), replicateFrom: primary.address, replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, metricsAddress: '127.0.0.1:0', reconnect: FAST_RECONNECT });
+    const [t] = await commitMany(primary.storage, 2);
+    await waitForTid(b, t!);
+    await primary.close();
+    const promoted = await b.promote();
+    const c = await Secondary.open({ path: join(dir, 'c.fs'), replicateFrom: promoted.address, fsync: false, auditPath: null, reconnect: FAST_RECONNECT });
+    try {
+      const tids = await commitMany(promoted.storage, 5);
+      await waitForTid(c, tids.at(-1)!);
+      const text = await scrape(promoted.metricsAddress);
+      expect(sample(text, 'zrs_transactions_sent_total')).toBeGreaterThanOrEqual(5);
+      expect(sample(text, 'zrs_bytes_sent_total')).toBeGreaterThan(0);
+      expect(sample(text, 'zrs_bytes_received_total')).toBeGreaterThan(0); // the new secondary's hello and acks
+    } finally {
+      await c.close();
+      await promoted.close();
+    }
+  });
+
   it('counts reconnects and shows the backoff state while the primary is away', async () => {
     const dir = await tempDir();
     let primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
