@@ -12,7 +12,7 @@ import { secondaryConnectionMachine } from '../../machines/secondaryConnection.j
 import type { Clock } from '../ports/clock.js';
 import type { ByteStream, ByteStreamHandlers, Transport } from '../ports/transport.js';
 import { tidToSeconds, Z64 } from '../storage/timestamp.js';
-import type { PrimarySession } from './primarySession.js';
+import { isReplicatingState, type PrimarySession } from './primarySession.js';
 
 /** What the metrics read of a storage. */
 export interface MeteredStorage {
@@ -242,7 +242,7 @@ export class ReplicationMetrics {
    */
   onSession(session: PrimarySession): void {
     const replicating = (state: unknown): void => {
-      if (this.sessions.has(session) || (state !== 'catchingUp' && state !== 'live' && state !== 'draining')) return;
+      if (this.sessions.has(session) || !isReplicatingState(state)) return;
       this.sessions.add(session);
       this.connectionsAccepted.inc();
     };

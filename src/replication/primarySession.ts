@@ -106,6 +106,11 @@ export interface SessionStatus {
   bytesSent: number;
 }
 
+/** A session in one of these states serves a secondary: past its handshake, not yet closed. */
+export function isReplicatingState(state: unknown): boolean {
+  return state === 'catchingUp' || state === 'live' || state === 'draining';
+}
+
 /** Where a session's stream stands, as its edge knows it: current at every write and ack. */
 export interface SessionProgress {
   /** Last tid written to the socket. */

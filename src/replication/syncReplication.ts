@@ -12,7 +12,7 @@ import type { AuditLog } from '../audit/auditLog.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import type { TransactionMeta } from '../storage/types.js';
 import type { Logger } from './log.js';
-import type { PrimarySession, SessionProgress, SessionStatus } from './primarySession.js';
+import { isReplicatingState, type PrimarySession, type SessionProgress, type SessionStatus } from './primarySession.js';
 
 /** Default bound on one wait for acknowledgements. */
 export const DEFAULT_SYNC_TIMEOUT_MS = 10_000;
@@ -123,10 +123,15 @@ export class AckTracker {
     this.recheck();
   }
 
+  /** Sessions serving a secondary (past the handshake: not a status request, nor a connection refused). */
+  private secondaries(): Tracked[] {
+    return [...this.tracked.values()].filter((t) => isReplicatingState(t.session.machine.getSnapshot().value));
+  }
+
   /** Connected secondaries, each with its acknowledgement lag. */
   status(): SecondaryReplicationStatus[] {
     const now = this.options.clock.now();
-    return [...this.tracked.values()].map((t) => ({
+    return this.secondaries().map((t) => ({
       ...t.session.status(),
       acks: t.acks,
       lagMs: t.acks ? (t.sent.length > 0 ? now - t.sent[0]!.atMs : 0) : null,
@@ -186,7 +191,7 @@ export class AckTracker {
     if (!this.waiters.delete(w)) return;
     const got = this.confirmedBy(w.tid).length;
     const error = new SyncReplicationTimeoutError(w.tid, w.replicas, got, w.timeoutMs);
-    const details = { tid: w.tid.toString('hex'), wanted: w.replicas, got, timeoutMs: w.timeoutMs, connected: this.tracked.size };
+    const details = { tid: w.tid.toString('hex'), wanted: w.replicas, got, timeoutMs: w.timeoutMs, connected: this.secondaries().length };
     this.options.log('warn', error.message, details);
     const audit = this.options.audit;
     // The caller learns of the timeout only once the decision is on disk.

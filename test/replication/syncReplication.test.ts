@@ -15,7 +15,8 @@ import { VirtualClock } from '../../src/sim/clock.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, waitForTid, Z64 } from './helpers.js';
-import { LogCollector, sessionClosed, WAIT_MS } from './netHelpers.js';
+import { FramedSocket, LogCollector, sessionClosed, settleUntil, WAIT_MS } from './netHelpers.js';
+import { nativeProtocolName } from '../../src/wire/native.js';
 
 afterAll(cleanupTempDirs);
 
@@ -155,6 +156,24 @@ describe('waitForReplication', () => {
       expect(err).toMatchObject({ wanted: 3, got: 2, timeoutMs: 50 });
     } finally {
       for (const s of secondaries) await s.close();
+      await primary.close();
+    }
+  });
+
+  it('lists and counts as connected secondaries only sessions past their handshake', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
+    const peer = await FramedSocket.connect(primary.address);
+    try {
+      peer.send(nativeProtocolName()); // and no hello: not a secondary (yet)
+      await settleUntil(() => primary.status().sessions.length === 1);
+      expect(primary.secondaries()).toEqual([]);
+      const [tid] = await commitMany(primary.localStorage, 1);
+      await expect(primary.waitForReplication(tid!, { replicas: 1, timeoutMs: 50 })).rejects.toBeInstanceOf(SyncReplicationTimeoutError);
+      const record = (await readAuditLog(join(dir, 'p.fs.audit'))).records.find((r) => r.kind === 'sync-timeout');
+      expect(record?.details).toMatchObject({ wanted: 1, got: 0, connected: 0 });
+    } finally {
+      peer.destroy();
       await primary.close();
     }
   });
