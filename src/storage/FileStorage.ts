@@ -393,8 +393,18 @@ export class FileStorage {
     if (result.tail) {
       // New tids must also pass an unfinished transaction's tid, so no tid
       // (or blob file name) that may have been seen is ever reused.
-      const head = preadSync(fd, result.tail.pos, 8);
-      if (head.length === 8 && !(hadFill && isFillRange(head, result.tail.pos))) tailTid = head;
+      // Only what reads as a transaction's start (a status where it stands, a tid after the last):
+      // bytes of junk at the end are no tid, and would push every new tid past them (or past the
+      // last tid there is). The clock is no judge: it may have gone back since the crash.
+      const head = preadSync(fd, result.tail.pos, TXN_HEADER_BYTES);
+      const tid = head.subarray(0, 8);
+      const status = head.length > 16 ? String.fromCharCode(head[16]!) : STATUS_CHECKPOINT;
+      const plausible =
+        head.length >= 8 &&
+        ' cp'.includes(status) &&
+        !(hadFill && isFillRange(tid, result.tail.pos)) &&
+        (result.lastTid === null || Buffer.compare(tid, result.lastTid) > 0);
+      if (plausible) tailTid = Buffer.from(tid);
     }
     // An unfinished tail, or fill alone past the last transaction (kept in no side file).
     const tailCut = (result.tail || hadFill) && !readOnly ? await FileStorage.cutTail(path, fd, result.end, fillStart, hadFill) : null;

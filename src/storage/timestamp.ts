@@ -26,8 +26,10 @@ export function tidPlusOne(tid: Buffer): Buffer {
   if (lo < 0xffffffff) {
     out.writeUInt32BE(lo + 1, 4);
   } else {
+    const hi = out.readUInt32BE(0);
+    if (hi === 0xffffffff) throw new RangeError(`no tid follows ${tid.toString('hex')}`);
     // Carry into the next minute, as TimeStamp.laterThan does.
-    out.writeUInt32BE(out.readUInt32BE(0) + 1, 0);
+    out.writeUInt32BE(hi + 1, 0);
     out.writeUInt32BE(0, 4);
   }
   return out;

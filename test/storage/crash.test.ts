@@ -193,5 +193,26 @@ describe('crash safety', () => {
       await fs.close();
     }
   });
-});
 
+  it('bytes of junk cut from the end are no tid to stay above: the next commits go on as usual', async () => {
+    const dir = await tempDir('zrs-crash-');
+    const path = join(dir, 'Data.fs');
+    let fs = await FileStorage.open(path, { create: true, fsync: false });
+    await commit(fs, [[oidOf(1), Z64, Buffer.from('v1')]]);
+    await fs.close();
+    for (const junk of [Buffer.alloc(30, 0xff), Buffer.concat([Buffer.from('7f00000000000000', 'hex'), Buffer.alloc(22, 0x41)])]) {
+      await writeFile(path, Buffer.concat([readFileSync(path), junk]));
+      fs = await FileStorage.open(path, { fsync: false, now: scriptedClock([PAST_MS]) });
+      try {
+        expect(fs.tailCutOnOpen?.bytes).toBe(junk.length);
+        const last = fs.lastTransaction();
+        const next = await commit(fs, [[oidOf(1), (await fs.load(oidOf(1))).tid, Buffer.from('after')]]);
+        // The clock is behind: the next tid follows the last transaction, not the junk.
+        expect(hexOf(next)).toBe(hexOf(tidPlusOne(last)));
+      } finally {
+        await fs.close();
+      }
+    }
+    expect(() => tidPlusOne(Buffer.alloc(8, 0xff))).toThrow('no tid follows ffffffffffffffff');
+  });
+});
