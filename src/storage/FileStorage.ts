@@ -194,6 +194,19 @@ export function decodeExtension(bytes: Buffer): Record<string, PickleValue> {
   throw new CorruptedDataError('extension', 0, 'transaction extension is not a pickled dict');
 }
 
+/**
+ * The extension as undoLog and history list it: empty when it cannot be read
+ * here (a pickle with globals, say a datetime, outside the safe subset), as
+ * ZODB's undo search does, rather than failing the whole listing.
+ */
+function listedExtension(bytes: Buffer): Record<string, PickleValue> {
+  try {
+    return decodeExtension(bytes);
+  } catch {
+    return {};
+  }
+}
+
 /** An unfinished transaction cut from the end of a data file when it was opened. */
 export interface TailCut {
   /** Where it began: the file's length now. */
@@ -978,7 +991,7 @@ export class FileStorage {
       time: tidToSeconds(t.tid),
       user: Buffer.from(meta.subarray(0, t.ulen)),
       description: Buffer.from(meta.subarray(t.ulen, t.ulen + t.dlen)),
-      extension: decodeExtension(Buffer.from(meta.subarray(t.ulen + t.dlen))),
+      extension: listedExtension(Buffer.from(meta.subarray(t.ulen + t.dlen))),
     };
   }
 

@@ -111,6 +111,27 @@ describe('undo', () => {
   });
 });
 
+describe('listing transactions whose extension this storage cannot read', () => {
+  it('lists them with an empty extension instead of failing the whole undoLog or history', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    try {
+      // pickle.dumps({'when': datetime.date(2024, 1, 2)}, 3): a global outside the safe subset.
+      const extensionBytes = Buffer.from('80037d710058040000007768656e7101636461746574696d650a646174650a7102430407e801027103857104527105732e', 'hex');
+      const txn = { description: 'dated', extensionBytes };
+      const oid = fs.newOid();
+      await fs.tpcBegin(txn);
+      fs.store(oid, Z64, Buffer.from('x'), txn);
+      await fs.tpcVote(txn);
+      const tid = await fs.tpcFinish(txn);
+      const log = await fs.undoLog(0, 20);
+      expect(log.map((e) => [e.description.toString(), e.extension])).toEqual([['dated', {}]]);
+      expect((await fs.history(oid, 5)).map((h) => [hex(h.tid), h.extension])).toEqual([[hex(tid), {}]]);
+    } finally {
+      await fs.close();
+    }
+  });
+});
+
 describe('undo with blobs', () => {
   it('gives the undo transaction its own copy of the restored blob, as ZODB does', async () => {
     const dir = await tempDir();
