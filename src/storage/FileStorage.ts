@@ -820,10 +820,18 @@ export class FileStorage {
       await cur.voting.catch(() => undefined);
       if (this.closed || this.current !== cur) return;
     }
-    if (cur.written) this.cutFile(cur.tpos);
+    // A failed cut leaves the bytes past the end (the next commit writes over them, a reopen cuts
+    // them): the transaction still ends, its blobs are removed, and the failure is reported.
+    let cutFailure: { err: unknown } | null = null;
+    try {
+      if (cur.written) this.cutFile(cur.tpos);
+    } catch (err) {
+      cutFailure = { err };
+    }
     this.current = null;
     cur.release();
     if (this.blobs) await this.blobs.discard(cur.blobs.map((b) => b.placedPath ?? b.stagedPath));
+    if (cutFailure) throw cutFailure.err;
   }
 
   /**
@@ -1217,7 +1225,8 @@ export class FileStorage {
   /** Abort any transaction in progress, save the index, release the lock. */
   async close(): Promise<void> {
     if (this.closed) return;
-    if (this.current) await this.tpcAbort(this.current.txn);
+    // A failed abort (the cut of its bytes, the removal of its blobs) is reported once everything is released.
+    const aborted = this.current ? await this.tpcAbort(this.current.txn).then(() => null, (err: unknown) => ({ err })) : null;
     // Let a commit that is finishing reach the disk first.
     const release = await this.commitLock.acquire();
     this.closed = true;
@@ -1242,6 +1251,7 @@ export class FileStorage {
         release,
       ]);
     }
+    if (aborted) throw aborted.err;
   }
 
   /** Another descriptor of the data file, for a second sync at once (see groupSync.ts); none for a read-only storage. */

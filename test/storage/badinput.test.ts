@@ -15,6 +15,7 @@ import type { TransactionRecord } from '../../src/storage/types.js';
 import { cleanupTempDirs, copyZodbFixture, tempDir } from '../helpers/fixtures.js';
 import { collect, commit, fakeClock, oidOf } from './storageHarness.js';
 import { oidKey } from '../../src/storage/scan.js';
+import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { undoIdFor } from '../../src/storage/undo.js';
 
 afterAll(cleanupTempDirs);
@@ -282,6 +283,31 @@ describe('damaged pointers found when reading (the open scans no further than ea
       await fs.tpcAbort(meta);
       await fs.close();
     }
+  });
+});
+
+describe('a close whose abort of the transaction in progress fails', () => {
+  it('still releases the lock and the file, and reports the failure', async () => {
+    const path = join(await tempDir('zrs-bad-'), 'Data.fs');
+    let failTruncate = false;
+    const disk: StorageDisk = {
+      ...nodeDisk,
+      truncate: (fd, length) => {
+        if (failTruncate) throw Object.assign(new Error('EIO: i/o error, ftruncate'), { code: 'EIO' });
+        nodeDisk.truncate(fd, length);
+      },
+    };
+    const fs = await FileStorage.open(path, { create: true, fsync: false, disk });
+    const txn = { description: 'voted, never finished' };
+    await fs.tpcBegin(txn);
+    fs.store(fs.newOid(), Z64, Buffer.from('x'), txn);
+    await fs.tpcVote(txn);
+    failTruncate = true;
+    await expect(fs.close()).rejects.toThrow(/EIO/);
+    // Released: the storage opens again, and the voted transaction is not in it.
+    const again = await FileStorage.open(path);
+    expect(again.transactionCount).toBe(0);
+    await again.close();
   });
 });
 
