@@ -618,10 +618,16 @@ export class FileStorage {
     const cur = this.pending(txn, 'undo');
     if (cur.written) throw new StorageTransactionError('undo: transaction already voted');
     const plan = undoTransaction(this, id, txn);
-    for (const { oid, from } of plan.blobCopies) {
-      const stagedPath = await this.requireBlobs().stageCopy(from);
-      cur.blobs.push({ oid, stagedPath, placedPath: null });
+    // The blob copies first: when one fails, the transaction holds nothing of this undo.
+    const staged: Array<{ oid: Buffer; stagedPath: string; placedPath: null }> = [];
+    try {
+      for (const { oid, from } of plan.blobCopies) staged.push({ oid, stagedPath: await this.requireBlobs().stageCopy(from), placedPath: null });
+    } catch (err) {
+      await this.blobs?.discard(staged.map((b) => b.stagedPath));
+      throw err;
     }
+    plan.apply();
+    cur.blobs.push(...staged);
     return plan.oids;
   }
 

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { UndoError, POSKeyError } from '../../src/errors.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
+import { undoIdFor } from '../../src/storage/undo.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, copyZodbFixture, hex, readManifest, tempDir } from '../helpers/fixtures.js';
 import { toJsonish } from '../helpers/pickleJson.js';
@@ -156,6 +157,20 @@ describe('undo with blobs', () => {
       expect(readFileSync(await fs.loadBlob(oid, undoTid), 'utf8')).toBe('first');
       expect(readFileSync(await fs.loadBlob(oid, t1), 'utf8')).toBe('first');
       expect(readFileSync(await fs.loadBlob(oid, t2), 'utf8')).toBe('second');
+
+      // The blob to restore is gone: the undo fails and leaves nothing in the transaction.
+      const t3 = await store(undoTid, 'third');
+      const { rmSync } = await import('node:fs');
+      rmSync(await fs.loadBlob(oid, undoTid));
+      const txn = { description: 'an undo that fails, then something else' };
+      await fs.tpcBegin(txn);
+      await expect(fs.undo(undoIdFor(t3), txn)).rejects.toThrow();
+      const other = fs.newOid();
+      fs.store(other, Z64, Buffer.from('other'), txn);
+      await fs.tpcVote(txn);
+      const t4 = await fs.tpcFinish(txn);
+      expect((await fs.load(oid)).tid.toString('hex')).toBe(t3.toString('hex')); // not undone
+      expect((await fs.load(other)).tid.toString('hex')).toBe(t4.toString('hex'));
     } finally {
       await fs.close();
     }
