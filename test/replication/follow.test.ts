@@ -55,6 +55,57 @@ async function serve(followBufferSize?: number) {
   return { dir, storage, sessions, server };
 }
 
+/** A secondary's transport whose socket the test can hold paused (real TCP backpressure on the primary) and release. */
+function holdableTransport(): { transport: Transport; hold(): void; release(): void; socket(): ByteStream } {
+  let held: ByteStream | null = null;
+  let holding = false;
+  const transport: Transport = {
+    ...socketTransport,
+    connect: async (address) => {
+      const s = await socketTransport.connect(address);
+      held = s;
+      return {
+        peer: s.peer,
+        write: (c) => s.write(c),
+        pause: () => s.pause(),
+        resume: () => void (holding || s.resume()),
+        end: () => s.end(),
+        destroy: (e) => s.destroy(e),
+        setHandlers: (h) => s.setHandlers(h),
+      };
+    },
+  };
+  return {
+    transport,
+    hold: () => {
+      holding = true;
+      held!.pause();
+    },
+    release: () => {
+      holding = false;
+      held!.resume();
+    },
+    socket: () => held!,
+  };
+}
+
+/** Commit `bytes`-sized revisions of one object until `session` overflows back to catching up (at most `max`). */
+async function commitUntilOverflow(storage: FileStorage, session: PrimarySession, bytes: number, max: number): Promise<void> {
+  const oid = storage.newOid();
+  let serial = Z64;
+  const overflows = (): number => session.machine.getSnapshot().context.counters.overflows;
+  for (let i = 0; i < max && overflows() === 0; i++) {
+    const txn = { description: `big ${i}` };
+    await storage.tpcBegin(txn);
+    storage.store(oid, serial, Buffer.alloc(bytes, i), txn);
+    await storage.tpcVote(txn);
+    serial = await storage.tpcFinish(txn);
+    // Time passes too, for ticks the send pacer holds back while this loop keeps it busy.
+    await new Promise((r) => (i % 20 === 19 ? setTimeout(r, 2) : setImmediate(r)));
+  }
+  expect(overflows()).toBeGreaterThan(0);
+}
+
 /** Close what a test opened, the secondary first. */
 async function closeAll(secondary: Secondary, server: ReplicationServer, storage: FileStorage): Promise<void> {
   await secondary.close();
@@ -132,47 +183,15 @@ describe('catching up under a steady stream of commits', () => {
 
   it('falls back to catch-up when a stalled secondary lets its buffer fill, and resumes with every transaction once, in order', async () => {
     const { dir, storage, sessions, server } = await serve(4);
-    // The secondary's socket, held paused by the test: real TCP backpressure on the primary.
-    let held: ByteStream | null = null;
-    let holding = false;
-    const transport: Transport = {
-      ...socketTransport,
-      connect: async (address) => {
-        const s = await socketTransport.connect(address);
-        held = s;
-        return {
-          peer: s.peer,
-          write: (c) => s.write(c),
-          pause: () => s.pause(),
-          resume: () => void (holding || s.resume()),
-          end: () => s.end(),
-          destroy: (e) => s.destroy(e),
-          setHandlers: (h) => s.setHandlers(h),
-        };
-      },
-    };
+    const { transport, hold, release } = holdableTransport();
     const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null, transport });
     try {
       await waitForTid(secondary, (await commitMany(storage, 1))[0]!);
-      holding = true;
-      held!.pause();
+      hold();
       // 64 KiB commits until the session overflows: once the socket buffers are
       // full, its queue of unsent commits grows past the limit of 4.
-      const oid = storage.newOid();
-      let serial = Z64;
-      const overflows = (): number => sessions[0]!.machine.getSnapshot().context.counters.overflows;
-      for (let i = 0; i < 2000 && overflows() === 0; i++) {
-        const txn = { description: `big ${i}` };
-        await storage.tpcBegin(txn);
-        storage.store(oid, serial, Buffer.alloc(64 * 1024, i), txn);
-        await storage.tpcVote(txn);
-        serial = await storage.tpcFinish(txn);
-        // Time passes too, for ticks the send pacer holds back while this loop keeps it busy.
-        await new Promise((r) => (i % 20 === 19 ? setTimeout(r, 2) : setImmediate(r)));
-      }
-      expect(sessions[0]!.machine.getSnapshot().context.counters.overflows).toBeGreaterThan(0);
-      holding = false;
-      held!.resume();
+      await commitUntilOverflow(storage, sessions[0]!, 64 * 1024, 2000);
+      release();
       const last = (await commitMany(storage, 3)).at(-1)!;
       await waitForTid(secondary, last);
       expect(sessions.length).toBe(1); // the same connection all along
@@ -184,37 +203,18 @@ describe('catching up under a steady stream of commits', () => {
 
   it('lets go of the commits it held once it overflows, while its socket stays full', async () => {
     const { dir, storage, sessions, server } = await serve(400);
-    let held: ByteStream | null = null;
-    const transport: Transport = {
-      ...socketTransport,
-      connect: async (address) => {
-        const s = await socketTransport.connect(address);
-        held = s;
-        return { ...s, peer: s.peer, write: (c) => s.write(c), pause: () => s.pause(), resume: () => undefined, end: () => s.end(), destroy: (e) => s.destroy(e), setHandlers: (h) => s.setHandlers(h) };
-      },
-    };
+    const { transport, hold, socket } = holdableTransport();
     const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null, transport });
     try {
       await waitForTid(secondary, (await commitMany(storage, 1))[0]!);
-      held!.pause(); // for good: the primary's wait for its socket to drain never ends
+      hold(); // for good: the primary's wait for its socket to drain never ends
       const before = retainedBytes();
-      const oid = storage.newOid();
-      let serial = Z64;
-      const overflows = (): number => sessions[0]!.machine.getSnapshot().context.counters.overflows;
-      for (let i = 0; i < 1000 && overflows() === 0; i++) {
-        const txn = { description: `big ${i}` };
-        await storage.tpcBegin(txn);
-        storage.store(oid, serial, Buffer.alloc(200 * 1024, i), txn);
-        await storage.tpcVote(txn);
-        serial = await storage.tpcFinish(txn);
-        await new Promise((r) => (i % 20 === 19 ? setTimeout(r, 2) : setImmediate(r)));
-      }
-      expect(overflows()).toBeGreaterThan(0);
+      await commitUntilOverflow(storage, sessions[0]!, 200 * 1024, 1000);
       // 400 commits of 200 KiB (published with their bytes, 78 MiB) were queued when it overflowed; none may stay
       // reachable (what stays is what the socket holds in its own buffer).
       expect(retainedBytes() - before).toBeLessThan(48 * 1024 * 1024);
     } finally {
-      held!.destroy();
+      socket().destroy();
       await closeAll(secondary, server, storage);
     }
   });
