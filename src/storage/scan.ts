@@ -142,7 +142,14 @@ export function emptyScanState(): ScanState {
   };
 }
 
-type TxnVerdict = { kind: 'ok'; next: number } | { kind: 'tail'; reason: string };
+/**
+ * `unfinished`: the tail is certainly a write that did not finish (a status
+ * still 'c': commits write it first and set the final status last, so a
+ * sync torn between the two leaves it even with later transactions written
+ * whole; or a header cut short, or fill inside), cut without looking
+ * further. Otherwise intact transactions after it make it damage.
+ */
+type TxnVerdict = { kind: 'ok'; next: number } | { kind: 'tail'; reason: string; unfinished: boolean };
 
 /**
  * Scan from `pos` (the start of a transaction) to `fileSize` (the end of the
@@ -170,16 +177,16 @@ export async function scanFile(
       damage = new CorruptedDataError(path, pos, `${verdict.reason}, yet intact transactions follow`);
     } catch (err) {
       if (!(err instanceof CorruptedDataError)) throw err;
-      verdict = { kind: 'tail', reason: err.message };
+      verdict = { kind: 'tail', reason: err.message, unfinished: false };
       damage = err;
     }
     // Damage that reaches the end of the file is an unfinished write (no
     // transaction after it was ever reported committed), whether it reads as
-    // a bad record, a length past the end or a status still 'c'; damage
-    // followed by intact transactions is corruption and must not be cut
-    // silently, unless fill shows that a sync was torn (several transactions
-    // synced together, some of their sectors written and some not).
-    if ((await intactTransactionAfter(handle, pos, fileSize, state.lastTid)) && (await fillInside(reader, pos, fileSize)) < 0) throw damage;
+    // a bad record or a length past the end; damage followed by intact
+    // transactions is corruption and must not be cut silently, unless fill
+    // shows that a sync was torn (several transactions synced together, some
+    // of their sectors written and some not).
+    if (!verdict.unfinished && (await intactTransactionAfter(handle, pos, fileSize, state.lastTid)) && (await fillInside(reader, pos, fileSize)) < 0) throw damage;
     return { ...state, end: pos, tail: { pos, reason: verdict.reason } };
   }
   return { ...state, end: pos, tail: null };
@@ -306,13 +313,17 @@ async function scanTransaction(
   fileSize: number,
   state: ScanState,
 ): Promise<TxnVerdict> {
-  if (pos + TXN_HEADER_BYTES > fileSize) return { kind: 'tail', reason: 'transaction header truncated' };
+  if (pos + TXN_HEADER_BYTES > fileSize) return { kind: 'tail', reason: 'transaction header truncated', unfinished: true };
   const h = readTxnHeader(Buffer.from(await ensure(reader, pos, TXN_HEADER_BYTES)));
   const metaBytes = TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
   const end = pos + h.length + TRAILER_BYTES;
   if (h.length < metaBytes) throw new CorruptedDataError(path, pos, `transaction length ${h.length} is shorter than its header`);
-  if (end > fileSize) return { kind: 'tail', reason: 'transaction runs past the end of the file' };
-  if (h.status === STATUS_CHECKPOINT) return { kind: 'tail', reason: "transaction still marked in progress ('c')" };
+  if (h.status === STATUS_CHECKPOINT) {
+    const reason = end > fileSize ? "transaction still marked in progress ('c') runs past the end of the file" : "transaction still marked in progress ('c')";
+    return { kind: 'tail', reason, unfinished: true };
+  }
+  // A final status is written last: such a transaction running past the end is damage, unless nothing intact follows.
+  if (end > fileSize) return { kind: 'tail', reason: 'transaction runs past the end of the file', unfinished: false };
   if (!' pu'.includes(h.status)) throw new CorruptedDataError(path, pos + 16, `unknown transaction status 0x${h.status.charCodeAt(0).toString(16)}`);
   if (state.lastTid !== null && Buffer.compare(h.tid, state.lastTid) <= 0) {
     throw new CorruptedDataError(path, pos, `tid ${h.tid.toString('hex')} does not follow ${state.lastTid.toString('hex')}`);
@@ -322,7 +333,7 @@ async function scanTransaction(
     throw new CorruptedDataError(path, pos + h.length, `redundant length ${trailer} does not match transaction length ${h.length}`);
   }
   const torn = await fillInside(reader, pos, end);
-  if (torn >= 0) return { kind: 'tail', reason: `transaction not wholly written: preallocated fill at ${torn}` };
+  if (torn >= 0) return { kind: 'tail', reason: `transaction not wholly written: preallocated fill at ${torn}`, unfinished: true };
   await scanRecords(reader, path, pos, pos + metaBytes, pos + h.length, h.tid, state);
   recordTransaction(state, h.tid, pos);
   return { kind: 'ok', next: end };

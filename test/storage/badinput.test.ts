@@ -139,20 +139,34 @@ describe('damage in the middle of a file (intact transactions after it)', () => 
       victim.pos + victim.length,
     ));
 
-  // Each also reads as the start of a torn tail; what follows tells them apart.
-  it("a status still 'c' (in progress)", () => expectCorrupt(damaged((b) => (b[victim.pos + 16] = 'c'.charCodeAt(0))), victim.pos));
-
+  // It also reads as the start of a torn tail; what follows tells them apart.
   it('a transaction length past the end of the file', () => expectCorrupt(damaged((b) => b.writeUInt8(b[victim.pos + 8]! ^ 0x80, victim.pos + 8)), victim.pos));
 
-  it("a status still 'c', with an unfinished transaction at the end", () =>
-    expectCorrupt(withUnfinishedEnd(damaged((b) => (b[victim.pos + 16] = 'c'.charCodeAt(0)))), victim.pos));
+  it("a status still 'c' with intact transactions after it is a group sync torn before its final status: cut, kept in .tr0", async () => {
+    // Commits write their bytes with status 'c' and set the final status last; one sync can carry that status
+    // byte and later transactions, and a crash may write the later sectors and not the status byte's.
+    // Nothing from the 'c' one on was reported durable. (No single flipped bit turns ' ' or 'p' into 'c'.)
+    const bytes = damaged((b) => (b[victim.pos + 16] = 'c'.charCodeAt(0)));
+    await writeFile(path, bytes);
+    const fs = await FileStorage.open(path);
+    try {
+      expect(fs.tailCutOnOpen).toEqual({ position: victim.pos, bytes: original.length - victim.pos, keptIn: `${path}.tr0` });
+      expect(fs.transactionCount).toBe(txns.indexOf(victim));
+      expect(readFileSync(`${path}.tr0`).equals(bytes.subarray(victim.pos))).toBe(true);
+    } finally {
+      await fs.close();
+      await rm(`${path}.tr0`);
+      await rm(indexPathFor(path), { force: true });
+      await writeFile(path, original);
+    }
+  });
 
   /** The file with a transaction cut short appended (a crash while appending the next commit): its length runs past the end. */
   const withCutShortEnd = (b: Buffer): Buffer => withUnfinishedEnd(b).subarray(0, b.length + 30);
 
   it.each([
     ['a broken redundant length', (b: Buffer) => b.writeUInt32BE(victim.length + 1, victim.pos + victim.length + 4), () => victim.pos + victim.length],
-    ["a status still 'c'", (b: Buffer) => (b[victim.pos + 16] = 'c'.charCodeAt(0)), () => victim.pos],
+    ['a length past the end', (b: Buffer) => b.writeUInt8(b[victim.pos + 8]! ^ 0x80, victim.pos + 8), () => victim.pos],
     ['a record pointing at another transaction', (b: Buffer) => b.writeUInt32BE(prior.pos, victim.records[1]!.pos + 28), () => victim.records[1]!.pos],
   ])('%s, with a transaction cut short at the end (its length unknown)', async (_what, edit, position) => {
     const bytes = withCutShortEnd(damaged(edit));
