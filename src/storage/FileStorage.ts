@@ -104,6 +104,10 @@ interface PendingTxn {
   voted: boolean;
   /** A vote placing its blobs, until it settles. */
   voting: Promise<void> | null;
+  /** Set when part of it could not be done (an undo whose blob copy failed): it can only be aborted. */
+  doomed: Error | null;
+  /** Undos still copying their blobs: a vote must wait for them (the caller's to do). */
+  undoing: number;
   release: () => void;
 }
 
@@ -507,6 +511,8 @@ export class FileStorage {
         tindex: new Map(),
         blobs: [],
         written: false,
+        doomed: null,
+        undoing: 0,
         voted: false,
         voting: null,
         release,
@@ -617,17 +623,22 @@ export class FileStorage {
   async undo(id: string | Buffer, txn: TransactionMeta): Promise<Buffer[]> {
     const cur = this.pending(txn, 'undo');
     if (cur.written) throw new StorageTransactionError('undo: transaction already voted');
+    // Checked and written at once (a store, a vote or another undo must not come in between);
+    // the blob copies come after, and when one fails the transaction holds an undo without its
+    // blob: it can only be aborted.
     const plan = undoTransaction(this, id, txn);
-    // The blob copies first: when one fails, the transaction holds nothing of this undo.
-    const staged: Array<{ oid: Buffer; stagedPath: string; placedPath: null }> = [];
+    cur.undoing += 1;
     try {
-      for (const { oid, from } of plan.blobCopies) staged.push({ oid, stagedPath: await this.requireBlobs().stageCopy(from), placedPath: null });
+      for (const { oid, from } of plan.blobCopies) {
+        const stagedPath = await this.requireBlobs().stageCopy(from);
+        cur.blobs.push({ oid, stagedPath, placedPath: null });
+      }
     } catch (err) {
-      await this.blobs?.discard(staged.map((b) => b.stagedPath));
+      cur.doomed ??= new ZrsError(`${this.path}: the transaction cannot commit, an undo in it failed: ${(err as Error).message}`, { cause: err });
       throw err;
+    } finally {
+      cur.undoing -= 1;
     }
-    plan.apply();
-    cur.blobs.push(...staged);
     return plan.oids;
   }
 
@@ -683,6 +694,8 @@ export class FileStorage {
   async tpcVote(txn: TransactionMeta): Promise<void> {
     const cur = this.pending(txn, 'tpcVote');
     if (cur.written) throw new StorageTransactionError('tpcVote: transaction already voted');
+    if (cur.doomed) throw cur.doomed;
+    if (cur.undoing > 0) throw new StorageTransactionError('tpcVote: an undo in this transaction is still copying its blobs (wait for undo() first)');
     this.writeAtEnd(this.assemble(cur), cur.tpos);
     cur.written = true;
     if (cur.blobs.length) {

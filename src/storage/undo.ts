@@ -65,16 +65,14 @@ function dataPosition(storage: FileStorage, pos: number): number {
 }
 
 /**
- * Plan the undo of transaction `id` inside the transaction `txn` in progress:
- * the oids it reverts, and the records to write. Each object goes back to the revision before the undone
+ * Undo transaction `id` inside the transaction `txn` in progress; returns the
+ * oids it reverts. Each object goes back to the revision before the undone
  * one (a backpointer; position 0 when the undone transaction created it).
  */
 export interface UndoPlan {
   oids: Buffer[];
   /** Blob files to copy for the undo transaction: the restored revisions' blobs. */
   blobCopies: Array<{ oid: Buffer; from: string }>;
-  /** Write the undo records into the transaction (once the blob copies are made: all or nothing). */
-  apply(): void;
 }
 
 export function undoTransaction(storage: FileStorage, id: string | Buffer, txn: TransactionMeta): UndoPlan {
@@ -97,13 +95,8 @@ export function undoTransaction(storage: FileStorage, id: string | Buffer, txn: 
     pos += dataRecordLength(d.plen);
   }
   // Check everything before writing anything: an undo applies whole or not at all.
-  return {
-    oids: plan.map((s) => s.oid),
-    blobCopies: blobCopies(storage, plan),
-    apply: () => {
-      for (const step of plan) storage.appendUndoRecord(step.oid, step.back, txn);
-    },
-  };
+  for (const step of plan) storage.appendUndoRecord(step.oid, step.back, txn);
+  return { oids: plan.map((s) => s.oid), blobCopies: blobCopies(storage, plan) };
 }
 
 /**

@@ -162,15 +162,21 @@ describe('undo with blobs', () => {
       const t3 = await store(undoTid, 'third');
       const { rmSync } = await import('node:fs');
       rmSync(await fs.loadBlob(oid, undoTid));
-      const txn = { description: 'an undo that fails, then something else' };
+      const txn = { description: 'an undo that fails' };
       await fs.tpcBegin(txn);
       await expect(fs.undo(undoIdFor(t3), txn)).rejects.toThrow();
-      const other = fs.newOid();
-      fs.store(other, Z64, Buffer.from('other'), txn);
-      await fs.tpcVote(txn);
-      const t4 = await fs.tpcFinish(txn);
+      // The undo's records are in the transaction without their blob: it can only be aborted.
+      await expect(fs.tpcVote(txn)).rejects.toThrow(/the transaction cannot commit, an undo in it failed/);
+      await fs.tpcAbort(txn);
       expect((await fs.load(oid)).tid.toString('hex')).toBe(t3.toString('hex')); // not undone
-      expect((await fs.load(other)).tid.toString('hex')).toBe(t4.toString('hex'));
+
+      // A vote while an undo still copies its blob is refused: it would commit the undo without it.
+      const racing = { description: 'an undo and a vote at once' };
+      await fs.tpcBegin(racing);
+      const undone = fs.undo(undoIdFor(t3), racing).catch((e: unknown) => e);
+      await expect(fs.tpcVote(racing)).rejects.toThrow(/still copying its blobs/);
+      await fs.tpcAbort(racing);
+      await undone;
     } finally {
       await fs.close();
     }
