@@ -23,6 +23,7 @@ import {
 } from '../errors.js';
 import { dumps, loads, type PickleValue } from '../wire/pickle.js';
 import {
+  BACKPOINTER_BYTES,
   DATA_HEADER_BYTES,
   MAGIC_BYTES,
   MAGIC_FS21,
@@ -44,6 +45,7 @@ import {
   type TxnHeader,
 } from './format.js';
 import { preadSync, syncDirectory } from './fileio.js';
+import { dataHolder, otherObjectError, type DataHolder } from './backpointer.js';
 import { TxnBuffer } from './txnBuffer.js';
 import { RecentTransactions } from './recentTxns.js';
 import { RelocatedCommit, relocateTransactions, type RelocatedTxn } from './rawAppend.js';
@@ -918,16 +920,13 @@ export class FileStorage {
    * @internal
    */
   resolveData(pos: number, header?: DataHeader): Buffer | null {
-    let h = header ?? this.readDataHeaderAt(pos);
-    const oid = Buffer.from(h.oid);
-    for (let hops = 0; ; hops++) {
-      if (h.plen > 0) return preadSync(this.fd, pos + DATA_HEADER_BYTES, h.plen);
-      const back = readU64At(preadSync(this.fd, pos + DATA_HEADER_BYTES, 8), 0);
-      if (back === 0) return null;
-      if (back >= pos || hops > 1_000_000) throw new CorruptedDataError(this.path, pos, `backpointer ${back} does not point backwards`);
-      h = this.revisionAt(oid, back, pos);
-      pos = back;
-    }
+    const holder = this.dataHolderOf(pos, header ?? this.readDataHeaderAt(pos));
+    return holder === null ? null : preadSync(this.fd, holder.pos + DATA_HEADER_BYTES, holder.header.plen);
+  }
+
+  /** The record holding the data of the record at `pos` (see backpointer.ts); null for "no data". @internal */
+  dataHolderOf(pos: number, header: DataHeader): DataHolder | null {
+    return dataHolder(this.path, pos, header, (p) => this.readDataHeaderAt(p), (p) => readU64At(preadSync(this.fd, p + DATA_HEADER_BYTES, BACKPOINTER_BYTES), 0));
   }
 
   /**
@@ -939,7 +938,7 @@ export class FileStorage {
   private revisionAt(oid: Buffer, pos: number, from?: number): DataHeader {
     if (from !== undefined && pos >= from) throw new CorruptedDataError(this.path, from, `pointer to ${pos} does not point backwards`);
     const h = this.readDataHeaderAt(pos);
-    if (!h.oid.equals(oid)) throw new CorruptedDataError(this.path, pos, `record of oid 0x${h.oid.toString('hex')} where oid 0x${oid.toString('hex')}'s revisions lead`);
+    if (!h.oid.equals(oid)) throw otherObjectError(this.path, pos, h.oid, oid);
     return h;
   }
 

@@ -4,7 +4,7 @@
 // window and one transaction in memory at a time.
 
 import { CorruptedDataError } from '../errors.js';
-import { DATA_HEADER_BYTES, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength, readTxnHeader, readU64At, recordsStart } from './format.js';
+import { DATA_HEADER_BYTES, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength, readDataHeader, readTxnHeader, readU64At, recordsStart } from './format.js';
 import { WindowReader, type WindowRecycler } from './fileio.js';
 import type { FileStorage } from './FileStorage.js';
 import type { DataRecord, TransactionRecord } from './types.js';
@@ -290,6 +290,8 @@ function recordAt(storage: FileStorage | null, body: Buffer, off: number, pos: n
   const back = readU64At(body, off + DATA_HEADER_BYTES);
   if (back === 0) return { oid, tid, data: null, dataTxn: null, pos, back };
   if (storage === null) throw new Error('a backpointer record reached without its storage');
+  // The holder of the data, every hop checked; the data transaction is the first hop's.
+  const holder = storage.dataHolderOf(pos, readDataHeader(body, off));
   const target = storage.readDataHeaderAt(back);
-  return { oid, tid, data: storage.resolveData(back, target), dataTxn: Buffer.from(target.tid), pos, back };
+  return { oid, tid, data: holder === null ? null : storage.readAt(holder.pos + DATA_HEADER_BYTES, holder.header.plen), dataTxn: Buffer.from(target.tid), pos, back };
 }

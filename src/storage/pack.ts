@@ -26,6 +26,7 @@ import {
   type DataHeader,
   type TxnHeader,
 } from './format.js';
+import { dataHolder } from './backpointer.js';
 import { WindowReader, preadSync } from './fileio.js';
 import { oidKey, type OidKey } from './scan.js';
 import { Z64 } from './timestamp.js';
@@ -183,14 +184,9 @@ class Source {
 
   /** Data of the record at `pos` with backpointers followed; null for "no data". */
   resolve(pos: number): Buffer | null {
-    for (let hops = 0; ; hops++) {
-      const h = this.headerAt(pos);
-      if (h.plen > 0) return preadSync(this.handle.fd, pos + DATA_HEADER_BYTES, h.plen);
-      const back = readU64At(preadSync(this.handle.fd, pos + DATA_HEADER_BYTES, BACKPOINTER_BYTES), 0);
-      if (back === 0) return null;
-      if (back >= pos || hops > 1_000_000) throw new CorruptedDataError(this.path, pos, `backpointer ${back} does not point backwards`);
-      pos = back;
-    }
+    const backAt = (p: number): number => readU64At(preadSync(this.handle.fd, p + DATA_HEADER_BYTES, BACKPOINTER_BYTES), 0);
+    const holder = dataHolder(this.path, pos, this.headerAt(pos), (p) => this.headerAt(p), backAt);
+    return holder === null ? null : preadSync(this.handle.fd, holder.pos + DATA_HEADER_BYTES, holder.header.plen);
   }
 }
 

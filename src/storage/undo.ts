@@ -3,8 +3,8 @@
 // each object's previous revision, refused when a later transaction changed
 // the same object to different data.
 
-import { CorruptedDataError, UndoError } from '../errors.js';
-import { BACKPOINTER_BYTES, DATA_HEADER_BYTES, STATUS_COMMITTED, STATUS_PACKED, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength, readU64At } from './format.js';
+import { UndoError } from '../errors.js';
+import { STATUS_COMMITTED, STATUS_PACKED, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength } from './format.js';
 import type { FileStorage } from './FileStorage.js';
 import { oidKey, oidOfKey, type OidKey } from './scan.js';
 import { isBlobRecord } from './blobs.js';
@@ -53,15 +53,7 @@ export function undoLog(
 
 /** Position of the record that finally holds the data of the record at `pos` (0 for no data). */
 function dataPosition(storage: FileStorage, pos: number): number {
-  for (;;) {
-    const h = storage.readDataHeaderAt(pos);
-    if (h.plen > 0) return pos;
-    const back = readU64At(storage.readAt(pos + DATA_HEADER_BYTES, BACKPOINTER_BYTES), 0);
-    if (back === 0) return 0;
-    // Backwards only, as resolveData: a damaged backpointer must not loop for ever.
-    if (back >= pos) throw new CorruptedDataError(storage.path, pos, `backpointer ${back} does not point backwards`);
-    pos = back;
-  }
+  return storage.dataHolderOf(pos, storage.readDataHeaderAt(pos))?.pos ?? 0;
 }
 
 /**

@@ -272,6 +272,34 @@ describe('damaged pointers found when reading (the open scans no further than ea
     await expect(FileStorage.open(h.path, { readOnly: true })).rejects.toThrow(CorruptedDataError);
   });
 
+  it("a backpointer to another object's record: every reader refuses it (load, the iterator, pack)", async () => {
+    const path = join(await tempDir('zrs-ptr-'), 'Data.fs');
+    let fs = await FileStorage.open(path, { create: true, fsync: false });
+    const [x, y] = [fs.newOid(), fs.newOid()];
+    const t1 = await commit(fs, [[x, Z64, Buffer.from('x v1')]]);
+    await commit(fs, [[y, Z64, Buffer.from('y, another object')]]);
+    const t3 = await commit(fs, [[x, t1, Buffer.from('x v2')]]);
+    const undoMeta = {};
+    await fs.tpcBegin(undoMeta);
+    await fs.undo(undoIdFor(t3), undoMeta);
+    await fs.tpcVote(undoMeta);
+    const undoTid = await fs.tpcFinish(undoMeta);
+    const back = fs.index.get(oidKey(x))!;
+    const yPos = fs.index.get(oidKey(y))!;
+    await fs.close();
+    const bytes = readFileSync(path);
+    bytes.writeUInt32BE(yPos, back + 42 + 4); // the undo record's backpointer now names y's record
+    await writeFile(path, bytes);
+    fs = await FileStorage.open(path, { fsync: false });
+    try {
+      await expect(fs.load(x)).rejects.toThrow(CorruptedDataError);
+      await expect(collect(fs.iterator(undoTid, undoTid))).rejects.toThrow(/record of oid 0x0+2 where oid 0x0+1's revisions lead/);
+      await expect(fs.pack(Date.now() / 1000 + 3600)).rejects.toThrow(CorruptedDataError);
+    } finally {
+      await fs.close();
+    }
+  });
+
   it('an undo over a backpointer that points at itself: an error, not a hang', async () => {
     const path = join(await tempDir('zrs-ptr-'), 'Data.fs');
     let fs = await FileStorage.open(path, { create: true, fsync: false });
