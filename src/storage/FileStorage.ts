@@ -200,6 +200,28 @@ export function decodeExtension(bytes: Buffer): Record<string, PickleValue> {
   throw new CorruptedDataError('extension', 0, 'transaction extension is not a pickled dict');
 }
 
+/** A tid this far past the last transaction's (or the clock's, when later) is taken for junk. */
+const TAIL_TID_MAX_AHEAD_MS = 366 * 24 * 3600 * 1000;
+
+/**
+ * Whether the first bytes of a cut tail (`head`, up to a header's worth) read
+ * as the start of a transaction: a status where it stands, metadata lengths
+ * within its length, a tid after `lastTid` that has a successor and is not
+ * years ahead. Only then must new tids stay above it.
+ */
+function plausibleTailTid(head: Buffer, lastTid: Buffer | null): boolean {
+  if (head.length < 8) return false;
+  const tid = head.subarray(0, 8);
+  if (lastTid !== null && Buffer.compare(tid, lastTid) <= 0) return false;
+  if (tid.readUInt32BE(0) === 0xffffffff) return false;
+  const horizonMs = Math.max(Date.now(), lastTid === null ? 0 : tidToSeconds(lastTid) * 1000) + TAIL_TID_MAX_AHEAD_MS;
+  if (tidToSeconds(tid) * 1000 > horizonMs) return false;
+  if (head.length > 16 && !' cp'.includes(String.fromCharCode(head[16]!))) return false;
+  if (head.length < TXN_HEADER_BYTES) return true;
+  const h = readTxnHeader(head);
+  return h.length >= TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
+}
+
 /**
  * The extension as undoLog and history list it: empty when it cannot be read
  * here (a pickle with globals, say a datetime, outside the safe subset), as
@@ -416,14 +438,7 @@ export class FileStorage {
       // bytes of junk at the end are no tid, and would push every new tid past them (or past the
       // last tid there is). The clock is no judge: it may have gone back since the crash.
       const head = preadSync(fd, result.tail.pos, TXN_HEADER_BYTES);
-      const tid = head.subarray(0, 8);
-      const status = head.length > 16 ? String.fromCharCode(head[16]!) : STATUS_CHECKPOINT;
-      const plausible =
-        head.length >= 8 &&
-        ' cp'.includes(status) &&
-        !(hadFill && isFillRange(tid, result.tail.pos)) &&
-        (result.lastTid === null || Buffer.compare(tid, result.lastTid) > 0);
-      if (plausible) tailTid = Buffer.from(tid);
+      if (plausibleTailTid(head, result.lastTid) && !(hadFill && isFillRange(head.subarray(0, 8), result.tail.pos))) tailTid = Buffer.from(head.subarray(0, 8));
     }
     // An unfinished tail, or fill alone past the last transaction (kept in no side file).
     const tailCut = (result.tail || hadFill) && !readOnly ? await FileStorage.cutTail(path, fd, result.end, fillStart, hadFill) : null;

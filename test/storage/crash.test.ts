@@ -200,7 +200,10 @@ describe('crash safety', () => {
     let fs = await FileStorage.open(path, { create: true, fsync: false });
     await commit(fs, [[oidOf(1), Z64, Buffer.from('v1')]]);
     await fs.close();
-    for (const junk of [Buffer.alloc(30, 0xff), Buffer.concat([Buffer.from('7f00000000000000', 'hex'), Buffer.alloc(22, 0x41)])]) {
+    const cAt16 = Buffer.alloc(30, 0xff);
+    cAt16[16] = 'c'.charCodeAt(0);
+    const junks = [Buffer.alloc(30, 0xff), cAt16, Buffer.concat([Buffer.from('7f00000000000000', 'hex'), Buffer.alloc(22, 0x41)]), Buffer.from('junk at the end, of the file')];
+    for (const junk of junks) {
       await writeFile(path, Buffer.concat([readFileSync(path), junk]));
       fs = await FileStorage.open(path, { fsync: false, now: scriptedClock([PAST_MS]) });
       try {
