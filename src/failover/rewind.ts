@@ -12,7 +12,7 @@ import { ZrsError } from '../errors.js';
 import { systemClock } from '../node/clock.js';
 import { socketTransport } from '../node/socketTransport.js';
 import type { Clock } from '../ports/clock.js';
-import type { ReplicationAddress, Transport } from '../ports/transport.js';
+import type { ByteStream, ReplicationAddress, Transport } from '../ports/transport.js';
 import { connectAddress, formatAddress } from '../replication/address.js';
 import { basename, dirname } from 'node:path';
 import { syncDirectory } from '../storage/fileio.js';
@@ -295,9 +295,20 @@ export async function askForkTid(storage: FileStorage, address: ReplicationAddre
   } finally {
     await history.close();
   }
-  const stream = await (options.transport ?? socketTransport).connect(address);
   const timeoutMs = options.timeoutMs ?? 10_000;
   const clock = options.clock ?? systemClock;
+  // The same bound for reaching the primary as for its answer; the attempt is abandoned with it.
+  const attempt = new AbortController();
+  const connectTimer = clock.setTimeout(() => attempt.abort(), timeoutMs);
+  let stream: ByteStream;
+  try {
+    stream = await (options.transport ?? socketTransport).connect(address, attempt.signal);
+  } catch (err) {
+    if (attempt.signal.aborted) throw new ZrsError(`can't connect to ${describe(address)} within ${timeoutMs} ms`, { cause: err });
+    throw err;
+  } finally {
+    clock.clearTimeout(connectTimer);
+  }
   return new Promise<Buffer | null>((resolve, reject) => {
     const decoder = new FrameDecoder({ maxFrameBytes: HANDSHAKE_REPLY_MAX_BYTES });
     const unpackr = createNativeUnpackr();

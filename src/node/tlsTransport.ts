@@ -39,7 +39,7 @@ export interface TlsOptions {
   checkHostname?: boolean;
   /** Connecting side: the name to check (and send as SNI) instead of the address's host. */
   serverHostname?: string;
-  /** Either side gives up on a handshake that takes longer (default 30 000). */
+  /** Either side gives up on a handshake that takes longer, counted from the TCP connection (default 30 000). */
   handshakeTimeoutMs?: number;
 }
 
@@ -119,9 +119,17 @@ export function tlsTransport(options: TlsTransportOptions): Transport {
       return new Promise((resolve, reject) => {
         const socket: TLSSocket =
           address.kind === 'unix' ? tlsConnect({ ...tlsOptions, path: address.path }) : tlsConnect({ ...tlsOptions, host, port: address.port });
-        const settle = untilAborted(socket, signal, reject);
-        // A peer that takes the connection and never answers the handshake is given up on.
-        socket.setTimeout(handshakeTimeoutMs, () => onError(new TlsHandshakeError(`no TLS handshake within ${handshakeTimeoutMs} ms`, peer)));
+        const stopWatching = untilAborted(socket, signal, reject);
+        // A peer that takes the connection and never completes the handshake (silent, or trickling) is given
+        // up on, counted from the TCP connection: reaching the peer is the network's matter.
+        let handshakeTimer: ReturnType<typeof setTimeout> | null = null;
+        socket.once('connect', () => {
+          handshakeTimer = setTimeout(() => onError(new TlsHandshakeError(`no TLS handshake within ${handshakeTimeoutMs} ms`, peer)), handshakeTimeoutMs);
+        });
+        const settle = (): void => {
+          stopWatching();
+          if (handshakeTimer !== null) clearTimeout(handshakeTimer);
+        };
         const onError = (err: Error): void => {
           settle();
           socket.destroy();
@@ -135,7 +143,6 @@ export function tlsTransport(options: TlsTransportOptions): Transport {
         socket.once('error', onError);
         socket.once('secureConnect', () => {
           settle();
-          socket.setTimeout(0);
           socket.off('error', onError);
           resolve(new SocketStream(socket, peer));
         });

@@ -11,7 +11,8 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import { Primary, type PrimaryOptions } from '../../src/replication/primary.js';
 import { Secondary, type SecondaryOptions } from '../../src/replication/secondary.js';
 import { FailoverHistory } from '../../src/failover/history.js';
-import { rewindStorage } from '../../src/failover/rewind.js';
+import { askForkTid, rewindStorage } from '../../src/failover/rewind.js';
+import type { Transport } from '../../src/ports/transport.js';
 import { PromotionRefusedError, type PromoteOptions } from '../../src/failover/promote.js';
 import { tidFromTime } from '../../src/storage/timestamp.js';
 import { readAuditLog } from '../../src/audit/auditLog.js';
@@ -664,5 +665,31 @@ describe('failover', () => {
       await expect(history.adopt({ generation: { generation: 1024, startTid: Buffer.alloc(8) } })).rejects.toThrow(/longer than 1024 generations/);
       expect(history.generations.list).toHaveLength(1024);
     });
+  });
+});
+
+describe('asking a primary for the fork tid', () => {
+  it('gives up reaching it within the timeout, and abandons the attempt', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    await storageFileWith(path, 1);
+    const storage = await FileStorage.open(path);
+    let abandoned = false;
+    // A connect the network never completes: only the caller's signal ends it.
+    const transport: Transport = {
+      connect: (_address, signal) =>
+        new Promise((_resolve, reject) =>
+          signal?.addEventListener('abort', () => {
+            abandoned = true;
+            reject(new Error('connect aborted'));
+          }),
+        ),
+      listen: () => Promise.reject(new Error('not used')),
+    };
+    try {
+      await expect(askForkTid(storage, { kind: 'tcp', host: '127.0.0.1', port: 1 }, { transport, timeoutMs: 50 })).rejects.toThrow("can't connect to 127.0.0.1:1 within 50 ms");
+      expect(abandoned).toBe(true);
+    } finally {
+      await storage.close();
+    }
   });
 });
