@@ -175,7 +175,13 @@ describe('metrics endpoint', () => {
 
   it('holds a client that pipelines thousands of requests to a few readings of the registry', async () => {
     let readings = 0;
-    const server = await serveMetrics({ contentType: 'text/plain', metrics: async () => `reading ${++readings}\n`.repeat(100) }, { kind: 'tcp', host: '127.0.0.1', port: 0 });
+    // A reading takes a while (a large registry): requests that come meanwhile share it.
+    const slowReading = async (): Promise<string> => {
+      readings += 1;
+      await new Promise((r) => setTimeout(r, 20));
+      return `reading ${readings}\n`.repeat(100);
+    };
+    const server = await serveMetrics({ contentType: 'text/plain', metrics: slowReading }, { kind: 'tcp', host: '127.0.0.1', port: 0 });
     const address = server.address as { host: string; port: number };
     const requests = 2000;
     try {
@@ -202,7 +208,8 @@ describe('metrics endpoint', () => {
         expect(st.filter((c) => c === 200)).toHaveLength(METRICS_REQUESTS_PER_SOCKET);
         expect(st.filter((c) => c !== 200).every((c) => c === 503)).toBe(true);
       }
-      expect(readings).toBeLessThanOrEqual(4 * METRICS_REQUESTS_PER_SOCKET);
+      // 400 answered with the registry, in far fewer readings (each connection's pipelined requests arrive together).
+      expect(readings).toBeLessThan(METRICS_REQUESTS_PER_SOCKET);
     } finally {
       await server.close();
     }
