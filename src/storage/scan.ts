@@ -215,6 +215,8 @@ async function intactTransactionAfter(handle: FileHandle, pos: number, fileSize:
 }
 
 const SEARCH_WINDOW_BYTES = 1024 * 1024;
+/** Past each window, enough to hold any transaction header, its metadata and its first record's header. */
+const SEARCH_OVERLAP_BYTES = TXN_HEADER_BYTES + 3 * 0xffff + DATA_HEADER_BYTES;
 
 /**
  * Whether a committed transaction starts in [from, fileSize): a final status,
@@ -223,8 +225,8 @@ const SEARCH_WINDOW_BYTES = 1024 * 1024;
  * Searched byte by byte, which only damage ever asks for.
  */
 async function committedTransactionWithin(handle: FileHandle, from: number, fileSize: number, after: Buffer | null): Promise<boolean> {
-  const window = Buffer.alloc(SEARCH_WINDOW_BYTES + TXN_HEADER_BYTES);
-  const probe = Buffer.alloc(DATA_HEADER_BYTES);
+  const window = Buffer.alloc(SEARCH_WINDOW_BYTES + SEARCH_OVERLAP_BYTES);
+  const probe = Buffer.alloc(TRAILER_BYTES);
   for (let base = from; base + TXN_HEADER_BYTES + TRAILER_BYTES <= fileSize; base += SEARCH_WINDOW_BYTES) {
     const { bytesRead } = await handle.read(window, 0, Math.min(window.length, fileSize - base), base);
     for (let i = 0; i < SEARCH_WINDOW_BYTES && i + TXN_HEADER_BYTES <= bytesRead; i++) {
@@ -235,13 +237,20 @@ async function committedTransactionWithin(handle: FileHandle, from: number, file
       const metaBytes = TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
       if (h.length < metaBytes || at + h.length + TRAILER_BYTES > fileSize) continue;
       if (after !== null && Buffer.compare(h.tid, after) <= 0) continue;
-      await handle.read(probe, 0, TRAILER_BYTES, at + h.length);
-      if (readU64At(probe, 0) !== h.length) continue;
-      if (h.length === metaBytes) return true;
-      if (metaBytes + DATA_HEADER_BYTES > h.length) continue;
-      await handle.read(probe, 0, DATA_HEADER_BYTES, at + metaBytes);
-      const d = readDataHeader(probe);
-      if (d.tloc === at && d.tid.equals(h.tid)) return true;
+      if (h.length !== metaBytes && metaBytes + DATA_HEADER_BYTES > h.length) continue;
+      // The window holds the first record's header (see SEARCH_OVERLAP_BYTES) but at the file's end:
+      // data crafted to look like transaction headers costs no read unless it also names its own position.
+      if (h.length !== metaBytes) {
+        const d = i + metaBytes + DATA_HEADER_BYTES <= bytesRead ? readDataHeader(window, i + metaBytes) : null;
+        if (d === null || d.tloc !== at || !d.tid.equals(h.tid)) continue;
+      }
+      let trailer: number;
+      if (i + h.length + TRAILER_BYTES <= bytesRead) trailer = readU64At(window, i + h.length);
+      else {
+        await handle.read(probe, 0, TRAILER_BYTES, at + h.length);
+        trailer = readU64At(probe, 0);
+      }
+      if (trailer === h.length) return true;
     }
   }
   return false;
