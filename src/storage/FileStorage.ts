@@ -971,17 +971,13 @@ export class FileStorage {
   /** The revision written by transaction `tid`. */
   async loadSerial(oid: Buffer, tid: Buffer): Promise<Buffer> {
     this.checkOpen();
-    let from: number | undefined;
-    for (let pos = this.committedPos(oid) ?? 0; pos; ) {
-      const h = this.revisionAt(oid, pos, from);
-      if (h.tid.equals(tid)) {
-        const data = this.resolveData(pos, h);
+    for (const { pos, header } of this.revisions(oid, this.committedPos(oid))) {
+      if (header.tid.equals(tid)) {
+        const data = this.resolveData(pos, header);
         if (data === null) break;
         return data;
       }
-      if (Buffer.compare(h.tid, tid) < 0) break;
-      from = pos;
-      pos = h.prev;
+      if (Buffer.compare(header.tid, tid) < 0) break;
     }
     throw new POSKeyError(Buffer.from(oid), Buffer.from(tid));
   }
@@ -993,17 +989,13 @@ export class FileStorage {
     const current = this.committedPos(oid);
     if (current === undefined) throw new POSKeyError(Buffer.from(oid));
     let endTid: Buffer | null = null;
-    let from: number | undefined;
-    for (let pos = current; pos; ) {
-      const h = this.revisionAt(oid, pos, from);
-      if (Buffer.compare(h.tid, tid) < 0) {
-        const data = this.resolveData(pos, h);
+    for (const { pos, header } of this.revisions(oid, current)) {
+      if (Buffer.compare(header.tid, tid) < 0) {
+        const data = this.resolveData(pos, header);
         if (data === null) throw new POSKeyError(Buffer.from(oid), Buffer.from(tid));
-        return { data, tid: Buffer.from(h.tid), endTid };
+        return { data, tid: Buffer.from(header.tid), endTid };
       }
-      endTid = Buffer.from(h.tid);
-      from = pos;
-      pos = h.prev;
+      endTid = Buffer.from(header.tid);
     }
     return null;
   }
@@ -1011,17 +1003,29 @@ export class FileStorage {
   /** Up to `size` revisions of an object, newest first. */
   async history(oid: Buffer, size = 1): Promise<HistoryEntry[]> {
     this.checkOpen();
+    const current = this.committedPos(oid);
+    if (current === undefined) throw new POSKeyError(Buffer.from(oid));
     const out: HistoryEntry[] = [];
-    let pos = this.committedPos(oid);
-    if (pos === undefined) throw new POSKeyError(Buffer.from(oid));
-    let from: number | undefined;
-    while (pos && out.length < size) {
-      const h = this.revisionAt(oid, pos, from);
-      out.push({ ...this.readTxnMeta(h.tloc, this.readTxnHeaderAt(h.tloc)), size: h.plen });
-      from = pos;
-      pos = h.prev;
+    for (const { header } of this.revisions(oid, current)) {
+      if (out.length >= size) break;
+      out.push({ ...this.readTxnMeta(header.tloc, this.readTxnHeaderAt(header.tloc)), size: header.plen });
     }
     return out;
+  }
+
+  /**
+   * The revisions of `oid` from the record at `pos` back through each
+   * record's previous-record pointer, newest first; each must be a record of
+   * the object, before the one that led to it.
+   */
+  private *revisions(oid: Buffer, pos: number | undefined): Generator<DataHolder> {
+    let from: number | undefined;
+    while (pos) {
+      const header = this.revisionAt(oid, pos, from);
+      yield { pos, header };
+      from = pos;
+      pos = header.prev;
+    }
   }
 
   /** Tid, time, user, description and decoded extension of the transaction at `tpos`. @internal */
