@@ -224,6 +224,15 @@ describe('damage inside the last, complete transaction', () => {
 });
 
 describe('damaged pointers found when reading (the open scans no further than each record)', () => {
+  /** Commit the undo of transaction `tid`; its tid. */
+  async function undoIn(fs: FileStorage, tid: Buffer): Promise<Buffer> {
+    const meta = {};
+    await fs.tpcBegin(meta);
+    await fs.undo(undoIdFor(tid), meta);
+    await fs.tpcVote(meta);
+    return fs.tpcFinish(meta);
+  }
+
   /** x written three times, y between the first two; the file is closed with its saved index. */
   async function history(): Promise<{ path: string; x: Buffer; tx1: Buffer; tx2: Buffer; tx3: Buffer; xPos: number; yPos: number }> {
     const path = join(await tempDir('zrs-ptr-'), 'Data.fs');
@@ -273,26 +282,17 @@ describe('damaged pointers found when reading (the open scans no further than ea
   });
 
   it("a backpointer to another object's record: every reader refuses it (load, the iterator, pack)", async () => {
-    const path = join(await tempDir('zrs-ptr-'), 'Data.fs');
-    let fs = await FileStorage.open(path, { create: true, fsync: false });
-    const [x, y] = [fs.newOid(), fs.newOid()];
-    const t1 = await commit(fs, [[x, Z64, Buffer.from('x v1')]]);
-    await commit(fs, [[y, Z64, Buffer.from('y, another object')]]);
-    const t3 = await commit(fs, [[x, t1, Buffer.from('x v2')]]);
-    const undoMeta = {};
-    await fs.tpcBegin(undoMeta);
-    await fs.undo(undoIdFor(t3), undoMeta);
-    await fs.tpcVote(undoMeta);
-    const undoTid = await fs.tpcFinish(undoMeta);
-    const back = fs.index.get(oidKey(x))!;
-    const yPos = fs.index.get(oidKey(y))!;
+    const h = await history();
+    let fs = await FileStorage.open(h.path, { fsync: false });
+    const undoTid = await undoIn(fs, h.tx3);
+    const back = fs.index.get(oidKey(h.x))!;
     await fs.close();
-    const bytes = readFileSync(path);
-    bytes.writeUInt32BE(yPos, back + 42 + 4); // the undo record's backpointer now names y's record
-    await writeFile(path, bytes);
-    fs = await FileStorage.open(path, { fsync: false });
+    const bytes = readFileSync(h.path);
+    bytes.writeUInt32BE(h.yPos, back + 42 + 4); // the undo record's backpointer now names y's record
+    await writeFile(h.path, bytes);
+    fs = await FileStorage.open(h.path, { fsync: false });
     try {
-      await expect(fs.load(x)).rejects.toThrow(CorruptedDataError);
+      await expect(fs.load(h.x)).rejects.toThrow(CorruptedDataError);
       await expect(collect(fs.iterator(undoTid, undoTid))).rejects.toThrow(/record of oid 0x0+2 where oid 0x0+1's revisions lead/);
       await expect(fs.pack(Date.now() / 1000 + 3600)).rejects.toThrow(CorruptedDataError);
     } finally {
@@ -306,11 +306,7 @@ describe('damaged pointers found when reading (the open scans no further than ea
     const x = fs.newOid();
     const t1 = await commit(fs, [[x, Z64, Buffer.from('v1')]]);
     const t2 = await commit(fs, [[x, t1, Buffer.from('v2')]]);
-    const undoMeta = {};
-    await fs.tpcBegin(undoMeta);
-    await fs.undo(undoIdFor(t2), undoMeta);
-    await fs.tpcVote(undoMeta);
-    await fs.tpcFinish(undoMeta);
+    await undoIn(fs, t2);
     const back = fs.index.get(oidKey(x))!; // the undo's record: a backpointer to v1
     await fs.close();
     const bytes = readFileSync(path);
