@@ -119,10 +119,13 @@ export function tlsTransport(options: TlsTransportOptions): Transport {
       return new Promise((resolve, reject) => {
         const socket: TLSSocket =
           address.kind === 'unix' ? tlsConnect({ ...tlsOptions, path: address.path }) : tlsConnect({ ...tlsOptions, host, port: address.port });
-        const stopWatching = untilAborted(socket, signal, reject);
+        let handshakeTimer: ReturnType<typeof setTimeout> | null = null;
+        const stopWatching = untilAborted(socket, signal, (err) => {
+          if (handshakeTimer !== null) clearTimeout(handshakeTimer);
+          reject(err);
+        });
         // A peer that takes the connection and never completes the handshake (silent, or trickling) is given
         // up on, counted from the TCP connection: reaching the peer is the network's matter.
-        let handshakeTimer: ReturnType<typeof setTimeout> | null = null;
         socket.once('connect', () => {
           handshakeTimer = setTimeout(() => onError(new TlsHandshakeError(`no TLS handshake within ${handshakeTimeoutMs} ms`, peer)), handshakeTimeoutMs);
         });

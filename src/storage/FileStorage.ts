@@ -437,8 +437,18 @@ export class FileStorage {
       // Only what reads as a transaction's start (a status where it stands, a tid after the last):
       // bytes of junk at the end are no tid, and would push every new tid past them (or past the
       // last tid there is). The clock is no judge: it may have gone back since the crash.
-      const head = preadSync(fd, result.tail.pos, TXN_HEADER_BYTES);
-      if (plausibleTailTid(head, result.lastTid) && !(hadFill && isFillRange(head.subarray(0, 8), result.tail.pos))) tailTid = Buffer.from(head.subarray(0, 8));
+      // A tail may hold whole transactions after its first (a group sync torn before a status
+      // byte): the floor is the last tid that reads as one, walking them by their lengths.
+      let lastSeen = result.lastTid;
+      for (let at = result.tail.pos; at < dataEnd; ) {
+        const head = preadSync(fd, at, TXN_HEADER_BYTES);
+        if (!plausibleTailTid(head, lastSeen) || (hadFill && isFillRange(head.subarray(0, 8), at))) break;
+        tailTid = lastSeen = Buffer.from(head.subarray(0, 8));
+        if (head.length < TXN_HEADER_BYTES) break;
+        const length = readU64At(head, 8);
+        if (at + length + TRAILER_BYTES > dataEnd || readU64At(preadSync(fd, at + length, TRAILER_BYTES), 0) !== length) break;
+        at += length + TRAILER_BYTES;
+      }
     }
     // An unfinished tail, or fill alone past the last transaction (kept in no side file).
     const tailCut = (result.tail || hadFill) && !readOnly ? await FileStorage.cutTail(path, fd, result.end, fillStart, hadFill) : null;
@@ -648,6 +658,11 @@ export class FileStorage {
     try {
       for (const { oid, from } of plan.blobCopies) {
         const stagedPath = await this.requireBlobs().stageCopy(from);
+        if (this.current !== cur) {
+          // Aborted meanwhile: the copy belongs to no transaction.
+          await this.blobs?.discard([stagedPath]);
+          throw new StorageTransactionError('undo: the transaction was aborted while its blobs were copied');
+        }
         cur.blobs.push({ oid, stagedPath, placedPath: null });
       }
     } catch (err) {
@@ -1006,9 +1021,10 @@ export class FileStorage {
     const current = this.committedPos(oid);
     if (current === undefined) throw new POSKeyError(Buffer.from(oid));
     const out: HistoryEntry[] = [];
+    if (size <= 0) return out;
     for (const { header } of this.revisions(oid, current)) {
-      if (out.length >= size) break;
       out.push({ ...this.readTxnMeta(header.tloc, this.readTxnHeaderAt(header.tloc)), size: header.plen });
+      if (out.length >= size) break; // before the walk reads the next revision
     }
     return out;
   }

@@ -509,9 +509,11 @@ class Packer {
         if (h.plen > 0) this.writeRecord(o, h, prev, tpos, await this.src.view(rpos + DATA_HEADER_BYTES, h.plen), 0);
         else {
           const back = await this.src.backAt(rpos);
+          // Checked from this record (backwards, the same object), whether its target stays or goes.
+          if (back !== 0) this.src.resolve(rpos);
           const target = back === 0 ? 0 : this.newOffset(back);
           // A backpointer whose target was removed gets the data itself.
-          if (target === null) this.writeRecord(o, h, prev, tpos, this.src.resolve(back), 0);
+          if (target === null) this.writeRecord(o, h, prev, tpos, this.src.resolve(rpos), 0);
           else this.writeRecord(o, h, prev, tpos, null, target);
         }
         // Records after this one move by the new difference (only an inlined backpointer changes it).

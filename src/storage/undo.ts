@@ -86,9 +86,10 @@ export function undoTransaction(storage: FileStorage, id: string | Buffer, txn: 
     }
     pos += dataRecordLength(d.plen);
   }
-  // Check everything before writing anything: an undo applies whole or not at all.
+  // Check (and read) everything before writing anything: an undo applies whole or not at all.
+  const copies = blobCopies(storage, plan);
   for (const step of plan) storage.appendUndoRecord(step.oid, step.back, txn);
-  return { oids: plan.map((s) => s.oid), blobCopies: blobCopies(storage, plan) };
+  return { oids: plan.map((s) => s.oid), blobCopies: copies };
 }
 
 /**

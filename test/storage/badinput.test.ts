@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { CorruptedDataError, FormatError, POSKeyError, ZrsError } from '../../src/errors.js';
-import { tidPlusOne, Z64 } from '../../src/storage/timestamp.js';
+import { tidPlusOne, tidToSeconds, Z64 } from '../../src/storage/timestamp.js';
 import type { TransactionRecord } from '../../src/storage/types.js';
 import { cleanupTempDirs, copyZodbFixture, tempDir } from '../helpers/fixtures.js';
 import { collect, commit, fakeClock, oidOf } from './storageHarness.js';
@@ -258,6 +258,7 @@ describe('damaged pointers found when reading (the open scans no further than ea
       await expect(fs.loadBefore(h.x, h.tx3)).rejects.toThrow(CorruptedDataError);
       await expect(fs.loadSerial(h.x, h.tx1)).rejects.toThrow(/record of oid 0x0+2 where oid 0x0+1's revisions lead/);
       await expect(fs.history(h.x, 5)).rejects.toThrow(CorruptedDataError);
+      expect(await fs.history(h.x, 1)).toHaveLength(1); // the damage lies past what was asked for
       expect((await fs.load(h.x)).data.toString()).toBe('x v3'); // the current revision is intact
     } finally {
       await fs.close();
@@ -295,6 +296,8 @@ describe('damaged pointers found when reading (the open scans no further than ea
       await expect(fs.load(h.x)).rejects.toThrow(CorruptedDataError);
       await expect(collect(fs.iterator(undoTid, undoTid))).rejects.toThrow(/record of oid 0x0+2 where oid 0x0+1's revisions lead/);
       await expect(fs.pack(Date.now() / 1000 + 3600)).rejects.toThrow(CorruptedDataError);
+      // Packed before the undo (its record is copied, the damaged target goes): refused too, never y's data inlined.
+      await expect(fs.pack(tidToSeconds(h.tx3) + 0.0001)).rejects.toThrow(CorruptedDataError);
     } finally {
       await fs.close();
     }

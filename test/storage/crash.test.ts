@@ -218,4 +218,26 @@ describe('crash safety', () => {
     }
     expect(() => tidPlusOne(Buffer.alloc(8, 0xff))).toThrow('no tid follows ffffffffffffffff');
   });
+
+  it("a cut 'c' transaction with whole ones after it: new tids stay above all of them, the clock gone back or not", async () => {
+    const path = join(await tempDir('zrs-crash-'), 'Data.fs');
+    let fs = await FileStorage.open(path, { create: true, fsync: false });
+    let serial = await commit(fs, [[oidOf(1), Z64, Buffer.from('v1')]]);
+    const cutFrom = fs.getSize();
+    const cut: Buffer[] = [];
+    for (const v of ['v2', 'v3', 'v4']) cut.push((serial = await commit(fs, [[oidOf(1), serial, Buffer.from(v)]])));
+    await fs.close();
+    const bytes = readFileSync(path);
+    bytes[cutFrom + 16] = 'c'.charCodeAt(0); // a group sync torn before v2's final status
+    await writeFile(path, bytes);
+    await rm(`${path}.zrs-index`, { force: true });
+    fs = await FileStorage.open(path, { fsync: false, now: scriptedClock([PAST_MS]) });
+    try {
+      expect(fs.tailCutOnOpen?.position).toBe(cutFrom);
+      const next = await commit(fs, [[oidOf(1), (await fs.load(oidOf(1))).tid, Buffer.from('after')]]);
+      expect(hexOf(next)).toBe(hexOf(tidPlusOne(cut.at(-1)!)));
+    } finally {
+      await fs.close();
+    }
+  });
 });

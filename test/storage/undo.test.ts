@@ -137,7 +137,7 @@ describe('undo with blobs', () => {
   it('gives the undo transaction its own copy of the restored blob, as ZODB does', async () => {
     const dir = await tempDir();
     const fs = await FileStorage.open(join(dir, 'Data.fs'), { create: true, fsync: false, blobDir: join(dir, 'blobs') });
-    const { writeFileSync, readFileSync } = await import('node:fs');
+    const { writeFileSync, readFileSync, existsSync, readdirSync } = await import('node:fs');
     const blobRecord = Buffer.from('8003635a4f44422e626c6f620a426c6f620a71002e80034e2e', 'hex');
     try {
       const oid = fs.newOid();
@@ -177,6 +177,18 @@ describe('undo with blobs', () => {
       await expect(fs.tpcVote(racing)).rejects.toThrow(/still copying its blobs/);
       await fs.tpcAbort(racing);
       await undone;
+
+      // An abort while an undo copies a blob: the undo fails, and its copy is not left in the staging directory.
+      const tmp = join(dir, 'blobs', 'tmp');
+      const staged = (): string[] => (existsSync(tmp) ? readdirSync(tmp) : []);
+      const before = staged();
+      const t5 = await store(t3, 'fifth');
+      const aborted = { description: 'aborted during an undo' };
+      await fs.tpcBegin(aborted);
+      const pending = fs.undo(undoIdFor(t5), aborted).then(() => 'resolved', (e: Error) => e.message);
+      await fs.tpcAbort(aborted);
+      expect(await pending).toMatch(/aborted while its blobs were copied/);
+      expect(staged()).toEqual(before);
     } finally {
       await fs.close();
     }
