@@ -5,7 +5,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, copyFile, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { access, copyFile, mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { syncDirectory } from './fileio.js';
 import { POSKeyError, ZrsError } from '../errors.js';
@@ -55,10 +55,31 @@ export class BlobDirectory {
         const exists = await access(root).then(() => true, () => false);
         if (!exists) throw new ZrsError(`blob directory ${root} does not exist`);
       } else {
-        await mkdir(join(root, 'tmp'), { recursive: true, mode: 0o700 });
-        await writeFile(layoutPath, LAYOUT, { flag: 'wx' }).catch((err: NodeJS.ErrnoException) => {
-          if (err.code !== 'EEXIST') throw err;
-        });
+        const made = await mkdir(join(root, 'tmp'), { recursive: true, mode: 0o700 });
+        const created = await open(layoutPath, 'wx').then(
+          async (handle) => {
+            try {
+              await handle.writeFile(LAYOUT);
+              await handle.sync();
+            } finally {
+              await handle.close();
+            }
+            return true;
+          },
+          (err: NodeJS.ErrnoException) => {
+            if (err.code !== 'EEXIST') throw err;
+            return false;
+          },
+        );
+        // The new names are durable before a blob is placed under them: the layout file, and every
+        // directory made, up to the first one that existed.
+        if (created) await syncDirectory(root);
+        if (made !== undefined && made !== join(root, 'tmp')) {
+          for (let d = resolve(root); d !== dirname(d); d = dirname(d)) {
+            await syncDirectory(dirname(d));
+            if (d === resolve(made)) break;
+          }
+        }
       }
     } else if (layout !== LAYOUT) {
       throw new ZrsError(`blob directory ${root} uses layout ${JSON.stringify(layout)}; only "bushy" is supported`);

@@ -31,3 +31,14 @@ it('syncs the directory of a data file it creates, and not on every open of an e
   expect(synced).toEqual([]);
   await again.close();
 });
+
+it('syncs a new blob directory and the directory holding it before open returns', async () => {
+  const dir = await tempDir();
+  synced.length = 0;
+  const fs = await FileStorage.open(join(dir, 'Data.fs'), { create: true, blobDir: join(dir, 'blobs') });
+  try {
+    expect(synced).toEqual(expect.arrayContaining([dir, join(dir, 'blobs')]));
+  } finally {
+    await fs.close();
+  }
+});
