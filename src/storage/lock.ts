@@ -22,9 +22,14 @@ export class LockFile {
       closeSync(fd);
       throw new LockedError(path, { cause: err });
     }
-    // Like zc.lockfile: the content is informational (pid and host).
-    ftruncateSync(fd, 0);
-    writeSync(fd, ` ${process.pid} ${hostname()}\n`, 0);
+    // Like zc.lockfile: the content is informational (pid and host); failing to write it releases the lock.
+    try {
+      ftruncateSync(fd, 0);
+      writeSync(fd, ` ${process.pid} ${hostname()}\n`, 0);
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
     return new LockFile(path, fd);
   }
 
