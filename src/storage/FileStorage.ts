@@ -54,7 +54,7 @@ import { DEFAULT_PREALLOCATE_BYTES, FillAhead, isFillRange, trailingFill } from 
 import { nodeDisk, type StorageDisk } from './disk.js';
 import { loadIndex, removeIndex, saveIndex } from './indexFile.js';
 import { LockFile } from './lock.js';
-import { dataEndBefore, emptyScanState, oidKey, type OidKey, recordTransaction, scanFile, type ScanState } from './scan.js';
+import { dataEndBefore, emptyScanState, oidKey, type OidKey, recordTransaction, scanFile, tailTidFloor, type ScanState } from './scan.js';
 import { Z64, newTid, tidToSeconds } from './timestamp.js';
 import { BlobDirectory } from './blobs.js';
 import { iterateTransactions, type IterateOptions } from './iterator.js';
@@ -198,28 +198,6 @@ export function decodeExtension(bytes: Buffer): Record<string, PickleValue> {
   const v = loads(bytes);
   if (v instanceof Map) return Object.fromEntries(v);
   throw new CorruptedDataError('extension', 0, 'transaction extension is not a pickled dict');
-}
-
-/** A tid this far past the last transaction's (or the clock's, when later) is taken for junk. */
-const TAIL_TID_MAX_AHEAD_MS = 366 * 24 * 3600 * 1000;
-
-/**
- * Whether the first bytes of a cut tail (`head`, up to a header's worth) read
- * as the start of a transaction: a status where it stands, metadata lengths
- * within its length, a tid after `lastTid` that has a successor and is not
- * years ahead. Only then must new tids stay above it.
- */
-function plausibleTailTid(head: Buffer, lastTid: Buffer | null): boolean {
-  if (head.length < 8) return false;
-  const tid = head.subarray(0, 8);
-  if (lastTid !== null && Buffer.compare(tid, lastTid) <= 0) return false;
-  if (tid.readUInt32BE(0) === 0xffffffff) return false;
-  const horizonMs = Math.max(Date.now(), lastTid === null ? 0 : tidToSeconds(lastTid) * 1000) + TAIL_TID_MAX_AHEAD_MS;
-  if (tidToSeconds(tid) * 1000 > horizonMs) return false;
-  if (head.length > 16 && !' cp'.includes(String.fromCharCode(head[16]!))) return false;
-  if (head.length < TXN_HEADER_BYTES) return true;
-  const h = readTxnHeader(head);
-  return h.length >= TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
 }
 
 /**
@@ -430,26 +408,9 @@ export class FileStorage {
     // The data may end up to 7 bytes before the whole words of fill: those bytes are fill too, not a truncated header.
     const dataEnd = hadFill ? Math.max(from, await dataEndBefore(handle, fillStart)) : size;
     const result = await scanFile(handle, path, from, dataEnd, saved ?? emptyScanState());
-    let tailTid: Buffer | null = null;
-    if (result.tail) {
-      // New tids must also pass an unfinished transaction's tid, so no tid
-      // (or blob file name) that may have been seen is ever reused.
-      // Only what reads as a transaction's start (a status where it stands, a tid after the last):
-      // bytes of junk at the end are no tid, and would push every new tid past them (or past the
-      // last tid there is). The clock is no judge: it may have gone back since the crash.
-      // A tail may hold whole transactions after its first (a group sync torn before a status
-      // byte): the floor is the last tid that reads as one, walking them by their lengths.
-      let lastSeen = result.lastTid;
-      for (let at = result.tail.pos; at < dataEnd; ) {
-        const head = preadSync(fd, at, TXN_HEADER_BYTES);
-        if (!plausibleTailTid(head, lastSeen) || (hadFill && isFillRange(head.subarray(0, 8), at))) break;
-        tailTid = lastSeen = Buffer.from(head.subarray(0, 8));
-        if (head.length < TXN_HEADER_BYTES) break;
-        const length = readU64At(head, 8);
-        if (at + length + TRAILER_BYTES > dataEnd || readU64At(preadSync(fd, at + length, TRAILER_BYTES), 0) !== length) break;
-        at += length + TRAILER_BYTES;
-      }
-    }
+    // New tids must also pass an unfinished transaction's tid, so no tid
+    // (or blob file name) that may have been seen is ever reused.
+    const tailTid = result.tail ? tailTidFloor(fd, result.tail.pos, dataEnd, result.lastTid, hadFill) : null;
     // An unfinished tail, or fill alone past the last transaction (kept in no side file).
     const tailCut = (result.tail || hadFill) && !readOnly ? await FileStorage.cutTail(path, fd, result.end, fillStart, hadFill) : null;
     return { state: result, end: result.end, tailTid, tailCut, tail: result.tail };

@@ -55,31 +55,13 @@ export class BlobDirectory {
         const exists = await access(root).then(() => true, () => false);
         if (!exists) throw new ZrsError(`blob directory ${root} does not exist`);
       } else {
-        const made = await mkdir(join(root, 'tmp'), { recursive: true, mode: 0o700 });
-        const created = await open(layoutPath, 'wx').then(
-          async (handle) => {
-            try {
-              await handle.writeFile(LAYOUT);
-              await handle.sync();
-            } finally {
-              await handle.close();
-            }
-            return true;
-          },
-          (err: NodeJS.ErrnoException) => {
-            if (err.code !== 'EEXIST') throw err;
-            return false;
-          },
-        );
+        const tmp = join(root, 'tmp');
+        const made = await mkdir(tmp, { recursive: true, mode: 0o700 });
         // The new names are durable before a blob is placed under them: the layout file, and every
         // directory made, up to the first one that existed.
-        if (created) await syncDirectory(root);
-        if (made !== undefined && made !== join(root, 'tmp')) {
-          for (let d = resolve(root); d !== dirname(d); d = dirname(d)) {
-            await syncDirectory(dirname(d));
-            if (d === resolve(made)) break;
-          }
-        }
+        const changed = new Set(directoriesGaining(tmp, made));
+        if (await createDurably(layoutPath, LAYOUT)) changed.add(resolve(root));
+        for (const d of changed) await syncDirectory(d);
       }
     } else if (layout !== LAYOUT) {
       throw new ZrsError(`blob directory ${root} uses layout ${JSON.stringify(layout)}; only "bushy" is supported`);
@@ -145,11 +127,7 @@ export class BlobDirectory {
         if (fsync) {
           await syncFile(b.stagedPath);
           changed.add(resolve(dir));
-          if (firstCreated !== undefined) {
-            // New directories from the oid's up to the first one created: each is an entry in its parent.
-            const stop = dirname(resolve(firstCreated));
-            for (let d = resolve(dir); d !== stop && dirname(d) !== d; d = dirname(d)) changed.add(dirname(d));
-          }
+          for (const d of directoriesGaining(dir, firstCreated)) changed.add(d);
         }
         await rename(b.stagedPath, target);
         placed.push(target);
@@ -186,4 +164,35 @@ async function syncFile(path: string): Promise<void> {
   } finally {
     await h.close();
   }
+}
+
+/**
+ * The directories that gained an entry when `mkdir(dir, { recursive: true })`
+ * made `firstCreated` (its result) and the ones below it: the parent of each
+ * new directory. None when nothing was made.
+ */
+function directoriesGaining(dir: string, firstCreated: string | undefined): string[] {
+  if (firstCreated === undefined) return [];
+  const out: string[] = [];
+  const stop = dirname(resolve(firstCreated));
+  for (let d = resolve(dir); d !== stop && dirname(d) !== d; d = dirname(d)) out.push(dirname(d));
+  return out;
+}
+
+/** Create `path` holding `content`, synced; false when it exists already. */
+async function createDurably(path: string, content: string): Promise<boolean> {
+  let handle;
+  try {
+    handle = await open(path, 'wx');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  }
+  try {
+    await handle.writeFile(content);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  return true;
 }

@@ -21,8 +21,9 @@ import {
   writeU64At,
   type TxnHeader,
 } from './format.js';
-import { WindowReader } from './fileio.js';
+import { WindowReader, preadSync } from './fileio.js';
 import { firstFillWithin, isFillRange, trailingFill } from './prealloc.js';
+import { tidToSeconds } from './timestamp.js';
 
 /** One sample every this many transactions keeps tid lookups short. */
 export const TID_SAMPLE_EVERY = 64;
@@ -276,6 +277,51 @@ async function transactionEndingAt(handle: FileHandle, from: number, end: number
   await handle.read(head, 0, TXN_HEADER_BYTES, start);
   const h = readTxnHeader(head);
   return h.length === length ? h : null;
+}
+
+/** A tid this far past the last transaction's (or the clock's, when later) is taken for junk. */
+const TAIL_TID_MAX_AHEAD_MS = 366 * 24 * 3600 * 1000;
+
+/**
+ * Whether the first bytes of a cut tail (`head`, up to a header's worth) read
+ * as the start of a transaction: a status where it stands, metadata lengths
+ * within its length, a tid after `lastTid` that has a successor and is not
+ * years ahead. Only then must new tids stay above it.
+ */
+function plausibleTailTid(head: Buffer, lastTid: Buffer | null): boolean {
+  if (head.length < 8) return false;
+  const tid = head.subarray(0, 8);
+  if (lastTid !== null && Buffer.compare(tid, lastTid) <= 0) return false;
+  if (tid.readUInt32BE(0) === 0xffffffff) return false;
+  const horizonMs = Math.max(Date.now(), lastTid === null ? 0 : tidToSeconds(lastTid) * 1000) + TAIL_TID_MAX_AHEAD_MS;
+  if (tidToSeconds(tid) * 1000 > horizonMs) return false;
+  if (head.length > 16 && !' cp'.includes(String.fromCharCode(head[16]!))) return false;
+  if (head.length < TXN_HEADER_BYTES) return true;
+  const h = readTxnHeader(head);
+  return h.length >= TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
+}
+
+/**
+ * The tid new transactions must stay above after a cut tail starting at
+ * `pos` (data ending at `end`): the last tid of the transactions there that
+ * read as a transaction's start, walked by their lengths (a group sync torn
+ * before a status byte leaves whole ones after the first); null when none
+ * does (junk is no tid: it would push every new tid past it, or past the
+ * last tid there is). The clock is no judge: it may have gone back since the
+ * crash.
+ */
+export function tailTidFloor(fd: number, pos: number, end: number, lastTid: Buffer | null, hadFill: boolean): Buffer | null {
+  let floor: Buffer | null = null;
+  for (let at = pos; at < end; ) {
+    const head = preadSync(fd, at, TXN_HEADER_BYTES);
+    if (!plausibleTailTid(head, floor ?? lastTid) || (hadFill && isFillRange(head.subarray(0, 8), at))) break;
+    floor = Buffer.from(head.subarray(0, 8));
+    if (head.length < TXN_HEADER_BYTES) break;
+    const length = readU64At(head, 8);
+    if (at + length + TRAILER_BYTES > end || readU64At(preadSync(fd, at + length, TRAILER_BYTES), 0) !== length) break;
+    at += length + TRAILER_BYTES;
+  }
+  return floor;
 }
 
 /**
