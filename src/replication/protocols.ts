@@ -271,9 +271,13 @@ export function zrs2Outbound(storage: FileStorage, startTid: Buffer, spec: Proto
 }
 
 
-/** The extension as zc.zrs sends it: the stored dict, key order kept. */
+/**
+ * The extension as zc.zrs sends it: the stored dict, key order kept, with
+ * values outside the plain subset (a datetime) carried as the opcodes that
+ * build them.
+ */
 function extensionDict(bytes: Buffer): PickleDict {
   if (bytes.length === 0) return new Map();
-  const v = loads(bytes);
+  const v = loads(bytes, { objects: true });
   return v instanceof Map ? v : new Map();
 }

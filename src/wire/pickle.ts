@@ -1,6 +1,9 @@
 // Safe pickle subset for plain values (None, bool, int, float, str, bytes, list, tuple, str-keyed dict).
 // The reader never imports or calls anything except the two reductions CPython uses to rebuild bytes
 // at protocols 1–2; the writer emits exactly what CPython's C pickler emits for the same value.
+// With `objects`, the reader also keeps what builds other objects (globals, REDUCE, NEWOBJ, BUILD) as
+// inert descriptions, never resolved or called, which the writer writes back: a transaction extension
+// holding a datetime passes through replication as it was.
 import { PickleError } from '../errors.js';
 
 /** A Python tuple. Kept distinct from `PickleValue[]` (a Python list) so values round-trip exactly. */
@@ -27,6 +30,50 @@ export class PickleFloat {
   }
 }
 
+/**
+ * A global (a class or function) named by a pickle read with `objects`:
+ * only its name, never imported. Python 2 names of the modules Python 3
+ * renamed (`__builtin__`, `copy_reg`) are read as their Python 3 names and
+ * written back as Python 2 names below protocol 3, as CPython's pickle
+ * does; other renamed modules keep the name they were read with.
+ */
+export class PickleGlobal {
+  constructor(
+    readonly module: string,
+    readonly name: string,
+  ) {}
+}
+
+/** What a pickle did to an object after building it: APPEND, APPENDS, SETITEM, SETITEMS or BUILD. */
+export type PickleObjectStep =
+  | { op: 'append' | 'appends'; items: PickleValue[] }
+  | { op: 'setitem' | 'setitems'; items: PickleValue[] }
+  | { op: 'build'; state: PickleValue };
+
+/**
+ * An object a pickle read with `objects` builds by calling something
+ * (`reduce`: callable(*args); `newobj`: cls.__new__(cls, *args)), then
+ * the steps applied to it, in order. Never built: the writer writes the
+ * same opcodes back, so a value CPython reduces the same way at every
+ * protocol (datetime, Decimal, set) is written byte for byte as CPython
+ * writes it.
+ */
+export class PickleObject {
+  readonly steps: PickleObjectStep[] = [];
+  constructor(
+    readonly kind: 'reduce' | 'newobj',
+    readonly callable: PickleGlobal | PickleObject,
+    readonly args: PickleTuple<PickleValue>,
+  ) {}
+}
+
+/** Python 2 module names Python 3 renamed, as CPython's pickle maps them below protocol 3. */
+const PY3_MODULE_OF: ReadonlyMap<string, string> = new Map([
+  ['__builtin__', 'builtins'],
+  ['copy_reg', 'copyreg'],
+]);
+const PY2_MODULE_OF: ReadonlyMap<string, string> = new Map([...PY3_MODULE_OF].map(([py2, py3]) => [py3, py2]));
+
 /** A float read from a pickle: whole values keep their float-ness. */
 function asFloat(v: number): number | PickleFloat {
   return Number.isInteger(v) ? new PickleFloat(v) : v;
@@ -52,7 +99,9 @@ export type PickleValue =
   | Buffer
   | PickleValue[]
   | PickleTuple<PickleValue>
-  | PickleDict;
+  | PickleDict
+  | PickleGlobal
+  | PickleObject;
 
 /**
  * What `dumps` accepts: every `PickleValue`, plus plain `Record<string, …>` dicts and any `Uint8Array`.
@@ -70,6 +119,8 @@ export type PickleWritable =
   | readonly PickleWritable[]
   | PickleTuple<PickleWritable>
   | ReadonlyMap<string, PickleWritable>
+  | PickleGlobal
+  | PickleObject
   | { readonly [key: string]: PickleWritable };
 
 export interface LoadOptions {
@@ -81,6 +132,12 @@ export interface LoadOptions {
   maxMemoEntries?: number;
   /** Longest LONG1/LONG4 payload in bytes (default 4096). */
   maxLongBytes?: number;
+  /**
+   * Keep globals and the objects REDUCE, NEWOBJ and BUILD make as
+   * `PickleGlobal` and `PickleObject` (default: refused). Nothing is
+   * imported or called either way.
+   */
+  objects?: boolean;
 }
 
 export interface DumpOptions {
@@ -153,6 +210,9 @@ class Unpickler {
   private readonly maxStackItems: number;
   private readonly maxMemoEntries: number;
   private readonly maxLongBytes: number;
+  private readonly objects: boolean;
+  /** The protocol a PROTO opcode declared; 0 without one (protocols 0 and 1). */
+  private protocol = 0;
   private readonly ops: ReadonlyMap<number, () => void>;
 
   constructor(private readonly buf: Uint8Array, o: LoadOptions) {
@@ -160,6 +220,7 @@ class Unpickler {
     this.maxStackItems = o.maxStackItems ?? 1 << 20;
     this.maxMemoEntries = o.maxMemoEntries ?? 1 << 20;
     this.maxLongBytes = o.maxLongBytes ?? 4096;
+    this.objects = o.objects ?? false;
     this.ops = this.opcodeTable();
   }
 
@@ -177,7 +238,7 @@ class Unpickler {
     const handler = this.ops.get(op);
     if (handler) return handler();
     const forbidden = FORBIDDEN.get(op);
-    if (forbidden) throw this.fail(`opcode ${forbidden} is not allowed: it builds objects or calls code`);
+    if (forbidden) throw this.forbidden(forbidden);
     throw this.fail(`unknown or unsupported opcode 0x${op.toString(16).padStart(2, '0')}`);
   }
 
@@ -194,6 +255,10 @@ class Unpickler {
 
   private fail(message: string): PickleError {
     return new PickleError(message, this.opPos);
+  }
+
+  private forbidden(opcode: string): PickleError {
+    return this.fail(`opcode ${opcode} is not allowed: it builds objects or calls code`);
   }
 
   // -- byte access -----------------------------------------------------------------------------
@@ -310,8 +375,8 @@ class Unpickler {
       [c('T'), () => this.push(py2str(this.read(this.i32())))],
       [c(']'), () => this.push([])],
       [c('l'), () => this.push(this.popMark().map((i) => this.plain(i)))],
-      [c('a'), () => this.appendItems([this.pop()])],
-      [c('e'), () => this.appendItems(this.popMark())],
+      [c('a'), () => this.appendItems('append', [this.pop()])],
+      [c('e'), () => this.appendItems('appends', this.popMark())],
       [c(')'), () => this.push(new PickleTuple())],
       [c('t'), () => this.push(this.tuple(this.popMark()))],
       [0x85, () => this.push(this.tuple(this.popN(1)))],
@@ -319,8 +384,8 @@ class Unpickler {
       [0x87, () => this.push(this.tuple(this.popN(3)))],
       [c('}'), () => this.push(new Map())],
       [c('d'), () => this.push(this.setItems(new Map(), this.popMark()))],
-      [c('s'), () => this.setItemsOnTop(this.popN(2))],
-      [c('u'), () => this.setItemsOnTop(this.popMark())],
+      [c('s'), () => this.setItemsOnTop('setitem', this.popN(2))],
+      [c('u'), () => this.setItemsOnTop('setitems', this.popMark())],
       [c('p'), () => this.memoPut(this.textIndex(this.line()))],
       [c('q'), () => this.memoPut(this.u8())],
       [c('r'), () => this.memoPut(this.u32())],
@@ -328,15 +393,18 @@ class Unpickler {
       [c('g'), () => this.push(this.memoGet(this.textIndex(this.line())))],
       [c('h'), () => this.push(this.memoGet(this.u8()))],
       [c('j'), () => this.push(this.memoGet(this.u32()))],
-      [c('c'), () => this.push(this.allowedGlobal(this.line(), this.line()))],
+      [c('c'), () => this.push(this.global(this.line(), this.line()))],
       [0x93, () => this.stackGlobal()],
       [c('R'), () => this.reduce()],
+      [0x81, () => this.newObj()],
+      [c('b'), () => this.build()],
     ]);
   }
 
   private proto(): void {
     const version = this.u8();
     if (version > 5) throw this.fail(`unsupported pickle protocol ${version}`);
+    this.protocol = version;
   }
 
   /** Protocol 4 FRAME: an advisory length; the framed opcodes follow inline. */
@@ -417,14 +485,19 @@ class Unpickler {
     return new PickleTuple(items.map((i) => this.plain(i)));
   }
 
-  private appendItems(items: Item[]): void {
+  private appendItems(op: 'append' | 'appends', items: Item[]): void {
     const list = this.top();
+    if (list instanceof PickleObject) return void list.steps.push({ op, items: items.map((i) => this.plain(i)) });
     if (!Array.isArray(list)) throw this.fail('APPEND target is not a list');
     for (const item of items) list.push(this.plain(item));
   }
 
-  private setItemsOnTop(items: Item[]): void {
+  private setItemsOnTop(op: 'setitem' | 'setitems', items: Item[]): void {
     const dict = this.top();
+    if (dict instanceof PickleObject) {
+      if (items.length % 2 !== 0) throw this.fail('odd number of items for a dict');
+      return void dict.steps.push({ op, items: items.map((i) => this.plain(i)) });
+    }
     if (!(dict instanceof Map)) throw this.fail('SETITEM target is not a dict');
     this.setItems(dict, items);
   }
@@ -454,23 +527,46 @@ class Unpickler {
 
   // -- the only calls allowed: rebuilding bytes ------------------------------------------------
 
-  private allowedGlobal(module: string, name: string): AllowedGlobal {
+  /** One of the two bytes rebuilders; with `objects`, any other global as a `PickleGlobal`. */
+  private global(module: string, name: string): AllowedGlobal | PickleGlobal {
     const allowed = ALLOWED_GLOBALS.get(`${module} ${name}`);
-    if (!allowed) throw this.fail(`refusing global ${JSON.stringify(`${module}.${name}`)}`);
-    return allowed;
+    if (allowed) return allowed;
+    if (!this.objects) throw this.fail(`refusing global ${JSON.stringify(`${module}.${name}`)}`);
+    return new PickleGlobal(this.protocol < 3 ? (PY3_MODULE_OF.get(module) ?? module) : module, name);
   }
 
   private stackGlobal(): void {
     const [module, name] = this.popN(2);
     if (typeof module !== 'string' || typeof name !== 'string') throw this.fail('STACK_GLOBAL needs two str');
-    this.push(this.allowedGlobal(module, name));
+    this.push(this.global(module, name));
   }
 
   private reduce(): void {
     const [callable, args] = this.popN(2);
-    if (!(callable instanceof AllowedGlobal)) throw this.fail('REDUCE of something that is not an allowed global');
     if (!(args instanceof PickleTuple)) throw this.fail('REDUCE arguments are not a tuple');
-    this.push(callable.kind === 'bytes' ? this.emptyBytes(args) : this.latin1Bytes(args));
+    if (callable instanceof AllowedGlobal) return this.push(callable.kind === 'bytes' ? this.emptyBytes(args) : this.latin1Bytes(args));
+    if (!this.objects) throw this.fail('REDUCE of something that is not an allowed global');
+    this.push(this.object('reduce', callable, args));
+  }
+
+  private newObj(): void {
+    if (!this.objects) throw this.forbidden('NEWOBJ');
+    const [cls, args] = this.popN(2);
+    if (!(args instanceof PickleTuple)) throw this.fail('NEWOBJ arguments are not a tuple');
+    this.push(this.object('newobj', cls, args));
+  }
+
+  private object(kind: PickleObject['kind'], callable: Item | undefined, args: PickleTuple): PickleObject {
+    if (!(callable instanceof PickleGlobal || callable instanceof PickleObject)) throw this.fail(`${kind.toUpperCase()} of something that is not a global or an object`);
+    return new PickleObject(kind, callable, args);
+  }
+
+  private build(): void {
+    if (!this.objects) throw this.forbidden('BUILD');
+    const state = this.plain(this.pop());
+    const target = this.top();
+    if (!(target instanceof PickleObject)) throw this.fail('BUILD target is not an object');
+    target.steps.push({ op: 'build', state });
   }
 
   /** `bytes()`: Python 3 writes `b''` this way at protocols 1–2. */
@@ -517,6 +613,7 @@ function childrenOf(v: PickleValue): Iterable<PickleValue> | null {
   if (Array.isArray(v)) return v;
   if (v instanceof PickleTuple) return v.items;
   if (v instanceof Map) return v.values();
+  if (v instanceof PickleObject) return [v.callable, v.args, ...v.steps.flatMap((s) => (s.op === 'build' ? [s.state] : s.items))];
   return null;
 }
 
@@ -607,6 +704,8 @@ class Pickler {
   private readonly memo = new Map<MemoKey, number>();
   private memoCount = 0;
   private readonly inProgress = new Set<object>();
+  /** One memo key per global named, as CPython has one object per class. */
+  private readonly globalKeys = new Map<string, object>();
   private depth = 0;
   private readonly protocol: 1 | 2 | 3;
   private readonly fast: boolean;
@@ -663,6 +762,7 @@ class Pickler {
   private saveObject(v: Exclude<PickleWritable, null | boolean | number | bigint | string>): void {
     if (v instanceof Uint8Array) return this.saveBytes(v);
     if (v instanceof PickleFloat) return this.saveFloat(v.value);
+    if (v instanceof PickleGlobal) return this.saveGlobalValue(v);
     if (this.inProgress.has(v)) throw new PickleError('cannot pickle a cyclic value');
     if (this.depth >= this.maxDepth) throw new PickleError('value nested too deeply');
     if (this.saveMemoized(v)) return;
@@ -673,9 +773,10 @@ class Pickler {
     this.inProgress.delete(v);
   }
 
-  private saveContainer(v: Exclude<PickleWritable, null | boolean | number | bigint | string | Uint8Array>): void {
+  private saveContainer(v: Exclude<PickleWritable, null | boolean | number | bigint | string | Uint8Array | PickleGlobal>): void {
     if (Array.isArray(v)) return this.saveList(v as readonly PickleWritable[]);
     if (v instanceof PickleTuple) return this.saveTuple(v);
+    if (v instanceof PickleObject) return this.saveBuiltObject(v);
     if (v instanceof Map) return this.saveDict(v, [...v.entries()]);
     const proto: unknown = Object.getPrototypeOf(v);
     if (proto === Object.prototype || proto === null) return this.saveDict(v, Object.entries(v));
@@ -787,6 +888,35 @@ class Pickler {
     this.writeU32(0x58, 6);
     this.writeBuffer(Buffer.from('latin1', 'latin1'));
     this.memoize(LATIN1_KEY);
+  }
+
+  /** CPython memoizes a class or function once per pickle, whoever refers to it. */
+  private saveGlobalValue(g: PickleGlobal): void {
+    const qualified = `${g.module} ${g.name}`;
+    let key = this.globalKeys.get(qualified);
+    if (key === undefined) this.globalKeys.set(qualified, (key = { global: qualified }));
+    const module = this.protocol < 3 ? (PY2_MODULE_OF.get(g.module) ?? g.module) : g.module;
+    if (/\n/.test(module) || /\n/.test(g.name)) throw new PickleError('a global name holds a newline');
+    this.saveGlobal(module, g.name, key);
+  }
+
+  /** As CPython's save_reduce: the callable, its arguments, REDUCE or NEWOBJ, the memo, then what was done to the object. */
+  private saveBuiltObject(o: PickleObject): void {
+    this.save(o.callable);
+    this.save(o.args);
+    this.write(o.kind === 'reduce' ? 0x52 : 0x81); // REDUCE / NEWOBJ
+    this.memoize(o);
+    for (const step of o.steps) {
+      if (step.op === 'build') {
+        this.save(step.state);
+        this.write(0x62); // BUILD
+        continue;
+      }
+      const batch = step.op === 'appends' || step.op === 'setitems';
+      if (batch) this.write(0x28); // MARK
+      for (const item of step.items) this.save(item);
+      this.write({ append: 0x61, appends: 0x65, setitem: 0x73, setitems: 0x75 }[step.op]);
+    }
   }
 
   private saveGlobal(module: string, name: string, key: object): void {

@@ -97,8 +97,11 @@ function messageFields(m: Zrs2Message): PickleValue[] {
 /**
  * Control messages are small: the only open-ended part is the extension, which FileStorage caps at
  * 64 KiB (a u16 length), so these bounds admit any real extension while keeping hostile input cheap.
+ * An extension may hold any picklable value (a datetime): what builds it is read as an inert
+ * description (`objects`), so it is stored and sent on as it came; every other field is checked
+ * for its plain type.
  */
-const CONTROL_LOAD_LIMITS = { maxDepth: 64, maxStackItems: 65_536, maxMemoEntries: 65_536, maxLongBytes: 64 };
+const CONTROL_LOAD_LIMITS = { maxDepth: 64, maxStackItems: 65_536, maxMemoEntries: 65_536, maxLongBytes: 64, objects: true };
 
 /** Decode one control-message payload. Throws `ProtocolError` (with the `PickleError` as cause). */
 export function decodeMessage(payload: Uint8Array): Zrs2Message {

@@ -5,7 +5,8 @@ import { readdirSync, readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { PickleError } from '../../src/errors.js';
-import { dumps, loads, PickleFloat, PickleTuple, type PickleValue } from '../../src/wire/pickle.js';
+import { dumps, loads, PickleFloat, PickleGlobal, PickleObject, PickleTuple, type PickleValue } from '../../src/wire/pickle.js';
+import { REDUCED_ALIKE, REDUCED_PER_PROTOCOL } from '../helpers/cpythonPickles.js';
 
 const FIXTURES = new URL('../../../shared/fixtures/', import.meta.url);
 const readJson = (rel: string): unknown => JSON.parse(readFileSync(new URL(rel, FIXTURES), 'utf8'));
@@ -258,6 +259,62 @@ describe('writer rejects what it cannot write faithfully', () => {
   });
 });
 
+describe('objects, read with `objects` (globals, REDUCE, NEWOBJ, BUILD kept as inert descriptions)', () => {
+  const vectors = [['alike', REDUCED_ALIKE], ['per protocol', REDUCED_PER_PROTOCOL]] as const;
+  const extensionOf = (message: Buffer): PickleValue => ((loads(message, { objects: true }) as PickleTuple).items[1] as PickleTuple).items[4]!;
+
+  it.each(vectors)('CPython 3.11 pickles (%s) read and write back byte for byte: as stored (protocol 3), as zc.zrs sends (protocol 1, fast)', (_name, v) => {
+    expect(dumps(loads(v.stored, { objects: true }), { protocol: 3 }).toString('hex')).toBe(v.stored.toString('hex'));
+    expect(dumps(loads(v.message, { objects: true }), { protocol: 1, fast: true }).toString('hex')).toBe(v.message.toString('hex'));
+  });
+
+  it.each(vectors)('without `objects` the same pickles (%s) are refused', (_name, v) => {
+    expect(pickleError(() => loads(v.stored)).message).toMatch(/refusing global/);
+    expect(pickleError(() => loads(v.message)).message).toMatch(/refusing global/);
+  });
+
+  it('a value reduced alike at every protocol converts between the stored and the sent form byte for byte', () => {
+    const stored = loads(REDUCED_ALIKE.stored, { objects: true });
+    const sent = dumps(new PickleTuple(['T', new PickleTuple([Buffer.from('0300000000000001', 'hex'), ' ', Buffer.alloc(0), Buffer.alloc(0), stored])]), { protocol: 1, fast: true });
+    expect(sent.toString('hex')).toBe(REDUCED_ALIKE.message.toString('hex'));
+    expect(dumps(extensionOf(REDUCED_ALIKE.message), { protocol: 3 }).toString('hex')).toBe(REDUCED_ALIKE.stored.toString('hex'));
+  });
+
+  it('reads what builds each value, Python 2 module names as Python 3 names, and shares what the pickle shares', () => {
+    const ext = loads(REDUCED_PER_PROTOCOL.stored, { objects: true }) as Map<string, PickleValue>;
+    const order = ext.get('order') as PickleObject;
+    expect(order.kind).toBe('reduce');
+    expect(order.callable).toEqual(new PickleGlobal('collections', 'OrderedDict'));
+    expect(order.steps).toEqual([{ op: 'setitems', items: ['b', 1, 'a', 2] }]);
+    const note = ext.get('note') as PickleObject;
+    expect(note.kind).toBe('newobj');
+    expect(note.steps).toEqual([{ op: 'build', state: new Map<string, PickleValue>([['text', 'hi'], ['n', 2]]) }]);
+    const same = ext.get('same') as PickleObject[];
+    expect(same[0]).toBe(same[1]);
+    // Below protocol 3 the same class instance is built through copy_reg, read as copyreg.
+    const sentNote = (extensionOf(REDUCED_PER_PROTOCOL.message) as Map<string, PickleValue>).get('note') as PickleObject;
+    expect(sentNote.callable).toEqual(new PickleGlobal('copyreg', '_reconstructor'));
+    expect(dumps(sentNote, { protocol: 3 }).includes(Buffer.from('ccopyreg\n_reconstructor\n'))).toBe(true);
+    expect(dumps(sentNote, { protocol: 2 }).includes(Buffer.from('ccopy_reg\n_reconstructor\n'))).toBe(true);
+  });
+
+  it.each([
+    ['BUILD of something that is not an object', '}N' + 'b.', /BUILD target is not an object/],
+    ['REDUCE of a plain value', 'N)R.', /REDUCE of something that is not a global or an object/],
+    ['NEWOBJ with arguments that are not a tuple', 'cm\nC\nN\x81.', /NEWOBJ arguments are not a tuple/],
+    ['an object built from itself', 'cm\nf\n)Rq\x00h\x00b.', /cyclic structure/],
+    ['a persistent id', 'X\x01\x00\x00\x00xQ.', /opcode BINPERSID is not allowed/],
+    ['an old-style instance', '(cm\nC\no.', /opcode OBJ is not allowed/],
+  ])('with `objects` still refuses %s', (_name, text, message) => {
+    expect(pickleError(() => loads(Buffer.from(text, 'latin1'), { objects: true })).message).toMatch(message);
+  });
+
+  it('without `objects`, NEWOBJ and BUILD are refused at the opcode', () => {
+    expect(pickleError(() => loads(Buffer.from('}}b.', 'latin1'))).message).toMatch(/opcode BUILD is not allowed/);
+    expect(pickleError(() => loads(Buffer.from('})\x81.', 'latin1'))).message).toMatch(/opcode NEWOBJ is not allowed/);
+  });
+});
+
 // ---------------------------------------------------------------------------------------------
 // Properties (fast-check prints the seed and the path of any failure)
 // ---------------------------------------------------------------------------------------------
@@ -282,6 +339,35 @@ const { value: pickleValue } = fc.letrec<{ value: PickleValue; list: PickleValue
   dict: fc.array(fc.tuple(str, tie('value')), { maxLength: 5 }).map((entries) => new Map(entries)),
 }));
 const protocol = fc.constantFrom<1 | 2 | 3>(1, 2, 3);
+/** Plain values with objects among them (module names Python 3 kept, so they read back as written at every protocol). */
+const { value: valueWithObjects } = fc.letrec<{ value: PickleValue; list: PickleValue[]; tuple: PickleTuple; dict: Map<string, PickleValue>; object: PickleObject }>((tie) => ({
+  value: fc.oneof({ depthSize: 'small', withCrossShrink: true }, leaf, tie('list'), tie('tuple'), tie('dict'), tie('object')),
+  list: fc.array(tie('value'), { maxLength: 4 }),
+  tuple: fc.array(tie('value'), { maxLength: 4 }).map((items) => new PickleTuple(items)),
+  dict: fc.array(fc.tuple(str, tie('value')), { maxLength: 4 }).map((entries) => new Map(entries)),
+  object: fc
+    .record({
+      kind: fc.constantFrom<PickleObject['kind']>('reduce', 'newobj'),
+      module: fc.constantFrom('datetime', 'decimal', 'builtins', 'copyreg', 'collections', 'my.app'),
+      name: fc.stringMatching(/^[A-Za-z_][A-Za-z0-9_]{0,8}$/),
+      args: tie('tuple'),
+      steps: fc.array(
+        fc.oneof(
+          tie('value').map((state) => ({ op: 'build' as const, state })),
+          tie('value').map((item) => ({ op: 'append' as const, items: [item] })),
+          fc.array(tie('value'), { maxLength: 3 }).map((items) => ({ op: 'appends' as const, items })),
+          fc.tuple(tie('value'), tie('value')).map((items) => ({ op: 'setitem' as const, items })),
+          fc.array(fc.tuple(tie('value'), tie('value')), { maxLength: 2 }).map((pairs) => ({ op: 'setitems' as const, items: pairs.flat() })),
+        ),
+        { maxLength: 3 },
+      ),
+    })
+    .map(({ kind, module, name, args, steps }) => {
+      const o = new PickleObject(kind, new PickleGlobal(module, name), args);
+      o.steps.push(...steps);
+      return o;
+    }),
+}));
 
 /** Either a value or a PickleError: any other exception type fails the property. */
 function loadsOrPickleError(bytes: Uint8Array): void {
@@ -324,6 +410,31 @@ describe('properties', () => {
         const once = dumps(v, { protocol: p });
         expect(dumps(loads(once), { protocol: p }).equals(once)).toBe(true);
       }),
+    );
+  });
+
+  it('with `objects`, loads(dumps(v)) equals v and the writer is a fixed point, for every protocol, memo or fast', () => {
+    fc.assert(
+      fc.property(valueWithObjects, protocol, fc.boolean(), (v, p, fast) => {
+        const once = dumps(v, { protocol: p, fast });
+        const back = loads(once, { objects: true });
+        expect(back).toEqual(v);
+        expect(dumps(back, { protocol: p, fast }).equals(once)).toBe(true);
+      }),
+    );
+  });
+
+  it('random bytes decode or throw PickleError, with `objects` too', () => {
+    const opcodeHeavy = fc.array(fc.oneof(fc.constantFrom(...OPCODE_BYTES, 0x62, 0x81), fc.integer({ min: 0, max: 255 })), { maxLength: 64 });
+    fc.assert(
+      fc.property(fc.oneof(fc.uint8Array({ maxLength: 128 }), opcodeHeavy.map((a) => Uint8Array.from(a))), (bytes) => {
+        try {
+          loads(bytes, { objects: true });
+        } catch (e) {
+          if (!(e instanceof PickleError)) throw e;
+        }
+      }),
+      { numRuns: 5000 },
     );
   });
 

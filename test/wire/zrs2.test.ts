@@ -5,7 +5,8 @@ import { readdirSync, readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { ChecksumMismatchError, PickleError, ProtocolError } from '../../src/errors.js';
-import type { PickleValue } from '../../src/wire/pickle.js';
+import { dumps, loads, PickleObject, type PickleDict, type PickleValue } from '../../src/wire/pickle.js';
+import { MESSAGE_TID, REDUCED_ALIKE, REDUCED_PER_PROTOCOL } from '../helpers/cpythonPickles.js';
 import {
   blobBlockCount,
   decodeMessage,
@@ -344,6 +345,30 @@ describe('encodeMessage', () => {
   });
 });
 
+describe('a T whose extension holds objects (a datetime, a set, an instance)', () => {
+  it('is sent as zc.zrs sends it, from the extension as ZODB stored it, byte for byte', () => {
+    const extension = loads(REDUCED_ALIKE.stored, { objects: true }) as PickleDict;
+    const t: Zrs2Message = { type: 'T', tid: MESSAGE_TID, status: ' ', user: Buffer.alloc(0), description: Buffer.alloc(0), extension };
+    expect(encodeMessage(t).toString('hex')).toBe(REDUCED_ALIKE.message.toString('hex'));
+  });
+
+  it.each([['alike', REDUCED_ALIKE], ['per protocol', REDUCED_PER_PROTOCOL]] as const)(
+    "as zc.zrs sends it (%s) decodes, its objects kept as descriptions, and re-encodes byte for byte",
+    (_name, v) => {
+      const t = decodeMessage(v.message) as Extract<Zrs2Message, { type: 'T' }>;
+      expect(t.type).toBe('T');
+      expect(t.tid.equals(MESSAGE_TID)).toBe(true);
+      expect([...t.extension.values()].some((x) => x instanceof PickleObject)).toBe(true);
+      expect(encodeMessage(t).toString('hex')).toBe(v.message.toString('hex'));
+    },
+  );
+
+  it('decoded from what zc.zrs sends, is stored as ZODB stores it when the values reduce alike at every protocol', () => {
+    const t = decodeMessage(REDUCED_ALIKE.message) as Extract<Zrs2Message, { type: 'T' }>;
+    expect(dumps(t.extension, { protocol: 3 }).toString('hex')).toBe(REDUCED_ALIKE.stored.toString('hex'));
+  });
+});
+
 describe('decodeMessage errors', () => {
   const t = (fields: string): Buffer => Buffer.from(`(X\x01\x00\x00\x00T(${fields}tt.`, 'latin1');
 
@@ -354,7 +379,8 @@ describe('decodeMessage errors', () => {
     ['wrong arity', t('N'), /1 fields, expected 5/],
     ['a short tid', Buffer.from('(X\x01\x00\x00\x00C(C\x01\x00\x00\x00\x00\x00\x00\x00\x00tt.', 'latin1'), /undecodable/],
     ['a 5-byte md5', Buffer.from('(X\x01\x00\x00\x00C(c_codecs\nencode\n(X\x05\x00\x00\x00abcdeX\x06\x00\x00\x00latin1tRtt.', 'latin1'), /md5 has 5 bytes/],
-    ['a global call', Buffer.from('(X\x01\x00\x00\x00C(cos\nsystem\n(X\x02\x00\x00\x00idtRtt.', 'latin1'), /refusing global/],
+    ['a global call where bytes belong', Buffer.from('(X\x01\x00\x00\x00C(cos\nsystem\n(X\x02\x00\x00\x00idtRtt.', 'latin1'), /md5 is not bytes/],
+    ['an extension that is an object, not a dict', t('C\x08\x01\x01\x01\x01\x01\x01\x01\x01X\x01\x00\x00\x00 C\x00C\x00cos\nsystem\n(X\x02\x00\x00\x00idtR'), /T extension is not a dict/],
   ])('%s', (_name, payload, message) => {
     expect(() => decodeMessage(payload)).toThrow(ProtocolError);
     expect(() => decodeMessage(payload)).toThrow(message);
