@@ -2,7 +2,8 @@
 // actor state transition, connection, handshake verdict and failover
 // decision. Invariants: records are written in the order they were made, with
 // consecutive sequence numbers; decisions are fsynced (with everything before
-// them) before `decide` resolves; a damaged tail is reported, never skipped.
+// them) before `decide` resolves; damage is reported, never skipped silently,
+// and intact records after it are still read.
 //
 // File format (docs/FAILOVER.md, "Audit log format"):
 //   header  8 bytes: "ZRSAUD1\n"
@@ -15,7 +16,7 @@ import { dirname } from 'node:path';
 import { AuditLogDamagedError, ZrsError } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import { silentLogger, type Logger } from '../replication/log.js';
-import { openFileToRead, syncDirectory } from '../storage/fileio.js';
+import { openFileToRead, syncDirectory, writeFully } from '../storage/fileio.js';
 
 /** The 8 bytes every audit log starts with. */
 export const AUDIT_MAGIC = Buffer.from('ZRSAUD1\n', 'latin1');
@@ -46,19 +47,22 @@ export interface AuditRecord {
   details: Record<string, unknown>;
 }
 
-/** Where and why reading stopped before the end of the file. */
+/** Bytes that are not a record in sequence: where, why, and how many until the next intact record (or the end). */
 export interface AuditDamage {
   offset: number;
   reason: string;
-  /** Bytes from `offset` to the end of the file. */
+  /** Bytes from `offset` to the next intact record, or to the end of the file when none follows. */
   bytes: number;
 }
 
 export interface AuditReadResult {
   path: string;
+  /** Every intact record, in file order (also those after a damage). */
   records: AuditRecord[];
-  /** Null when every byte of the file was read as valid records. */
+  /** The first damage; null when every byte of the file was read as valid records in sequence. */
   damage: AuditDamage | null;
+  /** Every damage in file order; only the last can reach the end of the file (a torn tail). */
+  damages: AuditDamage[];
   /** Size of the file when read. */
   size: number;
 }
@@ -150,23 +154,31 @@ export class AuditLog {
   /**
    * Open (or create) an audit log for appending. A damaged tail left by a
    * crash mid-write is moved to `<path>.damaged-<offset>`, cut off, and the
-   * recovery itself is recorded (fsynced) as an `audit-damage` record. A file
-   * that is not an audit log at all is refused (AuditLogDamagedError).
+   * recovery itself is recorded (fsynced) as an `audit-damage` record.
+   * Damage with intact records after it is left where it is (those records
+   * are read as before) and recorded once, as an `audit-damage` record with
+   * `kept: true`. A file that is not an audit log at all is refused
+   * (AuditLogDamagedError).
    */
   static async open(path: string, options: AuditLogOptions): Promise<AuditLog> {
     // Only the last record is kept: a long log is read through, not held.
-    const read = await scanAuditLog(path, () => undefined).catch((err: NodeJS.ErrnoException) => {
+    const recorded = new Set<number>();
+    const noteRecorded = (r: AuditRecord): void => {
+      if (r.kind === 'audit-damage' && r.details.kept === true && typeof r.details.offset === 'number') recorded.add(r.details.offset);
+    };
+    const read = await scanAuditLog(path, noteRecorded).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') return null;
       throw err;
     });
-    if (read && read.damage && read.damage.offset === 0 && read.size > 0) {
-      throw new AuditLogDamagedError(path, 0, read.damage.reason);
+    const first = read?.damages[0];
+    if (read && first && first.offset === 0 && read.size > 0) {
+      throw new AuditLogDamagedError(path, 0, first.reason);
     }
     const handle = await open(path, read ? 'r+' : 'wx+');
     try {
       let end = read?.size ?? 0;
       if (end === 0) {
-        await handle.write(AUDIT_MAGIC, 0, AUDIT_MAGIC.length, 0);
+        await writeFully(handle, AUDIT_MAGIC, 0, path);
         await handle.sync();
         // The new file's name too: a decision acknowledged as durable must not vanish with its file.
         await syncDirectory(dirname(path));
@@ -175,7 +187,15 @@ export class AuditLog {
       const last = read?.last;
       const node = options.continueNode && last ? last.node : options.node;
       const audit = new AuditLog(path, handle, last?.seq ?? 0, end, { ...options, node });
-      if (read?.damage) await audit.cutDamagedTail(read.damage);
+      const damages = read?.damages ?? [];
+      const tail = damages.at(-1);
+      const torn = tail !== undefined && tail.bytes > 0 && tail.offset + tail.bytes === end ? tail : null;
+      if (torn) await audit.cutDamagedTail(torn);
+      for (const d of damages) {
+        if (d === torn || recorded.has(d.offset)) continue;
+        audit.log('warn', `audit log ${path} is damaged at offset ${d.offset}: ${d.reason}; ${d.bytes} bytes left in place, the records after them kept`);
+        await audit.decide('audit-damage', { offset: d.offset, reason: d.reason, bytes: d.bytes, kept: true });
+      }
       return audit;
     } catch (err) {
       await handle.close();
@@ -184,15 +204,23 @@ export class AuditLog {
   }
 
   private async cutDamagedTail(damage: AuditDamage): Promise<void> {
-    const savedTo = `${this.path}.damaged-${damage.offset}`;
-    const side = await open(savedTo, 'w');
+    // Never over an earlier save: a crash while recording this one leaves damage at the same offset.
+    let savedTo = `${this.path}.damaged-${damage.offset}`;
+    let side: FileHandle | null = null;
+    for (let n = 1; side === null; n++) {
+      side = await open(savedTo, 'wx').catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EEXIST') throw err;
+        savedTo = `${this.path}.damaged-${damage.offset}-${n}`;
+        return null;
+      });
+    }
     try {
       // In chunks: a damaged tail can be as large as the file.
       const chunk = Buffer.alloc(Math.min(READ_CHUNK_BYTES, damage.bytes));
       for (let done = 0; done < damage.bytes; ) {
         const { bytesRead } = await this.handle.read(chunk, 0, Math.min(chunk.length, damage.bytes - done), damage.offset + done);
         if (bytesRead === 0) break;
-        await side.write(chunk, 0, bytesRead, done);
+        await writeFully(side, chunk.subarray(0, bytesRead), done, savedTo);
         done += bytesRead;
       }
       await side.sync();
@@ -232,7 +260,7 @@ export class AuditLog {
     }
   }
 
-  /** Write and fsync everything recorded so far. */
+  /** Write and fsync everything recorded so far (with the count of notes dropped since the last record, if any). */
   flush(): Promise<void> {
     return this.closed ? Promise.resolve() : this.enqueue(null, {}, true);
   }
@@ -254,12 +282,13 @@ export class AuditLog {
   private enqueue(kind: string | null, details: Record<string, unknown>, durable: boolean): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     let bytes: Buffer = Buffer.alloc(0);
-    if (kind !== null) {
+    // A flush or close records the notes dropped since the last record too.
+    if (kind !== null || this.dropped > 0) {
       const [seq, dropped] = [this.seq, this.dropped];
       try {
         const parts: Buffer[] = [];
         if (dropped > 0) parts.push(this.encode('audit-dropped', { count: dropped, reason: `more than ${AUDIT_MAX_PENDING_RECORDS} records waiting` }));
-        parts.push(this.encode(kind, details));
+        if (kind !== null) parts.push(this.encode(kind, details));
         bytes = Buffer.concat(parts);
         this.dropped = 0;
       } catch (err) {
@@ -295,10 +324,7 @@ export class AuditLog {
       try {
         if (this.failure) throw this.failure;
         const bytes = Buffer.concat(batch.map((p) => p.bytes));
-        if (bytes.length > 0) {
-          await this.handle.write(bytes, 0, bytes.length, this.end);
-          this.end += bytes.length;
-        }
+        if (bytes.length > 0) this.end += await writeFully(this.handle, bytes, this.end, this.path);
         if (batch.some((p) => p.durable)) await this.handle.sync();
         for (const p of batch) p.resolve();
       } catch (err) {
@@ -319,15 +345,55 @@ export class AuditLog {
  */
 export async function readAuditLog(path: string): Promise<AuditReadResult> {
   const records: AuditRecord[] = [];
-  const { damage, size } = await scanAuditLog(path, (r) => records.push(r));
-  return { path, records, damage, size };
+  const { damages, size } = await scanAuditLog(path, (r) => records.push(r));
+  return { path, records, damage: damages[0] ?? null, damages, size };
 }
 
-/** What a scan of an audit log found besides its records: its damage, its size and its last record. */
+/** What a scan of an audit log found besides its records: its damages, its size and its last record. */
 interface AuditScan {
-  damage: AuditDamage | null;
+  damages: AuditDamage[];
   size: number;
   last: AuditRecord | null;
+}
+
+/** The furthest after a damaged record's start that the next record can start: a whole record of the largest size. */
+const RESYNC_SPAN_BYTES = AUDIT_RECORD_HEADER_BYTES + AUDIT_MAX_PAYLOAD_BYTES;
+
+/**
+ * A record at `at` of `buf`: its payload's length, or why it is none. Its
+ * length, checksum and fields are checked, not its place in the sequence.
+ */
+function recordIn(buf: Buffer, at: number, offset: number): { record: AuditRecord; bytes: number } | { reason: string; truncated?: boolean } {
+  if (buf.length - at < AUDIT_RECORD_HEADER_BYTES) {
+    return { reason: `truncated record header: ${buf.length - at} of ${AUDIT_RECORD_HEADER_BYTES} bytes`, truncated: true };
+  }
+  const length = buf.readUInt32BE(at);
+  if (length === 0 || length > AUDIT_MAX_PAYLOAD_BYTES) return { reason: `impossible record length ${length}` };
+  const present = buf.length - at - AUDIT_RECORD_HEADER_BYTES;
+  if (present < length) return { reason: `truncated record: ${length} payload bytes announced, ${present} present`, truncated: true };
+  const payload = buf.subarray(at + AUDIT_RECORD_HEADER_BYTES, at + AUDIT_RECORD_HEADER_BYTES + length);
+  if ((crc32(payload, crc32(buf.subarray(at, at + 4))) >>> 0) !== buf.readUInt32BE(at + 4)) return { reason: 'checksum mismatch' };
+  const record = parseRecord(payload, offset);
+  return typeof record === 'string' ? { reason: record } : { record, bytes: AUDIT_RECORD_HEADER_BYTES + length };
+}
+
+/**
+ * The first intact record after the damaged one at `from` whose sequence
+ * number is above `afterSeq`, looked for where one can start (within one
+ * largest record of `from`). A payload is JSON text, which never holds the
+ * zero bytes of a length field, so a record is not found inside another.
+ */
+async function nextIntactRecord(handle: FileHandle, from: number, size: number, afterSeq: number): Promise<number | null> {
+  const window = Buffer.alloc(Math.min(size - from, 2 * RESYNC_SPAN_BYTES + 1));
+  const { bytesRead } = await handle.read(window, 0, window.length, from);
+  const buf = window.subarray(0, bytesRead);
+  for (let at = 1; at <= RESYNC_SPAN_BYTES && at + AUDIT_RECORD_HEADER_BYTES < buf.length; at++) {
+    const length = buf.readUInt32BE(at);
+    if (length === 0 || length > AUDIT_MAX_PAYLOAD_BYTES || at + AUDIT_RECORD_HEADER_BYTES + length > buf.length) continue;
+    const found = recordIn(buf, at, from + at);
+    if ('record' in found && found.record.seq > afterSeq) return from + at;
+  }
+  return null;
 }
 
 /** Read an audit log record by record, handing each to `take` (so a caller need not hold them all). */
@@ -336,12 +402,12 @@ async function scanAuditLog(path: string, take: (record: AuditRecord) => void): 
   try {
     const size = (await handle.stat()).size;
     let last: AuditRecord | null = null;
-    const damaged = (offset: number, reason: string): AuditScan => ({ damage: { offset, reason, bytes: size - offset }, size, last });
-    if (size === 0) return { damage: null, size, last };
+    const damages: AuditDamage[] = [];
+    if (size === 0) return { damages, size, last };
     const magic = Buffer.alloc(AUDIT_MAGIC.length);
     const { bytesRead } = await handle.read(magic, 0, magic.length, 0);
     if (bytesRead < magic.length || !magic.equals(AUDIT_MAGIC)) {
-      return damaged(0, bytesRead < magic.length ? 'truncated header' : 'not an audit log (bad magic)');
+      return { damages: [{ offset: 0, reason: bytesRead < magic.length ? 'truncated header' : 'not an audit log (bad magic)', bytes: size }], size, last };
     }
     let buf: Buffer = Buffer.alloc(0);
     let bufStart = AUDIT_MAGIC.length;
@@ -357,30 +423,41 @@ async function scanAuditLog(path: string, take: (record: AuditRecord) => void): 
       }
       return bufStart + buf.length >= pos + n;
     };
+    /** Just past a damage: the next intact record's seq is above the last one's, not the one after it. */
+    let resynced = false;
     while (pos < size) {
-      if (!(await ensure(AUDIT_RECORD_HEADER_BYTES))) {
-        return damaged(pos, `truncated record header: ${size - pos} of ${AUDIT_RECORD_HEADER_BYTES} bytes`);
+      // The header, then the whole record (its length is checked before it is read).
+      await ensure(AUDIT_RECORD_HEADER_BYTES);
+      const announced = buf.length - (pos - bufStart) >= AUDIT_RECORD_HEADER_BYTES ? buf.readUInt32BE(pos - bufStart) : 0;
+      if (announced > 0 && announced <= AUDIT_MAX_PAYLOAD_BYTES) await ensure(AUDIT_RECORD_HEADER_BYTES + announced);
+      const view = buf.subarray(pos - bufStart, pos - bufStart + AUDIT_RECORD_HEADER_BYTES + Math.min(announced, AUDIT_MAX_PAYLOAD_BYTES));
+      const found = recordIn(view, 0, pos);
+      const expected = (last?.seq ?? 0) + 1;
+      if ('record' in found && (found.record.seq === expected || (resynced && found.record.seq > expected))) {
+        resynced = false;
+        take(found.record);
+        last = found.record;
+        pos += found.bytes;
+        continue;
       }
-      const at = pos - bufStart;
-      const length = buf.readUInt32BE(at);
-      const sum = buf.readUInt32BE(at + 4);
-      if (length === 0 || length > AUDIT_MAX_PAYLOAD_BYTES) return damaged(pos, `impossible record length ${length}`);
-      if (!(await ensure(AUDIT_RECORD_HEADER_BYTES + length))) {
-        return damaged(pos, `truncated record: ${length} payload bytes announced, ${size - pos - AUDIT_RECORD_HEADER_BYTES} present`);
+      if ('record' in found && found.record.seq > expected) {
+        // Intact, but records before it are missing: the gap is the damage, the record is read.
+        damages.push({ offset: pos, reason: `sequence gap: record ${found.record.seq} follows ${expected - 1}`, bytes: 0 });
+        take(found.record);
+        last = found.record;
+        pos += found.bytes;
+        continue;
       }
-      const a = pos - bufStart;
-      const lengthBytes = buf.subarray(a, a + 4);
-      const payload = buf.subarray(a + AUDIT_RECORD_HEADER_BYTES, a + AUDIT_RECORD_HEADER_BYTES + length);
-      if ((crc32(payload, crc32(lengthBytes)) >>> 0) !== sum) return damaged(pos, 'checksum mismatch');
-      const record = parseRecord(payload, pos);
-      if (typeof record === 'string') return damaged(pos, record);
-      const expected = (last?.seq ?? record.seq - 1) + 1;
-      if (record.seq !== expected) return damaged(pos, `sequence gap: record ${record.seq} follows ${expected - 1}`);
-      take(record);
-      last = record;
-      pos += AUDIT_RECORD_HEADER_BYTES + length;
+      const reason = 'record' in found ? `sequence gap: record ${found.record.seq} follows ${expected - 1}` : found.reason;
+      const next = await nextIntactRecord(handle, pos, size, expected - 1);
+      damages.push({ offset: pos, reason, bytes: (next ?? size) - pos });
+      if (next === null) break;
+      pos = next;
+      resynced = true;
+      buf = Buffer.alloc(0);
+      bufStart = pos;
     }
-    return { damage: null, size, last };
+    return { damages, size, last };
   } finally {
     await handle.close();
   }

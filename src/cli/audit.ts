@@ -49,10 +49,15 @@ export async function audit(paths: string | readonly string[], io: CliIo, json: 
   if (buf) await io.out(buf);
   let code = EXIT_OK;
   for (const result of results) {
-    const d = result.damage;
-    if (!d) continue;
-    io.err(`zrs audit: ${result.path}: damaged at offset ${d.offset}: ${d.reason} (${d.bytes} bytes from there not read; ${result.records.length} intact records before it)\n`);
-    code = EXIT_FAILURE;
+    for (const d of result.damages) {
+      const before = result.records.filter((r) => r.offset < d.offset).length;
+      const extent =
+        d.offset + d.bytes === result.size
+          ? `${d.bytes} bytes from there not read; ${before} intact records before it`
+          : `${d.bytes} bytes skipped; ${before} intact records before it, ${result.records.length - before} after`;
+      io.err(`zrs audit: ${result.path}: damaged at offset ${d.offset}: ${d.reason} (${extent})\n`);
+      code = EXIT_FAILURE;
+    }
   }
   return code;
 }

@@ -7,6 +7,7 @@
 // (group commit), and each is reported applied only once durable.
 
 import { open, rm, type FileHandle } from 'node:fs/promises';
+import { writeFully } from '../storage/fileio.js';
 import { ProtocolError, ZrsError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import type { TransactionMeta } from '../storage/types.js';
@@ -121,7 +122,7 @@ export class Applier {
       if (!this.blobs) return; // blob transfer off: the blob directory is shared
       throw new ProtocolError('blob block without a blob record');
     }
-    await b.handle.write(bytes);
+    await writeFully(b.handle, bytes, null, b.path);
     b.remaining -= 1;
     if (last || b.remaining <= 0) await this.finishBlob();
   }

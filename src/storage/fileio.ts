@@ -140,6 +140,22 @@ export class WindowRecycler {
   }
 }
 
+/**
+ * Write all of `bytes` at `position` (null: at the file's current position),
+ * writing again what a write did not take (a disk filling up, a file size
+ * limit take part of a write and refuse the next); a write that takes
+ * nothing fails. A short write left unnoticed is a file silently missing
+ * its end. Returns the bytes written, `bytes.length`.
+ */
+export async function writeFully(handle: FileHandle, bytes: Uint8Array, position: number | null, path: string): Promise<number> {
+  for (let done = 0; done < bytes.length; ) {
+    const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, position === null ? null : position + done);
+    if (bytesWritten === 0) throw new ZrsError(`${path}: the file took none of ${bytes.length - done} bytes written to it`);
+    done += bytesWritten;
+  }
+  return bytes.length;
+}
+
 /** fsync a directory so a rename in it is durable (best effort where unsupported). */
 export async function syncDirectory(dir: string): Promise<void> {
   let h;

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { open, rename, readFile, rm } from 'node:fs/promises';
 import { TXN_HEADER_BYTES, readU64At, writeU64At } from './format.js';
-import { preadSync } from './fileio.js';
+import { preadSync, writeFully } from './fileio.js';
 import { oidKeyAt, TidSamples, type OidKey, type ScanState } from './scan.js';
 
 const MAGIC = Buffer.from('ZRSIDX01', 'latin1');
@@ -54,8 +54,8 @@ export async function saveIndex(dataPath: string, fd: number, state: SavedIndex)
   const tmp = `${path}.tmp`;
   const handle = await open(tmp, 'w');
   try {
-    await handle.write(body);
-    await handle.write(digest);
+    await writeFully(handle, body, 0, tmp);
+    await writeFully(handle, digest, body.length, tmp);
     await handle.sync();
   } finally {
     await handle.close();

@@ -6,8 +6,8 @@
 
 import { readFile, truncate, writeFile, open as openFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
-import { AUDIT_MAGIC, AuditLog, readAuditLog, readAuditLogStrict, type AuditRecord } from '../../src/audit/auditLog.js';
+import { afterAll, describe, expect, it, vi } from 'vitest';
+import { AUDIT_MAGIC, AUDIT_MAX_PENDING_RECORDS, AuditLog, readAuditLog, readAuditLogStrict, type AuditRecord } from '../../src/audit/auditLog.js';
 import { AuditLogDamagedError } from '../../src/errors.js';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
@@ -102,13 +102,14 @@ describe('audit log format', () => {
     expect((await readAuditLog(path)).damage).toMatchObject({ offset: records[2]!.offset, reason: expect.stringMatching(/^truncated record header/) });
   });
 
-  it('reports a flipped byte as a checksum mismatch at the record it damages, keeping the records before it', async () => {
+  it('reports a flipped byte as a checksum mismatch at the record it damages, reading the records before and after it', async () => {
     const path = join(await tempDir(), 'a.audit');
     const records = await threeRecords(path);
     await flipByte(path, records[1]!.offset + 8 + 10);
     const r = await readAuditLog(path);
-    expect(r.records.map((x) => x.seq)).toEqual([1]);
-    expect(r.damage).toMatchObject({ offset: records[1]!.offset, reason: 'checksum mismatch' });
+    expect(r.records.map((x) => x.seq)).toEqual([1, 3]);
+    expect(r.damage).toEqual({ offset: records[1]!.offset, reason: 'checksum mismatch', bytes: records[2]!.offset - records[1]!.offset });
+    expect(r.damages).toEqual([r.damage]);
     const err = await readAuditLogStrict(path).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(AuditLogDamagedError);
     expect(err).toMatchObject({ offset: records[1]!.offset, path });
@@ -156,6 +157,117 @@ describe('audit log format', () => {
     await audit.close();
     expect((await readFile(`${path}.damaged-${intact.length}`)).equals(noise)).toBe(true);
     expect((await readAuditLogStrict(path)).map((r) => r.kind)).toEqual(['transition', 'connection', 'sync-timeout', 'audit-damage']);
+  });
+
+  it('keeps a damaged record with intact records after it in place, and records that once, however often it is reopened', async () => {
+    const path = join(await tempDir(), 'a.audit');
+    const records = await threeRecords(path);
+    await flipByte(path, records[0]!.offset + 8 + 10);
+    const damage = { offset: records[0]!.offset, reason: 'checksum mismatch', bytes: records[1]!.offset - records[0]!.offset };
+    for (let i = 0; i < 3; i++) {
+      const audit = await AuditLog.open(path, { node: 'n1', clock: new VirtualClock() });
+      audit.note('transition', { to: `reopened ${i}` });
+      await audit.close();
+    }
+    const r = await readAuditLog(path);
+    expect(r.damages).toEqual([damage]);
+    expect(r.records.map((x) => [x.seq, x.kind])).toEqual([
+      [2, 'connection'],
+      [3, 'sync-timeout'],
+      [4, 'audit-damage'],
+      [5, 'transition'],
+      [6, 'transition'],
+      [7, 'transition'],
+    ]);
+    expect(r.records[2]!.details).toEqual({ ...damage, kept: true });
+    // No side file: nothing was cut.
+    await expect(readFile(`${path}.damaged-${damage.offset}`)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('reads past a damaged length field to the next record, and reports a sequence gap where records are missing', async () => {
+    const path = join(await tempDir(), 'a.audit');
+    const clock = new VirtualClock();
+    const audit = await AuditLog.open(path, { node: 'n1', clock });
+    for (let i = 0; i < 6; i++) audit.note('transition', { i, pad: 'p'.repeat(i * 50) });
+    await audit.close();
+    const records = await readAuditLogStrict(path);
+    // A length field made impossible: its record's extent is unknown, the next one is found.
+    await flipByte(path, records[1]!.offset);
+    // Record 5's first bytes overwritten by a copy of record 4 (shorter): seq 4 follows 4, then the rest of 5.
+    const file = await readFile(path);
+    const r4 = file.subarray(records[3]!.offset, records[4]!.offset);
+    await writeFile(path, Buffer.concat([file.subarray(0, records[4]!.offset), r4, file.subarray(records[4]!.offset + r4.length)]));
+    const r = await readAuditLog(path);
+    expect(r.records.map((x) => x.seq)).toEqual([1, 3, 4, 6]);
+    expect(r.damages).toEqual([
+      { offset: records[1]!.offset, reason: expect.stringMatching(/^impossible record length/), bytes: records[2]!.offset - records[1]!.offset },
+      { offset: records[4]!.offset, reason: 'sequence gap: record 4 follows 4', bytes: records[5]!.offset - records[4]!.offset },
+    ]);
+  });
+
+  it('reports a log whose first records are gone (its first record is not #1)', async () => {
+    const path = join(await tempDir(), 'a.audit');
+    const records = await threeRecords(path);
+    const file = await readFile(path);
+    await writeFile(path, Buffer.concat([AUDIT_MAGIC, file.subarray(records[2]!.offset)]));
+    const r = await readAuditLog(path);
+    expect(r.records.map((x) => x.seq)).toEqual([3]);
+    expect(r.damages).toEqual([{ offset: AUDIT_MAGIC.length, reason: 'sequence gap: record 3 follows 0', bytes: 0 }]);
+  });
+
+  it('records the count of dropped notes when flushed or closed, with no record after them', async () => {
+    const path = join(await tempDir(), 'a.audit');
+    const audit = await AuditLog.open(path, { node: 'n1', clock: new VirtualClock() });
+    for (let i = 0; i < AUDIT_MAX_PENDING_RECORDS + 10; i++) audit.note('transition', { i });
+    await audit.flush();
+    await audit.close();
+    const back = await readAuditLogStrict(path);
+    expect(back.at(-1)).toMatchObject({ kind: 'audit-dropped', details: { count: 10 } });
+    expect(back).toHaveLength(AUDIT_MAX_PENDING_RECORDS + 1);
+  });
+
+  it('keeps an earlier save of a damaged tail when the same offset is damaged again', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'a.audit');
+    const records = await threeRecords(path);
+    const size = (await readFile(path)).length;
+    await truncate(path, size - 1);
+    const first = await readFile(path).then((b) => b.subarray(records[2]!.offset));
+    await (await AuditLog.open(path, { node: 'n1', clock: new VirtualClock() })).close();
+    // Torn again at the same offset (the audit-damage record itself, say).
+    const after = await readFile(path);
+    await truncate(path, after.length - 1);
+    await (await AuditLog.open(path, { node: 'n1', clock: new VirtualClock() })).close();
+    expect((await readFile(`${path}.damaged-${records[2]!.offset}`)).equals(first)).toBe(true);
+    expect((await readFile(`${path}.damaged-${records[2]!.offset}-1`)).length).toBe(after.length - 1 - records[2]!.offset);
+    const back = await readAuditLogStrict(path);
+    expect(back.filter((r) => r.kind === 'audit-damage').map((r) => r.details.savedTo)).toEqual([`${path}.damaged-${records[2]!.offset}-1`]);
+  });
+
+  it('writes again what a write did not take, and fails a decision when the file takes nothing', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'a.audit');
+    const probe = await openFile(join(dir, 'probe'), 'w');
+    const proto = Object.getPrototypeOf(probe) as { write: (...args: unknown[]) => Promise<{ bytesWritten: number }> };
+    await probe.close();
+    const real = proto.write;
+    // Each write takes at most 7 bytes (a disk filling up does this); then, nothing at all.
+    let mode: 'short' | 'none' = 'short';
+    const spy = vi.spyOn(proto, 'write').mockImplementation(function (this: unknown, buf: unknown, offset: unknown, length: unknown, position: unknown) {
+      if (mode === 'none') return Promise.resolve({ bytesWritten: 0, buffer: buf });
+      return real.call(this, buf, offset, Math.min(Number(length), 7), position);
+    });
+    try {
+      const audit = await AuditLog.open(path, { node: 'n1', clock: new VirtualClock() });
+      await audit.decide('sync-timeout', { tid: '00', wanted: 1, got: 0, timeoutMs: 5 });
+      expect((await readAuditLogStrict(path)).map((r) => r.kind)).toEqual(['sync-timeout']);
+      mode = 'none';
+      await expect(audit.decide('config', { change: 'close' })).rejects.toThrow(/took none of/);
+      await audit.close();
+    } finally {
+      spy.mockRestore();
+    }
+    expect((await readAuditLogStrict(path)).map((r) => r.kind)).toEqual(['sync-timeout']);
   });
 
   it('refuses to append to a file that is not an audit log', async () => {

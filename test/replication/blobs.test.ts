@@ -6,9 +6,9 @@
 
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { rm, writeFile } from 'node:fs/promises';
+import { open, rm, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import type { FileStorage } from '../../src/storage/FileStorage.js';
@@ -100,6 +100,32 @@ describe('blob replication', () => {
       for (const s of secondaries) await s.close();
       await primary.close();
     }
+  });
+
+  it('writes blob blocks whole when each write takes only part of them (a disk filling up)', async () => {
+    const dir = await tempDir();
+    const probe = await open(join(dir, 'probe'), 'w');
+    const proto = Object.getPrototypeOf(probe) as { write: (...args: unknown[]) => Promise<{ bytesWritten: number }> };
+    await probe.close();
+    const real = proto.write;
+    const spy = vi.spyOn(proto, 'write').mockImplementation(function (this: unknown, buf: unknown, offset: unknown, length: unknown, position: unknown) {
+      return real.call(this, buf, offset, Math.min(Number(length), 1000), position);
+    });
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), blobDir: join(dir, 'p.blobs'), replicateTo: '127.0.0.1:0', fsync: false });
+    try {
+      const secondary = await Secondary.open({ path: join(dir, 's.fs'), blobDir: join(dir, 's.blobs'), replicateFrom: primary.address, fsync: false });
+      try {
+        const blobs = await storeBlobs(primary.storage, dir, [200 * 1024]);
+        await waitForTid(secondary, primary.storage.lastTransaction());
+        await expectBlobsLoad(secondary.storage, blobs);
+      } finally {
+        await secondary.close();
+      }
+    } finally {
+      await primary.close();
+      spy.mockRestore();
+    }
+    expect(blobFiles(join(dir, 's.blobs'))).toEqual(blobFiles(join(dir, 'p.blobs')));
   });
 
   it('replicates blobs along a chain primary -> secondary -> secondary', async () => {
