@@ -88,27 +88,32 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
     const history = await FailoverHistory.open(storage, { role: 'secondary' });
     let audit: AuditLog | null = null;
     try {
-      // Refused before the audit log is touched; the log is opened before the generation starts,
-      // so a log that cannot take the decision stops the promotion before it is made.
+      // Refused before the audit log is touched. The decision is on disk before the generation
+      // starts: a log that cannot take it stops the promotion before it is made.
       const full = history.generations.fullAt(storage.lastTransaction());
       if (full !== null) throw new ZrsError(full);
       if (auditPath !== null) audit = await AuditLog.open(auditPath ?? defaultAuditPath(path), { node: basename(path), continueNode: true, clock: systemClock });
       const previous = history.generations.current;
       const planned = nextGeneration(history, storage.lastTransaction());
-      const entry = await history.startGeneration(storage.lastTransaction());
-      if (entry.generation !== planned.generation) throw new Error('bug: generation changed during promote');
+      const requestedBy = 'zrs promote FILE';
       if (audit) {
-        audit.generation = entry;
+        audit.generation = planned;
         await audit.decide('promotion', {
           previousRole: 'secondary',
           offline: true,
           previousGeneration: previous?.generation ?? null,
-          newGeneration: entry.generation,
-          startTid: entry.startTid,
+          newGeneration: planned.generation,
+          startTid: planned.startTid,
           sessionsKept: 0,
-          requestedBy: 'zrs promote FILE',
+          requestedBy,
         });
       }
+      const entry = await history.startGeneration(storage.lastTransaction()).catch(async (err: unknown) => {
+        if (audit) audit.generation = previous ?? null;
+        await audit?.decide('promotion-refused', { code: 'failed', reason: (err as Error).message, requestedBy, force: false, afterRecord: true }).catch(() => undefined);
+        throw err;
+      });
+      if (entry.generation !== planned.generation) throw new Error('bug: generation changed during promote');
       await io.out(`promoted ${path}: generation ${entry.generation} starts after tid ${entry.startTid.toString('hex')}\n`);
     } finally {
       await runEach([() => audit?.close(), () => history.close()]);

@@ -72,7 +72,13 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
   const storage = await FileStorage.open(path, { blobDir: options.blobDir });
   // Held from the first read to the last file cut: no node can open the storage in between.
   const lock = storage.takeLock();
+  let audit: AuditLog | null = null;
   try {
+    // Opened before anything is cut: a log that cannot be opened (not an audit log, a wrong path) stops the rewind.
+    audit = await openRewindAudit(path, options).catch(async (err: unknown) => {
+      await storage.close();
+      throw err;
+    });
     let forkTid: Buffer | null;
     let cut: SavedCut | null = null;
     const last = storage.lastTransaction();
@@ -88,7 +94,7 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
     if (forkTid === null || cut === null) {
       // The primary accepts this storage as it is: nothing to cut.
       const none = { forkTid: last, cutTids: [], sidePath: null, sideBlobDir: null, blobsCut: 0 };
-      await recordRewind(path, options, primary, none);
+      await recordRewind(audit, primary, none);
       return none;
     }
     if (cut.cutPos !== null) await truncateDataFile(path, cut.cutPos);
@@ -97,9 +103,15 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
     const generations = await GenerationHistory.open(path);
     await generations.cutFrom(forkTid);
     const result = { forkTid, cutTids: cut.cutTids, sidePath: cut.sidePath, sideBlobDir: cut.sideBlobDir, blobsCut: cut.cutBlobs.length };
-    await recordRewind(path, options, primary, result, generations.current);
+    await recordRewind(audit, primary, result, generations.current).catch((err: unknown) => {
+      throw new ZrsError(
+        `rewound to tid ${forkTid!.toString('hex')} (${result.cutTids.length} transaction(s) cut${result.sidePath ? `, saved in ${result.sidePath}` : ''}), but the audit log could not record it: ${(err as Error).message}`,
+        { cause: err },
+      );
+    });
     return result;
   } finally {
+    await audit?.close().catch(() => undefined);
     lock?.release();
   }
 }
@@ -247,16 +259,17 @@ export function rewindAuditDetails(r: RewindResult, commonWith: string): Record<
   };
 }
 
-/** An offline rewind as an audit decision in the storage's log; `primary`: the one asked, or null for a given tid. */
-async function recordRewind(path: string, options: RewindOptions, primary: ReplicationAddress | null, r: RewindResult, generation: unknown = null): Promise<void> {
-  if (options.auditPath === null) return;
-  const audit = await AuditLog.open(options.auditPath ?? defaultAuditPath(path), { node: options.node ?? basename(path), continueNode: options.node === undefined, clock: options.clock ?? systemClock });
+/** The storage's audit log for an offline rewind, or null when it records none. */
+async function openRewindAudit(path: string, options: RewindOptions): Promise<AuditLog | null> {
+  if (options.auditPath === null) return null;
+  return AuditLog.open(options.auditPath ?? defaultAuditPath(path), { node: options.node ?? basename(path), continueNode: options.node === undefined, clock: options.clock ?? systemClock });
+}
+
+/** An offline rewind as an audit decision; `primary`: the one asked, or null for a given tid. */
+async function recordRewind(audit: AuditLog | null, primary: ReplicationAddress | null, r: RewindResult, generation: unknown = null): Promise<void> {
+  if (audit === null) return;
   audit.generation = generation;
-  try {
-    await audit.decide('rewind', { ...rewindAuditDetails(r, primary === null ? 'tid' : formatAddress(primary)), offline: true });
-  } finally {
-    await audit.close();
-  }
+  await audit.decide('rewind', { ...rewindAuditDetails(r, primary === null ? 'tid' : formatAddress(primary)), offline: true });
 }
 
 /** Cut the data file at `pos` (the caller holds its lock) and drop its saved index. */

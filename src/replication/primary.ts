@@ -125,8 +125,6 @@ export class Primary {
         server = options.server;
         options.bytesMeteredBy?.handBytesTo(metrics);
         server.rebind({ ...role, onSession: undefined });
-        // The sessions kept streaming: their secondaries learn the new generation without reconnecting.
-        server.announceGeneration();
         server.watchSessions((session) => metrics.onSession(session)); // open sessions and new ones
       } else {
         server = await ReplicationServer.start({
@@ -146,6 +144,9 @@ export class Primary {
       primary.sync = sync;
       const promotion = options.promotion ?? (options.history !== undefined ? {} : null);
       await sync.attach(server, { generation: () => primary.generation, address: formatAddress(server.address), promotion });
+      // The sessions kept streaming learn the new generation without reconnecting; only now that the
+      // promotion is on disk in the audit log, as every decision is before anyone learns of it.
+      if (options.server) server.announceGeneration();
       return primary;
     } catch (err) {
       // The first failure is the one to report; every step runs regardless.

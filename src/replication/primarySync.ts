@@ -42,6 +42,8 @@ export class PrimarySync {
   private stopAudit: (() => void) | null = null;
   private stopTracking: (() => void) | null = null;
   private closed = false;
+  /** attach() recorded the node's start (`config open`). */
+  private opened = false;
 
   private constructor(
     readonly audit: AuditLog | null,
@@ -74,6 +76,7 @@ export class PrimarySync {
     this.stopAudit = auditServerSessions(this.audit, server);
     // A failed write is logged by the audit log itself and fails every later decision.
     if (details.promotion) await this.audit.decide('promotion', { role: 'primary', address: details.address, ...details.promotion }).catch(() => undefined);
+    this.opened = true;
     await this.audit
       .decide('config', { change: 'open', role: 'primary', replicateTo: details.address, syncReplicas: this.syncReplicas, syncTimeoutMs: this.syncTimeoutMs })
       .catch(() => undefined);
@@ -95,7 +98,8 @@ export class PrimarySync {
     this.stopTracking?.();
     this.stopAudit?.();
     if (this.audit) {
-      await this.audit.decide('config', { change: 'close', role: 'primary' }).catch(() => undefined);
+      // A primary that never opened (its address in use, say) ran nothing to close.
+      if (this.opened) await this.audit.decide('config', { change: 'close', role: 'primary' }).catch(() => undefined);
       await this.audit.close();
     }
   }

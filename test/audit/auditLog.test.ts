@@ -10,6 +10,7 @@ import { afterAll, describe, expect, it, vi } from 'vitest';
 import { AUDIT_MAGIC, AUDIT_MAX_PENDING_RECORDS, AuditLog, readAuditLog, readAuditLogStrict, type AuditRecord } from '../../src/audit/auditLog.js';
 import { AuditLogDamagedError } from '../../src/errors.js';
 import { Primary } from '../../src/replication/primary.js';
+import { ReplicationServer } from '../../src/replication/server.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { VirtualClock } from '../../src/sim/clock.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
@@ -275,6 +276,56 @@ describe('audit log format', () => {
     await writeFile(path, 'hello world, not an audit log');
     await expect(AuditLog.open(path, { node: 'n', clock: new VirtualClock() })).rejects.toBeInstanceOf(AuditLogDamagedError);
     expect((await readAuditLog(path)).damage).toMatchObject({ offset: 0, reason: 'not an audit log (bad magic)' });
+  });
+});
+
+describe('audit log of a promotion', () => {
+  it('has the promotion on disk before the downstream secondaries kept streaming learn of the new generation', async () => {
+    const dir = await tempDir();
+    const p = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const s1 = await Secondary.open({ path: join(dir, 's1.fs'), replicateFrom: p.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT });
+    const s2Log = new LogCollector();
+    const s2 = await Secondary.open({ path: join(dir, 's2.fs'), replicateFrom: s1.replicationAddress!, fsync: false, reconnect: FAST_RECONNECT, auditPath: null, log: s2Log.log });
+    const order: string[] = [];
+    const original = ReplicationServer.prototype.announceGeneration;
+    const spy = vi.spyOn(ReplicationServer.prototype, 'announceGeneration').mockImplementation(function (this: ReplicationServer) {
+      order.push('announced');
+      original.call(this);
+    });
+    const decide = AuditLog.prototype.decide;
+    const decideSpy = vi.spyOn(AuditLog.prototype, 'decide').mockImplementation(async function (this: AuditLog, kind: string, details?: Record<string, unknown>) {
+      await decide.call(this, kind, details);
+      if (kind === 'promotion') order.push('recorded');
+    });
+    let np: Primary | null = null;
+    try {
+      const tids = await commitMany(p.storage, 2);
+      await waitForTid(s2, tids.at(-1)!);
+      await p.close();
+      np = await s1.promote({ force: true });
+      await s2Log.waitFor((e) => e.message.startsWith('upstream announced generation 1'));
+      expect(s2.history!.generations.current?.generation).toBe(1);
+    } finally {
+      spy.mockRestore();
+      decideSpy.mockRestore();
+      await s2.close();
+      await (np ?? s1).close();
+    }
+    expect(order).toEqual(['recorded', 'announced']);
+  });
+});
+
+describe('audit log of a primary that did not start', () => {
+  it('records no close of a primary that never opened (its address in use)', async () => {
+    const dir = await tempDir();
+    const first = await Primary.open({ path: join(dir, 'a.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    try {
+      const port = (first.address as { port: number }).port;
+      await expect(Primary.open({ path: join(dir, 'b.fs'), replicateTo: `127.0.0.1:${port}`, fsync: false })).rejects.toThrow(/EADDRINUSE/);
+    } finally {
+      await first.close();
+    }
+    expect((await readAuditLogStrict(join(dir, 'b.fs.audit'))).map((r) => [r.kind, r.details.change])).toEqual([]);
   });
 });
 

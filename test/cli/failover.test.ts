@@ -2,11 +2,11 @@
 // storage; a rewind to a given tid with the cut part in a dumpable side file.
 
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, open, writeFile } from 'node:fs/promises';
 import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { firstValueFrom } from 'rxjs';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { readAuditLog } from '../../src/audit/auditLog.js';
 import { runCli } from '../../src/cli/cli.js';
 import type { ReplicationAddress } from '../../src/ports/transport.js';
@@ -55,6 +55,47 @@ describe('zrs promote / zrs rewind', () => {
     expect(existsSync(`${path}.generations`)).toBe(false);
     // And nothing is left open: the file can be promoted once the log is out of the way.
     expect((await run('promote', '--audit-log', 'off', path)).code).toBe(0);
+  });
+
+  it('an offline promotion whose decision cannot be written starts no generation', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    await storageFileWith(path, 2);
+    // Every write of the promotion record fails (a disk full).
+    const probe = await open(join(dir, 'probe'), 'w');
+    const proto = Object.getPrototypeOf(probe) as { write: (...args: unknown[]) => Promise<{ bytesWritten: number }> };
+    await probe.close();
+    const real = proto.write;
+    const spy = vi.spyOn(proto, 'write').mockImplementation(function (this: unknown, buf: unknown, ...rest: unknown[]) {
+      if (Buffer.isBuffer(buf) && buf.includes('"kind":"promotion"')) return Promise.reject(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' }));
+      return real.call(this, buf, ...rest);
+    });
+    try {
+      const r = await run('promote', path);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/ENOSPC/);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(existsSync(`${path}.generations`) ? (JSON.parse(readFileSync(`${path}.generations`, 'utf8')) as { generations: unknown[] }).generations : []).toHaveLength(0);
+    expect((await readAuditLog(`${path}.audit`)).records.map((x) => x.kind)).not.toContain('promotion');
+  });
+
+  it('a rewind whose audit log cannot be opened cuts nothing', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const tids = await commitMany(fs, 4);
+    await fs.close();
+    const before = readFileSync(path);
+    await writeFile(`${path}.audit`, 'not an audit log at all\n');
+    const r = await run('rewind', path, '--to-tid', tids[1]!.toString('hex'));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/not an audit log/);
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect(readdirSync(dir).filter((f) => f.includes('.rewound-'))).toEqual([]);
+    // Nothing left open or locked: with the log out of the way, the rewind goes through.
+    expect((await run('rewind', '--audit-log', 'off', path, '--to-tid', tids[1]!.toString('hex'))).code).toBe(0);
   });
 
   it('promotes offline, then rewinds to a tid', async () => {
