@@ -30,13 +30,23 @@ function describeClose(r: SessionCloseReason | null): string {
   return r === null ? 'unknown' : describeReason(r);
 }
 
-/** Audit one primary session (on a primary or on a secondary serving a chain) until it ends. */
+/** States before a session says what it is: a secondary, a status request or a promote request. */
+const BEFORE_START = new Set(['awaitingProtocol', 'awaitingStart']);
+
+/**
+ * Audit one primary session (on a primary or on a secondary serving a chain)
+ * until it ends. A status request (`zrs status`, `zrs check`, a monitor
+ * polling) changes nothing and is not recorded: its records are held until
+ * the session says what it is, and dropped when it was one.
+ */
 export function auditPrimarySession(audit: AuditLog, session: PrimarySession): void {
   const actor = session.machine;
   const peer = session.peer;
   let prev = stateName(actor.getSnapshot().value);
+  let held: [string, Record<string, unknown>][] | null = BEFORE_START.has(prev) ? [] : null;
+  const note = (kind: string, details: Record<string, unknown>): void => void (held ? held.push([kind, details]) : audit.note(kind, details));
   // A session already past its first frame was connected before this log followed it (kept through a promotion).
-  audit.note('connection', { actor: 'primarySession', peer, state: prev, ...(prev === 'awaitingProtocol' ? {} : { kept: true }) });
+  note('connection', { actor: 'primarySession', peer, state: prev, ...(prev === 'awaitingProtocol' ? {} : { kept: true }) });
   const sub = actor.subscribe({
     next: (snap) => {
       const to = stateName(snap.value);
@@ -44,9 +54,15 @@ export function auditPrimarySession(audit: AuditLog, session: PrimarySession): v
       const from = prev;
       prev = to;
       const c = snap.context;
+      if (held && !BEFORE_START.has(to)) {
+        const records = held;
+        held = null;
+        if (to === 'closed' && c.closeReason?.kind === 'status-served') return;
+        for (const [kind, details] of records) audit.note(kind, details);
+      }
       // The edge's progress: the machine hears of writes and acks only at its transitions.
       const { lastSentTid, ackedTid } = session.status();
-      audit.note('transition', {
+      note('transition', {
         actor: 'primarySession',
         peer,
         from,
@@ -56,9 +72,9 @@ export function auditPrimarySession(audit: AuditLog, session: PrimarySession): v
         ackedTid,
       });
       if (from === 'awaitingStart' && to === 'promoting') {
-        audit.note('handshake', { side: 'primary', peer, verdict: 'promote-request', protocol: c.protocolName });
+        note('handshake', { side: 'primary', peer, verdict: 'promote-request', protocol: c.protocolName });
       } else if (from === 'awaitingStart' && to !== 'closed') {
-        audit.note('handshake', {
+        note('handshake', {
           side: 'primary',
           peer,
           verdict: c.protocol?.hasVerdict ? 'welcome' : 'accepted',
@@ -81,7 +97,7 @@ export function auditPrimarySession(audit: AuditLog, session: PrimarySession): v
           })
           .catch(() => undefined);
       }
-      audit.note('disconnection', { actor: 'primarySession', peer, reason: describeClose(reason), kind: reason?.kind, lastSentTid, ackedTid });
+      note('disconnection', { actor: 'primarySession', peer, reason: describeClose(reason), kind: reason?.kind, lastSentTid, ackedTid });
     },
     complete: () => queueMicrotask(() => sub.unsubscribe()),
     error: () => undefined,

@@ -11,6 +11,7 @@ import { AUDIT_MAGIC, AUDIT_MAX_PENDING_RECORDS, AuditLog, readAuditLog, readAud
 import { AuditLogDamagedError } from '../../src/errors.js';
 import { Primary } from '../../src/replication/primary.js';
 import { ReplicationServer } from '../../src/replication/server.js';
+import { requestStatus } from '../../src/replication/statusClient.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { VirtualClock } from '../../src/sim/clock.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
@@ -312,6 +313,27 @@ describe('audit log of a promotion', () => {
       await (np ?? s1).close();
     }
     expect(order).toEqual(['recorded', 'announced']);
+  });
+});
+
+describe('audit log of status requests', () => {
+  it('records nothing for a status request, and everything for a secondary connecting meanwhile', async () => {
+    const dir = await tempDir();
+    const p = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
+    try {
+      await p.audit!.flush();
+      const before = (await readAuditLogStrict(join(dir, 'p.fs.audit'))).length;
+      for (let i = 0; i < 5; i++) await requestStatus(p.address, { timeoutMs: WAIT_MS });
+      const s = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: p.address, fsync: false, auditPath: null });
+      await waitForTid(s, (await commitMany(p.storage, 1))[0]!);
+      await s.close();
+      await p.audit!.flush();
+      const added = (await readAuditLogStrict(join(dir, 'p.fs.audit'))).slice(before);
+      expect(added.filter((r) => r.kind === 'connection')).toHaveLength(1);
+      expect(added.map((r) => r.kind)).toContain('handshake');
+    } finally {
+      await p.close();
+    }
   });
 });
 
