@@ -234,26 +234,31 @@ export function refusalOutcome(code: string): 'diverged' | 'failed' | 'retry' {
   return 'retry';
 }
 
-function checkReconnect(s: ReconnectSettings): ReconnectSettings {
-  const ok = s.initialMs >= 0 && s.maxMs >= s.initialMs && s.factor >= 1 && s.jitter >= 0 && s.jitter <= 1;
-  if (!ok) throw new Error(`secondaryConnection: invalid reconnect settings ${JSON.stringify(s)}`);
-  return s;
+/**
+ * The reconnect settings with their defaults filled in, and the keep-alive
+ * delay, as the machine runs with them; an Error naming the setting for
+ * values it cannot run with (the machine's context is built from this, and
+ * a caller can check before starting one).
+ */
+export function connectionSettings(input: Pick<SecondaryConnectionInput, 'reconnect' | 'keepAliveDelayMs'>): { reconnect: ReconnectSettings; keepAliveDelayMs: number | null } {
+  const keepAliveDelayMs = input.keepAliveDelayMs ?? null;
+  if (keepAliveDelayMs !== null && !(keepAliveDelayMs > 0)) throw new Error(`keepAliveDelayMs must be > 0, got ${keepAliveDelayMs}`);
+  // Undefined fields keep their defaults (a spread would overwrite them).
+  const r: ReconnectSettings = { ...DEFAULT_RECONNECT, ...Object.fromEntries(Object.entries(input.reconnect ?? {}).filter(([, v]) => v !== undefined)) };
+  const ok = r.initialMs >= 0 && r.maxMs >= r.initialMs && r.factor >= 1 && r.jitter >= 0 && r.jitter <= 1;
+  if (!ok) {
+    throw new Error(`invalid reconnect settings ${JSON.stringify(r)}: initialMs >= 0, maxMs >= initialMs, factor >= 1 and jitter from 0 to 1 (defaults ${JSON.stringify(DEFAULT_RECONNECT)})`);
+  }
+  return { reconnect: r, keepAliveDelayMs };
 }
 
 function createContext(input: SecondaryConnectionInput): SecondaryConnectionContext {
-  const keepAliveDelayMs = input.keepAliveDelayMs ?? null;
-  if (keepAliveDelayMs !== null && !(keepAliveDelayMs > 0)) {
-    throw new Error(`secondaryConnection: keepAliveDelayMs must be > 0, got ${keepAliveDelayMs}`);
-  }
+  const { reconnect, keepAliveDelayMs } = connectionSettings(input);
   return {
     address: input.address,
     protocol: input.protocol,
     random: input.random,
-    // Undefined fields keep their defaults (a spread would overwrite them).
-    reconnect: checkReconnect({
-      ...DEFAULT_RECONNECT,
-      ...Object.fromEntries(Object.entries(input.reconnect ?? {}).filter(([, v]) => v !== undefined)),
-    }),
+    reconnect,
     keepAliveDelayMs,
     connectTimeoutMs: input.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
     handshakeTimeoutMs: input.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,

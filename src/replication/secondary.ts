@@ -6,7 +6,7 @@
 import { Subject, type Observable } from 'rxjs';
 import { createActor, fromCallback, fromPromise, type ActorRefFrom } from 'xstate';
 import type { ProtocolSpec } from '../../machines/handshake.js';
-import { secondaryConnectionMachine } from '../../machines/secondaryConnection.js';
+import { connectionSettings, secondaryConnectionMachine } from '../../machines/secondaryConnection.js';
 import { ChecksumMismatchError, FrameTooLargeError, ReadOnlyError, runEach, ZrsError } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import { seededRandom, type Random } from '../ports/random.js';
@@ -159,10 +159,22 @@ const APPLIED_REPORT_MS = 20;
  */
 export const MIN_STREAM_MAX_FRAME_BYTES = 2 * WHOLE_TXN_MAX_BYTES;
 
-function checkMaxFrameBytes(value: number | undefined): void {
-  if (value === undefined) return;
-  if (!Number.isSafeInteger(value) || value < MIN_STREAM_MAX_FRAME_BYTES || value > MAX_FRAME_BYTES_LIMIT) {
+/** Options the connection could not run with, refused before the storage is opened (ZrsError). */
+function checkConnectionOptions(options: SecondaryOptions): void {
+  const value = options.maxFrameBytes;
+  if (value !== undefined && (!Number.isSafeInteger(value) || value < MIN_STREAM_MAX_FRAME_BYTES || value > MAX_FRAME_BYTES_LIMIT)) {
     throw new ZrsError(`maxFrameBytes must be a whole number of bytes from ${MIN_STREAM_MAX_FRAME_BYTES} to ${MAX_FRAME_BYTES_LIMIT}, not ${value}`);
+  }
+  if (options.frameStallTimeoutMs !== undefined && !(options.frameStallTimeoutMs > 0)) {
+    throw new ZrsError(`frameStallTimeoutMs must be > 0, not ${options.frameStallTimeoutMs}`);
+  }
+  if (options.heartbeatTimeoutMs !== undefined && !(options.heartbeatTimeoutMs >= 0)) {
+    throw new ZrsError(`heartbeatTimeoutMs must be >= 0 (0 turns it off), not ${options.heartbeatTimeoutMs}`);
+  }
+  try {
+    connectionSettings(options);
+  } catch (err) {
+    throw new ZrsError((err as Error).message);
   }
 }
 
@@ -313,7 +325,7 @@ export class Secondary {
     // Bad addresses are refused before the storage is opened (and locked).
     const from = connectAddress(options.replicateFrom);
     const listen = options.replicateTo === undefined ? null : toAddress(options.replicateTo, '127.0.0.1');
-    checkMaxFrameBytes(options.maxFrameBytes);
+    checkConnectionOptions(options);
     // Finishes are pipelined (many share one sync): no inline syncs.
     const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, now: () => clock.now(), disk: options.disk, preallocate: options.preallocate, syncInline: false });
     const s = new Secondary(inner, options, from);
@@ -613,7 +625,8 @@ export class Secondary {
    */
   private connectionActorFailed(err: Error): void {
     this.log('error', `replication stopped: the connection actor failed: ${err.message}`, { error: err.name });
-    const conn = this.actor.getSnapshot().context.connection as Connection | null;
+    // An actor that failed while building its context has none.
+    const conn = (this.actor.getSnapshot().context as { connection?: Connection | null } | undefined)?.connection ?? null;
     if (conn === null || conn.dead) return;
     const before = this.dropped;
     this.dropped = Promise.all([before, this.drop(conn)])

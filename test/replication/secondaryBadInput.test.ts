@@ -10,6 +10,7 @@ import { Packr } from 'msgpackr';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { nativeOutbound, zrs2Outbound, ZRS21_SPEC, type OutboundCodec } from '../../src/replication/protocols.js';
 import { MIN_STREAM_MAX_FRAME_BYTES, Secondary, type SecondaryProtocol } from '../../src/replication/secondary.js';
+import { ZrsError } from '../../src/errors.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import type { TransactionRecord } from '../../src/storage/types.js';
 import { encodeFrame } from '../../src/wire/framing.js';
@@ -189,5 +190,22 @@ describe('a frame limit too small for what a primary sends whole', () => {
     expect(existsSync(join(dir, 's.fs'))).toBe(false);
     const s = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: '127.0.0.1:1', maxFrameBytes: MIN_STREAM_MAX_FRAME_BYTES, auditPath: null, reconnect: FAST_RECONNECT });
     await s.close();
+  });
+});
+
+describe('connection settings the secondary could not run with', () => {
+  it.each([
+    ['a reconnect ceiling under the default first delay', { reconnect: { maxMs: 50 } }, /invalid reconnect settings .*"initialMs":100,"maxMs":50/],
+    ['a reconnect factor under 1', { reconnect: { factor: 0.5 } }, /invalid reconnect settings/],
+    ['jitter over 1', { reconnect: { jitter: 2 } }, /invalid reconnect settings/],
+    ['a keep-alive delay of 0', { keepAliveDelayMs: 0 }, /keepAliveDelayMs must be > 0, got 0/],
+    ['a frame stall timeout of 0', { frameStallTimeoutMs: 0 }, /frameStallTimeoutMs must be > 0, not 0/],
+    ['a negative heartbeat timeout', { heartbeatTimeoutMs: -1 }, /heartbeatTimeoutMs must be >= 0/],
+  ])('are refused at open, before the storage is created: %s', async (_name, extra, message) => {
+    const dir = await tempDir();
+    const opening = Secondary.open({ path: join(dir, 's.fs'), replicateFrom: '127.0.0.1:1', auditPath: null, ...extra });
+    await expect(opening).rejects.toBeInstanceOf(ZrsError);
+    await expect(opening).rejects.toThrow(message);
+    expect(existsSync(join(dir, 's.fs'))).toBe(false);
   });
 });
