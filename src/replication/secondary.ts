@@ -254,6 +254,10 @@ export class Secondary {
             stream.destroy();
             throw new ZrsError('connect aborted');
           }
+          // Aborted after this point only when the machine stopped this actor (close, a new address)
+          // before it heard of the connection: nobody else would ever close the socket. Once the
+          // machine has it, the signal stays quiet.
+          signal.addEventListener('abort', () => stream.destroy(), { once: true });
           const start = this.inner.lastTransaction();
           let handshake: Buffer[];
           try {

@@ -65,6 +65,38 @@ describe('closing a secondary', () => {
     await expectHandlesBackTo(baseline);
   });
 
+  it('just after its connection is made, before the connection actor hears of it: the socket is closed too', async () => {
+    const baseline = activeResources();
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const path = join(dir, 's.fs');
+    let secondary: Secondary | null = null;
+    let closing: Promise<void> | null = null;
+    const made: { destroyed: boolean }[] = [];
+    const transport: Transport = {
+      listen: socketTransport.listen,
+      connect: async (address, signal) => {
+        const stream = await socketTransport.connect(address, signal);
+        const seen = { destroyed: false };
+        made.push(seen);
+        const destroy = stream.destroy.bind(stream);
+        stream.destroy = (error?: Error) => {
+          seen.destroyed = true;
+          destroy(error);
+        };
+        // close() lands after the connect step has its stream, before the machine hears of it.
+        queueMicrotask(() => queueMicrotask(() => (closing = secondary!.close())));
+        return stream;
+      },
+    };
+    secondary = await Secondary.open({ path, replicateFrom: primary.address, transport, fsync: false, auditPath: null });
+    await settleUntil(() => closing !== null);
+    await closing;
+    expect(made).toEqual([{ destroyed: true }]);
+    await primary.close();
+    await expectHandlesBackTo(baseline);
+  });
+
   it('while waiting to reconnect', async () => {
     const baseline = activeResources();
     const dir = await tempDir();
