@@ -40,6 +40,12 @@ export interface PrimaryOptions {
    * loop sends at full speed.
    */
   sendShare?: number;
+  /**
+   * Connections served at once on replicateTo (default 256): more are closed
+   * as they arrive, with a warning at most every 10 s, so a flood of
+   * connections cannot take every file descriptor the storage needs.
+   */
+  maxConnections?: number;
   transport?: Transport;
   /** Serve over TLS, demanding client certificates that verify against `tls.authenticate` (not with `transport`). */
   tls?: TlsOptions;
@@ -135,6 +141,7 @@ export class Primary {
           log: options.log ?? silentLogger,
           heartbeatIntervalMs: options.heartbeatIntervalMs,
           sendShare: options.sendShare,
+          maxConnections: options.maxConnections,
           history,
           ...role,
         });

@@ -51,6 +51,8 @@ export interface SecondaryOptions {
   replicateTo?: string | number | ReplicationAddress;
   /** As Primary's: the share of a busy event loop that sends to further secondaries may take (default 0.1). */
   sendShare?: number;
+  /** As Primary's: connections served at once on replicateTo (default 256). */
+  maxConnections?: number;
   /** As Primary's: heartbeats to further native secondaries every this many ms (default 1000; 0: never). */
   heartbeatIntervalMs?: number;
   blobDir?: string;
@@ -348,6 +350,7 @@ export class Secondary {
           address: listen,
           transport: s.transport,
           sendShare: options.sendShare,
+          maxConnections: options.maxConnections,
           heartbeatIntervalMs: options.heartbeatIntervalMs,
           onSession: (session) => metrics.onSession(session),
           clock: s.clock,

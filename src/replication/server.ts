@@ -7,6 +7,7 @@ import type { Clock } from '../ports/clock.js';
 import type { ByteStream, Listener, ReplicationAddress, Transport } from '../ports/transport.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import type { NodeStatus } from '../wire/native.js';
+import { ZrsError } from '../errors.js';
 import { formatAddress } from './address.js';
 import { buildNodeStatus } from './nodeStatus.js';
 import { PrimarySession, type PrimarySessionOptions, type SessionLog, type SessionStatus } from './primarySession.js';
@@ -23,6 +24,17 @@ import type { FailoverHistory } from '../failover/history.js';
  */
 export const DEFAULT_HEARTBEAT_INTERVAL_MS = 1000;
 
+/**
+ * Connections served at once by default (secondaries, and requests not yet
+ * past their handshake): a flood of connections to the replication address
+ * is turned away here rather than taking every file descriptor the process
+ * has, which its storage needs to commit.
+ */
+export const DEFAULT_MAX_CONNECTIONS = 256;
+
+/** How often turned-away connections are logged, at most (with their count). */
+const REFUSED_LOG_INTERVAL_MS = 10_000;
+
 export interface ReplicationServerOptions {
   storage: FileStorage;
   address: ReplicationAddress;
@@ -35,6 +47,8 @@ export interface ReplicationServerOptions {
   followBufferSize?: number;
   /** The share of a busy event loop that sends to secondaries may take (see SendPacer). Default 0.1. */
   sendShare?: number;
+  /** Connections served at once; more are closed as they arrive (default DEFAULT_MAX_CONNECTIONS). */
+  maxConnections?: number;
   /**
    * The node's status for a status request, given the sessions other than the
    * asking one. Default: a primary's status from the storage and the sessions.
@@ -66,6 +80,8 @@ export class ReplicationServer {
   private closing = false;
   /** While set (an online rewind), new connections are closed at once. */
   private suspended = false;
+  /** Connections turned away (over maxConnections) since the last log line about it, and when that was. */
+  private turnedAway = { count: 0, loggedAtMs: Number.NEGATIVE_INFINITY };
 
   /** Paces every session's sends while the loop is busy with other work. */
   private readonly pacer: SendPacer;
@@ -78,6 +94,8 @@ export class ReplicationServer {
   }
 
   static async start(options: ReplicationServerOptions): Promise<ReplicationServer> {
+    const max = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+    if (!Number.isSafeInteger(max) || max < 1) throw new ZrsError(`maxConnections must be a whole number of at least 1, not ${max}`);
     const server = new ReplicationServer(options);
     server.listener = await options.transport.listen(options.address, (s) => server.accept(s));
     options.log('info', `replicating to ${formatAddress(server.listener.address)}`);
@@ -95,6 +113,16 @@ export class ReplicationServer {
       return;
     }
     const o = this.options;
+    if (this.sessions.size >= (o.maxConnections ?? DEFAULT_MAX_CONNECTIONS)) {
+      stream.destroy();
+      this.turnedAway.count += 1;
+      const now = o.clock.load?.elapsedMs() ?? o.clock.now();
+      if (now - this.turnedAway.loggedAtMs >= REFUSED_LOG_INTERVAL_MS) {
+        o.log('warn', `turned away ${this.turnedAway.count} connection(s) (the last from ${stream.peer}): ${this.sessions.size} already served, the most allowed (maxConnections)`);
+        this.turnedAway = { count: 0, loggedAtMs: now };
+      }
+      return;
+    }
     // Looked up when asked: a rebind (promotion) changes who answers.
     const describe = (sessions: SessionStatus[]): NodeStatus =>
       this.options.nodeStatus?.(sessions) ?? buildNodeStatus({ role: 'primary', name: null, storage: o.storage, nowMs: o.clock.now(), sessions });

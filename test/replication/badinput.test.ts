@@ -13,7 +13,7 @@ import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nat
 import { Zrs2StreamParser, type Zrs2Event } from '../../src/wire/zrs2.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { allTransactions, commitMany, waitForTid } from './helpers.js';
-import { FAST_RECONNECT, FramedSocket, LogCollector, sessionClosed, until, type LogEntry } from './netHelpers.js';
+import { FAST_RECONNECT, FramedSocket, LogCollector, sessionClosed, settleUntil, until, type LogEntry } from './netHelpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -194,3 +194,45 @@ describe('a primary given bad input closes only that connection', () => {
   });
 });
 
+
+describe('a flood of connections to a primary', () => {
+  it('is turned away past maxConnections, logged with a count, while the secondaries served keep replicating; a freed place is taken again', async () => {
+    const dir = await tempDir();
+    const floodLogs = new LogCollector();
+    const p = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, log: floodLogs.log, maxConnections: 3, auditPath: null });
+    const idle: FramedSocket[] = [];
+    let s: Secondary | null = null;
+    try {
+      s = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: p.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+      await waitForTid(s, (await commitMany(p.storage, 1))[0]!);
+      // Two connections that never say anything fill the places left.
+      for (let i = 0; i < 2; i++) idle.push(await FramedSocket.connect(p.address));
+      await settleUntil(() => floodLogs.count((e) => /^connection from/.test(e.message)) === 3);
+      const extra = await Promise.all([0, 1, 2].map(() => FramedSocket.connect(p.address)));
+      for (const e of extra) await e.waitClosed();
+      const warning = await floodLogs.waitFor((e) => e.level === 'warn' && /^turned away/.test(e.message));
+      expect(warning.message).toMatch(/^turned away 1 connection\(s\) .*: 3 already served, the most allowed \(maxConnections\)$/);
+      // One warning for the three (at most one every 10 s).
+      expect(floodLogs.count((e) => /^turned away/.test(e.message))).toBe(1);
+      const [tid] = await commitMany(p.storage, 1);
+      await waitForTid(s, tid!);
+      // A place freed is taken again.
+      idle.pop()!.destroy();
+      await settleUntil(() => p.secondaries().length === 1 && floodLogs.count((e) => sessionClosed(e)) >= 1);
+      const again = await FramedSocket.connect(p.address);
+      idle.push(again);
+      await settleUntil(() => floodLogs.count((e) => /^connection from/.test(e.message)) === 4);
+    } finally {
+      for (const i of idle) i.destroy();
+      await s?.close();
+      await p.close();
+    }
+  });
+
+  it('refuses a maxConnections under 1', async () => {
+    const dir = await tempDir();
+    await expect(Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, maxConnections: 0, auditPath: null })).rejects.toThrow(
+      'maxConnections must be a whole number of at least 1, not 0',
+    );
+  });
+});
