@@ -5,7 +5,7 @@
 
 import { existsSync } from 'node:fs';
 import type { TlsOptions } from '../node/tlsTransport.js';
-import { ConfigError, type ConfigKey, type ConfigSection } from './zconfig.js';
+import { ConfigError, type ConfigKey, type ConfigSection, where } from './zconfig.js';
 
 const SSL_KEYS = new Set(['certificate', 'key', 'authenticate', 'check-hostname', 'server-hostname']);
 
@@ -21,7 +21,7 @@ export function sslSection(s: ConfigSection, listens: boolean, checkFiles: boole
       throw ConfigError.at(k.loc, `unknown key in <ssl>${hint} (known: ${[...SSL_KEYS].join(', ')})`, k.rawKey);
     }
     const first = keys.get(k.key);
-    if (first) throw ConfigError.at(k.loc, `given twice in <ssl> (first at line ${first.loc.line})`, k.rawKey);
+    if (first) throw ConfigError.at(k.loc, `given twice in <ssl> (first at ${where(first.loc)})`, k.rawKey);
     keys.set(k.key, k);
   }
   for (const c of s.sections) throw ConfigError.at(c.loc, `unknown section type <${c.type}> inside <ssl>`, `<${c.type}>`);

@@ -20,6 +20,11 @@ export interface SourceLocation {
   line: number;
 }
 
+/** `FILE:LINE`: a key may come from an %include'd file, so a line number alone can point into the wrong one. */
+export function where(loc: SourceLocation): string {
+  return `${loc.file}:${loc.line}`;
+}
+
 export interface ConfigKey {
   /** Lowercased key, for matching. */
   key: string;
@@ -43,6 +48,8 @@ export interface ConfigSection {
 export interface ConfigImport {
   name: string;
   loc: SourceLocation;
+  /** Sections opened before it, in reading order (%include'd files in place): what it may apply to comes after. */
+  sectionsBefore: number;
 }
 
 export interface ConfigDocument {
@@ -53,6 +60,8 @@ export interface ConfigDocument {
   defines: ReadonlyMap<string, string>;
   /** Every file read, the main file first. */
   files: string[];
+  /** Each section's place in reading order (0 for the first opened). */
+  order: ReadonlyMap<ConfigSection, number>;
 }
 
 /** A configuration error, always naming the file and line, and the key when there is one. */
@@ -152,6 +161,8 @@ interface OpenSection {
 /** Parses one file and (recursively) the files it includes. */
 class Parser {
   readonly imports: ConfigImport[] = [];
+  /** Every section in the order it was opened. */
+  readonly sectionsOpened = new Map<ConfigSection, number>();
   readonly files: string[] = [];
   readonly defines = new Map<string, string>();
   private readonly including: string[] = [];
@@ -210,6 +221,7 @@ class Parser {
         const m = SECTION_START_RX.exec(rest.trim());
         if (!m) throw ConfigError.at(loc, `malformed section header <${rest.trim()}>`);
         const section: ConfigSection = { type: m[1]!.toLowerCase(), name: m[2] ? m[2].toLowerCase() : null, loc, keys: [], sections: [] };
+        this.sectionsOpened.set(section, this.sectionsOpened.size);
         current().sections.push(section);
         if (!empty) stack.push({ section });
         return;
@@ -235,7 +247,7 @@ class Parser {
     if (name !== 'define' && name !== 'import' && name !== 'include') throw ConfigError.at(loc, `unknown directive %${name}`);
     if (!arg) throw ConfigError.at(loc, `missing argument to %${name}`, `%${name}`);
     if (name === 'import') {
-      this.imports.push({ name: this.replace(arg.trim(), loc, '%import'), loc });
+      this.imports.push({ name: this.replace(arg.trim(), loc, '%import'), loc, sectionsBefore: this.sectionsOpened.size });
     } else if (name === 'include') {
       const target = this.replace(arg.trim(), loc, '%include');
       const path = isAbsolute(target) ? target : resolve(dirname(loc.file), target);
@@ -288,7 +300,7 @@ export function parseZConfigFile(path: string, options: ParseOptions = {}): Conf
   for (const [k, v] of Object.entries(options.defines ?? {})) parser.defines.set(k.toLowerCase(), v);
   const root: ConfigSection = { type: '', name: null, loc: { file: path, line: 0 }, keys: [], sections: [] };
   parser.parseFile(path, root, null);
-  return { root, imports: parser.imports, defines: parser.defines, files: parser.files };
+  return { root, imports: parser.imports, defines: parser.defines, files: parser.files, order: parser.sectionsOpened };
 }
 
 /** Parse configuration text as if it were the file `file` (includes resolve relative to it). */

@@ -12,7 +12,7 @@ import type { PrimaryOptions } from '../replication/primary.js';
 import type { SecondaryOptions, SecondaryProtocol } from '../replication/secondary.js';
 import type { OpenOptions } from '../storage/types.js';
 import { sslSection } from './ssl.js';
-import { ConfigError, parseZConfigFile, parseZConfigText, type ConfigDocument, type ConfigKey, type ConfigSection, type ParseOptions, type SourceLocation } from './zconfig.js';
+import { ConfigError, parseZConfigFile, parseZConfigText, type ConfigDocument, type ConfigKey, type ConfigSection, type ParseOptions, type SourceLocation, where } from './zconfig.js';
 
 /** The `<filestorage>` section (ZODB's keys this project supports). */
 export interface FileStorageSettings {
@@ -155,7 +155,12 @@ export function interpretZrsConfig(doc: ConfigDocument, options: LoadOptions = {
       names.set(id, s);
     }
     if (s.type === 'zrs') {
-      if (!doc.imports.some((i) => i.name === 'zc.zrs')) throw ConfigError.at(s.loc, 'the <zrs> section type needs "%import zc.zrs" first', '<zrs>');
+      // As ZConfig: an import applies to the sections after it.
+      const at = doc.order.get(s) ?? 0;
+      if (!doc.imports.some((i) => i.name === 'zc.zrs' && i.sectionsBefore <= at)) {
+        const late = doc.imports.find((i) => i.name === 'zc.zrs');
+        throw ConfigError.at(s.loc, `the <zrs> section type needs "%import zc.zrs" first${late ? ` (it comes after, at ${where(late.loc)})` : ''}`, '<zrs>');
+      }
       storages.push(zrsSection(s, check));
     } else if (s.type === 'filestorage') {
       const fs = fileStorageSection(s, check);
@@ -191,10 +196,10 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
   if (!to && !from) {
     throw ConfigError.at(s.loc, 'needs replicate-to (a primary) or replicate-from (a secondary), or both (a secondary serving others)', '<zrs>');
   }
-  const replicateTo = to ? address(to, '') : undefined;
+  const replicateTo = to ? listenAddress(to, '', check) : undefined;
   const replicateFrom = from ? address(from, '127.0.0.1', connectAddress) : undefined;
   if (replicateTo && replicateFrom && sameEndpoint(replicateTo, replicateFrom)) {
-    throw ConfigError.at(to!.loc, `replicate-to ${JSON.stringify(to!.value)} is the address this storage replicates from (replicate-from at line ${from!.loc.line})`, 'replicate-to');
+    throw ConfigError.at(to!.loc, `replicate-to ${JSON.stringify(to!.value)} is the address this storage replicates from (replicate-from at ${where(from!.loc)})`, 'replicate-to');
   }
   const nameKey = keys.get('name');
   if (nameKey && nameKey.value === '') throw ConfigError.at(nameKey.loc, 'needs a value', 'name');
@@ -202,7 +207,7 @@ function zrsSection(s: ConfigSection, check: boolean): PrimaryConfig | Secondary
     name: nameKey?.value ?? s.name ?? storage.path,
     loc: s.loc,
     storage,
-    metricsAddress: keys.has('metrics-address') ? address(keys.get('metrics-address')!, '127.0.0.1') : null,
+    metricsAddress: keys.has('metrics-address') ? listenAddress(keys.get('metrics-address')!, '127.0.0.1', check) : null,
   };
   const fsync = optional(keys, 'fsync', boolean);
   const preallocateBytes = optional(keys, 'preallocate', bytes);
@@ -306,7 +311,7 @@ function keyMap(s: ConfigSection, allowed: ReadonlySet<string>, section: string)
   for (const k of s.keys) {
     if (!allowed.has(k.key)) throw unknownKey(k, `in ${section} (known: ${[...allowed].join(', ')})`);
     const first = out.get(k.key);
-    if (first) throw ConfigError.at(k.loc, `given twice in ${section} (first at line ${first.loc.line})`, k.rawKey);
+    if (first) throw ConfigError.at(k.loc, `given twice in ${section} (first at ${where(first.loc)})`, k.rawKey);
     out.set(k.key, k);
   }
   return out;
@@ -398,6 +403,13 @@ function address(k: ConfigKey, defaultHost: string, parse: (text: string, defaul
   }
 }
 
+/** An address to listen at: a socket's directory must exist (the system says only "permission denied" otherwise). */
+function listenAddress(k: ConfigKey, defaultHost: string, check: boolean): ReplicationAddress {
+  const a = address(k, defaultHost);
+  if (a.kind === 'unix' && check) existingDirectory(k, a.path);
+  return a;
+}
+
 function existingDirectory(k: ConfigKey, path: string): void {
   // Like ZConfig's existing-dirpath: the file (or blob directory) may be missing, its directory not.
   const dir = dirname(resolve(path));
@@ -484,8 +496,5 @@ export function auditPathOf(s: StorageConfig): string | null {
   return configured === undefined ? `${s.storage.path}.audit` : configured;
 }
 
-function where(loc: SourceLocation): string {
-  return `${loc.file}:${loc.line}`;
-}
 
 export { ConfigError } from './zconfig.js';

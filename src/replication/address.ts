@@ -12,6 +12,14 @@ function parsePort(text: string, original: string): number {
 }
 
 /**
+ * The longest Unix socket path the system binds or connects to, in bytes
+ * (sockaddr_un holds 108 on Linux, 104 on macOS and the BSDs, with the
+ * terminating zero): a longer one would be cut short without a word, and the
+ * socket made under another name.
+ */
+export const MAX_SOCKET_PATH_BYTES = process.platform === 'linux' ? 107 : 103;
+
+/**
  * Parse an address. A bare port listens/connects on all interfaces /
  * localhost as zc.zrs does; anything containing `/` is a Unix socket path.
  *
@@ -21,7 +29,13 @@ export function parseAddress(text: string | number, defaultHost = ''): Replicati
   if (typeof text === 'number') return { kind: 'tcp', host: defaultHost, port: parsePort(String(text), String(text)) };
   const s = text.trim();
   if (s === '') throw new AddressError('empty replication address');
-  if (s.includes('/')) return { kind: 'unix', path: s };
+  if (s.includes('/')) {
+    const bytes = Buffer.byteLength(s);
+    if (bytes > MAX_SOCKET_PATH_BYTES) {
+      throw new AddressError(`socket path ${JSON.stringify(s)} is ${bytes} bytes, the most a socket path may have here is ${MAX_SOCKET_PATH_BYTES} (use a shorter directory, or a relative path)`);
+    }
+    return { kind: 'unix', path: s };
+  }
   if (/^\d+$/.test(s)) return { kind: 'tcp', host: defaultHost, port: parsePort(s, text) };
   const v6 = /^\[([^\]]+)\]:(\d+)$/.exec(s);
   if (v6) return { kind: 'tcp', host: v6[1]!, port: parsePort(v6[2]!, text) };

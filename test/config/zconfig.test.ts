@@ -39,7 +39,7 @@ describe('ZConfig syntax', () => {
         'flag',
       ].join('\n'),
     );
-    expect(doc.imports).toEqual([{ name: 'zc.zrs', loc: { file: '/cfg/main.conf', line: 2 } }]);
+    expect(doc.imports).toEqual([{ name: 'zc.zrs', loc: { file: '/cfg/main.conf', line: 2 }, sectionsBefore: 0 }]);
     expect(doc.root.keys.map((k) => [k.key, k.rawKey, k.value, k.loc.line])).toEqual([
       ['top-key', 'Top-Key', 'some value with  spaces', 4],
       ['flag', 'flag', '', 12],

@@ -6,6 +6,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, loadZrsConfig, loadZrsConfigText } from '../../src/config/zrs.js';
+import { MAX_SOCKET_PATH_BYTES } from '../../src/replication/address.js';
 import type { PrimaryOptions } from '../../src/replication/primary.js';
 import type { SecondaryOptions } from '../../src/replication/secondary.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -162,9 +163,9 @@ describe('the <zrs> schema', () => {
       `%import zc.zrs\n<zrs main>\n replicate-to 5000\n <filestorage>\n  path /a\n </filestorage>\n</zrs>\n<zrs Main>\n replicate-to 5001\n <filestorage>\n  path /b\n </filestorage>\n</zrs>\n`,
       `${F}:8: <zrs>: duplicate section <zrs main> (first at ${F}:2)`,
     ],
-    ['a duplicate key', zrs(' replicate-to 5000\n Replicate-To 5001'), `${F}:4: Replicate-To: given twice in <zrs> (first at line 3)`],
+    ['a duplicate key', zrs(' replicate-to 5000\n Replicate-To 5001'), `${F}:4: Replicate-To: given twice in <zrs> (first at ${F}:3)`],
     ['neither address', zrs(' keep-alive-delay 5'), `${F}:2: <zrs>: needs replicate-to (a primary) or replicate-from (a secondary)`],
-    ['replicate-to equal to replicate-from', zrs(' replicate-from localhost:5000\n replicate-to 5000'), `${F}:4: replicate-to: replicate-to "5000" is the address this storage replicates from (replicate-from at line 3)`],
+    ['replicate-to equal to replicate-from', zrs(' replicate-from localhost:5000\n replicate-to 5000'), `${F}:4: replicate-to: replicate-to "5000" is the address this storage replicates from (replicate-from at ${F}:3)`],
     ['the same socket path both ways', zrs(' replicate-from /run/z.sock\n replicate-to /run/z.sock'), `${F}:4: replicate-to: replicate-to "/run/z.sock" is the address`],
     ['a bad boolean', zrs(' replicate-from db:5000\n transfer-blobs maybe'), `${F}:4: transfer-blobs: not a boolean: "maybe" (use true/false, yes/no or on/off)`],
     ['a bad number', zrs(' replicate-from db:5000\n keep-alive-delay soon'), `${F}:4: keep-alive-delay: not a number of seconds: "soon"`],
@@ -175,6 +176,11 @@ describe('the <zrs> schema', () => {
     ['a read-only primary', zrs(' replicate-to 5000', ' <filestorage>\n  path /a\n  read-only true\n </filestorage>\n'), `${F}:4: read-only: a primary (no replicate-from) cannot be read-only`],
     ['a filestorage without path', zrs(' replicate-to 5000', ' <filestorage>\n  blob-dir /b\n </filestorage>\n'), `${F}:4: <filestorage>: needs a path (the Data.fs file)`],
     ['<zrs> without %import zc.zrs', '<zrs>\n replicate-to 5000\n</zrs>\n', `${F}:1: <zrs>: the <zrs> section type needs "%import zc.zrs" first`],
+    [
+      '%import zc.zrs after the <zrs> section',
+      '<zrs>\n replicate-to 5000\n <filestorage>\n  path /tmp/Data.fs\n </filestorage>\n</zrs>\n%import zc.zrs\n',
+      `${F}:1: <zrs>: the <zrs> section type needs "%import zc.zrs" first (it comes after, at ${F}:7)`,
+    ],
     ['an unknown %import', '%import zc.zlibstorage\n', `${F}:1: %import: unknown package "zc.zlibstorage"`],
     ['an unknown section', '%import zc.zrs\n<zeo>\n address 8100\n</zeo>\n', `${F}:2: <zeo>: unknown section type <zeo> (expected <zrs> or <filestorage>)`],
     ['a key at the top level', 'replicate-to 5000\n', `${F}:1: replicate-to: unknown key at the top level`],
@@ -285,6 +291,31 @@ describe('synchronous replication and the audit log', () => {
     if (s.kind !== 'secondary') throw new Error('kind');
     const options: SecondaryOptions = s.options;
     expect(options).toMatchObject({ auditPath: '/var/log/zrs/s.audit', whenPromoted: { syncReplicas: 1, syncTimeoutMs: 30_000 } });
+  });
+
+  it('checks that the directory of a socket to listen at exists, and that a socket path is not longer than the system takes', async () => {
+    const dir = await tempDir();
+    await writeFile(join(dir, 'a.conf'), zrs(` replicate-to ${join(dir, 'missing', 'p.sock')}`, join(dir, 'Data.fs')));
+    expect(() => loadZrsConfig(join(dir, 'a.conf'))).toThrow(`${join(dir, 'a.conf')}:3: replicate-to: directory "${join(dir, 'missing')}" does not exist`);
+    await writeFile(join(dir, 'm.conf'), zrs(` replicate-to 5000\n metrics-address ${join(dir, 'missing', 'm.sock')}`, join(dir, 'Data.fs')));
+    expect(() => loadZrsConfig(join(dir, 'm.conf'))).toThrow(`${join(dir, 'm.conf')}:4: metrics-address: directory "${join(dir, 'missing')}" does not exist`);
+    const long = join(dir, `${'x'.repeat(MAX_SOCKET_PATH_BYTES)}.sock`);
+    await writeFile(join(dir, 'l.conf'), zrs(` replicate-to ${long}`, join(dir, 'Data.fs')));
+    expect(() => loadZrsConfig(join(dir, 'l.conf'))).toThrow(
+      `${join(dir, 'l.conf')}:3: replicate-to: socket path ${JSON.stringify(long)} is ${Buffer.byteLength(long)} bytes, the most a socket path may have here is ${MAX_SOCKET_PATH_BYTES}`,
+    );
+    // At the limit it is taken.
+    const fits = join(dir, 'x'.repeat(MAX_SOCKET_PATH_BYTES - dir.length - 1));
+    expect(Buffer.byteLength(fits)).toBe(MAX_SOCKET_PATH_BYTES);
+    await writeFile(join(dir, 'f.conf'), zrs(` replicate-to ${fits}`, join(dir, 'Data.fs')));
+    expect(() => loadZrsConfig(join(dir, 'f.conf'))).not.toThrow();
+  });
+
+  it('names the file of a key given first in an %include\'d file', async () => {
+    const dir = await tempDir();
+    await writeFile(join(dir, 'inc.conf'), ' replicate-to 5000\n');
+    await writeFile(join(dir, 'main.conf'), `%import zc.zrs\n<zrs>\n %include inc.conf\n replicate-to 5001\n <filestorage>\n  path ${join(dir, 'Data.fs')}\n </filestorage>\n</zrs>\n`);
+    expect(() => loadZrsConfig(join(dir, 'main.conf'))).toThrow(`${join(dir, 'main.conf')}:4: replicate-to: given twice in <zrs> (first at ${join(dir, 'inc.conf')}:1)`);
   });
 
   it('checks that the audit log directory exists', async () => {
