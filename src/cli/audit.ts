@@ -49,6 +49,11 @@ export async function audit(paths: string | readonly string[], io: CliIo, json: 
   if (buf) await io.out(buf);
   let code = EXIT_OK;
   for (const result of results) {
+    if (result.size === 0) {
+      // A node writes the header as it creates a log: an empty file is not one (yet).
+      io.err(`zrs audit: ${result.path}: empty: not an audit log (no header)\n`);
+      code = EXIT_FAILURE;
+    }
     for (const d of result.damages) {
       const before = result.records.filter((r) => r.offset < d.offset).length;
       const extent =

@@ -64,6 +64,7 @@ export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
   }
   if (args.flags.has('audit-log')) throw new UsageError('--audit-log applies to a FILE; a running node records in its own audit log');
   // A path that names nothing here is a mistyped FILE far more often than a socket that is gone.
+  if (isDirectory(target)) throw new ZrsError(`${target}: a directory, not a data file (FILE) or a running node's socket (ADDRESS)`);
   if (/\.fs$/i.test(target) && !existsSync(target)) throw new ZrsError(`${target}: no such file (FILE must be an existing data file; ADDRESS a running node's replication address)`);
   const address = commandAddress(target);
   const timeoutMs = timeoutOption(args.flags, DEFAULT_PROMOTE_TIMEOUT_MS);
@@ -71,6 +72,14 @@ export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
   const g = reply.generation;
   await io.out(`promoted ${formatAddress(address)}: generation ${g.generation} starts after tid ${g.startTid.toString('hex')}; ${reply.sessionsKept} downstream session(s) kept\n`);
   return EXIT_OK;
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
 }
 
 function isFile(path: string): boolean {

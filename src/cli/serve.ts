@@ -123,7 +123,13 @@ export async function serve(configPath: string, io: CliIo, options: ServeOptions
     const order = [...config.storages].sort((a, b) => rank(a) - rank(b));
     for (const s of order) {
       if (stopRequested) break;
-      running.push(await start(s, makeLogger(s.name)));
+      try {
+        running.push(await start(s, makeLogger(s.name)));
+      } catch (err) {
+        // Which of the configured storages, and where it is configured: the error itself names neither.
+        const e = err as Error;
+        throw Object.assign(new Error(`storage ${s.name} (${s.loc.file}:${s.loc.line}): ${e.message}`, { cause: e }), { name: e.name });
+      }
     }
     progressTimer = startProgress(running, board, io);
     if (!stopRequested) {

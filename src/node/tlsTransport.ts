@@ -11,12 +11,13 @@ import { join } from 'node:path';
 import {
   checkServerIdentity,
   connect as tlsConnect,
+  createSecureContext,
   createServer as tlsCreateServer,
   type ConnectionOptions,
   type PeerCertificate,
   type TLSSocket,
 } from 'node:tls';
-import { TlsHandshakeError } from '../errors.js';
+import { TlsHandshakeError, ZrsError } from '../errors.js';
 import type { ByteStream, Listener, ReplicationAddress, Transport } from '../ports/transport.js';
 import type { Logger } from '../replication/log.js';
 import { SocketStream, untilAborted } from './socketTransport.js';
@@ -58,6 +59,14 @@ const NETWORK_CODES = new Set(['ECONNREFUSED', 'ENOENT', 'ENOTFOUND', 'EAI_AGAIN
 const CERTIFICATE_CODE = /^(CERT_|UNABLE_TO_|SELF_SIGNED|DEPTH_ZERO|INVALID_|ERR_TLS_CERT_ALTNAME|HOSTNAME_MISMATCH)/;
 
 /** Read CA certificates from a PEM file or every PEM file in a directory. */
+function readTlsFile(what: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new ZrsError(`TLS ${what} ${path}: ${reason(err as Error)}`, { cause: err });
+  }
+}
+
 export function readCaCertificates(path: string): string[] {
   const files = statSync(path).isDirectory()
     ? readdirSync(path)
@@ -96,10 +105,16 @@ function reason(err: Error): string {
  */
 export function tlsTransport(options: TlsTransportOptions): Transport {
   const log = options.log ?? (() => undefined);
-  // Read the files once, now: a missing or bad file is an error at open, not at the first connection.
-  const cert = readFileSync(options.certificate);
-  const key = readFileSync(options.key ?? options.certificate);
+  // Read the files once, now: a missing or bad file is an error at open, naming the file, not at the first connection.
+  const cert = readTlsFile('certificate', options.certificate);
+  const key = options.key === undefined ? cert : readTlsFile('key', options.key);
   const ca = options.authenticate !== undefined ? readCaCertificates(options.authenticate) : undefined;
+  try {
+    createSecureContext({ cert, key, ca });
+  } catch (err) {
+    const files = options.key === undefined ? `certificate ${options.certificate} (with its key)` : `certificate ${options.certificate} and key ${options.key}`;
+    throw new ZrsError(`TLS ${files}: ${reason(err as Error)}`, { cause: err });
+  }
   const handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
 
   return {

@@ -323,6 +323,8 @@ export class FileStorage {
     const found = await stat(path).catch(() => null);
     if (found === null && (!options.create || readOnly)) throw noSuchFile(path, readOnly);
     if (found?.isDirectory()) throw new ZrsError(`${path}: a directory, not a storage file`);
+    // A FIFO would block the open until something writes to it; a device or a pipe cannot be read at positions.
+    if (found && !found.isFile()) throw new ZrsError(`${path}: not a regular file (a storage is one)`);
     // Named here, not by the lock file's ENOENT.
     if (found === null && !(await stat(dirname(path)).then((d) => d.isDirectory(), () => false))) {
       throw new ZrsError(`${path}: cannot create it: directory ${dirname(path)} does not exist`);

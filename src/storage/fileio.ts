@@ -4,7 +4,7 @@
 // it whole with errors that name it, and syncing a directory after a rename.
 
 import { readSync } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, stat, type FileHandle } from 'node:fs/promises';
 import { ZrsError } from '../errors.js';
 import { readU64At } from './format.js';
 
@@ -15,6 +15,9 @@ import { readU64At } from './format.js';
  * error keeps the code 'ENOENT', so callers may still tell it apart.
  */
 export async function openFileToRead(path: string): Promise<FileHandle> {
+  // Before opening: opening a FIFO blocks until something writes to it, and a pipe cannot be read at positions.
+  const found = await stat(path).catch(() => null);
+  if (found && !found.isFile() && !found.isDirectory()) throw new ZrsError(`${path}: not a regular file`);
   let handle: FileHandle;
   try {
     handle = await open(path, 'r');

@@ -146,7 +146,8 @@ describe('zrs help and usage', () => {
       const r = await run('serve', cfg);
       expect(r.code).toBe(1);
       const lines = r.stderr.trim().split('\n').map((l) => JSON.parse(l) as { level: string; message: string });
-      expect(lines.find((l) => l.level === 'error')?.message).toMatch(/^failed to start: .*EADDRINUSE/);
+      // The storage that failed and where it is configured, then why.
+      expect(lines.find((l) => l.level === 'error')?.message).toMatch(new RegExp(`^failed to start: storage ${dir}/Data.fs \\(${cfg}:2\\): .*EADDRINUSE`));
       expect(lines.at(-1)).toMatchObject({ message: 'stopped', exitCode: 1 });
       const fs = await FileStorage.open(join(dir, 'Data.fs')); // the lock was released
       await fs.close();
@@ -381,5 +382,32 @@ describe('zrs dump', () => {
     expect(pyBytesRepr(Buffer.from('Jürgen Müller'))).toBe("b'J\\xc3\\xbcrgen M\\xc3\\xbcller'");
     expect(pyBytesRepr(Buffer.from("it's"))).toBe('b"it\'s"');
     expect(pyBytesRepr(Buffer.from('a\'b"c\\\n\t'))).toBe("b'a\\'b\"c\\\\\\n\\t'");
+  });
+});
+
+describe('paths that are not regular files', () => {
+  it('a FIFO, a device or an empty file is refused at once by verify, dump and audit (a FIFO blocked them until something wrote to it)', async () => {
+    const dir = await tempDir();
+    const fifo = join(dir, 'fifo.fs');
+    await promisify(execFile)('mkfifo', [fifo]);
+    for (const command of ['verify', 'dump', 'audit']) {
+      for (const path of [fifo, '/dev/null']) {
+        const r = await run(command, path);
+        expect(r.code, `${command} ${path}`).toBe(1);
+        expect(r.stderr).toContain(`${path}: not a regular file`);
+      }
+    }
+    const empty = join(dir, 'empty.audit');
+    await writeFile(empty, '');
+    const r = await run('audit', empty);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`zrs audit: ${empty}: empty: not an audit log (no header)\n`);
+  });
+
+  it('promote names a directory as neither a data file nor a socket', async () => {
+    const dir = await tempDir();
+    const r = await run('promote', dir);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(`zrs promote: ${dir}: a directory, not a data file (FILE) or a running node's socket (ADDRESS)\n`);
   });
 });

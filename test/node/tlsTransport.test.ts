@@ -6,6 +6,7 @@
 // the secondary's storage empty.
 
 import { createServer, type AddressInfo, type Socket } from 'node:net';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TlsHandshakeError } from '../../src/errors.js';
@@ -260,6 +261,17 @@ describe('tlsTransport: configuration errors', () => {
 
   it('a missing certificate file fails at open', async () => {
     expect(() => tlsTransport({ certificate: join(certs.dir, 'missing.pem'), authenticate: certs.ca })).toThrow(/ENOENT/);
+  });
+
+  it('a certificate or key that is not one (text, a directory, a certificate without its key) fails at open, naming the files', async () => {
+    const dir = await tempDir();
+    const text = join(dir, 'notes.pem');
+    await writeFile(text, 'not a certificate\n');
+    expect(() => tlsTransport({ certificate: text, authenticate: certs.ca })).toThrow(`TLS certificate ${text} (with its key): `);
+    expect(() => tlsTransport({ certificate: dir, authenticate: certs.ca })).toThrow(new RegExp(`^TLS certificate ${dir}: .*EISDIR`));
+    expect(() => tlsTransport({ certificate: certs.server.certificate, key: text, authenticate: certs.ca })).toThrow(
+      `TLS certificate ${certs.server.certificate} and key ${text}: `,
+    );
   });
 
   it('an authenticate directory without certificates is an error', async () => {
