@@ -410,6 +410,8 @@ export class Secondary {
     const from = formatAddress(this.actor.getSnapshot().context.address as ReplicationAddress);
     void this.audit?.decide('config', { change: 'replicateFrom', from, to: formatAddress(to) }).catch(() => undefined);
     this.divergence = null;
+    // The new upstream's last tid is not known until it says it: the old one's would show a lag against the wrong node.
+    this.upstreamLastTid = null;
     this.actor.send({ type: 'SET_ADDRESS', address: to });
   }
 

@@ -18,6 +18,8 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import { commandAddress } from '../../src/cli/status.js';
 import { UsageError } from '../../src/cli/args.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { commitMany, waitForTid } from './helpers.js';
+import { settleUntil, unusedPort } from './netHelpers.js';
 
 afterEach(cleanupTempDirs);
 
@@ -68,6 +70,23 @@ describe('addresses to connect to', () => {
       const before = secondary.machine.getSnapshot().context.address;
       expect(() => secondary.setReplicationAddress('127.0.0.1:0')).toThrow(AddressError);
       expect(secondary.machine.getSnapshot().context.address).toEqual(before);
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+  });
+
+  it('setReplicationAddress forgets the old upstream\'s last tid: no lag is shown against a node no longer followed', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, auditPath: null });
+    try {
+      await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
+      await settleUntil(() => secondary.status().upstream?.primaryLastTid !== null);
+      expect(secondary.status().upstream?.primaryLastTid).toEqual(primary.storage.lastTransaction());
+      secondary.setReplicationAddress(await unusedPort());
+      expect(secondary.status().upstream?.primaryLastTid ?? null).toBeNull();
+      expect(secondary.status().upstream?.lagSeconds ?? null).toBeNull();
     } finally {
       await secondary.close();
       await primary.close();
