@@ -99,6 +99,8 @@ interface PendingTxn {
   body: TxnBuffer;
   /** oid key -> absolute position of this transaction's record for it (in the order first stored). */
   tindex: Map<OidKey, number>;
+  /** oid key -> the record an undo in this transaction pointed it back to (0: none), while that undo's record is its latest here. */
+  undoneTo: Map<OidKey, number>;
   blobs: PendingBlob[];
   /** tpcVote wrote the transaction's bytes: nothing more may be stored, and an abort cuts them. */
   written: boolean;
@@ -499,6 +501,7 @@ export class FileStorage {
         tpos: this.end,
         body: this.txnBuffer,
         tindex: new Map(),
+        undoneTo: new Map(),
         blobs: [],
         written: false,
         doomed: null,
@@ -539,6 +542,7 @@ export class FileStorage {
     // As ZODB's store/restore (set_max_oid): newOid never hands out an oid stored explicitly.
     if (compareIds(oid, this.lastOid) > 0 && cur.tindex.get(key) === undefined) this.lastOid = copyId(oid);
     cur.tindex.set(key, pos);
+    cur.undoneTo.delete(key);
     return pos;
   }
 
@@ -619,6 +623,8 @@ export class FileStorage {
     const plan = undoTransaction(this, id, txn);
     cur.undoing += 1;
     try {
+      // An object undone twice in this transaction keeps only the last undo's blob.
+      if (plan.redone.length > 0) await this.dropPendingBlobs(cur, plan.redone);
       for (const { oid, from } of plan.blobCopies) {
         const stagedPath = await this.requireBlobs().stageCopy(from);
         if (this.current !== cur) {
@@ -648,10 +654,30 @@ export class FileStorage {
     return this.current?.tindex.get(key);
   }
 
+  /**
+   * @internal The record an undo earlier in the transaction in progress
+   * pointed `key` back to (0 when it undid the object's creation), while
+   * that undo's record is the latest for it here; undefined otherwise.
+   */
+  pendingUndoTarget(key: OidKey): number | undefined {
+    return this.current?.undoneTo.get(key);
+  }
+
   /** @internal Append an undo record (a backpointer) to the transaction in progress. */
   appendUndoRecord(oid: Buffer, back: number, txn: TransactionMeta): void {
     const cur = this.pending(txn, 'undo');
-    this.append(cur, oid, null, back);
+    const key = oidKey(oid);
+    this.append(cur, oid, null, back, key);
+    cur.undoneTo.set(key, back);
+  }
+
+  /** Blobs an earlier undo in the transaction in progress copied for `oids`, undone again since: dropped. */
+  private async dropPendingBlobs(cur: PendingTxn, oids: readonly Buffer[]): Promise<void> {
+    const keys = new Set(oids.map((oid) => oidKey(oid)));
+    const dropped = cur.blobs.filter((b) => keys.has(oidKey(b.oid)));
+    if (dropped.length === 0) return;
+    cur.blobs = cur.blobs.filter((b) => !keys.has(oidKey(b.oid)));
+    await this.blobs?.discard(dropped.map((b) => b.stagedPath));
   }
 
   /** Store a blob revision: the file at `blobPath` is moved into the blob directory. */

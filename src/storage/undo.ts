@@ -1,7 +1,9 @@
 // Transactional undo for FileStorage: the undo log (newest first, ending at
 // the packed part of the file) and undo records written as backpointers to
-// each object's previous revision, refused when a later transaction changed
-// the same object to different data.
+// each object's previous revision, refused when a later transaction (or
+// this one) changed the same object to different data. Several undos may
+// revert one object in one transaction, as in ZODB: undoing T2, then T1
+// which T2 followed, leaves the object as before T1.
 
 import { UndoError } from '../errors.js';
 import { STATUS_COMMITTED, STATUS_PACKED, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength } from './format.js';
@@ -63,6 +65,8 @@ function dataPosition(storage: FileStorage, pos: number): number {
  */
 export interface UndoPlan {
   oids: Buffer[];
+  /** Oids an earlier undo in the same transaction had reverted already. */
+  redone: Buffer[];
   /** Blob files to copy for the undo transaction: the restored revisions' blobs. */
   blobCopies: Array<{ oid: Buffer; from: string }>;
 }
@@ -88,8 +92,9 @@ export function undoTransaction(storage: FileStorage, id: string | Buffer, txn: 
   }
   // Check (and read) everything before writing anything: an undo applies whole or not at all.
   const copies = blobCopies(storage, plan);
+  const redone = plan.filter((s) => storage.pendingPos(oidKey(s.oid)) !== undefined).map((s) => s.oid);
   for (const step of plan) storage.appendUndoRecord(step.oid, step.back, txn);
-  return { oids: plan.map((s) => s.oid), blobCopies: copies };
+  return { oids: plan.map((s) => s.oid), redone, blobCopies: copies };
 }
 
 /**
@@ -112,7 +117,13 @@ function undoTarget(storage: FileStorage, key: OidKey, pos: number, prev: number
     const oid = oidOfKey(key);
     throw new UndoError(`oid 0x${oid.toString('hex')}: ${why}`, oid);
   };
-  if (storage.pendingPos(key) !== undefined) refuse('already changed in this transaction');
+  if (storage.pendingPos(key) !== undefined) {
+    // Changed in this transaction already: only by an earlier undo that brought back the very data undone now.
+    const back = storage.pendingUndoTarget(key);
+    if (back === undefined) refuse('already changed in this transaction');
+    if (back === 0 || dataPosition(storage, back!) !== dataPosition(storage, pos)) refuse('some data were modified by a later transaction (or by this one)');
+    return prev;
+  }
   const current = storage.index.get(key);
   if (current !== pos) {
     const same = current !== undefined && dataPosition(storage, current) === dataPosition(storage, pos);

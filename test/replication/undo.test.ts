@@ -73,4 +73,30 @@ describe.each(['native', 'zrs2.1', 'zrs2.0'] as const)('undo over %s', (protocol
     }
     expect(readFileSync(join(dir, 's.fs')).equals(readFileSync(join(dir, 'p.fs')))).toBe(true);
   });
+
+  it('replicates two undos of one object in one transaction (two records of the oid) to a byte-identical file', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const fs = primary.storage;
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, protocol, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    try {
+      const a = fs.newOid();
+      const t1 = await commitOne(fs, [[a, Z64, 'a1']]);
+      const t2 = await commitOne(fs, [[a, t1, 'a2']]);
+      const t3 = await commitOne(fs, [[a, t2, 'a3']]);
+      const txn = { description: 'undo t3 and t2' };
+      await fs.tpcBegin(txn);
+      await fs.undo(t3, txn);
+      await fs.undo(t2, txn);
+      await fs.tpcVote(txn);
+      const u = await fs.tpcFinish(txn);
+      await waitForTid(secondary, u);
+      expect((await secondary.storage.load(a)).data.toString()).toBe('a1');
+      await expectSameHistory(fs, secondary.storage);
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+    expect(readFileSync(join(dir, 's.fs')).equals(readFileSync(join(dir, 'p.fs')))).toBe(true);
+  });
 });

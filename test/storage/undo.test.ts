@@ -112,6 +112,119 @@ describe('undo', () => {
   });
 });
 
+describe('several undos in one transaction', () => {
+  /** Undo `ids` in one transaction, in order. */
+  async function undoAll(fs: FileStorage, ids: Buffer[]): Promise<Buffer> {
+    const txn = { description: 'undo several' };
+    await fs.tpcBegin(txn);
+    try {
+      for (const id of ids) await fs.undo(id, txn);
+      await fs.tpcVote(txn);
+      return await fs.tpcFinish(txn);
+    } catch (err) {
+      await fs.tpcAbort(txn);
+      throw err;
+    }
+  }
+
+  it('undo the newest, then the one before it, touching the same object: the object as before both (ZODB accepts it too)', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    try {
+      const a = fs.newOid();
+      const b = fs.newOid();
+      const t1 = await commit(fs, [[a, Z64, 'a1'], [b, Z64, 'b1']]);
+      const t2 = await commit(fs, [[a, t1, 'a2']]);
+      const t3 = await commit(fs, [[a, t2, 'a3'], [b, t1, 'b3']]);
+      const u = await undoAll(fs, [t3, t2]);
+      expect((await fs.load(a)).data.toString()).toBe('a1');
+      expect((await fs.load(b)).data.toString()).toBe('b1');
+      // Both undos' records are in the one transaction; the object's last one counts, here and after a reopen.
+      const txns = [];
+      for await (const t of fs.iterator()) txns.push(t);
+      expect(txns.at(-1)!.tid).toEqual(u);
+      expect(txns.at(-1)!.records.map((r) => [hex(r.oid), r.data?.toString()])).toEqual([
+        [hex(a), 'a2'],
+        [hex(b), 'b1'],
+        [hex(a), 'a1'],
+      ]);
+      const path = fs.path;
+      await fs.close();
+      const again = await FileStorage.open(path, { fsync: false });
+      try {
+        expect((await again.load(a)).data.toString()).toBe('a1');
+        expect((await again.history(a, 10)).map((h) => h.tid.toString('hex'))).toEqual([u, t3, t2, t1].map((t) => t.toString('hex')));
+      } finally {
+        await again.close();
+      }
+    } finally {
+      await fs.close().catch(() => undefined);
+    }
+  });
+
+  it('undoing a creation after undoing the change that followed it removes the object', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    try {
+      const a = fs.newOid();
+      const t1 = await commit(fs, [[a, Z64, 'a1']]);
+      const t2 = await commit(fs, [[a, t1, 'a2']]);
+      await undoAll(fs, [t2, t1]);
+      await expect(fs.load(a)).rejects.toBeInstanceOf(POSKeyError);
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('refuses an undo of data this transaction changed otherwise: the same undo twice, an older one first, or after a store', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    try {
+      const a = fs.newOid();
+      const t1 = await commit(fs, [[a, Z64, 'a1']]);
+      const t2 = await commit(fs, [[a, t1, 'a2']]);
+      const t3 = await commit(fs, [[a, t2, 'a3']]);
+      const size = fs.getSize();
+      await expect(undoAll(fs, [t3, t3])).rejects.toThrow(/modified by a later transaction \(or by this one\)/);
+      await expect(undoAll(fs, [t3, t1])).rejects.toThrow(/modified by a later transaction \(or by this one\)/);
+      const txn = { description: 'store, then undo' };
+      await fs.tpcBegin(txn);
+      fs.store(a, t3, Buffer.from('a4'), txn);
+      await expect(fs.undo(t3, txn)).rejects.toThrow(/already changed in this transaction/);
+      await fs.tpcAbort(txn);
+      expect(fs.getSize()).toBe(size);
+      expect((await fs.load(a)).data.toString()).toBe('a3');
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('with blobs, the object gets the blob of the last undo only', async () => {
+    const dir = await tempDir();
+    const fs = await FileStorage.open(join(dir, 'Data.fs'), { create: true, fsync: false, blobDir: join(dir, 'blobs') });
+    const { writeFileSync, readFileSync, readdirSync } = await import('node:fs');
+    const blobRecord = Buffer.from('8003635a4f44422e626c6f620a426c6f620a71002e80034e2e', 'hex');
+    try {
+      const oid = fs.newOid();
+      const store = async (serial: Buffer, content: string): Promise<Buffer> => {
+        const txn = { description: content };
+        await fs.tpcBegin(txn);
+        const src = join(dir, `upload-${content}`);
+        writeFileSync(src, content);
+        await fs.storeBlob(oid, serial, blobRecord, src, txn);
+        await fs.tpcVote(txn);
+        return fs.tpcFinish(txn);
+      };
+      const t1 = await store(Z64, 'first');
+      const t2 = await store(t1, 'second');
+      const t3 = await store(t2, 'third');
+      const u = await undoAll(fs, [t3, t2]);
+      expect(readFileSync(await fs.loadBlob(oid, u), 'utf8')).toBe('first');
+      // The copy the first undo made ('second') was dropped, not left in the temp area.
+      expect(readdirSync(join(dir, 'blobs', 'tmp'))).toEqual([]);
+    } finally {
+      await fs.close();
+    }
+  });
+});
+
 describe('listing transactions whose extension this storage cannot read', () => {
   it('lists them with an empty extension instead of failing the whole undoLog or history', async () => {
     const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
