@@ -30,6 +30,10 @@ describe('mutations the simulation must catch', () => {
     await expectCaught('mutation-no-abort', 40, /\[(convergence|partial|prefix|error)\]/);
   }, 120_000);
 
+  it('a secondary that reports transactions applied (and acknowledges them) without syncing them', async () => {
+    await expectCaught('mutation-no-sync', 60, /\[no-loss\] s\d .*reported applied \(and acknowledged\) before the crash, is missing after restart/);
+  }, 120_000);
+
   it('a secondary that commits once the records are in, before the commit message and its checksum', async () => {
     await expectCaught('mutation-early-commit', 60, /\[(corruption|prefix|convergence)\]/);
   }, 120_000);

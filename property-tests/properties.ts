@@ -33,6 +33,7 @@ const SPECS = {
   'reset-storm': { base: 'reset-storm', about: 'large transactions over zrs2.1, with resets of p<->s1 at generated instants' },
   'mutation-checksum': { base: 'corruption', mutations: { skipChecksum: true }, about: 'the secondary does not verify the stream checksum' },
   'mutation-no-abort': { base: 'reset-storm', mutations: { noAbortOnDisconnect: true }, about: 'a half-received transaction is not aborted on disconnect' },
+  'mutation-no-sync': { base: 'default', mutations: { skipSync: true }, about: 'the secondary reports transactions applied without syncing them' },
   'mutation-early-commit': {
     base: 'corruption-native',
     mutations: { commitBeforeCommitMessage: true },

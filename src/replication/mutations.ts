@@ -16,11 +16,13 @@ export interface ReplicationMutations {
    * message and its checksum.
    */
   readonly commitBeforeCommitMessage?: boolean;
+  /** Report transactions applied (and acknowledge them) without ever syncing the file. */
+  readonly skipSync?: boolean;
 }
 
 export type MutationName = keyof ReplicationMutations;
 
-export const MUTATION_NAMES: readonly MutationName[] = ['skipChecksum', 'noAbortOnDisconnect', 'commitBeforeCommitMessage'];
+export const MUTATION_NAMES: readonly MutationName[] = ['skipChecksum', 'noAbortOnDisconnect', 'commitBeforeCommitMessage', 'skipSync'];
 
 /** The default: no deliberate bug. */
 export const NO_MUTATIONS: ReplicationMutations = Object.freeze({});

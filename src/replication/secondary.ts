@@ -333,7 +333,7 @@ export class Secondary {
     const listen = options.replicateTo === undefined ? null : toAddress(options.replicateTo, '127.0.0.1');
     checkConnectionOptions(options);
     // Finishes are pipelined (many share one sync): no inline syncs.
-    const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, now: () => clock.now(), disk: options.disk, preallocate: options.preallocate, syncInline: false });
+    const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.mutations?.skipSync ? false : options.fsync, now: () => clock.now(), disk: options.disk, preallocate: options.preallocate, syncInline: false });
     const s = new Secondary(inner, options, from);
     logTailCut(s.log, inner);
     try {

@@ -202,6 +202,8 @@ interface SimNode {
   diskView: SimDiskView | null;
   /** Secondaries: tid of the last transaction known durable (from applied$). */
   durableTid: Buffer;
+  /** A crashed secondary: the last transaction it reported durable, which its log must hold when it restarts. */
+  durableAtCrash: Buffer | null;
   subs: Array<{ unsubscribe(): void }>;
   /** The part of this node's log checked against the history tree: its path in it. */
   verified: Verified;
@@ -418,6 +420,7 @@ export class SimCluster {
       disk: new SimDisk(this.clock, name, (text) => this.note(name, text)),
       diskView: null,
       durableTid: Z64,
+      durableAtCrash: null,
       subs: [],
       verified: unverified(-1),
       refused: null,
@@ -651,6 +654,8 @@ export class SimCluster {
     writeFileSync(crashPath, image);
     carrySideFiles(n.path, crashPath);
     n.path = crashPath;
+    // A secondary acknowledged what it reported applied: nothing of it may be missing after the crash.
+    n.durableAtCrash = n.role === 'secondary' ? n.durableTid : null;
     n.verified = unverified(-1);
     n.refused = null;
   }
@@ -785,9 +790,11 @@ export class SimCluster {
     if (model.length > 0 && Buffer.compare(c.tid, Buffer.from(model.at(-1)!.tid, 'hex')) <= 0) return; // applied before a promotion
     let description = '';
     let shape: TxnShape | null = null;
+    let digest = '';
     for await (const t of fs.iterator(c.tid, c.tid)) {
       description = t.description.toString('utf8');
       shape = shapeOf(t);
+      digest = recordsDigest(t.records);
     }
     const entry = n.inFlight[0];
     if (!shape || !entry || entry.description !== description) {
@@ -795,6 +802,11 @@ export class SimCluster {
       return;
     }
     n.inFlight.shift();
+    // The model takes what the primary holds: it must be what the workload stored, or every replica copying it would pass.
+    if (entry.records !== undefined && entry.records !== digest) {
+      this.violate('corruption', n.name, `${hex} (${entry.description}) became durable with records other than those committed`);
+      return;
+    }
     const link = this.tree.add(model.at(-1)?.link ?? LINEAGE_ORIGIN, shape, n.name);
     model.push({ tid: hex, link });
     if (productLink !== null) this.productLinks.set(link, productLink);
@@ -902,6 +914,20 @@ export class SimCluster {
     }
     await this.startNode(n);
     if (n.role === 'primary') await this.checkNoLoss(n);
+    else await this.checkSecondaryKept(n);
+  }
+
+  /** A restarted secondary's log still holds the last transaction it reported durable before its crash. */
+  private async checkSecondaryKept(n: SimNode): Promise<void> {
+    const want = n.durableAtCrash;
+    n.durableAtCrash = null;
+    const storage = n.secondary?.storage;
+    if (!want || !storage || want.equals(Z64)) return;
+    let found = false;
+    for await (const t of storage.iterator(want, want)) found ||= t.tid.equals(want);
+    if (!found) {
+      this.violate('no-loss', n.name, `${want.toString('hex')}, reported applied (and acknowledged) before the crash, is missing after restart (last ${storage.lastTransaction().toString('hex')})`);
+    }
   }
 
   // ---------------------------------------------------------------- failover
@@ -988,7 +1014,7 @@ export class SimCluster {
   private async loseDisk(n: SimNode): Promise<void> {
     await this.crashNode(n, 'host');
     if (n.path) for (const f of [n.path, ...sideFilesOf(n.path)]) rmSync(f, { force: true });
-    Object.assign(n, { path: '', role: 'secondary', upstream: null, model: null, inFlight: [], refused: null });
+    Object.assign(n, { path: '', role: 'secondary', upstream: null, model: null, inFlight: [], refused: null, durableAtCrash: null });
     this.note(n.name, 'disk lost: data file, generations and hash chain are gone');
   }
 
@@ -1002,7 +1028,8 @@ export class SimCluster {
     const upstream = upstreamName ?? n.upstream ?? this.current;
     this.assertUpstream(n.name, upstream);
     await this.crashNode(n, 'process');
-    Object.assign(n, { role: 'secondary', upstream, refused: null });
+    // A rewind cuts on purpose what the new upstream does not hold.
+    Object.assign(n, { role: 'secondary', upstream, refused: null, durableAtCrash: null });
     if (n.path) {
       this.network.restart(n.name);
       const clock = this.clock.view(n.name);
