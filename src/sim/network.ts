@@ -71,6 +71,8 @@ interface Direction {
   /** The sender ended: deliver FIN after the queued bytes. */
   fin: boolean;
   waitingDrain: boolean;
+  /** Bytes delivered while the way back was blocked: no acknowledgement returned for them (at most one window). */
+  unacked: number;
 }
 
 interface NodeState {
@@ -197,8 +199,8 @@ class SimConnection {
     const pad = String(id).padStart(6, '0');
     this.client = new SimEndpoint(this, 'client', clientNode, `${address}#c${id}`);
     this.server = new SimEndpoint(this, 'server', serverNode, `${clientNode}#c${id}`);
-    this.c2s = { from: 'client', key: `~net:${pad}:>`, queue: [], queuedBytes: 0, scheduled: false, fin: false, waitingDrain: false };
-    this.s2c = { from: 'server', key: `~net:${pad}:<`, queue: [], queuedBytes: 0, scheduled: false, fin: false, waitingDrain: false };
+    this.c2s = { from: 'client', key: `~net:${pad}:>`, queue: [], queuedBytes: 0, scheduled: false, fin: false, waitingDrain: false, unacked: 0 };
+    this.s2c = { from: 'server', key: `~net:${pad}:<`, queue: [], queuedBytes: 0, scheduled: false, fin: false, waitingDrain: false, unacked: 0 };
   }
 
   endpoint(side: Side): SimEndpoint {
@@ -425,9 +427,11 @@ export class SimNetwork {
 
   /**
    * A node crashes. Its listeners vanish, its own actors see their streams
-   * reset, and its transport becomes inert. Peers see a reset after the
-   * link latency ('process': the OS closed the sockets) or nothing at all
-   * ('host': half-open connections, detected only when they write).
+   * reset, and its transport becomes inert. 'process': the system closes
+   * its sockets, as destroy() does: what the socket buffers held still goes
+   * out, then a FIN, each after the link latency and held by a partition
+   * like any byte. 'host': peers hear nothing at all (half-open
+   * connections, detected only when they write).
    */
   crash(name: string, style: CrashStyle = 'process'): void {
     const n = this.node(name);
@@ -441,7 +445,7 @@ export class SimNetwork {
       for (const side of ['client', 'server'] as const) {
         if (c.nodeOf(side) !== name) continue;
         const err = new SimNetworkError('ECONNRESET', `${name} crashed`);
-        if (style === 'process') this.resetConnection(c, `${name} crashed`);
+        if (style === 'process') this.destroy(c.endpoint(side), err);
         else this.forget(c, side, err);
       }
     }
@@ -632,12 +636,17 @@ export class SimNetwork {
     }
     if (receiver.closed) return;
     if (receiver.paused) return; // resume() kicks it again
+    // A one-way partition the other way: acknowledgements stop, so a sender stalls after one window (heal kicks it).
+    if (this.isBlocked(toNode, fromNode)) {
+      if (d.unacked >= this.opts.bufferLimitBytes) return;
+    } else d.unacked = 0;
     const now = this.clock.now();
     let available = 0;
     for (const s of d.queue) {
       if (s.availableAtMs > now) break;
       available += s.bytes.length;
     }
+    if (this.isBlocked(toNode, fromNode)) available = Math.min(available, this.opts.bufferLimitBytes - d.unacked);
     if (available > 0) {
       const cap = Math.min(available, this.opts.maxChunkBytes);
       const n = this.random.next() < this.opts.mergeProbability ? cap : 1 + Math.floor(this.random.next() * cap);
@@ -652,6 +661,7 @@ export class SimNetwork {
         this.stats.corrupted += 1;
         this.note(toNode, `c${c.id} ${c.label(d)} byte ${at} of ${chunk.length} flipped`);
       }
+      if (this.isBlocked(toNode, fromNode)) d.unacked += chunk.length;
       this.stats.chunks += 1;
       this.stats.bytes += chunk.length;
       this.version += 1;
@@ -755,7 +765,13 @@ export class SimNetwork {
     this.kick(c, d);
   }
 
-  /** @internal Close at once: this side hears close now, the peer a FIN after the latency. */
+  /**
+   * @internal Close at once: this side hears close now; the peer gets what
+   * the system's socket buffer held of our writes (up to bufferLimitBytes:
+   * what the process still held beyond it is lost with it), then a FIN,
+   * after the latency. TCP never ends a stream cleanly after dropping
+   * bytes it had taken.
+   */
   destroy(e: SimEndpoint, error?: Error): void {
     const c = e.conn;
     if (!c.open || e.gone || e.closed) {
@@ -764,8 +780,7 @@ export class SimNetwork {
     }
     this.version += 1;
     const out = c.from(e.side);
-    out.queue = [];
-    out.queuedBytes = 0;
+    this.keepSocketBuffer(out);
     c.toward(e.side).queue = [];
     c.toward(e.side).queuedBytes = 0;
     e.gone = true;
@@ -783,6 +798,20 @@ export class SimNetwork {
   }
 
   // ---------------------------------------------------------------- helpers
+
+  /** Keep the first bufferLimitBytes queued (what the system's socket buffer holds); the rest was the process's. */
+  private keepSocketBuffer(d: Direction): void {
+    let kept = 0;
+    const queue: Segment[] = [];
+    for (const s of d.queue) {
+      if (kept >= this.opts.bufferLimitBytes) break;
+      const take = Math.min(s.bytes.length, this.opts.bufferLimitBytes - kept);
+      queue.push(take === s.bytes.length ? s : { bytes: s.bytes.subarray(0, take), availableAtMs: s.availableAtMs });
+      kept += take;
+    }
+    d.queue = queue;
+    d.queuedBytes = kept;
+  }
 
   private sortedConnections(): SimConnection[] {
     return [...this.connections.values()].sort((a, b) => a.id - b.id);
