@@ -3,8 +3,10 @@
 // would cost too much at thousands of chunks a second.
 //
 // - Frame stall: while a frame is unfinished, the stream must gain
-//   STALL_MIN_BYTES every `stallMs`. A corrupted length would otherwise wait
-//   forever for bytes that never come, or that only heartbeats trickle in.
+//   STALL_MIN_BYTES in every `stallMs` (a window sliding in steps of an
+//   eighth of it). A corrupted length would otherwise wait forever for bytes
+//   that never come, or that only heartbeats trickle in; a burst right after
+//   the corrupted length does not buy it a second window.
 // - Heartbeat silence: once the welcome announced heartbeats, nothing at all
 //   may arrive for at most the heartbeat timeout. The check looks once more,
 //   a moment later, before it gives up: a timer due after this process's
@@ -20,6 +22,9 @@ import type { Clock } from '../ports/clock.js';
 
 /** Bytes the stream must gain per stall timeout while a frame is unfinished. */
 export const STALL_MIN_BYTES = 64 * 1024;
+
+/** The stall window slides in steps of this share of the timeout. */
+const STALL_STEPS = 8;
 
 /** See SecondaryOptions.heartbeatTimeoutMs: the shortest default. */
 const MIN_DEFAULT_HEARTBEAT_TIMEOUT_MS = 5000;
@@ -49,7 +54,8 @@ export class StreamWatch {
   private bytesReceived = 0;
   private lastHeardMs = 0;
   private stallTimer: unknown = null;
-  private stallBaseline = 0;
+  /** Inside a frame: bytes received by each time, at most one mark per step (oldest first). */
+  private stallMarks: { atMs: number; bytes: number }[] = [];
   private silenceTimer: unknown = null;
   private heartbeatIntervalMs = 0;
   private silenceWatched = false;
@@ -86,6 +92,12 @@ export class StreamWatch {
     }
     if (!this.o.insideFrame()) this.clearStall();
     else if (this.stallTimer === null) this.armStall();
+    else this.markStall();
+  }
+
+  private markStall(): void {
+    const last = this.stallMarks.at(-1);
+    if (last === undefined || this.lastHeardMs - last.atMs >= this.o.stallMs / STALL_STEPS) this.stallMarks.push({ atMs: this.lastHeardMs, bytes: this.bytesReceived });
   }
 
   /**
@@ -113,18 +125,28 @@ export class StreamWatch {
   private clearStall(): void {
     if (this.stallTimer !== null) this.clock.clearTimeout(this.stallTimer);
     this.stallTimer = null;
+    this.stallMarks = [];
   }
 
+  /** Start a stall window now: the first check a whole timeout later. */
   private armStall(): void {
-    this.stallBaseline = this.bytesReceived;
+    this.stallMarks = [{ atMs: this.nowMs(), bytes: this.bytesReceived }];
+    this.scheduleStallCheck(this.o.stallMs);
+  }
+
+  private scheduleStallCheck(afterMs: number): void {
     this.stallTimer = this.clock.setTimeout(() => {
       this.stallTimer = null;
       if (this.stopped || !this.o.insideFrame()) return;
-      const gained = this.bytesReceived - this.stallBaseline;
-      if (this.o.paused() || gained >= STALL_MIN_BYTES) return this.armStall(); // our own backpressure, or progress
+      if (this.o.paused()) return this.armStall(); // our own backpressure: a new window
+      // What arrived in the last timeout: nothing when the last byte is older; else since the newest mark at least that old.
+      const from = this.nowMs() - this.o.stallMs;
+      while (this.stallMarks.length > 1 && this.stallMarks[1]!.atMs <= from) this.stallMarks.shift();
+      const gained = this.lastHeardMs <= from ? 0 : this.bytesReceived - this.stallMarks[0]!.bytes;
+      if (gained >= STALL_MIN_BYTES) return this.scheduleStallCheck(this.o.stallMs / STALL_STEPS); // progress: look again a step later
       const what = gained === 0 ? 'no byte' : `${gained} bytes (under ${STALL_MIN_BYTES})`;
       this.expire(new ZrsError(`stream stalled: ${what} in ${this.o.stallMs} ms inside a frame (${this.o.bufferedBytes()} bytes buffered)`));
-    }, this.o.stallMs);
+    }, afterMs);
   }
 
   /** `looked`: the silence was seen once already, and the socket was read since. */

@@ -99,4 +99,35 @@ describe('StreamWatch', () => {
     timers.advance(20);
     expect(expired.map((e) => e.message)).toEqual(['stream stalled: no byte in 10000 ms inside a frame (100 bytes buffered)']);
   });
+
+  it('a burst right after a frame starts does not buy a corrupted length a second timeout: it stalls a timeout after the last byte (a step later at most)', () => {
+    const { clock, timers } = steppedClock();
+    const expired: ZrsError[] = [];
+    const w = new StreamWatch(clock, { stallMs: 8000, heartbeatTimeoutMs: undefined, paused: () => false, insideFrame: () => true, bufferedBytes: () => 200_000, expired: (e) => expired.push(e) });
+    w.received(100); // the header of a frame far longer than what follows
+    for (let i = 0; i < 20; i++) {
+      timers.advance(1);
+      w.received(10_000); // 200 KB at once, then nothing
+    }
+    timers.advance(8000);
+    expect(expired).toEqual([]); // the first window held the burst
+    timers.advance(1000); // a step (1 s) later: the last byte is 8 s old
+    expect(expired.map((e) => e.message)).toEqual(['stream stalled: no byte in 8000 ms inside a frame (200000 bytes buffered)']);
+  });
+
+  it('after a burst, heartbeats trickling in do not keep a stalled frame alive past a timeout and a step', () => {
+    const { clock, timers } = steppedClock();
+    const expired: ZrsError[] = [];
+    const w = new StreamWatch(clock, { stallMs: 8000, heartbeatTimeoutMs: undefined, paused: () => false, insideFrame: () => true, bufferedBytes: () => 200_000, expired: (e) => expired.push(e) });
+    w.received(100);
+    w.received(200_000);
+    let at = 0;
+    while (expired.length === 0 && at < 30_000) {
+      timers.advance(500);
+      at += 500;
+      w.received(60); // a heartbeat every half second, swallowed by the frame
+    }
+    expect(expired.map((e) => e.message)).toEqual([expect.stringMatching(/^stream stalled: \d+ bytes \(under 65536\) in 8000 ms inside a frame/)]);
+    expect(at).toBeLessThanOrEqual(8000 + 2 * 1000);
+  });
 });
