@@ -409,14 +409,15 @@ export class FileStorage {
     // with fill inside it, wherever the fill ends).
     const fillStart = await trailingFill(handle, from, size);
     const hadFill = fillStart < size;
-    // The data may end up to 7 bytes before the whole words of fill: those bytes are fill too, not a truncated header.
-    const dataEnd = hadFill ? Math.max(from, await dataEndBefore(handle, fillStart)) : size;
+    // The data may end up to 7 bytes before the whole words of fill (those bytes are fill too, not a
+    // truncated header), or inside the first of them (its last bytes happening to be the fill's).
+    const dataEnd = hadFill ? Math.max(from, await dataEndBefore(handle, fillStart, size)) : size;
     const result = await scanFile(handle, path, from, dataEnd, saved ?? emptyScanState());
     // New tids must also pass an unfinished transaction's tid, so no tid
     // (or blob file name) that may have been seen is ever reused.
     const tailTid = result.tail ? tailTidFloor(fd, result.tail.pos, dataEnd, result.lastTid, hadFill) : null;
     // An unfinished tail, or fill alone past the last transaction (kept in no side file).
-    const tailCut = (result.tail || hadFill) && !readOnly ? await FileStorage.cutTail(path, fd, result.end, fillStart, hadFill) : null;
+    const tailCut = (result.tail || hadFill) && !readOnly ? await FileStorage.cutTail(path, fd, result.end, Math.max(fillStart, result.end), hadFill) : null;
     return { state: result, end: result.end, tailTid, tailCut, tail: result.tail };
   }
 

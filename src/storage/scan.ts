@@ -327,18 +327,22 @@ export function tailTidFloor(fd: number, pos: number, end: number, lastTid: Buff
 /**
  * Where the data of a file of `size` bytes ends, without the fill past its
  * last transaction (of a storage open for writing, or of one that crashed):
- * where the fill begins, at the end of a transaction whose redundant length
- * matches its header (fill written after a transaction that ends inside a
- * word begins with fewer than 8 bytes no whole-word check finds).
+ * at the end of a transaction whose redundant length matches its header,
+ * within 7 bytes of where the whole words of fill begin, either way. Fill
+ * written after a transaction that ends inside a word begins with fewer
+ * than 8 bytes no whole-word check finds; and the transaction's last bytes
+ * may happen to be the fill's there (the lowest byte of its redundant
+ * length, one time in 256), making a word of fill out of them.
  */
 export async function dataEnd(handle: FileHandle, size: number): Promise<number> {
-  return dataEndBefore(handle, await trailingFill(handle, 0, size));
+  return dataEndBefore(handle, await trailingFill(handle, 0, size), size);
 }
 
-/** dataEnd() of a file whose trailing whole words of fill begin at `fillStart`. */
-export async function dataEndBefore(handle: FileHandle, fillStart: number): Promise<number> {
-  for (let end = fillStart; end > fillStart - 8; end--) {
+/** dataEnd() of a file of `size` bytes whose trailing whole words of fill begin at `fillStart`. */
+export async function dataEndBefore(handle: FileHandle, fillStart: number, size: number): Promise<number> {
+  for (let end = Math.min(size, fillStart + 7); end > fillStart - 8; end--) {
     if ((await transactionEndingAt(handle, 0, end)) === null) continue;
+    if (end >= fillStart) return end;
     const partial = Buffer.alloc(fillStart - end);
     await handle.read(partial, 0, partial.length, end);
     if (isFillRange(partial, end)) return end;

@@ -15,7 +15,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { CorruptedDataError } from '../../src/errors.js';
 import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
-import { firstFillSector, isFillRange, isFillWord, trailingFill, writeFill } from '../../src/storage/prealloc.js';
+import { fillOf, firstFillSector, isFillRange, isFillWord, trailingFill, writeFill } from '../../src/storage/prealloc.js';
 import { sizeWithoutFill } from '../../src/storage/scan.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -173,6 +173,40 @@ describe('FileStorage with fill ahead of its end', () => {
     dataBytes(path, fs.getSize());
     await fs.close();
     expect(statSync(path).size).toBe(fs.getSize());
+  });
+
+  it('keeps a last transaction whose final bytes happen to equal the fill that follows them (it was cut as unfinished, losing it)', async () => {
+    const dir = await tempDir('zrs-fill-');
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, now: fakeClock() });
+    const first = fs.getSize();
+    await commit(fs, [[oidOf(1), Z64, Buffer.alloc(10, 1)]]);
+    const bare = fs.getSize() - first - 8 - 10; // a transaction's length without its data bytes
+    const tpos = fs.getSize();
+    // Data whose transaction ends one byte into a word, that byte (its redundant length's lowest) the fill's there.
+    let size = 0;
+    for (let k = 1; size === 0 && k < 1_000_000; k++) {
+      const end = tpos + bare + k + 8;
+      if (end % 8 === 1 && ((bare + k) & 0xff) === fillOf(end - 1, 1)[0]) size = k;
+    }
+    expect(size).toBeGreaterThan(0);
+    const tid = await commit(fs, [[oidOf(2), Z64, Buffer.alloc(size, 2)]]);
+    const end = fs.getSize();
+    const image = readFileSync(path); // as a crash leaves it: fill after the end
+    await fs.close();
+    expect(image.length).toBeGreaterThan(end);
+    const crashed = join(dir, 'Crashed.fs');
+    await writeFile(crashed, image);
+    expect(await sizeWithoutFill(crashed)).toBe(end);
+    const reopened = await FileStorage.open(crashed, { now: fakeClock(Date.UTC(2030, 0, 1)) });
+    try {
+      expect(hexOf(reopened.lastTransaction())).toBe(hexOf(tid));
+      expect(reopened.getSize()).toBe(end);
+    } finally {
+      await reopened.close();
+    }
+    expect(existsSync(`${crashed}.tr0`)).toBe(false);
+    expect(statSync(crashed).size).toBe(end);
   });
 
   it('still refuses damage inside a durable transaction that has intact ones after it', async () => {
