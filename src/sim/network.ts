@@ -70,6 +70,8 @@ interface Direction {
   scheduled: boolean;
   /** The sender ended: deliver FIN after the queued bytes. */
   fin: boolean;
+  /** The sender closed with bytes it had not read: its end is a reset (ECONNRESET at the peer), not a FIN. */
+  reset: boolean;
   waitingDrain: boolean;
   /** Bytes delivered while the way back was blocked: no acknowledgement returned for them (at most one window). */
   unacked: number;
@@ -199,8 +201,8 @@ class SimConnection {
     const pad = String(id).padStart(6, '0');
     this.client = new SimEndpoint(this, 'client', clientNode, `${address}#c${id}`);
     this.server = new SimEndpoint(this, 'server', serverNode, `${clientNode}#c${id}`);
-    this.c2s = { from: 'client', key: `~net:${pad}:>`, queue: [], queuedBytes: 0, scheduled: false, fin: false, waitingDrain: false, unacked: 0 };
-    this.s2c = { from: 'server', key: `~net:${pad}:<`, queue: [], queuedBytes: 0, scheduled: false, fin: false, waitingDrain: false, unacked: 0 };
+    this.c2s = { from: 'client', key: `~net:${pad}:>`, queue: [], queuedBytes: 0, scheduled: false, fin: false, reset: false, waitingDrain: false, unacked: 0 };
+    this.s2c = { from: 'server', key: `~net:${pad}:<`, queue: [], queuedBytes: 0, scheduled: false, fin: false, reset: false, waitingDrain: false, unacked: 0 };
   }
 
   endpoint(side: Side): SimEndpoint {
@@ -375,6 +377,8 @@ export class SimNetwork {
       if (!crosses(c)) continue;
       if (mode === 'reset') this.resetConnection(c, 'reset at heal');
       else {
+        // Acknowledgements flow again: a later one-way partition starts a window of its own.
+        c.c2s.unacked = c.s2c.unacked = 0;
         this.kick(c, c.c2s);
         this.kick(c, c.s2c);
       }
@@ -701,6 +705,11 @@ export class SimNetwork {
     d.fin = false;
     const toSide = c.other(d.from);
     const receiver = c.endpoint(toSide);
+    if (d.reset) {
+      this.note(receiver.node, `c${c.id} ${c.label(d)} reset`);
+      this.close(c, receiver, new SimNetworkError('ECONNRESET', `c${c.id} closed by ${c.nodeOf(d.from)} with unread bytes`));
+      return;
+    }
     this.note(receiver.node, `c${c.id} ${c.label(d)} fin`);
     // The receiver ends too (no half-close): its FIN follows its queued bytes.
     const back = c.from(toSide);
@@ -770,7 +779,8 @@ export class SimNetwork {
    * the system's socket buffer held of our writes (up to bufferLimitBytes:
    * what the process still held beyond it is lost with it), then a FIN,
    * after the latency. TCP never ends a stream cleanly after dropping
-   * bytes it had taken.
+   * bytes it had taken: closing with bytes not yet read sends a reset
+   * instead, which discards what was still to be sent.
    */
   destroy(e: SimEndpoint, error?: Error): void {
     const c = e.conn;
@@ -780,7 +790,12 @@ export class SimNetwork {
     }
     this.version += 1;
     const out = c.from(e.side);
-    this.keepSocketBuffer(out);
+    const unread = c.toward(e.side).queue.length > 0 || e.inbox.length > 0;
+    if (unread) {
+      out.queue = [];
+      out.queuedBytes = 0;
+      out.reset = true;
+    } else this.keepSocketBuffer(out);
     c.toward(e.side).queue = [];
     c.toward(e.side).queuedBytes = 0;
     e.gone = true;

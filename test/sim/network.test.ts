@@ -83,6 +83,35 @@ describe('closes on the simulated network', () => {
     expect(atS.bytes).toBe(256_000);
   });
 
+  it('a second one-way partition gets a whole window of its own', async () => {
+    const { clock, net, p, atS } = await pair(4096);
+    net.partition('s', 'p', true);
+    p.write(Buffer.alloc(3000, 1));
+    clock.runUntilIdle();
+    expect(atS.bytes).toBe(3000);
+    net.heal('s', 'p');
+    clock.runUntilIdle();
+    net.partition('s', 'p', true);
+    p.write(Buffer.alloc(8000, 2));
+    clock.advance(60_000);
+    expect(atS.bytes - 3000).toBe(4096);
+  });
+
+  it('closing with bytes not yet read resets the connection: the peer hears ECONNRESET, not a clean end', async () => {
+    const { clock, p, s } = await pair();
+    const atP: Seen = { bytes: 0, closedAtMs: null, error: null };
+    p.setHandlers({ data: (c) => void (atP.bytes += c.length), drain: () => {}, close: () => {} });
+    let atSClose: Error | undefined | null = null;
+    s.setHandlers({ data: () => {}, drain: () => {}, close: (err) => (atSClose = err) });
+    p.pause();
+    s.write(Buffer.alloc(1000, 1));
+    clock.advance(100);
+    p.write(Buffer.alloc(500, 2)); // discarded by the reset
+    p.destroy();
+    clock.runUntilIdle();
+    expect((atSClose as Error | null)?.message).toMatch(/ECONNRESET/);
+  });
+
   it('a host crash sends nothing: the peer hears nothing, however long it waits', async () => {
     const { clock, net, p, atS } = await pair();
     p.write(Buffer.alloc(1000, 1));
