@@ -80,8 +80,8 @@ export class ReplicationServer {
   private closing = false;
   /** While set (an online rewind), new connections are closed at once. */
   private suspended = false;
-  /** Connections turned away (over maxConnections) since the last log line about it, and when that was. */
-  private turnedAway = { count: 0, loggedAtMs: Number.NEGATIVE_INFINITY };
+  /** Connections turned away (over maxConnections) and not yet logged, the last one's peer, when the last line was, and its pending timer. */
+  private turnedAway = { count: 0, lastPeer: '', loggedAtMs: Number.NEGATIVE_INFINITY, timer: null as unknown };
 
   /** Paces every session's sends while the loop is busy with other work. */
   private readonly pacer: SendPacer;
@@ -116,11 +116,8 @@ export class ReplicationServer {
     if (this.sessions.size >= (o.maxConnections ?? DEFAULT_MAX_CONNECTIONS)) {
       stream.destroy();
       this.turnedAway.count += 1;
-      const now = o.clock.load?.elapsedMs() ?? o.clock.now();
-      if (now - this.turnedAway.loggedAtMs >= REFUSED_LOG_INTERVAL_MS) {
-        o.log('warn', `turned away ${this.turnedAway.count} connection(s) (the last from ${stream.peer}): ${this.sessions.size} already served, the most allowed (maxConnections)`);
-        this.turnedAway = { count: 0, loggedAtMs: now };
-      }
+      this.turnedAway.lastPeer = stream.peer;
+      this.logTurnedAway();
       return;
     }
     // Looked up when asked: a rebind (promotion) changes who answers.
@@ -146,6 +143,25 @@ export class ReplicationServer {
     o.onSession?.(session);
     for (const watch of this.sessionWatchers) watch(session);
     session.done$.subscribe({ complete: () => this.sessions.delete(session) });
+  }
+
+  /** Log the connections turned away: at once, or when 10 s have passed since the last line (a timer then). */
+  private logTurnedAway(): void {
+    const t = this.turnedAway;
+    if (t.count === 0 || t.timer !== null) return;
+    const o = this.options;
+    const now = o.clock.load?.elapsedMs() ?? o.clock.now();
+    const waitMs = t.loggedAtMs + REFUSED_LOG_INTERVAL_MS - now;
+    if (waitMs > 0) {
+      t.timer = o.clock.setTimeout(() => {
+        t.timer = null;
+        this.logTurnedAway();
+      }, waitMs);
+      return;
+    }
+    o.log('warn', `turned away ${t.count} connection(s) (the last from ${t.lastPeer}): ${this.sessions.size} already served, the most allowed (maxConnections)`);
+    t.count = 0;
+    t.loggedAtMs = now;
   }
 
   /**
@@ -207,6 +223,8 @@ export class ReplicationServer {
 
   private async doClose(): Promise<void> {
     this.closing = true;
+    if (this.turnedAway.timer !== null) this.options.clock.clearTimeout(this.turnedAway.timer);
+    this.turnedAway.timer = null;
     // net.Server.close waits for open connections, so do not wait for it first.
     const stopped = this.listener?.close();
     const done = [...this.sessions].map(

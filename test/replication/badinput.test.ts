@@ -6,7 +6,12 @@
 import { join } from 'node:path';
 import { Packr } from 'msgpackr';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { seededRandom } from '../../src/ports/random.js';
 import { Primary } from '../../src/replication/primary.js';
+import { ReplicationServer } from '../../src/replication/server.js';
+import { VirtualClock } from '../../src/sim/clock.js';
+import { SimNetwork } from '../../src/sim/network.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { FRAME_HEADER_BYTES } from '../../src/wire/framing.js';
 import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName, type PrimaryMessage } from '../../src/wire/native.js';
@@ -226,6 +231,34 @@ describe('a flood of connections to a primary', () => {
       for (const i of idle) i.destroy();
       await s?.close();
       await p.close();
+    }
+  });
+
+  it('logs connections turned away after a warning once 10 s have passed, with their count (simulated network, virtual clock)', async () => {
+    const clock = new VirtualClock();
+    const net = new SimNetwork({ clock, random: seededRandom(3), latencyMs: { min: 1, max: 1 } });
+    const storage = await FileStorage.open(join(await tempDir(), 'p.fs'), { create: true, fsync: false });
+    const lines: string[] = [];
+    const server = await ReplicationServer.start({ storage, address: { kind: 'tcp', host: 'p', port: 5000 }, transport: net.transport('p'), clock, log: (_level, message) => void lines.push(message), maxConnections: 1 });
+    try {
+      const connect = async (): Promise<void> => {
+        let done = false;
+        const connecting = net.transport('x').connect(server.address).finally(() => (done = true));
+        for (let i = 0; i < 100 && !done; i++) {
+          clock.runNext();
+          await new Promise((r) => setImmediate(r));
+        }
+        await connecting;
+      };
+      await connect(); // served
+      for (let i = 0; i < 4; i++) await connect(); // turned away: the first logged at once, three held
+      clock.advance(1000);
+      expect(lines.filter((l) => l.startsWith('turned away'))).toEqual([expect.stringMatching(/^turned away 1 connection\(s\)/)]);
+      clock.advance(9000);
+      expect(lines.filter((l) => l.startsWith('turned away'))).toEqual([expect.stringMatching(/^turned away 1 /), expect.stringMatching(/^turned away 3 connection\(s\)/)]);
+    } finally {
+      await server.close();
+      await storage.close();
     }
   });
 
