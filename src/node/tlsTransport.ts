@@ -5,6 +5,7 @@
 // checkHostname, its name. A failed handshake never yields a ByteStream, so no
 // replication byte crosses an unverified link; it is logged with the reason.
 
+import { X509Certificate } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { isIP, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -58,7 +59,7 @@ const NETWORK_CODES = new Set(['ECONNREFUSED', 'ENOENT', 'ENOTFOUND', 'EAI_AGAIN
 /** OpenSSL's and Node's codes for a server certificate this side rejected. */
 const CERTIFICATE_CODE = /^(CERT_|UNABLE_TO_|SELF_SIGNED|DEPTH_ZERO|INVALID_|ERR_TLS_CERT_ALTNAME|HOSTNAME_MISMATCH)/;
 
-/** Read CA certificates from a PEM file or every PEM file in a directory. */
+/** A certificate or key file's bytes; an error names the file. */
 function readTlsFile(what: string, path: string): Buffer {
   try {
     return readFileSync(path);
@@ -67,6 +68,7 @@ function readTlsFile(what: string, path: string): Buffer {
   }
 }
 
+/** Read CA certificates from a PEM file or every PEM file in a directory; each must parse (an error names its file). */
 export function readCaCertificates(path: string): string[] {
   const files = statSync(path).isDirectory()
     ? readdirSync(path)
@@ -75,9 +77,18 @@ export function readCaCertificates(path: string): string[] {
         .filter((f) => statSync(f).isFile())
     : [path];
   if (files.length > MAX_CA_FILES) throw new TlsHandshakeError(`authenticate ${path}: more than ${MAX_CA_FILES} files`, path);
-  const pems = files.map((f) => readFileSync(f, 'latin1')).filter((t) => t.includes('-----BEGIN CERTIFICATE-----'));
+  const pems = files.map((f) => ({ file: f, text: readFileSync(f, 'latin1') })).filter((p) => p.text.includes('-----BEGIN CERTIFICATE-----'));
   if (pems.length === 0) throw new TlsHandshakeError(`authenticate ${path}: no PEM certificate found`, path);
-  return pems;
+  for (const { file, text } of pems) {
+    for (const block of text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [text]) {
+      try {
+        new X509Certificate(block);
+      } catch (err) {
+        throw new TlsHandshakeError(`authenticate ${file}: not a certificate: ${reason(err as Error)}`, path, { cause: err });
+      }
+    }
+  }
+  return pems.map((p) => p.text);
 }
 
 function label(address: ReplicationAddress): string {

@@ -274,6 +274,16 @@ describe('tlsTransport: configuration errors', () => {
     );
   });
 
+  it('an authenticate file whose certificate does not parse fails at open, naming the file', async () => {
+    const dir = await tempDir();
+    const ca = join(dir, 'ca.pem');
+    await writeFile(ca, '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n');
+    expect(() => tlsTransport({ ...certs.server, authenticate: ca })).toThrow(TlsHandshakeError);
+    expect(() => tlsTransport({ ...certs.server, authenticate: ca })).toThrow(`authenticate ${ca}: not a certificate: `);
+    // A good CA file still opens.
+    expect(() => tlsTransport({ ...certs.server, authenticate: certs.ca })).not.toThrow();
+  });
+
   it('an authenticate directory without certificates is an error', async () => {
     const empty = await tempDir();
     expect(() => tlsTransport({ ...certs.server, authenticate: empty })).toThrow(TlsHandshakeError);
