@@ -15,6 +15,7 @@ import { requestStatus } from '../../src/replication/statusClient.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { VirtualClock } from '../../src/sim/clock.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
+import { interceptFileWrites } from '../helpers/fileWrites.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, waitForTid } from '../replication/helpers.js';
 import { FAST_RECONNECT, LogCollector, sessionClosed, WAIT_MS } from '../replication/netHelpers.js';
@@ -249,16 +250,11 @@ describe('audit log format', () => {
   it('writes again what a write did not take, and fails a decision when the file takes nothing', async () => {
     const dir = await tempDir();
     const path = join(dir, 'a.audit');
-    const probe = await openFile(join(dir, 'probe'), 'w');
-    const proto = Object.getPrototypeOf(probe) as { write: (...args: unknown[]) => Promise<{ bytesWritten: number }> };
-    await probe.close();
-    const real = proto.write;
     // Each write takes at most 7 bytes (a disk filling up does this); then, nothing at all.
     let mode: 'short' | 'none' = 'short';
-    const spy = vi.spyOn(proto, 'write').mockImplementation(function (this: unknown, buf: unknown, offset: unknown, length: unknown, position: unknown) {
-      if (mode === 'none') return Promise.resolve({ bytesWritten: 0, buffer: buf });
-      return real.call(this, buf, offset, Math.min(Number(length), 7), position);
-    });
+    const restore = await interceptFileWrites(dir, (real, self, buffer, offset, length, position) =>
+      mode === 'none' ? Promise.resolve({ bytesWritten: 0, buffer }) : real.call(self, buffer, offset, Math.min(length, 7), position),
+    );
     try {
       const audit = await AuditLog.open(path, { node: 'n1', clock: new VirtualClock() });
       await audit.decide('sync-timeout', { tid: '00', wanted: 1, got: 0, timeoutMs: 5 });
@@ -267,7 +263,7 @@ describe('audit log format', () => {
       await expect(audit.decide('config', { change: 'close' })).rejects.toThrow(/took none of/);
       await audit.close();
     } finally {
-      spy.mockRestore();
+      restore();
     }
     expect((await readAuditLogStrict(path)).map((r) => r.kind)).toEqual(['sync-timeout']);
   });

@@ -2,11 +2,11 @@
 // storage; a rewind to a given tid with the cut part in a dumpable side file.
 
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { mkdir, open, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { firstValueFrom } from 'rxjs';
-import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { readAuditLog } from '../../src/audit/auditLog.js';
 import { runCli } from '../../src/cli/cli.js';
 import type { ReplicationAddress } from '../../src/ports/transport.js';
@@ -16,6 +16,7 @@ import { Secondary } from '../../src/replication/secondary.js';
 import { requestStatus } from '../../src/replication/statusClient.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
+import { interceptFileWrites } from '../helpers/fileWrites.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, expectSameHistory, storageFileWith, waitForTid, writeFullHistory } from '../replication/helpers.js';
 import { FAST_RECONNECT } from '../replication/netHelpers.js';
@@ -62,20 +63,17 @@ describe('zrs promote / zrs rewind', () => {
     const path = join(dir, 'Data.fs');
     await storageFileWith(path, 2);
     // Every write of the promotion record fails (a disk full).
-    const probe = await open(join(dir, 'probe'), 'w');
-    const proto = Object.getPrototypeOf(probe) as { write: (...args: unknown[]) => Promise<{ bytesWritten: number }> };
-    await probe.close();
-    const real = proto.write;
-    const spy = vi.spyOn(proto, 'write').mockImplementation(function (this: unknown, buf: unknown, ...rest: unknown[]) {
-      if (Buffer.isBuffer(buf) && buf.includes('"kind":"promotion"')) return Promise.reject(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' }));
-      return real.call(this, buf, ...rest);
-    });
+    const restore = await interceptFileWrites(dir, (real, self, buffer, ...rest) =>
+      Buffer.from(buffer).includes('"kind":"promotion"')
+        ? Promise.reject(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' }))
+        : real.call(self, buffer, ...rest),
+    );
     try {
       const r = await run('promote', path);
       expect(r.code).toBe(1);
       expect(r.stderr).toMatch(/ENOSPC/);
     } finally {
-      spy.mockRestore();
+      restore();
     }
     expect(existsSync(`${path}.generations`) ? (JSON.parse(readFileSync(`${path}.generations`, 'utf8')) as { generations: unknown[] }).generations : []).toHaveLength(0);
     expect((await readAuditLog(`${path}.audit`)).records.map((x) => x.kind)).not.toContain('promotion');

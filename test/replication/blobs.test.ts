@@ -6,13 +6,14 @@
 
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { open, rm, writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
-import { afterAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import type { FileStorage } from '../../src/storage/FileStorage.js';
 import { Z64 } from '../../src/storage/timestamp.js';
+import { interceptFileWrites } from '../helpers/fileWrites.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, expectSameHistory, waitForTid } from './helpers.js';
 import { FAST_RECONNECT, LogCollector, sessionClosed } from './netHelpers.js';
@@ -104,13 +105,7 @@ describe('blob replication', () => {
 
   it('writes blob blocks whole when each write takes only part of them (a disk filling up)', async () => {
     const dir = await tempDir();
-    const probe = await open(join(dir, 'probe'), 'w');
-    const proto = Object.getPrototypeOf(probe) as { write: (...args: unknown[]) => Promise<{ bytesWritten: number }> };
-    await probe.close();
-    const real = proto.write;
-    const spy = vi.spyOn(proto, 'write').mockImplementation(function (this: unknown, buf: unknown, offset: unknown, length: unknown, position: unknown) {
-      return real.call(this, buf, offset, Math.min(Number(length), 1000), position);
-    });
+    const restore = await interceptFileWrites(dir, (real, self, buffer, offset, length, position) => real.call(self, buffer, offset, Math.min(length, 1000), position));
     const primary = await Primary.open({ path: join(dir, 'p.fs'), blobDir: join(dir, 'p.blobs'), replicateTo: '127.0.0.1:0', fsync: false });
     try {
       const secondary = await Secondary.open({ path: join(dir, 's.fs'), blobDir: join(dir, 's.blobs'), replicateFrom: primary.address, fsync: false });
@@ -123,7 +118,7 @@ describe('blob replication', () => {
       }
     } finally {
       await primary.close();
-      spy.mockRestore();
+      restore();
     }
     expect(blobFiles(join(dir, 's.blobs'))).toEqual(blobFiles(join(dir, 'p.blobs')));
   });
