@@ -43,8 +43,9 @@ export function auditPrimarySession(audit: AuditLog, session: PrimarySession): v
   const actor = session.machine;
   const peer = session.peer;
   let prev = stateName(actor.getSnapshot().value);
-  let held: [string, Record<string, unknown>][] | null = BEFORE_START.has(prev) ? [] : null;
-  const note = (kind: string, details: Record<string, unknown>): void => void (held ? held.push([kind, details]) : audit.note(kind, details));
+  // Held records keep the time they happened.
+  let held: [string, Record<string, unknown>, number][] | null = BEFORE_START.has(prev) ? [] : null;
+  const note = (kind: string, details: Record<string, unknown>): void => void (held ? held.push([kind, details, audit.now()]) : audit.note(kind, details));
   // A session already past its first frame was connected before this log followed it (kept through a promotion).
   note('connection', { actor: 'primarySession', peer, state: prev, ...(prev === 'awaitingProtocol' ? {} : { kept: true }) });
   const sub = actor.subscribe({
@@ -58,7 +59,7 @@ export function auditPrimarySession(audit: AuditLog, session: PrimarySession): v
         const records = held;
         held = null;
         if (to === 'closed' && c.closeReason?.kind === 'status-served') return;
-        for (const [kind, details] of records) audit.note(kind, details);
+        for (const [kind, details, atMs] of records) audit.note(kind, details, atMs);
       }
       // The edge's progress: the machine hears of writes and acks only at its transitions.
       const { lastSentTid, ackedTid } = session.status();

@@ -235,15 +235,24 @@ export class AuditLog {
     await this.decide('audit-damage', { offset: damage.offset, reason: damage.reason, bytes: damage.bytes, savedTo });
   }
 
-  /** Record a frequent event; written with the next batch. Never throws on I/O (failures go to the log). */
-  note(kind: string, details: Record<string, unknown> = {}): void {
+  /** The time records are stamped with now (the log's clock). */
+  now(): number {
+    return this.options.clock.now();
+  }
+
+  /**
+   * Record a frequent event; written with the next batch. `atMs`: when it
+   * happened, if earlier than now (a record held back until it was known to
+   * be worth keeping). Never throws on I/O (failures go to the log).
+   */
+  note(kind: string, details: Record<string, unknown> = {}, atMs?: number): void {
     if (this.closed) return;
     if (this.pending.length >= AUDIT_MAX_PENDING_RECORDS) {
       this.dropped += 1;
       return;
     }
     try {
-      void this.enqueue(kind, details, false).catch(() => undefined);
+      void this.enqueue(kind, details, false, atMs).catch(() => undefined);
     } catch (err) {
       this.log('error', `audit log ${this.path}: ${(err as Error).message}`, { kind });
     }
@@ -279,7 +288,7 @@ export class AuditLog {
     await this.handle.close();
   }
 
-  private enqueue(kind: string | null, details: Record<string, unknown>, durable: boolean): Promise<void> {
+  private enqueue(kind: string | null, details: Record<string, unknown>, durable: boolean, atMs?: number): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     let bytes: Buffer = Buffer.alloc(0);
     // A flush or close records the notes dropped since the last record too.
@@ -288,7 +297,7 @@ export class AuditLog {
       try {
         const parts: Buffer[] = [];
         if (dropped > 0) parts.push(this.encode('audit-dropped', { count: dropped, reason: `more than ${AUDIT_MAX_PENDING_RECORDS} records waiting` }));
-        if (kind !== null) parts.push(this.encode(kind, details));
+        if (kind !== null) parts.push(this.encode(kind, details, atMs));
         bytes = Buffer.concat(parts);
         this.dropped = 0;
       } catch (err) {
@@ -302,9 +311,9 @@ export class AuditLog {
     });
   }
 
-  private encode(kind: string, details: Record<string, unknown>): Buffer {
+  private encode(kind: string, details: Record<string, unknown>, atMs?: number): Buffer {
     const seq = this.seq + 1;
-    const timeMs = this.options.clock.now();
+    const timeMs = atMs ?? this.options.clock.now();
     const payload: Record<string, unknown> = { seq, time: new Date(timeMs).toISOString(), timeMs, node: this.options.node, kind };
     const generation = typeof this.generation === 'function' ? safely(this.generation as () => unknown) : this.generation;
     if (generation !== null && generation !== undefined) payload.generation = auditValue(generation);

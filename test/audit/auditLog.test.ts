@@ -81,6 +81,18 @@ describe('audit log format', () => {
     expect((await readAuditLogStrict(path)).map((r) => [r.seq, r.kind])).toEqual([[1, 'config']]);
   });
 
+  it('stamps a note held back with the time it was taken, not the time it is written', async () => {
+    const path = join(await tempDir(), 'a.audit');
+    const clock = new VirtualClock();
+    const audit = await AuditLog.open(path, { node: 'n1', clock });
+    const at = audit.now();
+    clock.advance(5000);
+    audit.note('connection', { peer: 'x' }, at);
+    audit.note('transition', { to: 'live' });
+    await audit.close();
+    expect((await readAuditLogStrict(path)).map((r) => r.timeMs - at)).toEqual([0, 5000]);
+  });
+
   it('continues the sequence when reopened', async () => {
     const path = join(await tempDir(), 'a.audit');
     await threeRecords(path);
