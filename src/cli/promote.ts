@@ -6,7 +6,6 @@
 // has it open), then `zrs serve` with a primary configuration serves it.
 // Either way the promotion is recorded in the node's audit log.
 
-import { existsSync, statSync } from 'node:fs';
 import { basename } from 'node:path';
 import { AuditLog } from '../audit/auditLog.js';
 import { defaultAuditPath } from '../audit/nodeAudit.js';
@@ -17,6 +16,7 @@ import { systemClock } from '../node/clock.js';
 import { formatAddress } from '../replication/address.js';
 import { DEFAULT_PROMOTE_TIMEOUT_MS, requestPromotion } from '../replication/promoteClient.js';
 import { FileStorage } from '../storage/FileStorage.js';
+import { pathKind } from '../storage/fileio.js';
 import { UsageError, type CommandSpec, type ParsedArgs } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
 import { commandAddress, timeoutOption } from './status.js';
@@ -57,15 +57,16 @@ examples:
 
 export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
   const target = args.positionals[0]!;
-  if (isFile(target)) {
+  const kind = await pathKind(target);
+  if (kind === 'file') {
     for (const online of ['force', 'timeout']) if (args.flags.has(online)) throw new UsageError(`--${online} applies to a running node's ADDRESS, not to a FILE`);
     const audit = args.flags.get('audit-log');
     return promoteFile(target, io, typeof audit === 'string' ? (audit.toLowerCase() === 'off' ? null : audit) : undefined);
   }
   if (args.flags.has('audit-log')) throw new UsageError('--audit-log applies to a FILE; a running node records in its own audit log');
   // A path that names nothing here is a mistyped FILE far more often than a socket that is gone.
-  if (isDirectory(target)) throw new ZrsError(`${target}: a directory, not a data file (FILE) or a running node's socket (ADDRESS)`);
-  if (/\.fs$/i.test(target) && !existsSync(target)) throw new ZrsError(`${target}: no such file (FILE must be an existing data file; ADDRESS a running node's replication address)`);
+  if (kind === 'directory') throw new ZrsError(`${target}: a directory, not a data file (FILE) or a running node's socket (ADDRESS)`);
+  if (/\.fs$/i.test(target) && kind === 'missing') throw new ZrsError(`${target}: no such file (FILE must be an existing data file; ADDRESS a running node's replication address)`);
   const address = commandAddress(target);
   const timeoutMs = timeoutOption(args.flags, DEFAULT_PROMOTE_TIMEOUT_MS);
   const reply = await requestPromotion(address, { force: args.flags.has('force'), timeoutMs });
@@ -74,21 +75,6 @@ export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
   return EXIT_OK;
 }
 
-function isDirectory(path: string): boolean {
-  try {
-    return statSync(path).isDirectory();
-  } catch {
-    return false;
-  }
-}
-
-function isFile(path: string): boolean {
-  try {
-    return statSync(path).isFile();
-  } catch {
-    return false;
-  }
-}
 
 /** Offline: a new generation on a stopped storage, recorded in its audit log. */
 export async function promoteFile(path: string, io: CliIo, auditPath?: string | null): Promise<number> {

@@ -44,7 +44,7 @@ import {
   type DataHeader,
   type TxnHeader,
 } from './format.js';
-import { preadSync, syncDirectory } from './fileio.js';
+import { pathKind, preadSync, syncDirectory } from './fileio.js';
 import { dataHolder, otherObjectError, type DataHolder } from './backpointer.js';
 import { TxnBuffer } from './txnBuffer.js';
 import { RecentTransactions } from './recentTxns.js';
@@ -322,18 +322,17 @@ export class FileStorage {
   static async open(path: string, options: OpenOptions = {}): Promise<FileStorage> {
     const readOnly = options.readOnly ?? false;
     // Refused before the lock is taken, so a mistyped path leaves no lock file behind.
-    const found = await stat(path).catch(() => null);
-    if (found === null && (!options.create || readOnly)) throw noSuchFile(path, readOnly);
-    if (found?.isDirectory()) throw new ZrsError(`${path}: a directory, not a storage file`);
-    // A FIFO would block the open until something writes to it; a device or a pipe cannot be read at positions.
-    if (found && !found.isFile()) throw new ZrsError(`${path}: not a regular file (a storage is one)`);
+    const kind = await pathKind(path);
+    if (kind === 'missing' && (!options.create || readOnly)) throw noSuchFile(path, readOnly);
+    if (kind === 'directory') throw new ZrsError(`${path}: a directory, not a storage file`);
+    if (kind === 'other') throw new ZrsError(`${path}: not a regular file (a storage is one)`);
     // Named here, not by the lock file's ENOENT.
-    if (found === null && !(await stat(dirname(path)).then((d) => d.isDirectory(), () => false))) {
+    if (kind === 'missing' && (await pathKind(dirname(path))) !== 'directory') {
       throw new ZrsError(`${path}: cannot create it: directory ${dirname(path)} does not exist`);
     }
     const lock = readOnly ? null : LockFile.acquire(`${path}.lock`);
     try {
-      return await FileStorage.openLocked(path, options, readOnly, lock, found !== null);
+      return await FileStorage.openLocked(path, options, readOnly, lock, kind !== 'missing');
     } catch (err) {
       lock?.release();
       throw err;

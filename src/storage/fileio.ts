@@ -15,9 +15,7 @@ import { readU64At } from './format.js';
  * error keeps the code 'ENOENT', so callers may still tell it apart.
  */
 export async function openFileToRead(path: string): Promise<FileHandle> {
-  // Before opening: opening a FIFO blocks until something writes to it, and a pipe cannot be read at positions.
-  const found = await stat(path).catch(() => null);
-  if (found && !found.isFile() && !found.isDirectory()) throw new ZrsError(`${path}: not a regular file`);
+  if ((await pathKind(path)) === 'other') throw new ZrsError(`${path}: not a regular file`);
   let handle: FileHandle;
   try {
     handle = await open(path, 'r');
@@ -30,6 +28,16 @@ export async function openFileToRead(path: string): Promise<FileHandle> {
     throw new ZrsError(`${path}: a directory, not a file`);
   }
   return handle;
+}
+
+/**
+ * What is at `path`, looked at before opening it: a FIFO would block the
+ * open until something writes to it, and a device or a pipe cannot be read
+ * at positions ('other' is any of those).
+ */
+export async function pathKind(path: string): Promise<'file' | 'directory' | 'other' | 'missing'> {
+  const found = await stat(path).catch(() => null);
+  return found === null ? 'missing' : found.isFile() ? 'file' : found.isDirectory() ? 'directory' : 'other';
 }
 
 /** Read exactly `length` bytes at `pos`, or fewer only at end of file. */

@@ -2,6 +2,7 @@
 // backpointers (including undo of a creation and undo of an undo), and a
 // refused undo when a later transaction changed the same object.
 
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { UndoError, POSKeyError } from '../../src/errors.js';
@@ -112,6 +113,30 @@ describe('undo', () => {
   });
 });
 
+/** A ZODB.blob.Blob record: the class pickle alone, then an empty state. */
+const BLOB_RECORD = Buffer.from('8003635a4f44422e626c6f620a426c6f620a71002e80034e2e', 'hex');
+
+/** Commit a revision of blob `oid` whose file holds `content`. */
+async function storeBlobRevision(fs: FileStorage, dir: string, oid: Buffer, serial: Buffer, content: string): Promise<Buffer> {
+  const txn = { description: content };
+  await fs.tpcBegin(txn);
+  const src = join(dir, `upload-${content}`);
+  writeFileSync(src, content);
+  await fs.storeBlob(oid, serial, BLOB_RECORD, src, txn);
+  await fs.tpcVote(txn);
+  return fs.tpcFinish(txn);
+}
+
+/** Run `body` on a new storage (no fsync), closed afterwards. */
+async function withStorage(body: (fs: FileStorage) => Promise<void>): Promise<void> {
+  const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+  try {
+    await body(fs);
+  } finally {
+    await fs.close();
+  }
+}
+
 describe('several undos in one transaction', () => {
   /** Undo `ids` in one transaction, in order. */
   async function undoAll(fs: FileStorage, ids: Buffer[]): Promise<Buffer> {
@@ -161,22 +186,17 @@ describe('several undos in one transaction', () => {
     }
   });
 
-  it('undoing a creation after undoing the change that followed it removes the object', async () => {
-    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
-    try {
+  it('undoing a creation after undoing the change that followed it removes the object', () =>
+    withStorage(async (fs) => {
       const a = fs.newOid();
       const t1 = await commit(fs, [[a, Z64, 'a1']]);
       const t2 = await commit(fs, [[a, t1, 'a2']]);
       await undoAll(fs, [t2, t1]);
       await expect(fs.load(a)).rejects.toBeInstanceOf(POSKeyError);
-    } finally {
-      await fs.close();
-    }
-  });
+    }));
 
-  it('refuses an undo of data this transaction changed otherwise: the same undo twice, an older one first, or after a store', async () => {
-    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
-    try {
+  it('refuses an undo of data this transaction changed otherwise: the same undo twice, an older one first, or after a store', () =>
+    withStorage(async (fs) => {
       const a = fs.newOid();
       const t1 = await commit(fs, [[a, Z64, 'a1']]);
       const t2 = await commit(fs, [[a, t1, 'a2']]);
@@ -191,27 +211,15 @@ describe('several undos in one transaction', () => {
       await fs.tpcAbort(txn);
       expect(fs.getSize()).toBe(size);
       expect((await fs.load(a)).data.toString()).toBe('a3');
-    } finally {
-      await fs.close();
-    }
-  });
+    }));
 
   it('with blobs, the object gets the blob of the last undo only', async () => {
     const dir = await tempDir();
     const fs = await FileStorage.open(join(dir, 'Data.fs'), { create: true, fsync: false, blobDir: join(dir, 'blobs') });
-    const { writeFileSync, readFileSync, readdirSync } = await import('node:fs');
-    const blobRecord = Buffer.from('8003635a4f44422e626c6f620a426c6f620a71002e80034e2e', 'hex');
+    const { readFileSync, readdirSync } = await import('node:fs');
     try {
       const oid = fs.newOid();
-      const store = async (serial: Buffer, content: string): Promise<Buffer> => {
-        const txn = { description: content };
-        await fs.tpcBegin(txn);
-        const src = join(dir, `upload-${content}`);
-        writeFileSync(src, content);
-        await fs.storeBlob(oid, serial, blobRecord, src, txn);
-        await fs.tpcVote(txn);
-        return fs.tpcFinish(txn);
-      };
+      const store = (serial: Buffer, content: string): Promise<Buffer> => storeBlobRevision(fs, dir, oid, serial, content);
       const t1 = await store(Z64, 'first');
       const t2 = await store(t1, 'second');
       const t3 = await store(t2, 'third');
@@ -250,19 +258,10 @@ describe('undo with blobs', () => {
   it('gives the undo transaction its own copy of the restored blob, as ZODB does', async () => {
     const dir = await tempDir();
     const fs = await FileStorage.open(join(dir, 'Data.fs'), { create: true, fsync: false, blobDir: join(dir, 'blobs') });
-    const { writeFileSync, readFileSync, existsSync, readdirSync } = await import('node:fs');
-    const blobRecord = Buffer.from('8003635a4f44422e626c6f620a426c6f620a71002e80034e2e', 'hex');
+    const { readFileSync, existsSync, readdirSync } = await import('node:fs');
     try {
       const oid = fs.newOid();
-      const store = async (serial: Buffer, content: string): Promise<Buffer> => {
-        const txn = { description: content };
-        await fs.tpcBegin(txn);
-        const src = join(dir, `upload-${content}`);
-        writeFileSync(src, content);
-        await fs.storeBlob(oid, serial, blobRecord, src, txn);
-        await fs.tpcVote(txn);
-        return fs.tpcFinish(txn);
-      };
+      const store = (serial: Buffer, content: string): Promise<Buffer> => storeBlobRevision(fs, dir, oid, serial, content);
       const t1 = await store(Z64, 'first');
       const t2 = await store(t1, 'second');
       await undo(fs, t2);
