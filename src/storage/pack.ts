@@ -83,7 +83,7 @@ export function packTimeToTid(packTime: number): Buffer {
  * Pack `storage` to `packTime` (seconds since the epoch), as ZODB's
  * `FileStorage.pack(t, referencesf)`: transactions at or before the pack time
  * keep only the revisions current then (written with status 'p' and their
- * data inline); transactions left without records are dropped; later ones are
+ * data inline); transactions left without records are dropped (but the last: the storage's last tid never goes back); later ones are
  * copied with their offsets adjusted. With `referencesOf`, objects not
  * reachable from the root (oid 0) at the pack time go too. The previous file
  * is kept as `<file>.old`; blob files of removed revisions are deleted.
@@ -323,7 +323,7 @@ class Packer {
     try {
       const o = new Output(out.fd, 0);
       o.write(Buffer.from(await this.src.view(0, MAGIC_BYTES)));
-      await this.copyBeforePack(o);
+      await this.copyBeforePack(o, end0);
       // Nothing freed before the pack time: keep the file as it is (ZODB does the same).
       if (o.pos === this.packPos) return unchanged;
       this.shifts.set(this.packPos, o.pos - this.packPos);
@@ -448,7 +448,13 @@ class Packer {
   // ------------------------------------------------------------ copying
 
   /** Transactions up to the pack time: surviving records only, data inline, status 'p'. */
-  private async copyBeforePack(o: Output): Promise<void> {
+  /**
+   * Transactions before the pack time, each with the revisions still
+   * reachable; one left with none is dropped (as ZODB does), except the
+   * file's last (`end`): its tid stays the storage's last, which never goes
+   * back (its secondaries hold it, and its hash chain link).
+   */
+  private async copyBeforePack(o: Output, end: number): Promise<void> {
     let pos = MAGIC_BYTES;
     this.lastTid = null;
     while (pos < this.packPos) {
@@ -481,6 +487,11 @@ class Packer {
       }
       // A duplicate record of a kept revision (same oid and tid) shares its blob file.
       for (const b of removedBlobs) if (!keptOids.has(oidKey(b.oid))) this.blobRemovals.push(b);
+      if (header === null && txn.next === end) {
+        tpos = o.pos;
+        header = await this.txnHeaderCopy(txn, STATUS_PACKED);
+        o.write(header);
+      }
       if (header !== null) this.finishTxn(o, header, tpos);
       pos = txn.next;
     }

@@ -250,6 +250,41 @@ describe('pack and the rest of the storage', () => {
     }
   });
 
+  it('keeps the file\'s last transaction, empty, when it has nothing left before the pack time: the last tid never goes back', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    let last: Buffer;
+    try {
+      const oid = fs.newOid();
+      let serial = Z64;
+      for (let i = 0; i < 3; i++) {
+        const txn = { description: `rev ${i}` };
+        await fs.tpcBegin(txn);
+        fs.store(oid, serial, Buffer.from(`rev ${i}`), txn);
+        await fs.tpcVote(txn);
+        serial = await fs.tpcFinish(txn);
+      }
+      const empty = { description: 'no records' };
+      await fs.tpcBegin(empty);
+      await fs.tpcVote(empty);
+      last = await fs.tpcFinish(empty);
+      const report = await packStorage(fs, tidToSeconds(last) + 1);
+      expect(report.packed).toBe(true);
+      expect(hex(fs.lastTransaction())).toBe(hex(last));
+    } finally {
+      await fs.close();
+    }
+    const again = await FileStorage.open(path, { readOnly: true });
+    try {
+      expect(hex(again.lastTransaction())).toBe(hex(last));
+      const tids = await allTids(again);
+      expect(tids.map(hex)).toHaveLength(2); // the last revision's transaction, and the empty last one
+      expect(hex(tids.at(-1)!)).toBe(hex(last));
+    } finally {
+      await again.close();
+    }
+  });
+
   it('an iterator started before the pack continues after it, by tid', async () => {
     const m = await readManifest('packed');
     const { path } = await copyOf('packed', true);
