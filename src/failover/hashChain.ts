@@ -11,9 +11,11 @@
 // them. Links are computed once, when a
 // transaction becomes durable (commits$), and stored per tid: a later pack
 // never changes them. The file is an 8-byte magic, then fixed-size entries
-// (tid, link, check) appended 512 at a time (and on close), each write
-// fsynced: the data file can give a lost link again, so a crash only costs
-// recomputing it. A torn or zeroed last entry fails its check and is dropped
+// (tid, link, check) appended 512 at a time (and on close, and before a
+// pack replaces the data file), each write fsynced: the data file can give a
+// lost link again, so a crash only costs recomputing it (a packed file could
+// not give the same links, so every one is written before it replaces the
+// old). A torn or zeroed last entry fails its check and is dropped
 // on open, and missing links are recomputed from the last stored one.
 // Memory: the unwritten entries and the last written ones (for sessions
 // following live commits), encoded as on file in one buffer, so a busy
@@ -222,6 +224,7 @@ export class HashChain {
   private memFirst: number;
   private memCount = 0;
   private flushing: Promise<void> | null = null;
+  private stopFlushBeforePack: (() => void) | null = null;
   private sub: Subscription | null = null;
   private failed: Error | null = null;
   private closed = false;
@@ -287,6 +290,8 @@ export class HashChain {
   }
 
   private async catchUp(): Promise<void> {
+    // A pack changes what the data file can give links from: every link is written before it swaps the file.
+    this.stopFlushBeforePack = this.storage.beforeDataFileReplaced(() => this.flush());
     const early: CommittedTransaction[] = [];
     let following = false;
     this.sub = this.storage.commits$.subscribe((c) => (following ? this.onCommit(c) : early.push(c)));
@@ -542,6 +547,7 @@ export class HashChain {
     if (this.closed) return;
     this.closed = true;
     this.sub?.unsubscribe();
+    this.stopFlushBeforePack?.();
     try {
       await this.flush();
     } finally {

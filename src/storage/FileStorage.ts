@@ -1135,6 +1135,19 @@ export class FileStorage {
   }
 
   /** Changes whenever the data file is replaced (pack), invalidating positions. */
+  private readonly beforeReplaceHooks = new Set<() => Promise<void>>();
+
+  /**
+   * @internal Run `hook` (awaited, under the commit lock) before a pack's
+   * file replaces the data file: whatever was computed from the old file's
+   * contents and not yet written (a hash chain's pending links) could not
+   * be computed again from the packed one. Returns the function that stops it.
+   */
+  beforeDataFileReplaced(hook: () => Promise<void>): () => void {
+    this.beforeReplaceHooks.add(hook);
+    return () => void this.beforeReplaceHooks.delete(hook);
+  }
+
   get fileEpoch(): number {
     return this.epoch;
   }
@@ -1201,6 +1214,8 @@ export class FileStorage {
     // their fsync of the old file: settle and publish them now, so no sync
     // runs on a closed fd and no unpublished entry keeps old-file offsets.
     await this.makeDurable(this.end);
+    // What was derived from the old file's contents (hash chain links) is durable before they change.
+    for (const hook of [...this.beforeReplaceHooks]) await hook();
     // Opened and checked under its own name, before the swap: descriptors
     // stay on the file through the rename, so once the data file's name
     // holds the new file nothing is left that can fail and leave this

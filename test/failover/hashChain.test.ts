@@ -360,6 +360,32 @@ describe('writing the chain file', () => {
   });
 });
 
+describe('writing the chain file before a pack', () => {
+  it('writes every pending link before the packed file replaces the data file (a packed file cannot give them again)', async () => {
+    const { dir, path, fs, chain, size } = await chainWithSize('pk.fs');
+    const empty = size();
+    const tids = await commitMany(fs, 12);
+    const links = tids.map((t) => chain.hashAt(t)!.toString('hex'));
+    expect(size()).toBe(empty); // pending, in memory
+    await fs.pack(Date.now() / 1000 + 60);
+    expect(size()).toBe(empty + 12 * CHAIN_ENTRY_BYTES);
+    // A crash now: the chain reopened beside the packed file keeps the links the old file gave.
+    const copy = join(dir, 'pk-copy.fs');
+    writeFileSync(copy, readFileSync(path));
+    writeFileSync(chainPathFor(copy), readFileSync(chainPathFor(path)));
+    const copyFs = await FileStorage.open(copy, { fsync: false });
+    const reopened = await HashChain.open(copyFs, { fsync: false });
+    try {
+      expect(tids.map((t) => reopened.hashAt(t)?.toString('hex') ?? null)).toEqual(links);
+    } finally {
+      await reopened.close();
+      await copyFs.close();
+      await chain.close();
+      await fs.close();
+    }
+  });
+});
+
 describe('writing the chain file under a fast committer', () => {
   it('writes full batches: links appended while a batch is being written wait for the next full one', async () => {
     const { fs, chain, size, sizeReaches } = await chainWithSize('f.fs');
