@@ -291,7 +291,8 @@ export class HashChain {
 
   private async catchUp(): Promise<void> {
     // A pack changes what the data file can give links from: every link is written before it swaps the file.
-    this.stopFlushBeforePack = this.storage.beforeDataFileReplaced(() => this.flush());
+    // (A chain stopped by a write error writes nothing more: it is not what stops the pack.)
+    this.stopFlushBeforePack = this.storage.beforeDataFileReplaced(() => (this.failed ? Promise.resolve() : this.flush()));
     const early: CommittedTransaction[] = [];
     let following = false;
     this.sub = this.storage.commits$.subscribe((c) => (following ? this.onCommit(c) : early.push(c)));
