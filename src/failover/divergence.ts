@@ -53,7 +53,11 @@ const minTid = (a: Buffer | null, b: Buffer | null): Buffer | null => (a === nul
 export function judgeHistory(primary: PrimaryHistoryView, claim: SecondaryHistoryClaim): HistoryVerdict {
   const head = claim.chainHead;
   if (head && !head.tid.equals(claim.startTid)) return { kind: 'inconsistent', reason: `chain head tid ${hex(head.tid)} is not the start tid ${hex(claim.startTid)}` };
-  const generationProblem = checkGenerationClaim(primary.generations, claim.generations);
+  // A generation that starts after the secondary's last tid holds nothing it has: it adopted it from a
+  // primary's welcome before catching up, and the claim says nothing about its data (one starting at its
+  // last tid still counts: the node may have been promoted there).
+  const reached = claim.generations.filter((g) => Buffer.compare(g.startTid, claim.startTid) <= 0);
+  const generationProblem = checkGenerationClaim(primary.generations, reached);
   let positionProblem: string | null = null;
   if (!claim.startTid.equals(Z64)) {
     const mine = primary.hashAt(claim.startTid);

@@ -78,7 +78,8 @@ export class FailoverHistory {
 
   /** What a secondary whose last tid is `startTid` says in its hello. */
   helloFields(startTid: Buffer): HelloHistoryFields {
-    const generations = this.generations.list;
+    // Generations adopted but not reached (starting after the last tid) say nothing of what this node holds.
+    const generations = this.generations.list.filter((g) => Buffer.compare(g.startTid, startTid) <= 0);
     const hash = this.chain.hashAt(startTid);
     if (hash === null) return { generations };
     return {

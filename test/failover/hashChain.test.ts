@@ -475,6 +475,22 @@ describe('judgeHistory', () => {
     expect(other).toMatchObject({ kind: 'diverged', forkTid: t(1) });
   });
 
+  it('a secondary claiming a generation it adopted but never reached (it starts after its last tid) is behind, not diverged', () => {
+    // The primary: generation 2 from 4 (a node promoted there); the secondary, at 2, adopted another node's generation 1 from 5.
+    const promoted = {
+      generations: [
+        { generation: 0, startTid: Z64 },
+        { generation: 2, startTid: t(4) },
+      ],
+      hashAt: (tid: Buffer) => (Number.parseInt(tid.toString('hex'), 16) <= 4 ? h(Number.parseInt(tid.toString('hex'), 16)) : null),
+      lastTid: t(4),
+    };
+    const claim = { startTid: t(2), generations: [{ generation: 0, startTid: Z64 }, { generation: 1, startTid: t(5) }], chainHead: { tid: t(2), hash: h(2) } };
+    expect(judgeHistory(promoted, claim)).toEqual({ kind: 'behind' });
+    // Reached (it starts at or before the last tid), the same unknown generation is still another history.
+    expect(judgeHistory(promoted, { ...claim, generations: [{ generation: 0, startTid: Z64 }, { generation: 1, startTid: t(2) }] })).toMatchObject({ kind: 'diverged' });
+  });
+
   it('a node with no recorded generation is in generation 0: a downstream that adopted it from its welcome is behind, not diverged', () => {
     // A chain's middle node that has not met its own primary yet welcomes with generation 0 from the start.
     const fresh = { generations: [], hashAt: (tid: Buffer) => (tid.equals(t(1)) ? h(1) : null), lastTid: t(1) };
