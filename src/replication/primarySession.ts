@@ -570,7 +570,8 @@ export class PrimarySession {
         if (n === 0) return true;
         const run = taken.slice(0, n);
         taken = taken.slice(n);
-        last = run[n - 1]!.tid;
+        // A copy: the tid is a view of a read window, which may be read into again (recycled) before the end.
+        last = Buffer.from(run[n - 1]!.tid);
         return this.sendRawRunNow(run, signal);
       });
       if (windowEmpty) {
@@ -584,13 +585,13 @@ export class PrimarySession {
       if (taken.length > 0) {
         const txn = taken.shift()!;
         if (!(await this.sendTransaction(txn, signal, taken.length > 0))) break;
-        last = txn.tid;
+        last = Buffer.from(txn.tid);
       }
       if (taken.length === 0 && cursor.atEnd) break;
       await pacer.turn(signal); // the next step waits its turn
     }
     await this.writer.flush();
-    return { lastTid: last === null ? null : Buffer.from(last) };
+    return { lastTid: last };
   }
 
   /**
