@@ -1072,10 +1072,14 @@ export class FileStorage {
 
   /**
    * Refuse new transactions (ReadOnlyError) from now on and wait for the one
-   * committing, if any, to become durable. Reads continue.
+   * committing, if any, to become durable. Reads continue. A transaction
+   * begun and not finished is aborted, as close() aborts it: it would hold
+   * the commit lock for as long as its caller leaves it open.
    */
   async closeForWrites(): Promise<void> {
     this.writesClosed = true;
+    const open = this.current;
+    if (open) await this.tpcAbort(open.txn).catch(() => undefined);
     const release = await this.commitLock.acquire();
     release();
     if (this.fsync && !this.readOnly && !this.fatal) await this.groupSync.waitDurable(this.end);

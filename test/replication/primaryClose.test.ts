@@ -165,6 +165,23 @@ describe('closing a primary whose peer does not cooperate', () => {
     }
   });
 
+  it('a transaction its application began and left open is aborted: close() resolves, and the transaction is in no file', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const [kept] = await commitMany(primary.storage, 1);
+    const txn = { description: 'left open' };
+    await primary.storage.tpcBegin(txn);
+    primary.storage.store(primary.storage.newOid(), Z64, Buffer.from('x'), txn);
+    await primary.close(); // waited for the commit lock for ever
+    await expect(primary.storage.tpcVote(txn)).rejects.toThrow();
+    const reopened = await FileStorage.open(join(dir, 'p.fs'), { readOnly: true });
+    try {
+      expect(reopened.lastTransaction()).toEqual(kept);
+    } finally {
+      await reopened.close();
+    }
+  });
+
   it('a peer that never says a word is cut off at the handshake timeout, though it keeps its side open', async () => {
     const { primary, clock, logs } = await primaryOnVirtualClock();
     const { socket, ended } = await halfOpenPeer(primary);
