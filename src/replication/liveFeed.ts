@@ -36,6 +36,9 @@ export interface LiveFeedLimits {
   pendingBytes: number;
 }
 
+/** The bytes the feed holds for a pending commit: its published copy (a large one comes without, and is read from the file). */
+export const heldBytes = (c: CommittedTransaction): number => c.raw?.length ?? 0;
+
 export const DEFAULT_LIVE_FEED_LIMITS: Readonly<LiveFeedLimits> = { tickCommits: 256, pendingCommits: 4096, pendingBytes: 64 * 1024 * 1024 };
 
 export interface LiveListener {
@@ -92,7 +95,7 @@ export class LiveFeed {
 
   private onCommit(c: CommittedTransaction): void {
     this.pending.push(c);
-    this.pendingBytes += c.end - c.pos;
+    this.pendingBytes += heldBytes(c);
     if (this.pending.length > this.limits.pendingCommits || this.pendingBytes > this.limits.pendingBytes) {
       this.pending = [];
       this.pendingBytes = 0;
@@ -129,7 +132,7 @@ export class LiveFeed {
     let batch = this.pending;
     if (batch.length > this.limits.tickCommits) batch = this.pending.splice(0, this.limits.tickCommits);
     else this.pending = [];
-    for (const c of batch) this.pendingBytes -= c.end - c.pos;
+    for (const c of batch) this.pendingBytes -= heldBytes(c);
     this.ticks += 1;
     const commits = batch.map((c): LiveCommit => ({ committed: c, txn: this.parse(c) }));
     for (const l of [...this.listeners]) l.next(commits);

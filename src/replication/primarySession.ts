@@ -40,13 +40,22 @@ import {
 import { nativeOutbound, zrs2Outbound, type OutboundCodec } from './protocols.js';
 import type { FailoverHistory } from '../failover/history.js';
 import { StreamWriter } from './streamWriter.js';
-import type { LiveCommit, LiveFeed } from './liveFeed.js';
+import { heldBytes, type LiveCommit, type LiveFeed } from './liveFeed.js';
 import type { SendPacer } from './sendPacer.js';
 
 /** zc.zrs's primary accepts at most 8 bytes per message after the protocol name. */
 const ZRS2_MAX_FRAME_BYTES = 8;
 /** Unsent commits a live session may hold when more arrive; beyond, it falls back to reading the log. */
 export const DEFAULT_FOLLOW_BUFFER = 1024;
+
+/**
+ * Most bytes of published transactions a live session holds unsent (each
+ * up to 256 KiB): past them it falls back to reading the log, as past
+ * DEFAULT_FOLLOW_BUFFER commits. A stalled secondary's session would
+ * otherwise pin up to 256 MiB.
+ */
+export const FOLLOW_BUFFER_BYTES = 16 * 1024 * 1024;
+
 
 /**
  * Reasons a session gives up on its peer: the socket is destroyed, queued
@@ -635,6 +644,12 @@ export class PrimarySession {
     const epoch = storage.fileEpoch;
     return new Promise<void>((resolve, reject) => {
       const queue: LiveCommit[] = [];
+      let queuedBytes = 0;
+      const take = (): LiveCommit => {
+        const c = queue.shift()!;
+        queuedBytes -= heldBytes(c.committed);
+        return c;
+      };
       let lastTid: Buffer = Buffer.from(input.afterTid);
       /** An asynchronous step (the gap from the log, a file read, a full socket) is under way; it pumps when done. */
       let busy = false;
@@ -643,6 +658,7 @@ export class PrimarySession {
       const stop = (): void => {
         unsubscribe();
         queue.length = 0;
+        queuedBytes = 0;
       };
       const fail = (err: unknown): void => {
         stop();
@@ -683,7 +699,7 @@ export class PrimarySession {
       const pump = (): void => {
         try {
           while (!busy && queue.length > 0 && !signal.aborted) {
-            const first = queue.shift()!;
+            const first = take();
             if (Buffer.compare(first.committed.tid, lastTid) <= 0) continue;
             if (storage.fileEpoch !== epoch) return overflow();
             if (first.txn === null || !codec.acceptsRaw(first.txn)) return after(sendOne(first));
@@ -692,7 +708,7 @@ export class PrimarySession {
             for (let bytes = first.txn.raw!.length; bytes < RAW_BATCH_BYTES && queue.length > 0; ) {
               const next = queue[0]!.txn;
               if (next === null || !codec.acceptsRaw(next)) break; // it goes next, on its own
-              queue.shift();
+              take();
               run.push(next);
               bytes += next.raw!.length;
             }
@@ -708,7 +724,11 @@ export class PrimarySession {
           // A session that is sending now takes a whole tick (a paced tick may hold
           // many commits, and it sends them at once); one waiting holds at most `limit`.
           if (busy ? queue.length + commits.length > limit : queue.length >= limit) return overflow();
-          for (const c of commits) queue.push(c);
+          if (queuedBytes >= FOLLOW_BUFFER_BYTES) return overflow();
+          for (const c of commits) {
+            queue.push(c);
+            queuedBytes += heldBytes(c.committed);
+          }
           pump();
         },
         fellBehind: () => overflow(),

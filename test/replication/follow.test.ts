@@ -13,7 +13,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parseAddress } from '../../src/replication/address.js';
 import { silentLogger } from '../../src/replication/log.js';
 import type { PrimarySessionOutput } from '../../machines/primarySession.js';
-import type { PrimarySession } from '../../src/replication/primarySession.js';
+import { DEFAULT_FOLLOW_BUFFER, FOLLOW_BUFFER_BYTES, type PrimarySession } from '../../src/replication/primarySession.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { ReplicationServer } from '../../src/replication/server.js';
 import { systemClock } from '../../src/node/clock.js';
@@ -224,6 +224,50 @@ describe('catching up under a steady stream of commits', () => {
       expect((await retainedBytes()) - before).toBeLessThan(48 * 1024 * 1024);
     } finally {
       socket().destroy();
+      await closeAll(secondary, server, storage);
+    }
+  });
+
+  it('falls back to catch-up when the commits it holds unsent pass FOLLOW_BUFFER_BYTES, long before their count reaches its limit', async () => {
+    const { dir, storage, sessions, server } = await serve();
+    const { transport, hold, release } = holdableTransport();
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null, transport });
+    try {
+      await waitForTid(secondary, (await commitMany(storage, 1))[0]!);
+      hold();
+      const before = storage.transactionCount;
+      // 200 KiB commits (published with their bytes): the byte limit comes first.
+      await commitUntilOverflow(storage, sessions[0]!, 200 * 1024, DEFAULT_FOLLOW_BUFFER);
+      const queued = storage.transactionCount - before;
+      expect(queued).toBeLessThan(DEFAULT_FOLLOW_BUFFER / 2);
+      expect(queued * 200 * 1024).toBeGreaterThan(FOLLOW_BUFFER_BYTES / 2);
+      release();
+      const last = (await commitMany(storage, 3)).at(-1)!;
+      await waitForTid(secondary, last);
+      await expectSameHistory(storage, secondary.storage);
+    } finally {
+      await closeAll(secondary, server, storage);
+    }
+  });
+
+  it('a burst of commits too large to be published with their bytes does not count against the feed\'s byte limit', async () => {
+    const { dir, storage, sessions, server } = await serve();
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    try {
+      await waitForTid(secondary, (await commitMany(storage, 1))[0]!);
+      // 70 commits of 1 MiB without a turn of the loop: 70 MiB pending, none of it held by the feed.
+      const oid = storage.newOid();
+      let serial = Z64;
+      for (let i = 0; i < 70; i++) {
+        const txn = { description: `big ${i}` };
+        await storage.tpcBegin(txn);
+        storage.store(oid, serial, Buffer.alloc(1024 * 1024, i), txn);
+        await storage.tpcVote(txn);
+        serial = await storage.tpcFinish(txn);
+      }
+      await waitForTid(secondary, serial);
+      expect(sessions[0]!.machine.getSnapshot().context.counters.overflows).toBe(0);
+    } finally {
       await closeAll(secondary, server, storage);
     }
   });
