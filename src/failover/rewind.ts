@@ -97,18 +97,27 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
       await recordRewind(audit, primary, none);
       return none;
     }
-    if (cut.cutPos !== null) await truncateDataFile(path, cut.cutPos);
-    for (const blob of cut.cutBlobs) await rm(blob, { force: true });
-    truncateChainFile(path, forkTid);
-    const generations = await GenerationHistory.open(path);
-    await generations.cutFrom(forkTid);
     const result = { forkTid, cutTids: cut.cutTids, sidePath: cut.sidePath, sideBlobDir: cut.sideBlobDir, blobsCut: cut.cutBlobs.length };
-    await recordRewind(audit, primary, result, generations.current).catch((err: unknown) => {
+    const generations = await GenerationHistory.open(path);
+    // The decision is on disk before anything is cut (the cut part is already saved aside): a crash or a
+    // failing step after it leaves a record of what was being cut, and the error says how far it got.
+    const after = generations.list.filter((g) => Buffer.compare(g.startTid, forkTid!) < 0).at(-1) ?? null;
+    await recordRewind(audit, primary, result, after);
+    let step = 'the data file';
+    try {
+      if (cut.cutPos !== null) await truncateDataFile(path, cut.cutPos);
+      step = 'the cut blob files';
+      for (const blob of cut.cutBlobs) await rm(blob, { force: true });
+      step = 'the hash chain';
+      truncateChainFile(path, forkTid);
+      step = 'the generations file';
+      await generations.cutFrom(forkTid);
+    } catch (err) {
       throw new ZrsError(
-        `rewound to tid ${forkTid!.toString('hex')} (${result.cutTids.length} transaction(s) cut${result.sidePath ? `, saved in ${result.sidePath}` : ''}), but the audit log could not record it: ${(err as Error).message}`,
+        `rewinding to tid ${forkTid.toString('hex')} (${result.cutTids.length} transaction(s)${result.sidePath ? `, saved in ${result.sidePath}` : ''}; recorded in the audit log) failed at cutting ${step}: ${(err as Error).message}`,
         { cause: err },
       );
-    });
+    }
     return result;
   } finally {
     await audit?.close().catch(() => undefined);

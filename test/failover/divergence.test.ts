@@ -4,9 +4,10 @@
 // failover simulation property (b), as a node that rewind could not repair:
 // the fork named a tid its storage lacked, or kept a refused generation.
 
-import { readdirSync } from 'node:fs';
+import { mkdirSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
+import { readAuditLog } from '../../src/audit/auditLog.js';
 import { forkPoint, judgeHistory } from '../../src/failover/divergence.js';
 import { FailoverHistory } from '../../src/failover/history.js';
 import { GenerationHistory } from '../../src/failover/generations.js';
@@ -186,6 +187,22 @@ describe('rewinding to a fork tid the storage lacks', () => {
     }
     expect(attempts).toEqual(['LockedError', 'LockedError']);
     const after = await FileStorage.open(path);
+    expect(after.lastTransaction()).toEqual(tids[1]);
+    await after.close();
+  });
+
+  it('offline: the rewind is recorded before anything is cut, and a step failing after the cut says what was cut and where', async () => {
+    const { fs, tids, path } = await storageWith(5);
+    await fs.close();
+    // Cutting the generations file fails (its temp path is taken by a directory).
+    mkdirSync(`${path}.generations.tmp`);
+    const err = (await rewindStorage(path, { toCommonWith: tids[1]! }).catch((e: unknown) => e)) as Error;
+    expect(err).toBeInstanceOf(Error);
+    expect(err.message).toMatch(new RegExp(`^rewinding to tid ${tids[1]!.toString('hex')} \\(3 transaction\\(s\\), saved in .*; recorded in the audit log\\) failed at cutting the generations file: `));
+    const records = (await readAuditLog(`${path}.audit`)).records;
+    expect(records.map((r) => r.kind)).toEqual(['rewind']);
+    expect(records[0]!.details).toMatchObject({ forkTid: tids[1]!.toString('hex'), transactionsCut: 3, offline: true });
+    const after = await FileStorage.open(path, { readOnly: true });
     expect(after.lastTransaction()).toEqual(tids[1]);
     await after.close();
   });
