@@ -215,7 +215,7 @@ export class Primary {
     return this.describe(this.server.status());
   }
 
-  /** Refuse new writes (a transaction begun and not finished is aborted), send every committed transaction to connected secondaries, close. Every call waits for the one close. */
+  /** Refuse new writes (a transaction begun and not yet voted is aborted), send every committed transaction to connected secondaries, close. Every call waits for the one close. */
   close(): Promise<void> {
     this.closing ??= this.doClose();
     return this.closing;

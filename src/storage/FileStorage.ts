@@ -1073,13 +1073,14 @@ export class FileStorage {
   /**
    * Refuse new transactions (ReadOnlyError) from now on and wait for the one
    * committing, if any, to become durable. Reads continue. A transaction
-   * begun and not finished is aborted, as close() aborts it: it would hold
-   * the commit lock for as long as its caller leaves it open.
+   * begun and not yet voted is aborted, as close() aborts it: it would hold
+   * the commit lock for as long as its caller leaves it open. One voting or
+   * voted is waited for: its caller is about to finish it.
    */
   async closeForWrites(): Promise<void> {
     this.writesClosed = true;
     const open = this.current;
-    if (open) await this.tpcAbort(open.txn).catch(() => undefined);
+    if (open && !open.voted && open.voting === null) await this.tpcAbort(open.txn).catch(() => undefined);
     const release = await this.commitLock.acquire();
     release();
     if (this.fsync && !this.readOnly && !this.fatal) await this.groupSync.waitDurable(this.end);
