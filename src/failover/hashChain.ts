@@ -15,8 +15,10 @@
 // pack replaces the data file), each write fsynced: the data file can give a
 // lost link again, so a crash only costs recomputing it (a packed file could
 // not give the same links, so every one is written before it replaces the
-// old). A torn or zeroed last entry fails its check and is dropped
-// on open, and missing links are recomputed from the last stored one.
+// old). A torn or zeroed entry in the last write (whose pages reach the disk
+// in any order) fails its check and is dropped on open, with everything
+// after it, and missing links are recomputed from the last stored one; a bad
+// entry before that is damage, named.
 // Memory: the unwritten entries and the last written ones (for sessions
 // following live commits), encoded as on file in one buffer, so a busy
 // storage keeps no object per transaction; lookups binary-search the file.
@@ -50,6 +52,8 @@ const MAX_EXPECTED_LINKS = 4096;
 const MAX_COMPUTED_LINKS = 65_536;
 /** Entries kept in memory before they are written (see HashChain.append). */
 const WRITE_BATCH_ENTRIES = 512;
+/** Entries one torn write can hold bad ones among: a batch, and a page it shares with the write before. */
+const TORN_WRITE_ENTRIES = WRITE_BATCH_ENTRIES + Math.ceil(4096 / CHAIN_ENTRY_BYTES) + 1;
 /**
  * Entries written last that stay in memory: a cursor following live commits
  * finds them there instead of reading back what was just written.
@@ -171,8 +175,13 @@ function openChainFile(path: string): { file: ChainFile; entries: number; create
   // An older file keeps its own check, so its entries (some maybe sent by a primary) stay valid.
   const file = { fd, check: head.equals(MAGIC) ? mixCheck : shaCheck };
   let entries = Math.floor((size - HEADER_BYTES) / CHAIN_ENTRY_BYTES);
-  // A torn append: a partial entry, or a whole one whose check fails (zeroed blocks).
+  // A torn append: a partial entry, or a whole one whose check fails (zeroed blocks). The pages of
+  // one write reach the disk in any order, so a bad entry inside the last write (and the page it
+  // shares with the one before) is torn too, with whole ones after it: cut from the first.
   while (entries > 0 && readEntry(file, entries - 1) === null) entries -= 1;
+  for (let i = Math.max(0, entries - TORN_WRITE_ENTRIES); i < entries; i++) {
+    if (readEntry(file, i) === null) entries = i;
+  }
   if (size !== HEADER_BYTES + entries * CHAIN_ENTRY_BYTES) ftruncateSync(fd, HEADER_BYTES + entries * CHAIN_ENTRY_BYTES);
   return { file, entries, created };
 }

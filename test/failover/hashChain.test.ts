@@ -137,26 +137,49 @@ describe('HashChain', () => {
     expect(readFileSync(chainPath).subarray(0, 8).toString('latin1')).toBe('ZRSCHN01');
   });
 
-  it('names an entry damaged in the middle of the file, on open and on an offline cut, instead of failing on a missing value', async () => {
+  it('names an entry damaged in the middle of the file, before its last write, on open and on an offline cut, instead of failing on a missing value', async () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs');
     const fs = await FileStorage.open(path, { create: true, fsync: false });
     const chain = await HashChain.open(fs);
-    const tids = await commitMany(fs, 10);
+    const tids = await commitMany(fs, 1400, 1);
     await chain.close();
     await fs.close();
     const chainPath = chainPathFor(path);
     const bytes = readFileSync(chainPath);
-    // Entry 5: the first a search for the last tid reads.
-    bytes[8 + 5 * CHAIN_ENTRY_BYTES + 20]! ^= 0x10;
+    // Entry 700: the first a search for the last tid reads, and before the last write (the last 600 or so).
+    bytes[8 + 700 * CHAIN_ENTRY_BYTES + 20]! ^= 0x10;
     writeFileSync(chainPath, bytes);
     const again = await FileStorage.open(path, { readOnly: true });
     try {
-      await expect(HashChain.open(again)).rejects.toThrow(/chain entry 5 is damaged; move the file away/);
+      await expect(HashChain.open(again)).rejects.toThrow(/chain entry 700 is damaged; move the file away/);
     } finally {
       await again.close();
     }
-    expect(() => truncateChainFile(path, tids[8]!)).toThrow(/chain entry 5 is damaged/);
+    expect(() => truncateChainFile(path, tids[8]!)).toThrow(/chain entry 700 is damaged/);
+  });
+
+  it('takes bad entries inside its last write for a torn write (its pages reach the disk in any order): cut from the first, computed again', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const chain = await HashChain.open(fs);
+    const tids = await commitMany(fs, 600, 1);
+    const links = tids.map((t) => chain.hashAt(t)!.toString('hex'));
+    await chain.close(); // a batch of 512, then the last 88 written on close
+    await fs.close();
+    const chainPath = chainPathFor(path);
+    const bytes = readFileSync(chainPath);
+    bytes.fill(0, 8 + 530 * CHAIN_ENTRY_BYTES, 8 + 560 * CHAIN_ENTRY_BYTES); // the middle of the last write never reached the disk
+    writeFileSync(chainPath, bytes);
+    const again = await FileStorage.open(path, { readOnly: true });
+    try {
+      const reopened = await HashChain.open(again);
+      expect(tids.map((t) => reopened.hashAt(t)!.toString('hex'))).toEqual(links);
+      await reopened.close();
+    } finally {
+      await again.close();
+    }
   });
 });
 
