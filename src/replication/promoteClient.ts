@@ -53,7 +53,9 @@ function promoteKind(force: boolean): NodeRequestKind<PromoteReply> {
     maxReplyBytes: PROMOTE_REPLY_MAX_BYTES,
     defaultTimeoutMs: DEFAULT_PROMOTE_TIMEOUT_MS,
     connectError: (label, reason, cause) => new PromoteRequestError(label, `can't connect: ${reason}`, { cause }),
-    replyError: (label, reason, cause) => new PromoteRequestError(label, reason, { cause }),
+    // Asked and no answer in time: the node may still carry the promotion out, and a second promoted node is a split brain.
+    replyError: (label, reason, cause) =>
+      new PromoteRequestError(label, reason.startsWith('no reply within') ? `${reason}; the node may still promote itself: check it (zrs status ${label}) before promoting another` : reason, { cause }),
     closedWithoutReply: 'the node closed the connection without an answer (a zc.zrs node, or a version without promote requests?)',
     read: readReply,
   };
