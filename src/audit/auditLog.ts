@@ -372,14 +372,12 @@ const RESYNC_SPAN_BYTES = AUDIT_RECORD_HEADER_BYTES + AUDIT_MAX_PAYLOAD_BYTES;
  * A record at `at` of `buf`: its payload's length, or why it is none. Its
  * length, checksum and fields are checked, not its place in the sequence.
  */
-function recordIn(buf: Buffer, at: number, offset: number): { record: AuditRecord; bytes: number } | { reason: string; truncated?: boolean } {
-  if (buf.length - at < AUDIT_RECORD_HEADER_BYTES) {
-    return { reason: `truncated record header: ${buf.length - at} of ${AUDIT_RECORD_HEADER_BYTES} bytes`, truncated: true };
-  }
+function recordIn(buf: Buffer, at: number, offset: number): { record: AuditRecord; bytes: number } | { reason: string } {
+  if (buf.length - at < AUDIT_RECORD_HEADER_BYTES) return { reason: `truncated record header: ${buf.length - at} of ${AUDIT_RECORD_HEADER_BYTES} bytes` };
   const length = buf.readUInt32BE(at);
   if (length === 0 || length > AUDIT_MAX_PAYLOAD_BYTES) return { reason: `impossible record length ${length}` };
   const present = buf.length - at - AUDIT_RECORD_HEADER_BYTES;
-  if (present < length) return { reason: `truncated record: ${length} payload bytes announced, ${present} present`, truncated: true };
+  if (present < length) return { reason: `truncated record: ${length} payload bytes announced, ${present} present` };
   const payload = buf.subarray(at + AUDIT_RECORD_HEADER_BYTES, at + AUDIT_RECORD_HEADER_BYTES + length);
   if ((crc32(payload, crc32(buf.subarray(at, at + 4))) >>> 0) !== buf.readUInt32BE(at + 4)) return { reason: 'checksum mismatch' };
   const record = parseRecord(payload, offset);
@@ -442,16 +440,10 @@ async function scanAuditLog(path: string, take: (record: AuditRecord) => void): 
       const view = buf.subarray(pos - bufStart, pos - bufStart + AUDIT_RECORD_HEADER_BYTES + Math.min(announced, AUDIT_MAX_PAYLOAD_BYTES));
       const found = recordIn(view, 0, pos);
       const expected = (last?.seq ?? 0) + 1;
-      if ('record' in found && (found.record.seq === expected || (resynced && found.record.seq > expected))) {
+      if ('record' in found && found.record.seq >= expected) {
+        // Intact, but records before it are missing (not just past a damage): the gap is the damage, the record is read.
+        if (found.record.seq > expected && !resynced) damages.push({ offset: pos, reason: `sequence gap: record ${found.record.seq} follows ${expected - 1}`, bytes: 0 });
         resynced = false;
-        take(found.record);
-        last = found.record;
-        pos += found.bytes;
-        continue;
-      }
-      if ('record' in found && found.record.seq > expected) {
-        // Intact, but records before it are missing: the gap is the damage, the record is read.
-        damages.push({ offset: pos, reason: `sequence gap: record ${found.record.seq} follows ${expected - 1}`, bytes: 0 });
         take(found.record);
         last = found.record;
         pos += found.bytes;

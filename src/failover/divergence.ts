@@ -6,7 +6,7 @@
 
 import { Z64 } from '../storage/timestamp.js';
 import type { ChainHead, GenerationEntry } from '../wire/native.js';
-import { sameGeneration } from './generations.js';
+import { generationsReachedBy, sameGeneration } from './generations.js';
 
 /** What the primary knows about its own history. */
 export interface PrimaryHistoryView {
@@ -53,11 +53,8 @@ const minTid = (a: Buffer | null, b: Buffer | null): Buffer | null => (a === nul
 export function judgeHistory(primary: PrimaryHistoryView, claim: SecondaryHistoryClaim): HistoryVerdict {
   const head = claim.chainHead;
   if (head && !head.tid.equals(claim.startTid)) return { kind: 'inconsistent', reason: `chain head tid ${hex(head.tid)} is not the start tid ${hex(claim.startTid)}` };
-  // A generation that starts after the secondary's last tid holds nothing it has: it adopted it from a
-  // primary's welcome before catching up, and the claim says nothing about its data (one starting at its
-  // last tid still counts: the node may have been promoted there).
-  const reached = claim.generations.filter((g) => Buffer.compare(g.startTid, claim.startTid) <= 0);
-  const generationProblem = checkGenerationClaim(primary.generations, reached);
+  // Only the generations the secondary reached say anything of its data.
+  const generationProblem = checkGenerationClaim(primary.generations, generationsReachedBy(claim.generations, claim.startTid));
   let positionProblem: string | null = null;
   if (!claim.startTid.equals(Z64)) {
     const mine = primary.hashAt(claim.startTid);

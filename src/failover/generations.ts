@@ -47,6 +47,21 @@ export function checkGenerations(list: readonly GenerationEntry[], where = 'gene
 }
 
 /** Same number and same start tid. */
+/**
+ * The generations of `list` a node whose last transaction is `lastTid` has
+ * reached: those starting at or before it. One starting after it holds
+ * nothing the node has (adopted from a welcome before catching up); one
+ * starting at it counts (the node may have been promoted there).
+ */
+export function generationsReachedBy(list: readonly GenerationEntry[], lastTid: Buffer): GenerationEntry[] {
+  return list.filter((g) => Buffer.compare(g.startTid, lastTid) <= 0);
+}
+
+/** The generations a rewind to `tid` keeps: those starting before it. */
+export function generationsBefore(list: readonly GenerationEntry[], tid: Buffer): GenerationEntry[] {
+  return list.filter((g) => Buffer.compare(g.startTid, tid) < 0);
+}
+
 export function sameGeneration(a: GenerationEntry, b: GenerationEntry): boolean {
   return a.generation === b.generation && a.startTid.equals(b.startTid);
 }
@@ -152,7 +167,7 @@ export class GenerationHistory {
 
   /** Drop generations that start at or after `tid` (rewind), durably; maxSeen is kept. */
   async cutFrom(tid: Buffer): Promise<void> {
-    const kept = this.entries.filter((e) => Buffer.compare(e.startTid, tid) < 0);
+    const kept = generationsBefore(this.entries, tid);
     await writeGenerationsFile(this.path, kept, this.seen);
     this.entries = kept;
   }

@@ -9,7 +9,7 @@ import type { FileStorage } from '../storage/FileStorage.js';
 import { Z64 } from '../storage/timestamp.js';
 import { MAX_GENERATION_HISTORY, type ChainHead, type GenerationEntry, type HelloMessage, type WelcomeMessage } from '../wire/native.js';
 import { judgeHistory, type HistoryVerdict } from './divergence.js';
-import { GenerationHistory } from './generations.js';
+import { GenerationHistory, generationsReachedBy } from './generations.js';
 import { HashChain } from './hashChain.js';
 
 export interface FailoverHistoryOptions {
@@ -78,8 +78,8 @@ export class FailoverHistory {
 
   /** What a secondary whose last tid is `startTid` says in its hello. */
   helloFields(startTid: Buffer): HelloHistoryFields {
-    // Generations adopted but not reached (starting after the last tid) say nothing of what this node holds.
-    const generations = this.generations.list.filter((g) => Buffer.compare(g.startTid, startTid) <= 0);
+    // Generations adopted but not reached say nothing of what this node holds.
+    const generations = generationsReachedBy(this.generations.list, startTid);
     const hash = this.chain.hashAt(startTid);
     if (hash === null) return { generations };
     return {

@@ -25,7 +25,7 @@ import { readU64At, TRAILER_BYTES } from '../storage/format.js';
 import { tidPlusOne, Z64 } from '../storage/timestamp.js';
 import { encodeFrame, FrameDecoder } from '../wire/framing.js';
 import { createNativePackr, createNativeUnpackr, decodeNative, encodeNativeFrame, HANDSHAKE_REPLY_MAX_BYTES, nativeProtocolName, type HelloMessage } from '../wire/native.js';
-import { GenerationHistory } from './generations.js';
+import { GenerationHistory, generationsBefore } from './generations.js';
 import { truncateChainFile } from './hashChain.js';
 import { FailoverHistory } from './history.js';
 
@@ -101,7 +101,7 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
     const generations = await GenerationHistory.open(path);
     // The decision is on disk before anything is cut (the cut part is already saved aside): a crash or a
     // failing step after it leaves a record of what was being cut, and the error says how far it got.
-    const after = generations.list.filter((g) => Buffer.compare(g.startTid, forkTid!) < 0).at(-1) ?? null;
+    const after = generationsBefore(generations.list, forkTid).at(-1) ?? null;
     await recordRewind(audit, primary, result, after);
     let step = 'the data file';
     try {

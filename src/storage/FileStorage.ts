@@ -862,16 +862,13 @@ export class FileStorage {
     }
     // A failed cut leaves the bytes past the end (the next commit writes over them, a reopen cuts
     // them): the transaction still ends, its blobs are removed, and the failure is reported.
-    let cutFailure: { err: unknown } | null = null;
     try {
       if (cur.written) this.cutFile(cur.tpos);
-    } catch (err) {
-      cutFailure = { err };
+    } finally {
+      this.current = null;
+      cur.release();
+      if (this.blobs) await this.blobs.discard(cur.blobs.map((b) => b.placedPath ?? b.stagedPath));
     }
-    this.current = null;
-    cur.release();
-    if (this.blobs) await this.blobs.discard(cur.blobs.map((b) => b.placedPath ?? b.stagedPath));
-    if (cutFailure) throw cutFailure.err;
   }
 
   /**

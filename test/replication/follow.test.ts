@@ -98,17 +98,22 @@ function holdableTransport(): { transport: Transport; hold(): void; release(): v
   };
 }
 
+/** Commit revision `i` of `oid`, `bytes` of data, after `serial`; its tid. */
+async function commitRevision(storage: FileStorage, oid: Buffer, serial: Buffer, bytes: number, i: number): Promise<Buffer> {
+  const txn = { description: `big ${i}` };
+  await storage.tpcBegin(txn);
+  storage.store(oid, serial, Buffer.alloc(bytes, i), txn);
+  await storage.tpcVote(txn);
+  return storage.tpcFinish(txn);
+}
+
 /** Commit `bytes`-sized revisions of one object until `session` overflows back to catching up (at most `max`). */
 async function commitUntilOverflow(storage: FileStorage, session: PrimarySession, bytes: number, max: number): Promise<void> {
   const oid = storage.newOid();
   let serial = Z64;
   const overflows = (): number => session.machine.getSnapshot().context.counters.overflows;
   for (let i = 0; i < max && overflows() === 0; i++) {
-    const txn = { description: `big ${i}` };
-    await storage.tpcBegin(txn);
-    storage.store(oid, serial, Buffer.alloc(bytes, i), txn);
-    await storage.tpcVote(txn);
-    serial = await storage.tpcFinish(txn);
+    serial = await commitRevision(storage, oid, serial, bytes, i);
     // Time passes too, for ticks the send pacer holds back while this loop keeps it busy.
     await new Promise((r) => (i % 20 === 19 ? setTimeout(r, 2) : setImmediate(r)));
   }
@@ -259,11 +264,7 @@ describe('catching up under a steady stream of commits', () => {
       const oid = storage.newOid();
       let serial = Z64;
       for (let i = 0; i < 70; i++) {
-        const txn = { description: `big ${i}` };
-        await storage.tpcBegin(txn);
-        storage.store(oid, serial, Buffer.alloc(1024 * 1024, i), txn);
-        await storage.tpcVote(txn);
-        serial = await storage.tpcFinish(txn);
+        serial = await commitRevision(storage, oid, serial, 1024 * 1024, i);
       }
       await waitForTid(secondary, serial);
       expect(sessions[0]!.machine.getSnapshot().context.counters.overflows).toBe(0);
