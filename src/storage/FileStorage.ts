@@ -108,10 +108,10 @@ interface PendingTxn {
   voted: boolean;
   /** A vote placing its blobs, until it settles. */
   voting: Promise<void> | null;
-  /** Set when part of it could not be done (an undo whose blob copy failed): it can only be aborted. */
+  /** Set when part of it could not be done (a blob that could not be moved or copied in): it can only be aborted. */
   doomed: Error | null;
-  /** Undos still copying their blobs: a vote must wait for them (the caller's to do). */
-  undoing: number;
+  /** storeBlob, restoreBlob and undo calls still moving or copying their blobs in: a vote must wait for them (the caller's to do). */
+  staging: number;
   release: () => void;
 }
 
@@ -505,7 +505,7 @@ export class FileStorage {
         blobs: [],
         written: false,
         doomed: null,
-        undoing: 0,
+        staging: 0,
         voted: false,
         voting: null,
         release,
@@ -621,24 +621,19 @@ export class FileStorage {
     // the blob copies come after, and when one fails the transaction holds an undo without its
     // blob: it can only be aborted.
     const plan = undoTransaction(this, id, txn);
-    cur.undoing += 1;
+    cur.staging += 1;
     try {
       // An object undone twice in this transaction keeps only the last undo's blob.
       if (plan.redone.length > 0) await this.dropPendingBlobs(cur, plan.redone);
       for (const { oid, from } of plan.blobCopies) {
-        const stagedPath = await this.requireBlobs().stageCopy(from);
-        if (this.current !== cur) {
-          // Aborted meanwhile: the copy belongs to no transaction.
-          await this.blobs?.discard([stagedPath]);
-          throw new StorageTransactionError('undo: the transaction was aborted while its blobs were copied');
-        }
+        const stagedPath = await this.stageFor(cur, 'undo', () => this.requireBlobs().stageCopy(from));
         cur.blobs.push({ oid, stagedPath, placedPath: null });
       }
     } catch (err) {
-      cur.doomed ??= new ZrsError(`${this.path}: the transaction cannot commit, an undo in it failed: ${(err as Error).message}`, { cause: err });
+      this.doom(cur, 'an undo in it failed', err);
       throw err;
     } finally {
-      cur.undoing -= 1;
+      cur.staging -= 1;
     }
     return plan.oids;
   }
@@ -701,9 +696,37 @@ export class FileStorage {
 
   private async stageBlob(oid: Buffer, blobPath: string, txn: TransactionMeta): Promise<void> {
     const cur = this.pending(txn, 'storeBlob');
-    const blobs = this.requireBlobs();
-    const stagedPath = await blobs.stage(blobPath);
+    // The record is in the transaction already: without its file it must not commit.
+    let stagedPath: string;
+    cur.staging += 1;
+    try {
+      stagedPath = await this.stageFor(cur, 'storeBlob', () => this.requireBlobs().stage(blobPath));
+    } catch (err) {
+      this.doom(cur, `the blob file for oid 0x${oid.toString('hex')} could not be moved in`, err);
+      throw err;
+    } finally {
+      cur.staging -= 1;
+    }
     cur.blobs.push({ oid: Buffer.from(oid), stagedPath, placedPath: null });
+  }
+
+  /**
+   * A blob file staged for `cur`; when the transaction was aborted while
+   * it was moved or copied in, the file is removed (it belongs to no
+   * transaction) and this throws.
+   */
+  private async stageFor(cur: PendingTxn, what: string, stage: () => Promise<string>): Promise<string> {
+    const stagedPath = await stage();
+    if (this.current !== cur) {
+      await this.blobs?.discard([stagedPath]);
+      throw new StorageTransactionError(`${what}: the transaction was aborted while its blob was moved in`);
+    }
+    return stagedPath;
+  }
+
+  /** Mark the transaction in progress `cur` (if still in progress) as one that can only be aborted. */
+  private doom(cur: PendingTxn, why: string, err: unknown): void {
+    if (this.current === cur) cur.doomed ??= new ZrsError(`${this.path}: the transaction cannot commit, ${why}: ${(err as Error).message}`, { cause: err });
   }
 
   private requireBlobs(): BlobDirectory {
@@ -716,7 +739,7 @@ export class FileStorage {
     const cur = this.pending(txn, 'tpcVote');
     if (cur.written) throw new StorageTransactionError('tpcVote: transaction already voted');
     if (cur.doomed) throw cur.doomed;
-    if (cur.undoing > 0) throw new StorageTransactionError('tpcVote: an undo in this transaction is still copying its blobs (wait for undo() first)');
+    if (cur.staging > 0) throw new StorageTransactionError('tpcVote: a blob of this transaction is still being moved or copied in (wait for storeBlob(), restoreBlob() or undo() first)');
     this.writeAtEnd(this.assemble(cur), cur.tpos);
     cur.written = true;
     if (cur.blobs.length) {

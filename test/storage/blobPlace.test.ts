@@ -114,5 +114,63 @@ describe('FileStorage.tpcVote with blobs', () => {
       await fs.close();
     }
   });
-});
 
+  describe('while storeBlob moves the file in', () => {
+    async function storageInTxn(): Promise<{ fs: FileStorage; dir: string; txn: object; blobFile: string }> {
+      const dir = await tempDir();
+      const fs = await FileStorage.open(join(dir, 'Data.fs'), { create: true, fsync: false, blobDir: join(dir, 'blobs') });
+      const txn = {};
+      await fs.tpcBegin(txn);
+      const blobFile = join(dir, 'upload.tmp');
+      await writeFile(blobFile, 'blob');
+      return { fs, dir, txn, blobFile };
+    }
+
+    it('refuses a vote: it would commit the record without its file', async () => {
+      const { fs, txn, blobFile } = await storageInTxn();
+      try {
+        const storing = fs.storeBlob(oidOf(1), Z64, Buffer.from('record'), blobFile, txn);
+        await expect(fs.tpcVote(txn)).rejects.toThrow(/still being moved or copied in/);
+        await storing;
+        // Once storeBlob is done, the vote goes through and the blob is there.
+        await fs.tpcVote(txn);
+        const tid = await fs.tpcFinish(txn);
+        expect((await import('node:fs')).readFileSync(await fs.loadBlob(oidOf(1), tid), 'utf8')).toBe('blob');
+      } finally {
+        await fs.close();
+      }
+    });
+
+    it('an abort meanwhile removes the moved file and fails the store', async () => {
+      const { fs, dir, txn, blobFile } = await storageInTxn();
+      try {
+        const storing = fs.storeBlob(oidOf(1), Z64, Buffer.from('record'), blobFile, txn).then(() => 'stored', (e: Error) => e.message);
+        await fs.tpcAbort(txn);
+        expect(await storing).toMatch(/aborted while its blob was moved in/);
+        expect(readdirSync(join(dir, 'blobs', 'tmp'))).toEqual([]);
+      } finally {
+        await fs.close();
+      }
+    });
+
+    it('a file that cannot be moved in leaves a transaction that can only be aborted', async () => {
+      const { fs, dir, txn } = await storageInTxn();
+      try {
+        const before = fs.lastTransaction();
+        await expect(fs.storeBlob(oidOf(1), Z64, Buffer.from('record'), join(dir, 'missing'), txn)).rejects.toMatchObject({ code: 'ENOENT' });
+        await expect(fs.tpcVote(txn)).rejects.toThrow(/cannot commit, the blob file for oid 0x0000000000000001 could not be moved in/);
+        await fs.tpcAbort(txn);
+        expect(fs.lastTransaction()).toEqual(before);
+        // The storage takes the next transaction as usual.
+        const next = {};
+        await fs.tpcBegin(next);
+        await fs.store(oidOf(2), Z64, Buffer.from('record'), next);
+        await fs.tpcVote(next);
+        await fs.tpcFinish(next);
+        expect(fs.transactionCount).toBe(1);
+      } finally {
+        await fs.close();
+      }
+    });
+  });
+});

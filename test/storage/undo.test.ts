@@ -286,7 +286,7 @@ describe('undo with blobs', () => {
       const racing = { description: 'an undo and a vote at once' };
       await fs.tpcBegin(racing);
       const undone = fs.undo(undoIdFor(t3), racing).catch((e: unknown) => e);
-      await expect(fs.tpcVote(racing)).rejects.toThrow(/still copying its blobs/);
+      await expect(fs.tpcVote(racing)).rejects.toThrow(/still being moved or copied in/);
       await fs.tpcAbort(racing);
       await undone;
 
@@ -299,7 +299,7 @@ describe('undo with blobs', () => {
       await fs.tpcBegin(aborted);
       const pending = fs.undo(undoIdFor(t5), aborted).then(() => 'resolved', (e: Error) => e.message);
       await fs.tpcAbort(aborted);
-      expect(await pending).toMatch(/aborted while its blobs were copied/);
+      expect(await pending).toMatch(/aborted while its blob was moved in/);
       expect(staged()).toEqual(before);
     } finally {
       await fs.close();
