@@ -5,7 +5,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, copyFile, mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { access, copyFile, mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { syncDirectory } from './fileio.js';
 import { POSKeyError, ZrsError } from '../errors.js';
@@ -51,10 +51,21 @@ export class BlobDirectory {
       layout = null;
     }
     if (layout === null) {
-      if (!options.create) {
-        const exists = await access(root).then(() => true, () => false);
-        if (!exists) throw new ZrsError(`blob directory ${root} does not exist`);
-      } else {
+      const entries = await readdir(root).catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT' && options.create) return [];
+        if (err.code === 'ENOENT') throw new ZrsError(`blob directory ${root} does not exist`);
+        throw err;
+      });
+      // ZODB takes an unmarked directory holding files for the "lawn" layout (its
+      // auto_layout_select); read as bushy, every blob in it would be missing. Our own
+      // unmarked leftover (a crash between making tmp/ and writing the marker) holds tmp/ alone.
+      const used = entries.find((name) => !name.startsWith('.') && name !== 'tmp');
+      if (used !== undefined) {
+        throw new ZrsError(
+          `blob directory ${root} has no .layout file but holds ${JSON.stringify(used)}: ZODB reads it as the "lawn" layout, and only "bushy" is supported (ZODB's migrateblobs script converts it)`,
+        );
+      }
+      if (options.create) {
         const tmp = join(root, 'tmp');
         const made = await mkdir(tmp, { recursive: true, mode: 0o700 });
         // The new names are durable before a blob is placed under them: the layout file, and every

@@ -68,6 +68,34 @@ describe('BlobDirectory.place', () => {
   });
 });
 
+describe('BlobDirectory.open', () => {
+  it('takes only the bushy layout, and an unmarked directory holding files as lawn, as ZODB does', async () => {
+    const { mkdirSync, readFileSync, writeFileSync } = await import('node:fs');
+    // A marker naming another layout.
+    const lawn = await tempDir();
+    writeFileSync(join(lawn, '.layout'), 'lawn\n');
+    await expect(BlobDirectory.open(lawn, { create: true })).rejects.toThrow(/uses layout "lawn"; only "bushy" is supported/);
+
+    // No marker but files: ZODB picks lawn; opened as bushy every blob in it would be missing.
+    const unmarked = await tempDir();
+    mkdirSync(join(unmarked, '0x01'));
+    writeFileSync(join(unmarked, '0x01', '0x03ead1c2b3a4f5e6.blob'), 'a lawn blob');
+    for (const create of [true, false]) {
+      await expect(BlobDirectory.open(unmarked, { create })).rejects.toThrow(/has no \.layout file but holds "0x01": ZODB reads it as the "lawn" layout/);
+    }
+    expect(existsSync(join(unmarked, '.layout'))).toBe(false);
+
+    // Hidden files and a tmp/ alone (a crash before the marker was written) are an unused directory.
+    const unused = await tempDir();
+    mkdirSync(join(unused, 'tmp'));
+    writeFileSync(join(unused, '.hidden'), '');
+    await BlobDirectory.open(unused, { create: true });
+    expect(readFileSync(join(unused, '.layout'), 'latin1')).toBe('bushy');
+
+    await expect(BlobDirectory.open(join(unused, 'absent'), { create: false })).rejects.toThrow(/does not exist/);
+  });
+});
+
 describe('FileStorage.tpcVote with blobs', () => {
   async function storageWithBlob(): Promise<{ fs: FileStorage; dir: string; txn: object; before: Buffer }> {
     const dir = await tempDir();
