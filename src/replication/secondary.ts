@@ -494,7 +494,10 @@ export class Secondary {
   private handshakeFrames(start: Buffer): Buffer[] {
     const name = encodeFrame(Buffer.from(this.spec.name, 'latin1'));
     if (this.spec.kind !== 'native') return [name, encodeFrame(start)];
-    const blobs = (this.options.transferBlobs ?? true) && this.inner.blobs !== null;
+    // Asked for even without a blob directory: a primary with blobs then sends them, and the
+    // first one stops this secondary loudly (as over zrs2.1) instead of its record being applied
+    // without its file. Off only when the blob directory is shared.
+    const blobs = this.options.transferBlobs ?? true;
     const history = this.failover?.helloFields(start) ?? { generations: [] };
     return [name, encodeNativeFrame({ type: 'hello', startTid: start, ...history, options: { blobs, rawTxns: true, txnLinks: true, segmentedChecksum: true } }, this.packr)];
   }

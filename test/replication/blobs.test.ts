@@ -199,4 +199,24 @@ describe('blob replication', () => {
       await primary.close();
     }
   });
+
+  it.each(['native', 'zrs2.1'] as const)('a %s secondary without a blob directory stops at the first blob instead of applying its record without the file', async (protocol) => {
+    const dir = await tempDir();
+    const logs = new LogCollector();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), blobDir: join(dir, 'p.blobs'), replicateTo: '127.0.0.1:0', fsync: false });
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, protocol, fsync: false, reconnect: FAST_RECONNECT, log: logs.log });
+    try {
+      // Replicates while there is no blob to carry.
+      const [plain] = await commitMany(primary.storage, 1);
+      await waitForTid(secondary, plain!);
+      await storeBlobs(primary.storage, dir, [10]);
+      const stopped = await logs.waitFor((e) => e.level === 'warn' && /no blob directory/.test(e.message));
+      expect(stopped.message).toMatch(/the primary sends blobs but this secondary has no blob directory/);
+      await logs.waitForCount((e) => /no blob directory/.test(e.message), 2);
+      expect(secondary.storage.lastTransaction().equals(plain!)).toBe(true);
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+  });
 });
