@@ -1,11 +1,12 @@
 // A blob directory in ZODB's "bushy" layout: one directory per oid byte
 // (`0x00/…/0x02`), files named `0x<tid hex>.blob`, a `.layout` file saying
 // `bushy`, and a `tmp/` area for files not yet committed. Committed blob
-// files are never changed; only an aborted transaction's files are removed.
+// files are never changed (they are made read-only, as ZODB makes them);
+// only an aborted transaction's files are removed.
 
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, copyFile, mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { access, chmod, copyFile, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { syncDirectory } from './fileio.js';
 import { POSKeyError, ZrsError } from '../errors.js';
@@ -135,6 +136,9 @@ export class BlobDirectory {
         const target = this.pathFor(b.oid, b.tid);
         const dir = this.oidDir(b.oid);
         const firstCreated = await mkdir(dir, { recursive: true, mode: 0o700 });
+        // Committed revisions are never changed: read-only, as ZODB leaves them.
+        const { mode } = await stat(b.stagedPath);
+        await chmod(b.stagedPath, mode & ~0o222);
         if (fsync) {
           await syncFile(b.stagedPath);
           changed.add(resolve(dir));

@@ -45,6 +45,8 @@ describe('BlobDirectory.place', () => {
     for (let d = resolve(dirname(placed!)); d !== dirname(resolve(blobs.root)); d = dirname(d)) want.push(d);
     expect(want.length).toBeGreaterThan(1);
     expect([...synced].sort()).toEqual(want.sort());
+    // A committed revision is read-only, as ZODB leaves it.
+    expect((await import('node:fs')).statSync(placed!).mode & 0o222).toBe(0);
 
     // A second revision of the same oid: only its directory changes.
     synced.length = 0;
