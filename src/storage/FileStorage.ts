@@ -452,7 +452,8 @@ export class FileStorage {
   // ---------------------------------------------------------------- writes
 
   private checkWritable(operation: string): void {
-    if (this.closed) throw new StorageClosedError(this.path);
+    // A transaction still waiting to begin when close() was called never begins.
+    if (this.closed || (this.closing !== null && (operation === 'tpcBegin' || operation === 'appendTransactions'))) throw new StorageClosedError(this.path);
     // Both begin a transaction: closed to writes means closed to either.
     if (this.readOnly || (this.writesClosed && (operation === 'tpcBegin' || operation === 'appendTransactions'))) throw new ReadOnlyError(operation, this.path);
     if (this.fatal) throw new ZrsError(`${this.path}: writes disabled after a failed fsync`, { cause: this.fatal });
@@ -1305,7 +1306,16 @@ export class FileStorage {
   }
 
   /** Abort any transaction in progress, save the index, release the lock. */
-  async close(): Promise<void> {
+  close(): Promise<void> {
+    // Every call shares one close: a second one running beside it would close the descriptors twice.
+    this.closing ??= this.closeOnce();
+    return this.closing;
+  }
+
+  /** The close under way or done (close()). */
+  private closing: Promise<void> | null = null;
+
+  private async closeOnce(): Promise<void> {
     if (this.closed) return;
     // A failed abort (the cut of its bytes, the removal of its blobs) is reported once everything is released.
     const aborted = this.current ? await this.tpcAbort(this.current.txn).then(() => null, (err: unknown) => ({ err })) : null;

@@ -170,6 +170,26 @@ describe('FileStorage file bytes around two-phase commit', () => {
     await expectFails(() => fs.newOid(), StorageClosedError);
     await expectFails(() => fs.iterator(), StorageClosedError);
   });
+
+  it('two closes at once share one close, read-only ones too', async () => {
+    const { fs, path } = await fresh();
+    await populate(fs, new Model(), 2);
+    const results = await Promise.allSettled([fs.close(), fs.close()]);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled']);
+    const ro = await FileStorage.open(path, { readOnly: true });
+    expect((await Promise.allSettled([ro.close(), ro.close()])).map((r) => r.status)).toEqual(['fulfilled', 'fulfilled']);
+  });
+
+  it('a transaction still waiting to begin when close() is called never begins', async () => {
+    const { fs } = await fresh();
+    const first = {};
+    await fs.tpcBegin(first);
+    const waiting = fs.tpcBegin({});
+    const closing = fs.close();
+    await expectFails(() => waiting, StorageClosedError);
+    await closing;
+    expect(fs.isClosed).toBe(true);
+  });
 });
 
 describe('FileStorage read-only mode and locking', () => {
