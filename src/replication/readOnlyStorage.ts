@@ -2,6 +2,7 @@
 // actor: every read of FileStorage, and every write method raising
 // ReadOnlyError.
 
+import type { FileHandle } from 'node:fs/promises';
 import type { Observable } from 'rxjs';
 import { ReadOnlyError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
@@ -51,12 +52,23 @@ export class ReadOnlyStorage {
   iterator(start: Buffer | null = null, stop: Buffer | null = null, options: IterateOptions = {}): AsyncGenerator<TransactionRecord> {
     return this.inner.iterator(start, stop, options);
   }
-  undoLog(first?: number, last?: number): Promise<UndoLogEntry[]> {
-    return this.inner.undoLog(first, last);
+  undoLog(first?: number, last?: number, filter?: (entry: UndoLogEntry) => boolean): Promise<UndoLogEntry[]> {
+    return this.inner.undoLog(first, last, filter);
   }
   loadBlob(oid: Buffer, tid: Buffer): Promise<string> {
     return this.inner.loadBlob(oid, tid);
   }
+  openCommittedBlobFile(oid: Buffer, tid: Buffer): Promise<FileHandle> {
+    return this.inner.openCommittedBlobFile(oid, tid);
+  }
+  get lastDurableTid(): Buffer {
+    return this.inner.lastDurableTid;
+  }
+  get isClosed(): boolean {
+    return this.inner.isClosed;
+  }
+  /** Nothing to abort: no transaction begins here (the usual begin-then-abort-on-failure code runs unchanged). */
+  async tpcAbort(_txn: unknown): Promise<void> {}
 
   private refuse(operation: string): never {
     throw new ReadOnlyError(operation, this.inner.path);

@@ -30,7 +30,14 @@ describe.each(['native', 'zrs2.1', 'zrs2.0'] as const)('replication over TCP wit
         await waitForTid(secondary, live.at(-1)!);
         await expectSameHistory(primary.storage, secondary.storage);
         expect(() => secondary.storage.newOid()).toThrow(ReadOnlyError);
-        await expect(secondary.storage.tpcBegin({})).rejects.toBeInstanceOf(ReadOnlyError);
+        const txn = {};
+        await expect(secondary.storage.tpcBegin(txn)).rejects.toBeInstanceOf(ReadOnlyError);
+        // Code that aborts after a failed begin runs as against any storage.
+        await expect(secondary.storage.tpcAbort(txn)).resolves.toBeUndefined();
+        // Every read is the storage's own: the undo log with its filter too.
+        expect(await secondary.storage.undoLog(0, 20, () => false)).toEqual([]);
+        expect(await secondary.storage.undoLog(0, 20)).toEqual(await primary.storage.undoLog(0, 20));
+        expect(secondary.storage.lastDurableTid).toEqual(live.at(-1)!);
       } finally {
         await secondary.close();
       }
