@@ -767,6 +767,8 @@ export class Secondary {
     let primary: Primary;
     try {
       if (this.operation !== null) throw new PromotionRefusedError(`refusing to promote during a ${this.operation}`);
+      // Before the checks of what a promotion needs: none of them is the reason.
+      if (this.closedPromise) throw new ZrsError('the secondary is closed');
       this.operation = 'promotion';
       try {
         primary = await promoteSecondary(this.promotionHandle(), { ...this.options.whenPromoted, ...options });

@@ -629,7 +629,11 @@ describe('failover', () => {
     await closed.close();
     const live = await openSecondary(sPath, NOWHERE, { auditPath: undefined });
     try {
-      await expect(closed.promote()).rejects.toThrow();
+      await expect(closed.promote()).rejects.toThrow('the secondary is closed');
+      // Not a missing option: being closed is the reason, whatever else a promotion would need.
+      const closedWithoutServer = await openSecondary(join(dir, 'other.fs'), NOWHERE, { auditPath: null });
+      await closedWithoutServer.close();
+      await expect(closedWithoutServer.promote()).rejects.toThrow('the secondary is closed');
     } finally {
       await live.close();
     }
