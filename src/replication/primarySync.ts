@@ -8,6 +8,7 @@ import { auditServerSessions, openNodeAudit } from '../audit/nodeAudit.js';
 import type { Clock } from '../ports/clock.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import type { Logger } from './log.js';
+import { ZrsError } from '../errors.js';
 import type { ReplicationServer } from './server.js';
 import {
   AckTracker,
@@ -29,12 +30,12 @@ export interface PrimarySyncOptions {
   auditPath?: string | null;
 }
 
-/** The sync options with their defaults; throws RangeError for a bad one. */
+/** The sync options with their defaults; throws ZrsError for a bad one. */
 export function checkSyncOptions(options: Pick<PrimarySyncOptions, 'syncReplicas' | 'syncTimeoutMs'>): { syncReplicas: number; syncTimeoutMs: number } {
   const syncReplicas = options.syncReplicas ?? 0;
   const syncTimeoutMs = options.syncTimeoutMs ?? DEFAULT_SYNC_TIMEOUT_MS;
-  if (!Number.isInteger(syncReplicas) || syncReplicas < 0) throw new RangeError(`syncReplicas must be a non-negative integer, got ${syncReplicas}`);
-  if (!(syncTimeoutMs > 0) || !Number.isFinite(syncTimeoutMs)) throw new RangeError(`syncTimeoutMs must be a positive number, got ${syncTimeoutMs}`);
+  if (!Number.isInteger(syncReplicas) || syncReplicas < 0) throw new ZrsError(`syncReplicas must be a non-negative integer, got ${syncReplicas}`);
+  if (!(syncTimeoutMs > 0) || !Number.isFinite(syncTimeoutMs)) throw new ZrsError(`syncTimeoutMs must be a positive number, got ${syncTimeoutMs}`);
   return { syncReplicas, syncTimeoutMs };
 }
 

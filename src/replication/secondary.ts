@@ -162,7 +162,12 @@ const APPLIED_REPORT_MS = 20;
 export const MIN_STREAM_MAX_FRAME_BYTES = 2 * WHOLE_TXN_MAX_BYTES;
 
 /** Options the connection could not run with, refused before the storage is opened (ZrsError). */
+const PROTOCOLS: readonly SecondaryProtocol[] = ['native', 'zrs2.0', 'zrs2.1'];
+
 function checkConnectionOptions(options: SecondaryOptions): void {
+  if (options.protocol !== undefined && !PROTOCOLS.includes(options.protocol)) {
+    throw new ZrsError(`protocol must be one of ${PROTOCOLS.join(', ')}, not ${JSON.stringify(options.protocol)}`);
+  }
   const value = options.maxFrameBytes;
   if (value !== undefined && (!Number.isSafeInteger(value) || value < MIN_STREAM_MAX_FRAME_BYTES || value > MAX_FRAME_BYTES_LIMIT)) {
     throw new ZrsError(`maxFrameBytes must be a whole number of bytes from ${MIN_STREAM_MAX_FRAME_BYTES} to ${MAX_FRAME_BYTES_LIMIT}, not ${value}`);

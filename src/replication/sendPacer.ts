@@ -23,6 +23,7 @@
 // nothing and nothing waits, so simulations stay reproducible.
 
 import type { Clock, LoadMark } from '../ports/clock.js';
+import { ZrsError } from '../errors.js';
 
 /** The share of a busy event loop that replication sends may take. */
 export const DEFAULT_SEND_SHARE = 0.1;
@@ -77,7 +78,7 @@ export class SendPacer {
     private readonly share = DEFAULT_SEND_SHARE,
     private readonly progress: () => unknown = () => null,
   ) {
-    if (!(share > 0 && share <= 1)) throw new RangeError(`sendShare must be in (0, 1], got ${share}`);
+    if (!(share > 0 && share <= 1)) throw new ZrsError(`sendShare must be in (0, 1], got ${share}`);
     const load = clock.load;
     if (load) {
       this.windowMark = load.mark();

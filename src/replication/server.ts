@@ -6,7 +6,7 @@ import type { ProtocolSpec } from '../../machines/handshake.js';
 import type { Clock } from '../ports/clock.js';
 import type { ByteStream, Listener, ReplicationAddress, Transport } from '../ports/transport.js';
 import type { FileStorage } from '../storage/FileStorage.js';
-import type { NodeStatus } from '../wire/native.js';
+import { MAX_HEARTBEAT_INTERVAL_MS, type NodeStatus } from '../wire/native.js';
 import { ZrsError } from '../errors.js';
 import { formatAddress } from './address.js';
 import { buildNodeStatus } from './nodeStatus.js';
@@ -96,6 +96,11 @@ export class ReplicationServer {
   static async start(options: ReplicationServerOptions): Promise<ReplicationServer> {
     const max = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
     if (!Number.isSafeInteger(max) || max < 1) throw new ZrsError(`maxConnections must be a whole number of at least 1, not ${max}`);
+    const heartbeat = options.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS;
+    // A negative one would fire at once, over and over; one past a day is more than a welcome may announce.
+    if (!(heartbeat >= 0 && heartbeat <= MAX_HEARTBEAT_INTERVAL_MS)) {
+      throw new ZrsError(`heartbeatIntervalMs must be a number of ms from 0 (no heartbeats) to ${MAX_HEARTBEAT_INTERVAL_MS}, not ${heartbeat}`);
+    }
     const server = new ReplicationServer(options);
     server.listener = await options.transport.listen(options.address, (s) => server.accept(s));
     options.log('info', `replicating to ${formatAddress(server.listener.address)}`);

@@ -6,7 +6,7 @@
 // a zrs2 session, never a closed one); a wait never reports success before n
 // such acks; every timeout is logged and audited (fsynced).
 
-import { SyncReplicationAbortedError, SyncReplicationTimeoutError } from '../errors.js';
+import { SyncReplicationAbortedError, SyncReplicationTimeoutError, ZrsError } from '../errors.js';
 import type { Clock, TimerHandle } from '../ports/clock.js';
 import type { AuditLog } from '../audit/auditLog.js';
 import type { FileStorage } from '../storage/FileStorage.js';
@@ -158,8 +158,8 @@ export class AckTracker {
   waitForReplication(tid: Buffer, options: WaitForReplicationOptions = {}): Promise<ReplicationConfirmation> {
     const replicas = options.replicas ?? 1;
     const timeoutMs = options.timeoutMs ?? DEFAULT_SYNC_TIMEOUT_MS;
-    if (!Number.isInteger(replicas) || replicas < 0) throw new RangeError(`replicas must be a non-negative integer, got ${replicas}`);
-    if (!(timeoutMs > 0) || !Number.isFinite(timeoutMs)) throw new RangeError(`timeoutMs must be a positive finite number, got ${timeoutMs}`);
+    if (!Number.isInteger(replicas) || replicas < 0) throw new ZrsError(`replicas must be a non-negative integer, got ${replicas}`);
+    if (!(timeoutMs > 0) || !Number.isFinite(timeoutMs)) throw new ZrsError(`timeoutMs must be a positive finite number, got ${timeoutMs}`);
     const clock = this.options.clock;
     const startedMs = clock.now();
     const peers = this.confirmedBy(tid);

@@ -6,6 +6,7 @@
 import { join } from 'node:path';
 import { Packr } from 'msgpackr';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ZrsError } from '../../src/errors.js';
 import { seededRandom } from '../../src/ports/random.js';
 import { Primary } from '../../src/replication/primary.js';
 import { ReplicationServer } from '../../src/replication/server.js';
@@ -260,6 +261,24 @@ describe('a flood of connections to a primary', () => {
       await server.close();
       await storage.close();
     }
+  });
+
+  it.each([-1, Number.NaN, 86_400_001])('refuses a heartbeatIntervalMs of %s (a negative one fired at once, over and over)', async (heartbeatIntervalMs) => {
+    const dir = await tempDir();
+    await expect(Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, heartbeatIntervalMs, auditPath: null })).rejects.toThrow(
+      `heartbeatIntervalMs must be a number of ms from 0 (no heartbeats) to 86400000, not ${heartbeatIntervalMs}`,
+    );
+  });
+
+  it.each([
+    [{ syncReplicas: -1 }, /syncReplicas must be a non-negative integer/],
+    [{ syncTimeoutMs: 0 }, /syncTimeoutMs must be a positive number/],
+    [{ sendShare: 2 }, /sendShare must be in \(0, 1\]/],
+  ])('refuses %j as a ZrsError, as every other option', async (option, message) => {
+    const dir = await tempDir();
+    const opening = Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, ...option });
+    await expect(opening).rejects.toBeInstanceOf(ZrsError);
+    await expect(opening).rejects.toThrow(message);
   });
 
   it('refuses a maxConnections under 1', async () => {

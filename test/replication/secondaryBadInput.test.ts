@@ -201,6 +201,7 @@ describe('connection settings the secondary could not run with', () => {
     ['a keep-alive delay of 0', { keepAliveDelayMs: 0 }, /keepAliveDelayMs must be > 0, got 0/],
     ['a frame stall timeout of 0', { frameStallTimeoutMs: 0 }, /frameStallTimeoutMs must be > 0, not 0/],
     ['a negative heartbeat timeout', { heartbeatTimeoutMs: -1 }, /heartbeatTimeoutMs must be >= 0/],
+    ['a protocol there is none of (from JavaScript)', { protocol: 'zrs9' as never }, /protocol must be one of native, zrs2.0, zrs2.1, not "zrs9"/],
   ])('are refused at open, before the storage is created: %s', async (_name, extra, message) => {
     const dir = await tempDir();
     const opening = Secondary.open({ path: join(dir, 's.fs'), replicateFrom: '127.0.0.1:1', auditPath: null, ...extra });

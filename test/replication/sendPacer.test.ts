@@ -7,6 +7,7 @@
 // (simulations) nothing ever waits.
 
 import { describe, expect, it } from 'vitest';
+import { ZrsError } from '../../src/errors.js';
 import type { Clock, LoadMeter } from '../../src/ports/clock.js';
 import { SendPacer } from '../../src/replication/sendPacer.js';
 import { VirtualClock } from '../../src/sim/clock.js';
@@ -201,8 +202,8 @@ describe('SendPacer', () => {
 
   it('refuses a share outside (0, 1]', () => {
     const virtual = new VirtualClock(0);
-    expect(() => new SendPacer(virtual, 0)).toThrow(RangeError);
-    expect(() => new SendPacer(virtual, 1.5)).toThrow(RangeError);
-    expect(() => new SendPacer(virtual, Number.NaN)).toThrow(RangeError);
+    expect(() => new SendPacer(virtual, 0)).toThrow(ZrsError);
+    expect(() => new SendPacer(virtual, 1.5)).toThrow(ZrsError);
+    expect(() => new SendPacer(virtual, Number.NaN)).toThrow(ZrsError);
   });
 });
