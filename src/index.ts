@@ -13,6 +13,7 @@ export type {
   TransactionRecord,
   UndoLogEntry,
 } from './storage/types.js';
+export type { IterateOptions } from './storage/iterator.js';
 export { Z64, newTid, tidFromTime, tidToSeconds, tidToString, tidPlusOne } from './storage/timestamp.js';
 export { Primary, type PrimaryOptions } from './replication/primary.js';
 export { Secondary, type SecondaryOptions, type SecondaryStatus, type SecondaryProtocol } from './replication/secondary.js';
