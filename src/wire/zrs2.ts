@@ -43,7 +43,7 @@ export interface BlobStoreMessage extends Omit<StoreMessage, 'type'> {
   blocks: number;
 }
 
-/** `('C', (md5,))`, or `('C', ())` from old primaries that send no checksum (digest null). */
+/** `('C', (md5,))`, or `('C', ())` from ZRS primaries older than 2.2.3, which send no checksum (digest null; a secondary refuses it). */
 export interface ChecksumMessage {
   type: 'C';
   digest: Buffer | null;
@@ -372,7 +372,11 @@ export class Zrs2StreamParser {
 
   private commit(tid: Buffer, m: ChecksumMessage, payload: Uint8Array): Zrs2Event {
     const computed = this.checksum.digest();
-    if (this.verifyChecksum && m.digest !== null && !m.digest.equals(computed)) throw new ChecksumMismatchError(computed, m.digest, tid);
+    if (this.verifyChecksum) {
+      // Nothing is committed unchecked (zc.zrs's secondary, checking checksums as it does by default, fails here too).
+      if (m.digest === null) throw new ProtocolError(`C message without a checksum for tid ${tid.toString('hex')} (a ZRS primary older than 2.2.3 sends none): refused, every transaction is checked`);
+      if (!m.digest.equals(computed)) throw new ChecksumMismatchError(computed, m.digest, tid);
+    }
     this.checksum.update(payload);
     this.lastTid = tid;
     this.state = { at: 'between-transactions' };

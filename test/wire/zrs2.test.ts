@@ -320,14 +320,17 @@ describe('stream parser errors', () => {
     expect(() => p.push(Buffer.alloc(65_537))).toThrow(/exceeds 64 KiB/);
   });
 
-  it("accepts ('C', ()) from old primaries without verifying, and ignores keep-alives", () => {
+  it("refuses ('C', ()) from a primary that sends no checksum (nothing is committed unchecked), and ignores keep-alives", () => {
     const p = new Zrs2StreamParser({ startTid: basic.startTid });
     const noChecksum = encodeMessage({ type: 'C', digest: null });
     expect(noChecksum.toString('hex')).toBe('2858010000004329742e'); // CPython: pickle ('C', ()) at protocol 1, fast
-    const events = [basicFrames[0]!, Buffer.alloc(0), basicFrames[1]!, basicFrames[2]!, Buffer.alloc(0), noChecksum].flatMap((f) => p.push(f));
-    expect(events.map((e) => e.kind)).toEqual(['begin', 'record', 'commit']);
-    expect(events[2]).toMatchObject({ kind: 'commit', checksum: null });
-    expect(p.push(Buffer.alloc(0))).toEqual([]);
+    const events = [basicFrames[0]!, Buffer.alloc(0), basicFrames[1]!, basicFrames[2]!, Buffer.alloc(0)].flatMap((f) => p.push(f));
+    expect(events.map((e) => e.kind)).toEqual(['begin', 'record']);
+    expect(() => p.push(noChecksum)).toThrow(/C message without a checksum for tid [0-9a-f]{16} \(a ZRS primary older than 2\.2\.3 sends none\)/);
+    // With the checksum, the same transaction commits.
+    const q = new Zrs2StreamParser({ startTid: basic.startTid });
+    const committed = basicFrames.slice(0, 4).flatMap((f) => q.push(f));
+    expect(committed.map((e) => e.kind)).toEqual(['begin', 'record', 'commit']);
   });
 });
 
