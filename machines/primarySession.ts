@@ -11,14 +11,14 @@ const MACHINE = 'primarySession';
 
 // ---------------------------------------------------------------- events
 
-/** First non-empty frame: the protocol name, decoded as text by the edge. */
+/** First frame: the protocol name, decoded as text by the edge (an empty one names no protocol). */
 export interface ProtocolEvent {
   type: 'PROTOCOL';
   name: string;
 }
 
 /**
- * Second non-empty frame, decoded with the chosen protocol's codec. The edge
+ * Second frame, decoded with the chosen protocol's codec. The edge
  * adds what only the storage knows, so the machine judges the handshake
  * without calling out: `primaryLastTid` is the storage's last tid at the
  * moment the frame was decoded (8 zero bytes for an empty storage), and
@@ -35,7 +35,7 @@ export interface SessionStartEvent {
 }
 
 /**
- * Second non-empty frame was a status request instead of a start (native
+ * Second frame was a status request instead of a start (native
  * protocol family): the edge answers it with one status message
  * (`sendStatus`), then the session closes without streaming anything.
  */
@@ -44,7 +44,7 @@ export interface StatusRequestEvent {
 }
 
 /**
- * Second non-empty frame was a promote request instead of a start (native
+ * Second frame was a promote request instead of a start (native
  * protocol family): the edge's `promote` actor carries it out, `sendPromoteResult`
  * answers, then the session closes without streaming anything.
  */

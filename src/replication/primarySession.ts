@@ -283,7 +283,9 @@ export class PrimarySession {
   }
 
   private onFrame(payload: Buffer): void {
-    if (payload.length === 0) {
+    // Keep-alives come only after the handshake; an empty frame in its place is an empty protocol
+    // name or start tid, refused as zc.zrs refuses it.
+    if (payload.length === 0 && this.framesSeen >= 2) {
       this.send({ type: 'KEEPALIVE' });
       return;
     }

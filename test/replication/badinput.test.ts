@@ -109,6 +109,22 @@ describe('a primary given bad input closes only that connection', () => {
     await expectOnlyThatConnectionClosed(/protocol error: .*1048576/);
   });
 
+  it('an empty frame in place of the protocol name names no protocol, as zc.zrs takes it', async () => {
+    const c = await connect();
+    c.send(Buffer.alloc(0));
+    c.send(Buffer.from('zrs2.0'));
+    c.send(primary.storage.lastTransaction());
+    await expectOnlyThatConnectionClosed(/unknown protocol|protocol ""/i);
+  });
+
+  it('an empty frame in place of the start tid is a start tid of 0 bytes', async () => {
+    const c = await connect();
+    c.send(Buffer.from('zrs2.0'));
+    c.send(Buffer.alloc(0));
+    c.send(primary.storage.lastTransaction());
+    await expectOnlyThatConnectionClosed(/bad-tid|0 bytes/);
+  });
+
   it('zrs2.0 start tid that is not 8 bytes', async () => {
     const c = await connect();
     c.send(Buffer.from('zrs2.0'));
