@@ -592,23 +592,25 @@ export class FileStorage {
     this.append(cur, oid, back ? null : data, back);
   }
 
-  /** Position of `oid`'s record in transaction `tid` if its data matches `data`, else 0 (as ZODB's _data_find). */
+  /** Position of `oid`'s last record in transaction `tid` if its data matches `data`, else 0 (as ZODB's _data_find). */
   private findDataRecord(oid: Buffer, tid: Buffer, data: Buffer | null): number {
     const tpos = this.findTransaction(tid);
     if (tpos === null) return 0;
     const h = this.readTxnHeaderAt(tpos);
     let pos = tpos + TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
     const tend = tpos + h.length;
+    // The oid's last record there, as a load sees it: one transaction may hold several (undos of
+    // several transactions that changed it), and a backpointer to an earlier one would restore stale data.
+    let found: { pos: number; plen: number } | null = null;
     while (pos < tend) {
       const d = this.readDataHeaderAt(pos);
-      if (d.oid.equals(oid)) {
-        if (d.plen === 0) return pos;
-        if (data === null || d.plen !== data.length) return 0;
-        return preadSync(this.fd, pos + DATA_HEADER_BYTES, d.plen).equals(data) ? pos : 0;
-      }
+      if (d.oid.equals(oid)) found = { pos, plen: d.plen };
       pos += dataRecordLength(d.plen);
     }
-    return 0;
+    if (found === null) return 0;
+    if (found.plen === 0) return found.pos;
+    if (data === null || found.plen !== data.length) return 0;
+    return preadSync(this.fd, found.pos + DATA_HEADER_BYTES, found.plen).equals(data) ? found.pos : 0;
   }
 
   /**

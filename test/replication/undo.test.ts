@@ -74,7 +74,7 @@ describe.each(['native', 'zrs2.1', 'zrs2.0'] as const)('undo over %s', (protocol
     expect(readFileSync(join(dir, 's.fs')).equals(readFileSync(join(dir, 'p.fs')))).toBe(true);
   });
 
-  it('replicates two undos of one object in one transaction (two records of the oid) to a byte-identical file', async () => {
+  it('replicates two undos of one object in one transaction (two records of the oid), and an undo back into it, to a byte-identical file', async () => {
     const dir = await tempDir();
     const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
     const fs = primary.storage;
@@ -91,6 +91,17 @@ describe.each(['native', 'zrs2.1', 'zrs2.0'] as const)('undo over %s', (protocol
       await fs.tpcVote(txn);
       const u = await fs.tpcFinish(txn);
       await waitForTid(secondary, u);
+      expect((await secondary.storage.load(a)).data.toString()).toBe('a1');
+      // A later change undone again points back into that transaction, at its last record of the
+      // object (the one a load sees): the secondary must restore that one, not the first.
+      const t4 = await commitOne(fs, [[a, u, 'a4']]);
+      const undo4 = { description: 'undo t4' };
+      await fs.tpcBegin(undo4);
+      await fs.undo(t4, undo4);
+      await fs.tpcVote(undo4);
+      const v = await fs.tpcFinish(undo4);
+      await waitForTid(secondary, v);
+      expect((await fs.load(a)).data.toString()).toBe('a1');
       expect((await secondary.storage.load(a)).data.toString()).toBe('a1');
       await expectSameHistory(fs, secondary.storage);
     } finally {
