@@ -77,19 +77,19 @@ export function undoTransaction(storage: FileStorage, id: string | Buffer, txn: 
   if (tpos === null) throw new UndoError(`transaction ${tid.toString('hex')} not found`);
   const h = storage.readTxnHeaderAt(tpos);
   if (h.status !== STATUS_COMMITTED) throw new UndoError(`transaction ${tid.toString('hex')} is not undoable (status ${JSON.stringify(h.status)})`);
-  const plan: Array<{ oid: Buffer; back: number }> = [];
-  const seen = new Set<OidKey>();
+  // Each object's last record in the transaction is the revision it left (a transaction may hold
+  // several of one object: stored twice, or undone twice); ZODB's undo gives the earlier ones a
+  // second chance in the same way, and the last one decides.
+  const last = new Map<OidKey, { oid: Buffer; pos: number; prev: number }>();
   let pos = tpos + TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
   const tend = tpos + h.length;
   while (pos < tend) {
     const d = storage.readDataHeaderAt(pos);
     const key = oidKey(d.oid);
-    if (!seen.has(key)) {
-      seen.add(key);
-      plan.push({ oid: Buffer.from(d.oid), back: undoTarget(storage, key, pos, d.prev) });
-    }
+    last.set(key, { oid: last.get(key)?.oid ?? Buffer.from(d.oid), pos, prev: d.prev });
     pos += dataRecordLength(d.plen);
   }
+  const plan = [...last].map(([key, r]) => ({ oid: r.oid, back: undoTarget(storage, key, r.pos, r.prev) }));
   // Check (and read) everything before writing anything: an undo applies whole or not at all.
   const copies = blobCopies(storage, plan);
   const redone = plan.filter((s) => storage.pendingPos(oidKey(s.oid)) !== undefined).map((s) => s.oid);

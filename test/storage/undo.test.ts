@@ -186,6 +186,32 @@ describe('several undos in one transaction', () => {
     }
   });
 
+  it('undoes a transaction holding several records of one object by its last, as ZODB does: stored twice, or undone twice', () =>
+    withStorage(async (fs) => {
+      const a = fs.newOid();
+      const t0 = await commit(fs, [[a, Z64, 'v0']]);
+      // Stored twice in one transaction: the load sees the second, and an undo goes back to before both.
+      const twice = await commit(fs, [
+        [a, t0, 'first'],
+        [a, t0, 'second'],
+      ]);
+      expect((await fs.load(a)).data.toString()).toBe('second');
+      await undo(fs, twice);
+      expect((await fs.load(a)).data.toString()).toBe('v0');
+
+      // The transaction of two undos (T2, then T1) undone in turn: the object is back as after T2.
+      const t1 = await commit(fs, [[a, fs.lastTransaction(), 'w1']]);
+      const t2 = await commit(fs, [[a, t1, 'w2']]);
+      const both = await undoAll(fs, [t2, t1]);
+      expect((await fs.load(a)).data.toString()).toBe('v0');
+      await undo(fs, both);
+      expect((await fs.load(a)).data.toString()).toBe('w2');
+      // And it stays refused when a later transaction changed the object.
+      const t3 = await commit(fs, [[a, fs.lastTransaction(), 'w3']]);
+      await expect(undo(fs, both)).rejects.toThrow(/modified by a later transaction/);
+      expect((await fs.load(a)).tid).toEqual(t3);
+    }));
+
   it('undoing a creation after undoing the change that followed it removes the object', () =>
     withStorage(async (fs) => {
       const a = fs.newOid();
