@@ -471,6 +471,8 @@ export class FileStorage {
   /** A new, never-used oid. */
   newOid(): Buffer {
     this.checkWritable('newOid');
+    // Past the largest oid there is none: wrapping would hand out oid 0, the root (ZODB raises too).
+    if (this.lastOid.every((b) => b === 0xff)) throw new ZrsError(`${this.path}: no oid is left after 0xffffffffffffffff`);
     const oid = Buffer.from(this.lastOid);
     for (let i = 7; i >= 0 && ++oid[i]! === 256; i--) oid[i] = 0; // big-endian increment
     this.lastOid = oid;

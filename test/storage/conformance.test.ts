@@ -171,6 +171,19 @@ describe('FileStorage file bytes around two-phase commit', () => {
     await expectFails(() => fs.iterator(), StorageClosedError);
   });
 
+  it('hands out no oid past 0xffffffffffffffff (never the root oid again), before and after a reopen', async () => {
+    const { fs, path } = await fresh();
+    await commit(fs, [[Buffer.alloc(8, 0xff), Z64, data('the largest oid')]]);
+    expect(() => fs.newOid()).toThrow(/no oid is left after 0xffffffffffffffff/);
+    await fs.close();
+    const again = await FileStorage.open(path, { now: fakeClock() });
+    try {
+      expect(() => again.newOid()).toThrow(/no oid is left/);
+    } finally {
+      await again.close();
+    }
+  });
+
   it('two closes at once share one close, read-only ones too', async () => {
     const { fs, path } = await fresh();
     await populate(fs, new Model(), 2);
