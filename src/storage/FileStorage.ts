@@ -488,8 +488,18 @@ export class FileStorage {
     const extension = metaBytes('extension', encodeExtension(txn));
     const status = options.status ?? STATUS_COMMITTED;
     if (status.length !== 1 || status === STATUS_CHECKPOINT) throw new ZrsError(`tpcBegin: invalid status ${JSON.stringify(status)}`);
-    const release = await this.commitLock.acquire();
+    if (this.waitingBegins.has(txn)) throw new StorageTransactionError('tpcBegin: transaction already waiting to begin');
+    const waiting = { aborted: false };
+    this.waitingBegins.set(txn, waiting);
+    let release: () => void;
     try {
+      release = await this.commitLock.acquire();
+    } finally {
+      this.waitingBegins.delete(txn);
+    }
+    try {
+      // Aborted while it waited: it must not begin (it would hold the commit lock with nobody to end it).
+      if (waiting.aborted) throw new StorageTransactionError('tpcBegin: the transaction was aborted while it waited to begin');
       this.checkWritable('tpcBegin');
       const tid = this.chooseTid(options.tid);
       this.txnBuffer.reset(TXN_HEADER_BYTES + user.length + description.length + extension.length);
@@ -881,6 +891,11 @@ export class FileStorage {
   /** Abandon the transaction in progress; nothing of it stays on disk. */
   async tpcAbort(txn: TransactionMeta): Promise<void> {
     if (this.closed) return;
+    const waiting = this.waitingBegins.get(txn);
+    if (waiting) {
+      waiting.aborted = true;
+      return;
+    }
     const cur = this.current;
     if (cur === null || cur.txn !== txn) return; // ZODB ignores aborts of other transactions
     if (cur.voting) {
@@ -1315,6 +1330,9 @@ export class FileStorage {
     this.closing ??= this.closeOnce();
     return this.closing;
   }
+
+  /** Transactions whose tpcBegin waits for the commit lock: an abort meanwhile marks them, and they never begin. */
+  private readonly waitingBegins = new Map<TransactionMeta, { aborted: boolean }>();
 
   /** The close under way or done (close()). */
   private closing: Promise<void> | null = null;

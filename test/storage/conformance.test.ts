@@ -184,6 +184,24 @@ describe('FileStorage file bytes around two-phase commit', () => {
     }
   });
 
+  it('a transaction aborted while it waits to begin never begins, and holds nothing', async () => {
+    const { fs } = await fresh();
+    try {
+      const first = {};
+      await fs.tpcBegin(first);
+      const second = {};
+      const begun = fs.tpcBegin(second).then(() => 'begun', (e: Error) => e.message);
+      await fs.tpcAbort(second);
+      await fs.tpcAbort(first);
+      expect(await begun).toMatch(/aborted while it waited to begin/);
+      // The commit lock is free: the next transaction begins and commits.
+      await commit(fs, [[oidOf(1), Z64, data('after')]]);
+      expect(fs.transactionCount).toBe(1);
+    } finally {
+      await fs.close();
+    }
+  });
+
   it('two closes at once share one close, read-only ones too', async () => {
     const { fs, path } = await fresh();
     await populate(fs, new Model(), 2);
