@@ -215,7 +215,13 @@ export class Primary {
     return this.describe(this.server.status());
   }
 
-  /** Refuse new writes (a transaction begun and not yet voted is aborted), send every committed transaction to connected secondaries, close. Every call waits for the one close. */
+  /**
+   * Refuse new writes, send every committed transaction to connected
+   * secondaries, close. Every call waits for the one close. A transaction
+   * begun and not yet voted is aborted; one voted is waited for until its
+   * caller finishes or aborts it (its tpcFinish may follow other resources'
+   * votes, and aborting it then would break their two-phase commit).
+   */
   close(): Promise<void> {
     this.closing ??= this.doClose();
     return this.closing;
