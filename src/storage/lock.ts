@@ -5,19 +5,37 @@
 import { closeSync, openSync, writeSync, ftruncateSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { hostname } from 'node:os';
-import { LockedError } from '../errors.js';
+import { LockedError, ZrsError } from '../errors.js';
 
-const require = createRequire(import.meta.url);
-const { flockSync } = require('fs-ext') as { flockSync(fd: number, flags: 'exnb' | 'un'): void };
+type Flock = (fd: number, flags: 'exnb' | 'un') => void;
+
+/**
+ * fs-ext's flockSync, loaded when a lock is first taken: a process that
+ * takes none (a simulation, reads of a file opened read-only) runs where
+ * the native addon could not be built.
+ */
+let flockSync: Flock | null = null;
+
+function flock(path: string): Flock {
+  if (flockSync === null) {
+    try {
+      flockSync = (createRequire(import.meta.url)('fs-ext') as { flockSync: Flock }).flockSync;
+    } catch (err) {
+      throw new ZrsError(`cannot lock ${path}: the fs-ext native addon did not load (\`npm rebuild fs-ext\` builds it): ${(err as Error).message}`, { cause: err });
+    }
+  }
+  return flockSync;
+}
 
 export class LockFile {
   private constructor(readonly path: string, private fd: number | null) {}
 
   /** Take the lock or throw LockedError naming the file. */
   static acquire(path: string): LockFile {
+    const lock = flock(path);
     const fd = openSync(path, 'a+');
     try {
-      flockSync(fd, 'exnb');
+      lock(fd, 'exnb');
     } catch (err) {
       closeSync(fd);
       throw new LockedError(path, { cause: err });
