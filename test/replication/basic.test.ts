@@ -216,3 +216,37 @@ describe('live commits', () => {
     }
   });
 });
+
+describe('an observer of applied$ that throws', () => {
+  it('has its error reported through RxJS, while the other observers and replication go on', async () => {
+    const { config } = await import('rxjs');
+    const reported: unknown[] = [];
+    const before = config.onUnhandledError;
+    config.onUnhandledError = (err) => reported.push(err);
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, auditPath: null });
+    const seen: string[] = [];
+    const throwing = secondary.applied$.subscribe(() => {
+      throw new Error('observer failed');
+    });
+    const quiet = secondary.applied$.subscribe((t) => seen.push(t.tid.toString('hex')));
+    try {
+      const tids = await commitMany(primary.storage, 3);
+      await waitForTid(secondary, tids.at(-1)!);
+      const more = await commitMany(primary.storage, 2);
+      await waitForTid(secondary, more.at(-1)!);
+      expect(seen).toEqual([...tids, ...more].map((t) => t.toString('hex')));
+      // RxJS reports each on a timer of its own, set when the observer threw: they have run after one more.
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      expect(reported).toHaveLength(5);
+      expect(reported.every((e) => (e as Error).message === 'observer failed')).toBe(true);
+    } finally {
+      throwing.unsubscribe();
+      quiet.unsubscribe();
+      config.onUnhandledError = before;
+      await secondary.close();
+      await primary.close();
+    }
+  });
+});
