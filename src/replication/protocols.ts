@@ -38,7 +38,7 @@ export interface OutboundCodec {
   /** `generation`: announce the sender's current generation (after a promotion). */
   heartbeat(lastTid: Buffer, clockMs: number, generation?: GenerationEntry): Buffer | null;
   transaction(txn: TransactionRecord): AsyncGenerator<Buffer>;
-  /** All frames of a transaction without blobs, built at once; null when it has blob records. */
+  /** All frames of a transaction without blobs, built at once; null when it has blob records or is too large to build at once. */
   plainFrames(txn: TransactionRecord): Buffer[] | null;
   /** True when `txn` may travel in a batch of raw transactions (see rawFrames); always false when the peer did not ask for them. */
   acceptsRaw(txn: TransactionRecord): boolean;
@@ -242,6 +242,9 @@ export function zrs2Outbound(storage: FileStorage, startTid: Buffer, spec: Proto
     },
     plainFrames(txn) {
       if (blobs && txn.records.some((r) => isBlobRecord(r.data))) return null;
+      // A large one goes frame by frame, each written as the socket takes it: built at once, its
+      // frames would be a second copy of it in memory for each session sending it.
+      if (txn.records.reduce((n, r) => n + (r.data?.length ?? 0), 0) > WHOLE_TXN_MAX_BYTES) return null;
       const out = [frame(encodeMessage({ type: 'T', tid: txn.tid, status: txn.status, user: txn.user, description: txn.description, extension: extensionDict(txn.extensionBytes) }))];
       for (const r of txn.records) {
         out.push(frame(encodeMessage({ type: 'S', oid: r.oid, tid: txn.tid, version: '', dataTxn: r.dataTxn })));

@@ -10,7 +10,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { ChecksumMismatchError, PickleError, ProtocolError } from '../../src/errors.js';
 import { linksOfRun } from '../../src/failover/hashChain.js';
 import { NativeInbound, Zrs2Inbound, type ApplyEvent } from '../../src/replication/inbound.js';
-import { nativeOutbound } from '../../src/replication/protocols.js';
+import { nativeOutbound, WHOLE_TXN_MAX_BYTES, zrs2Outbound, ZRS20_SPEC } from '../../src/replication/protocols.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import type { TransactionRecord } from '../../src/storage/types.js';
 import { FRAME_HEADER_BYTES } from '../../src/wire/framing.js';
@@ -182,3 +182,16 @@ describe('nativeOutbound', () => {
   });
 });
 
+describe('zrs2Outbound', () => {
+  it('sends a transaction of more than WHOLE_TXN_MAX_BYTES frame by frame, the same frames as a smaller one built at once', async () => {
+    const txn = (recordBytes: number) =>
+      ({ tid: Buffer.alloc(8, 1), status: ' ', user: Buffer.alloc(0), description: Buffer.alloc(0), extensionBytes: Buffer.alloc(0), records: [1, 2].map((i) => ({ oid: Buffer.alloc(8, i), dataTxn: null, data: Buffer.alloc(recordBytes, i) })) }) as never;
+    const small = txn(1000);
+    const built = zrs2Outbound({ blobs: null } as never, Z64, ZRS20_SPEC).plainFrames(small);
+    const streamed: Buffer[] = [];
+    for await (const f of zrs2Outbound({ blobs: null } as never, Z64, ZRS20_SPEC).transaction(small)) streamed.push(f);
+    expect(Buffer.concat(built!).equals(Buffer.concat(streamed))).toBe(true);
+    expect(zrs2Outbound({ blobs: null } as never, Z64, ZRS20_SPEC).plainFrames(txn(WHOLE_TXN_MAX_BYTES / 2))).not.toBeNull();
+    expect(zrs2Outbound({ blobs: null } as never, Z64, ZRS20_SPEC).plainFrames(txn(WHOLE_TXN_MAX_BYTES / 2 + 1))).toBeNull();
+  });
+});
