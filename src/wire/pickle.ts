@@ -79,8 +79,21 @@ function asFloat(v: number): number | PickleFloat {
   return Number.isInteger(v) ? new PickleFloat(v) : v;
 }
 
-/** A Python dict. Only `str` keys; `Map` keeps Python's insertion order even for keys like `"10"`. */
-export type PickleDict = Map<string, PickleValue>;
+/**
+ * A Python dict; `Map` keeps Python's insertion order even for keys like `"10"`.
+ * Its keys are `str`, except when read with `objects`: then any key Python
+ * hashes (an int, bytes, a tuple …) is kept as read.
+ */
+export type PickleDict = Map<PickleKey, PickleValue>;
+
+/** A dict key: a `str`, or (read with `objects`) another hashable value. */
+export type PickleKey = string | number | bigint | boolean | null | PickleFloat | Buffer | PickleTuple<PickleValue> | PickleGlobal;
+
+/** Whether Python could have used `v` as a dict key (no list, dict or object inside). */
+function isHashable(v: PickleValue): v is PickleKey {
+  if (v instanceof PickleTuple) return v.items.every((i) => isHashable(i));
+  return !(Array.isArray(v) || v instanceof Map || v instanceof PickleObject);
+}
 
 /**
  * What `loads` returns. Python `int` is a `number` inside ±(2^53-1) and a `bigint` outside it;
@@ -118,7 +131,7 @@ export type PickleWritable =
   | Uint8Array
   | readonly PickleWritable[]
   | PickleTuple<PickleWritable>
-  | ReadonlyMap<string, PickleWritable>
+  | ReadonlyMap<PickleKey, PickleWritable>
   | PickleGlobal
   | PickleObject
   | { readonly [key: string]: PickleWritable };
@@ -302,6 +315,35 @@ class Unpickler {
     return text;
   }
 
+  /** Bytes up to the next newline (which is consumed after them by the caller's read). */
+  private lineLength(): number {
+    const end = this.buf.indexOf(0x0a, this.pos);
+    if (end < 0) throw this.fail('truncated pickle: missing newline');
+    return end - this.pos;
+  }
+
+  /** Protocol 0 UNICODE: a line in raw-unicode-escape (latin-1 bytes, \\uXXXX and \\UXXXXXXXX). */
+  private unicodeLine(): string {
+    const bytes = this.read(this.lineLength());
+    this.pos += 1;
+    try {
+      return rawUnicodeEscape(bytes);
+    } catch (cause) {
+      throw this.fail(`bad UNICODE literal: ${(cause as Error).message}`);
+    }
+  }
+
+  /** Protocol 0 STRING: a Python 2 str literal, quoted with ' or ", its escapes decoded as Python's string_escape. */
+  private quotedString(text: string): Uint8Array {
+    const q = text[0];
+    if (text.length < 2 || (q !== "'" && q !== '"') || text[text.length - 1] !== q) throw this.fail('STRING is not a quoted literal');
+    try {
+      return escapeDecode(text.slice(1, -1));
+    } catch (cause) {
+      throw this.fail(`bad STRING literal: ${(cause as Error).message}`);
+    }
+  }
+
   // -- stack -----------------------------------------------------------------------------------
 
   private push(item: Item): void {
@@ -371,6 +413,8 @@ class Unpickler {
       [c('C'), () => this.push(Buffer.from(this.read(this.u8())))],
       [c('B'), () => this.push(Buffer.from(this.read(this.u32())))],
       [0x8e, () => this.push(Buffer.from(this.read(this.u64())))],
+      [c('S'), () => this.push(py2str(this.quotedString(this.line())))],
+      [c('V'), () => this.push(this.unicodeLine())],
       [c('U'), () => this.push(py2str(this.read(this.u8())))],
       [c('T'), () => this.push(py2str(this.read(this.i32())))],
       [c(']'), () => this.push([])],
@@ -505,8 +549,9 @@ class Unpickler {
   private setItems(dict: PickleDict, items: Item[]): PickleDict {
     if (items.length % 2 !== 0) throw this.fail('odd number of items for a dict');
     for (let i = 0; i < items.length; i += 2) {
-      const key = items[i];
-      if (typeof key !== 'string') throw this.fail('dict key is not a str');
+      const key = this.plain(items[i]!);
+      // Only str keys, but when objects are kept: then any key Python hashes (an int, bytes, a tuple) is kept as read.
+      if (typeof key !== 'string' && !(this.objects && isHashable(key))) throw this.fail('dict key is not a str');
       dict.set(key, this.plain(items[i + 1]!));
     }
     return dict;
@@ -587,6 +632,63 @@ class Unpickler {
 }
 
 /** Python 2 `str` read by Python 3 with ZODB's `encoding='ASCII', errors='bytes'`. */
+const SIMPLE_ESCAPES: Readonly<Record<string, number>> = { '\\': 0x5c, "'": 0x27, '"': 0x22, a: 0x07, b: 0x08, f: 0x0c, n: 0x0a, r: 0x0d, t: 0x09, v: 0x0b };
+
+/** Python's codecs.escape_decode of a str literal's body (`text` holds one byte per char). */
+function escapeDecode(text: string): Buffer {
+  const out: number[] = [];
+  for (let i = 0; i < text.length; i++) {
+    const ch = text.charCodeAt(i);
+    if (ch !== 0x5c || i + 1 === text.length) {
+      if (ch === 0x5c) throw new Error('\\ at the end of the literal');
+      out.push(ch);
+      continue;
+    }
+    const next = text[++i]!;
+    const simple = SIMPLE_ESCAPES[next];
+    if (simple !== undefined) out.push(simple);
+    else if (next === '\n') continue; // a line continuation
+    else if (next >= '0' && next <= '7') {
+      let digits = next;
+      while (digits.length < 3 && i + 1 < text.length && text[i + 1]! >= '0' && text[i + 1]! <= '7') digits += text[++i];
+      out.push(parseInt(digits, 8) & 0xff);
+    } else if (next === 'x') {
+      const hex = text.slice(i + 1, i + 3);
+      if (!/^[0-9a-fA-F]{2}$/.test(hex)) throw new Error(`invalid \\x escape at ${i - 1}`);
+      out.push(parseInt(hex, 16));
+      i += 2;
+    } else out.push(0x5c, next.charCodeAt(0)); // unknown escapes stay as they are
+  }
+  return Buffer.from(out);
+}
+
+/** Python's raw_unicode_escape decoding: latin-1 bytes, and \\uXXXX / \\UXXXXXXXX after an odd run of backslashes. */
+function rawUnicodeEscape(bytes: Uint8Array): string {
+  let out = '';
+  for (let i = 0; i < bytes.length; ) {
+    if (bytes[i] !== 0x5c) {
+      out += String.fromCharCode(bytes[i++]!);
+      continue;
+    }
+    const run = i;
+    while (i < bytes.length && bytes[i] === 0x5c) i++;
+    const u = bytes[i];
+    if ((i - run) % 2 === 0 || (u !== 0x75 && u !== 0x55)) {
+      out += '\\'.repeat(i - run);
+      continue;
+    }
+    out += '\\'.repeat(i - run - 1);
+    const count = u === 0x75 ? 4 : 8;
+    const hex = Buffer.from(bytes.subarray(i + 1, i + 1 + count)).toString('latin1');
+    if (!new RegExp(`^[0-9a-fA-F]{${count}}$`).test(hex)) throw new Error(`truncated \\${String.fromCharCode(u)} escape at ${i - 1}`);
+    const code = parseInt(hex, 16);
+    if (code > 0x10ffff) throw new Error(`\\U escape out of range at ${i - 1}`);
+    out += String.fromCodePoint(code);
+    i += 1 + count;
+  }
+  return out;
+}
+
 function py2str(bytes: Uint8Array): string | Buffer {
   const copy = Buffer.from(bytes);
   return copy.every((b) => b < 0x80) ? copy.toString('latin1') : copy;
@@ -972,8 +1074,9 @@ class Pickler {
   }
 
   private saveItem([k, v]: [unknown, PickleWritable]): void {
-    if (typeof k !== 'string') throw new PickleError(`dict key is not a str: ${typeof k}`);
-    this.saveStr(k);
+    if (typeof k === 'string') this.saveStr(k);
+    else if (isHashable(k as PickleValue)) this.save(k as PickleWritable);
+    else throw new PickleError(`dict key is not a str: ${typeof k}`);
     this.save(v);
   }
 }

@@ -11,7 +11,7 @@ import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { loads, type PickleValue } from '../../src/wire/pickle.js';
-import { REDUCED_ALIKE, REDUCED_PER_PROTOCOL } from '../helpers/cpythonPickles.js';
+import { REDUCED_ALIKE, REDUCED_PER_PROTOCOL, UNUSUAL_EXTENSIONS } from '../helpers/cpythonPickles.js';
 import { commitMany, expectSameHistory, waitForTid, Z64 } from './helpers.js';
 import { LogCollector, settleUntil } from './netHelpers.js';
 
@@ -51,6 +51,8 @@ describe.each(['native', 'zrs2.1', 'zrs2.0'] as const)('replication over TCP wit
     ['a datetime, a set and a Decimal', [REDUCED_ALIKE.stored]],
     // zc.zrs's messages write a shared value out each time (fast mode), so the shared date is stored twice over zrs2.
     ['and an OrderedDict, a class instance, a shared date', [REDUCED_ALIKE.stored, REDUCED_PER_PROTOCOL.stored]],
+    // Over zrs2 the secondary stores each again at protocol 3, as a Python secondary does.
+    ['keys other than str, protocol 0 pickles', Object.values(UNUSUAL_EXTENSIONS).map((v) => v.stored)],
   ])('carries extensions holding objects (%s) to a file with the same transactions', async (_name, extensions) => {
     const dir = await tempDir();
     const primary = await Primary.open({ path: join(dir, 'primary.fs'), replicateTo: '127.0.0.1:0', fsync: false });
@@ -81,6 +83,17 @@ describe.each(['native', 'zrs2.1', 'zrs2.0'] as const)('replication over TCP wit
     }
     same = readFileSync(join(dir, 'secondary.fs')).equals(readFileSync(join(dir, 'primary.fs')));
     expect(same).toBe(protocol === 'native' || extensions.length === 1);
+    if (extensions.length === 3 && protocol !== 'native') {
+      const again = Object.values(UNUSUAL_EXTENSIONS).map((v) => v.again.toString('hex'));
+      const onSecondary = await FileStorage.open(join(dir, 'secondary.fs'), { readOnly: true });
+      try {
+        const got: string[] = [];
+        for await (const t of onSecondary.iterator()) got.push(t.extensionBytes.toString('hex'));
+        expect(got).toEqual(again);
+      } finally {
+        await onSecondary.close();
+      }
+    }
   });
 });
 
