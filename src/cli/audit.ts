@@ -126,7 +126,7 @@ function summary(r: AuditRecord): string {
     case 'rewind':
       return Number(d.transactionsCut) === 0
         ? `REWIND: nothing to cut, shares its history with ${str(d.commonWith)} up to tid ${str(d.forkTid)}`
-        : `REWOUND to tid ${str(d.forkTid)} (common with ${str(d.commonWith)}): ${str(d.transactionsCut)} transaction(s) cut, ${str(d.firstCutTid)} .. ${str(d.lastCutTid)}, ${str(d.blobsCut)} blob file(s); saved in ${str(d.sidePath)}`;
+        : `REWOUND to tid ${str(d.forkTid)} (common with ${str(d.commonWith)}): ${str(d.transactionsCut)} transaction(s) cut, ${str(d.firstCutTid)} .. ${str(d.lastCutTid)}, ${str(d.blobsCut)} blob file(s)${d.blobsMissing ? ` (${str(d.blobsMissing)} already missing)` : ''}; saved in ${str(d.sidePath)}`;
     case 'sync-timeout':
       return `SYNC TIMEOUT tid ${str(d.tid)}: ${str(d.got)} of ${str(d.wanted)} acks within ${str(d.timeoutMs)} ms (committed on the primary)`;
     case 'config':

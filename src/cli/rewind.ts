@@ -50,6 +50,10 @@ export async function rewind(args: ParsedArgs, io: CliIo): Promise<number> {
       `${path}: rewound to tid ${result.forkTid.toString('hex')}; ${result.cutTids.length} transaction(s) saved in ${result.sidePath}` +
         `${result.sideBlobDir ? ` (${result.blobsCut} blob file(s) in ${result.sideBlobDir})` : ''}\n`,
     );
+    const missing = result.blobsMissing;
+    if (missing.length > 0) {
+      io.err(`zrs rewind: ${missing.length} cut blob record(s) had no blob file before the rewind and are kept in the side file without one: ${missing.slice(0, 10).join(', ')}${missing.length > 10 ? ', …' : ''}\n`);
+    }
   }
   return EXIT_OK;
 }

@@ -55,6 +55,8 @@ export interface RewindResult {
   sideBlobDir: string | null;
   /** Blob files moved to the side blob directory. */
   blobsCut: number;
+  /** Blob records cut whose file was already missing (`oid 0x… tid 0x…`): kept in the side file without it. */
+  blobsMissing: string[];
 }
 
 /**
@@ -93,11 +95,11 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
     }
     if (forkTid === null || cut === null) {
       // The primary accepts this storage as it is: nothing to cut.
-      const none = { forkTid: last, cutTids: [], sidePath: null, sideBlobDir: null, blobsCut: 0 };
+      const none = { forkTid: last, cutTids: [], sidePath: null, sideBlobDir: null, blobsCut: 0, blobsMissing: [] };
       await recordRewind(audit, primary, none);
       return none;
     }
-    const result = { forkTid, cutTids: cut.cutTids, sidePath: cut.sidePath, sideBlobDir: cut.sideBlobDir, blobsCut: cut.cutBlobs.length };
+    const result = { forkTid, cutTids: cut.cutTids, sidePath: cut.sidePath, sideBlobDir: cut.sideBlobDir, blobsCut: cut.cutBlobs.length, blobsMissing: cut.blobsMissing };
     const generations = await GenerationHistory.open(path);
     // The decision is on disk before anything is cut (the cut part is already saved aside): a crash or a
     // failing step after it leaves a record of what was being cut, and the error says how far it got.
@@ -131,6 +133,8 @@ interface SavedCut {
   cutTids: Buffer[];
   /** The storage's blob files of the cut transactions, copied to the side (remove them once the cut is done). */
   cutBlobs: string[];
+  /** Blob records cut whose file was missing before the rewind. */
+  blobsMissing: string[];
   /** Where the first cut transaction starts in the data file, or null when nothing is cut. */
   cutPos: number | null;
 }
@@ -160,7 +164,7 @@ function keptTid(storage: FileStorage, forkTid: Buffer, exact: boolean): Buffer 
  */
 async function saveCut(storage: FileStorage, forkTid: Buffer, withBlobs: boolean): Promise<SavedCut> {
   const path = storage.path;
-  const out: SavedCut = { sidePath: null, sideBlobDir: null, cutTids: [], cutBlobs: [], cutPos: null };
+  const out: SavedCut = { sidePath: null, sideBlobDir: null, cutTids: [], cutBlobs: [], blobsMissing: [], cutPos: null };
   if (!forkTid.equals(Z64) && storage.findTransaction(forkTid) === null) {
     throw new ZrsError(`${path}: the fork tid ${forkTid.toString('hex')} is not a transaction of this storage; cannot rewind to it`);
   }
@@ -176,7 +180,9 @@ async function saveCut(storage: FileStorage, forkTid: Buffer, withBlobs: boolean
       const meta = { user: txn.user, description: txn.description, extensionBytes: txn.extensionBytes };
       await side.tpcBegin(meta, { tid: txn.tid, status: txn.status });
       for (const r of txn.records) {
-        const blob = storage.blobs && isBlobRecord(r.data) ? await storage.loadBlob(r.oid, txn.tid).catch(() => null) : null;
+        const blob = side.blobs && isBlobRecord(r.data) ? await storage.loadBlob(r.oid, txn.tid).catch(() => null) : null;
+        // Missing already (not lost here): the record is kept without it, and the result says so.
+        if (side.blobs && isBlobRecord(r.data) && blob === null) out.blobsMissing.push(`oid 0x${r.oid.toString('hex')} tid 0x${txn.tid.toString('hex')}`);
         if (blob && side.blobs) {
           // Copied, not moved: the original is removed only once the side file is durable.
           const temp = side.blobs.tempPath();
@@ -251,7 +257,7 @@ export async function rewindOpenStorage(storage: FileStorage, refusedAt: Buffer,
   }
   for (const blob of cut.cutBlobs) await rm(blob, { force: true });
   await options.history.cutTo(forkTid);
-  return { forkTid: Buffer.from(forkTid), cutTids: cut.cutTids, sidePath: cut.sidePath, sideBlobDir: cut.sideBlobDir, blobsCut: cut.cutBlobs.length };
+  return { forkTid: Buffer.from(forkTid), cutTids: cut.cutTids, sidePath: cut.sidePath, sideBlobDir: cut.sideBlobDir, blobsCut: cut.cutBlobs.length, blobsMissing: cut.blobsMissing };
 }
 
 /** The details of a `rewind` audit record: where it cut, what it cut, where the cut part went. */
@@ -261,6 +267,7 @@ export function rewindAuditDetails(r: RewindResult, commonWith: string): Record<
     commonWith,
     transactionsCut: r.cutTids.length,
     blobsCut: r.blobsCut,
+    ...(r.blobsMissing.length > 0 ? { blobsMissing: r.blobsMissing.length, firstBlobsMissing: r.blobsMissing.slice(0, 10) } : {}),
     firstCutTid: r.cutTids[0] ?? null,
     lastCutTid: r.cutTids.at(-1) ?? null,
     sidePath: r.sidePath,

@@ -4,7 +4,7 @@
 // failover simulation property (b), as a node that rewind could not repair:
 // the fork named a tid its storage lacked, or kept a refused generation.
 
-import { mkdirSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { readAuditLog } from '../../src/audit/auditLog.js';
@@ -189,6 +189,45 @@ describe('rewinding to a fork tid the storage lacks', () => {
     const after = await FileStorage.open(path);
     expect(after.lastTransaction()).toEqual(tids[1]);
     await after.close();
+  });
+
+  it('offline with blobs: cut blobs go to the side blob directory, and a blob file already missing is named, not passed over', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const blobDir = join(dir, 'blobs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false, blobDir });
+    const [kept] = await commitMany(fs, 1);
+    const BLOB_RECORD = Buffer.from('8003635a4f44422e626c6f620a426c6f620a71002e80034e2e', 'hex');
+    const stored: Array<{ oid: Buffer; tid: Buffer }> = [];
+    for (const content of ['one', 'two']) {
+      const file = join(dir, `upload-${content}`);
+      writeFileSync(file, content);
+      const oid = fs.newOid();
+      const txn = {};
+      await fs.tpcBegin(txn);
+      await fs.storeBlob(oid, Z64, BLOB_RECORD, file, txn);
+      await fs.tpcVote(txn);
+      stored.push({ oid, tid: await fs.tpcFinish(txn) });
+    }
+    const [present, gone] = stored;
+    rmSync(fs.blobs!.pathFor(gone!.oid, gone!.tid));
+    const presentPath = fs.blobs!.pathFor(present!.oid, present!.tid);
+    await fs.close();
+
+    const r = await rewindStorage(path, { toCommonWith: kept!, blobDir });
+    expect(r.cutTids).toEqual([present!.tid, gone!.tid]);
+    expect(r.blobsCut).toBe(1);
+    expect(r.blobsMissing).toEqual([`oid 0x${gone!.oid.toString('hex')} tid 0x${gone!.tid.toString('hex')}`]);
+    expect(existsSync(presentPath)).toBe(false);
+    const side = await FileStorage.open(r.sidePath!, { readOnly: true, blobDir: r.sideBlobDir! });
+    try {
+      expect(readFileSync(await side.loadBlob(present!.oid, present!.tid), 'utf8')).toBe('one');
+      expect(side.transactionCount).toBe(2);
+    } finally {
+      await side.close();
+    }
+    const rewound = (await readAuditLog(`${path}.audit`)).records.find((rec) => rec.kind === 'rewind')!;
+    expect(rewound.details).toMatchObject({ blobsCut: 1, blobsMissing: 1, firstBlobsMissing: r.blobsMissing });
   });
 
   it('offline: the rewind is recorded before anything is cut, and a step failing after the cut says what was cut and where', async () => {
