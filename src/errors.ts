@@ -67,7 +67,7 @@ export class FormatError extends ZrsError {
 export class LockedError extends ZrsError {
   override name = 'LockedError';
   constructor(readonly lockPath: string, options?: { cause?: unknown }) {
-    super(`could not lock ${lockPath}: another process has the storage open for writing`, options);
+    super(`could not lock ${lockPath}: the storage is open for writing elsewhere (another process, or another open storage in this one)`, options);
   }
 }
 
