@@ -142,9 +142,11 @@ export function commandArbitraries(options: CommandOptions = {}): Array<fc.Arbit
   const up = (n: string) => (m: ClusterModel) => !m.down.has(n);
   const all: Record<CommandKind, fc.Arbitrary<fc.AsyncCommand<ClusterModel, SimCluster>>> = {
     commit: fc
-      .record({ records: fc.integer({ min: 1, max: 5 }), bytes: fc.constantFrom(...(options.recordBytes ?? [16, 200, 3000, 40_000])) })
-      .map(({ records, bytes }) => new OpCommand({ kind: 'commit', records, bytes }, up('p'), (m) => void (m.commits += 1))),
-    undo: fc.integer({ min: 0, max: 2 }).map((back) => new OpCommand({ kind: 'undo', back }, (m) => up('p')(m) && m.commits > 0)),
+      .record({ records: fc.integer({ min: 1, max: 5 }), bytes: fc.constantFrom(...(options.recordBytes ?? [16, 200, 3000, 40_000])), twice: fc.integer({ min: 0, max: 4 }).map((x) => x === 0) })
+      .map(({ records, bytes, twice }) => new OpCommand({ kind: 'commit', records, bytes, twice }, up('p'), (m) => void (m.commits += 1))),
+    undo: fc
+      .record({ back: fc.integer({ min: 0, max: 2 }), count: fc.integer({ min: 1, max: 2 }) })
+      .map(({ back, count }) => new OpCommand({ kind: 'undo', back, count }, (m) => up('p')(m) && m.commits > 0)),
     partition: fc.tuple(pair, fc.boolean()).map(([[a, b], oneWay]) => new OpCommand({ kind: 'partition', a, b, oneWay }, () => true)),
     heal: fc.constantFrom('deliver' as const, 'reset' as const).map((mode) => new OpCommand({ kind: 'heal', mode }, () => true)),
     reset: pair.map(([a, b]) => new OpCommand({ kind: 'reset', a, b }, () => true)),

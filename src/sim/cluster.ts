@@ -89,8 +89,10 @@ export interface SimClusterOptions {
 /** One operation of a workload or fault schedule. */
 export type SimOp =
   /** On `node` (a running primary), by default on the current primary. */
-  | { kind: 'commit'; records?: number; bytes?: number; node?: string }
-  | { kind: 'undo'; back?: number }
+  /** `twice`: the first object is stored a second time in the same transaction (two records of it, as ZODB allows). */
+  | { kind: 'commit'; records?: number; bytes?: number; node?: string; twice?: boolean }
+  /** Undo `count` (default 1) of the workload's transactions in one transaction, newest first, starting `back` from the last. */
+  | { kind: 'undo'; back?: number; count?: number }
   | { kind: 'partition'; a: string; b: string; oneWay?: boolean }
   | { kind: 'isolate'; node: string }
   | { kind: 'heal'; a?: string; b?: string; mode?: HealMode }
@@ -668,7 +670,7 @@ export class SimCluster {
     return n.up && n.primary ? n : null;
   }
 
-  private async commit(records: number, bytes: number, node: string | undefined): Promise<void> {
+  private async commit(records: number, bytes: number, node: string | undefined, twice: boolean): Promise<void> {
     const w = this.writer(node);
     if (!w) {
       this.note(node ?? this.current, 'commit skipped: not a running primary');
@@ -690,32 +692,42 @@ export class SimCluster {
       stored.push({ oid, data });
       fs.store(oid, await serialOf(fs, oid), data, txn);
     }
+    if (twice && stored.length > 0) {
+      // Stored again under the same serial: the transaction holds two records of it, the second current.
+      const { oid } = stored[0]!;
+      const data = Buffer.alloc(bytes, `${n}.again.${Math.floor(this.random.next() * 1e9)};`);
+      stored.push({ oid, data });
+      fs.store(oid, await serialOf(fs, oid), data, txn);
+    }
     if (!(await this.vote(w, fs, txn, `commit of txn ${n}`))) return;
     for (const oid of mine) if (!this.oids.some((o) => o.equals(oid))) this.oids.push(oid);
     this.finish(w, fs, txn, (tid) => `commit ${tid} (${mine.length} records × ${bytes} B)`, recordsDigest(stored));
   }
 
-  private async undo(back: number): Promise<void> {
+  private async undo(back: number, count: number): Promise<void> {
     const w = this.writer(undefined);
     const model = w?.model ?? [];
     if (!w || model.length === 0) {
       this.note(this.current, 'undo skipped');
       return;
     }
-    const target = Buffer.from(model[Math.max(0, model.length - 1 - back)]!.tid, 'hex');
+    // Newest first, as an operator undoing several transactions at once does (an object two of them changed gets a record per undo).
+    const newest = Math.max(0, model.length - 1 - back);
+    const targets = model.slice(Math.max(0, newest + 1 - count), newest + 1).reverse().map((m) => Buffer.from(m.tid, 'hex'));
+    const what = `undo ${targets.map((t) => t.toString('hex')).join(', ')}`;
     const fs = w.primary!.storage;
-    const txn = { user: 'sim', description: `undo ${target.toString('hex')}` };
+    const txn = { user: 'sim', description: what };
     await fs.tpcBegin(txn);
-    let oids: Buffer[];
+    const oids: Buffer[] = [];
     try {
-      oids = await fs.undo(target, txn);
+      for (const target of targets) oids.push(...(await fs.undo(target, txn)));
     } catch (err) {
       await fs.tpcAbort(txn);
-      this.note(w.name, `undo ${target.toString('hex')} refused: ${this.withoutDir((err as Error).message)}`);
+      this.note(w.name, `${what} refused: ${this.withoutDir((err as Error).message)}`);
       return;
     }
-    if (!(await this.vote(w, fs, txn, `undo ${target.toString('hex')}`))) return;
-    this.finish(w, fs, txn, (tid) => `undo ${target.toString('hex')} as ${tid} (${oids.length} objects)`);
+    if (!(await this.vote(w, fs, txn, what))) return;
+    this.finish(w, fs, txn, (tid) => `${what} as ${tid} (${oids.length} records)`);
   }
 
   /** Vote; when the disk refuses the write, abort: nothing of the transaction is committed. */
@@ -823,10 +835,10 @@ export class SimCluster {
     this.stats.ops += 1;
     switch (op.kind) {
       case 'commit':
-        await this.commit(op.records ?? 3, op.bytes ?? 64, op.node);
+        await this.commit(op.records ?? 3, op.bytes ?? 64, op.node, op.twice ?? false);
         break;
       case 'undo':
-        await this.undo(op.back ?? 0);
+        await this.undo(op.back ?? 0, op.count ?? 1);
         break;
       case 'partition':
         this.network.partition(op.a, op.b, op.oneWay ?? false);

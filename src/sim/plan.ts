@@ -49,8 +49,8 @@ export function randomPlan(seed: number, options: RandomPlanOptions = {}): SimPl
     at += int(options.maxGapMs ?? 400);
     const r = rnd.next();
     let op: SimOp;
-    if (r < 0.45) op = { kind: 'commit', records: 1 + int(5), bytes: pick([16, 64, 300, 2000, 20_000]) };
-    else if (r < 0.5) op = { kind: 'undo', back: int(3) };
+    if (r < 0.45) op = { kind: 'commit', records: 1 + int(5), bytes: pick([16, 64, 300, 2000, 20_000]), twice: rnd.next() < 0.2 };
+    else if (r < 0.5) op = { kind: 'undo', back: int(3), count: 1 + int(2) };
     else if (r < 0.58) {
       const [a, b] = linkOf();
       op = { kind: 'partition', a, b, oneWay: rnd.next() < 0.3 };
