@@ -123,9 +123,11 @@ export async function promoteSecondary(h: PromotionHandle, options: PromoteOptio
   const server = await h.detach();
   const address = server?.address ?? requested;
   // The last tid after detaching: the transaction in progress was aborted, nothing else is applied.
-  const entry = await h.history.startGeneration(h.storage.lastTransaction());
+  // The generation starts once the new Primary recorded the promotion (Primary.open, newGeneration).
+  const lastTid = h.storage.lastTransaction();
+  const entry = nextGeneration(h.history, lastTid);
   if (options.claim && entry.generation !== planned.generation) {
-    throw new PromotionRefusedError(`generation changed during promotion (${planned.generation} claimed, ${entry.generation} started); promote again`);
+    throw new PromotionRefusedError(`generation changed during promotion (${planned.generation} claimed, ${entry.generation} planned); promote again`);
   }
   // Downstream secondaries past their handshake keep streaming from the same server.
   const kept = (server?.status() ?? []).filter((s) => s.state === 'catchingUp' || s.state === 'live').map((s) => s.peer);
@@ -148,6 +150,13 @@ export async function promoteSecondary(h: PromotionHandle, options: PromoteOptio
       sessions: kept,
       requestedBy: options.requestedBy ?? 'api',
       forced: options.force === true,
+    },
+    newGeneration: {
+      entry,
+      start: async () => {
+        const started = await h.history.startGeneration(lastTid);
+        if (started.generation !== entry.generation) throw new ZrsError(`generation ${started.generation} started where ${entry.generation} was recorded`);
+      },
     },
     path: h.storage.path,
     storage: h.storage,

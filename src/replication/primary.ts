@@ -76,6 +76,12 @@ export interface PrimaryOptions {
   auditPath?: string | null;
   /** What the promotion that opens this primary decided, for the audit log's `promotion` record (set by Secondary.promote). */
   promotion?: Record<string, unknown>;
+  /**
+   * The promotion's new generation, started only once its `promotion`
+   * record is on disk (a decision is recorded before it takes effect, and
+   * before anyone can learn of it). @internal
+   */
+  newGeneration?: { entry: GenerationEntry; start(): Promise<unknown> };
 }
 
 /** A primary's answer to a promote request on its replication address, recorded in its audit log. */
@@ -150,7 +156,14 @@ export class Primary {
       primary.failover = history;
       primary.sync = sync;
       const promotion = options.promotion ?? (options.history !== undefined ? {} : null);
-      await sync.attach(server, { generation: () => primary.generation, address: formatAddress(server.address), promotion });
+      const starting = options.newGeneration ?? null;
+      let started = starting === null;
+      // Records written before the new generation starts carry the one they decide.
+      await sync.attach(server, { generation: () => (started ? primary.generation : starting!.entry), address: formatAddress(server.address), promotion });
+      if (starting) {
+        await starting.start();
+        started = true;
+      }
       // The sessions kept streaming learn the new generation without reconnecting; only now that the
       // promotion is on disk in the audit log, as every decision is before anyone learns of it.
       if (options.server) server.announceGeneration();

@@ -75,8 +75,9 @@ export class PrimarySync {
     if (!this.audit) return;
     this.audit.generation = details.generation;
     this.stopAudit = auditServerSessions(this.audit, server);
-    // A failed write is logged by the audit log itself and fails every later decision.
-    if (details.promotion) await this.audit.decide('promotion', { role: 'primary', address: details.address, ...details.promotion }).catch(() => undefined);
+    // A promotion is recorded before it takes effect: one that cannot be recorded does not happen.
+    // (Any other failed write is logged by the audit log itself and fails every later decision.)
+    if (details.promotion) await this.audit.decide('promotion', { role: 'primary', address: details.address, ...details.promotion });
     this.opened = true;
     await this.audit
       .decide('config', { change: 'open', role: 'primary', replicateTo: details.address, syncReplicas: this.syncReplicas, syncTimeoutMs: this.syncTimeoutMs })

@@ -3,7 +3,7 @@
 // primary as diverged (no retry loop), rewind it into a side file, rejoin and
 // converge; equal tids with different contents are caught.
 
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -11,6 +11,7 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import { Primary, type PrimaryOptions } from '../../src/replication/primary.js';
 import { Secondary, type SecondaryOptions } from '../../src/replication/secondary.js';
 import { FailoverHistory } from '../../src/failover/history.js';
+import { GenerationHistory } from '../../src/failover/generations.js';
 import { askForkTid, rewindStorage } from '../../src/failover/rewind.js';
 import type { Transport } from '../../src/ports/transport.js';
 import { PromotionRefusedError, type PromoteOptions } from '../../src/failover/promote.js';
@@ -585,10 +586,33 @@ describe('failover', () => {
       const refused = (await readAuditLog(`${sPath}.audit`)).records.filter((r) => r.kind === 'promotion-refused');
       expect(refused).toHaveLength(1);
       expect(refused[0]!.details).toMatchObject({ code: 'failed', afterDetach: true, reason: expect.stringMatching(/EADDRINUSE/) });
-      expect(refused[0]!.generation).toMatchObject({ generation: 1 });
+      // The new generation starts only once the promotion is recorded, after listening: none was started.
+      expect(refused[0]!.generation).toMatchObject({ generation: 0 });
+      const generations = await GenerationHistory.open(sPath);
+      expect(generations.list.map((g) => g.generation)).toEqual([0]);
     } finally {
       await secondary.close();
       await new Promise<void>((resolve) => busy.close(() => resolve()));
+    }
+  });
+
+  it('a promotion its audit log cannot record does not start a new generation (recorded first, as every decision)', async () => {
+    const dir = await tempDir();
+    const primary = await openPrimary(join(dir, 'p.fs'));
+    const sPath = join(dir, 's.fs');
+    const secondary = await openSecondary(sPath, primary.address, { auditPath: undefined });
+    try {
+      await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
+      await primary.close();
+      await waitForState(secondary, 'backoff');
+      // The log's name now leads to a directory: the new primary cannot open it to record the promotion.
+      renameSync(`${sPath}.audit`, `${sPath}.audit.moved`);
+      mkdirSync(`${sPath}.audit`);
+      await expect(secondary.promote({ replicateTo: '127.0.0.1:0' })).rejects.toThrow();
+      const generations = await GenerationHistory.open(sPath);
+      expect(generations.list.map((g) => g.generation)).toEqual([0]);
+    } finally {
+      await secondary.close();
     }
   });
 
