@@ -37,6 +37,16 @@ export interface ResetEvent {
   lastAppliedTid?: Tid;
 }
 
+/**
+ * The storage was cut back (an online rewind): the next handshake starts at
+ * `lastAppliedTid`. A storage fact like TXN_APPLIED, accepted in every state
+ * (a new address may have left `diverged` while the rewind ran).
+ */
+export interface StorageCutEvent {
+  type: 'STORAGE_CUT';
+  lastAppliedTid: Tid;
+}
+
 /** The primary accepted the handshake (protocols with a verdict; from replicate). */
 export interface WelcomeEvent {
   type: 'WELCOME';
@@ -74,6 +84,7 @@ export type SecondaryConnectionEvent =
   | SecondaryCloseEvent
   | SetAddressEvent
   | ResetEvent
+  | StorageCutEvent
   | WelcomeEvent
   | RefusedEvent
   | TxnAppliedEvent
@@ -384,6 +395,7 @@ export const secondaryConnectionMachine = setup({
         return { lastAppliedTid: event.tid, attempt: 0 };
       }),
     },
+    STORAGE_CUT: { actions: assign({ lastAppliedTid: ({ event }) => event.lastAppliedTid }) },
   },
   states: {
     idle: {

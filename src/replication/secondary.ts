@@ -952,7 +952,10 @@ export class Secondary {
     const cutting = (async () => {
       const resume = this.server ? await this.server.suspend() : () => undefined;
       try {
-        return await rewindOpenStorage(this.inner, divergence.forkTid, { history: this.failover!, withBlobs: this.inner.blobs !== null });
+        const cut = await rewindOpenStorage(this.inner, divergence.forkTid, { history: this.failover!, withBlobs: this.inner.blobs !== null });
+        // Before any connection waiting for the cut goes on (a new address may have left `diverged` meanwhile).
+        this.actor.send({ type: 'STORAGE_CUT', lastAppliedTid: this.inner.lastTransaction() });
+        return cut;
       } finally {
         resume();
       }

@@ -13,7 +13,9 @@ import { Secondary, type SecondaryOptions } from '../../src/replication/secondar
 import { FailoverHistory } from '../../src/failover/history.js';
 import { GenerationHistory } from '../../src/failover/generations.js';
 import { askForkTid, rewindStorage } from '../../src/failover/rewind.js';
+import type { Clock } from '../../src/ports/clock.js';
 import type { Transport } from '../../src/ports/transport.js';
+import { systemClock } from '../../src/node/clock.js';
 import { PromotionRefusedError, type PromoteOptions } from '../../src/failover/promote.js';
 import { tidFromTime } from '../../src/storage/timestamp.js';
 import { readAuditLog } from '../../src/audit/auditLog.js';
@@ -76,10 +78,10 @@ async function replicatingPair(dir: string, pExtra: Partial<PrimaryOptions> = {}
  * got, b promoted, and the old primary reopened as b's secondary, refused as
  * diverged; `shared` are the 3 transactions both hold.
  */
-async function divergedOldPrimary(dir: string): Promise<{ a: Secondary; aPath: string; promoted: Primary; shared: Buffer[] }> {
+async function divergedOldPrimary(dir: string, bExtra: Partial<SecondaryOptions> = {}): Promise<{ a: Secondary; aPath: string; promoted: Primary; shared: Buffer[] }> {
   const aPath = join(dir, 'a.fs');
   const old = await openPrimary(aPath);
-  const b = await openSecondary(join(dir, 'b.fs'), old.address, { replicateTo: '127.0.0.1:0' });
+  const b = await openSecondary(join(dir, 'b.fs'), old.address, { replicateTo: '127.0.0.1:0', ...bExtra });
   const shared = await commitMany(old.storage, 3);
   await waitForTid(b, shared.at(-1)!);
   b.setReplicationAddress(NOWHERE);
@@ -558,6 +560,24 @@ describe('failover', () => {
         await history.close();
         await fs.close();
       }
+    } finally {
+      await a.close();
+      await promoted.close();
+    }
+  });
+
+  it('a rewind and a new address at once: the next connection starts from the cut, and replication goes on', async () => {
+    // b's clock runs an hour behind a's (skew between hosts): what b commits once promoted has tids below a's cut ones.
+    const behind: Clock = { ...systemClock, now: () => systemClock.now() - 3_600_000 };
+    const { a, promoted } = await divergedOldPrimary(await tempDir(), { clock: behind });
+    try {
+      const fresh = await commitMany(promoted.storage, 2);
+      const rewinding = a.rewind();
+      a.setReplicationAddress(promoted.address);
+      await rewinding;
+      await waitForTid(a, fresh.at(-1)!);
+      await waitForTid(a, (await commitMany(promoted.storage, 1))[0]!);
+      await expectSameHistory(promoted.storage, a.storage);
     } finally {
       await a.close();
       await promoted.close();

@@ -262,6 +262,22 @@ describe('secondaryConnection: connecting and handshake', () => {
     const [s] = step(reach.diverged!(), { type: 'RESET' });
     expect(s.context.lastAppliedTid).toEqual(tid(3));
   });
+
+  it('STORAGE_CUT moves the start position back in every state, without a transition (a new address may have left diverged while a rewind ran)', () => {
+    for (const name of ['idle', 'connecting', 'backoff', 'diverged', 'failed'] as const) {
+      const s0 = reach[name]!();
+      const [s, actions] = step(s0, { type: 'STORAGE_CUT', lastAppliedTid: tid(1) });
+      expect(s.value).toEqual(s0.value);
+      expect(actions).toEqual([]);
+      expect(s.context.lastAppliedTid).toEqual(tid(1));
+    }
+    // Connecting when the cut came: the handshake starts from the cut, and what follows it is applied.
+    const [c] = step(reach.connecting!(), { type: 'STORAGE_CUT', lastAppliedTid: tid(1) });
+    const [h, connected] = step(c, doneEvent('connect', { connection: handle }));
+    expect(paramsOf<{ startTid: Uint8Array }>(connected, 'sendHandshake').startTid).toEqual(tid(1));
+    const [r] = step(h, { type: 'TXN_APPLIED', tid: tid(2) });
+    expect(r.context.lastAppliedTid).toEqual(tid(2));
+  });
 });
 
 describe('secondaryConnection: replicating', () => {
