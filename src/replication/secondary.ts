@@ -770,6 +770,8 @@ export class Secondary {
 
   private async doPromote(options: PromoteOptions): Promise<Primary> {
     let primary: Primary;
+    // Detached already: by another promotion, under way or done; the audit log is then not this call's to reopen or close.
+    const own = !this.detached;
     try {
       if (this.operation !== null) throw new PromotionRefusedError(`refusing to promote during a ${this.operation}`);
       // Before the checks of what a promotion needs: none of them is the reason.
@@ -784,7 +786,7 @@ export class Secondary {
         this.operation = null;
       }
     } catch (err) {
-      await this.recordPromotionRefused(err, options);
+      await this.recordPromotionRefused(err, options, own);
       throw err;
     }
     this.promotedSubject.next(primary);
@@ -813,7 +815,8 @@ export class Secondary {
   /**
    * A promotion failed after detaching (the new Primary did not open): no
    * Primary took the storage over, so close what the secondary still holds,
-   * as close() would. The generation the promotion started stays recorded.
+   * as close() would. A generation it started (only once its record was
+   * written) stays.
    */
   private async releaseAfterFailedPromotion(cause: unknown): Promise<void> {
     this.log('error', `promotion failed after replication stopped: ${cause instanceof Error ? cause.message : String(cause)}; the node is closed`);
@@ -822,11 +825,12 @@ export class Secondary {
 
   /**
    * Record a refused or failed promotion: in the secondary's audit log while
-   * it is open (closing it after a failed detach, as the node is closed by
-   * now), or, once the detach closed it, in the log opened again for this
-   * one record.
+   * it is open (closing it after this call's failed detach, as the node is
+   * closed by now), or, once this call's detach closed it, in the log opened
+   * again for this one record. `own`: the call was not made on a secondary
+   * another promotion had detached already.
    */
-  private async recordPromotionRefused(err: unknown, options: PromoteOptions): Promise<void> {
+  private async recordPromotionRefused(err: unknown, options: PromoteOptions, own: boolean): Promise<void> {
     const details = {
       code: err instanceof PromotionRefusedError ? err.code : 'failed',
       reason: err instanceof Error ? err.message : String(err),
@@ -837,11 +841,12 @@ export class Secondary {
     if (!this.audit) return;
     if (!this.audit.isClosed) {
       await this.audit.decide('promotion-refused', details).catch(() => undefined);
-      if (this.detached) await this.closeAudit('close').catch(() => undefined);
+      if (this.detached && own) await this.closeAudit('close').catch(() => undefined);
       return;
     }
-    // Closed without a detach: the node was closed (another may hold the log now); nothing to record.
-    if (!this.detached) return;
+    // Closed without this call's detach: the node was closed, or another promotion's Primary holds
+    // the log now (a second writer on it would write over its records); nothing to record here.
+    if (!this.detached || !own) return;
     const o = this.options;
     try {
       const audit = await openNodeAudit({ dataPath: o.path, auditPath: o.auditPath, node: o.name, clock: this.clock, log: this.log });

@@ -616,6 +616,28 @@ describe('failover', () => {
     }
   });
 
+  it('promote() again after a promotion writes nothing into the log the new primary now holds (a second writer would write over its records)', async () => {
+    const dir = await tempDir();
+    const primary = await openPrimary(join(dir, 'p.fs'));
+    const sPath = join(dir, 's.fs');
+    const secondary = await openSecondary(sPath, primary.address, { auditPath: undefined, replicateTo: '127.0.0.1:0' });
+    await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
+    await primary.close();
+    const promoted = await secondary.promote();
+    try {
+      await expect(secondary.promote()).rejects.toThrow('the secondary is closed');
+      // The new primary's next record follows its own, intact.
+      await commitMany(promoted.storage, 1);
+    } finally {
+      await promoted.close();
+    }
+    const log = await readAuditLog(`${sPath}.audit`);
+    expect(log.damages).toEqual([]);
+    expect(log.records.map((r) => r.seq)).toEqual(log.records.map((_, i) => i + 1));
+    expect(log.records.at(-1)).toMatchObject({ kind: 'config', details: { change: 'close', role: 'primary' } });
+    expect(log.records.filter((r) => r.kind === 'promotion-refused')).toEqual([]);
+  });
+
   it('a promotion its audit log cannot record does not start a new generation (recorded first, as every decision)', async () => {
     const dir = await tempDir();
     const primary = await openPrimary(join(dir, 'p.fs'));
