@@ -213,7 +213,11 @@ export class AckTracker {
 /** Keep send times bounded: when full, drop the second oldest (the oldest stays exact for lagMs). */
 function rememberSent(sent: Array<{ tid: Buffer; atMs: number }>, tid: Buffer, atMs: number): void {
   if (sent.length >= MAX_SENT_TIMES) sent.splice(1, 1);
-  sent.push({ tid, atMs });
+  // A copy of its own: an 8-byte Buffer cut from Node's shared pool keeps the pool's whole 8 KiB
+  // slab alive, and a secondary that stops acknowledging holds thousands of these.
+  const own = Buffer.allocUnsafeSlow(8);
+  tid.copy(own);
+  sent.push({ tid: own, atMs });
 }
 
 /**

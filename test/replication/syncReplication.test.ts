@@ -16,7 +16,7 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, waitForTid, Z64 } from './helpers.js';
 import { FramedSocket, LogCollector, sessionClosed, settleUntil, WAIT_MS } from './netHelpers.js';
-import { nativeProtocolName } from '../../src/wire/native.js';
+import { createNativePackr, encodeNative, nativeProtocolName } from '../../src/wire/native.js';
 
 afterAll(cleanupTempDirs);
 
@@ -172,6 +172,26 @@ describe('waitForReplication', () => {
       await expect(primary.waitForReplication(tid!, { replicas: 1, timeoutMs: 50 })).rejects.toBeInstanceOf(SyncReplicationTimeoutError);
       const record = (await readAuditLog(join(dir, 'p.fs.audit'))).records.find((r) => r.kind === 'sync-timeout');
       expect(record?.details).toMatchObject({ wanted: 1, got: 0, connected: 0 });
+    } finally {
+      peer.destroy();
+      await primary.close();
+    }
+  });
+
+  it('keeps the send times of a secondary that stops acknowledging in 8 bytes a tid, not a pooled 8 KiB slab each', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const peer = await FramedSocket.connect(primary.address);
+    try {
+      peer.send(nativeProtocolName());
+      peer.send(encodeNative({ type: 'hello', startTid: Z64, generations: [], options: { blobs: false } }, createNativePackr()));
+      await settleUntil(() => primary.secondaries().length === 1);
+      for (let i = 0; i < 50; i++) await commitMany(primary.storage, 1);
+      await settleUntil(() => primary.secondaries()[0]!.lastSentTid?.equals(primary.storage.lastTransaction()) === true);
+      const tracked = [...(primary as unknown as { sync: { tracker: { tracked: Map<unknown, { sent: Array<{ tid: Buffer }> }> } } }).sync.tracker.tracked.values()];
+      const sent = tracked.flatMap((t) => t.sent);
+      expect(sent.length).toBeGreaterThan(10);
+      expect(sent.every((e) => e.tid.buffer.byteLength === 8)).toBe(true);
     } finally {
       peer.destroy();
       await primary.close();
