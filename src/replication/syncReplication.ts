@@ -56,8 +56,8 @@ interface Tracked {
   acks: boolean;
   ackedTid: Buffer | null;
   lastSentTid: Buffer | null;
-  /** (tid, time sent), oldest first, all newer than ackedTid. */
-  sent: Array<{ tid: Buffer; atMs: number }>;
+  /** (tid as a number, time sent), oldest first, all newer than ackedTid. */
+  sent: Array<{ tid: bigint; atMs: number }>;
   lastAckLatencyMs: number | null;
   lastAckAtMs: number | null;
 }
@@ -118,7 +118,8 @@ export class AckTracker {
     t.ackedTid = acked;
     t.lastAckAtMs = now;
     let sentAt: number | null = null;
-    while (t.sent.length > 0 && Buffer.compare(t.sent[0]!.tid, acked) <= 0) sentAt = t.sent.shift()!.atMs;
+    const ackedAt = acked.readBigUInt64BE(0);
+    while (t.sent.length > 0 && t.sent[0]!.tid <= ackedAt) sentAt = t.sent.shift()!.atMs;
     t.lastAckLatencyMs = sentAt === null ? null : now - sentAt;
     this.recheck();
   }
@@ -211,13 +212,11 @@ export class AckTracker {
 }
 
 /** Keep send times bounded: when full, drop the second oldest (the oldest stays exact for lagMs). */
-function rememberSent(sent: Array<{ tid: Buffer; atMs: number }>, tid: Buffer, atMs: number): void {
+function rememberSent(sent: Array<{ tid: bigint; atMs: number }>, tid: Buffer, atMs: number): void {
   if (sent.length >= MAX_SENT_TIMES) sent.splice(1, 1);
-  // A copy of its own: an 8-byte Buffer cut from Node's shared pool keeps the pool's whole 8 KiB
-  // slab alive, and a secondary that stops acknowledging holds thousands of these.
-  const own = Buffer.allocUnsafeSlow(8);
-  tid.copy(own);
-  sent.push({ tid: own, atMs });
+  // Its value, not the Buffer: an 8-byte Buffer cut from Node's shared pool keeps the pool's whole
+  // 8 KiB slab alive, and a secondary that stops acknowledging holds thousands of these.
+  sent.push({ tid: tid.readBigUInt64BE(0), atMs });
 }
 
 /**
