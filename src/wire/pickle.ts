@@ -86,13 +86,18 @@ function asFloat(v: number): number | PickleFloat {
  */
 export type PickleDict = Map<PickleKey, PickleValue>;
 
-/** A dict key: a `str`, or (read with `objects`) another hashable value. */
-export type PickleKey = string | number | bigint | boolean | null | PickleFloat | Buffer | PickleTuple<PickleValue> | PickleGlobal;
+/**
+ * A dict key: a `str`, or (read with `objects`) another value Python hashes:
+ * a number, bytes, a tuple of such, or an object a pickle builds (a date, a
+ * frozenset: Python wrote it as a key, so it hashed it).
+ */
+export type PickleKey = string | number | bigint | boolean | null | PickleFloat | Uint8Array | PickleTuple<PickleValue> | PickleGlobal | PickleObject;
 
-/** Whether Python could have used `v` as a dict key (no list, dict or object inside). */
-function isHashable(v: PickleValue): v is PickleKey {
+/** Whether `v` can be a dict key: never a list, a dict or a plain JS object (Python hashes none of them). */
+function isHashable(v: unknown): v is PickleKey {
   if (v instanceof PickleTuple) return v.items.every((i) => isHashable(i));
-  return !(Array.isArray(v) || v instanceof Map || v instanceof PickleObject);
+  if (v === null || typeof v === 'string' || typeof v === 'number' || typeof v === 'bigint' || typeof v === 'boolean') return true;
+  return v instanceof PickleFloat || v instanceof Uint8Array || v instanceof PickleGlobal || v instanceof PickleObject;
 }
 
 /**
@@ -1075,7 +1080,7 @@ class Pickler {
 
   private saveItem([k, v]: [unknown, PickleWritable]): void {
     if (typeof k === 'string') this.saveStr(k);
-    else if (isHashable(k as PickleValue)) this.save(k as PickleWritable);
+    else if (isHashable(k)) this.save(k as PickleWritable);
     else throw new PickleError(`dict key is not a str: ${typeof k}`);
     this.save(v);
   }

@@ -293,6 +293,19 @@ describe('objects, read with `objects` (globals, REDUCE, NEWOBJ, BUILD kept as i
     expect([...ext.keys()]).toEqual([1, Buffer.from('k'), new PickleTuple([1, 'x']), 'user', 2.5]);
     // {[]: 1}: a list as a key, which no Python pickle holds.
     expect(pickleError(() => loads(hex('80037d285d4b01752e'), { objects: true })).message).toMatch(/dict key is not a str/);
+    // Objects Python hashes are keys too: {'when': 1, date(2020, 1, 2): 'x', frozenset([1]): 'y'}, as CPython 3.11 writes it.
+    const objectKeys = {
+      1: '7d71002858040000007768656e71014b01636461746574696d650a646174650a710228635f636f646563730a656e636f64650a710328580500000007c3a40102710458060000006c6174696e317105747106527107747108527109580100000078710a635f5f6275696c74696e5f5f0a66726f7a656e7365740a710b285d710c4b016174710d52710e580100000079710f752e',
+      2: '80027d71002858040000007768656e71014b01636461746574696d650a646174650a7102635f636f646563730a656e636f64650a7103580500000007c3a40102710458060000006c6174696e317105867106527107857108527109580100000078710a635f5f6275696c74696e5f5f0a66726f7a656e7365740a710b5d710c4b016185710d52710e580100000079710f752e',
+      3: '80037d71002858040000007768656e71014b01636461746574696d650a646174650a7102430407e4010271038571045271055801000000787106636275696c74696e730a66726f7a656e7365740a71075d71084b016185710952710a580100000079710b752e',
+    } as const;
+    for (const protocol of [1, 2, 3] as const) {
+      const value = loads(hex(objectKeys[protocol]), { objects: true }) as Map<unknown, PickleValue>;
+      expect([...value.keys()].map((k) => (k instanceof PickleObject ? (k.callable as PickleGlobal).name : k))).toEqual(['when', 'date', 'frozenset']);
+      expect(dumps(value, { protocol }).toString('hex')).toBe(objectKeys[protocol]);
+    }
+    // Written, a key is only what Python could hash: never a plain object, a dict or a list.
+    for (const key of [{ a: 1 }, new Map(), [1]]) expect(pickleError(() => dumps(new Map<never, PickleValue>([[key as never, 1]]), { protocol: 2 })).message).toMatch(/dict key is not a str/);
   });
 
   it('reads protocol 0 STRING and UNICODE literals as Python does, and refuses broken ones', () => {
