@@ -495,7 +495,8 @@ export class FileStorage {
     try {
       release = await this.commitLock.acquire();
     } finally {
-      this.waitingBegins.delete(txn);
+      // An abort took it off already (a retry of the same transaction may wait under it now).
+      if (this.waitingBegins.get(txn) === waiting) this.waitingBegins.delete(txn);
     }
     try {
       // Aborted while it waited: it must not begin (it would hold the commit lock with nobody to end it).
@@ -894,6 +895,7 @@ export class FileStorage {
     const waiting = this.waitingBegins.get(txn);
     if (waiting) {
       waiting.aborted = true;
+      this.waitingBegins.delete(txn);
       return;
     }
     const cur = this.current;

@@ -197,6 +197,18 @@ describe('FileStorage file bytes around two-phase commit', () => {
       // The commit lock is free: the next transaction begins and commits.
       await commit(fs, [[oidOf(1), Z64, data('after')]]);
       expect(fs.transactionCount).toBe(1);
+
+      // The same transaction may begin again right after its abort, while its first begin still waits.
+      const third = {};
+      await fs.tpcBegin(third);
+      const retried = {};
+      const firstTry = fs.tpcBegin(retried).then(() => 'begun', (e: Error) => e.message);
+      await fs.tpcAbort(retried);
+      const secondTry = fs.tpcBegin(retried).then(() => 'begun', (e: Error) => e.message);
+      await fs.tpcAbort(third);
+      expect(await firstTry).toMatch(/aborted while it waited to begin/);
+      expect(await secondTry).toBe('begun');
+      await fs.tpcAbort(retried);
     } finally {
       await fs.close();
     }
