@@ -5,7 +5,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { PickleError } from '../../src/errors.js';
-import { dumps, loads, PickleFloat, PickleGlobal, PickleObject, PickleTuple, type PickleValue } from '../../src/wire/pickle.js';
+import { dumps, loads, PickleFloat, PickleGlobal, PickleObject, PickleTuple, type PickleKey, type PickleValue } from '../../src/wire/pickle.js';
 import { REDUCED_ALIKE, REDUCED_PER_PROTOCOL, UNUSUAL_EXTENSIONS } from '../helpers/cpythonPickles.js';
 
 const FIXTURES = new URL('../../../shared/fixtures/', import.meta.url);
@@ -300,7 +300,7 @@ describe('objects, read with `objects` (globals, REDUCE, NEWOBJ, BUILD kept as i
       3: '80037d71002858040000007768656e71014b01636461746574696d650a646174650a7102430407e4010271038571045271055801000000787106636275696c74696e730a66726f7a656e7365740a71075d71084b016185710952710a580100000079710b752e',
     } as const;
     for (const protocol of [1, 2, 3] as const) {
-      const value = loads(hex(objectKeys[protocol]), { objects: true }) as Map<unknown, PickleValue>;
+      const value = loads(hex(objectKeys[protocol]), { objects: true }) as Map<PickleKey, PickleValue>;
       expect([...value.keys()].map((k) => (k instanceof PickleObject ? (k.callable as PickleGlobal).name : k))).toEqual(['when', 'date', 'frozenset']);
       expect(dumps(value, { protocol }).toString('hex')).toBe(objectKeys[protocol]);
     }
