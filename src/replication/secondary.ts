@@ -770,13 +770,15 @@ export class Secondary {
 
   private async doPromote(options: PromoteOptions): Promise<Primary> {
     let primary: Primary;
-    // Detached already: by another promotion, under way or done; the audit log is then not this call's to reopen or close.
-    const own = !this.detached;
+    // Whether this call runs the promotion: only then is a detach its own, and the audit log its to
+    // close or reopen (a call refused beside another promotion, under way or done, must leave it).
+    let own = false;
     try {
       if (this.operation !== null) throw new PromotionRefusedError(`refusing to promote during a ${this.operation}`);
       // Before the checks of what a promotion needs: none of them is the reason.
       if (this.closedPromise) throw new ZrsError('the secondary is closed');
       this.operation = 'promotion';
+      own = true;
       try {
         primary = await promoteSecondary(this.promotionHandle(), { ...this.options.whenPromoted, ...options });
       } catch (err) {
@@ -827,8 +829,8 @@ export class Secondary {
    * Record a refused or failed promotion: in the secondary's audit log while
    * it is open (closing it after this call's failed detach, as the node is
    * closed by now), or, once this call's detach closed it, in the log opened
-   * again for this one record. `own`: the call was not made on a secondary
-   * another promotion had detached already.
+   * again for this one record. `own`: the call ran the promotion (was not
+   * refused beside another one).
    */
   private async recordPromotionRefused(err: unknown, options: PromoteOptions, own: boolean): Promise<void> {
     const details = {

@@ -638,6 +638,27 @@ describe('failover', () => {
     expect(log.records.filter((r) => r.kind === 'promotion-refused')).toEqual([]);
   });
 
+  it('a promote() refused beside a promotion under way leaves that promotion its audit log (records its refusal, closes nothing)', async () => {
+    const dir = await tempDir();
+    const primary = await openPrimary(join(dir, 'p.fs'));
+    const sPath = join(dir, 's.fs');
+    const secondary = await openSecondary(sPath, primary.address, { auditPath: undefined, replicateTo: '127.0.0.1:0' });
+    await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
+    await primary.close();
+    let answer!: (yes: boolean) => void;
+    const first = secondary.promote({ claim: () => new Promise<boolean>((resolve) => (answer = resolve)) });
+    const second = secondary.promote();
+    // The coordinator answers while the second call records its refusal: the first goes on to detach meanwhile.
+    answer(true);
+    await expect(second).rejects.toThrow(/refusing to promote during a promotion/);
+    const promoted = await first;
+    await promoted.close();
+    const kinds = (await readAuditLog(`${sPath}.audit`)).records.map((r) => (r.kind === 'config' ? `config ${(r.details as { change: string }).change}` : r.kind));
+    expect(kinds).toContain('promotion-refused');
+    // The secondary's log ends as a detach, the new primary's records follow it.
+    expect(kinds.slice(kinds.indexOf('config detach'))).toEqual(['config detach', 'promotion', 'config open', 'config close']);
+  });
+
   it('a promotion its audit log cannot record does not start a new generation (recorded first, as every decision)', async () => {
     const dir = await tempDir();
     const primary = await openPrimary(join(dir, 'p.fs'));
