@@ -161,8 +161,12 @@ export class Primary {
       // Records written before the new generation starts carry the one they decide.
       await sync.attach(server, { generation: () => (started ? primary.generation : starting!.entry), address: formatAddress(server.address), promotion });
       if (starting) {
-        await starting.start();
-        started = true;
+        try {
+          await starting.start();
+        } finally {
+          // Started or not: later records carry the generation the storage is in.
+          started = true;
+        }
       }
       // The sessions kept streaming learn the new generation without reconnecting; only now that the
       // promotion is on disk in the audit log, as every decision is before anyone learns of it.

@@ -659,6 +659,28 @@ describe('failover', () => {
     expect(kinds.slice(kinds.indexOf('config detach'))).toEqual(['config detach', 'promotion', 'config open', 'config close']);
   });
 
+  it('a promotion whose generation cannot be started after its record fails, and what is recorded after carries the generation the node is in', async () => {
+    const dir = await tempDir();
+    const primary = await openPrimary(join(dir, 'p.fs'));
+    const sPath = join(dir, 's.fs');
+    const secondary = await openSecondary(sPath, primary.address, { auditPath: undefined, replicateTo: '127.0.0.1:0' });
+    await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
+    await primary.close();
+    await waitForState(secondary, 'backoff');
+    // Writing the generations file fails (its temp path is taken by a directory).
+    mkdirSync(`${sPath}.generations.tmp`);
+    await expect(secondary.promote()).rejects.toThrow();
+    await secondary.close();
+    const records = (await readAuditLog(`${sPath}.audit`)).records;
+    const at = records.findIndex((r) => r.kind === 'promotion');
+    expect(records[at]!.generation).toMatchObject({ generation: 1 });
+    // What follows the decision: the new primary's close and the refusal, in generation 0 still.
+    const after = records.slice(at + 1).filter((r) => r.kind !== 'config' || (r.details as { change: string }).change !== 'open');
+    expect(after.map((r) => r.kind)).toEqual(['config', 'promotion-refused']);
+    expect(after.map((r) => (r.generation as { generation: number } | null)?.generation)).toEqual([0, 0]);
+    expect((await GenerationHistory.open(sPath)).list.map((g) => g.generation)).toEqual([0]);
+  });
+
   it('a promotion its audit log cannot record does not start a new generation (recorded first, as every decision)', async () => {
     const dir = await tempDir();
     const primary = await openPrimary(join(dir, 'p.fs'));
