@@ -180,9 +180,10 @@ async function saveCut(storage: FileStorage, forkTid: Buffer, withBlobs: boolean
       const meta = { user: txn.user, description: txn.description, extensionBytes: txn.extensionBytes };
       await side.tpcBegin(meta, { tid: txn.tid, status: txn.status });
       for (const r of txn.records) {
-        const blob = side.blobs && isBlobRecord(r.data) ? await storage.loadBlob(r.oid, txn.tid).catch(() => null) : null;
+        const withBlob = side.blobs !== null && isBlobRecord(r.data);
+        const blob = withBlob ? await storage.loadBlob(r.oid, txn.tid).catch(() => null) : null;
         // Missing already (not lost here): the record is kept without it, and the result says so.
-        if (side.blobs && isBlobRecord(r.data) && blob === null) out.blobsMissing.push(`oid 0x${r.oid.toString('hex')} tid 0x${txn.tid.toString('hex')}`);
+        if (withBlob && blob === null) out.blobsMissing.push(`oid 0x${r.oid.toString('hex')} tid 0x${txn.tid.toString('hex')}`);
         if (blob && side.blobs) {
           // Copied, not moved: the original is removed only once the side file is durable.
           const temp = side.blobs.tempPath();

@@ -108,6 +108,11 @@ function announcedInterval(ms: number | undefined): { heartbeatIntervalMs?: numb
   return { heartbeatIntervalMs: Math.ceil(ms) };
 }
 
+/** Bytes of record data a transaction carries: over a bound, it is not built in memory whole. */
+function dataBytes(txn: TransactionRecord): number {
+  return txn.records.reduce((n, r) => n + (r.data?.length ?? 0), 0);
+}
+
 /** The native (msgpack) protocol's outbound side. */
 export function nativeOutbound(
   storage: FileStorage,
@@ -178,7 +183,7 @@ export function nativeOutbound(
     heartbeat: (lastTid, clockMs, generation) => frame({ type: 'heartbeat', lastTid, clockMs, ...(generation ? { generation } : {}) }),
     plainFrames(txn) {
       if (options.blobs && storage.blobs && txn.records.some((r) => isBlobRecord(r.data))) return null;
-      if (txn.records.length > MAX_INLINE_RECORDS || txn.records.reduce((n, r) => n + (r.data?.length ?? 0), 0) > wholeMax) return null;
+      if (txn.records.length > MAX_INLINE_RECORDS || dataBytes(txn) > wholeMax) return null;
       // The inline form: one message carries the whole transaction.
       const records = txn.records.map((r) => ({ oid: r.oid, dataTxn: r.dataTxn, data: r.data }));
       const head = frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes, records });
@@ -244,7 +249,7 @@ export function zrs2Outbound(storage: FileStorage, startTid: Buffer, spec: Proto
       if (blobs && txn.records.some((r) => isBlobRecord(r.data))) return null;
       // A large one goes frame by frame, each written as the socket takes it: built at once, its
       // frames would be a second copy of it in memory for each session sending it.
-      if (txn.records.reduce((n, r) => n + (r.data?.length ?? 0), 0) > WHOLE_TXN_MAX_BYTES) return null;
+      if (dataBytes(txn) > WHOLE_TXN_MAX_BYTES) return null;
       const out = [frame(encodeMessage({ type: 'T', tid: txn.tid, status: txn.status, user: txn.user, description: txn.description, extension: extensionDict(txn.extensionBytes) }))];
       for (const r of txn.records) {
         out.push(frame(encodeMessage({ type: 'S', oid: r.oid, tid: txn.tid, version: '', dataTxn: r.dataTxn })));

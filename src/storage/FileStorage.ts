@@ -452,10 +452,11 @@ export class FileStorage {
   // ---------------------------------------------------------------- writes
 
   private checkWritable(operation: string): void {
+    // Both begin a transaction: closed to writes (or closing) means closed to either.
+    const begins = operation === 'tpcBegin' || operation === 'appendTransactions';
     // A transaction still waiting to begin when close() was called never begins.
-    if (this.closed || (this.closing !== null && (operation === 'tpcBegin' || operation === 'appendTransactions'))) throw new StorageClosedError(this.path);
-    // Both begin a transaction: closed to writes means closed to either.
-    if (this.readOnly || (this.writesClosed && (operation === 'tpcBegin' || operation === 'appendTransactions'))) throw new ReadOnlyError(operation, this.path);
+    if (this.closed || (this.closing !== null && begins)) throw new StorageClosedError(this.path);
+    if (this.readOnly || (this.writesClosed && begins)) throw new ReadOnlyError(operation, this.path);
     if (this.fatal) throw new ZrsError(`${this.path}: writes disabled after a failed fsync`, { cause: this.fatal });
   }
 
@@ -609,21 +610,31 @@ export class FileStorage {
   private findDataRecord(oid: Buffer, tid: Buffer, data: Buffer | null): number {
     const tpos = this.findTransaction(tid);
     if (tpos === null) return 0;
-    const h = this.readTxnHeaderAt(tpos);
-    let pos = tpos + TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
-    const tend = tpos + h.length;
-    // The oid's last record there, as a load sees it: one transaction may hold several (undos of
-    // several transactions that changed it), and a backpointer to an earlier one would restore stale data.
-    let found: { pos: number; plen: number } | null = null;
-    while (pos < tend) {
-      const d = this.readDataHeaderAt(pos);
-      if (d.oid.equals(oid)) found = { pos, plen: d.plen };
-      pos += dataRecordLength(d.plen);
-    }
-    if (found === null) return 0;
+    const found = this.lastRecordsIn(tpos).get(oidKey(oid));
+    if (found === undefined) return 0;
     if (found.plen === 0) return found.pos;
     if (data === null || found.plen !== data.length) return 0;
     return preadSync(this.fd, found.pos + DATA_HEADER_BYTES, found.plen).equals(data) ? found.pos : 0;
+  }
+
+  /**
+   * @internal Each object's last record in the transaction at `tpos`, in the
+   * order the objects first appear there. The last is the revision the
+   * transaction left (what a load sees): one transaction may hold several
+   * records of an object (stored twice, or undone twice), and restore and
+   * undo both go by the last.
+   */
+  lastRecordsIn(tpos: number): Map<OidKey, { oid: Buffer; pos: number; prev: number; plen: number }> {
+    const h = this.readTxnHeaderAt(tpos);
+    const tend = tpos + h.length;
+    const last = new Map<OidKey, { oid: Buffer; pos: number; prev: number; plen: number }>();
+    for (let pos = tpos + TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen; pos < tend; ) {
+      const d = this.readDataHeaderAt(pos);
+      const key = oidKey(d.oid);
+      last.set(key, { oid: last.get(key)?.oid ?? Buffer.from(d.oid), pos, prev: d.prev, plen: d.plen });
+      pos += dataRecordLength(d.plen);
+    }
+    return last;
   }
 
   /**
@@ -637,20 +648,14 @@ export class FileStorage {
     // the blob copies come after, and when one fails the transaction holds an undo without its
     // blob: it can only be aborted.
     const plan = undoTransaction(this, id, txn);
-    cur.staging += 1;
-    try {
+    await this.whileStaging(cur, 'an undo in it failed', async () => {
       // An object undone twice in this transaction keeps only the last undo's blob.
       if (plan.redone.length > 0) await this.dropPendingBlobs(cur, plan.redone);
       for (const { oid, from } of plan.blobCopies) {
         const stagedPath = await this.stageFor(cur, 'undo', () => this.requireBlobs().stageCopy(from));
         cur.blobs.push({ oid, stagedPath, placedPath: null });
       }
-    } catch (err) {
-      this.doom(cur, 'an undo in it failed', err);
-      throw err;
-    } finally {
-      cur.staging -= 1;
-    }
+    });
     return plan.oids;
   }
 
@@ -694,7 +699,7 @@ export class FileStorage {
   /** Store a blob revision: the file at `blobPath` is moved into the blob directory. */
   async storeBlob(oid: Buffer, expectedSerial: Buffer, data: Buffer, blobPath: string, txn: TransactionMeta): Promise<void> {
     this.store(oid, expectedSerial, data, txn);
-    await this.stageBlob(oid, blobPath, txn);
+    await this.stageBlob(oid, blobPath, txn, 'storeBlob');
   }
 
   /** Restore a blob revision (replication): like restore, plus the blob file. */
@@ -707,23 +712,32 @@ export class FileStorage {
     txn: TransactionMeta,
   ): Promise<void> {
     this.restore(oid, tid, data, dataTxn, txn);
-    await this.stageBlob(oid, blobPath, txn);
+    await this.stageBlob(oid, blobPath, txn, 'restoreBlob');
   }
 
-  private async stageBlob(oid: Buffer, blobPath: string, txn: TransactionMeta): Promise<void> {
-    const cur = this.pending(txn, 'storeBlob');
+  private async stageBlob(oid: Buffer, blobPath: string, txn: TransactionMeta, operation: 'storeBlob' | 'restoreBlob'): Promise<void> {
+    const cur = this.pending(txn, operation);
     // The record is in the transaction already: without its file it must not commit.
-    let stagedPath: string;
+    const stagedPath = await this.whileStaging(cur, `the blob file for oid 0x${oid.toString('hex')} could not be moved in`, () =>
+      this.stageFor(cur, operation, () => this.requireBlobs().stage(blobPath)),
+    );
+    cur.blobs.push({ oid: Buffer.from(oid), stagedPath, placedPath: null });
+  }
+
+  /**
+   * Run `body`, which moves or copies blob files in for `cur`, as staging:
+   * a vote meanwhile is refused, and a failure (`why`) dooms the transaction.
+   */
+  private async whileStaging<T>(cur: PendingTxn, why: string, body: () => Promise<T>): Promise<T> {
     cur.staging += 1;
     try {
-      stagedPath = await this.stageFor(cur, 'storeBlob', () => this.requireBlobs().stage(blobPath));
+      return await body();
     } catch (err) {
-      this.doom(cur, `the blob file for oid 0x${oid.toString('hex')} could not be moved in`, err);
+      this.doom(cur, why, err);
       throw err;
     } finally {
       cur.staging -= 1;
     }
-    cur.blobs.push({ oid: Buffer.from(oid), stagedPath, placedPath: null });
   }
 
   /**

@@ -6,7 +6,7 @@
 // which T2 followed, leaves the object as before T1.
 
 import { UndoError } from '../errors.js';
-import { STATUS_COMMITTED, STATUS_PACKED, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength } from './format.js';
+import { STATUS_COMMITTED, STATUS_PACKED, TRAILER_BYTES } from './format.js';
 import type { FileStorage } from './FileStorage.js';
 import { oidKey, oidOfKey, type OidKey } from './scan.js';
 import { isBlobRecord } from './blobs.js';
@@ -80,15 +80,7 @@ export function undoTransaction(storage: FileStorage, id: string | Buffer, txn: 
   // Each object's last record in the transaction is the revision it left (a transaction may hold
   // several of one object: stored twice, or undone twice); ZODB's undo gives the earlier ones a
   // second chance in the same way, and the last one decides.
-  const last = new Map<OidKey, { oid: Buffer; pos: number; prev: number }>();
-  let pos = tpos + TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
-  const tend = tpos + h.length;
-  while (pos < tend) {
-    const d = storage.readDataHeaderAt(pos);
-    const key = oidKey(d.oid);
-    last.set(key, { oid: last.get(key)?.oid ?? Buffer.from(d.oid), pos, prev: d.prev });
-    pos += dataRecordLength(d.plen);
-  }
+  const last = storage.lastRecordsIn(tpos);
   const plan = [...last].map(([key, r]) => ({ oid: r.oid, back: undoTarget(storage, key, r.pos, r.prev) }));
   // Check (and read) everything before writing anything: an undo applies whole or not at all.
   const copies = blobCopies(storage, plan);

@@ -617,11 +617,7 @@ describe('failover', () => {
   });
 
   it('promote() again after a promotion writes nothing into the log the new primary now holds (a second writer would write over its records)', async () => {
-    const dir = await tempDir();
-    const primary = await openPrimary(join(dir, 'p.fs'));
-    const sPath = join(dir, 's.fs');
-    const secondary = await openSecondary(sPath, primary.address, { auditPath: undefined, replicateTo: '127.0.0.1:0' });
-    await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
+    const { primary, secondary, sPath } = await replicatingPair(await tempDir(), {}, { auditPath: undefined, replicateTo: '127.0.0.1:0' });
     await primary.close();
     const promoted = await secondary.promote();
     try {
@@ -639,11 +635,7 @@ describe('failover', () => {
   });
 
   it('a promote() refused beside a promotion under way leaves that promotion its audit log (records its refusal, closes nothing)', async () => {
-    const dir = await tempDir();
-    const primary = await openPrimary(join(dir, 'p.fs'));
-    const sPath = join(dir, 's.fs');
-    const secondary = await openSecondary(sPath, primary.address, { auditPath: undefined, replicateTo: '127.0.0.1:0' });
-    await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
+    const { primary, secondary, sPath } = await replicatingPair(await tempDir(), {}, { auditPath: undefined, replicateTo: '127.0.0.1:0' });
     await primary.close();
     let answer!: (yes: boolean) => void;
     const first = secondary.promote({ claim: () => new Promise<boolean>((resolve) => (answer = resolve)) });
@@ -660,11 +652,7 @@ describe('failover', () => {
   });
 
   it('a promotion whose generation cannot be started after its record fails, and what is recorded after carries the generation the node is in', async () => {
-    const dir = await tempDir();
-    const primary = await openPrimary(join(dir, 'p.fs'));
-    const sPath = join(dir, 's.fs');
-    const secondary = await openSecondary(sPath, primary.address, { auditPath: undefined, replicateTo: '127.0.0.1:0' });
-    await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
+    const { primary, secondary, sPath } = await replicatingPair(await tempDir(), {}, { auditPath: undefined, replicateTo: '127.0.0.1:0' });
     await primary.close();
     await waitForState(secondary, 'backoff');
     // Writing the generations file fails (its temp path is taken by a directory).
@@ -682,12 +670,8 @@ describe('failover', () => {
   });
 
   it('a promotion its audit log cannot record does not start a new generation (recorded first, as every decision)', async () => {
-    const dir = await tempDir();
-    const primary = await openPrimary(join(dir, 'p.fs'));
-    const sPath = join(dir, 's.fs');
-    const secondary = await openSecondary(sPath, primary.address, { auditPath: undefined });
+    const { primary, secondary, sPath } = await replicatingPair(await tempDir(), {}, { auditPath: undefined });
     try {
-      await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
       await primary.close();
       await waitForState(secondary, 'backoff');
       // The log's name now leads to a directory: the new primary cannot open it to record the promotion.
