@@ -411,6 +411,8 @@ export class Secondary {
 
   /** Replicate from somewhere else from now on (e.g. a newly promoted primary). */
   setReplicationAddress(address: string | number | ReplicationAddress): void {
+    // Closed (or promoted): nothing would connect, and the call must not pass for one that took.
+    if (this.closedPromise) throw new ZrsError('the secondary is closed');
     const to = connectAddress(address);
     const from = formatAddress(this.actor.getSnapshot().context.address as ReplicationAddress);
     void this.audit?.decide('config', { change: 'replicateFrom', from, to: formatAddress(to) }).catch(() => undefined);

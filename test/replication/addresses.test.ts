@@ -74,6 +74,8 @@ describe('addresses to connect to', () => {
       await secondary.close();
       await primary.close();
     }
+    // Once closed, a new address is refused rather than taken in silence.
+    expect(() => secondary.setReplicationAddress(primary.address)).toThrow('the secondary is closed');
   });
 
   it('setReplicationAddress forgets the old upstream\'s last tid: no lag is shown against a node no longer followed', async () => {
