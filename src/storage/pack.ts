@@ -1,5 +1,6 @@
 // Pack: rewrite Data.fs without revisions not current at the pack time (and, given a
-// references function, objects unreachable from the root then), byte for byte as ZODB 5.
+// references function, objects unreachable from the root then), byte for byte as ZODB 5
+// (except where ZODB's GC would drop what later transactions refer to: kept here).
 // Invariants: the live file is only read; the commit lock is held only for the tail
 // committed meanwhile and the swap; memory grows with the oid count, not the file size.
 
@@ -387,10 +388,17 @@ class Packer {
     return next.status === STATUS_PACKED;
   }
 
-  /** ZODB's GC: reachable from the root at the pack time, plus backpointer targets from later. */
+  /**
+   * ZODB's GC: reachable from the root at the pack time, plus backpointer
+   * targets from later. Beyond ZODB, what the later transactions refer to is
+   * kept too, with what it reaches: an object unlinked before the pack time
+   * and linked again after it (an application still holding it), or brought
+   * back by an undo after it, would otherwise lose itself or what it refers to.
+   */
   private async findReachable(referencesOf: ReferencesOf, end: number): Promise<void> {
     this.markFrom([Z64], referencesOf);
-    const extraRoots: number[] = [];
+    const later: Buffer[] = [];
+    const backs: Array<{ oid: Buffer; back: number }> = [];
     let pos = this.packPos;
     let lastTid = this.lastTid;
     while (pos < end) {
@@ -399,21 +407,32 @@ class Packer {
       for (let rpos = txn.recordsStart; rpos < txn.recordsEnd; ) {
         const h = await this.src.recordAt(txn, rpos);
         const back = h.plen === 0 ? await this.src.backAt(rpos) : 0;
-        if (back && back < this.packPos) this.keepBackTarget(oidKey(h.oid), back, extraRoots);
+        // Data after the pack time (inline, or through a backpointer to later data) is copied: its references stay.
+        if (back === 0 || back >= this.packPos) later.push(...this.refsAt(rpos, referencesOf));
+        else backs.push({ oid: Buffer.from(h.oid), back });
         rpos += dataRecordLength(h.plen);
       }
       pos = txn.next;
     }
+    this.markFrom(later, referencesOf, true);
+    const extraRoots: number[] = [];
+    for (const { oid, back } of backs) this.keepBackTarget(oid, back, extraRoots, referencesOf);
     // An old revision revived by undo may refer to objects otherwise gone.
-    for (const root of extraRoots) this.markFrom(this.refsAt(root, referencesOf), referencesOf);
+    for (const root of extraRoots) this.markFrom(this.refsAt(root, referencesOf), referencesOf, true);
   }
 
-  private keepBackTarget(key: OidKey, back: number, extraRoots: number[]): void {
+  /** Keep the revision an undo after the pack time points back to (`back`), and follow what it refers to. */
+  private keepBackTarget(oid: Buffer, back: number, extraRoots: number[], referencesOf: ReferencesOf): void {
+    const key = oidKey(oid);
+    // Unreachable at the pack time (ZODB keeps the target alone): reachable now, with its revision then.
+    if (!this.reachable.first.has(key)) this.markFrom([oid], referencesOf, true);
     if (!this.reachable.first.has(key)) {
-      // As ZODB: kept, but its references are not followed.
+      // No revision at the pack time (its creation was undone): the target is the one kept.
       this.reachable.first.set(key, back);
+      extraRoots.push(back);
       return;
     }
+    if (this.reachable.first.get(key) === back) return;
     const list = this.reachable.extra.get(key) ?? [];
     if (!list.includes(back)) {
       list.push(back);
@@ -422,8 +441,13 @@ class Packer {
     }
   }
 
-  /** Mark every object reachable from `roots` through revisions current at the pack time. */
-  private markFrom(roots: Buffer[], referencesOf: ReferencesOf): void {
+  /**
+   * Mark every object reachable from `roots` through revisions current at
+   * the pack time. `later`: the roots come from after the pack time, where
+   * an object may have no revision at the pack time (created after it, or
+   * its creation undone): skipped, as its later records are copied anyway.
+   */
+  private markFrom(roots: Buffer[], referencesOf: ReferencesOf, later = false): void {
     const todo = [...roots];
     while (todo.length) {
       const oid = todo.pop()!;
@@ -431,6 +455,7 @@ class Packer {
       if (this.reachable.first.has(key)) continue;
       const pos = this.current.get(key);
       if (pos === undefined) {
+        if (later) continue;
         // Packing to before the root existed keeps everything; a dangling reference is an error (as ZODB).
         if (oid.equals(Z64) && this.current.size === 0) continue;
         throw new PackError(`${this.storage.path}: oid 0x${oid.toString('hex')} is referenced but has no revision at the pack time`);

@@ -133,6 +133,54 @@ describe('pack against ZODB', () => {
     }
   });
 
+  it('keeps what transactions after the pack time refer to: an object linked again after it, and what an undo after it brings back', async () => {
+    // Records as ZODB 5 writes them: a class pickle, then a state that is a list of persistent ids (bare oids).
+    const cls = Buffer.from('\x80\x03capp\nK\nq\x00.', 'latin1');
+    const record = (...refs: number[]): Buffer =>
+      Buffer.concat([cls, Buffer.from('\x80\x03](', 'latin1'), ...refs.map((n) => Buffer.concat([Buffer.from([0x43, 8]), oid(n), Buffer.from('Q', 'latin1')])), Buffer.from('e.', 'latin1')]);
+    const scenario = async (body: (fs: FileStorage, commit: (writes: Array<[number, Buffer]>) => Promise<Buffer>) => Promise<Buffer>, live: number[]): Promise<void> => {
+      let nowMs = Date.UTC(2024, 0, 1);
+      const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false, now: () => (nowMs += 2000) });
+      try {
+        const commit = async (writes: Array<[number, Buffer]>): Promise<Buffer> => {
+          const txn = {};
+          await fs.tpcBegin(txn);
+          for (const [n, data] of writes) fs.store(oid(n), await fs.load(oid(n)).then((r) => r.tid, () => Z64), data, txn);
+          await fs.tpcVote(txn);
+          return fs.tpcFinish(txn);
+        };
+        const packTid = await body(fs, commit);
+        await fs.pack(timeOf(packTid), zodbReferences);
+        for (const n of live) expect((await fs.load(oid(n))).data.length).toBeGreaterThan(0);
+      } finally {
+        await fs.close();
+      }
+    };
+    const undo = async (fs: FileStorage, tid: Buffer): Promise<void> => {
+      const txn = {};
+      await fs.tpcBegin(txn);
+      await fs.undo(tid, txn);
+      await fs.tpcVote(txn);
+      await fs.tpcFinish(txn);
+    };
+    // Unlinked from the root before the pack time, linked again after it.
+    await scenario(async (_fs, commit) => {
+      await commit([[0, record(1)], [1, record()]]);
+      const unlinked = await commit([[0, record()]]);
+      await commit([[0, record(1)]]);
+      return unlinked;
+    }, [0, 1]);
+    // 1 -> 2 cut, then 0 -> 1 cut before the pack time; both cuts undone after it: 0 -> 1 -> 2 again.
+    await scenario(async (fs, commit) => {
+      await commit([[0, record(1)], [1, record(2)], [2, record()]]);
+      const cut1 = await commit([[1, record()]]);
+      const cut0 = await commit([[0, record()]]);
+      await undo(fs, cut1);
+      await undo(fs, cut0);
+      return cut0;
+    }, [0, 1, 2]);
+  });
+
   it('refuses a read-only storage', async () => {
     const { path } = await copyOf('packed', true);
     const fs = await FileStorage.open(path, { readOnly: true });
