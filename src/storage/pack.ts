@@ -297,6 +297,8 @@ class Packer {
   private readonly shifts = new ShiftTable();
   private readonly blobRemovals: BlobRevision[] = [];
   private lastTid: Buffer | null = null;
+  /** Objects with a record after the pack time (their later records are copied whatever the GC decides). */
+  private readonly laterOids = new Set<OidKey>();
 
   constructor(
     private readonly storage: FileStorage,
@@ -338,6 +340,7 @@ class Packer {
         const end1 = this.storage.getSize();
         this.src.forgetWindow();
         tailTransactions = await this.copyAfterPack(o, end0, end1);
+        if (this.referencesOf && end1 > end0) await this.checkTail(this.referencesOf, end0, end1);
         o.flush();
         await out.sync();
         await out.close();
@@ -407,6 +410,7 @@ class Packer {
       for (let rpos = txn.recordsStart; rpos < txn.recordsEnd; ) {
         const h = await this.src.recordAt(txn, rpos);
         const back = h.plen === 0 ? await this.src.backAt(rpos) : 0;
+        this.laterOids.add(oidKey(h.oid));
         // Data after the pack time (inline, or through a backpointer to later data) is copied: its references stay.
         if (back === 0 || back >= this.packPos) later.push(...this.refsAt(rpos, referencesOf));
         else backs.push({ oid: Buffer.from(h.oid), back });
@@ -419,6 +423,32 @@ class Packer {
     for (const { oid, back } of backs) this.keepBackTarget(oid, back, extraRoots, referencesOf);
     // An old revision revived by undo may refer to objects otherwise gone.
     for (const root of extraRoots) this.markFrom(this.refsAt(root, referencesOf), referencesOf, true);
+  }
+
+  /**
+   * Transactions committed while the pack ran, after what it read (`from`
+   * to `to`): none may refer to an object the pack drops, or the pack is
+   * refused (nothing is replaced; it can run again).
+   */
+  private async checkTail(referencesOf: ReferencesOf, from: number, to: number): Promise<void> {
+    const refs: Buffer[] = [];
+    for (let pos = from; pos < to; ) {
+      const txn = await this.src.txnAt(pos, to, null);
+      for (let rpos = txn.recordsStart; rpos < txn.recordsEnd; ) {
+        const h = await this.src.recordAt(txn, rpos);
+        this.laterOids.add(oidKey(h.oid));
+        refs.push(...this.refsAt(rpos, referencesOf));
+        rpos += dataRecordLength(h.plen);
+      }
+      pos = txn.next;
+    }
+    for (const ref of refs) {
+      const key = oidKey(ref);
+      if (this.reachable.first.has(key) || this.laterOids.has(key)) continue;
+      throw new PackError(
+        `${this.storage.path}: a transaction committed while the pack ran refers to oid 0x${ref.toString('hex')}, which the pack drops as unreachable at the pack time; nothing was changed, pack again`,
+      );
+    }
   }
 
   /** Keep the revision an undo after the pack time points back to (`back`), and follow what it refers to. */

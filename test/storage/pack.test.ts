@@ -25,6 +25,13 @@ const oid = (n: number): Buffer => h2b(n.toString(16).padStart(16, '0'));
 const timeOf = (tid: Buffer): number => tidToSeconds(tid) + 1e-6;
 
 /** A temp copy of the fixture `dir`; for `packed`, the file just before ZODB's pack. */
+/** A record as ZODB 5 writes it: a class pickle, then a state that is a list of persistent ids (the bare oids `refs`). */
+function recordReferring(...refs: number[]): Buffer {
+  const cls = Buffer.from('\x80\x03capp\nK\nq\x00.', 'latin1');
+  const ids = refs.map((n) => Buffer.concat([Buffer.from([0x43, 8]), oid(n), Buffer.from('Q', 'latin1')]));
+  return Buffer.concat([cls, Buffer.from('\x80\x03](', 'latin1'), ...ids, Buffer.from('e.', 'latin1')]);
+}
+
 async function copyOf(dir: string, prepack = false): Promise<{ tmp: string; path: string; blobDir?: string }> {
   const tmp = await copyZodbFixture(dir);
   const path = join(tmp, 'Data.fs');
@@ -134,10 +141,7 @@ describe('pack against ZODB', () => {
   });
 
   it('keeps what transactions after the pack time refer to: an object linked again after it, and what an undo after it brings back', async () => {
-    // Records as ZODB 5 writes them: a class pickle, then a state that is a list of persistent ids (bare oids).
-    const cls = Buffer.from('\x80\x03capp\nK\nq\x00.', 'latin1');
-    const record = (...refs: number[]): Buffer =>
-      Buffer.concat([cls, Buffer.from('\x80\x03](', 'latin1'), ...refs.map((n) => Buffer.concat([Buffer.from([0x43, 8]), oid(n), Buffer.from('Q', 'latin1')])), Buffer.from('e.', 'latin1')]);
+    const record = recordReferring;
     const scenario = async (body: (fs: FileStorage, commit: (writes: Array<[number, Buffer]>) => Promise<Buffer>) => Promise<Buffer>, live: number[]): Promise<void> => {
       let nowMs = Date.UTC(2024, 0, 1);
       const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false, now: () => (nowMs += 2000) });
@@ -480,6 +484,37 @@ describe('pack and the rest of the storage', () => {
       }
     } finally {
       sub.unsubscribe();
+      await fs.close();
+    }
+  });
+
+  it('with GC, refuses a pack when a transaction committed while it ran refers to an object it drops; the next pack keeps it', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    let clockMs = Date.UTC(2024, 0, 1);
+    const fs = await FileStorage.open(path, { create: true, fsync: false, now: () => (clockMs += 1000) });
+    try {
+      const commit = async (writes: Array<[number, Buffer]>): Promise<Buffer> => {
+        const txn = {};
+        await fs.tpcBegin(txn);
+        for (const [n, data] of writes) fs.store(oid(n), await fs.load(oid(n)).then((r) => r.tid, () => Z64), data, txn);
+        await fs.tpcVote(txn);
+        return fs.tpcFinish(txn);
+      };
+      await commit([[0, recordReferring(1)], [1, recordReferring()]]);
+      const unlinked = await commit([[0, recordReferring()]]);
+      // Enough after the pack time that the copy is still running when the relink commits.
+      for (let i = 0; i < 3000; i++) await commit([[2 + (i % 20), Buffer.concat([recordReferring(), Buffer.alloc(1024, i % 251)])]]);
+      await commit([[0, recordReferring(...Array.from({ length: 20 }, (_, i) => 2 + i))]]);
+      const packing = fs.pack(timeOf(unlinked), zodbReferences).then(() => 'packed', (e: Error) => e.message);
+      while (!existsSync(`${path}.pack`)) await tick(); // the copy has started, without the lock
+      await commit([[0, recordReferring(1, ...Array.from({ length: 20 }, (_, i) => 2 + i))]]); // linked again
+      expect(await packing).toMatch(/a transaction committed while the pack ran refers to oid 0x0000000000000001/);
+      expect(existsSync(`${path}.pack`)).toBe(false);
+      expect((await fs.load(oid(1))).data.length).toBeGreaterThan(0);
+      // Run again, the relink is a transaction after the pack time like any other: the object stays.
+      await fs.pack(timeOf(unlinked), zodbReferences);
+      expect((await fs.load(oid(1))).data.length).toBeGreaterThan(0);
+    } finally {
       await fs.close();
     }
   });
