@@ -115,6 +115,9 @@ interface PendingTxn {
   release: () => void;
 }
 
+/** Scans a read-only open makes of a file that changed while it read (another process writing it) before it reports damage. */
+const READ_ONLY_OPEN_ATTEMPTS = 5;
+
 /** What commits$ publishes for a transaction finished here; its oid list is made when first asked for. */
 class FinishedCommit implements CommittedTransaction {
   #oids: Buffer[] | null = null;
@@ -400,7 +403,28 @@ export class FileStorage {
     handle: FileHandle,
     readOnly: boolean,
   ): Promise<{ state: ScanState; end: number; tailTid: Buffer | null; tailCut: TailCut | null; tail: { pos: number; reason: string } | null }> {
-    const size = fstatSync(fd).size;
+    for (let attempt = 1; ; attempt++) {
+      const before = fstatSync(fd);
+      try {
+        return await FileStorage.recoverFrom(path, fd, handle, readOnly, before.size);
+      } catch (err) {
+        // Read-only, the file may be another process's, written meanwhile: past the end seen at first an
+        // abort or a close cuts bytes back and commits follow, and what was read there reads as damage.
+        // Only a file that held still while it was read is reported damaged.
+        if (!readOnly || !(err instanceof CorruptedDataError) || attempt >= READ_ONLY_OPEN_ATTEMPTS) throw err;
+        const after = fstatSync(fd);
+        if (after.size === before.size && after.mtimeMs === before.mtimeMs) throw err;
+      }
+    }
+  }
+
+  private static async recoverFrom(
+    path: string,
+    fd: number,
+    handle: FileHandle,
+    readOnly: boolean,
+    size: number,
+  ): Promise<{ state: ScanState; end: number; tailTid: Buffer | null; tailCut: TailCut | null; tail: { pos: number; reason: string } | null }> {
     const saved = await loadIndex(path, fd, size);
     const from = saved ? saved.end : MAGIC_BYTES;
     // Fill at the end means the file was written with preallocation and not
