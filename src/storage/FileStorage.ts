@@ -1245,6 +1245,8 @@ export class FileStorage {
    */
   iterator(start: Buffer | null = null, stop: Buffer | null = null, options: IterateOptions = {}): AsyncGenerator<TransactionRecord> {
     this.checkOpen();
+    // Its end is the one it read at open: another process's commits would never come (it would wait for ever).
+    if (options.follow && this.readOnly) throw new ZrsError(`${this.path}: a read-only storage cannot follow the file (it does not see commits made elsewhere); follow the storage that writes it`);
     return iterateTransactions(this, start, stop, options);
   }
 

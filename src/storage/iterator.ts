@@ -10,7 +10,7 @@ import type { FileStorage } from './FileStorage.js';
 import type { DataRecord, TransactionRecord } from './types.js';
 
 export interface IterateOptions {
-  /** Keep waiting for new transactions at the end instead of finishing. */
+  /** Keep waiting for new transactions at the end instead of finishing (not on a read-only storage, which sees no commits made elsewhere). */
   follow?: boolean;
   /** Stop (finish the iteration) when aborted. */
   signal?: AbortSignal;

@@ -69,3 +69,18 @@ describe('opening a file another process writes', () => {
     await expect(FileStorage.open(path, { fsync: false })).rejects.toBeInstanceOf(CorruptedDataError);
   });
 });
+
+describe('following a file read-only', () => {
+  it('is refused: a read-only storage sees no commits made elsewhere, and would wait for ever', async () => {
+    const path = await fileWithTwo();
+    const ro = await FileStorage.open(path, { readOnly: true });
+    try {
+      expect(() => ro.iterator(null, null, { follow: true })).toThrow(/a read-only storage cannot follow the file/);
+      let seen = 0;
+      for await (const _ of ro.iterator()) seen++;
+      expect(seen).toBe(2);
+    } finally {
+      await ro.close();
+    }
+  });
+});
