@@ -42,7 +42,8 @@ transaction header, data record, prev pointer, backpointer chain and
 redundant length, and that tids strictly increase. Prints a summary and
 exits 0 when everything holds; otherwise prints the first problem with its
 file position and exits 1. Safe on a file a server is using (it checks what
-is on disk at the moment it reads it).
+is on disk at the moment it reads it; a problem at the very end of such a
+file may be a commit in progress: run it again, damage stays where it is).
 
 example:
   zrs verify /var/db/Data.fs`,
