@@ -400,7 +400,6 @@ class Packer {
    */
   private async findReachable(referencesOf: ReferencesOf, end: number): Promise<void> {
     this.markFrom([Z64], referencesOf);
-    const later: Buffer[] = [];
     const backs: Array<{ oid: Buffer; back: number }> = [];
     let pos = this.packPos;
     let lastTid = this.lastTid;
@@ -412,13 +411,12 @@ class Packer {
         const back = h.plen === 0 ? await this.src.backAt(rpos) : 0;
         this.laterOids.add(oidKey(h.oid));
         // Data after the pack time (inline, or through a backpointer to later data) is copied: its references stay.
-        if (back === 0 || back >= this.packPos) later.push(...this.refsAt(rpos, referencesOf));
+        if (back === 0 || back >= this.packPos) this.markFrom(this.laterRefsAt(rpos, h.oid, referencesOf), referencesOf, true);
         else backs.push({ oid: Buffer.from(h.oid), back });
         rpos += dataRecordLength(h.plen);
       }
       pos = txn.next;
     }
-    this.markFrom(later, referencesOf, true);
     const extraRoots: number[] = [];
     for (const { oid, back } of backs) this.keepBackTarget(oid, back, extraRoots, referencesOf);
     // An old revision revived by undo may refer to objects otherwise gone.
@@ -431,23 +429,35 @@ class Packer {
    * refused (nothing is replaced; it can run again).
    */
   private async checkTail(referencesOf: ReferencesOf, from: number, to: number): Promise<void> {
-    const refs: Buffer[] = [];
+    const records: Array<{ oid: Buffer; rpos: number }> = [];
     for (let pos = from; pos < to; ) {
       const txn = await this.src.txnAt(pos, to, null);
       for (let rpos = txn.recordsStart; rpos < txn.recordsEnd; ) {
         const h = await this.src.recordAt(txn, rpos);
         this.laterOids.add(oidKey(h.oid));
-        refs.push(...this.refsAt(rpos, referencesOf));
+        records.push({ oid: Buffer.from(h.oid), rpos });
         rpos += dataRecordLength(h.plen);
       }
       pos = txn.next;
     }
-    for (const ref of refs) {
-      const key = oidKey(ref);
-      if (this.reachable.first.has(key) || this.laterOids.has(key)) continue;
-      throw new PackError(
-        `${this.storage.path}: a transaction committed while the pack ran refers to oid 0x${ref.toString('hex')}, which the pack drops as unreachable at the pack time; nothing was changed, pack again`,
-      );
+    // Checked once every object the tail writes is known (a reference may come before the record it names).
+    for (const { oid, rpos } of records) {
+      for (const ref of this.laterRefsAt(rpos, oid, referencesOf)) {
+        const key = oidKey(ref);
+        if (this.reachable.first.has(key) || this.laterOids.has(key)) continue;
+        throw new PackError(
+          `${this.storage.path}: a transaction committed while the pack ran refers to oid 0x${ref.toString('hex')}, which the pack drops as unreachable at the pack time; nothing was changed, pack again`,
+        );
+      }
+    }
+  }
+
+  /** The references of the record after the pack time at `rpos` (of `oid`); one that cannot be read is named. */
+  private laterRefsAt(rpos: number, oid: Buffer, referencesOf: ReferencesOf): Buffer[] {
+    try {
+      return this.refsAt(rpos, referencesOf);
+    } catch (err) {
+      throw new PackError(`${this.storage.path}: the record of oid 0x${oid.toString('hex')} at ${rpos}, after the pack time, cannot be read for references: ${(err as Error).message}`, { cause: err });
     }
   }
 

@@ -24,14 +24,27 @@ const oid = (n: number): Buffer => h2b(n.toString(16).padStart(16, '0'));
 /** A pack time whose tid is at or just after `tid` (and before any tid a second later). */
 const timeOf = (tid: Buffer): number => tidToSeconds(tid) + 1e-6;
 
-/** A temp copy of the fixture `dir`; for `packed`, the file just before ZODB's pack. */
 /** A record as ZODB 5 writes it: a class pickle, then a state that is a list of persistent ids (the bare oids `refs`). */
 function recordReferring(...refs: number[]): Buffer {
+  return recordReferringAll(refs);
+}
+
+function recordReferringAll(refs: number[]): Buffer {
   const cls = Buffer.from('\x80\x03capp\nK\nq\x00.', 'latin1');
   const ids = refs.map((n) => Buffer.concat([Buffer.from([0x43, 8]), oid(n), Buffer.from('Q', 'latin1')]));
   return Buffer.concat([cls, Buffer.from('\x80\x03](', 'latin1'), ...ids, Buffer.from('e.', 'latin1')]);
 }
 
+/** Commit `writes` (oid number, data), each over the object's current revision (a new object when it has none). */
+async function commitOver(fs: FileStorage, writes: Array<[number, Buffer]>): Promise<Buffer> {
+  const txn = {};
+  await fs.tpcBegin(txn);
+  for (const [n, data] of writes) fs.store(oid(n), await fs.load(oid(n)).then((r) => r.tid, () => Z64), data, txn);
+  await fs.tpcVote(txn);
+  return fs.tpcFinish(txn);
+}
+
+/** A temp copy of the fixture `dir`; for `packed`, the file just before ZODB's pack. */
 async function copyOf(dir: string, prepack = false): Promise<{ tmp: string; path: string; blobDir?: string }> {
   const tmp = await copyZodbFixture(dir);
   const path = join(tmp, 'Data.fs');
@@ -146,13 +159,7 @@ describe('pack against ZODB', () => {
       let nowMs = Date.UTC(2024, 0, 1);
       const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false, now: () => (nowMs += 2000) });
       try {
-        const commit = async (writes: Array<[number, Buffer]>): Promise<Buffer> => {
-          const txn = {};
-          await fs.tpcBegin(txn);
-          for (const [n, data] of writes) fs.store(oid(n), await fs.load(oid(n)).then((r) => r.tid, () => Z64), data, txn);
-          await fs.tpcVote(txn);
-          return fs.tpcFinish(txn);
-        };
+        const commit = (writes: Array<[number, Buffer]>): Promise<Buffer> => commitOver(fs, writes);
         const packTid = await body(fs, commit);
         await fs.pack(timeOf(packTid), zodbReferences);
         for (const n of live) expect((await fs.load(oid(n))).data.length).toBeGreaterThan(0);
@@ -488,18 +495,37 @@ describe('pack and the rest of the storage', () => {
     }
   });
 
+  it('reads the references of records after the pack time one record at a time: one with 200,000 of them, and one that cannot be read is named', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    let clockMs = Date.UTC(2024, 0, 1);
+    const fs = await FileStorage.open(path, { create: true, fsync: false, now: () => (clockMs += 1000) });
+    try {
+      await commitOver(fs, [[0, recordReferring(1)], [1, recordReferring()]]);
+      const packTid = await commitOver(fs, [[1, recordReferring()]]);
+      // Far more references than a call takes arguments (objects never stored: nothing to keep for them).
+      await commitOver(fs, [[2, recordReferringAll(Array.from({ length: 200_000 }, (_, i) => 1_000 + i))], [0, recordReferring(1, 2)]]);
+      await fs.pack(timeOf(packTid), zodbReferences);
+      for (const n of [0, 1, 2]) expect((await fs.load(oid(n))).data.length).toBeGreaterThan(0);
+    } finally {
+      await fs.close();
+    }
+    const other = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false, now: () => (clockMs += 1000) });
+    try {
+      await commitOver(other, [[0, recordReferring(1)], [1, recordReferring()]]);
+      const packTid = await commitOver(other, [[1, recordReferring()]]);
+      await commitOver(other, [[3, Buffer.from('not a pickle')]]);
+      await expect(other.pack(timeOf(packTid), zodbReferences)).rejects.toThrow(/the record of oid 0x0000000000000003 at \d+, after the pack time, cannot be read for references/);
+    } finally {
+      await other.close();
+    }
+  });
+
   it('with GC, refuses a pack when a transaction committed while it ran refers to an object it drops; the next pack keeps it', async () => {
     const path = join(await tempDir(), 'Data.fs');
     let clockMs = Date.UTC(2024, 0, 1);
     const fs = await FileStorage.open(path, { create: true, fsync: false, now: () => (clockMs += 1000) });
     try {
-      const commit = async (writes: Array<[number, Buffer]>): Promise<Buffer> => {
-        const txn = {};
-        await fs.tpcBegin(txn);
-        for (const [n, data] of writes) fs.store(oid(n), await fs.load(oid(n)).then((r) => r.tid, () => Z64), data, txn);
-        await fs.tpcVote(txn);
-        return fs.tpcFinish(txn);
-      };
+      const commit = (writes: Array<[number, Buffer]>): Promise<Buffer> => commitOver(fs, writes);
       await commit([[0, recordReferring(1)], [1, recordReferring()]]);
       const unlinked = await commit([[0, recordReferring()]]);
       // Enough after the pack time that the copy is still running when the relink commits.
