@@ -99,7 +99,7 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
       await recordRewind(audit, primary, none);
       return none;
     }
-    const result = { forkTid, cutTids: cut.cutTids, sidePath: cut.sidePath, sideBlobDir: cut.sideBlobDir, blobsCut: cut.cutBlobs.length, blobsMissing: cut.blobsMissing };
+    const result = rewindResult(forkTid, cut);
     const generations = await GenerationHistory.open(path);
     // The decision is on disk before anything is cut (the cut part is already saved aside): a crash or a
     // failing step after it leaves a record of what was being cut, and the error says how far it got.
@@ -258,7 +258,12 @@ export async function rewindOpenStorage(storage: FileStorage, refusedAt: Buffer,
   }
   for (const blob of cut.cutBlobs) await rm(blob, { force: true });
   await options.history.cutTo(forkTid);
-  return { forkTid: Buffer.from(forkTid), cutTids: cut.cutTids, sidePath: cut.sidePath, sideBlobDir: cut.sideBlobDir, blobsCut: cut.cutBlobs.length, blobsMissing: cut.blobsMissing };
+  return rewindResult(Buffer.from(forkTid), cut);
+}
+
+/** What a rewind that cut `cut` back to `forkTid` reports. */
+function rewindResult(forkTid: Buffer, cut: SavedCut): RewindResult {
+  return { forkTid, cutTids: cut.cutTids, sidePath: cut.sidePath, sideBlobDir: cut.sideBlobDir, blobsCut: cut.cutBlobs.length, blobsMissing: cut.blobsMissing };
 }
 
 /** The details of a `rewind` audit record: where it cut, what it cut, where the cut part went. */

@@ -56,7 +56,6 @@ export const DEFAULT_FOLLOW_BUFFER = 1024;
  */
 export const FOLLOW_BUFFER_BYTES = 16 * 1024 * 1024;
 
-
 /**
  * Reasons a session gives up on its peer: the socket is destroyed, queued
  * bytes dropped. A drain that timed out did so because the peer stopped

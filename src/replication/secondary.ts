@@ -161,9 +161,9 @@ const APPLIED_REPORT_MS = 20;
  */
 export const MIN_STREAM_MAX_FRAME_BYTES = 2 * WHOLE_TXN_MAX_BYTES;
 
-/** Options the connection could not run with, refused before the storage is opened (ZrsError). */
 const PROTOCOLS: readonly SecondaryProtocol[] = ['native', 'zrs2.0', 'zrs2.1'];
 
+/** Options the connection could not run with, refused before the storage is opened (ZrsError). */
 function checkConnectionOptions(options: SecondaryOptions): void {
   if (options.protocol !== undefined && !PROTOCOLS.includes(options.protocol)) {
     throw new ZrsError(`protocol must be one of ${PROTOCOLS.join(', ')}, not ${JSON.stringify(options.protocol)}`);
@@ -982,7 +982,8 @@ export class Secondary {
     });
     await this.audit?.decide('rewind', { ...rewindAuditDetails(result, address), online: true }).catch(() => undefined);
     this.divergence = null;
-    this.actor.send({ type: 'RESET', lastAppliedTid: this.inner.lastTransaction() });
+    // Its start position moved back with the cut already (STORAGE_CUT).
+    this.actor.send({ type: 'RESET' });
     return result;
   }
 

@@ -1219,7 +1219,6 @@ export class FileStorage {
     return MAGIC_BYTES;
   }
 
-  /** Changes whenever the data file is replaced (pack), invalidating positions. */
   private readonly beforeReplaceHooks = new Set<() => Promise<void>>();
 
   /**
@@ -1233,6 +1232,7 @@ export class FileStorage {
     return () => void this.beforeReplaceHooks.delete(hook);
   }
 
+  /** Changes whenever the data file is replaced (pack), invalidating positions. */
   get fileEpoch(): number {
     return this.epoch;
   }

@@ -512,10 +512,9 @@ class Packer {
 
   // ------------------------------------------------------------ copying
 
-  /** Transactions up to the pack time: surviving records only, data inline, status 'p'. */
   /**
-   * Transactions before the pack time, each with the revisions still
-   * reachable; one left with none is dropped (as ZODB does), except the
+   * Transactions up to the pack time, each with the revisions still
+   * reachable (data inline, status 'p'); one left with none is dropped (as ZODB does), except the
    * file's last (`end`): its tid stays the storage's last, which never goes
    * back (its secondaries hold it, and its hash chain link).
    */

@@ -313,24 +313,21 @@ class Unpickler {
 
   /** One text line without its '\n', as latin-1 (the text opcodes are ASCII). */
   private line(): string {
-    const end = this.buf.indexOf(0x0a, this.pos);
-    if (end < 0) throw this.fail('truncated pickle: missing newline');
-    const text = Buffer.from(this.read(end - this.pos)).toString('latin1');
-    this.pos += 1;
-    return text;
+    return Buffer.from(this.lineBytes()).toString('latin1');
   }
 
-  /** Bytes up to the next newline (which is consumed after them by the caller's read). */
-  private lineLength(): number {
+  /** The bytes up to the next newline; the newline is consumed too. */
+  private lineBytes(): Uint8Array {
     const end = this.buf.indexOf(0x0a, this.pos);
     if (end < 0) throw this.fail('truncated pickle: missing newline');
-    return end - this.pos;
+    const bytes = this.read(end - this.pos);
+    this.pos += 1;
+    return bytes;
   }
 
   /** Protocol 0 UNICODE: a line in raw-unicode-escape (latin-1 bytes, \\uXXXX and \\UXXXXXXXX). */
   private unicodeLine(): string {
-    const bytes = this.read(this.lineLength());
-    this.pos += 1;
+    const bytes = this.lineBytes();
     try {
       return rawUnicodeEscape(bytes);
     } catch (cause) {
@@ -636,7 +633,6 @@ class Unpickler {
   }
 }
 
-/** Python 2 `str` read by Python 3 with ZODB's `encoding='ASCII', errors='bytes'`. */
 const SIMPLE_ESCAPES: Readonly<Record<string, number>> = { '\\': 0x5c, "'": 0x27, '"': 0x22, a: 0x07, b: 0x08, f: 0x0c, n: 0x0a, r: 0x0d, t: 0x09, v: 0x0b };
 
 /** Python's codecs.escape_decode of a str literal's body (`text` holds one byte per char). */
@@ -644,11 +640,11 @@ function escapeDecode(text: string): Buffer {
   const out: number[] = [];
   for (let i = 0; i < text.length; i++) {
     const ch = text.charCodeAt(i);
-    if (ch !== 0x5c || i + 1 === text.length) {
-      if (ch === 0x5c) throw new Error('\\ at the end of the literal');
+    if (ch !== 0x5c) {
       out.push(ch);
       continue;
     }
+    if (i + 1 === text.length) throw new Error('\\ at the end of the literal');
     const next = text[++i]!;
     const simple = SIMPLE_ESCAPES[next];
     if (simple !== undefined) out.push(simple);
@@ -666,6 +662,9 @@ function escapeDecode(text: string): Buffer {
   }
   return Buffer.from(out);
 }
+
+const HEX4 = /^[0-9a-fA-F]{4}$/;
+const HEX8 = /^[0-9a-fA-F]{8}$/;
 
 /** Python's raw_unicode_escape decoding: latin-1 bytes, and \\uXXXX / \\UXXXXXXXX after an odd run of backslashes. */
 function rawUnicodeEscape(bytes: Uint8Array): string {
@@ -685,7 +684,7 @@ function rawUnicodeEscape(bytes: Uint8Array): string {
     out += '\\'.repeat(i - run - 1);
     const count = u === 0x75 ? 4 : 8;
     const hex = Buffer.from(bytes.subarray(i + 1, i + 1 + count)).toString('latin1');
-    if (!new RegExp(`^[0-9a-fA-F]{${count}}$`).test(hex)) throw new Error(`truncated \\${String.fromCharCode(u)} escape at ${i - 1}`);
+    if (!(count === 4 ? HEX4 : HEX8).test(hex)) throw new Error(`truncated \\${String.fromCharCode(u)} escape at ${i - 1}`);
     const code = parseInt(hex, 16);
     if (code > 0x10ffff) throw new Error(`\\U escape out of range at ${i - 1}`);
     out += String.fromCodePoint(code);
@@ -694,6 +693,7 @@ function rawUnicodeEscape(bytes: Uint8Array): string {
   return out;
 }
 
+/** Python 2 `str` read by Python 3 with ZODB's `encoding='ASCII', errors='bytes'`. */
 function py2str(bytes: Uint8Array): string | Buffer {
   const copy = Buffer.from(bytes);
   return copy.every((b) => b < 0x80) ? copy.toString('latin1') : copy;
