@@ -10,7 +10,8 @@
 // record positions and the last position of each oid.
 
 import type { FileHandle } from 'node:fs/promises';
-import { openFileToRead } from '../storage/fileio.js';
+import { setTimeout as delay } from 'node:timers/promises';
+import { fileVersion, openFileToRead } from '../storage/fileio.js';
 import {
   BACKPOINTER_BYTES,
   DATA_HEADER_BYTES,
@@ -25,6 +26,7 @@ import {
   readTxnHeader,
   readU64At,
 } from '../storage/format.js';
+import { lockMayBeHeld } from '../storage/lock.js';
 import { firstFillWithin } from '../storage/prealloc.js';
 import { dataEnd as dataEndOf } from '../storage/scan.js';
 import { tidToString } from '../storage/timestamp.js';
@@ -41,9 +43,11 @@ Reads the file read-only from the first byte to the last and checks every
 transaction header, data record, prev pointer, backpointer chain and
 redundant length, and that tids strictly increase. Prints a summary and
 exits 0 when everything holds; otherwise prints the first problem with its
-file position and exits 1. Safe on a file a server is using (it checks what
-is on disk at the moment it reads it; a problem at the very end of such a
-file may be a commit in progress: run it again, damage stays where it is).
+file position and exits 1. Safe on a file a server is using: a problem in
+such a file (its lock is held) may be a commit in progress, so it is looked
+at again once the file changes, and reported when it stays as it was or the
+file holds still for 2 s. Transactions committed after the check started
+are checked as far as it gets.
 
 example:
   zrs verify /var/db/Data.fs`,
@@ -60,6 +64,12 @@ export interface VerifySummary {
   /** Bytes of preallocated fill past the last transaction (a storage has the file open for writing, or crashed with it open). */
   fillBytes: number;
   lastTid: Buffer | null;
+  /**
+   * A transaction that was still being written when the check ended, and
+   * the problem it had then; it began past the end the file had when the
+   * check started (`bytes` ends where it begins).
+   */
+  beingWritten: { position: number; problem: string } | null;
 }
 
 export interface VerifyProblem {
@@ -69,6 +79,8 @@ export interface VerifyProblem {
   problem: string;
   /** Complete, good transactions before it. */
   transactions: number;
+  /** A storage had the file open for writing (its lock was held): the problem held still for the settle time. */
+  inUse: boolean;
 }
 
 export type VerifyResult = VerifySummary | VerifyProblem;
@@ -122,50 +134,120 @@ class Reader {
   }
 }
 
+export interface VerifyOptions {
+  /** Gets the fraction of bytes checked. */
+  onProgress?: (fraction: number) => void;
+  /** Told when a problem turned up in a file a storage has open for writing, before waiting for the file to change (awaited). */
+  onWait?: (problem: { position: number; problem: string }) => void | Promise<void>;
+  /** How long such a file must hold still before the problem is reported as what is on disk (ms; default SETTLE_MS, 2 s). */
+  settleMs?: number;
+}
+
+/** How long a file in use must hold still under a problem for it to be reported (ms). */
+const SETTLE_MS = 2000;
+/** How often a file in use is looked at while waiting for it to change. */
+const SETTLE_POLL_MS = 10;
+/** Looks at a file in use that keeps changing under a problem before the problem is reported. */
+const MAX_LOOKS = 100;
+
 /**
- * Verify a Data.fs. `onProgress` gets the fraction of bytes checked.
+ * Verify a Data.fs. On a file a storage has open for writing (its lock is
+ * held), the end may be a commit in progress: a problem there is looked at
+ * again once the file changed, from the transaction where it was, and is
+ * reported only when it stays as it was or the file holds still for
+ * `settleMs`. Transactions that began past the end first seen are not
+ * waited for.
  *
  * @example
  * const r = await verifyFile('Data.fs');
  * if (!r.ok) console.error(`position ${r.position}: ${r.problem}`);
  */
-export async function verifyFile(path: string, onProgress?: (fraction: number) => void): Promise<VerifyResult> {
+export async function verifyFile(path: string, options: VerifyOptions = {}): Promise<VerifyResult> {
   const fh = await openFileToRead(path);
   try {
-    const size = (await fh.stat()).size;
     // The transactions end where fill written ahead of them begins (src/storage/prealloc.ts).
-    const dataEnd = await dataEndOf(fh, size);
-    const reader = new Reader(fh, size);
-    let transactions = 0;
-    try {
-      return { ...(await walk(reader, dataEnd, onProgress, () => transactions++)), fillBytes: size - dataEnd };
-    } catch (err) {
-      if (err instanceof Problem) return { ok: false, position: err.position, problem: err.message, transactions };
-      throw err;
+    let version = fileVersion(fh.fd);
+    let size = (await fh.stat()).size;
+    let dataEnd = await dataEndOf(fh, size);
+    const firstEnd = dataEnd;
+    const settleMs = options.settleMs ?? SETTLE_MS;
+    const walk = new Walk(options.onProgress);
+    let seen: Problem | null = null;
+    let inUse: boolean | null = null;
+    for (let look = 1; ; look++) {
+      const problem = await walk.run(new Reader(fh, size), dataEnd);
+      if (problem === null) return walk.summary(size, dataEnd, null);
+      const again = seen !== null && seen.position === problem.position && seen.message === problem.message;
+      // A transaction begun past the first end is another commit than those the check set out to cover.
+      if (walk.pos >= firstEnd && !again) return walk.summary(size, dataEnd, { position: problem.position, problem: problem.message });
+      inUse ??= await lockMayBeHeld(`${path}.lock`);
+      const changed = again || !inUse || look >= MAX_LOOKS ? null : await changeOf(fh.fd, version, settleMs, () => options.onWait?.({ position: problem.position, problem: problem.message }));
+      if (changed === null) return { ok: false, position: problem.position, problem: problem.message, transactions: walk.transactions, inUse };
+      seen = problem;
+      version = changed;
+      size = (await fh.stat()).size;
+      dataEnd = await dataEndOf(fh, size);
     }
   } finally {
     await fh.close();
   }
 }
 
-async function walk(reader: Reader, size: number, onProgress: ((f: number) => void) | undefined, countTxn: () => void): Promise<Omit<VerifySummary, 'fillBytes'>> {
-  if (size < MAGIC_BYTES) throw new Problem(0, `file is ${size} bytes: too short for the 4-byte magic`);
-  const magic = await reader.at(0, MAGIC_BYTES);
-  if (!magic.equals(MAGIC_FS30) && !magic.equals(MAGIC_FS21)) {
-    throw new Problem(0, `not a FileStorage file: magic ${describeMagic(magic)} (expected "FS30" or "FS21")`);
+/** The file's new version once it differs from `version` (`waiting` is called first), or null if it held still for `settleMs`. */
+async function changeOf(fd: number, version: string, settleMs: number, waiting: () => void | Promise<void>): Promise<string | null> {
+  await waiting();
+  for (let waited = 0; ; waited += SETTLE_POLL_MS) {
+    const now = fileVersion(fd);
+    if (now !== version) return now;
+    if (waited >= settleMs) return null;
+    await delay(SETTLE_POLL_MS);
   }
-  const records = new Set<number>();
-  const lastOfOid = new Map<string, number>();
-  let backpointers = 0;
-  let recordCount = 0;
-  let lastTid: Buffer | null = null;
-  let pos = MAGIC_BYTES;
-  let transactions = 0;
-  while (pos < size) {
+}
+
+/**
+ * The checks, transaction by transaction, resumable: a transaction's
+ * records count only once all of it checked, so a walk stopped by a
+ * transaction still being written can start again at that transaction.
+ */
+class Walk {
+  magic = '';
+  pos = MAGIC_BYTES;
+  transactions = 0;
+  private records = new Set<number>();
+  private lastOfOid = new Map<string, number>();
+  private backpointers = 0;
+  private recordCount = 0;
+  private lastTid: Buffer | null = null;
+
+  constructor(private readonly onProgress: ((f: number) => void) | undefined) {}
+
+  /** Check from `pos` to `size`; the problem that stopped it, or null at the end. */
+  async run(reader: Reader, size: number): Promise<Problem | null> {
+    try {
+      if (this.magic === '') this.magic = await checkMagic(reader, size);
+      while (this.pos < size) {
+        await this.transaction(reader, size);
+        this.onProgress?.(this.pos / size);
+      }
+      return null;
+    } catch (err) {
+      if (err instanceof Problem) return err;
+      throw err;
+    }
+  }
+
+  summary(size: number, dataEnd: number, beingWritten: VerifySummary['beingWritten']): VerifySummary {
+    const { magic, transactions, recordCount: records, backpointers, lastTid } = this;
+    return { ok: true, magic, transactions, records, objects: this.lastOfOid.size, backpointers, bytes: this.pos, fillBytes: size - dataEnd, lastTid, beingWritten };
+  }
+
+  private async transaction(reader: Reader, size: number): Promise<void> {
+    const pos = this.pos;
     if (size - pos < TXN_HEADER_BYTES) throw new Problem(pos, `incomplete transaction header: ${size - pos} bytes left, 23 needed`);
     const h = readTxnHeader(await reader.at(pos, TXN_HEADER_BYTES));
     const tid = Buffer.from(h.tid);
     const what = `transaction ${tid.toString('hex')} at ${pos}`;
+    const lastTid = this.lastTid;
     if (lastTid && Buffer.compare(tid, lastTid) <= 0) {
       throw new Problem(pos, `${what}: tid is not after the previous one (${lastTid.toString('hex')}, ${tidToString(lastTid)})`);
     }
@@ -181,6 +263,10 @@ async function walk(reader: Reader, size: number, onProgress: ((f: number) => vo
     if (pos + h.length + TRAILER_BYTES > size) throw new Problem(pos + h.length, `${what}: its 8-byte redundant length is cut off by the end of the file`);
     const trailer = readU64At(await reader.at(pos + h.length, TRAILER_BYTES), 0);
     if (trailer !== h.length) throw new Problem(pos + h.length, `${what}: redundant length ${trailer} differs from the header's ${h.length}`);
+    // The records' positions and each oid's last one within this transaction, kept apart until all of it checked.
+    const mine = new Set<number>();
+    const lastHere = new Map<string, number>();
+    let backpointers = 0;
     let rpos = pos + meta;
     while (rpos < end) {
       if (end - rpos < DATA_HEADER_BYTES) throw new Problem(rpos, `${what}: ${end - rpos} bytes left, too few for a data record header`);
@@ -192,35 +278,44 @@ async function walk(reader: Reader, size: number, onProgress: ((f: number) => vo
       if (!d.tid.equals(tid)) throw new Problem(rpos + 8, `${rwhat}: tid ${d.tid.toString('hex')} is not the transaction's`);
       if (d.tloc !== pos) throw new Problem(rpos + 24, `${rwhat}: transaction position ${d.tloc} should be ${pos}`);
       if (d.vlen !== 0) throw new Problem(rpos + 32, `${rwhat}: version length ${d.vlen} (versions are not supported)`);
-      const expectedPrev = lastOfOid.get(oid) ?? 0;
+      const expectedPrev = lastHere.get(oid) ?? this.lastOfOid.get(oid) ?? 0;
       if (d.prev !== expectedPrev) throw new Problem(rpos + 16, `${rwhat}: prev ${d.prev} should be ${expectedPrev} (the oid's previous record)`);
       if (d.plen === 0) {
         const back = readU64At(await reader.at(rpos + DATA_HEADER_BYTES, BACKPOINTER_BYTES), 0);
         if (back !== 0) {
           backpointers++;
-          await checkChain(reader, records, rwhat, rpos, d.oid, back);
+          await checkChain(reader, (at) => this.records.has(at) || mine.has(at), rwhat, rpos, d.oid, back);
         }
       }
-      records.add(rpos);
-      lastOfOid.set(oid, rpos);
-      recordCount++;
+      mine.add(rpos);
+      lastHere.set(oid, rpos);
       rpos += len;
     }
-    lastTid = tid;
-    transactions++;
-    countTxn();
-    pos = end + TRAILER_BYTES;
-    onProgress?.(pos / size);
+    for (const at of mine) this.records.add(at);
+    for (const [oid, at] of lastHere) this.lastOfOid.set(oid, at);
+    this.backpointers += backpointers;
+    this.recordCount += mine.size;
+    this.lastTid = tid;
+    this.transactions++;
+    this.pos = end + TRAILER_BYTES;
   }
-  return { ok: true, magic: magic.toString('latin1'), transactions, records: recordCount, objects: lastOfOid.size, backpointers, bytes: size, lastTid };
+}
+
+async function checkMagic(reader: Reader, size: number): Promise<string> {
+  if (size < MAGIC_BYTES) throw new Problem(0, `file is ${size} bytes: too short for the 4-byte magic`);
+  const magic = await reader.at(0, MAGIC_BYTES);
+  if (!magic.equals(MAGIC_FS30) && !magic.equals(MAGIC_FS21)) {
+    throw new Problem(0, `not a FileStorage file: magic ${describeMagic(magic)} (expected "FS30" or "FS21")`);
+  }
+  return magic.toString('latin1');
 }
 
 /** A backpointer must name an earlier record of the same oid; its chain must end in data or "no data". */
-async function checkChain(reader: Reader, records: ReadonlySet<number>, rwhat: string, rpos: number, oid: Buffer, first: number): Promise<void> {
+async function checkChain(reader: Reader, isRecord: (pos: number) => boolean, rwhat: string, rpos: number, oid: Buffer, first: number): Promise<void> {
   let back = first;
   for (let steps = 0; back !== 0; steps++) {
     if (steps > MAX_CHAIN) throw new Problem(rpos + DATA_HEADER_BYTES, `${rwhat}: backpointer chain longer than ${MAX_CHAIN}`);
-    if (!records.has(back)) throw new Problem(rpos + DATA_HEADER_BYTES, `${rwhat}: backpointer ${back} is not the position of an earlier data record`);
+    if (!isRecord(back)) throw new Problem(rpos + DATA_HEADER_BYTES, `${rwhat}: backpointer ${back} is not the position of an earlier data record`);
     const target = readDataHeader(await reader.random(back, DATA_HEADER_BYTES));
     if (!target.oid.equals(oid)) throw new Problem(rpos + DATA_HEADER_BYTES, `${rwhat}: backpointer ${back} is a record of oid ${target.oid.toString('hex')}`);
     if (target.plen > 0) return;
@@ -239,17 +334,24 @@ export async function verify(path: string, io: CliIo, progress: boolean): Promis
         io.err(`\rverifying ${path}: ${pct}%`);
       }
     : undefined;
-  const r = await verifyFile(path, onProgress);
+  const onWait = show ? (): void => io.err(`\rverifying ${path}: ${shown}%, waiting for a commit in progress`) : undefined;
+  const r = await verifyFile(path, { onProgress, onWait });
   if (show) io.err('\r\x1b[2K');
   if (!r.ok) {
-    io.err(`${path}: position ${r.position}: ${r.problem} (${r.transactions} good transactions before it)\n`);
+    const inUse = r.inUse ? `; a storage has the file open, and it held still for ${SETTLE_MS / 1000} s: a commit waiting longer for its finish looks the same, run it again` : '';
+    io.err(`${path}: position ${r.position}: ${r.problem} (${r.transactions} good transactions before it${inUse})\n`);
     return EXIT_FAILURE;
   }
   const last = r.lastTid ? `, last ${r.lastTid.toString('hex')} (${tidToString(r.lastTid)})` : '';
   await io.out(
-    `${path}: OK: ${r.magic}, ${r.transactions} transactions, ${r.records} data records (${r.backpointers} backpointers), ${r.objects} objects, ${r.bytes} bytes${last}${fillNote(r.fillBytes)}\n`,
+    `${path}: OK: ${r.magic}, ${r.transactions} transactions, ${r.records} data records (${r.backpointers} backpointers), ${r.objects} objects, ${r.bytes} bytes${last}${tailNote(r)}\n`,
   );
   return EXIT_OK;
+}
+
+function tailNote(r: VerifySummary): string {
+  if (r.beingWritten) return `; then a transaction being written at ${r.beingWritten.position}, begun after the check started (not checked)`;
+  return fillNote(r.fillBytes);
 }
 
 function fillNote(bytes: number): string {

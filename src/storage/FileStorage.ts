@@ -44,7 +44,7 @@ import {
   type DataHeader,
   type TxnHeader,
 } from './format.js';
-import { pathKind, preadSync, syncDirectory } from './fileio.js';
+import { fileVersion, pathKind, preadSync, syncDirectory } from './fileio.js';
 import { dataHolder, otherObjectError, type DataHolder } from './backpointer.js';
 import { TxnBuffer } from './txnBuffer.js';
 import { RecentTransactions } from './recentTxns.js';
@@ -404,16 +404,15 @@ export class FileStorage {
     readOnly: boolean,
   ): Promise<{ state: ScanState; end: number; tailTid: Buffer | null; tailCut: TailCut | null; tail: { pos: number; reason: string } | null }> {
     for (let attempt = 1; ; attempt++) {
-      const before = fstatSync(fd, { bigint: true });
+      const before = fileVersion(fd);
       try {
-        return await FileStorage.recoverFrom(path, fd, handle, readOnly, Number(before.size));
+        return await FileStorage.recoverFrom(path, fd, handle, readOnly, fstatSync(fd).size);
       } catch (err) {
         // Read-only, the file may be another process's, written meanwhile: past the end seen at first an
         // abort or a close cuts bytes back and commits follow, and what was read there reads as damage.
         // Only a file that held still while it was read is reported damaged.
         if (!readOnly || !(err instanceof CorruptedDataError) || attempt >= READ_ONLY_OPEN_ATTEMPTS) throw err;
-        const after = fstatSync(fd, { bigint: true });
-        if (after.size === before.size && after.mtimeNs === before.mtimeNs && after.ctimeNs === before.ctimeNs) throw err;
+        if (fileVersion(fd) === before) throw err;
       }
     }
   }

@@ -3,7 +3,7 @@
 // windowed sequential reader for scans and iteration, opening a file to read
 // it whole with errors that name it, and syncing a directory after a rename.
 
-import { readSync } from 'node:fs';
+import { fstatSync, readSync } from 'node:fs';
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import { ZrsError } from '../errors.js';
 import { readU64At } from './format.js';
@@ -38,6 +38,16 @@ export async function openFileToRead(path: string): Promise<FileHandle> {
 export async function pathKind(path: string): Promise<'file' | 'directory' | 'other' | 'missing'> {
   const found = await stat(path).catch(() => null);
   return found === null ? 'missing' : found.isFile() ? 'file' : found.isDirectory() ? 'directory' : 'other';
+}
+
+/**
+ * A token that changes when the open file is written: its size and its
+ * modification and change times to the nanosecond (a writer overwriting
+ * fill keeps the size, and a millisecond time can miss a change).
+ */
+export function fileVersion(fd: number): string {
+  const s = fstatSync(fd, { bigint: true });
+  return `${s.size}/${s.mtimeNs}/${s.ctimeNs}`;
 }
 
 /** Read exactly `length` bytes at `pos`, or fewer only at end of file. */

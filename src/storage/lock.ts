@@ -3,6 +3,7 @@
 // each other. The lock is released when the descriptor closes.
 
 import { closeSync, openSync, writeSync, ftruncateSync } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { hostname } from 'node:os';
 import { LockedError, ZrsError } from '../errors.js';
@@ -57,4 +58,31 @@ export class LockFile {
     this.fd = null;
     closeSync(fd);
   }
+}
+
+/**
+ * Whether some process may hold the lock of `lockPath` (a storage has its
+ * data file open for writing), looked up without taking it: taking it even
+ * for a moment could make a storage opening then fail as locked. Reads
+ * Linux's /proc/locks for a lock on the file's inode; false when there is
+ * no lock file, true when it cannot tell.
+ */
+export async function lockMayBeHeld(lockPath: string): Promise<boolean> {
+  let ino: bigint;
+  try {
+    ino = (await stat(lockPath, { bigint: true })).ino;
+  } catch {
+    return false;
+  }
+  let locks: string;
+  try {
+    locks = await readFile('/proc/locks', 'latin1');
+  } catch {
+    return true;
+  }
+  // Lines like "1: FLOCK  ADVISORY  WRITE 4711 08:01:1234567 0 EOF": the device and inode are the sixth field.
+  return locks.split('\n').some((line) => {
+    const at = /\s[0-9a-f]+:[0-9a-f]+:(\d+)\s/.exec(line);
+    return at !== null && BigInt(at[1]!) === ino;
+  });
 }
