@@ -364,7 +364,8 @@ export class FileStorage {
         throw new FormatError(path, `not a FileStorage file (magic ${describeMagic(magic)})`);
       }
       handle = await openHandle(path, 'r');
-      const { state, end, tailTid, tailCut, tail } = await FileStorage.recover(path, fd, handle, readOnly);
+      const now = options.now ?? Date.now;
+      const { state, end, tailTid, tailCut, tail } = await FileStorage.recover(path, fd, handle, readOnly, now);
       const blobs = options.blobDir ? await BlobDirectory.open(options.blobDir, { create: !readOnly }) : null;
       const storage = new FileStorage(
         path,
@@ -375,7 +376,7 @@ export class FileStorage {
         end,
         readOnly,
         options.fsync ?? true,
-        options.now ?? Date.now,
+        now,
         magic.toString('latin1'),
         blobs,
         tailTid,
@@ -402,11 +403,12 @@ export class FileStorage {
     fd: number,
     handle: FileHandle,
     readOnly: boolean,
+    now: () => number,
   ): Promise<{ state: ScanState; end: number; tailTid: Buffer | null; tailCut: TailCut | null; tail: { pos: number; reason: string } | null }> {
     for (let attempt = 1; ; attempt++) {
       const before = fileVersion(fd);
       try {
-        return await FileStorage.recoverFrom(path, fd, handle, readOnly, fstatSync(fd).size);
+        return await FileStorage.recoverFrom(path, fd, handle, readOnly, fstatSync(fd).size, now);
       } catch (err) {
         // Read-only, the file may be another process's, written meanwhile: past the end seen at first an
         // abort or a close cuts bytes back and commits follow, and what was read there reads as damage.
@@ -423,6 +425,7 @@ export class FileStorage {
     handle: FileHandle,
     readOnly: boolean,
     size: number,
+    now: () => number,
   ): Promise<{ state: ScanState; end: number; tailTid: Buffer | null; tailCut: TailCut | null; tail: { pos: number; reason: string } | null }> {
     const saved = await loadIndex(path, fd, size);
     const from = saved ? saved.end : MAGIC_BYTES;
@@ -437,7 +440,7 @@ export class FileStorage {
     const result = await scanFile(handle, path, from, dataEnd, saved ?? emptyScanState());
     // New tids must also pass an unfinished transaction's tid, so no tid
     // (or blob file name) that may have been seen is ever reused.
-    const tailTid = result.tail ? tailTidFloor(fd, result.tail.pos, dataEnd, result.lastTid, hadFill) : null;
+    const tailTid = result.tail ? tailTidFloor(fd, result.tail.pos, dataEnd, result.lastTid, hadFill, now()) : null;
     // An unfinished tail, or fill alone past the last transaction (kept in no side file).
     const tailCut = (result.tail || hadFill) && !readOnly ? await FileStorage.cutTail(path, fd, result.end, Math.max(fillStart, result.end), hadFill) : null;
     return { state: result, end: result.end, tailTid, tailCut, tail: result.tail };

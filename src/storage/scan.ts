@@ -279,7 +279,7 @@ async function transactionEndingAt(handle: FileHandle, from: number, end: number
   return h.length === length ? h : null;
 }
 
-/** A tid this far past the last transaction's (or the clock's, when later) is taken for junk. */
+/** A tid this far past the last transaction's (or the storage's clock's, when later) is taken for junk. */
 const TAIL_TID_MAX_AHEAD_MS = 366 * 24 * 3600 * 1000;
 
 /**
@@ -288,12 +288,12 @@ const TAIL_TID_MAX_AHEAD_MS = 366 * 24 * 3600 * 1000;
  * within its length, a tid after `lastTid` that has a successor and is not
  * years ahead. Only then must new tids stay above it.
  */
-function plausibleTailTid(head: Buffer, lastTid: Buffer | null): boolean {
+function plausibleTailTid(head: Buffer, lastTid: Buffer | null, nowMs: number): boolean {
   if (head.length < 8) return false;
   const tid = head.subarray(0, 8);
   if (lastTid !== null && Buffer.compare(tid, lastTid) <= 0) return false;
   if (tid.readUInt32BE(0) === 0xffffffff) return false;
-  const horizonMs = Math.max(Date.now(), lastTid === null ? 0 : tidToSeconds(lastTid) * 1000) + TAIL_TID_MAX_AHEAD_MS;
+  const horizonMs = Math.max(nowMs, lastTid === null ? 0 : tidToSeconds(lastTid) * 1000) + TAIL_TID_MAX_AHEAD_MS;
   if (tidToSeconds(tid) * 1000 > horizonMs) return false;
   if (head.length > 16 && !' cp'.includes(String.fromCharCode(head[16]!))) return false;
   if (head.length < TXN_HEADER_BYTES) return true;
@@ -308,13 +308,13 @@ function plausibleTailTid(head: Buffer, lastTid: Buffer | null): boolean {
  * before a status byte leaves whole ones after the first); null when none
  * does (junk is no tid: it would push every new tid past it, or past the
  * last tid there is). The clock is no judge: it may have gone back since the
- * crash.
+ * crash. `nowMs` is the storage's clock, for the horizon alone.
  */
-export function tailTidFloor(fd: number, pos: number, end: number, lastTid: Buffer | null, hadFill: boolean): Buffer | null {
+export function tailTidFloor(fd: number, pos: number, end: number, lastTid: Buffer | null, hadFill: boolean, nowMs: number): Buffer | null {
   let floor: Buffer | null = null;
   for (let at = pos; at < end; ) {
     const head = preadSync(fd, at, TXN_HEADER_BYTES);
-    if (!plausibleTailTid(head, floor ?? lastTid) || (hadFill && isFillRange(head.subarray(0, 8), at))) break;
+    if (!plausibleTailTid(head, floor ?? lastTid, nowMs) || (hadFill && isFillRange(head.subarray(0, 8), at))) break;
     floor = Buffer.from(head.subarray(0, 8));
     if (head.length < TXN_HEADER_BYTES) break;
     const length = readU64At(head, 8);

@@ -13,7 +13,7 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import { POSKeyError } from '../../src/errors.js';
 import { Z64, tidFromTime, tidPlusOne } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { Model, collect, commit, fakeClock, hexOf, oidOf, scriptedClock } from './storageHarness.js';
+import { CLOCK_START_MS, Model, collect, commit, fakeClock, hexOf, oidOf, scriptedClock } from './storageHarness.js';
 
 afterAll(cleanupTempDirs);
 
@@ -34,6 +34,8 @@ const txnArb: fc.Arbitrary<TxnSpec> = fc.record({
 
 /** A clock far behind every tid written, so new tids come from the tid floor. */
 const PAST_MS = Date.UTC(2000, 0, 1);
+/** The clock a day behind the one the files here are written with: gone back, not so far that a torn first transaction's tid reads as junk. */
+const BEHIND_MS = CLOCK_START_MS - 86_400_000;
 
 interface Built {
   /** The whole file with the last transaction finished. */
@@ -89,7 +91,7 @@ async function checkRecovery(work: string, damaged: Buffer, b: Built, withOlderI
   await writeFile(path, damaged);
   if (withOlderIndex) await writeFile(`${path}.zrs-index`, b.olderIndex);
   const cut = damaged.subarray(b.lastPos);
-  const fs = await FileStorage.open(path, { now: scriptedClock([PAST_MS]), fsync: false });
+  const fs = await FileStorage.open(path, { now: scriptedClock([BEHIND_MS]), fsync: false });
   let newTid: Buffer;
   try {
     await expectEarlierTransactions(fs, b);
@@ -107,7 +109,7 @@ async function checkRecovery(work: string, damaged: Buffer, b: Built, withOlderI
     fs.store(oidOf(1), b.before.serial(oidOf(1)), Buffer.from('after the crash'), txn);
     await fs.tpcVote(txn);
     newTid = await fs.tpcFinish(txn);
-    expect(hexOf(newTid)).toBe(hexOf(floor ? tidPlusOne(floor) : tidFromTime(PAST_MS)));
+    expect(hexOf(newTid)).toBe(hexOf(floor ? tidPlusOne(floor) : tidFromTime(BEHIND_MS)));
   } finally {
     await fs.close();
   }
@@ -236,6 +238,27 @@ describe('crash safety', () => {
       expect(fs.tailCutOnOpen?.position).toBe(cutFrom);
       const next = await commit(fs, [[oidOf(1), (await fs.load(oidOf(1))).tid, Buffer.from('after')]]);
       expect(hexOf(next)).toBe(hexOf(tidPlusOne(cut.at(-1)!)));
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it("a torn tail's tid is judged against the storage's clock, not the machine's (a storage on a clock years ahead reused it)", async () => {
+    const path = join(await tempDir('zrs-crash-'), 'Data.fs');
+    let fs = await FileStorage.open(path, { create: true, fsync: false, now: scriptedClock([Date.UTC(2040, 0, 1)]) });
+    const first = await commit(fs, [[oidOf(1), Z64, Buffer.from('v1')]]);
+    await fs.close();
+    fs = await FileStorage.open(path, { fsync: false, now: scriptedClock([Date.UTC(2041, 5, 1)]) });
+    const torn = await commit(fs, [[oidOf(1), first, Buffer.from('v2')]]);
+    await fs.close();
+    await writeFile(path, readFileSync(path).subarray(0, -3));
+    await rm(`${path}.zrs-index`, { force: true });
+    // Within a year of this clock, though years past the machine's: a tid that may have been seen.
+    fs = await FileStorage.open(path, { fsync: false, now: scriptedClock([Date.UTC(2041, 2, 1)]) });
+    try {
+      expect(fs.tailCutOnOpen).not.toBeNull();
+      const next = await commit(fs, [[oidOf(1), first, Buffer.from('after')]]);
+      expect(hexOf(next)).toBe(hexOf(tidPlusOne(torn)));
     } finally {
       await fs.close();
     }
