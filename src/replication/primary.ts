@@ -51,6 +51,7 @@ export interface PrimaryOptions {
   tls?: TlsOptions;
   /** Serve Prometheus metrics over HTTP here (e.g. '127.0.0.1:9100'). */
   metricsAddress?: string | number | ReplicationAddress;
+  /** Time for heartbeats, timeouts, status and audit records, and the tids of the storage it opens (default: the system's). */
   clock?: Clock;
   log?: Logger;
   /** An already open storage to serve instead of opening `path`. */
@@ -116,9 +117,10 @@ export class Primary {
   static async open(options: PrimaryOptions): Promise<Primary> {
     // A bad address is refused before the storage is opened (and locked).
     const address = toAddress(options.replicateTo);
-    const storage = options.storage ?? (await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, preallocate: options.preallocate }));
-    if (!options.storage) logTailCut(options.log ?? silentLogger, storage);
     const clock = options.clock ?? systemClock;
+    const storage =
+      options.storage ?? (await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, preallocate: options.preallocate, now: () => clock.now() }));
+    if (!options.storage) logTailCut(options.log ?? silentLogger, storage);
     const describe = (sessions: SessionStatus[]): NodeStatus =>
       buildNodeStatus({ role: 'primary', name: options.name ?? null, storage, nowMs: clock.now(), sessions, generation: history?.generations.current });
     let edges: NodeEdges | null = null;

@@ -90,6 +90,7 @@ export interface SecondaryOptions {
   tls?: TlsOptions;
   /** Serve Prometheus metrics over HTTP here (e.g. '127.0.0.1:9101'). */
   metricsAddress?: string | number | ReplicationAddress;
+  /** Time for heartbeats, timeouts, status and audit records, and the tids of the storage it opens (default: the system's). */
   clock?: Clock;
   random?: Random;
   log?: Logger;

@@ -9,6 +9,8 @@ import { ReadOnlyError } from '../../src/errors.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
+import { VirtualClock } from '../../src/sim/clock.js';
+import { tidToString } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { loads, type PickleValue } from '../../src/wire/pickle.js';
 import { REDUCED_ALIKE, REDUCED_PER_PROTOCOL, UNUSUAL_EXTENSIONS } from '../helpers/cpythonPickles.js';
@@ -259,6 +261,20 @@ describe('an observer of applied$ that throws', () => {
       quiet.unsubscribe();
       config.onUnhandledError = before;
       await secondary.close();
+      await primary.close();
+    }
+  });
+});
+
+describe('a primary on an injected clock', () => {
+  it('takes the tids of the storage it opens from that clock (they came from the system clock)', async () => {
+    const dir = await tempDir();
+    const clock = new VirtualClock(Date.UTC(2030, 0, 1, 12));
+    const primary = await Primary.open({ path: join(dir, 'primary.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, clock });
+    try {
+      const [tid] = await commitMany(primary.storage, 1);
+      expect(tidToString(tid!)).toBe('2030-01-01 12:00:00.000000');
+    } finally {
       await primary.close();
     }
   });
