@@ -11,7 +11,7 @@ import { primarySessionMachine } from '../../machines/primarySession.js';
 import { secondaryConnectionMachine } from '../../machines/secondaryConnection.js';
 import type { Clock } from '../ports/clock.js';
 import type { ByteStream, ByteStreamHandlers, Transport } from '../ports/transport.js';
-import { tidToSeconds, Z64 } from '../storage/timestamp.js';
+import { lagSeconds, tidSeconds } from './nodeStatus.js';
 import { isReplicatingState, type PrimarySession } from './primarySession.js';
 
 /** What the metrics read of a storage. */
@@ -54,11 +54,6 @@ class OptionalGauge extends Gauge {
     const all = await super.get();
     return this.present ? all : { ...all, values: [] };
   }
-}
-
-/** Seconds since the epoch of a tid; null for the empty storage's zero tid. */
-function tidSeconds(tid: Buffer | null): number | null {
-  return tid === null || tid.equals(Z64) ? null : tidToSeconds(tid);
 }
 
 function topState(value: unknown): string {
@@ -141,14 +136,11 @@ export class ReplicationMetrics {
     });
     new OptionalGauge({
       name: 'zrs_replication_lag_seconds',
-      help: "Secondary side: the upstream's last tid (from its latest heartbeat) minus the last applied tid, in seconds; absent until a heartbeat arrives.",
+      help: "Secondary side: the upstream's last tid (from its latest heartbeat) minus the last applied tid, in seconds; absent until a heartbeat arrives, and while the secondary holds nothing.",
       registers: [this.registry],
       value: () => {
         const hb = self.secondary?.lastHeartbeat;
-        if (!hb) return null;
-        const applied = self.storage ? tidSeconds(self.storage.lastTransaction()) : null;
-        const upstream = tidSeconds(hb.lastTid);
-        return upstream === null ? 0 : Math.max(0, upstream - (applied ?? 0));
+        return hb && self.storage ? lagSeconds(self.storage.lastTransaction(), hb.lastTid) : null;
       },
     });
     new OptionalGauge({

@@ -18,9 +18,9 @@ export type { NodeStatus, SessionStatusEntry, StatusHeartbeat, UpstreamStatus };
 
 const Z64 = Buffer.alloc(8);
 
-/** Seconds since the epoch in `tid`, or null for the empty storage's 8 zero bytes. */
-export function tidSeconds(tid: Buffer): number | null {
-  return tid.equals(Z64) ? null : tidToSeconds(tid);
+/** Seconds since the epoch in `tid`, or null for none or the empty storage's 8 zero bytes. */
+export function tidSeconds(tid: Buffer | null): number | null {
+  return tid === null || tid.equals(Z64) ? null : tidToSeconds(tid);
 }
 
 /** What the storage contributes. */
@@ -74,14 +74,14 @@ export function buildNodeStatus(input: NodeStatusInput): NodeStatus {
 /**
  * A secondary's lag estimate: the time of the newest tid its upstream
  * announced minus the time of its own last tid, in seconds, never negative;
- * null when the upstream announced nothing yet.
+ * null when the upstream announced nothing yet, or the secondary holds nothing.
  */
 export function lagSeconds(ownLastTid: Buffer, upstreamLastTid: Buffer | null): number | null {
   if (upstreamLastTid === null) return null;
   if (Buffer.compare(upstreamLastTid, ownLastTid) <= 0) return 0;
   const own = tidSeconds(ownLastTid);
   const theirs = tidSeconds(upstreamLastTid) ?? 0;
-  // An empty secondary has no time of its own: its lag is everything the upstream holds.
+  // An empty secondary has no time of its own to measure a lag in seconds from: unknown.
   return own === null ? null : Math.max(0, theirs - own);
 }
 

@@ -11,7 +11,11 @@ import { createConnection } from 'node:net';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { requestStatus } from '../../src/replication/statusClient.js';
-import { tidToSeconds } from '../../src/storage/timestamp.js';
+import { tidFromTime, tidToSeconds } from '../../src/storage/timestamp.js';
+import { ReplicationMetrics } from '../../src/replication/metrics.js';
+import { VirtualClock } from '../../src/sim/clock.js';
+import { NEVER } from 'rxjs';
+import { createActor, createMachine } from 'xstate';
 import type { ReplicationAddress } from '../../src/ports/transport.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, waitForTid } from './helpers.js';
@@ -262,6 +266,23 @@ describe('metrics endpoint', () => {
     } finally {
       await secondary.close();
       await primary.close();
+    }
+  });
+});
+
+describe("a secondary's lag gauge", () => {
+  it('is absent while the secondary holds nothing (it showed the upstream tid\'s seconds since 1970) and follows the heartbeat after', async () => {
+    const metrics = new ReplicationMetrics(new VirtualClock());
+    let own: Buffer = Buffer.alloc(8);
+    const upstream = tidFromTime(Date.UTC(2026, 0, 1, 0, 1));
+    metrics.watchStorage({ lastTransaction: () => own, commits$: NEVER });
+    metrics.watchSecondary({ machine: createActor(createMachine({})).start(), lastHeartbeat: { lastTid: upstream, clockMs: 0, receivedMs: 0 } });
+    try {
+      expect(sample(await metrics.metrics(), 'zrs_replication_lag_seconds')).toBeNull();
+      own = tidFromTime(Date.UTC(2026, 0, 1));
+      expect(sample(await metrics.metrics(), 'zrs_replication_lag_seconds')).toBe(60);
+    } finally {
+      metrics.close();
     }
   });
 });
