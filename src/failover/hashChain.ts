@@ -300,8 +300,9 @@ export class HashChain {
 
   private async catchUp(): Promise<void> {
     // A pack changes what the data file can give links from: every link is written before it swaps the file.
-    // (A chain stopped by a write error writes nothing more: it is not what stops the pack.)
-    this.stopFlushBeforePack = this.storage.beforeDataFileReplaced(() => (this.failed ? Promise.resolve() : this.flush()));
+    // A chain stopped by a write error refuses (flush throws): the links it did not write would be computed
+    // again from the packed file, different from the ones secondaries hold. Reopened, it completes first.
+    this.stopFlushBeforePack = this.storage.beforeDataFileReplaced(() => this.flush());
     const early: CommittedTransaction[] = [];
     let following = false;
     this.sub = this.storage.commits$.subscribe((c) => (following ? this.onCommit(c) : early.push(c)));
@@ -491,11 +492,13 @@ export class HashChain {
 
   /**
    * Resolve once the links a primary gave (packed transactions, written at
-   * once) are on disk. Never rejects: a failed write stops the chain (see
-   * failure), and waiting longer would not write them.
+   * once) are on disk. Rejects once a write stopped the chain (see
+   * failure): such a link is lost (a reopened chain computes another from
+   * the packed records), so its transaction must not be acknowledged.
    */
   async givenWritten(): Promise<void> {
     while (this.mustWrite > 0 && this.flushing) await this.flushing;
+    if (this.failed) throw new ZrsError(`${this.path}: writing the hash chain failed: a link the primary gave is not on disk`, { cause: this.failed });
   }
 
   /**

@@ -13,7 +13,7 @@ import { CHAIN_ENTRY_BYTES, CHAIN_ORIGIN, HashChain, MAX_CHAIN_SAMPLES, RunLinks
 import { judgeHistory } from '../../src/failover/divergence.js';
 import { GenerationHistory } from '../../src/failover/generations.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { allTransactions, commitMany, Z64 } from '../replication/helpers.js';
+import { allTransactions, commitMany, diskFailingOnce, Z64 } from '../replication/helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -380,6 +380,34 @@ describe('writing the chain file', () => {
     expect(await sizeReaches(empty + 11 * CHAIN_ENTRY_BYTES)).toBe(empty + 11 * CHAIN_ENTRY_BYTES);
     await chain.close();
     await fs.close();
+  });
+});
+
+describe('a chain stopped by a write error', () => {
+  it('never says a link the primary gave is written (the transaction was acknowledged), and refuses a pack (it packed, and the links computed again differed)', async () => {
+    const path = join(await tempDir(), 'f.fs');
+    const { disk, failNext } = diskFailingOnce();
+    const fs = await FileStorage.open(path, { create: true, fsync: false, disk });
+    const chain = await HashChain.open(fs, { fsync: true });
+    try {
+      await commitMany(fs, 3);
+      failNext();
+      const tid = tidPlusOne(fs.lastTransaction());
+      chain.expectLink(tid, Buffer.alloc(32, 0x5a));
+      const txn = { description: 'packed' };
+      await fs.tpcBegin(txn, { tid, status: 'p' });
+      fs.store(fs.newOid(), Z64, Buffer.from('p'), txn);
+      await fs.tpcVote(txn);
+      await fs.tpcFinish(txn);
+      await expect(chain.givenWritten()).rejects.toThrow(/writing the hash chain failed: a link the primary gave is not on disk/);
+      expect(chain.failure?.message).toMatch(/EIO/);
+      const before = readFileSync(path);
+      await expect(fs.pack(Date.now() / 1000 + 60)).rejects.toThrow(/writing the hash chain failed/);
+      expect(readFileSync(path).equals(before)).toBe(true);
+    } finally {
+      await chain.close().catch(() => undefined);
+      await fs.close();
+    }
   });
 });
 
