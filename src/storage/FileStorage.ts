@@ -240,8 +240,12 @@ export class FileStorage {
   readonly commits$: Observable<CommittedTransaction> = this.commitsSubject.asObservable();
   private current: PendingTxn | null = null;
   private closed = false;
-  /** A failed fsync leaves the file's durability unknown: refuse further writes. */
+  /**
+   * A failed fsync leaves the file's durability unknown, a failed commit
+   * mark its state: refuse further writes, saying which (`what`).
+   */
   private fatal: Error | null = null;
+  private fatalWhat = 'a failed fsync';
   private groupSync: GroupSync;
   /**
    * Committed transactions not yet published, oldest first, from
@@ -483,7 +487,7 @@ export class FileStorage {
     // A transaction still waiting to begin when close() was called never begins.
     if (this.closed || (this.closing !== null && begins)) throw new StorageClosedError(this.path);
     if (this.readOnly || (this.writesClosed && begins)) throw new ReadOnlyError(operation, this.path);
-    if (this.fatal) throw new ZrsError(`${this.path}: writes disabled after a failed fsync`, { cause: this.fatal });
+    if (this.fatal) throw new ZrsError(`${this.path}: writes disabled after ${this.fatalWhat}`, { cause: this.fatal });
   }
 
   private pending(txn: TransactionMeta, operation: string): PendingTxn {
@@ -876,7 +880,18 @@ export class FileStorage {
     const cur = this.pending(txn, 'tpcFinish');
     if (!cur.voted) throw new StorageTransactionError(cur.voting ? 'tpcFinish: the vote has not finished' : 'tpcFinish: transaction not voted');
     const status = statusByte(cur.status);
-    this.disk.write(this.fd, status, cur.tpos + 16);
+    try {
+      this.disk.write(this.fd, status, cur.tpos + 16);
+    } catch (err) {
+      // Not committed: it stays marked in progress on disk (a reopen cuts it) and is not visible. A disk that
+      // failed this write is not trusted with more; the commit lock is released, so no begin waits for ever.
+      this.fatal = err as Error;
+      this.fatalWhat = 'a failed write of a commit mark';
+      this.current = null;
+      cur.release();
+      if (this.blobs) await this.blobs.discard(cur.blobs.map((b) => b.placedPath ?? b.stagedPath)).catch(() => undefined);
+      throw new ZrsError(`${this.path}: tpcFinish: marking the transaction committed failed; it is not committed, and the storage refuses further writes`, { cause: err });
+    }
     const end = cur.tpos + cur.metaBytes + cur.body.recordBytes + TRAILER_BYTES;
     const index = this.state.index;
     for (const [key, pos] of cur.tindex) index.set(key, pos);

@@ -47,6 +47,41 @@ async function commitOne(fs: FileStorage, data: string): Promise<Buffer> {
 }
 
 describe('FileStorage over an injected disk', () => {
+  it('a failed write of the commit mark commits nothing and refuses further writes, and a begin waiting meanwhile is refused (it waited for ever)', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    let failMark = false;
+    const disk: StorageDisk = {
+      ...nodeDisk,
+      write(fd, buf, pos) {
+        if (failMark && buf.length === 1) throw Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' });
+        nodeDisk.write(fd, buf, pos);
+      },
+    };
+    const fs = await FileStorage.open(path, { create: true, disk, fsync: false });
+    let closed = false;
+    try {
+      const first = await commitOne(fs, 'first');
+      const txn = { user: 'u', description: 'lost mark' };
+      await fs.tpcBegin(txn);
+      fs.store(fs.newOid(), Z64, Buffer.from('x'), txn);
+      await fs.tpcVote(txn);
+      const waiting = commitOne(fs, 'waiting');
+      failMark = true;
+      await expect(fs.tpcFinish(txn)).rejects.toThrow(/marking the transaction committed failed; it is not committed, and the storage refuses further writes/);
+      failMark = false;
+      await expect(waiting).rejects.toThrow(/writes disabled after a failed write of a commit mark/);
+      expect(fs.lastTransaction()).toEqual(first);
+      await fs.close();
+      closed = true;
+      const again = await FileStorage.open(path, { fsync: false });
+      expect(again.tailCutOnOpen).not.toBeNull();
+      expect(again.lastTransaction()).toEqual(first);
+      await again.close();
+    } finally {
+      if (!closed) await fs.close();
+    }
+  });
+
   it('a full disk fails the vote with StorageWriteError, leaves the file unchanged, and later commits succeed', async () => {
     const path = join(await tempDir(), 'Data.fs');
     const disk = testDisk();
