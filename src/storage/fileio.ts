@@ -177,14 +177,21 @@ export async function writeFully(handle: FileHandle, bytes: Uint8Array, position
   return bytes.length;
 }
 
-/** fsync a directory so a rename in it is durable (best effort where unsupported). */
+/** What a file system or platform that cannot sync a directory answers (the rename is still atomic there). */
+const DIRECTORY_SYNC_UNSUPPORTED = new Set(['EINVAL', 'ENOTSUP', 'EOPNOTSUPP', 'EISDIR', 'EPERM']);
+
+/**
+ * fsync a directory so a rename in it is durable. Where that is not
+ * supported it does nothing; any other failure (EIO, EMFILE …) is thrown:
+ * the rename's durability is then unknown, and nobody may report it durable.
+ */
 export async function syncDirectory(dir: string): Promise<void> {
   let h;
   try {
     h = await open(dir, 'r');
     await h.sync();
-  } catch {
-    // Some platforms cannot fsync a directory; the rename is still atomic.
+  } catch (err) {
+    if (!DIRECTORY_SYNC_UNSUPPORTED.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
   } finally {
     await h?.close();
   }
