@@ -194,7 +194,11 @@ function directoriesGaining(dir: string, firstCreated: string | undefined): stri
   return out;
 }
 
-/** Create `path` holding `content`, synced; false when it exists already. */
+/**
+ * Create `path` holding `content`, synced; false when it exists already.
+ * A write or sync that fails removes the file: left empty or partial, it
+ * would be taken for the content on every later open.
+ */
 async function createDurably(path: string, content: string): Promise<boolean> {
   let handle;
   try {
@@ -206,6 +210,9 @@ async function createDurably(path: string, content: string): Promise<boolean> {
   try {
     await handle.writeFile(content);
     await handle.sync();
+  } catch (err) {
+    await rm(path, { force: true }).catch(() => undefined);
+    throw err;
   } finally {
     await handle.close();
   }

@@ -96,6 +96,23 @@ describe('BlobDirectory.open', () => {
 
     await expect(BlobDirectory.open(join(unused, 'absent'), { create: false })).rejects.toThrow(/does not exist/);
   });
+
+  it('a layout marker it could not write is not left behind (an empty one made every later open fail)', async () => {
+    const { open, readFile } = await import('node:fs/promises');
+    const root = await tempDir();
+    const probe = await open(join(root, 'probe'), 'w');
+    const proto = Object.getPrototypeOf(probe) as { writeFile: (...args: unknown[]) => Promise<void> };
+    await probe.close();
+    const spy = vi.spyOn(proto, 'writeFile').mockRejectedValueOnce(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' }));
+    try {
+      await expect(BlobDirectory.open(join(root, 'blobs'), { create: true })).rejects.toThrow(/ENOSPC/);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(existsSync(join(root, 'blobs', '.layout'))).toBe(false);
+    await BlobDirectory.open(join(root, 'blobs'), { create: true });
+    expect(await readFile(join(root, 'blobs', '.layout'), 'latin1')).toBe('bushy');
+  });
 });
 
 describe('FileStorage.tpcVote with blobs', () => {
