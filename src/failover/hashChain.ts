@@ -163,6 +163,16 @@ function countUpTo(at: (i: number) => Entry, count: number, tid: Buffer): number
 function openChainFile(path: string): { file: ChainFile; entries: number; created: boolean } {
   const created = !existsSync(path);
   const fd = openSync(path, created ? 'w+' : 'r+');
+  try {
+    return { ...chainFileOn(fd), created };
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+}
+
+/** The chain file open at `fd`, its torn tail dropped (see openChainFile). */
+function chainFileOn(fd: number): { file: ChainFile; entries: number } {
   const size = fstatSync(fd).size;
   const head = Buffer.alloc(HEADER_BYTES);
   const known = size >= HEADER_BYTES && readSync(fd, head, 0, HEADER_BYTES, 0) === HEADER_BYTES;
@@ -170,7 +180,7 @@ function openChainFile(path: string): { file: ChainFile; entries: number; create
     // Missing or foreign: start over (links are recomputed from the data file).
     ftruncateSync(fd, 0);
     writeSync(fd, MAGIC, 0, HEADER_BYTES, 0);
-    return { file: { fd, check: mixCheck }, entries: 0, created };
+    return { file: { fd, check: mixCheck }, entries: 0 };
   }
   // An older file keeps its own check, so its entries (some maybe sent by a primary) stay valid.
   const file = { fd, check: head.equals(MAGIC) ? mixCheck : shaCheck };
@@ -183,7 +193,7 @@ function openChainFile(path: string): { file: ChainFile; entries: number; create
     if (readEntry(file, i) === null) entries = i;
   }
   if (size !== HEADER_BYTES + entries * CHAIN_ENTRY_BYTES) ftruncateSync(fd, HEADER_BYTES + entries * CHAIN_ENTRY_BYTES);
-  return { file, entries, created };
+  return { file, entries };
 }
 
 /**
