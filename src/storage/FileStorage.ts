@@ -54,6 +54,7 @@ import { DEFAULT_PREALLOCATE_BYTES, FillAhead, isFillRange, trailingFill } from 
 import { nodeDisk, type StorageDisk } from './disk.js';
 import { loadIndex, removeIndex, saveIndex } from './indexFile.js';
 import { LockFile } from './lock.js';
+import type { PackReport } from './pack.js';
 import { dataEndBefore, emptyScanState, oidKey, type OidKey, recordTransaction, scanFile, tailTidFloor, type ScanState } from './scan.js';
 import { Z64, newTid, tidToSeconds } from './timestamp.js';
 import { BlobDirectory } from './blobs.js';
@@ -1376,11 +1377,12 @@ export class FileStorage {
    * Remove revisions that were not current at `packTime` (seconds since the
    * epoch), and with `referencesOf` every object unreachable from the root
    * then. Safe while others commit; the old file is kept as `<file>.old`.
+   * Resolves with what it did (blob files it could not delete among it).
    */
-  async pack(packTime: number, referencesOf?: (data: Buffer) => Buffer[]): Promise<void> {
+  async pack(packTime: number, referencesOf?: (data: Buffer) => Buffer[]): Promise<PackReport> {
     this.checkWritable('pack');
     const { packStorage } = await import('./pack.js');
-    await packStorage(this, packTime, referencesOf);
+    return packStorage(this, packTime, referencesOf);
   }
 
   /** Abort any transaction in progress, save the index, release the lock. */

@@ -54,6 +54,13 @@ export interface PackReport {
   tailTransactions: number;
   /** Blob files removed with the revisions they belonged to. */
   removedBlobFiles: number;
+  /**
+   * Blob files of removed revisions that could not be removed (the packed
+   * file is in place all the same), and the first such error: orphans that
+   * no later pack removes, for an operator to delete.
+   */
+  blobFilesNotRemoved: number;
+  blobRemovalError: string | null;
 }
 
 /** Output is written in batches of about this many bytes. */
@@ -100,7 +107,7 @@ export async function packStorage(storage: FileStorage, packTime: number, refere
   if (packTid.equals(Z64)) throw new PackError(`invalid pack time ${packTime}`);
   if (storage.objectCount === 0) {
     const size = storage.getSize();
-    return { packed: false, packTid, sizeBefore: size, sizeAfter: size, tailTransactions: 0, removedBlobFiles: 0 };
+    return { packed: false, packTid, sizeBefore: size, sizeAfter: size, tailTransactions: 0, removedBlobFiles: 0, blobFilesNotRemoved: 0, blobRemovalError: null };
   }
   if (packing.has(storage)) throw new PackError(`${storage.path}: a pack is already running`);
   packing.add(storage);
@@ -313,7 +320,7 @@ class Packer {
     const epoch = this.storage.fileEpoch;
     // Everything before end0 is committed and never changes; later bytes may be a commit in progress.
     const end0 = this.storage.getSize();
-    const unchanged: PackReport = { packed: false, packTid: this.packTid, sizeBefore: end0, sizeAfter: end0, tailTransactions: 0, removedBlobFiles: 0 };
+    const unchanged: PackReport = { packed: false, packTid: this.packTid, sizeBefore: end0, sizeAfter: end0, tailTransactions: 0, removedBlobFiles: 0, blobFilesNotRemoved: 0, blobRemovalError: null };
     await this.buildPackIndex(end0);
     if (await this.redundant(end0)) return unchanged;
     if (this.referencesOf) await this.findReachable(this.referencesOf, end0);
@@ -350,8 +357,7 @@ class Packer {
       } finally {
         release();
       }
-      const removedBlobFiles = await this.removeBlobs();
-      return { ...unchanged, packed: true, sizeAfter, tailTransactions, removedBlobFiles };
+      return { ...unchanged, packed: true, sizeAfter, tailTransactions, ...(await this.removeBlobs()) };
     } finally {
       if (!swapped) {
         await out.close().catch(() => undefined);
@@ -645,29 +651,37 @@ class Packer {
     into.push({ oid: Buffer.from(h.oid), tid: Buffer.from(h.tid) });
   }
 
-  /** Delete blob files of removed revisions, then directories left empty. */
-  private async removeBlobs(): Promise<number> {
+  /**
+   * Delete blob files of removed revisions, then directories left empty.
+   * The packed file is in place: a file that cannot be deleted is counted,
+   * not thrown, and the rest are deleted all the same.
+   */
+  private async removeBlobs(): Promise<Pick<PackReport, 'removedBlobFiles' | 'blobFilesNotRemoved' | 'blobRemovalError'>> {
+    const report = { removedBlobFiles: 0, blobFilesNotRemoved: 0, blobRemovalError: null as string | null };
     const blobs = this.storage.blobs;
-    if (!blobs || this.blobRemovals.length === 0) return 0;
-    let removed = 0;
+    if (!blobs || this.blobRemovals.length === 0) return report;
     const dirs = new Set<string>();
+    const failed = (err: unknown): void => {
+      report.blobFilesNotRemoved++;
+      report.blobRemovalError ??= (err as Error).message;
+    };
     for (const b of this.blobRemovals) {
       try {
         await unlink(blobs.pathFor(b.oid, b.tid));
-        removed++;
+        report.removedBlobFiles++;
         dirs.add(blobs.oidDir(b.oid));
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') failed(err);
       }
     }
     // Under the commit lock no vote is placing a blob, so an empty directory stays empty.
     const release = await this.storage.acquireCommitLock();
     try {
-      for (const dir of dirs) await removeEmptyDirs(dir, blobs.root);
+      for (const dir of dirs) await removeEmptyDirs(dir, blobs.root).catch((err: unknown) => (report.blobRemovalError ??= (err as Error).message));
     } finally {
       release();
     }
-    return removed;
+    return report;
   }
 }
 
