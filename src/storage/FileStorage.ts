@@ -5,7 +5,7 @@
 // committed (tpcFinish, commits$) only once it is durable.
 
 import { closeSync, ftruncateSync, fstatSync, openSync, writeSync, fsyncSync } from 'node:fs';
-import { open as openHandle, access, link, rename, rm, stat } from 'node:fs/promises';
+import { open as openHandle, access, link, rename, rm } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Subject, type Observable } from 'rxjs';
@@ -44,7 +44,7 @@ import {
   type DataHeader,
   type TxnHeader,
 } from './format.js';
-import { fileVersion, pathKind, preadSync, syncDirectory } from './fileio.js';
+import { fileVersion, pathKind, preadSync, syncDirectory, writeFileSynced } from './fileio.js';
 import { dataHolder, otherObjectError, type DataHolder } from './backpointer.js';
 import { TxnBuffer } from './txnBuffer.js';
 import { RecentTransactions } from './recentTxns.js';
@@ -464,13 +464,7 @@ export class FileStorage {
       let n = 0;
       while (await access(`${path}.tr${n}`).then(() => true, () => false)) n++;
       cut = { position: pos, bytes: tail.length, keptIn: `${path}.tr${n}` };
-      const side = openSync(cut.keptIn, 'wx');
-      try {
-        writeSync(side, tail, 0, tail.length, 0);
-        fsyncSync(side);
-      } finally {
-        closeSync(side);
-      }
+      await writeFileSynced(cut.keptIn, [tail], 'wx');
       // The side file's name is durable before the bytes it keeps are cut from the data file.
       await syncDirectory(dirname(path));
     }

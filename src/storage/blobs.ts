@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { access, chmod, copyFile, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { syncDirectory } from './fileio.js';
+import { syncDirectory, writeFileSynced } from './fileio.js';
 import { POSKeyError, ZrsError } from '../errors.js';
 
 const LAYOUT = 'bushy';
@@ -194,27 +194,13 @@ function directoriesGaining(dir: string, firstCreated: string | undefined): stri
   return out;
 }
 
-/**
- * Create `path` holding `content`, synced; false when it exists already.
- * A write or sync that fails removes the file: left empty or partial, it
- * would be taken for the content on every later open.
- */
+/** Create `path` holding `content`, synced (see writeFileSynced); false when it exists already. */
 async function createDurably(path: string, content: string): Promise<boolean> {
-  let handle;
   try {
-    handle = await open(path, 'wx');
+    await writeFileSynced(path, [Buffer.from(content, 'latin1')], 'wx');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
     throw err;
-  }
-  try {
-    await handle.writeFile(content);
-    await handle.sync();
-  } catch (err) {
-    await rm(path, { force: true }).catch(() => undefined);
-    throw err;
-  } finally {
-    await handle.close();
   }
   return true;
 }

@@ -4,7 +4,7 @@
 // it whole with errors that name it, and syncing a directory after a rename.
 
 import { fstatSync, readSync } from 'node:fs';
-import { open, stat, type FileHandle } from 'node:fs/promises';
+import { open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { ZrsError } from '../errors.js';
 import { readU64At } from './format.js';
 
@@ -175,6 +175,26 @@ export async function writeFully(handle: FileHandle, bytes: Uint8Array, position
     done += bytesWritten;
   }
   return bytes.length;
+}
+
+/**
+ * Create (`wx`: refusing one that exists, EEXIST) or replace (`w`) the file
+ * at `path` holding `parts` one after the other, synced. A write or sync
+ * that fails removes the file: left empty or partial, it would pass for its
+ * content later (a layout marker, a kept tail, an index).
+ */
+export async function writeFileSynced(path: string, parts: readonly Uint8Array[], flags: 'w' | 'wx'): Promise<void> {
+  const handle = await open(path, flags);
+  try {
+    let at = 0;
+    for (const part of parts) at += await writeFully(handle, part, at, path);
+    await handle.sync();
+  } catch (err) {
+    await handle.close().catch(() => undefined);
+    await rm(path, { force: true }).catch(() => undefined);
+    throw err;
+  }
+  await handle.close();
 }
 
 /** What a file system or platform that cannot sync a directory answers (the rename is still atomic there). */

@@ -4,9 +4,9 @@
 // still holds, at the recorded position, the very transaction header recorded.
 
 import { createHash } from 'node:crypto';
-import { open, rename, readFile, rm } from 'node:fs/promises';
+import { rename, readFile, rm } from 'node:fs/promises';
 import { TXN_HEADER_BYTES, readU64At, writeU64At } from './format.js';
-import { preadSync, writeFully } from './fileio.js';
+import { preadSync, writeFileSynced } from './fileio.js';
 import { oidKeyAt, TidSamples, type OidKey, type ScanState } from './scan.js';
 
 const MAGIC = Buffer.from('ZRSIDX01', 'latin1');
@@ -52,14 +52,7 @@ export async function saveIndex(dataPath: string, fd: number, state: SavedIndex)
   const digest = createHash('sha256').update(body).digest();
   const path = indexPathFor(dataPath);
   const tmp = `${path}.tmp`;
-  const handle = await open(tmp, 'w');
-  try {
-    await writeFully(handle, body, 0, tmp);
-    await writeFully(handle, digest, body.length, tmp);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
+  await writeFileSynced(tmp, [body, digest], 'w');
   await rename(tmp, path);
 }
 

@@ -101,9 +101,9 @@ describe('BlobDirectory.open', () => {
     const { open, readFile } = await import('node:fs/promises');
     const root = await tempDir();
     const probe = await open(join(root, 'probe'), 'w');
-    const proto = Object.getPrototypeOf(probe) as { writeFile: (...args: unknown[]) => Promise<void> };
+    const proto = Object.getPrototypeOf(probe) as { write: (...args: unknown[]) => Promise<unknown> };
     await probe.close();
-    const spy = vi.spyOn(proto, 'writeFile').mockRejectedValueOnce(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' }));
+    const spy = vi.spyOn(proto, 'write').mockRejectedValueOnce(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' }));
     try {
       await expect(BlobDirectory.open(join(root, 'blobs'), { create: true })).rejects.toThrow(/ENOSPC/);
     } finally {

@@ -2,11 +2,12 @@
 // that fails for a reason other than "not supported" is an error, and a
 // write the file takes only part of is written again until it is whole.
 
-import { open, readFile } from 'node:fs/promises';
+import { open, readFile, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
-import { syncDirectory, writeFully } from '../../src/storage/fileio.js';
+import { syncDirectory, writeFileSynced, writeFully } from '../../src/storage/fileio.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 
 afterAll(cleanupTempDirs);
@@ -58,5 +59,22 @@ describe('writeFully', () => {
     } finally {
       await handle.close();
     }
+  });
+});
+
+describe('writeFileSynced', () => {
+  it('writes the parts in order, removes a file it could not write whole, and refuses to create one that exists', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'f');
+    await writeFileSynced(path, [Buffer.from('ab'), Buffer.from('cde')], 'w');
+    expect(await readFile(path, 'latin1')).toBe('abcde');
+    await expect(writeFileSynced(path, [Buffer.from('x')], 'wx')).rejects.toMatchObject({ code: 'EEXIST' });
+    expect(await readFile(path, 'latin1')).toBe('abcde');
+    const sync = vi.spyOn(await fileHandlePrototype(dir), 'sync').mockImplementationOnce(failing('EIO'));
+    await expect(writeFileSynced(join(dir, 'g'), [Buffer.from('partial')], 'wx')).rejects.toMatchObject({ code: 'EIO' });
+    expect(sync).toHaveBeenCalledTimes(1);
+    expect(existsSync(join(dir, 'g'))).toBe(false);
+    await writeFile(join(dir, 'h'), 'old');
+    await expect(writeFileSynced(join(dir, 'h'), [Buffer.alloc(0)], 'w').then(() => readFile(join(dir, 'h'), 'latin1'))).resolves.toBe('');
   });
 });
