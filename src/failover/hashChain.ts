@@ -312,7 +312,8 @@ export class HashChain {
     // A pack changes what the data file can give links from: every link is written before it swaps the file.
     // A chain stopped by a write error refuses (flush throws): the links it did not write would be computed
     // again from the packed file, different from the ones secondaries hold. Reopened, it completes first.
-    this.stopFlushBeforePack = this.storage.beforeDataFileReplaced(() => this.flush());
+    // A rewind's file is the old one cut at the fork, and the chain is cut and opened again on it after.
+    this.stopFlushBeforePack = this.storage.beforeDataFileReplaced((why) => (why === 'rewind' && this.failed ? Promise.resolve() : this.flush()));
     const early: CommittedTransaction[] = [];
     let following = false;
     this.sub = this.storage.commits$.subscribe((c) => (following ? this.onCommit(c) : early.push(c)));

@@ -197,7 +197,9 @@ async function saveCut(storage: FileStorage, forkTid: Buffer, withBlobs: boolean
     }
     saved = true;
   } finally {
-    await side.close();
+    // Each transaction was durable at its finish: a close that fails (saving an index removed below) neither
+    // loses the saved cut nor may skip the cleanup, nor hide why the copy stopped.
+    await side.close().catch(() => undefined);
     // The side file is an archive that nothing holds open: only it (and its blobs) stay beside the data file.
     await removeIndex(out.sidePath);
     // A side file that does not hold the whole cut would pass for its archive: nothing was cut, so it goes.
@@ -247,7 +249,7 @@ export async function rewindOpenStorage(storage: FileStorage, refusedAt: Buffer,
         } finally {
           await h.close();
         }
-        await storage.replaceDataFile(temp);
+        await storage.replaceDataFile(temp, 'rewind');
       } catch (err) {
         await rm(temp, { force: true });
         throw err;

@@ -1231,15 +1231,17 @@ export class FileStorage {
     return MAGIC_BYTES;
   }
 
-  private readonly beforeReplaceHooks = new Set<() => Promise<void>>();
+  private readonly beforeReplaceHooks = new Set<(why: 'pack' | 'rewind') => Promise<void>>();
 
   /**
    * @internal Run `hook` (awaited, under the commit lock) before a pack's
    * file replaces the data file: whatever was computed from the old file's
    * contents and not yet written (a hash chain's pending links) could not
-   * be computed again from the packed one. Returns the function that stops it.
+   * be computed again from the packed one. `why` says whose file it is: a
+   * pack's, or a rewind's (the old file cut at the fork). Returns the
+   * function that stops it.
    */
-  beforeDataFileReplaced(hook: () => Promise<void>): () => void {
+  beforeDataFileReplaced(hook: (why: 'pack' | 'rewind') => Promise<void>): () => void {
     this.beforeReplaceHooks.add(hook);
     return () => void this.beforeReplaceHooks.delete(hook);
   }
@@ -1301,12 +1303,13 @@ export class FileStorage {
   }
 
   /**
-   * Swap in a rewritten data file (pack). The caller holds the commit lock and
-   * has made `newPath` durable; the current file is kept as `<file>.old`.
-   * Positions handed out before this call are invalid afterwards (fileEpoch).
+   * Swap in a rewritten data file (a pack's, or a rewind's). The caller holds
+   * the commit lock and has made `newPath` durable; the current file is kept
+   * as `<file>.old`. Positions handed out before this call are invalid
+   * afterwards (fileEpoch).
    * @internal
    */
-  async replaceDataFile(newPath: string): Promise<void> {
+  async replaceDataFile(newPath: string, why: 'pack' | 'rewind'): Promise<void> {
     this.checkWritable('pack');
     if (this.current) throw new StorageTransactionError('pack: a transaction is in progress');
     // Commits that finished before the caller took the lock may still await
@@ -1314,7 +1317,7 @@ export class FileStorage {
     // runs on a closed fd and no unpublished entry keeps old-file offsets.
     await this.makeDurable(this.end);
     // What was derived from the old file's contents (hash chain links) is durable before they change.
-    for (const hook of [...this.beforeReplaceHooks]) await hook();
+    for (const hook of [...this.beforeReplaceHooks]) await hook(why);
     // Opened and checked under its own name, before the swap: descriptors
     // stay on the file through the rename, so once the data file's name
     // holds the new file nothing is left that can fail and leave this

@@ -352,7 +352,7 @@ class Packer {
         await out.sync();
         await out.close();
         sizeAfter = o.pos;
-        await this.storage.replaceDataFile(newPath);
+        await this.storage.replaceDataFile(newPath, 'pack');
         swapped = true;
       } finally {
         release();

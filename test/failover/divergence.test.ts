@@ -5,7 +5,7 @@
 // the fork named a tid its storage lacked, or kept a refused generation.
 
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { readAuditLog } from '../../src/audit/auditLog.js';
 import { forkPoint, judgeHistory } from '../../src/failover/divergence.js';
@@ -133,6 +133,38 @@ describe('rewinding to a fork tid the storage lacks', () => {
       expect(fs.lastTransaction()).toEqual(tids[3]);
     } finally {
       spy.mockRestore();
+      await history.close();
+      await fs.close();
+    }
+  });
+
+  it("a side file whose close fails: a failed copy still leaves nothing and names its own error, a whole one is kept (the close's error left the partial file and its lock, or failed a rewind that was done)", async () => {
+    const { fs, tids, path } = await storageWith(4);
+    const history = await FailoverHistory.open(fs, { role: 'secondary', fsync: false });
+    const finish = FileStorage.prototype.tpcFinish;
+    const close = FileStorage.prototype.close;
+    let failCopy = true;
+    const finishSpy = vi.spyOn(FileStorage.prototype, 'tpcFinish').mockImplementation(async function (this: FileStorage, ...args) {
+      if (this.path.includes('.rewound-') && failCopy) throw new Error('disk full');
+      return finish.apply(this, args);
+    });
+    const closeSpy = vi.spyOn(FileStorage.prototype, 'close').mockImplementation(async function (this: FileStorage) {
+      await close.call(this);
+      if (this.path.includes('.rewound-')) throw new Error('ENOSPC: saving the index');
+    });
+    const sideFiles = (): string[] => readdirSync(dirname(path)).filter((f) => f.includes('.rewound-'));
+    try {
+      await expect(rewindOpenStorage(fs, tids[0]!, { history, withBlobs: false })).rejects.toThrow('disk full');
+      expect(sideFiles()).toEqual([]);
+      expect(fs.lastTransaction()).toEqual(tids[3]);
+      failCopy = false;
+      const r = await rewindOpenStorage(fs, tids[0]!, { history, withBlobs: false });
+      expect(r.cutTids).toEqual(tids.slice(1));
+      expect(sideFiles()).toEqual([basename(r.sidePath!)]);
+      expect(fs.lastTransaction()).toEqual(tids[0]);
+    } finally {
+      finishSpy.mockRestore();
+      closeSpy.mockRestore();
       await history.close();
       await fs.close();
     }
