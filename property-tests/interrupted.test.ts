@@ -20,7 +20,7 @@ it('a run abandoned at the time limit leaves no cluster files once settled', asy
   process.env.ZRS_SIM_TMPDIR = root;
   const details = await fc.check(failoverProperty({ mode: 'chaos', secondaries: 2, converge: true, maxCommands: 25 }), { numRuns: 10_000, seed: 5, interruptAfterTimeLimit: 300 });
   expect(details.interrupted).toBe(true);
-  expect(details.failed).toBe(false);
+  expect(details.failed, fc.defaultReportMessage(details) ?? '').toBe(false);
   await settleRuns();
   expect(readdirSync(root)).toEqual([]);
 }, 120_000);

@@ -17,7 +17,8 @@ async function expectCaught(name: PropertyName, numRuns: number, verdict: RegExp
   expect(counterexample && replayCommand(counterexample)).toMatch(new RegExp(`^npm run sim -- --property ${name} --seed ${SEED} --path \\d+`));
   // The control: the same cases, up to and including the counterexample, with the bug off.
   const control = await checkNamed(controlOf(name), { numRuns: details.numRuns, seed: SEED, endOnFailure: true });
-  expect(control.details.failed, `${controlOf(name)} fails without the bug: ${String((control.details.errorInstance as Error | null)?.message).slice(0, 2000)}`).toBe(false);
+  const replay = control.counterexample ? ` (replay: ${replayCommand(control.counterexample)})` : '';
+  expect(control.details.failed, `${controlOf(name)} fails without the bug${replay}: ${String((control.details.errorInstance as Error | null)?.message).slice(0, 2000)}`).toBe(false);
   expect(control.details.numRuns).toBe(details.numRuns);
 }
 

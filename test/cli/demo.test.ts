@@ -15,19 +15,27 @@ describe('the demo', () => {
     const child = spawn(process.execPath, ['--import', 'tsx', DEMO, '--seconds', '60'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     let out = '';
-    const dir = await new Promise<string>((resolve, reject) => {
-      child.stdout.setEncoding('utf8').on('data', (t: string) => {
-        out += t;
-        const m = /ZRS demo in (\S+):/.exec(out);
-        // The workload has started once its step is announced: the nodes' files exist.
-        if (m && out.includes('1. committing')) resolve(m[1]!);
+    try {
+      const dir = await new Promise<string>((resolve, reject) => {
+        child.stdout.setEncoding('utf8').on('data', (t: string) => {
+          out += t;
+          const m = /ZRS demo in (\S+):/.exec(out);
+          // The workload has started once its step is announced: the nodes' files exist.
+          if (m && out.includes('1. committing')) resolve(m[1]!);
+        });
+        void exited.then(() => reject(new Error(`demo exited early:\n${out}`)));
       });
-      void exited.then(() => reject(new Error(`demo exited early:\n${out}`)));
-    });
-    expect(existsSync(dir)).toBe(true);
-    child.kill('SIGINT');
-    expect(await exited).toBe(130);
-    expect(existsSync(dir)).toBe(false);
-    expect(out).toContain(`SIGINT: stopped; ${dir} removed`);
+      expect(existsSync(dir)).toBe(true);
+      child.kill('SIGINT');
+      expect(await exited).toBe(130);
+      expect(existsSync(dir)).toBe(false);
+      expect(out).toContain(`SIGINT: stopped; ${dir} removed`);
+    } finally {
+      // A failure above leaves no demo running on for a minute (it removes its directory on SIGINT).
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGINT');
+        await exited;
+      }
+    }
   }, 60_000);
 });

@@ -217,7 +217,6 @@ describe('linkOfStored', () => {
 describe('linkOfStored against chainLink (property)', () => {
   it('agrees for any metadata and record sizes, small and large data mixed, and linksOfRun chains them', async () => {
     const dir = await tempDir();
-    const fs = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
     const txnArb = fc.record({
       user: fc.string({ maxLength: 300 }),
       description: fc.string({ maxLength: 300 }),
@@ -225,24 +224,32 @@ describe('linkOfStored against chainLink (property)', () => {
       sizes: fc.array(fc.oneof({ weight: 9, arbitrary: fc.integer({ min: 1, max: 3000 }) }, { weight: 1, arbitrary: fc.integer({ min: 64 * 1024, max: 150 * 1024 }) }), { minLength: 1, maxLength: 12 }),
       fill: fc.integer({ min: 0, max: 255 }),
     });
-    let prev: Buffer = Buffer.alloc(32, 3);
+    // Each run on a storage of its own, after 0 to 3 earlier transactions, so a printed seed replays it alone.
+    let runs = 0;
     await fc.assert(
-      fc.asyncProperty(txnArb, async (t) => {
-        const txn = { user: t.user, description: t.description, ...(t.extension ? { extension: t.extension } : {}) };
-        await fs.tpcBegin(txn);
-        t.sizes.forEach((size, i) => fs.store(fs.newOid(), Z64, Buffer.alloc(size, (t.fill + i) % 256), txn));
-        await fs.tpcVote(txn);
-        const tid = await fs.tpcFinish(txn);
-        const stored = (await allTransactions(fs)).find((x) => x.tid.equals(tid))!;
-        const expected = chainLink(prev, contentAt(fs, stored.pos));
-        expect(linkOfStored(prev, stored.raw!)!.toString('hex')).toBe(expected.toString('hex'));
-        const [run] = linksOfRun(prev, stored.raw!)!.entries();
-        expect(run!.link.equals(expected) && run!.tid.equals(tid)).toBe(true);
-        prev = expected;
+      fc.asyncProperty(fc.array(txnArb, { minLength: 1, maxLength: 4 }), fc.uint8Array({ minLength: 32, maxLength: 32 }), async (txns, start) => {
+        const fs = await FileStorage.open(join(dir, `p${runs++}.fs`), { create: true, fsync: false });
+        try {
+          let prev: Buffer = Buffer.from(start);
+          for (const t of txns) {
+            const txn = { user: t.user, description: t.description, ...(t.extension ? { extension: t.extension } : {}) };
+            await fs.tpcBegin(txn);
+            t.sizes.forEach((size, i) => fs.store(fs.newOid(), Z64, Buffer.alloc(size, (t.fill + i) % 256), txn));
+            await fs.tpcVote(txn);
+            const tid = await fs.tpcFinish(txn);
+            const stored = (await allTransactions(fs)).find((x) => x.tid.equals(tid))!;
+            const expected = chainLink(prev, contentAt(fs, stored.pos));
+            expect(linkOfStored(prev, stored.raw!)!.toString('hex')).toBe(expected.toString('hex'));
+            const [run] = linksOfRun(prev, stored.raw!)!.entries();
+            expect(run!.link.equals(expected) && run!.tid.equals(tid)).toBe(true);
+            prev = expected;
+          }
+        } finally {
+          await fs.close();
+        }
       }),
-      { numRuns: 60 },
+      { numRuns: 30 },
     );
-    await fs.close();
   });
 });
 

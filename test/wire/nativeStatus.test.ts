@@ -160,11 +160,15 @@ describe('status-request and status messages', () => {
       fc.property(statusArb, fc.nat(), fc.integer({ min: 1, max: 255 }), (msg, at, xor) => {
         const payload = Buffer.from(encodeNative(msg, createNativePackr()));
         payload[at % payload.length]! ^= xor;
+        let decoded;
         try {
-          decodeNative(payload, createNativeUnpackr());
+          decoded = decodeNative(payload, createNativeUnpackr());
         } catch (err) {
           expect(err).toBeInstanceOf(ProtocolError);
+          return;
         }
+        // Whatever decodes is a valid message that re-encodes.
+        expect(() => encodeNative(decoded, createNativePackr())).not.toThrow();
       }),
     );
   });
