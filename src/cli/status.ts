@@ -140,7 +140,8 @@ export function formatStatus(s: NodeStatus, address: string): string {
     rows.push(['upstream', `${u.address} (${u.protocol}), ${u.state}`]);
     rows.push(['upstream last', describeTid(u.primaryLastTid)]);
     if (u.lastHeartbeat) {
-      const ago = (s.clockMs - u.lastHeartbeat.receivedMs) / 1000;
+      // Both readings are this node's clock; a step back between them is no negative age.
+      const ago = Math.max(0, s.clockMs - u.lastHeartbeat.receivedMs) / 1000;
       rows.push(['last heartbeat', `${u.lastHeartbeat.lastTid.toString('hex')}, ${ago.toFixed(1)} seconds ago`]);
     } else rows.push(['last heartbeat', 'none']);
     rows.push(['lag', u.lagSeconds === null ? 'unknown' : `${u.lagSeconds.toFixed(4)} seconds`]);

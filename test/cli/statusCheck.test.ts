@@ -11,6 +11,8 @@ import { parseArgs } from '../../src/cli/args.js';
 import { checkSpec, lagVerdict, pyFloatRepr, pythonErrorText } from '../../src/cli/check.js';
 import { runCli } from '../../src/cli/cli.js';
 import { formatAddress } from '../../src/replication/address.js';
+import { formatStatus } from '../../src/cli/status.js';
+import type { NodeStatus } from '../../src/replication/nodeStatus.js';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import type { FileStorage } from '../../src/storage/FileStorage.js';
@@ -276,5 +278,27 @@ describe('check pieces', () => {
     expect(parseArgs(checkSpec, ['-mw30', 'a', 'b']).flags).toEqual(new Map<string, string | true>([['output-metrics', true], ['warning', '30']]));
     expect(() => parseArgs(checkSpec, ['-w', '1', '-w', '2', 'a', 'b'])).toThrow('option --warning given twice');
     expect(() => parseArgs(checkSpec, ['a', 'b', '-e'])).toThrow('option -e needs a value (SECS)');
+  });
+});
+
+describe('formatStatus', () => {
+  it("prints a secondary's upstream, heartbeat age and lag, the age never negative when the clock stepped back", () => {
+    const tid = tidFromTime(Date.UTC(2026, 0, 1));
+    const status: NodeStatus = {
+      role: 'secondary',
+      name: 's1',
+      lastTid: tid,
+      lastTimeSeconds: tidToSeconds(tid),
+      fileSize: 4,
+      clockMs: 10_000,
+      upstream: { address: '127.0.0.1:5000', protocol: 'zrs-ts/1', state: 'connected.replicating', primaryLastTid: tid, lastHeartbeat: { lastTid: tid, clockMs: 1, receivedMs: 7_500 }, lagSeconds: 0 },
+      sessions: [],
+      sessionCount: 0,
+    };
+    const text = formatStatus(status, '127.0.0.1:5001');
+    expect(text).toMatch(new RegExp(`^last heartbeat: +${tid.toString('hex')}, 2\\.5 seconds ago$`, 'm'));
+    expect(text).toMatch(/^lag: +0\.0000 seconds$/m);
+    const stepped = formatStatus({ ...status, clockMs: 7_000 }, '127.0.0.1:5001');
+    expect(stepped).toMatch(new RegExp(`^last heartbeat: +${tid.toString('hex')}, 0\\.0 seconds ago$`, 'm'));
   });
 });
