@@ -108,7 +108,13 @@ export class BlobDirectory {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
       await copyFile(sourcePath, staged, constants.COPYFILE_EXCL);
-      await rm(sourcePath, { force: true });
+      try {
+        await rm(sourcePath, { force: true });
+      } catch (rmErr) {
+        // Not moved after all: the caller keeps its file, and no copy is left in tmp/ for nobody.
+        await rm(staged, { force: true }).catch(() => undefined);
+        throw rmErr;
+      }
     }
     return staged;
   }
@@ -149,7 +155,8 @@ export class BlobDirectory {
       }
       for (const d of changed) await syncDirectory(d);
     } catch (err) {
-      await this.discard(placed);
+      // The error that stopped the placing is the one to report, even if removing the files placed fails too.
+      await this.discard(placed).catch(() => undefined);
       throw err;
     }
     return placed;
