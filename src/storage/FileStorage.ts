@@ -118,6 +118,8 @@ interface PendingTxn {
 
 /** Scans a read-only open makes of a file that changed while it read (another process writing it) before it reports damage. */
 const READ_ONLY_OPEN_ATTEMPTS = 5;
+/** A tail cut on open is read and kept this much at a time. */
+const TAIL_PIECE_BYTES = 16 << 20;
 
 /** What commits$ publishes for a transaction finished here; its oid list is made when first asked for. */
 class FinishedCommit implements CommittedTransaction {
@@ -458,13 +460,18 @@ export class FileStorage {
    * word), and nothing is kept when the tail is only fill.
    */
   private static async cutTail(path: string, fd: number, pos: number, keepEnd: number, hadFill: boolean): Promise<TailCut | null> {
-    const tail = preadSync(fd, pos, keepEnd - pos);
+    // Read a piece at a time: a tail may be longer than a buffer can be (a crash while a huge transaction was written).
+    const pieces = function* (): Generator<Buffer> {
+      for (let at = pos; at < keepEnd; at += TAIL_PIECE_BYTES) yield preadSync(fd, at, Math.min(TAIL_PIECE_BYTES, keepEnd - at));
+    };
     let cut: TailCut | null = null;
-    if (!(hadFill && isFillRange(tail, pos))) {
+    let onlyFill = hadFill;
+    for (let at = pos, piece = pieces(); onlyFill && at < keepEnd; at += TAIL_PIECE_BYTES) onlyFill = isFillRange(piece.next().value!, at);
+    if (!onlyFill) {
       let n = 0;
       while (await access(`${path}.tr${n}`).then(() => true, () => false)) n++;
-      cut = { position: pos, bytes: tail.length, keptIn: `${path}.tr${n}` };
-      await writeFileSynced(cut.keptIn, [tail], 'wx');
+      cut = { position: pos, bytes: keepEnd - pos, keptIn: `${path}.tr${n}` };
+      await writeFileSynced(cut.keptIn, pieces(), 'wx');
       // The side file's name is durable before the bytes it keeps are cut from the data file.
       await syncDirectory(dirname(path));
     }

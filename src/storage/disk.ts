@@ -4,6 +4,7 @@
 // synchronous (as the storage does them); datasync is asynchronous.
 
 import { fdatasync, fdatasyncSync, ftruncateSync, writeSync } from 'node:fs';
+import { IO_CALL_MAX_BYTES } from './fileio.js';
 
 /**
  * What FileStorage needs from a disk for its data file.
@@ -27,7 +28,7 @@ export interface StorageDisk {
 export const nodeDisk: StorageDisk = {
   write(fd, buf, pos) {
     let off = 0;
-    while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off, pos + off);
+    while (off < buf.length) off += writeSync(fd, buf, off, Math.min(buf.length - off, IO_CALL_MAX_BYTES), pos + off);
   },
   truncate(fd, length) {
     ftruncateSync(fd, length);

@@ -50,12 +50,19 @@ export function fileVersion(fd: number): string {
   return `${s.size}/${s.mtimeNs}/${s.ctimeNs}`;
 }
 
+/**
+ * The most one read or write call is given: Node takes at most 2^31 - 1
+ * bytes a call (a longer positional read of a FileHandle aborts the
+ * process), and a record or transaction may be longer.
+ */
+export const IO_CALL_MAX_BYTES = 1 << 30;
+
 /** Read exactly `length` bytes at `pos`, or fewer only at end of file. */
 export function preadSync(fd: number, pos: number, length: number): Buffer {
   const out = Buffer.allocUnsafe(length);
   let got = 0;
   while (got < length) {
-    const n = readSync(fd, out, got, length - got, pos + got);
+    const n = readSync(fd, out, got, Math.min(length - got, IO_CALL_MAX_BYTES), pos + got);
     if (n === 0) break;
     got += n;
   }
@@ -98,7 +105,7 @@ export class WindowReader {
     this.recycler?.retire(old);
     let got = 0;
     while (got < want) {
-      const { bytesRead } = await this.handle.read(this.buf, got, want - got, pos + got);
+      const { bytesRead } = await this.handle.read(this.buf, got, Math.min(want - got, IO_CALL_MAX_BYTES), pos + got);
       if (bytesRead === 0) break;
       got += bytesRead;
     }
@@ -170,7 +177,7 @@ export class WindowRecycler {
  */
 export async function writeFully(handle: FileHandle, bytes: Uint8Array, position: number | null, path: string): Promise<number> {
   for (let done = 0; done < bytes.length; ) {
-    const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, position === null ? null : position + done);
+    const { bytesWritten } = await handle.write(bytes, done, Math.min(bytes.length - done, IO_CALL_MAX_BYTES), position === null ? null : position + done);
     if (bytesWritten === 0) throw new ZrsError(`${path}: the file took none of ${bytes.length - done} bytes written to it`);
     done += bytesWritten;
   }
@@ -183,7 +190,7 @@ export async function writeFully(handle: FileHandle, bytes: Uint8Array, position
  * that fails removes the file: left empty or partial, it would pass for its
  * content later (a layout marker, a kept tail, an index).
  */
-export async function writeFileSynced(path: string, parts: readonly Uint8Array[], flags: 'w' | 'wx'): Promise<void> {
+export async function writeFileSynced(path: string, parts: Iterable<Uint8Array>, flags: 'w' | 'wx'): Promise<void> {
   const handle = await open(path, flags);
   try {
     let at = 0;

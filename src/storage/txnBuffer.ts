@@ -4,6 +4,8 @@
 // One buffer serves every transaction of a storage in turn (commits are
 // serialised), so a small commit allocates nothing.
 
+import { constants } from 'node:buffer';
+import { ZrsError } from '../errors.js';
 import { DATA_HEADER_BYTES, TRAILER_BYTES, dataRecordLength, writeU64At } from './format.js';
 
 /** A buffer grown past this by a large transaction is not kept for the next one. */
@@ -34,10 +36,12 @@ export class TxnBuffer {
   }
 
   private reserve(n: number): void {
-    if (this.used + n + TRAILER_BYTES <= this.buf.length) return;
+    const need = this.used + n + TRAILER_BYTES;
+    if (need <= this.buf.length) return;
+    if (need > constants.MAX_LENGTH) throw new ZrsError(`a transaction of ${need} bytes: one is written from a single buffer, at most ${constants.MAX_LENGTH} bytes (4 GiB)`);
     let size = this.buf.length * 2;
-    while (size < this.used + n + TRAILER_BYTES) size *= 2;
-    const next = Buffer.allocUnsafe(size);
+    while (size < need) size *= 2;
+    const next = Buffer.allocUnsafe(Math.min(size, constants.MAX_LENGTH));
     this.buf.copy(next, 0, 0, this.used);
     this.buf = next;
   }
