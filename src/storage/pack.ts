@@ -4,7 +4,6 @@
 // Invariants: the live file is only read; the commit lock is held only for the tail
 // committed meanwhile and the swap; memory grows with the oid count, not the file size.
 
-import { writeSync } from 'node:fs';
 import { open, readdir, rmdir, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -28,6 +27,7 @@ import {
   type TxnHeader,
 } from './format.js';
 import { dataHolder } from './backpointer.js';
+import { nodeDisk } from './disk.js';
 import { WindowReader, preadSync } from './fileio.js';
 import { oidKey, type OidKey } from './scan.js';
 import { Z64 } from './timestamp.js';
@@ -223,23 +223,18 @@ class Output {
   /** Set the u64 at `offset` inside `owner` (a buffer written at `ownerPos`), on disk if already flushed. */
   patchU64(owner: Buffer, ownerPos: number, offset: number, value: number): void {
     writeU64At(owner, offset, value);
-    if (ownerPos < this.flushedEnd) writeFully(this.fd, owner.subarray(offset, offset + 8), ownerPos + offset);
+    if (ownerPos < this.flushedEnd) nodeDisk.write(this.fd, owner.subarray(offset, offset + 8), ownerPos + offset);
   }
 
   flush(): void {
     if (this.pending.length === 0) return;
     // One copy per batch: writev takes at most IOV_MAX buffers and small records are many.
     const batch = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
-    writeFully(this.fd, batch, this.flushedEnd);
+    nodeDisk.write(this.fd, batch, this.flushedEnd);
     this.flushedEnd += batch.length;
     this.pending = [];
     this.pendingBytes = 0;
   }
-}
-
-function writeFully(fd: number, buf: Buffer, pos: number): void {
-  let off = 0;
-  while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off, pos + off);
 }
 
 /** Which pre-pack revisions survive: one position per oid, a few oids with more (as ZODB's GC). */
