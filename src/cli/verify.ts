@@ -26,6 +26,7 @@ import {
   readTxnHeader,
   readU64At,
 } from '../storage/format.js';
+import { BigMap, BigSet } from '../storage/bigMap.js';
 import { lockMayBeHeld } from '../storage/lock.js';
 import { firstFillWithin } from '../storage/prealloc.js';
 import { dataEnd as dataEndOf } from '../storage/scan.js';
@@ -213,8 +214,8 @@ class Walk {
   magic = '';
   pos = MAGIC_BYTES;
   transactions = 0;
-  private records = new Set<number>();
-  private lastOfOid = new Map<string, number>();
+  private records = new BigSet<number>();
+  private lastOfOid = new BigMap<string, number>();
   private backpointers = 0;
   private recordCount = 0;
   private lastTid: Buffer | null = null;

@@ -27,6 +27,7 @@ import {
   type TxnHeader,
 } from './format.js';
 import { dataHolder } from './backpointer.js';
+import { BigMap, BigSet } from './bigMap.js';
 import { nodeDisk } from './disk.js';
 import { WindowReader, preadSync } from './fileio.js';
 import { oidKey, type OidKey } from './scan.js';
@@ -239,8 +240,8 @@ class Output {
 
 /** Which pre-pack revisions survive: one position per oid, a few oids with more (as ZODB's GC). */
 class Reachable {
-  readonly first = new Map<OidKey, number>();
-  readonly extra = new Map<OidKey, number[]>();
+  readonly first = new BigMap<OidKey, number>();
+  readonly extra = new BigMap<OidKey, number[]>();
 
   has(key: OidKey, pos: number): boolean {
     const p = this.first.get(key);
@@ -286,21 +287,21 @@ const BLOB_CLASS_MARK = Buffer.from('ZODB.blob', 'latin1');
 class Packer {
   private readonly src: Source;
   /** oid -> record position current at the pack time. */
-  private current = new Map<OidKey, number>();
+  private current = new BigMap<OidKey, number>();
   /** First transaction after the pack time (or the end). */
   private packPos = MAGIC_BYTES;
   /** Whether any transaction before the pack time is not yet packed ('p'). */
   private unpacked = false;
   private reachable = new Reachable();
   /** New file: oid -> position of its latest record, for prev pointers. */
-  private readonly newIndex = new Map<OidKey, number>();
+  private readonly newIndex = new BigMap<OidKey, number>();
   /** Pre-pack records kept: old position -> new position (backpointer targets). */
-  private readonly moved = new Map<number, number>();
+  private readonly moved = new BigMap<number, number>();
   private readonly shifts = new ShiftTable();
   private readonly blobRemovals: BlobRevision[] = [];
   private lastTid: Buffer | null = null;
   /** Objects with a record after the pack time (their later records are copied whatever the GC decides). */
-  private readonly laterOids = new Set<OidKey>();
+  private readonly laterOids = new BigSet<OidKey>();
 
   constructor(
     private readonly storage: FileStorage,
@@ -320,7 +321,7 @@ class Packer {
     if (await this.redundant(end0)) return unchanged;
     if (this.referencesOf) await this.findReachable(this.referencesOf, end0);
     else for (const [k, p] of this.current) this.reachable.first.set(k, p);
-    this.current = new Map(); // no longer needed; may be large
+    this.current = new BigMap(); // no longer needed; may be large
 
     const newPath = `${this.storage.path}.pack`;
     const out = await open(newPath, 'w+');

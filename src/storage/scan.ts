@@ -21,6 +21,7 @@ import {
   writeU64At,
   type TxnHeader,
 } from './format.js';
+import { BigMap } from './bigMap.js';
 import { WindowReader, preadSync } from './fileio.js';
 import { firstFillWithin, isFillRange, trailingFill } from './prealloc.js';
 import { tidToSeconds } from './timestamp.js';
@@ -134,7 +135,7 @@ export interface ScanResult extends ScanState {
 
 export function emptyScanState(): ScanState {
   return {
-    index: new Map(),
+    index: new BigMap(),
     maxOid: Buffer.alloc(8),
     lastTid: null,
     lastTxnPos: 0,
