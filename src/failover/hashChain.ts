@@ -152,7 +152,7 @@ function countUpTo(at: (i: number) => Entry, count: number, tid: Buffer): number
   let lo = 0;
   let hi = count;
   while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
+    const mid = Math.floor((lo + hi) / 2);
     if (Buffer.compare(at(mid).tid, tid) <= 0) lo = mid + 1;
     else hi = mid;
   }

@@ -82,7 +82,9 @@ export function packTimeToTid(packTime: number): Buffer {
   const hi = ((((d.getUTCFullYear() - 1900) * 12 + d.getUTCMonth()) * 31 + (d.getUTCDate() - 1)) * 24 + d.getUTCHours()) * 60 + d.getUTCMinutes();
   const seconds = ((packTime % 60) + 60) % 60;
   const out = Buffer.alloc(8);
-  if (hi < 0) return out; // before 1900: z64, refused by the caller
+  // Past what a Date holds (about 275,760 years either way) the fields are NaN: after every tid, or before 1900.
+  if (hi < 0 || (Number.isNaN(hi) && packTime < 0)) return out; // before 1900: z64, refused by the caller
+  if (Number.isNaN(hi)) return out.fill(0xff);
   out.writeUInt32BE(Math.min(hi, 0xffffffff) >>> 0, 0);
   out.writeUInt32BE(Math.min(Math.trunc(seconds / SECONDS_PER_UNIT), 0xffffffff) >>> 0, 4);
   return out;
@@ -267,7 +269,7 @@ class ShiftTable {
     let hi = this.from.length - 1;
     let best = -1;
     while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
+      const mid = Math.floor((lo + hi) / 2);
       if (this.from[mid]! <= oldPos) {
         best = mid;
         lo = mid + 1;

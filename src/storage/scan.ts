@@ -107,7 +107,7 @@ export class TidSamples {
     let hi = this.#positions.length - 1;
     let best = -1;
     while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
+      const mid = Math.floor((lo + hi) / 2);
       if (this.#tids.compare(tid, 0, 8, 8 * mid, 8 * mid + 8) <= 0) {
         best = mid;
         lo = mid + 1;

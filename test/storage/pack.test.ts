@@ -98,6 +98,9 @@ describe('pack against ZODB', () => {
   it("packing Data.fs.prepack at the recorded time gives ZODB's packed Data.fs byte for byte", async () => {
     const m = await readManifest('packed');
     expect(hex(packTimeToTid(m.pack_time))).toBe(m.pack_time_tid);
+    // Past the tids (9917) and past what a Date holds: after every tid (1e13 s gave a tid in 1900, packing nothing).
+    for (const far of [1e12, 8.64e12 + 60, 1e13, 1e300]) expect(hex(packTimeToTid(far)), String(far)).toMatch(/^ffffffff/);
+    for (const before of [-3e9, -1e13]) expect(hex(packTimeToTid(before)), String(before)).toBe('0000000000000000');
     const { path } = await copyOf('packed', true);
     const fs = await FileStorage.open(path);
     try {
