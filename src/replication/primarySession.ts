@@ -148,6 +148,12 @@ export class PrimarySession {
   private linger: unknown = null;
   /** The stream closed (its close handler ran): nothing to linger for. */
   private streamClosed = false;
+  private streamGone!: () => void;
+  /**
+   * Settles once the socket is closed: after the session's end (done$) when
+   * it lingers to hand over its last bytes. Until then it holds a descriptor.
+   */
+  readonly streamClosed$: Promise<void> = new Promise((resolve) => (this.streamGone = resolve));
   private readonly doneSubject = new Subject<SessionCloseReason | null>();
   /** Emits once when the session ends, with the reason. */
   readonly done$ = this.doneSubject.asObservable();
@@ -197,6 +203,7 @@ export class PrimarySession {
       drain: () => this.writer.onDrain(),
       close: (error) => {
         this.streamClosed = true;
+        this.streamGone();
         if (this.linger !== null) this.options.clock.clearTimeout(this.linger);
         this.linger = null;
         this.writer.onClose();

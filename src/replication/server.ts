@@ -74,6 +74,8 @@ export type ServerRole = Pick<ReplicationServerOptions, 'nodeStatus' | 'onSessio
 
 export class ReplicationServer {
   private readonly sessions = new Set<PrimarySession>();
+  /** Sockets accepted and not yet closed: the sessions, and those that ended but still hand over their last bytes. */
+  private openStreams = 0;
   /** Observers of sessions (sync-replication acks, audit), beside options.onSession. */
   private readonly sessionWatchers = new Set<(session: PrimarySession) => void>();
   private listener: Listener | null = null;
@@ -118,7 +120,7 @@ export class ReplicationServer {
       return;
     }
     const o = this.options;
-    if (this.sessions.size >= (o.maxConnections ?? DEFAULT_MAX_CONNECTIONS)) {
+    if (this.openStreams >= (o.maxConnections ?? DEFAULT_MAX_CONNECTIONS)) {
       stream.destroy();
       this.turnedAway.count += 1;
       this.turnedAway.lastPeer = stream.peer;
@@ -144,6 +146,8 @@ export class ReplicationServer {
       promote: (request) => (this.options.promote ? this.options.promote(request) : Promise.resolve({ kind: 'refused', code: 'not-promotable', reason: 'this node does not accept promote requests' })),
     });
     this.sessions.add(session);
+    this.openStreams += 1;
+    void session.streamClosed$.then(() => (this.openStreams -= 1));
     o.log('info', `connection from ${stream.peer}`);
     o.onSession?.(session);
     for (const watch of this.sessionWatchers) watch(session);
@@ -164,7 +168,7 @@ export class ReplicationServer {
       }, waitMs);
       return;
     }
-    o.log('warn', `turned away ${t.count} connection(s) (the last from ${t.lastPeer}): ${this.sessions.size} already served, the most allowed (maxConnections)`);
+    o.log('warn', `turned away ${t.count} connection(s) (the last from ${t.lastPeer}): ${this.openStreams} already open, the most allowed (maxConnections)`);
     t.count = 0;
     t.loggedAtMs = now;
   }

@@ -233,7 +233,7 @@ describe('a flood of connections to a primary', () => {
       const extra = await Promise.all([0, 1, 2].map(() => FramedSocket.connect(p.address)));
       for (const e of extra) await e.waitClosed();
       const warning = await floodLogs.waitFor((e) => e.level === 'warn' && /^turned away/.test(e.message));
-      expect(warning.message).toMatch(/^turned away 1 connection\(s\) .*: 3 already served, the most allowed \(maxConnections\)$/);
+      expect(warning.message).toMatch(/^turned away 1 connection\(s\) .*: 3 already open, the most allowed \(maxConnections\)$/);
       // One warning for the three (at most one every 10 s).
       expect(floodLogs.count((e) => /^turned away/.test(e.message))).toBe(1);
       const [tid] = await commitMany(p.storage, 1);
@@ -247,6 +247,40 @@ describe('a flood of connections to a primary', () => {
     } finally {
       for (const i of idle) i.destroy();
       await s?.close();
+      await p.close();
+    }
+  });
+
+  it('counts a connection that was answered but whose peer keeps it open, until its socket closes (it held a descriptor outside the count)', async () => {
+    const dir = await tempDir();
+    const floodLogs = new LogCollector();
+    const p = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, log: floodLogs.log, maxConnections: 2, auditPath: null });
+    const peers: FramedSocket[] = [];
+    try {
+      // Refused (an unknown protocol), then kept open by its peer: the session is over, the socket lingers.
+      const lingering = await FramedSocket.connect(p.address);
+      peers.push(lingering);
+      lingering.send(Buffer.from('no-such-protocol'));
+      await settleUntil(() => floodLogs.count((e) => sessionClosed(e)) === 1);
+      peers.push(await FramedSocket.connect(p.address));
+      await settleUntil(() => floodLogs.count((e) => /^connection from/.test(e.message)) === 2);
+      const extra = await FramedSocket.connect(p.address);
+      await extra.waitClosed();
+      await floodLogs.waitFor((e) => e.level === 'warn' && /^turned away 1 connection\(s\) .*: 2 already open/.test(e.message));
+      // Once the lingering socket closes, its place is free again: a probe is taken (logged), not closed at once.
+      lingering.destroy();
+      await lingering.closed;
+      const taken = (): number => floodLogs.count((e) => /^connection from/.test(e.message));
+      for (let tries = 0; taken() < 3; tries++) {
+        expect(tries, 'the freed place was never taken').toBeLessThan(50);
+        const probe = await FramedSocket.connect(p.address);
+        peers.push(probe);
+        let gone = false;
+        void probe.closed.then(() => (gone = true));
+        await settleUntil(() => gone || taken() === 3);
+      }
+    } finally {
+      for (const peer of peers) peer.destroy();
       await p.close();
     }
   });
