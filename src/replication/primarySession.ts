@@ -467,8 +467,9 @@ export class PrimarySession {
     const tick = (): void => {
       this.heartbeat = this.options.clock.setTimeout(tick, interval);
       const state = this.actor.getSnapshot().value;
-      // Heartbeats go only between transactions: while live and idle.
-      if (state === 'live' && this.idle) {
+      // Heartbeats go only between transactions: while live and idle; and not into a socket the peer has
+      // stopped taking bytes from (each would wait in its buffer: memory without bound, news for nobody).
+      if (state === 'live' && this.idle && !this.writer.full) {
         const f = this.codec!.heartbeat(this.options.storage.lastDurableTid, this.options.clock.now());
         if (f) void this.writer.write(f).then(() => this.writer.flush()).catch(() => undefined);
       }

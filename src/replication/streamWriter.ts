@@ -54,6 +54,11 @@ export class StreamWriter {
     return this.closed;
   }
 
+  /** A write filled the socket and someone waits for it to drain: the peer has not taken what it was sent. */
+  get full(): boolean {
+    return this.drainWaiter !== null;
+  }
+
   /** Queue a frame; flushes (and may wait for drain) when the batch is large. */
   async write(frame: Buffer): Promise<void> {
     if (this.closed) throw new StreamClosedError('stream closed');

@@ -14,7 +14,8 @@ import { VirtualClock } from '../../src/sim/clock.js';
 import { SimNetwork } from '../../src/sim/network.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { Secondary } from '../../src/replication/secondary.js';
-import { FRAME_HEADER_BYTES } from '../../src/wire/framing.js';
+import { encodeFrame, FRAME_HEADER_BYTES } from '../../src/wire/framing.js';
+import type { ByteStream, ByteStreamHandlers, Transport } from '../../src/ports/transport.js';
 import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName, type PrimaryMessage } from '../../src/wire/native.js';
 import { Zrs2StreamParser, type Zrs2Event } from '../../src/wire/zrs2.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -336,5 +337,52 @@ describe('a flood of connections to a primary', () => {
     await expect(Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, maxConnections: 0, auditPath: null })).rejects.toThrow(
       'maxConnections must be a whole number of at least 1, not 0',
     );
+  });
+});
+
+describe('a secondary that stops reading', () => {
+  it('gets no heartbeats piled up in its socket while it takes nothing (they grew its buffer without bound)', async () => {
+    const clock = new VirtualClock();
+    const storage = await FileStorage.open(join(await tempDir(), 'p.fs'), { create: true, fsync: false });
+    let handlers: ByteStreamHandlers | null = null;
+    const written: Buffer[] = [];
+    let full = false;
+    const stream: ByteStream = {
+      peer: 'reader that stopped',
+      write: (chunk) => (written.push(Buffer.from(chunk)), !full),
+      pause: () => undefined,
+      resume: () => undefined,
+      end: () => undefined,
+      destroy: () => handlers?.close(),
+      setHandlers: (h) => void (handlers = h),
+    };
+    let accept: ((s: ByteStream) => void) | null = null;
+    const transport: Transport = {
+      connect: () => Promise.reject(new Error('not used')),
+      listen: async (address, onStream) => ((accept = onStream), { address, close: async () => undefined }),
+    };
+    const server = await ReplicationServer.start({ storage, address: { kind: 'tcp', host: 'p', port: 1 }, transport, clock, log: () => undefined, heartbeatIntervalMs: 10 });
+    try {
+      accept!(stream);
+      handlers!.data(encodeFrame(nativeProtocolName()));
+      handlers!.data(encodeFrame(encodeNative({ type: 'hello', startTid: Buffer.alloc(8), generations: [], options: { blobs: false } }, createNativePackr())));
+      const heartbeats = (): number => written.filter((w) => decodeNative(w.subarray(4), createNativeUnpackr(), 'primary').type === 'heartbeat').length;
+      for (let i = 0; i < 50 && heartbeats() < 2; i++) {
+        clock.advance(10);
+        await new Promise((r) => setImmediate(r));
+      }
+      expect(heartbeats()).toBe(2);
+      // From here on the socket takes nothing: one more heartbeat fills it, then none is queued.
+      full = true;
+      for (let i = 0; i < 100; i++) {
+        clock.advance(10);
+        await new Promise((r) => setImmediate(r));
+      }
+      expect(heartbeats()).toBe(3);
+    } finally {
+      handlers!.close();
+      await server.close();
+      await storage.close();
+    }
   });
 });
