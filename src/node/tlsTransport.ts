@@ -19,8 +19,9 @@ import {
   type TLSSocket,
 } from 'node:tls';
 import { TlsHandshakeError, ZrsError } from '../errors.js';
-import type { ByteStream, Listener, ReplicationAddress, Transport } from '../ports/transport.js';
-import type { Logger } from '../replication/log.js';
+import type { ByteStream, Listener, ListenOptions, ReplicationAddress, Transport } from '../ports/transport.js';
+import { FLOOD_LOG_INTERVAL_MS, FloodWarning, type Logger } from '../replication/log.js';
+import { systemClock } from './clock.js';
 import { SocketStream, untilAborted } from './socketTransport.js';
 import { bindServer } from './listen.js';
 
@@ -178,7 +179,7 @@ export function tlsTransport(options: TlsTransportOptions): Transport {
       });
     },
 
-    async listen(address: ReplicationAddress, onStream: (s: ByteStream) => void): Promise<Listener> {
+    async listen(address: ReplicationAddress, onStream: (s: ByteStream) => void, options: ListenOptions = {}): Promise<Listener> {
       if (ca === undefined) {
         throw new TlsHandshakeError('a TLS listener needs authenticate (the CA that client certificates must verify against)', label(address));
       }
@@ -192,19 +193,35 @@ export function tlsTransport(options: TlsTransportOptions): Transport {
       // Read each TCP peer's address now: net.Socket caches it, and after a failed
       // handshake the TLS socket's handle is gone, so the log line reads it from there.
       server.on('connection', (raw: Socket) => void raw.remoteAddress);
+      // Handshakes still under way count too: past the limit a connection is closed before its
+      // handshake starts (each would hold a descriptor until the handshake timeout).
+      if (options.maxConnections !== undefined) server.maxConnections = options.maxConnections;
+      const turnedAway = new FloodWarning(systemClock, FLOOD_LOG_INTERVAL_MS, (count, last) =>
+        log('warn', `TLS: turned away ${count} connection(s) (the last from ${last}): ${options.maxConnections} already open, the most allowed (maxConnections)`),
+      );
+      server.on('drop', (d) => turnedAway.note(d?.remoteAddress ? `${d.remoteAddress}:${d.remotePort}` : label(address)));
+      // Refusals may come in a flood (scanners, a client with a wrong certificate retrying): the first at once, then a count.
+      const refused = new FloodWarning(systemClock, FLOOD_LOG_INTERVAL_MS, (count, last, fields) =>
+        log('warn', count === 1 ? `TLS: refused secondary ${last}` : `TLS: refused secondary ${last} (and ${count - 1} more handshakes since the last line)`, { ...fields, count }),
+      );
       server.on('tlsClientError', (err, socket) => {
         const peer = remotePeer(socket) ?? label(address);
         // A client certificate that does not verify ends the handshake with only
         // "socket hang up"; the verification error is in authorizationError.
         const authError = socket.authorizationError as unknown as string | undefined;
         const why = authError ? `client certificate rejected: ${authError}` : reason(err);
-        log('warn', `TLS: refused secondary ${peer}: ${why}`, { peer, code: authError ?? (err as { code?: string }).code });
+        refused.note(`${peer}: ${why}`, { peer, code: authError ?? (err as { code?: string }).code });
         socket.destroy();
       });
       const actual = await bindServer(server, address);
       return {
         address: actual,
-        close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+        close: () =>
+          new Promise<void>((resolve) => {
+            turnedAway.close();
+            refused.close();
+            server.close(() => resolve());
+          }),
       };
     },
   };

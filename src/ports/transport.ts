@@ -45,11 +45,20 @@ export interface Listener {
   close(): Promise<void>;
 }
 
+export interface ListenOptions {
+  maxConnections?: number;
+}
+
 export interface Transport {
   /**
    * Open a stream; rejects when refused or unreachable. `signal`: give up
    * (the attempt's socket destroyed, the promise rejected) when it aborts.
    */
   connect(address: ReplicationAddress, signal?: AbortSignal): Promise<ByteStream>;
-  listen(address: ReplicationAddress, onStream: (stream: ByteStream) => void): Promise<Listener>;
+  /**
+   * Serve `address`. `options.maxConnections`: the most connections the
+   * server means to hold; a transport whose connections take a while to be
+   * handed over (TLS handshakes) turns away those past it before they are.
+   */
+  listen(address: ReplicationAddress, onStream: (stream: ByteStream) => void, options?: ListenOptions): Promise<Listener>;
 }

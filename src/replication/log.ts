@@ -1,6 +1,8 @@
 // Structured log lines: one JSON object per line by default, so operators
 // can ship them; tests pass a collector instead.
 
+import type { Clock, TimerHandle } from '../ports/clock.js';
+
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
 export interface Logger {
@@ -26,4 +28,57 @@ export function logTailCut(log: Logger, storage: { path: string; tailCutOnOpen: 
     bytes: cut.bytes,
     keptIn: cut.keptIn,
   });
+}
+
+/** At most one line this often about events that come in a flood (see FloodWarning). */
+export const FLOOD_LOG_INTERVAL_MS = 10_000;
+
+/**
+ * A warning about events that may come in a flood (connections turned away,
+ * TLS handshakes refused): the first goes out at once, then at most one line
+ * every `intervalMs`, saying how many came meanwhile and the last one's
+ * detail. `line(count, last, fields)` words it (`fields`: the last one's).
+ */
+export class FloodWarning {
+  private count = 0;
+  private last = '';
+  private lastFields: Record<string, unknown> | undefined;
+  private loggedAtMs = Number.NEGATIVE_INFINITY;
+  private timer: TimerHandle | null = null;
+
+  constructor(
+    private readonly clock: Clock,
+    private readonly intervalMs: number,
+    private readonly line: (count: number, last: string, fields?: Record<string, unknown>) => void,
+  ) {}
+
+  note(detail: string, fields?: Record<string, unknown>): void {
+    this.count += 1;
+    this.last = detail;
+    this.lastFields = fields;
+    this.flush();
+  }
+
+  /** Drop a line still waiting for its interval (the thing warned about is closing). */
+  close(): void {
+    if (this.timer !== null) this.clock.clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  private flush(): void {
+    if (this.count === 0 || this.timer !== null) return;
+    // Monotonic where there is such a clock: a wall clock stepped back must not hold the next line back.
+    const now = this.clock.load?.elapsedMs() ?? this.clock.now();
+    const waitMs = this.loggedAtMs + this.intervalMs - now;
+    if (waitMs > 0) {
+      this.timer = this.clock.setTimeout(() => {
+        this.timer = null;
+        this.flush();
+      }, waitMs);
+      return;
+    }
+    this.line(this.count, this.last, this.lastFields);
+    this.count = 0;
+    this.loggedAtMs = now;
+  }
 }

@@ -195,7 +195,7 @@ export class ReplicationMetrics {
       meteredStream(stream, (n) => this.bytesCountedBy.bytesSent.inc(n), (n) => this.bytesCountedBy.bytesReceived.inc(n));
     return {
       connect: async (address, signal) => wrap(await transport.connect(address, signal)),
-      listen: (address, onStream) => transport.listen(address, (s) => onStream(wrap(s))),
+      listen: (address, onStream, options) => transport.listen(address, (s) => onStream(wrap(s)), options),
     };
   }
 

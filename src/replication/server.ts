@@ -13,6 +13,7 @@ import { buildNodeStatus } from './nodeStatus.js';
 import { PrimarySession, type PrimarySessionOptions, type SessionLog, type SessionStatus } from './primarySession.js';
 import { supportedProtocols } from './protocols.js';
 import { LiveFeed } from './liveFeed.js';
+import { FLOOD_LOG_INTERVAL_MS, FloodWarning } from './log.js';
 import { SendPacer } from './sendPacer.js';
 import type { FailoverHistory } from '../failover/history.js';
 
@@ -31,9 +32,6 @@ export const DEFAULT_HEARTBEAT_INTERVAL_MS = 1000;
  * has, which its storage needs to commit.
  */
 export const DEFAULT_MAX_CONNECTIONS = 256;
-
-/** How often turned-away connections are logged, at most (with their count). */
-const REFUSED_LOG_INTERVAL_MS = 10_000;
 
 export interface ReplicationServerOptions {
   storage: FileStorage;
@@ -82,8 +80,8 @@ export class ReplicationServer {
   private closing = false;
   /** While set (an online rewind), new connections are closed at once. */
   private suspended = false;
-  /** Connections turned away (over maxConnections) and not yet logged, the last one's peer, when the last line was, and its pending timer. */
-  private turnedAway = { count: 0, lastPeer: '', loggedAtMs: Number.NEGATIVE_INFINITY, timer: null as unknown };
+  /** Connections turned away (over maxConnections), logged at most every 10 s with their count. */
+  private readonly turnedAway: FloodWarning;
 
   /** Paces every session's sends while the loop is busy with other work. */
   private readonly pacer: SendPacer;
@@ -91,6 +89,9 @@ export class ReplicationServer {
   private readonly feed: LiveFeed;
 
   private constructor(private options: ReplicationServerOptions) {
+    this.turnedAway = new FloodWarning(options.clock, FLOOD_LOG_INTERVAL_MS, (count, lastPeer) =>
+      options.log('warn', `turned away ${count} connection(s) (the last from ${lastPeer}): ${this.openStreams} already open, the most allowed (maxConnections)`),
+    );
     this.pacer = new SendPacer(options.clock, options.sendShare, () => options.storage.durableEnd);
     this.feed = new LiveFeed(options.storage, options.clock, this.pacer);
   }
@@ -104,7 +105,7 @@ export class ReplicationServer {
       throw new ZrsError(`heartbeatIntervalMs must be a number of ms from 0 (no heartbeats) to ${MAX_HEARTBEAT_INTERVAL_MS}, not ${heartbeat}`);
     }
     const server = new ReplicationServer(options);
-    server.listener = await options.transport.listen(options.address, (s) => server.accept(s));
+    server.listener = await options.transport.listen(options.address, (s) => server.accept(s), { maxConnections: max });
     options.log('info', `replicating to ${formatAddress(server.listener.address)}`);
     return server;
   }
@@ -122,9 +123,7 @@ export class ReplicationServer {
     const o = this.options;
     if (this.openStreams >= (o.maxConnections ?? DEFAULT_MAX_CONNECTIONS)) {
       stream.destroy();
-      this.turnedAway.count += 1;
-      this.turnedAway.lastPeer = stream.peer;
-      this.logTurnedAway();
+      this.turnedAway.note(stream.peer);
       return;
     }
     // Looked up when asked: a rebind (promotion) changes who answers.
@@ -152,25 +151,6 @@ export class ReplicationServer {
     o.onSession?.(session);
     for (const watch of this.sessionWatchers) watch(session);
     session.done$.subscribe({ complete: () => this.sessions.delete(session) });
-  }
-
-  /** Log the connections turned away: at once, or when 10 s have passed since the last line (a timer then). */
-  private logTurnedAway(): void {
-    const t = this.turnedAway;
-    if (t.count === 0 || t.timer !== null) return;
-    const o = this.options;
-    const now = o.clock.load?.elapsedMs() ?? o.clock.now();
-    const waitMs = t.loggedAtMs + REFUSED_LOG_INTERVAL_MS - now;
-    if (waitMs > 0) {
-      t.timer = o.clock.setTimeout(() => {
-        t.timer = null;
-        this.logTurnedAway();
-      }, waitMs);
-      return;
-    }
-    o.log('warn', `turned away ${t.count} connection(s) (the last from ${t.lastPeer}): ${this.openStreams} already open, the most allowed (maxConnections)`);
-    t.count = 0;
-    t.loggedAtMs = now;
   }
 
   /**
@@ -232,8 +212,7 @@ export class ReplicationServer {
 
   private async doClose(): Promise<void> {
     this.closing = true;
-    if (this.turnedAway.timer !== null) this.options.clock.clearTimeout(this.turnedAway.timer);
-    this.turnedAway.timer = null;
+    this.turnedAway.close();
     // net.Server.close waits for open connections, so do not wait for it first.
     const stopped = this.listener?.close();
     const done = [...this.sessions].map(

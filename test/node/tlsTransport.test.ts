@@ -5,7 +5,7 @@
 // without a certificate, and plain TCP. Every refusal is logged and leaves
 // the secondary's storage empty.
 
-import { createServer, type AddressInfo, type Socket } from 'node:net';
+import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -342,6 +342,40 @@ describe('tlsTransport: a peer that takes the connection and never answers', () 
     } finally {
       await secondary.close();
       srv.close();
+    }
+  });
+});
+
+describe('tlsTransport: a flood of connections', () => {
+  it('turns away connections past maxConnections before their handshake (each held a descriptor until its timeout), and words refusals as one line with a count', async () => {
+    const log = new LogCollector();
+    const accepted: unknown[] = [];
+    const listener = await tlsTransport({ ...serverTls(), log: log.log }).listen({ kind: 'tcp', host: '127.0.0.1', port: 0 }, (s) => accepted.push(s), { maxConnections: 3 });
+    const sockets: Socket[] = [];
+    try {
+      const address = listener.address as { port: number };
+      const closedEarly: Promise<void>[] = [];
+      for (let i = 0; i < 8; i++) {
+        const s = createConnection({ host: '127.0.0.1', port: address.port });
+        s.on('error', () => undefined);
+        sockets.push(s);
+        closedEarly.push(new Promise((resolve) => s.once('close', () => resolve())));
+        await new Promise((resolve) => s.once('connect', resolve));
+      }
+      // Five of the eight are closed at once; three wait in their handshakes.
+      await Promise.all(closedEarly.slice(3));
+      const turnedAway = await log.waitFor((e) => e.message.startsWith('TLS: turned away'));
+      expect(turnedAway.message).toMatch(/^TLS: turned away 1 connection\(s\) \(the last from 127\.0\.0\.1:\d+\): 3 already open, the most allowed \(maxConnections\)$/);
+      // Plain bytes where a handshake should be: the first refusal is logged at once, the next ones wait for the interval.
+      for (const s of sockets.slice(0, 3)) s.write('not a TLS client hello\r\n\r\n');
+      await Promise.all(closedEarly.slice(0, 3));
+      await log.waitFor((e) => e.message.startsWith('TLS: refused secondary'));
+      expect(log.count((e) => e.message.startsWith('TLS: refused secondary'))).toBe(1);
+      expect(log.count((e) => e.message.startsWith('TLS: turned away'))).toBe(1);
+      expect(accepted).toEqual([]);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await listener.close();
     }
   });
 });
