@@ -47,7 +47,8 @@ export async function serveMetrics(source: MetricsSource, address: ReplicationAd
     reading ??= source.metrics().finally(() => (reading = null));
     return reading;
   };
-  const server: Server = createServer((req, res) => {
+  // Node checks the request timeouts below on a sweep, every 30 s unless told: a request held up would get up to 40 s, not 10.
+  const server: Server = createServer({ connectionsCheckingInterval: 1_000 }, (req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD' }).end();
