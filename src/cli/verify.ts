@@ -179,8 +179,9 @@ export async function verifyFile(path: string, options: VerifyOptions = {}): Pro
       const problem = await walk.run(new Reader(fh, size), dataEnd);
       if (problem === null) return walk.summary(size, dataEnd, null);
       const again = seen !== null && seen.position === problem.position && seen.message === problem.message;
-      // A transaction begun past the first end is another commit than those the check set out to cover.
-      if (walk.pos >= firstEnd && !again) return walk.summary(size, dataEnd, { position: problem.position, problem: problem.message });
+      // A transaction begun past the first end is another commit than those the check set out to cover
+      // (the magic checked first: a file too short for it has no transaction to begin past its end).
+      if (walk.magic !== '' && walk.pos >= firstEnd && !again) return walk.summary(size, dataEnd, { position: problem.position, problem: problem.message });
       inUse ??= await lockMayBeHeld(`${path}.lock`);
       const changed = again || !inUse || look >= MAX_LOOKS ? null : await changeOf(fh.fd, version, settleMs, () => options.onWait?.({ position: problem.position, problem: problem.message }));
       if (changed === null) return { ok: false, position: problem.position, problem: problem.message, transactions: walk.transactions, inUse };

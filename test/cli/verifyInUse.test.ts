@@ -2,7 +2,7 @@
 // be a commit in progress, looked at again once the file changes; damage is
 // still reported, at once when no storage holds the file's lock.
 
-import { open as openFile } from 'node:fs/promises';
+import { open as openFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { verifyFile } from '../../src/cli/verify.js';
@@ -48,6 +48,20 @@ async function voteOne(fs: FileStorage, description: string): Promise<object> {
 }
 
 describe('zrs verify on a file in use', () => {
+  it('reports a file too short for its magic, in use or not (it passed as a file whose end was being written)', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    await writeFile(path, 'FS3');
+    const short = { ok: false, position: 0, problem: 'file is 3 bytes: too short for the 4-byte magic' };
+    expect(await verifyFile(path)).toMatchObject({ ...short, inUse: false });
+    const lock = LockFile.acquire(`${path}.lock`);
+    try {
+      expect(await verifyFile(path, { settleMs: 0 })).toMatchObject({ ...short, inUse: true });
+    } finally {
+      lock.release();
+    }
+  });
+
+
   it('waits for a commit voted but not finished, and checks it once finished (it reported damage)', async () => {
     const { path, fs } = await newStorage();
     try {
