@@ -102,6 +102,8 @@ interface PendingTxn {
   tindex: Map<OidKey, number>;
   /** oid key -> the record an undo in this transaction pointed it back to (0: none), while that undo's record is its latest here. */
   undoneTo: Map<OidKey, number>;
+  /** Committed transactions restore() pointed into (by position): their records read once, not once per record restored. */
+  dataTxns: Map<number, Map<OidKey, LastRecord>>;
   blobs: PendingBlob[];
   /** tpcVote wrote the transaction's bytes: nothing more may be stored, and an abort cuts them. */
   written: boolean;
@@ -114,6 +116,14 @@ interface PendingTxn {
   /** storeBlob, restoreBlob and undo calls still moving or copying their blobs in: a vote must wait for them (the caller's to do). */
   staging: number;
   release: () => void;
+}
+
+/** An object's last record in a transaction (see FileStorage.lastRecordsIn). */
+export interface LastRecord {
+  oid: Buffer;
+  pos: number;
+  prev: number;
+  plen: number;
 }
 
 /** Scans a read-only open makes of a file that changed while it read (another process writing it) before it reports damage. */
@@ -549,6 +559,7 @@ export class FileStorage {
         body: this.txnBuffer,
         tindex: new Map(),
         undoneTo: new Map(),
+        dataTxns: new Map(),
         blobs: [],
         written: false,
         doomed: null,
@@ -633,16 +644,19 @@ export class FileStorage {
     checkOid(oid);
     if (!tid.equals(cur.tid)) throw new StorageTransactionError(`restore: record tid ${tid.toString('hex')} differs from the transaction's ${cur.tid.toString('hex')}`);
     let back = 0;
-    if (dataTxn !== null) back = this.findDataRecord(oid, dataTxn, data);
+    if (dataTxn !== null) back = this.findDataRecord(cur, oid, dataTxn, data);
     if (data !== null && data.length === 0) data = null;
     this.append(cur, oid, back ? null : data, back);
   }
 
   /** Position of `oid`'s last record in transaction `tid` if its data matches `data`, else 0 (as ZODB's _data_find). */
-  private findDataRecord(oid: Buffer, tid: Buffer, data: Buffer | null): number {
+  private findDataRecord(cur: PendingTxn, oid: Buffer, tid: Buffer, data: Buffer | null): number {
     const tpos = this.findTransaction(tid);
     if (tpos === null) return 0;
-    const found = this.lastRecordsIn(tpos).get(oidKey(oid));
+    // A transaction of k backpointers into one of k records read that one k times over (k^2 reads): once now.
+    let records = cur.dataTxns.get(tpos);
+    if (records === undefined) cur.dataTxns.set(tpos, (records = this.lastRecordsIn(tpos)));
+    const found = records.get(oidKey(oid));
     if (found === undefined) return 0;
     if (found.plen === 0) return found.pos;
     if (data === null || found.plen !== data.length) return 0;
@@ -656,10 +670,10 @@ export class FileStorage {
    * records of an object (stored twice, or undone twice), and restore and
    * undo both go by the last.
    */
-  lastRecordsIn(tpos: number): Map<OidKey, { oid: Buffer; pos: number; prev: number; plen: number }> {
+  lastRecordsIn(tpos: number): Map<OidKey, LastRecord> {
     const h = this.readTxnHeaderAt(tpos);
     const tend = tpos + h.length;
-    const last = new Map<OidKey, { oid: Buffer; pos: number; prev: number; plen: number }>();
+    const last = new Map<OidKey, LastRecord>();
     for (let pos = tpos + TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen; pos < tend; ) {
       const d = this.readDataHeaderAt(pos);
       const key = oidKey(d.oid);

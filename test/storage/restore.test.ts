@@ -3,7 +3,7 @@
 // pending (a secondary applying a stream finishes many before one fsync).
 
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { Z64, tidPlusOne } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -36,6 +36,33 @@ describe('restore with dataTxn', () => {
       expect(rec.data?.toString()).toBe('payload');
       expect(Z64.length).toBe(8);
     } finally {
+      await fs.close();
+    }
+  });
+
+  it('reads the transaction pointed into once for all of its records (it read all of them for each: k^2 reads for k records)', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    const k = 300;
+    const oids = Array.from({ length: k }, (_, i) => Buffer.from(`${(i + 1).toString(16).padStart(16, '0')}`, 'hex'));
+    const read = vi.spyOn(fs, 'lastRecordsIn');
+    try {
+      const t1 = { description: 'many' };
+      await fs.tpcBegin(t1);
+      for (const oid of oids) fs.store(oid, Z64, Buffer.from(`v ${oid.toString('hex')}`), t1);
+      await fs.tpcVote(t1);
+      const tid1 = await fs.tpcFinish(t1);
+      const t2 = { description: 'backpointers to all of them' };
+      const tid2 = tidPlusOne(tid1);
+      await fs.tpcBegin(t2, { tid: tid2 });
+      for (const oid of oids) fs.restore(oid, tid2, Buffer.from(`v ${oid.toString('hex')}`), tid1, t2);
+      await fs.tpcVote(t2);
+      await fs.tpcFinish(t2);
+      expect(read).toHaveBeenCalledTimes(1);
+      const txns = [];
+      for await (const t of fs.iterator()) txns.push(t);
+      expect(txns[1]!.records.map((r) => r.back)).toEqual(txns[0]!.records.map((r) => r.pos));
+    } finally {
+      read.mockRestore();
       await fs.close();
     }
   });
