@@ -64,6 +64,8 @@ interface Tracked {
 
 interface Waiter {
   tid: Buffer;
+  /** Resolved, timed out or aborted: no longer pending (it may still sit in the list until it is compacted). */
+  settled: boolean;
   replicas: number;
   timeoutMs: number;
   startedMs: number;
@@ -89,7 +91,18 @@ export interface AckTrackerOptions {
  */
 export class AckTracker {
   private readonly tracked = new Map<PrimarySession, Tracked>();
-  private readonly waiters = new Set<Waiter>();
+  /**
+   * Waits in tid order, settled ones among them until compacted (commits add
+   * theirs in order: appending is the usual case). An ack looks at them from
+   * the oldest and stops at the first that too few sessions cover for any
+   * wait: with a secondary missing, thousands of waits pile up, and looking
+   * at each on every ack cost waits × sessions per ack.
+   */
+  private waiters: Waiter[] = [];
+  private settledInList = 0;
+  /** Pending waits by the number of acks each wants. */
+  private readonly wanting = new Map<number, number>();
+  private pending = 0;
   private closed = false;
 
   constructor(private readonly options: AckTrackerOptions) {}
@@ -167,29 +180,61 @@ export class AckTracker {
     if (peers.length >= replicas) return Promise.resolve({ tid: Buffer.from(tid), peers, waitedMs: 0 });
     if (this.closed) return Promise.reject(new SyncReplicationAbortedError(Buffer.from(tid), replicas, peers.length));
     return new Promise<ReplicationConfirmation>((resolve, reject) => {
-      const waiter: Waiter = { tid: Buffer.from(tid), replicas, timeoutMs, startedMs, timer: null, resolve, reject };
+      const waiter: Waiter = { tid: Buffer.from(tid), settled: false, replicas, timeoutMs, startedMs, timer: null, resolve, reject };
       waiter.timer = clock.setTimeout(() => this.timedOut(waiter), timeoutMs);
-      this.waiters.add(waiter);
+      let at = this.waiters.length;
+      while (at > 0 && Buffer.compare(this.waiters[at - 1]!.tid, waiter.tid) > 0) at--;
+      this.waiters.splice(at, 0, waiter);
+      this.pending += 1;
+      this.wanting.set(replicas, (this.wanting.get(replicas) ?? 0) + 1);
     });
   }
 
   /** Waits in progress (for tests and status). */
   get pendingWaits(): number {
-    return this.waiters.size;
+    return this.pending;
   }
 
   private recheck(): void {
+    if (this.pending === 0) return;
+    // The acknowledged tids, newest first: a wait's tid is covered by the first `covering` of them.
+    const acked = [...this.tracked.values()].flatMap((t) => (t.acks && t.ackedTid !== null ? [t.ackedTid] : [])).sort((a, b) => Buffer.compare(b, a));
+    const fewestWanted = Math.min(...this.wanting.keys());
+    let covering = acked.length;
     for (const w of this.waiters) {
-      const peers = this.confirmedBy(w.tid);
-      if (peers.length < w.replicas) continue;
-      this.waiters.delete(w);
-      this.options.clock.clearTimeout(w.timer);
-      w.resolve({ tid: w.tid, peers, waitedMs: this.options.clock.now() - w.startedMs });
+      if (w.settled) continue;
+      while (covering > 0 && Buffer.compare(acked[covering - 1]!, w.tid) < 0) covering--;
+      // Later waits have later tids: none is covered by more sessions than this one.
+      if (covering < fewestWanted) break;
+      if (covering < w.replicas) continue;
+      this.settle(w);
+      w.resolve({ tid: w.tid, peers: this.confirmedBy(w.tid), waitedMs: this.options.clock.now() - w.startedMs });
     }
+    this.compact();
+  }
+
+  /** Take `w` off the pending waits (it stays in the list until compacted). */
+  private settle(w: Waiter): void {
+    w.settled = true;
+    this.options.clock.clearTimeout(w.timer);
+    this.pending -= 1;
+    this.settledInList += 1;
+    const left = this.wanting.get(w.replicas)! - 1;
+    if (left === 0) this.wanting.delete(w.replicas);
+    else this.wanting.set(w.replicas, left);
+  }
+
+  /** Drop settled waits from the list once they are most of it (each is dropped once: linear over a run). */
+  private compact(): void {
+    if (this.settledInList * 2 <= this.waiters.length) return;
+    this.waiters = this.waiters.filter((w) => !w.settled);
+    this.settledInList = 0;
   }
 
   private timedOut(w: Waiter): void {
-    if (!this.waiters.delete(w)) return;
+    if (w.settled) return;
+    this.settle(w);
+    this.compact();
     const got = this.confirmedBy(w.tid).length;
     const error = new SyncReplicationTimeoutError(w.tid, w.replicas, got, w.timeoutMs);
     const details = { tid: w.tid.toString('hex'), wanted: w.replicas, got, timeoutMs: w.timeoutMs, connected: this.secondaries().length };
@@ -203,11 +248,13 @@ export class AckTracker {
   /** End every wait (SyncReplicationAbortedError) and refuse new ones that are not already satisfied. */
   close(): void {
     this.closed = true;
-    for (const w of [...this.waiters]) {
-      this.waiters.delete(w);
-      this.options.clock.clearTimeout(w.timer);
+    for (const w of this.waiters) {
+      if (w.settled) continue;
+      this.settle(w);
       w.reject(new SyncReplicationAbortedError(w.tid, w.replicas, this.confirmedBy(w.tid).length));
     }
+    this.waiters = [];
+    this.settledInList = 0;
   }
 }
 
