@@ -1327,10 +1327,11 @@ export class FileStorage {
    * Swap in a rewritten data file (a pack's, or a rewind's). The caller holds
    * the commit lock and has made `newPath` durable; the current file is kept
    * as `<file>.old`. Positions handed out before this call are invalid
-   * afterwards (fileEpoch).
+   * afterwards (fileEpoch). `scanned`: the new file's scan up to `end`,
+   * made before the lock was taken, so only what follows is scanned here.
    * @internal
    */
-  async replaceDataFile(newPath: string, why: 'pack' | 'rewind'): Promise<void> {
+  async replaceDataFile(newPath: string, why: 'pack' | 'rewind', scanned?: { state: ScanState; end: number }): Promise<void> {
     this.checkWritable('pack');
     if (this.current) throw new StorageTransactionError('pack: a transaction is in progress');
     // Commits that finished before the caller took the lock may still await
@@ -1350,7 +1351,7 @@ export class FileStorage {
     try {
       handle = await openHandle(newPath, 'r');
       size = fstatSync(fd).size;
-      result = await scanFile(handle, this.path, MAGIC_BYTES, size, emptyScanState());
+      result = await scanFile(handle, this.path, scanned?.end ?? MAGIC_BYTES, size, scanned?.state ?? emptyScanState());
       if (result.tail) throw new CorruptedDataError(this.path, result.tail.pos, `packed file is incomplete: ${result.tail.reason}`);
       // The old file is kept as it would be closed: without fill.
       this.cutFill();
