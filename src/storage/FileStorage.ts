@@ -258,7 +258,7 @@ export class FileStorage {
    * mark its state: refuse further writes, saying which (`what`).
    */
   private fatal: Error | null = null;
-  private fatalWhat = 'a failed fsync';
+  private fatalWhat = '';
   private groupSync: GroupSync;
   /**
    * Committed transactions not yet published, oldest first, from
@@ -901,8 +901,7 @@ export class FileStorage {
     } catch (err) {
       // Not committed: it stays marked in progress on disk (a reopen cuts it) and is not visible. A disk that
       // failed this write is not trusted with more; the commit lock is released, so no begin waits for ever.
-      this.fatal = err as Error;
-      this.fatalWhat = 'a failed write of a commit mark';
+      this.failWrites(err as Error, 'a failed write of a commit mark');
       this.current = null;
       cur.release();
       if (this.blobs) await this.blobs.discard(cur.blobs.map((b) => b.placedPath ?? b.stagedPath)).catch(() => undefined);
@@ -933,7 +932,7 @@ export class FileStorage {
       try {
         await this.groupSync.waitDurable(end, atTurnEnd);
       } catch (err) {
-        this.fatal = err as Error;
+        this.failWrites(err as Error, 'a failed fsync');
         throw new ZrsError(`${this.path}: fsync failed; the storage refuses further writes`, { cause: err });
       }
     }
@@ -1368,7 +1367,6 @@ export class FileStorage {
       closeSync(fd);
       throw err;
     }
-    await syncDirectory(dirname(this.path));
     // Switch everything to the new file first (a new epoch), then close the
     // old one: a reader whose read fails on the closed handle must already see
     // the new epoch, so it re-seeks instead of reporting an error.
@@ -1390,6 +1388,23 @@ export class FileStorage {
     await oldSync.close();
     closeSync(oldFd);
     await removeIndex(this.path);
+    // The name now holds the new file, in this process: whether it does after a crash is up to the
+    // directory's sync. If that fails, the old file may be the data file again after a crash, and
+    // every commit from here on lost with it: no more are taken (the storage is on the new file, so
+    // none is written to the old one meanwhile).
+    try {
+      await syncDirectory(dirname(this.path));
+    } catch (err) {
+      this.failWrites(err as Error, 'a failed sync of the directory after the data file was replaced');
+      throw new ZrsError(`${this.path}: the data file was replaced, but syncing its directory failed; the storage refuses further writes`, { cause: err });
+    }
+  }
+
+  /** Refuse further writes (checkWritable) for `cause`; the first cause is the one reported. */
+  private failWrites(cause: Error, what: string): void {
+    if (this.fatal !== null) return;
+    this.fatal = cause;
+    this.fatalWhat = what;
   }
 
   /**
