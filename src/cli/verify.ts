@@ -80,7 +80,7 @@ export interface VerifyProblem {
   problem: string;
   /** Complete, good transactions before it. */
   transactions: number;
-  /** A storage had the file open for writing (its lock was held): the problem held still for the settle time. */
+  /** A storage had the file open for writing (its lock was held): the problem was still there when looked at again. */
   inUse: boolean;
 }
 
@@ -166,44 +166,42 @@ const MAX_LOOKS = 100;
 export async function verifyFile(path: string, options: VerifyOptions = {}): Promise<VerifyResult> {
   const fh = await openFileToRead(path);
   try {
-    // The transactions end where fill written ahead of them begins (src/storage/prealloc.ts).
-    let version = fileVersion(fh.fd);
-    let size = (await fh.stat()).size;
-    let dataEnd = await dataEndOf(fh, size);
-    const firstEnd = dataEnd;
     const settleMs = options.settleMs ?? SETTLE_MS;
     const walk = new Walk(options.onProgress);
+    let firstEnd: number | null = null;
     let seen: Problem | null = null;
     let inUse: boolean | null = null;
     for (let look = 1; ; look++) {
+      const version = fileVersion(fh.fd);
+      const size = (await fh.stat()).size;
+      // The transactions end where fill written ahead of them begins (src/storage/prealloc.ts).
+      const dataEnd = await dataEndOf(fh, size);
+      firstEnd ??= dataEnd;
       const problem = await walk.run(new Reader(fh, size), dataEnd);
       if (problem === null) return walk.summary(size, dataEnd, null);
-      const again = seen !== null && seen.position === problem.position && seen.message === problem.message;
+      // The same problem found again, by a walk during which the file held still, after a wait for it to change.
+      const still = fileVersion(fh.fd) === version;
+      const again = still && seen !== null && seen.position === problem.position && seen.message === problem.message;
       // A transaction begun past the first end is another commit than those the check set out to cover
       // (the magic checked first: a file too short for it has no transaction to begin past its end).
       if (walk.magic !== '' && walk.pos >= firstEnd && !again) return walk.summary(size, dataEnd, { position: problem.position, problem: problem.message });
       inUse ??= await lockMayBeHeld(`${path}.lock`);
-      const changed = again || !inUse || look >= MAX_LOOKS ? null : await changeOf(fh.fd, version, settleMs, () => options.onWait?.({ position: problem.position, problem: problem.message }));
-      if (changed === null) return { ok: false, position: problem.position, problem: problem.message, transactions: walk.transactions, inUse };
-      seen = problem;
-      version = changed;
-      size = (await fh.stat()).size;
-      dataEnd = await dataEndOf(fh, size);
+      if (again || !inUse || look >= MAX_LOOKS) return { ok: false, position: problem.position, problem: problem.message, transactions: walk.transactions, inUse };
+      // A walk the file changed under may have read a commit half done: look again at once. Otherwise
+      // wait for a change (or the settle time: a change within the file's time granularity goes unseen),
+      // then look again; what is read decides, not the file's times.
+      seen = still ? problem : null;
+      if (still) await changeOf(fh.fd, version, settleMs, () => options.onWait?.({ position: problem.position, problem: problem.message }));
     }
   } finally {
     await fh.close();
   }
 }
 
-/** The file's new version once it differs from `version` (`waiting` is called first), or null if it held still for `settleMs`. */
-async function changeOf(fd: number, version: string, settleMs: number, waiting: () => void | Promise<void>): Promise<string | null> {
+/** Resolves once the file's version differs from `version` (`waiting` is called first), or after `settleMs`. */
+async function changeOf(fd: number, version: string, settleMs: number, waiting: () => void | Promise<void>): Promise<void> {
   await waiting();
-  for (let waited = 0; ; waited += SETTLE_POLL_MS) {
-    const now = fileVersion(fd);
-    if (now !== version) return now;
-    if (waited >= settleMs) return null;
-    await delay(SETTLE_POLL_MS);
-  }
+  for (let waited = 0; fileVersion(fd) === version && waited < settleMs; waited += SETTLE_POLL_MS) await delay(SETTLE_POLL_MS);
 }
 
 /**
@@ -340,7 +338,7 @@ export async function verify(path: string, io: CliIo, progress: boolean): Promis
   const r = await verifyFile(path, { onProgress, onWait });
   if (show) io.err('\r\x1b[2K');
   if (!r.ok) {
-    const inUse = r.inUse ? `; a storage has the file open, and it held still for ${SETTLE_MS / 1000} s: a commit waiting longer for its finish looks the same, run it again` : '';
+    const inUse = r.inUse ? `; a storage has the file open: the problem was still there when looked at again, up to ${SETTLE_MS / 1000} s later (a commit held longer between its vote and its finish looks the same: run it again)` : '';
     io.err(`${path}: position ${r.position}: ${r.problem} (${r.transactions} good transactions before it${inUse})\n`);
     return EXIT_FAILURE;
   }
