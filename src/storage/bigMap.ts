@@ -9,12 +9,23 @@
 /** Keys: non-negative integers (oids as numbers, positions) or strings (oids past 2^53). */
 export type BigKey = number | string;
 
-const SHARDS = 64;
+/** 64 shards: a key's shard is the top SHARD_BITS bits of its hash. */
+const SHARD_BITS = 6;
+const SHARDS = 1 << SHARD_BITS;
 /** Well below the limit, so no single shard reaches it before 64 × 2^24 entries in all. */
 const SPLIT_AT = 1 << 23;
 
+/**
+ * A key's shard: the top 6 bits of a multiplicative hash (positions of
+ * records of one size are a multiple apart, and a plain remainder put them
+ * all in one shard; a string's last character has as few values as its
+ * alphabet: hex gave 16 shards).
+ */
 function shardOf(key: BigKey): number {
-  return typeof key === 'number' ? key % SHARDS : key.charCodeAt(key.length - 1) % SHARDS;
+  if (typeof key === 'number') return Math.imul((key >>> 0) ^ ((key / 4294967296) >>> 0), 0x9e3779b1) >>> (32 - SHARD_BITS);
+  let h = 0;
+  for (let i = Math.max(0, key.length - 4); i < key.length; i++) h = Math.imul(h ^ key.charCodeAt(i), 0x9e3779b1);
+  return h >>> (32 - SHARD_BITS);
 }
 
 /** A Map past 2^24 entries (see above); used wherever a Map of one entry per object or record was. */

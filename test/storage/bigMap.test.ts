@@ -53,6 +53,18 @@ describe('BigMap and BigSet', () => {
     );
   });
 
+  it('spreads keys over its shards: positions a record size apart, and hex oids (a remainder by 64 put them in 1 and 16 shards)', () => {
+    const used = (m: BigMap<number | string, number>): number => (m as unknown as { shards: Map<unknown, unknown>[] }).shards.filter((s) => s.size > 0).length;
+    const positions = new BigMap<number | string, number>(64);
+    const oids = new BigMap<number | string, number>(64);
+    for (let i = 0; i < 10_000; i++) {
+      positions.set(4 + 64 * i, i);
+      oids.set(i.toString(16).padStart(16, '0'), i);
+    }
+    expect(used(positions)).toBeGreaterThanOrEqual(60);
+    expect(used(oids)).toBeGreaterThanOrEqual(60);
+  });
+
   it('holds more entries than one Map can (2^24, where a storage\'s index of that many objects failed)', () => {
     const n = 2 ** 24 + 1;
     const big = new BigMap<number, number>();
