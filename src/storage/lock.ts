@@ -80,7 +80,8 @@ export async function lockMayBeHeld(lockPath: string): Promise<boolean> {
   } catch {
     return true;
   }
-  // Lines like "1: FLOCK  ADVISORY  WRITE 4711 08:01:1234567 0 EOF": the device and inode are the sixth field.
+  // Lines like "1: FLOCK  ADVISORY  WRITE 4711 08:01:1234567 0 EOF": the sixth field is device:inode. Only the
+  // inode is compared: a lock on the same inode of another device makes the file look in use, which costs a wait.
   return locks.split('\n').some((line) => {
     const at = /\s[0-9a-f]+:[0-9a-f]+:(\d+)\s/.exec(line);
     return at !== null && BigInt(at[1]!) === ino;

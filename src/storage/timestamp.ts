@@ -20,7 +20,7 @@ export function tidFromTime(ms: number): Buffer {
   const d = new Date(ms);
   const year = d.getUTCFullYear();
   const hi = ((((year - 1900) * 12 + d.getUTCMonth()) * 31 + (d.getUTCDate() - 1)) * 24 + d.getUTCHours()) * 60 + d.getUTCMinutes();
-  if (!(year >= 1900 && hi <= MAX_MINUTES)) throw new RangeError(`no tid for ${Number.isNaN(ms) ? 'an invalid time' : d.toISOString()}: tids hold 1900-01-01 to 9917-10-14`);
+  if (!(year >= 1900 && hi <= MAX_MINUTES)) throw new RangeError(`no tid for ${Number.isNaN(d.getTime()) ? `the time ${ms} ms` : d.toISOString()}: tids hold 1900-01-01 to 9917-10-14`);
   const seconds = (ms / 1000) % 60;
   const lo = Math.min(0xffffffff, Math.floor((seconds * 4294967296) / 60));
   const out = Buffer.allocUnsafe(8);

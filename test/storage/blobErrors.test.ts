@@ -14,7 +14,7 @@ vi.mock('node:fs/promises', async (original) => {
   return {
     ...real,
     rename: async (from: string, to: string) => {
-      if (failing.exdev && String(to).includes(`${join('tmp', '')}`)) throw error('EXDEV', 'cross-device link not permitted');
+      if (failing.exdev && String(to).endsWith('.tmp')) throw error('EXDEV', 'cross-device link not permitted');
       if (failing.renameInto !== null && String(to).endsWith(failing.renameInto)) throw error('EIO', `rename to ${to}`);
       return real.rename(from, to);
     },
