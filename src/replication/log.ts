@@ -59,10 +59,12 @@ export class FloodWarning {
     this.flush();
   }
 
-  /** Drop a line still waiting for its interval (the thing warned about is closing). */
+  /** The thing warned about is closing: a line still waiting for its interval goes out now. */
   close(): void {
     if (this.timer !== null) this.clock.clearTimeout(this.timer);
     this.timer = null;
+    if (this.count > 0) this.line(this.count, this.last, this.lastFields);
+    this.count = 0;
   }
 
   private flush(): void {

@@ -308,6 +308,11 @@ describe('a flood of connections to a primary', () => {
       expect(lines.filter((l) => l.startsWith('turned away'))).toEqual([expect.stringMatching(/^turned away 1 connection\(s\)/)]);
       clock.advance(9000);
       expect(lines.filter((l) => l.startsWith('turned away'))).toEqual([expect.stringMatching(/^turned away 1 /), expect.stringMatching(/^turned away 3 connection\(s\)/)]);
+      // One more, held for the interval, is told when the server closes rather than dropped.
+      await connect();
+      await server.close();
+      expect(lines.filter((l) => l.startsWith('turned away')).at(-1)).toMatch(/^turned away 1 connection\(s\)/);
+      expect(lines.filter((l) => l.startsWith('turned away'))).toHaveLength(3);
     } finally {
       await server.close();
       await storage.close();
