@@ -92,16 +92,14 @@ export interface AckTrackerOptions {
 export class AckTracker {
   private readonly tracked = new Map<PrimarySession, Tracked>();
   /**
-   * Waits in tid order, settled ones among them until compacted (commits add
-   * theirs in order: appending is the usual case). An ack looks at them from
-   * the oldest and stops at the first that too few sessions cover for any
-   * wait: with a secondary missing, thousands of waits pile up, and looking
-   * at each on every ack cost waits × sessions per ack.
+   * Pending waits by the number of acks they want, each list in tid order
+   * with settled waits among them until compacted (commits add theirs in
+   * order: appending is the usual case). An ack looks at each list from the
+   * oldest and stops at the first wait too few sessions cover: with a
+   * secondary missing, thousands of waits pile up, and looking at each on
+   * every ack cost waits x sessions per ack.
    */
-  private waiters: Waiter[] = [];
-  private settledInList = 0;
-  /** Pending waits by the number of acks each wants. */
-  private readonly wanting = new Map<number, number>();
+  private readonly waiting = new Map<number, { list: Waiter[]; settled: number }>();
   private pending = 0;
   private closed = false;
 
@@ -182,11 +180,12 @@ export class AckTracker {
     return new Promise<ReplicationConfirmation>((resolve, reject) => {
       const waiter: Waiter = { tid: Buffer.from(tid), settled: false, replicas, timeoutMs, startedMs, timer: null, resolve, reject };
       waiter.timer = clock.setTimeout(() => this.timedOut(waiter), timeoutMs);
-      let at = this.waiters.length;
-      while (at > 0 && Buffer.compare(this.waiters[at - 1]!.tid, waiter.tid) > 0) at--;
-      this.waiters.splice(at, 0, waiter);
+      let bucket = this.waiting.get(replicas);
+      if (bucket === undefined) this.waiting.set(replicas, (bucket = { list: [], settled: 0 }));
+      let at = bucket.list.length;
+      while (at > 0 && Buffer.compare(bucket.list[at - 1]!.tid, waiter.tid) > 0) at--;
+      bucket.list.splice(at, 0, waiter);
       this.pending += 1;
-      this.wanting.set(replicas, (this.wanting.get(replicas) ?? 0) + 1);
     });
   }
 
@@ -199,42 +198,40 @@ export class AckTracker {
     if (this.pending === 0) return;
     // The acknowledged tids, newest first: a wait's tid is covered by the first `covering` of them.
     const acked = [...this.tracked.values()].flatMap((t) => (t.acks && t.ackedTid !== null ? [t.ackedTid] : [])).sort((a, b) => Buffer.compare(b, a));
-    const fewestWanted = Math.min(...this.wanting.keys());
-    let covering = acked.length;
-    for (const w of this.waiters) {
-      if (w.settled) continue;
-      while (covering > 0 && Buffer.compare(acked[covering - 1]!, w.tid) < 0) covering--;
-      // Later waits have later tids: none is covered by more sessions than this one.
-      if (covering < fewestWanted) break;
-      if (covering < w.replicas) continue;
-      this.settle(w);
-      w.resolve({ tid: w.tid, peers: this.confirmedBy(w.tid), waitedMs: this.options.clock.now() - w.startedMs });
+    for (const [replicas, bucket] of this.waiting) {
+      let covering = acked.length;
+      for (const w of bucket.list) {
+        if (w.settled) continue;
+        while (covering > 0 && Buffer.compare(acked[covering - 1]!, w.tid) < 0) covering--;
+        // Later waits have later tids: none is covered by more sessions than this one.
+        if (covering < replicas) break;
+        this.settle(w);
+        w.resolve({ tid: w.tid, peers: this.confirmedBy(w.tid), waitedMs: this.options.clock.now() - w.startedMs });
+      }
+      this.compact(replicas, bucket);
     }
-    this.compact();
   }
 
-  /** Take `w` off the pending waits (it stays in the list until compacted). */
+  /** Take `w` off the pending waits (it stays in its list until compacted). */
   private settle(w: Waiter): void {
     w.settled = true;
     this.options.clock.clearTimeout(w.timer);
     this.pending -= 1;
-    this.settledInList += 1;
-    const left = this.wanting.get(w.replicas)! - 1;
-    if (left === 0) this.wanting.delete(w.replicas);
-    else this.wanting.set(w.replicas, left);
+    this.waiting.get(w.replicas)!.settled += 1;
   }
 
-  /** Drop settled waits from the list once they are most of it (each is dropped once: linear over a run). */
-  private compact(): void {
-    if (this.settledInList * 2 <= this.waiters.length) return;
-    this.waiters = this.waiters.filter((w) => !w.settled);
-    this.settledInList = 0;
+  /** Drop settled waits from a list once they are most of it (each is dropped once: linear over a run). */
+  private compact(replicas: number, bucket: { list: Waiter[]; settled: number }): void {
+    if (bucket.settled * 2 <= bucket.list.length) return;
+    bucket.list = bucket.list.filter((w) => !w.settled);
+    bucket.settled = 0;
+    if (bucket.list.length === 0) this.waiting.delete(replicas);
   }
 
   private timedOut(w: Waiter): void {
     if (w.settled) return;
     this.settle(w);
-    this.compact();
+    this.compact(w.replicas, this.waiting.get(w.replicas)!);
     const got = this.confirmedBy(w.tid).length;
     const error = new SyncReplicationTimeoutError(w.tid, w.replicas, got, w.timeoutMs);
     const details = { tid: w.tid.toString('hex'), wanted: w.replicas, got, timeoutMs: w.timeoutMs, connected: this.secondaries().length };
@@ -248,13 +245,14 @@ export class AckTracker {
   /** End every wait (SyncReplicationAbortedError) and refuse new ones that are not already satisfied. */
   close(): void {
     this.closed = true;
-    for (const w of this.waiters) {
-      if (w.settled) continue;
-      this.settle(w);
-      w.reject(new SyncReplicationAbortedError(w.tid, w.replicas, this.confirmedBy(w.tid).length));
+    for (const bucket of this.waiting.values()) {
+      for (const w of bucket.list) {
+        if (w.settled) continue;
+        this.settle(w);
+        w.reject(new SyncReplicationAbortedError(w.tid, w.replicas, this.confirmedBy(w.tid).length));
+      }
     }
-    this.waiters = [];
-    this.settledInList = 0;
+    this.waiting.clear();
   }
 }
 

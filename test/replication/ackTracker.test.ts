@@ -61,7 +61,7 @@ describe('AckTracker', () => {
     );
   });
 
-  it('with a secondary missing, looks at no pile of waits on each ack (each ack looked at every wait: quadratic)', async () => {
+  it('with a secondary missing, looks at no pile of waits on each ack, whatever the acks they want (each ack looked at every wait: quadratic)', async () => {
     const clock = new VirtualClock();
     const tracker = new AckTracker({ clock, log: () => undefined });
     const healthy = fakeSession('healthy');
@@ -69,10 +69,14 @@ describe('AckTracker', () => {
     tracker.track(fakeSession('down').session);
     const n = 2000;
     for (let i = 1; i <= n; i++) void tracker.waitForReplication(tidOf(i), { replicas: 2, timeoutMs: 10_000 }).catch(() => undefined);
-    const counted = vi.spyOn(tracker, 'confirmedBy');
+    // One wait wanting a single ack, past what the healthy secondary will acknowledge.
+    void tracker.waitForReplication(tidOf(n + 1), { replicas: 1, timeoutMs: 10_000 }).catch(() => undefined);
+    const compared = vi.spyOn(Buffer, 'compare');
     for (let i = 1; i <= n; i++) healthy.ack(BigInt(i));
-    expect(tracker.pendingWaits).toBe(n);
-    expect(counted).toHaveBeenCalledTimes(0);
+    // A few comparisons an ack (sorting the acks, the first wait of each list), not one a wait piled up.
+    expect(compared.mock.calls.length).toBeLessThan(10 * n);
+    compared.mockRestore();
+    expect(tracker.pendingWaits).toBe(n + 1);
     tracker.close();
     expect(tracker.pendingWaits).toBe(0);
   });
