@@ -34,8 +34,18 @@ export class BigMap<K extends BigKey, V> implements Map<K, V> {
   private shards: Map<K, V>[] = [];
   private count = 0;
 
-  /** `splitAt`: entries held in one Map before it splits (default 2^23). */
-  constructor(private readonly splitAt = SPLIT_AT) {}
+  /**
+   * `splitAt`: entries held in one Map before it splits (default 2^23).
+   * `expected`: entries it will hold, when known (a saved index): as many
+   * or more than `splitAt`, it starts split rather than copy them all over
+   * half way.
+   */
+  constructor(
+    private readonly splitAt = SPLIT_AT,
+    expected = 0,
+  ) {
+    if (expected >= splitAt) this.split(new Map());
+  }
 
   get size(): number {
     return this.one !== null ? this.one.size : this.count;

@@ -82,7 +82,7 @@ function decodeIndex(body: Buffer, fd: number, fileSize: number): SavedIndex | n
   off += 16 + TXN_HEADER_BYTES;
   const lastTid = txnCount > 0 ? lastTidRaw : null;
   if (lastTid && !preadSync(fd, lastTxnPos, TXN_HEADER_BYTES).equals(header)) return null;
-  const index = new BigMap<OidKey, number>();
+  const index = new BigMap<OidKey, number>(undefined, n);
   for (let i = 0; i < n; i++, off += 16) index.set(oidKeyAt(body, off), readU64At(body, off + 8));
   const samples = new TidSamples();
   for (let i = 0; i < m; i++, off += 16) samples.add(body.subarray(off, off + 8), readU64At(body, off + 8));

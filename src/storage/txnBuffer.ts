@@ -38,7 +38,7 @@ export class TxnBuffer {
   private reserve(n: number): void {
     const need = this.used + n + TRAILER_BYTES;
     if (need <= this.buf.length) return;
-    if (need > constants.MAX_LENGTH) throw new ZrsError(`a transaction of ${need} bytes: one is written from a single buffer, at most ${constants.MAX_LENGTH} bytes (4 GiB)`);
+    if (need > constants.MAX_LENGTH) throw new ZrsError(`a transaction of ${need} bytes: one is written from a single buffer, at most ${constants.MAX_LENGTH} bytes`);
     let size = this.buf.length * 2;
     while (size < need) size *= 2;
     const next = Buffer.allocUnsafe(Math.min(size, constants.MAX_LENGTH));

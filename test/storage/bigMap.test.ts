@@ -63,6 +63,11 @@ describe('BigMap and BigSet', () => {
     }
     expect(used(positions)).toBeGreaterThanOrEqual(60);
     expect(used(oids)).toBeGreaterThanOrEqual(60);
+    // Told how many it will hold, it starts split (no copy of them all half way).
+    const presized = new BigMap<number, number>(64, 100);
+    presized.set(1, 1);
+    expect(used(presized)).toBe(1);
+    expect([...presized]).toEqual([[1, 1]]);
   });
 
   it('holds more entries than one Map can (2^24, where a storage\'s index of that many objects failed)', () => {
