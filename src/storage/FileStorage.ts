@@ -103,7 +103,7 @@ interface PendingTxn {
   /** oid key -> the record an undo in this transaction pointed it back to (0: none), while that undo's record is its latest here. */
   undoneTo: Map<OidKey, number>;
   /** Committed transactions restore() pointed into (by position): their records read once, not once per record restored. */
-  dataTxns: Map<number, Map<OidKey, LastRecord>>;
+  dataTxns: Map<number, Map<OidKey, LastRecord>> | null;
   blobs: PendingBlob[];
   /** tpcVote wrote the transaction's bytes: nothing more may be stored, and an abort cuts them. */
   written: boolean;
@@ -559,7 +559,7 @@ export class FileStorage {
         body: this.txnBuffer,
         tindex: new Map(),
         undoneTo: new Map(),
-        dataTxns: new Map(),
+        dataTxns: null,
         blobs: [],
         written: false,
         doomed: null,
@@ -654,6 +654,7 @@ export class FileStorage {
     const tpos = this.findTransaction(tid);
     if (tpos === null) return 0;
     // A transaction of k backpointers into one of k records read that one k times over (k^2 reads): once now.
+    cur.dataTxns ??= new Map();
     let records = cur.dataTxns.get(tpos);
     if (records === undefined) cur.dataTxns.set(tpos, (records = this.lastRecordsIn(tpos)));
     const found = records.get(oidKey(oid));
