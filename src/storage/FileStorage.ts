@@ -254,8 +254,10 @@ export class FileStorage {
   private current: PendingTxn | null = null;
   private closed = false;
   /**
-   * A failed fsync leaves the file's durability unknown, a failed commit
-   * mark its state: refuse further writes, saying which (`what`).
+   * Set by failWrites, with what failed (`fatalWhat`): a failed fsync leaves
+   * the file's durability unknown, a failed commit mark its state, a failed
+   * directory sync after a swap which file the name holds. Writes are
+   * refused from then on.
    */
   private fatal: Error | null = null;
   private fatalWhat = '';
@@ -476,7 +478,14 @@ export class FileStorage {
     };
     let cut: TailCut | null = null;
     let onlyFill = hadFill;
-    for (let at = pos, piece = pieces(); onlyFill && at < keepEnd; at += TAIL_PIECE_BYTES) onlyFill = isFillRange(piece.next().value!, at);
+    if (hadFill) {
+      let at = pos;
+      for (const piece of pieces()) {
+        onlyFill = isFillRange(piece, at);
+        if (!onlyFill) break;
+        at += piece.length;
+      }
+    }
     if (!onlyFill) {
       let n = 0;
       while (await access(`${path}.tr${n}`).then(() => true, () => false)) n++;
@@ -903,9 +912,7 @@ export class FileStorage {
       // Not committed: it stays marked in progress on disk (a reopen cuts it) and is not visible. A disk that
       // failed this write is not trusted with more; the commit lock is released, so no begin waits for ever.
       this.failWrites(err as Error, 'a failed write of a commit mark');
-      this.current = null;
-      cur.release();
-      if (this.blobs) await this.blobs.discard(cur.blobs.map((b) => b.placedPath ?? b.stagedPath)).catch(() => undefined);
+      await this.endUncommitted(cur).catch(() => undefined);
       throw new ZrsError(`${this.path}: tpcFinish: marking the transaction committed failed; it is not committed, and the storage refuses further writes`, { cause: err });
     }
     const end = cur.tpos + cur.metaBytes + cur.body.recordBytes + TRAILER_BYTES;
@@ -981,10 +988,15 @@ export class FileStorage {
     try {
       if (cur.written) this.cutFile(cur.tpos);
     } finally {
-      this.current = null;
-      cur.release();
-      if (this.blobs) await this.blobs.discard(cur.blobs.map((b) => b.placedPath ?? b.stagedPath));
+      await this.endUncommitted(cur);
     }
+  }
+
+  /** End `cur` without committing it: the commit lock goes to the next begin, its blob files are removed. */
+  private async endUncommitted(cur: PendingTxn): Promise<void> {
+    this.current = null;
+    cur.release();
+    if (this.blobs) await this.blobs.discard(cur.blobs.map((b) => b.placedPath ?? b.stagedPath));
   }
 
   /**
