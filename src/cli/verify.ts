@@ -11,7 +11,7 @@
 
 import type { FileHandle } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
-import { fileVersion, openFileToRead } from '../storage/fileio.js';
+import { fileState, openFileToRead } from '../storage/fileio.js';
 import {
   BACKPOINTER_BYTES,
   DATA_HEADER_BYTES,
@@ -172,15 +172,14 @@ export async function verifyFile(path: string, options: VerifyOptions = {}): Pro
     let seen: Problem | null = null;
     let inUse: boolean | null = null;
     for (let look = 1; ; look++) {
-      const version = fileVersion(fh.fd);
-      const size = (await fh.stat()).size;
+      const { version, size } = fileState(fh.fd);
       // The transactions end where fill written ahead of them begins (src/storage/prealloc.ts).
       const dataEnd = await dataEndOf(fh, size);
       firstEnd ??= dataEnd;
       const problem = await walk.run(new Reader(fh, size), dataEnd);
       if (problem === null) return walk.summary(size, dataEnd, null);
       // The same problem found again, by a walk during which the file held still, after a wait for it to change.
-      const still = fileVersion(fh.fd) === version;
+      const still = fileState(fh.fd).version === version;
       const again = still && seen !== null && seen.position === problem.position && seen.message === problem.message;
       // A transaction begun past the first end is another commit than those the check set out to cover
       // (the magic checked first: a file too short for it has no transaction to begin past its end).
@@ -201,7 +200,7 @@ export async function verifyFile(path: string, options: VerifyOptions = {}): Pro
 /** Resolves once the file's version differs from `version` (`waiting` is called first), or after `settleMs`. */
 async function changeOf(fd: number, version: string, settleMs: number, waiting: () => void | Promise<void>): Promise<void> {
   await waiting();
-  for (let waited = 0; fileVersion(fd) === version && waited < settleMs; waited += SETTLE_POLL_MS) await delay(SETTLE_POLL_MS);
+  for (let waited = 0; fileState(fd).version === version && waited < settleMs; waited += SETTLE_POLL_MS) await delay(SETTLE_POLL_MS);
 }
 
 /**

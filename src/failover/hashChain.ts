@@ -243,7 +243,7 @@ export class HashChain {
   private memFirst: number;
   private memCount = 0;
   private flushing: Promise<void> | null = null;
-  private stopFlushBeforePack: (() => void) | null = null;
+  private stopFlushBeforeReplace: (() => void) | null = null;
   private sub: Subscription | null = null;
   private failed: Error | null = null;
   private closed = false;
@@ -313,7 +313,7 @@ export class HashChain {
     // A chain stopped by a write error refuses (flush throws): the links it did not write would be computed
     // again from the packed file, different from the ones secondaries hold. Reopened, it completes first.
     // A rewind's file is the old one cut at the fork, and the chain is cut and opened again on it after.
-    this.stopFlushBeforePack = this.storage.beforeDataFileReplaced((why) => (why === 'rewind' && this.failed ? Promise.resolve() : this.flush()));
+    this.stopFlushBeforeReplace = this.storage.beforeDataFileReplaced((why) => (why === 'rewind' && this.failed ? Promise.resolve() : this.flush()));
     const early: CommittedTransaction[] = [];
     let following = false;
     this.sub = this.storage.commits$.subscribe((c) => (following ? this.onCommit(c) : early.push(c)));
@@ -571,7 +571,7 @@ export class HashChain {
     if (this.closed) return;
     this.closed = true;
     this.sub?.unsubscribe();
-    this.stopFlushBeforePack?.();
+    this.stopFlushBeforeReplace?.();
     try {
       await this.flush();
     } finally {

@@ -44,7 +44,7 @@ import {
   type DataHeader,
   type TxnHeader,
 } from './format.js';
-import { fileVersion, pathKind, preadSync, syncDirectory, writeFileSynced } from './fileio.js';
+import { fileState, pathKind, preadSync, syncDirectory, writeFileSynced } from './fileio.js';
 import { dataHolder, otherObjectError, type DataHolder } from './backpointer.js';
 import { TxnBuffer } from './txnBuffer.js';
 import { RecentTransactions } from './recentTxns.js';
@@ -55,7 +55,7 @@ import { nodeDisk, type StorageDisk } from './disk.js';
 import { loadIndex, removeIndex, saveIndex } from './indexFile.js';
 import { LockFile } from './lock.js';
 import type { PackReport } from './pack.js';
-import { dataEndBefore, emptyScanState, oidKey, type OidKey, recordTransaction, scanFile, tailTidFloor, type ScanState } from './scan.js';
+import { dataEndBefore, emptyScanState, oidKey, type OidKey, recordTransaction, scanFile, scanWhole, tailTidFloor, type ScanState } from './scan.js';
 import { Z64, newTid, tidToSeconds } from './timestamp.js';
 import { BlobDirectory } from './blobs.js';
 import { iterateTransactions, type IterateOptions } from './iterator.js';
@@ -425,15 +425,15 @@ export class FileStorage {
     now: () => number,
   ): Promise<{ state: ScanState; end: number; tailTid: Buffer | null; tailCut: TailCut | null; tail: { pos: number; reason: string } | null }> {
     for (let attempt = 1; ; attempt++) {
-      const before = fileVersion(fd);
+      const before = fileState(fd);
       try {
-        return await FileStorage.recoverFrom(path, fd, handle, readOnly, fstatSync(fd).size, now);
+        return await FileStorage.recoverFrom(path, fd, handle, readOnly, before.size, now);
       } catch (err) {
         // Read-only, the file may be another process's, written meanwhile: past the end seen at first an
         // abort or a close cuts bytes back and commits follow, and what was read there reads as damage.
         // Only a file that held still while it was read is reported damaged.
         if (!readOnly || !(err instanceof CorruptedDataError) || attempt >= READ_ONLY_OPEN_ATTEMPTS) throw err;
-        if (fileVersion(fd) === before) throw err;
+        if (fileState(fd).version === before.version) throw err;
       }
     }
   }
@@ -1363,8 +1363,7 @@ export class FileStorage {
     try {
       handle = await openHandle(newPath, 'r');
       size = fstatSync(fd).size;
-      result = await scanFile(handle, this.path, scanned?.end ?? MAGIC_BYTES, size, scanned?.state ?? emptyScanState());
-      if (result.tail) throw new CorruptedDataError(this.path, result.tail.pos, `packed file is incomplete: ${result.tail.reason}`);
+      result = await scanWhole(handle, this.path, scanned?.end ?? MAGIC_BYTES, size, scanned?.state ?? emptyScanState());
       // The old file is kept as it would be closed: without fill.
       this.cutFill();
       // Kept under a second name first, then replaced in one rename: at every

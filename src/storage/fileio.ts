@@ -41,13 +41,14 @@ export async function pathKind(path: string): Promise<'file' | 'directory' | 'ot
 }
 
 /**
- * A token that changes when the open file is written: its size and its
- * modification and change times to the nanosecond (a writer overwriting
- * fill keeps the size, and a millisecond time can miss a change).
+ * The open file's size, and a token that changes when the file is written:
+ * the size and the modification and change times to the nanosecond (a
+ * writer overwriting fill keeps the size, and a millisecond time can miss a
+ * change). One fstat for both.
  */
-export function fileVersion(fd: number): string {
+export function fileState(fd: number): { size: number; version: string } {
   const s = fstatSync(fd, { bigint: true });
-  return `${s.size}/${s.mtimeNs}/${s.ctimeNs}`;
+  return { size: Number(s.size), version: `${s.size}/${s.mtimeNs}/${s.ctimeNs}` };
 }
 
 /**

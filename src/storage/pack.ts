@@ -30,7 +30,7 @@ import { dataHolder } from './backpointer.js';
 import { BigMap, BigSet } from './bigMap.js';
 import { nodeDisk } from './disk.js';
 import { WindowReader, preadSync } from './fileio.js';
-import { emptyScanState, oidKey, scanFile, type OidKey, type ScanState } from './scan.js';
+import { emptyScanState, oidKey, scanWhole, type OidKey, type ScanState } from './scan.js';
 import { Z64 } from './timestamp.js';
 import type { FileStorage } from './FileStorage.js';
 
@@ -73,8 +73,7 @@ const SECONDS_PER_UNIT = 60 / 65536 / 65536;
 async function scanPrefix(newPath: string, path: string, end: number): Promise<{ state: ScanState; end: number }> {
   const handle = await open(newPath, 'r');
   try {
-    const state = await scanFile(handle, path, MAGIC_BYTES, end, emptyScanState());
-    if (state.tail) throw new CorruptedDataError(path, state.tail.pos, `packed file is incomplete: ${state.tail.reason}`);
+    const state = await scanWhole(handle, path, MAGIC_BYTES, end, emptyScanState());
     return { state, end: state.end };
   } finally {
     await handle.close();

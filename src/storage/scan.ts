@@ -195,6 +195,16 @@ export async function scanFile(
 }
 
 /**
+ * scanFile over a file written whole (a pack's or a rewind's new file, from
+ * `pos` to `fileSize`): any tail is damage, not a commit cut short.
+ */
+export async function scanWhole(handle: FileHandle, path: string, pos: number, fileSize: number, state: ScanState): Promise<ScanResult> {
+  const result = await scanFile(handle, path, pos, fileSize, state);
+  if (result.tail) throw new CorruptedDataError(path, result.tail.pos, `packed file is incomplete: ${result.tail.reason}`);
+  return result;
+}
+
+/**
  * Whether a well-formed committed transaction starts at or after `pos`. First
  * at the end of the file, possibly followed by one unfinished transaction (a
  * crash in the middle of the next commit leaves its status 'c'; commits are

@@ -52,15 +52,10 @@ export function tidPlusOne(tid: Buffer): Buffer {
  */
 export function laterTid(tid: Buffer): Buffer {
   if (tid.readUInt32BE(4) < 0xffffffff) return tidPlusOne(tid);
-  const hi = tid.readUInt32BE(0);
-  const minuteOfDay = hi % 1440;
-  const day = Math.floor(hi / 1440) % 31;
-  const month = Math.floor(hi / MINUTES_PER_MONTH) % 12;
-  const year = Math.floor(hi / MINUTES_PER_YEAR) + 1900;
-  let next = hi + 1;
-  if (minuteOfDay === 1439 && day + 1 >= daysInMonth(year, month)) {
-    next = month === 11 ? (year + 1 - 1900) * MINUTES_PER_YEAR : (year - 1900) * MINUTES_PER_YEAR + (month + 1) * MINUTES_PER_MONTH;
-  }
+  const p = tidParts(tid);
+  // The last minute of a month's last day is followed by the first of the next month (of the next year after December).
+  const monthEnds = p.hour === 23 && p.minute === 59 && p.day >= daysInMonth(p.year, p.month - 1);
+  const next = monthEnds ? (p.year - 1900) * MINUTES_PER_YEAR + p.month * MINUTES_PER_MONTH : tid.readUInt32BE(0) + 1;
   if (next > MAX_MINUTES) throw new RangeError(`no tid follows ${tid.toString('hex')}`);
   const out = Buffer.alloc(8);
   out.writeUInt32BE(next, 0);
@@ -94,8 +89,8 @@ function tidParts(tid: Buffer): TidParts {
     minute: hi % 60,
     hour: Math.floor(hi / 60) % 24,
     day: (Math.floor(hi / 1440) % 31) + 1,
-    month: (Math.floor(hi / 44640) % 12) + 1,
-    year: Math.floor(hi / 535680) + 1900,
+    month: (Math.floor(hi / MINUTES_PER_MONTH) % 12) + 1,
+    year: Math.floor(hi / MINUTES_PER_YEAR) + 1900,
     seconds: (lo * 60) / 4294967296,
   };
 }

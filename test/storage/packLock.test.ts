@@ -11,9 +11,9 @@ vi.mock('../../src/storage/scan.js', async (original) => {
   const real = await original<typeof import('../../src/storage/scan.js')>();
   return {
     ...real,
-    scanFile: (...args: Parameters<typeof real.scanFile>) => {
+    scanWhole: (...args: Parameters<typeof real.scanWhole>) => {
       scans.push({ from: args[2], to: args[3] });
-      return real.scanFile(...args);
+      return real.scanWhole(...args);
     },
   };
 });
