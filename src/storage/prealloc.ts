@@ -12,7 +12,20 @@
 // transaction before them), so a transaction that still holds the fill in a
 // sector (one aligned word is checked per 512-byte sector) was not wholly
 // written, and recovery cuts it. Real data equals the fill at a given word
-// with probability 2^-64.
+// with probability 2^-56.
+//
+// Every byte of the fill has its high bit set (7 bits of each vary). Python
+// ZODB reading a file with fill (one a crash left, or one a storage has open)
+// takes the 23 bytes where the data ends for a transaction header: its
+// read_index sets the file's last tid from such a header before it finds
+// the header runs past the file, and then gives every new transaction a
+// later tid. Fill read as a tid is centuries away, so a ZODB that took it
+// would date every later commit there. ZODB on Python 3 decodes the status
+// byte as ASCII first, and a byte with its high bit set makes it refuse the
+// file instead, whatever offset the data ends at. Files written before this
+// fill used all 64 bits of each word (ZODB refused half of such ends and took
+// the other half's meaningless tid); that fill is still recognised, so a file
+// a crash left with it opens as before.
 //
 // The fill only ever lies past the last transaction: a clean close cuts it
 // off, and so does the next open after a crash (keeping no side file for it).
@@ -38,57 +51,84 @@ function mix32(x: number): number {
 
 /**
  * The fill of word `w` (at file offset 8w) is a pseudo-random table entry for
- * `w mod 512`, XOR `w`: unique per offset, and a table lookup per word to
- * make (a hash per word cost about 1 ms per MiB, on the commit that extends
- * the fill).
+ * `w mod 512`, XOR the word index spread over the low 7 bits of each byte,
+ * with each byte's high bit set: unique per offset (for 2^56 words), and a
+ * table lookup per word to make (a hash per word cost about 1 ms per MiB, on
+ * the commit that extends the fill).
  */
 const TABLE_WORDS = 512;
 const TABLE_LOW = Uint32Array.from({ length: TABLE_WORDS }, (_, i) => mix32(mix32(i ^ 0x5a52_5346) + 0x9e37_79b9));
 const TABLE_HIGH = Uint32Array.from({ length: TABLE_WORDS }, (_, i) => mix32(TABLE_LOW[i]! ^ 0x4c4c_4946));
+const WORD_INDEX_HALF = 2 ** 28;
+
+/** 28 bits of a word index, 7 to a byte. */
+function spread28(x: number): number {
+  return (x & 0x7f) | ((x & 0x3f80) << 1) | ((x & 0x1fc000) << 2) | ((x & 0xfe00000) << 3);
+}
+
+/** A 32-bit half with each byte's high bit set. */
+function highBits(x: number): number {
+  return (x | 0x80808080) >>> 0;
+}
 
 /** The fill's two 32-bit halves for word `w` (little-endian: low half first). */
 function fillLow(w: number): number {
-  return (TABLE_LOW[w % TABLE_WORDS]! ^ w) >>> 0;
+  return highBits(TABLE_LOW[w % TABLE_WORDS]! ^ spread28(w % WORD_INDEX_HALF));
 }
 
 function fillHigh(w: number): number {
+  return highBits(TABLE_HIGH[w % TABLE_WORDS]! ^ spread28(Math.floor(w / WORD_INDEX_HALF)));
+}
+
+/** The halves of the fill files were written with before its bytes had their high bit set. */
+function legacyFillLow(w: number): number {
+  return (TABLE_LOW[w % TABLE_WORDS]! ^ w) >>> 0;
+}
+
+function legacyFillHigh(w: number): number {
   return (TABLE_HIGH[w % TABLE_WORDS]! ^ Math.floor(w / 0x1_0000_0000)) >>> 0;
 }
 
 /**
  * Fill `buf` with the fill of the file range starting at `filePos` (8-aligned)
- * and as long as `buf` (a multiple of 8).
+ * and as long as `buf` (a multiple of 8); `legacy` writes the fill of files
+ * written before its bytes had their high bit set (for tests of such files).
  */
-export function writeFill(buf: Buffer, filePos: number): void {
+export function writeFill(buf: Buffer, filePos: number, legacy = false): void {
   if (filePos % 8 !== 0 || buf.length % 8 !== 0) throw new RangeError('fill ranges are whole 8-byte words');
   const words = buf.length / 8;
   const first = filePos / 8;
   const u32 = buf.byteOffset % 4 === 0 && LITTLE_ENDIAN ? new Uint32Array(buf.buffer, buf.byteOffset, words * 2) : null;
   // The word index's halves and its table slot, stepped rather than divided out per word.
-  let lo = first >>> 0;
-  let hi = Math.floor(first / 0x1_0000_0000);
+  const half = legacy ? 0x1_0000_0000 : WORD_INDEX_HALF;
+  let lo = first % half;
+  let hi = Math.floor(first / half);
   let slot = first % TABLE_WORDS;
   for (let i = 0; i < words; i++) {
-    // Signed 32-bit values: a Uint32Array stores their bits as they are.
-    const low = TABLE_LOW[slot]! ^ lo;
-    const high = TABLE_HIGH[slot]! ^ hi;
+    const low = legacy ? (TABLE_LOW[slot]! ^ lo) >>> 0 : highBits(TABLE_LOW[slot]! ^ spread28(lo));
+    const high = legacy ? (TABLE_HIGH[slot]! ^ hi) >>> 0 : highBits(TABLE_HIGH[slot]! ^ spread28(hi));
     if (u32) {
       u32[2 * i] = low;
       u32[2 * i + 1] = high;
     } else {
-      buf.writeUInt32LE(low >>> 0, 8 * i);
-      buf.writeUInt32LE(high >>> 0, 8 * i + 4);
+      buf.writeUInt32LE(low, 8 * i);
+      buf.writeUInt32LE(high, 8 * i + 4);
     }
     slot = (slot + 1) & (TABLE_WORDS - 1);
-    lo = (lo + 1) >>> 0;
-    if (lo === 0) hi += 1;
+    lo += 1;
+    if (lo === half) {
+      lo = 0;
+      hi += 1;
+    }
   }
 }
 
 /** Whether the 8 bytes at `buf[off]` are the fill of the word at file offset `filePos` (8-aligned). */
 export function isFillWord(buf: Buffer, off: number, filePos: number): boolean {
   const w = filePos / 8;
-  return buf.readUInt32LE(off) === fillLow(w) && buf.readUInt32LE(off + 4) === fillHigh(w);
+  const low = buf.readUInt32LE(off);
+  const high = buf.readUInt32LE(off + 4);
+  return (low === fillLow(w) && high === fillHigh(w)) || (low === legacyFillLow(w) && high === legacyFillHigh(w));
 }
 
 /** A disk writes whole sectors: after a torn sync each holds all it was given or none of it. */
@@ -127,7 +167,7 @@ export async function firstFillWithin(read: (at: number, length: number) => Prom
  * the first of the aligned words that hold the fill up to the end, looking no
  * further back than `from`; `size` when there is none. Only whole aligned
  * words count (a file with fill ends on one), so a file's real last bytes are
- * taken for fill with probability 2^-64.
+ * taken for fill with probability 2^-56.
  */
 export async function trailingFill(handle: FileHandle, from: number, size: number): Promise<number> {
   if (size % 8 !== 0) return size;
@@ -146,16 +186,16 @@ export async function trailingFill(handle: FileHandle, from: number, size: numbe
 }
 
 /** The fill of the file range `[from, from + length)`, which need not be whole words. */
-export function fillOf(from: number, length: number): Buffer {
+export function fillOf(from: number, length: number, legacy = false): Buffer {
   const start = Math.floor(from / 8) * 8;
   const cover = Buffer.allocUnsafe(Math.ceil((from + length - start) / 8) * 8);
-  writeFill(cover, start);
+  writeFill(cover, start, legacy);
   return cover.subarray(from - start, from - start + length);
 }
 
-/** Whether `buf` (the bytes at file offset `from`) is exactly the fill of that range. */
+/** Whether `buf` (the bytes at file offset `from`) is exactly the fill of that range (either kind). */
 export function isFillRange(buf: Buffer, from: number): boolean {
-  return fillOf(from, buf.length).equals(buf);
+  return fillOf(from, buf.length).equals(buf) || fillOf(from, buf.length, true).equals(buf);
 }
 
 /**

@@ -23,6 +23,25 @@ import { collect, commit, dataBytes, fakeClock, hexOf, oidOf } from './storageHa
 
 afterAll(cleanupTempDirs);
 
+/**
+ * Where Python ZODB's FileStorage (read_index, ZODB 5) stops reading a file's
+ * transactions: at a header shorter than 23 bytes, or one whose length runs
+ * past the file or whose status is 'c' (having taken that header's tid for
+ * the file's last). It decodes the status byte as ASCII before those checks,
+ * and fails on a byte over 0x7f: thrown here.
+ */
+function zodbReadIndexEnd(file: Buffer): number {
+  let pos = 4;
+  for (;;) {
+    if (pos + 23 > file.length) return pos;
+    const length = Number(file.readBigUInt64BE(pos + 8));
+    const status = file[pos + 16]!;
+    if (status > 0x7f) throw new Error(`ZODB cannot decode the status byte at ${pos + 16} (0x${status.toString(16)})`);
+    if (pos + length + 8 > file.length || status === 0x63) return pos;
+    pos += length + 8;
+  }
+}
+
 describe('the fill', () => {
   it('is a function of the file offset, the same whichever buffer holds it', () => {
     const a = Buffer.alloc(64);
@@ -47,11 +66,40 @@ describe('the fill', () => {
     writeFill(perWord, far);
     expect(perWord).toEqual(stepped);
     for (let w = 0; w < 8; w++) expect(isFillWord(stepped, 8 * w, far + 8 * w)).toBe(true);
+    // Across the spread index's 28-bit boundary too.
+    const mid = 8 * (2 ** 28 - 4);
+    const midStepped = Buffer.alloc(64);
+    writeFill(midStepped, mid);
+    for (let w = 0; w < 8; w++) expect(isFillWord(midStepped, 8 * w, mid + 8 * w)).toBe(true);
     const wrap = Buffer.alloc(16 * 8);
     writeFill(wrap, 8 * 504); // table slots 504 … 511, then 0 … 7
     for (let w = 0; w < 16; w++) expect(isFillWord(wrap, 8 * w, 8 * (504 + w))).toBe(true);
     expect(() => writeFill(Buffer.alloc(12), 0)).toThrow(RangeError);
     expect(() => writeFill(Buffer.alloc(8), 3)).toThrow(RangeError);
+  });
+
+  it('sets the high bit of every byte, and is still unique per word in a sample of far offsets', () => {
+    const seen = new Set<string>();
+    for (const base of [0, 8 * 2 ** 28, 8 * 2 ** 32, 8 * (2 ** 53 - 8 * 1024)]) {
+      const buf = Buffer.alloc(64 * 1024);
+      writeFill(buf, base);
+      for (const byte of buf) expect(byte).toBeGreaterThanOrEqual(0x80);
+      for (let off = 0; off < buf.length; off += 8) seen.add(buf.toString('hex', off, off + 8));
+    }
+    expect(seen.size).toBe(4 * 8 * 1024);
+  });
+
+  it('still recognises the fill of files written before its bytes had their high bit set', () => {
+    const legacy = Buffer.alloc(128);
+    writeFill(legacy, 8192, true);
+    const current = Buffer.alloc(128);
+    writeFill(current, 8192);
+    expect(legacy.equals(current)).toBe(false);
+    expect(legacy.some((byte) => byte < 0x80)).toBe(true);
+    for (let w = 0; w < 16; w++) expect(isFillWord(legacy, 8 * w, 8192 + 8 * w)).toBe(true);
+    expect(isFillWord(legacy, 0, 8200)).toBe(false);
+    expect(isFillRange(legacy.subarray(3, 13), 8192 + 3)).toBe(true);
+    expect(fillOf(8195, 10, true)).toEqual(legacy.subarray(3, 13));
   });
 
   it('is found word by word: the first word inside a range, the run at the end of a file, a whole range', async () => {
@@ -112,6 +160,46 @@ describe('FileStorage with fill ahead of its end', () => {
     await fs.close();
     expect(statSync(path).size).toBe(fs.getSize());
     expect(await sizeWithoutFill(path)).toBe(fs.getSize());
+  });
+
+  it('is refused by Python ZODB, never read for a tid: its read_index fails on the status byte wherever the data ends', async () => {
+    const dir = await tempDir('zrs-fill-');
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, preallocate: 64 * 1024, now: fakeClock() });
+    for (let i = 1; i <= 30; i++) {
+      await commit(fs, [[oidOf(i), Z64, Buffer.alloc(100 + 37 * i, i)]]);
+      const image = readFileSync(path); // what a crash now leaves
+      expect(image.length).toBeGreaterThan(fs.getSize());
+      expect(() => zodbReadIndexEnd(image)).toThrow(`status byte at ${fs.getSize() + 16}`);
+      // Cut at the data's end, as the next open does, ZODB reads every transaction.
+      expect(zodbReadIndexEnd(image.subarray(0, fs.getSize()))).toBe(fs.getSize());
+    }
+    // Whatever the data's last byte, the status byte read after it is not ASCII.
+    const image = readFileSync(path);
+    for (let pos = fs.getSize(); pos + 23 <= image.length; pos++) expect(image[pos + 16]).toBeGreaterThanOrEqual(0x80);
+    await fs.close();
+  });
+
+  it('cuts fill of the earlier kind that a crash left past the data, keeping no side file for it', async () => {
+    const dir = await tempDir('zrs-fill-');
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, preallocate: 0, now: fakeClock() });
+    const tids = [await commit(fs, [[oidOf(1), Z64, Buffer.alloc(300, 1)]]), await commit(fs, [[oidOf(2), Z64, Buffer.alloc(301, 2)]])];
+    await fs.close();
+    const end = statSync(path).size;
+    // The fill starts at the first whole word past the data; the bytes before it are that word's fill.
+    const start = Math.floor(end / 8) * 8;
+    const fill = Buffer.alloc(16 * 1024);
+    writeFill(fill, start, true);
+    const handle = await open(path, 'r+');
+    await handle.write(fill.subarray(end - start), 0, fill.length - (end - start), end);
+    await handle.close();
+    const reopened = await FileStorage.open(path, { now: fakeClock() });
+    expect(reopened.tailCutOnOpen).toBeNull();
+    expect((await collect(reopened.iterator())).map((t) => hexOf(t.tid))).toEqual(tids.map(hexOf));
+    await reopened.close();
+    expect(statSync(path).size).toBe(end);
+    expect(existsSync(`${path}.tr0`)).toBe(false);
   });
 
   it('writes every transaction over fill, never over a hole, which a torn sync would leave reading as zeros', async () => {
