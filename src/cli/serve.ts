@@ -234,12 +234,7 @@ async function startSecondary(s: SecondaryConfig, log: Logger): Promise<Running>
     promoted = primary;
     log('warn', 'promoted to primary', { generation: primary.generation.generation, startTid: primary.generation.startTid.toString('hex'), replicateTo: formatAddress(primary.address) });
   });
-  let previous = '';
   const sub = secondary.status$.subscribe((st) => {
-    // The machine reports every context change; log each status once.
-    const key = JSON.stringify(st);
-    if (key === previous) return;
-    previous = key;
     if (st.kind === 'connecting' || st.kind === 'connected') log('info', st.kind, { address: st.address });
     else if (st.kind === 'disconnected') log('warn', 'disconnected', { address: st.address, reason: st.reason });
     else if (st.kind === 'backoff') log('info', 'waiting to reconnect', { retryInMs: st.retryInMs });

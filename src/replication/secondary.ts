@@ -203,7 +203,9 @@ type ConnectionActor = ActorRefFrom<typeof secondaryConnectionMachine>;
 export class Secondary {
   private readonly actor: ConnectionActor;
   private readonly statusSubject = new Subject<SecondaryStatus>();
-  /** Non-fatal status changes (connecting, connected, disconnected, backoff, diverged …). */
+  /** The last status published, as text: a status is published when it differs. */
+  private lastStatus = '';
+  /** Non-fatal status changes (connecting, connected, disconnected, backoff, diverged …), each once. */
   readonly status$: Observable<SecondaryStatus> = this.statusSubject.asObservable();
   private readonly promotedSubject = new Subject<Primary>();
   /**
@@ -683,7 +685,12 @@ export class Secondary {
                 : top === 'closed'
                   ? { kind: 'closed' }
                   : null;
-    if (status) this.statusSubject.next(status);
+    if (!status) return;
+    // The machine moves between inner states (keep-alive, a transaction applied) without a change here.
+    const text = JSON.stringify(status);
+    if (text === this.lastStatus) return;
+    this.lastStatus = text;
+    this.statusSubject.next(status);
   }
 
   private noteUpstreamTid(tid: Buffer): void {
