@@ -274,6 +274,8 @@ function rememberSent(sent: Array<{ tid: bigint; atMs: number }>, tid: Buffer, a
 export function syncCommitStorage(storage: FileStorage, tracker: AckTracker, replicas: number, timeoutMs: number): FileStorage {
   const tpcFinish = async (txn: TransactionMeta): Promise<Buffer> => {
     const tid = await storage.tpcFinish(txn);
+    // A transaction that stored nothing wrote nothing (as in ZODB): there is nothing to replicate.
+    if (Buffer.compare(storage.lastTransaction(), tid) < 0) return tid;
     await tracker.waitForReplication(tid, { replicas, timeoutMs });
     return tid;
   };

@@ -105,8 +105,12 @@ interface PendingTxn {
   /** Committed transactions restore() pointed into (by position): their records read once, not once per record restored. */
   dataTxns: Map<number, Map<OidKey, LastRecord>> | null;
   blobs: PendingBlob[];
-  /** tpcVote wrote the transaction's bytes: nothing more may be stored, and an abort cuts them. */
+  /** tpcVote wrote the transaction's bytes (or found none to write): nothing more may be stored, and an abort cuts them. */
   written: boolean;
+  /** A new transaction (its tid chosen here) that stored nothing: like ZODB, its vote and finish write nothing. */
+  empty: boolean;
+  /** Its tid was given (a restore or replication): written even when it holds no record, as the file it mirrors holds it. */
+  tidGiven: boolean;
   /** The vote finished (its blobs are placed): tpcFinish may follow. */
   voted: boolean;
   /** A vote placing its blobs, until it settles. */
@@ -314,8 +318,8 @@ export class FileStorage {
     private readonly now: () => number,
     readonly magic: string,
     readonly blobs: BlobDirectory | null,
-    /** Tid of a cut unfinished transaction: new tids stay above it. */
-    private readonly tidFloor: Buffer | null,
+    /** New tids stay above it: the tid of a cut unfinished transaction, or the last one given to a transaction that wrote nothing. */
+    private tidFloor: Buffer | null,
     /** The data file's writes, truncation and datasync (node:fs unless injected). @internal */
     readonly disk: StorageDisk,
     /** See OpenOptions.syncInline. */
@@ -571,6 +575,8 @@ export class FileStorage {
         dataTxns: null,
         blobs: [],
         written: false,
+        empty: false,
+        tidGiven: options.tid !== undefined,
         doomed: null,
         staging: 0,
         voted: false,
@@ -826,7 +832,9 @@ export class FileStorage {
     if (cur.written) throw new StorageTransactionError('tpcVote: transaction already voted');
     if (cur.doomed) throw cur.doomed;
     if (cur.staging > 0) throw new StorageTransactionError('tpcVote: a blob of this transaction is still being moved or copied in (wait for storeBlob(), restoreBlob() or undo() first)');
-    this.writeAtEnd(this.assemble(cur), cur.tpos);
+    // ZODB's FileStorage writes no transaction that stored nothing: its file, and a zc.zrs secondary's, never holds one.
+    cur.empty = !cur.tidGiven && cur.tindex.size === 0;
+    if (!cur.empty) this.writeAtEnd(this.assemble(cur), cur.tpos);
     cur.written = true;
     if (cur.blobs.length) {
       cur.voting = this.placeBlobs(cur);
@@ -905,6 +913,14 @@ export class FileStorage {
   async tpcFinish(txn: TransactionMeta): Promise<Buffer> {
     const cur = this.pending(txn, 'tpcFinish');
     if (!cur.voted) throw new StorageTransactionError(cur.voting ? 'tpcFinish: the vote has not finished' : 'tpcFinish: transaction not voted');
+    if (cur.empty) {
+      // Nothing to mark or publish; the last tid stays, and later tids pass this one (as ZODB's do).
+      this.tidFloor = cur.tid;
+      this.current = null;
+      cur.release();
+      await this.makeDurable(this.end);
+      return cur.tid;
+    }
     const status = statusByte(cur.status);
     try {
       this.disk.write(this.fd, status, cur.tpos + 16);
@@ -986,7 +1002,7 @@ export class FileStorage {
     // A failed cut leaves the bytes past the end (the next commit writes over them, a reopen cuts
     // them): the transaction still ends, its blobs are removed, and the failure is reported.
     try {
-      if (cur.written) this.cutFile(cur.tpos);
+      if (cur.written && !cur.empty) this.cutFile(cur.tpos);
     } finally {
       await this.endUncommitted(cur);
     }

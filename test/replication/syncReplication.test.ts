@@ -131,6 +131,32 @@ describe('syncReplicas', () => {
   });
 });
 
+describe('syncReplicas and a transaction that stores nothing', () => {
+  it('resolves its tpcFinish at once: it wrote nothing, so there is nothing to acknowledge', async () => {
+    const dir = await tempDir();
+    const { clock, timers } = observedClock();
+    const armed: number[] = [];
+    const watch = timers.subscribe((ms) => armed.push(ms));
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, syncReplicas: 1, syncTimeoutMs: 7_777, clock });
+    try {
+      const txn = { description: 'nothing stored' };
+      await primary.storage.tpcBegin(txn);
+      await primary.storage.tpcVote(txn);
+      // No secondary will ever acknowledge: a wait would last the whole (virtual, never advanced) timeout.
+      const tid = await Promise.race([
+        primary.storage.tpcFinish(txn),
+        new Promise<never>((_, reject) => setTimeout(() => reject(new Error('tpcFinish waited for acknowledgements')), WAIT_MS)),
+      ]);
+      expect(tid.equals(Z64)).toBe(false);
+      expect(primary.localStorage.lastTransaction().equals(Z64)).toBe(true);
+      expect(armed).not.toContain(7_777);
+    } finally {
+      watch.unsubscribe();
+      await primary.close();
+    }
+  });
+});
+
 describe('waitForReplication', () => {
   it('waits for two native secondaries, and times out wanting three', async () => {
     const dir = await tempDir();

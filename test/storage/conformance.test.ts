@@ -311,7 +311,7 @@ describe('FileStorage read-only mode and locking', () => {
       await fs.close();
     }
     again = await FileStorage.open(path);
-    await commit(again, []);
+    await commit(again, [[again.newOid(), Z64, Buffer.from('x')]]);
     await again.close();
     const third = await FileStorage.open(path);
     expect(third.transactionCount).toBe(4);

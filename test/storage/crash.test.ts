@@ -25,6 +25,8 @@ interface TxnSpec {
 
 const txnArb: fc.Arbitrary<TxnSpec> = fc.record({
   writes: fc.uniqueArray(fc.record({ oid: fc.integer({ min: 1, max: 5 }), data: fc.uint8Array({ minLength: 1, maxLength: 24 }) }), {
+    // At least one: a transaction that stores nothing writes nothing (as in ZODB).
+    minLength: 1,
     maxLength: 3,
     selector: (w) => w.oid,
   }),

@@ -334,14 +334,43 @@ export function defineConformanceSuite(name: string, makeStorage: StorageFactory
         expect(await s.load(oid)).toEqual({ data: data('new'), tid });
       }));
 
-    it('commits several empty transactions in a row (the commit lock is released)', () =>
+    it('writes nothing for transactions that store nothing, as ZODB does, and still gives each a later tid (the commit lock is released)', () =>
       withStorage(async (s) => {
+        const first = await commit(s, [[s.newOid(), Z64, data('one')]]);
+        const size = s.getSize();
+        const published: string[] = [];
+        const sub = s.commits$.subscribe((c) => published.push(c.tid.toString('hex')));
         const tids = [await commit(s, []), await commit(s, []), await commit(s, [])];
-        expectStrictlyIncreasing(tids);
-        expect(s.lastTransaction()).toEqual(tids[2]);
-        expect(s.objectCount).toBe(0);
+        const next = await commit(s, [[s.newOid(), Z64, data('two')]]);
+        sub.unsubscribe();
+        expectStrictlyIncreasing([first, ...tids, next]);
+        expect(published).toEqual([next.toString('hex')]);
+        expect(s.getSize()).toBeGreaterThan(size);
         const got = await collect(s.iterator());
-        expect(got.map((t) => [hexOf(t.tid), t.records.length])).toEqual(tids.map((t) => [hexOf(t), 0]));
+        expect(got.map((t) => [hexOf(t.tid), t.records.length])).toEqual([
+          [hexOf(first), 1],
+          [hexOf(next), 1],
+        ]);
+      }));
+
+    it('leaves the last tid and the file as they were after a transaction that stores nothing', () =>
+      withStorage(async (s) => {
+        expect(await commit(s, [])).not.toEqual(Z64);
+        expect(s.lastTransaction()).toEqual(Z64);
+        const oid = s.newOid();
+        const first = await commit(s, [[oid, Z64, data('one')]]);
+        const size = s.getSize();
+        const empty = await commit(s, []);
+        expect(Buffer.compare(empty, first)).toBeGreaterThan(0);
+        expect(s.lastTransaction()).toEqual(first);
+        expect(s.getSize()).toBe(size);
+        // Aborted after its vote, it cuts nothing either.
+        const txn = { description: 'aborted' };
+        await s.tpcBegin(txn);
+        await s.tpcVote(txn);
+        await s.tpcAbort(txn);
+        expect(s.getSize()).toBe(size);
+        expect(await s.load(oid)).toEqual({ data: data('one'), tid: first });
       }));
 
     it('counts objects, not revisions; getSize grows with every commit and equals its end', () =>
@@ -355,7 +384,6 @@ export function defineConformanceSuite(name: string, makeStorage: StorageFactory
           [[[a, data('a1')]], 1],
           [[[a, data('a2')]], 1],
           [[[b, data('b1')], [c, data('c1')]], 3],
-          [[], 3],
           [[[c, data('c2')], [a, data('a3')]], 3],
         ];
         for (const [writes, count] of steps) {
@@ -458,7 +486,7 @@ export function defineConformanceSuite(name: string, makeStorage: StorageFactory
           [hexOf(far), ' '],
         ]);
         // Clock-chosen tids continue above an explicit one.
-        const t4 = await commit(s, []);
+        const t4 = await commit(s, [[s.newOid(), Z64, data('t4')]]);
         expect(t4).toEqual(tidPlusOne(far));
       }));
   });
@@ -472,7 +500,7 @@ export function defineConformanceSuite(name: string, makeStorage: StorageFactory
       await m.commit(s, [[oid, data('r2')], [other, data('o2')]], { user: 'bob', description: 'second' });
       await m.commit(s, [[other, data('o3')]]);
       await m.commit(s, [[oid, data('r3-longer')]], { user: 'Jürgen Müller', description: 'dritte' });
-      await m.commit(s, []);
+      await m.commit(s, [[other, data('o4')]]);
       await m.commit(s, [[oid, data('r4')]], { description: 'fourth' });
       // Consecutive tids (ZODB's testLoadBeforeConsecutiveTids).
       const last = m.txns.at(-1)!.tid;
@@ -697,7 +725,6 @@ export function defineConformanceSuite(name: string, makeStorage: StorageFactory
           expected.push({ tid, status: status ?? ' ', oids: writes.map((w) => w[0]) });
         };
         await run([[b, Z64, data('b')], [a, Z64, data('a')]]);
-        await run([]);
         await run([[a, expected[0]!.tid, data('a2')]], 'p');
         await run([], undefined, 'store');
         await run([[b, expected[0]!.tid, data('b2')]], undefined, 'vote');
@@ -717,7 +744,7 @@ export function defineConformanceSuite(name: string, makeStorage: StorageFactory
       try {
         let completed = false;
         storage.commits$.subscribe({ complete: () => (completed = true) });
-        await commit(storage, []);
+        await commit(storage, [[storage.newOid(), Z64, data('x')]]);
         expect(completed).toBe(false);
         await storage.close();
         expect(completed).toBe(true);
@@ -733,7 +760,7 @@ export function defineConformanceSuite(name: string, makeStorage: StorageFactory
       const m = new Model();
       for (let i = 0; i < 12; i++) {
         const writes: Array<[Buffer, Buffer]> = [];
-        for (let j = 0; j < i % 4; j++) writes.push([oidOf(1 + ((i * 3 + j) % 5)), data(`t${i}r${j}`.repeat(1 + j))]);
+        for (let j = 0; j <= i % 4; j++) writes.push([oidOf(1 + ((i * 3 + j) % 5)), data(`t${i}r${j}`.repeat(1 + j))]);
         await m.commit(s, writes, { user: `u${i}`, description: i % 2 ? `d${i}` : '' });
       }
       return m;
@@ -820,7 +847,7 @@ export function defineConformanceSuite(name: string, makeStorage: StorageFactory
         const ctl2 = new AbortController();
         const late = follow(s, m.txns[5]!.tid, ctl2.signal);
         await late.waitFor(2);
-        await m.commit(s, []);
+        await m.commit(s, [[oidOf(2), data('late')]]);
         await late.waitFor(3);
         ctl2.abort();
         await late.done;
@@ -831,7 +858,7 @@ export function defineConformanceSuite(name: string, makeStorage: StorageFactory
       const { storage, cleanup } = await makeStorage({ now: fakeClock() });
       try {
         const f = follow(storage, null);
-        await commit(storage, []);
+        await commit(storage, [[storage.newOid(), Z64, data('x')]]);
         await f.waitFor(1);
         await storage.close();
         await f.done;
