@@ -50,7 +50,7 @@ export class StorageTransactionError extends ZrsError {
 /** The data file is not a FileStorage, or a structure inside it is damaged. */
 export class CorruptedDataError extends ZrsError {
   override name = 'CorruptedDataError';
-  constructor(readonly path: string, readonly position: number, detail: string, options?: { cause?: unknown }) {
+  constructor(readonly path: string, readonly position: number, readonly detail: string, options?: { cause?: unknown }) {
     super(`${path}: corrupted data at position ${position}: ${detail}`, options);
   }
 }

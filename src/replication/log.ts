@@ -2,6 +2,7 @@
 // can ship them; tests pass a collector instead.
 
 import type { Clock, TimerHandle } from '../ports/clock.js';
+import type { TailCut } from '../storage/FileStorage.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
@@ -19,15 +20,15 @@ export function jsonLogger(node: string, write: (line: string) => void = (l) => 
 /** A logger that drops everything (the library default when none is given). */
 export const silentLogger: Logger = () => undefined;
 
-/** Warn that opening a storage cut an unfinished transaction off its end (a crash mid-commit), naming where its bytes are kept. */
-export function logTailCut(log: Logger, storage: { path: string; tailCutOnOpen: { position: number; bytes: number; keptIn: string } | null }): void {
+/** Warn that opening a storage cut its last transaction off (unfinished or damaged), naming why and where its bytes are kept. */
+export function logTailCut(log: Logger, storage: { path: string; tailCutOnOpen: TailCut | null }): void {
   const cut = storage.tailCutOnOpen;
   if (cut === null) return;
-  log('warn', `${storage.path}: an unfinished transaction of ${cut.bytes} bytes at the end (a crash in the middle of a commit) was cut off and kept in ${cut.keptIn}`, {
-    position: cut.position,
-    bytes: cut.bytes,
-    keptIn: cut.keptIn,
-  });
+  log(
+    'warn',
+    `${storage.path}: the last transaction (${cut.bytes} bytes at the end) was cut off and kept in ${cut.keptIn}: ${cut.reason}; a crash during its commit leaves it so, and so would damage to it`,
+    { position: cut.position, bytes: cut.bytes, keptIn: cut.keptIn, reason: cut.reason },
+  );
 }
 
 /** At most one line this often about events that come in a flood (see FloodWarning). */

@@ -242,6 +242,8 @@ export interface TailCut {
   bytes: number;
   /** The `<file>.trN` file holding its bytes, as ZODB keeps them. */
   keptIn: string;
+  /** What was wrong with it: still marked in progress, cut short, not wholly written, or damaged. */
+  reason: string;
 }
 
 function noSuchFile(path: string, readOnly: boolean): ZrsError {
@@ -293,8 +295,9 @@ export class FileStorage {
   private fillAhead: FillAhead;
 
   /**
-   * The unfinished transaction this open cut from the end of the file (a
-   * crash in the middle of a commit), kept in `keptIn`; null when there was none.
+   * The last transaction this open cut from the end of the file (unfinished
+   * or damaged, with nothing intact after it: what a crash during its commit
+   * leaves), kept in `keptIn`; null when there was none.
    */
   tailCutOnOpen: TailCut | null = null;
 
@@ -465,7 +468,10 @@ export class FileStorage {
     // (or blob file name) that may have been seen is ever reused.
     const tailTid = result.tail ? tailTidFloor(fd, result.tail.pos, dataEnd, result.lastTid, hadFill, now()) : null;
     // An unfinished tail, or fill alone past the last transaction (kept in no side file).
-    const tailCut = (result.tail || hadFill) && !readOnly ? await FileStorage.cutTail(path, fd, result.end, Math.max(fillStart, result.end), hadFill) : null;
+    const tailCut =
+      (result.tail || hadFill) && !readOnly
+        ? await FileStorage.cutTail(path, fd, result.end, Math.max(fillStart, result.end), hadFill, result.tail?.reason ?? 'bytes after the last transaction')
+        : null;
     return { state: result, end: result.end, tailTid, tailCut, tail: result.tail };
   }
 
@@ -475,7 +481,7 @@ export class FileStorage {
    * up to 7 bytes of it (fill written after a transaction that ends inside a
    * word), and nothing is kept when the tail is only fill.
    */
-  private static async cutTail(path: string, fd: number, pos: number, keepEnd: number, hadFill: boolean): Promise<TailCut | null> {
+  private static async cutTail(path: string, fd: number, pos: number, keepEnd: number, hadFill: boolean, reason: string): Promise<TailCut | null> {
     // Read a piece at a time: a tail may be longer than a buffer can be (a crash while a huge transaction was written).
     const pieces = function* (): Generator<Buffer> {
       for (let at = pos; at < keepEnd; at += TAIL_PIECE_BYTES) yield preadSync(fd, at, Math.min(TAIL_PIECE_BYTES, keepEnd - at));
@@ -493,7 +499,7 @@ export class FileStorage {
     if (!onlyFill) {
       let n = 0;
       while (await access(`${path}.tr${n}`).then(() => true, () => false)) n++;
-      cut = { position: pos, bytes: keepEnd - pos, keptIn: `${path}.tr${n}` };
+      cut = { position: pos, bytes: keepEnd - pos, keptIn: `${path}.tr${n}`, reason };
       await writeFileSynced(cut.keptIn, pieces(), 'wx');
       // The side file's name is durable before the bytes it keeps are cut from the data file.
       await syncDirectory(dirname(path));

@@ -179,7 +179,7 @@ export async function scanFile(
       damage = new CorruptedDataError(path, pos, `${verdict.reason}, yet intact transactions follow`);
     } catch (err) {
       if (!(err instanceof CorruptedDataError)) throw err;
-      verdict = { kind: 'tail', reason: err.message, unfinished: false };
+      verdict = { kind: 'tail', reason: `${err.detail} (at position ${err.position})`, unfinished: false };
       damage = err;
     }
     // Damage that reaches the end of the file is an unfinished write (no

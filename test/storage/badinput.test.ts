@@ -150,9 +150,31 @@ describe('damage in the middle of a file (intact transactions after it)', () => 
     await writeFile(path, bytes);
     const fs = await FileStorage.open(path);
     try {
-      expect(fs.tailCutOnOpen).toEqual({ position: victim.pos, bytes: original.length - victim.pos, keptIn: `${path}.tr0` });
+      expect(fs.tailCutOnOpen).toEqual({ position: victim.pos, bytes: original.length - victim.pos, keptIn: `${path}.tr0`, reason: "transaction still marked in progress ('c')" });
       expect(fs.transactionCount).toBe(txns.indexOf(victim));
       expect(readFileSync(`${path}.tr0`).equals(bytes.subarray(victim.pos))).toBe(true);
+    } finally {
+      await fs.close();
+      await rm(`${path}.tr0`);
+      await rm(indexPathFor(path), { force: true });
+      await writeFile(path, original);
+    }
+  });
+
+  it('damage to the last transaction, with nothing after it, is cut as a crash during its commit leaves it, and the cut says why', async () => {
+    // Its final status and its other sectors go to disk in one sync: a crash can keep the status and lose the trailer's sector.
+    const last = txns.at(-1)!;
+    const bytes = damaged((b) => b.writeUInt32BE(last.length + 1, last.pos + last.length + 4));
+    await writeFile(path, bytes);
+    const fs = await FileStorage.open(path);
+    try {
+      expect(fs.tailCutOnOpen).toEqual({
+        position: last.pos,
+        bytes: original.length - last.pos,
+        keptIn: `${path}.tr0`,
+        reason: `redundant length ${last.length + 1} does not match transaction length ${last.length} (at position ${last.pos + last.length})`,
+      });
+      expect(fs.transactionCount).toBe(txns.length - 1);
     } finally {
       await fs.close();
       await rm(`${path}.tr0`);
