@@ -68,6 +68,34 @@ export function checkOptions(flags: ReadonlyMap<string, string | true>): CheckOp
   return options;
 }
 
+/**
+ * Python's `'%.Nf' % x` of a finite number: its exact binary value rounded
+ * to `digits` decimals, an exact half to even. Number.toFixed rounds an
+ * exact half up, and lags that are exact halves at the fourth decimal do
+ * occur (a tid's time is a multiple of 2^-22 s).
+ */
+export function pyFixed(x: number, digits: number): string {
+  const view = new DataView(new ArrayBuffer(8));
+  view.setFloat64(0, Math.abs(x));
+  const bits = view.getBigUint64(0);
+  const biased = Number(bits >> 52n);
+  // |x| = mantissa * 2^exponent, exactly.
+  const mantissa = biased === 0 ? bits & 0xf_ffff_ffff_ffffn : (bits & 0xf_ffff_ffff_ffffn) | (1n << 52n);
+  const exponent = (biased === 0 ? 1 : biased) - 1075;
+  const scaled = mantissa * 10n ** BigInt(digits);
+  let units: bigint;
+  if (exponent >= 0) units = scaled << BigInt(exponent);
+  else {
+    const divisor = 1n << BigInt(-exponent);
+    units = scaled / divisor;
+    const twiceRest = (scaled % divisor) * 2n;
+    if (twiceRest > divisor || (twiceRest === divisor && (units & 1n) === 1n)) units += 1n;
+  }
+  const text = units.toString().padStart(digits + 1, '0');
+  const sign = x < 0 || Object.is(x, -0) ? '-' : '';
+  return digits === 0 ? `${sign}${text}` : `${sign}${text.slice(0, -digits)}.${text.slice(-digits)}`;
+}
+
 /** Python's repr() of a float (zrs-nagios prints the negative lag with `%s`). */
 export function pyFloatRepr(x: number): string {
   if (Number.isNaN(x)) return 'nan';
@@ -98,7 +126,7 @@ export function lagVerdict(primarySeconds: number, secondarySeconds: number, opt
     text = `Primary behind secondary by ${pyFloatRepr(delta)} seconds`;
     level = CRITICAL;
   } else if (delta > 0) {
-    text = `Secondary behind primary by ${delta.toFixed(4)} seconds`;
+    text = `Secondary behind primary by ${pyFixed(delta, 4)} seconds`;
     if (options.error && delta > options.error) {
       text += ` > ${options.error}`;
       level = CRITICAL;
@@ -107,7 +135,7 @@ export function lagVerdict(primarySeconds: number, secondarySeconds: number, opt
       level = WARNING;
     }
   } else text = 'Secondary up to date.';
-  if (options.outputMetrics) text += `|'lag'=${delta.toFixed(4)}seconds`;
+  if (options.outputMetrics) text += `|'lag'=${pyFixed(delta, 4)}seconds`;
   return { text, level };
 }
 

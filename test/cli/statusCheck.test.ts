@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseArgs } from '../../src/cli/args.js';
-import { checkSpec, lagVerdict, pyFloatRepr, pythonErrorText } from '../../src/cli/check.js';
+import { checkSpec, lagVerdict, pyFixed, pyFloatRepr, pythonErrorText } from '../../src/cli/check.js';
 import { runCli } from '../../src/cli/cli.js';
 import { formatAddress } from '../../src/replication/address.js';
 import { formatStatus } from '../../src/cli/status.js';
@@ -258,6 +258,31 @@ describe('check pieces', () => {
       [-0.001, '-0.001'],
     ];
     for (const [x, repr] of cases) expect(pyFloatRepr(x)).toBe(repr);
+  });
+
+  it("pyFixed matches Python's '%.4f': an exact half rounds to even (Number.toFixed rounds it up)", () => {
+    // Computed with CPython's '%.4f' % x.
+    const cases: [number, string][] = [
+      [0.03125, '0.0312'],
+      [0.15625, '0.1562'],
+      [1.03125, '1.0312'],
+      [123456.78125, '123456.7812'],
+      [-0.03125, '-0.0312'],
+      [2.5e-5, '0.0000'],
+      [7.5e-5, '0.0001'],
+      [0.00015, '0.0001'],
+      [5e-5, '0.0001'],
+      [4.9999e-5, '0.0000'],
+      [12.34565, '12.3456'],
+      [0.99995, '1.0000'],
+      [1e-7, '0.0000'],
+      [-1e-7, '-0.0000'],
+      [3, '3.0000'],
+    ];
+    for (const [x, want] of cases) expect(pyFixed(x, 4)).toBe(want);
+    // Exact for large values too: 1e300 is 2^996 times an odd mantissa, whose exact digits toFixed cannot give.
+    expect(pyFixed(1e300, 4)).toBe(`${BigInt(1e300).toString()}.0000`);
+    expect(lagVerdict(100.03125, 100, { warning: 0, error: 0, outputMetrics: true }).text).toBe("Secondary behind primary by 0.0312 seconds|'lag'=0.0312seconds");
   });
 
   it('lagVerdict: thresholds of 0 are off; error wins over warning', () => {
