@@ -164,23 +164,32 @@ function openChainFile(path: string): { file: ChainFile; entries: number; create
   const created = !existsSync(path);
   const fd = openSync(path, created ? 'w+' : 'r+');
   try {
-    return { ...chainFileOn(fd), created };
+    return { ...chainFileOn(fd, path), created };
   } catch (err) {
     closeSync(fd);
     throw err;
   }
 }
 
-/** The chain file open at `fd`, its torn tail dropped (see openChainFile). */
-function chainFileOn(fd: number): { file: ChainFile; entries: number } {
+/** The chain file open at `fd` (at `path`), its torn tail dropped (see openChainFile). */
+function chainFileOn(fd: number, path: string): { file: ChainFile; entries: number } {
   const size = fstatSync(fd).size;
   const head = Buffer.alloc(HEADER_BYTES);
-  const known = size >= HEADER_BYTES && readSync(fd, head, 0, HEADER_BYTES, 0) === HEADER_BYTES;
-  if (!known || !(head.equals(MAGIC) || head.equals(MAGIC_V1))) {
-    // Missing or foreign: start over (links are recomputed from the data file).
+  const whole = size >= HEADER_BYTES && readSync(fd, head, 0, HEADER_BYTES, 0) === HEADER_BYTES;
+  // New, or its creation cut short before its header reached the disk (it held no entry yet): start
+  // over, the links recomputed from the data file.
+  if (!whole || (size === HEADER_BYTES && head.equals(Buffer.alloc(HEADER_BYTES)))) {
     ftruncateSync(fd, 0);
     writeSync(fd, MAGIC, 0, HEADER_BYTES, 0);
     return { file: { fd, check: mixCheck }, entries: 0 };
+  }
+  if (!(head.equals(MAGIC) || head.equals(MAGIC_V1))) {
+    // Another format (a newer version's) or a damaged header: never rebuilt silently, since the links a
+    // primary gave for packed transactions cannot be computed again, and without them the node reads as diverged.
+    const what = head.subarray(0, 6).toString('latin1') === 'ZRSCHN' ? `a format this version does not read (${head.toString('latin1')}: a newer version's?)` : 'not a hash chain file (bad magic)';
+    throw new ZrsError(
+      `${path}: ${what}; move it away to rebuild the chain from the data file (links a primary gave for packed transactions are then lost, see docs/FAILOVER.md)`,
+    );
   }
   // An older file keeps its own check, so its entries (some maybe sent by a primary) stay valid.
   const file = { fd, check: head.equals(MAGIC) ? mixCheck : shaCheck };

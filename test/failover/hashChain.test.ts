@@ -137,6 +137,38 @@ describe('HashChain', () => {
     expect(readFileSync(chainPath).subarray(0, 8).toString('latin1')).toBe('ZRSCHN01');
   });
 
+  it('refuses a chain file of another format or with a damaged header instead of rebuilding it (a primary-given link would be lost); starts over on a header never written', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    let chain = await HashChain.open(fs);
+    const tids = await commitMany(fs, 3);
+    const links = await linksOf(chain, tids);
+    await chain.close();
+    const chainPath = chainPathFor(path);
+    const good = readFileSync(chainPath);
+
+    const newer = Buffer.from(good);
+    newer.write('ZRSCHN03', 0, 'latin1');
+    writeFileSync(chainPath, newer);
+    await expect(HashChain.open(fs)).rejects.toThrow(/a format this version does not read \(ZRSCHN03: a newer version's\?\); move it away/);
+    expect(readFileSync(chainPath).equals(newer)).toBe(true);
+
+    const damaged = Buffer.from(good);
+    damaged[2]! ^= 0x01;
+    writeFileSync(chainPath, damaged);
+    await expect(HashChain.open(fs)).rejects.toThrow(/not a hash chain file \(bad magic\)/);
+    expect(readFileSync(chainPath).equals(damaged)).toBe(true);
+
+    // A creation cut short before its header reached the disk: nothing in it to lose.
+    writeFileSync(chainPath, Buffer.alloc(8));
+    chain = await HashChain.open(fs);
+    expect(await linksOf(chain, tids)).toEqual(links);
+    await chain.close();
+    await fs.close();
+    expect(readFileSync(chainPath).subarray(0, 8).toString('latin1')).toBe('ZRSCHN02');
+  });
+
   it('names an entry damaged in the middle of the file, before its last write, on open and on an offline cut, instead of failing on a missing value', async () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs');
