@@ -466,8 +466,13 @@ export const primarySessionMachine = setup({
               assign({ protocolName: ({ event }) => event.name }),
               {
                 type: 'close',
-                params: ({ event }) => ({
-                  reason: { kind: 'refused', code: 'unsupported-version', reason: `unsupported protocol ${JSON.stringify(event.name)}` },
+                params: ({ context, event }) => ({
+                  reason: {
+                    kind: 'refused',
+                    code: 'unsupported-version',
+                    // The names it does speak: a zrs2.0 secondary learns a node that stores blobs speaks zrs2.1 only.
+                    reason: `unsupported protocol ${JSON.stringify(event.name)} (this node speaks ${context.supportedProtocols.map((p) => p.name).join(', ')})`,
+                  },
                 }),
               },
             ],

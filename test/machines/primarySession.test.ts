@@ -110,7 +110,7 @@ describe('primarySession: handshake', () => {
     expect(named(actions)).toEqual(['sendRefusal', 'closeStream']);
     expect(paramsOf(actions, 'sendRefusal')).toEqual({
       code: 'unsupported-version',
-      reason: 'unsupported protocol "zrs9.9"',
+      reason: `unsupported protocol "zrs9.9" (this node speaks ${native.name}, zrs2.1)`,
       protocol: null,
       protocolName: 'zrs9.9',
     });
