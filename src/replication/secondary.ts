@@ -200,6 +200,14 @@ function eventBytes(e: ApplyEvent): number {
 
 type ConnectionActor = ActorRefFrom<typeof secondaryConnectionMachine>;
 
+/** The upstream ended the connection cleanly, between frames, after answering the handshake. */
+class UpstreamClosedError extends ZrsError {
+  override name = 'UpstreamClosedError';
+  constructor() {
+    super('the upstream closed the connection');
+  }
+}
+
 export class Secondary {
   private readonly actor: ConnectionActor;
   private readonly statusSubject = new Subject<SecondaryStatus>();
@@ -522,7 +530,8 @@ export class Secondary {
       if (conn.dead) return;
       conn.dead = true;
       conn.watch?.stop();
-      if (error) this.log('warn', `replication from ${conn.stream.peer} stopped: ${error.message}`, { error: error.name });
+      // A clean close (a primary shutting down or restarting) is news, not a fault.
+      if (error) this.log(error instanceof UpstreamClosedError ? 'info' : 'warn', `replication from ${conn.stream.peer} stopped: ${error.message}`, { error: error.name });
       conn.applied.note(conn.lastDurableTid, true); // the machine leaves the connection knowing everything applied so far
       send({ type: 'DISCONNECTED', error });
     };
@@ -565,9 +574,10 @@ export class Secondary {
   }
 
   /** Why a connection the peer closed cleanly ended, when that is worth a warning. */
-  private closeReason(conn: Connection): Error | undefined {
+  private closeReason(conn: Connection): Error {
     if (conn.decoder.insideFrame) return new ZrsError('connection closed inside a frame');
-    if (conn.answered) return undefined;
+    // Logged as why replication stopped: without it a restarted primary left only "waiting to reconnect".
+    if (conn.answered) return new UpstreamClosedError();
     // A zc.zrs primary closes without a word on a protocol name it does not know ...
     if (this.spec.hasVerdict) {
       // Under TLS 1.3 a primary that rejects this secondary's certificate does so after the handshake, just as silently.

@@ -65,6 +65,8 @@ describe.each(cases)('closing a primary (%s secondaries, mid-write %s)', (protoc
       expect(closes.map((e) => e.fields?.reason)).toEqual(['drained', 'drained']);
       // Nothing was sent twice or cut: no secondary saw a protocol error.
       for (const l of secondaryLogs) expect(l.entries.filter((e) => e.level !== 'info')).toEqual([]);
+      // Each says why it stopped replicating (a restarted primary otherwise left only "waiting to reconnect").
+      for (const l of secondaryLogs) await l.waitFor((e) => e.level === 'info' && /^replication from .* stopped: the upstream closed the connection$/.test(e.message));
     } finally {
       for (const s of secondaries) await s.close();
     }
