@@ -343,7 +343,7 @@ export async function verify(path: string, io: CliIo, progress: boolean): Promis
   }
   const last = r.lastTid ? `, last ${r.lastTid.toString('hex')} (${tidToString(r.lastTid)})` : '';
   await io.out(
-    `${path}: OK: ${r.magic}, ${r.transactions} transactions, ${r.records} data records (${r.backpointers} backpointers), ${r.objects} objects, ${r.bytes} bytes${last}${tailNote(r)}\n`,
+    `${path}: OK: ${r.magic === 'FS21' ? "FS21 (Python 2's format: ZODB on Python 3 refuses to open it)" : r.magic}, ${r.transactions} transactions, ${r.records} data records (${r.backpointers} backpointers), ${r.objects} objects, ${r.bytes} bytes${last}${tailNote(r)}\n`,
   );
   return EXIT_OK;
 }

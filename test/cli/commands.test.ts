@@ -211,7 +211,9 @@ describe('zrs verify', () => {
     const r = await run('verify', path);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
-    expect(r.stdout).toContain(`${path}: OK: ${m.magic}, ${m.transaction_count} transactions, ${m.record_count} data records`);
+    // A Python 2 file passes, and the line says ZODB on Python 3 would not open it.
+    const format = m.magic === 'FS21' ? "FS21 (Python 2's format: ZODB on Python 3 refuses to open it)" : m.magic;
+    expect(r.stdout).toContain(`${path}: OK: ${format}, ${m.transaction_count} transactions, ${m.record_count} data records`);
     expect(r.stdout).toContain(`${m.file_size} bytes, last ${m.storage.lastTransaction}`);
   });
 
