@@ -107,8 +107,6 @@ interface PendingTxn {
   blobs: PendingBlob[];
   /** tpcVote wrote the transaction's bytes (or found none to write): nothing more may be stored, and an abort cuts them. */
   written: boolean;
-  /** A new transaction (its tid chosen here) that stored nothing: like ZODB, its vote and finish write nothing. */
-  empty: boolean;
   /** Its tid was given (a restore or replication): written even when it holds no record, as the file it mirrors holds it. */
   tidGiven: boolean;
   /** The vote finished (its blobs are placed): tpcFinish may follow. */
@@ -120,6 +118,14 @@ interface PendingTxn {
   /** storeBlob, restoreBlob and undo calls still moving or copying their blobs in: a vote must wait for them (the caller's to do). */
   staging: number;
   release: () => void;
+}
+
+/**
+ * A new transaction (its tid chosen here) that stored nothing: as ZODB's FileStorage, its vote and finish
+ * write nothing, so the file (and a zc.zrs secondary's) never holds one. Nothing can be stored once voted.
+ */
+function writesNothing(cur: PendingTxn): boolean {
+  return !cur.tidGiven && cur.tindex.size === 0;
 }
 
 /** An object's last record in a transaction (see FileStorage.lastRecordsIn). */
@@ -581,7 +587,6 @@ export class FileStorage {
         dataTxns: null,
         blobs: [],
         written: false,
-        empty: false,
         tidGiven: options.tid !== undefined,
         doomed: null,
         staging: 0,
@@ -838,9 +843,7 @@ export class FileStorage {
     if (cur.written) throw new StorageTransactionError('tpcVote: transaction already voted');
     if (cur.doomed) throw cur.doomed;
     if (cur.staging > 0) throw new StorageTransactionError('tpcVote: a blob of this transaction is still being moved or copied in (wait for storeBlob(), restoreBlob() or undo() first)');
-    // ZODB's FileStorage writes no transaction that stored nothing: its file, and a zc.zrs secondary's, never holds one.
-    cur.empty = !cur.tidGiven && cur.tindex.size === 0;
-    if (!cur.empty) this.writeAtEnd(this.assemble(cur), cur.tpos);
+    if (!writesNothing(cur)) this.writeAtEnd(this.assemble(cur), cur.tpos);
     cur.written = true;
     if (cur.blobs.length) {
       cur.voting = this.placeBlobs(cur);
@@ -919,7 +922,7 @@ export class FileStorage {
   async tpcFinish(txn: TransactionMeta): Promise<Buffer> {
     const cur = this.pending(txn, 'tpcFinish');
     if (!cur.voted) throw new StorageTransactionError(cur.voting ? 'tpcFinish: the vote has not finished' : 'tpcFinish: transaction not voted');
-    if (cur.empty) {
+    if (writesNothing(cur)) {
       // Nothing to mark or publish; the last tid stays, and later tids pass this one (as ZODB's do).
       this.tidFloor = cur.tid;
       this.current = null;
@@ -1008,7 +1011,7 @@ export class FileStorage {
     // A failed cut leaves the bytes past the end (the next commit writes over them, a reopen cuts
     // them): the transaction still ends, its blobs are removed, and the failure is reported.
     try {
-      if (cur.written && !cur.empty) this.cutFile(cur.tpos);
+      if (cur.written && !writesNothing(cur)) this.cutFile(cur.tpos);
     } finally {
       await this.endUncommitted(cur);
     }

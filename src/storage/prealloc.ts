@@ -91,22 +91,20 @@ function legacyFillHigh(w: number): number {
 
 /**
  * Fill `buf` with the fill of the file range starting at `filePos` (8-aligned)
- * and as long as `buf` (a multiple of 8); `legacy` writes the fill of files
- * written before its bytes had their high bit set (for tests of such files).
+ * and as long as `buf` (a multiple of 8).
  */
-export function writeFill(buf: Buffer, filePos: number, legacy = false): void {
+export function writeFill(buf: Buffer, filePos: number): void {
   if (filePos % 8 !== 0 || buf.length % 8 !== 0) throw new RangeError('fill ranges are whole 8-byte words');
   const words = buf.length / 8;
   const first = filePos / 8;
   const u32 = buf.byteOffset % 4 === 0 && LITTLE_ENDIAN ? new Uint32Array(buf.buffer, buf.byteOffset, words * 2) : null;
   // The word index's halves and its table slot, stepped rather than divided out per word.
-  const half = legacy ? 0x1_0000_0000 : WORD_INDEX_HALF;
-  let lo = first % half;
-  let hi = Math.floor(first / half);
+  let lo = first % WORD_INDEX_HALF;
+  let hi = Math.floor(first / WORD_INDEX_HALF);
   let slot = first % TABLE_WORDS;
   for (let i = 0; i < words; i++) {
-    const low = legacy ? (TABLE_LOW[slot]! ^ lo) >>> 0 : highBits(TABLE_LOW[slot]! ^ spread28(lo));
-    const high = legacy ? (TABLE_HIGH[slot]! ^ hi) >>> 0 : highBits(TABLE_HIGH[slot]! ^ spread28(hi));
+    const low = highBits(TABLE_LOW[slot]! ^ spread28(lo));
+    const high = highBits(TABLE_HIGH[slot]! ^ spread28(hi));
     if (u32) {
       u32[2 * i] = low;
       u32[2 * i + 1] = high;
@@ -116,10 +114,23 @@ export function writeFill(buf: Buffer, filePos: number, legacy = false): void {
     }
     slot = (slot + 1) & (TABLE_WORDS - 1);
     lo += 1;
-    if (lo === half) {
+    if (lo === WORD_INDEX_HALF) {
       lo = 0;
       hi += 1;
     }
+  }
+}
+
+/**
+ * writeFill for the fill files were written with before its bytes had their
+ * high bit set: read only (recovery of such a file, and tests), so word by word.
+ */
+export function writeLegacyFill(buf: Buffer, filePos: number): void {
+  if (filePos % 8 !== 0 || buf.length % 8 !== 0) throw new RangeError('fill ranges are whole 8-byte words');
+  for (let off = 0; off < buf.length; off += 8) {
+    const w = (filePos + off) / 8;
+    buf.writeUInt32LE(legacyFillLow(w), off);
+    buf.writeUInt32LE(legacyFillHigh(w), off + 4);
   }
 }
 
@@ -189,7 +200,7 @@ export async function trailingFill(handle: FileHandle, from: number, size: numbe
 export function fillOf(from: number, length: number, legacy = false): Buffer {
   const start = Math.floor(from / 8) * 8;
   const cover = Buffer.allocUnsafe(Math.ceil((from + length - start) / 8) * 8);
-  writeFill(cover, start, legacy);
+  (legacy ? writeLegacyFill : writeFill)(cover, start);
   return cover.subarray(from - start, from - start + length);
 }
 

@@ -15,7 +15,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { CorruptedDataError } from '../../src/errors.js';
 import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
-import { fillOf, firstFillSector, isFillRange, isFillWord, trailingFill, writeFill } from '../../src/storage/prealloc.js';
+import { fillOf, firstFillSector, isFillRange, isFillWord, trailingFill, writeFill, writeLegacyFill } from '../../src/storage/prealloc.js';
 import { sizeWithoutFill } from '../../src/storage/scan.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -91,7 +91,7 @@ describe('the fill', () => {
 
   it('still recognises the fill of files written before its bytes had their high bit set', () => {
     const legacy = Buffer.alloc(128);
-    writeFill(legacy, 8192, true);
+    writeLegacyFill(legacy, 8192);
     const current = Buffer.alloc(128);
     writeFill(current, 8192);
     expect(legacy.equals(current)).toBe(false);
@@ -190,7 +190,7 @@ describe('FileStorage with fill ahead of its end', () => {
     // The fill starts at the first whole word past the data; the bytes before it are that word's fill.
     const start = Math.floor(end / 8) * 8;
     const fill = Buffer.alloc(16 * 1024);
-    writeFill(fill, start, true);
+    writeLegacyFill(fill, start);
     const handle = await open(path, 'r+');
     await handle.write(fill.subarray(end - start), 0, fill.length - (end - start), end);
     await handle.close();
