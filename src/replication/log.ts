@@ -3,6 +3,7 @@
 
 import type { Clock, TimerHandle } from '../ports/clock.js';
 import type { TailCut } from '../storage/FileStorage.js';
+import type { SessionLog } from './primarySession.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
@@ -83,5 +84,77 @@ export class FloodWarning {
     this.line(this.count, this.last, this.lastFields);
     this.count = 0;
     this.loggedAtMs = now;
+  }
+}
+
+/** Connections logged line by line in each FLOOD_LOG_INTERVAL_MS by default (see ConnectionLogGate). */
+export const DEFAULT_CONNECTION_LOG_BURST = 50;
+
+/**
+ * Keeps a stream of short connections to a replication address (a port
+ * scanner, a client retrying in a tight loop, a monitor polling too often)
+ * from flooding the log, while a secondary is never hidden. The first
+ * `burst` connections of each interval log every line as now. A connection
+ * past them is quiet: its lines are held back until it identifies itself
+ * (a secondary welcomed, a promote request); if it does, its `connection
+ * from` line goes out then and every later line as usual; if it ends
+ * without, it is only counted, in one line per interval naming the last
+ * one's last line. Errors always go out.
+ */
+export class ConnectionLogGate {
+  private windowStartMs = Number.NEGATIVE_INFINITY;
+  private inWindow = 0;
+  private readonly quiet: FloodWarning;
+
+  constructor(
+    private readonly clock: Clock,
+    private readonly log: SessionLog,
+    private readonly burst = DEFAULT_CONNECTION_LOG_BURST,
+    private readonly intervalMs = FLOOD_LOG_INTERVAL_MS,
+  ) {
+    this.quiet = new FloodWarning(clock, intervalMs, (count, last) =>
+      log('info', `${count} more connection(s) not logged line by line (past ${burst} in ${intervalMs / 1000} s); the last: ${last}`, { count }),
+    );
+  }
+
+  /**
+   * A new connection from `peer`: logs its `connection from` line (or holds
+   * it back) and returns its logger, `identified()` to call once it serves
+   * a secondary or a promote request, and `ended()` to call when it ends.
+   */
+  open(peer: string): { log: SessionLog; identified(): void; ended(): void } {
+    const now = this.clock.load?.elapsedMs() ?? this.clock.now();
+    if (now - this.windowStartMs >= this.intervalMs) {
+      this.windowStartMs = now;
+      this.inWindow = 0;
+    }
+    const first = `connection from ${peer}`;
+    if (++this.inWindow <= this.burst) {
+      this.log('info', first);
+      return { log: this.log, identified: () => undefined, ended: () => undefined };
+    }
+    let held = true;
+    let last = first;
+    const log: SessionLog = (level, message, fields) => {
+      if (held && level !== 'error') last = message;
+      else this.log(level, message, fields);
+    };
+    return {
+      log,
+      identified: () => {
+        if (!held) return;
+        held = false;
+        this.log('info', first, { heldBack: true });
+      },
+      ended: () => {
+        if (held) this.quiet.note(last);
+        held = false;
+      },
+    };
+  }
+
+  /** Closing: a count still waiting for its interval goes out now. */
+  close(): void {
+    this.quiet.close();
   }
 }

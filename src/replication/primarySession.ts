@@ -99,6 +99,8 @@ export interface PrimarySessionOptions {
   history?: FailoverHistory;
   /** Carries out a native promote request. Default: refused as `not-promotable`. */
   promote?: (request: PromoteInput & { peer: string }) => Promise<PromoteOutcome>;
+  /** Called when the session welcomes a secondary or takes a promote request (it is then more than a passing connection). */
+  identified?: () => void;
 }
 
 export interface SessionStatus {
@@ -398,6 +400,7 @@ export class PrimarySession {
   // ------------------------------------------------------------ outbound effects
 
   private sendWelcome(_startTid: Buffer): void {
+    this.options.identified?.();
     const f = this.codec?.welcome(this.options.storage.lastDurableTid);
     if (f) this.writer.writeNow(f);
   }
@@ -422,6 +425,7 @@ export class PrimarySession {
   }
 
   private async promote(input: PromoteInput): Promise<PromoteOutcome> {
+    this.options.identified?.();
     const handler = this.options.promote;
     if (!handler) return { kind: 'refused', code: 'not-promotable', reason: 'this node does not accept promote requests' };
     return handler({ ...input, peer: this.peer });

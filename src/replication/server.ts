@@ -13,7 +13,7 @@ import { buildNodeStatus } from './nodeStatus.js';
 import { PrimarySession, type PrimarySessionOptions, type SessionLog, type SessionStatus } from './primarySession.js';
 import { supportedProtocols } from './protocols.js';
 import { LiveFeed } from './liveFeed.js';
-import { FLOOD_LOG_INTERVAL_MS, FloodWarning } from './log.js';
+import { ConnectionLogGate, FLOOD_LOG_INTERVAL_MS, FloodWarning } from './log.js';
 import { SendPacer } from './sendPacer.js';
 import type { FailoverHistory } from '../failover/history.js';
 
@@ -47,6 +47,8 @@ export interface ReplicationServerOptions {
   sendShare?: number;
   /** Connections served at once; more are closed as they arrive (default DEFAULT_MAX_CONNECTIONS). */
   maxConnections?: number;
+  /** Connections logged line by line every 10 s; later ones are counted until they identify themselves (see ConnectionLogGate). */
+  connectionLogBurst?: number;
   /**
    * The node's status for a status request, given the sessions other than the
    * asking one. Default: a primary's status from the storage and the sessions.
@@ -82,6 +84,8 @@ export class ReplicationServer {
   private suspended = false;
   /** Connections turned away (over maxConnections), logged at most every 10 s with their count. */
   private readonly turnedAway: FloodWarning;
+  /** Short connections past a burst are counted, not logged line by line. */
+  private readonly connectionLog: ConnectionLogGate;
 
   /** Paces every session's sends while the loop is busy with other work. */
   private readonly pacer: SendPacer;
@@ -92,6 +96,7 @@ export class ReplicationServer {
     this.turnedAway = new FloodWarning(options.clock, FLOOD_LOG_INTERVAL_MS, (count, lastPeer) =>
       options.log('warn', `turned away ${count} connection(s) (the last from ${lastPeer}): ${this.openStreams} already open, the most allowed (maxConnections)`),
     );
+    this.connectionLog = new ConnectionLogGate(options.clock, options.log, options.connectionLogBurst);
     this.pacer = new SendPacer(options.clock, options.sendShare, () => options.storage.durableEnd);
     this.feed = new LiveFeed(options.storage, options.clock, this.pacer);
   }
@@ -129,6 +134,7 @@ export class ReplicationServer {
     // Looked up when asked: a rebind (promotion) changes who answers.
     const describe = (sessions: SessionStatus[]): NodeStatus =>
       this.options.nodeStatus?.(sessions) ?? buildNodeStatus({ role: 'primary', name: null, storage: o.storage, nowMs: o.clock.now(), sessions });
+    const gate = this.connectionLog.open(stream.peer);
     const session: PrimarySession = new PrimarySession({
       storage: o.storage,
       feed: this.feed,
@@ -136,7 +142,8 @@ export class ReplicationServer {
       stream,
       clock: o.clock,
       protocols: o.protocols ?? supportedProtocols(o.storage.blobs !== null),
-      log: o.log,
+      log: gate.log,
+      identified: gate.identified,
       blobs: o.storage.blobs !== null,
       heartbeatIntervalMs: o.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS,
       followBufferSize: o.followBufferSize,
@@ -147,10 +154,14 @@ export class ReplicationServer {
     this.sessions.add(session);
     this.openStreams += 1;
     void session.streamClosed$.then(() => (this.openStreams -= 1));
-    o.log('info', `connection from ${stream.peer}`);
     o.onSession?.(session);
     for (const watch of this.sessionWatchers) watch(session);
-    session.done$.subscribe({ complete: () => this.sessions.delete(session) });
+    session.done$.subscribe({
+      complete: () => {
+        this.sessions.delete(session);
+        gate.ended();
+      },
+    });
   }
 
   /**
@@ -220,6 +231,7 @@ export class ReplicationServer {
     );
     for (const s of this.sessions) s.close();
     await Promise.all(done);
+    this.connectionLog.close();
     await stopped;
   }
 }
