@@ -2,7 +2,8 @@
 // session or of a secondary's connection actor, connections, disconnections
 // and handshake verdicts. Observes snapshots only (no effects, no events
 // sent), so auditing never changes what an actor does. Refusals are
-// decisions (fsynced); the rest is batched.
+// decisions (fsynced); the rest is batched. A flood of connections naming
+// no protocol the node speaks is counted rather than recorded one by one.
 
 import type { ActorRefFrom } from 'xstate';
 import type { SessionCloseReason } from '../../machines/primarySession.js';
@@ -33,13 +34,74 @@ function describeClose(r: SessionCloseReason | null): string {
 /** States before a session says what it is: a secondary, a status request or a promote request. */
 const BEFORE_START = new Set(['awaitingProtocol', 'awaitingStart']);
 
+/** Connections that never name a protocol the node speaks, recorded one by one in each interval (see UnnamedConnections). */
+export const AUDIT_UNNAMED_BURST = 50;
+export const AUDIT_UNNAMED_INTERVAL_MS = 10_000;
+
+/**
+ * Connections to a replication address that end before naming a protocol
+ * the node speaks (garbage, a port scanner, a client of another protocol)
+ * are no replication peers, and each refusal is an fsynced record: in a
+ * flood they would fill the audit log and load the node's disk. The first
+ * `burst` of each interval are recorded as any session; the rest are only
+ * counted, in one `connections-unrecorded` record (count, the last one's
+ * peer and reason) written when a later interval starts or when the audit
+ * stops following the server. Status requests are never recorded anyway.
+ */
+export class UnnamedConnections {
+  private windowStartMs = Number.NEGATIVE_INFINITY;
+  private inWindow = 0;
+  private count = 0;
+  private last: { peer: string; reason: string } | null = null;
+  private stopped = false;
+
+  constructor(
+    private readonly audit: AuditLog,
+    private readonly burst = AUDIT_UNNAMED_BURST,
+    private readonly intervalMs = AUDIT_UNNAMED_INTERVAL_MS,
+  ) {}
+
+  /** Whether a connection that ended unnamed is recorded; if not, it is counted. */
+  admit(peer: string, reason: string): boolean {
+    if (this.stopped) return true;
+    const now = this.audit.now();
+    // A clock stepped back starts a new interval too.
+    if (now - this.windowStartMs >= this.intervalMs || now < this.windowStartMs) {
+      this.flush();
+      this.windowStartMs = now;
+      this.inWindow = 0;
+    }
+    if (++this.inWindow <= this.burst) return true;
+    this.count += 1;
+    this.last = { peer, reason };
+    return false;
+  }
+
+  /** Write the count held, and record every later connection as any other. */
+  stop(): void {
+    this.flush();
+    this.stopped = true;
+  }
+
+  private flush(): void {
+    if (this.count === 0) return;
+    this.audit.note('connections-unrecorded', {
+      count: this.count,
+      reason: `more than ${this.burst} connections in ${this.intervalMs / 1000} s that named no protocol this node speaks`,
+      lastPeer: this.last?.peer,
+      lastReason: this.last?.reason,
+    });
+    this.count = 0;
+  }
+}
+
 /**
  * Audit one primary session (on a primary or on a secondary serving a chain)
  * until it ends. A status request (`zrs status`, `zrs check`, a monitor
  * polling) changes nothing and is not recorded: its records are held until
  * the session says what it is, and dropped when it was one.
  */
-export function auditPrimarySession(audit: AuditLog, session: PrimarySession): void {
+export function auditPrimarySession(audit: AuditLog, session: PrimarySession, unnamed?: UnnamedConnections): void {
   const actor = session.machine;
   const peer = session.peer;
   let prev = stateName(actor.getSnapshot().value);
@@ -59,6 +121,7 @@ export function auditPrimarySession(audit: AuditLog, session: PrimarySession): v
         const records = held;
         held = null;
         if (to === 'closed' && c.closeReason?.kind === 'status-served') return;
+        if (to === 'closed' && from === 'awaitingProtocol' && unnamed && !unnamed.admit(peer, describeClose(c.closeReason))) return;
         for (const [kind, details, atMs] of records) audit.note(kind, details, atMs);
       }
       // The edge's progress: the machine hears of writes and acks only at its transitions.

@@ -7,7 +7,7 @@ import { basename } from 'node:path';
 import type { Clock } from '../ports/clock.js';
 import type { Logger } from '../replication/log.js';
 import type { ReplicationServer } from '../replication/server.js';
-import { auditPrimarySession, auditSecondaryConnection, type AuditedSecondary } from './actorAudit.js';
+import { auditPrimarySession, auditSecondaryConnection, UnnamedConnections, type AuditedSecondary } from './actorAudit.js';
 import { AuditLog } from './auditLog.js';
 
 export interface NodeAuditOptions {
@@ -34,7 +34,12 @@ export async function openNodeAudit(o: NodeAuditOptions): Promise<AuditLog | nul
 
 /** Audit every session of `server`, open ones included; returns a function that stops (sessions already followed stay followed). */
 export function auditServerSessions(audit: AuditLog, server: ReplicationServer): () => void {
-  return server.watchSessions((session) => auditPrimarySession(audit, session));
+  const unnamed = new UnnamedConnections(audit);
+  const stop = server.watchSessions((session) => auditPrimarySession(audit, session, unnamed));
+  return () => {
+    stop();
+    unnamed.stop();
+  };
 }
 
 /** Audit a secondary's connection actor. */

@@ -131,6 +131,8 @@ function summary(r: AuditRecord): string {
       return `SYNC TIMEOUT tid ${str(d.tid)}: ${str(d.got)} of ${str(d.wanted)} acks within ${str(d.timeoutMs)} ms (committed on the primary)`;
     case 'config':
       return `${str(d.change)} ${rest('change')}`.trim();
+    case 'connections-unrecorded':
+      return `${str(d.count)} more connection(s) not recorded one by one (${str(d.reason)}); the last from ${str(d.lastPeer)}: ${str(d.lastReason)}`;
     default:
       return rest();
   }

@@ -4,15 +4,14 @@
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { seededRandom } from '../../src/ports/random.js';
-import type { ByteStream } from '../../src/ports/transport.js';
 import { ConnectionLogGate } from '../../src/replication/log.js';
 import { ReplicationServer } from '../../src/replication/server.js';
 import { VirtualClock } from '../../src/sim/clock.js';
 import { SimNetwork } from '../../src/sim/network.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
-import { encodeFrame } from '../../src/wire/framing.js';
 import { createNativePackr, encodeNative, nativeProtocolName } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { SimClients } from './netHelpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -79,33 +78,12 @@ describe('a replication server past its connection log burst', () => {
       connectionLogBurst: 1,
       heartbeatIntervalMs: 0,
     });
-    /** Run the network until `done()`, one timer at a time (each a 1 ms hop: no handshake timeout is reached). */
-    const drive = async (done: () => boolean): Promise<void> => {
-      for (let i = 0; i < 200 && !done(); i++) {
-        clock.runNext();
-        await new Promise((r) => setImmediate(r));
-      }
-      expect(done()).toBe(true);
-    };
-    const open = async (frames: Buffer[]): Promise<{ stream: ByteStream; replies: () => number; closed: () => boolean }> => {
-      let stream: ByteStream | null = null;
-      void net
-        .transport('x')
-        .connect(server.address)
-        .then((s) => (stream = s));
-      await drive(() => stream !== null);
-      let replies = 0;
-      let closed = false;
-      stream!.setHandlers({ data: () => void (replies += 1), drain: () => undefined, close: () => void (closed = true) });
-      for (const f of frames) stream!.write(encodeFrame(f));
-      return { stream: stream!, replies: () => replies, closed: () => closed };
-    };
+    const clients = new SimClients(clock, net, server.address);
     expect(lines.splice(0)).toEqual(['info replicating to p:5000']);
     try {
       const bogus = async (): Promise<void> => {
-        const c = await open([Buffer.from('bogus')]);
-        await drive(c.closed);
-        await drive(() => server.sessionCount === 0);
+        await clients.bogus();
+        await clients.drive(() => server.sessionCount === 0);
       };
       await bogus(); // within the burst: logged line by line
       const refusal = 'refused (unsupported-version): unsupported protocol "bogus" (this node speaks zrs-ts/1, zrs2.1, zrs2.0)';
@@ -119,11 +97,11 @@ describe('a replication server past its connection log burst', () => {
 
       // A secondary past the burst: its connection is logged once it is welcomed, and its end as usual.
       const hello = encodeNative({ type: 'hello', startTid: Buffer.alloc(8), generations: [], options: { blobs: false } }, createNativePackr());
-      const s = await open([Buffer.from(nativeProtocolName()), hello]);
-      await drive(() => s.replies() > 0);
+      const s = await clients.open([Buffer.from(nativeProtocolName()), hello]);
+      await clients.drive(() => s.replies() > 0);
       expect(lines.splice(0)).toEqual([expect.stringMatching(/^info connection from x#c\d+$/)]);
       s.stream.destroy();
-      await drive(() => server.sessionCount === 0);
+      await clients.drive(() => server.sessionCount === 0);
       expect(lines.splice(0)).toEqual([expect.stringMatching(/^(info|warn) session with x#c\d+ closed: /)]);
     } finally {
       await server.close();

@@ -1,12 +1,14 @@
 // Raw loopback peers for replication tests: a frame-speaking client, a fake
-// primary (a plain net server), a log collector that can be waited on, and
+// primary (a plain net server), raw clients on a simulated network, a log collector that can be waited on, and
 // counters of live handles. Every wait is an observable bounded by timeout.
 
 import { readdirSync } from 'node:fs';
 import { createConnection, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { firstValueFrom, filter, ReplaySubject, timeout, take, toArray, type Observable } from 'rxjs';
-import type { ReplicationAddress } from '../../src/ports/transport.js';
+import type { ByteStream, ReplicationAddress } from '../../src/ports/transport.js';
 import type { Logger } from '../../src/replication/log.js';
+import type { VirtualClock } from '../../src/sim/clock.js';
+import type { SimNetwork } from '../../src/sim/network.js';
 import { encodeFrame, FrameDecoder } from '../../src/wire/framing.js';
 
 export const WAIT_MS = 15_000;
@@ -184,5 +186,47 @@ export async function settleUntil(fn: () => boolean, ms = WAIT_MS): Promise<void
   while (!fn()) {
     if (Date.now() > deadline) throw new Error(`condition not met within ${ms} ms`);
     await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+}
+
+/**
+ * Raw clients of a server on a simulated network with 1 ms latency, driven
+ * one timer at a time (each a 1 ms hop, so no handshake timeout is reached).
+ */
+export class SimClients {
+  constructor(
+    private readonly clock: VirtualClock,
+    private readonly net: SimNetwork,
+    private readonly address: ReplicationAddress,
+  ) {}
+
+  /** Run the network until `done()`; fails if it does not come within 200 hops. */
+  async drive(done: () => boolean): Promise<void> {
+    for (let i = 0; i < 200 && !done(); i++) {
+      this.clock.runNext();
+      await new Promise((r) => setImmediate(r));
+    }
+    if (!done()) throw new Error('the simulated network did not get there in 200 hops');
+  }
+
+  /** Connect and send `frames`; count the chunks received and see the close. */
+  async open(frames: Buffer[]): Promise<{ stream: ByteStream; replies: () => number; closed: () => boolean }> {
+    let stream: ByteStream | null = null;
+    void this.net
+      .transport('x')
+      .connect(this.address)
+      .then((s) => (stream = s));
+    await this.drive(() => stream !== null);
+    let replies = 0;
+    let closed = false;
+    stream!.setHandlers({ data: () => void (replies += 1), drain: () => undefined, close: () => void (closed = true) });
+    for (const f of frames) stream!.write(encodeFrame(f));
+    return { stream: stream!, replies: () => replies, closed: () => closed };
+  }
+
+  /** A connection naming a protocol nobody speaks, until the server closed it. */
+  async bogus(): Promise<void> {
+    const c = await this.open([Buffer.from('bogus')]);
+    await this.drive(c.closed);
   }
 }
