@@ -8,9 +8,10 @@
 //   that never come, or that only heartbeats trickle in; a burst right after
 //   the corrupted length does not buy it a second window.
 // - Heartbeat silence: once the welcome announced heartbeats, nothing at all
-//   may arrive for at most the heartbeat timeout. The check looks once more,
-//   a moment later, before it gives up: a timer due after this process's
-//   loop stalled runs before the socket's waiting bytes are read.
+//   may arrive for at most the heartbeat timeout.
+// Each check looks once more, a moment later, before it gives up: a timer
+// due after this process's loop stalled runs before the socket's waiting
+// bytes are read.
 //
 // Time the secondary spends paused by its own backpressure counts for
 // neither: a timer that fires while reading is paused waits again, and a
@@ -134,7 +135,8 @@ export class StreamWatch {
     this.scheduleStallCheck(this.o.stallMs);
   }
 
-  private scheduleStallCheck(afterMs: number): void {
+  /** `looked`: the stall was seen once already, and the socket was read since (as for silence, below). */
+  private scheduleStallCheck(afterMs: number, looked = false): void {
     this.stallTimer = this.clock.setTimeout(() => {
       this.stallTimer = null;
       if (this.stopped || !this.o.insideFrame()) return;
@@ -144,6 +146,7 @@ export class StreamWatch {
       while (this.stallMarks.length > 1 && this.stallMarks[1]!.atMs <= from) this.stallMarks.shift();
       const gained = this.lastHeardMs <= from ? 0 : this.bytesReceived - this.stallMarks[0]!.bytes;
       if (gained >= STALL_MIN_BYTES) return this.scheduleStallCheck(this.o.stallMs / STALL_STEPS); // progress: look again a step later
+      if (!looked) return this.scheduleStallCheck(1, true);
       const what = gained === 0 ? 'no byte' : `${gained} bytes (under ${STALL_MIN_BYTES})`;
       this.expire(new ZrsError(`stream stalled: ${what} in ${this.o.stallMs} ms inside a frame (${this.o.bufferedBytes()} bytes buffered)`));
     }, afterMs);

@@ -96,7 +96,7 @@ describe('StreamWatch', () => {
     expect(expired).toEqual([]);
     timers.advance(9960); // 9,990 ms after the resume
     expect(expired).toEqual([]);
-    timers.advance(20);
+    timers.advance(21); // a full timeout after the resume (the second look included)
     expect(expired.map((e) => e.message)).toEqual(['stream stalled: no byte in 10000 ms inside a frame (100 bytes buffered)']);
   });
 
@@ -113,6 +113,20 @@ describe('StreamWatch', () => {
     expect(expired).toEqual([]); // the first window held the burst
     timers.advance(1000); // a step (1 s) later: the last byte is 8 s old
     expect(expired.map((e) => e.message)).toEqual(['stream stalled: no byte in 8000 ms inside a frame (200000 bytes buffered)']);
+  });
+
+  it('a stall check looks once more before it gives up: bytes that waited in the socket while the loop was held count', () => {
+    const { clock, timers } = steppedClock();
+    const expired: ZrsError[] = [];
+    const w = new StreamWatch(clock, { stallMs: 8000, heartbeatTimeoutMs: undefined, paused: () => false, insideFrame: () => true, bufferedBytes: () => 100, expired: (e) => expired.push(e) });
+    w.received(100);
+    timers.advance(8000); // the check runs first after a held loop: no byte yet in its window
+    expect(expired).toEqual([]);
+    w.received(70_000); // then the loop reads what arrived meanwhile
+    timers.advance(1);
+    expect(expired).toEqual([]);
+    timers.advance(8000 + 1000 + 1); // nothing more: stalled, a step later at most, after its second look
+    expect(expired.map((e) => e.message)).toEqual(['stream stalled: no byte in 8000 ms inside a frame (100 bytes buffered)']);
   });
 
   it('after a burst, heartbeats trickling in do not keep a stalled frame alive past a timeout and a step', () => {
