@@ -15,7 +15,7 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import { sizeWithoutFill } from '../../src/storage/scan.js';
 import { cleanupTempDirs, copyZodbFixture, tempDir } from '../helpers/fixtures.js';
 import { seedPrimary, seedSecondary } from '../config/seed.js';
-import { freePort, transactions, waitUntil, ZrsProcess } from './helpers.js';
+import { transactions, waitUntil, ZrsProcess } from './helpers.js';
 
 const children: ZrsProcess[] = [];
 function start(config: string, ...flags: string[]): ZrsProcess {
@@ -50,22 +50,23 @@ describe('zrs serve', () => {
   it('runs the seed README primary and secondary configurations until SIGTERM', async () => {
     const pDir = await copyZodbFixture('basic'); // 53 transactions already committed
     const sDir = await tempDir();
-    const primaryPort = await freePort();
-    const secondaryPort = await freePort();
     const pConf = join(pDir, 'primary.conf');
     const sConf = join(sDir, 'secondary.conf');
-    // Loopback only: the README's bare port becomes 127.0.0.1:PORT through %define.
-    await writeFile(pConf, seedPrimary({ PORT: `127.0.0.1:${primaryPort}`, DATA: join(pDir, 'Data.fs') }));
-    await writeFile(sConf, seedSecondary({ PRIMARY: `127.0.0.1:${primaryPort}`, PORT: `127.0.0.1:${secondaryPort}`, DATA: join(sDir, 'Data.fs') }));
+    // Loopback only: the README's bare port becomes 127.0.0.1:PORT through %define. Port 0, the one bound read
+    // back from the ready line: a port found free first could be taken before the node binds it.
+    await writeFile(pConf, seedPrimary({ PORT: '127.0.0.1:0', DATA: join(pDir, 'Data.fs') }));
 
     const primary = start(pConf);
     const ready = await primary.ready();
-    expect(ready.storages).toEqual([{ name: join(pDir, 'Data.fs'), kind: 'primary', path: join(pDir, 'Data.fs'), replicateTo: `127.0.0.1:${primaryPort}` }]);
+    expect(ready.storages).toEqual([{ name: join(pDir, 'Data.fs'), kind: 'primary', path: join(pDir, 'Data.fs'), replicateTo: expect.stringMatching(/^127\.0\.0\.1:\d+$/) }]);
+    const [{ replicateTo: primaryAddress }] = ready.storages as [{ replicateTo: string }];
+    expect(primaryAddress).not.toBe('127.0.0.1:0');
     expect(ready.collector).toBe('marking at 80 % of the limit');
+    await writeFile(sConf, seedSecondary({ PRIMARY: primaryAddress, PORT: '127.0.0.1:0', DATA: join(sDir, 'Data.fs') }));
     const secondary = start(sConf, '--marking-start', '0');
     const sReady = await secondary.ready();
     expect(sReady.collector).toBe("V8's own rule");
-    expect(sReady.storages).toMatchObject([{ kind: 'secondary', replicateFrom: `127.0.0.1:${primaryPort}`, replicateTo: `127.0.0.1:${secondaryPort}` }]);
+    expect(sReady.storages).toMatchObject([{ kind: 'secondary', replicateFrom: primaryAddress, replicateTo: expect.stringMatching(/^127\.0\.0\.1:[1-9]\d*$/) }]);
 
     const want = await size(join(pDir, 'Data.fs'));
     await waitUntil(async () => (await size(join(sDir, 'Data.fs'))) === want, [sDir]);

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { makeTestCerts, type TestCerts } from '../helpers/certs.js';
 import { cleanupTempDirs, copyZodbFixture, tempDir } from '../helpers/fixtures.js';
-import { freePort, transactions, ZrsProcess } from './helpers.js';
+import { transactions, ZrsProcess } from './helpers.js';
 
 const children: ZrsProcess[] = [];
 function start(config: string): ZrsProcess {
@@ -45,16 +45,14 @@ describe('zrs serve with <ssl> and metrics-address', () => {
   it('replicates over TLS and serves metrics; a secondary trusting another CA gets nothing', async () => {
     const pDir = await copyZodbFixture('basic'); // 53 transactions
     const sDir = await tempDir();
-    const port = await freePort();
-    const pMetrics = await freePort();
-    const sMetrics = await freePort();
+    // Ports chosen by the system (0), read back from each node's ready line: a port found free first could be taken before the node binds it.
     const pConf = join(pDir, 'primary.conf');
     await writeFile(
       pConf,
       `%import zc.zrs
 <zrs>
-  replicate-to 127.0.0.1:${port}
-  metrics-address 127.0.0.1:${pMetrics}
+  replicate-to 127.0.0.1:0
+  metrics-address 127.0.0.1:0
   <ssl>
     certificate ${certs.server.certificate}
     key ${certs.server.key}
@@ -66,9 +64,15 @@ describe('zrs serve with <ssl> and metrics-address', () => {
 </zrs>
 `,
     );
+    const primary = start(pConf);
+    const ready = await primary.ready();
+    expect(ready.storages).toMatchObject([{ kind: 'primary', replicateTo: expect.stringMatching(/^127\.0\.0\.1:\d+$/), metrics: expect.stringMatching(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/) }]);
+    const [{ replicateTo, metrics: pMetrics }] = ready.storages as [{ replicateTo: string; metrics: string }];
+    expect(replicateTo).not.toBe('127.0.0.1:0');
+
     const secondaryConf = (dir: string, ca: string, metrics: string): string => `%import zc.zrs
 <zrs>
-  replicate-from 127.0.0.1:${port}
+  replicate-from ${replicateTo}
   reconnect-delay 0.05
   ${metrics}
   <ssl>
@@ -83,16 +87,13 @@ describe('zrs serve with <ssl> and metrics-address', () => {
 </zrs>
 `;
     const sConf = join(sDir, 'secondary.conf');
-    await writeFile(sConf, secondaryConf(sDir, certs.ca, `metrics-address 127.0.0.1:${sMetrics}`));
+    await writeFile(sConf, secondaryConf(sDir, certs.ca, 'metrics-address 127.0.0.1:0'));
     const badDir = await tempDir();
     const badConf = join(badDir, 'bad.conf');
     await writeFile(badConf, secondaryConf(badDir, certs.otherCa, ''));
 
-    const primary = start(pConf);
-    const ready = await primary.ready();
-    expect(ready.storages).toMatchObject([{ kind: 'primary', metrics: `http://127.0.0.1:${pMetrics}/metrics` }]);
     const secondary = start(sConf);
-    await secondary.ready();
+    const [{ metrics: sMetrics }] = (await secondary.ready()).storages as [{ metrics: string }];
     const bad = start(badConf);
     await bad.ready();
     const refused = await bad.waitForLog((l) => l.message.startsWith('TLS: refused primary'));
@@ -102,12 +103,12 @@ describe('zrs serve with <ssl> and metrics-address', () => {
     expect(want).toHaveLength(53);
     // The secondary's metrics show every transaction received; then the files agree.
     for (let i = 0; ; i++) {
-      const text = await scrape(`http://127.0.0.1:${sMetrics}/metrics`);
+      const text = await scrape(sMetrics);
       if (sampleOf(text, 'zrs_transactions_received_total') === 53) break;
       if (i > 200) throw new Error(`not replicated:\n${text}`);
       await new Promise((r) => setTimeout(r, 50));
     }
-    const p = await scrape(`http://127.0.0.1:${pMetrics}/metrics`);
+    const p = await scrape(pMetrics);
     expect(sampleOf(p, 'zrs_transactions_sent_total')).toBe(53);
     expect(sampleOf(p, 'zrs_connected_secondaries')).toBe(1);
 

@@ -364,7 +364,8 @@ describe('failover', () => {
 
   it('a promotion whose coordinator answers while the old primary comes back is refused before the secondary stops', async () => {
     const dir = await tempDir();
-    let primary = await openPrimary(join(dir, 'p.fs'));
+    // A Unix socket, so the old primary can come back at the same address (a TCP port let go could be taken by a test in parallel).
+    let primary = await openPrimary(join(dir, 'p.fs'), { replicateTo: join(dir, 'p.sock') });
     const address = primary.address;
     const secondary = await openSecondary(join(dir, 's.fs'), address, { replicateTo: '127.0.0.1:0' });
     try {

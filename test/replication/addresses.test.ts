@@ -19,7 +19,7 @@ import { commandAddress } from '../../src/cli/status.js';
 import { UsageError } from '../../src/cli/args.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, waitForTid } from './helpers.js';
-import { settleUntil, unusedPort } from './netHelpers.js';
+import { NOWHERE, settleUntil } from './netHelpers.js';
 
 afterEach(cleanupTempDirs);
 
@@ -86,7 +86,7 @@ describe('addresses to connect to', () => {
       await waitForTid(secondary, (await commitMany(primary.storage, 2)).at(-1)!);
       await settleUntil(() => secondary.status().upstream?.primaryLastTid !== null);
       expect(secondary.status().upstream?.primaryLastTid).toEqual(primary.storage.lastTransaction());
-      secondary.setReplicationAddress(await unusedPort());
+      secondary.setReplicationAddress(NOWHERE);
       expect(secondary.status().upstream?.primaryLastTid ?? null).toBeNull();
       expect(secondary.status().upstream?.lagSeconds ?? null).toBeNull();
     } finally {

@@ -17,7 +17,7 @@ import { VirtualClock } from '../../src/sim/clock.js';
 import { createNativeUnpackr, decodeNative } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { allTransactions, commitMany, waitForTid } from './helpers.js';
-import { activeResources, FakeServer, LogCollector, settleUntil, unusedPort, WAIT_MS } from './netHelpers.js';
+import { activeResources, FakeServer, LogCollector, NOWHERE, settleUntil, WAIT_MS } from './netHelpers.js';
 import { socketTransport } from '../../src/node/socketTransport.js';
 import type { ByteStream, Transport } from '../../src/ports/transport.js';
 import { KEEP_ALIVE_FRAME } from '../../src/wire/framing.js';
@@ -58,7 +58,7 @@ describe('closing a secondary', () => {
     const baseline = activeResources();
     const dir = await tempDir();
     const path = join(dir, 's.fs');
-    const secondary = await Secondary.open({ path, replicateFrom: await unusedPort(), fsync: false, reconnect: { initialMs: 5, maxMs: 50 } });
+    const secondary = await Secondary.open({ path, replicateFrom: NOWHERE, fsync: false, reconnect: { initialMs: 5, maxMs: 50 } });
     expect(['connecting', 'backoff']).toContain(stateOf(secondary));
     await closeAndCheck(secondary, path, readFileSync(path));
     expect(stateOf(secondary)).toBe('closed');
@@ -101,7 +101,7 @@ describe('closing a secondary', () => {
     const baseline = activeResources();
     const dir = await tempDir();
     const path = join(dir, 's.fs');
-    const secondary = await Secondary.open({ path, replicateFrom: await unusedPort(), fsync: false, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
+    const secondary = await Secondary.open({ path, replicateFrom: NOWHERE, fsync: false, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
     if (stateOf(secondary) !== 'backoff') await firstValueFrom(secondary.status$.pipe(filter((s) => s.kind === 'backoff'), timeout(WAIT_MS)));
     expect(secondary.machine.getSnapshot().context.nextRetryDelayMs).toBeGreaterThan(1000);
     await closeAndCheck(secondary, path, readFileSync(path));

@@ -243,7 +243,8 @@ describe('metrics endpoint', () => {
 
   it('counts reconnects and shows the backoff state while the primary is away', async () => {
     const dir = await tempDir();
-    let primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
+    // A Unix socket, so the primary can come back at the same address (a TCP port let go could be taken by a test in parallel).
+    let primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: join(dir, 'p.sock'), fsync: false });
     const address = primary.address;
     const secondary = await Secondary.open({
       path: join(dir, 's.fs'),

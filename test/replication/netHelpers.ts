@@ -159,14 +159,11 @@ export class FakeServer {
   }
 }
 
-/** A TCP port with nothing listening on it (bound, then released). */
-export async function unusedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  const port = (server.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
+/**
+ * An address nothing listens on: port 1 of loopback. (A port found free by
+ * binding and releasing it could be taken by a test running in parallel.)
+ */
+export const NOWHERE = '127.0.0.1:1';
 
 /** Counts of live libuv handles by type (TCPSocketWrap, Timeout …). */
 export function activeResources(): Record<string, number> {
