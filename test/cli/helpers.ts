@@ -58,7 +58,8 @@ export class ZrsProcess {
   constructor(readonly child: ChildProcess) {
     child.stdout!.setEncoding('utf8').on('data', (t: string) => (this.stdout += t));
     child.stderr!.setEncoding('utf8').on('data', (t: string) => this.onStderr(t));
-    this.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+    // 'close', not 'exit': the last stderr lines may still be unread at 'exit'.
+    this.exited = new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
     void this.exited.then(() => this.wakeAll());
   }
 

@@ -257,7 +257,8 @@ describe('catching up under a steady stream of commits', () => {
 
   it('a burst of commits too large to be published with their bytes does not count against the feed\'s byte limit', async () => {
     const { dir, storage, sessions, server } = await serve();
-    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    // The burst holds this process's loop, the secondary's with it: no silence timeout.
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null, heartbeatTimeoutMs: 0 });
     try {
       await waitForTid(secondary, (await commitMany(storage, 1))[0]!);
       // 70 commits of 1 MiB without a turn of the loop: 70 MiB pending, none of it held by the feed.
@@ -275,7 +276,8 @@ describe('catching up under a steady stream of commits', () => {
 
   it('falls back to catch-up when more commits wait for the feed than it holds, and resumes with every transaction once, in order', async () => {
     const { dir, storage, sessions, server } = await serve();
-    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    // The commits below hold this process's loop for seconds on a slow machine, the secondary's with it: no silence timeout.
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null, heartbeatTimeoutMs: 0 });
     try {
       await waitForTid(secondary, (await commitMany(storage, 1))[0]!);
       expect(sessions[0]!.machine.getSnapshot().value).toBe('live');

@@ -166,7 +166,8 @@ describe('crash safety', () => {
       ),
       { numRuns: 15 },
     );
-  });
+    // A reopen and a commit per byte cut: about 15 s on an idle machine, several times that on a loaded one.
+  }, 300_000);
 
   it('a transaction found damaged part way leaves none of its records indexed when it is cut as a torn tail', async () => {
     const dir = await tempDir();
