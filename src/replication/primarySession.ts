@@ -99,7 +99,7 @@ export interface PrimarySessionOptions {
   history?: FailoverHistory;
   /** Carries out a native promote request. Default: refused as `not-promotable`. */
   promote?: (request: PromoteInput & { peer: string }) => Promise<PromoteOutcome>;
-  /** Called when the session welcomes a secondary or takes a promote request (it is then more than a passing connection). */
+  /** Called when the session starts streaming to a secondary or takes a promote request (it is then more than a passing connection). */
   identified?: () => void;
 }
 
@@ -183,7 +183,10 @@ export class PrimarySession {
       actors: {
         // Catch-up aims at the log's end as of its start (under a steady stream of commits the end
         // moves on; what was committed meanwhile is follow's to read); drain goes to the very end.
-        catchUp: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.reported(this.sendLog(input, signal, this.options.storage.lastDurableTid))),
+        catchUp: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => {
+          this.options.identified?.();
+          return this.reported(this.sendLog(input, signal, this.options.storage.lastDurableTid));
+        }),
         follow: fromPromise<void, StreamInput>(({ input, signal }) => this.reported(this.follow(input, signal))),
         drain: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.reported(this.sendLog(input, signal, null))),
         promote: fromPromise<PromoteOutcome, PromoteInput>(({ input }) => this.promote(input)),
@@ -400,7 +403,6 @@ export class PrimarySession {
   // ------------------------------------------------------------ outbound effects
 
   private sendWelcome(_startTid: Buffer): void {
-    this.options.identified?.();
     const f = this.codec?.welcome(this.options.storage.lastDurableTid);
     if (f) this.writer.writeNow(f);
   }

@@ -64,7 +64,7 @@ describe('ConnectionLogGate', () => {
 });
 
 describe('a replication server past its connection log burst', () => {
-  it('counts a refused connection instead of logging it, and logs a secondary it welcomes (simulated network, virtual clock)', async () => {
+  it('counts a refused connection instead of logging it, and logs a secondary it serves (simulated network, virtual clock)', async () => {
     const clock = new VirtualClock();
     const net = new SimNetwork({ clock, random: seededRandom(5), latencyMs: { min: 1, max: 1 } });
     const storage = await FileStorage.open(join(await tempDir(), 'p.fs'), { create: true, fsync: false });
@@ -95,14 +95,16 @@ describe('a replication server past its connection log burst', () => {
       await bogus(); // past it: one count line, naming its last line
       expect(lines.splice(0)).toEqual([expect.stringMatching(/^info 1 more connection\(s\) not logged line by line \(past 1 in 10 s\); the last: session with x#c\d+ closed: /)]);
 
-      // A secondary past the burst: its connection is logged once it is welcomed, and its end as usual.
+      // Secondaries past the burst, native and zc.zrs's: each connection is logged once it is served, and its end as usual.
       const hello = encodeNative({ type: 'hello', startTid: Buffer.alloc(8), generations: [], options: { blobs: false } }, createNativePackr());
-      const s = await clients.open([Buffer.from(nativeProtocolName()), hello]);
-      await clients.drive(() => s.replies() > 0);
-      expect(lines.splice(0)).toEqual([expect.stringMatching(/^info connection from x#c\d+$/)]);
-      s.stream.destroy();
-      await clients.drive(() => server.sessionCount === 0);
-      expect(lines.splice(0)).toEqual([expect.stringMatching(/^(info|warn) session with x#c\d+ closed: /)]);
+      for (const frames of [[Buffer.from(nativeProtocolName()), hello], [Buffer.from('zrs2.1'), Buffer.alloc(8)]]) {
+        const s = await clients.open(frames);
+        await clients.drive(() => lines.length > 0);
+        expect(lines.splice(0)).toEqual([expect.stringMatching(/^info connection from x#c\d+$/)]);
+        s.stream.destroy();
+        await clients.drive(() => server.sessionCount === 0);
+        expect(lines.splice(0)).toEqual([expect.stringMatching(/^(info|warn) session with x#c\d+ closed: /)]);
+      }
     } finally {
       await server.close();
       await storage.close();
