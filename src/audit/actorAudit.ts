@@ -13,6 +13,7 @@ import type { PrimarySession } from '../replication/primarySession.js';
 import type { ReplicationAddress } from '../ports/transport.js';
 import type { AuditLog } from './auditLog.js';
 import { describeReason } from '../replication/primarySession.js';
+import { BurstWindow } from '../replication/log.js';
 
 /** A state value as one readable string: `live`, `connected(link.replicating, keepAlive.ticking)`. */
 export function stateName(value: unknown): string {
@@ -49,29 +50,16 @@ export const AUDIT_UNNAMED_INTERVAL_MS = 10_000;
  * stops following the server. Status requests are never recorded anyway.
  */
 export class UnnamedConnections {
-  private windowStartMs = Number.NEGATIVE_INFINITY;
-  private inWindow = 0;
+  private readonly window = new BurstWindow(AUDIT_UNNAMED_BURST, AUDIT_UNNAMED_INTERVAL_MS);
   private count = 0;
   private last: { peer: string; reason: string } | null = null;
   private stopped = false;
 
-  constructor(
-    private readonly audit: AuditLog,
-    private readonly burst = AUDIT_UNNAMED_BURST,
-    private readonly intervalMs = AUDIT_UNNAMED_INTERVAL_MS,
-  ) {}
+  constructor(private readonly audit: AuditLog) {}
 
   /** Whether a connection that ended unnamed is recorded; if not, it is counted. */
   admit(peer: string, reason: string): boolean {
-    if (this.stopped) return true;
-    const now = this.audit.now();
-    // A clock stepped back starts a new interval too.
-    if (now - this.windowStartMs >= this.intervalMs || now < this.windowStartMs) {
-      this.flush();
-      this.windowStartMs = now;
-      this.inWindow = 0;
-    }
-    if (++this.inWindow <= this.burst) return true;
+    if (this.stopped || this.window.take(this.audit.now(), () => this.flush())) return true;
     this.count += 1;
     this.last = { peer, reason };
     return false;
@@ -87,7 +75,7 @@ export class UnnamedConnections {
     if (this.count === 0) return;
     this.audit.note('connections-unrecorded', {
       count: this.count,
-      reason: `more than ${this.burst} connections in ${this.intervalMs / 1000} s that named no protocol this node speaks`,
+      reason: `more than ${this.window.burst} connections in ${this.window.intervalMs / 1000} s that named no protocol this node speaks`,
       lastPeer: this.last?.peer,
       lastReason: this.last?.reason,
     });

@@ -87,6 +87,31 @@ export class FloodWarning {
   }
 }
 
+/**
+ * The first `burst` events of each window of `intervalMs`: a window starts
+ * with the first event once the last one is over (or once a clock stepped
+ * back before its start).
+ */
+export class BurstWindow {
+  private startMs = Number.NEGATIVE_INFINITY;
+  private taken = 0;
+
+  constructor(
+    readonly burst: number,
+    readonly intervalMs: number,
+  ) {}
+
+  /** Whether an event at `nowMs` is within the burst; `onNewWindow` runs first when the event starts a window. */
+  take(nowMs: number, onNewWindow?: () => void): boolean {
+    if (nowMs - this.startMs >= this.intervalMs || nowMs < this.startMs) {
+      onNewWindow?.();
+      this.startMs = nowMs;
+      this.taken = 0;
+    }
+    return ++this.taken <= this.burst;
+  }
+}
+
 /** Connections logged line by line in each FLOOD_LOG_INTERVAL_MS by default (see ConnectionLogGate). */
 export const DEFAULT_CONNECTION_LOG_BURST = 50;
 
@@ -102,16 +127,16 @@ export const DEFAULT_CONNECTION_LOG_BURST = 50;
  * one's last line. Errors always go out.
  */
 export class ConnectionLogGate {
-  private windowStartMs = Number.NEGATIVE_INFINITY;
-  private inWindow = 0;
+  private readonly window: BurstWindow;
   private readonly quiet: FloodWarning;
 
   constructor(
     private readonly clock: Clock,
     private readonly log: SessionLog,
-    private readonly burst = DEFAULT_CONNECTION_LOG_BURST,
-    private readonly intervalMs = FLOOD_LOG_INTERVAL_MS,
+    burst = DEFAULT_CONNECTION_LOG_BURST,
+    intervalMs = FLOOD_LOG_INTERVAL_MS,
   ) {
+    this.window = new BurstWindow(burst, intervalMs);
     this.quiet = new FloodWarning(clock, intervalMs, (count, last) =>
       log('info', `${count} more connection(s) not logged line by line (past ${burst} in ${intervalMs / 1000} s); the last: ${last}`, { count }),
     );
@@ -123,13 +148,8 @@ export class ConnectionLogGate {
    * a secondary or a promote request, and `ended()` to call when it ends.
    */
   open(peer: string): { log: SessionLog; identified(): void; ended(): void } {
-    const now = this.clock.load?.elapsedMs() ?? this.clock.now();
-    if (now - this.windowStartMs >= this.intervalMs) {
-      this.windowStartMs = now;
-      this.inWindow = 0;
-    }
     const first = `connection from ${peer}`;
-    if (++this.inWindow <= this.burst) {
+    if (this.window.take(this.clock.load?.elapsedMs() ?? this.clock.now())) {
       this.log('info', first);
       return { log: this.log, identified: () => undefined, ended: () => undefined };
     }
