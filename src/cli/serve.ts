@@ -17,7 +17,7 @@ import { metricsUrl } from '../node/metricsServer.js';
 import { UsageError, type CommandSpec } from './args.js';
 import { EXIT_FAILURE, EXIT_OK, type CliIo } from './io.js';
 import { loggerFactory, type LogFormat, type Logger } from './logging.js';
-import { logTailCut } from '../replication/log.js';
+import { logOpenRepairs } from '../replication/log.js';
 import { CatchUpProgress, TerminalBoard, caughtUpMessage, progressLogFields, renderProgressLine, type ProgressSample } from './progress.js';
 
 /** How often a catching-up secondary is sampled, and how often its progress is logged off a terminal. */
@@ -279,7 +279,7 @@ async function startSecondary(s: SecondaryConfig, log: Logger): Promise<Running>
 
 async function startStandalone(s: StandaloneConfig, log: Logger): Promise<Running> {
   const fs = await FileStorage.open(s.options.path, s.options.open);
-  logTailCut(log, fs);
+  logOpenRepairs(log, fs);
   const info = summary(s);
   log('info', 'storage opened', { ...info, readOnly: fs.readOnly, lastTid: fs.lastTransaction().toString('hex') });
   return { config: s, info, log, close: () => fs.close() };

@@ -21,15 +21,34 @@ export function jsonLogger(node: string, write: (line: string) => void = (l) => 
 /** A logger that drops everything (the library default when none is given). */
 export const silentLogger: Logger = () => undefined;
 
-/** Warn that opening a storage cut its last transaction off (unfinished or damaged), naming why and where its bytes are kept. */
-export function logTailCut(log: Logger, storage: { path: string; tailCutOnOpen: TailCut | null }): void {
+/** What opening a storage repaired and says so (see logOpenRepairs). */
+export interface OpenRepairs {
+  path: string;
+  tailCutOnOpen: TailCut | null;
+  blobs: { root: string; staleStagingRemoved: { files: number; bytes: number } | null } | null;
+}
+
+/**
+ * Say what opening a storage repaired: a warning when it cut its last
+ * transaction off (unfinished or damaged), naming why and where its bytes
+ * are kept; a line when it removed blob staging files no transaction uses.
+ */
+export function logOpenRepairs(log: Logger, storage: OpenRepairs): void {
   const cut = storage.tailCutOnOpen;
-  if (cut === null) return;
-  log(
-    'warn',
-    `${storage.path}: the last transaction (${cut.bytes} bytes at the end) was cut off and kept in ${cut.keptIn}: ${cut.reason}; a crash during its commit leaves it so, and so would damage to it`,
-    { position: cut.position, bytes: cut.bytes, keptIn: cut.keptIn, reason: cut.reason },
-  );
+  if (cut !== null) {
+    log(
+      'warn',
+      `${storage.path}: the last transaction (${cut.bytes} bytes at the end) was cut off and kept in ${cut.keptIn}: ${cut.reason}; a crash during its commit leaves it so, and so would damage to it`,
+      { position: cut.position, bytes: cut.bytes, keptIn: cut.keptIn, reason: cut.reason },
+    );
+  }
+  const staging = storage.blobs?.staleStagingRemoved;
+  if (staging && staging.files > 0) {
+    log('info', `${storage.blobs!.root}: removed ${staging.files} blob staging file(s) (${staging.bytes} bytes) from tmp/ that no transaction was using: left by a process stopped in the middle of a commit or of receiving blobs`, {
+      files: staging.files,
+      bytes: staging.bytes,
+    });
+  }
 }
 
 /** At most one line this often about events that come in a flood (see FloodWarning). */

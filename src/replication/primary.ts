@@ -10,7 +10,7 @@ import { FileStorage } from '../storage/FileStorage.js';
 import { systemClock } from '../node/clock.js';
 import type { TlsOptions } from '../node/tlsTransport.js';
 import { formatAddress, toAddress } from './address.js';
-import { logTailCut, silentLogger, type Logger } from './log.js';
+import { logOpenRepairs, silentLogger, type Logger } from './log.js';
 import type { ReplicationMetrics } from './metrics.js';
 import { openNodeEdges, type NodeEdges } from './nodeEdges.js';
 import { ReplicationServer, type PromoteHandler } from './server.js';
@@ -120,7 +120,7 @@ export class Primary {
     const clock = options.clock ?? systemClock;
     const storage =
       options.storage ?? (await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.fsync, preallocate: options.preallocate, now: () => clock.now() }));
-    if (!options.storage) logTailCut(options.log ?? silentLogger, storage);
+    if (!options.storage) logOpenRepairs(options.log ?? silentLogger, storage);
     const describe = (sessions: SessionStatus[]): NodeStatus =>
       buildNodeStatus({ role: 'primary', name: options.name ?? null, storage, nowMs: clock.now(), sessions, generation: history?.generations.current });
     let edges: NodeEdges | null = null;

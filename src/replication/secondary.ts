@@ -24,7 +24,7 @@ import { StreamWatch } from './streamWatch.js';
 import { NO_MUTATIONS, type ReplicationMutations } from './mutations.js';
 import type { StorageDisk } from '../storage/disk.js';
 import { NativeInbound, Zrs2Inbound, type ApplyEvent, type InboundDecoder } from './inbound.js';
-import { logTailCut, silentLogger, type Logger } from './log.js';
+import { logOpenRepairs, silentLogger, type Logger } from './log.js';
 import { NATIVE_SPEC, WHOLE_TXN_MAX_BYTES, ZRS20_SPEC, ZRS21_SPEC } from './protocols.js';
 import { ReplicationServer } from './server.js';
 import type { TlsOptions } from '../node/tlsTransport.js';
@@ -351,7 +351,7 @@ export class Secondary {
     // Finishes are pipelined (many share one sync): no inline syncs.
     const inner = await FileStorage.open(options.path, { create: true, blobDir: options.blobDir, fsync: options.mutations?.skipSync ? false : options.fsync, now: () => clock.now(), disk: options.disk, preallocate: options.preallocate, syncInline: false });
     const s = new Secondary(inner, options, from);
-    logTailCut(s.log, inner);
+    logOpenRepairs(s.log, inner);
     try {
       s.failover = await FailoverHistory.open(inner, { role: 'secondary', fsync: options.fsync });
       s.edges = await openNodeEdges(options, s.clock, s.log);

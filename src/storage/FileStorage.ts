@@ -57,7 +57,7 @@ import { LockFile } from './lock.js';
 import type { PackReport } from './pack.js';
 import { dataEndBefore, emptyScanState, oidKey, type OidKey, recordTransaction, scanFile, scanWhole, tailTidFloor, type ScanState } from './scan.js';
 import { Z64, newTid, tidToSeconds } from './timestamp.js';
-import { BlobDirectory } from './blobs.js';
+import { BlobDirectory, STALE_STAGING_MS } from './blobs.js';
 import { iterateTransactions, type IterateOptions } from './iterator.js';
 import { undoLog, undoTransaction } from './undo.js';
 import type {
@@ -398,7 +398,7 @@ export class FileStorage {
       handle = await openHandle(path, 'r');
       const now = options.now ?? Date.now;
       const { state, end, tailTid, tailCut, tail } = await FileStorage.recover(path, fd, handle, readOnly, now);
-      const blobs = options.blobDir ? await BlobDirectory.open(options.blobDir, { create: !readOnly }) : null;
+      const blobs = options.blobDir ? await BlobDirectory.open(options.blobDir, { create: !readOnly, staleBeforeMs: now() - STALE_STAGING_MS }) : null;
       const storage = new FileStorage(
         path,
         fd,

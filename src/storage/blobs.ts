@@ -6,7 +6,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { access, chmod, copyFile, mkdir, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { access, chmod, copyFile, lstat, mkdir, open, readdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { syncDirectory, writeFileSynced } from './fileio.js';
 import { POSKeyError, ZrsError } from '../errors.js';
@@ -40,10 +40,32 @@ export interface PlacedBlob {
   stagedPath: string;
 }
 
+/**
+ * A staging file whose status last changed this long ago (its writing, or its
+ * rename into tmp/) belongs to no transaction still in progress: see
+ * BlobDirectory.open.
+ */
+export const STALE_STAGING_MS = 60 * 60 * 1000;
+
+/** The names tempPath gives. Files of other writers of tmp/ (ZODB clients share it) are never touched. */
+const STAGING_NAME = /^[0-9a-f]{16}\.tmp$/;
+
 export class BlobDirectory {
+  /** Staging files a writable open removed (see open); null for a read-only open. */
+  staleStagingRemoved: { files: number; bytes: number } | null = null;
+
   private constructor(readonly root: string) {}
 
-  static async open(root: string, options: { create: boolean }): Promise<BlobDirectory> {
+  /**
+   * Open (`create`: for writing, making it if need be). A writable open
+   * removes the staging files in tmp/ that no transaction can still be
+   * using: named as this library names them, and unchanged since before
+   * `staleBeforeMs` (default: STALE_STAGING_MS ago). A process killed in the
+   * middle of a commit, or a secondary in the middle of receiving blobs,
+   * leaves them; nothing else would ever remove them. The age keeps the
+   * files of another storage sharing the directory safe while it commits.
+   */
+  static async open(root: string, options: { create: boolean; staleBeforeMs?: number }): Promise<BlobDirectory> {
     const layoutPath = join(root, '.layout');
     let layout: string | null = null;
     try {
@@ -80,7 +102,9 @@ export class BlobDirectory {
     } else if (options.create) {
       await mkdir(join(root, 'tmp'), { recursive: true, mode: 0o700 });
     }
-    return new BlobDirectory(root);
+    const dir = new BlobDirectory(root);
+    if (options.create) dir.staleStagingRemoved = await removeStaleStaging(join(root, 'tmp'), options.staleBeforeMs ?? Date.now() - STALE_STAGING_MS);
+    return dir;
   }
 
   /** Directory holding every revision of an oid. */
@@ -210,4 +234,23 @@ async function createDurably(path: string, content: string): Promise<boolean> {
     throw err;
   }
   return true;
+}
+
+/** Remove the staging files of `tmp` named as tempPath names them and unchanged since before `beforeMs`; one that cannot be removed stays. */
+async function removeStaleStaging(tmp: string, beforeMs: number): Promise<{ files: number; bytes: number }> {
+  const removed = { files: 0, bytes: 0 };
+  for (const name of await readdir(tmp).catch(() => [] as string[])) {
+    if (!STAGING_NAME.test(name)) continue;
+    const path = join(tmp, name);
+    const st = await lstat(path).catch(() => null);
+    if (st === null || !st.isFile() || st.ctimeMs >= beforeMs) continue;
+    try {
+      await unlink(path);
+    } catch {
+      continue;
+    }
+    removed.files += 1;
+    removed.bytes += st.size;
+  }
+  return removed;
 }

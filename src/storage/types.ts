@@ -132,7 +132,7 @@ export interface OpenOptions {
    * without.
    */
   preallocate?: number;
-  /** Wall-clock source for new tids, in ms since the epoch (tests inject a fake). */
+  /** Wall-clock source for new tids (and for the age of blob staging files left in tmp/), in ms since the epoch (tests inject a fake). */
   now?: () => number;
   /** The data file's disk I/O (default: node:fs); the simulator injects a slow or full disk. */
   disk?: StorageDisk;
