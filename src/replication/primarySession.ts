@@ -37,7 +37,7 @@ import {
   type NodeStatus,
   type RefuseCode,
 } from '../wire/native.js';
-import { nativeOutbound, zrs2Outbound, type OutboundCodec } from './protocols.js';
+import { isReplicationProtocolName, nativeOutbound, zrs2Outbound, type OutboundCodec } from './protocols.js';
 import type { FailoverHistory } from '../failover/history.js';
 import { StreamWriter } from './streamWriter.js';
 import { heldBytes, type LiveCommit, type LiveFeed } from './liveFeed.js';
@@ -99,7 +99,11 @@ export interface PrimarySessionOptions {
   history?: FailoverHistory;
   /** Carries out a native promote request. Default: refused as `not-promotable`. */
   promote?: (request: PromoteInput & { peer: string }) => Promise<PromoteOutcome>;
-  /** Called when the session starts streaming to a secondary or takes a promote request (it is then more than a passing connection). */
+  /**
+   * Called when the session starts streaming to a secondary, refuses one that
+   * named a replication protocol, or takes a promote request: it is then more
+   * than a passing connection.
+   */
   identified?: () => void;
 }
 
@@ -413,6 +417,8 @@ export class PrimarySession {
   }
 
   private sendRefusal(code: string, reason: string, protocolName: string | null, forkTid?: Buffer): void {
+    // A replication node refused (diverged, another version …) is no passing connection either.
+    if (isReplicationProtocolName(protocolName)) this.options.identified?.();
     this.options.log('warn', `refused secondary ${this.peer}: ${code}: ${reason}`, { code, protocol: protocolName });
     // A refusal is readable only by native peers (zc.zrs just sees the close).
     if (this.codec) {

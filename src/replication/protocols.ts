@@ -22,6 +22,15 @@ export const NATIVE_SPEC: ProtocolSpec = { name: nativeProtocolName().toString('
 export const ZRS20_SPEC: ProtocolSpec = { name: 'zrs2.0', kind: 'zrs2', hasVerdict: false, hasAcks: false };
 export const ZRS21_SPEC: ProtocolSpec = { name: 'zrs2.1', kind: 'zrs2', hasVerdict: false, hasAcks: false };
 
+/**
+ * Whether a protocol name a peer sent is one of this family's, spoken here or
+ * not (`zrs2.0` at a node with blobs, a native version of another build): the
+ * peer is then a replication node, not a stray connection.
+ */
+export function isReplicationProtocolName(name: string | null): boolean {
+  return name !== null && name.startsWith('zrs');
+}
+
 /** Protocols a primary serves: zrs2.0 only when it has no blobs (as zc.zrs). */
 export function supportedProtocols(hasBlobs: boolean): ProtocolSpec[] {
   return hasBlobs ? [NATIVE_SPEC, ZRS21_SPEC] : [NATIVE_SPEC, ZRS21_SPEC, ZRS20_SPEC];

@@ -105,6 +105,29 @@ describe('a replication server past its connection log burst', () => {
         await clients.drive(() => server.sessionCount === 0);
         expect(lines.splice(0)).toEqual([expect.stringMatching(/^(info|warn) session with x#c\d+ closed: /)]);
       }
+
+      // A secondary refused (its start is past the primary's last tid) and a promote request are logged too.
+      const ahead = encodeNative({ type: 'hello', startTid: Buffer.alloc(8, 0xff), generations: [], options: { blobs: false } }, createNativePackr());
+      const refused = await clients.open([Buffer.from(nativeProtocolName()), ahead]);
+      await clients.drive(() => refused.closed() && server.sessionCount === 0);
+      expect(lines.splice(0)).toEqual([
+        expect.stringMatching(/^info connection from x#c\d+$/),
+        expect.stringMatching(/^warn refused secondary x#c\d+: tid-too-high: /),
+        expect.stringMatching(/^warn session with x#c\d+ closed: refused \(tid-too-high\)/),
+      ]);
+      const promote = await clients.open([Buffer.from(nativeProtocolName()), encodeNative({ type: 'promote-request', force: false }, createNativePackr())]);
+      await clients.drive(() => promote.closed() && server.sessionCount === 0);
+      expect(lines.splice(0)).toEqual([
+        expect.stringMatching(/^info connection from x#c\d+$/),
+        expect.stringMatching(/^info session with x#c\d+ closed: promote request answered \(refused\)$/),
+      ]);
+
+      // A status request past the burst is counted; the count waiting for its interval goes out when the server closes.
+      const status = await clients.open([Buffer.from(nativeProtocolName()), encodeNative({ type: 'status-request' }, createNativePackr())]);
+      await clients.drive(() => status.closed() && server.sessionCount === 0);
+      expect(lines).toEqual([]);
+      await server.close();
+      expect(lines.splice(0)).toEqual([expect.stringMatching(/^info 1 more connection\(s\) not logged line by line \(past 1 in 10 s\); the last: session with x#c\d+ closed: status request answered$/)]);
     } finally {
       await server.close();
       await storage.close();
