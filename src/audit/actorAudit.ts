@@ -3,7 +3,7 @@
 // and handshake verdicts. Observes snapshots only (no effects, no events
 // sent), so auditing never changes what an actor does. Refusals are
 // decisions (fsynced); the rest is batched. A flood of connections naming
-// no protocol the node speaks is counted rather than recorded one by one.
+// no replication protocol is counted rather than recorded one by one.
 
 import type { ActorRefFrom } from 'xstate';
 import type { SessionCloseReason } from '../../machines/primarySession.js';
@@ -13,7 +13,8 @@ import type { PrimarySession } from '../replication/primarySession.js';
 import type { ReplicationAddress } from '../ports/transport.js';
 import type { AuditLog } from './auditLog.js';
 import { describeReason } from '../replication/primarySession.js';
-import { BurstWindow } from '../replication/log.js';
+import { BurstWindow, FloodWarning } from '../replication/log.js';
+import { isReplicationProtocolName } from '../replication/protocols.js';
 
 /** A state value as one readable string: `live`, `connected(link.replicating, keepAlive.ticking)`. */
 export function stateName(value: unknown): string {
@@ -35,51 +36,48 @@ function describeClose(r: SessionCloseReason | null): string {
 /** States before a session says what it is: a secondary, a status request or a promote request. */
 const BEFORE_START = new Set(['awaitingProtocol', 'awaitingStart']);
 
-/** Connections that never name a protocol the node speaks, recorded one by one in each interval (see UnnamedConnections). */
+/** Connections that never name a replication protocol, recorded one by one in each interval (see UnnamedConnections). */
 export const AUDIT_UNNAMED_BURST = 50;
 export const AUDIT_UNNAMED_INTERVAL_MS = 10_000;
 
 /**
  * Connections to a replication address that end before naming a protocol
- * the node speaks (garbage, a port scanner, a client of another protocol)
+ * of this family (garbage, a port scanner, a client of another protocol)
  * are no replication peers, and each refusal is an fsynced record: in a
  * flood they would fill the audit log and load the node's disk. The first
- * `burst` of each interval are recorded as any session; the rest are only
- * counted, in one `connections-unrecorded` record (count, the last one's
- * peer and reason) written when a later interval starts or when the audit
- * stops following the server. Status requests are never recorded anyway.
+ * `AUDIT_UNNAMED_BURST` of each interval are recorded as any session; the
+ * rest are only counted, in `connections-unrecorded` records (count, the
+ * last one's peer and reason): the first at once, then at most one per
+ * interval, and what is still counted when the audit stops following the
+ * server. Status requests are never recorded anyway.
  */
 export class UnnamedConnections {
   private readonly window = new BurstWindow(AUDIT_UNNAMED_BURST, AUDIT_UNNAMED_INTERVAL_MS);
-  private count = 0;
-  private last: { peer: string; reason: string } | null = null;
+  private readonly counted: FloodWarning;
   private stopped = false;
 
-  constructor(private readonly audit: AuditLog) {}
+  constructor(private readonly audit: AuditLog) {
+    this.counted = new FloodWarning(audit.clock, AUDIT_UNNAMED_INTERVAL_MS, (count, lastPeer, fields) =>
+      audit.note('connections-unrecorded', {
+        count,
+        reason: `more than ${AUDIT_UNNAMED_BURST} connections in ${AUDIT_UNNAMED_INTERVAL_MS / 1000} s that named no replication protocol`,
+        lastPeer,
+        lastReason: fields?.reason,
+      }),
+    );
+  }
 
   /** Whether a connection that ended unnamed is recorded; if not, it is counted. */
   admit(peer: string, reason: string): boolean {
-    if (this.stopped || this.window.take(this.audit.now(), () => this.flush())) return true;
-    this.count += 1;
-    this.last = { peer, reason };
+    if (this.stopped || this.window.take(this.audit.now())) return true;
+    this.counted.note(peer, { reason });
     return false;
   }
 
-  /** Write the count held, and record every later connection as any other. */
+  /** Write what is still counted, and record every later connection as any other. */
   stop(): void {
-    this.flush();
     this.stopped = true;
-  }
-
-  private flush(): void {
-    if (this.count === 0) return;
-    this.audit.note('connections-unrecorded', {
-      count: this.count,
-      reason: `more than ${this.window.burst} connections in ${this.window.intervalMs / 1000} s that named no protocol this node speaks`,
-      lastPeer: this.last?.peer,
-      lastReason: this.last?.reason,
-    });
-    this.count = 0;
+    this.counted.close();
   }
 }
 
@@ -109,7 +107,7 @@ export function auditPrimarySession(audit: AuditLog, session: PrimarySession, un
         const records = held;
         held = null;
         if (to === 'closed' && c.closeReason?.kind === 'status-served') return;
-        if (to === 'closed' && from === 'awaitingProtocol' && unnamed && !unnamed.admit(peer, describeClose(c.closeReason))) return;
+        if (to === 'closed' && from === 'awaitingProtocol' && !isReplicationProtocolName(c.protocolName) && unnamed && !unnamed.admit(peer, describeClose(c.closeReason))) return;
         for (const [kind, details, atMs] of records) audit.note(kind, details, atMs);
       }
       // The edge's progress: the machine hears of writes and acks only at its transitions.

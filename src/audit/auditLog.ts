@@ -240,6 +240,11 @@ export class AuditLog {
     return this.options.clock.now();
   }
 
+  /** The log's clock (timers of what writes to it follow it too). */
+  get clock(): Clock {
+    return this.options.clock;
+  }
+
   /**
    * Record a frequent event; written with the next batch. `atMs`: when it
    * happened, if earlier than now (a record held back until it was known to

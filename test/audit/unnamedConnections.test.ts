@@ -1,5 +1,5 @@
-// Connections that never name a protocol the node speaks are recorded one by
-// one only up to a burst per interval; the rest are counted in one record.
+// Connections that never name a replication protocol are recorded one by one
+// only up to a burst per interval; the rest are counted.
 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -17,7 +17,7 @@ import { SimClients } from '../replication/netHelpers.js';
 
 afterAll(cleanupTempDirs);
 
-describe('the audit of a flood of connections naming no protocol', () => {
+describe('the audit of a flood of connections naming no replication protocol', () => {
   it('records the first of each interval one by one and counts the rest, while a secondary is recorded as always (simulated network, virtual clock)', async () => {
     const dir = await tempDir();
     const clock = new VirtualClock();
@@ -44,6 +44,9 @@ describe('the audit of a flood of connections naming no protocol', () => {
       clock.advance(AUDIT_UNNAMED_INTERVAL_MS);
       await flood(1);
       await flood(AUDIT_UNNAMED_BURST + 1);
+      // A node naming a replication protocol this one does not speak is recorded, refusal and all.
+      const otherVersion = await clients.open([Buffer.from('zrs-ts/9')]);
+      await clients.drive(() => otherVersion.closed() && server.sessionCount === 0);
       // A secondary past the burst is recorded whole.
       const hello = encodeNative({ type: 'hello', startTid: Buffer.alloc(8), generations: [], options: { blobs: false } }, createNativePackr());
       const s = await clients.open([Buffer.from(nativeProtocolName()), hello]);
@@ -58,16 +61,18 @@ describe('the audit of a flood of connections naming no protocol', () => {
     }
     const records = await readAuditLogStrict(join(dir, 'p.audit'));
     const refusals = records.filter((r) => r.kind === 'handshake' && r.details.verdict === 'refused');
-    expect(refusals).toHaveLength(2 * AUDIT_UNNAMED_BURST);
-    expect(refusals.every((r) => r.details.code === 'unsupported-version' && r.details.protocol === 'bogus')).toBe(true);
+    expect(refusals).toHaveLength(2 * AUDIT_UNNAMED_BURST + 1);
+    expect(refusals.every((r) => r.details.code === 'unsupported-version')).toBe(true);
+    expect(refusals.filter((r) => r.details.protocol !== 'bogus').map((r) => r.details.protocol)).toEqual(['zrs-ts/9']);
+    // Past the burst: the first counted at once, the next two once the interval passed, the last two when the audit stopped.
     const counts = records.filter((r) => r.kind === 'connections-unrecorded');
-    expect(counts.map((r) => r.details.count)).toEqual([3, 2]);
+    expect(counts.map((r) => r.details.count)).toEqual([1, 2, 2]);
     expect(counts[0]!.details).toMatchObject({ lastPeer: expect.stringMatching(/^x#c\d+$/), lastReason: expect.stringMatching(/^refused \(unsupported-version\)/) });
     // The first count is written as the next interval starts, before that interval's first connection.
     const firstCount = records.indexOf(counts[0]!);
     expect(records.slice(0, firstCount).filter((r) => r.kind === 'handshake')).toHaveLength(AUDIT_UNNAMED_BURST);
-    expect(records.filter((r) => r.kind === 'connection')).toHaveLength(2 * AUDIT_UNNAMED_BURST + 1);
+    expect(records.filter((r) => r.kind === 'connection')).toHaveLength(2 * AUDIT_UNNAMED_BURST + 2);
     expect(records.filter((r) => r.kind === 'handshake' && r.details.verdict === 'welcome')).toHaveLength(1);
-    expect(records.filter((r) => r.kind === 'disconnection')).toHaveLength(2 * AUDIT_UNNAMED_BURST + 1);
+    expect(records.filter((r) => r.kind === 'disconnection')).toHaveLength(2 * AUDIT_UNNAMED_BURST + 2);
   });
 });

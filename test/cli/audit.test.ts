@@ -57,12 +57,12 @@ describe('zrs audit', () => {
   it('prints a count of connections not recorded one by one', async () => {
     const path = join(await tempDir(), 'Data.fs.audit');
     const audit = await AuditLog.open(path, { node: 'p', clock: new VirtualClock() });
-    audit.note('connections-unrecorded', { count: 7, reason: 'more than 50 connections in 10 s that named no protocol this node speaks', lastPeer: '10.0.0.9:41000', lastReason: 'peer-closed' });
+    audit.note('connections-unrecorded', { count: 7, reason: 'more than 50 connections in 10 s that named no replication protocol', lastPeer: '10.0.0.9:41000', lastReason: 'peer-closed' });
     await audit.close();
     const r = await run('audit', path);
     expect(r.code).toBe(0);
     expect(r.stdout).toBe(
-      '2024-01-01T00:00:00.000Z  #1  p  connections-unrecorded  7 more connection(s) not recorded one by one (more than 50 connections in 10 s that named no protocol this node speaks); the last from 10.0.0.9:41000: peer-closed\n',
+      '2024-01-01T00:00:00.000Z  #1  p  connections-unrecorded  7 more connection(s) not recorded one by one (more than 50 connections in 10 s that named no replication protocol); the last from 10.0.0.9:41000: peer-closed\n',
     );
   });
 
