@@ -213,6 +213,7 @@ async function start(s: StorageConfig, log: Logger): Promise<Running> {
 async function startPrimary(s: PrimaryConfig, log: Logger): Promise<Running> {
   // ZODB's `create true` starts from an empty file: open it so, then serve that storage.
   const storage = s.storage.create ? await FileStorage.open(s.options.path, { create: 'truncate', blobDir: s.options.blobDir, fsync: s.options.fsync, preallocate: s.options.preallocate }) : undefined;
+  if (storage) logOpenRepairs(log, storage);
   let primary: Primary;
   try {
     primary = await Primary.open({ ...s.options, storage, log, name: s.name, ...metricsOption(s) });
@@ -226,7 +227,11 @@ async function startPrimary(s: PrimaryConfig, log: Logger): Promise<Running> {
 }
 
 async function startSecondary(s: SecondaryConfig, log: Logger): Promise<Running> {
-  if (s.storage.create) await (await FileStorage.open(s.options.path, { create: 'truncate', blobDir: s.options.blobDir })).close();
+  if (s.storage.create) {
+    const created = await FileStorage.open(s.options.path, { create: 'truncate', blobDir: s.options.blobDir });
+    logOpenRepairs(log, created);
+    await created.close();
+  }
   const secondary = await Secondary.open({ ...s.options, log, name: s.name, ...metricsOption(s) });
   // Promoted (a promote request on its replicate-to): from then on the node is that primary.
   let promoted: Primary | null = null;
