@@ -42,9 +42,10 @@ export function logOpenRepairs(log: Logger, storage: OpenRepairs): void {
       { position: cut.position, bytes: cut.bytes, keptIn: cut.keptIn, reason: cut.reason },
     );
   }
-  const staging = storage.blobs?.staleStagingRemoved;
-  if (staging && staging.files > 0) {
-    log('info', `${storage.blobs!.root}: removed ${staging.files} blob staging file(s) (${staging.bytes} bytes) from tmp/ that no transaction was using: left by a process stopped in the middle of a commit or of receiving blobs`, {
+  const blobs = storage.blobs;
+  const staging = blobs?.staleStagingRemoved;
+  if (blobs && staging && staging.files > 0) {
+    log('info', `${blobs.root}: removed ${staging.files} blob staging file(s) (${staging.bytes} bytes) from tmp/ that no transaction was using: left by a process stopped in the middle of a commit or of receiving blobs`, {
       files: staging.files,
       bytes: staging.bytes,
     });
@@ -116,14 +117,13 @@ export class BurstWindow {
   private taken = 0;
 
   constructor(
-    readonly burst: number,
-    readonly intervalMs: number,
+    private readonly burst: number,
+    private readonly intervalMs: number,
   ) {}
 
-  /** Whether an event at `nowMs` is within the burst; `onNewWindow` runs first when the event starts a window. */
-  take(nowMs: number, onNewWindow?: () => void): boolean {
+  /** Whether an event at `nowMs` is within the burst. */
+  take(nowMs: number): boolean {
     if (nowMs - this.startMs >= this.intervalMs || nowMs < this.startMs) {
-      onNewWindow?.();
       this.startMs = nowMs;
       this.taken = 0;
     }
@@ -140,10 +140,11 @@ export const DEFAULT_CONNECTION_LOG_BURST = 50;
  * from flooding the log, while a secondary is never hidden. The first
  * `burst` connections of each interval log every line as now. A connection
  * past them is quiet: its lines are held back until it identifies itself
- * (a secondary welcomed, a promote request); if it does, its `connection
- * from` line goes out then and every later line as usual; if it ends
- * without, it is only counted, in one line per interval naming the last
- * one's last line. Errors always go out.
+ * (streaming to a secondary starts, a replication node is refused, a
+ * promote request); if it does, its `connection from` line goes out then and
+ * every later line as usual; if it ends without, it is only counted (the
+ * first at once, then at most one line per interval, naming the last one's
+ * last line). Errors always go out.
  */
 export class ConnectionLogGate {
   private readonly window: BurstWindow;
@@ -163,8 +164,8 @@ export class ConnectionLogGate {
 
   /**
    * A new connection from `peer`: logs its `connection from` line (or holds
-   * it back) and returns its logger, `identified()` to call once it serves
-   * a secondary or a promote request, and `ended()` to call when it ends.
+   * it back) and returns its logger, `identified()` to call once it is more
+   * than a passing connection, and `ended()` to call when it ends.
    */
   open(peer: string): { log: SessionLog; identified(): void; ended(): void } {
     const first = `connection from ${peer}`;
