@@ -240,8 +240,8 @@ async function startSecondary(s: SecondaryConfig, log: Logger): Promise<Running>
     log('warn', 'promoted to primary', { generation: primary.generation.generation, startTid: primary.generation.startTid.toString('hex'), replicateTo: formatAddress(primary.address) });
   });
   const sub = secondary.status$.subscribe((st) => {
+    // A lost connection ('disconnected') is told by the secondary's own log line, with its level (a clean close is no fault).
     if (st.kind === 'connecting' || st.kind === 'connected') log('info', st.kind, { address: st.address });
-    else if (st.kind === 'disconnected') log('warn', 'disconnected', { address: st.address, reason: st.reason });
     else if (st.kind === 'backoff') log('info', 'waiting to reconnect', { retryInMs: st.retryInMs });
     else if (st.kind === 'diverged' || st.kind === 'failed') log('error', st.kind, { reason: st.reason });
   });

@@ -6,7 +6,7 @@
 import { Subject, type Observable } from 'rxjs';
 import { createActor, fromCallback, fromPromise, type ActorRefFrom } from 'xstate';
 import type { ProtocolSpec } from '../../machines/handshake.js';
-import { connectionSettings, secondaryConnectionMachine } from '../../machines/secondaryConnection.js';
+import { connectionSettings, secondaryConnectionMachine, type ConnectionFailure } from '../../machines/secondaryConnection.js';
 import { ChecksumMismatchError, FrameTooLargeError, ReadOnlyError, runEach, ZrsError } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import { seededRandom, type Random } from '../ports/random.js';
@@ -111,7 +111,10 @@ export interface SecondaryOptions {
   mutations?: ReplicationMutations;
 }
 
-/** Non-fatal conditions, for an app or a dashboard to follow. */
+/**
+ * Non-fatal conditions, for an app or a dashboard to follow. A connection
+ * lost emits `disconnected`, with why, just before `backoff`.
+ */
 export type SecondaryStatus =
   | { kind: 'connecting'; address: string }
   | { kind: 'connected'; address: string }
@@ -213,6 +216,7 @@ export class Secondary {
   private readonly statusSubject = new Subject<SecondaryStatus>();
   /** The last status published, as text: a status is published when it differs. */
   private lastStatus = '';
+  private lastStatusKind: SecondaryStatus['kind'] | null = null;
   /** Non-fatal status changes (connecting, connected, disconnected, backoff, diverged …), each once. */
   readonly status$: Observable<SecondaryStatus> = this.statusSubject.asObservable();
   private readonly promotedSubject = new Subject<Primary>();
@@ -699,7 +703,12 @@ export class Secondary {
     // The machine moves between inner states (keep-alive, a transaction applied) without a change here.
     const text = JSON.stringify(status);
     if (text === this.lastStatus) return;
+    // A connection lost says why, before the wait to reconnect.
+    if (status.kind === 'backoff' && this.lastStatusKind === 'connected') {
+      this.statusSubject.next({ kind: 'disconnected', address, reason: failureReason(context.lastError as ConnectionFailure | null) });
+    }
     this.lastStatus = text;
+    this.lastStatusKind = status.kind;
     this.statusSubject.next(status);
   }
 
@@ -1056,3 +1065,20 @@ function asError(err: unknown): Error {
 }
 
 export { ReadOnlyError };
+
+/** Why a connection ended, in words (a status's `reason`). */
+function failureReason(f: ConnectionFailure | null): string {
+  if (f === null) return 'unknown';
+  switch (f.kind) {
+    case 'disconnected':
+      return f.error?.message ?? 'the connection closed';
+    case 'connect-failed':
+    case 'replicate-failed':
+    case 'abort-failed':
+      return asError(f.error).message;
+    case 'refused':
+      return `refused (${f.code}): ${f.reason}`;
+    default:
+      return `${f.kind} after ${f.timeoutMs} ms`;
+  }
+}

@@ -1,0 +1,62 @@
+// A secondary's status$ says why a connection was lost: `disconnected` with
+// its reason, just before `backoff`; a move to another address, or an
+// attempt that never connected, goes to `backoff` without one.
+
+import { join } from 'node:path';
+import { firstValueFrom, filter, timeout } from 'rxjs';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Primary } from '../../src/replication/primary.js';
+import { Secondary, type SecondaryStatus } from '../../src/replication/secondary.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { commitMany, waitForTid } from './helpers.js';
+import { NOWHERE, WAIT_MS } from './netHelpers.js';
+
+afterAll(cleanupTempDirs);
+
+describe("a secondary's status$", () => {
+  it('emits disconnected with its reason before backoff when the upstream goes away', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: join(dir, 'p.sock'), fsync: false, auditPath: null });
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, auditPath: null, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
+    const statuses: SecondaryStatus[] = [];
+    const sub = secondary.status$.subscribe((s) => statuses.push(s));
+    try {
+      await waitForTid(secondary, (await commitMany(primary.storage, 1))[0]!);
+      const backoff = firstValueFrom(secondary.status$.pipe(filter((s) => s.kind === 'backoff'), timeout(WAIT_MS)));
+      await primary.close();
+      await backoff;
+      const address = join(dir, 'p.sock');
+      expect(statuses.slice(-2)).toEqual([
+        { kind: 'disconnected', address, reason: 'the upstream closed the connection' },
+        { kind: 'backoff', retryInMs: expect.any(Number) },
+      ]);
+    } finally {
+      sub.unsubscribe();
+      await secondary.close();
+      await primary.close();
+    }
+  });
+
+  it('emits no disconnected for a move to another address, nor for an attempt that never connected', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: join(dir, 'p.sock'), fsync: false, auditPath: null });
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, auditPath: null, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
+    const statuses: SecondaryStatus[] = [];
+    const sub = secondary.status$.subscribe((s) => statuses.push(s));
+    try {
+      await waitForTid(secondary, (await commitMany(primary.storage, 1))[0]!);
+      const backoff = firstValueFrom(secondary.status$.pipe(filter((s) => s.kind === 'backoff'), timeout(WAIT_MS)));
+      secondary.setReplicationAddress(NOWHERE);
+      await backoff;
+      expect(statuses.slice(-2)).toEqual([
+        { kind: 'connecting', address: NOWHERE },
+        { kind: 'backoff', retryInMs: expect.any(Number) },
+      ]);
+      expect(statuses.map((s) => s.kind)).not.toContain('disconnected');
+    } finally {
+      sub.unsubscribe();
+      await secondary.close();
+      await primary.close();
+    }
+  });
+});
