@@ -13,50 +13,46 @@ import { NOWHERE, WAIT_MS } from './netHelpers.js';
 
 afterAll(cleanupTempDirs);
 
+/**
+ * A primary on a Unix socket and a secondary replicating from it, with the
+ * secondary's statuses from its open on; `then` runs once it holds a commit,
+ * and resolves once the secondary waits to reconnect.
+ */
+async function statusesAround(then: (primary: Primary, secondary: Secondary) => Promise<void>): Promise<{ statuses: SecondaryStatus[]; address: string }> {
+  const dir = await tempDir();
+  const address = join(dir, 'p.sock');
+  const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: address, fsync: false, auditPath: null });
+  const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, auditPath: null, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
+  const statuses: SecondaryStatus[] = [];
+  const sub = secondary.status$.subscribe((s) => statuses.push(s));
+  try {
+    await waitForTid(secondary, (await commitMany(primary.storage, 1))[0]!);
+    const backoff = firstValueFrom(secondary.status$.pipe(filter((s) => s.kind === 'backoff'), timeout(WAIT_MS)));
+    await then(primary, secondary);
+    await backoff;
+    return { statuses, address };
+  } finally {
+    sub.unsubscribe();
+    await secondary.close();
+    await primary.close();
+  }
+}
+
 describe("a secondary's status$", () => {
   it('emits disconnected with its reason before backoff when the upstream goes away', async () => {
-    const dir = await tempDir();
-    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: join(dir, 'p.sock'), fsync: false, auditPath: null });
-    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, auditPath: null, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
-    const statuses: SecondaryStatus[] = [];
-    const sub = secondary.status$.subscribe((s) => statuses.push(s));
-    try {
-      await waitForTid(secondary, (await commitMany(primary.storage, 1))[0]!);
-      const backoff = firstValueFrom(secondary.status$.pipe(filter((s) => s.kind === 'backoff'), timeout(WAIT_MS)));
-      await primary.close();
-      await backoff;
-      const address = join(dir, 'p.sock');
-      expect(statuses.slice(-2)).toEqual([
-        { kind: 'disconnected', address, reason: 'the upstream closed the connection' },
-        { kind: 'backoff', retryInMs: expect.any(Number) },
-      ]);
-    } finally {
-      sub.unsubscribe();
-      await secondary.close();
-      await primary.close();
-    }
+    const { statuses, address } = await statusesAround((primary) => primary.close());
+    expect(statuses.slice(-2)).toEqual([
+      { kind: 'disconnected', address, reason: 'the upstream closed the connection' },
+      { kind: 'backoff', retryInMs: expect.any(Number) },
+    ]);
   });
 
   it('emits no disconnected for a move to another address, nor for an attempt that never connected', async () => {
-    const dir = await tempDir();
-    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: join(dir, 'p.sock'), fsync: false, auditPath: null });
-    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, auditPath: null, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
-    const statuses: SecondaryStatus[] = [];
-    const sub = secondary.status$.subscribe((s) => statuses.push(s));
-    try {
-      await waitForTid(secondary, (await commitMany(primary.storage, 1))[0]!);
-      const backoff = firstValueFrom(secondary.status$.pipe(filter((s) => s.kind === 'backoff'), timeout(WAIT_MS)));
-      secondary.setReplicationAddress(NOWHERE);
-      await backoff;
-      expect(statuses.slice(-2)).toEqual([
-        { kind: 'connecting', address: NOWHERE },
-        { kind: 'backoff', retryInMs: expect.any(Number) },
-      ]);
-      expect(statuses.map((s) => s.kind)).not.toContain('disconnected');
-    } finally {
-      sub.unsubscribe();
-      await secondary.close();
-      await primary.close();
-    }
+    const { statuses } = await statusesAround(async (_primary, secondary) => secondary.setReplicationAddress(NOWHERE));
+    expect(statuses.slice(-2)).toEqual([
+      { kind: 'connecting', address: NOWHERE },
+      { kind: 'backoff', retryInMs: expect.any(Number) },
+    ]);
+    expect(statuses.map((s) => s.kind)).not.toContain('disconnected');
   });
 });
