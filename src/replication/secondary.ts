@@ -214,9 +214,8 @@ class UpstreamClosedError extends ZrsError {
 export class Secondary {
   private readonly actor: ConnectionActor;
   private readonly statusSubject = new Subject<SecondaryStatus>();
-  /** The last status published, as text: a status is published when it differs. */
-  private lastStatus = '';
-  private lastStatusKind: SecondaryStatus['kind'] | null = null;
+  /** The last status published, and as text: a status is published when it differs. */
+  private lastStatus: { status: SecondaryStatus; text: string } | null = null;
   /** Non-fatal status changes (connecting, connected, disconnected, backoff, diverged …), each once. */
   readonly status$: Observable<SecondaryStatus> = this.statusSubject.asObservable();
   private readonly promotedSubject = new Subject<Primary>();
@@ -577,7 +576,7 @@ export class Secondary {
     });
   }
 
-  /** Why a connection the peer closed cleanly ended, when that is worth a warning. */
+  /** Why a connection the peer closed cleanly ended (a clean close after the handshake is logged as news, not a fault). */
   private closeReason(conn: Connection): Error {
     if (conn.decoder.insideFrame) return new ZrsError('connection closed inside a frame');
     // Logged as why replication stopped: without it a restarted primary left only "waiting to reconnect".
@@ -702,13 +701,12 @@ export class Secondary {
     if (!status) return;
     // The machine moves between inner states (keep-alive, a transaction applied) without a change here.
     const text = JSON.stringify(status);
-    if (text === this.lastStatus) return;
+    if (text === this.lastStatus?.text) return;
     // A connection lost says why, before the wait to reconnect.
-    if (status.kind === 'backoff' && this.lastStatusKind === 'connected') {
+    if (status.kind === 'backoff' && this.lastStatus?.status.kind === 'connected') {
       this.statusSubject.next({ kind: 'disconnected', address, reason: failureReason(context.lastError as ConnectionFailure | null) });
     }
-    this.lastStatus = text;
-    this.lastStatusKind = status.kind;
+    this.lastStatus = { status, text };
     this.statusSubject.next(status);
   }
 

@@ -22,6 +22,17 @@ async function linksOf(chain: HashChain, tids: Buffer[]): Promise<string[]> {
   return tids.map((t) => chain.hashAt(t)!.toString('hex'));
 }
 
+/** A new storage with `n` commits followed by a chain, closed again: the storage (open), the tids, their links and the chain file. */
+async function chainOfCommits(n: number): Promise<{ fs: FileStorage; tids: Buffer[]; links: string[]; chainPath: string }> {
+  const path = join(await tempDir(), 'Data.fs');
+  const fs = await FileStorage.open(path, { create: true, fsync: false });
+  const chain = await HashChain.open(fs);
+  const tids = await commitMany(fs, n);
+  const links = await linksOf(chain, tids);
+  await chain.close();
+  return { fs, tids, links, chainPath: chainPathFor(path) };
+}
+
 describe('HashChain', () => {
   it('samples keep the first transaction and the steps back from the head, however many tids are asked for', async () => {
     const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
@@ -95,14 +106,8 @@ describe('HashChain', () => {
   });
 
   it('drops a last entry with one flipped byte, and keeps reading and extending a version-1 file with its sha256 checks', async () => {
-    const dir = await tempDir();
-    const path = join(dir, 'Data.fs');
-    const fs = await FileStorage.open(path, { create: true, fsync: false });
-    let chain = await HashChain.open(fs);
-    const tids = await commitMany(fs, 4);
-    const links = await linksOf(chain, tids);
-    await chain.close();
-    const chainPath = chainPathFor(path);
+    const { fs, tids, links, chainPath } = await chainOfCommits(4);
+    let chain: HashChain;
 
     const flipped = readFileSync(chainPath);
     flipped[flipped.length - CHAIN_ENTRY_BYTES + 20]! ^= 0x04;
@@ -138,14 +143,8 @@ describe('HashChain', () => {
   });
 
   it('refuses a chain file of another format or with a damaged header instead of rebuilding it (a primary-given link would be lost); starts over on a header never written', async () => {
-    const dir = await tempDir();
-    const path = join(dir, 'Data.fs');
-    const fs = await FileStorage.open(path, { create: true, fsync: false });
-    let chain = await HashChain.open(fs);
-    const tids = await commitMany(fs, 3);
-    const links = await linksOf(chain, tids);
-    await chain.close();
-    const chainPath = chainPathFor(path);
+    const { fs, tids, links, chainPath } = await chainOfCommits(3);
+    let chain: HashChain;
     const good = readFileSync(chainPath);
 
     const newer = Buffer.from(good);
