@@ -8,7 +8,7 @@ import { linksOfRun, type RunLinks } from '../failover/links.js';
 import { NATIVE_CHECKSUM_ALGORITHM, StreamChecksum } from '../wire/checksum.js';
 import { MAX_META_BYTES } from '../storage/FileStorage.js';
 import { dumps } from '../wire/pickle.js';
-import { createNativeUnpackr, decodeNative, type GenerationEntry, type PrimaryMessage, type RecordMessage } from '../wire/native.js';
+import { createNativeUnpackr, decodeNative, type GenerationEntry, type PrimaryMessage } from '../wire/native.js';
 import { Zrs2StreamParser, type Zrs2Event } from '../wire/zrs2.js';
 
 export type ApplyEvent =
@@ -44,7 +44,10 @@ export class NativeInbound implements InboundDecoder {
   private readonly unpackr = createNativeUnpackr();
   private checksum: StreamChecksum;
   private welcomed = false;
-  private pendingRecord: RecordMessage | null = null;
+  /** The last record, held until the next message says whether a blob follows it. `owned`: its data is not a view into a frame. */
+  private pendingRecord: { oid: Buffer; dataTxn: Buffer | null; data: Buffer | null; owned: boolean } | null = null;
+  /** A large record whose blocks are arriving: its data is assembled from them. */
+  private large: { oid: Buffer; dataTxn: Buffer | null; size: number; blocks: Buffer[]; received: number } | null = null;
   private blobRemaining = 0;
   private tid: Buffer | null = null;
   /** The welcome granted txnLinks: `txns` runs are checked by their links. */
@@ -52,6 +55,7 @@ export class NativeInbound implements InboundDecoder {
   /** What the welcome granted: `txns` runs and blobs come only when it did. */
   private rawGranted = false;
   private blobsGranted = false;
+  private largeGranted = false;
 
   constructor(
     private readonly startTid: Buffer,
@@ -109,6 +113,7 @@ export class NativeInbound implements InboundDecoder {
       this.linked = msg.options.rawTxns === true && msg.options.txnLinks === true;
       this.rawGranted = msg.options.rawTxns === true;
       this.blobsGranted = msg.options.blobs;
+      this.largeGranted = msg.options.largeRecords === true;
       // Nothing was fed yet: the stream's checksum starts after the welcome.
       if (msg.options.segmentedChecksum === true) this.checksum = new StreamChecksum(this.startTid, NATIVE_CHECKSUM_ALGORITHM, 'segmented');
       return [
@@ -128,10 +133,13 @@ export class NativeInbound implements InboundDecoder {
   private flushRecord(blob: { blocks: number } | null): ApplyEvent {
     const r = this.pendingRecord!;
     this.pendingRecord = null;
-    return { kind: 'record', oid: r.oid, data: r.data && Buffer.from(r.data), dataTxn: r.dataTxn, blob };
+    return { kind: 'record', oid: r.oid, data: r.data && (r.owned ? r.data : Buffer.from(r.data)), dataTxn: r.dataTxn, blob };
   }
 
   private message(msg: PrimaryMessage, owned: boolean, linked?: RunLinks): ApplyEvent[] {
+    if (this.large !== null && msg.type !== 'record-block') {
+      throw new ProtocolError(`${msg.type} inside the data of large record ${this.large.oid.toString('hex')} (${this.large.received} of ${this.large.size} bytes)`);
+    }
     switch (msg.type) {
       case 'txn':
         if (this.tid !== null) throw new ProtocolError('txn inside a transaction');
@@ -156,8 +164,26 @@ export class NativeInbound implements InboundDecoder {
         return [{ kind: 'rawTxns', bytes: owned ? msg.bytes : Buffer.from(msg.bytes), count: msg.count, lastTid: msg.lastTid, ...(linked ? { linked } : {}) }];
       case 'record':
         if (this.tid === null || this.blobRemaining > 0) throw new ProtocolError('record outside a transaction');
-        this.pendingRecord = msg;
+        this.pendingRecord = { oid: msg.oid, dataTxn: msg.dataTxn, data: msg.data, owned: false };
         return [];
+      case 'large-record':
+        if (!this.largeGranted) throw new ProtocolError('large-record, but the welcome did not grant largeRecords');
+        if (this.tid === null || this.blobRemaining > 0) throw new ProtocolError('large-record outside a transaction');
+        this.large = { oid: msg.oid, dataTxn: msg.dataTxn, size: msg.size, blocks: [], received: 0 };
+        return [];
+      case 'record-block': {
+        const large = this.large;
+        if (large === null) throw new ProtocolError('record-block without its large-record');
+        if (msg.bytes.length > large.size - large.received) throw new ProtocolError(`record-block beyond the ${large.size} bytes of large record ${large.oid.toString('hex')}`);
+        // Blocks are kept as they arrive (memory grows only with bytes received) and joined once.
+        large.blocks.push(owned ? msg.bytes : Buffer.from(msg.bytes));
+        large.received += msg.bytes.length;
+        if (large.received === large.size) {
+          this.large = null;
+          this.pendingRecord = { oid: large.oid, dataTxn: large.dataTxn, data: Buffer.concat(large.blocks, large.size), owned: true };
+        }
+        return [];
+      }
       case 'blob': {
         if (!this.blobsGranted) throw new ProtocolError('blob, but the welcome did not grant blobs');
         if (!this.pendingRecord || !this.pendingRecord.oid.equals(msg.oid)) throw new ProtocolError('blob without its record');

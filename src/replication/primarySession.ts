@@ -329,6 +329,7 @@ export class PrimarySession {
     let wantsRaw = false;
     let wantsLinks = false;
     let wantsSegments = false;
+    let wantsLargeRecords = false;
     let edgeRefusal: ReturnType<FailoverHistory['refusalFor']> = undefined;
     if (spec.kind === 'native') {
       let hello: ReturnType<typeof decodeNative>;
@@ -355,6 +356,7 @@ export class PrimarySession {
       wantsRaw = hello.options.rawTxns === true;
       wantsLinks = hello.options.txnLinks === true;
       wantsSegments = hello.options.segmentedChecksum === true;
+      wantsLargeRecords = hello.options.largeRecords === true;
       edgeRefusal = this.options.history?.refusalFor(hello);
       const chainFailure = this.options.history?.chain.failure;
       if (chainFailure) {
@@ -375,6 +377,7 @@ export class PrimarySession {
               rawTxns: wantsRaw,
               txnLinks: wantsLinks && this.options.history ? this.options.history.chain.cursor() : undefined,
               segmentedChecksum: wantsSegments,
+              largeRecords: wantsLargeRecords,
               heartbeatIntervalMs: this.options.heartbeatIntervalMs,
             })
           : zrs2Outbound(this.options.storage, startTid, spec);

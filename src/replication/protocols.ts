@@ -15,7 +15,7 @@ import { loads, type PickleDict } from '../wire/pickle.js';
 import type { TransactionRecord } from '../storage/types.js';
 import { NATIVE_CHECKSUM_ALGORITHM, StreamChecksum } from '../wire/checksum.js';
 import { FRAME_HEADER_BYTES, encodeFrame } from '../wire/framing.js';
-import { BLOB_BLOCK_BYTES, createNativePackr, encodeCommitFrame, encodeNativeFrame, encodeTxnsFrame, MAX_HEARTBEAT_INTERVAL_MS, MAX_INLINE_RECORDS, nativeProtocolName, SUPPORTED_NATIVE_VERSIONS, type GenerationEntry, type NativeMessage, type RefuseCode } from '../wire/native.js';
+import { BLOB_BLOCK_BYTES, RECORD_BLOCK_BYTES, createNativePackr, encodeCommitFrame, encodeNativeFrame, encodeTxnsFrame, MAX_HEARTBEAT_INTERVAL_MS, MAX_INLINE_RECORDS, nativeProtocolName, SUPPORTED_NATIVE_VERSIONS, type GenerationEntry, type NativeMessage, type RefuseCode } from '../wire/native.js';
 import { BLOB_BLOCK_SIZE_BYTES, Zrs2Checksum, blobBlockCount, encodeMessage } from '../wire/zrs2.js';
 
 export const NATIVE_SPEC: ProtocolSpec = { name: nativeProtocolName().toString('latin1'), kind: 'native', hasVerdict: true, hasAcks: true };
@@ -106,8 +106,9 @@ async function blobSize(storage: FileStorage, oid: Buffer, tid: Buffer): Promise
 
 /**
  * Largest transaction sent whole, in one frame (inline `txn`, or inside a
- * raw run); a larger one goes record by record, so only a single record is
- * bounded by the secondary's frame limit.
+ * raw run); a larger one goes record by record. A record larger than this
+ * goes in blocks (`large-record`) to a secondary that asked for them; to
+ * one that did not, whole, bounded by its frame limit.
  */
 export const WHOLE_TXN_MAX_BYTES = 16 * 1024 * 1024;
 
@@ -137,6 +138,8 @@ export function nativeOutbound(
     txnLinks?: Pick<ChainCursor, 'linksOf'>;
     /** The secondary asked for the segmented checksum rule (docs/PROTOCOL.md, Checksum). */
     segmentedChecksum?: boolean;
+    /** The secondary asked for records larger than wholeTxnMaxBytes in blocks (`large-record`). */
+    largeRecords?: boolean;
     /** Default WHOLE_TXN_MAX_BYTES. */
     wholeTxnMaxBytes?: number;
     /** The session heartbeats every this many ms while live and idle (announced in welcome); 0 or absent: never. */
@@ -147,6 +150,7 @@ export function nativeOutbound(
   const linked = options.rawTxns === true ? options.txnLinks : undefined;
   const packr = createNativePackr();
   const segmented = options.segmentedChecksum === true;
+  const largeRecords = options.largeRecords === true;
   const checksum = new StreamChecksum(startTid, NATIVE_CHECKSUM_ALGORITHM, segmented ? 'segmented' : 'running');
   const frame = (msg: NativeMessage): Buffer => {
     const f = encodeNativeFrame(msg, packr);
@@ -171,7 +175,7 @@ export function nativeOutbound(
           type: 'welcome',
           lastTid,
           ...(options.generations?.() ?? { generation: { generation: 0, startTid: Buffer.alloc(8) } }),
-          options: { blobs: options.blobs, compression: 'none', ...(options.rawTxns ? { rawTxns: true } : {}), ...(linked ? { txnLinks: true } : {}), ...(segmented ? { segmentedChecksum: true } : {}) },
+          options: { blobs: options.blobs, compression: 'none', ...(options.rawTxns ? { rawTxns: true } : {}), ...(linked ? { txnLinks: true } : {}), ...(segmented ? { segmentedChecksum: true } : {}), ...(largeRecords ? { largeRecords: true } : {}) },
           ...announcedInterval(options.heartbeatIntervalMs),
         },
         packr,
@@ -224,7 +228,10 @@ export function nativeOutbound(
     async *transaction(txn) {
       yield frame({ type: 'txn', tid: txn.tid, status: txn.status as ' ' | 'p', user: txn.user, description: txn.description, extension: txn.extensionBytes });
       for (const r of txn.records) {
-        yield frame({ type: 'record', oid: r.oid, dataTxn: r.dataTxn, data: r.data });
+        if (largeRecords && r.data !== null && r.data.length > wholeMax) {
+          yield frame({ type: 'large-record', oid: r.oid, dataTxn: r.dataTxn, size: r.data.length });
+          for (let at = 0; at < r.data.length; at += RECORD_BLOCK_BYTES) yield frame({ type: 'record-block', bytes: r.data.subarray(at, at + RECORD_BLOCK_BYTES) });
+        } else yield frame({ type: 'record', oid: r.oid, dataTxn: r.dataTxn, data: r.data });
         if (options.blobs && storage.blobs && isBlobRecord(r.data)) {
           const size = await blobSize(storage, r.oid, txn.tid);
           yield frame({ type: 'blob', oid: r.oid, size });

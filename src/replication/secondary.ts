@@ -80,9 +80,11 @@ export interface SecondaryOptions {
   heartbeatTimeoutMs?: number;
   reconnect?: { initialMs?: number; maxMs?: number; factor?: number; jitter?: number };
   /**
-   * The largest frame taken from the primary (default 256 MiB): it bounds the
-   * largest record that can be replicated. At least MIN_STREAM_MAX_FRAME_BYTES
-   * (32 MiB), as a primary sends transactions up to 16 MiB whole, in runs.
+   * The largest frame taken from the primary (default 256 MiB). At least
+   * MIN_STREAM_MAX_FRAME_BYTES (32 MiB), as a primary sends transactions up
+   * to 16 MiB whole, in runs. A native primary of this version sends larger
+   * records in blocks; from a zc.zrs primary (or a native one from before
+   * blocks), it bounds the largest record that can be replicated.
    */
   maxFrameBytes?: number;
   transport?: Transport;
@@ -520,7 +522,7 @@ export class Secondary {
     // without its file. Off only when the blob directory is shared.
     const blobs = this.options.transferBlobs ?? true;
     const history = this.failover?.helloFields(start) ?? { generations: [] };
-    return [name, encodeNativeFrame({ type: 'hello', startTid: start, ...history, options: { blobs, rawTxns: true, txnLinks: true, segmentedChecksum: true } }, this.packr)];
+    return [name, encodeNativeFrame({ type: 'hello', startTid: start, ...history, options: { blobs, rawTxns: true, txnLinks: true, segmentedChecksum: true, largeRecords: true } }, this.packr)];
   }
 
   private sendHandshake(conn: Connection): void {

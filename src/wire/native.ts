@@ -49,6 +49,9 @@ export const OID_BYTES = 8;
 /** Largest `blob-block` payload; every block but the last of a blob has exactly this size. */
 export const BLOB_BLOCK_BYTES = 64 * 1024;
 
+/** Largest `record-block` payload; every block but the last of a large record has exactly this size. */
+export const RECORD_BLOCK_BYTES = 1024 * 1024;
+
 /** Largest number of entries in a hello's generation history. */
 export const MAX_GENERATION_HISTORY = 1024;
 
@@ -140,6 +143,8 @@ export interface HelloOptions {
   txnLinks?: boolean;
   /** The secondary takes the segmented checksum rule (docs/PROTOCOL.md, Checksum). */
   segmentedChecksum?: boolean;
+  /** The secondary takes `large-record` messages (a record's data in `record-block`s). */
+  largeRecords?: boolean;
 }
 
 /** Options a primary granted. */
@@ -152,6 +157,8 @@ export interface AcceptedOptions {
   txnLinks?: boolean;
   /** The stream's checksum follows the segmented rule (only when asked for). */
   segmentedChecksum?: boolean;
+  /** `large-record` messages may follow (only when asked for). */
+  largeRecords?: boolean;
 }
 
 /** Secondary -> primary, frame 2: where to start and what history the secondary holds. */
@@ -274,6 +281,26 @@ export interface RecordMessage {
   dataTxn: Buffer | null;
   /** Resolved record data (a view into the frame), or null for "no data" (an undone creation). */
   data: Buffer | null;
+}
+
+/**
+ * Primary -> secondary: one data record of the current transaction whose
+ * data, `size` bytes, follows in `record-block` messages (only after a
+ * welcome that granted largeRecords). It stands where a `record` would.
+ */
+export interface LargeRecordMessage {
+  type: 'large-record';
+  oid: Buffer;
+  /** Backpointer target when the primary's record is a backpointer, else null. */
+  dataTxn: Buffer | null;
+  /** Bytes of the record's data, at least 1. */
+  size: number;
+}
+
+/** Primary -> secondary: the next 1..RECORD_BLOCK_BYTES bytes of the current large record's data (a view). */
+export interface RecordBlockMessage {
+  type: 'record-block';
+  bytes: Buffer;
 }
 
 /** Primary -> secondary: the preceding record of `oid` has a blob of `size` bytes; blocks follow. */
@@ -415,6 +442,8 @@ export type PrimaryMessage =
   | TxnMessage
   | TxnsMessage
   | RecordMessage
+  | LargeRecordMessage
+  | RecordBlockMessage
   | BlobMessage
   | BlobBlockMessage
   | CommitMessage
@@ -437,6 +466,8 @@ const SENDER_OF: Readonly<Record<NativeMessage['type'], NativeSender>> = {
   txn: 'primary',
   txns: 'primary',
   record: 'primary',
+  'large-record': 'primary',
+  'record-block': 'primary',
   blob: 'primary',
   'blob-block': 'primary',
   commit: 'primary',
@@ -810,6 +841,17 @@ function parseFields(obj: Obj, type: string, copyIds: boolean): NativeMessage {
       };
     case 'record':
       return parseRecord(obj, copyIds);
+    case 'large-record': {
+      const dataTxn = get(obj, 'dataTxn', type);
+      return {
+        type,
+        oid: asId(get(obj, 'oid', type), 'large-record.oid', copyIds),
+        dataTxn: dataTxn === null ? null : asId(dataTxn, 'large-record.dataTxn', copyIds),
+        size: asInt(get(obj, 'size', type), 'large-record.size', 1),
+      };
+    }
+    case 'record-block':
+      return { type, bytes: asBytes(get(obj, 'bytes', type), 'record-block.bytes', false, 1, RECORD_BLOCK_BYTES) };
     case 'blob':
       return {
         type,
@@ -985,6 +1027,7 @@ function contentCheckText(msg: CheckedMessage): string {
   let fields: string[];
   // segmentedChecksum stays out of the text, so peers from before it check a hello that asks for it
   // alike: a peer that got it wrong computes other digests, and the first commit fails its checksum.
+  // largeRecords too: a peer that got it wrong fails on the first large-record it does not expect.
   if (msg.type === 'hello') {
     const o = msg.options;
     fields = [msg.startTid.toString('hex'), list(msg.generations, gen), msg.chainHead ? link(msg.chainHead) : '-', list(msg.chainSamples, link), `blobs=${o.blobs} compression=${o.compression ?? '-'} rawTxns=${o.rawTxns ?? '-'} txnLinks=${o.txnLinks ?? '-'}`];
@@ -1009,9 +1052,11 @@ function verifyContentCheck(obj: Obj, msg: CheckedMessage): void {
 }
 
 /** The optional flags of a hello's options (asked for) or a welcome's (granted); nil is absent. */
-function optionalFlags(options: Obj, where: string): Pick<HelloOptions & AcceptedOptions, 'rawTxns' | 'txnLinks' | 'segmentedChecksum'> {
-  const flags: Pick<HelloOptions & AcceptedOptions, 'rawTxns' | 'txnLinks' | 'segmentedChecksum'> = {};
-  for (const key of ['rawTxns', 'txnLinks', 'segmentedChecksum'] as const) {
+type OptionalFlag = 'rawTxns' | 'txnLinks' | 'segmentedChecksum' | 'largeRecords';
+
+function optionalFlags(options: Obj, where: string): Pick<HelloOptions & AcceptedOptions, OptionalFlag> {
+  const flags: Pick<HelloOptions & AcceptedOptions, OptionalFlag> = {};
+  for (const key of ['rawTxns', 'txnLinks', 'segmentedChecksum', 'largeRecords'] as const) {
     const v = getOptional(options, key);
     if (v !== undefined && v !== null) flags[key] = asBool(v, `${where}.${key}`);
   }

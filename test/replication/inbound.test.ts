@@ -14,7 +14,7 @@ import { nativeOutbound, WHOLE_TXN_MAX_BYTES, zrs2Outbound, ZRS20_SPEC } from '.
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import type { TransactionRecord } from '../../src/storage/types.js';
 import { FRAME_HEADER_BYTES } from '../../src/wire/framing.js';
-import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, MAX_INLINE_RECORDS } from '../../src/wire/native.js';
+import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, MAX_INLINE_RECORDS, RECORD_BLOCK_BYTES } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, Z64 } from './helpers.js';
 
@@ -117,13 +117,13 @@ describe('NativeInbound and the checksum rule', () => {
   });
 });
 
-describe('NativeInbound takes only what the welcome granted', () => {
-  const welcome = (options: { blobs: boolean; rawTxns?: boolean }): NativeInbound => {
-    const inbound = new NativeInbound(Z64, 1 << 24);
-    inbound.push(encodeNative({ type: 'welcome', lastTid: Z64, generation: { generation: 0, startTid: Z64 }, options: { compression: 'none', ...options } }, createNativePackr()));
-    return inbound;
-  };
+function welcome(options: { blobs: boolean; rawTxns?: boolean; largeRecords?: boolean }): NativeInbound {
+  const inbound = new NativeInbound(Z64, 1 << 24);
+  inbound.push(encodeNative({ type: 'welcome', lastTid: Z64, generation: { generation: 0, startTid: Z64 }, options: { compression: 'none', ...options } }, createNativePackr()));
+  return inbound;
+}
 
+describe('NativeInbound takes only what the welcome granted', () => {
   it('refuses a txns run when rawTxns was not granted', async () => {
     const run = await linkedRun(2);
     expect(() => welcome({ blobs: false }).push(run.txns)).toThrow(/txns, but the welcome did not grant rawTxns/);
@@ -143,6 +143,74 @@ describe('NativeInbound takes only what the welcome granted', () => {
     const events = frames.flatMap((f) => granted.push(f));
     expect(events.map((e) => e.kind)).toEqual(['begin', 'record']);
     expect(events[1]).toMatchObject({ kind: 'record', blob: { blocks: 1 } });
+  });
+});
+
+describe('NativeInbound and large records', () => {
+  const wholeTxnMaxBytes = 1000;
+  const oid = Buffer.alloc(8, 1);
+  const data = Buffer.alloc(2 * RECORD_BLOCK_BYTES + 5);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 7) & 0xff;
+  const txn = {
+    tid: Buffer.alloc(8, 2),
+    status: ' ',
+    user: Buffer.alloc(0),
+    description: Buffer.alloc(0),
+    extensionBytes: Buffer.alloc(0),
+    records: [
+      { oid, dataTxn: null, data },
+      { oid: Buffer.alloc(8, 3), dataTxn: Buffer.alloc(8, 1), data: Buffer.from('small') },
+    ],
+  } as never;
+
+  /** The payloads a primary granting largeRecords (or not) sends for the transaction. */
+  async function payloads(largeRecords: boolean): Promise<Buffer[]> {
+    const codec = nativeOutbound({ blobs: null } as never, Z64, { blobs: false, largeRecords, wholeTxnMaxBytes });
+    const out: Buffer[] = [];
+    for await (const f of codec.transaction(txn)) out.push(f.subarray(FRAME_HEADER_BYTES));
+    return out;
+  }
+  const types = (ps: Buffer[]): string[] => ps.map((p) => decodeNative(p, createNativeUnpackr(), 'primary').type);
+
+  it('travel in blocks when granted, and arrive as one record event with the whole data', async () => {
+    const sent = await payloads(true);
+    expect(types(sent)).toEqual(['txn', 'large-record', 'record-block', 'record-block', 'record-block', 'record', 'commit']);
+    expect(types(await payloads(false))).toEqual(['txn', 'record', 'record', 'commit']);
+    const inbound = welcome({ blobs: false, largeRecords: true });
+    const got = sent.flatMap((p) => inbound.push(p));
+    expect(got.map((e) => e.kind)).toEqual(['begin', 'record', 'record', 'commit']);
+    expect(got[1]).toMatchObject({ kind: 'record', oid, dataTxn: null, blob: null });
+    expect((got[1] as Extract<ApplyEvent, { kind: 'record' }>).data!.equals(data)).toBe(true);
+  });
+
+  it('refuses them when not granted, and a block changed on the way at the commit', async () => {
+    const sent = await payloads(true);
+    const plain = welcome({ blobs: false });
+    plain.push(sent[0]!);
+    expect(() => plain.push(sent[1]!)).toThrow(/large-record, but the welcome did not grant largeRecords/);
+
+    const changed = sent.map((p) => Buffer.from(p));
+    const block = changed[3]!;
+    block[block.length - 1] = block[block.length - 1]! ^ 0xff; // the last byte of the second block's data
+    const inbound = welcome({ blobs: false, largeRecords: true });
+    changed.slice(0, -1).forEach((p) => inbound.push(p));
+    expect(() => inbound.push(changed.at(-1)!)).toThrow(ChecksumMismatchError);
+  });
+
+  it('refuses a stream that leaves a large record short, overruns it, or sends blocks without one', async () => {
+    const sent = await payloads(true);
+    const short = welcome({ blobs: false, largeRecords: true });
+    sent.slice(0, 4).forEach((p) => short.push(p));
+    expect(() => short.push(sent[5]!)).toThrow(/record inside the data of large record 0101010101010101 \(2097152 of 2097157 bytes\)/);
+
+    const packr = createNativePackr();
+    const over = welcome({ blobs: false, largeRecords: true });
+    sent.slice(0, 4).forEach((p) => over.push(p));
+    expect(() => over.push(encodeNative({ type: 'record-block', bytes: Buffer.alloc(6) }, packr))).toThrow(/record-block beyond the 2097157 bytes/);
+
+    const stray = welcome({ blobs: false, largeRecords: true });
+    stray.push(sent[0]!);
+    expect(() => stray.push(sent[2]!)).toThrow(/record-block without its large-record/);
   });
 });
 

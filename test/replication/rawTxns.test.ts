@@ -10,9 +10,9 @@ import { join } from 'node:path';
 import { firstValueFrom, filter, take, toArray, timeout } from 'rxjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Primary } from '../../src/replication/primary.js';
-import { Secondary } from '../../src/replication/secondary.js';
+import { MIN_STREAM_MAX_FRAME_BYTES, Secondary } from '../../src/replication/secondary.js';
 import { WHOLE_TXN_MAX_BYTES } from '../../src/replication/protocols.js';
-import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName, type PrimaryMessage } from '../../src/wire/native.js';
+import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName, RECORD_BLOCK_BYTES, type PrimaryMessage } from '../../src/wire/native.js';
 import { cleanupTempDirs, copyZodbFixture, tempDir } from '../helpers/fixtures.js';
 import { allTransactions, commitMany, expectSameHistory, waitForTid, Z64 } from './helpers.js';
 import { FAST_RECONNECT, FakeServer, FramedSocket, LogCollector, WAIT_MS } from './netHelpers.js';
@@ -58,6 +58,7 @@ async function messagesUntil(primary: Pick<Primary, 'address'>, rawTxns: boolean
 interface PeerAsks {
   txnLinks?: boolean;
   segmentedChecksum?: boolean;
+  largeRecords?: boolean;
 }
 
 /** messagesUntil, each message with its frame payload. */
@@ -273,6 +274,53 @@ describe('transactions larger than WHOLE_TXN_MAX_BYTES', () => {
       await waitForTid(secondary, last);
       await expectSameHistory(fs, secondary.storage);
       await secondary.close();
+    });
+  });
+});
+
+describe('records larger than WHOLE_TXN_MAX_BYTES', () => {
+  it('travel in blocks to a secondary that asks, so a record larger than its frame limit replicates', async () => {
+    const dir = await tempDir();
+    await withPrimary(dir, async (primary) => {
+      const fs = primary.storage;
+      await commitMany(fs, 2);
+      const big = { description: 'big' };
+      await fs.tpcBegin(big);
+      const record = Buffer.alloc(MIN_STREAM_MAX_FRAME_BYTES + 1);
+      for (let i = 0; i < record.length; i += 4096) record[i] = (i >> 12) & 0xff;
+      fs.store(fs.newOid(), Z64, record, big);
+      fs.store(fs.newOid(), Z64, Buffer.from('small'), big);
+      await fs.tpcVote(big);
+      const bigTid = await fs.tpcFinish(big);
+      const last = (await commitMany(fs, 2)).at(-1)!;
+
+      const kinds = (messages: PrimaryMessage[]) => messages.map((m) => m.type).filter((t) => t === 'record' || t === 'large-record' || t === 'record-block');
+      const asked = await messagesUntil(primary, true, last, undefined, { largeRecords: true });
+      expect(asked.find((m) => m.type === 'welcome')).toMatchObject({ options: { largeRecords: true } });
+      const blocks = Math.ceil(record.length / RECORD_BLOCK_BYTES);
+      expect(kinds(asked)).toEqual(['large-record', ...Array<string>(blocks).fill('record-block'), 'record']);
+      expect(asked.find((m) => m.type === 'large-record')).toMatchObject({ size: record.length, dataTxn: null });
+      // A peer that does not ask gets the record whole, and no largeRecords in its welcome.
+      const plain = await messagesUntil(primary, true, last);
+      expect(kinds(plain)).toEqual(['record', 'record']);
+      expect((plain.find((m) => m.type === 'welcome') as { options: object }).options).not.toHaveProperty('largeRecords');
+
+      const secondary = await Secondary.open({
+        path: join(dir, 's.fs'),
+        replicateFrom: primary.address,
+        fsync: false,
+        reconnect: FAST_RECONNECT,
+        auditPath: null,
+        maxFrameBytes: MIN_STREAM_MAX_FRAME_BYTES,
+      });
+      try {
+        await waitForTid(secondary, last);
+        await expectSameHistory(fs, secondary.storage);
+        const copied = (await allTransactions(secondary.storage)).find((t) => t.tid.equals(bigTid))!;
+        expect(copied.records[0]!.data!.equals(record)).toBe(true);
+      } finally {
+        await secondary.close();
+      }
     });
   });
 });

@@ -8,6 +8,7 @@ import { ProtocolError } from '../../src/errors.js';
 import { FRAME_HEADER_BYTES, FrameDecoder, encodeFrame } from '../../src/wire/framing.js';
 import {
   BLOB_BLOCK_BYTES,
+  RECORD_BLOCK_BYTES,
   PROTOCOL_NAME_MAX_BYTES,
   REFUSE_CODES,
   classifyProtocolName,
@@ -88,6 +89,12 @@ const messageArb: fc.Arbitrary<NativeMessage> = fc.oneof(
   fc
     .record({ oid: tid, dataTxn: fc.option(tid, { nil: null }), data: fc.option(blob(2000), { nil: null }) })
     .map((r): NativeMessage => ({ type: 'record', ...r })),
+  fc
+    .record({ oid: tid, dataTxn: fc.option(tid, { nil: null }), size: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }) })
+    .map((r): NativeMessage => ({ type: 'large-record', ...r })),
+  fc
+    .uint8Array({ minLength: 1, maxLength: 3000 })
+    .map((b): NativeMessage => ({ type: 'record-block', bytes: Buffer.from(b) })),
   fc.record({ oid: tid, size: fc.maxSafeNat() }).map((b): NativeMessage => ({ type: 'blob', ...b })),
   fc
     .uint8Array({ minLength: 1, maxLength: 3000 })
@@ -270,6 +277,11 @@ describe('encodeNative / decodeNative', () => {
       [{ type: 'blob', oid: t, size: 1.5 }, /blob\.size must be an integer/],
       [{ type: 'blob-block', bytes: Buffer.alloc(0) }, /blob-block\.bytes must be 1\.\.65536 bytes/],
       [{ type: 'blob-block', bytes: Buffer.alloc(BLOB_BLOCK_BYTES + 1) }, /blob-block\.bytes/],
+      [{ type: 'large-record', oid: t, dataTxn: null, size: 0 }, /large-record\.size must be an integer in 1\./],
+      [{ type: 'large-record', oid: t, size: 5 }, /missing field 'dataTxn'/],
+      [{ type: 'large-record', oid: t, dataTxn: null, data: t }, /missing field 'size'/],
+      [{ type: 'record-block', bytes: Buffer.alloc(0) }, /record-block\.bytes must be 1\.\.1048576 bytes/],
+      [{ type: 'record-block', bytes: Buffer.alloc(RECORD_BLOCK_BYTES + 1) }, /record-block\.bytes/],
       [{ type: 'commit', checksum: Buffer.alloc(20) }, /commit\.checksum must be 16 or 32 bytes/],
       [{ type: 'heartbeat', lastTid: t, clockMs: -1 }, /heartbeat\.clockMs/],
       [{ type: 'heartbeat', lastTid: t, clockMs: 1, generation: { generation: 1, startTid: Buffer.alloc(7) } }, /heartbeat\.generation\.startTid/],
