@@ -258,6 +258,10 @@ export class HashChain {
   private closed = false;
   /** Links the primary sent for packed transactions about to commit here (bounded). */
   private readonly expected = new Map<string, Buffer>();
+  /** Entry index and tid of each link a primary gave that is not on disk yet, oldest first. */
+  private givenUnwritten: Array<{ index: number; tid: Buffer }> = [];
+  /** The first packed transaction committed here whose given link a write error lost (see lostLink). */
+  private lost: Buffer | null = null;
   /**
    * Runs of links computed here ahead of their commits, oldest first, from
    * entry computedAt of run computedRun on (at most MAX_COMPUTED_LINKS).
@@ -334,7 +338,12 @@ export class HashChain {
   }
 
   private onCommit(c: CommittedTransaction): void {
-    if (this.closed || this.failed || (this.headEntry && Buffer.compare(c.tid, this.headEntry.tid) <= 0)) return;
+    if (this.closed || (this.headEntry && Buffer.compare(c.tid, this.headEntry.tid) <= 0)) return;
+    if (this.failed) {
+      // Taken no more; a link only the primary could give is lost with it.
+      if (this.expected.delete(c.tid.toString('hex')) && c.status === 'p') this.lost ??= Buffer.from(c.tid);
+      return;
+    }
     try {
       let given: Buffer | undefined;
       if (this.expected.size > 0) {
@@ -346,6 +355,7 @@ export class HashChain {
       // A packed transaction lost records: its content no longer gives the link, the primary's does.
       const link = given && c.status === 'p' ? given : (this.takeComputed(c.tid, prev) ?? linkAt(this.storage, prev, c.pos, c.raw));
       // A link given by the primary cannot be computed here again: written at once.
+      if (link === given) this.givenUnwritten.push({ index: this.length, tid: Buffer.from(c.tid) });
       this.append(c.tid, link, link === given);
     } catch (err) {
       // Never thrown into the storage's publisher: the chain stops here and is
@@ -401,10 +411,12 @@ export class HashChain {
         if (this.fsync) await this.storage.disk.datasync(this.file.fd);
         this.fileEntries += count;
         this.mustWrite = Math.max(0, this.mustWrite - count);
+        if (this.givenUnwritten.length > 0) this.givenUnwritten = this.givenUnwritten.filter((g) => g.index >= this.fileEntries);
       }
     } catch (err) {
-      // Unwritten links are recomputed from the data file on the next open.
+      // Unwritten links are recomputed from the data file on the next open, but for those a primary gave.
       this.failed = err as Error;
+      this.lost ??= this.givenUnwritten[0]?.tid ?? null;
     } finally {
       this.flushing = null;
     }
@@ -415,6 +427,12 @@ export class HashChain {
    * commit (its content was reduced by pack, so the replica cannot compute it).
    */
   expectLink(tid: Buffer, link: Buffer): void {
+    if (this.failed) {
+      throw new ZrsError(
+        `${this.path}: the hash chain stopped after an error (${this.failed.message}): it cannot record the link the primary gave for packed transaction ${tid.toString('hex')}, so that transaction is not committed here; reopen the node once its disk is fixed`,
+        { cause: this.failed },
+      );
+    }
     if (this.expected.size >= MAX_EXPECTED_LINKS) this.expected.delete(this.expected.keys().next().value!);
     this.expected.set(tid.toString('hex'), Buffer.from(link));
   }
@@ -519,6 +537,18 @@ export class HashChain {
   async givenWritten(): Promise<void> {
     while (this.mustWrite > 0 && this.flushing) await this.flushing;
     if (this.failed) throw new ZrsError(`${this.path}: writing the hash chain failed: a link the primary gave is not on disk`, { cause: this.failed });
+  }
+
+  /**
+   * The first packed transaction in the data file whose link, given by the
+   * primary, a write error lost, or null. A reopened chain computes another
+   * link for it from the packed records, so the node's primary then finds
+   * it diverged there: it must not acknowledge that transaction (a secondary
+   * does not connect again while this is set). A rewind to before it, or a
+   * reopen followed by the rewind its primary's refusal calls for, clears it.
+   */
+  get lostLink(): Buffer | null {
+    return this.lost;
   }
 
   /**

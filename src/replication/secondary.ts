@@ -272,6 +272,7 @@ export class Secondary {
           await this.dropped;
           // Nothing is applied while a rewind cuts the file (setReplicationAddress may restart the machine meanwhile).
           await this.rewound.catch(() => undefined);
+          this.checkLinksKept();
           const stream = await this.transport.connect(input.address as ReplicationAddress, signal);
           if (signal.aborted) {
             stream.destroy();
@@ -511,6 +512,22 @@ export class Secondary {
       mutations,
     );
     return conn;
+  }
+
+  /**
+   * Refuse to connect while a packed transaction is in the data file without
+   * the link its primary gave: any connection would acknowledge it (acks and
+   * the hello's start are cumulative), and the primary would count it
+   * durable here with a link this node no longer holds.
+   */
+  private checkLinksKept(): void {
+    const lost = this.failover?.chain.lostLink;
+    if (!lost) return;
+    const error = new ZrsError(
+      `packed transaction ${lost.toString('hex')} is in the data file without the link its primary gave, which a hash chain write error lost (${this.failover!.chain.failure?.message ?? 'unknown error'}): this node does not replicate on until it is reopened; then its primary finds it diverged at that transaction, and a rewind (zrs rewind) brings it back`,
+    );
+    this.log('error', error.message);
+    throw error;
   }
 
   /** The protocol name and the start position (a hello, for the native protocol) from `start` on. */

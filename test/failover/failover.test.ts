@@ -3,7 +3,7 @@
 // primary as diverged (no retry loop), rewind it into a side file, rejoin and
 // converge; equal tids with different contents are caught.
 
-import { mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -11,6 +11,8 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import { Primary, type PrimaryOptions } from '../../src/replication/primary.js';
 import { Secondary, type SecondaryOptions } from '../../src/replication/secondary.js';
 import { FailoverHistory } from '../../src/failover/history.js';
+import { chainPathFor } from '../../src/failover/hashChain.js';
+import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { GenerationHistory } from '../../src/failover/generations.js';
 import { askForkTid, rewindStorage } from '../../src/failover/rewind.js';
 import type { Clock } from '../../src/ports/clock.js';
@@ -358,6 +360,38 @@ describe('failover', () => {
       expect(s.machine.getSnapshot().matches('diverged')).toBe(false);
       await s.close();
     } finally {
+      await primary.close();
+    }
+  });
+
+  it('a secondary whose hash chain lost a link its primary gave does not connect again, so it never acknowledges that transaction', async () => {
+    const dir = await tempDir();
+    const primary = await openPrimary(join(dir, 'p.fs'));
+    const sPath = join(dir, 's.fs');
+    // Every sync of the secondary's chain file fails (its data file syncs as usual).
+    const chainFile = chainPathFor(sPath);
+    const disk: StorageDisk = {
+      ...nodeDisk,
+      datasync: (fd) => (readlinkSync(`/proc/self/fd/${fd}`) === chainFile ? Promise.reject(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' })) : nodeDisk.datasync(fd)),
+    };
+    const logs = new LogCollector();
+    let secondary: Secondary | null = null;
+    try {
+      await commitMany(primary.storage, 12, 3);
+      await primary.storage.pack(Date.now() / 1000 + 5);
+      const packed = (await allTransactions(primary.storage)).filter((t) => t.status === 'p');
+      expect(packed.length).toBeGreaterThan(0);
+      const first = packed[0]!.tid.toString('hex');
+      secondary = await openSecondary(sPath, primary.address, { fsync: true, disk, log: logs.log });
+      const refusals = await logs.waitForCount((e) => e.level === 'error' && e.message.startsWith('packed transaction'), 2);
+      expect(refusals[0]!.message).toContain(`packed transaction ${first} is in the data file without the link its primary gave`);
+      expect(refusals[0]!.message).toMatch(/EIO/);
+      // The data file holds it (committed before its link's write failed), but it was never reported applied (nor acknowledged).
+      expect(Buffer.compare(secondary.storage.lastTransaction(), packed[0]!.tid)).toBeGreaterThanOrEqual(0);
+      expect(Buffer.compare(secondary.machine.getSnapshot().context.lastAppliedTid, packed[0]!.tid)).toBeLessThan(0);
+      expect(secondary.history!.chain.lostLink!.toString('hex')).toBe(first);
+    } finally {
+      await secondary?.close().catch(() => undefined);
       await primary.close();
     }
   });

@@ -449,6 +449,64 @@ describe('a chain stopped by a write error', () => {
   });
 });
 
+describe('links a primary gave, with a chain stopped by a write error', () => {
+  /** A storage on a disk whose next sync fails, its chain synced through that disk, and a packed transaction's commit. */
+  async function failingChain() {
+    const path = join(await tempDir(), 'f.fs');
+    const { disk, failNext } = diskFailingOnce();
+    const fs = await FileStorage.open(path, { create: true, fsync: false, disk });
+    const chain = await HashChain.open(fs, { fsync: true });
+    const commitPacked = async (tid: Buffer): Promise<void> => {
+      const txn = { description: 'packed' };
+      await fs.tpcBegin(txn, { tid, status: 'p' });
+      fs.store(fs.newOid(), Z64, Buffer.from('p'), txn);
+      await fs.tpcVote(txn);
+      await fs.tpcFinish(txn);
+    };
+    const close = async () => {
+      await chain.close().catch(() => undefined);
+      await fs.close();
+    };
+    return { fs, chain, failNext, commitPacked, close };
+  }
+
+  it('names the packed transaction whose link the failed write lost', async () => {
+    const { fs, chain, failNext, commitPacked, close } = await failingChain();
+    try {
+      await commitMany(fs, 3);
+      expect(chain.lostLink).toBeNull();
+      failNext();
+      const tid = tidPlusOne(fs.lastTransaction());
+      chain.expectLink(tid, Buffer.alloc(32, 0x5a));
+      await commitPacked(tid);
+      await expect(chain.givenWritten()).rejects.toThrow(/a link the primary gave is not on disk/);
+      expect(chain.lostLink?.toString('hex')).toBe(tid.toString('hex'));
+      // Later commits, computed or given, leave the first one named.
+      await commitMany(fs, 1);
+      expect(chain.lostLink?.toString('hex')).toBe(tid.toString('hex'));
+    } finally {
+      await close();
+    }
+  });
+
+  it('names one given before the chain stopped and committed after, and refuses to take a link once stopped', async () => {
+    const { fs, chain, failNext, commitPacked, close } = await failingChain();
+    try {
+      await commitMany(fs, 2);
+      const tid = tidPlusOne(fs.lastTransaction());
+      chain.expectLink(tid, Buffer.alloc(32, 0x5a));
+      failNext();
+      await expect(chain.flush()).rejects.toThrow(/writing the hash chain failed/);
+      expect(chain.lostLink).toBeNull(); // computed links only: a reopen computes them again
+      await commitPacked(tid);
+      expect(chain.lostLink?.toString('hex')).toBe(tid.toString('hex'));
+      expect(() => chain.expectLink(tidPlusOne(tid), Buffer.alloc(32, 0x5b))).toThrow(/cannot record the link the primary gave for packed transaction/);
+    } finally {
+      await close();
+    }
+  });
+});
+
 describe('writing the chain file before a pack', () => {
   it('writes every pending link before the packed file replaces the data file (a packed file cannot give them again)', async () => {
     const { dir, path, fs, chain, size } = await chainWithSize('pk.fs');
