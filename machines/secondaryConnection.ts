@@ -234,6 +234,15 @@ export function reconnectDelayMs(settings: ReconnectSettings, attempt: number, r
 }
 
 /**
+ * A `connect` failure no retry can mend, marked by the edge (an error with
+ * `haltsReplication: true`): the machine stops in `failed` instead of
+ * backing off, until RESET or SET_ADDRESS.
+ */
+export function haltsReplication(error: unknown): boolean {
+  return typeof error === 'object' && error !== null && (error as { haltsReplication?: unknown }).haltsReplication === true;
+}
+
+/**
  * What a refusal leads to: only retry when waiting can help. `diverged` needs
  * an explicit rewind; `unsupported-version` and `blobs-unavailable` need a
  * configuration change; everything else (tid-too-high, bad-tid, internal,
@@ -301,7 +310,9 @@ const dropCurrentConnection = {
  *
  * The edge must provide (with `.provide()`):
  * - actor `connect` (promise, {@link ConnectInput} → {@link ConnectOutput}):
- *   open a stream; reject when refused/unreachable. If `signal` aborts after
+ *   open a stream; reject when refused/unreachable (with an error marked
+ *   `haltsReplication: true` when no retry can help: the machine then stops
+ *   in `failed`). If `signal` aborts after
  *   the stream opened, destroy it (CLOSE or SET_ADDRESS raced the connect).
  * - actor `replicate` (callback, {@link ReplicateInput}): the one reader of the
  *   connection, from its first byte. Decodes frames; for protocols with a
@@ -368,6 +379,7 @@ export const secondaryConnectionMachine = setup({
       assertEvent(event, 'REFUSED');
       return refusalOutcome(event.code) === 'diverged';
     },
+    connectHalted: ({ event }) => haltsReplication((event as { error?: unknown }).error),
     refusedForGood: ({ event }) => {
       assertEvent(event, 'REFUSED');
       return refusalOutcome(event.code) === 'failed';
@@ -411,10 +423,17 @@ export const secondaryConnectionMachine = setup({
         src: 'connect',
         input: ({ context }) => ({ address: context.address }),
         onDone: { target: 'connected', actions: assign({ connection: ({ event }) => event.output.connection }) },
-        onError: {
-          target: 'backoff',
-          actions: { type: 'fail', params: ({ event }) => ({ failure: { kind: 'connect-failed', error: event.error } }) },
-        },
+        onError: [
+          {
+            guard: 'connectHalted',
+            target: 'failed',
+            actions: { type: 'fail', params: ({ event }) => ({ failure: { kind: 'connect-failed', error: event.error } }) },
+          },
+          {
+            target: 'backoff',
+            actions: { type: 'fail', params: ({ event }) => ({ failure: { kind: 'connect-failed', error: event.error } }) },
+          },
+        ],
       },
       after: {
         connectTimeout: {

@@ -101,6 +101,13 @@ function checkUpstreamState(h: PromotionHandle, options: PromoteOptions): string
 
 export async function promoteSecondary(h: PromotionHandle, options: PromoteOptions): Promise<Primary> {
   let state = checkUpstreamState(h, options);
+  const lost = h.history.chain.lostLink;
+  if (lost && !options.force) {
+    // Promoted, it would judge its secondaries by a chain that may lack that link: those holding it would be found diverged.
+    throw new PromotionRefusedError(
+      `refusing to promote unless forced: packed transaction ${lost.toString('hex')} is in the data file without the link its primary gave (a hash chain write failed); reopen the node first, or force it (force: true; zrs promote --force)`,
+    );
+  }
   if (options.replicateTo === undefined && h.serverAddress() === null) throw new PromotionRefusedError('promote needs replicateTo: this secondary does not serve one');
   // Bad options and a full history are refused before detaching, so the secondary keeps replicating.
   const requested = checkPromoteOptions(options);

@@ -194,9 +194,14 @@ export class Applier {
 
   /** Report `finished` applied once durable; wait only when too many are still syncing. */
   private async track(durable: Promise<Buffer>, bytes = 0): Promise<void> {
-    // Reported in order: one waiting for its given link to be written holds back those after it.
-    const finished = this.lastReport.then(() => durable);
-    this.lastReport = finished.catch(() => undefined);
+    // Reported in order: one waiting for its given link to be written holds back those after it, and
+    // one that failed stops them (a report of a later one would acknowledge it too: acks are cumulative).
+    durable.catch(() => undefined); // handled below, or left unreported after an earlier failure
+    const finished = this.lastReport.then(() => {
+      if (this.failed) throw this.failed;
+      return durable;
+    });
+    this.lastReport = finished.catch((err: Error) => void (this.failed ??= err));
     this.unsynced.push(finished);
     this.unsyncedBytes += bytes;
     finished.then(
@@ -205,7 +210,7 @@ export class Applier {
         this.unsyncedBytes -= bytes;
         this.hooks.applied(t);
       },
-      (err: Error) => (this.failed = err),
+      (err: Error) => void (this.failed ??= err),
     );
     while (this.unsynced.length >= MAX_UNSYNCED || (this.unsyncedBytes > MAX_UNSYNCED_BYTES && this.unsynced.length > 1)) {
       await this.unsynced[0];

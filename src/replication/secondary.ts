@@ -523,8 +523,12 @@ export class Secondary {
   private checkLinksKept(): void {
     const lost = this.failover?.chain.lostLink;
     if (!lost) return;
-    const error = new ZrsError(
-      `packed transaction ${lost.toString('hex')} is in the data file without the link its primary gave, which a hash chain write error lost (${this.failover!.chain.failure?.message ?? 'unknown error'}): this node does not replicate on until it is reopened; then its primary finds it diverged at that transaction, and a rewind (zrs rewind) brings it back`,
+    // No retry can help: the connection machine stops in `failed` with this reason.
+    const error = Object.assign(
+      new ZrsError(
+        `packed transaction ${lost.toString('hex')} is in the data file without the link its primary gave, which a hash chain write error may have lost (${this.failover!.chain.failure?.message ?? 'unknown error'}): replication stopped until the node is reopened; if the link did not reach the disk, its primary then finds it diverged at that transaction, and a rewind (zrs rewind) brings it back`,
+      ),
+      { haltsReplication: true },
     );
     this.log('error', error.message);
     throw error;
@@ -713,7 +717,7 @@ export class Secondary {
             : top === 'diverged'
               ? { kind: 'diverged', reason: err?.reason ?? 'diverged' }
               : top === 'failed'
-                ? { kind: 'failed', reason: err?.reason ?? err?.kind ?? 'failed' }
+                ? { kind: 'failed', reason: err?.kind === 'refused' ? (err.reason ?? 'refused') : failureReason(context.lastError as ConnectionFailure | null) }
                 : top === 'closed'
                   ? { kind: 'closed' }
                   : null;

@@ -379,13 +379,28 @@ describe('failover', () => {
     try {
       await commitMany(primary.storage, 12, 3);
       await primary.storage.pack(Date.now() / 1000 + 5);
+      // Transactions after the packed ones: each reported applied would acknowledge those before it.
+      await commitMany(primary.storage, 2, 3);
       const packed = (await allTransactions(primary.storage)).filter((t) => t.status === 'p');
       expect(packed.length).toBeGreaterThan(0);
       const first = packed[0]!.tid.toString('hex');
       secondary = await openSecondary(sPath, primary.address, { fsync: true, disk, log: logs.log });
-      const refusals = await logs.waitForCount((e) => e.level === 'error' && e.message.startsWith('packed transaction'), 2);
-      expect(refusals[0]!.message).toContain(`packed transaction ${first} is in the data file without the link its primary gave`);
-      expect(refusals[0]!.message).toMatch(/EIO/);
+      const failures: string[] = [];
+      secondary.status$.subscribe((st) => st.kind === 'failed' && failures.push(st.reason));
+      // It stops for good, saying why, instead of trying again.
+      await waitForState(secondary, 'failed');
+      expect(failures).toHaveLength(1);
+      expect(failures[0]).toContain(`packed transaction ${first} is in the data file without the link its primary gave`);
+      expect(failures[0]).toMatch(/EIO/);
+      const connects = secondary.machine.getSnapshot().context.counters.connects;
+      expect(logs.count((e) => e.level === 'error' && e.message.startsWith(`packed transaction ${first}`))).toBe(1);
+      // Asked to connect again, it stops again before opening a connection.
+      secondary.setReplicationAddress(primary.address);
+      await waitForState(secondary, 'failed');
+      expect(secondary.machine.getSnapshot().context.counters.connects).toBe(connects + 1);
+      expect(logs.count((e) => e.level === 'error' && e.message.startsWith(`packed transaction ${first}`))).toBe(2);
+      // Promoted, it would judge secondaries holding that link by a chain that may lack it.
+      await expect(secondary.promote({ replicateTo: '127.0.0.1:0' })).rejects.toThrow(`refusing to promote unless forced: packed transaction ${first}`);
       // The data file holds it (committed before its link's write failed), but it was never reported applied (nor acknowledged).
       expect(Buffer.compare(secondary.storage.lastTransaction(), packed[0]!.tid)).toBeGreaterThanOrEqual(0);
       expect(Buffer.compare(secondary.machine.getSnapshot().context.lastAppliedTid, packed[0]!.tid)).toBeLessThan(0);

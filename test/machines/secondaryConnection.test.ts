@@ -11,6 +11,7 @@ import {
   DEFAULT_RECONNECT,
   reconnectDelayMs,
   refusalOutcome,
+  haltsReplication,
   secondaryConnectionMachine as machine,
   type AbortInFlightInput,
   type ConnectInput,
@@ -181,6 +182,18 @@ describe('secondaryConnection: connecting and handshake', () => {
     expect(s.context.attempt).toBe(1);
     expect(s.context.nextRetryDelayMs).toBe(75); // 100 × (1 − 0.5 × 0.5)
     expect(scheduled(actions)).toEqual([{ name: 'reconnectDelay', delayMs: 75 }]);
+  });
+
+  it('a connect failure marked haltsReplication stops in failed: nothing scheduled, RESET connects again', () => {
+    const error = Object.assign(new Error('a link is missing'), { haltsReplication: true });
+    const [s, actions] = step(toConnecting()[0], errorEvent('connect', error));
+    expect(s.value).toBe('failed');
+    expect(s.context.lastError).toEqual({ kind: 'connect-failed', error });
+    expect(scheduled(actions)).toEqual([]);
+    expect(step(s, { type: 'RESET' })[0].value).toBe('connecting');
+    expect(haltsReplication(error)).toBe(true);
+    expect(haltsReplication(Object.assign(new Error('x'), { haltsReplication: 'yes' }))).toBe(false);
+    expect(haltsReplication(null)).toBe(false);
   });
 
   it('a connect that hangs past connectTimeoutMs backs off; the connect actor is stopped', () => {
