@@ -35,9 +35,11 @@ describe('replay', () => {
 
   it('the heartbeats counterexample of a frame length corrupted upwards, which heartbeats then trickled into, stays fixed', async () => {
     // Found by `npm run soak -- --property heartbeats`: s1 stayed connected, replicating nothing, past the liveness phase.
-    // Its case, written out (the generators have changed since, so its seed and path name another case now).
+    // Its case, written out (the generators have changed since, so its seed and path name another case now). Where
+    // the flip lands depends on the seed and on every byte sent before it: when the handshake changed, the seed was
+    // chosen again (the first of 400 whose flip lands in a frame length, then stalls and converges).
     const cluster = await SimCluster.create({
-      seed: 1831670838,
+      seed: 343,
       protocol: 'native',
       secondaries: [
         { name: 's1', upstream: 'p' },
