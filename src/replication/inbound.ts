@@ -2,6 +2,7 @@
 // primary become protocol-neutral apply events, with the running checksum
 // verified before a commit event is produced. Pure: no I/O.
 
+import { constants } from 'node:buffer';
 import { ProtocolError } from '../errors.js';
 import type { ProtocolSpec } from '../../machines/handshake.js';
 import { linksOfRun, type RunLinks } from '../failover/links.js';
@@ -38,6 +39,9 @@ export interface InboundDecoder {
   /** The largest frame expected next (handshake replies are small). */
   readonly maxFrameBytes: number;
 }
+
+/** Node's largest buffer: the largest record a storage holds. */
+const MAX_LENGTH = constants.MAX_LENGTH;
 
 /** Native protocol: verdict, then msgpack messages with a sha256 chain. */
 export class NativeInbound implements InboundDecoder {
@@ -169,6 +173,8 @@ export class NativeInbound implements InboundDecoder {
       case 'large-record':
         if (!this.largeGranted) throw new ProtocolError('large-record, but the welcome did not grant largeRecords');
         if (this.tid === null || this.blobRemaining > 0) throw new ProtocolError('large-record outside a transaction');
+        // The storage holds a record in one buffer: refused before any block arrives, not when they are joined.
+        if (msg.size > MAX_LENGTH) throw new ProtocolError(`large-record of ${msg.size} bytes: the largest record this node can hold is ${MAX_LENGTH} bytes`);
         this.large = { oid: msg.oid, dataTxn: msg.dataTxn, size: msg.size, blocks: [], received: 0 };
         return [];
       case 'record-block': {

@@ -34,8 +34,9 @@ export const SECONDARY_MESSAGE_MAX_BYTES = 4 * 1024;
 export const HANDSHAKE_REPLY_MAX_BYTES = 64 * 1024;
 
 /**
- * Default limit for frames a secondary reads after `welcome`, in bytes. A record is carried whole
- * in one `record` frame, so this bounds the largest replicable record; make it configurable.
+ * Default limit for frames a secondary reads after `welcome`, in bytes (configurable). A record
+ * over WHOLE_TXN_MAX_BYTES travels in blocks when largeRecords was granted; otherwise whole, in one
+ * `record` frame, so this bounds the largest record a peer without blocks can replicate.
  */
 export const DEFAULT_STREAM_MAX_FRAME_BYTES = 256 * 1024 * 1024;
 

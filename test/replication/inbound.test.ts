@@ -5,6 +5,7 @@
 // the welcome grants. Pure: frames built by the primary's codec from a real
 // file, fed straight to the decoder.
 
+import { constants } from 'node:buffer';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ChecksumMismatchError, PickleError, ProtocolError } from '../../src/errors.js';
@@ -211,6 +212,11 @@ describe('NativeInbound and large records', () => {
     const stray = welcome({ blobs: false, largeRecords: true });
     stray.push(sent[0]!);
     expect(() => stray.push(sent[2]!)).toThrow(/record-block without its large-record/);
+
+    // More than a buffer holds: refused when announced, before any block.
+    const huge = welcome({ blobs: false, largeRecords: true });
+    huge.push(sent[0]!);
+    expect(() => huge.push(encodeNative({ type: 'large-record', oid, dataTxn: null, size: constants.MAX_LENGTH + 1 }, packr))).toThrow(ProtocolError);
   });
 });
 
