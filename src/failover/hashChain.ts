@@ -541,11 +541,11 @@ export class HashChain {
 
   /**
    * The first packed transaction in the data file whose link, given by the
-   * primary, a write error lost, or null. A reopened chain computes another
-   * link for it from the packed records, so the node's primary then finds
-   * it diverged there: it must not acknowledge that transaction (a secondary
-   * does not connect again while this is set). A rewind to before it, or a
-   * reopen followed by the rewind its primary's refusal calls for, clears it.
+   * primary, a write error may have lost, or null. If the link did not reach
+   * the disk, a reopened chain computes another for it from the packed
+   * records, and the node's primary then finds it diverged there: so it must
+   * not acknowledge that transaction (a secondary stops replicating while
+   * this is set). Reopening the chain (a restart, a rewind) clears it.
    */
   get lostLink(): Buffer | null {
     return this.lost;

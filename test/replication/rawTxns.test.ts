@@ -101,7 +101,6 @@ async function framesUntil(
   }
 }
 
-/** Run `body` with a primary (no fsync, no audit log) serving `dir`/p.fs, closed afterwards. */
 /** `n` transactions, each storing one new object with `data(i)`. */
 async function commitNewObjects(fs: FileStorage, n: number, data: (i: number) => Buffer): Promise<void> {
   for (let i = 0; i < n; i++) {
@@ -113,6 +112,16 @@ async function commitNewObjects(fs: FileStorage, n: number, data: (i: number) =>
   }
 }
 
+/** One transaction storing each of `records` as a new object; its tid. */
+async function commitRecords(fs: FileStorage, records: Buffer[]): Promise<Buffer> {
+  const txn = { description: 'big' };
+  await fs.tpcBegin(txn);
+  for (const data of records) fs.store(fs.newOid(), Z64, data, txn);
+  await fs.tpcVote(txn);
+  return fs.tpcFinish(txn);
+}
+
+/** Run `body` with a primary (no fsync, no audit log) serving `dir`/p.fs, closed afterwards. */
 async function withPrimary(dir: string, body: (primary: Primary) => Promise<void>): Promise<void> {
   const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
   try {
@@ -257,12 +266,8 @@ describe('transactions larger than WHOLE_TXN_MAX_BYTES', () => {
     await withPrimary(dir, async (primary) => {
       const fs = primary.storage;
       await commitMany(fs, 3);
-      const big = { description: 'big' };
-      await fs.tpcBegin(big);
       const record = Buffer.alloc(WHOLE_TXN_MAX_BYTES / 2 + 1, 7);
-      for (let i = 0; i < 3; i++) fs.store(fs.newOid(), Z64, record, big);
-      await fs.tpcVote(big);
-      const bigTid = await fs.tpcFinish(big);
+      const bigTid = await commitRecords(fs, [record, record, record]);
       const last = (await commitMany(fs, 2)).at(-1)!;
 
       const messages = await messagesUntil(primary, true, last);
@@ -284,14 +289,9 @@ describe('records larger than WHOLE_TXN_MAX_BYTES', () => {
     await withPrimary(dir, async (primary) => {
       const fs = primary.storage;
       await commitMany(fs, 2);
-      const big = { description: 'big' };
-      await fs.tpcBegin(big);
       const record = Buffer.alloc(MIN_STREAM_MAX_FRAME_BYTES + 1);
       for (let i = 0; i < record.length; i += 4096) record[i] = (i >> 12) & 0xff;
-      fs.store(fs.newOid(), Z64, record, big);
-      fs.store(fs.newOid(), Z64, Buffer.from('small'), big);
-      await fs.tpcVote(big);
-      const bigTid = await fs.tpcFinish(big);
+      const bigTid = await commitRecords(fs, [record, Buffer.from('small')]);
       const last = (await commitMany(fs, 2)).at(-1)!;
 
       const kinds = (messages: PrimaryMessage[]) => messages.map((m) => m.type).filter((t) => t === 'record' || t === 'large-record' || t === 'record-block');
