@@ -34,6 +34,10 @@ required, as with zc.zrs's zrs-nagios; a threshold of 0 is off.
   exit 2  Can't connect to primary at 'db1:5000': [Errno 111] Connection refused
   exit 2  Secondary at 'db2:5000' stopped replicating from 'db1:5000': diverged
           (also 'failed'; zc.zrs's secondaries never stop, so zrs-nagios has no such line)
+  exit 2  Secondary at 'db1:5000' is a primary           (both addresses name primaries)
+  exit 1  Secondary at 'db2:5000' not connected to 'db1:5000' (backoff: connect ECONNREFUSED 10.0.0.5:5000)
+          (when the lag alone would be OK: an idle primary shows no lag)
+A secondary holding nothing yet is 'behind primary by ... seconds (empty)'.
 With -m the line ends in performance data: ...|'lag'=68.5678seconds
 
 examples:
@@ -151,18 +155,34 @@ export function pythonErrorText(err: unknown): string {
 
 const pyRepr = (s: string): string => (s.includes("'") && !s.includes('"') ? `"${s}"` : `'${s.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`);
 
-/** Seconds since the epoch of the node's last transaction, or a CRITICAL line. */
-async function lastTime(addressText: string, role: 'primary' | 'secondary', timeoutMs: number | undefined): Promise<number | string> {
+/** What a node's status says for the check. */
+interface NodeTime {
+  /** Seconds since the epoch of the node's last transaction. */
+  seconds: number;
+  /** The node holds no transaction. */
+  empty: boolean;
+  /** A secondary not connected to its upstream: the WARNING line, unless the lag says worse. */
+  notConnected: string | null;
+}
+
+/** The node's last transaction time and state, or a CRITICAL line. */
+async function lastTime(addressText: string, role: 'primary' | 'secondary', timeoutMs: number | undefined): Promise<NodeTime | string> {
   try {
     const status = await requestStatus(commandAddress(addressText), { timeoutMs });
+    if (role === 'secondary' && status.upstream === null) return `Secondary at ${pyRepr(addressText)} is a primary`;
     // zc.zrs's secondaries always retry; ours stop for good when their primary refused them as
     // diverged or for a configuration error. Their last transaction may still look recent.
-    const stopped = role === 'secondary' ? status.upstream?.state : undefined;
-    if (stopped === 'diverged' || stopped === 'failed') {
-      return `Secondary at ${pyRepr(addressText)} stopped replicating from ${pyRepr(status.upstream!.address)}: ${stopped}`;
+    const upstream = role === 'secondary' ? status.upstream : null;
+    if (upstream && (upstream.state === 'diverged' || upstream.state === 'failed')) {
+      return `Secondary at ${pyRepr(addressText)} stopped replicating from ${pyRepr(upstream.address)}: ${upstream.state}`;
     }
+    // Retrying: its last transaction may look recent while its primary is idle.
+    const notConnected =
+      upstream && !upstream.state.startsWith('connected')
+        ? `Secondary at ${pyRepr(addressText)} not connected to ${pyRepr(upstream.address)} (${upstream.state}${upstream.lastError ? `: ${upstream.lastError}` : ''})`
+        : null;
     // zrs-nagios uses TimeStamp(tid).timeTime(), also for an empty storage's zero tid.
-    return tidToSeconds(status.lastTid);
+    return { seconds: tidToSeconds(status.lastTid), empty: status.lastTid.equals(Buffer.alloc(8)), notConnected };
   } catch (err) {
     if (err instanceof StatusConnectError) {
       const reason = err.reason === 'timed out' ? 'timed out' : pythonErrorText(err.cause);
@@ -182,7 +202,13 @@ export async function check(primaryText: string, secondaryText: string, io: CliI
   if (typeof secondary === 'string') return report(io, secondary, CRITICAL);
   const primary = await lastTime(primaryText, 'primary', options.timeoutMs);
   if (typeof primary === 'string') return report(io, primary, CRITICAL);
-  const { text, level } = lagVerdict(primary, secondary, options);
+  let { text, level } = lagVerdict(primary.seconds, secondary.seconds, options);
+  // A zero tid's time is in 1900: say why the lag is a century.
+  if (secondary.empty && !primary.empty) text = text.replace(/^(Secondary behind primary by \S+ seconds)/, '$1 (empty)');
+  if (level === OK && secondary.notConnected !== null) {
+    level = WARNING;
+    text = secondary.notConnected + (options.outputMetrics ? text.slice(text.indexOf('|')) : '');
+  }
   return report(io, text, level);
 }
 

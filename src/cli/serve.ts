@@ -242,7 +242,7 @@ async function startSecondary(s: SecondaryConfig, log: Logger): Promise<Running>
   const sub = secondary.status$.subscribe((st) => {
     // A lost connection ('disconnected') is told by the secondary's own log line, with its level (a clean close is no fault).
     if (st.kind === 'connecting' || st.kind === 'connected') log('info', st.kind, { address: st.address });
-    else if (st.kind === 'backoff') log('info', 'waiting to reconnect', { retryInMs: st.retryInMs });
+    else if (st.kind === 'backoff') log('info', 'waiting to reconnect', { retryInMs: st.retryInMs, reason: st.reason });
     else if (st.kind === 'diverged' || st.kind === 'failed') log('error', st.kind, { reason: st.reason });
   });
   // An empty secondary's catch-up is measured from the first tid it applies.

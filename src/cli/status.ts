@@ -138,6 +138,7 @@ export function formatStatus(s: NodeStatus, address: string): string {
   const u = s.upstream;
   if (u) {
     rows.push(['upstream', `${u.address} (${u.protocol}), ${u.state}`]);
+    if (u.lastError) rows.push(['last error', u.lastError]);
     rows.push(['upstream last', describeTid(u.primaryLastTid)]);
     if (u.lastHeartbeat) {
       // Both readings are this node's clock; a step back between them is no negative age.

@@ -3,7 +3,7 @@
 // this edge supplies the socket, the handshake and the applier. It can
 // itself serve further secondaries (replicateTo), forming chains.
 
-import { Subject, type Observable } from 'rxjs';
+import { ReplaySubject, Subject, type Observable } from 'rxjs';
 import { createActor, fromCallback, fromPromise, type ActorRefFrom } from 'xstate';
 import type { ProtocolSpec } from '../../machines/handshake.js';
 import { connectionSettings, secondaryConnectionMachine, type ConnectionFailure } from '../../machines/secondaryConnection.js';
@@ -121,7 +121,8 @@ export type SecondaryStatus =
   | { kind: 'connecting'; address: string }
   | { kind: 'connected'; address: string }
   | { kind: 'disconnected'; address: string; reason: string }
-  | { kind: 'backoff'; retryInMs: number | null }
+  /** `reason`: why the last attempt or connection ended. */
+  | { kind: 'backoff'; retryInMs: number | null; reason: string }
   | { kind: 'diverged'; reason: string }
   | { kind: 'failed'; reason: string }
   | { kind: 'closed' };
@@ -215,7 +216,8 @@ class UpstreamClosedError extends ZrsError {
 
 export class Secondary {
   private readonly actor: ConnectionActor;
-  private readonly statusSubject = new Subject<SecondaryStatus>();
+  /** The current status replayed to each new subscriber: one that subscribes after open() still learns where the connection stands. */
+  private readonly statusSubject = new ReplaySubject<SecondaryStatus>(1);
   /** The last status published, and as text: a status is published when it differs. */
   private lastStatus: { status: SecondaryStatus; text: string } | null = null;
   /** Non-fatal status changes (connecting, connected, disconnected, backoff, diverged …), each once. */
@@ -713,7 +715,7 @@ export class Secondary {
         : top === 'connected'
           ? { kind: 'connected', address }
           : top === 'backoff'
-            ? { kind: 'backoff', retryInMs: context.nextRetryDelayMs }
+            ? { kind: 'backoff', retryInMs: context.nextRetryDelayMs, reason: failureReason(context.lastError as ConnectionFailure | null) }
             : top === 'diverged'
               ? { kind: 'diverged', reason: err?.reason ?? 'diverged' }
               : top === 'failed'
@@ -764,6 +766,7 @@ export class Secondary {
         primaryLastTid: this.upstreamLastTid,
         lastHeartbeat: hb && { lastTid: hb.lastTid, clockMs: hb.clockMs, receivedMs: hb.receivedMs },
         lagSeconds: lagSeconds(this.inner.lastDurableTid, this.upstreamLastTid),
+        lastError: snap.matches('connected') || snap.context.lastError === null ? null : failureReason(snap.context.lastError as ConnectionFailure),
       },
     });
   }

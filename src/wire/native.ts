@@ -394,6 +394,8 @@ export interface UpstreamStatus {
   lastHeartbeat: StatusHeartbeat | null;
   /** Time of `primaryLastTid` minus time of this node's last tid, in seconds (>= 0); null when unknown. */
   lagSeconds: number | null;
+  /** While not connected, why the last attempt or connection ended; else null (and null from older nodes, which send none). */
+  lastError: string | null;
 }
 
 /** One connected downstream session, as the serving node sees it. */
@@ -1221,7 +1223,15 @@ function parseUpstream(value: unknown, copy: boolean): UpstreamStatus {
       };
     }),
     lagSeconds: asNullable(get(u, 'lagSeconds', where), (v) => asFinite(v, `${where}.lagSeconds`, 0)),
+    lastError: optionalText(getOptional(u, 'lastError'), `${where}.lastError`),
   };
+}
+
+/** An optional text field: absent or nil is null; a long one is cut to MAX_STATUS_TEXT_CHARS, not refused. */
+function optionalText(value: unknown, what: string): string | null {
+  if (value === undefined || value === null) return null;
+  if (typeof value !== 'string') return fail(`${what} must be a string, got ${describe(value)}`);
+  return value.slice(0, MAX_STATUS_TEXT_CHARS);
 }
 
 // ---------------------------------------------------------------------------------------------

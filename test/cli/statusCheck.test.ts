@@ -4,6 +4,7 @@
 // errors; plus the pure pieces (lag verdict, Python float repr, short options).
 
 import { execFile } from 'node:child_process';
+import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,7 +19,7 @@ import { Secondary } from '../../src/replication/secondary.js';
 import type { FileStorage } from '../../src/storage/FileStorage.js';
 import { tidFromTime, tidToSeconds, Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { waitForTid } from '../replication/helpers.js';
+import { waitForState, waitForTid } from '../replication/helpers.js';
 import { FAST_RECONNECT } from '../replication/netHelpers.js';
 import { BIN, memoryIo } from './helpers.js';
 
@@ -43,10 +44,15 @@ const LAG_MS = 68_567.8;
 
 let dir: string;
 let primary: Primary;
-/** A status-serving node on the secondary's file, its upstream unreachable: it stays behind. */
+/** A primary on a copy of the secondary's file: what the stale secondary replicates from. */
+let behind: Primary;
+/** A status-serving secondary connected to `behind`: it stays behind `primary`. */
 let stale: Secondary;
+/** A status-serving secondary whose upstream does not exist. */
+let unreachable: Secondary;
 let P: string;
 let S: string;
+let U: string;
 let upToDate: { primary: Primary; secondary: Secondary; P: string; S: string };
 
 beforeAll(async () => {
@@ -58,23 +64,32 @@ beforeAll(async () => {
   await waitForTid(s0, t0);
   upToDate = { primary: p0, secondary: s0, P: formatAddress(p0.address), S: formatAddress(s0.replicationAddress!) };
 
-  // A secondary left behind: replicate BASE, close it, commit BASE + lag on the primary,
-  // then serve the secondary's file again from a node whose upstream does not exist.
+  // A secondary left behind: replicate BASE, close it, commit BASE + lag on the primary, then
+  // serve the secondary's file again, connected to a primary holding only BASE (a copy of it),
+  // and a copy of it from a node whose upstream does not exist.
   primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
   const first = await commitAt(primary.storage, tidFromTime(BASE_MS));
   const s = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false });
   await waitForTid(s, first);
   await s.close();
   await commitAt(primary.storage, tidFromTime(BASE_MS + LAG_MS));
-  stale = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: join(dir, 'no-upstream.sock'), replicateTo: join(dir, 'stale.sock'), fsync: false, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
+  copyFileSync(join(dir, 's.fs'), join(dir, 'behind.fs'));
+  copyFileSync(join(dir, 's.fs'), join(dir, 'u.fs'));
+  behind = await Primary.open({ path: join(dir, 'behind.fs'), replicateTo: '127.0.0.1:0', fsync: false });
+  stale = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: behind.address, replicateTo: join(dir, 'stale.sock'), fsync: false });
+  await waitForState(stale, 'connected');
+  unreachable = await Secondary.open({ path: join(dir, 'u.fs'), replicateFrom: join(dir, 'no-upstream.sock'), replicateTo: join(dir, 'u.sock'), fsync: false, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
   P = formatAddress(primary.address);
   S = join(dir, 'stale.sock');
+  U = join(dir, 'u.sock');
 });
 
 afterAll(async () => {
   await upToDate.secondary.close();
   await upToDate.primary.close();
   await stale.close();
+  await unreachable.close();
+  await behind.close();
   await primary.close();
   await cleanupTempDirs();
 });
@@ -108,11 +123,17 @@ describe('zrs status', () => {
     });
   });
 
-  it('shows a secondary that cannot reach its upstream, over a Unix socket', async () => {
-    const r = await run('status', S);
+  it('shows a secondary that cannot reach its upstream, and why, over a Unix socket', async () => {
+    await waitForState(unreachable, 'backoff');
+    const r = await run('status', U);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('role:             secondary\n');
-    expect(r.stdout).toMatch(/upstream: +.*no-upstream\.sock \(zrs-ts\/1\), (backoff|connecting)\n/);
+    expect(r.stdout).toMatch(/upstream: +.*no-upstream\.sock \(zrs-ts\/1\), backoff\n/);
+    expect(r.stdout).toContain(`last error:       connect ENOENT ${join(dir, 'no-upstream.sock')}\n`);
+    const json = JSON.parse((await run('status', '--json', U)).stdout) as { upstream: { lastError: string } };
+    expect(json.upstream.lastError).toBe(`connect ENOENT ${join(dir, 'no-upstream.sock')}`);
+    // Connected, it names none.
+    expect((await run('status', S)).stdout).not.toContain('last error');
   });
 
   it("exits 2 with \"can't connect to ADDRESS: reason\"", async () => {
@@ -167,11 +188,19 @@ describe('zrs check (zc.zrs nagios.rst cases)', () => {
   });
 
   it('secondary ahead of the primary: CRITICAL', async () => {
-    const r = await run('check', '-w', '30', '-m', S, P);
-    const delta = tidToSeconds(tidFromTime(BASE_MS)) - tidToSeconds(tidFromTime(BASE_MS + LAG_MS));
-    expect(r.code).toBe(2);
-    expect(r.stdout).toBe(`Primary behind secondary by ${pyFloatRepr(delta)} seconds|'lag'=-68.5678seconds\n`);
-    expect(r.stdout).toMatch(/^Primary behind secondary by -68\.567\d+ seconds\|/);
+    // A secondary of the primary, checked against the primary holding only BASE.
+    const d = await tempDir();
+    const ahead = await Secondary.open({ path: join(d, 'a.fs'), replicateFrom: primary.address, replicateTo: join(d, 'a.sock'), fsync: false });
+    try {
+      await waitForTid(ahead, primary.storage.lastTransaction());
+      const r = await run('check', '-w', '30', '-m', formatAddress(behind.address), join(d, 'a.sock'));
+      const delta = tidToSeconds(tidFromTime(BASE_MS)) - tidToSeconds(tidFromTime(BASE_MS + LAG_MS));
+      expect(r.code).toBe(2);
+      expect(r.stdout).toBe(`Primary behind secondary by ${pyFloatRepr(delta)} seconds|'lag'=-68.5678seconds\n`);
+      expect(r.stdout).toMatch(/^Primary behind secondary by -68\.567\d+ seconds\|/);
+    } finally {
+      await ahead.close();
+    }
   });
 
   it("can't connect to the secondary, then to the primary: CRITICAL", async () => {
@@ -218,6 +247,29 @@ describe('zrs check (zc.zrs nagios.rst cases)', () => {
     } finally {
       await a?.close();
       await promoted.close();
+    }
+  });
+
+  it('a secondary not connected to its upstream: WARNING with why, where the lag alone would be OK', async () => {
+    await waitForState(unreachable, 'backoff');
+    const why = `backoff: connect ENOENT ${join(dir, 'no-upstream.sock')}`;
+    const line = `Secondary at '${U}' not connected to '${join(dir, 'no-upstream.sock')}' (${why})`;
+    expect(await run('check', '-w99', P, U)).toEqual({ code: 1, stdout: `${line}\n`, stderr: '' });
+    expect((await run('check', '-m', P, U)).stdout).toBe(`${line}|'lag'=68.5678seconds\n`);
+    // Past a threshold, the lag says worse.
+    expect(await run('check', '-e30', P, U)).toEqual({ code: 2, stdout: `${lag} > 30\n`, stderr: '' });
+  });
+
+  it('a primary named as the secondary: CRITICAL; an empty secondary says so', async () => {
+    expect(await run('check', '-w99', P, P)).toEqual({ code: 2, stdout: `Secondary at '${P}' is a primary\n`, stderr: '' });
+    const d = await tempDir();
+    const empty = await Secondary.open({ path: join(d, 'e.fs'), replicateFrom: join(d, 'none.sock'), replicateTo: join(d, 'e.sock'), fsync: false, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
+    try {
+      const r = await run('check', '-e99', upToDate.P, join(d, 'e.sock'));
+      expect(r.code).toBe(2);
+      expect(r.stdout).toMatch(/^Secondary behind primary by \d+\.\d{4} seconds \(empty\) > 99\n$/);
+    } finally {
+      await empty.close();
     }
   });
 
@@ -316,7 +368,7 @@ describe('formatStatus', () => {
       lastTimeSeconds: tidToSeconds(tid),
       fileSize: 4,
       clockMs: 10_000,
-      upstream: { address: '127.0.0.1:5000', protocol: 'zrs-ts/1', state: 'connected.replicating', primaryLastTid: tid, lastHeartbeat: { lastTid: tid, clockMs: 1, receivedMs: 7_500 }, lagSeconds: 0 },
+      upstream: { address: '127.0.0.1:5000', protocol: 'zrs-ts/1', state: 'connected.replicating', primaryLastTid: tid, lastHeartbeat: { lastTid: tid, clockMs: 1, receivedMs: 7_500 }, lagSeconds: 0, lastError: null },
       sessions: [],
       sessionCount: 0,
     };

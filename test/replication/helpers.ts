@@ -97,3 +97,21 @@ export function diskFailingOnce(): { disk: StorageDisk; failNext(): void; armed(
 }
 
 export { Z64 };
+
+/** Resolve once the secondary's connection machine is in `state` (checked on every snapshot). */
+export function waitForState(s: Secondary, state: string, ms = 15_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const matches = (): boolean => s.machine.getSnapshot().matches(state as never);
+    if (matches()) return resolve();
+    const timer = setTimeout(() => {
+      sub.unsubscribe();
+      reject(new Error(`secondary did not reach ${state}; it is ${JSON.stringify(s.machine.getSnapshot().value)}`));
+    }, ms);
+    const sub = s.machine.subscribe(() => {
+      if (!matches()) return;
+      clearTimeout(timer);
+      sub.unsubscribe();
+      resolve();
+    });
+  });
+}

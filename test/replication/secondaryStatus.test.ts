@@ -1,6 +1,8 @@
 // A secondary's status$ says why a connection was lost: `disconnected` with
 // its reason, just before `backoff`; a move to another address, or an
-// attempt that never connected, goes to `backoff` without one.
+// attempt that never connected, goes to `backoff` without one. Every
+// `backoff` says why the last attempt ended, and a new subscriber gets the
+// current status at once.
 
 import { join } from 'node:path';
 import { firstValueFrom, filter, timeout } from 'rxjs';
@@ -41,9 +43,11 @@ async function statusesAround(then: (primary: Primary, secondary: Secondary) => 
 describe("a secondary's status$", () => {
   it('emits disconnected with its reason before backoff when the upstream goes away', async () => {
     const { statuses, address } = await statusesAround((primary) => primary.close());
+    // Subscribed after open() returned: the first is where the connection stood then.
+    expect(['connecting', 'connected']).toContain(statuses[0]!.kind);
     expect(statuses.slice(-2)).toEqual([
       { kind: 'disconnected', address, reason: 'the upstream closed the connection' },
-      { kind: 'backoff', retryInMs: expect.any(Number) },
+      { kind: 'backoff', retryInMs: expect.any(Number), reason: 'the upstream closed the connection' },
     ]);
   });
 
@@ -51,8 +55,21 @@ describe("a secondary's status$", () => {
     const { statuses } = await statusesAround(async (_primary, secondary) => secondary.setReplicationAddress(NOWHERE));
     expect(statuses.slice(-2)).toEqual([
       { kind: 'connecting', address: NOWHERE },
-      { kind: 'backoff', retryInMs: expect.any(Number) },
+      { kind: 'backoff', retryInMs: expect.any(Number), reason: `connect ECONNREFUSED ${NOWHERE}` },
     ]);
     expect(statuses.map((s) => s.kind)).not.toContain('disconnected');
+  });
+
+  it('gives a subscriber the current status at once, then each change', async () => {
+    const late: SecondaryStatus[] = [];
+    const dir = await tempDir();
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: NOWHERE, fsync: false, auditPath: null, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
+    try {
+      await firstValueFrom(secondary.status$.pipe(filter((s) => s.kind === 'backoff'), timeout(WAIT_MS)));
+      secondary.status$.subscribe((s) => late.push(s)).unsubscribe();
+      expect(late).toEqual([{ kind: 'backoff', retryInMs: expect.any(Number), reason: `connect ECONNREFUSED ${NOWHERE}` }]);
+    } finally {
+      await secondary.close();
+    }
   });
 });

@@ -52,6 +52,7 @@ const statusArb: fc.Arbitrary<StatusMessage> = fc
         primaryLastTid: fc.option(tid, { nil: null }),
         lastHeartbeat: fc.option(fc.record({ lastTid: tid, clockMs: seconds, receivedMs: seconds }), { nil: null }),
         lagSeconds: fc.option(seconds, { nil: null }),
+        lastError: fc.option(text, { nil: null }),
       }),
       { nil: null },
     ),
@@ -105,6 +106,14 @@ describe('status-request and status messages', () => {
   it('ignores unknown keys in the request and the reply', () => {
     expect(decode({ type: 'status-request', verbose: true })).toEqual({ type: 'status-request' });
     expect(decode(sample({ futureField: 1 }))).not.toHaveProperty('futureField');
+  });
+
+  it("reads an upstream's lastError: absent (an older node) or nil as null, a long one cut rather than refused", () => {
+    expect((decode(sample()) as StatusMessage).upstream!.lastError).toBeNull();
+    const upstream = sample().upstream as object;
+    expect((decode(sample({ upstream: { ...upstream, lastError: 'connect ECONNREFUSED' } })) as StatusMessage).upstream!.lastError).toBe('connect ECONNREFUSED');
+    expect((decode(sample({ upstream: { ...upstream, lastError: 'x'.repeat(5000) } })) as StatusMessage).upstream!.lastError).toHaveLength(MAX_STATUS_TEXT_CHARS);
+    expect(() => decode(sample({ upstream: { ...upstream, lastError: 7 } }))).toThrow('status.upstream.lastError must be a string');
   });
 
   it('omits an absent generation, keeps a present one', () => {
