@@ -303,6 +303,22 @@ const dropCurrentConnection = {
   params: ({ context }: { context: SecondaryConnectionContext }): ConnectionParams => ({ connection: openConnection(context) }),
 } as const;
 
+/** A connect that failed: record why. */
+const connectFailed = {
+  type: 'fail',
+  params: ({ event }: { event: { error?: unknown } }): { failure: ConnectionFailure } => ({ failure: { kind: 'connect-failed', error: event.error } }),
+} as const;
+
+/** A connection that ended (DISCONNECTED): drop it and record why. */
+const disconnected = [
+  dropCurrentConnection,
+  'forgetConnection',
+  {
+    type: 'fail',
+    params: ({ event }: { event: { error?: Error } }): { failure: ConnectionFailure } => ({ failure: { kind: 'disconnected', error: event.error ?? null } }),
+  },
+] as const;
+
 // ---------------------------------------------------------------- machine
 
 /**
@@ -379,7 +395,8 @@ export const secondaryConnectionMachine = setup({
       assertEvent(event, 'REFUSED');
       return refusalOutcome(event.code) === 'diverged';
     },
-    connectHalted: ({ event }) => haltsReplication((event as { error?: unknown }).error),
+    /** A connect or a connection failed with an error no retry can mend. */
+    errorHalts: ({ event }) => haltsReplication((event as { error?: unknown }).error),
     refusedForGood: ({ event }) => {
       assertEvent(event, 'REFUSED');
       return refusalOutcome(event.code) === 'failed';
@@ -424,15 +441,8 @@ export const secondaryConnectionMachine = setup({
         input: ({ context }) => ({ address: context.address }),
         onDone: { target: 'connected', actions: assign({ connection: ({ event }) => event.output.connection }) },
         onError: [
-          {
-            guard: 'connectHalted',
-            target: 'failed',
-            actions: { type: 'fail', params: ({ event }) => ({ failure: { kind: 'connect-failed', error: event.error } }) },
-          },
-          {
-            target: 'backoff',
-            actions: { type: 'fail', params: ({ event }) => ({ failure: { kind: 'connect-failed', error: event.error } }) },
-          },
+          { guard: 'errorHalts', target: 'failed', actions: connectFailed },
+          { target: 'backoff', actions: connectFailed },
         ],
       },
       after: {
@@ -461,14 +471,10 @@ export const secondaryConnectionMachine = setup({
         },
       },
       on: {
-        DISCONNECTED: {
-          target: 'backoff',
-          actions: [
-            dropCurrentConnection,
-            'forgetConnection',
-            { type: 'fail', params: ({ event }) => ({ failure: { kind: 'disconnected', error: event.error ?? null } }) },
-          ],
-        },
+        DISCONNECTED: [
+          { guard: 'errorHalts', target: 'failed', actions: disconnected },
+          { target: 'backoff', actions: disconnected },
+        ],
         SET_ADDRESS: {
           target: 'connecting',
           actions: [

@@ -108,7 +108,8 @@ export class Applier {
       return;
     }
     const blobs = this.storage.blobs;
-    if (!blobs) throw new ZrsError('the primary sends blobs but this secondary has no blob directory');
+    // A configuration error: every attempt would fail on the same blob, so replication stops (failed).
+    if (!blobs) throw Object.assign(new ZrsError('the primary sends blobs but this secondary has no blob directory (configure blob-dir, or transfer-blobs false where it shares the primary\'s)'), { haltsReplication: true });
     const path = blobs.tempPath();
     const handle = await open(path, 'wx');
     this.blob = { oid: e.oid, data: e.data, dataTxn: e.dataTxn, path, handle, remaining: e.blob.blocks };

@@ -6,7 +6,7 @@
 import { ReplaySubject, Subject, type Observable } from 'rxjs';
 import { createActor, fromCallback, fromPromise, type ActorRefFrom } from 'xstate';
 import type { ProtocolSpec } from '../../machines/handshake.js';
-import { connectionSettings, secondaryConnectionMachine, type ConnectionFailure } from '../../machines/secondaryConnection.js';
+import { connectionSettings, haltsReplication, secondaryConnectionMachine, type ConnectionFailure } from '../../machines/secondaryConnection.js';
 import { ChecksumMismatchError, FrameTooLargeError, ReadOnlyError, runEach, ZrsError } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import { seededRandom, type Random } from '../ports/random.js';
@@ -559,7 +559,7 @@ export class Secondary {
       conn.dead = true;
       conn.watch?.stop();
       // A clean close (a primary shutting down or restarting) is news, not a fault.
-      if (error) this.log(error instanceof UpstreamClosedError ? 'info' : 'warn', `replication from ${conn.stream.peer} stopped: ${error.message}`, { error: error.name });
+      if (error) this.log(error instanceof UpstreamClosedError ? 'info' : haltsReplication(error) ? 'error' : 'warn', `replication from ${conn.stream.peer} stopped: ${error.message}`, { error: error.name });
       conn.applied.note(conn.lastDurableTid, true); // the machine leaves the connection knowing everything applied so far
       send({ type: 'DISCONNECTED', error });
     };

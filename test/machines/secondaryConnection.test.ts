@@ -334,6 +334,16 @@ describe('secondaryConnection: replicating', () => {
     expect(paramsOf<{ startTid: Uint8Array }>(connected, 'sendHandshake').startTid).toEqual(tid(7));
   });
 
+  it('DISCONNECTED with an error marked haltsReplication drops the connection and stops in failed', () => {
+    const error = Object.assign(new Error('no blob directory'), { haltsReplication: true });
+    const [s, actions] = step(toReplicating()[0], { type: 'DISCONNECTED', error });
+    expect(s.value).toBe('failed');
+    expect(named(actions)).toEqual(['dropConnection']);
+    expect(scheduled(actions)).toEqual([]);
+    expect(s.context.lastError).toEqual({ kind: 'disconnected', error });
+    expect(s.context.connection).toBeNull();
+  });
+
   it('DISCONNECTED without an error (peer closed) records null', () => {
     const [s] = step(reach.handshaking!(), { type: 'DISCONNECTED' });
     expect(s.value).toBe('backoff');

@@ -15,7 +15,7 @@ import type { FileStorage } from '../../src/storage/FileStorage.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { interceptFileWrites } from '../helpers/fileWrites.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { commitMany, expectSameHistory, waitForTid } from './helpers.js';
+import { commitMany, expectSameHistory, waitForState, waitForTid } from './helpers.js';
 import { FAST_RECONNECT, LogCollector, sessionClosed } from './netHelpers.js';
 
 afterAll(cleanupTempDirs);
@@ -200,7 +200,7 @@ describe('blob replication', () => {
     }
   });
 
-  it.each(['native', 'zrs2.1'] as const)('a %s secondary without a blob directory stops at the first blob instead of applying its record without the file', async (protocol) => {
+  it.each(['native', 'zrs2.1'] as const)('a %s secondary without a blob directory stops for good at the first blob instead of applying its record without the file', async (protocol) => {
     const dir = await tempDir();
     const logs = new LogCollector();
     const primary = await Primary.open({ path: join(dir, 'p.fs'), blobDir: join(dir, 'p.blobs'), replicateTo: '127.0.0.1:0', fsync: false });
@@ -210,9 +210,12 @@ describe('blob replication', () => {
       const [plain] = await commitMany(primary.storage, 1);
       await waitForTid(secondary, plain!);
       await storeBlobs(primary.storage, dir, [10]);
-      const stopped = await logs.waitFor((e) => e.level === 'warn' && /no blob directory/.test(e.message));
-      expect(stopped.message).toMatch(/the primary sends blobs but this secondary has no blob directory/);
-      await logs.waitForCount((e) => /no blob directory/.test(e.message), 2);
+      const stopped = await logs.waitFor((e) => e.level === 'error' && /no blob directory/.test(e.message));
+      expect(stopped.message).toMatch(/the primary sends blobs but this secondary has no blob directory \(configure blob-dir/);
+      // A configuration error: no retry, the connection stays in failed with the reason.
+      await waitForState(secondary, 'failed');
+      expect(secondary.status().upstream?.lastError).toMatch(/has no blob directory/);
+      expect(logs.count((e) => /no blob directory/.test(e.message))).toBe(1);
       expect(secondary.storage.lastTransaction().equals(plain!)).toBe(true);
     } finally {
       await secondary.close();
