@@ -9,6 +9,18 @@ export class ZrsError extends Error {
   }
 }
 
+/** A storage file that does not exist, opened without `create`. */
+export class NoSuchStorageError extends ZrsError {
+  override name = 'NoSuchStorageError';
+  constructor(
+    readonly path: string,
+    /** What a library caller can do about it (a command line says its own). */
+    hint: string,
+  ) {
+    super(`${path}: no such storage file${hint ? ` (${hint})` : ''}`);
+  }
+}
+
 const hex = (b: Uint8Array | null | undefined): string =>
   b ? Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex') : 'none';
 

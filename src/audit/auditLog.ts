@@ -174,7 +174,10 @@ export class AuditLog {
     if (read && first && first.offset === 0 && read.size > 0) {
       throw new AuditLogDamagedError(path, 0, first.reason);
     }
-    const handle = await open(path, read ? 'r+' : 'wx+');
+    const handle = await open(path, read ? 'r+' : 'wx+').catch((err: NodeJS.ErrnoException) => {
+      // Named as the audit log: a bare ENOENT does not say which file a command could not make.
+      throw new ZrsError(`cannot open the audit log ${path}: ${err.message}`, { cause: err });
+    });
     try {
       let end = read?.size ?? 0;
       if (end === 0) {

@@ -4,7 +4,7 @@
 
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { ZrsError } from '../errors.js';
+import { NoSuchStorageError, ZrsError } from '../errors.js';
 import { commandHelp, parseArgs, UsageError, usageLine, type CommandSpec, type ParsedArgs } from './args.js';
 import { audit, auditSpec } from './audit.js';
 import { check, checkOptions, checkSpec } from './check.js';
@@ -68,7 +68,7 @@ function mainHelp(): string {
     ...COMMANDS.map((c) => `  ${c.spec.name.padEnd(width)}  ${c.spec.summary}`),
     '',
     "Run 'zrs COMMAND --help' for a command's options and examples.",
-    'Exit codes: 0 success, 1 failure (a problem found, a configuration error, a storage error), 2 bad command line.',
+    "Exit codes: 0 success, 1 failure (a problem found, a configuration error, a storage error), 2 bad command line; 'status' exits 2 when the node can't be reached, and 'check' uses Nagios's 0 OK, 1 WARNING, 2 CRITICAL (see each command's --help).",
     '',
   ].join('\n');
 }
@@ -118,6 +118,10 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     // A command may find its arguments wrong only once it reads them (addresses, numbers).
     if (err instanceof UsageError) return usage(io, err.message, command.spec);
     // Operating errors (missing file, locked storage, bad format) are reported, not thrown.
+    if (err instanceof NoSuchStorageError) {
+      io.err(`zrs ${name}: ${err.path}: no such storage file\n`);
+      return EXIT_FAILURE;
+    }
     if (err instanceof ZrsError || isSystemError(err)) {
       io.err(`zrs ${name}: ${(err as Error).message}\n`);
       return EXIT_FAILURE;

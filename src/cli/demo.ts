@@ -28,17 +28,21 @@ const seconds = Number(args[args.indexOf('--seconds') + 1] ?? 0) || 3;
 const verbose = args.includes('--verbose');
 const tty = process.stdout.isTTY;
 
-function lagMs(primary: Node, node: Node): number {
+/** The node's lag behind the primary by tid times, or null while the node holds nothing. */
+function lagMs(primary: Node, node: Node): number | null {
   const p = primary.lastTid();
   const s = node.lastTid();
-  if (s.equals(Z64)) return p.equals(Z64) ? 0 : Infinity;
+  if (s.equals(Z64)) return p.equals(Z64) ? 0 : null;
   return Math.max(0, (tidToSeconds(p) - tidToSeconds(s)) * 1000);
 }
 
 function statusLines(primary: Node, nodes: Node[]): string[] {
   return nodes.map((n) => {
-    const lag = n === primary ? 'primary' : `lag ${lagMs(primary, n).toFixed(1)} ms`;
-    return `  ${n.name.padEnd(12)} last ${tidToString(n.lastTid())}  ${lag.padEnd(16)} ${(n.size() / 1024).toFixed(1).padStart(8)} KiB`;
+    const ms = lagMs(primary, n);
+    const lag = n === primary ? 'primary' : ms === null ? 'catching up' : `lag ${ms.toFixed(1)} ms`;
+    // An empty storage's zero tid reads as 1900: say what it is.
+    const last = n.lastTid().equals(Z64) ? 'none yet'.padEnd(26) : tidToString(n.lastTid());
+    return `  ${n.name.padEnd(12)} last ${last}  ${lag.padEnd(16)} ${(n.size() / 1024).toFixed(1).padStart(8)} KiB`;
   });
 }
 

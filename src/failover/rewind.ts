@@ -342,7 +342,7 @@ export async function askForkTid(storage: FileStorage, address: ReplicationAddre
     stream = await (options.transport ?? socketTransport).connect(address, attempt.signal);
   } catch (err) {
     if (attempt.signal.aborted) throw new ZrsError(`can't connect to ${describe(address)} within ${timeoutMs} ms`, { cause: err });
-    throw err;
+    throw new ZrsError(`can't connect to ${describe(address)} to find the last common tid: ${(err as Error).message}`, { cause: err });
   } finally {
     clock.clearTimeout(connectTimer);
   }

@@ -9,7 +9,7 @@ import { metricsUrl, serveMetrics, type MetricsServer } from '../node/metricsSer
 import { socketTransport } from '../node/socketTransport.js';
 import { tlsTransport, type TlsOptions } from '../node/tlsTransport.js';
 import { ZrsError } from '../errors.js';
-import { parseAddress } from './address.js';
+import { formatAddress, parseAddress } from './address.js';
 import type { Logger } from './log.js';
 import { ReplicationMetrics } from './metrics.js';
 
@@ -37,7 +37,11 @@ export async function openNodeEdges(options: NodeEdgeOptions, clock: Clock, log:
   let metricsServer: MetricsServer | null = null;
   if (options.metricsAddress !== undefined) {
     const a = options.metricsAddress;
-    metricsServer = await serveMetrics(metrics.registry, typeof a === 'object' ? a : parseAddress(a, '127.0.0.1'));
+    const address = typeof a === 'object' ? a : parseAddress(a, '127.0.0.1');
+    // Said as the metrics address: a port in use would otherwise read as the replication address's.
+    metricsServer = await serveMetrics(metrics.registry, address).catch((err: Error) => {
+      throw new ZrsError(`metrics address ${formatAddress(address)}: ${err.message}`, { cause: err });
+    });
     log('info', `metrics at ${metricsUrl(metricsServer.address)}`);
   }
   return {

@@ -13,6 +13,7 @@ import {
   ConflictError,
   CorruptedDataError,
   FormatError,
+  NoSuchStorageError,
   POSKeyError,
   ReadOnlyError,
   StorageClosedError,
@@ -253,7 +254,7 @@ export interface TailCut {
 }
 
 function noSuchFile(path: string, readOnly: boolean): ZrsError {
-  return new ZrsError(`${path}: no such storage file${readOnly ? '' : ' (pass create: true to make one)'}`);
+  return new NoSuchStorageError(path, readOnly ? '' : 'pass create: true to make one');
 }
 
 export class FileStorage {

@@ -11,6 +11,7 @@ import { runCli } from '../../src/cli/cli.js';
 import { humanLogger } from '../../src/cli/logging.js';
 import { pickleClass } from '../../src/cli/pickleClass.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
+import { NoSuchStorageError } from '../../src/errors.js';
 import { pyBytesRepr } from '../../src/cli/dump.js';
 import { verifyFile } from '../../src/cli/verify.js';
 import { writeFill } from '../../src/storage/prealloc.js';
@@ -405,6 +406,22 @@ describe('paths that are not regular files', () => {
     const r = await run('audit', empty);
     expect(r.code).toBe(1);
     expect(r.stderr).toBe(`zrs audit: ${empty}: empty: not an audit log (no header)\n`);
+  });
+
+  it('a missing data file or audit log directory is named as such, without library advice', async () => {
+    const dir = await tempDir();
+    const missing = join(dir, 'nope.fs');
+    const r = await run('rewind', '--to-tid', '03f5e2607a19b377', missing);
+    expect(r).toEqual({ code: 1, stdout: '', stderr: `zrs rewind: ${missing}: no such storage file\n` });
+    // The library's own error says what a caller can do.
+    await expect(FileStorage.open(missing)).rejects.toThrow(`${missing}: no such storage file (pass create: true to make one)`);
+    await expect(FileStorage.open(missing)).rejects.toBeInstanceOf(NoSuchStorageError);
+
+    const plain = await copy('basic');
+    const audit = join(dir, 'no-such-dir', 'a.audit');
+    const p = await run('promote', '--audit-log', audit, plain);
+    expect(p.code).toBe(1);
+    expect(p.stderr).toContain(`cannot open the audit log ${audit}: ENOENT`);
   });
 
   it('promote names a directory as neither a data file nor a socket', async () => {

@@ -821,6 +821,8 @@ describe('asking a primary for the fork tid', () => {
     try {
       await expect(askForkTid(storage, { kind: 'tcp', host: '127.0.0.1', port: 1 }, { transport, timeoutMs: 50 })).rejects.toThrow("can't connect to 127.0.0.1:1 within 50 ms");
       expect(abandoned).toBe(true);
+      // Refused: said with what it was for.
+      await expect(askForkTid(storage, { kind: 'tcp', host: '127.0.0.1', port: 1 }, {})).rejects.toThrow("can't connect to 127.0.0.1:1 to find the last common tid: connect ECONNREFUSED 127.0.0.1:1");
     } finally {
       await storage.close();
     }

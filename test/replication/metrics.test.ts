@@ -153,6 +153,21 @@ describe('metrics endpoint', () => {
     }
   });
 
+  it('names the metrics address when it cannot listen there, and the storage is left unlocked', async () => {
+    const dir = await tempDir();
+    const first = await Primary.open({ path: join(dir, 'a.fs'), replicateTo: '127.0.0.1:0', fsync: false, metricsAddress: '127.0.0.1:0', auditPath: null });
+    try {
+      const taken = first.metricsAddress as Extract<ReplicationAddress, { kind: 'tcp' }>;
+      const open = () => Primary.open({ path: join(dir, 'b.fs'), replicateTo: '127.0.0.1:0', fsync: false, metricsAddress: `127.0.0.1:${taken.port}`, auditPath: null });
+      await expect(open()).rejects.toThrow(new RegExp(`^metrics address 127\\.0\\.0\\.1:${taken.port}: listen EADDRINUSE`));
+      // Nothing of it stays held: the same storage opens once the address is free.
+      const again = await Primary.open({ path: join(dir, 'b.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+      await again.close();
+    } finally {
+      await first.close();
+    }
+  });
+
   it("measures a native secondary's lag from what it acknowledged, never from what it was sent", async () => {
     const dir = await tempDir();
     let nowMs = Date.UTC(2026, 0, 1);
