@@ -23,7 +23,7 @@ import { FileStorage } from '../storage/FileStorage.js';
 import { removeIndex } from '../storage/indexFile.js';
 import { readU64At, TRAILER_BYTES } from '../storage/format.js';
 import { tidPlusOne, Z64 } from '../storage/timestamp.js';
-import { encodeFrame, FrameDecoder } from '../wire/framing.js';
+import { encodeFrame, foreignPeer, FrameDecoder } from '../wire/framing.js';
 import { createNativePackr, createNativeUnpackr, decodeNative, encodeNativeFrame, HANDSHAKE_REPLY_MAX_BYTES, nativeProtocolName, type HelloMessage } from '../wire/native.js';
 import { GenerationHistory, generationsBefore } from './generations.js';
 import { truncateChainFile } from './hashChain.js';
@@ -359,8 +359,12 @@ export async function askForkTid(storage: FileStorage, address: ReplicationAddre
       else resolve(value);
     };
     const timer = clock.setTimeout(() => finish(new ZrsError(`no answer from ${describe(address)} within ${timeoutMs} ms`)), timeoutMs);
+    let first = true;
     stream.setHandlers({
       data: (chunk) => {
+        const foreign = first ? foreignPeer(chunk) : null;
+        first = false;
+        if (foreign) return finish(new ZrsError(`${describe(address)} is ${foreign}, not a ZRS node`));
         try {
           decoder.feed(chunk);
           for (let f = decoder.next(); f !== null; f = decoder.next()) {

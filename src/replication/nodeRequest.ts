@@ -9,7 +9,7 @@ import { systemClock } from '../node/clock.js';
 import { socketTransport } from '../node/socketTransport.js';
 import type { Clock } from '../ports/clock.js';
 import type { ByteStream, ReplicationAddress, Transport } from '../ports/transport.js';
-import { encodeFrame, FrameDecoder } from '../wire/framing.js';
+import { encodeFrame, foreignPeer, FrameDecoder } from '../wire/framing.js';
 import {
   createNativePackr,
   createNativeUnpackr,
@@ -112,9 +112,8 @@ function exchange<T>(stream: ByteStream, label: string, clock: Clock, timeoutMs:
       data: (chunk) => {
         if (settled) return;
         // The first bytes read as a length would be absurd; say what they are instead.
-        if (first && chunk.length >= 4 && Buffer.from(chunk.buffer, chunk.byteOffset, 4).toString('latin1') === 'HTTP') {
-          return finish(kind.replyError(label, 'the reply is HTTP: this is a web server (a metrics address?), not a replication address'));
-        }
+        const foreign = first ? foreignPeer(chunk) : null;
+        if (foreign) return finish(kind.replyError(label, `this is ${foreign}, not a replication address`));
         first = false;
         try {
           decoder.feed(chunk);

@@ -7,7 +7,7 @@ import { ReplaySubject, Subject, type Observable } from 'rxjs';
 import { createActor, fromCallback, fromPromise, type ActorRefFrom } from 'xstate';
 import type { ProtocolSpec } from '../../machines/handshake.js';
 import { connectionSettings, haltsReplication, secondaryConnectionMachine, type ConnectionFailure } from '../../machines/secondaryConnection.js';
-import { ChecksumMismatchError, FrameTooLargeError, ReadOnlyError, runEach, ZrsError } from '../errors.js';
+import { ChecksumMismatchError, FrameTooLargeError, ProtocolError, ReadOnlyError, runEach, ZrsError } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import { seededRandom, type Random } from '../ports/random.js';
 import type { ByteStream, ReplicationAddress, Transport } from '../ports/transport.js';
@@ -15,7 +15,7 @@ import { systemClock, randomSeed } from '../node/clock.js';
 import { socketTransport } from '../node/socketTransport.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import type { CommittedTransaction } from '../storage/types.js';
-import { encodeFrame, FrameDecoder, KEEP_ALIVE_FRAME, MAX_FRAME_BYTES_LIMIT } from '../wire/framing.js';
+import { encodeFrame, foreignPeer, FrameDecoder, KEEP_ALIVE_FRAME, MAX_FRAME_BYTES_LIMIT } from '../wire/framing.js';
 import { createNativePackr, DEFAULT_STREAM_MAX_FRAME_BYTES, encodeAckFrame, encodeNativeFrame } from '../wire/native.js';
 import { connectAddress, formatAddress, toAddress } from './address.js';
 import { Applier } from './applier.js';
@@ -140,6 +140,8 @@ interface Connection {
   dead: boolean;
   /** A welcome or refusal arrived (protocols that answer the handshake), or any byte (zc.zrs's, which do not). */
   answered: boolean;
+  /** Any byte arrived (the first chunk is checked for a peer that is no ZRS node). */
+  sawData: boolean;
   ackPending: boolean;
   lastDurableTid: Buffer;
   /** The timeouts on what is read (set when reading starts). */
@@ -484,6 +486,7 @@ export class Secondary {
       paused: false,
       dead: false,
       answered: false,
+      sawData: false,
       ackPending: false,
       watch: null,
       handshake,
@@ -583,6 +586,10 @@ export class Secondary {
     conn.stream.setHandlers({
       data: (chunk) => {
         if (conn.dead || ending) return;
+        // Text where a frame header belongs is no ZRS node: say what it is, not "message too large".
+        const foreign = conn.sawData ? null : foreignPeer(chunk);
+        conn.sawData = true;
+        if (foreign) return failAfterQueued(new ProtocolError(`${conn.stream.peer} is ${foreign}, not a ZRS node: check the replication address`));
         // Without a verdict, any byte is the primary's answer to the handshake.
         if (!this.spec.hasVerdict) conn.answered = true;
         try {

@@ -6,6 +6,23 @@ import { FrameTooLargeError } from '../errors.js';
 /** Bytes in a frame header (the big-endian u32 payload length). */
 export const FRAME_HEADER_BYTES = 4;
 
+/**
+ * What a peer is when the first bytes it sent, read as a frame header, are
+ * text: four printable ASCII characters make a length over 538 MB, which no
+ * ZRS node sends first, so the peer is something else (a web server, an SSH
+ * server …). Null when they could be a header, or fewer than 4 arrived.
+ * @example foreignPeer(Buffer.from('HTTP/1.1 400')) // 'a web server (it answered in HTTP: a metrics address?)'
+ */
+export function foreignPeer(first: Uint8Array): string | null {
+  if (first.length < FRAME_HEADER_BYTES) return null;
+  const head = Buffer.from(first.buffer, first.byteOffset, FRAME_HEADER_BYTES);
+  if (!head.every((b) => b >= 0x20 && b < 0x7f)) return null;
+  const text = head.toString('latin1');
+  if (text === 'HTTP') return 'a web server (it answered in HTTP: a metrics address?)';
+  if (text === 'SSH-') return 'an SSH server';
+  return `a server that sent text (${JSON.stringify(Buffer.from(first.buffer, first.byteOffset, Math.min(first.length, 40)).toString('latin1'))})`;
+}
+
 /** The largest payload length a 4-byte header can announce. */
 export const MAX_FRAME_BYTES_LIMIT = 0xffff_ffff;
 

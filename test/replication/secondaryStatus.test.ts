@@ -4,6 +4,7 @@
 // `backoff` says why the last attempt ended, and a new subscriber gets the
 // current status at once.
 
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { firstValueFrom, filter, timeout } from 'rxjs';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -58,6 +59,21 @@ describe("a secondary's status$", () => {
       { kind: 'backoff', retryInMs: expect.any(Number), reason: `connect ECONNREFUSED ${NOWHERE}` },
     ]);
     expect(statuses.map((s) => s.kind)).not.toContain('disconnected');
+  });
+
+  it('names a peer that is no ZRS node (a web server) in the reason, rather than reading its text as a frame length', async () => {
+    const web = createServer((sock) => sock.once('data', () => sock.end('HTTP/1.1 400 Bad Request\r\n\r\n')));
+    await new Promise<void>((resolve) => web.listen(0, '127.0.0.1', () => resolve()));
+    const dir = await tempDir();
+    const address = `127.0.0.1:${(web.address() as { port: number }).port}`;
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: address, fsync: false, auditPath: null, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
+    try {
+      const backoff = await firstValueFrom(secondary.status$.pipe(filter((s) => s.kind === 'backoff'), timeout(WAIT_MS)));
+      expect(backoff).toMatchObject({ reason: `${address} is a web server (it answered in HTTP: a metrics address?), not a ZRS node: check the replication address` });
+    } finally {
+      await secondary.close();
+      await new Promise((resolve) => web.close(resolve));
+    }
   });
 
   it('gives a subscriber the current status at once, then each change', async () => {

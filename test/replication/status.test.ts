@@ -126,9 +126,17 @@ describe('status request', () => {
     const web = createServer((s) => s.once('data', () => s.end('HTTP/1.1 400 Bad Request\r\n\r\n')));
     await new Promise<void>((r) => web.listen(0, '127.0.0.1', () => r()));
     try {
-      await expect(requestStatus((web.address() as { port: number }).port)).rejects.toThrow(/: the reply is HTTP: this is a web server \(a metrics address\?\), not a replication address$/);
+      await expect(requestStatus((web.address() as { port: number }).port)).rejects.toThrow(/: this is a web server \(it answered in HTTP: a metrics address\?\), not a replication address$/);
     } finally {
       await new Promise((r) => web.close(r));
+    }
+    // Another server that speaks first in text (an SSH banner): named too.
+    const ssh = createServer((s) => s.resume().end('SSH-2.0-OpenSSH_9.6\r\n'));
+    await new Promise<void>((r) => ssh.listen(0, '127.0.0.1', () => r()));
+    try {
+      await expect(requestStatus((ssh.address() as { port: number }).port)).rejects.toThrow(/: this is an SSH server, not a replication address$/);
+    } finally {
+      await new Promise((r) => ssh.close(r));
     }
   });
 

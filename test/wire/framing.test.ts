@@ -10,6 +10,7 @@ import {
   KEEP_ALIVE_FRAME,
   encodeFrame,
   encodeFrameHeader,
+  foreignPeer,
 } from '../../src/wire/framing.js';
 
 /** Cuts `bytes` at the given offsets (sorted, deduplicated, in range) into views. */
@@ -38,6 +39,17 @@ describe('encodeFrame / encodeFrameHeader', () => {
     expect(() => encodeFrameHeader(-1)).toThrow(RangeError);
     expect(() => encodeFrameHeader(2 ** 32)).toThrow(RangeError);
     expect(() => encodeFrameHeader(1.5)).toThrow(RangeError);
+  });
+});
+
+describe('foreignPeer', () => {
+  it('names text where a frame header belongs, and never a header a ZRS node sends', () => {
+    expect(foreignPeer(Buffer.from('HTTP/1.1 400 Bad Request\r\n'))).toBe('a web server (it answered in HTTP: a metrics address?)');
+    expect(foreignPeer(Buffer.from('SSH-2.0-OpenSSH_9.6\r\n'))).toBe('an SSH server');
+    expect(foreignPeer(Buffer.from('220 smtp.example ESMTP'))).toBe('a server that sent text ("220 smtp.example ESMTP")');
+    expect(foreignPeer(Buffer.from('HTT'))).toBeNull(); // too short to tell
+    // Any header up to the largest frame limit a node reads first (64 KiB) has a zero byte.
+    fc.assert(fc.property(fc.integer({ min: 0, max: 64 * 1024 }), fc.uint8Array({ maxLength: 8 }), (n, rest) => foreignPeer(Buffer.concat([encodeFrameHeader(n), rest])) === null));
   });
 });
 
