@@ -25,7 +25,7 @@ export const promoteSpec: CommandSpec = {
   name: 'promote',
   positionals: ['FILE|ADDRESS'],
   flags: [
-    { name: 'force', help: 'ADDRESS only: promote even while the node is connected to a live primary, or diverged' },
+    { name: 'force', help: 'ADDRESS: promote even while the node is connected to a live primary, or diverged; FILE: start another generation where the last one starts at its last transaction (a promotion run twice)' },
     { name: 'timeout', value: 'SECS', help: `ADDRESS only: give up connecting, or waiting for the answer, after SECS seconds (default ${DEFAULT_PROMOTE_TIMEOUT_MS / 1000})` },
     { name: 'audit-log', value: 'PATH', help: 'FILE only: the audit log to record the promotion in (default FILE.audit; "off" for none)' },
   ],
@@ -43,7 +43,9 @@ or 1 when refused or unreachable.
 
 With FILE (an existing Data.fs of a stopped secondary), starts generation
 n + 1 offline and writes FILE.generations; then serve FILE with a primary
-configuration.
+configuration. Run again on a file whose last generation already starts
+at its last transaction (promoted, nothing written since), it refuses
+rather than start another one, unless --force.
 
 Make sure the old primary is down first: without an external coordinator,
 nothing stops two nodes promoted at once from both accepting writes.
@@ -59,9 +61,9 @@ export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
   const target = args.positionals[0]!;
   const kind = await pathKind(target);
   if (kind === 'file') {
-    for (const online of ['force', 'timeout']) if (args.flags.has(online)) throw new UsageError(`--${online} applies to a running node's ADDRESS, not to a FILE`);
+    if (args.flags.has('timeout')) throw new UsageError(`--timeout applies to a running node's ADDRESS, not to a FILE`);
     const audit = args.flags.get('audit-log');
-    return promoteFile(target, io, typeof audit === 'string' ? (audit.toLowerCase() === 'off' ? null : audit) : undefined);
+    return promoteFile(target, io, typeof audit === 'string' ? (audit.toLowerCase() === 'off' ? null : audit) : undefined, args.flags.has('force'));
   }
   if (args.flags.has('audit-log')) throw new UsageError('--audit-log applies to a FILE; a running node records in its own audit log');
   // A path that names nothing here is a mistyped FILE far more often than a socket that is gone.
@@ -77,7 +79,7 @@ export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
 
 
 /** Offline: a new generation on a stopped storage, recorded in its audit log. */
-export async function promoteFile(path: string, io: CliIo, auditPath?: string | null): Promise<number> {
+export async function promoteFile(path: string, io: CliIo, auditPath?: string | null, force = false): Promise<number> {
   const storage = await FileStorage.open(path);
   try {
     const history = await FailoverHistory.open(storage, { role: 'secondary' });
@@ -87,6 +89,13 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
       // starts: a log that cannot take it stops the promotion before it is made.
       const full = history.generations.fullAt(storage.lastTransaction());
       if (full !== null) throw new ZrsError(full);
+      // A promotion run again (was the first one done?) would start another generation at the same tid.
+      const current = history.generations.current;
+      if (!force && current && current.generation > 0 && current.startTid.equals(storage.lastTransaction())) {
+        throw new ZrsError(
+          `${path}: generation ${current.generation} already starts after its last transaction (tid ${current.startTid.toString('hex')}): it was promoted and nothing was written since; serve it as a primary, or --force for another generation`,
+        );
+      }
       if (auditPath !== null) audit = await AuditLog.open(auditPath ?? defaultAuditPath(path), { node: basename(path), continueNode: true, clock: systemClock });
       const previous = history.generations.current;
       const planned = nextGeneration(history, storage.lastTransaction());

@@ -106,8 +106,14 @@ describe('zrs promote / zrs rewind', () => {
     let io = memoryIo();
     expect(await runCli(['promote', path], io)).toBe(0);
     expect(io.stdout).toContain(`generation 1 starts after tid ${tids[3]!.toString('hex')}`);
+    // Run again with nothing written since: refused, unless forced.
     io = memoryIo();
-    expect(await runCli(['promote', path], io)).toBe(0);
+    expect(await runCli(['promote', path], io)).toBe(1);
+    expect(io.stderr).toBe(
+      `zrs promote: ${path}: generation 1 already starts after its last transaction (tid ${tids[3]!.toString('hex')}): it was promoted and nothing was written since; serve it as a primary, or --force for another generation\n`,
+    );
+    io = memoryIo();
+    expect(await runCli(['promote', '--force', path], io)).toBe(0);
     expect(io.stdout).toContain('generation 2');
     const gens = JSON.parse(readFileSync(`${path}.generations`, 'utf8')) as { generations: unknown[] };
     expect(gens.generations).toHaveLength(3);
@@ -151,7 +157,7 @@ describe('zrs promote / zrs rewind', () => {
       ['Data.fs', 'rewind', 2],
     ]);
     expect(records[2]!.details).toMatchObject({ offline: true, commonWith: 'tid', forkTid: tids[1]!.toString('hex'), firstCutTid: tids[2]!.toString('hex'), lastCutTid: tids[3]!.toString('hex') });
-    expect((await run('promote', '--force', path)).code).toBe(2);
+    expect((await run('promote', '--timeout', '5', path)).code).toBe(2);
     expect((await run('promote', '--audit-log', 'off', '127.0.0.1:1')).code).toBe(2);
   });
 });
