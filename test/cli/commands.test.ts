@@ -12,7 +12,7 @@ import { humanLogger } from '../../src/cli/logging.js';
 import { pickleClass } from '../../src/cli/pickleClass.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { NoSuchStorageError } from '../../src/errors.js';
-import { pyBytesRepr } from '../../src/cli/dump.js';
+import { dumpFromBytes, pyBytesRepr } from '../../src/cli/dump.js';
 import { verifyFile } from '../../src/cli/verify.js';
 import { writeFill } from '../../src/storage/prealloc.js';
 import { cleanupTempDirs, copyZodbFixture, fixturePath, readManifest, tempDir } from '../helpers/fixtures.js';
@@ -324,6 +324,33 @@ describe('zrs dump', () => {
     expect(r.stdout).toBe(want);
   });
 
+  it.each(['basic', 'undo', 'packed', 'blobs', 'large', 'fs21-legacy'])('read from the bytes, prints %s as read through the storage', async (dir) => {
+    const path = await copy(dir);
+    const io = memoryIo();
+    expect(await dumpFromBytes(path, io)).toBe(0);
+    expect(io.stderr).toBe('');
+    expect(io.stdout).toBe((await run('dump', path)).stdout);
+  });
+
+  it('lists the transactions before damage the storage will not open past, then names the damage (exit 1)', async () => {
+    const path = await copy('basic');
+    const whole = (await run('dump', path)).stdout;
+    // The tenth transaction's length, made far too large: the storage refuses the file.
+    const starts = [...whole.matchAll(/offset=(\d+)/g)].map((m) => Number(m[1]));
+    const bytes = await readFile(path);
+    let pos = 4;
+    for (let i = 0; i < 9; i++) pos += Number(bytes.readBigUInt64BE(pos + 8)) + 8;
+    expect(starts[9]).toBeGreaterThan(pos); // the tenth transaction's first record follows its header
+    await overwrite(path, pos + 8, u64(1e9));
+    await expect(FileStorage.open(path, { readOnly: true })).rejects.toThrow();
+    const r = await run('dump', path);
+    expect(r.code).toBe(1);
+    const lines = whole.split('\n');
+    const tenth = lines.findIndex((l) => l.startsWith('Trans #00009 '));
+    expect(r.stdout).toBe(`${lines.slice(0, tenth).join('\n')}\n`);
+    expect(r.stderr).toBe(`zrs dump: ${path}: damaged at offset ${pos}: a transaction length (1000000000) past the data or its own header (the storage does not open it; zrs verify ${path} tells more)\n`);
+  });
+
   it('reads class names from GLOBAL, STACK_GLOBAL and tuple class pickles without unpickling', () => {
     expect(pickleClass(Buffer.from('8003635a4f44422e626c6f620a426c6f620a71002e80034e2e', 'hex'))).toEqual(['ZODB.blob', 'Blob']);
     expect(pickleClass(Buffer.from('(cpersistent.mapping\nPersistentMapping\nq\x01Nt.', 'latin1'))).toEqual(['persistent.mapping', 'PersistentMapping']);
@@ -350,11 +377,13 @@ describe('zrs dump', () => {
     let r = await run('dump', path);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/corrupted data at position 4: transaction length \d+ runs past the end of the data/);
-    // Without the index the open scans and finds intact transactions after the damage: refused, nothing listed.
+    // Without the index the open scans and finds intact transactions after the damage: the storage refuses
+    // the file, and dump reads its bytes instead, up to the damage (here the first transaction).
     await rm(indexPathFor(path));
+    await expect(FileStorage.open(path, { readOnly: true })).rejects.toThrow(/corrupted data at position 4: transaction runs past the end of the file, yet intact transactions follow/);
     r = await run('dump', path);
     expect(r).toMatchObject({ code: 1, stdout: '' });
-    expect(r.stderr).toMatch(/corrupted data at position 4: transaction runs past the end of the file, yet intact transactions follow/);
+    expect(r.stderr).toMatch(/^zrs dump: .+: damaged at offset 4: a transaction length \(\d+\) past the data or its own header/);
     // Damage that reaches the end (the last transaction's length): dump lists what precedes it and says where it stopped.
     bytes.writeUInt32BE(0, 4 + 8);
     bytes.writeUInt32BE(0xffffffff, lastPos + 8);
