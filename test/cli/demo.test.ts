@@ -12,7 +12,8 @@ const DEMO = fileURLToPath(new URL('../../src/cli/demo.ts', import.meta.url));
 
 describe('the demo', () => {
   it('removes its temp directory and exits 130 on SIGINT in the middle of the workload', async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', DEMO, '--seconds', '60'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    // Without tsx's cache, which it would leave in the system's temp dir.
+    const child = spawn(process.execPath, ['--import', 'tsx', DEMO, '--seconds', '60'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TSX_DISABLE_CACHE: '1' } });
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     let out = '';
     try {
