@@ -6,14 +6,13 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { ROOT } from './helpers.js';
+import { ROOT, TSX_ENV } from './helpers.js';
 
 const DEMO = fileURLToPath(new URL('../../src/cli/demo.ts', import.meta.url));
 
 describe('the demo', () => {
   it('removes its temp directory and exits 130 on SIGINT in the middle of the workload', async () => {
-    // Without tsx's cache, which it would leave in the system's temp dir.
-    const child = spawn(process.execPath, ['--import', 'tsx', DEMO, '--seconds', '60'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TSX_DISABLE_CACHE: '1' } });
+    const child = spawn(process.execPath, ['--import', 'tsx', DEMO, '--seconds', '60'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: TSX_ENV });
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     let out = '';
     try {

@@ -10,6 +10,8 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 export const BIN = fileURLToPath(new URL('../../bin/zrs.js', import.meta.url));
+/** The environment for a child run under tsx: without tsx's cache, which it would leave in the system's temp dir. */
+export const TSX_ENV = { ...process.env, TSX_DISABLE_CACHE: '1' };
 
 export interface MemoryIo extends CliIo {
   stdout: string;

@@ -6,7 +6,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { ROOT } from './helpers.js';
+import { ROOT, TSX_ENV } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -25,7 +25,7 @@ for (let i = 0; i < 200; i++) {
 await io.out('still alive\\n');
 `,
   );
-  const child = spawn(process.execPath, ['--import', 'tsx', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: TSX_ENV });
   let stdout = '';
   child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
   child.stderr.once('data', () => child.stderr.destroy());

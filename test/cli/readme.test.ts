@@ -1,8 +1,7 @@
 // The README's first example, run as written: only its paths and address are
 // moved into a temp dir (a Unix socket for 127.0.0.1:5000, which a test in
 // parallel could hold), and its import points at the sources. It must print
-// the replicated tid and end by itself. tsx runs it without its cache, which
-// it would leave in the system's temp dir.
+// the replicated tid and end by itself.
 
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -11,7 +10,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { ROOT } from './helpers.js';
+import { ROOT, TSX_ENV } from './helpers.js';
 
 const run = promisify(execFile);
 
@@ -39,7 +38,7 @@ describe('README.md', () => {
       .replaceAll("'127.0.0.1:5000'", JSON.stringify(join(dir, 'p.sock')));
     const file = join(dir, 'example.mts');
     await writeFile(file, script);
-    const { stdout } = await run(process.execPath, ['--import', 'tsx', file], { cwd: ROOT, timeout: 60_000, env: { ...process.env, TSX_DISABLE_CACHE: '1' } });
+    const { stdout } = await run(process.execPath, ['--import', 'tsx', file], { cwd: ROOT, timeout: 60_000, env: TSX_ENV });
     expect(stdout).toMatch(/^replicated [0-9a-f]{16}\n$/);
   }, 90_000);
 });

@@ -7,7 +7,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { ROOT } from '../cli/helpers.js';
+import { ROOT, TSX_ENV } from '../cli/helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -26,7 +26,7 @@ await fs.close();
 console.log(JSON.stringify({ before, after: loaded() }));
 `,
   );
-  const child = spawn(process.execPath, ['--import', 'tsx', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'], env: TSX_ENV });
   let stdout = '';
   child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
   const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
