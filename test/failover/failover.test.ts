@@ -166,6 +166,8 @@ describe('failover', () => {
       expect(refusal.code).toBe('diverged');
       expect(Buffer.from(refusal.forkTid).equals(shared.at(-1)!)).toBe(true);
       expect(statuses.some((s) => s.startsWith('diverged: ') && s.includes('; fork at tid '))).toBe(true);
+      // The refusal said where the new primary stands: the status shows it.
+      expect(old.status().upstream!.primaryLastTid).toEqual(np.storage.lastTransaction());
       expect(statuses.some((s) => s.startsWith('diverged: diverged'))).toBe(false);
       // No retry loop: while several commits replicate to s2 (each round trip
       // longer than a reconnect delay here), the old primary never leaves diverged.
