@@ -37,7 +37,7 @@ required, as with zc.zrs's zrs-nagios; a threshold of 0 is off.
   exit 2  Secondary at 'db1:5000' is a primary           (both addresses name primaries)
   exit 1  Secondary at 'db2:5000' not connected to 'db1:5000' (backoff: connect ECONNREFUSED 10.0.0.5:5000)
           (when the lag alone would be OK: an idle primary shows no lag)
-A secondary holding nothing yet is 'behind primary by ... seconds (empty)'.
+A secondary holding nothing yet is 'behind primary by ... seconds (the secondary is empty)'.
 With -m the line ends in performance data: ...|'lag'=68.5678seconds
 
 examples:
@@ -177,9 +177,10 @@ async function lastTime(addressText: string, role: 'primary' | 'secondary', time
       return `Secondary at ${pyRepr(addressText)} stopped replicating from ${pyRepr(upstream.address)}: ${upstream.state}`;
     }
     // Retrying: its last transaction may look recent while its primary is idle.
+    // The peer's words go into a Nagios line: a '|' there would start the performance data.
     const notConnected =
       upstream && !upstream.state.startsWith('connected')
-        ? `Secondary at ${pyRepr(addressText)} not connected to ${pyRepr(upstream.address)} (${upstream.state}${upstream.lastError ? `: ${upstream.lastError}` : ''})`
+        ? `Secondary at ${pyRepr(addressText)} not connected to ${pyRepr(upstream.address)} (${upstream.state}${upstream.lastError ? `: ${upstream.lastError}` : ''})`.replaceAll('|', '/')
         : null;
     // zrs-nagios uses TimeStamp(tid).timeTime(), also for an empty storage's zero tid.
     return { seconds: tidToSeconds(status.lastTid), empty: status.lastTid.equals(Buffer.alloc(8)), notConnected };
@@ -203,8 +204,8 @@ export async function check(primaryText: string, secondaryText: string, io: CliI
   const primary = await lastTime(primaryText, 'primary', options.timeoutMs);
   if (typeof primary === 'string') return report(io, primary, CRITICAL);
   let { text, level } = lagVerdict(primary.seconds, secondary.seconds, options);
-  // A zero tid's time is in 1900: say why the lag is a century.
-  if (secondary.empty && !primary.empty) text = text.replace(/^(Secondary behind primary by \S+ seconds)/, '$1 (empty)');
+  // A zero tid's time is in 1900: say why the lag is a century (after zrs-nagios's words, before any performance data).
+  if (secondary.empty && !primary.empty) text = text.replace(/^(Secondary behind primary by [^|]*)/, '$1 (the secondary is empty)');
   if (level === OK && secondary.notConnected !== null) {
     level = WARNING;
     text = secondary.notConnected + (options.outputMetrics ? text.slice(text.indexOf('|')) : '');

@@ -7,7 +7,7 @@
 // Either way the promotion is recorded in the node's audit log.
 
 import { basename } from 'node:path';
-import { AuditLog } from '../audit/auditLog.js';
+import { AuditLog, readAuditLog } from '../audit/auditLog.js';
 import { defaultAuditPath } from '../audit/nodeAudit.js';
 import { runEach, ZrsError } from '../errors.js';
 import { FailoverHistory } from '../failover/history.js';
@@ -25,7 +25,7 @@ export const promoteSpec: CommandSpec = {
   name: 'promote',
   positionals: ['FILE|ADDRESS'],
   flags: [
-    { name: 'force', help: 'ADDRESS: promote even while the node is connected to a live primary, or diverged; FILE: start another generation where the last one starts at its last transaction (a promotion run twice)' },
+    { name: 'force', help: 'ADDRESS: promote even while the node is connected to a live primary, or diverged; FILE: start another generation where the last one this node started begins at its last transaction (a promotion run twice)' },
     { name: 'timeout', value: 'SECS', help: `ADDRESS only: give up connecting, or waiting for the answer, after SECS seconds (default ${DEFAULT_PROMOTE_TIMEOUT_MS / 1000})` },
     { name: 'audit-log', value: 'PATH', help: 'FILE only: the audit log to record the promotion in (default FILE.audit; "off" for none)' },
   ],
@@ -43,9 +43,10 @@ or 1 when refused or unreachable.
 
 With FILE (an existing Data.fs of a stopped secondary), starts generation
 n + 1 offline and writes FILE.generations; then serve FILE with a primary
-configuration. Run again on a file whose last generation already starts
-at its last transaction (promoted, nothing written since), it refuses
-rather than start another one, unless --force.
+configuration. Run again on a file whose last generation starts at its
+last transaction and whose audit log records starting it (promoted,
+nothing written since), it refuses rather than start another one, unless
+--force.
 
 Make sure the old primary is down first: without an external coordinator,
 nothing stops two nodes promoted at once from both accepting writes.
@@ -78,6 +79,13 @@ export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
 }
 
 
+/** The audit log at `path` records this node starting `generation` (a missing or unreadable log says nothing). */
+async function promotedHere(path: string, generation: number): Promise<boolean> {
+  if ((await pathKind(path)) !== 'file') return false;
+  const { records } = await readAuditLog(path).catch(() => ({ records: [] }));
+  return records.some((r) => r.kind === 'promotion' && r.details.newGeneration === generation);
+}
+
 /** Offline: a new generation on a stopped storage, recorded in its audit log. */
 export async function promoteFile(path: string, io: CliIo, auditPath?: string | null, force = false): Promise<number> {
   const storage = await FileStorage.open(path);
@@ -89,11 +97,14 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
       // starts: a log that cannot take it stops the promotion before it is made.
       const full = history.generations.fullAt(storage.lastTransaction());
       if (full !== null) throw new ZrsError(full);
-      // A promotion run again (was the first one done?) would start another generation at the same tid.
+      // A promotion run again (was the first one done?) would start another generation at the same tid. Only
+      // when its audit log says this node started that generation: one it adopted from its primary (promoted,
+      // then lost before writing anything) is this node's to promote now.
       const current = history.generations.current;
-      if (!force && current && current.generation > 0 && current.startTid.equals(storage.lastTransaction())) {
+      const log = auditPath === null ? null : (auditPath ?? defaultAuditPath(path));
+      if (!force && log && current && current.generation > 0 && current.startTid.equals(storage.lastTransaction()) && (await promotedHere(log, current.generation))) {
         throw new ZrsError(
-          `${path}: generation ${current.generation} already starts after its last transaction (tid ${current.startTid.toString('hex')}): it was promoted and nothing was written since; serve it as a primary, or --force for another generation`,
+          `${path}: generation ${current.generation} already starts after its last transaction (tid ${current.startTid.toString('hex')}), and its audit log says this node started it: it was promoted and nothing was written since; serve it as a primary, or --force for another generation`,
         );
       }
       if (auditPath !== null) audit = await AuditLog.open(auditPath ?? defaultAuditPath(path), { node: basename(path), continueNode: true, clock: systemClock });

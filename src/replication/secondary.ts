@@ -643,8 +643,9 @@ export class Secondary {
     if (e.kind === 'refused') {
       conn.answered = true;
       this.log('error', `primary refused replication: ${e.code}: ${e.reason}`, { code: e.code });
-      // Its last tid, when it said (diverged, tid-too-high): the status shows where the upstream stands.
-      if (e.primaryLastTid) this.noteUpstreamTid(e.primaryLastTid);
+      // Its last tid, when it said (diverged, tid-too-high): the status shows where the upstream stands now,
+      // also below what an earlier upstream announced (one restored from a backup, say).
+      if (e.primaryLastTid) this.upstreamLastTid = Buffer.from(e.primaryLastTid);
       if (e.code === 'diverged') this.reportDiverged(e.reason, e.forkTid, e.primaryLastTid);
       conn.dead = true;
       return send({ type: 'REFUSED', code: e.code, reason: e.reason, forkTid: e.forkTid, ...(e.primaryLastTid ? { primaryLastTid: e.primaryLastTid } : {}) });

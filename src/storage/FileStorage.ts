@@ -357,6 +357,7 @@ export class FileStorage {
    */
   static async open(path: string, options: OpenOptions = {}): Promise<FileStorage> {
     const readOnly = options.readOnly ?? false;
+    if (options.stopAtDamage && !readOnly) throw new ZrsError('stopAtDamage needs readOnly: a writable open never cuts past damage');
     // Refused before the lock is taken, so a mistyped path leaves no lock file behind.
     const kind = await pathKind(path);
     if (kind === 'missing' && (!options.create || readOnly)) throw noSuchFile(path, readOnly);
@@ -398,7 +399,7 @@ export class FileStorage {
       }
       handle = await openHandle(path, 'r');
       const now = options.now ?? Date.now;
-      const { state, end, tailTid, tailCut, tail } = await FileStorage.recover(path, fd, handle, readOnly, now);
+      const { state, end, tailTid, tailCut, tail } = await FileStorage.recover(path, fd, handle, readOnly, now, options.stopAtDamage === true);
       const blobs = options.blobDir ? await BlobDirectory.open(options.blobDir, { create: !readOnly, staleBeforeMs: now() - STALE_STAGING_MS }) : null;
       const storage = new FileStorage(
         path,
@@ -437,11 +438,12 @@ export class FileStorage {
     handle: FileHandle,
     readOnly: boolean,
     now: () => number,
+    stopAtDamage: boolean,
   ): Promise<{ state: ScanState; end: number; tailTid: Buffer | null; tailCut: TailCut | null; tail: { pos: number; reason: string } | null }> {
     for (let attempt = 1; ; attempt++) {
       const before = fileState(fd);
       try {
-        return await FileStorage.recoverFrom(path, fd, handle, readOnly, before.size, now);
+        return await FileStorage.recoverFrom(path, fd, handle, readOnly, before.size, now, stopAtDamage);
       } catch (err) {
         // Read-only, the file may be another process's, written meanwhile: past the end seen at first an
         // abort or a close cuts bytes back and commits follow, and what was read there reads as damage.
@@ -459,6 +461,7 @@ export class FileStorage {
     readOnly: boolean,
     size: number,
     now: () => number,
+    stopAtDamage: boolean,
   ): Promise<{ state: ScanState; end: number; tailTid: Buffer | null; tailCut: TailCut | null; tail: { pos: number; reason: string } | null }> {
     const saved = await loadIndex(path, fd, size);
     const from = saved ? saved.end : MAGIC_BYTES;
@@ -470,7 +473,7 @@ export class FileStorage {
     // The data may end up to 7 bytes before the whole words of fill (those bytes are fill too, not a
     // truncated header), or inside the first of them (its last bytes happening to be the fill's).
     const dataEnd = hadFill ? Math.max(from, await dataEndBefore(handle, fillStart, size)) : size;
-    const result = await scanFile(handle, path, from, dataEnd, saved ?? emptyScanState());
+    const result = await scanFile(handle, path, from, dataEnd, saved ?? emptyScanState(), stopAtDamage);
     // New tids must also pass an unfinished transaction's tid, so no tid
     // (or blob file name) that may have been seen is ever reused.
     const tailTid = result.tail ? tailTidFloor(fd, result.tail.pos, dataEnd, result.lastTid, hadFill, now()) : null;

@@ -165,6 +165,8 @@ export async function scanFile(
   pos: number,
   fileSize: number,
   state: ScanState,
+  /** Read-only tools: damage ends the data as a tail does, instead of being thrown. */
+  stopAtDamage = false,
 ): Promise<ScanResult> {
   const reader = new WindowReader(handle, undefined, () => fileSize);
   while (pos < fileSize) {
@@ -188,7 +190,7 @@ export async function scanFile(
     // transactions is corruption and must not be cut silently, unless fill
     // shows that a sync was torn (several transactions synced together, some
     // of their sectors written and some not).
-    if (!verdict.unfinished && (await intactTransactionAfter(handle, pos, fileSize, state.lastTid)) && (await fillInside(reader, pos, fileSize)) < 0) throw damage;
+    if (!stopAtDamage && !verdict.unfinished && (await intactTransactionAfter(handle, pos, fileSize, state.lastTid)) && (await fillInside(reader, pos, fileSize)) < 0) throw damage;
     return { ...state, end: pos, tail: { pos, reason: verdict.reason } };
   }
   return { ...state, end: pos, tail: null };

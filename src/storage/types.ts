@@ -111,6 +111,12 @@ export interface OpenOptions {
   /** Create the file if missing (and truncate an existing one when `create === 'truncate'`). */
   create?: boolean | 'truncate';
   readOnly?: boolean;
+  /**
+   * Read-only only, for tools that read damaged files (zrs dump): damage with
+   * intact transactions after it ends the readable data there, as an
+   * unfinished tail does (`unreadTailOnOpen`), instead of refusing the file.
+   */
+  stopAtDamage?: boolean;
   /** Blob directory (bushy layout); blobs are unsupported without it. */
   blobDir?: string;
   /** fsync each commit before tpcFinish resolves (default true). */

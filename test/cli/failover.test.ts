@@ -1,7 +1,7 @@
 // `zrs promote` and `zrs rewind` in-process: a new generation on a stopped
 // storage; a rewind to a given tid with the cut part in a dumpable side file.
 
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { createConnection, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -96,6 +96,17 @@ describe('zrs promote / zrs rewind', () => {
     expect((await run('rewind', '--audit-log', 'off', path, '--to-tid', tids[1]!.toString('hex'))).code).toBe(0);
   });
 
+  it('an offline promotion of a secondary that adopted its primary\'s generation at its last tid goes through', async () => {
+    // Its primary was promoted (generation 1 at the secondary's last tid) and lost before writing: the
+    // secondary holds generation 1 without having started it, and is the one to promote now.
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const tids = await storageFileWith(path, 2);
+    writeFileSync(`${path}.generations`, JSON.stringify({ version: 1, maxSeen: 1, generations: [{ generation: 0, startTid: '0000000000000000' }, { generation: 1, startTid: tids.at(-1)!.toString('hex') }] }));
+    const r = await run('promote', path);
+    expect(r).toMatchObject({ code: 0, stdout: `promoted ${path}: generation 2 starts after tid ${tids.at(-1)!.toString('hex')}\n` });
+  });
+
   it('promotes offline, then rewinds to a tid', async () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs');
@@ -110,7 +121,7 @@ describe('zrs promote / zrs rewind', () => {
     io = memoryIo();
     expect(await runCli(['promote', path], io)).toBe(1);
     expect(io.stderr).toBe(
-      `zrs promote: ${path}: generation 1 already starts after its last transaction (tid ${tids[3]!.toString('hex')}): it was promoted and nothing was written since; serve it as a primary, or --force for another generation\n`,
+      `zrs promote: ${path}: generation 1 already starts after its last transaction (tid ${tids[3]!.toString('hex')}), and its audit log says this node started it: it was promoted and nothing was written since; serve it as a primary, or --force for another generation\n`,
     );
     io = memoryIo();
     expect(await runCli(['promote', '--force', path], io)).toBe(0);

@@ -267,7 +267,8 @@ describe('zrs check (zc.zrs nagios.rst cases)', () => {
     try {
       const r = await run('check', '-e99', upToDate.P, join(d, 'e.sock'));
       expect(r.code).toBe(2);
-      expect(r.stdout).toMatch(/^Secondary behind primary by \d+\.\d{4} seconds \(empty\) > 99\n$/);
+      expect(r.stdout).toMatch(/^Secondary behind primary by \d+\.\d{4} seconds > 99 \(the secondary is empty\)\n$/);
+      expect((await run('check', '-e99', '-m', upToDate.P, join(d, 'e.sock'))).stdout).toMatch(/^Secondary behind primary by \d+\.\d{4} seconds > 99 \(the secondary is empty\)\|'lag'=\d+\.\d{4}seconds\n$/);
     } finally {
       await empty.close();
     }

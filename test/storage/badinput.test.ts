@@ -105,6 +105,16 @@ describe('damage in the middle of a file (intact transactions after it)', () => 
       expect(err.message).toContain(path);
       expect(err.message).toContain(`position ${position}`);
     }
+    // A tool reading damage (zrs dump) opens it to stop there: the transactions before the damaged one, the rest unread.
+    const stopped = await FileStorage.open(path, { readOnly: true, stopAtDamage: true });
+    try {
+      expect((await collect(stopped.iterator())).map((t) => t.pos)).toEqual(txns.filter((t) => t.pos < victim.pos).map((t) => t.pos));
+      expect(stopped.unreadTailOnOpen?.pos).toBe(victim.pos);
+    } finally {
+      await stopped.close();
+    }
+    expect(readFileSync(path).equals(bytes)).toBe(true);
+    await expect(FileStorage.open(path, { stopAtDamage: true })).rejects.toThrow('stopAtDamage needs readOnly');
     // Restoring the bytes makes it open again (read-only: no saved index,
     // which would let the next case skip scanning the damaged part).
     await writeFile(path, original);
