@@ -115,7 +115,8 @@ export interface SecondaryOptions {
 
 /**
  * Non-fatal conditions, for an app or a dashboard to follow. A connection
- * lost emits `disconnected`, with why, just before `backoff`.
+ * lost emits `disconnected`, with why, just before `backoff`; every
+ * `backoff` says why the last attempt or connection ended.
  */
 export type SecondaryStatus =
   | { kind: 'connecting'; address: string }
@@ -222,7 +223,7 @@ export class Secondary {
   private readonly statusSubject = new ReplaySubject<SecondaryStatus>(1);
   /** The last status published, and as text: a status is published when it differs. */
   private lastStatus: { status: SecondaryStatus; text: string } | null = null;
-  /** Non-fatal status changes (connecting, connected, disconnected, backoff, diverged …), each once. */
+  /** Where the connection stands (connecting, connected, disconnected, backoff, diverged …): the current status to each new subscriber, then each change once. */
   readonly status$: Observable<SecondaryStatus> = this.statusSubject.asObservable();
   private readonly promotedSubject = new Subject<Primary>();
   /**
