@@ -81,18 +81,20 @@ export async function serve(configPath: string, io: CliIo, options: ServeOptions
   const board = io.stderrIsTTY && format === 'human' ? new TerminalBoard() : null;
   const makeLogger = loggerFactory(format, board ? (text) => io.err(board.around(text)) : io.err);
   const log = makeLogger('zrs');
+  // Why the service did not start, in its log's format (a log shipper reading JSON lines gets it too); --check answers a person.
+  const refuse = (message: string): number => {
+    if (format === 'json' && !options.checkOnly) log('error', message);
+    else io.err(`zrs serve: ${message}\n`);
+    return EXIT_FAILURE;
+  };
   let config;
   try {
     config = loadZrsConfig(configPath, { env: io.env });
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    io.err(`zrs serve: configuration error: ${err.message}\n`);
-    return EXIT_FAILURE;
+    return refuse(`configuration error: ${err.message}`);
   }
-  if (config.storages.length === 0) {
-    io.err(`zrs serve: ${config.file} defines no storage (add a <zrs> or <filestorage> section)\n`);
-    return EXIT_FAILURE;
-  }
+  if (config.storages.length === 0) return refuse(`${config.file} defines no storage (add a <zrs> or <filestorage> section)`);
   if (options.checkOnly) {
     for (const s of config.storages) await io.out(`${describe(s)}\n`);
     return EXIT_OK;

@@ -118,7 +118,11 @@ describe('zrs help and usage', () => {
     await writeFile(cfg, `%import zc.zrs\n<zrs>\n replicate-to 127.0.0.1:0\n keep-alive 5\n <filestorage>\n  path ${dir}/Data.fs\n </filestorage>\n</zrs>\n`);
     const r = await run('serve', cfg);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain(`zrs serve: configuration error: ${cfg}:4: keep-alive: unknown key in <zrs>`);
+    // Logs are JSON lines here (stderr is no terminal): the reason is one of them.
+    expect(JSON.parse(r.stderr)).toMatchObject({ level: 'error', message: expect.stringContaining(`configuration error: ${cfg}:4: keep-alive: unknown key in <zrs>`) });
+    const human = await run('serve', '--log-format', 'human', cfg);
+    expect(human.code).toBe(1);
+    expect(human.stderr).toContain(`zrs serve: configuration error: ${cfg}:4: keep-alive: unknown key in <zrs>`);
     const check = await run('serve', '--check', cfg.replace('bad.conf', 'none.conf'));
     expect(check.code).toBe(1);
     expect(check.stderr).toContain('none.conf: cannot read configuration: no such file');
