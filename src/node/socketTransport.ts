@@ -71,6 +71,17 @@ function describe(socket: Socket, fallback: string): string {
 }
 
 /**
+ * The name of a peer a listener accepted: its address and port over TCP; over
+ * a Unix socket, which names no client, the socket's path and the connection's
+ * number on this listener (`/run/zrs/p.sock#3`), so two peers, their log lines
+ * and their metrics stay apart.
+ */
+export function acceptedPeer(socket: { remoteAddress?: string; remotePort?: number }, address: ReplicationAddress, number: number): string {
+  if (socket.remoteAddress) return `${socket.remoteAddress}:${socket.remotePort}`;
+  return address.kind === 'unix' ? `${address.path}#${number}` : 'peer';
+}
+
+/**
  * Destroy `socket` and reject when `signal` aborts before the attempt
  * settles; returns what the attempt calls when it settles (stop listening).
  * An attempt nobody waits for any more (timed out, the node closing) must
@@ -112,8 +123,9 @@ export const socketTransport: Transport = {
   },
 
   async listen(address: ReplicationAddress, onStream: (s: ByteStream) => void): Promise<Listener> {
+    let accepted = 0;
     const server: Server = createServer({ pauseOnConnect: true }, (socket) => {
-      onStream(new SocketStream(socket, describe(socket, address.kind === 'unix' ? address.path : 'peer')));
+      onStream(new SocketStream(socket, acceptedPeer(socket, address, ++accepted)));
     });
     const actual = await bindServer(server, address);
     return {

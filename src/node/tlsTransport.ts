@@ -22,7 +22,7 @@ import { TlsHandshakeError, ZrsError } from '../errors.js';
 import type { ByteStream, Listener, ListenOptions, ReplicationAddress, Transport } from '../ports/transport.js';
 import { FLOOD_LOG_INTERVAL_MS, FloodWarning, type Logger } from '../replication/log.js';
 import { systemClock } from './clock.js';
-import { SocketStream, untilAborted } from './socketTransport.js';
+import { acceptedPeer, SocketStream, untilAborted } from './socketTransport.js';
 import { bindServer } from './listen.js';
 
 /** The `<ssl>` settings (ZEO's names; `password-function` is not supported). */
@@ -183,12 +183,10 @@ export function tlsTransport(options: TlsTransportOptions): Transport {
       if (ca === undefined) {
         throw new TlsHandshakeError('a TLS listener needs authenticate (the CA that client certificates must verify against)', label(address));
       }
+      let accepted = 0;
       const server = tlsCreateServer(
         { cert, key, ca, requestCert: true, rejectUnauthorized: true, handshakeTimeout: handshakeTimeoutMs },
-        (socket) => {
-          const peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : label(address);
-          onStream(new SocketStream(socket, peer));
-        },
+        (socket) => onStream(new SocketStream(socket, acceptedPeer(socket, address, ++accepted))),
       );
       // Read each TCP peer's address now: net.Socket caches it, and after a failed
       // handshake the TLS socket's handle is gone, so the log line reads it from there.

@@ -153,6 +153,26 @@ describe('metrics endpoint', () => {
     }
   });
 
+  it('names each secondary of a Unix socket apart (the path and its connection number), in sessions and in metrics', async () => {
+    const dir = await tempDir();
+    const socket = join(dir, 'p.sock');
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: socket, fsync: false, metricsAddress: '127.0.0.1:0', auditPath: null });
+    const secondaries = await Promise.all(['a', 'b'].map((n) => Secondary.open({ path: join(dir, `${n}.fs`), replicateFrom: socket, fsync: false, reconnect: FAST_RECONNECT, auditPath: null })));
+    try {
+      const [tid] = await commitMany(primary.storage, 1);
+      for (const s of secondaries) await waitForTid(s, tid!);
+      await settleUntil(() => primary.secondaries().filter((s) => s.state === 'live').length === 2);
+      const peers = primary.secondaries().map((s) => s.peer);
+      expect(new Set(peers).size).toBe(2);
+      for (const peer of peers) expect(peer).toMatch(new RegExp(`^${socket.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}#\\d+$`));
+      const text = await scrape(primary.metricsAddress);
+      for (const peer of peers) expect(sample(text, 'zrs_secondary_bytes_sent', { peer }), peer).toBeGreaterThan(0);
+    } finally {
+      for (const s of secondaries) await s.close();
+      await primary.close();
+    }
+  });
+
   it('names the metrics address when it cannot listen there, and the storage is left unlocked', async () => {
     const dir = await tempDir();
     const first = await Primary.open({ path: join(dir, 'a.fs'), replicateTo: '127.0.0.1:0', fsync: false, metricsAddress: '127.0.0.1:0', auditPath: null });
