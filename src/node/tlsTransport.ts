@@ -202,13 +202,23 @@ export function tlsTransport(options: TlsTransportOptions): Transport {
       const refused = new FloodWarning(systemClock, FLOOD_LOG_INTERVAL_MS, (count, last, fields) =>
         log('warn', count === 1 ? `TLS: refused secondary ${last}` : `TLS: refused secondary ${last} (and ${count - 1} more handshakes since the last line)`, { ...fields, count }),
       );
+      // A client that hangs up in the handshake refused this node (its certificate, most often): its own log
+      // says why. Counted apart, so those lines never hide this node's own refusals.
+      const hungUp = new FloodWarning(systemClock, FLOOD_LOG_INTERVAL_MS, (count, last, fields) =>
+        log(
+          'warn',
+          `TLS: secondary ${last} ended the handshake${count === 1 ? '' : ` (and ${count - 1} more since the last line)`}: it may have refused this node's certificate, and its log says why`,
+          { ...fields, count },
+        ),
+      );
       server.on('tlsClientError', (err, socket) => {
         const peer = remotePeer(socket) ?? label(address);
         // A client certificate that does not verify ends the handshake with only
         // "socket hang up"; the verification error is in authorizationError.
         const authError = socket.authorizationError as unknown as string | undefined;
-        const why = authError ? `client certificate rejected: ${authError}` : reason(err);
-        refused.note(`${peer}: ${why}`, { peer, code: authError ?? (err as { code?: string }).code });
+        const code = (err as { code?: string }).code;
+        if (!authError && code === 'ECONNRESET') hungUp.note(peer, { peer, code });
+        else refused.note(`${peer}: ${authError ? `client certificate rejected: ${authError}` : reason(err)}`, { peer, code: authError ?? code });
         socket.destroy();
       });
       const actual = await bindServer(server, address);

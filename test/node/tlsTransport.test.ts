@@ -148,13 +148,16 @@ describe('tlsTransport: good certificates', () => {
 });
 
 describe('tlsTransport: the secondary refuses the primary', () => {
-  it('when the primary certificate is from another CA', async () => {
+  it('when the primary certificate is from another CA; the primary says the secondary ended the handshake, not that it refused it', async () => {
     const p = await pair(serverTls({ ...certs.otherServer, authenticate: certs.ca }), clientTls());
     try {
       const line = await p.secondaryLog.waitFor(refusedPrimary);
       expect(line.level).toBe('error');
       expect(line.message).toMatch(/certificate/i);
       await expectNothingReplicated(p);
+      const ended = await p.primaryLog.waitFor((e) => e.message.startsWith('TLS: secondary '));
+      expect(ended.message).toMatch(/ended the handshake.*: it may have refused this node's certificate, and its log says why$/);
+      expect(p.primaryLog.count(refusedSecondary)).toBe(0);
     } finally {
       await p.close();
     }
