@@ -115,11 +115,18 @@ function lagBetween(ahead: Buffer, behind: Buffer | null): number | null {
 }
 
 function describeSession(s: SessionStatusEntry, lastTid: Buffer): string {
-  const position = s.ackedTid ?? s.lastSentTid;
+  // Before anything was sent, where it started is where it stands (as the lag metric reads it).
+  const position = s.ackedTid ?? s.lastSentTid ?? s.startTid;
   const lag = lagBetween(lastTid, position);
   const parts = [
     `${s.peer} ${s.protocol ?? '(no protocol yet)'} ${s.state}`,
-    s.ackedTid ? `acked ${s.ackedTid.toString('hex')}` : s.lastSentTid ? `sent ${s.lastSentTid.toString('hex')} (no acks)` : 'nothing sent yet',
+    s.ackedTid
+      ? `acked ${s.ackedTid.toString('hex')}`
+      : s.lastSentTid
+        ? `sent ${s.lastSentTid.toString('hex')} (no acks)`
+        : s.startTid
+          ? `started at ${s.startTid.toString('hex')}, nothing sent since`
+          : 'nothing sent yet',
     `lag ${lag === null ? 'unknown' : `${lag.toFixed(4)} seconds`}`,
     `${s.bytesSent} bytes sent`,
   ];

@@ -63,6 +63,7 @@ export function buildNodeStatus(input: NodeStatusInput): NodeStatus {
       state: clip(s.state),
       lastSentTid: s.lastSentTid,
       ackedTid: s.ackedTid,
+      startTid: s.startTid,
       bytesSent: s.bytesSent,
     })),
     sessionCount: input.sessions.length,

@@ -405,6 +405,8 @@ export interface SessionStatusEntry {
   state: string;
   lastSentTid: Buffer | null;
   ackedTid: Buffer | null;
+  /** The tid the secondary said it holds when its session started; null before that (and from older nodes, which send none). */
+  startTid: Buffer | null;
   bytesSent: number;
 }
 
@@ -1186,6 +1188,7 @@ function parseStatus(obj: Obj, copy: boolean): StatusMessage {
       state: text(get(s, 'state', where), `${where}.state`),
       lastSentTid: asNullable(get(s, 'lastSentTid', where), (v) => asId(v, `${where}.lastSentTid`, copy)),
       ackedTid: asNullable(get(s, 'ackedTid', where), (v) => asId(v, `${where}.ackedTid`, copy)),
+      startTid: asNullable(getOptional(s, 'startTid') ?? null, (v) => asId(v, `${where}.startTid`, copy)),
       bytesSent: asInt(get(s, 'bytesSent', where), `${where}.bytesSent`, 0),
     };
   });

@@ -360,6 +360,15 @@ describe('check pieces', () => {
 });
 
 describe('formatStatus', () => {
+  it("gives a session that has sent nothing yet the lag of where it started (as the lag metric does)", () => {
+    const tid = tidFromTime(Date.UTC(2026, 0, 1));
+    const session = { peer: '/run/zrs/p.sock#2', protocol: 'zrs-ts/1', state: 'live', lastSentTid: null, ackedTid: null, bytesSent: 468 };
+    const status: NodeStatus = { role: 'primary', name: null, lastTid: tid, lastTimeSeconds: tidToSeconds(tid), fileSize: 4, clockMs: 0, upstream: null, sessions: [{ ...session, startTid: tid }], sessionCount: 1 };
+    expect(formatStatus(status, 'p')).toContain(`  /run/zrs/p.sock#2 zrs-ts/1 live, started at ${tid.toString('hex')}, nothing sent since, lag 0.0000 seconds, 468 bytes sent\n`);
+    // Before its start (or from an older node): nothing to go by.
+    expect(formatStatus({ ...status, sessions: [{ ...session, startTid: null }] }, 'p')).toContain('live, nothing sent yet, lag unknown, 468 bytes sent\n');
+  });
+
   it("prints a secondary's upstream, heartbeat age and lag, the age never negative when the clock stepped back", () => {
     const tid = tidFromTime(Date.UTC(2026, 0, 1));
     const status: NodeStatus = {

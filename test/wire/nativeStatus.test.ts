@@ -32,6 +32,7 @@ const sessionArb = fc.record({
   state: text,
   lastSentTid: fc.option(tid, { nil: null }),
   ackedTid: fc.option(tid, { nil: null }),
+  startTid: fc.option(tid, { nil: null }),
   bytesSent: fc.nat(),
 });
 
@@ -108,6 +109,13 @@ describe('status-request and status messages', () => {
     expect(decode(sample({ futureField: 1 }))).not.toHaveProperty('futureField');
   });
 
+  it("reads a session's startTid: absent (an older node) or nil as null", () => {
+    expect((decode(sample()) as StatusMessage).sessions[0]!.startTid).toBeNull();
+    const session = (sample().sessions as object[])[0]!;
+    expect((decode(sample({ sessions: [{ ...session, startTid: Buffer.alloc(8, 4) }] })) as StatusMessage).sessions[0]!.startTid).toEqual(Buffer.alloc(8, 4));
+    expect(() => decode(sample({ sessions: [{ ...session, startTid: Buffer.alloc(3) }] }))).toThrow('status.sessions[0].startTid must be 8 bytes');
+  });
+
   it("reads an upstream's lastError: absent (an older node) or nil as null, a long one cut rather than refused", () => {
     expect((decode(sample()) as StatusMessage).upstream!.lastError).toBeNull();
     const upstream = sample().upstream as object;
@@ -154,7 +162,7 @@ describe('status-request and status messages', () => {
   });
 
   it('a full status fits the reply limit and passes the frame decoder', () => {
-    const s = { peer: 'p'.repeat(100), protocol: 'zrs-ts/1', state: 'live', lastSentTid: Buffer.alloc(8), ackedTid: Buffer.alloc(8), bytesSent: Number.MAX_SAFE_INTEGER };
+    const s = { peer: 'p'.repeat(100), protocol: 'zrs-ts/1', state: 'live', lastSentTid: Buffer.alloc(8), ackedTid: Buffer.alloc(8), startTid: Buffer.alloc(8), bytesSent: Number.MAX_SAFE_INTEGER };
     const msg = { ...(sample() as unknown as StatusMessage), sessions: Array.from({ length: MAX_STATUS_SESSIONS }, () => s), sessionCount: 5000 };
     const frame = encodeNativeFrame(msg, createNativePackr());
     expect(frame.length).toBeLessThan(STATUS_REPLY_MAX_BYTES);
