@@ -9,6 +9,16 @@ export class ZrsError extends Error {
   }
 }
 
+/**
+ * A secondary cannot replicate on, and no retry would change that (a
+ * configuration error, a link lost with its chain): its connection machine
+ * stops in `failed` (machines/secondaryConnection.ts, haltsReplication).
+ */
+export class ReplicationHaltedError extends ZrsError {
+  override name = 'ReplicationHaltedError';
+  readonly haltsReplication = true;
+}
+
 /** A storage file that does not exist, opened without `create`. */
 export class NoSuchStorageError extends ZrsError {
   override name = 'NoSuchStorageError';

@@ -5,7 +5,7 @@
 // zc.zrs's nagios.py and nagios.rst so existing alert rules keep matching.
 
 import { getSystemErrorMap } from 'node:util';
-import { tidToSeconds } from '../storage/timestamp.js';
+import { tidToSeconds, Z64 } from '../storage/timestamp.js';
 import { DEFAULT_STATUS_TIMEOUT_MS, requestStatus, StatusConnectError, StatusReplyError } from '../replication/statusClient.js';
 import { UsageError, type CommandSpec } from './args.js';
 import type { CliIo } from './io.js';
@@ -183,7 +183,7 @@ async function lastTime(addressText: string, role: 'primary' | 'secondary', time
         ? `Secondary at ${pyRepr(addressText)} not connected to ${pyRepr(upstream.address)} (${upstream.state}${upstream.lastError ? `: ${upstream.lastError}` : ''})`.replaceAll('|', '/')
         : null;
     // zrs-nagios uses TimeStamp(tid).timeTime(), also for an empty storage's zero tid.
-    return { seconds: tidToSeconds(status.lastTid), empty: status.lastTid.equals(Buffer.alloc(8)), notConnected };
+    return { seconds: tidToSeconds(status.lastTid), empty: status.lastTid.equals(Z64), notConnected };
   } catch (err) {
     if (err instanceof StatusConnectError) {
       const reason = err.reason === 'timed out' ? 'timed out' : pythonErrorText(err.cause);

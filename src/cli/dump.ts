@@ -34,53 +34,6 @@ example:
 /** Flush the text buffer to stdout once it holds this many characters. */
 const FLUSH_CHARS = 64 * 1024;
 
-/** One transaction as dump prints it. */
-interface DumpedTxn {
-  tid: Buffer;
-  /** Offset of its first data record. */
-  offset: number;
-  status: string;
-  user: Buffer;
-  description: Buffer;
-  records: Iterable<{ oid: Buffer; data: Buffer | null; dataTxn: Buffer | null }>;
-}
-
-/** Lines to stdout, a buffer at a time. */
-function lineWriter(io: CliIo): { line(text: string): Promise<void>; flush(): Promise<void> } {
-  let buf = '';
-  return {
-    async line(text) {
-      buf += `${text}\n`;
-      if (buf.length >= FLUSH_CHARS) {
-        const out = buf;
-        buf = '';
-        await io.out(out);
-      }
-    },
-    async flush() {
-      if (buf) await io.out(buf);
-      buf = '';
-    },
-  };
-}
-
-async function dumpTxn(line: (text: string) => Promise<void>, i: number, t: DumpedTxn): Promise<void> {
-  await line(`Trans #${pad5(i)} tid=${t.tid.toString('hex')} time=${tidToString(t.tid)} offset=${t.offset}`);
-  await line(`    status=${pyStrRepr(t.status)} user=${pyBytesRepr(t.user)} description=${pyBytesRepr(t.description)}`);
-  let j = 0;
-  for (const r of t.records) {
-    let size = '';
-    let cls = 'undo or abort of object creation';
-    if (r.data !== null) {
-      const [module, name] = pickleClass(r.data);
-      size = ` size=${r.data.length}`;
-      cls = `${module}.${name}`;
-    }
-    const bp = r.dataTxn ? ` bp=${r.dataTxn.toString('hex')}` : '';
-    await line(`  data #${pad5(j++)} oid=${r.oid.toString('hex')}${size} class=${cls}${bp}`);
-  }
-}
-
 export async function dump(path: string, io: CliIo): Promise<number> {
   let fs: FileStorage;
   let damage: CorruptedDataError | null = null;
@@ -92,14 +45,35 @@ export async function dump(path: string, io: CliIo): Promise<number> {
     damage = err;
     fs = await FileStorage.open(path, { readOnly: true, stopAtDamage: true });
   }
-  const out = lineWriter(io);
+  let buf = '';
+  const line = async (text: string): Promise<void> => {
+    buf += `${text}\n`;
+    if (buf.length >= FLUSH_CHARS) {
+      const out = buf;
+      buf = '';
+      await io.out(out);
+    }
+  };
   try {
     let i = 0;
     for await (const t of fs.iterator()) {
       const offset = t.pos + TXN_HEADER_BYTES + t.user.length + t.description.length + t.extensionBytes.length;
-      await dumpTxn(out.line, i++, { tid: t.tid, offset, status: t.status, user: t.user, description: t.description, records: t.records });
+      await line(`Trans #${pad5(i++)} tid=${t.tid.toString('hex')} time=${tidToString(t.tid)} offset=${offset}`);
+      await line(`    status=${pyStrRepr(t.status)} user=${pyBytesRepr(t.user)} description=${pyBytesRepr(t.description)}`);
+      let j = 0;
+      for (const r of t.records) {
+        let size = '';
+        let cls = 'undo or abort of object creation';
+        if (r.data !== null) {
+          const [module, name] = pickleClass(r.data);
+          size = ` size=${r.data.length}`;
+          cls = `${module}.${name}`;
+        }
+        const bp = r.dataTxn ? ` bp=${r.dataTxn.toString('hex')}` : '';
+        await line(`  data #${pad5(j++)} oid=${r.oid.toString('hex')}${size} class=${cls}${bp}`);
+      }
     }
-    await out.flush();
+    if (buf) await io.out(buf);
     if (damage) {
       io.err(`zrs dump: ${damage.message} (listed up to it; zrs verify ${path} tells more)\n`);
       return EXIT_FAILURE;

@@ -107,7 +107,7 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
           `${path}: generation ${current.generation} already starts after its last transaction (tid ${current.startTid.toString('hex')}), and its audit log says this node started it: it was promoted and nothing was written since; serve it as a primary, or --force for another generation`,
         );
       }
-      if (auditPath !== null) audit = await AuditLog.open(auditPath ?? defaultAuditPath(path), { node: basename(path), continueNode: true, clock: systemClock });
+      if (log !== null) audit = await AuditLog.open(log, { node: basename(path), continueNode: true, clock: systemClock });
       const previous = history.generations.current;
       const planned = nextGeneration(history, storage.lastTransaction());
       const requestedBy = 'zrs promote FILE';

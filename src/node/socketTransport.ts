@@ -76,9 +76,8 @@ function describe(socket: Socket, fallback: string): string {
  * number on this listener (`/run/zrs/p.sock#3`), so two peers, their log lines
  * and their metrics stay apart.
  */
-export function acceptedPeer(socket: { remoteAddress?: string; remotePort?: number }, address: ReplicationAddress, number: number): string {
-  if (socket.remoteAddress) return `${socket.remoteAddress}:${socket.remotePort}`;
-  return address.kind === 'unix' ? `${address.path}#${number}` : 'peer';
+export function acceptedPeer(socket: Socket, address: ReplicationAddress, number: number): string {
+  return describe(socket, address.kind === 'unix' ? `${address.path}#${number}` : 'peer');
 }
 
 /**

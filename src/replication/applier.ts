@@ -8,7 +8,7 @@
 
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import { writeFully } from '../storage/fileio.js';
-import { ProtocolError, ZrsError } from '../errors.js';
+import { ProtocolError, ReplicationHaltedError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import type { TransactionMeta } from '../storage/types.js';
 import type { ApplyEvent } from './inbound.js';
@@ -109,7 +109,7 @@ export class Applier {
     }
     const blobs = this.storage.blobs;
     // A configuration error: every attempt would fail on the same blob, so replication stops (failed).
-    if (!blobs) throw Object.assign(new ZrsError('the primary sends blobs but this secondary has no blob directory (configure blob-dir, or transfer-blobs false where it shares the primary\'s)'), { haltsReplication: true });
+    if (!blobs) throw new ReplicationHaltedError("the primary sends blobs but this secondary has no blob directory (configure blob-dir, or transfer-blobs false where it shares the primary's)");
     const path = blobs.tempPath();
     const handle = await open(path, 'wx');
     this.blob = { oid: e.oid, data: e.data, dataTxn: e.dataTxn, path, handle, remaining: e.blob.blocks };

@@ -7,7 +7,7 @@ import { ReplaySubject, Subject, type Observable } from 'rxjs';
 import { createActor, fromCallback, fromPromise, type ActorRefFrom } from 'xstate';
 import type { ProtocolSpec } from '../../machines/handshake.js';
 import { connectionSettings, haltsReplication, secondaryConnectionMachine, type ConnectionFailure } from '../../machines/secondaryConnection.js';
-import { ChecksumMismatchError, FrameTooLargeError, ProtocolError, ReadOnlyError, runEach, ZrsError } from '../errors.js';
+import { ChecksumMismatchError, FrameTooLargeError, ProtocolError, ReadOnlyError, ReplicationHaltedError, runEach, ZrsError } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import { seededRandom, type Random } from '../ports/random.js';
 import type { ByteStream, ReplicationAddress, Transport } from '../ports/transport.js';
@@ -530,11 +530,8 @@ export class Secondary {
     const lost = this.failover?.chain.lostLink;
     if (!lost) return;
     // No retry can help: the connection machine stops in `failed` with this reason.
-    const error = Object.assign(
-      new ZrsError(
-        `packed transaction ${lost.toString('hex')} is in the data file without the link its primary gave, which a hash chain write error may have lost (${this.failover!.chain.failure?.message ?? 'unknown error'}): replication stopped until the node is reopened; if the link did not reach the disk, its primary then finds it diverged at that transaction, and a rewind (zrs rewind) brings it back`,
-      ),
-      { haltsReplication: true },
+    const error = new ReplicationHaltedError(
+      `packed transaction ${lost.toString('hex')} is in the data file without the link its primary gave, which a hash chain write error may have lost (${this.failover!.chain.failure?.message ?? 'unknown error'}): replication stopped until the node is reopened; if the link did not reach the disk, its primary then finds it diverged at that transaction, and a rewind (zrs rewind) brings it back`,
     );
     this.log('error', error.message);
     throw error;
