@@ -602,26 +602,34 @@ export class Secondary {
         }
       },
       drain: () => undefined,
-      close: (error) => failAfterQueued(error ?? this.closeReason(conn)),
+      close: (error) => failAfterQueued(this.closeReason(conn, error)),
     });
   }
 
-  /** Why a connection the peer closed cleanly ended (a clean close after the handshake is logged as news, not a fault). */
-  private closeReason(conn: Connection): Error {
+  /**
+   * Why a connection ended: the socket's error, or for a close by the peer, what it most likely
+   * means (a clean close after the handshake is logged as news, not a fault). A reset or a broken
+   * pipe before any answer is the peer closing as well, only faster than this secondary's
+   * handshake went out: it gets the same explanation rather than a bare "write EPIPE".
+   */
+  private closeReason(conn: Connection, error?: Error): Error {
+    const peerClosed = error === undefined || (!conn.sawData && isPeerReset(error));
+    if (!peerClosed) return error;
     if (conn.decoder.insideFrame) return new ZrsError('connection closed inside a frame');
     // Logged as why replication stopped: without it a restarted primary left only "waiting to reconnect".
     if (conn.answered) return new UpstreamClosedError();
+    const closed = error ? `closed the connection (${error.message})` : 'closed the connection';
     // A zc.zrs primary closes without a word on a protocol name it does not know ...
     if (this.spec.hasVerdict) {
       // Under TLS 1.3 a primary that rejects this secondary's certificate does so after the handshake, just as silently.
       const why = this.options.tls
         ? 'over TLS, most likely the primary rejected this secondary\'s certificate (its log says why); a zc.zrs primary does this too'
         : 'a zc.zrs primary does this; for one, use protocol zrs2.1 or zrs2.0';
-      return new ZrsError(`the primary closed the connection without answering the handshake (${why})`);
+      return new ZrsError(`the primary ${closed} without answering the handshake (${why})`);
     }
     // ... and, since its protocols have no refusal, on a handshake it does not take.
     return new ZrsError(
-      'the primary closed the connection without sending anything; if this happens at every connect, a zc.zrs primary may be refusing the handshake (a start tid past its last transaction, or zrs2.0 asked of a primary with blobs, which needs zrs2.1), and its log says why',
+      `the primary ${closed} without sending anything; if this happens at every connect, a zc.zrs primary may be refusing the handshake (a start tid past its last transaction, or zrs2.0 asked of a primary with blobs, which needs zrs2.1), and its log says why`,
     );
   }
 
@@ -1113,4 +1121,10 @@ function failureReason(f: ConnectionFailure | null): string {
     default:
       return `${f.kind} after ${f.timeoutMs} ms`;
   }
+}
+
+/** A socket error that only says the peer closed: a reset, or a write into a connection it had closed. */
+function isPeerReset(error: Error): boolean {
+  const code = (error as NodeJS.ErrnoException).code;
+  return code === 'ECONNRESET' || code === 'EPIPE';
 }

@@ -166,6 +166,21 @@ describe('a native secondary pointed at a primary that closes without answering 
   });
 });
 
+describe('a secondary whose primary resets the connection on its handshake', () => {
+  it('explains the reset as a close without an answer, naming the socket error, rather than a bare "read ECONNRESET"', async () => {
+    const logs = new LogCollector();
+    // A reset, not a FIN, once the handshake's first bytes are in: the secondary sees a socket error.
+    fake = await FakeServer.start((c) => {
+      c.onChunk = () => c.socket.resetAndDestroy();
+    });
+    secondary = await Secondary.open({ path: join(dir, 'secondary.fs'), replicateFrom: fake.address, fsync: false, reconnect: FAST_RECONNECT, log: logs.log });
+    await fake.connection(1);
+    const warning = await logs.waitFor((e) => e.level === 'warn' && e.message.startsWith('replication from'));
+    expect(warning.message).toMatch(/: the primary closed the connection \((read|write) (ECONNRESET|EPIPE)\) without answering the handshake \(a zc\.zrs primary does this; /);
+    expect(secondary.storage.lastTransaction().equals(Buffer.alloc(8))).toBe(true);
+  });
+});
+
 describe('a zrs2 secondary whose primary closes without sending anything (zc.zrs refusing a handshake)', () => {
   it('warns why a zc.zrs primary does that, and keeps retrying', async () => {
     const logs = new LogCollector();
