@@ -23,6 +23,12 @@ export interface PrimaryHistoryView {
    * another history.
    */
   readonly replica?: boolean;
+  /**
+   * Whether the primary's file shows that it never held a transaction with
+   * this tid (FileStorage.provesNeverHeld). Without it, a tid missing from
+   * the primary's chain proves nothing for a peer that sent no chain.
+   */
+  neverHeld?(tid: Buffer): boolean;
 }
 
 /** What a secondary says about its history in `hello`. */
@@ -66,8 +72,9 @@ export function judgeHistory(primary: PrimaryHistoryView, claim: SecondaryHistor
       if (mine === null) positionProblem = `the secondary's last transaction ${hex(claim.startTid)} is not in the primary's history`;
       else if (!mine.equals(head.hash)) positionProblem = `transaction ${hex(claim.startTid)} has different contents on the primary and the secondary`;
     } else if (mine === null && generationProblem === null) {
-      // No chain from the peer: only a tid the primary lacks below its own last tid proves divergence.
-      return { kind: 'unknown' };
+      // No chain from the peer: only a tid the primary's file shows it never held proves divergence.
+      if (primary.neverHeld?.(claim.startTid) !== true) return { kind: 'unknown' };
+      positionProblem = `the secondary's last transaction ${hex(claim.startTid)} is not in the primary's history, which holds transactions before and after it`;
     }
   }
   const reason = generationProblem ?? positionProblem;

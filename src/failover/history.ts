@@ -97,7 +97,10 @@ export class FailoverHistory {
   verdict(hello: Pick<HelloMessage, 'startTid' | 'generations' | 'chainHead'> & { chainSamples?: ChainHead[] }): HistoryVerdict {
     const head = this.chain.head?.tid ?? Z64;
     if (this.chain.failure !== null && Buffer.compare(hello.startTid, head) > 0) return { kind: 'unknown' };
-    return judgeHistory({ generations: this.generations.list, hashAt: (tid) => this.chain.hashAt(tid), lastTid: head, replica: this.replica }, hello);
+    return judgeHistory(
+      { generations: this.generations.list, hashAt: (tid) => this.chain.hashAt(tid), lastTid: head, replica: this.replica, neverHeld: (tid) => this.storage.provesNeverHeld(tid) },
+      hello,
+    );
   }
 
   /** The refusal for a hello, or undefined when the secondary may replicate. */
@@ -106,6 +109,19 @@ export class FailoverHistory {
     if (v.kind === 'diverged') return { code: 'diverged', reason: `${v.reason}; fork at tid ${v.forkTid.toString('hex')}`, forkTid: v.forkTid };
     if (v.kind === 'inconsistent') return { code: 'bad-tid', reason: v.reason };
     return undefined;
+  }
+
+  /**
+   * The refusal for a peer that gives nothing but its last tid (zc.zrs's
+   * protocols), judged by position alone: `diverged` for a tid this storage
+   * provably never held (a node of another history, such as an old primary
+   * after a failover), else undefined.
+   */
+  refusalForStartTid(startTid: Buffer): Refusal | undefined {
+    const v = this.verdict({ startTid, generations: [] });
+    if (v.kind !== 'diverged') return undefined;
+    // zc.zrs's protocols carry no fork tid, and a tid alone does not give one: the reason says what to do.
+    return { code: 'diverged', reason: `${v.reason}: the secondary holds history this node never had (an old primary, or a node of another history); rewind it (zrs rewind --to-common-with) before it replicates from here` };
   }
 
   /** The welcome fields: the current generation and the whole history. */

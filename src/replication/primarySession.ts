@@ -366,6 +366,8 @@ export class PrimarySession {
       this.decoder.setMaxFrameBytes(SECONDARY_MESSAGE_MAX_BYTES);
     } else {
       startTid = Buffer.from(payload);
+      // Without a chain from the peer, a tid this node never held is the one proof of divergence there is.
+      if (startTid.length === 8) edgeRefusal = this.options.history?.refusalForStartTid(startTid);
     }
     if (startTid.length === 8) {
       this.codec =

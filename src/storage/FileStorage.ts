@@ -1267,6 +1267,30 @@ export class FileStorage {
   }
 
   /**
+   * Whether this file shows that it never held a transaction with this tid:
+   * none has it, it is older than the last one, and the transaction just
+   * before it is a plain committed one. A pack drops transactions only below
+   * its pack time and marks every one it keeps there as packed, so no pack
+   * can have dropped a tid newer than an unpacked transaction. False when the
+   * file cannot tell (a tid in the packed part, before the first, or at or
+   * after the last).
+   */
+  provesNeverHeld(tid: Buffer): boolean {
+    if (Buffer.compare(tid, this.lastTransaction()) >= 0) return false;
+    let pos = this.state.samples.atOrBefore(tid, MAGIC_BYTES);
+    let before: { tid: Buffer; status: string } | null = null;
+    while (pos < this.end) {
+      const h = this.readTxnHeaderAt(pos);
+      const c = Buffer.compare(h.tid, tid);
+      if (c === 0) return false;
+      if (c > 0) break;
+      before = h;
+      pos += h.length + TRAILER_BYTES;
+    }
+    return before !== null && before.status === STATUS_COMMITTED;
+  }
+
+  /**
    * Position of the first transaction with a tid >= `tid` (or > when
    * `inclusive` is false) before `limit` (default: the durable end, what
    * iterators and replication may read), or `limit` when there is none.

@@ -69,6 +69,29 @@ describe('forkPoint', () => {
   });
 });
 
+describe('a claim without a chain (zc.zrs peers, older builds)', () => {
+  const view = (neverHeld?: (tid: Buffer) => boolean) => ({
+    generations: [{ generation: 0, startTid: Z64 }],
+    hashAt: (tid: Buffer) => (tid.equals(t(1)) || tid.equals(t(3)) ? h(tid[7]!, 'p') : null),
+    lastTid: t(3),
+    ...(neverHeld ? { neverHeld } : {}),
+  });
+  const claim = (n: number) => ({ startTid: t(n), generations: [] });
+
+  it('is diverged at a tid the primary lacks where its file proves it never held one', () => {
+    expect(judgeHistory(view(() => true), claim(2))).toMatchObject({ kind: 'diverged', reason: expect.stringContaining('0000000000000002 is not in the primary') });
+  });
+
+  it('cannot be judged where the file cannot tell (a pack may have dropped it), or without the file', () => {
+    expect(judgeHistory(view(() => false), claim(2))).toEqual({ kind: 'unknown' });
+    expect(judgeHistory(view(), claim(2))).toEqual({ kind: 'unknown' });
+  });
+
+  it('is behind at a tid the primary holds, whatever the file says', () => {
+    expect(judgeHistory(view(() => true), claim(1))).toEqual({ kind: 'behind' });
+  });
+});
+
 describe('rewinding to a fork tid the storage lacks', () => {
   async function storageWith(n: number): Promise<{ fs: FileStorage; tids: Buffer[]; path: string }> {
     const path = join(await tempDir(), 'Data.fs');

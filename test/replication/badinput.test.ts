@@ -14,6 +14,7 @@ import { VirtualClock } from '../../src/sim/clock.js';
 import { SimNetwork } from '../../src/sim/network.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { Secondary } from '../../src/replication/secondary.js';
+import { tidPlusOne } from '../../src/storage/timestamp.js';
 import { encodeFrame, FRAME_HEADER_BYTES } from '../../src/wire/framing.js';
 import type { ByteStream, ByteStreamHandlers, Transport } from '../../src/ports/transport.js';
 import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName, type PrimaryMessage } from '../../src/wire/native.js';
@@ -147,6 +148,29 @@ describe('a primary given bad input closes only that connection', () => {
     c.send(Buffer.from('zrs2.1'));
     c.send(Buffer.alloc(8, 0xff));
     await expectOnlyThatConnectionClosed(/tid-too-high/);
+  });
+
+  it.each(['zrs2.0', 'zrs2.1'])('%s start tid the primary never held, older than its last: refused as diverged, never merged', async (name) => {
+    // Tids of one millisecond are consecutive: a commit in the next one leaves a gap before it.
+    const last = primary.storage.lastTransaction();
+    for (const ms = Date.now(); Date.now() === ms; );
+    const [later] = await commitMany(primary.storage, 1);
+    const never = tidPlusOne(last); // between two of its transactions, neither of them
+    expect(Buffer.compare(never, later!)).toBeLessThan(0);
+    const c = await connect();
+    c.send(Buffer.from(name));
+    c.send(never);
+    const entry = await expectOnlyThatConnectionClosed(/diverged/);
+    expect(entry.message).toContain(`last transaction ${never.toString('hex')} is not in the primary's history, which holds transactions before and after it`);
+    expect(entry.message).toContain('zrs rewind --to-common-with');
+  });
+
+  it('zrs2.1 start tid before the primary\'s first transaction: served (nothing shows the primary never held it)', async () => {
+    const c = await connect();
+    c.send(Buffer.from('zrs2.1'));
+    c.send(tidPlusOne(Buffer.alloc(8)));
+    await c.frame(0); // the stream began
+    expect(logs.count((e) => sessionClosed(e))).toBe(0);
   });
 
   it('native start tid newer than the primary has: refused with a refuse message', async () => {

@@ -348,6 +348,32 @@ describe('pack and the rest of the storage', () => {
     }
   });
 
+  it('tells a tid it never held only where no pack can have dropped one (provesNeverHeld)', async () => {
+    let nowMs = Date.UTC(2024, 0, 1);
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false, now: () => (nowMs += 2000) });
+    try {
+      const kept = await commitOver(fs, [[0, recordReferring()]]);
+      const dropped = await commitOver(fs, [[1, recordReferring()]]);
+      const packTid = await commitOver(fs, [[1, recordReferring()]]);
+      await fs.pack(timeOf(packTid));
+      const after = await commitOver(fs, [[2, recordReferring()]]);
+      const last = await commitOver(fs, [[2, recordReferring()]]);
+      expect(await allTids(fs)).toEqual([kept, packTid, after, last]);
+      // Dropped by the pack, or in the packed part where it could have been: the file cannot tell.
+      expect(fs.provesNeverHeld(dropped)).toBe(false);
+      expect(fs.provesNeverHeld(tidPlusOne(packTid))).toBe(false);
+      // Before the first transaction, held, or at or after the last: nothing to prove.
+      expect(fs.provesNeverHeld(tidPlusOne(Z64))).toBe(false);
+      expect(fs.provesNeverHeld(after)).toBe(false);
+      expect(fs.provesNeverHeld(last)).toBe(false);
+      expect(fs.provesNeverHeld(tidPlusOne(last))).toBe(false);
+      // Just after a committed (unpacked) transaction: no pack reaches there.
+      expect(fs.provesNeverHeld(tidPlusOne(after))).toBe(true);
+    } finally {
+      await fs.close();
+    }
+  });
+
   it('an iterator started before the pack continues after it, by tid', async () => {
     const m = await readManifest('packed');
     const { path } = await copyOf('packed', true);
