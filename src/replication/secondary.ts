@@ -629,7 +629,7 @@ export class Secondary {
     }
     // ... and, since its protocols have no refusal, on a handshake it does not take.
     return new ZrsError(
-      `the primary ${closed} without sending anything; if this happens at every connect, a zc.zrs primary may be refusing the handshake (a start tid past its last transaction, or zrs2.0 asked of a primary with blobs, which needs zrs2.1), and its log says why`,
+      `the primary ${closed} without sending anything; if this happens at every connect, a zc.zrs primary may be refusing the handshake (a start tid past its last transaction or one it never held, or zrs2.0 asked of a primary with blobs, which needs zrs2.1), and its log says why`,
     );
   }
 
