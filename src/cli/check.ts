@@ -6,6 +6,7 @@
 
 import { getSystemErrorMap } from 'node:util';
 import { tidToSeconds, Z64 } from '../storage/timestamp.js';
+import type { GenerationEntry } from '../wire/native.js';
 import { DEFAULT_STATUS_TIMEOUT_MS, requestStatus, StatusConnectError, StatusReplyError } from '../replication/statusClient.js';
 import { UsageError, type CommandSpec } from './args.js';
 import type { CliIo } from './io.js';
@@ -35,6 +36,7 @@ required, as with zc.zrs's zrs-nagios; a threshold of 0 is off.
   exit 2  Secondary at 'db2:5000' stopped replicating from 'db1:5000': diverged
           (also 'failed'; zc.zrs's secondaries never stop, so zrs-nagios has no such line)
   exit 2  Secondary at 'db1:5000' is a primary           (both addresses name primaries)
+  exit 2  Secondary at 'db2:5000' is in generation 2 (from tid 03f1…), which the primary at 'db1:5000' did not start: it follows another primary
   exit 1  Secondary at 'db2:5000' not connected to 'db1:5000' (backoff: connect ECONNREFUSED 10.0.0.5:5000)
           (when the lag alone would be OK: an idle primary shows no lag)
 A secondary holding nothing yet is 'behind primary by ... seconds (the secondary is empty)'.
@@ -163,6 +165,8 @@ interface NodeTime {
   empty: boolean;
   /** A secondary not connected to its upstream: the WARNING line, unless the lag says worse. */
   notConnected: string | null;
+  /** The generation the node is in, when its status says. */
+  generation: GenerationEntry | null;
 }
 
 /** The node's last transaction time and state, or a CRITICAL line. */
@@ -183,7 +187,7 @@ async function lastTime(addressText: string, role: 'primary' | 'secondary', time
         ? `Secondary at ${pyRepr(addressText)} not connected to ${pyRepr(upstream.address)} (${upstream.state}${upstream.lastError ? `: ${upstream.lastError}` : ''})`.replaceAll('|', '/')
         : null;
     // zrs-nagios uses TimeStamp(tid).timeTime(), also for an empty storage's zero tid.
-    return { seconds: tidToSeconds(status.lastTid), empty: status.lastTid.equals(Z64), notConnected };
+    return { seconds: tidToSeconds(status.lastTid), empty: status.lastTid.equals(Z64), notConnected, generation: status.generation ?? null };
   } catch (err) {
     if (err instanceof StatusConnectError) {
       const reason = err.reason === 'timed out' ? 'timed out' : pythonErrorText(err.cause);
@@ -203,6 +207,8 @@ export async function check(primaryText: string, secondaryText: string, io: CliI
   if (typeof secondary === 'string') return report(io, secondary, CRITICAL);
   const primary = await lastTime(primaryText, 'primary', options.timeoutMs);
   if (typeof primary === 'string') return report(io, primary, CRITICAL);
+  const other = otherHistory(secondary.generation, primary.generation);
+  if (other) return report(io, `Secondary at ${pyRepr(secondaryText)} ${other}, which the primary at ${pyRepr(primaryText)} did not start: it follows another primary`, CRITICAL);
   let { text, level } = lagVerdict(primary.seconds, secondary.seconds, options);
   // A zero tid's time is in 1900: say why the lag is a century (after zrs-nagios's words, before any performance data).
   if (secondary.empty && !primary.empty) text = text.replace(/^(Secondary behind primary by [^|]*)/, '$1 (the secondary is empty)');
@@ -211,6 +217,19 @@ export async function check(primaryText: string, secondaryText: string, io: CliI
     text = secondary.notConnected + (options.outputMetrics ? text.slice(text.indexOf('|')) : '');
   }
   return report(io, text, level);
+}
+
+/**
+ * How the secondary's generation shows another history than the primary's
+ * (a promotion the primary never made: two primaries), or null. A lower
+ * generation says nothing: a secondary adopts its primary's at connect.
+ */
+function otherHistory(secondary: GenerationEntry | null, primary: GenerationEntry | null): string | null {
+  if (!secondary || !primary) return null;
+  const what = `is in generation ${secondary.generation} (from tid ${secondary.startTid.toString('hex')})`;
+  if (secondary.generation > primary.generation) return what;
+  if (secondary.generation === primary.generation && !secondary.startTid.equals(primary.startTid)) return what;
+  return null;
 }
 
 async function report(io: CliIo, text: string, level: number): Promise<number> {

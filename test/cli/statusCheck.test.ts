@@ -250,6 +250,36 @@ describe('zrs check (zc.zrs nagios.rst cases)', () => {
     }
   });
 
+  it('a secondary of a node promoted beside its primary (two primaries): CRITICAL, naming its generation, though it is up to date by time', async () => {
+    const d = await tempDir();
+    const p = await Primary.open({ path: join(d, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
+    const s1 = await Secondary.open({ path: join(d, 's1.fs'), replicateFrom: p.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT });
+    const s2 = await Secondary.open({ path: join(d, 's2.fs'), replicateFrom: s1.replicationAddress!, replicateTo: join(d, 's2.sock'), fsync: false, reconnect: FAST_RECONNECT });
+    let promoted: Primary | null = null;
+    try {
+      await waitForTid(s2, await commitAt(p.storage, tidFromTime(BASE_MS)));
+      promoted = await s1.promote({ force: true }); // while p still takes writes
+      await commitAt(p.storage, tidFromTime(BASE_MS + 1000));
+      // s2 learned the new generation before this transaction, which came after it.
+      await waitForTid(s2, await commitAt(promoted.storage, tidFromTime(BASE_MS + 1000)));
+      const P2 = formatAddress(p.address);
+      const S2 = join(d, 's2.sock');
+      const start = promoted.generation.startTid.toString('hex');
+      expect(await run('check', '-w', '30', '-m', P2, S2)).toEqual({
+        code: 2,
+        stdout: `Secondary at '${S2}' is in generation 1 (from tid ${start}), which the primary at '${P2}' did not start: it follows another primary\n`,
+        stderr: '',
+      });
+      // Against the node it follows, it is up to date.
+      expect((await run('check', '-w', '30', formatAddress(promoted.address), S2)).stdout).toBe('Secondary up to date.\n');
+    } finally {
+      await s2.close();
+      await promoted?.close();
+      await s1.close();
+      await p.close();
+    }
+  });
+
   it('a secondary not connected to its upstream: WARNING with why, where the lag alone would be OK', async () => {
     await waitForState(unreachable, 'backoff');
     const why = `backoff: connect ENOENT ${join(dir, 'no-upstream.sock')}`;
