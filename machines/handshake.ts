@@ -27,9 +27,10 @@ export interface ProtocolSpec {
  * - `tid-too-high`: the secondary claims a tid newer than the primary's last
  * - `diverged`: the secondary holds transactions the primary never had
  * - `blobs-unavailable`: blob support differs between the two storages
+ * - `loop`: the serving node replicates, directly or through others, from the secondary
  * - `internal`: the primary failed (storage error, shutting down)
  */
-export type RefusalCode = 'unsupported-version' | 'bad-tid' | 'tid-too-high' | 'diverged' | 'blobs-unavailable' | 'internal';
+export type RefusalCode = 'unsupported-version' | 'bad-tid' | 'tid-too-high' | 'diverged' | 'blobs-unavailable' | 'loop' | 'internal';
 
 /** A refusal as it travels in a `refuse` frame and into logs. */
 export interface Refusal<Code extends string = RefusalCode> {

@@ -37,9 +37,11 @@ describe('replay', () => {
     // Found by `npm run soak -- --property heartbeats`: s1 stayed connected, replicating nothing, past the liveness phase.
     // Its case, written out (the generators have changed since, so its seed and path name another case now). Where
     // the flip lands depends on the seed and on every byte sent before it: when the handshake changed, the seed was
-    // chosen again (the first of 400 whose flip lands in a frame length, then stalls and converges).
+    // chosen again (the first whose flip lands in a frame length, then stalls and converges). Since hello, welcome and
+    // heartbeats carry node ids and paths, no seed of the first 4,000 did with 3,000-byte records, where a frame
+    // length is a small share of the bytes; with 30-byte ones, seed 823 was the first.
     const cluster = await SimCluster.create({
-      seed: 343,
+      seed: 823,
       protocol: 'native',
       secondaries: [
         { name: 's1', upstream: 'p' },
@@ -50,7 +52,7 @@ describe('replay', () => {
       heartbeatTimeoutMs: 1000,
     });
     try {
-      await cluster.apply({ kind: 'commit', records: 3, bytes: 3000 });
+      await cluster.apply({ kind: 'commit', records: 3, bytes: 30 });
       await cluster.apply({ kind: 'corrupt', from: 'p', to: 's1' });
       await cluster.apply({ kind: 'reset', a: 's3', b: 'p' });
       expect(await cluster.converge(120_000)).toBe(true);

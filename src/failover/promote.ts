@@ -47,7 +47,7 @@ export interface PromotionHandle {
   clock?: Clock;
   fsync?: boolean;
   /** Options of the secondary the new Primary keeps: its name, audit log and metrics endpoint. */
-  carried?: Pick<PrimaryOptions, 'name' | 'auditPath' | 'metricsAddress' | 'bytesMeteredBy'>;
+  carried?: Pick<PrimaryOptions, 'name' | 'auditPath' | 'metricsAddress' | 'bytesMeteredBy' | 'nodeId'>;
   /** The connection machine's state name, e.g. 'connected.replicating', 'backoff'. */
   upstreamState(): string;
   /** The address it replicates from, for the audit log. */

@@ -13,7 +13,7 @@ import { createNativeUnpackr, decodeNative, type GenerationEntry, type PrimaryMe
 import { Zrs2StreamParser, type Zrs2Event } from '../wire/zrs2.js';
 
 export type ApplyEvent =
-  | { kind: 'welcome'; lastTid: Buffer; generation?: GenerationEntry; generations?: GenerationEntry[]; heartbeatIntervalMs?: number }
+  | { kind: 'welcome'; lastTid: Buffer; generation?: GenerationEntry; generations?: GenerationEntry[]; heartbeatIntervalMs?: number; upstreamPath?: Buffer[] }
   | { kind: 'refused'; code: string; reason: string; forkTid?: Buffer; primaryLastTid?: Buffer }
   /** `recordCount`: set when exactly that many record events follow and nothing else (native inline form). */
   | { kind: 'begin'; tid: Buffer; status: string; user: Buffer; description: Buffer; extension: Buffer; recordCount?: number }
@@ -27,7 +27,7 @@ export type ApplyEvent =
    */
   | { kind: 'rawTxns'; bytes: Buffer; count: number; lastTid: Buffer; linked?: RunLinks }
   | { kind: 'commit'; tid: Buffer; link?: Buffer }
-  | { kind: 'heartbeat'; lastTid: Buffer; clockMs: number; generation?: GenerationEntry };
+  | { kind: 'heartbeat'; lastTid: Buffer; clockMs: number; generation?: GenerationEntry; upstreamPath?: Buffer[] };
 
 export interface InboundDecoder {
   /**
@@ -127,6 +127,7 @@ export class NativeInbound implements InboundDecoder {
           generation: msg.generation,
           ...(msg.generations ? { generations: msg.generations } : {}),
           ...(msg.heartbeatIntervalMs ? { heartbeatIntervalMs: msg.heartbeatIntervalMs } : {}),
+          ...(msg.upstreamPath ? { upstreamPath: msg.upstreamPath } : {}),
         },
       ];
     }
@@ -210,7 +211,7 @@ export class NativeInbound implements InboundDecoder {
       }
       case 'heartbeat':
         if (this.tid !== null) throw new ProtocolError('heartbeat inside a transaction');
-        return [{ kind: 'heartbeat', lastTid: msg.lastTid, clockMs: msg.clockMs, ...(msg.generation ? { generation: msg.generation } : {}) }];
+        return [{ kind: 'heartbeat', lastTid: msg.lastTid, clockMs: msg.clockMs, ...(msg.generation ? { generation: msg.generation } : {}), ...(msg.upstreamPath ? { upstreamPath: msg.upstreamPath } : {}) }];
       default:
         throw new ProtocolError(`unexpected ${msg.type} after the handshake`);
     }

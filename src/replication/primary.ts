@@ -3,6 +3,7 @@
 // Closing stops accepting, refuses new writes, drains to connected
 // secondaries, then closes the storage.
 
+import { randomBytes } from 'node:crypto';
 import { runEach } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import type { ReplicationAddress, Transport } from '../ports/transport.js';
@@ -17,7 +18,7 @@ import { ReplicationServer, type PromoteHandler } from './server.js';
 import type { SessionStatus } from './primarySession.js';
 import { buildNodeStatus, type NodeStatus } from './nodeStatus.js';
 import { FailoverHistory } from '../failover/history.js';
-import type { GenerationEntry } from '../wire/native.js';
+import { NODE_ID_BYTES, type GenerationEntry } from '../wire/native.js';
 import { PrimarySync } from './primarySync.js';
 import type { ReplicationConfirmation, SecondaryReplicationStatus, WaitForReplicationOptions } from './syncReplication.js';
 import type { AuditLog } from '../audit/auditLog.js';
@@ -83,6 +84,8 @@ export interface PrimaryOptions {
    * before anyone can learn of it). @internal
    */
   newGeneration?: { entry: GenerationEntry; start(): Promise<unknown> };
+  /** This node's id in upstream paths (loop detection); default random. A promoted secondary keeps its own. @internal */
+  nodeId?: Buffer;
 }
 
 /** A primary's answer to a promote request on its replication address, recorded in its audit log. */
@@ -132,7 +135,14 @@ export class Primary {
       edges.metrics.watchStorage(storage);
       const metrics = edges.metrics;
       sync = await PrimarySync.open(options, storage, clock, options.log ?? silentLogger);
-      const role = { nodeStatus: describe, onSession: (session: Parameters<typeof metrics.onSession>[0]) => metrics.onSession(session), promote: alreadyPrimary(sync.audit) };
+      // A primary replicates from nobody: its path is itself.
+      const path = [options.nodeId ?? randomBytes(NODE_ID_BYTES)];
+      const role = {
+        nodeStatus: describe,
+        onSession: (session: Parameters<typeof metrics.onSession>[0]) => metrics.onSession(session),
+        promote: alreadyPrimary(sync.audit),
+        upstreamPath: () => path,
+      };
       let server: ReplicationServer;
       if (options.server) {
         // A promoted secondary's server: its open sessions keep streaming; from now on this primary answers for it.
@@ -170,7 +180,7 @@ export class Primary {
           started = true;
         }
       }
-      // The sessions kept streaming learn the new generation without reconnecting; only now that the
+      // The sessions kept streaming learn the new generation (and path) without reconnecting; only now that the
       // promotion is on disk in the audit log, as every decision is before anyone learns of it.
       if (options.server) server.announceGeneration();
       return primary;

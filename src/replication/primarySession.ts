@@ -97,6 +97,12 @@ export interface PrimarySessionOptions {
   nodeStatus?: () => NodeStatus;
   /** The served storage's generations and hash chain: judges native hellos (diverged) and fills welcome. */
   history?: FailoverHistory;
+  /**
+   * The serving node's upstream path: its own id, then the ids of the nodes
+   * it replicates from, nearest first. Sent in welcome and heartbeats, and a
+   * hello from a node on it is refused (`loop`). Default: none.
+   */
+  upstreamPath?: () => Buffer[];
   /** Carries out a native promote request. Default: refused as `not-promotable`. */
   promote?: (request: PromoteInput & { peer: string }) => Promise<PromoteOutcome>;
   /**
@@ -357,7 +363,7 @@ export class PrimarySession {
       wantsLinks = hello.options.txnLinks === true;
       wantsSegments = hello.options.segmentedChecksum === true;
       wantsLargeRecords = hello.options.largeRecords === true;
-      edgeRefusal = this.options.history?.refusalFor(hello);
+      edgeRefusal = this.loopRefusal(hello.nodeId) ?? this.options.history?.refusalFor(hello);
       const chainFailure = this.options.history?.chain.failure;
       if (chainFailure) {
         const head = this.options.history!.chain.head?.tid.toString('hex') ?? 'its start';
@@ -381,11 +387,21 @@ export class PrimarySession {
               segmentedChecksum: wantsSegments,
               largeRecords: wantsLargeRecords,
               heartbeatIntervalMs: this.options.heartbeatIntervalMs,
+              upstreamPath: this.options.upstreamPath,
             })
           : zrs2Outbound(this.options.storage, startTid, spec);
     }
     this.send({ type: 'START', startTid, primaryLastTid, ...(edgeRefusal ? { edgeRefusal } : {}) });
     if (this.codec && this.actor.getSnapshot().status === 'active') this.startHeartbeat();
+  }
+
+  /** The refusal of a secondary that is this node or one it replicates from: served, it would close a loop. */
+  private loopRefusal(nodeId: Buffer | undefined): { code: 'loop'; reason: string } | undefined {
+    if (!nodeId) return undefined;
+    const at = this.options.upstreamPath?.().findIndex((id) => id.equals(nodeId)) ?? -1;
+    if (at < 0) return undefined;
+    const where = at === 0 ? 'is this node itself (its replicate-from names its own replicate-to)' : at === 1 ? 'is the node this one replicates from' : `is a node this one replicates from, through ${at - 1} other(s)`;
+    return { code: 'loop', reason: `the secondary ${where}: serving it would close a replication loop, in which no node is a primary; point one of them at the primary, or promote one` };
   }
 
   private onUpstream(payload: Buffer): void {
@@ -504,6 +520,26 @@ export class PrimarySession {
 
   /** A new generation to announce at the next point between transactions. */
   private generationPending = false;
+  /** A changed upstream path to announce at the next point between transactions. */
+  private pathPending = false;
+
+  /**
+   * Tell this session's secondary, between transactions, that the node's
+   * upstream path changed (a heartbeat carries it), so that a loop closed
+   * meanwhile is seen. Nothing without heartbeats' codec (zc.zrs's protocols).
+   */
+  announcePath(): void {
+    this.pathPending = true;
+    if (this.idle) this.sendPathAnnouncement();
+  }
+
+  private sendPathAnnouncement(): void {
+    const state = this.actor.getSnapshot().value;
+    if (!this.codec || (state !== 'live' && state !== 'catchingUp')) return;
+    this.pathPending = false;
+    const f = this.codec.heartbeat(this.options.storage.lastDurableTid, this.options.clock.now());
+    if (f) void this.writer.write(f).then(() => this.writer.flush()).catch(() => undefined);
+  }
 
   /**
    * Tell this session's secondary, between transactions, that the node
@@ -648,6 +684,7 @@ export class PrimarySession {
     const tid = Buffer.from(written);
     this.lastWrittenTid = tid;
     if (this.generationPending) this.sendGenerationAnnouncement();
+    if (this.pathPending) this.sendPathAnnouncement();
     if (this.actor.getSnapshot().status === 'active') {
       const p = this.progress;
       p.lastSentTid = tid;

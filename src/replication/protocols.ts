@@ -144,6 +144,8 @@ export function nativeOutbound(
     wholeTxnMaxBytes?: number;
     /** The session heartbeats every this many ms while live and idle (announced in welcome); 0 or absent: never. */
     heartbeatIntervalMs?: number;
+    /** The serving node's upstream path, current (sent in welcome and in every heartbeat). */
+    upstreamPath?: () => Buffer[];
   },
 ): OutboundCodec {
   const wholeMax = options.wholeTxnMaxBytes ?? WHOLE_TXN_MAX_BYTES;
@@ -163,6 +165,7 @@ export function nativeOutbound(
     checksum.update(f.subarray(FRAME_HEADER_BYTES));
     return f;
   };
+  const path = (): { upstreamPath?: Buffer[] } => (options.upstreamPath ? { upstreamPath: options.upstreamPath() } : {});
   const packedLink = (txn: TransactionRecord): { link?: Buffer } => {
     const link = txn.status === 'p' ? options.link?.(txn.tid) : null;
     return link ? { link } : {};
@@ -177,6 +180,7 @@ export function nativeOutbound(
           ...(options.generations?.() ?? { generation: { generation: 0, startTid: Buffer.alloc(8) } }),
           options: { blobs: options.blobs, compression: 'none', ...(options.rawTxns ? { rawTxns: true } : {}), ...(linked ? { txnLinks: true } : {}), ...(segmented ? { segmentedChecksum: true } : {}), ...(largeRecords ? { largeRecords: true } : {}) },
           ...announcedInterval(options.heartbeatIntervalMs),
+          ...path(),
         },
         packr,
       ),
@@ -193,7 +197,7 @@ export function nativeOutbound(
         },
         packr,
       ),
-    heartbeat: (lastTid, clockMs, generation) => frame({ type: 'heartbeat', lastTid, clockMs, ...(generation ? { generation } : {}) }),
+    heartbeat: (lastTid, clockMs, generation) => frame({ type: 'heartbeat', lastTid, clockMs, ...(generation ? { generation } : {}), ...path() }),
     plainFrames(txn) {
       if (options.blobs && storage.blobs && txn.records.some((r) => isBlobRecord(r.data))) return null;
       if (txn.records.length > MAX_INLINE_RECORDS || dataBytes(txn) > wholeMax) return null;

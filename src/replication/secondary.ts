@@ -3,6 +3,7 @@
 // this edge supplies the socket, the handshake and the applier. It can
 // itself serve further secondaries (replicateTo), forming chains.
 
+import { randomBytes } from 'node:crypto';
 import { ReplaySubject, Subject, type Observable } from 'rxjs';
 import { createActor, fromCallback, fromPromise, type ActorRefFrom } from 'xstate';
 import type { ProtocolSpec } from '../../machines/handshake.js';
@@ -16,7 +17,7 @@ import { socketTransport } from '../node/socketTransport.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import type { CommittedTransaction } from '../storage/types.js';
 import { encodeFrame, foreignPeer, FrameDecoder, KEEP_ALIVE_FRAME, MAX_FRAME_BYTES_LIMIT } from '../wire/framing.js';
-import { createNativePackr, DEFAULT_STREAM_MAX_FRAME_BYTES, encodeAckFrame, encodeNativeFrame } from '../wire/native.js';
+import { createNativePackr, DEFAULT_STREAM_MAX_FRAME_BYTES, encodeAckFrame, encodeNativeFrame, MAX_UPSTREAM_PATH, NODE_ID_BYTES } from '../wire/native.js';
 import { connectAddress, formatAddress, toAddress } from './address.js';
 import { Applier } from './applier.js';
 import { SpacedReport } from './spacedReport.js';
@@ -95,6 +96,8 @@ export interface SecondaryOptions {
   /** Time for heartbeats, timeouts, status and audit records, and the tids of the storage it opens (default: the system's). */
   clock?: Clock;
   random?: Random;
+  /** This node's id in upstream paths (loop detection); default random. */
+  nodeId?: Buffer;
   log?: Logger;
   /** The node name reported by status() and status requests. */
   name?: string;
@@ -178,6 +181,9 @@ function checkConnectionOptions(options: SecondaryOptions): void {
   if (options.protocol !== undefined && !PROTOCOLS.includes(options.protocol)) {
     throw new ZrsError(`protocol must be one of ${PROTOCOLS.join(', ')}, not ${JSON.stringify(options.protocol)}`);
   }
+  if (options.nodeId !== undefined && !(options.nodeId instanceof Uint8Array && options.nodeId.byteLength === NODE_ID_BYTES)) {
+    throw new ZrsError(`nodeId must be ${NODE_ID_BYTES} bytes`);
+  }
   const value = options.maxFrameBytes;
   if (value !== undefined && (!Number.isSafeInteger(value) || value < MIN_STREAM_MAX_FRAME_BYTES || value > MAX_FRAME_BYTES_LIMIT)) {
     throw new ZrsError(`maxFrameBytes must be a whole number of bytes from ${MIN_STREAM_MAX_FRAME_BYTES} to ${MAX_FRAME_BYTES_LIMIT}, not ${value}`);
@@ -253,6 +259,10 @@ export class Secondary {
   private dropped: Promise<void> = Promise.resolve();
   /** The newest tid the upstream announced (welcome, heartbeat) or sent, for the lag estimate. */
   private upstreamLastTid: Buffer | null = null;
+  /** This node's id in upstream paths: a hello carries it, and a path that holds it is a loop. */
+  private readonly nodeId: Buffer;
+  /** The upstream path of the connected upstream (its id first), as its welcome or last heartbeat gave it. */
+  private upstreamPath: Buffer[] = [];
   /** The last diverged refusal, until the address changes or a rewind. */
   private divergence: DivergedHistoryError | null = null;
   /** A rewind or a promotion under way: each refuses to start beside the other (or itself). */
@@ -269,6 +279,7 @@ export class Secondary {
     this.storage = new ReadOnlyStorage(inner);
     this.applied$ = inner.commits$;
     this.spec = options.protocol === 'zrs2.0' ? ZRS20_SPEC : options.protocol === 'zrs2.1' ? ZRS21_SPEC : NATIVE_SPEC;
+    this.nodeId = options.nodeId ? Buffer.from(options.nodeId) : randomBytes(NODE_ID_BYTES);
     const random = options.random ?? seededRandom(randomSeed());
     const machine = secondaryConnectionMachine.provide({
       actors: {
@@ -379,6 +390,7 @@ export class Secondary {
           sendShare: options.sendShare,
           maxConnections: options.maxConnections,
           heartbeatIntervalMs: options.heartbeatIntervalMs,
+          upstreamPath: () => s.ownPath(),
           onSession: (session) => metrics.onSession(session),
           clock: s.clock,
           log: s.log,
@@ -546,7 +558,34 @@ export class Secondary {
     // without its file. Off only when the blob directory is shared.
     const blobs = this.options.transferBlobs ?? true;
     const history = this.failover?.helloFields(start) ?? { generations: [] };
-    return [name, encodeNativeFrame({ type: 'hello', startTid: start, ...history, options: { blobs, rawTxns: true, txnLinks: true, segmentedChecksum: true, largeRecords: true } }, this.packr)];
+    return [name, encodeNativeFrame({ type: 'hello', startTid: start, ...history, options: { blobs, rawTxns: true, txnLinks: true, segmentedChecksum: true, largeRecords: true }, nodeId: this.nodeId }, this.packr)];
+  }
+
+  /** This node's upstream path: itself, then the nodes it replicates from while connected. */
+  private ownPath(): Buffer[] {
+    return [this.nodeId, ...this.upstreamPath].slice(0, MAX_UPSTREAM_PATH);
+  }
+
+  /**
+   * The upstream's path, from its welcome or a heartbeat: this node on it
+   * is a loop (the connection fails, and is retried: a configuration fixed
+   * or a node promoted ends it); otherwise downstream sessions learn the
+   * new path.
+   */
+  private noteUpstreamPath(conn: Connection, path: Buffer[], fail: (error?: Error) => void): void {
+    const at = path.findIndex((id) => id.equals(this.nodeId));
+    if (at >= 0) {
+      const through = at === 0 ? 'is this node itself (replicate-from names its own replicate-to)' : at === 1 ? 'replicates from this node' : `replicates from this node through ${at - 1} other(s)`;
+      return fail(new ZrsError(`replication loop: ${conn.stream.peer} ${through}, and no node on the loop is a primary; point one of them at the primary, or promote one`));
+    }
+    this.setUpstreamPath(path);
+  }
+
+  private setUpstreamPath(path: Buffer[]): void {
+    const same = path.length === this.upstreamPath.length && path.every((id, i) => id.equals(this.upstreamPath[i]!));
+    if (same) return;
+    this.upstreamPath = path;
+    this.server?.announcePath();
   }
 
   private sendHandshake(conn: Connection): void {
@@ -559,6 +598,7 @@ export class Secondary {
       if (conn.dead) return;
       conn.dead = true;
       conn.watch?.stop();
+      this.setUpstreamPath([]); // replicating from nobody now
       // A clean close (a primary shutting down or restarting) is news, not a fault.
       if (error) this.log(error instanceof UpstreamClosedError ? 'info' : haltsReplication(error) ? 'error' : 'warn', `replication from ${conn.stream.peer} stopped: ${error.message}`, { error: error.name });
       conn.applied.note(conn.lastDurableTid, true); // the machine leaves the connection knowing everything applied so far
@@ -643,8 +683,14 @@ export class Secondary {
       conn.answered = true;
       conn.watch?.heartbeatsEvery(e.heartbeatIntervalMs ?? 0);
       this.noteUpstreamTid(e.lastTid);
+      if (e.upstreamPath) this.noteUpstreamPath(conn, e.upstreamPath, fail);
+      if (conn.dead) return;
       this.adoptGenerations(conn, e, fail);
       return send({ type: 'WELCOME' });
+    }
+    if (e.kind === 'heartbeat' && e.upstreamPath) {
+      this.noteUpstreamPath(conn, e.upstreamPath, fail);
+      if (conn.dead) return;
     }
     if (e.kind === 'refused') {
       conn.answered = true;
@@ -941,7 +987,7 @@ export class Secondary {
       transport: this.options.transport,
       clock: this.options.clock,
       fsync: this.options.fsync,
-      carried: { name: this.options.name, auditPath: this.options.auditPath, metricsAddress: this.options.metricsAddress, bytesMeteredBy: this.edges?.metrics },
+      carried: { name: this.options.name, auditPath: this.options.auditPath, metricsAddress: this.options.metricsAddress, bytesMeteredBy: this.edges?.metrics, nodeId: this.nodeId },
       upstreamState: () => stateName(this.actor.getSnapshot().value),
       upstreamAddress: () => formatAddress(this.actor.getSnapshot().context.address as ReplicationAddress),
       serverAddress: () => this.server?.address ?? null,

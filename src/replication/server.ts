@@ -64,13 +64,15 @@ export interface ReplicationServerOptions {
    * as `not-promotable`.
    */
   promote?: PromoteHandler;
+  /** The node's upstream path (its id, then those of the nodes it replicates from), for loop detection; see PrimarySessionOptions. */
+  upstreamPath?: () => Buffer[];
 }
 
 /** See ReplicationServerOptions.promote. */
 export type PromoteHandler = NonNullable<PrimarySessionOptions['promote']>;
 
 /** What a node that takes over a running server (a promoted secondary's Primary) replaces. */
-export type ServerRole = Pick<ReplicationServerOptions, 'nodeStatus' | 'onSession' | 'promote'>;
+export type ServerRole = Pick<ReplicationServerOptions, 'nodeStatus' | 'onSession' | 'promote' | 'upstreamPath'>;
 
 export class ReplicationServer {
   private readonly sessions = new Set<PrimarySession>();
@@ -148,6 +150,7 @@ export class ReplicationServer {
       heartbeatIntervalMs: o.heartbeatIntervalMs ?? DEFAULT_HEARTBEAT_INTERVAL_MS,
       followBufferSize: o.followBufferSize,
       history: o.history,
+      upstreamPath: () => this.options.upstreamPath?.() ?? [],
       nodeStatus: () => describe([...this.sessions].filter((s) => s !== session).map((s) => s.status())),
       promote: (request) => (this.options.promote ? this.options.promote(request) : Promise.resolve({ kind: 'refused', code: 'not-promotable', reason: 'this node does not accept promote requests' })),
     });
@@ -181,6 +184,11 @@ export class ReplicationServer {
    */
   rebind(role: ServerRole): void {
     this.options = { ...this.options, ...role };
+  }
+
+  /** Every open session tells its secondary the node's new upstream path. */
+  announcePath(): void {
+    for (const s of this.sessions) s.announcePath();
   }
 
   /** Every open session tells its secondary the node's new generation (after a promotion). */

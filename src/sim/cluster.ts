@@ -522,6 +522,11 @@ export class SimCluster {
 
   // ---------------------------------------------------------------- node lifecycle
 
+  /** A node's id in upstream paths: from the seed, so that runs replay byte for byte. */
+  private nodeIdOf(n: { name: string; incarnation: number }): Buffer {
+    return createHash('sha256').update(`${this.options.seed}|${n.name}|${n.incarnation}|node-id`).digest().subarray(0, 8);
+  }
+
   private log(node: string): Logger {
     return (level, message) => {
       if (level === 'warn' || level === 'error') this.note(node, `${level}: ${this.withoutDir(message)}`);
@@ -558,6 +563,7 @@ export class SimCluster {
         clock,
         fsync: true,
         heartbeatIntervalMs: this.options.heartbeatIntervalMs ?? 0,
+        nodeId: this.nodeIdOf(n),
         syncReplicas: this.options.syncReplicas,
         syncTimeoutMs: this.options.syncTimeoutMs,
         log: this.log(n.name),
@@ -581,6 +587,7 @@ export class SimCluster {
         transport,
         clock,
         random: seededRandom(hash32(`${this.options.seed}|${n.name}|${n.incarnation}`)),
+        nodeId: this.nodeIdOf(n),
         log: this.log(n.name),
       });
       const s = n.secondary;

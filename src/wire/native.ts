@@ -173,6 +173,12 @@ export interface HelloMessage {
   /** Optional: the secondary's links at a few older tids (newest first), so a primary can find the fork point. */
   chainSamples?: ChainHead[];
   options: HelloOptions;
+  /**
+   * Optional: the secondary node's id (NODE_ID_BYTES, random per open). A
+   * node that replicates, directly or through others, from that node refuses
+   * it (`loop`). Outside the content check, as the upstream paths.
+   */
+  nodeId?: Buffer;
 }
 
 /** Secondary -> primary: every transaction up to and including `tid` is durably applied. */
@@ -195,6 +201,8 @@ export interface WelcomeMessage {
    * Outside the content check: older peers check a welcome without it.
    */
   heartbeatIntervalMs?: number;
+  /** Optional: the serving node's upstream path (see UpstreamPath). Outside the content check. */
+  upstreamPath?: Buffer[];
 }
 
 /** Why a primary refused a handshake. */
@@ -204,6 +212,7 @@ export type RefuseCode =
   | 'diverged'
   | 'unsupported-version'
   | 'blobs-unavailable'
+  | 'loop'
   | 'internal';
 
 /** Every RefuseCode, for validation and exhaustive tests. */
@@ -213,6 +222,7 @@ export const REFUSE_CODES: readonly RefuseCode[] = [
   'diverged',
   'unsupported-version',
   'blobs-unavailable',
+  'loop',
   'internal',
 ];
 
@@ -333,7 +343,14 @@ export interface HeartbeatMessage {
   clockMs: number;
   /** Optional: the sender's current generation, announced when it started one (a promotion) to sessions it kept. */
   generation?: GenerationEntry;
+  /** Optional: the sender's upstream path (see UpstreamPath), current. Outside the content check. */
+  upstreamPath?: Buffer[];
 }
+
+/** Bytes of a node id. */
+export const NODE_ID_BYTES = 8;
+/** Most node ids an upstream path carries: a loop longer than this is not seen. */
+export const MAX_UPSTREAM_PATH = 64;
 
 /** Status client -> node, frame 2 instead of `hello`: answer with one `status`, then close. */
 export interface StatusRequestMessage {
@@ -944,6 +961,8 @@ function parseHello(obj: Obj, copy: boolean): HelloMessage {
       hash: asBytes(get(headObj, 'hash', 'hello.chainHead'), 'hello.chainHead.hash', copy, 16, 64),
     };
   }
+  const nodeId = getOptional(obj, 'nodeId');
+  if (nodeId instanceof Uint8Array && nodeId.byteLength === NODE_ID_BYTES) hello.nodeId = Buffer.from(nodeId);
   const samples = getOptional(obj, 'chainSamples');
   if (samples !== undefined && samples !== null) {
     if (!Array.isArray(samples) || samples.length > MAX_GENERATION_HISTORY) fail(`hello.chainSamples must be an array of at most ${MAX_GENERATION_HISTORY} entries`);
@@ -972,7 +991,18 @@ function parseWelcome(obj: Obj, copy: boolean): WelcomeMessage {
     options: { blobs: asBool(get(optionsObj, 'blobs', 'welcome.options'), 'welcome.options.blobs'), compression: 'none', ...optionalFlags(optionsObj, 'welcome.options') },
     ...parseWelcomeGenerations(getOptional(obj, 'generations'), copy),
     ...parseHeartbeatInterval(getOptional(obj, 'heartbeatIntervalMs')),
+    ...parseUpstreamPath(getOptional(obj, 'upstreamPath')),
   };
+}
+
+/**
+ * A path that is not a list of at most MAX_UPSTREAM_PATH node ids reads as
+ * absent: it is outside the content check, and only serves to find loops.
+ */
+function parseUpstreamPath(value: unknown): { upstreamPath?: Buffer[] } {
+  if (!Array.isArray(value) || value.length > MAX_UPSTREAM_PATH) return {};
+  if (!value.every((id) => id instanceof Uint8Array && id.byteLength === NODE_ID_BYTES)) return {};
+  return { upstreamPath: (value as Uint8Array[]).map((id) => Buffer.from(id)) };
 }
 
 /** Longest heartbeat interval a welcome may announce (a day). */
@@ -1156,6 +1186,7 @@ function parseHeartbeat(obj: Obj, copy: boolean): HeartbeatMessage {
     lastTid: asId(get(obj, 'lastTid', 'heartbeat'), 'heartbeat.lastTid', copy),
     clockMs: clockMs as number,
     ...(generation === undefined || generation === null ? {} : { generation: parseGeneration(generation, 'heartbeat.generation', copy) }),
+    ...parseUpstreamPath(getOptional(obj, 'upstreamPath')),
   };
 }
 

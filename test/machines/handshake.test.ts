@@ -9,7 +9,7 @@ describe('handshake types', () => {
   it('RefusalCode is the wire RefuseCode', () => {
     expectTypeOf<RefusalCode>().toEqualTypeOf<RefuseCode>();
     const all: readonly RefusalCode[] = REFUSE_CODES;
-    expect(all.length).toBe(6);
+    expect(all.length).toBe(7);
   });
 
   it('finds a protocol by its exact name', () => {
