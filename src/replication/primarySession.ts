@@ -67,6 +67,8 @@ const GIVE_UP_REASONS: ReadonlySet<SessionCloseReason['kind']> = new Set(['trans
 /** Reasons of an ordinary end, logged at info (an actor failure is an error, everything else a warning). */
 const ORDINARY_REASONS: ReadonlySet<SessionCloseReason['kind']> = new Set(['drained', 'peer-closed', 'closed-before-start', 'status-served', 'promote-served']);
 
+/** How long a session closing waits for its secondary to acknowledge the last transaction sent (native). */
+export const ACK_WAIT_AT_CLOSE_MS = 2_000;
 /** How long an orderly close waits for the peer to take the last bytes and close its side, before the socket is destroyed. */
 export const CLOSE_LINGER_MS = 30_000;
 /** Catch-up writes batches of about this size. */
@@ -198,7 +200,7 @@ export class PrimarySession {
           return this.reported(this.sendLog(input, signal, this.options.storage.lastDurableTid));
         }),
         follow: fromPromise<void, StreamInput>(({ input, signal }) => this.reported(this.follow(input, signal))),
-        drain: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.reported(this.sendLog(input, signal, null))),
+        drain: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.reported(this.sendLog(input, signal, null).then(async (out) => (await this.lastAck(signal), out)))),
         promote: fromPromise<PromoteOutcome, PromoteInput>(({ input }) => this.promote(input)),
       },
       actions: {
@@ -273,6 +275,39 @@ export class PrimarySession {
   }
 
   /** A streaming actor's promise, settling only after the machine heard of everything it wrote. */
+  /**
+   * At close, after the last transaction went out: wait (at most
+   * ACK_WAIT_AT_CLOSE_MS) for the secondary to acknowledge it, so a
+   * synchronous commit it made durable meanwhile is confirmed, not failed.
+   * Nothing to wait for without acks, or once the peer closed.
+   */
+  private async lastAck(signal: AbortSignal): Promise<void> {
+    const p = this.progress;
+    const sent = p.lastSentTid;
+    const acked = (): boolean => sent === null || !p.acks || this.streamClosed || (p.ackedTid !== null && Buffer.compare(p.ackedTid, sent) >= 0);
+    if (acked()) return;
+    await this.writer.flush().catch(() => undefined);
+    await new Promise<void>((resolve) => {
+      let timer: unknown = null;
+      let sub: { unsubscribe(): void } | null = null;
+      let over = false;
+      const done = (): void => {
+        if (over) return;
+        over = true;
+        sub?.unsubscribe();
+        if (timer !== null) this.options.clock.clearTimeout(timer);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      sub = this.progressSubject.subscribe({ next: () => void (acked() && done()), complete: done });
+      if (over) sub.unsubscribe();
+      if (over || acked()) return done();
+      timer = this.options.clock.setTimeout(done, ACK_WAIT_AT_CLOSE_MS);
+      signal.addEventListener('abort', done);
+      void this.streamClosed$.then(done);
+    });
+  }
+
   private reported<T>(streaming: Promise<T>): Promise<T> {
     return streaming.finally(() => this.reportProgress());
   }

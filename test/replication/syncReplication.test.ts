@@ -241,6 +241,29 @@ describe('waitForReplication', () => {
     }
   });
 
+  it('confirms a synchronous commit its secondary acknowledges while the closing primary drains', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, syncReplicas: 1, syncTimeoutMs: WAIT_MS });
+    const sPath = join(dir, 's.fs');
+    const secondary = await Secondary.open({ path: sPath, replicateFrom: primary.address, fsync: false });
+    try {
+      await waitForTid(secondary, (await commitMany(primary.storage, 1))[0]!);
+      const txn = { user: 'sync', description: 'finished as the primary closes' };
+      await primary.storage.tpcBegin(txn);
+      primary.storage.store(primary.storage.newOid(), Z64, Buffer.from('last'), txn);
+      await primary.storage.tpcVote(txn);
+      const finished = primary.storage.tpcFinish(txn);
+      const closed = primary.close();
+      const tid = await finished; // before: SyncReplicationAbortedError, the ack arriving after the session had ended
+      await closed;
+      await waitForTid(secondary, tid);
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+    expect((await onDisk(sPath)).length).toBe(8);
+  });
+
   it('ends waits still pending when the primary closes', async () => {
     const dir = await tempDir();
     const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
