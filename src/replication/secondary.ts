@@ -4,7 +4,7 @@
 // itself serve further secondaries (replicateTo), forming chains.
 
 import { randomBytes } from 'node:crypto';
-import { ReplaySubject, Subject, type Observable } from 'rxjs';
+import { ReplaySubject, Subject, takeUntil, type Observable } from 'rxjs';
 import { createActor, fromCallback, fromPromise, type ActorRefFrom } from 'xstate';
 import type { ProtocolSpec } from '../../machines/handshake.js';
 import { connectionSettings, haltsReplication, secondaryConnectionMachine, type ConnectionFailure } from '../../machines/secondaryConnection.js';
@@ -231,11 +231,15 @@ export class Secondary {
   private lastStatus: { status: SecondaryStatus; text: string } | null = null;
   /** Where the connection stands (connecting, connected, disconnected, backoff, diverged …): the current status to each new subscriber, then each change once. */
   readonly status$: Observable<SecondaryStatus> = this.statusSubject.asObservable();
-  private readonly promotedSubject = new Subject<Primary>();
+  /** Replays the Primary to late subscribers: a promote request may come before anyone subscribed. */
+  private readonly promotedSubject = new ReplaySubject<Primary>(1);
+  /** The Primary this secondary became, once promoted: close() closes it. */
+  private promotedPrimary: Primary | null = null;
   /**
    * Emits the Primary this secondary became (promote(), or a promote request
-   * on its replicateTo address), then completes; completes on close too.
-   * Whoever runs the node closes that Primary instead of the Secondary.
+   * on its replicateTo address), then completes; completes on close too. A
+   * subscriber that comes later still gets it. Whoever runs the node closes
+   * that Primary, or this Secondary, whose close() then closes it.
    */
   readonly promoted$: Observable<Primary> = this.promotedSubject.asObservable();
   /** Transactions applied (durable) on this secondary, in tid order. */
@@ -277,7 +281,8 @@ export class Secondary {
     private readonly openedFrom: ReplicationAddress,
   ) {
     this.storage = new ReadOnlyStorage(inner);
-    this.applied$ = inner.commits$;
+    // A secondary's applied transactions: a promoted node's own commits are not.
+    this.applied$ = inner.commits$.pipe(takeUntil(this.promotedSubject));
     this.spec = options.protocol === 'zrs2.0' ? ZRS20_SPEC : options.protocol === 'zrs2.1' ? ZRS21_SPEC : NATIVE_SPEC;
     this.nodeId = options.nodeId ? Buffer.from(options.nodeId) : randomBytes(NODE_ID_BYTES);
     const random = options.random ?? seededRandom(randomSeed());
@@ -839,6 +844,8 @@ export class Secondary {
    * Primary it opened; after one, the Primary owns the storage (close that).
    */
   close(): Promise<void> {
+    // Promoted: this node is that Primary now.
+    if (this.promotedPrimary) return this.promotedPrimary.close();
     if (this.promotion) {
       this.closingPromotion ??= this.closeAfterPromotion(this.promotion);
       return this.closingPromotion;
@@ -906,6 +913,7 @@ export class Secondary {
       await this.recordPromotionRefused(err, options, own);
       throw err;
     }
+    this.promotedPrimary = primary;
     this.promotedSubject.next(primary);
     this.promotedSubject.complete();
     return primary;

@@ -23,6 +23,8 @@ import { tidFromTime } from '../../src/storage/timestamp.js';
 import { readAuditLog } from '../../src/audit/auditLog.js';
 import { formatAddress } from '../../src/replication/address.js';
 import { requestStatus } from '../../src/replication/statusClient.js';
+import { requestPromotion } from '../../src/replication/promoteClient.js';
+import { firstValueFrom } from 'rxjs';
 import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { FakeServer, FAST_RECONNECT, LogCollector } from '../replication/netHelpers.js';
@@ -485,8 +487,34 @@ describe('failover', () => {
       expect(again.transactionCount).toBe(2);
       await again.close();
       await expect(requestStatus(promoted.address)).rejects.toThrow();
-      // A close() after the promotion ended leaves the primary to its owner (here already closed).
+      // A close() after the promotion closes the primary it became (here already closed).
       await secondary.close();
+    } finally {
+      await secondary.close();
+    }
+  });
+
+  it('promoted by a request over the network: promoted$ gives the Primary to a later subscriber, applied$ ends, and close() closes the Primary', async () => {
+    const { primary, secondary, sPath } = await replicatingPair(await tempDir(), {}, { replicateTo: '127.0.0.1:0' });
+    try {
+      const applied: Buffer[] = [];
+      let appliedEnded = false;
+      secondary.applied$.subscribe({ next: (t) => applied.push(t.tid), complete: () => (appliedEnded = true) });
+      await primary.close();
+      await waitForState(secondary, 'backoff');
+      const reply = await requestPromotion(secondary.replicationAddress!);
+      expect(reply.generation.generation).toBe(1);
+      // Subscribed only now: the promotion happened before.
+      const promoted = await firstValueFrom(secondary.promoted$);
+      expect(promoted.generation.generation).toBe(1);
+      expect(appliedEnded).toBe(true);
+      await commitMany(promoted.storage, 1);
+      expect(applied).toEqual([]);
+      await secondary.close();
+      // Closed: nothing holds the file.
+      const again = await FileStorage.open(sPath);
+      expect(again.transactionCount).toBe(3);
+      await again.close();
     } finally {
       await secondary.close();
     }
