@@ -129,6 +129,8 @@ export class Primary {
     let edges: NodeEdges | null = null;
     let history: FailoverHistory | null = options.history ?? null;
     let sync: PrimarySync | null = null;
+    // Started here (not a promoted secondary's, which its own failure path releases): closed on a failure.
+    let ownServer: ReplicationServer | null = null;
     try {
       history ??= await FailoverHistory.open(storage, { role: 'primary', fsync: options.fsync });
       edges = await openNodeEdges(options, clock, options.log ?? silentLogger);
@@ -151,7 +153,7 @@ export class Primary {
         server.rebind({ ...role, onSession: undefined });
         server.watchSessions((session) => metrics.onSession(session)); // open sessions and new ones
       } else {
-        server = await ReplicationServer.start({
+        server = ownServer = await ReplicationServer.start({
           storage,
           address,
           transport: edges.transport,
@@ -186,7 +188,7 @@ export class Primary {
       return primary;
     } catch (err) {
       // The first failure is the one to report; every step runs regardless.
-      await runEach([() => sync?.close(), () => edges?.close(), () => (options.history ? undefined : history?.close()), () => (options.storage ? undefined : storage.close())]).catch(() => undefined);
+      await runEach([() => ownServer?.close(), () => sync?.close(), () => edges?.close(), () => (options.history ? undefined : history?.close()), () => (options.storage ? undefined : storage.close())]).catch(() => undefined);
       throw err;
     }
   }

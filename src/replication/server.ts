@@ -113,7 +113,12 @@ export class ReplicationServer {
     }
     const server = new ReplicationServer(options);
     server.listener = await options.transport.listen(options.address, (s) => server.accept(s), { maxConnections: max });
-    options.log('info', `replicating to ${formatAddress(server.listener.address)}`);
+    try {
+      options.log('info', `replicating to ${formatAddress(server.listener.address)}`);
+    } catch (err) {
+      await server.close(); // not left listening (and holding the process) by a failed start
+      throw err;
+    }
     return server;
   }
 

@@ -361,6 +361,16 @@ describe('a flood of connections to a primary', () => {
     await expect(opening).rejects.toThrow(message);
   });
 
+  it('that fails after it started listening leaves nothing listening: the same address opens again', async () => {
+    const dir = await tempDir();
+    const address = join(dir, 'p.sock');
+    // A logger that is not a function: the first line after the listen throws.
+    const broken = Primary.open({ path: join(dir, 'p.fs'), replicateTo: address, fsync: false, auditPath: null, log: {} as never });
+    await expect(broken).rejects.toBeInstanceOf(TypeError);
+    const again = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: address, fsync: false, auditPath: null });
+    await again.close();
+  });
+
   it('refuses a maxConnections under 1', async () => {
     const dir = await tempDir();
     await expect(Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, maxConnections: 0, auditPath: null })).rejects.toThrow(
