@@ -87,13 +87,20 @@ function checkPromoteOptions(options: PromoteOptions): ReplicationAddress | null
 }
 
 /** Refuse a promotion the upstream's state forbids without `force`; returns the state. */
+/**
+ * The upstream state, or a refusal: while the upstream answers (replicating)
+ * or when diverged, only a forced promotion goes on. A connection still
+ * waiting for the handshake's answer is no sign of a live upstream (a hung
+ * one takes connections and never answers), no more than a retry is.
+ */
 function checkUpstreamState(h: PromotionHandle, options: PromoteOptions): string {
   const state = h.upstreamState();
-  if (!options.force && (state.startsWith('connected') || state === 'diverged')) {
+  const answering = state.startsWith('connected') && state !== 'connected.handshaking';
+  if (!options.force && (answering || state === 'diverged')) {
     throw new PromotionRefusedError(
       state === 'diverged'
         ? 'refusing to promote a diverged secondary unless forced (force: true; zrs promote --force)'
-        : `refusing to promote while connected to a primary (${state}): stop the primary first, or force it (force: true; zrs promote --force)`,
+        : `refusing to promote while its upstream answers (${state}): stop the upstream first, or force it (force: true; zrs promote --force)`,
     );
   }
   return state;

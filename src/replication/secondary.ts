@@ -833,7 +833,8 @@ export class Secondary {
         primaryLastTid: this.upstreamLastTid,
         lastHeartbeat: hb && { lastTid: hb.lastTid, clockMs: hb.clockMs, receivedMs: hb.receivedMs },
         lagSeconds: lagSeconds(this.inner.lastDurableTid, this.upstreamLastTid),
-        lastError: snap.matches('connected') || snap.context.lastError === null ? null : failureReason(snap.context.lastError as ConnectionFailure),
+        // Kept through a handshake with no answer yet: a hung primary takes connections, then times them out.
+        lastError: snap.matches({ connected: { link: 'replicating' } } as never) || snap.context.lastError === null ? null : failureReason(snap.context.lastError as ConnectionFailure),
       },
     });
   }

@@ -264,7 +264,7 @@ describe('failover over real sockets, driven and read through the command line',
       // Refused while it still replicates from a live primary; a primary is never promoted.
       let r = await run('promote', s1Address);
       expect(r.code).toBe(1);
-      expect(r.stderr).toMatch(new RegExp(`^zrs promote: ${esc(s1Address)} did not promote itself \\(refused\\): refusing to promote while connected to a primary`));
+      expect(r.stderr).toMatch(new RegExp(`^zrs promote: ${esc(s1Address)} did not promote itself \\(refused\\): refusing to promote while its upstream answers`));
       r = await run('promote', formatAddress(oldPrimary.address));
       expect(r.code).toBe(1);
       expect(r.stderr).toBe(`zrs promote: ${formatAddress(oldPrimary.address)} did not promote itself (already-primary): this node is already a primary\n`);
@@ -324,7 +324,7 @@ describe('failover over real sockets, driven and read through the command line',
         new RegExp(`${node('s1', 'config')}open role=secondary replicateFrom=${esc(link.address)}`),
         new RegExp(`${node('s1', 'handshake')}secondary ${esc(link.address)}: welcome zrs-ts/1 from tid 0{16}`),
         new RegExp(`${node('s1', 'handshake')}primary 127\\.0\\.0\\.1:\\d+: promote request`),
-        new RegExp(`${node('s1', 'promotion-refused')}promotion REFUSED \\(refused\\): refusing to promote while connected to a primary \\(connected\\.replicating\\)`),
+        new RegExp(`${node('s1', 'promotion-refused')}promotion REFUSED \\(refused\\): refusing to promote while its upstream answers \\(connected\\.replicating\\)`),
         new RegExp(`${node('p', 'promotion-refused')}promotion REFUSED \\(already-primary\\): this node is already a primary`),
         new RegExp(`${node('s1', 'disconnection')}secondaryConnection ${esc(link.address)} connection lost: disconnected`),
         new RegExp(`${node('p', 'config')}close role=primary`),

@@ -25,6 +25,7 @@ import { formatAddress } from '../../src/replication/address.js';
 import { requestStatus } from '../../src/replication/statusClient.js';
 import { requestPromotion } from '../../src/replication/promoteClient.js';
 import { firstValueFrom } from 'rxjs';
+import { VirtualClock } from '../../src/sim/clock.js';
 import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { FakeServer, FAST_RECONNECT, LogCollector } from '../replication/netHelpers.js';
@@ -420,7 +421,7 @@ describe('failover', () => {
         },
       });
       await expect(promoting).rejects.toThrow(PromotionRefusedError);
-      await expect(promoting).rejects.toThrow(/while connected to a primary/);
+      await expect(promoting).rejects.toThrow(/while its upstream answers/);
       expect(claimed).toEqual([1]);
       // Nothing was started, and the secondary still replicates.
       expect(generationsFile(join(dir, 's.fs')).generations.filter((g) => g.generation > 0)).toEqual([]);
@@ -491,6 +492,29 @@ describe('failover', () => {
       await secondary.close();
     } finally {
       await secondary.close();
+    }
+  });
+
+  it('a secondary of a hung primary (it takes connections and never answers) shows the handshake timeout while it tries again, and is promoted without force', async () => {
+    const dir = await tempDir();
+    const clock = new VirtualClock();
+    // Reads the handshake, answers nothing: a stopped process whose kernel still accepts.
+    const hung = await FakeServer.start();
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: hung.address, replicateTo: '127.0.0.1:0', fsync: false, clock, reconnect: { initialMs: 1_000, maxMs: 1_000, jitter: 0 } });
+    try {
+      await hung.connection(0);
+      await waitForState(secondary, 'connected');
+      clock.advance(30_000); // the handshake timeout
+      await waitForState(secondary, 'backoff');
+      clock.advance(1_000);
+      await hung.connection(1);
+      await waitForState(secondary, 'connected');
+      expect(secondary.status().upstream).toMatchObject({ state: 'connected.handshaking', lastError: expect.stringMatching(/handshake/) });
+      const promoted = await secondary.promote();
+      expect(promoted.generation.generation).toBe(1);
+    } finally {
+      await secondary.close();
+      await hung.close();
     }
   });
 
