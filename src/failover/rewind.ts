@@ -7,7 +7,7 @@
 // not be open); rewindOpenStorage cuts a diverged Secondary's open storage.
 
 import { constants } from 'node:fs';
-import { copyFile, open as openFile, rm, access } from 'node:fs/promises';
+import { copyFile, open as openFile, rename, rm, access } from 'node:fs/promises';
 import { ZrsError } from '../errors.js';
 import { systemClock } from '../node/clock.js';
 import { socketTransport } from '../node/socketTransport.js';
@@ -169,8 +169,12 @@ async function saveCut(storage: FileStorage, forkTid: Buffer, withBlobs: boolean
     throw new ZrsError(`${path}: the fork tid ${forkTid.toString('hex')} is not a transaction of this storage; cannot rewind to it`);
   }
   if (Buffer.compare(forkTid, storage.lastTransaction()) >= 0) return out;
-  out.sidePath = await freshPath(`${path}.rewound-${forkTid.toString('hex')}`);
-  out.sideBlobDir = storage.blobs && withBlobs ? `${out.sidePath}.blobs` : null;
+  const final = await freshPath(`${path}.rewound-${forkTid.toString('hex')}`);
+  const finalBlobDir = storage.blobs && withBlobs ? `${final}.blobs` : null;
+  // Written under a `.partial` name, renamed once whole: a rewind killed while it copies leaves no file
+  // under the name an operator reads the cut from (that run cut nothing; the next one saves it again).
+  out.sidePath = `${final}${PARTIAL_SUFFIX}`;
+  out.sideBlobDir = finalBlobDir ? `${out.sidePath}.blobs` : null;
   const side = await FileStorage.open(out.sidePath, { create: true, blobDir: out.sideBlobDir ?? undefined });
   let saved = false;
   try {
@@ -206,6 +210,13 @@ async function saveCut(storage: FileStorage, forkTid: Buffer, withBlobs: boolean
     if (!saved) await removeSide(out);
     await rm(`${out.sidePath}.lock`, { force: true });
   }
+  // The blobs first: a data file under its final name is a whole archive.
+  if (out.sideBlobDir && finalBlobDir) {
+    await rename(out.sideBlobDir, finalBlobDir);
+    out.sideBlobDir = finalBlobDir;
+  }
+  await rename(out.sidePath, final);
+  out.sidePath = final;
   // Its name is durable before the transactions it keeps are cut from the data file.
   await syncDirectory(dirname(out.sidePath));
   return out;
@@ -308,14 +319,19 @@ async function truncateDataFile(path: string, pos: number): Promise<void> {
   await removeIndex(path);
 }
 
+/** A side file written under this suffix is not whole yet (a rewind stopped while it copied). */
+const PARTIAL_SUFFIX = '.partial';
+
+/** `base`, or `base.1`, `base.2` …: the first name taken neither whole nor partly (an earlier run's partial file stays). */
 async function freshPath(base: string): Promise<string> {
-  for (let n = 0; ; n++) {
-    const candidate = n === 0 ? base : `${base}.${n}`;
-    const exists = await access(candidate).then(
+  const exists = (p: string): Promise<boolean> =>
+    access(p).then(
       () => true,
       () => false,
     );
-    if (!exists) return candidate;
+  for (let n = 0; ; n++) {
+    const candidate = n === 0 ? base : `${base}.${n}`;
+    if (!(await exists(candidate)) && !(await exists(`${candidate}${PARTIAL_SUFFIX}`)) && !(await exists(`${candidate}.blobs`))) return candidate;
   }
 }
 

@@ -193,6 +193,47 @@ describe('rewinding to a fork tid the storage lacks', () => {
     }
   });
 
+  it('writes the side file under a .partial name until it is whole: a rewind killed while it copies leaves nothing under the name the cut is read from', async () => {
+    const { fs, tids, path } = await storageWith(4);
+    const history = await FailoverHistory.open(fs, { role: 'secondary', fsync: false });
+    const finish = FileStorage.prototype.tpcFinish;
+    const seen: string[][] = [];
+    const sideFiles = (): string[] => readdirSync(dirname(path)).filter((f) => f.includes('.rewound-')).sort();
+    const spy = vi.spyOn(FileStorage.prototype, 'tpcFinish').mockImplementation(async function (this: FileStorage, ...args) {
+      const tid = await finish.apply(this, args);
+      if (this.path.includes('.rewound-')) seen.push(sideFiles()); // what a kill -9 here would leave
+      return tid;
+    });
+    const side = `${basename(path)}.rewound-${tids[0]!.toString('hex')}`;
+    try {
+      const r = await rewindOpenStorage(fs, tids[0]!, { history, withBlobs: false });
+      expect(seen).toHaveLength(3);
+      for (const names of seen) expect(names.filter((n) => !n.endsWith('.lock'))).toEqual([`${side}.partial`]);
+      expect(basename(r.sidePath!)).toBe(side);
+      expect(sideFiles()).toEqual([side]);
+    } finally {
+      spy.mockRestore();
+      await history.close();
+      await fs.close();
+    }
+  });
+
+  it("leaves an earlier run's partial side file where it is and saves the cut beside it", async () => {
+    const { fs, tids, path } = await storageWith(3);
+    const history = await FailoverHistory.open(fs, { role: 'secondary', fsync: false });
+    const side = `${path}.rewound-${tids[0]!.toString('hex')}`;
+    writeFileSync(`${side}.partial`, 'left by a rewind killed while it copied');
+    try {
+      const r = await rewindOpenStorage(fs, tids[0]!, { history, withBlobs: false });
+      expect(r.sidePath).toBe(`${side}.1`);
+      expect(readFileSync(`${side}.partial`, 'utf8')).toBe('left by a rewind killed while it copied');
+      expect(r.cutTids).toEqual(tids.slice(1));
+    } finally {
+      await history.close();
+      await fs.close();
+    }
+  });
+
   it('before the first transaction: keeps nothing', async () => {
     const { fs, tids } = await storageWith(2);
     const history = await FailoverHistory.open(fs, { role: 'secondary', fsync: false });
