@@ -123,10 +123,14 @@ function summary(r: AuditRecord): string {
     }
     case 'promotion-refused':
       return `promotion REFUSED (${str(d.code)}): ${str(d.reason)}; requested by ${str(d.requestedBy)}`;
-    case 'rewind':
+    case 'rewind': {
+      const dropped = Array.isArray(d.generationsDropped)
+        ? `; dropped generation(s) ${(d.generationsDropped as Array<Record<string, unknown>>).map((g) => `${str(g.generation)} (from tid ${str(g.startTid)})`).join(', ')}`
+        : '';
       return Number(d.transactionsCut) === 0
-        ? `REWIND: nothing to cut, shares its history with ${str(d.commonWith)} up to tid ${str(d.forkTid)}`
-        : `REWOUND to tid ${str(d.forkTid)} (common with ${str(d.commonWith)}): ${str(d.transactionsCut)} transaction(s) cut, ${str(d.firstCutTid)} .. ${str(d.lastCutTid)}, ${str(d.blobsCut)} blob file(s)${d.blobsMissing ? ` (${str(d.blobsMissing)} already missing)` : ''}; saved in ${str(d.sidePath)}`;
+        ? `REWIND: nothing to cut, shares its history with ${str(d.commonWith)} up to tid ${str(d.forkTid)}${dropped}`
+        : `REWOUND to tid ${str(d.forkTid)} (common with ${str(d.commonWith)}): ${str(d.transactionsCut)} transaction(s) cut, ${str(d.firstCutTid)} .. ${str(d.lastCutTid)}, ${str(d.blobsCut)} blob file(s)${d.blobsMissing ? ` (${str(d.blobsMissing)} already missing)` : ''}; saved in ${str(d.sidePath)}${dropped}`;
+    }
     case 'sync-timeout':
       return `SYNC TIMEOUT tid ${str(d.tid)}: ${str(d.got)} of ${str(d.wanted)} acks within ${str(d.timeoutMs)} ms (committed on the primary)`;
     case 'config':

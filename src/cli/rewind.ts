@@ -43,12 +43,16 @@ export async function rewind(args: ParsedArgs, io: CliIo): Promise<number> {
     blobDir: typeof blobDir === 'string' ? blobDir : undefined,
     ...(typeof audit === 'string' ? { auditPath: audit.toLowerCase() === 'off' ? null : audit } : {}),
   });
+  // A promotion undone: its generation goes though no transaction does.
+  const dropped =
+    result.generationsDropped.length === 0 ? '' : `; dropped generation(s) ${result.generationsDropped.map((g) => `${g.generation} (from tid ${g.startTid.toString('hex')})`).join(', ')}`;
   if (result.cutTids.length === 0) {
-    await io.out(`${path}: nothing to rewind (shares its history up to ${result.forkTid.toString('hex')})\n`);
+    const what = dropped ? 'no transaction to cut' : 'nothing to rewind';
+    await io.out(`${path}: ${what} (shares its history up to ${result.forkTid.toString('hex')})${dropped}\n`);
   } else {
     await io.out(
       `${path}: rewound to tid ${result.forkTid.toString('hex')}; ${result.cutTids.length} transaction(s) saved in ${result.sidePath}` +
-        `${result.sideBlobDir ? ` (${result.blobsCut} blob file(s) in ${result.sideBlobDir})` : ''}\n`,
+        `${result.sideBlobDir ? ` (${result.blobsCut} blob file(s) in ${result.sideBlobDir})` : ''}${dropped}\n`,
     );
     const missing = result.blobsMissing;
     if (missing.length > 0) {

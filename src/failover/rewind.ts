@@ -24,7 +24,7 @@ import { removeIndex } from '../storage/indexFile.js';
 import { readU64At, TRAILER_BYTES } from '../storage/format.js';
 import { tidPlusOne, Z64 } from '../storage/timestamp.js';
 import { encodeFrame, foreignPeer, FrameDecoder } from '../wire/framing.js';
-import { createNativePackr, createNativeUnpackr, decodeNative, encodeNativeFrame, HANDSHAKE_REPLY_MAX_BYTES, nativeProtocolName, type HelloMessage } from '../wire/native.js';
+import { createNativePackr, createNativeUnpackr, decodeNative, encodeNativeFrame, HANDSHAKE_REPLY_MAX_BYTES, nativeProtocolName, type GenerationEntry, type HelloMessage } from '../wire/native.js';
 import { GenerationHistory, generationsBefore } from './generations.js';
 import { truncateChainFile } from './hashChain.js';
 import { FailoverHistory } from './history.js';
@@ -57,6 +57,8 @@ export interface RewindResult {
   blobsCut: number;
   /** Blob records cut whose file was already missing (`oid 0x… tid 0x…`): kept in the side file without it. */
   blobsMissing: string[];
+  /** Generations dropped from the history, which began at or after the fork (a promotion undone), oldest first. */
+  generationsDropped: GenerationEntry[];
 }
 
 /**
@@ -95,12 +97,12 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
     }
     if (forkTid === null || cut === null) {
       // The primary accepts this storage as it is: nothing to cut.
-      const none = { forkTid: last, cutTids: [], sidePath: null, sideBlobDir: null, blobsCut: 0, blobsMissing: [] };
+      const none = { forkTid: last, cutTids: [], sidePath: null, sideBlobDir: null, blobsCut: 0, blobsMissing: [], generationsDropped: [] };
       await recordRewind(audit, primary, none);
       return none;
     }
-    const result = rewindResult(forkTid, cut);
     const generations = await GenerationHistory.open(path);
+    const result = rewindResult(forkTid, cut, generations.list);
     // The decision is on disk before anything is cut (the cut part is already saved aside): a crash or a
     // failing step after it leaves a record of what was being cut, and the error says how far it got.
     const after = generationsBefore(generations.list, forkTid).at(-1) ?? null;
@@ -184,6 +186,12 @@ async function saveCut(storage: FileStorage, forkTid: Buffer, withBlobs: boolean
       const meta = { user: txn.user, description: txn.description, extensionBytes: txn.extensionBytes };
       await side.tpcBegin(meta, { tid: txn.tid, status: txn.status });
       for (const r of txn.records) {
+        if (storage.blobs === null && isBlobRecord(r.data)) {
+          // Opened without its blob directory: the record would be saved without its file, and the file left behind.
+          throw new ZrsError(
+            `${path}: transaction ${txn.tid.toString('hex')} to cut holds a blob (oid 0x${r.oid.toString('hex')}), and the storage was opened without its blob directory: give it (zrs rewind --blob-dir DIR), so the cut blob files are saved with their transactions and removed from it; nothing was cut`,
+          );
+        }
         const withBlob = side.blobs !== null && isBlobRecord(r.data);
         const blob = withBlob ? await storage.loadBlob(r.oid, txn.tid).catch(() => null) : null;
         // Missing already (not lost here): the record is kept without it, and the result says so.
@@ -270,13 +278,23 @@ export async function rewindOpenStorage(storage: FileStorage, refusedAt: Buffer,
     }
   }
   for (const blob of cut.cutBlobs) await rm(blob, { force: true });
+  const result = rewindResult(Buffer.from(forkTid), cut, options.history.generations.list);
   await options.history.cutTo(forkTid);
-  return rewindResult(Buffer.from(forkTid), cut);
+  return result;
 }
 
-/** What a rewind that cut `cut` back to `forkTid` reports. */
-function rewindResult(forkTid: Buffer, cut: SavedCut): RewindResult {
-  return { forkTid, cutTids: cut.cutTids, sidePath: cut.sidePath, sideBlobDir: cut.sideBlobDir, blobsCut: cut.cutBlobs.length, blobsMissing: cut.blobsMissing };
+/** What a rewind that cut `cut` back to `forkTid`, from a node with these `generations`, reports. */
+function rewindResult(forkTid: Buffer, cut: SavedCut, generations: readonly GenerationEntry[]): RewindResult {
+  const kept = generationsBefore(generations, forkTid).length;
+  return {
+    forkTid,
+    cutTids: cut.cutTids,
+    sidePath: cut.sidePath,
+    sideBlobDir: cut.sideBlobDir,
+    blobsCut: cut.cutBlobs.length,
+    blobsMissing: cut.blobsMissing,
+    generationsDropped: generations.slice(kept).map((g) => ({ generation: g.generation, startTid: Buffer.from(g.startTid) })),
+  };
 }
 
 /** The details of a `rewind` audit record: where it cut, what it cut, where the cut part went. */
@@ -291,6 +309,7 @@ export function rewindAuditDetails(r: RewindResult, commonWith: string): Record<
     lastCutTid: r.cutTids.at(-1) ?? null,
     sidePath: r.sidePath,
     sideBlobDir: r.sideBlobDir,
+    ...(r.generationsDropped.length > 0 ? { generationsDropped: r.generationsDropped.map((g) => ({ generation: g.generation, startTid: g.startTid.toString('hex') })) } : {}),
   };
 }
 

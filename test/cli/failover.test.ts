@@ -18,7 +18,7 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { interceptFileWrites } from '../helpers/fileWrites.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { commitMany, expectSameHistory, storageFileWith, waitForTid, writeFullHistory } from '../replication/helpers.js';
+import { BLOB_RECORD, commitMany, expectSameHistory, storageFileWith, waitForTid, writeFullHistory } from '../replication/helpers.js';
 import { FAST_RECONNECT } from '../replication/netHelpers.js';
 import { memoryIo, ZrsProcess, type LogLine } from './helpers.js';
 
@@ -107,6 +107,47 @@ describe('zrs promote / zrs rewind', () => {
     expect(r).toMatchObject({ code: 0, stdout: `promoted ${path}: generation 2 starts after tid ${tids.at(-1)!.toString('hex')}\n` });
   });
 
+  it('a rewind that undoes a promotion and cuts no transaction says which generation it dropped, and so does the audit log', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const tids = await storageFileWith(path, 2);
+    const last = tids.at(-1)!.toString('hex');
+    expect((await run('promote', path)).code).toBe(0);
+    const r = await run('rewind', path, '--to-tid', last);
+    expect(r).toMatchObject({ code: 0, stdout: `${path}: no transaction to cut (shares its history up to ${last}); dropped generation(s) 1 (from tid ${last})\n` });
+    const gens = JSON.parse(readFileSync(`${path}.generations`, 'utf8')) as { generations: unknown[] };
+    expect(gens.generations).toHaveLength(1);
+    const audit = await run('audit', `${path}.audit`);
+    expect(audit.stdout).toContain(`REWIND: nothing to cut, shares its history with tid up to tid ${last}; dropped generation(s) 1 (from tid ${last})`);
+  });
+
+  it('refuses to rewind a storage with blobs opened without its blob directory: the cut files would stay behind', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const blobDir = join(dir, 'blobs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false, blobDir });
+    const [kept] = await commitMany(fs, 1);
+    const txn = { user: 'u', description: 'a blob' };
+    await fs.tpcBegin(txn);
+    const blobFile = join(dir, 'upload');
+    writeFileSync(blobFile, 'blob bytes');
+    await fs.storeBlob(fs.newOid(), Buffer.alloc(8), BLOB_RECORD, blobFile, txn);
+    await fs.tpcVote(txn);
+    await fs.tpcFinish(txn);
+    await fs.close();
+    const r = await run('rewind', path, '--to-tid', kept!.toString('hex'));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/holds a blob \(oid 0x[0-9a-f]{16}\), and the storage was opened without its blob directory: give it \(zrs rewind --blob-dir DIR\).*nothing was cut\n$/);
+    expect(readdirSync(dir).filter((f) => f.includes('.rewound-'))).toEqual([]);
+    const again = await FileStorage.open(path, { readOnly: true });
+    expect(again.transactionCount).toBe(2);
+    await again.close();
+    // With it, the blob file goes aside with its transaction.
+    const ok = await run('rewind', path, '--to-tid', kept!.toString('hex'), '--blob-dir', blobDir);
+    expect(ok.stdout).toContain('1 transaction(s) saved in');
+    expect(ok.stdout).toContain('(1 blob file(s) in');
+  });
+
   it('promotes offline, then rewinds to a tid', async () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs');
@@ -132,6 +173,8 @@ describe('zrs promote / zrs rewind', () => {
     io = memoryIo();
     expect(await runCli(['rewind', path, '--to-tid', tids[1]!.toString('hex')], io)).toBe(0);
     expect(io.stdout).toContain('2 transaction(s) saved in');
+    const t3 = tids[3]!.toString('hex');
+    expect(io.stdout).toContain(`; dropped generation(s) 1 (from tid ${t3}), 2 (from tid ${t3})\n`);
     // The side file stands alone: no lock or index file of its own beside it.
     expect(readdirSync(dir).filter((f) => f.includes('.rewound-'))).toEqual([`Data.fs.rewound-${tids[1]!.toString('hex')}`]);
     io = memoryIo();

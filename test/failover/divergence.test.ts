@@ -15,7 +15,7 @@ import { rewindOpenStorage, rewindStorage } from '../../src/failover/rewind.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { tidPlusOne } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { commitMany, diskFailingOnce, Z64 } from '../replication/helpers.js';
+import { BLOB_RECORD, commitMany, diskFailingOnce, Z64 } from '../replication/helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -293,7 +293,6 @@ describe('rewinding to a fork tid the storage lacks', () => {
     const blobDir = join(dir, 'blobs');
     const fs = await FileStorage.open(path, { create: true, fsync: false, blobDir });
     const [kept] = await commitMany(fs, 1);
-    const BLOB_RECORD = Buffer.from('8003635a4f44422e626c6f620a426c6f620a71002e80034e2e', 'hex');
     const stored: Array<{ oid: Buffer; tid: Buffer }> = [];
     for (const content of ['one', 'two']) {
       const file = join(dir, `upload-${content}`);

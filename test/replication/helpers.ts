@@ -98,6 +98,9 @@ export function diskFailingOnce(): { disk: StorageDisk; failNext(): void; armed(
 
 export { Z64 };
 
+/** A record as ZODB writes a blob's: the class ZODB.blob.Blob, then an empty state. */
+export const BLOB_RECORD = Buffer.from('8003635a4f44422e626c6f620a426c6f620a71002e80034e2e', 'hex');
+
 /** Resolve once the secondary's connection machine is in `state` (checked on every snapshot). */
 export function waitForState(s: Secondary, state: string, ms = 15_000): Promise<void> {
   return new Promise((resolve, reject) => {
