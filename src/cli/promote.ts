@@ -7,7 +7,7 @@
 // Either way the promotion is recorded in the node's audit log.
 
 import { basename } from 'node:path';
-import { AuditLog, readAuditLog } from '../audit/auditLog.js';
+import { AuditLog, readAuditLog, type AuditRecord } from '../audit/auditLog.js';
 import { defaultAuditPath } from '../audit/nodeAudit.js';
 import { runEach, ZrsError } from '../errors.js';
 import { FailoverHistory } from '../failover/history.js';
@@ -86,6 +86,18 @@ async function promotedHere(path: string, generation: number): Promise<boolean> 
   return records.some((r) => r.kind === 'promotion' && r.details.newGeneration === generation);
 }
 
+/**
+ * The record of the node's last handshake as a secondary, when its primary
+ * refused it as diverged and no rewind or promotion came after (a missing or
+ * unreadable log says nothing).
+ */
+async function divergedHere(path: string): Promise<AuditRecord | null> {
+  if ((await pathKind(path)) !== 'file') return null;
+  const { records } = await readAuditLog(path).catch(() => ({ records: [] as AuditRecord[] }));
+  const last = records.findLast((r) => (r.kind === 'handshake' && r.details.side === 'secondary') || r.kind === 'rewind' || r.kind === 'promotion');
+  return last?.kind === 'handshake' && last.details.verdict === 'refused' && last.details.code === 'diverged' ? last : null;
+}
+
 /** Offline: a new generation on a stopped storage, recorded in its audit log. */
 export async function promoteFile(path: string, io: CliIo, auditPath?: string | null, force = false): Promise<number> {
   const storage = await FileStorage.open(path);
@@ -105,6 +117,14 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
       if (!force && log && current && current.generation > 0 && current.startTid.equals(storage.lastTransaction()) && (await promotedHere(log, current.generation))) {
         throw new ZrsError(
           `${path}: generation ${current.generation} already starts after its last transaction (tid ${current.startTid.toString('hex')}), and its audit log says this node started it: it was promoted and nothing was written since; serve it as a primary, or --force for another generation`,
+        );
+      }
+      // As online: a node its primary refused as diverged is promoted only when forced.
+      const diverged = !force && log ? await divergedHere(log) : null;
+      if (diverged) {
+        const by = typeof diverged.details.address === 'string' ? diverged.details.address : 'its primary';
+        throw new ZrsError(
+          `${path}: its audit log says ${by} refused it as diverged (${diverged.time}): promoted, it would start a history beside that one; rewind it first (zrs rewind --to-common-with ${by}), or --force`,
         );
       }
       if (log !== null) audit = await AuditLog.open(log, { node: basename(path), continueNode: true, clock: systemClock });

@@ -14,7 +14,7 @@ import { Zrs2StreamParser, type Zrs2Event } from '../wire/zrs2.js';
 
 export type ApplyEvent =
   | { kind: 'welcome'; lastTid: Buffer; generation?: GenerationEntry; generations?: GenerationEntry[]; heartbeatIntervalMs?: number; upstreamPath?: Buffer[] }
-  | { kind: 'refused'; code: string; reason: string; forkTid?: Buffer; primaryLastTid?: Buffer }
+  | { kind: 'refused'; code: string; reason: string; forkTid?: Buffer; primaryLastTid?: Buffer; generation?: GenerationEntry }
   /** `recordCount`: set when exactly that many record events follow and nothing else (native inline form). */
   | { kind: 'begin'; tid: Buffer; status: string; user: Buffer; description: Buffer; extension: Buffer; recordCount?: number }
   /** `blobBytes` null: a plain record; a number: a blob of that size follows in blobBlock events. */
@@ -131,7 +131,7 @@ export class NativeInbound implements InboundDecoder {
         },
       ];
     }
-    if (msg.type === 'refuse') return [{ kind: 'refused', code: msg.code, reason: msg.message, forkTid: msg.forkTid, primaryLastTid: msg.lastTid }];
+    if (msg.type === 'refuse') return [{ kind: 'refused', code: msg.code, reason: msg.message, forkTid: msg.forkTid, primaryLastTid: msg.lastTid, ...(msg.generation ? { generation: msg.generation } : {}) }];
     throw new ProtocolError(`expected welcome or refuse, got ${msg.type}`);
   }
 

@@ -192,6 +192,8 @@ export function nativeOutbound(
           message,
           ...(forkTid ? { forkTid } : {}),
           ...(lastTid ? { lastTid } : {}),
+          // What a diverged node's own promotion must go past.
+          ...(code === 'diverged' && options.generations ? { generation: options.generations().generation } : {}),
           // The frozen version refusal names the versions this primary speaks, so a newer peer can fall back.
           ...(code === 'unsupported-version' ? { supportedVersions: [...SUPPORTED_NATIVE_VERSIONS] } : {}),
         },

@@ -703,7 +703,14 @@ export class Secondary {
       // Its last tid, when it said (diverged, tid-too-high): the status shows where the upstream stands now,
       // also below what an earlier upstream announced (one restored from a backup, say).
       if (e.primaryLastTid) this.upstreamLastTid = Buffer.from(e.primaryLastTid);
-      if (e.code === 'diverged') this.reportDiverged(e.reason, e.forkTid, e.primaryLastTid);
+      if (e.code === 'diverged') {
+        this.reportDiverged(e.reason, e.forkTid, e.primaryLastTid);
+        // Forced to promote later, it must not start a generation its refusing primary's history already has.
+        if (e.generation) {
+          const seen = e.generation.generation;
+          void this.failover?.generations.noteSeen(seen).catch((err: Error) => this.log('warn', `could not record generation ${seen} as seen: ${err.message}`));
+        }
+      }
       conn.dead = true;
       return send({ type: 'REFUSED', code: e.code, reason: e.reason, forkTid: e.forkTid, ...(e.primaryLastTid ? { primaryLastTid: e.primaryLastTid } : {}) });
     }

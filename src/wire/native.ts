@@ -237,6 +237,12 @@ export interface RefuseMessage {
   lastTid?: Buffer;
   /** For 'unsupported-version': the native versions the primary speaks. */
   supportedVersions?: number[];
+  /**
+   * Optional, with 'diverged': the primary's current generation. The refused
+   * node notes its number as seen, so a later promotion of it (forced) starts
+   * a generation past it instead of one with the same number.
+   */
+  generation?: GenerationEntry;
 }
 
 /** FileStorage transaction status as replicated: ' ' committed, 'p' packed. */
@@ -1120,6 +1126,8 @@ function parseRefuse(obj: Obj, copy: boolean): RefuseMessage {
   if (forkTid !== undefined && forkTid !== null) refuse.forkTid = asId(forkTid, 'refuse.forkTid', copy);
   const lastTid = getOptional(obj, 'lastTid');
   if (lastTid !== undefined && lastTid !== null) refuse.lastTid = asId(lastTid, 'refuse.lastTid', copy);
+  const generation = getOptional(obj, 'generation');
+  if (generation !== undefined && generation !== null) refuse.generation = parseGeneration(generation, 'refuse.generation', copy);
   const versions = getOptional(obj, 'supportedVersions');
   if (versions !== undefined && versions !== null) {
     if (!Array.isArray(versions) || versions.length > 64) {

@@ -148,6 +148,33 @@ describe('zrs promote / zrs rewind', () => {
     expect(ok.stdout).toContain('(1 blob file(s) in');
   });
 
+  it('refuses to promote offline a node its primary refused as diverged, unless forced; forced, its generation goes past the primary\'s', async () => {
+    const dir = await tempDir();
+    const aPath = join(dir, 'a.fs');
+    const old = await Primary.open({ path: aPath, replicateTo: '127.0.0.1:0', fsync: false });
+    const b = await Secondary.open({ path: join(dir, 'b.fs'), replicateFrom: old.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT });
+    let promoted: Primary | null = null;
+    try {
+      await waitForTid(b, (await commitMany(old.storage, 3)).at(-1)!);
+      b.setReplicationAddress('127.0.0.1:1');
+      await commitMany(old.storage, 2); // lost with the old primary
+      await old.close();
+      promoted = await b.promote();
+      // The old primary, reopened as the new one's secondary, is refused as diverged (recorded in a.fs.audit).
+      const a = await Secondary.open({ path: aPath, replicateFrom: promoted.address, fsync: false, reconnect: FAST_RECONNECT });
+      await waitForMachine(a, (v) => v === '"diverged"', 'diverged');
+      await a.close();
+      const r = await run('promote', aPath);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(new RegExp(`^zrs promote: ${esc(aPath)}: its audit log says ${esc(formatAddress(promoted.address))} refused it as diverged \\(.*\\): promoted, it would start a history beside that one; rewind it first \\(zrs rewind --to-common-with ${esc(formatAddress(promoted.address))}\\), or --force\n$`));
+      const forced = await run('promote', '--force', aPath);
+      expect(forced).toMatchObject({ code: 0, stdout: expect.stringContaining(': generation 2 starts after tid') });
+    } finally {
+      await promoted?.close();
+      await b.close();
+    }
+  });
+
   it('promotes offline, then rewinds to a tid', async () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs');
