@@ -58,7 +58,7 @@ import { LockFile } from './lock.js';
 import type { PackReport } from './pack.js';
 import { dataEndBefore, emptyScanState, oidKey, type OidKey, recordTransaction, scanFile, scanWhole, tailTidFloor, type ScanState } from './scan.js';
 import { Z64, newTid, tidToSeconds } from './timestamp.js';
-import { BlobDirectory, STALE_STAGING_MS } from './blobs.js';
+import { BlobDirectory, isBlobRecord, STALE_STAGING_MS } from './blobs.js';
 import { iterateTransactions, type IterateOptions } from './iterator.js';
 import { undoLog, undoTransaction } from './undo.js';
 import type {
@@ -773,8 +773,20 @@ export class FileStorage {
     await this.blobs?.discard(dropped.map((b) => b.stagedPath));
   }
 
-  /** Store a blob revision: the file at `blobPath` is moved into the blob directory. */
+  /**
+   * Store a blob revision: the file at `blobPath` is moved into the blob
+   * directory. `data` must be a blob record (its class pickle
+   * ZODB.blob.Blob itself, see isBlobRecord): replication, as zc.zrs and
+   * ZODB's copies, carries a blob file only with such a record, and another
+   * one would be stored here with a file no secondary ever gets.
+   */
   async storeBlob(oid: Buffer, expectedSerial: Buffer, data: Buffer, blobPath: string, txn: TransactionMeta): Promise<void> {
+    this.checkWritable('storeBlob');
+    if (!isBlobRecord(data)) {
+      throw new StorageTransactionError(
+        `storeBlob: the record of oid 0x${oid.toString('hex')} is not a blob record (its first pickle must be the class ZODB.blob.Blob itself, as ZODB.blob.is_blob_record decides): its blob file would never reach a secondary`,
+      );
+    }
     this.store(oid, expectedSerial, data, txn);
     await this.stageBlob(oid, blobPath, txn, 'storeBlob');
   }

@@ -5,13 +5,14 @@
 // until its blobs are placed: a finish waits for it, an abort lets it settle.
 
 import { existsSync, readdirSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { BlobDirectory } from '../../src/storage/blobs.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { oidOf } from './storageHarness.js';
+import { BLOB_RECORD } from '../replication/helpers.js';
 import { tidFromTime, Z64 } from '../../src/storage/timestamp.js';
 
 const synced: string[] = [];
@@ -124,9 +125,29 @@ describe('FileStorage.tpcVote with blobs', () => {
     await fs.tpcBegin(txn);
     const blobFile = join(dir, 'upload.tmp');
     await writeFile(blobFile, 'blob');
-    await fs.storeBlob(oidOf(1), Z64, Buffer.from('record'), blobFile, txn);
+    await fs.storeBlob(oidOf(1), Z64, BLOB_RECORD, blobFile, txn);
     return { fs, dir, txn, before };
   }
+
+  it('refuses a blob whose record is not a blob record (no secondary would get its file), leaving the file where it was', async () => {
+    const dir = await tempDir();
+    const fs = await FileStorage.open(join(dir, 'Data.fs'), { create: true, fsync: false, blobDir: join(dir, 'blobs') });
+    try {
+      const txn = {};
+      await fs.tpcBegin(txn);
+      const blobFile = join(dir, 'upload.tmp');
+      await writeFile(blobFile, 'blob');
+      await expect(fs.storeBlob(oidOf(1), Z64, Buffer.from('record'), blobFile, txn)).rejects.toThrow(
+        /^storeBlob: the record of oid 0x0000000000000001 is not a blob record \(its first pickle must be the class ZODB\.blob\.Blob itself/,
+      );
+      expect(await readFile(blobFile, 'latin1')).toBe('blob');
+      await fs.tpcVote(txn);
+      await fs.tpcFinish(txn);
+      await expect(fs.load(oidOf(1))).rejects.toThrow();
+    } finally {
+      await fs.close();
+    }
+  });
 
   it('refuses tpcFinish while the blobs are being placed, and after placing them failed', async () => {
     const { fs, dir, txn, before } = await storageWithBlob();
@@ -176,7 +197,7 @@ describe('FileStorage.tpcVote with blobs', () => {
     it('refuses a vote: it would commit the record without its file', async () => {
       const { fs, txn, blobFile } = await storageInTxn();
       try {
-        const storing = fs.storeBlob(oidOf(1), Z64, Buffer.from('record'), blobFile, txn);
+        const storing = fs.storeBlob(oidOf(1), Z64, BLOB_RECORD, blobFile, txn);
         await expect(fs.tpcVote(txn)).rejects.toThrow(/still being moved or copied in/);
         await storing;
         // Once storeBlob is done, the vote goes through and the blob is there.
@@ -191,7 +212,7 @@ describe('FileStorage.tpcVote with blobs', () => {
     it('an abort meanwhile removes the moved file and fails the store', async () => {
       const { fs, dir, txn, blobFile } = await storageInTxn();
       try {
-        const storing = fs.storeBlob(oidOf(1), Z64, Buffer.from('record'), blobFile, txn).then(() => 'stored', (e: Error) => e.message);
+        const storing = fs.storeBlob(oidOf(1), Z64, BLOB_RECORD, blobFile, txn).then(() => 'stored', (e: Error) => e.message);
         await fs.tpcAbort(txn);
         expect(await storing).toMatch(/aborted while its blob was moved in/);
         expect(readdirSync(join(dir, 'blobs', 'tmp'))).toEqual([]);
@@ -204,14 +225,14 @@ describe('FileStorage.tpcVote with blobs', () => {
       const { fs, dir, txn } = await storageInTxn();
       try {
         const before = fs.lastTransaction();
-        await expect(fs.storeBlob(oidOf(1), Z64, Buffer.from('record'), join(dir, 'missing'), txn)).rejects.toMatchObject({ code: 'ENOENT' });
+        await expect(fs.storeBlob(oidOf(1), Z64, BLOB_RECORD, join(dir, 'missing'), txn)).rejects.toMatchObject({ code: 'ENOENT' });
         await expect(fs.tpcVote(txn)).rejects.toThrow(/cannot commit, the blob file for oid 0x0000000000000001 could not be moved in/);
         await fs.tpcAbort(txn);
         expect(fs.lastTransaction()).toEqual(before);
         // The storage takes the next transaction as usual.
         const next = {};
         await fs.tpcBegin(next);
-        await fs.store(oidOf(2), Z64, Buffer.from('record'), next);
+        await fs.store(oidOf(2), Z64, BLOB_RECORD, next);
         await fs.tpcVote(next);
         await fs.tpcFinish(next);
         expect(fs.transactionCount).toBe(1);
