@@ -4,7 +4,7 @@
 // secondaries, then closes the storage.
 
 import { randomBytes } from 'node:crypto';
-import { runEach } from '../errors.js';
+import { runEach, ZrsError } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import type { ReplicationAddress, Transport } from '../ports/transport.js';
 import { FileStorage } from '../storage/FileStorage.js';
@@ -223,6 +223,10 @@ export class Primary {
    * await primary.waitForReplication(tid, { replicas: 2, timeoutMs: 5_000 });
    */
   waitForReplication(tid: Buffer, options: WaitForReplicationOptions = {}): Promise<ReplicationConfirmation> {
+    // A tid this primary has not committed would only time out, and be audited as committed here.
+    if (Buffer.isBuffer(tid) && tid.length === 8 && Buffer.compare(tid, this.storage.lastTransaction()) > 0) {
+      return Promise.reject(new ZrsError(`tid ${tid.toString('hex')} is not committed on this primary (its last is ${this.storage.lastTransaction().toString('hex')})`));
+    }
     return this.sync!.waitForReplication(tid, options);
   }
 

@@ -170,8 +170,10 @@ export class AckTracker {
   waitForReplication(tid: Buffer, options: WaitForReplicationOptions = {}): Promise<ReplicationConfirmation> {
     const replicas = options.replicas ?? 1;
     const timeoutMs = options.timeoutMs ?? DEFAULT_SYNC_TIMEOUT_MS;
-    if (!Number.isInteger(replicas) || replicas < 0) throw new ZrsError(`replicas must be a non-negative integer, got ${replicas}`);
-    if (!(timeoutMs > 0) || !Number.isFinite(timeoutMs)) throw new ZrsError(`timeoutMs must be a positive finite number, got ${timeoutMs}`);
+    // Rejected, not thrown: a caller's .catch() sees bad input too.
+    if (!Number.isInteger(replicas) || replicas < 0) return Promise.reject(new ZrsError(`replicas must be a non-negative integer, got ${replicas}`));
+    if (!(timeoutMs > 0) || !Number.isFinite(timeoutMs)) return Promise.reject(new ZrsError(`timeoutMs must be a positive finite number, got ${timeoutMs}`));
+    if (!Buffer.isBuffer(tid) || tid.length !== 8) return Promise.reject(new ZrsError(`tid must be 8 bytes, got ${Buffer.isBuffer(tid) ? `${tid.length}` : typeof tid}`));
     const clock = this.options.clock;
     const startedMs = clock.now();
     const peers = this.confirmedBy(tid);

@@ -264,6 +264,34 @@ describe('waitForReplication', () => {
     expect((await onDisk(sPath)).length).toBe(8);
   });
 
+  it('rejects bad input to waitForReplication (never throws it), and a tid it has not committed', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    try {
+      const [tid] = await commitMany(primary.storage, 1);
+      const outcome = (p: () => Promise<unknown>): Promise<unknown> => {
+        let promise: Promise<unknown>;
+        try {
+          promise = p();
+        } catch (err) {
+          return Promise.resolve(`thrown: ${(err as Error).message}`);
+        }
+        return promise.then(() => 'resolved', (err: Error) => `rejected: ${err.message}`);
+      };
+      expect(await outcome(() => primary.waitForReplication(tid!, { replicas: -1 }))).toBe('rejected: replicas must be a non-negative integer, got -1');
+      expect(await outcome(() => primary.waitForReplication(tid!, { replicas: 1.5 }))).toBe('rejected: replicas must be a non-negative integer, got 1.5');
+      for (const timeoutMs of [0, Number.NaN, -5, Number.POSITIVE_INFINITY]) {
+        expect(await outcome(() => primary.waitForReplication(tid!, { timeoutMs }))).toBe(`rejected: timeoutMs must be a positive finite number, got ${timeoutMs}`);
+      }
+      expect(await outcome(() => primary.waitForReplication(Buffer.alloc(3)))).toBe('rejected: tid must be 8 bytes, got 3');
+      const future = Buffer.alloc(8, 0xff);
+      expect(await outcome(() => primary.waitForReplication(future))).toBe(`rejected: tid ffffffffffffffff is not committed on this primary (its last is ${tid!.toString('hex')})`);
+      expect(await outcome(() => primary.waitForReplication(tid!, { replicas: 0 }))).toBe('resolved');
+    } finally {
+      await primary.close();
+    }
+  });
+
   it('ends waits still pending when the primary closes', async () => {
     const dir = await tempDir();
     const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
