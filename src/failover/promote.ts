@@ -27,8 +27,11 @@ export interface PromoteOptions {
    * Ask an external coordinator for the generation before taking it (e.g. a
    * compare-and-set in etcd or ZooKeeper); resolve false to refuse. Without
    * it, nothing prevents two nodes promoted at once from both accepting writes.
+   * `signal` aborts when the secondary is closed meanwhile: the promotion is
+   * then refused without waiting for the answer (pass it on to the
+   * coordinator's client, so its request stops too).
    */
-  claim?: (generation: GenerationEntry) => Promise<boolean>;
+  claim?: (generation: GenerationEntry, context: { signal: AbortSignal }) => Promise<boolean>;
   heartbeatIntervalMs?: number;
   /** The new primary's synchronous replication (PrimaryOptions.syncReplicas); default 0. */
   syncReplicas?: number;
@@ -56,6 +59,18 @@ export interface PromotionHandle {
   serverAddress(): ReplicationAddress | null;
   /** Stop replicating for good (abort the transaction in progress); returns the server it runs, if any. */
   detach(): Promise<ReplicationServer | null>;
+  /** Aborted when the secondary is closed: a claim still waiting for its coordinator is given up. */
+  signal?: AbortSignal;
+}
+
+/** The claim's answer, or a refusal as soon as `signal` aborts (a close must not wait on a coordinator). */
+function claimed(answer: Promise<boolean>, signal: AbortSignal): Promise<boolean> {
+  if (signal.aborted) return Promise.reject(new PromotionRefusedError('the secondary was closed while the coordinator answered'));
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => reject(new PromotionRefusedError('the secondary was closed while the coordinator answered'));
+    signal.addEventListener('abort', onAbort, { once: true });
+    answer.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
 }
 
 /** Thrown when a promotion is refused; the secondary keeps replicating. */
@@ -122,7 +137,8 @@ export async function promoteSecondary(h: PromotionHandle, options: PromoteOptio
   if (full !== null) throw new PromotionRefusedError(full);
   const planned = nextGeneration(h.history, h.storage.lastTransaction());
   if (options.claim) {
-    if (!(await options.claim(planned))) throw new PromotionRefusedError(`the coordinator refused generation ${planned.generation}`);
+    const signal = h.signal ?? new AbortController().signal;
+    if (!(await claimed(options.claim(planned, { signal }), signal))) throw new PromotionRefusedError(`the coordinator refused generation ${planned.generation}`);
     // The secondary kept replicating while the coordinator answered: judge it again, before it stops.
     state = checkUpstreamState(h, options);
     const now = nextGeneration(h.history, h.storage.lastTransaction());

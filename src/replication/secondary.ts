@@ -854,6 +854,8 @@ export class Secondary {
   close(): Promise<void> {
     // Promoted: this node is that Primary now.
     if (this.promotedPrimary) return this.promotedPrimary.close();
+    // A promotion waiting for its coordinator's claim is given up: a close must not wait on it.
+    this.closeSignal.abort();
     if (this.promotion) {
       this.closingPromotion ??= this.closeAfterPromotion(this.promotion);
       return this.closingPromotion;
@@ -897,6 +899,8 @@ export class Secondary {
 
   /** The promotion under way, if any. */
   private promotion: Promise<Primary> | null = null;
+  /** Aborted by close(): a promotion's claim stops waiting. */
+  private readonly closeSignal = new AbortController();
 
   private async doPromote(options: PromoteOptions): Promise<Primary> {
     let primary: Primary;
@@ -997,6 +1001,7 @@ export class Secondary {
 
   private promotionHandle(): PromotionHandle {
     return {
+      signal: this.closeSignal.signal,
       storage: this.inner,
       history: this.failover!,
       log: this.log,

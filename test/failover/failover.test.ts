@@ -472,6 +472,28 @@ describe('failover', () => {
     }
   });
 
+  it('close() during a claim that never answers gives the claim up: the promotion is refused, the claim told by its signal, and the close ends', async () => {
+    const { primary, secondary, sPath } = await replicatingPair(await tempDir());
+    await primary.close();
+    await waitForState(secondary, 'backoff');
+    let signal: AbortSignal | null = null;
+    const promoting = secondary.promote({
+      replicateTo: '127.0.0.1:0',
+      claim: (_g, context) => {
+        signal = context.signal;
+        return new Promise<boolean>(() => undefined); // a coordinator that hangs
+      },
+    });
+    const refused = promoting.catch((e: unknown) => e);
+    await secondary.close();
+    expect(await refused).toMatchObject({ name: 'PromotionRefusedError', message: expect.stringContaining('closed while the coordinator answered') });
+    expect(signal!.aborted).toBe(true);
+    // Nothing holds the file: the secondary closed, nothing was promoted.
+    const again = await FileStorage.open(sPath);
+    expect(again.transactionCount).toBe(2);
+    await again.close();
+  });
+
   it('close() during a promotion waits for it and closes the primary it opened', async () => {
     const { primary, secondary, sPath } = await replicatingPair(await tempDir());
     try {
