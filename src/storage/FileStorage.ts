@@ -526,8 +526,9 @@ export class FileStorage {
     // Both begin a transaction: closed to writes (or closing) means closed to either.
     const begins = operation === 'tpcBegin' || operation === 'appendTransactions';
     // A transaction still waiting to begin when close() was called never begins.
-    if (this.closed || (this.closing !== null && begins)) throw new StorageClosedError(this.path);
-    if (this.readOnly || (this.writesClosed && begins)) throw new ReadOnlyError(operation, this.path);
+    // Closed to writes is a close under way (a primary draining), not a read-only storage.
+    if (this.closed || ((this.closing !== null || this.writesClosed) && begins)) throw new StorageClosedError(this.path);
+    if (this.readOnly) throw new ReadOnlyError(operation, this.path);
     if (this.fatal) throw new ZrsError(`${this.path}: writes disabled after ${this.fatalWhat}`, { cause: this.fatal });
   }
 

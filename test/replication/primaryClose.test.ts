@@ -9,7 +9,8 @@ import { createConnection, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Primary } from '../../src/replication/primary.js';
-import { CLOSE_LINGER_MS } from '../../src/replication/primarySession.js';
+import { ACK_WAIT_AT_CLOSE_MS, CLOSE_LINGER_MS } from '../../src/replication/primarySession.js';
+import { StorageClosedError } from '../../src/errors.js';
 import { VirtualClock } from '../../src/sim/clock.js';
 import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName } from '../../src/wire/native.js';
 import { Secondary } from '../../src/replication/secondary.js';
@@ -133,7 +134,7 @@ describe('closing a primary whose peer does not cooperate', () => {
   });
 
   it('a second close() while the first drains to a slow secondary waits for that drain instead of closing the storage under it', async () => {
-    const { primary, logs } = await primaryOnVirtualClock();
+    const { primary, clock, logs } = await primaryOnVirtualClock();
     const peer = await FramedSocket.connect(primary.address);
     const unpackr = createNativeUnpackr();
     const received: Buffer[] = [];
@@ -157,6 +158,9 @@ describe('closing a primary whose peer does not cooperate', () => {
       }
       const closes = Promise.all([primary.close(), primary.close()]);
       peer.socket.resume();
+      // Everything sent: the session waits for an ack this peer never sends, on the clock.
+      await settleUntil(() => received.at(-1)?.equals(last) === true);
+      clock.advance(ACK_WAIT_AT_CLOSE_MS);
       await closes;
       await peer.waitClosed();
       expect(received.at(-1)?.toString('hex')).toBe(last.toString('hex'));
@@ -165,6 +169,16 @@ describe('closing a primary whose peer does not cooperate', () => {
       peer.destroy();
       await primary.close();
     }
+  });
+
+  it('a transaction waiting to begin when the primary closes is refused as closed (StorageClosedError), not as read-only', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const a = { description: 'in progress' };
+    await primary.storage.tpcBegin(a);
+    const waiting = primary.storage.tpcBegin({ description: 'waits for a' }).catch((e: unknown) => e);
+    await primary.close();
+    expect(await waiting).toBeInstanceOf(StorageClosedError);
   });
 
   it('a transaction its application began and left open is aborted: close() resolves, and the transaction is in no file', async () => {

@@ -7,7 +7,7 @@ import { copyFile, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CorruptedDataError, ReadOnlyError } from '../../src/errors.js';
+import { CorruptedDataError, ReadOnlyError, StorageClosedError } from '../../src/errors.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { Z64, tidPlusOne } from '../../src/storage/timestamp.js';
@@ -293,7 +293,7 @@ describe('appendTransactions', () => {
       await commitPlan(src, [[1, 2]], 'a');
       const [t] = await transactions(src);
       await dst.closeForWrites();
-      await expect(dst.appendTransactions(Buffer.from(t!.raw!))).rejects.toBeInstanceOf(ReadOnlyError);
+      await expect(dst.appendTransactions(Buffer.from(t!.raw!))).rejects.toBeInstanceOf(StorageClosedError);
       expect(dst.transactionCount).toBe(0);
     } finally {
       await src.close();
