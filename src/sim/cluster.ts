@@ -10,7 +10,7 @@
 // settle() waits until real async work (file I/O, promise chains) is done.
 
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync, openSync, closeSync, readSync, fstatSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, openSync, closeSync, readSync, fstatSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { setImmediate as nextRound } from 'node:timers/promises';
@@ -45,7 +45,11 @@ export interface SimClusterOptions {
    * naming each one's upstream ('p' or an earlier secondary: chains).
    */
   secondaries?: number | ReadonlyArray<{ name: string; upstream: string }>;
-  /** Directory for the data files (a fresh temp dir by default, removed by close()). */
+  /**
+   * Directory for the data files: created when missing, and it must be empty
+   * (files of an earlier run would be reopened, and the run would not replay).
+   * Default: a fresh temp dir, removed by close().
+   */
   dir?: string;
   protocol?: SecondaryProtocol;
   /** Secondaries send keep-alives this often (needed to notice half-open links). Default 1000. */
@@ -175,7 +179,7 @@ export interface SimCommitRecord {
   reason?: string;
 }
 
-/** Thrown by assertInvariants()/converge() when a verdict fails; carries the trace. */
+/** Thrown by assertInvariants() when a verdict fails (converge() returns false instead); carries the trace. */
 export class InvariantViolationError extends Error {
   override name = 'InvariantViolationError';
   constructor(
@@ -321,6 +325,16 @@ function makeSimDir(): string {
   return mkdtempSync(join(roots.at(-1)!, 'zrs-sim-'));
 }
 
+/** `dir`, created when missing; an error when it holds anything (an earlier run's files would be reopened). */
+function emptyDir(dir: string): string {
+  mkdirSync(dir, { recursive: true });
+  const found = readdirSync(dir);
+  if (found.length > 0) {
+    throw new Error(`SimCluster: dir ${dir} is not empty (${found.slice(0, 3).join(', ')}${found.length > 3 ? ', …' : ''}): a run reopens the files it finds and does not replay; give an empty directory, or none`);
+  }
+  return dir;
+}
+
 /**
  * A simulated cluster: real Primary and Secondary actors over a simulated
  * network and a virtual clock.
@@ -379,7 +393,7 @@ export class SimCluster {
       },
     });
     this.ownsDir = options.dir === undefined;
-    this.dir = options.dir ?? makeSimDir();
+    this.dir = options.dir === undefined ? makeSimDir() : emptyDir(options.dir);
   }
 
   /** Build and start the cluster; every secondary starts connecting at virtual time 0. */
@@ -839,6 +853,7 @@ export class SimCluster {
 
   /** Apply one workload or fault operation now, then settle and check. */
   async apply(op: SimOp): Promise<void> {
+    this.assertOpen('apply');
     this.stats.ops += 1;
     switch (op.kind) {
       case 'commit':
@@ -895,6 +910,8 @@ export class SimCluster {
       case 'rewind':
         await this.rewind(this.requireNode(op.node), op.upstream);
         break;
+      default:
+        throw new Error(`SimCluster.apply: unknown op kind ${JSON.stringify((op as { kind?: unknown }).kind)}`);
     }
     await this.settle();
     this.flushStep(`op ${describeOp(op)}`);
@@ -1094,6 +1111,8 @@ export class SimCluster {
 
   /** Run every event due within `ms` of virtual time, one step at a time. */
   async advance(ms: number): Promise<void> {
+    this.assertOpen('advance');
+    if (!(Number.isFinite(ms) && ms >= 0)) throw new RangeError(`SimCluster.advance(${ms}): ms must be a finite number >= 0`);
     const until = this.clock.now() + ms;
     while (await this.step(until)) if (this.stopped) return;
     this.clock.skipTo(until);
@@ -1360,6 +1379,8 @@ export class SimCluster {
    * current primary. Records a 'convergence' violation when it does not.
    */
   async converge(maxMs = 120_000): Promise<boolean> {
+    this.assertOpen('converge');
+    if (!(Number.isFinite(maxMs) && maxMs >= 0)) throw new RangeError(`SimCluster.converge(${maxMs}): maxMs must be a finite number >= 0`);
     this.traceLines.push(`${String(this.elapsedMs).padStart(7)} ms  --   liveness phase (up to ${maxMs} ms)`);
     this.network.heal(undefined, undefined, 'deliver');
     for (const n of this.nodes.values()) {
@@ -1447,6 +1468,10 @@ export class SimCluster {
   }
 
   /** Stop every node and remove the temp dir (when the cluster made it). */
+  private assertOpen(what: string): void {
+    if (this.closed) throw new Error(`SimCluster.${what}: the cluster is closed`);
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
