@@ -243,7 +243,8 @@ async function startSecondary(s: SecondaryConfig, log: Logger): Promise<Running>
   });
   const sub = secondary.status$.subscribe((st) => {
     // A lost connection ('disconnected') is told by the secondary's own log line, with its level (a clean close is no fault).
-    if (st.kind === 'connecting' || st.kind === 'connected') log('info', st.kind, { address: st.address });
+    if (st.kind === 'connecting') log('info', st.kind, { address: st.address });
+    else if (st.kind === 'connected') log('info', st.replicating ? 'replicating' : 'connected', { address: st.address });
     else if (st.kind === 'backoff') log('info', 'waiting to reconnect', { retryInMs: st.retryInMs, reason: st.reason });
     else if (st.kind === 'diverged' || st.kind === 'failed') log('error', st.kind, { reason: st.reason });
   });

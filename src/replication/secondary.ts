@@ -123,7 +123,12 @@ export interface SecondaryOptions {
  */
 export type SecondaryStatus =
   | { kind: 'connecting'; address: string }
-  | { kind: 'connected'; address: string }
+  /**
+   * `replicating`: the upstream accepted the handshake (a welcome; for
+   * zc.zrs's protocols, which have none, at once). A connection that is
+   * refused, or whose peer never answers, is `connected` with `false` first.
+   */
+  | { kind: 'connected'; address: string; replicating: boolean }
   | { kind: 'disconnected'; address: string; reason: string }
   /** `reason`: why the last attempt or connection ended. */
   | { kind: 'backoff'; retryInMs: number | null; reason: string }
@@ -787,7 +792,7 @@ export class Secondary {
       top === 'connecting'
         ? { kind: 'connecting', address }
         : top === 'connected'
-          ? { kind: 'connected', address }
+          ? { kind: 'connected', address, replicating: (value as { connected?: { link?: unknown } }).connected?.link === 'replicating' }
           : top === 'backoff'
             ? { kind: 'backoff', retryInMs: context.nextRetryDelayMs, reason: failureReason(context.lastError as ConnectionFailure | null) }
             : top === 'diverged'

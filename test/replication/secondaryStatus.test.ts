@@ -12,7 +12,8 @@ import { Primary } from '../../src/replication/primary.js';
 import { Secondary, type SecondaryStatus } from '../../src/replication/secondary.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, waitForTid } from './helpers.js';
-import { NOWHERE, WAIT_MS } from './netHelpers.js';
+import { FakeServer, NOWHERE, WAIT_MS } from './netHelpers.js';
+import { formatAddress } from '../../src/replication/address.js';
 
 afterAll(cleanupTempDirs);
 
@@ -86,6 +87,30 @@ describe("a secondary's status$", () => {
       expect(late).toEqual([{ kind: 'backoff', retryInMs: expect.any(Number), reason: `connect ECONNREFUSED ${NOWHERE}` }]);
     } finally {
       await secondary.close();
+    }
+  });
+});
+
+describe("a secondary's connected status", () => {
+  it('says whether the upstream accepted the handshake: false while a peer that never answers holds it, true once a primary welcomed it', async () => {
+    const hung = await FakeServer.start(); // reads the handshake, answers nothing
+    const dir = await tempDir();
+    const waiting = await Secondary.open({ path: join(dir, 'w.fs'), replicateFrom: hung.address, fsync: false, auditPath: null });
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const following = await Secondary.open({ path: join(dir, 'f.fs'), replicateFrom: primary.address, fsync: false, auditPath: null });
+    try {
+      const connected = (s: Secondary, replicating: boolean): Promise<SecondaryStatus> =>
+        firstValueFrom(s.status$.pipe(filter((st) => st.kind === 'connected' && st.replicating === replicating), timeout(WAIT_MS)));
+      expect(await connected(waiting, false)).toEqual({ kind: 'connected', address: formatAddress(hung.address), replicating: false });
+      await hung.connection(0);
+      expect(await connected(following, true)).toEqual({ kind: 'connected', address: formatAddress(primary.address), replicating: true });
+      // Still no answer: still not replicating (the current status, replayed).
+      expect(await firstValueFrom(waiting.status$)).toMatchObject({ kind: 'connected', replicating: false });
+    } finally {
+      await following.close();
+      await primary.close();
+      await waiting.close();
+      await hung.close();
     }
   });
 });
