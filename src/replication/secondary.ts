@@ -825,6 +825,8 @@ export class Secondary {
    * const { lastTid, upstream } = secondary.status();
    */
   status(): NodeStatus {
+    // Promoted: the node is that Primary now, and says so.
+    if (this.promotedPrimary) return this.promotedPrimary.status();
     return this.describe(this.server?.status() ?? []);
   }
 

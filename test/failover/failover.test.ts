@@ -553,6 +553,7 @@ describe('failover', () => {
       // Subscribed only now: the promotion happened before.
       const promoted = await firstValueFrom(secondary.promoted$);
       expect(promoted.generation.generation).toBe(1);
+      expect(secondary.status()).toMatchObject({ role: 'primary', generation: { generation: 1 } });
       expect(appliedEnded).toBe(true);
       await commitMany(promoted.storage, 1);
       expect(applied).toEqual([]);
