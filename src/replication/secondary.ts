@@ -693,7 +693,8 @@ export class Secondary {
       conn.answered = true;
       conn.watch?.heartbeatsEvery(e.heartbeatIntervalMs ?? 0);
       this.noteUpstreamTid(e.lastTid);
-      if (e.upstreamPath) this.noteUpstreamPath(conn, e.upstreamPath, fail);
+      // An upstream of an older build gives no path: this node's path is then itself alone.
+      this.noteUpstreamPath(conn, e.upstreamPath ?? [], fail);
       if (conn.dead) return;
       this.adoptGenerations(conn, e, fail);
       return send({ type: 'WELCOME' });
@@ -777,6 +778,7 @@ export class Secondary {
   private async drop(conn: Connection): Promise<void> {
     conn.dead = true;
     conn.watch?.stop();
+    this.setUpstreamPath([]); // replicating from nobody now (fail() sees the connection dead and returns)
     conn.applied.note(conn.lastDurableTid, true);
     conn.stream.destroy();
     conn.chain = conn.chain.then(() => conn.applier.abort());

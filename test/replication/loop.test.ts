@@ -91,6 +91,53 @@ describe('a replication loop', () => {
     await Promise.race([loopBackoff(s1), loopBackoff(s2), loopBackoff(s3)]);
   });
 
+  it('is not seen once the link it needed is gone: a secondary moved away forgets its old upstream path, so the node it followed may follow it', async () => {
+    const dir = await tempDir();
+    const logs = new LogCollector();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: join(dir, 'p.sock'), fsync: false });
+    open.push(primary);
+    const x = await secondary(dir, 'x', 'p', logs);
+    const s1 = await secondary(dir, 's1', 'x', logs);
+    await waitForState(s1, 'connected.link.replicating');
+    // s1 leaves x (its path was s1, x, p); then x may replicate from s1: no loop.
+    s1.setReplicationAddress(join(dir, 'nowhere.sock'));
+    await waitForState(s1, 'backoff');
+    x.setReplicationAddress(join(dir, 's1.sock'));
+    await waitForState(x, 'connected.link.replicating');
+    expect(logs.entries.filter((e) => /loop/.test(e.message))).toEqual([]);
+  });
+
+  it('is not seen behind an upstream of an older build, whose welcome has no path: the path is then the node alone', async () => {
+    const dir = await tempDir();
+    const logs = new LogCollector();
+    const source = await FileStorage.open(join(dir, 'source.fs'), { create: true, fsync: false });
+    // A native primary of an older build: a welcome without upstreamPath, then silence.
+    const older = await FakeServer.start((c) => {
+      void (async () => {
+        await c.frame(0);
+        const hello = decodeNative(await c.frame(1), createNativeUnpackr(), 'secondary');
+        if (hello.type === 'hello') c.sendRaw(nativeOutbound(source, hello.startTid, { blobs: false }).welcome(source.lastTransaction())!);
+      })().catch(() => undefined);
+    });
+    try {
+      const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: join(dir, 'p.sock'), fsync: false });
+      open.push(primary);
+      const s1 = await secondary(dir, 's1', 'p', logs);
+      const s2 = await secondary(dir, 's2', 's1', logs);
+      await waitForState(s2, 'connected.link.replicating'); // its path: s2, s1, p
+      s2.setReplicationAddress(older.address);
+      await older.connection(0);
+      await waitForState(s2, 'connected.link.replicating'); // its path: s2 alone
+      s1.setReplicationAddress(join(dir, 's2.sock'));
+      await waitForState(s1, 'connected.link.replicating');
+      expect(logs.entries.filter((e) => /loop/.test(e.message))).toEqual([]);
+    } finally {
+      for (const n of open.splice(0).reverse()) await n.close();
+      await older.close();
+      await source.close();
+    }
+  });
+
   it('is not seen in a chain primary -> s1 -> s2, which replicates every transaction', async () => {
     const dir = await tempDir();
     const logs = new LogCollector();
