@@ -105,8 +105,26 @@ export class GenerationHistory {
     return this.seen;
   }
 
+  /** Writes one after the other: two at once would share the temp file, and the later could be lost. */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private serial<T>(op: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(op, op);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Resolves once every change asked for so far is on disk (or failed): what a promotion plans from. */
+  idle(): Promise<void> {
+    return this.queue.then(() => undefined);
+  }
+
   /** Replace the history (e.g. adopt the primary's from `welcome`), durably. */
-  async replace(list: readonly GenerationEntry[]): Promise<void> {
+  replace(list: readonly GenerationEntry[]): Promise<void> {
+    return this.serial(() => this.replaceNow(list));
+  }
+
+  private async replaceNow(list: readonly GenerationEntry[]): Promise<void> {
     checkGenerations(list);
     const entries = list.map(copyEntry);
     const seen = Math.max(this.seen, ...entries.map((e) => e.generation));
@@ -115,11 +133,13 @@ export class GenerationHistory {
     this.seen = seen;
   }
 
-  /** Note a generation seen elsewhere (a welcome), so a later promotion goes past it. */
-  async noteSeen(generation: number): Promise<void> {
-    if (generation <= this.seen) return;
-    await writeGenerationsFile(this.path, this.entries, generation);
-    this.seen = generation;
+  /** Note a generation seen elsewhere (a welcome, a refusal), so a later promotion goes past it. */
+  noteSeen(generation: number): Promise<void> {
+    return this.serial(async () => {
+      if (generation <= this.seen) return;
+      await writeGenerationsFile(this.path, this.entries, generation);
+      this.seen = generation;
+    });
   }
 
   /** The generation a primary opened on this storage starts with when it has none: 0 from the beginning. */
@@ -134,7 +154,11 @@ export class GenerationHistory {
    * its primary's history before it has caught up, and promoted then, it
    * never reached them (its history is a prefix of the one before).
    */
-  async startNext(startTid: Buffer): Promise<GenerationEntry> {
+  startNext(startTid: Buffer): Promise<GenerationEntry> {
+    return this.serial(() => this.startNextNow(startTid));
+  }
+
+  private async startNextNow(startTid: Buffer): Promise<GenerationEntry> {
     const base = this.keptAt(startTid);
     const last = base[base.length - 1]!;
     if (Buffer.compare(startTid, last.startTid) < 0) throw new ZrsError('a new generation cannot start before the first one');
@@ -142,7 +166,7 @@ export class GenerationHistory {
     if (full !== null) throw new ZrsError(full);
     const recorded = this.recorded();
     const next: GenerationEntry = { generation: Math.max(this.seen, ...recorded.map((e) => e.generation)) + 1, startTid: Buffer.from(startTid) };
-    await this.replace([...base, next]);
+    await this.replaceNow([...base, next]);
     return copyEntry(next);
   }
 
@@ -166,10 +190,12 @@ export class GenerationHistory {
   }
 
   /** Drop generations that start at or after `tid` (rewind), durably; maxSeen is kept. */
-  async cutFrom(tid: Buffer): Promise<void> {
-    const kept = generationsBefore(this.entries, tid);
-    await writeGenerationsFile(this.path, kept, this.seen);
-    this.entries = kept;
+  cutFrom(tid: Buffer): Promise<void> {
+    return this.serial(async () => {
+      const kept = generationsBefore(this.entries, tid);
+      await writeGenerationsFile(this.path, kept, this.seen);
+      this.entries = kept;
+    });
   }
 }
 

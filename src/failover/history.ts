@@ -144,6 +144,8 @@ export class FailoverHistory {
   }
 
   async close(): Promise<void> {
+    // A generation noted as seen (a refusal's) is on disk before the storage is let go.
+    await this.generations.idle();
     await this.chain.close();
   }
 }

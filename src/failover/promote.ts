@@ -122,6 +122,8 @@ function checkUpstreamState(h: PromotionHandle, options: PromoteOptions): string
 }
 
 export async function promoteSecondary(h: PromotionHandle, options: PromoteOptions): Promise<Primary> {
+  // A generation noted as seen just before (a refusal's) is what the new one must go past.
+  await h.history.generations.idle();
   let state = checkUpstreamState(h, options);
   const lost = h.history.chain.lostLink;
   if (lost && !options.force) {
@@ -155,6 +157,8 @@ export async function promoteSecondary(h: PromotionHandle, options: PromoteOptio
   // The last tid after detaching: the transaction in progress was aborted, nothing else is applied.
   // The generation starts once the new Primary recorded the promotion (Primary.open, newGeneration).
   const lastTid = h.storage.lastTransaction();
+  // Detached, nothing more is noted: plan from what is on disk.
+  await h.history.generations.idle();
   const entry = nextGeneration(h.history, lastTid);
   if (options.claim && entry.generation !== planned.generation) {
     throw new PromotionRefusedError(`generation changed during promotion (${planned.generation} claimed, ${entry.generation} planned); promote again`);

@@ -472,6 +472,20 @@ describe('failover', () => {
     }
   });
 
+  it('a node forced to promotion right after its primary refused it as diverged starts a generation past that primary\'s', async () => {
+    const { a, promoted } = await divergedOldPrimary(await tempDir());
+    try {
+      // No wait: the refusal's generation is being recorded as seen while this starts.
+      const again = await a.promote({ force: true, replicateTo: '127.0.0.1:0' });
+      expect(promoted.generation.generation).toBe(1);
+      expect(again.generation.generation).toBe(2);
+      await again.close();
+    } finally {
+      await a.close();
+      await promoted.close();
+    }
+  });
+
   it('close() during a claim that never answers gives the claim up: the promotion is refused, the claim told by its signal, and the close ends', async () => {
     const { primary, secondary, sPath } = await replicatingPair(await tempDir());
     await primary.close();
@@ -751,7 +765,15 @@ describe('failover', () => {
     const { primary, secondary, sPath } = await replicatingPair(await tempDir(), {}, { auditPath: undefined, replicateTo: '127.0.0.1:0' });
     await primary.close();
     let answer!: (yes: boolean) => void;
-    const first = secondary.promote({ claim: () => new Promise<boolean>((resolve) => (answer = resolve)) });
+    let asked!: () => void;
+    const claimAsked = new Promise<void>((resolve) => (asked = resolve));
+    const first = secondary.promote({
+      claim: () => {
+        asked();
+        return new Promise<boolean>((resolve) => (answer = resolve));
+      },
+    });
+    await claimAsked;
     const second = secondary.promote();
     // The coordinator answers while the second call records its refusal: the first goes on to detach meanwhile.
     answer(true);
