@@ -1026,17 +1026,19 @@ function parseHeartbeatInterval(value: unknown): { heartbeatIntervalMs?: number 
 }
 
 /** A message that carries a `check` of its content (see contentCheck). */
-type CheckedMessage = HelloMessage | WelcomeMessage | HeartbeatMessage | AckMessage | CommitMessage;
+type CheckedMessage = HelloMessage | WelcomeMessage | HeartbeatMessage | AckMessage | CommitMessage | RefuseMessage;
 
 /** The messages a `check` they carry is verified for (a heartbeat's or a commit's whether or not its optional field survived the way). */
 function checkable(msg: NativeMessage): msg is CheckedMessage {
-  return msg.type === 'hello' || msg.type === 'welcome' || msg.type === 'ack' || msg.type === 'heartbeat' || msg.type === 'commit';
+  return msg.type === 'hello' || msg.type === 'welcome' || msg.type === 'ack' || msg.type === 'heartbeat' || msg.type === 'commit' || msg.type === 'refuse';
 }
 
 /** The messages sent with a `check`: every checkable one but a heartbeat announcing nothing and a commit without a link. */
 function carriesCheck(msg: NativeMessage): msg is CheckedMessage {
   if (msg.type === 'heartbeat') return msg.generation !== undefined;
   if (msg.type === 'commit') return msg.link !== undefined;
+  // A refusal's generation is persisted (noted as seen); refusals without one are sent as before.
+  if (msg.type === 'refuse') return msg.generation !== undefined;
   return checkable(msg);
 }
 
@@ -1075,6 +1077,8 @@ function contentCheckText(msg: CheckedMessage): string {
   } else if (msg.type === 'welcome') {
     const o = msg.options;
     fields = [msg.lastTid.toString('hex'), gen(msg.generation), list(msg.generations, gen), `blobs=${o.blobs} rawTxns=${o.rawTxns ?? '-'} txnLinks=${o.txnLinks ?? '-'}`];
+  } else if (msg.type === 'refuse') {
+    fields = [msg.code, msg.generation ? gen(msg.generation) : '-', msg.forkTid?.toString('hex') ?? '-'];
   } else fields = [msg.lastTid.toString('hex'), msg.generation ? gen(msg.generation) : '-'];
   return digestText([msg.type, ...fields].join('|'));
 }

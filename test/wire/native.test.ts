@@ -392,7 +392,7 @@ describe('encodeNative / decodeNative', () => {
   });
 });
 
-describe('the content check (hello, welcome, ack, heartbeat with a generation, commit with a link)', () => {
+describe('the content check (hello, welcome, ack, heartbeat with a generation, commit with a link, diverged refusal with a generation)', () => {
   const welcomeArb = fc
     .record({
       lastTid: tid,
@@ -413,6 +413,9 @@ describe('the content check (hello, welcome, ack, heartbeat with a generation, c
     .record({ lastTid: tid, clockMs: fc.nat(), generation })
     .map(({ lastTid, clockMs, generation: g }): NativeMessage => ({ type: 'heartbeat', lastTid, clockMs, generation: g }));
   const samplesArb = fc.array(fc.record({ tid, hash: bytes(32) }), { minLength: 1, maxLength: 3 });
+  const refuseArb = fc
+    .record({ forkTid: tid, generation, message: fc.string({ maxLength: 40 }) })
+    .map(({ forkTid, generation: g, message }): NativeMessage => ({ type: 'refuse', code: 'diverged', message, forkTid, generation: g }));
   /** What the receiver acts on (judges, adopts, persists, or is granted) in such a message. */
   const actedOn = (m: NativeMessage): unknown =>
     m.type === 'hello'
@@ -425,7 +428,9 @@ describe('the content check (hello, welcome, ack, heartbeat with a generation, c
             ? plain({ tid: m.tid })
             : m.type === 'commit'
               ? plain({ link: m.link }) // its checksum is compared with the stream's, not acted on
-              : m.type;
+              : m.type === 'refuse'
+                ? plain({ code: m.code, generation: m.generation, forkTid: m.forkTid }) // its message is only shown
+                : m.type;
   const commitArb = fc
     .record({ checksum: bytes(32), link: fc.integer({ min: 16, max: 64 }).chain((n) => bytes(n)) })
     .map(({ checksum, link }): NativeMessage => ({ type: 'commit', checksum, link }));
@@ -435,7 +440,7 @@ describe('the content check (hello, welcome, ack, heartbeat with a generation, c
     const packr = createNativePackr();
     const unpackr = createNativeUnpackr();
     fc.assert(
-      fc.property(fc.oneof(helloWithSamples, welcomeArb, heartbeatArb, commitArb, tid.map((t): NativeMessage => ({ type: 'ack', tid: t }))), fc.nat(), fc.integer({ min: 1, max: 255 }), (msg, at, xor) => {
+      fc.property(fc.oneof(helloWithSamples, welcomeArb, heartbeatArb, commitArb, refuseArb, tid.map((t): NativeMessage => ({ type: 'ack', tid: t }))), fc.nat(), fc.integer({ min: 1, max: 255 }), (msg, at, xor) => {
         const payload = Buffer.from(encodeNative(msg, packr));
         const i = at % payload.byteLength;
         payload[i] = payload[i]! ^ xor;
