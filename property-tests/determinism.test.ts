@@ -57,6 +57,8 @@ describe('misuse of the cluster is refused, not a run that silently differs', ()
       }
       await expect(cluster.apply({ kind: 'commit' })).rejects.toThrow('SimCluster.apply: the cluster is closed');
       await expect(cluster.converge()).rejects.toThrow('SimCluster.converge: the cluster is closed');
+      await expect(cluster.step()).rejects.toThrow('SimCluster.step: the cluster is closed');
+      await expect(cluster.run({ schedule: [] } as never)).rejects.toThrow('SimCluster.run: the cluster is closed');
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

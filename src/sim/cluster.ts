@@ -1099,6 +1099,8 @@ export class SimCluster {
 
   /** Fire the next timer or network event due by `untilMs` (absolute virtual), settle, check. False when none. */
   async step(untilMs = Number.POSITIVE_INFINITY): Promise<boolean> {
+    this.assertOpen('step');
+    if (!(untilMs >= 0)) throw new RangeError(`SimCluster.step(${untilMs}): untilMs must be a number >= 0`);
     const before = this.clock.fired;
     if (!this.clock.runNext(untilMs)) return false;
     this.stats.steps += 1;
@@ -1264,6 +1266,7 @@ export class SimCluster {
    * is visible on a secondary. Returns the violations found by this call.
    */
   async check(): Promise<Violation[]> {
+    this.assertOpen('check');
     const before = this.violationsList.length;
     for (const n of this.nodes.values()) {
       if (!n.up || (!n.primary && !n.secondary) || n.recordingPending > 0) continue;
@@ -1441,6 +1444,7 @@ export class SimCluster {
    * event and timer in between as its own step, then the liveness phase.
    */
   async run(plan: SimPlan): Promise<SimRunResult> {
+    this.assertOpen('run');
     const start = this.clock.now();
     const schedule = [...plan.schedule].sort((a, b) => a.atMs - b.atMs);
     try {
