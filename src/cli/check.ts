@@ -38,6 +38,7 @@ required, as with zc.zrs's zrs-nagios; a threshold of 0 is off.
   exit 2  Secondary at 'db1:5000' is a primary           (both addresses name primaries)
   exit 2  Secondary at 'db2:5000' is in generation 2 (from tid 03f1…), which the primary at 'db1:5000' did not start: it follows another primary
   exit 1  Secondary at 'db2:5000' not connected to 'db1:5000' (backoff: connect ECONNREFUSED 10.0.0.5:5000)
+          (also connected.handshaking: an upstream that takes the connection and never answers)
           (when the lag alone would be OK: an idle primary shows no lag)
 A secondary holding nothing yet is 'behind primary by ... seconds (the secondary is empty)'.
 With -m the line ends in performance data: ...|'lag'=68.5678seconds
@@ -180,10 +181,11 @@ async function lastTime(addressText: string, role: 'primary' | 'secondary', time
     if (upstream && (upstream.state === 'diverged' || upstream.state === 'failed')) {
       return `Secondary at ${pyRepr(addressText)} stopped replicating from ${pyRepr(upstream.address)}: ${upstream.state}`;
     }
-    // Retrying: its last transaction may look recent while its primary is idle.
-    // The peer's words go into a Nagios line: a '|' there would start the performance data.
+    // Retrying, or connected to an upstream that never answers (a hung primary): its last transaction
+    // may look recent while its primary is idle. The peer's words go into a Nagios line: a '|' there
+    // would start the performance data.
     const notConnected =
-      upstream && !upstream.state.startsWith('connected')
+      upstream && (!upstream.state.startsWith('connected') || upstream.state === 'connected.handshaking')
         ? `Secondary at ${pyRepr(addressText)} not connected to ${pyRepr(upstream.address)} (${upstream.state}${upstream.lastError ? `: ${upstream.lastError}` : ''})`.replaceAll('|', '/')
         : null;
     // zrs-nagios uses TimeStamp(tid).timeTime(), also for an empty storage's zero tid.

@@ -1238,7 +1238,7 @@ export class FileStorage {
   }
 
   /**
-   * Refuse new transactions (ReadOnlyError) from now on and wait for the one
+   * Refuse new transactions (StorageClosedError) from now on and wait for the one
    * committing, if any, to become durable. Reads continue. A transaction
    * begun and not yet voted is aborted, as close() aborts it: it would hold
    * the commit lock for as long as its caller leaves it open. One voting or

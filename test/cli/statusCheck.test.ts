@@ -20,7 +20,7 @@ import type { FileStorage } from '../../src/storage/FileStorage.js';
 import { tidFromTime, tidToSeconds, Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { waitForState, waitForTid } from '../replication/helpers.js';
-import { FAST_RECONNECT } from '../replication/netHelpers.js';
+import { FAST_RECONNECT, FakeServer } from '../replication/netHelpers.js';
 import { BIN, memoryIo } from './helpers.js';
 
 async function run(...argv: string[]) {
@@ -277,6 +277,23 @@ describe('zrs check (zc.zrs nagios.rst cases)', () => {
       await promoted?.close();
       await s1.close();
       await p.close();
+    }
+  });
+
+  it('a secondary connected to an upstream that never answers (a hung primary): WARNING, not connected', async () => {
+    const hung = await FakeServer.start(); // reads the handshake, answers nothing
+    const d = await tempDir();
+    const waiting = await Secondary.open({ path: join(d, 'w.fs'), replicateFrom: hung.address, replicateTo: join(d, 'w.sock'), fsync: false });
+    try {
+      await hung.connection(0);
+      await waitForState(waiting, 'connected');
+      // Empty, so only -m (no threshold) leaves its lag alone OK.
+      const r = await run('check', '-m', upToDate.P, join(d, 'w.sock'));
+      expect(r.code).toBe(1);
+      expect(r.stdout).toMatch(new RegExp(`^Secondary at '${join(d, 'w.sock')}' not connected to '${formatAddress(hung.address)}' \\(connected\\.handshaking\\)\\|'lag'=\\d+\\.\\d{4}seconds\n$`));
+    } finally {
+      await waiting.close();
+      await hung.close();
     }
   });
 
