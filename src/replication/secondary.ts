@@ -533,6 +533,8 @@ export class Secondary {
           if (generation && this.failover) {
             await this.failover.adopt({ generation });
             this.log('info', `upstream announced generation ${generation.generation} (starting after tid ${generation.startTid.toString('hex')})`, { generation: generation.generation });
+            // And passes it on, so that every node down the chain holds it before the transactions after it.
+            this.server?.announceGeneration();
           }
         },
       },

@@ -472,6 +472,30 @@ describe('failover', () => {
     }
   });
 
+  it('a promotion reaches every node down the chain, not only the promoted node\'s own secondaries', async () => {
+    const dir = await tempDir();
+    const p = await openPrimary(join(dir, 'p.fs'));
+    const s1 = await openSecondary(join(dir, 's1.fs'), p.address, { replicateTo: '127.0.0.1:0' });
+    const s2 = await openSecondary(join(dir, 's2.fs'), s1.replicationAddress!, { replicateTo: '127.0.0.1:0' });
+    const s3 = await openSecondary(join(dir, 's3.fs'), s2.replicationAddress!);
+    let promoted: Primary | null = null;
+    try {
+      await waitForTid(s3, (await commitMany(p.storage, 2)).at(-1)!);
+      await p.close();
+      await waitForState(s1, 'backoff');
+      promoted = await s1.promote();
+      await waitForTid(s3, (await commitMany(promoted.storage, 1)).at(-1)!);
+      // Two hops down, it holds the new generation before the transaction after it.
+      expect(s2.history!.generations.list).toEqual(promoted.generations);
+      expect(s3.history!.generations.list).toEqual(promoted.generations);
+    } finally {
+      await s3.close();
+      await s2.close();
+      await promoted?.close();
+      await s1.close();
+    }
+  });
+
   it('a node forced to promotion right after its primary refused it as diverged starts a generation past that primary\'s', async () => {
     const { a, promoted } = await divergedOldPrimary(await tempDir());
     try {
