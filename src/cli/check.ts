@@ -37,8 +37,10 @@ required, as with zc.zrs's zrs-nagios; a threshold of 0 is off.
           (also 'failed'; zc.zrs's secondaries never stop, so zrs-nagios has no such line)
   exit 2  Secondary at 'db1:5000' is a primary           (both addresses name primaries)
   exit 2  Secondary at 'db2:5000' is in generation 2 (from tid 03f1…), which the primary at 'db1:5000' did not start: it follows another primary
+          (or: is in an older generation and holds transactions past the start of the primary's)
   exit 1  Secondary at 'db2:5000' not connected to 'db1:5000' (backoff: connect ECONNREFUSED 10.0.0.5:5000)
-          (also connected.handshaking: an upstream that takes the connection and never answers)
+          (also connected.handshaking: an upstream that takes the connection and never answers;
+          and "Primary at ... is a secondary not connected to ...": the top of a chain, or of a loop cut)
           (when the lag alone would be OK: an idle primary shows no lag)
 A secondary holding nothing yet is 'behind primary by ... seconds (the secondary is empty)'.
 With -m the line ends in performance data: ...|'lag'=68.5678seconds
@@ -168,6 +170,7 @@ interface NodeTime {
   notConnected: string | null;
   /** The generation the node is in, when its status says. */
   generation: GenerationEntry | null;
+  lastTid: Buffer;
 }
 
 /** The node's last transaction time and state, or a CRITICAL line. */
@@ -184,12 +187,15 @@ async function lastTime(addressText: string, role: 'primary' | 'secondary', time
     // Retrying, or connected to an upstream that never answers (a hung primary): its last transaction
     // may look recent while its primary is idle. The peer's words go into a Nagios line: a '|' there
     // would start the performance data.
+    // A "primary" that is itself a secondary (checking down a chain) whose upstream does not answer
+    // feeds nothing new to what follows it: the top of a chain whose primary is gone, or of a loop cut.
+    const follows = status.upstream;
     const notConnected =
-      upstream && (!upstream.state.startsWith('connected') || upstream.state === 'connected.handshaking')
-        ? `Secondary at ${pyRepr(addressText)} not connected to ${pyRepr(upstream.address)} (${upstream.state}${upstream.lastError ? `: ${upstream.lastError}` : ''})`.replaceAll('|', '/')
+      follows && (!follows.state.startsWith('connected') || follows.state === 'connected.handshaking')
+        ? `${role === 'secondary' ? 'Secondary' : 'Primary'} at ${pyRepr(addressText)} ${role === 'secondary' ? '' : 'is a secondary '}not connected to ${pyRepr(follows.address)} (${follows.state}${follows.lastError ? `: ${follows.lastError}` : ''})`.replaceAll('|', '/')
         : null;
     // zrs-nagios uses TimeStamp(tid).timeTime(), also for an empty storage's zero tid.
-    return { seconds: tidToSeconds(status.lastTid), empty: status.lastTid.equals(Z64), notConnected, generation: status.generation ?? null };
+    return { seconds: tidToSeconds(status.lastTid), empty: status.lastTid.equals(Z64), notConnected, generation: status.generation ?? null, lastTid: status.lastTid };
   } catch (err) {
     if (err instanceof StatusConnectError) {
       const reason = err.reason === 'timed out' ? 'timed out' : pythonErrorText(err.cause);
@@ -209,28 +215,35 @@ export async function check(primaryText: string, secondaryText: string, io: CliI
   if (typeof secondary === 'string') return report(io, secondary, CRITICAL);
   const primary = await lastTime(primaryText, 'primary', options.timeoutMs);
   if (typeof primary === 'string') return report(io, primary, CRITICAL);
-  const other = otherHistory(secondary.generation, primary.generation);
-  if (other) return report(io, `Secondary at ${pyRepr(secondaryText)} ${other}, which the primary at ${pyRepr(primaryText)} did not start: it follows another primary`, CRITICAL);
+  const other = otherHistory(secondary, primary, pyRepr(primaryText));
+  if (other) return report(io, `Secondary at ${pyRepr(secondaryText)} ${other}: it follows another primary`, CRITICAL);
   let { text, level } = lagVerdict(primary.seconds, secondary.seconds, options);
   // A zero tid's time is in 1900: say why the lag is a century (after zrs-nagios's words, before any performance data).
   if (secondary.empty && !primary.empty) text = text.replace(/^(Secondary behind primary by [^|]*)/, '$1 (the secondary is empty)');
-  if (level === OK && secondary.notConnected !== null) {
+  const notConnected = secondary.notConnected ?? primary.notConnected;
+  if (level === OK && notConnected !== null) {
     level = WARNING;
-    text = secondary.notConnected + (options.outputMetrics ? text.slice(text.indexOf('|')) : '');
+    text = notConnected + (options.outputMetrics ? text.slice(text.indexOf('|')) : '');
   }
   return report(io, text, level);
 }
 
 /**
- * How the secondary's generation shows another history than the primary's
- * (a promotion the primary never made: two primaries), or null. A lower
- * generation says nothing: a secondary adopts its primary's at connect.
+ * How the secondary's generation shows another history than the primary's,
+ * or null: a generation the primary never started (a promotion beside it:
+ * two primaries), or an older one with transactions past the start of the
+ * primary's (it follows a primary that was not promoted: every node that
+ * replicates the new generation's transactions is told of it first). A
+ * lower generation alone says nothing: the secondary may just be behind.
  */
-function otherHistory(secondary: GenerationEntry | null, primary: GenerationEntry | null): string | null {
-  if (!secondary || !primary) return null;
-  const what = `is in generation ${secondary.generation} (from tid ${secondary.startTid.toString('hex')})`;
-  if (secondary.generation > primary.generation) return what;
-  if (secondary.generation === primary.generation && !secondary.startTid.equals(primary.startTid)) return what;
+function otherHistory(secondary: NodeTime, primary: NodeTime, primaryName: string): string | null {
+  const [s, p] = [secondary.generation, primary.generation];
+  if (!s || !p) return null;
+  const what = `is in generation ${s.generation} (from tid ${s.startTid.toString('hex')})`;
+  if (s.generation > p.generation || (s.generation === p.generation && !s.startTid.equals(p.startTid))) return `${what}, which the primary at ${primaryName} did not start`;
+  if (s.generation < p.generation && Buffer.compare(secondary.lastTid, p.startTid) > 0) {
+    return `${what} and holds transactions past tid ${p.startTid.toString('hex')}, where the primary at ${primaryName} began generation ${p.generation}`;
+  }
   return null;
 }
 

@@ -7,6 +7,7 @@ import { execFile } from 'node:child_process';
 import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { filter, firstValueFrom, timeout } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseArgs } from '../../src/cli/args.js';
 import { checkSpec, lagVerdict, pyFixed, pyFloatRepr, pythonErrorText } from '../../src/cli/check.js';
@@ -277,6 +278,54 @@ describe('zrs check (zc.zrs nagios.rst cases)', () => {
       await promoted?.close();
       await s1.close();
       await p.close();
+    }
+  });
+
+  it('a secondary of the old primary checked against a node promoted beside it: CRITICAL, it holds transactions past the promotion in the old generation', async () => {
+    const d = await tempDir();
+    const p = await Primary.open({ path: join(d, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
+    const s1 = await Secondary.open({ path: join(d, 's1.fs'), replicateFrom: p.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT });
+    const s3 = await Secondary.open({ path: join(d, 's3.fs'), replicateFrom: p.address, replicateTo: join(d, 's3.sock'), fsync: false, reconnect: FAST_RECONNECT });
+    let promoted: Primary | null = null;
+    try {
+      const shared = await commitAt(p.storage, tidFromTime(BASE_MS));
+      await waitForTid(s1, shared);
+      s1.setReplicationAddress('127.0.0.1:1');
+      promoted = await s1.promote();
+      await waitForTid(s3, await commitAt(p.storage, tidFromTime(BASE_MS + 1000))); // the old primary goes on
+      await commitAt(promoted.storage, tidFromTime(BASE_MS + 2000)); // the new one is newer by time: no lag verdict
+      const P2 = formatAddress(promoted.address);
+      expect(await run('check', '-w', '30', P2, join(d, 's3.sock'))).toEqual({
+        code: 2,
+        stdout: `Secondary at '${join(d, 's3.sock')}' is in generation 0 (from tid 0000000000000000) and holds transactions past tid ${shared.toString('hex')}, where the primary at '${P2}' began generation 1: it follows another primary\n`,
+        stderr: '',
+      });
+    } finally {
+      await s3.close();
+      await promoted?.close();
+      await s1.close();
+      await p.close();
+    }
+  });
+
+  it('two secondaries pointed at each other: WARNING both ways, the one refused as a loop named, though neither lags', async () => {
+    const d = await tempDir();
+    const open = (name: string, from: string): Promise<Secondary> =>
+      Secondary.open({ path: join(d, `${name}.fs`), replicateFrom: join(d, `${from}.sock`), replicateTo: join(d, `${name}.sock`), fsync: false, reconnect: FAST_RECONNECT });
+    const a = await open('a', 'b');
+    const b = await open('b', 'a');
+    try {
+      const loopBackoff = (s: Secondary): Promise<unknown> => firstValueFrom(s.status$.pipe(filter((st) => st.kind === 'backoff' && st.reason.includes('loop')), timeout(15_000)));
+      await Promise.race([loopBackoff(a), loopBackoff(b)]);
+      const [A, B] = [join(d, 'a.sock'), join(d, 'b.sock')];
+      for (const [p, sec] of [[A, B], [B, A]] as const) {
+        const r = await run('check', '-w', '30', p, sec);
+        expect(r.code).toBe(1);
+        expect(r.stdout).toMatch(/^(Secondary at '[^']+' not connected to|Primary at '[^']+' is a secondary not connected to) '[^']+' \((backoff|connecting|connected\.handshaking): refused \(loop\): /); // it retries fast
+      }
+    } finally {
+      await b.close();
+      await a.close();
     }
   });
 
