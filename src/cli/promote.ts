@@ -114,13 +114,17 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
       // then lost before writing anything) is this node's to promote now.
       const current = history.generations.current;
       const log = auditPath === null ? null : (auditPath ?? defaultAuditPath(path));
-      if (!force && log && current && current.generation > 0 && current.startTid.equals(storage.lastTransaction()) && (await promotedHere(log, current.generation))) {
+      // Where the node's past is read from: the log it records in, and its default one too (a promotion
+      // recorded elsewhere, or in none, must not pass for one on a node with nothing against it).
+      const evidence = [...new Set([log, defaultAuditPath(path)].filter((l): l is string => l !== null))];
+      const startedHere = async (g: number): Promise<boolean> => (await Promise.all(evidence.map((l) => promotedHere(l, g)))).some(Boolean);
+      if (!force && current && current.generation > 0 && current.startTid.equals(storage.lastTransaction()) && (await startedHere(current.generation))) {
         throw new ZrsError(
           `${path}: generation ${current.generation} already starts after its last transaction (tid ${current.startTid.toString('hex')}), and its audit log says this node started it: it was promoted and nothing was written since; serve it as a primary, or --force for another generation`,
         );
       }
       // As online: a node its primary refused as diverged is promoted only when forced.
-      const diverged = !force && log ? await divergedHere(log) : null;
+      const diverged = force ? null : ((await Promise.all(evidence.map((l) => divergedHere(l)))).find((r) => r !== null) ?? null);
       if (diverged) {
         const by = typeof diverged.details.address === 'string' ? diverged.details.address : 'its primary';
         throw new ZrsError(

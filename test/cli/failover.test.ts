@@ -167,6 +167,9 @@ describe('zrs promote / zrs rewind', () => {
       const r = await run('promote', aPath);
       expect(r.code).toBe(1);
       expect(r.stderr).toMatch(new RegExp(`^zrs promote: ${esc(aPath)}: its audit log says ${esc(formatAddress(promoted.address))} refused it as diverged \\(.*\\): promoted, it would start a history beside that one; rewind it first \\(zrs rewind --to-common-with ${esc(formatAddress(promoted.address))}\\), or --force\n$`));
+      // Recording elsewhere, or nowhere, does not skip what the node's own log says.
+      expect((await run('promote', '--audit-log', 'off', aPath)).code).toBe(1);
+      expect((await run('promote', '--audit-log', join(dir, 'other.audit'), aPath)).code).toBe(1);
       const forced = await run('promote', '--force', aPath);
       expect(forced).toMatchObject({ code: 0, stdout: expect.stringContaining(': generation 2 starts after tid') });
     } finally {
