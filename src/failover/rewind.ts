@@ -15,7 +15,7 @@ import type { Clock } from '../ports/clock.js';
 import type { ByteStream, ReplicationAddress, Transport } from '../ports/transport.js';
 import { connectAddress, formatAddress } from '../replication/address.js';
 import { basename, dirname } from 'node:path';
-import { syncDirectory } from '../storage/fileio.js';
+import { pathKind, syncDirectory } from '../storage/fileio.js';
 import { AuditLog } from '../audit/auditLog.js';
 import { defaultAuditPath } from '../audit/nodeAudit.js';
 import { isBlobRecord } from '../storage/blobs.js';
@@ -73,6 +73,11 @@ export interface RewindResult {
 export async function rewindStorage(path: string, options: RewindOptions): Promise<RewindResult> {
   // The primary to ask, or null for a given tid; a bad address is refused before the storage is opened.
   const primary = Buffer.isBuffer(options.toCommonWith) ? null : connectAddress(options.toCommonWith);
+  // A blob directory that is not there is a mistyped one: opening would make it empty, and the cut
+  // blob files would stay in the real one, their records saved aside without them.
+  if (options.blobDir !== undefined && (await pathKind(options.blobDir)) !== 'directory') {
+    throw new ZrsError(`the blob directory ${options.blobDir} does not exist: give the storage's own (its blob-dir); nothing was cut`);
+  }
   const storage = await FileStorage.open(path, { blobDir: options.blobDir });
   // Held from the first read to the last file cut: no node can open the storage in between.
   const lock = storage.takeLock();

@@ -142,6 +142,10 @@ describe('zrs promote / zrs rewind', () => {
     const again = await FileStorage.open(path, { readOnly: true });
     expect(again.transactionCount).toBe(2);
     await again.close();
+    // A mistyped one is not made (empty) and cut against: refused too.
+    const typo = await run('rewind', path, '--to-tid', kept!.toString('hex'), '--blob-dir', join(dir, 'blobz'));
+    expect(typo).toMatchObject({ code: 1, stderr: `zrs rewind: the blob directory ${join(dir, 'blobz')} does not exist: give the storage's own (its blob-dir); nothing was cut\n` });
+    expect(existsSync(join(dir, 'blobz'))).toBe(false);
     // With it, the blob file goes aside with its transaction.
     const ok = await run('rewind', path, '--to-tid', kept!.toString('hex'), '--blob-dir', blobDir);
     expect(ok.stdout).toContain('1 transaction(s) saved in');
