@@ -115,7 +115,7 @@ function checkUpstreamState(h: PromotionHandle, options: PromoteOptions): string
     throw new PromotionRefusedError(
       state === 'diverged'
         ? 'refusing to promote a diverged secondary unless forced (force: true; zrs promote --force)'
-        : `refusing to promote while its upstream answers (${state}): stop the upstream first, or force it (force: true; zrs promote --force)`,
+        : `refusing to promote while its upstream answers (${state}, from ${h.upstreamAddress()}): stop the upstream first, or force it (force: true; zrs promote --force); with heartbeats off, a hung upstream looks alive: force it then`,
     );
   }
   return state;
