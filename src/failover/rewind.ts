@@ -346,7 +346,13 @@ async function truncateDataFile(path: string, pos: number): Promise<void> {
 /** A side file written under this suffix is not whole yet (a rewind stopped while it copied). */
 const PARTIAL_SUFFIX = '.partial';
 
-/** `base`, or `base.1`, `base.2` …: the first name taken neither whole nor partly (an earlier run's partial file stays). */
+/**
+ * `base`, or `base.1`, `base.2` …: the first name no whole side file has.
+ * What a rewind killed while it copied left under it (`.partial`, its blobs
+ * and lock) is removed: that run cut nothing, so it holds only copies of
+ * transactions still in the data file, and the caller holds the storage's
+ * lock, so no other rewind is writing it.
+ */
 async function freshPath(base: string): Promise<string> {
   const exists = (p: string): Promise<boolean> =>
     access(p).then(
@@ -355,7 +361,10 @@ async function freshPath(base: string): Promise<string> {
     );
   for (let n = 0; ; n++) {
     const candidate = n === 0 ? base : `${base}.${n}`;
-    if (!(await exists(candidate)) && !(await exists(`${candidate}${PARTIAL_SUFFIX}`)) && !(await exists(`${candidate}.blobs`))) return candidate;
+    if ((await exists(candidate)) || (await exists(`${candidate}.blobs`))) continue;
+    const partial = `${candidate}${PARTIAL_SUFFIX}`;
+    for (const left of [partial, `${partial}.blobs`, `${partial}.lock`, `${partial}.index`]) await rm(left, { recursive: true, force: true });
+    return candidate;
   }
 }
 

@@ -218,15 +218,17 @@ describe('rewinding to a fork tid the storage lacks', () => {
     }
   });
 
-  it("leaves an earlier run's partial side file where it is and saves the cut beside it", async () => {
+  it("removes what a rewind killed while it copied left (it cut nothing) and saves the whole cut under the name", async () => {
     const { fs, tids, path } = await storageWith(3);
     const history = await FailoverHistory.open(fs, { role: 'secondary', fsync: false });
     const side = `${path}.rewound-${tids[0]!.toString('hex')}`;
     writeFileSync(`${side}.partial`, 'left by a rewind killed while it copied');
+    writeFileSync(`${side}.partial.lock`, '');
+    mkdirSync(`${side}.partial.blobs`);
     try {
       const r = await rewindOpenStorage(fs, tids[0]!, { history, withBlobs: false });
-      expect(r.sidePath).toBe(`${side}.1`);
-      expect(readFileSync(`${side}.partial`, 'utf8')).toBe('left by a rewind killed while it copied');
+      expect(r.sidePath).toBe(side);
+      expect(readdirSync(dirname(path)).filter((f) => f.includes('.rewound-'))).toEqual([basename(side)]);
       expect(r.cutTids).toEqual(tids.slice(1));
     } finally {
       await history.close();
