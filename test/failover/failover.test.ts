@@ -946,6 +946,13 @@ describe('asking a primary for the fork tid', () => {
       expect(abandoned).toBe(true);
       // Refused: said with what it was for.
       await expect(askForkTid(storage, { kind: 'tcp', host: '127.0.0.1', port: 1 }, {})).rejects.toThrow("can't connect to 127.0.0.1:1 to find the last common tid: connect ECONNREFUSED 127.0.0.1:1");
+      // A node that takes the question and closes without a word (zc.zrs, or TLS on the port): said what it may be.
+      const silent = await FakeServer.start((c) => void c.frame(1).then(() => c.destroy(), () => undefined));
+      try {
+        await expect(askForkTid(storage, silent.address, {})).rejects.toThrow(/the primary closed the connection without a verdict.* \(a zc\.zrs node, or a port with <ssl>: a rewind asks over plain TCP\?\)$/);
+      } finally {
+        await silent.close();
+      }
     } finally {
       await storage.close();
     }
