@@ -184,15 +184,16 @@ async function lastTime(addressText: string, role: 'primary' | 'secondary', time
     if (upstream && (upstream.state === 'diverged' || upstream.state === 'failed')) {
       return `Secondary at ${pyRepr(addressText)} stopped replicating from ${pyRepr(upstream.address)}: ${upstream.state}`;
     }
-    // Retrying, or connected to an upstream that never answers (a hung primary): its last transaction
-    // may look recent while its primary is idle. The peer's words go into a Nagios line: a '|' there
-    // would start the performance data.
-    // A "primary" that is itself a secondary (checking down a chain) whose upstream does not answer
-    // feeds nothing new to what follows it: the top of a chain whose primary is gone, or of a loop cut.
+    // A node retrying, or connected to an upstream that never answers (a hung primary), replicates
+    // nothing, though its last transaction may look recent while its primary is idle. So does a
+    // "primary" that is itself such a secondary (checking down a chain): the top of a chain whose
+    // primary is gone, or of a cut loop. The peer's words go into a Nagios line: a '|' there would
+    // start the performance data.
     const follows = status.upstream;
+    const node = role === 'secondary' ? `Secondary at ${pyRepr(addressText)}` : `Primary at ${pyRepr(addressText)} is a secondary`;
     const notConnected =
       follows && (!follows.state.startsWith('connected') || follows.state === 'connected.handshaking')
-        ? `${role === 'secondary' ? 'Secondary' : 'Primary'} at ${pyRepr(addressText)} ${role === 'secondary' ? '' : 'is a secondary '}not connected to ${pyRepr(follows.address)} (${follows.state}${follows.lastError ? `: ${follows.lastError}` : ''})`.replaceAll('|', '/')
+        ? `${node} not connected to ${pyRepr(follows.address)} (${follows.state}${follows.lastError ? `: ${follows.lastError}` : ''})`.replaceAll('|', '/')
         : null;
     // zrs-nagios uses TimeStamp(tid).timeTime(), also for an empty storage's zero tid.
     return { seconds: tidToSeconds(status.lastTid), empty: status.lastTid.equals(Z64), notConnected, generation: status.generation ?? null, lastTid: status.lastTid };

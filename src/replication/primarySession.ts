@@ -274,7 +274,6 @@ export class PrimarySession {
     }
   }
 
-  /** A streaming actor's promise, settling only after the machine heard of everything it wrote. */
   /**
    * At close, after the last transaction went out: wait (at most
    * ACK_WAIT_AT_CLOSE_MS) for the secondary to acknowledge it, so a
@@ -308,6 +307,7 @@ export class PrimarySession {
     });
   }
 
+  /** A streaming actor's promise, settling only after the machine heard of everything it wrote. */
   private reported<T>(streaming: Promise<T>): Promise<T> {
     return streaming.finally(() => this.reportProgress());
   }

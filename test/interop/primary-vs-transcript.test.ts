@@ -11,7 +11,7 @@ import { Primary } from '../../src/replication/primary.js';
 import { Zrs2StreamParser, type Zrs2Event } from '../../src/wire/zrs2.js';
 import { FrameDecoder } from '../../src/wire/framing.js';
 import { cleanupTempDirs, copyZodbFixture } from '../helpers/fixtures.js';
-import { logCollector, rawClient, readBin, readTranscriptJson, sentBytes } from './helpers.js';
+import { logCollector, rawClient, readBin, readTranscriptJson, sentBytes, type TranscriptJson } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -97,21 +97,27 @@ describe('handshakes zc.zrs refuses are refused: closed, 0 bytes sent', () => {
     const t = await readTranscriptJson(`${name}.json`);
     expect(t.closed_by_primary).toBe(true);
     expect(t.received_bytes).toBe(0);
-    await withPrimary(source, async (primary, log) => {
-      const client = rawClient(portOf(primary));
-      try {
-        client.send(sentBytes(t));
-        const { data, closed } = await client.read(() => false, 10_000);
-        expect(closed).toBe(true);
-        expect(data.length).toBe(0);
-        const warnings = log.lines.filter((l) => l.level === 'warn' || l.level === 'error').map((l) => l.message);
-        expect(warnings.some((m) => logPattern.test(m)), warnings.join('\n')).toBe(true);
-      } finally {
-        client.close();
-      }
-    });
+    const lines = await closedWithoutAByte(source, t);
+    const warnings = lines.filter((l) => l.level === 'warn' || l.level === 'error').map((l) => l.message);
+    expect(warnings.some((m) => logPattern.test(m)), warnings.join('\n')).toBe(true);
   });
 });
+
+/** Send what the recorded client sent: the primary closes without sending a byte. Returns its log lines. */
+async function closedWithoutAByte(source: Source, t: TranscriptJson): Promise<ReturnType<typeof logCollector>['lines']> {
+  return withPrimary(source, async (primary, log) => {
+    const client = rawClient(portOf(primary));
+    try {
+      client.send(sentBytes(t));
+      const { data, closed } = await client.read(() => false, 10_000);
+      expect(closed).toBe(true);
+      expect(data.length).toBe(0);
+      return log.lines;
+    } finally {
+      client.close();
+    }
+  });
+}
 
 describe('a start tid between two transactions, which the primary never held', () => {
   it('basic-zrs2.0-from-between: zc.zrs streams from the next one; this primary refuses it as diverged, closing without a byte as zc.zrs refuses', async () => {
@@ -120,19 +126,9 @@ describe('a start tid between two transactions, which the primary never held', (
     const t = await readTranscriptJson('basic-zrs2.0-from-between.json');
     expect(t.closed_by_primary).toBe(false);
     expect((await readBin('basic-zrs2.0-from-between.bin')).length).toBeGreaterThan(0);
-    await withPrimary('basic', async (primary, log) => {
-      const client = rawClient(portOf(primary));
-      try {
-        client.send(sentBytes(t));
-        const { data, closed } = await client.read(() => false, 10_000);
-        expect(closed).toBe(true);
-        expect(data.length).toBe(0);
-        const refusal = log.lines.find((l) => /refused secondary .*: diverged: the secondary's last transaction [0-9a-f]{16} is not in the primary's history/.test(l.message));
-        expect(refusal?.level).toBe('warn');
-      } finally {
-        client.close();
-      }
-    });
+    const lines = await closedWithoutAByte('basic', t);
+    const refusal = lines.find((l) => /refused secondary .*: diverged: the secondary's last transaction [0-9a-f]{16} is not in the primary's history/.test(l.message));
+    expect(refusal?.level).toBe('warn');
   });
 });
 
