@@ -1044,7 +1044,12 @@ export class Secondary {
     if (!history || !generation) return;
     conn.chain = conn.chain.then(async () => {
       try {
+        const before = history.generations.current;
         await history.adopt({ generation, generations: e.generations });
+        const now = history.generations.current;
+        // A generation new to this node (its upstream was promoted while it was away) goes on down the
+        // chain, as an announced one does: its secondaries get the transactions after it from here.
+        if (now && !(before && before.generation === now.generation && before.startTid.equals(now.startTid))) this.server?.announceGeneration();
       } catch (err) {
         fail(asError(err));
       }

@@ -496,6 +496,31 @@ describe('failover', () => {
     }
   });
 
+  it('a generation a secondary adopts from a welcome (moved to the promoted node) reaches its own secondaries too', async () => {
+    const dir = await tempDir();
+    const p = await openPrimary(join(dir, 'p.fs'));
+    const s0 = await openSecondary(join(dir, 's0.fs'), p.address, { replicateTo: '127.0.0.1:0' });
+    const s1 = await openSecondary(join(dir, 's1.fs'), p.address, { replicateTo: '127.0.0.1:0' });
+    const s2 = await openSecondary(join(dir, 's2.fs'), s1.replicationAddress!);
+    let promoted: Primary | null = null;
+    try {
+      const [shared] = await commitMany(p.storage, 1);
+      await Promise.all([waitForTid(s0, shared!), waitForTid(s2, shared!)]);
+      await p.close();
+      await waitForState(s0, 'backoff');
+      promoted = await s0.promote();
+      s1.setReplicationAddress(promoted.address); // s1 learns generation 1 from its welcome, s2 stays connected to s1
+      await waitForTid(s2, (await commitMany(promoted.storage, 1)).at(-1)!);
+      expect(s1.history!.generations.list).toEqual(promoted.generations);
+      expect(s2.history!.generations.list).toEqual(promoted.generations);
+    } finally {
+      await s2.close();
+      await s1.close();
+      await promoted?.close();
+      await s0.close();
+    }
+  });
+
   it('a node forced to promotion right after its primary refused it as diverged starts a generation past that primary\'s', async () => {
     const { a, promoted } = await divergedOldPrimary(await tempDir());
     try {
