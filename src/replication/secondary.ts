@@ -843,7 +843,8 @@ export class Secondary {
       storage: this.inner,
       nowMs: this.clock.now(),
       sessions,
-      generation: this.failover?.generations.current,
+      // Over zc.zrs's protocols nothing tells a secondary of generations: what it recorded before may be stale.
+      generation: this.spec.kind === 'native' ? this.failover?.generations.current : null,
       upstream: {
         address: formatAddress(snap.context.address as ReplicationAddress),
         protocol: this.spec.name,

@@ -308,6 +308,30 @@ describe('zrs check (zc.zrs nagios.rst cases)', () => {
     }
   });
 
+  it('a zc.zrs-protocol secondary, which learns of no generation, is not taken for another history after a promotion', async () => {
+    const d = await tempDir();
+    const p = await Primary.open({ path: join(d, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
+    const s0 = await Secondary.open({ path: join(d, 's0.fs'), replicateFrom: p.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT });
+    // Natively first: it records generation 0.
+    let s1 = await Secondary.open({ path: join(d, 's1.fs'), replicateFrom: p.address, fsync: false, reconnect: FAST_RECONNECT });
+    let promoted: Primary | null = null;
+    try {
+      const shared = await commitAt(p.storage, tidFromTime(BASE_MS));
+      await Promise.all([waitForTid(s0, shared), waitForTid(s1, shared)]);
+      await s1.close();
+      await p.close();
+      await waitForState(s0, 'backoff');
+      promoted = await s0.promote();
+      s1 = await Secondary.open({ path: join(d, 's1.fs'), replicateFrom: promoted.address, replicateTo: join(d, 's1.sock'), protocol: 'zrs2.1', fsync: false, reconnect: FAST_RECONNECT });
+      await waitForTid(s1, await commitAt(promoted.storage, tidFromTime(BASE_MS + 1000)));
+      expect(await run('check', '-w', '30', formatAddress(promoted.address), join(d, 's1.sock'))).toEqual({ code: 0, stdout: 'Secondary up to date.\n', stderr: '' });
+    } finally {
+      await s1.close();
+      await promoted?.close();
+      await s0.close();
+    }
+  });
+
   it('two secondaries pointed at each other: WARNING both ways, the one refused as a loop named, though neither lags', async () => {
     const d = await tempDir();
     const open = (name: string, from: string): Promise<Secondary> =>
