@@ -87,14 +87,21 @@ async function promotedHere(path: string, generation: number): Promise<boolean> 
 }
 
 /**
- * The record of the node's last handshake as a secondary, when its primary
- * refused it as diverged and no rewind or promotion came after (a missing or
- * unreadable log says nothing).
+ * The record of the node's last handshake as a secondary, across `paths`
+ * in time order, when its primary refused it as diverged and no rewind or
+ * promotion came after (a missing or unreadable log says nothing): a rewind
+ * recorded in one log answers a refusal recorded in another.
  */
-async function divergedHere(path: string): Promise<AuditRecord | null> {
-  if ((await pathKind(path)) !== 'file') return null;
-  const { records } = await readAuditLog(path).catch(() => ({ records: [] as AuditRecord[] }));
-  const last = records.findLast((r) => (r.kind === 'handshake' && r.details.side === 'secondary') || r.kind === 'rewind' || r.kind === 'promotion');
+async function divergedHere(paths: string[]): Promise<AuditRecord | null> {
+  const records: AuditRecord[] = [];
+  for (const path of paths) {
+    if ((await pathKind(path)) !== 'file') continue;
+    records.push(...(await readAuditLog(path).catch(() => ({ records: [] as AuditRecord[] }))).records);
+  }
+  const last = records
+    .filter((r) => (r.kind === 'handshake' && r.details.side === 'secondary') || r.kind === 'rewind' || r.kind === 'promotion')
+    .sort((a, b) => a.timeMs - b.timeMs)
+    .at(-1);
   return last?.kind === 'handshake' && last.details.verdict === 'refused' && last.details.code === 'diverged' ? last : null;
 }
 
@@ -124,7 +131,7 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
         );
       }
       // As online: a node its primary refused as diverged is promoted only when forced.
-      const diverged = force ? null : ((await Promise.all(evidence.map((l) => divergedHere(l)))).find((r) => r !== null) ?? null);
+      const diverged = force ? null : await divergedHere(evidence);
       if (diverged) {
         const by = typeof diverged.details.address === 'string' ? diverged.details.address : 'its primary';
         throw new ZrsError(

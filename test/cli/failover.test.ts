@@ -152,7 +152,7 @@ describe('zrs promote / zrs rewind', () => {
     expect(ok.stdout).toContain('(1 blob file(s) in');
   });
 
-  it('refuses to promote offline a node its primary refused as diverged, unless forced; forced, its generation goes past the primary\'s', async () => {
+  it.each(['forced', 'rewound (recorded in another log)'])('refuses to promote offline a node its primary refused as diverged, unless %s; then its generation goes past the primary\'s', async (how) => {
     const dir = await tempDir();
     const aPath = join(dir, 'a.fs');
     const old = await Primary.open({ path: aPath, replicateTo: '127.0.0.1:0', fsync: false });
@@ -174,8 +174,15 @@ describe('zrs promote / zrs rewind', () => {
       // Recording elsewhere, or nowhere, does not skip what the node's own log says.
       expect((await run('promote', '--audit-log', 'off', aPath)).code).toBe(1);
       expect((await run('promote', '--audit-log', join(dir, 'other.audit'), aPath)).code).toBe(1);
-      const forced = await run('promote', '--force', aPath);
-      expect(forced).toMatchObject({ code: 0, stdout: expect.stringContaining(': generation 2 starts after tid') });
+      let promotedOffline;
+      if (how === 'forced') promotedOffline = await run('promote', '--force', aPath);
+      else {
+        // The rewind recorded elsewhere answers the refusal recorded in a.fs.audit: they are read in time order.
+        const other = join(dir, 'other.audit');
+        expect((await run('rewind', aPath, '--to-common-with', formatAddress(promoted.address), '--audit-log', other)).code).toBe(0);
+        promotedOffline = await run('promote', '--audit-log', other, aPath);
+      }
+      expect(promotedOffline).toMatchObject({ code: 0, stdout: expect.stringContaining(': generation 2 starts after tid') });
     } finally {
       await promoted?.close();
       await b.close();
