@@ -348,8 +348,9 @@ const PARTIAL_SUFFIX = '.partial';
 
 /**
  * `base`, or `base.1`, `base.2` …: the first name no whole side file has.
- * What a rewind killed while it copied left under it (`.partial`, its blobs
- * and lock) is removed: that run cut nothing, so it holds only copies of
+ * What a rewind killed while it copied (or between its renames) left under
+ * it (`.partial`, its blobs and lock, or blobs already renamed without their
+ * data file) is removed: that run cut nothing, so it holds only copies of
  * transactions still in the data file, and the caller holds the storage's
  * lock, so no other rewind is writing it.
  */
@@ -361,9 +362,9 @@ async function freshPath(base: string): Promise<string> {
     );
   for (let n = 0; ; n++) {
     const candidate = n === 0 ? base : `${base}.${n}`;
-    if ((await exists(candidate)) || (await exists(`${candidate}.blobs`))) continue;
+    if (await exists(candidate)) continue;
     const partial = `${candidate}${PARTIAL_SUFFIX}`;
-    for (const left of [partial, `${partial}.blobs`, `${partial}.lock`, `${partial}.index`]) await rm(left, { recursive: true, force: true });
+    for (const left of [partial, `${partial}.blobs`, `${partial}.lock`, `${partial}.index`, `${candidate}.blobs`]) await rm(left, { recursive: true, force: true });
     return candidate;
   }
 }

@@ -225,6 +225,7 @@ describe('rewinding to a fork tid the storage lacks', () => {
     writeFileSync(`${side}.partial`, 'left by a rewind killed while it copied');
     writeFileSync(`${side}.partial.lock`, '');
     mkdirSync(`${side}.partial.blobs`);
+    mkdirSync(`${side}.blobs`); // renamed before the data file when the kill came between the two
     try {
       const r = await rewindOpenStorage(fs, tids[0]!, { history, withBlobs: false });
       expect(r.sidePath).toBe(side);
