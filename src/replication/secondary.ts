@@ -15,6 +15,7 @@ import type { ByteStream, ReplicationAddress, Transport } from '../ports/transpo
 import { systemClock, randomSeed } from '../node/clock.js';
 import { socketTransport } from '../node/socketTransport.js';
 import { FileStorage } from '../storage/FileStorage.js';
+import { Z64 } from '../storage/timestamp.js';
 import type { CommittedTransaction } from '../storage/types.js';
 import { encodeFrame, foreignPeer, FrameDecoder, KEEP_ALIVE_FRAME, MAX_FRAME_BYTES_LIMIT } from '../wire/framing.js';
 import { createNativePackr, DEFAULT_STREAM_MAX_FRAME_BYTES, encodeAckFrame, encodeNativeFrame, MAX_UPSTREAM_PATH, NODE_ID_BYTES } from '../wire/native.js';
@@ -1045,12 +1046,13 @@ export class Secondary {
     if (!history || !generation) return;
     conn.chain = conn.chain.then(async () => {
       try {
-        const before = history.generations.current;
+        // A node that recorded none was in generation 0 from the start, as its welcomes said.
+        const before = history.generations.current ?? { generation: 0, startTid: Z64 };
         await history.adopt({ generation, generations: e.generations });
         const now = history.generations.current;
         // A generation new to this node (its upstream was promoted while it was away) goes on down the
         // chain, as an announced one does: its secondaries get the transactions after it from here.
-        if (now && !(before && before.generation === now.generation && before.startTid.equals(now.startTid))) this.server?.announceGeneration();
+        if (now && !(before.generation === now.generation && before.startTid.equals(now.startTid))) this.server?.announceGeneration();
       } catch (err) {
         fail(asError(err));
       }
