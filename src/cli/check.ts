@@ -6,6 +6,7 @@
 
 import { getSystemErrorMap } from 'node:util';
 import { tidToSeconds, Z64 } from '../storage/timestamp.js';
+import { sameGeneration } from '../failover/generations.js';
 import type { GenerationEntry } from '../wire/native.js';
 import { DEFAULT_STATUS_TIMEOUT_MS, requestStatus, StatusConnectError, StatusReplyError } from '../replication/statusClient.js';
 import { UsageError, type CommandSpec } from './args.js';
@@ -241,7 +242,7 @@ function otherHistory(secondary: NodeTime, primary: NodeTime, primaryName: strin
   const [s, p] = [secondary.generation, primary.generation];
   if (!s || !p) return null;
   const what = `is in generation ${s.generation} (from tid ${s.startTid.toString('hex')})`;
-  if (s.generation > p.generation || (s.generation === p.generation && !s.startTid.equals(p.startTid))) return `${what}, which the primary at ${primaryName} did not start`;
+  if (s.generation > p.generation || (s.generation === p.generation && !sameGeneration(s, p))) return `${what}, which the primary at ${primaryName} did not start`;
   if (s.generation < p.generation && Buffer.compare(secondary.lastTid, p.startTid) > 0) {
     return `${what} and holds transactions past tid ${p.startTid.toString('hex')}, where the primary at ${primaryName} began generation ${p.generation}`;
   }

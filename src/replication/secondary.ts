@@ -37,6 +37,7 @@ import { buildNodeStatus, lagSeconds, stateName, type NodeStatus } from './nodeS
 import type { SessionStatus } from './primarySession.js';
 import { DivergedHistoryError } from '../errors.js';
 import { FailoverHistory } from '../failover/history.js';
+import { sameGeneration } from '../failover/generations.js';
 import { rewindAuditDetails, rewindOpenStorage, type RewindResult } from '../failover/rewind.js';
 import { PromotionRefusedError, promoteSecondary, type PromoteOptions, type PromotionHandle } from '../failover/promote.js';
 import type { PromoteOutcome } from '../../machines/primarySession.js';
@@ -1052,7 +1053,7 @@ export class Secondary {
         const now = history.generations.current;
         // A generation new to this node (its upstream was promoted while it was away) goes on down the
         // chain, as an announced one does: its secondaries get the transactions after it from here.
-        if (now && !(before.generation === now.generation && before.startTid.equals(now.startTid))) this.server?.announceGeneration();
+        if (now && !sameGeneration(before, now)) this.server?.announceGeneration();
       } catch (err) {
         fail(asError(err));
       }
