@@ -79,29 +79,23 @@ export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
 }
 
 
-/** The audit log at `path` records this node starting `generation` (a missing or unreadable log says nothing). */
-async function promotedHere(path: string, generation: number): Promise<boolean> {
-  if ((await pathKind(path)) !== 'file') return false;
-  const { records } = await readAuditLog(path).catch(() => ({ records: [] }));
-  return records.some((r) => r.kind === 'promotion' && r.details.newGeneration === generation);
-}
-
-/**
- * The record of the node's last handshake as a secondary, across `paths`
- * in time order, when its primary refused it as diverged and no rewind or
- * promotion came after (a missing or unreadable log says nothing): a rewind
- * recorded in one log answers a refusal recorded in another.
- */
-async function divergedHere(paths: string[]): Promise<AuditRecord | null> {
+/** The records of the audit logs at `paths`, in time order (a missing or unreadable log says nothing). */
+async function pastOf(paths: string[]): Promise<AuditRecord[]> {
   const records: AuditRecord[] = [];
   for (const path of paths) {
     if ((await pathKind(path)) !== 'file') continue;
     records.push(...(await readAuditLog(path).catch(() => ({ records: [] as AuditRecord[] }))).records);
   }
-  const last = records
-    .filter((r) => (r.kind === 'handshake' && r.details.side === 'secondary') || r.kind === 'rewind' || r.kind === 'promotion')
-    .sort((a, b) => a.timeMs - b.timeMs)
-    .at(-1);
+  return records.sort((a, b) => a.timeMs - b.timeMs);
+}
+
+/**
+ * The record of the node's last handshake as a secondary, when its primary
+ * refused it as diverged and no rewind or promotion came after: a rewind
+ * recorded in one log answers a refusal recorded in another.
+ */
+function divergedIn(past: AuditRecord[]): AuditRecord | null {
+  const last = past.findLast((r) => (r.kind === 'handshake' && r.details.side === 'secondary') || r.kind === 'rewind' || r.kind === 'promotion');
   return last?.kind === 'handshake' && last.details.verdict === 'refused' && last.details.code === 'diverged' ? last : null;
 }
 
@@ -123,15 +117,16 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
       const log = auditPath === null ? null : (auditPath ?? defaultAuditPath(path));
       // Where the node's past is read from: the log it records in, and its default one too (a promotion
       // recorded elsewhere, or in none, must not pass for one on a node with nothing against it).
-      const evidence = [...new Set([log, defaultAuditPath(path)].filter((l): l is string => l !== null))];
-      const startedHere = async (g: number): Promise<boolean> => (await Promise.all(evidence.map((l) => promotedHere(l, g)))).some(Boolean);
-      if (!force && current && current.generation > 0 && current.startTid.equals(storage.lastTransaction()) && (await startedHere(current.generation))) {
+      // Read once, and only when a refusal is possible.
+      const past = force ? [] : await pastOf([...new Set([log, defaultAuditPath(path)].filter((l): l is string => l !== null))]);
+      const startedHere = (g: number): boolean => past.some((r) => r.kind === 'promotion' && r.details.newGeneration === g);
+      if (!force && current && current.generation > 0 && current.startTid.equals(storage.lastTransaction()) && startedHere(current.generation)) {
         throw new ZrsError(
           `${path}: generation ${current.generation} already starts after its last transaction (tid ${current.startTid.toString('hex')}), and its audit log says this node started it: it was promoted and nothing was written since; serve it as a primary, or --force for another generation`,
         );
       }
       // As online: a node its primary refused as diverged is promoted only when forced.
-      const diverged = force ? null : await divergedHere(evidence);
+      const diverged = divergedIn(past);
       if (diverged) {
         const by = typeof diverged.details.address === 'string' ? diverged.details.address : 'its primary';
         throw new ZrsError(

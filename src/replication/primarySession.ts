@@ -560,20 +560,11 @@ export class PrimarySession {
 
   /**
    * Tell this session's secondary, between transactions, that the node's
-   * upstream path changed (a heartbeat carries it), so that a loop closed
-   * meanwhile is seen. Nothing without heartbeats' codec (zc.zrs's protocols).
+   * upstream path changed, so that a loop closed meanwhile is seen.
    */
   announcePath(): void {
     this.pathPending = true;
-    if (this.idle) this.sendPathAnnouncement();
-  }
-
-  private sendPathAnnouncement(): void {
-    const state = this.actor.getSnapshot().value;
-    if (!this.codec || (state !== 'live' && state !== 'catchingUp')) return;
-    this.pathPending = false;
-    const f = this.codec.heartbeat(this.options.storage.lastDurableTid, this.options.clock.now());
-    if (f) void this.writer.write(f).then(() => this.writer.flush()).catch(() => undefined);
+    if (this.idle) this.sendAnnouncement();
   }
 
   /**
@@ -584,14 +575,20 @@ export class PrimarySession {
    */
   announceGeneration(): void {
     this.generationPending = true;
-    if (this.idle) this.sendGenerationAnnouncement();
+    if (this.idle) this.sendAnnouncement();
   }
 
-  private sendGenerationAnnouncement(): void {
-    const generation = this.options.history?.welcomeFields().generation;
+  /**
+   * What is pending, in one heartbeat: the current path (every heartbeat
+   * carries it) and, when one is pending, the generation. Nothing without
+   * heartbeats' codec (zc.zrs's protocols), nor before the stream started.
+   */
+  private sendAnnouncement(): void {
     const state = this.actor.getSnapshot().value;
-    if (!generation || !this.codec || (state !== 'live' && state !== 'catchingUp')) return;
+    if (!this.codec || (state !== 'live' && state !== 'catchingUp')) return;
+    const generation = this.generationPending ? this.options.history?.welcomeFields().generation : undefined;
     this.generationPending = false;
+    this.pathPending = false;
     const f = this.codec.heartbeat(this.options.storage.lastDurableTid, this.options.clock.now(), generation);
     if (f) void this.writer.write(f).then(() => this.writer.flush()).catch(() => undefined);
   }
@@ -718,8 +715,7 @@ export class PrimarySession {
     // A copy: `written` may be a view of a read window, which is reused once sent.
     const tid = Buffer.from(written);
     this.lastWrittenTid = tid;
-    if (this.generationPending) this.sendGenerationAnnouncement();
-    if (this.pathPending) this.sendPathAnnouncement();
+    if (this.generationPending || this.pathPending) this.sendAnnouncement();
     if (this.actor.getSnapshot().status === 'active') {
       const p = this.progress;
       p.lastSentTid = tid;
