@@ -54,6 +54,7 @@ export interface PrimaryOptions {
   metricsAddress?: string | number | ReplicationAddress;
   /** Time for heartbeats, timeouts, status and audit records, and the tids of the storage it opens (default: the system's). */
   clock?: Clock;
+  /** Where log lines go (`jsonLogger(name)` for JSON lines on stderr); default none: the library logs nothing unless given one. */
   log?: Logger;
   /** An already open storage to serve instead of opening `path`. */
   storage?: FileStorage;

@@ -100,6 +100,7 @@ export interface SecondaryOptions {
   random?: Random;
   /** This node's id in upstream paths (loop detection); default random. */
   nodeId?: Buffer;
+  /** Where log lines go (`jsonLogger(name)` for JSON lines on stderr); default none: the library logs nothing unless given one. */
   log?: Logger;
   /** The node name reported by status() and status requests. */
   name?: string;
