@@ -29,6 +29,8 @@ export interface CommandSpec {
   /** The last positional may be given more than once (`FILE [FILE...]`). */
   repeatLast?: boolean;
   flags: readonly FlagSpec[];
+  /** Names of flags of which exactly one must be given, shown as `(--a A | --b B)` in the usage line. */
+  oneOf?: readonly string[];
   summary: string;
   /** Longer text after the usage line. */
   description: string;
@@ -121,6 +123,9 @@ export function parseArgs(spec: CommandSpec, args: readonly string[]): ParsedArg
   if (positionals.length > spec.positionals.length && !spec.repeatLast) {
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[spec.positionals.length])}`, spec.name);
   }
+  if (spec.oneOf && spec.oneOf.filter((name) => flags.has(name)).length !== 1) {
+    throw new UsageError(`give exactly one of ${spec.oneOf.map((name) => `--${name}`).join(' or ')}`, spec.name);
+  }
   return { help: false, positionals, flags };
 }
 
@@ -129,7 +134,12 @@ function flagLabel(f: FlagSpec): string {
 }
 
 export function usageLine(spec: CommandSpec): string {
-  const flags = spec.flags.map((f) => `[${f.short ? `-${f.short}` : `--${f.name}`}${f.value ? ` ${f.value}` : ''}]`).join(' ');
+  const label = (f: FlagSpec): string => `${f.short ? `-${f.short}` : `--${f.name}`}${f.value ? ` ${f.value}` : ''}`;
+  const group = spec.flags.filter((f) => spec.oneOf?.includes(f.name));
+  const flags = [
+    ...(group.length > 0 ? [`(${group.map(label).join(' | ')})`] : []),
+    ...spec.flags.filter((f) => !group.includes(f)).map((f) => `[${label(f)}]`),
+  ].join(' ');
   const more = spec.repeatLast ? [`[${spec.positionals.at(-1)!}...]`] : [];
   return `usage: zrs ${spec.name} ${[flags, ...spec.positionals, ...more].filter(Boolean).join(' ')}`;
 }

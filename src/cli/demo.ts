@@ -23,9 +23,33 @@ interface Node {
   size(): number;
 }
 
-const args = process.argv.slice(2);
-const seconds = Number(args[args.indexOf('--seconds') + 1] ?? 0) || 3;
-const verbose = args.includes('--verbose');
+const USAGE = 'usage: npm start [-- [--seconds N] [--verbose]]\n  --seconds N  commit for N seconds before the failover (default 3, at most 3600)\n  --verbose    the nodes\' log lines (JSON) on stderr\n';
+
+/** The demo's options; a usage error (exit 2) for anything else. */
+function demoOptions(args: readonly string[]): { seconds: number; verbose: boolean } {
+  let seconds = 3;
+  let verbose = false;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--verbose') verbose = true;
+    else if (a === '--help' || a === '-h') {
+      process.stdout.write(USAGE);
+      process.exit(0);
+    } else if (a === '--seconds' || a.startsWith('--seconds=')) {
+      const text = a === '--seconds' ? args[++i] : a.slice('--seconds='.length);
+      seconds = Number(text);
+      if (text === undefined || text.trim() === '' || !Number.isFinite(seconds) || seconds <= 0 || seconds > 3600) return usageError(`--seconds must be a number of seconds above 0 and at most 3600, not ${JSON.stringify(text ?? '')}`);
+    } else return usageError(`unknown argument ${JSON.stringify(a)}`);
+  }
+  return { seconds, verbose };
+}
+
+function usageError(message: string): never {
+  process.stderr.write(`npm start: ${message}\n${USAGE}`);
+  process.exit(2);
+}
+
+const { seconds, verbose } = demoOptions(process.argv.slice(2));
 const tty = process.stdout.isTTY;
 
 /** The node's lag behind the primary by tid times, or null while the node holds nothing. */

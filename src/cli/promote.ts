@@ -25,7 +25,7 @@ export const promoteSpec: CommandSpec = {
   name: 'promote',
   positionals: ['FILE|ADDRESS'],
   flags: [
-    { name: 'force', help: 'ADDRESS: promote even while the node is connected to a live primary, or diverged; FILE: start another generation where the last one this node started begins at its last transaction (a promotion run twice)' },
+    { name: 'force', help: 'ADDRESS: promote even while the node is connected to a live primary, or diverged; FILE: promote even when its audit log says it diverged, or start another generation where the last one this node started begins at its last transaction (a promotion run twice)' },
     { name: 'timeout', value: 'SECS', help: `ADDRESS only: give up connecting, or waiting for the answer, after SECS seconds (default ${DEFAULT_PROMOTE_TIMEOUT_MS / 1000})` },
     { name: 'audit-log', value: 'PATH', help: 'FILE only: the audit log to record the promotion in (default FILE.audit; "off" for none)' },
   ],
@@ -46,7 +46,9 @@ n + 1 offline and writes FILE.generations; then serve FILE with a primary
 configuration. Run again on a file whose last generation starts at its
 last transaction and whose audit log records starting it (promoted,
 nothing written since), it refuses rather than start another one, unless
---force.
+--force. It also refuses, unless --force, a node whose audit log (the
+one given, and FILE.audit) says its primary last refused it as diverged:
+promoted, it would start a history beside that one; rewind it first.
 
 Make sure the old primary is down first: without an external coordinator,
 nothing stops two nodes promoted at once from both accepting writes.

@@ -17,6 +17,7 @@ export const rewindSpec: CommandSpec = {
     { name: 'blob-dir', value: 'DIR', help: "the storage's blob directory: cut blob files are saved beside the side file" },
     { name: 'audit-log', value: 'PATH', help: 'the audit log to record the rewind in (default FILE.audit; "off" for none)' },
   ],
+  oneOf: ['to-common-with', 'to-tid'],
   summary: 'Truncate a diverged Data.fs to the last transaction it shares with a primary, saving the rest.',
   description: `
 Asks the primary at ADDRESS where FILE's history forked from its own (the
@@ -34,7 +35,6 @@ export async function rewind(args: ParsedArgs, io: CliIo): Promise<number> {
   const path = args.positionals[0]!;
   const address = args.flags.get('to-common-with');
   const tid = args.flags.get('to-tid');
-  if ((address === undefined) === (tid === undefined)) throw new UsageError('give exactly one of --to-common-with or --to-tid', 'rewind');
   if (typeof tid === 'string' && !/^[0-9a-fA-F]{16}$/.test(tid)) throw new UsageError(`--to-tid must be 16 hex digits, got ${JSON.stringify(tid)}`);
   const blobDir = args.flags.get('blob-dir');
   const audit = args.flags.get('audit-log');

@@ -38,4 +38,23 @@ describe('the demo', () => {
       }
     }
   }, 60_000);
+
+  it('refuses arguments it does not know, and a --seconds that is not a time, before creating anything (exit 2)', async () => {
+    for (const [args, message] of [
+      [['--seconds', 'x'], '--seconds must be a number of seconds above 0 and at most 3600, not "x"'],
+      [['--seconds'], '--seconds must be a number of seconds above 0 and at most 3600, not ""'],
+      [['--seconds=0'], '--seconds must be a number of seconds above 0 and at most 3600, not "0"'],
+      [['--second', '5'], 'unknown argument "--second"'],
+    ] as const) {
+      const child = spawn(process.execPath, ['--import', 'tsx', DEMO, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: TSX_ENV });
+      let out = '';
+      let err = '';
+      child.stdout.setEncoding('utf8').on('data', (t: string) => (out += t));
+      child.stderr.setEncoding('utf8').on('data', (t: string) => (err += t));
+      const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+      expect(code, err).toBe(2);
+      expect(err).toContain(`npm start: ${message}\nusage: npm start`);
+      expect(out).toBe('');
+    }
+  }, 60_000);
 });

@@ -9,9 +9,10 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { filter, firstValueFrom, timeout } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseArgs } from '../../src/cli/args.js';
+import { parseArgs, usageLine } from '../../src/cli/args.js';
 import { checkSpec, lagVerdict, pyFixed, pyFloatRepr, pythonErrorText } from '../../src/cli/check.js';
 import { runCli } from '../../src/cli/cli.js';
+import { rewindSpec } from '../../src/cli/rewind.js';
 import { formatAddress } from '../../src/replication/address.js';
 import { formatStatus } from '../../src/cli/status.js';
 import type { NodeStatus } from '../../src/replication/nodeStatus.js';
@@ -476,6 +477,14 @@ describe('check pieces', () => {
     expect(parseArgs(checkSpec, ['-mw30', 'a', 'b']).flags).toEqual(new Map<string, string | true>([['output-metrics', true], ['warning', '30']]));
     expect(() => parseArgs(checkSpec, ['-w', '1', '-w', '2', 'a', 'b'])).toThrow('option --warning given twice');
     expect(() => parseArgs(checkSpec, ['a', 'b', '-e'])).toThrow('option -e needs a value (SECS)');
+  });
+
+  it('a group of options of which exactly one is required: refused with none or both, shown as one choice in the usage line', () => {
+    expect(() => parseArgs(rewindSpec, ['Data.fs'])).toThrow('give exactly one of --to-common-with or --to-tid');
+    expect(() => parseArgs(rewindSpec, ['--to-tid', '03f5e2607a19b377', '--to-common-with', '5000', 'Data.fs'])).toThrow('give exactly one of --to-common-with or --to-tid');
+    expect(parseArgs(rewindSpec, ['--to-tid', '03f5e2607a19b377', 'Data.fs']).flags.get('to-tid')).toBe('03f5e2607a19b377');
+    expect(parseArgs(rewindSpec, ['--help']).help).toBe(true);
+    expect(usageLine(rewindSpec)).toBe('usage: zrs rewind (--to-common-with ADDRESS | --to-tid TID) [--blob-dir DIR] [--audit-log PATH] FILE');
   });
 });
 
