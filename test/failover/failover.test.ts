@@ -938,6 +938,18 @@ describe('failover', () => {
     }
   });
 
+  it("a secondary takes its primary's history as the welcome gives it, also when shorter: a generation it adopted from another primary goes", async () => {
+    await withSecondaryHistory(async (_storage, history) => {
+      const g0 = { generation: 0, startTid: Buffer.alloc(8) };
+      // Adopted from a primary that was promoted (generation 1 from tid 50), never reached here.
+      await history.adopt({ generation: { generation: 1, startTid: Buffer.from('0000000000000050', 'hex') }, generations: [g0, { generation: 1, startTid: Buffer.from('0000000000000050', 'hex') }] });
+      expect(history.generations.list.map((g) => g.generation)).toEqual([0, 1]);
+      // Moved to a primary of generation 0 only: keeping generation 1 would judge this node diverged once past tid 50.
+      await history.adopt({ generation: g0, generations: [g0] });
+      expect(history.generations.list.map((g) => g.generation)).toEqual([0]);
+    });
+  });
+
   it('a secondary refuses to adopt a generation that would make its history too long for a hello', async () => {
     await withSecondaryHistory(async (_storage, history) => {
       const list = Array.from({ length: 1024 }, (_, i) => ({ generation: i, startTid: Buffer.alloc(8) }));

@@ -368,6 +368,13 @@ describe('primarySession: acknowledgements', () => {
     expect(s.context.closeReason).toMatchObject({ kind: 'protocol-error' });
   });
 
+  it('an ACK repeating the last one is allowed (PROTOCOL.md): the session goes on', () => {
+    const [s1] = step(reach.live!(), { type: 'ACK', tid: tid(5) });
+    const [s] = step(s1, { type: 'ACK', tid: tid(5) });
+    expect(s.value).toBe('live');
+    expect(s.context.ackedTid).toEqual(tid(5));
+  });
+
   it('an ACK before the handshake completed is a protocol error', () => {
     const [s] = step(reach.awaitingStart!(), { type: 'ACK', tid: tid(1) });
     expect(s.value).toBe('closed');

@@ -3,13 +3,15 @@
 // primary (a packed transaction, whose link cannot be computed again) only
 // once that link is written too.
 
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { Applier } from '../../src/replication/applier.js';
+import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { commitMany } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -91,6 +93,59 @@ describe('Applier', () => {
     } finally {
       sub.unsubscribe();
       releaseLink();
+      await storage.close();
+    }
+  });
+
+  it('reports a run of raw transactions applied only once its sync completed', async () => {
+    const dir = await tempDir();
+    // The run: a source file's transactions, as a primary sends them (its bytes after the magic).
+    const source = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
+    const tids = await commitMany(source, 3);
+    await source.close();
+    const bytes = readFileSync(join(dir, 'p.fs')).subarray(4);
+    // A disk whose syncs wait until the test lets them go.
+    const held: Array<() => void> = [];
+    const disk: StorageDisk = { write: nodeDisk.write, truncate: nodeDisk.truncate, datasync: (fd) => new Promise<void>((resolve, reject) => held.push(() => void nodeDisk.datasync(fd).then(resolve, reject))) };
+    const storage = await FileStorage.open(join(dir, 's.fs'), { create: true, fsync: true, syncInline: false, disk });
+    const applied: string[] = [];
+    const applier = new Applier(storage, { applied: (tid) => applied.push(tid.toString('hex')), heartbeat: () => undefined }, false);
+    const last = tids.at(-1)!;
+    try {
+      await applier.apply({ kind: 'rawTxns', bytes: Buffer.from(bytes), count: tids.length, lastTid: last });
+      await applier.apply({ kind: 'commit', tid: last });
+      // Written (its sync was asked for), not durable: not reported, so not acknowledged.
+      while (held.length === 0) await settle(1);
+      await settle();
+      expect(storage.lastTransaction().equals(last)).toBe(true);
+      expect(applied).toEqual([]);
+      while (applied.length === 0) {
+        held.splice(0).forEach((go) => go());
+        await settle(1);
+      }
+      await applier.settle();
+      expect(applied).toEqual([last.toString('hex')]);
+    } finally {
+      const releasing = setInterval(() => held.splice(0).forEach((go) => go()), 1);
+      await storage.close().finally(() => clearInterval(releasing));
+    }
+  });
+
+  it('aborting in the middle of a blob removes its partly written staging file', async () => {
+    const dir = await tempDir();
+    const blobDir = join(dir, 'blobs');
+    const storage = await FileStorage.open(join(dir, 's.fs'), { create: true, fsync: false, blobDir });
+    const applier = new Applier(storage, { applied: () => undefined, heartbeat: () => undefined }, true);
+    const empty = Buffer.alloc(0);
+    const tid = Buffer.from('0000000000000001', 'hex');
+    try {
+      await applier.apply({ kind: 'begin', tid, status: ' ', user: empty, description: empty, extension: empty });
+      await applier.apply({ kind: 'record', oid: Z64, data: Buffer.from('blob record'), dataTxn: null, blob: { blocks: 2 } });
+      await applier.apply({ kind: 'blobBlock', bytes: Buffer.alloc(1000, 1), last: false });
+      expect(readdirSync(join(blobDir, 'tmp'))).toHaveLength(1);
+      await applier.abort();
+      expect(readdirSync(join(blobDir, 'tmp'))).toEqual([]);
+    } finally {
       await storage.close();
     }
   });

@@ -98,6 +98,8 @@ describe('NativeInbound with txnLinks', () => {
     const { prevLink, ...withoutLink } = msg;
     expect(() => welcomed(true).push(encodeNative(withoutLink, packr))).toThrow(/prevLink/);
     expect(() => welcomed(true).push(encodeNative({ ...msg, count: 4 }, packr))).toThrow(ProtocolError);
+    // The right count, but a last tid its bytes do not end with.
+    expect(() => welcomed(true).push(encodeNative({ ...msg, lastTid: Buffer.from('7fffffffffffffff', 'hex') }, packr))).toThrow(/txns announces 3 transactions up to 7fffffffffffffff/);
     expect(() => welcomed(true).push(encodeNative({ ...msg, prevLink, bytes: msg.bytes.subarray(0, msg.bytes.length - 9) }, packr))).toThrow(ProtocolError);
   });
 });
@@ -144,6 +146,31 @@ describe('NativeInbound takes only what the welcome granted', () => {
     const events = frames.flatMap((f) => granted.push(f));
     expect(events.map((e) => e.kind)).toEqual(['begin', 'record']);
     expect(events[1]).toMatchObject({ kind: 'record', blob: { blocks: 1 } });
+  });
+});
+
+describe('NativeInbound refuses a stream that breaks the order of messages', () => {
+  const packr = createNativePackr();
+  const oid = Buffer.alloc(8, 1);
+  const tid = Buffer.alloc(8, 2);
+  const begin = encodeNative({ type: 'txn', tid, status: ' ', user: Buffer.alloc(0), description: Buffer.alloc(0), extension: Buffer.alloc(0) }, packr);
+
+  it('a heartbeat inside a transaction (it would adopt a generation, or time the link, halfway through one)', () => {
+    const inbound = welcome({ blobs: false });
+    inbound.push(begin);
+    expect(() => inbound.push(encodeNative({ type: 'heartbeat', lastTid: tid, clockMs: 0 }, packr))).toThrow(/heartbeat inside a transaction/);
+    // Between transactions it is taken.
+    const idle = welcome({ blobs: false });
+    expect(idle.push(encodeNative({ type: 'heartbeat', lastTid: tid, clockMs: 0 }, packr))).toMatchObject([{ kind: 'heartbeat' }]);
+  });
+
+  it('a blob block beyond the size its blob announced (the file would grow past it)', () => {
+    const inbound = welcome({ blobs: true });
+    inbound.push(begin);
+    inbound.push(encodeNative({ type: 'record', oid, dataTxn: null, data: Buffer.from('blob record') }, packr));
+    inbound.push(encodeNative({ type: 'blob', oid, size: 10 }, packr));
+    expect(inbound.push(encodeNative({ type: 'blob-block', bytes: Buffer.alloc(6) }, packr))).toMatchObject([{ kind: 'blobBlock', last: false }]);
+    expect(() => inbound.push(encodeNative({ type: 'blob-block', bytes: Buffer.alloc(6) }, packr))).toThrow(/blob block beyond the announced size/);
   });
 });
 

@@ -137,6 +137,19 @@ describe('LiveFeed', () => {
     expect(late.completed).toBe(true);
   });
 
+  it('delivers at close what still waits on the clock for its turn', async () => {
+    const { fs, virtual, feed } = await pacedFeed(2);
+    const a = new Recorder();
+    feed.subscribe(a);
+    const tids = await commit(fs, 2);
+    await nextTurn();
+    expect(a.batches).toEqual([]);
+    expect(virtual.pendingTimers).toBe(1);
+    await fs.close(); // the clock never moves: the tick would never come
+    expect(a.tids).toEqual(tids.map((t) => t.toString('hex')));
+    expect(a.completed).toBe(true);
+  });
+
   it('waits on the clock for its turn while the loop is busy', async () => {
     const { fs, virtual, feed } = await pacedFeed(2); // the next step may start 20 ms after the last one started
     const a = new Recorder();

@@ -171,6 +171,26 @@ describe('closing a primary whose peer does not cooperate', () => {
     }
   });
 
+  it('a secondary that already acknowledged everything is not waited for at close (the ack wait is for what is unacknowledged)', async () => {
+    const { primary, clock } = await primaryOnVirtualClock();
+    const secondary = await Secondary.open({ path: join(await tempDir(), 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    try {
+      const [last] = (await commitMany(primary.storage, 3)).slice(-1);
+      await waitForTid(secondary, last!);
+      await settleUntil(() => primary.status().sessions[0]?.ackedTid?.equals(last!) === true);
+      let closed = false;
+      const before = clock.now();
+      const closing = primary.close().then(() => (closed = true));
+      // The virtual clock does not move: a wait for an ack would never end.
+      await settleUntil(() => closed, 5_000);
+      expect(clock.now()).toBe(before);
+      await closing;
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+  });
+
   it('a transaction waiting to begin when the primary closes is refused as closed (StorageClosedError), not as read-only', async () => {
     const dir = await tempDir();
     const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
