@@ -277,8 +277,9 @@ class Walk {
       if (!d.tid.equals(tid)) throw new Problem(rpos + 8, `${rwhat}: tid ${d.tid.toString('hex')} is not the transaction's`);
       if (d.tloc !== pos) throw new Problem(rpos + 24, `${rwhat}: transaction position ${d.tloc} should be ${pos}`);
       if (d.vlen !== 0) throw new Problem(rpos + 32, `${rwhat}: version length ${d.vlen} (versions are not supported)`);
-      const expectedPrev = lastHere.get(oid) ?? this.lastOfOid.get(oid) ?? 0;
-      if (d.prev !== expectedPrev) throw new Problem(rpos + 16, `${rwhat}: prev ${d.prev} should be ${expectedPrev} (the oid's previous record)`);
+      // As ZODB writes it: the oid's last record in an earlier transaction, also for its second record in this one.
+      const expectedPrev = this.lastOfOid.get(oid) ?? 0;
+      if (d.prev !== expectedPrev) throw new Problem(rpos + 16, `${rwhat}: prev ${d.prev} should be ${expectedPrev} (the oid's record in an earlier transaction)`);
       if (d.plen === 0) {
         const back = readU64At(await reader.at(rpos + DATA_HEADER_BYTES, BACKPOINTER_BYTES), 0);
         if (back !== 0) {

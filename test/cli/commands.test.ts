@@ -271,6 +271,32 @@ describe('zrs verify', () => {
     if (!order.ok) expect(order.problem).toContain('tid is not after the previous one');
   });
 
+  it("passes a transaction holding two records of one object, whose prev both name the object's earlier record (as ZODB writes them), before and after a pack", async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const oid = Buffer.from('0000000000000001', 'hex');
+    const store = async (serial: Buffer, ...datas: string[]): Promise<Buffer> => {
+      const txn = { description: datas.join(', ') };
+      await fs.tpcBegin(txn);
+      for (const d of datas) fs.store(oid, serial, Buffer.from(d), txn);
+      await fs.tpcVote(txn);
+      return fs.tpcFinish(txn);
+    };
+    try {
+      const t0 = await store(Buffer.alloc(8), 'v0');
+      const t1 = await store(t0, 'a', 'b');
+      await store(t1, 'c');
+      await fs.close();
+      expect(await verifyFile(path)).toMatchObject({ ok: true, transactions: 3 });
+      const packing = await FileStorage.open(path, { fsync: false });
+      await packing.pack(Date.now() / 1000 + 60);
+      await packing.close();
+      expect(await verifyFile(path)).toMatchObject({ ok: true });
+    } finally {
+      await fs.close();
+    }
+  });
+
   it('stops at the fill of a file open for writing, and reports a transaction a torn sync left holding fill', async () => {
     const path = await copy('basic');
     const m = await readManifest('basic');
