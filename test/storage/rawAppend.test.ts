@@ -285,6 +285,44 @@ describe('appendTransactions', () => {
     });
   });
 
+  it('moves newOid past the largest oid of the transactions it appended', async () => {
+    const dir = await tempDir();
+    const src = await FileStorage.open(join(dir, 'src.fs'), { create: true, fsync: false });
+    const dst = await FileStorage.open(join(dir, 'dst.fs'), { create: true, fsync: false });
+    try {
+      const txn = { description: 'oid 5' };
+      await src.tpcBegin(txn);
+      src.store(Buffer.from('0000000000000005', 'hex'), Z64, Buffer.from('five'), txn);
+      await src.tpcVote(txn);
+      await src.tpcFinish(txn);
+      const [t] = await transactions(src);
+      await (await dst.appendTransactions(Buffer.from(t!.raw!))).durable;
+      expect(dst.newOid().toString('hex')).toBe('0000000000000006');
+    } finally {
+      await src.close();
+      await dst.close();
+    }
+  });
+
+  it('closeForWrites waits for a voted transaction to finish, so what its caller commits is in the file when it resolves', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: true });
+    try {
+      const txn = { description: 'voted' };
+      await fs.tpcBegin(txn);
+      fs.store(fs.newOid(), Z64, Buffer.from('v'), txn);
+      await fs.tpcVote(txn);
+      let closed = false;
+      const closing = fs.closeForWrites().then(() => (closed = true));
+      for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+      expect(closed).toBe(false);
+      const tid = await fs.tpcFinish(txn);
+      await closing;
+      expect(fs.lastDurableTid.equals(tid)).toBe(true);
+    } finally {
+      await fs.close();
+    }
+  });
+
   it('is refused once the storage is closed to writes, as a new transaction is', async () => {
     const dir = await tempDir();
     const src = await FileStorage.open(join(dir, 'src.fs'), { create: true, fsync: false });

@@ -40,6 +40,29 @@ describe('restore with dataTxn', () => {
     }
   });
 
+  it('writes the data itself, not a backpointer, when the record dataTxn names holds other data', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    try {
+      const oid = Buffer.from('0000000000000001', 'hex');
+      const tid1 = Buffer.from('03f00000000000a0', 'hex');
+      const tid2 = tidPlusOne(tid1);
+      for (const [tid, data, dataTxn] of [[tid1, 'old', null], [tid2, 'new', tid1]] as const) {
+        const txn = { description: data };
+        await fs.tpcBegin(txn, { tid });
+        fs.restore(oid, tid, Buffer.from(data), dataTxn, txn);
+        await fs.tpcVote(txn);
+        await fs.tpcFinish(txn);
+      }
+      expect((await fs.load(oid)).data.toString()).toBe('new');
+      const txns = [];
+      for await (const t of fs.iterator()) txns.push(t);
+      expect(txns[1]!.records[0]!.back).toBeNull();
+      expect(txns[1]!.records[0]!.data?.toString()).toBe('new');
+    } finally {
+      await fs.close();
+    }
+  });
+
   it('reads the transaction pointed into once for all of its records (it read all of them for each: k^2 reads for k records)', async () => {
     const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
     const k = 300;

@@ -93,6 +93,38 @@ describe('undo', () => {
     }
   });
 
+  it('undoLog with a negative last takes -last entries from first (ZODB: first to first - last)', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    try {
+      const oid = fs.newOid();
+      let serial = Z64;
+      for (let i = 0; i < 8; i++) serial = await commit(fs, [[oid, serial, `v${i}`]]);
+      const all = (await fs.undoLog(0, 100)).map((e) => e.id);
+      expect(all).toHaveLength(8);
+      expect((await fs.undoLog(5, -2)).map((e) => e.id)).toEqual(all.slice(5, 7));
+      expect((await fs.undoLog(2, 4)).map((e) => e.id)).toEqual(all.slice(2, 4));
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('undoing the newest change, then the one before it in another transaction, gives the object as before both', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    try {
+      const oid = fs.newOid();
+      const t0 = await commit(fs, [[oid, Z64, 'x']]);
+      const t1 = await commit(fs, [[oid, t0, 'y']]);
+      const t2 = await commit(fs, [[oid, t1, 'z']]);
+      await undo(fs, t2);
+      expect((await fs.load(oid)).data.toString()).toBe('y');
+      // t1's change is now current again (through the undo's backpointer): it can be undone.
+      await undo(fs, t1);
+      expect((await fs.load(oid)).data.toString()).toBe('x');
+    } finally {
+      await fs.close();
+    }
+  });
+
   it('refuses when a later transaction changed the object, writing nothing', async () => {
     const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
     try {

@@ -1,0 +1,135 @@
+// Pack at its edges, on small files built with known tids: a transaction
+// exactly at the pack time, an object stored twice in one transaction (with
+// and without a blob), the conflict check and undo right after a pack, and
+// the packed file made durable before it replaces the old one.
+
+import { fstatSync, statSync } from 'node:fs';
+import { open, readFile, writeFile, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it, vi } from 'vitest';
+import { ConflictError, POSKeyError, UndoError } from '../../src/errors.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { packTimeToTid } from '../../src/storage/pack.js';
+import { Z64 } from '../../src/storage/timestamp.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { BLOB_RECORD } from '../replication/helpers.js';
+
+afterAll(cleanupTempDirs);
+
+const OID = Buffer.from('0000000000000001', 'hex');
+const OTHER = Buffer.from('0000000000000002', 'hex');
+/** The pack time of these tests (seconds); transactions are placed around it. */
+const T = 1_700_000_000;
+const at = (offset: number): Buffer => packTimeToTid(T + offset);
+
+/** Commit `writes` (oid, serial, data) as one transaction with `tid`. */
+async function commitAt(fs: FileStorage, tid: Buffer, writes: Array<[Buffer, Buffer, string]>): Promise<Buffer> {
+  const txn = { description: tid.toString('hex') };
+  await fs.tpcBegin(txn, { tid });
+  for (const [oid, serial, data] of writes) fs.store(oid, serial, Buffer.from(data), txn);
+  await fs.tpcVote(txn);
+  return fs.tpcFinish(txn);
+}
+
+async function withStorage(body: (fs: FileStorage, dir: string) => Promise<void>, blobs = false): Promise<void> {
+  const dir = await tempDir();
+  const fs = await FileStorage.open(join(dir, 'Data.fs'), { create: true, fsync: false, ...(blobs ? { blobDir: join(dir, 'blobs') } : {}) });
+  try {
+    await body(fs, dir);
+  } finally {
+    await fs.close();
+  }
+}
+
+describe('pack at its edges', () => {
+  it('takes a transaction at exactly the pack time as before it: the revision it replaced goes', () =>
+    withStorage(async (fs) => {
+      const t0 = await commitAt(fs, at(-100), [[OID, Z64, 'v0']]);
+      const t1 = await commitAt(fs, at(0), [[OID, t0, 'v1']]);
+      await commitAt(fs, at(100), [[OTHER, Z64, 'x']]);
+      await fs.pack(T);
+      await expect(fs.loadSerial(OID, t0)).rejects.toBeInstanceOf(POSKeyError);
+      expect((await fs.loadSerial(OID, t1)).toString()).toBe('v1');
+    }));
+
+  it('keeps the history of an object stored twice in a transaction after the pack time as it was, less what the pack removed', () =>
+    withStorage(async (fs) => {
+      const t0 = await commitAt(fs, at(-200), [[OID, Z64, 'v0']]);
+      const t1 = await commitAt(fs, at(-100), [[OID, t0, 'v1']]);
+      await commitAt(fs, at(100), [[OID, t1, 'a'], [OID, t1, 'b']]);
+      const before = (await fs.history(OID, 10)).map((h) => h.tid.toString('hex'));
+      await fs.pack(T);
+      expect((await fs.history(OID, 10)).map((h) => h.tid.toString('hex'))).toEqual(before.filter((t) => t !== t0.toString('hex')));
+      expect((await fs.load(OID)).data.toString()).toBe('b');
+    }));
+
+  it('checks conflicts against the packed file right after the swap: a store over a removed serial is refused', () =>
+    withStorage(async (fs) => {
+      const t0 = await commitAt(fs, at(-200), [[OID, Z64, 'v0']]);
+      await commitAt(fs, at(-100), [[OID, t0, 'v1']]);
+      await commitAt(fs, at(100), [[OTHER, Z64, 'x']]);
+      await fs.pack(T);
+      const txn = { description: 'over a stale serial' };
+      await fs.tpcBegin(txn);
+      try {
+        expect(() => fs.store(OID, t0, Buffer.from('lost update'), txn)).toThrow(ConflictError);
+      } finally {
+        await fs.tpcAbort(txn);
+      }
+    }));
+
+  it('refuses to undo a transaction the pack marked packed', () =>
+    withStorage(async (fs) => {
+      const t0 = await commitAt(fs, at(-200), [[OID, Z64, 'v0']]);
+      const t1 = await commitAt(fs, at(-100), [[OID, t0, 'v1']]);
+      await commitAt(fs, at(100), [[OTHER, Z64, 'x']]);
+      await fs.pack(T);
+      const txn = { description: 'undo' };
+      await fs.tpcBegin(txn);
+      try {
+        await expect(fs.undo(t1, txn)).rejects.toBeInstanceOf(UndoError);
+      } finally {
+        await fs.tpcAbort(txn);
+      }
+      expect((await fs.load(OID)).data.toString()).toBe('v1');
+    }));
+
+  it('keeps the blob file of an object stored twice in a transaction: its last record uses it', () =>
+    withStorage(async (fs, dir) => {
+      const txn = { description: 'a blob, twice' };
+      await fs.tpcBegin(txn, { tid: at(-100) });
+      for (const content of ['first', 'second']) {
+        const file = join(dir, content);
+        await writeFile(file, content);
+        await fs.storeBlob(OID, Z64, BLOB_RECORD, file, txn);
+      }
+      await fs.tpcVote(txn);
+      const tid = await fs.tpcFinish(txn);
+      await commitAt(fs, at(100), [[OTHER, Z64, 'x']]);
+      await fs.pack(T);
+      expect(await readFile(await fs.loadBlob(OID, tid), 'utf8')).toBe('second');
+    }, true));
+
+  it('syncs the packed file before it replaces the data file', () =>
+    withStorage(async (fs, dir) => {
+      const t0 = await commitAt(fs, at(-200), [[OID, Z64, 'v0']]);
+      await commitAt(fs, at(-100), [[OID, t0, 'v1']]);
+      const probe = await open(join(dir, 'probe'), 'w');
+      const proto = Object.getPrototypeOf(probe) as FileHandle;
+      await probe.close();
+      const synced = new Set<number>();
+      const spies = (['sync', 'datasync'] as const).map((name) => {
+        const original = proto[name];
+        return vi.spyOn(proto, name).mockImplementation(function (this: FileHandle) {
+          synced.add(fstatSync(this.fd).ino);
+          return original.call(this);
+        });
+      });
+      try {
+        expect((await fs.pack(T)).packed).toBe(true);
+      } finally {
+        for (const s of spies) s.mockRestore();
+      }
+      expect(synced.has(statSync(join(dir, 'Data.fs')).ino)).toBe(true);
+    }));
+});
