@@ -20,7 +20,9 @@ it('a run abandoned at the time limit leaves no cluster files once settled', asy
   process.env.ZRS_SIM_TMPDIR = root;
   const details = await fc.check(failoverProperty({ mode: 'chaos', secondaries: 2, converge: true, maxCommands: 25 }), { numRuns: 10_000, seed: 5, interruptAfterTimeLimit: 300 });
   expect(details.interrupted).toBe(true);
-  expect(details.failed, fc.defaultReportMessage(details) ?? '').toBe(false);
+  // No run found a counterexample. (fast-check also reports an interruption before the first run ended,
+  // which a loaded machine can make happen, as failed: that one has no counterexample.)
+  expect(details.counterexample, fc.defaultReportMessage(details) ?? '').toBeNull();
   await settleRuns();
   expect(readdirSync(root)).toEqual([]);
 }, 120_000);
