@@ -73,6 +73,9 @@ export interface VerifySummary {
   beingWritten: { position: number; problem: string } | null;
 }
 
+/** Said of a transaction the end of the file cuts short: what a crash during its commit leaves, not damage. */
+const TORN_AT_END = "; a commit cut short by the end of the file, as a crash while it was written leaves it: a read-write open cuts it, keeping its bytes in a .trN file beside it";
+
 export interface VerifyProblem {
   ok: false;
   /** File offset where the problem is. */
@@ -242,7 +245,7 @@ class Walk {
 
   private async transaction(reader: Reader, size: number): Promise<void> {
     const pos = this.pos;
-    if (size - pos < TXN_HEADER_BYTES) throw new Problem(pos, `incomplete transaction header: ${size - pos} bytes left, 23 needed`);
+    if (size - pos < TXN_HEADER_BYTES) throw new Problem(pos, `incomplete transaction header: ${size - pos} bytes left, 23 needed${TORN_AT_END}`);
     const h = readTxnHeader(await reader.at(pos, TXN_HEADER_BYTES));
     const tid = Buffer.from(h.tid);
     const what = `transaction ${tid.toString('hex')} at ${pos}`;
@@ -258,8 +261,8 @@ class Walk {
     const end = pos + h.length;
     const fill = await firstFillWithin((at, length) => reader.at(at, length), pos, Math.min(end + TRAILER_BYTES, reader.size), WINDOW_BYTES);
     if (fill >= 0) throw new Problem(fill, `${what}: holds preallocated fill, a sync torn by a crash; a read-write open cuts it`);
-    if (pos + h.length > size) throw new Problem(pos, `${what}: runs past the end of the file (needs ${h.length + TRAILER_BYTES} bytes, ${size - pos} left)`);
-    if (pos + h.length + TRAILER_BYTES > size) throw new Problem(pos + h.length, `${what}: its 8-byte redundant length is cut off by the end of the file`);
+    if (pos + h.length > size) throw new Problem(pos, `${what}: runs past the end of the file (needs ${h.length + TRAILER_BYTES} bytes, ${size - pos} left)${TORN_AT_END}`);
+    if (pos + h.length + TRAILER_BYTES > size) throw new Problem(pos + h.length, `${what}: its 8-byte redundant length is cut off by the end of the file${TORN_AT_END}`);
     const trailer = readU64At(await reader.at(pos + h.length, TRAILER_BYTES), 0);
     if (trailer !== h.length) throw new Problem(pos + h.length, `${what}: redundant length ${trailer} differs from the header's ${h.length}`);
     // The records' positions and each oid's last one within this transaction, kept apart until all of it checked.

@@ -232,6 +232,8 @@ describe('zrs verify', () => {
     expect(r.code).toBe(1);
     expect(r.stdout).toBe('');
     expect(r.stderr).toContain(`${path}: position ${position}: transaction 03f5e2607a19b377 at 10539: ${what}`);
+    // Each is what a crash during the last commit leaves: the message says what the next read-write open does.
+    expect(r.stderr).toContain('a read-write open cuts it');
     expect(r.stderr).toContain('(52 good transactions before it)');
   });
 
