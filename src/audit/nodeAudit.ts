@@ -8,7 +8,8 @@ import type { Clock } from '../ports/clock.js';
 import type { Logger } from '../replication/log.js';
 import type { ReplicationServer } from '../replication/server.js';
 import { auditPrimarySession, auditSecondaryConnection, UnnamedConnections, type AuditedSecondary } from './actorAudit.js';
-import { AuditLog } from './auditLog.js';
+import { pathKind } from '../storage/fileio.js';
+import { AuditLog, readAuditLog, type AuditRecord } from './auditLog.js';
 
 export interface NodeAuditOptions {
   /** The node's data file; the audit log defaults to `<dataPath>.audit`. */
@@ -24,6 +25,36 @@ export interface NodeAuditOptions {
 /** The audit log path a node uses. */
 export function defaultAuditPath(dataPath: string): string {
   return `${dataPath}.audit`;
+}
+
+/**
+ * What a node's audit logs say of its past: the records of the logs at
+ * `paths` (its own, and its default one when it records elsewhere), in time
+ * order. A missing or unreadable log says nothing.
+ */
+export async function auditPast(paths: readonly string[]): Promise<AuditRecord[]> {
+  const records: AuditRecord[] = [];
+  for (const path of new Set(paths)) {
+    if ((await pathKind(path)) !== 'file') continue;
+    records.push(...(await readAuditLog(path).catch(() => ({ records: [] as AuditRecord[] }))).records);
+  }
+  return records.sort((a, b) => a.timeMs - b.timeMs);
+}
+
+/** Whether `past` records this node starting `generation` (a promotion), not adopting it from a primary. */
+export function promotedTo(past: readonly AuditRecord[], generation: number): boolean {
+  return past.some((r) => r.kind === 'promotion' && r.details.newGeneration === generation);
+}
+
+/**
+ * The refusal of a promotion run again: the node's current generation starts
+ * at its last transaction and its audit log says it started it (promoted,
+ * nothing written since), so another promotion would start a second
+ * generation at the same tid; null when that is not the case.
+ */
+export function promotionRunAgain(what: string, current: { generation: number; startTid: Buffer } | null, lastTid: Buffer, past: readonly AuditRecord[]): string | null {
+  if (!current || current.generation === 0 || !current.startTid.equals(lastTid) || !promotedTo(past, current.generation)) return null;
+  return `${what}: generation ${current.generation} already starts after its last transaction (tid ${current.startTid.toString('hex')}), and its audit log says this node started it: it was promoted and nothing was written since`;
 }
 
 /** Open the node's audit log, or return null when it is turned off (`auditPath: null`). */

@@ -7,8 +7,8 @@
 // Either way the promotion is recorded in the node's audit log.
 
 import { basename } from 'node:path';
-import { AuditLog, readAuditLog, type AuditRecord } from '../audit/auditLog.js';
-import { defaultAuditPath } from '../audit/nodeAudit.js';
+import { AuditLog, type AuditRecord } from '../audit/auditLog.js';
+import { auditPast, defaultAuditPath, promotionRunAgain } from '../audit/nodeAudit.js';
 import { runEach, ZrsError } from '../errors.js';
 import { FailoverHistory } from '../failover/history.js';
 import { nextGeneration } from '../failover/promote.js';
@@ -37,8 +37,9 @@ replicating (a half-received transaction is discarded), starts generation
 n + 1 at its last transaction, where n is the largest generation it ever
 saw, and accepts writes as a primary on the same address; the secondaries
 replicating from it stay connected. It refuses while it is still connected
-to a live primary (stop that one first, or --force) and when it is already
-a primary. Prints the new generation and the tid it starts after; exit 0,
+to a live primary (stop that one first, or --force), when it is already
+a primary, and, as with FILE, when it was promoted before and nothing was
+written since (restarted with its secondary configuration). Prints the new generation and the tid it starts after; exit 0,
 or 1 when refused or unreachable.
 
 With FILE (an existing Data.fs of a stopped secondary), starts generation
@@ -81,16 +82,6 @@ export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
 }
 
 
-/** The records of the audit logs at `paths`, in time order (a missing or unreadable log says nothing). */
-async function pastOf(paths: string[]): Promise<AuditRecord[]> {
-  const records: AuditRecord[] = [];
-  for (const path of paths) {
-    if ((await pathKind(path)) !== 'file') continue;
-    records.push(...(await readAuditLog(path).catch(() => ({ records: [] as AuditRecord[] }))).records);
-  }
-  return records.sort((a, b) => a.timeMs - b.timeMs);
-}
-
 /**
  * The record of the node's last handshake as a secondary, when its primary
  * refused it as diverged and no rewind or promotion came after: a rewind
@@ -120,13 +111,9 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
       // Where the node's past is read from: the log it records in, and its default one too (a promotion
       // recorded elsewhere, or in none, must not pass for one on a node with nothing against it).
       // Read once, and only when a refusal is possible.
-      const past = force ? [] : await pastOf([...new Set([log, defaultAuditPath(path)].filter((l): l is string => l !== null))]);
-      const startedHere = (g: number): boolean => past.some((r) => r.kind === 'promotion' && r.details.newGeneration === g);
-      if (!force && current && current.generation > 0 && current.startTid.equals(storage.lastTransaction()) && startedHere(current.generation)) {
-        throw new ZrsError(
-          `${path}: generation ${current.generation} already starts after its last transaction (tid ${current.startTid.toString('hex')}), and its audit log says this node started it: it was promoted and nothing was written since; serve it as a primary, or --force for another generation`,
-        );
-      }
+      const past = force ? [] : await auditPast([log, defaultAuditPath(path)].filter((l): l is string => l !== null));
+      const again = force ? null : promotionRunAgain(path, current, storage.lastTransaction(), past);
+      if (again !== null) throw new ZrsError(`${again}; serve it as a primary, or --force for another generation`);
       // As online: a node its primary refused as diverged is promoted only when forced.
       const diverged = divergedIn(past);
       if (diverged) {

@@ -6,6 +6,7 @@
 // this node ever saw; with a `claim` hook backed by an external coordinator
 // (compare-and-set), no two nodes ever become writable in one generation.
 
+import { auditPast, promotionRunAgain } from '../audit/nodeAudit.js';
 import { ZrsError } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import type { ReplicationAddress, Transport } from '../ports/transport.js';
@@ -61,6 +62,8 @@ export interface PromotionHandle {
   detach(): Promise<ReplicationServer | null>;
   /** Aborted when the secondary is closed: a claim still waiting for its coordinator is given up. */
   signal?: AbortSignal;
+  /** The audit logs that say what this node did (its own, and its default one): a promotion run again is refused by them. */
+  auditPaths?: readonly string[];
 }
 
 /** The claim's answer, or a refusal as soon as `signal` aborts (a close must not wait on a coordinator). */
@@ -131,6 +134,13 @@ export async function promoteSecondary(h: PromotionHandle, options: PromoteOptio
     throw new PromotionRefusedError(
       `refusing to promote unless forced: packed transaction ${lost.toString('hex')} is in the data file without the link its primary gave (a hash chain write failed); reopen the node first, or force it (force: true; zrs promote --force)`,
     );
+  }
+  // As offline (zrs promote FILE): promoted, restarted as a secondary, promoted again with nothing written
+  // between would start a second generation at the same tid. The logs are read only when that may be so.
+  const current = h.history.generations.current;
+  if (!options.force && h.auditPaths && current && current.generation > 0 && current.startTid.equals(h.storage.lastTransaction())) {
+    const again = promotionRunAgain('refusing to promote', current, h.storage.lastTransaction(), await auditPast(h.auditPaths));
+    if (again !== null) throw new PromotionRefusedError(`${again}; restart it with a primary configuration, or force another generation (force: true; zrs promote --force)`);
   }
   if (options.replicateTo === undefined && h.serverAddress() === null) throw new PromotionRefusedError('promote needs replicateTo: this secondary does not serve one');
   // Bad options and a full history are refused before detaching, so the secondary keeps replicating.

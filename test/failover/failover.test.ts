@@ -496,6 +496,35 @@ describe('failover', () => {
     }
   });
 
+  it('a node promoted, restarted as a secondary and promoted again with nothing written between is refused unless forced, as zrs promote FILE is', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 's1.fs');
+    const p = await openPrimary(join(dir, 'p.fs'));
+    const s1 = await openSecondary(path, p.address, { replicateTo: '127.0.0.1:0', auditPath: undefined });
+    let again: Secondary | null = null;
+    let promoted: Primary | null = null;
+    try {
+      const [last] = await commitMany(p.storage, 2).then((t) => t.slice(-1));
+      await waitForTid(s1, last!);
+      await p.close();
+      await waitForState(s1, 'backoff');
+      promoted = await s1.promote();
+      expect(promoted.generation.generation).toBe(1);
+      await promoted.close();
+      await s1.close();
+      // Restarted with its old configuration (a secondary of the primary that is gone), then promoted again.
+      again = await openSecondary(path, NOWHERE, { replicateTo: '127.0.0.1:0', auditPath: undefined });
+      await expect(again.promote()).rejects.toThrow(/refusing to promote: generation 1 already starts after its last transaction .*, and its audit log says this node started it/);
+      expect(generationsFile(path).generations.map((g) => g.generation)).toEqual([0, 1]);
+      promoted = await again.promote({ force: true });
+      expect(promoted.generation).toEqual({ generation: 2, startTid: last });
+    } finally {
+      await promoted?.close();
+      await again?.close();
+      await s1.close();
+    }
+  });
+
   it('a generation a secondary adopts from a welcome (moved to the promoted node) reaches its own secondaries too', async () => {
     const dir = await tempDir();
     const p = await openPrimary(join(dir, 'p.fs'));
