@@ -25,13 +25,15 @@ export const silentLogger: Logger = () => undefined;
 export interface OpenRepairs {
   path: string;
   tailCutOnOpen: TailCut | null;
+  stalePackRemovedOnOpen?: number | null;
   blobs: { root: string; staleStagingRemoved: { files: number; bytes: number } | null } | null;
 }
 
 /**
  * Say what opening a storage repaired: a warning when it cut its last
  * transaction off (unfinished or damaged), naming why and where its bytes
- * are kept; a line when it removed blob staging files no transaction uses.
+ * are kept; a line when it removed blob staging files no transaction uses,
+ * or the output of a pack stopped before its end.
  */
 export function logOpenRepairs(log: Logger, storage: OpenRepairs): void {
   const cut = storage.tailCutOnOpen;
@@ -41,6 +43,11 @@ export function logOpenRepairs(log: Logger, storage: OpenRepairs): void {
       `${storage.path}: the last transaction (${cut.bytes} bytes at the end) was cut off and kept in ${cut.keptIn}: ${cut.reason}; a crash during its commit leaves it so, and so would damage to it`,
       { position: cut.position, bytes: cut.bytes, keptIn: cut.keptIn, reason: cut.reason },
     );
+  }
+  if (storage.stalePackRemovedOnOpen != null) {
+    log('info', `${storage.path}: removed ${storage.path}.pack (${storage.stalePackRemovedOnOpen} bytes), the unfinished output of a pack stopped before its end (the data file is as before that pack)`, {
+      bytes: storage.stalePackRemovedOnOpen,
+    });
   }
   const blobs = storage.blobs;
   const staging = blobs?.staleStagingRemoved;

@@ -5,7 +5,7 @@
 // committed (tpcFinish, commits$) only once it is durable.
 
 import { closeSync, ftruncateSync, fstatSync, openSync, writeSync, fsyncSync } from 'node:fs';
-import { open as openHandle, access, link, rename, rm } from 'node:fs/promises';
+import { open as openHandle, access, link, rename, rm, stat } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { Subject, type Observable } from 'rxjs';
@@ -315,6 +315,13 @@ export class FileStorage {
    */
   unreadTailOnOpen: { pos: number; reason: string } | null = null;
 
+  /**
+   * The bytes of a pack's unfinished output (`<path>.pack`) this open
+   * removed: what a process stopped in the middle of a pack leaves (no other
+   * process can be packing: this one holds the lock). Null when there was none.
+   */
+  stalePackRemovedOnOpen: number | null = null;
+
   private constructor(
     readonly path: string,
     private fd: number,
@@ -420,6 +427,7 @@ export class FileStorage {
       );
       storage.tailCutOnOpen = tailCut;
       storage.unreadTailOnOpen = tail;
+      if (!readOnly) storage.stalePackRemovedOnOpen = await removeStalePack(`${path}.pack`);
       return storage;
     } catch (err) {
       await handle?.close();
@@ -1558,4 +1566,12 @@ function preallocateOption(options: OpenOptions): number {
 
 function checkOid(oid: Buffer): void {
   if (oid.length !== 8) throw new ZrsError(`oid must be 8 bytes, got ${oid.length}`);
+}
+
+/** Remove a pack's leftover output file; its size, or null when there was none. */
+async function removeStalePack(packPath: string): Promise<number | null> {
+  if ((await pathKind(packPath)) !== 'file') return null;
+  const { size } = await stat(packPath);
+  await rm(packPath, { force: true });
+  return size;
 }

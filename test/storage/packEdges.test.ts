@@ -3,7 +3,7 @@
 // and without a blob), the conflict check and undo right after a pack, and
 // the packed file made durable before it replaces the old one.
 
-import { fstatSync, statSync } from 'node:fs';
+import { existsSync, fstatSync, statSync, writeFileSync } from 'node:fs';
 import { open, readFile, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
@@ -12,6 +12,7 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import { packTimeToTid } from '../../src/storage/pack.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { logOpenRepairs } from '../../src/replication/log.js';
 import { BLOB_RECORD } from '../replication/helpers.js';
 
 afterAll(cleanupTempDirs);
@@ -132,4 +133,30 @@ describe('pack at its edges', () => {
       }
       expect(synced.has(statSync(join(dir, 'Data.fs')).ino)).toBe(true);
     }));
+
+  it("removes at a read-write open the output a pack stopped before its end left (Data.fs.pack), and says so; a read-only open leaves it", async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    await commitAt(fs, at(-100), [[OID, Z64, 'v0']]);
+    await fs.close();
+    writeFileSync(`${path}.pack`, Buffer.alloc(5000, 1));
+    const readOnly = await FileStorage.open(path, { readOnly: true });
+    await readOnly.close();
+    expect(existsSync(`${path}.pack`)).toBe(true);
+    const again = await FileStorage.open(path, { fsync: false });
+    try {
+      expect(existsSync(`${path}.pack`)).toBe(false);
+      expect(again.stalePackRemovedOnOpen).toBe(5000);
+      const lines: string[] = [];
+      logOpenRepairs((level, message) => void lines.push(`${level} ${message}`), again);
+      expect(lines).toEqual([`info ${path}: removed ${path}.pack (5000 bytes), the unfinished output of a pack stopped before its end (the data file is as before that pack)`]);
+      expect((await again.load(OID)).data.toString()).toBe('v0');
+    } finally {
+      await again.close();
+    }
+    const clean = await FileStorage.open(path, { fsync: false });
+    expect(clean.stalePackRemovedOnOpen).toBeNull();
+    await clean.close();
+  });
 });
