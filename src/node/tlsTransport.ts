@@ -21,6 +21,7 @@ import {
 import { TlsHandshakeError, ZrsError } from '../errors.js';
 import type { ByteStream, Listener, ListenOptions, ReplicationAddress, Transport } from '../ports/transport.js';
 import { FLOOD_LOG_INTERVAL_MS, FloodWarning, type Logger } from '../replication/log.js';
+import type { Clock } from '../ports/clock.js';
 import { systemClock } from './clock.js';
 import { acceptedPeer, SocketStream, untilAborted } from './socketTransport.js';
 import { bindServer } from './listen.js';
@@ -49,6 +50,8 @@ export interface TlsOptions {
 export interface TlsTransportOptions extends TlsOptions {
   /** Where failed handshakes are reported (both sides). */
   log?: Logger;
+  /** The clock that spaces the lines of a flood of failed handshakes (default the system's). */
+  clock?: Clock;
 }
 
 const DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000;
@@ -117,6 +120,7 @@ function reason(err: Error): string {
  */
 export function tlsTransport(options: TlsTransportOptions): Transport {
   const log = options.log ?? (() => undefined);
+  const clock = options.clock ?? systemClock;
   // Read the files once, now: a missing or bad file is an error at open, naming the file, not at the first connection.
   const cert = readTlsFile('certificate', options.certificate);
   const key = options.key === undefined ? cert : readTlsFile('key', options.key);
@@ -194,17 +198,17 @@ export function tlsTransport(options: TlsTransportOptions): Transport {
       // Handshakes still under way count too: past the limit a connection is closed before its
       // handshake starts (each would hold a descriptor until the handshake timeout).
       if (options.maxConnections !== undefined) server.maxConnections = options.maxConnections;
-      const turnedAway = new FloodWarning(systemClock, FLOOD_LOG_INTERVAL_MS, (count, last) =>
+      const turnedAway = new FloodWarning(clock, FLOOD_LOG_INTERVAL_MS, (count, last) =>
         log('warn', `TLS: turned away ${count} connection(s) (the last from ${last}): ${options.maxConnections} already open, the most allowed (maxConnections)`),
       );
       server.on('drop', (d) => turnedAway.note(d?.remoteAddress ? `${d.remoteAddress}:${d.remotePort}` : label(address)));
       // Refusals may come in a flood (scanners, a client with a wrong certificate retrying): the first at once, then a count.
-      const refused = new FloodWarning(systemClock, FLOOD_LOG_INTERVAL_MS, (count, last, fields) =>
+      const refused = new FloodWarning(clock, FLOOD_LOG_INTERVAL_MS, (count, last, fields) =>
         log('warn', count === 1 ? `TLS: refused secondary ${last}` : `TLS: refused secondary ${last} (and ${count - 1} more handshakes since the last line)`, { ...fields, count }),
       );
       // A client that hangs up in the handshake refused this node (its certificate, most often): its own log
       // says why. Counted apart, so those lines never hide this node's own refusals.
-      const hungUp = new FloodWarning(systemClock, FLOOD_LOG_INTERVAL_MS, (count, last, fields) =>
+      const hungUp = new FloodWarning(clock, FLOOD_LOG_INTERVAL_MS, (count, last, fields) =>
         log(
           'warn',
           `TLS: secondary ${last} ended the handshake${count === 1 ? '' : ` (and ${count - 1} more since the last line)`}: it may have refused this node's certificate, and its log says why`,
@@ -228,6 +232,7 @@ export function tlsTransport(options: TlsTransportOptions): Transport {
           new Promise<void>((resolve) => {
             turnedAway.close();
             refused.close();
+            hungUp.close();
             server.close(() => resolve());
           }),
       };

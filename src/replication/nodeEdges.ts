@@ -32,7 +32,7 @@ export interface NodeEdges {
 
 export async function openNodeEdges(options: NodeEdgeOptions, clock: Clock, log: Logger): Promise<NodeEdges> {
   if (options.tls && options.transport) throw new ZrsError('give either tls or transport, not both');
-  const base = options.tls ? tlsTransport({ ...options.tls, log }) : (options.transport ?? socketTransport);
+  const base = options.tls ? tlsTransport({ ...options.tls, log, clock }) : (options.transport ?? socketTransport);
   const metrics = new ReplicationMetrics(clock);
   let metricsServer: MetricsServer | null = null;
   if (options.metricsAddress !== undefined) {

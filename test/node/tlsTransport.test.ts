@@ -17,7 +17,8 @@ import { requestStatus } from '../../src/replication/statusClient.js';
 import { makeTestCerts, type TestCerts } from '../helpers/certs.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, expectSameHistory, waitForTid, Z64 } from '../replication/helpers.js';
-import { FAST_RECONNECT, FramedSocket, LogCollector } from '../replication/netHelpers.js';
+import { FAST_RECONNECT, FramedSocket, LogCollector, settleUntil } from '../replication/netHelpers.js';
+import { VirtualClock } from '../../src/sim/clock.js';
 
 let certs: TestCerts;
 beforeAll(() => {
@@ -186,6 +187,23 @@ describe('tlsTransport: the secondary refuses the primary', () => {
     }
   });
 
+  it('checks the name server-hostname gives instead of the address: the certificate for other.example passes, the right one for 127.0.0.1 does not', async () => {
+    const named = await pair(serverTls(certs.wrongHost), clientTls({ serverHostname: 'other.example' }));
+    try {
+      await waitForTid(named.secondary, named.primary.storage.lastTransaction());
+    } finally {
+      await named.close();
+    }
+    const other = await pair(serverTls(), clientTls({ serverHostname: 'not-this-host.example' }));
+    try {
+      const line = await other.secondaryLog.waitFor(refusedPrimary);
+      expect(line.message).toMatch(/altnames|hostname/i);
+      await expectNothingReplicated(other);
+    } finally {
+      await other.close();
+    }
+  });
+
   it('accepts that certificate when check-hostname is off (the chain still verifies)', async () => {
     const p = await pair(serverTls(certs.wrongHost), clientTls({ checkHostname: false }));
     try {
@@ -193,6 +211,28 @@ describe('tlsTransport: the secondary refuses the primary', () => {
     } finally {
       await p.close();
     }
+  });
+});
+
+describe('tlsTransport: closing a listener', () => {
+  it('writes the line it held back for secondaries that ended the handshake, and leaves no timer', async () => {
+    const clock = new VirtualClock(Date.now()); // never moved: a held line goes out only at close
+    const lines: string[] = [];
+    const server = tlsTransport({ ...certs.otherServer, authenticate: certs.ca, log: (_level, message) => void lines.push(message), clock });
+    const listener = await server.listen({ kind: 'tcp', host: '127.0.0.1', port: 0 }, (s) => s.destroy());
+    const client = tlsTransport({ ...certs.client, authenticate: certs.ca });
+    const hangUp = (): Promise<void> => client.connect(listener.address).then((s) => s.destroy(), () => undefined);
+    try {
+      // The first is said at once; the second waits for the interval, on the clock.
+      await hangUp();
+      await settleUntil(() => lines.some((l) => l.includes('ended the handshake')));
+      await hangUp();
+      await settleUntil(() => clock.pendingTimers === 1);
+    } finally {
+      await listener.close();
+    }
+    expect(lines.filter((l) => l.includes('ended the handshake'))).toHaveLength(2);
+    expect(clock.pendingTimers).toBe(0);
   });
 });
 
