@@ -109,6 +109,18 @@ describe('writer matches CPython', () => {
     expect(loads(hex(expected))).toEqual(bytesList());
   });
 
+  it('bytes of 255 as SHORT_BINBYTES and of 256 as BINBYTES, at the boundary CPython uses', () => {
+    const x = (n: number): string => '78'.repeat(n);
+    expect(dumps(Buffer.alloc(255, 'x'), { protocol: 3 }).toString('hex')).toBe(`800343ff${x(255)}71002e`);
+    expect(dumps(Buffer.alloc(256, 'x'), { protocol: 3 }).toString('hex')).toBe(`80034200010000${x(256)}71002e`);
+  });
+
+  it("reads a protocol 4 pickle that shares an object through MEMOIZE (CPython: l = [1]; dumps({'a': l, 'b': l}, 4))", () => {
+    const value = loads(hex('80049514000000000000007d94288c0161945d944b01618c0162946802752e')) as Map<string, unknown>;
+    expect(value.get('a')).toEqual([1]);
+    expect(value.get('b')).toEqual([1]);
+  });
+
   it('int opcodes at protocol 2 (BININT1/2, BININT, LONG1) and NEWTRUE/NEWFALSE', () => {
     const expected = '80022888894affffffff4d00014a000001004a000000808a0500000080008a05ffffff7fff8a09000000000000000001' +
       '4a00ffffff4a80ffffff4a7fffffff473ff8000000000000297471002e';
