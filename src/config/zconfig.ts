@@ -175,7 +175,7 @@ class Parser {
       const chain = [...this.including.slice(this.including.indexOf(real)), real].join(' -> ');
       throw ConfigError.at(from ?? { file: path, line: 0 }, `include cycle: ${chain}`, '%include');
     }
-    if (this.including.length >= this.options.maxIncludeDepth) {
+    if (this.including.length > this.options.maxIncludeDepth) {
       throw ConfigError.at(from ?? { file: path, line: 0 }, `includes nested deeper than ${this.options.maxIncludeDepth}`, '%include');
     }
     let text: string;

@@ -95,6 +95,17 @@ describe('ZConfig syntax', () => {
     expect(doc.files).toEqual([join(dir, 'main.conf'), join(dir, 'conf.d', 'storage.conf'), join(dir, 'conf.d', 'more.conf')]);
   });
 
+  it('takes includes nested as deep as maxIncludeDepth, and refuses one level more at its %include line', () => {
+    const files: Record<string, string> = { '/c/a.conf': '%include b.conf\n', '/c/b.conf': 'x 1\n' };
+    const readFile = (p: string): string => {
+      if (!(p in files)) throw Object.assign(new Error(`no ${p}`), { code: 'ENOENT' });
+      return files[p]!;
+    };
+    const parseAt = (maxIncludeDepth: number): unknown => parseZConfigText('%include a.conf\n', '/c/main.conf', { readFile, maxIncludeDepth });
+    expect(() => parseAt(2)).not.toThrow();
+    expect(errorOf(() => parseAt(1)).message).toBe('/c/a.conf:1: %include: includes nested deeper than 1');
+  });
+
   it('refuses include cycles and missing includes, naming the %include line', async () => {
     const dir = await tempDir();
     await writeFile(join(dir, 'a.conf'), 'x 1\n%include b.conf\n');

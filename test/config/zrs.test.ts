@@ -135,6 +135,22 @@ describe('the <zrs> schema', () => {
     expect(one(' reconnect-max-delay 0.05')).toMatchObject({ reconnect: { initialMs: 50, maxMs: 50 } });
   });
 
+  it('takes values at the edges of their ranges, ZConfig booleans in every spelling and indented comments', () => {
+    const conf = (keys: string): string => `%import zc.zrs\n<zrs>\n replicate-from db:5000\n${keys}\n <filestorage>\n  path /a\n </filestorage>\n</zrs>\n`;
+    const load = (keys: string) => loadZrsConfigText(conf(keys), '/x.conf', noDirs).storages[0]!;
+    expect(load(' preallocate 1GB').options).toMatchObject({ preallocate: 1024 ** 3 });
+    expect(() => load(' preallocate 1025MB')).toThrow(/preallocate/);
+    // A constant delay: the cap equal to the first delay.
+    expect(load(' reconnect-delay 5\n reconnect-max-delay 5').options).toMatchObject({ reconnect: { initialMs: 5000, maxMs: 5000 } });
+    expect(load(' reconnect-delay 86400').options).toMatchObject({ reconnect: { initialMs: 86_400_000 } });
+    expect(() => load(' reconnect-delay 86401')).toThrow('/x.conf:4: reconnect-delay: at most 86400 seconds');
+    expect(load(' fsync on\n transfer-blobs off').options).toMatchObject({ fsync: true, transferBlobs: false });
+    expect(load(' fsync yes\n transfer-blobs no').options).toMatchObject({ fsync: true, transferBlobs: false });
+    const commented = load('   # keep-alive-delay 60\n\t# another');
+    expect(commented.kind).toBe('secondary');
+    expect(commented.storage.packGc).toBe(true);
+  });
+
   it('reads a configuration file from disk, checking that data directories exist', async () => {
     const dir = await tempDir();
     await mkdir(join(dir, 'p'));
