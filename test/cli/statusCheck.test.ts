@@ -309,6 +309,27 @@ describe('zrs check (zc.zrs nagios.rst cases)', () => {
     }
   });
 
+  it('a secondary of the old primary standing exactly where the promotion began is no other history: only its lag is reported', async () => {
+    const d = await tempDir();
+    const p = await Primary.open({ path: join(d, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
+    const s1 = await Secondary.open({ path: join(d, 's1.fs'), replicateFrom: p.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT });
+    const s3 = await Secondary.open({ path: join(d, 's3.fs'), replicateFrom: p.address, replicateTo: join(d, 's3.sock'), fsync: false, reconnect: FAST_RECONNECT });
+    let promoted: Primary | null = null;
+    try {
+      const shared = await commitAt(p.storage, tidFromTime(BASE_MS));
+      await Promise.all([waitForTid(s1, shared), waitForTid(s3, shared)]);
+      s1.setReplicationAddress('127.0.0.1:1');
+      promoted = await s1.promote();
+      await commitAt(promoted.storage, tidFromTime(BASE_MS + 2000));
+      expect(await run('check', '-w', '30', formatAddress(promoted.address), join(d, 's3.sock'))).toEqual({ code: 0, stdout: 'Secondary behind primary by 2.0000 seconds\n', stderr: '' });
+    } finally {
+      await s3.close();
+      await promoted?.close();
+      await s1.close();
+      await p.close();
+    }
+  });
+
   it('a zc.zrs-protocol secondary, which learns of no generation, is not taken for another history after a promotion', async () => {
     const d = await tempDir();
     const p = await Primary.open({ path: join(d, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
@@ -377,8 +398,16 @@ describe('zrs check (zc.zrs nagios.rst cases)', () => {
     const line = `Secondary at '${U}' not connected to '${join(dir, 'no-upstream.sock')}' (${why})`;
     expect(await run('check', '-w99', P, U)).toEqual({ code: 1, stdout: `${line}\n`, stderr: '' });
     expect((await run('check', '-m', P, U)).stdout).toBe(`${line}|'lag'=68.5678seconds\n`);
-    // Past a threshold, the lag says worse.
+    // Past a threshold, the lag says worse, or as bad: its line, not the connection's.
     expect(await run('check', '-e30', P, U)).toEqual({ code: 2, stdout: `${lag} > 30\n`, stderr: '' });
+    expect(await run('check', '-w30', P, U)).toEqual({ code: 1, stdout: `${lag} > 30\n`, stderr: '' });
+  });
+
+  it('a "primary" that is a secondary not connected to its upstream (the top of a chain): WARNING', async () => {
+    await waitForState(unreachable, 'backoff');
+    const r = await run('check', '-w99', U, S);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toMatch(new RegExp(`^Primary at '${U.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}' is a secondary not connected to `));
   });
 
   it('a primary named as the secondary: CRITICAL; an empty secondary says so', async () => {
@@ -465,6 +494,9 @@ describe('check pieces', () => {
     expect(lagVerdict(200, 100, o)).toEqual({ text: 'Secondary behind primary by 100.0000 seconds', level: 0 });
     expect(lagVerdict(200, 100, { ...o, warning: 10, error: 50 })).toEqual({ text: 'Secondary behind primary by 100.0000 seconds > 50', level: 2 });
     expect(lagVerdict(100, 200, { ...o, outputMetrics: true })).toEqual({ text: "Primary behind secondary by -100.0 seconds|'lag'=-100.0000seconds", level: 2 });
+    // "More than SECS": a lag of exactly the threshold passes neither (tid times are exact, so it happens).
+    expect(lagVerdict(130, 100, { ...o, warning: 30 })).toEqual({ text: 'Secondary behind primary by 30.0000 seconds', level: 0 });
+    expect(lagVerdict(160, 100, { ...o, warning: 30, error: 60 })).toEqual({ text: 'Secondary behind primary by 60.0000 seconds > 30', level: 1 });
   });
 
   it('pythonErrorText: errno as Python prints it', () => {
@@ -489,6 +521,13 @@ describe('check pieces', () => {
 });
 
 describe('formatStatus', () => {
+  it("gives a session with no acks the lag of what it last sent", () => {
+    const [t0, t1, t2] = [0, 10_000, 30_000].map((ms) => tidFromTime(Date.UTC(2026, 0, 1) + ms)) as [Buffer, Buffer, Buffer];
+    const session = { peer: '/run/zrs/p.sock#3', protocol: 'zrs-ts/1', state: 'live', lastSentTid: t1, ackedTid: null, bytesSent: 900, startTid: t0 };
+    const status: NodeStatus = { role: 'primary', name: null, lastTid: t2, lastTimeSeconds: tidToSeconds(t2), fileSize: 4, clockMs: 0, upstream: null, sessions: [session], sessionCount: 1 };
+    expect(formatStatus(status, 'p')).toContain(`sent ${t1.toString('hex')} (no acks), lag 20.0000 seconds`);
+  });
+
   it("gives a session that has sent nothing yet the lag of where it started (as the lag metric does)", () => {
     const tid = tidFromTime(Date.UTC(2026, 0, 1));
     const session = { peer: '/run/zrs/p.sock#2', protocol: 'zrs-ts/1', state: 'live', lastSentTid: null, ackedTid: null, bytesSent: 468 };
