@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { AUDIT_MAGIC, AUDIT_MAX_PENDING_RECORDS, AuditLog, readAuditLog, readAuditLogStrict, type AuditRecord } from '../../src/audit/auditLog.js';
 import { AuditLogDamagedError } from '../../src/errors.js';
+import { openNodeAudit } from '../../src/audit/nodeAudit.js';
 import { Primary } from '../../src/replication/primary.js';
 import { ReplicationServer } from '../../src/replication/server.js';
 import { requestStatus } from '../../src/replication/statusClient.js';
@@ -61,6 +62,33 @@ describe('audit log format', () => {
     expect(records[1]).toMatchObject({ timeMs: Date.parse('2024-01-01T00:00:01.500Z'), generation: { generation: 2, startTid: '0101010101010101' } });
     expect(records[1]!.details).toEqual({ peer: 'x', tid: '0102030405060708' });
     expect((await readFile(path)).subarray(0, 8).toString('latin1')).toBe('ZRSAUD1\n');
+  });
+
+  it('syncs a decision before it resolves, and a batch of notes with a decision after them', async () => {
+    const dir = await tempDir();
+    const probe = await openFile(join(dir, 'probe'), 'w');
+    const sync = vi.spyOn(Object.getPrototypeOf(probe) as { sync(): Promise<void> }, 'sync');
+    await probe.close();
+    try {
+      const audit = await AuditLog.open(join(dir, 'Data.fs.audit'), { node: 'n', clock: new VirtualClock() });
+      const opened = sync.mock.calls.length;
+      await audit.decide('promotion', {});
+      expect(sync.mock.calls.length).toBe(opened + 1);
+      audit.note('transition', { actor: 'test', from: 'a', to: 'b' });
+      await audit.decide('rewind', {});
+      expect(sync.mock.calls.length).toBe(opened + 2);
+      await audit.close();
+    } finally {
+      sync.mockRestore();
+    }
+  });
+
+  it("names records by the data file's base name unless told otherwise", async () => {
+    const dir = await tempDir();
+    const audit = await openNodeAudit({ dataPath: join(dir, 'Data.fs'), clock: new VirtualClock(), log: () => undefined });
+    await audit!.decide('config', { change: 'open' });
+    await audit!.close();
+    expect((await readAuditLogStrict(join(dir, 'Data.fs.audit'))).map((r) => r.node)).toEqual(['Data.fs']);
   });
 
   it('rejects a decision it cannot encode (never throws), and goes on', async () => {

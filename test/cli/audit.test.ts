@@ -109,6 +109,38 @@ describe('zrs audit', () => {
     );
   });
 
+  it('names every damaged record, not only the first', async () => {
+    const path = join(await tempDir(), 'Data.fs.audit');
+    await writeScenario(path);
+    const { records } = await readAuditLog(path);
+    const fh = await openFile(path, 'r+');
+    for (const at of [records[2]!.offset + 20, records[4]!.offset + 20]) {
+      const b = Buffer.alloc(1);
+      await fh.read(b, 0, 1, at);
+      await fh.write(Buffer.from([b[0]! ^ 1]), 0, 1, at);
+    }
+    await fh.close();
+    const r = await run('audit', path);
+    expect(r.code).toBe(1);
+    expect(r.stderr.match(/damaged at offset (\d+)/g)).toEqual([`damaged at offset ${records[2]!.offset}`, `damaged at offset ${records[4]!.offset}`]);
+  });
+
+  it('merges several logs by time, records of the same time in the order the files were given; --json names the file only then', async () => {
+    const dir = await tempDir();
+    const paths = ['a', 'b', 'c'].map((n) => join(dir, `${n}.audit`));
+    for (const [i, path] of paths.entries()) {
+      const audit = await AuditLog.open(path, { node: `n${i}`, clock: new VirtualClock() }); // all at the same instant
+      await audit.decide('config', { change: 'open', role: 'primary' });
+      await audit.close();
+    }
+    const merged = await run('audit', '--json', paths[2]!, paths[0]!, paths[1]!);
+    expect(merged.code).toBe(0);
+    expect(merged.stdout.trim().split('\n').map((l) => (JSON.parse(l) as { file: string }).file)).toEqual([paths[2], paths[0], paths[1]]);
+    const single = await run('audit', '--json', paths[0]!);
+    expect(JSON.parse(single.stdout)).not.toHaveProperty('file');
+    expect((await run('audit', paths[1]!, paths[0]!)).stdout.split('\n').map((l) => l.split('  ')[2])).toEqual(['n1', 'n0', undefined]);
+  });
+
   it('is listed in the help and reports a missing file', async () => {
     expect((await run('--help')).stdout).toContain('  audit ');
     expect((await run('audit', '--help')).stdout).toMatch(/^usage: zrs audit \[--json\] FILE/);
