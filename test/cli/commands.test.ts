@@ -126,6 +126,10 @@ describe('zrs help and usage', () => {
     const check = await run('serve', '--check', cfg.replace('bad.conf', 'none.conf'));
     expect(check.code).toBe(1);
     expect(check.stderr).toContain('none.conf: cannot read configuration: no such file');
+    // --check answers in plain words whatever the log format: it runs nothing that logs.
+    const checkJson = await run('serve', '--check', '--log-format', 'json', cfg);
+    expect(checkJson.code).toBe(1);
+    expect(checkJson.stderr).toMatch(/^zrs serve: configuration error: .*keep-alive: unknown key in <zrs>/);
   });
 
   it('serve --check prints what would run', async () => {

@@ -231,6 +231,9 @@ describe('zrs promote / zrs rewind', () => {
     expect(await runCli(['rewind', path, '--to-tid', 'zz'], io)).toBe(2);
     expect(io.stderr).toContain('--to-tid must be 16 hex digits, got "zz"');
     io = memoryIo();
+    expect(await runCli(['rewind', path, '--to-tid', '03f1'], io)).toBe(2);
+    expect(io.stderr).toContain('--to-tid must be 16 hex digits, got "03f1"');
+    io = memoryIo();
     expect(await runCli(['promote', join(dir, 'missing.fs')], io)).toBe(1);
     expect(io.stderr).toBe(`zrs promote: ${join(dir, 'missing.fs')}: no such file (FILE must be an existing data file; ADDRESS a running node's replication address)\n`);
 

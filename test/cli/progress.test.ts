@@ -101,6 +101,8 @@ describe('stepProgress', () => {
     // Half a minute behind: under a minimum lag of 60 s.
     const halfMinute = { ...sample(0, 10, null, 0, 0), upstreamTid: tidFromTime(T0 + 10 * 60_000 + 30_000) };
     expect(stepProgress(null, halfMinute, { minLagSeconds: 60 })).toEqual({ state: null, event: null });
+    // "At least" the minimum: exactly that far behind is a catch-up.
+    expect(stepProgress(null, halfMinute, { minLagSeconds: tidSeconds(halfMinute.upstreamTid)! - tidSeconds(halfMinute.lastTid)! }).event?.kind).toBe('progress');
   });
 
   it('begins a catch-up, reports it at once, then at most every reportEveryMs, and ends with caughtUp', () => {
