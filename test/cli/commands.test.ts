@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import { readFile, rm, writeFile, open as openFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { runCli } from '../../src/cli/cli.js';
 import { humanLogger } from '../../src/cli/logging.js';
 import { pickleClass } from '../../src/cli/pickleClass.js';
@@ -18,6 +18,7 @@ import { writeFill } from '../../src/storage/prealloc.js';
 import { cleanupTempDirs, copyZodbFixture, fixturePath, readManifest, tempDir } from '../helpers/fixtures.js';
 import { BIN, memoryIo } from './helpers.js';
 import { storageFileWith } from '../replication/helpers.js';
+import { settleUntil } from '../replication/netHelpers.js';
 import { indexPathFor } from '../../src/storage/indexFile.js';
 
 afterAll(cleanupTempDirs);
@@ -195,6 +196,32 @@ describe('zrs help and usage', () => {
         expect(exits).toEqual([1]);
         expect(io.stderr).toContain('second SIGINT during start-up: exiting without closing cleanly');
       }
+    }
+  });
+
+  it('serve: a storage that fails to close makes the exit code 1, after the others closed', async () => {
+    const dir = await copyZodbFixture('basic');
+    const cfg = join(dir, 'standalone.conf');
+    await writeFile(cfg, `<filestorage>\n path ${dir}/Data.fs\n</filestorage>\n`);
+    const io = memoryIo();
+    let deliver: (signal: NodeJS.Signals) => void = () => undefined;
+    io.onSignal = (handler) => {
+      deliver = handler;
+      return () => undefined;
+    };
+    const realClose = FileStorage.prototype.close;
+    const close = vi.spyOn(FileStorage.prototype, 'close').mockImplementation(async function (this: FileStorage) {
+      await realClose.call(this);
+      throw new Error('disk gone');
+    });
+    try {
+      const serving = runCli(['serve', cfg], io);
+      await settleUntil(() => io.stderr.includes('"message":"ready"'));
+      deliver('SIGTERM');
+      expect(await serving).toBe(1);
+      expect(io.stderr).toContain('close failed: disk gone');
+    } finally {
+      close.mockRestore();
     }
   });
 
