@@ -29,7 +29,7 @@ import {
 import { BigMap, BigSet } from '../storage/bigMap.js';
 import { lockMayBeHeld } from '../storage/lock.js';
 import { firstFillWithin } from '../storage/prealloc.js';
-import { dataEnd as dataEndOf } from '../storage/scan.js';
+import { dataEnd as dataEndOf, intactTransactionAfter } from '../storage/scan.js';
 import { tidToString } from '../storage/timestamp.js';
 import type { CommandSpec } from './args.js';
 import { EXIT_FAILURE, EXIT_OK, type CliIo } from './io.js';
@@ -73,8 +73,10 @@ export interface VerifySummary {
   beingWritten: { position: number; problem: string } | null;
 }
 
-/** Said of a transaction the end of the file cuts short: what a crash during its commit leaves, not damage. */
-const TORN_AT_END = "; a commit cut short by the end of the file, as a crash while it was written leaves it: a read-write open cuts it, keeping its bytes in a .trN file beside it";
+/** Said of an unfinished transaction with nothing intact after it: what a crash during its commit leaves, not damage. */
+const UNFINISHED_AT_END = 'as a crash while it was written leaves it: a read-write open cuts it, keeping its bytes in a .trN file beside it';
+/** Said of one that intact transactions follow: damage, which the storage refuses to open rather than cut. */
+const DAMAGE_BEFORE_INTACT = 'yet intact transactions follow it: damage, not what a crash leaves (a read-write open refuses the file)';
 
 export interface VerifyProblem {
   ok: false;
@@ -110,7 +112,7 @@ class Reader {
   private start = 0;
 
   constructor(
-    private readonly fh: FileHandle,
+    readonly fh: FileHandle,
     readonly size: number,
   ) {}
 
@@ -243,9 +245,18 @@ class Walk {
     return { ok: true, magic, transactions, records, objects: this.lastOfOid.size, backpointers, bytes: this.pos, fillBytes: size - dataEnd, lastTid, beingWritten };
   }
 
+  /**
+   * What an unfinished transaction at `pos` is: with nothing intact after it,
+   * the leftover of a crash (`what` says how it reads so), else damage, as
+   * the storage's open judges it.
+   */
+  private async unfinished(reader: Reader, pos: number, what: string): Promise<string> {
+    return (await intactTransactionAfter(reader.fh, pos, reader.size, this.lastTid)) ? DAMAGE_BEFORE_INTACT : `${what}${UNFINISHED_AT_END}`;
+  }
+
   private async transaction(reader: Reader, size: number): Promise<void> {
     const pos = this.pos;
-    if (size - pos < TXN_HEADER_BYTES) throw new Problem(pos, `incomplete transaction header: ${size - pos} bytes left, 23 needed${TORN_AT_END}`);
+    if (size - pos < TXN_HEADER_BYTES) throw new Problem(pos, `incomplete transaction header: ${size - pos} bytes left, 23 needed; a commit cut short by the end of the file, ${UNFINISHED_AT_END}`);
     const h = readTxnHeader(await reader.at(pos, TXN_HEADER_BYTES));
     const tid = Buffer.from(h.tid);
     const what = `transaction ${tid.toString('hex')} at ${pos}`;
@@ -253,7 +264,7 @@ class Walk {
     if (lastTid && Buffer.compare(tid, lastTid) <= 0) {
       throw new Problem(pos, `${what}: tid is not after the previous one (${lastTid.toString('hex')}, ${tidToString(lastTid)})`);
     }
-    if (h.status === 'c') throw new Problem(pos, `${what}: status 'c', an unfinished transaction (voted, never finished); a read-write open cuts it`);
+    if (h.status === 'c') throw new Problem(pos, `${what}: status 'c', an unfinished transaction (voted, never finished); ${await this.unfinished(reader, pos, '')}`);
     if (!STATUSES.has(h.status)) throw new Problem(pos + 16, `${what}: invalid status byte 0x${h.status.charCodeAt(0).toString(16).padStart(2, '0')}`);
     const meta = TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
     if (h.length < meta) throw new Problem(pos + 8, `${what}: length ${h.length} is shorter than its header and metadata (${meta})`);
@@ -261,8 +272,8 @@ class Walk {
     const end = pos + h.length;
     const fill = await firstFillWithin((at, length) => reader.at(at, length), pos, Math.min(end + TRAILER_BYTES, reader.size), WINDOW_BYTES);
     if (fill >= 0) throw new Problem(fill, `${what}: holds preallocated fill, a sync torn by a crash; a read-write open cuts it`);
-    if (pos + h.length > size) throw new Problem(pos, `${what}: runs past the end of the file (needs ${h.length + TRAILER_BYTES} bytes, ${size - pos} left)${TORN_AT_END}`);
-    if (pos + h.length + TRAILER_BYTES > size) throw new Problem(pos + h.length, `${what}: its 8-byte redundant length is cut off by the end of the file${TORN_AT_END}`);
+    if (pos + h.length > size) throw new Problem(pos, `${what}: runs past the end of the file (needs ${h.length + TRAILER_BYTES} bytes, ${size - pos} left); ${await this.unfinished(reader, pos, 'a commit cut short by the end of the file, ')}`);
+    if (pos + h.length + TRAILER_BYTES > size) throw new Problem(pos + h.length, `${what}: its 8-byte redundant length is cut off by the end of the file; ${await this.unfinished(reader, pos, 'a commit cut short by the end of the file, ')}`);
     const trailer = readU64At(await reader.at(pos + h.length, TRAILER_BYTES), 0);
     if (trailer !== h.length) throw new Problem(pos + h.length, `${what}: redundant length ${trailer} differs from the header's ${h.length}`);
     // The records' positions and each oid's last one within this transaction, kept apart until all of it checked.
@@ -280,9 +291,10 @@ class Walk {
       if (!d.tid.equals(tid)) throw new Problem(rpos + 8, `${rwhat}: tid ${d.tid.toString('hex')} is not the transaction's`);
       if (d.tloc !== pos) throw new Problem(rpos + 24, `${rwhat}: transaction position ${d.tloc} should be ${pos}`);
       if (d.vlen !== 0) throw new Problem(rpos + 32, `${rwhat}: version length ${d.vlen} (versions are not supported)`);
-      // As ZODB writes it: the oid's last record in an earlier transaction, also for its second record in this one.
+      // As ZODB writes it: the oid's last record in an earlier transaction, also for its second record in this one;
+      // or none in a packed transaction (a pack writes the records it keeps before the pack time without one).
       const expectedPrev = this.lastOfOid.get(oid) ?? 0;
-      if (d.prev !== expectedPrev) throw new Problem(rpos + 16, `${rwhat}: prev ${d.prev} should be ${expectedPrev} (the oid's record in an earlier transaction)`);
+      if (d.prev !== expectedPrev && !(h.status === 'p' && d.prev === 0)) throw new Problem(rpos + 16, `${rwhat}: prev ${d.prev} should be ${expectedPrev} (the oid's record in an earlier transaction)`);
       if (d.plen === 0) {
         const back = readU64At(await reader.at(rpos + DATA_HEADER_BYTES, BACKPOINTER_BYTES), 0);
         if (back !== 0) {

@@ -215,7 +215,7 @@ export async function scanWhole(handle: FileHandle, path: string, pos: number, f
  * inside: corruption, as in ZODB's read_index. Then, when the file ends in a
  * transaction cut short (whose length is unknown), anywhere after `pos`.
  */
-async function intactTransactionAfter(handle: FileHandle, pos: number, fileSize: number, lastTid: Buffer | null): Promise<boolean> {
+export async function intactTransactionAfter(handle: FileHandle, pos: number, fileSize: number, lastTid: Buffer | null): Promise<boolean> {
   // Fill written after a transaction that ends inside a word begins with up
   // to 7 bytes that are not a whole word of fill: the file's data may end there.
   for (let end = fileSize; end > fileSize - 8; end--) {

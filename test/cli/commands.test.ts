@@ -20,6 +20,7 @@ import { BIN, memoryIo } from './helpers.js';
 import { storageFileWith } from '../replication/helpers.js';
 import { settleUntil } from '../replication/netHelpers.js';
 import { indexPathFor } from '../../src/storage/indexFile.js';
+import { packTimeToTid } from '../../src/storage/pack.js';
 
 afterAll(cleanupTempDirs);
 
@@ -327,6 +328,49 @@ describe('zrs verify', () => {
       expect(await verifyFile(path)).toMatchObject({ ok: true });
     } finally {
       await fs.close();
+    }
+  });
+
+  it('passes a packed file that keeps two records of one object before the pack time (the current one, and the one a later undo points back to)', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const T = 1_700_000_000;
+    const root = Buffer.alloc(8);
+    const commitAt = async (offset: number, writes: Array<[Buffer, Buffer, string]>): Promise<Buffer> => {
+      const txn = { description: `at ${offset}` };
+      await fs.tpcBegin(txn, { tid: packTimeToTid(T + offset) });
+      for (const [oid, serial, data] of writes) fs.store(oid, serial, Buffer.from(data), txn);
+      await fs.tpcVote(txn);
+      return fs.tpcFinish(txn);
+    };
+    try {
+      const t0 = await commitAt(-200, [[root, Buffer.alloc(8), 'v0']]);
+      await commitAt(-150, [[Buffer.from('0000000000000001', 'hex'), Buffer.alloc(8), 'unreachable']]);
+      const t2 = await commitAt(-100, [[root, t0, 'v1']]);
+      const undo = { description: 'undo v1' };
+      await fs.tpcBegin(undo, { tid: packTimeToTid(T + 100) });
+      await fs.undo(t2, undo);
+      await fs.tpcVote(undo);
+      await fs.tpcFinish(undo);
+      await fs.pack(T, () => []);
+      await fs.close();
+      expect(await verifyFile(path)).toMatchObject({ ok: true });
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('tells damage from a crash leftover: a transaction whose length runs past the end while intact transactions follow it is damage', async () => {
+    const m = await readManifest('basic');
+    const path = await copy('basic');
+    const t = m.transactions[2];
+    await overwrite(path, t.pos + 8, u64(1_000_000));
+    const r = await verifyFile(path);
+    expect(r).toMatchObject({ ok: false, position: t.pos, transactions: 2 });
+    if (!r.ok) {
+      expect(r.problem).toContain('runs past the end of the file');
+      expect(r.problem).toContain('yet intact transactions follow it: damage, not what a crash leaves (a read-write open refuses the file)');
+      expect(r.problem).not.toContain('a read-write open cuts it');
     }
   });
 
