@@ -82,19 +82,24 @@ export class FloodWarning {
   ) {}
 
   note(detail: string, fields?: Record<string, unknown>): void {
+    // After close (an event of a connection still ending then), a line at once: no timer outlives the closing.
+    if (this.closed) return this.line(1, detail, fields);
     this.count += 1;
     this.last = detail;
     this.lastFields = fields;
     this.flush();
   }
 
-  /** The thing warned about is closing: a line still waiting for its interval goes out now. */
+  /** The thing warned about is closing: a line still waiting for its interval goes out now, and later ones at once. */
   close(): void {
+    this.closed = true;
     if (this.timer !== null) this.clock.clearTimeout(this.timer);
     this.timer = null;
     if (this.count > 0) this.line(this.count, this.last, this.lastFields);
     this.count = 0;
   }
+
+  private closed = false;
 
   private flush(): void {
     if (this.count === 0 || this.timer !== null) return;
