@@ -368,6 +368,11 @@ export class FileStorage {
     // Refused before the lock is taken, so a mistyped path leaves no lock file behind.
     const kind = await pathKind(path);
     if (kind === 'missing' && (!options.create || readOnly)) throw noSuchFile(path, readOnly);
+    // A pack swaps its output in by renames: a crash between them (Python ZODB renames the data file away
+    // first) leaves the packed data under .pack and no data file. Created empty, the node would start from nothing.
+    if (kind === 'missing' && (await pathKind(`${path}.pack`)) === 'file') {
+      throw new ZrsError(`${path}: missing, but ${path}.pack (a pack's output) is there: a pack stopped between its renames; rename ${path}.pack to ${path} (or ${path}.old, the file before that pack, if it is there) and open it again`);
+    }
     if (kind === 'directory') throw new ZrsError(`${path}: a directory, not a storage file`);
     if (kind === 'other') throw new ZrsError(`${path}: not a regular file (a storage is one)`);
     // Named here, not by the lock file's ENOENT.
@@ -427,7 +432,7 @@ export class FileStorage {
       );
       storage.tailCutOnOpen = tailCut;
       storage.unreadTailOnOpen = tail;
-      if (!readOnly) storage.stalePackRemovedOnOpen = await removeStalePack(`${path}.pack`);
+      if (!readOnly && exists) storage.stalePackRemovedOnOpen = await removeStalePack(`${path}.pack`);
       return storage;
     } catch (err) {
       await handle?.close();

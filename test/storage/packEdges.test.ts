@@ -3,7 +3,7 @@
 // and without a blob), the conflict check and undo right after a pack, and
 // the packed file made durable before it replaces the old one.
 
-import { existsSync, fstatSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, fstatSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { open, readFile, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
@@ -158,5 +158,24 @@ describe('pack at its edges', () => {
     const clean = await FileStorage.open(path, { fsync: false });
     expect(clean.stalePackRemovedOnOpen).toBeNull();
     await clean.close();
+  });
+
+  it('refuses to create a missing data file beside a pack output (a pack stopped between its renames), keeping that output', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    await commitAt(fs, at(-100), [[OID, Z64, 'v0']]);
+    await fs.close();
+    renameSync(path, `${path}.pack`);
+    await expect(FileStorage.open(path, { create: true, fsync: false })).rejects.toThrow(`${path}: missing, but ${path}.pack (a pack's output) is there: a pack stopped between its renames`);
+    expect(existsSync(path)).toBe(false);
+    expect(statSync(`${path}.pack`).size).toBeGreaterThan(4);
+    renameSync(`${path}.pack`, path);
+    const again = await FileStorage.open(path, { fsync: false });
+    try {
+      expect((await again.load(OID)).data.toString()).toBe('v0');
+    } finally {
+      await again.close();
+    }
   });
 });
