@@ -41,9 +41,17 @@ export async function auditPast(paths: readonly string[]): Promise<AuditRecord[]
   return records.sort((a, b) => a.timeMs - b.timeMs);
 }
 
-/** Whether `past` records this node starting `generation` (a promotion), not adopting it from a primary. */
-export function promotedTo(past: readonly AuditRecord[], generation: number): boolean {
-  return past.some((r) => r.kind === 'promotion' && r.details.newGeneration === generation);
+/**
+ * Whether `past` records this node starting `generation` at `startTid` (a
+ * promotion), not adopting it from a primary: its last such promotion was
+ * not followed by the record of its failure or by a rewind.
+ */
+function promotedTo(past: readonly AuditRecord[], generation: number, startTid: Buffer): boolean {
+  const tid = startTid.toString('hex');
+  const at = past.findLastIndex((r) => r.kind === 'promotion' && r.details.newGeneration === generation && r.details.startTid === tid);
+  if (at < 0) return false;
+  const failed = (r: AuditRecord): boolean => r.kind === 'promotion-refused' && (r.details.afterRecord === true || r.details.afterDetach === true);
+  return !past.slice(at + 1).some((r) => r.kind === 'rewind' || failed(r));
 }
 
 /**
@@ -53,7 +61,7 @@ export function promotedTo(past: readonly AuditRecord[], generation: number): bo
  * generation at the same tid; null when that is not the case.
  */
 export function promotionRunAgain(what: string, current: { generation: number; startTid: Buffer } | null, lastTid: Buffer, past: readonly AuditRecord[]): string | null {
-  if (!current || current.generation === 0 || !current.startTid.equals(lastTid) || !promotedTo(past, current.generation)) return null;
+  if (!current || current.generation === 0 || !current.startTid.equals(lastTid) || !promotedTo(past, current.generation, current.startTid)) return null;
   return `${what}: generation ${current.generation} already starts after its last transaction (tid ${current.startTid.toString('hex')}), and its audit log says this node started it: it was promoted and nothing was written since`;
 }
 

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { AUDIT_MAGIC, AUDIT_MAX_PENDING_RECORDS, AuditLog, readAuditLog, readAuditLogStrict, type AuditRecord } from '../../src/audit/auditLog.js';
 import { AuditLogDamagedError } from '../../src/errors.js';
-import { openNodeAudit } from '../../src/audit/nodeAudit.js';
+import { openNodeAudit, promotionRunAgain } from '../../src/audit/nodeAudit.js';
 import { Primary } from '../../src/replication/primary.js';
 import { ReplicationServer } from '../../src/replication/server.js';
 import { requestStatus } from '../../src/replication/statusClient.js';
@@ -81,6 +81,24 @@ describe('audit log format', () => {
     } finally {
       sync.mockRestore();
     }
+  });
+
+  it('tells a promotion run again from one whose generation the node adopted, failed to start, or rewound', () => {
+    const tid = Buffer.from('03ff000000000001', 'hex');
+    const current = { generation: 1, startTid: tid };
+    const record = (kind: string, details: Record<string, unknown>): AuditRecord => ({ kind, details }) as unknown as AuditRecord;
+    const promoted = record('promotion', { newGeneration: 1, startTid: tid.toString('hex') });
+    expect(promotionRunAgain('n', current, tid, [promoted])).toMatch(/^n: generation 1 already starts after its last transaction/);
+    // Nothing written since is the point: a node past the start is not promoting again.
+    expect(promotionRunAgain('n', current, Buffer.from('03ff000000000002', 'hex'), [promoted])).toBeNull();
+    // Its own promotion to that number at another tid: the generation it holds was adopted.
+    expect(promotionRunAgain('n', current, tid, [record('promotion', { newGeneration: 1, startTid: '03ff000000000000' })])).toBeNull();
+    // Recorded, then failed to start (offline, or online after the detach), or undone by a rewind since.
+    for (const after of [record('promotion-refused', { afterRecord: true }), record('promotion-refused', { afterDetach: true }), record('rewind', {})]) {
+      expect(promotionRunAgain('n', current, tid, [promoted, after])).toBeNull();
+    }
+    // A refusal of another request later on does not undo it.
+    expect(promotionRunAgain('n', current, tid, [promoted, record('promotion-refused', { code: 'already-primary' })])).not.toBeNull();
   });
 
   it("names records by the data file's base name unless told otherwise", async () => {
