@@ -27,6 +27,11 @@ export function defaultAuditPath(dataPath: string): string {
   return `${dataPath}.audit`;
 }
 
+/** The audit logs that say what a node did: the one it records in (`auditPath`, null for none), and its default one. */
+export function nodeAuditPaths(dataPath: string, auditPath: string | null | undefined): string[] {
+  return [...new Set([auditPath === null ? null : (auditPath ?? defaultAuditPath(dataPath)), defaultAuditPath(dataPath)].filter((l): l is string => l !== null))];
+}
+
 /**
  * What a node's audit logs say of its past: the records of the logs at
  * `paths` (its own, and its default one when it records elsewhere), in time
@@ -60,8 +65,14 @@ function promotedTo(past: readonly AuditRecord[], generation: number, startTid: 
  * nothing written since), so another promotion would start a second
  * generation at the same tid; null when that is not the case.
  */
-export function promotionRunAgain(what: string, current: { generation: number; startTid: Buffer } | null, lastTid: Buffer, past: readonly AuditRecord[]): string | null {
-  if (!current || current.generation === 0 || !current.startTid.equals(lastTid) || !promotedTo(past, current.generation, current.startTid)) return null;
+export async function promotionRunAgain(
+  what: string,
+  current: { generation: number; startTid: Buffer } | null,
+  lastTid: Buffer,
+  /** The node's past (auditPast), asked for only when the generation starts at the last transaction. */
+  past: () => Promise<readonly AuditRecord[]>,
+): Promise<string | null> {
+  if (!current || current.generation === 0 || !current.startTid.equals(lastTid) || !promotedTo(await past(), current.generation, current.startTid)) return null;
   return `${what}: generation ${current.generation} already starts after its last transaction (tid ${current.startTid.toString('hex')}), and its audit log says this node started it: it was promoted and nothing was written since`;
 }
 

@@ -8,7 +8,7 @@
 
 import { basename } from 'node:path';
 import { AuditLog, type AuditRecord } from '../audit/auditLog.js';
-import { auditPast, defaultAuditPath, promotionRunAgain } from '../audit/nodeAudit.js';
+import { auditPast, defaultAuditPath, nodeAuditPaths, promotionRunAgain } from '../audit/nodeAudit.js';
 import { runEach, ZrsError } from '../errors.js';
 import { FailoverHistory } from '../failover/history.js';
 import { nextGeneration } from '../failover/promote.js';
@@ -111,8 +111,8 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
       // Where the node's past is read from: the log it records in, and its default one too (a promotion
       // recorded elsewhere, or in none, must not pass for one on a node with nothing against it).
       // Read once, and only when a refusal is possible.
-      const past = force ? [] : await auditPast([log, defaultAuditPath(path)].filter((l): l is string => l !== null));
-      const again = force ? null : promotionRunAgain(path, current, storage.lastTransaction(), past);
+      const past = force ? [] : await auditPast(nodeAuditPaths(path, log));
+      const again = force ? null : await promotionRunAgain(path, current, storage.lastTransaction(), async () => past);
       if (again !== null) throw new ZrsError(`${again}; serve it as a primary, or --force for another generation`);
       // As online: a node its primary refused as diverged is promoted only when forced.
       const diverged = divergedIn(past);

@@ -136,10 +136,10 @@ export async function promoteSecondary(h: PromotionHandle, options: PromoteOptio
     );
   }
   // As offline (zrs promote FILE): promoted, restarted as a secondary, promoted again with nothing written
-  // between would start a second generation at the same tid. The logs are read only when that may be so.
-  const current = h.history.generations.current;
-  if (!options.force && h.auditPaths && current && current.generation > 0 && current.startTid.equals(h.storage.lastTransaction())) {
-    const again = promotionRunAgain('refusing to promote', current, h.storage.lastTransaction(), await auditPast(h.auditPaths));
+  // between would start a second generation at the same tid.
+  const paths = h.auditPaths;
+  if (!options.force && paths) {
+    const again = await promotionRunAgain('refusing to promote', h.history.generations.current, h.storage.lastTransaction(), () => auditPast(paths));
     if (again !== null) throw new PromotionRefusedError(`${again}; restart it with a primary configuration, or force another generation (force: true; zrs promote --force)`);
   }
   if (options.replicateTo === undefined && h.serverAddress() === null) throw new PromotionRefusedError('promote needs replicateTo: this secondary does not serve one');

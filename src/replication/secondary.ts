@@ -43,7 +43,7 @@ import { PromotionRefusedError, promoteSecondary, type PromoteOptions, type Prom
 import type { PromoteOutcome } from '../../machines/primarySession.js';
 import type { Primary } from './primary.js';
 import type { AuditLog } from '../audit/auditLog.js';
-import { auditSecondary, auditServerSessions, defaultAuditPath, openNodeAudit } from '../audit/nodeAudit.js';
+import { auditSecondary, auditServerSessions, nodeAuditPaths, openNodeAudit } from '../audit/nodeAudit.js';
 
 export type SecondaryProtocol = 'native' | 'zrs2.0' | 'zrs2.1';
 
@@ -1024,7 +1024,7 @@ export class Secondary {
       clock: this.options.clock,
       fsync: this.options.fsync,
       carried: { name: this.options.name, auditPath: this.options.auditPath, metricsAddress: this.options.metricsAddress, bytesMeteredBy: this.edges?.metrics, nodeId: this.nodeId },
-      auditPaths: this.options.auditPath === null ? [defaultAuditPath(this.options.path)] : [this.options.auditPath ?? defaultAuditPath(this.options.path), defaultAuditPath(this.options.path)],
+      auditPaths: nodeAuditPaths(this.options.path, this.options.auditPath),
       upstreamState: () => stateName(this.actor.getSnapshot().value),
       upstreamAddress: () => formatAddress(this.actor.getSnapshot().context.address as ReplicationAddress),
       serverAddress: () => this.server?.address ?? null,

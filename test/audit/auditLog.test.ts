@@ -83,22 +83,22 @@ describe('audit log format', () => {
     }
   });
 
-  it('tells a promotion run again from one whose generation the node adopted, failed to start, or rewound', () => {
+  it('tells a promotion run again from one whose generation the node adopted, failed to start, or rewound', async () => {
     const tid = Buffer.from('03ff000000000001', 'hex');
     const current = { generation: 1, startTid: tid };
     const record = (kind: string, details: Record<string, unknown>): AuditRecord => ({ kind, details }) as unknown as AuditRecord;
     const promoted = record('promotion', { newGeneration: 1, startTid: tid.toString('hex') });
-    expect(promotionRunAgain('n', current, tid, [promoted])).toMatch(/^n: generation 1 already starts after its last transaction/);
+    expect(await promotionRunAgain('n', current, tid, async () => [promoted])).toMatch(/^n: generation 1 already starts after its last transaction/);
     // Nothing written since is the point: a node past the start is not promoting again.
-    expect(promotionRunAgain('n', current, Buffer.from('03ff000000000002', 'hex'), [promoted])).toBeNull();
+    expect(await promotionRunAgain('n', current, Buffer.from('03ff000000000002', 'hex'), async () => [promoted])).toBeNull();
     // Its own promotion to that number at another tid: the generation it holds was adopted.
-    expect(promotionRunAgain('n', current, tid, [record('promotion', { newGeneration: 1, startTid: '03ff000000000000' })])).toBeNull();
+    expect(await promotionRunAgain('n', current, tid, async () => [record('promotion', { newGeneration: 1, startTid: '03ff000000000000' })])).toBeNull();
     // Recorded, then failed to start (offline, or online after the detach), or undone by a rewind since.
     for (const after of [record('promotion-refused', { afterRecord: true }), record('promotion-refused', { afterDetach: true }), record('rewind', {})]) {
-      expect(promotionRunAgain('n', current, tid, [promoted, after])).toBeNull();
+      expect(await promotionRunAgain('n', current, tid, async () => [promoted, after])).toBeNull();
     }
     // A refusal of another request later on does not undo it.
-    expect(promotionRunAgain('n', current, tid, [promoted, record('promotion-refused', { code: 'already-primary' })])).not.toBeNull();
+    expect(await promotionRunAgain('n', current, tid, async () => [promoted, record('promotion-refused', { code: 'already-primary' })])).not.toBeNull();
   });
 
   it("names records by the data file's base name unless told otherwise", async () => {
