@@ -37,8 +37,9 @@ function demoOptions(args: readonly string[]): { seconds: number; verbose: boole
       process.exit(0);
     } else if (a === '--seconds' || a.startsWith('--seconds=')) {
       const text = a === '--seconds' ? args[++i] : a.slice('--seconds='.length);
+      if (text === undefined) return usageError('--seconds needs a value (N)');
       seconds = Number(text);
-      if (text === undefined || text.trim() === '' || !Number.isFinite(seconds) || seconds <= 0 || seconds > 3600) return usageError(`--seconds must be a number of seconds above 0 and at most 3600, not ${JSON.stringify(text ?? '')}`);
+      if (text.trim() === '' || !Number.isFinite(seconds) || seconds <= 0 || seconds > 3600) return usageError(`--seconds must be a number of seconds above 0 and at most 3600, not ${JSON.stringify(text)}`);
     } else return usageError(`unknown argument ${JSON.stringify(a)}`);
   }
   return { seconds, verbose };

@@ -42,7 +42,7 @@ describe('the demo', () => {
   it('refuses arguments it does not know, and a --seconds that is not a time, before creating anything (exit 2)', async () => {
     for (const [args, message] of [
       [['--seconds', 'x'], '--seconds must be a number of seconds above 0 and at most 3600, not "x"'],
-      [['--seconds'], '--seconds must be a number of seconds above 0 and at most 3600, not ""'],
+      [['--seconds'], '--seconds needs a value (N)'],
       [['--seconds=0'], '--seconds must be a number of seconds above 0 and at most 3600, not "0"'],
       [['--second', '5'], 'unknown argument "--second"'],
     ] as const) {
