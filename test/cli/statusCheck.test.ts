@@ -282,7 +282,12 @@ describe('zrs check (zc.zrs nagios.rst cases)', () => {
     }
   });
 
-  it('a secondary of the old primary checked against a node promoted beside it: CRITICAL, it holds transactions past the promotion in the old generation', async () => {
+  /**
+   * A primary p with secondaries s1 and s3 (serving at s3.sock), one shared
+   * transaction at BASE_MS (held by s1, and by s3 too with `waitS3`), then
+   * s1 promoted beside p (cut off from it first); `body` checks from there.
+   */
+  async function promotedBeside(body: (c: { p: Primary; s3: Secondary; s3Sock: string; shared: Buffer; promoted: Primary }) => Promise<void>, waitS3 = false): Promise<void> {
     const d = await tempDir();
     const p = await Primary.open({ path: join(d, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
     const s1 = await Secondary.open({ path: join(d, 's1.fs'), replicateFrom: p.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT });
@@ -290,45 +295,35 @@ describe('zrs check (zc.zrs nagios.rst cases)', () => {
     let promoted: Primary | null = null;
     try {
       const shared = await commitAt(p.storage, tidFromTime(BASE_MS));
-      await waitForTid(s1, shared);
+      await Promise.all([waitForTid(s1, shared), ...(waitS3 ? [waitForTid(s3, shared)] : [])]);
       s1.setReplicationAddress('127.0.0.1:1');
       promoted = await s1.promote();
+      await body({ p, s3, s3Sock: join(d, 's3.sock'), shared, promoted });
+    } finally {
+      await s3.close();
+      await promoted?.close();
+      await s1.close();
+      await p.close();
+    }
+  }
+
+  it('a secondary of the old primary checked against a node promoted beside it: CRITICAL, it holds transactions past the promotion in the old generation', () =>
+    promotedBeside(async ({ p, s3, s3Sock, shared, promoted }) => {
       await waitForTid(s3, await commitAt(p.storage, tidFromTime(BASE_MS + 1000))); // the old primary goes on
       await commitAt(promoted.storage, tidFromTime(BASE_MS + 2000)); // the new one is newer by time: no lag verdict
       const P2 = formatAddress(promoted.address);
-      expect(await run('check', '-w', '30', P2, join(d, 's3.sock'))).toEqual({
+      expect(await run('check', '-w', '30', P2, s3Sock)).toEqual({
         code: 2,
-        stdout: `Secondary at '${join(d, 's3.sock')}' is in generation 0 (from tid 0000000000000000) and holds transactions past tid ${shared.toString('hex')}, where the primary at '${P2}' began generation 1: it follows another primary\n`,
+        stdout: `Secondary at '${s3Sock}' is in generation 0 (from tid 0000000000000000) and holds transactions past tid ${shared.toString('hex')}, where the primary at '${P2}' began generation 1: it follows another primary\n`,
         stderr: '',
       });
-    } finally {
-      await s3.close();
-      await promoted?.close();
-      await s1.close();
-      await p.close();
-    }
-  });
+    }));
 
-  it('a secondary of the old primary standing exactly where the promotion began is no other history: only its lag is reported', async () => {
-    const d = await tempDir();
-    const p = await Primary.open({ path: join(d, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false });
-    const s1 = await Secondary.open({ path: join(d, 's1.fs'), replicateFrom: p.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT });
-    const s3 = await Secondary.open({ path: join(d, 's3.fs'), replicateFrom: p.address, replicateTo: join(d, 's3.sock'), fsync: false, reconnect: FAST_RECONNECT });
-    let promoted: Primary | null = null;
-    try {
-      const shared = await commitAt(p.storage, tidFromTime(BASE_MS));
-      await Promise.all([waitForTid(s1, shared), waitForTid(s3, shared)]);
-      s1.setReplicationAddress('127.0.0.1:1');
-      promoted = await s1.promote();
+  it('a secondary of the old primary standing exactly where the promotion began is no other history: only its lag is reported', () =>
+    promotedBeside(async ({ s3Sock, promoted }) => {
       await commitAt(promoted.storage, tidFromTime(BASE_MS + 2000));
-      expect(await run('check', '-w', '30', formatAddress(promoted.address), join(d, 's3.sock'))).toEqual({ code: 0, stdout: 'Secondary behind primary by 2.0000 seconds\n', stderr: '' });
-    } finally {
-      await s3.close();
-      await promoted?.close();
-      await s1.close();
-      await p.close();
-    }
-  });
+      expect(await run('check', '-w', '30', formatAddress(promoted.address), s3Sock)).toEqual({ code: 0, stdout: 'Secondary behind primary by 2.0000 seconds\n', stderr: '' });
+    }, true));
 
   it('a zc.zrs-protocol secondary, which learns of no generation, is not taken for another history after a promotion', async () => {
     const d = await tempDir();

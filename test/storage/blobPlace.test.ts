@@ -14,18 +14,11 @@ import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { oidOf } from './storageHarness.js';
 import { BLOB_RECORD } from '../replication/helpers.js';
 import { tidFromTime, Z64 } from '../../src/storage/timestamp.js';
+import { directorySyncs } from '../helpers/directorySyncs.js';
 
-const synced: string[] = [];
-vi.mock('../../src/storage/fileio.js', async (importOriginal) => {
-  const real = await importOriginal<typeof import('../../src/storage/fileio.js')>();
-  return {
-    ...real,
-    syncDirectory: async (dir: string) => {
-      synced.push(resolve(dir));
-      await real.syncDirectory(dir);
-    },
-  };
-});
+const synced = directorySyncs.synced;
+
+vi.mock('../../src/storage/fileio.js', async (original) => (await import('../helpers/directorySyncs.js')).fileioRecordingSyncs(original));
 
 afterAll(cleanupTempDirs);
 

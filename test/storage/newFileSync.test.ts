@@ -6,18 +6,11 @@ import { appendFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterAll, expect, it, vi } from 'vitest';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { directorySyncs } from '../helpers/directorySyncs.js';
 
-const synced: string[] = [];
-vi.mock('../../src/storage/fileio.js', async (original) => {
-  const real = await original<typeof import('../../src/storage/fileio.js')>();
-  return {
-    ...real,
-    syncDirectory: async (dir: string) => {
-      synced.push(dir);
-      await real.syncDirectory(dir);
-    },
-  };
-});
+const synced = directorySyncs.synced;
+
+vi.mock('../../src/storage/fileio.js', async (original) => (await import('../helpers/directorySyncs.js')).fileioRecordingSyncs(original));
 const { FileStorage } = await import('../../src/storage/FileStorage.js');
 
 afterAll(cleanupTempDirs);

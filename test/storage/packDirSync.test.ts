@@ -5,18 +5,9 @@
 import { join } from 'node:path';
 import { afterAll, expect, it, vi } from 'vitest';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { directorySyncs } from '../helpers/directorySyncs.js';
 
-let failDirectorySync = false;
-vi.mock('../../src/storage/fileio.js', async (original) => {
-  const real = await original<typeof import('../../src/storage/fileio.js')>();
-  return {
-    ...real,
-    syncDirectory: async (dir: string) => {
-      if (failDirectorySync) throw Object.assign(new Error(`EIO: i/o error, fsync '${dir}'`), { code: 'EIO' });
-      return real.syncDirectory(dir);
-    },
-  };
-});
+vi.mock('../../src/storage/fileio.js', async (original) => (await import('../helpers/directorySyncs.js')).fileioRecordingSyncs(original));
 const { FileStorage } = await import('../../src/storage/FileStorage.js');
 const { commitMany } = await import('../replication/helpers.js');
 
@@ -28,9 +19,9 @@ it('refuses further commits once the swap could not be made durable, and leaves 
   let closed = false;
   try {
     const tids = await commitMany(fs, 10);
-    failDirectorySync = true;
+    directorySyncs.fail = true;
     await expect(fs.pack(Date.now() / 1000 + 60)).rejects.toThrow(/the data file was replaced, but syncing its directory failed; the storage refuses further writes/);
-    failDirectorySync = false;
+    directorySyncs.fail = false;
     await expect(commitMany(fs, 1)).rejects.toThrow(/writes disabled after a failed sync of the directory after the data file was replaced/);
     await fs.close();
     closed = true;
@@ -42,7 +33,7 @@ it('refuses further commits once the swap could not be made durable, and leaves 
       await again.close();
     }
   } finally {
-    failDirectorySync = false;
+    directorySyncs.fail = false;
     if (!closed) await fs.close();
   }
 });
