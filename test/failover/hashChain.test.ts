@@ -214,6 +214,21 @@ describe('HashChain', () => {
   });
 });
 
+describe('linksOfRun', () => {
+  it('takes a run only whole: without its last redundant length it is no run', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    try {
+      await commitMany(fs, 3, 1);
+      const run = readFileSync(path).subarray(4);
+      expect(linksOfRun(CHAIN_ORIGIN, run)!.count).toBe(3);
+      expect(linksOfRun(CHAIN_ORIGIN, run.subarray(0, run.length - 8))).toBeNull();
+    } finally {
+      await fs.close();
+    }
+  });
+});
+
 describe('linkOfStored', () => {
   it('gives the link chainLink gives for the same transaction, and null for a backpointer', async () => {
     const dir = await tempDir();
@@ -307,6 +322,50 @@ describe('links for replication', () => {
     await chain.close();
     expect(cursor.linksOf([all[3]!])).toBeNull(); // a closed chain holds nothing
     await fs.close();
+  });
+
+  it("a new cursor finds the chain's last entry (a session starting at the head)", async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'c.fs'), { create: true, fsync: false });
+    const chain = await HashChain.open(fs, { fsync: false });
+    try {
+      const tids = await commitMany(fs, 5, 1);
+      await chain.flush();
+      const got = chain.cursor().linksOf([tids[4]!])!;
+      expect(got.links[0]).toEqual(chain.hashAt(tids[4]!));
+      expect(got.prev).toEqual(chain.hashAt(tids[3]!));
+    } finally {
+      await chain.close();
+      await fs.close();
+    }
+  });
+
+  it('cuts from its file the links past a data file cut shorter, so the links written after them are not followed by stale ones on the next open', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    let fs = await FileStorage.open(path, { create: true, fsync: false });
+    let chain = await HashChain.open(fs);
+    const tids = await commitMany(fs, 40, 1);
+    let cut = -1;
+    for await (const t of fs.iterator(tids[30]!)) {
+      cut = t.pos;
+      break;
+    }
+    await chain.close();
+    await fs.close();
+    truncateSync(path, cut); // the data file lost its last 10 transactions (a rewind done by hand, a restored copy)
+    fs = await FileStorage.open(path, { fsync: false });
+    chain = await HashChain.open(fs);
+    await commitMany(fs, 2, 1);
+    await chain.close();
+    await fs.close();
+    fs = await FileStorage.open(path, { fsync: false });
+    chain = await HashChain.open(fs);
+    try {
+      expect(chain.length).toBe(fs.transactionCount);
+      expect(chain.hashAt(tids[35]!)).toBeNull();
+    } finally {
+      await chain.close();
+      await fs.close();
+    }
   });
 
   it('links computed ahead are taken only after the link they were computed from; others are computed again', async () => {
