@@ -26,6 +26,8 @@ describe('a writable open of a blob directory', () => {
     await writeFile(zodbClient, 'not ours');
     const dirNamedLikeOne = join(root, 'tmp', '0123456789abcdef.tmp');
     await mkdir(dirNamedLikeOne);
+    const otherTmp = join(root, 'tmp', 'upload-by-another-writer.tmp'); // a .tmp file not named as ours
+    await writeFile(otherTmp, 'not ours either');
 
     // Changed after the limit: kept (a transaction may still be using them).
     const recent = await BlobDirectory.open(root, { create: true, staleBeforeMs: Date.now() - STALE_STAGING_MS });
@@ -40,6 +42,16 @@ describe('a writable open of a blob directory', () => {
     expect(left.some((p) => existsSync(p))).toBe(false);
     expect(existsSync(zodbClient)).toBe(true);
     expect(existsSync(dirNamedLikeOne)).toBe(true);
+    expect(existsSync(otherTmp)).toBe(true);
+  });
+
+  it('leaves staging files just written alone by default (another storage sharing the directory may be using them)', async () => {
+    const root = join(await tempDir(), 'blobs');
+    const first = await BlobDirectory.open(root, { create: true });
+    const fresh = first.tempPath();
+    await writeFile(fresh, 'in use');
+    expect((await BlobDirectory.open(root, { create: true })).staleStagingRemoved).toEqual({ files: 0, bytes: 0 });
+    expect(existsSync(fresh)).toBe(true);
   });
 
   it('is done by a storage opened an hour after they were left, which says so', async () => {

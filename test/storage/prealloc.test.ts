@@ -116,6 +116,10 @@ describe('the fill', () => {
     sectors.fill(1, 0, 1024 + 5); // two sectors of data and 5 bytes of the third
     expect(firstFillSector(sectors, 8192)).toBe(8192 + 1536);
     expect(firstFillSector(sectors.subarray(1020), 8192 + 1020)).toBe(8192 + 1536);
+    // A range that holds a single word of a sector, its last: that word is checked.
+    const oneWord = Buffer.alloc(420, 0x41);
+    fillOf(512, 8).copy(oneWord, 412);
+    expect(firstFillSector(oneWord, 100)).toBe(512);
     expect(isFillRange(mixed.subarray(101, 150), (1 << 20) + 101)).toBe(true);
     expect(isFillRange(mixed.subarray(99, 150), (1 << 20) + 99)).toBe(false);
 
