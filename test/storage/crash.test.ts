@@ -4,7 +4,7 @@
 // bytes in Data.fs.tr0, and takes the next commit cleanly. fast-check prints
 // the seed and path of a failure; replay with fc.assert(..., { seed, path }).
 
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, truncateSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import fc from 'fast-check';
@@ -168,6 +168,22 @@ describe('crash safety', () => {
     );
     // A reopen and a commit per byte cut: about 15 s on an idle machine, several times that on a loaded one.
   }, 300_000);
+
+  it('does not trust an index saved over a file that has since lost bytes it covered (a torn last redundant length)', async () => {
+    const path = join(await tempDir('zrs-crash-'), 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const tids: Buffer[] = [];
+    for (let i = 0; i < 3; i++) tids.push(await commit(fs, [[oidOf(i + 1), Z64, Buffer.from(`v${i}`)]]));
+    await fs.close(); // saves the index, covering the whole file
+    truncateSync(path, statSync(path).size - 5);
+    const again = await FileStorage.open(path, { readOnly: true });
+    try {
+      expect(again.lastTransaction()).toEqual(tids[1]);
+      await expect(again.load(oidOf(3))).rejects.toBeInstanceOf(POSKeyError);
+    } finally {
+      await again.close();
+    }
+  });
 
   it('a transaction found damaged part way leaves none of its records indexed when it is cut as a torn tail', async () => {
     const dir = await tempDir();
