@@ -18,6 +18,7 @@ import { VirtualClock } from '../../src/sim/clock.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { interceptFileWrites } from '../helpers/fileWrites.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { onFileHandleSyncs } from '../helpers/fileSyncs.js';
 import { commitMany, waitForTid } from '../replication/helpers.js';
 import { FAST_RECONNECT, LogCollector, sessionClosed, WAIT_MS } from '../replication/netHelpers.js';
 import { filter, firstValueFrom, timeout } from 'rxjs';
@@ -66,20 +67,19 @@ describe('audit log format', () => {
 
   it('syncs a decision before it resolves, and a batch of notes with a decision after them', async () => {
     const dir = await tempDir();
-    const probe = await openFile(join(dir, 'probe'), 'w');
-    const sync = vi.spyOn(Object.getPrototypeOf(probe) as { sync(): Promise<void> }, 'sync');
-    await probe.close();
+    let syncs = 0;
+    const restore = await onFileHandleSyncs(dir, () => void (syncs += 1));
     try {
       const audit = await AuditLog.open(join(dir, 'Data.fs.audit'), { node: 'n', clock: new VirtualClock() });
-      const opened = sync.mock.calls.length;
+      const opened = syncs;
       await audit.decide('promotion', {});
-      expect(sync.mock.calls.length).toBe(opened + 1);
+      expect(syncs).toBe(opened + 1);
       audit.note('transition', { actor: 'test', from: 'a', to: 'b' });
       await audit.decide('rewind', {});
-      expect(sync.mock.calls.length).toBe(opened + 2);
+      expect(syncs).toBe(opened + 2);
       await audit.close();
     } finally {
-      sync.mockRestore();
+      restore();
     }
   });
 

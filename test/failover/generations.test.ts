@@ -4,9 +4,10 @@
 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { onFileHandleSyncs } from '../helpers/fileSyncs.js';
 import { ZrsError } from '../../src/errors.js';
-import { GenerationHistory, generationsPathFor } from '../../src/failover/generations.js';
+import { GenerationHistory, generationsPathFor, writeFileAtomic } from '../../src/failover/generations.js';
 import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { Z64 } from '../replication/helpers.js';
@@ -52,6 +53,20 @@ describe('GenerationHistory.startNext', () => {
     // One fewer leaves room for exactly one more.
     await g.replace(g.list.slice(0, -1));
     expect((await g.startNext(t(MAX_GENERATION_HISTORY))).generation).toBe(MAX_GENERATION_HISTORY);
+  });
+
+  it('syncs the new content before it renames it over the file (a crash leaves the old content or the new, never an empty file)', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs.generations');
+    const atSync: boolean[] = [];
+    const restore = await onFileHandleSyncs(dir, () => void atSync.push(existsSync(`${path}.tmp`)));
+    try {
+      await writeFileAtomic(path, Buffer.from('{}\n'));
+    } finally {
+      restore();
+    }
+    expect(atSync).toContain(true);
+    expect(readFileSync(path, 'utf8')).toBe('{}\n');
   });
 
   it('refuses a damaged file with a ZrsError naming it, not a TypeError', async () => {

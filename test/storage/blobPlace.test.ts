@@ -15,6 +15,7 @@ import { oidOf } from './storageHarness.js';
 import { BLOB_RECORD } from '../replication/helpers.js';
 import { tidFromTime, Z64 } from '../../src/storage/timestamp.js';
 import { directorySyncs } from '../helpers/directorySyncs.js';
+import { onFileHandleSyncs } from '../helpers/fileSyncs.js';
 
 const synced = directorySyncs.synced;
 
@@ -29,6 +30,20 @@ async function staged(blobs: BlobDirectory, text: string): Promise<string> {
 }
 
 describe('BlobDirectory.place', () => {
+  it("syncs a staged file's bytes before renaming it into place", async () => {
+    const dir = await tempDir();
+    const blobs = await BlobDirectory.open(join(dir, 'blobs'), { create: true });
+    const stagedPath = await staged(blobs, 'bytes first');
+    const atSync: boolean[] = [];
+    const restore = await onFileHandleSyncs(dir, () => void atSync.push(existsSync(stagedPath)));
+    try {
+      await blobs.place([{ oid: oidOf(9), tid: tidFromTime(Date.UTC(2030, 0, 1)), stagedPath }], true);
+    } finally {
+      restore();
+    }
+    expect(atSync).toContain(true);
+  });
+
   it('syncs the oid directory and every directory a new one was added to', async () => {
     const blobs = await BlobDirectory.open(await tempDir(), { create: true });
     const tid = tidFromTime(Date.UTC(2030, 0, 1));

@@ -4,14 +4,15 @@
 // the packed file made durable before it replaces the old one.
 
 import { existsSync, fstatSync, renameSync, statSync, writeFileSync } from 'node:fs';
-import { open, readFile, writeFile, type FileHandle } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { ConflictError, POSKeyError, UndoError } from '../../src/errors.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { packTimeToTid } from '../../src/storage/pack.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { onFileHandleSyncs } from '../helpers/fileSyncs.js';
 import { logOpenRepairs } from '../../src/replication/log.js';
 import { BLOB_RECORD } from '../replication/helpers.js';
 
@@ -115,21 +116,12 @@ describe('pack at its edges', () => {
     withStorage(async (fs, dir) => {
       const t0 = await commitAt(fs, at(-200), [[OID, Z64, 'v0']]);
       await commitAt(fs, at(-100), [[OID, t0, 'v1']]);
-      const probe = await open(join(dir, 'probe'), 'w');
-      const proto = Object.getPrototypeOf(probe) as FileHandle;
-      await probe.close();
       const synced = new Set<number>();
-      const spies = (['sync', 'datasync'] as const).map((name) => {
-        const original = proto[name];
-        return vi.spyOn(proto, name).mockImplementation(function (this: FileHandle) {
-          synced.add(fstatSync(this.fd).ino);
-          return original.call(this);
-        });
-      });
+      const restore = await onFileHandleSyncs(dir, (fd) => void synced.add(fstatSync(fd).ino));
       try {
         expect((await fs.pack(T)).packed).toBe(true);
       } finally {
-        for (const s of spies) s.mockRestore();
+        restore();
       }
       expect(synced.has(statSync(join(dir, 'Data.fs')).ino)).toBe(true);
     }));
