@@ -92,6 +92,24 @@ describe('a claim without a chain (zc.zrs peers, older builds)', () => {
   });
 });
 
+describe('FailoverHistory.refusalFor', () => {
+  it('refuses as bad-tid a hello whose chain head is not at its start tid (inconsistent), and takes a consistent one', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    const history = await FailoverHistory.open(fs, { role: 'primary', fsync: false });
+    try {
+      const tids = await commitMany(fs, 3);
+      await history.chain.flush();
+      const generations = [{ generation: 0, startTid: Buffer.from(Z64) }];
+      const headAt = (i: number) => ({ tid: tids[i]!, hash: history.chain.hashAt(tids[i]!)! });
+      expect(history.refusalFor({ startTid: tids[2]!, generations, chainHead: headAt(1) })?.code).toBe('bad-tid');
+      expect(history.refusalFor({ startTid: tids[1]!, generations, chainHead: headAt(1) })).toBeUndefined();
+    } finally {
+      await history.close();
+      await fs.close();
+    }
+  });
+});
+
 describe('rewinding to a fork tid the storage lacks', () => {
   async function storageWith(n: number): Promise<{ fs: FileStorage; tids: Buffer[]; path: string }> {
     const path = join(await tempDir(), 'Data.fs');

@@ -990,6 +990,19 @@ describe('failover', () => {
   });
 });
 
+describe('a rewind and the audit log', () => {
+  it('records the rewind in the generation it keeps, not in one it drops', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    const tids = await storageFileWith(path, 5);
+    const generations = await GenerationHistory.open(path);
+    await generations.replace([{ generation: 0, startTid: Buffer.from(Z64) }, { generation: 1, startTid: tids[3]! }]);
+    await generations.idle();
+    await rewindStorage(path, { toCommonWith: tids[1]! });
+    const record = (await readAuditLog(`${path}.audit`)).records.find((r) => r.kind === 'rewind')!;
+    expect(record.generation).toMatchObject({ generation: 0 });
+  });
+});
+
 describe('asking a primary for the fork tid', () => {
   it('gives up reaching it within the timeout, and abandons the attempt', async () => {
     const path = join(await tempDir(), 'Data.fs');
@@ -1018,6 +1031,13 @@ describe('asking a primary for the fork tid', () => {
         await expect(askForkTid(storage, silent.address, {})).rejects.toThrow(/the primary closed the connection without a verdict.* \(a zc\.zrs node, or a port with <ssl>: a rewind asks over plain TCP\?\)$/);
       } finally {
         await silent.close();
+      }
+      // A refusal for another reason than divergence is no answer to the question: an error naming it, not "nothing to cut".
+      const refusing = await FakeServer.start((c) => void c.frame(1).then(() => c.send(encodeNative({ type: 'refuse', code: 'loop', message: 'it replicates from you' }, createNativePackr())), () => undefined));
+      try {
+        await expect(askForkTid(storage, refusing.address, {})).rejects.toThrow('the primary refused (loop): it replicates from you');
+      } finally {
+        await refusing.close();
       }
     } finally {
       await storage.close();
