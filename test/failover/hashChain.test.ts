@@ -368,6 +368,39 @@ describe('links for replication', () => {
     }
   });
 
+  it('cuts a torn last write from its file itself, so links written after it are not followed by stale ones on the next open', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    let fs = await FileStorage.open(path, { create: true, fsync: false });
+    let chain = await HashChain.open(fs);
+    const tids = await commitMany(fs, 600, 1);
+    let cut = -1;
+    for await (const t of fs.iterator(tids[570]!)) {
+      cut = t.pos;
+      break;
+    }
+    await chain.close(); // a batch of 512, then the last 88 written on close
+    await fs.close();
+    const chainPath = chainPathFor(path);
+    const bytes = readFileSync(chainPath);
+    bytes.fill(0, 8 + 530 * CHAIN_ENTRY_BYTES, 8 + 560 * CHAIN_ENTRY_BYTES); // the middle of the last write never reached the disk
+    writeFileSync(chainPath, bytes);
+    truncateSync(path, cut); // and the data file lost its last 30 transactions
+    fs = await FileStorage.open(path, { fsync: false });
+    chain = await HashChain.open(fs);
+    await commitMany(fs, 2, 1);
+    await chain.close();
+    await fs.close();
+    fs = await FileStorage.open(path, { fsync: false });
+    chain = await HashChain.open(fs);
+    try {
+      expect(chain.length).toBe(fs.transactionCount);
+      expect(chain.hashAt(tids[580]!)).toBeNull();
+    } finally {
+      await chain.close();
+      await fs.close();
+    }
+  });
+
   it('links computed ahead are taken only after the link they were computed from; others are computed again', async () => {
     const dir = await tempDir();
     const src = await FileStorage.open(join(dir, 'src.fs'), { create: true, fsync: false });
