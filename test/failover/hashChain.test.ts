@@ -7,6 +7,7 @@ import { appendFileSync, readFileSync, statSync, truncateSync, writeFileSync } f
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
+import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { tidPlusOne } from '../../src/storage/timestamp.js';
 import { CHAIN_ENTRY_BYTES, CHAIN_ORIGIN, HashChain, MAX_CHAIN_SAMPLES, RunLinks, chainLink, chainPathFor, contentAt, linkOfStored, linksOfRun, truncateChainFile } from '../../src/failover/hashChain.js';
@@ -578,6 +579,46 @@ describe('links a primary gave, with a chain stopped by a write error', () => {
       expect(chain.lostLink?.toString('hex')).toBe(tid.toString('hex'));
     } finally {
       await close();
+    }
+  });
+
+  it('names a given link whose write failed after the write before it, still running when it was given, succeeded', async () => {
+    const gate: { release: (() => void) | null } = { release: null };
+    let syncs = 0;
+    const disk: StorageDisk = {
+      write: nodeDisk.write,
+      truncate: nodeDisk.truncate,
+      datasync: async (fd) => {
+        syncs += 1;
+        if (syncs === 1) await new Promise<void>((resolve) => (gate.release = resolve));
+        else if (syncs === 2) throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+        return nodeDisk.datasync(fd);
+      },
+    };
+    const fs = await FileStorage.open(join(await tempDir(), 'g.fs'), { create: true, fsync: false, disk });
+    const chain = await HashChain.open(fs, { fsync: true });
+    const commitPacked = async (tid: Buffer): Promise<void> => {
+      const txn = { description: 'packed' };
+      await fs.tpcBegin(txn, { tid, status: 'p' });
+      fs.store(fs.newOid(), Z64, Buffer.from('p'), txn);
+      await fs.tpcVote(txn);
+      await fs.tpcFinish(txn);
+    };
+    try {
+      await commitMany(fs, 2);
+      const t1 = tidPlusOne(fs.lastTransaction());
+      chain.expectLink(t1, Buffer.alloc(32, 0x11));
+      await commitPacked(t1);
+      while (gate.release === null) await new Promise((r) => setImmediate(r)); // t1's write is syncing
+      const t2 = tidPlusOne(t1);
+      chain.expectLink(t2, Buffer.alloc(32, 0x22));
+      await commitPacked(t2);
+      gate.release();
+      await expect(chain.givenWritten()).rejects.toThrow(/not on disk/);
+      expect(chain.lostLink?.toString('hex')).toBe(t2.toString('hex'));
+    } finally {
+      await chain.close().catch(() => undefined);
+      await fs.close();
     }
   });
 
