@@ -4,8 +4,12 @@
 
 import fc from 'fast-check';
 import { Subject } from 'rxjs';
-import { describe, expect, it, vi } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
+import { join } from 'node:path';
 import { AckTracker } from '../../src/replication/syncReplication.js';
+import { PrimarySync } from '../../src/replication/primarySync.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import type { PrimarySession, SessionProgress } from '../../src/replication/primarySession.js';
 import { VirtualClock } from '../../src/sim/clock.js';
 
@@ -18,7 +22,98 @@ function fakeSession(peer: string): { session: PrimarySession; ack(tid: bigint):
 
 const tidOf = (n: number): Buffer => Buffer.from(n.toString(16).padStart(16, '0'), 'hex');
 
+afterAll(cleanupTempDirs);
+
+/** A session that sends, acknowledges and ends as the test says (tids as numbers). */
+function scriptedSession(peer: string): { session: PrimarySession; sent(n: number): void; ack(n: number): void; end(): void } {
+  const progress = new Subject<SessionProgress>();
+  const done = new Subject<null>();
+  const session = { peer, progress$: progress, done$: done, machine: { getSnapshot: () => ({ value: 'live' }) }, status: () => ({ peer }) };
+  return {
+    session: session as unknown as PrimarySession,
+    sent: (n) => progress.next({ acks: true, lastSentTid: tidOf(n), ackedTid: null, sentTransactions: 0 }),
+    ack: (n) => progress.next({ acks: true, lastSentTid: tidOf(n), ackedTid: tidOf(n), sentTransactions: 0 }),
+    end: () => done.complete(),
+  };
+}
+
+const turns = async (): Promise<void> => {
+  for (let i = 0; i < 5; i++) await Promise.resolve();
+};
+
 describe('AckTracker', () => {
+  it("forgets a session that ended: its acks no longer confirm anything", async () => {
+    const tracker = new AckTracker({ clock: new VirtualClock(), log: () => undefined });
+    const gone = scriptedSession('gone');
+    tracker.track(gone.session);
+    gone.ack(5);
+    gone.end();
+    expect(tracker.status()).toEqual([]);
+    let outcome = 'pending';
+    tracker.waitForReplication(tidOf(5), { replicas: 1, timeoutMs: 100 }).then(() => (outcome = 'ok'), () => (outcome = 'rejected'));
+    await turns();
+    expect(outcome).toBe('pending');
+    tracker.close();
+  });
+
+  it('gives the lag of the oldest transaction sent and not acknowledged, and how long a wait waited', async () => {
+    const clock = new VirtualClock(1_000_000);
+    const tracker = new AckTracker({ clock, log: () => undefined });
+    const s = scriptedSession('s');
+    tracker.track(s.session);
+    s.sent(1);
+    clock.advance(100);
+    s.sent(2);
+    clock.advance(50);
+    expect(tracker.status()[0]!.lagMs).toBe(150);
+    const waiting = tracker.waitForReplication(tidOf(3), { replicas: 1, timeoutMs: 1000 });
+    clock.advance(30);
+    s.ack(3);
+    expect((await waiting).waitedMs).toBe(30);
+    tracker.close();
+  });
+
+  it('rejects a timed-out wait only once its audit record is written', async () => {
+    const clock = new VirtualClock();
+    let written!: () => void;
+    const recorded = new Promise<void>((resolve) => (written = resolve));
+    const tracker = new AckTracker({ clock, log: () => undefined, audit: { decide: () => recorded } as never });
+    let outcome = 'pending';
+    tracker.waitForReplication(tidOf(1), { replicas: 1, timeoutMs: 10 }).then(() => (outcome = 'ok'), () => (outcome = 'rejected'));
+    clock.advance(10);
+    await turns();
+    expect(outcome).toBe('pending');
+    written();
+    await turns();
+    expect(outcome).toBe('rejected');
+    tracker.close();
+  });
+
+  it("a primary's waitForReplication wants syncReplicas acks unless told how many", async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    const storage = await FileStorage.open(path, { create: true, fsync: false });
+    const sync = await PrimarySync.open({ path, syncReplicas: 2, auditPath: null }, storage, new VirtualClock(), () => undefined);
+    try {
+      const a = scriptedSession('a');
+      await sync.attach({ watchSessions: (watch: (s: PrimarySession) => void) => (watch(a.session), () => undefined) } as never, { generation: () => null, address: 'x', promotion: null });
+      a.ack(5);
+      let outcome = 'pending';
+      sync.waitForReplication(tidOf(5)).then(() => (outcome = 'ok'), () => (outcome = 'rejected'));
+      await turns();
+      expect(outcome).toBe('pending');
+      await expect(sync.waitForReplication(tidOf(5), { replicas: 1 })).resolves.toMatchObject({ peers: ['a'] });
+    } finally {
+      await sync.close();
+      await storage.close();
+    }
+  });
+
+  it('aborts at once a wait begun after close', async () => {
+    const tracker = new AckTracker({ clock: new VirtualClock(), log: () => undefined });
+    tracker.close();
+    await expect(tracker.waitForReplication(tidOf(1), { replicas: 1, timeoutMs: 60_000 })).rejects.toMatchObject({ name: 'SyncReplicationAbortedError' });
+  });
+
   it('resolves each wait once as many sessions as it wants acknowledged its tid, as a count over the sessions says', async () => {
     const step = fc.oneof(
       fc.record({ kind: fc.constant('wait' as const), tid: fc.integer({ min: 1, max: 40 }), replicas: fc.integer({ min: 1, max: 3 }) }),
