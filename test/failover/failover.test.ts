@@ -707,6 +707,18 @@ describe('failover', () => {
     }
   });
 
+  it('a diverged secondary pointed at another upstream forgets that divergence (it belonged to the old one)', async () => {
+    const { a, promoted } = await divergedOldPrimary(await tempDir());
+    try {
+      expect(a.diverged).not.toBeNull();
+      a.setReplicationAddress(NOWHERE);
+      expect(a.diverged).toBeNull();
+    } finally {
+      await a.close();
+      await promoted.close();
+    }
+  });
+
   it('a rewind refuses to run beside a promotion or another rewind, and a promotion beside a rewind', async () => {
     const { a, promoted } = await divergedOldPrimary(await tempDir());
     try {

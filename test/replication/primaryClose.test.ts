@@ -191,6 +191,15 @@ describe('closing a primary whose peer does not cooperate', () => {
     }
   });
 
+  it('refuses a transaction begun once close() was called: it could commit after the drain and reach no secondary', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const closing = primary.close();
+    const late = await primary.storage.tpcBegin({ description: 'late' }).then(() => null, (e: unknown) => e);
+    await closing;
+    expect(late).toBeInstanceOf(StorageClosedError);
+  });
+
   it('a transaction waiting to begin when the primary closes is refused as closed (StorageClosedError), not as read-only', async () => {
     const dir = await tempDir();
     const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });

@@ -13,12 +13,13 @@ import { Secondary } from '../../src/replication/secondary.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { FAST_RECONNECT, settleUntil } from './netHelpers.js';
+import { waitForTid } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
 const MiB = 1024 * 1024;
 
-it('pauses reading once the received data waiting for a held-up disk passes a bound in bytes', async () => {
+it('pauses reading once the received data waiting for a held-up disk passes a bound in bytes, and resumes once the disk goes on', async () => {
   const dir = await tempDir();
   const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
   for (let i = 0; i < 120; i++) {
@@ -59,6 +60,10 @@ it('pauses reading once the received data waiting for a held-up disk passes a bo
     expect(deliveredAtPause).not.toBeNull();
     // Received but not yet in the data file: bounded (the queue's 32 MiB, the write the applier waits on, a socket's worth).
     expect(deliveredAtPause! - secondary.storage.getSize()).toBeLessThan(64 * MiB);
+    // Once the disk goes on, reading resumes on the same connection: it catches up without a reconnect.
+    release();
+    await waitForTid(secondary, primary.storage.lastTransaction(), 60_000);
+    expect(secondary.machine.getSnapshot().context.counters.connects).toBe(1);
   } finally {
     release();
     await secondary.close();
