@@ -34,6 +34,28 @@ async function chainOfCommits(n: number): Promise<{ fs: FileStorage; tids: Buffe
   return { fs, tids, links, chainPath: chainPathFor(path) };
 }
 
+/**
+ * Open the storage at `path` with its chain, commit two transactions, and
+ * open both again: the chain holds exactly the data file's transactions, and
+ * no link of `stale` (a transaction the data file no longer holds).
+ */
+async function expectNoStaleLinks(path: string, stale: Buffer): Promise<void> {
+  let fs = await FileStorage.open(path, { fsync: false });
+  let chain = await HashChain.open(fs);
+  await commitMany(fs, 2, 1);
+  await chain.close();
+  await fs.close();
+  fs = await FileStorage.open(path, { fsync: false });
+  chain = await HashChain.open(fs);
+  try {
+    expect(chain.length).toBe(fs.transactionCount);
+    expect(chain.hashAt(stale)).toBeNull();
+  } finally {
+    await chain.close();
+    await fs.close();
+  }
+}
+
 describe('HashChain', () => {
   it('samples keep the first transaction and the steps back from the head, however many tids are asked for', async () => {
     const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
@@ -342,8 +364,8 @@ describe('links for replication', () => {
 
   it('cuts from its file the links past a data file cut shorter, so the links written after them are not followed by stale ones on the next open', async () => {
     const path = join(await tempDir(), 'Data.fs');
-    let fs = await FileStorage.open(path, { create: true, fsync: false });
-    let chain = await HashChain.open(fs);
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const chain = await HashChain.open(fs);
     const tids = await commitMany(fs, 40, 1);
     let cut = -1;
     for await (const t of fs.iterator(tids[30]!)) {
@@ -353,26 +375,13 @@ describe('links for replication', () => {
     await chain.close();
     await fs.close();
     truncateSync(path, cut); // the data file lost its last 10 transactions (a rewind done by hand, a restored copy)
-    fs = await FileStorage.open(path, { fsync: false });
-    chain = await HashChain.open(fs);
-    await commitMany(fs, 2, 1);
-    await chain.close();
-    await fs.close();
-    fs = await FileStorage.open(path, { fsync: false });
-    chain = await HashChain.open(fs);
-    try {
-      expect(chain.length).toBe(fs.transactionCount);
-      expect(chain.hashAt(tids[35]!)).toBeNull();
-    } finally {
-      await chain.close();
-      await fs.close();
-    }
+    await expectNoStaleLinks(path, tids[35]!);
   });
 
   it('cuts a torn last write from its file itself, so links written after it are not followed by stale ones on the next open', async () => {
     const path = join(await tempDir(), 'Data.fs');
-    let fs = await FileStorage.open(path, { create: true, fsync: false });
-    let chain = await HashChain.open(fs);
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const chain = await HashChain.open(fs);
     const tids = await commitMany(fs, 600, 1);
     let cut = -1;
     for await (const t of fs.iterator(tids[570]!)) {
@@ -386,20 +395,7 @@ describe('links for replication', () => {
     bytes.fill(0, 8 + 530 * CHAIN_ENTRY_BYTES, 8 + 560 * CHAIN_ENTRY_BYTES); // the middle of the last write never reached the disk
     writeFileSync(chainPath, bytes);
     truncateSync(path, cut); // and the data file lost its last 30 transactions
-    fs = await FileStorage.open(path, { fsync: false });
-    chain = await HashChain.open(fs);
-    await commitMany(fs, 2, 1);
-    await chain.close();
-    await fs.close();
-    fs = await FileStorage.open(path, { fsync: false });
-    chain = await HashChain.open(fs);
-    try {
-      expect(chain.length).toBe(fs.transactionCount);
-      expect(chain.hashAt(tids[580]!)).toBeNull();
-    } finally {
-      await chain.close();
-      await fs.close();
-    }
+    await expectNoStaleLinks(path, tids[580]!);
   });
 
   it('links computed ahead are taken only after the link they were computed from; others are computed again', async () => {
