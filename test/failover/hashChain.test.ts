@@ -34,6 +34,22 @@ async function chainOfCommits(n: number): Promise<{ fs: FileStorage; tids: Buffe
   return { fs, tids, links, chainPath: chainPathFor(path) };
 }
 
+/** A new storage of `n` one-record commits with its chain, both closed; `cut` is where transaction `cutAt` starts. */
+async function chainedCommits(n: number, cutAt: number): Promise<{ path: string; tids: Buffer[]; cut: number }> {
+  const path = join(await tempDir(), 'Data.fs');
+  const fs = await FileStorage.open(path, { create: true, fsync: false });
+  const chain = await HashChain.open(fs);
+  const tids = await commitMany(fs, n, 1);
+  let cut = -1;
+  for await (const t of fs.iterator(tids[cutAt]!)) {
+    cut = t.pos;
+    break;
+  }
+  await chain.close();
+  await fs.close();
+  return { path, tids, cut };
+}
+
 /**
  * Open the storage at `path` with its chain, commit two transactions, and
  * open both again: the chain holds exactly the data file's transactions, and
@@ -363,33 +379,13 @@ describe('links for replication', () => {
   });
 
   it('cuts from its file the links past a data file cut shorter, so the links written after them are not followed by stale ones on the next open', async () => {
-    const path = join(await tempDir(), 'Data.fs');
-    const fs = await FileStorage.open(path, { create: true, fsync: false });
-    const chain = await HashChain.open(fs);
-    const tids = await commitMany(fs, 40, 1);
-    let cut = -1;
-    for await (const t of fs.iterator(tids[30]!)) {
-      cut = t.pos;
-      break;
-    }
-    await chain.close();
-    await fs.close();
+    const { path, tids, cut } = await chainedCommits(40, 30);
     truncateSync(path, cut); // the data file lost its last 10 transactions (a rewind done by hand, a restored copy)
     await expectNoStaleLinks(path, tids[35]!);
   });
 
   it('cuts a torn last write from its file itself, so links written after it are not followed by stale ones on the next open', async () => {
-    const path = join(await tempDir(), 'Data.fs');
-    const fs = await FileStorage.open(path, { create: true, fsync: false });
-    const chain = await HashChain.open(fs);
-    const tids = await commitMany(fs, 600, 1);
-    let cut = -1;
-    for await (const t of fs.iterator(tids[570]!)) {
-      cut = t.pos;
-      break;
-    }
-    await chain.close(); // a batch of 512, then the last 88 written on close
-    await fs.close();
+    const { path, tids, cut } = await chainedCommits(600, 570); // a batch of 512, then the last 88 written on close
     const chainPath = chainPathFor(path);
     const bytes = readFileSync(chainPath);
     bytes.fill(0, 8 + 530 * CHAIN_ENTRY_BYTES, 8 + 560 * CHAIN_ENTRY_BYTES); // the middle of the last write never reached the disk
@@ -541,9 +537,13 @@ describe('a chain stopped by a write error', () => {
 describe('links a primary gave, with a chain stopped by a write error', () => {
   /** A storage on a disk whose next sync fails, its chain synced through that disk, and a packed transaction's commit. */
   async function failingChain() {
-    const path = join(await tempDir(), 'f.fs');
     const { disk, failNext } = diskFailingOnce();
-    const fs = await FileStorage.open(path, { create: true, fsync: false, disk });
+    return { ...(await chainOnDisk(disk)), failNext };
+  }
+
+  /** A storage on `disk`, its chain synced through that disk, a packed transaction's commit, and the close of both. */
+  async function chainOnDisk(disk: StorageDisk) {
+    const fs = await FileStorage.open(join(await tempDir(), 'f.fs'), { create: true, fsync: false, disk });
     const chain = await HashChain.open(fs, { fsync: true });
     const commitPacked = async (tid: Buffer): Promise<void> => {
       const txn = { description: 'packed' };
@@ -556,7 +556,7 @@ describe('links a primary gave, with a chain stopped by a write error', () => {
       await chain.close().catch(() => undefined);
       await fs.close();
     };
-    return { fs, chain, failNext, commitPacked, close };
+    return { fs, chain, commitPacked, close };
   }
 
   it('names the packed transaction whose link the failed write lost', async () => {
@@ -591,15 +591,7 @@ describe('links a primary gave, with a chain stopped by a write error', () => {
         return nodeDisk.datasync(fd);
       },
     };
-    const fs = await FileStorage.open(join(await tempDir(), 'g.fs'), { create: true, fsync: false, disk });
-    const chain = await HashChain.open(fs, { fsync: true });
-    const commitPacked = async (tid: Buffer): Promise<void> => {
-      const txn = { description: 'packed' };
-      await fs.tpcBegin(txn, { tid, status: 'p' });
-      fs.store(fs.newOid(), Z64, Buffer.from('p'), txn);
-      await fs.tpcVote(txn);
-      await fs.tpcFinish(txn);
-    };
+    const { fs, chain, commitPacked, close } = await chainOnDisk(disk);
     try {
       await commitMany(fs, 2);
       const t1 = tidPlusOne(fs.lastTransaction());
@@ -613,8 +605,7 @@ describe('links a primary gave, with a chain stopped by a write error', () => {
       await expect(chain.givenWritten()).rejects.toThrow(/not on disk/);
       expect(chain.lostLink?.toString('hex')).toBe(t2.toString('hex'));
     } finally {
-      await chain.close().catch(() => undefined);
-      await fs.close();
+      await close();
     }
   });
 
