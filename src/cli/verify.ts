@@ -75,6 +75,8 @@ export interface VerifySummary {
 
 /** Said of an unfinished transaction with nothing intact after it: what a crash during its commit leaves, not damage. */
 const UNFINISHED_AT_END = 'as a crash while it was written leaves it: a read-write open cuts it, keeping its bytes in a .trN file beside it';
+/** Said of a voted transaction that intact ones follow: the open cuts from it all the same, which loses them. */
+const VOTED_BEFORE_INTACT = 'yet intact transactions follow it: a read-write open cuts it and every one after it (a torn sync can leave it so), keeping their bytes in a .trN file beside it';
 /** Said of one that intact transactions follow: damage, which the storage refuses to open rather than cut. */
 const DAMAGE_BEFORE_INTACT = 'yet intact transactions follow it: damage, not what a crash leaves (a read-write open refuses the file)';
 
@@ -250,8 +252,8 @@ class Walk {
    * the leftover of a crash (`what` says how it reads so), else damage, as
    * the storage's open judges it.
    */
-  private async unfinished(reader: Reader, pos: number, what: string): Promise<string> {
-    return (await intactTransactionAfter(reader.fh, pos, reader.size, this.lastTid)) ? DAMAGE_BEFORE_INTACT : `${what}${UNFINISHED_AT_END}`;
+  private async unfinished(reader: Reader, pos: number, size: number, what: string): Promise<string> {
+    return (await intactTransactionAfter(reader.fh, pos, size, this.lastTid)) ? DAMAGE_BEFORE_INTACT : `${what}${UNFINISHED_AT_END}`;
   }
 
   private async transaction(reader: Reader, size: number): Promise<void> {
@@ -264,7 +266,11 @@ class Walk {
     if (lastTid && Buffer.compare(tid, lastTid) <= 0) {
       throw new Problem(pos, `${what}: tid is not after the previous one (${lastTid.toString('hex')}, ${tidToString(lastTid)})`);
     }
-    if (h.status === 'c') throw new Problem(pos, `${what}: status 'c', an unfinished transaction (voted, never finished); ${await this.unfinished(reader, pos, '')}`);
+    // The open cuts a 'c' whatever follows (a torn sync can leave one before transactions written whole).
+    if (h.status === 'c') {
+      const after = (await intactTransactionAfter(reader.fh, pos, size, this.lastTid)) ? VOTED_BEFORE_INTACT : UNFINISHED_AT_END;
+      throw new Problem(pos, `${what}: status 'c', an unfinished transaction (voted, never finished); ${after}`);
+    }
     if (!STATUSES.has(h.status)) throw new Problem(pos + 16, `${what}: invalid status byte 0x${h.status.charCodeAt(0).toString(16).padStart(2, '0')}`);
     const meta = TXN_HEADER_BYTES + h.ulen + h.dlen + h.elen;
     if (h.length < meta) throw new Problem(pos + 8, `${what}: length ${h.length} is shorter than its header and metadata (${meta})`);
@@ -272,8 +278,8 @@ class Walk {
     const end = pos + h.length;
     const fill = await firstFillWithin((at, length) => reader.at(at, length), pos, Math.min(end + TRAILER_BYTES, reader.size), WINDOW_BYTES);
     if (fill >= 0) throw new Problem(fill, `${what}: holds preallocated fill, a sync torn by a crash; a read-write open cuts it`);
-    if (pos + h.length > size) throw new Problem(pos, `${what}: runs past the end of the file (needs ${h.length + TRAILER_BYTES} bytes, ${size - pos} left); ${await this.unfinished(reader, pos, 'a commit cut short by the end of the file, ')}`);
-    if (pos + h.length + TRAILER_BYTES > size) throw new Problem(pos + h.length, `${what}: its 8-byte redundant length is cut off by the end of the file; ${await this.unfinished(reader, pos, 'a commit cut short by the end of the file, ')}`);
+    if (pos + h.length > size) throw new Problem(pos, `${what}: runs past the end of the file (needs ${h.length + TRAILER_BYTES} bytes, ${size - pos} left); ${await this.unfinished(reader, pos, size, 'a commit cut short by the end of the file, ')}`);
+    if (pos + h.length + TRAILER_BYTES > size) throw new Problem(pos + h.length, `${what}: its 8-byte redundant length is cut off by the end of the file; ${await this.unfinished(reader, pos, size, 'a commit cut short by the end of the file, ')}`);
     const trailer = readU64At(await reader.at(pos + h.length, TRAILER_BYTES), 0);
     if (trailer !== h.length) throw new Problem(pos + h.length, `${what}: redundant length ${trailer} differs from the header's ${h.length}`);
     // The records' positions and each oid's last one within this transaction, kept apart until all of it checked.

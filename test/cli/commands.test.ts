@@ -360,6 +360,23 @@ describe('zrs verify', () => {
     }
   });
 
+  it('says of a voted transaction that intact ones follow what the open does: it cuts it and them', async () => {
+    const m = await readManifest('basic');
+    const path = await copy('basic');
+    const t = m.transactions[2];
+    await overwrite(path, t.pos + 16, Buffer.from('c'));
+    const r = await verifyFile(path);
+    expect(r).toMatchObject({ ok: false, position: t.pos, transactions: 2 });
+    if (!r.ok) expect(r.problem).toContain("status 'c', an unfinished transaction (voted, never finished); yet intact transactions follow it: a read-write open cuts it and every one after it");
+    await rm(indexPathFor(path), { force: true });
+    const fs = await FileStorage.open(path);
+    try {
+      expect(fs.tailCutOnOpen?.position).toBe(t.pos);
+    } finally {
+      await fs.close();
+    }
+  });
+
   it('tells damage from a crash leftover: a transaction whose length runs past the end while intact transactions follow it is damage', async () => {
     const m = await readManifest('basic');
     const path = await copy('basic');
