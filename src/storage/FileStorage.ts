@@ -370,8 +370,11 @@ export class FileStorage {
     if (kind === 'missing' && (!options.create || readOnly)) throw noSuchFile(path, readOnly);
     // A pack swaps its output in by renames: a crash between them (Python ZODB renames the data file away
     // first) leaves the packed data under .pack and no data file. Created empty, the node would start from nothing.
-    if (kind === 'missing' && (await pathKind(`${path}.pack`)) === 'file') {
-      throw new ZrsError(`${path}: missing, but ${path}.pack (a pack's output) is there: a pack stopped between its renames; rename ${path}.pack to ${path} (or ${path}.old, the file before that pack, if it is there) and open it again`);
+    // To start empty (create 'truncate') is to discard it: it goes as any leftover of a pack does.
+    if (kind === 'missing' && options.create !== 'truncate' && (await pathKind(`${path}.pack`)) === 'file') {
+      throw new ZrsError(
+        `${path}: missing, but ${path}.pack (a pack's output) is there: a pack that renames the data file away before renaming its output in (Python ZODB's) leaves the packed data only there when stopped between the two; rename ${path}.pack to ${path} (or ${path}.old, the file before that pack, if it is there), or remove it to start empty, and open again`,
+      );
     }
     if (kind === 'directory') throw new ZrsError(`${path}: a directory, not a storage file`);
     if (kind === 'other') throw new ZrsError(`${path}: not a regular file (a storage is one)`);
@@ -432,7 +435,7 @@ export class FileStorage {
       );
       storage.tailCutOnOpen = tailCut;
       storage.unreadTailOnOpen = tail;
-      if (!readOnly && exists) storage.stalePackRemovedOnOpen = await removeStalePack(`${path}.pack`);
+      if (!readOnly && (exists || truncate)) storage.stalePackRemovedOnOpen = await removeStalePack(`${path}.pack`);
       return storage;
     } catch (err) {
       await handle?.close();
