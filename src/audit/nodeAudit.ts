@@ -48,15 +48,18 @@ export async function auditPast(paths: readonly string[]): Promise<AuditRecord[]
 
 /**
  * Whether `past` records this node starting `generation` at `startTid` (a
- * promotion), not adopting it from a primary: its last such promotion was
- * not followed by the record of its failure or by a rewind.
+ * promotion), not adopting it from a primary: its last such promotion did
+ * not fail (the record of a failure after it comes next, before the node
+ * opened again or promoted again) and no rewind came after it.
  */
 function promotedTo(past: readonly AuditRecord[], generation: number, startTid: Buffer): boolean {
   const tid = startTid.toString('hex');
   const at = past.findLastIndex((r) => r.kind === 'promotion' && r.details.newGeneration === generation && r.details.startTid === tid);
   if (at < 0) return false;
+  const after = past.slice(at + 1);
   const failed = (r: AuditRecord): boolean => r.kind === 'promotion-refused' && (r.details.afterRecord === true || r.details.afterDetach === true);
-  return !past.slice(at + 1).some((r) => r.kind === 'rewind' || failed(r));
+  const next = after.find((r) => r.kind === 'config' || r.kind === 'promotion' || failed(r));
+  return !(next && failed(next)) && !after.some((r) => r.kind === 'rewind');
 }
 
 /**

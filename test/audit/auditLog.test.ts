@@ -97,6 +97,9 @@ describe('audit log format', () => {
     for (const after of [record('promotion-refused', { afterRecord: true }), record('promotion-refused', { afterDetach: true }), record('rewind', {})]) {
       expect(await promotionRunAgain('n', current, tid, async () => [promoted, after])).toBeNull();
     }
+    // A failure of a later promotion (the node opened since, as a primary or a secondary) does not undo it.
+    const reopened = record('config', { change: 'open', role: 'secondary' });
+    expect(await promotionRunAgain('n', current, tid, async () => [promoted, reopened, record('promotion-refused', { afterDetach: true })])).not.toBeNull();
     // A refusal of another request later on does not undo it.
     expect(await promotionRunAgain('n', current, tid, async () => [promoted, record('promotion-refused', { code: 'already-primary' })])).not.toBeNull();
   });
