@@ -7,7 +7,7 @@
 // not be open); rewindOpenStorage cuts a diverged Secondary's open storage.
 
 import { constants } from 'node:fs';
-import { copyFile, open as openFile, rename, rm, access } from 'node:fs/promises';
+import { copyFile, open as openFile, rename, rm } from 'node:fs/promises';
 import { ZrsError } from '../errors.js';
 import { systemClock } from '../node/clock.js';
 import { socketTransport } from '../node/socketTransport.js';
@@ -355,14 +355,9 @@ const PARTIAL_SUFFIX = '.partial';
  * lock, so no other rewind is writing it.
  */
 async function freshPath(base: string): Promise<string> {
-  const exists = (p: string): Promise<boolean> =>
-    access(p).then(
-      () => true,
-      () => false,
-    );
   for (let n = 0; ; n++) {
     const candidate = n === 0 ? base : `${base}.${n}`;
-    if (await exists(candidate)) continue;
+    if ((await pathKind(candidate)) !== 'missing') continue;
     const partial = `${candidate}${PARTIAL_SUFFIX}`;
     for (const left of [partial, `${partial}.blobs`, `${partial}.lock`, `${partial}.index`, `${candidate}.blobs`]) await rm(left, { recursive: true, force: true });
     return candidate;

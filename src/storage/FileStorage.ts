@@ -1578,8 +1578,8 @@ function checkOid(oid: Buffer): void {
 
 /** Remove a pack's leftover output file; its size, or null when there was none. */
 async function removeStalePack(packPath: string): Promise<number | null> {
-  if ((await pathKind(packPath)) !== 'file') return null;
-  const { size } = await stat(packPath);
+  const found = await stat(packPath).catch(() => null);
+  if (!found?.isFile()) return null;
   await rm(packPath, { force: true });
-  return size;
+  return found.size;
 }

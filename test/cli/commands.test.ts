@@ -360,35 +360,33 @@ describe('zrs verify', () => {
     }
   });
 
-  it('says of a voted transaction that intact ones follow what the open does: it cuts it and them', async () => {
-    const m = await readManifest('basic');
+  /** The basic fixture with `bytes` written `offset` bytes into its third transaction, and what verify says of it there. */
+  async function verifyThirdChanged(offset: number, bytes: Buffer): Promise<{ path: string; pos: number; problem: string }> {
+    const t = (await readManifest('basic')).transactions[2];
     const path = await copy('basic');
-    const t = m.transactions[2];
-    await overwrite(path, t.pos + 16, Buffer.from('c'));
+    await overwrite(path, t.pos + offset, bytes);
     const r = await verifyFile(path);
     expect(r).toMatchObject({ ok: false, position: t.pos, transactions: 2 });
-    if (!r.ok) expect(r.problem).toContain("status 'c', an unfinished transaction (voted, never finished); yet intact transactions follow it: a read-write open cuts it and every one after it");
+    return { path, pos: t.pos, problem: r.ok ? '' : r.problem };
+  }
+
+  it('says of a voted transaction that intact ones follow what the open does: it cuts it and them', async () => {
+    const { path, pos, problem } = await verifyThirdChanged(16, Buffer.from('c'));
+    expect(problem).toContain("status 'c', an unfinished transaction (voted, never finished); yet intact transactions follow it: a read-write open cuts it and every one after it");
     await rm(indexPathFor(path), { force: true });
     const fs = await FileStorage.open(path);
     try {
-      expect(fs.tailCutOnOpen?.position).toBe(t.pos);
+      expect(fs.tailCutOnOpen?.position).toBe(pos);
     } finally {
       await fs.close();
     }
   });
 
   it('tells damage from a crash leftover: a transaction whose length runs past the end while intact transactions follow it is damage', async () => {
-    const m = await readManifest('basic');
-    const path = await copy('basic');
-    const t = m.transactions[2];
-    await overwrite(path, t.pos + 8, u64(1_000_000));
-    const r = await verifyFile(path);
-    expect(r).toMatchObject({ ok: false, position: t.pos, transactions: 2 });
-    if (!r.ok) {
-      expect(r.problem).toContain('runs past the end of the file');
-      expect(r.problem).toContain('yet intact transactions follow it: damage, not what a crash leaves (a read-write open refuses the file)');
-      expect(r.problem).not.toContain('a read-write open cuts it');
-    }
+    const { problem } = await verifyThirdChanged(8, u64(1_000_000));
+    expect(problem).toContain('runs past the end of the file');
+    expect(problem).toContain('yet intact transactions follow it: damage, not what a crash leaves (a read-write open refuses the file)');
+    expect(problem).not.toContain('a read-write open cuts it');
   });
 
   it('stops at the fill of a file open for writing, and reports a transaction a torn sync left holding fill', async () => {
