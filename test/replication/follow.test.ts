@@ -22,7 +22,8 @@ import { FileStorage } from '../../src/storage/FileStorage.js';
 import type { ByteStream, Transport } from '../../src/ports/transport.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { DEFAULT_LIVE_FEED_LIMITS } from '../../src/replication/liveFeed.js';
+import { DEFAULT_LIVE_FEED_LIMITS, type LiveFeed } from '../../src/replication/liveFeed.js';
+import type { CommittedTransaction } from '../../src/storage/types.js';
 import { commitMany, expectSameHistory, waitForTid } from './helpers.js';
 import { FAST_RECONNECT, until } from './netHelpers.js';
 
@@ -192,6 +193,57 @@ describe('catching up under a steady stream of commits', () => {
       await expectSameHistory(storage, secondary.storage);
     } finally {
       await closeAll(secondary, server, storage);
+    }
+  });
+
+  it('skips the commits its first tick holds from before it subscribed, which catch-up already sent', async () => {
+    const { dir, storage, sessions, server } = await serve();
+    // The feed may hand a new listener, in its first tick, commits made just
+    // before it subscribed: with another session live, those wait in the feed
+    // while catch-up reads them from the log. This feed does so every time,
+    // with the last five commits catch-up sent.
+    const made: CommittedTransaction[] = [];
+    const recording = storage.commits$.subscribe((c) => made.push({ ...c, raw: c.raw && Buffer.from(c.raw) }));
+    const feed = (server as unknown as { feed: LiveFeed }).feed;
+    const subscribe = feed.subscribe.bind(feed);
+    let replayed = 0;
+    let armed = true;
+    feed.subscribe = (listener) => {
+      const earlier = made.slice(-5);
+      let first = armed && sessions.length === 2;
+      if (first) armed = false;
+      return subscribe({
+        ...listener,
+        next: (commits) => {
+          if (first) {
+            first = false;
+            replayed += earlier.length;
+            listener.next([...earlier.map((c) => ({ committed: c, txn: null })), ...commits]);
+          } else listener.next(commits);
+        },
+      });
+    };
+    const first = await Secondary.open({ path: join(dir, 's1.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    let second: Secondary | null = null;
+    try {
+      await commitMany(storage, 200);
+      await waitForTid(first, storage.lastTransaction()!);
+      second = await Secondary.open({ path: join(dir, 's2.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+      await until(() => sessions[1]?.machine.getSnapshot().value, (v) => v === 'live');
+      let sent = 0;
+      sessions[1]!.progress$.subscribe((p) => (sent = p.sentTransactions));
+      const last = (await commitMany(storage, 3)).at(-1)!;
+      await waitForTid(second, last);
+      expect(replayed).toBe(5);
+      // Every transaction went to the second secondary once, over its one connection.
+      expect(sent).toBe(203);
+      expect(sessions[1]!.machine.getSnapshot().context.counters.catchUps).toBe(1);
+      expect(sessions).toHaveLength(2);
+      await expectSameHistory(storage, second.storage);
+    } finally {
+      recording.unsubscribe();
+      await second?.close();
+      await closeAll(first, server, storage);
     }
   });
 
