@@ -1194,8 +1194,8 @@ export class FileStorage {
     if (current === undefined) throw new POSKeyError(Buffer.from(oid));
     const out: HistoryEntry[] = [];
     if (size <= 0) return out;
-    for (const { header } of this.revisions(oid, current)) {
-      out.push({ ...this.readTxnMeta(header.tloc, this.readTxnHeaderAt(header.tloc)), size: header.plen });
+    for (const { pos, header } of this.revisions(oid, current)) {
+      out.push({ ...this.readTxnMeta(header.tloc, this.transactionHolding(pos, header)), size: header.plen });
       if (out.length >= size) break; // before the walk reads the next revision
     }
     return out;
@@ -1214,6 +1214,19 @@ export class FileStorage {
       from = pos;
       pos = header.prev;
     }
+  }
+
+  /**
+   * The header of the transaction holding the record at `pos`, found
+   * through the record's transaction pointer: one of the record's tid that
+   * begins before it and runs past its header, or the file is damaged.
+   */
+  private transactionHolding(pos: number, h: DataHeader): TxnHeader {
+    const t = h.tloc >= MAGIC_BYTES && h.tloc < pos ? this.readTxnHeaderAt(h.tloc) : null;
+    if (t === null || !t.tid.equals(h.tid) || h.tloc + t.length < pos + DATA_HEADER_BYTES) {
+      throw new CorruptedDataError(this.path, pos, `data record points at transaction ${h.tloc}, which does not hold it`);
+    }
+    return t;
   }
 
   /** Tid, time, user, description and decoded extension of the transaction at `tpos`. @internal */

@@ -314,6 +314,26 @@ describe('damaged pointers found when reading (the open scans no further than ea
     await expect(FileStorage.open(h.path, { readOnly: true })).rejects.toThrow(CorruptedDataError);
   });
 
+  it('a transaction pointer past the end of the file, or to another transaction: history refuses it as damage, load is unaffected', async () => {
+    const h = await history();
+    const original = readFileSync(h.path);
+    const yTxn = original.readUInt32BE(h.yPos + 28); // y's record's transaction pointer, low word
+    // The saved index spares the open its scan (which refuses such a pointer): history meets it.
+    for (const [high, low] of [[0x7368_6974, 0], [0, yTxn]] as const) {
+      const bytes = Buffer.from(original);
+      bytes.writeUInt32BE(high, h.xPos + 24);
+      bytes.writeUInt32BE(low, h.xPos + 28);
+      await writeFile(h.path, bytes);
+      const fs = await FileStorage.open(h.path, { readOnly: true });
+      try {
+        await expect(fs.history(h.x, 1)).rejects.toThrow(new RegExp(`corrupted data at position ${h.xPos}: data record points at transaction \\d+, which does not hold it`));
+        expect((await fs.load(h.x)).data.toString()).toBe('x v3');
+      } finally {
+        await fs.close();
+      }
+    }
+  });
+
   it("a backpointer to another object's record: every reader refuses it (load, the iterator, pack)", async () => {
     const h = await history();
     let fs = await FileStorage.open(h.path, { fsync: false });
