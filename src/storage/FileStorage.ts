@@ -242,6 +242,9 @@ function listedExtension(bytes: Buffer): Record<string, PickleValue> {
   }
 }
 
+/** Record data longer than this is checked against the file's size before it is read (shorter data costs nothing to read short). */
+const LARGE_RECORD_READ_BYTES = 1 << 20;
+
 /** An unfinished transaction cut from the end of a data file when it was opened. */
 export interface TailCut {
   /** Where it began: the file's length now. */
@@ -1123,7 +1126,21 @@ export class FileStorage {
    */
   resolveData(pos: number, header?: DataHeader): Buffer | null {
     const holder = this.dataHolderOf(pos, header ?? this.readDataHeaderAt(pos));
-    return holder === null ? null : preadSync(this.fd, holder.pos + DATA_HEADER_BYTES, holder.header.plen);
+    return holder === null ? null : this.readRecordData(holder.pos, holder.header.plen);
+  }
+
+  /**
+   * The `plen` bytes of data of the record at `pos`. A damaged length (in a
+   * part a saved index vouched for, so the open did not scan it) is damage,
+   * not an allocation of exabytes nor a short read.
+   */
+  private readRecordData(pos: number, plen: number): Buffer {
+    const start = pos + DATA_HEADER_BYTES;
+    const runsPast = (): CorruptedDataError => new CorruptedDataError(this.path, pos, `data record of ${plen} bytes runs past the end of the file`);
+    if (plen > LARGE_RECORD_READ_BYTES && start + plen > fstatSync(this.fd).size) throw runsPast();
+    const data = preadSync(this.fd, start, plen);
+    if (data.length < plen) throw runsPast();
+    return data;
   }
 
   /** The record holding the data of the record at `pos` (see backpointer.ts); null for "no data". @internal */

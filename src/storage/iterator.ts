@@ -198,8 +198,13 @@ export async function readTransaction(storage: FileStorage, reader: WindowReader
  * in `storage` now.
  */
 export function parseTransaction(storage: FileStorage, body: Buffer, pos: number): TransactionRecord {
+  if (body.length < TXN_HEADER_BYTES) throw new CorruptedDataError(storage.path, pos, 'transaction header runs past the end of the data');
   const length = readU64At(body, 8);
+  // A damaged header (in a part a saved index vouched for, so the open did not scan it) is damage, never a read outside the transaction.
+  if (length < TXN_HEADER_BYTES || length + TRAILER_BYTES > body.length) throw new CorruptedDataError(storage.path, pos, `transaction length ${length} does not fit its ${body.length} bytes`);
+  if (readU64At(body, length) !== length) throw new CorruptedDataError(storage.path, pos + length, `redundant length differs from the transaction's ${length}`);
   let off = recordsStart(body);
+  if (off > length) throw new CorruptedDataError(storage.path, pos, 'transaction metadata runs past its records');
   const recordsAt = off;
   // Every record's extent is checked now; its object is built when asked for.
   let backpointers = false;

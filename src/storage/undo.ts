@@ -5,7 +5,7 @@
 // revert one object in one transaction, as in ZODB: undoing T2, then T1
 // which T2 followed, leaves the object as before T1.
 
-import { UndoError } from '../errors.js';
+import { CorruptedDataError, UndoError } from '../errors.js';
 import { STATUS_COMMITTED, STATUS_PACKED, TRAILER_BYTES } from './format.js';
 import type { FileStorage } from './FileStorage.js';
 import { oidKey, oidOfKey, type OidKey } from './scan.js';
@@ -39,9 +39,11 @@ export function undoLog(
   let matched = 0;
   let end = storage.durableEnd;
   while (end > storage.firstTransactionPos && matched < last) {
-    const length = storage.readAt(end - TRAILER_BYTES, TRAILER_BYTES).readBigUInt64BE(0);
-    const tpos = end - TRAILER_BYTES - Number(length);
-    const h = storage.readTxnHeaderAt(tpos);
+    const length = Number(storage.readAt(end - TRAILER_BYTES, TRAILER_BYTES).readBigUInt64BE(0));
+    const tpos = end - TRAILER_BYTES - length;
+    // A damaged length (in a part a saved index vouched for, so the open did not scan it) is damage, never a read elsewhere.
+    const h = tpos >= storage.firstTransactionPos ? storage.readTxnHeaderAt(tpos) : null;
+    if (h === null || h.length !== length) throw new CorruptedDataError(storage.path, end - TRAILER_BYTES, `redundant length ${length} does not lead back to a transaction of that length`);
     if (h.status === STATUS_PACKED) break;
     end = tpos;
     if (h.status !== STATUS_COMMITTED) continue;

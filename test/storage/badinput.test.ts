@@ -334,6 +334,61 @@ describe('damaged pointers found when reading (the open scans no further than ea
     }
   });
 
+  /** The history, damaged by `edit` (given the file's bytes and x's newest record's transaction's position), opened read-only with its saved index. */
+  async function damagedHistory(edit: (bytes: Buffer, tpos: number, h: Awaited<ReturnType<typeof history>>) => void) {
+    const h = await history();
+    const bytes = readFileSync(h.path);
+    edit(bytes, bytes.readUInt32BE(h.xPos + 28), h);
+    await writeFile(h.path, bytes);
+    return { h, fs: await FileStorage.open(h.path, { readOnly: true }) };
+  }
+
+  it('a data length past the end of the file, however large: load refuses it as damage, not as a failed allocation or short data', async () => {
+    for (const [high, low] of [[0x7368_6974, 0], [0, 4000]] as const) {
+      const { h, fs } = await damagedHistory((bytes, _tpos, { xPos }) => {
+        bytes.writeUInt32BE(high, xPos + 34);
+        bytes.writeUInt32BE(low, xPos + 38);
+      });
+      try {
+        await expect(fs.load(h.x)).rejects.toThrow(new RegExp(`corrupted data at position ${h.xPos}: data record of \\d+ bytes runs past the end of the file`));
+        expect((await fs.loadSerial(h.x, h.tx2)).toString()).toBe('x v2');
+      } finally {
+        await fs.close();
+      }
+    }
+  });
+
+  it('a transaction length shorter than its header, or a redundant length that differs from it: the iterator refuses it as damage', async () => {
+    // Damage to the transaction before the last, tx2 (the open checks the last one: damage there is a torn tail it leaves out).
+    const edits: Array<(bytes: Buffer, tx2: number, tx3: number) => void> = [
+      (bytes, tx2) => bytes.fill(0, tx2 + 8, tx2 + 16),
+      (bytes, _tx2, tx3) => bytes.writeUInt8(bytes[tx3 - 1]! ^ 1, tx3 - 1), // tx2's trailer, just before tx3
+    ];
+    for (const edit of edits) {
+      const { h, fs } = await damagedHistory((bytes, tx3, { xPos }) => {
+        const xBefore = bytes.readUInt32BE(xPos + 20); // x's newest record's prev: its record in tx2
+        edit(bytes, bytes.readUInt32BE(xBefore + 28), tx3);
+      });
+      try {
+        await expect(collect(fs.iterator(h.tx2))).rejects.toThrow(CorruptedDataError);
+        expect(await collect(fs.iterator(null, h.tx1))).toHaveLength(1);
+      } finally {
+        await fs.close();
+      }
+    }
+  });
+
+  it('a redundant length that leads before the first transaction or to one of another length: the undo log refuses it as damage', async () => {
+    for (const length of [1 << 30, 60]) {
+      const { fs } = await damagedHistory((bytes) => bytes.writeUInt32BE(length, bytes.length - 4));
+      try {
+        await expect(fs.undoLog(0, 10)).rejects.toThrow(new RegExp(`redundant length ${length} does not lead back to a transaction of that length`));
+      } finally {
+        await fs.close();
+      }
+    }
+  });
+
   it("a backpointer to another object's record: every reader refuses it (load, the iterator, pack)", async () => {
     const h = await history();
     let fs = await FileStorage.open(h.path, { fsync: false });
