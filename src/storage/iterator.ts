@@ -181,14 +181,21 @@ async function view(reader: WindowReader, pos: number, length: number): Promise<
 export function parseTransactionAt(storage: FileStorage, reader: WindowReader, pos: number): TransactionRecord | null {
   if (!reader.has(pos, TXN_HEADER_BYTES)) return null;
   const length = reader.u64At(pos + 8);
+  if (length < TXN_HEADER_BYTES) throw shorterThanHeader(storage, pos, length);
   if (!reader.has(pos, length + TRAILER_BYTES)) return null;
   return parseTransaction(storage, reader.view(pos, length + TRAILER_BYTES), pos);
+}
+
+function shorterThanHeader(storage: FileStorage, pos: number, length: number): CorruptedDataError {
+  return new CorruptedDataError(storage.path, pos, `transaction length ${length} is shorter than a transaction header`);
 }
 
 /** Read one whole transaction at `pos` with its records. */
 export async function readTransaction(storage: FileStorage, reader: WindowReader, pos: number): Promise<TransactionRecord> {
   const h = readTxnHeader(await view(reader, pos, TXN_HEADER_BYTES));
+  if (h.length < TXN_HEADER_BYTES) throw shorterThanHeader(storage, pos, h.length);
   const total = h.length + TRAILER_BYTES;
+  if (pos + total > storage.durableEnd) throw new CorruptedDataError(storage.path, pos, `transaction length ${h.length} runs past the end of the data (${storage.durableEnd})`);
   return parseTransaction(storage, await view(reader, pos, total), pos);
 }
 
@@ -198,10 +205,11 @@ export async function readTransaction(storage: FileStorage, reader: WindowReader
  * in `storage` now.
  */
 export function parseTransaction(storage: FileStorage, body: Buffer, pos: number): TransactionRecord {
-  if (body.length < TXN_HEADER_BYTES) throw new CorruptedDataError(storage.path, pos, 'transaction header runs past the end of the data');
-  const length = readU64At(body, 8);
   // A damaged header (in a part a saved index vouched for, so the open did not scan it) is damage, never a read outside the transaction.
-  if (length < TXN_HEADER_BYTES || length + TRAILER_BYTES > body.length) throw new CorruptedDataError(storage.path, pos, `transaction length ${length} does not fit its ${body.length} bytes`);
+  if (body.length < TXN_HEADER_BYTES) throw new CorruptedDataError(storage.path, pos, `${body.length} bytes are too few for a transaction header`);
+  const length = readU64At(body, 8);
+  if (length < TXN_HEADER_BYTES) throw shorterThanHeader(storage, pos, length);
+  if (length + TRAILER_BYTES > body.length) throw new CorruptedDataError(storage.path, pos, `transaction length ${length} runs past its ${body.length} bytes`);
   if (readU64At(body, length) !== length) throw new CorruptedDataError(storage.path, pos + length, `redundant length differs from the transaction's ${length}`);
   let off = recordsStart(body);
   if (off > length) throw new CorruptedDataError(storage.path, pos, 'transaction metadata runs past its records');
