@@ -360,16 +360,17 @@ describe('damaged pointers found when reading (the open scans no further than ea
 
   it('a transaction length shorter than its header, or a redundant length that differs from it: the iterator refuses it as damage', async () => {
     // Damage to the transaction before the last, tx2 (the open checks the last one: damage there is a torn tail it leaves out).
-    const edits: Array<(bytes: Buffer, tx2: number, tx3: number) => void> = [
-      (bytes, tx2) => bytes.fill(0, tx2 + 8, tx2 + 16),
-      (bytes, _tx2, tx3) => bytes.writeUInt8(bytes[tx3 - 1]! ^ 1, tx3 - 1), // tx2's trailer, just before tx3
+    const edits: Array<[(bytes: Buffer, tx2: number, tx3: number) => void, RegExp]> = [
+      [(bytes, tx2) => bytes.fill(0, tx2 + 8, tx2 + 16), /transaction length 0 is shorter than a transaction header/],
+      [(bytes, _tx2, tx3) => bytes.writeUInt8(bytes[tx3 - 1]! ^ 1, tx3 - 1), /redundant length differs from the transaction's/], // tx2's trailer, just before tx3
     ];
-    for (const edit of edits) {
+    for (const [edit, message] of edits) {
       const { h, fs } = await damagedHistory((bytes, tx3, { xPos }) => {
         const xBefore = bytes.readUInt32BE(xPos + 20); // x's newest record's prev: its record in tx2
         edit(bytes, bytes.readUInt32BE(xBefore + 28), tx3);
       });
       try {
+        await expect(collect(fs.iterator(h.tx2))).rejects.toThrow(message);
         await expect(collect(fs.iterator(h.tx2))).rejects.toThrow(CorruptedDataError);
         expect(await collect(fs.iterator(null, h.tx1))).toHaveLength(1);
       } finally {
