@@ -97,14 +97,19 @@ export class TransactionCursor {
    * The transactions the window holds from the current position, in order,
    * up to the first that brings their file bytes to `maxBytes` (so 0 takes
    * one); [] when the next one must be read first (fill()), or at the
-   * durable end, or past `stop`.
+   * durable end, or past `stop`. Damage ends what it takes: the
+   * transactions before it come out first, and the next take() throws.
    */
   take(maxBytes = Infinity): TransactionRecord[] {
     const out: TransactionRecord[] = [];
-    for (let bytes = 0, txn = this.next(); txn !== null; txn = this.next()) {
-      out.push(txn);
-      bytes += txn.length + TRAILER_BYTES;
-      if (bytes >= maxBytes) break;
+    try {
+      for (let bytes = 0, txn = this.next(); txn !== null; txn = this.next()) {
+        out.push(txn);
+        bytes += txn.length + TRAILER_BYTES;
+        if (bytes >= maxBytes) break;
+      }
+    } catch (err) {
+      if (out.length === 0) throw err; // next() left the position at the damage: the next call meets it again
     }
     return out;
   }
