@@ -28,7 +28,7 @@ import { dirname } from 'node:path';
 import type { Subscription } from 'rxjs';
 import { ZrsError } from '../errors.js';
 import type { FileStorage } from '../storage/FileStorage.js';
-import { syncDirectory } from '../storage/fileio.js';
+import { preadSync, syncDirectory } from '../storage/fileio.js';
 import { compareIdsAt } from '../storage/format.js';
 import { tidPlusOne } from '../storage/timestamp.js';
 import type { CommittedTransaction } from '../storage/types.js';
@@ -143,7 +143,7 @@ function readEntry(file: ChainFile, index: number): Entry | null {
 /** Entry `index`, which must be whole (it is before the last one checked on open). */
 function readWholeEntry(path: string, file: ChainFile, index: number): Entry {
   const e = readEntry(file, index);
-  if (e === null) throw new ZrsError(`${path}: chain entry ${index} is damaged; move the file away to have the chain computed again from the data file`);
+  if (e === null) throw damagedEntry(path, index);
   return e;
 }
 
@@ -201,24 +201,59 @@ function chainFileOn(fd: number, path: string): { file: ChainFile; entries: numb
   for (let i = Math.max(0, entries - TORN_WRITE_ENTRIES); i < entries; i++) {
     if (readEntry(file, i) === null) entries = i;
   }
+  // Entries before the last write were written whole and synced: one that fails its check is damage
+  // (a stray write, bit rot), named now rather than when a lookup first reads it. Refused before the
+  // torn tail is cut, so a refused file is left as it was.
+  const bad = firstBadEntry(file, Math.max(0, entries - TORN_WRITE_ENTRIES));
+  if (bad !== null) throw damagedEntry(path, bad);
   if (size !== HEADER_BYTES + entries * CHAIN_ENTRY_BYTES) ftruncateSync(fd, HEADER_BYTES + entries * CHAIN_ENTRY_BYTES);
   return { file, entries };
 }
 
+/** Entries the open checks per read. */
+const CHECK_BLOCK_ENTRIES = 8192;
+
+/** The index of the first of the first `count` entries that fails its check, or null. */
+function firstBadEntry(file: ChainFile, count: number): number | null {
+  for (let first = 0; first < count; first += CHECK_BLOCK_ENTRIES) {
+    const n = Math.min(CHECK_BLOCK_ENTRIES, count - first);
+    const valid = validEntries(preadSync(file.fd, HEADER_BYTES + first * CHAIN_ENTRY_BYTES, n * CHAIN_ENTRY_BYTES), file.check);
+    if (valid < n) return first + valid;
+  }
+  return null;
+}
+
+function damagedEntry(path: string, index: number): ZrsError {
+  return new ZrsError(`${path}: chain entry ${index} is damaged; move the file away to have the chain computed again from the data file`);
+}
+
+/** A cut of a chain file prepared (see prepareChainCut): `apply()` makes it, durably; `close()` in any case. */
+export interface ChainCut {
+  apply(): void;
+  close(): void;
+}
+
 /**
- * Cut the chain file of `dataPath` after `tid` (rewind), durably. Offline:
- * the storage must not be open.
+ * Prepare to cut the chain file of `dataPath` after `tid` (rewind): the file
+ * is opened and checked now, so a damaged one stops a rewind before it cuts
+ * anything; null without a chain file. Offline: the storage must not be open.
  */
-export function truncateChainFile(dataPath: string, tid: Buffer): void {
+export function prepareChainCut(dataPath: string, tid: Buffer): ChainCut | null {
   const path = chainPathFor(dataPath);
-  if (!existsSync(path)) return;
+  if (!existsSync(path)) return null;
   const { file, entries } = openChainFile(path);
   try {
     const keep = countUpTo((i) => readWholeEntry(path, file, i), entries, tid);
-    ftruncateSync(file.fd, HEADER_BYTES + keep * CHAIN_ENTRY_BYTES);
-    fdatasyncSync(file.fd);
-  } finally {
+    return {
+      apply: () => {
+        ftruncateSync(file.fd, HEADER_BYTES + keep * CHAIN_ENTRY_BYTES);
+        fdatasyncSync(file.fd);
+      },
+      close: () => closeSync(file.fd),
+    };
+  } catch (err) {
     closeSync(file.fd);
+    throw err;
   }
 }
 

@@ -26,7 +26,7 @@ import { tidPlusOne, Z64 } from '../storage/timestamp.js';
 import { encodeFrame, foreignPeer, FrameDecoder } from '../wire/framing.js';
 import { createNativePackr, createNativeUnpackr, decodeNative, encodeNativeFrame, HANDSHAKE_REPLY_MAX_BYTES, nativeProtocolName, type GenerationEntry, type HelloMessage } from '../wire/native.js';
 import { GenerationHistory, generationsBefore } from './generations.js';
-import { truncateChainFile } from './hashChain.js';
+import { prepareChainCut, type ChainCut } from './hashChain.js';
 import { FailoverHistory } from './history.js';
 
 export interface RewindOptions {
@@ -82,6 +82,7 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
   // Held from the first read to the last file cut: no node can open the storage in between.
   const lock = storage.takeLock();
   let audit: AuditLog | null = null;
+  let chainCut: ChainCut | null = null;
   try {
     // Opened before anything is cut: a log that cannot be opened (not an audit log, a wrong path) stops the rewind.
     audit = await openRewindAudit(path, options).catch(async (err: unknown) => {
@@ -95,6 +96,8 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
       forkTid = primary === null ? Buffer.from(options.toCommonWith as Buffer) : await askForkTid(storage, primary, options);
       if (forkTid !== null) {
         forkTid = keptTid(storage, forkTid, primary === null);
+        // Opened and checked before anything is saved or cut: a damaged chain file stops the rewind here.
+        chainCut = prepareChainCut(path, forkTid);
         cut = await saveCut(storage, forkTid, options.blobDir !== undefined);
       }
     } finally {
@@ -118,7 +121,7 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
       step = 'the cut blob files';
       for (const blob of cut.cutBlobs) await rm(blob, { force: true });
       step = 'the hash chain';
-      truncateChainFile(path, forkTid);
+      chainCut?.apply();
       step = 'the generations file';
       await generations.cutFrom(forkTid);
     } catch (err) {
@@ -129,6 +132,7 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
     }
     return result;
   } finally {
+    chainCut?.close();
     await audit?.close().catch(() => undefined);
     lock?.release();
   }

@@ -11,6 +11,7 @@ import { readAuditLog } from '../../src/audit/auditLog.js';
 import { forkPoint, judgeHistory } from '../../src/failover/divergence.js';
 import { FailoverHistory } from '../../src/failover/history.js';
 import { GenerationHistory } from '../../src/failover/generations.js';
+import { CHAIN_ENTRY_BYTES, HashChain, chainPathFor } from '../../src/failover/hashChain.js';
 import { rewindOpenStorage, rewindStorage } from '../../src/failover/rewind.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { tidPlusOne } from '../../src/storage/timestamp.js';
@@ -360,6 +361,22 @@ describe('rewinding to a fork tid the storage lacks', () => {
     const after = await FileStorage.open(path, { readOnly: true });
     expect(after.lastTransaction()).toEqual(tids[1]);
     await after.close();
+  });
+
+  it('offline: a damaged hash chain stops the rewind before anything is saved aside, recorded or cut', async () => {
+    const { fs, tids, path } = await storageWith(1400);
+    await (await HashChain.open(fs)).close(); // the chain file, every entry written
+    await fs.close();
+    const chainPath = chainPathFor(path);
+    const chain = readFileSync(chainPath);
+    chain[8 + 5 * CHAIN_ENTRY_BYTES + 3]! ^= 0x01; // long before its last write
+    writeFileSync(chainPath, chain);
+    const data = readFileSync(path);
+    await expect(rewindStorage(path, { toCommonWith: tids[1000]! })).rejects.toThrow(/chain entry 5 is damaged/);
+    expect(readFileSync(path)).toEqual(data);
+    expect(readFileSync(chainPath)).toEqual(chain);
+    expect(readdirSync(dirname(path)).filter((f) => f.includes('rewound'))).toEqual([]);
+    expect((await readAuditLog(`${path}.audit`)).records.map((r) => r.kind)).not.toContain('rewind');
   });
 
   it('an explicit tid must be a transaction of the storage', async () => {

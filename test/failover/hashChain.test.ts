@@ -10,7 +10,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { tidPlusOne } from '../../src/storage/timestamp.js';
-import { CHAIN_ENTRY_BYTES, CHAIN_ORIGIN, HashChain, MAX_CHAIN_SAMPLES, RunLinks, chainLink, chainPathFor, contentAt, linkOfStored, linksOfRun, truncateChainFile } from '../../src/failover/hashChain.js';
+import { CHAIN_ENTRY_BYTES, CHAIN_ORIGIN, HashChain, MAX_CHAIN_SAMPLES, RunLinks, chainLink, chainPathFor, contentAt, linkOfStored, linksOfRun, prepareChainCut } from '../../src/failover/hashChain.js';
 import { judgeHistory } from '../../src/failover/divergence.js';
 import { GenerationHistory } from '../../src/failover/generations.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -226,7 +226,32 @@ describe('HashChain', () => {
     } finally {
       await again.close();
     }
-    expect(() => truncateChainFile(path, tids[8]!)).toThrow(/chain entry 700 is damaged/);
+    expect(() => prepareChainCut(path, tids[8]!)).toThrow(/chain entry 700 is damaged/);
+  });
+
+  it('names an entry damaged anywhere before its last write on open, not only those a search reads, and leaves the file as it was', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const chain = await HashChain.open(fs);
+    await commitMany(fs, 1400, 1);
+    await chain.close();
+    await fs.close();
+    const chainPath = chainPathFor(path);
+    for (const entry of [0, 212, 777]) {
+      const bytes = readFileSync(chainPath);
+      bytes[8 + entry * CHAIN_ENTRY_BYTES + 3]! ^= 0x01;
+      writeFileSync(chainPath, bytes);
+      const again = await FileStorage.open(path, { readOnly: true });
+      try {
+        await expect(HashChain.open(again)).rejects.toThrow(new RegExp(`chain entry ${entry} is damaged; move the file away`));
+      } finally {
+        await again.close();
+      }
+      expect(readFileSync(chainPath)).toEqual(bytes);
+      bytes[8 + entry * CHAIN_ENTRY_BYTES + 3]! ^= 0x01;
+      writeFileSync(chainPath, bytes);
+    }
   });
 
   it('takes bad entries inside its last write for a torn write (its pages reach the disk in any order): cut from the first, computed again', async () => {
