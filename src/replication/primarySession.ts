@@ -146,6 +146,8 @@ export interface SessionProgress {
 }
 
 type SessionActor = ActorRefFrom<typeof primarySessionMachine>;
+/** Why a handshake is refused at the edge (before the machine's own checks), if it is. */
+type EdgeRefusal = ReturnType<FailoverHistory['refusalFor']>;
 
 /** One connected secondary, served by the primarySession machine. */
 export class PrimarySession {
@@ -352,6 +354,22 @@ export class PrimarySession {
     this.onUpstream(payload);
   }
 
+  /**
+   * A judgement of the peer's history (loop, divergence) that needs this
+   * node's own files; one that fails on them (a damaged hash chain or data
+   * file) is this node's failure, not the peer's: refused as `internal`,
+   * naming it, and logged as an error.
+   */
+  private judged(judge: () => EdgeRefusal): EdgeRefusal {
+    try {
+      return judge();
+    } catch (err) {
+      const reason = `this node could not check the secondary's history against its own: ${errorText(err)}`;
+      this.options.log('error', `${this.peer}: ${reason}`);
+      return { code: 'internal', reason };
+    }
+  }
+
   private onProtocolName(payload: Buffer): void {
     const name = payload.toString('latin1');
     this.spec = this.options.protocols.find((p) => p.name === name) ?? null;
@@ -371,7 +389,7 @@ export class PrimarySession {
     let wantsLinks = false;
     let wantsSegments = false;
     let wantsLargeRecords = false;
-    let edgeRefusal: ReturnType<FailoverHistory['refusalFor']> = undefined;
+    let edgeRefusal: EdgeRefusal = undefined;
     if (spec.kind === 'native') {
       let hello: ReturnType<typeof decodeNative>;
       try {
@@ -398,7 +416,7 @@ export class PrimarySession {
       wantsLinks = hello.options.txnLinks === true;
       wantsSegments = hello.options.segmentedChecksum === true;
       wantsLargeRecords = hello.options.largeRecords === true;
-      edgeRefusal = this.loopRefusal(hello.nodeId) ?? this.options.history?.refusalFor(hello);
+      edgeRefusal = this.judged(() => this.loopRefusal(hello.nodeId) ?? this.options.history?.refusalFor(hello));
       const chainFailure = this.options.history?.chain.failure;
       if (chainFailure) {
         const head = this.options.history!.chain.head?.tid.toString('hex') ?? 'its start';
@@ -408,7 +426,7 @@ export class PrimarySession {
     } else {
       startTid = Buffer.from(payload);
       // Without a chain from the peer, a tid this node never held is the one proof of divergence there is.
-      if (startTid.length === 8) edgeRefusal = this.options.history?.refusalForStartTid(startTid);
+      if (startTid.length === 8) edgeRefusal = this.judged(() => this.options.history?.refusalForStartTid(startTid));
     }
     if (startTid.length === 8) {
       this.codec =
