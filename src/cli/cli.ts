@@ -10,7 +10,7 @@ import { audit, auditSpec } from './audit.js';
 import { check, checkOptions, checkSpec } from './check.js';
 import { dump, dumpSpec } from './dump.js';
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, type CliIo } from './io.js';
-import type { LogFormat } from './logging.js';
+import { printable, type LogFormat } from './logging.js';
 import { markingStartOption, serve, serveSpec } from './serve.js';
 import { status, statusOptions, statusSpec } from './status.js';
 import { verify, verifySpec } from './verify.js';
@@ -123,7 +123,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       return EXIT_FAILURE;
     }
     if (err instanceof ZrsError || isSystemError(err)) {
-      io.err(`zrs ${name}: ${(err as Error).message}\n`);
+      io.err(`zrs ${name}: ${printable((err as Error).message)}\n`);
       return EXIT_FAILURE;
     }
     throw err;

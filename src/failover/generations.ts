@@ -222,7 +222,9 @@ async function readGenerationsFile(path: string): Promise<{ entries: GenerationE
     return { generation: g.generation, startTid: Buffer.from(g.startTid, 'hex') };
   });
   checkGenerations(entries, path);
-  const maxSeen = Number.isSafeInteger(parsed.maxSeen) ? parsed.maxSeen : -1;
+  // Never below a generation the node saw (a promotion must not reuse one): a value that is not a count is damage, not "none".
+  if (parsed.maxSeen !== undefined && !(Number.isSafeInteger(parsed.maxSeen) && parsed.maxSeen >= -1)) throw new ZrsError(`${path}: bad maxSeen ${JSON.stringify(parsed.maxSeen)}`);
+  const maxSeen = parsed.maxSeen ?? -1;
   return { entries, maxSeen: Math.max(maxSeen, ...entries.map((e) => e.generation)) };
 }
 

@@ -232,6 +232,12 @@ describe('zrs help and usage', () => {
     expect(lines).toEqual(['12:34:56.789 WARN  p1: disconnected  address=127.0.0.1:5000 reason="peer closed"\n']);
   });
 
+  it("writes a peer's control characters in a log line as \\xNN: one line, no terminal escapes", () => {
+    const lines: string[] = [];
+    humanLogger('p1', (l) => lines.push(l), () => new Date('2024-01-01T12:34:56.789Z'))('error', 'primary refused replication: internal: \u001b[2J\nfake line', { code: '\u001b]0;x\u0007' });
+    expect(lines).toEqual(['12:34:56.789 ERROR p1: primary refused replication: internal: \\x1b[2J\\x0afake line  code=\\x1b]0;x\\x07\n']);
+  });
+
   it('the bin/zrs.js shim runs the command line and exits with its code', async () => {
     const exec = promisify(execFile);
     const ok = await exec(process.execPath, [BIN, 'verify', fixturePath('zodb', 'basic', 'Data.fs')]);
@@ -585,6 +591,16 @@ describe('paths that are not regular files', () => {
     const p = await run('promote', '--audit-log', audit, plain);
     expect(p.code).toBe(1);
     expect(p.stderr).toContain(`cannot open the audit log ${audit}: ENOENT`);
+  });
+
+  it('writes the control characters of a damaged file quoted in an error as \\xNN: one line, no terminal escapes', async () => {
+    const plain = await copy('basic');
+    await writeFile(`${plain}.generations`, '\u001b[31m\r\n{}'); // JSON.parse's error quotes it
+    const r = await run('promote', plain);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^zrs promote: .*\.generations: not a generation history: .*\n$/);
+    expect(r.stderr).toContain('\\x1b[31m\\x0d\\x0a');
+    expect(r.stderr.slice(0, -1)).not.toMatch(/[\x00-\x1f]/);
   });
 
   it('promote names a directory as neither a data file nor a socket', async () => {

@@ -70,12 +70,20 @@ describe('GenerationHistory.startNext', () => {
   });
 
   it('refuses a damaged file with a ZrsError naming it, not a TypeError', async () => {
-    for (const body of ['null', '{"version":1,"generations":[null]}', '{"version":1,"generations":[{"generation":0}]}', '[]']) {
+    const bad = ['null', '{"version":1,"generations":[null]}', '{"version":1,"generations":[{"generation":0}]}', '[]'];
+    // A largest generation seen that is not a count: read as "none" it let a promotion reuse a generation.
+    for (const maxSeen of ['"2"', '1.5', '-7', 'null']) bad.push(`{"version":1,"maxSeen":${maxSeen},"generations":[{"generation":0,"startTid":"0000000000000000"}]}`);
+    for (const body of bad) {
       const path = join(await tempDir(), 'x.fs');
       writeFileSync(generationsPathFor(path), body);
       const opening = GenerationHistory.open(path);
       await expect(opening).rejects.toBeInstanceOf(ZrsError);
       await expect(opening).rejects.toThrow(generationsPathFor(path));
     }
+    // Without maxSeen (as written before it was kept), the history's own generations are the most seen.
+    const path = join(await tempDir(), 'x.fs');
+    writeFileSync(generationsPathFor(path), '{"version":1,"generations":[{"generation":0,"startTid":"0000000000000000"},{"generation":3,"startTid":"00000000000000ff"}]}');
+    const history = await GenerationHistory.open(path);
+    expect(history.maxSeen).toBe(3);
   });
 });
