@@ -10,7 +10,7 @@
 // Values, %define values and directive arguments substitute `$NAME`,
 // `${NAME}` (defines, case-insensitive), `$(NAME)` (environment) and `$$`.
 
-import { readFileSync, realpathSync } from 'node:fs';
+import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { ZrsError } from '../errors.js';
 
@@ -94,7 +94,11 @@ export interface ParseOptions {
   maxIncludeDepth?: number;
 }
 
-const KEY_VALUE_RX = /^([^\s()]+)\s*(\S.*)?$/;
+// [^] rather than '.': a line may hold characters '.' does not match (U+2028), and a pattern that
+// cannot match them backtracks over the whole line from every start (quadratic in its length).
+const KEY_VALUE_RX = /^([^\s()]+)\s*(\S[^]*)?$/;
+/** The longest value substitution may build (`%define`s that double a value ten times over would exhaust memory). */
+export const MAX_SUBSTITUTED_CHARS = 1 << 20;
 const SECTION_START_RX = /^([^\s()]+)(?:\s+([^\s()]+))?$/;
 const DEFINE_NAME_RX = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
 const SUBST_NAME_RX = /^[a-zA-Z_][a-zA-Z0-9_]*/;
@@ -148,6 +152,7 @@ export function substitute(
       throw new SubstitutionError(kind === 'define' ? `no definition for $${name} (use %define ${name} …)` : `environment variable ${name} is not set`);
     }
     out += value;
+    if (out.length > MAX_SUBSTITUTED_CHARS) throw new SubstitutionError(`the value grows past ${MAX_SUBSTITUTED_CHARS} characters after substitution`);
   }
   return out;
 }
@@ -182,6 +187,7 @@ class Parser {
     try {
       text = this.options.readFile(path);
     } catch (err) {
+      if (err instanceof NotUtf8Error) throw new ConfigError(path, err.line, err.message, null, { cause: err });
       const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message;
       if (from) throw new ConfigError(from.file, from.line, `cannot read ${path}: ${why}`, '%include', { cause: err });
       throw new ConfigError(path, 0, `cannot read configuration: ${why}`, null, { cause: err });
@@ -198,7 +204,8 @@ class Parser {
   private parseText(text: string, file: string, top: ConfigSection): void {
     const stack: OpenSection[] = [];
     const current = (): ConfigSection => stack[stack.length - 1]?.section ?? top;
-    const lines = text.split(/\r?\n/);
+    // Universal newlines, as ZConfig reads files: \r\n, \n or a lone \r.
+    const lines = text.split(/\r\n|\r|\n/);
     lines.forEach((raw, index) => {
       const loc: SourceLocation = { file, line: index + 1 };
       const line = raw.trim();
@@ -276,6 +283,39 @@ class Parser {
   }
 }
 
+/**
+ * The text of a configuration file: a regular file (a FIFO would wait for a
+ * writer for ever), in UTF-8. Bytes that are not UTF-8 are refused, naming
+ * the line, rather than read as U+FFFD: a path with them would name another
+ * file, and a new storage would be created there.
+ */
+function readConfigFile(path: string): string {
+  if (!statSync(path).isFile()) throw new Error('not a regular file');
+  const bytes = readFileSync(path);
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    let line = 1;
+    for (let start = 0; start < bytes.length; line++) {
+      const end = bytes.indexOf(0x0a, start);
+      const stop = end < 0 ? bytes.length : end;
+      try {
+        new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(start, stop));
+      } catch {
+        break;
+      }
+      start = stop + 1;
+    }
+    throw new NotUtf8Error(line);
+  }
+}
+
+class NotUtf8Error extends Error {
+  constructor(readonly line: number) {
+    super('not UTF-8 text (written in another encoding?)');
+  }
+}
+
 function realPath(path: string): string {
   try {
     return realpathSync(path);
@@ -294,7 +334,7 @@ function realPath(path: string): string {
 export function parseZConfigFile(path: string, options: ParseOptions = {}): ConfigDocument {
   const parser = new Parser({
     env: options.env ?? process.env,
-    readFile: options.readFile ?? ((p) => readFileSync(p, 'utf8')),
+    readFile: options.readFile ?? readConfigFile,
     maxIncludeDepth: options.maxIncludeDepth ?? 32,
   });
   for (const [k, v] of Object.entries(options.defines ?? {})) parser.defines.set(k.toLowerCase(), v);
@@ -305,7 +345,7 @@ export function parseZConfigFile(path: string, options: ParseOptions = {}): Conf
 
 /** Parse configuration text as if it were the file `file` (includes resolve relative to it). */
 export function parseZConfigText(text: string, file = '<string>', options: ParseOptions = {}): ConfigDocument {
-  const read = options.readFile ?? ((p: string) => readFileSync(p, 'utf8'));
+  const read = options.readFile ?? readConfigFile;
   const main = resolve(file);
   return parseZConfigFile(main, { ...options, readFile: (p) => (p === main ? text : read(p)) });
 }

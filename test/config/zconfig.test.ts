@@ -1,10 +1,11 @@
 // The ZConfig syntax: sections, keys, comments, %define substitution,
 // %include relative to the including file, and errors naming file and line.
 
+import { execFileSync } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ConfigError, parseZConfigFile, parseZConfigText, substitute } from '../../src/config/zconfig.js';
+import { ConfigError, MAX_SUBSTITUTED_CHARS, parseZConfigFile, parseZConfigText, substitute } from '../../src/config/zconfig.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 
 afterAll(cleanupTempDirs);
@@ -116,5 +117,36 @@ describe('ZConfig syntax', () => {
     expect(errorOf(() => parseZConfigFile(join(dir, 'c.conf'))).message).toBe(
       `${join(dir, 'c.conf')}:1: %include: cannot read ${join(dir, 'nowhere.conf')}: no such file`,
     );
+  });
+
+  it('refuses a file that is not a regular one (a FIFO would wait for a writer for ever), included or not', async () => {
+    const dir = await tempDir();
+    const fifo = join(dir, 'f.conf');
+    execFileSync('mkfifo', [fifo]);
+    expect(errorOf(() => parseZConfigFile(fifo)).message).toBe(`${fifo}: cannot read configuration: not a regular file`);
+    await writeFile(join(dir, 'main.conf'), '%include f.conf\n');
+    expect(errorOf(() => parseZConfigFile(join(dir, 'main.conf'))).message).toBe(`${join(dir, 'main.conf')}:1: %include: cannot read ${fifo}: not a regular file`);
+  });
+
+  it('refuses bytes that are not UTF-8, naming the line, instead of reading them as U+FFFD (a path would name another file)', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'latin1.conf');
+    await writeFile(path, Buffer.concat([Buffer.from('<zrs>\n  replicate-to 5000\n</zrs>\n<filestorage>\n  path /var/db/caf'), Buffer.from([0xe9]), Buffer.from('.fs\n</filestorage>\n')]));
+    expect(errorOf(() => parseZConfigFile(path)).message).toBe(`${path}:5: not UTF-8 text (written in another encoding?)`);
+    await writeFile(path, '\ufeffa 1\n'); // a byte order mark is UTF-8, and is not part of the first line
+    expect(parseZConfigFile(path).root.keys.map((k) => [k.key, k.value])).toEqual([['a', '1']]);
+  });
+
+  it('ends lines at \\r\\n, \\n or a lone \\r, as ZConfig does, and reads a long line in linear time', () => {
+    expect(parse('a 1\rb 2\r\nc 3\n').root.keys.map((k) => [k.key, k.value, k.loc.line])).toEqual([['a', '1', 1], ['b', '2', 2], ['c', '3', 3]]);
+    // A key, then a value with a character '.' does not match: once quadratic (a minute for 200 000 characters).
+    const long = `${'a'.repeat(200_000)} ${'b'.repeat(200_000)}\u2028c`;
+    expect(parse(long).root.keys[0]!.value).toHaveLength(200_002);
+  });
+
+  it('refuses a value that substitution grows past MAX_SUBSTITUTED_CHARS, naming its line, instead of running out of memory', () => {
+    const defines = ['%define a xxxxxxxxxx'];
+    for (const [from, to] of [['a', 'b'], ['b', 'c'], ['c', 'd'], ['d', 'e'], ['e', 'f'], ['f', 'g'], ['g', 'h']]) defines.push(`%define ${to} ${`$${from}`.repeat(10)}`);
+    expect(errorOf(() => parse(defines.join('\n'))).message).toBe(`/cfg/main.conf:7: %define: the value grows past ${MAX_SUBSTITUTED_CHARS} characters after substitution`);
   });
 });
