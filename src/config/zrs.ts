@@ -420,13 +420,29 @@ function existingDirectory(k: ConfigKey, path: string): void {
 function sameEndpoint(to: ReplicationAddress, from: ReplicationAddress): boolean {
   if (to.kind === 'unix' || from.kind === 'unix') return to.kind === from.kind && resolve(formatAddress(to)) === resolve(formatAddress(from));
   if (to.port === 0 || to.port !== from.port) return false;
-  return to.host === from.host || (LOCAL_HOSTS.has(from.host) && hostsOverlap(to.host, from.host));
+  const [toHost, fromHost] = [hostKey(to.host), hostKey(from.host)];
+  // Every address of 127/8 reaches a listener on all interfaces of this host, as the named loopbacks do.
+  return toHost === fromHost || ((LOCAL_HOSTS.has(fromHost) || isLoopbackV4(fromHost)) && hostsOverlap(toHost, fromHost));
+}
+
+/**
+ * A host as the network sees it: names and IPv6 addresses are
+ * case-insensitive, and an IPv4 address written as IPv6 (`::ffff:a.b.c.d`)
+ * is that IPv4 address.
+ */
+function hostKey(host: string): string {
+  const h = host.toLowerCase();
+  return h.startsWith('::ffff:') && /^\d+\.\d+\.\d+\.\d+$/.test(h.slice(7)) ? h.slice(7) : h;
+}
+
+function isLoopbackV4(host: string): boolean {
+  return /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
 /** Would binding both fail? Same socket path, or the same port on hosts that overlap. */
 function sameListener(a: ReplicationAddress, b: ReplicationAddress): boolean {
   if (a.kind === 'unix' || b.kind === 'unix') return a.kind === b.kind && resolve(formatAddress(a)) === resolve(formatAddress(b));
-  return a.port === b.port && hostsOverlap(a.host, b.host);
+  return a.port === b.port && hostsOverlap(hostKey(a.host), hostKey(b.host));
 }
 
 /**

@@ -38,10 +38,16 @@ export function parseAddress(text: string | number, defaultHost = ''): Replicati
   }
   if (/^\d+$/.test(s)) return { kind: 'tcp', host: defaultHost, port: parsePort(s, text) };
   const v6 = /^\[([^\]]+)\]:(\d+)$/.exec(s);
-  if (v6) return { kind: 'tcp', host: v6[1]!, port: parsePort(v6[2]!, text) };
+  if (v6) return { kind: 'tcp', host: checkedHost(v6[1]!, text), port: parsePort(v6[2]!, text) };
   const i = s.lastIndexOf(':');
   if (i <= 0 || s.indexOf(':') !== i) throw new AddressError(`invalid replication address ${JSON.stringify(text)}: expected port, host:port, [v6]:port or a socket path (a path holds a '/', as in ./${s})`);
-  return { kind: 'tcp', host: s.slice(0, i), port: parsePort(s.slice(i + 1), text) };
+  return { kind: 'tcp', host: checkedHost(s.slice(0, i), text), port: parsePort(s.slice(i + 1), text) };
+}
+
+/** A host name or address as given: no name holds white space or brackets (those go round an IPv6 address only). */
+function checkedHost(host: string, text: string): string {
+  if (/[\s[\]]/.test(host)) throw new AddressError(`invalid host ${JSON.stringify(host)} in replication address ${JSON.stringify(text)}`);
+  return host;
 }
 
 /** An address given as text or a port (parsed: parseAddress) or as an address object (taken as it is). */

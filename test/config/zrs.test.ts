@@ -247,6 +247,20 @@ describe('the <zrs> schema', () => {
     expect(() => loadZrsConfigText(twoListeners(a, b), F, noDirs)).toThrow(/replicate-to .* is also used by the storage at/);
   });
 
+  it.each([
+    ['LOCALHOST:5000', '5000'],
+    ['Localhost:5000', '127.0.0.1:5000'],
+    ['127.0.0.2:5000', '5000'],
+    ['[::ffff:127.0.0.1]:5000', '127.0.0.1:5000'],
+    ['[::FFFF:127.0.0.1]:5000', '0.0.0.0:5000'],
+  ])('refuses replicating from itself written another way (%s from a storage listening on %s)', (from, to) => {
+    expect(() => loadZrsConfigText(zrs(` replicate-from ${from}\n replicate-to ${to}`), F, noDirs)).toThrow(/is the address this storage replicates from/);
+  });
+
+  it('refuses a metrics address on its replication listener, whatever the case of the host', () => {
+    expect(() => loadZrsConfigText(zrs(' replicate-to 127.0.0.1:5000\n metrics-address LOCALHOST:5000'), F, noDirs)).toThrow(ConfigError);
+  });
+
   it('accepts replicating from the other loopback on the port it listens on', () => {
     expect(() => loadZrsConfigText(zrs(' replicate-from [::1]:5000\n replicate-to 127.0.0.1:5000'), F, noDirs)).not.toThrow();
     expect(() => loadZrsConfigText(zrs(' replicate-from 0.0.0.0:5000\n replicate-to 127.0.0.1:5000'), F, noDirs)).toThrow(/is the address this storage replicates from/);

@@ -32,6 +32,9 @@ describe('addresses to connect to', () => {
       expect(() => connectAddress(zero)).toThrow(AddressError);
       expect(() => connectAddress(zero)).toThrow(/port 0/);
     }
+    // No host name holds white space or brackets: once taken, they failed only at the name lookup.
+    for (const bad of ['[]:1', 'a b:1', '[::1 ]:1', 'x]:5000']) expect(() => parseAddress(bad)).toThrow(/invalid host/);
+    expect(parseAddress('[fe80::1%eth0]:5000')).toEqual({ kind: 'tcp', host: 'fe80::1%eth0', port: 5000 });
     // Listening on port 0 stays allowed.
     expect(parseAddress('127.0.0.1:0')).toEqual({ kind: 'tcp', host: '127.0.0.1', port: 0 });
   });
