@@ -6,6 +6,7 @@
 // has it open), then `zrs serve` with a primary configuration serves it.
 // Either way the promotion is recorded in the node's audit log.
 
+import { stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { AuditLog, type AuditRecord } from '../audit/auditLog.js';
 import { auditPast, defaultAuditPath, nodeAuditPaths, promotionRunAgain } from '../audit/nodeAudit.js';
@@ -16,7 +17,7 @@ import { systemClock } from '../node/clock.js';
 import { formatAddress } from '../replication/address.js';
 import { DEFAULT_PROMOTE_TIMEOUT_MS, requestPromotion } from '../replication/promoteClient.js';
 import { FileStorage } from '../storage/FileStorage.js';
-import { pathKind } from '../storage/fileio.js';
+import { pathKind, refuseEmptyStorage } from '../storage/fileio.js';
 import { UsageError, type CommandSpec, type ParsedArgs } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
 import { commandAddress, timeoutOption } from './status.js';
@@ -69,10 +70,11 @@ export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
     const audit = args.flags.get('audit-log');
     return promoteFile(target, io, typeof audit === 'string' ? (audit.toLowerCase() === 'off' ? null : audit) : undefined, args.flags.has('force'));
   }
-  if (args.flags.has('audit-log')) throw new UsageError('--audit-log applies to a FILE; a running node records in its own audit log');
   // A path that names nothing here is a mistyped FILE far more often than a socket that is gone.
   if (kind === 'directory') throw new ZrsError(`${target}: a directory, not a data file (FILE) or a running node's socket (ADDRESS)`);
+  if (kind === 'other' && !(await stat(target)).isSocket()) throw new ZrsError(`${target}: neither a data file (FILE) nor a running node's socket (ADDRESS)`);
   if (/\.fs$/i.test(target) && kind === 'missing') throw new ZrsError(`${target}: no such file (FILE must be an existing data file; ADDRESS a running node's replication address)`);
+  if (args.flags.has('audit-log')) throw new UsageError('--audit-log applies to a FILE; a running node records in its own audit log');
   const address = commandAddress(target);
   const timeoutMs = timeoutOption(args.flags, DEFAULT_PROMOTE_TIMEOUT_MS);
   const reply = await requestPromotion(address, { force: args.flags.has('force'), timeoutMs });
@@ -94,6 +96,7 @@ function divergedIn(past: AuditRecord[]): AuditRecord | null {
 
 /** Offline: a new generation on a stopped storage, recorded in its audit log. */
 export async function promoteFile(path: string, io: CliIo, auditPath?: string | null, force = false): Promise<number> {
+  await refuseEmptyStorage(path);
   const storage = await FileStorage.open(path);
   try {
     const history = await FailoverHistory.open(storage, { role: 'secondary' });

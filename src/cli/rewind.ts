@@ -7,6 +7,7 @@ import { rewindStorage } from '../failover/rewind.js';
 import type { CommandSpec, ParsedArgs } from './args.js';
 import { UsageError } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
+import { commandAddress } from './status.js';
 
 export const rewindSpec: CommandSpec = {
   name: 'rewind',
@@ -39,7 +40,8 @@ export async function rewind(args: ParsedArgs, io: CliIo): Promise<number> {
   const blobDir = args.flags.get('blob-dir');
   const audit = args.flags.get('audit-log');
   const result = await rewindStorage(path, {
-    toCommonWith: typeof tid === 'string' ? Buffer.from(tid, 'hex') : String(address),
+    // A malformed address is a usage error (exit 2), as in every command that takes one.
+    toCommonWith: typeof tid === 'string' ? Buffer.from(tid, 'hex') : commandAddress(String(address)),
     blobDir: typeof blobDir === 'string' ? blobDir : undefined,
     ...(typeof audit === 'string' ? { auditPath: audit.toLowerCase() === 'off' ? null : audit } : {}),
   });

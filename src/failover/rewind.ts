@@ -15,7 +15,7 @@ import type { Clock } from '../ports/clock.js';
 import type { ByteStream, ReplicationAddress, Transport } from '../ports/transport.js';
 import { connectAddress, formatAddress } from '../replication/address.js';
 import { basename, dirname } from 'node:path';
-import { pathKind, syncDirectory } from '../storage/fileio.js';
+import { pathKind, refuseEmptyStorage, syncDirectory } from '../storage/fileio.js';
 import { AuditLog } from '../audit/auditLog.js';
 import { defaultAuditPath } from '../audit/nodeAudit.js';
 import { isBlobRecord } from '../storage/blobs.js';
@@ -78,6 +78,7 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
   if (options.blobDir !== undefined && (await pathKind(options.blobDir)) !== 'directory') {
     throw new ZrsError(`the blob directory ${options.blobDir} does not exist: give the storage's own (its blob-dir); nothing was cut`);
   }
+  await refuseEmptyStorage(path);
   const storage = await FileStorage.open(path, { blobDir: options.blobDir });
   // Held from the first read to the last file cut: no node can open the storage in between.
   const lock = storage.takeLock();

@@ -36,8 +36,23 @@ export async function openFileToRead(path: string): Promise<FileHandle> {
  * at positions ('other' is any of those).
  */
 export async function pathKind(path: string): Promise<'file' | 'directory' | 'other' | 'missing'> {
-  const found = await stat(path).catch(() => null);
+  // Only a name that leads nowhere is missing: any other failure (a name too long, a loop of links, no
+  // permission) is said as it is, not as a missing file (which a caller may go on to create).
+  const found = await stat(path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return null;
+    throw err;
+  });
   return found === null ? 'missing' : found.isFile() ? 'file' : found.isDirectory() ? 'directory' : 'other';
+}
+
+/**
+ * Refuse an empty file where an existing storage is wanted (promote, rewind):
+ * an open for writing would make it a new, empty storage, which is never
+ * what a command given an existing data file means.
+ */
+export async function refuseEmptyStorage(path: string): Promise<void> {
+  const found = await stat(path).catch(() => null);
+  if (found?.isFile() && found.size === 0) throw new ZrsError(`${path}: an empty file, not a storage (a data file holds at least its 4-byte magic)`);
 }
 
 /**
