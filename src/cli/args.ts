@@ -47,6 +47,19 @@ export interface ParsedArgs {
  * not as another option's value) wins over every other check: the first
  * problem found is thrown only once the whole line has been read without one.
  */
+/**
+ * Whether `word` is one of the command's own options: `--name` (with or
+ * without `=value`) or `-x` for one of its short names. (Help is not: as an
+ * option's value, `-h` is that value, refused by the option's own check.)
+ */
+function isOptionOf(spec: CommandSpec, word: string): boolean {
+  if (word.startsWith('--')) {
+    const name = word.slice(2).split('=')[0]!;
+    return spec.flags.some((f) => f.name === name);
+  }
+  return /^-[a-zA-Z]/.test(word) && spec.flags.some((f) => f.short === word[1]);
+}
+
 export function parseArgs(spec: CommandSpec, args: readonly string[]): ParsedArgs {
   const positionals: string[] = [];
   const flags = new Map<string, string | true>();
@@ -88,8 +101,10 @@ export function parseArgs(spec: CommandSpec, args: readonly string[]): ParsedArg
           take(flag, `-${flag.short}`, true);
           continue;
         }
-        const value = j + 1 < a.length ? a.slice(j + 1) : args[++i];
+        const separate = j + 1 >= a.length;
+        const value = separate ? args[++i] : a.slice(j + 1);
         if (value === undefined) fail(`option -${flag.short} needs a value (${flag.value})`);
+        else if (separate && isOptionOf(spec, value)) fail(`option -${flag.short} needs a value (${flag.value}), not the option ${value}`);
         else take(flag, `-${flag.short}`, value);
         break;
       }
@@ -110,6 +125,9 @@ export function parseArgs(spec: CommandSpec, args: readonly string[]): ParsedArg
       }
       const value = eq >= 0 ? a.slice(eq + 1) : args[++i];
       if (value === undefined) fail(`option --${name} needs a value (${flag.value})`);
+      // The next word naming an option of this command is an option given too soon, not a value:
+      // taken as the value, it left the command's operands one short, and the error named the wrong one.
+      else if (eq < 0 && isOptionOf(spec, value)) fail(`option --${name} needs a value (${flag.value}), not the option ${value}`);
       else take(flag, `--${name}`, value);
       continue;
     }

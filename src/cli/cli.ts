@@ -94,6 +94,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     return EXIT_OK;
   }
   if (name === 'help') {
+    // `zrs help --help` asks what `help` does: the main help says it.
+    if (rest[0] === '--help' || rest[0] === '-h') rest.shift();
     const target = rest[0] === undefined ? undefined : COMMANDS.find((c) => c.spec.name === rest[0]);
     if (rest[0] !== undefined && !target) return usage(io, `unknown command ${JSON.stringify(rest[0])}`, null);
     await io.out(target ? commandHelp(target.spec) : mainHelp());

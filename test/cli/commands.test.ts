@@ -558,6 +558,66 @@ describe('zrs dump', () => {
   });
 });
 
+describe('operands named wrongly', () => {
+  it('promote and rewind refuse an empty file instead of making it a new storage, and leave it empty', async () => {
+    const dir = await tempDir();
+    const empty = join(dir, 'z.fs');
+    await writeFile(empty, '');
+    for (const argv of [['promote', empty], ['rewind', '--to-tid', '03f5e2607a19b377', empty]]) {
+      const r = await run(...argv);
+      expect(r.code, argv.join(' ')).toBe(1);
+      expect(r.stderr).toBe(`zrs ${argv[0]}: ${empty}: an empty file, not a storage (a data file holds at least its 4-byte magic)\n`);
+      expect((await readFile(empty)).length).toBe(0);
+    }
+  });
+
+  it('promote says what a missing file, a directory or a device is before what its options apply to', async () => {
+    const dir = await tempDir();
+    const missing = join(dir, 'missing.fs');
+    expect(await run('promote', '--audit-log', join(dir, 'a.audit'), missing)).toEqual({
+      code: 1,
+      stdout: '',
+      stderr: `zrs promote: ${missing}: no such file (FILE must be an existing data file; ADDRESS a running node's replication address)\n`,
+    });
+    const r = await run('promote', '/dev/null');
+    expect(r).toEqual({ code: 1, stdout: '', stderr: "zrs promote: /dev/null: neither a data file (FILE) nor a running node's socket (ADDRESS)\n" });
+  });
+
+  it('rewind refuses a malformed address as a usage error (exit 2), as every command taking one does', async () => {
+    const plain = await copy('basic');
+    for (const address of ['[::1', 'host:', '127.0.0.1:0', '127.0.0.1:99999']) {
+      const r = await run('rewind', '--to-common-with', address, plain);
+      expect(r.code, address).toBe(2);
+    }
+  });
+
+  it('a path that cannot be looked at is said as it is, not as a missing file', async () => {
+    const long = join(await tempDir(), 'x'.repeat(5000));
+    const r = await run('dump', long);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('ENAMETOOLONG');
+    expect(r.stderr).not.toContain('no such storage file');
+  });
+
+  it('an option given where another one wants its value names that value as missing, not a later operand as extra', async () => {
+    for (const argv of [['check', '--warning', '--timeout', '1', '127.0.0.1:1', '127.0.0.1:1'], ['check', '-w', '-m', '127.0.0.1:1', '127.0.0.1:1']]) {
+      const r = await run(...argv);
+      expect(r.code).toBe(2);
+      expect(r.stderr.split('\n')[0]).toMatch(/^zrs check: option (--warning|-w) needs a value \(SECS\), not the option (--timeout|-m)$/);
+    }
+    // A value that only looks like an option of no command is still a value (refused by its own check).
+    expect((await run('status', '--timeout', '-5', '127.0.0.1:1')).stderr).toContain('--timeout');
+  });
+
+  it('zrs help --help prints the main help', async () => {
+    for (const flag of ['--help', '-h']) {
+      const r = await run('help', flag);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/^usage: zrs COMMAND/);
+    }
+  });
+});
+
 describe('paths that are not regular files', () => {
   it('a FIFO, a device or an empty file is refused at once by verify, dump and audit (a FIFO blocked them until something wrote to it)', async () => {
     const dir = await tempDir();
