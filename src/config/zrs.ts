@@ -293,10 +293,10 @@ function fileStorageSection(s: ConfigSection, check: boolean): FileStorageSettin
   const pathKey = keys.get('path');
   if (!pathKey) throw ConfigError.at(s.loc, 'needs a path (the Data.fs file)', '<filestorage>');
   const path = nonEmpty(pathKey);
-  if (check) existingDirectory(pathKey, path);
+  if (check) existingDirectory(pathKey, path, 'file');
   const blobKey = keys.get('blob-dir');
   const blobDir = blobKey ? nonEmpty(blobKey) : null;
-  if (blobKey && check) existingDirectory(blobKey, blobDir!);
+  if (blobKey && check) existingDirectory(blobKey, blobDir!, 'directory');
   const readOnly = optional(keys, 'read-only', boolean) ?? false;
   const create = optional(keys, 'create', boolean) ?? false;
   if (readOnly && create) throw ConfigError.at(keys.get('create')!.loc, 'cannot create a read-only storage', 'create');
@@ -379,7 +379,7 @@ function auditLogPath(k: ConfigKey, dataPath: string, check: boolean): string | 
   const value = nonEmpty(k);
   if (value.toLowerCase() === 'off') return null;
   if (resolve(value) === resolve(dataPath)) throw ConfigError.at(k.loc, `is the data file itself (${JSON.stringify(dataPath)})`, k.rawKey);
-  if (check) existingDirectory(k, value);
+  if (check) existingDirectory(k, value, 'file');
   return value;
 }
 
@@ -410,10 +410,17 @@ function listenAddress(k: ConfigKey, defaultHost: string, check: boolean): Repli
   return a;
 }
 
-function existingDirectory(k: ConfigKey, path: string): void {
-  // Like ZConfig's existing-dirpath: the file (or blob directory) may be missing, its directory not.
+/**
+ * Like ZConfig's existing-dirpath: the file (or blob directory) may be
+ * missing, its directory not; and what is there already must be of the kind
+ * `path` names (`kind`), or the node fails only when it starts.
+ */
+function existingDirectory(k: ConfigKey, path: string, kind?: 'file' | 'directory'): void {
   const dir = dirname(resolve(path));
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw ConfigError.at(k.loc, `directory ${JSON.stringify(dir)} does not exist`, k.rawKey);
+  const found = kind && existsSync(path) ? statSync(path) : null;
+  if (found && kind === 'file' && !found.isFile()) throw ConfigError.at(k.loc, `${JSON.stringify(path)} is ${found.isDirectory() ? 'a directory' : 'not a regular file'}, not a file`, k.rawKey);
+  if (found && kind === 'directory' && !found.isDirectory()) throw ConfigError.at(k.loc, `${JSON.stringify(path)} is not a directory`, k.rawKey);
 }
 
 /** Would connecting to `from` reach the listener bound at `to`? (a storage replicating from itself) */

@@ -160,6 +160,19 @@ describe('the <zrs> schema', () => {
     expect(() => loadZrsConfig(join(dir, 'bad.conf'))).toThrow(`${join(dir, 'bad.conf')}:9: path: directory "${join(dir, 'missing')}" does not exist`);
   });
 
+  it('refuses, when it reads the file, a path, an audit log or a blob directory that exists as the wrong kind', async () => {
+    const dir = await tempDir();
+    await mkdir(join(dir, 'p', 'Data.fs'), { recursive: true });
+    await writeFile(join(dir, 'dirpath.conf'), seedPrimary({ PORT: '5000', DATA: join(dir, 'p', 'Data.fs') }));
+    expect(() => loadZrsConfig(join(dir, 'dirpath.conf'))).toThrow(`${join(dir, 'dirpath.conf')}:9: path: "${join(dir, 'p', 'Data.fs')}" is a directory, not a file`);
+    const storage = (extra: string) => `%import zc.zrs\n<zrs>\n replicate-to 5000\n${extra}\n <filestorage>\n  path ${join(dir, 'Data.fs')}\n  blob-dir ${join(dir, 'blobs')}\n </filestorage>\n</zrs>\n`;
+    await writeFile(join(dir, 'audit.conf'), storage(` audit-log ${join(dir, 'p')}`));
+    expect(() => loadZrsConfig(join(dir, 'audit.conf'))).toThrow(`${join(dir, 'audit.conf')}:4: audit-log: "${join(dir, 'p')}" is a directory, not a file`);
+    await writeFile(join(dir, 'blobs'), 'a file');
+    await writeFile(join(dir, 'blobs.conf'), storage(''));
+    expect(() => loadZrsConfig(join(dir, 'blobs.conf'))).toThrow(`${join(dir, 'blobs.conf')}:7: blob-dir: "${join(dir, 'blobs')}" is not a directory`);
+  });
+
   const F = '/etc/zrs/test.conf';
   const zrs = (inner: string, fs = ' <filestorage>\n  path /srv/Data.fs\n </filestorage>\n'): string => `%import zc.zrs\n<zrs>\n${inner}\n${fs}</zrs>\n`;
 
