@@ -201,10 +201,10 @@ function chainFileOn(fd: number, path: string): { file: ChainFile; entries: numb
   for (let i = Math.max(0, entries - TORN_WRITE_ENTRIES); i < entries; i++) {
     if (readEntry(file, i) === null) entries = i;
   }
-  // Entries before the last write were written whole and synced: one that fails its check is damage
-  // (a stray write, bit rot), named now rather than when a lookup first reads it. Refused before the
-  // torn tail is cut, so a refused file is left as it was.
-  const bad = firstBadEntry(file, Math.max(0, entries - TORN_WRITE_ENTRIES));
+  // What is kept must check whole: a bad entry before the last write (written whole and synced) is
+  // damage (a stray write, bit rot), named now rather than when a lookup first reads it. Refused
+  // before the torn tail is cut, so a refused file is left as it was.
+  const bad = firstBadEntry(file, entries);
   if (bad !== null) throw damagedEntry(path, bad);
   if (size !== HEADER_BYTES + entries * CHAIN_ENTRY_BYTES) ftruncateSync(fd, HEADER_BYTES + entries * CHAIN_ENTRY_BYTES);
   return { file, entries };
@@ -439,7 +439,9 @@ export class HashChain {
   private async runFlush(): Promise<void> {
     try {
       while (this.pendingCount >= WRITE_BATCH_ENTRIES || this.mustWrite > 0) {
-        const count = this.pendingCount;
+        // A batch at most per write, however many wait (they pile up during a slow sync): a crash tears
+        // at most the last write, which is all the open may take for torn (TORN_WRITE_ENTRIES).
+        const count = Math.min(this.pendingCount, WRITE_BATCH_ENTRIES);
         const from = this.memOffset(this.fileEntries);
         await writeAt(this.file.fd, this.mem.subarray(from, from + count * CHAIN_ENTRY_BYTES), HEADER_BYTES + this.fileEntries * CHAIN_ENTRY_BYTES);
         // Through the storage's disk: a simulated slow disk delays these syncs too.

@@ -252,6 +252,18 @@ describe('HashChain', () => {
       bytes[8 + entry * CHAIN_ENTRY_BYTES + 3]! ^= 0x01;
       writeFileSync(chainPath, bytes);
     }
+    // A torn last write (entry 1000 bad, in the last 600 or so) cut first must not let damage before it
+    // go unchecked: entry 690 lies before the torn window of the file's end and within that of the cut
+    // chain's (and on no search's path), where only a check of every kept entry reads it.
+    const bytes = readFileSync(chainPath);
+    for (const entry of [1000, 690]) bytes[8 + entry * CHAIN_ENTRY_BYTES + 3]! ^= 0x01;
+    writeFileSync(chainPath, bytes);
+    const again = await FileStorage.open(path, { readOnly: true });
+    try {
+      await expect(HashChain.open(again)).rejects.toThrow(/chain entry 690 is damaged/);
+    } finally {
+      await again.close();
+    }
   });
 
   it('takes bad entries inside its last write for a torn write (its pages reach the disk in any order): cut from the first, computed again', async () => {
