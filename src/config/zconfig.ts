@@ -10,7 +10,7 @@
 // Values, %define values and directive arguments substitute `$NAME`,
 // `${NAME}` (defines, case-insensitive), `$(NAME)` (environment) and `$$`.
 
-import { readFileSync, realpathSync, statSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { ZrsError } from '../errors.js';
 
@@ -284,27 +284,31 @@ class Parser {
 }
 
 /**
- * The text of a configuration file: a regular file (a FIFO would wait for a
- * writer for ever), in UTF-8. Bytes that are not UTF-8 are refused, naming
- * the line, rather than read as U+FFFD: a path with them would name another
- * file, and a new storage would be created there.
+ * The text of a configuration file (or of a pipe: `/dev/stdin`, a shell's
+ * `<(…)`; a FIFO waits for its writer, as any reader of one does), in UTF-8.
+ * Bytes that are not UTF-8 are refused, naming the line, rather than read
+ * as U+FFFD: a path with them would name another file, and a new storage
+ * would be created there.
  */
 function readConfigFile(path: string): string {
-  if (!statSync(path).isFile()) throw new Error('not a regular file');
   const bytes = readFileSync(path);
   try {
     return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
   } catch {
+    // The first line that does not decode, its lines ended as the parser ends them (\r\n, \r or \n).
     let line = 1;
-    for (let start = 0; start < bytes.length; line++) {
-      const end = bytes.indexOf(0x0a, start);
-      const stop = end < 0 ? bytes.length : end;
+    let start = 0;
+    for (let i = 0; i <= bytes.length; i++) {
+      const c = bytes[i];
+      if (i < bytes.length && c !== 0x0a && c !== 0x0d) continue;
       try {
-        new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(start, stop));
+        new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(start, i));
       } catch {
         break;
       }
-      start = stop + 1;
+      if (c === 0x0d && bytes[i + 1] === 0x0a) i += 1;
+      start = i + 1;
+      line += 1;
     }
     throw new NotUtf8Error(line);
   }

@@ -1,7 +1,7 @@
 // The ZConfig syntax: sections, keys, comments, %define substitution,
 // %include relative to the including file, and errors naming file and line.
 
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -119,13 +119,15 @@ describe('ZConfig syntax', () => {
     );
   });
 
-  it('refuses a file that is not a regular one (a FIFO would wait for a writer for ever), included or not', async () => {
+  it('reads a pipe as a file (/dev/stdin, a shell\'s <(…)): its text, once its writer has written it', async () => {
     const dir = await tempDir();
     const fifo = join(dir, 'f.conf');
     execFileSync('mkfifo', [fifo]);
-    expect(errorOf(() => parseZConfigFile(fifo)).message).toBe(`${fifo}: cannot read configuration: not a regular file`);
-    await writeFile(join(dir, 'main.conf'), '%include f.conf\n');
-    expect(errorOf(() => parseZConfigFile(join(dir, 'main.conf'))).message).toBe(`${join(dir, 'main.conf')}:1: %include: cannot read ${fifo}: not a regular file`);
+    const writer = spawn('sh', ['-c', `printf 'a 1\\n' > '${fifo}'`]);
+    const exited = new Promise((r) => writer.on('exit', r));
+    // The parser reads synchronously: the writer runs in its own process meanwhile.
+    expect(parseZConfigFile(fifo).root.keys.map((k) => [k.key, k.value])).toEqual([['a', '1']]);
+    await exited;
   });
 
   it('refuses bytes that are not UTF-8, naming the line, instead of reading them as U+FFFD (a path would name another file)', async () => {
@@ -133,6 +135,9 @@ describe('ZConfig syntax', () => {
     const path = join(dir, 'latin1.conf');
     await writeFile(path, Buffer.concat([Buffer.from('<zrs>\n  replicate-to 5000\n</zrs>\n<filestorage>\n  path /var/db/caf'), Buffer.from([0xe9]), Buffer.from('.fs\n</filestorage>\n')]));
     expect(errorOf(() => parseZConfigFile(path)).message).toBe(`${path}:5: not UTF-8 text (written in another encoding?)`);
+    // Lines counted as the parser ends them: a lone \r ends one.
+    await writeFile(path, Buffer.concat([Buffer.from('a 1\rb 2\r\nc caf'), Buffer.from([0xe9]), Buffer.from('\r')]));
+    expect(errorOf(() => parseZConfigFile(path)).message).toBe(`${path}:3: not UTF-8 text (written in another encoding?)`);
     await writeFile(path, '\ufeffa 1\n'); // a byte order mark is UTF-8, and is not part of the first line
     expect(parseZConfigFile(path).root.keys.map((k) => [k.key, k.value])).toEqual([['a', '1']]);
   });

@@ -48,7 +48,13 @@ it('closes the chain file when writing its header fails (a descriptor leaked at 
 it('writes a batch of entries at most per write while entries pile up behind a slow sync', async () => {
   const path = join(await tempDir(), 'Data.fs');
   // Each sync of the chain takes a while: the commits go on meanwhile, and their links wait.
-  const disk = { ...nodeDisk, datasync: async (fd: number) => (await nodeDisk.datasync(fd), await new Promise((r) => setTimeout(r, 20))) };
+  const disk = {
+    ...nodeDisk,
+    async datasync(fd: number): Promise<void> {
+      await nodeDisk.datasync(fd);
+      await new Promise((r) => setTimeout(r, 20));
+    },
+  };
   const fs = await FileStorage.open(path, { create: true, fsync: false, disk });
   const chain = await HashChain.open(fs, { fsync: true });
   try {
