@@ -12,6 +12,7 @@ import { DEFAULT_STATUS_TIMEOUT_MS, requestStatus, StatusConnectError, StatusRep
 import { UsageError, type CommandSpec } from './args.js';
 import type { CliIo } from './io.js';
 import { commandAddress, secondsOption, timeoutOption } from './status.js';
+import { printable } from './logging.js';
 
 export const checkSpec: CommandSpec = {
   name: 'check',
@@ -203,7 +204,7 @@ async function lastTime(addressText: string, role: 'primary' | 'secondary', time
       const reason = err.reason === 'timed out' ? 'timed out' : pythonErrorText(err.cause);
       return `Can't connect to ${role} at ${pyRepr(addressText)}: ${reason}`;
     }
-    if (err instanceof StatusReplyError) return `No status from ${role} at ${pyRepr(addressText)}: ${err.reason}`;
+    if (err instanceof StatusReplyError) return `No status from ${role} at ${pyRepr(addressText)}: ${printable(err.reason)}`;
     throw err;
   }
 }

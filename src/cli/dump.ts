@@ -13,6 +13,7 @@ import { tidToString } from '../storage/timestamp.js';
 import type { CommandSpec } from './args.js';
 import { EXIT_FAILURE, EXIT_OK, type CliIo } from './io.js';
 import { pickleClass } from './pickleClass.js';
+import { printable } from './logging.js';
 
 export const dumpSpec: CommandSpec = {
   name: 'dump',
@@ -75,7 +76,7 @@ export async function dump(path: string, io: CliIo): Promise<number> {
     }
     if (buf) await io.out(buf);
     if (damage) {
-      io.err(`zrs dump: ${damage.message} (listed up to it; zrs verify ${path} tells more)\n`);
+      io.err(`zrs dump: ${printable(damage.message)} (listed up to it; zrs verify ${path} tells more)\n`);
       return EXIT_FAILURE;
     }
     // Silence here would read as "that is all the file holds".

@@ -5,7 +5,6 @@ import { jsonLogger, type Logger, type LogLevel } from '../replication/log.js';
 
 export type LogFormat = 'json' | 'human';
 
-/** A logger writing `HH:MM:SS.mmm LEVEL node: message key=value …` lines. */
 /**
  * `text` with its control characters written as `\xNN`: a message may quote
  * bytes of a damaged file or a peer's words, which must neither break the
@@ -16,11 +15,12 @@ export function printable(text: string): string {
   return text.replace(/[\x00-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
 
+/** A logger writing `HH:MM:SS.mmm LEVEL node: message key=value …` lines. */
 export function humanLogger(node: string, write: (line: string) => void, now: () => Date = () => new Date()): Logger {
   return (level, message, fields) => {
     const time = now().toISOString().slice(11, 23);
     const extra = Object.entries(fields ?? {})
-      .map(([k, v]) => `${k}=${typeof v === 'string' && !/\s/.test(v) ? printable(v) : JSON.stringify(v)}`)
+      .map(([k, v]) => `${k}=${printable(typeof v === 'string' && !/\s/.test(v) ? v : JSON.stringify(v))}`)
       .join(' ');
     write(`${time} ${level.toUpperCase().padEnd(5)} ${node}: ${printable(message)}${extra ? `  ${extra}` : ''}\n`);
   };

@@ -16,7 +16,7 @@ import { DEFAULT_MARKING_START_PERCENT } from '../node/collector.js';
 import { metricsUrl } from '../node/metricsServer.js';
 import { UsageError, type CommandSpec } from './args.js';
 import { EXIT_FAILURE, EXIT_OK, type CliIo } from './io.js';
-import { loggerFactory, type LogFormat, type Logger } from './logging.js';
+import { loggerFactory, printable, type LogFormat, type Logger } from './logging.js';
 import { logOpenRepairs } from '../replication/log.js';
 import { CatchUpProgress, TerminalBoard, caughtUpMessage, progressLogFields, renderProgressLine, type ProgressSample } from './progress.js';
 
@@ -84,7 +84,7 @@ export async function serve(configPath: string, io: CliIo, options: ServeOptions
   // Why the service did not start, in its log's format (a log shipper reading JSON lines gets it too); --check answers a person.
   const refuse = (message: string): number => {
     if (format === 'json' && !options.checkOnly) log('error', message);
-    else io.err(`zrs serve: ${message}\n`);
+    else io.err(`zrs serve: ${printable(message)}\n`);
     return EXIT_FAILURE;
   };
   let config;

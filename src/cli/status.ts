@@ -10,6 +10,7 @@ import { AddressError } from '../errors.js';
 import type { ReplicationAddress } from '../ports/transport.js';
 import { UsageError, type CommandSpec } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
+import { printable } from './logging.js';
 
 /** Exit code when the node could not be asked (as `zrs check`'s CRITICAL). */
 export const EXIT_UNREACHABLE = 2;
@@ -77,11 +78,11 @@ export async function status(addressText: string, io: CliIo, options: { json?: b
     result = await requestStatus(address, { timeoutMs: options.timeoutMs });
   } catch (err) {
     if (err instanceof StatusConnectError) {
-      io.err(`zrs status: can't connect to ${addressText}: ${err.reason}\n`);
+      io.err(`zrs status: can't connect to ${addressText}: ${printable(err.reason)}\n`);
       return EXIT_UNREACHABLE;
     }
     if (err instanceof StatusReplyError) {
-      io.err(`zrs status: no status from ${addressText}: ${err.reason}\n`);
+      io.err(`zrs status: no status from ${addressText}: ${printable(err.reason)}\n`);
       return EXIT_UNREACHABLE;
     }
     throw err;

@@ -33,6 +33,7 @@ import { dataEnd as dataEndOf, intactTransactionAfter } from '../storage/scan.js
 import { tidToString } from '../storage/timestamp.js';
 import type { CommandSpec } from './args.js';
 import { EXIT_FAILURE, EXIT_OK, type CliIo } from './io.js';
+import { printable } from './logging.js';
 
 export const verifySpec: CommandSpec = {
   name: 'verify',
@@ -360,7 +361,7 @@ export async function verify(path: string, io: CliIo, progress: boolean): Promis
   if (show) io.err('\r\x1b[2K');
   if (!r.ok) {
     const inUse = r.inUse ? `; a storage has the file open: the problem was still there when looked at again, up to ${SETTLE_MS / 1000} s later (a commit held longer between its vote and its finish looks the same: run it again)` : '';
-    io.err(`${path}: position ${r.position}: ${r.problem} (${r.transactions} good transactions before it${inUse})\n`);
+    io.err(`${path}: position ${r.position}: ${printable(r.problem)} (${r.transactions} good transactions before it${inUse})\n`);
     return EXIT_FAILURE;
   }
   const last = r.lastTid ? `, last ${r.lastTid.toString('hex')} (${tidToString(r.lastTid)})` : '';

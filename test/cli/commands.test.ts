@@ -18,7 +18,8 @@ import { writeFill } from '../../src/storage/prealloc.js';
 import { cleanupTempDirs, copyZodbFixture, fixturePath, readManifest, tempDir } from '../helpers/fixtures.js';
 import { BIN, memoryIo } from './helpers.js';
 import { storageFileWith } from '../replication/helpers.js';
-import { settleUntil } from '../replication/netHelpers.js';
+import { FakeServer, settleUntil } from '../replication/netHelpers.js';
+import { createNativePackr, encodeNativeFrame } from '../../src/wire/native.js';
 import { indexPathFor } from '../../src/storage/indexFile.js';
 import { packTimeToTid } from '../../src/storage/pack.js';
 
@@ -232,10 +233,26 @@ describe('zrs help and usage', () => {
     expect(lines).toEqual(['12:34:56.789 WARN  p1: disconnected  address=127.0.0.1:5000 reason="peer closed"\n']);
   });
 
+  it("writes a peer's words in zrs status's error with their control characters as \\xNN", async () => {
+    // A node that refuses the status request with escapes in its message.
+    const fake = await FakeServer.start((c) => c.socket.write(encodeNativeFrame({ type: 'refuse', code: 'internal', message: 'no\u001b[2J\u009bstatus\nfor you' }, createNativePackr())));
+    try {
+      const r = await run('status', '--timeout', '5', `127.0.0.1:${(fake.address as { port: number }).port}`);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain('refused (internal): no\\x1b[2J\\x9bstatus\\x0afor you');
+      expect(r.stderr.slice(0, -1)).not.toMatch(/[\x00-\x1f\x7f-\x9f]/);
+    } finally {
+      await fake.close();
+    }
+  });
+
   it("writes a peer's control characters in a log line as \\xNN: one line, no terminal escapes", () => {
     const lines: string[] = [];
     humanLogger('p1', (l) => lines.push(l), () => new Date('2024-01-01T12:34:56.789Z'))('error', 'primary refused replication: internal: \u001b[2J\nfake line', { code: '\u001b]0;x\u0007' });
     expect(lines).toEqual(['12:34:56.789 ERROR p1: primary refused replication: internal: \\x1b[2J\\x0afake line  code=\\x1b]0;x\\x07\n']);
+    // A value with white space goes through JSON, which leaves C1 controls (CSI, \x9b) as they are.
+    humanLogger('p1', (l) => lines.push(l), () => new Date('2024-01-01T12:34:56.789Z'))('warn', 'x', { reason: 'a \u009b2J b' });
+    expect(lines[1]).toBe('12:34:56.789 WARN  p1: x  reason="a \\x9b2J b"\n');
   });
 
   it('the bin/zrs.js shim runs the command line and exits with its code', async () => {
