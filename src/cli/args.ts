@@ -43,11 +43,6 @@ export interface ParsedArgs {
 }
 
 /**
- * Parse `args` for `spec`. `--help` / `-h` given as an option (not after `--`,
- * not as another option's value) wins over every other check: the first
- * problem found is thrown only once the whole line has been read without one.
- */
-/**
  * Whether `word` is one of the command's own options: `--name` (with or
  * without `=value`) or `-x` for one of its short names. (Help is not: as an
  * option's value, `-h` is that value, refused by the option's own check.)
@@ -60,6 +55,11 @@ function isOptionOf(spec: CommandSpec, word: string): boolean {
   return /^-[a-zA-Z]/.test(word) && spec.flags.some((f) => f.short === word[1]);
 }
 
+/**
+ * Parse `args` for `spec`. `--help` / `-h` given as an option (not after `--`,
+ * not as another option's value) wins over every other check: the first
+ * problem found is thrown only once the whole line has been read without one.
+ */
 export function parseArgs(spec: CommandSpec, args: readonly string[]): ParsedArgs {
   const positionals: string[] = [];
   const flags = new Map<string, string | true>();
