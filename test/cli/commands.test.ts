@@ -588,8 +588,21 @@ describe('operands named wrongly', () => {
     }
   });
 
+  it('promote and rewind take a storage holding only its magic: empty of transactions, not an empty file', async () => {
+    const dir = await tempDir();
+    const magicOnly = join(dir, 'm.fs');
+    await writeFile(magicOnly, 'FS30');
+    const r = await run('promote', magicOnly);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('generation 1 starts after tid 0000000000000000');
+  });
+
   it('promote says what a missing file, a directory or a device is before what its options apply to', async () => {
     const dir = await tempDir();
+    // A path under a regular file leads nowhere (ENOTDIR): missing, as any other.
+    const plainFile = join(dir, 'plain');
+    await writeFile(plainFile, 'x');
+    expect((await run('promote', join(plainFile, 'x.fs'))).stderr).toBe(`zrs promote: ${join(plainFile, 'x.fs')}: no such file (FILE must be an existing data file; ADDRESS a running node's replication address)\n`);
     const missing = join(dir, 'missing.fs');
     expect(await run('promote', '--audit-log', join(dir, 'a.audit'), missing)).toEqual({
       code: 1,
@@ -621,6 +634,16 @@ describe('operands named wrongly', () => {
       const r = await run(...argv);
       expect(r.code).toBe(2);
       expect(r.stderr.split('\n')[0]).toMatch(/^zrs check: option (--warning|-w) needs a value \(SECS\), not the option (--timeout|-m)$/);
+    }
+    // Given with its value (--name=value) it is an option too.
+    const r = await run('rewind', '--to-tid', '--audit-log=off', 'f.fs');
+    expect(r.code).toBe(2);
+    expect(r.stderr.split('\n')[0]).toBe('zrs rewind: option --to-tid needs a value (TID), not the option --audit-log=off');
+    // A value attached to its option (--warning=--timeout, -w-m) is that value, refused by its own check.
+    for (const argv of [['check', '--warning=--timeout', '127.0.0.1:1', '127.0.0.1:1'], ['check', '-w-m', '127.0.0.1:1', '127.0.0.1:1']]) {
+      const attached = await run(...argv);
+      expect(attached.code).toBe(2);
+      expect(attached.stderr).not.toContain('not the option');
     }
     // A value that only looks like an option of no command is still a value (refused by its own check).
     expect((await run('status', '--timeout', '-5', '127.0.0.1:1')).stderr).toContain('--timeout');

@@ -138,6 +138,9 @@ describe('ZConfig syntax', () => {
     // Lines counted as the parser ends them: a lone \r ends one.
     await writeFile(path, Buffer.concat([Buffer.from('a 1\rb 2\r\nc caf'), Buffer.from([0xe9]), Buffer.from('\r')]));
     expect(errorOf(() => parseZConfigFile(path)).message).toBe(`${path}:3: not UTF-8 text (written in another encoding?)`);
+    // Included from configuration text, the file is read the same way.
+    await writeFile(join(dir, 'b.conf'), Buffer.concat([Buffer.from('a 1\nb caf'), Buffer.from([0xe9]), Buffer.from('\n')]));
+    expect(errorOf(() => parseZConfigText('%include b.conf\n', join(dir, 'main.conf'))).message).toBe(`${join(dir, 'b.conf')}:2: not UTF-8 text (written in another encoding?)`);
     await writeFile(path, '\ufeffa 1\n'); // a byte order mark is UTF-8, and is not part of the first line
     expect(parseZConfigFile(path).root.keys.map((k) => [k.key, k.value])).toEqual([['a', '1']]);
   });

@@ -72,7 +72,7 @@ describe('GenerationHistory.startNext', () => {
   it('refuses a damaged file with a ZrsError naming it, not a TypeError', async () => {
     const bad = ['null', '{"version":1,"generations":[null]}', '{"version":1,"generations":[{"generation":0}]}', '[]'];
     // A largest generation seen that is not a count: read as "none" it let a promotion reuse a generation.
-    for (const maxSeen of ['"2"', '1.5', '-7', 'null']) bad.push(`{"version":1,"maxSeen":${maxSeen},"generations":[{"generation":0,"startTid":"0000000000000000"}]}`);
+    for (const maxSeen of ['"2"', '1.5', '-2', 'null']) bad.push(`{"version":1,"maxSeen":${maxSeen},"generations":[{"generation":0,"startTid":"0000000000000000"}]}`);
     for (const body of bad) {
       const path = join(await tempDir(), 'x.fs');
       writeFileSync(generationsPathFor(path), body);
@@ -85,5 +85,8 @@ describe('GenerationHistory.startNext', () => {
     writeFileSync(generationsPathFor(path), '{"version":1,"generations":[{"generation":0,"startTid":"0000000000000000"},{"generation":3,"startTid":"00000000000000ff"}]}');
     const history = await GenerationHistory.open(path);
     expect(history.maxSeen).toBe(3);
+    // -1, "none seen", is what an empty history writes.
+    writeFileSync(generationsPathFor(path), '{"version":1,"maxSeen":-1,"generations":[]}');
+    expect((await GenerationHistory.open(path)).maxSeen).toBe(-1);
   });
 });

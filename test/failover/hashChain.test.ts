@@ -238,8 +238,10 @@ describe('HashChain', () => {
     await chain.close();
     await fs.close();
     const chainPath = chainPathFor(path);
+    const intact = readFileSync(chainPath);
     for (const entry of [0, 212, 777]) {
-      const bytes = readFileSync(chainPath);
+      // Damage, and a torn partial entry at the end: refused, the file keeps both (nothing is cut first).
+      const bytes = Buffer.concat([intact, Buffer.alloc(20, 0x55)]);
       bytes[8 + entry * CHAIN_ENTRY_BYTES + 3]! ^= 0x01;
       writeFileSync(chainPath, bytes);
       const again = await FileStorage.open(path, { readOnly: true });
@@ -249,8 +251,7 @@ describe('HashChain', () => {
         await again.close();
       }
       expect(readFileSync(chainPath)).toEqual(bytes);
-      bytes[8 + entry * CHAIN_ENTRY_BYTES + 3]! ^= 0x01;
-      writeFileSync(chainPath, bytes);
+      writeFileSync(chainPath, intact);
     }
     // A torn last write (entry 1000 bad, in the last 600 or so) cut first must not let damage before it
     // go unchecked: entry 690 lies before the torn window of the file's end and within that of the cut
@@ -261,6 +262,26 @@ describe('HashChain', () => {
     const again = await FileStorage.open(path, { readOnly: true });
     try {
       await expect(HashChain.open(again)).rejects.toThrow(/chain entry 690 is damaged/);
+    } finally {
+      await again.close();
+    }
+  });
+
+  it('names a damaged entry past the first block the open checks by its index in the file', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const chain = await HashChain.open(fs);
+    await commitMany(fs, 9000, 1);
+    await chain.close();
+    await fs.close();
+    const chainPath = chainPathFor(path);
+    const bytes = readFileSync(chainPath);
+    bytes[8 + 8195 * CHAIN_ENTRY_BYTES + 3]! ^= 0x01; // in the second block of 8192 entries, before the last write
+    writeFileSync(chainPath, bytes);
+    const again = await FileStorage.open(path, { readOnly: true });
+    try {
+      await expect(HashChain.open(again)).rejects.toThrow(/chain entry 8195 is damaged/);
     } finally {
       await again.close();
     }

@@ -319,7 +319,9 @@ describe('damaged pointers found when reading (the open scans no further than ea
     const original = readFileSync(h.path);
     const yTxn = original.readUInt32BE(h.yPos + 28); // y's record's transaction pointer, low word
     // The saved index spares the open its scan (which refuses such a pointer): history meets it.
-    for (const [high, low] of [[0x7368_6974, 0], [0, yTxn]] as const) {
+    const xTxn = original.readUInt32BE(h.xPos + 28);
+    // Past the end; another transaction; inside its own transaction, one byte on (no transaction begins there).
+    for (const [high, low] of [[0x7368_6974, 0], [0, yTxn], [0, xTxn + 1]] as const) {
       const bytes = Buffer.from(original);
       bytes.writeUInt32BE(high, h.xPos + 24);
       bytes.writeUInt32BE(low, h.xPos + 28);
@@ -363,6 +365,7 @@ describe('damaged pointers found when reading (the open scans no further than ea
     const edits: Array<[(bytes: Buffer, tx2: number, tx3: number) => void, RegExp]> = [
       [(bytes, tx2) => bytes.fill(0, tx2 + 8, tx2 + 16), /transaction length 0 is shorter than a transaction header/],
       [(bytes, _tx2, tx3) => bytes.writeUInt8(bytes[tx3 - 1]! ^ 1, tx3 - 1), /redundant length differs from the transaction's/], // tx2's trailer, just before tx3
+      [(bytes, tx2) => bytes.writeUInt16BE(0xffff, tx2 + 17), /transaction metadata runs past its records/], // tx2's user length
     ];
     for (const [edit, message] of edits) {
       const { h, fs } = await damagedHistory((bytes, tx3, { xPos }) => {
