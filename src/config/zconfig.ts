@@ -292,8 +292,9 @@ class Parser {
  */
 function readConfigFile(path: string): string {
   const bytes = readFileSync(path);
+  const strict = new TextDecoder('utf-8', { fatal: true });
   try {
-    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+    return strict.decode(bytes);
   } catch {
     // The first line that does not decode, its lines ended as the parser ends them (\r\n, \r or \n).
     let line = 1;
@@ -302,7 +303,7 @@ function readConfigFile(path: string): string {
       const c = bytes[i];
       if (i < bytes.length && c !== 0x0a && c !== 0x0d) continue;
       try {
-        new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(start, i));
+        strict.decode(bytes.subarray(start, i));
       } catch {
         break;
       }
