@@ -229,62 +229,55 @@ describe('HashChain', () => {
     expect(() => prepareChainCut(path, tids[8]!)).toThrow(/chain entry 700 is damaged/);
   });
 
-  it('names an entry damaged anywhere before its last write on open, not only those a search reads, and leaves the file as it was', async () => {
-    const dir = await tempDir();
-    const path = join(dir, 'Data.fs');
+  /** A storage of `n` one-record transactions with its chain on disk; its path and its chain's. */
+  async function chainOnDiskOf(n: number): Promise<{ path: string; chainPath: string }> {
+    const path = join(await tempDir(), 'Data.fs');
     const fs = await FileStorage.open(path, { create: true, fsync: false });
     const chain = await HashChain.open(fs);
-    await commitMany(fs, 1400, 1);
+    await commitMany(fs, n, 1);
     await chain.close();
     await fs.close();
-    const chainPath = chainPathFor(path);
+    return { path, chainPath: chainPathFor(path) };
+  }
+
+  /** Flip a bit in each of `entries` of the chain file `bytes` (in place); returns them. */
+  function damaged(bytes: Buffer, ...entries: number[]): Buffer {
+    for (const entry of entries) bytes[8 + entry * CHAIN_ENTRY_BYTES + 3]! ^= 0x01;
+    return bytes;
+  }
+
+  /** The chain of the storage at `path` refuses to open, naming entry `entry`. */
+  async function expectRefusedAt(path: string, entry: number): Promise<void> {
+    const again = await FileStorage.open(path, { readOnly: true });
+    try {
+      await expect(HashChain.open(again)).rejects.toThrow(new RegExp(`chain entry ${entry} is damaged; move the file away`));
+    } finally {
+      await again.close();
+    }
+  }
+
+  it('names an entry damaged anywhere before its last write on open, not only those a search reads, and leaves the file as it was', async () => {
+    const { path, chainPath } = await chainOnDiskOf(1400);
     const intact = readFileSync(chainPath);
     for (const entry of [0, 212, 777]) {
       // Damage, and a torn partial entry at the end: refused, the file keeps both (nothing is cut first).
-      const bytes = Buffer.concat([intact, Buffer.alloc(20, 0x55)]);
-      bytes[8 + entry * CHAIN_ENTRY_BYTES + 3]! ^= 0x01;
+      const bytes = damaged(Buffer.concat([intact, Buffer.alloc(20, 0x55)]), entry);
       writeFileSync(chainPath, bytes);
-      const again = await FileStorage.open(path, { readOnly: true });
-      try {
-        await expect(HashChain.open(again)).rejects.toThrow(new RegExp(`chain entry ${entry} is damaged; move the file away`));
-      } finally {
-        await again.close();
-      }
+      await expectRefusedAt(path, entry);
       expect(readFileSync(chainPath)).toEqual(bytes);
       writeFileSync(chainPath, intact);
     }
     // A torn last write (entry 1000 bad, in the last 600 or so) cut first must not let damage before it
     // go unchecked: entry 690 lies before the torn window of the file's end and within that of the cut
     // chain's (and on no search's path), where only a check of every kept entry reads it.
-    const bytes = readFileSync(chainPath);
-    for (const entry of [1000, 690]) bytes[8 + entry * CHAIN_ENTRY_BYTES + 3]! ^= 0x01;
-    writeFileSync(chainPath, bytes);
-    const again = await FileStorage.open(path, { readOnly: true });
-    try {
-      await expect(HashChain.open(again)).rejects.toThrow(/chain entry 690 is damaged/);
-    } finally {
-      await again.close();
-    }
+    writeFileSync(chainPath, damaged(Buffer.from(intact), 1000, 690));
+    await expectRefusedAt(path, 690);
   });
 
   it('names a damaged entry past the first block the open checks by its index in the file', async () => {
-    const dir = await tempDir();
-    const path = join(dir, 'Data.fs');
-    const fs = await FileStorage.open(path, { create: true, fsync: false });
-    const chain = await HashChain.open(fs);
-    await commitMany(fs, 9000, 1);
-    await chain.close();
-    await fs.close();
-    const chainPath = chainPathFor(path);
-    const bytes = readFileSync(chainPath);
-    bytes[8 + 8195 * CHAIN_ENTRY_BYTES + 3]! ^= 0x01; // in the second block of 8192 entries, before the last write
-    writeFileSync(chainPath, bytes);
-    const again = await FileStorage.open(path, { readOnly: true });
-    try {
-      await expect(HashChain.open(again)).rejects.toThrow(/chain entry 8195 is damaged/);
-    } finally {
-      await again.close();
-    }
+    const { path, chainPath } = await chainOnDiskOf(9000);
+    writeFileSync(chainPath, damaged(readFileSync(chainPath), 8195)); // in the second block of 8192 entries, before the last write
+    await expectRefusedAt(path, 8195);
   });
 
   it('takes bad entries inside its last write for a torn write (its pages reach the disk in any order): cut from the first, computed again', async () => {
