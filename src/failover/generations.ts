@@ -6,6 +6,7 @@
 
 import { open, readFile, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { createHash } from 'node:crypto';
 import { ZrsError } from '../errors.js';
 import { syncDirectory } from '../storage/fileio.js';
 import { Z64 } from '../storage/timestamp.js';
@@ -25,6 +26,18 @@ interface GenerationsFile {
   /** Largest generation number ever seen (adopted, or started here). */
   maxSeen: number;
   generations: Array<{ generation: number; startTid: string }>;
+  /** contentCheck of the fields above (files written before it have none: read as they are). */
+  check?: string;
+}
+
+/**
+ * The first 16 hex digits of the sha256 of the history's content, written
+ * in a canonical form: a changed digit in a start tid or a generation
+ * number (a stray write, bit rot) is found on open, never taken for the
+ * node's history.
+ */
+function contentCheck(maxSeen: unknown, generations: unknown): string {
+  return createHash('sha256').update(JSON.stringify({ version: FORMAT_VERSION, maxSeen, generations })).digest('hex').slice(0, 16);
 }
 
 /** Why a history of `length` generations takes no further one. */
@@ -216,6 +229,9 @@ async function readGenerationsFile(path: string): Promise<{ entries: GenerationE
   if (typeof parsed !== 'object' || parsed === null || parsed.version !== FORMAT_VERSION || !Array.isArray(parsed.generations)) {
     throw new ZrsError(`${path}: unsupported generation history format`);
   }
+  if (parsed.check !== undefined && parsed.check !== contentCheck(parsed.maxSeen, parsed.generations)) {
+    throw new ZrsError(`${path}: the generation history does not match its check (damaged, or edited without removing "check"); see docs/FAILOVER.md, Generations`);
+  }
   const entries = parsed.generations.map((g: GenerationsFile['generations'][number] | null) => {
     if (typeof g !== 'object' || g === null) throw new ZrsError(`${path}: bad generation entry ${JSON.stringify(g)}`);
     if (typeof g.startTid !== 'string' || !/^[0-9a-f]{16}$/.test(g.startTid)) throw new ZrsError(`${path}: bad start tid`);
@@ -229,11 +245,8 @@ async function readGenerationsFile(path: string): Promise<{ entries: GenerationE
 }
 
 async function writeGenerationsFile(path: string, entries: readonly GenerationEntry[], maxSeen: number): Promise<void> {
-  const body: GenerationsFile = {
-    version: FORMAT_VERSION,
-    maxSeen,
-    generations: entries.map((e) => ({ generation: e.generation, startTid: e.startTid.toString('hex') })),
-  };
+  const generations = entries.map((e) => ({ generation: e.generation, startTid: e.startTid.toString('hex') }));
+  const body: GenerationsFile = { version: FORMAT_VERSION, maxSeen, generations, check: contentCheck(maxSeen, generations) };
   await writeFileAtomic(path, Buffer.from(`${JSON.stringify(body, null, 2)}\n`));
 }
 

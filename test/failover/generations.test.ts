@@ -32,6 +32,27 @@ describe('GenerationHistory.startNext', () => {
     expect(g.maxSeen).toBe(2);
   });
 
+  it('writes a check of its content, and refuses a file whose content no longer matches it (a digit changed by a stray write)', async () => {
+    const path = join(await tempDir(), 'x.fs');
+    const g = await GenerationHistory.open(path);
+    await g.replace([
+      { generation: 0, startTid: Z64 },
+      { generation: 1, startTid: t(0x5f) },
+    ]);
+    const text = readFileSync(generationsPathFor(path), 'utf8');
+    expect(JSON.parse(text).check).toMatch(/^[0-9a-f]{16}$/);
+    expect((await GenerationHistory.open(path)).list).toEqual(g.list);
+    for (const [from, to] of [['"startTid": "000000000000005f"', '"startTid": "000000000000004f"'], ['"generation": 1', '"generation": 3'], ['"maxSeen": 1', '"maxSeen": 7']]) {
+      expect(text).toContain(from);
+      writeFileSync(generationsPathFor(path), text.replace(from, to));
+      await expect(GenerationHistory.open(path)).rejects.toThrow(`${generationsPathFor(path)}: the generation history does not match its check`);
+    }
+    // Written before the check (or edited by hand with "check" removed): read as it is.
+    const { check: _check, ...unchecked } = JSON.parse(text.replace('"000000000000005f"', '"000000000000004f"'));
+    writeFileSync(generationsPathFor(path), JSON.stringify(unchecked));
+    expect((await GenerationHistory.open(path)).list[1]!.startTid).toEqual(t(0x4f));
+  });
+
   it('keeps a generation that starts exactly at its last tid', async () => {
     const g = await GenerationHistory.open(join(await tempDir(), 'x.fs'));
     await g.replace([
