@@ -1,8 +1,9 @@
 // A primary whose hash chain file is damaged under it while it runs (the
 // open checked every entry; a stray write came after) cannot judge a
 // secondary's history at that place. That is the primary's failure, not the
-// peer's: the handshake is refused as `internal`, naming the primary's own
-// file, and the primary logs it as an error.
+// peer's: the handshake is refused as `internal` (a zc.zrs peer's connection
+// just ends), naming the primary's own file, and the primary logs it as an
+// error.
 
 import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,7 +13,7 @@ import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, waitForTid } from '../replication/helpers.js';
-import { FAST_RECONNECT, LogCollector } from '../replication/netHelpers.js';
+import { FAST_RECONNECT, FramedSocket, LogCollector } from '../replication/netHelpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -53,6 +54,18 @@ describe('a chain file damaged while its primary runs', () => {
         expect(secondary.storage.lastTransaction()).toEqual(early.at(-1));
       } finally {
         await secondary.close();
+      }
+      // A zc.zrs secondary gives only its last tid, judged by the same chain: refused the same way
+      // (its protocol has no refusal message: the connection ends), with the same error logged.
+      const zrs = await FramedSocket.connect(primary.address);
+      try {
+        zrs.send(Buffer.from('zrs2.1', 'latin1'));
+        zrs.send(early.at(-1)!);
+        await zrs.waitClosed();
+        const logged = await primaryLogs.waitForCount((e) => e.level === 'error' && e.message.includes('could not check'), 2);
+        expect(logged[1]!.message).toContain(`${chainPath}: chain entry 99 is damaged`);
+      } finally {
+        zrs.destroy();
       }
     } finally {
       await primary.close();

@@ -42,7 +42,12 @@ describe('GenerationHistory.startNext', () => {
     const text = readFileSync(generationsPathFor(path), 'utf8');
     expect(JSON.parse(text).check).toMatch(/^[0-9a-f]{16}$/);
     expect((await GenerationHistory.open(path)).list).toEqual(g.list);
-    for (const [from, to] of [['"startTid": "000000000000005f"', '"startTid": "000000000000004f"'], ['"generation": 1', '"generation": 3'], ['"maxSeen": 1', '"maxSeen": 7']]) {
+    const edits: Array<[string, string]> = [
+      ['"startTid": "000000000000005f"', '"startTid": "000000000000004f"'],
+      ['"generation": 1', '"generation": 3'],
+      ['"maxSeen": 1', '"maxSeen": 7'],
+    ];
+    for (const [from, to] of edits) {
       expect(text).toContain(from);
       writeFileSync(generationsPathFor(path), text.replace(from, to));
       await expect(GenerationHistory.open(path)).rejects.toThrow(`${generationsPathFor(path)}: the generation history does not match its check`);
