@@ -17,6 +17,8 @@ import { collect, commit, fakeClock, oidOf } from './storageHarness.js';
 import { oidKey } from '../../src/storage/scan.js';
 import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { undoIdFor } from '../../src/storage/undo.js';
+import { readTransaction } from '../../src/storage/iterator.js';
+import { WindowReader } from '../../src/storage/fileio.js';
 
 afterAll(cleanupTempDirs);
 
@@ -336,6 +338,28 @@ describe('damaged pointers found when reading (the open scans no further than ea
     }
   });
 
+  it("a transaction pointer to the bytes of a record of the same tid: a header whose tid matches but which cannot hold the record is damage too", async () => {
+    const path = join(await tempDir('zrs-ptr-'), 'Data.fs');
+    let fs = await FileStorage.open(path, { create: true, fsync: false });
+    const [x, y] = [fs.newOid(), fs.newOid()];
+    const tx1 = await commit(fs, [[x, Z64, Buffer.from('x v1')]]);
+    await commit(fs, [[y, Z64, Buffer.from('y, new here')], [x, tx1, Buffer.from('x v2')]]);
+    const [xPos, yPos] = [fs.index.get(oidKey(x))!, fs.index.get(oidKey(y))!];
+    await fs.close();
+    // x's record points 8 bytes into y's, the record before it: read as a transaction header there,
+    // its tid is y's record's (the same transaction's) and its length y's prev pointer, 0 (a new object).
+    const bytes = readFileSync(path);
+    bytes.writeUInt32BE(0, xPos + 24);
+    bytes.writeUInt32BE(yPos + 8, xPos + 28);
+    await writeFile(path, bytes);
+    fs = await FileStorage.open(path, { readOnly: true });
+    try {
+      await expect(fs.history(x, 1)).rejects.toThrow(`corrupted data at position ${xPos}: data record points at transaction ${yPos + 8}, which does not hold it`);
+    } finally {
+      await fs.close();
+    }
+  });
+
   /** The history, damaged by `edit` (given the file's bytes and x's newest record's transaction's position), opened read-only with its saved index. */
   async function damagedHistory(edit: (bytes: Buffer, tpos: number, h: Awaited<ReturnType<typeof history>>) => void) {
     const h = await history();
@@ -379,6 +403,17 @@ describe('damaged pointers found when reading (the open scans no further than ea
       } finally {
         await fs.close();
       }
+    }
+  });
+
+  it('a transaction length past the durable end: reading that transaction alone (as a live session reads a commit) refuses it as damage', async () => {
+    const { h, fs } = await damagedHistory((bytes, tx3) => bytes.writeUInt32BE(0x100, tx3 + 8)); // tx3's length, high word: 2^40 and more
+    try {
+      const tx3 = readFileSync(h.path).readUInt32BE(h.xPos + 28);
+      const reader = new WindowReader(fs.fileHandle, 64 * 1024, () => fs.durableEnd);
+      await expect(readTransaction(fs, reader, tx3)).rejects.toThrow(new RegExp(`corrupted data at position ${tx3}: transaction length \\d+ runs past the end of the data`));
+    } finally {
+      await fs.close();
     }
   });
 
