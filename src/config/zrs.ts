@@ -293,10 +293,10 @@ function fileStorageSection(s: ConfigSection, check: boolean): FileStorageSettin
   const pathKey = keys.get('path');
   if (!pathKey) throw ConfigError.at(s.loc, 'needs a path (the Data.fs file)', '<filestorage>');
   const path = nonEmpty(pathKey);
-  if (check) existingDirectory(pathKey, path, 'file');
+  if (check) checkPlace(pathKey, path, 'file');
   const blobKey = keys.get('blob-dir');
   const blobDir = blobKey ? nonEmpty(blobKey) : null;
-  if (blobKey && check) existingDirectory(blobKey, blobDir!, 'directory');
+  if (blobKey && check) checkPlace(blobKey, blobDir!, 'directory');
   const readOnly = optional(keys, 'read-only', boolean) ?? false;
   const create = optional(keys, 'create', boolean) ?? false;
   if (readOnly && create) throw ConfigError.at(keys.get('create')!.loc, 'cannot create a read-only storage', 'create');
@@ -379,7 +379,7 @@ function auditLogPath(k: ConfigKey, dataPath: string, check: boolean): string | 
   const value = nonEmpty(k);
   if (value.toLowerCase() === 'off') return null;
   if (resolve(value) === resolve(dataPath)) throw ConfigError.at(k.loc, `is the data file itself (${JSON.stringify(dataPath)})`, k.rawKey);
-  if (check) existingDirectory(k, value, 'file');
+  if (check) checkPlace(k, value, 'file');
   return value;
 }
 
@@ -406,7 +406,7 @@ function address(k: ConfigKey, defaultHost: string, parse: (text: string, defaul
 /** An address to listen at: a socket's directory must exist (the system says only "permission denied" otherwise). */
 function listenAddress(k: ConfigKey, defaultHost: string, check: boolean): ReplicationAddress {
   const a = address(k, defaultHost);
-  if (a.kind === 'unix' && check) existingDirectory(k, a.path);
+  if (a.kind === 'unix' && check) checkPlace(k, a.path);
   return a;
 }
 
@@ -415,7 +415,7 @@ function listenAddress(k: ConfigKey, defaultHost: string, check: boolean): Repli
  * missing, its directory not; and what is there already must be of the kind
  * `path` names (`kind`), or the node fails only when it starts.
  */
-function existingDirectory(k: ConfigKey, path: string, kind?: 'file' | 'directory'): void {
+function checkPlace(k: ConfigKey, path: string, kind?: 'file' | 'directory'): void {
   const dir = dirname(resolve(path));
   if (!existsSync(dir) || !statSync(dir).isDirectory()) throw ConfigError.at(k.loc, `directory ${JSON.stringify(dir)} does not exist`, k.rawKey);
   const found = kind && existsSync(path) ? statSync(path) : null;

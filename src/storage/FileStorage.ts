@@ -1136,10 +1136,8 @@ export class FileStorage {
    */
   private readRecordData(pos: number, plen: number): Buffer {
     const start = pos + DATA_HEADER_BYTES;
-    const runsPast = (): CorruptedDataError => new CorruptedDataError(this.path, pos, `data record of ${plen} bytes runs past the end of the file`);
-    if (plen > LARGE_RECORD_READ_BYTES && start + plen > fstatSync(this.fd).size) throw runsPast();
-    const data = preadSync(this.fd, start, plen);
-    if (data.length < plen) throw runsPast();
+    const data = plen > LARGE_RECORD_READ_BYTES && start + plen > fstatSync(this.fd).size ? null : preadSync(this.fd, start, plen);
+    if (data === null || data.length < plen) throw new CorruptedDataError(this.path, pos, `data record of ${plen} bytes runs past the end of the file`);
     return data;
   }
 

@@ -140,7 +140,7 @@ export class TransactionCursor {
       const h = readTxnHeader(await view(this.reader, this.pos, TXN_HEADER_BYTES));
       // A damaged length (in a part the saved index vouched for, so the open did not scan it) is damage, not a read of exabytes.
       const limit = this.storage.durableEnd;
-      if (h.length < TXN_HEADER_BYTES) throw shorterThanHeader(this.storage, this.pos, h.length);
+      // (One shorter than a header is named by next(), which reads its length first.)
       if (this.pos + h.length + TRAILER_BYTES > limit) {
         throw new CorruptedDataError(this.storage.path, this.pos, `transaction length ${h.length} runs past the end of the data (${limit})`);
       }
