@@ -35,6 +35,10 @@ describe('mutations the simulation must catch', () => {
     await expectCaught('mutation-no-sync', 60, /\[no-loss\] s\d .*reported applied \(and acknowledged\) before the crash, is missing after restart/);
   }, 120_000);
 
+  it('a secondary that acknowledges transactions once written, before their sync', async () => {
+    await expectCaught('mutation-ack-early', 80, /\[no-loss\] s\d .*acknowledged to its upstream before the crash, is missing after restart/);
+  }, 120_000);
+
   it('a secondary that commits once the records are in, before the commit message and its checksum', async () => {
     await expectCaught('mutation-early-commit', 60, /\[(corruption|prefix|convergence)\]/);
   }, 120_000);

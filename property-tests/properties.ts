@@ -34,6 +34,7 @@ const SPECS = {
   'mutation-checksum': { base: 'corruption', mutations: { skipChecksum: true }, about: 'the secondary does not verify the stream checksum' },
   'mutation-no-abort': { base: 'reset-storm', mutations: { noAbortOnDisconnect: true }, about: 'a half-received transaction is not aborted on disconnect' },
   'mutation-no-sync': { base: 'default', mutations: { skipSync: true }, about: 'the secondary reports transactions applied without syncing them' },
+  'mutation-ack-early': { base: 'default', mutations: { ackBeforeSync: true }, about: 'the secondary acknowledges transactions once written, before their sync' },
   'mutation-early-commit': {
     base: 'corruption-native',
     mutations: { commitBeforeCommitMessage: true },

@@ -41,6 +41,8 @@ export interface ApplierHooks {
   linkWritten?(): Promise<void>;
   /** Links of a run about to be written, computed from its bytes (the first after `prevLink`); `null`: the run failed, forget them. */
   runLinks?(linked: RunLinks | null): void;
+  /** Mutation ackBeforeSync only: acknowledge `tid` upstream now, before it is durable. */
+  ackEarly?(tid: Buffer): void;
 }
 
 export class Applier {
@@ -160,6 +162,7 @@ export class Applier {
       if (e.linked) this.hooks.runLinks?.(null);
       throw err;
     });
+    if (this.mutations.ackBeforeSync) this.hooks.ackEarly?.(e.lastTid);
     await this.track(durable, e.bytes.length);
   }
 
@@ -190,6 +193,7 @@ export class Applier {
     await this.storage.tpcVote(txn);
     this.txn = null;
     const finished = this.storage.tpcFinish(txn);
+    if (this.mutations.ackBeforeSync) this.hooks.ackEarly?.(txn.tid);
     await this.track(written ? finished.then(async (tid) => (await written(), tid)) : finished);
   }
 

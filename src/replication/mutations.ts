@@ -18,11 +18,17 @@ export interface ReplicationMutations {
   readonly commitBeforeCommitMessage?: boolean;
   /** Report transactions applied (and acknowledge them) without ever syncing the file. */
   readonly skipSync?: boolean;
+  /**
+   * Acknowledge a transaction (or a run of them) to the upstream as soon as
+   * it is written, before the sync that makes it durable; it is still
+   * reported applied only once durable.
+   */
+  readonly ackBeforeSync?: boolean;
 }
 
 export type MutationName = keyof ReplicationMutations;
 
-export const MUTATION_NAMES: readonly MutationName[] = ['skipChecksum', 'noAbortOnDisconnect', 'commitBeforeCommitMessage', 'skipSync'];
+export const MUTATION_NAMES: readonly MutationName[] = ['skipChecksum', 'noAbortOnDisconnect', 'commitBeforeCommitMessage', 'skipSync', 'ackBeforeSync'];
 
 /** The default: no deliberate bug. */
 export const NO_MUTATIONS: ReplicationMutations = Object.freeze({});

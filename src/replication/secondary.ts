@@ -529,6 +529,7 @@ export class Secondary {
         link: (tid, link) => this.failover?.chain.expectLink(tid, link),
         linkWritten: () => this.failover?.chain.givenWritten() ?? Promise.resolve(),
         runLinks: (linked) => (linked ? this.failover?.chain.expectComputed(linked) : this.failover?.chain.dropComputed()),
+        ackEarly: (tid) => void (this.spec.hasAcks && !conn.dead && conn.stream.write(encodeAckFrame(tid))),
         heartbeat: async (lastTid, clockMs, generation) => {
           this.lastHeartbeat = { lastTid, clockMs, receivedMs: this.clock.now() };
           this.noteUpstreamTid(lastTid);

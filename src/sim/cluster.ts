@@ -19,7 +19,8 @@ import type { ReplicationAddress } from '../ports/transport.js';
 import type { Logger } from '../replication/log.js';
 import { Primary } from '../replication/primary.js';
 import { Secondary, type SecondaryProtocol } from '../replication/secondary.js';
-import type { SessionStatus } from '../replication/primarySession.js';
+import type { PrimarySession, SessionStatus } from '../replication/primarySession.js';
+import type { ReplicationServer } from '../replication/server.js';
 import { POSKeyError, StorageWriteError, ZrsError } from '../errors.js';
 import { generationsPathFor } from '../failover/generations.js';
 import { chainPathFor } from '../failover/hashChain.js';
@@ -210,6 +211,14 @@ interface SimNode {
   durableTid: Buffer;
   /** A crashed secondary: the last transaction it reported durable, which its log must hold when it restarts. */
   durableAtCrash: Buffer | null;
+  /**
+   * The newest transaction an upstream session heard this node acknowledge,
+   * and the incarnation that sent the ack (acks promise durability: after a
+   * crash, the log must hold it).
+   */
+  acked: { incarnation: number; tid: Buffer } | null;
+  /** A crashed secondary: the incarnation that crashed, whose acks its log must hold when it restarts. */
+  crashedIncarnation: number | null;
   subs: Array<{ unsubscribe(): void }>;
   /** The part of this node's log checked against the history tree: its path in it. */
   verified: Verified;
@@ -247,6 +256,13 @@ async function serialOf(fs: FileStorage, oid: Buffer): Promise<Buffer> {
     if (err instanceof POSKeyError) return Z64;
     throw err;
   }
+}
+
+/** `storage` holds the transaction `tid` (Z64, before the first, always). */
+async function holds(storage: Pick<FileStorage, 'iterator'>, tid: Buffer): Promise<boolean> {
+  if (tid.equals(Z64)) return true;
+  for await (const t of storage.iterator(tid, tid)) if (t.tid.equals(tid)) return true;
+  return false;
 }
 
 interface Verified {
@@ -437,6 +453,8 @@ export class SimCluster {
       diskView: null,
       durableTid: Z64,
       durableAtCrash: null,
+      acked: null,
+      crashedIncarnation: null,
       subs: [],
       verified: unverified(-1),
       refused: null,
@@ -626,6 +644,8 @@ export class SimCluster {
         }),
       );
     }
+    const sessions = this.serverOf(n)?.watchSessions((session) => this.followAcks(session));
+    if (sessions) n.subs.push({ unsubscribe: sessions });
     disk.opened();
     n.up = true;
     n.sessions = '';
@@ -679,6 +699,7 @@ export class SimCluster {
     n.path = crashPath;
     // A secondary acknowledged what it reported applied: nothing of it may be missing after the crash.
     n.durableAtCrash = n.role === 'secondary' ? n.durableTid : null;
+    n.crashedIncarnation = n.role === 'secondary' ? n.incarnation : null;
     n.verified = unverified(-1);
     n.refused = null;
   }
@@ -953,17 +974,48 @@ export class SimCluster {
     else await this.checkSecondaryKept(n);
   }
 
-  /** A restarted secondary's log still holds the last transaction it reported durable before its crash. */
+  /**
+   * A restarted secondary's log still holds the last transaction it reported
+   * durable before its crash, and the last one it acknowledged upstream (an
+   * ack is a promise of durability: synchronous replication counts on it).
+   */
   private async checkSecondaryKept(n: SimNode): Promise<void> {
     const want = n.durableAtCrash;
+    const crashed = n.crashedIncarnation;
     n.durableAtCrash = null;
+    n.crashedIncarnation = null;
     const storage = n.secondary?.storage;
-    if (!want || !storage || want.equals(Z64)) return;
-    let found = false;
-    for await (const t of storage.iterator(want, want)) found ||= t.tid.equals(want);
-    if (!found) {
-      this.violate('no-loss', n.name, `${want.toString('hex')}, reported applied (and acknowledged) before the crash, is missing after restart (last ${storage.lastTransaction().toString('hex')})`);
+    if (!storage) return;
+    const last = (): string => storage.lastTransaction().toString('hex');
+    if (want && !(await holds(storage, want))) {
+      this.violate('no-loss', n.name, `${want.toString('hex')}, reported applied (and acknowledged) before the crash, is missing after restart (last ${last()})`);
+      return;
     }
+    const acked = crashed !== null && n.acked?.incarnation === crashed ? n.acked.tid : null;
+    if (acked && !(await holds(storage, acked))) {
+      this.violate('no-loss', n.name, `${acked.toString('hex')}, acknowledged to its upstream before the crash, is missing after restart (last ${last()}; last reported applied ${want?.toString('hex') ?? 'none'})`);
+    }
+  }
+
+  /**
+   * Note each ack `session` hears from a node of the cluster, under the
+   * incarnation that connected (a late ack of a crashed one counts for it,
+   * never for the node restarted since).
+   */
+  private followAcks(session: PrimarySession): void {
+    const from = this.nodes.get(session.peer.slice(0, session.peer.indexOf('#')));
+    if (!from) return;
+    const incarnation = from.incarnation;
+    session.progress$.subscribe(({ ackedTid }) => {
+      if (ackedTid === null || from.incarnation !== incarnation) return;
+      if (from.acked?.incarnation === incarnation && Buffer.compare(ackedTid, from.acked.tid) <= 0) return;
+      from.acked = { incarnation, tid: Buffer.from(ackedTid) };
+    });
+  }
+
+  /** The node's replication server: a Primary's, or a Secondary's that serves further secondaries (not exposed; read for the harness only). */
+  private serverOf(n: SimNode): ReplicationServer | null {
+    return (n.primary ?? n.secondary) === null ? null : ((n.primary ?? n.secondary) as unknown as { server: ReplicationServer | null }).server;
   }
 
   // ---------------------------------------------------------------- failover
@@ -1050,7 +1102,7 @@ export class SimCluster {
   private async loseDisk(n: SimNode): Promise<void> {
     await this.crashNode(n, 'host');
     if (n.path) for (const f of [n.path, ...sideFilesOf(n.path)]) rmSync(f, { force: true });
-    Object.assign(n, { path: '', role: 'secondary', upstream: null, model: null, inFlight: [], refused: null, durableAtCrash: null });
+    Object.assign(n, { path: '', role: 'secondary', upstream: null, model: null, inFlight: [], refused: null, durableAtCrash: null, crashedIncarnation: null });
     this.note(n.name, 'disk lost: data file, generations and hash chain are gone');
   }
 
@@ -1065,7 +1117,7 @@ export class SimCluster {
     this.assertUpstream(n.name, upstream);
     await this.crashNode(n, 'process');
     // A rewind cuts on purpose what the new upstream does not hold.
-    Object.assign(n, { role: 'secondary', upstream, refused: null, durableAtCrash: null });
+    Object.assign(n, { role: 'secondary', upstream, refused: null, durableAtCrash: null, crashedIncarnation: null });
     if (n.path) {
       this.network.restart(n.name);
       const clock = this.clock.view(n.name);
@@ -1167,9 +1219,7 @@ export class SimCluster {
 
   private sessionsOf(n: SimNode): SessionStatus[] {
     if (n.primary) return n.primary.secondaries();
-    // A Secondary does not expose its ReplicationServer; read it for the trace only.
-    const server = (n.secondary as unknown as { server: { status(): SessionStatus[] } | null } | null)?.server;
-    return server?.status() ?? [];
+    return this.serverOf(n)?.status() ?? [];
   }
 
   // ---------------------------------------------------------------- trace
