@@ -177,19 +177,26 @@ export class GenerationHistory {
     if (Buffer.compare(startTid, last.startTid) < 0) throw new ZrsError('a new generation cannot start before the first one');
     const full = this.fullAt(startTid);
     if (full !== null) throw new ZrsError(full);
-    const recorded = this.recorded();
-    const next: GenerationEntry = { generation: Math.max(this.seen, ...recorded.map((e) => e.generation)) + 1, startTid: Buffer.from(startTid) };
+    const next: GenerationEntry = { generation: this.nextNumber(), startTid: Buffer.from(startTid) };
     await this.replaceNow([...base, next]);
     return copyEntry(next);
   }
 
   /**
    * Why no generation can start at `startTid`, as the history is already as
-   * long as a hello carries (it could never be sent again), or null.
+   * long as a hello carries (it could never be sent again), or as the
+   * largest number seen leaves none above it; or null.
    */
   fullAt(startTid: Buffer): string | null {
     const length = this.keptAt(startTid).length;
-    return length >= MAX_GENERATION_HISTORY ? historyFullMessage(length) : null;
+    if (length >= MAX_GENERATION_HISTORY) return historyFullMessage(length);
+    if (!Number.isSafeInteger(this.nextNumber())) return `${this.path}: generation ${this.nextNumber() - 1} was seen, the largest number a generation can take: no further generation can start`;
+    return null;
+  }
+
+  /** The number a promotion takes: one above every generation this node saw. */
+  private nextNumber(): number {
+    return Math.max(this.seen, ...this.recorded().map((e) => e.generation)) + 1;
   }
 
   /** The recorded history; a storage without one was served by a primary of generation 0 from the beginning. */

@@ -81,6 +81,28 @@ describe('GenerationHistory.startNext', () => {
     expect((await g.startNext(t(MAX_GENERATION_HISTORY))).generation).toBe(MAX_GENERATION_HISTORY);
   });
 
+  it('refuses a promotion past the largest generation number, naming the file, and leaves the file as it was', async () => {
+    const path = join(await tempDir(), 'x.fs');
+    const g = await GenerationHistory.open(path);
+    await g.replace([
+      { generation: 0, startTid: Z64 },
+      { generation: Number.MAX_SAFE_INTEGER, startTid: t(5) },
+    ]);
+    const before = readFileSync(generationsPathFor(path), 'utf8');
+    const why = `${generationsPathFor(path)}: generation ${Number.MAX_SAFE_INTEGER} was seen, the largest number a generation can take`;
+    expect(g.fullAt(t(6))).toContain(why);
+    await expect(g.startNext(t(6))).rejects.toThrow(why);
+    expect(readFileSync(generationsPathFor(path), 'utf8')).toBe(before);
+    // The largest seen counts, not only the recorded ones (maxSeen never goes back).
+    await g.replace([{ generation: 0, startTid: Z64 }]);
+    expect(g.fullAt(t(6))).toContain(why);
+    // One below it still takes the last number.
+    const h = await GenerationHistory.open(join(await tempDir(), 'y.fs'));
+    await h.replace([{ generation: Number.MAX_SAFE_INTEGER - 1, startTid: Z64 }]);
+    expect(h.fullAt(t(6))).toBeNull();
+    expect((await h.startNext(t(6))).generation).toBe(Number.MAX_SAFE_INTEGER);
+  });
+
   it('syncs the new content before it renames it over the file (a crash leaves the old content or the new, never an empty file)', async () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs.generations');
