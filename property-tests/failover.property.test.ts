@@ -11,6 +11,7 @@
 
 import fc from 'fast-check';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { AuditLog } from '../src/audit/auditLog.js';
 import { GenerationHistory } from '../src/failover/generations.js';
 import { FailoverHistory } from '../src/failover/history.js';
 import { SimCluster, type SimClusterOptions, type SimOp } from '../src/sim/index.js';
@@ -267,6 +268,15 @@ describe('the failover properties catch mistakes and bugs', () => {
     patch(FailoverHistory.prototype, 'refusalFor', () => undefined);
     const message = await counterexample({ mode: 'chaos', secondaries: 2, converge: false, maxCommands: 30 }, 150);
     expect(message).toMatch(/\[(lineage|prefix|corruption)\]/);
+  }, 120_000);
+
+  it('(b) fails when a node makes a promotion or a rewind its audit log does not show', async () => {
+    const decide = AuditLog.prototype.decide;
+    patch(AuditLog.prototype, 'decide', function (this: AuditLog, kind, details) {
+      return kind === 'promotion' || kind === 'rewind' ? Promise.resolve() : decide.call(this, kind, details);
+    });
+    const message = await counterexample({ mode: 'chaos', secondaries: 2, converge: true, maxCommands: 25 }, 150);
+    expect(message).toMatch(/\[audit\] \S+ .*audit log shows \[.*\], the node made \[(promotion|rewind) to /);
   }, 120_000);
 
   it('(b) fails when a rewind keeps the generations it should cut', async () => {

@@ -22,6 +22,8 @@ import { Secondary, type SecondaryProtocol } from '../replication/secondary.js';
 import type { PrimarySession, SessionStatus } from '../replication/primarySession.js';
 import type { ReplicationServer } from '../replication/server.js';
 import { POSKeyError, StorageWriteError, ZrsError } from '../errors.js';
+import { readAuditLog, type AuditRecord } from '../audit/auditLog.js';
+import { defaultAuditPath } from '../audit/nodeAudit.js';
 import { generationsPathFor } from '../failover/generations.js';
 import { chainPathFor } from '../failover/hashChain.js';
 import { PromotionRefusedError } from '../failover/promote.js';
@@ -132,7 +134,7 @@ export interface SimPlan {
   livenessMs?: number;
 }
 
-export type InvariantName = 'prefix' | 'lineage' | 'partial' | 'corruption' | 'no-loss' | 'acknowledged' | 'convergence' | 'error';
+export type InvariantName = 'prefix' | 'lineage' | 'partial' | 'corruption' | 'no-loss' | 'acknowledged' | 'convergence' | 'audit' | 'error';
 
 export interface Violation {
   invariant: InvariantName;
@@ -219,6 +221,8 @@ interface SimNode {
   acked: { incarnation: number; tid: Buffer } | null;
   /** A crashed secondary: the incarnation that crashed, whose acks its log must hold when it restarts. */
   crashedIncarnation: number | null;
+  /** The failover decisions made on this node, in order, which its audit log must show (as auditedDecisions() reads them). */
+  decisions: string[];
   subs: Array<{ unsubscribe(): void }>;
   /** The part of this node's log checked against the history tree: its path in it. */
   verified: Verified;
@@ -258,6 +262,21 @@ async function serialOf(fs: FileStorage, oid: Buffer): Promise<Buffer> {
   }
 }
 
+/**
+ * The promotions and rewinds an audit log records, in order, as the harness
+ * notes them; a promotion that failed after its record (a
+ * `promotion-refused` with `afterRecord`) is taken back.
+ */
+function auditedDecisions(records: readonly AuditRecord[]): string[] {
+  const out: string[] = [];
+  for (const r of records) {
+    if (r.kind === 'promotion') out.push(`promotion to generation ${String(r.details.newGeneration)} after ${String(r.details.startTid)}`);
+    else if (r.kind === 'promotion-refused' && r.details.afterRecord === true && out.at(-1)?.startsWith('promotion')) out.pop();
+    else if (r.kind === 'rewind') out.push(`rewind to ${String(r.details.forkTid)}`);
+  }
+  return out;
+}
+
 /** `storage` holds the transaction `tid` (Z64, before the first, always). */
 async function holds(storage: Pick<FileStorage, 'iterator'>, tid: Buffer): Promise<boolean> {
   if (tid.equals(Z64)) return true;
@@ -293,7 +312,7 @@ function recordsDigest(records: ReadonlyArray<{ oid: Buffer; data: Buffer | null
 
 /** Files that live on a node's disk beside its data file: generations and hash chain. */
 function sideFilesOf(dataPath: string): string[] {
-  return [generationsPathFor(dataPath), chainPathFor(dataPath)];
+  return [generationsPathFor(dataPath), chainPathFor(dataPath), defaultAuditPath(dataPath)];
 }
 
 /**
@@ -455,6 +474,7 @@ export class SimCluster {
       durableAtCrash: null,
       acked: null,
       crashedIncarnation: null,
+      decisions: [],
       subs: [],
       verified: unverified(-1),
       refused: null,
@@ -598,6 +618,7 @@ export class SimCluster {
         nodeId: this.nodeIdOf(n),
         syncReplicas: this.options.syncReplicas,
         syncTimeoutMs: this.options.syncTimeoutMs,
+        name: n.name,
         log: this.log(n.name),
       });
       this.followCommits(n);
@@ -620,6 +641,7 @@ export class SimCluster {
         clock,
         random: seededRandom(hash32(`${this.options.seed}|${n.name}|${n.incarnation}`)),
         nodeId: this.nodeIdOf(n),
+        name: n.name,
         log: this.log(n.name),
       });
       const s = n.secondary;
@@ -1072,6 +1094,7 @@ export class SimCluster {
     this.followCommits(n);
     this.current = n.name;
     const g = primary.generation;
+    n.decisions.push(`promotion to generation ${g.generation} after ${g.startTid.toString('hex')}`);
     this.note(n.name, `promoted: generation ${g.generation} after ${g.startTid.toString('hex')}`);
     this.checkAcknowledged(n);
   }
@@ -1102,8 +1125,8 @@ export class SimCluster {
   private async loseDisk(n: SimNode): Promise<void> {
     await this.crashNode(n, 'host');
     if (n.path) for (const f of [n.path, ...sideFilesOf(n.path)]) rmSync(f, { force: true });
-    Object.assign(n, { path: '', role: 'secondary', upstream: null, model: null, inFlight: [], refused: null, durableAtCrash: null, crashedIncarnation: null });
-    this.note(n.name, 'disk lost: data file, generations and hash chain are gone');
+    Object.assign(n, { path: '', role: 'secondary', upstream: null, model: null, inFlight: [], refused: null, durableAtCrash: null, crashedIncarnation: null, decisions: [] });
+    this.note(n.name, 'disk lost: data file, generations, hash chain and audit log are gone');
   }
 
   /**
@@ -1125,9 +1148,13 @@ export class SimCluster {
         const options = { toCommonWith: this.requireNode(upstream).address, transport: this.network.transport(n.name), clock, timeoutMs: 10_000 };
         const r = await this.whileRunning(rewindStorage(n.path, options), 60_000, `rewind ${n.name}`);
         const fork = r.forkTid.toString('hex');
+        n.decisions.push(`rewind to ${fork}`);
         this.note(n.name, r.sidePath ? `rewound to ${fork} against ${upstream}: ${r.cutTids.length} transactions cut into ${basename(r.sidePath)}` : `rewind against ${upstream}: nothing to cut`);
       } catch (err) {
         if (!(err instanceof ZrsError || err instanceof SimNetworkError)) throw err;
+        // Failed after its record was written (the message says so): the log shows the rewind begun.
+        const begun = /^rewinding to tid ([0-9a-f]{16}) .*recorded in the audit log/.exec(err.message);
+        if (begun) n.decisions.push(`rewind to ${begun[1]}`);
         this.note(n.name, `rewind against ${upstream} failed: ${this.withoutDir(err.message)}`);
       } finally {
         clock.kill();
@@ -1471,6 +1498,7 @@ export class SimCluster {
       }
     }
     await this.checkWholeLogs();
+    await this.checkAuditLogs();
     this.checkAcknowledged(head);
     this.traceLines.push(`${String(this.elapsedMs).padStart(7)} ms  --   converged`);
     return this.violationsList.length === 0;
@@ -1486,6 +1514,27 @@ export class SimCluster {
     for (const n of this.nodes.values()) {
       n.verified = unverified(n.incarnation);
       await this.walk(n);
+    }
+  }
+
+  /**
+   * Every node's audit log is intact (a tail torn by a crash is cut when the
+   * node reopens it) and shows the failover decisions made on the node, in
+   * order: each promotion with its generation, each rewind with its fork.
+   */
+  private async checkAuditLogs(): Promise<void> {
+    await this.settle();
+    for (const n of this.nodes.values()) {
+      if (!n.path || !existsSync(defaultAuditPath(n.path))) {
+        if (n.decisions.length > 0) this.violate('audit', n.name, `no audit log, though ${n.decisions.length} decision(s) were made on this node`);
+        continue;
+      }
+      const read = await readAuditLog(defaultAuditPath(n.path));
+      for (const d of read.damages) this.violate('audit', n.name, `audit log damaged at offset ${d.offset}: ${d.reason}`);
+      const logged = auditedDecisions(read.records);
+      if (logged.join('; ') !== n.decisions.join('; ')) {
+        this.violate('audit', n.name, `audit log shows [${logged.join('; ')}], the node made [${n.decisions.join('; ')}]`);
+      }
     }
   }
 
