@@ -639,8 +639,13 @@ export class FileStorage {
     return Buffer.from(requested);
   }
 
-  /** Current record position for an oid (committed, not this transaction's). */
+  /**
+   * Current record position for an oid (committed, not this transaction's).
+   * An oid of another length is one the storage does not have, as in ZODB;
+   * one that is not bytes at all is the caller's mistake.
+   */
   private committedPos(oid: Buffer): number | undefined {
+    if (!Buffer.isBuffer(oid)) throw new ZrsError(`oid must be 8 bytes (a Buffer), got ${kindOf(oid)}`);
     return this.state.index.get(oidKey(oid));
   }
 
@@ -672,6 +677,8 @@ export class FileStorage {
     const cur = this.pending(txn, 'store');
     if (cur.written) throw new StorageTransactionError('store: transaction already voted');
     checkOid(oid);
+    checkBytes('store: expectedSerial', expectedSerial, 8);
+    checkData('store', data);
     if (data.length === 0) throw new ZrsError('store: data must not be empty (an empty record means a backpointer)');
     const key = oidKey(oid);
     const pos = this.state.index.get(key);
@@ -692,6 +699,9 @@ export class FileStorage {
     const cur = this.pending(txn, 'restore');
     if (cur.written) throw new StorageTransactionError('restore: transaction already voted');
     checkOid(oid);
+    checkBytes('restore: tid', tid, 8);
+    if (data !== null) checkData('restore', data);
+    if (dataTxn !== null) checkBytes('restore: dataTxn', dataTxn, 8);
     if (!tid.equals(cur.tid)) throw new StorageTransactionError(`restore: record tid ${tid.toString('hex')} differs from the transaction's ${cur.tid.toString('hex')}`);
     let back = 0;
     if (dataTxn !== null) back = this.findDataRecord(cur, oid, dataTxn, data);
@@ -1173,6 +1183,7 @@ export class FileStorage {
   /** The revision written by transaction `tid`. */
   async loadSerial(oid: Buffer, tid: Buffer): Promise<Buffer> {
     this.checkOpen();
+    checkBytes('loadSerial: tid', tid, 8);
     for (const { pos, header } of this.revisions(oid, this.committedPos(oid))) {
       if (header.tid.equals(tid)) {
         const data = this.resolveData(pos, header);
@@ -1187,6 +1198,7 @@ export class FileStorage {
   /** The revision current just before `tid`, with the tid that replaced it; null if none. */
   async loadBefore(oid: Buffer, tid: Buffer): Promise<LoadBeforeResult | null> {
     this.checkOpen();
+    checkBytes('loadBefore: tid', tid, 8);
     // As ZODB (IStorage.loadBefore): an oid the storage never had is a POSKeyError, not None.
     const current = this.committedPos(oid);
     if (current === undefined) throw new POSKeyError(Buffer.from(oid));
@@ -1402,6 +1414,8 @@ export class FileStorage {
    */
   iterator(start: Buffer | null = null, stop: Buffer | null = null, options: IterateOptions = {}): AsyncGenerator<TransactionRecord> {
     this.checkOpen();
+    if (start !== null) checkBytes('iterator: start', start, 8);
+    if (stop !== null) checkBytes('iterator: stop', stop, 8);
     // Its end is the one it read at open: another process's commits would never come (it would wait for ever).
     if (options.follow && this.readOnly) throw new ZrsError(`${this.path}: a read-only storage cannot follow the file (it does not see commits made elsewhere); follow the storage that writes it`);
     return iterateTransactions(this, start, stop, options);
@@ -1601,7 +1615,27 @@ function preallocateOption(options: OpenOptions): number {
 }
 
 function checkOid(oid: Buffer): void {
-  if (oid.length !== 8) throw new ZrsError(`oid must be 8 bytes, got ${oid.length}`);
+  checkBytes('oid', oid, 8);
+}
+
+/**
+ * `value` is a Buffer of `length` bytes: what a JavaScript caller passes
+ * unchecked by types (a string, a number, undefined) must be refused, not
+ * read as bytes it is not.
+ */
+function checkBytes(what: string, value: Buffer, length: number): void {
+  if (!Buffer.isBuffer(value)) throw new ZrsError(`${what} must be ${length} bytes (a Buffer), got ${kindOf(value)}`);
+  if (value.length !== length) throw new ZrsError(`${what} must be ${length} bytes, got ${value.length}`);
+}
+
+/** Record data as a caller gives it: bytes (a Buffer or another Uint8Array). */
+function checkData(what: string, data: Buffer): void {
+  if (!(data instanceof Uint8Array)) throw new ZrsError(`${what}: data must be bytes (a Buffer), got ${kindOf(data)}`);
+}
+
+/** What a value is, for a message: its type, or null. */
+function kindOf(value: unknown): string {
+  return value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value;
 }
 
 /** Remove a pack's leftover output file; its size, or null when there was none. */

@@ -3,7 +3,7 @@
 // following the file as new transactions become durable. Holds one read
 // window and one transaction in memory at a time.
 
-import { CorruptedDataError } from '../errors.js';
+import { CorruptedDataError, StorageClosedError } from '../errors.js';
 import { DATA_HEADER_BYTES, TRAILER_BYTES, TXN_HEADER_BYTES, dataRecordLength, readDataHeader, readTxnHeader, readU64At, recordsStart } from './format.js';
 import { WindowReader, type WindowRecycler } from './fileio.js';
 import type { FileStorage } from './FileStorage.js';
@@ -28,7 +28,13 @@ export async function* iterateTransactions(
 ): AsyncGenerator<TransactionRecord> {
   const cursor = new TransactionCursor(storage, start, stop);
   for (;;) {
-    if (options.signal?.aborted || storage.isClosed) return;
+    if (options.signal?.aborted) return;
+    if (storage.isClosed) {
+      // Following ends with the storage. Any other iteration was cut short: ending it quietly would
+      // pass a part of the range for the whole (a copy or a backup racing a shutdown).
+      if (options.follow || cursor.stopped) return;
+      throw new StorageClosedError(storage.path);
+    }
     // One at a time: a pack between two yields sends the cursor to the new file.
     const txn = cursor.next();
     if (txn !== null) {

@@ -9,7 +9,7 @@ import { indexPathFor } from '../../src/storage/indexFile.js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileStorage } from '../../src/storage/FileStorage.js';
-import { CorruptedDataError, FormatError, POSKeyError, ZrsError } from '../../src/errors.js';
+import { CorruptedDataError, FormatError, POSKeyError, StorageClosedError, ZrsError } from '../../src/errors.js';
 import { tidPlusOne, tidToSeconds, Z64 } from '../../src/storage/timestamp.js';
 import type { TransactionRecord } from '../../src/storage/types.js';
 import { cleanupTempDirs, copyZodbFixture, tempDir } from '../helpers/fixtures.js';
@@ -578,5 +578,70 @@ describe('malformed arguments', () => {
     } finally {
       await fs.close();
     }
+  });
+
+  it('refuses what an untyped caller passes for bytes (a string, a number, null, undefined) instead of storing or reading it as bytes; the file is left as it was', async () => {
+    const dir = await tempDir('zrs-bad-');
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, now: fakeClock() });
+    try {
+      const t1 = await commit(fs, [[oidOf(1), Z64, Buffer.from('one')]]);
+      const bytes = readFileSync(path).subarray(0, fs.getSize());
+      const notBytes = ['hello', 12345, null, undefined, [1, 2, 3]] as unknown as Buffer[];
+      const txn = {};
+      await fs.tpcBegin(txn);
+      for (const bad of notBytes) {
+        // A string of 5 characters was stored as 5 zero bytes, and a number too; null and undefined failed with a TypeError.
+        expect(() => fs.store(oidOf(2), Z64, bad, txn)).toThrow(/^store: data must be bytes \(a Buffer\), got /);
+        expect(() => fs.store(bad, Z64, Buffer.from('x'), txn)).toThrow(/^oid must be 8 bytes \(a Buffer\), got /);
+        expect(() => fs.store(oidOf(1), bad, Buffer.from('x'), txn)).toThrow(/^store: expectedSerial must be 8 bytes/);
+        if (bad !== null) expect(() => fs.restore(oidOf(2), t1, bad, null, txn)).toThrow(/^restore: data must be bytes/);
+        await expect(fs.load(bad)).rejects.toThrow(/^oid must be 8 bytes \(a Buffer\), got /);
+      }
+      // A Uint8Array is bytes.
+      fs.store(oidOf(3), Z64, new Uint8Array([7, 8]) as Buffer, txn);
+      await fs.tpcVote(txn);
+      const t2 = await fs.tpcFinish(txn);
+      expect(readFileSync(path).subarray(0, bytes.length)).toEqual(bytes);
+      expect((await collect(fs.iterator())).map((t) => t.records.map((r) => r.oid.toString('hex')))).toEqual([[oidOf(1).toString('hex')], [oidOf(3).toString('hex')]]);
+      expect((await fs.load(oidOf(3))).data).toEqual(Buffer.from([7, 8]));
+
+      // Tids of another length: the iterator gave a RangeError (start) or compared with the short bytes (stop), loadBefore answered null.
+      for (const short of [Buffer.alloc(3), 'x' as unknown as Buffer]) {
+        expect(() => fs.iterator(short)).toThrow(/^iterator: start must be 8 bytes/);
+        expect(() => fs.iterator(null, short)).toThrow(/^iterator: stop must be 8 bytes/);
+        await expect(fs.loadBefore(oidOf(1), short)).rejects.toThrow(/^loadBefore: tid must be 8 bytes/);
+        await expect(fs.loadSerial(oidOf(1), short)).rejects.toThrow(/^loadSerial: tid must be 8 bytes/);
+      }
+      expect((await fs.loadBefore(oidOf(3), tidPlusOne(t2)))?.data).toEqual(Buffer.from([7, 8]));
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('an iterator cut short by close() fails instead of ending as if it had reached the end; a following one ends', async () => {
+    const dir = await tempDir('zrs-bad-');
+    const fs = await FileStorage.open(join(dir, 'Data.fs'), { create: true, now: fakeClock() });
+    // More than one read window, so that the iterator must read again after the close.
+    for (let i = 0; i < 30; i++) await commit(fs, [[oidOf(1 + i), Z64, Buffer.alloc(100_000, i)]]);
+    const cut = fs.iterator();
+    expect((await cut.next()).done).toBe(false);
+    const following = fs.iterator(null, null, { follow: true });
+    const whole = fs.iterator();
+    expect((await collect(whole)).length).toBe(30);
+    const stopped = fs.iterator(null, fs.lastTransaction());
+    expect((await collect(stopped)).length).toBe(30);
+    await fs.close();
+    let read = 1;
+    const rest = (async () => {
+      for (;;) {
+        const r = await cut.next();
+        if (r.done) return;
+        read++;
+      }
+    })();
+    await expect(rest).rejects.toThrow(StorageClosedError);
+    expect(read).toBeLessThan(30);
+    expect(await following.next()).toEqual({ done: true, value: undefined });
   });
 });
