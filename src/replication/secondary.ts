@@ -456,10 +456,15 @@ export class Secondary {
     return this.server?.address ?? null;
   }
 
+  /** What a call to a closed secondary is told: one that was promoted lives on as the Primary its promotion returned. */
+  private closedError(): ZrsError {
+    return new ZrsError(this.promotedPrimary ? 'the secondary is closed: it was promoted, and the Primary that promote() returned (promoted$) serves its storage now' : 'the secondary is closed');
+  }
+
   /** Replicate from somewhere else from now on (e.g. a newly promoted primary). */
   setReplicationAddress(address: string | number | ReplicationAddress): void {
     // Closed (or promoted): nothing would connect, and the call must not pass for one that took.
-    if (this.closedPromise) throw new ZrsError('the secondary is closed');
+    if (this.closedPromise) throw this.closedError();
     const to = connectAddress(address);
     const from = formatAddress(this.actor.getSnapshot().context.address as ReplicationAddress);
     void this.audit?.decide('config', { change: 'replicateFrom', from, to: formatAddress(to) }).catch(() => undefined);
@@ -926,7 +931,7 @@ export class Secondary {
     try {
       if (this.operation !== null) throw new PromotionRefusedError(`refusing to promote during a ${this.operation}`);
       // Before the checks of what a promotion needs: none of them is the reason.
-      if (this.closedPromise) throw new ZrsError('the secondary is closed');
+      if (this.closedPromise) throw this.closedError();
       this.operation = 'promotion';
       own = true;
       try {
@@ -1030,7 +1035,7 @@ export class Secondary {
       upstreamAddress: () => formatAddress(this.actor.getSnapshot().context.address as ReplicationAddress),
       serverAddress: () => this.server?.address ?? null,
       detach: async () => {
-        if (this.closedPromise) throw new ZrsError('the secondary is closed');
+        if (this.closedPromise) throw this.closedError();
         this.detached = true;
         this.closedPromise = this.stopReplicating();
         // The new generation starts after the last transaction: it is durable by now.
@@ -1103,7 +1108,7 @@ export class Secondary {
   private async doRewind(): Promise<RewindResult> {
     const snap = this.actor.getSnapshot();
     const divergence = this.divergence;
-    if (this.closedPromise) throw new ZrsError('the secondary is closed');
+    if (this.closedPromise) throw this.closedError();
     if (!snap.matches('diverged') || divergence === null) {
       throw new ZrsError(`rewind() needs a secondary its primary refused as diverged; this one is ${stateName(snap.value)}`);
     }

@@ -838,7 +838,8 @@ describe('failover', () => {
     await primary.close();
     const promoted = await secondary.promote();
     try {
-      await expect(secondary.promote()).rejects.toThrow('the secondary is closed');
+      await expect(secondary.promote()).rejects.toThrow('the secondary is closed: it was promoted, and the Primary that promote() returned (promoted$) serves its storage now');
+      expect(() => secondary.setReplicationAddress(promoted.address)).toThrow(/^the secondary is closed: it was promoted/);
       // The new primary's next record follows its own, intact.
       await commitMany(promoted.storage, 1);
     } finally {
