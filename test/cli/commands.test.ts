@@ -201,6 +201,47 @@ describe('zrs help and usage', () => {
     }
   });
 
+  it('serve: a second signal while the shutdown waits (a storage slow to close) exits at once with 1', async () => {
+    const dir = await copyZodbFixture('basic');
+    const cfg = join(dir, 'standalone.conf');
+    await writeFile(cfg, `<filestorage>\n path ${dir}/Data.fs\n</filestorage>\n`);
+    const io = memoryIo();
+    let deliver: (signal: NodeJS.Signals) => void = () => undefined;
+    const exits: number[] = [];
+    io.onSignal = (handler) => {
+      deliver = handler;
+      return () => undefined;
+    };
+    io.exit = (code) => {
+      exits.push(code);
+      throw new Error(`exit ${code}`);
+    };
+    const realClose = FileStorage.prototype.close;
+    let closing: () => void = () => undefined;
+    const closeStarted = new Promise<void>((started) => (closing = started));
+    let release: () => void = () => undefined;
+    const held = new Promise<void>((r) => (release = r));
+    const close = vi.spyOn(FileStorage.prototype, 'close').mockImplementation(async function (this: FileStorage) {
+      closing();
+      await held;
+      return realClose.call(this);
+    });
+    try {
+      const serving = runCli(['serve', cfg], io);
+      await settleUntil(() => io.stderr.includes('"message":"ready"'));
+      deliver('SIGTERM');
+      await closeStarted;
+      expect(() => deliver('SIGTERM')).toThrow('exit 1');
+      expect(exits).toEqual([1]);
+      expect(io.stderr).toContain('second SIGTERM during shutdown: exiting without closing cleanly');
+      // (A real process ends at the exit; here the shutdown goes on once released.)
+      release();
+      expect(await serving).toBe(0);
+    } finally {
+      close.mockRestore();
+    }
+  });
+
   it('serve: a storage that fails to close makes the exit code 1, after the others closed', async () => {
     const dir = await copyZodbFixture('basic');
     const cfg = join(dir, 'standalone.conf');
