@@ -52,6 +52,29 @@ async function commitOne(fs: FileStorage, data: Buffer): Promise<void> {
   await fs.tpcFinish(txn);
 }
 
+/**
+ * `zrs serve` of a standalone storage (a copy of the basic fixture) through
+ * an io whose signals the test delivers and whose exits it records (an exit
+ * throws, as the real one never returns).
+ */
+async function signalledServe(): Promise<{ cfg: string; io: ReturnType<typeof memoryIo>; deliver: (signal: NodeJS.Signals) => void; exits: number[] }> {
+  const dir = await copyZodbFixture('basic');
+  const cfg = join(dir, 'standalone.conf');
+  await writeFile(cfg, `<filestorage>\n path ${dir}/Data.fs\n</filestorage>\n`);
+  const io = memoryIo();
+  const exits: number[] = [];
+  let handler: (signal: NodeJS.Signals) => void = () => undefined;
+  io.onSignal = (h) => {
+    handler = h;
+    return () => undefined;
+  };
+  io.exit = (code) => {
+    exits.push(code);
+    throw new Error(`exit ${code}`);
+  };
+  return { cfg, io, deliver: (signal) => handler(signal), exits };
+}
+
 function u64(n: number): Buffer {
   const b = Buffer.alloc(8);
   b.writeBigUInt64BE(BigInt(n));
@@ -169,21 +192,8 @@ describe('zrs help and usage', () => {
   });
 
   it('serve: a signal during start-up stops it cleanly; a second one exits at once with 1', async () => {
-    const dir = await copyZodbFixture('basic');
-    const cfg = join(dir, 'standalone.conf');
-    await writeFile(cfg, `<filestorage>\n path ${dir}/Data.fs\n</filestorage>\n`);
     for (const signals of [1, 2]) {
-      const io = memoryIo();
-      let deliver: (signal: NodeJS.Signals) => void = () => undefined;
-      const exits: number[] = [];
-      io.onSignal = (handler) => {
-        deliver = handler;
-        return () => undefined;
-      };
-      io.exit = (code) => {
-        exits.push(code);
-        throw new Error(`exit ${code}`);
-      };
+      const { cfg, io, deliver, exits } = await signalledServe();
       // Called after the handler is hooked and before the first storage opens.
       io.tuneCollector = () => {
         for (let i = 0; i < signals; i++) deliver('SIGINT');
@@ -202,20 +212,7 @@ describe('zrs help and usage', () => {
   });
 
   it('serve: a second signal while the shutdown waits (a storage slow to close) exits at once with 1', async () => {
-    const dir = await copyZodbFixture('basic');
-    const cfg = join(dir, 'standalone.conf');
-    await writeFile(cfg, `<filestorage>\n path ${dir}/Data.fs\n</filestorage>\n`);
-    const io = memoryIo();
-    let deliver: (signal: NodeJS.Signals) => void = () => undefined;
-    const exits: number[] = [];
-    io.onSignal = (handler) => {
-      deliver = handler;
-      return () => undefined;
-    };
-    io.exit = (code) => {
-      exits.push(code);
-      throw new Error(`exit ${code}`);
-    };
+    const { cfg, io, deliver, exits } = await signalledServe();
     const realClose = FileStorage.prototype.close;
     let closing: () => void = () => undefined;
     const closeStarted = new Promise<void>((started) => (closing = started));
@@ -243,15 +240,7 @@ describe('zrs help and usage', () => {
   });
 
   it('serve: a storage that fails to close makes the exit code 1, after the others closed', async () => {
-    const dir = await copyZodbFixture('basic');
-    const cfg = join(dir, 'standalone.conf');
-    await writeFile(cfg, `<filestorage>\n path ${dir}/Data.fs\n</filestorage>\n`);
-    const io = memoryIo();
-    let deliver: (signal: NodeJS.Signals) => void = () => undefined;
-    io.onSignal = (handler) => {
-      deliver = handler;
-      return () => undefined;
-    };
+    const { cfg, io, deliver } = await signalledServe();
     const realClose = FileStorage.prototype.close;
     const close = vi.spyOn(FileStorage.prototype, 'close').mockImplementation(async function (this: FileStorage) {
       await realClose.call(this);

@@ -542,13 +542,17 @@ describe('missing files', () => {
 });
 
 describe('malformed arguments', () => {
-  it('refuses oids that are not 8 bytes, empty data and oversized metadata; the transaction goes on', async () => {
-    const dir = await tempDir('zrs-bad-');
-    const path = join(dir, 'Data.fs');
+  /** A new storage holding one commit of oid 1 (`t1`), and the file's bytes then, which refused calls must leave as they are. */
+  async function storageWithOneCommit(): Promise<{ fs: FileStorage; path: string; t1: Buffer; bytes: Buffer }> {
+    const path = join(await tempDir('zrs-bad-'), 'Data.fs');
     const fs = await FileStorage.open(path, { create: true, now: fakeClock() });
+    const t1 = await commit(fs, [[oidOf(1), Z64, Buffer.from('one')]]);
+    return { fs, path, t1, bytes: readFileSync(path).subarray(0, fs.getSize()) };
+  }
+
+  it('refuses oids that are not 8 bytes, empty data and oversized metadata; the transaction goes on', async () => {
+    const { fs, path, t1, bytes } = await storageWithOneCommit();
     try {
-      const t1 = await commit(fs, [[oidOf(1), Z64, Buffer.from('one')]]);
-      const bytes = readFileSync(path).subarray(0, fs.getSize());
       const txn = {};
       await fs.tpcBegin(txn);
       for (const oid of [Buffer.alloc(7, 1), Buffer.alloc(9, 1), Buffer.alloc(0)]) {
@@ -581,12 +585,8 @@ describe('malformed arguments', () => {
   });
 
   it('refuses what an untyped caller passes for bytes (a string, a number, null, undefined) instead of storing or reading it as bytes; the file is left as it was', async () => {
-    const dir = await tempDir('zrs-bad-');
-    const path = join(dir, 'Data.fs');
-    const fs = await FileStorage.open(path, { create: true, now: fakeClock() });
+    const { fs, path, t1, bytes } = await storageWithOneCommit();
     try {
-      const t1 = await commit(fs, [[oidOf(1), Z64, Buffer.from('one')]]);
-      const bytes = readFileSync(path).subarray(0, fs.getSize());
       const notBytes = ['hello', 12345, null, undefined, [1, 2, 3]] as unknown as Buffer[];
       const txn = {};
       await fs.tpcBegin(txn);
