@@ -259,6 +259,35 @@ describe('a crash between write and sync', () => {
   });
 });
 
+describe('acknowledgements', () => {
+  // s2 acknowledges before its (slow) sync: a crash then loses what it acknowledged. Its applied reports
+  // stay right, so only the acks can show it; the second case acknowledges to a node promoted meanwhile.
+  for (const promoted of [false, true]) {
+    it(`a secondary that acknowledges what it has not synced is caught when a crash loses it${promoted ? ', also acking to a promoted node' : ''}`, async () => {
+      const c = (cluster = await SimCluster.create({ seed: 1, secondaries: 2, protocol: 'native', mutations: { ackBeforeSync: true } }));
+      await c.apply({ kind: 'commit', records: 2, bytes: 100 });
+      await c.advance(200);
+      if (promoted) {
+        await c.apply({ kind: 'crash', node: 'p', style: 'process' });
+        await c.apply({ kind: 'promote', node: 's1', force: true });
+        await c.apply({ kind: 'reconfigure', node: 's2', upstream: 's1' });
+        await c.advance(3000);
+        expect(c.primaryName).toBe('s1');
+      }
+      await c.apply({ kind: 'disk', node: 's2', mode: 'slow', ms: 1000 });
+      await c.apply({ kind: 'commit', records: 2, bytes: 100, node: promoted ? 's1' : 'p' });
+      const tid = c.committedTids.at(-1)!;
+      await c.advance(200);
+      expect(c.lastTidOf('s2')).not.toBe(tid);
+      await c.apply({ kind: 'crash', node: 's2', style: 'host' });
+      await c.apply({ kind: 'restart', node: 's2' });
+      expect(c.violations.map((v) => `[${v.invariant}] ${v.node} ${v.detail}`)).toEqual([
+        expect.stringMatching(new RegExp(`^\\[no-loss\\] s2 ${tid}, acknowledged to its upstream before the crash, is missing after restart`)),
+      ]);
+    });
+  }
+});
+
 describe('convergence', () => {
   it('reads every log again: a transaction damaged in place after it was checked is caught', async () => {
     const c = (cluster = await SimCluster.create({ seed: 51, secondaries: 2 }));

@@ -310,7 +310,7 @@ function recordsDigest(records: ReadonlyArray<{ oid: Buffer; data: Buffer | null
   return h.digest('hex');
 }
 
-/** Files that live on a node's disk beside its data file: generations and hash chain. */
+/** Files that live on a node's disk beside its data file: generations, hash chain and audit log. */
 function sideFilesOf(dataPath: string): string[] {
   return [generationsPathFor(dataPath), chainPathFor(dataPath), defaultAuditPath(dataPath)];
 }
@@ -666,8 +666,7 @@ export class SimCluster {
         }),
       );
     }
-    const sessions = this.serverOf(n)?.watchSessions((session) => this.followAcks(session));
-    if (sessions) n.subs.push({ unsubscribe: sessions });
+    this.watchAcks(n);
     disk.opened();
     n.up = true;
     n.sessions = '';
@@ -1019,13 +1018,20 @@ export class SimCluster {
     }
   }
 
+  /** Follow the acks every session of `n`'s server hears, open and to come, until `n` stops or changes role. */
+  private watchAcks(n: SimNode): void {
+    const stop = this.serverOf(n)?.watchSessions((session) => this.followAcks(session));
+    if (stop) n.subs.push({ unsubscribe: stop });
+  }
+
   /**
-   * Note each ack `session` hears from a node of the cluster, under the
-   * incarnation that connected (a late ack of a crashed one counts for it,
-   * never for the node restarted since).
+   * Note each ack `session` hears from a node of the cluster (its peer is
+   * `<node>#c<connection>`), under the incarnation that connected (a late ack
+   * of a crashed one counts for it, never for the node restarted since).
    */
   private followAcks(session: PrimarySession): void {
-    const from = this.nodes.get(session.peer.slice(0, session.peer.indexOf('#')));
+    const hash = session.peer.indexOf('#');
+    const from = hash > 0 ? this.nodes.get(session.peer.slice(0, hash)) : undefined;
     if (!from) return;
     const incarnation = from.incarnation;
     session.progress$.subscribe(({ ackedTid }) => {
@@ -1037,7 +1043,8 @@ export class SimCluster {
 
   /** The node's replication server: a Primary's, or a Secondary's that serves further secondaries (not exposed; read for the harness only). */
   private serverOf(n: SimNode): ReplicationServer | null {
-    return (n.primary ?? n.secondary) === null ? null : ((n.primary ?? n.secondary) as unknown as { server: ReplicationServer | null }).server;
+    const node = n.primary ?? n.secondary;
+    return node === null ? null : (node as unknown as { server: ReplicationServer | null }).server;
   }
 
   // ---------------------------------------------------------------- failover
@@ -1088,6 +1095,8 @@ export class SimCluster {
     for (const sub of n.subs) sub.unsubscribe();
     n.subs = [];
     Object.assign(n, { role: 'primary', upstream: null, primary, secondary: null, refused: null, connState: '', inFlight: [] });
+    // The same server goes on serving (its sessions kept): the acks its secondaries send still count.
+    this.watchAcks(n);
     n.durableTid = primary.localStorage.lastDurableTid;
     await this.walk(n);
     n.model = [...n.verified.entries];
