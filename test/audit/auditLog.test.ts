@@ -465,6 +465,8 @@ describe('audit log of a replication scenario', () => {
     await commitMany(fs, 1);
     await fs.close();
     const logs = new LogCollector();
+    // Decisions (fsynced before they resolve), not notes that a later write carries.
+    const decide = vi.spyOn(AuditLog.prototype, 'decide');
     const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, log: logs.log });
     const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: { initialMs: 60_000, maxMs: 60_000 } });
     await firstValueFrom(secondary.status$.pipe(filter((st) => st.kind === 'diverged' || st.kind === 'failed' || st.kind === 'backoff'), timeout(WAIT_MS)));
@@ -472,6 +474,9 @@ describe('audit log of a replication scenario', () => {
     await logs.waitFor(sessionClosed);
     await secondary.close();
     await primary.close();
+    const decided = decide.mock.calls.filter(([kind, details]) => kind === 'handshake' && details?.verdict === 'refused').map(([, details]) => details!.side);
+    decide.mockRestore();
+    expect(decided.sort()).toEqual(['primary', 'secondary']);
     const refusals = (path: string) =>
       readAuditLogStrict(path).then((rs) => rs.filter((r) => r.kind === 'handshake' && r.details.verdict === 'refused').map((r) => r.details));
     const [onPrimary] = await refusals(join(dir, 'p.fs.audit'));
