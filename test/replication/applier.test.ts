@@ -10,6 +10,7 @@ import { Applier } from '../../src/replication/applier.js';
 import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { Z64 } from '../../src/storage/timestamp.js';
+import type { RunLinks } from '../../src/failover/links.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany } from './helpers.js';
 
@@ -169,5 +170,90 @@ describe('Applier', () => {
       await storage.close();
     }
   });
-});
 
+  it('reports nothing after a transaction that failed: a later one made durable is not reported (acks are cumulative)', async () => {
+    const storage = await FileStorage.open(join(await tempDir(), 's.fs'), { create: true, fsync: true, syncInline: false });
+    let failLink!: (err: Error) => void;
+    const linkWritten = new Promise<void>((_resolve, reject) => (failLink = reject));
+    linkWritten.catch(() => undefined);
+    const applied: string[] = [];
+    const applier = new Applier(storage, { applied: (tid) => applied.push(tid.toString('hex')), heartbeat: () => undefined, link: () => undefined, linkWritten: () => linkWritten }, false);
+    const empty = Buffer.alloc(0);
+    const t1 = Buffer.from('0000000000000001', 'hex');
+    const t2 = Buffer.from('0000000000000002', 'hex');
+    try {
+      await applier.apply({ kind: 'begin', tid: t1, status: 'p', user: empty, description: empty, extension: empty });
+      await applier.apply({ kind: 'record', oid: Z64, data: Buffer.from('root 1'), dataTxn: null, blob: null });
+      await applier.apply({ kind: 'commit', tid: t1, link: Buffer.alloc(32, 7) });
+      await applier.apply({ kind: 'begin', tid: t2, status: ' ', user: empty, description: empty, extension: empty });
+      await applier.apply({ kind: 'record', oid: Z64, data: Buffer.from('root 2'), dataTxn: null, blob: null });
+      await applier.apply({ kind: 'commit', tid: t2 });
+      // The link of t1 cannot be written (a chain write error): t2, durable, must not be reported either.
+      failLink(new Error('chain write failed'));
+      await applier.settle();
+      expect(applied).toEqual([]);
+      await expect(applier.apply({ kind: 'heartbeat', lastTid: t2, clockMs: 0 })).rejects.toThrow('chain write failed');
+    } finally {
+      await storage.close();
+    }
+  });
+
+  it('holds at most 512 finished transactions waiting for their sync: the stream waits beyond', async () => {
+    const held: Array<() => void> = [];
+    const disk: StorageDisk = { write: nodeDisk.write, truncate: nodeDisk.truncate, datasync: (fd) => new Promise<void>((resolve, reject) => held.push(() => void nodeDisk.datasync(fd).then(resolve, reject))) };
+    const storage = await FileStorage.open(join(await tempDir(), 's.fs'), { create: true, fsync: true, syncInline: false, disk });
+    const applier = new Applier(storage, { applied: () => undefined, heartbeat: () => undefined }, false);
+    const empty = Buffer.alloc(0);
+    let done = 0;
+    const feeding = (async () => {
+      for (let i = 1; i <= 600; i++) {
+        const tid = Buffer.alloc(8);
+        tid.writeUInt32BE(i, 4);
+        await applier.apply({ kind: 'begin', tid, status: ' ', user: empty, description: empty, extension: empty });
+        await applier.apply({ kind: 'record', oid: Z64, data: Buffer.from(`root ${i}`), dataTxn: null, blob: null });
+        await applier.apply({ kind: 'commit', tid });
+        done = i;
+      }
+    })();
+    try {
+      // Every sync is held: the feed stops once 512 are waiting, and goes on only when syncs return.
+      let before = -1;
+      while (done !== before) {
+        before = done;
+        await settle();
+      }
+      expect(done).toBeGreaterThanOrEqual(511);
+      expect(done).toBeLessThan(600);
+      while (done < 600) {
+        held.splice(0).forEach((go) => go());
+        await settle(1);
+      }
+      await feeding;
+    } finally {
+      const releasing = setInterval(() => held.splice(0).forEach((go) => go()), 1);
+      await applier.settle().finally(() => clearInterval(releasing));
+      await storage.close();
+    }
+  });
+
+  it('forgets the links computed for a run whose write failed (they must not be taken for a later transaction)', async () => {
+    const dir = await tempDir();
+    const source = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
+    const tids = await commitMany(source, 2);
+    await source.close();
+    const bytes = readFileSync(join(dir, 'p.fs')).subarray(4);
+    const storage = await FileStorage.open(join(dir, 's.fs'), { create: true, fsync: false });
+    vi.spyOn(storage, 'appendTransactions').mockRejectedValue(new Error('disk full'));
+    const given: Array<string | null> = [];
+    const applier = new Applier(storage, { applied: () => undefined, heartbeat: () => undefined, runLinks: (linked) => given.push(linked === null ? null : 'links') }, false);
+    const linked = { prevLink: Buffer.alloc(32), links: [Buffer.alloc(32, 1), Buffer.alloc(32, 2)] } as unknown as RunLinks;
+    try {
+      await applier.apply({ kind: 'rawTxns', bytes: Buffer.from(bytes), count: tids.length, lastTid: tids.at(-1)!, linked });
+      await expect(applier.apply({ kind: 'commit', tid: tids.at(-1)! })).rejects.toThrow('disk full');
+      expect(given).toEqual(['links', null]);
+    } finally {
+      vi.restoreAllMocks();
+      await storage.close();
+    }
+  });
+});

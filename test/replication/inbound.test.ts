@@ -63,6 +63,14 @@ describe('NativeInbound with txnLinks', () => {
     expect(inbound.push(run.commit)).toEqual([{ kind: 'commit', tid: event.lastTid }]);
   });
 
+  it("copies a run whose frame buffer is not its own (the storage rewrites positions in the bytes it is given)", async () => {
+    const run = await linkedRun(3);
+    const before = Buffer.from(run.txns);
+    const [event] = welcomed(true).push(run.txns, false) as [Extract<ApplyEvent, { kind: 'rawTxns' }>];
+    event.bytes.fill(0);
+    expect(run.txns).toEqual(before);
+  });
+
   it('refuses at the commit a run whose record data changed on the way', async () => {
     const run = await linkedRun(6);
     const txns = Buffer.from(run.txns);
@@ -162,6 +170,17 @@ describe('NativeInbound refuses a stream that breaks the order of messages', () 
     // Between transactions it is taken.
     const idle = welcome({ blobs: false });
     expect(idle.push(encodeNative({ type: 'heartbeat', lastTid: tid, clockMs: 0 }, packr))).toMatchObject([{ kind: 'heartbeat' }]);
+  });
+
+  it('a transaction inside another, and a blob naming another oid than its record', () => {
+    const inbound = welcome({ blobs: true });
+    inbound.push(begin);
+    expect(() => inbound.push(begin)).toThrow(/txn inside a transaction/);
+    const other = welcome({ blobs: true });
+    other.push(begin);
+    other.push(encodeNative({ type: 'record', oid, dataTxn: null, data: Buffer.from('blob record') }, packr));
+    // Stored under the record's oid, the blob would be another object's.
+    expect(() => other.push(encodeNative({ type: 'blob', oid: Buffer.alloc(8, 9), size: 3 }, packr))).toThrow(/blob without its record/);
   });
 
   it('a blob block beyond the size its blob announced (the file would grow past it)', () => {
