@@ -678,7 +678,7 @@ export class FileStorage {
     if (cur.written) throw new StorageTransactionError('store: transaction already voted');
     checkOid(oid);
     checkBytes('store: expectedSerial', expectedSerial, 8);
-    checkData('store', data);
+    data = asData('store', data);
     if (data.length === 0) throw new ZrsError('store: data must not be empty (an empty record means a backpointer)');
     const key = oidKey(oid);
     const pos = this.state.index.get(key);
@@ -700,7 +700,7 @@ export class FileStorage {
     if (cur.written) throw new StorageTransactionError('restore: transaction already voted');
     checkOid(oid);
     checkBytes('restore: tid', tid, 8);
-    if (data !== null) checkData('restore', data);
+    if (data !== null) data = asData('restore', data);
     if (dataTxn !== null) checkBytes('restore: dataTxn', dataTxn, 8);
     if (!tid.equals(cur.tid)) throw new StorageTransactionError(`restore: record tid ${tid.toString('hex')} differs from the transaction's ${cur.tid.toString('hex')}`);
     let back = 0;
@@ -1628,9 +1628,12 @@ function checkBytes(what: string, value: Buffer, length: number): void {
   if (value.length !== length) throw new ZrsError(`${what} must be ${length} bytes, got ${value.length}`);
 }
 
-/** Record data as a caller gives it: bytes (a Buffer or another Uint8Array). */
-function checkData(what: string, data: Buffer): void {
-  if (!(data instanceof Uint8Array)) throw new ZrsError(`${what}: data must be bytes (a Buffer), got ${kindOf(data)}`);
+/** Record data as a caller gives it: bytes, a Buffer or another Uint8Array (then viewed as a Buffer, not copied). */
+function asData(what: string, data: Buffer): Buffer {
+  const given: unknown = data;
+  if (Buffer.isBuffer(given)) return given;
+  if (given instanceof Uint8Array) return Buffer.from(given.buffer, given.byteOffset, given.byteLength);
+  throw new ZrsError(`${what}: data must be bytes (a Buffer), got ${kindOf(data)}`);
 }
 
 /** What a value is, for a message: its type, or null. */

@@ -605,6 +605,16 @@ describe('malformed arguments', () => {
       expect(readFileSync(path).subarray(0, bytes.length)).toEqual(bytes);
       expect((await collect(fs.iterator())).map((t) => t.records.map((r) => r.oid.toString('hex')))).toEqual([[oidOf(1).toString('hex')], [oidOf(3).toString('hex')]]);
       expect((await fs.load(oidOf(3))).data).toEqual(Buffer.from([7, 8]));
+      // restore takes one too, also where it finds a backpointer to the same bytes.
+      const t3 = tidPlusOne(t2);
+      const restoring = {};
+      await fs.tpcBegin(restoring, { tid: t3, status: ' ' });
+      fs.restore(oidOf(3), t3, new Uint8Array([7, 8]) as Buffer, t2, restoring);
+      await fs.tpcVote(restoring);
+      await fs.tpcFinish(restoring);
+      const [restored] = await collect(fs.iterator(t3));
+      expect(restored!.records[0]!.dataTxn).toEqual(t2);
+      expect((await fs.load(oidOf(3))).data).toEqual(Buffer.from([7, 8]));
 
       // Tids of another length: the iterator gave a RangeError (start) or compared with the short bytes (stop), loadBefore answered null.
       for (const short of [Buffer.alloc(3), 'x' as unknown as Buffer]) {
