@@ -155,6 +155,29 @@ describe('a slow disk', () => {
   });
 });
 
+describe('a reconnect behind a slow disk', () => {
+  it('waits until what the secondary applied is durable: its hello never names a transaction not yet synced', async () => {
+    const c = (cluster = await SimCluster.create({ seed: 22, secondaries: 1, protocol: 'native' }));
+    await c.advance(200);
+    await c.apply({ kind: 'disk', node: 's1', mode: 'slow', ms: 1000 });
+    await c.apply({ kind: 'commit', records: 2, bytes: 100 });
+    const tid = c.committedTids[0]!;
+    await c.advance(100);
+    // Written, its sync under way.
+    expect(c.secondary('s1')!.storage.lastTransaction().toString('hex')).toBe(tid);
+    expect(c.lastTidOf('s1')).toBe(Z64_HEX);
+    await c.apply({ kind: 'reset', a: 'p', b: 's1' });
+    await c.advance(400);
+    // Past the first retry's delay: no session started from the transaction that is not durable yet.
+    const starts = (): Array<string | undefined> => c.primary!.secondaries().map((s) => s.startTid?.toString('hex'));
+    expect(starts()).not.toContain(tid);
+    await c.advance(1000);
+    expect(c.lastTidOf('s1')).toBe(tid);
+    expect(await c.converge(30_000)).toBe(true);
+    expect(c.violations).toEqual([]);
+  });
+});
+
 describe('what the simulated disk counts as synced', () => {
   it('a write is unsynced until a datasync that started after it returns, whatever the storage believes', async () => {
     const clock = new VirtualClock(0);
