@@ -32,7 +32,7 @@ export async function* iterateTransactions(
     if (storage.isClosed) {
       // Following ends with the storage. Any other iteration was cut short: ending it quietly would
       // pass a part of the range for the whole (a copy or a backup racing a shutdown).
-      if (options.follow || cursor.stopped) return;
+      if (options.follow || cursor.atEnd) return;
       throw new StorageClosedError(storage.path);
     }
     // One at a time: a pack between two yields sends the cursor to the new file.

@@ -636,6 +636,9 @@ describe('malformed arguments', () => {
     for (let i = 0; i < 30; i++) await commit(fs, [[oidOf(1 + i), Z64, Buffer.alloc(100_000, i)]]);
     const cut = fs.iterator();
     expect((await cut.next()).done).toBe(false);
+    // One that took everything before the close, all but its final step: it ends as it would have.
+    const taken = fs.iterator();
+    for (let i = 0; i < 30; i++) expect((await taken.next()).done).toBe(false);
     const following = fs.iterator(null, null, { follow: true });
     const whole = fs.iterator();
     expect((await collect(whole)).length).toBe(30);
@@ -653,5 +656,6 @@ describe('malformed arguments', () => {
     await expect(rest).rejects.toThrow(StorageClosedError);
     expect(read).toBeLessThan(30);
     expect(await following.next()).toEqual({ done: true, value: undefined });
+    expect(await taken.next()).toEqual({ done: true, value: undefined });
   });
 });
