@@ -215,6 +215,25 @@ export class AuditLogDamagedError extends ZrsError {
 }
 
 /**
+ * An offline rewind failed after its decision was recorded in the audit log
+ * (and the cut part saved aside), part way through cutting: `step` names
+ * what it was cutting. The storage may be partly cut; run the rewind again.
+ */
+export class RewindIncompleteError extends ZrsError {
+  override name = 'RewindIncompleteError';
+  constructor(
+    /** The last tid the rewind keeps, as recorded. */
+    readonly forkTid: Buffer,
+    /** What it was cutting when it failed: the data file, the cut blob files, the hash chain, the generations file. */
+    readonly step: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/**
  * A secondary holds history its primary never had (for example an old primary
  * that comes back after a failover), or the same tid with different contents.
  * Never merged: rewind the secondary explicitly (rewindStorage / `zrs rewind`).

@@ -47,6 +47,15 @@ export async function auditPast(paths: readonly string[]): Promise<AuditRecord[]
 }
 
 /**
+ * A record that a promotion failed late: after its own record was written
+ * (`zrs promote FILE`), or after the secondary stopped replicating (online),
+ * when its record may have been written already.
+ */
+export function promotionFailedLate(r: AuditRecord): boolean {
+  return r.kind === 'promotion-refused' && (r.details.afterRecord === true || r.details.afterDetach === true);
+}
+
+/**
  * Whether `past` records this node starting `generation` at `startTid` (a
  * promotion), not adopting it from a primary: its last such promotion did
  * not fail (the record of a failure after it comes next, before the node
@@ -57,9 +66,8 @@ function promotedTo(past: readonly AuditRecord[], generation: number, startTid: 
   const at = past.findLastIndex((r) => r.kind === 'promotion' && r.details.newGeneration === generation && r.details.startTid === tid);
   if (at < 0) return false;
   const after = past.slice(at + 1);
-  const failed = (r: AuditRecord): boolean => r.kind === 'promotion-refused' && (r.details.afterRecord === true || r.details.afterDetach === true);
-  const next = after.find((r) => r.kind === 'config' || r.kind === 'promotion' || failed(r));
-  return !(next && failed(next)) && !after.some((r) => r.kind === 'rewind');
+  const next = after.find((r) => r.kind === 'config' || r.kind === 'promotion' || promotionFailedLate(r));
+  return !(next && promotionFailedLate(next)) && !after.some((r) => r.kind === 'rewind');
 }
 
 /**

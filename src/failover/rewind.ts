@@ -8,7 +8,7 @@
 
 import { constants } from 'node:fs';
 import { copyFile, open as openFile, rename, rm } from 'node:fs/promises';
-import { ZrsError } from '../errors.js';
+import { RewindIncompleteError, ZrsError } from '../errors.js';
 import { systemClock } from '../node/clock.js';
 import { socketTransport } from '../node/socketTransport.js';
 import type { Clock } from '../ports/clock.js';
@@ -126,7 +126,9 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
       step = 'the generations file';
       await generations.cutFrom(forkTid);
     } catch (err) {
-      throw new ZrsError(
+      throw new RewindIncompleteError(
+        forkTid,
+        step,
         `rewinding to tid ${forkTid.toString('hex')} (${result.cutTids.length} transaction(s)${result.sidePath ? `, saved in ${result.sidePath}` : ''}; recorded in the audit log) failed at cutting ${step}: ${(err as Error).message}`,
         { cause: err },
       );

@@ -21,9 +21,9 @@ import { Primary } from '../replication/primary.js';
 import { Secondary, type SecondaryProtocol } from '../replication/secondary.js';
 import type { PrimarySession, SessionStatus } from '../replication/primarySession.js';
 import type { ReplicationServer } from '../replication/server.js';
-import { POSKeyError, StorageWriteError, ZrsError } from '../errors.js';
+import { POSKeyError, RewindIncompleteError, StorageWriteError, ZrsError } from '../errors.js';
 import { readAuditLog, type AuditRecord } from '../audit/auditLog.js';
-import { defaultAuditPath } from '../audit/nodeAudit.js';
+import { defaultAuditPath, promotionFailedLate } from '../audit/nodeAudit.js';
 import { generationsPathFor } from '../failover/generations.js';
 import { chainPathFor } from '../failover/hashChain.js';
 import { PromotionRefusedError } from '../failover/promote.js';
@@ -264,15 +264,26 @@ async function serialOf(fs: FileStorage, oid: Buffer): Promise<Buffer> {
 
 /**
  * The promotions and rewinds an audit log records, in order, as the harness
- * notes them; a promotion that failed after its record (a
- * `promotion-refused` with `afterRecord`) is taken back.
+ * notes them. A promotion that failed late (promotionFailedLate, before the
+ * `config` record its node writes once it serves) is taken back, as the
+ * audit's own reading of a node's past takes it.
  */
-function auditedDecisions(records: readonly AuditRecord[]): string[] {
+/** @internal (exported for its test) */
+export function auditedDecisions(records: readonly AuditRecord[]): string[] {
   const out: string[] = [];
+  let unconfirmed = false;
   for (const r of records) {
-    if (r.kind === 'promotion') out.push(`promotion to generation ${String(r.details.newGeneration)} after ${String(r.details.startTid)}`);
-    else if (r.kind === 'promotion-refused' && r.details.afterRecord === true && out.at(-1)?.startsWith('promotion')) out.pop();
-    else if (r.kind === 'rewind') out.push(`rewind to ${String(r.details.forkTid)}`);
+    if (r.kind === 'promotion') {
+      out.push(`promotion to generation ${String(r.details.newGeneration)} after ${String(r.details.startTid)}`);
+      unconfirmed = true;
+    } else if (promotionFailedLate(r)) {
+      if (unconfirmed) out.pop();
+      unconfirmed = false;
+    } else if (r.kind === 'config') unconfirmed = false;
+    else if (r.kind === 'rewind') {
+      out.push(`rewind to ${String(r.details.forkTid)}`);
+      unconfirmed = false;
+    }
   }
   return out;
 }
@@ -1018,6 +1029,9 @@ export class SimCluster {
     }
   }
 
+  /** Sessions whose acks are followed (followAcks). */
+  private readonly followedSessions = new WeakSet<PrimarySession>();
+
   /** Follow the acks every session of `n`'s server hears, open and to come, until `n` stops or changes role. */
   private watchAcks(n: SimNode): void {
     const stop = this.serverOf(n)?.watchSessions((session) => this.followAcks(session));
@@ -1030,6 +1044,9 @@ export class SimCluster {
    * of a crashed one counts for it, never for the node restarted since).
    */
   private followAcks(session: PrimarySession): void {
+    // A promoted node's server is watched again: its open sessions are followed already.
+    if (this.followedSessions.has(session)) return;
+    this.followedSessions.add(session);
     const hash = session.peer.indexOf('#');
     const from = hash > 0 ? this.nodes.get(session.peer.slice(0, hash)) : undefined;
     if (!from) return;
@@ -1161,9 +1178,8 @@ export class SimCluster {
         this.note(n.name, r.sidePath ? `rewound to ${fork} against ${upstream}: ${r.cutTids.length} transactions cut into ${basename(r.sidePath)}` : `rewind against ${upstream}: nothing to cut`);
       } catch (err) {
         if (!(err instanceof ZrsError || err instanceof SimNetworkError)) throw err;
-        // Failed after its record was written (the message says so): the log shows the rewind begun.
-        const begun = /^rewinding to tid ([0-9a-f]{16}) .*recorded in the audit log/.exec(err.message);
-        if (begun) n.decisions.push(`rewind to ${begun[1]}`);
+        // Failed after its record was written: the log shows the rewind begun.
+        if (err instanceof RewindIncompleteError) n.decisions.push(`rewind to ${err.forkTid.toString('hex')}`);
         this.note(n.name, `rewind against ${upstream} failed: ${this.withoutDir(err.message)}`);
       } finally {
         clock.kill();

@@ -8,6 +8,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import { basename, dirname, join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { readAuditLog } from '../../src/audit/auditLog.js';
+import { RewindIncompleteError } from '../../src/errors.js';
 import { forkPoint, judgeHistory } from '../../src/failover/divergence.js';
 import { FailoverHistory } from '../../src/failover/history.js';
 import { GenerationHistory } from '../../src/failover/generations.js';
@@ -352,8 +353,9 @@ describe('rewinding to a fork tid the storage lacks', () => {
     await fs.close();
     // Cutting the generations file fails (its temp path is taken by a directory).
     mkdirSync(`${path}.generations.tmp`);
-    const err = (await rewindStorage(path, { toCommonWith: tids[1]! }).catch((e: unknown) => e)) as Error;
-    expect(err).toBeInstanceOf(Error);
+    const err = (await rewindStorage(path, { toCommonWith: tids[1]! }).catch((e: unknown) => e)) as RewindIncompleteError;
+    expect(err).toBeInstanceOf(RewindIncompleteError);
+    expect([err.forkTid, err.step]).toEqual([tids[1], 'the generations file']);
     expect(err.message).toMatch(new RegExp(`^rewinding to tid ${tids[1]!.toString('hex')} \\(3 transaction\\(s\\), saved in .*; recorded in the audit log\\) failed at cutting the generations file: `));
     const records = (await readAuditLog(`${path}.audit`)).records;
     expect(records.map((r) => r.kind)).toEqual(['rewind']);

@@ -9,6 +9,8 @@ import { truncateSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SimCluster } from '../../src/sim/index.js';
 import { HistoryTree, LINEAGE_ORIGIN } from '../../src/sim/lineage.js';
+import { auditedDecisions } from '../../src/sim/cluster.js';
+import type { AuditRecord } from '../../src/audit/auditLog.js';
 
 let cluster: SimCluster | null = null;
 afterEach(async () => {
@@ -50,5 +52,22 @@ describe("the simulator's checkers", () => {
     expect(tree.follow(a, { tid: '03f58e0000000001', digest: 'bbbb' })).toMatchObject({ invariant: 'prefix' });
     expect(tree.follow(LINEAGE_ORIGIN, { tid: '03f58e0000000000', digest: 'ffff' })).toMatchObject({ invariant: 'corruption' });
     expect(tree.follow(a, { tid: '03f58e0000000002', digest: 'cccc' })).toMatchObject({ invariant: 'lineage' });
+  });
+});
+
+describe("the audit verdict's reading of a log", () => {
+  let seq = 0;
+  const record = (kind: string, details: Record<string, unknown>): AuditRecord => ({ seq: ++seq, time: '', timeMs: seq, node: 'n', kind, details }) as AuditRecord;
+  const promotion = (g: number): AuditRecord => record('promotion', { newGeneration: g, startTid: '00000000000000aa' });
+  const config = record('config', { change: 'open', role: 'primary' });
+
+  it('takes back a promotion that failed late, online (afterDetach) or offline (afterRecord), and only one recorded since the node last served', () => {
+    expect(auditedDecisions([promotion(1), config, promotion(2), record('promotion-refused', { afterDetach: true })])).toEqual(['promotion to generation 1 after 00000000000000aa']);
+    expect(auditedDecisions([promotion(1), record('promotion-refused', { afterRecord: true })])).toEqual([]);
+    // Failed before its record was written: the promotion before, which the node served, stays.
+    expect(auditedDecisions([promotion(1), config, record('promotion-refused', { afterDetach: true })])).toEqual(['promotion to generation 1 after 00000000000000aa']);
+    // A refusal before anything started takes nothing back.
+    expect(auditedDecisions([promotion(1), record('promotion-refused', { code: 'refused' })])).toEqual(['promotion to generation 1 after 00000000000000aa']);
+    expect(auditedDecisions([promotion(1), config, record('rewind', { forkTid: '00000000000000bb' })])).toEqual(['promotion to generation 1 after 00000000000000aa', 'rewind to 00000000000000bb']);
   });
 });
