@@ -108,20 +108,27 @@ describe('the writer', () => {
     await probe.close();
     const write = proto.write;
     let calls = 0;
+    let writing: () => void = () => undefined;
+    const firstWrite = new Promise<void>((r) => (writing = r));
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((r) => (release = r));
     vi.spyOn(proto, 'write').mockImplementation(async function (this: FileHandle, ...args: unknown[]) {
-      // The first write takes nothing (a full disk), after the second decision is queued behind it.
+      // The first write takes nothing (a full disk), once the second decision is queued behind it.
       if (calls++ === 0) {
-        await turn();
+        writing();
+        await gate;
         return { bytesWritten: 0, buffer: args[0] as Buffer };
       }
       return (write as (...a: unknown[]) => Promise<unknown>).apply(this, args);
     } as typeof proto.write);
     const a = audit.decide('promotion', { newGeneration: 1 });
-    await Promise.resolve();
-    await Promise.resolve();
+    await firstWrite;
     const b = audit.decide('rewind', { forkTid: '00' });
-    await expect(a).rejects.toThrow();
-    await expect(b).rejects.toThrow();
+    release();
+    const took = `${path}: the file took none of`;
+    await expect(a).rejects.toThrow(took);
+    await expect(b).rejects.toThrow(took);
+    expect(calls).toBe(1);
     vi.restoreAllMocks();
     await audit.close();
     expect((await readAuditLogStrict(path)).map((r) => r.seq)).toEqual([1]);
