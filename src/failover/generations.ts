@@ -195,7 +195,7 @@ export class GenerationHistory {
   }
 
   /** The number a promotion takes: one above every generation this node saw. */
-  private nextNumber(): number {
+  nextNumber(): number {
     return Math.max(this.seen, ...this.recorded().map((e) => e.generation)) + 1;
   }
 

@@ -90,8 +90,7 @@ export class PromotionRefusedError extends ZrsError {
 
 /** The generation a promotion of this history would start. */
 export function nextGeneration(history: FailoverHistory, startTid: Buffer): GenerationEntry {
-  const current = history.generations.current;
-  return { generation: Math.max(history.generations.maxSeen, current?.generation ?? 0) + 1, startTid: Buffer.from(startTid) };
+  return { generation: history.generations.nextNumber(), startTid: Buffer.from(startTid) };
 }
 
 /** The address to serve at (if given); a PromotionRefusedError for an option the new Primary would refuse. */
