@@ -458,7 +458,8 @@ export class Secondary {
 
   /** What a call to a closed secondary is told: one that was promoted lives on as the Primary its promotion returned. */
   private closedError(): ZrsError {
-    return new ZrsError(this.promotedPrimary ? 'the secondary is closed: it was promoted, and the Primary that promote() returned (promoted$) serves its storage now' : 'the secondary is closed');
+    const primary = this.promotedPrimary;
+    return new ZrsError(primary ? `the secondary is closed: it was promoted, and the Primary that promote() returned (promoted$) serves its storage now, at ${formatAddress(primary.address)}` : 'the secondary is closed');
   }
 
   /** Replicate from somewhere else from now on (e.g. a newly promoted primary). */

@@ -683,7 +683,7 @@ export class FileStorage {
     const key = oidKey(oid);
     const pos = this.state.index.get(key);
     if (pos !== undefined) {
-      if (expectedSerial.length !== 8 || !this.serialIs(pos, expectedSerial)) {
+      if (!this.serialIs(pos, expectedSerial)) {
         throw new ConflictError(Buffer.from(oid), Buffer.from(expectedSerial), this.serialAt(pos));
       }
     }
@@ -1638,7 +1638,7 @@ function asData(what: string, data: Buffer): Buffer {
 
 /** What a value is, for a message: its type, or null. */
 function kindOf(value: unknown): string {
-  return value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value;
+  return value === null ? 'null' : Array.isArray(value) ? 'an array' : value instanceof Uint8Array ? 'a Uint8Array that is not a Buffer' : typeof value;
 }
 
 /** Remove a pack's leftover output file; its size, or null when there was none. */

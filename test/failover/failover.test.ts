@@ -838,7 +838,7 @@ describe('failover', () => {
     await primary.close();
     const promoted = await secondary.promote();
     try {
-      await expect(secondary.promote()).rejects.toThrow('the secondary is closed: it was promoted, and the Primary that promote() returned (promoted$) serves its storage now');
+      await expect(secondary.promote()).rejects.toThrow(`the secondary is closed: it was promoted, and the Primary that promote() returned (promoted$) serves its storage now, at ${formatAddress(promoted.address)}`);
       expect(() => secondary.setReplicationAddress(promoted.address)).toThrow(/^the secondary is closed: it was promoted/);
       // The new primary's next record follows its own, intact.
       await commitMany(promoted.storage, 1);
