@@ -217,7 +217,7 @@ export class AuditLogDamagedError extends ZrsError {
 /**
  * An offline rewind failed after its decision was recorded in the audit log
  * (and the cut part saved aside), part way through cutting: `step` names
- * what it was cutting. The storage may be partly cut; run the rewind again.
+ * what it was cutting (the steps before it are done).
  */
 export class RewindIncompleteError extends ZrsError {
   override name = 'RewindIncompleteError';
