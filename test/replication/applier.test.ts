@@ -20,6 +20,34 @@ const settle = async (turns = 20): Promise<void> => {
   for (let i = 0; i < turns; i++) await new Promise((r) => setImmediate(r));
 };
 
+/** Two transactions: a packed one with the link its primary gave (T1), then a plain one (T2). */
+const T1 = Buffer.from('0000000000000001', 'hex');
+const T2 = Buffer.from('0000000000000002', 'hex');
+async function applyPackedThenPlain(applier: Applier): Promise<void> {
+  const empty = Buffer.alloc(0);
+  await applier.apply({ kind: 'begin', tid: T1, status: 'p', user: empty, description: empty, extension: empty });
+  await applier.apply({ kind: 'record', oid: Z64, data: Buffer.from('root 1'), dataTxn: null, blob: null });
+  await applier.apply({ kind: 'commit', tid: T1, link: Buffer.alloc(32, 7) });
+  await applier.apply({ kind: 'begin', tid: T2, status: ' ', user: empty, description: empty, extension: empty });
+  await applier.apply({ kind: 'record', oid: Z64, data: Buffer.from('root 2'), dataTxn: null, blob: null });
+  await applier.apply({ kind: 'commit', tid: T2 });
+}
+
+/** A run of `n` transactions as a primary sends it: a source file's bytes after the magic, and their tids. */
+async function rawRun(dir: string, n: number): Promise<{ bytes: Buffer; tids: Buffer[] }> {
+  const source = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
+  const tids = await commitMany(source, n);
+  await source.close();
+  return { bytes: readFileSync(join(dir, 'p.fs')).subarray(4), tids };
+}
+
+/** A disk whose syncs wait until the test lets them go (`held`: each waiting sync's go). */
+function heldDisk(): { disk: StorageDisk; held: Array<() => void> } {
+  const held: Array<() => void> = [];
+  const disk: StorageDisk = { write: nodeDisk.write, truncate: nodeDisk.truncate, datasync: (fd) => new Promise<void>((resolve, reject) => held.push(() => void nodeDisk.datasync(fd).then(resolve, reject))) };
+  return { disk, held };
+}
+
 describe('Applier', () => {
   it.each([
     ['with a link from the primary, once the link is written', true],
@@ -73,24 +101,16 @@ describe('Applier', () => {
     const linkWritten = new Promise<void>((resolve) => (releaseLink = resolve));
     const applied: string[] = [];
     const applier = new Applier(storage, { applied: (tid) => applied.push(tid.toString('hex')), heartbeat: () => undefined, link: () => undefined, linkWritten: () => linkWritten }, false);
-    const empty = Buffer.alloc(0);
-    const t1 = Buffer.from('0000000000000001', 'hex');
-    const t2 = Buffer.from('0000000000000002', 'hex');
     const published: string[] = [];
     const sub = storage.commits$.subscribe((c) => published.push(c.tid.toString('hex')));
     try {
-      await applier.apply({ kind: 'begin', tid: t1, status: 'p', user: empty, description: empty, extension: empty });
-      await applier.apply({ kind: 'record', oid: Z64, data: Buffer.from('root 1'), dataTxn: null, blob: null });
-      await applier.apply({ kind: 'commit', tid: t1, link: Buffer.alloc(32, 7) });
-      await applier.apply({ kind: 'begin', tid: t2, status: ' ', user: empty, description: empty, extension: empty });
-      await applier.apply({ kind: 'record', oid: Z64, data: Buffer.from('root 2'), dataTxn: null, blob: null });
-      await applier.apply({ kind: 'commit', tid: t2 });
+      await applyPackedThenPlain(applier);
       while (published.length < 2) await settle(1);
       await settle();
       expect(applied).toEqual([]);
       releaseLink();
       await applier.settle();
-      expect(applied).toEqual([t1.toString('hex'), t2.toString('hex')]);
+      expect(applied).toEqual([T1.toString('hex'), T2.toString('hex')]);
     } finally {
       sub.unsubscribe();
       releaseLink();
@@ -100,14 +120,8 @@ describe('Applier', () => {
 
   it('reports a run of raw transactions applied only once its sync completed', async () => {
     const dir = await tempDir();
-    // The run: a source file's transactions, as a primary sends them (its bytes after the magic).
-    const source = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
-    const tids = await commitMany(source, 3);
-    await source.close();
-    const bytes = readFileSync(join(dir, 'p.fs')).subarray(4);
-    // A disk whose syncs wait until the test lets them go.
-    const held: Array<() => void> = [];
-    const disk: StorageDisk = { write: nodeDisk.write, truncate: nodeDisk.truncate, datasync: (fd) => new Promise<void>((resolve, reject) => held.push(() => void nodeDisk.datasync(fd).then(resolve, reject))) };
+    const { bytes, tids } = await rawRun(dir, 3);
+    const { disk, held } = heldDisk();
     const storage = await FileStorage.open(join(dir, 's.fs'), { create: true, fsync: true, syncInline: false, disk });
     const applied: string[] = [];
     const applier = new Applier(storage, { applied: (tid) => applied.push(tid.toString('hex')), heartbeat: () => undefined }, false);
@@ -178,29 +192,20 @@ describe('Applier', () => {
     linkWritten.catch(() => undefined);
     const applied: string[] = [];
     const applier = new Applier(storage, { applied: (tid) => applied.push(tid.toString('hex')), heartbeat: () => undefined, link: () => undefined, linkWritten: () => linkWritten }, false);
-    const empty = Buffer.alloc(0);
-    const t1 = Buffer.from('0000000000000001', 'hex');
-    const t2 = Buffer.from('0000000000000002', 'hex');
     try {
-      await applier.apply({ kind: 'begin', tid: t1, status: 'p', user: empty, description: empty, extension: empty });
-      await applier.apply({ kind: 'record', oid: Z64, data: Buffer.from('root 1'), dataTxn: null, blob: null });
-      await applier.apply({ kind: 'commit', tid: t1, link: Buffer.alloc(32, 7) });
-      await applier.apply({ kind: 'begin', tid: t2, status: ' ', user: empty, description: empty, extension: empty });
-      await applier.apply({ kind: 'record', oid: Z64, data: Buffer.from('root 2'), dataTxn: null, blob: null });
-      await applier.apply({ kind: 'commit', tid: t2 });
-      // The link of t1 cannot be written (a chain write error): t2, durable, must not be reported either.
+      await applyPackedThenPlain(applier);
+      // The link of T1 cannot be written (a chain write error): T2, durable, must not be reported either.
       failLink(new Error('chain write failed'));
       await applier.settle();
       expect(applied).toEqual([]);
-      await expect(applier.apply({ kind: 'heartbeat', lastTid: t2, clockMs: 0 })).rejects.toThrow('chain write failed');
+      await expect(applier.apply({ kind: 'heartbeat', lastTid: T2, clockMs: 0 })).rejects.toThrow('chain write failed');
     } finally {
       await storage.close();
     }
   });
 
   it('holds at most 512 finished transactions waiting for their sync: the stream waits beyond', async () => {
-    const held: Array<() => void> = [];
-    const disk: StorageDisk = { write: nodeDisk.write, truncate: nodeDisk.truncate, datasync: (fd) => new Promise<void>((resolve, reject) => held.push(() => void nodeDisk.datasync(fd).then(resolve, reject))) };
+    const { disk, held } = heldDisk();
     const storage = await FileStorage.open(join(await tempDir(), 's.fs'), { create: true, fsync: true, syncInline: false, disk });
     const applier = new Applier(storage, { applied: () => undefined, heartbeat: () => undefined }, false);
     const empty = Buffer.alloc(0);
@@ -234,10 +239,7 @@ describe('Applier', () => {
 
   it('forgets the links computed for a run whose write failed (they must not be taken for a later transaction)', async () => {
     const dir = await tempDir();
-    const source = await FileStorage.open(join(dir, 'p.fs'), { create: true, fsync: false });
-    const tids = await commitMany(source, 2);
-    await source.close();
-    const bytes = readFileSync(join(dir, 'p.fs')).subarray(4);
+    const { bytes, tids } = await rawRun(dir, 2);
     const storage = await FileStorage.open(join(dir, 's.fs'), { create: true, fsync: false });
     vi.spyOn(storage, 'appendTransactions').mockRejectedValue(new Error('disk full'));
     const given: Array<string | null> = [];
