@@ -190,7 +190,8 @@ export class GenerationHistory {
   fullAt(startTid: Buffer): string | null {
     const length = this.keptAt(startTid).length;
     if (length >= MAX_GENERATION_HISTORY) return historyFullMessage(length);
-    if (!Number.isSafeInteger(this.nextNumber())) return `${this.path}: generation ${this.nextNumber() - 1} was seen, the largest number a generation can take: no further generation can start`;
+    const next = this.nextNumber();
+    if (!Number.isSafeInteger(next)) return `${this.path}: generation ${next - 1} was seen, the largest number a generation can take: no further generation can start`;
     return null;
   }
 

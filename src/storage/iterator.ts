@@ -145,11 +145,8 @@ export class TransactionCursor {
     try {
       const h = readTxnHeader(await view(this.reader, this.pos, TXN_HEADER_BYTES));
       // A damaged length (in a part the saved index vouched for, so the open did not scan it) is damage, not a read of exabytes.
-      const limit = this.storage.durableEnd;
       // (One shorter than a header is named by next(), which reads its length first.)
-      if (this.pos + h.length + TRAILER_BYTES > limit) {
-        throw new CorruptedDataError(this.storage.path, this.pos, `transaction length ${h.length} runs past the end of the data (${limit})`);
-      }
+      if (this.pos + h.length + TRAILER_BYTES > this.storage.durableEnd) throw runsPastEnd(this.storage, this.pos, h.length);
       await view(this.reader, this.pos, h.length + TRAILER_BYTES);
     } catch (err) {
       if (epoch === this.storage.fileEpoch) throw err;
@@ -202,12 +199,16 @@ function shorterThanHeader(storage: FileStorage, pos: number, length: number): C
   return new CorruptedDataError(storage.path, pos, `transaction length ${length} is shorter than a transaction header`);
 }
 
+function runsPastEnd(storage: FileStorage, pos: number, length: number): CorruptedDataError {
+  return new CorruptedDataError(storage.path, pos, `transaction length ${length} runs past the end of the data (${storage.durableEnd})`);
+}
+
 /** Read one whole transaction at `pos` with its records. */
 export async function readTransaction(storage: FileStorage, reader: WindowReader, pos: number): Promise<TransactionRecord> {
   const h = readTxnHeader(await view(reader, pos, TXN_HEADER_BYTES));
   if (h.length < TXN_HEADER_BYTES) throw shorterThanHeader(storage, pos, h.length);
   const total = h.length + TRAILER_BYTES;
-  if (pos + total > storage.durableEnd) throw new CorruptedDataError(storage.path, pos, `transaction length ${h.length} runs past the end of the data (${storage.durableEnd})`);
+  if (pos + total > storage.durableEnd) throw runsPastEnd(storage, pos, h.length);
   return parseTransaction(storage, await view(reader, pos, total), pos);
 }
 
