@@ -35,6 +35,9 @@ it('pauses reading once the received data waiting for a held-up disk passes a bo
   const heldDisk: StorageDisk = { ...nodeDisk, datasync: async (fd) => { await gate; await nodeDisk.datasync(fd); } };
   let delivered = 0;
   let deliveredAtPause: number | null = null;
+  // Received but not yet in the data file when reading first resumes.
+  let waitingAtResume: number | null = null;
+  let secondary: Secondary | null = null;
   const counting: Transport = {
     ...socketTransport,
     connect: async (address) => {
@@ -46,7 +49,10 @@ it('pauses reading once the received data waiting for a held-up disk passes a bo
           deliveredAtPause ??= delivered;
           s.pause();
         },
-        resume: () => s.resume(),
+        resume: () => {
+          waitingAtResume ??= delivered - secondary!.storage.getSize();
+          s.resume();
+        },
         end: () => s.end(),
         destroy: (e) => s.destroy(e),
         setHandlers: (h) => s.setHandlers({ ...h, data: (c) => ((delivered += c.length), h.data(c)) }),
@@ -54,7 +60,7 @@ it('pauses reading once the received data waiting for a held-up disk passes a bo
     },
   };
   const path = join(dir, 's.fs');
-  const secondary = await Secondary.open({ path, replicateFrom: primary.address, fsync: true, disk: heldDisk, transport: counting, reconnect: FAST_RECONNECT, auditPath: null });
+  secondary = await Secondary.open({ path, replicateFrom: primary.address, fsync: true, disk: heldDisk, transport: counting, reconnect: FAST_RECONNECT, auditPath: null });
   try {
     await settleUntil(() => deliveredAtPause !== null || delivered > 100 * MiB, 30_000);
     expect(deliveredAtPause).not.toBeNull();
@@ -64,6 +70,10 @@ it('pauses reading once the received data waiting for a held-up disk passes a bo
     release();
     await waitForTid(secondary, primary.storage.lastTransaction(), 60_000);
     expect(secondary.machine.getSnapshot().context.counters.connects).toBe(1);
+    // It resumed only once the queue was below half its bound (16 MiB, plus the frame being decoded), not as
+    // soon as it fell under the bound: reading would otherwise stop and start again for every transaction.
+    expect(waitingAtResume).not.toBeNull();
+    expect(waitingAtResume!).toBeLessThan(20 * MiB);
   } finally {
     release();
     await secondary.close();
