@@ -2,7 +2,7 @@
 // secondary, only the rest to one that reconnects mid-history, live commits
 // without polling, byte-identical files, read-only secondary storage.
 
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ReadOnlyError } from '../../src/errors.js';
@@ -16,6 +16,7 @@ import { loads, type PickleValue } from '../../src/wire/pickle.js';
 import { REDUCED_ALIKE, REDUCED_PER_PROTOCOL, UNUSUAL_EXTENSIONS } from '../helpers/cpythonPickles.js';
 import { commitMany, expectSameHistory, waitForTid, Z64 } from './helpers.js';
 import { LogCollector, settleUntil } from './netHelpers.js';
+import { writeOutcomes } from '../storage/storageHarness.js';
 
 afterAll(cleanupTempDirs);
 
@@ -31,11 +32,13 @@ describe.each(['native', 'zrs2.1', 'zrs2.0'] as const)('replication over TCP wit
         const live = await commitMany(primary.storage, 5);
         await waitForTid(secondary, live.at(-1)!);
         await expectSameHistory(primary.storage, secondary.storage);
-        expect(() => secondary.storage.newOid()).toThrow(ReadOnlyError);
-        const txn = {};
-        await expect(secondary.storage.tpcBegin(txn)).rejects.toBeInstanceOf(ReadOnlyError);
+        // Every write method is refused (and, by the file compared below, writes nothing), a blob file given it left in place.
+        const blobFile = join(dir, 'some.blob');
+        writeFileSync(blobFile, 'blob');
+        for (const [name, err] of await writeOutcomes(secondary.storage, blobFile, live[0]!)) expect(err, name).toBeInstanceOf(ReadOnlyError);
+        expect(existsSync(blobFile)).toBe(true);
         // Code that aborts after a failed begin runs as against any storage.
-        await expect(secondary.storage.tpcAbort(txn)).resolves.toBeUndefined();
+        await expect(secondary.storage.tpcAbort({})).resolves.toBeUndefined();
         // Every read is the storage's own: the undo log with its filter too.
         expect(await secondary.storage.undoLog(0, 20, () => false)).toEqual([]);
         expect(await secondary.storage.undoLog(0, 20)).toEqual(await primary.storage.undoLog(0, 20));

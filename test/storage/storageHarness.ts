@@ -102,6 +102,39 @@ export async function collect(it: AsyncIterable<TransactionRecord>): Promise<Tra
   return out;
 }
 
+/** The write methods of a storage, each called once: what a read-only face must refuse, every one of them. */
+export type WriteFace = Pick<FileStorage, 'newOid' | 'tpcBegin' | 'store' | 'restore' | 'storeBlob' | 'restoreBlob' | 'tpcVote' | 'tpcFinish' | 'undo' | 'pack'>;
+
+/** The name of each write method of `s` and what it threw (null: it did not), against a blob file and a transaction to undo. */
+export async function writeOutcomes(s: WriteFace, blobFile: string, undoTid: Buffer): Promise<Array<[string, unknown]>> {
+  const txn = {};
+  const oid = oidOf(1);
+  const record = Buffer.from('x');
+  const calls: Array<[string, () => unknown]> = [
+    ['newOid', () => s.newOid()],
+    ['tpcBegin', () => s.tpcBegin(txn)],
+    ['tpcBegin with tid', () => s.tpcBegin(txn, { tid: Buffer.alloc(8, 0xff) })],
+    ['store', () => s.store(oid, Z64, record, txn)],
+    ['restore', () => s.restore(oid, Z64, record, null, txn)],
+    ['storeBlob', () => s.storeBlob(oid, Z64, record, blobFile, txn)],
+    ['restoreBlob', () => s.restoreBlob(oid, Z64, record, blobFile, null, txn)],
+    ['tpcVote', () => s.tpcVote(txn)],
+    ['tpcFinish', () => s.tpcFinish(txn)],
+    ['undo', () => s.undo(undoTid, txn)],
+    ['pack', () => s.pack(Date.now() / 1000)],
+  ];
+  const out: Array<[string, unknown]> = [];
+  for (const [name, call] of calls) {
+    try {
+      await call();
+      out.push([name, null]);
+    } catch (err) {
+      out.push([name, err]);
+    }
+  }
+  return out;
+}
+
 export const hexOf = (b: Buffer | null | undefined): string | null => (b ? b.toString('hex') : null);
 const cmp = (a: Buffer, b: Buffer): number => Buffer.compare(a, b);
 
