@@ -122,6 +122,8 @@ describe('pack against ZODB', () => {
     try {
       const early = await packStorage(fs, 946684800); // 2000-01-01
       expect(early.packed).toBe(false);
+      // With GC too: the root, referred to by nothing, does not exist yet then.
+      expect((await packStorage(fs, 946684800, zodbReferences)).packed).toBe(false);
       expect(existsSync(`${path}.old`)).toBe(false);
       expect((await packStorage(fs, m.pack_time, zodbReferences)).packed).toBe(true);
       const again = await packStorage(fs, m.pack_time, zodbReferences);
@@ -131,6 +133,25 @@ describe('pack against ZODB', () => {
       await fs.close();
     }
     expect(readFileSync(path).equals(readFileSync(fixturePath('zodb', 'packed', 'Data.fs')))).toBe(true);
+  });
+
+  it('with GC, refuses a pack where a reachable record refers to an object with no revision at the pack time, and changes nothing', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    let clockMs = Date.UTC(2024, 0, 1);
+    const fs = await FileStorage.open(path, { create: true, fsync: false, now: () => (clockMs += 1000) });
+    try {
+      await commitOver(fs, [[0, recordReferring(1)], [1, recordReferring(99)]]);
+      const last = await commitOver(fs, [[1, recordReferring(99, 2)], [2, recordReferring()]]);
+      const before = readFileSync(path);
+      await expect(fs.pack(timeOf(last), zodbReferences)).rejects.toThrow(/oid 0x0000000000000063 is referenced but has no revision at the pack time/);
+      expect(readFileSync(path).equals(before)).toBe(true);
+      expect(existsSync(`${path}.pack`)).toBe(false);
+      // Without GC nothing is followed: the older revision of 1 goes.
+      expect((await packStorage(fs, timeOf(last))).packed).toBe(true);
+      expect((await fs.history(oid(1), 10)).length).toBe(1);
+    } finally {
+      await fs.close();
+    }
   });
 
   it('without a references function nothing is collected; with one, unreachable objects go', async () => {
@@ -170,12 +191,12 @@ describe('pack against ZODB', () => {
         await fs.close();
       }
     };
-    const undo = async (fs: FileStorage, tid: Buffer): Promise<void> => {
+    const undo = async (fs: FileStorage, tid: Buffer): Promise<Buffer> => {
       const txn = {};
       await fs.tpcBegin(txn);
       await fs.undo(tid, txn);
       await fs.tpcVote(txn);
-      await fs.tpcFinish(txn);
+      return fs.tpcFinish(txn);
     };
     // Unlinked from the root before the pack time, linked again after it.
     await scenario(async (_fs, commit) => {
@@ -193,6 +214,15 @@ describe('pack against ZODB', () => {
       await undo(fs, cut0);
       return cut0;
     }, [0, 1, 2]);
+    // 1 created (referring to 3, which nothing else refers to), its creation undone before the pack time (no
+    // revision of 1 then), that undo undone after it: the revision of 1 it brings back is kept, and so is 3.
+    await scenario(async (fs, commit) => {
+      await commit([[0, record()], [3, record()]]);
+      const created = await commit([[0, record(1)], [1, record(3)]]);
+      const undone = await undo(fs, created);
+      await undo(fs, undone);
+      return undone;
+    }, [0, 1, 3]);
   });
 
   it('refuses a read-only storage', async () => {
@@ -550,29 +580,53 @@ describe('pack and the rest of the storage', () => {
     }
   });
 
-  it('with GC, refuses a pack when a transaction committed while it ran refers to an object it drops; the next pack keeps it', async () => {
+  /**
+   * A storage where the root (0) referred to 1 and 40, then to 40 alone (`unlinked`, the pack time), then 3,000
+   * commits of objects 2-21 and the root referring to them alone: a pack to `unlinked` copies long enough for a
+   * commit of `tail` to land while it runs. `check` runs on the storage and the pack's outcome ('packed' or its error).
+   */
+  async function packWithTailCommit(tail: Array<[number, Buffer]>, check: (fs: FileStorage, outcome: string, unlinked: Buffer) => Promise<void>): Promise<void> {
     const path = join(await tempDir(), 'Data.fs');
     let clockMs = Date.UTC(2024, 0, 1);
     const fs = await FileStorage.open(path, { create: true, fsync: false, now: () => (clockMs += 1000) });
     try {
       const commit = (writes: Array<[number, Buffer]>): Promise<Buffer> => commitOver(fs, writes);
-      await commit([[0, recordReferring(1)], [1, recordReferring()]]);
-      const unlinked = await commit([[0, recordReferring()]]);
-      // Enough after the pack time that the copy is still running when the relink commits.
+      await commit([[0, recordReferring(1, 40)], [1, recordReferring()], [40, recordReferring()]]);
+      const unlinked = await commit([[0, recordReferring(40)]]);
+      // Enough after the pack time that the copy is still running when the tail commits.
       for (let i = 0; i < 3000; i++) await commit([[2 + (i % 20), Buffer.concat([recordReferring(), Buffer.alloc(1024, i % 251)])]]);
       await commit([[0, recordReferring(...Array.from({ length: 20 }, (_, i) => 2 + i))]]);
       const packing = fs.pack(timeOf(unlinked), zodbReferences).then(() => 'packed', (e: Error) => e.message);
       while (!existsSync(`${path}.pack`)) await tick(); // the copy has started, without the lock
-      await commit([[0, recordReferring(1, ...Array.from({ length: 20 }, (_, i) => 2 + i))]]); // linked again
-      expect(await packing).toMatch(/a transaction committed while the pack ran refers to oid 0x0000000000000001/);
+      await commit(tail);
+      await check(fs, await packing, unlinked);
       expect(existsSync(`${path}.pack`)).toBe(false);
+    } finally {
+      await fs.close();
+    }
+  }
+
+  it('with GC, refuses a pack when a transaction committed while it ran refers to an object it drops; the next pack keeps it', async () => {
+    const relink = recordReferring(1, ...Array.from({ length: 20 }, (_, i) => 2 + i));
+    await packWithTailCommit([[0, relink]], async (fs, outcome, unlinked) => {
+      expect(outcome).toMatch(/a transaction committed while the pack ran refers to oid 0x0000000000000001/);
       expect((await fs.load(oid(1))).data.length).toBeGreaterThan(0);
       // Run again, the relink is a transaction after the pack time like any other: the object stays.
       await fs.pack(timeOf(unlinked), zodbReferences);
       expect((await fs.load(oid(1))).data.length).toBeGreaterThan(0);
-    } finally {
-      await fs.close();
-    }
+    });
+  });
+
+  it('with GC, packs when what a transaction committed while it ran refers to is kept: created after the pack time, or by that transaction', async () => {
+    // The root again refers to 40 (reachable at the pack time), to 2 (created after it), and to 30, new in the
+    // same transaction, which refers to 7.
+    const tail: Array<[number, Buffer]> = [[0, recordReferring(40, 2, 30)], [30, recordReferring(7)]];
+    await packWithTailCommit(tail, async (fs, outcome) => {
+      expect(outcome).toBe('packed');
+      for (const n of [0, 2, 7, 30, 40]) expect((await fs.load(oid(n))).data.length).toBeGreaterThan(0);
+      // Unreachable at the pack time, and referred to by nothing after it: gone.
+      await expect(fs.load(oid(1))).rejects.toBeInstanceOf(POSKeyError);
+    });
   });
 
   it('refuses a second pack while one runs', async () => {
