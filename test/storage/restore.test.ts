@@ -40,24 +40,31 @@ describe('restore with dataTxn', () => {
     }
   });
 
-  it('writes the data itself, not a backpointer, when the record dataTxn names holds other data', async () => {
+  const tid0 = Buffer.from('03f0000000000090', 'hex');
+  const tid1 = Buffer.from('03f00000000000a0', 'hex');
+  it.each([
+    ['holds other bytes of the same length', 'new', tid1],
+    ['holds bytes of another length', 'newer', tid1],
+    ['holds no record of the oid', 'new', tid0],
+    ['is not in the file', 'new', tidPlusOne(tid0)],
+  ] as const)('writes the data itself, not a backpointer, when the transaction dataTxn names %s', async (_name, data, dataTxn) => {
     const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
     try {
       const oid = Buffer.from('0000000000000001', 'hex');
-      const tid1 = Buffer.from('03f00000000000a0', 'hex');
+      const other = Buffer.from('0000000000000002', 'hex');
       const tid2 = tidPlusOne(tid1);
-      for (const [tid, data, dataTxn] of [[tid1, 'old', null], [tid2, 'new', tid1]] as const) {
-        const txn = { description: data };
+      for (const [tid, record, written, back] of [[tid0, other, 'other', null], [tid1, oid, 'old', null], [tid2, oid, data, dataTxn]] as const) {
+        const txn = { description: written };
         await fs.tpcBegin(txn, { tid });
-        fs.restore(oid, tid, Buffer.from(data), dataTxn, txn);
+        fs.restore(record, tid, Buffer.from(written), back, txn);
         await fs.tpcVote(txn);
         await fs.tpcFinish(txn);
       }
-      expect((await fs.load(oid)).data.toString()).toBe('new');
+      expect((await fs.load(oid)).data.toString()).toBe(data);
       const txns = [];
       for await (const t of fs.iterator()) txns.push(t);
-      expect(txns[1]!.records[0]!.back).toBeNull();
-      expect(txns[1]!.records[0]!.data?.toString()).toBe('new');
+      expect(txns[2]!.records[0]!.back).toBeNull();
+      expect(txns[2]!.records[0]!.data?.toString()).toBe(data);
     } finally {
       await fs.close();
     }
