@@ -16,21 +16,53 @@ const LAYOUT = 'bushy';
 const BLOB_MARKER = Buffer.from('ZODB.blob', 'latin1');
 const BLOB_GLOBAL = Buffer.from('cZODB.blob\nBlob\n', 'latin1');
 
+/** Past a memo opcode at `p` (BINPUT, LONG_BINPUT, MEMOIZE, PUT), or `p` itself when there is none; -1: a PUT with no end. */
+function afterMemo(data: Buffer, p: number): number {
+  switch (data[p]) {
+    case 0x71: // BINPUT n
+      return p + 2;
+    case 0x72: // LONG_BINPUT n
+      return p + 5;
+    case 0x94: // MEMOIZE
+      return p + 1;
+    case 0x70: {
+      // PUT n\n
+      const nl = data.indexOf(0x0a, p);
+      return nl < 0 ? -1 : nl + 1;
+    }
+    default:
+      return p;
+  }
+}
+
+/** Past the string `text` at `p` (SHORT_BINUNICODE or BINUNICODE) and its memo opcode, or -1. */
+function afterName(data: Buffer, p: number, text: string): number {
+  let at: number;
+  if (data[p] === 0x8c && data[p + 1] === text.length) at = p + 2;
+  else if (data[p] === 0x58 && p + 5 <= data.length && data.readUInt32LE(p + 1) === text.length) at = p + 5;
+  else return -1;
+  return data.toString('latin1', at, at + text.length) === text ? afterMemo(data, at + text.length) : -1;
+}
+
 /**
  * Whether a record's data is a ZODB blob record: its first (class) pickle is the class
- * ZODB.blob.Blob itself, as ZODB.blob.is_blob_record decides. A record that merely refers to a
- * blob (a persistent reference `(oid, ZODB.blob.Blob)` in its state) is not one.
+ * ZODB.blob.Blob itself, as ZODB.blob.is_blob_record decides, written by any pickle protocol
+ * (GLOBAL up to protocol 3; from 4, the module and class names, then STACK_GLOBAL). A record that
+ * merely refers to a blob (a persistent reference `(oid, ZODB.blob.Blob)` in its state) is not one.
  */
 export function isBlobRecord(data: Buffer | null): boolean {
   if (data === null || data.length >= 4096 || !data.includes(BLOB_MARKER)) return false;
   let p = data[0] === 0x80 ? 2 : 0; // PROTO n
-  if (!data.subarray(p, p + BLOB_GLOBAL.length).equals(BLOB_GLOBAL)) return false;
-  p += BLOB_GLOBAL.length;
-  if (data[p] === 0x71) p += 2; // BINPUT n
-  else if (data[p] === 0x72) p += 5; // LONG_BINPUT n
-  else if (data[p] === 0x94) p += 1; // MEMOIZE
-  else if (data[p] === 0x70) p = data.indexOf(0x0a, p) + 1; // PUT n\n
-  return p > 0 && data[p] === 0x2e; // STOP: the class alone
+  if (data[p] === 0x95) p += 9; // FRAME n
+  if (data.subarray(p, p + BLOB_GLOBAL.length).equals(BLOB_GLOBAL)) p += BLOB_GLOBAL.length;
+  else {
+    p = afterName(data, p, 'ZODB.blob');
+    if (p >= 0) p = afterName(data, p, 'Blob');
+    if (p < 0 || data[p] !== 0x93) return false; // STACK_GLOBAL
+    p += 1;
+  }
+  p = afterMemo(data, p);
+  return p >= 0 && data[p] === 0x2e; // STOP: the class alone
 }
 
 
