@@ -15,6 +15,7 @@ import { nativeOutbound, WHOLE_TXN_MAX_BYTES, zrs2Outbound, ZRS20_SPEC } from '.
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import type { TransactionRecord } from '../../src/storage/types.js';
 import { FRAME_HEADER_BYTES } from '../../src/wire/framing.js';
+import { StreamChecksum } from '../../src/wire/checksum.js';
 import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, MAX_INLINE_RECORDS, RECORD_BLOCK_BYTES } from '../../src/wire/native.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitMany, Z64 } from './helpers.js';
@@ -190,6 +191,48 @@ describe('NativeInbound refuses a stream that breaks the order of messages', () 
     inbound.push(encodeNative({ type: 'blob', oid, size: 10 }, packr));
     expect(inbound.push(encodeNative({ type: 'blob-block', bytes: Buffer.alloc(6) }, packr))).toMatchObject([{ kind: 'blobBlock', last: false }]);
     expect(() => inbound.push(encodeNative({ type: 'blob-block', bytes: Buffer.alloc(6) }, packr))).toThrow(/blob block beyond the announced size/);
+  });
+});
+
+describe('NativeInbound refuses messages out of their place', () => {
+  const packr = createNativePackr();
+  const oid = Buffer.alloc(8, 1);
+  const tid = Buffer.alloc(8, 2);
+  type Sent = Parameters<typeof encodeNative>[0];
+  const txn: Sent = { type: 'txn', tid, status: ' ', user: Buffer.alloc(0), description: Buffer.alloc(0), extension: Buffer.alloc(0) };
+  const record: Sent = { type: 'record', oid, dataTxn: null, data: Buffer.from('blob record') };
+  const blobDue: Sent[] = [txn, record, { type: 'blob', oid, size: 10 }];
+  /** Feed `before` as a primary sends it (a commit with the checksum of the stream so far), then `last`: what the secondary makes of it. */
+  const feed = (before: Sent[], last: Sent | 'commit'): (() => void) => {
+    const inbound = welcome({ blobs: true, rawTxns: true, largeRecords: true });
+    const checksum = new StreamChecksum(Z64);
+    const send = (msg: Sent | 'commit'): void => {
+      const payload = encodeNative(msg === 'commit' ? { type: 'commit', checksum: checksum.digest() } : msg, packr);
+      checksum.update(payload);
+      inbound.push(payload);
+    };
+    for (const m of before) send(m);
+    return () => send(last);
+  };
+
+  it.each([
+    ['a record before any transaction', [], record, /record outside a transaction/],
+    ["a record while a blob's blocks are still due", blobDue, record, /record outside a transaction/],
+    ['a large record before any transaction', [], { type: 'large-record', oid, dataTxn: null, size: 10 }, /large-record outside a transaction/],
+    ["a large record while a blob's blocks are still due", blobDue, { type: 'large-record', oid, dataTxn: null, size: 10 }, /large-record outside a transaction/],
+    ['a run of transactions inside a transaction', [txn], { type: 'txns', count: 1, lastTid: tid, bytes: Buffer.alloc(64) }, /txns inside a transaction/],
+    ['a commit before any transaction', [], 'commit', /commit outside a transaction/],
+    ["a commit while a blob's blocks are still due", blobDue, 'commit', /commit outside a transaction/],
+    ['a welcome after the handshake', [], { type: 'welcome', lastTid: Z64, generation: { generation: 0, startTid: Z64 }, options: { blobs: true, compression: 'none' } }, /unexpected welcome after the handshake/],
+  ] as Array<[string, Sent[], Sent | 'commit', RegExp]>)('%s', (_name, before, last, error) => {
+    const send = feed(before, last);
+    expect(send).toThrow(ProtocolError);
+    expect(send).toThrow(error);
+  });
+
+  it('takes the same commit in its place (the checksum is right, only the order was wrong)', () => {
+    const send = feed([txn, { type: 'record', oid, dataTxn: null, data: Buffer.from('x') }], 'commit');
+    expect(send).not.toThrow();
   });
 });
 
