@@ -121,6 +121,19 @@ describe('GenerationHistory.startNext', () => {
     const bad = ['null', '{"version":1,"generations":[null]}', '{"version":1,"generations":[{"generation":0}]}', '[]'];
     // A largest generation seen that is not a count: read as "none" it let a promotion reuse a generation.
     for (const maxSeen of ['"2"', '1.5', '-2', 'null']) bad.push(`{"version":1,"maxSeen":${maxSeen},"generations":[{"generation":0,"startTid":"0000000000000000"}]}`);
+    // Histories no node writes: a generation number that is no count, a start tid of another length, numbers that
+    // do not increase, start tids that go back.
+    const entry = (generation: unknown, startTid: string): string => JSON.stringify({ generation, startTid });
+    for (const entries of [
+      [entry(-1, '0000000000000000')],
+      [entry(1.5, '0000000000000000')],
+      [entry(0, '00000000000000')],
+      [entry(0, '0000000000000000'), entry(0, '00000000000000ff')],
+      [entry(2, '0000000000000000'), entry(1, '00000000000000ff')],
+      [entry(0, '00000000000000ff'), entry(1, '0000000000000001')],
+    ]) {
+      bad.push(`{"version":1,"generations":[${entries.join(',')}]}`);
+    }
     for (const body of bad) {
       const path = join(await tempDir(), 'x.fs');
       writeFileSync(generationsPathFor(path), body);
