@@ -59,7 +59,6 @@ export function checkGenerations(list: readonly GenerationEntry[], where = 'gene
   }
 }
 
-/** Same number and same start tid. */
 /**
  * The generations of `list` a node whose last transaction is `lastTid` has
  * reached: those starting at or before it. One starting after it holds
@@ -75,6 +74,7 @@ export function generationsBefore(list: readonly GenerationEntry[], tid: Buffer)
   return list.filter((g) => Buffer.compare(g.startTid, tid) < 0);
 }
 
+/** Same number and same start tid. */
 export function sameGeneration(a: GenerationEntry, b: GenerationEntry): boolean {
   return a.generation === b.generation && a.startTid.equals(b.startTid);
 }
