@@ -1056,4 +1056,37 @@ describe('asking a primary for the fork tid', () => {
       await storage.close();
     }
   });
+
+  it('takes only a verdict for an answer: silence, another kind of server, another message or bytes that are no message are errors', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    await storageFileWith(path, 1);
+    const storage = await FileStorage.open(path);
+    const packr = createNativePackr();
+    /** What askForkTid makes of a node that answers the question (the protocol name, then the hello) by `answer`. */
+    const askedOf = async (answer: (c: { send(p: Uint8Array): void; sendRaw(b: Uint8Array): void }) => void, clock?: VirtualClock): Promise<string> => {
+      const server = await FakeServer.start((c) => void c.frame(1).then(() => answer(c), () => undefined));
+      try {
+        const asking = askForkTid(storage, server.address, { timeoutMs: 1000, ...(clock ? { clock } : {}) }).then((tid) => `answered ${tid === null ? 'null' : tid.toString('hex')}`, (e: Error) => e.message);
+        if (clock) {
+          // The question is out (the timer is set before it is written): a second passes with no answer.
+          await (await server.connection(0)).frame(1);
+          clock.advance(1000);
+        }
+        return await asking;
+      } finally {
+        await server.close();
+      }
+    };
+    try {
+      expect(await askedOf(() => undefined, new VirtualClock(0))).toMatch(/^no answer from 127\.0\.0\.1:\d+ within 1000 ms$/);
+      expect(await askedOf((c) => c.sendRaw(Buffer.from('HTTP/1.1 400 Bad Request\r\n\r\n')))).toMatch(/is a web server \(it answered in HTTP: a metrics address\?\), not a ZRS node$/);
+      expect(await askedOf((c) => c.send(encodeNative({ type: 'heartbeat', lastTid: Z64, clockMs: 0 }, packr)))).toBe('unexpected heartbeat from the primary');
+      expect(await askedOf((c) => c.send(Buffer.from([0xc1])))).toMatch(/^msgpack reserved byte 0xc1 at byte 0/);
+      // A keep-alive before the verdict is passed over: the welcome says the histories agree, nothing to cut.
+      const welcome = encodeNative({ type: 'welcome', lastTid: Z64, generation: { generation: 0, startTid: Z64 }, options: { blobs: false, compression: 'none' } }, packr);
+      expect(await askedOf((c) => (c.send(Buffer.alloc(0)), c.send(welcome)))).toBe('answered null');
+    } finally {
+      await storage.close();
+    }
+  });
 });
