@@ -144,6 +144,43 @@ describe('HashChain', () => {
     expect(readFileSync(chainPath).subarray(0, 8).toString('latin1')).toBe('ZRSCHN02');
   });
 
+  it('takes the commits that land while it catches up from the data file once each, in order, with the links a chain built afterwards gives', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    try {
+      const before = await commitMany(fs, 3000);
+      // The chain is built from the whole file while 20 more transactions commit, one at a time.
+      const opening = HashChain.open(fs);
+      let opened = false;
+      void opening.then(() => (opened = true), () => undefined);
+      const during: Buffer[] = [];
+      let beforeOpened = 0;
+      while (during.length < 20) {
+        during.push(...(await commitMany(fs, 1)));
+        if (!opened) beforeOpened += 1;
+      }
+      const chain = await opening;
+      // Some landed before the catch-up ended (else nothing here was tested).
+      expect(beforeOpened).toBeGreaterThan(0);
+      const after = await commitMany(fs, 2);
+      const tids = [...before, ...during, ...after];
+      const links = await linksOf(chain, tids);
+      expect(chain.length).toBe(tids.length);
+      await chain.close();
+      // A chain built from the finished file, nothing committing.
+      writeFileSync(chainPathFor(path), '');
+      const fresh = await HashChain.open(fs);
+      try {
+        expect(await linksOf(fresh, tids)).toEqual(links);
+      } finally {
+        await fresh.close();
+      }
+    } finally {
+      await fs.close();
+    }
+  });
+
   it('drops a last entry with one flipped byte, and keeps reading and extending a version-1 file with its sha256 checks', async () => {
     const { fs, tids, links, chainPath } = await chainOfCommits(4);
     let chain: HashChain;
