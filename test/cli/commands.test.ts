@@ -4,6 +4,7 @@
 
 import { execFile } from 'node:child_process';
 import { readFile, rm, writeFile, open as openFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it, vi } from 'vitest';
@@ -546,6 +547,9 @@ describe('zrs dump', () => {
     const tuple = Buffer.concat([Buffer.from([0x80, 0x02, 0x58, 3, 0, 0, 0]), Buffer.from('mod'), Buffer.from([0x58, 4, 0, 0, 0]), Buffer.from('Name'), Buffer.from([0x86, 0x71, 0x01, 0x2e])]);
     expect(pickleClass(tuple)).toEqual(['mod', 'Name']);
     expect(pickleClass(Buffer.from('not a pickle'))).toEqual(['', '']);
+    // Records CPython pickled at protocols 0 to 5, the class alone or in a (class, args) tuple.
+    const cases: Array<{ name: string; pickle: string }> = JSON.parse(readFileSync(new URL('../helpers/referencePickles.json', import.meta.url), 'utf8'));
+    for (const c of cases) expect(pickleClass(Buffer.from(c.pickle, 'hex')), c.name).toEqual(c.name.startsWith('old-style') ? ['__main__', 'Old'] : ['collections', 'OrderedDict']);
   });
 
   it('says on stderr where it stopped when it cannot read to the end of the data', async () => {
