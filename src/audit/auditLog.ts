@@ -79,6 +79,8 @@ export interface AuditLogOptions {
   clock: Clock;
   /** Where write failures are reported. */
   log?: Logger;
+  /** Called with each intact record the open reads, in file order (what a caller wants of the log's past, read in the same pass). */
+  onRecord?: (record: AuditRecord) => void;
 }
 
 interface Pending {
@@ -165,6 +167,7 @@ export class AuditLog {
     const recorded = new Set<number>();
     const noteRecorded = (r: AuditRecord): void => {
       if (r.kind === 'audit-damage' && r.details.kept === true && typeof r.details.offset === 'number') recorded.add(r.details.offset);
+      options.onRecord?.(r);
     };
     const read = await scanAuditLog(path, noteRecorded).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') return null;

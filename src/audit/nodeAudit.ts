@@ -9,7 +9,8 @@ import type { Logger } from '../replication/log.js';
 import type { ReplicationServer } from '../replication/server.js';
 import { auditPrimarySession, auditSecondaryConnection, UnnamedConnections, type AuditedSecondary } from './actorAudit.js';
 import { pathKind } from '../storage/fileio.js';
-import { AuditLog, readAuditLog, type AuditRecord } from './auditLog.js';
+import { AuditLog, readAuditLog, type AuditLogOptions, type AuditRecord } from './auditLog.js';
+import type { GenerationEntry } from '../wire/native.js';
 
 export interface NodeAuditOptions {
   /** The node's data file; the audit log defaults to `<dataPath>.audit`. */
@@ -87,10 +88,51 @@ export async function promotionRunAgain(
   return `${what}: generation ${current.generation} already starts after its last transaction (tid ${current.startTid.toString('hex')}), and its audit log says this node started it: it was promoted and nothing was written since`;
 }
 
-/** Open the node's audit log, or return null when it is turned off (`auditPath: null`). */
-export async function openNodeAudit(o: NodeAuditOptions): Promise<AuditLog | null> {
+/**
+ * Open the audit log at `path` for a node whose generation history is
+ * `generations`. A promotion it records that never started its generation
+ * (the process stopped between the record and the start: the record is
+ * written first, so a log that cannot take it stops the promotion) is taken
+ * back first by a `promotion-refused` record (code `not-started`,
+ * `afterRecord`), as a promotion that fails late is: the log then says
+ * what the node did. Judged by the last promotion not already taken back
+ * nor followed by a rewind.
+ */
+export async function openAuditLog(path: string, options: AuditLogOptions, generations: readonly GenerationEntry[]): Promise<AuditLog> {
+  // The last promotion read, unless a record taking it back or a rewind came after it.
+  const last: { promotion: AuditRecord | null } = { promotion: null };
+  const onRecord = (r: AuditRecord): void => {
+    if (r.kind === 'promotion') last.promotion = r;
+    else if (r.kind === 'rewind' || promotionFailedLate(r)) last.promotion = null;
+  };
+  const audit = await AuditLog.open(path, { ...options, onRecord });
+  const stopped = last.promotion;
+  const notStarted = stopped === null ? null : promotionNotStarted(stopped, generations);
+  if (stopped !== null && notStarted !== null) {
+    const { requestedBy, forced } = stopped.details;
+    // A log that cannot take it reports that itself, and refuses every later decision.
+    await audit.decide('promotion-refused', { code: 'not-started', reason: notStarted, afterRecord: true, requestedBy, force: forced === true }).catch(() => undefined);
+  }
+  return audit;
+}
+
+/** Why the promotion `r` recorded did not happen (its generation is not in `generations`), or null when it did or cannot be told. */
+function promotionNotStarted(r: AuditRecord, generations: readonly GenerationEntry[]): string | null {
+  const { newGeneration, startTid } = r.details;
+  if (typeof newGeneration !== 'number' || typeof startTid !== 'string') return null;
+  if (generations.some((g) => g.generation === newGeneration && g.startTid.toString('hex') === startTid)) return null;
+  return `the promotion recorded at ${r.time} (seq ${r.seq}) never started generation ${newGeneration} after tid ${startTid}: it is not in the node's generation history (the process stopped after the record)`;
+}
+
+/**
+ * Open the node's audit log, or return null when it is turned off (`auditPath: null`). With the node's
+ * `generations`, a promotion that never started is taken back first (see openAuditLog).
+ */
+export async function openNodeAudit(o: NodeAuditOptions, generations?: readonly GenerationEntry[]): Promise<AuditLog | null> {
   if (o.auditPath === null) return null;
-  return AuditLog.open(o.auditPath ?? defaultAuditPath(o.dataPath), { node: o.node ?? basename(o.dataPath), clock: o.clock, log: o.log });
+  const path = o.auditPath ?? defaultAuditPath(o.dataPath);
+  const options = { node: o.node ?? basename(o.dataPath), clock: o.clock, log: o.log };
+  return generations ? openAuditLog(path, options, generations) : AuditLog.open(path, options);
 }
 
 /** Audit every session of `server`, open ones included; returns a function that stops (sessions already followed stay followed). */

@@ -9,7 +9,7 @@
 import { stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { AuditLog, type AuditRecord } from '../audit/auditLog.js';
-import { auditPast, defaultAuditPath, nodeAuditPaths, promotionRunAgain } from '../audit/nodeAudit.js';
+import { auditPast, defaultAuditPath, nodeAuditPaths, openAuditLog, promotionRunAgain } from '../audit/nodeAudit.js';
 import { runEach, ZrsError } from '../errors.js';
 import { FailoverHistory } from '../failover/history.js';
 import { nextGeneration } from '../failover/promote.js';
@@ -125,7 +125,7 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
           `${path}: its audit log says ${by} refused it as diverged (${diverged.time}): promoted, it would start a history beside that one; rewind it first (zrs rewind --to-common-with ${by}), or --force`,
         );
       }
-      if (log !== null) audit = await AuditLog.open(log, { node: basename(path), continueNode: true, clock: systemClock });
+      if (log !== null) audit = await openAuditLog(log, { node: basename(path), continueNode: true, clock: systemClock }, history.generations.list);
       const previous = history.generations.current;
       const planned = nextGeneration(history, storage.lastTransaction());
       const requestedBy = 'zrs promote FILE';

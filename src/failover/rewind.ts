@@ -17,7 +17,7 @@ import { connectAddress, formatAddress } from '../replication/address.js';
 import { basename, dirname } from 'node:path';
 import { pathKind, refuseEmptyStorage, syncDirectory } from '../storage/fileio.js';
 import { AuditLog } from '../audit/auditLog.js';
-import { defaultAuditPath } from '../audit/nodeAudit.js';
+import { defaultAuditPath, openAuditLog } from '../audit/nodeAudit.js';
 import { isBlobRecord } from '../storage/blobs.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import { removeIndex } from '../storage/indexFile.js';
@@ -328,7 +328,8 @@ export function rewindAuditDetails(r: RewindResult, commonWith: string): Record<
 /** The storage's audit log for an offline rewind, or null when it records none. */
 async function openRewindAudit(path: string, options: RewindOptions): Promise<AuditLog | null> {
   if (options.auditPath === null) return null;
-  return AuditLog.open(options.auditPath ?? defaultAuditPath(path), { node: options.node ?? basename(path), continueNode: options.node === undefined, clock: options.clock ?? systemClock });
+  const generations = (await GenerationHistory.open(path)).list;
+  return openAuditLog(options.auditPath ?? defaultAuditPath(path), { node: options.node ?? basename(path), continueNode: options.node === undefined, clock: options.clock ?? systemClock }, generations);
 }
 
 /** An offline rewind as an audit decision; `primary`: the one asked, or null for a given tid. */

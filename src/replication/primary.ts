@@ -137,7 +137,7 @@ export class Primary {
       edges = await openNodeEdges(options, clock, options.log ?? silentLogger);
       edges.metrics.watchStorage(storage);
       const metrics = edges.metrics;
-      sync = await PrimarySync.open(options, storage, clock, options.log ?? silentLogger);
+      sync = await PrimarySync.open(options, storage, clock, options.log ?? silentLogger, history.generations.list);
       // A primary replicates from nobody: its path is itself.
       const path = [options.nodeId ?? randomBytes(NODE_ID_BYTES)];
       const role = {
@@ -174,15 +174,15 @@ export class Primary {
       const starting = options.newGeneration ?? null;
       let started = starting === null;
       // Records written before the new generation starts carry the one they decide.
-      await sync.attach(server, { generation: () => (started ? primary.generation : starting!.entry), address: formatAddress(server.address), promotion });
-      if (starting) {
+      const start = async (): Promise<void> => {
         try {
-          await starting.start();
+          await starting?.start();
         } finally {
           // Started or not: later records carry the generation the storage is in.
           started = true;
         }
-      }
+      };
+      await sync.attach(server, { generation: () => (started ? primary.generation : starting!.entry), address: formatAddress(server.address), promotion, start });
       // The sessions kept streaming learn the new generation (and path) without reconnecting; only now that the
       // promotion is on disk in the audit log, as every decision is before anyone learns of it.
       if (options.server) server.announceGeneration();

@@ -5,6 +5,7 @@
 
 import { AuditLog } from '../audit/auditLog.js';
 import { auditServerSessions, openNodeAudit } from '../audit/nodeAudit.js';
+import type { GenerationEntry } from '../wire/native.js';
 import type { Clock } from '../ports/clock.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import type { Logger } from './log.js';
@@ -57,9 +58,10 @@ export class PrimarySync {
     readonly local: FileStorage,
   ) {}
 
-  static async open(options: PrimarySyncOptions, storage: FileStorage, clock: Clock, log: Logger): Promise<PrimarySync> {
+  /** `generations`: the node's history (a promotion its audit log records that never started is taken back). */
+  static async open(options: PrimarySyncOptions, storage: FileStorage, clock: Clock, log: Logger, generations?: readonly GenerationEntry[]): Promise<PrimarySync> {
     const { syncReplicas, syncTimeoutMs } = checkSyncOptions(options);
-    const audit = await openNodeAudit({ dataPath: options.path, auditPath: options.auditPath, node: options.name, clock, log });
+    const audit = await openNodeAudit({ dataPath: options.path, auditPath: options.auditPath, node: options.name, clock, log }, generations);
     const tracker = new AckTracker({ clock, log, audit });
     const exposed = syncReplicas > 0 ? syncCommitStorage(storage, tracker, syncReplicas, syncTimeoutMs) : storage;
     return new PrimarySync(audit, tracker, exposed, syncReplicas, syncTimeoutMs, storage);
@@ -68,16 +70,21 @@ export class PrimarySync {
   /**
    * Follow `server`'s sessions (open ones too) and record the node's start:
    * a `promotion` decision when the primary was opened from an existing
-   * history (a promoted secondary), then a `config` record.
+   * history (a promoted secondary); then, once its generation has started
+   * (`start`), a `config` record. A promotion that fails to start has no
+   * `config` record after it: the failure's record comes next.
    */
-  async attach(server: ReplicationServer, details: { generation: () => unknown; address: string; promotion: Record<string, unknown> | null }): Promise<void> {
+  async attach(server: ReplicationServer, details: { generation: () => unknown; address: string; promotion: Record<string, unknown> | null; start?: () => Promise<void> }): Promise<void> {
     this.stopTracking = server.watchSessions((s) => this.tracker.track(s));
+    if (this.audit) {
+      this.audit.generation = details.generation;
+      this.stopAudit = auditServerSessions(this.audit, server);
+      // A promotion is recorded before it takes effect: one that cannot be recorded does not happen.
+      // (Any other failed write is logged by the audit log itself and fails every later decision.)
+      if (details.promotion) await this.audit.decide('promotion', { role: 'primary', address: details.address, ...details.promotion });
+    }
+    await details.start?.();
     if (!this.audit) return;
-    this.audit.generation = details.generation;
-    this.stopAudit = auditServerSessions(this.audit, server);
-    // A promotion is recorded before it takes effect: one that cannot be recorded does not happen.
-    // (Any other failed write is logged by the audit log itself and fails every later decision.)
-    if (details.promotion) await this.audit.decide('promotion', { role: 'primary', address: details.address, ...details.promotion });
     this.opened = true;
     await this.audit
       .decide('config', { change: 'open', role: 'primary', replicateTo: details.address, syncReplicas: this.syncReplicas, syncTimeoutMs: this.syncTimeoutMs })

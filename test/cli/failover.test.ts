@@ -7,7 +7,9 @@ import { createConnection, createServer, type AddressInfo, type Socket } from 'n
 import { join } from 'node:path';
 import { firstValueFrom } from 'rxjs';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { readAuditLog } from '../../src/audit/auditLog.js';
+import { AuditLog, readAuditLog, type AuditRecord } from '../../src/audit/auditLog.js';
+import { systemClock } from '../../src/node/clock.js';
+import { auditedDecisions } from '../../src/sim/cluster.js';
 import { runCli } from '../../src/cli/cli.js';
 import type { ReplicationAddress } from '../../src/ports/transport.js';
 import { formatAddress } from '../../src/replication/address.js';
@@ -19,7 +21,7 @@ import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { interceptFileWrites } from '../helpers/fileWrites.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { BLOB_RECORD, commitMany, expectSameHistory, storageFileWith, waitForTid, writeFullHistory } from '../replication/helpers.js';
-import { FAST_RECONNECT } from '../replication/netHelpers.js';
+import { FAST_RECONNECT, NOWHERE } from '../replication/netHelpers.js';
 import { memoryIo, ZrsProcess, type LogLine } from './helpers.js';
 
 afterAll(cleanupTempDirs);
@@ -105,6 +107,39 @@ describe('zrs promote / zrs rewind', () => {
     writeFileSync(`${path}.generations`, JSON.stringify({ version: 1, maxSeen: 1, generations: [{ generation: 0, startTid: '0000000000000000' }, { generation: 1, startTid: tids.at(-1)!.toString('hex') }] }));
     const r = await run('promote', path);
     expect(r).toMatchObject({ code: 0, stdout: `promoted ${path}: generation 2 starts after tid ${tids.at(-1)!.toString('hex')}\n` });
+  });
+
+  it('a promotion that stopped after its record is taken back in the audit log when the node opens again, and nothing else is', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const last = (await storageFileWith(path, 2)).at(-1)!.toString('hex');
+    /** The record `zrs promote FILE` writes before it starts generation 1, with no start after it (the process stopped). */
+    const stoppedPromotion = async (): Promise<void> => {
+      const log = await AuditLog.open(`${path}.audit`, { node: 'Data.fs', continueNode: true, clock: systemClock });
+      await log.decide('promotion', { previousRole: 'secondary', offline: true, previousGeneration: 0, newGeneration: 1, startTid: last, sessionsKept: 0, requestedBy: 'zrs promote FILE' });
+      await log.close();
+    };
+    const promotions = (records: AuditRecord[]): string[] => records.filter((r) => r.kind.startsWith('promotion')).map((r) => r.kind);
+    const kinds = async (): Promise<string[]> => promotions((await readAuditLog(`${path}.audit`)).records);
+    await stoppedPromotion();
+    // Opened as a secondary: the promotion is taken back first, once.
+    for (let i = 0; i < 2; i++) {
+      const secondary = await Secondary.open({ path, replicateFrom: NOWHERE, fsync: false, reconnect: FAST_RECONNECT });
+      await secondary.close();
+    }
+    expect(await kinds()).toEqual(['promotion', 'promotion-refused']);
+    const takenBack = (await readAuditLog(`${path}.audit`)).records.find((r) => r.kind === 'promotion-refused')!;
+    expect(takenBack.details).toMatchObject({ code: 'not-started', afterRecord: true, requestedBy: 'zrs promote FILE' });
+    expect(takenBack.details.reason).toMatch(/never started generation 1 after tid [0-9a-f]{16}: it is not in the node's generation history/);
+    // Stopped again, then promoted offline: taken back, then made; a primary opened on it takes back nothing.
+    await stoppedPromotion();
+    expect((await run('promote', path)).stdout).toBe(`promoted ${path}: generation 1 starts after tid ${last}\n`);
+    const primary = await Primary.open({ path, replicateTo: '127.0.0.1:0', fsync: false });
+    await primary.close();
+    const records = (await readAuditLog(`${path}.audit`)).records;
+    expect(promotions(records)).toEqual(['promotion', 'promotion-refused', 'promotion', 'promotion-refused', 'promotion']);
+    // Read as the failure simulator reads a node's log: one promotion made.
+    expect(auditedDecisions(records)).toEqual([`promotion to generation 1 after ${last}`]);
   });
 
   it('a rewind that undoes a promotion and cuts no transaction says which generation it dropped, and so does the audit log', async () => {
