@@ -60,9 +60,12 @@ export const FOLLOW_BUFFER_BYTES = 16 * 1024 * 1024;
  * Reasons a session gives up on its peer: the socket is destroyed, queued
  * bytes dropped. A drain that timed out did so because the peer stopped
  * reading, and a handshake that timed out has a peer that said nothing:
- * neither would take an orderly close either.
+ * neither would take an orderly close either. A session closed before its
+ * handshake ended has sent nothing and has nothing to send: an orderly end
+ * would only make the server's close wait on a peer that may never close
+ * its side (a health check, a port scanner).
  */
-const GIVE_UP_REASONS: ReadonlySet<SessionCloseReason['kind']> = new Set(['transport-error', 'protocol-error', 'effect-failed', 'actor-failed', 'drain-timeout', 'handshake-timeout']);
+const GIVE_UP_REASONS: ReadonlySet<SessionCloseReason['kind']> = new Set(['transport-error', 'protocol-error', 'effect-failed', 'actor-failed', 'drain-timeout', 'handshake-timeout', 'closed-before-start']);
 
 /** Reasons of an ordinary end, logged at info (an actor failure is an error, everything else a warning). */
 const ORDINARY_REASONS: ReadonlySet<SessionCloseReason['kind']> = new Set(['drained', 'peer-closed', 'closed-before-start', 'status-served', 'promote-served']);

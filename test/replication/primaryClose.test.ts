@@ -241,14 +241,32 @@ describe('closing a primary whose peer does not cooperate', () => {
     }
   });
 
-  it('an orderly end to a peer that keeps its side open lingers CLOSE_LINGER_MS, then the socket is destroyed', async () => {
+  it('a peer that connected and said nothing does not hold up close(): its socket is destroyed at once', async () => {
+    const { primary } = await primaryOnVirtualClock();
+    const { socket, ended } = await halfOpenPeer(primary);
+    try {
+      await settleUntil(() => primary.status().sessions.length === 1); // a session, never past its handshake
+      // No virtual time passes: neither the handshake timeout nor a linger can end it.
+      await primary.close();
+      await ended;
+    } finally {
+      socket.destroy();
+      await primary.close();
+    }
+  });
+
+  it('an orderly end to a secondary that keeps its side open lingers CLOSE_LINGER_MS, then the socket is destroyed', async () => {
     const { primary, clock, logs } = await primaryOnVirtualClock();
     const { socket, ended } = await halfOpenPeer(primary);
     let closeDone = false;
     try {
-      await settleUntil(() => primary.status().sessions.length === 1); // a session, never past its handshake
+      // A native handshake from the start: welcomed, nothing to send, nothing waiting for an ack.
+      const framed = new FramedSocket(socket);
+      framed.send(nativeProtocolName());
+      framed.send(encodeNative({ type: 'hello', startTid: Z64, generations: [], options: { blobs: false } }, createNativePackr()));
+      expect(decodeNative(await framed.frame(0), createNativeUnpackr(), 'primary').type).toBe('welcome');
       const closing = primary.close().then(() => (closeDone = true));
-      await logs.waitFor((e) => e.message.includes('session with') && e.fields?.reason === 'closed-before-start');
+      await logs.waitFor((e) => e.message.includes('session with') && e.fields?.reason === 'drained');
       // The orderly end reached the peer, which keeps its side open: the primary's close waits ...
       await ended;
       clock.advance(CLOSE_LINGER_MS - 1);
