@@ -38,11 +38,17 @@ export interface OpenRepairs {
 export function logOpenRepairs(log: Logger, storage: OpenRepairs): void {
   const cut = storage.tailCutOnOpen;
   if (cut !== null) {
-    log(
-      'warn',
-      `${storage.path}: the last transaction (${cut.bytes} bytes at the end) was cut off and kept in ${cut.keptIn}: ${cut.reason}; a crash during its commit leaves it so, and so would damage to it`,
-      { position: cut.position, bytes: cut.bytes, keptIn: cut.keptIn, reason: cut.reason },
-    );
+    const what =
+      cut.bytesAfter > 0
+        ? `the transaction at position ${cut.position} and the ${cut.bytesAfter} bytes after it (${cut.bytes} bytes, to the end of the file) were cut off`
+        : `the last transaction (${cut.bytes} bytes at the end) was cut off`;
+    log('warn', `${storage.path}: ${what} and kept in ${cut.keptIn}: ${cut.reason}; a crash during its commit leaves it so, and so would damage to it`, {
+      position: cut.position,
+      bytes: cut.bytes,
+      bytesAfter: cut.bytesAfter,
+      keptIn: cut.keptIn,
+      reason: cut.reason,
+    });
   }
   if (storage.stalePackRemovedOnOpen != null) {
     log('info', `${storage.path}: removed ${storage.path}.pack (${storage.stalePackRemovedOnOpen} bytes), the unfinished output of a pack stopped before its end (the data file is as before that pack)`, {

@@ -254,6 +254,20 @@ export interface TailCut {
   keptIn: string;
   /** What was wrong with it: still marked in progress, cut short, not wholly written, or damaged. */
   reason: string;
+  /**
+   * Bytes cut after that transaction's own end, by its header's length (0
+   * when it was the last, or when its length cannot be read): the open cuts
+   * from the first transaction it cannot take to the end of the file.
+   */
+  bytesAfter: number;
+}
+
+/** Bytes between the end of the transaction at `pos`, by its header's length, and `end`; 0 when that length cannot be read or reaches `end`. */
+function bytesAfterTransactionAt(fd: number, pos: number, end: number): number {
+  if (pos + TXN_HEADER_BYTES > end) return 0;
+  const length = readU64At(preadSync(fd, pos + 8, 8), 0);
+  const txnEnd = pos + length + TRAILER_BYTES;
+  return length >= TXN_HEADER_BYTES && txnEnd < end ? end - txnEnd : 0;
 }
 
 function noSuchFile(path: string, readOnly: boolean): ZrsError {
@@ -528,7 +542,7 @@ export class FileStorage {
     if (!onlyFill) {
       let n = 0;
       while (await access(`${path}.tr${n}`).then(() => true, () => false)) n++;
-      cut = { position: pos, bytes: keepEnd - pos, keptIn: `${path}.tr${n}`, reason };
+      cut = { position: pos, bytes: keepEnd - pos, keptIn: `${path}.tr${n}`, reason, bytesAfter: bytesAfterTransactionAt(fd, pos, keepEnd) };
       await writeFileSynced(cut.keptIn, pieces(), 'wx');
       // The side file's name is durable before the bytes it keeps are cut from the data file.
       await syncDirectory(dirname(path));

@@ -19,6 +19,7 @@ import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { undoIdFor } from '../../src/storage/undo.js';
 import { readTransaction } from '../../src/storage/iterator.js';
 import { WindowReader } from '../../src/storage/fileio.js';
+import { logOpenRepairs } from '../../src/replication/log.js';
 
 afterAll(cleanupTempDirs);
 
@@ -162,7 +163,15 @@ describe('damage in the middle of a file (intact transactions after it)', () => 
     await writeFile(path, bytes);
     const fs = await FileStorage.open(path);
     try {
-      expect(fs.tailCutOnOpen).toEqual({ position: victim.pos, bytes: original.length - victim.pos, keptIn: `${path}.tr0`, reason: "transaction still marked in progress ('c')" });
+      const bytesAfter = original.length - (victim.pos + victim.length + 8);
+      expect(bytesAfter).toBeGreaterThan(0);
+      expect(fs.tailCutOnOpen).toEqual({ position: victim.pos, bytes: original.length - victim.pos, keptIn: `${path}.tr0`, reason: "transaction still marked in progress ('c')", bytesAfter });
+      // The node that opened it says so: not "the last transaction".
+      const lines: string[] = [];
+      logOpenRepairs((_level, message) => void lines.push(message), fs);
+      expect(lines).toEqual([
+        `${path}: the transaction at position ${victim.pos} and the ${bytesAfter} bytes after it (${original.length - victim.pos} bytes, to the end of the file) were cut off and kept in ${path}.tr0: transaction still marked in progress ('c'); a crash during its commit leaves it so, and so would damage to it`,
+      ]);
       expect(fs.transactionCount).toBe(txns.indexOf(victim));
       expect(readFileSync(`${path}.tr0`).equals(bytes.subarray(victim.pos))).toBe(true);
     } finally {
@@ -185,6 +194,7 @@ describe('damage in the middle of a file (intact transactions after it)', () => 
         bytes: original.length - last.pos,
         keptIn: `${path}.tr0`,
         reason: `redundant length ${last.length + 1} does not match transaction length ${last.length} (at position ${last.pos + last.length})`,
+        bytesAfter: 0,
       });
       expect(fs.transactionCount).toBe(txns.length - 1);
     } finally {

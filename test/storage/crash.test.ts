@@ -101,7 +101,7 @@ async function checkRecovery(work: string, damaged: Buffer, b: Built, withOlderI
     if (cut.length > 0) expect(readFileSync(`${path}.tr0`)).toEqual(cut);
     else expect(existsSync(`${path}.tr0`)).toBe(false);
     // What was cut, for the node that opened it to log.
-    expect(fs.tailCutOnOpen).toEqual(cut.length > 0 ? { position: b.lastPos, bytes: cut.length, keptIn: `${path}.tr0`, reason: expect.any(String) } : null);
+    expect(fs.tailCutOnOpen).toEqual(cut.length > 0 ? { position: b.lastPos, bytes: cut.length, keptIn: `${path}.tr0`, reason: expect.any(String), bytesAfter: 0 } : null);
     expect(existsSync(`${path}.tr1`)).toBe(false);
     // The next tid passes the cut transaction's tid when its 8 bytes survived.
     const prev = b.before.txns.at(-1)?.tid ?? null;
