@@ -153,7 +153,10 @@ export function formatStatus(s: NodeStatus, address: string): string {
       const ago = Math.max(0, s.clockMs - u.lastHeartbeat.receivedMs) / 1000;
       rows.push(['last heartbeat', `${u.lastHeartbeat.lastTid.toString('hex')}, ${ago.toFixed(1)} seconds ago`]);
     } else rows.push(['last heartbeat', 'none']);
-    rows.push(['lag', u.lagSeconds === null ? 'unknown' : `${u.lagSeconds.toFixed(4)} seconds`]);
+    // Lag is never negative; a node ahead of its upstream (diverged, or an upstream restored from an older copy) is said to be.
+    const ahead = u.primaryLastTid === null ? null : lagBetween(s.lastTid, u.primaryLastTid);
+    const aheadNote = ahead !== null && ahead > 0 ? ` (ahead of its upstream by ${ahead.toFixed(4)} seconds: it holds transactions the upstream does not)` : '';
+    rows.push(['lag', u.lagSeconds === null ? 'unknown' : `${u.lagSeconds.toFixed(4)} seconds${aheadNote}`]);
   }
   rows.push(['secondaries', String(s.sessionCount)]);
   const width = Math.max(...rows.map(([k]) => k.length)) + 1;

@@ -550,5 +550,8 @@ describe('formatStatus', () => {
     expect(text).toMatch(/^lag: +0\.0000 seconds$/m);
     const stepped = formatStatus({ ...status, clockMs: 7_000 }, '127.0.0.1:5001');
     expect(stepped).toMatch(new RegExp(`^last heartbeat: +${tid.toString('hex')}, 0\\.0 seconds ago$`, 'm'));
+    // Ahead of its upstream (a diverged node): the lag stays 0, and the status says by how much it is ahead.
+    const ahead = formatStatus({ ...status, lastTid: tidFromTime(Date.UTC(2026, 0, 1) + 48_250) }, '127.0.0.1:5001');
+    expect(ahead).toMatch(/^lag: +0\.0000 seconds \(ahead of its upstream by 48\.2500 seconds: it holds transactions the upstream does not\)$/m);
   });
 });
