@@ -135,7 +135,8 @@ export type SessionCloseReason =
   | { kind: 'handshake-timeout'; timeoutMs: number }
   | { kind: 'closed-before-start' }
   | { kind: 'status-served' }
-  | { kind: 'promote-served'; outcome: PromoteOutcome['kind'] }
+  /** `outcome`: 'promoted', or the refusal's code. */
+  | { kind: 'promote-served'; outcome: 'promoted' | Extract<PromoteOutcome, { kind: 'refused' }>['code'] }
   | { kind: 'drained' }
   | { kind: 'drain-timeout'; timeoutMs: number }
   | { kind: 'source-ended' }
@@ -534,7 +535,7 @@ export const primarySessionMachine = setup({
           target: 'closed',
           actions: [
             { type: 'sendPromoteResult', params: ({ event }) => event.output },
-            { type: 'close', params: ({ event }) => ({ reason: { kind: 'promote-served', outcome: event.output.kind } }) },
+            { type: 'close', params: ({ event }) => ({ reason: { kind: 'promote-served', outcome: event.output.kind === 'promoted' ? 'promoted' : event.output.code } }) },
           ],
         },
         onError: {
@@ -544,7 +545,7 @@ export const primarySessionMachine = setup({
               type: 'sendPromoteResult',
               params: ({ event }) => ({ kind: 'refused', code: 'failed', reason: event.error instanceof Error ? event.error.message : String(event.error) }),
             },
-            { type: 'close', params: { reason: { kind: 'promote-served', outcome: 'refused' } } },
+            { type: 'close', params: { reason: { kind: 'promote-served', outcome: 'failed' } } },
           ],
         },
       },

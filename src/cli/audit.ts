@@ -127,9 +127,13 @@ function summary(r: AuditRecord): string {
       const dropped = Array.isArray(d.generationsDropped)
         ? `; dropped generation(s) ${(d.generationsDropped as Array<Record<string, unknown>>).map((g) => `${str(g.generation)} (from tid ${str(g.startTid)})`).join(', ')}`
         : '';
+      // `commonWith` is the primary asked, or 'tid' for a tid given (zrs rewind --to-tid).
+      const given = d.commonWith === 'tid';
       return Number(d.transactionsCut) === 0
-        ? `REWIND: nothing to cut, shares its history with ${str(d.commonWith)} up to tid ${str(d.forkTid)}${dropped}`
-        : `REWOUND to tid ${str(d.forkTid)} (common with ${str(d.commonWith)}): ${str(d.transactionsCut)} transaction(s) cut, ${str(d.firstCutTid)} .. ${str(d.lastCutTid)}, ${str(d.blobsCut)} blob file(s)${d.blobsMissing ? ` (${str(d.blobsMissing)} already missing)` : ''}; saved in ${str(d.sidePath)}${dropped}`;
+        ? given
+          ? `REWIND: nothing to cut after the given tid ${str(d.forkTid)}${dropped}`
+          : `REWIND: nothing to cut, shares its history with ${str(d.commonWith)} up to tid ${str(d.forkTid)}${dropped}`
+        : `REWOUND to tid ${str(d.forkTid)} (${given ? 'given' : `common with ${str(d.commonWith)}`}): ${str(d.transactionsCut)} transaction(s) cut, ${str(d.firstCutTid)} .. ${str(d.lastCutTid)}, ${str(d.blobsCut)} blob file(s)${d.blobsMissing ? ` (${str(d.blobsMissing)} already missing)` : ''}; saved in ${str(d.sidePath)}${dropped}`;
     }
     case 'sync-timeout':
       return `SYNC TIMEOUT tid ${str(d.tid)}: ${str(d.got)} of ${str(d.wanted)} acks within ${str(d.timeoutMs)} ms (committed on the primary)`;

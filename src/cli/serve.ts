@@ -312,14 +312,15 @@ function summary(s: StorageConfig): Record<string, unknown> {
 }
 
 function describe(s: StorageConfig): string {
-  const where = `${s.loc.file}:${s.loc.line}`;
+  // A section without a name of its own is named by its path: said once.
+  const head = `${s.loc.file}:${s.loc.line}: ${s.kind} ${s.name === s.storage.path ? s.name : `${s.name}: ${s.storage.path}`}`;
   if (s.kind === 'primary') {
     const sync = s.options.syncReplicas ? `, commits wait for ${s.options.syncReplicas} secondary ack(s)` : '';
-    return `${where}: primary ${s.name}: ${s.storage.path}, replicating to ${formatAddress(s.options.replicateTo)}${sync}, audit log ${auditPathOf(s) ?? 'off'}`;
+    return `${head}, replicating to ${formatAddress(s.options.replicateTo)}${sync}, audit log ${auditPathOf(s) ?? 'off'}`;
   }
   if (s.kind === 'secondary') {
     const to = s.options.replicateTo ? `, replicating to ${formatAddress(s.options.replicateTo)}` : '';
-    return `${where}: secondary ${s.name}: ${s.storage.path}, replicating from ${formatAddress(s.options.replicateFrom)}${to}, audit log ${auditPathOf(s) ?? 'off'}`;
+    return `${head}, replicating from ${formatAddress(s.options.replicateFrom)}${to}, audit log ${auditPathOf(s) ?? 'off'}`;
   }
-  return `${where}: filestorage ${s.name}: ${s.storage.path}${s.storage.readOnly ? ' (read-only)' : ''}`;
+  return `${head}${s.storage.readOnly ? ' (read-only)' : ''}`;
 }

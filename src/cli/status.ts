@@ -78,11 +78,11 @@ export async function status(addressText: string, io: CliIo, options: { json?: b
     result = await requestStatus(address, { timeoutMs: options.timeoutMs });
   } catch (err) {
     if (err instanceof StatusConnectError) {
-      io.err(`zrs status: can't connect to ${addressText}: ${printable(err.reason)}\n`);
+      io.err(`zrs status: can't connect to ${formatAddress(address)}: ${printable(err.reason)}\n`);
       return EXIT_UNREACHABLE;
     }
     if (err instanceof StatusReplyError) {
-      io.err(`zrs status: no status from ${addressText}: ${printable(err.reason)}\n`);
+      io.err(`zrs status: no status from ${formatAddress(address)}: ${printable(err.reason)}\n`);
       return EXIT_UNREACHABLE;
     }
     throw err;

@@ -887,7 +887,7 @@ export function describeReason(r: SessionCloseReason): string {
     case 'status-served':
       return 'status request answered';
     case 'promote-served':
-      return `promote request answered (${r.outcome})`;
+      return r.outcome === 'promoted' ? 'promote request answered: promoted' : `promote request answered: refused (${r.outcome})`;
     default:
       return r.kind;
   }

@@ -167,6 +167,9 @@ describe('zrs help and usage', () => {
     const r = await run('serve', '--check', cfg);
     expect(r.code).toBe(0);
     expect(r.stdout).toBe(`${cfg}:2: primary main: ${dir}/Data.fs, replicating to ${dir}/p.sock, audit log ${dir}/Data.fs.audit\n`);
+    // A storage section without a name of its own is named by its path, said once.
+    await writeFile(cfg, `<filestorage>\n path ${dir}/Data.fs\n read-only true\n</filestorage>\n`);
+    expect((await run('serve', '--check', cfg)).stdout).toBe(`${cfg}:1: filestorage ${dir}/Data.fs (read-only)\n`);
   });
 
   it('serve fails cleanly (exit 1, lock released) when a replication port is taken', async () => {

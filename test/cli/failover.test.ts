@@ -153,7 +153,7 @@ describe('zrs promote / zrs rewind', () => {
     const gens = JSON.parse(readFileSync(`${path}.generations`, 'utf8')) as { generations: unknown[] };
     expect(gens.generations).toHaveLength(1);
     const audit = await run('audit', `${path}.audit`);
-    expect(audit.stdout).toContain(`REWIND: nothing to cut, shares its history with tid up to tid ${last}; dropped generation(s) 1 (from tid ${last})`);
+    expect(audit.stdout).toContain(`REWIND: nothing to cut after the given tid ${last}; dropped generation(s) 1 (from tid ${last})`);
   });
 
   it('refuses to rewind a storage with blobs opened without its blob directory: the cut files would stay behind', async () => {
@@ -290,6 +290,8 @@ describe('zrs promote / zrs rewind', () => {
       ['Data.fs', 'rewind', 2],
     ]);
     expect(records[2]!.details).toMatchObject({ offline: true, commonWith: 'tid', forkTid: tids[1]!.toString('hex'), firstCutTid: tids[2]!.toString('hex'), lastCutTid: tids[3]!.toString('hex') });
+    // zrs audit says the tid was given, not "common with tid".
+    expect((await run('audit', `${path}.audit`)).stdout).toContain(`REWOUND to tid ${tids[1]!.toString('hex')} (given): 2 transaction(s) cut, ${tids[2]!.toString('hex')} .. ${t3}`);
     expect((await run('promote', '--timeout', '5', path)).code).toBe(2);
     expect((await run('promote', '--audit-log', 'off', '127.0.0.1:1')).code).toBe(2);
   });

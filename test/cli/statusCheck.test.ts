@@ -143,6 +143,8 @@ describe('zrs status', () => {
     expect(r.code).toBe(2);
     expect(r.stdout).toBe('');
     expect(r.stderr).toBe(`zrs status: can't connect to ${join(dir, 'nothing.sock')}: connect ENOENT ${join(dir, 'nothing.sock')}\n`);
+    // A bare port is named as the address it stands for, as zrs promote names it.
+    expect((await run('status', '1')).stderr).toBe("zrs status: can't connect to 127.0.0.1:1: connect ECONNREFUSED 127.0.0.1:1\n");
   });
 
   it('treats a malformed address or timeout as a usage error', async () => {

@@ -43,7 +43,8 @@ describe('primarySession: promote request', () => {
     const refused: PromoteOutcome = { kind: 'refused', code: 'already-primary', reason: 'this node is already a primary' };
     const [s, a] = walk({ type: 'PROTOCOL', name: native.name }, { type: 'PROMOTE_REQUEST', force: false }, done(refused));
     expect(paramsOf(a, 'sendPromoteResult')).toEqual(refused);
-    expect(s.context.closeReason).toEqual({ kind: 'promote-served', outcome: 'refused' });
+    // The close reason (logged) names the refusal's code, as the answer does.
+    expect(s.context.closeReason).toEqual({ kind: 'promote-served', outcome: 'already-primary' });
   });
 
   it('a failed promote actor is answered as refused (failed)', () => {
@@ -53,7 +54,7 @@ describe('primarySession: promote request', () => {
       { type: 'xstate.error.actor.promote', error: new Error('disk full') },
     );
     expect(paramsOf(a, 'sendPromoteResult')).toEqual({ kind: 'refused', code: 'failed', reason: 'disk full' });
-    expect(s.context.closeReason).toEqual({ kind: 'promote-served', outcome: 'refused' });
+    expect(s.context.closeReason).toEqual({ kind: 'promote-served', outcome: 'failed' });
   });
 
   it('CLOSE waits for the promotion to finish', () => {

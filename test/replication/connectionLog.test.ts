@@ -119,7 +119,7 @@ describe('a replication server past its connection log burst', () => {
       await clients.drive(() => promote.closed() && server.sessionCount === 0);
       expect(lines.splice(0)).toEqual([
         expect.stringMatching(/^info connection from x#c\d+$/),
-        expect.stringMatching(/^info session with x#c\d+ closed: promote request answered \(refused\)$/),
+        expect.stringMatching(/^info session with x#c\d+ closed: promote request answered: refused \(not-promotable\)$/),
       ]);
 
       // A status request past the burst is counted; the count waiting for its interval goes out when the server closes.
