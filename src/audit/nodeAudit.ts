@@ -121,7 +121,7 @@ function promotionNotStarted(r: AuditRecord, generations: readonly GenerationEnt
   const { newGeneration, startTid } = r.details;
   if (typeof newGeneration !== 'number' || typeof startTid !== 'string') return null;
   if (generations.some((g) => g.generation === newGeneration && g.startTid.toString('hex') === startTid)) return null;
-  return `the promotion recorded at ${r.time} (seq ${r.seq}) never started generation ${newGeneration} after tid ${startTid}: it is not in the node's generation history (the process stopped after the record)`;
+  return `the promotion recorded at ${r.time} (seq ${r.seq}) did not start generation ${newGeneration} after tid ${startTid}: it is not in the node's generation history (a process stopped between the record and the start leaves it so, and so does a generations file restored from before the promotion)`;
 }
 
 /**

@@ -130,7 +130,7 @@ describe('zrs promote / zrs rewind', () => {
     expect(await kinds()).toEqual(['promotion', 'promotion-refused']);
     const takenBack = (await readAuditLog(`${path}.audit`)).records.find((r) => r.kind === 'promotion-refused')!;
     expect(takenBack.details).toMatchObject({ code: 'not-started', afterRecord: true, requestedBy: 'zrs promote FILE' });
-    expect(takenBack.details.reason).toMatch(/never started generation 1 after tid [0-9a-f]{16}: it is not in the node's generation history/);
+    expect(takenBack.details.reason).toMatch(/did not start generation 1 after tid [0-9a-f]{16}: it is not in the node's generation history/);
     // Stopped again, then promoted offline: taken back, then made; a primary opened on it takes back nothing.
     await stoppedPromotion();
     expect((await run('promote', path)).stdout).toBe(`promoted ${path}: generation 1 starts after tid ${last}\n`);
