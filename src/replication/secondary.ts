@@ -1008,6 +1008,8 @@ export class Secondary {
     if (!this.detached || !own) return;
     const o = this.options;
     try {
+      // Without the generation history: the promotion not started that the open would take back is the one
+      // whose failure this records.
       const audit = await openNodeAudit({ dataPath: o.path, auditPath: o.auditPath, node: o.name, clock: this.clock, log: this.log });
       if (!audit) return;
       audit.generation = this.failover?.generations.current ?? null;
