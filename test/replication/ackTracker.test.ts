@@ -73,6 +73,24 @@ describe('AckTracker', () => {
     tracker.close();
   });
 
+  it('keeps the lag of the oldest unacknowledged send exact past the bound on remembered send times', () => {
+    const clock = new VirtualClock(1_000_000);
+    const tracker = new AckTracker({ clock, log: () => undefined });
+    const s = scriptedSession('s');
+    tracker.track(s.session);
+    // 5,000 sends a millisecond apart, none acknowledged: more than the 4,096 send times remembered.
+    for (let n = 1; n <= 5000; n++) {
+      s.sent(n);
+      clock.advance(1);
+    }
+    clock.advance(5000);
+    expect(tracker.status()[0]!.lagMs).toBe(10_000);
+    // Acknowledged halfway: the lag is that of a send still remembered, not one dropped to bound the memory.
+    s.ack(2500);
+    expect(tracker.status()[0]!.lagMs).toBe(10_000 - 2500);
+    tracker.close();
+  });
+
   it('rejects a timed-out wait only once its audit record is written', async () => {
     const clock = new VirtualClock();
     let written!: () => void;

@@ -179,6 +179,8 @@ describe('a primary given bad input closes only that connection', () => {
     c.send(hello(Buffer.alloc(8, 0xff)));
     const msg = decodeRefusal(await c.frame(0));
     expect(msg).toMatchObject({ type: 'refuse', code: 'tid-too-high' });
+    // With the primary's last tid, which the secondary shows as where its upstream stands.
+    expect(msg.type === 'refuse' && msg.lastTid).toEqual(primary.storage.lastTransaction());
     await expectOnlyThatConnectionClosed(/tid-too-high/);
   });
 

@@ -126,6 +126,12 @@ describe('SendPacer', () => {
     abort.abort();
     await aborted;
     expect(virtual.pendingTimers).toBe(0);
+
+    // A signal aborted already: no wait at all, and no timer left behind.
+    pacer.step(costing(virtual, 1));
+    expect(pacer.delayMs()).toBeGreaterThan(0);
+    await pacer.turn(AbortSignal.abort());
+    expect(virtual.pendingTimers).toBe(0);
   });
 
   it('probes a loop that sends keep saturated: paced for a window, it stays paced when other work then fills the loop', () => {
