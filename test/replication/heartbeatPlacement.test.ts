@@ -70,6 +70,42 @@ describe("the primary's heartbeats", () => {
     }
   });
 
+  it("carry the primary's last committed tid, also one not sent yet", async () => {
+    const dir = await tempDir();
+    const { primary, clock, peer, types } = await primaryWithPeer(dir);
+    const unpackr = createNativeUnpackr();
+    const heartbeats: Buffer[] = [];
+    peer.frames$.subscribe((f) => {
+      if (f.length === 0) return;
+      const msg = decodeNative(f, unpackr, 'primary');
+      if (msg.type === 'heartbeat') heartbeats.push(Buffer.from(msg.lastTid));
+    });
+    try {
+      const fs = primary.storage;
+      const commitOne = async (description: string): Promise<Buffer> => {
+        const txn = { description };
+        await fs.tpcBegin(txn);
+        fs.store(fs.newOid(), Z64, Buffer.from(description), txn);
+        await fs.tpcVote(txn);
+        return fs.tpcFinish(txn);
+      };
+      // One sent first: the session has a last tid sent of its own.
+      await commitOne('sent');
+      await settleUntil(() => types.includes('commit'));
+      const from = types.length;
+      const tid = await commitOne('committed, then a heartbeat before it is sent');
+      // In the same turn, before the live feed sends it: the heartbeat names it already, not the one sent.
+      clock.advance(HEARTBEAT_MS);
+      await settleUntil(() => types.slice(from).includes('commit') && heartbeats.length > 0);
+      const after = types.slice(from);
+      expect(after.indexOf('heartbeat')).toBeLessThan(after.indexOf('txn'));
+      expect(heartbeats[0]).toEqual(tid);
+    } finally {
+      peer.destroy();
+      await primary.close();
+    }
+  });
+
   it('stop when the session ends: no timer of it is left on the clock', async () => {
     const dir = await tempDir();
     const { primary, clock, peer } = await primaryWithPeer(dir);
