@@ -74,6 +74,50 @@ describe.each(cases)('closing a primary (%s secondaries, mid-write %s)', (protoc
   });
 });
 
+describe('closing a primary while a secondary catches up', () => {
+  it('sends every transaction once, in order, then ends: the catch-up stops and the drain goes on from where it was', async () => {
+    const dir = await tempDir();
+    const logs = new LogCollector();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, log: logs.log });
+    // About 24 MiB: more than the socket buffers take while the peer does not read.
+    const tids: Buffer[] = [];
+    for (let i = 0; i < 240; i++) {
+      const txn = { description: `t${i}` };
+      await primary.storage.tpcBegin(txn);
+      primary.storage.store(primary.storage.newOid(), Z64, Buffer.alloc(100 * 1024, i), txn);
+      await primary.storage.tpcVote(txn);
+      tids.push(await primary.storage.tpcFinish(txn));
+    }
+    const peer = await FramedSocket.connect(primary.address);
+    const received: Buffer[] = [];
+    const unpackr = createNativeUnpackr();
+    peer.frames$.subscribe((f) => {
+      if (f.length === 0) return;
+      const msg = decodeNative(f, unpackr, 'primary');
+      if (msg.type === 'txns') {
+        for (let at = 0; at < msg.bytes.length; at += Number(msg.bytes.readBigUInt64BE(at + 8)) + 8) received.push(Buffer.from(msg.bytes.subarray(at, at + 8)));
+      } else if (msg.type === 'txn') received.push(Buffer.from(msg.tid));
+    });
+    try {
+      peer.send(nativeProtocolName());
+      peer.send(encodeNative({ type: 'hello', startTid: Z64, generations: [], options: { blobs: false, rawTxns: true } }, createNativePackr()));
+      expect(decodeNative(await peer.frame(0), createNativeUnpackr(), 'primary').type).toBe('welcome');
+      // The peer stops reading: the catch-up waits on its socket, part of the way.
+      peer.socket.pause();
+      await settleUntil(() => primary.status().sessions[0]?.state === 'catchingUp' && (primary.secondaries()[0]?.bytesSent ?? 0) > 0);
+      const closing = primary.close();
+      peer.socket.resume();
+      await closing;
+      await peer.waitClosed();
+      expect(received.map((t) => t.toString('hex'))).toEqual(tids.map((t) => t.toString('hex')));
+      expect(logs.entries.filter((e) => e.message.includes('session with')).map((e) => e.fields?.reason)).toEqual(['drained']);
+    } finally {
+      peer.destroy();
+      await primary.close();
+    }
+  });
+});
+
 describe('closing a primary whose peer does not cooperate', () => {
   async function primaryOnVirtualClock(): Promise<{ primary: Primary; clock: VirtualClock; logs: LogCollector }> {
     const clock = new VirtualClock(Date.now());
