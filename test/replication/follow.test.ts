@@ -9,6 +9,7 @@
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { firstValueFrom } from 'rxjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parseAddress } from '../../src/replication/address.js';
 import { silentLogger } from '../../src/replication/log.js';
@@ -191,6 +192,22 @@ describe('catching up under a steady stream of commits', () => {
       expect(counters.overflows).toBe(0);
       expect(counters.catchUps).toBe(1);
       await expectSameHistory(storage, secondary.storage);
+    } finally {
+      await closeAll(secondary, server, storage);
+    }
+  });
+
+  it('stops following the live feed when it ends: a session gone leaves no listener behind', async () => {
+    const { dir, storage, sessions, server } = await serve();
+    const listeners = (server as unknown as { feed: { listeners: Set<unknown> } }).feed.listeners;
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: server.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    try {
+      await waitForTid(secondary, (await commitMany(storage, 1))[0]!);
+      expect(listeners.size).toBe(1);
+      // The secondary goes (its peer closed): the session ends and no longer hears of commits.
+      await secondary.close();
+      await firstValueFrom(sessions[0]!.done$, { defaultValue: null });
+      expect(listeners.size).toBe(0);
     } finally {
       await closeAll(secondary, server, storage);
     }
