@@ -74,43 +74,78 @@ describe.each(cases)('closing a primary (%s secondaries, mid-write %s)', (protoc
   });
 });
 
-describe('closing a primary while a secondary catches up', () => {
-  it('sends every transaction once, in order, then ends: the catch-up stops and the drain goes on from where it was', async () => {
-    const dir = await tempDir();
+/** 240 transactions of 100 KiB (about 24 MiB: more than the socket buffers take while a peer does not read); their tids. */
+async function commitLarge(primary: Primary): Promise<Buffer[]> {
+  const tids: Buffer[] = [];
+  for (let i = 0; i < 240; i++) {
+    const txn = { description: `t${i}` };
+    await primary.storage.tpcBegin(txn);
+    primary.storage.store(primary.storage.newOid(), Z64, Buffer.alloc(100 * 1024, i), txn);
+    await primary.storage.tpcVote(txn);
+    tids.push(await primary.storage.tpcFinish(txn));
+  }
+  return tids;
+}
+
+/**
+ * A native peer taking raw runs from the start, which stops reading once welcomed: resolves once the
+ * primary's catch-up to it waits on its socket, part of the way. `received`: the tids of the transactions it
+ * read so far; `kinds`: the messages, a heartbeat with a generation as 'generation'. Resume it with
+ * `peer.socket.resume()`.
+ */
+async function peerCatchingUp(primary: Primary): Promise<{ peer: FramedSocket; received: Buffer[]; kinds: string[] }> {
+  const peer = await FramedSocket.connect(primary.address);
+  const received: Buffer[] = [];
+  const kinds: string[] = [];
+  const unpackr = createNativeUnpackr();
+  peer.frames$.subscribe((f) => {
+    if (f.length === 0) return;
+    const msg = decodeNative(f, unpackr, 'primary');
+    kinds.push(msg.type === 'heartbeat' && msg.generation ? 'generation' : msg.type);
+    if (msg.type === 'txns') {
+      for (let at = 0; at < msg.bytes.length; at += Number(msg.bytes.readBigUInt64BE(at + 8)) + 8) received.push(Buffer.from(msg.bytes.subarray(at, at + 8)));
+    } else if (msg.type === 'txn') received.push(Buffer.from(msg.tid));
+  });
+  peer.send(nativeProtocolName());
+  peer.send(encodeNative({ type: 'hello', startTid: Z64, generations: [], options: { blobs: false, rawTxns: true } }, createNativePackr()));
+  await settleUntil(() => kinds.length > 0);
+  expect(kinds).toEqual(['welcome']);
+  peer.socket.pause();
+  await settleUntil(() => primary.status().sessions[0]?.state === 'catchingUp' && (primary.secondaries()[0]?.bytesSent ?? 0) > 0);
+  return { peer, received, kinds };
+}
+
+describe('a secondary catching up', () => {
+  it('is sent every transaction once, in order, when the primary closes meanwhile, then the end: the catch-up stops and the drain goes on from where it was', async () => {
     const logs = new LogCollector();
-    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, log: logs.log });
-    // About 24 MiB: more than the socket buffers take while the peer does not read.
-    const tids: Buffer[] = [];
-    for (let i = 0; i < 240; i++) {
-      const txn = { description: `t${i}` };
-      await primary.storage.tpcBegin(txn);
-      primary.storage.store(primary.storage.newOid(), Z64, Buffer.alloc(100 * 1024, i), txn);
-      await primary.storage.tpcVote(txn);
-      tids.push(await primary.storage.tpcFinish(txn));
-    }
-    const peer = await FramedSocket.connect(primary.address);
-    const received: Buffer[] = [];
-    const unpackr = createNativeUnpackr();
-    peer.frames$.subscribe((f) => {
-      if (f.length === 0) return;
-      const msg = decodeNative(f, unpackr, 'primary');
-      if (msg.type === 'txns') {
-        for (let at = 0; at < msg.bytes.length; at += Number(msg.bytes.readBigUInt64BE(at + 8)) + 8) received.push(Buffer.from(msg.bytes.subarray(at, at + 8)));
-      } else if (msg.type === 'txn') received.push(Buffer.from(msg.tid));
-    });
+    const primary = await Primary.open({ path: join(await tempDir(), 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, log: logs.log });
+    const tids = await commitLarge(primary);
+    const { peer, received } = await peerCatchingUp(primary);
     try {
-      peer.send(nativeProtocolName());
-      peer.send(encodeNative({ type: 'hello', startTid: Z64, generations: [], options: { blobs: false, rawTxns: true } }, createNativePackr()));
-      expect(decodeNative(await peer.frame(0), createNativeUnpackr(), 'primary').type).toBe('welcome');
-      // The peer stops reading: the catch-up waits on its socket, part of the way.
-      peer.socket.pause();
-      await settleUntil(() => primary.status().sessions[0]?.state === 'catchingUp' && (primary.secondaries()[0]?.bytesSent ?? 0) > 0);
       const closing = primary.close();
       peer.socket.resume();
       await closing;
       await peer.waitClosed();
       expect(received.map((t) => t.toString('hex'))).toEqual(tids.map((t) => t.toString('hex')));
       expect(logs.entries.filter((e) => e.message.includes('session with')).map((e) => e.fields?.reason)).toEqual(['drained']);
+    } finally {
+      peer.destroy();
+      await primary.close();
+    }
+  });
+
+  it('is told of a generation announced meanwhile before its catch-up ends, though nothing is committed after it and heartbeats are off', async () => {
+    const primary = await Primary.open({ path: join(await tempDir(), 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, heartbeatIntervalMs: 0 });
+    const tids = await commitLarge(primary);
+    const { peer, received, kinds } = await peerCatchingUp(primary);
+    try {
+      // As a promotion does for the sessions it keeps: the node's generation, to every session.
+      (primary as unknown as { server: { announceGeneration(): void } }).server.announceGeneration();
+      peer.socket.resume();
+      await settleUntil(() => received.length === tids.length);
+      expect(kinds.filter((k) => k === 'generation')).toHaveLength(1);
+      // Before the last transactions of the catch-up, not after it.
+      expect(kinds.indexOf('generation')).toBeLessThan(kinds.lastIndexOf('txns'));
     } finally {
       peer.destroy();
       await primary.close();
