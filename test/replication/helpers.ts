@@ -36,6 +36,19 @@ export async function commitMany(fs: FileStorage, n: number, records = 3, serial
   return tids;
 }
 
+/** Commit `n` transactions of one new object of `bytes` bytes each (240 of 100 KiB: more than socket buffers take while a peer does not read); their tids. */
+export async function commitLarge(fs: FileStorage, n = 240, bytes = 100 * 1024): Promise<Buffer[]> {
+  const tids: Buffer[] = [];
+  for (let i = 0; i < n; i++) {
+    const txn = { description: `t${i}` };
+    await fs.tpcBegin(txn);
+    fs.store(fs.newOid(), Z64, Buffer.alloc(bytes, i), txn);
+    await fs.tpcVote(txn);
+    tids.push(await fs.tpcFinish(txn));
+  }
+  return tids;
+}
+
 /** Resolve once the secondary's storage holds `tid` (or something later). */
 export async function waitForTid(secondary: Secondary, tid: Buffer, ms = 20_000): Promise<void> {
   if (Buffer.compare(secondary.storage.lastTransaction(), tid) >= 0) return;

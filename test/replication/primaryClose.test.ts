@@ -16,7 +16,7 @@ import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nat
 import { Secondary } from '../../src/replication/secondary.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { commitMany, waitForTid } from './helpers.js';
+import { commitLarge, commitMany, waitForTid } from './helpers.js';
 import { FAST_RECONNECT, FramedSocket, LogCollector, openFdCount, settleUntil } from './netHelpers.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 
@@ -74,19 +74,6 @@ describe.each(cases)('closing a primary (%s secondaries, mid-write %s)', (protoc
   });
 });
 
-/** 240 transactions of 100 KiB (about 24 MiB: more than the socket buffers take while a peer does not read); their tids. */
-async function commitLarge(primary: Primary): Promise<Buffer[]> {
-  const tids: Buffer[] = [];
-  for (let i = 0; i < 240; i++) {
-    const txn = { description: `t${i}` };
-    await primary.storage.tpcBegin(txn);
-    primary.storage.store(primary.storage.newOid(), Z64, Buffer.alloc(100 * 1024, i), txn);
-    await primary.storage.tpcVote(txn);
-    tids.push(await primary.storage.tpcFinish(txn));
-  }
-  return tids;
-}
-
 /**
  * A native peer taking raw runs from the start, which stops reading once welcomed: resolves once the
  * primary's catch-up to it waits on its socket, part of the way. `received`: the tids of the transactions it
@@ -119,7 +106,7 @@ describe('a secondary catching up', () => {
   it('is sent every transaction once, in order, when the primary closes meanwhile, then the end: the catch-up stops and the drain goes on from where it was', async () => {
     const logs = new LogCollector();
     const primary = await Primary.open({ path: join(await tempDir(), 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, log: logs.log });
-    const tids = await commitLarge(primary);
+    const tids = await commitLarge(primary.storage);
     const { peer, received } = await peerCatchingUp(primary);
     try {
       const closing = primary.close();
@@ -136,7 +123,7 @@ describe('a secondary catching up', () => {
 
   it('is told of a generation announced meanwhile before its catch-up ends, though nothing is committed after it and heartbeats are off', async () => {
     const primary = await Primary.open({ path: join(await tempDir(), 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, heartbeatIntervalMs: 0 });
-    const tids = await commitLarge(primary);
+    const tids = await commitLarge(primary.storage);
     const { peer, received, kinds } = await peerCatchingUp(primary);
     try {
       // As a promotion does for the sessions it keeps: the node's generation, to every session.

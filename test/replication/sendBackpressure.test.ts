@@ -1,0 +1,122 @@
+// A primary sends to a secondary only as fast as the secondary's socket
+// takes the bytes: once a write finds the socket full, the session waits for
+// its drain before it writes more, in catch-up and live alike (a blob
+// streamed in blocks too). What one slow secondary makes the primary hold
+// stays bounded. Here every write reports the socket full and the test gives
+// each drain itself, so the bytes written between two drains are exact.
+
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, expect, it } from 'vitest';
+import { socketTransport } from '../../src/node/socketTransport.js';
+import type { Transport } from '../../src/ports/transport.js';
+import { Primary } from '../../src/replication/primary.js';
+import { Secondary } from '../../src/replication/secondary.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { BLOB_RECORD, commitLarge, commitMany, waitForTid, Z64 } from './helpers.js';
+import { FAST_RECONNECT, settleUntil } from './netHelpers.js';
+
+afterAll(cleanupTempDirs);
+
+const MiB = 1024 * 1024;
+/** The most a session may write between two drains: its largest batch (a raw run of 1 MiB), with room for framing. */
+const BETWEEN_DRAINS = 2 * MiB;
+
+/** A server transport whose streams report every write as filling the socket, and pass a drain on only when the test gives it. */
+function drainsByHand(): { transport: Transport; drain(): void; writes(): number; mostBetweenDrains(): number } {
+  let drainHandler: (() => void) | null = null;
+  let writes = 0;
+  let sinceDrain = 0;
+  let most = 0;
+  const transport: Transport = {
+    ...socketTransport,
+    listen: (address, onStream, options) =>
+      socketTransport.listen(
+        address,
+        (s) =>
+          onStream({
+            peer: s.peer,
+            get heldBytes() {
+              return s.heldBytes;
+            },
+            write: (chunk) => {
+              s.write(chunk);
+              writes += 1;
+              sinceDrain += chunk.length;
+              most = Math.max(most, sinceDrain);
+              return false;
+            },
+            pause: () => s.pause(),
+            resume: () => s.resume(),
+            end: () => s.end(),
+            destroy: (e) => s.destroy(e),
+            setHandlers: (h) => {
+              drainHandler = h.drain;
+              s.setHandlers({ ...h, drain: () => undefined });
+            },
+          }),
+        options,
+      ),
+  };
+  return {
+    transport,
+    drain: () => {
+      sinceDrain = 0;
+      drainHandler?.();
+    },
+    writes: () => writes,
+    mostBetweenDrains: () => most,
+  };
+}
+
+/** Give drains one at a time, each once the session wrote again, until `done()`. */
+async function drainUntil(hand: ReturnType<typeof drainsByHand>, done: () => boolean): Promise<void> {
+  while (!done()) {
+    const before = hand.writes();
+    hand.drain();
+    await settleUntil(() => hand.writes() > before || done());
+  }
+}
+
+it('catch-up waits for the socket to drain between batches', async () => {
+  const dir = await tempDir();
+  const hand = drainsByHand();
+  const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, transport: hand.transport, heartbeatIntervalMs: 0 });
+  const tids = await commitLarge(primary.storage);
+  const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+  try {
+    const last = tids.at(-1)!;
+    await drainUntil(hand, () => Buffer.compare(secondary.storage.lastTransaction(), last) >= 0);
+    // About 24 MiB went out, never more than a batch between two drains.
+    expect(hand.mostBetweenDrains()).toBeGreaterThan(0);
+    expect(hand.mostBetweenDrains()).toBeLessThanOrEqual(BETWEEN_DRAINS);
+  } finally {
+    await secondary.close();
+    await primary.close();
+  }
+});
+
+it('a live blob streamed in blocks waits for the socket to drain between them', async () => {
+  const dir = await tempDir();
+  const hand = drainsByHand();
+  const primary = await Primary.open({ path: join(dir, 'p.fs'), blobDir: join(dir, 'p.blobs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, transport: hand.transport, heartbeatIntervalMs: 0 });
+  const secondary = await Secondary.open({ path: join(dir, 's.fs'), blobDir: join(dir, 's.blobs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+  try {
+    const first = (await commitMany(primary.storage, 1))[0]!;
+    await drainUntil(hand, () => Buffer.compare(secondary.storage.lastTransaction(), first) >= 0);
+    const file = join(dir, 'blob');
+    await writeFile(file, Buffer.alloc(8 * MiB, 7));
+    const fs = primary.storage;
+    const txn = { description: 'an 8 MiB blob' };
+    await fs.tpcBegin(txn);
+    await fs.storeBlob(fs.newOid(), Z64, BLOB_RECORD, file, txn);
+    await fs.tpcVote(txn);
+    const tid = await fs.tpcFinish(txn);
+    await drainUntil(hand, () => Buffer.compare(secondary.storage.lastTransaction(), tid) >= 0);
+    await waitForTid(secondary, tid);
+    expect(hand.mostBetweenDrains()).toBeLessThanOrEqual(BETWEEN_DRAINS);
+  } finally {
+    await secondary.close();
+    await primary.close();
+  }
+});
