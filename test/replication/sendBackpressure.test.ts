@@ -3,7 +3,9 @@
 // its drain before it writes more, in catch-up and live alike (a blob
 // streamed in blocks too). What one slow secondary makes the primary hold
 // stays bounded. Here every write reports the socket full and the test gives
-// each drain itself, so the bytes written between two drains are exact.
+// each drain itself, so the bytes written between two drains are exact, and
+// a session can be held in the middle of a transaction: a generation
+// announced then goes out right after its commit.
 
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -14,7 +16,8 @@ import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { BLOB_RECORD, commitLarge, commitMany, waitForTid, Z64 } from './helpers.js';
-import { FAST_RECONNECT, settleUntil } from './netHelpers.js';
+import { FAST_RECONNECT, FramedSocket, settleUntil } from './netHelpers.js';
+import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName } from '../../src/wire/native.js';
 
 afterAll(cleanupTempDirs);
 
@@ -117,6 +120,44 @@ it('a live blob streamed in blocks waits for the socket to drain between them', 
     expect(hand.mostBetweenDrains()).toBeLessThanOrEqual(BETWEEN_DRAINS);
   } finally {
     await secondary.close();
+    await primary.close();
+  }
+});
+
+it('a generation announced while a transaction is being streamed follows its commit', async () => {
+  const dir = await tempDir();
+  const hand = drainsByHand();
+  const primary = await Primary.open({ path: join(dir, 'p.fs'), blobDir: join(dir, 'p.blobs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, transport: hand.transport, heartbeatIntervalMs: 0 });
+  const peer = await FramedSocket.connect(primary.address);
+  const kinds: string[] = [];
+  const unpackr = createNativeUnpackr();
+  peer.frames$.subscribe((f) => {
+    if (f.length > 0) {
+      const msg = decodeNative(f, unpackr, 'primary');
+      kinds.push(msg.type === 'heartbeat' && msg.generation ? 'generation' : msg.type);
+    }
+  });
+  try {
+    peer.send(nativeProtocolName());
+    peer.send(encodeNative({ type: 'hello', startTid: Z64, generations: [], options: { blobs: true } }, createNativePackr()));
+    await drainUntil(hand, () => primary.status().sessions[0]?.state === 'live');
+    const file = join(dir, 'blob');
+    await writeFile(file, Buffer.alloc(8 * MiB, 7));
+    const fs = primary.storage;
+    const txn = { description: 'an 8 MiB blob' };
+    await fs.tpcBegin(txn);
+    await fs.storeBlob(fs.newOid(), Z64, BLOB_RECORD, file, txn);
+    await fs.tpcVote(txn);
+    await fs.tpcFinish(txn);
+    // Its first blocks are out, the rest wait for drains: the session is in the middle of the transaction.
+    await settleUntil(() => kinds.includes('blob-block'));
+    (primary as unknown as { server: { announceGeneration(): void } }).server.announceGeneration();
+    await drainUntil(hand, () => kinds.includes('generation'));
+    expect(kinds.slice(kinds.indexOf('txn'))).toEqual(expect.arrayContaining(['commit', 'generation']));
+    // Not inside the transaction: right after its commit.
+    expect(kinds.indexOf('generation')).toBe(kinds.indexOf('commit') + 1);
+  } finally {
+    peer.destroy();
     await primary.close();
   }
 });
