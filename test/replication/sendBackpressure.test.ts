@@ -81,6 +81,18 @@ async function drainUntil(hand: ReturnType<typeof drainsByHand>, done: () => boo
   }
 }
 
+/** Commit one transaction holding an 8 MiB blob (streamed in blocks); its tid. */
+async function commitBlob(primary: Primary, dir: string): Promise<Buffer> {
+  const file = join(dir, 'blob');
+  await writeFile(file, Buffer.alloc(8 * MiB, 7));
+  const fs = primary.storage;
+  const txn = { description: 'an 8 MiB blob' };
+  await fs.tpcBegin(txn);
+  await fs.storeBlob(fs.newOid(), Z64, BLOB_RECORD, file, txn);
+  await fs.tpcVote(txn);
+  return fs.tpcFinish(txn);
+}
+
 it('catch-up waits for the socket to drain between batches', async () => {
   const dir = await tempDir();
   const hand = drainsByHand();
@@ -107,14 +119,7 @@ it('a live blob streamed in blocks waits for the socket to drain between them', 
   try {
     const first = (await commitMany(primary.storage, 1))[0]!;
     await drainUntil(hand, () => Buffer.compare(secondary.storage.lastTransaction(), first) >= 0);
-    const file = join(dir, 'blob');
-    await writeFile(file, Buffer.alloc(8 * MiB, 7));
-    const fs = primary.storage;
-    const txn = { description: 'an 8 MiB blob' };
-    await fs.tpcBegin(txn);
-    await fs.storeBlob(fs.newOid(), Z64, BLOB_RECORD, file, txn);
-    await fs.tpcVote(txn);
-    const tid = await fs.tpcFinish(txn);
+    const tid = await commitBlob(primary, dir);
     await drainUntil(hand, () => Buffer.compare(secondary.storage.lastTransaction(), tid) >= 0);
     await waitForTid(secondary, tid);
     expect(hand.mostBetweenDrains()).toBeLessThanOrEqual(BETWEEN_DRAINS);
@@ -141,14 +146,7 @@ it('a generation announced while a transaction is being streamed follows its com
     peer.send(nativeProtocolName());
     peer.send(encodeNative({ type: 'hello', startTid: Z64, generations: [], options: { blobs: true } }, createNativePackr()));
     await drainUntil(hand, () => primary.status().sessions[0]?.state === 'live');
-    const file = join(dir, 'blob');
-    await writeFile(file, Buffer.alloc(8 * MiB, 7));
-    const fs = primary.storage;
-    const txn = { description: 'an 8 MiB blob' };
-    await fs.tpcBegin(txn);
-    await fs.storeBlob(fs.newOid(), Z64, BLOB_RECORD, file, txn);
-    await fs.tpcVote(txn);
-    await fs.tpcFinish(txn);
+    await commitBlob(primary, dir);
     // Its first blocks are out, the rest wait for drains: the session is in the middle of the transaction.
     await settleUntil(() => kinds.includes('blob-block'));
     (primary as unknown as { server: { announceGeneration(): void } }).server.announceGeneration();
