@@ -65,10 +65,23 @@ export function promotionFailedLate(r: AuditRecord): boolean {
 function promotedTo(past: readonly AuditRecord[], generation: number, startTid: Buffer): boolean {
   const tid = startTid.toString('hex');
   const at = past.findLastIndex((r) => r.kind === 'promotion' && r.details.newGeneration === generation && r.details.startTid === tid);
-  if (at < 0) return false;
-  const after = past.slice(at + 1);
-  const next = after.find((r) => r.kind === 'config' || r.kind === 'promotion' || promotionFailedLate(r));
-  return !(next && promotionFailedLate(next)) && !after.some((r) => r.kind === 'rewind');
+  return at >= 0 && !promotionTakenBack(past, at) && !past.slice(at + 1).some((r) => r.kind === 'rewind');
+}
+
+/**
+ * Whether the promotion at `past[at]` is taken back: the record of its
+ * failure comes next, before the node opened again or promoted again.
+ */
+export function promotionTakenBack(past: readonly AuditRecord[], at: number): boolean {
+  const next = past.slice(at + 1).find((r) => r.kind === 'config' || r.kind === 'promotion' || promotionFailedLate(r));
+  return next !== undefined && promotionFailedLate(next);
+}
+
+/** A node's generation history as the audit rules read it (a GenerationHistory). */
+export interface GenerationsSeen {
+  readonly list: readonly GenerationEntry[];
+  /** The largest generation number the node ever saw: a generation it started raised it, and no cut lowers it. */
+  readonly maxSeen: number;
 }
 
 /**
@@ -98,7 +111,7 @@ export async function promotionRunAgain(
  * what the node did. Judged by the last promotion not already taken back
  * nor followed by a rewind.
  */
-export async function openAuditLog(path: string, options: AuditLogOptions, generations: readonly GenerationEntry[]): Promise<AuditLog> {
+export async function openAuditLog(path: string, options: AuditLogOptions, generations: GenerationsSeen): Promise<AuditLog> {
   // The last promotion read, unless a record taking it back or a rewind came after it.
   const last: { promotion: AuditRecord | null } = { promotion: null };
   const onRecord = (r: AuditRecord): void => {
@@ -110,25 +123,32 @@ export async function openAuditLog(path: string, options: AuditLogOptions, gener
   const notStarted = stopped === null ? null : promotionNotStarted(stopped, generations);
   if (stopped !== null && notStarted !== null) {
     const { requestedBy, forced } = stopped.details;
+    // Recorded in the generation the node is in (the promotion's never began).
+    audit.generation = generations.list.at(-1) ?? null;
     // A log that cannot take it reports that itself, and refuses every later decision.
     await audit.decide('promotion-refused', { code: 'not-started', reason: notStarted, afterRecord: true, requestedBy, force: forced === true }).catch(() => undefined);
   }
   return audit;
 }
 
-/** Why the promotion `r` recorded did not happen (its generation is not in `generations`), or null when it did or cannot be told. */
-function promotionNotStarted(r: AuditRecord, generations: readonly GenerationEntry[]): string | null {
+/**
+ * Why the promotion `r` recorded did not start its generation, or null when
+ * it did or cannot be told: the generation is not in the node's history and
+ * above every generation the node has seen (a generation started raises
+ * that, and a rewind that cuts it does not lower it).
+ */
+export function promotionNotStarted(r: AuditRecord, generations: GenerationsSeen): string | null {
   const { newGeneration, startTid } = r.details;
-  if (typeof newGeneration !== 'number' || typeof startTid !== 'string') return null;
-  if (generations.some((g) => g.generation === newGeneration && g.startTid.toString('hex') === startTid)) return null;
-  return `the promotion recorded at ${r.time} (seq ${r.seq}) did not start generation ${newGeneration} after tid ${startTid}: it is not in the node's generation history (a process stopped between the record and the start leaves it so, and so does a generations file restored from before the promotion)`;
+  if (typeof newGeneration !== 'number' || typeof startTid !== 'string' || newGeneration <= generations.maxSeen) return null;
+  if (generations.list.some((g) => g.generation === newGeneration && g.startTid.toString('hex') === startTid)) return null;
+  return `the promotion recorded at ${r.time} (seq ${r.seq}) did not start generation ${newGeneration} after tid ${startTid}: the node's generation history has never held it (a process stopped between the record and the start leaves it so, and so does a generations file restored from before the promotion)`;
 }
 
 /**
  * Open the node's audit log, or return null when it is turned off (`auditPath: null`). With the node's
  * `generations`, a promotion that never started is taken back first (see openAuditLog).
  */
-export async function openNodeAudit(o: NodeAuditOptions, generations?: readonly GenerationEntry[]): Promise<AuditLog | null> {
+export async function openNodeAudit(o: NodeAuditOptions, generations?: GenerationsSeen): Promise<AuditLog | null> {
   if (o.auditPath === null) return null;
   const path = o.auditPath ?? defaultAuditPath(o.dataPath);
   const options = { node: o.node ?? basename(o.dataPath), clock: o.clock, log: o.log };

@@ -122,7 +122,8 @@ function summary(r: AuditRecord): string {
       return `PROMOTED ${str(d.previousRole)} -> primary${from}: generation ${str(d.newGeneration)} starts after tid ${str(d.startTid)}; ${str(d.sessionsKept)} downstream session(s) kept; ${by}`;
     }
     case 'promotion-refused':
-      return `promotion REFUSED (${str(d.code)}): ${str(d.reason)}; requested by ${str(d.requestedBy)}`;
+      // A promotion recorded that failed later (or never started its generation) is taken back, not refused.
+      return `promotion ${d.afterRecord === true || d.afterDetach === true ? 'TAKEN BACK' : 'REFUSED'} (${str(d.code)}): ${str(d.reason)}; requested by ${str(d.requestedBy)}`;
     case 'rewind': {
       const dropped = Array.isArray(d.generationsDropped)
         ? `; dropped generation(s) ${(d.generationsDropped as Array<Record<string, unknown>>).map((g) => `${str(g.generation)} (from tid ${str(g.startTid)})`).join(', ')}`

@@ -9,7 +9,7 @@
 import { stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { AuditLog, type AuditRecord } from '../audit/auditLog.js';
-import { auditPast, defaultAuditPath, nodeAuditPaths, openAuditLog, promotionRunAgain } from '../audit/nodeAudit.js';
+import { auditPast, defaultAuditPath, nodeAuditPaths, openAuditLog, promotionNotStarted, promotionRunAgain, promotionTakenBack, type GenerationsSeen } from '../audit/nodeAudit.js';
 import { runEach, ZrsError } from '../errors.js';
 import { FailoverHistory } from '../failover/history.js';
 import { nextGeneration } from '../failover/promote.js';
@@ -87,10 +87,16 @@ export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
 /**
  * The record of the node's last handshake as a secondary, when its primary
  * refused it as diverged and no rewind or promotion came after: a rewind
- * recorded in one log answers a refusal recorded in another.
+ * recorded in one log answers a refusal recorded in another. A promotion
+ * counts only when it happened: not taken back, and its generation started.
  */
-function divergedIn(past: AuditRecord[]): AuditRecord | null {
-  const last = past.findLast((r) => (r.kind === 'handshake' && r.details.side === 'secondary') || r.kind === 'rewind' || r.kind === 'promotion');
+function divergedIn(past: AuditRecord[], generations: GenerationsSeen): AuditRecord | null {
+  const last = past.findLast(
+    (r, i) =>
+      (r.kind === 'handshake' && r.details.side === 'secondary') ||
+      r.kind === 'rewind' ||
+      (r.kind === 'promotion' && !promotionTakenBack(past, i) && promotionNotStarted(r, generations) === null),
+  );
   return last?.kind === 'handshake' && last.details.verdict === 'refused' && last.details.code === 'diverged' ? last : null;
 }
 
@@ -118,14 +124,14 @@ export async function promoteFile(path: string, io: CliIo, auditPath?: string | 
       const again = force ? null : await promotionRunAgain(path, current, storage.lastTransaction(), async () => past);
       if (again !== null) throw new ZrsError(`${again}; serve it as a primary, or --force for another generation`);
       // As online: a node its primary refused as diverged is promoted only when forced.
-      const diverged = divergedIn(past);
+      const diverged = divergedIn(past, history.generations);
       if (diverged) {
         const by = typeof diverged.details.address === 'string' ? diverged.details.address : 'its primary';
         throw new ZrsError(
           `${path}: its audit log says ${by} refused it as diverged (${diverged.time}): promoted, it would start a history beside that one; rewind it first (zrs rewind --to-common-with ${by}), or --force`,
         );
       }
-      if (log !== null) audit = await openAuditLog(log, { node: basename(path), continueNode: true, clock: systemClock }, history.generations.list);
+      if (log !== null) audit = await openAuditLog(log, { node: basename(path), continueNode: true, clock: systemClock }, history.generations);
       const previous = history.generations.current;
       const planned = nextGeneration(history, storage.lastTransaction());
       const requestedBy = 'zrs promote FILE';

@@ -17,7 +17,7 @@ import { connectAddress, formatAddress } from '../replication/address.js';
 import { basename, dirname } from 'node:path';
 import { pathKind, refuseEmptyStorage, syncDirectory } from '../storage/fileio.js';
 import { AuditLog } from '../audit/auditLog.js';
-import { defaultAuditPath, openAuditLog } from '../audit/nodeAudit.js';
+import { defaultAuditPath, openAuditLog, type GenerationsSeen } from '../audit/nodeAudit.js';
 import { isBlobRecord } from '../storage/blobs.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import { removeIndex } from '../storage/indexFile.js';
@@ -85,11 +85,17 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
   let audit: AuditLog | null = null;
   let chainCut: ChainCut | null = null;
   try {
-    // Opened before anything is cut: a log that cannot be opened (not an audit log, a wrong path) stops the rewind.
-    audit = await openRewindAudit(path, options).catch(async (err: unknown) => {
+    // The generations, read first: the audit log's open judges its last promotion by them (the lock keeps them
+    // as they are). The log is opened before anything is cut: one that cannot be (not an audit log, a wrong
+    // path) stops the rewind.
+    let generations: GenerationHistory;
+    try {
+      generations = await GenerationHistory.open(path);
+      audit = await openRewindAudit(path, options, generations);
+    } catch (err) {
       await storage.close();
       throw err;
-    });
+    }
     let forkTid: Buffer | null;
     let cut: SavedCut | null = null;
     const last = storage.lastTransaction();
@@ -110,7 +116,6 @@ export async function rewindStorage(path: string, options: RewindOptions): Promi
       await recordRewind(audit, primary, none);
       return none;
     }
-    const generations = await GenerationHistory.open(path);
     const result = rewindResult(forkTid, cut, generations.list);
     // The decision is on disk before anything is cut (the cut part is already saved aside): a crash or a
     // failing step after it leaves a record of what was being cut, and the error says how far it got.
@@ -326,9 +331,8 @@ export function rewindAuditDetails(r: RewindResult, commonWith: string): Record<
 }
 
 /** The storage's audit log for an offline rewind, or null when it records none. */
-async function openRewindAudit(path: string, options: RewindOptions): Promise<AuditLog | null> {
+async function openRewindAudit(path: string, options: RewindOptions, generations: GenerationsSeen): Promise<AuditLog | null> {
   if (options.auditPath === null) return null;
-  const generations = (await GenerationHistory.open(path)).list;
   return openAuditLog(options.auditPath ?? defaultAuditPath(path), { node: options.node ?? basename(path), continueNode: options.node === undefined, clock: options.clock ?? systemClock }, generations);
 }
 

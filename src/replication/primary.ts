@@ -137,7 +137,7 @@ export class Primary {
       edges = await openNodeEdges(options, clock, options.log ?? silentLogger);
       edges.metrics.watchStorage(storage);
       const metrics = edges.metrics;
-      sync = await PrimarySync.open(options, storage, clock, options.log ?? silentLogger, history.generations.list);
+      sync = await PrimarySync.open(options, storage, clock, options.log ?? silentLogger, history.generations);
       // A primary replicates from nobody: its path is itself.
       const path = [options.nodeId ?? randomBytes(NODE_ID_BYTES)];
       const role = {

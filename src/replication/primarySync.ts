@@ -4,8 +4,7 @@
 // waits for acknowledgements. Primary only opens, attaches and closes it.
 
 import { AuditLog } from '../audit/auditLog.js';
-import { auditServerSessions, openNodeAudit } from '../audit/nodeAudit.js';
-import type { GenerationEntry } from '../wire/native.js';
+import { auditServerSessions, openNodeAudit, type GenerationsSeen } from '../audit/nodeAudit.js';
 import type { Clock } from '../ports/clock.js';
 import type { FileStorage } from '../storage/FileStorage.js';
 import type { Logger } from './log.js';
@@ -59,7 +58,7 @@ export class PrimarySync {
   ) {}
 
   /** `generations`: the node's history (a promotion its audit log records that never started is taken back). */
-  static async open(options: PrimarySyncOptions, storage: FileStorage, clock: Clock, log: Logger, generations?: readonly GenerationEntry[]): Promise<PrimarySync> {
+  static async open(options: PrimarySyncOptions, storage: FileStorage, clock: Clock, log: Logger, generations?: GenerationsSeen): Promise<PrimarySync> {
     const { syncReplicas, syncTimeoutMs } = checkSyncOptions(options);
     const audit = await openNodeAudit({ dataPath: options.path, auditPath: options.auditPath, node: options.name, clock, log }, generations);
     const tracker = new AckTracker({ clock, log, audit });

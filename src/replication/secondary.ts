@@ -393,7 +393,7 @@ export class Secondary {
       s.edges.metrics.watchStorage(inner, true);
       s.edges.metrics.watchSecondary(s);
       const metrics = s.edges.metrics;
-      s.audit = await openNodeAudit({ dataPath: options.path, auditPath: options.auditPath, node: options.name, clock: s.clock, log: s.log }, s.failover.generations.list);
+      s.audit = await openNodeAudit({ dataPath: options.path, auditPath: options.auditPath, node: options.name, clock: s.clock, log: s.log }, s.failover.generations);
       if (s.audit) s.audit.generation = () => s.failover?.generations.current ?? null;
       if (listen !== null) {
         s.server = await ReplicationServer.start({

@@ -17,6 +17,7 @@ import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { requestStatus } from '../../src/replication/statusClient.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
+import { GenerationHistory } from '../../src/failover/generations.js';
 import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { interceptFileWrites } from '../helpers/fileWrites.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -130,7 +131,8 @@ describe('zrs promote / zrs rewind', () => {
     expect(await kinds()).toEqual(['promotion', 'promotion-refused']);
     const takenBack = (await readAuditLog(`${path}.audit`)).records.find((r) => r.kind === 'promotion-refused')!;
     expect(takenBack.details).toMatchObject({ code: 'not-started', afterRecord: true, requestedBy: 'zrs promote FILE' });
-    expect(takenBack.details.reason).toMatch(/did not start generation 1 after tid [0-9a-f]{16}: it is not in the node's generation history/);
+    expect(takenBack.details.reason).toMatch(/did not start generation 1 after tid [0-9a-f]{16}: the node's generation history has never held it/);
+    expect((await run('audit', `${path}.audit`)).stdout).toMatch(/promotion TAKEN BACK \(not-started\): the promotion recorded at .* did not start generation 1/);
     // Stopped again, then promoted offline: taken back, then made; a primary opened on it takes back nothing.
     await stoppedPromotion();
     expect((await run('promote', path)).stdout).toBe(`promoted ${path}: generation 1 starts after tid ${last}\n`);
@@ -140,6 +142,20 @@ describe('zrs promote / zrs rewind', () => {
     expect(promotions(records)).toEqual(['promotion', 'promotion-refused', 'promotion', 'promotion-refused', 'promotion']);
     // Read as the failure simulator reads a node's log: one promotion made.
     expect(auditedDecisions(records)).toEqual([`promotion to generation 1 after ${last}`]);
+  });
+
+  it('a promotion whose generation a rewind cut before recording itself is not taken back: the history has seen that generation', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const last = (await storageFileWith(path, 2)).at(-1)!;
+    expect((await run('promote', path)).code).toBe(0);
+    // The rewind that cut generation 1 stopped before its record: the generation is gone from the list, not from what was seen.
+    await (await GenerationHistory.open(path)).cutFrom(last);
+    const generations = await GenerationHistory.open(path);
+    expect([generations.list.map((g) => g.generation), generations.maxSeen]).toEqual([[0], 1]);
+    const secondary = await Secondary.open({ path, replicateFrom: NOWHERE, fsync: false, reconnect: FAST_RECONNECT });
+    await secondary.close();
+    expect((await readAuditLog(`${path}.audit`)).records.filter((r) => r.kind.startsWith('promotion')).map((r) => r.kind)).toEqual(['promotion']);
   });
 
   it('a rewind that undoes a promotion and cuts no transaction says which generation it dropped, and so does the audit log', async () => {
