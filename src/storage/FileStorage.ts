@@ -513,7 +513,7 @@ export class FileStorage {
     // An unfinished tail, or fill alone past the last transaction (kept in no side file).
     const tailCut =
       (result.tail || hadFill) && !readOnly
-        ? await FileStorage.cutTail(path, fd, result.end, Math.max(fillStart, result.end), hadFill, result.tail?.reason ?? 'bytes after the last transaction')
+        ? await FileStorage.cutTail(path, fd, result.end, Math.max(fillStart, result.end), hadFill, result.tail?.reason ?? 'bytes after the last transaction', dataEnd)
         : null;
     return { state: result, end: result.end, tailTid, tailCut, tail: result.tail };
   }
@@ -522,9 +522,10 @@ export class FileStorage {
    * Keep the unfinished tail up to `keepEnd` in `<file>.trN` (as ZODB does),
    * then truncate. With fill past `keepEnd` (`hadFill`), the tail may end with
    * up to 7 bytes of it (fill written after a transaction that ends inside a
-   * word), and nothing is kept when the tail is only fill.
+   * word), and nothing is kept when the tail is only fill. `dataEnd`: where
+   * the data ends (before any fill), for `bytesAfter`.
    */
-  private static async cutTail(path: string, fd: number, pos: number, keepEnd: number, hadFill: boolean, reason: string): Promise<TailCut | null> {
+  private static async cutTail(path: string, fd: number, pos: number, keepEnd: number, hadFill: boolean, reason: string, dataEnd: number): Promise<TailCut | null> {
     // Read a piece at a time: a tail may be longer than a buffer can be (a crash while a huge transaction was written).
     const pieces = function* (): Generator<Buffer> {
       for (let at = pos; at < keepEnd; at += TAIL_PIECE_BYTES) yield preadSync(fd, at, Math.min(TAIL_PIECE_BYTES, keepEnd - at));
@@ -542,7 +543,8 @@ export class FileStorage {
     if (!onlyFill) {
       let n = 0;
       while (await access(`${path}.tr${n}`).then(() => true, () => false)) n++;
-      cut = { position: pos, bytes: keepEnd - pos, keptIn: `${path}.tr${n}`, reason, bytesAfter: bytesAfterTransactionAt(fd, pos, keepEnd) };
+      // What lies after the transaction cut is counted up to the end of the data: not the fill bytes a tail may end with.
+      cut = { position: pos, bytes: keepEnd - pos, keptIn: `${path}.tr${n}`, reason, bytesAfter: bytesAfterTransactionAt(fd, pos, Math.min(dataEnd, keepEnd)) };
       await writeFileSynced(cut.keptIn, pieces(), 'wx');
       // The side file's name is durable before the bytes it keeps are cut from the data file.
       await syncDirectory(dirname(path));

@@ -267,6 +267,30 @@ describe('FileStorage with fill ahead of its end', () => {
     expect(statSync(path).size).toBe(fs.getSize());
   });
 
+  it("cuts a last transaction still 'c' that fill follows, and counts nothing after it: the fill in its last word is no data", async () => {
+    const dir = await tempDir('zrs-fill-');
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, preallocate: 4096, now: fakeClock() });
+    await commit(fs, [[oidOf(1), Z64, Buffer.alloc(100, 1)]]);
+    const tpos = fs.getSize();
+    // 101 bytes of data: the transaction ends inside a word, with fill in the rest of it.
+    await commit(fs, [[oidOf(2), Z64, Buffer.alloc(101, 2)]]);
+    const end = fs.getSize();
+    expect(end % 8).not.toBe(0);
+    const image = readFileSync(path); // as a crash leaves it: fill after the end
+    await fs.close();
+    image[tpos + 16] = 'c'.charCodeAt(0); // its final status never reached the disk
+    const crashed = join(dir, 'Crashed.fs');
+    await writeFile(crashed, image);
+    const reopened = await FileStorage.open(crashed, { now: fakeClock(Date.UTC(2030, 0, 1)) });
+    try {
+      expect(reopened.tailCutOnOpen).toMatchObject({ position: tpos, reason: "transaction still marked in progress ('c')", bytesAfter: 0 });
+      expect(reopened.getSize()).toBe(tpos);
+    } finally {
+      await reopened.close();
+    }
+  });
+
   it('keeps a last transaction whose final bytes happen to equal the fill that follows them (it was cut as unfinished, losing it)', async () => {
     const dir = await tempDir('zrs-fill-');
     const path = join(dir, 'Data.fs');
