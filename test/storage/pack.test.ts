@@ -599,6 +599,8 @@ describe('pack and the rest of the storage', () => {
       const packing = fs.pack(timeOf(unlinked), zodbReferences).then(() => 'packed', (e: Error) => e.message);
       while (!existsSync(`${path}.pack`)) await tick(); // the copy has started, without the lock
       await commit(tail);
+      // Committed while the pack still ran (its output not yet swapped in): the tail the pack must judge.
+      expect(existsSync(`${path}.pack`)).toBe(true);
       await check(fs, await packing, unlinked);
       expect(existsSync(`${path}.pack`)).toBe(false);
     } finally {
