@@ -23,7 +23,7 @@ import type { PrimarySession, SessionStatus } from '../replication/primarySessio
 import type { ReplicationServer } from '../replication/server.js';
 import { POSKeyError, RewindIncompleteError, StorageWriteError, ZrsError } from '../errors.js';
 import { readAuditLog, type AuditRecord } from '../audit/auditLog.js';
-import { defaultAuditPath, promotionFailedLate } from '../audit/nodeAudit.js';
+import { defaultAuditPath, promotionTakenBack } from '../audit/nodeAudit.js';
 import { generationsPathFor } from '../failover/generations.js';
 import { chainPathFor } from '../failover/hashChain.js';
 import { PromotionRefusedError } from '../failover/promote.js';
@@ -264,27 +264,17 @@ async function serialOf(fs: FileStorage, oid: Buffer): Promise<Buffer> {
 
 /**
  * The promotions and rewinds an audit log records, in order, as the harness
- * notes them. A promotion that failed late (promotionFailedLate, before the
- * `config` record its node writes once it serves) is taken back, as the
- * audit's own reading of a node's past takes it.
+ * notes them. A promotion taken back (promotionTakenBack: the record of its
+ * failure comes next) is left out, by the rule the audit's own reading of a
+ * node's past applies.
  */
 /** @internal (exported for its test) */
 export function auditedDecisions(records: readonly AuditRecord[]): string[] {
   const out: string[] = [];
-  let unconfirmed = false;
-  for (const r of records) {
-    if (r.kind === 'promotion') {
-      out.push(`promotion to generation ${String(r.details.newGeneration)} after ${String(r.details.startTid)}`);
-      unconfirmed = true;
-    } else if (promotionFailedLate(r)) {
-      if (unconfirmed) out.pop();
-      unconfirmed = false;
-    } else if (r.kind === 'config') unconfirmed = false;
-    else if (r.kind === 'rewind') {
-      out.push(`rewind to ${String(r.details.forkTid)}`);
-      unconfirmed = false;
-    }
-  }
+  records.forEach((r, i) => {
+    if (r.kind === 'promotion' && !promotionTakenBack(records, i)) out.push(`promotion to generation ${String(r.details.newGeneration)} after ${String(r.details.startTid)}`);
+    else if (r.kind === 'rewind') out.push(`rewind to ${String(r.details.forkTid)}`);
+  });
   return out;
 }
 
