@@ -267,8 +267,8 @@ async function serialOf(fs: FileStorage, oid: Buffer): Promise<Buffer> {
  * notes them. A promotion taken back (promotionTakenBack: the record of its
  * failure comes next) is left out, by the rule the audit's own reading of a
  * node's past applies.
+ * @internal (exported for its test)
  */
-/** @internal (exported for its test) */
 export function auditedDecisions(records: readonly AuditRecord[]): string[] {
   const out: string[] = [];
   records.forEach((r, i) => {

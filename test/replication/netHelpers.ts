@@ -10,6 +10,7 @@ import type { Logger } from '../../src/replication/log.js';
 import type { VirtualClock } from '../../src/sim/clock.js';
 import type { SimNetwork } from '../../src/sim/network.js';
 import { encodeFrame, FrameDecoder } from '../../src/wire/framing.js';
+import { createNativeUnpackr, decodeNative, type PrimaryMessage } from '../../src/wire/native.js';
 
 export const WAIT_MS = 15_000;
 
@@ -120,6 +121,22 @@ export class FramedSocket {
   destroy(): void {
     this.socket.destroy();
   }
+}
+
+/**
+ * The kinds of the native messages a primary sends `peer`, in order, as they arrive (keep-alives left out; a
+ * heartbeat carrying a generation as 'generation'); `onMessage` sees each decoded message too.
+ */
+export function messageKinds(peer: FramedSocket, onMessage?: (msg: PrimaryMessage) => void): string[] {
+  const kinds: string[] = [];
+  const unpackr = createNativeUnpackr();
+  peer.frames$.subscribe((f) => {
+    if (f.length === 0) return;
+    const msg = decodeNative(f, unpackr, 'primary');
+    kinds.push(msg.type === 'heartbeat' && msg.generation ? 'generation' : msg.type);
+    onMessage?.(msg);
+  });
+  return kinds;
 }
 
 /** A fake primary: a plain TCP server handing each connection to the test. */

@@ -17,7 +17,7 @@ import { Secondary } from '../../src/replication/secondary.js';
 import { Z64 } from '../../src/storage/timestamp.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { commitLarge, commitMany, waitForTid } from './helpers.js';
-import { FAST_RECONNECT, FramedSocket, LogCollector, openFdCount, settleUntil } from './netHelpers.js';
+import { FAST_RECONNECT, FramedSocket, LogCollector, messageKinds, openFdCount, settleUntil } from './netHelpers.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 
 afterAll(cleanupTempDirs);
@@ -83,12 +83,7 @@ describe.each(cases)('closing a primary (%s secondaries, mid-write %s)', (protoc
 async function peerCatchingUp(primary: Primary): Promise<{ peer: FramedSocket; received: Buffer[]; kinds: string[] }> {
   const peer = await FramedSocket.connect(primary.address);
   const received: Buffer[] = [];
-  const kinds: string[] = [];
-  const unpackr = createNativeUnpackr();
-  peer.frames$.subscribe((f) => {
-    if (f.length === 0) return;
-    const msg = decodeNative(f, unpackr, 'primary');
-    kinds.push(msg.type === 'heartbeat' && msg.generation ? 'generation' : msg.type);
+  const kinds = messageKinds(peer, (msg) => {
     if (msg.type === 'txns') {
       for (let at = 0; at < msg.bytes.length; at += Number(msg.bytes.readBigUInt64BE(at + 8)) + 8) received.push(Buffer.from(msg.bytes.subarray(at, at + 8)));
     } else if (msg.type === 'txn') received.push(Buffer.from(msg.tid));

@@ -16,8 +16,8 @@ import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { BLOB_RECORD, commitLarge, commitMany, Z64 } from './helpers.js';
-import { FAST_RECONNECT, FramedSocket, settleUntil } from './netHelpers.js';
-import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName } from '../../src/wire/native.js';
+import { FAST_RECONNECT, FramedSocket, messageKinds, settleUntil } from './netHelpers.js';
+import { createNativePackr, encodeNative, nativeProtocolName } from '../../src/wire/native.js';
 
 afterAll(cleanupTempDirs);
 
@@ -89,6 +89,24 @@ async function drainUntil(hand: ReturnType<typeof drainsByHand>, done: () => boo
   }
 }
 
+/** A primary (blobs in `dir` when `blobs`, heartbeats off) whose sessions' drains the test gives by hand. */
+async function primaryWithDrainsByHand(dir: string, blobs = false): Promise<{ primary: Primary; hand: ReturnType<typeof drainsByHand> }> {
+  const hand = drainsByHand();
+  const primary = await Primary.open({
+    path: join(dir, 'p.fs'),
+    ...(blobs ? { blobDir: join(dir, 'p.blobs') } : {}),
+    replicateTo: '127.0.0.1:0',
+    fsync: false,
+    auditPath: null,
+    transport: hand.transport,
+    heartbeatIntervalMs: 0,
+  });
+  return { primary, hand };
+}
+
+/** `secondary` holds `tid` (or something later). */
+const holds = (secondary: Secondary, tid: Buffer) => (): boolean => Buffer.compare(secondary.storage.lastTransaction(), tid) >= 0;
+
 /** Commit one transaction holding an 8 MiB blob (streamed in blocks); its tid. */
 async function commitBlob(primary: Primary, dir: string): Promise<Buffer> {
   const file = join(dir, 'blob');
@@ -103,13 +121,11 @@ async function commitBlob(primary: Primary, dir: string): Promise<Buffer> {
 
 it('catch-up waits for the socket to drain between batches', async () => {
   const dir = await tempDir();
-  const hand = drainsByHand();
-  const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, transport: hand.transport, heartbeatIntervalMs: 0 });
+  const { primary, hand } = await primaryWithDrainsByHand(dir);
   const tids = await commitLarge(primary.storage);
   const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
   try {
-    const last = tids.at(-1)!;
-    await drainUntil(hand, () => Buffer.compare(secondary.storage.lastTransaction(), last) >= 0, true);
+    await drainUntil(hand, holds(secondary, tids.at(-1)!), true);
     // About 24 MiB went out, never more than a batch between two drains.
     expect(hand.mostBetweenDrains()).toBeGreaterThan(0);
     expect(hand.mostBetweenDrains()).toBeLessThanOrEqual(BETWEEN_DRAINS);
@@ -121,14 +137,11 @@ it('catch-up waits for the socket to drain between batches', async () => {
 
 it('a live blob streamed in blocks waits for the socket to drain between them', async () => {
   const dir = await tempDir();
-  const hand = drainsByHand();
-  const primary = await Primary.open({ path: join(dir, 'p.fs'), blobDir: join(dir, 'p.blobs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, transport: hand.transport, heartbeatIntervalMs: 0 });
+  const { primary, hand } = await primaryWithDrainsByHand(dir, true);
   const secondary = await Secondary.open({ path: join(dir, 's.fs'), blobDir: join(dir, 's.blobs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
   try {
-    const first = (await commitMany(primary.storage, 1))[0]!;
-    await drainUntil(hand, () => Buffer.compare(secondary.storage.lastTransaction(), first) >= 0);
-    const tid = await commitBlob(primary, dir);
-    await drainUntil(hand, () => Buffer.compare(secondary.storage.lastTransaction(), tid) >= 0, true);
+    await drainUntil(hand, holds(secondary, (await commitMany(primary.storage, 1))[0]!));
+    await drainUntil(hand, holds(secondary, await commitBlob(primary, dir)), true);
     expect(hand.mostBetweenDrains()).toBeLessThanOrEqual(BETWEEN_DRAINS);
   } finally {
     await secondary.close();
@@ -138,17 +151,9 @@ it('a live blob streamed in blocks waits for the socket to drain between them', 
 
 it('a generation announced while a transaction is being streamed follows its commit', async () => {
   const dir = await tempDir();
-  const hand = drainsByHand();
-  const primary = await Primary.open({ path: join(dir, 'p.fs'), blobDir: join(dir, 'p.blobs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, transport: hand.transport, heartbeatIntervalMs: 0 });
+  const { primary, hand } = await primaryWithDrainsByHand(dir, true);
   const peer = await FramedSocket.connect(primary.address);
-  const kinds: string[] = [];
-  const unpackr = createNativeUnpackr();
-  peer.frames$.subscribe((f) => {
-    if (f.length > 0) {
-      const msg = decodeNative(f, unpackr, 'primary');
-      kinds.push(msg.type === 'heartbeat' && msg.generation ? 'generation' : msg.type);
-    }
-  });
+  const kinds = messageKinds(peer);
   try {
     peer.send(nativeProtocolName());
     peer.send(encodeNative({ type: 'hello', startTid: Z64, generations: [], options: { blobs: true } }, createNativePackr()));
