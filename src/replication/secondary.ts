@@ -17,6 +17,7 @@ import { socketTransport } from '../node/socketTransport.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import { Z64 } from '../storage/timestamp.js';
 import type { CommittedTransaction } from '../storage/types.js';
+import type { PackOptions, PackReport, ReferencesOf } from '../storage/pack.js';
 import { encodeFrame, foreignPeer, FrameDecoder, KEEP_ALIVE_FRAME, MAX_FRAME_BYTES_LIMIT } from '../wire/framing.js';
 import { createNativePackr, DEFAULT_STREAM_MAX_FRAME_BYTES, encodeAckFrame, encodeNativeFrame, MAX_UPSTREAM_PATH, NODE_ID_BYTES } from '../wire/native.js';
 import { connectAddress, formatAddress, toAddress } from './address.js';
@@ -1155,6 +1156,28 @@ export class Secondary {
   /** Why the primary refused this secondary as diverged (its last refusal), or null. */
   get diverged(): DivergedHistoryError | null {
     return this.divergence;
+  }
+
+  /**
+   * Pack this node's own data file (FileStorage.pack: revisions not current
+   * at `packTime`, in seconds since the epoch, are removed, and with
+   * `referencesOf`, such as `zodbReferences`, objects the root no longer
+   * reaches then) while it goes on replicating: transactions applied during
+   * the pack are carried into the packed file. A primary's pack is not
+   * replicated, so each node packs its own file, as with zc.zrs; its hash
+   * chain keeps the links of the transactions as they were, so its
+   * primary and its own secondaries still find their histories the same.
+   * The storage's `pack` stays refused (ReadOnlyError): packing is the
+   * node's operator's call, not its readers'. A close() stops a pack
+   * under way (it rejects with a StorageClosedError and leaves the file as
+   * it was).
+   *
+   * @example
+   * await secondary.pack(Date.now() / 1000 - 7 * 86400, zodbReferences);
+   */
+  async pack(packTime: number, referencesOf?: ReferencesOf, options?: PackOptions): Promise<PackReport> {
+    if (this.closedPromise) throw this.closedError();
+    return this.inner.pack(packTime, referencesOf, options);
   }
 
   /** The generations and hash chain of this storage. */

@@ -55,7 +55,7 @@ import { DEFAULT_PREALLOCATE_BYTES, FillAhead, isFillRange, trailingFill } from 
 import { nodeDisk, type StorageDisk } from './disk.js';
 import { loadIndex, removeIndex, saveIndex } from './indexFile.js';
 import { LockFile } from './lock.js';
-import type { PackReport } from './pack.js';
+import type { PackOptions, PackReport } from './pack.js';
 import { dataEndBefore, emptyScanState, oidKey, type OidKey, recordTransaction, scanFile, scanWhole, tailTidFloor, type ScanState } from './scan.js';
 import { Z64, newTid, tidToSeconds } from './timestamp.js';
 import { BlobDirectory, isBlobRecord, STALE_STAGING_MS } from './blobs.js';
@@ -1564,12 +1564,23 @@ export class FileStorage {
    * epoch), and with `referencesOf` every object unreachable from the root
    * then. Safe while others commit; the old file is kept as `<file>.old`.
    * Resolves with what it did (blob files it could not delete among it).
+   * `options.onProgress` hears how far each pass over the file is; a
+   * close() stops the pack (it rejects with a StorageClosedError, nothing
+   * changed) and waits for it to end.
    */
-  async pack(packTime: number, referencesOf?: (data: Buffer) => Buffer[]): Promise<PackReport> {
+  async pack(packTime: number, referencesOf?: (data: Buffer) => Buffer[], options?: PackOptions): Promise<PackReport> {
     this.checkWritable('pack');
     const { packStorage } = await import('./pack.js');
-    return packStorage(this, packTime, referencesOf);
+    const run = packStorage(this, packTime, referencesOf, options);
+    this.packRun = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
   }
+
+  /** Settles once the last pack() started has ended: a close() waits for it, so no pack's file outlives the storage. */
+  private packRun: Promise<void> = Promise.resolve();
 
   /** Abort any transaction in progress, save the index, release the lock. */
   close(): Promise<void> {
@@ -1608,8 +1619,11 @@ export class FileStorage {
         // A sync may still run on the file (the wait above returns once one covers the end).
         () => this.groupSync.close(),
         () => closeSync(this.fd),
-        () => this.lock?.release(),
         release,
+        // A pack running stops at its next transaction (or at the commit lock) and removes its
+        // output before the file's lock goes to whoever opens the file next.
+        () => this.packRun,
+        () => this.lock?.release(),
       ]);
     }
     if (aborted) throw aborted.err;

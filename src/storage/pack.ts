@@ -64,6 +64,21 @@ export interface PackReport {
   blobRemovalError: string | null;
 }
 
+/** Where a pack is: which pass over the file, and how far into it (bytes). */
+export interface PackProgress {
+  /** Finding the revisions current at the pack time; following references from the root (with garbage collection); writing the packed file. */
+  step: 'index' | 'references' | 'copy';
+  /** Offset of the transaction being read. */
+  pos: number;
+  /** The file's committed size when the pack started (transactions committed meanwhile are copied after it). */
+  end: number;
+}
+
+export interface PackOptions {
+  /** Called before each transaction a pass reads (throttle it for display). */
+  onProgress?: (progress: PackProgress) => void;
+}
+
 /** Output is written in batches of about this many bytes. */
 const FLUSH_BYTES = 1 << 20;
 /** ZODB's TimeStamp: seconds are stored as whole units of 60 / 2^32 s, truncated. */
@@ -114,7 +129,7 @@ export function packTimeToTid(packTime: number): Buffer {
  * @example
  * await packStorage(storage, Date.now() / 1000 - 7 * 86400, zodbReferences);
  */
-export async function packStorage(storage: FileStorage, packTime: number, referencesOf?: ReferencesOf): Promise<PackReport> {
+export async function packStorage(storage: FileStorage, packTime: number, referencesOf?: ReferencesOf, options: PackOptions = {}): Promise<PackReport> {
   if (storage.isClosed) throw new StorageClosedError(storage.path);
   if (storage.readOnly) throw new ReadOnlyError('pack', storage.path);
   const packTid = packTimeToTid(packTime);
@@ -128,7 +143,7 @@ export async function packStorage(storage: FileStorage, packTime: number, refere
   try {
     const handle = await open(storage.path, 'r');
     try {
-      return await new Packer(storage, handle, packTid, referencesOf ?? null).run();
+      return await new Packer(storage, handle, packTid, referencesOf ?? null, options.onProgress ?? null).run();
     } finally {
       await handle.close();
     }
@@ -321,20 +336,28 @@ class Packer {
     handle: FileHandle,
     private readonly packTid: Buffer,
     private readonly referencesOf: ReferencesOf | null,
+    private readonly onProgress: ((progress: PackProgress) => void) | null,
   ) {
     this.src = new Source(storage.path, handle);
   }
+
+  /** The pass under way and the size it reads to, for onProgress. */
+  private step: PackProgress['step'] = 'index';
+  private end0 = 0;
 
   async run(): Promise<PackReport> {
     const epoch = this.storage.fileEpoch;
     // Everything before end0 is committed and never changes; later bytes may be a commit in progress.
     const end0 = this.storage.getSize();
+    this.end0 = end0;
     const unchanged: PackReport = { packed: false, packTid: this.packTid, sizeBefore: end0, sizeAfter: end0, tailTransactions: 0, removedBlobFiles: 0, blobFilesNotRemoved: 0, blobRemovalError: null };
     await this.buildPackIndex(end0);
     if (await this.redundant(end0)) return unchanged;
+    this.step = 'references';
     if (this.referencesOf) await this.findReachable(this.referencesOf, end0);
     else for (const [k, p] of this.current) this.reachable.first.set(k, p);
     this.current = new BigMap(); // no longer needed; may be large
+    this.step = 'copy';
 
     const newPath = `${this.storage.path}.pack`;
     const out = await open(newPath, 'w+');
@@ -382,11 +405,18 @@ class Packer {
 
   // ------------------------------------------------------------ what survives
 
+  /** The transaction at `pos`, read for the pack (and reported to onProgress); a storage closed meanwhile stops the pack here (its close waits for it). */
+  private async txnAt(pos: number, limit: number, lastTid: Buffer | null): Promise<TxnAt> {
+    if (this.storage.isClosed) throw new StorageClosedError(this.storage.path);
+    this.onProgress?.({ step: this.step, pos, end: this.end0 });
+    return this.src.txnAt(pos, limit, lastTid);
+  }
+
   /** Records current at the pack time, and where the first later transaction starts. */
   private async buildPackIndex(end: number): Promise<void> {
     let pos = MAGIC_BYTES;
     while (pos < end) {
-      const txn = await this.src.txnAt(pos, end, this.lastTid);
+      const txn = await this.txnAt(pos, end, this.lastTid);
       if (Buffer.compare(txn.header.tid, this.packTid) > 0) break;
       this.lastTid = Buffer.from(txn.header.tid);
       if (txn.header.status !== STATUS_PACKED) this.unpacked = true;
@@ -424,7 +454,7 @@ class Packer {
     let pos = this.packPos;
     let lastTid = this.lastTid;
     while (pos < end) {
-      const txn = await this.src.txnAt(pos, end, lastTid);
+      const txn = await this.txnAt(pos, end, lastTid);
       lastTid = Buffer.from(txn.header.tid);
       for (let rpos = txn.recordsStart; rpos < txn.recordsEnd; ) {
         const h = await this.src.recordAt(txn, rpos);
@@ -451,7 +481,7 @@ class Packer {
   private async checkTail(referencesOf: ReferencesOf, from: number, to: number): Promise<void> {
     const records: Array<{ oid: Buffer; rpos: number }> = [];
     for (let pos = from; pos < to; ) {
-      const txn = await this.src.txnAt(pos, to, null);
+      const txn = await this.txnAt(pos, to, null);
       for (let rpos = txn.recordsStart; rpos < txn.recordsEnd; ) {
         const h = await this.src.recordAt(txn, rpos);
         this.laterOids.add(oidKey(h.oid));
@@ -542,7 +572,7 @@ class Packer {
     let pos = MAGIC_BYTES;
     this.lastTid = null;
     while (pos < this.packPos) {
-      const txn = await this.src.txnAt(pos, this.packPos, this.lastTid);
+      const txn = await this.txnAt(pos, this.packPos, this.lastTid);
       this.lastTid = Buffer.from(txn.header.tid);
       let header: Buffer | null = null;
       let tpos = 0;
@@ -588,7 +618,7 @@ class Packer {
   private async copyAfterPack(o: Output, from: number, to: number): Promise<number> {
     let count = 0;
     for (let pos = from; pos < to; count++) {
-      const txn = await this.src.txnAt(pos, to, this.lastTid);
+      const txn = await this.txnAt(pos, to, this.lastTid);
       this.lastTid = Buffer.from(txn.header.tid);
       const tpos = o.pos;
       const header = await this.txnHeaderCopy(txn, txn.header.status);

@@ -1,0 +1,270 @@
+// A secondary packs its own file while it replicates (a primary's pack is not
+// replicated): what it applies meanwhile lands in the packed file, objects
+// read as on the primary, and its primary, its own secondaries (old and new)
+// and a promotion still find its history the same.
+
+import { existsSync, watch, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { StorageClosedError } from '../../src/errors.js';
+import { Primary } from '../../src/replication/primary.js';
+import { Secondary, type SecondaryOptions } from '../../src/replication/secondary.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { tidToSeconds } from '../../src/storage/timestamp.js';
+import type { TransactionMeta } from '../../src/storage/types.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { FAST_RECONNECT } from './netHelpers.js';
+import { allTransactions, commitMany, expectSameHistory, waitForTid, Z64 } from './helpers.js';
+
+afterAll(cleanupTempDirs);
+
+function openPrimary(path: string): Promise<Primary> {
+  return Primary.open({ path, replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+}
+
+function openSecondary(path: string, from: SecondaryOptions['replicateFrom'], extra: Partial<SecondaryOptions> = {}): Promise<Secondary> {
+  return Secondary.open({ path, replicateFrom: from, fsync: false, reconnect: FAST_RECONNECT, auditPath: null, ...extra });
+}
+
+/** Each object's current data and serial on `storage` equal `primary`'s. */
+async function expectSameObjects(primary: Primary, storage: Secondary['storage'], oids: Iterable<string>): Promise<void> {
+  for (const oid of oids) {
+    const want = await primary.storage.load(Buffer.from(oid, 'hex'));
+    const got = await storage.load(Buffer.from(oid, 'hex'));
+    expect({ oid, data: got.data.toString('hex'), tid: got.tid.toString('hex') }).toEqual({ oid, data: want.data.toString('hex'), tid: want.tid.toString('hex') });
+  }
+}
+
+/** Commit one transaction storing `value` under `oid` (its serial tracked in `serials`). */
+async function commitValue(primary: Primary, oid: Buffer, value: string, serials: Map<string, Buffer>): Promise<Buffer> {
+  const txn: TransactionMeta = { description: value };
+  await primary.storage.tpcBegin(txn);
+  primary.storage.store(oid, serials.get(oid.toString('hex')) ?? Z64, Buffer.from(value), txn);
+  await primary.storage.tpcVote(txn);
+  const tid = await primary.storage.tpcFinish(txn);
+  serials.set(oid.toString('hex'), tid);
+  return tid;
+}
+
+describe('Secondary.pack', () => {
+  it('packs its own file while it replicates: commits during and after the pack land in it, and its primary and its secondaries, old and new, find its history the same', async () => {
+    const dir = await tempDir();
+    const primary = await openPrimary(join(dir, 'p.fs'));
+    const sPath = join(dir, 's.fs');
+    let s = await openSecondary(sPath, primary.address, { replicateTo: '127.0.0.1:0' });
+    const downstream = await openSecondary(join(dir, 'd.fs'), s.replicationAddress!);
+    let fresh: Secondary | null = null;
+    try {
+      const serials = new Map<string, Buffer>();
+      const before = await commitMany(primary.storage, 40, 3, serials);
+      await waitForTid(downstream, before.at(-1)!);
+      const [report, during] = await Promise.all([s.pack(tidToSeconds(before.at(-1)!)), commitMany(primary.storage, 30, 3, serials)]);
+      expect(report.packed).toBe(true);
+      expect(report.sizeAfter).toBeLessThan(report.sizeBefore);
+      await waitForTid(s, during.at(-1)!);
+      expect(existsSync(`${sPath}.pack`)).toBe(false);
+      expect(existsSync(`${sPath}.old`)).toBe(true);
+      const packedTids = (await allTransactions(s.storage)).filter((t) => t.status === 'p');
+      expect(packedTids.length).toBeGreaterThan(0);
+      // Commits after the swap update objects whose current revision is in the packed part.
+      const after = await commitMany(primary.storage, 20, 3, serials);
+      await waitForTid(s, after.at(-1)!);
+      await waitForTid(downstream, after.at(-1)!);
+      await expectSameObjects(primary, s.storage, serials.keys());
+      // Each object's revisions on the packed node are the primary's since the pack time, then the one current at it.
+      const packTid = report.packTid;
+      for (const oid of serials.keys()) {
+        const mine = (await s.storage.history(Buffer.from(oid, 'hex'), 1000)).map((h) => h.tid.toString('hex'));
+        const theirs = (await primary.storage.history(Buffer.from(oid, 'hex'), 1000)).map((h) => h.tid.toString('hex'));
+        const later = theirs.filter((t) => t > packTid.toString('hex'));
+        const atPack = theirs.find((t) => t <= packTid.toString('hex'));
+        expect(mine).toEqual(atPack === undefined ? later : [...later, atPack]);
+      }
+      // Its secondary from before the pack kept the whole history; a new one copies the packed file.
+      await expectSameHistory(primary.storage, downstream.storage);
+      fresh = await openSecondary(join(dir, 'e.fs'), s.replicationAddress!);
+      await waitForTid(fresh, after.at(-1)!);
+      await expectSameHistory(s.storage, fresh.storage);
+      // Reopened, it replicates on from its primary, and serves its secondaries, without a divergence.
+      await s.close();
+      s = await openSecondary(sPath, primary.address, { replicateTo: s.replicationAddress! });
+      const last = await commitMany(primary.storage, 3, 3, serials);
+      for (const node of [s, downstream, fresh]) await waitForTid(node, last.at(-1)!);
+      for (const node of [s, downstream, fresh]) {
+        expect(node.diverged).toBeNull();
+        await expectSameObjects(primary, node.storage, serials.keys());
+      }
+    } finally {
+      await fresh?.close();
+      await downstream.close();
+      await s.close();
+      await primary.close();
+    }
+  });
+
+  it('a secondary of it whose last transaction the pack dropped catches up without a divergence', async () => {
+    const dir = await tempDir();
+    const primary = await openPrimary(join(dir, 'p.fs'));
+    const s = await openSecondary(join(dir, 's.fs'), primary.address, { replicateTo: '127.0.0.1:0' });
+    const dPath = join(dir, 'd.fs');
+    let downstream = await openSecondary(dPath, s.replicationAddress!);
+    try {
+      const serials = new Map<string, Buffer>();
+      const root = primary.storage.newOid();
+      const x = primary.storage.newOid();
+      await commitValue(primary, root, 'root', serials);
+      const dropped = await commitValue(primary, x, 'x1', serials);
+      await waitForTid(downstream, dropped);
+      await downstream.close();
+      // x's revision in `dropped` is superseded: packed after this, `dropped` holds nothing and goes.
+      const superseding = await commitValue(primary, x, 'x2', serials);
+      await waitForTid(s, superseding);
+      expect((await s.pack(tidToSeconds(superseding) + 0.001)).packed).toBe(true);
+      const kept = (await allTransactions(s.storage)).map((t) => t.tid.toString('hex'));
+      expect(kept).not.toContain(dropped.toString('hex'));
+      expect(kept).toContain(superseding.toString('hex'));
+
+      downstream = await openSecondary(dPath, s.replicationAddress!);
+      const later = await commitValue(primary, root, 'root2', serials);
+      await waitForTid(downstream, later);
+      expect(downstream.diverged).toBeNull();
+      await expectSameObjects(primary, downstream.storage, serials.keys());
+      // What it lacked came as the packed node holds it: `superseding` packed.
+      const got = (await allTransactions(downstream.storage)).map((t) => `${t.tid.toString('hex')}${t.status}`);
+      expect(got.slice(-3)).toEqual([`${dropped.toString('hex')} `, `${superseding.toString('hex')}p`, `${later.toString('hex')} `]);
+    } finally {
+      await downstream.close();
+      await s.close();
+      await primary.close();
+    }
+  });
+
+  it('a packed secondary promoted takes its old primary back as a secondary without a divergence', async () => {
+    const dir = await tempDir();
+    const pPath = join(dir, 'p.fs');
+    const primary = await openPrimary(pPath);
+    const s = await openSecondary(join(dir, 's.fs'), primary.address);
+    let promoted: Primary | null = null;
+    let old: Secondary | null = null;
+    try {
+      const serials = new Map<string, Buffer>();
+      const tids = await commitMany(primary.storage, 30, 3, serials);
+      await waitForTid(s, tids.at(-1)!);
+      // Packed to a time before the last commits.
+      expect((await s.pack(tidToSeconds(tids[20]!))).packed).toBe(true);
+      await primary.close();
+      promoted = await s.promote({ replicateTo: '127.0.0.1:0' });
+      const more = await commitMany(promoted.storage, 5, 3, serials);
+      old = await openSecondary(pPath, promoted.address);
+      await waitForTid(old, more.at(-1)!);
+      expect(old.diverged).toBeNull();
+      expect(old.machine.getSnapshot().matches('diverged')).toBe(false);
+      await expectSameObjects(promoted, old.storage, serials.keys());
+    } finally {
+      await old?.close();
+      await promoted?.close();
+      await s.close();
+    }
+  });
+
+  it('is refused once the secondary is closed; its storage still refuses pack', async () => {
+    const dir = await tempDir();
+    const primary = await openPrimary(join(dir, 'p.fs'));
+    const s = await openSecondary(join(dir, 's.fs'), primary.address);
+    try {
+      await waitForTid(s, (await commitMany(primary.storage, 3)).at(-1)!);
+      await expect(s.storage.pack(Date.now() / 1000)).rejects.toThrow(/read-only/i);
+    } finally {
+      await s.close();
+      await primary.close();
+    }
+    await expect(s.pack(Date.now() / 1000)).rejects.toThrow('the secondary is closed');
+  });
+
+  it("close() waits for a pack under way to end, and leaves no packed file behind", async () => {
+    const dir = await tempDir();
+    const primary = await openPrimary(join(dir, 'p.fs'));
+    const sPath = join(dir, 's.fs');
+    const s = await openSecondary(sPath, primary.address);
+    try {
+      const tids = await commitMany(primary.storage, 300);
+      await waitForTid(s, tids.at(-1)!);
+      let settled = false;
+      const packing = s
+        .pack(Date.now() / 1000)
+        .then(
+          () => 'packed',
+          (err: unknown) => err,
+        )
+        .finally(() => (settled = true));
+      await s.close();
+      expect(settled).toBe(true);
+      // Whether the pack got to its swap before the close took the file depends on timing; either way it ended whole.
+      const outcome = await packing;
+      if (outcome !== 'packed') expect(outcome).toBeInstanceOf(StorageClosedError);
+      expect(existsSync(`${sPath}.pack`)).toBe(false);
+      const reopened = await FileStorage.open(sPath, { readOnly: true });
+      try {
+        await expectSameObjects(primary, reopened as never, (await allTransactions(primary.storage)).flatMap((t) => t.records.map((r) => r.oid.toString('hex'))));
+      } finally {
+        await reopened.close();
+      }
+    } finally {
+      await s.close();
+      await primary.close();
+    }
+  });
+});
+
+describe('FileStorage.pack and close', () => {
+  it('a close() stops a pack at its next transaction: the pack rejects, the file is as it was, no packed file is left', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const tids = await commitMany(fs, 200);
+    const size = fs.getSize();
+    // Names the directory's events give, in order: a marker written last shows every earlier one arrived.
+    const seen: string[] = [];
+    const watcher = watch(dir, (_, name) => void seen.push(String(name)));
+    // The pack's first read of the file says so, then waits until the storage is closed: the pack is under way.
+    const probe = await open(join(dir, 'probe'), 'w');
+    const proto = Object.getPrototypeOf(probe) as { read: (...args: unknown[]) => Promise<unknown> };
+    await probe.close();
+    const realRead = proto.read;
+    let reading!: () => void;
+    const packReading = new Promise<void>((resolve) => (reading = resolve));
+    proto.read = async function (this: unknown, ...args: unknown[]) {
+      reading();
+      while (!fs.isClosed) await new Promise((resolve) => setImmediate(resolve));
+      return realRead.apply(this, args);
+    };
+    try {
+      let settled = false;
+      const packing = fs.pack(Date.now() / 1000).catch((err: unknown) => err).finally(() => (settled = true));
+      await packReading;
+      await fs.close();
+      // The close waited for the pack to end (its files closed, its output removed).
+      expect(settled).toBe(true);
+      expect(await packing).toBeInstanceOf(StorageClosedError);
+      await new Promise<void>((resolve) => {
+        watcher.on('change', (_, name) => String(name) === 'marker' && resolve());
+        writeFileSync(join(dir, 'marker'), '');
+      });
+    } finally {
+      proto.read = realRead;
+      watcher.close();
+    }
+    // It stopped before writing any packed output (it read no further than its first transaction).
+    expect(seen.filter((name) => name.endsWith('.pack'))).toEqual([]);
+    expect(existsSync(`${path}.pack`)).toBe(false);
+    expect(existsSync(`${path}.old`)).toBe(false);
+    const reopened = await FileStorage.open(path, { readOnly: true });
+    try {
+      expect(reopened.getSize()).toBe(size);
+      expect((await allTransactions(reopened)).map((t) => t.tid.toString('hex'))).toEqual(tids.map((t) => t.toString('hex')));
+    } finally {
+      await reopened.close();
+    }
+  });
+});
