@@ -16,6 +16,7 @@ import { status, statusOptions, statusSpec } from './status.js';
 import { verify, verifySpec } from './verify.js';
 import { promote, promoteSpec } from './promote.js';
 import { rewind, rewindSpec } from './rewind.js';
+import { pack, packSpec } from './pack.js';
 
 interface Command {
   spec: CommandSpec;
@@ -42,6 +43,7 @@ const COMMANDS: readonly Command[] = [
   { spec: checkSpec, run: (a, io) => check(a.positionals[0]!, a.positionals[1]!, io, checkOptions(a.flags)) },
   { spec: promoteSpec, run: (a, io) => promote(a, io) },
   { spec: rewindSpec, run: (a, io) => rewind(a, io) },
+  { spec: packSpec, run: (a, io) => pack(a, io) },
 ];
 
 /** The package version, read from the package's package.json: beside src/, or beside dist/ when running compiled. */

@@ -1,0 +1,180 @@
+// `zrs pack FILE`: ZODB's pack of a stopped node's file, with the node's hash
+// chain written first; what it refuses and how it says so.
+
+import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { rename } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { runCli } from '../../src/cli/cli.js';
+import { HashChain } from '../../src/failover/hashChain.js';
+import { Primary } from '../../src/replication/primary.js';
+import { Secondary } from '../../src/replication/secondary.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import { cleanupTempDirs, copyZodbFixture, fixturePath, readManifest, tempDir } from '../helpers/fixtures.js';
+import { allTransactions, commitMany, storageFileWith, waitForTid } from '../replication/helpers.js';
+import { FAST_RECONNECT } from '../replication/netHelpers.js';
+import { memoryIo } from './helpers.js';
+
+afterAll(cleanupTempDirs);
+
+async function run(...argv: string[]) {
+  const io = memoryIo();
+  const code = await runCli(argv, io);
+  return { code, stdout: io.stdout, stderr: io.stderr };
+}
+
+/** A temp copy of ZODB's file just before its recorded pack, as Data.fs. */
+async function prepackCopy(): Promise<string> {
+  const tmp = await copyZodbFixture('packed');
+  const path = join(tmp, 'Data.fs');
+  await rename(join(tmp, 'Data.fs.prepack'), path);
+  return path;
+}
+
+describe('zrs pack', () => {
+  it("packs as ZODB packs (garbage collected, byte for byte), keeping the file before as .old, with the node's hash chain of the file as it was", async () => {
+    const m = await readManifest('packed');
+    const path = await prepackCopy();
+    // The links the unpacked file gives, from a chain built on a copy of it.
+    const twin = join(await tempDir(), 'Data.fs');
+    copyFileSync(path, twin);
+    const twinStorage = await FileStorage.open(twin, { readOnly: true });
+    const twinChain = await HashChain.open(twinStorage);
+    const head = twinChain.head;
+    await twinChain.close();
+    await twinStorage.close();
+
+    const r = await run('pack', path, '--time', String(m.pack_time));
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe(
+      `${path}: packed to ${new Date(m.pack_time * 1000).toISOString()} (tid ${m.pack_time_tid}, 2024-06-01 00:04:05.000000): ${m.pre_pack_size} -> ${m.file_size} bytes; the file before the pack is kept as ${path}.old\n`,
+    );
+    expect(readFileSync(path).equals(readFileSync(fixturePath('zodb', 'packed', 'Data.fs')))).toBe(true);
+    expect(readFileSync(`${path}.old`).equals(readFileSync(fixturePath('zodb', 'packed', 'Data.fs.prepack')))).toBe(true);
+    // Every link was written before the swap, from the transactions as they were.
+    expect(readFileSync(`${path}.chain`).equals(readFileSync(`${twin}.chain`))).toBe(true);
+    expect(head).not.toBeNull();
+
+    // Packed again to the same time: nothing to remove, nothing touched.
+    rmSync(`${path}.old`);
+    const again = await run('pack', path, '--time', '2024-06-01T00:04:05Z');
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toContain(`${path}: nothing to remove up to 2024-06-01T00:04:05.000Z (tid ${m.pack_time_tid}`);
+    expect(again.stdout).toContain('the file is unchanged');
+    expect(existsSync(`${path}.old`)).toBe(false);
+  });
+
+  it('packs a stopped secondary, which then replicates on from its primary without a divergence', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const sPath = join(dir, 's.fs');
+    const open = (): Promise<Secondary> => Secondary.open({ path: sPath, replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    let s = await open();
+    try {
+      const serials = new Map<string, Buffer>();
+      await waitForTid(s, (await commitMany(primary.storage, 30, 3, serials)).at(-1)!);
+      await s.close();
+      const r = await run('pack', sPath, '--no-gc');
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/: packed to .*: \d+ -> \d+ bytes;/);
+      s = await open();
+      const more = await commitMany(primary.storage, 5, 3, serials);
+      await waitForTid(s, more.at(-1)!);
+      expect(s.diverged).toBeNull();
+      expect((await allTransactions(s.storage)).some((t) => t.status === 'p')).toBe(true);
+      for (const oid of serials.keys()) {
+        const [want, got] = await Promise.all([primary.storage.load(Buffer.from(oid, 'hex')), s.storage.load(Buffer.from(oid, 'hex'))]);
+        expect(got.data.equals(want.data) && got.tid.equals(want.tid), oid).toBe(true);
+      }
+    } finally {
+      await s.close();
+      await primary.close();
+    }
+  });
+
+  it("deletes the blob files of removed revisions from the storage's blob directory", async () => {
+    const tmp = await copyZodbFixture('blobs');
+    const blobFiles = (): string[] => readdirSync(join(tmp, 'blobs'), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.blob'));
+    const before = blobFiles();
+    const r = await run('pack', join(tmp, 'Data.fs'), '--blob-dir', join(tmp, 'blobs'));
+    expect(r.code, r.stderr).toBe(0);
+    const removed = Number(/; (\d+) blob file\(s\) removed;/.exec(r.stdout)?.[1]);
+    expect(removed).toBeGreaterThan(0);
+    expect(blobFiles()).toHaveLength(before.length - removed);
+  });
+
+  it('shows how far it is on a terminal, and nothing otherwise', async () => {
+    const m = await readManifest('packed');
+    const tty = memoryIo({ stderrIsTTY: true });
+    const path = await prepackCopy();
+    expect(await runCli(['pack', path, '--time', String(m.pack_time)], tty)).toBe(0);
+    expect(tty.stderr).toMatch(new RegExp(`\\rpacking ${path}: reading \\d+%.*\\rpacking ${path}: following references \\d+%.*\\rpacking ${path}: writing \\d+%`, 's'));
+    expect(tty.stderr.endsWith('\r\x1b[2K')).toBe(true);
+    const quiet = memoryIo({ stderrIsTTY: true });
+    expect(await runCli(['pack', '--no-progress', await prepackCopy(), '--time', String(m.pack_time)], quiet)).toBe(0);
+    expect(quiet.stderr).toBe('');
+  });
+
+  it('refuses what it cannot do, leaving the file as it was', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    await storageFileWith(path, 5);
+    const before = readFileSync(path);
+    // Records that are not ZODB pickles: garbage collection cannot read their references.
+    const gc = await run('pack', path);
+    expect(gc.code).toBe(1);
+    expect(gc.stderr).toContain('nothing was packed (--no-gc packs without garbage collection)');
+    // A running node holds the file.
+    const held = await FileStorage.open(path, { fsync: false });
+    try {
+      const locked = await run('pack', path, '--no-gc');
+      expect(locked.code).toBe(1);
+      expect(locked.stderr).toMatch(/lock/i);
+    } finally {
+      await held.close();
+    }
+    const noBlobs = await run('pack', path, '--no-gc', '--blob-dir', join(dir, 'nowhere'));
+    expect(noBlobs.code).toBe(1);
+    expect(noBlobs.stderr).toContain(`the blob directory ${join(dir, 'nowhere')} does not exist`);
+    expect(existsSync(join(dir, 'nowhere'))).toBe(false);
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect(existsSync(`${path}.old`)).toBe(false);
+    expect(existsSync(`${path}.pack`)).toBe(false);
+  });
+
+  it.each([
+    [['--days', '1', '--time', '0'], 'give --days or --time, not both'],
+    [['--days', '-1'], '--days must be a number of days >= 0, got "-1"'],
+    [['--days', 'week'], '--days must be a number of days >= 0, got "week"'],
+    [['--time', 'yesterday'], '--time must be an ISO 8601 time (2026-11-01T00:00:00Z) or seconds since the epoch, got "yesterday"'],
+    [['--time', '2026-13-45'], '--time must be an ISO 8601 time'],
+  ])('refuses %j as a usage error (exit 2)', async (flags, message) => {
+    const path = join(await tempDir(), 'Data.fs');
+    await storageFileWith(path, 2);
+    const r = await run('pack', path, ...flags);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(message);
+  });
+
+  it('packs to now less --days', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const tids = await commitMany(fs, 6, 2);
+    await fs.close();
+    // A day back, everything is later than the pack time: nothing to remove.
+    const dayBack = await run('pack', path, '--no-gc', '--days', '1');
+    expect(dayBack.stdout).toContain('nothing to remove');
+    // To now, the revisions commitMany replaced go.
+    const now = await run('pack', path, '--no-gc');
+    expect(now.code, now.stderr).toBe(0);
+    expect(now.stdout).toContain('packed to');
+    const after = await FileStorage.open(path, { readOnly: true });
+    try {
+      const kept = await allTransactions(after);
+      expect(kept.every((t) => t.status === 'p')).toBe(true);
+      expect(kept.at(-1)!.tid.equals(tids.at(-1)!)).toBe(true);
+    } finally {
+      await after.close();
+    }
+  });
+});
