@@ -1572,14 +1572,12 @@ export class FileStorage {
     this.checkWritable('pack');
     const { packStorage } = await import('./pack.js');
     const run = packStorage(this, packTime, referencesOf, options);
-    this.packRun = run.then(
-      () => undefined,
-      () => undefined,
-    );
+    // Joined, not replaced: a second pack() refused while one runs must not stand in for it.
+    this.packRun = Promise.all([this.packRun, run.catch(() => undefined)]).then(() => undefined);
     return run;
   }
 
-  /** Settles once the last pack() started has ended: a close() waits for it, so no pack's file outlives the storage. */
+  /** Settles once every pack() started so far has ended: a close() waits for them, so no pack's file outlives the storage. */
   private packRun: Promise<void> = Promise.resolve();
 
   /** Abort any transaction in progress, save the index, release the lock. */

@@ -227,23 +227,31 @@ describe('FileStorage.pack and close', () => {
     // Names the directory's events give, in order: a marker written last shows every earlier one arrived.
     const seen: string[] = [];
     const watcher = watch(dir, (_, name) => void seen.push(String(name)));
-    // The pack's first read of the file says so, then waits until the storage is closed: the pack is under way.
+    // The pack's first read of the file says so, then waits until the storage is closed (the pack is under way),
+    // then for the close to be done, for at most a second: a close that waits for the pack cannot be done before
+    // the read returns, so the pack goes on after that second; one that does not wait is done first.
     const probe = await open(join(dir, 'probe'), 'w');
     const proto = Object.getPrototypeOf(probe) as { read: (...args: unknown[]) => Promise<unknown> };
     await probe.close();
     const realRead = proto.read;
+    const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
     let reading!: () => void;
     const packReading = new Promise<void>((resolve) => (reading = resolve));
+    let closeDone = false;
     proto.read = async function (this: unknown, ...args: unknown[]) {
       reading();
-      while (!fs.isClosed) await new Promise((resolve) => setImmediate(resolve));
+      while (!fs.isClosed) await turn();
+      for (const until = performance.now() + 1000; !closeDone && performance.now() < until; ) await turn();
       return realRead.apply(this, args);
     };
     try {
       let settled = false;
       const packing = fs.pack(Date.now() / 1000).catch((err: unknown) => err).finally(() => (settled = true));
       await packReading;
+      // A second pack asked for meanwhile is refused, and does not stand in for the first in the close's wait.
+      await expect(fs.pack(Date.now() / 1000)).rejects.toThrow('a pack is already running');
       await fs.close();
+      closeDone = true;
       // The close waited for the pack to end (its files closed, its output removed).
       expect(settled).toBe(true);
       expect(await packing).toBeInstanceOf(StorageClosedError);
