@@ -79,6 +79,9 @@ export interface PackOptions {
   onProgress?: (progress: PackProgress) => void;
 }
 
+/** Objects the garbage collection marks between two turns of the event loop. */
+const MARKS_PER_TURN = 1024;
+
 /** Output is written in batches of about this many bytes. */
 const FLUSH_BYTES = 1 << 20;
 /** ZODB's TimeStamp: seconds are stored as whole units of 60 / 2^32 s, truncated. */
@@ -341,6 +344,9 @@ class Packer {
     this.src = new Source(storage.path, handle);
   }
 
+  /** Objects marked reachable so far (markFrom yields to the event loop every MARKS_PER_TURN). */
+  private marked = 0;
+
   /** The pass under way and the size it reads to, for onProgress. */
   private step: PackProgress['step'] = 'index';
   private end0 = 0;
@@ -449,7 +455,7 @@ class Packer {
    * back by an undo after it, would otherwise lose itself or what it refers to.
    */
   private async findReachable(referencesOf: ReferencesOf, end: number): Promise<void> {
-    this.markFrom([Z64], referencesOf);
+    await this.markFrom([Z64], referencesOf);
     const backs: Array<{ oid: Buffer; back: number }> = [];
     let pos = this.packPos;
     let lastTid = this.lastTid;
@@ -461,16 +467,16 @@ class Packer {
         const back = h.plen === 0 ? await this.src.backAt(rpos) : 0;
         this.laterOids.add(oidKey(h.oid));
         // Data after the pack time (inline, or through a backpointer to later data) is copied: its references stay.
-        if (back === 0 || back >= this.packPos) this.markFrom(this.laterRefsAt(rpos, h.oid, referencesOf), referencesOf, true);
+        if (back === 0 || back >= this.packPos) await this.markFrom(this.laterRefsAt(rpos, h.oid, referencesOf), referencesOf, true);
         else backs.push({ oid: Buffer.from(h.oid), back });
         rpos += dataRecordLength(h.plen);
       }
       pos = txn.next;
     }
     const extraRoots: number[] = [];
-    for (const { oid, back } of backs) this.keepBackTarget(oid, back, extraRoots, referencesOf);
+    for (const { oid, back } of backs) await this.keepBackTarget(oid, back, extraRoots, referencesOf);
     // An old revision revived by undo may refer to objects otherwise gone.
-    for (const root of extraRoots) this.markFrom(this.refsAt(root, referencesOf), referencesOf, true);
+    for (const root of extraRoots) await this.markFrom(this.refsAt(root, referencesOf), referencesOf, true);
   }
 
   /**
@@ -512,10 +518,10 @@ class Packer {
   }
 
   /** Keep the revision an undo after the pack time points back to (`back`), and follow what it refers to. */
-  private keepBackTarget(oid: Buffer, back: number, extraRoots: number[], referencesOf: ReferencesOf): void {
+  private async keepBackTarget(oid: Buffer, back: number, extraRoots: number[], referencesOf: ReferencesOf): Promise<void> {
     const key = oidKey(oid);
     // Unreachable at the pack time (ZODB keeps the target alone): reachable now, with its revision then.
-    if (!this.reachable.first.has(key)) this.markFrom([oid], referencesOf, true);
+    if (!this.reachable.first.has(key)) await this.markFrom([oid], referencesOf, true);
     if (!this.reachable.first.has(key)) {
       // No revision at the pack time (its creation was undone): the target is the one kept.
       this.reachable.first.set(key, back);
@@ -537,9 +543,15 @@ class Packer {
    * an object may have no revision at the pack time (created after it, or
    * its creation undone): skipped, as its later records are copied anyway.
    */
-  private markFrom(roots: Buffer[], referencesOf: ReferencesOf, later = false): void {
+  private async markFrom(roots: Buffer[], referencesOf: ReferencesOf, later = false): Promise<void> {
     const todo = [...roots];
     while (todo.length) {
+      // Each object is a read and a pickle walk: a large graph, walked in one go, would hold up every commit and
+      // the node's replication (heartbeats, acks) for as long. A close meanwhile stops the pack here.
+      if (++this.marked % MARKS_PER_TURN === 0) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        if (this.storage.isClosed) throw new StorageClosedError(this.storage.path);
+      }
       const oid = todo.pop()!;
       const key = oidKey(oid);
       if (this.reachable.first.has(key)) continue;

@@ -36,6 +36,21 @@ async function expectSameObjects(primary: Primary, storage: Secondary['storage']
   }
 }
 
+const u64 = (n: number): Buffer => {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(BigInt(n));
+  return b;
+};
+
+/** Commit one transaction storing `value` as the next revision of `oid` on `fs`. */
+async function commitValueTo(fs: FileStorage, oid: Buffer, value: string): Promise<Buffer> {
+  const txn: TransactionMeta = { description: value };
+  await fs.tpcBegin(txn);
+  fs.store(oid, (await fs.load(oid)).tid, Buffer.from(value), txn);
+  await fs.tpcVote(txn);
+  return fs.tpcFinish(txn);
+}
+
 /** Commit one transaction storing `value` under `oid` (its serial tracked in `serials`). */
 async function commitValue(primary: Primary, oid: Buffer, value: string, serials: Map<string, Buffer>): Promise<Buffer> {
   const txn: TransactionMeta = { description: value };
@@ -218,6 +233,40 @@ describe('Secondary.pack', () => {
 });
 
 describe('FileStorage.pack and close', () => {
+  it("the garbage collection's walk of a large graph lets the event loop turn (commits and replication go on meanwhile)", async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    try {
+      // A root referring to 5000 objects: a record's references are the 8-byte oids it holds.
+      const oids = Array.from({ length: 5000 }, (_, i) => u64(i + 1));
+      const txn: TransactionMeta = { description: 'graph' };
+      await fs.tpcBegin(txn);
+      fs.store(Z64, Z64, Buffer.concat(oids), txn);
+      for (const oid of oids) fs.store(oid, Z64, Buffer.from('leaf'), txn);
+      await fs.tpcVote(txn);
+      await fs.tpcFinish(txn);
+      await commitValueTo(fs, oids[0]!, 'new');
+      let turns = 0;
+      let ticking = true;
+      const tick = (): void => {
+        turns += 1;
+        if (ticking) setImmediate(tick);
+      };
+      setImmediate(tick);
+      // The event loop's turn count as the walk reached each object.
+      const seenAt: number[] = [];
+      const refs = (data: Buffer): Buffer[] => {
+        seenAt.push(turns);
+        return Array.from({ length: Math.floor(data.length / 8) }, (_, i) => data.subarray(8 * i, 8 * i + 8));
+      };
+      const report = await fs.pack(Date.now() / 1000 + 1, refs).finally(() => (ticking = false));
+      expect(report.packed).toBe(true);
+      expect(seenAt.length).toBeGreaterThanOrEqual(5001);
+      expect(new Set(seenAt).size).toBeGreaterThan(3);
+    } finally {
+      await fs.close();
+    }
+  });
+
   it('a close() stops a pack at its next transaction: the pack rejects, the file is as it was, no packed file is left', async () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs');
