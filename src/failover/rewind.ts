@@ -270,10 +270,16 @@ export interface OpenRewindOptions {
  */
 export async function rewindOpenStorage(storage: FileStorage, refusedAt: Buffer, options: OpenRewindOptions): Promise<RewindResult> {
   const forkTid = keptTid(storage, refusedAt, false);
+  const epoch = storage.fileEpoch;
   const cut = await saveCut(storage, forkTid, options.withBlobs);
   if (cut.cutPos !== null) {
     const release = await storage.acquireCommitLock();
     try {
+      // The cut's position is in the file it was saved from: one replaced meanwhile (a pack) has others.
+      if (storage.fileEpoch !== epoch) {
+        await removeSaved(cut);
+        throw new ZrsError(`${storage.path}: the data file was replaced (packed) while the rewind saved what it cuts; nothing was cut: rewind again`);
+      }
       const temp = `${storage.path}.rewind-tmp`;
       try {
         // A clone where the file system can (copy-on-write), else a copy; cut at the fork either way.
@@ -298,6 +304,11 @@ export async function rewindOpenStorage(storage: FileStorage, refusedAt: Buffer,
   const result = rewindResult(Buffer.from(forkTid), cut, options.history.generations.list);
   await options.history.cutTo(forkTid);
   return result;
+}
+
+/** Remove what saveCut saved aside, for a cut that was not made. */
+async function removeSaved(cut: SavedCut): Promise<void> {
+  for (const path of [cut.sidePath, cut.sideBlobDir]) if (path !== null) await rm(path, { recursive: true, force: true });
 }
 
 /** What a rewind that cut `cut` back to `forkTid`, from a node with these `generations`, reports. */

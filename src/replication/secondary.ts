@@ -1125,6 +1125,8 @@ export class Secondary {
     this.operation = 'rewind';
     let result: RewindResult;
     const cutting = (async () => {
+      // A pack under way ends first (a later one is refused until the cut is done).
+      await this.packsEnded;
       const resume = this.server ? await this.server.suspend() : () => undefined;
       try {
         const cut = await rewindOpenStorage(this.inner, divergence.forkTid, { history: this.failover!, withBlobs: this.inner.blobs !== null });
@@ -1170,15 +1172,30 @@ export class Secondary {
    * The storage's `pack` stays refused (ReadOnlyError): packing is the
    * node's operator's call, not its readers'. A close() stops a pack
    * under way (it rejects with a StorageClosedError and leaves the file as
-   * it was).
+   * it was); a rewind() waits for it, and a pack is refused during a rewind.
+   *
+   * With garbage collection, pack to a time the primary has been packed to
+   * already (or earlier): an object collected here that the primary still
+   * holds can come back in its later transactions only as a reference (an
+   * undo of a transaction before that time, or an application linking
+   * again an object it still held), and would then be missing here
+   * (POSKeyError) though the primary has it. Without `referencesOf` only
+   * old revisions go, and that cannot happen.
    *
    * @example
    * await secondary.pack(Date.now() / 1000 - 7 * 86400, zodbReferences);
    */
   async pack(packTime: number, referencesOf?: ReferencesOf, options?: PackOptions): Promise<PackReport> {
     if (this.closedPromise) throw this.closedError();
-    return this.inner.pack(packTime, referencesOf, options);
+    // A rewind cuts the file at a position it found before it took the commit lock: a pack in between would move it.
+    if (this.operation === 'rewind') throw new ZrsError('pack() refused during a rewind');
+    const run = this.inner.pack(packTime, referencesOf, options);
+    this.packsEnded = Promise.all([this.packsEnded, run.catch(() => undefined)]).then(() => undefined);
+    return run;
   }
+
+  /** Settles once every pack() started so far has ended: a rewind waits for them. */
+  private packsEnded: Promise<void> = Promise.resolve();
 
   /** The generations and hash chain of this storage. */
   get history(): FailoverHistory | null {

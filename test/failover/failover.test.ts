@@ -3,7 +3,7 @@
 // primary as diverged (no retry loop), rewind it into a side file, rejoin and
 // converge; equal tids with different contents are caught.
 
-import { mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -14,12 +14,12 @@ import { FailoverHistory } from '../../src/failover/history.js';
 import { chainPathFor } from '../../src/failover/hashChain.js';
 import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { GenerationHistory } from '../../src/failover/generations.js';
-import { askForkTid, rewindStorage } from '../../src/failover/rewind.js';
+import { askForkTid, rewindOpenStorage, rewindStorage } from '../../src/failover/rewind.js';
 import type { Clock } from '../../src/ports/clock.js';
 import type { Transport } from '../../src/ports/transport.js';
 import { systemClock } from '../../src/node/clock.js';
 import { PromotionRefusedError, type PromoteOptions } from '../../src/failover/promote.js';
-import { tidFromTime } from '../../src/storage/timestamp.js';
+import { tidFromTime, tidToSeconds } from '../../src/storage/timestamp.js';
 import { readAuditLog } from '../../src/audit/auditLog.js';
 import { formatAddress } from '../../src/replication/address.js';
 import { requestStatus } from '../../src/replication/statusClient.js';
@@ -731,6 +731,71 @@ describe('failover', () => {
     } finally {
       await a.close();
       await promoted.close();
+    }
+  });
+
+  it('a pack is refused during a rewind, and a rewind waits for a pack under way', async () => {
+    const { a, promoted, shared } = await divergedOldPrimary(await tempDir());
+    try {
+      const rewinding = a.rewind();
+      await expect(a.pack(Date.now() / 1000)).rejects.toThrow('pack() refused during a rewind');
+      expect((await rewinding).cutTids).toHaveLength(20);
+      await waitForTid(a, (await commitMany(promoted.storage, 1)).at(-1)!);
+    } finally {
+      await a.close();
+      await promoted.close();
+    }
+    const second = await divergedOldPrimary(await tempDir());
+    try {
+      const order: string[] = [];
+      // Packed to just after the last shared transaction (the lost ones came later, after a round trip).
+      const packing = second.a.pack(tidToSeconds(second.shared.at(-1)!) + 1e-5).then((r) => order.push(`packed ${r.packed}`));
+      const result = await second.a.rewind();
+      order.push('rewound');
+      await packing;
+      expect(order).toEqual(['packed true', 'rewound']);
+      expect(result.cutTids).toHaveLength(20);
+      // Cut from the packed file: what it holds ends at the last shared transaction.
+      expect(second.a.storage.lastTransaction()).toEqual(second.shared.at(-1));
+      await waitForTid(second.a, (await commitMany(second.promoted.storage, 1)).at(-1)!);
+      expect(second.a.diverged).toBeNull();
+    } finally {
+      await second.a.close();
+      await second.promoted.close();
+    }
+  });
+
+  it('a rewind whose data file a pack replaced after it saved the cut part cuts nothing, removes what it saved, and can run again', async () => {
+    const { a, aPath, promoted, shared } = await divergedOldPrimary(await tempDir());
+    await a.close();
+    await promoted.close();
+    const storage = await FileStorage.open(aPath, { fsync: false });
+    const history = await FailoverHistory.open(storage, { role: 'secondary', fsync: false });
+    try {
+      const lost = (await allTransactions(storage)).slice(shared.length).map((t) => t.tid);
+      expect(lost).toHaveLength(20);
+      // The rewind's first wait for the commit lock, after it saved the cut part, lets a whole pack run first.
+      const take = storage.acquireCommitLock.bind(storage);
+      storage.acquireCommitLock = async () => {
+        storage.acquireCommitLock = take;
+        expect((await storage.pack(tidToSeconds(shared.at(-1)!) + 1e-5)).packed).toBe(true);
+        return take();
+      };
+      const side = `${aPath}.rewound-${shared.at(-1)!.toString('hex')}`;
+      await expect(rewindOpenStorage(storage, shared.at(-1)!, { history, withBlobs: false })).rejects.toThrow(
+        `${aPath}: the data file was replaced (packed) while the rewind saved what it cuts; nothing was cut: rewind again`,
+      );
+      expect(existsSync(side)).toBe(false);
+      // Nothing cut: the lost transactions are all still there, after the packed ones.
+      const held = (await allTransactions(storage)).map((t) => t.tid.toString('hex'));
+      expect(held.slice(-20)).toEqual(lost.map((t) => t.toString('hex')));
+      const again = await rewindOpenStorage(storage, shared.at(-1)!, { history, withBlobs: false });
+      expect(again.cutTids).toHaveLength(20);
+      expect(storage.lastTransaction()).toEqual(shared.at(-1));
+      expect(existsSync(side)).toBe(true);
+    } finally {
+      await history.close();
+      await storage.close();
     }
   });
 
