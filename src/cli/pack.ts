@@ -10,9 +10,9 @@ import { ZrsError } from '../errors.js';
 import { HashChain } from '../failover/hashChain.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import { pathKind, refuseEmptyStorage } from '../storage/fileio.js';
-import { PackError, type PackProgress, type PackReport } from '../storage/pack.js';
+import { PackError, packTimeToTid, type PackProgress, type PackReport } from '../storage/pack.js';
 import { zodbReferences } from '../storage/references.js';
-import { tidToString } from '../storage/timestamp.js';
+import { tidToString, Z64 } from '../storage/timestamp.js';
 import { UsageError, type CommandSpec, type ParsedArgs } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
 
@@ -67,8 +67,9 @@ export async function pack(args: ParsedArgs, io: CliIo, nowMs = Date.now()): Pro
   const storage = await FileStorage.open(path, { blobDir: typeof blobDir === 'string' ? blobDir : undefined });
   let report: PackReport;
   try {
-    // Brought up to the last transaction now, and written in full before the packed file replaces the data file.
-    const chain = await HashChain.open(storage);
+    // Brought up to the last transaction now, and written in full before the packed file replaces the data file
+    // (none for a storage with no transaction: it has nothing to pack).
+    const chain = storage.transactionCount > 0 ? await HashChain.open(storage) : null;
     try {
       const gc = !args.flags.has('no-gc');
       report = await storage.pack(packTime, gc ? zodbReferences : undefined, { onProgress }).catch((err: unknown) => {
@@ -79,7 +80,7 @@ export async function pack(args: ParsedArgs, io: CliIo, nowMs = Date.now()): Pro
       });
     } finally {
       if (show) io.err('\r\x1b[2K');
-      await chain.close();
+      await chain?.close();
     }
   } finally {
     await storage.close();
@@ -112,11 +113,23 @@ function packTimeOf(args: ParsedArgs, nowMs: number): number {
     if (!Number.isFinite(seconds)) {
       throw new UsageError(`--time must be an ISO 8601 time (2026-11-01T00:00:00Z) or seconds since the epoch, got ${JSON.stringify(time)}`);
     }
-    return seconds;
+    return withinTids(seconds, `--time ${time}`);
   }
   const n = typeof days === 'string' ? Number(days) : 0;
   if (typeof days === 'string' && (days.trim() === '' || !Number.isFinite(n) || n < 0)) {
     throw new UsageError(`--days must be a number of days >= 0, got ${JSON.stringify(days)}`);
   }
-  return nowMs / 1000 - n * 86400;
+  return withinTids(nowMs / 1000 - n * 86400, `--days ${days}`);
 }
+
+/** `seconds`, when a tid can name it: between 1970 and the last time a tid holds (9917, and what a Date holds). */
+function withinTids(seconds: number, given: string): number {
+  const tid = packTimeToTid(seconds);
+  if (seconds <= 0 || tid.equals(Z64) || tid.readUInt32BE(0) === 0xffffffff || Math.abs(seconds) > MAX_DATE_SECONDS) {
+    throw new UsageError(`${given} is a pack time outside the times transactions have (1970 to 9917)`);
+  }
+  return seconds;
+}
+
+/** The largest time a Date holds, in seconds (ECMAScript's 8.64e15 ms). */
+const MAX_DATE_SECONDS = 8.64e12;

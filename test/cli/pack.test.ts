@@ -148,12 +148,30 @@ describe('zrs pack', () => {
     [['--days', 'week'], '--days must be a number of days >= 0, got "week"'],
     [['--time', 'yesterday'], '--time must be an ISO 8601 time (2026-11-01T00:00:00Z) or seconds since the epoch, got "yesterday"'],
     [['--time', '2026-13-45'], '--time must be an ISO 8601 time'],
+    [['--time', '99999999999999'], '--time 99999999999999 is a pack time outside the times transactions have (1970 to 9917)'],
+    [['--time', '9999-12-31T00:00:00Z'], '--time 9999-12-31T00:00:00Z is a pack time outside the times transactions have'],
+    [['--time', '0'], '--time 0 is a pack time outside the times transactions have'],
+    [['--days', '1e9'], '--days 1e9 is a pack time outside the times transactions have'],
   ])('refuses %j as a usage error (exit 2)', async (flags, message) => {
     const path = join(await tempDir(), 'Data.fs');
     await storageFileWith(path, 2);
+    const before = readFileSync(path);
     const r = await run('pack', path, ...flags);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain(message);
+    // Refused before the file was opened.
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect(existsSync(`${path}.old`)).toBe(false);
+    expect(existsSync(`${path}.chain`)).toBe(false);
+  });
+
+  it('leaves a storage with no transaction as it is, without a hash chain', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    await (await FileStorage.open(path, { create: true, fsync: false })).close();
+    const r = await run('pack', path);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('nothing to remove');
+    expect(existsSync(`${path}.chain`)).toBe(false);
   });
 
   it('packs to now less --days', async () => {
