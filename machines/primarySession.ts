@@ -285,8 +285,9 @@ export function streamPosition(context: PrimarySessionContext): Tid {
 
 /**
  * An ack may name any tid from the last one acknowledged (`acked`) up to the
- * stream's position (the last tid sent, else the start tid); nothing before
- * the start.
+ * stream's position (the last tid sent, else the start tid). The first may
+ * name a tid before the start: the secondary holds everything up to its
+ * start already, so such an ack says nothing new, and is kept as it is.
  */
 export function isAckInRange(position: Tid | null, acked: Tid | null, tid: Tid): boolean {
   if (position === null || !isWellFormedTid(tid)) return false;

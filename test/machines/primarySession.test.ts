@@ -212,6 +212,13 @@ describe('primarySession: streaming', () => {
     expect(s1.context.counters.sentTransactions).toBe(1);
   });
 
+  it('counts every transaction a SENT carried (a raw run carries many)', () => {
+    const [s0] = toCatchingUp();
+    const [s1] = step(s0, { type: 'SENT', tid: tid(6), count: 3 });
+    const [s2] = step(s1, { type: 'SENT', tid: tid(7) });
+    expect(s2.context.counters.sentTransactions).toBe(4);
+  });
+
   it('asserts sent tids strictly increase (from the start tid on)', () => {
     const [s0] = toCatchingUp();
     expect(() => step(s0, { type: 'SENT', tid: tid(3) })).toThrow(/does not follow/);
@@ -450,6 +457,38 @@ describe('primarySession: as an actor, in virtual time', () => {
     clock.increment(1);
     expect(actor.getSnapshot().value).toBe('closed');
     expect(reasons).toEqual(['handshake-timeout']);
+  });
+
+  it('by default, waits 30 s of virtual time for each handshake frame and 30 s for a drain', () => {
+    const { handshakeTimeoutMs: _h, drainTimeoutMs: _d, ...defaults } = input;
+    const reasons: unknown[] = [];
+    const quiet = machine.provide({ actions: { closeStream: (_, params) => reasons.push(params.reason) } });
+    const clock = new SimulatedClock();
+    const silent = createActor(quiet, { input: defaults, clock }).start();
+    clock.increment(29_999);
+    expect(silent.getSnapshot().value).toBe('awaitingProtocol');
+    clock.increment(1);
+    expect(silent.getSnapshot().value).toBe('closed');
+    expect(reasons).toEqual([{ kind: 'handshake-timeout', timeoutMs: 30_000 }]);
+
+    // A drain that never ends is given up after 30 s.
+    reasons.length = 0;
+    const draining = createActor(
+      quiet.provide({
+        actions: { sendWelcome: () => {} },
+        actors: { catchUp: fromPromise(() => new Promise<StreamOutput>(() => {})), drain: fromPromise(() => new Promise<StreamOutput>(() => {})) },
+      }),
+      { input: defaults, clock },
+    ).start();
+    draining.send({ type: 'PROTOCOL', name: native.name });
+    draining.send({ type: 'START', startTid: tid(1), primaryLastTid: tid(3) });
+    draining.send({ type: 'CLOSE' });
+    expect(draining.getSnapshot().value).toBe('draining');
+    clock.increment(29_999);
+    expect(draining.getSnapshot().value).toBe('draining');
+    clock.increment(1);
+    expect(draining.getSnapshot().value).toBe('closed');
+    expect(reasons).toEqual([{ kind: 'drain-timeout', timeoutMs: 30_000 }]);
   });
 
   it('an effect left unprovided fails loudly with EffectNotProvidedError', async () => {

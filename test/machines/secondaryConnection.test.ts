@@ -10,6 +10,7 @@ import type { ProtocolSpec } from '../../machines/handshake.js';
 import {
   DEFAULT_RECONNECT,
   reconnectDelayMs,
+  connectionSettings,
   refusalOutcome,
   haltsReplication,
   secondaryConnectionMachine as machine,
@@ -271,6 +272,25 @@ describe('secondaryConnection: connecting and handshake', () => {
     }
   });
 
+  it('RESET starts the backoff over: after failures that grew the delay, the first retry is quick again', () => {
+    // Three failed connects grow the delay; a refusal that needs a change then stops it in failed.
+    let [s] = toConnecting();
+    for (let i = 0; i < 3; i++) {
+      const [backoff, entry] = step(s, errorEvent('connect', new Error('ECONNREFUSED')));
+      [s] = step(backoff, delayFired(entry, 'reconnectDelay'));
+    }
+    expect(s.value).toBe('connecting');
+    expect(s.context.attempt).toBe(3);
+    const error = Object.assign(new Error('a link is missing'), { haltsReplication: true });
+    [s] = step(s, errorEvent('connect', error));
+    expect(s.value).toBe('failed');
+    [s] = step(s, { type: 'RESET' });
+    expect(s.context.attempt).toBe(0);
+    const [after, actions] = step(s, errorEvent('connect', new Error('ECONNREFUSED')));
+    expect(after.context.attempt).toBe(1);
+    expect(scheduled(actions)).toEqual([{ name: 'reconnectDelay', delayMs: 75 }]);
+  });
+
   it('RESET without a tid keeps the last applied tid', () => {
     const [s] = step(reach.diverged!(), { type: 'RESET' });
     expect(s.context.lastAppliedTid).toEqual(tid(3));
@@ -512,6 +532,18 @@ describe('secondaryConnection: reconnect delay', () => {
     expect(reconnectDelayMs({ ...settings, jitter: 0 }, 3, 0.9)).toBe(400);
   });
 
+  it('rounds to the nearest millisecond', () => {
+    // 100 × (1 − 0.5 × 0.33) = 83.5
+    expect(reconnectDelayMs(settings, 1, 0.33)).toBe(84);
+  });
+
+  it('takes the ends of the documented ranges: jitter 1 and initialMs 0', () => {
+    expect(connectionSettings({ reconnect: { jitter: 1 } }).reconnect.jitter).toBe(1);
+    expect(connectionSettings({ reconnect: { initialMs: 0 } }).reconnect.initialMs).toBe(0);
+    expect(() => connectionSettings({ reconnect: { jitter: 1.01 } })).toThrow(/invalid reconnect/);
+    expect(() => connectionSettings({ reconnect: { initialMs: -1 } })).toThrow(/invalid reconnect/);
+  });
+
   it('defaults keep the first retry under 100 ms and the cap at a minute', () => {
     expect(reconnectDelayMs(DEFAULT_RECONNECT, 1, 0)).toBe(100);
     expect(reconnectDelayMs(DEFAULT_RECONNECT, 1_000, 0)).toBe(60_000);
@@ -560,6 +592,47 @@ describe('secondaryConnection: as an actor, in virtual time', () => {
       expect(connectTimes.length).toBe(before + 1);
     }
     expect(connectTimes).toEqual([0, 75, 275, 625, 1_065, 2_065, 2_570]);
+  });
+
+  it('by default, gives a connect 30 s of virtual time and a close 10 s', async () => {
+    const { connectTimeoutMs: _c, closeTimeoutMs: _d, ...defaults } = makeInput();
+    const clock = new SimulatedClock();
+    let connects = 0;
+    const actor = createActor(
+      machine.provide({
+        actors: {
+          // The first connect hangs; the second succeeds.
+          connect: fromPromise<ConnectOutput, ConnectInput>(() => (++connects === 1 ? new Promise<ConnectOutput>(() => {}) : Promise.resolve({ connection: handle }))),
+          replicate: fromCallback<EventObject, ReplicateInput>(() => {}),
+          abortInFlight: fromPromise(() => new Promise<void>(() => {})),
+        },
+        actions: { sendHandshake: () => {}, dropConnection: () => {} },
+      }),
+      { input: defaults, clock },
+    ).start();
+    actor.send({ type: 'START' });
+    await settle();
+    clock.increment(29_999);
+    await settle();
+    expect(actor.getSnapshot().value).toBe('connecting');
+    clock.increment(1);
+    await settle();
+    expect(actor.getSnapshot().value).toBe('backoff');
+    expect(actor.getSnapshot().context.lastError).toEqual({ kind: 'connect-timeout', timeoutMs: 30_000 });
+    clock.increment(actor.getSnapshot().context.nextRetryDelayMs!);
+    await settle();
+    actor.send({ type: 'WELCOME' });
+    expect(link(actor.getSnapshot())).toBe('replicating');
+    // A close whose abort never ends is cut off after 10 s.
+    actor.send({ type: 'CLOSE' });
+    await settle();
+    clock.increment(9_999);
+    await settle();
+    expect(actor.getSnapshot().value).toBe('closing');
+    clock.increment(1);
+    await settle();
+    expect(actor.getSnapshot().value).toBe('closed');
+    expect(actor.getSnapshot().context.lastError).toEqual({ kind: 'close-timeout', timeoutMs: 10_000 });
   });
 
   it('sends keep-alives at a steady cadence while connected, and stops when disconnected', async () => {
