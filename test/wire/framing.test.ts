@@ -51,6 +51,21 @@ describe('foreignPeer', () => {
     // Any header up to the largest frame limit a node reads first (64 KiB) has a zero byte.
     fc.assert(fc.property(fc.integer({ min: 0, max: 64 * 1024 }), fc.uint8Array({ maxLength: 8 }), (n, rest) => foreignPeer(Buffer.concat([encodeFrameHeader(n), rest])) === null));
   });
+
+  it('reads DEL as not text, so a header ending in it could be a frame', () => {
+    expect(foreignPeer(Buffer.from([0x41, 0x42, 0x43, 0x7f]))).toBeNull();
+    expect(foreignPeer(Buffer.from([0x41, 0x42, 0x43, 0x7e]))).toBe('a server that sent text ("ABC~")');
+  });
+
+  it('tells from exactly 4 bytes', () => {
+    expect(foreignPeer(Buffer.from('HTTP'))).toBe('a web server (it answered in HTTP: a metrics address?)');
+    expect(foreignPeer(Buffer.from('SSH-'))).toBe('an SSH server');
+  });
+
+  it('quotes the first 40 characters of a longer text', () => {
+    const text = 'abcdefghij'.repeat(6);
+    expect(foreignPeer(Buffer.from(text))).toBe(`a server that sent text ("${text.slice(0, 40)}")`);
+  });
 });
 
 describe('FrameDecoder', () => {
@@ -121,6 +136,48 @@ describe('FrameDecoder', () => {
     expect(decoder.insideFrame).toBe(true);
     // The decoder stays failed.
     expect(() => decoder.push(Buffer.alloc(17))).toThrow(FrameTooLargeError);
+  });
+
+  it('rethrows the same FrameTooLargeError from a later feed', () => {
+    const decoder = new FrameDecoder({ maxFrameBytes: 8 });
+    decoder.feed(encodeFrameHeader(17));
+    let error: unknown;
+    try {
+      decoder.next();
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(FrameTooLargeError);
+    let again: unknown;
+    try {
+      decoder.feed(Buffer.alloc(17));
+    } catch (e) {
+      again = e;
+    }
+    expect(again).toBe(error);
+  });
+
+  it('stays failed after an oversized header split across chunks: body bytes are never read as a frame', () => {
+    const decoder = new FrameDecoder({ maxFrameBytes: 8 });
+    const header = encodeFrameHeader(9);
+    decoder.feed(header.subarray(0, 2));
+    decoder.feed(header.subarray(2));
+    decoder.feed(Buffer.concat([encodeFrameHeader(0), encodeFrame(Buffer.from('abc'))])); // body bytes that look like frames
+    let error: unknown;
+    try {
+      decoder.next();
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(FrameTooLargeError);
+    expect(error).toMatchObject({ length: 9, limit: 8 });
+    let again: unknown;
+    try {
+      decoder.next();
+    } catch (e) {
+      again = e;
+    }
+    expect(again).toBe(error);
   });
 
   it('detects an oversized header split across chunks when its last byte arrives', () => {

@@ -1,6 +1,7 @@
 // Native codec: protocol names, round-trips of every message, strict validation (ProtocolError
 // only, for any input), rejected ext types, copies vs views, and frames through the decoder.
 
+import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { Packr } from 'msgpackr';
@@ -20,8 +21,14 @@ import {
   encodeCommitFrame,
   encodeNativeFrame,
   encodeTxnsFrame,
+  MAX_GENERATION_HISTORY,
+  MAX_HEARTBEAT_INTERVAL_MS,
   MAX_INLINE_RECORDS,
   MAX_MSGPACK_VALUES,
+  MAX_REFUSAL_MESSAGE_CHARS,
+  MAX_STATUS_TEXT_CHARS,
+  MAX_UPSTREAM_PATH,
+  NODE_ID_BYTES,
   nativeProtocolName,
   type NativeMessage,
 } from '../../src/wire/native.js';
@@ -636,5 +643,227 @@ describe('the messages written by hand', () => {
       expect(encodeAckFrame(tid).equals(encodeNativeFrame({ type: 'ack', tid }, packr))).toBe(true);
     }
     expect(() => encodeAckFrame(Buffer.alloc(7))).toThrow(TypeError);
+  });
+});
+
+describe('limits at their exact boundaries', () => {
+  const unpackr = createNativeUnpackr();
+  const t = (n: number) => Buffer.from([0, 0, 0, 0, 0, 0, 0, n]);
+  /** A hello packed by hand without a `check`, as a secondary from before the field sends it. */
+  const hello = (fields: Record<string, unknown>) => raw({ type: 'hello', startTid: t(9), generations: [], options: { blobs: false }, ...fields });
+  const welcome = (fields: Record<string, unknown>) =>
+    raw({ type: 'welcome', lastTid: t(9), generation: { generation: 0, startTid: Buffer.alloc(8) }, options: { blobs: false, compression: 'none' }, ...fields });
+
+  it('takes a hello whose generations start at the same tid (start tids never decrease, they may stay)', () => {
+    const generations = [
+      { generation: 1, startTid: t(5) },
+      { generation: 2, startTid: t(5) },
+    ];
+    const msg = decodeNative(hello({ generations }), unpackr, 'secondary');
+    expect(plain(msg)).toMatchObject({ generations: plain(generations) });
+    // A start tid that goes back is refused.
+    expectProtocolError(() => decodeNative(hello({ generations: [generations[0], { generation: 2, startTid: t(4) }] }), unpackr), /start tids must not decrease/);
+  });
+
+  it('takes a hello with exactly MAX_GENERATION_HISTORY generations and refuses one more', () => {
+    const history = (n: number) => Array.from({ length: n }, (_, i) => ({ generation: i, startTid: t(1) }));
+    const msg = decodeNative(hello({ generations: history(MAX_GENERATION_HISTORY) }), unpackr, 'secondary');
+    expect(msg.type === 'hello' && msg.generations.length).toBe(MAX_GENERATION_HISTORY);
+    expectProtocolError(() => decodeNative(hello({ generations: history(MAX_GENERATION_HISTORY + 1) }), unpackr), /hello\.generations has more than 1024 entries/);
+  });
+
+  it("refuses a hello asking for a compression other than 'none', also without a check", () => {
+    expect(plain(decodeNative(hello({ options: { blobs: true, compression: 'none' } }), unpackr))).toMatchObject({ options: { blobs: true, compression: 'none' } });
+    expectProtocolError(() => decodeNative(hello({ options: { blobs: true, compression: 'zstd' } }), unpackr), /hello\.options\.compression must be 'none'/);
+  });
+
+  it('keeps a hello nodeId of exactly NODE_ID_BYTES bytes and reads any other length as absent', () => {
+    const nodeId = Buffer.from('0102030405060708', 'hex');
+    const kept = decodeNative(hello({ nodeId }), unpackr, 'secondary');
+    expect(kept.type === 'hello' && kept.nodeId?.toString('hex')).toBe('0102030405060708');
+    for (const n of [NODE_ID_BYTES - 1, NODE_ID_BYTES + 1]) {
+      const msg = decodeNative(hello({ nodeId: Buffer.alloc(n, 1) }), unpackr, 'secondary');
+      expect(msg.type).toBe('hello');
+      expect(msg.type === 'hello' && msg.nodeId).toBeUndefined();
+    }
+  });
+
+  it('takes a chain head hash of 16 to 64 bytes and refuses 15 or 65', () => {
+    for (const n of [16, 64]) {
+      const msg = decodeNative(hello({ chainHead: { tid: t(9), hash: Buffer.alloc(n, 7) } }), unpackr, 'secondary');
+      expect(msg.type === 'hello' && msg.chainHead?.hash.byteLength).toBe(n);
+    }
+    for (const n of [15, 65]) {
+      expectProtocolError(() => decodeNative(hello({ chainHead: { tid: t(9), hash: Buffer.alloc(n, 7) } }), unpackr), /hello\.chainHead\.hash must be 16\.\.64 bytes/);
+    }
+  });
+
+  it('keeps an upstream path of exactly MAX_UPSTREAM_PATH ids in a welcome and a heartbeat, and reads a longer one as absent', () => {
+    const path = (n: number) => Array.from({ length: n }, (_, i) => Buffer.from([1, 2, 3, 4, 5, 6, i >> 8, i & 0xff]));
+    const heartbeat = (upstreamPath: unknown) => raw({ type: 'heartbeat', lastTid: t(9), clockMs: 5, upstreamPath });
+    const full = path(MAX_UPSTREAM_PATH);
+    for (const wire of [welcome({ upstreamPath: full }), heartbeat(full)]) {
+      const msg = decodeNative(wire, unpackr, 'primary');
+      expect(plain((msg as { upstreamPath?: Buffer[] }).upstreamPath)).toEqual(plain(full));
+    }
+    const long = path(MAX_UPSTREAM_PATH + 1);
+    for (const wire of [welcome({ upstreamPath: long }), heartbeat(long)]) {
+      const msg = decodeNative(wire, unpackr, 'primary');
+      expect(msg.type === 'welcome' || msg.type === 'heartbeat').toBe(true);
+      expect(Object.hasOwn(msg, 'upstreamPath')).toBe(false);
+    }
+  });
+
+  it('keeps a heartbeat interval of exactly a day and reads one ms more as absent', () => {
+    expect(MAX_HEARTBEAT_INTERVAL_MS).toBe(86_400_000);
+    const day = decodeNative(welcome({ heartbeatIntervalMs: 86_400_000 }), unpackr, 'primary');
+    expect(day.type === 'welcome' && day.heartbeatIntervalMs).toBe(86_400_000);
+    const longer = decodeNative(welcome({ heartbeatIntervalMs: 86_400_001 }), unpackr, 'primary');
+    expect(longer.type).toBe('welcome');
+    expect(Object.hasOwn(longer, 'heartbeatIntervalMs')).toBe(false);
+  });
+
+  it("takes a refusal's supportedVersions of exactly 64 entries and refuses 65", () => {
+    const versions = (n: number) => Array.from({ length: n }, (_, i) => i + 1);
+    const msg = decodeNative(raw({ type: 'refuse', code: 'unsupported-version', message: 'no', supportedVersions: versions(64) }), unpackr, 'primary');
+    expect(msg.type === 'refuse' && msg.supportedVersions).toEqual(versions(64));
+    expectProtocolError(
+      () => decodeNative(raw({ type: 'refuse', code: 'unsupported-version', message: 'no', supportedVersions: versions(65) }), unpackr),
+      /refuse\.supportedVersions must be an array of at most 64 versions/,
+    );
+  });
+
+  it('refuses an inline record with a fourth element', () => {
+    const txn = (records: unknown) => raw({ type: 'txn', tid: t(1), status: ' ', user: Buffer.alloc(0), description: Buffer.alloc(0), extension: Buffer.alloc(0), records });
+    expect(decodeNative(txn([[t(2), null, Buffer.from('x')]]), unpackr, 'primary').type).toBe('txn');
+    expectProtocolError(() => decodeNative(txn([[t(2), null, Buffer.from('x'), Buffer.from('extra')]]), unpackr), /txn\.records\[0\] must have 3 elements, got 4/);
+  });
+
+  it('decodes containers nested 8 deep (the message map counting as one) and refuses 9', () => {
+    const nested = (maps: number): unknown => {
+      let value: unknown = 1;
+      for (let i = 0; i < maps; i++) value = { d: value };
+      return value;
+    };
+    // The ack's map, then 7 maps inside an unknown field: 8 levels.
+    expect(plain(decodeNative(raw({ type: 'ack', tid: t(1), deep: nested(7) }), unpackr))).toEqual({ type: 'ack', tid: '0000000000000001' });
+    expectProtocolError(() => decodeNative(raw({ type: 'ack', tid: t(1), deep: nested(8) }), unpackr), /msgpack nesting deeper than 8/);
+  });
+
+  it('decodes a message of exactly MAX_MSGPACK_VALUES values and refuses one more', () => {
+    // The ack's map, its 3 keys and its 3 values (the padding array one of them) are 7 values.
+    const padded = (values: number) => raw({ type: 'ack', tid: t(1), pad: new Array(values - 7).fill(null) });
+    expect(decodeNative(padded(MAX_MSGPACK_VALUES), unpackr).type).toBe('ack');
+    expectProtocolError(() => decodeNative(padded(MAX_MSGPACK_VALUES + 1), unpackr), /msgpack message holds more than 1048576 values/);
+  });
+
+  it('takes a refusal message of exactly MAX_REFUSAL_MESSAGE_CHARS characters and refuses a longer one', () => {
+    const refuse = (message: string) => raw({ type: 'refuse', code: 'internal', message });
+    const msg = decodeNative(refuse('m'.repeat(MAX_REFUSAL_MESSAGE_CHARS)), unpackr, 'primary');
+    expect(msg.type === 'refuse' && msg.message.length).toBe(4096);
+    expectProtocolError(() => decodeNative(refuse('m'.repeat(MAX_REFUSAL_MESSAGE_CHARS + 1)), unpackr), /refuse\.message is longer than 4096 characters/);
+  });
+
+  it("takes a status session's peer of exactly MAX_STATUS_TEXT_CHARS characters and refuses a longer one", () => {
+    const status = (peer: string) =>
+      raw({
+        type: 'status',
+        role: 'primary',
+        name: null,
+        lastTid: t(3),
+        lastTimeSeconds: null,
+        fileSize: 0,
+        clockMs: 0,
+        upstream: null,
+        sessions: [{ peer, protocol: 'zrs-ts/1', state: 'live', lastSentTid: null, ackedTid: null, bytesSent: 0 }],
+        sessionCount: 1,
+      });
+    const msg = decodeNative(status('p'.repeat(MAX_STATUS_TEXT_CHARS)), unpackr, 'primary');
+    expect(msg.type === 'status' && msg.sessions[0]?.peer.length).toBe(1024);
+    expectProtocolError(() => decodeNative(status('p'.repeat(MAX_STATUS_TEXT_CHARS + 1)), unpackr), /status\.sessions\[0\]\.peer is longer than 1024 characters/);
+  });
+});
+
+describe('a txns frame in the hand-written layout', () => {
+  /** The payload laid out field by field as encodeTxnsFrame writes it, with a prevLink of `n` bytes. */
+  const layout = (n: number): Buffer => {
+    const str = (s: string) => Buffer.concat([Buffer.from([0xa0 | s.length]), Buffer.from(s, 'latin1')]);
+    return Buffer.concat([
+      Buffer.from([0x85]),
+      str('type'),
+      str('txns'),
+      str('count'),
+      Buffer.from([1]),
+      str('lastTid'),
+      Buffer.from([0xc4, 8]),
+      Buffer.alloc(8, 1),
+      str('prevLink'),
+      Buffer.from([0xc4, n]),
+      Buffer.alloc(n, 2),
+      str('bytes'),
+      Buffer.from([0xc4, 3, 9, 9, 9]),
+    ]);
+  };
+
+  it('refuses a prevLink of 65 bytes (or 15), as any other layout is refused', () => {
+    const unpackr = createNativeUnpackr();
+    // The layout is the writer's: with a 64-byte link the bytes are the same, and decode.
+    const written = Buffer.concat(encodeTxnsFrame({ type: 'txns', count: 1, lastTid: Buffer.alloc(8, 1), prevLink: Buffer.alloc(64, 2), bytes: Buffer.from([9, 9, 9]) }));
+    expect(layout(64).equals(written.subarray(FRAME_HEADER_BYTES))).toBe(true);
+    expect(decodeNative(layout(64), unpackr, 'primary')).toMatchObject({ type: 'txns', count: 1, prevLink: Buffer.alloc(64, 2) });
+    expect(decodeNative(layout(16), unpackr, 'primary')).toMatchObject({ type: 'txns', count: 1, prevLink: Buffer.alloc(16, 2) });
+    expectProtocolError(() => decodeNative(layout(65), unpackr, 'primary'), /txns\.prevLink must be 16\.\.64 bytes, got 65/);
+    expectProtocolError(() => decodeNative(layout(15), unpackr, 'primary'), /txns\.prevLink must be 16\.\.64 bytes, got 15/);
+  });
+});
+
+describe('the content check text, as docs/PROTOCOL.md defines it', () => {
+  /** The first 8 bytes of sha256 over `text` read as latin1. */
+  const check = (text: string): Buffer => createHash('sha256').update(text, 'latin1').digest().subarray(0, 8);
+  /** The `check` field a message was sent with. */
+  const sentCheck = (payload: Buffer): string => Buffer.from((new Packr({ useRecords: false }).unpack(payload) as { check: Uint8Array }).check).toString('hex');
+  const t = (hex: string) => Buffer.from(hex, 'hex');
+
+  it('of an ack is sha256 over ack|<tid>', () => {
+    const tid = t('0102030405060708');
+    const expected = check('ack|0102030405060708');
+    expect(expected.toString('hex')).toBe('eadc32957155b1e2');
+    const frame = encodeAckFrame(tid);
+    expect(frame.subarray(-8).equals(expected)).toBe(true);
+    // The whole frame: header, then the map {type: 'ack', tid, check}.
+    expect(frame.toString('hex')).toBe('0000002883a474797065a361636ba3746964c4080102030405060708a5636865636bc408eadc32957155b1e2');
+    expect(sentCheck(encodeNative({ type: 'ack', tid }, createNativePackr()))).toBe('eadc32957155b1e2');
+  });
+
+  it('of a hello covers its start tid, generations, chain head, samples and options', () => {
+    const text = `hello|00000000000000ff|1@0000000000000010,2@0000000000000020|00000000000000ff:${'ab'.repeat(16)}|-|blobs=true compression=none rawTxns=true txnLinks=-`;
+    expect(check(text).toString('hex')).toBe('6f06b598eb4418c8');
+    const hello: NativeMessage = {
+      type: 'hello',
+      startTid: t('00000000000000ff'),
+      generations: [
+        { generation: 1, startTid: t('0000000000000010') },
+        { generation: 2, startTid: t('0000000000000020') },
+      ],
+      chainHead: { tid: t('00000000000000ff'), hash: Buffer.alloc(16, 0xab) },
+      options: { blobs: true, compression: 'none', rawTxns: true },
+    };
+    expect(sentCheck(encodeNative(hello, createNativePackr()))).toBe('6f06b598eb4418c8');
+  });
+
+  it('of a welcome covers its last tid, generation, history and granted options', () => {
+    const text = 'welcome|0000000000000030|2@0000000000000020|1@0000000000000010,2@0000000000000020|blobs=false rawTxns=true txnLinks=true';
+    expect(check(text).toString('hex')).toBe('cc1844fe2f040ffe');
+    const welcome: NativeMessage = {
+      type: 'welcome',
+      lastTid: t('0000000000000030'),
+      generation: { generation: 2, startTid: t('0000000000000020') },
+      generations: [
+        { generation: 1, startTid: t('0000000000000010') },
+        { generation: 2, startTid: t('0000000000000020') },
+      ],
+      options: { blobs: false, compression: 'none', rawTxns: true, txnLinks: true },
+    };
+    expect(sentCheck(encodeNative(welcome, createNativePackr()))).toBe('cc1844fe2f040ffe');
   });
 });
