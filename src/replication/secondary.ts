@@ -1125,8 +1125,8 @@ export class Secondary {
     this.operation = 'rewind';
     let result: RewindResult;
     const cutting = (async () => {
-      // A pack under way ends first (a later one is refused until the cut is done).
-      await this.packsEnded;
+      // A pack under way ends first (a later one is refused until the cut is done; a close stops it).
+      await this.inner.packsEnded();
       const resume = this.server ? await this.server.suspend() : () => undefined;
       try {
         const cut = await rewindOpenStorage(this.inner, divergence.forkTid, { history: this.failover!, withBlobs: this.inner.blobs !== null });
@@ -1172,15 +1172,18 @@ export class Secondary {
    * The storage's `pack` stays refused (ReadOnlyError): packing is the
    * node's operator's call, not its readers'. A close() stops a pack
    * under way (it rejects with a StorageClosedError and leaves the file as
-   * it was); a rewind() waits for it, and a pack is refused during a rewind.
+   * it was, unless it had begun replacing the file); a rewind() waits for
+   * it, and a pack is refused during a rewind.
    *
-   * With garbage collection, pack to a time the primary has been packed to
-   * already (or earlier): an object collected here that the primary still
-   * holds can come back in its later transactions only as a reference (an
-   * undo of a transaction before that time, or an application linking
+   * With garbage collection, pack the primary first, to at least that
+   * time, and pack to a time well behind what this node has received
+   * (days, as with ZODB): an object collected here that the primary still
+   * holds can come back in transactions received later only as a
+   * reference (an undo of an older transaction, or an application linking
    * again an object it still held), and would then be missing here
-   * (POSKeyError) though the primary has it. Without `referencesOf` only
-   * old revisions go, and that cannot happen.
+   * (POSKeyError) though the primary has it (docs/OPERATIONS.md, zrs
+   * pack). Without `referencesOf` only old revisions go, and that cannot
+   * happen.
    *
    * @example
    * await secondary.pack(Date.now() / 1000 - 7 * 86400, zodbReferences);
@@ -1189,13 +1192,8 @@ export class Secondary {
     if (this.closedPromise) throw this.closedError();
     // A rewind cuts the file at a position it found before it took the commit lock: a pack in between would move it.
     if (this.operation === 'rewind') throw new ZrsError('pack() refused during a rewind');
-    const run = this.inner.pack(packTime, referencesOf, options);
-    this.packsEnded = Promise.all([this.packsEnded, run.catch(() => undefined)]).then(() => undefined);
-    return run;
+    return this.inner.pack(packTime, referencesOf, options);
   }
-
-  /** Settles once every pack() started so far has ended: a rewind waits for them. */
-  private packsEnded: Promise<void> = Promise.resolve();
 
   /** The generations and hash chain of this storage. */
   get history(): FailoverHistory | null {
@@ -1222,7 +1220,9 @@ export class Secondary {
   }
 
   private async doClose(): Promise<void> {
-    // A rewind under way finishes first: its cut, chain and generations end together.
+    // A pack under way stops (a rewind waiting for it goes on at once); a rewind under way finishes first: its
+    // cut, chain and generations end together.
+    await this.inner.stopPacks();
     await this.rewindEnded;
     await runEach([
       () => this.stopReplicating(),

@@ -1564,14 +1564,14 @@ export class FileStorage {
    * epoch), and with `referencesOf` every object unreachable from the root
    * then. Safe while others commit; the old file is kept as `<file>.old`.
    * Resolves with what it did (blob files it could not delete among it).
-   * `options.onProgress` hears how far each pass over the file is; a
-   * close() stops the pack (it rejects with a StorageClosedError, nothing
-   * changed) and waits for it to end.
+   * No later than the last transaction (a later pack time packs to it).
+   * `options.onProgress` hears how far each pass is; a close() stops the
+   * pack (it rejects with a StorageClosedError, nothing changed, unless it
+   * had begun replacing the file) and waits for it to end.
    */
   async pack(packTime: number, referencesOf?: (data: Buffer) => Buffer[], options?: PackOptions): Promise<PackReport> {
     this.checkWritable('pack');
-    const { packStorage } = await import('./pack.js');
-    const run = packStorage(this, packTime, referencesOf, options);
+    const run = import('./pack.js').then(({ packStorage }) => packStorage(this, packTime, referencesOf, options));
     // Joined, not replaced: a second pack() refused while one runs must not stand in for it.
     this.packRun = Promise.all([this.packRun, run.catch(() => undefined)]).then(() => undefined);
     return run;
@@ -1579,6 +1579,29 @@ export class FileStorage {
 
   /** Settles once every pack() started so far has ended: a close() waits for them, so no pack's file outlives the storage. */
   private packRun: Promise<void> = Promise.resolve();
+
+  /** Set by stopPacks() (and a close): a pack under way stops at its next step. */
+  private packsStopping = false;
+
+  /** Whether a pack under way is to stop (the storage closes, or stopPacks() was called). @internal */
+  get packsStopped(): boolean {
+    return this.closed || this.packsStopping;
+  }
+
+  /**
+   * Stop every pack under way and refuse new ones (a close is coming): each
+   * rejects with a StorageClosedError at its next step, unless it has begun
+   * replacing the file. Resolves once they have ended. @internal
+   */
+  stopPacks(): Promise<void> {
+    this.packsStopping = true;
+    return this.packRun;
+  }
+
+  /** Settles once every pack() started so far has ended. @internal */
+  packsEnded(): Promise<void> {
+    return this.packRun;
+  }
 
   /** Abort any transaction in progress, save the index, release the lock. */
   close(): Promise<void> {

@@ -27,6 +27,7 @@ import {
   type TxnHeader,
 } from './format.js';
 import { dataHolder } from './backpointer.js';
+import { isBlobRecord } from './blobs.js';
 import { BigMap, BigSet } from './bigMap.js';
 import { nodeDisk } from './disk.js';
 import { WindowReader, preadSync } from './fileio.js';
@@ -46,7 +47,7 @@ export type ReferencesOf = (data: Buffer) => Buffer[];
 export interface PackReport {
   /** False when nothing before the pack time could be removed: the file was not touched. */
   packed: boolean;
-  /** Tid the pack time maps to: transactions with tid <= packTid are before the pack. */
+  /** Tid the pack packed to: the pack time's, or the last transaction's when that is earlier; transactions with tid <= packTid are before the pack. */
   packTid: Buffer;
   /** Committed size when the pack started, and after it (equal when not packed). */
   sizeBefore: number;
@@ -64,14 +65,19 @@ export interface PackReport {
   blobRemovalError: string | null;
 }
 
-/** Where a pack is: which pass over the file, and how far into it (bytes). */
+/**
+ * Where a pack is: which pass, and how far into it. `index` and `copy` read
+ * the file (`done` is the offset of the transaction being read, `total` the
+ * file's committed size when the pack started; transactions committed
+ * meanwhile are copied after it). `references` (with garbage collection)
+ * first walks the objects from the root (`done` objects reached of `total`
+ * current at the pack time), then reads the transactions after the pack
+ * time (offsets, as the other passes).
+ */
 export interface PackProgress {
-  /** Finding the revisions current at the pack time; following references from the root (with garbage collection); writing the packed file. */
   step: 'index' | 'references' | 'copy';
-  /** Offset of the transaction being read. */
-  pos: number;
-  /** The file's committed size when the pack started (transactions committed meanwhile are copied after it). */
-  end: number;
+  done: number;
+  total: number;
 }
 
 export interface PackOptions {
@@ -133,10 +139,14 @@ export function packTimeToTid(packTime: number): Buffer {
  * await packStorage(storage, Date.now() / 1000 - 7 * 86400, zodbReferences);
  */
 export async function packStorage(storage: FileStorage, packTime: number, referencesOf?: ReferencesOf, options: PackOptions = {}): Promise<PackReport> {
-  if (storage.isClosed) throw new StorageClosedError(storage.path);
+  if (storage.packsStopped) throw new StorageClosedError(storage.path);
   if (storage.readOnly) throw new ReadOnlyError('pack', storage.path);
-  const packTid = packTimeToTid(packTime);
-  if (packTid.equals(Z64)) throw new PackError(`invalid pack time ${packTime}`);
+  const asked = packTimeToTid(packTime);
+  if (asked.equals(Z64)) throw new PackError(`invalid pack time ${packTime}`);
+  // No later than the last transaction: what was reachable then is judged from transactions this file holds
+  // (a secondary's has not yet received those its primary committed since; for a primary nothing lies between).
+  const last = storage.lastTransaction();
+  const packTid = Buffer.compare(asked, last) > 0 && !last.equals(Z64) ? Buffer.from(last) : asked;
   if (storage.objectCount === 0) {
     const size = storage.getSize();
     return { packed: false, packTid, sizeBefore: size, sizeAfter: size, tailTransactions: 0, removedBlobFiles: 0, blobFilesNotRemoved: 0, blobRemovalError: null };
@@ -344,8 +354,9 @@ class Packer {
     this.src = new Source(storage.path, handle);
   }
 
-  /** Objects marked reachable so far (markFrom yields to the event loop every MARKS_PER_TURN). */
+  /** Objects marked reachable so far (markFrom yields to the event loop every MARKS_PER_TURN), of those current at the pack time. */
   private marked = 0;
+  private objectsAtPack = 0;
 
   /** The pass under way and the size it reads to, for onProgress. */
   private step: PackProgress['step'] = 'index';
@@ -360,6 +371,7 @@ class Packer {
     await this.buildPackIndex(end0);
     if (await this.redundant(end0)) return unchanged;
     this.step = 'references';
+    this.objectsAtPack = this.current.size;
     if (this.referencesOf) await this.findReachable(this.referencesOf, end0);
     else for (const [k, p] of this.current) this.reachable.first.set(k, p);
     this.current = new BigMap(); // no longer needed; may be large
@@ -380,12 +392,13 @@ class Packer {
       // under the commit lock only the transactions committed meanwhile are (a whole scan there held
       // every commit for about 12 ms a megabyte of packed file).
       o.flush();
+      if (this.storage.packsStopped) throw new StorageClosedError(this.storage.path);
       const scanned = await scanPrefix(newPath, this.storage.path, o.pos);
       const release = await this.storage.acquireCommitLock();
       let tailTransactions = 0;
       let sizeAfter: number;
       try {
-        if (this.storage.isClosed) throw new StorageClosedError(this.storage.path);
+        if (this.storage.packsStopped) throw new StorageClosedError(this.storage.path);
         if (this.storage.fileEpoch !== epoch) throw new PackError(`${this.storage.path}: the data file was replaced during the pack`);
         const end1 = this.storage.getSize();
         this.src.forgetWindow();
@@ -413,8 +426,8 @@ class Packer {
 
   /** The transaction at `pos`, read for the pack (and reported to onProgress); a storage closed meanwhile stops the pack here (its close waits for it). */
   private async txnAt(pos: number, limit: number, lastTid: Buffer | null): Promise<TxnAt> {
-    if (this.storage.isClosed) throw new StorageClosedError(this.storage.path);
-    this.onProgress?.({ step: this.step, pos, end: this.end0 });
+    if (this.storage.packsStopped) throw new StorageClosedError(this.storage.path);
+    this.onProgress?.({ step: this.step, done: pos, total: this.end0 });
     return this.src.txnAt(pos, limit, lastTid);
   }
 
@@ -549,8 +562,9 @@ class Packer {
       // Each object is a read and a pickle walk: a large graph, walked in one go, would hold up every commit and
       // the node's replication (heartbeats, acks) for as long. A close meanwhile stops the pack here.
       if (++this.marked % MARKS_PER_TURN === 0) {
+        this.onProgress?.({ step: 'references', done: this.marked, total: this.objectsAtPack });
         await new Promise<void>((resolve) => setImmediate(resolve));
-        if (this.storage.isClosed) throw new StorageClosedError(this.storage.path);
+        if (this.storage.packsStopped) throw new StorageClosedError(this.storage.path);
       }
       const oid = todo.pop()!;
       const key = oidKey(oid);
@@ -596,6 +610,12 @@ class Packer {
         const len = dataRecordLength(h.plen);
         if (!this.reachable.has(key, rpos)) {
           if (this.storage.blobs) await this.noteRemovedBlob(h, rpos, removedBlobs);
+          else if (h.plen > 0 && isBlobRecord(await this.src.view(rpos + DATA_HEADER_BYTES, h.plen))) {
+            // Its file would stay in a blob directory this storage does not know of, for good.
+            throw new PackError(
+              `${this.storage.path}: the pack removes a revision of blob oid 0x${h.oid.toString('hex')} (tid ${h.tid.toString('hex')}), and the storage was opened without its blob directory: give it (blobDir, zrs pack --blob-dir DIR), so the blob files of removed revisions go with them; nothing was packed`,
+            );
+          }
           rpos += len;
           continue;
         }

@@ -3,7 +3,7 @@
 // read as on the primary, and its primary, its own secondaries (old and new)
 // and a promotion still find its history the same.
 
-import { existsSync, watch, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, watch, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -15,7 +15,7 @@ import { tidToSeconds } from '../../src/storage/timestamp.js';
 import type { TransactionMeta } from '../../src/storage/types.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { FAST_RECONNECT } from './netHelpers.js';
-import { allTransactions, commitMany, expectSameHistory, waitForTid, Z64 } from './helpers.js';
+import { allTransactions, BLOB_RECORD, commitMany, expectSameHistory, waitForState, waitForTid, Z64 } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -49,6 +49,32 @@ async function commitValueTo(fs: FileStorage, oid: Buffer, value: string): Promi
   fs.store(oid, (await fs.load(oid)).tid, Buffer.from(value), txn);
   await fs.tpcVote(txn);
   return fs.tpcFinish(txn);
+}
+
+const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/**
+ * Hold the next file read anywhere in this process (a pack's first, where
+ * nothing else reads) until `release()` is true, checked at every turn of
+ * the event loop; `reading` settles once that read began. Later reads pass.
+ */
+async function holdNextRead(dir: string, release: () => boolean): Promise<{ reading: Promise<void>; restore: () => void }> {
+  const probe = await open(join(dir, 'probe'), 'w');
+  const proto = Object.getPrototypeOf(probe) as { read: (...args: unknown[]) => Promise<unknown> };
+  await probe.close();
+  const realRead = proto.read;
+  let began!: () => void;
+  const reading = new Promise<void>((resolve) => (began = resolve));
+  let held = false;
+  proto.read = async function (this: unknown, ...args: unknown[]) {
+    if (!held) {
+      held = true;
+      began();
+      while (!release()) await turn();
+    }
+    return realRead.apply(this, args);
+  };
+  return { reading, restore: () => void (proto.read = realRead) };
 }
 
 /** Commit one transaction storing `value` under `oid` (its serial tracked in `serials`). */
@@ -197,42 +223,170 @@ describe('Secondary.pack', () => {
     await expect(s.pack(Date.now() / 1000)).rejects.toThrow('the secondary is closed');
   });
 
-  it("close() waits for a pack under way to end, and leaves no packed file behind", async () => {
+  it('close() stops a pack under way and waits for it: the pack rejects, no packed file is left, the file is as it was', async () => {
     const dir = await tempDir();
     const primary = await openPrimary(join(dir, 'p.fs'));
     const sPath = join(dir, 's.fs');
     const s = await openSecondary(sPath, primary.address);
+    let closing: Promise<void> | null = null;
+    let restore = (): void => undefined;
     try {
       const tids = await commitMany(primary.storage, 300);
       await waitForTid(s, tids.at(-1)!);
+      const held = await holdNextRead(dir, () => closing !== null);
+      restore = held.restore;
+      const reading = held.reading;
       let settled = false;
       const packing = s
         .pack(Date.now() / 1000)
-        .then(
-          () => 'packed',
-          (err: unknown) => err,
-        )
+        .catch((err: unknown) => err)
         .finally(() => (settled = true));
-      await s.close();
+      await reading;
+      closing = s.close();
+      await closing;
       expect(settled).toBe(true);
-      // Whether the pack got to its swap before the close took the file depends on timing; either way it ended whole.
-      const outcome = await packing;
-      if (outcome !== 'packed') expect(outcome).toBeInstanceOf(StorageClosedError);
+      expect(await packing).toBeInstanceOf(StorageClosedError);
       expect(existsSync(`${sPath}.pack`)).toBe(false);
+      expect(existsSync(`${sPath}.old`)).toBe(false);
       const reopened = await FileStorage.open(sPath, { readOnly: true });
       try {
         await expectSameObjects(primary, reopened as never, (await allTransactions(primary.storage)).flatMap((t) => t.records.map((r) => r.oid.toString('hex'))));
+        expect((await allTransactions(reopened)).every((t) => t.status === ' ')).toBe(true);
       } finally {
         await reopened.close();
       }
     } finally {
+      restore();
       await s.close();
       await primary.close();
+    }
+  });
+
+  it('transactions applied while the pack runs are carried into the packed file, after what it packed', async () => {
+    const dir = await tempDir();
+    const primary = await openPrimary(join(dir, 'p.fs'));
+    const s = await openSecondary(join(dir, 's.fs'), primary.address);
+    let applied = false;
+    let restore = (): void => undefined;
+    try {
+      const serials = new Map<string, Buffer>();
+      const before = await commitMany(primary.storage, 20, 3, serials);
+      await waitForTid(s, before.at(-1)!);
+      const held = await holdNextRead(dir, () => applied);
+      restore = held.restore;
+      const reading = held.reading;
+      const packing = s.pack(tidToSeconds(before.at(-1)!) + 1e-5);
+      // The pack holds at its first read; ten transactions arrive meanwhile.
+      await reading;
+      const during = await commitMany(primary.storage, 10, 3, serials);
+      await waitForTid(s, during.at(-1)!);
+      applied = true;
+      const report = await packing;
+      expect(report.packed).toBe(true);
+      expect(report.tailTransactions).toBe(10);
+      const kept = await allTransactions(s.storage);
+      expect(kept.slice(-10).map((t) => `${t.tid.toString('hex')}${t.status}`)).toEqual(during.map((t) => `${t.toString('hex')} `));
+      await expectSameObjects(primary, s.storage, serials.keys());
+    } finally {
+      restore();
+      await s.close();
+      await primary.close();
+    }
+  });
+
+  it('a close() during a rewind that waits for a pack stops the pack, and the rewind goes on', async () => {
+    const dir = await tempDir();
+    const aPath = join(dir, 'a.fs');
+    const old = await openPrimary(aPath);
+    const b = await openSecondary(join(dir, 'b.fs'), old.address, { replicateTo: '127.0.0.1:0' });
+    const shared = await commitMany(old.storage, 30);
+    await waitForTid(b, shared.at(-1)!);
+    b.setReplicationAddress('127.0.0.1:1');
+    await commitMany(old.storage, 20); // lost with the old primary
+    await old.close();
+    const promoted = await b.promote();
+    const a = await openSecondary(aPath, promoted.address);
+    let closing: Promise<void> | null = null;
+    let restore = (): void => undefined;
+    try {
+      await waitForState(a, 'diverged');
+      const held = await holdNextRead(dir, () => closing !== null);
+      restore = held.restore;
+      const reading = held.reading;
+      const packing = a.pack(Date.now() / 1000).catch((err: unknown) => err);
+      await reading;
+      const rewinding = a.rewind();
+      closing = a.close();
+      await closing;
+      expect(await packing).toBeInstanceOf(StorageClosedError);
+      expect((await rewinding).cutTids).toHaveLength(20);
+    } finally {
+      restore();
+      await a.close();
+      await promoted.close();
+    }
+    const reopened = await FileStorage.open(aPath, { readOnly: true });
+    try {
+      expect(reopened.lastTransaction()).toEqual(shared.at(-1));
+      expect((await allTransactions(reopened)).every((t) => t.status === ' ')).toBe(true);
+    } finally {
+      await reopened.close();
     }
   });
 });
 
 describe('FileStorage.pack and close', () => {
+  it('packs no later than the last transaction: a pack time past it reports that tid', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    try {
+      await commitMany(fs, 4);
+      const report = await fs.pack(Date.now() / 1000 + 3600);
+      expect(report.packed).toBe(true);
+      expect(report.packTid).toEqual(fs.lastTransaction());
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it('refuses to remove a blob revision when opened without its blob directory (its file would stay there), changing nothing', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const blobDir = join(dir, 'blobs');
+    const withBlobs = await FileStorage.open(path, { create: true, fsync: false, blobDir });
+    const oid = withBlobs.newOid();
+    let serial = Z64;
+    for (const content of ['first', 'second']) {
+      const staged = join(dir, `staged-${content}`);
+      writeFileSync(staged, content);
+      const txn: TransactionMeta = { description: content };
+      await withBlobs.tpcBegin(txn);
+      await withBlobs.storeBlob(oid, serial, BLOB_RECORD, staged, txn);
+      await withBlobs.tpcVote(txn);
+      serial = await withBlobs.tpcFinish(txn);
+    }
+    await withBlobs.close();
+    const before = readFileSync(path);
+    const blind = await FileStorage.open(path, { fsync: false });
+    try {
+      await expect(blind.pack(Date.now() / 1000)).rejects.toThrow(
+        `the pack removes a revision of blob oid 0x${oid.toString('hex')}`,
+      );
+    } finally {
+      await blind.close();
+    }
+    expect(readFileSync(path).equals(before)).toBe(true);
+    expect(existsSync(`${path}.pack`)).toBe(false);
+    // With its blob directory, the old revision's file goes with it.
+    const seeing = await FileStorage.open(path, { fsync: false, blobDir });
+    try {
+      const report = await seeing.pack(Date.now() / 1000);
+      expect(report.removedBlobFiles).toBe(1);
+      expect(readFileSync(await seeing.loadBlob(oid, serial), 'utf8')).toBe('second');
+    } finally {
+      await seeing.close();
+    }
+  });
+
   it("the garbage collection's walk of a large graph lets the event loop turn (commits and replication go on meanwhile)", async () => {
     const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
     try {
@@ -276,23 +430,16 @@ describe('FileStorage.pack and close', () => {
     // Names the directory's events give, in order: a marker written last shows every earlier one arrived.
     const seen: string[] = [];
     const watcher = watch(dir, (_, name) => void seen.push(String(name)));
-    // The pack's first read of the file says so, then waits until the storage is closed (the pack is under way),
-    // then for the close to be done, for at most a second: a close that waits for the pack cannot be done before
-    // the read returns, so the pack goes on after that second; one that does not wait is done first.
-    const probe = await open(join(dir, 'probe'), 'w');
-    const proto = Object.getPrototypeOf(probe) as { read: (...args: unknown[]) => Promise<unknown> };
-    await probe.close();
-    const realRead = proto.read;
-    const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
-    let reading!: () => void;
-    const packReading = new Promise<void>((resolve) => (reading = resolve));
+    // The pack's first read waits until the storage is closed (the pack is under way), then for the close to be
+    // done, for at most a second: a close that waits for the pack cannot be done before the read returns, so the
+    // pack goes on after that second; one that does not wait is done first.
     let closeDone = false;
-    proto.read = async function (this: unknown, ...args: unknown[]) {
-      reading();
-      while (!fs.isClosed) await turn();
-      for (const until = performance.now() + 1000; !closeDone && performance.now() < until; ) await turn();
-      return realRead.apply(this, args);
-    };
+    let until = Infinity;
+    const { reading: packReading, restore } = await holdNextRead(dir, () => {
+      if (!fs.isClosed) return false;
+      until = Math.min(until, performance.now() + 1000);
+      return closeDone || performance.now() >= until;
+    });
     try {
       let settled = false;
       const packing = fs.pack(Date.now() / 1000).catch((err: unknown) => err).finally(() => (settled = true));
@@ -309,7 +456,7 @@ describe('FileStorage.pack and close', () => {
         writeFileSync(join(dir, 'marker'), '');
       });
     } finally {
-      proto.read = realRead;
+      restore();
       watcher.close();
     }
     // It stopped before writing any packed output (it read no further than its first transaction).
