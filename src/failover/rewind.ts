@@ -247,6 +247,7 @@ async function saveCut(storage: FileStorage, forkTid: Buffer, withBlobs: boolean
   return out;
 }
 
+/** Remove what saveCut saved aside, for a cut that was not made. */
 async function removeSide(cut: SavedCut): Promise<void> {
   if (cut.sidePath) await rm(cut.sidePath, { force: true });
   if (cut.sideBlobDir) await rm(cut.sideBlobDir, { recursive: true, force: true });
@@ -277,7 +278,7 @@ export async function rewindOpenStorage(storage: FileStorage, refusedAt: Buffer,
     try {
       // The cut's position is in the file it was saved from: one replaced meanwhile (a pack) has others.
       if (storage.fileEpoch !== epoch) {
-        await removeSaved(cut);
+        await removeSide(cut);
         throw new ZrsError(`${storage.path}: the data file was replaced (packed) while the rewind saved what it cuts; nothing was cut: rewind again`);
       }
       const temp = `${storage.path}.rewind-tmp`;
@@ -304,11 +305,6 @@ export async function rewindOpenStorage(storage: FileStorage, refusedAt: Buffer,
   const result = rewindResult(Buffer.from(forkTid), cut, options.history.generations.list);
   await options.history.cutTo(forkTid);
   return result;
-}
-
-/** Remove what saveCut saved aside, for a cut that was not made. */
-async function removeSaved(cut: SavedCut): Promise<void> {
-  for (const path of [cut.sidePath, cut.sideBlobDir]) if (path !== null) await rm(path, { recursive: true, force: true });
 }
 
 /** What a rewind that cut `cut` back to `forkTid`, from a node with these `generations`, reports. */
