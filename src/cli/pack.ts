@@ -21,9 +21,9 @@ export const packSpec: CommandSpec = {
   positionals: ['FILE'],
   flags: [
     { name: 'days', value: 'N', help: 'keep every revision of the last N days (default 0: pack to now)' },
-    { name: 'time', value: 'WHEN', help: 'pack to this time instead: ISO 8601 (2026-11-01T00:00:00Z) or seconds since the epoch' },
+    { name: 'time', value: 'WHEN', help: 'pack to this time instead: a date (2026-11-01, UTC), a date and time with its zone (2026-11-01T00:00:00Z), or seconds since the epoch' },
     { name: 'no-gc', help: 'remove only old revisions, keeping objects the root no longer reaches (as pack-gc false)' },
-    { name: 'blob-dir', value: 'DIR', help: "the storage's blob directory: the blob files of removed revisions are deleted" },
+    { name: 'blob-dir', value: 'DIR', help: "the storage's blob directory, needed for a file with blobs: the blob files of removed revisions are deleted" },
     { name: 'no-progress', help: 'never show the progress line (it only appears when stderr is a terminal)' },
   ],
   summary: "Pack a stopped node's Data.fs: remove revisions not current at a time, and objects no longer reachable.",
@@ -37,7 +37,9 @@ The storage must not be open. Its hash chain (FILE.chain, created if
 missing) gets every link first, so the node's primary and secondaries find
 its history the same after the pack. The file before the pack is kept as
 FILE.old. Garbage collection reads each record as a ZODB pickle: a file
-holding other data needs --no-gc.
+holding other data needs --no-gc. Garbage-collect a secondary's file only
+to a time its primary was packed to and well behind what it has received
+(see docs/OPERATIONS.md).
 
 examples:
   zrs pack /var/db/Data.fs --days 7 --blob-dir /var/db/blobs
@@ -58,7 +60,7 @@ export async function pack(args: ParsedArgs, io: CliIo, nowMs = Date.now()): Pro
   let shown = '';
   const onProgress = show
     ? (p: PackProgress): void => {
-        const line = `packing ${path}: ${STEP_WORDS[p.step]} ${p.end > 0 ? Math.min(100, Math.floor((100 * p.pos) / p.end)) : 100}%`;
+        const line = `packing ${path}: ${STEP_WORDS[p.step]} ${p.total > 0 ? Math.min(100, Math.floor((100 * p.done) / p.total)) : 100}%`;
         if (line === shown) return;
         shown = line;
         io.err(`\r${line}`);
@@ -85,7 +87,8 @@ export async function pack(args: ParsedArgs, io: CliIo, nowMs = Date.now()): Pro
   } finally {
     await storage.close();
   }
-  const to = `${new Date(packTime * 1000).toISOString()} (tid ${report.packTid.toString('hex')}, ${tidToString(report.packTid)})`;
+  // The pack time asked for, or the last transaction's when that is earlier (the pack goes no further).
+  const to = `${tidToString(report.packTid)} UTC (tid ${report.packTid.toString('hex')})`;
   if (!report.packed) {
     await io.out(`${path}: nothing to remove up to ${to}: the file is unchanged\n`);
     return EXIT_OK;
@@ -108,10 +111,14 @@ function packTimeOf(args: ParsedArgs, nowMs: number): number {
   const time = args.flags.get('time');
   if (days !== undefined && time !== undefined) throw new UsageError('give --days or --time, not both');
   if (typeof time === 'string') {
-    // Seconds as digits, or an ISO 8601 date (Date.parse alone also takes looser forms, read differently by runtimes).
-    const seconds = /^\d+(\.\d+)?$/.test(time) ? Number(time) : /^\d{4}-\d{2}-\d{2}/.test(time) ? Date.parse(time) / 1000 : NaN;
+    // Seconds as digits, or an ISO 8601 date, UTC, or a date and time with its zone (Date.parse alone takes
+    // looser forms, and reads a time without a zone as local time).
+    const iso = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2}))?$/.test(time);
+    const seconds = /^\d+(\.\d+)?$/.test(time) ? Number(time) : iso ? Date.parse(time) / 1000 : NaN;
     if (!Number.isFinite(seconds)) {
-      throw new UsageError(`--time must be an ISO 8601 time (2026-11-01T00:00:00Z) or seconds since the epoch, got ${JSON.stringify(time)}`);
+      throw new UsageError(
+        `--time must be an ISO 8601 date (2026-11-01, UTC), date and time with its zone (2026-11-01T00:00:00Z), or seconds since the epoch, got ${JSON.stringify(time)}`,
+      );
     }
     return withinTids(seconds, `--time ${time}`);
   }

@@ -47,7 +47,7 @@ describe('zrs pack', () => {
     const r = await run('pack', path, '--time', String(m.pack_time));
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toBe(
-      `${path}: packed to ${new Date(m.pack_time * 1000).toISOString()} (tid ${m.pack_time_tid}, 2024-06-01 00:04:05.000000): ${m.pre_pack_size} -> ${m.file_size} bytes; the file before the pack is kept as ${path}.old\n`,
+      `${path}: packed to 2024-06-01 00:04:05.000000 UTC (tid ${m.pack_time_tid}): ${m.pre_pack_size} -> ${m.file_size} bytes; the file before the pack is kept as ${path}.old\n`,
     );
     expect(readFileSync(path).equals(readFileSync(fixturePath('zodb', 'packed', 'Data.fs')))).toBe(true);
     expect(readFileSync(`${path}.old`).equals(readFileSync(fixturePath('zodb', 'packed', 'Data.fs.prepack')))).toBe(true);
@@ -59,7 +59,7 @@ describe('zrs pack', () => {
     rmSync(`${path}.old`);
     const again = await run('pack', path, '--time', '2024-06-01T00:04:05Z');
     expect(again.code, again.stderr).toBe(0);
-    expect(again.stdout).toContain(`${path}: nothing to remove up to 2024-06-01T00:04:05.000Z (tid ${m.pack_time_tid}`);
+    expect(again.stdout).toContain(`${path}: nothing to remove up to 2024-06-01 00:04:05.000000 UTC (tid ${m.pack_time_tid})`);
     expect(again.stdout).toContain('the file is unchanged');
     expect(existsSync(`${path}.old`)).toBe(false);
   });
@@ -146,8 +146,10 @@ describe('zrs pack', () => {
     [['--days', '1', '--time', '0'], 'give --days or --time, not both'],
     [['--days', '-1'], '--days must be a number of days >= 0, got "-1"'],
     [['--days', 'week'], '--days must be a number of days >= 0, got "week"'],
-    [['--time', 'yesterday'], '--time must be an ISO 8601 time (2026-11-01T00:00:00Z) or seconds since the epoch, got "yesterday"'],
-    [['--time', '2026-13-45'], '--time must be an ISO 8601 time'],
+    [['--time', 'yesterday'], '--time must be an ISO 8601 date (2026-11-01, UTC), date and time with its zone (2026-11-01T00:00:00Z), or seconds since the epoch, got "yesterday"'],
+    [['--time', '2026-13-45'], '--time must be an ISO 8601 date'],
+    // A time without its zone would be read as the machine's local time.
+    [['--time', '2026-11-01T00:00:00'], '--time must be an ISO 8601 date'],
     [['--time', '99999999999999'], '--time 99999999999999 is a pack time outside the times transactions have (1970 to 9917)'],
     [['--time', '9999-12-31T00:00:00Z'], '--time 9999-12-31T00:00:00Z is a pack time outside the times transactions have'],
     [['--time', '0'], '--time 0 is a pack time outside the times transactions have'],
