@@ -27,6 +27,16 @@ function split(bytes: Buffer, cuts: number[]): Buffer[] {
 
 const payloads = fc.array(fc.uint8Array({ minLength: 0, maxLength: 300 }), { maxLength: 30 });
 
+/** What `run` throws (undefined when it returns). */
+function thrownBy(run: () => unknown): unknown {
+  try {
+    run();
+  } catch (e) {
+    return e;
+  }
+  return undefined;
+}
+
 describe('encodeFrame / encodeFrameHeader', () => {
   it('writes a 4-byte big-endian length before the payload', () => {
     expect(encodeFrame(Buffer.from('zrs2.0')).toString('hex')).toBe('000000067a7273322e30');
@@ -124,12 +134,7 @@ describe('FrameDecoder', () => {
 
   it('throws FrameTooLargeError on the header, before any body byte arrives', () => {
     const decoder = new FrameDecoder({ maxFrameBytes: 8 });
-    let error: unknown;
-    try {
-      decoder.push(encodeFrameHeader(17));
-    } catch (e) {
-      error = e;
-    }
+    const error = thrownBy(() => decoder.push(encodeFrameHeader(17)));
     expect(error).toBeInstanceOf(FrameTooLargeError);
     expect(error).toMatchObject({ length: 17, limit: 8 });
     expect(decoder.bufferedBytes).toBe(FRAME_HEADER_BYTES); // the header only
@@ -141,19 +146,9 @@ describe('FrameDecoder', () => {
   it('rethrows the same FrameTooLargeError from a later feed', () => {
     const decoder = new FrameDecoder({ maxFrameBytes: 8 });
     decoder.feed(encodeFrameHeader(17));
-    let error: unknown;
-    try {
-      decoder.next();
-    } catch (e) {
-      error = e;
-    }
+    const error = thrownBy(() => decoder.next());
     expect(error).toBeInstanceOf(FrameTooLargeError);
-    let again: unknown;
-    try {
-      decoder.feed(Buffer.alloc(17));
-    } catch (e) {
-      again = e;
-    }
+    const again = thrownBy(() => decoder.feed(Buffer.alloc(17)));
     expect(again).toBe(error);
   });
 
@@ -163,20 +158,10 @@ describe('FrameDecoder', () => {
     decoder.feed(header.subarray(0, 2));
     decoder.feed(header.subarray(2));
     decoder.feed(Buffer.concat([encodeFrameHeader(0), encodeFrame(Buffer.from('abc'))])); // body bytes that look like frames
-    let error: unknown;
-    try {
-      decoder.next();
-    } catch (e) {
-      error = e;
-    }
+    const error = thrownBy(() => decoder.next());
     expect(error).toBeInstanceOf(FrameTooLargeError);
     expect(error).toMatchObject({ length: 9, limit: 8 });
-    let again: unknown;
-    try {
-      decoder.next();
-    } catch (e) {
-      again = e;
-    }
+    const again = thrownBy(() => decoder.next());
     expect(again).toBe(error);
   });
 
