@@ -613,11 +613,11 @@ describe('zrs dump', () => {
 });
 
 describe('operands named wrongly', () => {
-  it('promote and rewind refuse an empty file instead of making it a new storage, and leave it empty', async () => {
+  it('promote, rewind and pack refuse an empty file instead of making it a new storage, and leave it empty', async () => {
     const dir = await tempDir();
     const empty = join(dir, 'z.fs');
     await writeFile(empty, '');
-    for (const argv of [['promote', empty], ['rewind', '--to-tid', '03f5e2607a19b377', empty]]) {
+    for (const argv of [['promote', empty], ['rewind', '--to-tid', '03f5e2607a19b377', empty], ['pack', empty]]) {
       const r = await run(...argv);
       expect(r.code, argv.join(' ')).toBe(1);
       expect(r.stderr).toBe(`zrs ${argv[0]}: ${empty}: an empty file, not a storage (a data file holds at least its 4-byte magic)\n`);

@@ -1,7 +1,7 @@
 // `zrs pack FILE`: ZODB's pack of a stopped node's file, with the node's hash
 // chain written first; what it refuses and how it says so.
 
-import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -11,9 +11,11 @@ import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { cleanupTempDirs, copyZodbFixture, fixturePath, readManifest, tempDir } from '../helpers/fixtures.js';
-import { allTransactions, commitMany, storageFileWith, waitForTid } from '../replication/helpers.js';
+import { allTransactions, BLOB_RECORD, commitMany, storageFileWith, waitForTid } from '../replication/helpers.js';
 import { FAST_RECONNECT } from '../replication/netHelpers.js';
 import { memoryIo } from './helpers.js';
+import { pack } from '../../src/cli/pack.js';
+import { tidToSeconds } from '../../src/storage/timestamp.js';
 
 afterAll(cleanupTempDirs);
 
@@ -110,9 +112,15 @@ describe('zrs pack', () => {
     expect(await runCli(['pack', path, '--time', String(m.pack_time)], tty)).toBe(0);
     expect(tty.stderr).toMatch(new RegExp(`\\rpacking ${path}: reading \\d+%.*\\rpacking ${path}: following references \\d+%.*\\rpacking ${path}: writing \\d+%`, 's'));
     expect(tty.stderr.endsWith('\r\x1b[2K')).toBe(true);
+    // Each line shown differs from the one before it.
+    const lines = tty.stderr.split('\r').filter((l) => l.startsWith('packing'));
+    expect(lines.filter((l, i) => i > 0 && l === lines[i - 1])).toEqual([]);
     const quiet = memoryIo({ stderrIsTTY: true });
     expect(await runCli(['pack', '--no-progress', await prepackCopy(), '--time', String(m.pack_time)], quiet)).toBe(0);
     expect(quiet.stderr).toBe('');
+    const piped = memoryIo();
+    expect(await runCli(['pack', await prepackCopy(), '--time', String(m.pack_time)], piped)).toBe(0);
+    expect(piped.stderr).toBe('');
   });
 
   it('refuses what it cannot do, leaving the file as it was', async () => {
@@ -145,6 +153,7 @@ describe('zrs pack', () => {
   it.each([
     [['--days', '1', '--time', '0'], 'give --days or --time, not both'],
     [['--days', '-1'], '--days must be a number of days >= 0, got "-1"'],
+    [['--days', ''], '--days must be a number of days >= 0, got ""'],
     [['--days', 'week'], '--days must be a number of days >= 0, got "week"'],
     [['--time', 'yesterday'], '--time must be an ISO 8601 date (2026-11-01, UTC), date and time with its zone (2026-11-01T00:00:00Z), or seconds since the epoch, got "yesterday"'],
     [['--time', '2026-13-45'], '--time must be an ISO 8601 date'],
@@ -174,6 +183,45 @@ describe('zrs pack', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain('nothing to remove');
     expect(existsSync(`${path}.chain`)).toBe(false);
+  });
+
+  it('takes seconds with a fraction, and counts --days in days', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const tids = await commitMany(fs, 6, 2);
+    await fs.close();
+    const lastSeconds = tidToSeconds(tids.at(-1)!);
+    // Twelve hours after the last commit, a day back is before every transaction.
+    const io = memoryIo();
+    const args = { help: false, positionals: [path], flags: new Map<string, string | true>([['days', '1'], ['no-gc', true]]) };
+    expect(await pack(args, io, (lastSeconds + 12 * 3600) * 1000)).toBe(0);
+    expect(io.stdout).toContain('nothing to remove');
+    const r = await run('pack', path, '--no-gc', '--time', `${Math.floor(lastSeconds) + 1}.5`);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('packed to');
+  });
+
+  it('adds the --no-gc hint only to what garbage collection refused', async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const blobDir = join(dir, 'blobs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false, blobDir });
+    const oid = fs.newOid();
+    let serial: Buffer = Buffer.alloc(8);
+    for (const content of ['first', 'second']) {
+      const staged = join(dir, `staged-${content}`);
+      writeFileSync(staged, content);
+      const txn = { description: content };
+      await fs.tpcBegin(txn);
+      await fs.storeBlob(oid, serial, BLOB_RECORD, staged, txn);
+      await fs.tpcVote(txn);
+      serial = await fs.tpcFinish(txn);
+    }
+    await fs.close();
+    const r = await run('pack', path, '--no-gc');
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('opened without its blob directory: give it (blobDir, zrs pack --blob-dir DIR)');
+    expect(r.stderr).not.toContain('--no-gc packs');
   });
 
   it('packs to now less --days', async () => {

@@ -12,6 +12,7 @@ import { Primary } from '../../src/replication/primary.js';
 import { Secondary, type SecondaryOptions } from '../../src/replication/secondary.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { tidToSeconds } from '../../src/storage/timestamp.js';
+import { packTimeToTid, type PackProgress } from '../../src/storage/pack.js';
 import type { TransactionMeta } from '../../src/storage/types.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { FAST_RECONNECT } from './netHelpers.js';
@@ -55,10 +56,11 @@ const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve)
 
 /**
  * Hold the next file read anywhere in this process (a pack's first, where
- * nothing else reads) until `release()` is true, checked at every turn of
- * the event loop; `reading` settles once that read began. Later reads pass.
+ * nothing else reads), once `from()` is true, until `release()` is true,
+ * checked at every turn of the event loop; `reading` settles once that read
+ * began. Other reads pass.
  */
-async function holdNextRead(dir: string, release: () => boolean): Promise<{ reading: Promise<void>; restore: () => void }> {
+async function holdNextRead(dir: string, release: () => boolean, from: () => boolean = () => true): Promise<{ reading: Promise<void>; restore: () => void }> {
   const probe = await open(join(dir, 'probe'), 'w');
   const proto = Object.getPrototypeOf(probe) as { read: (...args: unknown[]) => Promise<unknown> };
   await probe.close();
@@ -67,7 +69,7 @@ async function holdNextRead(dir: string, release: () => boolean): Promise<{ read
   const reading = new Promise<void>((resolve) => (began = resolve));
   let held = false;
   proto.read = async function (this: unknown, ...args: unknown[]) {
-    if (!held) {
+    if (!held && from()) {
       held = true;
       began();
       while (!release()) await turn();
@@ -102,7 +104,6 @@ describe('Secondary.pack', () => {
       await waitForTid(downstream, before.at(-1)!);
       const [report, during] = await Promise.all([s.pack(tidToSeconds(before.at(-1)!)), commitMany(primary.storage, 30, 3, serials)]);
       expect(report.packed).toBe(true);
-      expect(report.sizeAfter).toBeLessThan(report.sizeBefore);
       await waitForTid(s, during.at(-1)!);
       expect(existsSync(`${sPath}.pack`)).toBe(false);
       expect(existsSync(`${sPath}.old`)).toBe(true);
@@ -275,7 +276,8 @@ describe('Secondary.pack', () => {
       const held = await holdNextRead(dir, () => applied);
       restore = held.restore;
       const reading = held.reading;
-      const packing = s.pack(tidToSeconds(before.at(-1)!) + 1e-5);
+      const steps = new Set<string>();
+      const packing = s.pack(tidToSeconds(before.at(-1)!) + 1e-5, undefined, { onProgress: (p) => steps.add(p.step) });
       // The pack holds at its first read; ten transactions arrive meanwhile.
       await reading;
       const during = await commitMany(primary.storage, 10, 3, serials);
@@ -284,6 +286,8 @@ describe('Secondary.pack', () => {
       const report = await packing;
       expect(report.packed).toBe(true);
       expect(report.tailTransactions).toBe(10);
+      // Without garbage collection the file is read twice.
+      expect([...steps]).toEqual(['index', 'copy']);
       const kept = await allTransactions(s.storage);
       expect(kept.slice(-10).map((t) => `${t.tid.toString('hex')}${t.status}`)).toEqual(during.map((t) => `${t.toString('hex')} `));
       await expectSameObjects(primary, s.storage, serials.keys());
@@ -412,12 +416,90 @@ describe('FileStorage.pack and close', () => {
         seenAt.push(turns);
         return Array.from({ length: Math.floor(data.length / 8) }, (_, i) => data.subarray(8 * i, 8 * i + 8));
       };
-      const report = await fs.pack(Date.now() / 1000 + 1, refs).finally(() => (ticking = false));
+      const progress: PackProgress[] = [];
+      const report = await fs.pack(Date.now() / 1000 + 1, refs, { onProgress: (p) => progress.push(p) }).finally(() => (ticking = false));
       expect(report.packed).toBe(true);
       expect(seenAt.length).toBeGreaterThanOrEqual(5001);
       expect(new Set(seenAt).size).toBeGreaterThan(3);
+      // The passes in order; the file's passes count bytes of it, the walk counts objects of those current then.
+      expect([...new Set(progress.map((p) => p.step))]).toEqual(['index', 'references', 'copy']);
+      for (const step of ['index', 'copy'] as const) {
+        const mine = progress.filter((p) => p.step === step);
+        expect(mine[0]!.done).toBe(4);
+        expect(mine.every((p, i) => p.total === report.sizeBefore && (i === 0 || p.done > mine[i - 1]!.done))).toBe(true);
+      }
+      const walk = progress.filter((p) => p.step === 'references' && p.total === 5001);
+      expect(walk.length).toBeGreaterThanOrEqual(4);
+      expect(walk.every((p, i) => i === 0 || p.done > walk[i - 1]!.done)).toBe(true);
     } finally {
       await fs.close();
+    }
+  });
+
+  it("a close() stops the garbage collection's walk where it is", async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    const oids = Array.from({ length: 5000 }, (_, i) => u64(i + 1));
+    const txn: TransactionMeta = { description: 'graph' };
+    await fs.tpcBegin(txn);
+    fs.store(Z64, Z64, Buffer.concat(oids), txn);
+    for (const oid of oids) fs.store(oid, Z64, Buffer.from('leaf'), txn);
+    await fs.tpcVote(txn);
+    await fs.tpcFinish(txn);
+    await commitValueTo(fs, oids[0]!, 'new');
+    let calls = 0;
+    let closing: Promise<void> | null = null;
+    const refs = (data: Buffer): Buffer[] => {
+      if (++calls === 1500) closing = fs.close();
+      return Array.from({ length: Math.floor(data.length / 8) }, (_, i) => data.subarray(8 * i, 8 * i + 8));
+    };
+    await expect(fs.pack(Date.now() / 1000 + 1, refs)).rejects.toBeInstanceOf(StorageClosedError);
+    await closing;
+    // Stopped at the walk's next turn of the event loop, not after all 5001 objects.
+    expect(calls).toBeLessThan(3000);
+  });
+
+  it('reports an empty storage unpacked, at the tid of the pack time asked for', async () => {
+    const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
+    try {
+      const at = Date.now() / 1000;
+      expect(await fs.pack(at)).toMatchObject({ packed: false, packTid: packTimeToTid(at) });
+    } finally {
+      await fs.close();
+    }
+  });
+
+  it("packs stopped while the pack scans its output (as a secondary's close does first) stop it at the commit lock: the file is as it was", async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    const tids = await commitMany(fs, 50);
+    const size = fs.getSize();
+    // The whole file fits the first pass's one read: once the copy begins, the next read is the scan of the output.
+    let copying = false;
+    let stopping: Promise<void> | null = null;
+    const { reading, restore } = await holdNextRead(dir, () => stopping !== null, () => copying);
+    try {
+      const packing = fs
+        .pack(Date.now() / 1000, undefined, { onProgress: (p) => void (copying ||= p.step === 'copy') })
+        .catch((err: unknown) => err);
+      await reading;
+      stopping = fs.stopPacks();
+      await stopping;
+      expect(await packing).toBeInstanceOf(StorageClosedError);
+      // Stopped for good: the close this announced is the next thing that may happen.
+      await expect(fs.pack(Date.now() / 1000)).rejects.toBeInstanceOf(StorageClosedError);
+    } finally {
+      restore();
+      await fs.close();
+    }
+    expect(existsSync(`${path}.pack`)).toBe(false);
+    expect(existsSync(`${path}.old`)).toBe(false);
+    const reopened = await FileStorage.open(path, { readOnly: true });
+    try {
+      expect(reopened.getSize()).toBe(size);
+      expect((await allTransactions(reopened)).map((t) => `${t.tid.toString('hex')}${t.status}`)).toEqual(tids.map((t) => `${t.toString('hex')} `));
+    } finally {
+      await reopened.close();
     }
   });
 
