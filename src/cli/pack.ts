@@ -129,14 +129,12 @@ function packTimeOf(args: ParsedArgs, nowMs: number): number {
   return withinTids(nowMs / 1000 - n * 86400, `--days ${days}`);
 }
 
-/** `seconds`, when a tid can name it: between 1970 and the last time a tid holds (9917, and what a Date holds). */
+/** `seconds`, when a tid can name it: between 1970 and the last time a tid holds (9917; later times, also past what a Date holds, read as all 0xff). */
 function withinTids(seconds: number, given: string): number {
   const tid = packTimeToTid(seconds);
-  if (seconds <= 0 || tid.equals(Z64) || tid.readUInt32BE(0) === 0xffffffff || Math.abs(seconds) > MAX_DATE_SECONDS) {
+  if (seconds <= 0 || tid.equals(Z64) || tid.readUInt32BE(0) === 0xffffffff) {
     throw new UsageError(`${given} is a pack time outside the times transactions have (1970 to 9917)`);
   }
   return seconds;
 }
 
-/** The largest time a Date holds, in seconds (ECMAScript's 8.64e15 ms). */
-const MAX_DATE_SECONDS = 8.64e12;

@@ -1,7 +1,7 @@
 // `zrs pack FILE`: ZODB's pack of a stopped node's file, with the node's hash
 // chain written first; what it refuses and how it says so.
 
-import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -11,7 +11,7 @@ import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { cleanupTempDirs, copyZodbFixture, fixturePath, readManifest, tempDir } from '../helpers/fixtures.js';
-import { allTransactions, BLOB_RECORD, commitMany, storageFileWith, waitForTid } from '../replication/helpers.js';
+import { allTransactions, commitMany, storageFileWith, storageWithBlobRevisions, waitForTid } from '../replication/helpers.js';
 import { FAST_RECONNECT } from '../replication/netHelpers.js';
 import { memoryIo } from './helpers.js';
 import { pack } from '../../src/cli/pack.js';
@@ -202,22 +202,7 @@ describe('zrs pack', () => {
   });
 
   it('adds the --no-gc hint only to what garbage collection refused', async () => {
-    const dir = await tempDir();
-    const path = join(dir, 'Data.fs');
-    const blobDir = join(dir, 'blobs');
-    const fs = await FileStorage.open(path, { create: true, fsync: false, blobDir });
-    const oid = fs.newOid();
-    let serial: Buffer = Buffer.alloc(8);
-    for (const content of ['first', 'second']) {
-      const staged = join(dir, `staged-${content}`);
-      writeFileSync(staged, content);
-      const txn = { description: content };
-      await fs.tpcBegin(txn);
-      await fs.storeBlob(oid, serial, BLOB_RECORD, staged, txn);
-      await fs.tpcVote(txn);
-      serial = await fs.tpcFinish(txn);
-    }
-    await fs.close();
+    const { path } = await storageWithBlobRevisions(await tempDir(), ['first', 'second']);
     const r = await run('pack', path, '--no-gc');
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('opened without its blob directory: give it (blobDir, zrs pack --blob-dir DIR)');

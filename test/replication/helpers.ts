@@ -4,6 +4,7 @@
 import { firstValueFrom, filter, timeout } from 'rxjs';
 import { expect } from 'vitest';
 import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
 import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
@@ -113,6 +114,33 @@ export { Z64 };
 
 /** A record as ZODB writes a blob's: the class ZODB.blob.Blob, then an empty state. */
 export const BLOB_RECORD = Buffer.from('8003635a4f44422e626c6f620a426c6f620a71002e80034e2e', 'hex');
+
+/**
+ * A closed storage `dir`/Data.fs with its blob directory `dir`/blobs, holding
+ * one blob object with a revision per entry of `contents`; the oid and the
+ * last revision's serial.
+ */
+export async function storageWithBlobRevisions(dir: string, contents: string[]): Promise<{ path: string; blobDir: string; oid: Buffer; serial: Buffer }> {
+  const path = join(dir, 'Data.fs');
+  const blobDir = join(dir, 'blobs');
+  const fs = await FileStorage.open(path, { create: true, fsync: false, blobDir });
+  const oid = fs.newOid();
+  let serial: Buffer = Z64;
+  try {
+    for (const content of contents) {
+      const staged = join(dir, `staged-${content}`);
+      writeFileSync(staged, content);
+      const txn = { description: content };
+      await fs.tpcBegin(txn);
+      await fs.storeBlob(oid, serial, BLOB_RECORD, staged, txn);
+      await fs.tpcVote(txn);
+      serial = await fs.tpcFinish(txn);
+    }
+  } finally {
+    await fs.close();
+  }
+  return { path, blobDir, oid, serial };
+}
 
 /** Resolve once the secondary's connection machine is in `state` (checked on every snapshot). */
 export function waitForState(s: Secondary, state: string, ms = 15_000): Promise<void> {

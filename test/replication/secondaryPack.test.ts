@@ -16,7 +16,7 @@ import { packTimeToTid, type PackProgress } from '../../src/storage/pack.js';
 import type { TransactionMeta } from '../../src/storage/types.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { FAST_RECONNECT } from './netHelpers.js';
-import { allTransactions, BLOB_RECORD, commitMany, expectSameHistory, waitForState, waitForTid, Z64 } from './helpers.js';
+import { allTransactions, commitMany, expectSameHistory, storageWithBlobRevisions, waitForState, waitForTid, Z64 } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -77,6 +77,21 @@ async function holdNextRead(dir: string, release: () => boolean, from: () => boo
     return realRead.apply(this, args);
   };
   return { reading, restore: () => void (proto.read = realRead) };
+}
+
+/** The references of a record in the graphs below: the 8-byte oids it holds. */
+const oidsIn = (data: Buffer): Buffer[] => Array.from({ length: Math.floor(data.length / 8) }, (_, i) => data.subarray(8 * i, 8 * i + 8));
+
+/** A root referring to 5000 objects (5001 current at a pack time after it), then a second revision of the first. */
+async function commitGraph(fs: FileStorage): Promise<void> {
+  const oids = Array.from({ length: 5000 }, (_, i) => u64(i + 1));
+  const txn: TransactionMeta = { description: 'graph' };
+  await fs.tpcBegin(txn);
+  fs.store(Z64, Z64, Buffer.concat(oids), txn);
+  for (const oid of oids) fs.store(oid, Z64, Buffer.from('leaf'), txn);
+  await fs.tpcVote(txn);
+  await fs.tpcFinish(txn);
+  await commitValueTo(fs, oids[0]!, 'new');
 }
 
 /** Commit one transaction storing `value` under `oid` (its serial tracked in `serials`). */
@@ -353,22 +368,7 @@ describe('FileStorage.pack and close', () => {
   });
 
   it('refuses to remove a blob revision when opened without its blob directory (its file would stay there), changing nothing', async () => {
-    const dir = await tempDir();
-    const path = join(dir, 'Data.fs');
-    const blobDir = join(dir, 'blobs');
-    const withBlobs = await FileStorage.open(path, { create: true, fsync: false, blobDir });
-    const oid = withBlobs.newOid();
-    let serial = Z64;
-    for (const content of ['first', 'second']) {
-      const staged = join(dir, `staged-${content}`);
-      writeFileSync(staged, content);
-      const txn: TransactionMeta = { description: content };
-      await withBlobs.tpcBegin(txn);
-      await withBlobs.storeBlob(oid, serial, BLOB_RECORD, staged, txn);
-      await withBlobs.tpcVote(txn);
-      serial = await withBlobs.tpcFinish(txn);
-    }
-    await withBlobs.close();
+    const { path, blobDir, oid, serial } = await storageWithBlobRevisions(await tempDir(), ['first', 'second']);
     const before = readFileSync(path);
     const blind = await FileStorage.open(path, { fsync: false });
     try {
@@ -394,15 +394,7 @@ describe('FileStorage.pack and close', () => {
   it("the garbage collection's walk of a large graph lets the event loop turn (commits and replication go on meanwhile)", async () => {
     const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
     try {
-      // A root referring to 5000 objects: a record's references are the 8-byte oids it holds.
-      const oids = Array.from({ length: 5000 }, (_, i) => u64(i + 1));
-      const txn: TransactionMeta = { description: 'graph' };
-      await fs.tpcBegin(txn);
-      fs.store(Z64, Z64, Buffer.concat(oids), txn);
-      for (const oid of oids) fs.store(oid, Z64, Buffer.from('leaf'), txn);
-      await fs.tpcVote(txn);
-      await fs.tpcFinish(txn);
-      await commitValueTo(fs, oids[0]!, 'new');
+      await commitGraph(fs);
       let turns = 0;
       let ticking = true;
       const tick = (): void => {
@@ -414,7 +406,7 @@ describe('FileStorage.pack and close', () => {
       const seenAt: number[] = [];
       const refs = (data: Buffer): Buffer[] => {
         seenAt.push(turns);
-        return Array.from({ length: Math.floor(data.length / 8) }, (_, i) => data.subarray(8 * i, 8 * i + 8));
+        return oidsIn(data);
       };
       const progress: PackProgress[] = [];
       const report = await fs.pack(Date.now() / 1000 + 1, refs, { onProgress: (p) => progress.push(p) }).finally(() => (ticking = false));
@@ -438,19 +430,12 @@ describe('FileStorage.pack and close', () => {
 
   it("a close() stops the garbage collection's walk where it is", async () => {
     const fs = await FileStorage.open(join(await tempDir(), 'Data.fs'), { create: true, fsync: false });
-    const oids = Array.from({ length: 5000 }, (_, i) => u64(i + 1));
-    const txn: TransactionMeta = { description: 'graph' };
-    await fs.tpcBegin(txn);
-    fs.store(Z64, Z64, Buffer.concat(oids), txn);
-    for (const oid of oids) fs.store(oid, Z64, Buffer.from('leaf'), txn);
-    await fs.tpcVote(txn);
-    await fs.tpcFinish(txn);
-    await commitValueTo(fs, oids[0]!, 'new');
+    await commitGraph(fs);
     let calls = 0;
     let closing: Promise<void> | null = null;
     const refs = (data: Buffer): Buffer[] => {
       if (++calls === 1500) closing = fs.close();
-      return Array.from({ length: Math.floor(data.length / 8) }, (_, i) => data.subarray(8 * i, 8 * i + 8));
+      return oidsIn(data);
     };
     await expect(fs.pack(Date.now() / 1000 + 1, refs)).rejects.toBeInstanceOf(StorageClosedError);
     await closing;
