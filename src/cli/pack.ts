@@ -24,6 +24,7 @@ export const packSpec: CommandSpec = {
     { name: 'time', value: 'WHEN', help: 'pack to this time instead: a date (2026-11-01, UTC), a date and time with its zone (2026-11-01T00:00:00Z), or seconds since the epoch' },
     { name: 'no-gc', help: 'remove only old revisions, keeping objects the root no longer reaches (as pack-gc false)' },
     { name: 'blob-dir', value: 'DIR', help: "the storage's blob directory, needed for a file with blobs: the blob files of removed revisions are deleted" },
+    { name: 'keep-blob-files', help: "leave the blob files of removed revisions in place: for a secondary sharing its primary's blob directory (transfer-blobs false), whose own pack removes them" },
     { name: 'no-progress', help: 'never show the progress line (it only appears when stderr is a terminal)' },
   ],
   summary: "Pack a stopped node's Data.fs: remove revisions not current at a time, and objects no longer reachable.",
@@ -37,7 +38,9 @@ The storage must not be open. Its hash chain (FILE.chain, created if
 missing) gets every link first, so the node's primary and secondaries find
 its history the same after the pack. The file before the pack is kept as
 FILE.old. Garbage collection reads each record as a ZODB pickle: a file
-holding other data needs --no-gc. Garbage-collect a secondary's file only
+holding other data needs --no-gc. A secondary sharing its primary's blob
+directory is packed with --keep-blob-files: the files are the primary's.
+Garbage-collect a secondary's file only
 to a time its primary was packed to and well behind what it has received
 (see docs/OPERATIONS.md).
 
@@ -50,6 +53,7 @@ export async function pack(args: ParsedArgs, io: CliIo, nowMs = Date.now()): Pro
   const path = args.positionals[0]!;
   const packTime = packTimeOf(args, nowMs);
   const blobDir = args.flags.get('blob-dir');
+  const keepBlobFiles = args.flags.has('keep-blob-files');
   // A blob directory that is not there is a mistyped one: opening would make it empty, and the removed
   // revisions' blob files would stay in the real one for ever.
   if (typeof blobDir === 'string' && (await pathKind(blobDir)) !== 'directory') {
@@ -74,7 +78,7 @@ export async function pack(args: ParsedArgs, io: CliIo, nowMs = Date.now()): Pro
     const chain = storage.transactionCount > 0 ? await HashChain.open(storage) : null;
     try {
       const gc = !args.flags.has('no-gc');
-      report = await storage.pack(packTime, gc ? zodbReferences : undefined, { onProgress }).catch((err: unknown) => {
+      report = await storage.pack(packTime, gc ? zodbReferences : undefined, { onProgress, keepBlobFiles }).catch((err: unknown) => {
         // A refused pack changed nothing; the garbage collection's refusals (a record it cannot read, a reference
         // to an object with no revision) are the ones --no-gc avoids.
         if (err instanceof PackError && gc) throw new PackError(`${err.message}; nothing was packed (--no-gc packs without garbage collection)`, { cause: err });
@@ -93,7 +97,7 @@ export async function pack(args: ParsedArgs, io: CliIo, nowMs = Date.now()): Pro
     await io.out(`${path}: nothing to remove up to ${to}: the file is unchanged\n`);
     return EXIT_OK;
   }
-  const blobs = storage.blobs === null ? '' : `; ${report.removedBlobFiles} blob file(s) removed`;
+  const blobs = keepBlobFiles ? '; blob files of removed revisions left in place' : storage.blobs === null ? '' : `; ${report.removedBlobFiles} blob file(s) removed`;
   await io.out(
     `${path}: packed to ${to}: ${report.sizeBefore} -> ${report.sizeAfter} bytes${blobs}; the file before the pack is kept as ${path}.old\n`,
   );

@@ -1173,7 +1173,9 @@ export class Secondary {
    * node's operator's call, not its readers'. A close() stops a pack
    * under way (it rejects with a StorageClosedError and leaves the file as
    * it was, unless it had begun replacing the file); a rewind() waits for
-   * it, and a pack is refused during a rewind.
+   * it, and a pack is refused during a rewind. With `transferBlobs: false`
+   * (a blob directory shared with the primary) the blob files of removed
+   * revisions stay: they are the primary's, whose own pack removes them.
    *
    * With garbage collection, pack the primary first, to at least that
    * time, and pack to a time well behind what this node has received
@@ -1192,7 +1194,9 @@ export class Secondary {
     if (this.closedPromise) throw this.closedError();
     // A rewind cuts the file at a position it found before it took the commit lock: a pack in between would move it.
     if (this.operation === 'rewind') throw new ZrsError('pack() refused during a rewind');
-    return this.inner.pack(packTime, referencesOf, options);
+    // A blob directory shared with the primary holds files the primary may still need: its own pack removes them.
+    const shared = this.options.transferBlobs === false;
+    return this.inner.pack(packTime, referencesOf, shared ? { ...options, keepBlobFiles: true } : options);
   }
 
   /** The generations and hash chain of this storage. */

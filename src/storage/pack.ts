@@ -83,6 +83,14 @@ export interface PackProgress {
 export interface PackOptions {
   /** Called before each transaction a pass reads (throttle it for display). */
   onProgress?: (progress: PackProgress) => void;
+  /**
+   * Leave the blob files of removed revisions where they are: the blob
+   * directory is shared with a node that may still need them (a secondary
+   * with `transferBlobs: false` shares its primary's), whose own pack
+   * removes them. A storage opened without its blob directory may then
+   * remove blob revisions too. Default false.
+   */
+  keepBlobFiles?: boolean;
 }
 
 /** Objects the garbage collection marks between two turns of the event loop. */
@@ -132,7 +140,8 @@ export function packTimeToTid(packTime: number): Buffer {
  * data inline); transactions left without records are dropped (but the last: the storage's last tid never goes back); later ones are
  * copied with their offsets adjusted. With `referencesOf`, objects not
  * reachable from the root (oid 0) at the pack time go too. The previous file
- * is kept as `<file>.old`; blob files of removed revisions are deleted.
+ * is kept as `<file>.old`; blob files of removed revisions are deleted
+ * (unless `options.keepBlobFiles`).
  * Called by `FileStorage.pack`.
  *
  * @example
@@ -156,7 +165,7 @@ export async function packStorage(storage: FileStorage, packTime: number, refere
   try {
     const handle = await open(storage.path, 'r');
     try {
-      return await new Packer(storage, handle, packTid, referencesOf ?? null, options.onProgress ?? null).run();
+      return await new Packer(storage, handle, packTid, referencesOf ?? null, options).run();
     } finally {
       await handle.close();
     }
@@ -349,10 +358,15 @@ class Packer {
     handle: FileHandle,
     private readonly packTid: Buffer,
     private readonly referencesOf: ReferencesOf | null,
-    private readonly onProgress: ((progress: PackProgress) => void) | null,
+    options: PackOptions,
   ) {
     this.src = new Source(storage.path, handle);
+    this.onProgress = options.onProgress ?? null;
+    this.keepBlobFiles = options.keepBlobFiles === true;
   }
+
+  private readonly onProgress: ((progress: PackProgress) => void) | null;
+  private readonly keepBlobFiles: boolean;
 
   /** Objects marked reachable so far (markFrom yields to the event loop every MARKS_PER_TURN), of those current at the pack time. */
   private marked = 0;
@@ -609,13 +623,8 @@ class Packer {
         const key = oidKey(h.oid);
         const len = dataRecordLength(h.plen);
         if (!this.reachable.has(key, rpos)) {
-          if (this.storage.blobs) await this.noteRemovedBlob(h, rpos, removedBlobs);
-          else if (h.plen > 0 && isBlobRecord(await this.src.view(rpos + DATA_HEADER_BYTES, h.plen))) {
-            // Its file would stay in a blob directory this storage does not know of, for good.
-            throw new PackError(
-              `${this.storage.path}: the pack removes a revision of blob oid 0x${h.oid.toString('hex')} (tid ${h.tid.toString('hex')}), and the storage was opened without its blob directory: give it (blobDir, zrs pack --blob-dir DIR), so the blob files of removed revisions go with them; nothing was packed`,
-            );
-          }
+          // With keepBlobFiles, the files of removed blob revisions are another node's to remove.
+          if (!this.keepBlobFiles) await this.noteRemovedBlob(h, rpos, removedBlobs);
           rpos += len;
           continue;
         }
@@ -720,8 +729,21 @@ class Packer {
 
   // ------------------------------------------------------------ blobs
 
-  /** A removed revision may own a blob file: note it (removed only once the new file is in place). */
+  /**
+   * A removed revision may own a blob file: note it (removed only once the
+   * new file is in place). Without the blob directory, refuse to remove a
+   * blob revision: its file would stay in a directory this storage does not
+   * know of, for good.
+   */
   private async noteRemovedBlob(h: DataHeader, rpos: number, into: BlobRevision[]): Promise<void> {
+    if (!this.storage.blobs) {
+      if (h.plen > 0 && isBlobRecord(await this.src.view(rpos + DATA_HEADER_BYTES, h.plen))) {
+        throw new PackError(
+          `${this.storage.path}: the pack removes a revision of blob oid 0x${h.oid.toString('hex')} (tid ${h.tid.toString('hex')}), and the storage was opened without its blob directory: give it (blobDir, zrs pack --blob-dir DIR), so the blob files of removed revisions go with them; nothing was packed`,
+        );
+      }
+      return;
+    }
     // Cheap filter first: a blob record's pickle names ZODB.blob (a backpointer is checked by its file).
     if (h.plen > 0 && !(await this.src.view(rpos + DATA_HEADER_BYTES, h.plen)).includes(BLOB_CLASS_MARK)) return;
     into.push({ oid: Buffer.from(h.oid), tid: Buffer.from(h.tid) });

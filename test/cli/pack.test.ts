@@ -105,6 +105,16 @@ describe('zrs pack', () => {
     expect(blobFiles()).toHaveLength(before.length - removed);
   });
 
+  it('with --keep-blob-files (a blob directory shared with the primary), packs without --blob-dir and leaves every blob file', async () => {
+    const tmp = await copyZodbFixture('blobs');
+    const blobFiles = (): string[] => readdirSync(join(tmp, 'blobs'), { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.blob')).sort();
+    const before = blobFiles();
+    const r = await run('pack', join(tmp, 'Data.fs'), '--keep-blob-files');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/: packed to .*; blob files of removed revisions left in place;/);
+    expect(blobFiles()).toEqual(before);
+  });
+
   it('shows how far it is on a terminal, and nothing otherwise', async () => {
     const m = await readManifest('packed');
     const tty = memoryIo({ stderrIsTTY: true });

@@ -3,7 +3,7 @@
 // read as on the primary, and its primary, its own secondaries (old and new)
 // and a promotion still find its history the same.
 
-import { existsSync, readFileSync, watch, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, watch, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -16,7 +16,7 @@ import { packTimeToTid, type PackProgress } from '../../src/storage/pack.js';
 import type { TransactionMeta } from '../../src/storage/types.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { FAST_RECONNECT } from './netHelpers.js';
-import { allTransactions, commitMany, expectSameHistory, storageWithBlobRevisions, waitForState, waitForTid, Z64 } from './helpers.js';
+import { allTransactions, BLOB_RECORD, commitMany, expectSameHistory, storageWithBlobRevisions, waitForState, waitForTid, Z64 } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -239,6 +239,37 @@ describe('Secondary.pack', () => {
     await expect(s.pack(Date.now() / 1000)).rejects.toThrow('the secondary is closed');
   });
 
+  it("with its blob directory shared with the primary's (transferBlobs: false), leaves the blob files of removed revisions to the primary", async () => {
+    const dir = await tempDir();
+    const shared = join(dir, 'blobs');
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), blobDir: shared, replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const s = await openSecondary(join(dir, 's.fs'), primary.address, { blobDir: shared, transferBlobs: false });
+    try {
+      const fs = primary.storage;
+      const oid = fs.newOid();
+      const serials: Buffer[] = [];
+      for (const content of ['first', 'second']) {
+        const staged = join(dir, `staged-${content}`);
+        writeFileSync(staged, content);
+        const txn: TransactionMeta = { description: content };
+        await fs.tpcBegin(txn);
+        await fs.storeBlob(oid, serials.at(-1) ?? Z64, BLOB_RECORD, staged, txn);
+        await fs.tpcVote(txn);
+        serials.push(await fs.tpcFinish(txn));
+      }
+      await waitForTid(s, serials[1]!);
+      const report = await s.pack(tidToSeconds(serials[1]!) + 1);
+      expect({ packed: report.packed, removedBlobFiles: report.removedBlobFiles }).toEqual({ packed: true, removedBlobFiles: 0 });
+      // The primary, not packed, still loads the revision the secondary's pack removed.
+      expect(readFileSync(await fs.loadBlob(oid, serials[0]!), 'utf8')).toBe('first');
+      expect(await s.storage.loadBefore(oid, serials[1]!)).toBeNull();
+      expect(readFileSync(await s.storage.loadBlob(oid, serials[1]!), 'utf8')).toBe('second');
+    } finally {
+      await s.close();
+      await primary.close();
+    }
+  });
+
   it('close() stops a pack under way and waits for it: the pack rejects, no packed file is left, the file is as it was', async () => {
     const dir = await tempDir();
     const primary = await openPrimary(join(dir, 'p.fs'));
@@ -388,6 +419,23 @@ describe('FileStorage.pack and close', () => {
       expect(readFileSync(await seeing.loadBlob(oid, serial), 'utf8')).toBe('second');
     } finally {
       await seeing.close();
+    }
+  });
+
+  it('with keepBlobFiles, removes blob revisions without touching their files, also when opened without the blob directory', async () => {
+    const { path, blobDir, serial } = await storageWithBlobRevisions(await tempDir(), ['first', 'second']);
+    const files = (): string[] => (readdirSync(blobDir, { recursive: true }) as string[]).filter((f) => f.endsWith('.blob')).sort();
+    const before = files();
+    expect(before).toHaveLength(2);
+    for (const opened of [{}, { blobDir }]) {
+      const fs = await FileStorage.open(path, { fsync: false, ...opened });
+      try {
+        const report = await fs.pack(tidToSeconds(serial) + 1, undefined, { keepBlobFiles: true });
+        expect(report.removedBlobFiles).toBe(0);
+      } finally {
+        await fs.close();
+      }
+      expect(files()).toEqual(before);
     }
   });
 
