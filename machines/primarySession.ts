@@ -55,6 +55,19 @@ export interface PromoteRequestEvent {
 }
 
 /**
+ * Second frame was a pack request instead of a start (native protocol
+ * family): the edge's `pack` actor packs the node's own file,
+ * `sendPackResult` answers, then the session closes without streaming anything.
+ */
+export interface PackRequestEvent {
+  type: 'PACK_REQUEST';
+  /** The pack time, in seconds since the epoch. */
+  time: number;
+  /** Garbage-collect too. */
+  gc: boolean;
+}
+
+/**
  * Transactions up to this tid were written to the socket (from catchUp,
  * follow or drain). The edge may report several writes in one SENT (`count`),
  * but before it sends any other event and before a streaming actor settles,
@@ -115,6 +128,7 @@ export type PrimarySessionEvent =
   | SessionStartEvent
   | StatusRequestEvent
   | PromoteRequestEvent
+  | PackRequestEvent
   | SentEvent
   | OverflowEvent
   | AckEvent
@@ -137,6 +151,8 @@ export type SessionCloseReason =
   | { kind: 'status-served' }
   /** `outcome`: 'promoted', or the refusal's code. */
   | { kind: 'promote-served'; outcome: 'promoted' | Extract<PromoteOutcome, { kind: 'refused' }>['code'] }
+  /** `outcome`: 'packed', or the refusal's code. */
+  | { kind: 'pack-served'; outcome: 'packed' | Extract<PackOutcome, { kind: 'refused' }>['code'] }
   | { kind: 'drained' }
   | { kind: 'drain-timeout'; timeoutMs: number }
   | { kind: 'source-ended' }
@@ -243,6 +259,35 @@ export type PromoteOutcome =
   | { kind: 'promoted'; generation: number; startTid: Tid; sessionsKept: number }
   | { kind: 'refused'; code: 'already-primary' | 'refused' | 'not-promotable' | 'failed'; reason: string };
 
+/** Input of `pack`. */
+export interface PackInput {
+  /** The pack time, in seconds since the epoch. */
+  time: number;
+  gc: boolean;
+}
+
+/**
+ * Output of `pack` and params of `sendPackResult`: the pack's report (see
+ * PackedMessage in src/wire/native.ts for its fields; the machine only
+ * passes it on), or why it was refused or failed.
+ */
+export type PackOutcome =
+  | { kind: 'packed'; report: PackSummary }
+  | { kind: 'refused'; code: 'refused' | 'not-packable' | 'failed'; reason: string };
+
+/** What a requested pack did, as its answer carries it. */
+export interface PackSummary {
+  packed: boolean;
+  packTid: Tid;
+  sizeBefore: number;
+  sizeAfter: number;
+  tailTransactions: number;
+  blobFiles: 'none' | 'deleted' | 'kept';
+  removedBlobFiles: number;
+  blobFilesNotRemoved: number;
+  blobRemovalError: string | null;
+}
+
 /** Params of closeStream. */
 export interface CloseStreamParams {
   reason: SessionCloseReason;
@@ -346,10 +391,17 @@ function createContext(input: PrimarySessionInput): PrimarySessionContext {
  *   ({@link PromoteOutcome}) writes the answer and `closeStream`
  *   ({ kind: 'promote-served' }) follows; a rejected promise is answered as
  *   refused with code `failed`.
+ * - actor `pack` (promise, {@link PackInput} → {@link PackOutcome}): on
+ *   PACK_REQUEST (native protocols only), pack the node's own file (the
+ *   edge sends progress meanwhile). Then action `sendPackResult`
+ *   ({@link PackOutcome}) answers and `closeStream` ({ kind: 'pack-served' })
+ *   follows; a rejected promise is answered as refused with code `failed`.
+ *   A CLOSE meanwhile waits for the answer: the node's close stops its
+ *   packs first, so the pack ends soon.
  * - action `closeStream` ({@link CloseStreamParams}): entry of `closed`; end()
  *   the stream (flushing a refusal) or destroy() it on a transport error, and log.
  *
- * Events from the edge: PROTOCOL, START, STATUS_REQUEST or PROMOTE_REQUEST, ACK, KEEPALIVE, CLOSE, PEER_CLOSED,
+ * Events from the edge: PROTOCOL, START, STATUS_REQUEST, PROMOTE_REQUEST or PACK_REQUEST, ACK, KEEPALIVE, CLOSE, PEER_CLOSED,
  * TRANSPORT_ERROR, PROTOCOL_ERROR. From the streaming actors: SENT, OVERFLOW.
  *
  * @example
@@ -370,12 +422,14 @@ export const primarySessionMachine = setup({
     follow: fromPromise<void, StreamInput>(() => notProvided(MACHINE, 'follow')),
     drain: fromPromise<StreamOutput, StreamInput>(() => notProvided(MACHINE, 'drain')),
     promote: fromPromise<PromoteOutcome, PromoteInput>(() => notProvided(MACHINE, 'promote')),
+    pack: fromPromise<PackOutcome, PackInput>(() => notProvided(MACHINE, 'pack')),
   },
   actions: {
     sendWelcome: (_args, _params: WelcomeParams) => notProvided(MACHINE, 'sendWelcome'),
     sendRefusal: (_args, _params: RefusalParams) => notProvided(MACHINE, 'sendRefusal'),
     sendStatus: () => notProvided(MACHINE, 'sendStatus'),
     sendPromoteResult: (_args, _params: PromoteOutcome) => notProvided(MACHINE, 'sendPromoteResult'),
+    sendPackResult: (_args, _params: PackOutcome) => notProvided(MACHINE, 'sendPackResult'),
     closeStream: (_args, _params: CloseStreamParams) => notProvided(MACHINE, 'closeStream'),
     recordSent: assign(({ context, event }) => {
       assertEvent(event, 'SENT');
@@ -524,6 +578,10 @@ export const primarySessionMachine = setup({
           { guard: 'statusAllowed', target: 'promoting' },
           { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'protocol-error', reason: 'promote request outside the native protocol' } } } },
         ],
+        PACK_REQUEST: [
+          { guard: 'statusAllowed', target: 'packing' },
+          { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'protocol-error', reason: 'pack request outside the native protocol' } } } },
+        ],
         CLOSE: { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'closed-before-start' } } } },
       },
     },
@@ -552,6 +610,37 @@ export const primarySessionMachine = setup({
       },
       on: {
         // A promotion once started is finished; the session closes after answering.
+        CLOSE: {},
+      },
+    },
+    packing: {
+      invoke: {
+        id: 'pack',
+        src: 'pack',
+        input: ({ event }) => {
+          assertEvent(event, 'PACK_REQUEST');
+          return { time: event.time, gc: event.gc };
+        },
+        onDone: {
+          target: 'closed',
+          actions: [
+            { type: 'sendPackResult', params: ({ event }) => event.output },
+            { type: 'close', params: ({ event }) => ({ reason: { kind: 'pack-served', outcome: event.output.kind === 'packed' ? 'packed' : event.output.code } }) },
+          ],
+        },
+        onError: {
+          target: 'closed',
+          actions: [
+            {
+              type: 'sendPackResult',
+              params: ({ event }) => ({ kind: 'refused', code: 'failed', reason: event.error instanceof Error ? event.error.message : String(event.error) }),
+            },
+            { type: 'close', params: { reason: { kind: 'pack-served', outcome: 'failed' } } },
+          ],
+        },
+      },
+      on: {
+        // Answered once the pack ends: the node's close stops its packs before it closes its sessions.
         CLOSE: {},
       },
     },

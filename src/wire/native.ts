@@ -65,6 +65,9 @@ export const STATUS_REPLY_MAX_BYTES = 1024 * 1024;
 /** Limit for the `promoted` / `promote-refused` reply an admin client reads, in bytes. */
 export const PROMOTE_REPLY_MAX_BYTES = 64 * 1024;
 
+/** Limit for each frame of the answer to a `pack-request` (`pack-progress`, `packed`, `pack-refused`), in bytes. */
+export const PACK_REPLY_MAX_BYTES = 64 * 1024;
+
 /** Most sessions listed in one `status` (`sessionCount` still counts them all). */
 export const MAX_STATUS_SESSIONS = 1024;
 
@@ -395,6 +398,68 @@ export interface PromoteRefusedMessage {
   message: string;
 }
 
+/**
+ * Admin client -> node, frame 2 instead of `hello`: pack this node's own
+ * data file to `time`, sending `pack-progress` while it packs, then one
+ * `packed` or `pack-refused`, then close.
+ */
+export interface PackRequestMessage {
+  type: 'pack-request';
+  /** The pack time, in seconds since the epoch (a float; > 0). */
+  time: number;
+  /** Garbage-collect: also remove the objects the root no longer reached at the pack time. */
+  gc: boolean;
+}
+
+/** The passes of a pack, in order (`references` only with garbage collection). */
+export const PACK_STEPS = ['index', 'references', 'copy'] as const;
+
+/** Node -> admin client, about once a second while a requested pack runs: which pass, and how far into it. */
+export interface PackProgressMessage {
+  type: 'pack-progress';
+  step: (typeof PACK_STEPS)[number];
+  done: number;
+  total: number;
+}
+
+/** What the node did with the blob files of removed revisions. */
+export type PackBlobFiles = 'none' | 'deleted' | 'kept';
+
+/** Every PackBlobFiles, for validation. */
+export const PACK_BLOB_FILES: readonly PackBlobFiles[] = ['none', 'deleted', 'kept'];
+
+/** Node -> admin client, then close: the pack ended (the fields of FileStorage.pack's report). */
+export interface PackedMessage {
+  type: 'packed';
+  /** False when nothing before the pack time could be removed: the file is unchanged. */
+  packed: boolean;
+  /** The tid it packed to: the pack time's, or the node's last transaction's when that is earlier. */
+  packTid: Buffer;
+  sizeBefore: number;
+  sizeAfter: number;
+  /** Transactions committed (or applied) while the pack ran, carried into the packed file. */
+  tailTransactions: number;
+  /** `none`: the node has no blob directory; `deleted`: the files of removed revisions were deleted; `kept`: left for another node (a blob directory shared with the primary). */
+  blobFiles: PackBlobFiles;
+  removedBlobFiles: number;
+  blobFilesNotRemoved: number;
+  /** The first error deleting a blob file, or null. */
+  blobRemovalError: string | null;
+}
+
+/** Why a pack request was not carried out. */
+export type PackRefusalCode = 'refused' | 'not-packable' | 'failed';
+
+/** Every PackRefusalCode, for validation. */
+export const PACK_REFUSAL_CODES: readonly PackRefusalCode[] = ['refused', 'not-packable', 'failed'];
+
+/** Node -> admin client, then close: the pack was refused (`refused`, `not-packable`: nothing changed) or failed on the way (`failed`). */
+export interface PackRefusedMessage {
+  type: 'pack-refused';
+  code: PackRefusalCode;
+  message: string;
+}
+
 /** The last heartbeat a secondary received from its primary. */
 export interface StatusHeartbeat {
   /** The primary's last tid, as announced. */
@@ -461,7 +526,7 @@ export interface StatusMessage extends NodeStatus {
 }
 
 /** Messages a secondary sends. */
-export type SecondaryMessage = HelloMessage | AckMessage | StatusRequestMessage | PromoteRequestMessage;
+export type SecondaryMessage = HelloMessage | AckMessage | StatusRequestMessage | PromoteRequestMessage | PackRequestMessage;
 
 /** Messages a primary sends. */
 export type PrimaryMessage =
@@ -478,7 +543,10 @@ export type PrimaryMessage =
   | HeartbeatMessage
   | StatusMessage
   | PromotedMessage
-  | PromoteRefusedMessage;
+  | PromoteRefusedMessage
+  | PackProgressMessage
+  | PackedMessage
+  | PackRefusedMessage;
 
 /** Every native message, discriminated by `type`. */
 export type NativeMessage = SecondaryMessage | PrimaryMessage;
@@ -505,6 +573,10 @@ const SENDER_OF: Readonly<Record<NativeMessage['type'], NativeSender>> = {
   'promote-request': 'secondary',
   promoted: 'primary',
   'promote-refused': 'primary',
+  'pack-request': 'secondary',
+  'pack-progress': 'primary',
+  packed: 'primary',
+  'pack-refused': 'primary',
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -823,6 +895,11 @@ function asString(value: unknown, what: string, maxChars: number): string {
   return value;
 }
 
+function oneOf<T extends string>(value: unknown, allowed: readonly T[], what: string): T {
+  if (typeof value !== 'string' || !(allowed as readonly string[]).includes(value)) fail(`${what} must be one of ${allowed.join(', ')}, got ${describe(value)}`);
+  return value as T;
+}
+
 function asObj(value: unknown, what: string): Obj {
   if (!isObj(value)) return fail(`${what} must be a map, got ${describe(value)}`);
   return value;
@@ -914,6 +991,41 @@ function parseFields(obj: Obj, type: string, copyIds: boolean): NativeMessage {
         return fail(`promote-refused with unknown code ${describe(code)}: ${message}`);
       }
       return { type, code: code as PromoteRefusalCode, message };
+    }
+    case 'pack-request': {
+      const time = get(obj, 'time', type);
+      if (typeof time !== 'number' || !Number.isFinite(time) || time <= 0) fail(`pack-request.time must be a number of seconds > 0, got ${describe(time)}`);
+      return { type, time: time as number, gc: asBool(get(obj, 'gc', type), 'pack-request.gc') };
+    }
+    case 'pack-progress':
+      return {
+        type,
+        step: oneOf(get(obj, 'step', type), PACK_STEPS, 'pack-progress.step'),
+        done: asInt(get(obj, 'done', type), 'pack-progress.done', 0),
+        total: asInt(get(obj, 'total', type), 'pack-progress.total', 0),
+      };
+    case 'packed': {
+      const error = get(obj, 'blobRemovalError', type);
+      return {
+        type,
+        packed: asBool(get(obj, 'packed', type), 'packed.packed'),
+        packTid: asId(get(obj, 'packTid', type), 'packed.packTid', copyIds),
+        sizeBefore: asInt(get(obj, 'sizeBefore', type), 'packed.sizeBefore', 0),
+        sizeAfter: asInt(get(obj, 'sizeAfter', type), 'packed.sizeAfter', 0),
+        tailTransactions: asInt(get(obj, 'tailTransactions', type), 'packed.tailTransactions', 0),
+        blobFiles: oneOf(get(obj, 'blobFiles', type), PACK_BLOB_FILES, 'packed.blobFiles'),
+        removedBlobFiles: asInt(get(obj, 'removedBlobFiles', type), 'packed.removedBlobFiles', 0),
+        blobFilesNotRemoved: asInt(get(obj, 'blobFilesNotRemoved', type), 'packed.blobFilesNotRemoved', 0),
+        blobRemovalError: error === null ? null : asString(error, 'packed.blobRemovalError', MAX_REFUSAL_MESSAGE_CHARS),
+      };
+    }
+    case 'pack-refused': {
+      const code = get(obj, 'code', type);
+      const message = asString(get(obj, 'message', type), 'pack-refused.message', MAX_REFUSAL_MESSAGE_CHARS);
+      if (typeof code !== 'string' || !(PACK_REFUSAL_CODES as readonly string[]).includes(code)) {
+        return fail(`pack-refused with unknown code ${describe(code)}: ${message}`);
+      }
+      return { type, code: code as PackRefusalCode, message };
     }
     default:
       return fail(`unknown message type ${JSON.stringify(type.slice(0, 40))}`);
