@@ -14,7 +14,7 @@ export type {
   UndoLogEntry,
 } from './storage/types.js';
 export type { IterateOptions } from './storage/iterator.js';
-export { PackError, type PackOptions, type PackProgress, type PackReport, type ReferencesOf } from './storage/pack.js';
+export { GarbageCollectionError, PackError, type PackOptions, type PackProgress, type PackReport, type ReferencesOf } from './storage/pack.js';
 export { zodbReferences } from './storage/references.js';
 export { Z64, laterTid, newTid, tidFromTime, tidToSeconds, tidToString, tidPlusOne } from './storage/timestamp.js';
 export { Primary, type PrimaryOptions } from './replication/primary.js';
@@ -24,6 +24,7 @@ export type { ReplicationConfirmation, SecondaryReplicationStatus, WaitForReplic
 export { AuditLog, readAuditLog, readAuditLogStrict, type AuditRecord, type AuditReadResult, type AuditDamage } from './audit/auditLog.js';
 export { requestStatus, StatusConnectError, StatusReplyError, type StatusRequestOptions } from './replication/statusClient.js';
 export { requestPromotion, PromoteRequestError, type PromoteRequestOptions, type PromoteReply } from './replication/promoteClient.js';
+export { requestPack, PackRequestError, PackRefusedError, DEFAULT_PACK_TIMEOUT_MS, type PackRequestOptions, type PackReply } from './replication/packClient.js';
 export type { NodeStatus, SessionStatusEntry, StatusHeartbeat, UpstreamStatus } from './replication/nodeStatus.js';
 export { rewindStorage, type RewindOptions, type RewindResult } from './failover/rewind.js';
 export { PromotionRefusedError, type PromoteOptions } from './failover/promote.js';

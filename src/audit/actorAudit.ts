@@ -121,8 +121,8 @@ export function auditPrimarySession(audit: AuditLog, session: PrimarySession, un
         lastSentTid,
         ackedTid,
       });
-      if (from === 'awaitingStart' && to === 'promoting') {
-        note('handshake', { side: 'primary', peer, verdict: 'promote-request', protocol: c.protocolName });
+      if (from === 'awaitingStart' && (to === 'promoting' || to === 'packing')) {
+        note('handshake', { side: 'primary', peer, verdict: to === 'promoting' ? 'promote-request' : 'pack-request', protocol: c.protocolName });
       } else if (from === 'awaitingStart' && to !== 'closed') {
         note('handshake', {
           side: 'primary',

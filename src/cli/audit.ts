@@ -112,6 +112,7 @@ function summary(r: AuditRecord): string {
     }
     case 'handshake':
       if (d.verdict === 'promote-request') return `${str(d.side)} ${who}: promote request${d.force ? ' (forced)' : ''}`;
+      if (d.verdict === 'pack-request') return `${str(d.side)} ${who}: pack request`;
       return d.verdict === 'refused'
         ? `${str(d.side)} ${who}: REFUSED (${str(d.code)}): ${str(d.reason)}${d.forkTid && !str(d.reason).includes(str(d.forkTid)) ? ` fork at ${str(d.forkTid)}` : ''}${d.primaryLastTid ? `; primary's last tid ${str(d.primaryLastTid)}` : ''}`
         : `${str(d.side)} ${who}: ${str(d.verdict)} ${str(d.protocol)} from tid ${str(d.startTid)}`;
@@ -135,6 +136,12 @@ function summary(r: AuditRecord): string {
           ? `REWIND: nothing to cut after the given tid ${str(d.forkTid)}${dropped}`
           : `REWIND: nothing to cut, shares its history with ${str(d.commonWith)} up to tid ${str(d.forkTid)}${dropped}`
         : `REWOUND to tid ${str(d.forkTid)} (${given ? 'given' : `common with ${str(d.commonWith)}`}): ${str(d.transactionsCut)} transaction(s) cut, ${str(d.firstCutTid)} .. ${str(d.lastCutTid)}, ${str(d.blobsCut)} blob file(s)${d.blobsMissing ? ` (${str(d.blobsMissing)} already missing)` : ''}; saved in ${str(d.sidePath)}${dropped}`;
+    }
+    case 'pack': {
+      const asked = `to ${str(d.time)}${d.gc === false ? ', without garbage collection' : ''}; requested by ${str(d.requestedBy)}`;
+      if (d.outcome === 'packed') return `PACKED ${asked}: tid ${str(d.packTid)}, ${str(d.sizeBefore)} -> ${str(d.sizeAfter)} bytes, ${str(d.removedBlobFiles)} blob file(s) removed`;
+      if (d.outcome === 'unchanged') return `pack ${asked}: nothing to remove up to tid ${str(d.packTid)}`;
+      return `pack ${str(d.outcome).toUpperCase()} ${asked}: ${str(d.reason)}`;
     }
     case 'sync-timeout':
       return `SYNC TIMEOUT tid ${str(d.tid)}: ${str(d.got)} of ${str(d.wanted)} acks within ${str(d.timeoutMs)} ms (committed on the primary)`;

@@ -1,57 +1,104 @@
-// `zrs pack FILE`: pack a stopped node's Data.fs (a primary's or a
+// `zrs pack FILE|ADDRESS`: pack a node's Data.fs (a primary's or a
 // secondary's) to a time, as ZODB's zeopack does to a served storage. A
 // primary's pack is not replicated: each node's file is packed by itself.
-// The node's hash chain is opened with the storage, so the links of the
-// transactions as they were are on disk before the packed file replaces
+// ADDRESS: a running node's replication address; it is asked (native pack
+// request) to pack its own file while it goes on serving. FILE: a stopped
+// node's file. Its hash chain is opened with the storage, so the links of
+// the transactions as they were are on disk before the packed file replaces
 // them (docs/FAILOVER.md): its primary and secondaries still find its
-// history the same afterwards.
+// history the same afterwards (a running node's chain is open already).
 
 import { ZrsError } from '../errors.js';
 import { HashChain } from '../failover/hashChain.js';
 import { FileStorage } from '../storage/FileStorage.js';
 import { pathKind, refuseEmptyStorage } from '../storage/fileio.js';
-import { PackError, packTimeToTid, type PackProgress, type PackReport } from '../storage/pack.js';
+import { GarbageCollectionError, isPackTimeInRange, PACK_TIME_RANGE, PackError, type PackProgress, type PackReport } from '../storage/pack.js';
 import { zodbReferences } from '../storage/references.js';
-import { tidToString, Z64 } from '../storage/timestamp.js';
+import type { ReplicationAddress } from '../ports/transport.js';
+import { formatAddress } from '../replication/address.js';
+import { DEFAULT_PACK_TIMEOUT_MS, requestPack, type PackReply } from '../replication/packClient.js';
+import type { PackBlobFiles } from '../wire/native.js';
+import { tidToString } from '../storage/timestamp.js';
 import { UsageError, type CommandSpec, type ParsedArgs } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
+import { fileOrAddress, timeoutOption } from './status.js';
 
 export const packSpec: CommandSpec = {
   name: 'pack',
-  positionals: ['FILE'],
+  positionals: ['FILE|ADDRESS'],
   flags: [
     { name: 'days', value: 'N', help: 'keep every revision of the last N days (default 0: pack to now)' },
     { name: 'time', value: 'WHEN', help: 'pack to this time instead: a date (2026-11-01, UTC), a date and time with its zone (2026-11-01T00:00:00Z), or seconds since the epoch' },
     { name: 'no-gc', help: 'remove only old revisions, keeping objects the root no longer reaches (as pack-gc false)' },
-    { name: 'blob-dir', value: 'DIR', help: "the storage's blob directory, needed for a file with blobs: the blob files of removed revisions are deleted" },
-    { name: 'keep-blob-files', help: "leave the blob files of removed revisions in place: for a secondary sharing its primary's blob directory (transfer-blobs false), whose own pack removes them" },
+    { name: 'blob-dir', value: 'DIR', help: "FILE only: the storage's blob directory, needed for a file with blobs: the blob files of removed revisions are deleted" },
+    { name: 'keep-blob-files', help: "FILE only: leave the blob files of removed revisions in place: for a secondary sharing its primary's blob directory (transfer-blobs false), whose own pack removes them (a running node knows)" },
+    { name: 'timeout', value: 'SECS', help: `ADDRESS only: give up connecting, or when the node has said nothing for SECS seconds while it packs (default ${DEFAULT_PACK_TIMEOUT_MS / 1000})` },
     { name: 'no-progress', help: 'never show the progress line (it only appears when stderr is a terminal)' },
   ],
-  summary: "Pack a stopped node's Data.fs: remove revisions not current at a time, and objects no longer reachable.",
+  summary: "Pack a node's Data.fs, a running one by its address or a stopped one's file: remove revisions not current at a time, and objects no longer reachable.",
   description: `
-Removes from FILE the revisions that were not current at the pack time, and
-(unless --no-gc) the objects the root no longer reached then, as ZODB's
-FileStorage pack (zeopack) does; the pack time is now minus --days, or
---time. A primary's pack is not replicated: pack each node's file by itself
-(a running node: Secondary.pack or primary.storage.pack in the library).
-The storage must not be open. Its hash chain (FILE.chain, created if
-missing) gets every link first, so the node's primary and secondaries find
-its history the same after the pack. The file before the pack is kept as
-FILE.old. Garbage collection reads each record as a ZODB pickle: a file
-holding other data needs --no-gc. A secondary sharing its primary's blob
-directory is packed with --keep-blob-files: the files are the primary's.
-Garbage-collect a secondary's file only
-to a time its primary was packed to and well behind what it has received
-(see docs/OPERATIONS.md).
+Removes from the node's data file the revisions that were not current at
+the pack time, and (unless --no-gc) the objects the root no longer reached
+then, as ZODB's FileStorage pack (zeopack) does; the pack time is now minus
+--days, or --time. A primary's pack is not replicated: pack each node's
+file by itself.
+
+With ADDRESS (a running node's replicate-to: a port on 127.0.0.1,
+host:port, [v6addr]:port or a Unix socket path), the node packs its own
+file while it goes on committing or replicating, shows how far it is, and
+records the pack in its audit log. Exit 0 once packed; 1 when the node
+refused, the pack failed, or it could not be asked. Anyone who can connect
+to the replication address can ask for a pack.
+
+With FILE (a stopped node's Data.fs: the storage must not be open), its hash
+chain (FILE.chain, created if missing) gets every link first, so the node's
+primary and secondaries find its history the same after the pack.
+
+Either way the file before the pack is kept as FILE.old. Garbage
+collection reads each record as a ZODB pickle: a file holding other data
+needs --no-gc. A stopped secondary sharing its primary's blob directory is
+packed with --keep-blob-files: the files are the primary's. Garbage-collect
+a secondary's file only to a time its primary was packed to and well behind
+what it has received (see docs/OPERATIONS.md).
 
 examples:
+  zrs pack 10.0.0.5:5000 --days 7
   zrs pack /var/db/Data.fs --days 7 --blob-dir /var/db/blobs
   zrs pack /var/db/Data.fs --time 2026-11-01T00:00:00Z --no-gc`,
 };
 
 export async function pack(args: ParsedArgs, io: CliIo, nowMs = Date.now()): Promise<number> {
-  const path = args.positionals[0]!;
+  const target = args.positionals[0]!;
   const packTime = packTimeOf(args, nowMs);
+  const address = await fileOrAddress(target);
+  if (address !== null) {
+    for (const flag of ['blob-dir', 'keep-blob-files']) {
+      if (args.flags.has(flag)) throw new UsageError(`--${flag} applies to a FILE; a running node packs with its own blob directory`);
+    }
+    return packNode(address, packTime, args, io);
+  }
+  if (args.flags.has('timeout')) throw new UsageError(`--timeout applies to a running node's ADDRESS, not to a FILE`);
+  return packFile(target, packTime, args, io);
+}
+
+/** Online: ask the node at `address` to pack its own file. */
+async function packNode(address: ReplicationAddress, packTime: number, args: ParsedArgs, io: CliIo): Promise<number> {
+  const label = formatAddress(address);
+  const progress = progressLine(label, args, io);
+  const timeoutMs = timeoutOption(args.flags, DEFAULT_PACK_TIMEOUT_MS);
+  let reply: PackReply;
+  try {
+    reply = await requestPack(address, packTime, { gc: !args.flags.has('no-gc'), timeoutMs, onProgress: progress?.show });
+  } finally {
+    progress?.clear();
+  }
+  await io.out(packedLine(label, reply, reply.blobFiles, 'the node keeps the file before the pack beside its data file (.old)'));
+  warnBlobFilesNotRemoved(reply, io);
+  return EXIT_OK;
+}
+
+/** Offline: pack a stopped node's file. */
+async function packFile(path: string, packTime: number, args: ParsedArgs, io: CliIo): Promise<number> {
   const blobDir = args.flags.get('blob-dir');
   const keepBlobFiles = args.flags.has('keep-blob-files');
   // A blob directory that is not there is a mistyped one: opening would make it empty, and the removed
@@ -60,16 +107,7 @@ export async function pack(args: ParsedArgs, io: CliIo, nowMs = Date.now()): Pro
     throw new ZrsError(`the blob directory ${blobDir} does not exist: give the storage's own (its blob-dir); nothing was packed`);
   }
   await refuseEmptyStorage(path);
-  const show = !args.flags.has('no-progress') && io.stderrIsTTY;
-  let shown = '';
-  const onProgress = show
-    ? (p: PackProgress): void => {
-        const line = `packing ${path}: ${STEP_WORDS[p.step]} ${p.total > 0 ? Math.min(100, Math.floor((100 * p.done) / p.total)) : 100}%`;
-        if (line === shown) return;
-        shown = line;
-        io.err(`\r${line}`);
-      }
-    : undefined;
+  const progress = progressLine(path, args, io);
   const storage = await FileStorage.open(path, { blobDir: typeof blobDir === 'string' ? blobDir : undefined });
   let report: PackReport;
   try {
@@ -78,33 +116,52 @@ export async function pack(args: ParsedArgs, io: CliIo, nowMs = Date.now()): Pro
     const chain = storage.transactionCount > 0 ? await HashChain.open(storage) : null;
     try {
       const gc = !args.flags.has('no-gc');
-      report = await storage.pack(packTime, gc ? zodbReferences : undefined, { onProgress, keepBlobFiles }).catch((err: unknown) => {
+      report = await storage.pack(packTime, gc ? zodbReferences : undefined, { onProgress: progress?.show, keepBlobFiles }).catch((err: unknown) => {
         // A refused pack changed nothing; the garbage collection's refusals (a record it cannot read, a reference
         // to an object with no revision) are the ones --no-gc avoids.
-        if (err instanceof PackError && gc) throw new PackError(`${err.message}; nothing was packed (--no-gc packs without garbage collection)`, { cause: err });
+        if (err instanceof GarbageCollectionError) throw new PackError(`${err.message}; nothing was packed (--no-gc packs without garbage collection)`, { cause: err });
         throw err;
       });
     } finally {
-      if (show) io.err('\r\x1b[2K');
+      progress?.clear();
       await chain?.close();
     }
   } finally {
     await storage.close();
   }
+  await io.out(packedLine(path, report, keepBlobFiles ? 'kept' : storage.blobs === null ? 'none' : 'deleted', `the file before the pack is kept as ${path}.old`));
+  warnBlobFilesNotRemoved(report, io);
+  return EXIT_OK;
+}
+
+/** What a pack did, in one line. */
+function packedLine(what: string, report: Omit<PackReport, 'tailTransactions'>, blobFiles: PackBlobFiles, kept: string): string {
   // The pack time asked for, or the last transaction's when that is earlier (the pack goes no further).
   const to = `${tidToString(report.packTid)} UTC (tid ${report.packTid.toString('hex')})`;
-  if (!report.packed) {
-    await io.out(`${path}: nothing to remove up to ${to}: the file is unchanged\n`);
-    return EXIT_OK;
-  }
-  const blobs = keepBlobFiles ? '; blob files of removed revisions left in place' : storage.blobs === null ? '' : `; ${report.removedBlobFiles} blob file(s) removed`;
-  await io.out(
-    `${path}: packed to ${to}: ${report.sizeBefore} -> ${report.sizeAfter} bytes${blobs}; the file before the pack is kept as ${path}.old\n`,
-  );
+  if (!report.packed) return `${what}: nothing to remove up to ${to}: the file is unchanged\n`;
+  const blobs = blobFiles === 'kept' ? '; blob files of removed revisions left in place' : blobFiles === 'none' ? '' : `; ${report.removedBlobFiles} blob file(s) removed`;
+  return `${what}: packed to ${to}: ${report.sizeBefore} -> ${report.sizeAfter} bytes${blobs}; ${kept}\n`;
+}
+
+function warnBlobFilesNotRemoved(report: Pick<PackReport, 'blobFilesNotRemoved' | 'blobRemovalError'>, io: CliIo): void {
   if (report.blobFilesNotRemoved > 0) {
     io.err(`zrs pack: ${report.blobFilesNotRemoved} blob file(s) of removed revisions could not be deleted (${report.blobRemovalError}); delete them by hand\n`);
   }
-  return EXIT_OK;
+}
+
+/** The progress line on a terminal (unless --no-progress): shown as the pack goes, cleared at its end. */
+function progressLine(what: string, args: ParsedArgs, io: CliIo): { show: (p: PackProgress) => void; clear: () => void } | null {
+  if (args.flags.has('no-progress') || !io.stderrIsTTY) return null;
+  let shown = '';
+  return {
+    show: (p) => {
+      const line = `packing ${what}: ${STEP_WORDS[p.step]} ${p.total > 0 ? Math.min(100, Math.floor((100 * p.done) / p.total)) : 100}%`;
+      if (line === shown) return;
+      shown = line;
+      io.err(`\r${line}`);
+    },
+    clear: () => io.err('\r\x1b[2K'),
+  };
 }
 
 const STEP_WORDS: Record<PackProgress['step'], string> = { index: 'reading', references: 'following references', copy: 'writing' };
@@ -133,12 +190,9 @@ function packTimeOf(args: ParsedArgs, nowMs: number): number {
   return withinTids(nowMs / 1000 - n * 86400, `--days ${days}`);
 }
 
-/** `seconds`, when a tid can name it: between 1970 and the last time a tid holds (9917; later times, also past what a Date holds, read as all 0xff). */
+/** `seconds`, when a tid can name it. */
 function withinTids(seconds: number, given: string): number {
-  const tid = packTimeToTid(seconds);
-  if (seconds <= 0 || tid.equals(Z64) || tid.readUInt32BE(0) === 0xffffffff) {
-    throw new UsageError(`${given} is a pack time outside the times transactions have (1970 to 9917)`);
-  }
+  if (!isPackTimeInRange(seconds)) throw new UsageError(`${given} is a pack time outside the times transactions have (${PACK_TIME_RANGE})`);
   return seconds;
 }
 

@@ -6,7 +6,6 @@
 // has it open), then `zrs serve` with a primary configuration serves it.
 // Either way the promotion is recorded in the node's audit log.
 
-import { stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { AuditLog, type AuditRecord } from '../audit/auditLog.js';
 import { auditPast, defaultAuditPath, nodeAuditPaths, openAuditLog, promotionNotStarted, promotionRunAgain, promotionTakenBack, type GenerationsSeen } from '../audit/nodeAudit.js';
@@ -17,10 +16,10 @@ import { systemClock } from '../node/clock.js';
 import { formatAddress } from '../replication/address.js';
 import { DEFAULT_PROMOTE_TIMEOUT_MS, requestPromotion } from '../replication/promoteClient.js';
 import { FileStorage } from '../storage/FileStorage.js';
-import { pathKind, refuseEmptyStorage } from '../storage/fileio.js';
+import { refuseEmptyStorage } from '../storage/fileio.js';
 import { UsageError, type CommandSpec, type ParsedArgs } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
-import { commandAddress, timeoutOption } from './status.js';
+import { fileOrAddress, timeoutOption } from './status.js';
 
 export const promoteSpec: CommandSpec = {
   name: 'promote',
@@ -64,18 +63,13 @@ examples:
 
 export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
   const target = args.positionals[0]!;
-  const kind = await pathKind(target);
-  if (kind === 'file') {
+  const address = await fileOrAddress(target);
+  if (address === null) {
     if (args.flags.has('timeout')) throw new UsageError(`--timeout applies to a running node's ADDRESS, not to a FILE`);
     const audit = args.flags.get('audit-log');
     return promoteFile(target, io, typeof audit === 'string' ? (audit.toLowerCase() === 'off' ? null : audit) : undefined, args.flags.has('force'));
   }
-  // A path that names nothing here is a mistyped FILE far more often than a socket that is gone.
-  if (kind === 'directory') throw new ZrsError(`${target}: a directory, not a data file (FILE) or a running node's socket (ADDRESS)`);
-  if (kind === 'other' && !(await stat(target)).isSocket()) throw new ZrsError(`${target}: neither a data file (FILE) nor a running node's socket (ADDRESS)`);
-  if (/\.fs$/i.test(target) && kind === 'missing') throw new ZrsError(`${target}: no such file (FILE must be an existing data file; ADDRESS a running node's replication address)`);
   if (args.flags.has('audit-log')) throw new UsageError('--audit-log applies to a FILE; a running node records in its own audit log');
-  const address = commandAddress(target);
   const timeoutMs = timeoutOption(args.flags, DEFAULT_PROMOTE_TIMEOUT_MS);
   const reply = await requestPromotion(address, { force: args.flags.has('force'), timeoutMs });
   const g = reply.generation;

@@ -6,7 +6,9 @@ import { connectAddress, formatAddress } from '../replication/address.js';
 import { tidSeconds, type NodeStatus, type SessionStatusEntry } from '../replication/nodeStatus.js';
 import { DEFAULT_STATUS_TIMEOUT_MS, requestStatus, StatusConnectError, StatusReplyError } from '../replication/statusClient.js';
 import { tidToString } from '../storage/timestamp.js';
-import { AddressError } from '../errors.js';
+import { stat } from 'node:fs/promises';
+import { AddressError, ZrsError } from '../errors.js';
+import { pathKind } from '../storage/fileio.js';
 import type { ReplicationAddress } from '../ports/transport.js';
 import { UsageError, type CommandSpec } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
@@ -64,6 +66,21 @@ export function commandAddress(text: string): ReplicationAddress {
     if (err instanceof AddressError) throw new UsageError(err.message);
     throw err;
   }
+}
+
+/**
+ * What a FILE|ADDRESS argument names: an existing data file (null), or a
+ * running node's address. A directory, a special file that is not a socket
+ * and a missing `*.fs` path are errors: a path that names nothing here is a
+ * mistyped FILE far more often than a socket that is gone.
+ */
+export async function fileOrAddress(target: string): Promise<ReplicationAddress | null> {
+  const kind = await pathKind(target);
+  if (kind === 'file') return null;
+  if (kind === 'directory') throw new ZrsError(`${target}: a directory, not a data file (FILE) or a running node's socket (ADDRESS)`);
+  if (kind === 'other' && !(await stat(target)).isSocket()) throw new ZrsError(`${target}: neither a data file (FILE) nor a running node's socket (ADDRESS)`);
+  if (/\.fs$/i.test(target) && kind === 'missing') throw new ZrsError(`${target}: no such file (FILE must be an existing data file; ADDRESS a running node's replication address)`);
+  return commandAddress(target);
 }
 
 /** Options from the command line. */

@@ -85,7 +85,7 @@ export class ReplicationMetrics {
   private readonly txnsReceived = this.counter('zrs_transactions_received_total', 'Transactions received from upstream and applied (secondary).');
   private readonly txnsCommitted = this.counter('zrs_transactions_committed_total', 'Transactions made durable in this storage (commits on a primary, applied on a secondary).');
   private readonly reconnects = this.counter('zrs_reconnects_total', 'Connection attempts to the upstream after the first (secondary).');
-  private readonly connectionsAccepted = this.counter('zrs_secondary_connections_total', 'Secondary connections whose replication handshake was accepted (status and promote requests are not counted).');
+  private readonly connectionsAccepted = this.counter('zrs_secondary_connections_total', 'Secondary connections whose replication handshake was accepted (status, promote and pack requests are not counted).');
 
   constructor(private readonly clock: Clock) {
     const self = this;
@@ -229,7 +229,7 @@ export class ReplicationMetrics {
 
   /**
    * A session started (ReplicationServer's onSession hook). It counts as a
-   * secondary once its handshake is accepted: status and promote requests
+   * secondary once its handshake is accepted: status, promote and pack requests
    * on the same address are connections too, but not secondaries.
    */
   onSession(session: PrimarySession): void {

@@ -1,8 +1,8 @@
 // One request to a running node over its replication address, without
 // replicating: send the native protocol name and one message instead of
-// `hello`, read exactly one reply frame, close. Status requests and promote
-// requests both go through here. Bounded: the reply frame has a size limit,
-// and connecting and replying each have a timeout on the injected clock.
+// `hello`, read one reply frame, close. Status, promote and pack requests go
+// through here (a pack request's progress messages come before its reply). Bounded: each frame has a size limit, and connecting and
+// replying each have a timeout on the injected clock.
 
 import { ZrsError } from '../errors.js';
 import { systemClock } from '../node/clock.js';
@@ -53,6 +53,12 @@ export interface NodeRequestKind<T> {
   closedWithoutReply: string;
   /** The reply, or the error it stands for. */
   read(msg: PrimaryMessage, label: string): T | Error;
+  /**
+   * A message that comes before the reply (a pack's progress): true when
+   * `msg` is one, taken here. Each such message starts the reply's timeout
+   * over, so the timeout bounds the silence, not the whole request.
+   */
+  interim?(msg: PrimaryMessage): boolean;
 }
 
 /**
@@ -97,6 +103,7 @@ function connectWithin<T>(transport: Transport, target: ReplicationAddress, labe
 function exchange<T>(stream: ByteStream, label: string, clock: Clock, timeoutMs: number, kind: NodeRequestKind<T>): Promise<T> {
   return new Promise((resolve, reject) => {
     const decoder = new FrameDecoder({ maxFrameBytes: kind.maxReplyBytes });
+    const unpackr = createNativeUnpackr();
     let settled = false;
     const finish = (result: T | Error): void => {
       if (settled) return;
@@ -106,7 +113,8 @@ function exchange<T>(stream: ByteStream, label: string, clock: Clock, timeoutMs:
       if (result instanceof Error) reject(result);
       else resolve(result);
     };
-    const timer = clock.setTimeout(() => finish(kind.replyError(label, `no reply within ${timeoutMs} ms`)), timeoutMs);
+    const expire = (): void => finish(kind.replyError(label, `no reply within ${timeoutMs} ms`));
+    let timer = clock.setTimeout(expire, timeoutMs);
     let first = true;
     stream.setHandlers({
       data: (chunk) => {
@@ -119,7 +127,13 @@ function exchange<T>(stream: ByteStream, label: string, clock: Clock, timeoutMs:
           decoder.feed(chunk);
           for (let f = decoder.next(); f !== null; f = decoder.next()) {
             if (f.length === 0) continue; // keep-alive
-            return finish(kind.read(decodeNative(f, createNativeUnpackr(), 'primary'), label));
+            const msg = decodeNative(f, unpackr, 'primary');
+            if (kind.interim?.(msg)) {
+              clock.clearTimeout(timer);
+              timer = clock.setTimeout(expire, timeoutMs);
+              continue;
+            }
+            return finish(kind.read(msg, label));
           }
         } catch (err) {
           finish(kind.replyError(label, (err as Error).message, err));

@@ -14,6 +14,7 @@ import { formatAddress, toAddress } from './address.js';
 import { logOpenRepairs, silentLogger, type Logger } from './log.js';
 import type { ReplicationMetrics } from './metrics.js';
 import { openNodeEdges, type NodeEdges } from './nodeEdges.js';
+import { packOnRequest } from './packRequest.js';
 import { ReplicationServer, type PromoteHandler } from './server.js';
 import type { SessionStatus } from './primarySession.js';
 import { buildNodeStatus, type NodeStatus } from './nodeStatus.js';
@@ -138,12 +139,14 @@ export class Primary {
       edges.metrics.watchStorage(storage);
       const metrics = edges.metrics;
       sync = await PrimarySync.open(options, storage, clock, options.log ?? silentLogger, history.generations);
+      const audit = sync.audit;
       // A primary replicates from nobody: its path is itself.
       const path = [options.nodeId ?? randomBytes(NODE_ID_BYTES)];
       const role = {
         nodeStatus: describe,
         onSession: (session: Parameters<typeof metrics.onSession>[0]) => metrics.onSession(session),
         promote: alreadyPrimary(sync.audit),
+        pack: packOnRequest({ pack: (t, refs, o) => storage.pack(t, refs, o), blobFiles: storage.blobs ? 'deleted' : 'none', audit: () => audit, log: options.log ?? silentLogger }),
         upstreamPath: () => path,
       };
       let server: ReplicationServer;
@@ -267,6 +270,8 @@ export class Primary {
 
   private async doClose(): Promise<void> {
     await runEach([
+      // A pack under way (asked for over the replication address, too) stops first: its session answers, then closes.
+      () => this.storage.stopPacks(),
       () => this.storage.closeForWrites(),
       () => this.server.close(),
       () => this.sync?.close(),

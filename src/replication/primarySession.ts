@@ -8,6 +8,8 @@ import { createActor, fromPromise, type ActorRefFrom } from 'xstate';
 import {
   isAckInRange,
   primarySessionMachine,
+  type PackInput,
+  type PackOutcome,
   type PrimarySessionEvent,
   type PromoteInput,
   type PromoteOutcome,
@@ -20,6 +22,7 @@ import { FrameTooLargeError } from '../errors.js';
 import type { Clock } from '../ports/clock.js';
 import type { ByteStream } from '../ports/transport.js';
 import type { FileStorage } from '../storage/FileStorage.js';
+import type { PackProgress } from '../storage/pack.js';
 import { WindowReader, WindowRecycler } from '../storage/fileio.js';
 import { TransactionCursor, readTransaction } from '../storage/iterator.js';
 import { tidPlusOne } from '../storage/timestamp.js';
@@ -68,7 +71,10 @@ export const FOLLOW_BUFFER_BYTES = 16 * 1024 * 1024;
 const GIVE_UP_REASONS: ReadonlySet<SessionCloseReason['kind']> = new Set(['transport-error', 'protocol-error', 'effect-failed', 'actor-failed', 'drain-timeout', 'handshake-timeout', 'closed-before-start']);
 
 /** Reasons of an ordinary end, logged at info (an actor failure is an error, everything else a warning). */
-const ORDINARY_REASONS: ReadonlySet<SessionCloseReason['kind']> = new Set(['drained', 'peer-closed', 'closed-before-start', 'status-served', 'promote-served']);
+const ORDINARY_REASONS: ReadonlySet<SessionCloseReason['kind']> = new Set(['drained', 'peer-closed', 'closed-before-start', 'status-served', 'promote-served', 'pack-served']);
+
+/** How often a session answering a pack request sends where the pack is (also what tells its client the node is alive). */
+export const PACK_PROGRESS_INTERVAL_MS = 1_000;
 
 /** How long a session closing waits for its secondary to acknowledge the last transaction sent (native). */
 export const ACK_WAIT_AT_CLOSE_MS = 2_000;
@@ -110,12 +116,21 @@ export interface PrimarySessionOptions {
   upstreamPath?: () => Buffer[];
   /** Carries out a native promote request. Default: refused as `not-promotable`. */
   promote?: (request: PromoteInput & { peer: string }) => Promise<PromoteOutcome>;
+  /** Carries out a native pack request, calling `onProgress` as the pack goes. Default: refused as `not-packable`. */
+  pack?: (request: PackRequest) => Promise<PackOutcome>;
   /**
    * Called when the session starts streaming to a secondary, refuses one that
    * named a replication protocol, or takes a promote request: it is then more
    * than a passing connection.
    */
   identified?: () => void;
+}
+
+/** A pack request as a node's handler gets it. */
+export interface PackRequest extends PackInput {
+  /** Who asked (the session's peer). */
+  peer: string;
+  onProgress: (progress: PackProgress) => void;
 }
 
 export interface SessionStatus {
@@ -177,7 +192,7 @@ export class PrimarySession {
   /** Emits once when the session ends, with the reason. */
   readonly done$ = this.doneSubject.asObservable();
   private finished = false;
-  /** Frame 2 was a promote request: later frames are ignored. */
+  /** Frame 2 was a promote or pack request: later frames are ignored. */
   private adminRequest = false;
   /**
    * Writes and acks are the edge's to count: the machine hears of them
@@ -207,12 +222,14 @@ export class PrimarySession {
         follow: fromPromise<void, StreamInput>(({ input, signal }) => this.reported(this.follow(input, signal))),
         drain: fromPromise<StreamOutput, StreamInput>(({ input, signal }) => this.reported(this.sendLog(input, signal, null).then(async (out) => (await this.lastAck(signal), out)))),
         promote: fromPromise<PromoteOutcome, PromoteInput>(({ input }) => this.promote(input)),
+        pack: fromPromise<PackOutcome, PackInput>(({ input }) => this.pack(input)),
       },
       actions: {
         sendWelcome: (_a, p) => this.sendWelcome(p.startTid as Buffer),
         sendRefusal: (_a, p) => this.sendRefusal(p.code, p.reason, p.protocolName, p.forkTid as Buffer | undefined),
         sendStatus: () => this.sendStatus(),
         sendPromoteResult: (_a, p) => this.sendPromoteResult(p),
+        sendPackResult: (_a, p) => this.sendPackResult(p),
         closeStream: (_a, p) => this.closeStream(p.reason),
       },
     });
@@ -353,7 +370,7 @@ export class PrimarySession {
     this.framesSeen += 1;
     if (this.framesSeen === 1) return this.onProtocolName(payload);
     if (this.framesSeen === 2) return this.onStart(payload);
-    if (this.adminRequest) return; // nothing follows a promote request but its answer
+    if (this.adminRequest) return; // nothing follows a promote or pack request but its answer
     this.onUpstream(payload);
   }
 
@@ -410,6 +427,11 @@ export class PrimarySession {
       if (hello.type === 'promote-request') {
         this.adminRequest = true;
         this.send({ type: 'PROMOTE_REQUEST', force: hello.force });
+        return;
+      }
+      if (hello.type === 'pack-request') {
+        this.adminRequest = true;
+        this.send({ type: 'PACK_REQUEST', time: hello.time, gc: hello.gc });
         return;
       }
       if (hello.type !== 'hello') throw new Error(`expected hello, got ${hello.type}`);
@@ -522,6 +544,44 @@ export class PrimarySession {
       outcome.kind === 'promoted'
         ? encodeNativeFrame({ type: 'promoted', generation: { generation: outcome.generation, startTid: Buffer.from(outcome.startTid) }, sessionsKept: outcome.sessionsKept }, packr)
         : encodeNativeFrame({ type: 'promote-refused', code: outcome.code, message: outcome.reason.slice(0, MAX_REFUSAL_MESSAGE_CHARS) }, packr);
+    this.writer.writeNow(f);
+  }
+
+  /**
+   * Run the node's pack handler, sending where the pack is every
+   * PACK_PROGRESS_INTERVAL_MS (the same progress again when it has not
+   * moved: the client counts its timeout from the last frame).
+   */
+  private async pack(input: PackInput): Promise<PackOutcome> {
+    this.options.identified?.();
+    const handler = this.options.pack;
+    if (!handler) return { kind: 'refused', code: 'not-packable', reason: 'this node does not accept pack requests' };
+    let latest: PackProgress | null = null;
+    const { clock } = this.options;
+    const packr = createNativePackr();
+    let timer: unknown = null;
+    const tick = (): void => {
+      if (this.finished) return;
+      if (latest !== null) this.writer.writeNow(encodeNativeFrame({ type: 'pack-progress', ...latest }, packr));
+      timer = clock.setTimeout(tick, PACK_PROGRESS_INTERVAL_MS);
+    };
+    timer = clock.setTimeout(tick, PACK_PROGRESS_INTERVAL_MS);
+    try {
+      return await handler({ ...input, peer: this.peer, onProgress: (p) => void (latest = { step: p.step, done: p.done, total: p.total }) });
+    } finally {
+      clock.clearTimeout(timer);
+    }
+  }
+
+  private sendPackResult(outcome: PackOutcome): void {
+    const packr = createNativePackr();
+    const f =
+      outcome.kind === 'packed'
+        ? encodeNativeFrame(
+            { type: 'packed', ...outcome.report, packTid: Buffer.from(outcome.report.packTid), blobRemovalError: outcome.report.blobRemovalError?.slice(0, MAX_REFUSAL_MESSAGE_CHARS) ?? null },
+            packr,
+          )
+        : encodeNativeFrame({ type: 'pack-refused', code: outcome.code, message: outcome.reason.slice(0, MAX_REFUSAL_MESSAGE_CHARS) }, packr);
     this.writer.writeNow(f);
   }
 
@@ -888,6 +948,8 @@ export function describeReason(r: SessionCloseReason): string {
       return 'status request answered';
     case 'promote-served':
       return r.outcome === 'promoted' ? 'promote request answered: promoted' : `promote request answered: refused (${r.outcome})`;
+    case 'pack-served':
+      return r.outcome === 'packed' ? 'pack request answered: packed' : `pack request answered: ${r.outcome === 'failed' ? 'failed' : `refused (${r.outcome})`}`;
     default:
       return r.kind;
   }

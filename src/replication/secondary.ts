@@ -35,6 +35,7 @@ import type { ReplicationMetrics } from './metrics.js';
 import { openNodeEdges, type NodeEdges } from './nodeEdges.js';
 import { ReadOnlyStorage } from './readOnlyStorage.js';
 import { buildNodeStatus, lagSeconds, stateName, type NodeStatus } from './nodeStatus.js';
+import { packOnRequest } from './packRequest.js';
 import type { SessionStatus } from './primarySession.js';
 import { DivergedHistoryError } from '../errors.js';
 import { FailoverHistory } from '../failover/history.js';
@@ -411,6 +412,12 @@ export class Secondary {
           nodeStatus: (sessions) => s.describe(sessions),
           history: s.failover,
           promote: (request) => s.promoteOnRequest(request),
+          pack: packOnRequest({
+            pack: (t, refs, o) => s.pack(t, refs, o),
+            blobFiles: options.transferBlobs === false ? 'kept' : inner.blobs ? 'deleted' : 'none',
+            audit: () => s.audit,
+            log: s.log,
+          }),
         });
       }
     } catch (err) {

@@ -64,6 +64,8 @@ export interface ReplicationServerOptions {
    * as `not-promotable`.
    */
   promote?: PromoteHandler;
+  /** Carries out a pack request received on this address (the node packs its own file). Default: refused as `not-packable`. */
+  pack?: PackHandler;
   /** The node's upstream path (its id, then those of the nodes it replicates from), for loop detection; see PrimarySessionOptions. */
   upstreamPath?: () => Buffer[];
 }
@@ -71,8 +73,11 @@ export interface ReplicationServerOptions {
 /** See ReplicationServerOptions.promote. */
 export type PromoteHandler = NonNullable<PrimarySessionOptions['promote']>;
 
+/** See ReplicationServerOptions.pack. */
+export type PackHandler = NonNullable<PrimarySessionOptions['pack']>;
+
 /** What a node that takes over a running server (a promoted secondary's Primary) replaces. */
-export type ServerRole = Pick<ReplicationServerOptions, 'nodeStatus' | 'onSession' | 'promote' | 'upstreamPath'>;
+export type ServerRole = Pick<ReplicationServerOptions, 'nodeStatus' | 'onSession' | 'promote' | 'pack' | 'upstreamPath'>;
 
 export class ReplicationServer {
   private readonly sessions = new Set<PrimarySession>();
@@ -158,6 +163,7 @@ export class ReplicationServer {
       upstreamPath: () => this.options.upstreamPath?.() ?? [],
       nodeStatus: () => describe([...this.sessions].filter((s) => s !== session).map((s) => s.status())),
       promote: (request) => (this.options.promote ? this.options.promote(request) : Promise.resolve({ kind: 'refused', code: 'not-promotable', reason: 'this node does not accept promote requests' })),
+      pack: (request) => (this.options.pack ? this.options.pack(request) : Promise.resolve({ kind: 'refused', code: 'not-packable', reason: 'this node does not accept pack requests' })),
     });
     this.sessions.add(session);
     this.openStreams += 1;

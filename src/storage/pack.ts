@@ -40,6 +40,16 @@ export class PackError extends ZrsError {
   override name = 'PackError';
 }
 
+/**
+ * What garbage collection refused, nothing changed: a record it cannot read
+ * for references, a reference to an object with no revision at the pack
+ * time, a transaction committed meanwhile referring to an object it drops.
+ * A pack without garbage collection reads no references.
+ */
+export class GarbageCollectionError extends PackError {
+  override name = 'GarbageCollectionError';
+}
+
 /** Oids a record's data refers to (ZODB's referencesf; see zodbReferences). */
 export type ReferencesOf = (data: Buffer) => Buffer[];
 
@@ -114,6 +124,20 @@ async function scanPrefix(newPath: string, path: string, end: number): Promise<{
 
 /** Storages with a pack running: a second pack at the same time is refused (as ZODB). */
 const packing = new WeakSet<FileStorage>();
+
+/** The times a tid can name, as `isPackTimeInRange` checks them, in words. */
+export const PACK_TIME_RANGE = '1970 to 9917';
+
+/**
+ * Whether a tid can name `seconds` (since the epoch) as a pack time: after
+ * 1970 and before the last time a tid holds (9917; later times, also past
+ * what a Date holds, read as all 0xff).
+ */
+export function isPackTimeInRange(seconds: number): boolean {
+  if (!Number.isFinite(seconds) || seconds <= 0) return false;
+  const tid = packTimeToTid(seconds);
+  return !tid.equals(Z64) && tid.readUInt32BE(0) !== 0xffffffff;
+}
 
 /**
  * The tid ZODB packs to for `packTime` (seconds since the epoch):
@@ -500,10 +524,10 @@ class Packer {
       }
       pos = txn.next;
     }
-    const extraRoots: number[] = [];
+    const extraRoots: Array<{ oid: Buffer; pos: number }> = [];
     for (const { oid, back } of backs) await this.keepBackTarget(oid, back, extraRoots, referencesOf);
     // An old revision revived by undo may refer to objects otherwise gone.
-    for (const root of extraRoots) await this.markFrom(this.refsAt(root, referencesOf), referencesOf, true);
+    for (const root of extraRoots) await this.markFrom(this.refsAt(root.pos, referencesOf, root.oid, 'revived by an undo after the pack time'), referencesOf, true);
   }
 
   /**
@@ -528,31 +552,27 @@ class Packer {
       for (const ref of this.laterRefsAt(rpos, oid, referencesOf)) {
         const key = oidKey(ref);
         if (this.reachable.first.has(key) || this.laterOids.has(key)) continue;
-        throw new PackError(
+        throw new GarbageCollectionError(
           `${this.storage.path}: a transaction committed while the pack ran refers to oid 0x${ref.toString('hex')}, which the pack drops as unreachable at the pack time; nothing was changed, pack again`,
         );
       }
     }
   }
 
-  /** The references of the record after the pack time at `rpos` (of `oid`); one that cannot be read is named. */
+  /** The references of the record after the pack time at `rpos` (of `oid`). */
   private laterRefsAt(rpos: number, oid: Buffer, referencesOf: ReferencesOf): Buffer[] {
-    try {
-      return this.refsAt(rpos, referencesOf);
-    } catch (err) {
-      throw new PackError(`${this.storage.path}: the record of oid 0x${oid.toString('hex')} at ${rpos}, after the pack time, cannot be read for references: ${(err as Error).message}`, { cause: err });
-    }
+    return this.refsAt(rpos, referencesOf, oid, 'after the pack time');
   }
 
   /** Keep the revision an undo after the pack time points back to (`back`), and follow what it refers to. */
-  private async keepBackTarget(oid: Buffer, back: number, extraRoots: number[], referencesOf: ReferencesOf): Promise<void> {
+  private async keepBackTarget(oid: Buffer, back: number, extraRoots: Array<{ oid: Buffer; pos: number }>, referencesOf: ReferencesOf): Promise<void> {
     const key = oidKey(oid);
     // Unreachable at the pack time (ZODB keeps the target alone): reachable now, with its revision then.
     if (!this.reachable.first.has(key)) await this.markFrom([oid], referencesOf, true);
     if (!this.reachable.first.has(key)) {
       // No revision at the pack time (its creation was undone): the target is the one kept.
       this.reachable.first.set(key, back);
-      extraRoots.push(back);
+      extraRoots.push({ oid, pos: back });
       return;
     }
     if (this.reachable.first.get(key) === back) return;
@@ -560,7 +580,7 @@ class Packer {
     if (!list.includes(back)) {
       list.push(back);
       this.reachable.extra.set(key, list);
-      extraRoots.push(back);
+      extraRoots.push({ oid, pos: back });
     }
   }
 
@@ -588,16 +608,23 @@ class Packer {
         if (later) continue;
         // Packing to before the root existed keeps everything; a dangling reference is an error (as ZODB).
         if (oid.equals(Z64) && this.current.size === 0) continue;
-        throw new PackError(`${this.storage.path}: oid 0x${oid.toString('hex')} is referenced but has no revision at the pack time`);
+        throw new GarbageCollectionError(`${this.storage.path}: oid 0x${oid.toString('hex')} is referenced but has no revision at the pack time`);
       }
       this.reachable.first.set(key, pos);
-      for (const ref of this.refsAt(pos, referencesOf)) if (!this.reachable.first.has(oidKey(ref))) todo.push(ref);
+      for (const ref of this.refsAt(pos, referencesOf, oid, 'current at the pack time')) if (!this.reachable.first.has(oidKey(ref))) todo.push(ref);
     }
   }
 
-  private refsAt(pos: number, referencesOf: ReferencesOf): Buffer[] {
+  /** The references of the record at `pos` (of `oid`, `when` in words); one that cannot be read is named. */
+  private refsAt(pos: number, referencesOf: ReferencesOf, oid: Buffer, when: string): Buffer[] {
     const data = this.src.resolve(pos);
-    return data === null ? [] : referencesOf(data);
+    try {
+      return data === null ? [] : referencesOf(data);
+    } catch (err) {
+      throw new GarbageCollectionError(`${this.storage.path}: the record of oid 0x${oid.toString('hex')} at ${pos}, ${when}, cannot be read for references: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
   }
 
   // ------------------------------------------------------------ copying

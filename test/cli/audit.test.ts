@@ -54,6 +54,27 @@ describe('zrs audit', () => {
     ]);
   });
 
+  it('prints pack requests and what came of them', async () => {
+    const path = join(await tempDir(), 'Data.fs.audit');
+    const audit = await AuditLog.open(path, { node: 'p', clock: new VirtualClock() });
+    const asked = { requestedBy: '127.0.0.1:40002', time: '2023-12-25T00:00:00.000Z' };
+    audit.note('handshake', { side: 'primary', peer: '127.0.0.1:40002', verdict: 'pack-request', protocol: 'zrs-ts/1' });
+    await audit.decide('pack', { ...asked, gc: true, outcome: 'packed', packTid: '03ff000000000000', sizeBefore: 9000, sizeAfter: 4000, removedBlobFiles: 2, blobFilesNotRemoved: 0 });
+    await audit.decide('pack', { ...asked, gc: false, outcome: 'unchanged', packTid: '03ff000000000000', sizeBefore: 4000, sizeAfter: 4000, removedBlobFiles: 0, blobFilesNotRemoved: 0 });
+    await audit.decide('pack', { ...asked, gc: true, outcome: 'failed', reason: 'a pack is already running' });
+    await audit.decide('pack', { requestedBy: '127.0.0.1:40002', time: 1e12, gc: true, outcome: 'refused', reason: 'pack time 1000000000000 is outside the times transactions have' });
+    await audit.close();
+    const r = await run('audit', path);
+    expect(r.stdout.split('\n').map((l) => l.slice(l.indexOf('#')))).toEqual([
+      '#1  p  handshake      primary 127.0.0.1:40002: pack request',
+      '#2  p  pack           PACKED to 2023-12-25T00:00:00.000Z; requested by 127.0.0.1:40002: tid 03ff000000000000, 9000 -> 4000 bytes, 2 blob file(s) removed',
+      '#3  p  pack           pack to 2023-12-25T00:00:00.000Z, without garbage collection; requested by 127.0.0.1:40002: nothing to remove up to tid 03ff000000000000',
+      '#4  p  pack           pack FAILED to 2023-12-25T00:00:00.000Z; requested by 127.0.0.1:40002: a pack is already running',
+      '#5  p  pack           pack REFUSED to 1000000000000; requested by 127.0.0.1:40002: pack time 1000000000000 is outside the times transactions have',
+      '',
+    ]);
+  });
+
   it('prints a count of connections not recorded one by one', async () => {
     const path = join(await tempDir(), 'Data.fs.audit');
     const audit = await AuditLog.open(path, { node: 'p', clock: new VirtualClock() });

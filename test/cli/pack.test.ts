@@ -241,3 +241,44 @@ describe('zrs pack', () => {
     }
   });
 });
+
+describe('zrs pack ADDRESS', () => {
+  it('asks the running node to pack its own file, and prints what it did', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    try {
+      const tids = await commitMany(primary.storage, 30);
+      const size = primary.storage.getSize();
+      const label = `127.0.0.1:${(primary.address as { port: number }).port}`;
+      // Garbage collection of records that are not pickles fails on the node: exit 1, saying why, nothing changed.
+      const gc = await run('pack', label);
+      expect(gc.code).toBe(1);
+      expect(gc.stderr).toContain(`${label} did not pack (failed):`);
+      expect(primary.storage.getSize()).toBe(size);
+      const r = await run('pack', label, '--time', String(tidToSeconds(tids.at(-1)!) + 1), '--no-gc');
+      expect(r.code, r.stderr).toBe(0);
+      const m = /^(\S+): packed to \S+ \S+ UTC \(tid ([0-9a-f]{16})\): (\d+) -> (\d+) bytes; the node keeps the file before the pack beside its data file \(\.old\)\n$/.exec(r.stdout);
+      expect(m, r.stdout).not.toBeNull();
+      expect(m![1]).toBe(label);
+      expect(m![2]).toBe(tids.at(-1)!.toString('hex'));
+      expect(Number(m![3])).toBe(size);
+      expect(Number(m![4])).toBe(primary.storage.getSize());
+      expect(Number(m![4])).toBeLessThan(size);
+    } finally {
+      await primary.close();
+    }
+  });
+
+  it('takes --timeout only with ADDRESS, and --blob-dir and --keep-blob-files only with FILE', async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    await storageFileWith(path, 2);
+    const withTimeout = await run('pack', path, '--timeout', '5');
+    expect(withTimeout.code).toBe(2);
+    expect(withTimeout.stderr).toContain("--timeout applies to a running node's ADDRESS, not to a FILE");
+    for (const flag of [['--blob-dir', '/tmp'], ['--keep-blob-files']]) {
+      const r = await run('pack', '127.0.0.1:1', ...flag);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain(`${flag[0]} applies to a FILE; a running node packs with its own blob directory`);
+    }
+  });
+});

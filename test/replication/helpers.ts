@@ -4,6 +4,7 @@
 import { firstValueFrom, filter, timeout } from 'rxjs';
 import { expect } from 'vitest';
 import { writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
@@ -158,4 +159,31 @@ export function waitForState(s: Secondary, state: string, ms = 15_000): Promise<
       resolve();
     });
   });
+}
+
+const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/**
+ * Hold the next file read anywhere in this process (a pack's first, where
+ * nothing else reads), once `from()` is true, until `release()` is true,
+ * checked at every turn of the event loop; `reading` settles once that read
+ * began. Other reads pass.
+ */
+export async function holdNextRead(dir: string, release: () => boolean, from: () => boolean = () => true): Promise<{ reading: Promise<void>; restore: () => void }> {
+  const probe = await open(join(dir, 'probe'), 'w');
+  const proto = Object.getPrototypeOf(probe) as { read: (...args: unknown[]) => Promise<unknown> };
+  await probe.close();
+  const realRead = proto.read;
+  let began!: () => void;
+  const reading = new Promise<void>((resolve) => (began = resolve));
+  let held = false;
+  proto.read = async function (this: unknown, ...args: unknown[]) {
+    if (!held && from()) {
+      held = true;
+      began();
+      while (!release()) await turn();
+    }
+    return realRead.apply(this, args);
+  };
+  return { reading, restore: () => void (proto.read = realRead) };
 }

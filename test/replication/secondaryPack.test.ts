@@ -4,19 +4,20 @@
 // and a promotion still find its history the same.
 
 import { existsSync, readdirSync, readFileSync, watch, writeFileSync } from 'node:fs';
-import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { StorageClosedError } from '../../src/errors.js';
+import { requestPack } from '../../src/replication/packClient.js';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary, type SecondaryOptions } from '../../src/replication/secondary.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { tidToSeconds } from '../../src/storage/timestamp.js';
-import { packTimeToTid, type PackProgress } from '../../src/storage/pack.js';
+import { GarbageCollectionError, PackError, packTimeToTid, type PackProgress } from '../../src/storage/pack.js';
+import { zodbReferences } from '../../src/storage/references.js';
 import type { TransactionMeta } from '../../src/storage/types.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { FAST_RECONNECT } from './netHelpers.js';
-import { allTransactions, BLOB_RECORD, commitMany, expectSameHistory, storageWithBlobRevisions, waitForState, waitForTid, Z64 } from './helpers.js';
+import { allTransactions, BLOB_RECORD, commitMany, expectSameHistory, holdNextRead, storageWithBlobRevisions, waitForState, waitForTid, Z64 } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -52,32 +53,6 @@ async function commitValueTo(fs: FileStorage, oid: Buffer, value: string): Promi
   return fs.tpcFinish(txn);
 }
 
-const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
-
-/**
- * Hold the next file read anywhere in this process (a pack's first, where
- * nothing else reads), once `from()` is true, until `release()` is true,
- * checked at every turn of the event loop; `reading` settles once that read
- * began. Other reads pass.
- */
-async function holdNextRead(dir: string, release: () => boolean, from: () => boolean = () => true): Promise<{ reading: Promise<void>; restore: () => void }> {
-  const probe = await open(join(dir, 'probe'), 'w');
-  const proto = Object.getPrototypeOf(probe) as { read: (...args: unknown[]) => Promise<unknown> };
-  await probe.close();
-  const realRead = proto.read;
-  let began!: () => void;
-  const reading = new Promise<void>((resolve) => (began = resolve));
-  let held = false;
-  proto.read = async function (this: unknown, ...args: unknown[]) {
-    if (!held && from()) {
-      held = true;
-      began();
-      while (!release()) await turn();
-    }
-    return realRead.apply(this, args);
-  };
-  return { reading, restore: () => void (proto.read = realRead) };
-}
 
 /** The references of a record in the graphs below: the 8-byte oids it holds. */
 const oidsIn = (data: Buffer): Buffer[] => Array.from({ length: Math.floor(data.length / 8) }, (_, i) => data.subarray(8 * i, 8 * i + 8));
@@ -243,7 +218,7 @@ describe('Secondary.pack', () => {
     const dir = await tempDir();
     const shared = join(dir, 'blobs');
     const primary = await Primary.open({ path: join(dir, 'p.fs'), blobDir: shared, replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
-    const s = await openSecondary(join(dir, 's.fs'), primary.address, { blobDir: shared, transferBlobs: false });
+    const s = await openSecondary(join(dir, 's.fs'), primary.address, { blobDir: shared, transferBlobs: false, replicateTo: '127.0.0.1:0' });
     try {
       const fs = primary.storage;
       const oid = fs.newOid();
@@ -258,8 +233,9 @@ describe('Secondary.pack', () => {
         serials.push(await fs.tpcFinish(txn));
       }
       await waitForTid(s, serials[1]!);
-      const report = await s.pack(tidToSeconds(serials[1]!) + 1);
-      expect({ packed: report.packed, removedBlobFiles: report.removedBlobFiles }).toEqual({ packed: true, removedBlobFiles: 0 });
+      // Asked over its replication address (zrs pack ADDRESS), as by Secondary.pack.
+      const report = await requestPack(s.replicationAddress!, tidToSeconds(serials[1]!) + 1, { gc: false });
+      expect({ packed: report.packed, removedBlobFiles: report.removedBlobFiles, blobFiles: report.blobFiles }).toEqual({ packed: true, removedBlobFiles: 0, blobFiles: 'kept' });
       // The primary, not packed, still loads the revision the secondary's pack removed.
       expect(readFileSync(await fs.loadBlob(oid, serials[0]!), 'utf8')).toBe('first');
       expect(await s.storage.loadBefore(oid, serials[1]!)).toBeNull();
@@ -403,9 +379,13 @@ describe('FileStorage.pack and close', () => {
     const before = readFileSync(path);
     const blind = await FileStorage.open(path, { fsync: false });
     try {
-      await expect(blind.pack(Date.now() / 1000)).rejects.toThrow(
-        `the pack removes a revision of blob oid 0x${oid.toString('hex')}`,
-      );
+      const refused = await blind.pack(Date.now() / 1000).then(() => new Error('packed'), (e: unknown) => e as Error);
+      expect(refused.message).toContain(`the pack removes a revision of blob oid 0x${oid.toString('hex')}`);
+      // Not garbage collection's: without it, the same (no --no-gc hint).
+      expect(refused).toBeInstanceOf(PackError);
+      expect(refused).not.toBeInstanceOf(GarbageCollectionError);
+      const collecting = await blind.pack(Date.now() / 1000, zodbReferences).then(() => new Error('packed'), (e: unknown) => e as Error);
+      expect(collecting).toBeInstanceOf(GarbageCollectionError);
     } finally {
       await blind.close();
     }

@@ -1,0 +1,243 @@
+// A pack request on a running node's replication address (`zrs pack
+// ADDRESS`): the node packs its own file while it goes on serving, sends
+// where it is while it packs, answers with its report or why not, and
+// records the pack in its audit log. The client's side is checked against a
+// scripted node on a virtual clock; the nodes' over real sockets.
+
+import { afterAll, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { readAuditLog } from '../../src/audit/auditLog.js';
+import { ReplicationServer } from '../../src/replication/server.js';
+import { PackRefusedError, requestPack } from '../../src/replication/packClient.js';
+import { Primary } from '../../src/replication/primary.js';
+import { Secondary } from '../../src/replication/secondary.js';
+import { FileStorage } from '../../src/storage/FileStorage.js';
+import type { PackProgress } from '../../src/storage/pack.js';
+import { tidToSeconds } from '../../src/storage/timestamp.js';
+import { systemClock } from '../../src/node/clock.js';
+import { socketTransport } from '../../src/node/socketTransport.js';
+import { parseAddress } from '../../src/replication/address.js';
+import { VirtualClock } from '../../src/sim/clock.js';
+import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName } from '../../src/wire/native.js';
+import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
+import { allTransactions, commitMany, holdNextRead, waitForTid } from './helpers.js';
+import { FAST_RECONNECT, FakeServer } from './netHelpers.js';
+
+afterAll(cleanupTempDirs);
+
+const answer = (msg: Parameters<typeof encodeNative>[0]): Buffer => encodeNative(msg, createNativePackr());
+
+/** Revisions of an object, one per transaction of `commitMany`: what a pack removes. */
+const revisionCount = async (fs: Parameters<typeof allTransactions>[0]): Promise<number> => (await allTransactions(fs)).reduce((n, t) => n + t.records.length, 0);
+
+describe('requestPack (the client)', () => {
+  it('sends the pack time and gc flag after the native protocol name, passes progress on, and each progress message starts its timeout over', async () => {
+    const server = await FakeServer.start();
+    const clock = new VirtualClock();
+    const progress: PackProgress[] = [];
+    try {
+      const asking = requestPack(server.address, 1_764_460_800.25, { gc: false, clock, timeoutMs: 5000, onProgress: (p) => progress.push(p) });
+      const node = await server.connection(0);
+      expect((await node.frame(0)).equals(Buffer.from(nativeProtocolName()))).toBe(true);
+      expect(decodeNative(await node.frame(1), createNativeUnpackr(), 'secondary')).toEqual({ type: 'pack-request', time: 1_764_460_800.25, gc: false });
+      let settled = false;
+      void asking.finally(() => (settled = true));
+      for (const done of [10, 20, 30]) {
+        clock.advance(4000);
+        node.send(answer({ type: 'pack-progress', step: 'copy', done, total: 30 }));
+        await expect.poll(() => progress.length).toBe(done / 10);
+      }
+      // 12 s since the request, 4 s since the last word: still waiting.
+      clock.advance(4000);
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(settled).toBe(false);
+      const report = { packed: true, packTid: Buffer.alloc(8, 1), sizeBefore: 30, sizeAfter: 10, tailTransactions: 0, blobFiles: 'none', removedBlobFiles: 0, blobFilesNotRemoved: 0, blobRemovalError: null } as const;
+      node.send(answer({ type: 'packed', ...report }));
+      expect(await asking).toEqual(report);
+      expect(progress).toEqual([10, 20, 30].map((done) => ({ step: 'copy', done, total: 30 })));
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('gives up after the timeout of silence, saying the node may still be packing; a refusal is a PackRefusedError with its code', async () => {
+    const server = await FakeServer.start();
+    const clock = new VirtualClock();
+    try {
+      let heard = 0;
+      const silent = requestPack(server.address, 1_764_460_800, { clock, timeoutMs: 5000, onProgress: () => (heard += 1) }).then(
+        () => new Error('answered'),
+        (e: unknown) => e as Error,
+      );
+      const node = await server.connection(0);
+      await node.frame(1);
+      node.send(answer({ type: 'pack-progress', step: 'index', done: 1, total: 2 }));
+      await expect.poll(() => heard).toBe(1);
+      clock.advance(5000);
+      expect((await silent).message).toMatch(/^pack request to .* failed: no reply within 5000 ms; the node may still be packing: see its log$/);
+
+      const refusing = requestPack(server.address, 1_764_460_800, { clock }).then(() => new Error('answered'), (e: unknown) => e as Error);
+      const second = await server.connection(1);
+      await second.frame(1);
+      second.send(answer({ type: 'pack-refused', code: 'failed', message: 'a pack is already running' }));
+      const err = await refusing;
+      expect(err).toBeInstanceOf(PackRefusedError);
+      expect(err.message).toMatch(/^.* did not pack \(failed\): a pack is already running$/);
+      expect((err as PackRefusedError).code).toBe('failed');
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+describe('a node asked to pack', () => {
+  it('a primary packs its own file while it commits and replicates, answers with its report, and records the pack in its audit log', async () => {
+    const dir = await tempDir();
+    const pPath = join(dir, 'p.fs');
+    const primary = await Primary.open({ path: pPath, replicateTo: '127.0.0.1:0', fsync: false });
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    try {
+      const tids = await commitMany(primary.storage, 40);
+      await waitForTid(secondary, tids.at(-1)!);
+      const before = await revisionCount(primary.storage);
+      const reply = await requestPack(primary.address, tidToSeconds(tids.at(-1)!) + 1, { gc: false });
+      expect(reply).toMatchObject({ packed: true, packTid: tids.at(-1), blobFiles: 'none', removedBlobFiles: 0 });
+      expect(reply.sizeAfter).toBeLessThan(reply.sizeBefore);
+      expect(await revisionCount(primary.storage)).toBeLessThan(before);
+      // The secondary's own file is its own: not packed, and it goes on following.
+      expect(await revisionCount(secondary.storage)).toBe(before);
+      const more = await commitMany(primary.storage, 3);
+      await waitForTid(secondary, more.at(-1)!);
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+    const records = (await readAuditLog(`${pPath}.audit`)).records;
+    expect(records.some((r) => r.kind === 'handshake' && r.details.verdict === 'pack-request')).toBe(true);
+    const packRecord = records.find((r) => r.kind === 'pack');
+    expect(packRecord?.details).toMatchObject({ outcome: 'packed', gc: false, requestedBy: expect.stringMatching(/^127\.0\.0\.1:\d+$/) });
+  });
+
+  it('a secondary packs its own file and goes on replicating; its primary is not packed', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    try {
+      const tids = await commitMany(primary.storage, 40);
+      await waitForTid(secondary, tids.at(-1)!);
+      const before = await revisionCount(primary.storage);
+      const reply = await requestPack(secondary.replicationAddress!, tidToSeconds(tids.at(-1)!) + 1, { gc: false });
+      expect(reply.packed).toBe(true);
+      expect(await revisionCount(secondary.storage)).toBeLessThan(before);
+      expect(await revisionCount(primary.storage)).toBe(before);
+      const more = await commitMany(primary.storage, 3);
+      await waitForTid(secondary, more.at(-1)!);
+      expect((await allTransactions(secondary.storage)).at(-1)!.tid).toEqual(more.at(-1));
+    } finally {
+      await secondary.close();
+      await primary.close();
+    }
+  });
+
+  it('refuses a pack time no tid names, and answers a pack that fails (garbage collection of a file without a root object) as failed, the file unchanged', async () => {
+    const dir = await tempDir();
+    const pPath = join(dir, 'p.fs');
+    const primary = await Primary.open({ path: pPath, replicateTo: '127.0.0.1:0', fsync: false });
+    try {
+      const tids = await commitMany(primary.storage, 10);
+      const size = primary.storage.getSize();
+      const far = await requestPack(primary.address, 1e12).then(() => new PackRefusedError('answered', 'refused'), (e: unknown) => e as PackRefusedError);
+      expect(far).toBeInstanceOf(PackRefusedError);
+      expect({ code: far.code, message: far.message }).toEqual({ code: 'refused', message: expect.stringContaining('pack time 1000000000000 is outside the times transactions have (1970 to 9917)') });
+      const gc = await requestPack(primary.address, tidToSeconds(tids.at(-1)!) + 1).then(() => new PackRefusedError('answered', 'refused'), (e: unknown) => e as PackRefusedError);
+      expect(gc).toBeInstanceOf(PackRefusedError);
+      expect({ code: gc.code, message: gc.message }).toEqual({
+        code: 'failed',
+        message: expect.stringMatching(/: oid 0x0+ is referenced but has no revision at the pack time; nothing was packed \(a pack without garbage collection reads no references: zrs pack --no-gc\)$/),
+      });
+      expect(primary.storage.getSize()).toBe(size);
+    } finally {
+      await primary.close();
+    }
+    const packs = (await readAuditLog(`${pPath}.audit`)).records.filter((r) => r.kind === 'pack').map((r) => r.details.outcome);
+    expect(packs).toEqual(['refused', 'failed']);
+  });
+
+  it('a second pack while one runs is answered failed; a close stops the first, which is answered failed, and the file is as it was', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    let closing: Promise<void> | null = null;
+    let held: Awaited<ReturnType<typeof holdNextRead>> | null = null;
+    try {
+      const tids = await commitMany(primary.storage, 20);
+      const before = await revisionCount(primary.storage);
+      // The pack's first read is held until the close.
+      held = await holdNextRead(dir, () => closing !== null);
+      const time = tidToSeconds(tids.at(-1)!) + 1;
+      const first = requestPack(primary.address, time, { gc: false }).then(() => new PackRefusedError('answered', 'refused'), (e: unknown) => e as PackRefusedError);
+      await held.reading;
+      const second = await requestPack(primary.address, time, { gc: false }).then(() => new PackRefusedError('answered', 'refused'), (e: unknown) => e as PackRefusedError);
+      expect({ code: second.code, message: second.message }).toEqual({ code: 'failed', message: expect.stringContaining('a pack is already running') });
+      closing = primary.close();
+      const stopped = await first;
+      expect(stopped).toBeInstanceOf(PackRefusedError);
+      expect({ code: stopped.code, message: stopped.message }).toEqual({ code: 'failed', message: expect.stringContaining('closed') });
+      await closing;
+      held.restore();
+      const reopened = await FileStorage.open(join(dir, 'p.fs'), { readOnly: true });
+      try {
+        expect(await revisionCount(reopened)).toBe(before);
+      } finally {
+        await reopened.close();
+      }
+    } finally {
+      held?.restore();
+      await primary.close();
+    }
+  });
+
+  it('says where the pack is every second, on its own clock', async () => {
+    const dir = await tempDir();
+    const clock = new VirtualClock();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, clock });
+    let release = false;
+    let held: Awaited<ReturnType<typeof holdNextRead>> | null = null;
+    try {
+      const tids = await commitMany(primary.storage, 20);
+      const size = primary.storage.getSize();
+      // The pack reports its first transaction, then its read of it is held.
+      held = await holdNextRead(dir, () => release);
+      const progress: PackProgress[] = [];
+      const asking = requestPack(primary.address, tidToSeconds(tids.at(-1)!) + 1, { gc: false, onProgress: (p) => progress.push(p) });
+      await held.reading;
+      expect(progress).toEqual([]);
+      clock.advance(1000);
+      await expect.poll(() => progress.length).toBe(1);
+      // Not moved since: said again a second later, so the client knows the node is alive.
+      clock.advance(1000);
+      await expect.poll(() => progress.length).toBe(2);
+      expect(progress).toEqual([
+        { step: 'index', done: 4, total: size },
+        { step: 'index', done: 4, total: size },
+      ]);
+      release = true;
+      expect((await asking).packed).toBe(true);
+    } finally {
+      held?.restore();
+      await primary.close();
+    }
+  });
+
+  it('a server without a pack handler answers not-packable', async () => {
+    const dir = await tempDir();
+    const storage = await FileStorage.open(join(dir, 'Data.fs'), { create: true, fsync: false });
+    const server = await ReplicationServer.start({ storage, address: parseAddress('127.0.0.1:0'), transport: socketTransport, clock: systemClock, log: () => undefined });
+    try {
+      const err = await requestPack(server.address, 1_764_460_800).then(() => new PackRefusedError('answered', 'refused'), (e: unknown) => e as PackRefusedError);
+      expect({ code: err.code, message: err.message }).toEqual({ code: 'not-packable', message: expect.stringContaining('this node does not accept pack requests') });
+    } finally {
+      await server.close();
+      await storage.close();
+    }
+  });
+});
