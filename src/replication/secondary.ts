@@ -4,7 +4,7 @@
 // itself serve further secondaries (replicateTo), forming chains.
 
 import { randomBytes } from 'node:crypto';
-import { ReplaySubject, Subject, takeUntil, type Observable } from 'rxjs';
+import { ReplaySubject, takeUntil, type Observable } from 'rxjs';
 import { createActor, fromCallback, fromPromise, type ActorRefFrom } from 'xstate';
 import type { ProtocolSpec } from '../../machines/handshake.js';
 import { connectionSettings, haltsReplication, secondaryConnectionMachine, type ConnectionFailure } from '../../machines/secondaryConnection.js';

@@ -735,7 +735,7 @@ describe('failover', () => {
   });
 
   it('a pack is refused during a rewind, and a rewind waits for a pack under way', async () => {
-    const { a, promoted, shared } = await divergedOldPrimary(await tempDir());
+    const { a, promoted } = await divergedOldPrimary(await tempDir());
     try {
       const rewinding = a.rewind();
       await expect(a.pack(Date.now() / 1000)).rejects.toThrow('pack() refused during a rewind');

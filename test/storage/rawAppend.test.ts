@@ -7,7 +7,7 @@ import { copyFile, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CorruptedDataError, ReadOnlyError, StorageClosedError } from '../../src/errors.js';
+import { CorruptedDataError, StorageClosedError } from '../../src/errors.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { nodeDisk, type StorageDisk } from '../../src/storage/disk.js';
 import { Z64, tidPlusOne } from '../../src/storage/timestamp.js';
