@@ -1,7 +1,7 @@
 // `zrs pack FILE`: ZODB's pack of a stopped node's file, with the node's hash
 // chain written first; what it refuses and how it says so.
 
-import { copyFileSync, existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -12,7 +12,8 @@ import { Secondary } from '../../src/replication/secondary.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { cleanupTempDirs, copyZodbFixture, fixturePath, readManifest, tempDir } from '../helpers/fixtures.js';
 import { allTransactions, commitMany, storageFileWith, storageWithBlobRevisions, waitForTid } from '../replication/helpers.js';
-import { FAST_RECONNECT } from '../replication/netHelpers.js';
+import { FAST_RECONNECT, FakeServer } from '../replication/netHelpers.js';
+import { createNativePackr, encodeNative } from '../../src/wire/native.js';
 import { memoryIo } from './helpers.js';
 import { pack } from '../../src/cli/pack.js';
 import { tidToSeconds } from '../../src/storage/timestamp.js';
@@ -103,6 +104,20 @@ describe('zrs pack', () => {
     const removed = Number(/; (\d+) blob file\(s\) removed;/.exec(r.stdout)?.[1]);
     expect(removed).toBeGreaterThan(0);
     expect(blobFiles()).toHaveLength(before.length - removed);
+  });
+
+  it('says which blob files of removed revisions it could not delete, and packs all the same', async () => {
+    const { path, blobDir, serial } = await storageWithBlobRevisions(await tempDir(), ['first', 'second']);
+    const files = readdirSync(blobDir, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.blob'));
+    const old = files.find((f) => !f.endsWith(`0x${serial.toString('hex')}.blob`))!;
+    // A directory where the old revision's file was: unlink fails (as root too).
+    rmSync(join(blobDir, old));
+    mkdirSync(join(blobDir, old, 'inside'), { recursive: true });
+    const r = await run('pack', path, '--blob-dir', blobDir, '--no-gc');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('; 0 blob file(s) removed;');
+    expect(r.stderr).toMatch(/^zrs pack: 1 blob file\(s\) of removed revisions could not be deleted \(E\w+: .*\); delete them by hand\n$/);
+    expect(existsSync(join(blobDir, old))).toBe(true);
   });
 
   it('with --keep-blob-files (a blob directory shared with the primary), packs without --blob-dir and leaves every blob file', async () => {
@@ -266,6 +281,28 @@ describe('zrs pack ADDRESS', () => {
       expect(Number(m![4])).toBeLessThan(size);
     } finally {
       await primary.close();
+    }
+  });
+
+  it("shows the node's progress on a terminal, capped at 100 % (transactions committed meanwhile are copied past the size it started from), and clears it", async () => {
+    const server = await FakeServer.start();
+    try {
+      const io = memoryIo({ stderrIsTTY: true });
+      const label = `127.0.0.1:${(server.address as { port: number }).port}`;
+      const running = runCli(['pack', label, '--no-gc'], io);
+      const node = await server.connection(0);
+      await node.frame(1);
+      const packr = createNativePackr();
+      node.send(encodeNative({ type: 'pack-progress', step: 'index', done: 25, total: 100 }, packr));
+      node.send(encodeNative({ type: 'pack-progress', step: 'copy', done: 130, total: 100 }, packr));
+      node.send(
+        encodeNative({ type: 'packed', packed: true, packTid: Buffer.alloc(8, 3), sizeBefore: 100, sizeAfter: 50, tailTransactions: 1, blobFiles: 'kept', removedBlobFiles: 0, blobFilesNotRemoved: 0, blobRemovalError: null }, packr),
+      );
+      expect(await running).toBe(0);
+      expect(io.stderr).toBe(`\rpacking ${label}: reading 25%\rpacking ${label}: writing 100%\r\x1b[2K`);
+      expect(io.stdout).toContain(': 100 -> 50 bytes; blob files of removed revisions left in place; the node keeps');
+    } finally {
+      await server.close();
     }
   });
 
