@@ -273,7 +273,7 @@ export interface PackInput {
  */
 export type PackOutcome =
   | { kind: 'packed'; report: PackSummary }
-  | { kind: 'refused'; code: 'refused' | 'not-packable' | 'failed'; reason: string };
+  | { kind: 'refused'; code: 'refused' | 'not-packable' | 'gc-refused' | 'failed'; reason: string };
 
 /** What a requested pack did, as its answer carries it. */
 export interface PackSummary {
@@ -338,6 +338,11 @@ export function isAckInRange(position: Tid | null, acked: Tid | null, tid: Tid):
   if (position === null || !isWellFormedTid(tid)) return false;
   if (compareTids(tid, position) > 0) return false;
   return acked === null || compareTids(tid, acked) >= 0;
+}
+
+/** The answer to an admin request whose actor rejected: refused, code `failed`, with the error's message. */
+function failedOutcome(error: unknown): { kind: 'refused'; code: 'failed'; reason: string } {
+  return { kind: 'refused', code: 'failed', reason: error instanceof Error ? error.message : String(error) };
 }
 
 function streamInput(context: PrimarySessionContext, session: SessionProgressSink): StreamInput {
@@ -450,7 +455,7 @@ export const primarySessionMachine = setup({
       assertEvent(event, 'START');
       return judgeStart(event) !== null;
     },
-    statusAllowed: ({ context }) => context.protocol?.kind === 'native',
+    nativeOnly: ({ context }) => context.protocol?.kind === 'native',
     ackInvalid: ({ context, event }) => {
       assertEvent(event, 'ACK');
       return !isAckInRange(context.lastSentTid ?? context.startTid, context.ackedTid, event.tid);
@@ -571,15 +576,15 @@ export const primarySessionMachine = setup({
           },
         ],
         STATUS_REQUEST: [
-          { guard: 'statusAllowed', target: 'closed', actions: ['sendStatus', { type: 'close', params: { reason: { kind: 'status-served' } } }] },
+          { guard: 'nativeOnly', target: 'closed', actions: ['sendStatus', { type: 'close', params: { reason: { kind: 'status-served' } } }] },
           { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'protocol-error', reason: 'status request outside the native protocol' } } } },
         ],
         PROMOTE_REQUEST: [
-          { guard: 'statusAllowed', target: 'promoting' },
+          { guard: 'nativeOnly', target: 'promoting' },
           { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'protocol-error', reason: 'promote request outside the native protocol' } } } },
         ],
         PACK_REQUEST: [
-          { guard: 'statusAllowed', target: 'packing' },
+          { guard: 'nativeOnly', target: 'packing' },
           { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'protocol-error', reason: 'pack request outside the native protocol' } } } },
         ],
         CLOSE: { target: 'closed', actions: { type: 'close', params: { reason: { kind: 'closed-before-start' } } } },
@@ -600,10 +605,7 @@ export const primarySessionMachine = setup({
         onError: {
           target: 'closed',
           actions: [
-            {
-              type: 'sendPromoteResult',
-              params: ({ event }) => ({ kind: 'refused', code: 'failed', reason: event.error instanceof Error ? event.error.message : String(event.error) }),
-            },
+            { type: 'sendPromoteResult', params: ({ event }) => failedOutcome(event.error) },
             { type: 'close', params: { reason: { kind: 'promote-served', outcome: 'failed' } } },
           ],
         },
@@ -631,10 +633,7 @@ export const primarySessionMachine = setup({
         onError: {
           target: 'closed',
           actions: [
-            {
-              type: 'sendPackResult',
-              params: ({ event }) => ({ kind: 'refused', code: 'failed', reason: event.error instanceof Error ? event.error.message : String(event.error) }),
-            },
+            { type: 'sendPackResult', params: ({ event }) => failedOutcome(event.error) },
             { type: 'close', params: { reason: { kind: 'pack-served', outcome: 'failed' } } },
           ],
         },

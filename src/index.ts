@@ -14,7 +14,7 @@ export type {
   UndoLogEntry,
 } from './storage/types.js';
 export type { IterateOptions } from './storage/iterator.js';
-export { GarbageCollectionError, PackError, type PackOptions, type PackProgress, type PackReport, type ReferencesOf } from './storage/pack.js';
+export { GarbageCollectionError, PackError, PackTimeError, type PackBlobFiles, type PackOptions, type PackProgress, type PackReport, type ReferencesOf } from './storage/pack.js';
 export { zodbReferences } from './storage/references.js';
 export { Z64, laterTid, newTid, tidFromTime, tidToSeconds, tidToString, tidPlusOne } from './storage/timestamp.js';
 export { Primary, type PrimaryOptions } from './replication/primary.js';

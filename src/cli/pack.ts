@@ -16,8 +16,7 @@ import { GarbageCollectionError, isPackTimeInRange, PACK_TIME_RANGE, PackError, 
 import { zodbReferences } from '../storage/references.js';
 import type { ReplicationAddress } from '../ports/transport.js';
 import { formatAddress } from '../replication/address.js';
-import { DEFAULT_PACK_TIMEOUT_MS, requestPack, type PackReply } from '../replication/packClient.js';
-import type { PackBlobFiles } from '../wire/native.js';
+import { DEFAULT_PACK_TIMEOUT_MS, PackRefusedError, requestPack, type PackReply } from '../replication/packClient.js';
 import { tidToString } from '../storage/timestamp.js';
 import { UsageError, type CommandSpec, type ParsedArgs } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
@@ -40,7 +39,7 @@ export const packSpec: CommandSpec = {
 Removes from the node's data file the revisions that were not current at
 the pack time, and (unless --no-gc) the objects the root no longer reached
 then, as ZODB's FileStorage pack (zeopack) does; the pack time is now minus
---days, or --time. A primary's pack is not replicated: pack each node's
+--days (by this machine's clock), or --time. A primary's pack is not replicated: pack each node's
 file by itself.
 
 With ADDRESS (a running node's replicate-to: a port on 127.0.0.1,
@@ -88,11 +87,14 @@ async function packNode(address: ReplicationAddress, packTime: number, args: Par
   const timeoutMs = timeoutOption(args.flags, DEFAULT_PACK_TIMEOUT_MS);
   let reply: PackReply;
   try {
-    reply = await requestPack(address, packTime, { gc: !args.flags.has('no-gc'), timeoutMs, onProgress: progress?.show });
+    reply = await requestPack(address, packTime, { gc: !args.flags.has('no-gc'), timeoutMs, onProgress: progress?.show }).catch((err: unknown) => {
+      if (err instanceof PackRefusedError && err.code === 'gc-refused') throw new PackRefusedError(`${err.message}; ${NO_GC_HINT}`, err.code);
+      throw err;
+    });
   } finally {
     progress?.clear();
   }
-  await io.out(packedLine(label, reply, reply.blobFiles, 'the node keeps the file before the pack beside its data file (.old)'));
+  await io.out(packedLine(label, reply, 'the node keeps the file before the pack beside its data file (.old)'));
   warnBlobFilesNotRemoved(reply, io);
   return EXIT_OK;
 }
@@ -117,9 +119,7 @@ async function packFile(path: string, packTime: number, args: ParsedArgs, io: Cl
     try {
       const gc = !args.flags.has('no-gc');
       report = await storage.pack(packTime, gc ? zodbReferences : undefined, { onProgress: progress?.show, keepBlobFiles }).catch((err: unknown) => {
-        // A refused pack changed nothing; the garbage collection's refusals (a record it cannot read, a reference
-        // to an object with no revision) are the ones --no-gc avoids.
-        if (err instanceof GarbageCollectionError) throw new PackError(`${err.message}; nothing was packed (--no-gc packs without garbage collection)`, { cause: err });
+        if (err instanceof GarbageCollectionError) throw new PackError(`${err.message}; ${NO_GC_HINT}`, { cause: err });
         throw err;
       });
     } finally {
@@ -129,18 +129,25 @@ async function packFile(path: string, packTime: number, args: ParsedArgs, io: Cl
   } finally {
     await storage.close();
   }
-  await io.out(packedLine(path, report, keepBlobFiles ? 'kept' : storage.blobs === null ? 'none' : 'deleted', `the file before the pack is kept as ${path}.old`));
+  await io.out(packedLine(path, report, `the file before the pack is kept as ${path}.old`));
   warnBlobFilesNotRemoved(report, io);
   return EXIT_OK;
 }
 
-/** What a pack did, in one line. */
-function packedLine(what: string, report: Omit<PackReport, 'tailTransactions'>, blobFiles: PackBlobFiles, kept: string): string {
+/**
+ * Added to what garbage collection refused (a record it cannot read, a
+ * reference to an object with no revision): a refused pack changed nothing,
+ * and one without garbage collection reads no references.
+ */
+const NO_GC_HINT = 'nothing was packed (--no-gc packs without garbage collection)';
+
+/** What a pack did, in one line; `oldFile` says where the file before it is. */
+function packedLine(what: string, report: PackReport, oldFile: string): string {
   // The pack time asked for, or the last transaction's when that is earlier (the pack goes no further).
   const to = `${tidToString(report.packTid)} UTC (tid ${report.packTid.toString('hex')})`;
   if (!report.packed) return `${what}: nothing to remove up to ${to}: the file is unchanged\n`;
-  const blobs = blobFiles === 'kept' ? '; blob files of removed revisions left in place' : blobFiles === 'none' ? '' : `; ${report.removedBlobFiles} blob file(s) removed`;
-  return `${what}: packed to ${to}: ${report.sizeBefore} -> ${report.sizeAfter} bytes${blobs}; ${kept}\n`;
+  const blobs = report.blobFiles === 'kept' ? '; blob files of removed revisions left in place' : report.blobFiles === 'none' ? '' : `; ${report.removedBlobFiles} blob file(s) removed`;
+  return `${what}: packed to ${to}: ${report.sizeBefore} -> ${report.sizeAfter} bytes${blobs}; ${oldFile}\n`;
 }
 
 function warnBlobFilesNotRemoved(report: Pick<PackReport, 'blobFilesNotRemoved' | 'blobRemovalError'>, io: CliIo): void {
@@ -152,13 +159,16 @@ function warnBlobFilesNotRemoved(report: Pick<PackReport, 'blobFilesNotRemoved' 
 /** The progress line on a terminal (unless --no-progress): shown as the pack goes, cleared at its end. */
 function progressLine(what: string, args: ParsedArgs, io: CliIo): { show: (p: PackProgress) => void; clear: () => void } | null {
   if (args.flags.has('no-progress') || !io.stderrIsTTY) return null;
-  let shown = '';
+  let shownStep = '';
+  let shownPercent = -1;
   return {
+    // Called for every transaction a pass reads: the line is written when the pass or its percentage moves.
     show: (p) => {
-      const line = `packing ${what}: ${STEP_WORDS[p.step]} ${p.total > 0 ? Math.min(100, Math.floor((100 * p.done) / p.total)) : 100}%`;
-      if (line === shown) return;
-      shown = line;
-      io.err(`\r${line}`);
+      const percent = p.total > 0 ? Math.min(100, Math.floor((100 * p.done) / p.total)) : 100;
+      if (percent === shownPercent && shownStep === p.step) return;
+      shownStep = p.step;
+      shownPercent = percent;
+      io.err(`\rpacking ${what}: ${STEP_WORDS[p.step]} ${percent}%`);
     },
     clear: () => io.err('\r\x1b[2K'),
   };

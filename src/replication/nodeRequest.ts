@@ -1,8 +1,9 @@
 // One request to a running node over its replication address, without
 // replicating: send the native protocol name and one message instead of
-// `hello`, read one reply frame, close. Status, promote and pack requests go
-// through here (a pack request's progress messages come before its reply). Bounded: each frame has a size limit, and connecting and
-// replying each have a timeout on the injected clock.
+// `hello`, read one reply frame, close. Status, promote and pack requests
+// go through here (a pack request's progress messages come before its
+// reply). Bounded: each frame has a size limit, and connecting and replying
+// each have a timeout on the injected clock.
 
 import { ZrsError } from '../errors.js';
 import { systemClock } from '../node/clock.js';
@@ -36,7 +37,7 @@ export class NodeRequestError extends ZrsError {
 export interface NodeRequestOptions {
   transport?: Transport;
   clock?: Clock;
-  /** Bound on connecting, and again on the reply, in ms. */
+  /** Bound on connecting, and again on the reply (on each silence before it, for a request whose kind takes interim messages), in ms. */
   timeoutMs?: number;
 }
 

@@ -146,7 +146,7 @@ export class Primary {
         nodeStatus: describe,
         onSession: (session: Parameters<typeof metrics.onSession>[0]) => metrics.onSession(session),
         promote: alreadyPrimary(sync.audit),
-        pack: packOnRequest({ pack: (t, refs, o) => storage.pack(t, refs, o), blobFiles: storage.blobs ? 'deleted' : 'none', audit: () => audit, log: options.log ?? silentLogger }),
+        pack: packOnRequest({ pack: (t, refs, o) => storage.pack(t, refs, o), audit: () => audit, log: options.log ?? silentLogger }),
         upstreamPath: () => path,
       };
       let server: ReplicationServer;
@@ -270,8 +270,6 @@ export class Primary {
 
   private async doClose(): Promise<void> {
     await runEach([
-      // A pack under way (asked for over the replication address, too) stops first: its session answers, then closes.
-      () => this.storage.stopPacks(),
       () => this.storage.closeForWrites(),
       () => this.server.close(),
       () => this.sync?.close(),

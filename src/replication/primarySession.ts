@@ -114,17 +114,23 @@ export interface PrimarySessionOptions {
    * hello from a node on it is refused (`loop`). Default: none.
    */
   upstreamPath?: () => Buffer[];
-  /** Carries out a native promote request. Default: refused as `not-promotable`. */
+  /** Carries out a native promote request. Default: {@link notPromotable}. */
   promote?: (request: PromoteInput & { peer: string }) => Promise<PromoteOutcome>;
-  /** Carries out a native pack request, calling `onProgress` as the pack goes. Default: refused as `not-packable`. */
+  /** Carries out a native pack request, calling `onProgress` as the pack goes. Default: {@link notPackable}. */
   pack?: (request: PackRequest) => Promise<PackOutcome>;
   /**
    * Called when the session starts streaming to a secondary, refuses one that
-   * named a replication protocol, or takes a promote request: it is then more
+   * named a replication protocol, or takes a promote or pack request: it is then more
    * than a passing connection.
    */
   identified?: () => void;
 }
+
+/** The answer of a node that takes no promote requests. */
+export const notPromotable = (): Promise<PromoteOutcome> => Promise.resolve({ kind: 'refused', code: 'not-promotable', reason: 'this node does not accept promote requests' });
+
+/** The answer of a node that takes no pack requests. */
+export const notPackable = (): Promise<PackOutcome> => Promise.resolve({ kind: 'refused', code: 'not-packable', reason: 'this node does not accept pack requests' });
 
 /** A pack request as a node's handler gets it. */
 export interface PackRequest extends PackInput {
@@ -533,9 +539,7 @@ export class PrimarySession {
 
   private async promote(input: PromoteInput): Promise<PromoteOutcome> {
     this.options.identified?.();
-    const handler = this.options.promote;
-    if (!handler) return { kind: 'refused', code: 'not-promotable', reason: 'this node does not accept promote requests' };
-    return handler({ ...input, peer: this.peer });
+    return (this.options.promote ?? notPromotable)({ ...input, peer: this.peer });
   }
 
   private sendPromoteResult(outcome: PromoteOutcome): void {
@@ -550,24 +554,25 @@ export class PrimarySession {
   /**
    * Run the node's pack handler, sending where the pack is every
    * PACK_PROGRESS_INTERVAL_MS (the same progress again when it has not
-   * moved: the client counts its timeout from the last frame).
+   * moved: the client counts its timeout from the last frame), unless the
+   * client has not read the last ones (as heartbeats: memory without bound,
+   * news for nobody).
    */
   private async pack(input: PackInput): Promise<PackOutcome> {
     this.options.identified?.();
-    const handler = this.options.pack;
-    if (!handler) return { kind: 'refused', code: 'not-packable', reason: 'this node does not accept pack requests' };
+    const handler = this.options.pack ?? notPackable;
     let latest: PackProgress | null = null;
     const { clock } = this.options;
     const packr = createNativePackr();
     let timer: unknown = null;
     const tick = (): void => {
       if (this.finished) return;
-      if (latest !== null) this.writer.writeNow(encodeNativeFrame({ type: 'pack-progress', ...latest }, packr));
+      if (latest !== null && !this.writer.full) this.writer.writeNow(encodeNativeFrame({ type: 'pack-progress', step: latest.step, done: latest.done, total: latest.total }, packr));
       timer = clock.setTimeout(tick, PACK_PROGRESS_INTERVAL_MS);
     };
     timer = clock.setTimeout(tick, PACK_PROGRESS_INTERVAL_MS);
     try {
-      return await handler({ ...input, peer: this.peer, onProgress: (p) => void (latest = { step: p.step, done: p.done, total: p.total }) });
+      return await handler({ ...input, peer: this.peer, onProgress: (p) => void (latest = p) });
     } finally {
       clock.clearTimeout(timer);
     }

@@ -412,12 +412,7 @@ export class Secondary {
           nodeStatus: (sessions) => s.describe(sessions),
           history: s.failover,
           promote: (request) => s.promoteOnRequest(request),
-          pack: packOnRequest({
-            pack: (t, refs, o) => s.pack(t, refs, o),
-            blobFiles: options.transferBlobs === false ? 'kept' : inner.blobs ? 'deleted' : 'none',
-            audit: () => s.audit,
-            log: s.log,
-          }),
+          pack: packOnRequest({ pack: (t, refs, o) => s.pack(t, refs, o), audit: () => s.audit, log: s.log }),
         });
       }
     } catch (err) {

@@ -10,7 +10,7 @@ import { MAX_HEARTBEAT_INTERVAL_MS, type NodeStatus } from '../wire/native.js';
 import { ZrsError } from '../errors.js';
 import { formatAddress } from './address.js';
 import { buildNodeStatus } from './nodeStatus.js';
-import { PrimarySession, type PrimarySessionOptions, type SessionLog, type SessionStatus } from './primarySession.js';
+import { notPackable, notPromotable, PrimarySession, type PrimarySessionOptions, type SessionLog, type SessionStatus } from './primarySession.js';
 import { supportedProtocols } from './protocols.js';
 import { LiveFeed } from './liveFeed.js';
 import { ConnectionLogGate, FLOOD_LOG_INTERVAL_MS, FloodWarning } from './log.js';
@@ -162,8 +162,8 @@ export class ReplicationServer {
       history: o.history,
       upstreamPath: () => this.options.upstreamPath?.() ?? [],
       nodeStatus: () => describe([...this.sessions].filter((s) => s !== session).map((s) => s.status())),
-      promote: (request) => (this.options.promote ? this.options.promote(request) : Promise.resolve({ kind: 'refused', code: 'not-promotable', reason: 'this node does not accept promote requests' })),
-      pack: (request) => (this.options.pack ? this.options.pack(request) : Promise.resolve({ kind: 'refused', code: 'not-packable', reason: 'this node does not accept pack requests' })),
+      promote: (request) => (this.options.promote ?? notPromotable)(request),
+      pack: (request) => (this.options.pack ?? notPackable)(request),
     });
     this.sessions.add(session);
     this.openStreams += 1;
@@ -232,7 +232,12 @@ export class ReplicationServer {
     return this.sessions.size;
   }
 
-  /** Stop accepting, let every session drain what is committed, then resolve. */
+  /**
+   * Stop accepting, let every session drain what is committed, then resolve.
+   * Packs of the storage under way stop first (a pack request's session
+   * closes once it has answered), and later ones are refused: the node is
+   * closing.
+   */
   close(): Promise<void> {
     this.closed ??= this.doClose();
     return this.closed;
@@ -245,11 +250,13 @@ export class ReplicationServer {
     this.turnedAway.close();
     // net.Server.close waits for open connections, so do not wait for it first.
     const stopped = this.listener?.close();
+    const packsStopped = this.options.storage.stopPacks();
     const done = [...this.sessions].map(
       (s) => new Promise<void>((resolve) => s.done$.subscribe({ complete: () => resolve() })),
     );
     for (const s of this.sessions) s.close();
     await Promise.all(done);
+    await packsStopped;
     this.connectionLog.close();
     await stopped;
   }

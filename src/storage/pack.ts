@@ -50,6 +50,14 @@ export class GarbageCollectionError extends PackError {
   override name = 'GarbageCollectionError';
 }
 
+/** A pack time no tid names (before 1970, or past 9917): nothing changed. */
+export class PackTimeError extends PackError {
+  override name = 'PackTimeError';
+}
+
+/** What a pack did with the blob files of removed revisions: none to do (no blob directory), deleted them, or left them (`keepBlobFiles`). */
+export type PackBlobFiles = 'none' | 'deleted' | 'kept';
+
 /** Oids a record's data refers to (ZODB's referencesf; see zodbReferences). */
 export type ReferencesOf = (data: Buffer) => Buffer[];
 
@@ -64,6 +72,8 @@ export interface PackReport {
   sizeAfter: number;
   /** Transactions committed while the copy ran, appended under the commit lock. */
   tailTransactions: number;
+  /** What was done with the blob files of removed revisions. */
+  blobFiles: PackBlobFiles;
   /** Blob files removed with the revisions they belonged to. */
   removedBlobFiles: number;
   /**
@@ -174,22 +184,23 @@ export function packTimeToTid(packTime: number): Buffer {
 export async function packStorage(storage: FileStorage, packTime: number, referencesOf?: ReferencesOf, options: PackOptions = {}): Promise<PackReport> {
   if (storage.packsStopped) throw new StorageClosedError(storage.path);
   if (storage.readOnly) throw new ReadOnlyError('pack', storage.path);
+  if (!isPackTimeInRange(packTime)) throw new PackTimeError(`pack time ${packTime} is outside the times transactions have (${PACK_TIME_RANGE})`);
   const asked = packTimeToTid(packTime);
-  if (asked.equals(Z64)) throw new PackError(`invalid pack time ${packTime}`);
   // No later than the last transaction: what was reachable then is judged from transactions this file holds
   // (a secondary's has not yet received those its primary committed since; for a primary nothing lies between).
   const last = storage.lastTransaction();
   const packTid = Buffer.compare(asked, last) > 0 && !last.equals(Z64) ? Buffer.from(last) : asked;
+  const blobFiles: PackBlobFiles = options.keepBlobFiles ? 'kept' : storage.blobs ? 'deleted' : 'none';
   if (storage.objectCount === 0) {
     const size = storage.getSize();
-    return { packed: false, packTid, sizeBefore: size, sizeAfter: size, tailTransactions: 0, removedBlobFiles: 0, blobFilesNotRemoved: 0, blobRemovalError: null };
+    return { packed: false, packTid, sizeBefore: size, sizeAfter: size, tailTransactions: 0, blobFiles, removedBlobFiles: 0, blobFilesNotRemoved: 0, blobRemovalError: null };
   }
   if (packing.has(storage)) throw new PackError(`${storage.path}: a pack is already running`);
   packing.add(storage);
   try {
     const handle = await open(storage.path, 'r');
     try {
-      return await new Packer(storage, handle, packTid, referencesOf ?? null, options).run();
+      return await new Packer(storage, handle, packTid, referencesOf ?? null, options.onProgress ?? null, blobFiles).run();
     } finally {
       await handle.close();
     }
@@ -382,15 +393,11 @@ class Packer {
     handle: FileHandle,
     private readonly packTid: Buffer,
     private readonly referencesOf: ReferencesOf | null,
-    options: PackOptions,
+    private readonly onProgress: ((progress: PackProgress) => void) | null,
+    private readonly blobFiles: PackBlobFiles,
   ) {
     this.src = new Source(storage.path, handle);
-    this.onProgress = options.onProgress ?? null;
-    this.keepBlobFiles = options.keepBlobFiles === true;
   }
-
-  private readonly onProgress: ((progress: PackProgress) => void) | null;
-  private readonly keepBlobFiles: boolean;
 
   /** Objects marked reachable so far (markFrom yields to the event loop every MARKS_PER_TURN), of those current at the pack time. */
   private marked = 0;
@@ -405,7 +412,17 @@ class Packer {
     // Everything before end0 is committed and never changes; later bytes may be a commit in progress.
     const end0 = this.storage.getSize();
     this.end0 = end0;
-    const unchanged: PackReport = { packed: false, packTid: this.packTid, sizeBefore: end0, sizeAfter: end0, tailTransactions: 0, removedBlobFiles: 0, blobFilesNotRemoved: 0, blobRemovalError: null };
+    const unchanged: PackReport = {
+      packed: false,
+      packTid: this.packTid,
+      sizeBefore: end0,
+      sizeAfter: end0,
+      tailTransactions: 0,
+      blobFiles: this.blobFiles,
+      removedBlobFiles: 0,
+      blobFilesNotRemoved: 0,
+      blobRemovalError: null,
+    };
     await this.buildPackIndex(end0);
     if (await this.redundant(end0)) return unchanged;
     this.step = 'references';
@@ -518,7 +535,7 @@ class Packer {
         const back = h.plen === 0 ? await this.src.backAt(rpos) : 0;
         this.laterOids.add(oidKey(h.oid));
         // Data after the pack time (inline, or through a backpointer to later data) is copied: its references stay.
-        if (back === 0 || back >= this.packPos) await this.markFrom(this.laterRefsAt(rpos, h.oid, referencesOf), referencesOf, true);
+        if (back === 0 || back >= this.packPos) await this.markFrom(this.refsAt(rpos, referencesOf, h.oid, 'after the pack time'), referencesOf, true);
         else backs.push({ oid: Buffer.from(h.oid), back });
         rpos += dataRecordLength(h.plen);
       }
@@ -549,7 +566,7 @@ class Packer {
     }
     // Checked once every object the tail writes is known (a reference may come before the record it names).
     for (const { oid, rpos } of records) {
-      for (const ref of this.laterRefsAt(rpos, oid, referencesOf)) {
+      for (const ref of this.refsAt(rpos, referencesOf, oid, 'after the pack time')) {
         const key = oidKey(ref);
         if (this.reachable.first.has(key) || this.laterOids.has(key)) continue;
         throw new GarbageCollectionError(
@@ -559,10 +576,6 @@ class Packer {
     }
   }
 
-  /** The references of the record after the pack time at `rpos` (of `oid`). */
-  private laterRefsAt(rpos: number, oid: Buffer, referencesOf: ReferencesOf): Buffer[] {
-    return this.refsAt(rpos, referencesOf, oid, 'after the pack time');
-  }
 
   /** Keep the revision an undo after the pack time points back to (`back`), and follow what it refers to. */
   private async keepBackTarget(oid: Buffer, back: number, extraRoots: Array<{ oid: Buffer; pos: number }>, referencesOf: ReferencesOf): Promise<void> {
@@ -650,8 +663,9 @@ class Packer {
         const key = oidKey(h.oid);
         const len = dataRecordLength(h.plen);
         if (!this.reachable.has(key, rpos)) {
-          // With keepBlobFiles, the files of removed blob revisions are another node's to remove.
-          if (!this.keepBlobFiles) await this.noteRemovedBlob(h, rpos, removedBlobs);
+          // Kept: the files of removed blob revisions are another node's to remove.
+          if (this.blobFiles === 'deleted') await this.noteRemovedBlob(h, rpos, removedBlobs);
+          else if (this.blobFiles === 'none') await this.refuseBlobRemoval(h, rpos);
           rpos += len;
           continue;
         }
@@ -756,21 +770,17 @@ class Packer {
 
   // ------------------------------------------------------------ blobs
 
-  /**
-   * A removed revision may own a blob file: note it (removed only once the
-   * new file is in place). Without the blob directory, refuse to remove a
-   * blob revision: its file would stay in a directory this storage does not
-   * know of, for good.
-   */
-  private async noteRemovedBlob(h: DataHeader, rpos: number, into: BlobRevision[]): Promise<void> {
-    if (!this.storage.blobs) {
-      if (h.plen > 0 && isBlobRecord(await this.src.view(rpos + DATA_HEADER_BYTES, h.plen))) {
-        throw new PackError(
-          `${this.storage.path}: the pack removes a revision of blob oid 0x${h.oid.toString('hex')} (tid ${h.tid.toString('hex')}), and the storage was opened without its blob directory: give it (blobDir, zrs pack --blob-dir DIR), so the blob files of removed revisions go with them; nothing was packed`,
-        );
-      }
-      return;
+  /** A removed blob revision without the blob directory: its file would stay in a directory this storage does not know of, for good. */
+  private async refuseBlobRemoval(h: DataHeader, rpos: number): Promise<void> {
+    if (h.plen > 0 && isBlobRecord(await this.src.view(rpos + DATA_HEADER_BYTES, h.plen))) {
+      throw new PackError(
+        `${this.storage.path}: the pack removes a revision of blob oid 0x${h.oid.toString('hex')} (tid ${h.tid.toString('hex')}), and the storage was opened without its blob directory: give it (blobDir, zrs pack --blob-dir DIR), so the blob files of removed revisions go with them; nothing was packed`,
+      );
     }
+  }
+
+  /** A removed revision may own a blob file: note it (removed only once the new file is in place). */
+  private async noteRemovedBlob(h: DataHeader, rpos: number, into: BlobRevision[]): Promise<void> {
     // Cheap filter first: a blob record's pickle names ZODB.blob (a backpointer is checked by its file).
     if (h.plen > 0 && !(await this.src.view(rpos + DATA_HEADER_BYTES, h.plen)).includes(BLOB_CLASS_MARK)) return;
     into.push({ oid: Buffer.from(h.oid), tid: Buffer.from(h.tid) });

@@ -4,6 +4,7 @@
 import { hash } from 'node:crypto';
 import { Packr, Unpackr, RESERVE_START_SPACE } from 'msgpackr';
 import { ProtocolError } from '../errors.js';
+import type { PackBlobFiles, PackProgress } from '../storage/pack.js';
 import { FRAME_HEADER_BYTES } from './framing.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -412,18 +413,17 @@ export interface PackRequestMessage {
 }
 
 /** The passes of a pack, in order (`references` only with garbage collection). */
-export const PACK_STEPS = ['index', 'references', 'copy'] as const;
+export const PACK_STEPS = ['index', 'references', 'copy'] as const satisfies readonly PackProgress['step'][];
 
 /** Node -> admin client, about once a second while a requested pack runs: which pass, and how far into it. */
 export interface PackProgressMessage {
   type: 'pack-progress';
-  step: (typeof PACK_STEPS)[number];
+  step: PackProgress['step'];
   done: number;
   total: number;
 }
 
-/** What the node did with the blob files of removed revisions. */
-export type PackBlobFiles = 'none' | 'deleted' | 'kept';
+export type { PackBlobFiles };
 
 /** Every PackBlobFiles, for validation. */
 export const PACK_BLOB_FILES: readonly PackBlobFiles[] = ['none', 'deleted', 'kept'];
@@ -447,13 +447,20 @@ export interface PackedMessage {
   blobRemovalError: string | null;
 }
 
-/** Why a pack request was not carried out. */
-export type PackRefusalCode = 'refused' | 'not-packable' | 'failed';
+/**
+ * Why a pack request was not carried out: `refused` (a pack time no tid
+ * names), `not-packable` (a node that takes no pack requests),
+ * `gc-refused` (garbage collection refused: a record it cannot read, a
+ * reference to an object with no revision at the pack time; nothing
+ * changed, and a pack without it reads no references), `failed` (anything
+ * else: a pack under way already, a rewind, the node closing).
+ */
+export type PackRefusalCode = 'refused' | 'not-packable' | 'gc-refused' | 'failed';
 
 /** Every PackRefusalCode, for validation. */
-export const PACK_REFUSAL_CODES: readonly PackRefusalCode[] = ['refused', 'not-packable', 'failed'];
+export const PACK_REFUSAL_CODES: readonly PackRefusalCode[] = ['refused', 'not-packable', 'gc-refused', 'failed'];
 
-/** Node -> admin client, then close: the pack was refused (`refused`, `not-packable`: nothing changed) or failed on the way (`failed`). */
+/** Node -> admin client, then close: the pack was not carried out (see PackRefusalCode). */
 export interface PackRefusedMessage {
   type: 'pack-refused';
   code: PackRefusalCode;
@@ -993,9 +1000,9 @@ function parseFields(obj: Obj, type: string, copyIds: boolean): NativeMessage {
       return { type, code: code as PromoteRefusalCode, message };
     }
     case 'pack-request': {
-      const time = get(obj, 'time', type);
-      if (typeof time !== 'number' || !Number.isFinite(time) || time <= 0) fail(`pack-request.time must be a number of seconds > 0, got ${describe(time)}`);
-      return { type, time: time as number, gc: asBool(get(obj, 'gc', type), 'pack-request.gc') };
+      const time = asFinite(get(obj, 'time', type), 'pack-request.time', 0);
+      if (time === 0) fail('pack-request.time must be more than 0 seconds');
+      return { type, time, gc: asBool(get(obj, 'gc', type), 'pack-request.gc') };
     }
     case 'pack-progress':
       return {
@@ -1004,8 +1011,7 @@ function parseFields(obj: Obj, type: string, copyIds: boolean): NativeMessage {
         done: asInt(get(obj, 'done', type), 'pack-progress.done', 0),
         total: asInt(get(obj, 'total', type), 'pack-progress.total', 0),
       };
-    case 'packed': {
-      const error = get(obj, 'blobRemovalError', type);
+    case 'packed':
       return {
         type,
         packed: asBool(get(obj, 'packed', type), 'packed.packed'),
@@ -1016,17 +1022,14 @@ function parseFields(obj: Obj, type: string, copyIds: boolean): NativeMessage {
         blobFiles: oneOf(get(obj, 'blobFiles', type), PACK_BLOB_FILES, 'packed.blobFiles'),
         removedBlobFiles: asInt(get(obj, 'removedBlobFiles', type), 'packed.removedBlobFiles', 0),
         blobFilesNotRemoved: asInt(get(obj, 'blobFilesNotRemoved', type), 'packed.blobFilesNotRemoved', 0),
-        blobRemovalError: error === null ? null : asString(error, 'packed.blobRemovalError', MAX_REFUSAL_MESSAGE_CHARS),
+        blobRemovalError: asNullable(get(obj, 'blobRemovalError', type), (v) => asString(v, 'packed.blobRemovalError', MAX_REFUSAL_MESSAGE_CHARS)),
       };
-    }
-    case 'pack-refused': {
-      const code = get(obj, 'code', type);
-      const message = asString(get(obj, 'message', type), 'pack-refused.message', MAX_REFUSAL_MESSAGE_CHARS);
-      if (typeof code !== 'string' || !(PACK_REFUSAL_CODES as readonly string[]).includes(code)) {
-        return fail(`pack-refused with unknown code ${describe(code)}: ${message}`);
-      }
-      return { type, code: code as PackRefusalCode, message };
-    }
+    case 'pack-refused':
+      return {
+        type,
+        code: oneOf(get(obj, 'code', type), PACK_REFUSAL_CODES, 'pack-refused.code'),
+        message: asString(get(obj, 'message', type), 'pack-refused.message', MAX_REFUSAL_MESSAGE_CHARS),
+      };
     default:
       return fail(`unknown message type ${JSON.stringify(type.slice(0, 40))}`);
   }

@@ -18,7 +18,9 @@ import { systemClock } from '../../src/node/clock.js';
 import { socketTransport } from '../../src/node/socketTransport.js';
 import { parseAddress } from '../../src/replication/address.js';
 import { VirtualClock } from '../../src/sim/clock.js';
-import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, nativeProtocolName } from '../../src/wire/native.js';
+import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, encodeNativeFrame, nativeProtocolName } from '../../src/wire/native.js';
+import { encodeFrame } from '../../src/wire/framing.js';
+import { connect } from 'node:net';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { allTransactions, commitMany, holdNextRead, waitForTid } from './helpers.js';
 import { FAST_RECONNECT, FakeServer } from './netHelpers.js';
@@ -26,6 +28,13 @@ import { FAST_RECONNECT, FakeServer } from './netHelpers.js';
 afterAll(cleanupTempDirs);
 
 const answer = (msg: Parameters<typeof encodeNative>[0]): Buffer => encodeNative(msg, createNativePackr());
+
+/** The error a pack request ends with (an answer where an error was due is one too). */
+const refusal = (asking: Promise<unknown>): Promise<PackRefusedError> =>
+  asking.then(
+    () => new PackRefusedError('the node packed', 'failed'),
+    (e: unknown) => e as PackRefusedError,
+  );
 
 /** Revisions of an object, one per transaction of `commitMany`: what a pack removes. */
 const revisionCount = async (fs: Parameters<typeof allTransactions>[0]): Promise<number> => (await allTransactions(fs)).reduce((n, t) => n + t.records.length, 0);
@@ -96,19 +105,31 @@ describe('a node asked to pack', () => {
     const pPath = join(dir, 'p.fs');
     const primary = await Primary.open({ path: pPath, replicateTo: '127.0.0.1:0', fsync: false });
     const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    let release = false;
+    let held: Awaited<ReturnType<typeof holdNextRead>> | null = null;
     try {
       const tids = await commitMany(primary.storage, 40);
       await waitForTid(secondary, tids.at(-1)!);
       const before = await revisionCount(primary.storage);
-      const reply = await requestPack(primary.address, tidToSeconds(tids.at(-1)!) + 1, { gc: false });
-      expect(reply).toMatchObject({ packed: true, packTid: tids.at(-1), blobFiles: 'none', removedBlobFiles: 0 });
+      // Held at its first read, the pack has begun: what is committed now lands in its tail, and replicates.
+      held = await holdNextRead(dir, () => release);
+      const asking = requestPack(primary.address, tidToSeconds(tids.at(-1)!) + 1, { gc: false });
+      await held.reading;
+      const during = await commitMany(primary.storage, 5);
+      await waitForTid(secondary, during.at(-1)!);
+      release = true;
+      const reply = await asking;
+      expect(reply).toMatchObject({ packed: true, packTid: tids.at(-1), tailTransactions: 5, blobFiles: 'none', removedBlobFiles: 0 });
       expect(reply.sizeAfter).toBeLessThan(reply.sizeBefore);
       expect(await revisionCount(primary.storage)).toBeLessThan(before);
+      expect((await allTransactions(primary.storage)).slice(-5).map((t) => t.tid)).toEqual(during);
       // The secondary's own file is its own: not packed, and it goes on following.
-      expect(await revisionCount(secondary.storage)).toBe(before);
+      const onSecondary = await allTransactions(secondary.storage);
+      expect({ count: onSecondary.length, packed: onSecondary.some((t) => t.status === 'p') }).toEqual({ count: 45, packed: false });
       const more = await commitMany(primary.storage, 3);
       await waitForTid(secondary, more.at(-1)!);
     } finally {
+      held?.restore();
       await secondary.close();
       await primary.close();
     }
@@ -139,28 +160,25 @@ describe('a node asked to pack', () => {
     }
   });
 
-  it('refuses a pack time no tid names, and answers a pack that fails (garbage collection of a file without a root object) as failed, the file unchanged', async () => {
+  it('refuses a pack time no tid names, and answers what garbage collection refuses (a file without a root object) as gc-refused, the file unchanged', async () => {
     const dir = await tempDir();
     const pPath = join(dir, 'p.fs');
     const primary = await Primary.open({ path: pPath, replicateTo: '127.0.0.1:0', fsync: false });
     try {
       const tids = await commitMany(primary.storage, 10);
       const size = primary.storage.getSize();
-      const far = await requestPack(primary.address, 1e12).then(() => new PackRefusedError('answered', 'refused'), (e: unknown) => e as PackRefusedError);
+      const far = await refusal(requestPack(primary.address, 1e12));
       expect(far).toBeInstanceOf(PackRefusedError);
       expect({ code: far.code, message: far.message }).toEqual({ code: 'refused', message: expect.stringContaining('pack time 1000000000000 is outside the times transactions have (1970 to 9917)') });
-      const gc = await requestPack(primary.address, tidToSeconds(tids.at(-1)!) + 1).then(() => new PackRefusedError('answered', 'refused'), (e: unknown) => e as PackRefusedError);
+      const gc = await refusal(requestPack(primary.address, tidToSeconds(tids.at(-1)!) + 1));
       expect(gc).toBeInstanceOf(PackRefusedError);
-      expect({ code: gc.code, message: gc.message }).toEqual({
-        code: 'failed',
-        message: expect.stringMatching(/: oid 0x0+ is referenced but has no revision at the pack time; nothing was packed \(a pack without garbage collection reads no references: zrs pack --no-gc\)$/),
-      });
+      expect({ code: gc.code, message: gc.message }).toEqual({ code: 'gc-refused', message: expect.stringMatching(/: oid 0x0+ is referenced but has no revision at the pack time$/) });
       expect(primary.storage.getSize()).toBe(size);
     } finally {
       await primary.close();
     }
     const packs = (await readAuditLog(`${pPath}.audit`)).records.filter((r) => r.kind === 'pack').map((r) => r.details.outcome);
-    expect(packs).toEqual(['refused', 'failed']);
+    expect(packs).toEqual(['refused', 'gc-refused']);
   });
 
   it('a second pack while one runs is answered failed; a close stops the first, which is answered failed, and the file is as it was', async () => {
@@ -174,14 +192,14 @@ describe('a node asked to pack', () => {
       // The pack's first read is held until the close.
       held = await holdNextRead(dir, () => closing !== null);
       const time = tidToSeconds(tids.at(-1)!) + 1;
-      const first = requestPack(primary.address, time, { gc: false }).then(() => new PackRefusedError('answered', 'refused'), (e: unknown) => e as PackRefusedError);
+      const first = refusal(requestPack(primary.address, time, { gc: false }));
       await held.reading;
-      const second = await requestPack(primary.address, time, { gc: false }).then(() => new PackRefusedError('answered', 'refused'), (e: unknown) => e as PackRefusedError);
+      const second = await refusal(requestPack(primary.address, time, { gc: false }));
       expect({ code: second.code, message: second.message }).toEqual({ code: 'failed', message: expect.stringContaining('a pack is already running') });
       closing = primary.close();
       const stopped = await first;
       expect(stopped).toBeInstanceOf(PackRefusedError);
-      expect({ code: stopped.code, message: stopped.message }).toEqual({ code: 'failed', message: expect.stringContaining('closed') });
+      expect({ code: stopped.code, message: stopped.message }).toEqual({ code: 'failed', message: expect.stringMatching(/did not pack \(failed\): storage .*p\.fs is closed$/) });
       await closing;
       held.restore();
       const reopened = await FileStorage.open(join(dir, 'p.fs'), { readOnly: true });
@@ -194,6 +212,67 @@ describe('a node asked to pack', () => {
       held?.restore();
       await primary.close();
     }
+  });
+
+  it("a secondary's close stops a requested pack: answered failed, its file as it was", async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const sPath = join(dir, 's.fs');
+    const secondary = await Secondary.open({ path: sPath, replicateFrom: primary.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
+    let closing: Promise<void> | null = null;
+    let held: Awaited<ReturnType<typeof holdNextRead>> | null = null;
+    try {
+      const tids = await commitMany(primary.storage, 20);
+      await waitForTid(secondary, tids.at(-1)!);
+      const before = await allTransactions(secondary.storage);
+      held = await holdNextRead(dir, () => closing !== null);
+      const asking = refusal(requestPack(secondary.replicationAddress!, tidToSeconds(tids.at(-1)!) + 1, { gc: false }));
+      await held.reading;
+      closing = secondary.close();
+      const stopped = await asking;
+      expect({ code: stopped.code, message: stopped.message }).toEqual({ code: 'failed', message: expect.stringMatching(/did not pack \(failed\): storage .*s\.fs is closed$/) });
+      await closing;
+      held.restore();
+      const reopened = await FileStorage.open(sPath, { readOnly: true });
+      try {
+        expect((await allTransactions(reopened)).map((t) => [t.tid, t.status])).toEqual(before.map((t) => [t.tid, t.status]));
+      } finally {
+        await reopened.close();
+      }
+    } finally {
+      held?.restore();
+      await secondary.close();
+      await primary.close();
+    }
+  });
+
+  it('a pack whose client hung up goes on to its end, logged and recorded', async () => {
+    const dir = await tempDir();
+    const pPath = join(dir, 'p.fs');
+    const lines: string[] = [];
+    const primary = await Primary.open({ path: pPath, replicateTo: '127.0.0.1:0', fsync: false, log: (_level, message) => void lines.push(message) });
+    let release = false;
+    let held: Awaited<ReturnType<typeof holdNextRead>> | null = null;
+    try {
+      const tids = await commitMany(primary.storage, 20);
+      const before = await revisionCount(primary.storage);
+      held = await holdNextRead(dir, () => release);
+      const client = connect((primary.address as { port: number }).port, '127.0.0.1');
+      client.on('error', () => undefined);
+      client.write(encodeFrame(nativeProtocolName()));
+      client.write(encodeNativeFrame({ type: 'pack-request', time: tidToSeconds(tids.at(-1)!) + 1, gc: false }, createNativePackr()));
+      await held.reading;
+      client.destroy();
+      await expect.poll(() => lines.some((l) => /^session with 127\.0\.0\.1:\d+ closed: peer-closed$/.test(l))).toBe(true);
+      release = true;
+      await expect.poll(() => lines.find((l) => l.startsWith('pack requested by ') && l.includes(': packed to tid '))).toBeDefined();
+      expect(await revisionCount(primary.storage)).toBeLessThan(before);
+    } finally {
+      held?.restore();
+      await primary.close();
+    }
+    const packRecord = (await readAuditLog(`${pPath}.audit`)).records.find((r) => r.kind === 'pack');
+    expect(packRecord?.details).toMatchObject({ outcome: 'packed', gc: false });
   });
 
   it('says where the pack is every second, on its own clock', async () => {
@@ -233,7 +312,7 @@ describe('a node asked to pack', () => {
     const storage = await FileStorage.open(join(dir, 'Data.fs'), { create: true, fsync: false });
     const server = await ReplicationServer.start({ storage, address: parseAddress('127.0.0.1:0'), transport: socketTransport, clock: systemClock, log: () => undefined });
     try {
-      const err = await requestPack(server.address, 1_764_460_800).then(() => new PackRefusedError('answered', 'refused'), (e: unknown) => e as PackRefusedError);
+      const err = await refusal(requestPack(server.address, 1_764_460_800));
       expect({ code: err.code, message: err.message }).toEqual({ code: 'not-packable', message: expect.stringContaining('this node does not accept pack requests') });
     } finally {
       await server.close();

@@ -223,7 +223,7 @@ describe('Secondary.pack', () => {
       const fs = primary.storage;
       const oid = fs.newOid();
       const serials: Buffer[] = [];
-      for (const content of ['first', 'second']) {
+      const commitBlob = async (content: string): Promise<Buffer> => {
         const staged = join(dir, `staged-${content}`);
         writeFileSync(staged, content);
         const txn: TransactionMeta = { description: content };
@@ -231,15 +231,22 @@ describe('Secondary.pack', () => {
         await fs.storeBlob(oid, serials.at(-1) ?? Z64, BLOB_RECORD, staged, txn);
         await fs.tpcVote(txn);
         serials.push(await fs.tpcFinish(txn));
-      }
+        return serials.at(-1)!;
+      };
+      for (const content of ['first', 'second']) await commitBlob(content);
       await waitForTid(s, serials[1]!);
-      // Asked over its replication address (zrs pack ADDRESS), as by Secondary.pack.
-      const report = await requestPack(s.replicationAddress!, tidToSeconds(serials[1]!) + 1, { gc: false });
+      const report = await s.pack(tidToSeconds(serials[1]!) + 1);
       expect({ packed: report.packed, removedBlobFiles: report.removedBlobFiles, blobFiles: report.blobFiles }).toEqual({ packed: true, removedBlobFiles: 0, blobFiles: 'kept' });
       // The primary, not packed, still loads the revision the secondary's pack removed.
       expect(readFileSync(await fs.loadBlob(oid, serials[0]!), 'utf8')).toBe('first');
       expect(await s.storage.loadBefore(oid, serials[1]!)).toBeNull();
       expect(readFileSync(await s.storage.loadBlob(oid, serials[1]!), 'utf8')).toBe('second');
+      // Asked over its replication address, it packs the same way.
+      const again = await commitBlob('third');
+      await waitForTid(s, again);
+      const asked = await requestPack(s.replicationAddress!, tidToSeconds(again) + 1, { gc: false });
+      expect({ packed: asked.packed, blobFiles: asked.blobFiles }).toEqual({ packed: true, blobFiles: 'kept' });
+      expect(readFileSync(await fs.loadBlob(oid, serials[1]!), 'utf8')).toBe('second');
     } finally {
       await s.close();
       await primary.close();
@@ -403,15 +410,16 @@ describe('FileStorage.pack and close', () => {
   });
 
   it('with keepBlobFiles, removes blob revisions without touching their files, also when opened without the blob directory', async () => {
-    const { path, blobDir, serial } = await storageWithBlobRevisions(await tempDir(), ['first', 'second']);
-    const files = (): string[] => (readdirSync(blobDir, { recursive: true }) as string[]).filter((f) => f.endsWith('.blob')).sort();
-    const before = files();
-    expect(before).toHaveLength(2);
-    for (const opened of [{}, { blobDir }]) {
-      const fs = await FileStorage.open(path, { fsync: false, ...opened });
+    for (const withBlobDir of [false, true]) {
+      const { path, blobDir, oid, serial } = await storageWithBlobRevisions(await tempDir(), ['first', 'second']);
+      const files = (): string[] => (readdirSync(blobDir, { recursive: true }) as string[]).filter((f) => f.endsWith('.blob')).sort();
+      const before = files();
+      expect(before).toHaveLength(2);
+      const fs = await FileStorage.open(path, { fsync: false, ...(withBlobDir ? { blobDir } : {}) });
       try {
         const report = await fs.pack(tidToSeconds(serial) + 1, undefined, { keepBlobFiles: true });
-        expect(report.removedBlobFiles).toBe(0);
+        expect({ packed: report.packed, blobFiles: report.blobFiles, removedBlobFiles: report.removedBlobFiles }).toEqual({ packed: true, blobFiles: 'kept', removedBlobFiles: 0 });
+        expect(await fs.loadBefore(oid, serial)).toBeNull();
       } finally {
         await fs.close();
       }

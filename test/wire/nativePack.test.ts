@@ -58,10 +58,10 @@ describe('pack-request, pack-progress, packed and pack-refused', () => {
 
   it.each([
     ["pack-request: missing field 'time'", { type: 'pack-request', gc: true }],
-    ['pack-request.time must be a number of seconds > 0', { type: 'pack-request', time: 0, gc: true }],
-    ['pack-request.time must be a number of seconds > 0', { type: 'pack-request', time: -5, gc: true }],
-    ['pack-request.time must be a number of seconds > 0', { type: 'pack-request', time: Infinity, gc: true }],
-    ['pack-request.time must be a number of seconds > 0', { type: 'pack-request', time: '1700000000', gc: true }],
+    ['pack-request.time must be more than 0 seconds', { type: 'pack-request', time: 0, gc: true }],
+    ['pack-request.time must be a finite number >= 0, got number -5', { type: 'pack-request', time: -5, gc: true }],
+    ['pack-request.time must be a finite number >= 0', { type: 'pack-request', time: Infinity, gc: true }],
+    ['pack-request.time must be a finite number >= 0, got string', { type: 'pack-request', time: '1700000000', gc: true }],
     ['pack-request.gc must be a boolean', { type: 'pack-request', time: 1, gc: 'yes' }],
     ['pack-progress.step must be one of index, references, copy', { type: 'pack-progress', step: 'sweep', done: 0, total: 1 }],
     ['pack-progress.done must be an integer', { type: 'pack-progress', step: 'copy', done: -1, total: 1 }],
@@ -72,7 +72,8 @@ describe('pack-request, pack-progress, packed and pack-refused', () => {
     ['packed.packed must be a boolean', { ...packed, packed: 1 }],
     [`packed.blobRemovalError is longer than ${MAX_REFUSAL_MESSAGE_CHARS} characters`, { ...packed, blobRemovalError: 'x'.repeat(MAX_REFUSAL_MESSAGE_CHARS + 1) }],
     ["packed: missing field 'blobRemovalError'", withoutError],
-    ['pack-refused with unknown code string "busy": later', { type: 'pack-refused', code: 'busy', message: 'later' }],
+    ['pack-refused.code must be one of refused, not-packable, gc-refused, failed, got string "busy"', { type: 'pack-refused', code: 'busy', message: 'later' }],
+    ['packed.blobRemovalError must be a string, got number', { ...packed, blobRemovalError: 13 }],
     [`pack-refused.message is longer than ${MAX_REFUSAL_MESSAGE_CHARS} characters`, { type: 'pack-refused', code: 'refused', message: 'x'.repeat(MAX_REFUSAL_MESSAGE_CHARS + 1) }],
   ])('rejects a message where %s', (reason, value) => {
     expect(() => decode(value)).toThrow(ProtocolError);
