@@ -412,7 +412,8 @@ export class Secondary {
           nodeStatus: (sessions) => s.describe(sessions),
           history: s.failover,
           promote: (request) => s.promoteOnRequest(request),
-          pack: packOnRequest({ pack: (t, refs, o) => s.pack(t, refs, o), audit: () => s.audit, log: s.log }),
+          // Once promoted, the node records in its Primary's log (this one is closed by then).
+          pack: packOnRequest({ pack: (t, refs, o) => s.pack(t, refs, o), audit: () => s.promotedPrimary?.audit ?? s.audit, log: s.log }),
         });
       }
     } catch (err) {

@@ -88,11 +88,12 @@ export interface PackReport {
 /**
  * Where a pack is: which pass, and how far into it. `index` and `copy` read
  * the file (`done` is the offset of the transaction being read, `total` the
- * file's committed size when the pack started; transactions committed
- * meanwhile are copied after it). `references` (with garbage collection)
- * first walks the objects from the root (`done` objects reached of `total`
- * current at the pack time), then reads the transactions after the pack
- * time (offsets, as the other passes).
+ * file's committed size when the pack started, or, while the transactions
+ * committed meanwhile are copied after it, the end of those). `references`
+ * (with garbage collection) first walks the objects from the root (`done`
+ * objects reached of `total` current at the pack time), then reads the
+ * transactions after the pack time (offsets, as the other passes). `done`
+ * never exceeds `total`.
  */
 export interface PackProgress {
   step: 'index' | 'references' | 'copy';
@@ -482,7 +483,8 @@ class Packer {
   /** The transaction at `pos`, read for the pack (and reported to onProgress); a storage closed meanwhile stops the pack here (its close waits for it). */
   private async txnAt(pos: number, limit: number, lastTid: Buffer | null): Promise<TxnAt> {
     if (this.storage.packsStopped) throw new StorageClosedError(this.storage.path);
-    this.onProgress?.({ step: this.step, done: pos, total: this.end0 });
+    // The tail committed while the pack ran is copied past the size it started from: the total grows with it.
+    this.onProgress?.({ step: this.step, done: pos, total: Math.max(this.end0, limit) });
     return this.src.txnAt(pos, limit, lastTid);
   }
 
@@ -609,7 +611,7 @@ class Packer {
       // Each object is a read and a pickle walk: a large graph, walked in one go, would hold up every commit and
       // the node's replication (heartbeats, acks) for as long. A close meanwhile stops the pack here.
       if (++this.marked % MARKS_PER_TURN === 0) {
-        this.onProgress?.({ step: 'references', done: this.marked, total: this.objectsAtPack });
+        this.onProgress?.({ step: 'references', done: Math.min(this.marked, this.objectsAtPack), total: this.objectsAtPack });
         await new Promise<void>((resolve) => setImmediate(resolve));
         if (this.storage.packsStopped) throw new StorageClosedError(this.storage.path);
       }

@@ -246,6 +246,35 @@ describe('a node asked to pack', () => {
     }
   });
 
+  it('a secondary promoted while it packs records the pack in the log it goes on with as a primary', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const sPath = join(dir, 's.fs');
+    const secondary = await Secondary.open({ path: sPath, replicateFrom: primary.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT });
+    let release = false;
+    let held: Awaited<ReturnType<typeof holdNextRead>> | null = null;
+    let promoted: Primary | null = null;
+    try {
+      const tids = await commitMany(primary.storage, 20);
+      await waitForTid(secondary, tids.at(-1)!);
+      held = await holdNextRead(dir, () => release);
+      const asking = requestPack(secondary.replicationAddress!, tidToSeconds(tids.at(-1)!) + 1, { gc: false });
+      await held.reading;
+      await primary.close();
+      promoted = await secondary.promote({ force: true });
+      release = true;
+      expect((await asking).packed).toBe(true);
+    } finally {
+      held?.restore();
+      await (promoted ?? secondary).close();
+      await primary.close();
+    }
+    const records = (await readAuditLog(`${sPath}.audit`)).records;
+    expect(records.filter((r) => r.kind === 'pack').map((r) => r.details.outcome)).toEqual(['packed']);
+    // After the promotion: recorded by the node as the primary it became.
+    expect(records.findIndex((r) => r.kind === 'pack')).toBeGreaterThan(records.findIndex((r) => r.kind === 'promotion'));
+  });
+
   it('a pack whose client hung up goes on to its end, logged and recorded', async () => {
     const dir = await tempDir();
     const pPath = join(dir, 'p.fs');
