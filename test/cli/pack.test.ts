@@ -284,7 +284,7 @@ describe('zrs pack ADDRESS', () => {
     }
   });
 
-  it("shows the node's progress on a terminal, capped at 100 % (transactions committed meanwhile are copied past the size it started from), and clears it", async () => {
+  it("shows the node's progress on a terminal (a pass with nothing to read at 100 %, a new pass at the same percentage, more than the total capped), clears it, and names the blob files the node could not delete", async () => {
     const server = await FakeServer.start();
     try {
       const io = memoryIo({ stderrIsTTY: true });
@@ -293,16 +293,33 @@ describe('zrs pack ADDRESS', () => {
       const node = await server.connection(0);
       await node.frame(1);
       const packr = createNativePackr();
+      node.send(encodeNative({ type: 'pack-progress', step: 'index', done: 0, total: 0 }, packr));
       node.send(encodeNative({ type: 'pack-progress', step: 'index', done: 25, total: 100 }, packr));
+      node.send(encodeNative({ type: 'pack-progress', step: 'references', done: 25, total: 100 }, packr));
       node.send(encodeNative({ type: 'pack-progress', step: 'copy', done: 130, total: 100 }, packr));
       node.send(
-        encodeNative({ type: 'packed', packed: true, packTid: Buffer.alloc(8, 3), sizeBefore: 100, sizeAfter: 50, tailTransactions: 1, blobFiles: 'kept', removedBlobFiles: 0, blobFilesNotRemoved: 0, blobRemovalError: null }, packr),
+        encodeNative({ type: 'packed', packed: true, packTid: Buffer.alloc(8, 3), sizeBefore: 100, sizeAfter: 50, tailTransactions: 1, blobFiles: 'deleted', removedBlobFiles: 3, blobFilesNotRemoved: 2, blobRemovalError: 'EACCES: permission denied' }, packr),
       );
       expect(await running).toBe(0);
-      expect(io.stderr).toBe(`\rpacking ${label}: reading 25%\rpacking ${label}: writing 100%\r\x1b[2K`);
-      expect(io.stdout).toContain(': 100 -> 50 bytes; blob files of removed revisions left in place; the node keeps');
+      expect(io.stderr).toBe(
+        `\rpacking ${label}: reading 100%\rpacking ${label}: reading 25%\rpacking ${label}: following references 25%\rpacking ${label}: writing 100%\r\x1b[2K` +
+          'zrs pack: 2 blob file(s) of removed revisions could not be deleted (EACCES: permission denied); delete them by hand\n',
+      );
+      expect(io.stdout).toContain(': 100 -> 50 bytes; 3 blob file(s) removed; the node keeps');
     } finally {
       await server.close();
+    }
+  });
+
+  it('tells a FILE from an ADDRESS: a directory, a device and a missing .fs file are neither', async () => {
+    const dir = await tempDir();
+    for (const [target, says] of [
+      [dir, 'a directory, not a data file (FILE) or a running node\'s socket (ADDRESS)'],
+      ['/dev/null', "neither a data file (FILE) nor a running node's socket (ADDRESS)"],
+      [join(dir, 'missing.FS'), 'no such file (FILE must be an existing data file'],
+    ]) {
+      const r = await run('pack', target!, '--no-gc');
+      expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 1, stderr: expect.stringContaining(`${target}: ${says}`) });
     }
   });
 

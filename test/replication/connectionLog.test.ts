@@ -121,6 +121,14 @@ describe('a replication server past its connection log burst', () => {
         expect.stringMatching(/^info connection from x#c\d+$/),
         expect.stringMatching(/^info session with x#c\d+ closed: promote request answered: refused \(not-promotable\)$/),
       ]);
+      // A pack request too, answered whatever follows it (a frame after the request is not read).
+      const ack = encodeNative({ type: 'ack', tid: Buffer.alloc(8, 1) }, createNativePackr());
+      const pack = await clients.open([Buffer.from(nativeProtocolName()), encodeNative({ type: 'pack-request', time: 1_764_460_800, gc: true }, createNativePackr()), ack]);
+      await clients.drive(() => pack.closed() && server.sessionCount === 0);
+      expect(lines.splice(0)).toEqual([
+        expect.stringMatching(/^info connection from x#c\d+$/),
+        expect.stringMatching(/^info session with x#c\d+ closed: pack request answered: refused \(not-packable\)$/),
+      ]);
 
       // A status request past the burst is counted; the count waiting for its interval goes out when the server closes.
       const status = await clients.open([Buffer.from(nativeProtocolName()), encodeNative({ type: 'status-request' }, createNativePackr())]);

@@ -8,7 +8,10 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { readAuditLog } from '../../src/audit/auditLog.js';
 import { ReplicationServer } from '../../src/replication/server.js';
-import { PackRefusedError, requestPack } from '../../src/replication/packClient.js';
+import { PackRefusedError, PackRequestError, requestPack, type PackReply } from '../../src/replication/packClient.js';
+import type { PackOutcome } from '../../machines/primarySession.js';
+import { seededRandom } from '../../src/ports/random.js';
+import { SimNetwork } from '../../src/sim/network.js';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary } from '../../src/replication/secondary.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
@@ -18,7 +21,7 @@ import { systemClock } from '../../src/node/clock.js';
 import { socketTransport } from '../../src/node/socketTransport.js';
 import { parseAddress } from '../../src/replication/address.js';
 import { VirtualClock } from '../../src/sim/clock.js';
-import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, encodeNativeFrame, nativeProtocolName } from '../../src/wire/native.js';
+import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, encodeNativeFrame, MAX_REFUSAL_MESSAGE_CHARS, nativeProtocolName } from '../../src/wire/native.js';
 import { encodeFrame } from '../../src/wire/framing.js';
 import { connect } from 'node:net';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
@@ -99,6 +102,94 @@ describe('requestPack (the client)', () => {
   });
 });
 
+describe('requestPack against odd answers', () => {
+  it('waits 30 s of silence by default; a refuse (a node that knows no pack requests) is a PackRequestError naming it', async () => {
+    const server = await FakeServer.start();
+    const clock = new VirtualClock();
+    try {
+      let settled = false;
+      const silent = refusal(requestPack(server.address, 1_764_460_800, { clock }).finally(() => (settled = true)));
+      await (await server.connection(0)).frame(1);
+      clock.advance(29_999);
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(settled).toBe(false);
+      clock.advance(1);
+      expect((await silent).message).toContain('failed: no reply within 30000 ms');
+
+      const refusing = refusal(requestPack(server.address, 1_764_460_800, { clock }));
+      const node = await server.connection(1);
+      await node.frame(1);
+      node.send(answer({ type: 'refuse', code: 'unsupported-version', message: 'speaks zrs-ts/2' }));
+      const err = await refusing;
+      expect(err).toBeInstanceOf(PackRequestError);
+      expect(err.message).toMatch(/^pack request to .* failed: refused \(unsupported-version\): speaks zrs-ts\/2$/);
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+describe('a pack handler behind a replication server (simulated network, virtual clock)', () => {
+  it('sends no progress before the pack reports some, then every second; cuts a long answer to the limit', async () => {
+    const clock = new VirtualClock();
+    const net = new SimNetwork({ clock, random: seededRandom(3), latencyMs: { min: 1, max: 1 } });
+    const storage = await FileStorage.open(join(await tempDir(), 'p.fs'), { create: true, fsync: false });
+    let report: ((p: PackProgress) => void) | null = null;
+    let finish: ((outcome: PackOutcome) => void) | null = null;
+    const server = await ReplicationServer.start({
+      storage,
+      address: { kind: 'tcp', host: 'p', port: 5000 },
+      transport: net.transport('p'),
+      clock,
+      log: () => undefined,
+      heartbeatIntervalMs: 0,
+      pack: (request) => {
+        report = request.onProgress;
+        return new Promise((resolve) => (finish = resolve));
+      },
+    });
+    const run = async (until: () => boolean, ms: number): Promise<void> => {
+      for (let t = 0; t < ms && !until(); t += 10) {
+        clock.advance(10);
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    };
+    try {
+      const ask = async (outcome: PackOutcome): Promise<unknown> => {
+        const progress: PackProgress[] = [];
+        let result: unknown = undefined;
+        void requestPack(server.address, 1_764_460_800, { transport: net.transport('c'), clock, timeoutMs: 60_000, onProgress: (p) => progress.push(p) }).then(
+          (r) => (result = r),
+          (e: unknown) => (result = e),
+        );
+        await run(() => finish !== null, 1000);
+        // Silent for 5 s: nothing to say yet.
+        await run(() => false, 5000);
+        expect(progress).toEqual([]);
+        report!({ step: 'index', done: 5, total: 10 });
+        await run(() => progress.length === 2, 2500);
+        expect(progress).toEqual([
+          { step: 'index', done: 5, total: 10 },
+          { step: 'index', done: 5, total: 10 },
+        ]);
+        finish!(outcome);
+        finish = null;
+        await run(() => result !== undefined, 1000);
+        return result;
+      };
+      const refused = (await ask({ kind: 'refused', code: 'failed', reason: 'x'.repeat(5000) })) as PackRefusedError;
+      expect(refused).toBeInstanceOf(PackRefusedError);
+      expect(refused.message).toMatch(new RegExp(`\\(failed\\): x{${MAX_REFUSAL_MESSAGE_CHARS}}$`));
+      const report5000 = { packed: true, packTid: Buffer.alloc(8, 2), sizeBefore: 9, sizeAfter: 4, tailTransactions: 0, blobFiles: 'deleted', removedBlobFiles: 1, blobFilesNotRemoved: 1, blobRemovalError: 'y'.repeat(5000) } as const;
+      const packed = (await ask({ kind: 'packed', report: report5000 })) as PackReply;
+      expect(packed).toEqual({ ...report5000, blobRemovalError: 'y'.repeat(MAX_REFUSAL_MESSAGE_CHARS) });
+    } finally {
+      await server.close();
+      await storage.close();
+    }
+  });
+});
+
 describe('a node asked to pack', () => {
   it('a primary packs its own file while it commits and replicates, answers with its report, and records the pack in its audit log', async () => {
     const dir = await tempDir();
@@ -107,18 +198,21 @@ describe('a node asked to pack', () => {
     const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
     let release = false;
     let held: Awaited<ReturnType<typeof holdNextRead>> | null = null;
+    let reply: PackReply | null = null;
+    let time = 0;
     try {
       const tids = await commitMany(primary.storage, 40);
+      time = tidToSeconds(tids.at(-1)!) + 1;
       await waitForTid(secondary, tids.at(-1)!);
       const before = await revisionCount(primary.storage);
       // Held at its first read, the pack has begun: what is committed now lands in its tail, and replicates.
       held = await holdNextRead(dir, () => release);
-      const asking = requestPack(primary.address, tidToSeconds(tids.at(-1)!) + 1, { gc: false });
+      const asking = requestPack(primary.address, time, { gc: false });
       await held.reading;
       const during = await commitMany(primary.storage, 5);
       await waitForTid(secondary, during.at(-1)!);
       release = true;
-      const reply = await asking;
+      reply = await asking;
       expect(reply).toMatchObject({ packed: true, packTid: tids.at(-1), tailTransactions: 5, blobFiles: 'none', removedBlobFiles: 0 });
       expect(reply.sizeAfter).toBeLessThan(reply.sizeBefore);
       expect(await revisionCount(primary.storage)).toBeLessThan(before);
@@ -126,6 +220,8 @@ describe('a node asked to pack', () => {
       // The secondary's own file is its own: not packed, and it goes on following.
       const onSecondary = await allTransactions(secondary.storage);
       expect({ count: onSecondary.length, packed: onSecondary.some((t) => t.status === 'p') }).toEqual({ count: 45, packed: false });
+      // Asked again, to the time it packed to: nothing left to remove.
+      expect((await requestPack(primary.address, tidToSeconds(tids.at(-1)!), { gc: false })).packed).toBe(false);
       const more = await commitMany(primary.storage, 3);
       await waitForTid(secondary, more.at(-1)!);
     } finally {
@@ -135,8 +231,20 @@ describe('a node asked to pack', () => {
     }
     const records = (await readAuditLog(`${pPath}.audit`)).records;
     expect(records.some((r) => r.kind === 'handshake' && r.details.verdict === 'pack-request')).toBe(true);
-    const packRecord = records.find((r) => r.kind === 'pack');
-    expect(packRecord?.details).toMatchObject({ outcome: 'packed', gc: false, requestedBy: expect.stringMatching(/^127\.0\.0\.1:\d+$/) });
+    expect(records.filter((r) => r.kind === 'pack').map((r) => r.details)).toEqual([
+      {
+        requestedBy: expect.stringMatching(/^127\.0\.0\.1:\d+$/),
+        time: new Date(time * 1000).toISOString(),
+        gc: false,
+        outcome: 'packed',
+        packTid: reply!.packTid.toString('hex'),
+        sizeBefore: reply!.sizeBefore,
+        sizeAfter: reply!.sizeAfter,
+        removedBlobFiles: 0,
+        blobFilesNotRemoved: 0,
+      },
+      expect.objectContaining({ outcome: 'unchanged', sizeBefore: reply!.sizeAfter, sizeAfter: reply!.sizeAfter }),
+    ]);
   });
 
   it('a secondary packs its own file and goes on replicating; its primary is not packed', async () => {

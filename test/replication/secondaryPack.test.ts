@@ -214,6 +214,35 @@ describe('Secondary.pack', () => {
     await expect(s.pack(Date.now() / 1000)).rejects.toThrow('the secondary is closed');
   });
 
+  it('with a blob directory of its own, deletes the blob files of the revisions its pack removes there, not the primary\'s', async () => {
+    const dir = await tempDir();
+    const primary = await Primary.open({ path: join(dir, 'p.fs'), blobDir: join(dir, 'p.blobs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
+    const s = await openSecondary(join(dir, 's.fs'), primary.address, { blobDir: join(dir, 's.blobs') });
+    try {
+      const fs = primary.storage;
+      const oid = fs.newOid();
+      const serials: Buffer[] = [];
+      for (const content of ['first', 'second']) {
+        const staged = join(dir, `staged-${content}`);
+        writeFileSync(staged, content);
+        const txn: TransactionMeta = { description: content };
+        await fs.tpcBegin(txn);
+        await fs.storeBlob(oid, serials.at(-1) ?? Z64, BLOB_RECORD, staged, txn);
+        await fs.tpcVote(txn);
+        serials.push(await fs.tpcFinish(txn));
+      }
+      await waitForTid(s, serials[1]!);
+      const own = await s.storage.loadBlob(oid, serials[0]!);
+      const report = await s.pack(tidToSeconds(serials[1]!) + 1);
+      expect({ blobFiles: report.blobFiles, removedBlobFiles: report.removedBlobFiles }).toEqual({ blobFiles: 'deleted', removedBlobFiles: 1 });
+      expect(existsSync(own)).toBe(false);
+      expect(readFileSync(await fs.loadBlob(oid, serials[0]!), 'utf8')).toBe('first');
+    } finally {
+      await s.close();
+      await primary.close();
+    }
+  });
+
   it("with its blob directory shared with the primary's (transferBlobs: false), leaves the blob files of removed revisions to the primary", async () => {
     const dir = await tempDir();
     const shared = join(dir, 'blobs');

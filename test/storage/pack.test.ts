@@ -10,7 +10,7 @@ import { setImmediate as tick } from 'node:timers/promises';
 import { afterAll, describe, expect, it } from 'vitest';
 import { POSKeyError, PickleError, ReadOnlyError } from '../../src/errors.js';
 import { FileStorage } from '../../src/storage/FileStorage.js';
-import { packStorage, packTimeToTid } from '../../src/storage/pack.js';
+import { GarbageCollectionError, packStorage, packTimeToTid } from '../../src/storage/pack.js';
 import { zodbReferences } from '../../src/storage/references.js';
 import { oidKey, oidOfKey } from '../../src/storage/scan.js';
 import { Z64, tidPlusOne, tidToSeconds } from '../../src/storage/timestamp.js';
@@ -574,7 +574,9 @@ describe('pack and the rest of the storage', () => {
       await commitOver(other, [[0, recordReferring(1)], [1, recordReferring()]]);
       const packTid = await commitOver(other, [[1, recordReferring()]]);
       await commitOver(other, [[3, Buffer.from('not a pickle')]]);
-      await expect(other.pack(timeOf(packTid), zodbReferences)).rejects.toThrow(/the record of oid 0x0000000000000003 at \d+, after the pack time, cannot be read for references/);
+      const refused = other.pack(timeOf(packTid), zodbReferences);
+      await expect(refused).rejects.toThrow(/the record of oid 0x0000000000000003 at \d+, after the pack time, cannot be read for references/);
+      await expect(refused).rejects.toBeInstanceOf(GarbageCollectionError);
     } finally {
       await other.close();
     }
@@ -596,7 +598,7 @@ describe('pack and the rest of the storage', () => {
       // Enough after the pack time that the copy is still running when the tail commits.
       for (let i = 0; i < 3000; i++) await commit([[2 + (i % 20), Buffer.concat([recordReferring(), Buffer.alloc(1024, i % 251)])]]);
       await commit([[0, recordReferring(...Array.from({ length: 20 }, (_, i) => 2 + i))]]);
-      const packing = fs.pack(timeOf(unlinked), zodbReferences).then(() => 'packed', (e: Error) => e.message);
+      const packing = fs.pack(timeOf(unlinked), zodbReferences).then(() => 'packed', (e: Error) => `${e.name}: ${e.message}`);
       while (!existsSync(`${path}.pack`)) await tick(); // the copy has started, without the lock
       await commit(tail);
       // Committed while the pack still ran (its output not yet swapped in): the tail the pack must judge.
@@ -611,7 +613,7 @@ describe('pack and the rest of the storage', () => {
   it('with GC, refuses a pack when a transaction committed while it ran refers to an object it drops; the next pack keeps it', async () => {
     const relink = recordReferring(1, ...Array.from({ length: 20 }, (_, i) => 2 + i));
     await packWithTailCommit([[0, relink]], async (fs, outcome, unlinked) => {
-      expect(outcome).toMatch(/a transaction committed while the pack ran refers to oid 0x0000000000000001/);
+      expect(outcome).toMatch(/^GarbageCollectionError: .*a transaction committed while the pack ran refers to oid 0x0000000000000001/);
       expect((await fs.load(oid(1))).data.length).toBeGreaterThan(0);
       // Run again, the relink is a transaction after the pack time like any other: the object stays.
       await fs.pack(timeOf(unlinked), zodbReferences);
