@@ -32,6 +32,7 @@ import { BigMap, BigSet } from './bigMap.js';
 import { nodeDisk } from './disk.js';
 import { WindowReader, preadSync } from './fileio.js';
 import { emptyScanState, oidKey, scanWhole, type OidKey, type ScanState } from './scan.js';
+import { PassTurns } from './turns.js';
 import { Z64 } from './timestamp.js';
 import type { FileStorage } from './FileStorage.js';
 
@@ -122,16 +123,32 @@ const FLUSH_BYTES = 1 << 20;
 /** ZODB's TimeStamp: seconds are stored as whole units of 60 / 2^32 s, truncated. */
 const SECONDS_PER_UNIT = 60 / 65536 / 65536;
 
-/** The scan of the new file at `newPath` up to `end`, where whole transactions end (see FileStorage.replaceDataFile). */
-async function scanPrefix(newPath: string, path: string, end: number): Promise<{ state: ScanState; end: number }> {
+/** A scan of the packed output so far (see FileStorage.replaceDataFile). */
+interface Scanned {
+  state: ScanState;
+  end: number;
+}
+
+/** The scan of the new file at `newPath` carried on from `from` (none: the start) up to `end`, where whole transactions end. */
+async function scanOutput(newPath: string, path: string, from: Scanned | null, end: number): Promise<Scanned> {
   const handle = await open(newPath, 'r');
   try {
-    const state = await scanWhole(handle, path, MAGIC_BYTES, end, emptyScanState());
+    const state = await scanWhole(handle, path, from?.end ?? MAGIC_BYTES, end, from?.state ?? emptyScanState());
     return { state, end: state.end };
   } finally {
     await handle.close();
   }
 }
+
+/**
+ * Transactions committed while a pack runs are copied in rounds without the
+ * commit lock while more than this many bytes of them are left, so that
+ * commits wait under it only for the last few (each byte copied there holds
+ * every commit).
+ */
+const LOCKED_TAIL_BYTES = 256 * 1024;
+/** Rounds of that copy before the lock is taken whatever is left (commits may come faster than a round copies them). */
+const UNLOCKED_TAIL_ROUNDS = 8;
 
 /** Storages with a pack running: a second pack at the same time is refused (as ZODB). */
 const packing = new WeakSet<FileStorage>();
@@ -404,6 +421,9 @@ class Packer {
   private marked = 0;
   private objectsAtPack = 0;
 
+  /** Where the passes over the file let the event loop turn (commits and replication go on meanwhile). */
+  private readonly turns = new PassTurns();
+
   /** The pass under way and the size it reads to, for onProgress. */
   private step: PackProgress['step'] = 'index';
   private end0 = 0;
@@ -444,22 +464,28 @@ class Packer {
       if (o.pos === this.packPos) return unchanged;
       this.shifts.set(this.packPos, o.pos - this.packPos);
       await this.copyAfterPack(o, this.packPos, end0);
-      // What is copied so far is final: the new file's index is read from it now, while commits go on;
-      // under the commit lock only the transactions committed meanwhile are (a whole scan there held
-      // every commit for about 12 ms a megabyte of packed file).
-      o.flush();
-      if (this.storage.packsStopped) throw new StorageClosedError(this.storage.path);
-      const scanned = await scanPrefix(newPath, this.storage.path, o.pos);
-      const release = await this.storage.acquireCommitLock();
+      // What is copied so far is final: it is synced, and the new file's index read from it, while commits go
+      // on; then the transactions committed meanwhile, in rounds. Under the commit lock only the last of
+      // them are (each step there holds every commit: a scan about 12 ms a megabyte of packed file).
+      let copied = end0;
       let tailTransactions = 0;
+      let scanned: Scanned | null = null;
+      for (let round = 0; ; round++) {
+        o.flush();
+        await out.sync();
+        if (this.storage.packsStopped) throw new StorageClosedError(this.storage.path);
+        scanned = await scanOutput(newPath, this.storage.path, scanned, o.pos);
+        const end = this.storage.getSize();
+        if (end - copied <= LOCKED_TAIL_BYTES || round === UNLOCKED_TAIL_ROUNDS) break;
+        tailTransactions += await this.copyTail(o, copied, end, epoch);
+        copied = end;
+      }
+      const release = await this.storage.acquireCommitLock();
       let sizeAfter: number;
       try {
-        if (this.storage.packsStopped) throw new StorageClosedError(this.storage.path);
-        if (this.storage.fileEpoch !== epoch) throw new PackError(`${this.storage.path}: the data file was replaced during the pack`);
         const end1 = this.storage.getSize();
-        this.src.forgetWindow();
-        tailTransactions = await this.copyAfterPack(o, end0, end1);
-        if (this.referencesOf && end1 > end0) await this.checkTail(this.referencesOf, end0, end1);
+        tailTransactions += await this.copyTail(o, copied, end1, epoch);
+        if (this.referencesOf) this.checkLaterReferences();
         o.flush();
         await out.sync();
         await out.close();
@@ -482,6 +508,8 @@ class Packer {
 
   /** The transaction at `pos`, read for the pack (and reported to onProgress); a storage closed meanwhile stops the pack here (its close waits for it). */
   private async txnAt(pos: number, limit: number, lastTid: Buffer | null): Promise<TxnAt> {
+    const turn = this.turns.at(pos);
+    if (turn) await turn;
     if (this.storage.packsStopped) throw new StorageClosedError(this.storage.path);
     // The tail committed while the pack ran is copied past the size it started from: the total grows with it.
     this.onProgress?.({ step: this.step, done: pos, total: Math.max(this.end0, limit) });
@@ -554,7 +582,25 @@ class Packer {
    * to `to`): none may refer to an object the pack drops, or the pack is
    * refused (nothing is replaced; it can run again).
    */
-  private async checkTail(referencesOf: ReferencesOf, from: number, to: number): Promise<void> {
+  /**
+   * Copy the transactions committed while the pack ran, from `from` to `to`
+   * (with garbage collection, noting what they write and refer to); the
+   * number copied. A file replaced meanwhile (a rewind) stops the pack.
+   */
+  private async copyTail(o: Output, from: number, to: number, epoch: number): Promise<number> {
+    if (this.storage.packsStopped) throw new StorageClosedError(this.storage.path);
+    if (this.storage.fileEpoch !== epoch) throw new PackError(`${this.storage.path}: the data file was replaced during the pack`);
+    if (to <= from) return 0;
+    this.src.forgetWindow();
+    const count = await this.copyAfterPack(o, from, to);
+    if (this.referencesOf) await this.noteLaterReferences(this.referencesOf, from, to);
+    return count;
+  }
+
+  /** References of the records committed while the pack ran, to objects not (yet) known to stay: checked at the end. */
+  private readonly laterRefs: Array<{ ref: Buffer; key: OidKey }> = [];
+
+  private async noteLaterReferences(referencesOf: ReferencesOf, from: number, to: number): Promise<void> {
     const records: Array<{ oid: Buffer; rpos: number }> = [];
     for (let pos = from; pos < to; ) {
       const txn = await this.txnAt(pos, to, null);
@@ -566,15 +612,21 @@ class Packer {
       }
       pos = txn.next;
     }
-    // Checked once every object the tail writes is known (a reference may come before the record it names).
     for (const { oid, rpos } of records) {
       for (const ref of this.refsAt(rpos, referencesOf, oid, 'after the pack time')) {
         const key = oidKey(ref);
-        if (this.reachable.first.has(key) || this.laterOids.has(key)) continue;
-        throw new GarbageCollectionError(
-          `${this.storage.path}: a transaction committed while the pack ran refers to oid 0x${ref.toString('hex')}, which the pack drops as unreachable at the pack time; nothing was changed, pack again`,
-        );
+        if (!this.reachable.first.has(key) && !this.laterOids.has(key)) this.laterRefs.push({ ref, key });
       }
+    }
+  }
+
+  /** Once every object the tail writes is known (a reference may come before the record it names), each it refers to stays. */
+  private checkLaterReferences(): void {
+    for (const { ref, key } of this.laterRefs) {
+      if (this.reachable.first.has(key) || this.laterOids.has(key)) continue;
+      throw new GarbageCollectionError(
+        `${this.storage.path}: a transaction committed while the pack ran refers to oid 0x${ref.toString('hex')}, which the pack drops as unreachable at the pack time; nothing was changed, pack again`,
+      );
     }
   }
 
