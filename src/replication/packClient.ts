@@ -7,8 +7,8 @@
 
 import { ZrsError } from '../errors.js';
 import type { ReplicationAddress } from '../ports/transport.js';
-import type { PackProgress } from '../storage/pack.js';
-import { PACK_REPLY_MAX_BYTES, type PackedMessage, type PackRefusalCode, type PrimaryMessage } from '../wire/native.js';
+import type { PackProgress, PackReport } from '../storage/pack.js';
+import { PACK_REPLY_MAX_BYTES, type PackRefusalCode, type PrimaryMessage } from '../wire/native.js';
 import { NodeRequestError, askNode, type NodeRequestKind, type NodeRequestOptions } from './nodeRequest.js';
 
 /**
@@ -44,7 +44,7 @@ export interface PackRequestOptions extends NodeRequestOptions {
 }
 
 /** What the node answered: its pack's report. */
-export type PackReply = Omit<PackedMessage, 'type'>;
+export type PackReply = PackReport;
 
 /**
  * Ask the node serving at `address` (a bare port means 127.0.0.1) to pack

@@ -4,7 +4,7 @@
 import { hash } from 'node:crypto';
 import { Packr, Unpackr, RESERVE_START_SPACE } from 'msgpackr';
 import { ProtocolError } from '../errors.js';
-import type { PackBlobFiles, PackProgress } from '../storage/pack.js';
+import type { PackBlobFiles, PackProgress, PackReport } from '../storage/pack.js';
 import { FRAME_HEADER_BYTES } from './framing.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -416,11 +416,8 @@ export interface PackRequestMessage {
 export const PACK_STEPS = ['index', 'references', 'copy'] as const satisfies readonly PackProgress['step'][];
 
 /** Node -> admin client, about once a second while a requested pack runs: which pass, and how far into it. */
-export interface PackProgressMessage {
+export interface PackProgressMessage extends PackProgress {
   type: 'pack-progress';
-  step: PackProgress['step'];
-  done: number;
-  total: number;
 }
 
 export type { PackBlobFiles };
@@ -428,23 +425,9 @@ export type { PackBlobFiles };
 /** Every PackBlobFiles, for validation. */
 export const PACK_BLOB_FILES: readonly PackBlobFiles[] = ['none', 'deleted', 'kept'];
 
-/** Node -> admin client, then close: the pack ended (the fields of FileStorage.pack's report). */
-export interface PackedMessage {
+/** Node -> admin client, then close: the pack ended, with FileStorage.pack's report. */
+export interface PackedMessage extends PackReport {
   type: 'packed';
-  /** False when nothing before the pack time could be removed: the file is unchanged. */
-  packed: boolean;
-  /** The tid it packed to: the pack time's, or the node's last transaction's when that is earlier. */
-  packTid: Buffer;
-  sizeBefore: number;
-  sizeAfter: number;
-  /** Transactions committed (or applied) while the pack ran, carried into the packed file. */
-  tailTransactions: number;
-  /** `none`: the node has no blob directory; `deleted`: the files of removed revisions were deleted; `kept`: left for another node (a blob directory shared with the primary). */
-  blobFiles: PackBlobFiles;
-  removedBlobFiles: number;
-  blobFilesNotRemoved: number;
-  /** The first error deleting a blob file, or null. */
-  blobRemovalError: string | null;
 }
 
 /**

@@ -5,22 +5,10 @@
 // zrs2 it is a protocol error.
 
 import { describe, expect, it } from 'vitest';
-import { initialTransition, transition, type AnyEventObject } from 'xstate';
-import type { ProtocolSpec } from '../../machines/handshake.js';
-import { primarySessionMachine as machine, type PackOutcome, type PrimarySessionEvent } from '../../machines/primarySession.js';
+import type { AnyEventObject } from 'xstate';
+import type { PackOutcome, PrimarySessionEvent } from '../../machines/primarySession.js';
 import { inputOf, invoked, named, paramsOf, tid } from './helpers.js';
-
-type Snapshot = ReturnType<typeof initialTransition<typeof machine>>[0];
-
-const native: ProtocolSpec = { name: 'zrs-ts/1', kind: 'native', hasVerdict: true, hasAcks: true };
-const zrs21: ProtocolSpec = { name: 'zrs2.1', kind: 'zrs2', hasVerdict: false, hasAcks: false };
-const input = { peer: 'admin-client', supportedProtocols: [native, zrs21] };
-
-function walk(...events: Array<PrimarySessionEvent | AnyEventObject>): ReturnType<typeof transition<typeof machine>> {
-  let [snap, actions] = initialTransition(machine, input);
-  for (const e of events) [snap, actions] = transition(machine, snap as Snapshot, e as PrimarySessionEvent);
-  return [snap, actions] as ReturnType<typeof transition<typeof machine>>;
-}
+import { native, walk, zrs21 } from './adminSession.js';
 
 const request: PrimarySessionEvent = { type: 'PACK_REQUEST', time: 1_700_000_000.5, gc: false };
 const done = (output: PackOutcome): AnyEventObject => ({ type: 'xstate.done.actor.pack', output });

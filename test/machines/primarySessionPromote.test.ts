@@ -4,22 +4,10 @@
 // answered as refused (failed); over zrs2 it is a protocol error.
 
 import { describe, expect, it } from 'vitest';
-import { initialTransition, transition, type AnyEventObject } from 'xstate';
-import type { ProtocolSpec } from '../../machines/handshake.js';
-import { primarySessionMachine as machine, type PrimarySessionEvent, type PromoteOutcome } from '../../machines/primarySession.js';
+import type { AnyEventObject } from 'xstate';
+import type { PromoteOutcome } from '../../machines/primarySession.js';
 import { inputOf, invoked, named, paramsOf, tid } from './helpers.js';
-
-type Snapshot = ReturnType<typeof initialTransition<typeof machine>>[0];
-
-const native: ProtocolSpec = { name: 'zrs-ts/1', kind: 'native', hasVerdict: true, hasAcks: true };
-const zrs21: ProtocolSpec = { name: 'zrs2.1', kind: 'zrs2', hasVerdict: false, hasAcks: false };
-const input = { peer: 'admin-client', supportedProtocols: [native, zrs21] };
-
-function walk(...events: Array<PrimarySessionEvent | AnyEventObject>): ReturnType<typeof transition<typeof machine>> {
-  let [snap, actions] = initialTransition(machine, input);
-  for (const e of events) [snap, actions] = transition(machine, snap as Snapshot, e as PrimarySessionEvent);
-  return [snap, actions] as ReturnType<typeof transition<typeof machine>>;
-}
+import { native, walk, zrs21 } from './adminSession.js';
 
 const done = (output: PromoteOutcome): AnyEventObject => ({ type: 'xstate.done.actor.promote', output });
 const promoted: PromoteOutcome = { kind: 'promoted', generation: 2, startTid: tid(5), sessionsKept: 1 };

@@ -3,22 +3,8 @@
 // 'status-served'; over zrs2 it is a protocol error; elsewhere it is ignored.
 
 import { describe, expect, it } from 'vitest';
-import { initialTransition, transition } from 'xstate';
-import type { ProtocolSpec } from '../../machines/handshake.js';
-import { primarySessionMachine as machine, type PrimarySessionEvent } from '../../machines/primarySession.js';
 import { named, paramsOf, tid } from './helpers.js';
-
-type Snapshot = ReturnType<typeof initialTransition<typeof machine>>[0];
-
-const native: ProtocolSpec = { name: 'zrs-ts/1', kind: 'native', hasVerdict: true, hasAcks: true };
-const zrs21: ProtocolSpec = { name: 'zrs2.1', kind: 'zrs2', hasVerdict: false, hasAcks: false };
-const input = { peer: 'status-client', supportedProtocols: [native, zrs21] };
-
-function walk(...events: PrimarySessionEvent[]): ReturnType<typeof transition<typeof machine>> {
-  let [snap, actions] = initialTransition(machine, input);
-  for (const e of events) [snap, actions] = transition(machine, snap as Snapshot, e);
-  return [snap, actions] as ReturnType<typeof transition<typeof machine>>;
-}
+import { native, walk, zrs21 } from './adminSession.js';
 
 describe('primarySession: status request', () => {
   it('native: sendStatus, then closed with status-served and nothing streamed', () => {

@@ -116,6 +116,17 @@ export { Z64 };
 /** A record as ZODB writes a blob's: the class ZODB.blob.Blob, then an empty state. */
 export const BLOB_RECORD = Buffer.from('8003635a4f44422e626c6f620a426c6f620a71002e80034e2e', 'hex');
 
+/** Commit `content` as the next revision (after `serial`) of the blob `oid` on `fs`, staged in `dir`; its tid. */
+export async function commitBlobRevision(fs: FileStorage, dir: string, oid: Buffer, serial: Buffer, content: string): Promise<Buffer> {
+  const staged = join(dir, `staged-${content}`);
+  writeFileSync(staged, content);
+  const txn = { description: content };
+  await fs.tpcBegin(txn);
+  await fs.storeBlob(oid, serial, BLOB_RECORD, staged, txn);
+  await fs.tpcVote(txn);
+  return fs.tpcFinish(txn);
+}
+
 /**
  * A closed storage `dir`/Data.fs with its blob directory `dir`/blobs, holding
  * one blob object with a revision per entry of `contents`; the oid and the
@@ -128,15 +139,7 @@ export async function storageWithBlobRevisions(dir: string, contents: string[]):
   const oid = fs.newOid();
   let serial: Buffer = Z64;
   try {
-    for (const content of contents) {
-      const staged = join(dir, `staged-${content}`);
-      writeFileSync(staged, content);
-      const txn = { description: content };
-      await fs.tpcBegin(txn);
-      await fs.storeBlob(oid, serial, BLOB_RECORD, staged, txn);
-      await fs.tpcVote(txn);
-      serial = await fs.tpcFinish(txn);
-    }
+    for (const content of contents) serial = await commitBlobRevision(fs, dir, oid, serial, content);
   } finally {
     await fs.close();
   }

@@ -17,7 +17,7 @@ import { zodbReferences } from '../../src/storage/references.js';
 import type { TransactionMeta } from '../../src/storage/types.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
 import { FAST_RECONNECT } from './netHelpers.js';
-import { allTransactions, BLOB_RECORD, commitMany, expectSameHistory, holdNextRead, storageWithBlobRevisions, waitForState, waitForTid, Z64 } from './helpers.js';
+import { allTransactions, commitBlobRevision, commitMany, expectSameHistory, holdNextRead, storageWithBlobRevisions, waitForState, waitForTid, Z64 } from './helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -222,15 +222,7 @@ describe('Secondary.pack', () => {
       const fs = primary.storage;
       const oid = fs.newOid();
       const serials: Buffer[] = [];
-      for (const content of ['first', 'second']) {
-        const staged = join(dir, `staged-${content}`);
-        writeFileSync(staged, content);
-        const txn: TransactionMeta = { description: content };
-        await fs.tpcBegin(txn);
-        await fs.storeBlob(oid, serials.at(-1) ?? Z64, BLOB_RECORD, staged, txn);
-        await fs.tpcVote(txn);
-        serials.push(await fs.tpcFinish(txn));
-      }
+      for (const content of ['first', 'second']) serials.push(await commitBlobRevision(fs, dir, oid, serials.at(-1) ?? Z64, content));
       await waitForTid(s, serials[1]!);
       const own = await s.storage.loadBlob(oid, serials[0]!);
       const report = await s.pack(tidToSeconds(serials[1]!) + 1);
@@ -253,13 +245,7 @@ describe('Secondary.pack', () => {
       const oid = fs.newOid();
       const serials: Buffer[] = [];
       const commitBlob = async (content: string): Promise<Buffer> => {
-        const staged = join(dir, `staged-${content}`);
-        writeFileSync(staged, content);
-        const txn: TransactionMeta = { description: content };
-        await fs.tpcBegin(txn);
-        await fs.storeBlob(oid, serials.at(-1) ?? Z64, BLOB_RECORD, staged, txn);
-        await fs.tpcVote(txn);
-        serials.push(await fs.tpcFinish(txn));
+        serials.push(await commitBlobRevision(fs, dir, oid, serials.at(-1) ?? Z64, content));
         return serials.at(-1)!;
       };
       for (const content of ['first', 'second']) await commitBlob(content);
