@@ -25,7 +25,7 @@ export class PackRequestError extends NodeRequestError {
   }
 }
 
-/** The node answered that it did not pack: `refused` or `not-packable` (nothing changed), or `failed` on the way. */
+/** The node answered that it did not pack: `refused`, `not-packable` or `gc-refused` (nothing changed), or `failed` (see PackRefusalCode). */
 export class PackRefusedError extends ZrsError {
   override name = 'PackRefusedError';
   constructor(

@@ -139,14 +139,13 @@ export class Primary {
       edges.metrics.watchStorage(storage);
       const metrics = edges.metrics;
       sync = await PrimarySync.open(options, storage, clock, options.log ?? silentLogger, history.generations);
-      const audit = sync.audit;
       // A primary replicates from nobody: its path is itself.
       const path = [options.nodeId ?? randomBytes(NODE_ID_BYTES)];
       const role = {
         nodeStatus: describe,
         onSession: (session: Parameters<typeof metrics.onSession>[0]) => metrics.onSession(session),
         promote: alreadyPrimary(sync.audit),
-        pack: packOnRequest({ pack: (t, refs, o) => storage.pack(t, refs, o), audit: () => audit, log: options.log ?? silentLogger }),
+        pack: packOnRequest({ pack: (t, refs, o) => storage.pack(t, refs, o), audit: () => sync!.audit, log: options.log ?? silentLogger }),
         upstreamPath: () => path,
       };
       let server: ReplicationServer;

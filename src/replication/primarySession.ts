@@ -114,10 +114,10 @@ export interface PrimarySessionOptions {
    * hello from a node on it is refused (`loop`). Default: none.
    */
   upstreamPath?: () => Buffer[];
-  /** Carries out a native promote request. Default: {@link notPromotable}. */
-  promote?: (request: PromoteInput & { peer: string }) => Promise<PromoteOutcome>;
-  /** Carries out a native pack request, calling `onProgress` as the pack goes. Default: {@link notPackable}. */
-  pack?: (request: PackRequest) => Promise<PackOutcome>;
+  /** Carries out a native promote request ({@link notPromotable} on a node that takes none). */
+  promote: (request: PromoteInput & { peer: string }) => Promise<PromoteOutcome>;
+  /** Carries out a native pack request, calling `onProgress` as the pack goes ({@link notPackable} on a node that takes none). */
+  pack: (request: PackRequest) => Promise<PackOutcome>;
   /**
    * Called when the session starts streaming to a secondary, refuses one that
    * named a replication protocol, or takes a promote or pack request: it is then more
@@ -539,7 +539,7 @@ export class PrimarySession {
 
   private async promote(input: PromoteInput): Promise<PromoteOutcome> {
     this.options.identified?.();
-    return (this.options.promote ?? notPromotable)({ ...input, peer: this.peer });
+    return this.options.promote({ ...input, peer: this.peer });
   }
 
   private sendPromoteResult(outcome: PromoteOutcome): void {
@@ -560,7 +560,7 @@ export class PrimarySession {
    */
   private async pack(input: PackInput): Promise<PackOutcome> {
     this.options.identified?.();
-    const handler = this.options.pack ?? notPackable;
+    const handler = this.options.pack;
     let latest: PackProgress | null = null;
     const { clock } = this.options;
     const packr = createNativePackr();

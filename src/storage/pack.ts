@@ -1,8 +1,8 @@
 // Pack: rewrite Data.fs without revisions not current at the pack time (and, given a
 // references function, objects unreachable from the root then), byte for byte as ZODB 5
 // (except where ZODB's GC would drop what later transactions refer to: kept here).
-// Invariants: the live file is only read; the commit lock is held only for the tail
-// committed meanwhile and the swap; memory grows with the oid count, not the file size.
+// Invariants: the live file is only read; the commit lock is held only for the last round of
+// the tail committed meanwhile and the swap; memory grows with the oid count, not the file size.
 
 import { open, readdir, rmdir, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
@@ -32,7 +32,7 @@ import { BigMap, BigSet } from './bigMap.js';
 import { nodeDisk } from './disk.js';
 import { WindowReader, preadSync } from './fileio.js';
 import { emptyScanState, oidKey, scanWhole, type OidKey, type ScanState } from './scan.js';
-import { PassTurns } from './turns.js';
+import { PassTurns, turn } from './turns.js';
 import { Z64 } from './timestamp.js';
 import type { FileStorage } from './FileStorage.js';
 
@@ -71,7 +71,7 @@ export interface PackReport {
   /** Committed size when the pack started, and after it (equal when not packed). */
   sizeBefore: number;
   sizeAfter: number;
-  /** Transactions committed while the copy ran, appended under the commit lock. */
+  /** Transactions committed while the pack ran, copied after what it packed (in rounds, the last under the commit lock). */
   tailTransactions: number;
   /** What was done with the blob files of removed revisions. */
   blobFiles: PackBlobFiles;
@@ -133,7 +133,7 @@ interface Scanned {
 async function scanOutput(newPath: string, path: string, from: Scanned | null, end: number): Promise<Scanned> {
   const handle = await open(newPath, 'r');
   try {
-    const state = await scanWhole(handle, path, from?.end ?? MAGIC_BYTES, end, from?.state ?? emptyScanState());
+    const state = await scanWhole(handle, path, from?.end ?? MAGIC_BYTES, end, from?.state ?? emptyScanState(), new PassTurns());
     return { state, end: state.end };
   } finally {
     await handle.close();
@@ -464,15 +464,15 @@ class Packer {
       if (o.pos === this.packPos) return unchanged;
       this.shifts.set(this.packPos, o.pos - this.packPos);
       await this.copyAfterPack(o, this.packPos, end0);
-      // What is copied so far is final: it is synced, and the new file's index read from it, while commits go
-      // on; then the transactions committed meanwhile, in rounds. Under the commit lock only the last of
-      // them are (each step there holds every commit: a scan about 12 ms a megabyte of packed file).
+      // What is copied so far is final: the new file's index is read from it while commits go on; then the
+      // transactions committed meanwhile, in rounds, and a sync. Under the commit lock only the last of them are
+      // (each step there holds every commit: a scan about 12 ms a megabyte of packed file, a sync of it all
+      // tens of milliseconds).
       let copied = end0;
       let tailTransactions = 0;
       let scanned: Scanned | null = null;
       for (let round = 0; ; round++) {
         o.flush();
-        await out.sync();
         if (this.storage.packsStopped) throw new StorageClosedError(this.storage.path);
         scanned = await scanOutput(newPath, this.storage.path, scanned, o.pos);
         const end = this.storage.getSize();
@@ -480,12 +480,13 @@ class Packer {
         tailTransactions += await this.copyTail(o, copied, end, epoch);
         copied = end;
       }
+      await out.sync();
       const release = await this.storage.acquireCommitLock();
       let sizeAfter: number;
       try {
         const end1 = this.storage.getSize();
         tailTransactions += await this.copyTail(o, copied, end1, epoch);
-        if (this.referencesOf) this.checkLaterReferences();
+        this.checkLaterReferences();
         o.flush();
         await out.sync();
         await out.close();
@@ -578,49 +579,39 @@ class Packer {
   }
 
   /**
-   * Transactions committed while the pack ran, after what it read (`from`
-   * to `to`): none may refer to an object the pack drops, or the pack is
-   * refused (nothing is replaced; it can run again).
-   */
-  /**
-   * Copy the transactions committed while the pack ran, from `from` to `to`
-   * (with garbage collection, noting what they write and refer to); the
-   * number copied. A file replaced meanwhile (a rewind) stops the pack.
+   * Copy the transactions committed while the pack ran, from `from` to `to`;
+   * the number copied. With garbage collection, what they write is noted, and
+   * what they refer to that is not (yet) known to stay: none may refer to an
+   * object the pack drops (checkLaterReferences). A file replaced meanwhile
+   * (a rewind) stops the pack.
    */
   private async copyTail(o: Output, from: number, to: number, epoch: number): Promise<number> {
     if (this.storage.packsStopped) throw new StorageClosedError(this.storage.path);
     if (this.storage.fileEpoch !== epoch) throw new PackError(`${this.storage.path}: the data file was replaced during the pack`);
     if (to <= from) return 0;
     this.src.forgetWindow();
-    const count = await this.copyAfterPack(o, from, to);
-    if (this.referencesOf) await this.noteLaterReferences(this.referencesOf, from, to);
+    const records: Array<{ oid: Buffer; rpos: number }> | null = this.referencesOf ? [] : null;
+    const count = await this.copyAfterPack(o, from, to, records);
+    if (this.referencesOf && records) {
+      for (const { oid } of records) this.laterOids.add(oidKey(oid));
+      for (const { oid, rpos } of records) {
+        for (const ref of this.refsAt(rpos, this.referencesOf, oid, 'after the pack time')) {
+          const key = oidKey(ref);
+          if (!this.reachable.first.has(key) && !this.laterOids.has(key)) this.laterRefs.push({ ref, key });
+        }
+      }
+    }
     return count;
   }
 
   /** References of the records committed while the pack ran, to objects not (yet) known to stay: checked at the end. */
   private readonly laterRefs: Array<{ ref: Buffer; key: OidKey }> = [];
 
-  private async noteLaterReferences(referencesOf: ReferencesOf, from: number, to: number): Promise<void> {
-    const records: Array<{ oid: Buffer; rpos: number }> = [];
-    for (let pos = from; pos < to; ) {
-      const txn = await this.txnAt(pos, to, null);
-      for (let rpos = txn.recordsStart; rpos < txn.recordsEnd; ) {
-        const h = await this.src.recordAt(txn, rpos);
-        this.laterOids.add(oidKey(h.oid));
-        records.push({ oid: Buffer.from(h.oid), rpos });
-        rpos += dataRecordLength(h.plen);
-      }
-      pos = txn.next;
-    }
-    for (const { oid, rpos } of records) {
-      for (const ref of this.refsAt(rpos, referencesOf, oid, 'after the pack time')) {
-        const key = oidKey(ref);
-        if (!this.reachable.first.has(key) && !this.laterOids.has(key)) this.laterRefs.push({ ref, key });
-      }
-    }
-  }
-
-  /** Once every object the tail writes is known (a reference may come before the record it names), each it refers to stays. */
+  /**
+   * Once every object the tail writes is known (a reference may come before
+   * the record it names), each it refers to stays; otherwise the pack is
+   * refused (nothing is replaced; it can run again).
+   */
   private checkLaterReferences(): void {
     for (const { ref, key } of this.laterRefs) {
       if (this.reachable.first.has(key) || this.laterOids.has(key)) continue;
@@ -629,7 +620,6 @@ class Packer {
       );
     }
   }
-
 
   /** Keep the revision an undo after the pack time points back to (`back`), and follow what it refers to. */
   private async keepBackTarget(oid: Buffer, back: number, extraRoots: Array<{ oid: Buffer; pos: number }>, referencesOf: ReferencesOf): Promise<void> {
@@ -664,7 +654,7 @@ class Packer {
       // the node's replication (heartbeats, acks) for as long. A close meanwhile stops the pack here.
       if (++this.marked % MARKS_PER_TURN === 0) {
         this.onProgress?.({ step: 'references', done: Math.min(this.marked, this.objectsAtPack), total: this.objectsAtPack });
-        await new Promise<void>((resolve) => setImmediate(resolve));
+        await turn();
         if (this.storage.packsStopped) throw new StorageClosedError(this.storage.path);
       }
       const oid = todo.pop()!;
@@ -749,9 +739,10 @@ class Packer {
 
   /**
    * Transactions from `from` to `to`, after the pack time: copied whole, with
-   * prev, tloc and backpointers moved to the new offsets. Returns how many.
+   * prev, tloc and backpointers moved to the new offsets. Returns how many;
+   * each record's oid and old position go to `records`, when given.
    */
-  private async copyAfterPack(o: Output, from: number, to: number): Promise<number> {
+  private async copyAfterPack(o: Output, from: number, to: number, records: Array<{ oid: Buffer; rpos: number }> | null = null): Promise<number> {
     let count = 0;
     for (let pos = from; pos < to; count++) {
       const txn = await this.txnAt(pos, to, this.lastTid);
@@ -764,6 +755,7 @@ class Packer {
         const h = await this.src.recordAt(txn, rpos);
         const len = dataRecordLength(h.plen);
         const key = oidKey(h.oid);
+        records?.push({ oid: Buffer.from(h.oid), rpos });
         const prev = this.newIndex.get(key) ?? 0;
         const here = o.pos;
         written.set(key, here);

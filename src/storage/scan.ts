@@ -25,6 +25,7 @@ import { BigMap } from './bigMap.js';
 import { WindowReader, preadSync } from './fileio.js';
 import { firstFillWithin, isFillRange, trailingFill } from './prealloc.js';
 import { tidToSeconds } from './timestamp.js';
+import type { PassTurns } from './turns.js';
 
 /** One sample every this many transactions keeps tid lookups short. */
 export const TID_SAMPLE_EVERY = 64;
@@ -167,9 +168,13 @@ export async function scanFile(
   state: ScanState,
   /** Read-only tools: damage ends the data as a tail does, instead of being thrown. */
   stopAtDamage = false,
+  /** Where to let the event loop turn (a scan of a pack's output, while its node commits); none: at reads only. */
+  turns: PassTurns | null = null,
 ): Promise<ScanResult> {
   const reader = new WindowReader(handle, undefined, () => fileSize);
   while (pos < fileSize) {
+    const turn = turns?.at(pos);
+    if (turn) await turn;
     let verdict: TxnVerdict;
     let damage: CorruptedDataError;
     try {
@@ -200,8 +205,8 @@ export async function scanFile(
  * scanFile over a file written whole (a pack's or a rewind's new file, from
  * `pos` to `fileSize`): any tail is damage, not a commit cut short.
  */
-export async function scanWhole(handle: FileHandle, path: string, pos: number, fileSize: number, state: ScanState): Promise<ScanResult> {
-  const result = await scanFile(handle, path, pos, fileSize, state);
+export async function scanWhole(handle: FileHandle, path: string, pos: number, fileSize: number, state: ScanState, turns: PassTurns | null = null): Promise<ScanResult> {
+  const result = await scanFile(handle, path, pos, fileSize, state, false, turns);
   if (result.tail) throw new CorruptedDataError(path, result.tail.pos, `packed file is incomplete: ${result.tail.reason}`);
   return result;
 }

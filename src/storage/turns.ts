@@ -8,6 +8,11 @@
 /** Bytes of a pass between two turns of the event loop (a few milliseconds of work). */
 export const PASS_TURN_BYTES = 256 * 1024;
 
+/** One turn of the event loop: timers and I/O that are due run before it resolves. */
+export function turn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
 /** Where a pass over a file lets the event loop turn. */
 export class PassTurns {
   private last = -1;
@@ -27,6 +32,6 @@ export class PassTurns {
     if (this.last < 0 || pos < this.last) this.last = pos;
     if (pos - this.last < this.every) return null;
     this.last = pos;
-    return new Promise((resolve) => setImmediate(resolve));
+    return turn();
   }
 }

@@ -5,6 +5,7 @@ import { firstValueFrom, filter, timeout } from 'rxjs';
 import { expect } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
+import { turn } from '../../src/storage/turns.js';
 import { join } from 'node:path';
 import { FileStorage } from '../../src/storage/FileStorage.js';
 import { MAX_GENERATION_HISTORY } from '../../src/wire/native.js';
@@ -164,15 +165,20 @@ export function waitForState(s: Secondary, state: string, ms = 15_000): Promise<
   });
 }
 
-const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+/** A read held by holdNextRead: `reading` settles once it began; `release()` lets it go on; `restore()` ends the hold for good. */
+export interface HeldRead {
+  reading: Promise<void>;
+  release: () => void;
+  restore: () => void;
+}
 
 /**
  * Hold the next file read anywhere in this process (a pack's first, where
- * nothing else reads), once `from()` is true, until `release()` is true,
- * checked at every turn of the event loop; `reading` settles once that read
- * began. Other reads pass.
+ * nothing else reads), once `from()` is true, until `release()` is called or
+ * `until()` is true, checked at every turn of the event loop. Other reads
+ * pass.
  */
-export async function holdNextRead(dir: string, release: () => boolean, from: () => boolean = () => true): Promise<{ reading: Promise<void>; restore: () => void }> {
+export async function holdNextRead(dir: string, until: () => boolean = () => false, from: () => boolean = () => true): Promise<HeldRead> {
   const probe = await open(join(dir, 'probe'), 'w');
   const proto = Object.getPrototypeOf(probe) as { read: (...args: unknown[]) => Promise<unknown> };
   await probe.close();
@@ -180,13 +186,14 @@ export async function holdNextRead(dir: string, release: () => boolean, from: ()
   let began!: () => void;
   const reading = new Promise<void>((resolve) => (began = resolve));
   let held = false;
+  let released = false;
   proto.read = async function (this: unknown, ...args: unknown[]) {
     if (!held && from()) {
       held = true;
       began();
-      while (!release()) await turn();
+      while (!released && !until()) await turn();
     }
     return realRead.apply(this, args);
   };
-  return { reading, restore: () => void (proto.read = realRead) };
+  return { reading, release: () => void (released = true), restore: () => void (proto.read = realRead) };
 }

@@ -25,7 +25,7 @@ import { createNativePackr, createNativeUnpackr, decodeNative, encodeNative, enc
 import { encodeFrame } from '../../src/wire/framing.js';
 import { connect } from 'node:net';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { allTransactions, commitMany, holdNextRead, waitForTid } from './helpers.js';
+import { allTransactions, commitMany, holdNextRead, waitForTid, type HeldRead } from './helpers.js';
 import { FAST_RECONNECT, FakeServer } from './netHelpers.js';
 
 afterAll(cleanupTempDirs);
@@ -196,8 +196,7 @@ describe('a node asked to pack', () => {
     const pPath = join(dir, 'p.fs');
     const primary = await Primary.open({ path: pPath, replicateTo: '127.0.0.1:0', fsync: false });
     const secondary = await Secondary.open({ path: join(dir, 's.fs'), replicateFrom: primary.address, fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
-    let release = false;
-    let held: Awaited<ReturnType<typeof holdNextRead>> | null = null;
+    let held: HeldRead | null = null;
     let reply: PackReply | null = null;
     let time = 0;
     try {
@@ -206,12 +205,12 @@ describe('a node asked to pack', () => {
       await waitForTid(secondary, tids.at(-1)!);
       const before = await revisionCount(primary.storage);
       // Held at its first read, the pack has begun: what is committed now lands in its tail, and replicates.
-      held = await holdNextRead(dir, () => release);
+      held = await holdNextRead(dir);
       const asking = requestPack(primary.address, time, { gc: false });
       await held.reading;
       const during = await commitMany(primary.storage, 5);
       await waitForTid(secondary, during.at(-1)!);
-      release = true;
+      held.release();
       reply = await asking;
       expect(reply).toMatchObject({ packed: true, packTid: tids.at(-1), tailTransactions: 5, blobFiles: 'none', removedBlobFiles: 0 });
       expect(reply.sizeAfter).toBeLessThan(reply.sizeBefore);
@@ -293,7 +292,7 @@ describe('a node asked to pack', () => {
     const dir = await tempDir();
     const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
     let closing: Promise<void> | null = null;
-    let held: Awaited<ReturnType<typeof holdNextRead>> | null = null;
+    let held: HeldRead | null = null;
     try {
       const tids = await commitMany(primary.storage, 20);
       const before = await revisionCount(primary.storage);
@@ -309,7 +308,6 @@ describe('a node asked to pack', () => {
       expect(stopped).toBeInstanceOf(PackRefusedError);
       expect({ code: stopped.code, message: stopped.message }).toEqual({ code: 'failed', message: expect.stringMatching(/did not pack \(failed\): storage .*p\.fs is closed$/) });
       await closing;
-      held.restore();
       const reopened = await FileStorage.open(join(dir, 'p.fs'), { readOnly: true });
       try {
         expect(await revisionCount(reopened)).toBe(before);
@@ -328,7 +326,7 @@ describe('a node asked to pack', () => {
     const sPath = join(dir, 's.fs');
     const secondary = await Secondary.open({ path: sPath, replicateFrom: primary.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT, auditPath: null });
     let closing: Promise<void> | null = null;
-    let held: Awaited<ReturnType<typeof holdNextRead>> | null = null;
+    let held: HeldRead | null = null;
     try {
       const tids = await commitMany(primary.storage, 20);
       await waitForTid(secondary, tids.at(-1)!);
@@ -340,7 +338,6 @@ describe('a node asked to pack', () => {
       const stopped = await asking;
       expect({ code: stopped.code, message: stopped.message }).toEqual({ code: 'failed', message: expect.stringMatching(/did not pack \(failed\): storage .*s\.fs is closed$/) });
       await closing;
-      held.restore();
       const reopened = await FileStorage.open(sPath, { readOnly: true });
       try {
         expect((await allTransactions(reopened)).map((t) => [t.tid, t.status])).toEqual(before.map((t) => [t.tid, t.status]));
@@ -359,18 +356,17 @@ describe('a node asked to pack', () => {
     const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null });
     const sPath = join(dir, 's.fs');
     const secondary = await Secondary.open({ path: sPath, replicateFrom: primary.address, replicateTo: '127.0.0.1:0', fsync: false, reconnect: FAST_RECONNECT });
-    let release = false;
-    let held: Awaited<ReturnType<typeof holdNextRead>> | null = null;
+    let held: HeldRead | null = null;
     let promoted: Primary | null = null;
     try {
       const tids = await commitMany(primary.storage, 20);
       await waitForTid(secondary, tids.at(-1)!);
-      held = await holdNextRead(dir, () => release);
+      held = await holdNextRead(dir);
       const asking = requestPack(secondary.replicationAddress!, tidToSeconds(tids.at(-1)!) + 1, { gc: false });
       await held.reading;
       await primary.close();
       promoted = await secondary.promote({ force: true });
-      release = true;
+      held.release();
       expect((await asking).packed).toBe(true);
     } finally {
       held?.restore();
@@ -388,12 +384,11 @@ describe('a node asked to pack', () => {
     const pPath = join(dir, 'p.fs');
     const lines: string[] = [];
     const primary = await Primary.open({ path: pPath, replicateTo: '127.0.0.1:0', fsync: false, log: (_level, message) => void lines.push(message) });
-    let release = false;
-    let held: Awaited<ReturnType<typeof holdNextRead>> | null = null;
+    let held: HeldRead | null = null;
     try {
       const tids = await commitMany(primary.storage, 20);
       const before = await revisionCount(primary.storage);
-      held = await holdNextRead(dir, () => release);
+      held = await holdNextRead(dir);
       const client = connect((primary.address as { port: number }).port, '127.0.0.1');
       client.on('error', () => undefined);
       client.write(encodeFrame(nativeProtocolName()));
@@ -401,7 +396,7 @@ describe('a node asked to pack', () => {
       await held.reading;
       client.destroy();
       await expect.poll(() => lines.some((l) => /^session with 127\.0\.0\.1:\d+ closed: peer-closed$/.test(l))).toBe(true);
-      release = true;
+      held.release();
       await expect.poll(() => lines.find((l) => l.startsWith('pack requested by ') && l.includes(': packed to tid '))).toBeDefined();
       expect(await revisionCount(primary.storage)).toBeLessThan(before);
     } finally {
@@ -416,13 +411,12 @@ describe('a node asked to pack', () => {
     const dir = await tempDir();
     const clock = new VirtualClock();
     const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, clock });
-    let release = false;
-    let held: Awaited<ReturnType<typeof holdNextRead>> | null = null;
+    let held: HeldRead | null = null;
     try {
       const tids = await commitMany(primary.storage, 20);
       const size = primary.storage.getSize();
       // The pack reports its first transaction, then its read of it is held.
-      held = await holdNextRead(dir, () => release);
+      held = await holdNextRead(dir);
       const progress: PackProgress[] = [];
       const asking = requestPack(primary.address, tidToSeconds(tids.at(-1)!) + 1, { gc: false, onProgress: (p) => progress.push(p) });
       await held.reading;
@@ -436,7 +430,7 @@ describe('a node asked to pack', () => {
         { step: 'index', done: 4, total: size },
         { step: 'index', done: 4, total: size },
       ]);
-      release = true;
+      held.release();
       expect((await asking).packed).toBe(true);
     } finally {
       held?.restore();

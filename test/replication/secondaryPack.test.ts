@@ -53,7 +53,6 @@ async function commitValueTo(fs: FileStorage, oid: Buffer, value: string): Promi
   return fs.tpcFinish(txn);
 }
 
-
 /** The references of a record in the graphs below: the 8-byte oids it holds. */
 const oidsIn = (data: Buffer): Buffer[] => Array.from({ length: Math.floor(data.length / 8) }, (_, i) => data.subarray(8 * i, 8 * i + 8));
 

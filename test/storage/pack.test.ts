@@ -585,9 +585,14 @@ describe('pack and the rest of the storage', () => {
   /**
    * A storage where the root (0) referred to 1 and 40, then to 40 alone (`unlinked`, the pack time), then 3,000
    * commits of objects 2-21 and the root referring to them alone: a pack to `unlinked` copies long enough for a
-   * commit of `tail` to land while it runs. `check` runs on the storage and the pack's outcome ('packed' or its error).
+   * commit of `tail` to land while it runs, then `filler` more of about 1 KB (past 300, what the pack copies in
+   * rounds before it takes the lock). `check` runs on the storage and the pack's outcome ('packed' or its error).
    */
-  async function packWithTailCommit(tail: Array<[number, Buffer]>, check: (fs: FileStorage, outcome: string, unlinked: Buffer) => Promise<void>): Promise<void> {
+  async function packWithTailCommit(
+    tail: Array<[number, Buffer]>,
+    check: (fs: FileStorage, outcome: string, unlinked: Buffer) => Promise<void>,
+    filler = 0,
+  ): Promise<void> {
     const path = join(await tempDir(), 'Data.fs');
     let clockMs = Date.UTC(2024, 0, 1);
     const fs = await FileStorage.open(path, { create: true, fsync: false, now: () => (clockMs += 1000) });
@@ -601,6 +606,7 @@ describe('pack and the rest of the storage', () => {
       const packing = fs.pack(timeOf(unlinked), zodbReferences).then(() => 'packed', (e: Error) => `${e.name}: ${e.message}`);
       while (!existsSync(`${path}.pack`)) await tick(); // the copy has started, without the lock
       await commit(tail);
+      for (let i = 0; i < filler; i++) await commit([[2 + (i % 20), Buffer.concat([recordReferring(), Buffer.alloc(1024, i % 251)])]]);
       // Committed while the pack still ran (its output not yet swapped in): the tail the pack must judge.
       expect(existsSync(`${path}.pack`)).toBe(true);
       await check(fs, await packing, unlinked);
@@ -619,6 +625,18 @@ describe('pack and the rest of the storage', () => {
       await fs.pack(timeOf(unlinked), zodbReferences);
       expect((await fs.load(oid(1))).data.length).toBeGreaterThan(0);
     });
+  });
+
+  it('with GC, still refuses it when that transaction is copied in an early round of a long tail, without the lock', async () => {
+    const relink = recordReferring(1, ...Array.from({ length: 20 }, (_, i) => 2 + i));
+    await packWithTailCommit(
+      [[0, relink]],
+      async (fs, outcome) => {
+        expect(outcome).toMatch(/^GarbageCollectionError: .*a transaction committed while the pack ran refers to oid 0x0000000000000001/);
+        expect((await fs.load(oid(1))).data.length).toBeGreaterThan(0);
+      },
+      400,
+    );
   });
 
   it('with GC, packs when what a transaction committed while it ran refers to is kept: created after the pack time, or by that transaction', async () => {

@@ -7,12 +7,15 @@
 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { open } from 'node:fs/promises';
 import { FileStorage } from '../../src/storage/FileStorage.js';
+import { MAGIC_BYTES } from '../../src/storage/format.js';
+import { emptyScanState, scanWhole } from '../../src/storage/scan.js';
 import { tidToSeconds } from '../../src/storage/timestamp.js';
 import { PASS_TURN_BYTES, PassTurns } from '../../src/storage/turns.js';
 import type { TransactionMeta } from '../../src/storage/types.js';
 import { cleanupTempDirs, tempDir } from '../helpers/fixtures.js';
-import { allTransactions, holdNextRead } from '../replication/helpers.js';
+import { allTransactions, holdNextRead, type HeldRead } from '../replication/helpers.js';
 
 afterAll(cleanupTempDirs);
 
@@ -46,6 +49,30 @@ describe('PassTurns', () => {
 });
 
 describe('passes over a file', () => {
+  it("a scan given turns (a pack's of its output) takes one every PASS_TURN_BYTES", async () => {
+    const path = join(await tempDir(), 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    await commitRevisions(fs, [fs.newOid()], 200, 8000);
+    const size = fs.getSize();
+    await fs.close();
+    let given = 0;
+    const counting = new (class extends PassTurns {
+      override at(pos: number): Promise<void> | null {
+        const turn = super.at(pos);
+        if (turn) given += 1;
+        return turn;
+      }
+    })();
+    const handle = await open(path, 'r');
+    try {
+      const scanned = await scanWhole(handle, path, MAGIC_BYTES, size, emptyScanState(), counting);
+      expect(scanned.end).toBe(size);
+    } finally {
+      await handle.close();
+    }
+    expect(given).toBeGreaterThanOrEqual(Math.floor((size - MAGIC_BYTES) / PASS_TURN_BYTES) - 1);
+  });
+
   it('a pack lets the event loop turn at least every PASS_TURN_BYTES of each pass over the file', async () => {
     const path = join(await tempDir(), 'Data.fs');
     const fs = await FileStorage.open(path, { create: true, fsync: false });
@@ -87,22 +114,35 @@ describe('passes over a file', () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs');
     const fs = await FileStorage.open(path, { create: true, fsync: false });
-    let release = false;
-    let held: Awaited<ReturnType<typeof holdNextRead>> | null = null;
+    let held: HeldRead | null = null;
     try {
       const oids = [fs.newOid(), fs.newOid()];
       const before = await commitRevisions(fs, oids, 20, 1000);
-      held = await holdNextRead(dir, () => release);
-      const packing = fs.pack(tidToSeconds(before.at(-1)!) + 1e-5);
+      held = await holdNextRead(dir);
+      const end0 = fs.getSize();
+      // Once the copy reaches what was committed during the pack (a round, without the commit lock), one more
+      // commit: it goes through before the pack takes the lock for the last of the tail.
+      const order: string[] = [];
+      let late: Promise<Buffer[]> | null = null;
+      const packing = fs
+        .pack(tidToSeconds(before.at(-1)!) + 1e-5, undefined, {
+          onProgress: (p) => {
+            if (late === null && p.step === 'copy' && p.done >= end0) late = commitRevisions(fs, [oids[0]!], 1, 10).finally(() => order.push('commit'));
+          },
+        })
+        .finally(() => order.push('pack'));
       await held.reading;
       // 300 KiB and more, past what is copied under the lock.
       const during = await commitRevisions(fs, oids, 40, 4000);
-      release = true;
+      held.release();
       const report = await packing;
-      expect({ packed: report.packed, tailTransactions: report.tailTransactions }).toEqual({ packed: true, tailTransactions: 40 });
+      const [last] = await late!;
+      expect(order).toEqual(['commit', 'pack']);
+      expect({ packed: report.packed, tailTransactions: report.tailTransactions }).toEqual({ packed: true, tailTransactions: 41 });
       const kept = await allTransactions(fs);
-      expect(kept.map((t) => t.tid)).toEqual([before.at(-1), ...during]);
-      for (const oid of oids) expect((await fs.load(oid)).data).toEqual(Buffer.alloc(4000, 39));
+      expect(kept.map((t) => t.tid)).toEqual([before.at(-1), ...during, last]);
+      expect((await fs.load(oids[0]!)).data).toEqual(Buffer.alloc(10, 0));
+      expect((await fs.load(oids[1]!)).data).toEqual(Buffer.alloc(4000, 39));
     } finally {
       held?.restore();
       await fs.close();
@@ -110,7 +150,7 @@ describe('passes over a file', () => {
     // What the open finds in the file, as the pack left it.
     const reopened = await FileStorage.open(path, { readOnly: true });
     try {
-      expect((await allTransactions(reopened)).length).toBe(41);
+      expect((await allTransactions(reopened)).length).toBe(42);
     } finally {
       await reopened.close();
     }
