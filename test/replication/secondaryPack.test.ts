@@ -3,10 +3,10 @@
 // read as on the primary, and its primary, its own secondaries (old and new)
 // and a promotion still find its history the same.
 
-import { existsSync, readdirSync, readFileSync, watch, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync, watch, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { StorageClosedError } from '../../src/errors.js';
+import { LockedError, StorageClosedError } from '../../src/errors.js';
 import { requestPack } from '../../src/replication/packClient.js';
 import { Primary } from '../../src/replication/primary.js';
 import { Secondary, type SecondaryOptions } from '../../src/replication/secondary.js';
@@ -37,6 +37,14 @@ async function expectSameObjects(primary: Primary, storage: Secondary['storage']
     expect({ oid, data: got.data.toString('hex'), tid: got.tid.toString('hex') }).toEqual({ oid, data: want.data.toString('hex'), tid: want.tid.toString('hex') });
   }
 }
+
+const readlinkOrNull = (link: string): string | null => {
+  try {
+    return readlinkSync(link);
+  } catch {
+    return null; // closed meanwhile
+  }
+};
 
 const u64 = (n: number): Buffer => {
   const b = Buffer.alloc(8);
@@ -538,6 +546,31 @@ describe('FileStorage.pack and close', () => {
       expect((await allTransactions(reopened)).map((t) => `${t.tid.toString('hex')}${t.status}`)).toEqual(tids.map((t) => `${t.toString('hex')} `));
     } finally {
       await reopened.close();
+    }
+  });
+
+  it("a close() releases the file's lock only once the pack it stopped has ended", async () => {
+    const dir = await tempDir();
+    const path = join(dir, 'Data.fs');
+    const fs = await FileStorage.open(path, { create: true, fsync: false });
+    await commitMany(fs, 50);
+    const held = await holdNextRead(dir);
+    try {
+      const packing = fs.pack(Date.now() / 1000).catch((err: unknown) => err);
+      await held.reading;
+      const closing = fs.close();
+      // Once the storage's own descriptors of the file are closed (the pack's is left), the close waits for the
+      // pack, still in its read: another open of the file is refused.
+      const descriptorsOf = (file: string): number => readdirSync('/proc/self/fd').filter((fd) => readlinkOrNull(`/proc/self/fd/${fd}`) === file).length;
+      await expect.poll(() => descriptorsOf(path)).toBe(1);
+      await expect(FileStorage.open(path, { fsync: false })).rejects.toBeInstanceOf(LockedError);
+      held.release();
+      await closing;
+      expect(await packing).toBeInstanceOf(StorageClosedError);
+      const again = await FileStorage.open(path, { fsync: false });
+      await again.close();
+    } finally {
+      held.restore();
     }
   });
 
