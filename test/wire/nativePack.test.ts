@@ -14,10 +14,8 @@ import {
   encodeNative,
   type NativeMessage,
 } from '../../src/wire/native.js';
+import { decode, roundTrip } from './nativeHelpers.js';
 
-const pack = (value: unknown): Buffer => createNativePackr().pack(value) as Buffer;
-const decode = (value: unknown) => decodeNative(pack(value), createNativeUnpackr());
-const roundTrip = (msg: NativeMessage) => decodeNative(encodeNative(msg, createNativePackr()), createNativeUnpackr());
 
 const packed = {
   type: 'packed',

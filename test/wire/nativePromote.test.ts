@@ -12,10 +12,8 @@ import {
   encodeNative,
   type NativeMessage,
 } from '../../src/wire/native.js';
+import { decode, roundTrip } from './nativeHelpers.js';
 
-const pack = (value: unknown): Buffer => createNativePackr().pack(value) as Buffer;
-const decode = (value: unknown) => decodeNative(pack(value), createNativeUnpackr());
-const roundTrip = (msg: NativeMessage) => decodeNative(encodeNative(msg, createNativePackr()), createNativeUnpackr());
 
 describe('promote-request, promoted and promote-refused', () => {
   it('round-trip', () => {

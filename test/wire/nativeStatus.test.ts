@@ -18,6 +18,7 @@ import {
   type NativeMessage,
   type StatusMessage,
 } from '../../src/wire/native.js';
+import { decode, packRaw } from './nativeHelpers.js';
 
 const bytes = (n: number) => fc.uint8Array({ minLength: n, maxLength: n }).map((a) => Buffer.from(a));
 const tid = bytes(8);
@@ -83,8 +84,6 @@ function sample(overrides: Record<string, unknown> = {}): Record<string, unknown
   };
 }
 
-const pack = (value: unknown): Buffer => createNativePackr().pack(value) as Buffer;
-const decode = (value: unknown) => decodeNative(pack(value), createNativeUnpackr());
 
 describe('status-request and status messages', () => {
   it('round-trip (property)', () => {
@@ -100,7 +99,7 @@ describe('status-request and status messages', () => {
   it('belong to their side: the request comes from a client, the status from a node', () => {
     const req = encodeNative({ type: 'status-request' }, createNativePackr());
     expect(() => decodeNative(req, createNativeUnpackr(), 'primary')).toThrow("unexpected 'status-request' message from a primary");
-    const st = pack(sample());
+    const st = packRaw(sample());
     expect(() => decodeNative(st, createNativeUnpackr(), 'secondary')).toThrow("unexpected 'status' message from a secondary");
   });
 
