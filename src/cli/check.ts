@@ -12,6 +12,8 @@ import { DEFAULT_STATUS_TIMEOUT_MS, requestStatus, StatusConnectError, StatusRep
 import { UsageError, type CommandSpec } from './args.js';
 import type { CliIo } from './io.js';
 import { commandAddress, secondsOption, timeoutOption } from './status.js';
+import type { Transport } from '../ports/transport.js';
+import { TLS_CLIENT_FLAGS, tlsClientTransport } from './tlsClient.js';
 import { printable } from './logging.js';
 
 export const checkSpec: CommandSpec = {
@@ -22,6 +24,7 @@ export const checkSpec: CommandSpec = {
     { name: 'error', short: 'e', value: 'SECS', help: 'CRITICAL (exit 2) when the secondary is more than SECS seconds behind' },
     { name: 'output-metrics', short: 'm', help: "append the lag as Nagios performance data (|'lag'=SECONDSseconds)" },
     { name: 'timeout', value: 'SECS', help: `give up on a node after SECS seconds (default ${DEFAULT_STATUS_TIMEOUT_MS / 1000})` },
+    ...TLS_CLIENT_FLAGS,
   ],
   summary: "Nagios check of a secondary's lag behind its primary (zc.zrs's zrs-nagios).",
   description: `
@@ -59,6 +62,8 @@ export interface CheckOptions {
   error: number;
   outputMetrics: boolean;
   timeoutMs?: number;
+  /** How to connect to both nodes (TLS); default plain TCP or a Unix socket. */
+  transport?: Transport;
 }
 
 /** Nagios levels as exit codes. */
@@ -76,6 +81,8 @@ export function checkOptions(flags: ReadonlyMap<string, string | true>): CheckOp
     timeoutMs: timeoutOption(flags, DEFAULT_STATUS_TIMEOUT_MS),
   };
   if (!options.outputMetrics && !options.warning && !options.error) throw new UsageError('one of -w, -e or -m is required');
+  const transport = tlsClientTransport(flags);
+  if (transport) options.transport = transport;
   return options;
 }
 
@@ -176,9 +183,9 @@ interface NodeTime {
 }
 
 /** The node's last transaction time and state, or a CRITICAL line. */
-async function lastTime(addressText: string, role: 'primary' | 'secondary', timeoutMs: number | undefined): Promise<NodeTime | string> {
+async function lastTime(addressText: string, role: 'primary' | 'secondary', options: CheckOptions): Promise<NodeTime | string> {
   try {
-    const status = await requestStatus(commandAddress(addressText), { timeoutMs });
+    const status = await requestStatus(commandAddress(addressText), { timeoutMs: options.timeoutMs, transport: options.transport });
     if (role === 'secondary' && status.upstream === null) return `Secondary at ${pyRepr(addressText)} is a primary`;
     // zc.zrs's secondaries always retry; ours stop for good when their primary refused them as
     // diverged or for a configuration error. Their last transaction may still look recent.
@@ -214,9 +221,9 @@ export async function check(primaryText: string, secondaryText: string, io: CliI
   commandAddress(primaryText);
   commandAddress(secondaryText);
   // As zrs-nagios: the secondary first, so a dead secondary is reported even when both are down.
-  const secondary = await lastTime(secondaryText, 'secondary', options.timeoutMs);
+  const secondary = await lastTime(secondaryText, 'secondary', options);
   if (typeof secondary === 'string') return report(io, secondary, CRITICAL);
-  const primary = await lastTime(primaryText, 'primary', options.timeoutMs);
+  const primary = await lastTime(primaryText, 'primary', options);
   if (typeof primary === 'string') return report(io, primary, CRITICAL);
   const other = otherHistory(secondary, primary, pyRepr(primaryText));
   if (other) return report(io, `Secondary at ${pyRepr(secondaryText)} ${other}: it follows another primary`, CRITICAL);

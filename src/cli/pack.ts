@@ -21,6 +21,7 @@ import { tidToString } from '../storage/timestamp.js';
 import { UsageError, type CommandSpec, type ParsedArgs } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
 import { fileOrAddress, timeoutOption } from './status.js';
+import { TLS_CLIENT_FLAGS, tlsClientTransport } from './tlsClient.js';
 
 export const packSpec: CommandSpec = {
   name: 'pack',
@@ -32,6 +33,7 @@ export const packSpec: CommandSpec = {
     { name: 'blob-dir', value: 'DIR', help: "FILE only: the storage's blob directory, needed for a file with blobs: the blob files of removed revisions are deleted" },
     { name: 'keep-blob-files', help: "FILE only: leave the blob files of removed revisions in place: for a secondary sharing its primary's blob directory (transfer-blobs false), whose own pack removes them (a running node knows)" },
     { name: 'timeout', value: 'SECS', help: `ADDRESS only: give up connecting, or when the node has said nothing for SECS seconds while it packs (default ${DEFAULT_PACK_TIMEOUT_MS / 1000})` },
+    ...TLS_CLIENT_FLAGS.map((f) => ({ ...f, help: `ADDRESS only: ${f.help}` })),
     { name: 'no-progress', help: 'never show the progress line (it only appears when stderr is a terminal)' },
   ],
   summary: "Pack a node's Data.fs, a running one by its address or a stopped one's file: remove revisions not current at a time, and objects no longer reachable.",
@@ -76,7 +78,9 @@ export async function pack(args: ParsedArgs, io: CliIo, nowMs = Date.now()): Pro
     }
     return packNode(address, packTime, args, io);
   }
-  if (args.flags.has('timeout')) throw new UsageError(`--timeout applies to a running node's ADDRESS, not to a FILE`);
+  for (const flag of ['timeout', ...TLS_CLIENT_FLAGS.map((f) => f.name)]) {
+    if (args.flags.has(flag)) throw new UsageError(`--${flag} applies to a running node's ADDRESS, not to a FILE`);
+  }
   return packFile(target, packTime, args, io);
 }
 
@@ -85,9 +89,10 @@ async function packNode(address: ReplicationAddress, packTime: number, args: Par
   const label = formatAddress(address);
   const progress = progressLine(label, args, io);
   const timeoutMs = timeoutOption(args.flags, DEFAULT_PACK_TIMEOUT_MS);
+  const transport = tlsClientTransport(args.flags);
   let reply: PackReply;
   try {
-    reply = await requestPack(address, packTime, { gc: !args.flags.has('no-gc'), timeoutMs, onProgress: progress?.show }).catch((err: unknown) => {
+    reply = await requestPack(address, packTime, { gc: !args.flags.has('no-gc'), timeoutMs, transport, onProgress: progress?.show }).catch((err: unknown) => {
       if (err instanceof PackRefusedError && err.code === 'gc-refused') throw new PackRefusedError(`${err.message}; ${NO_GC_HINT}`, err.code);
       throw err;
     });

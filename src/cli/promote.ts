@@ -20,6 +20,7 @@ import { refuseEmptyStorage } from '../storage/fileio.js';
 import { UsageError, type CommandSpec, type ParsedArgs } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
 import { fileOrAddress, timeoutOption } from './status.js';
+import { TLS_CLIENT_FLAGS, tlsClientTransport } from './tlsClient.js';
 
 export const promoteSpec: CommandSpec = {
   name: 'promote',
@@ -28,6 +29,7 @@ export const promoteSpec: CommandSpec = {
     { name: 'force', help: 'ADDRESS: promote even while the node is connected to a live primary, or diverged; FILE: promote even when its audit log says it diverged, or start another generation where the last one this node started begins at its last transaction (a promotion run twice)' },
     { name: 'timeout', value: 'SECS', help: `ADDRESS only: give up connecting, or waiting for the answer, after SECS seconds (default ${DEFAULT_PROMOTE_TIMEOUT_MS / 1000})` },
     { name: 'audit-log', value: 'PATH', help: 'FILE only: the audit log to record the promotion in (default FILE.audit; "off" for none)' },
+    ...TLS_CLIENT_FLAGS.map((f) => ({ ...f, help: `ADDRESS only: ${f.help}` })),
   ],
   summary: 'Make a secondary the primary: a running one by its address, or a stopped one\'s Data.fs.',
   description: `
@@ -65,13 +67,15 @@ export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
   const target = args.positionals[0]!;
   const address = await fileOrAddress(target);
   if (address === null) {
-    if (args.flags.has('timeout')) throw new UsageError(`--timeout applies to a running node's ADDRESS, not to a FILE`);
+    for (const flag of ['timeout', ...TLS_CLIENT_FLAGS.map((f) => f.name)]) {
+      if (args.flags.has(flag)) throw new UsageError(`--${flag} applies to a running node's ADDRESS, not to a FILE`);
+    }
     const audit = args.flags.get('audit-log');
     return promoteFile(target, io, typeof audit === 'string' ? (audit.toLowerCase() === 'off' ? null : audit) : undefined, args.flags.has('force'));
   }
   if (args.flags.has('audit-log')) throw new UsageError('--audit-log applies to a FILE; a running node records in its own audit log');
   const timeoutMs = timeoutOption(args.flags, DEFAULT_PROMOTE_TIMEOUT_MS);
-  const reply = await requestPromotion(address, { force: args.flags.has('force'), timeoutMs });
+  const reply = await requestPromotion(address, { force: args.flags.has('force'), timeoutMs, transport: tlsClientTransport(args.flags) });
   const g = reply.generation;
   await io.out(`promoted ${formatAddress(address)}: generation ${g.generation} starts after tid ${g.startTid.toString('hex')}; ${reply.sessionsKept} downstream session(s) kept\n`);
   return EXIT_OK;

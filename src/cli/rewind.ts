@@ -8,6 +8,7 @@ import type { CommandSpec, ParsedArgs } from './args.js';
 import { UsageError } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
 import { commandAddress } from './status.js';
+import { TLS_CLIENT_FLAGS, tlsClientTransport } from './tlsClient.js';
 
 export const rewindSpec: CommandSpec = {
   name: 'rewind',
@@ -17,6 +18,7 @@ export const rewindSpec: CommandSpec = {
     { name: 'to-tid', value: 'TID', help: 'rewind to this tid (16 hex digits) instead of asking a primary' },
     { name: 'blob-dir', value: 'DIR', help: "the storage's blob directory: cut blob files are saved beside the side file" },
     { name: 'audit-log', value: 'PATH', help: 'the audit log to record the rewind in (default FILE.audit; "off" for none)' },
+    ...TLS_CLIENT_FLAGS.map((f) => ({ ...f, help: `with --to-common-with: ${f.help}` })),
   ],
   oneOf: ['to-common-with', 'to-tid'],
   summary: 'Truncate a diverged Data.fs to the last transaction it shares with a primary, saving the rest.',
@@ -37,11 +39,14 @@ export async function rewind(args: ParsedArgs, io: CliIo): Promise<number> {
   const address = args.flags.get('to-common-with');
   const tid = args.flags.get('to-tid');
   if (typeof tid === 'string' && !/^[0-9a-fA-F]{16}$/.test(tid)) throw new UsageError(`--to-tid must be 16 hex digits, got ${JSON.stringify(tid)}`);
+  const tls = TLS_CLIENT_FLAGS.find((f) => args.flags.has(f.name));
+  if (typeof tid === 'string' && tls) throw new UsageError(`--${tls.name} applies to --to-common-with: --to-tid asks no node`);
   const blobDir = args.flags.get('blob-dir');
   const audit = args.flags.get('audit-log');
   const result = await rewindStorage(path, {
     // A malformed address is a usage error (exit 2), as in every command that takes one.
     toCommonWith: typeof tid === 'string' ? Buffer.from(tid, 'hex') : commandAddress(String(address)),
+    transport: tlsClientTransport(args.flags),
     blobDir: typeof blobDir === 'string' ? blobDir : undefined,
     ...(typeof audit === 'string' ? { auditPath: audit.toLowerCase() === 'off' ? null : audit } : {}),
   });

@@ -9,10 +9,11 @@ import { tidToString } from '../storage/timestamp.js';
 import { stat } from 'node:fs/promises';
 import { AddressError, ZrsError } from '../errors.js';
 import { pathKind } from '../storage/fileio.js';
-import type { ReplicationAddress } from '../ports/transport.js';
+import type { ReplicationAddress, Transport } from '../ports/transport.js';
 import { UsageError, type CommandSpec } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
 import { printable } from './logging.js';
+import { TLS_CLIENT_FLAGS, tlsClientTransport } from './tlsClient.js';
 
 /** Exit code when the node could not be asked (as `zrs check`'s CRITICAL). */
 export const EXIT_UNREACHABLE = 2;
@@ -23,6 +24,7 @@ export const statusSpec: CommandSpec = {
   flags: [
     { name: 'json', help: 'print the status as one JSON object (tids in hex)' },
     { name: 'timeout', value: 'SECS', help: `give up connecting, or waiting for the reply, after SECS seconds (default ${DEFAULT_STATUS_TIMEOUT_MS / 1000})` },
+    ...TLS_CLIENT_FLAGS,
   ],
   summary: 'Ask a running primary or secondary for its status: role, last transaction, upstream, secondaries and lag.',
   description: `
@@ -84,15 +86,15 @@ export async function fileOrAddress(target: string): Promise<ReplicationAddress 
 }
 
 /** Options from the command line. */
-export function statusOptions(flags: ReadonlyMap<string, string | true>): { json: boolean; timeoutMs: number } {
-  return { json: flags.has('json'), timeoutMs: timeoutOption(flags, DEFAULT_STATUS_TIMEOUT_MS) };
+export function statusOptions(flags: ReadonlyMap<string, string | true>): { json: boolean; timeoutMs: number; transport?: Transport } {
+  return { json: flags.has('json'), timeoutMs: timeoutOption(flags, DEFAULT_STATUS_TIMEOUT_MS), transport: tlsClientTransport(flags) };
 }
 
-export async function status(addressText: string, io: CliIo, options: { json?: boolean; timeoutMs?: number } = {}): Promise<number> {
+export async function status(addressText: string, io: CliIo, options: { json?: boolean; timeoutMs?: number; transport?: Transport } = {}): Promise<number> {
   const address = commandAddress(addressText);
   let result: NodeStatus;
   try {
-    result = await requestStatus(address, { timeoutMs: options.timeoutMs });
+    result = await requestStatus(address, { timeoutMs: options.timeoutMs, transport: options.transport });
   } catch (err) {
     if (err instanceof StatusConnectError) {
       io.err(`zrs status: can't connect to ${formatAddress(address)}: ${printable(err.reason)}\n`);

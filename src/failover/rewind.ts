@@ -447,7 +447,7 @@ export async function askForkTid(storage: FileStorage, address: ReplicationAddre
         }
       },
       drain: () => undefined,
-      close: (error) => finish(new ZrsError(`the primary closed the connection without a verdict${error ? `: ${error.message}` : ''} (a zc.zrs node, or a port with <ssl>: a rewind asks over plain TCP?)`)),
+      close: (error) => finish(new ZrsError(`the primary closed the connection without a verdict${error ? `: ${error.message}` : ''} (a zc.zrs node, or a port with <ssl> asked without TLS: --ssl-certificate on the command line, a tlsTransport in the library)`)),
     });
     const packr = createNativePackr();
     stream.write(encodeFrame(nativeProtocolName()));

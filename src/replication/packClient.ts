@@ -71,7 +71,7 @@ function packKind(time: number, gc: boolean, onProgress: PackRequestOptions['onP
     replyError: (label, reason, cause) =>
       new PackRequestError(label, reason.startsWith('no reply within') ? `${reason}; the node may still be packing: see its log` : reason, { cause }),
     closedWithoutReply:
-      'the node closed the connection without an answer (a zc.zrs node, a version without pack requests, a node closing, or a port with <ssl>: this command speaks plain TCP?)',
+      'the node closed the connection without an answer (a zc.zrs node, a version without pack requests, a node closing, or a port with <ssl> asked without TLS: --ssl-certificate on the command line, a tlsTransport in the library)',
     interim: (msg) => {
       if (msg.type !== 'pack-progress') return false;
       onProgress?.({ step: msg.step, done: msg.done, total: msg.total });

@@ -56,7 +56,7 @@ function promoteKind(force: boolean): NodeRequestKind<PromoteReply> {
     // Asked and no answer in time: the node may still carry the promotion out, and a second promoted node is a split brain.
     replyError: (label, reason, cause) =>
       new PromoteRequestError(label, reason.startsWith('no reply within') ? `${reason}; the node may still promote itself: check it (zrs status ${label}) before promoting another` : reason, { cause }),
-    closedWithoutReply: 'the node closed the connection without an answer (a zc.zrs node, a version without promote requests, or a port with <ssl>: this command speaks plain TCP?)',
+    closedWithoutReply: 'the node closed the connection without an answer (a zc.zrs node, a version without promote requests, or a port with <ssl> asked without TLS: --ssl-certificate on the command line, a tlsTransport in the library)',
     read: readReply,
   };
 }

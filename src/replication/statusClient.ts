@@ -47,7 +47,7 @@ const STATUS_REQUEST: NodeRequestKind<NodeStatus> = {
   defaultTimeoutMs: DEFAULT_STATUS_TIMEOUT_MS,
   connectError: (label, reason, cause) => new StatusConnectError(label, reason, { cause }),
   replyError: (label, reason, cause) => new StatusReplyError(label, reason, { cause }),
-  closedWithoutReply: 'the node closed the connection without a status (a zc.zrs node, a version without status requests, or a port with <ssl>: this command speaks plain TCP?)',
+  closedWithoutReply: 'the node closed the connection without a status (a zc.zrs node, a version without status requests, or a port with <ssl> asked without TLS: --ssl-certificate on the command line, a tlsTransport in the library)',
   read: readReply,
 };
 

@@ -425,7 +425,7 @@ describe('zrs check (zc.zrs nagios.rst cases)', () => {
     for (const argv of [['check', P, S], ['check', '-w', '0', P, S], ['check', '-w', 'x', P, S], ['check', '-m', P], ['check', '-m', 'a:b:c', S], ['check', '-q', P, S]]) {
       const r = await run(...argv);
       expect(r.code, argv.join(' ')).toBe(2);
-      expect(r.stderr, argv.join(' ')).toMatch(/^zrs check: .*\nusage: zrs check \[-w SECS\] \[-e SECS\] \[-m\] \[--timeout SECS\] PRIMARY SECONDARY\n/);
+      expect(r.stderr, argv.join(' ')).toMatch(/^zrs check: .*\nusage: zrs check \[-w SECS\] \[-e SECS\] \[-m\] \[--timeout SECS\] \[--ssl-certificate FILE\] \[--ssl-key FILE\] \[--ssl-authenticate CA\] \[--ssl-server-hostname NAME\] PRIMARY SECONDARY\n/);
       expect(r.stdout).toBe('');
     }
     expect((await run('check', P, S)).stderr).toContain('one of -w, -e or -m is required');
@@ -513,7 +513,9 @@ describe('check pieces', () => {
     expect(() => parseArgs(rewindSpec, ['--to-tid', '03f5e2607a19b377', '--to-common-with', '5000', 'Data.fs'])).toThrow('give exactly one of --to-common-with or --to-tid');
     expect(parseArgs(rewindSpec, ['--to-tid', '03f5e2607a19b377', 'Data.fs']).flags.get('to-tid')).toBe('03f5e2607a19b377');
     expect(parseArgs(rewindSpec, ['--help']).help).toBe(true);
-    expect(usageLine(rewindSpec)).toBe('usage: zrs rewind (--to-common-with ADDRESS | --to-tid TID) [--blob-dir DIR] [--audit-log PATH] FILE');
+    expect(usageLine(rewindSpec)).toBe(
+      'usage: zrs rewind (--to-common-with ADDRESS | --to-tid TID) [--blob-dir DIR] [--audit-log PATH] [--ssl-certificate FILE] [--ssl-key FILE] [--ssl-authenticate CA] [--ssl-server-hostname NAME] FILE',
+    );
   });
 });
 

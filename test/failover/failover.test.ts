@@ -1108,7 +1108,7 @@ describe('asking a primary for the fork tid', () => {
       // A node that takes the question and closes without a word (zc.zrs, or TLS on the port): said what it may be.
       const silent = await FakeServer.start((c) => void c.frame(1).then(() => c.destroy(), () => undefined));
       try {
-        await expect(askForkTid(storage, silent.address, {})).rejects.toThrow(/the primary closed the connection without a verdict.* \(a zc\.zrs node, or a port with <ssl>: a rewind asks over plain TCP\?\)$/);
+        await expect(askForkTid(storage, silent.address, {})).rejects.toThrow(/the primary closed the connection without a verdict.* \(a zc\.zrs node, or a port with <ssl> asked without TLS: --ssl-certificate on the command line, a tlsTransport in the library\)$/);
       } finally {
         await silent.close();
       }

@@ -118,7 +118,7 @@ describe('status request', () => {
     const port = (server.address() as { port: number }).port;
     try {
       await expect(requestStatus(`127.0.0.1:${port}`)).rejects.toBeInstanceOf(StatusReplyError);
-      await expect(requestStatus(port, { timeoutMs: 5_000 })).rejects.toThrow(/^no status from 127\.0\.0\.1:\d+: the node closed the connection without a status \(.*or a port with <ssl>: this command speaks plain TCP\?\)$/);
+      await expect(requestStatus(port, { timeoutMs: 5_000 })).rejects.toThrow(/^no status from 127\.0\.0\.1:\d+: the node closed the connection without a status \(.*or a port with <ssl> asked without TLS: --ssl-certificate on the command line, a tlsTransport in the library\)$/);
     } finally {
       await new Promise((r) => server.close(r));
     }
