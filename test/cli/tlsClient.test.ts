@@ -3,6 +3,7 @@
 // over TLS with the certificate the node's CA signed; without it they report
 // the node closing on them; the flags are checked before anything connects.
 
+import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../../src/cli/cli.js';
@@ -29,7 +30,7 @@ async function run(...argv: string[]) {
 }
 
 describe('admin commands against a TLS replication port', () => {
-  it('status, check, pack and promote connect with --ssl-certificate; without it the node closes on them', async () => {
+  it('status, check, rewind, pack and promote connect with --ssl-certificate; without it the node closes on them', async () => {
     const dir = await tempDir();
     const tls = { ...certs.server, authenticate: certs.ca };
     const primary = await Primary.open({ path: join(dir, 'p.fs'), replicateTo: '127.0.0.1:0', fsync: false, auditPath: null, tls });
@@ -50,6 +51,13 @@ describe('admin commands against a TLS replication port', () => {
 
       const check = await run('check', '-w', '60', ...client, p, s);
       expect({ code: check.code, stdout: check.stdout }).toEqual({ code: 0, stdout: 'Secondary up to date.\n' });
+
+      // A stopped node's copy of the primary's file: rewound to what it shares with the primary, asked over TLS.
+      const copy = join(dir, 'copy.fs');
+      copyFileSync(join(dir, 'p.fs'), copy);
+      const rewind = await run('rewind', '--to-common-with', p, ...client, copy);
+      expect(rewind.code, rewind.stderr).toBe(0);
+      expect(rewind.stdout).toBe(`${copy}: nothing to rewind (shares its history up to ${tids.at(-1)!.toString('hex')})\n`);
 
       const size = primary.storage.getSize();
       const pack = await run('pack', '--no-gc', '--time', String(tidToSeconds(tids.at(-1)!) + 1), ...client, p);
