@@ -7,6 +7,7 @@
 import { getSystemErrorMap } from 'node:util';
 import { tidToSeconds, Z64 } from '../storage/timestamp.js';
 import { sameGeneration } from '../failover/generations.js';
+import { ZrsError } from '../errors.js';
 import type { GenerationEntry } from '../wire/native.js';
 import { DEFAULT_STATUS_TIMEOUT_MS, requestStatus, StatusConnectError, StatusReplyError } from '../replication/statusClient.js';
 import { UsageError, type CommandSpec } from './args.js';
@@ -62,14 +63,16 @@ export interface CheckOptions {
   error: number;
   outputMetrics: boolean;
   timeoutMs?: number;
-  /** How to connect to both nodes (TLS); default plain TCP or a Unix socket. */
-  transport?: Transport;
+  /** How to connect to both nodes (TLS, from the --ssl-* flags); default plain TCP or a Unix socket. */
+  transport?: () => Transport | undefined;
 }
 
 /** Nagios levels as exit codes. */
 export const OK = 0;
 export const WARNING = 1;
 export const CRITICAL = 2;
+/** The check itself could not run (a TLS setting it cannot use). */
+export const UNKNOWN = 3;
 
 /** Options from the command line; a UsageError as zrs-nagios's usage when none of -w, -e, -m is given. */
 export function checkOptions(flags: ReadonlyMap<string, string | true>): CheckOptions {
@@ -81,8 +84,8 @@ export function checkOptions(flags: ReadonlyMap<string, string | true>): CheckOp
     timeoutMs: timeoutOption(flags, DEFAULT_STATUS_TIMEOUT_MS),
   };
   if (!options.outputMetrics && !options.warning && !options.error) throw new UsageError('one of -w, -e or -m is required');
-  const transport = tlsClientTransport(flags);
-  if (transport) options.transport = transport;
+  // Read when the check runs: one that cannot use them says UNKNOWN, as Nagios expects.
+  options.transport = () => tlsClientTransport(flags);
   return options;
 }
 
@@ -185,7 +188,7 @@ interface NodeTime {
 /** The node's last transaction time and state, or a CRITICAL line. */
 async function lastTime(addressText: string, role: 'primary' | 'secondary', options: CheckOptions): Promise<NodeTime | string> {
   try {
-    const status = await requestStatus(commandAddress(addressText), { timeoutMs: options.timeoutMs, transport: options.transport });
+    const status = await requestStatus(commandAddress(addressText), { timeoutMs: options.timeoutMs, transport: options.transport?.() });
     if (role === 'secondary' && status.upstream === null) return `Secondary at ${pyRepr(addressText)} is a primary`;
     // zc.zrs's secondaries always retry; ours stop for good when their primary refused them as
     // diverged or for a configuration error. Their last transaction may still look recent.
@@ -220,10 +223,18 @@ export async function check(primaryText: string, secondaryText: string, io: CliI
   // Addresses are checked before anything connects (a malformed one is a usage error).
   commandAddress(primaryText);
   commandAddress(secondaryText);
+  let transport: Transport | undefined;
+  try {
+    transport = options.transport?.();
+  } catch (err) {
+    if (!(err instanceof ZrsError)) throw err;
+    return report(io, `Can't check: ${printable(err.message)}`, UNKNOWN);
+  }
+  const connect = { ...options, transport: () => transport };
   // As zrs-nagios: the secondary first, so a dead secondary is reported even when both are down.
-  const secondary = await lastTime(secondaryText, 'secondary', options);
+  const secondary = await lastTime(secondaryText, 'secondary', connect);
   if (typeof secondary === 'string') return report(io, secondary, CRITICAL);
-  const primary = await lastTime(primaryText, 'primary', options);
+  const primary = await lastTime(primaryText, 'primary', connect);
   if (typeof primary === 'string') return report(io, primary, CRITICAL);
   const other = otherHistory(secondary, primary, pyRepr(primaryText));
   if (other) return report(io, `Secondary at ${pyRepr(secondaryText)} ${other}: it follows another primary`, CRITICAL);

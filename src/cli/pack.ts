@@ -21,7 +21,7 @@ import { tidToString } from '../storage/timestamp.js';
 import { UsageError, type CommandSpec, type ParsedArgs } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
 import { fileOrAddress, timeoutOption } from './status.js';
-import { TLS_CLIENT_FLAGS, tlsClientTransport } from './tlsClient.js';
+import { refuseAddressFlags, tlsClientFlags, tlsClientTransport } from './tlsClient.js';
 
 export const packSpec: CommandSpec = {
   name: 'pack',
@@ -33,7 +33,7 @@ export const packSpec: CommandSpec = {
     { name: 'blob-dir', value: 'DIR', help: "FILE only: the storage's blob directory, needed for a file with blobs: the blob files of removed revisions are deleted" },
     { name: 'keep-blob-files', help: "FILE only: leave the blob files of removed revisions in place: for a secondary sharing its primary's blob directory (transfer-blobs false), whose own pack removes them (a running node knows)" },
     { name: 'timeout', value: 'SECS', help: `ADDRESS only: give up connecting, or when the node has said nothing for SECS seconds while it packs (default ${DEFAULT_PACK_TIMEOUT_MS / 1000})` },
-    ...TLS_CLIENT_FLAGS.map((f) => ({ ...f, help: `ADDRESS only: ${f.help}` })),
+    ...tlsClientFlags('ADDRESS only'),
     { name: 'no-progress', help: 'never show the progress line (it only appears when stderr is a terminal)' },
   ],
   summary: "Pack a node's Data.fs, a running one by its address or a stopped one's file: remove revisions not current at a time, and objects no longer reachable.",
@@ -78,9 +78,7 @@ export async function pack(args: ParsedArgs, io: CliIo, nowMs = Date.now()): Pro
     }
     return packNode(address, packTime, args, io);
   }
-  for (const flag of ['timeout', ...TLS_CLIENT_FLAGS.map((f) => f.name)]) {
-    if (args.flags.has(flag)) throw new UsageError(`--${flag} applies to a running node's ADDRESS, not to a FILE`);
-  }
+  refuseAddressFlags(args.flags);
   return packFile(target, packTime, args, io);
 }
 

@@ -20,7 +20,7 @@ import { refuseEmptyStorage } from '../storage/fileio.js';
 import { UsageError, type CommandSpec, type ParsedArgs } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
 import { fileOrAddress, timeoutOption } from './status.js';
-import { TLS_CLIENT_FLAGS, tlsClientTransport } from './tlsClient.js';
+import { refuseAddressFlags, tlsClientFlags, tlsClientTransport } from './tlsClient.js';
 
 export const promoteSpec: CommandSpec = {
   name: 'promote',
@@ -29,7 +29,7 @@ export const promoteSpec: CommandSpec = {
     { name: 'force', help: 'ADDRESS: promote even while the node is connected to a live primary, or diverged; FILE: promote even when its audit log says it diverged, or start another generation where the last one this node started begins at its last transaction (a promotion run twice)' },
     { name: 'timeout', value: 'SECS', help: `ADDRESS only: give up connecting, or waiting for the answer, after SECS seconds (default ${DEFAULT_PROMOTE_TIMEOUT_MS / 1000})` },
     { name: 'audit-log', value: 'PATH', help: 'FILE only: the audit log to record the promotion in (default FILE.audit; "off" for none)' },
-    ...TLS_CLIENT_FLAGS.map((f) => ({ ...f, help: `ADDRESS only: ${f.help}` })),
+    ...tlsClientFlags('ADDRESS only'),
   ],
   summary: 'Make a secondary the primary: a running one by its address, or a stopped one\'s Data.fs.',
   description: `
@@ -67,9 +67,7 @@ export async function promote(args: ParsedArgs, io: CliIo): Promise<number> {
   const target = args.positionals[0]!;
   const address = await fileOrAddress(target);
   if (address === null) {
-    for (const flag of ['timeout', ...TLS_CLIENT_FLAGS.map((f) => f.name)]) {
-      if (args.flags.has(flag)) throw new UsageError(`--${flag} applies to a running node's ADDRESS, not to a FILE`);
-    }
+    refuseAddressFlags(args.flags);
     const audit = args.flags.get('audit-log');
     return promoteFile(target, io, typeof audit === 'string' ? (audit.toLowerCase() === 'off' ? null : audit) : undefined, args.flags.has('force'));
   }

@@ -8,7 +8,7 @@ import type { CommandSpec, ParsedArgs } from './args.js';
 import { UsageError } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
 import { commandAddress } from './status.js';
-import { TLS_CLIENT_FLAGS, tlsClientTransport } from './tlsClient.js';
+import { TLS_CLIENT_FLAGS, tlsClientFlags, tlsClientTransport } from './tlsClient.js';
 
 export const rewindSpec: CommandSpec = {
   name: 'rewind',
@@ -18,7 +18,7 @@ export const rewindSpec: CommandSpec = {
     { name: 'to-tid', value: 'TID', help: 'rewind to this tid (16 hex digits) instead of asking a primary' },
     { name: 'blob-dir', value: 'DIR', help: "the storage's blob directory: cut blob files are saved beside the side file" },
     { name: 'audit-log', value: 'PATH', help: 'the audit log to record the rewind in (default FILE.audit; "off" for none)' },
-    ...TLS_CLIENT_FLAGS.map((f) => ({ ...f, help: `with --to-common-with: ${f.help}` })),
+    ...tlsClientFlags('with --to-common-with'),
   ],
   oneOf: ['to-common-with', 'to-tid'],
   summary: 'Truncate a diverged Data.fs to the last transaction it shares with a primary, saving the rest.',

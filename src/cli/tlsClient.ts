@@ -1,5 +1,5 @@
-// The admin commands (`status`, `check`, `promote`, `pack ADDRESS`) connect
-// to a node's replication address; a node with an `<ssl>` section takes only
+// The admin commands (`status`, `check`, `promote ADDRESS`, `pack ADDRESS`,
+// `rewind --to-common-with`) connect to a node's replication address; a node with an `<ssl>` section takes only
 // TLS connections with a certificate its CA signed. These flags give the
 // command the client side of that, with the names of ZEO's `<ssl>` keys.
 
@@ -12,8 +12,20 @@ export const TLS_CLIENT_FLAGS: readonly FlagSpec[] = [
   { name: 'ssl-certificate', value: 'FILE', help: "connect with TLS, with this PEM certificate (and its key, unless --ssl-key): a node with <ssl> takes only certificates its CA signed" },
   { name: 'ssl-key', value: 'FILE', help: 'the PEM key of --ssl-certificate, when not in the same file' },
   { name: 'ssl-authenticate', value: 'CA', help: "a PEM file or directory of CA certificates the node's certificate must verify against (default: the system's)" },
-  { name: 'ssl-server-hostname', value: 'NAME', help: "check that the node's certificate names NAME (and send it as SNI); by default no name is checked, as ZEO" },
+  { name: 'ssl-server-hostname', value: 'NAME', help: "check that the node's certificate names NAME (<ssl>'s check-hostname with server-hostname); by default no name is checked" },
 ];
+
+/** The TLS flags, their help prefixed (`ADDRESS only: …`) for a command that connects only in one of its forms. */
+export function tlsClientFlags(prefix: string): FlagSpec[] {
+  return TLS_CLIENT_FLAGS.map((f) => ({ ...f, help: `${prefix}: ${f.help}` }));
+}
+
+/** Refuse, as usage errors, flags that only a running node's ADDRESS takes (--timeout and the TLS flags) given with a FILE. */
+export function refuseAddressFlags(flags: ReadonlyMap<string, string | true>): void {
+  for (const flag of ['timeout', ...TLS_CLIENT_FLAGS.map((f) => f.name)]) {
+    if (flags.has(flag)) throw new UsageError(`--${flag} applies to a running node's ADDRESS, not to a FILE`);
+  }
+}
 
 /**
  * The transport the command connects with: TLS when --ssl-certificate is

@@ -6,6 +6,7 @@
 // chain and generation files. rewindStorage works offline (the storage must
 // not be open); rewindOpenStorage cuts a diverged Secondary's open storage.
 
+import { PLAIN_TO_TLS_HINT } from '../replication/nodeRequest.js';
 import { constants } from 'node:fs';
 import { copyFile, open as openFile, rename, rm } from 'node:fs/promises';
 import { RewindIncompleteError, ZrsError } from '../errors.js';
@@ -447,7 +448,7 @@ export async function askForkTid(storage: FileStorage, address: ReplicationAddre
         }
       },
       drain: () => undefined,
-      close: (error) => finish(new ZrsError(`the primary closed the connection without a verdict${error ? `: ${error.message}` : ''} (a zc.zrs node, or a port with <ssl> asked without TLS: --ssl-certificate on the command line, a tlsTransport in the library)`)),
+      close: (error) => finish(new ZrsError(`the primary closed the connection without a verdict${error ? `: ${error.message}` : ''} (a zc.zrs node, or ${PLAIN_TO_TLS_HINT})`)),
     });
     const packr = createNativePackr();
     stream.write(encodeFrame(nativeProtocolName()));

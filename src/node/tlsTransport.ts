@@ -74,14 +74,22 @@ function readTlsFile(what: string, path: string): Buffer {
 
 /** Read CA certificates from a PEM file or every PEM file in a directory; each must parse (an error names its file). */
 export function readCaCertificates(path: string): string[] {
-  const files = statSync(path).isDirectory()
-    ? readdirSync(path)
-        .sort()
-        .map((f) => join(path, f))
-        .filter((f) => statSync(f).isFile())
-    : [path];
-  if (files.length > MAX_CA_FILES) throw new TlsHandshakeError(`authenticate ${path}: more than ${MAX_CA_FILES} files`, path);
-  const pems = files.map((f) => ({ file: f, text: readFileSync(f, 'latin1') })).filter((p) => p.text.includes('-----BEGIN CERTIFICATE-----'));
+  let files: string[];
+  let pems: Array<{ file: string; text: string }>;
+  try {
+    files = statSync(path).isDirectory()
+      ? readdirSync(path)
+          .sort()
+          .map((f) => join(path, f))
+          .filter((f) => statSync(f).isFile())
+      : [path];
+    if (files.length > MAX_CA_FILES) throw new TlsHandshakeError(`authenticate ${path}: more than ${MAX_CA_FILES} files`, path);
+    pems = files.map((f) => ({ file: f, text: readFileSync(f, 'latin1') })).filter((p) => p.text.includes('-----BEGIN CERTIFICATE-----'));
+  } catch (err) {
+    if (err instanceof TlsHandshakeError) throw err;
+    // A path that cannot be read is named as the setting it is, not as a bare system error.
+    throw new TlsHandshakeError(`authenticate ${path}: ${reason(err as Error)}`, path, { cause: err });
+  }
   if (pems.length === 0) throw new TlsHandshakeError(`authenticate ${path}: no PEM certificate found`, path);
   for (const { file, text } of pems) {
     for (const block of text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [text]) {

@@ -22,6 +22,9 @@ import {
 } from '../wire/native.js';
 import { formatAddress, parseAddress } from './address.js';
 
+/** What a node closing on a request without a word may mean for a port with `<ssl>`, asked over plain TCP. */
+export const PLAIN_TO_TLS_HINT = 'a port with <ssl> asked without TLS: --ssl-certificate on the command line, a tlsTransport in the library';
+
 /** A request to a node that failed: where it went, why, and the message saying so. */
 export class NodeRequestError extends ZrsError {
   constructor(

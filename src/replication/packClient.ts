@@ -9,7 +9,7 @@ import { ZrsError } from '../errors.js';
 import type { ReplicationAddress } from '../ports/transport.js';
 import type { PackProgress, PackReport } from '../storage/pack.js';
 import { PACK_REPLY_MAX_BYTES, type PackRefusalCode, type PrimaryMessage } from '../wire/native.js';
-import { NodeRequestError, askNode, type NodeRequestKind, type NodeRequestOptions } from './nodeRequest.js';
+import { NodeRequestError, askNode, type NodeRequestKind, type NodeRequestOptions, PLAIN_TO_TLS_HINT } from './nodeRequest.js';
 
 /**
  * Default bound on connecting, and on each silence while the node packs, in
@@ -71,7 +71,7 @@ function packKind(time: number, gc: boolean, onProgress: PackRequestOptions['onP
     replyError: (label, reason, cause) =>
       new PackRequestError(label, reason.startsWith('no reply within') ? `${reason}; the node may still be packing: see its log` : reason, { cause }),
     closedWithoutReply:
-      'the node closed the connection without an answer (a zc.zrs node, a version without pack requests, a node closing, or a port with <ssl> asked without TLS: --ssl-certificate on the command line, a tlsTransport in the library)',
+      `the node closed the connection without an answer (a zc.zrs node, a version without pack requests, a node closing, or ${PLAIN_TO_TLS_HINT})`,
     interim: (msg) => {
       if (msg.type !== 'pack-progress') return false;
       onProgress?.({ step: msg.step, done: msg.done, total: msg.total });

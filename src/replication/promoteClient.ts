@@ -7,7 +7,7 @@
 import { PromotionRefusedError } from '../failover/promote.js';
 import type { ReplicationAddress } from '../ports/transport.js';
 import { PROMOTE_REPLY_MAX_BYTES, type GenerationEntry, type PrimaryMessage } from '../wire/native.js';
-import { NodeRequestError, askNode, type NodeRequestKind, type NodeRequestOptions } from './nodeRequest.js';
+import { NodeRequestError, askNode, type NodeRequestKind, type NodeRequestOptions, PLAIN_TO_TLS_HINT } from './nodeRequest.js';
 
 /** Default bound on connecting, and again on the reply (the promotion itself), in ms. */
 export const DEFAULT_PROMOTE_TIMEOUT_MS = 30_000;
@@ -55,8 +55,8 @@ function promoteKind(force: boolean): NodeRequestKind<PromoteReply> {
     connectError: (label, reason, cause) => new PromoteRequestError(label, `can't connect: ${reason}`, { cause }),
     // Asked and no answer in time: the node may still carry the promotion out, and a second promoted node is a split brain.
     replyError: (label, reason, cause) =>
-      new PromoteRequestError(label, reason.startsWith('no reply within') ? `${reason}; the node may still promote itself: check it (zrs status ${label}) before promoting another` : reason, { cause }),
-    closedWithoutReply: 'the node closed the connection without an answer (a zc.zrs node, a version without promote requests, or a port with <ssl> asked without TLS: --ssl-certificate on the command line, a tlsTransport in the library)',
+      new PromoteRequestError(label, reason.startsWith('no reply within') ? `${reason}; the node may still promote itself: check it (zrs status ${label}, with the same --ssl-* flags) before promoting another` : reason, { cause }),
+    closedWithoutReply: `the node closed the connection without an answer (a zc.zrs node, a version without promote requests, or ${PLAIN_TO_TLS_HINT})`,
     read: readReply,
   };
 }

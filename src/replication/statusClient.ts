@@ -5,7 +5,7 @@
 
 import type { ReplicationAddress } from '../ports/transport.js';
 import { STATUS_REPLY_MAX_BYTES, type NodeStatus, type PrimaryMessage } from '../wire/native.js';
-import { NodeRequestError, askNode, type NodeRequestKind, type NodeRequestOptions } from './nodeRequest.js';
+import { NodeRequestError, askNode, type NodeRequestKind, type NodeRequestOptions, PLAIN_TO_TLS_HINT } from './nodeRequest.js';
 
 /** Default bound on connecting and receiving the reply, in ms. */
 export const DEFAULT_STATUS_TIMEOUT_MS = 10_000;
@@ -47,7 +47,7 @@ const STATUS_REQUEST: NodeRequestKind<NodeStatus> = {
   defaultTimeoutMs: DEFAULT_STATUS_TIMEOUT_MS,
   connectError: (label, reason, cause) => new StatusConnectError(label, reason, { cause }),
   replyError: (label, reason, cause) => new StatusReplyError(label, reason, { cause }),
-  closedWithoutReply: 'the node closed the connection without a status (a zc.zrs node, a version without status requests, or a port with <ssl> asked without TLS: --ssl-certificate on the command line, a tlsTransport in the library)',
+  closedWithoutReply: `the node closed the connection without a status (a zc.zrs node, a version without status requests, or ${PLAIN_TO_TLS_HINT})`,
   read: readReply,
 };
 

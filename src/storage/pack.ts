@@ -592,16 +592,19 @@ class Packer {
     this.src.forgetWindow();
     const records: Array<{ oid: Buffer; rpos: number }> | null = this.referencesOf ? [] : null;
     const count = await this.copyAfterPack(o, from, to, records);
-    if (this.referencesOf && records) {
-      for (const { oid } of records) this.laterOids.add(oidKey(oid));
-      for (const { oid, rpos } of records) {
-        for (const ref of this.refsAt(rpos, this.referencesOf, oid, 'after the pack time')) {
-          const key = oidKey(ref);
-          if (!this.reachable.first.has(key) && !this.laterOids.has(key)) this.laterRefs.push({ ref, key });
-        }
+    if (this.referencesOf && records) this.noteLaterReferences(this.referencesOf, records);
+    return count;
+  }
+
+  /** What the tail's `records` write, and what they refer to that is not (yet) known to stay. */
+  private noteLaterReferences(referencesOf: ReferencesOf, records: Array<{ oid: Buffer; rpos: number }>): void {
+    for (const { oid } of records) this.laterOids.add(oidKey(oid));
+    for (const { oid, rpos } of records) {
+      for (const ref of this.refsAt(rpos, referencesOf, oid, 'after the pack time')) {
+        const key = oidKey(ref);
+        if (!this.reachable.first.has(key) && !this.laterOids.has(key)) this.laterRefs.push({ ref, key });
       }
     }
-    return count;
   }
 
   /** References of the records committed while the pack ran, to objects not (yet) known to stay: checked at the end. */

@@ -95,5 +95,10 @@ describe('admin commands against a TLS replication port', () => {
     const missing = await run('status', '--ssl-certificate', join(path, '..', 'none.pem'), '127.0.0.1:1');
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain('none.pem');
+    const noCa = await run('status', '--ssl-certificate', certs.client.certificate, '--ssl-authenticate', join(path, '..', 'no-ca'), '127.0.0.1:1');
+    expect({ code: noCa.code, stderr: noCa.stderr }).toEqual({ code: 1, stderr: expect.stringMatching(/authenticate .*no-ca: .*no such file/i) });
+    // A Nagios check that cannot run is UNKNOWN, on stdout.
+    const check = await run('check', '-w', '60', '--ssl-certificate', join(path, '..', 'none.pem'), '127.0.0.1:1', '127.0.0.1:2');
+    expect({ code: check.code, stdout: check.stdout }).toEqual({ code: 3, stdout: expect.stringMatching(/^Can't check: TLS certificate .*none\.pem: /) });
   });
 });

@@ -22,7 +22,7 @@ describe('a promote request without an answer', () => {
       clock.advance(5000);
       const err = await asking;
       expect(err).toBeInstanceOf(Error);
-      expect((err as Error).message).toMatch(/^promote request to .* failed: no reply within 5000 ms; the node may still promote itself: check it \(zrs status .*\) before promoting another$/);
+      expect((err as Error).message).toMatch(/^promote request to .* failed: no reply within 5000 ms; the node may still promote itself: check it \(zrs status .*, with the same --ssl-\* flags\) before promoting another$/);
     } finally {
       await server.close();
     }

@@ -549,7 +549,8 @@ describe('FileStorage.pack and close', () => {
     }
   });
 
-  it("a close() releases the file's lock only once the pack it stopped has ended", async () => {
+  // Descriptors are counted in /proc (Linux).
+  it.runIf(process.platform === 'linux')("a close() releases the file's lock only once the pack it stopped has ended", async () => {
     const dir = await tempDir();
     const path = join(dir, 'Data.fs');
     const fs = await FileStorage.open(path, { create: true, fsync: false });
