@@ -186,9 +186,9 @@ interface NodeTime {
 }
 
 /** The node's last transaction time and state, or a CRITICAL line. */
-async function lastTime(addressText: string, role: 'primary' | 'secondary', options: CheckOptions): Promise<NodeTime | string> {
+async function lastTime(addressText: string, role: 'primary' | 'secondary', timeoutMs: number | undefined, transport: Transport | undefined): Promise<NodeTime | string> {
   try {
-    const status = await requestStatus(commandAddress(addressText), { timeoutMs: options.timeoutMs, transport: options.transport?.() });
+    const status = await requestStatus(commandAddress(addressText), { timeoutMs, transport });
     if (role === 'secondary' && status.upstream === null) return `Secondary at ${pyRepr(addressText)} is a primary`;
     // zc.zrs's secondaries always retry; ours stop for good when their primary refused them as
     // diverged or for a configuration error. Their last transaction may still look recent.
@@ -230,11 +230,10 @@ export async function check(primaryText: string, secondaryText: string, io: CliI
     if (!(err instanceof ZrsError)) throw err;
     return report(io, `Can't check: ${printable(err.message)}`, UNKNOWN);
   }
-  const connect = { ...options, transport: () => transport };
   // As zrs-nagios: the secondary first, so a dead secondary is reported even when both are down.
-  const secondary = await lastTime(secondaryText, 'secondary', connect);
+  const secondary = await lastTime(secondaryText, 'secondary', options.timeoutMs, transport);
   if (typeof secondary === 'string') return report(io, secondary, CRITICAL);
-  const primary = await lastTime(primaryText, 'primary', connect);
+  const primary = await lastTime(primaryText, 'primary', options.timeoutMs, transport);
   if (typeof primary === 'string') return report(io, primary, CRITICAL);
   const other = otherHistory(secondary, primary, pyRepr(primaryText));
   if (other) return report(io, `Secondary at ${pyRepr(secondaryText)} ${other}: it follows another primary`, CRITICAL);

@@ -20,8 +20,8 @@ import { DEFAULT_PACK_TIMEOUT_MS, PackRefusedError, requestPack, type PackReply 
 import { tidToString } from '../storage/timestamp.js';
 import { UsageError, type CommandSpec, type ParsedArgs } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
-import { fileOrAddress, timeoutOption } from './status.js';
-import { refuseAddressFlags, tlsClientFlags, tlsClientTransport } from './tlsClient.js';
+import { fileOrAddress, refuseAddressFlags, timeoutOption } from './status.js';
+import { tlsClientFlags, tlsClientTransport } from './tlsClient.js';
 
 export const packSpec: CommandSpec = {
   name: 'pack',

@@ -19,8 +19,8 @@ import { FileStorage } from '../storage/FileStorage.js';
 import { refuseEmptyStorage } from '../storage/fileio.js';
 import { UsageError, type CommandSpec, type ParsedArgs } from './args.js';
 import { EXIT_OK, type CliIo } from './io.js';
-import { fileOrAddress, timeoutOption } from './status.js';
-import { refuseAddressFlags, tlsClientFlags, tlsClientTransport } from './tlsClient.js';
+import { fileOrAddress, refuseAddressFlags, timeoutOption } from './status.js';
+import { tlsClientFlags, tlsClientTransport } from './tlsClient.js';
 
 export const promoteSpec: CommandSpec = {
   name: 'promote',

@@ -85,6 +85,13 @@ export async function fileOrAddress(target: string): Promise<ReplicationAddress 
   return commandAddress(target);
 }
 
+/** Refuse, as usage errors, flags that only a running node's ADDRESS takes (--timeout and the TLS flags) given with a FILE. */
+export function refuseAddressFlags(flags: ReadonlyMap<string, string | true>): void {
+  for (const flag of ['timeout', ...TLS_CLIENT_FLAGS.map((f) => f.name)]) {
+    if (flags.has(flag)) throw new UsageError(`--${flag} applies to a running node's ADDRESS, not to a FILE`);
+  }
+}
+
 /** Options from the command line. */
 export function statusOptions(flags: ReadonlyMap<string, string | true>): { json: boolean; timeoutMs: number; transport?: Transport } {
   return { json: flags.has('json'), timeoutMs: timeoutOption(flags, DEFAULT_STATUS_TIMEOUT_MS), transport: tlsClientTransport(flags) };

@@ -20,12 +20,6 @@ export function tlsClientFlags(prefix: string): FlagSpec[] {
   return TLS_CLIENT_FLAGS.map((f) => ({ ...f, help: `${prefix}: ${f.help}` }));
 }
 
-/** Refuse, as usage errors, flags that only a running node's ADDRESS takes (--timeout and the TLS flags) given with a FILE. */
-export function refuseAddressFlags(flags: ReadonlyMap<string, string | true>): void {
-  for (const flag of ['timeout', ...TLS_CLIENT_FLAGS.map((f) => f.name)]) {
-    if (flags.has(flag)) throw new UsageError(`--${flag} applies to a running node's ADDRESS, not to a FILE`);
-  }
-}
 
 /**
  * The transport the command connects with: TLS when --ssl-certificate is

@@ -6,10 +6,10 @@
 // chain and generation files. rewindStorage works offline (the storage must
 // not be open); rewindOpenStorage cuts a diverged Secondary's open storage.
 
-import { PLAIN_TO_TLS_HINT } from '../replication/nodeRequest.js';
 import { constants } from 'node:fs';
 import { copyFile, open as openFile, rename, rm } from 'node:fs/promises';
 import { RewindIncompleteError, ZrsError } from '../errors.js';
+import { PLAIN_TO_TLS_HINT } from '../replication/nodeRequest.js';
 import { systemClock } from '../node/clock.js';
 import { socketTransport } from '../node/socketTransport.js';
 import type { Clock } from '../ports/clock.js';

@@ -560,19 +560,18 @@ export class PrimarySession {
    */
   private async pack(input: PackInput): Promise<PackOutcome> {
     this.options.identified?.();
-    const handler = this.options.pack;
     let latest: PackProgress | null = null;
     const { clock } = this.options;
     const packr = createNativePackr();
     let timer: unknown = null;
     const tick = (): void => {
       if (this.finished) return;
-      if (latest !== null && !this.writer.full) this.writer.writeNow(encodeNativeFrame({ type: 'pack-progress', step: latest.step, done: latest.done, total: latest.total }, packr));
+      if (latest !== null && !this.writer.full) this.writer.writeNow(encodeNativeFrame({ type: 'pack-progress', ...latest }, packr));
       timer = clock.setTimeout(tick, PACK_PROGRESS_INTERVAL_MS);
     };
     timer = clock.setTimeout(tick, PACK_PROGRESS_INTERVAL_MS);
     try {
-      return await handler({ ...input, peer: this.peer, onProgress: (p) => void (latest = p) });
+      return await this.options.pack({ ...input, peer: this.peer, onProgress: (p) => void (latest = p) });
     } finally {
       clock.clearTimeout(timer);
     }
